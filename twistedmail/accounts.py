@@ -1,0 +1,271 @@
+"""The credential store: domains, users and aliases in one SQLite database (WAL mode).
+
+The CLI writes and the server reads the same file at once: WAL journaling lets a reader see
+each committed change on its next query, so a password changed with C{twistedmail user
+passwd} works on the next login without a restart.  Addresses are stored normalised
+(L{twistedmail.address.Mailbox}); passwords only as hashes (L{twistedmail.passwords}).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from twistedmail.address import AddressError, Mailbox, normalize_domain
+
+SCHEMA_VERSION = 1
+MAX_ALIAS_DEPTH = 10  # alias chains longer than this are treated as loops
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS users (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL REFERENCES domains(name),
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    address TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (address, target)
+);
+"""
+
+
+class StoreError(Exception):
+    """A user error against the store (unknown user, duplicate, bad address); one-line message."""
+
+
+@attrs.frozen
+class Alias:
+    """One alias address and its targets (local or remote addresses), sorted."""
+
+    address: str
+    targets: tuple[str, ...]
+
+
+def _mailbox(text: str) -> Mailbox:
+    try:
+        return Mailbox.parse(text)
+    except AddressError as e:
+        raise StoreError(f"invalid address {text!r}: {e}") from None
+
+
+def _domain(text: str) -> str:
+    try:
+        return normalize_domain(text)
+    except AddressError as e:
+        raise StoreError(f"invalid domain {text!r}: {e}") from None
+
+
+class AccountStore:
+    """Domains, users and aliases in C{path} (created with mode 0600 if missing).
+
+    Every method is a short query; the server calls them on the reactor thread.
+    @raise StoreError: from mutators, for user errors (unknown, duplicate, invalid).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists()
+        if new:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # domains
+
+    def add_domain(self, domain: str) -> str:
+        """Add a local domain; return its normalised name.  @raise StoreError: if present."""
+        name = _domain(domain)
+        try:
+            self._db.execute("INSERT INTO domains(name) VALUES (?)", (name,))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"domain {name} already exists") from None
+        return name
+
+    def delete_domain(self, domain: str) -> None:
+        """Remove a domain. @raise StoreError: if unknown or if it still has users."""
+        name = _domain(domain)
+        if not self.is_local_domain(name):
+            raise StoreError(f"no such domain {name}")
+        (count,) = self._db.execute("SELECT count(*) FROM users WHERE domain=?", (name,)).fetchone()
+        if count:
+            raise StoreError(f"domain {name} still has {count} user(s); delete them first")
+        self._db.execute("DELETE FROM domains WHERE name=?", (name,))
+
+    def domains(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM domains ORDER BY name")]
+
+    def is_local_domain(self, domain: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM domains WHERE name=?", (domain.lower(),)).fetchone()
+        return row is not None
+
+    # users
+
+    def add_user(self, address: str, password_hash: str) -> tuple[Mailbox, bool]:
+        """Add a user; return (mailbox, whether its domain was added too).
+
+        @raise StoreError: if the address is invalid or already a user or alias.
+        """
+        mbox = _mailbox(address)
+        added_domain = False
+        with self._transaction():
+            if not self.is_local_domain(mbox.domain):
+                self._db.execute("INSERT INTO domains(name) VALUES (?)", (mbox.domain,))
+                added_domain = True
+            if self.alias_targets(str(mbox)):
+                raise StoreError(f"{mbox} is already an alias")
+            try:
+                self._db.execute(
+                    "INSERT INTO users(address, domain, password_hash) VALUES (?, ?, ?)",
+                    (str(mbox), mbox.domain, password_hash),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"user {mbox} already exists") from None
+        return mbox, added_domain
+
+    def set_password_hash(self, address: str, password_hash: str) -> None:
+        """Replace a user's hash. @raise StoreError: for an unknown user."""
+        mbox = _mailbox(address)
+        cur = self._db.execute(
+            "UPDATE users SET password_hash=? WHERE address=?", (password_hash, str(mbox))
+        )
+        if cur.rowcount == 0:
+            raise StoreError(f"no such user {mbox}")
+
+    def delete_user(self, address: str) -> None:
+        """Remove a user (the Maildir is kept). @raise StoreError: for an unknown user."""
+        mbox = _mailbox(address)
+        cur = self._db.execute("DELETE FROM users WHERE address=?", (str(mbox),))
+        if cur.rowcount == 0:
+            raise StoreError(f"no such user {mbox}")
+
+    def users(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT address FROM users ORDER BY address")]
+
+    def password_hash(self, address: str) -> str | None:
+        """The stored hash for a login name, or C{None} for no such user (or a bad name)."""
+        try:
+            mbox = Mailbox.parse(address)
+        except AddressError:
+            return None
+        row = self._db.execute(
+            "SELECT password_hash FROM users WHERE address=?", (str(mbox),)
+        ).fetchone()
+        return row[0] if row else None
+
+    def is_user(self, address: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM users WHERE address=?", (address.lower(),)).fetchone()
+        return row is not None
+
+    # aliases
+
+    def add_alias(self, address: str, targets: Iterable[str]) -> Alias:
+        """Point C{address} (in a local domain) at C{targets} (local or remote addresses).
+
+        Adding to an existing alias adds targets.  @raise StoreError: for a non-local alias
+        domain, an alias that is a user, invalid addresses, or no targets.
+        """
+        mbox = _mailbox(address)
+        normalised = sorted({str(_mailbox(t)) for t in targets})
+        if not normalised:
+            raise StoreError("an alias needs at least one target")
+        if not self.is_local_domain(mbox.domain):
+            raise StoreError(f"{mbox.domain} is not a local domain; add it first")
+        if self.is_user(str(mbox)):
+            raise StoreError(f"{mbox} is a user, not an alias")
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO aliases(address, target) VALUES (?, ?)",
+                [(str(mbox), t) for t in normalised],
+            )
+        return Alias(str(mbox), tuple(self.alias_targets(str(mbox))))
+
+    def delete_alias(self, address: str) -> None:
+        """Remove an alias and all its targets. @raise StoreError: if unknown."""
+        mbox = _mailbox(address)
+        cur = self._db.execute("DELETE FROM aliases WHERE address=?", (str(mbox),))
+        if cur.rowcount == 0:
+            raise StoreError(f"no such alias {mbox}")
+
+    def alias_targets(self, address: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT target FROM aliases WHERE address=? ORDER BY target", (address.lower(),)
+        )
+        return [r[0] for r in rows]
+
+    def aliases(self) -> list[Alias]:
+        rows = self._db.execute("SELECT address, target FROM aliases ORDER BY address, target")
+        grouped: dict[str, list[str]] = {}
+        for address, target in rows:
+            grouped.setdefault(address, []).append(target)
+        return [Alias(a, tuple(t)) for a, t in grouped.items()]
+
+    # lookups used by the protocols
+
+    def accepts(self, mbox: Mailbox) -> bool:
+        """Whether mail to C{mbox} is accepted here: a user or an alias (RCPT time check)."""
+        return self.is_user(str(mbox)) or bool(self.alias_targets(str(mbox)))
+
+    def expand(self, mbox: Mailbox) -> list[Mailbox]:
+        """Final recipients of C{mbox}: users and remote addresses after alias expansion.
+
+        Aliases expand recursively (an alias target may be an alias), at most
+        L{MAX_ALIAS_DEPTH} deep; loops and unknown local targets are dropped.
+        An alias that names itself among its targets also delivers to itself only if it is a user.
+        """
+        result: list[Mailbox] = []
+        seen: set[str] = set()
+
+        def walk(m: Mailbox, depth: int) -> None:
+            key = str(m)
+            if key in seen or depth > MAX_ALIAS_DEPTH:
+                return
+            seen.add(key)
+            if self.is_user(key):
+                result.append(m)
+                return
+            targets = self.alias_targets(key)
+            if targets:
+                for t in targets:
+                    walk(Mailbox.parse(t), depth + 1)
+            elif not self.is_local_domain(m.domain):
+                result.append(m)
+
+        walk(mbox, 0)
+        return result
+
+    def owned_addresses(self, user: str) -> set[str]:
+        """Addresses C{user} may send as: itself and every alias that expands to it."""
+        owned = {user.lower()}
+        for alias in self.aliases():
+            if any(str(m) == user.lower() for m in self.expand(Mailbox.parse(alias.address))):
+                owned.add(alias.address)
+        return owned
+
+    def _transaction(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return _Tx(self._db)  # type: ignore[return-value]
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,562 @@
+"""Maildir++ storage: durable delivery, folders, flags and the UID list.
+
+On-disk format (chosen to match Dovecot, so a mailbox moves between the two servers):
+
+  - a mailbox is C{ROOT/{cur,new,tmp}}; subfolders are Maildir++ siblings C{ROOT/.Sent/},
+    C{ROOT/.Lists.Work/} (IMAP hierarchy delimiter C{"."}, names in modified UTF-7 on disk,
+    RFC 3501 §5.1.3), each with a C{maildirfolder} marker file;
+  - file names are C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>[:2,<flags>]} (the Maildir
+    spec at cr.yp.to/proto/maildir.html; C{,S=} and the C{:2,} info are Dovecot's and
+    Courier's): flags C{D}raft, C{F}lagged, C{P}assed, C{R}eplied, C{S}een, C{T}rashed,
+    in ASCII order;
+  - UIDs live in C{dovecot-uidlist}: a header C{3 V<uidvalidity> N<uidnext> G<guid>} then one
+    C{<uid> :<base name>} line per message (Dovecot's "Maildir Mailbox Format" document);
+  - messages are stored exactly as received on the wire (CRLF line ends), so the C{S=} size
+    is also the RFC 822 size IMAP reports.
+
+Durability (the contract behind every C{250} and C{OK}): a message is written to C{tmp/},
+fsynced, hard-linked into C{new/} or C{cur/} under a name that is never reused (a link never
+overwrites), the C{tmp/} name unlinked and the directory fsynced.  Everything here is
+blocking file I/O: protocol code calls it through a thread (C{deferToThread}).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
+
+UIDLIST = "dovecot-uidlist"
+LOCKFILE = "twistedmail-uidlist.lock"
+SUBSCRIPTIONS = "subscriptions"
+DELIMITER = "."
+INBOX = "INBOX"
+FLAG_LETTERS = "DFPRST"
+# IMAP system flag <-> Maildir info letter (RFC 3501 §2.3.2; Maildir spec "info").
+IMAP_TO_LETTER = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+LETTER_TO_IMAP = {v: k for k, v in IMAP_TO_LETTER.items()}
+
+_counter_lock = threading.Lock()
+_counter = 0
+
+
+class MaildirError(Exception):
+    """A request against the store that cannot be done; the message is safe to show a client."""
+
+
+class FolderNameError(MaildirError):
+    """A folder name that is not allowed (empty part, path characters, control characters)."""
+
+
+def _safe_host() -> str:
+    host = socket.gethostname() or "localhost"
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+_HOST = _safe_host()
+
+
+def unique_name(size: int, now: float | None = None) -> str:
+    """A new Maildir base name C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>}, unique per process."""
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        n = _counter
+    t = time.time() if now is None else now
+    secs = int(t)
+    usecs = int((t - secs) * 1_000_000)
+    return f"{secs}.M{usecs}P{os.getpid()}Q{n}.{_HOST},S={size}"
+
+
+def split_name(filename: str) -> tuple[str, str]:
+    """Split C{base:2,FLAGS} into (base, flags); a name without info has flags C{""}."""
+    base, sep, info = filename.partition(":2,")
+    return base, info if sep else ""
+
+
+def size_from_name(base: str) -> int | None:
+    """The C{,S=} size in a base name, or C{None} when absent."""
+    for field in base.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+def normalize_flags(letters: str) -> str:
+    """Maildir info flags, deduplicated, in ASCII order as the spec requires."""
+    return "".join(sorted(set(letters)))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_maildir(path: Path, folder: bool = False) -> None:
+    """Create C{path} with C{cur/ new/ tmp/} (mode 0700), and the C{maildirfolder} marker for a
+    Maildir++ subfolder.  Existing directories are kept."""
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder:
+        (path / "maildirfolder").touch(mode=0o600, exist_ok=True)
+
+
+def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | None = None) -> str:
+    """Store C{data} as a new message file in C{directory} (C{new} or C{cur}), durably.
+
+    Writes C{tmp/<name>}, fsyncs it, links it to C{directory/<name>[:2,flags]} (C{link}
+    fails rather than overwrite: a clash picks a new name), unlinks the tmp file and fsyncs
+    C{directory}.  C{mtime}, when given, becomes the file's modification time (the IMAP
+    INTERNALDATE, as Dovecot keeps it).
+
+    @return: the base name (without C{:2,} info).
+    @raise OSError: when the disk refuses; nothing is left in C{new}/C{cur} then.
+    """
+    tmp_dir = directory.parent / "tmp"
+    while True:
+        base = unique_name(len(data))
+        tmp_path = tmp_dir / base
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if mtime is not None:
+                os.utime(tmp_path, (mtime, mtime))
+            final = base + (":2," + normalize_flags(flags) if directory.name == "cur" else "")
+            try:
+                os.link(tmp_path, directory / final)
+            except FileExistsError:
+                continue
+        finally:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
+        fsync_dir(directory)
+        return base
+
+
+@attrs.frozen
+class MessageEntry:
+    """One message of a folder as of the last scan.
+
+    @ivar uid: IMAP UID (RFC 3501 §2.3.1.1).
+    @ivar base: the Maildir unique name without info (stable: the POP3 UIDL, RFC 1939 §7).
+    @ivar filename: the current file name in C{cur/} (base + C{:2,} + flags).
+    @ivar size: octets, as stored (CRLF line ends).
+    @ivar mtime: seconds since the epoch: the IMAP INTERNALDATE.
+    """
+
+    uid: int
+    base: str
+    filename: str
+    size: int
+    mtime: float
+
+    @property
+    def flags(self) -> str:
+        return split_name(self.filename)[1]
+
+
+@attrs.frozen
+class ScanResult:
+    """A folder's messages in UID order, its UID state, and the UIDs first seen in C{new/}."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: tuple[MessageEntry, ...]
+    recent: frozenset[int]
+
+
+class Folder:
+    """One Maildir folder (INBOX or a Maildir++ subfolder) and its C{dovecot-uidlist}.
+
+    Methods are blocking and thread-safe; concurrent callers (threads or processes) serialise
+    on an C{flock} of C{twistedmail-uidlist.lock} in the folder.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return (self.path / "cur").is_dir()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.path / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # the UID list
+
+    def _read_uidlist(self) -> tuple[int, int, str, dict[str, int]]:
+        try:
+            text = (self.path / UIDLIST).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return 0, 1, "", {}
+        lines = text.splitlines()
+        uidvalidity, uidnext, guid = 0, 1, ""
+        if lines:
+            for field in lines[0].split()[1:]:
+                if field[:1] == "V" and field[1:].isdigit():
+                    uidvalidity = int(field[1:])
+                elif field[:1] == "N" and field[1:].isdigit():
+                    uidnext = int(field[1:])
+                elif field[:1] == "G":
+                    guid = field[1:]
+        uids: dict[str, int] = {}
+        for line in lines[1:]:
+            head, sep, name = line.partition(":")
+            parts = head.split()
+            if sep and parts and parts[0].isdigit():
+                uids[name] = int(parts[0])
+                uidnext = max(uidnext, int(parts[0]) + 1)
+        return uidvalidity, uidnext, guid, uids
+
+    def _write_uidlist(self, uidvalidity: int, uidnext: int, guid: str, uids: dict[str, int]) -> None:
+        lines = [f"3 V{uidvalidity} N{uidnext} G{guid}"]
+        lines += [f"{uid} :{name}" for name, uid in sorted(uids.items(), key=lambda kv: kv[1])]
+        tmp = self.path / f"{UIDLIST}.tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / UIDLIST)
+
+    def scan(self) -> ScanResult:
+        """List the folder, move C{new/} mail to C{cur/}, assign UIDs to unseen messages.
+
+        UIDs are assigned in ascending order of (mtime, name) and never reused; UIDVALIDITY
+        is set once, at the first scan (RFC 3501 §2.3.1.1).  The UID list is rewritten (tmp,
+        fsync, rename) only when something changed.
+        @raise MaildirError: when the folder does not exist.
+        """
+        if not self.exists():
+            raise MaildirError("no such folder")
+        with self._locked():
+            uidvalidity, uidnext, guid, uids = self._read_uidlist()
+            changed = False
+            if uidvalidity == 0:
+                uidvalidity, guid, changed = int(time.time()), uuid.uuid4().hex, True
+            moved: set[str] = set()
+            cur = self.path / "cur"
+            for name in os.listdir(self.path / "new"):
+                if name.startswith("."):
+                    continue
+                base, flags = split_name(name)
+                try:
+                    os.rename(self.path / "new" / name, cur / f"{base}:2,{flags}")
+                    moved.add(base)
+                except FileNotFoundError:
+                    pass
+            entries: dict[str, tuple[str, float, int]] = {}
+            for name in os.listdir(cur):
+                if name.startswith("."):
+                    continue
+                try:
+                    st = os.stat(cur / name)
+                except FileNotFoundError:
+                    continue
+                base = split_name(name)[0]
+                size = size_from_name(base)
+                entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
+            for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], b)):
+                uids[base] = uidnext
+                uidnext += 1
+                changed = True
+            for base in set(uids) - set(entries):
+                del uids[base]
+                changed = True
+            if changed:
+                self._write_uidlist(uidvalidity, uidnext, guid, uids)
+        messages = tuple(
+            sorted(
+                (MessageEntry(uids[b], b, n, s, m) for b, (n, m, s) in entries.items()),
+                key=lambda e: e.uid,
+            )
+        )
+        recent = frozenset(uids[b] for b in moved if b in uids)
+        return ScanResult(uidvalidity, uidnext, messages, recent)
+
+    # messages
+
+    def add(self, data: bytes, flags: str = "", mtime: float | None = None) -> int:
+        """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID."""
+        if not self.exists():
+            raise MaildirError("no such folder")
+        base = write_durably(self.path / "cur", data, flags, mtime)
+        with self._locked():
+            uidvalidity, uidnext, guid, uids = self._read_uidlist()
+            if uidvalidity == 0:
+                uidvalidity, guid = int(time.time()), uuid.uuid4().hex
+            uids[base] = uid = uidnext
+            self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+        return uid
+
+    def locate(self, base: str) -> Path | None:
+        """The current path of message C{base} (its flags may have changed), or C{None}."""
+        cur = self.path / "cur"
+        try:
+            names = os.listdir(cur)
+        except FileNotFoundError:
+            return None
+        for name in names:
+            if split_name(name)[0] == base:
+                return cur / name
+        new = self.path / "new" / base
+        return new if new.exists() else None
+
+    def open(self, entry: MessageEntry) -> Path:
+        """The path to read C{entry} from (relocated if another session renamed it).
+
+        @raise MaildirError: when the message is gone (expunged elsewhere).
+        """
+        path = self.path / "cur" / entry.filename
+        if path.exists():
+            return path
+        found = self.locate(entry.base)
+        if found is None:
+            raise MaildirError("message no longer exists")
+        return found
+
+    def read(self, entry: MessageEntry) -> bytes:
+        """The whole message as stored.  @raise MaildirError: when it is gone."""
+        try:
+            return self.open(entry).read_bytes()
+        except FileNotFoundError:
+            raise MaildirError("message no longer exists") from None
+
+    def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
+        """Rename the message so its info carries exactly C{letters}; return the new entry.
+
+        @raise MaildirError: when the message is gone.
+        """
+        path = self.open(entry)
+        new_name = f"{entry.base}:2,{normalize_flags(letters)}"
+        if path.name != new_name:
+            try:
+                os.rename(path, self.path / "cur" / new_name)
+            except FileNotFoundError:
+                raise MaildirError("message no longer exists") from None
+        return attrs.evolve(entry, filename=new_name)
+
+    def remove(self, entry: MessageEntry) -> None:
+        """Delete the message file (EXPUNGE, POP3 QUIT); a missing file is not an error."""
+        try:
+            os.unlink(self.open(entry))
+        except (FileNotFoundError, MaildirError):
+            pass
+
+
+def encode_folder_name(name: str) -> str:
+    """IMAP folder name (text) -> the Maildir++ directory name C{.A.B} (mUTF-7 parts).
+
+    @raise FolderNameError: for INBOX, empty parts, C{/}, NUL or control characters, or a
+        part beginning with C{.} (RFC 3501 §5.1 leaves names to the server; these would
+        escape the folder or confuse Maildir++).
+    """
+    parts = name.split(DELIMITER)
+    if name.upper() == INBOX:
+        raise FolderNameError("INBOX is not a subfolder")
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part:
+            raise FolderNameError("invalid folder name")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in part):
+            raise FolderNameError("invalid folder name")
+        if len(part.encode("utf-8")) > 200:
+            raise FolderNameError("folder name too long")
+    encoded = name.encode("imap4-utf-7").decode("ascii")
+    return "." + encoded
+
+
+def decode_folder_name(dirname: str) -> str:
+    """The inverse of L{encode_folder_name}.  @raise FolderNameError: for a bad encoding."""
+    try:
+        return dirname[1:].encode("ascii").decode("imap4-utf-7")
+    except (UnicodeError, ValueError):
+        raise FolderNameError("undecodable folder name") from None
+
+
+class UserMaildir:
+    """One user's folder tree: INBOX at C{root}, subfolders as Maildir++ siblings in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ensure(self) -> None:
+        """Create the INBOX if missing (first delivery or first login)."""
+        make_maildir(self.root)
+
+    def folder_path(self, name: str) -> Path:
+        """The directory of folder C{name} (INBOX is case-insensitive, RFC 3501 §5.1).
+
+        @raise FolderNameError: see L{encode_folder_name}.
+        """
+        if name.upper() == INBOX:
+            return self.root
+        return self.root / encode_folder_name(name)
+
+    def folder(self, name: str) -> Folder:
+        return Folder(self.folder_path(name))
+
+    def folders(self) -> list[str]:
+        """Every existing folder name, INBOX first, then subfolders sorted."""
+        names = []
+        try:
+            dirs = os.listdir(self.root)
+        except FileNotFoundError:
+            return [INBOX]
+        for d in dirs:
+            if d.startswith(".") and d not in (".", "..") and (self.root / d / "cur").is_dir():
+                try:
+                    names.append(decode_folder_name(d))
+                except FolderNameError:
+                    continue
+        return [INBOX] + sorted(names)
+
+    def create(self, name: str) -> None:
+        """Create folder C{name} (RFC 3501 §6.3.3). @raise MaildirError: if it exists."""
+        path = self.folder_path(name)
+        if path == self.root or (path / "cur").is_dir():
+            raise MaildirError("mailbox already exists")
+        self.ensure()
+        make_maildir(path, folder=True)
+        fsync_dir(self.root)
+
+    def delete(self, name: str) -> None:
+        """Delete folder C{name} and its messages (RFC 3501 §6.3.4); its children stay.
+
+        @raise MaildirError: for INBOX or a missing folder.
+        """
+        path = self.folder_path(name)
+        if path == self.root:
+            raise MaildirError("INBOX cannot be deleted")
+        if not (path / "cur").is_dir():
+            raise MaildirError("no such mailbox")
+        trash = self.root / f".DELETED-{uuid.uuid4().hex}"
+        os.rename(path, trash)  # atomic: the folder vanishes at once, then is removed
+        shutil.rmtree(trash, ignore_errors=True)
+        self.unsubscribe(name)
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename C{old} and its children to C{new} (RFC 3501 §6.3.5).
+
+        Renaming INBOX moves its messages into the new folder and leaves INBOX empty.
+        @raise MaildirError: for a missing source or an existing target.
+        """
+        src, dst = self.folder_path(old), self.folder_path(new)
+        if dst == self.root or (dst / "cur").is_dir():
+            raise MaildirError("mailbox already exists")
+        if src == self.root:
+            make_maildir(dst, folder=True)
+            for sub in ("cur", "new"):
+                for name in os.listdir(src / sub):
+                    os.rename(src / sub / name, dst / sub / name)
+            fsync_dir(dst / "cur")
+            return
+        if not (src / "cur").is_dir():
+            raise MaildirError("no such mailbox")
+        children = [d for d in os.listdir(self.root) if d.startswith(src.name + DELIMITER)]
+        os.rename(src, dst)
+        for child in children:
+            os.rename(self.root / child, self.root / (dst.name + child[len(src.name) :]))
+        fsync_dir(self.root)
+
+    # subscriptions (RFC 3501 §6.3.6): one name per line
+
+    def subscriptions(self) -> list[str]:
+        try:
+            text = (self.root / SUBSCRIPTIONS).read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if line and not line.startswith("V\t")]
+
+    def _write_subscriptions(self, names: list[str]) -> None:
+        self.ensure()
+        tmp = self.root / f"{SUBSCRIPTIONS}.tmp"
+        tmp.write_text("".join(n + "\n" for n in sorted(set(names))), "utf-8")
+        os.replace(tmp, self.root / SUBSCRIPTIONS)
+
+    def subscribe(self, name: str) -> None:
+        subs = self.subscriptions()
+        if name not in subs:
+            self._write_subscriptions(subs + [name])
+
+    def unsubscribe(self, name: str) -> None:
+        subs = self.subscriptions()
+        if name in subs:
+            self._write_subscriptions([s for s in subs if s != name])
+
+
+def mailbox_root(mail_dir: Path, address: str) -> Path:
+    """C{DATA_DIR/mail/DOMAIN/LOCALPART}, lower-cased (DESIGN §3).
+
+    @raise MaildirError: when either part could escape the mail directory.
+    """
+    local, _, domain = address.lower().rpartition("@")
+    for part in (local, domain):
+        if not part or part in (".", "..") or "/" in part or "\0" in part:
+            raise MaildirError("invalid address for a mailbox")
+    return mail_dir / domain / local
+
+
+class ChangeNotifier:
+    """In-process notice that a folder changed (delivery, APPEND, flags, expunge).
+
+    IMAP sessions subscribe per folder path to push EXISTS/EXPUNGE/FETCH while IDLE
+    (RFC 2177); the notifier is called on the reactor thread.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: dict[Path, list[Callable[[], None]]] = {}
+
+    def subscribe(self, path: Path, callback: Callable[[], None]) -> None:
+        self._listeners.setdefault(path, []).append(callback)
+
+    def unsubscribe(self, path: Path, callback: Callable[[], None]) -> None:
+        callbacks = self._listeners.get(path, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._listeners.pop(path, None)
+
+    def changed(self, path: Path) -> None:
+        for callback in list(self._listeners.get(path, [])):
+            callback()
+
+
+def is_enospc(error: BaseException) -> bool:
+    """Whether C{error} is a full disk or quota (answered as a temporary failure)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -1,0 +1,76 @@
+"""SMTP replies as named values: code, enhanced status (RFC 3463) and text (RFC 5321 §4.2).
+
+Each reply the server can send is one constant here, so tests assert replies whole and the
+texts stay generic (nothing from the client is echoed back).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Reply:
+    """One SMTP reply: C{code} (RFC 5321 §4.2.3), C{status} (RFC 3463 "x.y.z" or "") and text."""
+
+    code: int
+    status: str
+    text: str
+
+    def message(self) -> bytes:
+        """The reply text with its enhanced status code, as sent after the code (RFC 2034 §4)."""
+        return (f"{self.status} {self.text}" if self.status else self.text).encode("ascii")
+
+    def line(self) -> bytes:
+        """The whole single-line reply, without CRLF: C{b"550 5.1.1 No such user"}."""
+        return b"%d %s" % (self.code, self.message())
+
+
+R = Reply
+
+REPLY_220_READY = R(220, "", "ESMTP twistedmail ready")
+REPLY_221_BYE = R(221, "2.0.0", "Bye")
+REPLY_250_OK = R(250, "2.0.0", "OK")
+REPLY_250_SENDER_OK = R(250, "2.1.0", "Sender OK")
+REPLY_250_RECIPIENT_OK = R(250, "2.1.5", "Recipient OK")
+REPLY_250_QUEUED = R(250, "2.0.0", "Message accepted for delivery")
+REPLY_250_RESET = R(250, "2.0.0", "Reset state")
+REPLY_250_NOOP = R(250, "2.0.0", "OK")
+REPLY_252_CANNOT_VRFY = R(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+REPLY_220_TLS_READY = R(220, "2.0.0", "Ready to start TLS")
+REPLY_235_AUTH_OK = R(235, "2.7.0", "Authentication successful")
+REPLY_334_CONTINUE = R(334, "", "")
+REPLY_354_DATA = R(354, "", "End data with <CR><LF>.<CR><LF>")
+
+REPLY_421_TIMEOUT = R(421, "4.4.2", "Timeout, closing connection")
+REPLY_421_SHUTDOWN = R(421, "4.3.2", "Service shutting down")
+REPLY_451_LOCAL_ERROR = R(451, "4.3.0", "Local error in processing")
+REPLY_452_TOO_MANY_RECIPIENTS = R(452, "4.5.3", "Too many recipients")
+REPLY_454_TLS_UNAVAILABLE = R(454, "4.7.0", "TLS not available")
+REPLY_454_AUTH_TEMP = R(454, "4.7.0", "Temporary authentication failure")
+REPLY_450_RELAY_UNAVAILABLE = R(450, "4.7.1", "Relaying to remote domains is not available yet")
+
+REPLY_500_LINE_TOO_LONG = R(500, "5.5.6", "Line too long")
+REPLY_500_UNKNOWN_COMMAND = R(500, "5.5.2", "Command not recognized")
+REPLY_501_SYNTAX = R(501, "5.5.4", "Syntax error in parameters or arguments")
+REPLY_501_BAD_ADDRESS = R(501, "5.1.3", "Bad address syntax")
+REPLY_501_BAD_SENDER = R(501, "5.1.7", "Bad sender address syntax")
+REPLY_501_AUTH_CANCELLED = R(501, "5.7.0", "Authentication cancelled")
+REPLY_501_BAD_BASE64 = R(501, "5.5.2", "Cannot decode response")
+REPLY_502_NOT_IMPLEMENTED = R(502, "5.5.1", "Command not implemented")
+REPLY_503_EHLO_FIRST = R(503, "5.5.1", "Send HELO/EHLO first")
+REPLY_503_MAIL_FIRST = R(503, "5.5.1", "Need MAIL command first")
+REPLY_503_RCPT_FIRST = R(503, "5.5.1", "Need RCPT command first")
+REPLY_503_NESTED_MAIL = R(503, "5.5.1", "Sender already specified")
+REPLY_503_ALREADY_AUTH = R(503, "5.5.1", "Already authenticated")
+REPLY_503_TLS_ACTIVE = R(503, "5.5.1", "TLS already active")
+REPLY_504_AUTH_MECHANISM = R(504, "5.5.4", "Unrecognized authentication type")
+REPLY_530_TLS_REQUIRED = R(530, "5.7.0", "Must issue a STARTTLS command first")
+REPLY_530_AUTH_REQUIRED = R(530, "5.7.0", "Authentication required")
+REPLY_535_AUTH_FAILED = R(535, "5.7.8", "Authentication credentials invalid")
+REPLY_550_NO_SUCH_USER = R(550, "5.1.1", "No such user here")
+REPLY_550_BARE_LF = R(550, "5.6.0", "Bare CR or LF in message data")
+REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message size")
+REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
+REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")
+REPLY_555_BAD_PARAMETER = R(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized")

@@ -1,0 +1,94 @@
+"""A CRLF line receiver that is safe on hostile input, shared by SMTP and POP3.
+
+It replaces C{twisted.protocols.basic.LineOnlyReceiver.dataReceived}, which (TWISTED-NOTES
+§2.1(b)) re-splits an unterminated buffer on every read (quadratic CPU, unbounded memory) and
+keeps running lines that were pipelined after STARTTLS/STLS.  Here:
+
+  - only CRLF ends a line (RFC 5321 §2.3.8: bare CR and LF are not line ends);
+  - a line longer than C{MAX_LENGTH} calls C{lineLengthExceeded(prefix)} once, then the rest
+    of that line is discarded up to its CRLF, in linear time and constant memory;
+  - C{discard_pending_input()} drops every byte already received and not yet processed:
+    the STARTTLS/STLS fix (RFC 3207 §4.2, RFC 2595 §4: nothing sent before the handshake may
+    be acted on after it);
+  - C{pause_lines()}/C{resume_lines()} hold back pipelined lines while a command's Deferred
+    runs, so replies come back in command order (RFC 2920 §3, RFC 2449 §6.6).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import Protocol
+
+CRLF = b"\r\n"
+
+
+class StrictLineReceiver(Protocol):
+    """Mixin/base: delivers CRLF-terminated lines (without the CRLF) to C{lineReceived}."""
+
+    delimiter = CRLF
+    MAX_LENGTH = 16384
+    _buffer = b""
+    _discarding = False
+    _discard_pending = False
+    _lines_paused = False
+
+    def lineReceived(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Called once per over-long line with (a prefix of) it; the default closes."""
+        self.transport.loseConnection()
+
+    def discard_pending_input(self) -> None:
+        """Forget all received, unprocessed bytes (call before starting TLS)."""
+        self._buffer = b""
+        self._discarding = False
+        self._discard_pending = True
+
+    def pause_lines(self) -> None:
+        """Hold further lines (buffered, transport paused) until L{resume_lines}."""
+        if not self._lines_paused:
+            self._lines_paused = True
+            self.transport.pauseProducing()
+
+    def resume_lines(self) -> None:
+        """Process held lines, then read from the transport again."""
+        if self._lines_paused:
+            self._lines_paused = False
+            if not self.transport.disconnecting:
+                self.transport.resumeProducing()
+            self.dataReceived(b"")
+
+    def dataReceived(self, data: bytes) -> None:
+        self._discard_pending = False
+        if self._discarding:
+            data = self._buffer + data
+            end = data.find(CRLF)
+            if end < 0:
+                self._buffer = b"\r" if data.endswith(b"\r") else b""
+                return
+            self._discarding = False
+            self._buffer, data = b"", data[end + 2 :]
+        buf = self._buffer + data
+        start = 0
+        while not self._lines_paused:
+            if self._discard_pending or self.transport.disconnecting:
+                self._discard_pending = False
+                return
+            end = buf.find(CRLF, start)
+            if end < 0:
+                break
+            line, start = buf[start:end], end + 2
+            if len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line[: self.MAX_LENGTH])
+            else:
+                self.lineReceived(line)
+        if self._discard_pending:
+            self._discard_pending = False
+            return
+        rest = buf[start:]
+        if not self._lines_paused and len(rest) > self.MAX_LENGTH:
+            self._discarding = True
+            self._buffer = b"\r" if rest.endswith(b"\r") else b""
+            self.lineLengthExceeded(rest[: self.MAX_LENGTH])
+        else:
+            self._buffer = rest
