@@ -1,0 +1,271 @@
+"""Configuration: a TOML file (stdlib tomllib) -> a frozen attrs tree (DESIGN §3).
+
+Discovery (L{find_config}): C{--config PATH}, else C{$TWISTEDMAIL_CONFIG}, else
+C{./twistedmail.toml} if present, else built-in defaults.  Every key is optional; unknown
+sections and keys are errors, so a typo never silently falls back to a default.  Every
+error is a L{ConfigError} whose text is one line naming the file and the key.
+Relative paths in a file are resolved against the file's directory; the default data dir
+C{./twistedmail-data} against the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from twistedmail.address import AddressError, normalize_domain
+
+DEFAULT_FILE = "twistedmail.toml"
+ENV_VAR = "TWISTEDMAIL_CONFIG"
+DEFAULT_DATA_DIR = "twistedmail-data"
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+DEFAULT_LISTEN = {
+    "smtp": "0.0.0.0:25",
+    "submission": "0.0.0.0:587",
+    "submissions": "0.0.0.0:465",
+    "imap": "0.0.0.0:143",
+    "imaps": "0.0.0.0:993",
+    "pop3": "0.0.0.0:110",
+    "pop3s": "0.0.0.0:995",
+}
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+class ConfigError(Exception):
+    """A configuration problem; C{str()} is one line: C{FILE: [section] key: what is wrong}."""
+
+
+@attrs.frozen
+class ListenAddress:
+    """One C{host:port} to listen on (C{host} may be an IPv6 literal, unbracketed here)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class ServerConfig:
+    hostname: str
+    data_dir: Path
+
+
+@attrs.frozen
+class TLSConfig:
+    """Certificate and key PEM files; both C{None} means a self-signed cert in the data dir."""
+
+    cert: Path | None
+    key: Path | None
+
+
+@attrs.frozen
+class LimitsConfig:
+    max_message_size: int  # octets (RFC 1870 SIZE)
+
+
+@attrs.frozen
+class RelayConfig:
+    smarthost: ListenAddress | None
+    nameservers: tuple[ListenAddress, ...]
+    routes: tuple[tuple[str, ListenAddress], ...]
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
+
+    source: Path | None
+    server: ServerConfig
+    listen: dict[str, tuple[ListenAddress, ...]]
+    tls: TLSConfig
+    limits: LimitsConfig
+    relay: RelayConfig
+
+
+def find_config(path: Path | None) -> Path | None:
+    """The config file to use (see module docstring), or C{None} for built-in defaults."""
+    if path is not None:
+        return path
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_FILE)
+    return local if local.is_file() else None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Find, read and validate the configuration.
+
+    @raise ConfigError: unreadable file, TOML syntax error, unknown or invalid key.
+    """
+    source = find_config(path)
+    if source is None:
+        return parse_config({}, None)
+    try:
+        raw = source.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read config file: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    return parse_config(data, source)
+
+
+class _Reader:
+    def __init__(self, source: Path | None) -> None:
+        self.name = str(source) if source else "built-in defaults"
+        self.base = source.parent if source else Path.cwd()
+
+    def fail(self, where: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.name}: {where}: {what}")
+
+    def section(self, data: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise self.fail(f"[{name}]", "must be a table")
+        for key in section:
+            if key not in keys:
+                raise self.fail(f"[{name}] {key}", "unknown key")
+        return section
+
+    def string(self, section: dict[str, Any], name: str, key: str, default: str) -> str:
+        value = section.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(f"[{name}] {key}", "must be a string")
+        return value
+
+    def path(self, value: str) -> Path:
+        return (self.base / os.path.expanduser(value)).resolve()
+
+    def address(self, where: str, value: object, default_port: int | None = None) -> ListenAddress:
+        if not isinstance(value, str):
+            raise self.fail(where, 'must be a "host:port" string')
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
+        if m is None and default_port is not None and re.fullmatch(r"[^:\[\]\s]+", value.strip()):
+            return ListenAddress(value.strip(), default_port)
+        if m is None:
+            raise self.fail(where, f'"{value}" is not "host:port"')
+        host = m.group(1) or m.group(3)
+        port = int(m.group(2) or m.group(4))
+        if not 0 <= port <= 65535:
+            raise self.fail(where, f"port {port} out of range")
+        return ListenAddress(host, port)
+
+
+def parse_size(text: object) -> int:
+    """C{"25MiB"} -> 26214400; plain integers are octets.  @raise ValueError: otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return text
+    m = _SIZE.match(text) if isinstance(text, str) else None
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError("must be a positive size such as 25MiB")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
+
+
+def parse_config(data: dict[str, Any], source: Path | None) -> Config:
+    """Validate parsed TOML C{data} into a L{Config}.  @raise ConfigError: see L{load_config}."""
+    r = _Reader(source)
+    known = {"server", "listen", "tls", "limits", "relay"}
+    for key in data:
+        if key not in known:
+            raise r.fail(f"[{key}]", "unknown section")
+
+    server = r.section(data, "server", {"hostname", "data_dir"})
+    hostname = r.string(server, "server", "hostname", "") or socket.getfqdn() or "localhost"
+    try:
+        hostname = normalize_domain(hostname)
+    except AddressError as e:
+        raise r.fail("[server] hostname", str(e)) from None
+    data_dir_text = r.string(server, "server", "data_dir", "")
+    data_dir = r.path(data_dir_text) if data_dir_text else Path(DEFAULT_DATA_DIR).resolve()
+
+    listen_section = r.section(data, "listen", set(SERVICES))
+    listen: dict[str, tuple[ListenAddress, ...]] = {}
+    for service in SERVICES:
+        value = listen_section.get(service, DEFAULT_LISTEN[service])
+        values = value if isinstance(value, list) else [value]
+        listen[service] = tuple(r.address(f"[listen] {service}", v) for v in values)
+
+    tls = r.section(data, "tls", {"cert", "key"})
+    cert, key = r.string(tls, "tls", "cert", ""), r.string(tls, "tls", "key", "")
+    if bool(cert) != bool(key):
+        raise r.fail("[tls]", "cert and key must be given together")
+
+    limits = r.section(data, "limits", {"max_message_size"})
+    try:
+        max_size = parse_size(limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
+    except ValueError as e:
+        raise r.fail("[limits] max_message_size", str(e)) from None
+
+    relay = r.section(data, "relay", {"smarthost", "nameservers", "routes"})
+    smarthost_text = r.string(relay, "relay", "smarthost", "")
+    smarthost = r.address("[relay] smarthost", smarthost_text, 25) if smarthost_text else None
+    nameservers = relay.get("nameservers", [])
+    if not isinstance(nameservers, list):
+        raise r.fail("[relay] nameservers", "must be a list of \"host:port\"")
+    routes = relay.get("routes", {})
+    if not isinstance(routes, dict):
+        raise r.fail("[relay.routes]", "must be a table of domain = \"host:port\"")
+    route_list = []
+    for domain, target in routes.items():
+        try:
+            name = normalize_domain(domain)
+        except AddressError as e:
+            raise r.fail(f"[relay.routes] {domain}", str(e)) from None
+        route_list.append((name, r.address(f"[relay.routes] {domain}", target, 25)))
+
+    return Config(
+        source=source,
+        server=ServerConfig(hostname=hostname, data_dir=data_dir),
+        listen=listen,
+        tls=TLSConfig(r.path(cert) if cert else None, r.path(key) if key else None),
+        limits=LimitsConfig(max_message_size=max_size),
+        relay=RelayConfig(
+            smarthost=smarthost,
+            nameservers=tuple(r.address("[relay] nameservers", n, 53) for n in nameservers),
+            routes=tuple(route_list),
+        ),
+    )
+
+
+def store_path(config: Config) -> Path:
+    """C{DATA_DIR/accounts.sqlite3}: the credential store."""
+    return config.server.data_dir / "accounts.sqlite3"
+
+
+def mail_dir(config: Config) -> Path:
+    """C{DATA_DIR/mail}: the root of every user's Maildir."""
+    return config.server.data_dir / "mail"
+
+
+def tls_paths(config: Config) -> tuple[Path, Path]:
+    """(cert, key): the configured files, else the self-signed pair in C{DATA_DIR/tls/}."""
+    if config.tls.cert and config.tls.key:
+        return config.tls.cert, config.tls.key
+    return config.server.data_dir / "tls" / "cert.pem", config.server.data_dir / "tls" / "key.pem"
+
+
+def ensure_data_dir(config: Config) -> None:
+    """Create the data dir and C{mail/} (mode 0700) if missing.
+
+    @raise ConfigError: when it cannot be created.
+    """
+    try:
+        config.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mail_dir(config).mkdir(mode=0o700, exist_ok=True)
+    except OSError as e:
+        where = config.source or "built-in defaults"
+        raise ConfigError(
+            f"{where}: [server] data_dir: cannot create {config.server.data_dir}: {e.strerror}"
+        ) from None

@@ -1,0 +1,151 @@
+"""Builds the running server from a L{Config}: one MultiService with every listener.
+
+Listeners (DESIGN §1): SMTP 25 (STARTTLS), submission 587 (STARTTLS) and 465 (implicit TLS,
+RFC 8314 §3.3), IMAP 143 (STARTTLS) and 993 (implicit TLS), POP3 110 (STLS) and 995
+(implicit TLS).  All of them share one account store, one password checker (one
+twisted.cred portal for the logins), one Maildir tree and one change notifier, so a
+delivery on 25 is pushed at once to an IMAP session in IDLE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
+from twisted.internet import endpoints, threads
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.mail import imap4, pop3
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from twistedmail import tls as tlsmod
+from twistedmail.accounts import AccountStore
+from twistedmail.auth import MailRealm, PasswordChecker
+from twistedmail.config import Config, ensure_data_dir, mail_dir, store_path, tls_paths
+from twistedmail.delivery import LocalDelivery
+from twistedmail.imap.account import MaildirAccount
+from twistedmail.imap.server import imap_factory
+from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
+from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
+from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.smtp.submission import submission_factory
+
+log = Logger(namespace="twistedmail.service")
+
+IMPLICIT_TLS = {"submissions", "imaps", "pop3s"}
+
+
+def server_tls_context(config: Config) -> CertificateOptions:
+    """The configured certificate, or a self-signed one created on first start.
+
+    @raise twistedmail.tls.TLSConfigError: when the files cannot be loaded.
+    """
+    cert, key = tls_paths(config)
+    if config.tls.cert is None and not (cert.exists() and key.exists()):
+        tlsmod.create_self_signed(cert, key, config.server.hostname)
+        log.info("created a self-signed certificate for {host} in {cert}",
+                 host=config.server.hostname, cert=str(cert))
+    return tlsmod.server_context(cert, key)
+
+
+def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
+    """A TCP endpoint on C{host:port} (IPv6 when the host is an IPv6 literal)."""
+    if ":" in host:
+        return endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
+    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
+
+
+class MailServer(MultiService):
+    """The whole server: the shared state and one StreamServerEndpointService per listener.
+
+    Attributes for tests and the control socket: C{store}, C{delivery}, C{notifier}, C{portal}.
+    """
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        ensure_data_dir(config)
+        self.store = AccountStore(store_path(config))
+        self.mail_dir = mail_dir(config)
+        self.notifier = ChangeNotifier()
+        self.tls_context = server_tls_context(config)
+
+        def run_in_thread(f: Any, *args: Any) -> Any:
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+        self.run_in_thread = run_in_thread
+        checker = PasswordChecker(self.store, run_in_thread)
+        self.delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, run_in_thread)
+        realm = MailRealm(
+            {
+                imap4.IAccount: self._imap_account,
+                pop3.IMailbox: lambda address: MaildirPOP3Mailbox(
+                    mailbox_root(self.mail_dir, address), run_in_thread
+                ),
+            }
+        )
+        self.portal = Portal(realm, [checker])
+        hostname = config.server.hostname
+        size = config.limits.max_message_size
+        factories: dict[str, Factory] = {
+            "smtp": inbound_factory(
+                hostname=hostname, store=self.store, delivery=self.delivery,
+                tls=self.tls_context, max_message_size=size, clock=reactor,
+            ),
+            "submission": submission_factory(
+                hostname=hostname, store=self.store, delivery=self.delivery, portal=self.portal,
+                tls=self.tls_context, implicit_tls=False, max_message_size=size, clock=reactor,
+            ),
+            "submissions": submission_factory(
+                hostname=hostname, store=self.store, delivery=self.delivery, portal=self.portal,
+                tls=None, implicit_tls=True, max_message_size=size, clock=reactor,
+            ),
+            "imap": imap_factory(
+                portal=self.portal, tls=self.tls_context, implicit_tls=False, clock=reactor,
+                max_literal_size=size,
+            ),
+            "imaps": imap_factory(
+                portal=self.portal, tls=None, implicit_tls=True, clock=reactor,
+                max_literal_size=size,
+            ),
+            "pop3": pop3_factory(
+                portal=self.portal, tls=self.tls_context, implicit_tls=False, clock=reactor
+            ),
+            "pop3s": pop3_factory(portal=self.portal, tls=None, implicit_tls=True, clock=reactor),
+        }
+        for name, factory in factories.items():
+            for address in config.listen[name]:
+                if name in IMPLICIT_TLS:
+                    factory = TLSMemoryBIOFactory(self.tls_context, False, factory)
+                svc = StreamServerEndpointService(
+                    endpoint_for(reactor, address.host, address.port), factory
+                )
+                svc._raiseSynchronously = True  # a port in use stops the start (twistd exits 1)
+                svc.setName(f"{name}@{address}")
+                svc.setServiceParent(self)
+
+    def _imap_account(self, address: str) -> MaildirAccount:
+        maildir = UserMaildir(mailbox_root(self.mail_dir, address))
+        maildir.ensure()
+        return MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
+
+    def startService(self) -> None:
+        super().startService()
+        for svc in self:
+            log.info("listening: {name}", name=svc.name)
+        log.info("twistedmail started: hostname={host} data_dir={data}",
+                 host=self.config.server.hostname, data=str(self.config.server.data_dir))
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        d.addBoth(lambda r: (self.store.close(), r)[1])
+        return d
+
+
+def data_dir_of(config: Config) -> Path:
+    return config.server.data_dir
