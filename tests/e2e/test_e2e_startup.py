@@ -1,0 +1,51 @@
+"""Starting the server as a user does: plugin discovery, config errors, first start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .conftest import BIN, Server
+
+
+def test_twistd_lists_the_plugin() -> None:
+    out = subprocess.run([str(BIN / "twistd"), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert any(line.split()[:1] == ["twistedmail"] for line in out.stdout.splitlines()), out.stdout
+
+
+def test_config_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[listen]\nsmtp = "nonsense"\n')
+    out = subprocess.run(
+        [str(BIN / "twistd"), "-n", "--pidfile=", "twistedmail", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert out.returncode == 1
+    err = (out.stderr + out.stdout).strip().splitlines()
+    assert err == [f'twistedmail: error: {config}: [listen] smtp: "nonsense" is not "host:port"'], err
+
+
+def test_first_start_creates_data_dir_and_certificate(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.start()
+    try:
+        assert (server.data_dir / "tls" / "cert.pem").exists()
+        key = server.data_dir / "tls" / "key.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert server.data_dir.stat().st_mode & 0o777 == 0o700
+        assert (server.data_dir / "accounts.sqlite3").exists()
+    finally:
+        server.stop()
+
+
+def test_config_found_through_environment(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    env = dict(os.environ, TWISTEDMAIL_CONFIG=str(server.config))
+    out = subprocess.run([str(BIN / "twistedmail"), "user", "add", "carol@example.test", "--password-stdin"],
+                         input="pw-carol-1\n", capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([str(BIN / "twistedmail"), "user", "list"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.stdout.splitlines() == ["carol@example.test"]

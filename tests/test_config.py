@@ -1,0 +1,112 @@
+"""Config parsing: defaults, the example file, discovery and one-line errors naming file and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from twistedmail.config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    ListenAddress,
+    find_config,
+    load_config,
+    parse_config,
+    parse_size,
+    store_path,
+    tls_paths,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigTests(TestCase):
+    def write(self, text: str) -> Path:
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def error(self, text: str) -> str:
+        path = self.write(text)
+        with self.assertRaises(ConfigError) as cm:
+            load_config(path)
+        return str(cm.exception).replace(str(path), "FILE")
+
+    def test_example_file_equals_the_defaults(self) -> None:
+        """etc/twistedmail.example.toml lists every key with its default value."""
+        example = load_config(ROOT / "etc" / "twistedmail.example.toml")
+        defaults = parse_config({}, None)
+        self.assertEqual(example.listen, defaults.listen)
+        self.assertEqual(example.limits, defaults.limits)
+        self.assertEqual(example.relay, defaults.relay)
+        self.assertEqual(example.tls, defaults.tls)
+
+    def test_defaults(self) -> None:
+        config = parse_config({}, None)
+        self.assertEqual(config.server.data_dir, Path("twistedmail-data").resolve())
+        self.assertEqual(config.limits.max_message_size, 25 * 1024 * 1024)
+        self.assertEqual(
+            {k: tuple(str(a) for a in v) for k, v in config.listen.items()},
+            {k: (v,) for k, v in DEFAULT_LISTEN.items()},
+        )
+        self.assertEqual(store_path(config), config.server.data_dir / "accounts.sqlite3")
+        self.assertEqual(tls_paths(config)[1], config.server.data_dir / "tls" / "key.pem")
+
+    def test_relative_paths_resolve_against_the_file(self) -> None:
+        path = self.write('[server]\ndata_dir = "data"\nhostname = "Mail.Example.ORG"\n')
+        config = load_config(path)
+        self.assertEqual(config.server.data_dir, path.parent.resolve() / "data")
+        self.assertEqual(config.server.hostname, "mail.example.org")
+
+    def test_listen_lists_ipv6_and_disabled(self) -> None:
+        config = load_config(self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n'))
+        self.assertEqual(config.listen["smtp"], (ListenAddress("127.0.0.1", 2525), ListenAddress("::1", 2525)))
+        self.assertEqual(config.listen["pop3"], ())
+
+    def test_errors_name_file_and_key(self) -> None:
+        self.assertEqual(self.error('[listen]\nsmtp = "nonsense"\n'),
+                         'FILE: [listen] smtp: "nonsense" is not "host:port"')
+        self.assertEqual(self.error("[listen]\nsmpt = \"1.2.3.4:25\"\n"), "FILE: [listen] smpt: unknown key")
+        self.assertEqual(self.error("[srever]\n"), "FILE: [srever]: unknown section")
+        self.assertEqual(self.error('[limits]\nmax_message_size = "lots"\n'),
+                         "FILE: [limits] max_message_size: must be a positive size such as 25MiB")
+        self.assertEqual(self.error('[tls]\ncert = "a.pem"\n'), "FILE: [tls]: cert and key must be given together")
+        self.assertEqual(self.error('[listen]\nimap = "1.2.3.4:70000"\n'), "FILE: [listen] imap: port 70000 out of range")
+        self.assertTrue(self.error("[server\n").startswith("FILE: invalid TOML: "))
+
+    def test_missing_file(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            load_config(Path("/nonexistent/twistedmail.toml"))
+        self.assertEqual(str(cm.exception),
+                         "/nonexistent/twistedmail.toml: cannot read config file: No such file or directory")
+
+    def test_sizes(self) -> None:
+        self.assertEqual(parse_size("25MiB"), 26214400)
+        self.assertEqual(parse_size("10 MB"), 10_000_000)
+        self.assertEqual(parse_size(1000), 1000)
+        self.assertRaises(ValueError, parse_size, "0")
+        self.assertRaises(ValueError, parse_size, True)
+
+    def test_discovery_order(self) -> None:
+        explicit = Path("/x.toml")
+        self.assertEqual(find_config(explicit), explicit)
+        old_env, old_cwd = os.environ.get("TWISTEDMAIL_CONFIG"), os.getcwd()
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        try:
+            os.chdir(tmp)
+            os.environ.pop("TWISTEDMAIL_CONFIG", None)
+            self.assertIsNone(find_config(None))
+            (tmp / "twistedmail.toml").write_text("")
+            self.assertEqual(find_config(None), Path("twistedmail.toml"))
+            os.environ["TWISTEDMAIL_CONFIG"] = "/etc/tm.toml"
+            self.assertEqual(find_config(None), Path("/etc/tm.toml"))
+        finally:
+            os.chdir(old_cwd)
+            if old_env is None:
+                os.environ.pop("TWISTEDMAIL_CONFIG", None)
+            else:
+                os.environ["TWISTEDMAIL_CONFIG"] = old_env
