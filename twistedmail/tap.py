@@ -28,10 +28,10 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from twistedmail.service import MailServer
-
     try:
         config = load_config(Path(options["config"]) if options["config"] else None)
+        from twistedmail.service import MailServer
+
         return MailServer(config, reactor)
     except (ConfigError, TLSConfigError) as e:
         sys.stderr.write(f"twistedmail: error: {e}\n")
