@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import ssl
 
 
@@ -64,16 +65,18 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
         cert = ssl.Certificate.loadPEM(chain[0].public_bytes(serialization.Encoding.PEM))
-        key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+        key = ssl.KeyPair.load(key_pem, FILETYPE_PEM)
         extra = [
             ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)).original
             for c in chain[1:]
         ]
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=key.original,
             certificate=cert.original,
             extraCertChain=extra or None,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
+        options.getContext()  # builds (and caches) the context: checks the key matches the cert
+        return options
     except Exception as e:  # OpenSSL and cryptography raise many types for bad PEM
         raise TLSConfigError(f"cannot load certificate {cert_path} / key {key_path}: {e}") from None
