@@ -1,0 +1,506 @@
+"""Tests for the C{twistedmail} admin CLI (DESIGN §3): commands, output, exit status, errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from twistedmail import cli, passwords
+from twistedmail.accounts import AccountStore
+from twistedmail.tls import create_self_signed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CLITestCase(unittest.TestCase):
+    """Runs C{cli.main} in-process with a temp data dir and captured stdio."""
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+        self.data_dir = self.base / "data"
+        self.config = self.base / "twistedmail.toml"
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+        )
+        self.getpass_answers: list[str] = []
+        self.patch(cli.getpass, "getpass", self.fake_getpass)
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text, "utf-8")
+
+    def fake_getpass(self, prompt: str = "Password: ") -> str:
+        if not self.getpass_answers:
+            raise AssertionError(f"unexpected password prompt {prompt!r}")
+        answer = self.getpass_answers.pop(0)
+        if answer == "^C":
+            raise KeyboardInterrupt
+        return answer
+
+    def run_cli(self, *argv: str, stdin: bytes = b"", config: bool = True) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        args = ["--config", str(self.config), *argv] if config else list(argv)
+        code = cli.main(args)
+        return code, out.getvalue(), err.getvalue()
+
+    def assertUserError(self, result: tuple[int, str, str], message: str) -> None:
+        """Exit 1, nothing on stdout, exactly C{twistedmail: error: <message>} on stderr."""
+        self.assertEqual(result, (1, "", f"twistedmail: error: {message}\n"))
+
+    def store(self) -> AccountStore:
+        store = AccountStore(self.data_dir / "accounts.sqlite3")
+        self.addCleanup(store.close)
+        return store
+
+    def add_user(self, address: str, password: str = "pw") -> None:
+        code, _, err = self.run_cli(
+            "user", "add", address, "--password-stdin", stdin=password.encode() + b"\n"
+        )
+        self.assertEqual((code, err), (0, ""))
+
+
+class UserCommandTests(CLITestCase):
+    def test_add_new_domain(self) -> None:
+        """C{user add} on a new domain adds the domain and says so; the hash is argon2id."""
+        result = self.run_cli(
+            "user", "add", "Alice@Example.ORG", "--password-stdin", stdin=b"correct horse\n"
+        )
+        self.assertEqual(
+            result, (0, "added domain example.org\nadded user alice@example.org\n", "")
+        )
+        store = self.store()
+        self.assertEqual(store.users(), ["alice@example.org"])
+        self.assertEqual(store.domains(), ["example.org"])
+        stored = store.password_hash("alice@example.org")
+        assert stored is not None
+        self.assertTrue(stored.startswith("$argon2id$"))
+        self.assertTrue(passwords.verify("correct horse", stored))
+
+    def test_add_existing_domain(self) -> None:
+        self.add_user("alice@example.org")
+        result = self.run_cli("user", "add", "bob@example.org", "--password-stdin", stdin=b"x\n")
+        self.assertEqual(result, (0, "added user bob@example.org\n", ""))
+
+    def test_data_dir_created_private(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertEqual(self.data_dir.stat().st_mode & 0o777, 0o700)
+        self.assertEqual((self.data_dir / "accounts.sqlite3").stat().st_mode & 0o777, 0o600)
+
+    def test_password_stdin_reads_one_line_only(self) -> None:
+        """Exactly one line is read; only its line end is stripped (spaces are kept)."""
+        self.add_user("alice@example.org", " two words \nsecond line")
+        stored = self.store().password_hash("alice@example.org")
+        assert stored is not None
+        self.assertTrue(passwords.verify(" two words ", stored))
+        self.assertFalse(passwords.verify(" two words \nsecond line", stored))
+
+    def test_password_stdin_crlf_and_no_newline(self) -> None:
+        self.run_cli("user", "add", "a@example.org", "--password-stdin", stdin=b"pw1\r\n")
+        self.run_cli("user", "add", "b@example.org", "--password-stdin", stdin=b"pw2")
+        store = self.store()
+        self.assertTrue(passwords.verify("pw1", store.password_hash("a@example.org") or ""))
+        self.assertTrue(passwords.verify("pw2", store.password_hash("b@example.org") or ""))
+
+    def test_password_stdin_utf8(self) -> None:
+        self.add_user("alice@example.org", "pässwörd")
+        stored = self.store().password_hash("alice@example.org") or ""
+        self.assertTrue(passwords.verify("pässwörd", stored))
+
+    def test_empty_password(self) -> None:
+        for stdin in (b"\n", b"", b"\r\n"):
+            result = self.run_cli(
+                "user", "add", "alice@example.org", "--password-stdin", stdin=stdin
+            )
+            self.assertUserError(result, "empty password")
+        self.assertEqual(self.store().users(), [])
+
+    def test_bad_passwords(self) -> None:
+        cases = [
+            (b"\xff\xfe\n", "the password on stdin is not valid UTF-8"),
+            (b"a\0b\n", "password contains a NUL character"),
+            (b"x" * 1025 + b"\n", "password longer than 1024 characters"),
+        ]
+        for stdin, message in cases:
+            result = self.run_cli(
+                "user", "add", "alice@example.org", "--password-stdin", stdin=stdin
+            )
+            self.assertUserError(result, message)
+
+    def test_prompt_twice(self) -> None:
+        self.getpass_answers = ["s3cret", "s3cret"]
+        result = self.run_cli("user", "add", "alice@example.org")
+        self.assertEqual(result[0], 0)
+        self.assertEqual(self.getpass_answers, [])
+        stored = self.store().password_hash("alice@example.org") or ""
+        self.assertTrue(passwords.verify("s3cret", stored))
+
+    def test_prompt_mismatch(self) -> None:
+        self.getpass_answers = ["s3cret", "s3cr3t"]
+        self.assertUserError(
+            self.run_cli("user", "add", "alice@example.org"), "passwords do not match"
+        )
+        self.assertEqual(self.store().users(), [])
+
+    def test_prompt_interrupted(self) -> None:
+        self.getpass_answers = ["^C"]
+        self.assertUserError(self.run_cli("user", "add", "alice@example.org"), "interrupted")
+
+    def test_duplicate_asks_no_password(self) -> None:
+        self.add_user("alice@example.org")
+        result = self.run_cli("user", "add", "ALICE@example.org")
+        self.assertUserError(result, "user alice@example.org already exists")
+
+    def test_add_over_alias(self) -> None:
+        self.add_user("alice@example.org")
+        self.run_cli("alias", "add", "info@example.org", "alice@example.org")
+        self.assertUserError(
+            self.run_cli("user", "add", "info@example.org"), "info@example.org is already an alias"
+        )
+
+    def test_invalid_address(self) -> None:
+        self.assertUserError(
+            self.run_cli("user", "add", "not-an-address"),
+            "invalid address 'not-an-address': address must be local@domain",
+        )
+        self.assertUserError(
+            self.run_cli("user", "add", "a b@example.org"),
+            "invalid address 'a b@example.org': invalid local part",
+        )
+        self.assertUserError(
+            self.run_cli("user", "add", "a@-bad-.org"),
+            "invalid address 'a@-bad-.org': invalid domain",
+        )
+
+    def test_passwd(self) -> None:
+        self.add_user("alice@example.org", "old")
+        result = self.run_cli(
+            "user", "passwd", "Alice@example.org", "--password-stdin", stdin=b"new\n"
+        )
+        self.assertEqual(result, (0, "changed password of alice@example.org\n", ""))
+        stored = self.store().password_hash("alice@example.org") or ""
+        self.assertTrue(passwords.verify("new", stored))
+        self.assertFalse(passwords.verify("old", stored))
+
+    def test_passwd_prompt(self) -> None:
+        self.add_user("alice@example.org", "old")
+        self.getpass_answers = ["new", "new"]
+        self.assertEqual(self.run_cli("user", "passwd", "alice@example.org")[0], 0)
+        self.assertTrue(
+            passwords.verify("new", self.store().password_hash("alice@example.org") or "")
+        )
+
+    def test_passwd_unknown_user_asks_no_password(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertUserError(
+            self.run_cli("user", "passwd", "bob@example.org"), "no such user bob@example.org"
+        )
+
+    def test_del(self) -> None:
+        self.add_user("alice@example.org")
+        self.add_user("bob@example.org")
+        result = self.run_cli("user", "del", "alice@example.org")
+        self.assertEqual(result, (0, "deleted user alice@example.org (its mail is kept)\n", ""))
+        self.assertEqual(self.store().users(), ["bob@example.org"])
+
+    def test_del_unknown(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertUserError(
+            self.run_cli("user", "del", "carol@example.org"), "no such user carol@example.org"
+        )
+
+    def test_list(self) -> None:
+        for address in ("zed@b.example", "alice@example.org", "bob@example.org"):
+            self.add_user(address)
+        result = self.run_cli("user", "list")
+        self.assertEqual(result, (0, "alice@example.org\nbob@example.org\nzed@b.example\n", ""))
+
+    def test_list_empty_store(self) -> None:
+        self.run_cli("domain", "add", "example.org")
+        self.assertEqual(self.run_cli("user", "list"), (0, "", ""))
+
+    def test_read_commands_need_a_store(self) -> None:
+        """A read on a missing store is an error and creates nothing (wrong --config?)."""
+        message = f"no account store in {self.data_dir} (add a user first, or check --config)"
+        for argv in (
+            ["user", "list"],
+            ["domain", "list"],
+            ["alias", "list"],
+            ["user", "del", "a@example.org"],
+            ["domain", "del", "example.org"],
+        ):
+            self.assertUserError(self.run_cli(*argv), message)
+        self.assertFalse(self.data_dir.exists())
+
+    def test_live_for_an_open_store(self) -> None:
+        """The server's open store connection sees the CLI's change at its next query (WAL)."""
+        self.add_user("alice@example.org", "old")
+        server_store = self.store()
+        self.assertTrue(
+            passwords.verify("old", server_store.password_hash("alice@example.org") or "")
+        )
+        self.run_cli("user", "passwd", "alice@example.org", "--password-stdin", stdin=b"new\n")
+        self.run_cli("user", "add", "bob@example.org", "--password-stdin", stdin=b"b\n")
+        self.assertTrue(
+            passwords.verify("new", server_store.password_hash("alice@example.org") or "")
+        )
+        self.assertTrue(server_store.is_user("bob@example.org"))
+
+
+class DomainCommandTests(CLITestCase):
+    def test_add_list_del(self) -> None:
+        self.assertEqual(
+            self.run_cli("domain", "add", "Example.ORG"), (0, "added domain example.org\n", "")
+        )
+        self.assertEqual(
+            self.run_cli("domain", "add", "bücher.example"),
+            (0, "added domain xn--bcher-kva.example\n", ""),
+        )
+        self.assertEqual(
+            self.run_cli("domain", "list"), (0, "example.org\nxn--bcher-kva.example\n", "")
+        )
+        self.assertEqual(
+            self.run_cli("domain", "del", "EXAMPLE.org"), (0, "deleted domain example.org\n", "")
+        )
+        self.assertEqual(self.run_cli("domain", "list"), (0, "xn--bcher-kva.example\n", ""))
+
+    def test_errors(self) -> None:
+        self.run_cli("domain", "add", "example.org")
+        self.assertUserError(
+            self.run_cli("domain", "add", "example.org"), "domain example.org already exists"
+        )
+        self.assertUserError(
+            self.run_cli("domain", "add", "[192.0.2.1]"),
+            "invalid domain '[192.0.2.1]': not a domain name",
+        )
+        self.assertUserError(
+            self.run_cli("domain", "del", "other.example"), "no such domain other.example"
+        )
+        self.assertUserError(
+            self.run_cli("domain", "del", "bad..name"), "invalid domain 'bad..name': invalid domain"
+        )
+
+    def test_del_with_users(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertUserError(
+            self.run_cli("domain", "del", "example.org"),
+            "domain example.org still has 1 user(s); delete them first",
+        )
+
+
+class AliasCommandTests(CLITestCase):
+    def test_add_list_del(self) -> None:
+        self.add_user("alice@example.org")
+        result = self.run_cli(
+            "alias", "add", "Postmaster@example.org", "alice@example.org", "Bob@Remote.example"
+        )
+        self.assertEqual(
+            result, (0, "postmaster@example.org -> alice@example.org, bob@remote.example\n", "")
+        )
+        self.run_cli("alias", "add", "abuse@example.org", "postmaster@example.org")
+        self.assertEqual(
+            self.run_cli("alias", "list"),
+            (
+                0,
+                (
+                    "abuse@example.org postmaster@example.org\n"
+                    "postmaster@example.org alice@example.org bob@remote.example\n"
+                ),
+                "",
+            ),
+        )
+        self.assertEqual(
+            self.run_cli("alias", "del", "abuse@example.org"),
+            (0, "deleted alias abuse@example.org\n", ""),
+        )
+        self.assertEqual(
+            self.run_cli("alias", "list"),
+            (0, ("postmaster@example.org alice@example.org bob@remote.example\n"), ""),
+        )
+
+    def test_add_targets_to_existing(self) -> None:
+        self.add_user("alice@example.org")
+        self.run_cli("alias", "add", "team@example.org", "alice@example.org")
+        result = self.run_cli("alias", "add", "team@example.org", "carol@remote.example")
+        self.assertEqual(
+            result, (0, "team@example.org -> alice@example.org, carol@remote.example\n", "")
+        )
+
+    def test_errors(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertUserError(
+            self.run_cli("alias", "add", "x@other.example", "alice@example.org"),
+            "other.example is not a local domain; add it first",
+        )
+        self.assertUserError(
+            self.run_cli("alias", "add", "alice@example.org", "b@example.org"),
+            "alice@example.org is a user, not an alias",
+        )
+        self.assertUserError(
+            self.run_cli("alias", "add", "x@example.org", "not an@address"),
+            "invalid address 'not an@address': invalid local part",
+        )
+        self.assertUserError(
+            self.run_cli("alias", "del", "x@example.org"), "no such alias x@example.org"
+        )
+        code, out, err = self.run_cli("alias", "add", "x@example.org")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.count("\n"), 1)
+        self.assertTrue(
+            err.startswith("twistedmail: error: the following arguments are required: TARGET")
+        )
+
+
+class ConfigTests(CLITestCase):
+    def test_check_config(self) -> None:
+        self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
+        self.assertFalse(self.data_dir.exists())
+
+    def test_check_config_tls(self) -> None:
+        cert, key = self.base / "cert.pem", self.base / "key.pem"
+        create_self_signed(cert, key, "mail.example.org")
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        )
+        self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
+
+    def test_check_config_bad_tls(self) -> None:
+        cert, key = self.base / "cert.pem", self.base / "key.pem"
+        cert.write_text("not a certificate\n")
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        )
+        code, out, err = self.run_cli("check-config")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err, f"twistedmail: error: cannot read {key}: No such file or directory\n")
+        key.write_text("not a key\n")
+        code, out, err = self.run_cli("check-config")
+        self.assertEqual((code, out, err.count("\n")), (1, "", 1))
+        self.assertTrue(err.startswith(f"twistedmail: error: cannot load certificate {cert} "))
+
+    def test_defaults(self) -> None:
+        """No --config, no $TWISTEDMAIL_CONFIG, no ./twistedmail.toml: built-in defaults."""
+        empty = self.base / "empty"
+        empty.mkdir()
+        self.chdir(empty)
+        self.setenv(cli.config_module.ENV_VAR, None)
+        self.assertEqual(
+            self.run_cli("check-config", config=False), (0, "config OK: defaults\n", "")
+        )
+        self.assertFalse((empty / "twistedmail-data").exists())
+
+    def test_discovery_env_and_cwd(self) -> None:
+        """$TWISTEDMAIL_CONFIG, else ./twistedmail.toml, finds the same data dir as the server."""
+        self.setenv(cli.config_module.ENV_VAR, str(self.config))
+        self.add_user("alice@example.org")
+        self.assertEqual(self.run_cli("user", "list", config=False), (0, "alice@example.org\n", ""))
+        self.setenv(cli.config_module.ENV_VAR, None)
+        self.chdir(self.base)
+        self.assertEqual(
+            self.run_cli("check-config", config=False), (0, "config OK: twistedmail.toml\n", "")
+        )
+        self.assertEqual(self.run_cli("user", "list", config=False), (0, "alice@example.org\n", ""))
+
+    def test_bad_config(self) -> None:
+        self.write_config('[server]\ndata_dir = "x"\nhostnme = "typo"\n')
+        self.assertUserError(
+            self.run_cli("user", "list"), f"{self.config}: [server] hostnme: unknown key"
+        )
+        self.write_config("[server\n")
+        code, out, err = self.run_cli("user", "list")
+        self.assertEqual((code, out, err.count("\n")), (1, "", 1))
+        self.assertTrue(err.startswith(f"twistedmail: error: {self.config}: invalid TOML: "))
+
+    def test_missing_config_file(self) -> None:
+        self.config.unlink()
+        self.assertUserError(
+            self.run_cli("user", "list"),
+            f"{self.config}: cannot read config file: No such file or directory",
+        )
+
+    def test_data_dir_cannot_be_created(self) -> None:
+        blocker = self.base / "file"
+        blocker.write_text("")
+        self.write_config(f'[server]\ndata_dir = "{blocker}/data"\n')
+        self.assertUserError(
+            self.run_cli("user", "add", "a@example.org", "--password-stdin", stdin=b"pw\n"),
+            f"{self.config}: [server] data_dir: cannot create {blocker}/data: Not a directory",
+        )
+
+    def test_corrupt_store(self) -> None:
+        self.data_dir.mkdir()
+        (self.data_dir / "accounts.sqlite3").write_bytes(b"this is not a database" * 100)
+        self.assertUserError(self.run_cli("user", "list"), "account store: file is not a database")
+
+    def test_store_is_a_directory(self) -> None:
+        (self.data_dir / "accounts.sqlite3").mkdir(parents=True)
+        code, out, err = self.run_cli("user", "list")
+        self.assertEqual((code, out, err.count("\n")), (1, "", 1))
+        self.assertTrue(err.startswith("twistedmail: error: "))
+        self.assertNotIn("Traceback", err)
+
+    def setenv(self, name: str, value: str | None) -> None:
+        old = os.environ.get(name)
+
+        def restore() -> None:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+        self.addCleanup(restore)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+    def chdir(self, path: Path) -> None:
+        old = os.getcwd()
+        self.addCleanup(os.chdir, old)
+        os.chdir(path)
+
+
+class UsageTests(CLITestCase):
+    def test_usage_errors_are_one_line(self) -> None:
+        cases = [
+            ((), "the following arguments are required: COMMAND (see 'twistedmail --help')"),
+            (
+                ("user",),
+                "the following arguments are required: ACTION (see 'twistedmail user --help')",
+            ),
+            (
+                ("user", "add"),
+                "the following arguments are required: address (see 'twistedmail user add --help')",
+            ),
+            (("user", "list", "extra"), "unrecognized arguments: extra (see 'twistedmail --help')"),
+        ]
+        for argv, message in cases:
+            self.assertUserError(self.run_cli(*argv), message)
+        code, out, err = self.run_cli("frobnicate")
+        self.assertEqual((code, out, err.count("\n")), (1, "", 1))
+        self.assertTrue(
+            err.startswith("twistedmail: error: argument COMMAND: invalid choice: 'frobnicate'")
+        )
+
+    def test_no_queue_commands_yet(self) -> None:
+        self.assertEqual(self.run_cli("queue", "list")[0], 1)
+
+    def test_help(self) -> None:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as cm:
+            cli.main(["--help"])
+        self.assertEqual(cm.exception.code, 0)
+        for command in ("user", "domain", "alias", "check-config"):
+            self.assertIn(command, out.getvalue())
+
+    def test_console_script_entry_point(self) -> None:
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+        self.assertEqual(project["project"]["scripts"]["twistedmail"], "twistedmail.cli:main")

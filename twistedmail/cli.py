@@ -1,0 +1,311 @@
+"""The C{twistedmail} admin command: users, domains and aliases, and a config check (DESIGN §3).
+
+C{twistedmail [--config PATH] COMMAND ...} finds the config as the server does
+(L{twistedmail.config.load_config}: C{--config}, else C{$TWISTEDMAIL_CONFIG}, else
+C{./twistedmail.toml}, else defaults) and writes the account store
+(C{DATA_DIR/accounts.sqlite3}) directly; the running server reads it live (SQLite WAL), so a
+change applies to the next SMTP/IMAP/POP3 login without a restart.
+
+Contract for scripts: exit status 0 on success; 1 on a user error, with exactly one line
+C{twistedmail: error: ...} on stderr and never a traceback; list commands print one item per
+line on stdout and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from twistedmail import config as config_module
+from twistedmail.accounts import AccountStore, StoreError
+from twistedmail.address import AddressError, Mailbox, normalize_domain
+from twistedmail.auth import MAX_CREDENTIAL_LENGTH
+from twistedmail.passwords import hash_password
+from twistedmail.tls import TLSConfigError, server_context
+
+PROG = "twistedmail"
+
+
+class UserError(Exception):
+    """A mistake the admin can fix; its message is printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes as a L{UserError} (one line, exit 1), not exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+# reading passwords
+
+
+def _password_from_stdin(stdin: TextIO) -> str:
+    """Exactly one line from stdin, without its line end (C{\\n} or C{\\r\\n}) and nothing else."""
+    raw = getattr(stdin, "buffer", None)
+    if raw is not None:
+        try:
+            line = raw.readline().decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError("the password on stdin is not valid UTF-8") from None
+    else:
+        line = stdin.readline()
+    if line.endswith("\n"):
+        line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+    return line
+
+
+def _password_from_prompt() -> str:
+    try:
+        first = getpass.getpass("Password: ")
+        second = getpass.getpass("Retype password: ")
+    except EOFError:
+        raise UserError("no password given (use --password-stdin to pipe one)") from None
+    if first != second:
+        raise UserError("passwords do not match")
+    return first
+
+
+def read_password(from_stdin: bool) -> str:
+    """The new password, from one stdin line or two interactive prompts.
+
+    @raise UserError: when empty, mistyped, too long for a login (L{MAX_CREDENTIAL_LENGTH}
+        characters, the limit L{twistedmail.auth} enforces) or containing NUL (SASL PLAIN
+        separates fields with NUL, RFC 4616 §2, so such a password could never log in).
+    """
+    password = _password_from_stdin(sys.stdin) if from_stdin else _password_from_prompt()
+    if not password:
+        raise UserError("empty password")
+    if len(password) > MAX_CREDENTIAL_LENGTH:
+        raise UserError(f"password longer than {MAX_CREDENTIAL_LENGTH} characters")
+    if "\0" in password:
+        raise UserError("password contains a NUL character")
+    return password
+
+
+def _address(text: str) -> Mailbox:
+    try:
+        return Mailbox.parse(text)
+    except AddressError as e:
+        raise UserError(f"invalid address {text!r}: {e}") from None
+
+
+# config and store
+
+
+class _Context:
+    """What a command needs: the loaded config and, on demand, the account store."""
+
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self.config = config_module.load_config(config_path)
+        self._store: AccountStore | None = None
+
+    def store(self, create: bool = True) -> AccountStore:
+        """Open the account store; C{create=False} refuses to create a missing one (reads).
+
+        @raise UserError: when the store is missing and C{create} is false.
+        """
+        if self._store is None:
+            path = config_module.store_path(self.config)
+            if create:
+                config_module.ensure_data_dir(self.config)
+            elif not path.exists():
+                data_dir = self.config.server.data_dir
+                raise UserError(
+                    f"no account store in {data_dir} (add a user first, or check --config)"
+                )
+            self._store = AccountStore(path)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _out(text: str) -> None:
+    print(text, file=sys.stdout)
+
+
+# commands
+
+
+def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox = _address(args.address)
+    store = ctx.store()
+    if store.is_user(str(mbox)):
+        raise UserError(f"user {mbox} already exists")
+    if store.alias_targets(str(mbox)):
+        raise UserError(f"{mbox} is already an alias")
+    password = read_password(args.password_stdin)
+    mbox, added_domain = store.add_user(str(mbox), hash_password(password))
+    if added_domain:
+        _out(f"added domain {mbox.domain}")
+    _out(f"added user {mbox}")
+
+
+def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox = _address(args.address)
+    store = ctx.store(create=False)
+    if not store.is_user(str(mbox)):
+        raise UserError(f"no such user {mbox}")
+    password = read_password(args.password_stdin)
+    store.set_password_hash(str(mbox), hash_password(password))
+    _out(f"changed password of {mbox}")
+
+
+def cmd_user_del(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox = _address(args.address)
+    ctx.store(create=False).delete_user(str(mbox))
+    _out(f"deleted user {mbox} (its mail is kept)")
+
+
+def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
+    for user in ctx.store(create=False).users():
+        _out(user)
+
+
+def cmd_domain_add(ctx: _Context, args: argparse.Namespace) -> None:
+    name = ctx.store().add_domain(args.domain)
+    _out(f"added domain {name}")
+
+
+def cmd_domain_del(ctx: _Context, args: argparse.Namespace) -> None:
+    try:
+        name = normalize_domain(args.domain)
+    except AddressError as e:
+        raise UserError(f"invalid domain {args.domain!r}: {e}") from None
+    ctx.store(create=False).delete_domain(name)
+    _out(f"deleted domain {name}")
+
+
+def cmd_domain_list(ctx: _Context, args: argparse.Namespace) -> None:
+    for domain in ctx.store(create=False).domains():
+        _out(domain)
+
+
+def cmd_alias_add(ctx: _Context, args: argparse.Namespace) -> None:
+    alias = ctx.store().add_alias(args.alias, args.targets)
+    _out(f"{alias.address} -> {', '.join(alias.targets)}")
+
+
+def cmd_alias_del(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox = _address(args.alias)
+    ctx.store(create=False).delete_alias(str(mbox))
+    _out(f"deleted alias {mbox}")
+
+
+def cmd_alias_list(ctx: _Context, args: argparse.Namespace) -> None:
+    for alias in ctx.store(create=False).aliases():
+        _out(" ".join((alias.address, *alias.targets)))
+
+
+def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
+    tls = ctx.config.tls
+    if tls.cert is not None and tls.key is not None:
+        server_context(tls.cert, tls.key)
+    source = ctx.config.source
+    _out(f"config OK: {source if source is not None else 'defaults'}")
+
+
+Command = Callable[[_Context, argparse.Namespace], None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Administer twistedmail users, domains and aliases.")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=(
+            f"config file (default: ${config_module.ENV_VAR}, "
+            f"else ./{config_module.DEFAULT_FILE}, else built-in defaults)"
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def group(name: str, help_text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        sub = commands.add_parser(name, help=help_text)
+        return sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(
+        actions: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        func: Command,
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    users = group("user", "manage users (mailboxes that can log in)")
+    p = action(users, "add", cmd_user_add, "add a user (and its domain if new)")
+    p.add_argument("address")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p = action(users, "passwd", cmd_user_passwd, "set a user's password")
+    p.add_argument("address")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p = action(users, "del", cmd_user_del, "delete a user (the Maildir is kept)")
+    p.add_argument("address")
+    action(users, "list", cmd_user_list, "list users, one per line")
+
+    domains = group("domain", "manage local domains")
+    p = action(domains, "add", cmd_domain_add, "add a local domain")
+    p.add_argument("domain")
+    p = action(domains, "del", cmd_domain_del, "delete a domain that has no users")
+    p.add_argument("domain")
+    action(domains, "list", cmd_domain_list, "list domains, one per line")
+
+    aliases = group("alias", "manage aliases (addresses that forward to others)")
+    p = action(aliases, "add", cmd_alias_add, "point ALIAS at TARGETs (adds to existing)")
+    p.add_argument("alias")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p = action(aliases, "del", cmd_alias_del, "delete an alias")
+    p.add_argument("alias")
+    action(aliases, "list", cmd_alias_list, "list aliases: ALIAS TARGET... one per line")
+
+    p = commands.add_parser("check-config", help="load the config and TLS files, report errors")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one admin command; return the exit status (0 ok, 1 user error)."""
+    ctx: _Context | None = None
+    try:
+        args = build_parser().parse_args(argv)
+        ctx = _Context(args.config)
+        args.func(ctx, args)
+        return 0
+    except (UserError, StoreError, TLSConfigError, config_module.ConfigError) as e:
+        return _error(str(e))
+    except sqlite3.Error as e:
+        return _error(f"account store: {e}")
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        return _error(f"{e.strerror or e}{where}")
+    except KeyboardInterrupt:
+        return _error("interrupted")
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
