@@ -1,0 +1,1 @@
+"""IMAP4rev1 server (RFC 3501) over the users' Maildirs: session, account, mailbox, message."""

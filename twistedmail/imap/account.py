@@ -1,0 +1,256 @@
+"""The IMAP view of one user's folder tree (RFC 3501 §6.3, RFC 2342 NAMESPACE, RFC 3348
+CHILDREN).
+
+L{MaildirAccount} implements Twisted's C{IAccount} and C{INamespacePresenter} over a
+L{twistedmail.maildir.UserMaildir}: one personal namespace C{""} with delimiter C{"."},
+INBOX plus Maildir++ subfolders.  The mutators (C{create}, C{delete}, C{rename},
+C{subscribe}, C{unsubscribe}) are synchronous as the interface demands; our server calls them
+through C{run_in_thread}.  Errors are C{imap4.MailboxException} subclasses whose text is safe
+to show a client, with the RFC 5530 response code in L{MailboxError.code}.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from twistedmail.auth import RunInThread
+from twistedmail.imap.mailbox import MaildirMailbox
+from twistedmail.maildir import (
+    DELIMITER,
+    INBOX,
+    ChangeNotifier,
+    FolderNameError,
+    MaildirError,
+    UserMaildir,
+)
+
+
+class MailboxError(imap4.MailboxException):
+    """A folder operation refused; C{code} is an RFC 5530 response code (bytes)."""
+
+    def __init__(self, text: str, code: bytes = b"") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@implementer(imap4.IMailboxInfo)
+@attrs.frozen
+class MailboxInfo:
+    """LIST attributes of one folder (RFC 3501 §7.2.2, RFC 3348), separate from the FLAGS of
+    a selected mailbox."""
+
+    attributes: tuple[str, ...]
+
+    def getFlags(self) -> list[str]:
+        return list(self.attributes)
+
+    def getHierarchicalDelimiter(self) -> str:
+        return DELIMITER
+
+
+def canonical(name: str) -> str:
+    """INBOX in any case is INBOX (RFC 3501 §5.1); other names are case-sensitive."""
+    return INBOX if name.upper() == INBOX else name
+
+
+def list_pattern(reference: str, pattern: str) -> re.Pattern[str]:
+    """LIST reference + mailbox pattern (RFC 3501 §6.3.8: C{*} any, C{%} no delimiter)."""
+    full = reference + pattern
+    parts = []
+    for c in full:
+        if c == "*":
+            parts.append(".*")
+        elif c == "%":
+            parts.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            parts.append(re.escape(c))
+    return re.compile("".join(parts) + r"\Z")
+
+
+def list_match(regex: re.Pattern[str], name: str) -> bool:
+    if name == INBOX:  # RFC 3501 §5.1: INBOX is case-insensitive
+        return re.compile(regex.pattern, re.IGNORECASE).match(name) is not None
+    return regex.match(name) is not None
+
+
+@implementer(imap4.IAccount, imap4.INamespacePresenter)
+class MaildirAccount:
+    """The folders of C{address} (the avatar the realm hands IMAP sessions).
+
+    @param address: the normalised login (C{"alice@example.test"}), for logs.
+    @param maildir: the user's Maildir++ tree (INBOX is created on login).
+    @param notifier: shared with delivery, so SELECTed mailboxes see new mail.
+    @param run_in_thread: C{run(f, *args) -> Deferred} for blocking disk work.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        maildir: UserMaildir,
+        notifier: ChangeNotifier,
+        run_in_thread: RunInThread,
+    ) -> None:
+        self.address = address
+        self.maildir = maildir
+        self.notifier = notifier
+        self.run_in_thread = run_in_thread
+
+    # IAccount
+
+    async def select(self, name: str, readwrite: bool = True) -> MaildirMailbox | None:
+        """SELECT/EXAMINE/STATUS/APPEND/COPY target: the opened mailbox, or C{None} when it
+        does not exist or is not a valid name."""
+        name = canonical(name)
+        try:
+            folder = self.maildir.folder(name)
+        except FolderNameError:
+            return None
+        if name == INBOX:
+            await self.run_in_thread(self.maildir.ensure)
+        if not await self.run_in_thread(folder.exists):
+            return None
+        mailbox = MaildirMailbox(name, folder, self.notifier, self.run_in_thread, bool(readwrite))
+        try:
+            return await mailbox.open()
+        except MaildirError:
+            return None
+
+    def addMailbox(self, name: str, mbox: object = None) -> bool:
+        return self.create(name)
+
+    def create(self, pathspec: str) -> bool:
+        """CREATE (RFC 3501 §6.3.3), with missing parents; a trailing delimiter is dropped.
+
+        @raise MailboxError: C{[ALREADYEXISTS]} or C{[CANNOT]} for a bad name.
+        """
+        name = canonical(pathspec.rstrip(DELIMITER))
+        if name == INBOX or not name:
+            raise MailboxError("Mailbox already exists", b"ALREADYEXISTS")
+        existing = set(self.maildir.folders())
+        if name in existing:
+            raise MailboxError("Mailbox already exists", b"ALREADYEXISTS")
+        parts = name.split(DELIMITER)
+        try:
+            for i in range(1, len(parts) + 1):
+                partial = DELIMITER.join(parts[:i])
+                if partial not in existing:
+                    self.maildir.create(partial)
+        except FolderNameError:
+            raise MailboxError("Invalid mailbox name", b"CANNOT") from None
+        except MaildirError as e:
+            raise MailboxError(str(e), b"CANNOT") from None
+        return True
+
+    def delete(self, name: str) -> None:
+        """DELETE (RFC 3501 §6.3.4).  @raise MailboxError: [CANNOT] for INBOX, [NONEXISTENT]."""
+        name = canonical(name)
+        if name == INBOX:
+            raise MailboxError("INBOX cannot be deleted", b"CANNOT")
+        try:
+            self.maildir.delete(name)
+        except FolderNameError:
+            raise MailboxError("No such mailbox", b"NONEXISTENT") from None
+        except MaildirError:
+            raise MailboxError("No such mailbox", b"NONEXISTENT") from None
+
+    def rename(self, oldname: str, newname: str) -> None:
+        """RENAME (RFC 3501 §6.3.5) with children; renaming INBOX moves its messages.
+
+        @raise MailboxError: [NONEXISTENT], [ALREADYEXISTS] or [CANNOT].
+        """
+        old, new = canonical(oldname), canonical(newname.rstrip(DELIMITER))
+        folders = set(self.maildir.folders())
+        if old not in folders:
+            raise MailboxError("No such mailbox", b"NONEXISTENT")
+        if new in folders or new == INBOX:
+            raise MailboxError("Mailbox already exists", b"ALREADYEXISTS")
+        if new.startswith(old + DELIMITER):
+            raise MailboxError("Cannot rename a mailbox into itself", b"CANNOT")
+        parent = new.rpartition(DELIMITER)[0]
+        try:
+            if parent and parent not in folders:
+                self.create(parent)
+            self.maildir.rename(old, new)
+        except FolderNameError:
+            raise MailboxError("Invalid mailbox name", b"CANNOT") from None
+        except MaildirError as e:
+            raise MailboxError(str(e), b"CANNOT") from None
+        subs = self.maildir.subscriptions()
+        for sub in subs:
+            if sub == old or sub.startswith(old + DELIMITER):
+                self.maildir.unsubscribe(sub)
+                self.maildir.subscribe(new + sub[len(old) :])
+
+    def isSubscribed(self, name: str) -> bool:
+        name = canonical(name)
+        return name == INBOX or name in self.maildir.subscriptions()
+
+    def subscribe(self, name: str) -> None:
+        """SUBSCRIBE (RFC 3501 §6.3.6), persisted in the Maildir C{subscriptions} file."""
+        name = canonical(name)
+        try:
+            self.maildir.folder_path(name)
+        except FolderNameError:
+            raise MailboxError("Invalid mailbox name", b"CANNOT") from None
+        self.maildir.subscribe(name)
+
+    def unsubscribe(self, name: str) -> None:
+        self.maildir.unsubscribe(canonical(name))
+
+    async def listMailboxes(self, ref: str, wildcard: str) -> list[tuple[str, MailboxInfo]]:
+        """LIST (RFC 3501 §6.3.8): matching folders with C{\\HasChildren}/C{\\HasNoChildren}
+        (RFC 3348); parents that exist only as a hierarchy level are C{\\Noselect}."""
+        names: list[str] = await self.run_in_thread(self.maildir.folders)
+        return self.match(names, ref, wildcard)
+
+    def match(self, names: list[str], ref: str, wildcard: str) -> list[tuple[str, MailboxInfo]]:
+        existing = set(names)
+        every = set(existing)
+        for name in names:
+            parts = name.split(DELIMITER)
+            every |= {DELIMITER.join(parts[:i]) for i in range(1, len(parts))}
+        regex = list_pattern(ref, wildcard)
+        out = []
+        for name in sorted(every, key=lambda n: (n != INBOX, n)):
+            if not list_match(regex, name):
+                continue
+            has_children = any(o.startswith(name + DELIMITER) for o in every)
+            attributes = ["\\HasChildren" if has_children else "\\HasNoChildren"]
+            if name not in existing:
+                attributes.insert(0, "\\Noselect")
+            out.append((name, MailboxInfo(tuple(attributes))))
+        return out
+
+    async def list_subscribed(self, ref: str, wildcard: str) -> list[tuple[str, MailboxInfo]]:
+        """LSUB (RFC 3501 §6.3.9): subscribed names matching; missing ones are C{\\Noselect}."""
+        names: list[str] = await self.run_in_thread(self.maildir.folders)
+        subs: list[str] = await self.run_in_thread(self.maildir.subscriptions)
+        existing = set(names)
+        regex = list_pattern(ref, wildcard)
+        out = []
+        for name in sorted(set(subs) | {INBOX}, key=lambda n: (n != INBOX, n)):
+            if list_match(regex, name):
+                attributes: tuple[str, ...] = () if name in existing else ("\\Noselect",)
+                out.append((name, MailboxInfo(attributes)))
+        return out
+
+    # INamespacePresenter (RFC 2342)
+
+    def getPersonalNamespaces(self) -> list[list[bytes]]:
+        return [[b"", DELIMITER.encode()]]
+
+    def getSharedNamespaces(self) -> None:
+        return None
+
+    def getUserNamespaces(self) -> None:
+        return None
+
+    def getOtherNamespaces(self) -> None:
+        return None
+
+    def logout(self) -> None:
+        """Called by the realm's logout callback when the session ends."""

@@ -1,0 +1,611 @@
+"""A selected IMAP mailbox over one Maildir folder (RFC 3501 §2.3, §6.4).
+
+L{MaildirMailbox} implements Twisted's C{IMailbox}, C{ISearchableMailbox}, C{IMessageCopier}
+and C{ICloseableMailbox}.  It keeps the session's view of the folder: the messages in
+sequence-number order (RFC 3501 §2.3.1.2), the C{\\Recent} UIDs this session claimed, and
+the messages expunged by someone else that the client has not been told about yet.  New mail
+is appended to the view at any time (EXISTS may be sent at any time); expunges found by a
+rescan only renumber the view when the server calls L{MaildirMailbox.take_expunged} at a
+moment RFC 3501 §7.4.1 allows (not during FETCH, STORE or SEARCH).
+
+UIDVALIDITY and UIDs come from the folder's C{dovecot-uidlist} (stable across restarts,
+RFC 3501 §2.3.1.1).  Flags are Maildir info letters (C{maildir.IMAP_TO_LETTER}); keywords
+are not stored, so PERMANENTFLAGS has no C{\\*}.  Disk work runs through C{run_in_thread}.
+
+The later per-folder index (C{imap/index.py}) plugs in behind L{MaildirMailbox.refresh}:
+that is the only place the folder is listed.
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.utils
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from twistedmail.auth import RunInThread
+from twistedmail.imap.message import (
+    MaildirMessage,
+    header_fields,
+    header_value,
+    imap_flags,
+    parse_internaldate,
+    parse_search_date,
+    split_message,
+)
+from twistedmail.maildir import IMAP_TO_LETTER, ChangeNotifier, Folder, MessageEntry, ScanResult
+
+log = Logger(namespace="twistedmail.imap.mailbox")
+
+SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+"""FLAGS and PERMANENTFLAGS of every folder (RFC 3501 §7.2.6): keywords are not kept."""
+
+
+class SearchError(Exception):
+    """A SEARCH key that cannot be parsed (answered BAD, RFC 3501 §6.4.4)."""
+
+
+def letters_for(flags: Sequence[str]) -> str:
+    """IMAP flags -> Maildir info letters; C{\\Recent} and keywords are dropped."""
+    by_lower = {k.lower(): v for k, v in IMAP_TO_LETTER.items()}
+    return "".join(by_lower[f.lower()] for f in flags if f.lower() in by_lower)
+
+
+def in_set(messages: imap4.MessageSet, value: int, last: int) -> bool:
+    """Whether C{value} is in C{messages}, C{*} standing for C{last} (RFC 3501 §9 seq-set)."""
+    for low, high in messages.ranges:
+        low = last if low is None else low
+        high = last if high is None else high
+        if low > high:
+            low, high = high, low
+        if low <= value <= high:
+            return True
+    return False
+
+
+@implementer(
+    imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox
+)
+class MaildirMailbox:
+    """One folder as seen by one IMAP session.
+
+    @param name: the IMAP name (C{"INBOX"}, C{"Lists.Work"}).
+    @param readwrite: SELECT (True) or EXAMINE/STATUS (False), RFC 3501 §6.3.1-2.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        folder: Folder,
+        notifier: ChangeNotifier,
+        run_in_thread: RunInThread,
+        readwrite: bool = True,
+    ) -> None:
+        self.name = name
+        self.folder = folder
+        self.path = folder.path
+        self.notifier = notifier
+        self.run_in_thread = run_in_thread
+        self.readwrite = readwrite
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self._view: list[MessageEntry] = []
+        self._gone: set[int] = set()
+        self._recent: set[int] = set()
+        self._highest = 0
+        self._generation = 0
+        self._listeners: list[Any] = []
+        self._refreshing: Deferred[None] | None = None
+        self._dirty = False
+        self._notifying = False
+        self._watching = False
+        self._closed = False
+
+    # opening and rescanning
+
+    async def open(self) -> MaildirMailbox:
+        """First scan of the folder (in a thread).  @raise MaildirError: folder missing."""
+        scan: ScanResult = await self.run_in_thread(self.folder.scan)
+        self._view = list(scan.messages)
+        self._recent = set(scan.recent)
+        self._highest = max((e.uid for e in scan.messages), default=0)
+        self.uidvalidity, self.uidnext = scan.uidvalidity, scan.uidnext
+        return self
+
+    async def refresh(self) -> None:
+        """Rescan the folder; new mail -> C{newMessages}, other flags -> C{flagsChanged},
+        expunges are kept until L{take_expunged}.  Concurrent calls share one scan loop."""
+        if self._refreshing is not None:
+            self._dirty = True
+            waiter: Deferred[None] = Deferred()
+            self._refreshing.addBoth(lambda r: (waiter.callback(None), r)[1])
+            await waiter
+            return
+        self._refreshing = done = Deferred()
+        try:
+            self._dirty = True
+            while self._dirty and not self._closed:
+                self._dirty = False
+                generation = self._generation
+                scan = await self.run_in_thread(self.folder.scan)
+                if generation != self._generation:
+                    self._dirty = True  # our own change raced the scan: rescan
+                    continue
+                self._apply(scan)
+        finally:
+            self._refreshing = None
+            done.callback(None)
+
+    def _apply(self, scan: ScanResult) -> None:
+        on_disk = {e.uid: e for e in scan.messages}
+        changed: dict[int, list[str]] = {}
+        newly_gone = False
+        for i, entry in enumerate(self._view):
+            if entry.uid in self._gone:
+                continue
+            found = on_disk.get(entry.uid)
+            if found is None:
+                self._gone.add(entry.uid)
+                newly_gone = True
+            elif found.filename != entry.filename:
+                self._view[i] = found
+                if found.flags != entry.flags:
+                    changed[i + 1] = imap_flags(found.flags, entry.uid in self._recent)
+        new = [e for e in scan.messages if e.uid > self._highest]
+        self.uidnext = max(self.uidnext, scan.uidnext)
+        if new:
+            self._view.extend(new)
+            self._highest = new[-1].uid
+            self._recent |= {u for u in scan.recent if u in on_disk}
+        for listener in list(self._listeners):
+            if new:
+                listener.newMessages(len(self._view), len(self._recent))
+            if changed:
+                listener.flagsChanged(changed)
+            if newly_gone and hasattr(listener, "expungesPending"):
+                listener.expungesPending()
+
+    def take_expunged(self) -> list[int]:
+        """Renumber the view for messages expunged elsewhere; return the sequence numbers to
+        send as C{* n EXPUNGE}, in order (each already adjusted, RFC 3501 §7.4.1)."""
+        if not self._gone:
+            return []
+        out, kept = [], []
+        for i, entry in enumerate(self._view):
+            if entry.uid in self._gone:
+                out.append(i + 1 - len(out))
+            else:
+                kept.append(entry)
+        self._view = kept
+        self._recent &= {e.uid for e in kept}
+        self._gone.clear()
+        return out
+
+    def _changed(self) -> None:
+        """Tell other sessions (and POP3) that this folder changed."""
+        self._generation += 1
+        self._notifying = True
+        try:
+            self.notifier.changed(self.path)
+        finally:
+            self._notifying = False
+
+    def _on_notice(self) -> None:
+        if self._notifying or self._closed:
+            return
+        Deferred.fromCoroutine(self.refresh()).addErrback(
+            lambda f: log.failure("rescan of {path} failed", f, path=str(self.path))
+        )
+
+    # IMailboxInfo / IMailbox
+
+    def getFlags(self) -> list[str]:
+        return list(SYSTEM_FLAGS)
+
+    def getHierarchicalDelimiter(self) -> str:
+        return "."
+
+    def getUIDValidity(self) -> int:
+        return self.uidvalidity
+
+    def getUIDNext(self) -> int:
+        return self.uidnext
+
+    def getUID(self, message: int) -> int:
+        return self._view[message - 1].uid
+
+    def getMessageCount(self) -> int:
+        return len(self._view)
+
+    def getRecentCount(self) -> int:
+        return len(self._recent)
+
+    def getUnseenCount(self) -> int:
+        return sum(1 for e in self._view if "S" not in e.flags)
+
+    def first_unseen(self) -> int | None:
+        """Sequence number of the first message without C{\\Seen} (SELECT's UNSEEN code)."""
+        for i, e in enumerate(self._view):
+            if "S" not in e.flags:
+                return i + 1
+        return None
+
+    def isWriteable(self) -> bool:
+        return self.readwrite
+
+    def destroy(self) -> None:
+        raise imap4.MailboxException("use DELETE")
+
+    def requestStatus(self, names: Sequence[str]) -> dict[str, int]:
+        """STATUS items (RFC 3501 §6.3.10) from the last scan."""
+        return imap4.statusRequestHelper(self, names)
+
+    def addListener(self, listener: Any) -> None:
+        self._listeners.append(listener)
+        if not self._watching:
+            self._watching = True
+            self.notifier.subscribe(self.path, self._on_notice)
+
+    def removeListener(self, listener: Any) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        if not self._listeners and self._watching:
+            self._watching = False
+            self.notifier.unsubscribe(self.path, self._on_notice)
+
+    def close(self) -> None:
+        """ICloseableMailbox: stop watching the folder (CLOSE, re-SELECT, logout)."""
+        self._closed = True
+        self._listeners.clear()
+        if self._watching:
+            self._watching = False
+            self.notifier.unsubscribe(self.path, self._on_notice)
+
+    # APPEND and COPY into this folder
+
+    def addMessage(
+        self, message: Any, flags: Sequence[str] | None = (), date: bytes | str | None = None
+    ) -> Deferred[int]:
+        """APPEND (RFC 3501 §6.3.11): store durably, return the new UID.  C{flags} may be
+        C{None} (no flag list); C{date} is an RFC 3501 date-time or C{None} (now)."""
+        return Deferred.fromCoroutine(self._add(message, flags or (), date))
+
+    async def _add(self, message: Any, flags: Sequence[str], date: bytes | str | None) -> int:
+        data = message if isinstance(message, bytes) else message.read()
+        mtime = None
+        if date is not None:
+            mtime = parse_internaldate(date.encode() if isinstance(date, str) else date)
+        uid: int = await self.run_in_thread(self.folder.add, data, letters_for(flags), mtime)
+        self._changed()
+        return uid
+
+    async def copy(self, message: Any) -> int:
+        """IMessageCopier: copy C{message} (of any folder) here with its flags and date."""
+        if isinstance(message, MaildirMessage):
+            data = await message.load(self.run_in_thread)
+            letters, mtime = message.entry.flags, message.entry.mtime
+        else:
+            data = imap4.IMessageFile(message).open().read()
+            letters = letters_for(message.getFlags())
+            mtime = None
+        uid: int = await self.run_in_thread(self.folder.add, data, letters, mtime)
+        self._changed()
+        return uid
+
+    # FETCH, STORE, EXPUNGE
+
+    def resolve(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MessageEntry]]:
+        """(seq, entry) for a sequence set or UID set (RFC 3501 §9), in sequence order;
+        messages expunged elsewhere but not yet reported are left out."""
+        if not self._view:
+            return []
+        out = []
+        if uid:
+            last = self._view[-1].uid
+            for i, e in enumerate(self._view):
+                if in_set(messages, e.uid, last) and e.uid not in self._gone:
+                    out.append((i + 1, e))
+        else:
+            last = len(self._view)
+            for i, e in enumerate(self._view):
+                if in_set(messages, i + 1, last) and e.uid not in self._gone:
+                    out.append((i + 1, e))
+        return out
+
+    def message(self, seq: int) -> MaildirMessage:
+        entry = self._view[seq - 1]
+        return MaildirMessage(entry, self.folder, seq, entry.uid in self._recent)
+
+    def fetch(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MaildirMessage]]:
+        """IMailbox.fetch: a list (not a generator) of (seq, message)."""
+        return [(seq, self.message(seq)) for seq, _ in self.resolve(messages, uid)]
+
+    async def store(
+        self, messages: imap4.MessageSet, flags: Sequence[str], mode: int, uid: bool
+    ) -> dict[int, list[str]]:
+        """STORE (RFC 3501 §6.4.6): mode 1 adds, -1 removes, 0 replaces; renames the files
+        in a thread.  @return: {seq: new flags} for every message addressed."""
+        if not self.readwrite:
+            raise imap4.ReadOnlyMailbox()
+        targets = self.resolve(messages, uid)
+        return await self.store_entries(targets, letters_for(flags), mode)
+
+    async def store_entries(
+        self, targets: Sequence[tuple[int, MessageEntry]], letters: str, mode: int
+    ) -> dict[int, list[str]]:
+        plan = []
+        for seq, entry in targets:
+            keep = entry.flags
+            if mode > 0:
+                new = "".join(sorted(set(keep) | set(letters)))
+            elif mode < 0:
+                new = "".join(sorted(set(keep) - set(letters)))
+            else:  # replace the IMAP flags, keep letters IMAP cannot express (P)
+                other = "".join(c for c in keep if c not in IMAP_TO_LETTER.values())
+                new = "".join(sorted(set(other) | set(letters)))
+            plan.append((seq, entry, new))
+        renamed = await self.run_in_thread(_rename_all, self.folder, plan)
+        result: dict[int, list[str]] = {}
+        for seq, entry in renamed:
+            if seq <= len(self._view) and self._view[seq - 1].uid == entry.uid:
+                self._view[seq - 1] = entry
+            result[seq] = imap_flags(entry.flags, entry.uid in self._recent)
+        if renamed:
+            self._changed()
+        return result
+
+    async def expunge(self) -> list[int]:
+        """EXPUNGE (RFC 3501 §6.4.3): remove C{\\Deleted} messages; return the sequence
+        numbers to report (including expunges by other sessions), adjusted in order."""
+        if not self.readwrite:
+            raise imap4.ReadOnlyMailbox()
+        doomed = [e for e in self._view if "T" in e.flags and e.uid not in self._gone]
+        if doomed:
+            await self.run_in_thread(_remove_all, self.folder, doomed)
+            self._gone |= {e.uid for e in doomed}
+            self._changed()
+        return self.take_expunged()
+
+    # SEARCH
+
+    async def search(self, query: list[Any], uid: bool = False) -> list[int]:
+        """ISearchableMailbox (RFC 3501 §6.4.4): matching sequence numbers.
+
+        @raise SearchError: for a malformed query (answered BAD).
+        """
+        last_seq = len(self._view)
+        last_uid = self._view[-1].uid if self._view else 0
+        predicate, needs_content = compile_search(list(query), last_seq, last_uid)
+        candidates = [
+            (i + 1, e, e.uid in self._recent)
+            for i, e in enumerate(self._view)
+            if e.uid not in self._gone
+        ]
+        matched: list[int] = await self.run_in_thread(
+            _run_search, self.folder, candidates, predicate, needs_content
+        )
+        return matched
+
+
+def _rename_all(
+    folder: Folder, plan: list[tuple[int, MessageEntry, str]]
+) -> list[tuple[int, MessageEntry]]:
+    out = []
+    for seq, entry, letters in plan:
+        try:
+            out.append((seq, folder.set_flags(entry, letters)))
+        except Exception:  # expunged meanwhile: skip it, like a vanished message
+            continue
+    return out
+
+
+def _remove_all(folder: Folder, entries: list[MessageEntry]) -> None:
+    for entry in entries:
+        folder.remove(entry)
+
+
+# ---------------------------------------------------------------- SEARCH keys
+
+Candidate = tuple[int, MessageEntry, bool]
+Predicate = Callable[[Candidate, Callable[[], bytes]], bool]
+
+_FLAG_KEYS = {
+    b"ANSWERED": ("R", True),
+    b"DELETED": ("T", True),
+    b"DRAFT": ("D", True),
+    b"FLAGGED": ("F", True),
+    b"SEEN": ("S", True),
+    b"UNANSWERED": ("R", False),
+    b"UNDELETED": ("T", False),
+    b"UNDRAFT": ("D", False),
+    b"UNFLAGGED": ("F", False),
+    b"UNSEEN": ("S", False),
+}
+_HEADER_KEYS = {b"BCC", b"CC", b"FROM", b"SUBJECT", b"TO"}
+
+
+def _day(mtime: float) -> tuple[int, int, int]:
+    t = time.gmtime(mtime)
+    return t.tm_year, t.tm_mon, t.tm_mday
+
+
+def _sent_day(raw: bytes) -> tuple[int, int, int] | None:
+    value = header_value(split_message(raw)[0], b"date")
+    if value is None:
+        return None
+    parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
+    if parsed is None:
+        return None
+    return _day(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+
+
+def compile_search(tokens: list[Any], last_seq: int, last_uid: int) -> tuple[Predicate, bool]:
+    """Turn parsed SEARCH keys (Twisted's C{parseNestedParens} output) into a predicate
+    C{(candidate, load_raw) -> bool}; also whether message content is needed.
+
+    @raise SearchError: unknown key, missing argument or bad date/number.
+    """
+    needs = [False]
+
+    def take() -> Any:
+        if not tokens:
+            raise SearchError("missing search argument")
+        return tokens.pop(0)
+
+    def text_arg() -> bytes:
+        value = take()
+        if not isinstance(value, bytes):
+            raise SearchError("string expected")
+        return value.lower()
+
+    def number() -> int:
+        value = take()
+        if not isinstance(value, bytes) or not value.isdigit():
+            raise SearchError("number expected")
+        return int(value)
+
+    def date() -> tuple[int, int, int]:
+        value = take()
+        parsed = parse_search_date(value) if isinstance(value, bytes) else None
+        if parsed is None:
+            raise SearchError("bad date")
+        return parsed
+
+    def seqset(value: bytes) -> imap4.MessageSet | None:
+        try:
+            return imap4.parseIdList(value)
+        except (imap4.IllegalIdentifierError, ValueError):
+            return None
+
+    def one() -> Predicate:
+        token = take()
+        if isinstance(token, list):
+            return conjunction(list(token))
+        key = token.upper()
+        if key == b"ALL":
+            return lambda c, r: True
+        if key in _FLAG_KEYS:
+            letter, want = _FLAG_KEYS[key]
+            return lambda c, r: (letter in c[1].flags) == want
+        if key == b"RECENT":
+            return lambda c, r: c[2]
+        if key == b"OLD":
+            return lambda c, r: not c[2]
+        if key == b"NEW":
+            return lambda c, r: c[2] and "S" not in c[1].flags
+        if key == b"KEYWORD":
+            take()
+            return lambda c, r: False
+        if key == b"UNKEYWORD":
+            take()
+            return lambda c, r: True
+        if key == b"LARGER":
+            n = number()
+            return lambda c, r: c[1].size > n
+        if key == b"SMALLER":
+            n = number()
+            return lambda c, r: c[1].size < n
+        if key in (b"BEFORE", b"ON", b"SINCE"):
+            d = date()
+            return _date_test(key, d, lambda c, r: _day(c[1].mtime))
+        if key in (b"SENTBEFORE", b"SENTON", b"SENTSINCE"):
+            d = date()
+            needs[0] = True
+            return _date_test(key[4:], d, lambda c, r: _sent_day(r()))
+        if key in _HEADER_KEYS:
+            return header_test(key.lower(), text_arg())
+        if key == b"HEADER":
+            name = take()
+            if not isinstance(name, bytes):
+                raise SearchError("header name expected")
+            return header_test(name.lower(), text_arg())
+        if key in (b"BODY", b"TEXT"):
+            needle = text_arg()
+            needs[0] = True
+            if key == b"TEXT":
+                return lambda c, r: needle in r().lower()
+            return lambda c, r: needle in split_message(r())[1].lower()
+        if key == b"NOT":
+            inner = one()
+            return lambda c, r: not inner(c, r)
+        if key == b"OR":
+            left, right = one(), one()
+            return lambda c, r: left(c, r) or right(c, r)
+        if key == b"UID":
+            value = take()
+            uids = seqset(value) if isinstance(value, bytes) else None
+            if uids is None:
+                raise SearchError("bad UID set")
+            return lambda c, r: in_set(uids, c[1].uid, last_uid)
+        seqs = seqset(token)
+        if seqs is not None:
+            return lambda c, r: in_set(seqs, c[0], last_seq)
+        raise SearchError("unknown search key")
+
+    def header_test(name: bytes, needle: bytes) -> Predicate:
+        needs[0] = True
+
+        def test(c: Candidate, r: Callable[[], bytes]) -> bool:
+            header = split_message(r())[0]
+            for field_name, text in header_fields(header):
+                if field_name == name and needle in text.split(b":", 1)[1].lower():
+                    return True
+            return False
+
+        return test
+
+    def conjunction(items: list[Any]) -> Predicate:
+        nonlocal tokens
+        saved, tokens = tokens, items
+        parts = []
+        while tokens:
+            parts.append(one())
+        tokens = saved
+        if not parts:
+            raise SearchError("empty search")
+        return lambda c, r: all(p(c, r) for p in parts)
+
+    predicate = conjunction(tokens)
+    return predicate, needs[0]
+
+
+def _date_test(
+    key: bytes, day: tuple[int, int, int], get: Callable[[Candidate, Callable[[], bytes]], Any]
+) -> Predicate:
+    def test(c: Candidate, r: Callable[[], bytes]) -> bool:
+        value = get(c, r)
+        if value is None:
+            return False
+        if key == b"BEFORE":
+            return bool(value < day)
+        if key == b"ON":
+            return bool(value == day)
+        return bool(value >= day)
+
+    return test
+
+
+def _run_search(
+    folder: Folder, candidates: list[Candidate], predicate: Predicate, needs_content: bool
+) -> list[int]:
+    out = []
+    for candidate in candidates:
+        cache: list[bytes] = []
+
+        def load(entry: MessageEntry = candidate[1], cache: list[bytes] = cache) -> bytes:
+            if not cache:
+                try:
+                    cache.append(folder.read(entry))
+                except Exception:
+                    cache.append(b"")
+            return cache[0]
+
+        if predicate(candidate, load):
+            out.append(candidate[0])
+    return out

@@ -1,0 +1,549 @@
+"""IMAP message rendering from raw bytes: sections, ENVELOPE, BODYSTRUCTURE (RFC 3501 §6.4.5,
+§7.4.2), and the C{IMessage} of one Maildir message.
+
+Everything here works on the message exactly as stored (bytes, CRLF line ends), never on
+decoded text, so a raw UTF-8 header or a sloppy C{Content-Type} cannot break a response
+(TWISTED-NOTES §2.2: stock Twisted encodes headers as ASCII and drops the connection).
+Header fields are selected from the raw header lines, so repeated fields (C{Received}) and
+8-bit values come out unchanged; anything that is not a plain quoted string is sent as a
+literal (RFC 3501 §4.3).
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.utils
+import io
+import re
+import time
+from collections.abc import Sequence
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import IO, Any
+
+import attrs
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from twistedmail.auth import RunInThread
+from twistedmail.maildir import LETTER_TO_IMAP, Folder, MessageEntry
+
+CRLF = b"\r\n"
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# ---------------------------------------------------------------- s-expressions (RFC 3501 §4)
+
+
+class Atom(bytes):
+    """Bytes sent as they are (an atom, a number, NIL), never quoted."""
+
+
+NIL = Atom(b"NIL")
+
+
+def _quotable(value: bytes) -> bool:
+    return len(value) < 1000 and not any(b < 0x20 or b > 0x7E for b in value)
+
+
+def encode_string(value: bytes | str) -> bytes:
+    """A quoted string (RFC 3501 §4.3) when 7-bit printable and short, else a literal."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    if _quotable(value):
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(value) + value
+
+
+def encode_sexp(items: Sequence[Any]) -> bytes:
+    """A parenthesised list's contents: C{None} -> NIL, int -> number, L{Atom} as is,
+    bytes/str -> string (quoted or literal), list/tuple -> nested list."""
+    out = []
+    for item in items:
+        if item is None:
+            out.append(b"NIL")
+        elif isinstance(item, Atom):
+            out.append(bytes(item))
+        elif isinstance(item, bool):
+            raise TypeError("bool in s-expression")
+        elif isinstance(item, int):
+            out.append(b"%d" % item)
+        elif isinstance(item, bytes | str):
+            out.append(encode_string(item))
+        else:
+            out.append(b"(" + encode_sexp(item) + b")")
+    return b" ".join(out)
+
+
+# ---------------------------------------------------------------- dates
+
+
+def format_internaldate(mtime: float) -> bytes:
+    """C{"17-Jul-1996 09:44:25 +0000"} (RFC 3501 §9 date-time), in UTC."""
+    t = time.gmtime(mtime)
+    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday,
+        MONTHS[t.tm_mon - 1].encode(),
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
+
+
+_DATE_TIME = re.compile(
+    rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$"
+)
+
+
+def parse_internaldate(text: bytes) -> float | None:
+    """RFC 3501 §9 date-time (APPEND) -> seconds since the epoch; C{None} when malformed."""
+    m = _DATE_TIME.match(text)
+    if m is None:
+        return None
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    try:
+        month = [x.lower() for x in MONTHS].index(mon.decode().lower()) + 1
+        stamp = calendar.timegm((int(year), month, int(day), int(hh), int(mm), int(ss), 0, 0, 0))
+    except ValueError:
+        return None
+    offset = (int(zh) * 60 + int(zm)) * 60
+    return float(stamp - offset if sign == b"+" else stamp + offset)
+
+
+def parse_search_date(text: bytes) -> tuple[int, int, int] | None:
+    """RFC 3501 §9 date (C{1-Feb-1994}) -> (year, month, day); C{None} when malformed."""
+    m = re.match(rb"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$", text.strip(b'"'))
+    if m is None:
+        return None
+    try:
+        month = [x.lower() for x in MONTHS].index(m.group(2).decode().lower()) + 1
+    except ValueError:
+        return None
+    return int(m.group(3)), month, int(m.group(1))
+
+
+# ---------------------------------------------------------------- headers
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header including the blank line, body) of an RFC 5322 message or MIME part."""
+    if raw.startswith(CRLF):
+        return CRLF, raw[2:]
+    if raw.startswith(b"\n"):
+        return b"\n", raw[1:]
+    end = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    if end >= 0 and (lf < 0 or end <= lf + 1):
+        return raw[: end + 4], raw[end + 4 :]
+    if lf >= 0:
+        return raw[: lf + 2], raw[lf + 2 :]
+    return raw, b""
+
+
+def header_fields(header: bytes) -> list[tuple[bytes, bytes]]:
+    """The header's logical fields as (lower-case name, whole raw field with continuation
+    lines and line ends) in order; repeated fields are kept (RFC 5322 §2.2.3)."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in header.splitlines(keepends=True):
+        if not line.strip(b"\r\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            name, text = fields[-1]
+            fields[-1] = (name, text + line)
+        else:
+            name = line.split(b":", 1)[0].strip().lower() if b":" in line else b""
+            fields.append((name, line))
+    return fields
+
+
+def header_value(header: bytes, name: bytes) -> bytes | None:
+    """The first field C{name} (case-insensitive), unfolded and stripped, or C{None}."""
+    name = name.lower()
+    for field_name, text in header_fields(header):
+        if field_name == name:
+            value = text.split(b":", 1)[1]
+            return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
+    return None
+
+
+def select_headers(header: bytes, names: Sequence[bytes], negate: bool) -> bytes:
+    """C{HEADER.FIELDS [.NOT] (names)}: the matching raw fields then the blank line
+    (RFC 3501 §6.4.5)."""
+    wanted = {n.lower() for n in names}
+    kept = [text for name, text in header_fields(header) if (name in wanted) != negate]
+    out = b"".join(t if t.endswith(b"\n") else t + CRLF for t in kept)
+    return out + CRLF
+
+
+def _content_headers(header: bytes) -> Message:
+    return BytesHeaderParser(policy=compat32).parsebytes(header)
+
+
+def _raw(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------- MIME structure
+
+
+@attrs.frozen
+class Entity:
+    """One MIME entity: its raw header and body, its children (multipart) and, for
+    C{message/rfc822}, the encapsulated message (RFC 2045, RFC 2046 §5)."""
+
+    header: bytes
+    body: bytes
+    maintype: str
+    subtype: str
+    params: tuple[tuple[str, str], ...]
+    children: tuple[Entity, ...] = ()
+    encapsulated: Entity | None = None
+
+
+def _params(msg: Message, header: str) -> tuple[tuple[str, str], ...]:
+    found = msg.get_params(header=header) or []
+    out = []
+    for key, value in found[1:]:
+        if not key:
+            continue
+        if isinstance(value, tuple):
+            value = email.utils.collapse_rfc2231_value(value)
+        out.append((key.lower(), value))
+    return tuple(out)
+
+
+def _split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    """The parts between C{--boundary} delimiter lines (RFC 2046 §5.1.1); the CRLF before
+    each delimiter belongs to the delimiter."""
+    delimiter = re.compile(
+        rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)", re.MULTILINE
+    )
+    parts: list[bytes] = []
+    start: int | None = None
+    for m in delimiter.finditer(body):
+        if start is not None:
+            parts.append(body[start : m.start()])
+        if m.group(1):
+            return parts
+        start = m.end()
+    if start is not None:
+        parts.append(body[start:])
+    return parts
+
+
+def parse_entity(
+    raw: bytes, default: tuple[str, str] = ("text", "plain"), depth: int = 0
+) -> Entity:
+    """Parse C{raw} into an L{Entity} tree (depth-limited against hostile nesting)."""
+    header, body = split_message(raw)
+    msg = _content_headers(header)
+    ctype = msg.get("content-type")
+    if ctype is not None and "/" in str(ctype):
+        maintype, subtype = msg.get_content_maintype(), msg.get_content_subtype()
+        params = _params(msg, "content-type")
+    else:
+        maintype, subtype = default
+        params = (("charset", "us-ascii"),) if default == ("text", "plain") else ()
+    children: tuple[Entity, ...] = ()
+    encapsulated = None
+    if depth < 20 and maintype == "multipart":
+        boundary = dict(params).get("boundary")
+        if boundary:
+            child_default = ("message", "rfc822") if subtype == "digest" else ("text", "plain")
+            children = tuple(
+                parse_entity(p, child_default, depth + 1)
+                for p in _split_multipart(body, _raw(boundary))
+            )
+    elif depth < 20 and (maintype, subtype) == ("message", "rfc822"):
+        encapsulated = parse_entity(body, depth=depth + 1)
+    return Entity(header, body, maintype, subtype, params, children, encapsulated)
+
+
+def resolve_part(root: Entity, numbers: Sequence[int]) -> Entity | None:
+    """The entity at section part C{numbers} (1-based; RFC 3501 §6.4.5 part numbering), or
+    C{None} when it does not exist."""
+    entity = root
+    for i, n in enumerate(numbers):
+        container = entity if i == 0 or entity.encapsulated is None else entity.encapsulated
+        if container.children:
+            if not 1 <= n <= len(container.children):
+                return None
+            entity = container.children[n - 1]
+        elif n == 1 and (i == 0 or container is entity.encapsulated):
+            entity = container
+        else:
+            return None
+    return entity
+
+
+def section_data(raw: bytes, part: Any) -> bytes | None:
+    """The octets of FETCH C{BODY[section]} (a C{_FetchParser.Body}), before any partial
+    range; C{None} for a section that does not exist."""
+    numbers = [p + 1 for p in part.part]
+    if not numbers:
+        if part.empty:
+            return raw
+        header, body = split_message(raw)
+        if part.text:
+            return body
+        if part.header is not None:
+            return _header_section(header, part.header)
+        if part.mime:
+            return None
+        return raw
+    root = parse_entity(raw)
+    entity = resolve_part(root, numbers)
+    if entity is None:
+        return None
+    if part.mime:
+        return entity.header
+    if part.empty:
+        return entity.body
+    inner = entity.encapsulated
+    if inner is None:
+        return None
+    if part.text:
+        return inner.body
+    if part.header is not None:
+        return _header_section(inner.header, part.header)
+    return None
+
+
+def _header_section(header: bytes, spec: Any) -> bytes:
+    if spec.fields:
+        return select_headers(header, spec.fields, spec.negate)
+    return header
+
+
+def section_label(part: Any) -> bytes:
+    """C{BODY[<section>]} as echoed in the response (no C{.PEEK}, no partial)."""
+    numbers = b".".join(b"%d" % (p + 1) for p in part.part)
+    if part.header is not None:
+        spec = b"HEADER"
+        if part.header.fields:
+            spec += b".FIELDS.NOT" if part.header.negate else b".FIELDS"
+            spec += b" (" + b" ".join(part.header.fields) + b")"
+    elif part.text:
+        spec = b"TEXT"
+    elif part.mime:
+        spec = b"MIME"
+    else:
+        spec = b""
+    inner = numbers + (b"." if numbers and spec else b"") + spec
+    return b"BODY[" + inner + b"]"
+
+
+def partial(data: bytes, part: Any) -> tuple[bytes, bytes]:
+    """Apply C{<start.length>} (RFC 3501 §6.4.5): (data slice, C{b"<start>"} origin or b"")."""
+    if part.partialBegin is None:
+        return data, b""
+    start, length = part.partialBegin, part.partialLength
+    return data[start : start + length], b"<%d>" % start
+
+
+# ---------------------------------------------------------------- ENVELOPE, BODYSTRUCTURE
+
+
+def _addresses(value: bytes | None) -> list[list[bytes | None]] | None:
+    if value is None:
+        return None
+    text = value.decode("utf-8", "surrogateescape")
+    result: list[list[bytes | None]] = []
+    for name, addr in email.utils.getaddresses([text]):
+        if not addr and not name:
+            continue
+        local, _, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
+        result.append([_raw(name) or None, None, _raw(local) or None, _raw(domain) or None])
+    return result or None
+
+
+def envelope(header: bytes) -> list[Any]:
+    """ENVELOPE fields (RFC 3501 §7.4.2) from raw header bytes: date, subject, from, sender,
+    reply-to, to, cc, bcc, in-reply-to, message-id; sender and reply-to default to from."""
+
+    def get(name: bytes) -> bytes | None:
+        return header_value(header, name)
+
+    from_ = _addresses(get(b"from"))
+    sender = _addresses(get(b"sender")) or from_
+    reply_to = _addresses(get(b"reply-to")) or from_
+    return [
+        get(b"date"),
+        get(b"subject"),
+        from_,
+        sender,
+        reply_to,
+        _addresses(get(b"to")),
+        _addresses(get(b"cc")),
+        _addresses(get(b"bcc")),
+        get(b"in-reply-to"),
+        get(b"message-id"),
+    ]
+
+
+def _param_list(params: Sequence[tuple[str, str]]) -> list[bytes] | None:
+    out: list[bytes] = []
+    for key, value in params:
+        out += [_raw(key), _raw(value)]
+    return out or None
+
+
+def _disposition(header: bytes) -> list[Any] | None:
+    value = header_value(header, b"content-disposition")
+    if value is None:
+        return None
+    msg = _content_headers(b"Content-Disposition: " + value + b"\r\n\r\n")
+    kind = value.split(b";", 1)[0].strip()
+    return [kind, _param_list(_params(msg, "content-disposition"))]
+
+
+def _line_count(body: bytes) -> int:
+    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+
+
+def bodystructure(entity: Entity, extended: bool) -> list[Any]:
+    """BODY (C{extended=False}) or BODYSTRUCTURE of an entity (RFC 3501 §7.4.2)."""
+    if entity.children:
+        out: list[Any] = [bodystructure(c, extended) for c in entity.children]
+        out.append(_raw(entity.subtype.upper()))
+        if extended:
+            out += [
+                _param_list(entity.params),
+                _disposition(entity.header),
+                header_value(entity.header, b"content-language"),
+                header_value(entity.header, b"content-location"),
+            ]
+        return out
+    if entity.maintype == "multipart":  # multipart without parts: report as empty text
+        entity = attrs.evolve(entity, maintype="text", subtype="plain", params=())
+    encoding = header_value(entity.header, b"content-transfer-encoding") or b"7BIT"
+    out = [
+        _raw(entity.maintype.upper()),
+        _raw(entity.subtype.upper()),
+        _param_list(entity.params),
+        header_value(entity.header, b"content-id"),
+        header_value(entity.header, b"content-description"),
+        encoding.upper(),
+        len(entity.body),
+    ]
+    if entity.encapsulated is not None:
+        inner = entity.encapsulated
+        out += [envelope(inner.header), bodystructure(inner, extended), _line_count(entity.body)]
+    elif entity.maintype == "text":
+        out.append(_line_count(entity.body))
+    if extended:
+        out += [
+            header_value(entity.header, b"content-md5"),
+            _disposition(entity.header),
+            header_value(entity.header, b"content-language"),
+            header_value(entity.header, b"content-location"),
+        ]
+    return out
+
+
+# ---------------------------------------------------------------- IMessage
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+@implementer(imap4.IMessagePart)
+class EntityPart:
+    """C{IMessagePart} over one parsed MIME entity (for Twisted code that walks parts)."""
+
+    def __init__(self, entity: Entity) -> None:
+        self.entity = entity
+
+    def getHeaders(self, negate: bool, *names: bytes | str) -> dict[str, str]:
+        wanted = {(n.decode() if isinstance(n, bytes) else n).lower() for n in names}
+        out: dict[str, str] = {}
+        for name, text in header_fields(self.entity.header):
+            key = _text(name)
+            if (key in wanted) != negate and key not in out:
+                value = text.split(b":", 1)[1] if b":" in text else b""
+                out[key] = _text(re.sub(rb"\r?\n(?=[ \t])", b"", value).strip())
+        return out
+
+    def getBodyFile(self) -> IO[bytes]:
+        return io.BytesIO(self.entity.body)
+
+    def getSize(self) -> int:
+        return len(self.entity.body)
+
+    def isMultipart(self) -> bool:
+        return bool(self.entity.children)
+
+    def getSubPart(self, part: int) -> EntityPart:
+        return EntityPart(self.entity.children[part])
+
+
+@implementer(imap4.IMessage, imap4.IMessageFile)
+class MaildirMessage:
+    """One message of a selected mailbox, as of the session's view.
+
+    C{raw} is read on demand: call L{load} (off the reactor thread) before using the
+    content getters; if not loaded they read the file synchronously.
+
+    @ivar seq: the message sequence number in the session (RFC 3501 §2.3.1.2).
+    @ivar recent: whether the session holds C{\\Recent} for it (RFC 3501 §2.3.2).
+    """
+
+    def __init__(self, entry: MessageEntry, folder: Folder, seq: int, recent: bool) -> None:
+        self.entry = entry
+        self.folder = folder
+        self.seq = seq
+        self.recent = recent
+        self.raw: bytes | None = None
+
+    async def load(self, run_in_thread: RunInThread) -> bytes:
+        """Read the message file in a thread.  @raise MaildirError: when it was expunged."""
+        if self.raw is None:
+            self.raw = await run_in_thread(self.folder.read, self.entry)
+        return self.raw
+
+    def content(self) -> bytes:
+        if self.raw is None:
+            self.raw = self.folder.read(self.entry)
+        return self.raw
+
+    # IMessage
+
+    def getUID(self) -> int:
+        return self.entry.uid
+
+    def getFlags(self) -> list[str]:
+        return imap_flags(self.entry.flags, self.recent)
+
+    def getInternalDate(self) -> str:
+        return email.utils.formatdate(self.entry.mtime, usegmt=True)
+
+    def getHeaders(self, negate: bool, *names: bytes | str) -> dict[str, str]:
+        return EntityPart(parse_entity(self.content())).getHeaders(negate, *names)
+
+    def getBodyFile(self) -> IO[bytes]:
+        return io.BytesIO(split_message(self.content())[1])
+
+    def getSize(self) -> int:
+        return self.entry.size
+
+    def isMultipart(self) -> bool:
+        return bool(parse_entity(self.content()).children)
+
+    def getSubPart(self, part: int) -> EntityPart:
+        return EntityPart(parse_entity(self.content()).children[part])
+
+    # IMessageFile
+
+    def open(self) -> IO[bytes]:
+        return io.BytesIO(self.content())
+
+
+def imap_flags(letters: str, recent: bool = False) -> list[str]:
+    """Maildir info letters -> IMAP system flags (RFC 3501 §2.3.2), C{\\Recent} last."""
+    flags = [LETTER_TO_IMAP[c] for c in letters if c in LETTER_TO_IMAP]
+    if recent:
+        flags.append("\\Recent")
+    return flags

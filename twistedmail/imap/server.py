@@ -1,0 +1,1006 @@
+"""The IMAP4rev1 session (RFC 3501) on Twisted's C{IMAP4Server}, with STARTTLS (RFC 3501
+§6.2.1, RFC 2595), IDLE (RFC 2177), NAMESPACE (RFC 2342), CHILDREN (RFC 3348) and the
+response codes of RFC 5530.
+
+Twisted keeps the parser and the per-state command tables (C{unauth_X}, C{auth_X},
+C{select_X}); every command handler here is an C{async def} run by one dispatcher
+(L{IMAPServer._run}), which:
+
+  - holds back pipelined input while a command runs (the line receiver is paused), so
+    replies stay in command order even when a command waits on a thread (twisted #9282);
+  - turns L{IMAPError} and C{MailboxError} into C{NO}/C{BAD} with a response code, and any
+    other exception into C{NO [SERVERBUG]} after logging it (never a traceback or a
+    dropped connection);
+  - reports EXPUNGEs noticed from other sessions only where RFC 3501 §7.4.1 allows, and
+    queued EXISTS / FETCH FLAGS before the tagged reply.
+
+Fixes of stock Twisted behaviour (TWISTED-NOTES §2.2), each with a regression test in
+C{tests/test_attacks_imap.py}: STARTTLS command injection; AUTH= and LOGIN before TLS;
+literal size limit before the continuation; IDLE ended by any line; partial FETCH; FETCH of
+raw 8-bit headers, ENVELOPE and BODYSTRUCTURE rendered from the stored bytes; implicit
+C{\\Seen}; APPEND without flags; NO instead of BAD for missing mailboxes; SELECT's UIDNEXT,
+PERMANENTFLAGS and UNSEEN.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twistedmail.auth import log_login
+from twistedmail.imap.mailbox import SearchError
+from twistedmail.imap.message import (
+    bodystructure,
+    encode_sexp,
+    encode_string,
+    envelope,
+    format_internaldate,
+    parse_entity,
+    parse_internaldate,
+    partial,
+    section_data,
+    section_label,
+    split_message,
+)
+from twistedmail.maildir import MaildirError
+
+log = Logger(namespace="twistedmail.imap")
+
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+# RFC 3501 §7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH.
+NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH"}
+FETCH_BATCH = 1000
+
+
+class IMAPError(Exception):
+    """A command's failure, answered as C{tag <status> [<code>] <text>} (RFC 5530 codes)."""
+
+    def __init__(self, status: bytes, text: bytes, code: bytes = b"") -> None:
+        super().__init__(text.decode("ascii", "replace"))
+        self.status = status
+        self.text = text
+        self.code = code
+
+    def message(self) -> bytes:
+        return (b"[" + self.code + b"] " if self.code else b"") + self.text
+
+
+def _no(text: bytes, code: bytes = b"") -> IMAPError:
+    return IMAPError(b"NO", text, code)
+
+
+def _bad(text: bytes, code: bytes = b"") -> IMAPError:
+    return IMAPError(b"BAD", text, code)
+
+
+def _safe(text: str) -> bytes:
+    """Our own error text for a client: printable ASCII, bounded."""
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200].encode("ascii")
+
+
+def _mailbox_name(name: str) -> bytes:
+    return encode_string(name.encode("imap4-utf-7"))
+
+
+class _NoScheduler:
+    """Stock spewMessage/MessageProducer are not used; this keeps the global reactor out."""
+
+    def __call__(self, iterator: Any) -> Deferred[None]:
+        for _ in iterator:
+            pass
+        return succeed(None)
+
+
+@implementer(interfaces.IPushProducer)
+class _FlowGate:
+    """Registered on the transport during FETCH so a slow reader pauses the output loop."""
+
+    def __init__(self) -> None:
+        self.waiting: Deferred[None] | None = None
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    async def wait(self) -> None:
+        if self.paused:
+            self.waiting = Deferred()
+            await self.waiting
+
+
+class IMAPServer(imap4.IMAP4Server):
+    """One IMAP connection.
+
+    @param portal: logs users in; the realm must return C{imap4.IAccount} avatars.
+    @param tls: the STARTTLS context (port 143); C{None} on the implicit-TLS port.
+    @param implicit_tls: the transport is already TLS (port 993, RFC 8314).
+    @param clock: for the autologout timers (RFC 3501 §5.4: 30 minutes after login).
+    @param max_literal_size: octets; a larger APPEND literal gets C{NO [TOOBIG]} before
+        the continuation request.
+    """
+
+    IDENT = b"twistedmail IMAP4rev1 ready"
+    MAX_LENGTH = 65536
+    timeOut = 60
+    POSTAUTH_TIMEOUT = 30 * 60
+
+    def __init__(
+        self,
+        *,
+        portal: Portal | None,
+        tls: CertificateOptions | None,
+        implicit_tls: bool,
+        clock: IReactorTime,
+        max_literal_size: int,
+    ) -> None:
+        super().__init__({}, None if implicit_tls else tls, scheduler=_NoScheduler())
+        self.portal = portal
+        self.implicit_tls = implicit_tls
+        self.clock = clock
+        self.callLater = clock.callLater
+        self.max_literal_size = max_literal_size
+        self.session = uuid.uuid4().hex[:8]
+        self.peer = "?"
+        self.user: str | None = None
+        self._busy = False
+        self._idling = False
+        self._line_waiter: Deferred[bytes] | None = None
+        self._pending_exists = False
+        self._pending_flags: dict[int, list[str]] = {}
+
+    # connection
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        log.info(
+            "imap connect session={session} ip={ip} tls={tls}",
+            session=self.session,
+            ip=self.peer,
+            tls=self.implicit_tls,
+        )
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._close_mailbox()
+        log.info(
+            "imap disconnect session={session} ip={ip} user={user}",
+            session=self.session,
+            ip=self.peer,
+            user=self.user or "-",
+        )
+        super().connectionLost(reason)
+
+    def secure(self) -> bool:
+        """Whether the connection is encrypted (RFC 8314 implicit TLS or after STARTTLS)."""
+        return self.implicit_tls or self.startedTLS
+
+    def capabilities(self) -> dict[bytes, Any]:
+        cap: dict[bytes, Any] = {}
+        if self.secure():
+            cap[b"AUTH"] = [b"PLAIN"]
+        else:
+            if self.ctx is not None and self.canStartTLS:
+                cap[b"STARTTLS"] = None
+            cap[b"LOGINDISABLED"] = None  # RFC 3501 §6.2.3: no plaintext passwords
+        cap[b"NAMESPACE"] = None
+        cap[b"IDLE"] = None
+        cap[b"CHILDREN"] = None
+        return cap
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine(b"* BYE [TOOBIG] Command line too long")
+        self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        try:
+            getattr(self, "parse_" + self.parseState)(line)
+        except Exception:
+            log.failure("imap line failed session={session}", session=self.session)
+            self.sendBadResponse(None, b"[SERVERBUG] Internal error")
+
+    def parse_command(self, line: bytes) -> None:
+        args = line.split(None, 2)
+        if not args:
+            self.sendBadResponse(None, b"Null command")
+            return
+        if len(args) == 1:
+            self.sendBadResponse(args[0], b"Missing command")
+            return
+        rest = args[2] if len(args) == 3 else None
+        self.dispatchCommand(args[0], args[1].upper(), rest)
+
+    def parse_waiting(self, line: bytes) -> None:
+        """A continuation line (AUTHENTICATE response, IDLE's DONE): hand it to the waiting
+        command, pausing input first so nothing after it runs before the command ends."""
+        self.parseState = "command"
+        waiter, self._line_waiter = self._line_waiter, None
+        self.pauseProducing()
+        assert waiter is not None
+        waiter.callback(line)
+
+    async def read_line(self) -> bytes:
+        """Wait for the client's next line while the current command is in progress."""
+        waiter: Deferred[bytes] = Deferred()
+        self._line_waiter = waiter
+        self.parseState = "waiting"
+        self.resumeProducing()
+        return await waiter
+
+    # dispatch
+
+    def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes | None, uid: Any = None) -> None:
+        Deferred.fromCoroutine(self._run(tag, cmd, rest))
+
+    async def _run(self, tag: bytes, cmd: bytes, rest: bytes | None) -> None:
+        paused = False
+        uid = False
+        try:
+            if cmd == b"UID" and self.state == "select":
+                sub, _, rest = (rest or b"").partition(b" ")
+                cmd = sub.upper()
+                if cmd not in (b"COPY", b"FETCH", b"STORE", b"SEARCH"):
+                    raise _bad(b"Unknown UID command")
+                uid = True
+            spec = self.lookupCommand(cmd) if cmd.isalpha() else None
+            if spec is None:
+                raise _bad(b"Command unknown or not valid in this state")
+            handler, parsers = spec[0], spec[1:]
+            args: list[Any] = []
+            line = rest
+            for parser in parsers:
+                if not callable(parser):
+                    args.append(parser)
+                    continue
+                result = parser(self, line)
+                if isinstance(result, Deferred):
+                    result = await result
+                arg, line = result
+                args.append(arg)
+            if line:
+                raise _bad(b"Too many arguments")
+            self._busy = paused = True
+            self.pauseProducing()
+            kwargs = {"uid": uid} if uid else {}
+            outcome = handler(self, tag, *args, **kwargs)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome is not None:
+                if self.mbox is not None and cmd not in NO_EXPUNGE_COMMANDS:
+                    self._send_expunges()
+                self.sendPositiveResponse(tag, outcome)
+        except IMAPError as e:
+            self._respond(e.status, tag, e.message())
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, b"Syntax error: " + _safe(str(e)))
+        except imap4.IllegalMailboxEncoding:
+            self.sendNegativeResponse(tag, b"[CANNOT] Invalid mailbox name")
+        except imap4.MailboxException as e:
+            code = getattr(e, "code", b"")
+            self.sendNegativeResponse(tag, (b"[" + code + b"] " if code else b"") + _safe(str(e)))
+        except Exception:
+            log.failure(
+                "imap {command} failed session={session}", command=cmd, session=self.session
+            )
+            self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
+        finally:
+            self._busy = False
+            self._idling = False
+            if paused and self.transport is not None and not self.transport.disconnecting:
+                self.resumeProducing()
+
+    async def _blocking(self, f: Callable[..., Any], *args: Any) -> Any:
+        """Run an IAccount mutator off the reactor thread when the account allows it."""
+        run = getattr(self.account, "run_in_thread", None)
+        if run is None:
+            return f(*args)
+        return await run(f, *args)
+
+    # argument parsers (stock ones raise bare Exceptions on bad input)
+
+    def arg_literal(self, line: bytes) -> Any:
+        if not line or line[:1] != b"{" or line[-1:] != b"}" or not line[1:-1].isdigit():
+            raise imap4.IllegalClientResponse("Literal expected")
+        size = int(line[1:-1])
+        if size > self.max_literal_size:
+            # refused before the continuation request, so the client sends no data
+            raise _no(b"Message too large", b"TOOBIG")
+        return self._fileLiteral(size)
+
+    def arg_fetchatt(self, line: bytes) -> tuple[Any, bytes]:
+        try:
+            return super().arg_fetchatt(line)
+        except Exception:
+            raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
+
+    def arg_searchkeys(self, line: bytes) -> tuple[Any, bytes]:
+        try:
+            return super().arg_searchkeys(line)
+        except Exception:
+            raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
+
+    def arg_rest(self, line: bytes | None) -> tuple[bytes | None, bytes]:
+        return (line or None), b""
+
+    # unsolicited responses
+
+    def sendUntaggedResponse(self, message: bytes, isAsync: Any = None) -> None:
+        self._respond(message, None, None)
+
+    def _respond(self, state: bytes, tag: bytes | None, message: bytes | None) -> None:
+        if tag is not None:
+            self._flush_unsolicited()
+        if not tag:
+            tag = b"*"
+        self.sendLine(b" ".join([tag, state] + ([message] if message else [])))
+
+    def _flush_unsolicited(self) -> None:
+        mbox = self.mbox
+        if mbox is None:
+            self._pending_exists, self._pending_flags = False, {}
+            return
+        if self._pending_exists:
+            self._pending_exists = False
+            self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
+            self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
+        if self._pending_flags:
+            pending, self._pending_flags = self._pending_flags, {}
+            by_uid = {mbox.getUID(n): n for n in range(1, mbox.getMessageCount() + 1)}
+            for message_uid, flags in sorted(pending.items()):
+                seq = by_uid.get(message_uid)
+                if seq is not None:
+                    self.sendLine(b"* %d FETCH (FLAGS (%s))" % (seq, _flag_list(flags)))
+
+    def _send_expunges(self) -> None:
+        take = getattr(self.mbox, "take_expunged", None)
+        if take is not None:
+            for seq in take():
+                self.sendLine(b"* %d EXPUNGE" % seq)
+
+    # IMailboxListener
+
+    def newMessages(self, exists: int | None, recent: int | None) -> None:
+        self._pending_exists = True
+        if self._idling:
+            self._flush_unsolicited()
+
+    def flagsChanged(self, newFlags: dict[int, Sequence[str]]) -> None:
+        if self.mbox is None:
+            return
+        for seq, flags in newFlags.items():
+            self._pending_flags[self.mbox.getUID(seq)] = list(flags)
+        if self._idling:
+            self._flush_unsolicited()
+
+    def expungesPending(self) -> None:
+        if self._idling:
+            self._send_expunges()
+            self._flush_unsolicited()
+
+    def modeChanged(self, writeable: bool) -> None:
+        self.sendUntaggedResponse(b"OK [READ-WRITE] mode" if writeable else b"OK [READ-ONLY] mode")
+
+    # any state
+
+    async def do_NOOP(self, tag: bytes) -> bytes:
+        await self._refresh()
+        return b"NOOP completed"
+
+    unauth_NOOP = (do_NOOP,)
+    auth_NOOP = unauth_NOOP
+    select_NOOP = unauth_NOOP
+    logout_NOOP = unauth_NOOP
+
+    async def _refresh(self) -> None:
+        refresh = getattr(self.mbox, "refresh", None)
+        if refresh is not None:
+            await refresh()
+
+    # not authenticated (RFC 3501 §6.2)
+
+    def do_STARTTLS(self, tag: bytes) -> None:
+        if self.secure():
+            raise _bad(b"TLS already active")
+        if self.ctx is None or not self.canStartTLS:
+            raise _no(b"TLS not available")
+        self.sendPositiveResponse(tag, b"Begin TLS negotiation now")
+        # RFC 3501 §6.2.1 / RFC 2595 §3.1: nothing the client sent after STARTTLS, before
+        # the handshake, may be acted on (TWISTED-NOTES §2.2(d), STARTTLS injection).
+        self.clearLineBuffer()
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+
+    unauth_STARTTLS = (do_STARTTLS,)
+
+    async def do_LOGIN(self, tag: bytes, user: bytes, password: bytes) -> bytes:
+        if not self.secure():
+            log_login("imap", user, self.peer, False)
+            raise _no(b"Plaintext authentication disallowed without TLS", b"PRIVACYREQUIRED")
+        await self._login(user, password)
+        return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
+
+    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+
+    async def do_AUTHENTICATE(self, tag: bytes, mechanism: bytes, initial: bytes | None) -> bytes:
+        if not self.secure():
+            raise _no(b"Authentication disallowed without TLS", b"PRIVACYREQUIRED")
+        if mechanism.upper() != b"PLAIN":
+            raise _no(b"Unsupported authentication mechanism", b"CANNOT")
+        if initial is None:
+            self.sendContinuationRequest(b"")
+            response = await self.read_line()
+        else:
+            response = initial
+        if response.strip() == b"*":
+            raise _bad(b"Authentication cancelled")  # RFC 3501 §6.2.2
+        try:
+            decoded = base64.b64decode(response.strip() or b"=", validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(b"Invalid base64 response") from None
+        parts = decoded.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            raise _bad(b"Malformed PLAIN response")
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            log_login("imap", authcid, self.peer, False)
+            raise _no(b"Authorization identity not allowed", b"AUTHORIZATIONFAILED")
+        await self._login(authcid, password)
+        return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
+
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_atom, arg_rest)
+
+    def sendContinuationRequest(
+        self, msg: bytes | None = b"Ready for additional command text"
+    ) -> None:
+        self.sendLine(b"+ " + (msg or b""))
+
+    async def _login(self, user: bytes, password: bytes) -> None:
+        if self.portal is None:
+            raise _no(b"Temporary authentication failure", b"UNAVAILABLE")
+        try:
+            iface, avatar, logout = await self.portal.login(
+                UsernamePassword(user, password), None, imap4.IAccount
+            )
+        except UnauthorizedLogin:
+            log_login("imap", user, self.peer, False)
+            raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+        except Exception:
+            log.failure("imap login error session={session}", session=self.session)
+            raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
+        log_login("imap", user, self.peer, True)
+        self.user = getattr(avatar, "address", None) or user.decode("utf-8", "replace")
+        self.account = avatar
+        self._onLogout = logout
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+
+    # authenticated (RFC 3501 §6.3)
+
+    def do_NAMESPACE(self, tag: bytes) -> bytes:
+        presenter = imap4.INamespacePresenter(self.account, None)
+        spaces: list[Any] = [None, None, None]
+        if presenter is not None:
+            spaces = [
+                presenter.getPersonalNamespaces(),
+                presenter.getSharedNamespaces(),
+                presenter.getUserNamespaces(),
+            ]
+        # RFC 2342 §5: personal, other users', shared
+        encoded = [
+            b"(" + b"".join(b"(" + encode_sexp(list(ns)) + b")" for ns in group) + b")"
+            if group
+            else b"NIL"
+            for group in (spaces[0], spaces[2], spaces[1])
+        ]
+        self.sendUntaggedResponse(b"NAMESPACE " + b" ".join(encoded))
+        return b"NAMESPACE completed"
+
+    auth_NAMESPACE = (do_NAMESPACE,)
+    select_NAMESPACE = auth_NAMESPACE
+
+    def _close_mailbox(self) -> None:
+        mbox, self.mbox = self.mbox, None
+        self._pending_exists, self._pending_flags = False, {}
+        if mbox is not None:
+            mbox.removeListener(self)
+            closeable = imap4.ICloseableMailbox(mbox, None)
+            if closeable is not None:
+                maybeDeferred(closeable.close).addErrback(lambda f: log.failure("close failed", f))
+        if self.state == "select":
+            self.state = "auth"
+
+    async def _open(self, name: bytes, readwrite: bool) -> Any:
+        mbox = await maybeDeferred(self.account.select, imap4._parseMbox(name), readwrite)
+        if mbox is None:
+            raise _no(b"No such mailbox", b"NONEXISTENT")
+        return mbox
+
+    async def do_SELECT(self, tag: bytes, name: bytes, readwrite: int, command: bytes) -> bytes:
+        self._close_mailbox()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
+        mbox = await self._open(name, bool(readwrite))
+        if "\\noselect" in [f.lower() for f in mbox.getFlags()]:
+            raise _no(b"Mailbox cannot be selected", b"CANNOT")
+        flags = _flag_list(mbox.getFlags())
+        # RFC 3501 §6.3.1: FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDNEXT, UIDVALIDITY
+        self.sendLine(b"* FLAGS (" + flags + b")")
+        self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
+        self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
+        first_unseen = getattr(mbox, "first_unseen", lambda: None)()
+        if first_unseen is not None:
+            self.sendLine(b"* OK [UNSEEN %d] First unseen" % first_unseen)
+        writeable = mbox.isWriteable()
+        permanent = flags if writeable else b""
+        self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Limited")
+        self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
+        self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
+        mbox.addListener(self)
+        self.mbox = mbox
+        self.state = "select"
+        mode = b"[READ-WRITE] " if writeable else b"[READ-ONLY] "
+        return mode + command + b" completed"
+
+    auth_SELECT = (do_SELECT, imap4.IMAP4Server.arg_astring, 1, b"SELECT")
+    select_SELECT = auth_SELECT
+    auth_EXAMINE = (do_SELECT, imap4.IMAP4Server.arg_astring, 0, b"EXAMINE")
+    select_EXAMINE = auth_EXAMINE
+
+    async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
+        if not await self._blocking(self.account.create, imap4._parseMbox(name)):
+            raise _no(b"Mailbox not created", b"CANNOT")
+        return b"CREATE completed"
+
+    auth_CREATE = (do_CREATE, imap4.IMAP4Server.arg_finalastring)
+    select_CREATE = auth_CREATE
+
+    async def do_DELETE(self, tag: bytes, name: bytes) -> bytes:
+        await self._blocking(self.account.delete, imap4._parseMbox(name))
+        return b"DELETE completed"
+
+    auth_DELETE = (do_DELETE, imap4.IMAP4Server.arg_finalastring)
+    select_DELETE = auth_DELETE
+
+    async def do_RENAME(self, tag: bytes, old: bytes, new: bytes) -> bytes:
+        await self._blocking(self.account.rename, imap4._parseMbox(old), imap4._parseMbox(new))
+        return b"RENAME completed"
+
+    auth_RENAME = (do_RENAME, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    select_RENAME = auth_RENAME
+
+    async def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
+        await self._blocking(self.account.subscribe, imap4._parseMbox(name))
+        return b"SUBSCRIBE completed"
+
+    auth_SUBSCRIBE = (do_SUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
+    select_SUBSCRIBE = auth_SUBSCRIBE
+
+    async def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
+        await self._blocking(self.account.unsubscribe, imap4._parseMbox(name))
+        return b"UNSUBSCRIBE completed"
+
+    auth_UNSUBSCRIBE = (do_UNSUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
+    select_UNSUBSCRIBE = auth_UNSUBSCRIBE
+
+    async def do_LIST(
+        self, tag: bytes, ref: bytes, pattern: bytes, subscribed: int, command: bytes
+    ) -> bytes:
+        reference, wildcard = imap4._parseMbox(ref), imap4._parseMbox(pattern)
+        if not wildcard and not subscribed:
+            # RFC 3501 §6.3.8: the hierarchy delimiter and root name
+            self.sendLine(b'* LIST (\\Noselect) "." ""')
+            return b"LIST completed"
+        lister = getattr(self.account, "list_subscribed", None) if subscribed else None
+        if lister is not None:
+            boxes = await lister(reference, wildcard)
+        else:
+            boxes = await maybeDeferred(self.account.listMailboxes, reference, wildcard)
+            if subscribed:
+                boxes = [(n, b) for n, b in boxes if self.account.isSubscribed(n)]
+        for name, info in boxes:
+            attributes = _flag_list(info.getFlags())
+            delimiter = encode_string(info.getHierarchicalDelimiter())
+            self.sendLine(
+                b"* "
+                + command
+                + b" ("
+                + attributes
+                + b") "
+                + delimiter
+                + b" "
+                + _mailbox_name(name)
+            )
+        return command + b" completed"
+
+    auth_LIST = (do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 0, b"LIST")
+    select_LIST = auth_LIST
+    auth_LSUB = (do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 1, b"LSUB")
+    select_LSUB = auth_LSUB
+
+    async def do_STATUS(self, tag: bytes, name: bytes, items: list[Any]) -> bytes:
+        names = []
+        for item in items:
+            if (
+                not isinstance(item, bytes)
+                or item.upper().decode("ascii", "replace") not in STATUS_ITEMS
+            ):
+                raise _bad(b"Unknown STATUS item")
+            names.append(item.upper().decode("ascii"))
+        mailbox = imap4._parseMbox(name)
+        mbox = await self._open(name, False)
+        try:
+            status = await maybeDeferred(mbox.requestStatus, names)
+        finally:
+            _close_quietly(mbox)
+        data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
+        self.sendLine(b"* STATUS " + _mailbox_name(mailbox) + b" (" + data + b")")
+        return b"STATUS completed"
+
+    auth_STATUS = (do_STATUS, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_plist)
+    select_STATUS = auth_STATUS
+
+    async def do_APPEND(
+        self, tag: bytes, name: bytes, flags: list[Any] | None, date: bytes | None, message: Any
+    ) -> bytes:
+        # RFC 3501 §6.3.11; the flag list and date are optional (TWISTED-NOTES: None flags)
+        if date is not None and parse_internaldate(date) is None:
+            raise _bad(b"Invalid date-time")
+        flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
+        mbox = await maybeDeferred(self.account.select, imap4._parseMbox(name), True)
+        if mbox is None:
+            raise _no(b"No such mailbox", b"TRYCREATE")
+        try:
+            data = message.read()
+            if not data:
+                raise _no(b"Empty message", b"CANNOT")
+            await mbox.addMessage(data, flag_names, date)
+        finally:
+            _close_quietly(mbox)
+        await self._refresh_if_selected(mbox)
+        return b"APPEND completed"
+
+    auth_APPEND = (
+        do_APPEND,
+        imap4.IMAP4Server.arg_astring,
+        imap4.IMAP4Server.opt_plist,
+        imap4.IMAP4Server.opt_datetime,
+        arg_literal,
+    )
+    select_APPEND = auth_APPEND
+
+    async def _refresh_if_selected(self, target: Any) -> None:
+        if self.mbox is not None and getattr(self.mbox, "path", None) == getattr(target, "path", 0):
+            await self._refresh()
+
+    async def do_IDLE(self, tag: bytes) -> bytes:
+        """RFC 2177: push EXISTS/EXPUNGE/FETCH until the client sends DONE."""
+        await self._refresh()
+        if self.mbox is not None:
+            self._send_expunges()
+        self._flush_unsolicited()
+        self.sendContinuationRequest(b"idling")
+        self._idling = True
+        line = await self.read_line()
+        self._idling = False
+        if line.strip().upper() != b"DONE":
+            raise _bad(b"Expected DONE")  # RFC 2177 §3: only DONE ends IDLE
+        return b"IDLE terminated"
+
+    auth_IDLE = (do_IDLE,)
+    select_IDLE = auth_IDLE
+
+    # selected (RFC 3501 §6.4)
+
+    async def do_CHECK(self, tag: bytes) -> bytes:
+        await self._refresh()
+        return b"CHECK completed"
+
+    select_CHECK = (do_CHECK,)
+
+    async def do_CLOSE(self, tag: bytes) -> bytes:
+        mbox = self.mbox
+        if mbox.isWriteable():
+            await maybeDeferred(mbox.expunge)  # RFC 3501 §6.4.2: silently, no EXPUNGE responses
+        self._close_mailbox()
+        return b"CLOSE completed"
+
+    select_CLOSE = (do_CLOSE,)
+
+    async def do_EXPUNGE(self, tag: bytes) -> bytes:
+        if not self.mbox.isWriteable():
+            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+        for seq in await maybeDeferred(self.mbox.expunge):
+            self.sendLine(b"* %d EXPUNGE" % seq)
+        return b"EXPUNGE completed"
+
+    select_EXPUNGE = (do_EXPUNGE,)
+
+    async def do_SEARCH(
+        self, tag: bytes, charset: bytes | None, query: list[Any], uid: bool = False
+    ) -> bytes:
+        if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
+            raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
+        searchable = imap4.ISearchableMailbox(self.mbox, None)
+        if searchable is None:
+            raise _no(b"SEARCH not supported here", b"CANNOT")
+        try:
+            found = await maybeDeferred(searchable.search, query, uid=uid)
+        except SearchError as e:
+            raise _bad(_safe(str(e))) from None
+        numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
+        self.sendLine(b" ".join([b"* SEARCH"] + [b"%d" % n for n in numbers]))
+        return b"SEARCH completed"
+
+    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)
+
+    async def do_FETCH(
+        self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: bool = False
+    ) -> bytes:
+        mbox = self.mbox
+        targets = await maybeDeferred(mbox.fetch, messages, uid)
+        needs_content = any(
+            p.type not in ("flags", "uid", "internaldate", "rfc822size") for p in query
+        )
+        # RFC 3501 §6.4.5: BODY[...] without PEEK, RFC822 and RFC822.TEXT set \Seen
+        sets_seen = mbox.isWriteable() and any(
+            p.type in ("rfc822", "rfc822text")
+            or (p.type == "body" and not p.peek and _has_section(p))
+            for p in query
+        )
+        wants_flags = any(p.type == "flags" for p in query)
+        gate = _FlowGate()
+        try:
+            self.transport.registerProducer(gate, True)
+        except RuntimeError:
+            gate = None  # type: ignore[assignment]
+        try:
+            for count, (seq, msg) in enumerate(targets):
+                flags_changed = False
+                if sets_seen and "\\Seen" not in msg.getFlags() and hasattr(mbox, "store_entries"):
+                    result = await mbox.store_entries([(seq, msg.entry)], "S", 1)
+                    if seq in result:
+                        msg = mbox.message(seq)
+                        flags_changed = True
+                raw = None
+                if needs_content:
+                    try:
+                        raw = await _content(msg, mbox)
+                    except MaildirError:
+                        continue  # expunged by another session meanwhile: nothing to send
+                items = self._fetch_items(msg, query, raw, uid, flags_changed and not wants_flags)
+                self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+                if gate is not None:
+                    await gate.wait()
+                if count % FETCH_BATCH == FETCH_BATCH - 1:
+                    await _next_turn(self.clock)
+        finally:
+            if gate is not None:
+                self.transport.unregisterProducer()
+        return b"FETCH completed"
+
+    select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, arg_fetchatt)
+
+    def _fetch_items(
+        self, msg: Any, query: list[Any], raw: bytes | None, uid: bool, add_flags: bool
+    ) -> list[bytes]:
+        items: list[bytes] = []
+        seen_uid = False
+        for part in query:
+            kind = part.type
+            if kind == "flags":
+                items.append(b"FLAGS (" + _flag_list(msg.getFlags()) + b")")
+            elif kind == "uid":
+                seen_uid = True
+                items.append(b"UID %d" % msg.getUID())
+            elif kind == "internaldate":
+                mtime = getattr(getattr(msg, "entry", None), "mtime", None)
+                if mtime is None:
+                    items.append(b"INTERNALDATE " + encode_string(msg.getInternalDate()))
+                else:
+                    items.append(b"INTERNALDATE " + format_internaldate(mtime))
+            elif kind == "rfc822size":
+                items.append(b"RFC822.SIZE %d" % msg.getSize())
+            elif kind == "envelope":
+                assert raw is not None
+                items.append(b"ENVELOPE (" + encode_sexp(envelope(split_message(raw)[0])) + b")")
+            elif kind == "bodystructure":
+                assert raw is not None
+                items.append(
+                    b"BODYSTRUCTURE (" + encode_sexp(bodystructure(parse_entity(raw), True)) + b")"
+                )
+            elif kind == "rfc822":
+                assert raw is not None
+                items.append(b"RFC822 " + _literal(raw))
+            elif kind == "rfc822header":
+                assert raw is not None
+                items.append(b"RFC822.HEADER " + _literal(split_message(raw)[0]))
+            elif kind == "rfc822text":
+                assert raw is not None
+                items.append(b"RFC822.TEXT " + _literal(split_message(raw)[1]))
+            elif kind == "body" and not _has_section(part):
+                assert raw is not None
+                items.append(
+                    b"BODY (" + encode_sexp(bodystructure(parse_entity(raw), False)) + b")"
+                )
+            elif kind == "body":
+                assert raw is not None
+                data = section_data(raw, part)
+                label = section_label(part)
+                if data is None:
+                    items.append(label + b" NIL")
+                else:
+                    # RFC 3501 §7.4.2: a partial answer echoes only the origin, BODY[...]<0>
+                    data, origin = partial(data, part)
+                    items.append(label + origin + b" " + _literal(data))
+        if add_flags:
+            items.append(b"FLAGS (" + _flag_list(msg.getFlags()) + b")")
+        if uid and not seen_uid:
+            items.append(b"UID %d" % msg.getUID())  # RFC 3501 §6.4.8: UID FETCH includes UID
+        return items
+
+    async def do_STORE(
+        self,
+        tag: bytes,
+        messages: imap4.MessageSet,
+        mode: bytes,
+        flags: list[bytes],
+        uid: bool = False,
+    ) -> bytes:
+        action = mode.upper()
+        silent = action.endswith(b".SILENT")
+        if silent:
+            action = action[: -len(b".SILENT")]
+        modes = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
+        if action not in modes:
+            raise _bad(b"Invalid STORE data item")
+        if not self.mbox.isWriteable():
+            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+        names = [f.decode("ascii", "replace") for f in flags]
+        result = await maybeDeferred(self.mbox.store, messages, names, modes[action], uid=uid)
+        if not silent:
+            for seq in sorted(result):
+                extra = b" UID %d" % self.mbox.getUID(seq) if uid else b""
+                self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, _flag_list(result[seq]), extra))
+        return b"STORE completed"
+
+    select_STORE = (
+        do_STORE,
+        imap4.IMAP4Server.arg_seqset,
+        imap4.IMAP4Server.arg_atom,
+        imap4.IMAP4Server.arg_flaglist,
+    )
+
+    async def do_COPY(
+        self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
+    ) -> bytes:
+        target = await maybeDeferred(self.account.select, imap4._parseMbox(name), True)
+        if target is None:
+            raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
+        try:
+            copier = imap4.IMessageCopier(target, None)
+            if copier is None:
+                raise _no(b"Cannot copy into this mailbox", b"CANNOT")
+            for _seq, msg in await maybeDeferred(self.mbox.fetch, messages, uid):
+                try:
+                    await maybeDeferred(copier.copy, msg)
+                except MaildirError:
+                    continue  # expunged meanwhile
+        finally:
+            _close_quietly(target)
+        await self._refresh_if_selected(target)
+        return b"COPY completed"
+
+    select_COPY = (do_COPY, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
+
+
+def _has_section(part: Any) -> bool:
+    return bool(part.header is not None or part.text or part.mime or part.empty)
+
+
+def _flag_list(flags: Sequence[str]) -> bytes:
+    return b" ".join(f.encode("ascii", "replace") for f in flags)
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+async def _content(msg: Any, mbox: Any) -> bytes:
+    load = getattr(msg, "load", None)
+    run = getattr(mbox, "run_in_thread", None)
+    if load is not None and run is not None:
+        data: bytes = await load(run)
+        return data
+    return imap4.IMessageFile(msg).open().read()
+
+
+async def _next_turn(clock: IReactorTime) -> None:
+    """Let other connections run between batches of a long FETCH."""
+    d: Deferred[None] = Deferred()
+    clock.callLater(0, d.callback, None)
+    await d
+
+
+def _close_quietly(mbox: Any) -> None:
+    closeable = imap4.ICloseableMailbox(mbox, None)
+    if closeable is not None:
+        maybeDeferred(closeable.close).addErrback(lambda f: log.failure("close failed", f))
+
+
+class IMAPFactory(ServerFactory):
+    """Builds one L{IMAPServer} per connection (port 143 with STARTTLS, or 993)."""
+
+    def __init__(
+        self,
+        *,
+        portal: Portal,
+        tls: CertificateOptions | None,
+        implicit_tls: bool,
+        clock: IReactorTime,
+        max_literal_size: int,
+    ) -> None:
+        self.portal = portal
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.clock = clock
+        self.max_literal_size = max_literal_size
+
+    def buildProtocol(self, addr: Any) -> IMAPServer:
+        protocol = IMAPServer(
+            portal=self.portal,
+            tls=self.tls,
+            implicit_tls=self.implicit_tls,
+            clock=self.clock,
+            max_literal_size=self.max_literal_size,
+        )
+        protocol.factory = self
+        return protocol
+
+
+def imap_factory(
+    *,
+    portal: Portal,
+    tls: CertificateOptions | None,
+    implicit_tls: bool,
+    clock: IReactorTime,
+    max_literal_size: int,
+) -> ServerFactory:
+    """The IMAP listener's factory.
+
+    @param tls: STARTTLS context for port 143 (C{None}: no STARTTLS, so no login at all).
+    @param implicit_tls: C{True} for port 993, whose endpoint the service wraps in TLS.
+    @param clock: the reactor (timeouts).
+    @param max_literal_size: largest APPEND in octets (the configured max message size).
+    """
+    return IMAPFactory(
+        portal=portal,
+        tls=tls,
+        implicit_tls=implicit_tls,
+        clock=clock,
+        max_literal_size=max_literal_size,
+    )
