@@ -74,3 +74,11 @@ REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message 
 REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
 REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")
 REPLY_555_BAD_PARAMETER = R(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized")
+
+# SMTP session (twistedmail.smtp.server)
+REPLY_214_HELP = R(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
+REPLY_421_AUTH_FAILURES = R(421, "4.7.0", "Too many failed authentication attempts")
+REPLY_500_BARE_LF_COMMAND = R(500, "5.5.2", "Bare CR or LF in command")
+REPLY_500_AUTH_LINE_TOO_LONG = R(500, "5.5.6", "Authentication exchange line is too long")
+REPLY_503_AUTH_IN_TRANSACTION = R(503, "5.5.1", "AUTH not permitted during a mail transaction")
+REPLY_452_STORAGE = R(452, "4.3.1", "Insufficient system storage")

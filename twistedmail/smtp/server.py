@@ -1,0 +1,925 @@
+"""The ESMTP session, policy-free: the SMTP wire protocol and the extensions twistedmail offers.
+
+Implements RFC 5321 (§4.1 commands, §4.5.2 transparency, §4.4 trace information, §4.5.3
+limits), RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 2920 PIPELINING, RFC 2034 / RFC 3463
+ENHANCEDSTATUSCODES, RFC 3207 STARTTLS, RFC 4954 AUTH with PLAIN (RFC 4616) and LOGIN, and
+the RFC 3848 with-protocol keywords of the Received: header.
+
+The session is C{twisted.mail.smtp.ESMTP} (its COMMAND/DATA/AUTH modes and C{do_X}/C{ext_X}
+command lookup) on top of L{twistedmail.wire.StrictLineReceiver}, with the commands Twisted
+gets wrong replaced (TWISTED-NOTES §2.1):
+
+  - (a) only CRLF.CRLF ends DATA; a bare CR or LF in message data fails the transaction
+    with C{550 5.6.0} after the final dot, nothing stored;
+  - (b) an over-long command line is answered C{500 5.5.6} once; an unterminated flood is
+    discarded in constant memory, answered once and disconnected;
+  - (b') an over-long line inside DATA fails the transaction and the session stays in DATA
+    (body lines never run as commands);
+  - (c) AUTH only after TLS (C{530 5.7.0} before), malformed AUTH input gets C{501};
+  - (d) STARTTLS drops every byte pipelined after it and resets the session (RFC 3207 §4.2);
+  - NOOP, VRFY, HELP; MAIL before HELO/EHLO refused; SIZE and BODY parameters handled.
+
+What a listener accepts (who may send, to whom, where the message goes) is a
+L{SessionPolicy}: L{twistedmail.smtp.inbound} (port 25) and L{twistedmail.smtp.submission}
+(587/465).  Code the two share lives here (L{LocalRecipients}, L{AuthenticatedUserRealm}).
+
+Limits (RFC 5321 §4.5.3.1): command and message data lines may be up to L{MAX_LINE_LENGTH}
+octets (16 KiB), more than the 512/1000 octets of §4.5.3.1.4 and §4.5.3.1.6, because real
+mail (generated HTML, long base64 lines from broken clients) exceeds 1000 octets and the RFC
+lets a server accept more; a longer data line fails the transaction (C{500 5.5.6} after the
+dot).  An unterminated line is disconnected after L{FLOOD_LIMIT} octets.  Message data is
+held in memory up to the session's C{max_message_size}, then discarded (C{552 5.3.4}).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any, Protocol
+
+import attrs
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ITLSTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from twistedmail import auth
+from twistedmail.accounts import AccountStore
+from twistedmail.address import AddressError, Mailbox, normalize_domain, parse_path
+from twistedmail.delivery import LocalDelivery
+from twistedmail.maildir import is_enospc
+from twistedmail.reply import (
+    REPLY_214_HELP,
+    REPLY_220_READY,
+    REPLY_220_TLS_READY,
+    REPLY_221_BYE,
+    REPLY_235_AUTH_OK,
+    REPLY_250_NOOP,
+    REPLY_250_QUEUED,
+    REPLY_250_RECIPIENT_OK,
+    REPLY_250_RESET,
+    REPLY_250_SENDER_OK,
+    REPLY_252_CANNOT_VRFY,
+    REPLY_334_CONTINUE,
+    REPLY_354_DATA,
+    REPLY_421_AUTH_FAILURES,
+    REPLY_421_TIMEOUT,
+    REPLY_450_RELAY_UNAVAILABLE,
+    REPLY_451_LOCAL_ERROR,
+    REPLY_452_STORAGE,
+    REPLY_452_TOO_MANY_RECIPIENTS,
+    REPLY_454_AUTH_TEMP,
+    REPLY_454_TLS_UNAVAILABLE,
+    REPLY_500_AUTH_LINE_TOO_LONG,
+    REPLY_500_BARE_LF_COMMAND,
+    REPLY_500_LINE_TOO_LONG,
+    REPLY_500_UNKNOWN_COMMAND,
+    REPLY_501_AUTH_CANCELLED,
+    REPLY_501_BAD_ADDRESS,
+    REPLY_501_BAD_BASE64,
+    REPLY_501_BAD_SENDER,
+    REPLY_501_SYNTAX,
+    REPLY_502_NOT_IMPLEMENTED,
+    REPLY_503_ALREADY_AUTH,
+    REPLY_503_AUTH_IN_TRANSACTION,
+    REPLY_503_EHLO_FIRST,
+    REPLY_503_MAIL_FIRST,
+    REPLY_503_NESTED_MAIL,
+    REPLY_503_RCPT_FIRST,
+    REPLY_503_TLS_ACTIVE,
+    REPLY_504_AUTH_MECHANISM,
+    REPLY_530_TLS_REQUIRED,
+    REPLY_535_AUTH_FAILED,
+    REPLY_550_BARE_LF,
+    REPLY_550_NO_SUCH_USER,
+    REPLY_552_TOO_BIG,
+    REPLY_555_BAD_PARAMETER,
+    Reply,
+)
+from twistedmail.wire import CRLF, StrictLineReceiver
+
+log = Logger(namespace="twistedmail.smtp")
+
+MAX_LINE_LENGTH = 16384  # octets without CRLF, for command, AUTH and data lines
+FLOOD_LIMIT = 1 << 20  # octets of one unterminated line before the session is closed
+MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be accepted
+IDLE_TIMEOUT = 300  # seconds; RFC 5321 §4.5.3.2.7 server timeout: at least 5 minutes
+MAX_AUTH_FAILURES = 3  # failed AUTH attempts per session before 421
+MAX_HELO_LENGTH = 255  # RFC 5321 §4.5.3.1.2
+
+COMMAND, DATA, AUTH = smtp.COMMAND, smtp.DATA, smtp.AUTH
+
+_VERB = re.compile(rb"[A-Za-z]{1,16}")
+_MAIL_FROM = re.compile(rb"FROM:(.*)", re.I | re.S)
+_RCPT_TO = re.compile(rb"TO:(.*)", re.I | re.S)
+_POSTMASTER = re.compile(r"\s*<postmaster>(.*)", re.I | re.S)
+_PRINTABLE = re.compile(rb"[\x21-\x7e]+")
+# A HELO argument shown in the Received: header: a domain or an address literal.
+_HELO_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9:.]+\]")
+_SASL_MECHANISMS = (b"PLAIN", b"LOGIN")
+
+
+class SMTPReplyError(Exception):
+    """A refusal carrying the reply to send: raised by policies, caught by the session."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.line().decode("ascii"))
+        self.reply = reply
+
+
+@attrs.frozen
+class Client:
+    """What the session knows about the SMTP client when a policy is asked.
+
+    @ivar session_id: random hex, in every log line of the session.
+    @ivar peer_ip: the client's IP address (text).
+    @ivar helo: the HELO/EHLO argument (ASCII), C{""} before HELO/EHLO.
+    @ivar esmtp: whether the client greeted with EHLO.
+    @ivar tls: whether the session is under TLS (STARTTLS done, or implicit TLS).
+    @ivar user: the authenticated address (RFC 4954), or C{None}.
+    """
+
+    session_id: str
+    peer_ip: str
+    helo: str
+    esmtp: bool
+    tls: bool
+    user: str | None
+
+
+@attrs.frozen
+class Envelope:
+    """One mail transaction's envelope, as received (RFC 5321 §2.3.1).
+
+    @ivar reverse_path: the MAIL FROM mailbox, C{None} for the null path C{<>}.
+    @ivar recipients: the accepted RCPT TO mailboxes, in order, without duplicates.
+    @ivar body: C{"7BIT"} or C{"8BITMIME"} (RFC 6152 BODY parameter).
+    @ivar transaction_id: the Received: header's id, unique per transaction.
+    @ivar received_at: seconds since the epoch, from the session's clock.
+    """
+
+    client: Client
+    reverse_path: Mailbox | None
+    recipients: tuple[Mailbox, ...]
+    body: str
+    transaction_id: str
+    received_at: float
+
+
+class SessionPolicy(Protocol):
+    """What one listener accepts; the session asks it at MAIL, RCPT and after DATA.
+
+    Each method raises L{SMTPReplyError} to refuse (the reply is sent as is); any other
+    exception is logged and answered C{451 4.3.0}.
+    """
+
+    service: str
+    """Listener name for log lines: C{"smtp"}, C{"submission"}."""
+
+    async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
+        """Accept or refuse MAIL FROM (RFC 5321 §4.1.1.2)."""
+
+    async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
+        """Accept or refuse RCPT TO (RFC 5321 §4.1.1.3)."""
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        """Take responsibility for C{message} (CRLF lines, Received: on top): return only
+        when it is durably stored (RFC 5321 §6.1), so the session may answer 250."""
+
+
+class IAuthenticatedUser(Interface):
+    """The avatar SMTP AUTH asks the portal for: who the client authenticated as."""
+
+    address = Attribute("The authenticated address (str), the checker's avatar ID.")
+
+
+@implementer(IAuthenticatedUser)
+@attrs.frozen
+class AuthenticatedUser:
+    """L{IAuthenticatedUser}: the normalised address a client proved with SMTP AUTH."""
+
+    address: str
+
+
+@implementer(IRealm)
+class AuthenticatedUserRealm:
+    """C{IRealm} returning an L{AuthenticatedUser} for the checker's avatar ID."""
+
+    def requestAvatar(
+        self, avatarId: Any, mind: object, *interfaces: type[Interface]
+    ) -> tuple[type[Interface], object, Callable[[], None]]:
+        if IAuthenticatedUser in interfaces:
+            return IAuthenticatedUser, AuthenticatedUser(str(avatarId)), lambda: None
+        raise NotImplementedError("SMTP AUTH only provides IAuthenticatedUser")
+
+
+def auth_portal(portal: Portal) -> Portal:
+    """A portal with C{portal}'s credential checkers and the L{AuthenticatedUserRealm}.
+
+    SMTP AUTH needs only the avatar ID (the address); the shared portal's realm builds IMAP
+    and POP3 avatars, so the checkers (one password store for every protocol) are reused
+    with a realm of our own.
+    """
+    return Portal(AuthenticatedUserRealm(), list(dict.fromkeys(portal.checkers.values())))
+
+
+class LocalRecipients:
+    """Recipient checks and delivery for local mailboxes, shared by inbound and submission."""
+
+    def __init__(self, store: AccountStore, delivery: LocalDelivery) -> None:
+        self.store = store
+        self.delivery = delivery
+
+    def check(self, recipient: Mailbox) -> None:
+        """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
+
+        @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
+            alias that expands to a remote address (no outbound relay yet).
+        """
+        if not self.store.accepts(recipient):
+            raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+        users, remote = self.delivery.local_users([recipient])
+        if remote:
+            raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
+        if not users:
+            raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        """Store C{message} durably for every local recipient (RFC 5321 §6.1).
+
+        @raise SMTPReplyError: C{452 4.3.1} when the disk is full.
+        @raise OSError: any other disk failure (the session answers 451).
+        """
+        try:
+            remote = await self.delivery.deliver(
+                envelope.reverse_path, list(envelope.recipients), message
+            )
+        except OSError as e:
+            if is_enospc(e):
+                raise SMTPReplyError(REPLY_452_STORAGE) from None
+            raise
+        if remote:
+            log.warn(
+                "session {session}: alias now expands to remote {remote}; not relayed",
+                session=envelope.client.session_id,
+                remote=[str(m) for m in remote],
+            )
+
+
+def address_literal(ip: str) -> str:
+    """C{[192.0.2.1]} or C{[IPv6:2001:db8::1]} (RFC 5321 §4.1.3); other peers kept as text."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "[" + "".join(c for c in ip if c.isalnum() or c in ".:-_/") + "]"
+    return f"[IPv6:{addr.compressed}]" if addr.version == 6 else f"[{addr}]"
+
+
+def received_header(envelope: Envelope, hostname: str) -> bytes:
+    """The Received: trace header for C{envelope}, folded, ending in CRLF (RFC 5321 §4.4).
+
+    C{from <helo> ([ip]) by <hostname> with <protocol> id <id> for <rcpt>; <date>}: the
+    protocol is C{SMTP}, C{ESMTP}, C{ESMTPS}, C{ESMTPA} or C{ESMTPSA} (RFC 3848); the
+    C{for} clause is given only for a single recipient, so Bcc recipients are not revealed
+    to each other (RFC 5321 §7.2).
+    """
+    client = envelope.client
+    helo = client.helo if _HELO_NAME.fullmatch(client.helo) else "unknown"
+    if client.esmtp:
+        protocol = "ESMTP" + ("S" if client.tls else "") + ("A" if client.user else "")
+    else:
+        protocol = "SMTP"
+    date = format_datetime(datetime.fromtimestamp(envelope.received_at, timezone.utc))
+    by = f"by {hostname} with {protocol} id {envelope.transaction_id}"
+    if len(envelope.recipients) == 1:
+        tail = f"{by}\r\n\tfor <{envelope.recipients[0]}>; {date}"
+    else:
+        tail = f"{by};\r\n\t{date}"
+    text = f"Received: from {helo} ({address_literal(client.peer_ip)})\r\n\t{tail}\r\n"
+    return text.encode("ascii")
+
+
+class SMTPSession(StrictLineReceiver, smtp.ESMTP):
+    """One ESMTP server session (RFC 5321), policy-free.
+
+    @param policy: who may send what to whom (L{SessionPolicy}).
+    @param hostname: our name in the greeting, EHLO reply and Received: header.
+    @param clock: for the idle timeout (L{IDLE_TIMEOUT} seconds) and Received: dates.
+    @param tls_context: offers STARTTLS when given and the transport can start TLS.
+    @param implicit_tls: the listener is already TLS (port 465, RFC 8314 §3.3): no
+        STARTTLS, AUTH allowed at once.
+    @param portal: offers AUTH PLAIN LOGIN under TLS when given; logins ask it for
+        L{IAuthenticatedUser} (see L{auth_portal}).
+    @param max_message_size: octets of message data (RFC 1870 SIZE).
+    """
+
+    MAX_LENGTH = MAX_LINE_LENGTH
+    timeout = IDLE_TIMEOUT
+
+    def __init__(
+        self,
+        *,
+        policy: SessionPolicy,
+        hostname: str,
+        clock: IReactorTime,
+        max_message_size: int,
+        tls_context: CertificateOptions | None = None,
+        implicit_tls: bool = False,
+        portal: Portal | None = None,
+    ) -> None:
+        smtp.ESMTP.__init__(self, chal={}, contextFactory=tls_context)
+        self.host = hostname
+        self.hostname = hostname
+        self.policy = policy
+        self.clock = clock
+        self.callLater = clock.callLater  # TimeoutMixin schedules through this
+        self.portal = portal
+        self.implicit_tls = implicit_tls
+        self.max_message_size = max_message_size
+        self.session_id = secrets.token_hex(6)
+        self.peer_ip = "unknown"
+        self.tls = implicit_tls
+        self.helo: str | None = None
+        self.esmtp = False
+        self.user: str | None = None
+        self._auth_failures = 0
+        self._transactions = 0
+        self._closed = False
+        self._unterminated = 0
+        self._auth_mechanism: bytes | None = None
+        self._auth_username: bytes | None = None
+        self._reset_transaction()
+
+    # -- connection ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer_ip = str(getattr(peer, "host", peer))
+        self.canStartTLS = (
+            self.ctx is not None and not self.tls and ITLSTransport.providedBy(self.transport)
+        )
+        log.info(
+            "session {session} from {ip} on {service} (tls={tls})",
+            session=self.session_id,
+            ip=self.peer_ip,
+            service=self.policy.service,
+            tls=self.tls,
+        )
+        # RFC 5321 §4.2: the greeting starts with our domain.
+        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+        self.setTimeout(self.timeout)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        self._data_lines = []
+
+    def timeoutConnection(self) -> None:
+        log.info("session {session}: idle timeout", session=self.session_id)
+        self.send_reply(REPLY_421_TIMEOUT)
+
+    def client(self) -> Client:
+        """A snapshot of the session for the policy."""
+        return Client(
+            session_id=self.session_id,
+            peer_ip=self.peer_ip,
+            helo=self.helo or "",
+            esmtp=self.esmtp,
+            tls=self.tls,
+            user=self.user,
+        )
+
+    # -- output ----------------------------------------------------------------------
+
+    def send_reply(self, reply: Reply) -> None:
+        """Write one reply; a 421 closes the connection (RFC 5321 §3.8)."""
+        if self._closed:
+            return
+        self.transport.write(reply.line() + CRLF)
+        if reply.code == 421:
+            self.transport.loseConnection()
+
+    def send_lines(self, code: int, lines: list[bytes]) -> None:
+        """A multiline reply (RFC 5321 §4.2.1): C{code-} on every line but the last."""
+        out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
+        out.append(b"%d %s\r\n" % (code, lines[-1]))
+        self.transport.write(b"".join(out))
+
+    # -- input -----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            self._unterminated += len(data)
+        super().dataReceived(data)
+        if (
+            self._discarding
+            and self._unterminated > FLOOD_LIMIT
+            and not self.transport.disconnecting
+        ):
+            # TWISTED-NOTES §2.1(b): an unterminated line was discarded in constant memory;
+            # one reply in all (in COMMAND mode it was sent when the line got too long).
+            log.warn("session {session}: unterminated line flood", session=self.session_id)
+            if self.mode == DATA:
+                self.send_reply(REPLY_500_LINE_TOO_LONG)
+            self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._discarding:
+            self._unterminated = len(line)
+        if self.mode == DATA:
+            # RFC 5321 §4.5.3.1.6 text line limit; TWISTED-NOTES §2.1(b'): stay in DATA
+            # (the rest of the body must never run as commands) and answer after the dot.
+            self._fail_data(REPLY_500_LINE_TOO_LONG)
+        elif self.mode == AUTH:
+            self._end_auth()
+            self.send_reply(REPLY_500_AUTH_LINE_TOO_LONG)  # RFC 4954 §4
+        else:
+            self.send_reply(REPLY_500_LINE_TOO_LONG)  # RFC 5321 §4.5.3.1.4, §4.2.2
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        try:
+            getattr(self, "state_" + self.mode)(line)
+        except Exception:
+            log.failure(
+                "session {session}: error in {mode}", session=self.session_id, mode=self.mode
+            )
+            if self.mode == DATA:
+                self._fail_data(REPLY_451_LOCAL_ERROR)  # stay in DATA: answer after the dot
+            else:
+                self.mode = COMMAND
+                self._end_auth()
+                self._reset_transaction()
+                self.send_reply(REPLY_451_LOCAL_ERROR)
+
+    def state_COMMAND(self, line: bytes) -> None:
+        if b"\r" in line or b"\n" in line:
+            # RFC 5321 §2.3.8: CR and LF appear only together, as the line end.
+            self.send_reply(REPLY_500_BARE_LF_COMMAND)
+            return
+        parts = line.strip().split(None, 1)
+        if not parts or not _VERB.fullmatch(parts[0]):
+            self.send_reply(REPLY_500_UNKNOWN_COMMAND)
+            return
+        method = self.lookupMethod(parts[0]) or self.do_UNKNOWN
+        method(parts[1].strip() if len(parts) == 2 else b"")
+
+    def _run(self, work: Coroutine[Any, Any, Reply]) -> None:
+        """Run a command's coroutine; send its reply (or its L{SMTPReplyError}'s).
+
+        While it is pending, later pipelined lines are held (RFC 2920 §3: replies in
+        command order).
+        """
+        d = Deferred.fromCoroutine(work)
+        d.addCallbacks(self.send_reply, self._command_failed)
+        if not d.called:
+            self.pause_lines()
+            d.addBoth(self._command_finished)
+
+    def _command_failed(self, failure: Failure) -> None:
+        if failure.check(SMTPReplyError):
+            self.send_reply(failure.value.reply)
+            return
+        log.failure("session {session}: command failed", failure, session=self.session_id)
+        self.send_reply(REPLY_451_LOCAL_ERROR)
+
+    def _command_finished(self, result: object) -> None:
+        if not self._closed:
+            self.resetTimeout()
+            self.resume_lines()
+
+    # -- commands (RFC 5321 §4.1.1) ----------------------------------------------------
+
+    def do_UNKNOWN(self, rest: bytes) -> None:
+        self.send_reply(REPLY_500_UNKNOWN_COMMAND)
+
+    def do_HELO(self, rest: bytes) -> None:
+        self._greet(rest, esmtp=False)
+
+    def do_EHLO(self, rest: bytes) -> None:
+        self._greet(rest, esmtp=True)
+
+    def _greet(self, rest: bytes, esmtp: bool) -> None:
+        if not _PRINTABLE.fullmatch(rest) or len(rest) > MAX_HELO_LENGTH:
+            self.send_reply(REPLY_501_SYNTAX)
+            return
+        self.helo = rest.decode("ascii")
+        self.esmtp = esmtp
+        self._reset_transaction()  # RFC 5321 §4.1.4: HELO/EHLO implies RSET
+        # RFC 2034 §3: no enhanced status code in the HELO/EHLO reply.
+        if esmtp:
+            extensions = self.listExtensions().split(b"\n")
+            self.send_lines(250, [self.host, *extensions])
+        else:
+            self.transport.write(b"250 %s\r\n" % (self.host,))
+
+    def extensions(self) -> dict[bytes, list[bytes] | None]:
+        """The EHLO keywords (RFC 5321 §4.1.1.1), as C{ESMTP.listExtensions} wants them."""
+        ext: dict[bytes, list[bytes] | None] = {
+            b"PIPELINING": None,  # RFC 2920
+            b"SIZE": [b"%d" % self.max_message_size],  # RFC 1870 §4
+            b"8BITMIME": None,  # RFC 6152
+            b"ENHANCEDSTATUSCODES": None,  # RFC 2034
+        }
+        if self.canStartTLS and not self.tls:
+            ext[b"STARTTLS"] = None  # RFC 3207 §4.2: not after TLS is active
+        if self._auth_offered():
+            ext[b"AUTH"] = list(_SASL_MECHANISMS)  # RFC 4954 §3, only under TLS
+        return ext
+
+    def _auth_offered(self) -> bool:
+        return self.portal is not None and self.tls
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.send_reply(REPLY_250_NOOP)  # RFC 5321 §4.1.1.9: parameters ignored
+
+    def do_RSET(self, rest: bytes) -> None:
+        self._reset_transaction()
+        self.send_reply(REPLY_250_RESET)
+
+    def do_VRFY(self, rest: bytes) -> None:
+        if not rest:
+            self.send_reply(REPLY_501_SYNTAX)
+            return
+        # RFC 5321 §3.5.3: 252 when we do not verify (no address harvesting).
+        self.send_reply(REPLY_252_CANNOT_VRFY)
+
+    def do_EXPN(self, rest: bytes) -> None:
+        self.send_reply(REPLY_502_NOT_IMPLEMENTED)  # RFC 5321 §3.5.2: EXPN may be disabled
+
+    def do_HELP(self, rest: bytes) -> None:
+        self.send_reply(REPLY_214_HELP)
+
+    def do_QUIT(self, rest: bytes) -> None:
+        self.send_reply(REPLY_221_BYE)
+        self.transport.loseConnection()  # RFC 5321 §4.1.1.10
+
+    # -- mail transaction (RFC 5321 §3.3) ----------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self.has_sender = False
+        self.reverse_path: Mailbox | None = None
+        self.recipients: list[Mailbox] = []
+        self.body_type = "7BIT"
+        self._data_lines: list[bytes] = []
+        self._data_size = 0
+        self._data_failed: Reply | None = None
+
+    def do_MAIL(self, rest: bytes) -> None:
+        if self.helo is None:
+            self.send_reply(REPLY_503_EHLO_FIRST)  # RFC 5321 §4.1.4
+            return
+        if self.has_sender:
+            self.send_reply(REPLY_503_NESTED_MAIL)  # RFC 5321 §4.1.4
+            return
+        m = _MAIL_FROM.fullmatch(rest)
+        if m is None:
+            self.send_reply(REPLY_501_SYNTAX)
+            return
+        try:
+            # No SMTPUTF8: a non-ASCII path is a syntax error (RFC 5321 §4.1.2).
+            reverse_path, params = parse_path(m.group(1).decode("ascii"))
+        except (UnicodeDecodeError, AddressError):
+            self.send_reply(REPLY_501_BAD_SENDER)
+            return
+        try:
+            body = self._mail_parameters(params)
+        except SMTPReplyError as e:
+            self.send_reply(e.reply)
+            return
+        self._run(self._mail(reverse_path, body))
+
+    def _mail_parameters(self, params: str) -> str:
+        """Check MAIL FROM parameters; return the BODY type.
+
+        @raise SMTPReplyError: 555 for an unknown parameter or value (RFC 5321 §4.1.1.11),
+            501 for a malformed one, 552 for a SIZE over the limit (RFC 1870 §6).
+        """
+        body = "7BIT"
+        seen: set[str] = set()
+        for word in params.split():
+            keyword, eq, value = word.partition("=")
+            keyword = keyword.upper()
+            if keyword in seen:
+                raise SMTPReplyError(REPLY_501_SYNTAX)
+            seen.add(keyword)
+            if keyword == "SIZE":
+                if not (value.isascii() and value.isdigit()) or len(value) > 20:
+                    raise SMTPReplyError(REPLY_501_SYNTAX)
+                if int(value) > self.max_message_size:
+                    raise SMTPReplyError(REPLY_552_TOO_BIG)  # RFC 1870 §6.2
+            elif keyword == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):  # RFC 6152 §2
+                    raise SMTPReplyError(REPLY_555_BAD_PARAMETER)
+                body = value.upper()
+            elif keyword == "AUTH" and self._auth_offered():
+                # RFC 4954 §5: a server offering AUTH accepts AUTH=; we do not trust it.
+                if not eq or not value:
+                    raise SMTPReplyError(REPLY_501_SYNTAX)
+            else:
+                raise SMTPReplyError(REPLY_555_BAD_PARAMETER)
+        return body
+
+    async def _mail(self, reverse_path: Mailbox | None, body: str) -> Reply:
+        await self.policy.check_sender(self.client(), reverse_path)
+        self.has_sender = True
+        self.reverse_path = reverse_path
+        self.body_type = body
+        self.recipients = []
+        return REPLY_250_SENDER_OK
+
+    def do_RCPT(self, rest: bytes) -> None:
+        if not self.has_sender:
+            self.send_reply(REPLY_503_MAIL_FIRST)  # RFC 5321 §4.1.4
+            return
+        m = _RCPT_TO.fullmatch(rest)
+        if m is None:
+            self.send_reply(REPLY_501_SYNTAX)
+            return
+        try:
+            text = m.group(1).decode("ascii")
+            postmaster = _POSTMASTER.fullmatch(text)
+            if postmaster:
+                # RFC 5321 §4.5.1: <Postmaster> without a domain MUST be accepted.
+                recipient: Mailbox | None = Mailbox("postmaster", normalize_domain(self.hostname))
+                params = postmaster.group(1)
+            else:
+                recipient, params = parse_path(text)
+        except (UnicodeDecodeError, AddressError):
+            recipient = None
+            params = ""
+        if recipient is None:
+            self.send_reply(REPLY_501_BAD_ADDRESS)
+            return
+        if params.strip():
+            self.send_reply(REPLY_555_BAD_PARAMETER)  # no RCPT parameters are offered
+            return
+        if len(self.recipients) >= MAX_RECIPIENTS:
+            self.send_reply(REPLY_452_TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
+            return
+        self._run(self._rcpt(recipient))
+
+    async def _rcpt(self, recipient: Mailbox) -> Reply:
+        await self.policy.check_recipient(self.client(), recipient)
+        if recipient not in self.recipients:
+            self.recipients.append(recipient)
+        return REPLY_250_RECIPIENT_OK
+
+    def do_DATA(self, rest: bytes) -> None:
+        if rest:
+            self.send_reply(REPLY_501_SYNTAX)
+        elif not self.has_sender:
+            self.send_reply(REPLY_503_MAIL_FIRST)
+        elif not self.recipients:
+            self.send_reply(REPLY_503_RCPT_FIRST)  # RFC 5321 §3.3: no valid recipients
+        else:
+            self.mode = DATA
+            self._data_lines = []
+            self._data_size = 0
+            self._data_failed = None
+            self.send_reply(REPLY_354_DATA)
+
+    def state_DATA(self, line: bytes) -> None:
+        if line == b".":
+            # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data (TWISTED-NOTES §2.1(a)).
+            self._end_of_data()
+            return
+        if line[:1] == b".":
+            line = line[1:]  # RFC 5321 §4.5.2 transparency
+        if self._data_failed is not None:
+            return
+        if b"\r" in line or b"\n" in line:
+            # RFC 5321 §2.3.8: a bare CR or LF is not a line end and MUST NOT be stored as one.
+            self._fail_data(REPLY_550_BARE_LF)
+            return
+        self._data_size += len(line) + 2
+        if self._data_size > self.max_message_size:
+            self._fail_data(REPLY_552_TOO_BIG)  # RFC 1870 §6.3
+            return
+        self._data_lines.append(line + CRLF)
+
+    def _fail_data(self, reply: Reply) -> None:
+        """Fail the transaction being received; its reply is sent after the final dot."""
+        if self._data_failed is None:
+            self._data_failed = reply
+        self._data_lines = []
+
+    def _end_of_data(self) -> None:
+        self.mode = COMMAND
+        self._transactions += 1
+        envelope = Envelope(
+            client=self.client(),
+            reverse_path=self.reverse_path,
+            recipients=tuple(self.recipients),
+            body=self.body_type,
+            transaction_id=f"{self.session_id}-{self._transactions}",
+            received_at=self.clock.seconds(),
+        )
+        lines, size, failed = self._data_lines, self._data_size, self._data_failed
+        self._reset_transaction()  # RFC 5321 §4.1.1.4: the transaction ends at the dot
+        if failed is not None:
+            self._log_outcome(envelope, size, failed)
+            self.send_reply(failed)
+            return
+        message = received_header(envelope, self.hostname) + b"".join(lines)
+        del lines
+        self._run(self._deliver(envelope, message, size))
+
+    async def _deliver(self, envelope: Envelope, message: bytes, size: int) -> Reply:
+        try:
+            await self.policy.deliver(envelope, message)
+        except SMTPReplyError as e:
+            self._log_outcome(envelope, size, e.reply)
+            raise
+        except BaseException:
+            self._log_outcome(envelope, size, REPLY_451_LOCAL_ERROR)
+            raise
+        self._log_outcome(envelope, size, REPLY_250_QUEUED)
+        return REPLY_250_QUEUED
+
+    def _log_outcome(self, envelope: Envelope, size: int, reply: Reply) -> None:
+        log.info(
+            "session {session} message {id}: from=<{sender}> to={recipients} size={size}"
+            " result={result}",
+            session=self.session_id,
+            id=envelope.transaction_id,
+            sender=str(envelope.reverse_path or ""),
+            recipients=",".join(f"<{r}>" for r in envelope.recipients),
+            size=size,
+            result=reply.line().decode("ascii"),
+        )
+
+    # -- STARTTLS (RFC 3207) -----------------------------------------------------------
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if self.tls:
+            self.send_reply(REPLY_503_TLS_ACTIVE)
+        elif not self.canStartTLS:
+            self.send_reply(REPLY_454_TLS_UNAVAILABLE)
+        elif rest:
+            self.send_reply(REPLY_501_SYNTAX)  # RFC 3207 §4: STARTTLS takes no parameters
+        else:
+            self.send_reply(REPLY_220_TLS_READY)
+            # TWISTED-NOTES §2.1(d): nothing pipelined after STARTTLS may run after the
+            # handshake.  RFC 3207 §4.2: forget everything learnt before TLS.
+            self.discard_pending_input()
+            self.helo = None
+            self.esmtp = False
+            self.user = None
+            self.authenticated = False
+            self._end_auth()
+            self._reset_transaction()
+            self.transport.startTLS(self.ctx)
+            self.tls = True
+            self.canStartTLS = False
+
+    # -- AUTH (RFC 4954) -----------------------------------------------------------------
+
+    def ext_AUTH(self, rest: bytes) -> None:
+        if self.portal is None:
+            self.send_reply(REPLY_502_NOT_IMPLEMENTED)  # AUTH is not offered here
+            return
+        if not self.tls:
+            # TWISTED-NOTES §2.1(c); RFC 4954 §4 / RFC 8314: no password in cleartext.
+            self.send_reply(REPLY_530_TLS_REQUIRED)
+            return
+        if self.helo is None:
+            self.send_reply(REPLY_503_EHLO_FIRST)
+            return
+        if self.user is not None:
+            self.send_reply(REPLY_503_ALREADY_AUTH)  # RFC 4954 §4
+            return
+        if self.has_sender:
+            self.send_reply(REPLY_503_AUTH_IN_TRANSACTION)  # RFC 4954 §4
+            return
+        words = rest.split()
+        if not words or len(words) > 2:
+            self.send_reply(REPLY_501_SYNTAX)
+            return
+        mechanism = words[0].upper()
+        if mechanism not in _SASL_MECHANISMS:
+            self.send_reply(REPLY_504_AUTH_MECHANISM)
+            return
+        self._auth_mechanism = mechanism
+        self._auth_username = None
+        self.mode = AUTH
+        if len(words) == 2:
+            # RFC 4954 §4: an initial response; "=" is an empty one.
+            self._auth_step(b"" if words[1] == b"=" else words[1], initial=True)
+        elif mechanism == b"PLAIN":
+            self.send_reply(REPLY_334_CONTINUE)  # RFC 4616 §2: empty challenge
+        else:
+            self._send_challenge(b"Username:")
+
+    def _send_challenge(self, challenge: bytes) -> None:
+        self.transport.write(b"334 " + base64.b64encode(challenge) + CRLF)
+
+    def state_AUTH(self, line: bytes) -> None:
+        line = line.strip()
+        if line == b"*":
+            self._end_auth()
+            self.send_reply(REPLY_501_AUTH_CANCELLED)  # RFC 4954 §4
+            return
+        self._auth_step(line, initial=False)
+
+    def _end_auth(self) -> None:
+        if self.mode == AUTH:
+            self.mode = COMMAND
+        self._auth_mechanism = None
+        self._auth_username = None
+
+    def _auth_step(self, response: bytes, initial: bool) -> None:
+        try:
+            decoded = base64.b64decode(response, validate=True) if response else b""
+        except (binascii.Error, ValueError):
+            self._end_auth()
+            self.send_reply(REPLY_501_BAD_BASE64)  # RFC 4954 §4
+            return
+        if self._auth_mechanism == b"PLAIN":
+            # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+            parts = decoded.split(b"\0")
+            self._end_auth()
+            if len(parts) != 3 or not parts[1]:
+                self.send_reply(REPLY_501_BAD_BASE64)
+                return
+            authzid, authcid, password = parts
+            self._run(self._login(authcid, password, authzid))
+        elif self._auth_username is None:
+            self._auth_username = decoded  # LOGIN: the user name, then the password
+            self._send_challenge(b"Password:")
+        else:
+            username = self._auth_username
+            self._end_auth()
+            self._run(self._login(username, decoded, b""))
+
+    async def _login(self, authcid: bytes, password: bytes, authzid: bytes) -> Reply:
+        assert self.portal is not None
+        avatar: Any = None
+        if not authzid or authzid == authcid:  # RFC 4616 §2: no proxy authorization
+            try:
+                _, avatar, _ = await self.portal.login(
+                    UsernamePassword(authcid, password), None, IAuthenticatedUser
+                )
+            except UnauthorizedLogin:
+                avatar = None
+            except Exception:
+                log.failure("session {session}: AUTH failed unexpectedly", session=self.session_id)
+                return REPLY_454_AUTH_TEMP  # RFC 4954 §6
+        auth.log_login("smtp", authcid, self.peer_ip, avatar is not None)
+        if avatar is not None:
+            self.user = avatar.address
+            self.authenticated = True
+            return REPLY_235_AUTH_OK
+        self._auth_failures += 1
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            return REPLY_421_AUTH_FAILURES
+        return REPLY_535_AUTH_FAILED
+
+
+class SMTPServerFactory(ServerFactory):
+    """Builds an L{SMTPSession} per connection; the parameters are those of the session."""
+
+    def __init__(
+        self,
+        *,
+        policy: SessionPolicy,
+        hostname: str,
+        clock: IReactorTime,
+        max_message_size: int,
+        tls_context: CertificateOptions | None = None,
+        implicit_tls: bool = False,
+        portal: Portal | None = None,
+    ) -> None:
+        self.policy = policy
+        self.hostname = hostname
+        self.clock = clock
+        self.max_message_size = max_message_size
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.portal = portal
+
+    def buildProtocol(self, addr: object) -> SMTPSession:
+        session = SMTPSession(
+            policy=self.policy,
+            hostname=self.hostname,
+            clock=self.clock,
+            max_message_size=self.max_message_size,
+            tls_context=None if self.implicit_tls else self.tls_context,
+            implicit_tls=self.implicit_tls,
+            portal=self.portal,
+        )
+        session.factory = self
+        return session

@@ -1,0 +1,94 @@
+"""Message submission policy for 587 (STARTTLS) and 465 (implicit TLS): RFC 6409, RFC 8314.
+
+AUTH is required before MAIL (RFC 6409 §4.3: C{530 5.7.0 Authentication required}); there
+is no anonymous fallback (TWISTED-NOTES §2.1: Twisted's C{validateFrom} tries an anonymous
+login).  AUTH itself is offered only under TLS.  The MAIL FROM address must be one the
+user owns (the user or an alias expanding to it; RFC 6409 §6.1: C{553 5.7.1} otherwise).
+Local recipients are delivered as on port 25; recipients in other domains get
+C{450 4.7.1} at RCPT until the outbound queue exists.
+"""
+
+from __future__ import annotations
+
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.ssl import CertificateOptions
+
+from twistedmail.accounts import AccountStore
+from twistedmail.address import Mailbox
+from twistedmail.delivery import LocalDelivery
+from twistedmail.reply import (
+    REPLY_450_RELAY_UNAVAILABLE,
+    REPLY_530_AUTH_REQUIRED,
+    REPLY_553_SENDER_NOT_OWNED,
+)
+from twistedmail.smtp.server import (
+    Client,
+    Envelope,
+    LocalRecipients,
+    SMTPReplyError,
+    SMTPServerFactory,
+    auth_portal,
+)
+
+
+class SubmissionPolicy:
+    """L{twistedmail.smtp.server.SessionPolicy} of the submission listeners."""
+
+    service = "submission"
+
+    def __init__(self, store: AccountStore, delivery: LocalDelivery) -> None:
+        self.store = store
+        self.local = LocalRecipients(store, delivery)
+
+    async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
+        """@raise SMTPReplyError: 530 5.7.0 before AUTH; 553 5.7.1 for an address (or the
+        null path) the user does not own."""
+        if client.user is None:
+            raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)  # RFC 6409 §4.3
+        if reverse_path is None or str(reverse_path) not in self.store.owned_addresses(client.user):
+            raise SMTPReplyError(REPLY_553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
+
+    async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
+        """@raise SMTPReplyError: 530 before AUTH, 450 4.7.1 for a remote domain; see
+        L{LocalRecipients}."""
+        if client.user is None:
+            raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)
+        if not self.store.is_local_domain(recipient.domain):
+            raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
+        self.local.check(recipient)
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        await self.local.deliver(envelope, message)
+
+
+def submission_factory(
+    *,
+    hostname: str,
+    store: AccountStore,
+    delivery: LocalDelivery,
+    portal: Portal,
+    tls: CertificateOptions | None,
+    implicit_tls: bool,
+    max_message_size: int,
+    clock: IReactorTime,
+) -> ServerFactory:
+    """The factory for a submission listener (587 with C{implicit_tls=False}, 465 with True).
+
+    @param portal: logins use its credential checkers (L{auth_portal}); the avatar is the
+        authenticated address.
+    @param tls: the TLS context for STARTTLS on 587; ignored with C{implicit_tls} (the
+        service wraps the 465 listener in TLS, and STARTTLS is never offered there).
+    @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
+    @param clock: the reactor (idle timeout, Received: dates).
+    """
+    return SMTPServerFactory(
+        policy=SubmissionPolicy(store, delivery),
+        hostname=hostname,
+        clock=clock,
+        max_message_size=max_message_size,
+        tls_context=None if implicit_tls else tls,
+        implicit_tls=implicit_tls,
+        portal=auth_portal(portal),
+    )
