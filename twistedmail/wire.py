@@ -30,6 +30,8 @@ class StrictLineReceiver(Protocol):
     _discarding = False
     _discard_pending = False
     _lines_paused = False
+    _processing = False
+    _reentrant_input = b""
 
     def lineReceived(self, line: bytes) -> None:
         raise NotImplementedError
@@ -41,6 +43,7 @@ class StrictLineReceiver(Protocol):
     def discard_pending_input(self) -> None:
         """Forget all received, unprocessed bytes (call before starting TLS)."""
         self._buffer = b""
+        self._reentrant_input = b""
         self._discarding = False
         self._discard_pending = True
 
@@ -51,15 +54,38 @@ class StrictLineReceiver(Protocol):
             self.transport.pauseProducing()
 
     def resume_lines(self) -> None:
-        """Process held lines, then read from the transport again."""
+        """Process held lines, then read from the transport again.
+
+        Safe to call from inside C{lineReceived} (a command whose Deferred fired at once):
+        the running loop then simply goes on with the next held line.
+        """
         if self._lines_paused:
             self._lines_paused = False
             if not self.transport.disconnecting:
                 self.transport.resumeProducing()
-            self.dataReceived(b"")
+            if not self._processing:
+                self.dataReceived(b"")
 
     def dataReceived(self, data: bytes) -> None:
-        self._discard_pending = False
+        if self._processing:
+            # Re-entered from lineReceived (a transport delivering while we write): the
+            # running loop takes these bytes after the ones it holds, in order.
+            self._reentrant_input += data
+            return
+        self._processing = True
+        try:
+            self._discard_pending = False
+            self._consume(data)
+            while self._reentrant_input and not self._lines_paused:
+                data, self._reentrant_input = self._reentrant_input, b""
+                self._consume(data)
+            if self._reentrant_input:  # paused meanwhile: keep them for resume_lines
+                self._buffer += self._reentrant_input
+                self._reentrant_input = b""
+        finally:
+            self._processing = False
+
+    def _consume(self, data: bytes) -> None:
         if self._discarding:
             data = self._buffer + data
             end = data.find(CRLF)
@@ -86,7 +112,9 @@ class StrictLineReceiver(Protocol):
             self._discard_pending = False
             return
         rest = buf[start:]
-        if not self._lines_paused and len(rest) > self.MAX_LENGTH:
+        # A trailing CR may start the CRLF of a line of exactly MAX_LENGTH: not too long yet.
+        pending = len(rest) - (1 if rest.endswith(b"\r") else 0)
+        if not self._lines_paused and pending > self.MAX_LENGTH:
             self._discarding = True
             self._buffer = b"\r" if rest.endswith(b"\r") else b""
             self.lineLengthExceeded(rest[: self.MAX_LENGTH])

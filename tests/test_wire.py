@@ -1,0 +1,316 @@
+"""Tests for L{twistedmail.wire.StrictLineReceiver}: CRLF framing, long lines, STARTTLS input
+discarding and pipelining order (TWISTED-NOTES §2.1(b), §2.1(d), §2.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from twistedmail.wire import StrictLineReceiver
+
+MiB = 1024 * 1024
+
+
+class Recorder(StrictLineReceiver):
+    """Records lines; C{on_line[line]} runs after a line is recorded."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.too_long: list[bytes] = []
+        self.on_line: dict[bytes, Callable[[], object]] = {}
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+        action = self.on_line.get(line)
+        if action is not None:
+            action()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.too_long.append(line)
+
+
+class DefaultRecorder(StrictLineReceiver):
+    """Keeps the base class's C{lineLengthExceeded} (closes the connection)."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+def connect(protocol: StrictLineReceiver) -> StringTransport:
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return transport
+
+
+class FramingTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.p = Recorder()
+        self.transport = connect(self.p)
+
+    def test_lines_in_one_read(self) -> None:
+        self.p.dataReceived(b"EHLO a\r\nMAIL FROM:<a@b>\r\n\r\npartial")
+        self.assertEqual(self.p.lines, [b"EHLO a", b"MAIL FROM:<a@b>", b""])
+        self.p.dataReceived(b" line\r\n")
+        self.assertEqual(self.p.lines[-1], b"partial line")
+
+    def test_crlf_split_across_reads(self) -> None:
+        """A CRLF split between two reads (and a line split over many) still ends the line."""
+        for chunk in (b"HE", b"LO x\r", b"\nNO", b"OP", b"\r", b"\n"):
+            self.p.dataReceived(chunk)
+        self.assertEqual(self.p.lines, [b"HELO x", b"NOOP"])
+
+    def test_byte_by_byte(self) -> None:
+        for byte in b"A\r\nB\r\n\r\n":
+            self.p.dataReceived(bytes([byte]))
+        self.assertEqual(self.p.lines, [b"A", b"B", b""])
+
+    def test_bare_lf_and_cr_are_not_line_ends(self) -> None:
+        """RFC 5321 §2.3.8: only CRLF ends a line; bare LF or CR stay inside the line, where
+        the protocol can refuse them (the SMTP smuggling variants of TWISTED-NOTES §2.1(a))."""
+        self.p.dataReceived(b"first\n.\nMAIL FROM:<x@y>\r\nsecond\r.\rthird\r\n")
+        self.assertEqual(self.p.lines, [b"first\n.\nMAIL FROM:<x@y>", b"second\r.\rthird"])
+
+    def test_lf_cr_is_not_crlf(self) -> None:
+        self.p.dataReceived(b"a\n\rb\r\n")
+        self.assertEqual(self.p.lines, [b"a\n\rb"])
+
+    def test_nothing_after_lose_connection(self) -> None:
+        """Once a line closes the connection, the rest of the read is not acted on."""
+        self.p.on_line[b"QUIT"] = self.transport.loseConnection
+        self.p.dataReceived(b"QUIT\r\nRSET\r\n")
+        self.assertEqual(self.p.lines, [b"QUIT"])
+
+
+class LongLineTests(unittest.TestCase):
+    """TWISTED-NOTES §2.1(b): Twisted's LineOnlyReceiver answers once per read, never clears its
+    buffer and re-splits it on every read (quadratic CPU, unbounded memory)."""
+
+    def setUp(self) -> None:
+        self.p = Recorder()
+        self.transport = connect(self.p)
+        self.max = self.p.MAX_LENGTH
+
+    def test_max_length_default(self) -> None:
+        self.assertEqual(StrictLineReceiver.MAX_LENGTH, 16384)
+
+    def test_exactly_max_length_is_a_line(self) -> None:
+        line = b"x" * self.max
+        self.p.dataReceived(line + b"\r\n")
+        self.assertEqual((self.p.lines, self.p.too_long), ([line], []))
+
+    def test_exactly_max_length_cr_at_end_of_read(self) -> None:
+        """Regression: a line of exactly MAX_LENGTH whose CR ends one read and LF starts the
+        next was reported as too long (the pending CR was counted as line content)."""
+        line = b"y" * self.max
+        self.p.dataReceived(line + b"\r")
+        self.p.dataReceived(b"\nNEXT\r\n")
+        self.assertEqual((self.p.lines, self.p.too_long), ([line, b"NEXT"], []))
+
+    def test_one_over_max_length(self) -> None:
+        line = b"z" * (self.max + 1)
+        self.p.dataReceived(line + b"\r\nNEXT\r\n")
+        self.assertEqual(self.p.too_long, [line[: self.max]])
+        self.assertEqual(self.p.lines, [b"NEXT"])
+
+    def test_long_line_then_commands_same_read(self) -> None:
+        """Unlike Twisted, commands after a long line in the same read are still read
+        (TWISTED-NOTES: "a QUIT in the same packet got no answer")."""
+        self.p.dataReceived(b"a" * 100_000 + b"\r\nNOOP\r\nQUIT\r\n")
+        self.assertEqual(self.p.too_long, [b"a" * self.max])
+        self.assertEqual(self.p.lines, [b"NOOP", b"QUIT"])
+
+    def test_long_line_over_many_reads_reported_once(self) -> None:
+        """A long line is reported once, its tail discarded, and framing resumes after its
+        CRLF."""
+        self.p.dataReceived(b"OK\r\n" + b"b" * 10_000)
+        for _ in range(10):
+            self.p.dataReceived(b"b" * 8192)
+        self.p.dataReceived(b"tail of the long line\r")
+        self.p.dataReceived(b"\nRSET\r\n")
+        self.assertEqual(self.p.too_long, [b"b" * self.max])
+        self.assertEqual(self.p.lines, [b"OK", b"RSET"])
+
+    def test_crlf_split_while_discarding(self) -> None:
+        self.p.dataReceived(b"c" * (self.max + 10))
+        self.p.dataReceived(b"c\r")
+        self.p.dataReceived(b"\nAFTER\r\n")
+        self.assertEqual(self.p.lines, [b"AFTER"])
+        self.assertEqual(len(self.p.too_long), 1)
+
+    def test_two_long_lines_two_reports(self) -> None:
+        self.p.dataReceived(b"d" * 20_000 + b"\r\n" + b"e" * 20_000 + b"\r\nX\r\n")
+        self.assertEqual(self.p.too_long, [b"d" * self.max, b"e" * self.max])
+        self.assertEqual(self.p.lines, [b"X"])
+
+    def test_flood_bounded_memory_linear_time(self) -> None:
+        """10 MiB without a CRLF: one report, and the buffer never holds more than one byte
+        after the line got too long, so each read costs only its own length (linear time,
+        constant memory; Twisted kept all 10 MiB and re-split it on every read)."""
+        chunk = b"f" * 65536
+        largest = 0
+        for _ in range(10 * MiB // len(chunk)):
+            self.p.dataReceived(chunk)
+            largest = max(largest, len(self.p._buffer))
+        self.assertLessEqual(largest, 1)
+        self.assertEqual(self.p.too_long, [b"f" * self.max])
+        self.p.dataReceived(b"\r\nQUIT\r\n")
+        self.assertEqual(self.p.lines, [b"QUIT"])
+
+    def test_flood_small_reads_bounded(self) -> None:
+        """Before the line is too long, the buffer never exceeds MAX_LENGTH + 1 bytes."""
+        largest = 0
+        for _ in range(3 * self.max // 1000):
+            self.p.dataReceived(b"g" * 1000)
+            largest = max(largest, len(self.p._buffer))
+        self.assertLessEqual(largest, self.max + 1)
+        self.assertEqual(len(self.p.too_long), 1)
+
+    def test_cr_flood_bounded(self) -> None:
+        """A flood of bare CRs (each could begin a CRLF) is bounded too."""
+        for _ in range(64):
+            self.p.dataReceived(b"\r" * 65536)
+            self.assertLessEqual(len(self.p._buffer), self.max + 1)
+        self.p.dataReceived(b"\nX\r\n")
+        self.assertEqual(self.p.lines, [b"X"])
+        self.assertEqual(len(self.p.too_long), 1)
+
+    def test_default_closes(self) -> None:
+        p = DefaultRecorder()
+        transport = connect(p)
+        p.dataReceived(b"h" * (p.MAX_LENGTH + 1) + b"\r\nNOOP\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(p.lines, [])
+
+
+class DiscardTests(unittest.TestCase):
+    """TWISTED-NOTES §2.1(d): STARTTLS command injection (RFC 3207 §4.2, RFC 2595 §4)."""
+
+    def setUp(self) -> None:
+        self.p = Recorder()
+        self.transport = connect(self.p)
+        self.p.on_line[b"STARTTLS"] = self.p.discard_pending_input
+
+    def test_pipelined_after_starttls_dropped(self) -> None:
+        """Lines that arrived in the STARTTLS packet never run, even after the handshake."""
+        self.p.dataReceived(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\nRCPT TO:<x@y>\r\n")
+        self.assertEqual(self.p.lines, [b"STARTTLS"])
+        self.assertEqual(self.p._buffer, b"")
+        self.p.dataReceived(b"EHLO client\r\n")  # first bytes after the TLS handshake
+        self.assertEqual(self.p.lines, [b"STARTTLS", b"EHLO client"])
+
+    def test_partial_line_after_starttls_dropped(self) -> None:
+        self.p.dataReceived(b"STARTTLS\r\nMAIL FROM:<inj")
+        self.p.dataReceived(b"EHLO client\r\n")
+        self.assertEqual(self.p.lines, [b"STARTTLS", b"EHLO client"])
+
+    def test_long_line_after_starttls_dropped(self) -> None:
+        self.p.dataReceived(b"STARTTLS\r\n" + b"x" * 50_000)
+        self.assertEqual(self.p.too_long, [])
+        self.p.dataReceived(b"EHLO client\r\n")
+        self.assertEqual(self.p.lines, [b"STARTTLS", b"EHLO client"])
+
+    def test_discard_while_paused(self) -> None:
+        """A STARTTLS answered later (its Deferred) drops what was held meanwhile."""
+        pending: list[Deferred[None]] = []
+
+        def starttls() -> None:
+            self.p.pause_lines()
+            d: Deferred[None] = Deferred()
+            d.addCallback(lambda _: self.p.discard_pending_input())
+            d.addCallback(lambda _: self.p.resume_lines())
+            pending.append(d)
+
+        self.p.on_line[b"STARTTLS"] = starttls
+        self.p.dataReceived(b"STARTTLS\r\nNOOP\r\n")
+        self.p.dataReceived(b"RSET\r\n")
+        pending[0].callback(None)
+        self.assertEqual(self.p.lines, [b"STARTTLS"])
+        self.p.dataReceived(b"EHLO client\r\n")
+        self.assertEqual(self.p.lines, [b"STARTTLS", b"EHLO client"])
+
+
+class PipeliningTests(unittest.TestCase):
+    """RFC 2920 §3 / RFC 2449 §6.6: replies in command order while a command's Deferred runs."""
+
+    def setUp(self) -> None:
+        self.p = Recorder()
+        self.transport = connect(self.p)
+        self.pending: list[Deferred[None]] = []
+
+    def slow(self) -> None:
+        """A command whose result comes later: hold lines until it is done."""
+        self.p.pause_lines()
+        d: Deferred[None] = Deferred()
+        d.addCallback(lambda _: self.p.resume_lines())
+        self.pending.append(d)
+
+    def fast(self) -> None:
+        """A command whose Deferred fired at once: pause and resume inside lineReceived."""
+        self.p.pause_lines()
+        self.p.resume_lines()
+
+    def test_held_until_resumed(self) -> None:
+        self.p.on_line[b"SLOW"] = self.slow
+        self.p.dataReceived(b"SLOW\r\nB\r\nC\r\n")
+        self.assertEqual(self.p.lines, [b"SLOW"])
+        self.assertEqual(self.transport.producerState, "paused")
+        self.p.dataReceived(b"D\r\n")  # arrives while paused: held too
+        self.assertEqual(self.p.lines, [b"SLOW"])
+        self.pending.pop().callback(None)
+        self.assertEqual(self.p.lines, [b"SLOW", b"B", b"C", b"D"])
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_slow_commands_in_a_row(self) -> None:
+        self.p.on_line[b"SLOW"] = self.slow
+        self.p.dataReceived(b"SLOW\r\nSLOW\r\nSLOW\r\nEND\r\n")
+        for n in (1, 2, 3):
+            self.assertEqual(self.p.lines, [b"SLOW"] * n)
+            self.pending.pop().callback(None)
+        self.assertEqual(self.p.lines, [b"SLOW"] * 3 + [b"END"])
+
+    def test_resume_inside_line_received(self) -> None:
+        """Regression: a command resumed synchronously while held lines were being processed
+        re-entered dataReceived with the stale buffer and ran the same line again, forever
+        (RecursionError)."""
+        self.p.on_line[b"SLOW"] = self.slow
+        self.p.on_line[b"FAST"] = self.fast
+        self.p.dataReceived(b"SLOW\r\nFAST\r\nFAST\r\nLAST\r\n")
+        self.pending.pop().callback(None)
+        self.assertEqual(self.p.lines, [b"SLOW", b"FAST", b"FAST", b"LAST"])
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_fast_commands_first_read(self) -> None:
+        self.p.on_line[b"FAST"] = self.fast
+        self.p.dataReceived(b"FAST\r\nFAST\r\nX\r\n")
+        self.assertEqual(self.p.lines, [b"FAST", b"FAST", b"X"])
+
+    def test_reentrant_data_kept_in_order(self) -> None:
+        """Bytes delivered while a line is being handled come after the lines already read."""
+        self.p.on_line[b"A"] = lambda: self.p.dataReceived(b"C\r\n")
+        self.p.dataReceived(b"A\r\nB\r\n")
+        self.assertEqual(self.p.lines, [b"A", b"B", b"C"])
+
+    def test_reentrant_data_then_pause(self) -> None:
+        def both() -> None:
+            self.p.dataReceived(b"C\r\n")
+            self.slow()
+
+        self.p.on_line[b"A"] = both
+        self.p.dataReceived(b"A\r\nB\r\n")
+        self.assertEqual(self.p.lines, [b"A"])
+        self.pending.pop().callback(None)
+        self.assertEqual(self.p.lines, [b"A", b"B", b"C"])
+
+    def test_no_resume_producing_after_disconnect(self) -> None:
+        self.p.on_line[b"SLOW"] = self.slow
+        self.p.dataReceived(b"SLOW\r\nNEXT\r\n")
+        self.transport.loseConnection()
+        self.pending.pop().callback(None)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.p.lines, [b"SLOW"])
