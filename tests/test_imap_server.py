@@ -1,0 +1,754 @@
+"""IMAP session tests (RFC 3501, RFC 2177, RFC 2342): whole response lines over a fake
+transport, a temp Maildir, a synchronous thread fake and a Clock."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.mail import imap4
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from twistedmail.auth import MailRealm
+from twistedmail.imap.account import MaildirAccount
+from twistedmail.imap.server import IMAPServer, imap_factory
+from twistedmail.maildir import ChangeNotifier, Folder, UserMaildir, make_maildir, write_durably
+
+USER = "alice@example.test"
+PASSWORD = b"correct horse"
+MSG1 = (
+    b"From: Bob <bob@example.org>\r\n"
+    b"To: alice@example.test\r\n"
+    b"Subject: Hello\r\n"
+    b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <1@example.org>\r\n"
+    b"\r\n"
+    b"Hi Alice\r\n"
+)
+MSG2 = b"From: carol@example.org\r\nSubject: second\r\n\r\nsecond body\r\n"
+T1 = 1704103200.0  # 2024-01-01 10:00:00 UTC
+T2 = 1704189600.0  # 2024-01-02 10:00:00 UTC
+
+
+def run_now(f: Any, *args: Any) -> Deferred[Any]:
+    """A synchronous stand-in for deferToThread."""
+    return maybeDeferred(f, *args)
+
+
+class HeldThreads:
+    """A run_in_thread fake whose calls wait until L{release} (for ordering tests)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+        self.holding = False
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        if not self.holding:
+            return maybeDeferred(f, *args)
+        d: Deferred[Any] = Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def release(self) -> None:
+        self.holding = False
+        while self.calls:
+            d, f, args = self.calls.pop(0)
+            maybeDeferred(f, *args).chainDeferred(d)
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """A StringTransport that records STARTTLS."""
+
+    tls_context: object = None
+
+    def startTLS(self, contextFactory: object) -> None:
+        self.tls_context = contextFactory
+
+
+def make_mailroot(base: Path) -> Path:
+    root = base / "example.test" / "alice"
+    make_maildir(root)
+    return root
+
+
+class Harness:
+    """One user, one server connection, bytes in, bytes out."""
+
+    def __init__(
+        self,
+        tc: unittest.TestCase,
+        *,
+        implicit_tls: bool = True,
+        tls: object = None,
+        run: Any = run_now,
+        max_literal_size: int = 10_000,
+        root: Path | None = None,
+        notifier: ChangeNotifier | None = None,
+    ) -> None:
+        self.root = root or make_mailroot(Path(tc.mktemp()))
+        self.notifier = notifier or ChangeNotifier()
+        self.run = run
+        self.maildir = UserMaildir(self.root)
+        realm = MailRealm(
+            {imap4.IAccount: lambda avatar: MaildirAccount(USER, self.maildir, self.notifier, run)}
+        )
+        checker = InMemoryUsernamePasswordDatabaseDontUse(**{USER: PASSWORD})
+        self.portal = Portal(realm, [checker])
+        self.clock = Clock()
+        self.server = IMAPServer(
+            portal=self.portal,
+            tls=tls,  # type: ignore[arg-type]
+            implicit_tls=implicit_tls,
+            clock=self.clock,
+            max_literal_size=max_literal_size,
+        )
+        self.transport = TLSStringTransport()
+        self.server.makeConnection(self.transport)
+        self.greeting = self.take()
+
+    def take(self) -> bytes:
+        out = self.transport.value()
+        self.transport.clear()
+        return out
+
+    def send(self, data: bytes) -> bytes:
+        self.server.dataReceived(data)
+        return self.take()
+
+    def cmd(self, line: bytes) -> list[bytes]:
+        return self.send(line + b"\r\n").split(b"\r\n")[:-1]
+
+    def login(self) -> None:
+        assert self.cmd(b"L LOGIN " + USER.encode() + b' "' + PASSWORD + b'"')[-1].startswith(
+            b"L OK"
+        )
+
+    def add(self, data: bytes, flags: str = "", mtime: float = T1, sub: str = "cur") -> None:
+        write_durably(self.root / sub, data, flags, mtime)
+
+    def uidvalidity(self) -> int:
+        return Folder(self.root).scan().uidvalidity
+
+
+class GreetingAndLoginTests(unittest.TestCase):
+    def test_greeting_plaintext_offers_starttls_and_logindisabled(self) -> None:
+        h = Harness(self, implicit_tls=False, tls=object())
+        self.assertEqual(
+            h.greeting,
+            b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE CHILDREN]"
+            b" twistedmail IMAP4rev1 ready\r\n",
+        )
+
+    def test_greeting_implicit_tls_offers_auth_plain(self) -> None:
+        h = Harness(self)
+        self.assertEqual(
+            h.greeting,
+            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN]"
+            b" twistedmail IMAP4rev1 ready\r\n",
+        )
+
+    def test_login_ok_carries_capability(self) -> None:
+        h = Harness(self)
+        self.assertEqual(
+            h.cmd(b'a LOGIN alice@example.test "correct horse"'),
+            [b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN] Logged in"],
+        )
+
+    def test_login_wrong_password(self) -> None:
+        h = Harness(self)
+        self.assertEqual(
+            h.cmd(b"a LOGIN alice@example.test nope"),
+            [b"a NO [AUTHENTICATIONFAILED] Authentication failed"],
+        )
+        self.assertEqual(h.cmd(b"b SELECT INBOX"), [b"b BAD Command unknown or not valid in this state"])
+
+    def test_authenticate_plain_with_continuation(self) -> None:
+        """Thunderbird: `authenticate PLAIN`, waits for `+`, no SASL-IR."""
+        h = Harness(self)
+        self.assertEqual(h.cmd(b"a authenticate PLAIN"), [b"+ "])
+        token = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD)
+        self.assertEqual(
+            h.cmd(token),
+            [b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN] Logged in"],
+        )
+
+    def test_authenticate_plain_initial_response_and_bad_password(self) -> None:
+        h = Harness(self)
+        token = base64.b64encode(b"\0" + USER.encode() + b"\0wrong")
+        self.assertEqual(
+            h.cmd(b"a AUTHENTICATE PLAIN " + token),
+            [b"a NO [AUTHENTICATIONFAILED] Authentication failed"],
+        )
+
+    def test_authenticate_cancel_and_garbage(self) -> None:
+        h = Harness(self)
+        h.cmd(b"a AUTHENTICATE PLAIN")
+        self.assertEqual(h.cmd(b"*"), [b"a BAD Authentication cancelled"])
+        h.cmd(b"b AUTHENTICATE PLAIN")
+        self.assertEqual(h.cmd(b"!!!notbase64"), [b"b BAD Invalid base64 response"])
+        h.cmd(b"c AUTHENTICATE PLAIN")
+        self.assertEqual(h.cmd(base64.b64encode(b"no-nuls")), [b"c BAD Malformed PLAIN response"])
+        self.assertEqual(
+            h.cmd(b"d AUTHENTICATE CRAM-MD5"),
+            [b"d NO [CANNOT] Unsupported authentication mechanism"],
+        )
+
+    def test_namespace(self) -> None:
+        h = Harness(self)
+        h.login()
+        self.assertEqual(
+            h.cmd(b"n namespace"), [b'* NAMESPACE (("" ".")) NIL NIL', b"n OK NAMESPACE completed"]
+        )
+
+    def test_autologout_before_login(self) -> None:
+        h = Harness(self)
+        h.clock.advance(61)
+        self.assertEqual(h.take(), b"* BYE Autologout; connection idle too long\r\n")
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_autologout_after_login_is_thirty_minutes(self) -> None:
+        h = Harness(self)
+        h.login()
+        h.clock.advance(29 * 60)
+        self.assertEqual(h.take(), b"")
+        h.clock.advance(61)
+        self.assertEqual(h.take(), b"* BYE Autologout; connection idle too long\r\n")
+
+    def test_unknown_command_and_garbage(self) -> None:
+        h = Harness(self)
+        self.assertEqual(h.cmd(b"a XYZZY"), [b"a BAD Command unknown or not valid in this state"])
+        self.assertEqual(h.cmd(b"a"), [b"a BAD Missing command"])
+        self.assertEqual(h.cmd(b"a \xff\xfe"), [b"a BAD Command unknown or not valid in this state"])
+
+    def test_factory_builds_server(self) -> None:
+        h = Harness(self)
+        factory = imap_factory(
+            portal=h.portal, tls=None, implicit_tls=True, clock=Clock(), max_literal_size=10
+        )
+        proto = factory.buildProtocol(None)
+        self.assertIsInstance(proto, IMAPServer)
+        self.assertEqual(proto.max_literal_size, 10)
+
+
+class SelectTests(unittest.TestCase):
+    def test_select_reports_required_items(self) -> None:
+        """RFC 3501 §6.3.1: FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDNEXT, UIDVALIDITY."""
+        h = Harness(self)
+        h.add(MSG1, "S")
+        h.add(MSG2, "", T2, sub="new")
+        h.login()
+        lines = h.cmd(b'a select "INBOX"')
+        self.assertEqual(
+            lines,
+            [
+                b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+                b"* 2 EXISTS",
+                b"* 1 RECENT",
+                b"* OK [UNSEEN 2] First unseen",
+                b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Limited",
+                b"* OK [UIDNEXT 3] Predicted next UID",
+                b"* OK [UIDVALIDITY %d] UIDs valid" % h.uidvalidity(),
+                b"a OK [READ-WRITE] SELECT completed",
+            ],
+        )
+
+    def test_examine_is_read_only(self) -> None:
+        h = Harness(self)
+        h.add(MSG1, "S")
+        h.login()
+        lines = h.cmd(b"a EXAMINE INBOX")
+        self.assertIn(b"* OK [PERMANENTFLAGS ()] Limited", lines)
+        self.assertEqual(lines[-1], b"a OK [READ-ONLY] EXAMINE completed")
+        self.assertEqual(
+            h.cmd(b"b STORE 1 +FLAGS (\\Deleted)"), [b"b NO [READ-ONLY] Mailbox is read-only"]
+        )
+        # BODY[] does not set \Seen in a read-only mailbox
+        self.assertEqual(h.cmd(b"c FETCH 1 (BODY[])")[0], b"* 1 FETCH (BODY[] {%d}" % len(MSG1))
+
+    def test_select_missing_is_no_nonexistent_and_unselects(self) -> None:
+        h = Harness(self)
+        h.login()
+        h.cmd(b"a SELECT INBOX")
+        self.assertEqual(h.cmd(b"b SELECT Nope"), [b"b NO [NONEXISTENT] No such mailbox"])
+        self.assertEqual(
+            h.cmd(b"c FETCH 1 FLAGS"), [b"c BAD Command unknown or not valid in this state"]
+        )
+
+    def test_select_other_folder_without_close(self) -> None:
+        h = Harness(self)
+        h.maildir.create("Sent")
+        h.add(MSG1)
+        h.login()
+        h.cmd(b"a SELECT INBOX")
+        lines = h.cmd(b"b SELECT Sent")
+        self.assertIn(b"* 0 EXISTS", lines)
+        self.assertEqual(lines[-1], b"b OK [READ-WRITE] SELECT completed")
+        self.assertEqual(h.notifier._listeners.get(h.root), None)
+
+
+class FetchTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1, "", T1)
+        self.h.add(MSG2, "S", T2)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def test_uid_fetch_flags(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a UID fetch 1:* (FLAGS)"),
+            [
+                b"* 1 FETCH (FLAGS () UID 1)",
+                b"* 2 FETCH (FLAGS (\\Seen) UID 2)",
+                b"a OK FETCH completed",
+            ],
+        )
+
+    def test_uid_fetch_star_beyond_last(self) -> None:
+        """RFC 3501 §6.4.8: `n:*` with n > UIDNEXT-1 still matches the last message."""
+        self.assertEqual(
+            self.h.cmd(b"a UID fetch 9:* (FLAGS)"),
+            [b"* 2 FETCH (FLAGS (\\Seen) UID 2)", b"a OK FETCH completed"],
+        )
+
+    def test_size_internaldate_and_whole_message(self) -> None:
+        out = self.h.send(b"a UID fetch 1 (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])\r\n")
+        self.assertEqual(
+            out,
+            b'* 1 FETCH (UID 1 RFC822.SIZE %d INTERNALDATE "01-Jan-2024 10:00:00 +0000"'
+            b" BODY[] {%d}\r\n%s)\r\na OK FETCH completed\r\n" % (len(MSG1), len(MSG1), MSG1),
+        )
+
+    def test_header_fields(self) -> None:
+        out = self.h.send(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (From Subject)])\r\n")
+        fields = b"From: Bob <bob@example.org>\r\nSubject: Hello\r\n\r\n"
+        self.assertEqual(
+            out,
+            b"* 1 FETCH (BODY[HEADER.FIELDS (FROM SUBJECT)] {%d}\r\n%s)\r\n"
+            b"a OK FETCH completed\r\n" % (len(fields), fields),
+        )
+
+    def test_header_fields_not_and_repeated_fields(self) -> None:
+        msg = b"Received: a\r\nReceived: b\r\nSubject: x\r\n\r\nbody\r\n"
+        self.h.add(msg, "", T2)
+        self.h.cmd(b"n NOOP")
+        out = self.h.send(b"a FETCH 3 (BODY.PEEK[HEADER.FIELDS.NOT (Subject)])\r\n")
+        fields = b"Received: a\r\nReceived: b\r\n\r\n"
+        self.assertEqual(
+            out,
+            b"* 3 FETCH (BODY[HEADER.FIELDS.NOT (SUBJECT)] {%d}\r\n%s)\r\n"
+            b"a OK FETCH completed\r\n" % (len(fields), fields),
+        )
+
+    def test_envelope(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 1 ENVELOPE"),
+            [
+                b'* 1 FETCH (ENVELOPE ("Mon, 01 Jan 2024 10:00:00 +0000" "Hello"'
+                b' (("Bob" NIL "bob" "example.org")) (("Bob" NIL "bob" "example.org"))'
+                b' (("Bob" NIL "bob" "example.org")) ((NIL NIL "alice" "example.test"))'
+                b' NIL NIL NIL "<1@example.org>"))',
+                b"a OK FETCH completed",
+            ],
+        )
+
+    def test_bodystructure_text(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 1 (BODYSTRUCTURE BODY)"),
+            [
+                b'* 1 FETCH (BODYSTRUCTURE ("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT"'
+                b' 10 1 NIL NIL NIL NIL) BODY ("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL'
+                b' "7BIT" 10 1))',
+                b"a OK FETCH completed",
+            ],
+        )
+
+    def test_multipart_sections_and_bodystructure(self) -> None:
+        msg = (
+            b"Subject: mp\r\nContent-Type: multipart/mixed; boundary=\"XyZ\"\r\n\r\n"
+            b"preamble\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\npart one\r\n"
+            b"--XyZ\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAEC\r\n--XyZ--\r\n"
+        )
+        self.h.add(msg, "", T2)
+        self.h.cmd(b"n NOOP")
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 3 BODYSTRUCTURE"),
+            [
+                b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" NIL NIL NIL "7BIT" 8 1 NIL NIL NIL NIL)'
+                b' ("APPLICATION" "OCTET-STREAM" ("name" "a.bin") NIL NIL "BASE64" 4 NIL'
+                b' ("attachment" ("filename" "a.bin")) NIL NIL) "MIXED" ("boundary" "XyZ")'
+                b" NIL NIL NIL))",
+                b"a OK FETCH completed",
+            ],
+        )
+        out = self.h.send(b"b FETCH 3 (BODY.PEEK[1] BODY.PEEK[2.MIME])\r\n")
+        mime = (
+            b"Content-Type: application/octet-stream; name=\"a.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\n"
+        )
+        self.assertEqual(
+            out,
+            b"* 3 FETCH (BODY[1] {8}\r\npart one BODY[2.MIME] {%d}\r\n%s)\r\n"
+            b"b OK FETCH completed\r\n" % (len(mime), mime),
+        )
+
+    def test_partial_fetch_returns_range_and_origin(self) -> None:
+        """Thunderbird's preview: BODY.PEEK[TEXT]<0.2048> -> BODY[TEXT]<0> {n} (RFC 3501 §7.4.2)."""
+        out = self.h.send(b"a UID fetch 1 (UID BODY.PEEK[TEXT]<0.2048>)\r\n")
+        self.assertEqual(
+            out, b"* 1 FETCH (UID 1 BODY[TEXT]<0> {10}\r\nHi Alice\r\n)\r\na OK FETCH completed\r\n"
+        )
+        out = self.h.send(b"b FETCH 1 (BODY.PEEK[]<3.5>)\r\n")
+        self.assertEqual(out, b"* 1 FETCH (BODY[]<3> {5}\r\nm: Bo)\r\nb OK FETCH completed\r\n")
+
+    def test_body_without_peek_sets_seen_and_reports_flags(self) -> None:
+        out = self.h.send(b"a FETCH 1 (BODY[TEXT])\r\n")
+        self.assertEqual(
+            out,
+            b"* 1 FETCH (BODY[TEXT] {10}\r\nHi Alice\r\n FLAGS (\\Seen))\r\na OK FETCH completed\r\n",
+        )
+        self.assertEqual(
+            [p.name.rpartition(",")[2] for p in (self.h.root / "cur").iterdir()].count("S"), 2
+        )
+        self.assertEqual(self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS (\\Seen))", b"b OK FETCH completed"])
+
+    def test_peek_does_not_set_seen(self) -> None:
+        self.h.cmd(b"a FETCH 1 (BODY.PEEK[])")
+        self.assertEqual(self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed"])
+
+    def test_rfc822_items(self) -> None:
+        out = self.h.send(b"a FETCH 2 (RFC822.HEADER RFC822.TEXT)\r\n")
+        header, body = MSG2.split(b"\r\n\r\n")
+        self.assertEqual(
+            out,
+            b"* 2 FETCH (RFC822.HEADER {%d}\r\n%s\r\n\r\n RFC822.TEXT {%d}\r\n%s)\r\n"
+            b"a OK FETCH completed\r\n" % (len(header) + 4, header, len(body), body),
+        )
+
+    def test_bad_fetch_attribute_is_bad(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 1 (NONSENSE)"), [b"a BAD Syntax error: Invalid FETCH attributes"]
+        )
+
+
+class StoreExpungeTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        for i in range(3):
+            self.h.add(b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i), "", T1 + i)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def names(self) -> list[str]:
+        return sorted(p.name.rpartition(":2,")[2] for p in (self.h.root / "cur").iterdir())
+
+    def test_uid_store_plus_flags_persists_as_letters(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a uid store 2 +Flags (\\Seen \\Flagged)"),
+            [b"* 2 FETCH (FLAGS (\\Flagged \\Seen) UID 2)", b"a OK STORE completed"],
+        )
+        self.assertEqual(self.names(), ["", "", "FS"])
+        self.assertEqual(
+            self.h.cmd(b"b STORE 2 -FLAGS.SILENT (\\Flagged)"), [b"b OK STORE completed"]
+        )
+        self.assertEqual(
+            self.h.cmd(b"c STORE 1:2 FLAGS (\\Answered)"),
+            [
+                b"* 1 FETCH (FLAGS (\\Answered))",
+                b"* 2 FETCH (FLAGS (\\Answered))",
+                b"c OK STORE completed",
+            ],
+        )
+        self.assertEqual(self.names(), ["", "R", "R"])
+
+    def test_store_bad_item(self) -> None:
+        self.assertEqual(self.h.cmd(b"a STORE 1 XFLAGS (\\Seen)"), [b"a BAD Invalid STORE data item"])
+
+    def test_expunge_renumbers(self) -> None:
+        self.h.cmd(b"a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(
+            self.h.cmd(b"b EXPUNGE"), [b"* 1 EXPUNGE", b"* 1 EXPUNGE", b"b OK EXPUNGE completed"]
+        )
+        self.assertEqual(
+            self.h.cmd(b"c FETCH 1 (UID)"), [b"* 1 FETCH (UID 3)", b"c OK FETCH completed"]
+        )
+        self.assertEqual(len(self.names()), 1)
+
+    def test_close_expunges_silently(self) -> None:
+        self.h.cmd(b"a STORE 3 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(self.h.cmd(b"b CLOSE"), [b"b OK CLOSE completed"])
+        self.assertEqual(len(self.names()), 2)
+
+    def test_copy_then_delete(self) -> None:
+        """Thunderbird's move without MOVE: COPY, then STORE \\Deleted, then EXPUNGE."""
+        self.h.maildir.create("Trash")
+        self.assertEqual(self.h.cmd(b"a UID COPY 1:2 Trash"), [b"a OK COPY completed"])
+        self.assertEqual(
+            self.h.cmd(b'b STATUS "Trash" (MESSAGES UIDNEXT)'),
+            [b'* STATUS "Trash" (MESSAGES 2 UIDNEXT 3)', b"b OK STATUS completed"],
+        )
+        self.assertEqual(self.h.cmd(b"c COPY 1 Nowhere"), [b"c NO [TRYCREATE] No such mailbox"])
+
+    def test_copy_into_selected_mailbox_reports_exists(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a COPY 1 INBOX"), [b"* 4 EXISTS", b"* 0 RECENT", b"a OK COPY completed"]
+        )
+
+
+class SearchTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1, "S", T1)
+        self.h.add(MSG2, "", T2)
+        self.h.add(b"Subject: big\r\n\r\n" + b"z" * 500 + b"\r\n", "F", T2 + 86400)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def search(self, keys: bytes) -> bytes:
+        lines = self.h.cmd(b"a " + keys)
+        self.assertEqual(lines[-1], b"a OK SEARCH completed")
+        return lines[0]
+
+    def test_keys(self) -> None:
+        self.assertEqual(self.search(b"SEARCH ALL"), b"* SEARCH 1 2 3")
+        self.assertEqual(self.search(b"SEARCH UNSEEN"), b"* SEARCH 2 3")
+        self.assertEqual(self.search(b"UID SEARCH SEEN"), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH FLAGGED"), b"* SEARCH 3")
+        self.assertEqual(self.search(b"SEARCH SUBJECT hello"), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH FROM carol"), b"* SEARCH 2")
+        self.assertEqual(self.search(b'SEARCH HEADER Message-ID "<1@"'), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH TO alice"), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH LARGER 400"), b"* SEARCH 3")
+        self.assertEqual(self.search(b"SEARCH SMALLER 100"), b"* SEARCH 2")
+        self.assertEqual(self.search(b"SEARCH BEFORE 2-Jan-2024"), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH ON 2-Jan-2024"), b"* SEARCH 2")
+        self.assertEqual(self.search(b"SEARCH SINCE 2-Jan-2024"), b"* SEARCH 2 3")
+        self.assertEqual(self.search(b"SEARCH NOT SEEN NOT FLAGGED"), b"* SEARCH 2")
+        self.assertEqual(self.search(b"SEARCH OR SEEN FLAGGED"), b"* SEARCH 1 3")
+        self.assertEqual(self.search(b"SEARCH (OR SEEN FLAGGED) SMALLER 300"), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH UID 2:*"), b"* SEARCH 2 3")
+        self.assertEqual(self.search(b"SEARCH 2:3 UNSEEN"), b"* SEARCH 2 3")
+        self.assertEqual(self.search(b"SEARCH BODY zzzz"), b"* SEARCH 3")
+        self.assertEqual(self.search(b"SEARCH TEXT carol"), b"* SEARCH 2")
+        self.assertEqual(self.search(b"SEARCH SENTON 1-Jan-2024"), b"* SEARCH 1")
+        self.assertEqual(self.search(b"SEARCH CHARSET UTF-8 KEYWORD $Junk"), b"* SEARCH")
+
+    def test_bad_keys(self) -> None:
+        self.assertEqual(self.h.cmd(b"a SEARCH FROBNICATE"), [b"a BAD unknown search key"])
+        self.assertEqual(self.h.cmd(b"a SEARCH LARGER x"), [b"a BAD number expected"])
+        self.assertEqual(
+            self.h.cmd(b"a SEARCH CHARSET KOI8-R ALL"),
+            [b"a NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset"],
+        )
+
+
+class AppendTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.maildir.create("Sent")
+        self.h.login()
+
+    def stored(self, folder: str = "Sent") -> list[tuple[str, bytes]]:
+        cur = self.h.maildir.folder_path(folder) / "cur"
+        return [(p.name.rpartition(":2,")[2], p.read_bytes()) for p in sorted(cur.iterdir())]
+
+    def test_append_with_flags_and_date(self) -> None:
+        """Thunderbird: `append "Sent" (\\Seen) {n}`; durable before OK."""
+        self.assertEqual(
+            self.h.send(b'a append "Sent" (\\Seen) "02-Jan-2024 11:00:00 +0100" {11}\r\n'),
+            b"+ Ready for 11 octets of data\r\n",
+        )
+        self.assertEqual(self.h.send(b"Hello world\r\n"), b"a OK APPEND completed\r\n")
+        self.assertEqual(self.stored(), [("S", b"Hello world")])
+        (path,) = (self.h.maildir.folder_path("Sent") / "cur").iterdir()
+        self.assertEqual(path.stat().st_mtime, T2)
+
+    def test_append_without_flag_list(self) -> None:
+        self.h.send(b"a APPEND Sent {5}\r\n")
+        self.assertEqual(self.h.send(b"hello\r\n"), b"a OK APPEND completed\r\n")
+        self.assertEqual(self.stored(), [("", b"hello")])
+
+    def test_append_to_selected_mailbox_sends_exists(self) -> None:
+        self.h.cmd(b"s SELECT Sent")
+        self.h.send(b"a APPEND Sent {5}\r\n")
+        self.assertEqual(
+            self.h.send(b"hello\r\n"), b"* 1 EXISTS\r\n* 0 RECENT\r\na OK APPEND completed\r\n"
+        )
+
+    def test_append_missing_mailbox_trycreate(self) -> None:
+        self.h.send(b"a APPEND Nope {5}\r\n")
+        self.assertEqual(self.h.send(b"hello\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+
+    def test_append_bad_date(self) -> None:
+        self.h.send(b'a APPEND Sent "yesterday" {5}\r\n')
+        self.assertEqual(self.h.send(b"hello\r\n"), b"a BAD Invalid date-time\r\n")
+
+
+class IdleTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def deliver(self, data: bytes) -> None:
+        write_durably(self.h.root / "new", data)
+        self.h.notifier.changed(self.h.root)
+
+    def test_idle_pushes_new_mail_and_ends_on_done(self) -> None:
+        self.assertEqual(self.h.cmd(b"i IDLE"), [b"+ idling"])
+        self.deliver(MSG2)
+        self.assertEqual(self.h.take(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
+        self.assertEqual(self.h.cmd(b"DONE"), [b"i OK IDLE terminated"])
+
+    def test_idle_pushes_flag_changes_and_expunges_from_other_sessions(self) -> None:
+        self.h.add(MSG2)
+        self.h.cmd(b"n NOOP")
+        other = Harness(self, root=self.h.root, notifier=self.h.notifier)
+        other.login()
+        other.cmd(b"s SELECT INBOX")
+        self.h.cmd(b"i IDLE")
+        other.cmd(b"a STORE 2 +FLAGS (\\Flagged)")
+        self.assertEqual(self.h.take(), b"* 2 FETCH (FLAGS (\\Flagged))\r\n")
+        other.cmd(b"b STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.h.take()
+        other.cmd(b"c EXPUNGE")
+        self.assertEqual(self.h.take(), b"* 1 EXPUNGE\r\n")
+        self.assertEqual(self.h.cmd(b"DONE"), [b"i OK IDLE terminated"])
+
+    def test_noop_reports_new_mail(self) -> None:
+        """Thunderbird: `noop` then `UID fetch N:* (FLAGS)`."""
+        write_durably(self.h.root / "new", MSG2)  # no notice: found by the NOOP rescan
+        self.assertEqual(
+            self.h.cmd(b"n noop"), [b"* 2 EXISTS", b"* 1 RECENT", b"n OK NOOP completed"]
+        )
+        self.assertEqual(
+            self.h.cmd(b"f UID fetch 2:* (FLAGS)"),
+            [b"* 2 FETCH (FLAGS (\\Recent) UID 2)", b"f OK FETCH completed"],
+        )
+
+    def test_expunge_elsewhere_is_not_reported_during_fetch(self) -> None:
+        """RFC 3501 §7.4.1: EXPUNGE waits for NOOP; FETCH keeps the old numbering."""
+        self.h.add(MSG2)
+        self.h.cmd(b"n NOOP")
+        other = Harness(self, root=self.h.root, notifier=self.h.notifier)
+        other.login()
+        other.cmd(b"s SELECT INBOX")
+        other.cmd(b"a STORE 1 +FLAGS.SILENT (\\Deleted)")
+        other.cmd(b"b EXPUNGE")
+        self.assertEqual(
+            self.h.cmd(b"f FETCH 2 (UID)"),
+            [b"* 2 FETCH (UID 2)", b"* 1 FETCH (FLAGS (\\Deleted))", b"f OK FETCH completed"],
+        )
+        self.assertEqual(
+            self.h.cmd(b"n NOOP"),
+            [b"* 1 EXPUNGE", b"n OK NOOP completed"],
+        )
+        self.assertEqual(self.h.cmd(b"f FETCH 1 (UID)"), [b"* 1 FETCH (UID 2)", b"f OK FETCH completed"])
+
+    def test_tcp_close_mid_idle(self) -> None:
+        self.h.cmd(b"i IDLE")
+        self.h.server.connectionLost(None)
+        self.assertEqual(self.h.notifier._listeners.get(self.h.root), None)
+        self.deliver(MSG2)  # nobody listening; no error
+
+
+class MailboxCommandTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.login()
+
+    def test_create_list_lsub_rename_delete(self) -> None:
+        self.assertEqual(self.h.cmd(b"a CREATE Lists.Work"), [b"a OK CREATE completed"])
+        self.assertEqual(self.h.cmd(b"b SUBSCRIBE Lists.Work"), [b"b OK SUBSCRIBE completed"])
+        self.assertEqual(
+            self.h.cmd(b'c list "" "*"'),
+            [
+                b'* LIST (\\HasNoChildren) "." "INBOX"',
+                b'* LIST (\\HasChildren) "." "Lists"',
+                b'* LIST (\\HasNoChildren) "." "Lists.Work"',
+                b"c OK LIST completed",
+            ],
+        )
+        self.assertEqual(
+            self.h.cmd(b'd lsub "" "*"'),
+            [b'* LSUB () "." "INBOX"', b'* LSUB () "." "Lists.Work"', b"d OK LSUB completed"],
+        )
+        self.assertEqual(
+            self.h.cmd(b'e LIST "" "%"'),
+            [
+                b'* LIST (\\HasNoChildren) "." "INBOX"',
+                b'* LIST (\\HasChildren) "." "Lists"',
+                b"e OK LIST completed",
+            ],
+        )
+        self.assertEqual(self.h.cmd(b'f LIST "" ""'), [b'* LIST (\\Noselect) "." ""', b"f OK LIST completed"])
+        self.assertEqual(self.h.cmd(b"g RENAME Lists Archive"), [b"g OK RENAME completed"])
+        self.assertEqual(
+            self.h.cmd(b'h LSUB "" "*"'),
+            [b'* LSUB () "." "INBOX"', b'* LSUB () "." "Archive.Work"', b"h OK LSUB completed"],
+        )
+        self.assertEqual(self.h.cmd(b"i DELETE Archive.Work"), [b"i OK DELETE completed"])
+        self.assertEqual(self.h.cmd(b"j DELETE Archive.Work"), [b"j NO [NONEXISTENT] No such mailbox"])
+
+    def test_create_existing_and_bad_names(self) -> None:
+        self.h.cmd(b"a CREATE Sent")
+        self.assertEqual(self.h.cmd(b"b CREATE Sent"), [b"b NO [ALREADYEXISTS] Mailbox already exists"])
+        self.assertEqual(self.h.cmd(b"c CREATE inbox"), [b"c NO [ALREADYEXISTS] Mailbox already exists"])
+        self.assertEqual(self.h.cmd(b'd CREATE "a..b"'), [b"d NO [CANNOT] Invalid mailbox name"])
+        self.assertEqual(self.h.cmd(b"e DELETE INBOX"), [b"e NO [CANNOT] INBOX cannot be deleted"])
+        self.assertEqual(
+            self.h.cmd(b"f RENAME Nope Other"), [b"f NO [NONEXISTENT] No such mailbox"]
+        )
+        self.assertEqual(
+            self.h.cmd(b"g RENAME Sent INBOX"), [b"g NO [ALREADYEXISTS] Mailbox already exists"]
+        )
+
+    def test_non_ascii_folder_name_round_trips_in_mutf7(self) -> None:
+        self.assertEqual(self.h.cmd(b"a CREATE &AOk-t&AOk-"), [b"a OK CREATE completed"])
+        self.assertTrue((self.h.root / ".&AOk-t&AOk-" / "cur").is_dir())
+        self.assertEqual(self.h.cmd(b'b LIST "" "&AOk-*"')[0], b'* LIST (\\HasNoChildren) "." "&AOk-t&AOk-"')
+
+    def test_status(self) -> None:
+        self.h.add(MSG1, "S")
+        self.h.add(MSG2, "", sub="new")
+        self.assertEqual(
+            self.h.cmd(b"a STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)"),
+            [
+                b'* STATUS "INBOX" (MESSAGES 2 RECENT 1 UIDNEXT 3 UIDVALIDITY %d UNSEEN 1)'
+                % self.h.uidvalidity(),
+                b"a OK STATUS completed",
+            ],
+        )
+        self.assertEqual(self.h.cmd(b"b STATUS Nope (MESSAGES)"), [b"b NO [NONEXISTENT] No such mailbox"])
+        self.assertEqual(self.h.cmd(b"c STATUS INBOX (SIZE)"), [b"c BAD Unknown STATUS item"])
+
+
+class PipeliningTests(unittest.TestCase):
+    def test_pipelined_commands_wait_for_a_slow_select(self) -> None:
+        """twisted #9282: commands after a SELECT whose Deferred is pending are not BAD."""
+        threads = HeldThreads()
+        h = Harness(self, run=threads)
+        h.add(MSG1)
+        h.login()
+        threads.holding = True
+        out = h.send(b"a SELECT INBOX\r\nb FETCH 1 (FLAGS)\r\nc NOOP\r\n")
+        self.assertEqual(out, b"")
+        threads.release()
+        while threads.calls:
+            threads.release()
+        lines = h.take().split(b"\r\n")
+        self.assertEqual(lines[-4:], [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed", b"c OK NOOP completed", b""])
+        self.assertIn(b"a OK [READ-WRITE] SELECT completed", lines)
