@@ -34,10 +34,23 @@ def hash_password(password: str) -> str:
     return _CONTEXT.hash(password)
 
 
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2x$", "$2y$")
+_BCRYPT_MAX_BYTES = 72
+
+
 def verify(password: str, stored: str) -> bool:
-    """Whether C{password} matches C{stored}; C{False} for an unknown or malformed hash."""
+    """Whether C{password} matches C{stored}; C{False} for an unknown or malformed hash.
+
+    bcrypt uses the first 72 octets of the password only: other implementations (Dovecot's
+    BLF-CRYPT, PHP) truncate silently, while the C{bcrypt} package refuses longer input, so the
+    secret is truncated here to keep imported hashes of long passwords working.
+    """
+    native = _native(stored)
+    secret: str | bytes = password
+    if native.startswith(_BCRYPT_PREFIXES):
+        secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
     try:
-        return bool(_CONTEXT.verify(password, _native(stored)))
+        return bool(_CONTEXT.verify(secret, native))
     except (ValueError, TypeError):
         return False
 
