@@ -169,7 +169,9 @@ class GreetingAndLoginTests(unittest.TestCase):
             h.cmd(b"a LOGIN alice@example.test nope"),
             [b"a NO [AUTHENTICATIONFAILED] Authentication failed"],
         )
-        self.assertEqual(h.cmd(b"b SELECT INBOX"), [b"b BAD Command unknown or not valid in this state"])
+        self.assertEqual(
+            h.cmd(b"b SELECT INBOX"), [b"b BAD Command unknown or not valid in this state"]
+        )
 
     def test_authenticate_plain_with_continuation(self) -> None:
         """Thunderbird: `authenticate PLAIN`, waits for `+`, no SASL-IR."""
@@ -227,7 +229,9 @@ class GreetingAndLoginTests(unittest.TestCase):
         h = Harness(self)
         self.assertEqual(h.cmd(b"a XYZZY"), [b"a BAD Command unknown or not valid in this state"])
         self.assertEqual(h.cmd(b"a"), [b"a BAD Missing command"])
-        self.assertEqual(h.cmd(b"a \xff\xfe"), [b"a BAD Command unknown or not valid in this state"])
+        self.assertEqual(
+            h.cmd(b"a \xff\xfe"), [b"a BAD Command unknown or not valid in this state"]
+        )
 
     def test_factory_builds_server(self) -> None:
         h = Harness(self)
@@ -374,11 +378,11 @@ class FetchTests(unittest.TestCase):
 
     def test_multipart_sections_and_bodystructure(self) -> None:
         msg = (
-            b"Subject: mp\r\nContent-Type: multipart/mixed; boundary=\"XyZ\"\r\n\r\n"
+            b'Subject: mp\r\nContent-Type: multipart/mixed; boundary="XyZ"\r\n\r\n'
             b"preamble\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\npart one\r\n"
-            b"--XyZ\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n"
+            b'--XyZ\r\nContent-Type: application/octet-stream; name="a.bin"\r\n'
             b"Content-Transfer-Encoding: base64\r\n"
-            b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAEC\r\n--XyZ--\r\n"
+            b'Content-Disposition: attachment; filename="a.bin"\r\n\r\nAAEC\r\n--XyZ--\r\n'
         )
         self.h.add(msg, "", T2)
         self.h.cmd(b"n NOOP")
@@ -394,9 +398,9 @@ class FetchTests(unittest.TestCase):
         )
         out = self.h.send(b"b FETCH 3 (BODY.PEEK[1] BODY.PEEK[2.MIME])\r\n")
         mime = (
-            b"Content-Type: application/octet-stream; name=\"a.bin\"\r\n"
+            b'Content-Type: application/octet-stream; name="a.bin"\r\n'
             b"Content-Transfer-Encoding: base64\r\n"
-            b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\n"
+            b'Content-Disposition: attachment; filename="a.bin"\r\n\r\n'
         )
         self.assertEqual(
             out,
@@ -417,16 +421,21 @@ class FetchTests(unittest.TestCase):
         out = self.h.send(b"a FETCH 1 (BODY[TEXT])\r\n")
         self.assertEqual(
             out,
-            b"* 1 FETCH (BODY[TEXT] {10}\r\nHi Alice\r\n FLAGS (\\Seen))\r\na OK FETCH completed\r\n",
+            b"* 1 FETCH (BODY[TEXT] {10}\r\nHi Alice\r\n FLAGS (\\Seen))\r\n"
+            b"a OK FETCH completed\r\n",
         )
         self.assertEqual(
             [p.name.rpartition(",")[2] for p in (self.h.root / "cur").iterdir()].count("S"), 2
         )
-        self.assertEqual(self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS (\\Seen))", b"b OK FETCH completed"])
+        self.assertEqual(
+            self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS (\\Seen))", b"b OK FETCH completed"]
+        )
 
     def test_peek_does_not_set_seen(self) -> None:
         self.h.cmd(b"a FETCH 1 (BODY.PEEK[])")
-        self.assertEqual(self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed"])
+        self.assertEqual(
+            self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed"]
+        )
 
     def test_rfc822_items(self) -> None:
         out = self.h.send(b"a FETCH 2 (RFC822.HEADER RFC822.TEXT)\r\n")
@@ -474,7 +483,9 @@ class StoreExpungeTests(unittest.TestCase):
         self.assertEqual(self.names(), ["", "R", "R"])
 
     def test_store_bad_item(self) -> None:
-        self.assertEqual(self.h.cmd(b"a STORE 1 XFLAGS (\\Seen)"), [b"a BAD Invalid STORE data item"])
+        self.assertEqual(
+            self.h.cmd(b"a STORE 1 XFLAGS (\\Seen)"), [b"a BAD Invalid STORE data item"]
+        )
 
     def test_expunge_renumbers(self) -> None:
         self.h.cmd(b"a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
@@ -656,7 +667,9 @@ class IdleTests(unittest.TestCase):
             self.h.cmd(b"n NOOP"),
             [b"* 1 EXPUNGE", b"n OK NOOP completed"],
         )
-        self.assertEqual(self.h.cmd(b"f FETCH 1 (UID)"), [b"* 1 FETCH (UID 2)", b"f OK FETCH completed"])
+        self.assertEqual(
+            self.h.cmd(b"f FETCH 1 (UID)"), [b"* 1 FETCH (UID 2)", b"f OK FETCH completed"]
+        )
 
     def test_tcp_close_mid_idle(self) -> None:
         self.h.cmd(b"i IDLE")
@@ -694,19 +707,27 @@ class MailboxCommandTests(unittest.TestCase):
                 b"e OK LIST completed",
             ],
         )
-        self.assertEqual(self.h.cmd(b'f LIST "" ""'), [b'* LIST (\\Noselect) "." ""', b"f OK LIST completed"])
+        self.assertEqual(
+            self.h.cmd(b'f LIST "" ""'), [b'* LIST (\\Noselect) "." ""', b"f OK LIST completed"]
+        )
         self.assertEqual(self.h.cmd(b"g RENAME Lists Archive"), [b"g OK RENAME completed"])
         self.assertEqual(
             self.h.cmd(b'h LSUB "" "*"'),
             [b'* LSUB () "." "INBOX"', b'* LSUB () "." "Archive.Work"', b"h OK LSUB completed"],
         )
         self.assertEqual(self.h.cmd(b"i DELETE Archive.Work"), [b"i OK DELETE completed"])
-        self.assertEqual(self.h.cmd(b"j DELETE Archive.Work"), [b"j NO [NONEXISTENT] No such mailbox"])
+        self.assertEqual(
+            self.h.cmd(b"j DELETE Archive.Work"), [b"j NO [NONEXISTENT] No such mailbox"]
+        )
 
     def test_create_existing_and_bad_names(self) -> None:
         self.h.cmd(b"a CREATE Sent")
-        self.assertEqual(self.h.cmd(b"b CREATE Sent"), [b"b NO [ALREADYEXISTS] Mailbox already exists"])
-        self.assertEqual(self.h.cmd(b"c CREATE inbox"), [b"c NO [ALREADYEXISTS] Mailbox already exists"])
+        self.assertEqual(
+            self.h.cmd(b"b CREATE Sent"), [b"b NO [ALREADYEXISTS] Mailbox already exists"]
+        )
+        self.assertEqual(
+            self.h.cmd(b"c CREATE inbox"), [b"c NO [ALREADYEXISTS] Mailbox already exists"]
+        )
         self.assertEqual(self.h.cmd(b'd CREATE "a..b"'), [b"d NO [CANNOT] Invalid mailbox name"])
         self.assertEqual(self.h.cmd(b"e DELETE INBOX"), [b"e NO [CANNOT] INBOX cannot be deleted"])
         self.assertEqual(
@@ -719,7 +740,9 @@ class MailboxCommandTests(unittest.TestCase):
     def test_non_ascii_folder_name_round_trips_in_mutf7(self) -> None:
         self.assertEqual(self.h.cmd(b"a CREATE &AOk-t&AOk-"), [b"a OK CREATE completed"])
         self.assertTrue((self.h.root / ".&AOk-t&AOk-" / "cur").is_dir())
-        self.assertEqual(self.h.cmd(b'b LIST "" "&AOk-*"')[0], b'* LIST (\\HasNoChildren) "." "&AOk-t&AOk-"')
+        self.assertEqual(
+            self.h.cmd(b'b LIST "" "&AOk-*"')[0], b'* LIST (\\HasNoChildren) "." "&AOk-t&AOk-"'
+        )
 
     def test_status(self) -> None:
         self.h.add(MSG1, "S")
@@ -732,7 +755,9 @@ class MailboxCommandTests(unittest.TestCase):
                 b"a OK STATUS completed",
             ],
         )
-        self.assertEqual(self.h.cmd(b"b STATUS Nope (MESSAGES)"), [b"b NO [NONEXISTENT] No such mailbox"])
+        self.assertEqual(
+            self.h.cmd(b"b STATUS Nope (MESSAGES)"), [b"b NO [NONEXISTENT] No such mailbox"]
+        )
         self.assertEqual(self.h.cmd(b"c STATUS INBOX (SIZE)"), [b"c BAD Unknown STATUS item"])
 
 
@@ -750,5 +775,8 @@ class PipeliningTests(unittest.TestCase):
         while threads.calls:
             threads.release()
         lines = h.take().split(b"\r\n")
-        self.assertEqual(lines[-4:], [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed", b"c OK NOOP completed", b""])
+        self.assertEqual(
+            lines[-4:],
+            [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed", b"c OK NOOP completed", b""],
+        )
         self.assertIn(b"a OK [READ-WRITE] SELECT completed", lines)

@@ -1,0 +1,282 @@
+"""Byte-level regression tests for the IMAP defects of stock Twisted 26.10 (TWISTED-NOTES
+§2.2); each sends the hostile or tricky bytes and would fail against C{imap4.IMAP4Server}."""
+
+from __future__ import annotations
+
+import base64
+
+from test_imap_server import MSG1, PASSWORD, USER, Harness, HeldThreads
+from twisted.trial import unittest
+
+
+class StartTLSInjectionTests(unittest.TestCase):
+    """§2.2(d): lines pipelined after STARTTLS must not run inside TLS (RFC 3501 §6.2.1)."""
+
+    def test_pipelined_commands_after_starttls_are_discarded(self) -> None:
+        ctx = object()
+        h = Harness(self, implicit_tls=False, tls=ctx)
+        out = h.send(
+            b"a STARTTLS\r\nb CAPABILITY\r\nc LOGIN " + USER.encode() + b' "' + PASSWORD + b'"\r\n'
+        )
+        self.assertEqual(out, b"a OK Begin TLS negotiation now\r\n")
+        self.assertIs(h.transport.tls_context, ctx)
+        self.assertEqual(h.server.state, "unauth")
+        self.assertEqual(
+            h.cmd(b"d CAPABILITY"),
+            [
+                b"* CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN",
+                b"d OK CAPABILITY completed",
+            ],
+        )
+
+    def test_second_starttls_is_refused(self) -> None:
+        h = Harness(self, implicit_tls=False, tls=object())
+        h.cmd(b"a STARTTLS")
+        self.assertEqual(h.cmd(b"b STARTTLS"), [b"b BAD TLS already active"])
+
+    def test_no_starttls_on_implicit_tls(self) -> None:
+        h = Harness(self, implicit_tls=True, tls=object())
+        self.assertEqual(h.cmd(b"a STARTTLS"), [b"a BAD TLS already active"])
+
+
+class PlaintextAuthTests(unittest.TestCase):
+    """§2.2(c): no password is accepted before TLS, and no AUTH= is offered."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self, implicit_tls=False, tls=object())
+
+    def test_capability_before_tls_has_no_auth(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a CAPABILITY"),
+            [
+                b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE CHILDREN",
+                b"a OK CAPABILITY completed",
+            ],
+        )
+
+    def test_authenticate_plain_before_tls_is_privacyrequired(self) -> None:
+        token = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD)
+        self.assertEqual(
+            self.h.cmd(b"a AUTHENTICATE PLAIN " + token),
+            [b"a NO [PRIVACYREQUIRED] Authentication disallowed without TLS"],
+        )
+        self.assertEqual(
+            self.h.cmd(b"b AUTHENTICATE PLAIN"),
+            [b"b NO [PRIVACYREQUIRED] Authentication disallowed without TLS"],
+        )
+        self.assertEqual(self.h.server.state, "unauth")
+
+    def test_login_before_tls_is_privacyrequired(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a LOGIN " + USER.encode() + b' "' + PASSWORD + b'"'),
+            [b"a NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS"],
+        )
+        self.assertEqual(self.h.server.state, "unauth")
+
+
+class LimitTests(unittest.TestCase):
+    """§2.2(b): literal and line limits answered, never a silent disconnect or 1 GB spool."""
+
+    def test_huge_append_literal_refused_before_continuation(self) -> None:
+        h = Harness(self, max_literal_size=1000)
+        h.login()
+        self.assertEqual(
+            h.cmd(b"a APPEND INBOX {1000000000}"), [b"a NO [TOOBIG] Message too large"]
+        )
+        self.assertEqual(h.cmd(b"b NOOP"), [b"b OK NOOP completed"])
+
+    def test_huge_login_literal_refused(self) -> None:
+        h = Harness(self)
+        self.assertEqual(
+            h.cmd(b"a LOGIN {1000000000}"),
+            [b"a BAD Syntax error: Literal too long! I accept at most 4096 octets"],
+        )
+
+    def test_overlong_command_line_gets_bye(self) -> None:
+        h = Harness(self)
+        out = h.send(b"a NOOP " + b"x" * 100_000 + b"\r\n")
+        self.assertEqual(out, b"* BYE [TOOBIG] Command line too long\r\n")
+        self.assertTrue(h.transport.disconnecting)
+
+
+class FetchRenderingTests(unittest.TestCase):
+    """§2.2: partial FETCH, raw 8-bit headers, sloppy Content-Type, implicit \\Seen."""
+
+    RAW = (
+        b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\n"
+        b"Subject: Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\r\n"
+        b"Content-Type: text/plain; charset=utf-8;\r\n"
+        b"\r\n"
+        b"Hallo\r\n"
+    )
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(self.RAW)
+        self.h.add(b"Subject: long\r\n\r\n" + b"0123456789" * 500)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def test_partial_body_text_returns_only_range(self) -> None:
+        """#5613: stock sent `BODY[TEXT]<0.2048> {5000}` and the whole body."""
+        out = self.h.send(b"a UID fetch 2 (UID RFC822.SIZE BODY.PEEK[TEXT]<0.2048>)\r\n")
+        self.assertEqual(
+            out,
+            b"* 2 FETCH (UID 2 RFC822.SIZE 5017 BODY[TEXT]<0> {2048}\r\n"
+            + b"0123456789" * 204
+            + b"01234567)\r\na OK FETCH completed\r\n",
+        )
+        out = self.h.send(b"b FETCH 2 (BODY.PEEK[TEXT]<4990.100>)\r\n")
+        self.assertEqual(
+            out, b"* 2 FETCH (BODY[TEXT]<4990> {10}\r\n0123456789)\r\nb OK FETCH completed\r\n"
+        )
+        out = self.h.send(b"c FETCH 2 (BODY.PEEK[TEXT]<9000.10>)\r\n")
+        self.assertEqual(out, b"* 2 FETCH (BODY[TEXT]<9000> {0}\r\n)\r\nc OK FETCH completed\r\n")
+
+    def test_utf8_header_fields_keep_connection(self) -> None:
+        out = self.h.send(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])\r\n")
+        fields = self.RAW.split(b"Content-Type")[0] + b"\r\n"
+        self.assertEqual(
+            out,
+            b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT FROM)] {%d}\r\n%s)\r\n"
+            b"a OK FETCH completed\r\n" % (len(fields), fields),
+        )
+        self.assertFalse(self.h.transport.disconnecting)
+
+    def test_utf8_envelope_is_sent_as_literal(self) -> None:
+        subject = b"Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln"
+        out = self.h.send(b"a FETCH 1 ENVELOPE\r\n")
+        sender = b'(("=?utf-8?q?J=C3=BCrgen?=" NIL "j" "example.org"))'
+        self.assertEqual(
+            out,
+            b"* 1 FETCH (ENVELOPE (NIL {%d}\r\n%s %s %s %s NIL NIL NIL NIL NIL))\r\n"
+            b"a OK FETCH completed\r\n" % (len(subject), subject, sender, sender, sender),
+        )
+
+    def test_content_type_with_trailing_semicolon(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 1 BODYSTRUCTURE"),
+            [
+                b'* 1 FETCH (BODYSTRUCTURE ("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "7BIT"'
+                b" 7 1 NIL NIL NIL NIL))",
+                b"a OK FETCH completed",
+            ],
+        )
+
+    def test_boundary_case_is_preserved(self) -> None:
+        msg = (
+            b'Content-Type: multipart/alternative; boundary="AbC"\r\n\r\n'
+            b"--AbC\r\nContent-Type: text/plain\r\n\r\nx\r\n--AbC--\r\n"
+        )
+        self.h.add(msg)
+        self.h.cmd(b"n NOOP")
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 3 BODYSTRUCTURE")[0],
+            b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1 NIL NIL NIL NIL)'
+            b' "ALTERNATIVE" ("boundary" "AbC") NIL NIL NIL))',
+        )
+
+    def test_body_without_peek_sets_seen(self) -> None:
+        out = self.h.send(b"a FETCH 1 (BODY[])\r\n")
+        self.assertTrue(out.endswith(b" FLAGS (\\Seen))\r\na OK FETCH completed\r\n"))
+        self.assertEqual(len(list((self.h.root / "cur").glob("*:2,S"))), 1)
+
+
+class ReplyCodeTests(unittest.TestCase):
+    """§2.2: replies stock Twisted sent as BAD (str/bytes bugs) come out as NO with a code."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1)
+        self.h.login()
+
+    def test_append_without_flag_list(self) -> None:
+        self.assertEqual(
+            self.h.send(b"a APPEND INBOX {5}\r\n"), b"+ Ready for 5 octets of data\r\n"
+        )
+        self.assertEqual(self.h.send(b"hello\r\n"), b"a OK APPEND completed\r\n")
+
+    def test_append_to_missing_mailbox(self) -> None:
+        self.h.send(b"a APPEND Missing (\\Seen) {5}\r\n")
+        self.assertEqual(self.h.send(b"hello\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+
+    def test_copy_to_missing_mailbox(self) -> None:
+        self.h.cmd(b"s SELECT INBOX")
+        self.assertEqual(self.h.cmd(b"a COPY 1 Missing"), [b"a NO [TRYCREATE] No such mailbox"])
+        self.assertEqual(self.h.cmd(b"b UID COPY 1 Missing"), [b"b NO [TRYCREATE] No such mailbox"])
+
+    def test_select_missing(self) -> None:
+        self.assertEqual(self.h.cmd(b"a SELECT Missing"), [b"a NO [NONEXISTENT] No such mailbox"])
+
+    def test_select_path_escape_is_no(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b'a SELECT "../../etc"'), [b"a NO [NONEXISTENT] No such mailbox"]
+        )
+        self.assertEqual(
+            self.h.cmd(b'b CREATE "x/../../y"'), [b"b NO [CANNOT] Invalid mailbox name"]
+        )
+
+    def test_search_header_keys_work(self) -> None:
+        """Stock: `BAD SEARCH failed: must be str, not bytes`."""
+        self.h.cmd(b"s SELECT INBOX")
+        self.assertEqual(
+            self.h.cmd(b"a SEARCH SUBJECT Hello FROM bob"),
+            [b"* SEARCH 1", b"a OK SEARCH completed"],
+        )
+
+
+class IdleTerminationTests(unittest.TestCase):
+    def test_idle_is_not_ended_by_another_command(self) -> None:
+        """Stock: `n NOOP` ended IDLE with OK and the NOOP never ran.  RFC 2177 §3: only DONE."""
+        h = Harness(self)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        self.assertEqual(h.cmd(b"i IDLE"), [b"+ idling"])
+        self.assertEqual(h.cmd(b"n NOOP"), [b"i BAD Expected DONE"])
+        self.assertEqual(h.cmd(b"m NOOP"), [b"m OK NOOP completed"])
+
+    def test_done_is_case_insensitive(self) -> None:
+        h = Harness(self)
+        h.login()
+        h.cmd(b"i IDLE")
+        self.assertEqual(h.cmd(b"done"), [b"i OK IDLE terminated"])
+
+
+class PipeliningTests(unittest.TestCase):
+    def test_no_bad_for_commands_queued_behind_a_deferred_select(self) -> None:
+        """#9282: stock answered `b BAD Unsupported command` before `a OK`."""
+        threads = HeldThreads()
+        h = Harness(self, run=threads)
+        h.add(MSG1)
+        h.login()
+        threads.holding = True
+        self.assertEqual(h.send(b"a SELECT INBOX\r\nb FETCH 1 (UID)\r\nc NOOP\r\n"), b"")
+        while threads.calls:
+            threads.release()
+        lines = h.take().split(b"\r\n")
+        self.assertEqual(
+            lines[-5:],
+            [
+                b"a OK [READ-WRITE] SELECT completed",
+                b"* 1 FETCH (UID 1)",
+                b"b OK FETCH completed",
+                b"c OK NOOP completed",
+                b"",
+            ],
+        )
+
+    def test_pipelined_literal_command_after_slow_command(self) -> None:
+        threads = HeldThreads()
+        h = Harness(self, run=threads)
+        h.login()
+        threads.holding = True
+        self.assertEqual(h.send(b"b SELECT INBOX\r\nc APPEND INBOX {5}\r\n"), b"")
+        while threads.calls:
+            threads.release()
+        out = h.take()
+        self.assertTrue(
+            out.endswith(b"b OK [READ-WRITE] SELECT completed\r\n+ Ready for 5 octets of data\r\n")
+        )
+        self.assertEqual(
+            h.send(b"hello\r\n"), b"* 1 EXISTS\r\n* 0 RECENT\r\nc OK APPEND completed\r\n"
+        )
