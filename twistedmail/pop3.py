@@ -260,6 +260,13 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
     @param timeout: seconds of inactivity before the connection is closed (RFC 1939 §3).
     """
 
+    # Attributes of pop3.POP3 / Protocol, typed (the stock class declares them as None).
+    portal: Any  # a twisted.cred Portal
+    mbox: Any
+    factory: Any
+    _onLogout: Any
+    transport: Any
+
     def __init__(
         self,
         *,
@@ -678,7 +685,7 @@ class POP3Factory(ServerFactory):
         self.allow_plaintext_auth = allow_plaintext_auth
         self.timeout = timeout
 
-    def buildProtocol(self, addr: object) -> POP3Server:
+    def buildProtocol(self, addr: object) -> POP3Server:  # type: ignore[override]
         protocol = POP3Server(
             portal=self.portal,
             tls=self.tls,
