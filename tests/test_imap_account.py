@@ -1,0 +1,97 @@
+"""MaildirAccount: the folder tree of one user (RFC 3501 §6.3, RFC 2342, RFC 3348)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.mail import imap4
+from twisted.trial import unittest
+
+from twistedmail.imap.account import MailboxError, MaildirAccount
+from twistedmail.maildir import ChangeNotifier, UserMaildir
+
+
+def run_now(f: Any, *args: Any) -> Deferred[Any]:
+    return maybeDeferred(f, *args)
+
+
+class AccountTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.maildir = UserMaildir(self.root)
+        self.maildir.ensure()
+        self.account = MaildirAccount("alice@example.test", self.maildir, ChangeNotifier(), run_now)
+
+    def listing(self, ref: str = "", pattern: str = "*") -> list[tuple[str, list[str]]]:
+        boxes = self.successResultOf(
+            Deferred.fromCoroutine(self.account.listMailboxes(ref, pattern))
+        )
+        return [(name, info.getFlags()) for name, info in boxes]
+
+    def test_interfaces(self) -> None:
+        self.assertTrue(imap4.IAccount.providedBy(self.account))
+        self.assertTrue(imap4.INamespacePresenter.providedBy(self.account))
+        self.assertEqual(self.account.getPersonalNamespaces(), [[b"", b"."]])
+
+    def test_create_makes_parents_and_maildirfolder(self) -> None:
+        self.assertTrue(self.account.create("A.B.C."))
+        for d in (".A", ".A.B", ".A.B.C"):
+            self.assertTrue((self.root / d / "maildirfolder").exists())
+        self.assertEqual(
+            self.listing(),
+            [
+                ("INBOX", ["\\HasNoChildren"]),
+                ("A", ["\\HasChildren"]),
+                ("A.B", ["\\HasChildren"]),
+                ("A.B.C", ["\\HasNoChildren"]),
+            ],
+        )
+
+    def test_noselect_parent_and_patterns(self) -> None:
+        self.maildir.create("X.Y")
+        self.assertEqual(
+            self.listing("", "%"),
+            [("INBOX", ["\\HasNoChildren"]), ("X", ["\\Noselect", "\\HasChildren"])],
+        )
+        self.assertEqual(self.listing("X.", "%"), [("X.Y", ["\\HasNoChildren"])])
+        self.assertEqual(self.listing("", "inbox"), [("INBOX", ["\\HasNoChildren"])])
+
+    def test_errors_carry_codes(self) -> None:
+        self.account.create("Sent")
+        for call, code in [
+            (lambda: self.account.create("Sent"), b"ALREADYEXISTS"),
+            (lambda: self.account.create("a/b"), b"CANNOT"),
+            (lambda: self.account.delete("INBOX"), b"CANNOT"),
+            (lambda: self.account.delete("Nope"), b"NONEXISTENT"),
+            (lambda: self.account.rename("Nope", "X"), b"NONEXISTENT"),
+            (lambda: self.account.rename("Sent", "Sent.Sub"), b"CANNOT"),
+        ]:
+            error = self.assertRaises(MailboxError, call)
+            self.assertEqual(error.code, code)
+
+    def test_rename_moves_children_and_subscriptions(self) -> None:
+        self.account.create("A.B")
+        self.account.subscribe("A.B")
+        self.account.rename("A", "Z.A")
+        self.assertEqual([n for n, _ in self.listing()], ["INBOX", "Z", "Z.A", "Z.A.B"])
+        self.assertEqual(self.maildir.subscriptions(), ["Z.A.B"])
+        self.assertTrue(self.account.isSubscribed("Z.A.B"))
+        self.assertTrue(self.account.isSubscribed("inbox"))
+
+    def test_select_inbox_creates_it_and_missing_is_none(self) -> None:
+        root = Path(self.mktemp())
+        account = MaildirAccount("bob@example.test", UserMaildir(root), ChangeNotifier(), run_now)
+        box = self.successResultOf(Deferred.fromCoroutine(account.select("inbox")))
+        self.assertEqual(box.getMessageCount(), 0)
+        self.assertTrue((root / "cur").is_dir())
+        self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("Nope"))))
+        self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("../x"))))
+
+    def test_lsub_lists_missing_subscriptions_as_noselect(self) -> None:
+        self.maildir.subscribe("Gone")
+        boxes = self.successResultOf(Deferred.fromCoroutine(self.account.list_subscribed("", "*")))
+        self.assertEqual(
+            [(n, i.getFlags()) for n, i in boxes], [("INBOX", []), ("Gone", ["\\Noselect"])]
+        )
