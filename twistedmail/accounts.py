@@ -96,13 +96,21 @@ class AccountStore:
         return name
 
     def delete_domain(self, domain: str) -> None:
-        """Remove a domain. @raise StoreError: if unknown or if it still has users."""
+        """Remove a domain. @raise StoreError: if unknown or if it still has users or aliases."""
         name = _domain(domain)
         if not self.is_local_domain(name):
             raise StoreError(f"no such domain {name}")
         (count,) = self._db.execute("SELECT count(*) FROM users WHERE domain=?", (name,)).fetchone()
         if count:
             raise StoreError(f"domain {name} still has {count} user(s); delete them first")
+        # Aliases are not tied to the domain by a foreign key: without this check they would
+        # outlive it and come back if the domain were added again.
+        # (A normalised domain has no LIKE wildcards: only letters, digits, "-" and ".".)
+        (count,) = self._db.execute(
+            "SELECT count(DISTINCT address) FROM aliases WHERE address LIKE ?", ("%@" + name,)
+        ).fetchone()
+        if count:
+            raise StoreError(f"domain {name} still has {count} alias(es); delete them first")
         self._db.execute("DELETE FROM domains WHERE name=?", (name,))
 
     def domains(self) -> list[str]:

@@ -1,0 +1,353 @@
+"""Tests for L{twistedmail.accounts.AccountStore}: domains, users, aliases, expansion, WAL."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from twistedmail.accounts import MAX_ALIAS_DEPTH, SCHEMA_VERSION, AccountStore, Alias, StoreError
+from twistedmail.address import Mailbox
+
+M = Mailbox.parse
+
+
+class StoreTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "accounts.sqlite3"
+        self.store = self.open()
+
+    def open(self) -> AccountStore:
+        store = AccountStore(self.path)
+        self.addCleanup(store.close)
+        return store
+
+    def assertStoreError(self, message: str, f: object, *args: object) -> None:
+        e = self.assertRaises(StoreError, f, *args)
+        self.assertEqual(str(e), message)
+
+
+class FileTests(StoreTestCase):
+    def test_private_file_wal(self) -> None:
+        self.assertEqual(self.path.stat().st_mode & 0o777, 0o600)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone(), ("wal",))
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone(), (SCHEMA_VERSION,))
+
+    def test_reopen_keeps_data(self) -> None:
+        self.store.add_user("alice@example.org", "h")
+        self.store.close()
+        self.assertEqual(AccountStore(self.path).users(), ["alice@example.org"])
+
+    def test_second_connection_sees_changes(self) -> None:
+        """The server's long-lived connection sees the CLI's commits at its next query (WAL),
+        without reopening: a password changed with the CLI works at the next login."""
+        server = self.open()
+        self.assertFalse(server.is_user("alice@example.org"))
+        self.store.add_user("alice@example.org", "old-hash")
+        self.assertTrue(server.is_user("alice@example.org"))
+        self.assertEqual(server.password_hash("alice@example.org"), "old-hash")
+        self.store.set_password_hash("alice@example.org", "new-hash")
+        self.assertEqual(server.password_hash("alice@example.org"), "new-hash")
+        self.store.add_alias("postmaster@example.org", ["alice@example.org"])
+        self.assertTrue(server.accepts(M("postmaster@example.org")))
+        self.store.delete_user("alice@example.org")
+        self.assertIsNone(server.password_hash("alice@example.org"))
+        # and the other way round
+        server.add_domain("other.example")
+        self.assertEqual(self.store.domains(), ["example.org", "other.example"])
+
+
+class DomainTests(StoreTestCase):
+    def test_add_list(self) -> None:
+        self.assertEqual(self.store.add_domain("Example.ORG"), "example.org")
+        self.assertEqual(self.store.add_domain("bücher.example"), "xn--bcher-kva.example")
+        self.assertEqual(self.store.add_domain("a.example"), "a.example")
+        self.assertEqual(
+            self.store.domains(), ["a.example", "example.org", "xn--bcher-kva.example"]
+        )
+        self.assertTrue(self.store.is_local_domain("example.org"))
+        self.assertTrue(self.store.is_local_domain("EXAMPLE.org"))
+        self.assertFalse(self.store.is_local_domain("other.example"))
+
+    def test_errors(self) -> None:
+        self.store.add_domain("example.org")
+        self.assertStoreError(
+            "domain example.org already exists", self.store.add_domain, "EXAMPLE.ORG"
+        )
+        self.assertStoreError(
+            "invalid domain 'a..b': invalid domain", self.store.add_domain, "a..b"
+        )
+        self.assertStoreError(
+            "no such domain other.example", self.store.delete_domain, "other.example"
+        )
+
+    def test_delete(self) -> None:
+        self.store.add_domain("example.org")
+        self.store.delete_domain("Example.org")
+        self.assertEqual(self.store.domains(), [])
+
+    def test_delete_with_users(self) -> None:
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_user("bob@example.org", "h")
+        self.assertStoreError(
+            "domain example.org still has 2 user(s); delete them first",
+            self.store.delete_domain,
+            "example.org",
+        )
+
+    def test_delete_with_aliases(self) -> None:
+        """Regression: deleting a domain left its aliases behind; they still accepted mail
+        (C{accepts}) and came back when the domain was added again."""
+        self.store.add_domain("example.org")
+        self.store.add_domain("sub.example.org")
+        self.store.add_alias("info@example.org", ["x@remote.example"])
+        self.store.add_alias("info@sub.example.org", ["x@remote.example"])
+        self.assertStoreError(
+            "domain example.org still has 1 alias(es); delete them first",
+            self.store.delete_domain,
+            "example.org",
+        )
+        self.store.delete_alias("info@example.org")
+        self.store.delete_domain("example.org")  # sub.example.org's alias is not in the way
+        self.assertEqual(self.store.domains(), ["sub.example.org"])
+
+
+class UserTests(StoreTestCase):
+    def test_add_adds_domain(self) -> None:
+        self.assertEqual(
+            self.store.add_user("Alice@Example.ORG", "h1"), (M("alice@example.org"), True)
+        )
+        self.assertEqual(
+            self.store.add_user("bob@example.org", "h2"), (M("bob@example.org"), False)
+        )
+        self.assertEqual(self.store.domains(), ["example.org"])
+        self.assertEqual(self.store.users(), ["alice@example.org", "bob@example.org"])
+
+    def test_lookup(self) -> None:
+        self.store.add_user("alice@example.org", "hash")
+        self.assertEqual(self.store.password_hash("ALICE@Example.org"), "hash")
+        self.assertIsNone(self.store.password_hash("bob@example.org"))
+        self.assertIsNone(self.store.password_hash("not an address"))
+        self.assertIsNone(self.store.password_hash(""))
+        self.assertTrue(self.store.is_user("Alice@example.org"))
+        self.assertFalse(self.store.is_user("bob@example.org"))
+
+    def test_duplicate(self) -> None:
+        self.store.add_user("alice@example.org", "h")
+        self.assertStoreError(
+            "user alice@example.org already exists", self.store.add_user, "ALICE@example.org", "h2"
+        )
+        self.assertEqual(self.store.password_hash("alice@example.org"), "h")
+
+    def test_alias_cannot_become_user(self) -> None:
+        self.store.add_domain("example.org")
+        self.store.add_alias("info@example.org", ["x@remote.example"])
+        self.assertStoreError(
+            "info@example.org is already an alias", self.store.add_user, "info@example.org", "h"
+        )
+        self.assertEqual(self.store.users(), [])
+
+    def test_failed_add_rolls_back_domain(self) -> None:
+        """A refused C{add_user} leaves nothing behind, not even the domain it would add."""
+        self.store.add_domain("example.org")
+        # An alias row in a domain that is not local yet (only possible by hand): the user
+        # insert is refused after the domain insert, inside one transaction.
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        db.execute("INSERT INTO aliases(address, target) VALUES ('a@new.example', 'x@y.example')")
+        db.commit()
+        self.assertRaises(StoreError, self.store.add_user, "a@new.example", "h")
+        self.assertEqual(self.store.domains(), ["example.org"])
+
+    def test_invalid(self) -> None:
+        self.assertStoreError(
+            "invalid address 'alice': address must be local@domain",
+            self.store.add_user,
+            "alice",
+            "h",
+        )
+        self.assertStoreError(
+            "invalid address 'a b@example.org': invalid local part",
+            self.store.add_user,
+            "a b@example.org",
+            "h",
+        )
+
+    def test_set_password_hash(self) -> None:
+        self.store.add_user("alice@example.org", "old")
+        self.store.set_password_hash("Alice@example.org", "new")
+        self.assertEqual(self.store.password_hash("alice@example.org"), "new")
+        self.assertStoreError(
+            "no such user bob@example.org", self.store.set_password_hash, "bob@example.org", "x"
+        )
+
+    def test_delete(self) -> None:
+        self.store.add_user("alice@example.org", "h")
+        self.store.delete_user("ALICE@example.org")
+        self.assertEqual(self.store.users(), [])
+        self.assertStoreError(
+            "no such user alice@example.org", self.store.delete_user, "alice@example.org"
+        )
+
+
+class AliasTests(StoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_user("bob@example.org", "h")
+
+    def test_add(self) -> None:
+        alias = self.store.add_alias(
+            "Team@Example.org",
+            ["BOB@example.org", "alice@example.org", "bob@example.org", "c@Remote.Example"],
+        )
+        self.assertEqual(
+            alias,
+            Alias("team@example.org", ("alice@example.org", "bob@example.org", "c@remote.example")),
+        )
+        self.assertEqual(
+            self.store.alias_targets("team@example.org"),
+            ["alice@example.org", "bob@example.org", "c@remote.example"],
+        )
+
+    def test_add_to_existing(self) -> None:
+        self.store.add_alias("team@example.org", ["alice@example.org"])
+        alias = self.store.add_alias("team@example.org", ["bob@example.org", "alice@example.org"])
+        self.assertEqual(alias.targets, ("alice@example.org", "bob@example.org"))
+
+    def test_list(self) -> None:
+        self.store.add_alias("b@example.org", ["bob@example.org"])
+        self.store.add_alias("a@example.org", ["bob@example.org", "alice@example.org"])
+        self.assertEqual(
+            self.store.aliases(),
+            [
+                Alias("a@example.org", ("alice@example.org", "bob@example.org")),
+                Alias("b@example.org", ("bob@example.org",)),
+            ],
+        )
+
+    def test_errors(self) -> None:
+        self.assertStoreError(
+            "an alias needs at least one target", self.store.add_alias, "x@example.org", []
+        )
+        self.assertStoreError(
+            "remote.example is not a local domain; add it first",
+            self.store.add_alias,
+            "x@remote.example",
+            ["alice@example.org"],
+        )
+        self.assertStoreError(
+            "alice@example.org is a user, not an alias",
+            self.store.add_alias,
+            "alice@example.org",
+            ["bob@example.org"],
+        )
+        self.assertStoreError(
+            "invalid address 'nope': address must be local@domain",
+            self.store.add_alias,
+            "x@example.org",
+            ["nope"],
+        )
+        self.assertEqual(self.store.aliases(), [])
+
+    def test_delete(self) -> None:
+        self.store.add_alias("x@example.org", ["alice@example.org", "bob@example.org"])
+        self.store.delete_alias("X@example.org")
+        self.assertEqual(self.store.alias_targets("x@example.org"), [])
+        self.assertStoreError(
+            "no such alias x@example.org", self.store.delete_alias, "x@example.org"
+        )
+
+    def test_accepts(self) -> None:
+        """RCPT-time check: users and aliases of local domains, nothing else."""
+        self.store.add_alias("info@example.org", ["x@remote.example"])
+        self.assertTrue(self.store.accepts(M("alice@example.org")))
+        self.assertTrue(self.store.accepts(M("info@example.org")))
+        self.assertFalse(self.store.accepts(M("nobody@example.org")))
+        self.assertFalse(self.store.accepts(M("alice@remote.example")))
+
+
+class ExpandTests(StoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for user in ("alice", "bob", "carol"):
+            self.store.add_user(f"{user}@example.org", "h")
+
+    def expand(self, address: str) -> list[str]:
+        return [str(m) for m in self.store.expand(M(address))]
+
+    def test_user(self) -> None:
+        self.assertEqual(self.expand("Alice@example.org"), ["alice@example.org"])
+
+    def test_unknown_local(self) -> None:
+        self.assertEqual(self.expand("nobody@example.org"), [])
+
+    def test_remote_address(self) -> None:
+        self.assertEqual(self.expand("x@remote.example"), ["x@remote.example"])
+
+    def test_alias_to_users_and_remote(self) -> None:
+        self.store.add_alias(
+            "team@example.org", ["bob@example.org", "alice@example.org", "x@remote.example"]
+        )
+        self.assertEqual(
+            self.expand("team@example.org"),
+            ["alice@example.org", "bob@example.org", "x@remote.example"],
+        )
+
+    def test_nested_and_deduplicated(self) -> None:
+        self.store.add_alias("all@example.org", ["team@example.org", "sales@example.org"])
+        self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
+        self.store.add_alias("sales@example.org", ["bob@example.org", "carol@example.org"])
+        # depth first, each alias's targets in sorted order, each user once
+        self.assertEqual(
+            self.expand("all@example.org"),
+            ["bob@example.org", "carol@example.org", "alice@example.org"],
+        )
+
+    def test_loop(self) -> None:
+        """a -> b -> a: the loop ends; the other targets are still reached."""
+        self.store.add_alias("a@example.org", ["b@example.org", "alice@example.org"])
+        self.store.add_alias("b@example.org", ["a@example.org", "bob@example.org"])
+        self.assertEqual(self.expand("a@example.org"), ["alice@example.org", "bob@example.org"])
+        self.assertEqual(self.expand("b@example.org"), ["alice@example.org", "bob@example.org"])
+
+    def test_self_loop(self) -> None:
+        self.store.add_alias("me@example.org", ["me@example.org"])
+        self.assertEqual(self.expand("me@example.org"), [])
+
+    def test_unknown_local_target_dropped(self) -> None:
+        self.store.add_alias("x@example.org", ["gone@example.org", "carol@example.org"])
+        self.assertEqual(self.expand("x@example.org"), ["carol@example.org"])
+
+    def test_depth_limit(self) -> None:
+        """A chain longer than MAX_ALIAS_DEPTH is treated as a loop."""
+        chain = [f"hop{i}@example.org" for i in range(MAX_ALIAS_DEPTH + 2)]
+        for here, there in zip(chain, chain[1:], strict=False):
+            self.store.add_alias(here, [there])
+        self.store.add_alias(chain[-1], ["alice@example.org"])
+        self.assertEqual(self.expand(chain[-MAX_ALIAS_DEPTH]), ["alice@example.org"])
+        self.assertEqual(self.expand(chain[0]), [])
+
+
+class OwnedAddressTests(StoreTestCase):
+    def test_owned(self) -> None:
+        """A user may send as itself and as every alias that reaches it (nested too)."""
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_alias("info@example.org", ["alice@example.org"])
+        self.store.add_alias("all@example.org", ["info@example.org", "bob@example.org"])
+        self.store.add_alias("sales@example.org", ["bob@example.org"])
+        self.store.add_alias("ext@example.org", ["x@remote.example"])
+        self.assertEqual(
+            self.store.owned_addresses("Alice@example.org"),
+            {"alice@example.org", "info@example.org", "all@example.org"},
+        )
+        self.assertEqual(
+            self.store.owned_addresses("bob@example.org"),
+            {"bob@example.org", "all@example.org", "sales@example.org"},
+        )
