@@ -85,7 +85,7 @@ class MailServer(MultiService):
             {
                 imap4.IAccount: self._imap_account,
                 pop3.IMailbox: lambda address: MaildirPOP3Mailbox(
-                    mailbox_root(self.mail_dir, address), run_in_thread
+                    mailbox_root(self.mail_dir, address), run_in_thread, self.notifier
                 ),
             }
         )
@@ -120,10 +120,13 @@ class MailServer(MultiService):
         }
         for name, factory in factories.items():
             for address in config.listen[name]:
-                if name in IMPLICIT_TLS:
-                    factory = TLSMemoryBIOFactory(self.tls_context, False, factory)
+                wrapped = (
+                    TLSMemoryBIOFactory(self.tls_context, False, factory)
+                    if name in IMPLICIT_TLS
+                    else factory
+                )
                 svc = StreamServerEndpointService(
-                    endpoint_for(reactor, address.host, address.port), factory
+                    endpoint_for(reactor, address.host, address.port), wrapped
                 )
                 svc._raiseSynchronously = True  # a port in use stops the start (twistd exits 1)
                 svc.setName(f"{name}@{address}")
