@@ -892,6 +892,8 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 class SMTPServerFactory(ServerFactory):
     """Builds an L{SMTPSession} per connection; the parameters are those of the session."""
 
+    noisy = False  # the session logs its own line per connection
+
     def __init__(
         self,
         *,
