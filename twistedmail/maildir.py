@@ -245,7 +245,9 @@ class Folder:
                 uidnext = max(uidnext, int(parts[0]) + 1)
         return uidvalidity, uidnext, guid, uids
 
-    def _write_uidlist(self, uidvalidity: int, uidnext: int, guid: str, uids: dict[str, int]) -> None:
+    def _write_uidlist(
+        self, uidvalidity: int, uidnext: int, guid: str, uids: dict[str, int]
+    ) -> None:
         lines = [f"3 V{uidvalidity} N{uidnext} G{guid}"]
         lines += [f"{uid} :{name}" for name, uid in sorted(uids.items(), key=lambda kv: kv[1])]
         tmp = self.path / f"{UIDLIST}.tmp"
@@ -321,8 +323,13 @@ class Folder:
             uidvalidity, uidnext, guid, uids = self._read_uidlist()
             if uidvalidity == 0:
                 uidvalidity, guid = int(time.time()), uuid.uuid4().hex
-            uids[base] = uid = uidnext
-            self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            uid = uids.get(base)
+            if uid is None:
+                uids[base] = uid = uidnext
+                uidnext += 1
+            # else: a concurrent scan() listed the file between its link and this lock; a
+            # second UID would change the message's UID under that session (RFC 3501 §2.3.1.1)
+            self._write_uidlist(uidvalidity, uidnext, guid, uids)
         return uid
 
     def locate(self, base: str) -> Path | None:

@@ -1,0 +1,521 @@
+"""Tests for L{twistedmail.maildir}: durable writes, file names, flags, the Dovecot UID list,
+folder names and the folder tree (Maildir++), subscriptions."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from twistedmail import maildir
+from twistedmail.maildir import (
+    ChangeNotifier,
+    Folder,
+    FolderNameError,
+    MaildirError,
+    UserMaildir,
+    decode_folder_name,
+    encode_folder_name,
+    is_enospc,
+    mailbox_root,
+    make_maildir,
+    normalize_flags,
+    split_name,
+    write_durably,
+)
+
+MSG1 = b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n"
+MSG2 = b"From: b@example.org\r\nSubject: two\r\n\r\nbody two, longer\r\n"
+MSG3 = b"Subject: three\r\n\r\n3\r\n"
+NAME = re.compile(r"\A(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^/:,]+),S=(\d+)\Z")
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+class MaildirTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        make_maildir(self.root)
+        self.folder = Folder(self.root)
+
+    def deliver(self, data: bytes, mtime: float | None = None) -> str:
+        return write_durably(self.root / "new", data, mtime=mtime)
+
+
+class WriteTests(MaildirTestCase):
+    def test_layout(self) -> None:
+        self.assertEqual(listing(self.root), ["cur", "new", "tmp"])
+        for sub in ("cur", "new", "tmp"):
+            self.assertEqual(stat.S_IMODE((self.root / sub).stat().st_mode), 0o700)
+        self.assertFalse((self.root / "maildirfolder").exists())
+
+    def test_name_and_bytes(self) -> None:
+        """C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>} in new/, the bytes exactly as given,
+        mode 0600, nothing left in tmp/."""
+        base = self.deliver(MSG1)
+        m = NAME.match(base)
+        assert m is not None, base
+        self.assertEqual(int(m.group(3)), os.getpid())
+        self.assertEqual(int(m.group(6)), len(MSG1))
+        self.assertEqual(listing(self.root / "new"), [base])
+        self.assertEqual((self.root / "new" / base).read_bytes(), MSG1)
+        self.assertEqual(stat.S_IMODE((self.root / "new" / base).stat().st_mode), 0o600)
+        self.assertEqual(listing(self.root / "tmp"), [])
+
+    def test_unique_names(self) -> None:
+        names = {self.deliver(b"x") for _ in range(50)}
+        self.assertEqual(len(names), 50)
+
+    def test_into_cur_with_flags(self) -> None:
+        base = write_durably(self.root / "cur", MSG1, flags="SFS")
+        self.assertEqual(listing(self.root / "cur"), [f"{base}:2,FS"])
+
+    def test_mtime(self) -> None:
+        base = self.deliver(MSG1, mtime=1_000_000_000.0)
+        self.assertEqual((self.root / "new" / base).stat().st_mtime, 1_000_000_000.0)
+
+    def test_durable(self) -> None:
+        """The file is fsynced before it is linked in, and the directory after."""
+        events: list[str] = []
+        real_fsync, real_link = os.fsync, os.link
+        self.patch(maildir.os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd)))
+        self.patch(maildir.os, "link", lambda a, b: (events.append("link"), real_link(a, b)))
+        self.patch(maildir, "fsync_dir", lambda path: events.append(f"fsync {path.name}/"))
+        self.deliver(MSG1)
+        self.assertEqual(events, ["fsync file", "link", "fsync new/"])
+
+    def test_never_overwrites(self) -> None:
+        """A name clash (in new/ or tmp/) picks a fresh name; the existing file is untouched."""
+        names = iter(["taken,S=5", "taken,S=5", "busy,S=5", "fresh,S=5"])
+        self.patch(maildir, "unique_name", lambda size, now=None: next(names))
+        (self.root / "new" / "taken,S=5").write_bytes(b"first")
+        (self.root / "tmp" / "busy,S=5").write_bytes(b"other")
+        self.assertEqual(self.deliver(b"later"), "fresh,S=5")
+        self.assertEqual((self.root / "new" / "taken,S=5").read_bytes(), b"first")
+        self.assertEqual((self.root / "new" / "fresh,S=5").read_bytes(), b"later")
+        self.assertEqual(listing(self.root / "tmp"), ["busy,S=5"])
+
+    def test_host_escaped(self) -> None:
+        """The Maildir spec: C{/} and C{:} in the host name are escaped (and C{,} for S=)."""
+        self.patch(maildir.socket, "gethostname", lambda: "a/b:c,d")
+        self.assertEqual(maildir._safe_host(), "a\\057b\\072c\\054d")
+
+    def test_failure_leaves_nothing(self) -> None:
+        def refuse(src: object, dst: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(maildir.os, "link", refuse)
+        e = self.assertRaises(OSError, self.deliver, MSG1)
+        self.assertTrue(is_enospc(e))
+        self.assertEqual(listing(self.root / "new"), [])
+        self.assertEqual(listing(self.root / "tmp"), [])
+
+    def test_helpers(self) -> None:
+        self.assertEqual(split_name("123.M1P2Q3.h,S=10:2,RS"), ("123.M1P2Q3.h,S=10", "RS"))
+        self.assertEqual(split_name("123.M1P2Q3.h,S=10"), ("123.M1P2Q3.h,S=10", ""))
+        self.assertEqual(normalize_flags("TSSDR"), "DRST")
+        self.assertEqual(maildir.size_from_name("1.M2P3Q4.h,S=42,W=44"), 42)
+        self.assertIsNone(maildir.size_from_name("1.M2P3Q4.h"))
+        self.assertFalse(is_enospc(ValueError()))
+
+
+class ScanTests(MaildirTestCase):
+    def uidlist(self) -> str:
+        return (self.root / "dovecot-uidlist").read_text()
+
+    def test_empty(self) -> None:
+        result = self.folder.scan()
+        self.assertEqual((result.uidnext, result.messages, result.recent), (1, (), frozenset()))
+        self.assertRegex(self.uidlist(), r"\A3 V%d N1 G[0-9a-f]{32}\n\Z" % result.uidvalidity)
+
+    def test_new_moves_to_cur(self) -> None:
+        """New mail moves to cur/ with an empty info (C{:2,}) and is \\Recent once."""
+        b1 = self.deliver(MSG1, mtime=1000.0)
+        b2 = self.deliver(MSG2, mtime=2000.0)
+        result = self.folder.scan()
+        self.assertEqual(listing(self.root / "new"), [])
+        self.assertEqual(listing(self.root / "cur"), sorted([f"{b1}:2,", f"{b2}:2,"]))
+        self.assertEqual(
+            [(e.uid, e.base, e.filename, e.size, e.mtime, e.flags) for e in result.messages],
+            [
+                (1, b1, f"{b1}:2,", len(MSG1), 1000.0, ""),
+                (2, b2, f"{b2}:2,", len(MSG2), 2000.0, ""),
+            ],
+        )
+        self.assertEqual(result.recent, frozenset({1, 2}))
+        self.assertEqual(self.folder.scan().recent, frozenset())
+
+    def test_uidlist_format(self) -> None:
+        """Dovecot's format exactly: C{3 V<uidvalidity> N<uidnext> G<guid>}, then
+        C{<uid> :<base>} per message, in UID order."""
+        b1 = self.deliver(MSG1, mtime=1000.0)
+        b2 = self.deliver(MSG2, mtime=2000.0)
+        result = self.folder.scan()
+        guid = self.uidlist().split("\n")[0].split()[3][1:]
+        self.assertRegex(guid, r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(self.uidlist(), f"3 V{result.uidvalidity} N3 G{guid}\n1 :{b1}\n2 :{b2}\n")
+
+    def test_uids_in_arrival_order(self) -> None:
+        """UIDs follow the mtime (arrival) order, not the name order."""
+        late = self.deliver(MSG1, mtime=2000.0)
+        early = self.deliver(MSG2, mtime=1000.0)
+        uids = {e.base: e.uid for e in self.folder.scan().messages}
+        self.assertEqual(uids, {early: 1, late: 2})
+
+    def test_uids_stable(self) -> None:
+        """UIDs and UIDVALIDITY survive a new Folder object, new mail, flag changes and
+        expunges; an expunged UID is never reused (RFC 3501 §2.3.1.1)."""
+        b1, b2 = self.deliver(MSG1, mtime=1000.0), self.deliver(MSG2, mtime=2000.0)
+        first = self.folder.scan()
+        again = Folder(self.root).scan()
+        self.assertEqual(again.uidvalidity, first.uidvalidity)
+        self.assertEqual([(e.uid, e.base) for e in again.messages], [(1, b1), (2, b2)])
+        self.folder.set_flags(again.messages[0], "S")
+        self.folder.remove(again.messages[1])
+        b3 = self.deliver(MSG3)
+        later = Folder(self.root).scan()
+        self.assertEqual(later.uidvalidity, first.uidvalidity)
+        self.assertEqual(
+            [(e.uid, e.base, e.flags) for e in later.messages], [(1, b1, "S"), (3, b3, "")]
+        )
+        self.assertEqual(later.uidnext, 4)
+        self.assertEqual(self.uidlist().split("\n")[1:], [f"1 :{b1}", f"3 :{b3}", ""])
+
+    def test_unchanged_scan_does_not_rewrite(self) -> None:
+        self.deliver(MSG1)
+        self.folder.scan()
+        before = (self.root / "dovecot-uidlist").stat().st_ino
+        self.folder.scan()
+        self.assertEqual((self.root / "dovecot-uidlist").stat().st_ino, before)
+
+    def test_reads_dovecot_uidlist(self) -> None:
+        """A uidlist written by Dovecot (extension fields before the colon) keeps its UIDs."""
+        base = "1700000000.M1P2Q3.oldhost,S=%d,W=%d" % (len(MSG1), len(MSG1))
+        (self.root / "cur" / f"{base}:2,S").write_bytes(MSG1)
+        (self.root / "dovecot-uidlist").write_text(
+            f"3 V1234567 N42 G0123456789abcdef0123456789abcdef\n41 W{len(MSG1)} :{base}\n"
+        )
+        b2 = self.deliver(MSG2)
+        result = self.folder.scan()
+        self.assertEqual(result.uidvalidity, 1234567)
+        self.assertEqual(
+            [(e.uid, e.base, e.flags, e.size) for e in result.messages],
+            [(41, base, "S", len(MSG1)), (42, b2, "", len(MSG2))],
+        )
+        self.assertEqual(
+            self.uidlist().split("\n")[0], "3 V1234567 N43 G0123456789abcdef0123456789abcdef"
+        )
+
+    def test_size_without_s_field(self) -> None:
+        """A file named by another program (no C{,S=}): the size comes from stat."""
+        (self.root / "cur" / "12345.foreign:2,").write_bytes(MSG1)
+        (entry,) = self.folder.scan().messages
+        self.assertEqual((entry.base, entry.size), ("12345.foreign", len(MSG1)))
+
+    def test_dotfiles_ignored(self) -> None:
+        (self.root / "new" / ".hidden").write_bytes(b"x")
+        (self.root / "cur" / ".hidden").write_bytes(b"x")
+        self.assertEqual(self.folder.scan().messages, ())
+
+    def test_missing_folder(self) -> None:
+        missing = Folder(self.root / ".Nope")
+        self.assertFalse(missing.exists())
+        e = self.assertRaises(MaildirError, missing.scan)
+        self.assertEqual(str(e), "no such folder")
+        self.assertRaises(MaildirError, missing.add, MSG1)
+
+
+class AddTests(MaildirTestCase):
+    def test_append(self) -> None:
+        """APPEND: into cur/ with its flags and INTERNALDATE, durably, with the next UID."""
+        self.deliver(MSG1)
+        self.folder.scan()
+        uid = self.folder.add(MSG2, "SD", mtime=1_500_000_000.0)
+        self.assertEqual(uid, 2)
+        entry = self.folder.scan().messages[-1]
+        self.assertEqual(
+            (entry.uid, entry.flags, entry.mtime, entry.size), (2, "DS", 1_500_000_000.0, len(MSG2))
+        )
+        self.assertEqual(self.folder.read(entry), MSG2)
+        self.assertEqual(self.folder.add(MSG3), 3)
+
+    def test_append_first(self) -> None:
+        self.assertEqual(self.folder.add(MSG1), 1)
+        result = self.folder.scan()
+        self.assertEqual([e.uid for e in result.messages], [1])
+        self.assertEqual(result.uidnext, 2)
+
+    def test_append_racing_scan(self) -> None:
+        """Regression: a scan() between the link into cur/ and the UID assignment gave the
+        message a UID, then add() gave it a second one, changing its UID under the session
+        that had seen it."""
+        real = maildir.write_durably
+
+        def write_then_scan(*args: object, **kwargs: object) -> str:
+            base = real(*args, **kwargs)  # type: ignore[arg-type]
+            self.seen = Folder(self.root).scan()
+            return base
+
+        self.patch(maildir, "write_durably", write_then_scan)
+        uid = self.folder.add(MSG1)
+        self.assertEqual([e.uid for e in self.seen.messages], [uid])
+        after = self.folder.scan()
+        self.assertEqual([e.uid for e in after.messages], [uid])
+        self.assertEqual(after.uidnext, uid + 1)
+
+
+class MessageTests(MaildirTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.base = self.deliver(MSG1)
+        (self.entry,) = self.folder.scan().messages
+
+    def test_read(self) -> None:
+        self.assertEqual(self.folder.read(self.entry), MSG1)
+        self.assertEqual(self.folder.open(self.entry), self.root / "cur" / f"{self.base}:2,")
+
+    def test_set_flags_renames(self) -> None:
+        entry = self.folder.set_flags(self.entry, "SRS")
+        self.assertEqual((entry.filename, entry.flags, entry.uid), (f"{self.base}:2,RS", "RS", 1))
+        self.assertEqual(listing(self.root / "cur"), [f"{self.base}:2,RS"])
+        self.assertEqual(self.folder.read(entry), MSG1)
+        entry = self.folder.set_flags(entry, "")
+        self.assertEqual(listing(self.root / "cur"), [f"{self.base}:2,"])
+
+    def test_stale_entry_relocated(self) -> None:
+        """Another session renamed the file (flags): reads by the old entry still work."""
+        self.folder.set_flags(self.entry, "F")
+        self.assertEqual(self.folder.read(self.entry), MSG1)
+        entry = self.folder.set_flags(self.entry, "FS")
+        self.assertEqual(listing(self.root / "cur"), [f"{self.base}:2,FS"])
+        self.assertEqual(entry.flags, "FS")
+
+    def test_remove(self) -> None:
+        self.folder.remove(self.entry)
+        self.assertEqual(listing(self.root / "cur"), [])
+        self.folder.remove(self.entry)  # twice: no error
+        self.assertEqual(self.folder.scan().messages, ())
+        for f in (self.folder.read, self.folder.open):
+            e = self.assertRaises(MaildirError, f, self.entry)
+            self.assertEqual(str(e), "message no longer exists")
+        self.assertRaises(MaildirError, self.folder.set_flags, self.entry, "S")
+
+    def test_flag_tables(self) -> None:
+        self.assertEqual(maildir.IMAP_TO_LETTER["\\Seen"], "S")
+        self.assertEqual(maildir.IMAP_TO_LETTER["\\Answered"], "R")
+        self.assertEqual(maildir.IMAP_TO_LETTER["\\Deleted"], "T")
+        self.assertEqual(maildir.LETTER_TO_IMAP["F"], "\\Flagged")
+        self.assertEqual(maildir.LETTER_TO_IMAP["D"], "\\Draft")
+
+
+class FolderNameTests(unittest.TestCase):
+    def test_encode(self) -> None:
+        cases = {
+            "Sent": ".Sent",
+            "Lists.Work": ".Lists.Work",
+            "Entwürfe": ".Entw&APw-rfe",  # RFC 3501 §5.1.3 modified UTF-7
+            "A&B": ".A&-B",
+            "INBOX.Sub": ".INBOX.Sub",
+            "a b": ".a b",
+        }
+        for name, dirname in cases.items():
+            self.assertEqual(encode_folder_name(name), dirname)
+            self.assertEqual(decode_folder_name(dirname), name)
+
+    def test_refused(self) -> None:
+        """Names that would escape the user's directory or confuse Maildir++."""
+        for name in (
+            "INBOX",
+            "inbox",
+            "",
+            ".",
+            "..",
+            "a..b",
+            ".a",
+            "a.",
+            "../x",
+            "a/b",
+            "/",
+            "a\\b",
+            "a\0b",
+            "a\tb",
+            "a\nb",
+            "a\x7fb",
+            "x" * 201,
+        ):
+            self.assertRaises(FolderNameError, encode_folder_name, name)
+
+    def test_undecodable(self) -> None:
+        self.assertRaises(FolderNameError, decode_folder_name, ".bad&zz")
+
+    def test_long_part(self) -> None:
+        self.assertEqual(encode_folder_name("x" * 200), "." + "x" * 200)
+        e = self.assertRaises(FolderNameError, encode_folder_name, "x" * 201)
+        self.assertEqual(str(e), "folder name too long")
+
+
+class UserMaildirTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()) / "example.org" / "alice"
+        self.user = UserMaildir(self.root)
+        self.user.ensure()
+
+    def test_ensure(self) -> None:
+        self.assertEqual(listing(self.root), ["cur", "new", "tmp"])
+        self.user.ensure()  # idempotent
+        self.assertEqual(self.user.folders(), ["INBOX"])
+
+    def test_folder_path(self) -> None:
+        self.assertEqual(self.user.folder_path("INBOX"), self.root)
+        self.assertEqual(self.user.folder_path("Inbox"), self.root)
+        self.assertEqual(self.user.folder_path("Sent"), self.root / ".Sent")
+        self.assertEqual(self.user.folder("Lists.Work").path, self.root / ".Lists.Work")
+        self.assertRaises(FolderNameError, self.user.folder_path, "../../bob")
+
+    def test_create(self) -> None:
+        for name in ("Sent", "Entwürfe", "Lists.Work"):
+            self.user.create(name)
+        self.assertEqual(self.user.folders(), ["INBOX", "Entwürfe", "Lists.Work", "Sent"])
+        self.assertEqual(listing(self.root / ".Sent"), ["cur", "maildirfolder", "new", "tmp"])
+        self.assertTrue((self.root / ".Entw&APw-rfe" / "cur").is_dir())
+        for name in ("Sent", "INBOX", "inbox"):
+            e = self.assertRaises(MaildirError, self.user.create, name)
+            self.assertEqual(str(e), "mailbox already exists")
+
+    def test_create_on_missing_root(self) -> None:
+        user = UserMaildir(Path(self.mktemp()) / "fresh")
+        self.assertEqual(user.folders(), ["INBOX"])
+        user.create("Sent")
+        self.assertEqual(user.folders(), ["INBOX", "Sent"])
+
+    def test_delete(self) -> None:
+        """RFC 3501 §6.3.4: the folder and its messages go; its children stay."""
+        self.user.create("A")
+        self.user.create("A.B")
+        write_durably(self.root / ".A" / "new", MSG1)
+        self.user.subscribe("A")
+        self.user.delete("A")
+        self.assertEqual(self.user.folders(), ["INBOX", "A.B"])
+        self.assertEqual(listing(self.root), [".A.B", "cur", "new", "subscriptions", "tmp"])
+        self.assertEqual(self.user.subscriptions(), [])
+
+    def test_delete_errors(self) -> None:
+        e = self.assertRaises(MaildirError, self.user.delete, "INBOX")
+        self.assertEqual(str(e), "INBOX cannot be deleted")
+        e = self.assertRaises(MaildirError, self.user.delete, "Nope")
+        self.assertEqual(str(e), "no such mailbox")
+
+    def test_rename_with_children(self) -> None:
+        """RFC 3501 §6.3.5: inferior names are renamed too; messages and UIDs move along."""
+        self.user.create("A")
+        self.user.create("A.B")
+        self.user.create("AB")  # a sibling sharing the prefix is not a child
+        folder = self.user.folder("A")
+        folder.add(MSG1)
+        uidvalidity = folder.scan().uidvalidity
+        self.user.rename("A", "C")
+        self.assertEqual(self.user.folders(), ["INBOX", "AB", "C", "C.B"])
+        moved = self.user.folder("C").scan()
+        self.assertEqual(moved.uidvalidity, uidvalidity)
+        self.assertEqual([e.uid for e in moved.messages], [1])
+
+    def test_rename_errors(self) -> None:
+        self.user.create("A")
+        self.user.create("B")
+        e = self.assertRaises(MaildirError, self.user.rename, "A", "B")
+        self.assertEqual(str(e), "mailbox already exists")
+        e = self.assertRaises(MaildirError, self.user.rename, "A", "INBOX")
+        self.assertEqual(str(e), "mailbox already exists")
+        e = self.assertRaises(MaildirError, self.user.rename, "Nope", "C")
+        self.assertEqual(str(e), "no such mailbox")
+        self.assertRaises(FolderNameError, self.user.rename, "A", "../x")
+
+    def test_rename_inbox(self) -> None:
+        """RFC 3501 §6.3.5: renaming INBOX moves its messages; INBOX stays, empty; its
+        subfolders are not moved."""
+        self.user.create("Sub")
+        inbox = self.user.folder("INBOX")
+        write_durably(self.root / "new", MSG1)
+        inbox.add(MSG2, "S")
+        self.user.rename("INBOX", "Old")
+        self.assertEqual(self.user.folders(), ["INBOX", "Old", "Sub"])
+        self.assertEqual(inbox.scan().messages, ())
+        old = self.user.folder("Old")
+        self.assertEqual(sorted(old.read(e) for e in old.scan().messages), sorted([MSG1, MSG2]))
+
+    def test_subscriptions(self) -> None:
+        self.assertEqual(self.user.subscriptions(), [])
+        for name in ("Sent", "Entwürfe", "Sent", "Archive"):
+            self.user.subscribe(name)
+        self.assertEqual(self.user.subscriptions(), ["Archive", "Entwürfe", "Sent"])
+        self.assertEqual(
+            (self.root / "subscriptions").read_text("utf-8"), "Archive\nEntwürfe\nSent\n"
+        )
+        self.user.unsubscribe("Sent")
+        self.user.unsubscribe("Never")
+        self.assertEqual(self.user.subscriptions(), ["Archive", "Entwürfe"])
+
+
+class MailboxRootTests(unittest.TestCase):
+    def test_root(self) -> None:
+        base = Path("/data/mail")
+        self.assertEqual(mailbox_root(base, "Alice@Example.ORG"), base / "example.org" / "alice")
+
+    def test_escape_refused(self) -> None:
+        for address in (
+            "../x@example.org",
+            "a@..",
+            "a@.",
+            "@example.org",
+            "a@",
+            "a/b@example.org",
+            "a@b/c",
+            "a\0@example.org",
+            "noat",
+        ):
+            e = self.assertRaises(MaildirError, mailbox_root, Path("/data/mail"), address)
+            self.assertEqual(str(e), "invalid address for a mailbox")
+
+
+class ChangeNotifierTests(unittest.TestCase):
+    def test_notify(self) -> None:
+        notifier = ChangeNotifier()
+        calls: list[str] = []
+        a, b = Path("/m/a"), Path("/m/b")
+
+        def one() -> None:
+            calls.append("one")
+
+        def two() -> None:
+            calls.append("two")
+
+        notifier.subscribe(a, one)
+        notifier.subscribe(a, two)
+        notifier.subscribe(b, two)
+        notifier.changed(a)
+        self.assertEqual(calls, ["one", "two"])
+        notifier.unsubscribe(a, one)
+        notifier.unsubscribe(a, one)  # twice: no error
+        notifier.changed(a)
+        notifier.changed(Path("/m/none"))
+        self.assertEqual(calls, ["one", "two", "two"])
+
+    def test_unsubscribe_while_notifying(self) -> None:
+        notifier = ChangeNotifier()
+        calls: list[str] = []
+        path = Path("/m/a")
+
+        def once() -> None:
+            calls.append("once")
+            notifier.unsubscribe(path, once)
+
+        notifier.subscribe(path, once)
+        notifier.subscribe(path, lambda: calls.append("other"))
+        notifier.changed(path)
+        notifier.changed(path)
+        self.assertEqual(calls, ["once", "other", "other"])
