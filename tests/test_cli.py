@@ -287,6 +287,14 @@ class DomainCommandTests(CLITestCase):
             self.run_cli("domain", "del", "bad..name"), "invalid domain 'bad..name': invalid domain"
         )
 
+    def test_del_with_aliases(self) -> None:
+        self.run_cli("domain", "add", "example.org")
+        self.run_cli("alias", "add", "info@example.org", "x@remote.example")
+        self.assertUserError(
+            self.run_cli("domain", "del", "example.org"),
+            "domain example.org still has 1 alias(es); delete them first",
+        )
+
     def test_del_with_users(self) -> None:
         self.add_user("alice@example.org")
         self.assertUserError(

@@ -1,0 +1,215 @@
+"""Tests for L{twistedmail.auth}: the password checker, the realm and the login log line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial import unittest
+from zope.interface import Interface
+
+from twistedmail import passwords
+from twistedmail.accounts import AccountStore
+from twistedmail.auth import MailRealm, PasswordChecker, log_login
+
+PASSWORD = "s3cret pässword"
+
+
+class IMailService(Interface):
+    """An avatar interface a protocol would ask for."""
+
+
+class IOtherService(Interface):
+    """Another one."""
+
+
+class SyncThread:
+    """A synchronous C{run_in_thread}: runs C{f} at once, records what ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append(f.__name__)
+        return defer.succeed(f(*args))
+
+
+class CheckerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        d = Path(self.mktemp())
+        d.mkdir()
+        self.store = AccountStore(d / "accounts.sqlite3")
+        self.addCleanup(self.store.close)
+        self.store.add_user("alice@example.org", passwords.hash_password(PASSWORD))
+        self.thread = SyncThread()
+        self.checker = PasswordChecker(self.store, self.thread)
+
+    def login(self, username: bytes | str, password: bytes | str) -> Any:
+        d = self.checker.requestAvatarId(UsernamePassword(username, password))  # type: ignore[arg-type]
+        return self.successResultOf(d)
+
+    def refused(self, username: bytes | str, password: bytes | str) -> None:
+        d = self.checker.requestAvatarId(UsernamePassword(username, password))  # type: ignore[arg-type]
+        failure = self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(str(failure.value), "bad credentials")  # never says which part
+
+    def test_right_password(self) -> None:
+        """The avatar ID is the normalised address; the hash check ran via run_in_thread."""
+        self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
+        self.assertEqual(self.thread.calls, ["verify"])
+
+    def test_case_insensitive_login_name(self) -> None:
+        self.assertEqual(self.login("Alice@EXAMPLE.org", PASSWORD), "alice@example.org")
+
+    def test_bytes_credentials(self) -> None:
+        """IMAP and POP3 pass bytes (UTF-8)."""
+        self.assertEqual(self.login(b"alice@example.org", PASSWORD.encode()), "alice@example.org")
+
+    def test_wrong_password(self) -> None:
+        self.refused("alice@example.org", "wrong")
+        self.refused("alice@example.org", "")
+        self.refused("alice@example.org", PASSWORD.upper())
+
+    def test_unknown_user_still_hashes(self) -> None:
+        """An unknown user costs a hash check too, so timing does not reveal valid names."""
+        self.refused("bob@example.org", PASSWORD)
+        self.assertEqual(self.thread.calls, ["verify"])
+
+    def test_malformed(self) -> None:
+        self.refused("alice", PASSWORD)
+        self.refused("", PASSWORD)
+        self.refused(b"alice@example.org\xff", PASSWORD)
+        self.refused("alice@example.org", b"\xff\xfe")
+        self.refused("alice@example.org", "x" * 1025)
+        self.assertEqual(self.thread.calls, [])
+
+    def test_rehash_bcrypt_on_login(self) -> None:
+        """A bcrypt hash (imported from Dovecot) becomes argon2id at the first good login."""
+        old = "{BLF-CRYPT}" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        self.store.set_password_hash("alice@example.org", old)
+        self.refused("alice@example.org", "wrong")
+        self.assertEqual(self.store.password_hash("alice@example.org"), old)
+        self.thread.calls.clear()
+        self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
+        self.assertEqual(self.thread.calls, ["verify", "hash_password"])
+        fresh = self.store.password_hash("alice@example.org")
+        assert fresh is not None
+        self.assertTrue(fresh.startswith("$argon2id$"))
+        self.assertTrue(passwords.verify(PASSWORD, fresh))
+        self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
+
+    def test_no_rehash_when_current(self) -> None:
+        before = self.store.password_hash("alice@example.org")
+        self.login("alice@example.org", PASSWORD)
+        self.assertEqual(self.store.password_hash("alice@example.org"), before)
+        self.assertEqual(self.thread.calls, ["verify"])
+
+    def test_password_change_seen_at_once(self) -> None:
+        self.store.set_password_hash("alice@example.org", passwords.hash_password("new"))
+        self.refused("alice@example.org", PASSWORD)
+        self.assertEqual(self.login("alice@example.org", "new"), "alice@example.org")
+
+    def test_deferred_thread(self) -> None:
+        """With a real (asynchronous) run_in_thread the result comes when the thread is done."""
+        pending: list[defer.Deferred[Any]] = []
+        results: list[Any] = []
+
+        def later(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append(d)
+            results.append(f(*args))
+            return d
+
+        checker = PasswordChecker(self.store, later)
+        d = checker.requestAvatarId(UsernamePassword(b"alice@example.org", PASSWORD.encode()))
+        self.assertNoResult(d)
+        pending[0].callback(results[0])
+        self.assertEqual(self.successResultOf(d), "alice@example.org")
+
+
+class Avatar:
+    def __init__(self, avatar_id: str) -> None:
+        self.avatar_id = avatar_id
+        self.logged_out = False
+
+    def logout(self) -> None:
+        self.logged_out = True
+
+
+class RealmTests(unittest.TestCase):
+    def test_requested_interface(self) -> None:
+        realm = MailRealm({IMailService: Avatar})
+        iface, avatar, logout = realm.requestAvatar("alice@example.org", None, IMailService)
+        self.assertIs(iface, IMailService)
+        assert isinstance(avatar, Avatar)
+        self.assertEqual(avatar.avatar_id, "alice@example.org")
+        logout()
+        self.assertTrue(avatar.logged_out)
+
+    def test_first_known_interface(self) -> None:
+        realm = MailRealm({IMailService: Avatar, IOtherService: Avatar})
+        iface, _, _ = realm.requestAvatar(
+            "a@example.org", None, Interface, IOtherService, IMailService
+        )
+        self.assertIs(iface, IOtherService)
+
+    def test_no_logout_method(self) -> None:
+        realm = MailRealm({IMailService: lambda avatar_id: object()})
+        _, _, logout = realm.requestAvatar("a@example.org", None, IMailService)
+        logout()  # nothing to call, no error
+
+    def test_unknown_interface(self) -> None:
+        realm = MailRealm({IMailService: Avatar})
+        self.assertRaises(NotImplementedError, realm.requestAvatar, "a", None, IOtherService)
+
+    def test_portal(self) -> None:
+        """The checker and realm together, as every protocol logs in."""
+        d = Path(self.mktemp())
+        d.mkdir()
+        store = AccountStore(d / "accounts.sqlite3")
+        self.addCleanup(store.close)
+        store.add_user("alice@example.org", passwords.hash_password("pw"))
+        portal = Portal(MailRealm({IMailService: Avatar}), [PasswordChecker(store, SyncThread())])
+        iface, avatar, logout = self.successResultOf(
+            portal.login(UsernamePassword(b"alice@example.org", b"pw"), None, IMailService)
+        )
+        self.assertEqual((iface, avatar.avatar_id), (IMailService, "alice@example.org"))
+        self.failureResultOf(
+            portal.login(UsernamePassword(b"alice@example.org", b"no"), None, IMailService),
+            UnauthorizedLogin,
+        )
+
+
+class LogLoginTests(unittest.TestCase):
+    def test_lines(self) -> None:
+        with capturedLogs() as events:
+            log_login("imap", b"alice@example.org", "192.0.2.7", True)
+            log_login("pop3", "bob@example.org", "2001:db8::1", False)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "login ok: service=imap user=alice@example.org ip=192.0.2.7",
+                "login failed: service=pop3 user=bob@example.org ip=2001:db8::1",
+            ],
+        )
+        self.assertEqual([e["log_namespace"] for e in events], ["twistedmail.auth"] * 2)
+
+    def test_hostile_username(self) -> None:
+        """A user name cannot forge a second log line (fail2ban) or flood the log."""
+        with capturedLogs() as events:
+            log_login("smtp", b"x\r\nlogin ok: service=imap user=admin\xff", "192.0.2.7", False)
+            log_login("smtp", "a" * 10_000, "192.0.2.7", False)
+        self.assertEqual(
+            formatEvent(events[0]),
+            "login failed: service=smtp user=x??login ok: service=imap user=admin\ufffd"
+            " ip=192.0.2.7",
+        )
+        self.assertEqual(
+            formatEvent(events[1]), f"login failed: service=smtp user={'a' * 256} ip=192.0.2.7"
+        )

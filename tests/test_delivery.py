@@ -1,0 +1,134 @@
+"""Tests for L{twistedmail.delivery.LocalDelivery}: alias expansion, Return-Path, exact bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial import unittest
+
+from twistedmail.accounts import AccountStore
+from twistedmail.address import Mailbox
+from twistedmail.delivery import LocalDelivery, return_path_header
+from twistedmail.maildir import ChangeNotifier, Folder
+
+M = Mailbox.parse
+MESSAGE = (
+    b"Received: from client.example (192.0.2.7) by mail.example.org\r\n"
+    b"From: Sender <sender@remote.example>\r\n"
+    b"Subject: hello\r\n"
+    b"\r\n"
+    b"line one\r\n"
+    b".leading dot kept as received\r\n"
+)
+
+
+def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(f, *args)
+
+
+class DeliveryTests(unittest.TestCase):
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        self.mail_dir = base / "mail"
+        self.store = AccountStore(base / "accounts.sqlite3")
+        self.addCleanup(self.store.close)
+        for user in ("alice", "bob"):
+            self.store.add_user(f"{user}@example.org", "h")
+        self.store.add_alias(
+            "team@example.org", ["alice@example.org", "bob@example.org", "friend@remote.example"]
+        )
+        self.notifier = ChangeNotifier()
+        self.changed: list[Path] = []
+        self.delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, run_now)
+
+    def watch(self, user: str) -> Path:
+        root = self.mail_dir / "example.org" / user
+        self.notifier.subscribe(root, lambda: self.changed.append(root))
+        return root
+
+    def deliver(self, sender: Mailbox | None, recipients: list[str]) -> list[str]:
+        d = defer.ensureDeferred(self.delivery.deliver(sender, [M(r) for r in recipients], MESSAGE))
+        return [str(m) for m in self.successResultOf(d)]
+
+    def stored(self, user: str) -> list[bytes]:
+        new = self.mail_dir / "example.org" / user / "new"
+        return [(new / name).read_bytes() for name in sorted(os.listdir(new))]
+
+    def test_return_path_header(self) -> None:
+        self.assertEqual(
+            return_path_header(M("a@example.org")), b"Return-Path: <a@example.org>\r\n"
+        )
+        self.assertEqual(return_path_header(None), b"Return-Path: <>\r\n")
+
+    def test_exact_bytes_in_new(self) -> None:
+        """RFC 5321 §4.4: Return-Path first, then the message exactly as received (CRLF)."""
+        root = self.watch("alice")
+        self.assertEqual(self.deliver(M("Sender@Remote.example"), ["alice@example.org"]), [])
+        expected = b"Return-Path: <sender@remote.example>\r\n" + MESSAGE
+        self.assertEqual(self.stored("alice"), [expected])
+        (name,) = os.listdir(root / "new")
+        self.assertTrue(name.endswith(f",S={len(expected)}"), name)
+        self.assertEqual(os.listdir(root / "tmp"), [])
+        self.assertEqual(self.changed, [root])
+        (entry,) = Folder(root).scan().messages
+        self.assertEqual(entry.size, len(expected))
+
+    def test_null_reverse_path(self) -> None:
+        self.deliver(None, ["bob@example.org"])
+        self.assertEqual(self.stored("bob"), [b"Return-Path: <>\r\n" + MESSAGE])
+
+    def test_alias_expansion(self) -> None:
+        """One copy per user behind the alias; remote targets are returned, not delivered."""
+        alice, bob = self.watch("alice"), self.watch("bob")
+        remote = self.deliver(M("s@remote.example"), ["team@example.org"])
+        self.assertEqual(remote, ["friend@remote.example"])
+        copy = b"Return-Path: <s@remote.example>\r\n" + MESSAGE
+        self.assertEqual(self.stored("alice"), [copy])
+        self.assertEqual(self.stored("bob"), [copy])
+        self.assertEqual(self.changed, [alice, bob])
+
+    def test_one_copy_per_user(self) -> None:
+        self.deliver(None, ["alice@example.org", "team@example.org", "ALICE@example.org"])
+        self.assertEqual(len(self.stored("alice")), 1)
+        self.assertEqual(len(self.stored("bob")), 1)
+
+    def test_maildir_created(self) -> None:
+        self.deliver(None, ["alice@example.org"])
+        root = self.mail_dir / "example.org" / "alice"
+        self.assertEqual(sorted(os.listdir(root)), ["cur", "new", "tmp"])
+
+    def test_local_users(self) -> None:
+        users, remote = self.delivery.local_users(
+            [M("bob@example.org"), M("team@example.org"), M("x@elsewhere.example")]
+        )
+        self.assertEqual([str(u) for u in users], ["bob@example.org", "alice@example.org"])
+        self.assertEqual([str(r) for r in remote], ["friend@remote.example", "x@elsewhere.example"])
+
+    def test_only_remote(self) -> None:
+        self.assertEqual(self.deliver(None, ["x@elsewhere.example"]), ["x@elsewhere.example"])
+        self.assertFalse(self.mail_dir.exists())
+
+    def test_log(self) -> None:
+        with capturedLogs() as events:
+            self.deliver(M("s@remote.example"), ["alice@example.org"])
+        (name,) = os.listdir(self.mail_dir / "example.org" / "alice" / "new")
+        size = len(MESSAGE) + len(b"Return-Path: <s@remote.example>\r\n")
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [f"delivered: to=alice@example.org from=s@remote.example size={size} file={name}"],
+        )
+
+    def test_disk_failure(self) -> None:
+        def full(f: Any, *args: Any) -> defer.Deferred[Any]:
+            return defer.fail(OSError(28, "No space left on device"))
+
+        self.watch("alice")
+        delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, full)
+        d = defer.ensureDeferred(delivery.deliver(None, [M("alice@example.org")], MESSAGE))
+        self.failureResultOf(d, OSError)
+        self.assertEqual(self.changed, [])
