@@ -19,7 +19,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from twistedmail import config as config_module
 from twistedmail.accounts import AccountStore, StoreError
@@ -231,12 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def group(name: str, help_text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    def group(name: str, help_text: str) -> argparse._SubParsersAction[Any]:
         sub = commands.add_parser(name, help=help_text)
         return sub.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(
-        actions: argparse._SubParsersAction[argparse.ArgumentParser],
+        actions: argparse._SubParsersAction[Any],
         name: str,
         func: Command,
         help_text: str,
