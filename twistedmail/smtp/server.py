@@ -328,6 +328,14 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     MAX_LENGTH = MAX_LINE_LENGTH
     timeout = IDLE_TIMEOUT
+    portal: Portal | None  # type: ignore[assignment]  # SMTP declares it as None
+    has_sender: bool
+    reverse_path: Mailbox | None
+    recipients: list[Mailbox]
+    body_type: str
+    _data_lines: list[bytes]
+    _data_size: int
+    _data_failed: Reply | None
 
     def __init__(
         self,
@@ -345,7 +353,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.hostname = hostname
         self.policy = policy
         self.clock = clock
-        self.callLater = clock.callLater  # TimeoutMixin schedules through this
+        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin
         self.portal = portal
         self.implicit_tls = implicit_tls
         self.max_message_size = max_message_size
@@ -571,12 +579,12 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def _reset_transaction(self) -> None:
         self.has_sender = False
-        self.reverse_path: Mailbox | None = None
-        self.recipients: list[Mailbox] = []
+        self.reverse_path = None
+        self.recipients = []
         self.body_type = "7BIT"
-        self._data_lines: list[bytes] = []
+        self._data_lines = []
         self._data_size = 0
-        self._data_failed: Reply | None = None
+        self._data_failed = None
 
     def do_MAIL(self, rest: bytes) -> None:
         if self.helo is None:
