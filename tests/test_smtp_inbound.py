@@ -184,8 +184,8 @@ class InboundTests(unittest.TestCase):
         talk(proto, tr, b"MAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<carol@example.test>\r\n")
         self.host.store.delete_user("carol@example.test")
         out = talk(proto, tr, b"DATA\r\nhi\r\n.\r\n")
-        # Nothing to store; accepted (RFC 5321 §6.1 would have a bounce; no queue yet).
-        self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"))
+        # Nobody left to deliver to: refused, not acknowledged and dropped (RFC 5321 §6.1).
+        self.assertTrue(out.endswith(b"550 5.1.1 No such user here\r\n"), out)
         self.assertEqual(self.host.messages("carol@example.test"), [])
 
 

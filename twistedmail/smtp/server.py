@@ -260,9 +260,14 @@ class LocalRecipients:
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Store C{message} durably for every local recipient (RFC 5321 §6.1).
 
-        @raise SMTPReplyError: C{452 4.3.1} when the disk is full.
+        @raise SMTPReplyError: C{550 5.1.1} when no recipient is a local user any more (all
+            deleted since RCPT: refuse rather than acknowledge and drop, RFC 5321 §6.1);
+            C{452 4.3.1} when the disk is full.
         @raise OSError: any other disk failure (the session answers 451).
         """
+        users, _ = self.delivery.local_users(list(envelope.recipients))
+        if not users:
+            raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         try:
             remote = await self.delivery.deliver(
                 envelope.reverse_path, list(envelope.recipients), message
