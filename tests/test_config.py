@@ -62,26 +62,44 @@ class ConfigTests(TestCase):
         self.assertEqual(config.server.hostname, "mail.example.org")
 
     def test_listen_lists_ipv6_and_disabled(self) -> None:
-        config = load_config(self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n'))
-        self.assertEqual(config.listen["smtp"], (ListenAddress("127.0.0.1", 2525), ListenAddress("::1", 2525)))
+        config = load_config(
+            self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n')
+        )
+        self.assertEqual(
+            config.listen["smtp"], (ListenAddress("127.0.0.1", 2525), ListenAddress("::1", 2525))
+        )
         self.assertEqual(config.listen["pop3"], ())
 
     def test_errors_name_file_and_key(self) -> None:
-        self.assertEqual(self.error('[listen]\nsmtp = "nonsense"\n'),
-                         'FILE: [listen] smtp: "nonsense" is not "host:port"')
-        self.assertEqual(self.error("[listen]\nsmpt = \"1.2.3.4:25\"\n"), "FILE: [listen] smpt: unknown key")
+        self.assertEqual(
+            self.error('[listen]\nsmtp = "nonsense"\n'),
+            'FILE: [listen] smtp: "nonsense" is not "host:port"',
+        )
+        self.assertEqual(
+            self.error('[listen]\nsmpt = "1.2.3.4:25"\n'), "FILE: [listen] smpt: unknown key"
+        )
         self.assertEqual(self.error("[srever]\n"), "FILE: [srever]: unknown section")
-        self.assertEqual(self.error('[limits]\nmax_message_size = "lots"\n'),
-                         "FILE: [limits] max_message_size: must be a positive size such as 25MiB")
-        self.assertEqual(self.error('[tls]\ncert = "a.pem"\n'), "FILE: [tls]: cert and key must be given together")
-        self.assertEqual(self.error('[listen]\nimap = "1.2.3.4:70000"\n'), "FILE: [listen] imap: port 70000 out of range")
+        self.assertEqual(
+            self.error('[limits]\nmax_message_size = "lots"\n'),
+            "FILE: [limits] max_message_size: must be a positive size such as 25MiB",
+        )
+        self.assertEqual(
+            self.error('[tls]\ncert = "a.pem"\n'),
+            "FILE: [tls]: cert and key must be given together",
+        )
+        self.assertEqual(
+            self.error('[listen]\nimap = "1.2.3.4:70000"\n'),
+            "FILE: [listen] imap: port 70000 out of range",
+        )
         self.assertTrue(self.error("[server\n").startswith("FILE: invalid TOML: "))
 
     def test_missing_file(self) -> None:
         with self.assertRaises(ConfigError) as cm:
             load_config(Path("/nonexistent/twistedmail.toml"))
-        self.assertEqual(str(cm.exception),
-                         "/nonexistent/twistedmail.toml: cannot read config file: No such file or directory")
+        self.assertEqual(
+            str(cm.exception),
+            "/nonexistent/twistedmail.toml: cannot read config file: No such file or directory",
+        )
 
     def test_sizes(self) -> None:
         self.assertEqual(parse_size("25MiB"), 26214400)

@@ -111,6 +111,13 @@ def log_login(service: str, username: object, peer: str, ok: bool) -> None:
     user = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
     user = "".join(c if c.isprintable() else "?" for c in user)[:256]
     if ok:
-        log.info("login ok: service={service} user={user} ip={ip}", service=service, user=user, ip=peer)
+        log.info(
+            "login ok: service={service} user={user} ip={ip}", service=service, user=user, ip=peer
+        )
     else:
-        log.warn("login failed: service={service} user={user} ip={ip}", service=service, user=user, ip=peer)
+        log.warn(
+            "login failed: service={service} user={user} ip={ip}",
+            service=service,
+            user=user,
+            ip=peer,
+        )

@@ -213,10 +213,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     smarthost = r.address("[relay] smarthost", smarthost_text, 25) if smarthost_text else None
     nameservers = relay.get("nameservers", [])
     if not isinstance(nameservers, list):
-        raise r.fail("[relay] nameservers", "must be a list of \"host:port\"")
+        raise r.fail("[relay] nameservers", 'must be a list of "host:port"')
     routes = relay.get("routes", {})
     if not isinstance(routes, dict):
-        raise r.fail("[relay.routes]", "must be a table of domain = \"host:port\"")
+        raise r.fail("[relay.routes]", 'must be a table of domain = "host:port"')
     route_list = []
     for domain, target in routes.items():
         try:

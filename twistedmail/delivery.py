@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
-from twistedmail.maildir import ChangeNotifier, make_maildir, mailbox_root, write_durably
+from twistedmail.maildir import ChangeNotifier, mailbox_root, make_maildir, write_durably
 
 log = Logger(namespace="twistedmail.delivery")
 
@@ -69,7 +69,7 @@ class LocalDelivery:
         data = return_path_header(reverse_path) + message
         roots = [mailbox_root(self.mail_dir, str(u)) for u in users]
         names: list[Any] = await self.run_in_thread(_store_all, roots, data)
-        for user, root, name in zip(users, roots, names):
+        for user, root, name in zip(users, roots, names, strict=True):
             log.info(
                 "delivered: to={to} from={sender} size={size} file={name}",
                 to=str(user),

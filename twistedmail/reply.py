@@ -36,7 +36,9 @@ REPLY_250_RECIPIENT_OK = R(250, "2.1.5", "Recipient OK")
 REPLY_250_QUEUED = R(250, "2.0.0", "Message accepted for delivery")
 REPLY_250_RESET = R(250, "2.0.0", "Reset state")
 REPLY_250_NOOP = R(250, "2.0.0", "OK")
-REPLY_252_CANNOT_VRFY = R(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+REPLY_252_CANNOT_VRFY = R(
+    252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"
+)
 REPLY_220_TLS_READY = R(220, "2.0.0", "Ready to start TLS")
 REPLY_235_AUTH_OK = R(235, "2.7.0", "Authentication successful")
 REPLY_334_CONTINUE = R(334, "", "")

@@ -48,8 +48,11 @@ def server_tls_context(config: Config) -> CertificateOptions:
     cert, key = tls_paths(config)
     if config.tls.cert is None and not (cert.exists() and key.exists()):
         tlsmod.create_self_signed(cert, key, config.server.hostname)
-        log.info("created a self-signed certificate for {host} in {cert}",
-                 host=config.server.hostname, cert=str(cert))
+        log.info(
+            "created a self-signed certificate for {host} in {cert}",
+            host=config.server.hostname,
+            cert=str(cert),
+        )
     return tlsmod.server_context(cert, key)
 
 
@@ -94,23 +97,45 @@ class MailServer(MultiService):
         size = config.limits.max_message_size
         factories: dict[str, Factory] = {
             "smtp": inbound_factory(
-                hostname=hostname, store=self.store, delivery=self.delivery,
-                tls=self.tls_context, max_message_size=size, clock=reactor,
+                hostname=hostname,
+                store=self.store,
+                delivery=self.delivery,
+                tls=self.tls_context,
+                max_message_size=size,
+                clock=reactor,
             ),
             "submission": submission_factory(
-                hostname=hostname, store=self.store, delivery=self.delivery, portal=self.portal,
-                tls=self.tls_context, implicit_tls=False, max_message_size=size, clock=reactor,
+                hostname=hostname,
+                store=self.store,
+                delivery=self.delivery,
+                portal=self.portal,
+                tls=self.tls_context,
+                implicit_tls=False,
+                max_message_size=size,
+                clock=reactor,
             ),
             "submissions": submission_factory(
-                hostname=hostname, store=self.store, delivery=self.delivery, portal=self.portal,
-                tls=None, implicit_tls=True, max_message_size=size, clock=reactor,
+                hostname=hostname,
+                store=self.store,
+                delivery=self.delivery,
+                portal=self.portal,
+                tls=None,
+                implicit_tls=True,
+                max_message_size=size,
+                clock=reactor,
             ),
             "imap": imap_factory(
-                portal=self.portal, tls=self.tls_context, implicit_tls=False, clock=reactor,
+                portal=self.portal,
+                tls=self.tls_context,
+                implicit_tls=False,
+                clock=reactor,
                 max_literal_size=size,
             ),
             "imaps": imap_factory(
-                portal=self.portal, tls=None, implicit_tls=True, clock=reactor,
+                portal=self.portal,
+                tls=None,
+                implicit_tls=True,
+                clock=reactor,
                 max_literal_size=size,
             ),
             "pop3": pop3_factory(
@@ -141,8 +166,11 @@ class MailServer(MultiService):
         super().startService()
         for svc in self:
             log.info("listening: {name}", name=svc.name)
-        log.info("twistedmail started: hostname={host} data_dir={data}",
-                 host=self.config.server.hostname, data=str(self.config.server.data_dir))
+        log.info(
+            "twistedmail started: hostname={host} data_dir={data}",
+            host=self.config.server.hostname,
+            data=str(self.config.server.data_dir),
+        )
 
     def stopService(self) -> Any:
         d = super().stopService()

@@ -18,8 +18,13 @@ from twistedmail.tls import TLSConfigError
 
 class Options(usage.Options):
     optParameters = [
-        ["config", "c", None,
-         "TOML config file (default: $TWISTEDMAIL_CONFIG, else ./twistedmail.toml, else defaults)"],
+        [
+            "config",
+            "c",
+            None,
+            "TOML config file (default: $TWISTEDMAIL_CONFIG, else ./twistedmail.toml,"
+            " else built-in defaults)",
+        ],
     ]
 
     longdesc = "Run the twistedmail server: SMTP, submission, IMAP and POP3 over Maildir."

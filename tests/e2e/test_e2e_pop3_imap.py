@@ -11,14 +11,16 @@ import smtplib
 
 import imapclient
 import pytest
-
-from .conftest import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 
 
 def deliver(server: Server, to: str, subject: str, body: bytes = b"body line\r\n") -> bytes:
-    msg = b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (to.encode(), subject.encode()) + body
+    msg = (
+        b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (to.encode(), subject.encode())
+        + body
+    )
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
         s.sendmail("x@elsewhere.test", [to], msg)
     return msg
@@ -51,7 +53,9 @@ def test_imap_starttls_login_and_read(server: Server) -> None:
 def test_imaps_flags_land_in_file_names_and_uids_survive_restart(server: Server) -> None:
     deliver(server, ALICE, "one")
     deliver(server, ALICE, "two")
-    with imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()) as c:
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    ) as c:
         c.login(ALICE, PASSWORDS[ALICE])
         info = c.select_folder("INBOX")
         uidvalidity = info[b"UIDVALIDITY"]
@@ -60,11 +64,15 @@ def test_imaps_flags_land_in_file_names_and_uids_survive_restart(server: Server)
         c.add_flags([uids[0]], [imapclient.SEEN, imapclient.FLAGGED])
         c.add_flags([uids[1]], [imapclient.DELETED])
     names = sorted(p.name for p in server.messages(ALICE))
-    assert [n.split(":2,")[1] for n in names] == ["FS", "T"] or sorted(n.split(":2,")[1] for n in names) == ["FS", "T"]
+    assert [n.split(":2,")[1] for n in names] == ["FS", "T"] or sorted(
+        n.split(":2,")[1] for n in names
+    ) == ["FS", "T"]
     assert all(p.parent.name == "cur" for p in server.messages(ALICE))
     server.restart()
     deliver(server, ALICE, "three")
-    with imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()) as c:
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    ) as c:
         c.login(ALICE, PASSWORDS[ALICE])
         info = c.select_folder("INBOX")
         assert info[b"UIDVALIDITY"] == uidvalidity
@@ -113,10 +121,14 @@ def test_pop3_stls_and_pop3s(server: Server) -> None:
 
 def test_password_changed_with_cli_works_everywhere_at_once(server: Server) -> None:
     server.cli("user", "passwd", ALICE, "--password-stdin", stdin="new-pass-3\n")
-    with imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()) as c:
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    ) as c:
         with pytest.raises(imapclient.exceptions.LoginError):
             c.login(ALICE, PASSWORDS[ALICE])
-    with imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()) as c:
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    ) as c:
         c.login(ALICE, "new-pass-3")
     p = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], context=client_tls())
     p.user(ALICE)
@@ -134,19 +146,24 @@ def test_acknowledged_message_survives_kill_9(server: Server) -> None:
     (f,) = server.messages(ALICE)
     assert f.read_bytes().endswith(msg)
     server.start()
-    with imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()) as c:
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    ) as c:
         c.login(ALICE, PASSWORDS[ALICE])
         assert c.select_folder("INBOX")[b"EXISTS"] == 1
 
 
 def test_imap_append_create_and_folders_on_disk(server: Server) -> None:
-    with imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()) as c:
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    ) as c:
         c.login(ALICE, PASSWORDS[ALICE])
         c.create_folder("Sent")
         c.append("Sent", b"Subject: sent copy\r\n\r\nhi\r\n", flags=[imapclient.SEEN])
         c.append("Sent", b"Subject: no flags\r\n\r\nhi\r\n")
     files = server.messages(ALICE, "Sent")
     assert sorted(f.read_bytes() for f in files) == [
-        b"Subject: no flags\r\n\r\nhi\r\n", b"Subject: sent copy\r\n\r\nhi\r\n"
+        b"Subject: no flags\r\n\r\nhi\r\n",
+        b"Subject: sent copy\r\n\r\nhi\r\n",
     ]
     assert (server.maildir(ALICE, "Sent") / "maildirfolder").exists()

@@ -1,4 +1,4 @@
-"""SMTP on 25 and submission on 587/465, end to end with smtplib and swaks against the real server."""
+"""SMTP on 25 and submission on 587/465, end to end with smtplib and swaks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import smtplib
 import subprocess
 
 import pytest
-
-from .conftest import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls
 
 MESSAGE = (
     b"From: Stranger <stranger@elsewhere.test>\r\n"
@@ -33,10 +32,18 @@ def _split_trace(data: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def test_stranger_on_port_25_lands_in_inbox_exact_bytes(server: Server) -> None:
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="client.elsewhere.test") as s:
+    with smtplib.SMTP(
+        "127.0.0.1", server.ports["smtp"], local_hostname="client.elsewhere.test"
+    ) as s:
         code, caps = s.ehlo()
         assert code == 250
-        for ext in (b"PIPELINING", b"SIZE 1048576", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"STARTTLS"):
+        for ext in (
+            b"PIPELINING",
+            b"SIZE 1048576",
+            b"8BITMIME",
+            b"ENHANCEDSTATUSCODES",
+            b"STARTTLS",
+        ):
             assert ext in caps.split(b"\n"), caps
         assert b"AUTH" not in caps
         s.sendmail("stranger@elsewhere.test", ["alice@example.test"], MESSAGE)
@@ -89,7 +96,9 @@ def test_bob_submits_on_587_with_starttls(server: Server) -> None:
 
 
 def test_bob_submits_on_465_implicit_tls(server: Server) -> None:
-    msg = b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: via 465\r\n\r\nhello 465\r\n"
+    msg = (
+        b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: via 465\r\n\r\nhello 465\r\n"
+    )
     with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], context=client_tls()) as s:
         code, caps = s.ehlo("client")
         assert b"STARTTLS" not in caps
@@ -102,7 +111,10 @@ def test_bob_submits_on_465_implicit_tls(server: Server) -> None:
 def test_submission_sender_and_remote_recipient_policy(server: Server) -> None:
     with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], context=client_tls()) as s:
         s.login("bob@example.test", PASSWORDS["bob@example.test"])
-        assert s.mail("alice@example.test") == (553, b"5.7.1 Sender address not owned by authenticated user")
+        assert s.mail("alice@example.test") == (
+            553,
+            b"5.7.1 Sender address not owned by authenticated user",
+        )
         s.rset()
         assert s.mail("bob@example.test")[0] == 250
         code, text = s.rcpt("friend@remote.test")
@@ -124,15 +136,36 @@ def test_alias_expands_at_delivery(server: Server) -> None:
     assert len(server.messages("bob@example.test")) == 1
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
+@pytest.mark.skipif(
+    shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)"
+)
 def test_swaks_submission_with_starttls_auth(server: Server) -> None:
     result = subprocess.run(
-        ["swaks", "--server", "127.0.0.1", "--port", str(server.ports["submission"]), "--tls",
-         "--auth", "PLAIN", "--auth-user", "bob@example.test",
-         "--auth-password", PASSWORDS["bob@example.test"],
-         "--from", "bob@example.test", "--to", "alice@example.test",
-         "--header", "Subject: swaks test", "--body", "sent by swaks"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "swaks",
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(server.ports["submission"]),
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "bob@example.test",
+            "--auth-password",
+            PASSWORDS["bob@example.test"],
+            "--from",
+            "bob@example.test",
+            "--to",
+            "alice@example.test",
+            "--header",
+            "Subject: swaks test",
+            "--body",
+            "sent by swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<~  235 2.7.0 Authentication successful" in result.stdout

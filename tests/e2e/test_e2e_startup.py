@@ -6,11 +6,13 @@ import os
 import subprocess
 from pathlib import Path
 
-from .conftest import BIN, Server
+from e2e_server import BIN, Server
 
 
 def test_twistd_lists_the_plugin() -> None:
-    out = subprocess.run([str(BIN / "twistd"), "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "twistd"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0
     assert any(line.split()[:1] == ["twistedmail"] for line in out.stdout.splitlines()), out.stdout
 
@@ -20,11 +22,16 @@ def test_config_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
     config.write_text('[listen]\nsmtp = "nonsense"\n')
     out = subprocess.run(
         [str(BIN / "twistd"), "-n", "--pidfile=", "twistedmail", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert out.returncode == 1
     err = (out.stderr + out.stdout).strip().splitlines()
-    assert err == [f'twistedmail: error: {config}: [listen] smtp: "nonsense" is not "host:port"'], err
+    assert err == [f'twistedmail: error: {config}: [listen] smtp: "nonsense" is not "host:port"'], (
+        err
+    )
 
 
 def test_first_start_creates_data_dir_and_certificate(tmp_path: Path) -> None:
@@ -43,9 +50,20 @@ def test_first_start_creates_data_dir_and_certificate(tmp_path: Path) -> None:
 def test_config_found_through_environment(tmp_path: Path) -> None:
     server = Server(tmp_path)
     env = dict(os.environ, TWISTEDMAIL_CONFIG=str(server.config))
-    out = subprocess.run([str(BIN / "twistedmail"), "user", "add", "carol@example.test", "--password-stdin"],
-                         input="pw-carol-1\n", capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run(
+        [str(BIN / "twistedmail"), "user", "add", "carol@example.test", "--password-stdin"],
+        input="pw-carol-1\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
-    out = subprocess.run([str(BIN / "twistedmail"), "user", "list"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    out = subprocess.run(
+        [str(BIN / "twistedmail"), "user", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.stdout.splitlines() == ["carol@example.test"]

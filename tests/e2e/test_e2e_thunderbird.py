@@ -15,12 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from .conftest import PASSWORDS, Server, free_ports
+from e2e_server import PASSWORDS, Server, free_ports
 
 HERE = Path(__file__).parent
 SHARED = HERE.parents[2] / "shared" / "tools" / "thunderbird" / "tb_imap_sync.py"
-DRIVER = Path(os.environ.get("TB_IMAP_SYNC", SHARED if SHARED.exists() else HERE / "tools" / "tb_imap_sync.py"))
+DRIVER = Path(
+    os.environ.get(
+        "TB_IMAP_SYNC", SHARED if SHARED.exists() else HERE / "tools" / "tb_imap_sync.py"
+    )
+)
 ALICE, BOB = "alice@example.test", "bob@example.test"
 
 pytestmark = pytest.mark.skipif(
@@ -34,23 +37,42 @@ def _seed(server: Server, count: int) -> None:
         for i in range(count):
             body = b"".join(b"line %d of message %d\r\n" % (n, i) for n in range(200))
             s.sendmail(
-                "news@elsewhere.test", [ALICE],
+                "news@elsewhere.test",
+                [ALICE],
                 b"From: News <news@elsewhere.test>\r\nTo: alice@example.test\r\n"
-                b"Subject: seeded %d\r\nMessage-ID: <seed-%d@elsewhere.test>\r\n\r\n" % (i, i) + body,
+                b"Subject: seeded %d\r\nMessage-ID: <seed-%d@elsewhere.test>\r\n\r\n"
+                % (i, i)
+                + body,
             )
 
 
 def _run(server: Server, tmp_path: Path, port_name: str, security: str, *extra: str) -> dict:
     workdir = tmp_path / f"tb-{port_name}"
     sink, marionette = free_ports(2)
-    cmd = [sys.executable, str(DRIVER), "127.0.0.1", str(server.ports[port_name]), ALICE,
-           PASSWORDS[ALICE], security, str(workdir), "--timeout", "90", "--sink-port", str(sink),
-           "--marionette-port", str(marionette), *extra]
+    cmd = [
+        sys.executable,
+        str(DRIVER),
+        "127.0.0.1",
+        str(server.ports[port_name]),
+        ALICE,
+        PASSWORDS[ALICE],
+        security,
+        str(workdir),
+        "--timeout",
+        "90",
+        "--sink-port",
+        str(sink),
+        "--marionette-port",
+        str(marionette),
+        *extra,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
     try:
         summary = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"driver printed no JSON: {result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    except json.JSONDecodeError as e:
+        raise AssertionError(
+            f"driver printed no JSON: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        ) from e
     return summary
 
 
@@ -65,9 +87,20 @@ def test_thunderbird_syncs_over_starttls(server: Server, tmp_path: Path) -> None
 
 def test_thunderbird_syncs_over_tls_and_sends_through_465(server: Server, tmp_path: Path) -> None:
     _seed(server, 3)
-    summary = _run(server, tmp_path, "imaps", "tls", "--smtp-host", "127.0.0.1",
-                   "--smtp-port", str(server.ports["submissions"]), "--smtp-security", "tls",
-                   "--send-to", BOB)
+    summary = _run(
+        server,
+        tmp_path,
+        "imaps",
+        "tls",
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        str(server.ports["submissions"]),
+        "--smtp-security",
+        "tls",
+        "--send-to",
+        BOB,
+    )
     assert summary["login_ok"], summary.get("login_failures")
     assert summary["inbox_headers_synced"] == 3, summary
     assert summary["smtp"]["sent_ok"], summary["smtp"]

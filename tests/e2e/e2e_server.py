@@ -1,0 +1,150 @@
+"""End-to-end helpers: the real server (``twistd -n twistedmail``) on ephemeral 127.0.0.1 ports.
+
+Nothing here mocks the server: each test gets a fresh data dir, a config file with every
+listener on a free loopback port, users created with the real ``twistedmail`` CLI, and a
+``twistd`` process stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+PASSWORDS = {
+    "alice@example.test": "alice-secret-1",
+    "bob@example.test": "bob-secret-2",
+}
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def client_tls() -> ssl.SSLContext:
+    """A client context that accepts the server's self-signed test certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Server:
+    """One twistedmail server process and its data dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.config = root / "twistedmail.toml"
+        self.log = root / "twistd.log"
+        self.ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+        listen = "\n".join(f'{name} = "127.0.0.1:{port}"' for name, port in self.ports.items())
+        self.config.write_text(
+            f'[server]\nhostname = "mail.example.test"\ndata_dir = "{self.data_dir}"\n\n'
+            f'[listen]\n{listen}\n\n[limits]\nmax_message_size = "1MiB"\n'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(BIN / "twistedmail"), "--config", str(self.config), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"twistedmail {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def add_user(self, address: str, password: str) -> None:
+        self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "twistd"),
+                "-n",
+                "--pidfile=",
+                f"--logfile={self.log}",
+                "twistedmail",
+                "--config",
+                str(self.config),
+            ],
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        pending = dict(self.ports)
+        while pending:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise AssertionError(f"server exited {self.proc.returncode}: {out}\n{log}")
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not start listening within 30 s")
+            for name, port in list(pending.items()):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    del pending[name]
+                except OSError:
+                    pass
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def maildir(self, address: str, folder: str = "") -> Path:
+        local, domain = address.split("@")
+        root = self.data_dir / "mail" / domain / local
+        return root / f".{folder}" if folder else root
+
+    def messages(self, address: str, folder: str = "") -> list[Path]:
+        """Every message file of a folder (new/ and cur/), sorted by name."""
+        root = self.maildir(address, folder)
+        return sorted(
+            p for sub in ("new", "cur") if (root / sub).is_dir() for p in (root / sub).iterdir()
+        )
+
+    def wait_for_messages(
+        self, address: str, count: int, folder: str = "", timeout: float = 10
+    ) -> list[Path]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages(address, folder)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
