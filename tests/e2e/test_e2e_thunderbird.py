@@ -12,10 +12,11 @@ import shutil
 import smtplib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, free_ports
+from e2e_server import PASSWORDS, Server, free_ports, make_test_ca
 
 HERE = Path(__file__).parent
 SHARED = HERE.parents[2] / "shared" / "tools" / "thunderbird" / "tb_imap_sync.py"
@@ -85,7 +86,27 @@ def test_thunderbird_syncs_over_starttls(server: Server, tmp_path: Path) -> None
     assert not summary["imap_error_replies"], summary["imap_error_replies"]
 
 
-def test_thunderbird_syncs_over_tls_and_sends_through_465(server: Server, tmp_path: Path) -> None:
+@pytest.fixture
+def ca_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    """A server with a configured certificate from a test CA that Thunderbird trusts
+    (the driver's certificate override covers the IMAP port only, not SMTP)."""
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    ca, cert, key = make_test_ca(tls_dir)
+    srv = Server(tmp_path / "srv", tls=(cert, key))
+    for address, password in PASSWORDS.items():
+        srv.add_user(address, password)
+    srv.start()
+    try:
+        yield srv, ca
+    finally:
+        srv.stop()
+
+
+def test_thunderbird_syncs_over_tls_and_sends_through_465(
+    ca_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    server, ca = ca_server
     _seed(server, 3)
     summary = _run(
         server,
@@ -100,6 +121,8 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(server: Server, tmp_pa
         "tls",
         "--send-to",
         BOB,
+        "--ca-file",
+        str(ca),
     )
     assert summary["login_ok"], summary.get("login_failures")
     assert summary["inbox_headers_synced"] == 3, summary
