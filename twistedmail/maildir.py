@@ -256,6 +256,7 @@ class Folder:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path / UIDLIST)
+        fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
 
     def scan(self) -> ScanResult:
         """List the folder, move C{new/} mail to C{cur/}, assign UIDs to unseen messages.
