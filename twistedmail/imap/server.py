@@ -955,6 +955,8 @@ def _close_quietly(mbox: Any) -> None:
 class IMAPFactory(ServerFactory):
     """Builds one L{IMAPServer} per connection (port 143 with STARTTLS, or 993)."""
 
+    noisy = False  # the session logs its own line per connection
+
     def __init__(
         self,
         *,
