@@ -1,0 +1,178 @@
+"""MX resolution for outbound mail (RFC 5321 §5.1, RFC 7505 null MX) over twisted.names.
+
+L{resolve_mx} turns a recipient domain into the hosts to try, in order: the MX records
+sorted by preference (hosts of equal preference in random order, RFC 5321 §5.1), each with
+its A and AAAA addresses.  A domain without MX records is its own implicit MX (§5.1: "the
+domain name is treated as if it had an MX record with preference 0 pointing to itself").
+
+Outcomes, as Postfix classifies them:
+  - NXDOMAIN for the domain, a null MX (a single C{MX 0 .}, RFC 7505 §3), or no MX and no
+    address: L{PermanentDNSError} (the recipients bounce);
+  - SERVFAIL, a timeout, a refused query, or MX hosts none of which has an address while some
+    lookups failed temporarily: L{TemporaryDNSError} (the message stays queued).
+
+The resolver is injected: any C{twisted.internet.interfaces.IResolver}
+(C{twisted.names.client.Resolver(servers=...)} for C{[relay] nameservers}, or
+L{twistedmail.testing.FakeResolver} in tests).  Nothing here imports the global reactor.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IResolver
+from twisted.names import dns
+from twisted.names import error as dns_error
+
+LOOKUP_TIMEOUT = (5, 10, 20)  # seconds per try, twisted.names semantics (35 s in all)
+
+
+class DNSLookupError(Exception):
+    """A failed MX resolution; C{str()} is a short text safe for a DSN Diagnostic-Code.
+
+    @ivar status: the RFC 3463 enhanced status code for the recipients of the domain.
+    """
+
+    status = "4.4.3"
+
+
+class PermanentDNSError(DNSLookupError):
+    """The domain cannot receive mail: NXDOMAIN, null MX, no MX and no address."""
+
+    status = "5.1.2"  # RFC 3463: bad destination system address
+
+
+class NullMXError(PermanentDNSError):
+    """The domain publishes a null MX (RFC 7505 §3): it accepts no mail."""
+
+    status = "5.1.10"  # RFC 7505 §4.2
+
+
+class TemporaryDNSError(DNSLookupError):
+    """SERVFAIL, timeout or refused: try again later (RFC 5321 §4.5.4.1)."""
+
+    status = "4.4.3"  # RFC 3463: directory server failure
+
+
+@attrs.frozen
+class MXHost:
+    """One host to try: its name, MX preference (0 for an implicit MX) and addresses.
+
+    @ivar addresses: IPv4 then IPv6 addresses as text, in the order the DNS gave them.
+    """
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+_TEMPORARY = (
+    dns_error.DNSServerError,
+    dns_error.DNSQueryTimeoutError,
+    dns_error.DNSQueryRefusedError,
+    dns_error.DNSFormatError,
+    dns_error.DNSNotImplementedError,
+    dns_error.DNSUnknownError,
+    defer.TimeoutError,
+)
+
+
+async def _query(resolver: IResolver, name: str, rtype: int) -> list[dns.RRHeader] | None:
+    """The answer records of type C{rtype} for C{name}; C{None} for NXDOMAIN.
+
+    @raise TemporaryDNSError: SERVFAIL, timeout, refused.
+    """
+    lookup: Callable[..., defer.Deferred[tuple[list[dns.RRHeader], list, list]]] = {
+        dns.MX: resolver.lookupMailExchange,
+        dns.A: resolver.lookupAddress,
+        dns.AAAA: resolver.lookupIPV6Address,
+    }[rtype]
+    try:
+        answers, _authority, _additional = await lookup(name, LOOKUP_TIMEOUT)
+    except dns_error.DNSNameError:
+        return None
+    except dns_error.AuthoritativeDomainError:
+        return None
+    except _TEMPORARY as e:
+        raise TemporaryDNSError(
+            f"DNS {dns.QUERY_TYPES.get(rtype, rtype)} lookup for {name} failed"
+            f" temporarily ({type(e).__name__})"
+        ) from None
+    return [rr for rr in answers if rr.type == rtype]
+
+
+async def host_addresses(resolver: IResolver, name: str) -> tuple[tuple[str, ...], bool]:
+    """(addresses, temporary_failure) for C{name}: A then AAAA records as text.
+
+    C{temporary_failure} is true when a lookup failed temporarily (the list may then be
+    incomplete); NXDOMAIN and "no record" are not failures.
+    """
+    addresses: list[str] = []
+    temporary = False
+    for rtype in (dns.A, dns.AAAA):
+        try:
+            records = await _query(resolver, name, rtype)
+        except TemporaryDNSError:
+            temporary = True
+            continue
+        for rr in records or ():
+            if rtype == dns.A:
+                addresses.append(rr.payload.dottedQuad())
+            else:
+                addresses.append(socket.inet_ntop(socket.AF_INET6, rr.payload.address))
+    return tuple(dict.fromkeys(addresses)), temporary
+
+
+def _ordered(records: list[dns.Record_MX], rng: random.Random) -> list[dns.Record_MX]:
+    """By preference; hosts of equal preference shuffled (RFC 5321 §5.1: SHOULD randomize)."""
+    keyed = [(r.preference, rng.random(), r) for r in records]
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [r for _, _, r in keyed]
+
+
+async def resolve_mx(
+    resolver: IResolver, domain: str, rng: random.Random | None = None
+) -> list[MXHost]:
+    """The hosts to try for mail to C{domain}, best first (RFC 5321 §5.1).
+
+    @param domain: an ASCII (A-label) domain, lower case, no trailing dot.
+    @param rng: shuffles hosts of equal preference; tests pass a seeded one.
+    @return: at least one L{MXHost}; hosts without any address are left out.
+    @raise PermanentDNSError: NXDOMAIN; null MX (L{NullMXError}); no MX and no address;
+        MX hosts none of which exists.
+    @raise TemporaryDNSError: a lookup failed temporarily and no usable host was found.
+    """
+    rng = rng or random.Random()
+    records = await _query(resolver, domain, dns.MX)
+    if records is None:
+        raise PermanentDNSError(f"Domain {domain} does not exist (NXDOMAIN)")
+    mxs = [rr.payload for rr in records]
+    if any(mx.name.name in (b"", b".") for mx in mxs):
+        # RFC 7505 §3: a null MX (preference 0, exchange ".") says the domain takes no mail;
+        # §4.1: the sender MUST NOT try the domain's address records instead.
+        raise NullMXError(f"Domain {domain} does not accept mail (null MX, RFC 7505)")
+    if not mxs:
+        # RFC 5321 §5.1: no MX -> the domain itself is the (implicit) MX, preference 0.
+        addresses, temporary = await host_addresses(resolver, domain)
+        if addresses:
+            return [MXHost(domain, 0, addresses)]
+        if temporary:
+            raise TemporaryDNSError(f"Address lookup for {domain} failed temporarily")
+        raise PermanentDNSError(f"Domain {domain} has no MX and no address record")
+    hosts: list[MXHost] = []
+    temporary = False
+    for mx in _ordered(mxs, rng):
+        name = mx.name.name.decode("ascii", "replace").rstrip(".").lower()
+        addresses, failed = await host_addresses(resolver, name)
+        temporary = temporary or failed
+        if addresses:
+            hosts.append(MXHost(name, mx.preference, addresses))
+    if hosts:
+        return hosts
+    if temporary:
+        raise TemporaryDNSError(f"Address lookup for the MX hosts of {domain} failed temporarily")
+    raise PermanentDNSError(f"No MX host of {domain} has an address")

@@ -1,0 +1,409 @@
+"""One outbound delivery attempt: the hosts of a domain -> connect -> EHLO -> STARTTLS ->
+MAIL / RCPT per recipient -> DATA, with a result per recipient (RFC 5321 §3.3, §5.1, §4.5.3.2).
+
+L{Outbound.deliver} finds the hosts to try (a static route, the smarthost, or the MX hosts
+from L{twistedmail.dns.resolve_mx}) and tries them in order until one session gives an answer
+for the recipients (RFC 5321 §5.1: a connection failure or a temporary failure before RCPT
+tries the next host).  The session is L{RelaySender}, Twisted's C{ESMTPClient} state machine
+with the defects of TWISTED-NOTES §1.2 / §2.4 fixed:
+
+  - dot-stuffing survives the 16 KiB chunk boundaries of C{FileSender} (the stock
+    C{transformChunk} forgets that the previous chunk ended a line, so a "." line at a
+    boundary ended the message early and the rest of the body ran as a second envelope on
+    the receiving server: SMTP smuggling); lone CR and LF are sent as CRLF (RFC 5321 §2.3.8);
+  - STARTTLS is opportunistic and unverified for MX hosts (RFC 3207; RFC 7435): used when
+    offered, never with a certificate check (there is no name to check against without DANE or
+    MTA-STS); plaintext only when the server does not offer STARTTLS;
+  - SIZE (RFC 1870) and BODY=8BITMIME (RFC 6152) are declared on MAIL when offered;
+  - each command waits as long as RFC 5321 §4.5.3.2 says (L{TIMEOUTS}).
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IResolver, IStreamClientEndpoint
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+
+from twistedmail.dns import (
+    DNSLookupError,
+    PermanentDNSError,
+    TemporaryDNSError,
+    host_addresses,
+    resolve_mx,
+)
+
+log = Logger(namespace="twistedmail.outbound")
+
+# RFC 5321 §4.5.3.2: how long the client waits for each reply, in seconds.
+TIMEOUTS = {
+    b"": 300,  # §4.5.3.2.1 initial 220 greeting: 5 minutes
+    b"MAIL": 300,  # §4.5.3.2.2: 5 minutes
+    b"RCPT": 300,  # §4.5.3.2.3: 5 minutes
+    b"DATA": 120,  # §4.5.3.2.4 DATA initiation: 2 minutes
+    b"BLOCK": 180,  # §4.5.3.2.5 data block: 3 minutes
+    b".": 600,  # §4.5.3.2.6 DATA termination: 10 minutes
+}
+CONNECT_TIMEOUT = 30  # seconds per address (not in RFC 5321; Postfix's default)
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@attrs.frozen
+class RecipientResult:
+    """The outcome of one attempt for one recipient.
+
+    @ivar code: the SMTP reply code (RFC 5321 §4.2): 2xx delivered, 4xx try again later,
+        5xx permanent.  Local failures (DNS, no connection) get a code of our own.
+    @ivar status: the RFC 3463 enhanced status code (from the reply, or derived).
+    @ivar diagnostic: the remote reply as text (C{"550 5.1.1 No such user"}) or our own
+        explanation; one line, for logs and the DSN Diagnostic-Code.
+    @ivar remote_mta: the host that answered, or C{None} when none did.
+    """
+
+    address: str
+    code: int
+    status: str
+    diagnostic: str
+    remote_mta: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+def enhanced_status(code: int, text: str) -> str:
+    """The RFC 3463 code at the start of C{text}, else C{"X.0.0"} from the reply code."""
+    m = _ENHANCED.match(text)
+    if m and m.group(1) == str(code)[0]:
+        return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+    return f"{str(code)[0]}.0.0" if 200 <= code < 600 else "4.0.0"
+
+
+def _one_line(data: bytes | str) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return " ".join(text.split())
+
+
+class HostFailure(Exception):
+    """A session ended before it gave an answer per recipient: try the next host.
+
+    @ivar code: the reply code that ended it (C{451} for a local reason: refused, timeout).
+    """
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class RelaySender(smtp.ESMTPClient):
+    """One SMTP client session carrying one message to the recipients of one destination.
+
+    @ivar done: fires with the list of L{RecipientResult}s once the server has answered
+        every recipient (and DATA), or fails with L{HostFailure}.
+    """
+
+    timeout = TIMEOUTS[b""]
+    debug = False  # Twisted's session log would keep message text in memory
+
+    def __init__(
+        self,
+        *,
+        identity: str,
+        sender: str | None,
+        recipients: Sequence[str],
+        message: bytes,
+        remote_mta: str,
+        tls_context: CertificateOptions | None,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(None, tls_context, identity.encode("ascii"))
+        self.sender = sender
+        self.recipients = list(recipients)
+        self.message = message
+        self.remote_mta = remote_mta
+        self.done: defer.Deferred[list[RecipientResult]] = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self.extensions: dict[bytes, bytes | None] = {}
+        self._sent_from = False
+        self._line_start = True  # the previous chunk ended a line (or nothing was sent)
+        self._held_cr = b""  # a CR at the end of a chunk, whose LF may start the next one
+        if clock is not None:
+            self.callLater = clock.callLater
+
+    # -- the client state machine (twisted.mail.smtp.SMTPClient) ------------------------
+
+    def sendLine(self, line: bytes) -> None:
+        # RFC 5321 §4.5.3.2: each command has its own reply timeout.
+        verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
+        self.setTimeout(TIMEOUTS.get(verb, TIMEOUTS[b"MAIL"]))
+        super().sendLine(line)
+
+    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
+        self.extensions = {}
+        for line in resp.splitlines():
+            parts = line.split(None, 1)
+            if parts:
+                self.extensions[parts[0].upper()] = parts[1] if len(parts) > 1 else None
+        super().esmtpState_serverConfig(code, resp)
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        if self._sent_from:
+            self._disconnectFromServer()  # one message per session
+            return
+        self._sent_from = True
+        self._from = self.sender or ""
+        self._failresponse = self.smtpTransferFailed
+        line = b"MAIL FROM:<" + (self.sender or "").encode("utf-8") + b">"
+        if b"SIZE" in self.extensions:
+            line += b" SIZE=%d" % len(self.message)  # RFC 1870 §6
+        if b"8BITMIME" in self.extensions and _has_8bit(self.message):
+            line += b" BODY=8BITMIME"  # RFC 6152 §3
+        self.sendLine(line)
+        self._expected = [250]
+        self._okresponse = self.smtpState_to
+
+    def smtpState_data(self, code: int, resp: bytes) -> None:
+        super().smtpState_data(code, resp)
+        self.setTimeout(TIMEOUTS[b"BLOCK"])
+
+    def getMailTo(self) -> list[str]:
+        return self.recipients
+
+    def getMailData(self) -> io.BytesIO:
+        return io.BytesIO(self.message)
+
+    def transformChunk(self, chunk: bytes) -> bytes:
+        """Dot-stuff one chunk of the message, remembering where the last one ended.
+
+        RFC 5321 §4.5.2: a line starting with "." gets one more "." — including a line that
+        starts at the beginning of this chunk, which the stock method misses
+        (TWISTED-NOTES §2.4).  RFC 5321 §2.3.8: CR and LF are sent only as CRLF.
+        """
+        self.resetTimeout()
+        data = self._held_cr + chunk
+        self._held_cr = b""
+        if data.endswith(b"\r"):
+            data, self._held_cr = data[:-1], b"\r"
+        if not data:
+            return b""
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        data = data.replace(b"\r\n.", b"\r\n..")
+        if self._line_start and data.startswith(b"."):
+            data = b"." + data
+        self._line_start = data.endswith(b"\n")
+        return data
+
+    def finishedFileTransfer(self, lastsent: bytes) -> None:
+        if self._held_cr:
+            self.transport.write(b"\r\n")
+            self._held_cr, self._line_start = b"", True
+        # RFC 5321 §4.1.1.4: the data ends with CRLF "." CRLF; a message whose last line
+        # has no line end gets one.
+        self.sendLine(b"." if self._line_start else b"\r\n.")
+
+    def sentMail(
+        self,
+        code: int,
+        resp: bytes,
+        numOk: int,
+        addresses: list[tuple[Any, int, bytes]],
+        log: object,
+    ) -> None:
+        results = []
+        answered = {str(a): (c, r) for a, c, r in addresses}
+        for rcpt in self.recipients:
+            if rcpt in answered and not 200 <= answered[rcpt][0] < 300:
+                rcode, rtext = answered[rcpt]
+            elif code < 0:
+                rcode, rtext = 451, b"4.3.0 No recipient accepted"
+            else:
+                rcode, rtext = code, resp  # MAIL refused, or the reply to the final dot
+            text = _one_line(rtext)
+            results.append(
+                RecipientResult(
+                    rcpt,
+                    rcode,
+                    enhanced_status(rcode, text),
+                    f"{rcode} {text}",
+                    self.remote_mta,
+                )
+            )
+        if not self.done.called:
+            self.done.callback(results)
+
+    def sendError(self, exc: BaseException) -> None:
+        if not self.done.called:
+            code = getattr(exc, "code", -1)
+            resp = getattr(exc, "resp", b"") or str(exc)
+            text = _one_line(resp)
+            if isinstance(code, int) and 400 <= code < 600:
+                self.done.errback(Failure(HostFailure(code, f"{code} {text}")))
+            else:
+                self.done.errback(Failure(HostFailure(451, text or type(exc).__name__)))
+        super().sendError(exc)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason or Failure(ConnectionError("connection lost")))
+        if not self.done.called:
+            self.done.errback(Failure(HostFailure(451, "Connection lost")))
+        self.closed.callback(None)
+
+
+def _has_8bit(message: bytes) -> bool:
+    return any(b > 127 for b in message)
+
+
+@attrs.frozen
+class Hop:
+    """One address to connect to: C{address} (IP text), C{port}, C{name} (for logs/DSN)."""
+
+    address: str
+    port: int
+    name: str
+
+
+Connect = Callable[[Hop], IStreamClientEndpoint]
+
+
+class Outbound:
+    """Delivers one message to the recipients of one domain, trying its hosts in order.
+
+    @param reactor: connects (C{IReactorTCP}) and times out (C{IReactorTime}).
+    @param resolver: an C{IResolver} for MX, A and AAAA lookups.
+    @param hostname: our EHLO name (RFC 5321 §4.1.1.1).
+    @param port: the TCP port of MX hosts: 25, other values only for tests.
+    @param smarthost: (host, port) to send everything through instead of MX lookup.
+    @param routes: domain -> (host, port), checked first (a transport map).
+    @param tls_context: the client context for STARTTLS; C{None} builds one that does not
+        verify certificates (opportunistic TLS, RFC 3207 / RFC 7435).
+    @param connect: builds the endpoint for a L{Hop} (tests); default TCP with a 30 s
+        connect timeout.
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        resolver: IResolver,
+        hostname: str,
+        port: int = 25,
+        smarthost: tuple[str, int] | None = None,
+        routes: Mapping[str, tuple[str, int]] | None = None,
+        tls_context: CertificateOptions | None = None,
+        connect: Connect | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.hostname = hostname
+        self.port = port
+        self.smarthost = smarthost
+        self.routes = dict(routes or {})
+        self.tls_context = tls_context if tls_context is not None else CertificateOptions()
+        self.connect = connect or self._tcp_endpoint
+        self.rng = rng or random.Random()
+
+    def _tcp_endpoint(self, hop: Hop) -> IStreamClientEndpoint:
+        if ":" in hop.address:
+            return endpoints.TCP6ClientEndpoint(
+                self.reactor, hop.address, hop.port, timeout=CONNECT_TIMEOUT
+            )
+        return endpoints.TCP4ClientEndpoint(
+            self.reactor, hop.address, hop.port, timeout=CONNECT_TIMEOUT
+        )
+
+    def destination(self, domain: str) -> str:
+        """The key concurrency is limited by: the route, the smarthost or the domain."""
+        if domain in self.routes:
+            host, port = self.routes[domain]
+            return f"{host}:{port}"
+        if self.smarthost is not None:
+            return f"{self.smarthost[0]}:{self.smarthost[1]}"
+        return domain
+
+    async def hops(self, domain: str) -> list[Hop]:
+        """The addresses to try for C{domain}, in order.
+
+        @raise DNSLookupError: the hosts cannot be found (permanently or for now).
+        """
+        target = self.routes.get(domain) or self.smarthost
+        if target is not None:
+            host, port = target
+            try:
+                ipaddress.ip_address(host)
+                return [Hop(host, port, host)]
+            except ValueError:
+                pass
+            addresses, temporary = await host_addresses(self.resolver, host)
+            if not addresses:
+                if temporary:
+                    raise TemporaryDNSError(f"Address lookup for {host} failed temporarily")
+                raise PermanentDNSError(f"Relay host {host} has no address")
+            return [Hop(a, port, host) for a in addresses]
+        mxs = await resolve_mx(self.resolver, domain, self.rng)
+        return [Hop(a, self.port, mx.name) for mx in mxs for a in mx.addresses]
+
+    async def deliver(
+        self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
+    ) -> list[RecipientResult]:
+        """Try to deliver C{message} (bytes, CRLF lines) to C{recipients} (all in C{domain}).
+
+        @param sender: the reverse-path, C{None} for C{<>} (bounces).
+        @return: one L{RecipientResult} per recipient, in order; never raises for a
+            delivery problem (DNS failures and unreachable hosts become 4xx/5xx results).
+        """
+        try:
+            hops = await self.hops(domain)
+        except DNSLookupError as e:
+            code = 550 if e.status.startswith("5") else 451
+            if e.status == "5.1.10":
+                code = 556  # RFC 7505 §4.2
+            text = f"{code} {e.status} {e}"
+            return [RecipientResult(r, code, e.status, text) for r in recipients]
+        last = HostFailure(451, "No host to try")
+        for hop in hops:
+            sender_protocol = RelaySender(
+                identity=self.hostname,
+                sender=sender,
+                recipients=recipients,
+                message=message,
+                remote_mta=hop.name,
+                tls_context=self.tls_context,
+                clock=self.reactor,
+            )
+            try:
+                await endpoints.connectProtocol(self.connect(hop), sender_protocol)
+            except Exception as e:  # ConnectError, timeouts: RFC 5321 §5.1 try the next host
+                last = HostFailure(451, f"Cannot connect to {hop.name}[{hop.address}]: {e}")
+                log.info("outbound: {domain}: {error}", domain=domain, error=_one_line(str(last)))
+                continue
+            try:
+                results = await sender_protocol.done
+            except HostFailure as e:
+                last = HostFailure(e.code, f"{hop.name}[{hop.address}] said: {e.text}")
+                log.info("outbound: {domain}: {error}", domain=domain, error=last.text)
+                sender_protocol.transport.loseConnection()
+                await sender_protocol.closed
+                continue
+            await sender_protocol.closed  # QUIT sent; the session ends on its reply or timeout
+            return results
+        # Every host failed before answering for the recipients: try again later
+        # (RFC 5321 §4.5.4.1), even after a 5xx greeting from one host (Postfix does too).
+        status = "4.4.1" if last.code == 451 else "4.4.2"  # RFC 3463: no answer / bad connection
+        return [RecipientResult(r, 451, status, f"451 {status} {last.text}") for r in recipients]

@@ -1,0 +1,311 @@
+"""Fakes shipped for tests of outbound delivery: a DNS resolver, a DNS zone, a remote MTA.
+
+  - L{FakeResolver}: an C{IResolver} answering MX/A/AAAA/TXT from dicts, with NXDOMAIN,
+    SERVFAIL and timeouts on demand (unit tests of L{twistedmail.dns}, no sockets);
+  - L{TestZone}: a twisted.names authority for test zones, to serve with
+    C{twisted.names.server.DNSServerFactory} on a loopback port (end-to-end tests);
+  - L{ScriptedMTA}: a receiving SMTP server (a factory) that answers MAIL, RCPT and DATA as
+    scripted (250/451/550 per recipient, per attempt) and records every transaction.
+
+Nothing here is used by the server itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.ssl import CertificateOptions
+from twisted.names import authority, common, dns
+from twisted.names import error as dns_error
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+# -- DNS ---------------------------------------------------------------------------------
+
+NXDOMAIN = "nxdomain"
+SERVFAIL = "servfail"
+TIMEOUT = "timeout"
+
+_FAILURES = {
+    NXDOMAIN: dns_error.DNSNameError,
+    SERVFAIL: dns_error.DNSServerError,
+    TIMEOUT: dns_error.DNSQueryTimeoutError,
+}
+
+
+def _records(
+    mx: Mapping[str, Sequence[tuple[int, str]]],
+    a: Mapping[str, Sequence[str]],
+    aaaa: Mapping[str, Sequence[str]],
+    txt: Mapping[str, Sequence[str]],
+) -> dict[bytes, list[Any]]:
+    records: dict[bytes, list[Any]] = {}
+
+    def add(name: str, record: Any) -> None:
+        records.setdefault(name.lower().rstrip(".").encode("ascii"), []).append(record)
+
+    for name, hosts in mx.items():
+        for preference, host in hosts:
+            add(name, dns.Record_MX(preference, host.encode("ascii"), ttl=60))
+    for name, addresses in a.items():
+        for address in addresses:
+            add(name, dns.Record_A(address, ttl=60))
+    for name, addresses in aaaa.items():
+        for address in addresses:
+            add(name, dns.Record_AAAA(address, ttl=60))
+    for name, texts in txt.items():
+        for text in texts:
+            add(name, dns.Record_TXT(text.encode("ascii"), ttl=60))
+    return records
+
+
+class FakeResolver(common.ResolverBase):
+    """An C{IResolver} over dicts: C{mx={"example.net": [(10, "mx1.example.net")]}},
+    C{a={"mx1.example.net": ["127.0.0.1"]}}, C{aaaa}, C{txt}.
+
+    A name present in no map is NXDOMAIN; a name present in some map but without records
+    of the asked type gets an empty answer (NODATA).  C{failures} forces an outcome per
+    (name, type): C{{("example.net", "MX"): SERVFAIL}} (or L{NXDOMAIN}, L{TIMEOUT}).
+    C{queries} records each (name, type) asked, in order.
+    """
+
+    def __init__(
+        self,
+        mx: Mapping[str, Sequence[tuple[int, str]]] | None = None,
+        a: Mapping[str, Sequence[str]] | None = None,
+        aaaa: Mapping[str, Sequence[str]] | None = None,
+        txt: Mapping[str, Sequence[str]] | None = None,
+        failures: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.records = _records(mx or {}, a or {}, aaaa or {}, txt or {})
+        self.failures = {(n.lower(), t.upper()): f for (n, t), f in (failures or {}).items()}
+        self.queries: list[tuple[str, str]] = []
+
+    def _lookup(
+        self, name: bytes, cls: int, type: int, timeout: Any = None
+    ) -> defer.Deferred[tuple[list[dns.RRHeader], list[dns.RRHeader], list[dns.RRHeader]]]:
+        text = name.decode("ascii").lower().rstrip(".")
+        type_name = dns.QUERY_TYPES.get(type, str(type))
+        self.queries.append((text, type_name))
+        forced = self.failures.get((text, type_name))
+        if forced is not None:
+            return defer.fail(Failure(_FAILURES[forced](text)))
+        records = self.records.get(text.encode("ascii"))
+        if records is None:
+            return defer.fail(Failure(dns_error.DNSNameError(text)))
+        answers = [
+            dns.RRHeader(text.encode("ascii"), r.TYPE, dns.IN, r.ttl or 60, r, auth=True)
+            for r in records
+            if r.TYPE == type
+        ]
+        return defer.succeed((answers, [], []))
+
+
+class TestZone(authority.FileAuthority):
+    """An authoritative zone built in code, for C{twisted.names.server.DNSServerFactory}.
+
+    C{TestZone("example.test", mx=..., a=..., aaaa=..., txt=...)}: the maps are as for
+    L{FakeResolver}, names absolute without the trailing dot; names under the zone without
+    records are answered NXDOMAIN (authoritatively).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        origin: str,
+        mx: Mapping[str, Sequence[tuple[int, str]]] | None = None,
+        a: Mapping[str, Sequence[str]] | None = None,
+        aaaa: Mapping[str, Sequence[str]] | None = None,
+        txt: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self._origin = origin.lower().rstrip(".")
+        self._maps = (mx or {}, a or {}, aaaa or {}, txt or {})
+        super().__init__(origin)
+
+    def loadFile(self, filename: Any) -> None:
+        origin = self._origin.encode("ascii")
+        self.soa = (
+            origin,
+            dns.Record_SOA(
+                mname=b"ns." + origin,
+                rname=b"hostmaster." + origin,
+                serial=1,
+                refresh=60,
+                retry=60,
+                expire=60,
+                minimum=1,
+                ttl=1,
+            ),
+        )
+        self.records = _records(*self._maps)
+        self.records.setdefault(origin, []).append(self.soa[1])
+
+
+# -- a scripted remote MTA ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Transaction:
+    """One mail transaction a L{ScriptedMTA} completed with 250 after DATA.
+
+    @ivar data: the message as received, dot-unstuffed, CRLF line ends, without the final
+        C{.} line.
+    """
+
+    helo: str
+    sender: str
+    mail_parameters: str
+    recipients: tuple[str, ...]
+    data: bytes
+    tls: bool
+
+
+def _address(argument: bytes, prefix: bytes) -> tuple[str, str]:
+    rest = argument[len(prefix) :].strip()
+    if rest.startswith(b"<") and b">" in rest:
+        end = rest.index(b">")
+        return rest[1:end].decode("utf-8", "replace").lower(), rest[end + 1 :].strip().decode()
+    return rest.decode("utf-8", "replace").lower(), ""
+
+
+class ScriptedSMTP(LineReceiver):
+    """One connection to a L{ScriptedMTA}: a minimal, strict ESMTP server."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1 << 20
+    factory: ScriptedMTA
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.helo = ""
+        self.tls = False
+        self._reset()
+        self.reply(self.factory.greeting)
+
+    def _reset(self) -> None:
+        self.sender: str | None = None
+        self.parameters = ""
+        self.recipients: list[str] = []
+        self.data: list[bytes] | None = None
+
+    def reply(self, text: str) -> None:
+        self.transport.write(text.encode("ascii") + b"\r\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.data is not None:
+            self._data_line(line)
+            return
+        self.factory.commands.append(line)
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            self.helo = line[5:].decode("ascii", "replace")
+            extensions = list(self.factory.extensions)
+            if self.factory.tls is not None and not self.tls:
+                extensions.append("STARTTLS")
+            lines = ["mx.scripted.test", *extensions]
+            for text in lines[:-1]:
+                self.reply("250-" + text)
+            self.reply("250 " + lines[-1])
+        elif verb == b"HELO":
+            self.helo = line[5:].decode("ascii", "replace")
+            self.reply("250 mx.scripted.test")
+        elif verb == b"STARTTLS" and self.factory.tls is not None and not self.tls:
+            self.reply("220 2.0.0 Go ahead")
+            self.transport.startTLS(self.factory.tls)  # type: ignore[attr-defined]
+            self.tls = True
+            self.helo = ""
+            self._reset()
+        elif verb == b"MAIL":
+            self.sender, self.parameters = _address(line, b"MAIL FROM:")
+            self.reply(self.factory.next_reply("MAIL", self.factory.mail_replies))
+        elif verb == b"RCPT":
+            address, _ = _address(line, b"RCPT TO:")
+            script = self.factory.rcpt.get(address, [])
+            text = self.factory.next_reply(address, script) if script else "250 2.1.5 OK"
+            if text.startswith("2"):
+                self.recipients.append(address)
+            self.reply(text)
+        elif verb == b"DATA":
+            if self.sender is None or not self.recipients:
+                self.reply("503 5.5.1 Bad sequence of commands")
+            else:
+                self.data = []
+                self.reply("354 End data with <CR><LF>.<CR><LF>")
+        elif verb == b"RSET":
+            self._reset()
+            self.reply("250 2.0.0 OK")
+        elif verb == b"NOOP":
+            self.reply("250 2.0.0 OK")
+        elif verb == b"QUIT":
+            self.reply("221 2.0.0 Bye")
+            self.transport.loseConnection()
+        else:
+            self.reply("500 5.5.2 Command not recognized")
+
+    def _data_line(self, line: bytes) -> None:
+        assert self.data is not None
+        if line != b".":
+            self.data.append(line[1:] if line.startswith(b".") else line)
+            return
+        data = b"".join(part + b"\r\n" for part in self.data)
+        text = self.factory.next_reply("DATA", self.factory.data_replies)
+        if text.startswith("2"):
+            self.factory.transactions.append(
+                Transaction(
+                    helo=self.helo,
+                    sender=self.sender or "",
+                    mail_parameters=self.parameters,
+                    recipients=tuple(self.recipients),
+                    data=data,
+                    tls=self.tls,
+                )
+            )
+        self._reset()
+        self.reply(text)
+
+
+class ScriptedMTA(ServerFactory):
+    """A receiving SMTP server whose replies are scripted; it records what it received.
+
+    @param rcpt: address -> replies to RCPT for it, one per attempt (the last one repeats):
+        C{{"bob@example.net": ["451 4.3.0 Try later", "250 2.1.5 OK"]}}.  Unlisted: 250.
+    @param mail_replies: replies to MAIL, one per transaction (the last repeats).
+    @param data_replies: replies after the final dot, likewise.
+    @param tls: when given, STARTTLS is offered and done with this server context.
+    @ivar transactions: the L{Transaction}s answered 2xx after DATA.
+    @ivar commands: every command line received (not message data).
+    """
+
+    protocol = ScriptedSMTP
+    noisy = False
+
+    def __init__(
+        self,
+        rcpt: Mapping[str, Sequence[str]] | None = None,
+        mail_replies: Sequence[str] = ("250 2.1.0 OK",),
+        data_replies: Sequence[str] = ("250 2.0.0 Queued",),
+        extensions: Iterable[str] = ("PIPELINING", "SIZE 52428800", "8BITMIME"),
+        tls: CertificateOptions | None = None,
+        greeting: str = "220 mx.scripted.test ESMTP",
+    ) -> None:
+        self.rcpt = {k.lower(): list(v) for k, v in (rcpt or {}).items()}
+        self.mail_replies = list(mail_replies)
+        self.data_replies = list(data_replies)
+        self.extensions = list(extensions)
+        self.tls = tls
+        self.greeting = greeting
+        self.transactions: list[Transaction] = []
+        self.commands: list[bytes] = []
+        self.connections = 0
+        self._counters: dict[str, int] = {}
+
+    def next_reply(self, key: str, script: Sequence[str]) -> str:
+        n = self._counters.get(key, 0)
+        self._counters[key] = n + 1
+        return script[min(n, len(script) - 1)]
