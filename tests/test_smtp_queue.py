@@ -1,0 +1,351 @@
+"""The durable queue (twistedmail.smtp.queue) and DSNs (twistedmail.smtp.dsn): spool files,
+retry timing on a Clock, per-recipient states, bounces and delay notices, limits."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from test_smtp_server import NOW, Mailhost, run_now
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from twistedmail.address import Mailbox
+from twistedmail.smtp.dsn import FAILED, build_dsn
+from twistedmail.smtp.outbound import RecipientResult, enhanced_status
+from twistedmail.smtp.queue import (
+    QueueEntry,
+    QueueError,
+    QueueRunner,
+    RetrySchedule,
+    Spool,
+)
+
+MESSAGE = (
+    b"Received: from x\r\n\tby y; date\r\nFrom: alice@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+)
+ALICE = Mailbox.parse("alice@example.test")
+
+
+class FakeOutbound:
+    """Answers per address from a script of reply lines (the last one repeats); records
+    each call; with C{hold}, every call waits for a Deferred the test fires."""
+
+    def __init__(self, script: dict[str, list[str]] | None = None, hold: bool = False) -> None:
+        self.script = script or {}
+        self.calls: list[tuple[str | None, str, tuple[str, ...]]] = []
+        self.hold = hold
+        self.held: list[defer.Deferred[None]] = []
+
+    def destination(self, domain: str) -> str:
+        return domain
+
+    async def deliver(
+        self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
+    ) -> list[RecipientResult]:
+        self.calls.append((sender, domain, tuple(recipients)))
+        if self.hold:
+            d: defer.Deferred[None] = defer.Deferred()
+            self.held.append(d)
+            await d
+        results = []
+        for address in recipients:
+            replies = self.script.get(address, ["250 2.0.0 Queued"])
+            text = replies.pop(0) if len(replies) > 1 else replies[0]
+            code = int(text[:3])
+            results.append(
+                RecipientResult(
+                    address, code, enhanced_status(code, text[4:]), text, "mx.example.net"
+                )
+            )
+        return results
+
+
+class QueueTestCase(TestCase):
+    def setUp(self) -> None:
+        self.host = Mailhost(Path(self.mktemp()))
+        self.clock = self.host.clock
+        self.spool = Spool(self.host.root / "queue")
+        self.schedule = RetrySchedule(first=300, maximum=3600, lifetime=86400, delay_warning=7200)
+
+    def runner(self, outbound: FakeOutbound, **kw: int) -> QueueRunner:
+        runner = QueueRunner(
+            spool=self.spool,
+            outbound=outbound,
+            store=self.host.store,
+            local=self.host.delivery,
+            clock=self.clock,
+            run_in_thread=run_now,
+            hostname="mail.example.test",
+            schedule=self.schedule,
+            **kw,
+        )
+        self.successResultOf(defer.Deferred.fromCoroutine(runner.start()))
+        self.addCleanup(runner.stop)
+        return runner
+
+    def enqueue(
+        self, runner: QueueRunner, recipients: list[str], sender: Mailbox | None = ALICE
+    ) -> QueueEntry:
+        return self.successResultOf(
+            defer.Deferred.fromCoroutine(
+                runner.enqueue(sender, [Mailbox.parse(r) for r in recipients], MESSAGE)
+            )
+        )
+
+    def dsns(self) -> list[email.message.EmailMessage]:
+        return [
+            email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[misc]
+            for data in self.host.messages("alice@example.test")
+        ]
+
+
+class SpoolTests(QueueTestCase):
+    def test_add_writes_message_and_versioned_envelope(self) -> None:
+        entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW)
+        self.assertEqual((self.spool.directory / f"{entry.id}.msg").read_bytes(), MESSAGE)
+        data = json.loads((self.spool.directory / f"{entry.id}.json").read_bytes())
+        self.assertEqual(
+            data,
+            {
+                "version": 1,
+                "id": entry.id,
+                "sender": "alice@example.test",
+                "recipients": [
+                    {
+                        "address": "bob@example.net",
+                        "state": "pending",
+                        "status": "",
+                        "diagnostic": "",
+                        "remote_mta": None,
+                    }
+                ],
+                "created": NOW,
+                "next_try": NOW,
+                "size": len(MESSAGE),
+                "attempts": 0,
+                "last_error": "",
+                "delay_notified": False,
+            },
+        )
+        self.assertEqual(self.spool.load(entry.id), entry)
+        self.assertEqual(list((self.spool.directory / "tmp").iterdir()), [])
+
+    def test_orphan_message_and_bad_version(self) -> None:
+        entry = self.spool.add(None, ["bob@example.net"], MESSAGE, NOW)
+        (self.spool.directory / "0000000000ABCDEF0123.msg").write_bytes(b"half")
+        self.assertEqual(self.spool.remove_orphans(), ["0000000000ABCDEF0123"])
+        path = self.spool.directory / f"{entry.id}.json"
+        path.write_bytes(path.read_bytes().replace(b'"version": 1', b'"version": 9'))
+        with self.assertRaises(QueueError):
+            self.spool.load(entry.id)
+        self.assertEqual(self.spool.entries(), [])
+
+    def test_ids_are_validated(self) -> None:
+        with self.assertRaises(QueueError):
+            self.spool.load("../accounts")
+
+
+class RunnerTests(QueueTestCase):
+    def test_retry_after_451_then_delivered_once(self) -> None:
+        outbound = FakeOutbound({"bob@example.net": ["451 4.3.0 Try later", "250 2.0.0 OK"]})
+        runner = self.runner(outbound)
+        entry = self.enqueue(runner, ["bob@example.net"])
+        self.clock.advance(0)
+        self.assertEqual(len(outbound.calls), 1)
+        saved = self.spool.load(entry.id)
+        assert saved is not None
+        self.assertEqual(saved.attempts, 1)
+        self.assertEqual(saved.next_try, NOW + 300)
+        self.assertEqual(saved.last_error, "451 4.3.0 Try later")
+        self.clock.advance(299)
+        self.assertEqual(len(outbound.calls), 1)
+        self.clock.advance(1)
+        self.assertEqual(
+            outbound.calls,
+            [("alice@example.test", "example.net", ("bob@example.net",))] * 2,
+        )
+        self.assertEqual(self.spool.ids(), [])
+        self.clock.advance(100000)
+        self.assertEqual(len(outbound.calls), 2)
+
+    def test_backoff_doubles_to_the_maximum(self) -> None:
+        self.assertEqual(
+            [self.schedule.delay(n) for n in range(1, 8)],
+            [300, 600, 1200, 2400, 3600, 3600, 3600],
+        )
+
+    def test_mixed_results_bounce_the_550_and_keep_the_451(self) -> None:
+        outbound = FakeOutbound(
+            {
+                "gone@example.net": ["550 5.1.1 No such user"],
+                "busy@example.org": ["451 4.2.0 Busy", "250 2.0.0 OK"],
+            }
+        )
+        runner = self.runner(outbound)
+        entry = self.enqueue(runner, ["ok@example.net", "gone@example.net", "busy@example.org"])
+        self.clock.advance(0)
+        self.assertEqual(
+            sorted(outbound.calls),
+            [
+                ("alice@example.test", "example.net", ("ok@example.net", "gone@example.net")),
+                ("alice@example.test", "example.org", ("busy@example.org",)),
+            ],
+        )
+        saved = self.spool.load(entry.id)
+        assert saved is not None
+        self.assertEqual(
+            [(r.address, r.state) for r in saved.recipients],
+            [
+                ("ok@example.net", "delivered"),
+                ("gone@example.net", "bounced"),
+                ("busy@example.org", "pending"),
+            ],
+        )
+        [dsn] = self.dsns()
+        self.assertEqual(dsn["From"], "Mail Delivery System <MAILER-DAEMON@mail.example.test>")
+        self.assertEqual(dsn["Subject"], "Undelivered Mail Returned to Sender")
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn.get_param("report-type"), "delivery-status")
+        human, status, headers = dsn.iter_parts()
+        fields = [dict(p.items()) for p in status.get_payload()]
+        self.assertEqual(
+            fields[1],
+            {
+                "Final-Recipient": "rfc822; gone@example.net",
+                "Action": "failed",
+                "Status": "5.1.1",
+                "Remote-MTA": "dns; mx.example.net",
+                "Diagnostic-Code": "smtp; 550 5.1.1 No such user",
+                "Last-Attempt-Date": "Fri, 15 Jan 2027 08:00:00 +0000",
+            },
+        )
+        self.assertEqual(len(fields), 2)
+        self.assertEqual(headers.get_content_type(), "text/rfc822-headers")
+        self.assertIn(b"Subject: hi\r\n", self.host.messages("alice@example.test")[0])
+        self.assertTrue(self.host.messages("alice@example.test")[0].startswith(b"Return-Path: <>"))
+        # the retry carries only the pending recipient
+        self.clock.advance(300)
+        self.assertEqual(
+            outbound.calls[-1], ("alice@example.test", "example.org", ("busy@example.org",))
+        )
+        self.assertEqual(self.spool.ids(), [])
+        self.assertEqual(len(self.dsns()), 1)
+
+    def test_no_bounce_for_a_null_sender(self) -> None:
+        outbound = FakeOutbound({"gone@example.net": ["550 5.1.1 No such user"]})
+        runner = self.runner(outbound)
+        self.enqueue(runner, ["gone@example.net"], sender=None)
+        self.clock.advance(0)
+        self.assertEqual(outbound.calls, [(None, "example.net", ("gone@example.net",))])
+        self.assertEqual(self.spool.ids(), [])
+        self.assertEqual(self.dsns(), [])
+
+    def test_bounce_to_a_remote_sender_is_queued_from_null(self) -> None:
+        outbound = FakeOutbound({"gone@example.net": ["550 5.1.1 No such user"]})
+        runner = self.runner(outbound)
+        self.enqueue(runner, ["gone@example.net"], sender=Mailbox.parse("carol@example.org"))
+        self.clock.advance(0)
+        self.assertEqual(outbound.calls[-1][:2], (None, "example.org"))
+        self.assertEqual(outbound.calls[-1][2], ("carol@example.org",))
+
+    def test_delay_notice_once_then_expiry_bounce(self) -> None:
+        outbound = FakeOutbound({"bob@example.net": ["451 4.4.1 No answer"]})
+        runner = self.runner(outbound)
+        entry = self.enqueue(runner, ["bob@example.net"])
+        self.clock.advance(0)
+        self.assertEqual(self.dsns(), [])
+        for _ in range(30):
+            self.clock.advance(3600)
+        self.assertEqual(len(self.dsns()), 2)
+        subjects = sorted(m["Subject"] for m in self.dsns())
+        self.assertEqual(
+            subjects, ["Delayed Mail (still being retried)", "Undelivered Mail Returned to Sender"]
+        )
+        reports = {
+            m["Subject"]: [dict(p.items()) for p in list(m.iter_parts())[1].get_payload()][1]
+            for m in self.dsns()
+        }
+        delay = reports["Delayed Mail (still being retried)"]
+        self.assertEqual((delay["Action"], delay["Status"]), ("delayed", "4.4.1"))
+        self.assertIn("Will-Retry-Until", delay)
+        final = reports["Undelivered Mail Returned to Sender"]
+        self.assertEqual((final["Action"], final["Status"]), ("failed", "4.4.7"))
+        self.assertEqual(self.spool.load(entry.id), None)
+
+    def test_restart_picks_up_the_spool(self) -> None:
+        entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW - 10)
+        outbound = FakeOutbound()
+        self.runner(outbound)
+        self.clock.advance(0)
+        self.assertEqual(
+            outbound.calls, [("alice@example.test", "example.net", ("bob@example.net",))]
+        )
+        self.assertEqual(self.spool.load(entry.id), None)
+
+    def test_deleted_entry_is_not_sent(self) -> None:
+        outbound = FakeOutbound()
+        runner = self.runner(outbound)
+        entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW + 50)
+        self.successResultOf(defer.Deferred.fromCoroutine(runner.flush()))
+        self.spool.remove(entry.id)
+        self.clock.advance(0)
+        self.assertEqual(outbound.calls, [])
+
+    def test_flush_makes_everything_due(self) -> None:
+        outbound = FakeOutbound({"bob@example.net": ["451 4.3.0 Later", "250 2.0.0 OK"]})
+        runner = self.runner(outbound)
+        self.enqueue(runner, ["bob@example.net"])
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(defer.Deferred.fromCoroutine(runner.flush())), 1)
+        self.clock.advance(0)
+        self.assertEqual(len(outbound.calls), 2)
+        self.assertEqual(self.spool.ids(), [])
+
+    def test_connections_limited_per_destination_and_overall(self) -> None:
+        outbound = FakeOutbound(hold=True)
+        runner = self.runner(outbound, max_connections=3, max_per_destination=2)
+        for _ in range(3):
+            self.enqueue(runner, ["bob@example.net"])
+        self.enqueue(runner, ["x@example.org"])
+        self.enqueue(runner, ["y@example.com"])
+        self.clock.advance(0)
+        self.assertEqual(
+            sorted(c[1] for c in outbound.calls), ["example.net", "example.net", "example.org"]
+        )
+        while outbound.held:
+            outbound.held.pop(0).callback(None)
+        self.clock.advance(0)
+        self.assertEqual(len(outbound.calls), 5)
+        self.assertEqual(self.spool.ids(), [])
+
+
+class DSNTests(TestCase):
+    def test_local_failure_diagnostic_and_header_only(self) -> None:
+        dsn = build_dsn(
+            hostname="mail.example.test",
+            recipient="alice@example.test",
+            results=[
+                RecipientResult(
+                    "x@null.example",
+                    556,
+                    "5.1.10",
+                    "556 5.1.10 Domain null.example does not accept mail (null MX, RFC 7505)",
+                )
+            ],
+            action=FAILED,
+            original=MESSAGE + b"secret body line\r\n",
+            arrival=NOW,
+            now=NOW,
+        )
+        self.assertIn(
+            b"Final-Recipient: rfc822; x@null.example\r\nAction: failed\r\nStatus: 5.1.10\r\n"
+            b"Diagnostic-Code: X-twistedmail; 556 5.1.10 Domain null.example does not accept"
+            b" mail (null MX, RFC 7505)\r\n",
+            dsn,
+        )
+        self.assertNotIn(b"secret body line", dsn)
+        self.assertNotIn(b"Remote-MTA", dsn)
