@@ -207,7 +207,7 @@ class LogLoginTests(unittest.TestCase):
             log_login("smtp", "a" * 10_000, "192.0.2.7", False)
         self.assertEqual(
             formatEvent(events[0]),
-            "login failed: service=smtp user=x??login ok: service=imap user=admin\ufffd"
+            "login failed: service=smtp user=x??login?ok:?service=imap?user=admin\ufffd"
             " ip=192.0.2.7",
         )
         self.assertEqual(

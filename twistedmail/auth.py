@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred
@@ -23,6 +23,17 @@ from zope.interface import Interface, implementer
 from twistedmail import passwords
 from twistedmail.accounts import AccountStore
 from twistedmail.address import AddressError, Mailbox
+from twistedmail.throttle import LoginBlocked, LoginThrottle
+
+__all__ = [
+    "ClientCredentials",
+    "LoginBlocked",
+    "LoginThrottle",
+    "MailRealm",
+    "PasswordChecker",
+    "RunInThread",
+    "log_login",
+]
 
 log = Logger(namespace="twistedmail.auth")
 
@@ -38,25 +49,69 @@ def _text(value: bytes | str) -> str:
     return value
 
 
+@implementer(IUsernamePassword)
+class ClientCredentials(UsernamePassword):
+    """C{UsernamePassword} that also says where the login comes from, for the throttle.
+
+    @param username: the login name as sent (bytes or str).
+    @param password: the password as sent (bytes or str).
+    @param peer_ip: the client's IP address, text (C{"192.0.2.7"}, C{"2001:db8::1"}).
+    """
+
+    def __init__(self, username: bytes, password: bytes, peer_ip: str) -> None:
+        super().__init__(username, password)
+        self.peer_ip = peer_ip
+
+
 @implementer(ICredentialsChecker)
 class PasswordChecker:
     """C{ICredentialsChecker} for C{IUsernamePassword} against the account store.
 
     The avatar ID is the normalised address (C{str}), e.g. C{"alice@example.test"}.
     Errors: L{UnauthorizedLogin} for an unknown user, a wrong password or malformed input;
-    the message never says which.
+    the message never says which.  With a C{throttle}, L{ClientCredentials} logins wait the
+    throttle's delay for their IP first, and L{LoginBlocked} (not an C{UnauthorizedLogin})
+    refuses them while the IP or account is blocked; the outcome is counted.
+
+    @param throttle: the failed-login throttle shared by every protocol, or C{None}.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: AccountStore, run_in_thread: RunInThread) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        run_in_thread: RunInThread,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
         self.store = store
         self.run_in_thread = run_in_thread
+        self.throttle = throttle
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
         return Deferred.fromCoroutine(self._check(credentials))
 
     async def _check(self, credentials: IUsernamePassword) -> str:
+        ip = getattr(credentials, "peer_ip", None)
+        throttle = self.throttle if isinstance(ip, str) else None
+        raw = credentials.username
+        user = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        try:
+            address = str(Mailbox.parse(user))
+        except AddressError:
+            address = user
+        if throttle is not None:
+            assert ip is not None
+            await throttle.admit(ip, address)
+        try:
+            return await self._verify(credentials)
+        except UnauthorizedLogin:
+            if throttle is not None:
+                assert ip is not None
+                throttle.failed(ip, address)
+            raise
+
+    async def _verify(self, credentials: IUsernamePassword) -> str:
         try:
             username = _text(credentials.username)
             password = _text(credentials.password)
@@ -70,6 +125,9 @@ class PasswordChecker:
         ok = await self.run_in_thread(passwords.verify, password, stored or _DUMMY_HASH)
         if not ok or stored is None:
             raise UnauthorizedLogin("bad credentials")
+        ip = getattr(credentials, "peer_ip", None)
+        if self.throttle is not None and isinstance(ip, str):
+            self.throttle.succeeded(ip, address)
         if passwords.needs_rehash(stored):
             fresh = await self.run_in_thread(passwords.hash_password, password)
             self.store.set_password_hash(address, fresh)
@@ -106,10 +164,12 @@ def log_login(service: str, username: object, peer: str, ok: bool) -> None:
     """One log line per login attempt, for every protocol (never the password).
 
     Format (stable, for fail2ban): C{login ok: service=imap user=alice@example.test
-    ip=192.0.2.7} / C{login failed: ...}.
+    ip=192.0.2.7} / C{login failed: ...}; the IP is always last.  The user name comes from
+    the network: unprintable characters and white space become C{?} (so a name such as
+    C{"x ip=192.0.2.1"} cannot plant a second C{ip=} for fail2ban), and it is cut at 256.
     """
     user = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
-    user = "".join(c if c.isprintable() else "?" for c in user)[:256]
+    user = "".join(c if c.isprintable() and not c.isspace() else "?" for c in user)[:256]
     if ok:
         log.info(
             "login ok: service={service} user={user} ip={ip}", service=service, user=user, ip=peer

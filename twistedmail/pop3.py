@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginDenied, LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -50,7 +49,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistedmail.auth import RunInThread, log_login
+from twistedmail.auth import ClientCredentials, LoginBlocked, RunInThread, log_login
 from twistedmail.maildir import (
     ChangeNotifier,
     Folder,
@@ -98,6 +97,7 @@ ERR_LINE_COUNT = "invalid line count"
 ERR_LINE_TOO_LONG = "line too long"
 ERR_SERVER = "[SYS/TEMP] internal server error"  # RFC 3206 §3
 ERR_MAILDROP = "[SYS/TEMP] unable to open maildrop"
+ERR_LOGIN_BLOCKED = "[SYS/TEMP] too many failed logins, try again later"  # RFC 3206 §4
 ERR_NOT_REMOVED = "[SYS/TEMP] some deleted messages not removed"  # RFC 1939 §6
 
 SASL_MECHANISMS = (b"PLAIN",)
@@ -507,12 +507,15 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         await self._login(authcid, password)
 
     async def _login(self, user: bytes, password: bytes) -> None:
-        credentials = UsernamePassword(user, password)
+        credentials = ClientCredentials(user, password, self.peer_ip)
         try:
             iface, avatar, logout = await self.portal.login(credentials, None, pop3.IMailbox)
         except (LoginFailed, LoginDenied):
             log_login("pop3", user, self.peer_ip, False)
             raise NegativeResponse(ERR_AUTH_FAILED) from None
+        except LoginBlocked:
+            log_login("pop3", user, self.peer_ip, False)
+            raise NegativeResponse(ERR_LOGIN_BLOCKED) from None  # the failed-login throttle
         if iface is not pop3.IMailbox:
             logout()
             raise RuntimeError(f"realm returned {iface!r}, not pop3.IMailbox")

@@ -84,3 +84,5 @@ REPLY_500_BARE_LF_COMMAND = R(500, "5.5.2", "Bare CR or LF in command")
 REPLY_500_AUTH_LINE_TOO_LONG = R(500, "5.5.6", "Authentication exchange line is too long")
 REPLY_503_AUTH_IN_TRANSACTION = R(503, "5.5.1", "AUTH not permitted during a mail transaction")
 REPLY_452_STORAGE = R(452, "4.3.1", "Insufficient system storage")
+REPLY_454_LOGIN_BLOCKED = R(454, "4.7.0", "Too many failed logins, try again later")  # RFC 4954 §6
+REPLY_421_TOO_MANY_CONNECTIONS = R(421, "4.7.0", "Too many connections, try again later")

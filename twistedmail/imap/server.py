@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
@@ -44,7 +43,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistedmail.auth import log_login
+from twistedmail.auth import ClientCredentials, LoginBlocked, log_login
 from twistedmail.imap.mailbox import SearchError
 from twistedmail.imap.message import (
     bodystructure,
@@ -486,11 +485,15 @@ class IMAPServer(imap4.IMAP4Server):
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE")
         try:
             iface, avatar, logout = await self.portal.login(
-                UsernamePassword(user, password), None, imap4.IAccount
+                ClientCredentials(user, password, self.peer), None, imap4.IAccount
             )
         except UnauthorizedLogin:
             log_login("imap", user, self.peer, False)
             raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+        except LoginBlocked:
+            log_login("imap", user, self.peer, False)
+            # RFC 5530 §3: UNAVAILABLE, a temporary failure (the failed-login throttle).
+            raise _no(b"Too many failed logins, try again later", b"UNAVAILABLE") from None
         except Exception:
             log.failure("imap login error session={session}", session=self.session)
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None

@@ -44,7 +44,6 @@ from email.utils import format_datetime
 from typing import Any, Protocol
 
 import attrs
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
@@ -82,6 +81,7 @@ from twistedmail.reply import (
     REPLY_452_STORAGE,
     REPLY_452_TOO_MANY_RECIPIENTS,
     REPLY_454_AUTH_TEMP,
+    REPLY_454_LOGIN_BLOCKED,
     REPLY_454_TLS_UNAVAILABLE,
     REPLY_500_AUTH_LINE_TOO_LONG,
     REPLY_500_BARE_LF_COMMAND,
@@ -884,10 +884,15 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         if not authzid or authzid == authcid:  # RFC 4616 §2: no proxy authorization
             try:
                 _, avatar, _ = await self.portal.login(
-                    UsernamePassword(authcid, password), None, IAuthenticatedUser
+                    auth.ClientCredentials(authcid, password, self.peer_ip),
+                    None,
+                    IAuthenticatedUser,
                 )
             except UnauthorizedLogin:
                 avatar = None
+            except auth.LoginBlocked:
+                auth.log_login("smtp", authcid, self.peer_ip, False)
+                return REPLY_454_LOGIN_BLOCKED  # RFC 4954 §6: temporary failure
             except Exception:
                 log.failure("session {session}: AUTH failed unexpectedly", session=self.session_id)
                 return REPLY_454_AUTH_TEMP  # RFC 4954 §6

@@ -1,0 +1,349 @@
+"""The failed-login throttle (twistedmail.throttle) alone, in the checker, and on the wire of
+SMTP AUTH, IMAP and POP3: growing delays on an injected Clock, then a temporary block answered
+with each protocol's temporary error; other IPs unaffected."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.mail import imap4
+from twisted.mail import pop3 as tpop3
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from twistedmail import passwords
+from twistedmail.accounts import AccountStore
+from twistedmail.auth import ClientCredentials, LoginBlocked, MailRealm, PasswordChecker
+from twistedmail.delivery import LocalDelivery
+from twistedmail.imap.account import MaildirAccount
+from twistedmail.imap.server import IMAPServer
+from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
+from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
+from twistedmail.smtp.submission import submission_factory
+from twistedmail.throttle import LoginThrottle, ThrottlePolicy, ip_key
+
+ALICE = "alice@example.test"
+PASSWORD = "alice-pw"
+ATTACKER = "203.0.113.66"
+FRIEND = "198.51.100.7"
+
+
+def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.succeed(f(*args))
+
+
+class ThrottleUnitTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.throttle = LoginThrottle(self.clock)
+
+    def test_delays_grow_then_cap(self) -> None:
+        delays = []
+        for _ in range(9):
+            delays.append(self.throttle.delay_for(ATTACKER, ALICE))
+            self.throttle.failed(ATTACKER, ALICE)
+        self.assertEqual(delays, [0, 1, 2, 4, 8, 16, 16, 16, 16])
+        self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
+
+    def test_tenth_failure_blocks_the_ip_for_fifteen_minutes(self) -> None:
+        with capturedLogs() as events:
+            for _ in range(10):
+                self.throttle.failed(ATTACKER, "nobody@example.test")
+        self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))  # every account from that IP
+        self.assertFalse(self.throttle.blocked(FRIEND, ALICE))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["login throttle: blocking ip=203.0.113.66 for 900s after 10 failed logins"],
+        )
+        self.clock.advance(899)
+        self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))
+        self.clock.advance(1)
+        self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
+
+    def test_failures_expire_after_the_window(self) -> None:
+        for _ in range(9):
+            self.throttle.failed(ATTACKER, ALICE)
+        self.clock.advance(600)
+        self.assertEqual(self.throttle.delay_for(ATTACKER, ALICE), 0)
+        self.throttle.failed(ATTACKER, ALICE)
+        self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
+
+    def test_success_forgets_that_accounts_failures_only(self) -> None:
+        for _ in range(3):
+            self.throttle.failed(FRIEND, ALICE)
+        self.throttle.failed(FRIEND, "bob@example.test")
+        self.throttle.succeeded(FRIEND, ALICE)
+        self.assertEqual(self.throttle.delay_for(FRIEND, ALICE), 1)  # bob's failure remains
+
+    def test_success_does_not_lift_a_block(self) -> None:
+        for _ in range(10):
+            self.throttle.failed(ATTACKER, ALICE)
+        self.throttle.succeeded(ATTACKER, ALICE)
+        self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))
+
+    def test_distributed_guessing_blocks_the_account_except_for_known_ips(self) -> None:
+        self.throttle.succeeded(FRIEND, ALICE)
+        for i in range(30):
+            self.throttle.failed(f"192.0.2.{i}", ALICE)
+        self.assertTrue(self.throttle.blocked("192.0.2.200", ALICE))  # a new IP
+        self.assertFalse(self.throttle.blocked(FRIEND, ALICE))  # where alice logged in from
+        self.assertFalse(self.throttle.blocked("192.0.2.200", "bob@example.test"))
+
+    def test_ipv6_counts_by_slash_64(self) -> None:
+        self.assertEqual(ip_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64")
+        self.assertEqual(ip_key("::ffff:192.0.2.1"), "192.0.2.1")
+        self.assertEqual(ip_key("unknown"), "unknown")
+        for i in range(10):
+            self.throttle.failed(f"2001:db8:1:2::{i + 1:x}", ALICE)
+        self.assertTrue(self.throttle.blocked("2001:db8:1:2:ffff::9", ALICE))
+        self.assertFalse(self.throttle.blocked("2001:db8:1:3::1", ALICE))
+
+    def test_memory_is_bounded(self) -> None:
+        throttle = LoginThrottle(self.clock, ThrottlePolicy(max_entries=100))
+        for i in range(1000):
+            throttle.failed(f"10.0.{i // 256}.{i % 256}", f"user{i}@example.test")
+        self.assertLessEqual(len(throttle._ip_failures), 100)
+        self.assertLessEqual(len(throttle._account_failures), 100)
+
+    def test_admit_waits_on_the_clock(self) -> None:
+        self.throttle.failed(ATTACKER, ALICE)
+        self.throttle.failed(ATTACKER, ALICE)
+        d = defer.Deferred.fromCoroutine(self.throttle.admit(ATTACKER, ALICE))
+        self.assertNoResult(d)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(d))
+
+
+class World:
+    """One store (alice), one throttled checker, one portal for IMAP and POP3."""
+
+    def __init__(self, tc: unittest.TestCase) -> None:
+        root = Path(tc.mktemp())
+        root.mkdir()
+        self.store = AccountStore(root / "accounts.sqlite3")
+        tc.addCleanup(self.store.close)
+        self.store.add_user(ALICE, passwords.hash_password(PASSWORD))
+        self.mail_dir = root / "mail"
+        self.notifier = ChangeNotifier()
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.throttle = LoginThrottle(self.clock)
+        self.checker = PasswordChecker(self.store, run_now, self.throttle)
+        self.delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, run_now)
+        realm = MailRealm(
+            {
+                imap4.IAccount: lambda a: MaildirAccount(
+                    a, UserMaildir(mailbox_root(self.mail_dir, a)), self.notifier, run_now
+                ),
+                tpop3.IMailbox: lambda a: MaildirPOP3Mailbox(
+                    mailbox_root(self.mail_dir, a), run_now, self.notifier
+                ),
+            }
+        )
+        UserMaildir(mailbox_root(self.mail_dir, ALICE)).ensure()
+        self.portal = Portal(realm, [self.checker])
+
+    def fail_until_blocked(self, tc: unittest.TestCase, ip: str = ATTACKER) -> None:
+        """Ten wrong passwords from C{ip} through the checker, waiting out each delay."""
+        for _ in range(10):
+            d = self.checker.requestAvatarId(ClientCredentials(ALICE.encode(), b"guess", ip))
+            self.clock.advance(16)
+            tc.failureResultOf(d, UnauthorizedLogin)
+        tc.assertTrue(self.throttle.blocked(ip, ALICE))
+
+
+class CheckerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.world = World(self)
+
+    def login(self, ip: str, password: str = PASSWORD) -> defer.Deferred[str]:
+        return self.world.checker.requestAvatarId(
+            ClientCredentials(ALICE.encode(), password.encode(), ip)
+        )
+
+    def test_failure_delays_the_next_answer_from_that_ip(self) -> None:
+        self.failureResultOf(self.login(ATTACKER, "wrong"), UnauthorizedLogin)
+        d = self.login(ATTACKER)
+        self.assertNoResult(d)
+        self.world.clock.advance(1)
+        self.assertEqual(self.successResultOf(d), ALICE)
+        # Another IP is answered at once.
+        self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
+
+    def test_blocked_ip_is_refused_without_a_password_check(self) -> None:
+        self.world.fail_until_blocked(self)
+        self.failureResultOf(self.login(ATTACKER), LoginBlocked)  # even the right password
+        self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
+
+    def test_unknown_users_count_too(self) -> None:
+        for _ in range(10):
+            d = self.world.checker.requestAvatarId(
+                ClientCredentials(b"../../etc/passwd", b"x", ATTACKER)
+            )
+            self.world.clock.advance(16)
+            self.failureResultOf(d, UnauthorizedLogin)
+        self.failureResultOf(self.login(ATTACKER), LoginBlocked)
+
+    def test_plain_credentials_are_not_throttled(self) -> None:
+        """Without a client IP (UsernamePassword), only the password is checked."""
+        self.world.fail_until_blocked(self)
+        d = self.world.checker.requestAvatarId(UsernamePassword(ALICE.encode(), b"alice-pw"))
+        self.assertEqual(self.successResultOf(d), ALICE)
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    def startTLS(self, contextFactory: object) -> None:
+        pass
+
+
+def transport_from(ip: str) -> TLSStringTransport:
+    return TLSStringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
+
+
+def plain(user: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{user}\0{password}".encode())
+
+
+class ProtocolTests(unittest.TestCase):
+    """Each protocol answers a blocked IP with its temporary error and logs a failed login."""
+
+    def setUp(self) -> None:
+        self.world = World(self)
+
+    def smtp(self, ip: str, line: bytes) -> bytes:
+        factory = submission_factory(
+            hostname="mail.example.test",
+            store=self.world.store,
+            delivery=self.world.delivery,
+            portal=self.world.portal,
+            tls=None,
+            implicit_tls=True,
+            max_message_size=10000,
+            clock=self.world.clock,
+        )
+        proto = factory.buildProtocol(None)
+        transport = transport_from(ip)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"EHLO client\r\n")
+        transport.clear()
+        proto.dataReceived(line)
+        self.world.clock.advance(16)
+        out = transport.value()
+        proto.connectionLost(Failure(ConnectionError("done")))
+        return out
+
+    def imap(self, ip: str, line: bytes) -> bytes:
+        proto = IMAPServer(
+            portal=self.world.portal,
+            tls=None,
+            implicit_tls=True,
+            clock=self.world.clock,
+            max_literal_size=10000,
+        )
+        transport = transport_from(ip)
+        proto.makeConnection(transport)
+        transport.clear()
+        proto.dataReceived(line)
+        self.world.clock.advance(16)
+        out = transport.value()
+        proto.connectionLost(Failure(ConnectionError("done")))
+        return out
+
+    def pop3(self, ip: str, data: bytes) -> bytes:
+        proto = POP3Server(
+            portal=self.world.portal, tls=None, implicit_tls=True, clock=self.world.clock
+        )
+        transport = transport_from(ip)
+        proto.makeConnection(transport)
+        transport.clear()
+        proto.dataReceived(data)
+        self.world.clock.advance(16)
+        out = transport.value()
+        proto.connectionLost(Failure(ConnectionError("done")))
+        return out
+
+    def test_smtp_auth(self) -> None:
+        auth = b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n"
+        self.world.fail_until_blocked(self)
+        with capturedLogs() as events:
+            self.assertEqual(
+                self.smtp(ATTACKER, auth),
+                b"454 4.7.0 Too many failed logins, try again later\r\n",
+            )
+        self.assertIn(
+            "login failed: service=smtp user=alice@example.test ip=203.0.113.66",
+            [formatEvent(e) for e in events],
+        )
+        self.assertEqual(self.smtp(FRIEND, auth), b"235 2.7.0 Authentication successful\r\n")
+
+    def test_smtp_answer_waits_for_the_delay(self) -> None:
+        self.world.throttle.failed(ATTACKER, ALICE)
+        self.world.throttle.failed(ATTACKER, ALICE)
+        factory = submission_factory(
+            hostname="mail.example.test",
+            store=self.world.store,
+            delivery=self.world.delivery,
+            portal=self.world.portal,
+            tls=None,
+            implicit_tls=True,
+            max_message_size=10000,
+            clock=self.world.clock,
+        )
+        proto = factory.buildProtocol(None)
+        transport = transport_from(ATTACKER)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"EHLO client\r\n")
+        transport.clear()
+        proto.dataReceived(b"AUTH PLAIN " + plain(ALICE, "wrong") + b"\r\nNOOP\r\n")
+        self.world.clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")  # NOOP waits too (replies stay in order)
+        self.world.clock.advance(0.1)
+        self.assertEqual(
+            transport.value(),
+            b"535 5.7.8 Authentication credentials invalid\r\n250 2.0.0 OK\r\n",
+        )
+        proto.connectionLost(Failure(ConnectionError("done")))
+
+    def test_imap_login(self) -> None:
+        login = b"a LOGIN alice@example.test alice-pw\r\n"
+        self.world.fail_until_blocked(self)
+        self.assertEqual(
+            self.imap(ATTACKER, login),
+            b"a NO [UNAVAILABLE] Too many failed logins, try again later\r\n",
+        )
+        self.assertEqual(
+            self.imap(ATTACKER, b"b AUTHENTICATE PLAIN " + plain(ALICE, PASSWORD) + b"\r\n"),
+            b"b NO [UNAVAILABLE] Too many failed logins, try again later\r\n",
+        )
+        self.assertTrue(self.imap(FRIEND, login).startswith(b"a OK [CAPABILITY IMAP4rev1 "))
+
+    def test_pop3_user_pass_and_auth(self) -> None:
+        self.world.fail_until_blocked(self)
+        self.assertEqual(
+            self.pop3(ATTACKER, b"USER alice@example.test\r\nPASS alice-pw\r\n"),
+            b"+OK send PASS\r\n-ERR [SYS/TEMP] too many failed logins, try again later\r\n",
+        )
+        self.assertEqual(
+            self.pop3(ATTACKER, b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n"),
+            b"-ERR [SYS/TEMP] too many failed logins, try again later\r\n",
+        )
+        self.assertEqual(
+            self.pop3(FRIEND, b"USER alice@example.test\r\nPASS alice-pw\r\n"),
+            b"+OK send PASS\r\n+OK Logged in\r\n",
+        )
