@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from test_imap_server import MSG1, PASSWORD, USER, Harness, HeldThreads
+from test_imap_server import EXTENSIONS, MSG1, PASSWORD, USER, Harness, HeldThreads
 from twisted.trial import unittest
 
 
@@ -24,7 +24,7 @@ class StartTLSInjectionTests(unittest.TestCase):
         self.assertEqual(
             h.cmd(b"d CAPABILITY"),
             [
-                b"* CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN",
+                b"* CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN" + EXTENSIONS,
                 b"d OK CAPABILITY completed",
             ],
         )
@@ -49,7 +49,8 @@ class PlaintextAuthTests(unittest.TestCase):
         self.assertEqual(
             self.h.cmd(b"a CAPABILITY"),
             [
-                b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE CHILDREN",
+                b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE CHILDREN"
+                + EXTENSIONS,
                 b"a OK CAPABILITY completed",
             ],
         )
@@ -89,7 +90,7 @@ class LimitTests(unittest.TestCase):
         h = Harness(self)
         self.assertEqual(
             h.cmd(b"a LOGIN {1000000000}"),
-            [b"a BAD Syntax error: Literal too long! I accept at most 4096 octets"],
+            [b"a BAD [TOOBIG] Literal too large"],
         )
 
     def test_overlong_command_line_gets_bye(self) -> None:
@@ -194,7 +195,10 @@ class ReplyCodeTests(unittest.TestCase):
         self.assertEqual(
             self.h.send(b"a APPEND INBOX {5}\r\n"), b"+ Ready for 5 octets of data\r\n"
         )
-        self.assertEqual(self.h.send(b"hello\r\n"), b"a OK APPEND completed\r\n")
+        self.assertEqual(
+            self.h.send(b"hello\r\n"),
+            b"a OK [APPENDUID %d 2] APPEND completed\r\n" % self.h.uidvalidity(),
+        )
 
     def test_append_to_missing_mailbox(self) -> None:
         self.h.send(b"a APPEND Missing (\\Seen) {5}\r\n")
@@ -278,5 +282,7 @@ class PipeliningTests(unittest.TestCase):
             out.endswith(b"b OK [READ-WRITE] SELECT completed\r\n+ Ready for 5 octets of data\r\n")
         )
         self.assertEqual(
-            h.send(b"hello\r\n"), b"* 1 EXISTS\r\n* 0 RECENT\r\nc OK APPEND completed\r\n"
+            h.send(b"hello\r\n"),
+            b"* 1 EXISTS\r\n* 0 RECENT\r\nc OK [APPENDUID %d 1] APPEND completed\r\n"
+            % h.uidvalidity(),
         )

@@ -36,6 +36,7 @@ MSG1 = (
 MSG2 = b"From: carol@example.org\r\nSubject: second\r\n\r\nsecond body\r\n"
 T1 = 1704103200.0  # 2024-01-01 10:00:00 UTC
 T2 = 1704189600.0  # 2024-01-02 10:00:00 UTC
+EXTENSIONS = b" ID ENABLE UNSELECT LITERAL+ UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED"
 
 
 def run_now(f: Any, *args: Any) -> Deferred[Any]:
@@ -135,8 +136,8 @@ class Harness:
     def add(self, data: bytes, flags: str = "", mtime: float = T1, sub: str = "cur") -> None:
         write_durably(self.root / sub, data, flags, mtime)
 
-    def uidvalidity(self) -> int:
-        return Folder(self.root).scan().uidvalidity
+    def uidvalidity(self, folder: str = "INBOX") -> int:
+        return Folder(self.maildir.folder_path(folder)).scan().uidvalidity
 
 
 class GreetingAndLoginTests(unittest.TestCase):
@@ -144,7 +145,9 @@ class GreetingAndLoginTests(unittest.TestCase):
         h = Harness(self, implicit_tls=False, tls=object())
         self.assertEqual(
             h.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE CHILDREN]"
+            b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE CHILDREN"
+            + EXTENSIONS
+            + b"]"
             b" twistedmail IMAP4rev1 ready\r\n",
         )
 
@@ -152,7 +155,7 @@ class GreetingAndLoginTests(unittest.TestCase):
         h = Harness(self)
         self.assertEqual(
             h.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN]"
+            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN" + EXTENSIONS + b"]"
             b" twistedmail IMAP4rev1 ready\r\n",
         )
 
@@ -160,7 +163,11 @@ class GreetingAndLoginTests(unittest.TestCase):
         h = Harness(self)
         self.assertEqual(
             h.cmd(b'a LOGIN alice@example.test "correct horse"'),
-            [b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN] Logged in"],
+            [
+                b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN"
+                + EXTENSIONS
+                + b"] Logged in"
+            ],
         )
 
     def test_login_wrong_password(self) -> None:
@@ -180,7 +187,11 @@ class GreetingAndLoginTests(unittest.TestCase):
         token = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD)
         self.assertEqual(
             h.cmd(token),
-            [b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN] Logged in"],
+            [
+                b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN"
+                + EXTENSIONS
+                + b"] Logged in"
+            ],
         )
 
     def test_authenticate_plain_initial_response_and_bad_password(self) -> None:
@@ -504,8 +515,10 @@ class StoreExpungeTests(unittest.TestCase):
 
     def test_copy_then_delete(self) -> None:
         """Thunderbird's move without MOVE: COPY, then STORE \\Deleted, then EXPUNGE."""
-        self.h.maildir.create("Trash")
-        self.assertEqual(self.h.cmd(b"a UID COPY 1:2 Trash"), [b"a OK COPY completed"])
+        self.assertEqual(
+            self.h.cmd(b"a UID COPY 1:2 Trash"),
+            [b"a OK [COPYUID %d 1:2 1:2] COPY completed" % self.h.uidvalidity("Trash")],
+        )
         self.assertEqual(
             self.h.cmd(b'b STATUS "Trash" (MESSAGES UIDNEXT)'),
             [b'* STATUS "Trash" (MESSAGES 2 UIDNEXT 3)', b"b OK STATUS completed"],
@@ -514,7 +527,12 @@ class StoreExpungeTests(unittest.TestCase):
 
     def test_copy_into_selected_mailbox_reports_exists(self) -> None:
         self.assertEqual(
-            self.h.cmd(b"a COPY 1 INBOX"), [b"* 4 EXISTS", b"* 0 RECENT", b"a OK COPY completed"]
+            self.h.cmd(b"a COPY 1 INBOX"),
+            [
+                b"* 4 EXISTS",
+                b"* 0 RECENT",
+                b"a OK [COPYUID %d 1 4] COPY completed" % self.h.uidvalidity(),
+            ],
         )
 
 
@@ -568,8 +586,7 @@ class SearchTests(unittest.TestCase):
 class AppendTests(unittest.TestCase):
     def setUp(self) -> None:
         self.h = Harness(self)
-        self.h.maildir.create("Sent")
-        self.h.login()
+        self.h.login()  # creates Sent (RFC 6154 special-use folders on first login)
 
     def stored(self, folder: str = "Sent") -> list[tuple[str, bytes]]:
         cur = self.h.maildir.folder_path(folder) / "cur"
@@ -581,21 +598,29 @@ class AppendTests(unittest.TestCase):
             self.h.send(b'a append "Sent" (\\Seen) "02-Jan-2024 11:00:00 +0100" {11}\r\n'),
             b"+ Ready for 11 octets of data\r\n",
         )
-        self.assertEqual(self.h.send(b"Hello world\r\n"), b"a OK APPEND completed\r\n")
+        self.assertEqual(
+            self.h.send(b"Hello world\r\n"),
+            b"a OK [APPENDUID %d 1] APPEND completed\r\n" % self.h.uidvalidity("Sent"),
+        )
         self.assertEqual(self.stored(), [("S", b"Hello world")])
         (path,) = (self.h.maildir.folder_path("Sent") / "cur").iterdir()
         self.assertEqual(path.stat().st_mtime, T2)
 
     def test_append_without_flag_list(self) -> None:
         self.h.send(b"a APPEND Sent {5}\r\n")
-        self.assertEqual(self.h.send(b"hello\r\n"), b"a OK APPEND completed\r\n")
+        self.assertEqual(
+            self.h.send(b"hello\r\n"),
+            b"a OK [APPENDUID %d 1] APPEND completed\r\n" % self.h.uidvalidity("Sent"),
+        )
         self.assertEqual(self.stored(), [("", b"hello")])
 
     def test_append_to_selected_mailbox_sends_exists(self) -> None:
         self.h.cmd(b"s SELECT Sent")
         self.h.send(b"a APPEND Sent {5}\r\n")
         self.assertEqual(
-            self.h.send(b"hello\r\n"), b"* 1 EXISTS\r\n* 0 RECENT\r\na OK APPEND completed\r\n"
+            self.h.send(b"hello\r\n"),
+            b"* 1 EXISTS\r\n* 0 RECENT\r\na OK [APPENDUID %d 1] APPEND completed\r\n"
+            % self.h.uidvalidity("Sent"),
         )
 
     def test_append_missing_mailbox_trycreate(self) -> None:
@@ -690,35 +715,43 @@ class MailboxCommandTests(unittest.TestCase):
             self.h.cmd(b'c list "" "*"'),
             [
                 b'* LIST (\\HasNoChildren) "." "INBOX"',
+                b'* LIST (\\HasNoChildren \\Archive) "." "Archive"',
+                b'* LIST (\\HasNoChildren \\Drafts) "." "Drafts"',
+                b'* LIST (\\HasNoChildren \\Junk) "." "Junk"',
                 b'* LIST (\\HasChildren) "." "Lists"',
                 b'* LIST (\\HasNoChildren) "." "Lists.Work"',
+                b'* LIST (\\HasNoChildren \\Sent) "." "Sent"',
+                b'* LIST (\\HasNoChildren \\Trash) "." "Trash"',
                 b"c OK LIST completed",
             ],
         )
         self.assertEqual(
             self.h.cmd(b'd lsub "" "*"'),
-            [b'* LSUB () "." "INBOX"', b'* LSUB () "." "Lists.Work"', b"d OK LSUB completed"],
+            [
+                b'* LSUB () "." "INBOX"',
+                b'* LSUB () "." "Archive"',
+                b'* LSUB () "." "Drafts"',
+                b'* LSUB () "." "Junk"',
+                b'* LSUB () "." "Lists.Work"',
+                b'* LSUB () "." "Sent"',
+                b'* LSUB () "." "Trash"',
+                b"d OK LSUB completed",
+            ],
         )
         self.assertEqual(
-            self.h.cmd(b'e LIST "" "%"'),
-            [
-                b'* LIST (\\HasNoChildren) "." "INBOX"',
-                b'* LIST (\\HasChildren) "." "Lists"',
-                b"e OK LIST completed",
-            ],
+            self.h.cmd(b'e LIST "" "L%"'),
+            [b'* LIST (\\HasChildren) "." "Lists"', b"e OK LIST completed"],
         )
         self.assertEqual(
             self.h.cmd(b'f LIST "" ""'), [b'* LIST (\\Noselect) "." ""', b"f OK LIST completed"]
         )
-        self.assertEqual(self.h.cmd(b"g RENAME Lists Archive"), [b"g OK RENAME completed"])
+        self.assertEqual(self.h.cmd(b"g RENAME Lists Old"), [b"g OK RENAME completed"])
         self.assertEqual(
-            self.h.cmd(b'h LSUB "" "*"'),
-            [b'* LSUB () "." "INBOX"', b'* LSUB () "." "Archive.Work"', b"h OK LSUB completed"],
+            self.h.cmd(b'h LSUB "" "O*"'),
+            [b'* LSUB () "." "Old.Work"', b"h OK LSUB completed"],
         )
-        self.assertEqual(self.h.cmd(b"i DELETE Archive.Work"), [b"i OK DELETE completed"])
-        self.assertEqual(
-            self.h.cmd(b"j DELETE Archive.Work"), [b"j NO [NONEXISTENT] No such mailbox"]
-        )
+        self.assertEqual(self.h.cmd(b"i DELETE Old.Work"), [b"i OK DELETE completed"])
+        self.assertEqual(self.h.cmd(b"j DELETE Old.Work"), [b"j NO [NONEXISTENT] No such mailbox"])
 
     def test_create_existing_and_bad_names(self) -> None:
         self.h.cmd(b"a CREATE Sent")

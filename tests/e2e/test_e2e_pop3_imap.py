@@ -158,7 +158,8 @@ def test_imap_append_create_and_folders_on_disk(server: Server) -> None:
         "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
     ) as c:
         c.login(ALICE, PASSWORDS[ALICE])
-        c.create_folder("Sent")
+        c.create_folder("Lists.Work")
+        assert c.folder_exists("Sent")  # special-use folders are created at first login
         c.append("Sent", b"Subject: sent copy\r\n\r\nhi\r\n", flags=[imapclient.SEEN])
         c.append("Sent", b"Subject: no flags\r\n\r\nhi\r\n")
     files = server.messages(ALICE, "Sent")
@@ -167,3 +168,4 @@ def test_imap_append_create_and_folders_on_disk(server: Server) -> None:
         b"Subject: sent copy\r\n\r\nhi\r\n",
     ]
     assert (server.maildir(ALICE, "Sent") / "maildirfolder").exists()
+    assert (server.maildir(ALICE, "Lists.Work") / "maildirfolder").exists()

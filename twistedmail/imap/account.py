@@ -1,5 +1,5 @@
 """The IMAP view of one user's folder tree (RFC 3501 §6.3, RFC 2342 NAMESPACE, RFC 3348
-CHILDREN).
+CHILDREN, RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE).
 
 L{MaildirAccount} implements Twisted's C{IAccount} and C{INamespacePresenter} over a
 L{twistedmail.maildir.UserMaildir}: one personal namespace C{""} with delimiter C{"."},
@@ -7,11 +7,17 @@ INBOX plus Maildir++ subfolders.  The mutators (C{create}, C{delete}, C{rename},
 C{subscribe}, C{unsubscribe}) are synchronous as the interface demands; our server calls them
 through C{run_in_thread}.  Errors are C{imap4.MailboxException} subclasses whose text is safe
 to show a client, with the RFC 5530 response code in L{MailboxError.code}.
+
+Special-use folders (RFC 6154 §2) are recognised by name (L{SPECIAL_USE}: C{Sent},
+C{Drafts}, C{Trash}, C{Junk}, C{Archive}, i.e. Maildir++ C{.Sent} ...) and created and
+subscribed by L{MaildirAccount.prepare} on the user's first login.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 
 import attrs
 from twisted.mail import imap4
@@ -27,6 +33,34 @@ from twistedmail.maildir import (
     MaildirError,
     UserMaildir,
 )
+
+SPECIAL_USE = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+"""Folder name -> RFC 6154 §2 special-use attribute."""
+
+PREPARED_MARKER = "twistedmail-special-use"
+"""File in the Maildir root: the special-use folders were created once (a user may then
+delete or rename them and they stay so)."""
+
+
+@attrs.frozen
+class ListEntry:
+    """One mailbox of an extended LIST answer (RFC 5258 §3).
+
+    @ivar attributes: name attributes: C{\\NonExistent}/C{\\Noselect}, C{\\HasChildren}/
+        C{\\HasNoChildren} (RFC 3348), C{\\Subscribed}, special-use (RFC 6154).
+    @ivar child_subscribed: RECURSIVEMATCH found a subscribed descendant (the
+        C{CHILDINFO ("SUBSCRIBED")} extended data item, RFC 5258 §3.5).
+    """
+
+    name: str
+    attributes: tuple[str, ...]
+    child_subscribed: bool = False
 
 
 class MailboxError(imap4.MailboxException):
@@ -98,6 +132,24 @@ class MaildirAccount:
         self.maildir = maildir
         self.notifier = notifier
         self.run_in_thread = run_in_thread
+
+    async def prepare(self) -> None:
+        """At login: create INBOX and, the first time, the special-use folders (subscribed),
+        RFC 6154 §2 (the names Thunderbird, Apple Mail and K-9 look for)."""
+        await self.run_in_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        self.maildir.ensure()
+        marker = self.maildir.root / PREPARED_MARKER
+        if marker.exists():
+            return
+        existing = set(self.maildir.folders())
+        for name in SPECIAL_USE:
+            if name not in existing:
+                self.maildir.create(name)
+            self.maildir.subscribe(name)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
 
     # IAccount
 
@@ -208,22 +260,41 @@ class MaildirAccount:
         return self.match(names, ref, wildcard)
 
     def match(self, names: list[str], ref: str, wildcard: str) -> list[tuple[str, MailboxInfo]]:
-        existing = set(names)
-        every = set(existing)
-        for name in names:
-            parts = name.split(DELIMITER)
-            every |= {DELIMITER.join(parts[:i]) for i in range(1, len(parts))}
-        regex = list_pattern(ref, wildcard)
-        out = []
-        for name in sorted(every, key=lambda n: (n != INBOX, n)):
-            if not list_match(regex, name):
-                continue
-            has_children = any(o.startswith(name + DELIMITER) for o in every)
-            attributes = ["\\HasChildren" if has_children else "\\HasNoChildren"]
-            if name not in existing:
-                attributes.insert(0, "\\Noselect")
-            out.append((name, MailboxInfo(tuple(attributes))))
-        return out
+        entries = list_entries(names, [], ref, [wildcard])
+        return [
+            (e.name, MailboxInfo(tuple(a for a in e.attributes if a != "\\Subscribed")))
+            for e in entries
+        ]
+
+    async def list_folders(
+        self,
+        ref: str,
+        patterns: Sequence[str],
+        *,
+        subscribed: bool = False,
+        recursive: bool = False,
+        special_use: bool = False,
+    ) -> list[ListEntry]:
+        """Extended LIST (RFC 5258 §3): the folders matching any of C{patterns}.
+
+        @param subscribed: the SUBSCRIBED selection option (subscribed names only, including
+            ones that no longer exist, C{\\NonExistent}).
+        @param recursive: RECURSIVEMATCH: also parents with a subscribed descendant.
+        @param special_use: the SPECIAL-USE selection option (RFC 6154 §3).
+        """
+        names, subs = await self.run_in_thread(self._names_and_subscriptions)
+        return list_entries(
+            names,
+            subs,
+            ref,
+            patterns,
+            subscribed=subscribed,
+            recursive=recursive,
+            special_use=special_use,
+        )
+
+    def _names_and_subscriptions(self) -> tuple[list[str], list[str]]:
+        return self.maildir.folders(), self.maildir.subscriptions()
 
     async def list_subscribed(self, ref: str, wildcard: str) -> list[tuple[str, MailboxInfo]]:
         """LSUB (RFC 3501 §6.3.9): subscribed names matching; missing ones are C{\\Noselect}."""
@@ -254,3 +325,57 @@ class MaildirAccount:
 
     def logout(self) -> None:
         """Called by the realm's logout callback when the session ends."""
+
+
+def list_entries(
+    names: Sequence[str],
+    subscriptions: Sequence[str],
+    ref: str,
+    patterns: Sequence[str],
+    *,
+    subscribed: bool = False,
+    recursive: bool = False,
+    special_use: bool = False,
+) -> list[ListEntry]:
+    """The LIST answer over existing folder C{names} (INBOX first, then by name).
+
+    Attributes (RFC 5258 §3.4, RFC 3348, RFC 6154 §2): levels that exist only as a parent
+    are C{\\Noselect}; subscribed names that do not exist are C{\\NonExistent}; every
+    existing level gets C{\\HasChildren} or C{\\HasNoChildren}; subscribed names
+    C{\\Subscribed} (INBOX always is); special-use folders their attribute.
+    """
+    existing = set(names)
+    every = set(existing)
+    for name in names:
+        parts = name.split(DELIMITER)
+        every |= {DELIMITER.join(parts[:i]) for i in range(1, len(parts))}
+    subs = {canonical(n) for n in subscriptions} | {INBOX}
+    regexes = [list_pattern(ref, p) for p in patterns]
+    pool = subs if subscribed else every
+    candidates = pool | every if subscribed and recursive else pool
+    out = []
+    for name in sorted(candidates, key=lambda n: (n != INBOX, n)):
+        if not any(list_match(r, name) for r in regexes):
+            continue
+        child_subscribed = (
+            subscribed and recursive and any(s.startswith(name + DELIMITER) for s in subs)
+        )
+        if name not in pool and not child_subscribed:
+            continue
+        special = SPECIAL_USE.get(name) if name in existing else None
+        if special_use and special is None:
+            continue
+        attributes: list[str] = []
+        if name not in every:
+            attributes.append("\\NonExistent")  # RFC 5258 §3.4: implies \\Noselect
+        else:
+            if name not in existing:
+                attributes.append("\\Noselect")
+            has_children = any(o.startswith(name + DELIMITER) for o in every)
+            attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        if name in subs:
+            attributes.append("\\Subscribed")
+        if special is not None:
+            attributes.append(special)
+        out.append(ListEntry(name, tuple(attributes), child_subscribed))
+    return out

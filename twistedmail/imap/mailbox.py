@@ -360,14 +360,31 @@ class MaildirMailbox:
             self._changed()
         return result
 
-    async def expunge(self) -> list[int]:
+    async def expunge(self, uids: imap4.MessageSet | None = None) -> list[int]:
         """EXPUNGE (RFC 3501 §6.4.3): remove C{\\Deleted} messages; return the sequence
-        numbers to report (including expunges by other sessions), adjusted in order."""
+        numbers to report (including expunges by other sessions), adjusted in order.
+
+        @param uids: UID EXPUNGE (RFC 4315 §2.1): only C{\\Deleted} messages in this set.
+        """
         if not self.readwrite:
             raise imap4.ReadOnlyMailbox()
-        doomed = [e for e in self._view if "T" in e.flags and e.uid not in self._gone]
+        last = self._view[-1].uid if self._view else 0
+        doomed = [
+            e
+            for e in self._view
+            if "T" in e.flags
+            and e.uid not in self._gone
+            and (uids is None or in_set(uids, e.uid, last))
+        ]
+        return await self.remove_entries(doomed)
+
+    async def remove_entries(self, doomed: Sequence[MessageEntry]) -> list[int]:
+        """Delete C{doomed} (MOVE, RFC 6851 §3.3, or EXPUNGE); return the sequence numbers
+        to report as C{* n EXPUNGE}, as L{take_expunged}."""
+        if not self.readwrite:
+            raise imap4.ReadOnlyMailbox()
         if doomed:
-            await self.run_in_thread(_remove_all, self.folder, doomed)
+            await self.run_in_thread(_remove_all, self.folder, list(doomed))
             self._gone |= {e.uid for e in doomed}
             self._changed()
         return self.take_expunged()

@@ -1,6 +1,8 @@
 """The IMAP4rev1 session (RFC 3501) on Twisted's C{IMAP4Server}, with STARTTLS (RFC 3501
-§6.2.1, RFC 2595), IDLE (RFC 2177), NAMESPACE (RFC 2342), CHILDREN (RFC 3348) and the
-response codes of RFC 5530.
+§6.2.1, RFC 2595), IDLE (RFC 2177), NAMESPACE (RFC 2342), CHILDREN (RFC 3348), UIDPLUS
+(RFC 4315), MOVE (RFC 6851), LIST-EXTENDED (RFC 5258), SPECIAL-USE (RFC 6154), ID
+(RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888) and the response
+codes of RFC 5530.
 
 Twisted keeps the parser and the per-state command tables (C{unauth_X}, C{auth_X},
 C{select_X}); every command handler here is an C{async def} run by one dispatcher
@@ -63,19 +65,27 @@ from twistedmail.maildir import MaildirError
 log = Logger(namespace="twistedmail.imap")
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE"}
+ENABLEABLE: frozenset[bytes] = frozenset()
+"""Capabilities ENABLE (RFC 5161) can turn on; none of ours needs enabling yet."""
+LIST_SELECT_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
+LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE"}
+ID_FIELDS = 30  # RFC 2971 §3.3: at most 30 field-value pairs
 # RFC 3501 §7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH.
 NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH"}
 FETCH_BATCH = 1000
 
 
 class IMAPError(Exception):
-    """A command's failure, answered as C{tag <status> [<code>] <text>} (RFC 5530 codes)."""
+    """A command's failure, answered as C{tag <status> [<code>] <text>} (RFC 5530 codes);
+    with C{close}, the server then says BYE and closes the connection."""
 
-    def __init__(self, status: bytes, text: bytes, code: bytes = b"") -> None:
+    def __init__(self, status: bytes, text: bytes, code: bytes = b"", close: bool = False) -> None:
         super().__init__(text.decode("ascii", "replace"))
         self.status = status
         self.text = text
         self.code = code
+        self.close = close
 
     def message(self) -> bytes:
         return (b"[" + self.code + b"] " if self.code else b"") + self.text
@@ -96,6 +106,68 @@ def _safe(text: str) -> bytes:
 
 def _mailbox_name(name: str) -> bytes:
     return encode_string(name.encode("imap4-utf-7"))
+
+
+def literal_size(token: bytes) -> tuple[int, bool]:
+    """C{{n}} or C{{n+}} (RFC 7888 §3 non-synchronizing) -> (n, synchronizing).
+
+    @raise imap4.IllegalClientResponse: anything else.
+    """
+    if token[:1] != b"{" or token[-1:] != b"}":
+        raise imap4.IllegalClientResponse("Literal expected")
+    digits = token[1:-1]
+    sync = not digits.endswith(b"+")
+    if not sync:
+        digits = digits[:-1]
+    if not digits.isdigit() or len(digits) > 12:
+        raise imap4.IllegalClientResponse("Bad literal size")
+    return int(digits), sync
+
+
+def uid_set(uids: Sequence[int]) -> bytes:
+    """A UID list as a compact sequence set, order kept (RFC 4315 §3 uid-set): 1:3,7."""
+    runs: list[list[int]] = []
+    for uid in uids:
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
+
+
+def _paren_group(line: bytes) -> tuple[bytes, bytes]:
+    """Split C{(a (b) "c)")rest} into (C{a (b) "c)"}, C{rest}); quotes respected.
+
+    @raise imap4.IllegalClientResponse: unbalanced parentheses.
+    """
+    depth, quoted, escaped = 0, False, False
+    for i, c in enumerate(line):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:
+                escaped = True
+            elif c == 0x22:
+                quoted = False
+        elif c == 0x22:
+            quoted = True
+        elif c == 0x28:
+            depth += 1
+        elif c == 0x29:
+            depth -= 1
+            if depth == 0:
+                return line[1:i], line[i + 1 :].lstrip(b" ")
+    raise imap4.IllegalClientResponse("Mismatched parenthesis")
+
+
+def _atoms(inner: bytes) -> list[bytes]:
+    """The upper-cased atoms of an option list (nested lists are refused)."""
+    out = []
+    for item in imap4.parseNestedParens(inner):
+        if not isinstance(item, bytes):
+            raise imap4.IllegalClientResponse("Unexpected list")
+        out.append(item.upper())
+    return out
 
 
 class _NoScheduler:
@@ -172,6 +244,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._line_waiter: Deferred[bytes] | None = None
         self._pending_exists = False
         self._pending_flags: dict[int, list[str]] = {}
+        self.enabled: set[bytes] = set()
 
     # connection
 
@@ -211,6 +284,14 @@ class IMAPServer(imap4.IMAP4Server):
         cap[b"NAMESPACE"] = None
         cap[b"IDLE"] = None
         cap[b"CHILDREN"] = None
+        cap[b"ID"] = None
+        cap[b"ENABLE"] = None
+        cap[b"UNSELECT"] = None
+        cap[b"LITERAL+"] = None
+        cap[b"UIDPLUS"] = None
+        cap[b"MOVE"] = None
+        cap[b"SPECIAL-USE"] = None
+        cap[b"LIST-EXTENDED"] = None
         return cap
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -265,10 +346,13 @@ class IMAPServer(imap4.IMAP4Server):
             if cmd == b"UID" and self.state == "select":
                 sub, _, rest = (rest or b"").partition(b" ")
                 cmd = sub.upper()
-                if cmd not in (b"COPY", b"FETCH", b"STORE", b"SEARCH"):
+                if cmd not in UID_COMMANDS:
                     raise _bad(b"Unknown UID command")
                 uid = True
-            spec = self.lookupCommand(cmd) if cmd.isalpha() else None
+            if uid and cmd == b"EXPUNGE":
+                spec: Any = self.select_UID_EXPUNGE  # RFC 4315 §2.1: takes a UID set
+            else:
+                spec = self.lookupCommand(cmd) if cmd.isalpha() else None
             if spec is None:
                 raise _bad(b"Command unknown or not valid in this state")
             handler, parsers = spec[0], spec[1:]
@@ -297,6 +381,10 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendPositiveResponse(tag, outcome)
         except IMAPError as e:
             self._respond(e.status, tag, e.message())
+            if e.close:
+                self.sendLine(b"* BYE [" + (e.code or b"CLIENTBUG") + b"] Closing the connection")
+                self.clearLineBuffer()
+                self.transport.loseConnection()
         except imap4.IllegalClientResponse as e:
             self.sendBadResponse(tag, b"Syntax error: " + _safe(str(e)))
         except imap4.IllegalMailboxEncoding:
@@ -325,13 +413,44 @@ class IMAPServer(imap4.IMAP4Server):
     # argument parsers (stock ones raise bare Exceptions on bad input)
 
     def arg_literal(self, line: bytes) -> Any:
-        if not line or line[:1] != b"{" or line[-1:] != b"}" or not line[1:-1].isdigit():
-            raise imap4.IllegalClientResponse("Literal expected")
-        size = int(line[1:-1])
+        size, sync = literal_size(line or b"")
         if size > self.max_literal_size:
-            # refused before the continuation request, so the client sends no data
-            raise _no(b"Message too large", b"TOOBIG")
-        return self._fileLiteral(size)
+            # a synchronizing literal is refused before the continuation request, so the
+            # client sends no data; a non-synchronizing one (RFC 7888 §4) is already on its
+            # way, so the connection is closed rather than read its data as commands
+            raise IMAPError(b"NO", b"Message too large", b"TOOBIG", close=not sync)
+        return self._literal(imap4.LiteralFile(size, Deferred()), sync, b"data")
+
+    def arg_astring(self, line: bytes, final: bool = False) -> Any:
+        """An astring, quoted, atom or literal (C{{n}} or LITERAL+ C{{n+}}, RFC 7888)."""
+        stripped = (line or b"").strip()
+        if stripped[:1] != b"{":
+            return super().arg_astring(line, final)
+        size, sync = literal_size(stripped)
+        if final and sync and not size:
+            return (b"", b"")
+        if size > self._literalStringLimit:
+            raise IMAPError(b"BAD", b"Literal too large", b"TOOBIG", close=not sync)
+        return self._literal(imap4.LiteralString(size, Deferred()), sync, b"text")
+
+    def arg_seqset(self, line: bytes) -> tuple[imap4.MessageSet, bytes]:
+        if not line:
+            raise imap4.IllegalClientResponse("Missing argument")
+        result: tuple[imap4.MessageSet, bytes] = super().arg_seqset(line)
+        return result
+
+    def arg_finalastring(self, line: bytes) -> Any:
+        return self.arg_astring(line, final=True)
+
+    def _literal(self, pending: Any, sync: bool, kind: bytes) -> Deferred[Any]:
+        """Read C{pending.size} raw octets; ask for them first unless non-synchronizing."""
+        self.parseState = "pending"
+        self._pendingLiteral = pending
+        if sync:
+            self.sendContinuationRequest(b"Ready for %d octets of %s" % (pending.size, kind))
+        self.setRawMode()
+        d: Deferred[Any] = pending.defer
+        return d
 
     def arg_fetchatt(self, line: bytes) -> tuple[Any, bytes]:
         try:
@@ -347,6 +466,11 @@ class IMAPServer(imap4.IMAP4Server):
 
     def arg_rest(self, line: bytes | None) -> tuple[bytes | None, bytes]:
         return (line or None), b""
+
+    def arg_rest_required(self, line: bytes | None) -> tuple[bytes, bytes]:
+        if not line:
+            raise imap4.IllegalClientResponse("Missing argument")
+        return line, b""
 
     # unsolicited responses
 
@@ -445,7 +569,7 @@ class IMAPServer(imap4.IMAP4Server):
         await self._login(user, password)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
-    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    unauth_LOGIN = (do_LOGIN, arg_astring, arg_finalastring)
 
     async def do_AUTHENTICATE(self, tag: bytes, mechanism: bytes, initial: bytes | None) -> bytes:
         if not self.secure():
@@ -498,6 +622,12 @@ class IMAPServer(imap4.IMAP4Server):
             log.failure("imap login error session={session}", session=self.session)
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
         log_login("imap", user, self.peer, True)
+        prepare = getattr(avatar, "prepare", None)
+        if prepare is not None:
+            try:
+                await prepare()  # INBOX, and the special-use folders on first login
+            except Exception:
+                log.failure("imap folder setup failed session={session}", session=self.session)
         self.user = getattr(avatar, "address", None) or user.decode("utf-8", "replace")
         self.account = avatar
         self._onLogout = logout
@@ -527,6 +657,54 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_NAMESPACE = (do_NAMESPACE,)
     select_NAMESPACE = auth_NAMESPACE
+
+    def arg_id_params(self, line: bytes) -> tuple[list[Any] | None, bytes]:
+        """RFC 2971 §4: C{NIL} or a list of string pairs."""
+        if (line or b"")[:3].upper() == b"NIL":
+            return None, line[3:].lstrip(b" ")
+        if (line or b"")[:1] != b"(":
+            raise imap4.IllegalClientResponse("NIL or a parameter list expected")
+        inner, rest = _paren_group(line)
+        params = imap4.parseNestedParens(inner)
+        if len(params) % 2 or len(params) > 2 * ID_FIELDS:
+            raise imap4.IllegalClientResponse("Bad ID parameter list")
+        return params, rest
+
+    def do_ID(self, tag: bytes, params: list[Any] | None) -> bytes:
+        """RFC 2971: log what the client says it is; say what we are."""
+        if params:
+            fields = {
+                _safe(k.decode("utf-8", "replace"))[:30].lower(): _safe(
+                    v.decode("utf-8", "replace")
+                )[:60]
+                for k, v in zip(params[::2], params[1::2], strict=True)
+                if isinstance(k, bytes) and isinstance(v, bytes)
+            }
+            log.info(
+                "imap id session={session} name={name} version={version}",
+                session=self.session,
+                name=fields.get(b"name", b"-").decode(),
+                version=fields.get(b"version", b"-").decode(),
+            )
+        self.sendLine(b'* ID ("name" "twistedmail")')
+        return b"ID completed"
+
+    unauth_ID = (do_ID, arg_id_params)
+    auth_ID = unauth_ID
+    select_ID = unauth_ID
+
+    def do_ENABLE(self, tag: bytes, names: bytes) -> bytes:
+        """RFC 5161 §3.1: answer C{* ENABLED} with the capabilities turned on by this
+        command (only ones we have, and none needs enabling yet)."""
+        asked = [n.upper() for n in names.split()]
+        if not asked:
+            raise _bad(b"Capability names expected")
+        turned_on = [n for n in dict.fromkeys(asked) if n in ENABLEABLE and n not in self.enabled]
+        self.enabled |= set(turned_on)
+        self.sendLine(b" ".join([b"* ENABLED"] + turned_on))
+        return b"ENABLE completed"
+
+    auth_ENABLE = (do_ENABLE, arg_rest_required)
 
     def _close_mailbox(self) -> None:
         mbox, self.mbox = self.mbox, None
@@ -569,9 +747,9 @@ class IMAPServer(imap4.IMAP4Server):
         mode = b"[READ-WRITE] " if writeable else b"[READ-ONLY] "
         return mode + command + b" completed"
 
-    auth_SELECT = (do_SELECT, imap4.IMAP4Server.arg_astring, 1, b"SELECT")
+    auth_SELECT = (do_SELECT, arg_astring, 1, b"SELECT")
     select_SELECT = auth_SELECT
-    auth_EXAMINE = (do_SELECT, imap4.IMAP4Server.arg_astring, 0, b"EXAMINE")
+    auth_EXAMINE = (do_SELECT, arg_astring, 0, b"EXAMINE")
     select_EXAMINE = auth_EXAMINE
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
@@ -579,35 +757,35 @@ class IMAPServer(imap4.IMAP4Server):
             raise _no(b"Mailbox not created", b"CANNOT")
         return b"CREATE completed"
 
-    auth_CREATE = (do_CREATE, imap4.IMAP4Server.arg_finalastring)
+    auth_CREATE = (do_CREATE, arg_finalastring)
     select_CREATE = auth_CREATE
 
     async def do_DELETE(self, tag: bytes, name: bytes) -> bytes:
         await self._blocking(self.account.delete, imap4._parseMbox(name))
         return b"DELETE completed"
 
-    auth_DELETE = (do_DELETE, imap4.IMAP4Server.arg_finalastring)
+    auth_DELETE = (do_DELETE, arg_finalastring)
     select_DELETE = auth_DELETE
 
     async def do_RENAME(self, tag: bytes, old: bytes, new: bytes) -> bytes:
         await self._blocking(self.account.rename, imap4._parseMbox(old), imap4._parseMbox(new))
         return b"RENAME completed"
 
-    auth_RENAME = (do_RENAME, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    auth_RENAME = (do_RENAME, arg_astring, arg_finalastring)
     select_RENAME = auth_RENAME
 
     async def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
         await self._blocking(self.account.subscribe, imap4._parseMbox(name))
         return b"SUBSCRIBE completed"
 
-    auth_SUBSCRIBE = (do_SUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
+    auth_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring)
     select_SUBSCRIBE = auth_SUBSCRIBE
 
     async def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
         await self._blocking(self.account.unsubscribe, imap4._parseMbox(name))
         return b"UNSUBSCRIBE completed"
 
-    auth_UNSUBSCRIBE = (do_UNSUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
+    auth_UNSUBSCRIBE = (do_UNSUBSCRIBE, arg_finalastring)
     select_UNSUBSCRIBE = auth_UNSUBSCRIBE
 
     async def do_LIST(
@@ -640,10 +818,105 @@ class IMAPServer(imap4.IMAP4Server):
             )
         return command + b" completed"
 
-    auth_LIST = (do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 0, b"LIST")
-    select_LIST = auth_LIST
-    auth_LSUB = (do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 1, b"LSUB")
+    auth_LSUB = (do_LIST, arg_astring, arg_astring, 1, b"LSUB")
     select_LSUB = auth_LSUB
+
+    def opt_list_select(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
+        """RFC 5258 §3: optional C{(selection options)} before the reference name."""
+        if (line or b"")[:1] != b"(":
+            return None, line
+        inner, rest = _paren_group(line)
+        return _atoms(inner), rest
+
+    def arg_list_patterns(self, line: bytes) -> Any:
+        """One mailbox pattern, or RFC 5258 §3 C{(pattern pattern ...)}."""
+        if (line or b"")[:1] != b"(":
+            result = self.arg_astring(line)
+            if isinstance(result, Deferred):
+                return result.addCallback(lambda r: ([r[0]], r[1]))
+            return [result[0]], result[1]
+        inner, rest = _paren_group(line)
+        patterns = imap4.parseNestedParens(inner)
+        if not patterns or not all(isinstance(p, bytes) for p in patterns):
+            raise imap4.IllegalClientResponse("Bad mailbox patterns")
+        return patterns, rest
+
+    def opt_list_return(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
+        """RFC 5258 §3: optional C{RETURN (return options)} at the end."""
+        if not line:
+            return None, b""
+        keyword, _, rest = line.partition(b" ")
+        if keyword.upper() != b"RETURN" or rest[:1] != b"(":
+            raise imap4.IllegalClientResponse("RETURN expected")
+        inner, rest = _paren_group(rest)
+        return _atoms(inner), rest
+
+    async def do_LIST_EXTENDED(
+        self,
+        tag: bytes,
+        selection: list[bytes] | None,
+        ref: bytes,
+        patterns: list[bytes],
+        returns: list[bytes] | None,
+    ) -> bytes:
+        """LIST with RFC 5258 selection and return options, RFC 6154 special-use."""
+        chosen, wanted = set(selection or ()), set(returns or ())
+        if chosen - LIST_SELECT_OPTIONS:
+            raise _bad(b"Unknown LIST selection option")
+        if wanted - LIST_RETURN_OPTIONS:
+            raise _bad(b"Unknown LIST return option")
+        if b"RECURSIVEMATCH" in chosen and not chosen - {b"RECURSIVEMATCH", b"REMOTE"}:
+            raise _bad(b"RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
+        reference = imap4._parseMbox(ref)
+        wildcards = [imap4._parseMbox(p) for p in patterns]
+        if selection is None and wildcards == [""]:
+            # RFC 3501 §6.3.8: the hierarchy delimiter and root name
+            self.sendLine(b'* LIST (\\Noselect) "." ""')
+            return b"LIST completed"
+        lister = getattr(self.account, "list_folders", None)
+        if lister is None:
+            if selection or returns:
+                raise _bad(b"Extended LIST not supported here")
+            boxes = await maybeDeferred(self.account.listMailboxes, reference, wildcards[0])
+            for name, info in boxes:
+                self._list_line(b"LIST", name, info.getFlags(), info.getHierarchicalDelimiter())
+            return b"LIST completed"
+        entries = await lister(
+            reference,
+            [w for w in wildcards if w],
+            subscribed=b"SUBSCRIBED" in chosen,
+            recursive=b"RECURSIVEMATCH" in chosen,
+            special_use=b"SPECIAL-USE" in chosen,
+        )
+        # RFC 5258 §3.1: the SUBSCRIBED selection option implies the SUBSCRIBED return option
+        show_subscribed = b"SUBSCRIBED" in chosen or b"SUBSCRIBED" in wanted
+        for entry in entries:
+            attributes = [a for a in entry.attributes if show_subscribed or a != "\\Subscribed"]
+            extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if entry.child_subscribed else b""
+            self._list_line(b"LIST", entry.name, attributes, ".", extra)
+        return b"LIST completed"
+
+    def _list_line(
+        self,
+        command: bytes,
+        name: str,
+        attributes: Sequence[str],
+        delimiter: str,
+        extra: bytes = b"",
+    ) -> None:
+        self.sendLine(
+            b"* %s (%s) %s %s%s"
+            % (
+                command,
+                _flag_list(attributes),
+                encode_string(delimiter),
+                _mailbox_name(name),
+                extra,
+            )
+        )
+
+    auth_LIST = (do_LIST_EXTENDED, opt_list_select, arg_astring, arg_list_patterns, opt_list_return)
+    select_LIST = auth_LIST
 
     async def do_STATUS(self, tag: bytes, name: bytes, items: list[Any]) -> bytes:
         names = []
@@ -664,7 +937,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b"* STATUS " + _mailbox_name(mailbox) + b" (" + data + b")")
         return b"STATUS completed"
 
-    auth_STATUS = (do_STATUS, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_plist)
+    auth_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
     select_STATUS = auth_STATUS
 
     async def do_APPEND(
@@ -681,15 +954,18 @@ class IMAPServer(imap4.IMAP4Server):
             data = message.read()
             if not data:
                 raise _no(b"Empty message", b"CANNOT")
-            await mbox.addMessage(data, flag_names, date)
+            new_uid = await mbox.addMessage(data, flag_names, date)
         finally:
             _close_quietly(mbox)
         await self._refresh_if_selected(mbox)
+        if isinstance(new_uid, int) and mbox.getUIDValidity():
+            # RFC 4315 §3: APPENDUID <uidvalidity> <uid>
+            return b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), new_uid)
         return b"APPEND completed"
 
     auth_APPEND = (
         do_APPEND,
-        imap4.IMAP4Server.arg_astring,
+        arg_astring,
         imap4.IMAP4Server.opt_plist,
         imap4.IMAP4Server.opt_datetime,
         arg_literal,
@@ -806,7 +1082,7 @@ class IMAPServer(imap4.IMAP4Server):
                 self.transport.unregisterProducer()
         return b"FETCH completed"
 
-    select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, arg_fetchatt)
+    select_FETCH = (do_FETCH, arg_seqset, arg_fetchatt)
 
     def _fetch_items(
         self, msg: Any, query: list[Any], raw: bytes | None, uid: bool, add_flags: bool
@@ -893,7 +1169,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     select_STORE = (
         do_STORE,
-        imap4.IMAP4Server.arg_seqset,
+        arg_seqset,
         imap4.IMAP4Server.arg_atom,
         imap4.IMAP4Server.arg_flaglist,
     )
@@ -901,24 +1177,79 @@ class IMAPServer(imap4.IMAP4Server):
     async def do_COPY(
         self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
     ) -> bytes:
+        code, _ = await self._copy(messages, name, uid)
+        return code + b"COPY completed"
+
+    async def _copy(
+        self, messages: imap4.MessageSet, name: bytes, uid: bool
+    ) -> tuple[bytes, list[Any]]:
+        """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
+        when nothing was copied) and the source messages copied."""
         target = await maybeDeferred(self.account.select, imap4._parseMbox(name), True)
         if target is None:
             raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
+        copied: list[Any] = []
+        new_uids: list[int] = []
         try:
             copier = imap4.IMessageCopier(target, None)
             if copier is None:
                 raise _no(b"Cannot copy into this mailbox", b"CANNOT")
             for _seq, msg in await maybeDeferred(self.mbox.fetch, messages, uid):
                 try:
-                    await maybeDeferred(copier.copy, msg)
+                    new_uid = await maybeDeferred(copier.copy, msg)
                 except MaildirError:
                     continue  # expunged meanwhile
+                copied.append(msg)
+                new_uids.append(new_uid)
         finally:
             _close_quietly(target)
         await self._refresh_if_selected(target)
-        return b"COPY completed"
+        code = b""
+        if copied and target.getUIDValidity() and all(isinstance(u, int) for u in new_uids):
+            code = b"[COPYUID %d %s %s] " % (
+                target.getUIDValidity(),
+                uid_set([m.getUID() for m in copied]),
+                uid_set(new_uids),
+            )
+        return code, copied
 
-    select_COPY = (do_COPY, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
+    async def do_MOVE(
+        self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
+    ) -> bytes:
+        """RFC 6851 §3: copy, then expunge the sources; COPYUID goes in an untagged OK
+        before the EXPUNGE responses (§4.3)."""
+        mbox = self.mbox
+        if not mbox.isWriteable() or not hasattr(mbox, "remove_entries"):
+            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+        code, copied = await self._copy(messages, name, uid)
+        if code:
+            self.sendLine(b"* OK " + code + b"Moved")
+        for seq in await mbox.remove_entries([m.entry for m in copied]):
+            self.sendLine(b"* %d EXPUNGE" % seq)
+        return b"MOVE completed"
+
+    select_MOVE = (do_MOVE, arg_seqset, arg_finalastring)
+
+    async def do_UID_EXPUNGE(
+        self, tag: bytes, messages: imap4.MessageSet, uid: bool = True
+    ) -> bytes:
+        """UID EXPUNGE (RFC 4315 §2.1): expunge only the C{\\Deleted} messages in the set."""
+        if not self.mbox.isWriteable():
+            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+        for seq in await maybeDeferred(self.mbox.expunge, messages):
+            self.sendLine(b"* %d EXPUNGE" % seq)
+        return b"EXPUNGE completed"
+
+    select_UID_EXPUNGE = (do_UID_EXPUNGE, arg_seqset)
+
+    async def do_UNSELECT(self, tag: bytes) -> bytes:
+        """RFC 3691: leave the selected state without expunging."""
+        self._close_mailbox()
+        return b"UNSELECT completed"
+
+    select_UNSELECT = (do_UNSELECT,)
+
+    select_COPY = (do_COPY, arg_seqset, arg_finalastring)
 
 
 def _has_section(part: Any) -> bool:
