@@ -70,7 +70,23 @@ class TLSConfig:
 
 @attrs.frozen
 class LimitsConfig:
+    """C{[limits]}: sizes in octets, durations in seconds, counts per listener.
+
+    Defaults like Postfix and Dovecot: 1000 recipients (C{smtpd_recipient_limit}), idle
+    timeouts of RFC 5321 §4.5.3.2.7 (5 min), RFC 3501 §5.4 (30 min) and RFC 1939 §3 (10 min).
+    """
+
     max_message_size: int  # octets (RFC 1870 SIZE)
+    max_recipients: int = 1000  # per message; RFC 5321 §4.5.3.1.8: at least 100
+    max_connections: int = 500  # per listener, open at once
+    max_connections_per_ip: int = 20  # per listener and client IP (IPv6: per /64)
+    smtp_idle_timeout: int = 300  # RFC 5321 §4.5.3.2.7: at least 5 minutes
+    imap_idle_timeout: int = 1800  # after login; RFC 3501 §5.4: at least 30 minutes
+    pop3_idle_timeout: int = 600  # RFC 1939 §3: at least 10 minutes
+    login_failure_window: int = 600  # failed logins are counted over this many seconds
+    login_block_after: int = 10  # failures from one IP in the window that block it
+    login_account_block_after: int = 30  # failures on one account that block it
+    login_block_time: int = 900  # how long a block lasts
 
 
 @attrs.frozen
@@ -202,11 +218,22 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if bool(cert) != bool(key):
         raise r.fail("[tls]", "cert and key must be given together")
 
-    limits = r.section(data, "limits", {"max_message_size"})
+    limit_defaults = attrs.asdict(LimitsConfig(max_message_size=DEFAULT_MAX_MESSAGE_SIZE))
+    limits = r.section(data, "limits", set(limit_defaults))
     try:
         max_size = parse_size(limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
     except ValueError as e:
         raise r.fail("[limits] max_message_size", str(e)) from None
+    limit_values: dict[str, int] = {}
+    for key, default in limit_defaults.items():
+        if key == "max_message_size":
+            continue
+        value = limits.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise r.fail(f"[limits] {key}", "must be a positive integer")
+        limit_values[key] = value
+    if limit_values["max_recipients"] < 100:
+        raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
 
     relay = r.section(data, "relay", {"smarthost", "nameservers", "routes"})
     smarthost_text = r.string(relay, "relay", "smarthost", "")
@@ -230,7 +257,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
         listen=listen,
         tls=TLSConfig(r.path(cert) if cert else None, r.path(key) if key else None),
-        limits=LimitsConfig(max_message_size=max_size),
+        limits=LimitsConfig(max_message_size=max_size, **limit_values),
         relay=RelayConfig(
             smarthost=smarthost,
             nameservers=tuple(r.address("[relay] nameservers", n, 53) for n in nameservers),

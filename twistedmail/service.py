@@ -25,15 +25,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
-from twistedmail.auth import MailRealm, PasswordChecker
+from twistedmail.auth import LoginThrottle, MailRealm, PasswordChecker
 from twistedmail.config import Config, ensure_data_dir, mail_dir, store_path, tls_paths
 from twistedmail.delivery import LocalDelivery
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
+from twistedmail.limits import ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
+from twistedmail.throttle import ThrottlePolicy
 
 log = Logger(namespace="twistedmail.service")
 
@@ -82,7 +85,18 @@ class MailServer(MultiService):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
         self.run_in_thread = run_in_thread
-        checker = PasswordChecker(self.store, run_in_thread)
+        limits = config.limits
+        # One failed-login throttle for SMTP AUTH, IMAP and POP3 (issue 5).
+        self.throttle = LoginThrottle(
+            reactor,
+            ThrottlePolicy(
+                window=limits.login_failure_window,
+                block_after=limits.login_block_after,
+                account_block_after=limits.login_account_block_after,
+                block_time=limits.login_block_time,
+            ),
+        )
+        checker = PasswordChecker(self.store, run_in_thread, self.throttle)
         self.delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, run_in_thread)
         realm = MailRealm(
             {
@@ -130,6 +144,7 @@ class MailServer(MultiService):
                 implicit_tls=False,
                 clock=reactor,
                 max_literal_size=size,
+                idle_timeout=limits.imap_idle_timeout,
             ),
             "imaps": imap_factory(
                 portal=self.portal,
@@ -137,18 +152,40 @@ class MailServer(MultiService):
                 implicit_tls=True,
                 clock=reactor,
                 max_literal_size=size,
+                idle_timeout=limits.imap_idle_timeout,
             ),
             "pop3": pop3_factory(
-                portal=self.portal, tls=self.tls_context, implicit_tls=False, clock=reactor
+                portal=self.portal,
+                tls=self.tls_context,
+                implicit_tls=False,
+                clock=reactor,
+                timeout=limits.pop3_idle_timeout,
             ),
-            "pop3s": pop3_factory(portal=self.portal, tls=None, implicit_tls=True, clock=reactor),
+            "pop3s": pop3_factory(
+                portal=self.portal,
+                tls=None,
+                implicit_tls=True,
+                clock=reactor,
+                timeout=limits.pop3_idle_timeout,
+            ),
         }
         for name, factory in factories.items():
+            if isinstance(factory, SMTPServerFactory):
+                factory.idle_timeout = limits.smtp_idle_timeout
+                factory.max_recipients = limits.max_recipients
+            # Connections over [limits] get the protocol's polite refusal (issue 5).
+            limited = ConnectionLimit(
+                factory,
+                max_connections=limits.max_connections,
+                max_per_ip=limits.max_connections_per_ip,
+                refusal=refusal_for(name, hostname),
+                service=name,
+            )
             for address in config.listen[name]:
                 wrapped = (
-                    TLSMemoryBIOFactory(self.tls_context, False, factory)
+                    TLSMemoryBIOFactory(self.tls_context, False, limited)
                     if name in IMPLICIT_TLS
-                    else factory
+                    else limited
                 )
                 svc = StreamServerEndpointService(
                     endpoint_for(reactor, address.host, address.port), wrapped

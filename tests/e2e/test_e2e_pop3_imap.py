@@ -8,6 +8,7 @@ import os
 import poplib
 import signal
 import smtplib
+import time
 
 import imapclient
 import pytest
@@ -169,3 +170,36 @@ def test_imap_append_create_and_folders_on_disk(server: Server) -> None:
     ]
     assert (server.maildir(ALICE, "Sent") / "maildirfolder").exists()
     assert (server.maildir(ALICE, "Lists.Work") / "maildirfolder").exists()
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count descriptors")
+def test_connections_are_freed_after_logout_on_every_tls_port(server: Server) -> None:
+    """Regression: IMAPS LOGOUT left the socket open forever (reading stayed paused, so the
+    client's TLS close was never seen); 150 logins leaked 150 descriptors."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    deliver(server, ALICE, "fd check")
+    for _ in range(3):  # warm up (thread pool, store connections)
+        with imapclient.IMAPClient(
+            "127.0.0.1", port=server.ports["imaps"], ssl_context=client_tls()
+        ) as c:
+            c.login(ALICE, PASSWORDS[ALICE])
+    before = _open_fds(pid)
+    for _ in range(20):
+        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+        m.login(ALICE, PASSWORDS[ALICE])
+        m.select("INBOX")
+        m.logout()
+        m = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+        m.starttls(ssl_context=client_tls())
+        m.logout()
+        p = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], context=client_tls())
+        p.quit()
+    deadline = time.monotonic() + 5
+    while _open_fds(pid) > before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _open_fds(pid) <= before + 2

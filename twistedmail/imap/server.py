@@ -298,6 +298,11 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b"* BYE [TOOBIG] Command line too long")
         self.transport.loseConnection()
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.transport is not None and self.transport.disconnecting:
+            return  # after LOGOUT/BYE nothing more is executed (RFC 3501 §6.1.3)
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
         try:
@@ -400,8 +405,14 @@ class IMAPServer(imap4.IMAP4Server):
         finally:
             self._busy = False
             self._idling = False
-            if paused and self.transport is not None and not self.transport.disconnecting:
-                self.resumeProducing()
+            if paused and self.transport is not None:
+                if self.transport.disconnecting:
+                    # LOGOUT or BYE: keep reading so the peer's close (TLS close_notify, FIN)
+                    # is seen and the connection freed; commands are no longer run.
+                    self.clearLineBuffer()
+                    self.transport.resumeProducing()
+                else:
+                    self.resumeProducing()
 
     async def _blocking(self, f: Callable[..., Any], *args: Any) -> Any:
         """Run an IAccount mutator off the reactor thread when the account allows it."""

@@ -329,6 +329,10 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     @param portal: offers AUTH PLAIN LOGIN under TLS when given; logins ask it for
         L{IAuthenticatedUser} (see L{auth_portal}).
     @param max_message_size: octets of message data (RFC 1870 SIZE).
+    @param idle_timeout: seconds without a command before C{421 4.4.2} and close
+        (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    @param max_recipients: RCPTs accepted per message; more get C{452 4.5.3}
+        (RFC 5321 §4.5.3.1.8, §4.5.3.1.10: at least 100).
     """
 
     MAX_LENGTH = MAX_LINE_LENGTH
@@ -352,8 +356,12 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         tls_context: CertificateOptions | None = None,
         implicit_tls: bool = False,
         portal: Portal | None = None,
+        idle_timeout: int = IDLE_TIMEOUT,
+        max_recipients: int = MAX_RECIPIENTS,
     ) -> None:
         smtp.ESMTP.__init__(self, chal={}, contextFactory=tls_context)
+        self.timeout = idle_timeout
+        self.max_recipients = max_recipients
         self.host = hostname
         self.hostname = hostname
         self.policy = policy
@@ -680,7 +688,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         if params.strip():
             self.send_reply(REPLY_555_BAD_PARAMETER)  # no RCPT parameters are offered
             return
-        if len(self.recipients) >= MAX_RECIPIENTS:
+        if len(self.recipients) >= self.max_recipients:
             self.send_reply(REPLY_452_TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
             return
         self._run(self._rcpt(recipient))
@@ -922,7 +930,11 @@ class SMTPServerFactory(ServerFactory):
         tls_context: CertificateOptions | None = None,
         implicit_tls: bool = False,
         portal: Portal | None = None,
+        idle_timeout: int = IDLE_TIMEOUT,
+        max_recipients: int = MAX_RECIPIENTS,
     ) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_recipients = max_recipients
         self.policy = policy
         self.hostname = hostname
         self.clock = clock
@@ -940,6 +952,8 @@ class SMTPServerFactory(ServerFactory):
             tls_context=None if self.implicit_tls else self.tls_context,
             implicit_tls=self.implicit_tls,
             portal=self.portal,
+            idle_timeout=self.idle_timeout,
+            max_recipients=self.max_recipients,
         )
         session.factory = self
         return session
