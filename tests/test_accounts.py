@@ -351,3 +351,30 @@ class OwnedAddressTests(StoreTestCase):
             self.store.owned_addresses("bob@example.org"),
             {"bob@example.org", "all@example.org", "sales@example.org"},
         )
+
+
+class NewUserTrialRegressionTests(unittest.TestCase):
+    """Found by trying the CLI as a new user: addresses that can never have a mailbox."""
+
+    def setUp(self) -> None:
+        self.store = AccountStore(Path(self.mktemp()))
+        self.addCleanup(self.store.close)
+
+    def test_slash_in_user_local_part_refused(self) -> None:
+        """'a/b@example.org' was accepted, then every delivery to it failed with 451 (and
+        took the other recipients of the message with it)."""
+        with self.assertRaises(StoreError) as cm:
+            self.store.add_user("a/b@example.org", "x")
+        self.assertEqual(
+            str(cm.exception),
+            "invalid address 'a/b@example.org': '/' is not allowed in a user name",
+        )
+        self.assertEqual(self.store.users(), [])
+        self.assertEqual(self.store.domains(), [])
+
+    def test_alias_of_itself_refused(self) -> None:
+        self.store.add_domain("example.org")
+        with self.assertRaises(StoreError) as cm:
+            self.store.add_alias("loop@example.org", ["loop@example.org", "x@remote.test"])
+        self.assertEqual(str(cm.exception), "loop@example.org cannot be an alias of itself")
+        self.assertEqual(self.store.aliases(), [])

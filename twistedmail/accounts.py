@@ -128,6 +128,9 @@ class AccountStore:
         @raise StoreError: if the address is invalid or already a user or alias.
         """
         mbox = _mailbox(address)
+        if "/" in mbox.local:
+            # Valid in RFC 5321, but a user's local part names their Maildir directory.
+            raise StoreError(f"invalid address {address!r}: '/' is not allowed in a user name")
         added_domain = False
         with self._transaction():
             if not self.is_local_domain(mbox.domain):
@@ -194,6 +197,8 @@ class AccountStore:
             raise StoreError(f"{mbox.domain} is not a local domain; add it first")
         if self.is_user(str(mbox)):
             raise StoreError(f"{mbox} is a user, not an alias")
+        if str(mbox) in normalised:
+            raise StoreError(f"{mbox} cannot be an alias of itself")
         with self._transaction():
             self._db.executemany(
                 "INSERT OR IGNORE INTO aliases(address, target) VALUES (?, ?)",
