@@ -1,18 +1,21 @@
 """twistd glue: C{twistd -n twistedmail [--config PATH]} (DESIGN §3).
 
-A configuration or TLS error stops the start with one line on stderr naming the file and the
-key, and exit status 1 (no traceback).
+Every start-up error a user can cause (a bad config key, an unreadable or mismatched
+certificate, a listen address that is in use or not local) stops the start with one line on
+stderr naming the file and the key, and exit status 1 (no traceback).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from twistedmail.config import ConfigError, load_config
+from twistedmail.config import Config, ConfigError, load_config
 from twistedmail.tls import TLSConfigError
 
 
@@ -30,15 +33,61 @@ class Options(usage.Options):
     longdesc = "Run the twistedmail server: SMTP, submission, IMAP and POP3 over Maildir."
 
 
+def _fail(message: str) -> NoReturn:
+    # The process's real stderr: once twistd starts logging, sys.stderr feeds the log.
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(f"twistedmail: error: {message}\n")
+    stderr.flush()
+    raise SystemExit(1)
+
+
+def _where(config: Config) -> str:
+    return str(config.source) if config.source else "built-in defaults"
+
+
+class _StartGuard(MultiService):
+    """Turns a listen failure at start into the one-line error of the module docstring."""
+
+    def __init__(self, config: Config, server: IService) -> None:
+        super().__init__()
+        self.config = config
+        server.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # The service is named "<listener>@<host:port>" (service.MailServer).
+            name = next(
+                (
+                    s.name
+                    for server in self
+                    for s in server  # type: ignore[attr-defined]
+                    if s.name and s.name.endswith(f"@{e.interface}:{e.port}")
+                ),
+                None,
+            )
+            key = f"[listen] {name.split('@')[0]}" if name else "[listen]"
+            reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
+            _fail(
+                f"{_where(self.config)}: {key}: cannot listen on {e.interface}:{e.port}: {reason}"
+            )
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     try:
         config = load_config(Path(options["config"]) if options["config"] else None)
-        from twistedmail.service import MailServer
+    except ConfigError as e:
+        _fail(str(e))
+    from twistedmail.service import MailServer
 
-        return MailServer(config, reactor)
-    except (ConfigError, TLSConfigError) as e:
-        sys.stderr.write(f"twistedmail: error: {e}\n")
-        sys.stderr.flush()
-        raise SystemExit(1) from None
+    try:
+        server = MailServer(config, reactor)
+    except ConfigError as e:
+        _fail(str(e))
+    except TLSConfigError as e:
+        key = "[tls] cert/key" if config.tls.cert else "[server] data_dir (self-signed certificate)"
+        _fail(f"{_where(config)}: {key}: {e}")
+    return _StartGuard(config, server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -67,3 +68,46 @@ def test_config_found_through_environment(tmp_path: Path) -> None:
         env=env,
     )
     assert out.stdout.splitlines() == ["carol@example.test"]
+
+
+def _twistd(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "twistd"), "-n", "--pidfile=", "twistedmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def test_port_in_use_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """Regression: another MTA on the port gave a 40-line traceback."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        server = Server(tmp_path)
+        text = server.config.read_text()
+        text = text.replace(
+            f'smtp = "127.0.0.1:{server.ports["smtp"]}"', f'smtp = "127.0.0.1:{port}"'
+        )
+        server.config.write_text(text)
+        out = _twistd(server.config, tmp_path)
+    finally:
+        busy.close()
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"twistedmail: error: {server.config}: [listen] smtp: "
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_unreadable_certificate_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    server = Server(tmp_path, tls=(tmp_path / "missing.pem", tmp_path / "missing-key.pem"))
+    out = _twistd(server.config, tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"twistedmail: error: {server.config}: [tls] cert/key: "
+        f"cannot read {tmp_path / 'missing.pem'}: No such file or directory"
+    ]
