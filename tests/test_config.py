@@ -93,6 +93,21 @@ class ConfigTests(TestCase):
         )
         self.assertTrue(self.error("[server\n").startswith("FILE: invalid TOML: "))
 
+    def test_listen_hosts_are_ip_addresses_used_once(self) -> None:
+        """Found by a new user: these passed check-config and failed at start."""
+        self.assertEqual(
+            self.error('[listen]\nsmtp = "999.1.1.1:25"\n'),
+            'FILE: [listen] smtp: "999.1.1.1" is not an IP address',
+        )
+        self.assertEqual(
+            self.error('[listen]\nsubmission = "0.0.0.0:25"\n'),
+            "FILE: [listen] submission: 0.0.0.0:25 is also used by smtp",
+        )
+        self.assertEqual(
+            self.error('[listen]\npop3 = ["127.0.0.1:2110", "127.0.0.1:2110"]\n'),
+            "FILE: [listen] pop3: 127.0.0.1:2110 is also used by pop3",
+        )
+
     def test_missing_file(self) -> None:
         with self.assertRaises(ConfigError) as cm:
             load_config(Path("/nonexistent/twistedmail.toml"))

@@ -10,6 +10,7 @@ C{./twistedmail-data} against the working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -212,6 +213,20 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         value = listen_section.get(service, DEFAULT_LISTEN[service])
         values = value if isinstance(value, list) else [value]
         listen[service] = tuple(r.address(f"[listen] {service}", v) for v in values)
+        for address in listen[service]:
+            try:
+                ipaddress.ip_address(address.host)
+            except ValueError:
+                raise r.fail(
+                    f"[listen] {service}", f'"{address.host}" is not an IP address'
+                ) from None
+    seen: dict[tuple[str, int], str] = {}
+    for service, addresses in listen.items():
+        for address in addresses:
+            key = (address.host, address.port)
+            if address.port and key in seen:
+                raise r.fail(f"[listen] {service}", f"{address} is also used by {seen[key]}")
+            seen[key] = service
 
     tls = r.section(data, "tls", {"cert", "key"})
     cert, key = r.string(tls, "tls", "cert", ""), r.string(tls, "tls", "key", "")
