@@ -240,13 +240,13 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     except ValueError as e:
         raise r.fail("[limits] max_message_size", str(e)) from None
     limit_values: dict[str, int] = {}
-    for key, default in limit_defaults.items():
-        if key == "max_message_size":
+    for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
+        if limit == "max_message_size":
             continue
-        value = limits.get(key, default)
+        value = limits.get(limit, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise r.fail(f"[limits] {key}", "must be a positive integer")
-        limit_values[key] = value
+            raise r.fail(f"[limits] {limit}", "must be a positive integer")
+        limit_values[limit] = value
     if limit_values["max_recipients"] < 100:
         raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
 
