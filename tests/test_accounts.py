@@ -317,8 +317,11 @@ class ExpandTests(StoreTestCase):
         self.assertEqual(self.expand("b@example.org"), ["alice@example.org", "bob@example.org"])
 
     def test_self_loop(self) -> None:
-        self.store.add_alias("me@example.org", ["me@example.org"])
-        self.assertEqual(self.expand("me@example.org"), [])
+        """An alias of itself is refused; a longer loop expands to nothing."""
+        self.assertRaises(StoreError, self.store.add_alias, "me@example.org", ["me@example.org"])
+        self.store.add_alias("a@example.org", ["b@example.org"])
+        self.store.add_alias("b@example.org", ["a@example.org"])
+        self.assertEqual(self.expand("a@example.org"), [])
 
     def test_unknown_local_target_dropped(self) -> None:
         self.store.add_alias("x@example.org", ["gone@example.org", "carol@example.org"])
