@@ -133,3 +133,74 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(
     data = received[0].read_bytes()
     assert data.startswith(b"Return-Path: <alice@example.test>\r\n")
     assert b"with ESMTPSA" in data
+
+
+def test_thunderbird_exercise_with_extensions(
+    ca_server: tuple[Server, Path], tmp_path: Path
+) -> None:
+    """Thunderbird with LIST-EXTENDED, SPECIAL-USE, UIDPLUS, MOVE and LITERAL+ advertised:
+    mark read/unread, flag, create a folder, copy, delete (UID MOVE to Trash), send (APPEND
+    to Sent); then the Maildir is what a person expects."""
+    server, ca = ca_server
+    _seed(server, 3)
+    summary = _run(
+        server,
+        tmp_path,
+        "imaps",
+        "tls",
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        str(server.ports["submissions"]),
+        "--smtp-security",
+        "tls",
+        "--send-to",
+        BOB,
+        "--ca-file",
+        str(ca),
+        "--exercise",
+    )
+    (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1))
+    assert summary["login_ok"], summary.get("login_failures")
+    assert summary["ok"], summary
+    assert not summary["imap_error_replies"], summary["imap_error_replies"]
+    exercise = summary["exercise"]
+    assert all("error" not in step for step in exercise["log"]), exercise
+    seq = summary["imap_command_sequence"]
+    commands = [c.split(" ", 1)[1].lower() for c in seq if " " in c]
+    # Thunderbird used the extensions: extended LIST, UID MOVE, LITERAL+ APPEND
+    assert 'list (subscribed) "" "*" return (special-use)' in commands, seq
+    assert 'uid move 3 "trash"' in commands, seq
+    assert any(c.startswith('append "sent" (\\seen) {') and c.endswith("+}") for c in commands)
+    assert not any("\\deleted" in c or c == "expunge" for c in commands), seq
+
+    def flags(path: Path) -> str:
+        return path.name.rpartition(":2,")[2]
+
+    def subject(path: Path) -> bytes:
+        data = path.read_bytes()
+        return data.split(b"\r\nSubject: ", 1)[1].split(b"\r\n", 1)[0]
+
+    # INBOX: the oldest flagged, the newest (read, then unread) moved to Trash
+    inbox = {subject(p): flags(p) for p in server.messages(ALICE)}
+    assert inbox == {b"seeded 0": "F", b"seeded 1": ""}
+    (trashed,) = server.messages(ALICE, "Trash")
+    assert (subject(trashed), flags(trashed)) == (b"seeded 2", "")
+    # the new folder, with the copy of the oldest (flags kept)
+    (copied,) = server.messages(ALICE, exercise["folder"])
+    assert (subject(copied), flags(copied)) == (b"seeded 0", "F")
+    assert (server.maildir(ALICE, exercise["folder"]) / "maildirfolder").exists()
+    # the sent copy in Sent, \Seen; the message itself reached Bob
+    (sent,) = server.messages(ALICE, "Sent")
+    assert flags(sent) == "S"
+    assert len(server.wait_for_messages(BOB, 1)) == 1
+    # APPENDUID and COPYUID (MOVE) told Thunderbird the new UIDs: it fetched nothing from
+    # Sent or Trash, and nothing after the APPEND on that connection
+    for folder in ("Sent", "Trash"):
+        assert folder not in summary["messages_headers_synced"], summary
+        assert folder not in summary["messages_bodies_downloaded"], summary
+    for connection in summary["imap_commands_by_connection"]:
+        lowered = [c.lower() for c in connection]
+        for i, command in enumerate(lowered):
+            if ' append "sent"' in command:
+                assert not any(" fetch " in c and "flags)" not in c for c in lowered[i:]), lowered
