@@ -1310,12 +1310,14 @@ class IMAPFactory(ServerFactory):
         implicit_tls: bool,
         clock: IReactorTime,
         max_literal_size: int,
+        idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
     ) -> None:
         self.portal = portal
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.clock = clock
         self.max_literal_size = max_literal_size
+        self.idle_timeout = idle_timeout
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         protocol = IMAPServer(
@@ -1325,6 +1327,7 @@ class IMAPFactory(ServerFactory):
             clock=self.clock,
             max_literal_size=self.max_literal_size,
         )
+        protocol.POSTAUTH_TIMEOUT = self.idle_timeout
         protocol.factory = self
         return protocol
 
@@ -1336,6 +1339,7 @@ def imap_factory(
     implicit_tls: bool,
     clock: IReactorTime,
     max_literal_size: int,
+    idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
 ) -> ServerFactory:
     """The IMAP listener's factory.
 
@@ -1343,6 +1347,8 @@ def imap_factory(
     @param implicit_tls: C{True} for port 993, whose endpoint the service wraps in TLS.
     @param clock: the reactor (timeouts).
     @param max_literal_size: largest APPEND in octets (the configured max message size).
+    @param idle_timeout: autologout timer after login, seconds (RFC 3501 §5.4: at least
+        30 minutes); before login it stays 60 seconds.
     """
     return IMAPFactory(
         portal=portal,
@@ -1350,4 +1356,5 @@ def imap_factory(
         implicit_tls=implicit_tls,
         clock=clock,
         max_literal_size=max_literal_size,
+        idle_timeout=idle_timeout,
     )

@@ -1,0 +1,222 @@
+"""Configurable limits (issue 5): connections per listener and per IP (twistedmail.limits),
+recipients per message, idle timeouts of SMTP, IMAP and POP3, and the [limits] config keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from test_imap_server import PASSWORD, USER, TLSStringTransport, make_mailroot, run_now
+from test_smtp_server import PEER, TLS_CONTEXT, Mailhost, connect, talk
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from twistedmail.auth import MailRealm
+from twistedmail.config import ConfigError, LimitsConfig, parse_config
+from twistedmail.imap.account import MaildirAccount
+from twistedmail.imap.server import imap_factory
+from twistedmail.limits import ConnectionLimit, refusal_for
+from twistedmail.maildir import ChangeNotifier, UserMaildir
+from twistedmail.pop3 import pop3_factory
+from twistedmail.smtp.inbound import inbound_factory
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+def limited(max_connections: int = 3, max_per_ip: int = 2) -> ConnectionLimit:
+    return ConnectionLimit(
+        Factory.forProtocol(Echo),
+        max_connections=max_connections,
+        max_per_ip=max_per_ip,
+        refusal=refusal_for("smtp", "mail.example.test"),
+        service="smtp",
+    )
+
+
+def open_from(factory: ConnectionLimit, ip: str) -> tuple[Any, StringTransport]:
+    address = IPv6Address("TCP", ip, 1) if ":" in ip else IPv4Address("TCP", ip, 1)
+    proto = factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+REFUSED = b"421 4.7.0 mail.example.test Too many connections, try again later\r\n"
+
+
+class ConnectionLimitTests(unittest.TestCase):
+    def test_per_ip_limit_refuses_politely_and_others_still_connect(self) -> None:
+        factory = limited()
+        open_from(factory, "192.0.2.1")
+        first, tr = open_from(factory, "192.0.2.1")
+        first.dataReceived(b"hello")
+        self.assertEqual(tr.value(), b"hello")  # the wrapped protocol works through the wrapper
+        with capturedLogs() as events:
+            _, refused = open_from(factory, "192.0.2.1")
+        self.assertEqual(refused.value(), REFUSED)
+        self.assertTrue(refused.disconnecting)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["smtp: refused a connection from 192.0.2.1: 2 open from it, 2 in all"],
+        )
+        _, other = open_from(factory, "192.0.2.2")
+        self.assertEqual(other.value(), b"")
+
+    def test_total_limit_and_release_on_close(self) -> None:
+        factory = limited(max_connections=2, max_per_ip=5)
+        a, _ = open_from(factory, "192.0.2.1")
+        open_from(factory, "192.0.2.2")
+        self.assertEqual(open_from(factory, "192.0.2.3")[1].value(), REFUSED)
+        a.connectionLost(Failure(ConnectionError("bye")))
+        self.assertEqual(open_from(factory, "192.0.2.3")[1].value(), b"")
+        self.assertEqual(dict(factory.per_ip), {"192.0.2.2": 1, "192.0.2.3": 1})
+
+    def test_ipv6_counts_by_slash_64(self) -> None:
+        factory = limited()
+        open_from(factory, "2001:db8::1")
+        open_from(factory, "2001:db8::2")
+        self.assertEqual(open_from(factory, "2001:db8::ffff")[1].value(), REFUSED)
+        self.assertEqual(open_from(factory, "2001:db8:0:1::1")[1].value(), b"")
+
+    def test_refusals_per_protocol(self) -> None:
+        self.assertEqual(
+            refusal_for("imaps", "mail.example.test"),
+            b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+        )
+        self.assertEqual(
+            refusal_for("pop3", "mail.example.test"),
+            b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+        )
+        self.assertEqual(refusal_for("submissions", "mail.example.test"), REFUSED)
+
+
+class SessionLimitTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.host = Mailhost(Path(self.mktemp()))
+
+    def smtp(self, **limits: int) -> Any:
+        factory = inbound_factory(
+            hostname="mail.example.test",
+            store=self.host.store,
+            delivery=self.host.delivery,
+            tls=TLS_CONTEXT,
+            max_message_size=10000,
+            clock=self.host.clock,
+        )
+        for name, value in limits.items():
+            setattr(factory, name, value)
+        return connect(factory)
+
+    def test_smtp_recipients_limit_is_configurable(self) -> None:
+        for i in range(151):
+            self.host.store.add_alias(f"a{i}@example.test", ["alice@example.test"])
+        proto, tr = self.smtp(max_recipients=150)
+        talk(proto, tr, b"EHLO client\r\nMAIL FROM:<x@remote.test>\r\n")
+        out = talk(proto, tr, b"".join(b"RCPT TO:<a%d@example.test>\r\n" % i for i in range(151)))
+        self.assertEqual(
+            out, b"250 2.1.5 Recipient OK\r\n" * 150 + b"452 4.5.3 Too many recipients\r\n"
+        )
+
+    def test_smtp_idle_timeout_is_configurable(self) -> None:
+        proto, tr = self.smtp(idle_timeout=60)
+        self.host.clock.advance(59)
+        self.assertEqual(tr.value(), b"")
+        self.host.clock.advance(1)
+        self.assertEqual(tr.value(), b"421 4.4.2 Timeout, closing connection\r\n")
+        self.assertTrue(tr.disconnecting)
+
+    def test_smtp_default_idle_timeout_is_five_minutes(self) -> None:
+        proto, tr = self.smtp()
+        self.host.clock.advance(299)
+        self.assertEqual(tr.value(), b"")
+        self.host.clock.advance(1)
+        self.assertTrue(tr.disconnecting)
+
+    def test_imap_autologout_is_configurable(self) -> None:
+        root = make_mailroot(Path(self.mktemp()))
+        realm = MailRealm(
+            {
+                imap4.IAccount: lambda a: MaildirAccount(
+                    USER, UserMaildir(root), ChangeNotifier(), run_now
+                )
+            }
+        )
+        portal = Portal(realm, [InMemoryUsernamePasswordDatabaseDontUse(**{USER: PASSWORD})])
+        clock = Clock()
+        factory = imap_factory(
+            portal=portal,
+            tls=None,
+            implicit_tls=True,
+            clock=clock,
+            max_literal_size=1000,
+            idle_timeout=120,
+        )
+        proto = factory.buildProtocol(PEER)
+        tr = TLSStringTransport()
+        proto.makeConnection(tr)
+        proto.dataReceived(b"a LOGIN " + USER.encode() + b' "' + PASSWORD + b'"\r\n')
+        self.assertIn(b"a OK", tr.value())
+        tr.clear()
+        clock.advance(119)
+        self.assertEqual(tr.value(), b"")
+        clock.advance(1)
+        self.assertEqual(tr.value(), b"* BYE Autologout; connection idle too long\r\n")
+
+    def test_pop3_timeout_is_configurable(self) -> None:
+        clock = Clock()
+        factory = pop3_factory(
+            portal=Portal(MailRealm({})), tls=None, implicit_tls=True, clock=clock, timeout=30
+        )
+        proto = factory.buildProtocol(PEER)
+        tr = StringTransport()
+        proto.makeConnection(tr)
+        clock.advance(30)
+        self.assertTrue(tr.disconnecting)
+
+
+class LimitsConfigTests(unittest.TestCase):
+    def test_defaults(self) -> None:
+        self.assertEqual(
+            parse_config({}, None).limits,
+            LimitsConfig(
+                max_message_size=25 * 1024 * 1024,
+                max_recipients=1000,
+                max_connections=500,
+                max_connections_per_ip=20,
+                smtp_idle_timeout=300,
+                imap_idle_timeout=1800,
+                pop3_idle_timeout=600,
+                login_failure_window=600,
+                login_block_after=10,
+                login_account_block_after=30,
+                login_block_time=900,
+            ),
+        )
+
+    def test_values_and_errors(self) -> None:
+        limits = parse_config(
+            {"limits": {"max_recipients": 200, "max_connections_per_ip": 5}}, None
+        ).limits
+        self.assertEqual((limits.max_recipients, limits.max_connections_per_ip), (200, 5))
+        for value, error in (
+            ({"max_recipients": 99}, "must be at least 100 (RFC 5321 §4.5.3.1.8)"),
+            ({"smtp_idle_timeout": 0}, "must be a positive integer"),
+            ({"login_block_after": "ten"}, "must be a positive integer"),
+            ({"max_connections": True}, "must be a positive integer"),
+        ):
+            with self.assertRaises(ConfigError) as e:
+                parse_config({"limits": value}, None)
+            self.assertEqual(
+                str(e.exception), f"built-in defaults: [limits] {next(iter(value))}: {error}"
+            )
