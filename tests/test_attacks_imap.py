@@ -286,3 +286,63 @@ class PipeliningTests(unittest.TestCase):
             b"* 1 EXISTS\r\n* 0 RECENT\r\nc OK [APPENDUID %d 1] APPEND completed\r\n"
             % h.uidvalidity(),
         )
+
+
+class NewUserTrialRegressionTests(unittest.TestCase):
+    """Found by trying the server as a new user would (hostile folder names, missing args)."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.login()
+        self.before = sorted(p.name for p in self.h.root.iterdir() if p.name.startswith("."))
+
+    def folders(self) -> list[str]:
+        return sorted(p.name for p in self.h.root.iterdir() if p.name.startswith("."))
+
+    def test_select_without_argument_is_bad(self) -> None:
+        """Was C{NO [SERVERBUG]} (an AttributeError in the parser)."""
+        self.assertEqual(self.h.cmd(b"d SELECT"), [b"d BAD Syntax error: Missing argument"])
+        self.assertEqual(self.h.cmd(b"e CREATE"), [b"e BAD Syntax error: Missing argument"])
+
+    def test_failed_create_leaves_no_parent_behind(self) -> None:
+        """Was: C{CREATE "v.w..x"} answered NO but created C{.v} and C{.v.w}."""
+        for name in (b'"q..r"', b'"s.t/u"', b'"v.w..x"'):
+            self.assertEqual(
+                self.h.cmd(b"c CREATE " + name), [b"c NO [CANNOT] Invalid mailbox name"]
+            )
+        self.assertEqual(self.folders(), self.before)
+
+    def test_dot_names_are_invalid_not_existing(self) -> None:
+        for name in (b'"."', b'".."'):
+            self.assertEqual(
+                self.h.cmd(b"c CREATE " + name), [b"c NO [CANNOT] Invalid mailbox name"]
+            )
+
+    def test_bad_modified_utf7_is_refused_not_altered(self) -> None:
+        """Was: C{CREATE "bad&"} answered OK and created C{.bad+} (RFC 3501 §5.1.3)."""
+        for name in (b'"bad&"', b'"&Jjo"', b'"a&-b&"'):
+            self.assertEqual(
+                self.h.cmd(b"c CREATE " + name), [b"c NO [CANNOT] Invalid mailbox name"]
+            )
+        self.assertEqual(self.folders(), self.before)
+
+    def test_raw_utf8_name_is_refused_quietly(self) -> None:
+        """Was: a clean NO, plus an 'Unhandled Error' traceback in the log."""
+        errors: list[object] = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event: dict) -> None:
+            if event.get("isError") or event.get("log_failure"):
+                errors.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.assertEqual(
+            self.h.cmd('c CREATE "été"'.encode()), [b"c NO [CANNOT] Invalid mailbox name"]
+        )
+        self.assertEqual(errors, [])
+        self.assertEqual(self.folders(), self.before)
+
+    def test_valid_modified_utf7_round_trips(self) -> None:
+        self.assertEqual(self.h.cmd(b'c CREATE "&AOk-t&AOk-"'), [b"c OK CREATE completed"])
+        self.assertIn(".&AOk-t&AOk-", self.folders())

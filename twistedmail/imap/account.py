@@ -180,8 +180,14 @@ class MaildirAccount:
         @raise MailboxError: C{[ALREADYEXISTS]} or C{[CANNOT]} for a bad name.
         """
         name = canonical(pathspec.rstrip(DELIMITER))
-        if name == INBOX or not name:
+        if not name:
+            raise MailboxError("Invalid mailbox name", b"CANNOT")
+        if name == INBOX:
             raise MailboxError("Mailbox already exists", b"ALREADYEXISTS")
+        try:
+            self.maildir.folder_path(name)  # validate the whole name before creating parents
+        except FolderNameError:
+            raise MailboxError("Invalid mailbox name", b"CANNOT") from None
         existing = set(self.maildir.folders())
         if name in existing:
             raise MailboxError("Mailbox already exists", b"ALREADYEXISTS")

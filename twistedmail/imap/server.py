@@ -64,6 +64,25 @@ from twistedmail.maildir import MaildirError
 
 log = Logger(namespace="twistedmail.imap")
 
+
+def mailbox_name(raw: bytes | str) -> str:
+    """A mailbox name from the wire, decoded from modified UTF-7 (RFC 3501 §5.1.3).
+
+    Strict, unlike Twisted's C{_parseMbox} (which logs a traceback and, for some malformed
+    input such as C{bad&}, returns a different name): the name must re-encode to exactly the
+    bytes sent.  @raise imap4.IllegalMailboxEncoding: otherwise (answered C{NO [CANNOT]}).
+    """
+    if isinstance(raw, str):
+        return raw
+    try:
+        name = raw.decode("imap4-utf-7")
+        if name.encode("imap4-utf-7") != raw:
+            raise ValueError("not canonical modified UTF-7")
+    except (UnicodeError, ValueError):
+        raise imap4.IllegalMailboxEncoding(raw) from None
+    return name
+
+
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE"}
 ENABLEABLE: frozenset[bytes] = frozenset()
@@ -362,7 +381,7 @@ class IMAPServer(imap4.IMAP4Server):
                 raise _bad(b"Command unknown or not valid in this state")
             handler, parsers = spec[0], spec[1:]
             args: list[Any] = []
-            line = rest
+            line = rest if rest is not None else b""  # parsers expect bytes
             for parser in parsers:
                 if not callable(parser):
                     args.append(parser)
@@ -729,7 +748,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.state = "auth"
 
     async def _open(self, name: bytes, readwrite: bool) -> Any:
-        mbox = await maybeDeferred(self.account.select, imap4._parseMbox(name), readwrite)
+        mbox = await maybeDeferred(self.account.select, mailbox_name(name), readwrite)
         if mbox is None:
             raise _no(b"No such mailbox", b"NONEXISTENT")
         return mbox
@@ -764,7 +783,7 @@ class IMAPServer(imap4.IMAP4Server):
     select_EXAMINE = auth_EXAMINE
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
-        if not await self._blocking(self.account.create, imap4._parseMbox(name)):
+        if not await self._blocking(self.account.create, mailbox_name(name)):
             raise _no(b"Mailbox not created", b"CANNOT")
         return b"CREATE completed"
 
@@ -772,28 +791,28 @@ class IMAPServer(imap4.IMAP4Server):
     select_CREATE = auth_CREATE
 
     async def do_DELETE(self, tag: bytes, name: bytes) -> bytes:
-        await self._blocking(self.account.delete, imap4._parseMbox(name))
+        await self._blocking(self.account.delete, mailbox_name(name))
         return b"DELETE completed"
 
     auth_DELETE = (do_DELETE, arg_finalastring)
     select_DELETE = auth_DELETE
 
     async def do_RENAME(self, tag: bytes, old: bytes, new: bytes) -> bytes:
-        await self._blocking(self.account.rename, imap4._parseMbox(old), imap4._parseMbox(new))
+        await self._blocking(self.account.rename, mailbox_name(old), mailbox_name(new))
         return b"RENAME completed"
 
     auth_RENAME = (do_RENAME, arg_astring, arg_finalastring)
     select_RENAME = auth_RENAME
 
     async def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
-        await self._blocking(self.account.subscribe, imap4._parseMbox(name))
+        await self._blocking(self.account.subscribe, mailbox_name(name))
         return b"SUBSCRIBE completed"
 
     auth_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring)
     select_SUBSCRIBE = auth_SUBSCRIBE
 
     async def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
-        await self._blocking(self.account.unsubscribe, imap4._parseMbox(name))
+        await self._blocking(self.account.unsubscribe, mailbox_name(name))
         return b"UNSUBSCRIBE completed"
 
     auth_UNSUBSCRIBE = (do_UNSUBSCRIBE, arg_finalastring)
@@ -802,7 +821,7 @@ class IMAPServer(imap4.IMAP4Server):
     async def do_LIST(
         self, tag: bytes, ref: bytes, pattern: bytes, subscribed: int, command: bytes
     ) -> bytes:
-        reference, wildcard = imap4._parseMbox(ref), imap4._parseMbox(pattern)
+        reference, wildcard = mailbox_name(ref), mailbox_name(pattern)
         if not wildcard and not subscribed:
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
@@ -878,8 +897,8 @@ class IMAPServer(imap4.IMAP4Server):
             raise _bad(b"Unknown LIST return option")
         if b"RECURSIVEMATCH" in chosen and not chosen - {b"RECURSIVEMATCH", b"REMOTE"}:
             raise _bad(b"RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
-        reference = imap4._parseMbox(ref)
-        wildcards = [imap4._parseMbox(p) for p in patterns]
+        reference = mailbox_name(ref)
+        wildcards = [mailbox_name(p) for p in patterns]
         if selection is None and wildcards == [""]:
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
@@ -938,7 +957,7 @@ class IMAPServer(imap4.IMAP4Server):
             ):
                 raise _bad(b"Unknown STATUS item")
             names.append(item.upper().decode("ascii"))
-        mailbox = imap4._parseMbox(name)
+        mailbox = mailbox_name(name)
         mbox = await self._open(name, False)
         try:
             status = await maybeDeferred(mbox.requestStatus, names)
@@ -958,7 +977,7 @@ class IMAPServer(imap4.IMAP4Server):
         if date is not None and parse_internaldate(date) is None:
             raise _bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
-        mbox = await maybeDeferred(self.account.select, imap4._parseMbox(name), True)
+        mbox = await maybeDeferred(self.account.select, mailbox_name(name), True)
         if mbox is None:
             raise _no(b"No such mailbox", b"TRYCREATE")
         try:
@@ -1196,7 +1215,7 @@ class IMAPServer(imap4.IMAP4Server):
     ) -> tuple[bytes, list[Any]]:
         """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
         when nothing was copied) and the source messages copied."""
-        target = await maybeDeferred(self.account.select, imap4._parseMbox(name), True)
+        target = await maybeDeferred(self.account.select, mailbox_name(name), True)
         if target is None:
             raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
         copied: list[Any] = []
