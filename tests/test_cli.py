@@ -497,8 +497,13 @@ class UsageTests(CLITestCase):
             err.startswith("twistedmail: error: argument COMMAND: invalid choice: 'frobnicate'")
         )
 
-    def test_no_queue_commands_yet(self) -> None:
-        self.assertEqual(self.run_cli("queue", "list")[0], 1)
+    def test_queue_commands_on_an_empty_spool(self) -> None:
+        self.assertEqual(self.run_cli("queue", "list"), (0, "", ""))
+        self.assertUserError(
+            self.run_cli("queue", "show", "0123456789ABCDEF"), "no queued message 0123456789ABCDEF"
+        )
+        self.assertUserError(self.run_cli("queue", "delete", "../x"), "invalid queue ID '../x'")
+        self.assertUserError(self.run_cli("queue", "flush"), "no running server")
 
     def test_help(self) -> None:
         out = io.StringIO()

@@ -11,6 +11,7 @@ from twistedmail.config import (
     DEFAULT_LISTEN,
     ConfigError,
     ListenAddress,
+    QueueConfig,
     find_config,
     load_config,
     parse_config,
@@ -42,6 +43,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.listen, defaults.listen)
         self.assertEqual(example.limits, defaults.limits)
         self.assertEqual(example.relay, defaults.relay)
+        self.assertEqual(example.queue, defaults.queue)
         self.assertEqual(example.tls, defaults.tls)
 
     def test_defaults(self) -> None:
@@ -143,3 +145,48 @@ class ConfigTests(TestCase):
                 os.environ.pop("TWISTEDMAIL_CONFIG", None)
             else:
                 os.environ["TWISTEDMAIL_CONFIG"] = old_env
+
+
+class QueueConfigTests(TestCase):
+    write = ConfigTests.write
+    error = ConfigTests.error
+
+    def test_queue_and_relay_port(self) -> None:
+        path = self.write(
+            '[relay]\nport = 2525\n[queue]\nfirst_retry = 2\nmax_retry = "30s"\n'
+            'lifetime = "1d"\ndelay_warning = "4h"\nmax_per_destination = 1\n'
+        )
+        config = load_config(path)
+        self.assertEqual(config.relay.port, 2525)
+        self.assertEqual(
+            config.queue,
+            QueueConfig(
+                first_retry=2,
+                max_retry=30,
+                lifetime=86400,
+                delay_warning=14400,
+                max_connections=20,
+                max_per_destination=1,
+            ),
+        )
+        self.assertEqual(parse_config({}, None).queue, QueueConfig())
+
+    def test_queue_errors(self) -> None:
+        self.assertEqual(
+            self.error('[queue]\nlifetime = "soon"\n'),
+            'FILE: [queue] lifetime: must be a positive duration such as "30s", "5m", "1h"'
+            ' or "5d"',
+        )
+        self.assertEqual(
+            self.error('[queue]\nfirst_retry = "2h"\n'),
+            "FILE: [queue] max_retry: must not be shorter than first_retry",
+        )
+        self.assertEqual(
+            self.error("[queue]\nmax_connections = 0\n"),
+            "FILE: [queue] max_connections: must be a positive integer",
+        )
+        self.assertEqual(
+            self.error("[relay]\nport = 0\n"),
+            "FILE: [relay] port: must be a TCP port number (1-65535)",
+        )
+        self.assertEqual(self.error("[queue]\nretry = 1\n"), "FILE: [queue] retry: unknown key")

@@ -313,9 +313,9 @@ class RunnerTests(QueueTestCase):
         self.enqueue(runner, ["x@example.org"])
         self.enqueue(runner, ["y@example.com"])
         self.clock.advance(0)
-        self.assertEqual(
-            sorted(c[1] for c in outbound.calls), ["example.net", "example.net", "example.org"]
-        )
+        domains = [c[1] for c in outbound.calls]
+        self.assertEqual(len(domains), 3)  # max_connections
+        self.assertLessEqual(domains.count("example.net"), 2)  # max_per_destination
         while outbound.held:
             outbound.held.pop(0).callback(None)
         self.clock.advance(0)

@@ -1,10 +1,13 @@
-"""The C{twistedmail} admin command: users, domains and aliases, and a config check (DESIGN §3).
+"""The C{twistedmail} admin command: users, domains, aliases, the outbound queue, and a config
+check (DESIGN §3).
 
 C{twistedmail [--config PATH] COMMAND ...} finds the config as the server does
 (L{twistedmail.config.load_config}: C{--config}, else C{$TWISTEDMAIL_CONFIG}, else
 C{./twistedmail.toml}, else defaults) and writes the account store
 (C{DATA_DIR/accounts.sqlite3}) directly; the running server reads it live (SQLite WAL), so a
-change applies to the next SMTP/IMAP/POP3 login without a restart.
+change applies to the next SMTP/IMAP/POP3 login without a restart.  C{queue list|show|
+delete} work on the spool directory (C{DATA_DIR/queue}) directly; C{queue flush} asks the
+running server over its control socket (L{twistedmail.control}).
 
 Contract for scripts: exit status 0 on success; 1 on a user error, with exactly one line
 C{twistedmail: error: ...} on stderr and never a traceback; list commands print one item per
@@ -17,15 +20,18 @@ import argparse
 import getpass
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from twistedmail import config as config_module
+from twistedmail import control
 from twistedmail.accounts import AccountStore, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
 from twistedmail.passwords import hash_password
+from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
 
 PROG = "twistedmail"
@@ -215,6 +221,75 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     _out(f"config OK: {source if source is not None else 'defaults'}")
 
 
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def _spool(ctx: _Context) -> Spool:
+    return Spool(config_module.queue_dir(ctx.config))
+
+
+def _entry(ctx: _Context, queue_id: str) -> QueueEntry:
+    hex_id = all(c in "0123456789abcdefABCDEF" for c in queue_id)
+    entry = _spool(ctx).load(queue_id.upper() if hex_id else queue_id)
+    if entry is None:
+        raise UserError(f"no queued message {queue_id}")
+    return entry
+
+
+def cmd_queue_list(ctx: _Context, args: argparse.Namespace) -> None:
+    now = time.time()
+    for entry in _spool(ctx).entries():
+        waiting = [r.address for r in entry.recipients if r.state == "pending"]
+        _out(
+            f"{entry.id} age={_age(now - entry.created)} from=<{entry.sender or ''}>"
+            f" to={','.join(waiting) or '-'} attempts={entry.attempts}"
+            f" next={_when(entry.next_try)} error={_one_line(entry.last_error) or '-'}"
+        )
+
+
+def cmd_queue_show(ctx: _Context, args: argparse.Namespace) -> None:
+    entry = _entry(ctx, args.id)
+    _out(f"id: {entry.id}")
+    _out(f"from: <{entry.sender or ''}>")
+    _out(f"created: {_when(entry.created)}")
+    _out(f"size: {entry.size}")
+    _out(f"attempts: {entry.attempts}")
+    _out(f"next try: {_when(entry.next_try)}")
+    _out(f"last error: {_one_line(entry.last_error) or '-'}")
+    for r in entry.recipients:
+        detail = f" {r.status} {_one_line(r.diagnostic)}" if r.diagnostic else ""
+        _out(f"to: <{r.address}> {r.state}{detail}")
+    try:
+        message = _spool(ctx).read_message(entry.id)
+    except FileNotFoundError:
+        raise UserError(f"queued message {entry.id} has no message file") from None
+    end = message.find(b"\r\n\r\n")
+    _out("")
+    _out(message[: end if end >= 0 else len(message)].decode("utf-8", "replace"))
+
+
+def cmd_queue_delete(ctx: _Context, args: argparse.Namespace) -> None:
+    entry = _entry(ctx, args.id)
+    _spool(ctx).remove(entry.id)
+    _out(f"deleted {entry.id}")
+
+
+def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
+    try:
+        count = control.flush(config_module.control_path(ctx.config))
+    except control.NoServer:
+        raise UserError("no running server") from None
+    _out(f"flushed: {count} message(s) in the queue, all due now")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -271,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias")
     action(aliases, "list", cmd_alias_list, "list aliases: ALIAS TARGET... one per line")
 
+    queue = group("queue", "inspect and manage the outbound queue")
+    action(queue, "list", cmd_queue_list, "list queued messages, one per line")
+    p = action(queue, "show", cmd_queue_show, "show one queued message's envelope and header")
+    p.add_argument("id")
+    p = action(queue, "delete", cmd_queue_delete, "delete a queued message (no bounce)")
+    p.add_argument("id")
+    action(queue, "flush", cmd_queue_flush, "make the running server try everything now")
+
     p = commands.add_parser("check-config", help="load the config and TLS files, report errors")
     p.set_defaults(func=cmd_check_config)
     return parser
@@ -293,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = _Context(args.config)
         args.func(ctx, args)
         return 0
-    except (UserError, StoreError, TLSConfigError, config_module.ConfigError) as e:
+    except (UserError, StoreError, TLSConfigError, config_module.ConfigError, QueueError) as e:
         return _error(str(e))
     except sqlite3.Error as e:
         return _error(f"account store: {e}")

@@ -37,6 +37,14 @@ DEFAULT_LISTEN = {
 }
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_QUEUE = {
+    "first_retry": "5m",
+    "max_retry": "1h",
+    "lifetime": "5d",
+    "delay_warning": "4h",
+}
 _UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 
 
@@ -95,6 +103,19 @@ class RelayConfig:
     smarthost: ListenAddress | None
     nameservers: tuple[ListenAddress, ...]
     routes: tuple[tuple[str, ListenAddress], ...]
+    port: int = 25  # TCP port of MX hosts; anything but 25 is for tests
+
+
+@attrs.frozen
+class QueueConfig:
+    """The outbound queue's retry schedule (seconds) and connection limits."""
+
+    first_retry: int = 300
+    max_retry: int = 3600
+    lifetime: int = 5 * 86400
+    delay_warning: int = 4 * 3600
+    max_connections: int = 20
+    max_per_destination: int = 5
 
 
 @attrs.frozen
@@ -107,6 +128,7 @@ class Config:
     tls: TLSConfig
     limits: LimitsConfig
     relay: RelayConfig
+    queue: QueueConfig = QueueConfig()
 
 
 def find_config(path: Path | None) -> Path | None:
@@ -190,10 +212,30 @@ def parse_size(text: object) -> int:
     return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
 
 
+def parse_duration(value: object) -> int:
+    """C{"5m"} -> 300; units s, m, h, d; plain integers are seconds.
+
+    @raise ValueError: otherwise (zero and negative values included).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError('must be a positive duration such as "30s", "5m", "1h" or "5d"')
+    return int(m.group(1)) * _SECONDS[m.group(2) or "s"]
+
+
+def _positive_int(r: _Reader, section: dict[str, Any], where: str, key: str, default: int) -> int:
+    value = section.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise r.fail(f"[{where}] {key}", "must be a positive integer")
+    return value
+
+
 def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     """Validate parsed TOML C{data} into a L{Config}.  @raise ConfigError: see L{load_config}."""
     r = _Reader(source)
-    known = {"server", "listen", "tls", "limits", "relay"}
+    known = {"server", "listen", "tls", "limits", "relay", "queue"}
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -250,7 +292,14 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if limit_values["max_recipients"] < 100:
         raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
 
-    relay = r.section(data, "relay", {"smarthost", "nameservers", "routes"})
+    relay = r.section(data, "relay", {"smarthost", "nameservers", "routes", "port"})
+    relay_port = relay.get("port", 25)
+    if (
+        not isinstance(relay_port, int)
+        or isinstance(relay_port, bool)
+        or not 0 < relay_port < 65536
+    ):
+        raise r.fail("[relay] port", "must be a TCP port number (1-65535)")
     smarthost_text = r.string(relay, "relay", "smarthost", "")
     smarthost = r.address("[relay] smarthost", smarthost_text, 25) if smarthost_text else None
     nameservers = relay.get("nameservers", [])
@@ -267,6 +316,21 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             raise r.fail(f"[relay.routes] {domain}", str(e)) from None
         route_list.append((name, r.address(f"[relay.routes] {domain}", target, 25)))
 
+    queue = r.section(data, "queue", {*DEFAULT_QUEUE, "max_connections", "max_per_destination"})
+    durations = {}
+    for name, default in DEFAULT_QUEUE.items():
+        try:
+            durations[name] = parse_duration(queue.get(name, default))
+        except ValueError as e:
+            raise r.fail(f"[queue] {name}", str(e)) from None
+    if durations["max_retry"] < durations["first_retry"]:
+        raise r.fail("[queue] max_retry", "must not be shorter than first_retry")
+    queue_config = QueueConfig(
+        **durations,
+        max_connections=_positive_int(r, queue, "queue", "max_connections", 20),
+        max_per_destination=_positive_int(r, queue, "queue", "max_per_destination", 5),
+    )
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -277,7 +341,9 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             smarthost=smarthost,
             nameservers=tuple(r.address("[relay] nameservers", n, 53) for n in nameservers),
             routes=tuple(route_list),
+            port=relay_port,
         ),
+        queue=queue_config,
     )
 
 
@@ -289,6 +355,16 @@ def store_path(config: Config) -> Path:
 def mail_dir(config: Config) -> Path:
     """C{DATA_DIR/mail}: the root of every user's Maildir."""
     return config.server.data_dir / "mail"
+
+
+def queue_dir(config: Config) -> Path:
+    """C{DATA_DIR/queue}: the outbound spool."""
+    return config.server.data_dir / "queue"
+
+
+def control_path(config: Config) -> Path:
+    """C{DATA_DIR/control}: the control socket of the running server (mode 0600)."""
+    return config.server.data_dir / "control"
 
 
 def tls_paths(config: Config) -> tuple[Path, Path]:

@@ -5,6 +5,12 @@ RFC 8314 §3.3), IMAP 143 (STARTTLS) and 993 (implicit TLS), POP3 110 (STLS) and
 (implicit TLS).  All of them share one account store, one password checker (one
 twisted.cred portal for the logins), one Maildir tree and one change notifier, so a
 delivery on 25 is pushed at once to an IMAP session in IDLE.
+
+Outbound: one durable queue (L{twistedmail.smtp.queue}) in C{DATA_DIR/queue/}, fed by
+submission (remote recipients) and by port 25 (aliases forwarding to remote addresses),
+delivered by L{twistedmail.smtp.outbound.Outbound} (MX lookup over twisted.names, or the
+configured routes / smarthost).  The control socket C{DATA_DIR/control} (AMP, mode 0600)
+lets C{twistedmail queue flush} reach the running queue.
 """
 
 from __future__ import annotations
@@ -15,18 +21,28 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
-from twisted.internet import endpoints, threads
+from twisted.internet import defer, endpoints, threads
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import imap4, pop3
+from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
 from twistedmail.auth import LoginThrottle, MailRealm, PasswordChecker
-from twistedmail.config import Config, ensure_data_dir, mail_dir, store_path, tls_paths
+from twistedmail.config import (
+    Config,
+    control_path,
+    ensure_data_dir,
+    mail_dir,
+    queue_dir,
+    store_path,
+    tls_paths,
+)
+from twistedmail.control import control_factory, socket_address
 from twistedmail.delivery import LocalDelivery
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
@@ -34,6 +50,8 @@ from twistedmail.limits import ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.smtp.outbound import Outbound
+from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
 from twistedmail.throttle import ThrottlePolicy
@@ -59,6 +77,46 @@ def server_tls_context(config: Config) -> CertificateOptions:
     return tlsmod.server_context(cert, key)
 
 
+def dns_resolver(config: Config, reactor: Any) -> Any:
+    """A twisted.names resolver: C{[relay] nameservers}, else the system's resolv.conf."""
+    servers = [(a.host, a.port) for a in config.relay.nameservers]
+    if servers:
+        return dns_client.Resolver(servers=servers, reactor=reactor)
+    return dns_client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+
+
+def outbound_queue(
+    config: Config, reactor: Any, store: AccountStore, delivery: LocalDelivery, run: Any
+) -> QueueRunner:
+    """The outbound queue runner and its delivery agent, from C{[relay]} and C{[queue]}."""
+    relay, queue = config.relay, config.queue
+    outbound = Outbound(
+        reactor=reactor,
+        resolver=dns_resolver(config, reactor),
+        hostname=config.server.hostname,
+        port=relay.port,
+        smarthost=(relay.smarthost.host, relay.smarthost.port) if relay.smarthost else None,
+        routes={domain: (a.host, a.port) for domain, a in relay.routes},
+    )
+    return QueueRunner(
+        spool=Spool(queue_dir(config)),
+        outbound=outbound,
+        store=store,
+        local=delivery,
+        clock=reactor,
+        run_in_thread=run,
+        hostname=config.server.hostname,
+        schedule=RetrySchedule(
+            first=queue.first_retry,
+            maximum=queue.max_retry,
+            lifetime=queue.lifetime,
+            delay_warning=queue.delay_warning,
+        ),
+        max_connections=queue.max_connections,
+        max_per_destination=queue.max_per_destination,
+    )
+
+
 def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     """A TCP endpoint on C{host:port} (IPv6 when the host is an IPv6 literal)."""
     if ":" in host:
@@ -69,7 +127,8 @@ def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
 class MailServer(MultiService):
     """The whole server: the shared state and one StreamServerEndpointService per listener.
 
-    Attributes for tests and the control socket: C{store}, C{delivery}, C{notifier}, C{portal}.
+    Attributes for tests and the control socket: C{store}, C{delivery}, C{notifier}, C{portal},
+    C{queue} (the L{QueueRunner}).
     """
 
     def __init__(self, config: Config, reactor: Any) -> None:
@@ -98,6 +157,7 @@ class MailServer(MultiService):
         )
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
         self.delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, run_in_thread)
+        self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         realm = MailRealm(
             {
                 imap4.IAccount: self._imap_account,
@@ -117,6 +177,7 @@ class MailServer(MultiService):
                 tls=self.tls_context,
                 max_message_size=size,
                 clock=reactor,
+                relay=self.queue,
             ),
             "submission": submission_factory(
                 hostname=hostname,
@@ -127,6 +188,7 @@ class MailServer(MultiService):
                 implicit_tls=False,
                 max_message_size=size,
                 clock=reactor,
+                relay=self.queue,
             ),
             "submissions": submission_factory(
                 hostname=hostname,
@@ -137,6 +199,7 @@ class MailServer(MultiService):
                 implicit_tls=True,
                 max_message_size=size,
                 clock=reactor,
+                relay=self.queue,
             ),
             "imap": imap_factory(
                 portal=self.portal,
@@ -193,6 +256,15 @@ class MailServer(MultiService):
                 svc._raiseSynchronously = True  # a port in use stops the start (twistd exits 1)
                 svc.setName(f"{name}@{address}")
                 svc.setServiceParent(self)
+        control = StreamServerEndpointService(
+            endpoints.UNIXServerEndpoint(
+                reactor, socket_address(control_path(config)), mode=0o600, wantPID=True
+            ),
+            control_factory(self.queue.flush),
+        )
+        control._raiseSynchronously = True
+        control.setName(f"control@{control_path(config)}")
+        control.setServiceParent(self)
 
     def _imap_account(self, address: str) -> MaildirAccount:
         maildir = UserMaildir(mailbox_root(self.mail_dir, address))
@@ -201,6 +273,8 @@ class MailServer(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        d = defer.Deferred.fromCoroutine(self.queue.start())
+        d.addErrback(lambda f: log.failure("the outbound queue did not start", f))
         for svc in self:
             log.info("listening: {name}", name=svc.name)
         log.info(
@@ -210,6 +284,7 @@ class MailServer(MultiService):
         )
 
     def stopService(self) -> Any:
+        self.queue.stop()
         d = super().stopService()
         d.addBoth(lambda r: (self.store.close(), r)[1])
         return d

@@ -12,7 +12,7 @@ Nothing here is used by the server itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -256,16 +256,17 @@ class ScriptedSMTP(LineReceiver):
         data = b"".join(part + b"\r\n" for part in self.data)
         text = self.factory.next_reply("DATA", self.factory.data_replies)
         if text.startswith("2"):
-            self.factory.transactions.append(
-                Transaction(
-                    helo=self.helo,
-                    sender=self.sender or "",
-                    mail_parameters=self.parameters,
-                    recipients=tuple(self.recipients),
-                    data=data,
-                    tls=self.tls,
-                )
+            transaction = Transaction(
+                helo=self.helo,
+                sender=self.sender or "",
+                mail_parameters=self.parameters,
+                recipients=tuple(self.recipients),
+                data=data,
+                tls=self.tls,
             )
+            self.factory.transactions.append(transaction)
+            if self.factory.on_transaction is not None:
+                self.factory.on_transaction(transaction)
         self._reset()
         self.reply(text)
 
@@ -278,6 +279,7 @@ class ScriptedMTA(ServerFactory):
     @param mail_replies: replies to MAIL, one per transaction (the last repeats).
     @param data_replies: replies after the final dot, likewise.
     @param tls: when given, STARTTLS is offered and done with this server context.
+    @param on_transaction: called with each L{Transaction} as it is recorded.
     @ivar transactions: the L{Transaction}s answered 2xx after DATA.
     @ivar commands: every command line received (not message data).
     """
@@ -293,7 +295,9 @@ class ScriptedMTA(ServerFactory):
         extensions: Iterable[str] = ("PIPELINING", "SIZE 52428800", "8BITMIME"),
         tls: CertificateOptions | None = None,
         greeting: str = "220 mx.scripted.test ESMTP",
+        on_transaction: Callable[[Transaction], object] | None = None,
     ) -> None:
+        self.on_transaction = on_transaction
         self.rcpt = {k.lower(): list(v) for k, v in (rcpt or {}).items()}
         self.mail_replies = list(mail_replies)
         self.data_replies = list(data_replies)

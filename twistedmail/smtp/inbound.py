@@ -2,9 +2,10 @@
 
 RCPT to a local user or alias is accepted (C{250 2.1.5}); an unknown name in a local domain
 gets C{550 5.1.1}; any other domain C{554 5.7.1 Relay access denied} (no open relay,
-RFC 5321 §7.1 / RFC 2505); an alias that expands to a remote address gets a temporary
-C{450 4.7.1} until the outbound relay exists.  No AUTH is offered on this port.  After the
-final dot the message is stored durably in each user's INBOX before C{250 2.0.0}.
+RFC 5321 §7.1 / RFC 2505); the remote part of an alias's expansion is queued for the
+outbound relay (forwarding, RFC 5321 §3.9.1; without a relay it gets C{450 4.7.1}).
+No AUTH is offered on this port.  After the final dot the message is stored durably in
+each user's INBOX (and the queue) before C{250 2.0.0}.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twistedmail.smtp.server import (
     Client,
     Envelope,
     LocalRecipients,
+    Relay,
     SMTPReplyError,
     SMTPServerFactory,
 )
@@ -31,9 +33,11 @@ class InboundPolicy:
 
     service = "smtp"
 
-    def __init__(self, store: AccountStore, delivery: LocalDelivery) -> None:
+    def __init__(
+        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
+    ) -> None:
         self.store = store
-        self.local = LocalRecipients(store, delivery)
+        self.local = LocalRecipients(store, delivery, relay)
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5)."""
@@ -56,6 +60,7 @@ def inbound_factory(
     tls: CertificateOptions | None,
     max_message_size: int,
     clock: IReactorTime,
+    relay: Relay | None = None,
 ) -> ServerFactory:
     """The factory for the port-25 listener.
 
@@ -63,9 +68,10 @@ def inbound_factory(
     @param tls: the server TLS context; STARTTLS is offered when given (RFC 3207).
     @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
+    @param relay: the outbound queue, for aliases that forward to remote addresses.
     """
     return SMTPServerFactory(
-        policy=InboundPolicy(store, delivery),
+        policy=InboundPolicy(store, delivery, relay),
         hostname=hostname,
         clock=clock,
         max_message_size=max_message_size,

@@ -177,7 +177,9 @@ class Spool:
         self.directory = directory
 
     def ensure(self) -> None:
-        (self.directory / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create C{queue/} and C{queue/tmp/}, owner-only (0700)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.directory / "tmp").mkdir(mode=0o700, exist_ok=True)
 
     def _paths(self, queue_id: str) -> tuple[Path, Path]:
         if not _ID.fullmatch(queue_id):

@@ -38,7 +38,7 @@ import binascii
 import ipaddress
 import re
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any, Protocol
@@ -236,47 +236,68 @@ def auth_portal(portal: Portal) -> Portal:
     return Portal(AuthenticatedUserRealm(), list(dict.fromkeys(portal.checkers.values())))
 
 
-class LocalRecipients:
-    """Recipient checks and delivery for local mailboxes, shared by inbound and submission."""
+class Relay(Protocol):
+    """The outbound queue, as the policies see it (L{twistedmail.smtp.queue.QueueRunner})."""
 
-    def __init__(self, store: AccountStore, delivery: LocalDelivery) -> None:
+    async def enqueue(
+        self, reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
+    ) -> object:
+        """Queue C{message} durably for remote C{recipients}; return once it is on disk.
+        @raise OSError: nothing was queued."""
+
+
+class LocalRecipients:
+    """Recipient checks and delivery for local mailboxes, shared by inbound and submission.
+
+    @param relay: the outbound queue, for aliases that expand to remote addresses
+        (forwarding); without it such an alias gets C{450 4.7.1}.
+    """
+
+    def __init__(
+        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
+    ) -> None:
         self.store = store
         self.delivery = delivery
+        self.relay = relay
 
     def check(self, recipient: Mailbox) -> None:
         """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
 
         @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
-            alias that expands to a remote address (no outbound relay yet).
+            alias that expands to a remote address when there is no relay.
         """
         if not self.store.accepts(recipient):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         users, remote = self.delivery.local_users([recipient])
-        if remote:
+        if remote and self.relay is None:
             raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
-        if not users:
+        if not users and not remote:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        """Store C{message} durably for every local recipient (RFC 5321 §6.1).
+        """Store C{message} durably for every local recipient, and queue it for the remote
+        addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding).
 
-        @raise SMTPReplyError: C{550 5.1.1} when no recipient is a local user any more (all
-            deleted since RCPT: refuse rather than acknowledge and drop, RFC 5321 §6.1);
-            C{452 4.3.1} when the disk is full.
+        @raise SMTPReplyError: C{550 5.1.1} when no recipient is a local user or a
+            forwarding alias any more (all deleted since RCPT: refuse rather than
+            acknowledge and drop, RFC 5321 §6.1); C{452 4.3.1} when the disk is full.
         @raise OSError: any other disk failure (the session answers 451).
         """
-        users, _ = self.delivery.local_users(list(envelope.recipients))
-        if not users:
+        users, remote = self.delivery.local_users(list(envelope.recipients))
+        if not users and not (remote and self.relay is not None):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         try:
-            remote = await self.delivery.deliver(
-                envelope.reverse_path, list(envelope.recipients), message
-            )
+            if users:
+                remote = await self.delivery.deliver(
+                    envelope.reverse_path, list(envelope.recipients), message
+                )
+            if remote and self.relay is not None:
+                await self.relay.enqueue(envelope.reverse_path, remote, message)
         except OSError as e:
             if is_enospc(e):
                 raise SMTPReplyError(REPLY_452_STORAGE) from None
             raise
-        if remote:
+        if remote and self.relay is None:
             log.warn(
                 "session {session}: alias now expands to remote {remote}; not relayed",
                 session=envelope.client.session_id,

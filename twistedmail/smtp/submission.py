@@ -4,12 +4,14 @@ AUTH is required before MAIL (RFC 6409 §4.3: C{530 5.7.0 Authentication require
 is no anonymous fallback (TWISTED-NOTES §2.1: Twisted's C{validateFrom} tries an anonymous
 login).  AUTH itself is offered only under TLS.  The MAIL FROM address must be one the
 user owns (the user or an alias expanding to it; RFC 6409 §6.1: C{553 5.7.1} otherwise).
-Local recipients are delivered as on port 25; recipients in other domains get
-C{450 4.7.1} at RCPT until the outbound queue exists.
+Local recipients are delivered as on port 25; recipients in other domains are queued
+durably for the outbound relay (L{twistedmail.smtp.queue}) before C{250}; without a relay
+(tests only) they get C{450 4.7.1} at RCPT.
 """
 
 from __future__ import annotations
 
+import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -18,8 +20,10 @@ from twisted.internet.ssl import CertificateOptions
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery
+from twistedmail.maildir import is_enospc
 from twistedmail.reply import (
     REPLY_450_RELAY_UNAVAILABLE,
+    REPLY_452_STORAGE,
     REPLY_530_AUTH_REQUIRED,
     REPLY_553_SENDER_NOT_OWNED,
 )
@@ -27,6 +31,7 @@ from twistedmail.smtp.server import (
     Client,
     Envelope,
     LocalRecipients,
+    Relay,
     SMTPReplyError,
     SMTPServerFactory,
     auth_portal,
@@ -38,9 +43,12 @@ class SubmissionPolicy:
 
     service = "submission"
 
-    def __init__(self, store: AccountStore, delivery: LocalDelivery) -> None:
+    def __init__(
+        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
+    ) -> None:
         self.store = store
-        self.local = LocalRecipients(store, delivery)
+        self.relay = relay
+        self.local = LocalRecipients(store, delivery, relay)
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """@raise SMTPReplyError: 530 5.7.0 before AUTH; 553 5.7.1 for an address (or the
@@ -51,16 +59,32 @@ class SubmissionPolicy:
             raise SMTPReplyError(REPLY_553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
 
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
-        """@raise SMTPReplyError: 530 before AUTH, 450 4.7.1 for a remote domain; see
-        L{LocalRecipients}."""
+        """Any remote recipient (RFC 6409 §5: the MSA relays for authenticated users).
+
+        @raise SMTPReplyError: 530 before AUTH; 450 4.7.1 for a remote domain without a
+            relay; see L{LocalRecipients} for local domains."""
         if client.user is None:
             raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)
         if not self.store.is_local_domain(recipient.domain):
-            raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
+            if self.relay is None:
+                raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
+            return
         self.local.check(recipient)
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        await self.local.deliver(envelope, message)
+        """Local recipients into their INBOX, remote ones into the queue, both durably
+        before the session answers 250 (RFC 5321 §6.1)."""
+        local = tuple(r for r in envelope.recipients if self.store.is_local_domain(r.domain))
+        remote = [r for r in envelope.recipients if r not in local]
+        if local:
+            await self.local.deliver(attrs.evolve(envelope, recipients=local), message)
+        if remote and self.relay is not None:
+            try:
+                await self.relay.enqueue(envelope.reverse_path, remote, message)
+            except OSError as e:
+                if is_enospc(e):
+                    raise SMTPReplyError(REPLY_452_STORAGE) from None
+                raise
 
 
 def submission_factory(
@@ -73,6 +97,7 @@ def submission_factory(
     implicit_tls: bool,
     max_message_size: int,
     clock: IReactorTime,
+    relay: Relay | None = None,
 ) -> ServerFactory:
     """The factory for a submission listener (587 with C{implicit_tls=False}, 465 with True).
 
@@ -82,9 +107,10 @@ def submission_factory(
         service wraps the 465 listener in TLS, and STARTTLS is never offered there).
     @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
+    @param relay: the outbound queue for remote recipients (L{twistedmail.smtp.queue}).
     """
     return SMTPServerFactory(
-        policy=SubmissionPolicy(store, delivery),
+        policy=SubmissionPolicy(store, delivery, relay),
         hostname=hostname,
         clock=clock,
         max_message_size=max_message_size,
