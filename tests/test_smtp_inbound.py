@@ -82,6 +82,25 @@ class InboundTests(unittest.TestCase):
             b"502 5.5.1 Command not implemented\r\n",
         )
 
+    def test_bare_postmaster_is_accepted_and_delivered(self) -> None:
+        """RFC 5321 §4.5.1: <Postmaster> with no domain MUST be accepted.  The hostname
+        (mail.example.test) is not a local domain: its parent example.test is.  Found by a new
+        user: it was refused with 554 5.7.1."""
+        self.host.store.add_alias("postmaster@example.test", ["alice@example.test"])
+        proto, tr = self.connect()
+        out = talk(
+            proto,
+            tr,
+            b"MAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n" + BODY + b".\r\n",
+        )
+        self.assertEqual(
+            out,
+            b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
+            b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            b"250 2.0.0 Message accepted for delivery\r\n",
+        )
+        self.assertEqual(len(self.host.messages("alice@example.test")), 1)
+
     def test_delivery_to_a_local_user_exact_bytes(self) -> None:
         proto, tr = self.connect()
         out = talk(

@@ -260,6 +260,18 @@ class AccountStore:
         walk(mbox, 0)
         return result
 
+    def postmaster(self, hostname: str) -> Mailbox | None:
+        """Where C{RCPT TO:<Postmaster>} (no domain) goes (RFC 5321 §4.5.1, which requires
+        accepting it): the first accepted C{postmaster@D} for D the hostname, then its parent
+        domains (C{mail.example.org} -> C{example.org}), then the local domains in order."""
+        labels = hostname.lower().split(".")
+        candidates = [".".join(labels[i:]) for i in range(len(labels) - 1)] + self.domains()
+        for domain in candidates:
+            mbox = Mailbox("postmaster", domain)
+            if self.is_local_domain(domain) and self.accepts(mbox):
+                return mbox
+        return None
+
     def owned_addresses(self, user: str) -> set[str]:
         """Addresses C{user} may send as: itself and every alias that expands to it."""
         owned = {user.lower()}

@@ -274,6 +274,10 @@ class LocalRecipients:
         if not users and not remote:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
 
+    def postmaster(self, hostname: str) -> Mailbox | None:
+        """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
+        return self.store.postmaster(hostname)
+
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Store C{message} durably for every local recipient, and queue it for the remote
         addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding).
@@ -696,7 +700,10 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             postmaster = _POSTMASTER.fullmatch(text)
             if postmaster:
                 # RFC 5321 §4.5.1: <Postmaster> without a domain MUST be accepted.
-                recipient: Mailbox | None = Mailbox("postmaster", normalize_domain(self.hostname))
+                local = getattr(self.policy, "local", None)
+                recipient: Mailbox | None = (
+                    local.postmaster(self.hostname) if isinstance(local, LocalRecipients) else None
+                ) or Mailbox("postmaster", normalize_domain(self.hostname))
                 params = postmaster.group(1)
             else:
                 recipient, params = parse_path(text)
