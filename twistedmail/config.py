@@ -377,8 +377,13 @@ def tls_paths(config: Config) -> tuple[Path, Path]:
 def ensure_data_dir(config: Config) -> None:
     """Create the data dir and C{mail/} (mode 0700) if missing.
 
+    Also sets the process umask to 077, so every file and directory the server or the CLI
+    creates in the data dir (Maildirs, the store, the queue, the self-signed key) is
+    owner-only (0600/0700), whatever mode the creating code asked for (issue 5).
+
     @raise ConfigError: when it cannot be created.
     """
+    os.umask(0o077)
     try:
         config.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         mail_dir(config).mkdir(mode=0o700, exist_ok=True)

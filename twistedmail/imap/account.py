@@ -230,6 +230,7 @@ class MaildirAccount:
             raise MailboxError("Cannot rename a mailbox into itself", b"CANNOT")
         parent = new.rpartition(DELIMITER)[0]
         try:
+            self.maildir.folder_path(new)  # a refused name must not leave its parent behind
             if parent and parent not in folders:
                 self.create(parent)
             self.maildir.rename(old, new)
