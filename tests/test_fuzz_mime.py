@@ -1,0 +1,111 @@
+"""Fuzzing (hypothesis) of the MIME walker behind BODYSTRUCTURE, ENVELOPE and BODY[n] sections
+(twistedmail.imap.message): random and mutated messages never raise, and the structures
+always encode as IMAP (issue 5)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from twistedmail.imap.message import (
+    bodystructure,
+    encode_sexp,
+    envelope,
+    parse_entity,
+    resolve_part,
+    split_message,
+)
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+SEED = (
+    b'From: A <a@example.test>\r\nTo: b@example.test, "C, D" <c@example.test>\r\n'
+    b"Subject: =?utf-8?q?caf=C3=A9?=\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="XYZ"\r\n\r\n'
+    b"preamble\r\n--XYZ\r\nContent-Type: text/plain; charset=utf-8;\r\n\r\nhello\r\n"
+    b"--XYZ\r\nContent-Type: message/rfc822\r\n\r\n"
+    b"Subject: inner\r\nContent-Type: multipart/alternative; boundary=in\r\n\r\n"
+    b"--in\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--in--\r\n"
+    b"--XYZ\r\nContent-Type: application/octet-stream; name*=utf-8''%E2%82%AC.bin\r\n"
+    b'Content-Disposition: attachment; filename="a.bin"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XYZ--\r\nepilogue\r\n"
+)
+
+TOKENS = [
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"--XYZ",
+    b"--XYZ--",
+    b"--",
+    b";",
+    b"=",
+    b'"',
+    b"Content-Type: ",
+    b"multipart/mixed; boundary=XYZ",
+    b'multipart/digest; boundary=""',
+    b"message/rfc822",
+    b"text/plain; charset=",
+    b"boundary=",
+    b"\x00",
+    b"\xff\xfe",
+    b"=?utf-8?b?",
+    b"?=",
+    b"<",
+    b">",
+    b"@",
+    b",",
+    b"(",
+    b")",
+    b"\\",
+    b" ",
+    b"\t",
+]
+
+
+def check(raw: bytes) -> None:
+    header, _ = split_message(raw)
+    entity = parse_entity(raw)
+    for extended in (False, True):
+        encode_sexp(bodystructure(entity, extended))
+    encode_sexp(envelope(header))
+    for numbers in ([1], [1, 1], [2], [2, 1], [3], [1, 2, 3], [99]):
+        resolve_part(entity, numbers)
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_random_bytes(raw: bytes) -> None:
+    check(raw)
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(TOKENS) | st.binary(max_size=8), max_size=200))
+def test_random_mime_tokens(tokens: list[bytes]) -> None:
+    check(b"".join(tokens))
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(SEED)), st.integers(0, 40), st.sampled_from(TOKENS) | st.binary()
+        ),
+        max_size=8,
+    )
+)
+def test_mutated_message(mutations: list[tuple[int, int, bytes]]) -> None:
+    raw = SEED
+    for at, cut, insert in mutations:
+        raw = raw[:at] + insert + raw[at + cut :]
+    check(raw)
+
+
+def test_deep_nesting_is_bounded() -> None:
+    raw = b"Content-Type: message/rfc822\r\n\r\n" * 5000 + b"x"
+    check(raw)
+    nested = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+        for i in range(3000)
+    )
+    check(nested)
