@@ -8,6 +8,7 @@ listener on a free loopback port, users created with the real ``twistedmail`` CL
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -24,15 +25,39 @@ PASSWORDS = {
 }
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """C{n} loopback ports free for TCP and UDP, never handed out twice in this run.
+
+    They are picked below the kernel's ephemeral range: a port the kernel gave a socket
+    (a client connection, a test's own listener on port 0) would otherwise be free when
+    checked and taken by the time the server binds it (seen in CI as "Address already in use").
+    """
+    low, high = 20000, _ephemeral_low() - 1
+    ports: list[int] = []
+    rng = random.Random()
+    while len(ports) < n:
+        port = rng.randint(low, high)
+        if port in _handed_out:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        ports.append(port)
     return ports
 
 

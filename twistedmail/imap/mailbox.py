@@ -504,6 +504,8 @@ def compile_search(tokens: list[Any], last_seq: int, last_uid: int) -> tuple[Pre
         token = take()
         if isinstance(token, list):
             return conjunction(list(token))
+        if not isinstance(token, bytes):  # NIL parses to None (found by the fuzz test)
+            raise SearchError("search key expected")
         key = token.upper()
         if key == b"ALL":
             return lambda c, r: True
