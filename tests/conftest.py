@@ -6,6 +6,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Fuzz tests explore the same examples on every run, so CI is deterministic; a new search is
+# one environment variable away: HYPOTHESIS_PROFILE=explore pytest tests/test_fuzz_*.py
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True, scope="session")
