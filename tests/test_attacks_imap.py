@@ -346,3 +346,41 @@ class NewUserTrialRegressionTests(unittest.TestCase):
     def test_valid_modified_utf7_round_trips(self) -> None:
         self.assertEqual(self.h.cmd(b'c CREATE "&AOk-t&AOk-"'), [b"c OK CREATE completed"])
         self.assertIn(".&AOk-t&AOk-", self.folders())
+
+
+class LiteralArgumentTests(unittest.TestCase):
+    """Literals where a string may stand (RFC 3501 §4.3): found by the new-user trial and the
+    security e2e; each used to answer BAD and desynchronise the client."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(b'Subject: say "hi" there\r\n\r\nbody\r\n')
+        self.h.login()
+
+    def test_status_with_a_literal_mailbox_name(self) -> None:
+        self.assertEqual(self.h.send(b"a STATUS {5}\r\n"), b"+ Ready for 5 octets of text\r\n")
+        self.assertEqual(
+            self.h.send(b"INBOX (MESSAGES)\r\n"),
+            b'* STATUS "INBOX" (MESSAGES 1)\r\na OK STATUS completed\r\n',
+        )
+
+    def test_append_with_a_literal_mailbox_name(self) -> None:
+        self.h.send(b"b APPEND {5}\r\n")
+        self.assertEqual(self.h.send(b"INBOX {3}\r\n"), b"+ Ready for 3 octets of data\r\n")
+        self.assertTrue(self.h.send(b"a\r\n\r\n").startswith(b"b OK [APPENDUID "))
+
+    def test_search_with_literal_strings(self) -> None:
+        self.h.cmd(b"s SELECT INBOX")
+        self.assertEqual(
+            self.h.send(b"c SEARCH CHARSET UTF-8 SUBJECT {4}\r\n"),
+            b"+ Ready for 4 octets of text\r\n",
+        )
+        self.assertEqual(self.h.send(b'"hi"\r\n'), b"* SEARCH 1\r\nc OK SEARCH completed\r\n")
+        self.assertEqual(
+            self.h.send(b"d SEARCH SUBJECT {2+}\r\nzz BODY {4+}\r\nbody\r\n"),
+            b"* SEARCH\r\nd OK SEARCH completed\r\n",
+        )
+        self.assertEqual(
+            self.h.send(b"e SEARCH BODY {4+}\r\nbody\r\n"),
+            b"* SEARCH 1\r\ne OK SEARCH completed\r\n",
+        )

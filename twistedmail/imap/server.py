@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import inspect
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,6 +126,9 @@ def _safe(text: str) -> bytes:
 
 def _mailbox_name(name: str) -> bytes:
     return encode_string(name.encode("imap4-utf-7"))
+
+
+_TRAILING_LITERAL = re.compile(rb"(\{\d+\+?\})\Z")
 
 
 def literal_size(token: bytes) -> tuple[int, bool]:
@@ -480,6 +484,9 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendContinuationRequest(b"Ready for %d octets of %s" % (pending.size, kind))
         self.setRawMode()
         d: Deferred[Any] = pending.defer
+        # The rest of the command follows the literal after one SP (RFC 3501 §9, e.g.
+        # "STATUS {5}CRLF INBOX (MESSAGES)"): drop it, as after a quoted string.
+        d.addCallback(lambda r: (r[0], r[1][1:]) if r[1][:1] == b" " else r)
         return d
 
     def arg_fetchatt(self, line: bytes) -> tuple[Any, bytes]:
@@ -488,9 +495,31 @@ class IMAPServer(imap4.IMAP4Server):
         except Exception:
             raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
 
-    def arg_searchkeys(self, line: bytes) -> tuple[Any, bytes]:
+    def arg_searchkeys(self, line: bytes) -> Any:
+        """Search keys (RFC 3501 §6.4.4), whose strings may be literals: clients send
+        C{SEARCH CHARSET UTF-8 SUBJECT {n}} for non-ASCII text."""
+        if _TRAILING_LITERAL.search(line or b""):
+            return Deferred.fromCoroutine(self._searchkeys_with_literals(line))
         try:
             return super().arg_searchkeys(line)
+        except Exception:
+            raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
+
+    async def _searchkeys_with_literals(self, line: bytes) -> tuple[Any, bytes]:
+        """Read each literal, re-quote it into the line, then parse the whole line."""
+        assembled = b""
+        while (m := _TRAILING_LITERAL.search(line)) is not None:
+            size, sync = literal_size(m.group(1))
+            if size > self._literalStringLimit:
+                raise IMAPError(b"BAD", b"Literal too large", b"TOOBIG", close=not sync)
+            head = line[: m.start()]
+            data, line = await self._literal(imap4.LiteralString(size, Deferred()), sync, b"text")
+            if b"\r" in data or b"\n" in data:
+                raise imap4.IllegalClientResponse("Line breaks in a search string")
+            quoted = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            assembled += head + b'"' + quoted + b'" '
+        try:
+            return super().arg_searchkeys(assembled + line)
         except Exception:
             raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
 
