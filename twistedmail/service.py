@@ -15,6 +15,7 @@ lets C{twistedmail queue flush} reach the running queue.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,26 @@ class MailServer(MultiService):
         self.portal = Portal(realm, [checker])
         hostname = config.server.hostname
         size = config.limits.max_message_size
+        submission = partial(
+            submission_factory,
+            hostname=hostname,
+            store=self.store,
+            delivery=self.delivery,
+            portal=self.portal,
+            max_message_size=size,
+            clock=reactor,
+            relay=self.queue,
+        )
+        imap = partial(
+            imap_factory,
+            portal=self.portal,
+            clock=reactor,
+            max_literal_size=size,
+            idle_timeout=limits.imap_idle_timeout,
+        )
+        pop = partial(
+            pop3_factory, portal=self.portal, clock=reactor, timeout=limits.pop3_idle_timeout
+        )
         factories: dict[str, Factory] = {
             "smtp": inbound_factory(
                 hostname=hostname,
@@ -179,59 +200,15 @@ class MailServer(MultiService):
                 clock=reactor,
                 relay=self.queue,
             ),
-            "submission": submission_factory(
-                hostname=hostname,
-                store=self.store,
-                delivery=self.delivery,
-                portal=self.portal,
-                tls=self.tls_context,
-                implicit_tls=False,
-                max_message_size=size,
-                clock=reactor,
-                relay=self.queue,
-            ),
-            "submissions": submission_factory(
-                hostname=hostname,
-                store=self.store,
-                delivery=self.delivery,
-                portal=self.portal,
-                tls=None,
-                implicit_tls=True,
-                max_message_size=size,
-                clock=reactor,
-                relay=self.queue,
-            ),
-            "imap": imap_factory(
-                portal=self.portal,
-                tls=self.tls_context,
-                implicit_tls=False,
-                clock=reactor,
-                max_literal_size=size,
-                idle_timeout=limits.imap_idle_timeout,
-            ),
-            "imaps": imap_factory(
-                portal=self.portal,
-                tls=None,
-                implicit_tls=True,
-                clock=reactor,
-                max_literal_size=size,
-                idle_timeout=limits.imap_idle_timeout,
-            ),
-            "pop3": pop3_factory(
-                portal=self.portal,
-                tls=self.tls_context,
-                implicit_tls=False,
-                clock=reactor,
-                timeout=limits.pop3_idle_timeout,
-            ),
-            "pop3s": pop3_factory(
-                portal=self.portal,
-                tls=None,
-                implicit_tls=True,
-                clock=reactor,
-                timeout=limits.pop3_idle_timeout,
-            ),
         }
+        # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
+        for plain, implicit, make in (
+            ("submission", "submissions", submission),
+            ("imap", "imaps", imap),
+            ("pop3", "pop3s", pop),
+        ):
+            factories[plain] = make(tls=self.tls_context, implicit_tls=False)
+            factories[implicit] = make(tls=None, implicit_tls=True)
         for name, factory in factories.items():
             if isinstance(factory, SMTPServerFactory):
                 factory.idle_timeout = limits.smtp_idle_timeout
