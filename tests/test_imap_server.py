@@ -269,7 +269,8 @@ class SelectTests(unittest.TestCase):
                 b"* 2 EXISTS",
                 b"* 1 RECENT",
                 b"* OK [UNSEEN 2] First unseen",
-                b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Limited",
+                b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)]"
+                b" Flags permitted",
                 b"* OK [UIDNEXT 3] Predicted next UID",
                 b"* OK [UIDVALIDITY %d] UIDs valid" % h.uidvalidity(),
                 b"a OK [READ-WRITE] SELECT completed",
@@ -281,7 +282,7 @@ class SelectTests(unittest.TestCase):
         h.add(MSG1, "S")
         h.login()
         lines = h.cmd(b"a EXAMINE INBOX")
-        self.assertIn(b"* OK [PERMANENTFLAGS ()] Limited", lines)
+        self.assertIn(b"* OK [PERMANENTFLAGS ()] Flags permitted", lines)
         self.assertEqual(lines[-1], b"a OK [READ-ONLY] EXAMINE completed")
         self.assertEqual(
             h.cmd(b"b STORE 1 +FLAGS (\\Deleted)"), [b"b NO [READ-ONLY] Mailbox is read-only"]

@@ -9,6 +9,10 @@ On-disk format (chosen to match Dovecot, so a mailbox moves between the two serv
     spec at cr.yp.to/proto/maildir.html; C{,S=} and the C{:2,} info are Dovecot's and
     Courier's): flags C{D}raft, C{F}lagged, C{P}assed, C{R}eplied, C{S}een, C{T}rashed,
     in ASCII order;
+  - keywords (RFC 3501 §2.3.2: C{$Junk}, C{$label1}, user keywords) are the lower-case info
+    letters C{a}..C{z} after the system flags, each folder mapping them to names in its own
+    C{dovecot-keywords} file: one C{<index> <name>} line per keyword, index 0 being C{a}, at
+    most 26 per folder; like Dovecot, a keyword that finds no free letter is not stored;
   - UIDs live in C{dovecot-uidlist}: a header C{3 V<uidvalidity> N<uidnext> G<guid>} then one
     C{<uid> :<base name>} line per message (Dovecot's "Maildir Mailbox Format" document);
   - messages are stored exactly as received on the wire (CRLF line ends), so the C{S=} size
@@ -38,6 +42,11 @@ import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
 UIDLIST = "dovecot-uidlist"
+KEYWORDS = "dovecot-keywords"
+MAX_KEYWORDS = 26
+"""Keyword letters a..z per folder (Dovecot's MAILDIR_MAX_KEYWORDS)."""
+MAX_KEYWORD_LENGTH = 50
+"""Longest keyword name accepted, in octets (Dovecot's mail_max_keyword_length)."""
 LOCKFILE = "twistedmail-uidlist.lock"
 SUBSCRIPTIONS = "subscriptions"
 DELIMITER = "."
@@ -97,6 +106,14 @@ def size_from_name(base: str) -> int | None:
         if field.startswith("S=") and field[2:].isdigit():
             return int(field[2:])
     return None
+
+
+def is_keyword(name: str) -> bool:
+    """Whether C{name} is a keyword the store can keep: an RFC 3501 §9 C{flag-keyword} (an
+    atom: ASCII, no CTL, SP or C{( ) { % * " \\ ]}) of at most L{MAX_KEYWORD_LENGTH}."""
+    if not name or len(name) > MAX_KEYWORD_LENGTH:
+        return False
+    return all(0x20 < ord(c) < 0x7F and c not in '(){%*"\\]' for c in name)
 
 
 def normalize_flags(letters: str) -> str:
@@ -312,6 +329,63 @@ class Folder:
         )
         recent = frozenset(uids[b] for b in moved if b in uids)
         return ScanResult(uidvalidity, uidnext, messages, recent)
+
+    # keywords (dovecot-keywords)
+
+    def _read_keywords(self) -> dict[int, str]:
+        try:
+            text = (self.path / KEYWORDS).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return {}
+        out: dict[int, str] = {}
+        for line in text.splitlines():
+            index, sep, name = line.partition(" ")
+            if sep and index.isdigit() and int(index) < MAX_KEYWORDS and name:
+                out[int(index)] = name
+        return out
+
+    def keywords(self) -> dict[str, str]:
+        """The folder's keyword map: {letter: name}, C{"a"} for index 0 (empty when the
+        C{dovecot-keywords} file is absent)."""
+        return {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+
+    def keyword_letters(self, names: list[str] | tuple[str, ...]) -> str:
+        """The info letters for keyword C{names}, giving each unknown valid name the lowest free
+        index and rewriting C{dovecot-keywords} (tmp, fsync, rename) under the folder lock.
+
+        Names compare case-insensitively (the first spelling is kept); names that are not
+        L{is_keyword} atoms, or find all 26 letters taken, get no letter (Dovecot keeps those
+        only in its index; this store has none, so they are not kept).
+        @return: the letters, sorted, without duplicates.
+        """
+        wanted = [n for n in names if is_keyword(n)]
+        if not wanted:
+            return ""
+        with self._locked():
+            table = self._read_keywords()
+            by_lower = {name.lower(): i for i, name in table.items()}
+            letters = set()
+            changed = False
+            for name in wanted:
+                index = by_lower.get(name.lower())
+                if index is None:
+                    free = [i for i in range(MAX_KEYWORDS) if i not in table]
+                    if not free:
+                        continue
+                    index = free[0]
+                    table[index] = name
+                    by_lower[name.lower()] = index
+                    changed = True
+                letters.add(chr(ord("a") + index))
+            if changed:
+                tmp = self.path / f"{KEYWORDS}.tmp"
+                with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write("".join(f"{i} {table[i]}\n" for i in sorted(table)))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path / KEYWORDS)
+                fsync_dir(self.path)
+        return "".join(sorted(letters))
 
     # messages
 

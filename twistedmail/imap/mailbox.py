@@ -9,8 +9,10 @@ rescan only renumber the view when the server calls L{MaildirMailbox.take_expung
 moment RFC 3501 §7.4.1 allows (not during FETCH, STORE or SEARCH).
 
 UIDVALIDITY and UIDs come from the folder's C{dovecot-uidlist} (stable across restarts,
-RFC 3501 §2.3.1.1).  Flags are Maildir info letters (C{maildir.IMAP_TO_LETTER}); keywords
-are not stored, so PERMANENTFLAGS has no C{\\*}.  Disk work runs through C{run_in_thread}.
+RFC 3501 §2.3.1.1).  Flags are Maildir info letters (C{maildir.IMAP_TO_LETTER}); keywords are
+the letters a..z named by the folder's C{dovecot-keywords} file (read with every scan), so
+FLAGS lists them and PERMANENTFLAGS adds C{\\*} while a letter is free (RFC 3501 §7.1).
+Disk work runs through C{run_in_thread}.
 
 The later per-folder index (C{imap/index.py}) plugs in behind L{MaildirMailbox.refresh}:
 that is the only place the folder is listed.
@@ -39,12 +41,20 @@ from twistedmail.imap.message import (
     parse_search_date,
     split_message,
 )
-from twistedmail.maildir import IMAP_TO_LETTER, ChangeNotifier, Folder, MessageEntry, ScanResult
+from twistedmail.maildir import (
+    IMAP_TO_LETTER,
+    MAX_KEYWORDS,
+    ChangeNotifier,
+    Folder,
+    MessageEntry,
+    ScanResult,
+)
 
 log = Logger(namespace="twistedmail.imap.mailbox")
 
 SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
-"""FLAGS and PERMANENTFLAGS of every folder (RFC 3501 §7.2.6): keywords are not kept."""
+"""The system flags in FLAGS and PERMANENTFLAGS of every folder (RFC 3501 §7.2.6); the folder's
+keywords follow them."""
 
 
 class SearchError(Exception):
@@ -55,6 +65,42 @@ def letters_for(flags: Sequence[str]) -> str:
     """IMAP flags -> Maildir info letters; C{\\Recent} and keywords are dropped."""
     by_lower = {k.lower(): v for k, v in IMAP_TO_LETTER.items()}
     return "".join(by_lower[f.lower()] for f in flags if f.lower() in by_lower)
+
+
+def keyword_names(flags: Sequence[str]) -> list[str]:
+    """The keywords among IMAP C{flags} (anything not starting with a backslash)."""
+    return [f for f in flags if not f.startswith("\\")]
+
+
+def _scan(folder: Folder) -> tuple[ScanResult, dict[str, str]]:
+    """A folder scan and its keyword map ({letter: name}), in one thread hop."""
+    return folder.scan(), folder.keywords()
+
+
+def _store_letters(
+    folder: Folder, flags: Sequence[str], create: bool
+) -> tuple[str, dict[str, str]]:
+    """IMAP C{flags} -> info letters of C{folder}, plus its keyword map afterwards.
+
+    With C{create}, unknown keywords get a letter (STORE +FLAGS/FLAGS, APPEND, COPY);
+    without, they are ignored (STORE -FLAGS cannot remove what has no letter)."""
+    letters = letters_for(flags)
+    names = keyword_names(flags)
+    if create:
+        letters += folder.keyword_letters(names)
+        return letters, folder.keywords()
+    table = folder.keywords()
+    wanted = {n.lower() for n in names}
+    letters += "".join(c for c, n in table.items() if n.lower() in wanted)
+    return letters, table
+
+
+def _add_with_keywords(
+    folder: Folder, data: bytes, letters: str, keywords: Sequence[str], mtime: float | None
+) -> int:
+    if keywords:
+        letters += folder.keyword_letters(list(keywords))
+    return folder.add(data, letters, mtime)
 
 
 def in_set(messages: imap4.MessageSet, value: int, last: int) -> bool:
@@ -96,6 +142,7 @@ class MaildirMailbox:
         self.uidvalidity = 0
         self.uidnext = 1
         self._view: list[MessageEntry] = []
+        self.keywords: dict[str, str] = {}
         self._gone: set[int] = set()
         self._recent: set[int] = set()
         self._highest = 0
@@ -111,7 +158,7 @@ class MaildirMailbox:
 
     async def open(self) -> MaildirMailbox:
         """First scan of the folder (in a thread).  @raise MaildirError: folder missing."""
-        scan: ScanResult = await self.run_in_thread(self.folder.scan)
+        scan, self.keywords = await self.run_in_thread(_scan, self.folder)
         self._view = list(scan.messages)
         self._recent = set(scan.recent)
         self._highest = max((e.uid for e in scan.messages), default=0)
@@ -133,16 +180,21 @@ class MaildirMailbox:
             while self._dirty and not self._closed:
                 self._dirty = False
                 generation = self._generation
-                scan = await self.run_in_thread(self.folder.scan)
+                scan, keywords = await self.run_in_thread(_scan, self.folder)
                 if generation != self._generation:
                     self._dirty = True  # our own change raced the scan: rescan
                     continue
-                self._apply(scan)
+                self._apply(scan, keywords)
         finally:
             self._refreshing = None
             done.callback(None)
 
-    def _apply(self, scan: ScanResult) -> None:
+    def _apply(self, scan: ScanResult, keywords: dict[str, str] | None = None) -> None:
+        if keywords is not None and keywords != self.keywords:
+            self.keywords = keywords
+            for listener in list(self._listeners):
+                if hasattr(listener, "keywordsChanged"):
+                    listener.keywordsChanged()
         on_disk = {e.uid: e for e in scan.messages}
         changed: dict[int, list[str]] = {}
         newly_gone = False
@@ -156,7 +208,7 @@ class MaildirMailbox:
             elif found.filename != entry.filename:
                 self._view[i] = found
                 if found.flags != entry.flags:
-                    changed[i + 1] = imap_flags(found.flags, entry.uid in self._recent)
+                    changed[i + 1] = self._flags(found)
         new = [e for e in scan.messages if e.uid > self._highest]
         self.uidnext = max(self.uidnext, scan.uidnext)
         if new:
@@ -206,7 +258,19 @@ class MaildirMailbox:
     # IMailboxInfo / IMailbox
 
     def getFlags(self) -> list[str]:
-        return list(SYSTEM_FLAGS)
+        """FLAGS (RFC 3501 §7.2.6): the system flags, then the folder's keywords."""
+        return list(SYSTEM_FLAGS) + [self.keywords[c] for c in sorted(self.keywords)]
+
+    def permanent_flags(self) -> list[str]:
+        """PERMANENTFLAGS (RFC 3501 §7.1): L{getFlags}, and C{\\*} (new keywords may be
+        created) while the folder has a free keyword letter."""
+        flags = self.getFlags()
+        if len(self.keywords) < MAX_KEYWORDS:
+            flags.append("\\*")
+        return flags
+
+    def _flags(self, entry: MessageEntry) -> list[str]:
+        return imap_flags(entry.flags, entry.uid in self._recent, self.keywords)
 
     def getHierarchicalDelimiter(self) -> str:
         return "."
@@ -281,20 +345,28 @@ class MaildirMailbox:
         mtime = None
         if date is not None:
             mtime = parse_internaldate(date.encode() if isinstance(date, str) else date)
-        uid: int = await self.run_in_thread(self.folder.add, data, letters_for(flags), mtime)
+        uid: int = await self.run_in_thread(
+            _add_with_keywords, self.folder, data, letters_for(flags), keyword_names(flags), mtime
+        )
         self._changed()
         return uid
 
     async def copy(self, message: Any) -> int:
         """IMessageCopier: copy C{message} (of any folder) here with its flags and date."""
+        flags = [f for f in message.getFlags() if f.lower() != "\\recent"]
         if isinstance(message, MaildirMessage):
             data = await message.load(self.run_in_thread)
-            letters, mtime = message.entry.flags, message.entry.mtime
+            # the system letters as they are (P included); keyword letters are per folder, so
+            # they are mapped by name into this folder's dovecot-keywords
+            letters = "".join(c for c in message.entry.flags if c.isupper())
+            mtime: float | None = message.entry.mtime
         else:
             data = imap4.IMessageFile(message).open().read()
-            letters = letters_for(message.getFlags())
+            letters = letters_for(flags)
             mtime = None
-        uid: int = await self.run_in_thread(self.folder.add, data, letters, mtime)
+        uid: int = await self.run_in_thread(
+            _add_with_keywords, self.folder, data, letters, keyword_names(flags), mtime
+        )
         self._changed()
         return uid
 
@@ -320,7 +392,7 @@ class MaildirMailbox:
 
     def message(self, seq: int) -> MaildirMessage:
         entry = self._view[seq - 1]
-        return MaildirMessage(entry, self.folder, seq, entry.uid in self._recent)
+        return MaildirMessage(entry, self.folder, seq, entry.uid in self._recent, self.keywords)
 
     def fetch(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MaildirMessage]]:
         """IMailbox.fetch: a list (not a generator) of (seq, message)."""
@@ -334,7 +406,15 @@ class MaildirMailbox:
         if not self.readwrite:
             raise imap4.ReadOnlyMailbox()
         targets = self.resolve(messages, uid)
-        return await self.store_entries(targets, letters_for(flags), mode)
+        letters, keywords = await self.run_in_thread(
+            _store_letters, self.folder, list(flags), mode >= 0
+        )
+        if keywords != self.keywords:
+            self.keywords = keywords
+            for listener in list(self._listeners):
+                if hasattr(listener, "keywordsChanged"):
+                    listener.keywordsChanged()
+        return await self.store_entries(targets, letters, mode)
 
     async def store_entries(
         self, targets: Sequence[tuple[int, MessageEntry]], letters: str, mode: int
@@ -346,8 +426,8 @@ class MaildirMailbox:
                 new = "".join(sorted(set(keep) | set(letters)))
             elif mode < 0:
                 new = "".join(sorted(set(keep) - set(letters)))
-            else:  # replace the IMAP flags, keep letters IMAP cannot express (P)
-                other = "".join(c for c in keep if c not in IMAP_TO_LETTER.values())
+            else:  # replace flags and keywords, keep letters IMAP cannot express (P)
+                other = "".join(c for c in keep if c.isupper() and c not in IMAP_TO_LETTER.values())
                 new = "".join(sorted(set(other) | set(letters)))
             plan.append((seq, entry, new))
         renamed = await self.run_in_thread(_rename_all, self.folder, plan)
@@ -355,7 +435,7 @@ class MaildirMailbox:
         for seq, entry in renamed:
             if seq <= len(self._view) and self._view[seq - 1].uid == entry.uid:
                 self._view[seq - 1] = entry
-            result[seq] = imap_flags(entry.flags, entry.uid in self._recent)
+            result[seq] = self._flags(entry)
         if renamed:
             self._changed()
         return result
@@ -398,7 +478,7 @@ class MaildirMailbox:
         """
         last_seq = len(self._view)
         last_uid = self._view[-1].uid if self._view else 0
-        predicate, needs_content = compile_search(list(query), last_seq, last_uid)
+        predicate, needs_content = compile_search(list(query), last_seq, last_uid, self.keywords)
         candidates = [
             (i + 1, e, e.uid in self._recent)
             for i, e in enumerate(self._view)
@@ -462,9 +542,12 @@ def _sent_day(raw: bytes) -> tuple[int, int, int] | None:
     return _day(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
 
 
-def compile_search(tokens: list[Any], last_seq: int, last_uid: int) -> tuple[Predicate, bool]:
+def compile_search(
+    tokens: list[Any], last_seq: int, last_uid: int, keywords: dict[str, str] | None = None
+) -> tuple[Predicate, bool]:
     """Turn parsed SEARCH keys (Twisted's C{parseNestedParens} output) into a predicate
-    C{(candidate, load_raw) -> bool}; also whether message content is needed.
+    C{(candidate, load_raw) -> bool}; also whether message content is needed.  C{keywords}
+    is the folder's {letter: name} map for KEYWORD/UNKEYWORD (names case-insensitive).
 
     @raise SearchError: unknown key, missing argument or bad date/number.
     """
@@ -518,12 +601,17 @@ def compile_search(tokens: list[Any], last_seq: int, last_uid: int) -> tuple[Pre
             return lambda c, r: not c[2]
         if key == b"NEW":
             return lambda c, r: c[2] and "S" not in c[1].flags
-        if key == b"KEYWORD":
-            take()
-            return lambda c, r: False
-        if key == b"UNKEYWORD":
-            take()
-            return lambda c, r: True
+        if key in (b"KEYWORD", b"UNKEYWORD"):
+            # RFC 3501 §6.4.4: a keyword the folder never had matches no message
+            name = take()
+            if not isinstance(name, bytes):
+                raise SearchError("keyword expected")
+            wanted = name.decode("ascii", "replace").lower()
+            letter = next((c for c, n in (keywords or {}).items() if n.lower() == wanted), None)
+            want = key == b"KEYWORD"
+            if letter is None:
+                return lambda c, r: not want
+            return lambda c, r: (letter in c[1].flags) == want
         if key == b"LARGER":
             n = number()
             return lambda c, r: c[1].size > n

@@ -16,7 +16,7 @@ import email.utils
 import io
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -491,8 +491,16 @@ class MaildirMessage:
     @ivar recent: whether the session holds C{\\Recent} for it (RFC 3501 §2.3.2).
     """
 
-    def __init__(self, entry: MessageEntry, folder: Folder, seq: int, recent: bool) -> None:
+    def __init__(
+        self,
+        entry: MessageEntry,
+        folder: Folder,
+        seq: int,
+        recent: bool,
+        keywords: Mapping[str, str] | None = None,
+    ) -> None:
         self.entry = entry
+        self.keywords = keywords or {}
         self.folder = folder
         self.seq = seq
         self.recent = recent
@@ -515,7 +523,7 @@ class MaildirMessage:
         return self.entry.uid
 
     def getFlags(self) -> list[str]:
-        return imap_flags(self.entry.flags, self.recent)
+        return imap_flags(self.entry.flags, self.recent, self.keywords)
 
     def getInternalDate(self) -> str:
         return email.utils.formatdate(self.entry.mtime, usegmt=True)
@@ -541,9 +549,15 @@ class MaildirMessage:
         return io.BytesIO(self.content())
 
 
-def imap_flags(letters: str, recent: bool = False) -> list[str]:
-    """Maildir info letters -> IMAP system flags (RFC 3501 §2.3.2), C{\\Recent} last."""
+def imap_flags(
+    letters: str, recent: bool = False, keywords: Mapping[str, str] | None = None
+) -> list[str]:
+    """Maildir info letters -> IMAP flags (RFC 3501 §2.3.2): system flags, then the keywords
+    the folder's C{keywords} map ({letter: name}) names, then C{\\Recent}.  Letters without a
+    name are not shown."""
     flags = [LETTER_TO_IMAP[c] for c in letters if c in LETTER_TO_IMAP]
+    if keywords:
+        flags += [keywords[c] for c in letters if c in keywords]
     if recent:
         flags.append("\\Recent")
     return flags

@@ -267,6 +267,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._line_waiter: Deferred[bytes] | None = None
         self._pending_exists = False
         self._pending_flags: dict[int, list[str]] = {}
+        self._pending_keywords = False
         self.enabled: set[bytes] = set()
 
     # connection
@@ -394,6 +395,7 @@ class IMAPServer(imap4.IMAP4Server):
                 if isinstance(result, Deferred):
                     result = await result
                 arg, line = result
+                line = line if line is not None else b""  # arg_atom leaves None at the end
                 args.append(arg)
             if line:
                 raise _bad(b"Too many arguments")
@@ -547,7 +549,9 @@ class IMAPServer(imap4.IMAP4Server):
         mbox = self.mbox
         if mbox is None:
             self._pending_exists, self._pending_flags = False, {}
+            self._pending_keywords = False
             return
+        self._flush_keywords()
         if self._pending_exists:
             self._pending_exists = False
             self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
@@ -559,6 +563,17 @@ class IMAPServer(imap4.IMAP4Server):
                 seq = by_uid.get(message_uid)
                 if seq is not None:
                     self.sendLine(b"* %d FETCH (FLAGS (%s))" % (seq, _flag_list(flags)))
+
+    def _flush_keywords(self) -> None:
+        """RFC 3501 §7.2.6: a new keyword in the folder changes its FLAGS; send FLAGS and
+        PERMANENTFLAGS again (as Dovecot does) before any FETCH that shows the keyword."""
+        if not self._pending_keywords or self.mbox is None:
+            return
+        self._pending_keywords = False
+        self.sendLine(b"* FLAGS (" + _flag_list(self.mbox.getFlags()) + b")")
+        if self.mbox.isWriteable():
+            permanent = _flag_list(_permanent_flags(self.mbox))
+            self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
 
     def _send_expunges(self) -> None:
         take = getattr(self.mbox, "take_expunged", None)
@@ -578,6 +593,11 @@ class IMAPServer(imap4.IMAP4Server):
             return
         for seq, flags in newFlags.items():
             self._pending_flags[self.mbox.getUID(seq)] = list(flags)
+        if self._idling:
+            self._flush_unsolicited()
+
+    def keywordsChanged(self) -> None:
+        self._pending_keywords = True
         if self._idling:
             self._flush_unsolicited()
 
@@ -796,8 +816,8 @@ class IMAPServer(imap4.IMAP4Server):
         if first_unseen is not None:
             self.sendLine(b"* OK [UNSEEN %d] First unseen" % first_unseen)
         writeable = mbox.isWriteable()
-        permanent = flags if writeable else b""
-        self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Limited")
+        permanent = _flag_list(_permanent_flags(mbox)) if writeable else b""
+        self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
         mbox.addListener(self)
@@ -1220,6 +1240,7 @@ class IMAPServer(imap4.IMAP4Server):
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
         names = [f.decode("ascii", "replace") for f in flags]
         result = await maybeDeferred(self.mbox.store, messages, names, modes[action], uid=uid)
+        self._flush_keywords()
         if not silent:
             for seq in sorted(result):
                 extra = b" UID %d" % self.mbox.getUID(seq) if uid else b""
@@ -1313,6 +1334,13 @@ class IMAPServer(imap4.IMAP4Server):
 
 def _has_section(part: Any) -> bool:
     return bool(part.header is not None or part.text or part.mime or part.empty)
+
+
+def _permanent_flags(mbox: Any) -> list[str]:
+    """PERMANENTFLAGS (RFC 3501 §7.1): the mailbox's own list (with C{\\*} while keywords can
+    be created), or its FLAGS for a mailbox that has none."""
+    permanent = getattr(mbox, "permanent_flags", None)
+    return list(permanent()) if permanent is not None else list(mbox.getFlags())
 
 
 def _flag_list(flags: Sequence[str]) -> bytes:

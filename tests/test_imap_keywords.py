@@ -1,0 +1,208 @@
+"""Keywords (RFC 3501 §2.3.2, §6.4.4, §6.4.6, §7.1): the Dovecot C{dovecot-keywords} file and
+the letters a..z in Maildir file names, and the IMAP commands over them, with exact bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from tests.test_imap_server import MSG1, MSG2, T2, Harness
+from twistedmail.maildir import (
+    KEYWORDS,
+    Folder,
+    is_keyword,
+    make_maildir,
+    split_name,
+    write_durably,
+)
+
+SYSTEM = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+
+
+def flags_on_disk(root: Path) -> list[str]:
+    return sorted(split_name(n)[1] for n in os.listdir(root / "cur"))
+
+
+class KeywordFileTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp())
+        make_maildir(self.path)
+        self.folder = Folder(self.path)
+
+    def test_file_format(self) -> None:
+        """Lines C{<index> <name>}, index 0 = letter a, as Dovecot writes them."""
+        self.assertEqual(self.folder.keyword_letters(["$Junk", "$label1"]), "ab")
+        self.assertEqual((self.path / KEYWORDS).read_bytes(), b"0 $Junk\n1 $label1\n")
+        self.assertEqual(self.folder.keywords(), {"a": "$Junk", "b": "$label1"})
+        self.assertFalse((self.path / f"{KEYWORDS}.tmp").exists())
+
+    def test_existing_file_and_case(self) -> None:
+        """A Dovecot-written file is read as is; names match case-insensitively; the lowest
+        free index is taken."""
+        (self.path / KEYWORDS).write_bytes(b"0 $Forwarded\n2 Work\n")
+        self.assertEqual(self.folder.keyword_letters(["work", "$NotJunk", "$FORWARDED"]), "abc")
+        self.assertEqual((self.path / KEYWORDS).read_bytes(), b"0 $Forwarded\n1 $NotJunk\n2 Work\n")
+
+    def test_no_rewrite_when_known(self) -> None:
+        self.folder.keyword_letters(["$Junk"])
+        os.utime(self.path / KEYWORDS, (1, 1))
+        self.assertEqual(self.folder.keyword_letters(["$junk"]), "a")
+        self.assertEqual(os.stat(self.path / KEYWORDS).st_mtime, 1)
+
+    def test_limit_26(self) -> None:
+        """At most 26 keywords per folder; a 27th gets no letter and is not stored."""
+        names = [f"k{i}" for i in range(26)]
+        self.assertEqual(self.folder.keyword_letters(names), "abcdefghijklmnopqrstuvwxyz")
+        self.assertEqual(self.folder.keyword_letters(["extra", "k25"]), "z")
+        self.assertEqual(len(self.folder.keywords()), 26)
+        self.assertNotIn(b"extra", (self.path / KEYWORDS).read_bytes())
+
+    def test_invalid_names(self) -> None:
+        for bad in ["", "a b", "\\Seen", "x]", "(", "é", "k" * 51, "a*", 'q"']:
+            self.assertFalse(is_keyword(bad), bad)
+        self.assertEqual(self.folder.keyword_letters(["a b", "\\Foo"]), "")
+        self.assertFalse((self.path / KEYWORDS).exists())
+
+    def test_letters_sort_after_system_flags(self) -> None:
+        write_durably(self.path / "cur", MSG1, "Sab", T2)
+        entry = self.folder.scan().messages[0]
+        self.assertEqual(entry.flags, "Sab")
+        self.assertEqual(self.folder.set_flags(entry, "bRa").flags, "Rab")
+
+
+class KeywordSessionTests(unittest.TestCase):
+    def select(self, h: Harness) -> list[bytes]:
+        h.login()
+        return h.cmd(b"s SELECT INBOX")
+
+    def test_select_lists_keywords_and_star(self) -> None:
+        h = Harness(self)
+        (h.root / KEYWORDS).write_bytes(b"0 $Junk\n1 $label1\n")
+        h.add(MSG1, "Sa")
+        lines = self.select(h)
+        self.assertEqual(lines[0], b"* FLAGS (" + SYSTEM + b" $Junk $label1)")
+        self.assertIn(
+            b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Junk $label1 \\*)] Flags permitted", lines
+        )
+        self.assertEqual(
+            h.cmd(b"f FETCH 1 FLAGS"),
+            [b"* 1 FETCH (FLAGS (\\Seen $Junk))", b"f OK FETCH completed"],
+        )
+
+    def test_store_new_keyword(self) -> None:
+        """A new keyword: FLAGS and PERMANENTFLAGS again, then the FETCH; letter on disk."""
+        h = Harness(self)
+        h.add(MSG1, "S")
+        self.select(h)
+        self.assertEqual(
+            h.cmd(b"a STORE 1 +FLAGS ($Junk)"),
+            [
+                b"* FLAGS (" + SYSTEM + b" $Junk)",
+                b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Junk \\*)] Flags permitted",
+                b"* 1 FETCH (FLAGS (\\Seen $Junk))",
+                b"a OK STORE completed",
+            ],
+        )
+        self.assertEqual(flags_on_disk(h.root), ["Sa"])
+        self.assertEqual((h.root / KEYWORDS).read_bytes(), b"0 $Junk\n")
+        self.assertEqual(
+            h.cmd(b"b STORE 1 -FLAGS ($junk)"),
+            [b"* 1 FETCH (FLAGS (\\Seen))", b"b OK STORE completed"],
+        )
+        self.assertEqual(flags_on_disk(h.root), ["S"])
+
+    def test_store_replace(self) -> None:
+        """FLAGS replaces system flags and keywords alike; P (passed) stays."""
+        h = Harness(self)
+        (h.root / KEYWORDS).write_bytes(b"0 $Junk\n1 $label1\n")
+        h.add(MSG1, "PSa")
+        self.select(h)
+        self.assertEqual(
+            h.cmd(b"a STORE 1 FLAGS (\\Flagged $label1)"),
+            [b"* 1 FETCH (FLAGS (\\Flagged $label1))", b"a OK STORE completed"],
+        )
+        self.assertEqual(flags_on_disk(h.root), ["FPb"])
+
+    def test_search_keyword(self) -> None:
+        h = Harness(self)
+        (h.root / KEYWORDS).write_bytes(b"0 $Junk\n")
+        h.add(MSG1, "a")
+        h.add(MSG2, "", T2)
+        self.select(h)
+        self.assertEqual(
+            h.cmd(b"a SEARCH KEYWORD $JUNK"), [b"* SEARCH 1", b"a OK SEARCH completed"]
+        )
+        self.assertEqual(
+            h.cmd(b"b SEARCH UNKEYWORD $Junk"), [b"* SEARCH 2", b"b OK SEARCH completed"]
+        )
+        self.assertEqual(h.cmd(b"c SEARCH KEYWORD Never"), [b"* SEARCH", b"c OK SEARCH completed"])
+        self.assertEqual(
+            h.cmd(b"d SEARCH UNKEYWORD Never"), [b"* SEARCH 1 2", b"d OK SEARCH completed"]
+        )
+
+    def test_append_with_keywords(self) -> None:
+        h = Harness(self)
+        h.login()
+        lines = h.cmd(b"a APPEND INBOX (\\Seen $label1) {%d+}\r\n" % len(MSG2) + MSG2)
+        self.assertTrue(lines[-1].startswith(b"a OK [APPENDUID"), lines)
+        self.assertEqual(flags_on_disk(h.root), ["Sa"])
+        self.assertEqual((h.root / KEYWORDS).read_bytes(), b"0 $label1\n")
+
+    def test_copy_remaps_letters(self) -> None:
+        """Each folder has its own dovecot-keywords: COPY maps keywords by name."""
+        h = Harness(self)
+        (h.root / KEYWORDS).write_bytes(b"0 $Junk\n1 $label1\n")
+        h.add(MSG1, "Sb")
+        self.select(h)
+        h.cmd(b"c CREATE Work")
+        work = h.root / ".Work"
+        (work / KEYWORDS).write_bytes(b"0 Other\n")
+        self.assertEqual(h.cmd(b"d COPY 1 Work")[-1][:4], b"d OK")
+        self.assertEqual(flags_on_disk(work), ["Sb"])
+        self.assertEqual((work / KEYWORDS).read_bytes(), b"0 Other\n1 $label1\n")
+        (h.root / KEYWORDS).write_bytes(b"0 $Junk\n1 $label1\n")
+        self.assertEqual(h.cmd(b"e MOVE 1 Work")[-1][:4], b"e OK")
+        self.assertEqual(flags_on_disk(work), ["Sb", "Sb"])
+        h.cmd(b"f SELECT Work")
+        self.assertEqual(
+            h.cmd(b"g FETCH 1:* FLAGS"),
+            [
+                b"* 1 FETCH (FLAGS (\\Seen $label1))",
+                b"* 2 FETCH (FLAGS (\\Seen $label1))",
+                b"g OK FETCH completed",
+            ],
+        )
+
+    def test_full_folder(self) -> None:
+        """26 keywords: no \\* in PERMANENTFLAGS; a new keyword is dropped (as Dovecot's
+        Maildir file names do), the rest of the STORE is done."""
+        h = Harness(self)
+        (h.root / KEYWORDS).write_bytes(b"".join(b"%d k%d\n" % (i, i) for i in range(26)))
+        h.add(MSG1, "")
+        lines = self.select(h)
+        permanent = [line for line in lines if b"PERMANENTFLAGS" in line][0]
+        self.assertTrue(permanent.endswith(b" k25)] Flags permitted"), permanent)
+        self.assertEqual(
+            h.cmd(b"a STORE 1 +FLAGS (\\Seen New k3)"),
+            [b"* 1 FETCH (FLAGS (\\Seen k3))", b"a OK STORE completed"],
+        )
+        self.assertEqual(flags_on_disk(h.root), ["Sd"])
+
+    def test_other_session_sees_new_keyword(self) -> None:
+        h1 = Harness(self)
+        h1.add(MSG1, "")
+        h2 = Harness(self, root=h1.root, notifier=h1.notifier)
+        self.select(h1)
+        self.select(h2)
+        h1.cmd(b"a STORE 1 +FLAGS ($Forwarded)")
+        self.assertEqual(
+            h2.cmd(b"n NOOP"),
+            [
+                b"* FLAGS (" + SYSTEM + b" $Forwarded)",
+                b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Forwarded \\*)] Flags permitted",
+                b"* 1 FETCH (FLAGS ($Forwarded))",
+                b"n OK NOOP completed",
+            ],
+        )
