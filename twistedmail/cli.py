@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TextIO
 
 from twistedmail import config as config_module
 from twistedmail import control
+from twistedmail import dkim as dkim_module
 from twistedmail.accounts import AccountStore, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
@@ -244,6 +245,23 @@ def _entry(ctx: _Context, queue_id: str) -> QueueEntry:
     return entry
 
 
+def _dkim_keys(ctx: _Context) -> dkim_module.KeyStore:
+    return dkim_module.KeyStore(ctx.config.server.data_dir / "dkim")
+
+
+def cmd_dkim_generate(ctx: _Context, args: argparse.Namespace) -> None:
+    keys = _dkim_keys(ctx)
+    key = keys.generate(args.domain, args.selector)
+    name, value = keys.txt_record(key)
+    _out(f"# {key.path}")
+    _out(f"{name}. IN TXT {dkim_module.quoted_strings(value)}")
+
+
+def cmd_dns_records(ctx: _Context, args: argparse.Namespace) -> None:
+    for line in dkim_module.dns_records(args.domain, ctx.config.server.hostname, _dkim_keys(ctx)):
+        _out(line)
+
+
 def cmd_queue_list(ctx: _Context, args: argparse.Namespace) -> None:
     now = time.time()
     for entry in _spool(ctx).entries():
@@ -354,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     action(queue, "flush", cmd_queue_flush, "make the running server try everything now")
 
+    signing = group("dkim", "manage DKIM signing keys (RFC 6376)")
+    p = action(signing, "generate", cmd_dkim_generate, "make a key, print its DNS TXT record")
+    p.add_argument("domain")
+    p.add_argument(
+        "--selector",
+        default=dkim_module.DEFAULT_SELECTOR,
+        help=f"DKIM selector (default: {dkim_module.DEFAULT_SELECTOR})",
+    )
+    p = commands.add_parser("dns-records", help="print the DNS records a domain should publish")
+    p.add_argument("domain")
+    p.set_defaults(func=cmd_dns_records)
+
     p = commands.add_parser("check-config", help="load the config and TLS files, report errors")
     p.set_defaults(func=cmd_check_config)
     return parser
@@ -376,7 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = _Context(args.config)
         args.func(ctx, args)
         return 0
-    except (UserError, StoreError, TLSConfigError, config_module.ConfigError, QueueError) as e:
+    except (
+        UserError,
+        StoreError,
+        TLSConfigError,
+        config_module.ConfigError,
+        QueueError,
+        dkim_module.DKIMError,
+    ) as e:
         return _error(str(e))
     except sqlite3.Error as e:
         return _error(f"account store: {e}")

@@ -45,6 +45,7 @@ from twistedmail.config import (
 )
 from twistedmail.control import control_factory, socket_address
 from twistedmail.delivery import LocalDelivery
+from twistedmail.dkim import KeyStore
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
 from twistedmail.limits import ConnectionLimit, refusal_for
@@ -107,6 +108,7 @@ def outbound_queue(
         clock=reactor,
         run_in_thread=run,
         hostname=config.server.hostname,
+        signer=KeyStore(config.server.data_dir / "dkim").sign,
         schedule=RetrySchedule(
             first=queue.first_retry,
             maximum=queue.max_retry,

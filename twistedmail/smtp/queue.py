@@ -27,7 +27,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -302,6 +302,8 @@ class QueueRunner:
     @param hostname: Reporting-MTA of our DSNs.
     @param max_connections: concurrent outbound SMTP sessions in all.
     @param max_per_destination: concurrent sessions to one domain (or route / smarthost).
+    @param signer: called in a thread on each message before it is queued, returns the bytes
+        to store and send (L{twistedmail.dkim.KeyStore.sign}); None queues messages as given.
     """
 
     def __init__(
@@ -317,8 +319,10 @@ class QueueRunner:
         schedule: RetrySchedule | None = None,
         max_connections: int = 20,
         max_per_destination: int = 5,
+        signer: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.spool = spool
+        self.signer = signer
         self.outbound = outbound
         self.store = store
         self.local = local
@@ -364,6 +368,9 @@ class QueueRunner:
         """Queue C{message} for C{recipients} durably; return when it is on disk (so the
         session may answer 250, RFC 5321 §6.1).  @raise OSError: nothing was queued."""
         sender = str(reverse_path) if reverse_path is not None else None
+        if self.signer is not None:
+            # RFC 6376 §5: sign before queueing, so the stored copy is the one sent.
+            message = await self.run(self.signer, message)
         entry: QueueEntry = await self.run(
             self.spool.add, sender, [str(r) for r in recipients], message, self.clock.seconds()
         )

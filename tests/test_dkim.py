@@ -1,0 +1,233 @@
+"""Tests for DKIM signing (RFC 6376), the queue hook, and the C{dkim}/C{dns-records} commands."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import dkim as dkimpy
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.test_cli import CLITestCase
+from twistedmail.dkim import DKIMError, KeyStore, author_domain, dns_records
+
+MESSAGE = (
+    b"From: Alice <alice@example.org>\r\n"
+    b"To: bob@remote.test\r\n"
+    b"Subject: hello\r\n"
+    b"Date: Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <1@example.org>\r\n"
+    b"X-Other: not signed\r\n"
+    b"\r\n"
+    b"Body line\r\n"
+    b".dot line\r\n"
+)
+
+
+def dnsfunc_for(keys: KeyStore, domain: str):  # type: ignore[no-untyped-def]
+    key = keys.signing_key(domain)
+    assert key is not None
+    name, value = keys.txt_record(key)
+
+    def dnsfunc(qname: bytes, timeout: int = 5) -> bytes:
+        return value.encode("ascii") if qname.decode().rstrip(".") == name else b""
+
+    return dnsfunc
+
+
+class SigningTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()) / "dkim"
+        self.keys = KeyStore(self.dir)
+
+    def test_generate_writes_0600_key(self) -> None:
+        key = self.keys.generate("Example.ORG")
+        self.assertEqual(key.path, self.dir / "example.org.twistedmail.key")
+        self.assertEqual(stat.S_IMODE(key.path.stat().st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(self.dir.stat().st_mode), 0o700)
+        name, value = self.keys.txt_record(key)
+        self.assertEqual(name, "twistedmail._domainkey.example.org")
+        self.assertTrue(value.startswith("v=DKIM1; k=rsa; p=MIIBIjAN"), value)
+
+    def test_generate_twice_refused(self) -> None:
+        self.keys.generate("example.org", "tm2026")
+        with self.assertRaises(DKIMError) as e:
+            self.keys.generate("example.org", "tm2026")
+        self.assertIn("already exists", str(e.exception))
+
+    def test_bad_selector_and_domain(self) -> None:
+        self.assertRaises(DKIMError, self.keys.generate, "example.org", "../x")
+        self.assertRaises(DKIMError, self.keys.generate, "example.org", "a.b")
+        self.assertRaises(DKIMError, self.keys.generate, "exa mple.org")
+
+    def test_sign_verifies(self) -> None:
+        """relaxed/relaxed rsa-sha256 over the present headers of the §5.4.1 set; verifies."""
+        self.keys.generate("example.org")
+        signed = self.keys.sign(MESSAGE)
+        self.assertTrue(signed.startswith(b"DKIM-Signature: "))
+        self.assertTrue(signed.endswith(MESSAGE))
+        header = dkimpy.rfc822_parse(signed)[0][0][1]
+        tags = dict(
+            t.strip().split(b"=", 1) for t in b"".join(header.split()).split(b";") if t.strip()
+        )
+        self.assertEqual(tags[b"a"], b"rsa-sha256")
+        self.assertEqual(tags[b"c"], b"relaxed/relaxed")
+        self.assertEqual(tags[b"d"], b"example.org")
+        self.assertEqual(tags[b"s"], b"twistedmail")
+        self.assertEqual(tags[b"h"], b"from:to:subject:date:message-id")
+        self.assertTrue(dkimpy.verify(signed, dnsfunc=dnsfunc_for(self.keys, "example.org")))
+
+    def test_tampered_body_fails(self) -> None:
+        self.keys.generate("example.org")
+        signed = self.keys.sign(MESSAGE).replace(b"Body line", b"Body lime")
+        self.assertFalse(dkimpy.verify(signed, dnsfunc=dnsfunc_for(self.keys, "example.org")))
+
+    def test_lf_message_verifies(self) -> None:
+        self.keys.generate("example.org")
+        message = MESSAGE.replace(b"\r\n", b"\n")
+        signed = self.keys.sign(message)
+        self.assertNotIn(b"\r", signed)
+        self.assertTrue(dkimpy.verify(signed, dnsfunc=dnsfunc_for(self.keys, "example.org")))
+
+    def test_no_key_unchanged(self) -> None:
+        self.keys.generate("other.test")
+        self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
+        self.assertIs(KeyStore(Path(self.mktemp())).sign(MESSAGE), MESSAGE)
+
+    def test_no_or_odd_from_unchanged(self) -> None:
+        self.keys.generate("example.org")
+        for message in (
+            b"To: x@y.test\r\n\r\nbody\r\n",
+            b"From: a@example.org\r\nFrom: b@example.org\r\n\r\nbody\r\n",
+            b"From: a@example.org, b@example.org\r\n\r\nbody\r\n",
+            b"From: nonsense\r\n\r\nbody\r\n",
+        ):
+            self.assertIs(self.keys.sign(message), message)
+
+    def test_unreadable_key_sends_unsigned(self) -> None:
+        key = self.keys.generate("example.org")
+        key.path.write_bytes(b"garbage")
+        self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+
+    def test_newest_key_signs(self) -> None:
+        old = self.keys.generate("example.org", "tm2025")
+        os.utime(old.path, (1_000_000, 1_000_000))
+        self.keys.generate("example.org", "tm2026")
+        signed = self.keys.sign(MESSAGE)
+        self.assertIn(b"s=tm2026", b"".join(signed.split(b"\r\n\r\n")[0].split()))
+
+    def test_author_domain(self) -> None:
+        self.assertEqual(author_domain(b'From: "A, B" <x@Example.ORG>\r\n\r\n'), "example.org")
+        self.assertIsNone(author_domain(b"Subject: x\r\n\r\n"))
+
+    def test_dns_records(self) -> None:
+        self.keys.generate("example.org")
+        lines = dns_records("example.org", "mail.example.org", self.keys)
+        name, value = self.keys.txt_record(self.keys.signing_key("example.org"))  # type: ignore
+        self.assertEqual(lines[0], "example.org. IN MX 10 mail.example.org.")
+        self.assertEqual(lines[1], 'example.org. IN TXT "v=spf1 mx -all"')
+        self.assertTrue(lines[2].startswith('twistedmail._domainkey.example.org. IN TXT "'))
+        self.assertEqual("".join(lines[2].split(" IN TXT ")[1].split('" "')).strip('"'), value)
+        self.assertEqual(
+            lines[3:],
+            [
+                '_dmarc.example.org. IN TXT "v=DMARC1; p=quarantine; '
+                'rua=mailto:postmaster@example.org"',
+                "_submission._tcp.example.org. IN SRV 0 1 587 mail.example.org.",
+                "_submissions._tcp.example.org. IN SRV 0 1 465 mail.example.org.",
+                "_imap._tcp.example.org. IN SRV 0 1 143 mail.example.org.",
+                "_imaps._tcp.example.org. IN SRV 0 1 993 mail.example.org.",
+                "_pop3s._tcp.example.org. IN SRV 0 1 995 mail.example.org.",
+                "autoconfig.example.org. IN CNAME mail.example.org.",
+            ],
+        )
+
+
+class QueueHookTests(unittest.TestCase):
+    def test_enqueue_stores_signed_copy(self) -> None:
+        """The queue runs the signer in a thread before writing: the spool holds the signed copy."""
+        from twisted.internet.task import Clock
+
+        from twistedmail.address import Mailbox
+        from twistedmail.smtp.queue import QueueRunner, Spool
+
+        keys = KeyStore(Path(self.mktemp()))
+        keys.generate("example.org")
+        calls: list[object] = []
+
+        def run(f, *args):  # type: ignore[no-untyped-def]
+            calls.append(f)
+            return defer.succeed(f(*args))
+
+        spool = Spool(Path(self.mktemp()))
+        runner = QueueRunner(
+            spool=spool,
+            outbound=None,  # type: ignore[arg-type]
+            store=None,  # type: ignore[arg-type]
+            local=None,  # type: ignore[arg-type]
+            clock=Clock(),
+            run_in_thread=run,
+            hostname="mail.example.org",
+            signer=keys.sign,
+        )
+        d = defer.Deferred.fromCoroutine(
+            runner.enqueue(
+                Mailbox.parse("alice@example.org"), [Mailbox.parse("bob@remote.test")], MESSAGE
+            )
+        )
+        entry = self.successResultOf(d)
+        self.assertEqual(calls[0], keys.sign)
+        stored = spool.read_message(entry.id)
+        self.assertTrue(stored.startswith(b"DKIM-Signature: "))
+        self.assertTrue(dkimpy.verify(stored, dnsfunc=dnsfunc_for(keys, "example.org")))
+
+
+class DKIMCommandTests(CLITestCase):
+    def test_generate_prints_record(self) -> None:
+        code, out, err = self.run_cli("dkim", "generate", "example.org", "--selector", "tm2026")
+        self.assertEqual((code, err), (0, ""))
+        path = self.data_dir / "dkim" / "example.org.tm2026.key"
+        first, second = out.splitlines()
+        self.assertEqual(first, f"# {path}")
+        self.assertTrue(
+            second.startswith('tm2026._domainkey.example.org. IN TXT "v=DKIM1; k=rsa; p='),
+            second,
+        )
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+
+    def test_generate_twice_is_user_error(self) -> None:
+        self.run_cli("dkim", "generate", "example.org")
+        path = self.data_dir / "dkim" / "example.org.twistedmail.key"
+        self.assertUserError(
+            self.run_cli("dkim", "generate", "example.org"),
+            f"a key for example.org with selector twistedmail already exists: {path}",
+        )
+
+    def test_generate_bad_selector(self) -> None:
+        self.assertUserError(
+            self.run_cli("dkim", "generate", "example.org", "--selector", "a/b"),
+            "invalid selector 'a/b' (letters, digits and '-' only)",
+        )
+
+    def test_dns_records(self) -> None:
+        self.run_cli("dkim", "generate", "example.org")
+        code, out, err = self.run_cli("dns-records", "Example.org")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "example.org. IN MX 10 mail.example.org.")
+        self.assertTrue(lines[2].startswith("twistedmail._domainkey.example.org. IN TXT "))
+        self.assertEqual(len(lines), 10)
+
+    def test_dns_records_without_key(self) -> None:
+        code, out, err = self.run_cli("dns-records", "example.org")
+        self.assertEqual((code, err), (0, ""))
+        self.assertNotIn("_domainkey", out)
+        self.assertEqual(len(out.splitlines()), 9)
+
+    def test_dns_records_bad_domain(self) -> None:
+        code, out, err = self.run_cli("dns-records", "bad domain")
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(err.startswith("twistedmail: error: invalid domain 'bad domain'"), err)
