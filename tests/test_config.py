@@ -44,6 +44,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.limits, defaults.limits)
         self.assertEqual(example.relay, defaults.relay)
         self.assertEqual(example.queue, defaults.queue)
+        self.assertEqual(example.submission, defaults.submission)
         self.assertEqual(example.tls, defaults.tls)
 
     def test_defaults(self) -> None:
@@ -108,6 +109,15 @@ class ConfigTests(TestCase):
         self.assertEqual(
             self.error('[listen]\npop3 = ["127.0.0.1:2110", "127.0.0.1:2110"]\n'),
             "FILE: [listen] pop3: 127.0.0.1:2110 is also used by pop3",
+        )
+
+    def test_submission_from_header_check(self) -> None:
+        self.assertTrue(parse_config({}, None).submission.check_from_header)
+        config = load_config(self.write("[submission]\ncheck_from_header = false\n"))
+        self.assertFalse(config.submission.check_from_header)
+        self.assertEqual(
+            self.error('[submission]\ncheck_from_header = "no"\n'),
+            "FILE: [submission] check_from_header: must be true or false",
         )
 
     def test_missing_file(self) -> None:

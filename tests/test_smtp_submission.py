@@ -304,7 +304,8 @@ class SenderAndRecipientTests(SubmissionTestCase):
                 b"Return-Path: <alice@example.test>\r\n"
                 b"Received: from client ([192.0.2.7])\r\n"
                 b"\tby mail.example.test with ESMTPSA id %s-1\r\n"
-                b"\tfor <bob@example.test>; %s\r\n" % (proto.session_id.encode(), DATE.encode())
+                b"\tfor <bob@example.test>; %s\r\n"
+                % (proto.session_id.encode(), DATE.encode())
                 + message
             ],
         )
@@ -316,3 +317,64 @@ class SenderAndRecipientTests(SubmissionTestCase):
         self.assertEqual(proto.user, "alice@example.test")
         self.assertEqual(talk(proto, tr, b"STARTTLS\r\n"), b"503 5.5.1 TLS already active\r\n")
         self.assertEqual(proto.user, "alice@example.test")
+
+
+class FromHeaderTests(SubmissionTestCase):
+    """Issue 5: the From: header must name the authenticated user or one of their aliases."""
+
+    def send(self, from_header: bytes) -> bytes:
+        proto, tr = self.logged_in()
+        return talk(
+            proto,
+            tr,
+            b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+            + from_header
+            + b"To: bob@example.test\r\nSubject: s\r\n\r\nbody\r\n.\r\n",
+        )
+
+    def test_own_address_and_alias_accepted(self) -> None:
+        for header in (
+            b"From: Alice <alice@example.test>\r\n",
+            b"From: Sales <SALES@example.test>\r\n",
+            b"",  # no From: at all is left to the client (RFC 6409 section 8 lets an MSA add it)
+        ):
+            self.assertTrue(
+                self.send(header).endswith(b"250 2.0.0 Message accepted for delivery\r\n")
+            )
+        self.assertEqual(len(self.host.messages("bob@example.test")), 3)
+
+    def test_someone_elses_address_refused_and_nothing_stored(self) -> None:
+        for header in (
+            b"From: Bob <bob@example.test>\r\n",
+            b"From: alice@example.test, ceo@bank.test\r\n",
+            b"From: alice@example.test\r\nFrom: ceo@bank.test\r\n",
+        ):
+            self.assertTrue(
+                self.send(header).endswith(
+                    b"550 5.7.1 From: header address not owned by authenticated user\r\n"
+                ),
+                header,
+            )
+        self.assertEqual(self.host.messages("bob@example.test"), [])
+
+    def test_check_can_be_disabled(self) -> None:
+        factory = submission_factory(
+            hostname="mail.example.test",
+            store=self.host.store,
+            delivery=self.host.delivery,
+            portal=self.host.portal,
+            tls=TLS_CONTEXT,
+            implicit_tls=True,
+            max_message_size=10000,
+            clock=self.host.clock,
+            check_from_header=False,
+        )
+        proto, tr = connect(factory)
+        talk(proto, tr, b"EHLO client\r\nAUTH PLAIN " + ALICE + b"\r\n")
+        out = talk(
+            proto,
+            tr,
+            b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+            b"From: bob@example.test\r\n\r\nbody\r\n.\r\n",
+        )
+        self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"))

@@ -119,6 +119,14 @@ class QueueConfig:
 
 
 @attrs.frozen
+class SubmissionConfig:
+    """587/465 policy knobs.  C{check_from_header}: every From: header address must be one the
+    authenticated user owns, as MAIL FROM must (else 550 5.7.1)."""
+
+    check_from_header: bool = True
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -129,6 +137,7 @@ class Config:
     limits: LimitsConfig
     relay: RelayConfig
     queue: QueueConfig = QueueConfig()
+    submission: SubmissionConfig = SubmissionConfig()
 
 
 def find_config(path: Path | None) -> Path | None:
@@ -235,7 +244,7 @@ def _positive_int(r: _Reader, section: dict[str, Any], where: str, key: str, def
 def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     """Validate parsed TOML C{data} into a L{Config}.  @raise ConfigError: see L{load_config}."""
     r = _Reader(source)
-    known = {"server", "listen", "tls", "limits", "relay", "queue"}
+    known = {"server", "listen", "tls", "limits", "relay", "queue", "submission"}
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -331,6 +340,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         max_per_destination=_positive_int(r, queue, "queue", "max_per_destination", 5),
     )
 
+    submission = r.section(data, "submission", {"check_from_header"})
+    check_from = submission.get("check_from_header", True)
+    if not isinstance(check_from, bool):
+        raise r.fail("[submission] check_from_header", "must be true or false")
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -344,6 +358,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             port=relay_port,
         ),
         queue=queue_config,
+        submission=SubmissionConfig(check_from_header=check_from),
     )
 
 

@@ -74,6 +74,7 @@ REPLY_550_NO_SUCH_USER = R(550, "5.1.1", "No such user here")
 REPLY_550_BARE_LF = R(550, "5.6.0", "Bare CR or LF in message data")
 REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message size")
 REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
+REPLY_550_FROM_NOT_OWNED = R(550, "5.7.1", "From: header address not owned by authenticated user")
 REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")
 REPLY_555_BAD_PARAMETER = R(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized")
 

@@ -181,6 +181,7 @@ class MailServer(MultiService):
             max_message_size=size,
             clock=reactor,
             relay=self.queue,
+            check_from_header=config.submission.check_from_header,
         )
         imap = partial(
             imap_factory,

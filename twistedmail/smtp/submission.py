@@ -11,6 +11,9 @@ durably for the outbound relay (L{twistedmail.smtp.queue}) before C{250}; withou
 
 from __future__ import annotations
 
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+
 import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +28,7 @@ from twistedmail.reply import (
     REPLY_450_RELAY_UNAVAILABLE,
     REPLY_452_STORAGE,
     REPLY_530_AUTH_REQUIRED,
+    REPLY_550_FROM_NOT_OWNED,
     REPLY_553_SENDER_NOT_OWNED,
 )
 from twistedmail.smtp.server import (
@@ -44,11 +48,16 @@ class SubmissionPolicy:
     service = "submission"
 
     def __init__(
-        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
+        self,
+        store: AccountStore,
+        delivery: LocalDelivery,
+        relay: Relay | None = None,
+        check_from_header: bool = True,
     ) -> None:
         self.store = store
         self.relay = relay
         self.local = LocalRecipients(store, delivery, relay)
+        self.check_from_header = check_from_header
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """@raise SMTPReplyError: 530 5.7.0 before AUTH; 553 5.7.1 for an address (or the
@@ -71,9 +80,30 @@ class SubmissionPolicy:
             return
         self.local.check(recipient)
 
+    def check_from(self, user: str, message: bytes) -> None:
+        """Every address in the From: header(s) must be one C{user} owns, as for MAIL FROM
+        (RFC 6409 §8.1 lets the MSA check the message's originator fields; without this, a
+        user could sign mail "From:" a colleague).  A message without From: passes.
+
+        @raise SMTPReplyError: C{550 5.7.1} for an address the user does not own.
+        """
+        header_end = message.find(b"\r\n\r\n")
+        headers = BytesHeaderParser().parsebytes(
+            message if header_end < 0 else message[: header_end + 4]
+        )
+        owned = self.store.owned_addresses(user)
+        for _name, address in getaddresses([str(v) for v in headers.get_all("From", [])]):
+            if address.lower() not in owned:
+                raise SMTPReplyError(REPLY_550_FROM_NOT_OWNED)
+
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Local recipients into their INBOX, remote ones into the queue, both durably
-        before the session answers 250 (RFC 5321 §6.1)."""
+        before the session answers 250 (RFC 5321 §6.1).
+
+        @raise SMTPReplyError: 550 5.7.1 when From: names an address the user does not own
+            (L{check_from}, unless disabled); nothing is stored then."""
+        if self.check_from_header and envelope.client.user is not None:
+            self.check_from(envelope.client.user, message)
         local = tuple(r for r in envelope.recipients if self.store.is_local_domain(r.domain))
         remote = [r for r in envelope.recipients if r not in local]
         if local:
@@ -98,6 +128,7 @@ def submission_factory(
     max_message_size: int,
     clock: IReactorTime,
     relay: Relay | None = None,
+    check_from_header: bool = True,
 ) -> ServerFactory:
     """The factory for a submission listener (587 with C{implicit_tls=False}, 465 with True).
 
@@ -108,9 +139,10 @@ def submission_factory(
     @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
     @param relay: the outbound queue for remote recipients (L{twistedmail.smtp.queue}).
+    @param check_from_header: refuse From: addresses the user does not own (L{check_from}).
     """
     return SMTPServerFactory(
-        policy=SubmissionPolicy(store, delivery, relay),
+        policy=SubmissionPolicy(store, delivery, relay, check_from_header),
         hostname=hostname,
         clock=clock,
         max_message_size=max_message_size,
