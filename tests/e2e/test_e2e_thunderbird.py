@@ -86,6 +86,27 @@ def test_thunderbird_syncs_over_starttls(server: Server, tmp_path: Path) -> None
     assert not summary["imap_error_replies"], summary["imap_error_replies"]
 
 
+def _sync_and_send(server: Server, tmp_path: Path, ca: Path, *extra: str) -> dict:
+    """Sync over 993 and send one message to Bob through 465, trusting the test CA."""
+    return _run(
+        server,
+        tmp_path,
+        "imaps",
+        "tls",
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        str(server.ports["submissions"]),
+        "--smtp-security",
+        "tls",
+        "--send-to",
+        BOB,
+        "--ca-file",
+        str(ca),
+        *extra,
+    )
+
+
 @pytest.fixture
 def ca_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     """A server with a configured certificate from a test CA that Thunderbird trusts
@@ -108,22 +129,7 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(
 ) -> None:
     server, ca = ca_server
     _seed(server, 3)
-    summary = _run(
-        server,
-        tmp_path,
-        "imaps",
-        "tls",
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-port",
-        str(server.ports["submissions"]),
-        "--smtp-security",
-        "tls",
-        "--send-to",
-        BOB,
-        "--ca-file",
-        str(ca),
-    )
+    summary = _sync_and_send(server, tmp_path, ca)
     assert summary["login_ok"], summary.get("login_failures")
     assert summary["inbox_headers_synced"] == 3, summary
     assert summary["smtp"]["sent_ok"], summary["smtp"]
@@ -143,23 +149,7 @@ def test_thunderbird_exercise_with_extensions(
     to Sent); then the Maildir is what a person expects."""
     server, ca = ca_server
     _seed(server, 3)
-    summary = _run(
-        server,
-        tmp_path,
-        "imaps",
-        "tls",
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-port",
-        str(server.ports["submissions"]),
-        "--smtp-security",
-        "tls",
-        "--send-to",
-        BOB,
-        "--ca-file",
-        str(ca),
-        "--exercise",
-    )
+    summary = _sync_and_send(server, tmp_path, ca, "--exercise")
     (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1))
     assert summary["login_ok"], summary.get("login_failures")
     assert summary["ok"], summary
