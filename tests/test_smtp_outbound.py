@@ -11,14 +11,25 @@ import random
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import endpoints, reactor
+from twisted.internet import endpoints, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
 from twistedmail import tls
-from twistedmail.smtp.outbound import Hop, Outbound, RecipientResult, RelaySender
-from twistedmail.testing import FakeResolver, ScriptedMTA
+from twistedmail.smtp.outbound import (
+    IMPLICIT,
+    STARTTLS,
+    Hop,
+    HostFailure,
+    Outbound,
+    RecipientResult,
+    RelaySender,
+    Smarthost,
+    trust_root,
+)
+from twistedmail.testing import FakeResolver, ScriptedMTA, create_test_ca
 
 CHUNK = 16384  # twisted.protocols.basic.FileSender.CHUNK_SIZE
 
@@ -153,13 +164,15 @@ MX_ZONE = FakeResolver(
 
 class OutboundTests(TestCase):
     def outbound(self, network: Network, resolver: FakeResolver = MX_ZONE) -> Outbound:
-        return Outbound(
+        outbound = Outbound(
             reactor=reactor,
             resolver=resolver,
             hostname="mail.example.test",
             connect=network.connect,
             rng=random.Random(1),
         )
+        self.addCleanup(outbound.closing)  # the QUITs finish after deliver() returns
+        return outbound
 
     async def test_exact_body_over_starttls_with_dots_at_chunk_boundaries(self) -> None:
         """The receiver gets exactly one transaction per message, with the exact body, for
@@ -204,51 +217,76 @@ class OutboundTests(TestCase):
         self.assertIn(b"MAIL FROM:<> SIZE=%d BODY=8BITMIME" % len(message), mx.commands)
 
     async def test_mixed_recipient_results_on_one_connection(self) -> None:
-        network = Network(self)
-        mx = await network.listen(
-            "mx1.example.net",
-            ScriptedMTA(
-                rcpt={
-                    "gone@example.net": ["550 5.1.1 No such user"],
-                    "busy@example.net": ["451 4.2.0 Mailbox busy"],
-                }
-            ),
-        )
-        results = await self.outbound(network).deliver(
-            "alice@example.test",
-            "example.net",
-            ["bob@example.net", "gone@example.net", "busy@example.net"],
-            b"Subject: x\r\n\r\nhi\r\n",
-        )
-        self.assertEqual(
-            [(r.address, r.code, r.status, r.diagnostic) for r in results],
-            [
-                ("bob@example.net", 250, "2.0.0", "250 2.0.0 Queued"),
-                ("gone@example.net", 550, "5.1.1", "550 5.1.1 No such user"),
-                ("busy@example.net", 451, "4.2.0", "451 4.2.0 Mailbox busy"),
-            ],
-        )
-        self.assertEqual(mx.connections, 1)
-        self.assertEqual(mx.transactions[0].recipients, ("bob@example.net",))
+        """Per-recipient 250/550/451 on one connection, with and without PIPELINING."""
+        for extensions in (["PIPELINING", "SIZE 1000000"], ["SIZE 1000000"]):
+            network = Network(self)
+            mx = await network.listen(
+                "mx1.example.net",
+                ScriptedMTA(
+                    rcpt={
+                        "gone@example.net": ["550 5.1.1 No such user"],
+                        "busy@example.net": ["451 4.2.0 Mailbox busy"],
+                    },
+                    extensions=extensions,
+                ),
+            )
+            results = await self.outbound(network).deliver(
+                "alice@example.test",
+                "example.net",
+                ["bob@example.net", "gone@example.net", "busy@example.net"],
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            self.assertEqual(
+                [(r.address, r.code, r.status, r.diagnostic) for r in results],
+                [
+                    ("bob@example.net", 250, "2.0.0", "250 2.0.0 Queued"),
+                    ("gone@example.net", 550, "5.1.1", "550 5.1.1 No such user"),
+                    ("busy@example.net", 451, "4.2.0", "451 4.2.0 Mailbox busy"),
+                ],
+                extensions,
+            )
+            self.assertEqual(mx.connections, 1)
+            self.assertEqual(mx.transactions[0].recipients, ("bob@example.net",))
 
     async def test_data_refused_applies_to_the_accepted_recipients(self) -> None:
+        for extensions in (["PIPELINING"], []):
+            network = Network(self)
+            await network.listen(
+                "mx1.example.net",
+                ScriptedMTA(
+                    rcpt={"gone@example.net": ["550 5.1.1 No such user"]},
+                    data_replies=["554 5.6.0 Content rejected"],
+                    extensions=extensions,
+                ),
+            )
+            results = await self.outbound(network).deliver(
+                "alice@example.test",
+                "example.net",
+                ["bob@example.net", "gone@example.net"],
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            self.assertEqual(
+                [(r.code, r.diagnostic) for r in results],
+                [(554, "554 5.6.0 Content rejected"), (550, "550 5.1.1 No such user")],
+                extensions,
+            )
+
+    async def test_results_before_the_quit_reply_and_abort(self) -> None:
+        """The answers are handed over as soon as the final dot is answered (the queue
+        records a 250 at once); a session whose QUIT is never answered is cut by abort()."""
         network = Network(self)
-        await network.listen(
-            "mx1.example.net",
-            ScriptedMTA(
-                rcpt={"gone@example.net": ["550 5.1.1 No such user"]},
-                data_replies=["554 5.6.0 Content rejected"],
-            ),
-        )
-        results = await self.outbound(network).deliver(
-            "alice@example.test",
-            "example.net",
-            ["bob@example.net", "gone@example.net"],
-            b"Subject: x\r\n\r\nhi\r\n",
-        )
+        await network.listen("mx1.example.net", ScriptedMTA(answer_quit=False))
+        outbound = self.outbound(network)
+        [result] = await outbound.deliver(None, "example.net", ["bob@example.net"], b"hi\r\n")
+        self.assertTrue(result.delivered)
+        self.assertEqual(len(outbound.sessions), 1)
+        outbound.abort()
+        await outbound.closing()
+        self.assertEqual(outbound.sessions, set())
+        [late] = await outbound.deliver(None, "example.net", ["bob@example.net"], b"hi\r\n")
         self.assertEqual(
-            [(r.code, r.diagnostic) for r in results],
-            [(554, "554 5.6.0 Content rejected"), (550, "550 5.1.1 No such user")],
+            (late.code, late.diagnostic),
+            (451, "451 4.4.1 Not tried: the server is shutting down"),
         )
 
     async def test_next_mx_after_refused_connection_and_421_greeting(self) -> None:
@@ -307,8 +345,231 @@ class OutboundTests(TestCase):
             hostname="mail.example.test",
             routes={"example.net": ("127.0.0.1", network.ports["relay.internal"])},
         )
+        self.addCleanup(outbound.closing)
         port = network.ports["relay.internal"]
         self.assertEqual(outbound.destination("example.net"), f"127.0.0.1:{port}")
         results = await outbound.deliver(None, "example.net", ["bob@example.net"], b"hi\r\n")
         self.assertTrue(results[0].delivered)
         self.assertEqual(len(mx.transactions), 1)
+
+
+class RecordingTransport(StringTransport):
+    """A StringTransport that keeps each write() apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+def session(recipients: list[str], clock: task.Clock | None = None) -> RelaySender:
+    return RelaySender(
+        identity="mail.example.test",
+        sender="alice@example.test",
+        recipients=recipients,
+        message=b"Subject: x\r\n\r\nhi\r\n",
+        remote_mta="mx.example.net",
+        tls_context=None,
+        clock=clock or task.Clock(),
+    )
+
+
+def feed(sender: RelaySender, *replies: bytes) -> None:
+    for reply in replies:
+        sender.dataReceived(reply + b"\r\n")
+
+
+def pump(transport: StringTransport) -> None:
+    """Pull the message through FileSender (a pull producer) as a real transport would."""
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+
+
+class PipeliningTests(TestCase):
+    """RFC 2920 on the client side, over a StringTransport."""
+
+    def start(self, recipients: list[str]) -> tuple[RelaySender, RecordingTransport]:
+        sender = session(recipients)
+        transport = RecordingTransport()
+        sender.makeConnection(transport)
+        feed(sender, b"220 mx ESMTP")
+        self.assertEqual(transport.writes, [b"EHLO mail.example.test\r\n"])
+        transport.writes.clear()
+        feed(sender, b"250-mx", b"250-PIPELINING", b"250 SIZE 100000")
+        return sender, transport
+
+    def test_one_write_then_per_recipient_results(self) -> None:
+        sender, transport = self.start(["a@example.net", "b@example.net", "c@example.net"])
+        self.assertEqual(
+            transport.writes,
+            [
+                b"MAIL FROM:<alice@example.test> SIZE=18\r\n"
+                b"RCPT TO:<a@example.net>\r\n"
+                b"RCPT TO:<b@example.net>\r\n"
+                b"RCPT TO:<c@example.net>\r\n"
+                b"DATA\r\n"
+            ],
+        )
+        transport.writes.clear()
+        feed(
+            sender,
+            b"250 2.1.0 OK",
+            b"250 2.1.5 OK",
+            b"550 5.1.1 No such user",
+            b"451 4.2.0 Busy",
+        )
+        self.assertEqual(transport.writes, [])  # nothing before the reply to DATA
+        transport.clear()
+        feed(sender, b"354 Go ahead")
+        pump(transport)
+        self.assertEqual(transport.value(), b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        feed(sender, b"250 2.0.0 Queued as X")
+        results = self.successResultOf(sender.done)
+        self.assertEqual(
+            [(r.address, r.code, r.diagnostic) for r in results],
+            [
+                ("a@example.net", 250, "250 2.0.0 Queued as X"),
+                ("b@example.net", 550, "550 5.1.1 No such user"),
+                ("c@example.net", 451, "451 4.2.0 Busy"),
+            ],
+        )
+        sender.setTimeout(None)
+
+    def test_mail_refused_answers_every_recipient(self) -> None:
+        sender, transport = self.start(["a@example.net", "b@example.net"])
+        feed(
+            sender,
+            b"552 5.3.4 Message too big",
+            b"503 5.5.1 No MAIL",
+            b"503 5.5.1 No MAIL",
+            b"503 5.5.1 No MAIL",
+        )
+        results = self.successResultOf(sender.done)
+        self.assertEqual([(r.code, r.status) for r in results], [(552, "5.3.4"), (552, "5.3.4")])
+        self.assertNotIn(b"Subject", transport.value())
+        sender.setTimeout(None)
+
+    def test_data_accepted_without_recipients_sends_an_empty_message(self) -> None:
+        sender, transport = self.start(["a@example.net"])
+        transport.clear()
+        feed(sender, b"250 OK", b"550 5.1.1 No such user", b"354 Go ahead")
+        self.assertEqual(transport.value(), b".\r\n")  # RFC 2920 §3.1: nothing to send
+        self.assertNoResult(sender.done)
+        feed(sender, b"554 5.5.1 No valid recipients")
+        [result] = self.successResultOf(sender.done)
+        self.assertEqual((result.code, result.diagnostic), (550, "550 5.1.1 No such user"))
+        sender.setTimeout(None)
+
+
+class TimeoutTests(TestCase):
+    """RFC 5321 §4.5.3.2 reply timeouts, on a Clock."""
+
+    def test_greeting_timeout_is_five_minutes(self) -> None:
+        clock = task.Clock()
+        sender = session(["a@example.net"], clock)
+        sender.makeConnection(StringTransport())
+        clock.advance(299)
+        self.assertNoResult(sender.done)
+        clock.advance(1)
+        self.failureResultOf(sender.done, HostFailure)
+
+    def test_final_dot_waits_ten_minutes(self) -> None:
+        clock = task.Clock()
+        sender = session(["a@example.net"], clock)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        feed(sender, b"220 mx", b"250 mx", b"250 OK", b"250 OK", b"354 Go")
+        pump(transport)
+        self.assertTrue(transport.value().endswith(b"\r\n.\r\n"))
+        clock.advance(599)
+        self.assertNoResult(sender.done)
+        clock.advance(1)
+        failure = self.failureResultOf(sender.done, HostFailure)
+        self.assertIn("Timeout", failure.value.text)
+
+
+class SmarthostTests(TestCase):
+    """Mandatory, verified TLS and AUTH to a smarthost (RFC 3207, RFC 8314, RFC 4954)."""
+
+    def setUp(self) -> None:
+        root = Path(self.mktemp())
+        ca, cert, key = create_test_ca(root, "smarthost.example.test")
+        self.ca = trust_root(ca)
+        self.tls = tls.server_context(cert, key)
+
+    async def deliver(
+        self, mta: ScriptedMTA, implicit: bool = False, **smarthost: Any
+    ) -> RecipientResult:
+        factory: Any = TLSMemoryBIOFactory(self.tls, False, mta) if implicit else mta
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        settings = {
+            "username": "relay",
+            "password": "relay-secret",
+            "trust": self.ca,
+            "tls": IMPLICIT if implicit else STARTTLS,
+            **smarthost,
+        }
+        outbound = Outbound(
+            reactor=reactor,
+            resolver=FakeResolver(a={"smarthost.example.test": ["127.0.0.1"]}),
+            hostname="mail.example.test",
+            smarthost=Smarthost("smarthost.example.test", port.getHost().port, **settings),
+        )
+        self.addCleanup(outbound.closing)
+        [result] = await outbound.deliver(
+            "alice@example.test", "example.net", ["bob@example.net"], b"Subject: s\r\n\r\nhi\r\n"
+        )
+        return result
+
+    async def test_starttls_then_auth_plain(self) -> None:
+        mta = ScriptedMTA(tls=self.tls, accounts={"relay": "relay-secret"})
+        result = await self.deliver(mta)
+        self.assertTrue(result.delivered, result)
+        [transaction] = mta.transactions
+        self.assertEqual(transaction.auth, ("PLAIN", "relay", "relay-secret"))
+        self.assertTrue(transaction.tls)
+        self.assertEqual(transaction.data, b"Subject: s\r\n\r\nhi\r\n")
+        self.assertEqual(mta.commands[:2], [b"EHLO mail.example.test", b"STARTTLS"])
+
+    async def test_implicit_tls_and_auth_login(self) -> None:
+        mta = ScriptedMTA(
+            implicit_tls=True, accounts={"relay": "relay-secret"}, auth_mechanisms=["LOGIN"]
+        )
+        result = await self.deliver(mta, implicit=True)
+        self.assertTrue(result.delivered, result)
+        self.assertEqual(mta.transactions[0].auth, ("LOGIN", "relay", "relay-secret"))
+        self.assertNotIn(b"STARTTLS", mta.commands)
+
+    async def test_no_starttls_is_deferred_and_nothing_sent_in_plaintext(self) -> None:
+        mta = ScriptedMTA(accounts={"relay": "relay-secret"})
+        result = await self.deliver(mta)
+        self.assertEqual((result.code, result.permanent), (451, False))
+        self.assertIn("STARTTLS not offered; TLS is required", result.diagnostic)
+        self.assertEqual(mta.commands[0], b"EHLO mail.example.test")
+        self.assertEqual([c for c in mta.commands if c[:4] in (b"AUTH", b"MAIL")], [])
+        self.assertEqual(mta.auth_attempts, [])
+
+    async def test_untrusted_certificate_is_deferred(self) -> None:
+        """A certificate for another name, and a self-signed one for the right name."""
+        root = Path(self.mktemp())
+        root.mkdir()
+        tls.create_self_signed(root / "c.pem", root / "k.pem", "smarthost.example.test")
+        for context in (server_tls(self), tls.server_context(root / "c.pem", root / "k.pem")):
+            mta = ScriptedMTA(tls=context, accounts={"relay": "relay-secret"})
+            result = await self.deliver(mta)
+            self.assertEqual(result.code, 451)
+            self.assertIn("TLS handshake failed", result.diagnostic)
+            self.assertEqual(mta.commands, [b"EHLO mail.example.test", b"STARTTLS"])
+            self.assertEqual(mta.auth_attempts, [])
+
+    async def test_auth_refused_is_deferred(self) -> None:
+        mta = ScriptedMTA(tls=self.tls, accounts={"relay": "other"})
+        result = await self.deliver(mta)
+        self.assertEqual((result.code, result.permanent), (451, False))
+        self.assertIn("said: 535 5.7.8 Authentication credentials invalid", result.diagnostic)
+        self.assertEqual(mta.auth_attempts, [("PLAIN", "relay", "relay-secret")])
+        self.assertFalse(any(c.startswith(b"MAIL") for c in mta.commands))

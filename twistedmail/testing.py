@@ -5,17 +5,27 @@
   - L{TestZone}: a twisted.names authority for test zones, to serve with
     C{twisted.names.server.DNSServerFactory} on a loopback port (end-to-end tests);
   - L{ScriptedMTA}: a receiving SMTP server (a factory) that answers MAIL, RCPT and DATA as
-    scripted (250/451/550 per recipient, per attempt) and records every transaction.
+    scripted (250/451/550 per recipient, per attempt) and records every transaction; with
+    STARTTLS or implicit TLS and AUTH PLAIN/LOGIN when asked (to stand in for a smarthost);
+  - L{create_test_ca}: a throw-away CA and a server certificate it signed, for tests of
+    certificate verification.
 
 Nothing here is used by the server itself.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
@@ -164,6 +174,7 @@ class Transaction:
     recipients: tuple[str, ...]
     data: bytes
     tls: bool
+    auth: tuple[str, str, str] | None = None  # (mechanism, username, password) that passed
 
 
 def _address(argument: bytes, prefix: bytes) -> tuple[str, str]:
@@ -184,7 +195,9 @@ class ScriptedSMTP(LineReceiver):
     def connectionMade(self) -> None:
         self.factory.connections += 1
         self.helo = ""
-        self.tls = False
+        self.tls = self.factory.implicit_tls
+        self.auth: tuple[str, str, str] | None = None
+        self._auth_step: Callable[[bytes], None] | None = None
         self._reset()
         self.reply(self.factory.greeting)
 
@@ -201,13 +214,21 @@ class ScriptedSMTP(LineReceiver):
         if self.data is not None:
             self._data_line(line)
             return
+        if self._auth_step is not None:
+            step, self._auth_step = self._auth_step, None
+            step(line)
+            return
         self.factory.commands.append(line)
+        if self.factory.on_command is not None:
+            self.factory.on_command(line)
         verb = line.split(b" ", 1)[0].upper()
         if verb == b"EHLO":
             self.helo = line[5:].decode("ascii", "replace")
             extensions = list(self.factory.extensions)
             if self.factory.tls is not None and not self.tls:
                 extensions.append("STARTTLS")
+            if self.factory.accounts is not None and self.tls:
+                extensions.append("AUTH " + " ".join(self.factory.auth_mechanisms))
             lines = ["mx.scripted.test", *extensions]
             for text in lines[:-1]:
                 self.reply("250-" + text)
@@ -221,6 +242,8 @@ class ScriptedSMTP(LineReceiver):
             self.tls = True
             self.helo = ""
             self._reset()
+        elif verb == b"AUTH" and self.factory.accounts is not None and self.tls:
+            self._auth_command(line.split()[1:])
         elif verb == b"MAIL":
             self.sender, self.parameters = _address(line, b"MAIL FROM:")
             self.reply(self.factory.next_reply("MAIL", self.factory.mail_replies))
@@ -243,10 +266,49 @@ class ScriptedSMTP(LineReceiver):
         elif verb == b"NOOP":
             self.reply("250 2.0.0 OK")
         elif verb == b"QUIT":
-            self.reply("221 2.0.0 Bye")
-            self.transport.loseConnection()
+            if self.factory.answer_quit:
+                self.reply("221 2.0.0 Bye")
+                self.transport.loseConnection()
         else:
             self.reply("500 5.5.2 Command not recognized")
+
+    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) ---------------------------------------
+
+    def _auth_command(self, words: list[bytes]) -> None:
+        mechanism = words[0].upper().decode("ascii", "replace") if words else ""
+        if mechanism == "PLAIN" and len(words) > 1:
+            self._auth_plain(words[1])
+        elif mechanism == "PLAIN":
+            self._auth_step = self._auth_plain
+            self.reply("334 ")
+        elif mechanism == "LOGIN":
+            self._auth_step = self._auth_login_user
+            self.reply("334 VXNlcm5hbWU6")
+        else:
+            self.reply("504 5.5.4 Unrecognized authentication type")
+
+    def _auth_plain(self, token: bytes) -> None:
+        try:
+            _, user, password = base64.b64decode(token, validate=True).split(b"\0")
+        except ValueError:
+            self.reply("501 5.5.2 Malformed AUTH PLAIN")
+            return
+        self._auth_check("PLAIN", user, password)
+
+    def _auth_login_user(self, token: bytes) -> None:
+        user = base64.b64decode(token)
+        self._auth_step = lambda t: self._auth_check("LOGIN", user, base64.b64decode(t))
+        self.reply("334 UGFzc3dvcmQ6")
+
+    def _auth_check(self, mechanism: str, user: bytes, password: bytes) -> None:
+        attempt = (mechanism, user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        self.factory.auth_attempts.append(attempt)
+        assert self.factory.accounts is not None
+        if self.factory.accounts.get(attempt[1]) == attempt[2]:
+            self.auth = attempt
+            self.reply("235 2.7.0 Authentication successful")
+        else:
+            self.reply("535 5.7.8 Authentication credentials invalid")
 
     def _data_line(self, line: bytes) -> None:
         assert self.data is not None
@@ -263,6 +325,7 @@ class ScriptedSMTP(LineReceiver):
                 recipients=tuple(self.recipients),
                 data=data,
                 tls=self.tls,
+                auth=self.auth,
             )
             self.factory.transactions.append(transaction)
             if self.factory.on_transaction is not None:
@@ -279,9 +342,17 @@ class ScriptedMTA(ServerFactory):
     @param mail_replies: replies to MAIL, one per transaction (the last repeats).
     @param data_replies: replies after the final dot, likewise.
     @param tls: when given, STARTTLS is offered and done with this server context.
+    @param implicit_tls: the sessions are TLS from the start (the test wraps the factory in
+        C{TLSMemoryBIOFactory}); STARTTLS is then not offered.
+    @param accounts: username -> password; AUTH (C{auth_mechanisms}, PLAIN and LOGIN by
+        default) is offered after TLS only and checked against it (235, else 535 5.7.8).
+        C{None}: no AUTH.
+    @param answer_quit: C{False} leaves QUIT unanswered and the connection open.
     @param on_transaction: called with each L{Transaction} as it is recorded.
+    @param on_command: called with each command line as it arrives.
     @ivar transactions: the L{Transaction}s answered 2xx after DATA.
-    @ivar commands: every command line received (not message data).
+    @ivar commands: every command line received (not message data, not AUTH responses).
+    @ivar auth_attempts: every (mechanism, username, password) tried.
     """
 
     protocol = ScriptedSMTP
@@ -296,8 +367,19 @@ class ScriptedMTA(ServerFactory):
         tls: CertificateOptions | None = None,
         greeting: str = "220 mx.scripted.test ESMTP",
         on_transaction: Callable[[Transaction], object] | None = None,
+        implicit_tls: bool = False,
+        accounts: Mapping[str, str] | None = None,
+        answer_quit: bool = True,
+        auth_mechanisms: Sequence[str] = ("PLAIN", "LOGIN"),
+        on_command: Callable[[bytes], object] | None = None,
     ) -> None:
         self.on_transaction = on_transaction
+        self.on_command = on_command
+        self.implicit_tls = implicit_tls
+        self.accounts = dict(accounts) if accounts is not None else None
+        self.answer_quit = answer_quit
+        self.auth_mechanisms = list(auth_mechanisms)
+        self.auth_attempts: list[tuple[str, str, str]] = []
         self.rcpt = {k.lower(): list(v) for k, v in (rcpt or {}).items()}
         self.mail_replies = list(mail_replies)
         self.data_replies = list(data_replies)
@@ -313,3 +395,76 @@ class ScriptedMTA(ServerFactory):
         n = self._counters.get(key, 0)
         self._counters[key] = n + 1
         return script[min(n, len(script) - 1)]
+
+
+# -- a test certificate authority -----------------------------------------------------------
+
+
+def create_test_ca(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
+    """A new CA and a certificate for C{hostname} it signed (RSA 2048, valid 10 days).
+
+    @return: (the CA certificate, the server certificate, its key), PEM files in
+        C{directory}: C{ca.pem}, C{<hostname>.pem}, C{<hostname>.key}.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twistedmail test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "ca.pem"
+    cert_path = directory / f"{hostname}.pem"
+    key_path = directory / f"{hostname}.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path

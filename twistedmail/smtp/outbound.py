@@ -14,22 +14,42 @@ with the defects of TWISTED-NOTES §1.2 / §2.4 fixed:
   - STARTTLS is opportunistic and unverified for MX hosts (RFC 3207; RFC 7435): used when
     offered, never with a certificate check (there is no name to check against without DANE or
     MTA-STS); plaintext only when the server does not offer STARTTLS;
+  - to a smarthost (L{Smarthost}) TLS is mandatory, STARTTLS (RFC 3207) or implicit (RFC 8314
+    §3), with the certificate verified against the system CAs or a configured CA file: no
+    plaintext fallback, nothing of the transaction is sent before TLS is up; then AUTH PLAIN
+    (RFC 4616) or LOGIN (RFC 4954) when a username is configured;
   - SIZE (RFC 1870) and BODY=8BITMIME (RFC 6152) are declared on MAIL when offered;
+  - PIPELINING (RFC 2920): when offered, MAIL, every RCPT and DATA go in one write and the
+    replies are matched to them in order;
   - each command waits as long as RFC 5321 §4.5.3.2 says (L{TIMEOUTS}).
+
+A session that has its answers (the reply to the final dot) hands them over at once; its QUIT
+finishes in the background, so the queue records a 250 without waiting for the 221.
+L{Outbound.abort} cuts every open session (server shutdown).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import ipaddress
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IResolver, IStreamClientEndpoint
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import defer, endpoints, ssl
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IResolver,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -55,6 +75,7 @@ TIMEOUTS = {
     b".": 600,  # §4.5.3.2.6 DATA termination: 10 minutes
 }
 CONNECT_TIMEOUT = 30  # seconds per address (not in RFC 5321; Postfix's default)
+STARTTLS, IMPLICIT = "starttls", "implicit"  # how a smarthost session gets its TLS
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -99,6 +120,42 @@ def _one_line(data: bytes | str) -> str:
     return " ".join(text.split())
 
 
+@attrs.frozen
+class Smarthost:
+    """The relay host everything goes through (Postfix's C{relayhost}), with mandatory TLS.
+
+    @ivar host: its name, checked against its certificate (a name or an IP address).
+    @ivar tls: L{STARTTLS} (RFC 3207, required: no plaintext fallback) or L{IMPLICIT}
+        (RFC 8314 §3, TLS from the first byte, port 465 usually).
+    @ivar username: the AUTH identity (RFC 4954), or C{None} to send without AUTH.
+    @ivar trust: the CAs its certificate must chain to (an C{IOpenSSLTrustRoot}, see
+        L{trust_root}); C{None}: the system's (C{ssl.platformTrust()}).
+    """
+
+    host: str
+    port: int
+    tls: str = STARTTLS
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    trust: Any = None
+
+    def client_tls(self) -> IOpenSSLClientConnectionCreator:
+        """A verifying TLS client for C{host} (TWISTED-NOTES §1.2: as C{smtp.sendmail})."""
+        trust = self.trust if self.trust is not None else ssl.platformTrust()
+        return ssl.optionsForClientTLS(self.host, trustRoot=trust)
+
+
+def trust_root(ca_file: Path) -> Any:
+    """The CA certificates of a PEM file (one or more) as a trust root.
+
+    @raise ValueError: the file holds no PEM certificate.  @raise OSError: unreadable.
+    """
+    certificates = x509.load_pem_x509_certificates(ca_file.read_bytes())
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certificates]
+    )
+
+
 class HostFailure(Exception):
     """A session ended before it gave an answer per recipient: try the next host.
 
@@ -129,10 +186,18 @@ class RelaySender(smtp.ESMTPClient):
         recipients: Sequence[str],
         message: bytes,
         remote_mta: str,
-        tls_context: CertificateOptions | None,
+        tls_context: CertificateOptions | IOpenSSLClientConnectionCreator | None,
         clock: Any = None,
+        require_tls: bool = False,
+        implicit_tls: bool = False,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(None, tls_context, identity.encode("ascii"))
+        # A smarthost: TLS (and AUTH when configured) before anything else; no HELO fallback.
+        self.requireTransportSecurity = require_tls
+        self.requireAuthentication = credentials is not None
+        self.implicit_tls = implicit_tls
+        self.credentials = credentials
         self.sender = sender
         self.recipients = list(recipients)
         self.message = message
@@ -148,6 +213,11 @@ class RelaySender(smtp.ESMTPClient):
 
     # -- the client state machine (twisted.mail.smtp.SMTPClient) ------------------------
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.implicit_tls:
+            self._tlsMode = True  # RFC 8314 §3: TLS from the start; no STARTTLS
+
     def sendLine(self, line: bytes) -> None:
         # RFC 5321 §4.5.3.2: each command has its own reply timeout.
         verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
@@ -162,6 +232,57 @@ class RelaySender(smtp.ESMTPClient):
                 self.extensions[parts[0].upper()] = parts[1] if len(parts) > 1 else None
         super().esmtpState_serverConfig(code, resp)
 
+    def authenticate(self, code: int, resp: bytes, items: dict[bytes, bytes | None]) -> None:
+        """AUTH with the configured credentials, else straight to MAIL (replaces Twisted's,
+        which retries a refused PLAIN in another form: two failures per attempt)."""
+        if self.credentials is None:
+            self.smtpState_from(code, resp)
+            return
+        if not self._tlsMode:  # RFC 4954 §4: never a password over an unprotected session
+            self.esmtpTLSRequired()
+            return
+        mechanisms = (items.get(b"AUTH") or b"").upper().split()
+        user, password = (c.encode("utf-8") for c in self.credentials)
+        self._failresponse = self.esmtpAUTHDeclined
+        if b"PLAIN" in mechanisms:
+            # RFC 4616 §2: [authzid] NUL authcid NUL passwd, with an initial response.
+            token = base64.b64encode(b"\0" + user + b"\0" + password)
+            self._expected = [235]
+            self._okresponse = self.smtpState_from
+            self.transport.write(b"AUTH PLAIN " + token + b"\r\n")
+        elif b"LOGIN" in mechanisms:
+            self._expected = [334]
+            self._okresponse = self._login_step
+            self._login_answers = [base64.b64encode(user), base64.b64encode(password)]
+            self.sendLine(b"AUTH LOGIN")
+        else:
+            self.esmtpAUTHRequired()
+
+    def _login_step(self, code: int, resp: bytes) -> None:
+        # AUTH LOGIN: the server asks for the user name, then the password (334 each).
+        answer = self._login_answers.pop(0)
+        if not self._login_answers:
+            self._expected = [235]
+            self._okresponse = self.smtpState_from
+        self.transport.write(answer + b"\r\n")
+
+    def esmtpAUTHRequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        self.sendError(
+            smtp.AUTHRequiredError(451, b"4.7.0 No AUTH PLAIN or LOGIN offered after TLS")
+        )
+
+    def esmtpTLSRequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        # Nothing of the transaction has been sent; QUIT and try later (no plaintext).
+        self.sendError(smtp.TLSRequiredError(451, b"4.7.0 STARTTLS not offered; TLS is required"))
+
+    def _mail_command(self) -> bytes:
+        line = b"MAIL FROM:<" + (self.sender or "").encode("utf-8") + b">"
+        if b"SIZE" in self.extensions:
+            line += b" SIZE=%d" % len(self.message)  # RFC 1870 §6
+        if b"8BITMIME" in self.extensions and _has_8bit(self.message):
+            line += b" BODY=8BITMIME"  # RFC 6152 §3
+        return line
+
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if self._sent_from:
             self._disconnectFromServer()  # one message per session
@@ -169,14 +290,63 @@ class RelaySender(smtp.ESMTPClient):
         self._sent_from = True
         self._from = self.sender or ""
         self._failresponse = self.smtpTransferFailed
-        line = b"MAIL FROM:<" + (self.sender or "").encode("utf-8") + b">"
-        if b"SIZE" in self.extensions:
-            line += b" SIZE=%d" % len(self.message)  # RFC 1870 §6
-        if b"8BITMIME" in self.extensions and _has_8bit(self.message):
-            line += b" BODY=8BITMIME"  # RFC 6152 §3
-        self.sendLine(line)
+        if b"PIPELINING" in self.extensions:
+            self._send_pipelined()
+            return
+        self.sendLine(self._mail_command())
         self._expected = [250]
         self._okresponse = self.smtpState_to
+
+    # -- RFC 2920 pipelining ------------------------------------------------------------
+
+    def _send_pipelined(self) -> None:
+        """RFC 2920 §3.1: MAIL, the RCPTs and DATA (the last of the group) in one write."""
+        lines = [self._mail_command()]
+        lines += [b"RCPT TO:<" + r.encode("utf-8") + b">" for r in self.recipients]
+        lines.append(b"DATA")
+        self.toAddressesResult = []
+        self.successAddresses = []
+        self._pipeline_step = 0
+        self._mail_reply: tuple[int, bytes] = (0, b"")
+        self._expected = range(0, 1000)
+        self._okresponse = self._pipelined_reply
+        self._failresponse = self._pipelined_reply
+        self.setTimeout(TIMEOUTS[b"RCPT"])
+        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+
+    def _pipelined_reply(self, code: int, resp: bytes) -> None:
+        """One reply of the group, in order (RFC 2920 §3.1): MAIL, each RCPT, then DATA."""
+        step = self._pipeline_step
+        self._pipeline_step += 1
+        if step == 0:
+            self._mail_reply = (code, resp)
+            return
+        if step <= len(self.recipients):
+            address = self.recipients[step - 1]
+            self.toAddressesResult.append((address, code, resp))
+            if 200 <= code < 300:
+                self.successAddresses.append(address)
+            return
+        mail_code, mail_resp = self._mail_reply
+        if not 200 <= mail_code < 300:
+            # MAIL refused: its reply is the answer for every recipient.
+            self.toAddressesResult, self.successAddresses = [], []
+            result = (mail_code, mail_resp)
+        elif not self.successAddresses:
+            result = (-1, b"No recipient accepted")
+        elif code == 354:
+            self.smtpState_data(code, resp)
+            return
+        else:
+            result = (code, resp)  # DATA refused: the answer for the accepted recipients
+        if code == 354:
+            # RFC 2920 §3.1: DATA was accepted although there is nothing to send: end it
+            # with an empty message and report the earlier failures.
+            self._expected = range(0, 1000)
+            self._okresponse = self._failresponse = lambda c, r: self.smtpState_msgSent(*result)
+            self.sendLine(b".")
+            return
+        self.smtpState_msgSent(*result)
 
     def smtpState_data(self, code: int, resp: bytes) -> None:
         super().smtpState_data(code, resp)
@@ -261,7 +431,11 @@ class RelaySender(smtp.ESMTPClient):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason or Failure(ConnectionError("connection lost")))
         if not self.done.called:
-            self.done.errback(Failure(HostFailure(451, "Connection lost")))
+            text = "Connection lost"
+            if reason is not None and reason.check(SSL.Error, VerificationError):
+                # A certificate that does not verify (chain or name), or no common protocol.
+                text = f"TLS handshake failed: {_one_line(str(reason.value))}"
+            self.done.errback(Failure(HostFailure(451, text)))
         self.closed.callback(None)
 
 
@@ -288,7 +462,8 @@ class Outbound:
     @param resolver: an C{IResolver} for MX, A and AAAA lookups.
     @param hostname: our EHLO name (RFC 5321 §4.1.1.1).
     @param port: the TCP port of MX hosts: 25, other values only for tests.
-    @param smarthost: (host, port) to send everything through instead of MX lookup.
+    @param smarthost: the L{Smarthost} to send everything through instead of MX lookup
+        (mandatory, verified TLS; AUTH when it has a username).
     @param routes: domain -> (host, port), checked first (a transport map).
     @param tls_context: the client context for STARTTLS; C{None} builds one that does not
         verify certificates (opportunistic TLS, RFC 3207 / RFC 7435).
@@ -303,7 +478,7 @@ class Outbound:
         resolver: IResolver,
         hostname: str,
         port: int = 25,
-        smarthost: tuple[str, int] | None = None,
+        smarthost: Smarthost | None = None,
         routes: Mapping[str, tuple[str, int]] | None = None,
         tls_context: CertificateOptions | None = None,
         connect: Connect | None = None,
@@ -318,6 +493,9 @@ class Outbound:
         self.tls_context = tls_context if tls_context is not None else CertificateOptions()
         self.connect = connect or self._tcp_endpoint
         self.rng = rng or random.Random()
+        self._smarthost_tls = smarthost.client_tls() if smarthost is not None else None
+        self.sessions: set[RelaySender] = set()
+        self.stopping = False
 
     def _tcp_endpoint(self, hop: Hop) -> IStreamClientEndpoint:
         if ":" in hop.address:
@@ -334,15 +512,29 @@ class Outbound:
             host, port = self.routes[domain]
             return f"{host}:{port}"
         if self.smarthost is not None:
-            return f"{self.smarthost[0]}:{self.smarthost[1]}"
+            return f"{self.smarthost.host}:{self.smarthost.port}"
         return domain
+
+    def closing(self) -> defer.Deferred[object]:
+        """Fires once every session open now has closed (after its QUIT, or cut)."""
+        return defer.DeferredList([s.closed for s in self.sessions])  # type: ignore[return-value]
+
+    def abort(self) -> None:
+        """Server shutdown: start no new session, cut the open ones (their recipients get a
+        451 result and stay queued)."""
+        self.stopping = True
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abortConnection()
 
     async def hops(self, domain: str) -> list[Hop]:
         """The addresses to try for C{domain}, in order.
 
         @raise DNSLookupError: the hosts cannot be found (permanently or for now).
         """
-        target = self.routes.get(domain) or self.smarthost
+        target = self.routes.get(domain)
+        if target is None and self.smarthost is not None:
+            target = (self.smarthost.host, self.smarthost.port)
         if target is not None:
             host, port = target
             try:
@@ -377,8 +569,51 @@ class Outbound:
             text = f"{code} {e.status} {e}"
             return [RecipientResult(r, code, e.status, text) for r in recipients]
         last = HostFailure(451, "No host to try")
+        smarthost = self.smarthost if domain not in self.routes else None
         for hop in hops:
-            sender_protocol = RelaySender(
+            if self.stopping:
+                last = HostFailure(451, "Not tried: the server is shutting down")
+                break
+            session = self._session(sender, recipients, message, hop, smarthost)
+            endpoint = self.connect(hop)
+            if smarthost is not None and smarthost.tls == IMPLICIT:
+                endpoint = endpoints.wrapClientTLS(self._smarthost_tls, endpoint)
+            try:
+                await endpoints.connectProtocol(endpoint, session)
+            except Exception as e:  # ConnectError, timeouts: RFC 5321 §5.1 try the next host
+                last = HostFailure(451, f"Cannot connect to {hop.name}[{hop.address}]: {e}")
+                log.info("outbound: {domain}: {error}", domain=domain, error=_one_line(str(last)))
+                continue
+            self.sessions.add(session)
+            session.closed.addBoth(lambda _, s=session: self.sessions.discard(s))
+            if self.stopping:
+                session.transport.abortConnection()
+            try:
+                results = await session.done
+            except HostFailure as e:
+                last = HostFailure(e.code, f"{hop.name}[{hop.address}] said: {e.text}")
+                log.info("outbound: {domain}: {error}", domain=domain, error=last.text)
+                session.transport.loseConnection()
+                await session.closed
+                continue
+            # The answers are in: hand them over now, so the queue records a 250 at once;
+            # the QUIT (sent already) finishes in the background, cut by abort().
+            return results
+        # Every host failed before answering for the recipients: try again later
+        # (RFC 5321 §4.5.4.1), even after a 5xx greeting from one host (Postfix does too).
+        status = "4.4.1" if last.code == 451 else "4.4.2"  # RFC 3463: no answer / bad connection
+        return [RecipientResult(r, 451, status, f"451 {status} {last.text}") for r in recipients]
+
+    def _session(
+        self,
+        sender: str | None,
+        recipients: Sequence[str],
+        message: bytes,
+        hop: Hop,
+        smarthost: Smarthost | None,
+    ) -> RelaySender:
+        if smarthost is None:  # an MX host or a route: opportunistic, unverified STARTTLS
+            return RelaySender(
                 identity=self.hostname,
                 sender=sender,
                 recipients=recipients,
@@ -387,23 +622,18 @@ class Outbound:
                 tls_context=self.tls_context,
                 clock=self.reactor,
             )
-            try:
-                await endpoints.connectProtocol(self.connect(hop), sender_protocol)
-            except Exception as e:  # ConnectError, timeouts: RFC 5321 §5.1 try the next host
-                last = HostFailure(451, f"Cannot connect to {hop.name}[{hop.address}]: {e}")
-                log.info("outbound: {domain}: {error}", domain=domain, error=_one_line(str(last)))
-                continue
-            try:
-                results = await sender_protocol.done
-            except HostFailure as e:
-                last = HostFailure(e.code, f"{hop.name}[{hop.address}] said: {e.text}")
-                log.info("outbound: {domain}: {error}", domain=domain, error=last.text)
-                sender_protocol.transport.loseConnection()
-                await sender_protocol.closed
-                continue
-            await sender_protocol.closed  # QUIT sent; the session ends on its reply or timeout
-            return results
-        # Every host failed before answering for the recipients: try again later
-        # (RFC 5321 §4.5.4.1), even after a 5xx greeting from one host (Postfix does too).
-        status = "4.4.1" if last.code == 451 else "4.4.2"  # RFC 3463: no answer / bad connection
-        return [RecipientResult(r, 451, status, f"451 {status} {last.text}") for r in recipients]
+        credentials = None
+        if smarthost.username is not None:
+            credentials = (smarthost.username, smarthost.password or "")
+        return RelaySender(
+            identity=self.hostname,
+            sender=sender,
+            recipients=recipients,
+            message=message,
+            remote_mta=hop.name,
+            tls_context=self._smarthost_tls if smarthost.tls == STARTTLS else None,
+            clock=self.reactor,
+            require_tls=True,
+            implicit_tls=smarthost.tls == IMPLICIT,
+            credentials=credentials,
+        )
