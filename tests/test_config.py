@@ -16,6 +16,7 @@ from twistedmail.config import (
     load_config,
     parse_config,
     parse_size,
+    smarthost_password,
     store_path,
     tls_paths,
 )
@@ -184,8 +185,7 @@ class QueueConfigTests(TestCase):
     def test_queue_errors(self) -> None:
         self.assertEqual(
             self.error('[queue]\nlifetime = "soon"\n'),
-            'FILE: [queue] lifetime: must be a positive duration such as "30s", "5m", "1h"'
-            ' or "5d"',
+            'FILE: [queue] lifetime: must be a positive duration such as "30s", "5m", "1h" or "5d"',
         )
         self.assertEqual(
             self.error('[queue]\nfirst_retry = "2h"\n'),
@@ -200,3 +200,65 @@ class QueueConfigTests(TestCase):
             "FILE: [relay] port: must be a TCP port number (1-65535)",
         )
         self.assertEqual(self.error("[queue]\nretry = 1\n"), "FILE: [queue] retry: unknown key")
+
+
+class SmarthostConfigTests(TestCase):
+    write = ConfigTests.write
+    error = ConfigTests.error
+
+    def test_smarthost_tls_auth_keys(self) -> None:
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("s3cret pass\nignored\n")
+        secret.chmod(0o600)
+        path = self.write(
+            '[relay]\nsmarthost = "relay.example.net:465"\nsmarthost_tls = "implicit"\n'
+            f'smarthost_username = "me@example.org"\nsmarthost_password_file = "{secret}"\n'
+            'smarthost_ca = "ca.pem"\n'
+        )
+        config = load_config(path)
+        self.assertEqual(
+            (config.relay.smarthost, config.relay.smarthost_tls, config.relay.smarthost_username),
+            (ListenAddress("relay.example.net", 465), "implicit", "me@example.org"),
+        )
+        self.assertEqual(config.relay.smarthost_ca, path.parent.resolve() / "ca.pem")
+        self.assertEqual(smarthost_password(config), "s3cret pass")
+        self.assertNotIn("s3cret", repr(config))
+        self.assertEqual(parse_config({}, None).relay.smarthost_tls, "starttls")
+        self.assertIsNone(smarthost_password(parse_config({}, None)))
+
+    def test_password_file_must_be_owner_only(self) -> None:
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("pw\n")
+        secret.chmod(0o644)
+        path = self.write(
+            '[relay]\nsmarthost = "relay.example.net"\n'
+            f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
+        )
+        config = load_config(path)
+        with self.assertRaises(ConfigError) as cm:
+            smarthost_password(config)
+        self.assertEqual(
+            str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
+            "FILE: [relay] smarthost_password_file: SECRET is readable by others (mode 644);"
+            " chmod 600 it",
+        )
+        secret.unlink()
+        with self.assertRaises(ConfigError) as cm:
+            smarthost_password(config)
+        self.assertIn("cannot read", str(cm.exception))
+
+    def test_smarthost_errors(self) -> None:
+        self.assertEqual(
+            self.error('[relay]\nsmarthost = "r.example"\nsmarthost_tls = "none"\n'),
+            'FILE: [relay] smarthost_tls: must be "starttls" or "implicit"',
+        )
+        self.assertEqual(
+            self.error('[relay]\nsmarthost = "r.example"\nsmarthost_username = "me"\n'),
+            "FILE: [relay] smarthost_username: and smarthost_password_file must be given together",
+        )
+        self.assertEqual(
+            self.error('[relay]\nsmarthost_ca = "ca.pem"\n'),
+            "FILE: [relay] smarthost_ca: needs [relay] smarthost",
+        )

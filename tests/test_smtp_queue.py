@@ -39,9 +39,16 @@ class FakeOutbound:
         self.calls: list[tuple[str | None, str, tuple[str, ...]]] = []
         self.hold = hold
         self.held: list[defer.Deferred[None]] = []
+        self.aborted = False
 
     def destination(self, domain: str) -> str:
         return domain
+
+    def abort(self) -> None:
+        """As Outbound.abort: the sessions under way end with a 451 for their recipients."""
+        self.aborted = True
+        while self.held:
+            self.held.pop(0).callback(None)
 
     async def deliver(
         self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
@@ -51,6 +58,11 @@ class FakeOutbound:
             d: defer.Deferred[None] = defer.Deferred()
             self.held.append(d)
             await d
+            if self.aborted:
+                return [
+                    RecipientResult(a, 451, "4.4.1", "451 4.4.1 Not tried: shutting down")
+                    for a in recipients
+                ]
         results = []
         for address in recipients:
             replies = self.script.get(address, ["250 2.0.0 Queued"])
@@ -321,6 +333,59 @@ class RunnerTests(QueueTestCase):
         self.clock.advance(0)
         self.assertEqual(len(outbound.calls), 5)
         self.assertEqual(self.spool.ids(), [])
+
+    def test_shutdown_saves_the_250s_and_cuts_the_rest_in_bounded_time(self) -> None:
+        """At stop, an attempt that gets its 250 within the grace period is recorded; one
+        still waiting is cut after it, its recipient kept pending; a restart sends only
+        that one (nothing delivered twice)."""
+        outbound = FakeOutbound(hold=True)
+        runner = self.runner(outbound)
+        entry = self.enqueue(runner, ["ok@example.net", "slow@example.org"])
+        self.clock.advance(0)
+        self.assertEqual([c[1] for c in outbound.calls], ["example.net", "example.org"])
+        stopped = defer.Deferred.fromCoroutine(runner.shutdown(grace=10))
+        outbound.held.pop(0).callback(None)  # example.net answers 250 during the grace
+        saved = self.spool.load(entry.id)
+        assert saved is not None
+        self.assertEqual([r.state for r in saved.recipients], ["delivered", "pending"])
+        self.clock.advance(9)
+        self.assertNoResult(stopped)
+        self.assertFalse(outbound.aborted)
+        self.clock.advance(1)
+        self.assertTrue(outbound.aborted)
+        self.successResultOf(stopped)
+        saved = self.spool.load(entry.id)
+        assert saved is not None
+        self.assertEqual(
+            [(r.state, r.diagnostic) for r in saved.recipients],
+            [
+                ("delivered", "250 2.0.0 Queued"),
+                ("pending", "451 4.4.1 Not tried: shutting down"),
+            ],
+        )
+        self.assertEqual(runner.in_flight, {})
+        restarted = FakeOutbound()
+        self.runner(restarted)
+        self.clock.advance(3600)
+        self.assertEqual(
+            restarted.calls, [("alice@example.test", "example.org", ("slow@example.org",))]
+        )
+
+    def test_shutdown_starts_nothing_new_and_is_immediate_when_idle(self) -> None:
+        outbound = FakeOutbound(hold=True)
+        runner = self.runner(outbound, max_connections=1)
+        self.enqueue(runner, ["a@example.net"])
+        self.enqueue(runner, ["b@example.org"])
+        self.clock.advance(0)
+        self.assertEqual(len(outbound.calls), 1)  # the other waits for the connection slot
+        stopped = defer.Deferred.fromCoroutine(runner.shutdown(grace=10))
+        outbound.held.pop(0).callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(len(outbound.calls), 1)  # the waiting one was not started
+        self.assertEqual(len(self.spool.ids()), 1)
+        idle = self.runner(FakeOutbound())
+        idle.stop()
+        self.successResultOf(defer.Deferred.fromCoroutine(idle.shutdown()))
 
 
 class DSNTests(TestCase):

@@ -98,12 +98,24 @@ class LimitsConfig:
     login_block_time: int = 900  # how long a block lasts
 
 
+SMARTHOST_TLS = ("starttls", "implicit")
+
+
 @attrs.frozen
 class RelayConfig:
+    """C{[relay]}.  The smarthost always uses TLS (C{smarthost_tls}: required STARTTLS or
+    implicit), its certificate checked against the system CAs or C{smarthost_ca}; AUTH when
+    C{smarthost_username} is set, with the password read from C{smarthost_password_file}
+    (owner-only: the config file itself may be world-readable), see L{smarthost_password}."""
+
     smarthost: ListenAddress | None
     nameservers: tuple[ListenAddress, ...]
     routes: tuple[tuple[str, ListenAddress], ...]
     port: int = 25  # TCP port of MX hosts; anything but 25 is for tests
+    smarthost_tls: str = "starttls"
+    smarthost_username: str | None = None
+    smarthost_password_file: Path | None = None
+    smarthost_ca: Path | None = None
 
 
 @attrs.frozen
@@ -301,7 +313,20 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if limit_values["max_recipients"] < 100:
         raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
 
-    relay = r.section(data, "relay", {"smarthost", "nameservers", "routes", "port"})
+    relay = r.section(
+        data,
+        "relay",
+        {
+            "smarthost",
+            "nameservers",
+            "routes",
+            "port",
+            "smarthost_tls",
+            "smarthost_username",
+            "smarthost_password_file",
+            "smarthost_ca",
+        },
+    )
     relay_port = relay.get("port", 25)
     if (
         not isinstance(relay_port, int)
@@ -311,6 +336,19 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         raise r.fail("[relay] port", "must be a TCP port number (1-65535)")
     smarthost_text = r.string(relay, "relay", "smarthost", "")
     smarthost = r.address("[relay] smarthost", smarthost_text, 25) if smarthost_text else None
+    smarthost_tls = r.string(relay, "relay", "smarthost_tls", "starttls")
+    if smarthost_tls not in SMARTHOST_TLS:
+        raise r.fail("[relay] smarthost_tls", 'must be "starttls" or "implicit"')
+    username = r.string(relay, "relay", "smarthost_username", "")
+    password_file = r.string(relay, "relay", "smarthost_password_file", "")
+    smarthost_ca = r.string(relay, "relay", "smarthost_ca", "")
+    if bool(username) != bool(password_file):
+        raise r.fail(
+            "[relay] smarthost_username", "and smarthost_password_file must be given together"
+        )
+    if (username or smarthost_ca) and smarthost is None:
+        key = "smarthost_username" if username else "smarthost_ca"
+        raise r.fail(f"[relay] {key}", "needs [relay] smarthost")
     nameservers = relay.get("nameservers", [])
     if not isinstance(nameservers, list):
         raise r.fail("[relay] nameservers", 'must be a list of "host:port"')
@@ -356,6 +394,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             nameservers=tuple(r.address("[relay] nameservers", n, 53) for n in nameservers),
             routes=tuple(route_list),
             port=relay_port,
+            smarthost_tls=smarthost_tls,
+            smarthost_username=username or None,
+            smarthost_password_file=r.path(password_file) if password_file else None,
+            smarthost_ca=r.path(smarthost_ca) if smarthost_ca else None,
         ),
         queue=queue_config,
         submission=SubmissionConfig(check_from_header=check_from),
@@ -375,6 +417,33 @@ def mail_dir(config: Config) -> Path:
 def queue_dir(config: Config) -> Path:
     """C{DATA_DIR/queue}: the outbound spool."""
     return config.server.data_dir / "queue"
+
+
+def smarthost_password(config: Config) -> str | None:
+    """The smarthost password: the first line of C{[relay] smarthost_password_file}, which
+    must be readable by its owner only (it is a credential; the config file may not be).
+
+    @return: C{None} when no username is configured.
+    @raise ConfigError: the file is missing, unreadable, empty, or open to group/others.
+    """
+    path = config.relay.smarthost_password_file
+    if path is None:
+        return None
+    where = f"{config.source or 'built-in defaults'}: [relay] smarthost_password_file"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"{where}: {path} is empty")
+    return lines[0]
 
 
 def control_path(config: Config) -> Path:

@@ -36,10 +36,12 @@ from twistedmail.accounts import AccountStore
 from twistedmail.auth import LoginThrottle, MailRealm, PasswordChecker
 from twistedmail.config import (
     Config,
+    ConfigError,
     control_path,
     ensure_data_dir,
     mail_dir,
     queue_dir,
+    smarthost_password,
     store_path,
     tls_paths,
 )
@@ -52,7 +54,7 @@ from twistedmail.limits import ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.smtp.outbound import Outbound
+from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
@@ -87,6 +89,31 @@ def dns_resolver(config: Config, reactor: Any) -> Any:
     return dns_client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
 
 
+def smarthost(config: Config) -> Smarthost | None:
+    """C{[relay] smarthost} and its TLS/AUTH keys.  @raise ConfigError: a bad CA or password
+    file."""
+    relay = config.relay
+    if relay.smarthost is None:
+        return None
+    trust = None
+    if relay.smarthost_ca is not None:
+        try:
+            trust = trust_root(relay.smarthost_ca)
+        except (OSError, ValueError) as e:
+            where = config.source or "built-in defaults"
+            raise ConfigError(
+                f"{where}: [relay] smarthost_ca: no CA certificate in {relay.smarthost_ca}: {e}"
+            ) from None
+    return Smarthost(
+        relay.smarthost.host,
+        relay.smarthost.port,
+        tls=relay.smarthost_tls,
+        username=relay.smarthost_username,
+        password=smarthost_password(config),
+        trust=trust,
+    )
+
+
 def outbound_queue(
     config: Config, reactor: Any, store: AccountStore, delivery: LocalDelivery, run: Any
 ) -> QueueRunner:
@@ -97,7 +124,7 @@ def outbound_queue(
         resolver=dns_resolver(config, reactor),
         hostname=config.server.hostname,
         port=relay.port,
-        smarthost=(relay.smarthost.host, relay.smarthost.port) if relay.smarthost else None,
+        smarthost=smarthost(config),
         routes={domain: (a.host, a.port) for domain, a in relay.routes},
     )
     return QueueRunner(
@@ -264,8 +291,10 @@ class MailServer(MultiService):
         )
 
     def stopService(self) -> Any:
-        self.queue.stop()
-        d = super().stopService()
+        # Deliveries under way get a bounded time to record their results (QueueRunner.
+        # shutdown) while the listeners close; the store closes after both.
+        queue = defer.Deferred.fromCoroutine(self.queue.shutdown())
+        d = defer.DeferredList([queue, super().stopService()], consumeErrors=True)
         d.addBoth(lambda r: (self.store.close(), r)[1])
         return d
 

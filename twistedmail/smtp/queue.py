@@ -19,6 +19,12 @@ concurrent connections overall and per destination, retries with a backoff
 (L{RetrySchedule}: 5 min doubling to 1 h, like Postfix's minimal/maximal_backoff_time),
 sends one delay warning after 4 h, and gives up after 5 days (status 4.4.7).  File work runs
 in threads (C{run_in_thread}); the reactor never waits on the disk.
+
+Shutdown (L{QueueRunner.shutdown}): nothing new starts; attempts under way get a grace period
+to finish and record their results; then their sessions are cut (their recipients stay
+pending, so a message whose final dot was unanswered may be sent again after the restart:
+RFC 5321 §6.1 accepts duplicates, never losses).  Results are saved per destination as they
+come, so a recipient a remote server answered 250 is on disk before the process exits.
 """
 
 from __future__ import annotations
@@ -280,10 +286,17 @@ class Spool:
         return removed
 
 
+SHUTDOWN_GRACE = (
+    10.0  # seconds attempts under way get to finish at shutdown, then again after abort
+)
+
+
 class Deliverer(Protocol):
     """What the runner needs from L{twistedmail.smtp.outbound.Outbound}."""
 
     def destination(self, domain: str) -> str: ...
+
+    def abort(self) -> None: ...
 
     async def deliver(
         self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
@@ -337,6 +350,7 @@ class QueueRunner:
         self.in_flight: dict[str, defer.Deferred[None]] = {}
         self._timer: IDelayedCall | None = None
         self._running = False
+        self._idle_waiters: list[defer.Deferred[None]] = []
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -353,12 +367,42 @@ class QueueRunner:
         self._wake()
 
     def stop(self) -> None:
-        """Stop scheduling; attempts under way finish (or are cut by the reactor's stop and
-        retried after the restart)."""
+        """Stop scheduling; attempts under way go on (see L{shutdown})."""
         self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop for a server shutdown, in bounded time (at most about 2 x C{grace} seconds):
+        no new attempt or session starts; the attempts under way get C{grace} seconds to
+        finish and save their results; then their sessions are cut (their recipients get
+        a 451 result, saved as pending) and they get C{grace} seconds more to save it."""
+        self.stop()
+        for step in ("wait", "abort"):
+            if step == "abort":
+                if self.in_flight:
+                    log.info(
+                        "queue: cutting {count} delivery attempt(s) still under way",
+                        count=len(self.in_flight),
+                    )
+                self.outbound.abort()  # also ends sessions that are only finishing a QUIT
+            if self.in_flight:
+                await self._idle(grace)
+
+    def _idle(self, timeout: float) -> defer.Deferred[None]:
+        """Fires when no attempt is under way, or after C{timeout} seconds."""
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        timer = self.clock.callLater(timeout, self._wake_waiters)
+        waiter.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return waiter
+
+    def _wake_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
     # -- the API for the SMTP policies and the control socket ---------------------------
 
@@ -434,6 +478,8 @@ class QueueRunner:
 
     def _attempt_done(self, result: object, queue_id: str) -> None:
         self.in_flight.pop(queue_id, None)
+        if not self.in_flight:
+            self._wake_waiters()
         self._wake()
 
     # -- one attempt ---------------------------------------------------------------------
@@ -475,6 +521,8 @@ class QueueRunner:
         try:
             await self.connections.acquire()
             try:
+                if not self._running:  # shutting down: leave them pending, untried
+                    return
                 results = await self.outbound.deliver(
                     state.entry.sender, domain, recipients, message
                 )
