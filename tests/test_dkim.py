@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -145,6 +146,75 @@ class SigningTests(unittest.TestCase):
             ],
         )
 
+    def dns_for_all(self, domain: str):  # type: ignore[no-untyped-def]
+        records = dict(self.keys.txt_record(k) for k in self.keys.signing_keys(domain))
+
+        def dnsfunc(qname: bytes, timeout: int = 5) -> bytes:
+            return records.get(qname.decode().rstrip("."), "").encode("ascii")
+
+        return dnsfunc
+
+    def test_ed25519_signs_as_well_and_both_verify(self) -> None:
+        """RFC 8463: with an Ed25519 key too, two signatures (rsa-sha256 first, then
+        ed25519-sha256), each verifying with dkimpy against its published record."""
+        self.keys.generate("example.org")
+        key = self.keys.generate("example.org", algorithm="ed25519")
+        self.assertEqual(key.path, self.dir / "example.org.twistedmail-ed25519.ed25519")
+        self.assertEqual(stat.S_IMODE(key.path.stat().st_mode), 0o600)
+        self.assertTrue(key.path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----"))
+        name, value = self.keys.txt_record(key)
+        self.assertEqual(name, "twistedmail-ed25519._domainkey.example.org")
+        self.assertTrue(value.startswith("v=DKIM1; k=ed25519; p="), value)
+        self.assertEqual(len(base64.b64decode(value.split("p=")[1])), 32)  # RFC 8463 §4
+        signed = self.keys.sign(MESSAGE)
+        self.assertTrue(signed.endswith(MESSAGE))
+        headers = [v for k, v in dkimpy.rfc822_parse(signed)[0] if k == b"DKIM-Signature"]
+        self.assertEqual(len(headers), 2)
+        self.assertIn(b"a=rsa-sha256", b"".join(headers[0].split()))
+        self.assertIn(b"a=ed25519-sha256", b"".join(headers[1].split()))
+        self.assertIn(b"s=twistedmail-ed25519", b"".join(headers[1].split()))
+        dnsfunc = self.dns_for_all("example.org")
+
+        def verifies(message: bytes, idx: int) -> bool:
+            try:
+                return bool(dkimpy.DKIM(message).verify(idx=idx, dnsfunc=dnsfunc))
+            except dkimpy.DKIMException:
+                return False
+
+        tampered = signed.replace(b"Body line", b"Body lime")
+        for idx in (0, 1):
+            self.assertTrue(verifies(signed, idx), idx)
+            self.assertFalse(verifies(tampered, idx), idx)
+
+    def test_ed25519_alone_and_selector_shared_by_algorithms_refused(self) -> None:
+        self.keys.generate("example.org", "s1", algorithm="ed25519")
+        signed = self.keys.sign(MESSAGE)
+        [(_, header)] = [h for h in dkimpy.rfc822_parse(signed)[0] if h[0] == b"DKIM-Signature"]
+        self.assertIn(b"a=ed25519-sha256", b"".join(header.split()))
+        self.assertTrue(dkimpy.verify(signed, dnsfunc=self.dns_for_all("example.org")))
+        with self.assertRaises(DKIMError) as cm:
+            self.keys.generate("example.org", "s1")
+        self.assertIn("with selector s1 already exists", str(cm.exception))
+        self.assertRaises(DKIMError, self.keys.generate, "example.org", "s2", "dsa")
+        lines = dns_records("example.org", "mail.example.org", self.keys)
+        self.assertEqual(
+            [x.split(" IN ")[0] for x in lines if "_domainkey" in x], ["s1._domainkey.example.org."]
+        )
+
+    def test_dns_records_print_both_keys(self) -> None:
+        self.keys.generate("example.org")
+        self.keys.generate("example.org", algorithm="ed25519")
+        lines = dns_records("example.org", "mail.example.org", self.keys)
+        self.assertEqual(
+            [line.split(' "')[0] for line in lines[2:4]],
+            [
+                "twistedmail._domainkey.example.org. IN TXT",
+                "twistedmail-ed25519._domainkey.example.org. IN TXT",
+            ],
+        )
+        self.assertIn('"v=DKIM1; k=ed25519; p=', lines[3])
+        self.assertEqual(len(lines), 11)
+
 
 class QueueHookTests(unittest.TestCase):
     def test_enqueue_stores_signed_copy(self) -> None:
@@ -197,6 +267,22 @@ class DKIMCommandTests(CLITestCase):
             second,
         )
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+
+    def test_generate_ed25519(self) -> None:
+        code, out, err = self.run_cli("dkim", "generate", "example.org", "--algorithm", "ed25519")
+        self.assertEqual((code, err), (0, ""))
+        path = self.data_dir / "dkim" / "example.org.twistedmail-ed25519.ed25519"
+        first, second = out.splitlines()
+        self.assertEqual(first, f"# {path}")
+        self.assertTrue(
+            second.startswith(
+                'twistedmail-ed25519._domainkey.example.org. IN TXT "v=DKIM1; k=ed25519; p='
+            ),
+            second,
+        )
+        self.run_cli("dkim", "generate", "example.org")
+        code, out, err = self.run_cli("dns-records", "example.org")
+        self.assertEqual(len([x for x in out.splitlines() if "._domainkey." in x]), 2)
 
     def test_generate_twice_is_user_error(self) -> None:
         self.run_cli("dkim", "generate", "example.org")

@@ -251,7 +251,7 @@ def _dkim_keys(ctx: _Context) -> dkim_module.KeyStore:
 
 def cmd_dkim_generate(ctx: _Context, args: argparse.Namespace) -> None:
     keys = _dkim_keys(ctx)
-    key = keys.generate(args.domain, args.selector)
+    key = keys.generate(args.domain, args.selector, args.algorithm)
     name, value = keys.txt_record(key)
     _out(f"# {key.path}")
     _out(f"{name}. IN TXT {dkim_module.quoted_strings(value)}")
@@ -377,8 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     p.add_argument(
         "--selector",
-        default=dkim_module.DEFAULT_SELECTOR,
-        help=f"DKIM selector (default: {dkim_module.DEFAULT_SELECTOR})",
+        default=None,
+        help="DKIM selector (default: "
+        + ", ".join(f"{s} for {a}" for a, s in dkim_module.DEFAULT_SELECTORS.items())
+        + ")",
+    )
+    p.add_argument(
+        "--algorithm",
+        choices=dkim_module.ALGORITHMS,
+        default=dkim_module.RSA,
+        help="rsa (2048-bit, rsa-sha256; the default) or ed25519 (RFC 8463, signs in addition"
+        " to the RSA key)",
     )
     p = commands.add_parser("dns-records", help="print the DNS records a domain should publish")
     p.add_argument("domain")

@@ -1,15 +1,18 @@
-"""DKIM signing of outgoing mail (RFC 6376) and the DNS records a domain publishes.
+"""DKIM signing of outgoing mail (RFC 6376, RFC 8463) and the DNS records a domain publishes.
 
-Keys live in C{DATA_DIR/dkim/<domain>.<selector>.key}: an RSA 2048-bit private key, PEM,
-mode 0600 (RFC 6376 §3.3.3: at least 1024 bits, 2048 recommended by RFC 8301 §3.2).  The
-default selector is C{twistedmail}; a new selector (e.g. C{tm2027}) is how a key is rotated:
-the most recently written key of a domain signs, so generate the new key, publish its TXT
-record, wait for DNS, and the next message uses it.
+Keys live in C{DATA_DIR/dkim/}, PEM, mode 0600: C{<domain>.<selector>.key} an RSA 2048-bit
+key (RFC 6376 §3.3.3: at least 1024 bits, 2048 recommended by RFC 8301 §3.2), and
+C{<domain>.<selector>.ed25519} an Ed25519 key (RFC 8463, PKCS#8).  The default selectors are
+C{twistedmail} (RSA) and C{twistedmail-ed25519}; a new selector (e.g. C{tm2027}) is how a key
+is rotated: the most recently written key of each algorithm signs, so generate the new key,
+publish its TXT record, wait for DNS, and the next message uses it.
 
-A message is signed (relaxed/relaxed, rsa-sha256, RFC 6376 §3.4.2, §3.4.4, §3.3) when the
-domain of its C{From:} header (the author domain DMARC aligns with, RFC 7489 §3.1) has a key;
-otherwise it is left unchanged.  The signature covers the headers of L{SIGNED_HEADERS} that
-the message has (RFC 6376 §5.4.1: From is REQUIRED).
+A message is signed (relaxed/relaxed, RFC 6376 §3.4.2, §3.4.4) when the domain of its
+C{From:} header (the author domain DMARC aligns with, RFC 7489 §3.1) has a key; otherwise it
+is left unchanged: rsa-sha256 (RFC 6376 §3.3) with the RSA key, and ed25519-sha256 as well
+when the domain has an Ed25519 key (RFC 8463 §4: sign with both, as verifiers that do not
+know Ed25519 ignore that signature).  The RSA signature comes first.  Each covers the
+headers of L{SIGNED_HEADERS} that the message has (RFC 6376 §5.4.1: From is REQUIRED).
 
 C{dkimpy} does the cryptography and canonicalization; this module chooses keys and headers.
 All functions do blocking file I/O and CPU work: call them in a thread from reactor code.
@@ -23,19 +26,25 @@ import email.policy
 import email.utils
 import os
 from pathlib import Path
+from typing import Any
 
 import attrs
 import dkim as dkimpy
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.logger import Logger
 
 from twistedmail.address import AddressError, normalize_domain
 
 log = Logger()
 
+RSA, ED25519 = "rsa", "ed25519"  # the k= tag values (RFC 6376 §3.6.1, RFC 8463 §4)
+ALGORITHMS = (RSA, ED25519)
 DEFAULT_SELECTOR = "twistedmail"
+DEFAULT_SELECTORS = {RSA: DEFAULT_SELECTOR, ED25519: "twistedmail-ed25519"}
 KEY_BITS = 2048
+_SUFFIX = {RSA: ".key", ED25519: ".ed25519"}  # file name endings
+_SIGNATURE_ALGORITHM = {RSA: b"rsa-sha256", ED25519: b"ed25519-sha256"}
 
 #: Headers signed when present, lower case (RFC 6376 §5.4.1 recommends these; From is required).
 SIGNED_HEADERS: tuple[str, ...] = (
@@ -59,11 +68,13 @@ class DKIMError(Exception):
 
 @attrs.frozen
 class SigningKey:
-    """One domain's private key: C{domain} (d=), C{selector} (s=), C{path} of the PEM file."""
+    """One domain's private key: C{domain} (d=), C{selector} (s=), C{path} of the PEM file,
+    C{algorithm} L{RSA} or L{ED25519} (k=)."""
 
     domain: str
     selector: str
     path: Path
+    algorithm: str = RSA
 
 
 def _check_selector(selector: str) -> str:
@@ -96,25 +107,39 @@ class KeyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def path(self, domain: str, selector: str) -> Path:
-        return self.directory / f"{domain}.{selector}.key"
+    def path(self, domain: str, selector: str, algorithm: str = RSA) -> Path:
+        return self.directory / f"{domain}.{selector}{_SUFFIX[algorithm]}"
 
-    def generate(self, domain: str, selector: str = DEFAULT_SELECTOR) -> SigningKey:
-        """Make a new RSA key for C{domain}; write it with mode 0600.
+    def generate(
+        self, domain: str, selector: str | None = None, algorithm: str = RSA
+    ) -> SigningKey:
+        """Make a new key for C{domain} (RSA 2048 or Ed25519); write it with mode 0600.
 
-        @raise DKIMError: bad domain or selector, or that key already exists.
+        @param selector: default L{DEFAULT_SELECTORS}C{[algorithm]}.
+        @raise DKIMError: bad domain, selector or algorithm, or the domain has a key with
+            that selector already (of either algorithm: they would share one DNS name).
         """
+        if algorithm not in ALGORITHMS:
+            raise DKIMError(f"unknown algorithm {algorithm!r} (rsa or ed25519)")
         domain = _check_domain(domain)
-        selector = _check_selector(selector)
-        path = self.path(domain, selector)
-        if path.exists():
-            raise DKIMError(f"a key for {domain} with selector {selector} already exists: {path}")
+        selector = _check_selector(selector or DEFAULT_SELECTORS[algorithm])
+        for other in ALGORITHMS:
+            existing = self.path(domain, selector, other)
+            if existing.exists():
+                raise DKIMError(
+                    f"a key for {domain} with selector {selector} already exists: {existing}"
+                )
+        path = self.path(domain, selector, algorithm)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+        if algorithm == RSA:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+            pem_format = serialization.PrivateFormat.TraditionalOpenSSL
+        else:
+            key = ed25519.Ed25519PrivateKey.generate()
+            pem_format = serialization.PrivateFormat.PKCS8
         pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
+            serialization.Encoding.PEM, pem_format, serialization.NoEncryption()
         )
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -124,79 +149,109 @@ class KeyStore:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        return SigningKey(domain, selector, path)
+        return SigningKey(domain, selector, path, algorithm)
 
     def keys(self, domain: str) -> list[SigningKey]:
-        """C{domain}'s keys, newest (by modification time) first; empty when there are none."""
+        """C{domain}'s keys of both algorithms, newest (by modification time) first; empty
+        when there are none."""
         prefix = f"{domain}."
         found: list[tuple[float, SigningKey]] = []
         if not self.directory.is_dir():
             return []
         for p in self.directory.iterdir():
             name = p.name
-            if not (name.startswith(prefix) and name.endswith(".key")):
-                continue
-            selector = name[len(prefix) : -len(".key")]
-            if not selector or "." in selector:
-                continue
-            found.append((p.stat().st_mtime, SigningKey(domain, selector, p)))
+            for algorithm, suffix in _SUFFIX.items():
+                if not (name.startswith(prefix) and name.endswith(suffix)):
+                    continue
+                selector = name[len(prefix) : -len(suffix)]
+                if selector and "." not in selector:
+                    found.append((p.stat().st_mtime, SigningKey(domain, selector, p, algorithm)))
         return [k for _, k in sorted(found, key=lambda t: (-t[0], t[1].selector))]
 
+    def signing_keys(self, domain: str) -> list[SigningKey]:
+        """The keys that sign C{domain}'s mail now: the newest of each algorithm, RSA first."""
+        newest: dict[str, SigningKey] = {}
+        for key in self.keys(domain):
+            newest.setdefault(key.algorithm, key)
+        return [newest[a] for a in ALGORITHMS if a in newest]
+
     def signing_key(self, domain: str) -> SigningKey | None:
-        """The key that signs C{domain}'s mail now (the newest), or None."""
-        keys = self.keys(domain)
-        return keys[0] if keys else None
+        """The newest RSA key of C{domain}, or None."""
+        return next((k for k in self.keys(domain) if k.algorithm == RSA), None)
 
     def txt_record(self, key: SigningKey) -> tuple[str, str]:
-        """The DNS name and TXT value to publish for C{key} (RFC 6376 §3.6.1).
+        """The DNS name and TXT value to publish for C{key} (RFC 6376 §3.6.1): for RSA the
+        DER SubjectPublicKeyInfo, for Ed25519 the raw 32-octet public key (RFC 8463 §4).
 
         @return: C{("<selector>._domainkey.<domain>", "v=DKIM1; k=rsa; p=...")}.
         @raise DKIMError: the key file cannot be read.
         """
-        try:
-            private = serialization.load_pem_private_key(key.path.read_bytes(), password=None)
-        except (OSError, ValueError) as e:
-            raise DKIMError(f"cannot read DKIM key {key.path}: {e}") from None
-        der = private.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        value = f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
-        return f"{key.selector}._domainkey.{key.domain}", value
+        private = _load(key)
+        if key.algorithm == ED25519:
+            public = private.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        else:
+            public = private.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        p = base64.b64encode(public).decode("ascii")
+        return f"{key.selector}._domainkey.{key.domain}", f"v=DKIM1; k={key.algorithm}; p={p}"
 
     def sign(self, message: bytes) -> bytes:
-        """C{message} with a C{DKIM-Signature:} header prepended, or unchanged when its
-        From: domain has no key or it cannot be signed (logged; mail is never held up).
+        """C{message} with a C{DKIM-Signature:} header prepended per signing key (RSA, then
+        Ed25519 when the domain has one), or unchanged when its From: domain has no key or it
+        cannot be signed (logged; mail is never held up).
 
         @param message: the whole message, header and body, as queued.
         """
         domain = author_domain(message)
         if domain is None:
             return message
-        key = self.signing_key(domain)
-        if key is None:
+        keys = self.signing_keys(domain)
+        if not keys:
             return message
         linesep = b"\r\n" if b"\r\n" in message[:4096] or not message else b"\n"
         present = _header_names(message)
         include = [h.encode("ascii") for h in SIGNED_HEADERS if h in present]
-        try:
-            signature = dkimpy.sign(
-                message,
-                key.selector.encode("ascii"),
-                key.domain.encode("ascii"),
-                key.path.read_bytes(),
-                canonicalize=(b"relaxed", b"relaxed"),
-                signature_algorithm=b"rsa-sha256",
-                include_headers=include,
-                linesep=linesep,
-            )
-        except Exception:
-            log.failure(
-                "dkim: not signed for {domain} (selector {selector})",
-                domain=key.domain,
-                selector=key.selector,
-            )
-            return message
-        return signature + message
+        signatures = b""
+        for key in keys:
+            try:
+                signatures += dkimpy.sign(
+                    message,
+                    key.selector.encode("ascii"),
+                    key.domain.encode("ascii"),
+                    _dkimpy_private_key(key),
+                    canonicalize=(b"relaxed", b"relaxed"),
+                    signature_algorithm=_SIGNATURE_ALGORITHM[key.algorithm],
+                    include_headers=include,
+                    linesep=linesep,
+                )
+            except Exception:
+                log.failure(
+                    "dkim: not signed for {domain} (selector {selector}, {algorithm})",
+                    domain=key.domain,
+                    selector=key.selector,
+                    algorithm=key.algorithm,
+                )
+        return signatures + message if signatures else message
+
+
+def _load(key: SigningKey) -> Any:
+    try:
+        return serialization.load_pem_private_key(key.path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise DKIMError(f"cannot read DKIM key {key.path}: {e}") from None
+
+
+def _dkimpy_private_key(key: SigningKey) -> bytes:
+    """The key as dkimpy takes it: the PEM for RSA, the base64 32-octet seed for Ed25519."""
+    if key.algorithm == RSA:
+        return key.path.read_bytes()
+    seed = _load(key).private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(seed)
 
 
 def _header_block(message: bytes) -> bytes:
@@ -247,8 +302,7 @@ def dns_records(domain: str, hostname: str, keys: KeyStore) -> list[str]:
         f"{domain}. IN MX 10 {host}",
         f'{domain}. IN TXT "v=spf1 mx -all"',
     ]
-    key = keys.signing_key(domain)
-    if key is not None:
+    for key in keys.signing_keys(domain):
         name, value = keys.txt_record(key)
         lines.append(f"{name}. IN TXT {quoted_strings(value)}")
     lines += [
