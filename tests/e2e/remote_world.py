@@ -10,9 +10,15 @@ Run as ``python remote_world.py CONFIG.json``.  The config::
                "rcpt": {"gone@remote.test": ["550 5.1.1 No such user"]}}],
      "out": "/path/to/dir"}
 
+An MTA may also have ``"tls": "ca"`` (STARTTLS with a certificate for
+smarthost.remote.test signed by the test CA ``out/ca/ca.pem``), ``"implicit_tls": true``
+(TLS from the first byte, with that certificate) and ``"accounts": {"user": "password"}``
+(AUTH PLAIN LOGIN after TLS): a smarthost.
+
 Each transaction an MTA answers with 250 is written to ``out/<name>-<n>.json`` (helo,
-sender, recipients, tls) and ``out/<name>-<n>.eml`` (the exact data); ``out/ready`` appears
-once everything listens.  Stop it with SIGTERM.
+sender, recipients, tls, auth) and ``out/<name>-<n>.eml`` (the exact data); every command
+line it receives is appended to ``out/<name>.commands``; ``out/ready`` appears once
+everything listens.  Stop it with SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.names import dns, server
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twistedmail import tls
-from twistedmail.testing import ScriptedMTA, TestZone, Transaction
+from twistedmail.testing import ScriptedMTA, TestZone, Transaction, create_test_ca
+
+SMARTHOST = "smarthost.remote.test"
 
 
 def main(config_path: str) -> None:
@@ -50,6 +59,8 @@ def main(config_path: str) -> None:
     cert, key = out / "mta-cert.pem", out / "mta-key.pem"
     tls.create_self_signed(cert, key, "mx.remote.test")
     context = tls.server_context(cert, key)
+    _, ca_cert, ca_key = create_test_ca(out / "ca", SMARTHOST)
+    ca_context = tls.server_context(ca_cert, ca_key)
     for spec in config["mtas"]:
         counter = [0]
 
@@ -63,16 +74,25 @@ def main(config_path: str) -> None:
                 "recipients": list(t.recipients),
                 "tls": t.tls,
                 "mail_parameters": t.mail_parameters,
+                "auth": list(t.auth) if t.auth else None,
             }
             base.with_suffix(".json").write_text(json.dumps(meta))
+
+        def command(line: bytes, path: Path = out / f"{spec['name']}.commands") -> None:
+            with path.open("ab") as f:
+                f.write(line + b"\n")
 
         mta = ScriptedMTA(
             rcpt=spec.get("rcpt", {}),
             data_replies=spec.get("data_replies", ["250 2.0.0 Queued"]),
-            tls=context if spec.get("tls") else None,
+            tls={True: context, "ca": ca_context}.get(spec.get("tls", False)),
+            implicit_tls=spec.get("implicit_tls", False),
+            accounts=spec.get("accounts"),
             on_transaction=record,
+            on_command=command,
         )
-        reactor.listenTCP(spec["port"], mta, interface=spec.get("host", "127.0.0.1"))
+        factory = TLSMemoryBIOFactory(ca_context, False, mta) if mta.implicit_tls else mta
+        reactor.listenTCP(spec["port"], factory, interface=spec.get("host", "127.0.0.1"))
     (out / "ready").write_text("ok")
     reactor.run()
 

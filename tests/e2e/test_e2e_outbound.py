@@ -3,7 +3,8 @@ zone (twisted.names on a loopback port) -> scripted receiving servers on 127.0.0
 
 Covers: MX preference with fallback; per-recipient results; 451 then success on retry;
 550 -> DSN in the sender's INBOX; null MX; no bounce to <>; kill -9 after 250 and restart
-(delivered once); the queue CLI against a running and a stopped server.
+(delivered once); the queue CLI against a running and a stopped server; a smarthost over
+STARTTLS and over implicit TLS with AUTH, and one without STARTTLS (deferred, nothing sent).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ class World:
                         "remote.test": [[10, "mx1.remote.test"], [20, "mx2.remote.test"]],
                         "null.remote.test": [[0, "."]],
                     },
-                    "a": {"mx1.remote.test": ["127.0.0.2"], "mx2.remote.test": ["127.0.0.3"]},
+                    "a": {
+                        "mx1.remote.test": ["127.0.0.2"],
+                        "mx2.remote.test": ["127.0.0.3"],
+                        "smarthost.remote.test": ["127.0.0.4"],
+                    },
                 }
             ],
             "mtas": mtas,
@@ -95,10 +100,12 @@ class World:
         return self.received(name)
 
 
-def configure(server: Server, world: World) -> None:
+def configure(server: Server, world: World, relay: str = "") -> None:
+    """Point the server at the world's DNS and MTA port; C{relay}: more [relay] lines."""
     server.config.write_text(
         server.config.read_text()
         + f'\n[relay]\nnameservers = ["127.0.0.1:{world.dns_port}"]\nport = {world.smtp_port}\n'
+        + relay
         + '\n[queue]\nfirst_retry = "1s"\nmax_retry = "1s"\n'
     )
 
@@ -107,13 +114,14 @@ def configure(server: Server, world: World) -> None:
 def world_and_server(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[World, Server]]:
-    mtas = request.param if hasattr(request, "param") else []
+    param = request.param if hasattr(request, "param") else []
+    mtas, relay = param if isinstance(param, tuple) else (param, None)
     world = World(tmp_path, mtas)
     srv = Server(tmp_path / "server")
     try:
         for address, password in PASSWORDS.items():
             srv.add_user(address, password)
-        configure(srv, world)
+        configure(srv, world, relay(world, srv) if relay else "")
         srv.start()
         yield world, srv
     finally:
@@ -276,3 +284,86 @@ def test_queue_delete(world_and_server: tuple[World, Server]) -> None:
     time.sleep(1.5)
     assert server.cli("queue", "list").stdout == ""
     assert world.received("mx1") == []
+
+
+RELAY_USER, RELAY_PASSWORD = "relay@example.test", "relay pass wörd"
+
+
+def smarthost_relay(tls_mode: str) -> Any:
+    """The [relay] lines for the world's smarthost: its test CA, AUTH from a 0600 file."""
+
+    def relay(world: World, server: Server) -> str:
+        secret = server.root / "smarthost.secret"
+        secret.write_text(RELAY_PASSWORD + "\n", encoding="utf-8")
+        secret.chmod(0o600)
+        port = world.smtp_port
+        return (
+            f'smarthost = "smarthost.remote.test:{port}"\nsmarthost_tls = "{tls_mode}"\n'
+            f'smarthost_ca = "{world.out / "ca" / "ca.pem"}"\n'
+            f'smarthost_username = "{RELAY_USER}"\nsmarthost_password_file = "{secret}"\n'
+        )
+
+    return relay
+
+
+def smarthost_mta(**spec: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": "smart", "host": "127.0.0.4", "accounts": {RELAY_USER: RELAY_PASSWORD}, **spec}
+    ]
+
+
+@pytest.mark.parametrize(
+    "world_and_server",
+    [
+        (smarthost_mta(tls="ca"), smarthost_relay("starttls")),
+        (smarthost_mta(implicit_tls=True), smarthost_relay("implicit")),
+    ],
+    ids=["starttls", "implicit"],
+    indirect=True,
+)
+def test_smarthost_with_tls_and_auth(world_and_server: tuple[World, Server]) -> None:
+    """Everything goes to the smarthost (no MX lookup for the recipient's domain), over
+    verified TLS, after AUTH with the configured credentials; the bytes arrive intact."""
+    world, server = world_and_server
+    submit(server, ["someone@elsewhere.test", "other@elsewhere.test"])
+    [(meta, data)] = world.wait_received("smart", 1)
+    assert meta["auth"] == ["PLAIN", RELAY_USER, RELAY_PASSWORD]
+    assert meta["tls"] is True
+    assert meta["sender"] == ALICE
+    assert meta["recipients"] == ["someone@elsewhere.test", "other@elsewhere.test"]
+    assert data.startswith(b"Received: from laptop (")
+    assert data.endswith(b"\r\n" + BODY)
+    wait_queue_empty(server)
+    commands = (world.out / "smart.commands").read_bytes().splitlines()
+    tls_first = [b"EHLO mail.example.test", b"STARTTLS", b"EHLO mail.example.test"]
+    if "implicit" in server.config.read_text():
+        tls_first = [b"EHLO mail.example.test"]
+    assert commands[: len(tls_first)] == tls_first
+    assert commands[len(tls_first)].startswith(b"AUTH PLAIN ")
+
+
+@pytest.mark.parametrize(
+    "world_and_server",
+    [(smarthost_mta(), smarthost_relay("starttls"))],
+    indirect=True,
+)
+def test_smarthost_without_starttls_is_deferred_nothing_sent(
+    world_and_server: tuple[World, Server],
+) -> None:
+    """A smarthost that does not offer STARTTLS gets no password and no mail: the message
+    stays queued with the reason in queue list."""
+    world, server = world_and_server
+    submit(server, ["someone@elsewhere.test"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        listed = server.cli("queue", "list").stdout
+        if "STARTTLS not offered" in listed:
+            break
+        time.sleep(0.1)
+    [line] = listed.splitlines()
+    assert "to=someone@elsewhere.test" in line
+    assert "error=451 4.4.1 smarthost.remote.test[127.0.0.4] said: 451 4.7.0 STARTTLS not" in line
+    commands = (world.out / "smart.commands").read_bytes().splitlines()
+    assert commands[0] == b"EHLO mail.example.test"
+    assert not [c for c in commands if c.startswith((b"AUTH", b"MAIL", b"RCPT", b"DATA"))]
+    assert world.received("smart") == []
