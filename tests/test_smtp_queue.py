@@ -288,6 +288,34 @@ class RunnerTests(QueueTestCase):
         self.assertEqual((final["Action"], final["Status"]), ("failed", "4.4.7"))
         self.assertEqual(self.spool.load(entry.id), None)
 
+    def test_default_schedule_delay_notice_after_four_hours_once(self) -> None:
+        """The defaults (Postfix's): retries after 5, 10, 20, 40 min, then hourly; one
+        "delayed" DSN at the first attempt 4 h or more after arrival, never a second."""
+        self.schedule = RetrySchedule()
+        self.assertEqual(
+            (self.schedule.first, self.schedule.maximum, self.schedule.delay_warning),
+            (300, 3600, 4 * 3600),
+        )
+        self.assertEqual(self.schedule.lifetime, 5 * 86400)
+        outbound = FakeOutbound({"bob@example.net": ["451 4.4.1 No answer"]})
+        runner = self.runner(outbound)
+        self.enqueue(runner, ["bob@example.net"])
+        self.clock.advance(0)
+        times = [0.0] if outbound.calls else []
+        for _ in range(4 * 3600 - 1):
+            calls = len(outbound.calls)
+            self.clock.advance(1)
+            if len(outbound.calls) != calls:
+                times.append(self.clock.seconds() - NOW)
+        self.assertEqual(times, [0, 300, 900, 2100, 4500, 8100, 11700])
+        self.assertEqual(self.dsns(), [])
+        self.clock.advance(3600)
+        [notice] = self.dsns()
+        self.assertEqual(notice["Subject"], "Delayed Mail (still being retried)")
+        for _ in range(10):
+            self.clock.advance(3600)
+        self.assertEqual(len(self.dsns()), 1)
+
     def test_restart_picks_up_the_spool(self) -> None:
         entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW - 10)
         outbound = FakeOutbound()

@@ -294,6 +294,7 @@ class MailServer(MultiService):
         # Deliveries under way get a bounded time to record their results (QueueRunner.
         # shutdown) while the listeners close; the store closes after both.
         queue = defer.Deferred.fromCoroutine(self.queue.shutdown())
+        queue.addErrback(lambda f: log.failure("the outbound queue did not stop cleanly", f))
         d = defer.DeferredList([queue, super().stopService()], consumeErrors=True)
         d.addBoth(lambda r: (self.store.close(), r)[1])
         return d

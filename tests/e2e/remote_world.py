@@ -13,7 +13,8 @@ Run as ``python remote_world.py CONFIG.json``.  The config::
 An MTA may also have ``"tls": "ca"`` (STARTTLS with a certificate for
 smarthost.remote.test signed by the test CA ``out/ca/ca.pem``), ``"implicit_tls": true``
 (TLS from the first byte, with that certificate) and ``"accounts": {"user": "password"}``
-(AUTH PLAIN LOGIN after TLS): a smarthost.
+(AUTH PLAIN LOGIN after TLS): a smarthost; ``"answer_quit": false`` leaves QUIT
+unanswered and the connection open.
 
 Each transaction an MTA answers with 250 is written to ``out/<name>-<n>.json`` (helo,
 sender, recipients, tls, auth) and ``out/<name>-<n>.eml`` (the exact data); every command
@@ -88,6 +89,7 @@ def main(config_path: str) -> None:
             tls={True: context, "ca": ca_context}.get(spec.get("tls", False)),
             implicit_tls=spec.get("implicit_tls", False),
             accounts=spec.get("accounts"),
+            answer_quit=spec.get("answer_quit", True),
             on_transaction=record,
             on_command=command,
         )

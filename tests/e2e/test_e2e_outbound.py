@@ -264,6 +264,32 @@ def test_kill_after_250_restart_delivers_once_and_queue_cli(
 
 @pytest.mark.parametrize(
     "world_and_server",
+    [[{"name": "mx1", "host": "127.0.0.2", "answer_quit": False}]],
+    indirect=True,
+)
+def test_250_recorded_before_quit_so_kill_9_then_restart_sends_nothing_twice(
+    world_and_server: tuple[World, Server],
+) -> None:
+    """The remote answers 250 to the final dot but never to QUIT: the queue records the 250
+    at once (the entry is gone while the session is still open), so a kill -9 at that
+    moment and a restart send nothing again; the graceful stop does not hang on it."""
+    world, server = world_and_server
+    submit(server, ["once@remote.test"])
+    assert len(world.wait_received("mx1", 1)) == 1
+    wait_queue_empty(server, timeout=10)  # QUIT still unanswered: the 250 is on disk
+    server.stop(signal.SIGKILL)
+    server.start()
+    time.sleep(1.5)
+    assert len(world.received("mx1")) == 1
+    submit(server, ["twice@remote.test"])
+    assert len(world.wait_received("mx1", 2)) == 2
+    wait_queue_empty(server, timeout=10)
+    server.stop()  # SIGTERM with a session open: it is cut, the process exits by itself
+    assert server.log.read_text().count("Main loop terminated.") == 1  # not SIGKILLed
+
+
+@pytest.mark.parametrize(
+    "world_and_server",
     [[{"name": "mx1", "host": "127.0.0.2", "rcpt": {"stuck@remote.test": ["451 4.3.0 No"]}}]],
     indirect=True,
 )

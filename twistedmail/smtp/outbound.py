@@ -249,7 +249,7 @@ class RelaySender(smtp.ESMTPClient):
             token = base64.b64encode(b"\0" + user + b"\0" + password)
             self._expected = [235]
             self._okresponse = self.smtpState_from
-            self.transport.write(b"AUTH PLAIN " + token + b"\r\n")
+            self.sendLine(b"AUTH PLAIN " + token)
         elif b"LOGIN" in mechanisms:
             self._expected = [334]
             self._okresponse = self._login_step
