@@ -570,6 +570,13 @@ class SmarthostTests(TestCase):
         mta = ScriptedMTA(tls=self.tls, accounts={"relay": "other"})
         result = await self.deliver(mta)
         self.assertEqual((result.code, result.permanent), (451, False))
-        self.assertIn("said: 535 5.7.8 Authentication credentials invalid", result.diagnostic)
+        self.assertEqual(
+            (result.status, result.diagnostic),
+            (
+                "4.7.8",
+                "451 4.7.8 smarthost.example.test[127.0.0.1] said: 535 5.7.8 Authentication"
+                " credentials invalid",
+            ),
+        )
         self.assertEqual(mta.auth_attempts, [("PLAIN", "relay", "relay-secret")])
         self.assertFalse(any(c.startswith(b"MAIL") for c in mta.commands))

@@ -388,7 +388,7 @@ def test_smarthost_without_starttls_is_deferred_nothing_sent(
         time.sleep(0.1)
     [line] = listed.splitlines()
     assert "to=someone@elsewhere.test" in line
-    assert "error=451 4.4.1 smarthost.remote.test[127.0.0.4] said: 451 4.7.0 STARTTLS not" in line
+    assert "error=451 4.7.0 smarthost.remote.test[127.0.0.4] said: 451 4.7.0 STARTTLS not" in line
     commands = (world.out / "smart.commands").read_bytes().splitlines()
     assert commands[0] == b"EHLO mail.example.test"
     assert not [c for c in commands if c.startswith((b"AUTH", b"MAIL", b"RCPT", b"DATA"))]

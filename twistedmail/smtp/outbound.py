@@ -160,12 +160,15 @@ class HostFailure(Exception):
     """A session ended before it gave an answer per recipient: try the next host.
 
     @ivar code: the reply code that ended it (C{451} for a local reason: refused, timeout).
+    @ivar status: the RFC 3463 detail of the reply that ended it, as a temporary status
+        (C{535 5.7.8} -> C{4.7.8}), or C{None} when it had none.
     """
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str, status: str | None = None) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
+        self.status = status
 
 
 class RelaySender(smtp.ESMTPClient):
@@ -591,7 +594,12 @@ class Outbound:
             try:
                 results = await session.done
             except HostFailure as e:
-                last = HostFailure(e.code, f"{hop.name}[{hop.address}] said: {e.text}")
+                remote = enhanced_status(e.code, e.text[4:]) if e.text[:4] == f"{e.code} " else ""
+                last = HostFailure(
+                    e.code,
+                    f"{hop.name}[{hop.address}] said: {e.text}",
+                    "4" + remote[1:] if remote and not remote.endswith(".0.0") else None,
+                )
                 log.info("outbound: {domain}: {error}", domain=domain, error=last.text)
                 session.transport.loseConnection()
                 await session.closed
@@ -601,7 +609,9 @@ class Outbound:
             return results
         # Every host failed before answering for the recipients: try again later
         # (RFC 5321 §4.5.4.1), even after a 5xx greeting from one host (Postfix does too).
-        status = "4.4.1" if last.code == 451 else "4.4.2"  # RFC 3463: no answer / bad connection
+        # RFC 3463: the remote's detail (4.7.8 for a refused AUTH), else no answer / bad
+        # connection.
+        status = last.status or ("4.4.1" if last.code == 451 else "4.4.2")
         return [RecipientResult(r, 451, status, f"451 {status} {last.text}") for r in recipients]
 
     def _session(
