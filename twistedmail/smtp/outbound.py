@@ -244,7 +244,7 @@ class RelaySender(smtp.ESMTPClient):
         if not self._tlsMode:  # RFC 4954 §4: never a password over an unprotected session
             self.esmtpTLSRequired()
             return
-        mechanisms = (items.get(b"AUTH") or b"").upper().split()
+        mechanisms = (self.extensions.get(b"AUTH") or b"").upper().split()
         user, password = (c.encode("utf-8") for c in self.credentials)
         self._failresponse = self.esmtpAUTHDeclined
         if b"PLAIN" in mechanisms:
