@@ -517,3 +517,34 @@ class UsageTests(CLITestCase):
     def test_console_script_entry_point(self) -> None:
         project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
         self.assertEqual(project["project"]["scripts"]["twistedmail"], "twistedmail.cli:main")
+
+
+class CheckConfigSmarthostTests(CLITestCase):
+    def test_smarthost_password_file_and_ca_checked(self) -> None:
+        secret, ca = self.base / "secret", self.base / "ca.pem"
+        secret.write_text("pw\n")
+        secret.chmod(0o640)
+        ca.write_text("not a certificate\n")
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\n[relay]\nsmarthost = "relay.example.net"\n'
+            f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
+        )
+        code, out, err = self.run_cli("check-config")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(
+            err,
+            f"twistedmail: error: {self.config}: [relay] smarthost_password_file: {secret} is"
+            " readable by others (mode 640); chmod 600 it\n",
+        )
+        secret.chmod(0o600)
+        self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
+        self.write_config(self.config.read_text() + f'smarthost_ca = "{ca}"\n')
+        code, out, err = self.run_cli("check-config")
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(
+            err.startswith(
+                f"twistedmail: error: {self.config}: [relay] smarthost_ca: no CA certificate in"
+                f" {ca}: "
+            ),
+            err,
+        )

@@ -218,6 +218,9 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     tls = ctx.config.tls
     if tls.cert is not None and tls.key is not None:
         server_context(tls.cert, tls.key)
+    from twistedmail.service import smarthost  # the smarthost's CA and password files
+
+    smarthost(ctx.config)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
 
