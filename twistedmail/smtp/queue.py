@@ -286,9 +286,9 @@ class Spool:
         return removed
 
 
-SHUTDOWN_GRACE = (
-    10.0  # seconds attempts under way get to finish at shutdown, then again after abort
-)
+#: Seconds the attempts under way get to finish at shutdown, and again after their sessions
+#: are cut (to save the results).
+SHUTDOWN_GRACE = 10.0
 
 
 class Deliverer(Protocol):
@@ -379,16 +379,16 @@ class QueueRunner:
         finish and save their results; then their sessions are cut (their recipients get
         a 451 result, saved as pending) and they get C{grace} seconds more to save it."""
         self.stop()
-        for step in ("wait", "abort"):
-            if step == "abort":
-                if self.in_flight:
-                    log.info(
-                        "queue: cutting {count} delivery attempt(s) still under way",
-                        count=len(self.in_flight),
-                    )
-                self.outbound.abort()  # also ends sessions that are only finishing a QUIT
-            if self.in_flight:
-                await self._idle(grace)
+        if self.in_flight:
+            await self._idle(grace)
+        if self.in_flight:
+            log.info(
+                "queue: cutting {count} delivery attempt(s) still under way",
+                count=len(self.in_flight),
+            )
+        self.outbound.abort()  # also ends sessions that are only finishing their QUIT
+        if self.in_flight:
+            await self._idle(grace)
 
     def _idle(self, timeout: float) -> defer.Deferred[None]:
         """Fires when no attempt is under way, or after C{timeout} seconds."""
