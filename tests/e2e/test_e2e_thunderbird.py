@@ -144,9 +144,9 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(
 def test_thunderbird_exercise_with_extensions(
     ca_server: tuple[Server, Path], tmp_path: Path
 ) -> None:
-    """Thunderbird with LIST-EXTENDED, SPECIAL-USE, UIDPLUS, MOVE and LITERAL+ advertised:
-    mark read/unread, flag, create a folder, copy, delete (UID MOVE to Trash), send (APPEND
-    to Sent); then the Maildir is what a person expects."""
+    """Thunderbird with LIST-EXTENDED, SPECIAL-USE, UIDPLUS, MOVE, LITERAL+ and
+    COMPRESS=DEFLATE advertised: mark read/unread, flag, create a folder, copy, delete (UID
+    MOVE to Trash), send (APPEND to Sent); then the Maildir is what a person expects."""
     server, ca = ca_server
     _seed(server, 3)
     summary = _sync_and_send(server, tmp_path, ca, "--exercise")
@@ -161,6 +161,7 @@ def test_thunderbird_exercise_with_extensions(
     # Thunderbird used the extensions: extended LIST, UID MOVE, LITERAL+ APPEND
     assert 'list (subscribed) "" "*" return (special-use)' in commands, seq
     assert 'uid move 3 "trash"' in commands, seq
+    assert "compress deflate" in commands, seq  # RFC 4978, Thunderbird's default
     assert any(c.startswith('append "sent" (\\seen) {') and c.endswith("+}") for c in commands)
     assert not any("\\deleted" in c or c == "expunge" for c in commands), seq
 

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.auth import ClientCredentials, LoginBlocked, log_login
+from twistedmail.imap.compress import CompressionError, DeflateTransport, Inflater
 from twistedmail.imap.mailbox import SearchError
 from twistedmail.imap.message import (
     bodystructure,
@@ -61,6 +62,7 @@ from twistedmail.imap.message import (
     section_label,
     split_message,
 )
+from twistedmail.imap.sort import SortError, parse_criteria
 from twistedmail.maildir import MaildirError
 
 log = Logger(namespace="twistedmail.imap")
@@ -85,14 +87,16 @@ def mailbox_name(raw: bytes | str) -> str:
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
-UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE"}
+UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 ENABLEABLE: frozenset[bytes] = frozenset()
 """Capabilities ENABLE (RFC 5161) can turn on; none of ours needs enabling yet."""
 LIST_SELECT_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
-LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE"}
+LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
+ESEARCH_RETURN_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT"}
+"""RFC 4731 §3.1 return options (SAVE, RFC 5182 SEARCHRES, is not offered)."""
 ID_FIELDS = 30  # RFC 2971 §3.3: at most 30 field-value pairs
 # RFC 3501 §7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH.
-NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH"}
+NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"SORT"}
 FETCH_BATCH = 1000
 
 
@@ -269,6 +273,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._pending_flags: dict[int, list[str]] = {}
         self._pending_keywords = False
         self.enabled: set[bytes] = set()
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE active (RFC 4978)
 
     # connection
 
@@ -316,6 +321,11 @@ class IMAPServer(imap4.IMAP4Server):
         cap[b"MOVE"] = None
         cap[b"SPECIAL-USE"] = None
         cap[b"LIST-EXTENDED"] = None
+        cap[b"ESEARCH"] = None
+        cap[b"LIST-STATUS"] = None
+        cap[b"SORT"] = None
+        if self.state in ("auth", "select") and self._inflater is None:
+            cap[b"COMPRESS"] = [b"DEFLATE"]  # RFC 4978 §3: after login, once
         return cap
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -325,7 +335,20 @@ class IMAPServer(imap4.IMAP4Server):
     def dataReceived(self, data: bytes) -> None:
         if self.transport is not None and self.transport.disconnecting:
             return  # after LOGOUT/BYE nothing more is executed (RFC 3501 §6.1.3)
-        super().dataReceived(data)
+        if self._inflater is None:
+            super().dataReceived(data)
+            return
+        super().dataReceived(b"")  # lines already inflated first (after a pause)
+        try:
+            self._inflater.feed(data, super().dataReceived, self._input_stopped)
+        except CompressionError as e:
+            log.info("imap bad deflate data session={session}: {e}", session=self.session, e=e)
+            self.sendLine(b"* BYE [CLIENTBUG] Invalid compressed data")
+            self.clearLineBuffer()
+            self.transport.loseConnection()
+
+    def _input_stopped(self) -> bool:
+        return bool(self.paused or self.transport is None or self.transport.disconnecting)
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -785,6 +808,25 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_ENABLE = (do_ENABLE, arg_rest_required)
 
+    def do_COMPRESS(self, tag: bytes, mechanism: bytes) -> None:
+        """COMPRESS DEFLATE (RFC 4978 §3): the tagged OK goes out uncompressed, everything
+        after it (both ways) is raw DEFLATE; input the client pipelined after the command is
+        already compressed."""
+        if self._inflater is not None:
+            raise _no(b"DEFLATE already active", b"COMPRESSIONACTIVE")
+        if mechanism.upper() != b"DEFLATE":
+            raise _bad(b"Unknown compression mechanism", b"CANNOT")
+        self.sendPositiveResponse(tag, b"DEFLATE active")
+        leftover = self.clearLineBuffer()
+        self._inflater = Inflater()
+        self.transport = DeflateTransport(self.transport)
+        # inflated when the dispatcher resumes input (dataReceived(b""))
+        self._inflater.queue(leftover)
+        log.info("imap compress session={session} deflate", session=self.session)
+
+    auth_COMPRESS = (do_COMPRESS, imap4.IMAP4Server.arg_atom)
+    select_COMPRESS = auth_COMPRESS
+
     def _close_mailbox(self) -> None:
         mbox, self.mbox = self.mbox, None
         self._pending_exists, self._pending_flags = False, {}
@@ -928,7 +970,7 @@ class IMAPServer(imap4.IMAP4Server):
         if keyword.upper() != b"RETURN" or rest[:1] != b"(":
             raise imap4.IllegalClientResponse("RETURN expected")
         inner, rest = _paren_group(rest)
-        return _atoms(inner), rest
+        return _list_return_options(inner), rest
 
     async def do_LIST_EXTENDED(
         self,
@@ -939,7 +981,8 @@ class IMAPServer(imap4.IMAP4Server):
         returns: list[bytes] | None,
     ) -> bytes:
         """LIST with RFC 5258 selection and return options, RFC 6154 special-use."""
-        chosen, wanted = set(selection or ()), set(returns or ())
+        status_items = _status_option(returns)
+        chosen, wanted = set(selection or ()), {r for r in returns or () if r != b"STATUS"}
         if chosen - LIST_SELECT_OPTIONS:
             raise _bad(b"Unknown LIST selection option")
         if wanted - LIST_RETURN_OPTIONS:
@@ -973,7 +1016,23 @@ class IMAPServer(imap4.IMAP4Server):
             attributes = [a for a in entry.attributes if show_subscribed or a != "\\Subscribed"]
             extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if entry.child_subscribed else b""
             self._list_line(b"LIST", entry.name, attributes, ".", extra)
+            lowered = {a.lower() for a in attributes}
+            if status_items and not lowered & {"\\noselect", "\\nonexistent"}:
+                await self._list_status(entry.name, status_items)  # RFC 5819 §2
         return b"LIST completed"
+
+    async def _list_status(self, name: str, items: list[str]) -> None:
+        """The STATUS line after a LIST line (RFC 5819 §2); a mailbox that cannot be
+        opened (deleted meanwhile) gets none."""
+        mbox = await maybeDeferred(self.account.select, name, False)
+        if mbox is None:
+            return
+        try:
+            status = await maybeDeferred(mbox.requestStatus, items)
+        finally:
+            _close_quietly(mbox)
+        data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
+        self.sendLine(b"* STATUS " + _mailbox_name(name) + b" (" + data + b")")
 
     def _list_line(
         self,
@@ -1099,7 +1158,12 @@ class IMAPServer(imap4.IMAP4Server):
     select_EXPUNGE = (do_EXPUNGE,)
 
     async def do_SEARCH(
-        self, tag: bytes, charset: bytes | None, query: list[Any], uid: bool = False
+        self,
+        tag: bytes,
+        returns: list[bytes] | None,
+        charset: bytes | None,
+        query: list[Any],
+        uid: bool = False,
     ) -> bytes:
         if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
             raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
@@ -1111,10 +1175,67 @@ class IMAPServer(imap4.IMAP4Server):
         except SearchError as e:
             raise _bad(_safe(str(e))) from None
         numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
+        if returns is not None:
+            self.sendLine(esearch_response(tag, returns, numbers, uid))
+            return b"SEARCH completed"
         self.sendLine(b" ".join([b"* SEARCH"] + [b"%d" % n for n in numbers]))
         return b"SEARCH completed"
 
-    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)
+    def opt_search_return(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
+        """RFC 4731 §3.1: optional C{RETURN (options)} before the search keys; C{RETURN ()}
+        means ALL.  @raise imap4.IllegalClientResponse: an unknown option."""
+        keyword, _, rest = (line or b"").partition(b" ")
+        if keyword.upper() != b"RETURN" or rest[:1] != b"(":
+            return None, line
+        inner, rest = _paren_group(rest)
+        options = _atoms(inner) or [b"ALL"]
+        if set(options) - ESEARCH_RETURN_OPTIONS:
+            raise imap4.IllegalClientResponse("Unknown SEARCH return option")
+        return options, rest
+
+    select_SEARCH = (do_SEARCH, opt_search_return, imap4.IMAP4Server.opt_charset, arg_searchkeys)
+
+    async def do_SORT(
+        self,
+        tag: bytes,
+        criteria: list[Any],
+        charset: bytes,
+        query: list[Any],
+        uid: bool = False,
+    ) -> bytes:
+        """SORT / UID SORT (RFC 5256 §3): C{* SORT n n ...} in the order of the criteria."""
+        try:
+            parsed = parse_criteria(criteria)
+        except SortError as e:
+            raise _bad(_safe(str(e))) from None
+        if charset.upper() not in (b"US-ASCII", b"UTF-8"):
+            raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
+        sorter = getattr(self.mbox, "sort", None)
+        if sorter is None:
+            raise _no(b"SORT not supported here", b"CANNOT")
+        try:
+            found = await sorter(parsed, query)
+        except SearchError as e:
+            raise _bad(_safe(str(e))) from None
+        numbers = [self.mbox.getUID(n) for n in found] if uid else found
+        self.sendLine(b" ".join([b"* SORT"] + [b"%d" % n for n in numbers]))
+        return b"SORT completed"
+
+    def arg_sort_criteria(self, line: bytes) -> tuple[list[Any], bytes]:
+        """RFC 5256 §4: C{(sort-criterion ...)}."""
+        if (line or b"")[:1] != b"(":
+            raise imap4.IllegalClientResponse("Sort criteria expected")
+        inner, rest = _paren_group(line)
+        return imap4.parseNestedParens(inner), rest
+
+    def arg_charset(self, line: bytes) -> tuple[bytes, bytes]:
+        """The charset SORT requires (RFC 5256 §3)."""
+        charset, _, rest = (line or b"").partition(b" ")
+        if not charset or not rest:
+            raise imap4.IllegalClientResponse("Charset and search keys expected")
+        return charset, rest
+
+    select_SORT = (do_SORT, arg_sort_criteria, arg_charset, arg_searchkeys)
 
     async def do_FETCH(
         self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: bool = False
@@ -1330,6 +1451,67 @@ class IMAPServer(imap4.IMAP4Server):
     select_UNSELECT = (do_UNSELECT,)
 
     select_COPY = (do_COPY, arg_seqset, arg_finalastring)
+
+
+def _list_return_options(inner: bytes) -> list[Any]:
+    """RFC 5258 §3 return options, upper-cased; C{STATUS (items)} (RFC 5819 §2) becomes
+    C{b"STATUS"} followed by the item list.  @raise imap4.IllegalClientResponse: nesting
+    elsewhere, or STATUS without its list."""
+    items = imap4.parseNestedParens(inner)
+    out: list[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, list):
+            if not out or out[-1] != b"STATUS" or not all(isinstance(x, bytes) for x in item):
+                raise imap4.IllegalClientResponse("Unexpected list")
+            out.append([x.upper() for x in item])
+        elif isinstance(item, bytes):
+            out.append(item.upper())
+            if item.upper() == b"STATUS" and not isinstance(
+                items[i + 1] if i + 1 < len(items) else None, list
+            ):
+                raise imap4.IllegalClientResponse("STATUS needs a list of items")
+        else:
+            raise imap4.IllegalClientResponse("Bad LIST return option")
+    return out
+
+
+def _status_option(returns: list[Any] | None) -> list[str]:
+    """The STATUS items of a LIST RETURN (RFC 5819), C{[]} when not asked; the item lists
+    are removed from C{returns}.  @raise IMAPError: BAD for an unknown STATUS item."""
+    if not returns:
+        return []
+    out: list[str] = []
+    for item in [r for r in returns if isinstance(r, list)]:
+        returns.remove(item)
+        for name in item:
+            text = name.decode("ascii", "replace")
+            if text not in STATUS_ITEMS:
+                raise _bad(b"Unknown STATUS item")
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def esearch_response(
+    tag: bytes, returns: Sequence[bytes], numbers: Sequence[int], uid: bool
+) -> bytes:
+    """C{* ESEARCH (TAG "a") [UID] MIN n MAX n ALL set COUNT n} (RFC 4731 §3.1): the
+    requested items in that order; with no match only COUNT (RFC 4731 §3.1: no MIN, MAX
+    or ALL).  C{ALL} is a compact sequence set (C{1:3,7})."""
+    out = [b"* ESEARCH (TAG " + encode_string(tag) + b")"]
+    if uid:
+        out.append(b"UID")
+    if numbers:
+        ordered = sorted(numbers)
+        if b"MIN" in returns:
+            out.append(b"MIN %d" % ordered[0])
+        if b"MAX" in returns:
+            out.append(b"MAX %d" % ordered[-1])
+        if b"ALL" in returns:
+            out.append(b"ALL " + uid_set(ordered))
+    if b"COUNT" in returns:
+        out.append(b"COUNT %d" % len(numbers))
+    return b" ".join(out)
 
 
 def _has_section(part: Any) -> bool:
