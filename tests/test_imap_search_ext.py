@@ -235,3 +235,89 @@ class SortTests(unittest.TestCase):
             [b"t BAD Syntax error: Charset and search keys expected"],
         )
         self.assertEqual(self.sort(b"SORT (DATE) UTF-8 BOGUS"), [b"t BAD unknown search key"])
+
+
+class UTF8AcceptTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.login()
+        self.h.maildir.create("Café & Co")
+
+    def enable(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"e ENABLE UTF8=ACCEPT"),
+            [b"* ENABLED UTF8=ACCEPT", b"e OK ENABLE completed"],
+        )
+
+    def test_names_are_modified_utf7_until_enabled(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b'l LIST "" "Caf*"'),
+            [b'* LIST (\\HasNoChildren) "." "Caf&AOk- &- Co"', b"l OK LIST completed"],
+        )
+        self.enable()
+        self.assertEqual(
+            self.h.cmd('l LIST "" "Caf*"'.encode()),
+            ['* LIST (\\HasNoChildren) "." "Café & Co"'.encode(), b"l OK LIST completed"],
+        )
+        self.assertEqual(
+            self.h.cmd(b"e ENABLE UTF8=ACCEPT"), [b"* ENABLED", b"e OK ENABLE completed"]
+        )
+
+    def test_utf8_names_in_commands(self) -> None:
+        self.enable()
+        self.assertEqual(self.h.cmd('c CREATE "Здравствуйте"'.encode()), [b"c OK CREATE completed"])
+        self.assertIn("Здравствуйте", self.h.maildir.folders())
+        self.assertEqual(
+            self.h.cmd('s STATUS "Café & Co" (MESSAGES)'.encode()),
+            ['* STATUS "Café & Co" (MESSAGES 0)'.encode(), b"s OK STATUS completed"],
+        )
+        self.assertEqual(
+            self.h.cmd('l LIST "" ("Café & Co" "Здр*") RETURN (STATUS (UIDNEXT))'.encode()),
+            [
+                '* LIST (\\HasNoChildren) "." "Café & Co"'.encode(),
+                '* STATUS "Café & Co" (UIDNEXT 1)'.encode(),
+                '* LIST (\\HasNoChildren) "." "Здравствуйте"'.encode(),
+                '* STATUS "Здравствуйте" (UIDNEXT 1)'.encode(),
+                b"l OK LIST completed",
+            ],
+        )
+        self.assertEqual(
+            self.h.cmd('x SELECT "Café & Co"'.encode())[-1],
+            b"x OK [READ-WRITE] SELECT completed",
+        )
+        self.assertEqual(self.h.send(b"r RENAME {10}\r\n"), b"+ Ready for 10 octets of text\r\n")
+        self.assertEqual(self.h.cmd("Café & Co Été".encode()), [b"r OK RENAME completed"])
+        self.assertIn("Été", self.h.maildir.folders())
+        self.assertEqual(
+            self.h.cmd(b'c CREATE "\xff\xfe"'), [b"c NO [CANNOT] Invalid mailbox name"]
+        )
+
+    def test_append_utf8_literal8(self) -> None:
+        data = "Subject: Grüße\r\nFrom: jörg@bücher.example\r\n\r\nHallo\r\n".encode()
+        line = b"a APPEND INBOX (\\Seen) UTF8 (~{%d}" % len(data)
+        self.assertEqual(self.h.cmd(line), [b"a BAD UTF8 APPEND needs ENABLE UTF8=ACCEPT"])
+        self.enable()
+        self.assertEqual(
+            self.h.send(line + b"\r\n"), b"+ Ready for %d octets of data\r\n" % len(data)
+        )
+        reply = self.h.cmd(data + b")")
+        self.assertEqual(len(reply), 1)
+        self.assertTrue(reply[0].startswith(b"a OK [APPENDUID "), reply)
+        stored = list((self.h.root / "cur").iterdir())
+        self.assertEqual([p.read_bytes() for p in stored], [data])
+        self.h.cmd(b"s SELECT INBOX")
+        self.assertEqual(
+            self.h.cmd(b"f FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[:2],
+            [b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {20}", "Subject: Grüße".encode()],
+        )
+
+    def test_append_utf8_needs_the_parenthesis(self) -> None:
+        self.enable()
+        self.assertEqual(
+            self.h.cmd(b"a APPEND INBOX UTF8 {5+}"),
+            [b"a BAD Syntax error: UTF8 (~{n}) literal expected"],
+        )
+        self.assertEqual(
+            self.h.cmd(b"a APPEND INBOX UTF8 (~{5+}\r\nhello"),
+            [b"a BAD Syntax error: Missing parenthesis after the literal"],
+        )

@@ -3,6 +3,7 @@ with imapclient (over 993), mail delivered by SMTP."""
 
 from __future__ import annotations
 
+import imaplib
 import smtplib
 
 import imapclient
@@ -93,3 +94,28 @@ def test_list_status(server: Server) -> None:
     statuses = [x for x in lines if x.startswith(b"* STATUS")]
     listed = [x for x in lines if x.startswith(b"* LIST")]
     assert len(statuses) == len(listed) == 8  # INBOX, 5 special-use, Lists, Lists.Work
+
+
+def test_utf8_accept_with_imaplib(server: Server) -> None:
+    """RFC 6855: imaplib's own UTF-8 mode (ENABLE UTF8=ACCEPT) creates, lists and selects
+    UTF-8 names; imapclient without it still sees modified UTF-7; APPEND UTF8 (~{n})
+    stores the UTF-8 message as sent."""
+    imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+    imap.login(ALICE, PASSWORDS[ALICE])
+    assert imap.enable("UTF8=ACCEPT") == ("OK", [b"ENABLE completed"])
+    assert imap.utf8_enabled
+    assert imap.create('"Entwürfe & Co"')[0] == "OK"
+    typ, listed = imap.list('""', '"Entw*"')
+    assert (typ, listed) == ("OK", ['(\\HasNoChildren) "." "Entwürfe & Co"'.encode()])
+    assert imap.select('"Entwürfe & Co"') == ("OK", [b"0"])
+    message = "From: jörg@example.test\r\nSubject: Grüße\r\n\r\nHallo\r\n".encode()
+    tag = imap._new_tag()
+    imap.send(tag + b" APPEND INBOX UTF8 (~{%d+}\r\n" % len(message) + message + b")\r\n")
+    reply = imap.readline()
+    assert reply.startswith(tag + b" OK [APPENDUID "), reply
+    imap.logout()
+    assert [p.read_bytes() for p in server.messages(ALICE)] == [message]
+    assert (server.maildir(ALICE) / ".Entw&APw-rfe &- Co").is_dir()
+    with connect(server) as c:
+        names = [name for _, _, name in c.list_folders(pattern="Entw*")]
+        assert names == ["Entwürfe & Co"]  # decoded from "Entw&APw-rfe &- Co"

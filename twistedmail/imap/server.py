@@ -88,8 +88,9 @@ def mailbox_name(raw: bytes | str) -> str:
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
-ENABLEABLE: frozenset[bytes] = frozenset()
-"""Capabilities ENABLE (RFC 5161) can turn on; none of ours needs enabling yet."""
+UTF8_ACCEPT = b"UTF8=ACCEPT"
+ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT})
+"""Capabilities ENABLE (RFC 5161) can turn on."""
 LIST_SELECT_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
 LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
 ESEARCH_RETURN_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT"}
@@ -130,6 +131,18 @@ def _safe(text: str) -> bytes:
 
 def _mailbox_name(name: str) -> bytes:
     return encode_string(name.encode("imap4-utf-7"))
+
+
+def utf8_mailbox(raw: bytes) -> bytes:
+    """A UTF-8 mailbox name (RFC 6855 §3) in its modified UTF-7 form (C{"Café & Co"} ->
+    C{b"Caf&AOk- &- Co"}), for L{mailbox_name}.
+
+    @raise imap4.IllegalMailboxEncoding: not UTF-8 (answered C{NO [CANNOT]}).
+    """
+    try:
+        return raw.decode("utf-8").encode("imap4-utf-7")
+    except UnicodeError:
+        raise imap4.IllegalMailboxEncoding(raw) from None
 
 
 _TRAILING_LITERAL = re.compile(rb"(\{\d+\+?\})\Z")
@@ -324,6 +337,7 @@ class IMAPServer(imap4.IMAP4Server):
         cap[b"ESEARCH"] = None
         cap[b"LIST-STATUS"] = None
         cap[b"SORT"] = None
+        cap[b"UTF8"] = [b"ACCEPT"]
         if self.state in ("auth", "select") and self._inflater is None:
             cap[b"COMPRESS"] = [b"DEFLATE"]  # RFC 4978 §3: after login, once
         return cap
@@ -480,7 +494,41 @@ class IMAPServer(imap4.IMAP4Server):
             raise IMAPError(b"NO", b"Message too large", b"TOOBIG", close=not sync)
         return self._literal(imap4.LiteralFile(size, Deferred()), sync, b"data")
 
+    def arg_literal_or_utf8(self, line: bytes) -> Any:
+        """APPEND's message: a literal, or with UTF8=ACCEPT enabled C{UTF8 (~{n}...)}
+        (RFC 6855 §4, a literal8 in parentheses)."""
+        if (line or b"")[:5].upper() != b"UTF8 ":
+            return self.arg_literal(line)
+        if not self.utf8_accept():
+            raise _bad(b"UTF8 APPEND needs ENABLE UTF8=ACCEPT")
+        rest = line[5:]
+        if rest[:2] != b"(~":
+            raise imap4.IllegalClientResponse("UTF8 (~{n}) literal expected")
+        result = self.arg_literal(rest[2:])
+
+        def closed(r: tuple[Any, bytes]) -> tuple[Any, bytes]:
+            if r[1][:1] != b")":
+                raise imap4.IllegalClientResponse("Missing parenthesis after the literal")
+            return r[0], r[1][1:]
+
+        return result.addCallback(closed)
+
+    def utf8_accept(self) -> bool:
+        """Whether the client sent ENABLE UTF8=ACCEPT (RFC 6855 §3)."""
+        return UTF8_ACCEPT in self.enabled
+
     def arg_astring(self, line: bytes, final: bool = False) -> Any:
+        """An astring; after ENABLE UTF8=ACCEPT a UTF-8 mailbox name (RFC 6855 §3), turned
+        into its RFC 3501 §5.1.3 form here so every command decodes names one way (after
+        login, astrings are only mailbox names and patterns)."""
+        result = self._astring(line, final)
+        if not self.utf8_accept():
+            return result
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda r: (utf8_mailbox(r[0]), r[1]))
+        return utf8_mailbox(result[0]), result[1]
+
+    def _astring(self, line: bytes, final: bool = False) -> Any:
         """An astring, quoted, atom or literal (C{{n}} or LITERAL+ C{{n+}}, RFC 7888)."""
         stripped = (line or b"").strip()
         if stripped[:1] != b"{":
@@ -797,7 +845,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def do_ENABLE(self, tag: bytes, names: bytes) -> bytes:
         """RFC 5161 §3.1: answer C{* ENABLED} with the capabilities turned on by this
-        command (only ones we have, and none needs enabling yet)."""
+        command (only ones in L{ENABLEABLE}; in the authenticated state only)."""
         asked = [n.upper() for n in names.split()]
         if not asked:
             raise _bad(b"Capability names expected")
@@ -935,7 +983,7 @@ class IMAPServer(imap4.IMAP4Server):
                 + b") "
                 + delimiter
                 + b" "
-                + _mailbox_name(name)
+                + self.wire_name(name)
             )
         return command + b" completed"
 
@@ -960,6 +1008,8 @@ class IMAPServer(imap4.IMAP4Server):
         patterns = imap4.parseNestedParens(inner)
         if not patterns or not all(isinstance(p, bytes) for p in patterns):
             raise imap4.IllegalClientResponse("Bad mailbox patterns")
+        if self.utf8_accept():
+            patterns = [utf8_mailbox(p) for p in patterns]
         return patterns, rest
 
     def opt_list_return(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
@@ -1032,7 +1082,17 @@ class IMAPServer(imap4.IMAP4Server):
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
-        self.sendLine(b"* STATUS " + _mailbox_name(name) + b" (" + data + b")")
+        self.sendLine(b"* STATUS " + self.wire_name(name) + b" (" + data + b")")
+
+    def wire_name(self, name: str) -> bytes:
+        """A mailbox name for a response: modified UTF-7 (RFC 3501 §5.1.3), or UTF-8 once
+        UTF8=ACCEPT is enabled (RFC 6855 §3), quoted when it can be."""
+        if not self.utf8_accept():
+            return _mailbox_name(name)
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) < 1000 and not any(b < 0x20 or b == 0x7F for b in raw):
+            return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return b"{%d}\r\n" % len(raw) + raw
 
     def _list_line(
         self,
@@ -1048,7 +1108,7 @@ class IMAPServer(imap4.IMAP4Server):
                 command,
                 _flag_list(attributes),
                 encode_string(delimiter),
-                _mailbox_name(name),
+                self.wire_name(name),
                 extra,
             )
         )
@@ -1072,7 +1132,7 @@ class IMAPServer(imap4.IMAP4Server):
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
-        self.sendLine(b"* STATUS " + _mailbox_name(mailbox) + b" (" + data + b")")
+        self.sendLine(b"* STATUS " + self.wire_name(mailbox) + b" (" + data + b")")
         return b"STATUS completed"
 
     auth_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
@@ -1106,7 +1166,7 @@ class IMAPServer(imap4.IMAP4Server):
         arg_astring,
         imap4.IMAP4Server.opt_plist,
         imap4.IMAP4Server.opt_datetime,
-        arg_literal,
+        arg_literal_or_utf8,
     )
     select_APPEND = auth_APPEND
 
