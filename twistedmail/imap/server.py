@@ -1,8 +1,10 @@
 """The IMAP4rev1 session (RFC 3501) on Twisted's C{IMAP4Server}, with STARTTLS (RFC 3501
 §6.2.1, RFC 2595), IDLE (RFC 2177), NAMESPACE (RFC 2342), CHILDREN (RFC 3348), UIDPLUS
 (RFC 4315), MOVE (RFC 6851), LIST-EXTENDED (RFC 5258), SPECIAL-USE (RFC 6154), ID
-(RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888) and the response
-codes of RFC 5530.
+(RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888), COMPRESS=DEFLATE
+(RFC 4978, L{twistedmail.imap.compress}), ESEARCH (RFC 4731), LIST-STATUS (RFC 5819), SORT
+(RFC 5256, L{twistedmail.imap.sort}), UTF8=ACCEPT (RFC 6855) and the response codes of
+RFC 5530.
 
 Twisted keeps the parser and the per-state command tables (C{unauth_X}, C{auth_X},
 C{select_X}); every command handler here is an C{async def} run by one dispatcher
