@@ -14,7 +14,7 @@ class ESearchTests(unittest.TestCase):
     def setUp(self) -> None:
         self.h = Harness(self)
         for i in range(6):
-            self.h.add(MSG1 if i % 2 else MSG2, "S" if i in (0, 1, 2, 4) else "")
+            self.h.add(MSG1 if i % 2 else MSG2, "S" if i in (0, 1, 2, 4) else "", T1 + i)
         self.h.login()
         self.h.cmd(b"s SELECT INBOX")
 
@@ -70,8 +70,8 @@ class ESearchTests(unittest.TestCase):
 class ListStatusTests(unittest.TestCase):
     def setUp(self) -> None:
         self.h = Harness(self)
-        self.h.add(MSG1, "S")
-        self.h.add(MSG2)
+        self.h.add(MSG1, "S", T1)
+        self.h.add(MSG2, "", T2)
         self.h.login()
         self.h.maildir.create("Lists.Work")  # "Lists" exists only as a level: \\Noselect
         self.uv = self.h.uidvalidity()
