@@ -12,7 +12,8 @@ UIDVALIDITY and UIDs come from the folder's C{dovecot-uidlist} (stable across re
 RFC 3501 §2.3.1.1).  Flags are Maildir info letters (C{maildir.IMAP_TO_LETTER}); keywords are
 the letters a..z named by the folder's C{dovecot-keywords} file (read with every scan), so
 FLAGS lists them and PERMANENTFLAGS adds C{\\*} while a letter is free (RFC 3501 §7.1).
-Disk work runs through C{run_in_thread}.
+Disk work runs through C{run_in_thread}.  SORT (RFC 5256) reuses the search, then orders the
+matches in a thread by the keys of L{twistedmail.imap.sort}.
 
 The later per-folder index (C{imap/index.py}) plugs in behind L{MaildirMailbox.refresh}:
 that is the only place the folder is listed.
