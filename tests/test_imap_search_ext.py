@@ -125,6 +125,13 @@ class ListStatusTests(unittest.TestCase):
             [b"l BAD Syntax error: Unexpected list"],
         )
 
+    def test_status_with_mismatched_brackets(self) -> None:
+        """Found by the fuzz test: was NO [SERVERBUG]."""
+        self.assertEqual(
+            self.h.cmd(b"a STATUS INBOX (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"),
+            [b"a BAD Syntax error: Mismatched parenthesis"],
+        )
+
 
 def message(subject: bytes, sender: bytes, to: bytes, date: bytes, cc: bytes = b"") -> bytes:
     header = b"From: %s\r\nTo: %s\r\nSubject: %s\r\n" % (sender, to, subject)

@@ -1137,7 +1137,16 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b"* STATUS " + self.wire_name(mailbox) + b" (" + data + b")")
         return b"STATUS completed"
 
-    auth_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
+    def arg_plist(self, line: bytes) -> tuple[list[Any], bytes]:
+        """A parenthesised list; Twisted's raises C{MismatchedNesting} (not a client error)
+        for C{(A[B (C)])}, found by the fuzz test."""
+        try:
+            result: tuple[list[Any], bytes] = super().arg_plist(line)
+        except imap4.MismatchedNesting:
+            raise imap4.IllegalClientResponse("Mismatched parenthesis") from None
+        return result
+
+    auth_STATUS = (do_STATUS, arg_astring, arg_plist)
     select_STATUS = auth_STATUS
 
     async def do_APPEND(
