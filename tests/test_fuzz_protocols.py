@@ -153,6 +153,8 @@ IMAP_COMMANDS = [
     b"ENABLE",
     b"UNSELECT",
     b"STARTTLS",
+    b"SORT",
+    b"UID SORT",
 ]
 IMAP_ARGS = [
     b"INBOX",
@@ -197,6 +199,16 @@ IMAP_ARGS = [
     b"..",
     b"\x00",
     b"\xff",
+    b"RETURN",
+    b"(MIN MAX ALL COUNT)",
+    b"()",
+    b"(REVERSE SUBJECT)",
+    b"UTF-8",
+    b"(STATUS (MESSAGES))",
+    b"UTF8=ACCEPT",
+    b"UTF8",
+    b"(~{3}\r\nabc)",
+    b"\xc3\xa9",
 ]
 IMAP_LINE = st.one_of(
     st.binary(max_size=80),

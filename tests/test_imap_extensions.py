@@ -125,7 +125,7 @@ class ListExtendedTests(unittest.TestCase):
             self.h.cmd(b'x LIST (FROB) "" "*"'), [b"x BAD Unknown LIST selection option"]
         )
         self.assertEqual(
-            self.h.cmd(b'x LIST "" "*" RETURN (STATUS (MESSAGES))'),
+            self.h.cmd(b'x LIST "" "*" RETURN (CHILDREN (MESSAGES))'),
             [b"x BAD Syntax error: Unexpected list"],
         )
         self.assertEqual(

@@ -36,7 +36,11 @@ MSG1 = (
 MSG2 = b"From: carol@example.org\r\nSubject: second\r\n\r\nsecond body\r\n"
 T1 = 1704103200.0  # 2024-01-01 10:00:00 UTC
 T2 = 1704189600.0  # 2024-01-02 10:00:00 UTC
-EXTENSIONS = b" ID ENABLE UNSELECT LITERAL+ UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED"
+EXTENSIONS = (
+    b" ID ENABLE UNSELECT LITERAL+ UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED"
+    b" ESEARCH LIST-STATUS SORT UTF8=ACCEPT"
+)
+AFTER_LOGIN = b" COMPRESS=DEFLATE"  # RFC 4978: offered once logged in
 
 
 def run_now(f: Any, *args: Any) -> Deferred[Any]:
@@ -166,6 +170,7 @@ class GreetingAndLoginTests(unittest.TestCase):
             [
                 b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN"
                 + EXTENSIONS
+                + AFTER_LOGIN
                 + b"] Logged in"
             ],
         )
@@ -190,6 +195,7 @@ class GreetingAndLoginTests(unittest.TestCase):
             [
                 b"a OK [CAPABILITY IMAP4rev1 AUTH=PLAIN NAMESPACE IDLE CHILDREN"
                 + EXTENSIONS
+                + AFTER_LOGIN
                 + b"] Logged in"
             ],
         )

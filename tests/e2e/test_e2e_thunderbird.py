@@ -144,9 +144,9 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(
 def test_thunderbird_exercise_with_extensions(
     ca_server: tuple[Server, Path], tmp_path: Path
 ) -> None:
-    """Thunderbird with LIST-EXTENDED, SPECIAL-USE, UIDPLUS, MOVE and LITERAL+ advertised:
-    mark read/unread, flag, create a folder, copy, delete (UID MOVE to Trash), send (APPEND
-    to Sent); then the Maildir is what a person expects."""
+    """Thunderbird with LIST-EXTENDED, SPECIAL-USE, UIDPLUS, MOVE, LITERAL+, COMPRESS=DEFLATE
+    and UTF8=ACCEPT advertised: mark read/unread, flag, create a folder, copy, delete (UID
+    MOVE to Trash), send (APPEND to Sent); then the Maildir is what a person expects."""
     server, ca = ca_server
     _seed(server, 3)
     summary = _sync_and_send(server, tmp_path, ca, "--exercise")
@@ -158,10 +158,15 @@ def test_thunderbird_exercise_with_extensions(
     assert all("error" not in step for step in exercise["log"]), exercise
     seq = summary["imap_command_sequence"]
     commands = [c.split(" ", 1)[1].lower() for c in seq if " " in c]
-    # Thunderbird used the extensions: extended LIST, UID MOVE, LITERAL+ APPEND
+    # Thunderbird used the extensions: extended LIST, UID MOVE, COMPRESS, UTF8=ACCEPT,
+    # LITERAL+ APPEND
     assert 'list (subscribed) "" "*" return (special-use)' in commands, seq
     assert 'uid move 3 "trash"' in commands, seq
-    assert any(c.startswith('append "sent" (\\seen) {') and c.endswith("+}") for c in commands)
+    assert "compress deflate" in commands, seq  # RFC 4978, Thunderbird's default
+    assert "enable utf8=accept" in commands, seq  # RFC 6855, then APPEND UTF8 (~{n+}
+    assert any(
+        c.startswith('append "sent" (\\seen) utf8 (~{') and c.endswith("+}") for c in commands
+    ), seq
     assert not any("\\deleted" in c or c == "expunge" for c in commands), seq
 
     def flags(path: Path) -> str:
@@ -183,7 +188,10 @@ def test_thunderbird_exercise_with_extensions(
     # the sent copy in Sent, \Seen; the message itself reached Bob
     (sent,) = server.messages(ALICE, "Sent")
     assert flags(sent) == "S"
-    assert len(server.wait_for_messages(BOB, 1)) == 1
+    (received,) = server.wait_for_messages(BOB, 1)
+    # the UTF8 (~{n}) wrapper is not part of the stored copy (RFC 6855 §4)
+    assert not sent.read_bytes().startswith(b"UTF8") and not sent.read_bytes().endswith(b")")
+    assert subject(sent) == subject(received)
     # APPENDUID and COPYUID (MOVE) told Thunderbird the new UIDs: it fetched nothing from
     # Sent or Trash, and nothing after the APPEND on that connection
     for folder in ("Sent", "Trash"):

@@ -12,7 +12,8 @@ UIDVALIDITY and UIDs come from the folder's C{dovecot-uidlist} (stable across re
 RFC 3501 §2.3.1.1).  Flags are Maildir info letters (C{maildir.IMAP_TO_LETTER}); keywords are
 the letters a..z named by the folder's C{dovecot-keywords} file (read with every scan), so
 FLAGS lists them and PERMANENTFLAGS adds C{\\*} while a letter is free (RFC 3501 §7.1).
-Disk work runs through C{run_in_thread}.
+Disk work runs through C{run_in_thread}.  SORT (RFC 5256) reuses the search, then orders the
+matches in a thread by the keys of L{twistedmail.imap.sort}.
 
 The later per-folder index (C{imap/index.py}) plugs in behind L{MaildirMailbox.refresh}:
 that is the only place the folder is listed.
@@ -41,11 +42,13 @@ from twistedmail.imap.message import (
     parse_search_date,
     split_message,
 )
+from twistedmail.imap.sort import sort_key
 from twistedmail.maildir import (
     IMAP_TO_LETTER,
     MAX_KEYWORDS,
     ChangeNotifier,
     Folder,
+    MaildirError,
     MessageEntry,
     ScanResult,
 )
@@ -488,6 +491,53 @@ class MaildirMailbox:
             _run_search, self.folder, candidates, predicate, needs_content
         )
         return matched
+
+    async def sort(self, criteria: Sequence[tuple[bytes, bool]], query: list[Any]) -> list[int]:
+        """SORT (RFC 5256 §3): the sequence numbers matching C{query} (as L{search}) in the
+        order of C{criteria} (L{sort.parse_criteria} output), ties in sequence order.
+
+        @raise SearchError: for a malformed query (answered BAD).
+        """
+        matched = await self.search(query)
+        entries = [(seq, self._view[seq - 1]) for seq in matched]
+        ordered: list[int] = await self.run_in_thread(
+            _sort_entries, self.folder, entries, list(criteria)
+        )
+        return ordered
+
+
+HEADER_LIMIT = 256 * 1024
+"""Octets of a message read for its header by SORT (a longer header is cut there)."""
+
+
+def _read_header(folder: Folder, entry: MessageEntry) -> bytes:
+    """The header of C{entry} up to the blank line, read line by line; C{b""} if gone."""
+    try:
+        with folder.open(entry).open("rb") as f:
+            lines = []
+            total = 0
+            for line in f:
+                if line in (b"\r\n", b"\n") or total > HEADER_LIMIT:
+                    break
+                lines.append(line)
+                total += len(line)
+            return b"".join(lines)
+    except (OSError, MaildirError):
+        return b""
+
+
+def _sort_entries(
+    folder: Folder,
+    entries: list[tuple[int, MessageEntry]],
+    criteria: list[tuple[bytes, bool]],
+) -> list[int]:
+    needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
+    keyed = []
+    for seq, entry in entries:
+        header = _read_header(folder, entry) if needs_header else b""
+        keyed.append((sort_key(criteria, seq, entry, header), seq))
+    keyed.sort(key=lambda pair: pair[0])
+    return [seq for _, seq in keyed]
 
 
 def _rename_all(

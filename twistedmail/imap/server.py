@@ -1,8 +1,10 @@
 """The IMAP4rev1 session (RFC 3501) on Twisted's C{IMAP4Server}, with STARTTLS (RFC 3501
 §6.2.1, RFC 2595), IDLE (RFC 2177), NAMESPACE (RFC 2342), CHILDREN (RFC 3348), UIDPLUS
 (RFC 4315), MOVE (RFC 6851), LIST-EXTENDED (RFC 5258), SPECIAL-USE (RFC 6154), ID
-(RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888) and the response
-codes of RFC 5530.
+(RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888), COMPRESS=DEFLATE
+(RFC 4978, L{twistedmail.imap.compress}), ESEARCH (RFC 4731), LIST-STATUS (RFC 5819), SORT
+(RFC 5256, L{twistedmail.imap.sort}), UTF8=ACCEPT (RFC 6855) and the response codes of
+RFC 5530.
 
 Twisted keeps the parser and the per-state command tables (C{unauth_X}, C{auth_X},
 C{select_X}); every command handler here is an C{async def} run by one dispatcher
@@ -47,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.auth import ClientCredentials, LoginBlocked, log_login
+from twistedmail.imap.compress import CompressionError, DeflateTransport, Inflater
 from twistedmail.imap.mailbox import SearchError
 from twistedmail.imap.message import (
     bodystructure,
@@ -61,6 +64,7 @@ from twistedmail.imap.message import (
     section_label,
     split_message,
 )
+from twistedmail.imap.sort import SortError, parse_criteria
 from twistedmail.maildir import MaildirError
 
 log = Logger(namespace="twistedmail.imap")
@@ -85,14 +89,17 @@ def mailbox_name(raw: bytes | str) -> str:
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
-UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE"}
-ENABLEABLE: frozenset[bytes] = frozenset()
-"""Capabilities ENABLE (RFC 5161) can turn on; none of ours needs enabling yet."""
+UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
+UTF8_ACCEPT = b"UTF8=ACCEPT"
+ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT})
+"""Capabilities ENABLE (RFC 5161) can turn on."""
 LIST_SELECT_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
-LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE"}
+LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
+ESEARCH_RETURN_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT"}
+"""RFC 4731 §3.1 return options (SAVE, RFC 5182 SEARCHRES, is not offered)."""
 ID_FIELDS = 30  # RFC 2971 §3.3: at most 30 field-value pairs
 # RFC 3501 §7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH.
-NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH"}
+NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"SORT"}
 FETCH_BATCH = 1000
 
 
@@ -126,6 +133,18 @@ def _safe(text: str) -> bytes:
 
 def _mailbox_name(name: str) -> bytes:
     return encode_string(name.encode("imap4-utf-7"))
+
+
+def utf8_mailbox(raw: bytes) -> bytes:
+    """A UTF-8 mailbox name (RFC 6855 §3) in its modified UTF-7 form (C{"Café & Co"} ->
+    C{b"Caf&AOk- &- Co"}), for L{mailbox_name}.
+
+    @raise imap4.IllegalMailboxEncoding: not UTF-8 (answered C{NO [CANNOT]}).
+    """
+    try:
+        return raw.decode("utf-8").encode("imap4-utf-7")
+    except UnicodeError:
+        raise imap4.IllegalMailboxEncoding(raw) from None
 
 
 _TRAILING_LITERAL = re.compile(rb"(\{\d+\+?\})\Z")
@@ -269,6 +288,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._pending_flags: dict[int, list[str]] = {}
         self._pending_keywords = False
         self.enabled: set[bytes] = set()
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE active (RFC 4978)
 
     # connection
 
@@ -316,6 +336,12 @@ class IMAPServer(imap4.IMAP4Server):
         cap[b"MOVE"] = None
         cap[b"SPECIAL-USE"] = None
         cap[b"LIST-EXTENDED"] = None
+        cap[b"ESEARCH"] = None
+        cap[b"LIST-STATUS"] = None
+        cap[b"SORT"] = None
+        cap[b"UTF8"] = [b"ACCEPT"]
+        if self.state in ("auth", "select") and self._inflater is None:
+            cap[b"COMPRESS"] = [b"DEFLATE"]  # RFC 4978 §3: after login, once
         return cap
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -325,7 +351,20 @@ class IMAPServer(imap4.IMAP4Server):
     def dataReceived(self, data: bytes) -> None:
         if self.transport is not None and self.transport.disconnecting:
             return  # after LOGOUT/BYE nothing more is executed (RFC 3501 §6.1.3)
-        super().dataReceived(data)
+        if self._inflater is None:
+            super().dataReceived(data)
+            return
+        super().dataReceived(b"")  # lines already inflated first (after a pause)
+        try:
+            self._inflater.feed(data, super().dataReceived, self._input_stopped)
+        except CompressionError as e:
+            log.info("imap bad deflate data session={session}: {e}", session=self.session, e=e)
+            self.sendLine(b"* BYE [CLIENTBUG] Invalid compressed data")
+            self.clearLineBuffer()
+            self.transport.loseConnection()
+
+    def _input_stopped(self) -> bool:
+        return bool(self.paused or self.transport is None or self.transport.disconnecting)
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -457,7 +496,41 @@ class IMAPServer(imap4.IMAP4Server):
             raise IMAPError(b"NO", b"Message too large", b"TOOBIG", close=not sync)
         return self._literal(imap4.LiteralFile(size, Deferred()), sync, b"data")
 
+    def arg_literal_or_utf8(self, line: bytes) -> Any:
+        """APPEND's message: a literal, or with UTF8=ACCEPT enabled C{UTF8 (~{n}...)}
+        (RFC 6855 §4, a literal8 in parentheses)."""
+        if (line or b"")[:5].upper() != b"UTF8 ":
+            return self.arg_literal(line)
+        if not self.utf8_accept():
+            raise _bad(b"UTF8 APPEND needs ENABLE UTF8=ACCEPT")
+        rest = line[5:]
+        if rest[:2] != b"(~":
+            raise imap4.IllegalClientResponse("UTF8 (~{n}) literal expected")
+        result = self.arg_literal(rest[2:])
+
+        def closed(r: tuple[Any, bytes]) -> tuple[Any, bytes]:
+            if r[1][:1] != b")":
+                raise imap4.IllegalClientResponse("Missing parenthesis after the literal")
+            return r[0], r[1][1:]
+
+        return result.addCallback(closed)
+
+    def utf8_accept(self) -> bool:
+        """Whether the client sent ENABLE UTF8=ACCEPT (RFC 6855 §3)."""
+        return UTF8_ACCEPT in self.enabled
+
     def arg_astring(self, line: bytes, final: bool = False) -> Any:
+        """An astring; after ENABLE UTF8=ACCEPT a UTF-8 mailbox name (RFC 6855 §3), turned
+        into its RFC 3501 §5.1.3 form here so every command decodes names one way (after
+        login, astrings are only mailbox names and patterns)."""
+        result = self._astring(line, final)
+        if not self.utf8_accept():
+            return result
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda r: (utf8_mailbox(r[0]), r[1]))
+        return utf8_mailbox(result[0]), result[1]
+
+    def _astring(self, line: bytes, final: bool = False) -> Any:
         """An astring, quoted, atom or literal (C{{n}} or LITERAL+ C{{n+}}, RFC 7888)."""
         stripped = (line or b"").strip()
         if stripped[:1] != b"{":
@@ -774,7 +847,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def do_ENABLE(self, tag: bytes, names: bytes) -> bytes:
         """RFC 5161 §3.1: answer C{* ENABLED} with the capabilities turned on by this
-        command (only ones we have, and none needs enabling yet)."""
+        command (only ones in L{ENABLEABLE}; in the authenticated state only)."""
         asked = [n.upper() for n in names.split()]
         if not asked:
             raise _bad(b"Capability names expected")
@@ -784,6 +857,25 @@ class IMAPServer(imap4.IMAP4Server):
         return b"ENABLE completed"
 
     auth_ENABLE = (do_ENABLE, arg_rest_required)
+
+    def do_COMPRESS(self, tag: bytes, mechanism: bytes) -> None:
+        """COMPRESS DEFLATE (RFC 4978 §3): the tagged OK goes out uncompressed, everything
+        after it (both ways) is raw DEFLATE; input the client pipelined after the command is
+        already compressed."""
+        if self._inflater is not None:
+            raise _no(b"DEFLATE already active", b"COMPRESSIONACTIVE")
+        if mechanism.upper() != b"DEFLATE":
+            raise _bad(b"Unknown compression mechanism", b"CANNOT")
+        self.sendPositiveResponse(tag, b"DEFLATE active")
+        leftover = self.clearLineBuffer()
+        self._inflater = Inflater()
+        self.transport = DeflateTransport(self.transport)
+        # inflated when the dispatcher resumes input (dataReceived(b""))
+        self._inflater.queue(leftover)
+        log.info("imap compress session={session} deflate", session=self.session)
+
+    auth_COMPRESS = (do_COMPRESS, imap4.IMAP4Server.arg_atom)
+    select_COMPRESS = auth_COMPRESS
 
     def _close_mailbox(self) -> None:
         mbox, self.mbox = self.mbox, None
@@ -893,7 +985,7 @@ class IMAPServer(imap4.IMAP4Server):
                 + b") "
                 + delimiter
                 + b" "
-                + _mailbox_name(name)
+                + self.wire_name(name)
             )
         return command + b" completed"
 
@@ -918,6 +1010,8 @@ class IMAPServer(imap4.IMAP4Server):
         patterns = imap4.parseNestedParens(inner)
         if not patterns or not all(isinstance(p, bytes) for p in patterns):
             raise imap4.IllegalClientResponse("Bad mailbox patterns")
+        if self.utf8_accept():
+            patterns = [utf8_mailbox(p) for p in patterns]
         return patterns, rest
 
     def opt_list_return(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
@@ -928,7 +1022,7 @@ class IMAPServer(imap4.IMAP4Server):
         if keyword.upper() != b"RETURN" or rest[:1] != b"(":
             raise imap4.IllegalClientResponse("RETURN expected")
         inner, rest = _paren_group(rest)
-        return _atoms(inner), rest
+        return _list_return_options(inner), rest
 
     async def do_LIST_EXTENDED(
         self,
@@ -939,7 +1033,8 @@ class IMAPServer(imap4.IMAP4Server):
         returns: list[bytes] | None,
     ) -> bytes:
         """LIST with RFC 5258 selection and return options, RFC 6154 special-use."""
-        chosen, wanted = set(selection or ()), set(returns or ())
+        status_items = _status_option(returns)
+        chosen, wanted = set(selection or ()), {r for r in returns or () if r != b"STATUS"}
         if chosen - LIST_SELECT_OPTIONS:
             raise _bad(b"Unknown LIST selection option")
         if wanted - LIST_RETURN_OPTIONS:
@@ -973,7 +1068,33 @@ class IMAPServer(imap4.IMAP4Server):
             attributes = [a for a in entry.attributes if show_subscribed or a != "\\Subscribed"]
             extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if entry.child_subscribed else b""
             self._list_line(b"LIST", entry.name, attributes, ".", extra)
+            lowered = {a.lower() for a in attributes}
+            if status_items and not lowered & {"\\noselect", "\\nonexistent"}:
+                await self._list_status(entry.name, status_items)  # RFC 5819 §2
         return b"LIST completed"
+
+    async def _list_status(self, name: str, items: list[str]) -> None:
+        """The STATUS line after a LIST line (RFC 5819 §2); a mailbox that cannot be
+        opened (deleted meanwhile) gets none."""
+        mbox = await maybeDeferred(self.account.select, name, False)
+        if mbox is None:
+            return
+        try:
+            status = await maybeDeferred(mbox.requestStatus, items)
+        finally:
+            _close_quietly(mbox)
+        data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
+        self.sendLine(b"* STATUS " + self.wire_name(name) + b" (" + data + b")")
+
+    def wire_name(self, name: str) -> bytes:
+        """A mailbox name for a response: modified UTF-7 (RFC 3501 §5.1.3), or UTF-8 once
+        UTF8=ACCEPT is enabled (RFC 6855 §3), quoted when it can be."""
+        if not self.utf8_accept():
+            return _mailbox_name(name)
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) < 1000 and not any(b < 0x20 or b == 0x7F for b in raw):
+            return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return b"{%d}\r\n" % len(raw) + raw
 
     def _list_line(
         self,
@@ -989,7 +1110,7 @@ class IMAPServer(imap4.IMAP4Server):
                 command,
                 _flag_list(attributes),
                 encode_string(delimiter),
-                _mailbox_name(name),
+                self.wire_name(name),
                 extra,
             )
         )
@@ -1013,10 +1134,19 @@ class IMAPServer(imap4.IMAP4Server):
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
-        self.sendLine(b"* STATUS " + _mailbox_name(mailbox) + b" (" + data + b")")
+        self.sendLine(b"* STATUS " + self.wire_name(mailbox) + b" (" + data + b")")
         return b"STATUS completed"
 
-    auth_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
+    def arg_plist(self, line: bytes) -> tuple[list[Any], bytes]:
+        """A parenthesised list; Twisted's raises C{MismatchedNesting} (not a client error)
+        for C{(A[B (C)])}, found by the fuzz test."""
+        try:
+            result: tuple[list[Any], bytes] = super().arg_plist(line)
+        except imap4.MismatchedNesting:
+            raise imap4.IllegalClientResponse("Mismatched parenthesis") from None
+        return result
+
+    auth_STATUS = (do_STATUS, arg_astring, arg_plist)
     select_STATUS = auth_STATUS
 
     async def do_APPEND(
@@ -1047,7 +1177,7 @@ class IMAPServer(imap4.IMAP4Server):
         arg_astring,
         imap4.IMAP4Server.opt_plist,
         imap4.IMAP4Server.opt_datetime,
-        arg_literal,
+        arg_literal_or_utf8,
     )
     select_APPEND = auth_APPEND
 
@@ -1099,7 +1229,12 @@ class IMAPServer(imap4.IMAP4Server):
     select_EXPUNGE = (do_EXPUNGE,)
 
     async def do_SEARCH(
-        self, tag: bytes, charset: bytes | None, query: list[Any], uid: bool = False
+        self,
+        tag: bytes,
+        returns: list[bytes] | None,
+        charset: bytes | None,
+        query: list[Any],
+        uid: bool = False,
     ) -> bytes:
         if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
             raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
@@ -1111,10 +1246,67 @@ class IMAPServer(imap4.IMAP4Server):
         except SearchError as e:
             raise _bad(_safe(str(e))) from None
         numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
+        if returns is not None:
+            self.sendLine(esearch_response(tag, returns, numbers, uid))
+            return b"SEARCH completed"
         self.sendLine(b" ".join([b"* SEARCH"] + [b"%d" % n for n in numbers]))
         return b"SEARCH completed"
 
-    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)
+    def opt_search_return(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
+        """RFC 4731 §3.1: optional C{RETURN (options)} before the search keys; C{RETURN ()}
+        means ALL.  @raise imap4.IllegalClientResponse: an unknown option."""
+        keyword, _, rest = (line or b"").partition(b" ")
+        if keyword.upper() != b"RETURN" or rest[:1] != b"(":
+            return None, line
+        inner, rest = _paren_group(rest)
+        options = _atoms(inner) or [b"ALL"]
+        if set(options) - ESEARCH_RETURN_OPTIONS:
+            raise imap4.IllegalClientResponse("Unknown SEARCH return option")
+        return options, rest
+
+    select_SEARCH = (do_SEARCH, opt_search_return, imap4.IMAP4Server.opt_charset, arg_searchkeys)
+
+    async def do_SORT(
+        self,
+        tag: bytes,
+        criteria: list[Any],
+        charset: bytes,
+        query: list[Any],
+        uid: bool = False,
+    ) -> bytes:
+        """SORT / UID SORT (RFC 5256 §3): C{* SORT n n ...} in the order of the criteria."""
+        try:
+            parsed = parse_criteria(criteria)
+        except SortError as e:
+            raise _bad(_safe(str(e))) from None
+        if charset.upper() not in (b"US-ASCII", b"UTF-8"):
+            raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
+        sorter = getattr(self.mbox, "sort", None)
+        if sorter is None:
+            raise _no(b"SORT not supported here", b"CANNOT")
+        try:
+            found = await sorter(parsed, query)
+        except SearchError as e:
+            raise _bad(_safe(str(e))) from None
+        numbers = [self.mbox.getUID(n) for n in found] if uid else found
+        self.sendLine(b" ".join([b"* SORT"] + [b"%d" % n for n in numbers]))
+        return b"SORT completed"
+
+    def arg_sort_criteria(self, line: bytes) -> tuple[list[Any], bytes]:
+        """RFC 5256 §4: C{(sort-criterion ...)}."""
+        if (line or b"")[:1] != b"(":
+            raise imap4.IllegalClientResponse("Sort criteria expected")
+        inner, rest = _paren_group(line)
+        return imap4.parseNestedParens(inner), rest
+
+    def arg_charset(self, line: bytes) -> tuple[bytes, bytes]:
+        """The charset SORT requires (RFC 5256 §3)."""
+        charset, _, rest = (line or b"").partition(b" ")
+        if not charset or not rest:
+            raise imap4.IllegalClientResponse("Charset and search keys expected")
+        return charset, rest
+
+    select_SORT = (do_SORT, arg_sort_criteria, arg_charset, arg_searchkeys)
 
     async def do_FETCH(
         self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: bool = False
@@ -1330,6 +1522,67 @@ class IMAPServer(imap4.IMAP4Server):
     select_UNSELECT = (do_UNSELECT,)
 
     select_COPY = (do_COPY, arg_seqset, arg_finalastring)
+
+
+def _list_return_options(inner: bytes) -> list[Any]:
+    """RFC 5258 §3 return options, upper-cased; C{STATUS (items)} (RFC 5819 §2) becomes
+    C{b"STATUS"} followed by the item list.  @raise imap4.IllegalClientResponse: nesting
+    elsewhere, or STATUS without its list."""
+    items = imap4.parseNestedParens(inner)
+    out: list[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, list):
+            if not out or out[-1] != b"STATUS" or not all(isinstance(x, bytes) for x in item):
+                raise imap4.IllegalClientResponse("Unexpected list")
+            out.append([x.upper() for x in item])
+        elif isinstance(item, bytes):
+            out.append(item.upper())
+            if item.upper() == b"STATUS" and not isinstance(
+                items[i + 1] if i + 1 < len(items) else None, list
+            ):
+                raise imap4.IllegalClientResponse("STATUS needs a list of items")
+        else:
+            raise imap4.IllegalClientResponse("Bad LIST return option")
+    return out
+
+
+def _status_option(returns: list[Any] | None) -> list[str]:
+    """The STATUS items of a LIST RETURN (RFC 5819), C{[]} when not asked; the item lists
+    are removed from C{returns}.  @raise IMAPError: BAD for an unknown STATUS item."""
+    if not returns:
+        return []
+    out: list[str] = []
+    for item in [r for r in returns if isinstance(r, list)]:
+        returns.remove(item)
+        for name in item:
+            text = name.decode("ascii", "replace")
+            if text not in STATUS_ITEMS:
+                raise _bad(b"Unknown STATUS item")
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def esearch_response(
+    tag: bytes, returns: Sequence[bytes], numbers: Sequence[int], uid: bool
+) -> bytes:
+    """C{* ESEARCH (TAG "a") [UID] MIN n MAX n ALL set COUNT n} (RFC 4731 §3.1): the
+    requested items in that order; with no match only COUNT (RFC 4731 §3.1: no MIN, MAX
+    or ALL).  C{ALL} is a compact sequence set (C{1:3,7})."""
+    out = [b"* ESEARCH (TAG " + encode_string(tag) + b")"]
+    if uid:
+        out.append(b"UID")
+    if numbers:
+        ordered = sorted(numbers)
+        if b"MIN" in returns:
+            out.append(b"MIN %d" % ordered[0])
+        if b"MAX" in returns:
+            out.append(b"MAX %d" % ordered[-1])
+        if b"ALL" in returns:
+            out.append(b"ALL " + uid_set(ordered))
+    if b"COUNT" in returns:
+        out.append(b"COUNT %d" % len(numbers))
+    return b" ".join(out)
 
 
 def _has_section(part: Any) -> bool:

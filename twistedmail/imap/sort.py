@@ -1,0 +1,171 @@
+"""SORT (RFC 5256 §3): sort keys of one message and the base subject (§2.1).
+
+Pure functions over the raw header bytes and the Maildir entry; L{MaildirMailbox.sort}
+runs them in a thread after the search.  Strings compare with the C{i;ascii-casemap}
+collation (RFC 5256 §3, RFC 4790 §9.2: ASCII letters upper-cased, then octet order).
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.errors
+import email.header
+import email.utils
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from twistedmail.imap.message import envelope
+from twistedmail.maildir import MessageEntry
+
+SORT_KEYS = {b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO"}
+"""RFC 5256 §3 sort keys (each may follow C{REVERSE})."""
+
+
+class SortError(Exception):
+    """Bad sort criteria (answered BAD, RFC 5256 §3)."""
+
+
+def parse_criteria(items: Sequence[Any]) -> list[tuple[bytes, bool]]:
+    """C{(REVERSE DATE SUBJECT)} -> C{[(b"DATE", True), (b"SUBJECT", False)]}.
+
+    @raise SortError: empty list, unknown key, or C{REVERSE} not followed by a key.
+    """
+    out: list[tuple[bytes, bool]] = []
+    reverse = False
+    for item in items:
+        if not isinstance(item, bytes):
+            raise SortError("sort key expected")
+        key = item.upper()
+        if key == b"REVERSE" and not reverse:
+            reverse = True
+            continue
+        if key not in SORT_KEYS:
+            raise SortError("unknown sort key")
+        out.append((key, reverse))
+        reverse = False
+    if not out or reverse:
+        raise SortError("sort key expected")
+    return out
+
+
+def casemap(text: str) -> bytes:
+    """The i;ascii-casemap comparison form: UTF-8 octets with a-z upper-cased only."""
+    return text.encode("utf-8", "surrogateescape").translate(_UPPER)
+
+
+_UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def decode_words(value: bytes) -> str:
+    """Header text with RFC 2047 encoded-words decoded (RFC 5256 §2.1 step 1); raw 8-bit
+    text is taken as UTF-8."""
+    text = value.decode("utf-8", "replace")
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return text
+
+
+_TRAILER = re.compile(r"(\(fwd\)| )\Z", re.IGNORECASE)
+_BLOB = r"\[[^\[\]]*\] *"
+_LEADER = re.compile(r"\A((" + _BLOB + r")*(re|fwd?) *(" + _BLOB + r")?:| )", re.IGNORECASE)
+_BLOB_PREFIX = re.compile(r"\A" + _BLOB)
+_FWD_HDR = re.compile(r"\A\[fwd:", re.IGNORECASE)
+
+
+def base_subject(value: bytes | None) -> str:
+    """The base subject of RFC 5256 §2.1 (C{"Re: [list] Fwd: hello (fwd)"} -> C{"hello"}),
+    used by the SUBJECT sort key."""
+    if value is None:
+        return ""
+    # (1) decode, whitespace runs (tabs, folds) to one space
+    text = re.sub(r"[ \t\r\n]+", " ", decode_words(value))
+    while True:
+        # (2) trailers: "(fwd)" and spaces
+        while (m := _TRAILER.search(text)) is not None:
+            text = text[: m.start()]
+        while True:
+            before = text
+            # (3) leaders: blobs then "re:"/"fw:"/"fwd:", or a space
+            while (m := _LEADER.match(text)) is not None and m.end() > 0:
+                text = text[m.end() :]
+            # (4) a leading blob, unless it is all that is left
+            m = _BLOB_PREFIX.match(text)
+            if m is not None and text[m.end() :]:
+                text = text[m.end() :]
+            if text == before:  # (5) until nothing more matches
+                break
+        # (6) "[fwd: ... ]" wrapper: unwrap and start again from (2)
+        if _FWD_HDR.match(text) and text.endswith("]"):
+            text = text[5:-1]
+            continue
+        return text
+
+
+def _first_mailbox(addresses: Any) -> str:
+    """addr-mailbox (local part) of the first address (RFC 5256 §3 CC, FROM, TO)."""
+    for address in addresses or ():
+        mailbox = address[2]
+        if mailbox is not None:
+            return mailbox.decode("utf-8", "replace")
+    return ""
+
+
+def sent_date(value: bytes | None, internal: float) -> float:
+    """The Date: field in UTC seconds; the INTERNALDATE when it is missing or bad
+    (RFC 5256 §3 DATE)."""
+    if value is not None:
+        parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
+        if parsed is not None:
+            try:
+                return calendar.timegm(parsed[:9]) - (parsed[9] or 0)
+            except (OverflowError, ValueError):
+                pass
+    return internal
+
+
+def sort_key(
+    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, header: bytes
+) -> tuple[Any, ...]:
+    """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
+    the sequence number (RFC 5256 §3: ties keep sequence order)."""
+    fields = envelope(header) if header else [None] * 10
+    parts: list[Any] = []
+    for key, reverse in criteria:
+        value: Any
+        if key == b"ARRIVAL":
+            value = entry.mtime
+        elif key == b"DATE":
+            value = sent_date(fields[0], entry.mtime)
+        elif key == b"SIZE":
+            value = entry.size
+        elif key == b"SUBJECT":
+            value = casemap(base_subject(fields[1]))
+        elif key == b"FROM":
+            value = casemap(_first_mailbox(fields[2]))
+        elif key == b"TO":
+            value = casemap(_first_mailbox(fields[5]))
+        else:  # CC
+            value = casemap(_first_mailbox(fields[6]))
+        parts.append(_Reversed(value) if reverse else value)
+    parts.append(seq)
+    return tuple(parts)
+
+
+class _Reversed:
+    """Inverts the order of one sort key (C{REVERSE}, RFC 5256 §3)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and bool(self.value == other.value)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
