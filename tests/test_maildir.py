@@ -217,6 +217,20 @@ class ScanTests(MaildirTestCase):
         (entry,) = self.folder.scan().messages
         self.assertEqual((entry.base, entry.size), ("12345.foreign", len(MSG1)))
 
+    def test_dovecot_saved_lf_file(self) -> None:
+        """A message Dovecot saved (LF line ends, C{,S=<file size>,W=<CRLF size>}): the size
+        is the W= one and it reads back with CRLF, as IMAP sends it (found by
+        tests/e2e/test_e2e_dovecot.py)."""
+        lf = MSG1.replace(b"\r\n", b"\n")
+        base = f"1700000000.M1P2.dovecot,S={len(lf)},W={len(MSG1)}"
+        (self.root / "cur" / f"{base}:2,S").write_bytes(lf)
+        (entry,) = self.folder.scan().messages
+        self.assertEqual((entry.base, entry.size), (base, len(MSG1)))
+        self.assertEqual(self.folder.read(entry), MSG1)
+        self.assertEqual(maildir.wire_size_from_name(base), len(MSG1))
+        self.assertEqual(maildir.wire_size_from_name("1.M2P3Q4.h,S=42"), 42)
+        self.assertIsNone(maildir.wire_size_from_name("1.M2P3Q4.h"))
+
     def test_dotfiles_ignored(self) -> None:
         (self.root / "new" / ".hidden").write_bytes(b"x")
         (self.root / "cur" / ".hidden").write_bytes(b"x")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import threading
@@ -41,6 +42,7 @@ from pathlib import Path
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
 MAX_KEYWORDS = 26
@@ -106,6 +108,18 @@ def size_from_name(base: str) -> int | None:
         if field.startswith("S=") and field[2:].isdigit():
             return int(field[2:])
     return None
+
+
+def wire_size_from_name(base: str) -> int | None:
+    """The size with CRLF line ends: Dovecot's C{,W=} when present, else C{,S=}, else C{None}.
+
+    Dovecot saves messages with LF line ends (C{mail_save_crlf = no}) and names them
+    C{,S=<file size>,W=<size with CRLF>}; ours are CRLF on disk and carry only C{,S=}.
+    """
+    for field in base.split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return size_from_name(base)
 
 
 def is_keyword(name: str) -> bool:
@@ -310,7 +324,7 @@ class Folder:
                 except FileNotFoundError:
                     continue
                 base = split_name(name)[0]
-                size = size_from_name(base)
+                size = wire_size_from_name(base)
                 entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
             for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], b)):
                 uids[base] = uidnext
@@ -434,11 +448,18 @@ class Folder:
         return found
 
     def read(self, entry: MessageEntry) -> bytes:
-        """The whole message as stored.  @raise MaildirError: when it is gone."""
+        """The whole message with CRLF line ends (RFC 5322 §2.1): as stored, or converted
+        from LF for a file Dovecot saved (C{,W=} differs from C{,S=}).
+
+        @raise MaildirError: when it is gone.
+        """
         try:
-            return self.open(entry).read_bytes()
+            data = self.open(entry).read_bytes()
         except FileNotFoundError:
             raise MaildirError("message no longer exists") from None
+        if wire_size_from_name(entry.base) != size_from_name(entry.base):
+            data = _BARE_LF.sub(b"\r\n", data)
+        return data
 
     def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
         """Rename the message so its info carries exactly C{letters}; return the new entry.
