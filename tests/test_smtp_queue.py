@@ -362,6 +362,29 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(len(outbound.calls), 5)
         self.assertEqual(self.spool.ids(), [])
 
+    def test_one_session_for_all_domains_through_a_smarthost(self) -> None:
+        """Recipients of several domains with one destination (a smarthost, a route) go in
+        one call, so one connection; other domains keep theirs."""
+        outbound = FakeOutbound()
+        outbound.destination = lambda domain: (  # type: ignore[method-assign]
+            "smarthost:587" if domain != "example.com" else domain
+        )
+        runner = self.runner(outbound)
+        self.enqueue(runner, ["a@example.net", "b@example.org", "c@example.com", "d@example.net"])
+        self.clock.advance(0)
+        self.assertEqual(
+            sorted(outbound.calls),
+            [
+                ("alice@example.test", "example.com", ("c@example.com",)),
+                (
+                    "alice@example.test",
+                    "example.net",
+                    ("a@example.net", "b@example.org", "d@example.net"),
+                ),
+            ],
+        )
+        self.assertEqual(self.spool.ids(), [])
+
     def test_shutdown_saves_the_250s_and_cuts_the_rest_in_bounded_time(self) -> None:
         """At stop, an attempt that gets its 250 within the grace period is recorded; one
         still waiting is cut after it, its recipient kept pending; a restart sends only

@@ -557,7 +557,8 @@ class Outbound:
     async def deliver(
         self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
     ) -> list[RecipientResult]:
-        """Try to deliver C{message} (bytes, CRLF lines) to C{recipients} (all in C{domain}).
+        """Try to deliver C{message} (bytes, CRLF lines) to C{recipients}: all in C{domain},
+        or all with the same L{destination} as C{domain} (the smarthost, a shared route).
 
         @param sender: the reverse-path, C{None} for C{<>} (bounces).
         @return: one L{RecipientResult} per recipient, in order; never raises for a

@@ -14,7 +14,8 @@ Recipient states: C{pending} (to try), C{delivered}, C{failed} (permanent failur
 bounce not yet sent), C{bounced} (reported, or not reportable: the sender was C{<>}).
 
 Runner (L{QueueRunner}): picks due messages on an injected clock, groups their pending
-recipients by domain (one connection per domain carries all its recipients), limits
+recipients by destination (one connection per domain carries all its recipients; one for all
+of them through the smarthost or a route they share), limits
 concurrent connections overall and per destination, retries with a backoff
 (L{RetrySchedule}: 5 min doubling to 1 h, like Postfix's minimal/maximal_backoff_time),
 sends one delay warning after 4 h, and gives up after 5 days (status 4.4.7).  File work runs
@@ -496,24 +497,31 @@ class QueueRunner:
             self.entries.pop(queue_id, None)
             return
         state = _AttemptState(entry)
-        domains: dict[str, list[str]] = {}
+        # One session per destination carries all its recipients: per domain for MX
+        # delivery, all domains at once through the smarthost or a shared route.
+        groups: dict[str, tuple[str, list[str]]] = {}
         for r in entry.with_state(PENDING):
-            domains.setdefault(r.domain, []).append(r.address)
+            destination = self.outbound.destination(r.domain)
+            groups.setdefault(destination, (r.domain, []))[1].append(r.address)
         await defer.DeferredList(
             [
                 defer.Deferred.fromCoroutine(
-                    self._deliver_domain(state, domain, recipients, message)
+                    self._deliver_domain(state, destination, domain, recipients, message)
                 )
-                for domain, recipients in domains.items()
+                for destination, (domain, recipients) in groups.items()
             ],
             consumeErrors=True,
         )
         await self._finish(state, message)
 
     async def _deliver_domain(
-        self, state: _AttemptState, domain: str, recipients: list[str], message: bytes
+        self,
+        state: _AttemptState,
+        destination: str,
+        domain: str,
+        recipients: list[str],
+        message: bytes,
     ) -> None:
-        destination = self.outbound.destination(domain)
         limit = self.destinations.setdefault(
             destination, defer.DeferredSemaphore(self.max_per_destination)
         )
