@@ -249,6 +249,15 @@ class SmarthostConfigTests(TestCase):
             smarthost_password(config)
         self.assertIn("cannot read", str(cm.exception))
 
+    def test_smarthost_default_port_follows_the_tls_mode(self) -> None:
+        for tls_mode, port in (("starttls", 25), ("implicit", 465)):
+            path = self.write(
+                f'[relay]\nsmarthost = "relay.example.net"\nsmarthost_tls = "{tls_mode}"\n'
+            )
+            self.assertEqual(
+                load_config(path).relay.smarthost, ListenAddress("relay.example.net", port)
+            )
+
     def test_smarthost_errors(self) -> None:
         self.assertEqual(
             self.error('[relay]\nsmarthost = "r.example"\nsmarthost_tls = "none"\n'),

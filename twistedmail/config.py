@@ -335,10 +335,13 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     ):
         raise r.fail("[relay] port", "must be a TCP port number (1-65535)")
     smarthost_text = r.string(relay, "relay", "smarthost", "")
-    smarthost = r.address("[relay] smarthost", smarthost_text, 25) if smarthost_text else None
     smarthost_tls = r.string(relay, "relay", "smarthost_tls", "starttls")
     if smarthost_tls not in SMARTHOST_TLS:
         raise r.fail("[relay] smarthost_tls", 'must be "starttls" or "implicit"')
+    default_port = 465 if smarthost_tls == "implicit" else 25  # RFC 8314 §7.3 / RFC 5321
+    smarthost = (
+        r.address("[relay] smarthost", smarthost_text, default_port) if smarthost_text else None
+    )
     username = r.string(relay, "relay", "smarthost_username", "")
     password_file = r.string(relay, "relay", "smarthost_password_file", "")
     smarthost_ca = r.string(relay, "relay", "smarthost_ca", "")
