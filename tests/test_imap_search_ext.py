@@ -7,7 +7,13 @@ from test_imap_server import MSG1, MSG2, T1, T2, Harness
 from twisted.trial import unittest
 
 from twistedmail.imap.server import esearch_response
-from twistedmail.imap.sort import SortError, base_subject, casemap, parse_criteria
+from twistedmail.imap.sort import (
+    SortError,
+    base_subject,
+    casemap,
+    first_mailbox,
+    parse_criteria,
+)
 
 
 class ESearchTests(unittest.TestCase):
@@ -168,6 +174,21 @@ class BaseSubjectTests(unittest.TestCase):
         )
         for bad in ([], [b"REVERSE"], [b"REVERSE", b"REVERSE", b"DATE"], [b"BOGUS"], [[b"x"]]):
             self.assertRaises(SortError, parse_criteria, bad)
+
+    def test_first_mailbox(self) -> None:
+        cases = {
+            b"a@x.test": "a",
+            b"Zed <zed@x.test>": "zed",
+            b' "Doe, J" <j@x>': "j",  # full parse
+            b"x@y, z@w": "x",
+            b"undisclosed-recipients:;": "",
+            b"Group: a@b;": "a",
+            b"a.b+c@x.test (comment)": "a.b+c",
+            "J\u00f6rg <j\u00f6rg@x>".encode(): "j\u00f6rg",
+        }
+        for raw, local in cases.items():
+            self.assertEqual(first_mailbox(raw), local, raw)
+        self.assertEqual(first_mailbox(None), "")
 
     def test_casemap_only_ascii(self) -> None:
         self.assertEqual(casemap("abc\u00e9"), "ABC\u00e9".encode())

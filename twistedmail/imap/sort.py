@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from twistedmail.imap.message import envelope
+from twistedmail.imap.message import header_value
 from twistedmail.maildir import MessageEntry
 
 SORT_KEYS = {b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO"}
@@ -61,6 +61,8 @@ def decode_words(value: bytes) -> str:
     """Header text with RFC 2047 encoded-words decoded (RFC 5256 §2.1 step 1); raw 8-bit
     text is taken as UTF-8."""
     text = value.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
@@ -103,12 +105,24 @@ def base_subject(value: bytes | None) -> str:
         return text
 
 
-def _first_mailbox(addresses: Any) -> str:
-    """addr-mailbox (local part) of the first address (RFC 5256 §3 CC, FROM, TO)."""
-    for address in addresses or ():
-        mailbox = address[2]
-        if mailbox is not None:
-            return mailbox.decode("utf-8", "replace")
+_SIMPLE_ADDRESS = re.compile(
+    r'\s*(?:[^<>",;()\\:]*<)?'  # an optional plain display name and "<"
+    r'([^\s<>@",;()\\:\[\]]+)@[^\s<>@",;()\\]+>?\s*\Z'  # local@domain, ">"
+)
+
+
+def first_mailbox(value: bytes | None) -> str:
+    """addr-mailbox (the local part) of the first address of a From/To/Cc field
+    (RFC 5256 §3 CC, FROM, TO); C{""} when there is none."""
+    if value is None:
+        return ""
+    text = value.decode("utf-8", "surrogateescape")
+    simple = _SIMPLE_ADDRESS.match(text)
+    if simple is not None:  # "local@domain" or "Name <local@domain>": no full parse
+        return simple.group(1)
+    for name, addr in email.utils.getaddresses([text]):
+        if addr or name:
+            return addr.rpartition("@")[0] if "@" in addr else addr
     return ""
 
 
@@ -130,24 +144,19 @@ def sort_key(
 ) -> tuple[Any, ...]:
     """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
     the sequence number (RFC 5256 §3: ties keep sequence order)."""
-    fields = envelope(header) if header else [None] * 10
     parts: list[Any] = []
     for key, reverse in criteria:
         value: Any
         if key == b"ARRIVAL":
             value = entry.mtime
-        elif key == b"DATE":
-            value = sent_date(fields[0], entry.mtime)
         elif key == b"SIZE":
             value = entry.size
+        elif key == b"DATE":
+            value = sent_date(header_value(header, b"date"), entry.mtime)
         elif key == b"SUBJECT":
-            value = casemap(base_subject(fields[1]))
-        elif key == b"FROM":
-            value = casemap(_first_mailbox(fields[2]))
-        elif key == b"TO":
-            value = casemap(_first_mailbox(fields[5]))
-        else:  # CC
-            value = casemap(_first_mailbox(fields[6]))
+            value = casemap(base_subject(header_value(header, b"subject")))
+        else:  # CC, FROM, TO
+            value = casemap(first_mailbox(header_value(header, key.lower())))
         parts.append(_Reversed(value) if reverse else value)
     parts.append(seq)
     return tuple(parts)
