@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import zlib
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_fuzz_protocols import FUZZ, IMAP_LINE, Failures
 from test_imap_server import MSG1, MSG2, Harness
 from twisted.trial import unittest
 
@@ -168,12 +171,12 @@ class CompressCommandTests(unittest.TestCase):
         self.h.cmd(b"z COMPRESS DEFLATE")
         z = DeflateClient(self.h)
         self.h.server.pauseProducing()
-        self.h.server.dataReceived(z.compress(b"n NOOP\r\n" * 100_000))
+        self.h.server.dataReceived(z.compress(b"n NOOP\r\n" * 10_000))
         self.assertEqual(self.h.server._buffer, b"")
         self.assertEqual(z.take(), b"")
         self.h.server.resumeProducing()
         replies = z.take().split(b"\r\n")[:-1]
-        self.assertEqual(replies, [b"n OK NOOP completed"] * 100_000)
+        self.assertEqual(replies, [b"n OK NOOP completed"] * 10_000)
 
     def test_literal_limit_still_applies(self) -> None:
         self.h.login()
@@ -181,3 +184,28 @@ class CompressCommandTests(unittest.TestCase):
         z = DeflateClient(self.h)
         self.assertEqual(z.cmd(b"a APPEND INBOX {20000}"), [b"a NO [TOOBIG] Message too large"])
         self.assertEqual(z.cmd(b"n NOOP"), [b"n OK NOOP completed"])
+
+
+class CompressFuzzTests(unittest.TestCase):
+    @settings(FUZZ, max_examples=60)
+    @given(st.lists(IMAP_LINE, min_size=1, max_size=8), st.booleans(), st.integers(0, 40))
+    def test_random_input_after_compress(self, lines: list[bytes], raw: bool, cut: int) -> None:
+        """Command lines sent compressed (the stream maybe cut short) or raw (not DEFLATE):
+        never an internal error, and the server's output stays one valid DEFLATE stream."""
+        failures = Failures(self)
+        h = Harness(self, max_literal_size=1000)
+        h.add(MSG1)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        h.cmd(b"z COMPRESS DEFLATE")
+        z = DeflateClient(h)
+        data = b"\r\n".join(lines) + b"\r\n"
+        wire = data if raw else z.compress(data)
+        h.server.dataReceived(wire[: len(wire) - cut] if cut < len(wire) else wire)
+        h.clock.advance(1)
+        try:
+            out = z.take()
+        except zlib.error:
+            self.fail("server output is not a valid DEFLATE stream")
+        self.assertEqual(failures.events, [])
+        self.assertNotIn(b"SERVERBUG", out)
