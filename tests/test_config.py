@@ -121,6 +121,21 @@ class ConfigTests(TestCase):
             "FILE: [submission] check_from_header: must be true or false",
         )
 
+    def test_inbound_authentication_keys(self) -> None:
+        inbound = parse_config({}, None).inbound
+        self.assertEqual((inbound.check_authentication, inbound.dmarc_reject), (True, False))
+        config = load_config(
+            self.write("[inbound]\ncheck_authentication = false\ndmarc_reject = true\n")
+        )
+        self.assertEqual(
+            (config.inbound.check_authentication, config.inbound.dmarc_reject), (False, True)
+        )
+        self.assertEqual(
+            self.error("[inbound]\ndmarc_reject = 1\n"),
+            "FILE: [inbound] dmarc_reject: must be true or false",
+        )
+        self.assertEqual(self.error("[inbound]\nspf = true\n"), "FILE: [inbound] spf: unknown key")
+
     def test_missing_file(self) -> None:
         with self.assertRaises(ConfigError) as cm:
             load_config(Path("/nonexistent/twistedmail.toml"))

@@ -139,6 +139,14 @@ class SubmissionConfig:
 
 
 @attrs.frozen
+class InboundConfig:
+    """Port-25 authentication (RFC 7208 SPF, RFC 6376 DKIM, RFC 7489 DMARC, RFC 8601)."""
+
+    check_authentication: bool = True  # add Authentication-Results to each message
+    dmarc_reject: bool = False  # 550 5.7.1 for a DMARC fail under p=reject
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -150,6 +158,7 @@ class Config:
     relay: RelayConfig
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    inbound: InboundConfig = InboundConfig()
 
 
 def find_config(path: Path | None) -> Path | None:
@@ -256,7 +265,7 @@ def _positive_int(r: _Reader, section: dict[str, Any], where: str, key: str, def
 def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     """Validate parsed TOML C{data} into a L{Config}.  @raise ConfigError: see L{load_config}."""
     r = _Reader(source)
-    known = {"server", "listen", "tls", "limits", "relay", "queue", "submission"}
+    known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound"}
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -386,6 +395,12 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if not isinstance(check_from, bool):
         raise r.fail("[submission] check_from_header", "must be true or false")
 
+    inbound_defaults = attrs.asdict(InboundConfig())
+    inbound = r.section(data, "inbound", set(inbound_defaults))
+    for flag, default in inbound_defaults.items():
+        if not isinstance(inbound.get(flag, default), bool):
+            raise r.fail(f"[inbound] {flag}", "must be true or false")
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -404,6 +419,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         ),
         queue=queue_config,
         submission=SubmissionConfig(check_from_header=check_from),
+        inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
     )
 
 

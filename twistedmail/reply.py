@@ -76,6 +76,8 @@ REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message 
 REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
 REPLY_550_FROM_NOT_OWNED = R(550, "5.7.1", "From: header address not owned by authenticated user")
 REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")
+# RFC 7489 §6.7, §10: a DMARC fail under p=reject, when [inbound] dmarc_reject is on.
+REPLY_550_DMARC_REJECT = R(550, "5.7.1", "Rejected by the sender domain's DMARC policy")
 REPLY_555_BAD_PARAMETER = R(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized")
 
 # SMTP session (twistedmail.smtp.server)

@@ -51,6 +51,7 @@ from twistedmail.dkim import KeyStore
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
 from twistedmail.limits import ConnectionLimit, refusal_for
+from twistedmail.mailauth import Authenticator
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.smtp.inbound import inbound_factory
@@ -111,6 +112,19 @@ def smarthost(config: Config) -> Smarthost | None:
         username=relay.smarthost_username,
         password=smarthost_password(config),
         trust=trust,
+    )
+
+
+def inbound_authenticator(config: Config, reactor: Any, run: Any) -> Authenticator | None:
+    """SPF/DKIM/DMARC checks for port 25 (C{[inbound] check_authentication}), with DNS from
+    the relay's resolver (C{[relay] nameservers})."""
+    if not config.inbound.check_authentication:
+        return None
+    return Authenticator(
+        dns_resolver(config, reactor),
+        reactor,
+        run,
+        partial(threads.blockingCallFromThread, reactor),
     )
 
 
@@ -229,6 +243,8 @@ class MailServer(MultiService):
                 max_message_size=size,
                 clock=reactor,
                 relay=self.queue,
+                authenticator=inbound_authenticator(config, reactor, run_in_thread),
+                dmarc_reject=config.inbound.dmarc_reject,
             ),
         }
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.

@@ -69,7 +69,10 @@ def _records(
             add(name, dns.Record_AAAA(address, ttl=60))
     for name, texts in txt.items():
         for text in texts:
-            add(name, dns.Record_TXT(text.encode("ascii"), ttl=60))
+            # RFC 1035 §3.3.14: strings of at most 255 octets (a DKIM key is longer)
+            data = text.encode("ascii")
+            chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+            add(name, dns.Record_TXT(*chunks, ttl=60))
     return records
 
 

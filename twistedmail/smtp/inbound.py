@@ -6,6 +6,12 @@ RFC 5321 §7.1 / RFC 2505); the remote part of an alias's expansion is queued fo
 outbound relay (forwarding, RFC 5321 §3.9.1; without a relay it gets C{450 4.7.1}).
 No AUTH is offered on this port.  After the final dot the message is stored durably in
 each user's INBOX (and the queue) before C{250 2.0.0}.
+
+With an L{Authenticator}, each message is checked first (SPF, DKIM, DMARC:
+L{twistedmail.mailauth}); the stored copy gets an C{Authentication-Results:} field under our
+hostname on top and loses any incoming one claiming that hostname (RFC 8601 §5).  With
+C{dmarc_reject}, a DMARC fail under C{p=reject} is answered C{550 5.7.1} and nothing is
+stored (RFC 7489 §6.7, §10).  A DNS failure never loses mail: the result says temperror.
 """
 
 from __future__ import annotations
@@ -13,11 +19,17 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
 
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery
-from twistedmail.reply import REPLY_554_RELAY_DENIED
+from twistedmail.mailauth import (
+    Authenticator,
+    authentication_results,
+    remove_authentication_results,
+)
+from twistedmail.reply import REPLY_550_DMARC_REJECT, REPLY_554_RELAY_DENIED
 from twistedmail.smtp.server import (
     Client,
     Envelope,
@@ -27,17 +39,34 @@ from twistedmail.smtp.server import (
     SMTPServerFactory,
 )
 
+log = Logger(namespace="twistedmail.smtp")
+
 
 class InboundPolicy:
-    """L{twistedmail.smtp.server.SessionPolicy} of the MX listener."""
+    """L{twistedmail.smtp.server.SessionPolicy} of the MX listener.
+
+    @param authenticator: checks SPF/DKIM/DMARC of each message; C{None}: no checks and no
+        Authentication-Results field.
+    @param authserv_id: our hostname, the authserv-id of the field (RFC 8601 §2.5).
+    @param dmarc_reject: refuse a DMARC fail under C{p=reject} with C{550 5.7.1}.
+    """
 
     service = "smtp"
 
     def __init__(
-        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
+        self,
+        store: AccountStore,
+        delivery: LocalDelivery,
+        relay: Relay | None = None,
+        authenticator: Authenticator | None = None,
+        authserv_id: str = "",
+        dmarc_reject: bool = False,
     ) -> None:
         self.store = store
         self.local = LocalRecipients(store, delivery, relay)
+        self.authenticator = authenticator
+        self.authserv_id = authserv_id
+        self.dmarc_reject = dmarc_reject
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5)."""
@@ -49,7 +78,35 @@ class InboundPolicy:
         self.local.check(recipient)
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        """Check the message (when configured), then store it (see L{LocalRecipients}).
+
+        @raise SMTPReplyError: C{550 5.7.1} for a DMARC reject (with C{dmarc_reject}).
+        """
+        if self.authenticator is not None:
+            message = await self._authenticate(envelope, message)
         await self.local.deliver(envelope, message)
+
+    async def _authenticate(self, envelope: Envelope, message: bytes) -> bytes:
+        assert self.authenticator is not None
+        client = envelope.client
+        results = await self.authenticator.check(
+            client.peer_ip, client.helo, envelope.reverse_path, message
+        )
+        # RFC 8601 §5: fields claiming to be ours were forged upstream.
+        message = remove_authentication_results(message, self.authserv_id)
+        if results is None:
+            return message
+        log.info(
+            "session {session} message {id}: spf={spf} dkim={dkim} dmarc={dmarc}",
+            session=client.session_id,
+            id=envelope.transaction_id,
+            spf=results.spf.result,
+            dkim=",".join(d.result for d in results.dkim) or "none",
+            dmarc=results.dmarc.result,
+        )
+        if self.dmarc_reject and results.dmarc.rejects:
+            raise SMTPReplyError(REPLY_550_DMARC_REJECT)  # RFC 7489 §6.7, §10
+        return authentication_results(self.authserv_id, results) + message
 
 
 def inbound_factory(
@@ -61,6 +118,8 @@ def inbound_factory(
     max_message_size: int,
     clock: IReactorTime,
     relay: Relay | None = None,
+    authenticator: Authenticator | None = None,
+    dmarc_reject: bool = False,
 ) -> ServerFactory:
     """The factory for the port-25 listener.
 
@@ -69,9 +128,18 @@ def inbound_factory(
     @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
     @param relay: the outbound queue, for aliases that forward to remote addresses.
+    @param authenticator: SPF/DKIM/DMARC checks; C{None}: none (see L{InboundPolicy}).
+    @param dmarc_reject: C{550 5.7.1} for a DMARC fail under C{p=reject}.
     """
     return SMTPServerFactory(
-        policy=InboundPolicy(store, delivery, relay),
+        policy=InboundPolicy(
+            store,
+            delivery,
+            relay,
+            authenticator=authenticator,
+            authserv_id=hostname,
+            dmarc_reject=dmarc_reject,
+        ),
         hostname=hostname,
         clock=clock,
         max_message_size=max_message_size,

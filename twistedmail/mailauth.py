@@ -1,0 +1,590 @@
+"""Inbound message authentication: SPF (RFC 7208), DKIM verification (RFC 6376) and DMARC
+(RFC 7489), reported in an C{Authentication-Results:} header field (RFC 8601).
+
+For each message accepted on port 25:
+
+  - SPF (RFC 7208 §2.4, §4): C{check_host()} of the client IP for the MAIL FROM domain; for
+    the null reverse-path C{<>} the HELO identity is checked instead (§2.3, §2.4:
+    C{postmaster@<helo>}).  C{pyspf} evaluates the record; it is bounded to
+    L{spf.MAX_LOOKUP} (10) DNS mechanisms and 2 void lookups (§4.6.4).
+  - DKIM (RFC 6376 §6): every C{DKIM-Signature} (up to L{MAX_SIGNATURES}) is verified with
+    C{dkimpy}; results pass / fail / neutral (signature unparsable) / permerror (no key) /
+    temperror (DNS failure), RFC 8601 §2.7.1.
+  - DMARC (RFC 7489 §6.6): the policy record of the From: domain (§6.6.3, falling back to the
+    organizational domain, §3.2), aligned SPF or DKIM (relaxed or strict per C{aspf} /
+    C{adkim}, §3.1) -> pass, otherwise fail; no record -> none; a temporary DNS failure
+    anywhere that could have made it pass -> temperror (so a DNS outage never rejects mail).
+
+The organizational domain (RFC 7489 §3.2) comes from the Public Suffix List bundled with the
+C{publicsuffixlist} package (no network fetch at run time).
+
+The checks are blocking (pyspf and dkimpy call a DNS function and wait): L{check_message}
+runs in a thread with a L{DNSQuery} that L{Authenticator} builds over a twisted.names
+resolver, each query made on the reactor with C{blockingCallFromThread}.  One deadline
+bounds all the queries of a message (L{CHECK_TIMEOUT}); a query after it, or one that times
+out, is a temporary error (C{temperror}), never a hang.
+
+L{authentication_results} formats the header (RFC 8601 §2.2); L{remove_authentication_results}
+drops incoming ones that claim our authserv-id (RFC 8601 §5).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+import dkim as dkimpy
+import spf
+from dkim.util import InvalidTagValueList, parse_tag_value
+from publicsuffixlist import PublicSuffixList
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.names import error as dns_error
+
+from twistedmail.address import Mailbox
+from twistedmail.dkim import author_domain
+
+log = Logger(namespace="twistedmail.mailauth")
+
+CHECK_TIMEOUT = 20.0  # seconds for all DNS work of one message (RFC 7208 §4.6.4: >= 20 s)
+QUERY_TIMEOUT = (2, 4)  # seconds per try of one query, twisted.names semantics
+MAX_SIGNATURES = 5  # DKIM-Signature fields verified per message (RFC 6376 §6.1: MAY limit)
+
+_DOMAIN = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]"
+    r"[A-Za-z0-9-]{0,61}[A-Za-z0-9]"
+)
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_DMARC_VERSION = re.compile(rb"v\s*=\s*DMARC1\s*(;|\Z)")
+
+
+class TemporaryDNSFailure(Exception):
+    """A DNS query failed temporarily (SERVFAIL, timeout, refused, past the deadline)."""
+
+
+class DNSQuery(Protocol):
+    """A blocking DNS query, called from a worker thread.
+
+    C{query(name, rtype)} -> the answer records as pyspf wants them: C{[((owner, type),
+    value)]} with C{type} a name (C{"TXT"}, C{"A"}, ...) and C{value} an address text
+    (A/AAAA), C{(preference, exchange)} (MX), a name (PTR, CNAME) or a list of byte strings
+    (TXT).  NXDOMAIN and NODATA give C{[]}.
+
+    @raise TemporaryDNSFailure: the query failed temporarily.
+    """
+
+    def __call__(self, name: str, rtype: str) -> list[tuple[tuple[str, str], Any]]: ...
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SPFResult:
+    """RFC 7208 §2.6 result (C{pass fail softfail neutral none temperror permerror}) of the
+    C{identity} (C{"mailfrom"} or C{"helo"}) for C{domain} (C{""} when nothing was checked)."""
+
+    result: str
+    identity: str
+    domain: str
+
+
+@attrs.frozen
+class DKIMResult:
+    """One signature's RFC 8601 §2.7.1 result, with its C{d=} and C{s=} (C{""} if unusable)."""
+
+    result: str
+    domain: str
+    selector: str
+
+
+@attrs.frozen
+class DMARCResult:
+    """RFC 7489 §11.2 result (C{pass fail none temperror}) for the From: domain.
+
+    @ivar from_domain: the RFC5322.From domain, C{""} when the message has no single one.
+    @ivar policy: the policy that applies to C{from_domain} (C{p=}, or C{sp=} when the record
+        was found at the organizational domain, RFC 7489 §6.3): C{none quarantine reject},
+        C{""} without a record.
+    @ivar p: the record's C{p=}; C{sp}: its C{sp=} (C{p=} when absent), C{""} without a record.
+    """
+
+    result: str
+    from_domain: str
+    policy: str = ""
+    p: str = ""
+    sp: str = ""
+
+    @property
+    def rejects(self) -> bool:
+        """A DMARC fail under C{p=reject} (as applied): RFC 7489 §6.7 says reject it."""
+        return self.result == "fail" and self.policy == "reject"
+
+
+@attrs.frozen
+class AuthenticationResults:
+    """What one message's checks found."""
+
+    spf: SPFResult
+    dkim: tuple[DKIMResult, ...]
+    dmarc: DMARCResult
+
+
+# -- the organizational domain (RFC 7489 §3.2) -------------------------------------------
+
+_psl: PublicSuffixList | None = None
+_psl_lock = threading.Lock()
+
+
+def organizational_domain(domain: str) -> str:
+    """The organizational domain of C{domain} (RFC 7489 §3.2): one label below its public
+    suffix by the bundled Public Suffix List; C{domain} itself when it is a public suffix.
+    An unlisted TLD (C{.test}) counts as a public suffix: C{a.b.example.test} ->
+    C{example.test}."""
+    global _psl
+    with _psl_lock:
+        if _psl is None:
+            _psl = PublicSuffixList()
+        psl = _psl
+    domain = domain.lower().rstrip(".")
+    return psl.privatesuffix(domain) or domain
+
+
+def _aligned(authenticated: str, author: str, mode: str) -> bool:
+    """RFC 7489 §3.1.1 / §3.1.2: strict = same domain, relaxed = same organizational domain."""
+    if not authenticated or not author:
+        return False
+    if authenticated == author:
+        return True
+    return mode != "s" and organizational_domain(authenticated) == organizational_domain(author)
+
+
+# -- SPF (RFC 7208) ------------------------------------------------------------------------
+
+_local = threading.local()
+_pyspf_lookup = spf.DNSLookup
+
+
+def _thread_lookup(name: str, qtype: str, strict: bool = True, timeout: float = 20) -> Any:
+    """pyspf's module-level C{DNSLookup}, routed to the calling thread's L{DNSQuery}.
+
+    pyspf has no per-query DNS hook, so its global is replaced once (at import) by this
+    dispatcher; a thread inside L{check_spf} uses its own query function, any other caller
+    gets pyspf's own lookup as before.
+    """
+    query: DNSQuery | None = getattr(_local, "query", None)
+    if query is None:
+        return _pyspf_lookup(name, qtype, strict, timeout)
+    try:
+        return query(name, qtype)
+    except TemporaryDNSFailure as e:
+        raise spf.TempError(f"DNS {e}") from None
+
+
+spf.DNSLookup = _thread_lookup
+
+_SPF_RESULTS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"}
+
+
+def check_spf(query: DNSQuery, ip: str, reverse_path: Mailbox | None, helo: str) -> SPFResult:
+    """SPF C{check_host()} (RFC 7208 §4) of C{ip} for the MAIL FROM identity, or for the HELO
+    identity when the reverse-path is null (§2.3, §2.4).  Blocking: call in a thread.
+
+    @param helo: the HELO/EHLO argument; a HELO that is no domain name gives C{none}.
+    """
+    if reverse_path is not None:
+        identity, domain, sender = "mailfrom", reverse_path.domain, str(reverse_path)
+    else:
+        domain = helo.lower().rstrip(".")
+        if not _DOMAIN.fullmatch(domain):
+            return SPFResult("none", "helo", "")  # §2.3: an address literal is not checked
+        identity, sender = "helo", ""
+    _local.query = query
+    try:
+        q = spf.query(i=ip, s=sender, h=helo or domain, querytime=CHECK_TIMEOUT)
+        result, _code, _explanation = q.check()
+    except spf.TempError:
+        result = "temperror"
+    except Exception:
+        # pyspf raises PermError from the constructor for a bad IP, and may raise others on
+        # records it cannot parse: the record is unusable (RFC 7208 §2.6.7).
+        result = "permerror"
+    finally:
+        _local.query = None
+    return SPFResult(result if result in _SPF_RESULTS else "permerror", identity, domain)
+
+
+# -- DKIM (RFC 6376) -----------------------------------------------------------------------
+
+
+def txt_records(query: DNSQuery, name: str) -> list[bytes]:
+    """Every TXT record at C{name}, its strings concatenated (RFC 6376 §3.6.2.2,
+    RFC 7489 §6.1).  @raise TemporaryDNSFailure: see L{DNSQuery}."""
+    return [b"".join(value) for (_, rtype), value in query(name, "TXT") if rtype == "TXT"]
+
+
+def _tag(tags: dict[bytes, bytes], key: bytes) -> str:
+    text = tags.get(key, b"").decode("ascii", "replace").strip().lower().rstrip(".")
+    return text if _TOKEN.fullmatch(text) else ""
+
+
+def verify_dkim(query: DNSQuery, message: bytes) -> tuple[DKIMResult, ...]:
+    """Verify each C{DKIM-Signature} of C{message} (RFC 6376 §6.1), top first, at most
+    L{MAX_SIGNATURES}.  Blocking: call in a thread.
+
+    @return: one L{DKIMResult} per signature; empty when there is none (C{dkim=none}).
+    """
+    try:
+        headers = dkimpy.DKIM(message).headers
+    except dkimpy.DKIMException:
+        return ()
+    signatures = [value for name, value in headers if name.lower() == b"dkim-signature"]
+    results = []
+    for index, value in enumerate(signatures[:MAX_SIGNATURES]):
+        try:
+            tags = parse_tag_value(value)
+        except InvalidTagValueList:
+            tags = {}
+        domain, selector = _tag(tags, b"d"), _tag(tags, b"s")
+        state = {"temporary": False, "no key": False}
+
+        def dnsfunc(
+            name: bytes, timeout: float = 5, state: dict[str, bool] = state
+        ) -> bytes | None:
+            try:
+                records = txt_records(query, name.decode("ascii", "replace").rstrip("."))
+            except TemporaryDNSFailure as e:
+                state["temporary"] = True
+                raise dkimpy.DnsTimeoutError(str(e)) from None
+            if not records:
+                state["no key"] = True  # RFC 6376 §6.1.2: no key record -> PERMFAIL
+                return None
+            return records[0]
+
+        verifier = dkimpy.DKIM(message)
+        try:
+            prepared = verifier.verify_headerprep(index)
+        except dkimpy.DKIMException:
+            prepared = None
+        if not prepared:
+            # RFC 8601 §2.7.1: neutral, a signature with syntax errors (RFC 6376 §6.1.1).
+            results.append(DKIMResult("neutral", domain, selector))
+            continue
+        sig, include_headers, fields = prepared
+        try:
+            ok = verifier.verify_sig(sig, include_headers, fields[index], dnsfunc)
+        except dkimpy.KeyFormatError:
+            ok, state["no key"] = False, True  # RFC 6376 §6.1.2: unusable key -> PERMFAIL
+        except dkimpy.MessageFormatError:
+            results.append(DKIMResult("neutral", domain, selector))
+            continue
+        except dkimpy.DKIMException:
+            ok = False  # body hash mismatch and other validation failures (§6.1.3)
+        except Exception:
+            log.failure("dkim: verification of signature {index} failed", index=index)
+            results.append(DKIMResult("neutral", domain, selector))
+            continue
+        if ok:
+            result = "pass"
+        elif state["temporary"]:
+            result = "temperror"
+        elif state["no key"]:
+            result = "permerror"
+        else:
+            result = "fail"
+        results.append(DKIMResult(result, domain, selector))
+    return tuple(results)
+
+
+# -- DMARC (RFC 7489) ----------------------------------------------------------------------
+
+
+def parse_dmarc_record(record: bytes) -> dict[str, str] | None:
+    """The tags of a DMARC record (RFC 7489 §6.3), lower-case names and values, C{p} and
+    C{sp} validated; C{None} when it is no usable record (§6.6.3 step 6: a missing or bad
+    C{p=} counts as C{p=none} only when C{rua=} is given).
+    """
+    if not _DMARC_VERSION.match(record):
+        return None
+    tags: dict[str, str] = {}
+    for part in record.decode("ascii", "replace").split(";")[1:]:
+        name, eq, value = part.partition("=")
+        if eq:
+            tags.setdefault(name.strip().lower(), value.strip().lower())
+    policies = ("none", "quarantine", "reject")
+    if tags.get("p") not in policies:
+        if not tags.get("rua"):
+            return None
+        tags["p"] = "none"
+    if tags.get("sp", tags["p"]) not in policies:
+        if not tags.get("rua"):
+            return None
+        tags.pop("sp")
+    tags.setdefault("sp", tags["p"])
+    for mode in ("adkim", "aspf"):
+        if tags.get(mode) not in ("r", "s"):
+            tags[mode] = "r"  # §6.3: default relaxed
+    return tags
+
+
+def dmarc_policy(query: DNSQuery, from_domain: str) -> tuple[dict[str, str], bool] | None:
+    """Policy discovery (RFC 7489 §6.6.3): the record at C{_dmarc.<From domain>}, else at
+    C{_dmarc.<organizational domain>}.
+
+    @return: (tags, found at the organizational domain), or C{None} when there is no single
+        usable record.
+    @raise TemporaryDNSFailure: a lookup failed temporarily.
+    """
+    org = organizational_domain(from_domain)
+    for name in dict.fromkeys((from_domain, org)):
+        records = [r for r in txt_records(query, f"_dmarc.{name}") if _DMARC_VERSION.match(r)]
+        if len(records) > 1:
+            return None  # §6.6.3 step 5: several records -> no DMARC processing
+        if records:
+            tags = parse_dmarc_record(records[0])
+            return None if tags is None else (tags, name != from_domain)
+    return None
+
+
+def evaluate_dmarc(
+    query: DNSQuery, from_domain: str | None, spf_result: SPFResult, dkim: Sequence[DKIMResult]
+) -> DMARCResult:
+    """DMARC for the From: domain (RFC 7489 §6.6.2): pass when an SPF or DKIM pass is for an
+    aligned domain (§3.1).  Blocking: call in a thread."""
+    if not from_domain:
+        return DMARCResult("none", "")  # §6.6.1: no single author domain to evaluate
+    try:
+        found = dmarc_policy(query, from_domain)
+    except TemporaryDNSFailure:
+        return DMARCResult("temperror", from_domain)  # §6.6.3: retry later (we deliver)
+    if found is None:
+        return DMARCResult("none", from_domain)
+    tags, at_org = found
+    policy = tags["sp"] if at_org else tags["p"]  # §6.3: sp= for subdomains
+    record = {"policy": policy, "p": tags["p"], "sp": tags["sp"]}
+    spf_ok = spf_result.result == "pass" and _aligned(spf_result.domain, from_domain, tags["aspf"])
+    dkim_ok = any(
+        d.result == "pass" and _aligned(d.domain, from_domain, tags["adkim"]) for d in dkim
+    )
+    if spf_ok or dkim_ok:
+        return DMARCResult("pass", from_domain, **record)
+    if spf_result.result == "temperror" or any(d.result == "temperror" for d in dkim):
+        # A DNS failure could hide a pass: never act on a fail we are unsure of.
+        return DMARCResult("temperror", from_domain, **record)
+    return DMARCResult("fail", from_domain, **record)
+
+
+def check_message(
+    query: DNSQuery, ip: str, helo: str, reverse_path: Mailbox | None, message: bytes
+) -> AuthenticationResults:
+    """SPF, DKIM and DMARC for one message (blocking, for a worker thread).
+
+    @param ip: the SMTP client's address (text).
+    @param message: the message as received (DKIM verifies it before any header is removed).
+    """
+    spf_result = check_spf(query, ip, reverse_path, helo)
+    dkim = verify_dkim(query, message)
+    dmarc = evaluate_dmarc(query, author_domain(message), spf_result, dkim)
+    return AuthenticationResults(spf_result, dkim, dmarc)
+
+
+# -- the header field (RFC 8601) ---------------------------------------------------------
+
+
+def authentication_results(authserv_id: str, results: AuthenticationResults) -> bytes:
+    """The C{Authentication-Results:} field (RFC 8601 §2.2), folded one result a line, CRLF:
+
+        Authentication-Results: mail.example.org;
+        \tspf=pass smtp.mailfrom=example.net;
+        \tdkim=pass header.d=example.net header.s=sel;
+        \tdmarc=pass (p=reject sp=reject) header.from=example.net
+
+    C{smtp.helo} replaces C{smtp.mailfrom} for the null reverse-path (§2.7.2); C{dkim=none}
+    when there is no signature; the DMARC comment gives the record's C{p=} and C{sp=}.
+    """
+    s = results.spf
+    spf_part = f"spf={s.result}"
+    if s.domain:
+        spf_part += f" smtp.{s.identity}={s.domain}"
+    parts = [spf_part]
+    for d in results.dkim:
+        part = f"dkim={d.result}"
+        if d.domain:
+            part += f" header.d={d.domain}"
+        if d.selector:
+            part += f" header.s={d.selector}"
+        parts.append(part)
+    if not results.dkim:
+        parts.append("dkim=none")
+    m = results.dmarc
+    dmarc_part = f"dmarc={m.result}"
+    if m.p:
+        dmarc_part += f" (p={m.p} sp={m.sp})"
+    if m.from_domain:
+        dmarc_part += f" header.from={m.from_domain}"
+    parts.append(dmarc_part)
+    text = f"Authentication-Results: {authserv_id};\r\n\t" + ";\r\n\t".join(parts) + "\r\n"
+    return text.encode("ascii")
+
+
+def _authserv_id(value: bytes) -> str:
+    """The authserv-id of an Authentication-Results value (RFC 8601 §2.2): comments dropped,
+    the first word before C{;}, quotes removed."""
+    text = value.decode("latin-1")
+    out, depth = [], 0
+    for c in text:
+        if c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif not depth:
+            out.append(c)
+    words = "".join(out).split(";", 1)[0].split()
+    return words[0].strip('"').lower() if words else ""
+
+
+def remove_authentication_results(message: bytes, authserv_id: str) -> bytes:
+    """C{message} without the C{Authentication-Results:} fields whose authserv-id is ours,
+    compared without case (RFC 8601 §5: a border MTA MUST remove forged ones); others stay.
+
+    @param message: CRLF lines; only the header section (up to the first empty line) is
+        looked at.
+    """
+    ours = authserv_id.lower()
+    end = message.find(b"\r\n\r\n")
+    header, body = (message[: end + 2], message[end + 2 :]) if end >= 0 else (message, b"")
+    fields: list[list[bytes]] = []
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    for field in fields:
+        name, colon, value = b"".join(field).partition(b":")
+        if (
+            colon
+            and name.strip().lower() == b"authentication-results"
+            and _authserv_id(value) == ours
+        ):
+            continue
+        kept.append(b"".join(field))
+    return b"".join(kept) + body
+
+
+# -- glue: checks in a thread, DNS on the reactor --------------------------------------------
+
+_RTYPES = {
+    "A": dns.A,
+    "AAAA": dns.AAAA,
+    "MX": dns.MX,
+    "PTR": dns.PTR,
+    "TXT": dns.TXT,
+    "SPF": dns.SPF,
+    "CNAME": dns.CNAME,
+}
+
+
+def _answers(records: list[dns.RRHeader]) -> list[tuple[tuple[str, str], Any]]:
+    """twisted.names answers in pyspf's shape (see L{DNSQuery})."""
+    out: list[tuple[tuple[str, str], Any]] = []
+    for rr in records:
+        owner = rr.name.name.decode("ascii", "replace").rstrip(".").lower()
+        p = rr.payload
+        if rr.type == dns.A:
+            out.append(((owner, "A"), p.dottedQuad()))
+        elif rr.type == dns.AAAA:
+            out.append(((owner, "AAAA"), socket.inet_ntop(socket.AF_INET6, p.address)))
+        elif rr.type == dns.MX:
+            out.append(((owner, "MX"), (p.preference, p.name.name.decode("ascii", "replace"))))
+        elif rr.type in (dns.PTR, dns.CNAME):
+            name = "PTR" if rr.type == dns.PTR else "CNAME"
+            out.append(((owner, name), p.name.name.decode("ascii", "replace").rstrip(".")))
+        elif rr.type in (dns.TXT, dns.SPF):
+            out.append(((owner, "TXT" if rr.type == dns.TXT else "SPF"), list(p.data)))
+    return out
+
+
+class Authenticator:
+    """Runs L{check_message} in a thread with DNS from a twisted.names resolver.
+
+    @param resolver: an C{IResolver} (C{[relay] nameservers}, or the system's).
+    @param clock: the reactor: time for the deadline, and C{addTimeout} of each query.
+    @param run_in_thread: C{f, *args -> Deferred} on a worker thread.
+    @param call_from_thread: C{f, *args -> result}, called on the worker thread, runs C{f}
+        on the reactor and waits for its Deferred (C{blockingCallFromThread(reactor, ...)}).
+    @param timeout: seconds for all DNS work of one message (L{CHECK_TIMEOUT}).
+    """
+
+    def __init__(
+        self,
+        resolver: IResolver,
+        clock: IReactorTime,
+        run_in_thread: Callable[..., defer.Deferred[Any]],
+        call_from_thread: Callable[..., Any],
+        timeout: float = CHECK_TIMEOUT,
+    ) -> None:
+        self.resolver = resolver
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.call_from_thread = call_from_thread
+        self.timeout = timeout
+
+    def _lookup(self, name: str, rtype: str, seconds: float) -> defer.Deferred[Any]:
+        """On the reactor: one query, C{[]} for NXDOMAIN, failing with TemporaryDNSFailure."""
+        try:
+            qname = name.encode("ascii")
+        except UnicodeEncodeError:
+            return defer.succeed([])
+        d = self.resolver.query(dns.Query(qname, _RTYPES[rtype], dns.IN), timeout=QUERY_TIMEOUT)
+        d.addTimeout(seconds, self.clock)
+
+        def answered(result: tuple[list[dns.RRHeader], Any, Any]) -> Any:
+            return _answers(result[0])
+
+        def failed(failure: Any) -> Any:
+            if failure.check(dns_error.DNSNameError, dns_error.AuthoritativeDomainError):
+                return []  # NXDOMAIN: no records
+            raise TemporaryDNSFailure(f"{rtype} {name}: {failure.type.__name__}")
+
+        d.addCallbacks(answered, failed)
+        return d
+
+    def _query_function(self) -> DNSQuery:
+        deadline = self.clock.seconds() + self.timeout
+
+        def query(name: str, rtype: str) -> list[tuple[tuple[str, str], Any]]:
+            if rtype not in _RTYPES:
+                return []
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                raise TemporaryDNSFailure(f"{rtype} {name}: time limit reached")
+            result: list[tuple[tuple[str, str], Any]] = self.call_from_thread(
+                self._lookup, name, rtype, remaining
+            )
+            return result
+
+        return query
+
+    async def check(
+        self, ip: str, helo: str, reverse_path: Mailbox | None, message: bytes
+    ) -> AuthenticationResults | None:
+        """SPF, DKIM, DMARC for one message, off the reactor thread.
+
+        @return: the results; C{None} (logged) if the checks failed unexpectedly, so the
+            message is delivered anyway.
+        """
+        try:
+            results: AuthenticationResults = await self.run_in_thread(
+                check_message, self._query_function(), ip, helo, reverse_path, message
+            )
+        except Exception:
+            log.failure("authentication checks failed")
+            return None
+        return results
