@@ -72,7 +72,14 @@ def client_tls() -> ssl.SSLContext:
 class Server:
     """One twistedmail server process and its data dir."""
 
-    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        tls: tuple[Path, Path] | None = None,
+        inbound: str = "check_authentication = false\n",
+    ) -> None:
+        """@param inbound: the C{[inbound]} section; SPF/DKIM/DMARC checks are off by default
+        so that no test depends on the machine's DNS (test_e2e_inbound_auth turns them on)."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
@@ -84,6 +91,7 @@ class Server:
             f'[server]\nhostname = "mail.example.test"\ndata_dir = "{self.data_dir}"\n\n'
             f'[listen]\n{listen}\n\n[limits]\nmax_message_size = "1MiB"\n'
             + (f'\n[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n' if tls else "")
+            + f"\n[inbound]\n{inbound}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

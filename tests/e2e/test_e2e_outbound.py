@@ -41,14 +41,20 @@ BODY = (
 class World:
     """remote_world.py in a subprocess: DNS for remote.test and the scripted MTAs."""
 
-    def __init__(self, root: Path, mtas: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        mtas: list[dict[str, Any]],
+        zones: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.out = root / "world"
         self.dns_port, self.smtp_port = free_ports(2)
         for mta in mtas:
             mta["port"] = self.smtp_port
         config = {
             "dns_port": self.dns_port,
-            "zones": [
+            "zones": zones
+            or [
                 {
                     "origin": "remote.test",
                     "mx": {
