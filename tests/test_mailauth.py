@@ -158,6 +158,21 @@ class SPFTests(ChecksTestCase):
         self.clock.advance(3)
         self.failureResultOf(d, TemporaryDNSFailure)
 
+    def test_stop_fails_pending_and_later_queries(self) -> None:
+        """At shutdown no check thread may stay blocked waiting for the reactor."""
+
+        class Silent(FakeResolver):
+            def _lookup(self, *a: Any, **kw: Any) -> defer.Deferred[Any]:
+                return defer.Deferred()
+
+        auth = Authenticator(Silent(), self.clock, run_now, call_now)
+        query = auth._query_function()
+        d = auth._lookup("sender.test", "TXT", 3)
+        auth.stop()
+        self.failureResultOf(d, TemporaryDNSFailure)
+        self.failureResultOf(auth._lookup("sender.test", "TXT", 3), TemporaryDNSFailure)
+        self.assertRaises(TemporaryDNSFailure, query, "sender.test", "TXT")
+
     def test_lookup_limit(self) -> None:
         """RFC 7208 §4.6.4: more than 10 DNS mechanisms -> permerror."""
         includes = " ".join(f"a:h{i}.loop.test" for i in range(11))

@@ -535,15 +535,28 @@ class Authenticator:
         self.run_in_thread = run_in_thread
         self.call_from_thread = call_from_thread
         self.timeout = timeout
+        self.stopped = False
+        self._pending: set[defer.Deferred[Any]] = set()
+
+    def stop(self) -> None:
+        """Fail every pending and later query at once (on the reactor thread, at shutdown),
+        so no worker thread stays blocked on the reactor while the thread pool is joined."""
+        self.stopped = True
+        for d in list(self._pending):
+            d.cancel()
 
     def _lookup(self, name: str, rtype: str, seconds: float) -> defer.Deferred[Any]:
         """On the reactor: one query, C{[]} for NXDOMAIN, failing with TemporaryDNSFailure."""
+        if self.stopped:
+            return defer.fail(TemporaryDNSFailure(f"{rtype} {name}: server stopping"))
         try:
             qname = name.encode("ascii")
         except UnicodeEncodeError:
             return defer.succeed([])
         d = self.resolver.query(dns.Query(qname, _RTYPES[rtype], dns.IN), timeout=QUERY_TIMEOUT)
         d.addTimeout(seconds, self.clock)
+        self._pending.add(d)
+        d.addBoth(lambda result: (self._pending.discard(d), result)[1])
 
         def answered(result: tuple[list[dns.RRHeader], Any, Any]) -> Any:
             return _answers(result[0])
@@ -563,6 +576,8 @@ class Authenticator:
             if rtype not in _RTYPES:
                 return []
             remaining = deadline - self.clock.seconds()
+            if self.stopped:
+                raise TemporaryDNSFailure(f"{rtype} {name}: server stopping")
             if remaining <= 0:
                 raise TemporaryDNSFailure(f"{rtype} {name}: time limit reached")
             result: list[tuple[tuple[str, str], Any]] = self.call_from_thread(

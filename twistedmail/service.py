@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4, pop3
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
 
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
@@ -115,15 +116,19 @@ def smarthost(config: Config) -> Smarthost | None:
     )
 
 
-def inbound_authenticator(config: Config, reactor: Any, run: Any) -> Authenticator | None:
+AUTHENTICATION_THREADS = 8  # inbound SPF/DKIM/DMARC checks at once (they wait on DNS)
+
+
+def inbound_authenticator(config: Config, reactor: Any, pool: ThreadPool) -> Authenticator | None:
     """SPF/DKIM/DMARC checks for port 25 (C{[inbound] check_authentication}), with DNS from
-    the relay's resolver (C{[relay] nameservers})."""
+    the relay's resolver (C{[relay] nameservers}).  They run in their own thread C{pool}, so
+    senders with slow DNS never hold the threads that store mail and check passwords."""
     if not config.inbound.check_authentication:
         return None
     return Authenticator(
         dns_resolver(config, reactor),
         reactor,
-        run,
+        partial(threads.deferToThreadPool, reactor, pool),
         partial(threads.blockingCallFromThread, reactor),
     )
 
@@ -211,6 +216,9 @@ class MailServer(MultiService):
             }
         )
         self.portal = Portal(realm, [checker])
+        self.auth_reactor = reactor
+        self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
+        self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
         hostname = config.server.hostname
         size = config.limits.max_message_size
         submission = partial(
@@ -243,7 +251,7 @@ class MailServer(MultiService):
                 max_message_size=size,
                 clock=reactor,
                 relay=self.queue,
-                authenticator=inbound_authenticator(config, reactor, run_in_thread),
+                authenticator=self.authenticator,
                 dmarc_reject=config.inbound.dmarc_reject,
             ),
         }
@@ -295,6 +303,7 @@ class MailServer(MultiService):
         return MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
 
     def startService(self) -> None:
+        self.auth_pool.start()
         super().startService()
         d = defer.Deferred.fromCoroutine(self.queue.start())
         d.addErrback(lambda f: log.failure("the outbound queue did not start", f))
@@ -307,11 +316,19 @@ class MailServer(MultiService):
         )
 
     def stopService(self) -> Any:
+        if self.authenticator is not None:
+            self.authenticator.stop()  # no check thread may stay blocked on the reactor
         # Deliveries under way get a bounded time to record their results (QueueRunner.
         # shutdown) while the listeners close; the store closes after both.
         queue = defer.Deferred.fromCoroutine(self.queue.shutdown())
         queue.addErrback(lambda f: log.failure("the outbound queue did not stop cleanly", f))
         d = defer.DeferredList([queue, super().stopService()], consumeErrors=True)
+        # Join the check threads off the reactor thread (a check may still be finishing).
+        d.addBoth(
+            lambda r: threads.deferToThreadPool(
+                self.auth_reactor, self.auth_reactor.getThreadPool(), self.auth_pool.stop
+            ).addBoth(lambda _: r)
+        )
         d.addBoth(lambda r: (self.store.close(), r)[1])
         return d
 
