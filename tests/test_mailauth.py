@@ -324,6 +324,17 @@ class HeaderTests(unittest.TestCase):
             b"\tdmarc=none\r\n",
         )
 
+    def test_odd_values_are_quoted(self) -> None:
+        results = AuthenticationResults(
+            SPFResult("none", "mailfrom", "[192.0.2.1]"), (), DMARCResult("none", 'a"b\r\n')
+        )
+        self.assertEqual(
+            authentication_results("mail.example.test", results),
+            b"Authentication-Results: mail.example.test;\r\n"
+            b'\tspf=none smtp.mailfrom="[192.0.2.1]";\r\n\tdkim=none;\r\n'
+            b'\tdmarc=none header.from="ab"\r\n',
+        )
+
     def test_removes_ours_only(self) -> None:
         data = (
             b"Received: from x\r\n\tby y\r\n"

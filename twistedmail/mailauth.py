@@ -397,6 +397,14 @@ def check_message(
 # -- the header field (RFC 8601) ---------------------------------------------------------
 
 
+def _pvalue(text: str) -> str:
+    """A property value (RFC 8601 §2.2): a token as is, anything else as a quoted-string of
+    printable ASCII (the field must stay one safe header, whatever the network sent)."""
+    if _TOKEN.fullmatch(text):
+        return text
+    return '"' + "".join(c for c in text if " " <= c <= "~" and c not in '"\\') + '"'
+
+
 def authentication_results(authserv_id: str, results: AuthenticationResults) -> bytes:
     """The C{Authentication-Results:} field (RFC 8601 §2.2), folded one result a line, CRLF:
 
@@ -411,7 +419,7 @@ def authentication_results(authserv_id: str, results: AuthenticationResults) -> 
     s = results.spf
     spf_part = f"spf={s.result}"
     if s.domain:
-        spf_part += f" smtp.{s.identity}={s.domain}"
+        spf_part += f" smtp.{s.identity}={_pvalue(s.domain)}"
     parts = [spf_part]
     for d in results.dkim:
         part = f"dkim={d.result}"
@@ -427,7 +435,7 @@ def authentication_results(authserv_id: str, results: AuthenticationResults) -> 
     if m.p:
         dmarc_part += f" (p={m.p} sp={m.sp})"
     if m.from_domain:
-        dmarc_part += f" header.from={m.from_domain}"
+        dmarc_part += f" header.from={_pvalue(m.from_domain)}"
     parts.append(dmarc_part)
     text = f"Authentication-Results: {authserv_id};\r\n\t" + ";\r\n\t".join(parts) + "\r\n"
     return text.encode("ascii")
@@ -496,7 +504,7 @@ def _answers(records: list[dns.RRHeader]) -> list[tuple[tuple[str, str], Any]]:
     out: list[tuple[tuple[str, str], Any]] = []
     for rr in records:
         owner = rr.name.name.decode("ascii", "replace").rstrip(".").lower()
-        p = rr.payload
+        p: Any = rr.payload
         if rr.type == dns.A:
             out.append(((owner, "A"), p.dottedQuad()))
         elif rr.type == dns.AAAA:
@@ -556,7 +564,12 @@ class Authenticator:
         d = self.resolver.query(dns.Query(qname, _RTYPES[rtype], dns.IN), timeout=QUERY_TIMEOUT)
         d.addTimeout(seconds, self.clock)
         self._pending.add(d)
-        d.addBoth(lambda result: (self._pending.discard(d), result)[1])
+
+        def settled(result: Any) -> Any:
+            self._pending.discard(d)
+            return result
+
+        d.addBoth(settled)
 
         def answered(result: tuple[list[dns.RRHeader], Any, Any]) -> Any:
             return _answers(result[0])
