@@ -241,10 +241,10 @@ def verify_dkim(query: DNSQuery, message: bytes) -> tuple[DKIMResult, ...]:
     @return: one L{DKIMResult} per signature; empty when there is none (C{dkim=none}).
     """
     try:
-        headers = dkimpy.DKIM(message).headers
+        verifier = dkimpy.DKIM(message)  # one parse; each verify() call resets its state
     except dkimpy.DKIMException:
         return ()
-    signatures = [value for name, value in headers if name.lower() == b"dkim-signature"]
+    signatures = [v for name, v in verifier.headers if name.lower() == b"dkim-signature"]
     results = []
     for index, value in enumerate(signatures[:MAX_SIGNATURES]):
         try:
@@ -267,7 +267,6 @@ def verify_dkim(query: DNSQuery, message: bytes) -> tuple[DKIMResult, ...]:
                 return None
             return records[0]
 
-        verifier = dkimpy.DKIM(message)
         try:
             prepared = verifier.verify_headerprep(index)
         except dkimpy.DKIMException:
