@@ -44,6 +44,7 @@ def world_and_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
             "origin": "good.test",
             "txt": {
                 "good.test": ["v=spf1 ip4:127.0.0.1 -all"],
+                "client.good.test": ["v=spf1 ip4:127.0.0.1 -all"],
                 name: [value],
                 "_dmarc.good.test": ["v=DMARC1; p=reject"],
             },
@@ -122,3 +123,20 @@ def test_dmarc_reject_refuses_and_stores_nothing(
     after = server.wait_for_messages(ALICE, len(before) + 1)
     assert len(after) == len(before) + 1
     assert b"\tdmarc=pass (p=reject sp=reject) header.from=good.test\r\n" in after[-1].read_bytes()
+
+
+def test_null_sender_is_checked_by_its_helo(world_and_server: tuple[KeyStore, Server]) -> None:
+    """RFC 7208 §2.4: for MAIL FROM:<> the HELO identity is what SPF checks."""
+    _, server = world_and_server
+    before = len(server.messages(ALICE))
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="client.good.test") as s:
+        assert s.sendmail("<>", [ALICE], message("good.test")) == {}
+    data = server.wait_for_messages(ALICE, before + 1)[-1].read_bytes()
+    assert data.startswith(
+        b"Return-Path: <>\r\n"
+        b"Authentication-Results: mail.example.test;\r\n"
+        b"\tspf=pass smtp.helo=client.good.test;\r\n"
+        b"\tdkim=none;\r\n"
+        b"\tdmarc=pass (p=reject sp=reject) header.from=good.test\r\n"
+        b"Received: "
+    ), data
