@@ -4,6 +4,10 @@ The CLI writes and the server reads the same file at once: WAL journaling lets a
 each committed change on its next query, so a password changed with C{twistedmail user
 passwd} works on the next login without a restart.  Addresses are stored normalised
 (L{twistedmail.address.Mailbox}); passwords only as hashes (L{twistedmail.passwords}).
+
+Each user has a storage quota (octets) and a message-count quota, 0 meaning unlimited
+(RFC 9208 §5.1 STORAGE and §5.2 MESSAGE, enforced by L{twistedmail.quota}).  A store created
+before quotas existed (schema version 1) gets the two columns on open, every user unlimited.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import attrs
 
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ALIAS_DEPTH = 10  # alias chains longer than this are treated as loops
 
 _SCHEMA = """
@@ -25,7 +29,9 @@ CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS users (
     address TEXT PRIMARY KEY,
     domain TEXT NOT NULL REFERENCES domains(name),
-    password_hash TEXT NOT NULL
+    password_hash TEXT NOT NULL,
+    quota_storage INTEGER NOT NULL DEFAULT 0,
+    quota_messages INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS aliases (
     address TEXT NOT NULL,
@@ -35,8 +41,27 @@ CREATE TABLE IF NOT EXISTS aliases (
 """
 
 
+# Columns added after schema version 1, with their definition (ALTER TABLE ... ADD COLUMN).
+_ADDED_USER_COLUMNS = {
+    "quota_storage": "INTEGER NOT NULL DEFAULT 0",
+    "quota_messages": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
 class StoreError(Exception):
     """A user error against the store (unknown user, duplicate, bad address); one-line message."""
+
+
+@attrs.frozen
+class Quota:
+    """A user's limits: C{storage} in octets, C{messages} a count; 0 is unlimited."""
+
+    storage: int = 0
+    messages: int = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return not self.storage and not self.messages
 
 
 @attrs.frozen
@@ -79,7 +104,20 @@ class AccountStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        """Add the columns a store made by an older version lacks (its rows are kept; new
+        quota columns get their default, unlimited)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(users)")}
+        for column, definition in _ADDED_USER_COLUMNS.items():
+            if column not in have:
+                try:
+                    self._db.execute(f"ALTER TABLE users ADD COLUMN {column} {definition}")
+                except sqlite3.OperationalError as e:
+                    if "duplicate column" not in str(e):  # another process added it first
+                        raise
 
     def close(self) -> None:
         self._db.close()
@@ -122,8 +160,10 @@ class AccountStore:
 
     # users
 
-    def add_user(self, address: str, password_hash: str) -> tuple[Mailbox, bool]:
-        """Add a user; return (mailbox, whether its domain was added too).
+    def add_user(
+        self, address: str, password_hash: str, quota: Quota = Quota()
+    ) -> tuple[Mailbox, bool]:
+        """Add a user with C{quota}; return (mailbox, whether its domain was added too).
 
         @raise StoreError: if the address is invalid or already a user or alias.
         """
@@ -140,8 +180,9 @@ class AccountStore:
                 raise StoreError(f"{mbox} is already an alias")
             try:
                 self._db.execute(
-                    "INSERT INTO users(address, domain, password_hash) VALUES (?, ?, ?)",
-                    (str(mbox), mbox.domain, password_hash),
+                    "INSERT INTO users(address, domain, password_hash, quota_storage,"
+                    " quota_messages) VALUES (?, ?, ?, ?, ?)",
+                    (str(mbox), mbox.domain, password_hash, quota.storage, quota.messages),
                 )
             except sqlite3.IntegrityError:
                 raise StoreError(f"user {mbox} already exists") from None
@@ -155,6 +196,33 @@ class AccountStore:
         )
         if cur.rowcount == 0:
             raise StoreError(f"no such user {mbox}")
+
+    def set_quota(self, address: str, quota: Quota) -> None:
+        """Replace a user's quota (read live by the server). @raise StoreError: for an
+        unknown user or a negative limit."""
+        mbox = _mailbox(address)
+        if quota.storage < 0 or quota.messages < 0:
+            raise StoreError("a quota cannot be negative")
+        cur = self._db.execute(
+            "UPDATE users SET quota_storage=?, quota_messages=? WHERE address=?",
+            (quota.storage, quota.messages, str(mbox)),
+        )
+        if cur.rowcount == 0:
+            raise StoreError(f"no such user {mbox}")
+
+    def quota(self, address: str) -> Quota | None:
+        """A user's quota, or C{None} for no such user."""
+        row = self._db.execute(
+            "SELECT quota_storage, quota_messages FROM users WHERE address=?", (address.lower(),)
+        ).fetchone()
+        return Quota(row[0], row[1]) if row else None
+
+    def quotas(self) -> list[tuple[str, Quota]]:
+        """Every user with their quota, sorted by address."""
+        rows = self._db.execute(
+            "SELECT address, quota_storage, quota_messages FROM users ORDER BY address"
+        )
+        return [(a, Quota(s, m)) for a, s, m in rows]
 
     def delete_user(self, address: str) -> None:
         """Remove a user (the Maildir is kept). @raise StoreError: for an unknown user."""

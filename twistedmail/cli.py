@@ -28,10 +28,12 @@ from typing import Any, NoReturn, TextIO
 from twistedmail import config as config_module
 from twistedmail import control
 from twistedmail import dkim as dkim_module
-from twistedmail.accounts import AccountStore, StoreError
+from twistedmail.accounts import AccountStore, Quota, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
+from twistedmail.maildir import mailbox_root
 from twistedmail.passwords import hash_password
+from twistedmail.quota import UsageCache
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
 
@@ -152,7 +154,8 @@ def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
     if store.alias_targets(str(mbox)):
         raise UserError(f"{mbox} is already an alias")
     password = read_password(args.password_stdin)
-    mbox, added_domain = store.add_user(str(mbox), hash_password(password))
+    quota = Quota(storage=ctx.config.limits.default_quota)
+    mbox, added_domain = store.add_user(str(mbox), hash_password(password), quota)
     if added_domain:
         _out(f"added domain {mbox.domain}")
     _out(f"added user {mbox}")
@@ -175,8 +178,58 @@ def cmd_user_del(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
-    for user in ctx.store(create=False).users():
-        _out(user)
+    store = ctx.store(create=False)
+    if not args.quota:
+        for user in store.users():
+            _out(user)
+        return
+    cache = UsageCache()
+    for user, quota in store.quotas():
+        _out(_quota_line(ctx, user, quota, cache))
+
+
+def format_size(octets: int) -> str:
+    """C{2147483648} -> C{"2GiB"}: the largest binary unit that divides it, else octets."""
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if octets and octets % factor == 0:
+            return f"{octets // factor}{unit}"
+    return str(octets)
+
+
+def _quota_line(ctx: _Context, user: str, quota: Quota, cache: UsageCache) -> str:
+    """C{ADDRESS storage=USED/LIMIT messages=USED/LIMIT}, used in octets, C{none} for no
+    limit."""
+    usage = cache.measure(mailbox_root(config_module.mail_dir(ctx.config), user))
+    storage = format_size(quota.storage) if quota.storage else "none"
+    messages = str(quota.messages) if quota.messages else "none"
+    return f"{user} storage={usage.storage}/{storage} messages={usage.messages}/{messages}"
+
+
+def cmd_user_quota(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox = _address(args.address)
+    store = ctx.store(create=False)
+    current = store.quota(str(mbox))
+    if current is None:
+        raise UserError(f"no such user {mbox}")
+    if args.size is None and args.messages is None:
+        _out(_quota_line(ctx, str(mbox), current, UsageCache()))
+        return
+    storage = current.storage
+    if args.size is not None:
+        try:
+            storage = config_module.parse_quota(args.size)
+        except ValueError as e:
+            raise UserError(f"invalid size {args.size!r}: {e}") from None
+    messages = current.messages
+    if args.messages is not None:
+        if not args.messages.isdigit():
+            raise UserError(f"invalid message count {args.messages!r}: 0 (none) or more")
+        messages = int(args.messages)
+    store.set_quota(str(mbox), Quota(storage, messages))
+    _out(
+        f"quota of {mbox}: storage {format_size(storage) if storage else 'unlimited'},"
+        f" messages {messages or 'unlimited'}"
+    )
 
 
 def cmd_domain_add(ctx: _Context, args: argparse.Namespace) -> None:
@@ -350,7 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p = action(users, "del", cmd_user_del, "delete a user (the Maildir is kept)")
     p.add_argument("address")
-    action(users, "list", cmd_user_list, "list users, one per line")
+    p = action(users, "list", cmd_user_list, "list users, one per line")
+    p.add_argument(
+        "--quota",
+        action="store_true",
+        help="add storage=USED/LIMIT messages=USED/LIMIT (octets; none = no limit)",
+    )
+    p = action(
+        users,
+        "quota",
+        cmd_user_quota,
+        "show a user's quota and usage, or set it (SIZE like 2GiB, 500MB; 0 or none: unlimited)",
+    )
+    p.add_argument("address")
+    p.add_argument("size", nargs="?", help="storage limit: 2GiB, 500MB, 0 or none (unlimited)")
+    p.add_argument("--messages", metavar="N", help="message count limit (0: unlimited)")
 
     domains = group("domain", "manage local domains")
     p = action(domains, "add", cmd_domain_add, "add a local domain")

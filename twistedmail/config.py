@@ -96,6 +96,7 @@ class LimitsConfig:
     login_block_after: int = 10  # failures from one IP in the window that block it
     login_account_block_after: int = 30  # failures on one account that block it
     login_block_time: int = 900  # how long a block lasts
+    default_quota: int = 0  # octets of storage for users added from now on; 0 = unlimited
 
 
 SMARTHOST_TLS = ("starttls", "implicit")
@@ -242,6 +243,19 @@ def parse_size(text: object) -> int:
     return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
 
 
+def parse_quota(text: object) -> int:
+    """A storage quota: C{"2GiB"} -> 2147483648, C{"0"}, C{"none"} or C{"unlimited"} -> 0
+    (no limit); plain integers are octets.  @raise ValueError: otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool) and text == 0:
+        return 0
+    if isinstance(text, str) and text.strip().lower() in ("0", "none", "unlimited"):
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError('must be a size such as "1GiB", or "0" / "none" for unlimited') from None
+
+
 def parse_duration(value: object) -> int:
     """C{"5m"} -> 300; units s, m, h, d; plain integers are seconds.
 
@@ -311,9 +325,13 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         max_size = parse_size(limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
     except ValueError as e:
         raise r.fail("[limits] max_message_size", str(e)) from None
-    limit_values: dict[str, int] = {}
+    try:
+        default_quota = parse_quota(limits.get("default_quota", 0))
+    except ValueError as e:
+        raise r.fail("[limits] default_quota", str(e)) from None
+    limit_values: dict[str, int] = {"default_quota": default_quota}
     for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
-        if limit == "max_message_size":
+        if limit in ("max_message_size", "default_quota"):
             continue
         value = limits.get(limit, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

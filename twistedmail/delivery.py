@@ -5,6 +5,9 @@ Return-Path (RFC 5321 §4.4: the final delivery MTA records the reverse-path), e
 (L{AccountStore.expand}) and writes one file per distinct user with
 L{twistedmail.maildir.write_durably}, in a thread.  When C{deliver} returns, every copy is on
 disk (fsynced), so the caller may acknowledge with 250.
+
+Quota (L{twistedmail.quota}): a user whose quota the message would exceed gets no copy; the
+caller learns who (L{Delivered.over_quota}) and answers C{552 5.2.2} or sends a bounce.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
 from twistedmail.maildir import ChangeNotifier, mailbox_root, make_maildir, write_durably
+from twistedmail.quota import QuotaExceeded, QuotaTracker
 
 log = Logger(namespace="twistedmail.delivery")
 
@@ -27,11 +32,26 @@ def return_path_header(reverse_path: Mailbox | None) -> bytes:
     return b"Return-Path: <%s>\r\n" % (str(reverse_path).encode() if reverse_path else b"")
 
 
+@attrs.frozen
+class Delivered:
+    """The outcome of L{LocalDelivery.deliver_all}.
+
+    @ivar stored: the local users who got a copy.
+    @ivar remote: the remote addresses aliases expanded to (not delivered here).
+    @ivar over_quota: the local users whose quota the message would exceed (no copy).
+    """
+
+    stored: tuple[Mailbox, ...]
+    remote: tuple[Mailbox, ...]
+    over_quota: tuple[Mailbox, ...]
+
+
 class LocalDelivery:
     """Delivers messages to local users' INBOXes.
 
     @param mail_dir: C{DATA_DIR/mail}.
     @param notifier: told (on the reactor thread) which folders received mail.
+    @param quota: the users' quotas; C{None} stores without limit.
     """
 
     def __init__(
@@ -40,11 +60,13 @@ class LocalDelivery:
         mail_dir: Path,
         notifier: ChangeNotifier,
         run_in_thread: RunInThread,
+        quota: QuotaTracker | None = None,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
         self.notifier = notifier
         self.run_in_thread = run_in_thread
+        self.quota = quota
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
         """Expand aliases; return (distinct local users, remote addresses), order kept."""
@@ -56,17 +78,66 @@ class LocalDelivery:
                 target.setdefault(str(final), final)
         return list(users.values()), list(remote.values())
 
+    async def check_quota(self, recipient: Mailbox) -> None:
+        """RCPT time: refuse a recipient whose every local user is already at or over their
+        quota (an alias with one user who has room is accepted).
+
+        @raise QuotaExceeded: for the first full user, when all are full.
+        """
+        if self.quota is None:
+            return
+        users, remote = self.local_users([recipient])
+        if remote or not users:
+            return
+        first: QuotaExceeded | None = None
+        for user in users:
+            try:
+                await self.quota.check_not_full(str(user))
+            except QuotaExceeded as e:
+                first = first or e
+            else:
+                return
+        assert first is not None
+        raise first
+
     async def deliver(
         self, reverse_path: Mailbox | None, recipients: list[Mailbox], message: bytes
     ) -> list[Mailbox]:
-        """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
-        user behind C{recipients}, with a Return-Path header first.
+        """L{deliver_all} for a caller that reports nothing (delivery status notifications:
+        a user over quota gets no copy, which is logged, as a bounce is never bounced).
 
         @return: the remote addresses found by alias expansion (not delivered here).
+        """
+        delivered = await self.deliver_all(reverse_path, recipients, message)
+        return list(delivered.remote)
+
+    async def deliver_all(
+        self, reverse_path: Mailbox | None, recipients: list[Mailbox], message: bytes
+    ) -> Delivered:
+        """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
+        user behind C{recipients} who has room for it (L{QuotaTracker.check}), with a
+        Return-Path header first.
+
         @raise OSError: on a disk failure; some copies may already be stored.
         """
         users, remote = self.local_users(recipients)
         data = return_path_header(reverse_path) + message
+        over: list[Mailbox] = []
+        if self.quota is not None:
+            for user in users:
+                try:
+                    await self.quota.check(str(user), len(data))
+                except QuotaExceeded as e:
+                    log.info(
+                        "not delivered: to={to} from={sender} size={size}: {resource} quota"
+                        " exceeded",
+                        to=str(user),
+                        sender=str(reverse_path) if reverse_path else "<>",
+                        size=len(data),
+                        resource=e.resource,
+                    )
+                    over.append(user)
+            users = [u for u in users if u not in over]
         roots = [mailbox_root(self.mail_dir, str(u)) for u in users]
         names: list[Any] = await self.run_in_thread(_store_all, roots, data)
         for user, root, name in zip(users, roots, names, strict=True):
@@ -78,7 +149,7 @@ class LocalDelivery:
                 name=name,
             )
             self.notifier.changed(root)
-        return remote
+        return Delivered(tuple(users), tuple(remote), tuple(over))
 
 
 def _store_all(roots: list[Path], data: bytes) -> list[str]:

@@ -73,6 +73,9 @@ REPLY_535_AUTH_FAILED = R(535, "5.7.8", "Authentication credentials invalid")
 REPLY_550_NO_SUCH_USER = R(550, "5.1.1", "No such user here")
 REPLY_550_BARE_LF = R(550, "5.6.0", "Bare CR or LF in message data")
 REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# RFC 3463 X.2.2 mailbox full; 552 as Dovecot's LMTP with quota_full_tempfail=no (RFC 5321
+# §4.2.2: "552 Requested mail action aborted: exceeded storage allocation").
+REPLY_552_MAILBOX_FULL = R(552, "5.2.2", "Mailbox full")
 REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
 REPLY_550_FROM_NOT_OWNED = R(550, "5.7.1", "From: header address not owned by authenticated user")
 REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")

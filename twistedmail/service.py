@@ -55,6 +55,7 @@ from twistedmail.limits import ConnectionLimit, refusal_for
 from twistedmail.mailauth import Authenticator
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
+from twistedmail.quota import QuotaTracker
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
@@ -205,7 +206,10 @@ class MailServer(MultiService):
             ),
         )
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
-        self.delivery = LocalDelivery(self.store, self.mail_dir, self.notifier, run_in_thread)
+        self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
+        self.delivery = LocalDelivery(
+            self.store, self.mail_dir, self.notifier, run_in_thread, self.quota
+        )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         realm = MailRealm(
             {
@@ -238,6 +242,7 @@ class MailServer(MultiService):
             clock=reactor,
             max_literal_size=size,
             idle_timeout=limits.imap_idle_timeout,
+            quota=self.quota,
         )
         pop = partial(
             pop3_factory, portal=self.portal, clock=reactor, timeout=limits.pop3_idle_timeout

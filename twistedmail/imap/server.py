@@ -64,8 +64,11 @@ from twistedmail.imap.message import (
     section_label,
     split_message,
 )
+from twistedmail.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
+from twistedmail.imap.quota import QuotaCommands
 from twistedmail.imap.sort import SortError, parse_criteria
 from twistedmail.maildir import MaildirError
+from twistedmail.quota import QuotaTracker
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -89,6 +92,7 @@ def mailbox_name(raw: bytes | str) -> str:
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+STATUS_ITEMS |= {"DELETED", "DELETED-STORAGE"}  # RFC 9208 §4.1.4 (QUOTA=RES-*)
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 UTF8_ACCEPT = b"UTF8=ACCEPT"
 ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT})
@@ -247,7 +251,7 @@ class _FlowGate:
             await self.waiting
 
 
-class IMAPServer(imap4.IMAP4Server):
+class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     """One IMAP connection.
 
     @param portal: logs users in; the realm must return C{imap4.IAccount} avatars.
@@ -256,6 +260,7 @@ class IMAPServer(imap4.IMAP4Server):
     @param clock: for the autologout timers (RFC 3501 §5.4: 30 minutes after login).
     @param max_literal_size: octets; a larger APPEND literal gets C{NO [TOOBIG]} before
         the continuation request.
+    @param quota: the users' quotas (RFC 9208, L{QuotaCommands}); C{None}: no QUOTA.
     """
 
     IDENT = b"twistedmail IMAP4rev1 ready"
@@ -271,8 +276,10 @@ class IMAPServer(imap4.IMAP4Server):
         implicit_tls: bool,
         clock: IReactorTime,
         max_literal_size: int,
+        quota: QuotaTracker | None = None,
     ) -> None:
         super().__init__({}, None if implicit_tls else tls, scheduler=_NoScheduler())
+        self.quota = quota
         self.portal = portal
         self.implicit_tls = implicit_tls
         self.clock = clock
@@ -342,6 +349,7 @@ class IMAPServer(imap4.IMAP4Server):
         cap[b"UTF8"] = [b"ACCEPT"]
         if self.state in ("auth", "select") and self._inflater is None:
             cap[b"COMPRESS"] = [b"DEFLATE"]  # RFC 4978 §3: after login, once
+        cap.update(QUOTA_CAPABILITIES if self.quota is not None else {})
         return cap
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -1080,7 +1088,7 @@ class IMAPServer(imap4.IMAP4Server):
         if mbox is None:
             return
         try:
-            status = await maybeDeferred(mbox.requestStatus, items)
+            status = await _status(mbox, items)
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
@@ -1130,7 +1138,7 @@ class IMAPServer(imap4.IMAP4Server):
         mailbox = mailbox_name(name)
         mbox = await self._open(name, False)
         try:
-            status = await maybeDeferred(mbox.requestStatus, names)
+            status = await _status(mbox, names)
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
@@ -1163,6 +1171,7 @@ class IMAPServer(imap4.IMAP4Server):
             data = message.read()
             if not data:
                 raise _no(b"Empty message", b"CANNOT")
+            await self.check_quota(len(data), 1)  # RFC 9208 §4.3.1: NO [OVERQUOTA]
             new_uid = await mbox.addMessage(data, flag_names, date)
         finally:
             _close_quietly(mbox)
@@ -1449,6 +1458,9 @@ class IMAPServer(imap4.IMAP4Server):
     async def do_COPY(
         self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
     ) -> bytes:
+        if self.quota is not None:  # RFC 9208 §4.3.1: NO [OVERQUOTA], nothing copied
+            sources = await maybeDeferred(self.mbox.fetch, messages, uid)
+            await self.check_quota(sum(m.getSize() for _, m in sources), len(sources))
         code, _ = await self._copy(messages, name, uid)
         return code + b"COPY completed"
 
@@ -1620,6 +1632,27 @@ async def _next_turn(clock: IReactorTime) -> None:
     await d
 
 
+async def _status(mbox: Any, names: Sequence[str]) -> dict[str, int]:
+    """The STATUS items C{names} of C{mbox}, in that order: the mailbox's own, plus DELETED
+    and DELETED-STORAGE (RFC 9208 §4.1.4)."""
+    wanted = [n for n in names if n not in ("DELETED", "DELETED-STORAGE")]
+    status: dict[str, int] = await maybeDeferred(mbox.requestStatus, wanted)
+    if len(wanted) < len(names):
+        status = {**status, **await _deleted_status(mbox)}
+        status = {n: status[n] for n in names}
+    return status
+
+
+async def _deleted_status(mbox: Any) -> dict[str, int]:
+    """STATUS DELETED and DELETED-STORAGE (RFC 9208 §4.1.4): the messages flagged
+    C{\\Deleted} and the sum of their RFC822.SIZE (what EXPUNGE would free)."""
+    if not mbox.getMessageCount():
+        return {"DELETED": 0, "DELETED-STORAGE": 0}
+    messages = await maybeDeferred(mbox.fetch, imap4.MessageSet(1, None), False)
+    doomed = [m for _, m in messages if "\\Deleted" in m.getFlags()]
+    return {"DELETED": len(doomed), "DELETED-STORAGE": sum(m.getSize() for m in doomed)}
+
+
 def _close_quietly(mbox: Any) -> None:
     closeable = imap4.ICloseableMailbox(mbox, None)
     if closeable is not None:
@@ -1640,7 +1673,9 @@ class IMAPFactory(ServerFactory):
         clock: IReactorTime,
         max_literal_size: int,
         idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
+        quota: QuotaTracker | None = None,
     ) -> None:
+        self.quota = quota
         self.portal = portal
         self.tls = tls
         self.implicit_tls = implicit_tls
@@ -1655,6 +1690,7 @@ class IMAPFactory(ServerFactory):
             implicit_tls=self.implicit_tls,
             clock=self.clock,
             max_literal_size=self.max_literal_size,
+            quota=self.quota,
         )
         protocol.POSTAUTH_TIMEOUT = self.idle_timeout
         protocol.factory = self
@@ -1669,6 +1705,7 @@ def imap_factory(
     clock: IReactorTime,
     max_literal_size: int,
     idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
+    quota: QuotaTracker | None = None,
 ) -> ServerFactory:
     """The IMAP listener's factory.
 
@@ -1678,6 +1715,7 @@ def imap_factory(
     @param max_literal_size: largest APPEND in octets (the configured max message size).
     @param idle_timeout: autologout timer after login, seconds (RFC 3501 §5.4: at least
         30 minutes); before login it stays 60 seconds.
+    @param quota: the users' quotas: QUOTA (RFC 9208) and OVERQUOTA on APPEND/COPY.
     """
     return IMAPFactory(
         portal=portal,
@@ -1686,4 +1724,5 @@ def imap_factory(
         clock=clock,
         max_literal_size=max_literal_size,
         idle_timeout=idle_timeout,
+        quota=quota,
     )

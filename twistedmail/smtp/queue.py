@@ -48,6 +48,7 @@ from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import fsync_dir
+from twistedmail.reply import Reply
 from twistedmail.smtp.dsn import DELAYED, FAILED, build_dsn
 from twistedmail.smtp.outbound import RecipientResult
 
@@ -646,6 +647,37 @@ class QueueRunner:
             id=entry.id,
             action=action,
             sender=entry.sender,
+        )
+
+    async def bounce(
+        self,
+        reverse_path: Mailbox | None,
+        failures: Sequence[tuple[Mailbox, Reply]],
+        message: bytes,
+    ) -> None:
+        """A bounce (RFC 3464) for recipients that failed at final delivery here (a user over
+        quota), sent at once; none for the null reverse-path (RFC 5321 §6.1)."""
+        if reverse_path is None or not failures:
+            return
+        now = self.clock.seconds()
+        results = [
+            RecipientResult(str(rcpt), reply.code, reply.status, reply.line().decode("ascii"))
+            for rcpt, reply in failures
+        ]
+        dsn = build_dsn(
+            hostname=self.hostname,
+            recipient=str(reverse_path),
+            results=results,
+            action=FAILED,
+            original=message,
+            arrival=now,
+            now=now,
+        )
+        await self.submit_dsn(str(reverse_path), dsn)
+        log.info(
+            "bounce sent to <{sender}> for {recipients}",
+            sender=str(reverse_path),
+            recipients=",".join(f"<{r.address}>" for r in results),
         )
 
     async def submit_dsn(self, recipient: str, dsn: bytes) -> None:

@@ -60,6 +60,7 @@ from twistedmail.accounts import AccountStore
 from twistedmail.address import AddressError, Mailbox, normalize_domain, parse_path
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import is_enospc
+from twistedmail.quota import QuotaExceeded
 from twistedmail.reply import (
     REPLY_214_HELP,
     REPLY_220_READY,
@@ -105,6 +106,7 @@ from twistedmail.reply import (
     REPLY_535_AUTH_FAILED,
     REPLY_550_BARE_LF,
     REPLY_550_NO_SUCH_USER,
+    REPLY_552_MAILBOX_FULL,
     REPLY_552_TOO_BIG,
     REPLY_555_BAD_PARAMETER,
     Reply,
@@ -245,6 +247,15 @@ class Relay(Protocol):
         """Queue C{message} durably for remote C{recipients}; return once it is on disk.
         @raise OSError: nothing was queued."""
 
+    async def bounce(
+        self,
+        reverse_path: Mailbox | None,
+        failures: Sequence[tuple[Mailbox, Reply]],
+        message: bytes,
+    ) -> None:
+        """Send C{reverse_path} a delivery status notification that C{failures} (recipient,
+        reply) failed for C{message}; nothing for the null reverse-path (RFC 5321 §6.1)."""
+
 
 class LocalRecipients:
     """Recipient checks and delivery for local mailboxes, shared by inbound and submission.
@@ -278,13 +289,31 @@ class LocalRecipients:
         """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
         return self.store.postmaster(hostname)
 
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+    async def check_quota(self, recipient: Mailbox) -> None:
+        """RCPT time, after L{check}: refuse a user already over quota, as Dovecot's LMTP
+        does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}).
+
+        @raise SMTPReplyError: C{552 5.2.2} (RFC 3463 mailbox full).
+        """
+        try:
+            await self.delivery.check_quota(recipient)
+        except QuotaExceeded:
+            raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
+
+    async def deliver(self, envelope: Envelope, message: bytes, others: bool = False) -> None:
         """Store C{message} durably for every local recipient, and queue it for the remote
         addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding).
 
+        A user whose quota the message would exceed gets no copy: when nobody else gets the
+        message (and not C{others}, recipients the caller delivers itself), the whole
+        transaction is refused with C{552 5.2.2}; otherwise the others get it and the sender
+        gets a bounce for the users over quota (SMTP has one reply for DATA; Postfix's
+        local delivery does the same).
+
         @raise SMTPReplyError: C{550 5.1.1} when no recipient is a local user or a
             forwarding alias any more (all deleted since RCPT: refuse rather than
-            acknowledge and drop, RFC 5321 §6.1); C{452 4.3.1} when the disk is full.
+            acknowledge and drop, RFC 5321 §6.1); C{452 4.3.1} when the disk is full;
+            C{552 5.2.2} as above.
         @raise OSError: any other disk failure (the session answers 451).
         """
         users, remote = self.delivery.local_users(list(envelope.recipients))
@@ -292,9 +321,14 @@ class LocalRecipients:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         try:
             if users:
-                remote = await self.delivery.deliver(
+                delivered = await self.delivery.deliver_all(
                     envelope.reverse_path, list(envelope.recipients), message
                 )
+                remote = list(delivered.remote)
+                if delivered.over_quota:
+                    if not (delivered.stored or others or (remote and self.relay is not None)):
+                        raise SMTPReplyError(REPLY_552_MAILBOX_FULL)
+                    await self._bounce(envelope, delivered.over_quota, message)
             if remote and self.relay is not None:
                 await self.relay.enqueue(envelope.reverse_path, remote, message)
         except OSError as e:
@@ -307,6 +341,23 @@ class LocalRecipients:
                 session=envelope.client.session_id,
                 remote=[str(m) for m in remote],
             )
+
+    async def _bounce(
+        self, envelope: Envelope, over_quota: Sequence[Mailbox], message: bytes
+    ) -> None:
+        if self.relay is None:
+            log.warn(
+                "session {session}: no bounce for {users} over quota (no queue)",
+                session=envelope.client.session_id,
+                users=[str(m) for m in over_quota],
+            )
+            return
+        failures = [(user, REPLY_552_MAILBOX_FULL) for user in over_quota]
+        try:
+            await self.relay.bounce(envelope.reverse_path, failures, message)
+        except Exception:
+            # The others have their copies: a 4xx now would make the client send it again.
+            log.failure("session {session}: bounce failed", session=envelope.client.session_id)
 
 
 def address_literal(ip: str) -> str:

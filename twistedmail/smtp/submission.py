@@ -79,6 +79,7 @@ class SubmissionPolicy:
                 raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
             return
         self.local.check(recipient)
+        await self.local.check_quota(recipient)  # 552 5.2.2 for a full mailbox
 
     def check_from(self, user: str, message: bytes) -> None:
         """Every address in the From: header(s) must be one C{user} owns, as for MAIL FROM
@@ -107,7 +108,9 @@ class SubmissionPolicy:
         local = tuple(r for r in envelope.recipients if self.store.is_local_domain(r.domain))
         remote = [r for r in envelope.recipients if r not in local]
         if local:
-            await self.local.deliver(attrs.evolve(envelope, recipients=local), message)
+            await self.local.deliver(
+                attrs.evolve(envelope, recipients=local), message, others=bool(remote)
+            )
         if remote and self.relay is not None:
             try:
                 await self.relay.enqueue(envelope.reverse_path, remote, message)
