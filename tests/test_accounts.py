@@ -7,7 +7,14 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from twistedmail.accounts import MAX_ALIAS_DEPTH, SCHEMA_VERSION, AccountStore, Alias, StoreError
+from twistedmail.accounts import (
+    MAX_ALIAS_DEPTH,
+    SCHEMA_VERSION,
+    AccountStore,
+    Alias,
+    Quota,
+    StoreError,
+)
 from twistedmail.address import Mailbox
 
 M = Mailbox.parse
@@ -381,3 +388,68 @@ class NewUserTrialRegressionTests(unittest.TestCase):
             self.store.add_alias("loop@example.org", ["loop@example.org", "x@remote.test"])
         self.assertEqual(str(cm.exception), "loop@example.org cannot be an alias of itself")
         self.assertEqual(self.store.aliases(), [])
+
+
+# The schema of version 1 (before quotas), as the code of that version created it.
+SCHEMA_V1 = """
+CREATE TABLE domains (name TEXT PRIMARY KEY);
+CREATE TABLE users (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL REFERENCES domains(name),
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE aliases (
+    address TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (address, target)
+);
+INSERT INTO domains VALUES ('example.org');
+INSERT INTO users VALUES ('alice@example.org', 'example.org', '$argon2id$old-hash');
+INSERT INTO aliases VALUES ('team@example.org', 'alice@example.org');
+PRAGMA user_version=1;
+"""
+
+
+class QuotaTests(StoreTestCase):
+    def test_new_user_is_unlimited_unless_given_a_quota(self) -> None:
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_user("bob@example.org", "h", Quota(storage=2**30))
+        self.assertEqual(self.store.quota("alice@example.org"), Quota())
+        self.assertEqual(self.store.quota("BOB@example.org"), Quota(storage=2**30))
+        self.assertIsNone(self.store.quota("carol@example.org"))
+
+    def test_set_quota(self) -> None:
+        self.store.add_user("alice@example.org", "h")
+        self.store.set_quota("Alice@Example.org", Quota(storage=5000, messages=10))
+        self.assertEqual(self.open().quota("alice@example.org"), Quota(5000, 10))
+        self.assertEqual(self.store.quotas(), [("alice@example.org", Quota(5000, 10))])
+        self.assertStoreError(
+            "no such user bob@example.org", self.store.set_quota, "bob@example.org", Quota()
+        )
+        self.assertStoreError(
+            "a quota cannot be negative", self.store.set_quota, "alice@example.org", Quota(-1)
+        )
+
+    def test_store_of_version_1_gets_the_quota_columns_and_keeps_its_data(self) -> None:
+        path = self.dir / "old.sqlite3"
+        db = sqlite3.connect(path)
+        db.executescript(SCHEMA_V1)
+        db.close()
+        store = AccountStore(path)
+        self.addCleanup(store.close)
+        self.assertEqual(store.users(), ["alice@example.org"])
+        self.assertEqual(store.password_hash("alice@example.org"), "$argon2id$old-hash")
+        self.assertEqual(store.alias_targets("team@example.org"), ["alice@example.org"])
+        self.assertEqual(store.quota("alice@example.org"), Quota())
+        store.set_quota("alice@example.org", Quota(storage=100))
+        store.add_user("bob@example.org", "h", Quota(messages=5))
+        self.assertEqual(
+            store.quotas(),
+            [("alice@example.org", Quota(storage=100)), ("bob@example.org", Quota(messages=5))],
+        )
+        (version,) = store._db.execute("PRAGMA user_version").fetchone()
+        self.assertEqual(version, SCHEMA_VERSION)
+        # A second process opening the migrated store (the CLI while the server runs).
+        again = AccountStore(path)
+        self.addCleanup(again.close)
+        self.assertEqual(again.quota("alice@example.org"), Quota(storage=100))

@@ -11,7 +11,8 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from twistedmail import cli, passwords
-from twistedmail.accounts import AccountStore
+from twistedmail.accounts import AccountStore, Quota
+from twistedmail.maildir import make_maildir, write_durably
 from twistedmail.tls import create_self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -548,3 +549,78 @@ class CheckConfigSmarthostTests(CLITestCase):
             ),
             err,
         )
+
+
+class QuotaCommandTests(CLITestCase):
+    """C{user quota ADDRESS [SIZE] [--messages N]}, C{user list --quota}, [limits]
+    default_quota for C{user add}."""
+
+    def test_set_show_and_clear(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertEqual(
+            self.run_cli("user", "quota", "Alice@example.org", "2GiB"),
+            (0, "quota of alice@example.org: storage 2GiB, messages unlimited\n", ""),
+        )
+        self.assertEqual(self.store().quota("alice@example.org"), Quota(storage=2**30 * 2))
+        self.assertEqual(
+            self.run_cli("user", "quota", "alice@example.org", "--messages", "1000"),
+            (0, "quota of alice@example.org: storage 2GiB, messages 1000\n", ""),
+        )
+        self.assertEqual(
+            self.run_cli("user", "quota", "alice@example.org", "500MB"),
+            (0, "quota of alice@example.org: storage 500000000, messages 1000\n", ""),
+        )
+        root = self.data_dir / "mail" / "example.org" / "alice"
+        make_maildir(root)
+        write_durably(root / "new", b"x" * 1234)
+        self.assertEqual(
+            self.run_cli("user", "quota", "alice@example.org"),
+            (0, "alice@example.org storage=1234/500000000 messages=1/1000\n", ""),
+        )
+        for none in ("0", "none", "unlimited"):
+            self.assertEqual(
+                self.run_cli("user", "quota", "alice@example.org", none, "--messages", "0"),
+                (0, "quota of alice@example.org: storage unlimited, messages unlimited\n", ""),
+            )
+        self.assertEqual(self.store().quota("alice@example.org"), Quota())
+
+    def test_errors(self) -> None:
+        self.add_user("alice@example.org")
+        self.assertUserError(
+            self.run_cli("user", "quota", "bob@example.org", "1GiB"),
+            "no such user bob@example.org",
+        )
+        self.assertUserError(
+            self.run_cli("user", "quota", "alice@example.org", "lots"),
+            'invalid size \'lots\': must be a size such as "1GiB", or "0" / "none" for unlimited',
+        )
+        self.assertUserError(
+            self.run_cli("user", "quota", "alice@example.org", "1GiB", "--messages", "-3"),
+            "invalid message count '-3': 0 (none) or more",
+        )
+        self.assertEqual(self.store().quota("alice@example.org"), Quota())
+
+    def test_list_with_quota(self) -> None:
+        self.add_user("bob@example.org")
+        self.add_user("alice@example.org")
+        self.run_cli("user", "quota", "alice@example.org", "1MiB", "--messages", "50")
+        self.assertEqual(
+            self.run_cli("user", "list", "--quota"),
+            (
+                0,
+                "alice@example.org storage=0/1MiB messages=0/50\n"
+                "bob@example.org storage=0/none messages=0/none\n",
+                "",
+            ),
+        )
+        # Without --quota the list stays one address per line (DESIGN §3).
+        self.assertEqual(
+            self.run_cli("user", "list"), (0, "alice@example.org\nbob@example.org\n", "")
+        )
+
+    def test_new_users_get_the_default_quota(self) -> None:
+        self.config.write_text(
+            self.config.read_text() + '\n[limits]\ndefault_quota = "1GiB"\n', "utf-8"
+        )
+        self.add_user("alice@example.org")
+        self.assertEqual(self.store().quota("alice@example.org"), Quota(storage=2**30))

@@ -286,3 +286,33 @@ class SmarthostConfigTests(TestCase):
             self.error('[relay]\nsmarthost_ca = "ca.pem"\n'),
             "FILE: [relay] smarthost_ca: needs [relay] smarthost",
         )
+
+
+class DefaultQuotaTests(TestCase):
+    """[limits] default_quota: the storage quota of users added from now on (0: unlimited)."""
+
+    def load(self, value: str) -> int:
+        path = Path(self.mktemp())
+        path.write_text(f"[limits]\ndefault_quota = {value}\n")
+        return load_config(path).limits.default_quota
+
+    def test_values(self) -> None:
+        self.assertEqual(parse_config({}, None).limits.default_quota, 0)
+        self.assertEqual(self.load('"0"'), 0)
+        self.assertEqual(self.load('"none"'), 0)
+        self.assertEqual(self.load("0"), 0)
+        self.assertEqual(self.load('"1GiB"'), 2**30)
+        self.assertEqual(self.load('"500MB"'), 500 * 10**6)
+        self.assertEqual(self.load("4096"), 4096)
+
+    def test_invalid(self) -> None:
+        for value in ('"lots"', "-1", "true", '"-5MiB"'):
+            path = Path(self.mktemp())
+            path.write_text(f"[limits]\ndefault_quota = {value}\n")
+            with self.assertRaises(ConfigError) as cm:
+                load_config(path)
+            self.assertEqual(
+                str(cm.exception),
+                f'{path}: [limits] default_quota: must be a size such as "1GiB", or "0" /'
+                ' "none" for unlimited',
+            )

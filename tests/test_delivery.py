@@ -10,10 +10,11 @@ from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
-from twistedmail.accounts import AccountStore
+from twistedmail.accounts import AccountStore, Quota
 from twistedmail.address import Mailbox
-from twistedmail.delivery import LocalDelivery, return_path_header
+from twistedmail.delivery import Delivered, LocalDelivery, return_path_header
 from twistedmail.maildir import ChangeNotifier, Folder
+from twistedmail.quota import QuotaExceeded, QuotaTracker
 
 M = Mailbox.parse
 MESSAGE = (
@@ -132,3 +133,71 @@ class DeliveryTests(unittest.TestCase):
         d = defer.ensureDeferred(delivery.deliver(None, [M("alice@example.org")], MESSAGE))
         self.failureResultOf(d, OSError)
         self.assertEqual(self.changed, [])
+
+
+class QuotaDeliveryTests(unittest.TestCase):
+    """A user whose quota the message would exceed gets no copy; the others do."""
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        self.mail_dir = base / "mail"
+        self.store = AccountStore(base / "accounts.sqlite3")
+        self.addCleanup(self.store.close)
+        self.size = len(return_path_header(M("sender@remote.example")) + MESSAGE)
+        self.store.add_user("alice@example.org", "h", Quota(storage=self.size + 10))
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
+        self.store.add_alias("alice2@example.org", ["alice@example.org"])
+        tracker = QuotaTracker(self.store, self.mail_dir, run_now)
+        self.delivery = LocalDelivery(self.store, self.mail_dir, ChangeNotifier(), run_now, tracker)
+
+    def deliver(self, recipients: list[str]) -> Delivered:
+        d = defer.ensureDeferred(
+            self.delivery.deliver_all(
+                M("sender@remote.example"), [M(r) for r in recipients], MESSAGE
+            )
+        )
+        return self.successResultOf(d)
+
+    def count(self, user: str) -> int:
+        return len(os.listdir(self.mail_dir / "example.org" / user / "new"))
+
+    def test_over_quota_user_gets_no_copy(self) -> None:
+        first = self.deliver(["team@example.org"])
+        self.assertEqual(first, Delivered((M("alice@example.org"), M("bob@example.org")), (), ()))
+        with capturedLogs() as events:
+            second = self.deliver(["team@example.org"])
+        self.assertEqual(second, Delivered((M("bob@example.org"),), (), (M("alice@example.org"),)))
+        self.assertEqual((self.count("alice"), self.count("bob")), (1, 2))
+        self.assertIn(
+            f"not delivered: to=alice@example.org from=sender@remote.example size={self.size}:"
+            " STORAGE quota exceeded",
+            [formatEvent(e) for e in events],
+        )
+
+    def test_deliver_drops_over_quota_copies(self) -> None:
+        """The DSN path (deliver) stores what fits and reports nothing."""
+        self.deliver(["alice@example.org"])
+        d = defer.ensureDeferred(self.delivery.deliver(None, [M("alice@example.org")], MESSAGE))
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual(self.count("alice"), 1)
+
+    def test_check_quota_at_rcpt(self) -> None:
+        """Refused only when every user behind the address is full."""
+
+        def check(address: str) -> object:
+            d = defer.ensureDeferred(self.delivery.check_quota(M(address)))
+            failures: list[Any] = []
+            d.addErrback(failures.append)
+            return failures[0].value if failures else None
+
+        self.assertIsNone(check("alice@example.org"))  # room left: 10 + one message
+        self.store.set_quota("alice@example.org", Quota(storage=1))
+        self.deliver(["bob@example.org"])
+        self.assertIsNone(check("alice@example.org"))  # empty, 1 octet free
+        (self.mail_dir / "example.org" / "alice" / "new").mkdir(parents=True, exist_ok=True)
+        (self.mail_dir / "example.org" / "alice" / "new" / "1.M1P1.h,S=1").write_bytes(b"x")
+        error = check("alice2@example.org")
+        self.assertIsInstance(error, QuotaExceeded)
+        self.assertIsNone(check("team@example.org"))  # bob has room

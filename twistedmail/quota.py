@@ -96,11 +96,9 @@ class UsageCache:
         return Usage(storage, messages)
 
     def _folder(self, path: Path) -> Usage:
-        try:
-            stamps = tuple(os.stat(path / sub).st_mtime_ns for sub in ("new", "cur"))
-        except FileNotFoundError:
+        key = (_mtime_ns(path / "new"), _mtime_ns(path / "cur"))
+        if key == (-1, -1):
             return Usage()
-        key = (stamps[0], stamps[1])
         with self._lock:
             cached = self._folders.get(path)
         if cached is not None and cached[0] == key:
@@ -110,6 +108,13 @@ class UsageCache:
             with self._lock:
                 self._folders[path] = (key, usage)
         return usage
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return -1
 
 
 def _folders(root: Path) -> list[Path]:
@@ -195,4 +200,3 @@ class QuotaTracker:
         resource = full(quota, await self.usage(address))
         if resource is not None:
             raise QuotaExceeded(address, resource)
-
