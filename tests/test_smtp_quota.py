@@ -142,3 +142,25 @@ class QuotaPolicyTests(unittest.TestCase):
             [(Mailbox.parse("alice@example.test"), [("bob@example.test", FULL.rstrip())])],
         )
         self.assertEqual(len(self.host.messages("bob@example.test")), 1)
+
+    def test_rcpt_refused_when_the_announced_size_does_not_fit(self) -> None:
+        """RFC 1870 SIZE: a message announced too big for the room left is refused at RCPT,
+        before its data is sent; without SIZE= the same recipient is accepted."""
+        self.send(["bob@example.test"])
+        room = 1000 - len(self.host.messages("bob@example.test")[0])
+        proto, tr = self.inbound()
+        self.assertEqual(
+            talk(proto, tr, b"MAIL FROM:<x@elsewhere.test> SIZE=%d\r\n" % (room + 1)),  # type: ignore[arg-type]
+            b"250 2.1.0 Sender OK\r\n",
+        )
+        self.assertEqual(talk(proto, tr, b"RCPT TO:<bob@example.test>\r\n"), FULL)  # type: ignore[arg-type]
+        talk(proto, tr, b"RSET\r\nMAIL FROM:<x@elsewhere.test> SIZE=%d\r\n" % room)  # type: ignore[arg-type]
+        self.assertEqual(
+            talk(proto, tr, b"RCPT TO:<bob@example.test>\r\n"),  # type: ignore[arg-type]
+            b"250 2.1.5 Recipient OK\r\n",
+        )
+        talk(proto, tr, b"RSET\r\nMAIL FROM:<x@elsewhere.test>\r\n")  # type: ignore[arg-type]
+        self.assertEqual(
+            talk(proto, tr, b"RCPT TO:<bob@example.test>\r\n"),  # type: ignore[arg-type]
+            b"250 2.1.5 Recipient OK\r\n",
+        )

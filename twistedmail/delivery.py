@@ -78,9 +78,10 @@ class LocalDelivery:
                 target.setdefault(str(final), final)
         return list(users.values()), list(remote.values())
 
-    async def check_quota(self, recipient: Mailbox) -> None:
+    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
         """RCPT time: refuse a recipient whose every local user is already at or over their
-        quota (an alias with one user who has room is accepted).
+        quota, or has no room for C{size} octets when the client announced the size (an
+        alias with one user who has room is accepted).
 
         @raise QuotaExceeded: for the first full user, when all are full.
         """
@@ -92,7 +93,10 @@ class LocalDelivery:
         first: QuotaExceeded | None = None
         for user in users:
             try:
-                await self.quota.check_not_full(str(user))
+                if size:
+                    await self.quota.check(str(user), size)
+                else:
+                    await self.quota.check_not_full(str(user))
             except QuotaExceeded as e:
                 first = first or e
             else:

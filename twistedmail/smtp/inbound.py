@@ -76,7 +76,7 @@ class InboundPolicy:
         if not self.store.is_local_domain(recipient.domain):
             raise SMTPReplyError(REPLY_554_RELAY_DENIED)
         self.local.check(recipient)
-        await self.local.check_quota(recipient)  # 552 5.2.2 for a full mailbox
+        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Check the message (when configured), then store it (see L{LocalRecipients}).

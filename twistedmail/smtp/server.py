@@ -152,6 +152,8 @@ class Client:
     @ivar esmtp: whether the client greeted with EHLO.
     @ivar tls: whether the session is under TLS (STARTTLS done, or implicit TLS).
     @ivar user: the authenticated address (RFC 4954), or C{None}.
+    @ivar declared_size: the C{SIZE=} of the current MAIL FROM (RFC 1870 §6: the client's
+        estimate, in octets), 0 when not given.
     """
 
     session_id: str
@@ -160,6 +162,7 @@ class Client:
     esmtp: bool
     tls: bool
     user: str | None
+    declared_size: int = 0
 
 
 @attrs.frozen
@@ -289,14 +292,15 @@ class LocalRecipients:
         """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
         return self.store.postmaster(hostname)
 
-    async def check_quota(self, recipient: Mailbox) -> None:
+    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
         """RCPT time, after L{check}: refuse a user already over quota, as Dovecot's LMTP
-        does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}).
+        does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}), or
+        one who has no room for the C{size} octets MAIL FROM announced (RFC 1870 SIZE).
 
         @raise SMTPReplyError: C{552 5.2.2} (RFC 3463 mailbox full).
         """
         try:
-            await self.delivery.check_quota(recipient)
+            await self.delivery.check_quota(recipient, size)
         except QuotaExceeded:
             raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
 
@@ -497,6 +501,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             esmtp=self.esmtp,
             tls=self.tls,
             user=self.user,
+            declared_size=self.declared_size,
         )
 
     # -- output ----------------------------------------------------------------------
@@ -671,6 +676,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.reverse_path = None
         self.recipients = []
         self.body_type = "7BIT"
+        self.declared_size = 0
         self._data_lines = []
         self._data_size = 0
         self._data_failed = None
@@ -693,19 +699,19 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self.send_reply(REPLY_501_BAD_SENDER)
             return
         try:
-            body = self._mail_parameters(params)
+            body, size = self._mail_parameters(params)
         except SMTPReplyError as e:
             self.send_reply(e.reply)
             return
-        self._run(self._mail(reverse_path, body))
+        self._run(self._mail(reverse_path, body, size))
 
-    def _mail_parameters(self, params: str) -> str:
-        """Check MAIL FROM parameters; return the BODY type.
+    def _mail_parameters(self, params: str) -> tuple[str, int]:
+        """Check MAIL FROM parameters; return the BODY type and the SIZE (0: not given).
 
         @raise SMTPReplyError: 555 for an unknown parameter or value (RFC 5321 §4.1.1.11),
             501 for a malformed one, 552 for a SIZE over the limit (RFC 1870 §6).
         """
-        body = "7BIT"
+        body, size = "7BIT", 0
         seen: set[str] = set()
         for word in params.split():
             keyword, eq, value = word.partition("=")
@@ -718,6 +724,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
                     raise SMTPReplyError(REPLY_501_SYNTAX)
                 if int(value) > self.max_message_size:
                     raise SMTPReplyError(REPLY_552_TOO_BIG)  # RFC 1870 §6.2
+                size = int(value)
             elif keyword == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):  # RFC 6152 §2
                     raise SMTPReplyError(REPLY_555_BAD_PARAMETER)
@@ -728,13 +735,14 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
                     raise SMTPReplyError(REPLY_501_SYNTAX)
             else:
                 raise SMTPReplyError(REPLY_555_BAD_PARAMETER)
-        return body
+        return body, size
 
-    async def _mail(self, reverse_path: Mailbox | None, body: str) -> Reply:
+    async def _mail(self, reverse_path: Mailbox | None, body: str, size: int = 0) -> Reply:
         await self.policy.check_sender(self.client(), reverse_path)
         self.has_sender = True
         self.reverse_path = reverse_path
         self.body_type = body
+        self.declared_size = size
         self.recipients = []
         return REPLY_250_SENDER_OK
 

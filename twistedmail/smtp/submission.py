@@ -79,7 +79,7 @@ class SubmissionPolicy:
                 raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
             return
         self.local.check(recipient)
-        await self.local.check_quota(recipient)  # 552 5.2.2 for a full mailbox
+        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
 
     def check_from(self, user: str, message: bytes) -> None:
         """Every address in the From: header(s) must be one C{user} owns, as for MAIL FROM
