@@ -95,7 +95,7 @@ class QuotaCommands:
         mbox = await maybeDeferred(self.account.select, mailbox_name(name), False)
         if mbox is None:
             raise MailboxError("No such mailbox", b"NONEXISTENT")
-        closeable = imap4.ICloseableMailbox(mbox, None)
+        closeable: Any = imap4.ICloseableMailbox(mbox, None)
         if closeable is not None:
             closeable.close()
         quota = self._quota_of_user()
