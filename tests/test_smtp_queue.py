@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from twistedmail.address import Mailbox
+from twistedmail.reply import REPLY_552_MAILBOX_FULL
 from twistedmail.smtp.dsn import FAILED, build_dsn
 from twistedmail.smtp.outbound import RecipientResult, enhanced_status
 from twistedmail.smtp.queue import (
@@ -465,3 +466,36 @@ class DSNTests(TestCase):
         )
         self.assertNotIn(b"secret body line", dsn)
         self.assertNotIn(b"Remote-MTA", dsn)
+
+
+class LocalBounceTests(QueueTestCase):
+    """QueueRunner.bounce: a DSN for recipients that failed at final delivery here (a user
+    over quota), sent at once, never for a null reverse-path."""
+
+    def bounce(self, runner: QueueRunner, sender: Mailbox | None) -> None:
+        failures = [(Mailbox.parse("bob@example.test"), REPLY_552_MAILBOX_FULL)]
+        d = defer.Deferred.fromCoroutine(runner.bounce(sender, failures, MESSAGE))
+        self.successResultOf(d)
+
+    def test_bounce_to_a_local_sender(self) -> None:
+        runner = self.runner(FakeOutbound({}))
+        self.bounce(runner, ALICE)
+        [dsn] = self.dsns()
+        self.assertEqual(dsn["Subject"], "Undelivered Mail Returned to Sender")
+        human, status, headers = dsn.iter_parts()
+        self.assertEqual(
+            [dict(p.items()) for p in status.get_payload()][1],
+            {
+                "Final-Recipient": "rfc822; bob@example.test",
+                "Action": "failed",
+                "Status": "5.2.2",
+                "Diagnostic-Code": "X-twistedmail; 552 5.2.2 Mailbox full",
+                "Last-Attempt-Date": "Fri, 15 Jan 2027 08:00:00 +0000",
+            },
+        )
+        self.assertEqual(self.spool.ids(), [])  # delivered locally, nothing queued
+
+    def test_no_bounce_for_a_null_sender(self) -> None:
+        runner = self.runner(FakeOutbound({}))
+        self.bounce(runner, None)
+        self.assertEqual((self.dsns(), self.spool.ids()), ([], []))
