@@ -568,14 +568,14 @@ class QuotaCommandTests(CLITestCase):
         )
         self.assertEqual(
             self.run_cli("user", "quota", "alice@example.org", "500MB"),
-            (0, "quota of alice@example.org: storage 500000000, messages 1000\n", ""),
+            (0, "quota of alice@example.org: storage 500MB, messages 1000\n", ""),
         )
         root = self.data_dir / "mail" / "example.org" / "alice"
         make_maildir(root)
         write_durably(root / "new", b"x" * 1234)
         self.assertEqual(
             self.run_cli("user", "quota", "alice@example.org"),
-            (0, "alice@example.org storage=1234/500000000 messages=1/1000\n", ""),
+            (0, "alice@example.org storage=1234/500MB messages=1/1000\n", ""),
         )
         for none in ("0", "none", "unlimited"):
             self.assertEqual(

@@ -189,8 +189,10 @@ def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def format_size(octets: int) -> str:
-    """C{2147483648} -> C{"2GiB"}: the largest binary unit that divides it, else octets."""
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """C{2147483648} -> C{"2GiB"}, C{500000000} -> C{"500MB"}: the largest unit that divides
+    it (binary first, as C{user quota} accepts them), else octets."""
+    units = (("GiB", 2**30), ("MiB", 2**20), ("GB", 10**9), ("MB", 10**6), ("KiB", 2**10))
+    for unit, factor in units + (("KB", 1000),):
         if octets and octets % factor == 0:
             return f"{octets // factor}{unit}"
     return str(octets)

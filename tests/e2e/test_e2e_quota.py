@@ -10,6 +10,8 @@ import imapclient
 import pytest
 from e2e_server import PASSWORDS, Server, client_tls
 
+from twistedmail.cli import format_size
+
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 BODY = b"x" * 76 + b"\r\n"
@@ -110,7 +112,8 @@ def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Serve
         assert (typ, data) == ("NO", [b"[NOPERM] Quota limits are set by the administrator"])
 
     # Full to the octet: RCPT itself is refused with 552 5.2.2, on 25 and on 587.
-    server.cli("user", "quota", ALICE, str(used(server, ALICE)))
+    full = used(server, ALICE)
+    server.cli("user", "quota", ALICE, str(full))
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
         s.ehlo()
         s.mail("sender@elsewhere.test")
@@ -124,7 +127,7 @@ def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Serve
 
     listing = server.cli("user", "list", "--quota").stdout.splitlines()
     assert listing == [
-        f"{ALICE} storage={used(server, ALICE)}/{used(server, ALICE)} messages=2/none",
+        f"{ALICE} storage={used(server, ALICE)}/{format_size(full)} messages=2/none",
         f"{BOB} storage={used(server, BOB)}/none messages=2/none",
     ]
 
