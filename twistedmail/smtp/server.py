@@ -422,6 +422,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     reverse_path: Mailbox | None
     recipients: list[Mailbox]
     body_type: str
+    declared_size: int  # MAIL FROM SIZE= (RFC 1870), 0 when not given
     _data_lines: list[bytes]
     _data_size: int
     _data_failed: Reply | None
