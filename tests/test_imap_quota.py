@@ -111,3 +111,17 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"c COPY 2 Sent"), [b"c NO [OVERQUOTA] Quota exceeded"])
         self.assertEqual(self.h.cmd(b"d MOVE 2 Sent")[-1], b"d OK MOVE completed")
         self.assertEqual(len(self.sent()), 2)
+
+    def test_bad_input_gets_a_clean_answer(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a GETQUOTAROOT &Jjo"), [b"a NO [CANNOT] Invalid mailbox name"]
+        )
+        self.assertEqual(
+            self.h.send(b"b GETQUOTAROOT {5}\r\n"), b"+ Ready for 5 octets of text\r\n"
+        )
+        self.assertEqual(
+            self.h.send(b"INBOX\r\n"),
+            b'* QUOTAROOT "INBOX" ""\r\n* QUOTA "" (STORAGE 0 10)\r\n'
+            b"b OK GETQUOTAROOT completed\r\n",
+        )
+        self.assertEqual(self.h.cmd(b'c GETQUOTA "" extra'), [b"c BAD Too many arguments"])
