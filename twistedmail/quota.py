@@ -1,13 +1,14 @@
 """Per-user quota: usage of a Maildir++ tree and the checks delivery and IMAP make (RFC 9208).
 
-A user's usage is the sum of the C{,S=} sizes (RFC 9208 §5.1 STORAGE, the octets IMAP
-reports as RFC822.SIZE) and the number of messages (§5.2 MESSAGE) over INBOX and every
-subfolder, C{new/} and C{cur/}: file names only, no message is opened.  Each folder's
-figures are cached in memory with the modification times of its C{new/} and C{cur/}
-directories, so a folder is listed again only when a file was added, removed or renamed in
-it (by this process or any other); a directory changed within the last L{TRUST_AFTER}
-seconds is never cached, as its mtime may not yet show a change in the same clock tick
-(the rule Dovecot's maildir code follows).
+A user's usage is the sum of the C{,S=} sizes (RFC 9208 §5.1 STORAGE: the octets on disk,
+which for our CRLF files is also the RFC822.SIZE IMAP reports; Dovecot's LF files are counted
+by file size, as Dovecot's own quota does) and the number of messages (§5.2 MESSAGE) over
+INBOX and every subfolder, C{new/} and C{cur/}: file names only, no message is opened.  Each
+folder's figures are cached in memory with the modification times of its C{new/} and
+C{cur/} directories, so a folder is listed again only when a file was added, removed or
+renamed in it (by this process or any other); a directory changed within the last
+L{TRUST_AFTER} seconds is never cached, as its mtime may not yet show a change in the same
+clock tick (the rule Dovecot's maildir code follows).
 
 Enforcement follows Dovecot's quota plugin: a message is refused when usage plus its size
 would exceed the storage limit, or one more message the count limit (a limit of 0 is none).
