@@ -32,7 +32,7 @@ class QuotaTests(unittest.TestCase):
 
     def test_capabilities(self) -> None:
         (caps, ok) = self.h.cmd(b"a CAPABILITY")
-        self.assertTrue(caps.endswith(b"LIST-EXTENDED" + QUOTA_CAPS), caps)
+        self.assertTrue(caps.endswith(b"COMPRESS=DEFLATE" + QUOTA_CAPS), caps)
         self.assertEqual(ok, b"a OK CAPABILITY completed")
 
     def test_getquotaroot_and_getquota(self) -> None:
