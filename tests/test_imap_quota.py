@@ -125,3 +125,13 @@ class QuotaTests(unittest.TestCase):
             b"b OK GETQUOTAROOT completed\r\n",
         )
         self.assertEqual(self.h.cmd(b'c GETQUOTA "" extra'), [b"c BAD Too many arguments"])
+
+    def test_list_status_deleted(self) -> None:
+        """LIST-STATUS (RFC 5819) takes the same items as STATUS."""
+        self.assertEqual(
+            self.h.cmd(b'a LIST "" INBOX RETURN (STATUS (DELETED DELETED-STORAGE))')[1:],
+            [
+                b'* STATUS "INBOX" (DELETED 1 DELETED-STORAGE %d)' % len(MSG2),
+                b"a OK LIST completed",
+            ],
+        )
