@@ -178,6 +178,24 @@ class CompressCommandTests(unittest.TestCase):
         replies = z.take().split(b"\r\n")[:-1]
         self.assertEqual(replies, [b"n OK NOOP completed"] * 10_000)
 
+    def test_literal_and_the_command_after_it_in_one_chunk(self) -> None:
+        """What follows a literal in the same inflated chunk is plain text for the line
+        parser, not more DEFLATE (mbsync pipelines APPENDs with LITERAL+; before, the rest of
+        the chunk was fed to the inflater again: BYE [CLIENTBUG] Invalid compressed data)."""
+        self.h.login()
+        self.h.cmd(b"z COMPRESS DEFLATE")
+        z = DeflateClient(self.h)
+        message = b"Subject: piped\r\n\r\nbody\r\n"
+        append = b"a%d APPEND INBOX {%d+}\r\n%s\r\n"
+        replies = z.send(
+            b"".join(append % (i, len(message), message) for i in (1, 2)) + b"n NOOP\r\n"
+        ).split(b"\r\n")[:-1]
+        self.assertEqual(len(replies), 3, replies)
+        self.assertRegex(replies[0], rb"\Aa1 OK \[APPENDUID \d+ 2\] APPEND completed\Z")
+        self.assertRegex(replies[1], rb"\Aa2 OK \[APPENDUID \d+ 3\] APPEND completed\Z")
+        self.assertEqual(replies[2], b"n OK NOOP completed")
+        self.assertFalse(self.h.transport.disconnecting)
+
     def test_literal_limit_still_applies(self) -> None:
         self.h.login()
         self.h.cmd(b"z COMPRESS DEFLATE")

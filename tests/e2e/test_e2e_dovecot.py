@@ -207,6 +207,12 @@ def state(c: imaplib.IMAP4) -> State:
     return out
 
 
+def subscribed(c: imaplib.IMAP4) -> set[str]:
+    typ, listing = c.lsub()
+    assert typ == "OK"
+    return {line.decode().rpartition(" ")[2].strip('"') for line in listing if line}
+
+
 def names(c: imaplib.IMAP4) -> set[str]:
     typ, listing = c.list()
     assert typ == "OK"
@@ -276,7 +282,9 @@ def test_dovecot_reads_our_maildir_and_we_read_dovecots(root: Path) -> None:
         assert d.uid("STORE", "3", "+FLAGS", "($label3)")[0] == "OK"
         assert d.uid("STORE", "5", "+FLAGS", "(\\Deleted)")[0] == "OK"
         assert d.expunge()[0] == "OK"
+        assert d.subscribe("Work.Sub")[0] == "OK"
         theirs = state(d)
+        their_subscriptions = subscribed(d)
         d.logout()
     finally:
         dovecot.stop()
@@ -290,6 +298,9 @@ def test_dovecot_reads_our_maildir_and_we_read_dovecots(root: Path) -> None:
         c = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=client_tls())
         c.login(ALICE, PASSWORDS[ALICE])
         assert state(c) == theirs
+        # Dovecot's subscriptions file is read; INBOX we list as always subscribed.
+        assert subscribed(c) - {"INBOX"} == their_subscriptions
+        assert "Work.Sub" in their_subscriptions
         # and a message we add now continues Dovecot's UID sequence
         typ, data = c.append("INBOX", None, None, message(12))
         assert typ == "OK" and data[0].startswith(b"[APPENDUID %d 8]" % theirs["INBOX"][0])

@@ -261,6 +261,8 @@ def test_mbsync_pull_push_and_incremental_sync(world: tuple[Server, Local, Path,
     c.logout()
 
     mbsync(config)  # first sync: Pull and Push, creating the missing folders on both sides
+    # mbsync turns on COMPRESS=DEFLATE (RFC 4978) and pipelines its APPENDs inside it
+    assert "imap compress session=" in srv.log.read_text()
     c = imap(srv, ca)
     first = snapshot(local, c)
     assert len(first["INBOX"]) == 5 and len(first["Remote"]) == 1

@@ -371,6 +371,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             self.clearLineBuffer()
             self.transport.loseConnection()
 
+    def setLineMode(self, extra: bytes = b"") -> Any:
+        """Back to lines after a literal; C{extra}, the rest of the chunk the literal ended
+        in, is already inflated (RFC 4978 §3): it goes to the line parser, never through
+        L{dataReceived} to the inflater again."""
+        self.line_mode = 1
+        if extra:
+            return super().dataReceived(extra)
+        return None
+
     def _input_stopped(self) -> bool:
         return bool(self.paused or self.transport is None or self.transport.disconnecting)
 

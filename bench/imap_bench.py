@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""IMAP benchmark: twistedmail against Dovecot on copies of the same big INBOX (run by hand).
+
+    .venv/bin/python bench/imap_bench.py [--messages 100000] [--load-secs 20] [--idle-conns 1000]
+
+1. Builds an N-message INBOX once (2-20 KB messages, varied headers, some multipart, flags and
+   a keyword; Maildir files and dovecot-uidlist written directly) and caches it under
+   $TMPDIR/twistedmail-bench-cache/ (--cache), reused by later runs.
+2. Hard-links a copy for each server (both only rename and unlink message files, never
+   rewrite them) as the INBOX of test@example.test, plus users test1..test20 with empty INBOXes.
+3. One server at a time, over implicit TLS, measures: LOGIN, the first (cold) SELECT and a
+   second one, UID FETCH 1:* (UID FLAGS), FETCH ENVELOPE of the last 500, SEARCH UNSEEN;
+   ops/s of a mixed load (the team's peers/imap_load.py: --clients imaplib clients doing
+   LOGIN/SELECT/FETCH/STORE/SEARCH/LOGOUT for --load-secs); and memory per connection with
+   --idle-conns logged-in IDLE connections (PSS summed over the server's process tree, from
+   peers/rss.py, minus the figure before they connected).
+4. Prints a table: twistedmail, Dovecot, and the ratio twistedmail/Dovecot per row.
+
+twistedmail runs from this checkout's venv (twistd next to sys.executable) with a bench config
+(only IMAPS listens; [limits] max_connections and max_connections_per_ip raised for the idle
+test). Dovecot is the team's peers/dovecot.sh (--peers), on ports from --port-base. The
+Maildir format is the one twistedmail and Dovecot share, so the bench keeps working when
+twistedmail adds its own per-folder index: the index is built by the first SELECT, which is the
+"cold" row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import imaplib
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PEERS = HERE.parent.parent.parent / "shared" / "tools" / "peers"
+GENERATOR_VERSION = 1
+DOMAIN = "example.test"
+USER = f"test@{DOMAIN}"
+PASSWORD = "secret"
+IDLE_USERS = 20
+NOBODY = 65534
+
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu meeting report "
+    "invoice lunch release server backup question update review budget travel photo draft "
+    "schedule holiday garden project weekly summary the a of and to in is for on with"
+).split()
+NAMES = [
+    "Alice Adams",
+    "Bob Brown",
+    "Carol Clark",
+    "Dave Davis",
+    "Eve Evans",
+    "Frank Fox",
+    "Grace Green",
+    "Heidi Hall",
+    "Ivan Irwin",
+    "Judy Jones",
+    "Mallory Moore",
+    "Niaj Nash",
+    "Olivia Owens",
+    "Peggy Price",
+    "Rupert Reed",
+    "Sybil Scott",
+    "Trent Turner",
+    "Zoe Young",
+]
+LISTS = ["dev", "announce", "users", "ops", "family"]
+
+
+# ------------------------------------------------------------------ the mailbox
+
+
+def _paragraphs(rnd: random.Random) -> list[bytes]:
+    out = []
+    for _ in range(300):
+        lines = []
+        for _ in range(rnd.randint(3, 12)):
+            lines.append(" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(6, 13))))
+        out.append(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return out
+
+
+def _message(rnd: random.Random, i: int, t: int, paras: list[bytes], ids: list[str]) -> bytes:
+    frm, to = rnd.choice(NAMES), rnd.choice(NAMES)
+    subject = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 8))).capitalize()
+    mid = f"<{i}.{rnd.getrandbits(40):x}@gen.{DOMAIN}>"
+    hdr = [
+        f"Return-Path: <{frm.split()[0].lower()}@{DOMAIN}>",
+        f"Received: from mx{rnd.randint(1, 9)}.elsewhere.test"
+        f" (mx.elsewhere.test [192.0.2.{rnd.randint(1, 254)}])"
+        f"\r\n\tby mail.{DOMAIN} with ESMTPS id {rnd.getrandbits(48):x}"
+        f"\r\n\tfor <test@{DOMAIN}>; {email.utils.formatdate(t)}",
+        f'From: "{frm}" <{frm.split()[0].lower()}@{DOMAIN}>',
+        f"To: {to} <{to.split()[0].lower()}@{DOMAIN}>",
+    ]
+    if rnd.random() < 0.3:
+        cc = rnd.sample(NAMES, rnd.randint(1, 4))
+        hdr.append("Cc: " + ",\r\n ".join(f"{n} <{n.split()[0].lower()}@{DOMAIN}>" for n in cc))
+    if ids and rnd.random() < 0.35:
+        parent = rnd.choice(ids[-50:])
+        hdr += [f"In-Reply-To: {parent}", f"References: {parent}"]
+        subject = "Re: " + subject
+    if rnd.random() < 0.2:
+        lst = rnd.choice(LISTS)
+        hdr += [f"List-Id: <{lst}.lists.{DOMAIN}>", f"Sender: {lst}-bounces@lists.{DOMAIN}"]
+        subject = f"[{lst}] {subject}"
+    hdr += [f"Subject: {subject}", f"Date: {email.utils.formatdate(t)}", f"Message-ID: {mid}"]
+    ids.append(mid)
+    size = max(2000, min(20000, int(rnd.lognormvariate(8.6, 0.6))))  # median ~5.4 KB
+    body = b""
+    while len(body) < size:
+        body += rnd.choice(paras)
+    body = body[:size].rsplit(b"\r\n", 1)[0] + b"\r\n"
+    head = "\r\n".join(hdr).encode() + b"\r\nMIME-Version: 1.0\r\n"
+    if rnd.random() < 0.15:
+        boundary = f"=_b{rnd.getrandbits(32):x}"
+        half = body[: len(body) // 2]
+        return (
+            head
+            + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()
+            + f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n".encode()
+            + half
+            + f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n".encode()
+            + b"<html><body><p>"
+            + half
+            + f"</p></body></html>\r\n--{boundary}--\r\n".encode()
+        )
+    return head + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n" + body
+
+
+def build_inbox(path: Path, count: int, seed: int = 1) -> None:
+    """Write an INBOX Maildir of C{count} messages with its dovecot-uidlist, fast."""
+    rnd = random.Random(seed)
+    paras = _paragraphs(rnd)
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    t = int(time.time()) - count * 300 - 86400
+    ids: list[str] = []
+    uidlist = [f"3 V{t} N{count + 1} G{uuid.uuid4().hex}"]
+    cur = path / "cur"
+    for i in range(1, count + 1):
+        t += rnd.randint(1, 599)
+        data = _message(rnd, i, t, paras, ids)
+        recent = i > count * 0.97
+        flags = ""
+        if rnd.random() < 0.04:
+            flags += "F"
+        if rnd.random() < 0.1:
+            flags += "R"
+        if not recent and rnd.random() < 0.9:
+            flags += "S"
+        if rnd.random() < 0.02:
+            flags += "a"  # $Junk, see dovecot-keywords
+        base = f"{t}.M{i}P{seed}Q{i}.bench,S={len(data)}"
+        name = cur / f"{base}:2,{flags}"
+        with open(name, "wb") as f:
+            f.write(data)
+        os.utime(name, (t, t))
+        uidlist.append(f"{i} :{base}")
+    (path / "dovecot-uidlist").write_text("\n".join(uidlist) + "\n")
+    (path / "dovecot-keywords").write_text("0 $Junk\n")
+
+
+def cached_inbox(cache: Path, count: int) -> Path:
+    path = cache / f"inbox-{count}-v{GENERATOR_VERSION}"
+    if (path / "complete").exists():
+        print(f"using the cached INBOX {path}", flush=True)
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    t0 = time.monotonic()
+    print(f"building a {count}-message INBOX in {path} ...", flush=True)
+    build_inbox(path, count)
+    (path / "complete").touch()
+    print(f"  built in {time.monotonic() - t0:.0f} s", flush=True)
+    return path
+
+
+def link_copy(src: Path, dst: Path, uid: int | None = None) -> None:
+    """Copy the Maildir C{src} to C{dst}: message files hard-linked, the rest copied."""
+    for sub in ("cur", "new", "tmp"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(src / sub):
+            os.link(src / sub / name, dst / sub / name)
+    for name in ("dovecot-uidlist", "dovecot-keywords"):
+        shutil.copy2(src / name, dst / name)
+    if uid is not None:
+        for dirpath, _dirs, files in os.walk(dst):
+            os.chown(dirpath, uid, uid)
+            for name in files:
+                os.chown(os.path.join(dirpath, name), uid, uid)
+
+
+# ------------------------------------------------------------------ the servers
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while port_free(port):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+        time.sleep(0.1)
+
+
+class Twistedmail:
+    name = "twistedmail"
+
+    def __init__(self, work: Path, port: int) -> None:
+        self.work, self.port = work, port
+        self.bin = Path(sys.executable).parent
+        self.config = work / "twistedmail.toml"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def prepare(self, inbox: Path, idle_users: int = IDLE_USERS) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        data = self.work / "data"
+        listen = "\n".join(
+            f"{s} = []" for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s")
+        )
+        self.config.write_text(
+            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{data}"\n\n'
+            f'[listen]\nimaps = "127.0.0.1:{self.port}"\n{listen}\n\n'
+            "[limits]\nmax_connections = 5000\nmax_connections_per_ip = 5000\n"
+        )
+        users = [USER] + [f"test{i}@{DOMAIN}" for i in range(1, idle_users + 1)]
+        print(f"twistedmail: adding {len(users)} users (argon2id hashing) ...", flush=True)
+        for u in users:
+            subprocess.run(
+                [
+                    str(self.bin / "twistedmail"),
+                    "--config",
+                    str(self.config),
+                    "user",
+                    "add",
+                    u,
+                    "--password-stdin",
+                ],
+                input=PASSWORD + "\n",
+                text=True,
+                check=True,
+                capture_output=True,
+            )
+        link_copy(inbox, data / "mail" / DOMAIN / "test")
+
+    def start(self) -> int:
+        self.proc = subprocess.Popen(
+            [
+                str(self.bin / "twistd"),
+                "-n",
+                "--pidfile=",
+                f"--logfile={self.work / 'twistd.log'}",
+                "twistedmail",
+                "--config",
+                str(self.config),
+            ],
+            cwd=self.work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Dovecot:
+    name = "Dovecot"
+
+    def __init__(self, work: Path, port_base: int, peers: Path) -> None:
+        self.work, self.peers = work, peers
+        self.port = port_base + 993
+        self.env = {
+            **os.environ,
+            "PEERS_PORT_BASE": str(port_base),
+            "PEERS_PASSWORD": PASSWORD,
+            "PEERS_USERS": str(IDLE_USERS),
+            "PEERS_DOMAIN": DOMAIN,
+        }
+
+    def prepare(self, inbox: Path, idle_users: int = IDLE_USERS) -> None:
+        uid = NOBODY if os.getuid() == 0 else os.getuid()
+        home = self.work / "vmail" / DOMAIN / "test"
+        link_copy(inbox, home / "Maildir", uid)
+        for p in (self.work / "vmail", self.work / "vmail" / DOMAIN, home):
+            os.chown(p, uid, uid)
+
+    def start(self) -> int:
+        with open(self.work / "dovecot-start.log", "wb") as out:  # the master keeps stdout
+            subprocess.run(
+                [str(self.peers / "dovecot.sh"), "start", str(self.work)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+        wait_port(self.port)
+        return int((self.work / "dovecot" / "run" / "master.pid").read_text().split()[0])
+
+    def stop(self) -> None:
+        subprocess.run(
+            [str(self.peers / "dovecot.sh"), "stop", str(self.work)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
+
+
+# ------------------------------------------------------------------ the measurements
+
+
+def tls_context() -> ssl.SSLContext:
+    return ssl._create_unverified_context()  # loopback test servers with self-signed certs
+
+
+def timed(fn, *args):  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    typ, data = fn(*args)
+    dt = time.perf_counter() - t
+    if typ != "OK":
+        raise SystemExit(f"{fn.__name__}{args[:2]}: {typ} {data[:1]!r}")
+    return dt, data
+
+
+def single_client(port: int, count: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_context(), timeout=600)
+    out["connect + TLS (s)"] = time.perf_counter() - t
+    out["LOGIN (s)"], _ = timed(c.login, USER, PASSWORD)
+    out["SELECT INBOX, first (s)"], data = timed(c.select, "INBOX")
+    exists = int(data[0])
+    if exists != count:
+        raise SystemExit(f"INBOX has {exists} messages, expected {count}")
+    c.close()
+    out["SELECT INBOX, again (s)"], _ = timed(c.select, "INBOX")
+    out["UID FETCH 1:* (UID FLAGS) (s)"], data = timed(c.uid, "FETCH", "1:*", "(UID FLAGS)")
+    if len(data) != count:
+        raise SystemExit(f"UID FETCH returned {len(data)} lines")
+    first = max(1, count - 499)
+    out["FETCH last 500 ENVELOPE (s)"], data = timed(c.fetch, f"{first}:*", "(ENVELOPE)")
+    out["SEARCH UNSEEN (s)"], data = timed(c.search, None, "UNSEEN")
+    c.logout()
+    return out
+
+
+def mixed_load(port: int, peers: Path, clients: int, secs: float, cmds: int) -> tuple[float, int]:
+    """(commands/s, errors) of peers/imap_load.py load."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(peers / "imap_load.py"),
+            "load",
+            "--port",
+            str(port),
+            "--tls",
+            "--users",
+            USER,
+            "--password",
+            PASSWORD,
+            "--clients",
+            str(clients),
+            "--secs",
+            str(secs),
+            "--cmds",
+            str(cmds),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=secs + 300,
+    )
+    print(result.stdout, end="", flush=True)
+    m = re.search(r"commands, ([\d.]+) cmds/s, .*, (\d+) errors", result.stdout)
+    if not m:
+        raise SystemExit("imap_load load failed: " + result.stdout + result.stderr)
+    return float(m.group(1)), int(m.group(2))
+
+
+def tree_pss_kib(pid: int, peers: Path) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, str(peers / "rss.py"), str(pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rss = int(re.search(r"rss_kib=(\d+)", out).group(1))  # type: ignore[union-attr]
+    pss = int(re.search(r"pss_kib=(\d+)", out).group(1))  # type: ignore[union-attr]
+    return rss, pss
+
+
+def idle_memory(pid: int, port: int, peers: Path, conns: int) -> tuple[float, int, int]:
+    """(PSS KiB per connection, PSS KiB before, connections that reached IDLE)."""
+    time.sleep(2)
+    _, before = tree_pss_kib(pid, peers)
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = Path(tmp) / "ready"
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                str(peers / "imap_load.py"),
+                "idle",
+                "--port",
+                str(port),
+                "--tls",
+                "--user-template",
+                f"test%d@{DOMAIN}",
+                "--range",
+                f"1-{IDLE_USERS}",
+                "--password",
+                PASSWORD,
+                "--conns",
+                str(conns),
+                "--hold",
+                "1800",
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 1800
+        while not ready.exists() and client.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)
+        _, during = tree_pss_kib(pid, peers)
+        n = int(ready.read_text()) if ready.exists() else 0
+        client.send_signal(signal.SIGTERM)
+        out, _ = client.communicate(timeout=600)
+    print(out, end="", flush=True)
+    if n == 0:
+        raise SystemExit("no idle connection was established")
+    return (during - before) / n, before, n
+
+
+def measure(server, inbox: Path, args: argparse.Namespace) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    print(f"== {server.name}", flush=True)
+    server.prepare(inbox)
+    pid = server.start()
+    try:
+        out = single_client(server.port, args.messages)
+        for k, v in out.items():
+            print(f"  {k}: {v:.3f}", flush=True)
+        ops, errors = mixed_load(server.port, args.peers, args.clients, args.load_secs, args.cmds)
+        out[f"mixed load, {args.clients} clients (ops/s)"] = ops
+        out["mixed load errors (timeouts, ...)"] = errors
+        if args.idle_conns:
+            per, before, n = idle_memory(pid, server.port, args.peers, args.idle_conns)
+            out["server PSS before idle test (MiB)"] = before / 1024
+            out[f"PSS per IDLE connection, {n} conns (KiB)"] = per
+    finally:
+        server.stop()
+    return out
+
+
+def table(rows: dict[str, tuple[float | None, float | None]]) -> str:
+    lines = [
+        f"| {'measure':<44} | {'twistedmail':>11} | {'Dovecot':>9} | {'ratio':>7} |",
+        f"|{'-' * 46}|{'-' * 12}:|{'-' * 10}:|{'-' * 8}:|",
+    ]
+    for name, (a, b) in rows.items():
+        fa = "-" if a is None else f"{a:.3f}" if a < 100 else f"{a:.0f}"
+        fb = "-" if b is None else f"{b:.3f}" if b < 100 else f"{b:.0f}"
+        ratio = f"{a / b:.2f}" if a is not None and b else "-"  # b == 0: no ratio
+        lines.append(f"| {name:<44} | {fa:>11} | {fb:>9} | {ratio:>7} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--messages", type=int, default=100_000, help="INBOX size (default 100000)")
+    ap.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "twistedmail-bench-cache"
+    )
+    ap.add_argument(
+        "--work", type=Path, help="work dir (default: a fresh temp dir, removed at the end)"
+    )
+    ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the team's peers tools dir")
+    ap.add_argument("--port-base", type=int, default=23000, help="Dovecot's PEERS_PORT_BASE")
+    ap.add_argument("--port", type=int, default=23500, help="twistedmail's IMAPS port")
+    ap.add_argument("--clients", type=int, default=5)
+    ap.add_argument("--load-secs", type=float, default=20)
+    ap.add_argument("--cmds", type=int, default=20, help="commands per load session")
+    ap.add_argument("--idle-conns", type=int, default=1000, help="0 skips the memory test")
+    ap.add_argument("--only", choices=("twistedmail", "dovecot"))
+    args = ap.parse_args()
+    if not (args.peers / "dovecot.sh").exists():
+        ap.error(f"no dovecot.sh in {args.peers} (--peers)")
+    for port in (args.port, args.port_base + 143, args.port_base + 993):
+        if not port_free(port):
+            ap.error(f"port {port} is busy (--port / --port-base)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections on each side
+    inbox = cached_inbox(args.cache, args.messages)
+    work = args.work or Path(tempfile.mkdtemp(prefix="twistedmail-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # Dovecot's users must traverse it
+    results: dict[str, dict[str, float]] = {}
+    try:
+        if args.only != "dovecot":
+            results["twistedmail"] = measure(Twistedmail(work / "tm", args.port), inbox, args)
+        if args.only != "twistedmail":
+            results["dovecot"] = measure(
+                Dovecot(work / "dovecot", args.port_base, args.peers), inbox, args
+            )
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    tm, dc = results.get("twistedmail", {}), results.get("dovecot", {})
+    keys = list(dict.fromkeys([*tm, *dc]))
+    print(
+        f"\nINBOX of {args.messages} messages; mixed load {args.clients} clients x "
+        f"{args.load_secs:.0f} s, {args.cmds} commands a session; ratio = twistedmail / Dovecot"
+    )
+    print(table({k: (tm.get(k), dc.get(k)) for k in keys}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
