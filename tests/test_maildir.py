@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -267,17 +268,25 @@ class AddTests(MaildirTestCase):
     def test_append_racing_scan(self) -> None:
         """Regression: a scan() between the link into cur/ and the UID assignment gave the
         message a UID, then add() gave it a second one, changing its UID under the session
-        that had seen it."""
+        that had seen it.  The link now happens under the folder lock: a scan in another
+        thread waits for the UID and sees the same one."""
         real = maildir.write_durably
+        seen: list[maildir.ScanResult] = []
+        threads: list[threading.Thread] = []
 
         def write_then_scan(*args: object, **kwargs: object) -> str:
             base = real(*args, **kwargs)  # type: ignore[arg-type]
-            self.seen = Folder(self.root).scan()
+            thread = threading.Thread(target=lambda: seen.append(Folder(self.root).scan()))
+            thread.start()
+            threads.append(thread)
+            thread.join(0.2)
+            self.assertTrue(thread.is_alive())  # blocked on the folder lock
             return base
 
         self.patch(maildir, "write_durably", write_then_scan)
         uid = self.folder.add(MSG1)
-        self.assertEqual([e.uid for e in self.seen.messages], [uid])
+        threads[0].join()
+        self.assertEqual([e.uid for e in seen[0].messages], [uid])
         after = self.folder.scan()
         self.assertEqual([e.uid for e in after.messages], [uid])
         self.assertEqual(after.uidnext, uid + 1)

@@ -42,6 +42,8 @@ from pathlib import Path
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
+from twistedmail.index import CachedParts, FolderIndex, IndexedMessage, Stamps, now_ns
+
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
@@ -205,6 +207,7 @@ class MessageEntry:
     @ivar filename: the current file name in C{cur/} (base + C{:2,} + flags).
     @ivar size: octets, as stored (CRLF line ends).
     @ivar mtime: seconds since the epoch: the IMAP INTERNALDATE.
+    @ivar modseq: the MODSEQ of its last change (RFC 7162 §3.1.1).
     """
 
     uid: int
@@ -212,6 +215,7 @@ class MessageEntry:
     filename: str
     size: int
     mtime: float
+    modseq: int = 0
 
     @property
     def flags(self) -> str:
@@ -220,12 +224,19 @@ class MessageEntry:
 
 @attrs.frozen
 class ScanResult:
-    """A folder's messages in UID order, its UID state, and the UIDs first seen in C{new/}."""
+    """A folder's messages in UID order (all of them, or with L{full} false only those
+    changed since the MODSEQ asked for), its UID state, the UIDs first seen in C{new/}, its
+    HIGHESTMODSEQ, the UIDs expunged since that MODSEQ, and the index floor (see
+    L{twistedmail.index.FolderIndex.floor})."""
 
     uidvalidity: int
     uidnext: int
     messages: tuple[MessageEntry, ...]
     recent: frozenset[int]
+    highestmodseq: int = 0
+    expunged: tuple[int, ...] = ()
+    full: bool = True
+    floor: int = 0
 
 
 class Folder:
@@ -289,60 +300,157 @@ class Folder:
         os.replace(tmp, self.path / UIDLIST)
         fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
 
-    def scan(self) -> ScanResult:
-        """List the folder, move C{new/} mail to C{cur/}, assign UIDs to unseen messages.
+    def _stamps(self) -> Stamps:
+        new, cur = os.stat(self.path / "new"), os.stat(self.path / "cur")
+        try:
+            uidlist = os.stat(self.path / UIDLIST)
+            u = (uidlist.st_mtime_ns, uidlist.st_size, uidlist.st_ino)
+        except FileNotFoundError:
+            u = (0, 0, 0)
+        return Stamps(new.st_mtime_ns, cur.st_mtime_ns, *u)
 
-        UIDs are assigned in ascending order of (mtime, name) and never reused; UIDVALIDITY
-        is set once, at the first scan (RFC 3501 §2.3.1.1).  The UID list is rewritten (tmp,
-        fsync, rename) only when something changed.
+    @contextmanager
+    def _indexed(self) -> Iterator[FolderIndex]:
+        """The folder lock and the open index (created, or rebuilt when unreadable, with a
+        mod-sequence counter above any the lost one gave out: RFC 7162 §3.1.2.1)."""
+        with self._locked(), FolderIndex(self.path) as index:
+            if index.created:
+                fresh = not (self.path / UIDLIST).exists()
+                index.start(1 if fresh else int(time.time() * 1000))
+            yield index
+
+    def scan(self, since: int | None = None) -> ScanResult:
+        """Bring the index up to date with the folder and return its messages.
+
+        When C{new/}, C{cur/} and C{dovecot-uidlist} are unchanged since the last full sync
+        (and that sync was not within two seconds of their mtimes), nothing is listed: the
+        index answers.  Otherwise C{new/} mail moves to C{cur/}, unseen messages get UIDs in
+        ascending order of (mtime, name), never reused, UIDVALIDITY is set at the first scan
+        (RFC 3501 §2.3.1.1), the UID list is rewritten (tmp, fsync, rename) only when
+        something changed, and every message added, renamed (flags) or removed since the
+        index last saw it gets a new MODSEQ (RFC 7162 §3.1.1; removals are kept as expunged
+        UIDs for QRESYNC).
+
+        @param since: a MODSEQ: return only messages changed after it, and the UIDs expunged
+            after it (RFC 7162 §3.1.4.1, §3.2.5.2); C{None}: every message.
         @raise MaildirError: when the folder does not exist.
         """
         if not self.exists():
             raise MaildirError("no such folder")
-        with self._locked():
-            uidvalidity, uidnext, guid, uids = self._read_uidlist()
-            changed = False
-            if uidvalidity == 0:
-                uidvalidity, guid, changed = int(time.time()), uuid.uuid4().hex, True
-            moved: set[str] = set()
-            cur = self.path / "cur"
-            for name in os.listdir(self.path / "new"):
-                if name.startswith("."):
-                    continue
-                base, flags = split_name(name)
-                try:
-                    os.rename(self.path / "new" / name, cur / f"{base}:2,{flags}")
-                    moved.add(base)
-                except FileNotFoundError:
-                    pass
-            entries: dict[str, tuple[str, float, int]] = {}
-            for name in os.listdir(cur):
-                if name.startswith("."):
-                    continue
-                try:
-                    st = os.stat(cur / name)
-                except FileNotFoundError:
-                    continue
-                base = split_name(name)[0]
-                size = wire_size_from_name(base)
-                entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
-            for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], b)):
-                uids[base] = uidnext
-                uidnext += 1
-                changed = True
-            for base in set(uids) - set(entries):
-                del uids[base]
-                changed = True
-            if changed:
-                self._write_uidlist(uidvalidity, uidnext, guid, uids)
-        messages = tuple(
-            sorted(
-                (MessageEntry(uids[b], b, n, s, m) for b, (n, m, s) in entries.items()),
-                key=lambda e: e.uid,
+        moved: dict[str, int] = {}
+        with self._indexed() as index:
+            if not index.clean(self._stamps()):
+                moved = self._sync(index)
+            if since is not None and since < index.floor:
+                since = None  # changes before the rebuild are unknown: report everything
+            rows = index.messages(since)
+            expunged = tuple(index.expunged_since(since)) if since is not None else ()
+            result = ScanResult(
+                index.uidvalidity,
+                index.uidnext,
+                tuple(
+                    MessageEntry(r.uid, r.base, r.filename, r.size, r.mtime, r.modseq) for r in rows
+                ),
+                frozenset(moved.values()),
+                index.highestmodseq,
+                expunged,
+                since is None,
+                index.floor,
             )
-        )
-        recent = frozenset(uids[b] for b in moved if b in uids)
-        return ScanResult(uidvalidity, uidnext, messages, recent)
+        return result
+
+    def _sync(self, index: FolderIndex) -> dict[str, int]:
+        """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
+        started = now_ns()
+        uidvalidity, uidnext, guid, uids = self._read_uidlist()
+        changed = False
+        if uidvalidity == 0:
+            uidvalidity, guid, changed = int(time.time()), uuid.uuid4().hex, True
+        if index.uidvalidity != uidvalidity:
+            index.reset(uidvalidity)
+        moved: set[str] = set()
+        cur = self.path / "cur"
+        for name in os.listdir(self.path / "new"):
+            if name.startswith("."):
+                continue
+            base, flags = split_name(name)
+            try:
+                os.rename(self.path / "new" / name, cur / f"{base}:2,{flags}")
+                moved.add(base)
+            except FileNotFoundError:
+                pass
+        known = index.known()
+        entries: dict[str, tuple[str, float, int]] = {}
+        for name in os.listdir(cur):
+            if name.startswith("."):
+                continue
+            base = split_name(name)[0]
+            old = known.get(base)
+            if old is not None:  # a rename keeps the mtime and the size
+                entries[base] = (name, old.mtime, old.size)
+                continue
+            try:
+                st = os.stat(cur / name)
+            except FileNotFoundError:
+                continue
+            size = wire_size_from_name(base)
+            entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
+        for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], b)):
+            uids[base] = uidnext
+            uidnext += 1
+            changed = True
+        for base in set(uids) - set(entries):
+            del uids[base]
+            changed = True
+        if changed:
+            self._write_uidlist(uidvalidity, uidnext, guid, uids)
+        modseq = 0
+        for base, old in known.items():
+            if base not in entries or uids.get(base) != old.uid:
+                modseq = modseq or index.next_modseq()
+                index.expunge(old.uid, modseq)
+        for base, (name, mtime, size) in entries.items():
+            old = known.get(base)
+            if old is None or old.uid != uids[base]:
+                modseq = modseq or index.next_modseq()
+                index.insert(IndexedMessage(uids[base], base, name, size, mtime, modseq))
+            elif old.filename != name:
+                modseq = modseq or index.next_modseq()
+                index.rename(old.uid, name, modseq)
+        index.put("uidnext", uidnext)
+        index.record(self._stamps(), started)
+        return {b: uids[b] for b in moved if b in uids}
+
+    def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> None:
+        """Run C{change} (our own rename, unlink or link in C{cur/}); when the index was in
+        step with the directories before it, it stays so, and no full sync is needed."""
+        before = self._stamps()
+        in_step = index.stamps() == before
+        change()
+        if in_step:
+            index.record(self._stamps(), now_ns())
+        else:
+            index.forget_stamps()
+
+    def changed_since(self, modseq: int) -> tuple[list[int], int]:
+        """(UIDs expunged after C{modseq}, the index floor) for QRESYNC (RFC 7162 §3.2.5.2).
+
+        When C{modseq} is below the floor (the index was rebuilt since), the expunges are
+        unknown: the caller must treat every UID it does not see as vanished.
+        """
+        with self._indexed() as index:
+            return index.expunged_since(modseq), index.floor
+
+    def cached_parts(self, uids: list[int]) -> dict[int, CachedParts]:
+        """The cached FETCH data (ENVELOPE, BODYSTRUCTURE, BODY) of C{uids}, by UID."""
+        with FolderIndex(self.path) as index:
+            return index.cached(uids)
+
+    def cache_parts(self, parts: dict[tuple[int, str], CachedParts]) -> None:
+        """Store computed FETCH data, keyed by (UID, base name); messages gone are skipped."""
+        with FolderIndex(self.path) as index:
+            for (uid, base), value in parts.items():
+                index.cache(uid, base, value)
 
     # keywords (dovecot-keywords)
 
@@ -404,21 +512,27 @@ class Folder:
     # messages
 
     def add(self, data: bytes, flags: str = "", mtime: float | None = None) -> int:
-        """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID."""
+        """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID (and
+        index it with a new MODSEQ)."""
         if not self.exists():
             raise MaildirError("no such folder")
-        base = write_durably(self.path / "cur", data, flags, mtime)
-        with self._locked():
+        with self._indexed() as index:
+            in_step = index.stamps() == self._stamps()
+            base = write_durably(self.path / "cur", data, flags, mtime)
             uidvalidity, uidnext, guid, uids = self._read_uidlist()
             if uidvalidity == 0:
                 uidvalidity, guid = int(time.time()), uuid.uuid4().hex
-            uid = uids.get(base)
-            if uid is None:
-                uids[base] = uid = uidnext
-                uidnext += 1
-            # else: a concurrent scan() listed the file between its link and this lock; a
-            # second UID would change the message's UID under that session (RFC 3501 §2.3.1.1)
-            self._write_uidlist(uidvalidity, uidnext, guid, uids)
+            uid = uids[base] = uidnext
+            self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            if in_step and index.uidvalidity == uidvalidity:
+                name = f"{base}:2,{normalize_flags(flags)}"
+                st = os.stat(self.path / "cur" / name)
+                modseq = index.next_modseq()
+                index.insert(IndexedMessage(uid, base, name, len(data), st.st_mtime, modseq))
+                index.put("uidnext", uidnext + 1)
+                index.record(self._stamps(), now_ns())
+            else:
+                index.forget_stamps()  # the next scan lists the folder and indexes it
         return uid
 
     def locate(self, base: str) -> Path | None:
@@ -466,21 +580,78 @@ class Folder:
 
         @raise MaildirError: when the message is gone.
         """
-        path = self.open(entry)
-        new_name = f"{entry.base}:2,{normalize_flags(letters)}"
-        if path.name != new_name:
-            try:
-                os.rename(path, self.path / "cur" / new_name)
-            except FileNotFoundError:
-                raise MaildirError("message no longer exists") from None
-        return attrs.evolve(entry, filename=new_name)
+        done, _ = self.set_flags_many([(entry, letters)])
+        if not done:
+            raise MaildirError("message no longer exists")
+        return done[0]
+
+    def set_flags_many(
+        self, plan: list[tuple[MessageEntry, str]], unchangedsince: int | None = None
+    ) -> tuple[list[MessageEntry], list[MessageEntry]]:
+        """STORE: rename each message so its info carries exactly its letters, all under one
+        lock with one new MODSEQ (RFC 7162 §3.1.1).
+
+        @param unchangedsince: RFC 7162 §3.1.3 UNCHANGEDSINCE: a message whose MODSEQ is now
+            larger is left alone and returned as modified.
+        @return: (the renamed or unchanged entries, with their MODSEQ; the entries that
+            failed the UNCHANGEDSINCE test).  Messages gone meanwhile are in neither.
+        """
+        done: list[MessageEntry] = []
+        modified: list[MessageEntry] = []
+        with self._indexed() as index:
+            current = index.modseqs(e.uid for e, _ in plan)
+            modseq = 0
+
+            def rename_all() -> None:
+                nonlocal modseq
+                for entry, letters in plan:
+                    seen = current.get(entry.uid, entry.modseq)
+                    if unchangedsince is not None and seen > unchangedsince:
+                        modified.append(attrs.evolve(entry, modseq=seen))
+                        continue
+                    try:
+                        path = self.open(entry)
+                    except MaildirError:
+                        continue
+                    new_name = f"{entry.base}:2,{normalize_flags(letters)}"
+                    if path.name == new_name and path.parent.name == "cur":
+                        done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
+                        continue
+                    try:
+                        os.rename(path, self.path / "cur" / new_name)
+                    except FileNotFoundError:
+                        continue
+                    modseq = modseq or index.next_modseq()
+                    if entry.uid in current:
+                        index.rename(entry.uid, new_name, modseq)
+                    done.append(attrs.evolve(entry, filename=new_name, modseq=modseq))
+
+            self._own_change(index, rename_all)
+        return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
         """Delete the message file (EXPUNGE, POP3 QUIT); a missing file is not an error."""
-        try:
-            os.unlink(self.open(entry))
-        except (FileNotFoundError, MaildirError):
-            pass
+        self.remove_many([entry])
+
+    def remove_many(self, entries: list[MessageEntry]) -> None:
+        """Delete the message files under one lock, each expunge recorded with one new
+        MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped."""
+        with self._indexed() as index:
+            indexed = index.modseqs(e.uid for e in entries)
+            modseq = 0
+
+            def unlink_all() -> None:
+                nonlocal modseq
+                for entry in entries:
+                    try:
+                        os.unlink(self.open(entry))
+                    except (FileNotFoundError, MaildirError):
+                        continue
+                    if entry.uid in indexed:
+                        modseq = modseq or index.next_modseq()
+                        index.expunge(entry.uid, modseq)
+
+            self._own_change(index, unlink_all)
 
 
 def encode_folder_name(name: str) -> str:

@@ -15,8 +15,11 @@ FLAGS lists them and PERMANENTFLAGS adds C{\\*} while a letter is free (RFC 3501
 Disk work runs through C{run_in_thread}.  SORT (RFC 5256) reuses the search, then orders the
 matches in a thread by the keys of L{twistedmail.imap.sort}.
 
-The later per-folder index (C{imap/index.py}) plugs in behind L{MaildirMailbox.refresh}:
-that is the only place the folder is listed.
+The folder's index (L{twistedmail.index}, kept by L{twistedmail.maildir.Folder}) answers the
+scans, so opening and rescanning a folder that did not change lists no directory and opens
+no message; a rescan asks only for what changed since the session's HIGHESTMODSEQ.  Each
+message carries its MODSEQ (RFC 7162 §3.1.1), which FETCH MODSEQ, STORE UNCHANGEDSINCE,
+SEARCH MODSEQ and QRESYNC use; the index also caches ENVELOPE and BODYSTRUCTURE.
 """
 
 from __future__ import annotations
@@ -75,9 +78,10 @@ def keyword_names(flags: Sequence[str]) -> list[str]:
     return [f for f in flags if not f.startswith("\\")]
 
 
-def _scan(folder: Folder) -> tuple[ScanResult, dict[str, str]]:
-    """A folder scan and its keyword map ({letter: name}), in one thread hop."""
-    return folder.scan(), folder.keywords()
+def _scan(folder: Folder, since: int | None = None) -> tuple[ScanResult, dict[str, str]]:
+    """A folder scan (all messages, or those changed after MODSEQ C{since}) and its keyword
+    map ({letter: name}), in one thread hop."""
+    return folder.scan(since), folder.keywords()
 
 
 def _store_letters(
@@ -149,6 +153,11 @@ class MaildirMailbox:
         self._gone: set[int] = set()
         self._recent: set[int] = set()
         self._highest = 0
+        self.highestmodseq = 0
+        self.floor = 0
+        self.modified: list[int] = []
+        self.expunged_uids: list[int] = []
+        self.searched_modseq = False
         self._generation = 0
         self._listeners: list[Any] = []
         self._refreshing: Deferred[None] | None = None
@@ -166,6 +175,7 @@ class MaildirMailbox:
         self._recent = set(scan.recent)
         self._highest = max((e.uid for e in scan.messages), default=0)
         self.uidvalidity, self.uidnext = scan.uidvalidity, scan.uidnext
+        self.highestmodseq, self.floor = scan.highestmodseq, scan.floor
         return self
 
     async def refresh(self) -> None:
@@ -183,7 +193,8 @@ class MaildirMailbox:
             while self._dirty and not self._closed:
                 self._dirty = False
                 generation = self._generation
-                scan, keywords = await self.run_in_thread(_scan, self.folder)
+                since = self.highestmodseq or None
+                scan, keywords = await self.run_in_thread(_scan, self.folder, since)
                 if generation != self._generation:
                     self._dirty = True  # our own change raced the scan: rescan
                     continue
@@ -198,22 +209,31 @@ class MaildirMailbox:
             for listener in list(self._listeners):
                 if hasattr(listener, "keywordsChanged"):
                     listener.keywordsChanged()
+        # a full scan lists every message; a delta (RFC 7162 CHANGEDSINCE semantics) only
+        # those changed after our HIGHESTMODSEQ, and the UIDs expunged after it
         on_disk = {e.uid: e for e in scan.messages}
+        position = {e.uid: i for i, e in enumerate(self._view) if e.uid not in self._gone}
+        if scan.full:
+            vanished = set(position) - set(on_disk)
+        else:
+            vanished = set(scan.expunged) & set(position)
         changed: dict[int, list[str]] = {}
-        newly_gone = False
-        for i, entry in enumerate(self._view):
-            if entry.uid in self._gone:
+        for uid in vanished:
+            self._gone.add(uid)
+        newly_gone = bool(vanished)
+        for uid, found in on_disk.items():
+            i = position.get(uid)
+            if i is None or uid in vanished:
                 continue
-            found = on_disk.get(entry.uid)
-            if found is None:
-                self._gone.add(entry.uid)
-                newly_gone = True
-            elif found.filename != entry.filename:
+            entry = self._view[i]
+            if found.filename != entry.filename or found.modseq != entry.modseq:
                 self._view[i] = found
                 if found.flags != entry.flags:
                     changed[i + 1] = self._flags(found)
         new = [e for e in scan.messages if e.uid > self._highest]
         self.uidnext = max(self.uidnext, scan.uidnext)
+        self.highestmodseq = max(self.highestmodseq, scan.highestmodseq)
+        self.floor = scan.floor
         if new:
             self._view.extend(new)
             self._highest = new[-1].uid
@@ -229,12 +249,14 @@ class MaildirMailbox:
     def take_expunged(self) -> list[int]:
         """Renumber the view for messages expunged elsewhere; return the sequence numbers to
         send as C{* n EXPUNGE}, in order (each already adjusted, RFC 3501 §7.4.1)."""
+        self.expunged_uids = []
         if not self._gone:
             return []
         out, kept = [], []
         for i, entry in enumerate(self._view):
             if entry.uid in self._gone:
                 out.append(i + 1 - len(out))
+                self.expunged_uids.append(entry.uid)
             else:
                 kept.append(entry)
         self._view = kept
@@ -293,6 +315,14 @@ class MaildirMailbox:
     def getRecentCount(self) -> int:
         return len(self._recent)
 
+    def modseq_of(self, seq: int) -> int:
+        """The MODSEQ of message C{seq} as the session knows it (RFC 7162 §3.1.4.1)."""
+        return self._view[seq - 1].modseq
+
+    def getHighestModSeq(self) -> int:
+        """HIGHESTMODSEQ (RFC 7162 §3.1.2.1) as of the last scan or own change."""
+        return self.highestmodseq
+
     def getUnseenCount(self) -> int:
         return sum(1 for e in self._view if "S" not in e.flags)
 
@@ -310,8 +340,14 @@ class MaildirMailbox:
         raise imap4.MailboxException("use DELETE")
 
     def requestStatus(self, names: Sequence[str]) -> dict[str, int]:
-        """STATUS items (RFC 3501 §6.3.10) from the last scan."""
-        return imap4.statusRequestHelper(self, names)
+        """STATUS items (RFC 3501 §6.3.10, HIGHESTMODSEQ of RFC 7162 §3.1.2.2) from the
+        last scan."""
+        wanted = [n for n in names if n.upper() != "HIGHESTMODSEQ"]
+        status: dict[str, int] = imap4.statusRequestHelper(self, wanted)
+        out = {}
+        for n in names:
+            out[n] = self.highestmodseq if n.upper() == "HIGHESTMODSEQ" else status[n]
+        return out
 
     def addListener(self, listener: Any) -> None:
         self._listeners.append(listener)
@@ -402,10 +438,17 @@ class MaildirMailbox:
         return [(seq, self.message(seq)) for seq, _ in self.resolve(messages, uid)]
 
     async def store(
-        self, messages: imap4.MessageSet, flags: Sequence[str], mode: int, uid: bool
+        self,
+        messages: imap4.MessageSet,
+        flags: Sequence[str],
+        mode: int,
+        uid: bool,
+        unchangedsince: int | None = None,
     ) -> dict[int, list[str]]:
         """STORE (RFC 3501 §6.4.6): mode 1 adds, -1 removes, 0 replaces; renames the files
-        in a thread.  @return: {seq: new flags} for every message addressed."""
+        in a thread.  With C{unchangedsince} (RFC 7162 §3.1.3), messages whose MODSEQ is
+        larger are left alone and their sequence numbers put in L{modified}.
+        @return: {seq: new flags} for every message addressed and not modified."""
         if not self.readwrite:
             raise imap4.ReadOnlyMailbox()
         targets = self.resolve(messages, uid)
@@ -417,10 +460,14 @@ class MaildirMailbox:
             for listener in list(self._listeners):
                 if hasattr(listener, "keywordsChanged"):
                     listener.keywordsChanged()
-        return await self.store_entries(targets, letters, mode)
+        return await self.store_entries(targets, letters, mode, unchangedsince)
 
     async def store_entries(
-        self, targets: Sequence[tuple[int, MessageEntry]], letters: str, mode: int
+        self,
+        targets: Sequence[tuple[int, MessageEntry]],
+        letters: str,
+        mode: int,
+        unchangedsince: int | None = None,
     ) -> dict[int, list[str]]:
         plan = []
         for seq, entry in targets:
@@ -433,12 +480,13 @@ class MaildirMailbox:
                 other = "".join(c for c in keep if c.isupper() and c not in IMAP_TO_LETTER.values())
                 new = "".join(sorted(set(other) | set(letters)))
             plan.append((seq, entry, new))
-        renamed = await self.run_in_thread(_rename_all, self.folder, plan)
+        renamed, modified = await self.run_in_thread(_rename_all, self.folder, plan, unchangedsince)
         result: dict[int, list[str]] = {}
         for seq, entry in renamed:
             if seq <= len(self._view) and self._view[seq - 1].uid == entry.uid:
                 self._view[seq - 1] = entry
             result[seq] = self._flags(entry)
+        self.modified = sorted(modified)
         if renamed:
             self._changed()
         return result
@@ -481,7 +529,11 @@ class MaildirMailbox:
         """
         last_seq = len(self._view)
         last_uid = self._view[-1].uid if self._view else 0
-        predicate, needs_content = compile_search(list(query), last_seq, last_uid, self.keywords)
+        used: set[bytes] = set()
+        predicate, needs_content = compile_search(
+            list(query), last_seq, last_uid, self.keywords, used
+        )
+        self.searched_modseq = b"MODSEQ" in used
         candidates = [
             (i + 1, e, e.uid in self._recent)
             for i, e in enumerate(self._view)
@@ -541,20 +593,17 @@ def _sort_entries(
 
 
 def _rename_all(
-    folder: Folder, plan: list[tuple[int, MessageEntry, str]]
-) -> list[tuple[int, MessageEntry]]:
-    out = []
-    for seq, entry, letters in plan:
-        try:
-            out.append((seq, folder.set_flags(entry, letters)))
-        except Exception:  # expunged meanwhile: skip it, like a vanished message
-            continue
-    return out
+    folder: Folder, plan: list[tuple[int, MessageEntry, str]], unchangedsince: int | None
+) -> tuple[list[tuple[int, MessageEntry]], list[int]]:
+    """Rename in one locked batch; (seq, new entry) renamed, and the seqs that failed the
+    UNCHANGEDSINCE test.  Messages expunged meanwhile are skipped."""
+    seqs = {entry.uid: seq for seq, entry, _ in plan}
+    done, modified = folder.set_flags_many([(e, letters) for _, e, letters in plan], unchangedsince)
+    return [(seqs[e.uid], e) for e in done], [seqs[e.uid] for e in modified]
 
 
 def _remove_all(folder: Folder, entries: list[MessageEntry]) -> None:
-    for entry in entries:
-        folder.remove(entry)
+    folder.remove_many(entries)
 
 
 # ---------------------------------------------------------------- SEARCH keys
@@ -593,11 +642,17 @@ def _sent_day(raw: bytes) -> tuple[int, int, int] | None:
 
 
 def compile_search(
-    tokens: list[Any], last_seq: int, last_uid: int, keywords: dict[str, str] | None = None
+    tokens: list[Any],
+    last_seq: int,
+    last_uid: int,
+    keywords: dict[str, str] | None = None,
+    used: set[bytes] | None = None,
 ) -> tuple[Predicate, bool]:
     """Turn parsed SEARCH keys (Twisted's C{parseNestedParens} output) into a predicate
     C{(candidate, load_raw) -> bool}; also whether message content is needed.  C{keywords}
-    is the folder's {letter: name} map for KEYWORD/UNKEYWORD (names case-insensitive).
+    is the folder's {letter: name} map for KEYWORD/UNKEYWORD (names case-insensitive);
+    C{used}, when given, receives the keys seen (SEARCH MODSEQ changes the response,
+    RFC 7162 §3.1.5).
 
     @raise SearchError: unknown key, missing argument or bad date/number.
     """
@@ -640,6 +695,8 @@ def compile_search(
         if not isinstance(token, bytes):  # NIL parses to None (found by the fuzz test)
             raise SearchError("search key expected")
         key = token.upper()
+        if used is not None:
+            used.add(key)
         if key == b"ALL":
             return lambda c, r: True
         if key in _FLAG_KEYS:
@@ -662,6 +719,23 @@ def compile_search(
             if letter is None:
                 return lambda c, r: not want
             return lambda c, r: (letter in c[1].flags) == want
+        if key == b"MODSEQ":
+            # RFC 7162 §3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer; our
+            # MODSEQ is per message, so the entry name and type are ignored (as required)
+            value = take()
+            if isinstance(value, bytes) and not value.isdigit():
+                entry_type = take()
+                if not isinstance(entry_type, bytes) or entry_type.lower() not in (
+                    b"all",
+                    b"priv",
+                    b"shared",
+                ):
+                    raise SearchError("bad MODSEQ entry type")
+                value = take()
+            if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
+                raise SearchError("bad MODSEQ value")
+            floor = int(value)
+            return lambda c, r: c[1].modseq >= floor
         if key == b"LARGER":
             n = number()
             return lambda c, r: c[1].size > n

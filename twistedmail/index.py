@@ -1,0 +1,290 @@
+"""The per-folder index: what IMAP needs to know about a Maildir folder without opening or
+listing its message files (DESIGN §4 "IMAP is fast"), and the mod-sequences of CONDSTORE and
+QRESYNC (RFC 7162 §3.1.1, §3.2.10).
+
+One SQLite file per folder, C{twistedmail.index} in the folder's directory (Dovecot ignores
+files it does not know).  It holds, per message: UID, Maildir base name, current file name
+(so the flags), size, internal date (the file's mtime), MODSEQ, and the cached ENVELOPE and
+BODYSTRUCTURE/BODY responses (opaque bytes filled in by IMAP on first FETCH); per folder:
+UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the expunged UIDs with the MODSEQ of their expunge
+(QRESYNC's VANISHED, RFC 7162 §3.2.5.2), and the stamps of C{new/}, C{cur/} and
+C{dovecot-uidlist} as of the last full sync.
+
+C{dovecot-uidlist} stays the source of truth for UIDs (so a mailbox still moves to and from
+Dovecot); the index is a cache that L{twistedmail.maildir.Folder} rebuilds from the Maildir
+when it is missing or unreadable.  A rebuilt index starts its mod-sequences above any the old
+one can have given out (milliseconds since the epoch), so HIGHESTMODSEQ never goes backwards
+for a client (RFC 7162 §3.1.2.1); its L{FolderIndex.floor} tells QRESYNC that expunges before
+it are unknown.
+
+Everything here is blocking and runs under the folder lock of L{twistedmail.maildir.Folder}
+(which is what makes MODSEQ monotonic across processes), in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+INDEX_FILE = "twistedmail.index"
+SCHEMA_VERSION = 1
+DIRTY_NS = 2_000_000_000
+"""A directory changed less than this long (ns) before the sync that recorded its mtime is
+listed again next time: a change in the same mtime tick would otherwise go unseen (Dovecot's
+"dirty" rule for Maildir directories)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL UNIQUE,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    modseq INTEGER NOT NULL,
+    envelope BLOB,
+    bodystructure BLOB,
+    body BLOB
+);
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq);
+CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq);
+"""
+
+
+@attrs.frozen
+class Stamps:
+    """What says whether the folder changed on disk since the last full sync: the mtimes
+    (ns) of C{new/} and C{cur/}, and mtime, size and inode of C{dovecot-uidlist}."""
+
+    new_ns: int
+    cur_ns: int
+    uidlist_ns: int
+    uidlist_size: int
+    uidlist_ino: int
+
+
+@attrs.frozen
+class IndexedMessage:
+    """One message row: UID, base name, file name in C{cur/}, size (octets), mtime (s),
+    MODSEQ (RFC 7162 §3.1.1)."""
+
+    uid: int
+    base: str
+    filename: str
+    size: int
+    mtime: float
+    modseq: int
+
+
+@attrs.frozen
+class CachedParts:
+    """The cached FETCH data of one message, as sent on the wire inside its parentheses
+    (RFC 3501 §7.4.2); C{None} when not cached yet."""
+
+    envelope: bytes | None
+    bodystructure: bytes | None
+    body: bytes | None
+
+
+class FolderIndex:
+    """An open index of one folder; use as a context manager (commits on success).
+
+    @param directory: the folder's directory (the one holding C{cur/}).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / INDEX_FILE
+        self.created = False
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        existed = self.path.exists()
+        try:
+            db = self._open_checked()
+        except sqlite3.DatabaseError:
+            # corrupt or foreign: the index is only a cache, rebuild it from the Maildir
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(self.path) + suffix)
+            existed = False
+            db = self._open_checked()
+        self.created = not existed or self._get(db, "version") is None
+        if self.created:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+        return db
+
+    def _open_checked(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+            version = self._get(db, "version")
+            if version is not None and version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError("index schema version %d" % version)
+            os.chmod(self.path, 0o600)
+        except BaseException:
+            db.close()
+            raise
+        db.execute("BEGIN IMMEDIATE")
+        return db
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, key: str) -> int | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def __enter__(self) -> FolderIndex:
+        return self
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        try:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self.db.close()
+
+    # folder values
+
+    def get(self, key: str, default: int = 0) -> int:
+        value = self._get(self.db, key)
+        return default if value is None else value
+
+    def put(self, key: str, value: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def uidvalidity(self) -> int:
+        return self.get("uidvalidity")
+
+    @property
+    def uidnext(self) -> int:
+        return self.get("uidnext", 1)
+
+    @property
+    def highestmodseq(self) -> int:
+        """HIGHESTMODSEQ (RFC 7162 §3.1.2.1): the largest MODSEQ given out in the folder."""
+        return self.get("highestmodseq", 1)
+
+    @property
+    def floor(self) -> int:
+        """The HIGHESTMODSEQ the index was (re)built at: expunges before it are not known."""
+        return self.get("floor", 1)
+
+    def start(self, highestmodseq: int) -> None:
+        """Initialise a new index's mod-sequence counter (and its floor)."""
+        self.put("highestmodseq", highestmodseq)
+        self.put("floor", highestmodseq)
+
+    def next_modseq(self) -> int:
+        """A new MODSEQ, larger than every one given out before (RFC 7162 §3.1.1)."""
+        value = self.highestmodseq + 1
+        self.put("highestmodseq", value)
+        return value
+
+    def reset(self, uidvalidity: int) -> None:
+        """A new UIDVALIDITY: every row and tombstone belongs to the old one."""
+        self.db.execute("DELETE FROM messages")
+        self.db.execute("DELETE FROM expunged")
+        self.put("uidvalidity", uidvalidity)
+        self.put("floor", self.highestmodseq)
+
+    # stamps
+
+    def stamps(self) -> Stamps | None:
+        values = [self._get(self.db, f.name) for f in attrs.fields(Stamps)]
+        if any(v is None for v in values):
+            return None
+        return Stamps(*values)  # type: ignore[arg-type]
+
+    def clean(self, current: Stamps) -> bool:
+        """Whether a full sync is not needed: nothing changed the directories or the UID
+        list since the last one, which was not within L{DIRTY_NS} of their mtimes."""
+        if self.stamps() != current:
+            return False
+        synced = self.get("synced_ns")
+        return synced - max(current.new_ns, current.cur_ns, current.uidlist_ns) >= DIRTY_NS
+
+    def record(self, current: Stamps, synced_ns: int) -> None:
+        for key, value in attrs.asdict(current).items():
+            self.put(key, value)
+        self.put("synced_ns", synced_ns)
+
+    def forget_stamps(self) -> None:
+        self.db.execute("DELETE FROM meta WHERE key = 'synced_ns'")
+
+    # messages
+
+    def known(self) -> dict[str, IndexedMessage]:
+        """Every indexed message by base name."""
+        rows = self.db.execute("SELECT uid, base, filename, size, mtime, modseq FROM messages")
+        return {row[1]: IndexedMessage(*row) for row in rows}
+
+    def messages(self, since: int | None = None) -> list[IndexedMessage]:
+        """The messages in UID order; with C{since}, only those whose MODSEQ is larger."""
+        sql = "SELECT uid, base, filename, size, mtime, modseq FROM messages"
+        args: tuple[int, ...] = ()
+        if since is not None:
+            sql += " WHERE modseq > ?"
+            args = (since,)
+        return [IndexedMessage(*row) for row in self.db.execute(sql + " ORDER BY uid", args)]
+
+    def modseqs(self, uids: Iterable[int]) -> dict[int, int]:
+        out = {}
+        for uid in uids:
+            row = self.db.execute("SELECT modseq FROM messages WHERE uid = ?", (uid,)).fetchone()
+            if row is not None:
+                out[uid] = int(row[0])
+        return out
+
+    def insert(self, entry: IndexedMessage) -> None:
+        self.db.execute("DELETE FROM messages WHERE base = ? OR uid = ?", (entry.base, entry.uid))
+        self.db.execute(
+            "INSERT INTO messages (uid, base, filename, size, mtime, modseq)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            attrs.astuple(entry),
+        )
+
+    def rename(self, uid: int, filename: str, modseq: int) -> None:
+        self.db.execute(
+            "UPDATE messages SET filename = ?, modseq = ? WHERE uid = ?", (filename, modseq, uid)
+        )
+
+    def expunge(self, uid: int, modseq: int) -> None:
+        """Drop message C{uid}, keeping a tombstone for VANISHED (RFC 7162 §3.2.5.2)."""
+        self.db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
+        self.db.execute("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
+
+    def expunged_since(self, modseq: int) -> list[int]:
+        """UIDs expunged with a MODSEQ larger than C{modseq}, ascending."""
+        rows = self.db.execute("SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,))
+        return [int(r[0]) for r in rows]
+
+    # cached FETCH parts
+
+    def cached(self, uids: Iterable[int]) -> dict[int, CachedParts]:
+        out = {}
+        for uid in uids:
+            row = self.db.execute(
+                "SELECT envelope, bodystructure, body FROM messages WHERE uid = ?", (uid,)
+            ).fetchone()
+            if row is not None:
+                out[uid] = CachedParts(*row)
+        return out
+
+    def cache(self, uid: int, base: str, parts: CachedParts) -> None:
+        self.db.execute(
+            "UPDATE messages SET envelope = ?, bodystructure = ?, body = ?"
+            " WHERE uid = ? AND base = ?",
+            (parts.envelope, parts.bodystructure, parts.body, uid, base),
+        )
+
+
+def now_ns() -> int:
+    """The wall clock in nanoseconds (what directory mtimes are compared with)."""
+    return time.time_ns()
