@@ -269,7 +269,12 @@ class SmallExtensionTests(unittest.TestCase):
         )
         self.h.login()
         self.assertEqual(
-            self.h.cmd(b"b ENABLE CONDSTORE X-UNKNOWN"), [b"* ENABLED", b"b OK ENABLE completed"]
+            self.h.cmd(b"b ENABLE CONDSTORE X-UNKNOWN"),
+            [b"* ENABLED CONDSTORE", b"b OK ENABLE completed"],
+        )
+        # RFC 5161 §3.1: only the extensions this command turned on are listed
+        self.assertEqual(
+            self.h.cmd(b"d ENABLE CONDSTORE"), [b"* ENABLED", b"d OK ENABLE completed"]
         )
         self.assertEqual(self.h.cmd(b"c ENABLE"), [b"c BAD Syntax error: Missing argument"])
 

@@ -37,7 +37,7 @@ MSG2 = b"From: carol@example.org\r\nSubject: second\r\n\r\nsecond body\r\n"
 T1 = 1704103200.0  # 2024-01-01 10:00:00 UTC
 T2 = 1704189600.0  # 2024-01-02 10:00:00 UTC
 EXTENSIONS = (
-    b" ID ENABLE UNSELECT LITERAL+ UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED"
+    b" ID ENABLE UNSELECT LITERAL+ UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED CONDSTORE QRESYNC"
     b" ESEARCH LIST-STATUS SORT UTF8=ACCEPT"
 )
 AFTER_LOGIN = b" COMPRESS=DEFLATE"  # RFC 4978: offered once logged in
@@ -262,7 +262,8 @@ class GreetingAndLoginTests(unittest.TestCase):
 
 class SelectTests(unittest.TestCase):
     def test_select_reports_required_items(self) -> None:
-        """RFC 3501 §6.3.1: FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDNEXT, UIDVALIDITY."""
+        """RFC 3501 §6.3.1: FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDNEXT, UIDVALIDITY;
+        and RFC 7162 §3.1.2.1 HIGHESTMODSEQ."""
         h = Harness(self)
         h.add(MSG1, "S")
         h.add(MSG2, "", T2, sub="new")
@@ -279,6 +280,7 @@ class SelectTests(unittest.TestCase):
                 b" Flags permitted",
                 b"* OK [UIDNEXT 3] Predicted next UID",
                 b"* OK [UIDVALIDITY %d] UIDs valid" % h.uidvalidity(),
+                b"* OK [HIGHESTMODSEQ 2] Highest",  # RFC 7162 §3.1.2.1
                 b"a OK [READ-WRITE] SELECT completed",
             ],
         )

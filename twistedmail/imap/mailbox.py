@@ -520,6 +520,25 @@ class MaildirMailbox:
             self._changed()
         return self.take_expunged()
 
+    async def vanished_since(self, modseq: int, uids: imap4.MessageSet | None = None) -> list[int]:
+        """UIDs expunged after C{modseq} (QRESYNC's VANISHED (EARLIER), RFC 7162 §3.2.5.2,
+        §3.2.6), limited to C{uids}, ascending.  When the index no longer knows (it was
+        rebuilt after C{modseq}), every UID below UIDNEXT that is not in the folder."""
+        expunged, floor = await self.run_in_thread(self.folder.changed_since, modseq)
+        last = self.uidnext - 1
+        if modseq < floor:
+            present = {e.uid for e in self._view if e.uid not in self._gone}
+            ranges = uids.ranges if uids is not None else [(1, last)]
+            candidates: set[int] = set()
+            for low, high in ranges:
+                low = last if low is None else low
+                high = last if high is None else min(high, last)
+                candidates.update(range(min(low, high), max(low, high) + 1))
+            expunged = [u for u in candidates if u not in present]
+        if uids is not None:
+            expunged = [u for u in expunged if in_set(uids, u, last)]
+        return sorted(expunged)
+
     # SEARCH
 
     async def search(self, query: list[Any], uid: bool = False) -> list[int]:

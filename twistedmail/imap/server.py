@@ -3,7 +3,8 @@
 (RFC 4315), MOVE (RFC 6851), LIST-EXTENDED (RFC 5258), SPECIAL-USE (RFC 6154), ID
 (RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888), COMPRESS=DEFLATE
 (RFC 4978, L{twistedmail.imap.compress}), ESEARCH (RFC 4731), LIST-STATUS (RFC 5819), SORT
-(RFC 5256, L{twistedmail.imap.sort}), UTF8=ACCEPT (RFC 6855) and the response codes of
+(RFC 5256, L{twistedmail.imap.sort}), UTF8=ACCEPT (RFC 6855), CONDSTORE and QRESYNC (RFC 7162, in
+L{IMAPServer}'s C{condstore} methods) and the response codes of
 RFC 5530.
 
 Twisted keeps the parser and the per-state command tables (C{unauth_X}, C{auth_X},
@@ -91,12 +92,13 @@ def mailbox_name(raw: bytes | str) -> str:
     return name
 
 
-STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"}
 STATUS_ITEMS |= {"DELETED", "DELETED-STORAGE"}  # RFC 9208 §4.1.4 (QUOTA=RES-*)
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 UTF8_ACCEPT = b"UTF8=ACCEPT"
-ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT})
-"""Capabilities ENABLE (RFC 5161) can turn on."""
+ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT, b"CONDSTORE", b"QRESYNC"})
+"""Capabilities ENABLE (RFC 5161) can turn on (RFC 6855, RFC 7162 §3.1.8, §3.2.3)."""
+MAX_MODSEQ = 2**63 - 1  # RFC 7162 §7: mod-sequence-value is at most 2^63-1
 LIST_SELECT_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
 LIST_RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
 ESEARCH_RETURN_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT"}
@@ -343,6 +345,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         cap[b"MOVE"] = None
         cap[b"SPECIAL-USE"] = None
         cap[b"LIST-EXTENDED"] = None
+        cap[b"CONDSTORE"] = None
+        cap[b"QRESYNC"] = None
         cap[b"ESEARCH"] = None
         cap[b"LIST-STATUS"] = None
         cap[b"SORT"] = None
@@ -581,12 +585,6 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         d.addCallback(lambda r: (r[0], r[1][1:]) if r[1][:1] == b" " else r)
         return d
 
-    def arg_fetchatt(self, line: bytes) -> tuple[Any, bytes]:
-        try:
-            return super().arg_fetchatt(line)
-        except Exception:
-            raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
-
     def arg_searchkeys(self, line: bytes) -> Any:
         """Search keys (RFC 3501 §6.4.4), whose strings may be literals: clients send
         C{SEARCH CHARSET UTF-8 SUBJECT {n}} for non-ASCII text."""
@@ -652,7 +650,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             for message_uid, flags in sorted(pending.items()):
                 seq = by_uid.get(message_uid)
                 if seq is not None:
-                    self.sendLine(b"* %d FETCH (FLAGS (%s))" % (seq, _flag_list(flags)))
+                    extra = self._condstore_items(seq)
+                    self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, _flag_list(flags), extra))
 
     def _flush_keywords(self) -> None:
         """RFC 3501 §7.2.6: a new keyword in the folder changes its FLAGS; send FLAGS and
@@ -668,8 +667,19 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     def _send_expunges(self) -> None:
         take = getattr(self.mbox, "take_expunged", None)
         if take is not None:
-            for seq in take():
-                self.sendLine(b"* %d EXPUNGE" % seq)
+            self._report_expunged(take())
+
+    def _report_expunged(self, seqs: Sequence[int]) -> None:
+        """C{* n EXPUNGE} for each (already adjusted) sequence number; once QRESYNC is
+        enabled, one C{* VANISHED uid-set} instead (RFC 7162 §3.2.10)."""
+        if not seqs:
+            return
+        uids = getattr(self.mbox, "expunged_uids", None)
+        if b"QRESYNC" in self.enabled and uids:
+            self.sendLine(b"* VANISHED " + uid_set(sorted(uids)))
+            return
+        for seq in seqs:
+            self.sendLine(b"* %d EXPUNGE" % seq)
 
     # IMailboxListener
 
@@ -870,6 +880,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _bad(b"Capability names expected")
         turned_on = [n for n in dict.fromkeys(asked) if n in ENABLEABLE and n not in self.enabled]
         self.enabled |= set(turned_on)
+        if b"QRESYNC" in self.enabled:
+            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
         self.sendLine(b" ".join([b"* ENABLED"] + turned_on))
         return b"ENABLE completed"
 
@@ -911,8 +923,13 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _no(b"No such mailbox", b"NONEXISTENT")
         return mbox
 
-    async def do_SELECT(self, tag: bytes, name: bytes, readwrite: int, command: bytes) -> bytes:
+    async def do_SELECT(
+        self, tag: bytes, name: bytes, params: list[Any] | None, readwrite: int, command: bytes
+    ) -> bytes:
+        if self.mbox is not None and b"QRESYNC" in self.enabled:
+            self.sendLine(b"* OK [CLOSED] Previous mailbox closed")  # RFC 7162 §3.2.11
         self._close_mailbox()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
+        qresync = self._select_params(params)
         mbox = await self._open(name, bool(readwrite))
         if "\\noselect" in [f.lower() for f in mbox.getFlags()]:
             raise _no(b"Mailbox cannot be selected", b"CANNOT")
@@ -929,15 +946,28 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
+        highest = getattr(mbox, "getHighestModSeq", None)
+        if highest is not None:
+            # RFC 7162 §3.1.2.1: sent on every SELECT/EXAMINE by a server keeping modseqs
+            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest" % highest())
         mbox.addListener(self)
         self.mbox = mbox
         self.state = "select"
+        if qresync is not None:
+            await self._qresync(*qresync)
         mode = b"[READ-WRITE] " if writeable else b"[READ-ONLY] "
         return mode + command + b" completed"
 
-    auth_SELECT = (do_SELECT, arg_astring, 1, b"SELECT")
+    def opt_select_params(self, line: bytes) -> tuple[list[Any] | None, bytes]:
+        """RFC 4466 §2.1 select parameters: C{(CONDSTORE)}, C{(QRESYNC (...))}."""
+        if (line or b"")[:1] != b"(":
+            return None, line
+        inner, rest = _paren_group(line)
+        return imap4.parseNestedParens(inner), rest
+
+    auth_SELECT = (do_SELECT, arg_astring, opt_select_params, 1, b"SELECT")
     select_SELECT = auth_SELECT
-    auth_EXAMINE = (do_SELECT, arg_astring, 0, b"EXAMINE")
+    auth_EXAMINE = (do_SELECT, arg_astring, opt_select_params, 0, b"EXAMINE")
     select_EXAMINE = auth_EXAMINE
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
@@ -1144,6 +1174,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             ):
                 raise _bad(b"Unknown STATUS item")
             names.append(item.upper().decode("ascii"))
+        if "HIGHESTMODSEQ" in names:
+            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
         mailbox = mailbox_name(name)
         mbox = await self._open(name, False)
         try:
@@ -1220,6 +1252,158 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     auth_IDLE = (do_IDLE,)
     select_IDLE = auth_IDLE
 
+    # CONDSTORE and QRESYNC (RFC 7162)
+
+    def _condstore_items(self, seq: int) -> bytes:
+        """C{ UID n MODSEQ (m)} for an untagged FETCH once CONDSTORE is enabled (RFC 7162
+        §3.1.3, §3.2.4: UID and MODSEQ in every FETCH about flag changes), else C{b""}."""
+        modseq_of = getattr(self.mbox, "modseq_of", None)
+        if b"CONDSTORE" not in self.enabled or modseq_of is None:
+            return b""
+        return b" UID %d MODSEQ (%d)" % (self.mbox.getUID(seq), modseq_of(seq))
+
+    def _select_params(self, params: list[Any] | None) -> tuple[int, int, Any] | None:
+        """Check SELECT/EXAMINE parameters: C{CONDSTORE} (RFC 7162 §3.1.8) enables
+        CONDSTORE; C{QRESYNC (uidvalidity modseq [known-uids [seq-match]])} (§3.2.5) gives
+        (uidvalidity, modseq, known-uids or None).  @raise IMAPError: BAD otherwise."""
+        if params is None:
+            return None
+        items = list(params)
+        qresync = None
+        while items:
+            name = items.pop(0)
+            if not isinstance(name, bytes):
+                raise _bad(b"Select parameter expected")
+            if name.upper() == b"CONDSTORE":
+                self.enabled.add(b"CONDSTORE")
+            elif name.upper() == b"QRESYNC":
+                if b"QRESYNC" not in self.enabled:
+                    raise _bad(b"QRESYNC is not enabled")  # RFC 7162 §3.2.5
+                args = items.pop(0) if items else None
+                if not isinstance(args, list) or not 2 <= len(args) <= 4:
+                    raise _bad(b"QRESYNC (uidvalidity modseq [known-uids [seq-match]])")
+                uidvalidity, modseq = _number(args[0], 1), _number(args[1], 1)
+                known = _uid_set_arg(args[2]) if len(args) > 2 else None
+                if len(args) > 3:
+                    match = args[3]  # RFC 7162 §3.2.5.2 seq-match-data: checked, not needed
+                    if not isinstance(match, list) or len(match) != 2:
+                        raise _bad(b"Bad sequence match data")
+                    _uid_set_arg(match[0]), _uid_set_arg(match[1])
+                qresync = (uidvalidity, modseq, known)
+            else:
+                raise _bad(b"Unknown select parameter")
+        return qresync
+
+    async def _qresync(self, uidvalidity: int, modseq: int, known: Any) -> None:
+        """RFC 7162 §3.2.5.2: after SELECT (QRESYNC ...), C{VANISHED (EARLIER)} for UIDs
+        expunged since C{modseq} and C{FETCH (UID FLAGS MODSEQ)} for messages changed since,
+        both limited to the client's known UIDs; nothing when UIDVALIDITY changed."""
+        mbox = self.mbox
+        if uidvalidity != mbox.getUIDValidity() or not hasattr(mbox, "vanished_since"):
+            return
+        vanished = await mbox.vanished_since(modseq, known)
+        if vanished:
+            self.sendLine(b"* VANISHED (EARLIER) " + uid_set(vanished))
+        every = imap4.MessageSet(1, None)
+        for seq, msg in mbox.fetch(every if known is None else known, True):
+            if msg.entry.modseq > modseq:
+                self.sendLine(
+                    b"* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))"
+                    % (seq, msg.getUID(), _flag_list(msg.getFlags()), msg.entry.modseq)
+                )
+
+    def opt_fetch_modifiers(self, line: bytes) -> tuple[dict[bytes, Any], bytes]:
+        """RFC 7162 §3.1.4.1 C{(CHANGEDSINCE n)}, §3.2.6 C{VANISHED}, after the items."""
+        return self._modifiers(line, {b"CHANGEDSINCE": 1, b"VANISHED": 0})
+
+    def opt_store_modifiers(self, line: bytes) -> tuple[dict[bytes, Any], bytes]:
+        """RFC 7162 §3.1.3 C{(UNCHANGEDSINCE n)} between the set and the action."""
+        return self._modifiers(line, {b"UNCHANGEDSINCE": 0})
+
+    def _modifiers(self, line: bytes, known: dict[bytes, int]) -> tuple[dict[bytes, Any], bytes]:
+        """A parenthesised modifier list (RFC 4466 §2.2/§2.3); C{known} maps each name to
+        the lowest number it takes, 0 for a flag without value where the name is VANISHED."""
+        line = (line or b"").lstrip(b" ")
+        if line[:1] != b"(":
+            return {}, line
+        inner, rest = _paren_group(line)
+        items = imap4.parseNestedParens(inner)
+        out: dict[bytes, Any] = {}
+        while items:
+            name = items.pop(0)
+            key = name.upper() if isinstance(name, bytes) else b""
+            if key not in known or key in out:
+                raise imap4.IllegalClientResponse("Unknown or repeated modifier")
+            if key == b"VANISHED":
+                out[key] = True
+                continue
+            if not items:
+                raise imap4.IllegalClientResponse("Modifier value expected")
+            try:
+                out[key] = _number(items.pop(0), known[key])
+            except IMAPError:
+                raise imap4.IllegalClientResponse("Bad modifier value") from None
+        return out, rest
+
+    def arg_fetchatt(self, line: bytes) -> tuple[Any, bytes]:
+        """FETCH items, with RFC 7162 §3.1.4.1 C{MODSEQ} among them, and what follows
+        (the modifiers)."""
+        line = line or b""
+        if line[:1] == b"(":
+            inner, rest = _paren_group(line)
+            items = _top_level(inner)
+            wants = any(i.upper() == b"MODSEQ" for i in items)
+            items = [i for i in items if i.upper() != b"MODSEQ"]
+            atts = b"(" + b" ".join(items) + b")" if items else b""
+        else:
+            head = _top_level(line)
+            atts, rest = (head[0] if head else b""), b" ".join(head[1:])
+            wants = atts.upper() == b"MODSEQ"
+            atts = b"" if wants else atts
+        result: list[Any] = []
+        if atts:
+            try:
+                result = list(super().arg_fetchatt(atts)[0])
+            except Exception:
+                raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
+        elif not wants:
+            raise imap4.IllegalClientResponse("Invalid FETCH attributes")
+        if wants:
+            result.append(_ModSeqItem())
+        return result, rest
+
+    async def _fetch_changedsince(
+        self,
+        targets: list[Any],
+        messages: imap4.MessageSet,
+        query: list[Any],
+        modifiers: dict[bytes, Any],
+        uid: bool,
+    ) -> list[Any]:
+        """RFC 7162 §3.1.4.1: keep only messages changed after CHANGEDSINCE (and report
+        MODSEQ); §3.2.6: UID FETCH with VANISHED first sends C{VANISHED (EARLIER)}."""
+        changedsince = modifiers.get(b"CHANGEDSINCE")
+        if changedsince is None and b"VANISHED" in modifiers:
+            raise _bad(b"VANISHED needs CHANGEDSINCE")
+        if b"VANISHED" in modifiers and (not uid or b"QRESYNC" not in self.enabled):
+            raise _bad(b"VANISHED needs UID FETCH and ENABLE QRESYNC")  # RFC 7162 §3.2.6
+        wants = any(p.type == "modseq" for p in query)
+        if wants or changedsince is not None:
+            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+        if changedsince is None:
+            return targets
+        if not wants:
+            query.append(_ModSeqItem())
+        if b"VANISHED" in modifiers and hasattr(self.mbox, "vanished_since"):
+            vanished = await self.mbox.vanished_since(changedsince, messages)
+            if vanished:
+                self.sendLine(b"* VANISHED (EARLIER) " + uid_set(vanished))
+        return [
+            (seq, msg)
+            for seq, msg in targets
+            if getattr(getattr(msg, "entry", None), "modseq", changedsince + 1) > changedsince
+        ]
+
     # selected (RFC 3501 §6.4)
 
     async def do_CHECK(self, tag: bytes) -> bytes:
@@ -1240,8 +1424,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def do_EXPUNGE(self, tag: bytes) -> bytes:
         if not self.mbox.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
-        for seq in await maybeDeferred(self.mbox.expunge):
-            self.sendLine(b"* %d EXPUNGE" % seq)
+        self._report_expunged(await maybeDeferred(self.mbox.expunge))
         return b"EXPUNGE completed"
 
     select_EXPUNGE = (do_EXPUNGE,)
@@ -1264,10 +1447,17 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         except SearchError as e:
             raise _bad(_safe(str(e))) from None
         numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
+        modseq_tail = b""
+        if getattr(self.mbox, "searched_modseq", False):
+            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            if found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
+                modseq_tail = b"MODSEQ %d" % max(self.mbox.modseq_of(n) for n in found)
         if returns is not None:
-            self.sendLine(esearch_response(tag, returns, numbers, uid))
+            line = esearch_response(tag, returns, numbers, uid)
+            self.sendLine(line + (b" " + modseq_tail if modseq_tail else b""))
             return b"SEARCH completed"
-        self.sendLine(b" ".join([b"* SEARCH"] + [b"%d" % n for n in numbers]))
+        tail = [b"(" + modseq_tail + b")"] if modseq_tail else []
+        self.sendLine(b" ".join([b"* SEARCH"] + [b"%d" % n for n in numbers] + tail))
         return b"SEARCH completed"
 
     def opt_search_return(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
@@ -1327,12 +1517,18 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     select_SORT = (do_SORT, arg_sort_criteria, arg_charset, arg_searchkeys)
 
     async def do_FETCH(
-        self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: bool = False
+        self,
+        tag: bytes,
+        messages: imap4.MessageSet,
+        query: list[Any],
+        modifiers: dict[bytes, Any] | None = None,
+        uid: bool = False,
     ) -> bytes:
         mbox = self.mbox
         targets = await maybeDeferred(mbox.fetch, messages, uid)
+        targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
         needs_content = any(
-            p.type not in ("flags", "uid", "internaldate", "rfc822size") for p in query
+            p.type not in ("flags", "uid", "internaldate", "rfc822size", "modseq") for p in query
         )
         # RFC 3501 §6.4.5: BODY[...] without PEEK, RFC822 and RFC822.TEXT set \Seen
         sets_seen = mbox.isWriteable() and any(
@@ -1371,7 +1567,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 self.transport.unregisterProducer()
         return b"FETCH completed"
 
-    select_FETCH = (do_FETCH, arg_seqset, arg_fetchatt)
+    select_FETCH = (do_FETCH, arg_seqset, arg_fetchatt, opt_fetch_modifiers)
 
     def _fetch_items(
         self, msg: Any, query: list[Any], raw: bytes | None, uid: bool, add_flags: bool
@@ -1393,6 +1589,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                     items.append(b"INTERNALDATE " + format_internaldate(mtime))
             elif kind == "rfc822size":
                 items.append(b"RFC822.SIZE %d" % msg.getSize())
+            elif kind == "modseq":
+                items.append(b"MODSEQ (%d)" % getattr(getattr(msg, "entry", None), "modseq", 0))
             elif kind == "envelope":
                 assert raw is not None
                 items.append(b"ENVELOPE (" + encode_sexp(envelope(split_message(raw)[0])) + b")")
@@ -1427,6 +1625,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                     items.append(label + origin + b" " + _literal(data))
         if add_flags:
             items.append(b"FLAGS (" + _flag_list(msg.getFlags()) + b")")
+            if b"CONDSTORE" in self.enabled and not any(p.type == "modseq" for p in query):
+                # RFC 7162 §3.1.4: the FETCH that set \Seen reports the new MODSEQ
+                items.append(b"MODSEQ (%d)" % getattr(getattr(msg, "entry", None), "modseq", 0))
         if uid and not seen_uid:
             items.append(b"UID %d" % msg.getUID())  # RFC 3501 §6.4.8: UID FETCH includes UID
         return items
@@ -1435,6 +1636,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self,
         tag: bytes,
         messages: imap4.MessageSet,
+        modifiers: dict[bytes, Any] | None,
         mode: bytes,
         flags: list[bytes],
         uid: bool = False,
@@ -1449,17 +1651,34 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if not self.mbox.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
         names = [f.decode("ascii", "replace") for f in flags]
-        result = await maybeDeferred(self.mbox.store, messages, names, modes[action], uid=uid)
+        kwargs: dict[str, Any] = {"uid": uid}
+        unchangedsince = (modifiers or {}).get(b"UNCHANGEDSINCE")
+        if unchangedsince is not None:
+            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            kwargs["unchangedsince"] = unchangedsince
+        result = await maybeDeferred(self.mbox.store, messages, names, modes[action], **kwargs)
         self._flush_keywords()
-        if not silent:
-            for seq in sorted(result):
-                extra = b" UID %d" % self.mbox.getUID(seq) if uid else b""
+        condstore = b"CONDSTORE" in self.enabled
+        for seq in sorted(result):
+            extra = b" UID %d" % self.mbox.getUID(seq) if uid else b""
+            if condstore:
+                # RFC 7162 §3.1.3: with CONDSTORE even .SILENT reports the new MODSEQ
+                extra = self._condstore_items(seq)
+            if not silent:
                 self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, _flag_list(result[seq]), extra))
+            elif condstore:
+                self.sendLine(b"* %d FETCH (%s)" % (seq, extra.lstrip(b" ")))
+        modified = getattr(self.mbox, "modified", []) if unchangedsince is not None else []
+        if modified:
+            # RFC 7162 §3.1.3: the messages that failed the UNCHANGEDSINCE test
+            listed = [self.mbox.getUID(n) for n in modified] if uid else modified
+            return b"[MODIFIED " + uid_set(listed) + b"] Conditional STORE failed"
         return b"STORE completed"
 
     select_STORE = (
         do_STORE,
         arg_seqset,
+        opt_store_modifiers,
         imap4.IMAP4Server.arg_atom,
         imap4.IMAP4Server.arg_flaglist,
     )
@@ -1517,8 +1736,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         code, copied = await self._copy(messages, name, uid)
         if code:
             self.sendLine(b"* OK " + code + b"Moved")
-        for seq in await mbox.remove_entries([m.entry for m in copied]):
-            self.sendLine(b"* %d EXPUNGE" % seq)
+        self._report_expunged(await mbox.remove_entries([m.entry for m in copied]))
         return b"MOVE completed"
 
     select_MOVE = (do_MOVE, arg_seqset, arg_finalastring)
@@ -1529,8 +1747,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         """UID EXPUNGE (RFC 4315 §2.1): expunge only the C{\\Deleted} messages in the set."""
         if not self.mbox.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
-        for seq in await maybeDeferred(self.mbox.expunge, messages):
-            self.sendLine(b"* %d EXPUNGE" % seq)
+        self._report_expunged(await maybeDeferred(self.mbox.expunge, messages))
         return b"EXPUNGE completed"
 
     select_UID_EXPUNGE = (do_UID_EXPUNGE, arg_seqset)
@@ -1604,6 +1821,57 @@ def esearch_response(
     if b"COUNT" in returns:
         out.append(b"COUNT %d" % len(numbers))
     return b" ".join(out)
+
+
+class _ModSeqItem:
+    """The FETCH item C{MODSEQ} (RFC 7162 §3.1.4.1), beside Twisted's parsed items."""
+
+    type = "modseq"
+    peek = True
+    header = None
+    text = False
+    mime = False
+    empty = False
+
+
+def _top_level(text: bytes) -> list[bytes]:
+    """Split on spaces outside brackets and parentheses: C{BODY[HEADER.FIELDS (A B)] X}
+    is two items."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in b"[(":
+            depth += 1
+        elif c in b"])":
+            depth -= 1
+        elif c == 0x20 and depth == 0:
+            if i > start:
+                items.append(text[start:i])
+            start = i + 1
+    if start < len(text):
+        items.append(text[start:])
+    return items
+
+
+def _number(value: Any, low: int) -> int:
+    """A number from a parsed argument, at least C{low}, at most 2^63-1 (RFC 7162 §7).
+
+    @raise IMAPError: BAD otherwise."""
+    if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
+        raise _bad(b"Number expected")
+    number = int(value)
+    if not low <= number <= MAX_MODSEQ:
+        raise _bad(b"Number out of range")
+    return number
+
+
+def _uid_set_arg(value: Any) -> imap4.MessageSet:
+    """A sequence set from a parsed argument.  @raise IMAPError: BAD otherwise."""
+    try:
+        if not isinstance(value, bytes):
+            raise ValueError(value)
+        return imap4.parseIdList(value)
+    except (imap4.IllegalIdentifierError, ValueError):
+        raise _bad(b"Bad sequence set") from None
 
 
 def _has_section(part: Any) -> bool:
