@@ -268,14 +268,15 @@ class FolderIndex:
     # cached FETCH parts
 
     def cached(self, uids: Iterable[int]) -> dict[int, CachedParts]:
-        out = {}
-        for uid in uids:
-            row = self.db.execute(
-                "SELECT envelope, bodystructure, body FROM messages WHERE uid = ?", (uid,)
-            ).fetchone()
-            if row is not None:
-                out[uid] = CachedParts(*row)
-        return out
+        """The cached parts of C{uids} (one range query, filtered)."""
+        wanted = set(uids)
+        if not wanted:
+            return {}
+        rows = self.db.execute(
+            "SELECT uid, envelope, bodystructure, body FROM messages WHERE uid BETWEEN ? AND ?",
+            (min(wanted), max(wanted)),
+        )
+        return {row[0]: CachedParts(*row[1:]) for row in rows if row[0] in wanted}
 
     def cache(self, uid: int, base: str, parts: CachedParts) -> None:
         self.db.execute(

@@ -46,6 +46,7 @@ from twistedmail.imap.message import (
     split_message,
 )
 from twistedmail.imap.sort import sort_key
+from twistedmail.index import CachedParts
 from twistedmail.maildir import (
     IMAP_TO_LETTER,
     MAX_KEYWORDS,
@@ -538,6 +539,15 @@ class MaildirMailbox:
         if uids is not None:
             expunged = [u for u in expunged if in_set(uids, u, last)]
         return sorted(expunged)
+
+    async def cached_parts(self, uids: list[int]) -> dict[int, CachedParts]:
+        """The index's cached ENVELOPE/BODYSTRUCTURE/BODY of C{uids} (RFC 3501 §7.4.2)."""
+        found: dict[int, CachedParts] = await self.run_in_thread(self.folder.cached_parts, uids)
+        return found
+
+    async def cache_parts(self, parts: dict[tuple[int, str], CachedParts]) -> None:
+        """Keep rendered parts in the index, keyed by (UID, Maildir base name)."""
+        await self.run_in_thread(self.folder.cache_parts, parts)
 
     # SEARCH
 

@@ -27,6 +27,7 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from twistedmail.auth import RunInThread
+from twistedmail.index import CachedParts
 from twistedmail.maildir import LETTER_TO_IMAP, Folder, MessageEntry
 
 CRLF = b"\r\n"
@@ -441,6 +442,17 @@ def bodystructure(entity: Entity, extended: bool) -> list[Any]:
             header_value(entity.header, b"content-location"),
         ]
     return out
+
+
+def render_parts(raw: bytes) -> CachedParts:
+    """ENVELOPE, BODYSTRUCTURE and BODY of a message as sent inside their parentheses
+    (RFC 3501 §7.4.2): what the folder index caches so a later FETCH need not open the file."""
+    entity = parse_entity(raw)
+    return CachedParts(
+        encode_sexp(envelope(split_message(raw)[0])),
+        encode_sexp(bodystructure(entity, True)),
+        encode_sexp(bodystructure(entity, False)),
+    )
 
 
 # ---------------------------------------------------------------- IMessage

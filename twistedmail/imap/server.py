@@ -61,6 +61,7 @@ from twistedmail.imap.message import (
     parse_entity,
     parse_internaldate,
     partial,
+    render_parts,
     section_data,
     section_label,
     split_message,
@@ -68,6 +69,7 @@ from twistedmail.imap.message import (
 from twistedmail.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from twistedmail.imap.quota import QuotaCommands
 from twistedmail.imap.sort import SortError, parse_criteria
+from twistedmail.index import CachedParts
 from twistedmail.maildir import MaildirError
 from twistedmail.quota import QuotaTracker
 
@@ -1537,6 +1539,13 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             for p in query
         )
         wants_flags = any(p.type == "flags" for p in query)
+        # ENVELOPE, BODYSTRUCTURE and BODY come from the folder index once rendered
+        wants_parts = any(_cacheable(p) for p in query)
+        from_cache = needs_content and all(_cacheable(p) or p.type in _CHEAP for p in query)
+        cache: dict[int, CachedParts] = {}
+        if from_cache and hasattr(mbox, "cached_parts"):
+            cache = await mbox.cached_parts([msg.getUID() for _, msg in targets])
+        rendered: dict[tuple[int, str], CachedParts] = {}
         gate = _FlowGate()
         try:
             self.transport.registerProducer(gate, True)
@@ -1551,12 +1560,22 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                         msg = mbox.message(seq)
                         flags_changed = True
                 raw = None
-                if needs_content:
+                parts = cache.get(msg.getUID())
+                if parts is not None and None in (parts.envelope, parts.bodystructure):
+                    parts = None
+                if needs_content and (parts is None or not from_cache):
                     try:
                         raw = await _content(msg, mbox)
                     except MaildirError:
                         continue  # expunged by another session meanwhile: nothing to send
-                items = self._fetch_items(msg, query, raw, uid, flags_changed and not wants_flags)
+                    if wants_parts and parts is None:
+                        parts = render_parts(raw)
+                        entry = getattr(msg, "entry", None)
+                        if entry is not None:
+                            rendered[(entry.uid, entry.base)] = parts
+                items = self._fetch_items(
+                    msg, query, raw, uid, flags_changed and not wants_flags, parts
+                )
                 self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
                 if gate is not None:
                     await gate.wait()
@@ -1565,12 +1584,23 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         finally:
             if gate is not None:
                 self.transport.unregisterProducer()
+            if rendered and hasattr(mbox, "cache_parts"):
+                try:
+                    await mbox.cache_parts(rendered)
+                except Exception:
+                    log.failure("caching FETCH parts failed session={s}", s=self.session)
         return b"FETCH completed"
 
     select_FETCH = (do_FETCH, arg_seqset, arg_fetchatt, opt_fetch_modifiers)
 
     def _fetch_items(
-        self, msg: Any, query: list[Any], raw: bytes | None, uid: bool, add_flags: bool
+        self,
+        msg: Any,
+        query: list[Any],
+        raw: bytes | None,
+        uid: bool,
+        add_flags: bool,
+        parts: CachedParts | None = None,
     ) -> list[bytes]:
         items: list[bytes] = []
         seen_uid = False
@@ -1591,6 +1621,12 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 items.append(b"RFC822.SIZE %d" % msg.getSize())
             elif kind == "modseq":
                 items.append(b"MODSEQ (%d)" % getattr(getattr(msg, "entry", None), "modseq", 0))
+            elif kind == "envelope" and parts is not None and parts.envelope is not None:
+                items.append(b"ENVELOPE (" + parts.envelope + b")")
+            elif kind == "bodystructure" and parts is not None and parts.bodystructure is not None:
+                items.append(b"BODYSTRUCTURE (" + parts.bodystructure + b")")
+            elif kind == "body" and not _has_section(part) and parts and parts.body is not None:
+                items.append(b"BODY (" + parts.body + b")")
             elif kind == "envelope":
                 assert raw is not None
                 items.append(b"ENVELOPE (" + encode_sexp(envelope(split_message(raw)[0])) + b")")
@@ -1872,6 +1908,17 @@ def _uid_set_arg(value: Any) -> imap4.MessageSet:
         return imap4.parseIdList(value)
     except (imap4.IllegalIdentifierError, ValueError):
         raise _bad(b"Bad sequence set") from None
+
+
+_CHEAP = ("flags", "uid", "internaldate", "rfc822size", "modseq")
+"""FETCH items answered from the index alone."""
+
+
+def _cacheable(part: Any) -> bool:
+    """ENVELOPE, BODYSTRUCTURE, BODY: rendered once, then answered from the folder index."""
+    return part.type in ("envelope", "bodystructure") or (
+        part.type == "body" and not _has_section(part)
+    )
 
 
 def _has_section(part: Any) -> bool:
