@@ -252,3 +252,41 @@ class QresyncTests(unittest.TestCase):
             self.h.cmd(b"c FETCH 1 (FLAGS) (CHANGEDSINCE x)"),
             [b"c BAD Syntax error: Bad modifier value"],
         )
+
+
+class IndexedFetchTests(unittest.TestCase):
+    """DESIGN §4: SELECT, UID FETCH 1:* (UID FLAGS) and a FETCH of cached ENVELOPE and
+    BODYSTRUCTURE open no message file."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1, "", T1)
+        self.h.add(MSG2, "S", T2)
+        self.h.login()
+
+    def forbid_reading(self) -> None:
+        def refuse(folder: Folder, entry: object) -> bytes:
+            raise AssertionError("message file opened")
+
+        self.patch(Folder, "read", refuse)
+
+    def test_select_and_flags_do_not_read_messages(self) -> None:
+        self.forbid_reading()
+        self.assertEqual(self.h.cmd(b"s SELECT INBOX")[-1], b"s OK [READ-WRITE] SELECT completed")
+        self.assertEqual(
+            self.h.cmd(b"a UID FETCH 1:* (UID FLAGS)"),
+            [
+                b"* 1 FETCH (UID 1 FLAGS ())",
+                b"* 2 FETCH (UID 2 FLAGS (\\Seen))",
+                b"a OK FETCH completed",
+            ],
+        )
+
+    def test_envelope_and_bodystructure_cached_after_first_fetch(self) -> None:
+        self.h.cmd(b"s SELECT INBOX")
+        query = b"a FETCH 1:2 (ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE)\r\n"
+        first = self.h.send(query)
+        self.assertIn(b'* 2 FETCH (ENVELOPE (NIL "second" ((NIL NIL "carol" ', first)
+        self.assertIn(b' BODY ("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT" 13 1) ', first)
+        self.forbid_reading()
+        self.assertEqual(self.h.send(query), first)
