@@ -225,14 +225,16 @@ class FolderIndex:
         rows = self.db.execute("SELECT uid, base, filename, size, mtime, modseq FROM messages")
         return {row[1]: IndexedMessage(*row) for row in rows}
 
-    def messages(self, since: int | None = None) -> list[IndexedMessage]:
-        """The messages in UID order; with C{since}, only those whose MODSEQ is larger."""
+    def messages(self, since: int | None = None) -> list[tuple[int, str, str, int, float, int]]:
+        """The messages in UID order as (uid, base, filename, size, mtime, modseq) rows (the
+        fields of L{IndexedMessage}, left as tuples: a big folder has many); with C{since},
+        only those whose MODSEQ is larger."""
         sql = "SELECT uid, base, filename, size, mtime, modseq FROM messages"
         args: tuple[int, ...] = ()
         if since is not None:
             sql += " WHERE modseq > ?"
             args = (since,)
-        return [IndexedMessage(*row) for row in self.db.execute(sql + " ORDER BY uid", args)]
+        return self.db.execute(sql + " ORDER BY uid", args).fetchall()
 
     def modseqs(self, uids: Iterable[int]) -> dict[int, int]:
         out = {}

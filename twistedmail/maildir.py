@@ -348,9 +348,7 @@ class Folder:
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
-                tuple(
-                    MessageEntry(r.uid, r.base, r.filename, r.size, r.mtime, r.modseq) for r in rows
-                ),
+                tuple(MessageEntry(*row) for row in rows),
                 frozenset(moved.values()),
                 index.highestmodseq,
                 expunged,
