@@ -4,6 +4,7 @@ examples adapted to a three-message INBOX, bytes in and bytes out (StringTranspo
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from test_imap_server import MSG1, MSG2, T1, T2, Harness
 from twisted.trial import unittest
@@ -290,3 +291,24 @@ class IndexedFetchTests(unittest.TestCase):
         self.assertIn(b' BODY ("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT" 13 1) ', first)
         self.forbid_reading()
         self.assertEqual(self.h.send(query), first)
+
+    def test_only_the_parts_fetched_are_cached(self) -> None:
+        """ENVELOPE alone caches only ENVELOPE; BODYSTRUCTURE is rendered (the file read)
+        at its own first FETCH, and then both come from the index."""
+        self.h.cmd(b"s SELECT INBOX")
+        self.h.cmd(b"a FETCH 2 (ENVELOPE)")
+        reads: list[int] = []
+        real = Folder.read
+
+        def counting(folder: Folder, entry: Any) -> bytes:
+            reads.append(entry.uid)
+            return real(folder, entry)
+
+        self.patch(Folder, "read", counting)
+        self.h.cmd(b"b FETCH 2 (ENVELOPE)")
+        self.assertEqual(reads, [])
+        self.h.cmd(b"c FETCH 2 (BODYSTRUCTURE)")
+        self.assertEqual(reads, [2])
+        out = self.h.cmd(b"d FETCH 2 (ENVELOPE BODYSTRUCTURE)")
+        self.assertEqual(reads, [2])
+        self.assertTrue(out[0].startswith(b'* 2 FETCH (ENVELOPE (NIL "second" '), out)

@@ -282,7 +282,8 @@ class FolderIndex:
 
     def cache(self, uid: int, base: str, parts: CachedParts) -> None:
         self.db.execute(
-            "UPDATE messages SET envelope = ?, bodystructure = ?, body = ?"
+            "UPDATE messages SET envelope = COALESCE(?, envelope),"
+            " bodystructure = COALESCE(?, bodystructure), body = COALESCE(?, body)"
             " WHERE uid = ? AND base = ?",
             (parts.envelope, parts.bodystructure, parts.body, uid, base),
         )

@@ -444,14 +444,15 @@ def bodystructure(entity: Entity, extended: bool) -> list[Any]:
     return out
 
 
-def render_parts(raw: bytes) -> CachedParts:
-    """ENVELOPE, BODYSTRUCTURE and BODY of a message as sent inside their parentheses
-    (RFC 3501 §7.4.2): what the folder index caches so a later FETCH need not open the file."""
-    entity = parse_entity(raw)
+def render_parts(raw: bytes, kinds: set[str]) -> CachedParts:
+    """The C{kinds} (C{"envelope"}, C{"bodystructure"}, C{"body"}) of a message as sent
+    inside their parentheses (RFC 3501 §7.4.2), the others C{None}: what the folder index
+    caches so a later FETCH need not open the file."""
+    entity = parse_entity(raw) if kinds & {"bodystructure", "body"} else None
     return CachedParts(
-        encode_sexp(envelope(split_message(raw)[0])),
-        encode_sexp(bodystructure(entity, True)),
-        encode_sexp(bodystructure(entity, False)),
+        encode_sexp(envelope(split_message(raw)[0])) if "envelope" in kinds else None,
+        encode_sexp(bodystructure(entity, True)) if entity and "bodystructure" in kinds else None,
+        encode_sexp(bodystructure(entity, False)) if entity and "body" in kinds else None,
     )
 
 

@@ -1540,7 +1540,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         )
         wants_flags = any(p.type == "flags" for p in query)
         # ENVELOPE, BODYSTRUCTURE and BODY come from the folder index once rendered
-        wants_parts = any(_cacheable(p) for p in query)
+        part_kinds = {p.type for p in query if _cacheable(p)}
         from_cache = needs_content and all(_cacheable(p) or p.type in _CHEAP for p in query)
         cache: dict[int, CachedParts] = {}
         if from_cache and hasattr(mbox, "cached_parts"):
@@ -1561,15 +1561,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                         flags_changed = True
                 raw = None
                 parts = cache.get(msg.getUID())
-                if parts is not None and None in (parts.envelope, parts.bodystructure):
+                if parts is not None and not _has_parts(parts, part_kinds):
                     parts = None
                 if needs_content and (parts is None or not from_cache):
                     try:
                         raw = await _content(msg, mbox)
                     except MaildirError:
                         continue  # expunged by another session meanwhile: nothing to send
-                    if wants_parts and parts is None:
-                        parts = render_parts(raw)
+                    if part_kinds and parts is None:
+                        parts = render_parts(raw, part_kinds)
                         entry = getattr(msg, "entry", None)
                         if entry is not None:
                             rendered[(entry.uid, entry.base)] = parts
@@ -1912,6 +1912,10 @@ def _uid_set_arg(value: Any) -> imap4.MessageSet:
 
 _CHEAP = ("flags", "uid", "internaldate", "rfc822size", "modseq")
 """FETCH items answered from the index alone."""
+
+
+def _has_parts(parts: CachedParts, kinds: set[str]) -> bool:
+    return all(getattr(parts, kind) is not None for kind in kinds)
 
 
 def _cacheable(part: Any) -> bool:
