@@ -119,6 +119,15 @@ class CondstoreTests(unittest.TestCase):
             self.h.cmd(b'f SEARCH MODSEQ "/flags/\\\\seen" priv x'), [b"f BAD bad MODSEQ value"]
         )
 
+    def test_esearch_modseq(self) -> None:
+        """RFC 7162 §3.1.5 with ESEARCH (RFC 4731): the MODSEQ result follows the others."""
+        self.select()
+        self.h.cmd(b"a STORE 3 +FLAGS (\\Seen)")
+        self.assertEqual(
+            self.h.cmd(b"b SEARCH RETURN (ALL COUNT) MODSEQ 3"),
+            [b'* ESEARCH (TAG "b") ALL 3 COUNT 1 MODSEQ 3', b"b OK SEARCH completed"],
+        )
+
     def test_status_highestmodseq(self) -> None:
         """RFC 7162 §3.1.2.2: the HIGHESTMODSEQ status item."""
         self.assertEqual(
