@@ -113,7 +113,7 @@ def test_id_enable_unselect(server: Server) -> None:
     deliver(server, 1)
     with connect(server) as c:
         assert c.id_({"name": "e2e", "version": "1"}) == ((b"name", b"twistedmail"),)
-        assert c.enable("CONDSTORE") == []
+        assert c.enable("CONDSTORE", "X-UNKNOWN") == [b"CONDSTORE"]  # RFC 7162 §3.1.8
         c.select_folder("INBOX")
         c.add_flags([1], [imapclient.DELETED])
         c.unselect_folder()
