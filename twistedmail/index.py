@@ -245,11 +245,15 @@ class FolderIndex:
         return out
 
     def insert(self, entry: IndexedMessage) -> None:
-        self.db.execute("DELETE FROM messages WHERE base = ? OR uid = ?", (entry.base, entry.uid))
-        self.db.execute(
-            "INSERT INTO messages (uid, base, filename, size, mtime, modseq)"
+        self.insert_many([attrs.astuple(entry)])
+
+    def insert_many(self, rows: list[tuple[int, str, str, int, float, int]]) -> None:
+        """Add (uid, base, filename, size, mtime, modseq) rows, replacing any row with the
+        same UID or base name."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO messages (uid, base, filename, size, mtime, modseq)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            attrs.astuple(entry),
+            rows,
         )
 
     def rename(self, uid: int, filename: str, modseq: int) -> None:

@@ -379,6 +379,7 @@ class Folder:
                 pass
         known = index.known()
         entries: dict[str, tuple[str, float, int]] = {}
+        cur_dir = os.fspath(cur) + os.sep
         for name in os.listdir(cur):
             if name.startswith("."):
                 continue
@@ -388,7 +389,7 @@ class Folder:
                 entries[base] = (name, old.mtime, old.size)
                 continue
             try:
-                st = os.stat(cur / name)
+                st = os.stat(cur_dir + name)
             except FileNotFoundError:
                 continue
             size = wire_size_from_name(base)
@@ -407,14 +408,16 @@ class Folder:
             if base not in entries or uids.get(base) != old.uid:
                 modseq = modseq or index.next_modseq()
                 index.expunge(old.uid, modseq)
+        added = []
         for base, (name, mtime, size) in entries.items():
             old = known.get(base)
             if old is None or old.uid != uids[base]:
                 modseq = modseq or index.next_modseq()
-                index.insert(IndexedMessage(uids[base], base, name, size, mtime, modseq))
+                added.append((uids[base], base, name, size, mtime, modseq))
             elif old.filename != name:
                 modseq = modseq or index.next_modseq()
                 index.rename(old.uid, name, modseq)
+        index.insert_many(added)
         index.put("uidnext", uidnext)
         index.record(self._stamps(), started)
         return {b: uids[b] for b in moved if b in uids}
