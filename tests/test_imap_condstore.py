@@ -9,7 +9,7 @@ from typing import Any
 from test_imap_server import MSG1, MSG2, T1, T2, Harness
 from twisted.trial import unittest
 
-from twistedmail.maildir import Folder
+from twistedmail.maildir import Folder, write_durably
 
 T3 = T2 + 86400
 MSG3 = b"From: dave@example.org\r\nSubject: third\r\n\r\nthird body\r\n"
@@ -154,6 +154,45 @@ class CondstoreTests(unittest.TestCase):
         self.assertTrue(out.startswith(b"* 1 FETCH (BODY[TEXT] {"), out)
         self.assertTrue(
             out.endswith(b" FLAGS (\\Seen) MODSEQ (3))\r\na OK FETCH completed\r\n"), out
+        )
+
+
+class ConcurrencyTests(unittest.TestCase):
+    """Two CONDSTORE sessions on one folder and a delivery: each sees EXISTS and the other's
+    flag changes (with UID and MODSEQ) while IDLE, and MODSEQs only grow."""
+
+    def test_two_sessions_and_a_delivery(self) -> None:
+        one = Harness(self)
+        one.add(MSG1, "", T1)
+        one.login()
+        two = Harness(self, root=one.root, notifier=one.notifier)
+        two.login()
+        one.cmd(b"s SELECT INBOX (CONDSTORE)")
+        two.cmd(b"s SELECT INBOX (CONDSTORE)")
+        self.assertEqual(one.cmd(b"i IDLE"), [b"+ idling"])
+        write_durably(one.root / "new", MSG2)
+        one.notifier.changed(one.root)
+        self.assertEqual(one.take(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
+        # RFC 3501 §7.4.1: the new message's EXISTS comes before a FETCH that names it
+        self.assertEqual(
+            two.cmd(b"a STORE 2 +FLAGS (\\Flagged)"),
+            [
+                b"* 2 EXISTS",
+                b"* 0 RECENT",
+                b"* 2 FETCH (FLAGS (\\Flagged) UID 2 MODSEQ (4))",
+                b"a OK STORE completed",
+            ],
+        )
+        self.assertEqual(one.take(), b"* 2 FETCH (FLAGS (\\Flagged \\Recent) UID 2 MODSEQ (4))\r\n")
+        self.assertEqual(
+            two.cmd(b"b STORE 1 +FLAGS (\\Seen)"),
+            [b"* 1 FETCH (FLAGS (\\Seen) UID 1 MODSEQ (5))", b"b OK STORE completed"],
+        )
+        self.assertEqual(one.take(), b"* 1 FETCH (FLAGS (\\Seen) UID 1 MODSEQ (5))\r\n")
+        self.assertEqual(one.cmd(b"DONE"), [b"i OK IDLE terminated"])
+        self.assertEqual(
+            one.cmd(b"c STATUS INBOX (HIGHESTMODSEQ)"),
+            [b'* STATUS "INBOX" (HIGHESTMODSEQ 5)', b"c OK STATUS completed"],
         )
 
 

@@ -1693,7 +1693,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
             kwargs["unchangedsince"] = unchangedsince
         result = await maybeDeferred(self.mbox.store, messages, names, modes[action], **kwargs)
-        self._flush_keywords()
+        self._flush_unsolicited()  # EXISTS before a FETCH that names a new message number
         condstore = b"CONDSTORE" in self.enabled
         for seq in sorted(result):
             extra = b" UID %d" % self.mbox.getUID(seq) if uid else b""
