@@ -95,7 +95,22 @@ def unique_name(size: int, now: float | None = None) -> str:
     t = time.time() if now is None else now
     secs = int(t)
     usecs = int((t - secs) * 1_000_000)
-    return f"{secs}.M{usecs}P{os.getpid()}Q{n}.{_HOST},S={size}"
+    # Zero-padded microseconds so that names of one process sort in creation order (Dovecot
+    # does not pad; both are valid Maildir names).
+    return f"{secs}.M{usecs:06d}P{os.getpid()}Q{n}.{_HOST},S={size}"
+
+
+_ARRIVAL = re.compile(r"(\d+)\.M(\d+)P\d+Q(\d+)\.")
+
+
+def arrival_key(base: str) -> tuple[int, int, int, str]:
+    """Sort key for new messages of equal mtime: (secs, usecs, counter, base) read from a
+    C{unique_name}-shaped base name (Dovecot's too), so C{M99} sorts before C{M100}; other
+    names sort after them, by name."""
+    m = _ARRIVAL.match(base)
+    if m is None:
+        return (2**63, 0, 0, base)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), base)
 
 
 def split_name(filename: str) -> tuple[str, str]:
@@ -394,7 +409,7 @@ class Folder:
                 continue
             size = wire_size_from_name(base)
             entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
-        for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], b)):
+        for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b))):
             uids[base] = uidnext
             uidnext += 1
             changed = True
