@@ -6,12 +6,20 @@ import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.trial import unittest
 
-from twistedmail.tls import TLSConfigError, create_self_signed, server_context
+from twistedmail.tls import (
+    ServerTLS,
+    TLSConfigError,
+    create_self_signed,
+    fingerprint,
+    server_context,
+)
 
 
 def handshake(server_ctx: SSL.Context, client_ctx: SSL.Context) -> SSL.Connection:
@@ -160,3 +168,51 @@ class LoadErrorTests(unittest.TestCase):
         self.assertTrue(
             str(e).startswith(f"cannot load certificate {self.cert} / key {other / 'key.pem'}: ")
         )
+
+
+def peer_subject(server_ctx: SSL.Context) -> str:
+    client = handshake(server_ctx, client_context(SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION))
+    peer = client.get_peer_certificate(as_cryptography=True)
+    assert peer is not None
+    return peer.subject.rfc4514_string()
+
+
+class ServerTLSTests(unittest.TestCase):
+    """L{ServerTLS}: the shared server context, replaced for new connections only."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
+        create_self_signed(self.cert, self.key, "old.example.org")
+        self.tls = ServerTLS.load(self.cert, self.key)
+
+    def test_provides_context_factory(self) -> None:
+        """Twisted asks it for a context per connection (TLSMemoryBIOFactory, startTLS)."""
+        self.assertTrue(IOpenSSLContextFactory.providedBy(self.tls))
+        self.assertEqual(peer_subject(self.tls.getContext()), "CN=old.example.org")
+
+    def test_replace(self) -> None:
+        """After replace, a new handshake presents the new certificate; a connection made
+        before it keeps the old context."""
+        before = SSL.Connection(self.tls.getContext(), None)
+        create_self_signed(self.cert, self.key, "new.example.org")
+        options = self.tls.reread()
+        self.assertEqual(peer_subject(self.tls.getContext()), "CN=old.example.org")
+        self.tls.replace(options)
+        self.assertEqual(peer_subject(self.tls.getContext()), "CN=new.example.org")
+        self.assertEqual(peer_subject(before.get_context()), "CN=old.example.org")
+        self.assertEqual(
+            fingerprint(options),
+            x509.load_pem_x509_certificate(self.cert.read_bytes())
+            .fingerprint(hashes.SHA256())
+            .hex(":"),
+        )
+
+    def test_bad_new_pair(self) -> None:
+        """A broken file on reread raises TLSConfigError and leaves the context in use."""
+        current = self.tls.options
+        self.cert.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+        e = self.assertRaises(TLSConfigError, self.tls.reread)
+        self.assertTrue(str(e).startswith(f"cannot load certificate {self.cert} / key"))
+        self.assertIs(self.tls.options, current)
+        self.assertEqual(peer_subject(self.tls.getContext()), "CN=old.example.org")

@@ -11,10 +11,20 @@ submission (remote recipients) and by port 25 (aliases forwarding to remote addr
 delivered by L{twistedmail.smtp.outbound.Outbound} (MX lookup over twisted.names, or the
 configured routes / smarthost).  The control socket C{DATA_DIR/control} (AMP, mode 0600)
 lets C{twistedmail queue flush} reach the running queue.
+
+Operations (issue 5): SIGHUP rereads the TLS certificate and key (L{MailServer.reload_tls}),
+for new connections on every listener, without dropping open ones; a bad new pair is logged
+and the old one kept.  Under C{twistd -u USER -g GROUP} the ports are bound as root in
+C{privilegedStartService}, the data dir is handed to USER:GROUP before that
+(L{hand_over_data_dir}), and everything that needs no privilege (the control socket, the
+queue) starts after twistd has dropped them.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import signal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +35,6 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, endpoints, threads
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import imap4, pop3
 from twisted.names import client as dns_client
@@ -68,7 +77,7 @@ log = Logger(namespace="twistedmail.service")
 IMPLICIT_TLS = {"submissions", "imaps", "pop3s"}
 
 
-def server_tls_context(config: Config) -> CertificateOptions:
+def server_tls_context(config: Config) -> tlsmod.ServerTLS:
     """The configured certificate, or a self-signed one created on first start.
 
     @raise twistedmail.tls.TLSConfigError: when the files cannot be loaded.
@@ -81,7 +90,69 @@ def server_tls_context(config: Config) -> CertificateOptions:
             host=config.server.hostname,
             cert=str(cert),
         )
-    return tlsmod.server_context(cert, key)
+    return tlsmod.ServerTLS.load(cert, key)
+
+
+def _searchable_by(path: Path, uid: int, gids: set[int]) -> bool:
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid in gids:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def hand_over_data_dir(config: Config, uid: int, gid: int) -> int:
+    """Make the data dir usable by C{uid:gid}, the user twistd switches to (C{-u}/C{-g}).
+
+    Called as root before the privileges are dropped: every file and directory under the
+    data dir (store, Maildirs, queue, self-signed certificate, DKIM keys) not yet owned by
+    C{uid:gid} is chowned to it (symlinks are not followed).  Returns how many were.
+
+    @raise ConfigError: a directory above the data dir cannot be entered by that user (the
+        one-line message says what to C{chmod}), or a chown fails.
+    """
+    data_dir = config.server.data_dir
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        gids = set(os.getgrouplist(name, gid))
+    except KeyError:
+        name, gids = str(uid), {gid}
+    where = f"{config.source or 'built-in defaults'}: [server] data_dir"
+    for parent in reversed(data_dir.parents):
+        if not _searchable_by(parent, uid, gids):
+            raise ConfigError(
+                f"{where}: user {name} cannot enter {parent} (run: chmod o+x {parent},"
+                f" or choose a data_dir it can reach)"
+            )
+    changed = 0
+    try:
+        for path in [data_dir, *data_dir.rglob("*")]:
+            st = path.lstat()
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(path, uid, gid)
+                changed += 1
+    except OSError as e:
+        raise ConfigError(
+            f"{where}: cannot hand {e.filename} to user {name}: {e.strerror}"
+            f" (run: chown -R {uid}:{gid} {data_dir})"
+        ) from None
+    return changed
+
+
+class _UnprivilegedEndpointService(StreamServerEndpointService):
+    """Listens in C{startService}, after twistd dropped root (a UNIX socket needs none),
+    so the socket belongs to the user the server runs as."""
+
+    _started = False
+
+    def privilegedStartService(self) -> None:
+        if self._started:
+            super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._started = True
+        super().startService()
 
 
 def dns_resolver(config: Config, reactor: Any) -> Any:
@@ -181,14 +252,31 @@ class MailServer(MultiService):
     C{queue} (the L{QueueRunner}).
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, run_as: tuple[int, int] | None = None) -> None:
+        """@param run_as: C{(uid, gid)} twistd switches to after binding the ports
+        (C{twistd -u/-g}); when started as root the data dir is handed to them
+        (L{hand_over_data_dir}).
+        @raise ConfigError: see L{hand_over_data_dir} and L{ensure_data_dir}.
+        @raise twistedmail.tls.TLSConfigError: the certificate cannot be loaded."""
         super().__init__()
         self.config = config
+        self.reactor = reactor
         ensure_data_dir(config)
         self.store = AccountStore(store_path(config))
         self.mail_dir = mail_dir(config)
         self.notifier = ChangeNotifier()
         self.tls_context = server_tls_context(config)
+        if run_as is not None and os.geteuid() == 0 and run_as[0] != 0:
+            changed = hand_over_data_dir(config, *run_as)
+            if changed:
+                log.info(
+                    "data dir {data} handed to uid {uid} gid {gid} ({n} entries)",
+                    data=str(config.server.data_dir),
+                    uid=run_as[0],
+                    gid=run_as[1],
+                    n=changed,
+                )
+        self._previous_sighup: Any = None
 
         def run_in_thread(f: Any, *args: Any) -> Any:
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -292,7 +380,7 @@ class MailServer(MultiService):
                 svc._raiseSynchronously = True  # a port in use stops the start (twistd exits 1)
                 svc.setName(f"{name}@{address}")
                 svc.setServiceParent(self)
-        control = StreamServerEndpointService(
+        control = _UnprivilegedEndpointService(
             endpoints.UNIXServerEndpoint(
                 reactor, socket_address(control_path(config)), mode=0o600, wantPID=True
             ),
@@ -310,6 +398,7 @@ class MailServer(MultiService):
     def startService(self) -> None:
         self.auth_pool.start()
         super().startService()
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         d = defer.Deferred.fromCoroutine(self.queue.start())
         d.addErrback(lambda f: log.failure("the outbound queue did not start", f))
         for svc in self:
@@ -320,9 +409,44 @@ class MailServer(MultiService):
             data=str(self.config.server.data_dir),
         )
 
+    def _sighup(self, signum: int, frame: Any) -> None:
+        # In a signal handler: only hand the work to the reactor, then chain the handler that
+        # was there before (twistd installs none for SIGHUP; a plugin or a future twistd may).
+        self.reactor.callFromThread(self._reload_tls_now)
+        if callable(self._previous_sighup):
+            self._previous_sighup(signum, frame)
+
+    def _reload_tls_now(self) -> None:
+        defer.Deferred.fromCoroutine(self.reload_tls())
+
+    async def reload_tls(self) -> bool:
+        """Reread the certificate and key (SIGHUP): new TLS connections on every listener
+        get them; open sessions keep theirs.  A bad pair is logged and the old one kept.
+
+        @return: whether the new pair is in use.
+        """
+        ctx = self.tls_context
+        try:
+            options = await self.run_in_thread(ctx.reread)
+        except tlsmod.TLSConfigError as e:
+            log.error("TLS reload failed, keeping the current certificate: {error}", error=str(e))
+            return False
+        except Exception:
+            log.failure("TLS reload failed, keeping the current certificate")
+            return False
+        ctx.replace(options)
+        log.info(
+            "TLS certificate reloaded from {cert}: sha256 {fingerprint}",
+            cert=str(ctx.cert_path),
+            fingerprint=tlsmod.fingerprint(options),
+        )
+        return True
+
     def stopService(self) -> Any:
         if self.authenticator is not None:
             self.authenticator.stop()  # no check thread may stay blocked on the reactor
+        if signal.getsignal(signal.SIGHUP) == self._sighup:
+            signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
         # Deliveries under way get a bounded time to record their results (QueueRunner.
         # shutdown) while the listeners close; the store closes after both.
         queue = defer.Deferred.fromCoroutine(self.queue.shutdown())

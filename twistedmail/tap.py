@@ -7,6 +7,8 @@ stderr naming the file and the key, and exit status 1 (no traceback).
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -74,6 +76,25 @@ class _StartGuard(MultiService):
             )
 
 
+def run_as(options: usage.Options) -> tuple[int, int] | None:
+    """The C{(uid, gid)} of C{twistd -u USER [-g GROUP]}, or C{None} without C{-u}/C{-g}.
+
+    twistd binds the ports (C{privilegedStartService}) as root, then switches to them; a
+    missing C{-g} means the user's primary group, as twistd does.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is None:
+        uid = os.getuid()
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return int(uid), int(gid)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -84,7 +105,7 @@ def makeService(options: Options) -> IService:
     from twistedmail.service import MailServer
 
     try:
-        server = MailServer(config, reactor)
+        server = MailServer(config, reactor, run_as=run_as(options))
     except ConfigError as e:
         _fail(str(e))
     except TLSConfigError as e:

@@ -3,6 +3,11 @@
 A first start without a configured certificate creates a self-signed one (RSA 2048, 10 years,
 the hostname as CN and subjectAltName) in C{DATA_DIR/tls/}, key mode 0600.  Server contexts
 allow TLS 1.2 and newer only.
+
+L{ServerTLS} is the one server context every listener shares (the implicit-TLS ports
+465/993/995 and STARTTLS on 25/587/143/110): L{ServerTLS.replace} swaps the certificate for
+new connections (the server does it on SIGHUP), while sessions already under TLS keep the
+context they started with.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 
 class TLSConfigError(Exception):
@@ -80,3 +88,48 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
         return options
     except Exception as e:  # OpenSSL and cryptography raise many types for bad PEM
         raise TLSConfigError(f"cannot load certificate {cert_path} / key {key_path}: {e}") from None
+
+
+@implementer(IOpenSSLContextFactory)
+class ServerTLS:
+    """The server TLS context of every listener, replaceable while the server runs.
+
+    Twisted asks C{getContext()} once per TLS connection (implicit TLS and STARTTLS
+    alike), so after L{replace} every new handshake presents the new certificate; an open
+    TLS session keeps the OpenSSL context it was built with.
+
+    @ivar cert_path: the certificate (chain) PEM file, reread by the reload.
+    @ivar key_path: the private key PEM file.
+    @ivar options: the current L{ssl.CertificateOptions}.
+    """
+
+    def __init__(self, cert_path: Path, key_path: Path, options: ssl.CertificateOptions) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.options = options
+
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path) -> ServerTLS:
+        """@raise TLSConfigError: see L{server_context}."""
+        return cls(cert_path, key_path, server_context(cert_path, key_path))
+
+    def getContext(self) -> SSL.Context:
+        return self.options.getContext()
+
+    def reread(self) -> ssl.CertificateOptions:
+        """Load C{cert_path}/C{key_path} again (blocking file I/O: call it in a thread).
+
+        @raise TLSConfigError: the files are missing, unreadable or do not match; the
+            current context is left as it was.
+        """
+        return server_context(self.cert_path, self.key_path)
+
+    def replace(self, options: ssl.CertificateOptions) -> None:
+        """Use C{options} for every TLS connection from now on."""
+        self.options = options
+
+
+def fingerprint(options: ssl.CertificateOptions) -> str:
+    """The SHA-256 fingerprint of C{options}' certificate, hex with colons (for the log)."""
+    cert = options.certificate.to_cryptography()
+    return cert.fingerprint(hashes.SHA256()).hex(":")

@@ -112,13 +112,18 @@ class Server:
     def add_user(self, address: str, password: str) -> None:
         self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
 
-    def start(self) -> None:
+    def start(self, twistd_args: tuple[str, ...] = ()) -> None:
+        """Start C{twistd -n twistedmail} and wait until every port answers.
+
+        @param twistd_args: extra twistd options, e.g. C{("-u", "nobody", "-g", "nogroup")}.
+        """
         self.proc = subprocess.Popen(
             [
                 str(BIN / "twistd"),
                 "-n",
                 "--pidfile=",
                 f"--logfile={self.log}",
+                *twistd_args,
                 "twistedmail",
                 "--config",
                 str(self.config),

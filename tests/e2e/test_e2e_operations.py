@@ -1,0 +1,198 @@
+"""Issue 5, operations, end to end against the real twistd process: the TLS certificate
+reloaded on SIGHUP without dropping connections, and C{twistd -u nobody -g nogroup}
+dropping root after binding the ports."""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import os
+import poplib
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_server import PASSWORDS, Server, client_tls, make_test_ca
+
+ALICE = "alice@example.test"
+
+
+def der_of(sock: socket.socket) -> bytes:
+    der = sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+    assert der is not None
+    return der
+
+
+def implicit_tls_cert(port: int) -> bytes:
+    """The DER certificate a new implicit-TLS connection to C{port} is given."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with client_tls().wrap_socket(raw) as tls:
+            return der_of(tls)
+
+
+def starttls_certs(server: Server) -> dict[str, bytes]:
+    """The certificate presented after STARTTLS/STLS on 25, 587, 143 and 110."""
+    certs = {}
+    for name in ("smtp", "submission"):
+        with smtplib.SMTP("127.0.0.1", server.ports[name], timeout=10) as s:
+            s.starttls(context=client_tls())
+            certs[name] = der_of(s.sock)
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=10)
+    imap.starttls(client_tls())
+    certs["imap"] = der_of(imap.sock)
+    imap.logout()
+    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=10)
+    pop.stls(client_tls())
+    certs["pop3"] = der_of(pop.sock)
+    pop.quit()
+    return certs
+
+
+def all_certs(server: Server) -> dict[str, bytes]:
+    certs = starttls_certs(server)
+    for name in ("submissions", "imaps", "pop3s"):
+        certs[name] = implicit_tls_cert(server.ports[name])
+    return certs
+
+
+def pem_der(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(
+        path.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    )
+
+
+def install(src_cert: Path, src_key: Path, cert: Path, key: Path) -> None:
+    """Replace cert and key the way certbot's deploy hooks do: new files renamed in place."""
+    for src, dst in ((src_cert, cert), (src_key, key)):
+        tmp = dst.with_suffix(".new")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def wait_for_log(server: Server, text: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log.read_text(errors="replace")
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log:\n{server.log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[Server]:
+    first = tmp_path / "ca1"
+    first.mkdir()
+    _, cert, key = make_test_ca(first)
+    live = tmp_path / "live"
+    live.mkdir()
+    install(cert, key, live / "fullchain.pem", live / "privkey.pem")
+    srv = Server(tmp_path / "srv", tls=(live / "fullchain.pem", live / "privkey.pem"))
+    for address, password in PASSWORDS.items():
+        srv.add_user(address, password)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_sighup_reloads_certificate_keeping_open_sessions(
+    tls_server: Server, tmp_path: Path
+) -> None:
+    server = tls_server
+    live = tmp_path / "live"
+    old = pem_der(live / "fullchain.pem")
+    assert set(all_certs(server).values()) == {old}
+
+    # An open IMAPS session, logged in, across the reload.
+    session = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+    session.login(ALICE, PASSWORDS[ALICE])
+    assert der_of(session.sock) == old
+
+    second = tmp_path / "ca2"
+    second.mkdir()
+    _, cert, key = make_test_ca(second)
+    install(cert, key, live / "fullchain.pem", live / "privkey.pem")
+    new = pem_der(live / "fullchain.pem")
+    assert new != old
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGHUP)
+    fp = hashlib.sha256(new).hexdigest()
+    wait_for_log(server, "TLS certificate reloaded from")
+    assert ":".join(fp[i : i + 2] for i in range(0, len(fp), 2)) in server.log.read_text()
+
+    # Every listener, implicit TLS and STARTTLS alike, presents the new certificate.
+    assert all_certs(server) == dict.fromkeys(
+        ("smtp", "submission", "imap", "pop3", "submissions", "imaps", "pop3s"), new
+    )
+    # The open session still works, on its old certificate.
+    assert session.noop()[0] == "OK"
+    assert session.select("INBOX")[0] == "OK"
+    session.logout()
+    assert server.proc.poll() is None
+
+    # A broken new pair: logged, the working one kept, the server still up.
+    (live / "fullchain.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    os.kill(server.proc.pid, signal.SIGHUP)
+    log = wait_for_log(server, "TLS reload failed, keeping the current certificate")
+    assert f"cannot load certificate {live / 'fullchain.pem'}" in log
+    assert implicit_tls_cert(server.ports["imaps"]) == new
+    assert starttls_certs(server)["smtp"] == new
+    assert server.proc.poll() is None
+
+
+def _world_usable(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twistd -u/-g needs root (run the tests as root)")
+def test_twistd_drops_privileges_after_binding() -> None:
+    import pwd
+
+    import twistedmail
+
+    nobody = pwd.getpwnam("nobody")
+    package = Path(twistedmail.__file__).parent
+    if not (_world_usable(Path(sys.prefix)) and _world_usable(package)):
+        pytest.skip(f"user nobody cannot read the venv {sys.prefix} or {package}")
+    # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700, nobody cannot enter it.
+    root = Path(tempfile.mkdtemp(prefix="twistedmail-privdrop-"))
+    root.chmod(0o755)
+    server = Server(root)
+    try:
+        for address, password in PASSWORDS.items():
+            server.add_user(address, password)  # as root: the store is root's until start
+        server.start(twistd_args=("-u", "nobody", "-g", "nogroup"))
+        assert server.proc is not None
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+        ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
+        assert ids["Uid"] == [str(nobody.pw_uid)] * 4
+        assert ids["Gid"] == [str(nobody.pw_gid)] * 4
+        for path in [server.data_dir, *server.data_dir.rglob("*")]:
+            st = path.lstat()
+            assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), path
+
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+            s.sendmail("someone@remote.test", [ALICE], b"Subject: as nobody\r\n\r\nhello\r\n")
+        [message] = server.wait_for_messages(ALICE, 1)
+        assert message.read_bytes().endswith(b"Subject: as nobody\r\n\r\nhello\r\n")
+        assert message.stat().st_uid == nobody.pw_uid
+        imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+        imap.login(ALICE, PASSWORDS[ALICE])
+        assert imap.select("INBOX") == ("OK", [b"1"])
+        imap.logout()
+        # The control socket belongs to the server's user: queue flush reaches it.
+        assert (server.data_dir / "control").stat().st_uid == nobody.pw_uid
+        assert server.cli("queue", "flush").returncode == 0
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
