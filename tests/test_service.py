@@ -1,0 +1,144 @@
+"""Tests for the operations parts of L{twistedmail.service} and L{twistedmail.tap}: the TLS
+reload (SIGHUP) and handing the data dir to the user twistd switches to (C{-u}/C{-g})."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python import usage
+from twisted.trial import unittest
+
+from twistedmail.config import SERVICES, Config, ConfigError, parse_config
+from twistedmail.service import MailServer, hand_over_data_dir
+from twistedmail.tap import run_as
+from twistedmail.tls import create_self_signed
+
+
+def quiet_config(data_dir: Path) -> Config:
+    """No listeners: the server is built (and could be started) without binding a port."""
+    return parse_config(
+        {
+            "server": {"hostname": "mail.example.test", "data_dir": str(data_dir)},
+            "listen": dict.fromkeys(SERVICES, []),
+        },
+        None,
+    )
+
+
+class ReloadTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.data = Path(self.mktemp()).resolve()
+        self.server = MailServer(quiet_config(self.data), reactor)
+        self.addCleanup(self.server.store.close)
+        # The resolv.conf resolver rereads its file on a timer.
+        parse = getattr(self.server.queue.outbound.resolver, "_parseCall", None)
+        if parse is not None and parse.active():
+            self.addCleanup(parse.cancel)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.cert, self.key = self.data / "tls" / "cert.pem", self.data / "tls" / "key.pem"
+
+    def subject(self) -> str:
+        cert = self.server.tls_context.options.certificate
+        return cert.get_subject().CN
+
+    async def test_reload(self) -> None:
+        """The new pair is used from then on, and the log names its fingerprint."""
+        self.assertEqual(self.subject(), "mail.example.test")
+        create_self_signed(self.cert, self.key, "renewed.example.test")
+        self.assertTrue(await self.server.reload_tls())
+        self.assertEqual(self.subject(), "renewed.example.test")
+        [event] = [e for e in self.events if "reloaded" in e.get("log_format", "")]
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual(event["cert"], str(self.cert))
+
+    async def test_bad_pair_keeps_the_old_one(self) -> None:
+        self.key.write_bytes(b"not a key\n")
+        self.assertFalse(await self.server.reload_tls())
+        self.assertEqual(self.subject(), "mail.example.test")
+        [event] = [e for e in self.events if "TLS reload failed" in e.get("log_format", "")]
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertIn(f"cannot load certificate {self.cert} / key {self.key}", event["error"])
+
+    def test_sighup_handler_chains_and_is_removed(self) -> None:
+        """startService installs the SIGHUP handler on top of the one before (which it still
+        calls); stopService puts the old one back."""
+        calls: list[int] = []
+        previous = signal.signal(signal.SIGHUP, lambda signum, frame: calls.append(signum))
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        reloads: list[bool] = []
+        self.server._reload_tls_now = lambda: reloads.append(True)  # type: ignore[method-assign]
+        self.server.startService()
+        try:
+            handler = signal.getsignal(signal.SIGHUP)
+            assert callable(handler)
+            handler(signal.SIGHUP, None)
+            self.assertEqual(calls, [signal.SIGHUP])
+        finally:
+            d = self.server.stopService()
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), handler)
+        return d
+
+
+class HandOverTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.data = Path(self.mktemp()).resolve()
+        self.config = quiet_config(self.data)
+
+    def test_chowns_everything(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("chown to another user needs root")
+        nobody = pwd.getpwnam("nobody")
+        # Not under trial's temp dir, whose parents nobody may not enter.
+        self.data = Path(tempfile.mkdtemp(prefix="twistedmail-handover-")) / "data"
+        self.addCleanup(shutil.rmtree, self.data.parent, True)
+        self.config = quiet_config(self.data)
+        (self.data / "mail" / "example.test" / "alice" / "new").mkdir(parents=True)
+        (self.data / "mail" / "example.test" / "alice" / "new" / "1.host").write_bytes(b"x")
+        (self.data / "accounts.sqlite3").write_bytes(b"")
+        os.chmod(self.data.parent, 0o755)
+        self.assertEqual(hand_over_data_dir(self.config, nobody.pw_uid, nobody.pw_gid), 7)
+        for path in [self.data, *self.data.rglob("*")]:
+            self.assertEqual((path.stat().st_uid, path.stat().st_gid), (nobody.pw_uid, 65534))
+        self.assertEqual(hand_over_data_dir(self.config, nobody.pw_uid, nobody.pw_gid), 0)
+
+    def test_parent_not_searchable(self) -> None:
+        """A directory above the data dir the user cannot enter: one line saying what to do."""
+        self.data.mkdir(parents=True)
+        os.chmod(self.data.parent, 0o700)
+        other = 54321  # owns nothing here, is in no group
+        closed = next(p for p in reversed(self.data.parents) if not p.stat().st_mode & 0o001)
+        e = self.assertRaises(ConfigError, hand_over_data_dir, self.config, other, other)
+        self.assertEqual(
+            str(e),
+            f"built-in defaults: [server] data_dir: user {other} cannot enter"
+            f" {closed} (run: chmod o+x {closed}, or choose a data_dir it can reach)",
+        )
+
+
+class _Parent(usage.Options):
+    optParameters = [["uid", "u", None, "", int], ["gid", "g", None, "", int]]
+
+
+class RunAsTests(unittest.TestCase):
+    def options(self, **parent: int) -> usage.Options:
+        sub = usage.Options()
+        sub.parent = _Parent()
+        sub.parent.update(parent)
+        return sub
+
+    def test_run_as(self) -> None:
+        self.assertIsNone(run_as(usage.Options()))
+        self.assertIsNone(run_as(self.options()))
+        self.assertEqual(run_as(self.options(uid=65534, gid=100)), (65534, 100))
+        primary = pwd.getpwuid(0).pw_gid
+        self.assertEqual(run_as(self.options(uid=0)), (0, primary))
