@@ -136,7 +136,8 @@ class LongLineInDataTests(AttackTestCase):
         # One answer for the whole DATA (after the first dot), then NOOP: no 250 for the
         # smuggled MAIL FROM, no second transaction.
         self.assertEqual(
-            out, SENT_UP_TO_DATA + b"500 5.5.6 Line too long\r\n" + b"250 2.0.0 OK\r\n"
+            out,
+            SENT_UP_TO_DATA + b"500 5.6.0 Message text line too long\r\n" + b"250 2.0.0 OK\r\n",
         )
         self.assertNothingStored()
 
@@ -147,7 +148,7 @@ class LongLineInDataTests(AttackTestCase):
         for _ in range(40):
             proto.dataReceived(b"B" * 1000)
         proto.dataReceived(b"\r\n" + SMUGGLED)
-        self.assertEqual(tr.value(), b"500 5.5.6 Line too long\r\n")
+        self.assertEqual(tr.value(), b"500 5.6.0 Message text line too long\r\n")
         self.assertNothingStored()
 
     def test_line_at_the_limit_is_body(self) -> None:
@@ -184,7 +185,7 @@ class UnterminatedFloodTests(AttackTestCase):
     def test_flood_in_data(self) -> None:
         proto, tr = self.inbound()
         talk(proto, tr, OPEN_TRANSACTION)
-        self.assertEqual(self.flood(proto, tr), b"500 5.5.6 Line too long\r\n")
+        self.assertEqual(self.flood(proto, tr), b"500 5.6.0 Message text line too long\r\n")
         self.assertTrue(tr.disconnecting)
         self.assertNothingStored()
 

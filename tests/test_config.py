@@ -46,6 +46,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.relay, defaults.relay)
         self.assertEqual(example.queue, defaults.queue)
         self.assertEqual(example.submission, defaults.submission)
+        self.assertEqual(example.smtp, defaults.smtp)
         self.assertEqual(example.tls, defaults.tls)
 
     def test_defaults(self) -> None:
@@ -316,3 +317,61 @@ class DefaultQuotaTests(TestCase):
                 f'{path}: [limits] default_quota: must be a size such as "1GiB", or "0" /'
                 ' "none" for unlimited',
             )
+
+
+class HardeningKeyTests(TestCase):
+    """[limits] max_line_length / max_header_size / imap_max_connections_per_user and
+    [smtp] bare_lf (issue 5)."""
+
+    def write(self, text: str) -> Path:
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def error(self, text: str) -> str:
+        path = self.write(text)
+        e = self.assertRaises(ConfigError, load_config, path)
+        return str(e).replace(str(path), "FILE")
+
+    def test_defaults(self) -> None:
+        config = parse_config({}, None)
+        self.assertEqual(config.limits.max_line_length, 16384)
+        self.assertEqual(config.limits.max_header_size, 256 * 1024)
+        self.assertEqual(config.limits.imap_max_connections_per_user, 10)
+        self.assertEqual(config.smtp.bare_lf, "reject")
+
+    def test_values(self) -> None:
+        config = load_config(
+            self.write(
+                '[limits]\nmax_line_length = 998\nmax_header_size = "64KiB"\n'
+                'imap_max_connections_per_user = 3\n[smtp]\nbare_lf = "normalize"\n'
+            )
+        )
+        self.assertEqual(config.limits.max_line_length, 998)
+        self.assertEqual(config.limits.max_header_size, 65536)
+        self.assertEqual(config.limits.imap_max_connections_per_user, 3)
+        self.assertEqual(config.smtp.bare_lf, "normalize")
+
+    def test_errors(self) -> None:
+        for text, message in (
+            (
+                "[limits]\nmax_line_length = 997\n",
+                "FILE: [limits] max_line_length: must be from 998 (RFC 5321 §4.5.3.1.6) to 65536",
+            ),
+            (
+                "[limits]\nmax_line_length = 65537\n",
+                "FILE: [limits] max_line_length: must be from 998 (RFC 5321 §4.5.3.1.6) to 65536",
+            ),
+            (
+                '[limits]\nmax_header_size = "big"\n',
+                "FILE: [limits] max_header_size: must be a positive size such as 25MiB",
+            ),
+            (
+                "[limits]\nimap_max_connections_per_user = 0\n",
+                "FILE: [limits] imap_max_connections_per_user: must be a positive integer",
+            ),
+            ('[smtp]\nbare_lf = "fix"\n', 'FILE: [smtp] bare_lf: must be "reject" or "normalize"'),
+            ("[smtp]\nbare_cr = 1\n", "FILE: [smtp] bare_cr: unknown key"),
+        ):
+            self.assertEqual(self.error(text), message)

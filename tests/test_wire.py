@@ -314,3 +314,64 @@ class PipeliningTests(unittest.TestCase):
         self.pending.pop().callback(None)
         self.assertEqual(self.transport.producerState, "paused")
         self.assertEqual(self.p.lines, [b"SLOW"])
+
+
+class BareLFLineEndTests(unittest.TestCase):
+    """C{lf_ends_lines} (SMTP DATA with bare_lf = "normalize"): a bare LF ends a line too,
+    and the receiver learns how each line and the one before it ended."""
+
+    def setUp(self) -> None:
+        self.p = EndingRecorder()
+        self.p.lf_ends_lines = True
+        self.transport = connect(self.p)
+
+    def test_endings(self) -> None:
+        self.p.dataReceived(b"a\r\nb\nc\n\r\nd\r\n\n.\r\n")
+        self.assertEqual(
+            self.p.endings,
+            [
+                (b"a", False, False),
+                (b"b", True, False),
+                (b"c", True, True),
+                (b"", False, True),
+                (b"d", False, False),
+                (b"", True, False),
+                (b".", False, True),
+            ],
+        )
+
+    def test_crlf_split_across_reads(self) -> None:
+        for chunk in (b"a\r", b"\nb", b"\n", b"\r", b"\n"):
+            self.p.dataReceived(chunk)
+        self.assertEqual(
+            self.p.endings, [(b"a", False, False), (b"b", True, False), (b"", False, True)]
+        )
+
+    def test_bare_cr_is_kept(self) -> None:
+        self.p.dataReceived(b"a\rb\n")
+        self.assertEqual(self.p.endings, [(b"a\rb", True, False)])
+
+    def test_long_line_ending_is_recorded(self) -> None:
+        """An over-long line discarded up to a bare LF still counts as ended by a bare LF, so
+        a "." right after it is not the end of the data."""
+        self.p.dataReceived(b"x" * (self.p.MAX_LENGTH + 10))
+        self.p.dataReceived(b"yy\n.\r\n")
+        self.assertEqual(self.p.too_long, [b"x" * self.p.MAX_LENGTH])
+        self.assertEqual(self.p.endings, [(b".", False, True)])
+
+    def test_switching_mode_mid_buffer(self) -> None:
+        """The mode is read per line: lines after the switch in the same read follow it."""
+        self.p.lf_ends_lines = False
+        self.p.on_line[b"DATA"] = lambda: setattr(self.p, "lf_ends_lines", True)
+        self.p.dataReceived(b"x\ny\r\nDATA\r\nb\nc\r\n")
+        self.assertEqual([line for line, _, _ in self.p.endings], [b"x\ny", b"DATA", b"b", b"c"])
+
+
+class EndingRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.endings: list[tuple[bytes, bool, bool]] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.endings.append((line, self.line_ended_bare, self.previous_line_ended_bare))
+        super().lineReceived(line)

@@ -36,6 +36,14 @@ DEFAULT_LISTEN = {
     "pop3s": "0.0.0.0:995",
 }
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+DEFAULT_MAX_HEADER_SIZE = 256 * 1024
+MIN_LINE_LENGTH = 998  # RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF
+MAX_LINE_LENGTH = 65536
+SIZE_LIMITS = {
+    "max_message_size": DEFAULT_MAX_MESSAGE_SIZE,
+    "max_header_size": DEFAULT_MAX_HEADER_SIZE,
+}
+BARE_LF_MODES = ("reject", "normalize")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -97,6 +105,9 @@ class LimitsConfig:
     login_account_block_after: int = 30  # failures on one account that block it
     login_block_time: int = 900  # how long a block lasts
     default_quota: int = 0  # octets of storage for users added from now on; 0 = unlimited
+    max_line_length: int = 16384  # octets of an SMTP message text line, without CRLF
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE  # octets of a message's header section
+    imap_max_connections_per_user: int = 10  # logged-in IMAP sessions per user and IP
 
 
 SMARTHOST_TLS = ("starttls", "implicit")
@@ -148,6 +159,15 @@ class InboundConfig:
 
 
 @attrs.frozen
+class SMTPConfig:
+    """C{[smtp]}: wire behaviour of every SMTP listener (25, 587, 465).  C{bare_lf}:
+    C{"reject"} a message with a bare CR or LF (550 5.6.0), or C{"normalize"} a bare LF
+    to CRLF; either way only CRLF.CRLF ends DATA (RFC 5321 §2.3.8, §4.1.1.4)."""
+
+    bare_lf: str = "reject"
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -160,6 +180,7 @@ class Config:
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig = SubmissionConfig()
     inbound: InboundConfig = InboundConfig()
+    smtp: SMTPConfig = SMTPConfig()
 
 
 def find_config(path: Path | None) -> Path | None:
@@ -279,7 +300,7 @@ def _positive_int(r: _Reader, section: dict[str, Any], where: str, key: str, def
 def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     """Validate parsed TOML C{data} into a L{Config}.  @raise ConfigError: see L{load_config}."""
     r = _Reader(source)
-    known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound"}
+    known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -321,17 +342,19 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
 
     limit_defaults = attrs.asdict(LimitsConfig(max_message_size=DEFAULT_MAX_MESSAGE_SIZE))
     limits = r.section(data, "limits", set(limit_defaults))
+    limit_values: dict[str, int] = {}
+    for limit, default in SIZE_LIMITS.items():
+        try:
+            limit_values[limit] = parse_size(limits.get(limit, default))
+        except ValueError as e:
+            raise r.fail(f"[limits] {limit}", str(e)) from None
+    max_size = limit_values.pop("max_message_size")
     try:
-        max_size = parse_size(limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
-    except ValueError as e:
-        raise r.fail("[limits] max_message_size", str(e)) from None
-    try:
-        default_quota = parse_quota(limits.get("default_quota", 0))
+        limit_values["default_quota"] = parse_quota(limits.get("default_quota", 0))
     except ValueError as e:
         raise r.fail("[limits] default_quota", str(e)) from None
-    limit_values: dict[str, int] = {"default_quota": default_quota}
     for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
-        if limit in ("max_message_size", "default_quota"):
+        if limit in SIZE_LIMITS or limit == "default_quota":
             continue
         value = limits.get(limit, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -339,6 +362,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         limit_values[limit] = value
     if limit_values["max_recipients"] < 100:
         raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
+    if not MIN_LINE_LENGTH <= limit_values["max_line_length"] <= MAX_LINE_LENGTH:
+        raise r.fail(
+            "[limits] max_line_length",
+            f"must be from {MIN_LINE_LENGTH} (RFC 5321 §4.5.3.1.6) to {MAX_LINE_LENGTH}",
+        )
 
     relay = r.section(
         data,
@@ -419,6 +447,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         if not isinstance(inbound.get(flag, default), bool):
             raise r.fail(f"[inbound] {flag}", "must be true or false")
 
+    smtp = r.section(data, "smtp", {"bare_lf"})
+    bare_lf = smtp.get("bare_lf", "reject")
+    if bare_lf not in BARE_LF_MODES:
+        raise r.fail("[smtp] bare_lf", 'must be "reject" or "normalize"')
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -438,6 +471,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         queue=queue_config,
         submission=SubmissionConfig(check_from_header=check_from),
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
+        smtp=SMTPConfig(bare_lf=bare_lf),
     )
 
 

@@ -1,4 +1,5 @@
-"""Concurrent-connection limits of one listener, in total and per client IP (issue 5).
+"""Concurrent-connection limits of one listener, in total and per client IP, and of one
+user's logged-in sessions (issue 5).
 
 L{ConnectionLimit} wraps a listener's protocol factory.  A connection over either limit is
 answered with the protocol's own polite refusal and closed, never silently dropped: SMTP
@@ -7,6 +8,10 @@ C{* BYE [UNAVAILABLE]} (RFC 3501 §7.1.5, RFC 5530 §3), POP3 C{-ERR [SYS/TEMP]}
 (RFC 3206 §4); see L{refusal_for}.  IPv6 clients count by their /64 prefix, as in the
 failed-login throttle.  Like Postfix's C{smtpd_client_connection_count_limit} and Dovecot's
 C{process_limit}.
+
+L{UserSessionLimit} counts logged-in sessions per user and client IP, as Dovecot's
+C{mail_max_userip_connections} (default 10) does for IMAP; the protocol refuses the login
+over it (IMAP C{NO [UNAVAILABLE]}, RFC 5530 §3).
 """
 
 from __future__ import annotations
@@ -107,3 +112,44 @@ class ConnectionLimit(WrappingFactory):
         self.per_ip[p.peer_key] -= 1
         if self.per_ip[p.peer_key] <= 0:
             del self.per_ip[p.peer_key]
+
+
+class UserSessionLimit:
+    """At most C{max_per_user} logged-in sessions of one user from one client IP.
+
+    Shared by every listener of a protocol (IMAP 143 and 993).  A session calls L{acquire}
+    after a successful login, and L{release} once when it ends if that returned C{True}.
+
+    @param max_per_user: sessions of one (user, IP) open at once.
+    @param service: protocol name, for the log.
+    """
+
+    def __init__(self, max_per_user: int, service: str) -> None:
+        self.max_per_user = max_per_user
+        self.service = service
+        self.open: Counter[tuple[str, str]] = Counter()
+
+    def acquire(self, user: str, ip: str) -> bool:
+        """Count a new session of C{user} from C{ip}; C{False} (and a log line) when that
+        would be more than C{max_per_user}."""
+        key = (user, ip)
+        if self.open[key] >= self.max_per_user:
+            log.warn(
+                "{service}: refused a login: user={user} ip={ip} has {count} sessions open"
+                " (limit {limit})",
+                service=self.service,
+                user=user,
+                ip=ip,
+                count=self.open[key],
+                limit=self.max_per_user,
+            )
+            return False
+        self.open[key] += 1
+        return True
+
+    def release(self, user: str, ip: str) -> None:
+        """Forget one session counted by L{acquire}."""
+        key = (user, ip)
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]

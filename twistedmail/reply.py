@@ -76,6 +76,9 @@ REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message 
 # RFC 3463 X.2.2 mailbox full; 552 as Dovecot's LMTP with quota_full_tempfail=no (RFC 5321
 # §4.2.2: "552 Requested mail action aborted: exceeded storage allocation").
 REPLY_552_MAILBOX_FULL = R(552, "5.2.2", "Mailbox full")
+REPLY_552_HEADER_TOO_BIG = R(552, "5.3.4", "Message header section too large")
+# RFC 5321 §4.5.3.1.10 "500 Line too long"; RFC 3463 X.6.0: the content is refused.
+REPLY_500_TEXT_LINE_TOO_LONG = R(500, "5.6.0", "Message text line too long")
 REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
 REPLY_550_FROM_NOT_OWNED = R(550, "5.7.1", "From: header address not owned by authenticated user")
 REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")

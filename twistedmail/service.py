@@ -60,7 +60,7 @@ from twistedmail.delivery import LocalDelivery
 from twistedmail.dkim import KeyStore
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
-from twistedmail.limits import ConnectionLimit, refusal_for
+from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
 from twistedmail.mailauth import Authenticator
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
@@ -331,6 +331,8 @@ class MailServer(MultiService):
             max_literal_size=size,
             idle_timeout=limits.imap_idle_timeout,
             quota=self.quota,
+            # One count for 143 and 993 (issue 5; Dovecot's mail_max_userip_connections).
+            user_limit=UserSessionLimit(limits.imap_max_connections_per_user, "imap"),
         )
         pop = partial(
             pop3_factory, portal=self.portal, clock=reactor, timeout=limits.pop3_idle_timeout
@@ -360,6 +362,9 @@ class MailServer(MultiService):
             if isinstance(factory, SMTPServerFactory):
                 factory.idle_timeout = limits.smtp_idle_timeout
                 factory.max_recipients = limits.max_recipients
+                factory.max_line_length = limits.max_line_length
+                factory.max_header_size = limits.max_header_size
+                factory.bare_lf = config.smtp.bare_lf
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,

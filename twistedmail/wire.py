@@ -4,7 +4,10 @@ It replaces C{twisted.protocols.basic.LineOnlyReceiver.dataReceived}, which (TWI
 §2.1(b)) re-splits an unterminated buffer on every read (quadratic CPU, unbounded memory) and
 keeps running lines that were pipelined after STARTTLS/STLS.  Here:
 
-  - only CRLF ends a line (RFC 5321 §2.3.8: bare CR and LF are not line ends);
+  - only CRLF ends a line (RFC 5321 §2.3.8: bare CR and LF are not line ends), unless
+    C{lf_ends_lines} is set (SMTP DATA with C{bare_lf = "normalize"}): then a bare LF
+    ends a line too, and C{line_ended_bare} / C{previous_line_ended_bare} tell how the
+    current and the previous line ended, so that only CRLF "." CRLF ends the data;
   - a line longer than C{MAX_LENGTH} calls C{lineLengthExceeded(prefix)} once, then the rest
     of that line is discarded up to its CRLF, in linear time and constant memory;
   - C{discard_pending_input()} drops every byte already received and not yet processed:
@@ -32,6 +35,9 @@ class StrictLineReceiver(Protocol):
     _lines_paused = False
     _processing = False
     _reentrant_input = b""
+    lf_ends_lines = False
+    line_ended_bare = False
+    previous_line_ended_bare = False
 
     def lineReceived(self, line: bytes) -> None:
         raise NotImplementedError
@@ -46,6 +52,7 @@ class StrictLineReceiver(Protocol):
         self._reentrant_input = b""
         self._discarding = False
         self._discard_pending = True
+        self.line_ended_bare = self.previous_line_ended_bare = False
 
     def pause_lines(self) -> None:
         """Hold further lines (buffered, transport paused) until L{resume_lines}."""
@@ -85,25 +92,43 @@ class StrictLineReceiver(Protocol):
         finally:
             self._processing = False
 
+    def _line_end(self, buf: bytes, start: int) -> tuple[int, int, bool] | None:
+        """(end of the line's content, start of the next line, ended by a bare LF), or
+        C{None} when C{buf[start:]} holds no complete line; linear in what it scans."""
+        if not self.lf_ends_lines:
+            end = buf.find(CRLF, start)
+            return None if end < 0 else (end, end + 2, False)
+        end = buf.find(b"\n", start)
+        if end < 0:
+            return None
+        if end > start and buf[end - 1] == 0x0D:
+            return end - 1, end + 1, False
+        return end, end + 1, True
+
+    def _ended(self, bare: bool) -> None:
+        self.previous_line_ended_bare, self.line_ended_bare = self.line_ended_bare, bare
+
     def _consume(self, data: bytes) -> None:
         if self._discarding:
             data = self._buffer + data
-            end = data.find(CRLF)
-            if end < 0:
+            found = self._line_end(data, 0)
+            if found is None:
                 self._buffer = b"\r" if data.endswith(b"\r") else b""
                 return
             self._discarding = False
-            self._buffer, data = b"", data[end + 2 :]
+            self._ended(found[2])
+            self._buffer, data = b"", data[found[1] :]
         buf = self._buffer + data
         start = 0
         while not self._lines_paused:
             if self._discard_pending or self.transport.disconnecting:
                 self._discard_pending = False
                 return
-            end = buf.find(CRLF, start)
-            if end < 0:
+            found = self._line_end(buf, start)
+            if found is None:
                 break
-            line, start = buf[start:end], end + 2
+            line, start = buf[start : found[0]], found[1]
+            self._ended(found[2])
             if len(line) > self.MAX_LENGTH:
                 self.lineLengthExceeded(line[: self.MAX_LENGTH])
             else:

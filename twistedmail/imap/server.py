@@ -70,6 +70,7 @@ from twistedmail.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from twistedmail.imap.quota import QuotaCommands
 from twistedmail.imap.sort import SortError, parse_criteria
 from twistedmail.index import CachedParts
+from twistedmail.limits import UserSessionLimit
 from twistedmail.maildir import MaildirError
 from twistedmail.quota import QuotaTracker
 
@@ -268,6 +269,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     """
 
     IDENT = b"twistedmail IMAP4rev1 ready"
+    user_limit: UserSessionLimit | None = None  # logged-in sessions per user+IP (factory)
+    _user_slot: tuple[str, str] | None = None
     MAX_LENGTH = 65536
     timeOut = 60
     POSTAUTH_TIMEOUT = 30 * 60
@@ -316,6 +319,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._close_mailbox()
+        if self._user_slot is not None and self.user_limit is not None:
+            self.user_limit.release(*self._user_slot)
+            self._user_slot = None
         log.info(
             "imap disconnect session={session} ip={ip} user={user}",
             session=self.session,
@@ -802,6 +808,13 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         except Exception:
             log.failure("imap login error session={session}", session=self.session)
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
+        address = getattr(avatar, "address", None) or user.decode("utf-8", "replace")
+        if self.user_limit is not None:
+            if not self.user_limit.acquire(address, self.peer):
+                logout()
+                # RFC 5530 §3: UNAVAILABLE; as Dovecot's mail_max_userip_connections.
+                raise _no(b"Maximum number of connections from user+IP exceeded", b"UNAVAILABLE")
+            self._user_slot = (address, self.peer)
         log_login("imap", user, self.peer, True)
         prepare = getattr(avatar, "prepare", None)
         if prepare is not None:
@@ -2002,8 +2015,10 @@ class IMAPFactory(ServerFactory):
         max_literal_size: int,
         idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
         quota: QuotaTracker | None = None,
+        user_limit: UserSessionLimit | None = None,
     ) -> None:
         self.quota = quota
+        self.user_limit = user_limit
         self.portal = portal
         self.tls = tls
         self.implicit_tls = implicit_tls
@@ -2021,6 +2036,7 @@ class IMAPFactory(ServerFactory):
             quota=self.quota,
         )
         protocol.POSTAUTH_TIMEOUT = self.idle_timeout
+        protocol.user_limit = self.user_limit
         protocol.factory = self
         return protocol
 
@@ -2034,6 +2050,7 @@ def imap_factory(
     max_literal_size: int,
     idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
     quota: QuotaTracker | None = None,
+    user_limit: UserSessionLimit | None = None,
 ) -> ServerFactory:
     """The IMAP listener's factory.
 
@@ -2044,6 +2061,8 @@ def imap_factory(
     @param idle_timeout: autologout timer after login, seconds (RFC 3501 §5.4: at least
         30 minutes); before login it stays 60 seconds.
     @param quota: the users' quotas: QUOTA (RFC 9208) and OVERQUOTA on APPEND/COPY.
+    @param user_limit: logged-in sessions per user and IP, shared by 143 and 993; one
+        more gets C{NO [UNAVAILABLE]} at LOGIN/AUTHENTICATE.
     """
     return IMAPFactory(
         portal=portal,
@@ -2053,4 +2072,5 @@ def imap_factory(
         max_literal_size=max_literal_size,
         idle_timeout=idle_timeout,
         quota=quota,
+        user_limit=user_limit,
     )

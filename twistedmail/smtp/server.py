@@ -9,8 +9,10 @@ The session is C{twisted.mail.smtp.ESMTP} (its COMMAND/DATA/AUTH modes and C{do_
 command lookup) on top of L{twistedmail.wire.StrictLineReceiver}, with the commands Twisted
 gets wrong replaced (TWISTED-NOTES §2.1):
 
-  - (a) only CRLF.CRLF ends DATA; a bare CR or LF in message data fails the transaction
-    with C{550 5.6.0} after the final dot, nothing stored;
+  - (a) only CRLF.CRLF ends DATA (RFC 5321 §4.1.1.4: never <LF>.<LF>, <CRLF>.<LF>,
+    <LF>.<CRLF>, ...); a bare CR or LF in message data fails the transaction with
+    C{550 5.6.0} after the final dot, nothing stored; with C{bare_lf="normalize"} a bare LF
+    is stored as CRLF instead (a bare CR still fails), and still never ends the data;
   - (b) an over-long command line is answered C{500 5.5.6} once; an unterminated flood is
     discarded in constant memory, answered once and disconnected;
   - (b') an over-long line inside DATA fails the transaction and the session stays in DATA
@@ -23,12 +25,18 @@ What a listener accepts (who may send, to whom, where the message goes) is a
 L{SessionPolicy}: L{twistedmail.smtp.inbound} (port 25) and L{twistedmail.smtp.submission}
 (587/465).  Code the two share lives here (L{LocalRecipients}, L{AuthenticatedUserRealm}).
 
-Limits (RFC 5321 §4.5.3.1): command and message data lines may be up to L{MAX_LINE_LENGTH}
-octets (16 KiB), more than the 512/1000 octets of §4.5.3.1.4 and §4.5.3.1.6, because real
-mail (generated HTML, long base64 lines from broken clients) exceeds 1000 octets and the RFC
-lets a server accept more; a longer data line fails the transaction (C{500 5.5.6} after the
-dot).  An unterminated line is disconnected after L{FLOOD_LIMIT} octets.  Message data is
-held in memory up to the session's C{max_message_size}, then discarded (C{552 5.3.4}).
+Limits (RFC 5321 §4.5.3.1): command lines may be up to L{MAX_LINE_LENGTH} octets (16 KiB),
+message text lines up to the session's C{max_line_length} (default the same 16 KiB), more
+than the 512/1000 octets of §4.5.3.1.4 and §4.5.3.1.6, because real mail (generated HTML,
+long base64 lines from broken clients) exceeds 1000 octets and the RFC lets a server accept
+more.  A longer text line fails the transaction (C{500 5.6.0} after the dot, §4.5.3.1.10:
+500 "line too long"): Postfix would accept it and split it, but a stored message is kept
+exactly as received, so it is refused rather than altered.  The header section (up to the
+first empty line, or the first line that is not a header field) may be up to
+C{max_header_size} octets (C{552 5.3.4} beyond).  Either check is one pass over the lines
+(linear), and a failed transaction stores nothing.  An unterminated line is disconnected
+after L{FLOOD_LIMIT} octets.  Message data is held in memory up to the session's
+C{max_message_size}, then discarded (C{552 5.3.4}).
 """
 
 from __future__ import annotations
@@ -87,6 +95,7 @@ from twistedmail.reply import (
     REPLY_500_AUTH_LINE_TOO_LONG,
     REPLY_500_BARE_LF_COMMAND,
     REPLY_500_LINE_TOO_LONG,
+    REPLY_500_TEXT_LINE_TOO_LONG,
     REPLY_500_UNKNOWN_COMMAND,
     REPLY_501_AUTH_CANCELLED,
     REPLY_501_BAD_ADDRESS,
@@ -106,6 +115,7 @@ from twistedmail.reply import (
     REPLY_535_AUTH_FAILED,
     REPLY_550_BARE_LF,
     REPLY_550_NO_SUCH_USER,
+    REPLY_552_HEADER_TOO_BIG,
     REPLY_552_MAILBOX_FULL,
     REPLY_552_TOO_BIG,
     REPLY_555_BAD_PARAMETER,
@@ -121,6 +131,8 @@ MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be accepted
 IDLE_TIMEOUT = 300  # seconds; RFC 5321 §4.5.3.2.7 server timeout: at least 5 minutes
 MAX_AUTH_FAILURES = 3  # failed AUTH attempts per session before 421
 MAX_HELO_LENGTH = 255  # RFC 5321 §4.5.3.1.2
+MAX_HEADER_SIZE = 256 * 1024  # octets of the header section of a message
+BARE_LF_MODES = ("reject", "normalize")
 
 COMMAND, DATA, AUTH = smtp.COMMAND, smtp.DATA, smtp.AUTH
 
@@ -132,6 +144,9 @@ _PRINTABLE = re.compile(rb"[\x21-\x7e]+")
 # A HELO argument shown in the Received: header: a domain or an address literal.
 _HELO_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9:.]+\]")
 _SASL_MECHANISMS = (b"PLAIN", b"LOGIN")
+# RFC 5322 §2.2: a header field starts with its name (printable ASCII but ":") and ":",
+# a folded continuation line with WSP (§2.2.3).
+_HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
 
 
 class SMTPReplyError(Exception):
@@ -413,6 +428,13 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         (RFC 5321 §4.5.3.2.7: at least 5 minutes).
     @param max_recipients: RCPTs accepted per message; more get C{452 4.5.3}
         (RFC 5321 §4.5.3.1.8, §4.5.3.1.10: at least 100).
+    @param max_line_length: octets of one message text line without its CRLF (RFC 5321
+        §4.5.3.1.6: at least 998); longer fails the transaction with C{500 5.6.0}.
+    @param max_header_size: octets of the header section (lines with their CRLF); more
+        fails the transaction with C{552 5.3.4}.
+    @param bare_lf: C{"reject"} (a bare CR or LF fails the message, C{550 5.6.0}) or
+        C{"normalize"} (a bare LF is stored as CRLF; a bare CR still fails).  In both
+        modes only CRLF "." CRLF ends the data (RFC 5321 §2.3.8, §4.1.1.4).
     """
 
     MAX_LENGTH = MAX_LINE_LENGTH
@@ -426,6 +448,8 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     _data_lines: list[bytes]
     _data_size: int
     _data_failed: Reply | None
+    _in_header: bool
+    _header_size: int
 
     def __init__(
         self,
@@ -439,10 +463,19 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         portal: Portal | None = None,
         idle_timeout: int = IDLE_TIMEOUT,
         max_recipients: int = MAX_RECIPIENTS,
+        max_line_length: int = MAX_LINE_LENGTH,
+        max_header_size: int = MAX_HEADER_SIZE,
+        bare_lf: str = "reject",
     ) -> None:
         smtp.ESMTP.__init__(self, chal={}, contextFactory=tls_context)
+        if bare_lf not in BARE_LF_MODES:
+            raise ValueError(f"bare_lf must be one of {BARE_LF_MODES}, not {bare_lf!r}")
         self.timeout = idle_timeout
         self.max_recipients = max_recipients
+        self.max_line_length = max_line_length
+        self.MAX_LENGTH = max(MAX_LINE_LENGTH, max_line_length)
+        self.max_header_size = max_header_size
+        self.bare_lf = bare_lf
         self.host = hostname
         self.hostname = hostname
         self.policy = policy
@@ -536,7 +569,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             # one reply in all (in COMMAND mode it was sent when the line got too long).
             log.warn("session {session}: unterminated line flood", session=self.session_id)
             if self.mode == DATA:
-                self.send_reply(REPLY_500_LINE_TOO_LONG)
+                self.send_reply(REPLY_500_TEXT_LINE_TOO_LONG)
             self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -545,7 +578,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         if self.mode == DATA:
             # RFC 5321 §4.5.3.1.6 text line limit; TWISTED-NOTES §2.1(b'): stay in DATA
             # (the rest of the body must never run as commands) and answer after the dot.
-            self._fail_data(REPLY_500_LINE_TOO_LONG)
+            self._fail_data(REPLY_500_TEXT_LINE_TOO_LONG)
         elif self.mode == AUTH:
             self._end_auth()
             self.send_reply(REPLY_500_AUTH_LINE_TOO_LONG)  # RFC 4954 §4
@@ -681,6 +714,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._data_lines = []
         self._data_size = 0
         self._data_failed = None
+        self._in_header = True
+        self._header_size = 0
+        self.lf_ends_lines = False
 
     def do_MAIL(self, rest: bytes) -> None:
         if self.helo is None:
@@ -799,21 +835,42 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self._data_lines = []
             self._data_size = 0
             self._data_failed = None
+            self._in_header = True
+            self._header_size = 0
+            # "normalize": the wire layer ends lines at a bare LF too, and says which did.
+            self.lf_ends_lines = self.bare_lf == "normalize"
             self.send_reply(REPLY_354_DATA)
 
     def state_DATA(self, line: bytes) -> None:
+        # Both False unless bare_lf="normalize" (then a bare LF ended the line / the one before).
+        bare, after_bare = self.line_ended_bare, self.previous_line_ended_bare
         if line == b".":
-            # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data (TWISTED-NOTES §2.1(a)).
-            self._end_of_data()
-            return
-        if line[:1] == b".":
-            line = line[1:]  # RFC 5321 §4.5.2 transparency
+            if not bare and not after_bare:
+                # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data (TWISTED-NOTES §2.1(a));
+                # <LF>.<LF>, <CRLF>.<LF>, <LF>.<CRLF> never do (§2.3.8, SMTP smuggling):
+                # in "normalize" mode such a dot line is kept as text.
+                self._end_of_data()
+                return
+        elif line[:1] == b"." and not after_bare:
+            line = line[1:]  # RFC 5321 §4.5.2 transparency, at a line start after CRLF
         if self._data_failed is not None:
             return
         if b"\r" in line or b"\n" in line:
-            # RFC 5321 §2.3.8: a bare CR or LF is not a line end and MUST NOT be stored as one.
+            # RFC 5321 §2.3.8: a bare CR or LF is not a line end and MUST NOT be stored as one
+            # ("normalize" stores a bare LF as CRLF: the wire layer split the line there).
             self._fail_data(REPLY_550_BARE_LF)
             return
+        if len(line) > self.max_line_length:
+            self._fail_data(REPLY_500_TEXT_LINE_TOO_LONG)  # RFC 5321 §4.5.3.1.6
+            return
+        if self._in_header:
+            if line and _HEADER_LINE.match(line):
+                self._header_size += len(line) + 2
+                if self._header_size > self.max_header_size:
+                    self._fail_data(REPLY_552_HEADER_TOO_BIG)
+                    return
+            else:
+                self._in_header = False  # RFC 5322 §2.1: the body starts after the header
         self._data_size += len(line) + 2
         if self._data_size > self.max_message_size:
             self._fail_data(REPLY_552_TOO_BIG)  # RFC 1870 §6.3
@@ -828,6 +885,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def _end_of_data(self) -> None:
         self.mode = COMMAND
+        self.lf_ends_lines = False
         self._transactions += 1
         envelope = Envelope(
             client=self.client(),
@@ -1020,9 +1078,15 @@ class SMTPServerFactory(ServerFactory):
         portal: Portal | None = None,
         idle_timeout: int = IDLE_TIMEOUT,
         max_recipients: int = MAX_RECIPIENTS,
+        max_line_length: int = MAX_LINE_LENGTH,
+        max_header_size: int = MAX_HEADER_SIZE,
+        bare_lf: str = "reject",
     ) -> None:
         self.idle_timeout = idle_timeout
         self.max_recipients = max_recipients
+        self.max_line_length = max_line_length
+        self.max_header_size = max_header_size
+        self.bare_lf = bare_lf
         self.policy = policy
         self.hostname = hostname
         self.clock = clock
@@ -1042,6 +1106,9 @@ class SMTPServerFactory(ServerFactory):
             portal=self.portal,
             idle_timeout=self.idle_timeout,
             max_recipients=self.max_recipients,
+            max_line_length=self.max_line_length,
+            max_header_size=self.max_header_size,
+            bare_lf=self.bare_lf,
         )
         session.factory = self
         return session
