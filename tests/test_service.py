@@ -3,6 +3,7 @@ reload (SIGHUP) and handing the data dir to the user twistd switches to (C{-u}/C
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -12,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
 from twistedmail.config import SERVICES, Config, ConfigError, parse_config
-from twistedmail.service import MailServer, hand_over_data_dir
+from twistedmail.service import MailServer, hand_over_data_dir, load_throttle, save_throttle
 from twistedmail.tap import run_as
+from twistedmail.throttle import LoginThrottle, ThrottlePolicy
 from twistedmail.tls import create_self_signed
 
 
@@ -142,3 +145,44 @@ class RunAsTests(unittest.TestCase):
         self.assertEqual(run_as(self.options(uid=65534, gid=100)), (65534, 100))
         primary = pwd.getpwuid(0).pw_gid
         self.assertEqual(run_as(self.options(uid=0)), (0, primary))
+
+
+class ThrottleStateTests(unittest.TestCase):
+    """DATA_DIR/throttle.json: written at stop, read at start (issue 5)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(2_000_000)
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        self.path = directory / "throttle.json"
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_round_trip(self) -> None:
+        throttle = LoginThrottle(self.clock, ThrottlePolicy(block_after=2))
+        throttle.failed("192.0.2.1", "a@x.test")
+        throttle.failed("192.0.2.1", "a@x.test")
+        save_throttle(throttle, self.path)
+        self.assertEqual(self.path.stat().st_mode & 0o777, 0o600)
+        self.assertEqual(json.loads(self.path.read_bytes()), throttle.snapshot())
+        fresh = LoginThrottle(self.clock, ThrottlePolicy(block_after=2))
+        load_throttle(fresh, self.path)
+        self.assertTrue(fresh.blocked("192.0.2.1", "b@x.test"))
+
+    def test_missing_and_broken_files(self) -> None:
+        throttle = LoginThrottle(self.clock)
+        load_throttle(throttle, self.path)  # first start: nothing, silently
+        self.assertEqual(self.events, [])
+        for text in (b"{", b'{"version": 7}'):
+            self.path.write_bytes(text)
+            load_throttle(throttle, self.path)
+        warnings = [e for e in self.events if "ignored" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"] for e in warnings], [LogLevel.warn] * 2)
+        self.assertEqual(throttle.snapshot()["ip_blocked"], {})
+
+    def test_unwritable(self) -> None:
+        save_throttle(LoginThrottle(self.clock), self.path.parent / "missing" / "throttle.json")
+        [event] = [e for e in self.events if "not saved" in e.get("log_format", "")]
+        self.assertEqual(event["log_level"], LogLevel.warn)

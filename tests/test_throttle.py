@@ -347,3 +347,62 @@ class ProtocolTests(unittest.TestCase):
             self.pop3(FRIEND, b"USER alice@example.test\r\nPASS alice-pw\r\n"),
             b"+OK send PASS\r\n+OK Logged in\r\n",
         )
+
+
+class SnapshotTests(unittest.TestCase):
+    """snapshot/restore: the state survives a restart (issue 5), expired parts do not."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.policy = ThrottlePolicy(block_after=3, account_block_after=5)
+        self.throttle = LoginThrottle(self.clock, self.policy)
+
+    def restarted(self, state: object) -> LoginThrottle:
+        """A new throttle (as after a restart) given C{state} through JSON."""
+        import json
+
+        fresh = LoginThrottle(self.clock, self.policy)
+        fresh.restore(json.loads(json.dumps(state)))
+        return fresh
+
+    def test_round_trip(self) -> None:
+        self.throttle.succeeded(FRIEND, ALICE)
+        for _ in range(3):
+            self.throttle.failed(ATTACKER, ALICE)
+        for i in range(5):
+            self.throttle.failed(f"203.0.113.{i + 100}", ALICE)
+        self.throttle.failed("192.0.2.99", "bob@example.test")
+        fresh = self.restarted(self.throttle.snapshot())
+        self.assertTrue(fresh.blocked(ATTACKER, "bob@example.test"))  # the IP block
+        self.assertTrue(fresh.blocked("192.0.2.200", ALICE))  # the account block
+        self.assertFalse(fresh.blocked(FRIEND, ALICE))  # ... but not from a trusted IP
+        self.assertEqual(fresh.delay_for("192.0.2.99", "x"), 1.0)  # failures kept
+        self.assertEqual(fresh.snapshot(), self.throttle.snapshot())
+        self.clock.advance(self.policy.block_time)
+        self.assertFalse(fresh.blocked(ATTACKER, "bob@example.test"))
+
+    def test_expired_state_is_left_out(self) -> None:
+        for _ in range(3):
+            self.throttle.failed(ATTACKER, ALICE)
+        self.clock.advance(self.policy.block_time + 1)
+        state = self.throttle.snapshot()
+        self.assertEqual(
+            (state["ip_failures"], state["account_failures"], state["ip_blocked"]), ({}, {}, {})
+        )
+        self.assertFalse(self.restarted(state).blocked(ATTACKER, ALICE))
+
+    def test_malformed(self) -> None:
+        for _ in range(3):
+            self.throttle.failed(ATTACKER, ALICE)
+        good = self.throttle.snapshot()
+        for bad in (
+            None,
+            [],
+            {"version": 2},
+            {**good, "ip_blocked": [1, 2]},
+            {**good, "ip_failures": {"x": [[1.0]]}},
+            {**good, "trusted": {"a": {"ip": "soon"}}},
+        ):
+            self.assertRaises(ValueError, self.throttle.restore, bad)
+            self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))  # unchanged

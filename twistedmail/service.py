@@ -22,6 +22,7 @@ queue) starts after twistd has dropped them.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -138,6 +139,41 @@ def hand_over_data_dir(config: Config, uid: int, gid: int) -> int:
             f" (run: chown -R {uid}:{gid} {data_dir})"
         ) from None
     return changed
+
+
+def load_throttle(throttle: LoginThrottle, path: Path) -> None:
+    """Restore the failed-login throttle saved by the last clean stop (L{save_throttle}).
+
+    A missing file is a first start; an unreadable or malformed one is logged and ignored
+    (the throttle starts empty: a lost block is safer than a server that does not start).
+    """
+    try:
+        state = json.loads(path.read_bytes())
+        throttle.restore(state)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        log.warn("login throttle state {path} ignored: {error}", path=str(path), error=str(e))
+        return
+    log.info(
+        "login throttle state restored: {ips} blocked IPs, {accounts} blocked accounts",
+        ips=len(state["ip_blocked"]),
+        accounts=len(state["account_blocked"]),
+    )
+
+
+def save_throttle(throttle: LoginThrottle, path: Path) -> None:
+    """Write the throttle's state to C{path} (owner-only, through a temporary file and a
+    rename, so a crash leaves the old file or the new one).  Called at stop; a failure is
+    logged, never raised."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(throttle.snapshot(), f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warn("login throttle state not saved to {path}: {error}", path=str(path), error=e)
 
 
 class _UnprivilegedEndpointService(StreamServerEndpointService):
@@ -293,6 +329,8 @@ class MailServer(MultiService):
                 block_time=limits.login_block_time,
             ),
         )
+        self.throttle_path = config.server.data_dir / "throttle.json"
+        load_throttle(self.throttle, self.throttle_path)
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
@@ -452,6 +490,7 @@ class MailServer(MultiService):
             self.authenticator.stop()  # no check thread may stay blocked on the reactor
         if signal.getsignal(signal.SIGHUP) == self._sighup:
             signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
+        save_throttle(self.throttle, self.throttle_path)
         # Deliveries under way get a bounded time to record their results (QueueRunner.
         # shutdown) while the listeners close; the store closes after both.
         queue = defer.Deferred.fromCoroutine(self.queue.shutdown())

@@ -15,14 +15,18 @@ L{twistedmail.auth.ClientCredentials}.  It counts failed logins over a sliding w
     except for the IPs it logged in from successfully, so its owner's clients keep working.
 
 A successful login forgets that IP's failures on that account (a typo does not slow the
-next session) and never lifts a block.  State is in memory only, bounded by
-L{ThrottlePolicy.max_entries} keys.  Time comes from the injected clock.
+next session) and never lifts a block.  State is in memory, bounded by
+L{ThrottlePolicy.max_entries} keys; L{LoginThrottle.snapshot} and L{LoginThrottle.restore}
+carry it over a restart as JSON-able data (the server keeps it in C{DATA_DIR/throttle.json}),
+so restarting does not lift a block.  Time comes from the injected clock (wall-clock seconds
+for the reactor, so saved times stay meaningful across a restart).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -190,6 +194,63 @@ class LoginThrottle:
         trusted[key] = now
         while len(trusted) > 64:  # the account's most recent client IPs
             del trusted[next(iter(trusted))]
+        self._bound(now)
+
+    # -- across a restart ----------------------------------------------------------------
+
+    SNAPSHOT_VERSION = 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live state as JSON-able data (lists, dicts, str, float), expired parts left
+        out: failures in the window, blocks not yet over, trusted IPs."""
+        now = self.clock.seconds()
+        horizon = now - self.policy.window
+        ip_failures = {
+            key: [[t, account] for t, account in failures if t > horizon]
+            for key, failures in self._ip_failures.items()
+        }
+        account_failures = {
+            account: [t for t in times if t > horizon]
+            for account, times in self._account_failures.items()
+        }
+        return {
+            "version": self.SNAPSHOT_VERSION,
+            "ip_failures": {k: v for k, v in ip_failures.items() if v},
+            "account_failures": {k: v for k, v in account_failures.items() if v},
+            "ip_blocked": {k: t for k, t in self._ip_blocked.items() if t > now},
+            "account_blocked": {k: t for k, t in self._account_blocked.items() if t > now},
+            "trusted": {k: dict(v) for k, v in self._trusted.items()},
+        }
+
+    def restore(self, state: object) -> None:
+        """Replace the state with a L{snapshot}'s (expired parts dropped).
+
+        @raise ValueError: C{state} is not a snapshot of this version; nothing changed.
+        """
+        if not isinstance(state, dict) or state.get("version") != self.SNAPSHOT_VERSION:
+            raise ValueError("not a login throttle snapshot of version 1")
+        try:
+            ip_failures = {
+                str(k): deque((float(t), str(a)) for t, a in v)
+                for k, v in state["ip_failures"].items()
+            }
+            account_failures = {
+                str(k): deque(float(t) for t in v) for k, v in state["account_failures"].items()
+            }
+            ip_blocked = {str(k): float(t) for k, t in state["ip_blocked"].items()}
+            account_blocked = {str(k): float(t) for k, t in state["account_blocked"].items()}
+            trusted = {
+                str(k): {str(ip): float(t) for ip, t in v.items()}
+                for k, v in state["trusted"].items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"malformed login throttle snapshot: {e!r}") from None
+        self._ip_failures, self._account_failures = ip_failures, account_failures
+        self._ip_blocked, self._account_blocked = ip_blocked, account_blocked
+        self._trusted = trusted
+        now = self.clock.seconds()
+        for failures in self._ip_failures.values():
+            self._expire(failures, now)
         self._bound(now)
 
     # -- bookkeeping ---------------------------------------------------------------------

@@ -196,3 +196,37 @@ def test_twistd_drops_privileges_after_binding() -> None:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_login_block_survives_a_restart(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.config.write_text(
+        server.config.read_text().replace("[limits]\n", "[limits]\nlogin_block_after = 2\n")
+    )
+    for address, password in PASSWORDS.items():
+        server.add_user(address, password)
+    server.start()
+
+    def login(password: str) -> str:
+        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+        try:
+            m.login(ALICE, password)
+            return "OK"
+        except imaplib.IMAP4.error as e:
+            return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
+        finally:
+            m.shutdown()
+
+    blocked = "[UNAVAILABLE] Too many failed logins, try again later"
+    try:
+        assert login("wrong-1") == "[AUTHENTICATIONFAILED] Authentication failed"
+        assert login("wrong-2") == "[AUTHENTICATIONFAILED] Authentication failed"
+        assert login(PASSWORDS[ALICE]) == blocked
+        server.restart()  # SIGTERM: a clean stop saves the state
+        assert (server.data_dir / "throttle.json").stat().st_mode & 0o777 == 0o600
+        assert login(PASSWORDS[ALICE]) == blocked
+        assert "login throttle state restored: 1 blocked IPs, 0 blocked accounts" in (
+            server.log.read_text()
+        )
+    finally:
+        server.stop()
