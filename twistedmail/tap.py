@@ -59,21 +59,35 @@ class _StartGuard(MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            # The service is named "<listener>@<host:port>" (service.MailServer).
-            name = next(
-                (
-                    s.name
-                    for server in self
-                    for s in server  # type: ignore[attr-defined]
-                    if s.name and s.name.endswith(f"@{e.interface}:{e.port}")
-                ),
-                None,
-            )
-            key = f"[listen] {name.split('@')[0]}" if name else "[listen]"
-            reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
+            self._cannot_listen(e)
+
+    def startService(self) -> None:
+        # The control socket is bound here, after twistd dropped root (service.py).
+        try:
+            super().startService()
+        except CannotListenError as e:
+            self._cannot_listen(e)
+
+    def _cannot_listen(self, e: CannotListenError) -> NoReturn:
+        reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
+        if isinstance(e.port, bytes | str):  # the UNIX control socket in the data dir
+            path = e.port.decode(errors="replace") if isinstance(e.port, bytes) else e.port
+            hint = " (is another server running on this data_dir?)" if "lock" in str(reason) else ""
             _fail(
-                f"{_where(self.config)}: {key}: cannot listen on {e.interface}:{e.port}: {reason}"
+                f"{_where(self.config)}: [server] data_dir: cannot listen on {path}: {reason}{hint}"
             )
+        # The service is named "<listener>@<host:port>" (service.MailServer).
+        name = next(
+            (
+                s.name
+                for server in self
+                for s in server  # type: ignore[attr-defined]
+                if s.name and s.name.endswith(f"@{e.interface}:{e.port}")
+            ),
+            None,
+        )
+        key = f"[listen] {name.split('@')[0]}" if name else "[listen]"
+        _fail(f"{_where(self.config)}: {key}: cannot listen on {e.interface}:{e.port}: {reason}")
 
 
 def run_as(options: usage.Options) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls, make_test_ca
+from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca
 
 ALICE = "alice@example.test"
 
@@ -230,3 +231,25 @@ def test_login_block_survives_a_restart(tmp_path: Path) -> None:
         )
     finally:
         server.stop()
+
+
+def test_second_server_on_the_same_data_dir_is_one_line(server: Server, tmp_path: Path) -> None:
+    """The control socket is bound after the privilege drop (in startService): its lock
+    failure is still the one-line error, not a traceback."""
+    other = Server(tmp_path / "other")
+    text = other.config.read_text()
+    other.config.write_text(text.replace(str(other.data_dir), str(server.data_dir)))
+    out = subprocess.run(
+        [str(BIN / "twistd"), "-n", "--pidfile=", "twistedmail", "--config", str(other.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=other.root,
+    )
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"twistedmail: error: {other.config}: [server] data_dir: cannot listen on"
+        f" {server.data_dir / 'control'}: Cannot acquire lock (is another server running on"
+        " this data_dir?)"
+    ]
+    assert server.proc is not None and server.proc.poll() is None
