@@ -68,8 +68,7 @@ class IMAPLoginLimitTests(unittest.TestCase):
         )
         token = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD)
         self.assertEqual(third.cmd(b"c AUTHENTICATE PLAIN " + token), [b"c " + REFUSED])
-        self.assertEqual(second.cmd(b"d LOGOUT")[-1], b"d OK LOGOUT successful")
-        second.server.connectionLost(None)
+        second.server.connectionLost(None)  # the client went away
         third.login()
         self.assertEqual(self.limit.open, {(USER, third.server.peer): 2})
 
