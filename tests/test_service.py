@@ -51,8 +51,8 @@ class ReloadTests(unittest.TestCase):
         self.cert, self.key = self.data / "tls" / "cert.pem", self.data / "tls" / "key.pem"
 
     def subject(self) -> str:
-        cert = self.server.tls_context.options.certificate
-        return cert.get_subject().CN
+        cert = self.server.tls_context.options.certificate.to_cryptography()
+        return cert.subject.rfc4514_string().removeprefix("CN=")
 
     async def test_reload(self) -> None:
         """The new pair is used from then on, and the log names its fingerprint."""
