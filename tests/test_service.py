@@ -31,6 +31,7 @@ def quiet_config(data_dir: Path) -> Config:
         {
             "server": {"hostname": "mail.example.test", "data_dir": str(data_dir)},
             "listen": dict.fromkeys(SERVICES, []),
+            "inbound": {"check_authentication": False},  # no second resolver
         },
         None,
     )
