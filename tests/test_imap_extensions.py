@@ -349,3 +349,35 @@ class LiteralPlusTests(unittest.TestCase):
             self.h.send(b"hello\r\n"),
             b"a OK [APPENDUID %d 1] APPEND completed\r\n" % self.h.uidvalidity(),
         )
+
+
+class AppendLimitTests(unittest.TestCase):
+    """APPENDLIMIT (RFC 7889): one limit for every mailbox, the configured message size."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self, max_literal_size=100)
+
+    def test_capability_carries_the_limit(self) -> None:
+        """§3.1: C{APPENDLIMIT=<number>} when the limit is the same for every mailbox."""
+        (caps, ok) = self.h.cmd(b"a CAPABILITY")
+        self.assertIn(b" APPENDLIMIT=100", caps)
+        self.assertEqual(ok, b"a OK CAPABILITY completed")
+
+    def test_status_item(self) -> None:
+        """§3.2: STATUS and LIST-STATUS answer APPENDLIMIT with the number."""
+        self.h.login()
+        self.assertEqual(
+            self.h.cmd(b"a STATUS INBOX (MESSAGES APPENDLIMIT)"),
+            [b'* STATUS "INBOX" (MESSAGES 0 APPENDLIMIT 100)', b"a OK STATUS completed"],
+        )
+        out = self.h.cmd(b'b LIST "" "Sent" RETURN (STATUS (APPENDLIMIT))')
+        self.assertEqual(out[1:], [b'* STATUS "Sent" (APPENDLIMIT 100)', b"b OK LIST completed"])
+
+    def test_append_over_the_limit(self) -> None:
+        """A synchronizing literal over the limit is refused before it is sent."""
+        self.h.login()
+        self.assertEqual(
+            self.h.send(b"a APPEND INBOX {101}\r\n"), b"a NO [TOOBIG] Message too large\r\n"
+        )
+        self.assertEqual(list((self.h.root / "new").iterdir()), [])
+        self.assertEqual(list((self.h.root / "cur").iterdir()), [])

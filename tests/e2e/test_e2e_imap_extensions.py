@@ -9,6 +9,7 @@ import socket
 import ssl
 
 import imapclient
+import pytest
 from e2e_server import PASSWORDS, Server, client_tls
 from imapclient.imapclient import ARCHIVE, DRAFTS, JUNK, SENT, TRASH
 
@@ -134,3 +135,15 @@ def test_oversized_non_synchronizing_literal_closes(server: Server) -> None:
         except (ssl.SSLError, ConnectionError):
             pass
     assert data == b"a BAD [TOOBIG] Literal too large\r\n* BYE [TOOBIG] Closing the connection\r\n"
+
+
+def test_appendlimit_is_the_message_size_limit(server: Server) -> None:
+    """RFC 7889: APPENDLIMIT=<max_message_size> (1 MiB here), STATUS APPENDLIMIT, and an
+    APPEND one octet over it refused before its literal is sent, nothing stored."""
+    limit = 1024 * 1024
+    with connect(server) as c:
+        assert f"APPENDLIMIT={limit}".encode() in c.capabilities()
+        assert c.folder_status("INBOX", ["APPENDLIMIT"]) == {b"APPENDLIMIT": limit}
+        with pytest.raises(imapclient.exceptions.IMAPClientError, match=r"\[TOOBIG\]"):
+            c.append("INBOX", b"x" * (limit + 1))
+        assert c.folder_status("INBOX", ["MESSAGES"]) == {b"MESSAGES": 0}

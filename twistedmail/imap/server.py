@@ -97,6 +97,7 @@ def mailbox_name(raw: bytes | str) -> str:
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"}
 STATUS_ITEMS |= {"DELETED", "DELETED-STORAGE"}  # RFC 9208 §4.1.4 (QUOTA=RES-*)
+STATUS_ITEMS |= {"APPENDLIMIT"}  # RFC 7889 §3.2
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 UTF8_ACCEPT = b"UTF8=ACCEPT"
 ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT, b"CONDSTORE", b"QRESYNC"})
@@ -359,6 +360,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         cap[b"LIST-STATUS"] = None
         cap[b"SORT"] = None
         cap[b"UTF8"] = [b"ACCEPT"]
+        # RFC 7889 §3.1: one limit for every mailbox, so the capability carries it; a larger
+        # APPEND gets NO [TOOBIG] before its literal is read.
+        cap[b"APPENDLIMIT"] = [b"%d" % self.max_literal_size]
         if self.state in ("auth", "select") and self._inflater is None:
             cap[b"COMPRESS"] = [b"DEFLATE"]  # RFC 4978 §3: after login, once
         cap.update(QUOTA_CAPABILITIES if self.quota is not None else {})
@@ -1142,7 +1146,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if mbox is None:
             return
         try:
-            status = await _status(mbox, items)
+            status = await _status(mbox, items, self.max_literal_size)
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
@@ -1194,7 +1198,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         mailbox = mailbox_name(name)
         mbox = await self._open(name, False)
         try:
-            status = await _status(mbox, names)
+            status = await _status(mbox, names, self.max_literal_size)
         finally:
             _close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
@@ -1973,13 +1977,17 @@ async def _next_turn(clock: IReactorTime) -> None:
     await d
 
 
-async def _status(mbox: Any, names: Sequence[str]) -> dict[str, int]:
+async def _status(mbox: Any, names: Sequence[str], appendlimit: int) -> dict[str, int]:
     """The STATUS items C{names} of C{mbox}, in that order: the mailbox's own, plus DELETED
-    and DELETED-STORAGE (RFC 9208 §4.1.4)."""
-    wanted = [n for n in names if n not in ("DELETED", "DELETED-STORAGE")]
+    and DELETED-STORAGE (RFC 9208 §4.1.4) and APPENDLIMIT (RFC 7889 §3.2: C{appendlimit},
+    the largest APPEND in octets)."""
+    extra = ("DELETED", "DELETED-STORAGE", "APPENDLIMIT")
+    wanted = [n for n in names if n not in extra]
     status: dict[str, int] = await maybeDeferred(mbox.requestStatus, wanted)
     if len(wanted) < len(names):
-        status = {**status, **await _deleted_status(mbox)}
+        if "DELETED" in names or "DELETED-STORAGE" in names:
+            status = {**status, **await _deleted_status(mbox)}
+        status = {**status, "APPENDLIMIT": appendlimit}
         status = {n: status[n] for n in names}
     return status
 
