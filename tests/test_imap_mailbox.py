@@ -139,6 +139,20 @@ class MailboxTests(unittest.TestCase):
             self.successResultOf(Deferred.fromCoroutine(a.search([b"SUBJECT", b"1"]))), [2]
         )
 
+    def test_search_header_line_without_colon(self) -> None:
+        """A header line without a colon (an mbox "From " line, junk) is no field named "":
+        SEARCH HEADER "" "" matches nothing instead of failing with IndexError."""
+        raw = b"From x@y Sun Nov 29\r\nSubject: s\r\n\r\nb\r\n"
+        write_durably(self.path / "cur", raw, "", 2000.0)
+        a = self.open()
+        self.assertEqual(
+            self.successResultOf(Deferred.fromCoroutine(a.search([b"HEADER", b"", b""]))), []
+        )
+        self.assertEqual(
+            self.successResultOf(Deferred.fromCoroutine(a.search([b"HEADER", b"subject", b""]))),
+            [1, 2, 3, 4],
+        )
+
     def test_search_nesting_too_deep(self) -> None:
         """A client's NOT/OR/paren chain deeper than the limit is a SearchError (BAD), not a
         RecursionError (SERVERBUG); at the limit it still works."""

@@ -830,7 +830,8 @@ def compile_search(
         def test(c: Candidate, r: Callable[[], bytes]) -> bool:
             header = split_message(r())[0]
             for field_name, text in header_fields(header):
-                if field_name == name and needle in text.split(b":", 1)[1].lower():
+                # a line without a colon is no field (its name is b""): never a match
+                if name and field_name == name and needle in text.split(b":", 1)[1].lower():
                     return True
             return False
 
