@@ -384,3 +384,30 @@ class LiteralArgumentTests(unittest.TestCase):
             self.h.send(b"e SEARCH BODY {4+}\r\nbody\r\n"),
             b"* SEARCH 1\r\ne OK SEARCH completed\r\n",
         )
+
+    def test_refused_command_never_runs_its_literal_as_commands(self) -> None:
+        """RFC 7888 §4: the data of a non-synchronizing literal is on its way even when the
+        command is refused before reading it (unknown command, APPEND UTF8 without ENABLE,
+        a bad argument): it used to be read as command lines ("x BAD Missing command", or
+        worse, run). Now the refusal ends the connection, as for an oversized literal."""
+        for command in (
+            b"f FOO {9+}\r\ng LOGOUT\r\n",
+            b"f NOOP {9+}\r\ng LOGOUT\r\n",
+            b"f APPEND INBOX UTF8 (~{9+}\r\ng LOGOUT\r\n)\r\n",
+            b"f APPEND INBOX ~{9+}\r\ng LOGOUT\r\n",
+        ):
+            h = Harness(self)
+            h.login()
+            reply = h.send(command)
+            self.assertTrue(reply.startswith(b"f BAD "), reply)
+            self.assertTrue(
+                reply.endswith(b"\r\n* BYE [CLIENTBUG] Closing the connection\r\n"), reply
+            )
+            self.assertNotIn(b"\r\ng ", reply)
+            self.assertTrue(h.transport.disconnecting)
+        h = Harness(self)
+        h.login()
+        self.assertEqual(  # a synchronizing literal was not sent: the session goes on
+            h.send(b"f FOO {9}\r\n"), b"f BAD Command unknown or not valid in this state\r\n"
+        )
+        self.assertFalse(h.transport.disconnecting)

@@ -265,6 +265,32 @@ class SmarthostConfigTests(TestCase):
             smarthost_password(config)
         self.assertIn("cannot read", str(cm.exception))
 
+    def test_smarthost_credentials_without_nul_or_line_breaks(self) -> None:
+        """RFC 4616 §2: NUL separates the PLAIN fields, so it cannot be in the user name or
+        the password; a CR or LF in the user name would not survive AUTH either."""
+        for name in ("m\\u0000e", "me\\r\\nx"):
+            self.assertEqual(
+                self.error(
+                    f'[relay]\nsmarthost = "r.example"\nsmarthost_username = "{name}"\n'
+                    'smarthost_password_file = "pw"\n'
+                ),
+                "FILE: [relay] smarthost_username: must not contain control characters",
+            )
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("pw\x00AUTHZ\n")
+        secret.chmod(0o600)
+        path = self.write(
+            '[relay]\nsmarthost = "relay.example.net"\n'
+            f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
+        )
+        with self.assertRaises(ConfigError) as cm:
+            smarthost_password(load_config(path))
+        self.assertEqual(
+            str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
+            "FILE: [relay] smarthost_password_file: SECRET: the password contains NUL",
+        )
+
     def test_smarthost_default_port_follows_the_tls_mode(self) -> None:
         for tls_mode, port in (("starttls", 25), ("implicit", 465)):
             path = self.write(

@@ -49,6 +49,33 @@ class AccountTests(unittest.TestCase):
             ],
         )
 
+    def test_list_patterns_match_without_backtracking(self) -> None:
+        """RFC 3501 §6.3.8 wildcards, matched in linear steps: a pattern of many C{*} or
+        C{%} against a long name used to be a backtracking regex that held the reactor
+        (every session of every service) for hours."""
+        self.maildir.create("a" * 60)
+        self.maildir.create("Lists.Twisted.Dev")
+        self.assertEqual(self.listing("", "a*" * 30 + "b"), [])
+        self.assertEqual(self.listing("", "a%" * 30 + "b"), [])
+        self.assertEqual(self.listing("", "*a*" * 30), [("a" * 60, ["\\HasNoChildren"])])
+        self.assertEqual(self.listing("", "*%a" * 30), [("a" * 60, ["\\HasNoChildren"])])
+        self.assertEqual(self.listing("", "L*D%"), [("Lists.Twisted.Dev", ["\\HasNoChildren"])])
+        self.assertEqual(self.listing("", "L%D*"), [])
+        self.assertEqual(
+            self.listing("Lists.", "%.%v"), [("Lists.Twisted.Dev", ["\\HasNoChildren"])]
+        )
+        self.assertEqual(
+            self.listing("", "%%%"),
+            [
+                ("INBOX", ["\\HasNoChildren"]),
+                ("Lists", ["\\Noselect", "\\HasChildren"]),
+                ("a" * 60, ["\\HasNoChildren"]),
+            ],
+        )
+        self.assertEqual(self.listing("", "i*X"), [("INBOX", ["\\HasNoChildren"])])
+        self.assertEqual(self.listing("", "i*x%%"), [("INBOX", ["\\HasNoChildren"])])
+        self.assertEqual(self.listing("", "L*.?"), [])
+
     def test_noselect_parent_and_patterns(self) -> None:
         self.maildir.create("X.Y")
         self.assertEqual(

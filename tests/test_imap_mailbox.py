@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.mail import imap4
 from twisted.trial import unittest
 
-from twistedmail.imap.mailbox import MaildirMailbox, SearchError, letters_for
+from twistedmail.imap.mailbox import MAX_SEARCH_DEPTH, MaildirMailbox, SearchError, letters_for
 from twistedmail.imap.message import (
     parse_entity,
     parse_internaldate,
@@ -137,6 +137,43 @@ class MailboxTests(unittest.TestCase):
         )
         self.assertEqual(
             self.successResultOf(Deferred.fromCoroutine(a.search([b"SUBJECT", b"1"]))), [2]
+        )
+
+    def test_search_header_line_without_colon(self) -> None:
+        """A header line without a colon (an mbox "From " line, junk) is no field named "":
+        SEARCH HEADER "" "" matches nothing instead of failing with IndexError."""
+        raw = b"From x@y Sun Nov 29\r\nSubject: s\r\n\r\nb\r\n"
+        write_durably(self.path / "cur", raw, "", 2000.0)
+        a = self.open()
+        self.assertEqual(
+            self.successResultOf(Deferred.fromCoroutine(a.search([b"HEADER", b"", b""]))), []
+        )
+        self.assertEqual(
+            self.successResultOf(Deferred.fromCoroutine(a.search([b"HEADER", b"subject", b""]))),
+            [1, 2, 3, 4],
+        )
+
+    def test_search_nesting_too_deep(self) -> None:
+        """A client's NOT/OR/paren chain deeper than the limit is a SearchError (BAD), not a
+        RecursionError (SERVERBUG); at the limit it still works."""
+        a = self.open()
+        for query in (
+            [b"NOT"] * 15000 + [b"ALL"],
+            [b"OR", b"ALL"] * 15000 + [b"ALL"],
+            [b"NOT"] * (MAX_SEARCH_DEPTH + 1) + [b"ALL"],
+        ):
+            self.failureResultOf(Deferred.fromCoroutine(a.search(query)), SearchError)
+        nested: list[Any] = [b"ALL"]
+        for _ in range(MAX_SEARCH_DEPTH + 1):
+            nested = [nested]
+        self.failureResultOf(Deferred.fromCoroutine(a.search(nested)), SearchError)
+        self.assertEqual(
+            self.successResultOf(
+                Deferred.fromCoroutine(
+                    a.search([b"NOT", b"NOT"] * ((MAX_SEARCH_DEPTH - 1) // 2) + [b"ALL"])
+                )
+            ),
+            [1, 2, 3],
         )
 
     def test_letters_for(self) -> None:

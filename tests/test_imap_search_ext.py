@@ -342,9 +342,18 @@ class UTF8AcceptTests(unittest.TestCase):
     def test_append_utf8_needs_the_parenthesis(self) -> None:
         self.enable()
         self.assertEqual(
-            self.h.cmd(b"a APPEND INBOX UTF8 {5+}"),
+            self.h.cmd(b"a APPEND INBOX UTF8 {5}"),
             [b"a BAD Syntax error: UTF8 (~{n}) literal expected"],
         )
+        self.assertEqual(  # the unread non-synchronizing literal's data is on its way
+            self.h.cmd(b"a APPEND INBOX UTF8 {5+}"),
+            [
+                b"a BAD Syntax error: UTF8 (~{n}) literal expected",
+                b"* BYE [CLIENTBUG] Closing the connection",
+            ],
+        )
+        self.setUp()
+        self.enable()
         self.assertEqual(
             self.h.cmd(b"a APPEND INBOX UTF8 (~{5+}\r\nhello"),
             [b"a BAD Syntax error: Missing parenthesis after the literal"],

@@ -348,6 +348,12 @@ class FromHeaderTests(SubmissionTestCase):
             b"From: Bob <bob@example.test>\r\n",
             b"From: alice@example.test, ceo@bank.test\r\n",
             b"From: alice@example.test\r\nFrom: ceo@bank.test\r\n",
+            # RFC 5322 §4.5.3 obsolete syntax: white space before the colon is still From:
+            # (our IMAP ENVELOPE, and MUAs, show it as the sender)
+            b"FROM : Bob <bob@example.test>\r\n",
+            b"From\t: bob@example.test\r\n",
+            b"no colon on this line\r\nFrom: bob@example.test\r\n",  # email's parser stops
+            b"From: alice@example.test,\r\n bob@example.test\r\n",
         ):
             self.assertTrue(
                 self.send(header).endswith(

@@ -400,6 +400,9 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     username = r.string(relay, "relay", "smarthost_username", "")
     password_file = r.string(relay, "relay", "smarthost_password_file", "")
     smarthost_ca = r.string(relay, "relay", "smarthost_ca", "")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in username):
+        # RFC 4616 §2: NUL separates the PLAIN fields; CR/LF would break the AUTH line
+        raise r.fail("[relay] smarthost_username", "must not contain control characters")
     if bool(username) != bool(password_file):
         raise r.fail(
             "[relay] smarthost_username", "and smarthost_password_file must be given together"
@@ -514,6 +517,8 @@ def smarthost_password(config: Config) -> str | None:
         raise ConfigError(f"{where}: {path} is not UTF-8") from None
     if not lines or not lines[0]:
         raise ConfigError(f"{where}: {path} is empty")
+    if "\x00" in lines[0]:  # RFC 4616 §2: NUL separates the PLAIN fields
+        raise ConfigError(f"{where}: {path}: the password contains NUL")
     return lines[0]
 
 

@@ -16,7 +16,6 @@ subscribed by L{MaildirAccount.prepare} on the user's first login.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 
 import attrs
@@ -91,24 +90,74 @@ def canonical(name: str) -> str:
     return INBOX if name.upper() == INBOX else name
 
 
-def list_pattern(reference: str, pattern: str) -> re.Pattern[str]:
-    """LIST reference + mailbox pattern (RFC 3501 §6.3.8: C{*} any, C{%} no delimiter)."""
-    full = reference + pattern
-    parts = []
-    for c in full:
-        if c == "*":
-            parts.append(".*")
-        elif c == "%":
-            parts.append("[^" + re.escape(DELIMITER) + "]*")
+@attrs.frozen
+class ListPattern:
+    """A LIST reference + mailbox pattern (RFC 3501 §6.3.8: C{*} matches anything, C{%}
+    anything but the hierarchy delimiter), as tokens: a literal character, or C{"*"} /
+    C{"%"} for a run of wildcards (a run holding a C{*} is C{*}).
+
+    Matched by stepping a set of token positions over the name (an NFA), so a pattern
+    costs at most len(tokens) steps per character: a regex would backtrack exponentially
+    on a client's C{a*a*a*...b}, on the reactor thread.
+    """
+
+    tokens: tuple[tuple[bool, str], ...]  # (is_wildcard, char)
+    literals: int
+
+    def matches(self, name: str, ignore_case: bool = False) -> bool:
+        tokens = self.tokens
+        if self.literals > len(name):
+            return False
+        if ignore_case:
+            name = name.lower()
+            tokens = tuple((w, c.lower()) for w, c in tokens)
+        end = len(tokens)
+
+        def close(states: set[int]) -> set[int]:
+            # a wildcard matches the empty string: its successor is reachable too
+            out = set(states)
+            for i in states:
+                while i < end and tokens[i][0]:
+                    i += 1
+                    out.add(i)
+            return out
+
+        states = close({0})
+        for ch in name:
+            step = set()
+            for i in states:
+                if i == end:
+                    continue
+                wild, c = tokens[i]
+                if wild:
+                    if c == "*" or ch != DELIMITER:
+                        step.add(i)  # the wildcard takes this character too
+                elif c == ch:
+                    step.add(i + 1)
+            if not step:
+                return False
+            states = close(step)
+        return end in states
+
+
+def list_pattern(reference: str, pattern: str) -> ListPattern:
+    """LIST reference + mailbox pattern (RFC 3501 §6.3.8) as a L{ListPattern}."""
+    tokens: list[tuple[bool, str]] = []
+    for c in reference + pattern:
+        if c in "*%":
+            if tokens and tokens[-1][0]:
+                if c == "*":
+                    tokens[-1] = (True, "*")
+                continue
+            tokens.append((True, c))
         else:
-            parts.append(re.escape(c))
-    return re.compile("".join(parts) + r"\Z")
+            tokens.append((False, c))
+    return ListPattern(tuple(tokens), sum(1 for w, _ in tokens if not w))
 
 
-def list_match(regex: re.Pattern[str], name: str) -> bool:
-    if name == INBOX:  # RFC 3501 §5.1: INBOX is case-insensitive
-        return re.compile(regex.pattern, re.IGNORECASE).match(name) is not None
-    return regex.match(name) is not None
+def list_match(pattern: ListPattern, name: str) -> bool:
+    # RFC 3501 §5.1: INBOX is case-insensitive
+    return pattern.matches(name, ignore_case=name == INBOX)
 
 
 @implementer(imap4.IAccount, imap4.INamespacePresenter)

@@ -68,6 +68,11 @@ class SearchError(Exception):
     """A SEARCH key that cannot be parsed (answered BAD, RFC 3501 §6.4.4)."""
 
 
+MAX_SEARCH_DEPTH = 100
+"""How deep SEARCH keys may nest (NOT, OR, parentheses); deeper is a L{SearchError}, so a
+client cannot exhaust the parser's or the matcher's recursion."""
+
+
 def letters_for(flags: Sequence[str]) -> str:
     """IMAP flags -> Maildir info letters; C{\\Recent} and keywords are dropped."""
     by_lower = {k.lower(): v for k, v in IMAP_TO_LETTER.items()}
@@ -686,6 +691,7 @@ def compile_search(
     @raise SearchError: unknown key, missing argument or bad date/number.
     """
     needs = [False]
+    depth = 0
 
     def take() -> Any:
         if not tokens:
@@ -718,6 +724,16 @@ def compile_search(
             return None
 
     def one() -> Predicate:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_SEARCH_DEPTH:
+            raise SearchError("search keys nested too deeply")
+        try:
+            return key_test()
+        finally:
+            depth -= 1
+
+    def key_test() -> Predicate:
         token = take()
         if isinstance(token, list):
             return conjunction(list(token))
@@ -814,7 +830,8 @@ def compile_search(
         def test(c: Candidate, r: Callable[[], bytes]) -> bool:
             header = split_message(r())[0]
             for field_name, text in header_fields(header):
-                if field_name == name and needle in text.split(b":", 1)[1].lower():
+                # a line without a colon is no field (its name is b""): never a match
+                if name and field_name == name and needle in text.split(b":", 1)[1].lower():
                     return True
             return False
 

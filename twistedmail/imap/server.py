@@ -443,6 +443,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def _run(self, tag: bytes, cmd: bytes, rest: bytes | None) -> None:
         paused = False
         uid = False
+        unread = rest  # the part of the line not parsed yet: its literal is unread
         try:
             if cmd == b"UID" and self.state == "select":
                 sub, _, rest = (rest or b"").partition(b" ")
@@ -463,14 +464,18 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 if not callable(parser):
                     args.append(parser)
                     continue
+                unread = line
                 result = parser(self, line)
                 if isinstance(result, Deferred):
+                    unread = None  # a literal it awaits is read, even if it then fails
                     result = await result
                 arg, line = result
                 line = line if line is not None else b""  # arg_atom leaves None at the end
                 args.append(arg)
+            unread = line
             if line:
                 raise _bad(b"Too many arguments")
+            unread = None
             self._busy = paused = True
             self.pauseProducing()
             kwargs = {"uid": uid} if uid else {}
@@ -502,6 +507,18 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         finally:
             self._busy = False
             self._idling = False
+            m = _TRAILING_LITERAL.search(unread) if unread else None
+            if (
+                m
+                and m.group(1).endswith(b"+}")
+                and self.transport
+                and not self.transport.disconnecting
+            ):
+                # RFC 7888 §4: the refused command's non-synchronizing literal is already
+                # on its way; never read it as commands (as for an oversized literal)
+                self.sendLine(b"* BYE [CLIENTBUG] Closing the connection")
+                self.clearLineBuffer()
+                self.transport.loseConnection()
             if paused and self.transport is not None:
                 if self.transport.disconnecting:
                     # LOGOUT or BYE: keep reading so the peer's close (TLS close_notify, FIN)

@@ -11,7 +11,6 @@ durably for the outbound relay (L{twistedmail.smtp.queue}) before C{250}; withou
 
 from __future__ import annotations
 
-from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
 import attrs
@@ -89,11 +88,25 @@ class SubmissionPolicy:
         @raise SMTPReplyError: C{550 5.7.1} for an address the user does not own.
         """
         header_end = message.find(b"\r\n\r\n")
-        headers = BytesHeaderParser().parsebytes(
-            message if header_end < 0 else message[: header_end + 4]
-        )
+        header = message if header_end < 0 else message[:header_end]
+        # Split by hand, as readers do (our IMAP ENVELOPE, MUAs): email's parser stops at a
+        # line without a colon and misses "From :" (RFC 5322 §4.5.3 obsolete syntax allows
+        # white space before the colon), which would let such a From: through unchecked.
+        fields: list[str] = []
+        current: str | None = None
+        for line in header.decode("utf-8", "replace").split("\r\n"):
+            if line[:1] in (" ", "\t"):
+                if current is not None:
+                    current += line
+                continue
+            if current is not None:
+                fields.append(current)
+            name, colon, value = line.partition(":")
+            current = value if colon and name.strip().lower() == "from" else None
+        if current is not None:
+            fields.append(current)
         owned = self.store.owned_addresses(user)
-        for _name, address in getaddresses([str(v) for v in headers.get_all("From", [])]):
+        for _name, address in getaddresses(fields):
             if address.lower() not in owned:
                 raise SMTPReplyError(REPLY_550_FROM_NOT_OWNED)
 
