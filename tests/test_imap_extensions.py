@@ -381,3 +381,71 @@ class AppendLimitTests(unittest.TestCase):
         )
         self.assertEqual(list((self.h.root / "new").iterdir()), [])
         self.assertEqual(list((self.h.root / "cur").iterdir()), [])
+
+
+class NumberRangeTests(unittest.TestCase):
+    """RFC 3501 §9: message numbers, UIDs and SEARCH numbers are unsigned 32-bit integers;
+    a bigger one is BAD, not a set that silently matches nothing (found by QA)."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def test_search_number_over_32_bits(self) -> None:
+        for line in (
+            b"a SEARCH 4294967296",
+            b"a SEARCH 99999999999999999999",
+            b"a UID SEARCH UID 1:4294967296",
+            b"a SEARCH LARGER 4294967296",
+        ):
+            (reply,) = self.h.cmd(line)
+            self.assertTrue(reply.startswith(b"a BAD "), (line, reply))
+
+    def test_fetch_set_over_32_bits(self) -> None:
+        (reply,) = self.h.cmd(b"a FETCH 1:99999999999999999999 FLAGS")
+        self.assertTrue(reply.startswith(b"a BAD "), reply)
+
+    def test_largest_number_still_accepted(self) -> None:
+        self.assertEqual(
+            self.h.cmd(b"a SEARCH 4294967295"), [b"* SEARCH", b"a OK SEARCH completed"]
+        )
+        self.assertEqual(self.h.cmd(b"b UID FETCH 4294967295 FLAGS"), [b"b OK FETCH completed"])
+
+
+class EnableSyntaxTests(unittest.TestCase):
+    """RFC 5161 §4: ENABLE takes capability atoms; a list or a quoted string is BAD."""
+
+    def test_non_atoms_are_bad(self) -> None:
+        h = Harness(self)
+        h.login()
+        for line in (
+            b"a ENABLE (UTF8=ACCEPT)",
+            b'a ENABLE "CONDSTORE"',
+            b"a ENABLE CONDSTORE  QRESYNC",
+        ):
+            self.assertEqual(h.cmd(line), [b"a BAD Capability names expected"], line)
+        self.assertEqual(
+            h.cmd(b"b ENABLE condstore X-NONE"), [b"* ENABLED CONDSTORE", b"b OK ENABLE completed"]
+        )
+
+
+class ListStatusSyntaxTests(unittest.TestCase):
+    """RFC 5819 §3: at least one STATUS item; items are case-insensitive atoms."""
+
+    def test_empty_or_nested_status_list_is_bad(self) -> None:
+        h = Harness(self)
+        h.login()
+        self.assertEqual(
+            h.cmd(b'a LIST "" "*" RETURN (STATUS ())'), [b"a BAD STATUS items expected"]
+        )
+        self.assertEqual(
+            h.cmd(b'a LIST "" "*" RETURN (STATUS ((MESSAGES)))'),
+            [b"a BAD Syntax error: Unexpected list"],
+        )
+
+    def test_lower_case_item(self) -> None:
+        h = Harness(self)
+        h.login()
+        out = h.cmd(b'b LIST "" "Sent" RETURN (STATUS (messages))')
+        self.assertEqual(out[1:], [b'* STATUS "Sent" (MESSAGES 0)', b"b OK LIST completed"])

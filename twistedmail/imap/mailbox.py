@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import calendar
 import email.utils
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -69,6 +70,22 @@ class SearchError(Exception):
 
 
 MAX_SEARCH_DEPTH = 100
+
+MAX_NUMBER = 4_294_967_295
+"""RFC 3501 §9: C{number} and C{nz-number} are unsigned 32-bit integers."""
+
+_DIGITS = re.compile(rb"\d+")
+
+
+def parse_sequence_set(value: bytes) -> imap4.MessageSet:
+    """A sequence set (RFC 3501 §9 C{sequence-set}: C{1:4,7,9:*}) whose numbers fit in 32
+    bits.  @raise ValueError: not a sequence set, or a number over L{MAX_NUMBER}."""
+    if any(int(d) > MAX_NUMBER for d in _DIGITS.findall(value)):
+        raise ValueError("number out of range")
+    try:
+        return imap4.parseIdList(value)
+    except imap4.IllegalIdentifierError:
+        raise ValueError("not a sequence set") from None
 """How deep SEARCH keys may nest (NOT, OR, parentheses); deeper is a L{SearchError}, so a
 client cannot exhaust the parser's or the matcher's recursion."""
 
@@ -706,7 +723,7 @@ def compile_search(
 
     def number() -> int:
         value = take()
-        if not isinstance(value, bytes) or not value.isdigit():
+        if not isinstance(value, bytes) or not value.isdigit() or int(value) > MAX_NUMBER:
             raise SearchError("number expected")
         return int(value)
 
@@ -719,8 +736,8 @@ def compile_search(
 
     def seqset(value: bytes) -> imap4.MessageSet | None:
         try:
-            return imap4.parseIdList(value)
-        except (imap4.IllegalIdentifierError, ValueError):
+            return parse_sequence_set(value)
+        except ValueError:
             return None
 
     def one() -> Predicate:

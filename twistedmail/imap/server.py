@@ -51,7 +51,7 @@ from zope.interface import implementer
 
 from twistedmail.auth import ClientCredentials, LoginBlocked, log_login
 from twistedmail.imap.compress import CompressionError, DeflateTransport, Inflater
-from twistedmail.imap.mailbox import SearchError
+from twistedmail.imap.mailbox import SearchError, parse_sequence_set
 from twistedmail.imap.message import (
     bodystructure,
     encode_sexp,
@@ -98,6 +98,8 @@ def mailbox_name(raw: bytes | str) -> str:
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"}
 STATUS_ITEMS |= {"DELETED", "DELETED-STORAGE"}  # RFC 9208 §4.1.4 (QUOTA=RES-*)
 STATUS_ITEMS |= {"APPENDLIMIT"}  # RFC 7889 §3.2
+_ATOM_SPECIALS = frozenset(b'(){%*"\\]' + bytes(range(0x21)) + b"\x7f")
+"""RFC 3501 §9: octets not allowed in an atom (atom-specials, SP, CTL; "]" is resp-specials)."""
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 UTF8_ACCEPT = b"UTF8=ACCEPT"
 ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT, b"CONDSTORE", b"QRESYNC"})
@@ -595,8 +597,11 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     def arg_seqset(self, line: bytes) -> tuple[imap4.MessageSet, bytes]:
         if not line:
             raise imap4.IllegalClientResponse("Missing argument")
-        result: tuple[imap4.MessageSet, bytes] = super().arg_seqset(line)
-        return result
+        arg, _, rest = line.partition(b" ")
+        try:
+            return parse_sequence_set(arg), rest  # RFC 3501 §9: 32-bit numbers only
+        except ValueError as e:
+            raise imap4.IllegalClientResponse(f"Bad message number {e}") from None
 
     def arg_finalastring(self, line: bytes) -> Any:
         return self.arg_astring(line, final=True)
@@ -911,8 +916,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     def do_ENABLE(self, tag: bytes, names: bytes) -> bytes:
         """RFC 5161 §3.1: answer C{* ENABLED} with the capabilities turned on by this
         command (only ones in L{ENABLEABLE}; in the authenticated state only)."""
-        asked = [n.upper() for n in names.split()]
-        if not asked:
+        asked = [n.upper() for n in names.split(b" ")]
+        # RFC 5161 §4: enable = "ENABLE" 1*(SP capability); a capability is an atom
+        if not names or not all(asked) or any(_ATOM_SPECIALS.intersection(n) for n in asked):
             raise _bad(b"Capability names expected")
         turned_on = [n for n in dict.fromkeys(asked) if n in ENABLEABLE and n not in self.enabled]
         self.enabled |= set(turned_on)
@@ -1862,8 +1868,12 @@ def _status_option(returns: list[Any] | None) -> list[str]:
     out: list[str] = []
     for item in [r for r in returns if isinstance(r, list)]:
         returns.remove(item)
+        if not item:  # RFC 5819 §3: "STATUS" SP "(" status-att *(SP status-att) ")"
+            raise _bad(b"STATUS items expected")
         for name in item:
-            text = name.decode("ascii", "replace")
+            if not isinstance(name, bytes):
+                raise _bad(b"Unknown STATUS item")
+            text = name.decode("ascii", "replace").upper()  # atoms are case-insensitive
             if text not in STATUS_ITEMS:
                 raise _bad(b"Unknown STATUS item")
             if text not in out:
@@ -1939,8 +1949,8 @@ def _uid_set_arg(value: Any) -> imap4.MessageSet:
     try:
         if not isinstance(value, bytes):
             raise ValueError(value)
-        return imap4.parseIdList(value)
-    except (imap4.IllegalIdentifierError, ValueError):
+        return parse_sequence_set(value)
+    except ValueError:
         raise _bad(b"Bad sequence set") from None
 
 
