@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -403,8 +404,11 @@ class ScriptedMTA(ServerFactory):
 # -- a test certificate authority -----------------------------------------------------------
 
 
-def create_test_ca(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
-    """A new CA and a certificate for C{hostname} it signed (RSA 2048, valid 10 days).
+def create_test_ca(
+    directory: Path, hostname: str, ip_addresses: tuple[str, ...] = ()
+) -> tuple[Path, Path, Path]:
+    """A new CA and a certificate for C{hostname} (and C{ip_addresses}, as IP subject
+    alternative names) it signed (RSA 2048, valid 10 days).
 
     @return: (the CA certificate, the server certificate, its key), PEM files in
         C{directory}: C{ca.pem}, C{<hostname>.pem}, C{<hostname>.key}.
@@ -450,7 +454,13 @@ def create_test_ca(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=10))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(hostname)]
+                + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
