@@ -276,6 +276,8 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     from twistedmail.service import smarthost  # the smarthost's CA and password files
 
     smarthost(ctx.config)
+    for warning in ctx.config.warnings:  # loads, but likely not what was meant
+        print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
 
