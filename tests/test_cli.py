@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 from twisted.trial import unittest
 
+import twistedmail
 from twistedmail import cli, passwords
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.maildir import make_maildir, write_durably
@@ -673,4 +676,39 @@ class CheckConfigWarningTests(CLITestCase):
             self.run_cli("user", "quota", "alice@example.org", "25"),
             "invalid size '25': 25 has no unit, so it would be 25 octets; write \"25MiB\""
             " (units B, KB, KiB, MB, MiB, GB, GiB)",
+        )
+
+
+class VersionTests(CLITestCase):
+    """C{twistedmail --version} (issue 11)."""
+
+    def test_version_from_package_metadata(self) -> None:
+        """--version prints "twistedmail VERSION" (the installed distribution's) and exits 0."""
+        expected = importlib.metadata.version("twistedmail")
+        with self.assertRaises(SystemExit) as cm:
+            self.run_cli("--version", config=False)
+        self.assertEqual(cm.exception.code, 0)
+        self.assertEqual(sys.stdout.getvalue(), f"twistedmail {expected}\n")  # type: ignore[attr-defined]
+        self.assertEqual(twistedmail.version(), expected)
+
+    def test_version_without_metadata(self) -> None:
+        """Run from a source tree without installed metadata, the version is __version__."""
+
+        def missing(name: str) -> str:
+            raise importlib.metadata.PackageNotFoundError(name)
+
+        self.patch(importlib.metadata, "version", missing)
+        self.assertEqual(twistedmail.version(), twistedmail.__version__)
+
+    def test_console_script(self) -> None:
+        """The installed twistedmail command answers --version without a config."""
+        script = Path(sys.executable).parent / "twistedmail"
+        if not script.exists():
+            raise unittest.SkipTest(f"{script} not installed")
+        result = subprocess.run(
+            [str(script), "--version"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (0, f"twistedmail {twistedmail.version()}\n", ""),
         )

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import twistedmail
 from twistedmail import config as config_module
 from twistedmail import control
 from twistedmail import dkim as dkim_module
@@ -373,6 +374,7 @@ Command = Callable[[_Context, argparse.Namespace], None]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Administer twistedmail users, domains and aliases.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {twistedmail.version()}")
     parser.add_argument(
         "--config",
         type=Path,
