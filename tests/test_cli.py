@@ -685,10 +685,11 @@ class VersionTests(CLITestCase):
     def test_version_from_package_metadata(self) -> None:
         """--version prints "twistedmail VERSION" (the installed distribution's) and exits 0."""
         expected = importlib.metadata.version("twistedmail")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
         with self.assertRaises(SystemExit) as cm:
-            self.run_cli("--version", config=False)
-        self.assertEqual(cm.exception.code, 0)
-        self.assertEqual(sys.stdout.getvalue(), f"twistedmail {expected}\n")  # type: ignore[attr-defined]
+            cli.main(["--version"])
+        self.assertEqual((cm.exception.code, out.getvalue()), (0, f"twistedmail {expected}\n"))
         self.assertEqual(twistedmail.version(), expected)
 
     def test_version_without_metadata(self) -> None:

@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
-from twisted.logger import LogPublisher, textFileLogObserver
+from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.trial.unittest import SkipTest, TestCase
 
 from twistedmail import auth
@@ -74,9 +75,8 @@ def _twistd_lines() -> list[str]:
     """Log lines as twistd writes them to its stdout (the journal): three failed logins, a
     successful one, and a user name that tries to plant a second "ip=" (auth.log_login)."""
     out = io.StringIO()
-    publisher = LogPublisher(textFileLogObserver(out))
     old = auth.log.observer
-    auth.log.observer = publisher
+    auth.log.observer = cast(ILogObserver, textFileLogObserver(out))  # twistd's own format
     try:
         auth.log_login("imap", "alice@example.org", "192.0.2.7", ok=False)
         auth.log_login("smtp", b"bob@example.org", "2001:db8::5", ok=False)
