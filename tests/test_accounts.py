@@ -453,3 +453,46 @@ class QuotaTests(StoreTestCase):
         again = AccountStore(path)
         self.addCleanup(again.close)
         self.assertEqual(again.quota("alice@example.org"), Quota(storage=100))
+
+
+class PostmasterTests(StoreTestCase):
+    """RFC 5321 §4.5.1: postmaster@ every local domain is accepted without an alias."""
+
+    def test_domain_without_alias_goes_to_its_first_user(self) -> None:
+        """postmaster@ a local domain with no alias goes to the domain's first user added."""
+        self.store.add_user("zed@example.org", "h")
+        self.store.add_user("amy@example.org", "h")
+        self.assertTrue(self.store.accepts(M("PostMaster@Example.ORG")))
+        self.assertEqual(self.store.expand(M("postmaster@example.org")), [M("zed@example.org")])
+
+    def test_domain_without_users_goes_to_the_servers_first_user(self) -> None:
+        """postmaster@ a local domain with no user goes to the first user of the server."""
+        self.store.add_user("admin@example.org", "h")
+        self.store.add_domain("later.example")
+        self.assertTrue(self.store.accepts(M("postmaster@later.example")))
+        expanded = self.store.expand(M("postmaster@later.example"))
+        self.assertEqual(expanded, [M("admin@example.org")])
+
+    def test_alias_wins(self) -> None:
+        """An explicit postmaster@ alias decides where postmaster mail goes."""
+        self.store.add_user("admin@example.org", "h")
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_alias("postmaster@example.org", ["bob@example.org"])
+        self.assertEqual(self.store.expand(M("postmaster@example.org")), [M("bob@example.org")])
+
+    def test_not_for_remote_domains_or_an_empty_server(self) -> None:
+        """postmaster@ a remote domain is not ours; a server without users has no target."""
+        self.store.add_domain("example.org")
+        self.assertFalse(self.store.accepts(M("postmaster@example.org")))
+        self.assertEqual(self.store.expand(M("postmaster@example.org")), [])
+        self.store.add_user("admin@example.org", "h")
+        self.assertFalse(self.store.accepts(M("postmaster@remote.example")))
+        self.assertEqual(
+            self.store.expand(M("postmaster@remote.example")), [M("postmaster@remote.example")]
+        )
+        self.assertFalse(self.store.accepts(M("hostmaster@example.org")))
+
+    def test_bare_postmaster_without_alias(self) -> None:
+        """A bare <Postmaster> is accepted by a server whose host's domain has users."""
+        self.store.add_user("admin@example.org", "h")
+        self.assertEqual(self.store.postmaster("mail.example.org"), M("postmaster@example.org"))

@@ -1,4 +1,4 @@
-"""Byte-level regression tests for the POP3 defects of stock Twisted (TWISTED-NOTES §1.4, §2.3).
+"""Byte-level regression tests for the POP3 defects of stock Twisted 26.10 (reproduced).
 
 Each test sends the hostile bytes that broke C{twisted.mail.pop3.POP3} and asserts the exact
 safe answer: STLS command injection, dot-stuffing lost at the 16 KiB FileSender chunk
@@ -188,6 +188,8 @@ class ChunkBoundaryDotStuffingTests(AttackTestCase):
         self.assertEqual(rest, b"+OK\r\n")  # the message never became a server reply
 
     def test_notes_reproduction_dot_line_at_16384(self) -> None:
+        """RFC 1939 §3: the "." line at byte 16384, where stock Twisted's RETR sent it
+        unstuffed and message text became the next server reply, is stuffed."""
         message = self.message_with_dot_line_at(CHUNK)
         self.check_retr(message)
 

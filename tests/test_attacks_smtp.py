@@ -1,7 +1,8 @@
-"""Byte-level regression tests for the SMTP defects of Twisted 26.10 (TWISTED-NOTES §2.1).
+"""Byte-level regression tests for the SMTP defects of Twisted 26.10.
 
-Each test sends the hostile bytes of the experiment in the notes; on a stock
-C{twisted.mail.smtp.ESMTP} each of them fails (the notes quote what stock Twisted did).
+Each test sends the hostile bytes of a loopback experiment against stock Twisted; on a stock
+C{twisted.mail.smtp.ESMTP} each of them fails (each class docstring says what stock Twisted
+did).  The letters (a) to (d) are those of the L{twistedmail.smtp.server} module docstring.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class AttackTestCase(unittest.TestCase):
 
 
 class StartTLSInjectionTests(AttackTestCase):
-    """§2.1(d): commands pipelined after STARTTLS ran inside the TLS session."""
+    """(d) commands pipelined after STARTTLS ran inside the TLS session."""
 
     def test_pipelined_command_after_starttls_is_dropped(self) -> None:
         proto, tr = self.inbound()
@@ -119,7 +120,7 @@ class StartTLSInjectionTests(AttackTestCase):
 
 
 class LongLineInDataTests(AttackTestCase):
-    """§2.1(b'): a >16 KiB body line switched stock Twisted to command mode."""
+    """(b') a >16 KiB body line switched stock Twisted to command mode."""
 
     def test_long_data_line_does_not_switch_to_command_mode(self) -> None:
         proto, tr = self.inbound()
@@ -165,7 +166,7 @@ class LongLineInDataTests(AttackTestCase):
 
 
 class UnterminatedFloodTests(AttackTestCase):
-    """§2.1(b): a line without CRLF was buffered forever, with quadratic CPU."""
+    """(b) a line without CRLF was buffered forever, with quadratic CPU."""
 
     def flood(self, proto: SMTPSession, tr: Any) -> bytes:
         tr.clear()
@@ -196,7 +197,7 @@ class UnterminatedFloodTests(AttackTestCase):
 
 
 class EndOfDataVariantTests(AttackTestCase):
-    """§2.1(a): bare CR/LF end-of-data variants reached the Maildir as line breaks."""
+    """(a) bare CR/LF end-of-data variants reached the Maildir as line breaks."""
 
     VARIANTS = (b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n")
 
@@ -220,7 +221,7 @@ class EndOfDataVariantTests(AttackTestCase):
 
 
 class AuthAttackTests(AttackTestCase):
-    """§2.1(c): AUTH PLAIN was accepted in cleartext; malformed AUTH dropped the connection."""
+    """(c) AUTH PLAIN was accepted in cleartext; malformed AUTH dropped the connection."""
 
     def test_auth_before_tls_is_refused(self) -> None:
         proto, tr = self.submission(implicit_tls=False)
@@ -271,8 +272,8 @@ class AuthAttackTests(AttackTestCase):
 
 
 class CommandGapTests(AttackTestCase):
-    """Other §2.1 gaps: MAIL before EHLO, NOOP, SIZE=/BODY=, STARTTLS on 465, anonymous
-    submission."""
+    """Other gaps of stock ESMTP: MAIL before EHLO, NOOP, SIZE=/BODY=, STARTTLS on 465,
+    anonymous submission."""
 
     def test_mail_before_ehlo(self) -> None:
         factory = inbound_factory(

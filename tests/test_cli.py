@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 from twisted.trial import unittest
 
+import twistedmail
 from twistedmail import cli, passwords
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.maildir import make_maildir, write_durably
@@ -376,7 +379,8 @@ class ConfigTests(CLITestCase):
         cert, key = self.base / "cert.pem", self.base / "key.pem"
         create_self_signed(cert, key, "mail.example.org")
         self.write_config(
-            f'[server]\ndata_dir = "{self.data_dir}"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+            f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         )
         self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
 
@@ -400,8 +404,11 @@ class ConfigTests(CLITestCase):
         empty.mkdir()
         self.chdir(empty)
         self.setenv(cli.config_module.ENV_VAR, None)
+        # The default hostname is the machine's (socket.getfqdn()): warned about if not a FQDN.
+        warnings = cli.config_module.parse_config({}, None).warnings
         self.assertEqual(
-            self.run_cli("check-config", config=False), (0, "config OK: defaults\n", "")
+            self.run_cli("check-config", config=False),
+            (0, "config OK: defaults\n", "".join(f"twistedmail: warning: {w}\n" for w in warnings)),
         )
         self.assertFalse((empty / "twistedmail-data").exists())
 
@@ -527,7 +534,8 @@ class CheckConfigSmarthostTests(CLITestCase):
         secret.chmod(0o640)
         ca.write_text("not a certificate\n")
         self.write_config(
-            f'[server]\ndata_dir = "{self.data_dir}"\n[relay]\nsmarthost = "relay.example.net"\n'
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+            f'[relay]\nsmarthost = "relay.example.net"\n'
             f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
         )
         code, out, err = self.run_cli("check-config")
@@ -624,3 +632,84 @@ class QuotaCommandTests(CLITestCase):
         )
         self.add_user("alice@example.org")
         self.assertEqual(self.store().quota("alice@example.org"), Quota(storage=2**30))
+
+
+class CheckConfigWarningTests(CLITestCase):
+    """check-config reports what loads but is likely wrong: one warning line each on stderr,
+    exit 0 (issue 9, issue 13)."""
+
+    def test_bare_size_and_short_hostname_are_warned(self) -> None:
+        """A unit-less size and a hostname that is not a FQDN are warned about."""
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail"\n'
+            "[limits]\nmax_message_size = 10240000\n"
+        )
+        self.assertEqual(
+            self.run_cli("check-config"),
+            (
+                0,
+                f"config OK: {self.config}\n",
+                f'twistedmail: warning: {self.config}: [server] hostname: "mail" is not a fully'
+                " qualified domain name; other servers check the EHLO name and the certificate"
+                " against it (RFC 5321 §4.1.1.1)\n"
+                f"twistedmail: warning: {self.config}: [limits] max_message_size: 10240000 has"
+                ' no unit and is read as octets; write it with one, e.g. "10000KiB"\n',
+            ),
+        )
+
+    def test_tiny_bare_size_is_an_error(self) -> None:
+        """max_message_size = 25 (25 octets) is refused in one line naming file and key."""
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+            "[limits]\nmax_message_size = 25\n"
+        )
+        self.assertUserError(
+            self.run_cli("check-config"),
+            f"{self.config}: [limits] max_message_size: 25 has no unit, so it would be 25"
+            ' octets; write "25MiB" (units B, KB, KiB, MB, MiB, GB, GiB)',
+        )
+
+    def test_quota_command_refuses_a_tiny_bare_size(self) -> None:
+        """user quota ADDRESS 25 is refused as the config key is: 25 octets is a mistake."""
+        self.add_user("alice@example.org")
+        self.assertUserError(
+            self.run_cli("user", "quota", "alice@example.org", "25"),
+            "invalid size '25': 25 has no unit, so it would be 25 octets; write \"25MiB\""
+            " (units B, KB, KiB, MB, MiB, GB, GiB)",
+        )
+
+
+class VersionTests(CLITestCase):
+    """C{twistedmail --version} (issue 11)."""
+
+    def test_version_from_package_metadata(self) -> None:
+        """--version prints "twistedmail VERSION" (the installed distribution's) and exits 0."""
+        expected = importlib.metadata.version("twistedmail")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as cm:
+            cli.main(["--version"])
+        self.assertEqual((cm.exception.code, out.getvalue()), (0, f"twistedmail {expected}\n"))
+        self.assertEqual(twistedmail.version(), expected)
+
+    def test_version_without_metadata(self) -> None:
+        """Run from a source tree without installed metadata, the version is __version__."""
+
+        def missing(name: str) -> str:
+            raise importlib.metadata.PackageNotFoundError(name)
+
+        self.patch(importlib.metadata, "version", missing)
+        self.assertEqual(twistedmail.version(), twistedmail.__version__)
+
+    def test_console_script(self) -> None:
+        """The installed twistedmail command answers --version without a config."""
+        script = Path(sys.executable).parent / "twistedmail"
+        if not script.exists():
+            raise unittest.SkipTest(f"{script} not installed")
+        result = subprocess.run(
+            [str(script), "--version"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (0, f"twistedmail {twistedmail.version()}\n", ""),
+        )

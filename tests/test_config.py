@@ -148,7 +148,8 @@ class ConfigTests(TestCase):
     def test_sizes(self) -> None:
         self.assertEqual(parse_size("25MiB"), 26214400)
         self.assertEqual(parse_size("10 MB"), 10_000_000)
-        self.assertEqual(parse_size(1000), 1000)
+        self.assertEqual(parse_size(4096), 4096)
+        self.assertRaises(ValueError, parse_size, 1000)  # unit-less below 1 KiB: a mistake
         self.assertRaises(ValueError, parse_size, "0")
         self.assertRaises(ValueError, parse_size, True)
 
@@ -401,3 +402,79 @@ class HardeningKeyTests(TestCase):
             ("[smtp]\nbare_cr = 1\n", "FILE: [smtp] bare_cr: unknown key"),
         ):
             self.assertEqual(self.error(text), message)
+
+
+class BareSizeTests(TestCase):
+    """Sizes carry a unit: a bare integer below 1 KiB is refused, a larger one warned about
+    (issue 9: C{max_message_size = 25} was 25 octets and passed check-config)."""
+
+    def write(self, text: str) -> Path:
+        path = Path(self.mktemp())
+        path.write_text(f'[server]\nhostname = "mail.example.org"\n{text}')
+        return path
+
+    def test_small_bare_integer_is_refused_naming_file_and_key(self) -> None:
+        """A unit-less size below 1 KiB in any size key is a one-line error."""
+        for key, value in (
+            ("max_message_size", "25"),
+            ("max_message_size", '"25"'),
+            ("max_header_size", "512"),
+            ("default_quota", "1"),
+            ("default_quota", '"100"'),
+        ):
+            path = self.write(f"[limits]\n{key} = {value}\n")
+            e = self.assertRaises(ConfigError, load_config, path)
+            number = value.strip('"')
+            self.assertEqual(
+                str(e),
+                f"{path}: [limits] {key}: {number} has no unit, so it would be {number} octets;"
+                f' write "{number}MiB" (units B, KB, KiB, MB, MiB, GB, GiB)',
+            )
+
+    def test_unit_bytes_and_large_bare_integers_load(self) -> None:
+        """The unit "B" says octets on purpose; a bare integer from 1 KiB up loads, warned."""
+        config = load_config(self.write('[limits]\nmax_message_size = "2000B"\n'))
+        self.assertEqual(config.limits.max_message_size, 2000)
+        self.assertEqual(config.warnings, ())
+        path = self.write("[limits]\nmax_message_size = 26214400\ndefault_quota = 4096\n")
+        config = load_config(path)
+        self.assertEqual(config.limits.max_message_size, 26214400)
+        self.assertEqual(config.limits.default_quota, 4096)
+        self.assertEqual(
+            config.warnings,
+            (
+                f"{path}: [limits] max_message_size: 26214400 has no unit and is read as octets;"
+                ' write it with one, e.g. "25MiB"',
+                f"{path}: [limits] default_quota: 4096 has no unit and is read as octets;"
+                ' write it with one, e.g. "4KiB"',
+            ),
+        )
+
+    def test_unlimited_quota_needs_no_unit(self) -> None:
+        """default_quota = 0 means unlimited and is neither refused nor warned about."""
+        config = load_config(self.write("[limits]\ndefault_quota = 0\n"))
+        self.assertEqual((config.limits.default_quota, config.warnings), (0, ()))
+
+
+class HostnameWarningTests(TestCase):
+    """RFC 5321 §2.3.5, §4.1.1.1: the EHLO name is a fully qualified domain name."""
+
+    def test_not_fqdn_is_warned(self) -> None:
+        """A hostname without a dot, or under a non-public suffix, gets a warning."""
+        for name in ("mail", "localhost", "mail.localdomain", "box.local"):
+            path = Path(self.mktemp())
+            path.write_text(f'[server]\nhostname = "{name}"\n')
+            self.assertEqual(
+                load_config(path).warnings,
+                (
+                    f'{path}: [server] hostname: "{name}" is not a fully qualified domain name;'
+                    " other servers check the EHLO name and the certificate against it"
+                    " (RFC 5321 §4.1.1.1)",
+                ),
+            )
+
+    def test_fqdn_is_not_warned(self) -> None:
+        """mail.example.org is fully qualified: no warning."""
+        path = Path(self.mktemp())
+        path.write_text('[server]\nhostname = "Mail.Example.ORG"\n')
+        self.assertEqual(load_config(path).warnings, ())

@@ -22,7 +22,7 @@ SMUGGLED = (
     b"From: admin@bank.test\r\n\r\nsmuggled\r\n"
 )
 ACCEPTED = b"250 2.0.0 Message accepted for delivery\r\n"
-# The smuggling end-of-data variants (TWISTED-NOTES §2.1(a); "SMTP smuggling", 2023).
+# The end-of-data variants of "SMTP smuggling" (2023): none may end DATA (RFC 5321 §4.1.1.4).
 VARIANTS = (b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n")
 
 

@@ -1,5 +1,7 @@
 """One outbound attempt (twistedmail.smtp.outbound): dot-stuffing across chunk boundaries
-(TWISTED-NOTES §2.4), MX order and fallback, opportunistic STARTTLS, per-recipient results.
+(stock Twisted's C{SMTPClient.transformChunk} forgot that a 16 KiB chunk ended a line, so a
+"." line there ended the message early: outbound SMTP smuggling), MX order and fallback,
+opportunistic STARTTLS, per-recipient results.
 
 The session tests run over loopback TCP (127.0.0.1, ephemeral ports) against
 L{twistedmail.testing.ScriptedMTA}; DNS is a L{FakeResolver}.
@@ -91,8 +93,9 @@ def relay_sender() -> RelaySender:
 
 class TransformChunkTests(TestCase):
     def test_dot_line_on_and_around_every_boundary(self) -> None:
-        """TWISTED-NOTES §2.4: a "." line at, just before and just after each 16 KiB
-        boundary is stuffed, so the receiver never sees an early CRLF.CRLF."""
+        """RFC 5321 §4.5.2: a "." line at, just before and just after each 16 KiB chunk
+        boundary is stuffed (stock Twisted missed the one at a boundary), so the receiver
+        never sees an early CRLF.CRLF."""
         for offset in offsets():
             message = message_with_dot_at(offset)
             self.assertEqual(send_through(relay_sender(), message), stuffed(message), offset)
@@ -176,7 +179,8 @@ class OutboundTests(TestCase):
 
     async def test_exact_body_over_starttls_with_dots_at_chunk_boundaries(self) -> None:
         """The receiver gets exactly one transaction per message, with the exact body, for
-        dot lines on and around every 16 KiB boundary (TWISTED-NOTES §2.4)."""
+        dot lines on and around every 16 KiB boundary (where stock Twisted lost the
+        dot-stuffing and the receiver stored two messages)."""
         network = Network(self)
         mx = await network.listen("mx1.example.net", ScriptedMTA(tls=server_tls(self)))
         outbound = self.outbound(network)

@@ -1,5 +1,6 @@
 """Tests for L{twistedmail.wire.StrictLineReceiver}: CRLF framing, long lines, STARTTLS input
-discarding and pipelining order (TWISTED-NOTES §2.1(b), §2.1(d), §2.3)."""
+discarding and pipelining order: what stock Twisted's C{LineOnlyReceiver} gets wrong for
+SMTP and POP3 (quadratic buffering of a long line, lines pipelined after STARTTLS/STLS run)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ class FramingTests(unittest.TestCase):
 
     def test_bare_lf_and_cr_are_not_line_ends(self) -> None:
         """RFC 5321 §2.3.8: only CRLF ends a line; bare LF or CR stay inside the line, where
-        the protocol can refuse them (the SMTP smuggling variants of TWISTED-NOTES §2.1(a))."""
+        the protocol can refuse them (the SMTP smuggling end-of-data variants such as
+        <LF>.<LF>)."""
         self.p.dataReceived(b"first\n.\nMAIL FROM:<x@y>\r\nsecond\r.\rthird\r\n")
         self.assertEqual(self.p.lines, [b"first\n.\nMAIL FROM:<x@y>", b"second\r.\rthird"])
 
@@ -88,8 +90,9 @@ class FramingTests(unittest.TestCase):
 
 
 class LongLineTests(unittest.TestCase):
-    """TWISTED-NOTES §2.1(b): Twisted's LineOnlyReceiver answers once per read, never clears its
-    buffer and re-splits it on every read (quadratic CPU, unbounded memory)."""
+    """Stock Twisted's LineOnlyReceiver answers once per read, never clears its buffer and
+    re-splits it on every read (quadratic CPU, unbounded memory); ours answers once, in
+    linear time and constant memory."""
 
     def setUp(self) -> None:
         self.p = Recorder()
@@ -120,7 +123,7 @@ class LongLineTests(unittest.TestCase):
 
     def test_long_line_then_commands_same_read(self) -> None:
         """Unlike Twisted, commands after a long line in the same read are still read
-        (TWISTED-NOTES: "a QUIT in the same packet got no answer")."""
+        (stock Twisted dropped the rest of that read: a QUIT in it got no answer)."""
         self.p.dataReceived(b"a" * 100_000 + b"\r\nNOOP\r\nQUIT\r\n")
         self.assertEqual(self.p.too_long, [b"a" * self.max])
         self.assertEqual(self.p.lines, [b"NOOP", b"QUIT"])
@@ -189,7 +192,8 @@ class LongLineTests(unittest.TestCase):
 
 
 class DiscardTests(unittest.TestCase):
-    """TWISTED-NOTES §2.1(d): STARTTLS command injection (RFC 3207 §4.2, RFC 2595 §4)."""
+    """STARTTLS command injection (RFC 3207 §4.2, RFC 2595 §4): stock Twisted ran lines sent
+    in the same packet as STARTTLS and answered them inside TLS."""
 
     def setUp(self) -> None:
         self.p = Recorder()

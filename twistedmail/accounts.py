@@ -23,6 +23,7 @@ from twistedmail.address import AddressError, Mailbox, normalize_domain
 
 SCHEMA_VERSION = 2
 MAX_ALIAS_DEPTH = 10  # alias chains longer than this are treated as loops
+POSTMASTER = "postmaster"  # RFC 5321 §4.5.1, case-insensitive (local parts are lower-cased)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY);
@@ -297,8 +298,35 @@ class AccountStore:
     # lookups used by the protocols
 
     def accepts(self, mbox: Mailbox) -> bool:
-        """Whether mail to C{mbox} is accepted here: a user or an alias (RCPT time check)."""
-        return self.is_user(str(mbox)) or bool(self.alias_targets(str(mbox)))
+        """Whether mail to C{mbox} is accepted here: a user, an alias, or C{postmaster@} a
+        local domain that has someone to deliver to (L{postmaster_of}; RCPT time check)."""
+        if self.is_user(str(mbox)) or self.alias_targets(str(mbox)):
+            return True
+        return mbox.local == POSTMASTER and self.postmaster_of(mbox.domain) is not None
+
+    def postmaster_of(self, domain: str) -> Mailbox | None:
+        """Where C{postmaster@domain} goes when no user or alias of that name exists.
+
+        RFC 5321 §4.5.1: every domain an SMTP server accepts mail for MUST accept
+        C{postmaster} (any case), and C{dns-records} names it as the DMARC report address,
+        so a domain added later must not need an alias first.  An explicit C{postmaster@}
+        user or alias always wins (L{expand} uses it); otherwise, as Mail-in-a-Box routes
+        C{postmaster@} every domain to its administrator (the first user created), the
+        message goes to the domain's first user (lowest rowid: the order of C{user add}),
+        and for a domain with no user yet to the server's first user.
+
+        @return: that user, or C{None} when C{domain} is not local or the server has no user.
+        """
+        name = domain.lower()
+        if not self.is_local_domain(name):
+            return None
+        row = (
+            self._db.execute(
+                "SELECT address FROM users WHERE domain=? ORDER BY rowid LIMIT 1", (name,)
+            ).fetchone()
+            or self._db.execute("SELECT address FROM users ORDER BY rowid LIMIT 1").fetchone()
+        )
+        return Mailbox.parse(row[0]) if row else None
 
     def expand(self, mbox: Mailbox) -> list[Mailbox]:
         """Final recipients of C{mbox}: users and remote addresses after alias expansion.
@@ -306,6 +334,7 @@ class AccountStore:
         Aliases expand recursively (an alias target may be an alias), at most
         L{MAX_ALIAS_DEPTH} deep; loops and unknown local targets are dropped.
         An alias that names itself among its targets also delivers to itself only if it is a user.
+        C{postmaster@} a local domain with no such user or alias goes to L{postmaster_of}.
         """
         result: list[Mailbox] = []
         seen: set[str] = set()
@@ -324,6 +353,11 @@ class AccountStore:
                     walk(Mailbox.parse(t), depth + 1)
             elif not self.is_local_domain(m.domain):
                 result.append(m)
+            elif m.local == POSTMASTER:
+                # RFC 5321 §4.5.1: postmaster@ a local domain without an alias still arrives.
+                target = self.postmaster_of(m.domain)
+                if target is not None:
+                    walk(target, depth + 1)
 
         walk(mbox, 0)
         return result

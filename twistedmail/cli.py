@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import twistedmail
 from twistedmail import config as config_module
 from twistedmail import control
 from twistedmail import dkim as dkim_module
@@ -276,6 +277,8 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     from twistedmail.service import smarthost  # the smarthost's CA and password files
 
     smarthost(ctx.config)
+    for warning in ctx.config.warnings:  # loads, but likely not what was meant
+        print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
 
@@ -371,6 +374,7 @@ Command = Callable[[_Context, argparse.Namespace], None]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Administer twistedmail users, domains and aliases.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {twistedmail.version()}")
     parser.add_argument(
         "--config",
         type=Path,

@@ -44,6 +44,7 @@ SIZE_LIMITS = {
     "max_header_size": DEFAULT_MAX_HEADER_SIZE,
 }
 BARE_LF_MODES = ("reject", "normalize")
+MIN_BARE_SIZE = 1024  # a size without a unit below this is refused (see parse_size)
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -58,6 +59,10 @@ _UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**
 
 class ConfigError(Exception):
     """A configuration problem; C{str()} is one line: C{FILE: [section] key: what is wrong}."""
+
+
+class UnitlessSizeError(ValueError):
+    """A size without a unit too small to be meant as octets (see L{parse_size})."""
 
 
 @attrs.frozen
@@ -181,6 +186,9 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig()
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
+    # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
+    # check-config: a size without a unit, a hostname that is not fully qualified.
+    warnings: tuple[str, ...] = ()
 
 
 def find_config(path: Path | None) -> Path | None:
@@ -255,13 +263,65 @@ class _Reader:
 
 
 def parse_size(text: object) -> int:
-    """C{"25MiB"} -> 26214400; plain integers are octets.  @raise ValueError: otherwise."""
+    """C{"25MiB"} -> 26214400, C{"25B"} -> 25; an integer without a unit is octets, and
+    refused below L{MIN_BARE_SIZE} (1 KiB).
+
+    Why refuse: C{max_message_size = 25} meant 25 MiB; read as 25 octets it loaded without
+    complaint and the server then refused every message.  No size read here (message size,
+    header section, quota) is sensibly under 1 KiB, so a small bare number is a forgotten
+    unit, and stopping at start-up with a line naming file and key fails safe where
+    guessing a unit would not.  From 1 KiB up a bare number is a plausible octet count
+    (Postfix's C{message_size_limit} is one): it loads, and check-config warns
+    (L{Config.warnings}).  Writing the unit C{B} says octets on purpose.
+
+    @raise UnitlessSizeError: for a unit-less size below 1 KiB.
+    @raise ValueError: for anything else that is not a positive size.
+    """
     if isinstance(text, int) and not isinstance(text, bool) and text > 0:
-        return text
-    m = _SIZE.match(text) if isinstance(text, str) else None
-    if not m or int(m.group(1)) <= 0:
-        raise ValueError("must be a positive size such as 25MiB")
-    return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
+        number, unit = text, None
+    else:
+        m = _SIZE.match(text) if isinstance(text, str) else None
+        if not m or int(m.group(1)) <= 0:
+            raise ValueError("must be a positive size such as 25MiB")
+        number, unit = int(m.group(1)), m.group(2)
+    if unit is None and number < MIN_BARE_SIZE:
+        raise UnitlessSizeError(
+            f'{number} has no unit, so it would be {number} octets; write "{number}MiB"'
+            " (units B, KB, KiB, MB, MiB, GB, GiB)"
+        )
+    return number * _UNITS[(unit or "b").lower()]
+
+
+def _unitless_size_warning(r: _Reader, where: str, value: object) -> list[str]:
+    """A warning for a size given without a unit (see L{parse_size}), with the same size
+    written with the largest unit that divides it."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return []
+    m = _SIZE.match(str(value))
+    if m is None or m.group(2) is not None or int(m.group(1)) == 0:
+        return []
+    octets = int(m.group(1))
+    units = (("GiB", 2**30), ("MiB", 2**20), ("GB", 10**9), ("MB", 10**6), ("KiB", 2**10))
+    with_unit = next(
+        (f"{octets // f}{u}" for u, f in (*units, ("KB", 1000)) if octets % f == 0), f"{octets}B"
+    )
+    return [
+        f"{r.name}: {where}: {octets} has no unit and is read as octets;"
+        f' write it with one, e.g. "{with_unit}"'
+    ]
+
+
+def _hostname_warning(r: _Reader, hostname: str) -> list[str]:
+    """A warning for a hostname that is not a fully qualified domain name (RFC 5321 §2.3.5):
+    other servers check the EHLO name (RFC 5321 §4.1.1.1), the PTR record and the
+    certificate against it, and a single label or a private suffix matches none of them."""
+    labels = hostname.split(".")
+    if len(labels) >= 2 and labels[-1] not in ("localhost", "localdomain", "local"):
+        return []
+    return [
+        f'{r.name}: [server] hostname: "{hostname}" is not a fully qualified domain name;'
+        " other servers check the EHLO name and the certificate against it (RFC 5321 §4.1.1.1)"
+    ]
 
 
 def parse_quota(text: object) -> int:
@@ -273,6 +333,8 @@ def parse_quota(text: object) -> int:
         return 0
     try:
         return parse_size(text)
+    except UnitlessSizeError:
+        raise
     except ValueError:
         raise ValueError('must be a size such as "1GiB", or "0" / "none" for unlimited') from None
 
@@ -311,6 +373,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         hostname = normalize_domain(hostname)
     except AddressError as e:
         raise r.fail("[server] hostname", str(e)) from None
+    warnings = _hostname_warning(r, hostname)
     data_dir_text = r.string(server, "server", "data_dir", "")
     data_dir = r.path(data_dir_text) if data_dir_text else Path(DEFAULT_DATA_DIR).resolve()
 
@@ -348,11 +411,13 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             limit_values[limit] = parse_size(limits.get(limit, default))
         except ValueError as e:
             raise r.fail(f"[limits] {limit}", str(e)) from None
+        warnings += _unitless_size_warning(r, f"[limits] {limit}", limits.get(limit))
     max_size = limit_values.pop("max_message_size")
     try:
         limit_values["default_quota"] = parse_quota(limits.get("default_quota", 0))
     except ValueError as e:
         raise r.fail("[limits] default_quota", str(e)) from None
+    warnings += _unitless_size_warning(r, "[limits] default_quota", limits.get("default_quota"))
     for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
         if limit in SIZE_LIMITS or limit == "default_quota":
             continue
@@ -475,6 +540,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         submission=SubmissionConfig(check_from_header=check_from),
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
+        warnings=tuple(warnings),
     )
 
 

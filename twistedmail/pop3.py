@@ -2,7 +2,11 @@
 SASL AUTH PLAIN (RFC 5034, RFC 4616) and implicit TLS on 995 (RFC 8314).
 
 L{POP3Server} keeps Twisted's C{pop3.POP3} (its timeout mixin, its C{IMailbox} contract) and
-replaces what TWISTED-NOTES §1.4 and §2.3 found broken:
+replaces what is broken in stock Twisted 26.10 (reproduced over loopback; each a test in
+C{tests/test_attacks_pop3.py}): it has no STLS, its CAPA lists joke entries, C{AUTH PLAIN}
+and C{USER} without an argument dropped the connection, C{DELE 0} deleted the last message,
+DELE removed the file at once (not at QUIT), and RETR lost the dot-stuffing of a line that
+starts at a 16 KiB chunk boundary.  Here:
 
   - lines come from L{StrictLineReceiver} (bounded, CRLF only), and C{STLS} drops every byte
     pipelined after it before the handshake (the STARTTLS command-injection fix);
@@ -307,7 +311,8 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer_ip = str(getattr(peer, "host", "?"))
-        # No APOP timestamp in the greeting (TWISTED-NOTES §4: hashed passwords).
+        # No APOP timestamp in the greeting: APOP needs the plaintext password, and ours
+        # are stored hashed (stock Twisted always puts one in).
         self._send(GREETING)
         self.setTimeout(self.timeOut)
 

@@ -15,10 +15,13 @@ from typing import NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 from twistedmail.config import Config, ConfigError, load_config
 from twistedmail.tls import TLSConfigError
+
+log = Logger(namespace="twistedmail.tap")
 
 
 class Options(usage.Options):
@@ -116,6 +119,8 @@ def makeService(options: Options) -> IService:
         config = load_config(Path(options["config"]) if options["config"] else None)
     except ConfigError as e:
         _fail(str(e))
+    for warning in config.warnings:  # what check-config warns about, for the log too
+        log.warn("config warning: {warning}", warning=warning)
     from twistedmail.service import MailServer
 
     try:

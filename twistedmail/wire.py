@@ -1,8 +1,11 @@
 """A CRLF line receiver that is safe on hostile input, shared by SMTP and POP3.
 
-It replaces C{twisted.protocols.basic.LineOnlyReceiver.dataReceived}, which (TWISTED-NOTES
-§2.1(b)) re-splits an unterminated buffer on every read (quadratic CPU, unbounded memory) and
-keeps running lines that were pipelined after STARTTLS/STLS.  Here:
+It replaces C{twisted.protocols.basic.LineOnlyReceiver.dataReceived}, which never clears its
+buffer after an over-long line and re-splits an unterminated buffer on every read (quadratic
+CPU, unbounded memory: 40 MiB without a CRLF cost 34 s of reactor CPU), answers an over-long
+line once per read and drops the rest of that read, and keeps running lines that were
+pipelined after STARTTLS/STLS (it has already split the packet into a local list, so
+clearing its buffer is not enough).  Here:
 
   - only CRLF ends a line (RFC 5321 §2.3.8: bare CR and LF are not line ends), unless
     C{lf_ends_lines} is set (SMTP DATA with C{bare_lf = "normalize"}): then a bare LF

@@ -1,7 +1,8 @@
 """Thunderbird itself against the real server: sync over 143+STARTTLS and 993, send through 465.
 
-Uses the team's driver (``shared/tools/thunderbird/tb_imap_sync.py``; a copy lives in
-``tests/e2e/tools/`` so CI has it).  Skips only when Thunderbird is not installed.
+Uses the Thunderbird driver ``tests/e2e/tools/tb_imap_sync.py`` (a byte-identical copy of
+the team's tool, kept in the repository so CI has it).  Skips only when Thunderbird is not
+installed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 
 Everything here works on the message exactly as stored (bytes, CRLF line ends), never on
 decoded text, so a raw UTF-8 header or a sloppy C{Content-Type} cannot break a response
-(TWISTED-NOTES §2.2: stock Twisted encodes headers as ASCII and drops the connection).
+(stock Twisted formats header fields and ENVELOPE as ASCII text: a raw UTF-8 Subject raised
+C{UnicodeEncodeError} and dropped the connection, a trailing C{;} in C{Content-Type} did the
+same in BODYSTRUCTURE, and its header dict merged repeated fields; twisted #9258).
 Header fields are selected from the raw header lines, so repeated fields (C{Received}) and
 8-bit values come out unchanged; anything that is not a plain quoted string is sent as a
 literal (RFC 3501 §4.3).

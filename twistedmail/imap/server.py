@@ -19,12 +19,17 @@ C{select_X}); every command handler here is an C{async def} run by one dispatche
   - reports EXPUNGEs noticed from other sessions only where RFC 3501 §7.4.1 allows, and
     queued EXISTS / FETCH FLAGS before the tagged reply.
 
-Fixes of stock Twisted behaviour (TWISTED-NOTES §2.2), each with a regression test in
-C{tests/test_attacks_imap.py}: STARTTLS command injection; AUTH= and LOGIN before TLS;
-literal size limit before the continuation; IDLE ended by any line; partial FETCH; FETCH of
-raw 8-bit headers, ENVELOPE and BODYSTRUCTURE rendered from the stored bytes; implicit
-C{\\Seen}; APPEND without flags; NO instead of BAD for missing mailboxes; SELECT's UIDNEXT,
-PERMANENTFLAGS and UNSEEN.
+Fixes of stock Twisted 26.10 behaviour, reproduced over loopback, each with a regression
+test in C{tests/test_attacks_imap.py}: STARTTLS command injection (commands in the same
+packet as STARTTLS ran and were answered inside TLS); AUTH= and LOGIN before TLS (AUTHENTICATE
+PLAIN succeeded in cleartext); literal size limit before the continuation (stock sent
+C{+ Ready} for a 1 GB APPEND literal and spooled it); IDLE ended by any line, not only DONE;
+partial FETCH (C{BODY[]<0.20>} sent the whole message, twisted #5613); FETCH of raw 8-bit
+headers, ENVELOPE and BODYSTRUCTURE rendered from the stored bytes (stock dropped the
+connection on a non-ASCII header); implicit C{\\Seen} on a non-PEEK BODY[] (stock never set
+it); APPEND without flags (stock: BAD from a C{TypeError}); NO instead of BAD for missing
+mailboxes (stock's str/bytes mix-ups turned C{NO [TRYCREATE]} into BAD); SELECT's UIDNEXT,
+PERMANENTFLAGS and UNSEEN, which RFC 3501 §6.3.1 requires and stock never sent.
 """
 
 from __future__ import annotations
@@ -768,7 +773,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _no(b"TLS not available")
         self.sendPositiveResponse(tag, b"Begin TLS negotiation now")
         # RFC 3501 §6.2.1 / RFC 2595 §3.1: nothing the client sent after STARTTLS, before
-        # the handshake, may be acted on (TWISTED-NOTES §2.2(d), STARTTLS injection).
+        # the handshake, may be acted on.  Stock Twisted kept those lines in its buffer and
+        # answered them inside TLS, as if sent there (STARTTLS command injection).
         self.clearLineBuffer()
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
@@ -1243,7 +1249,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def do_APPEND(
         self, tag: bytes, name: bytes, flags: list[Any] | None, date: bytes | None, message: Any
     ) -> bytes:
-        # RFC 3501 §6.3.11; the flag list and date are optional (TWISTED-NOTES: None flags)
+        # RFC 3501 §6.3.11; the flag list and date are optional (stock Twisted iterated a
+        # missing flag list, None, and answered BAD)
         if date is not None and parse_internaldate(date) is None:
             raise _bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]

@@ -5,7 +5,7 @@ L{Outbound.deliver} finds the hosts to try (a static route, the smarthost, or th
 from L{twistedmail.dns.resolve_mx}) and tries them in order until one session gives an answer
 for the recipients (RFC 5321 §5.1: a connection failure or a temporary failure before RCPT
 tries the next host).  The session is L{RelaySender}, Twisted's C{ESMTPClient} state machine
-with the defects of TWISTED-NOTES §1.2 / §2.4 fixed:
+with what stock Twisted's client side gets wrong fixed:
 
   - dot-stuffing survives the 16 KiB chunk boundaries of C{FileSender} (the stock
     C{transformChunk} forgets that the previous chunk ended a line, so a "." line at a
@@ -140,7 +140,8 @@ class Smarthost:
     trust: Any = None
 
     def client_tls(self) -> IOpenSSLClientConnectionCreator:
-        """A verifying TLS client for C{host} (TWISTED-NOTES §1.2: as C{smtp.sendmail})."""
+        """A verifying TLS client for C{host}, as C{twisted.mail.smtp.sendmail} builds one
+        (C{optionsForClientTLS}: the name and the chain are checked; no plaintext fallback)."""
         trust = self.trust if self.trust is not None else ssl.platformTrust()
         return ssl.optionsForClientTLS(self.host, trustRoot=trust)
 
@@ -365,8 +366,10 @@ class RelaySender(smtp.ESMTPClient):
         """Dot-stuff one chunk of the message, remembering where the last one ended.
 
         RFC 5321 §4.5.2: a line starting with "." gets one more "." — including a line that
-        starts at the beginning of this chunk, which the stock method misses
-        (TWISTED-NOTES §2.4).  RFC 5321 §2.3.8: CR and LF are sent only as CRLF.
+        starts at the beginning of this chunk, which the stock method misses: it does not
+        remember that the previous 16 KiB chunk ended a line, so a "." line there ended the
+        message early and the rest ran as a second transaction on the receiver (outbound SMTP
+        smuggling).  RFC 5321 §2.3.8: CR and LF are sent only as CRLF.
         """
         self.resetTimeout()
         data = self._held_cr + chunk

@@ -7,19 +7,29 @@ the RFC 3848 with-protocol keywords of the Received: header.
 
 The session is C{twisted.mail.smtp.ESMTP} (its COMMAND/DATA/AUTH modes and C{do_X}/C{ext_X}
 command lookup) on top of L{twistedmail.wire.StrictLineReceiver}, with the commands Twisted
-gets wrong replaced (TWISTED-NOTES §2.1):
+gets wrong replaced.  Each item says what stock C{ESMTP} (Twisted 26.10) did, as reproduced
+over loopback; C{tests/test_attacks_smtp.py} sends the same bytes:
 
   - (a) only CRLF.CRLF ends DATA (RFC 5321 §4.1.1.4: never <LF>.<LF>, <CRLF>.<LF>,
     <LF>.<CRLF>, ...); a bare CR or LF in message data fails the transaction with
     C{550 5.6.0} after the final dot, nothing stored; with C{bare_lf="normalize"} a bare LF
-    is stored as CRLF instead (a bare CR still fails), and still never ends the data;
+    is stored as CRLF instead (a bare CR still fails), and still never ends the data.  Stock
+    Twisted passed bare CR and LF through to the message, where they became line breaks;
   - (b) an over-long command line is answered C{500 5.5.6} once; an unterminated flood is
-    discarded in constant memory, answered once and disconnected;
+    discarded in constant memory, answered once and disconnected.  Stock Twisted answered
+    once per TCP read and kept the whole unterminated buffer, re-splitting it on every read
+    (40 MiB without a CRLF cost 34 s of reactor CPU and the connection stayed open);
   - (b') an over-long line inside DATA fails the transaction and the session stays in DATA
-    (body lines never run as commands);
-  - (c) AUTH only after TLS (C{530 5.7.0} before), malformed AUTH input gets C{501};
-  - (d) STARTTLS drops every byte pipelined after it and resets the session (RFC 3207 §4.2);
-  - NOOP, VRFY, HELP; MAIL before HELO/EHLO refused; SIZE and BODY parameters handled.
+    (body lines never run as commands).  Stock Twisted went back to command mode there, so
+    a body line "MAIL FROM:..." started a second, delivered transaction;
+  - (c) AUTH only after TLS (C{530 5.7.0} before), malformed AUTH input gets C{501}.  Stock
+    Twisted accepted AUTH PLAIN in cleartext and dropped the connection on AUTH without a
+    mechanism or a PLAIN response without NULs;
+  - (d) STARTTLS drops every byte pipelined after it and resets the session (RFC 3207 §4.2).
+    Stock Twisted ran commands sent in the same packet as STARTTLS, and their replies were
+    the first lines read inside TLS (command injection); MAIL before STARTTLS survived it;
+  - NOOP, VRFY, HELP (stock: C{500}); MAIL before HELO/EHLO refused (stock: accepted); SIZE
+    and BODY parameters handled (stock: silently ignored).
 
 What a listener accepts (who may send, to whom, where the message goes) is a
 L{SessionPolicy}: L{twistedmail.smtp.inbound} (port 25) and L{twistedmail.smtp.submission}
@@ -565,8 +575,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             and self._unterminated > FLOOD_LIMIT
             and not self.transport.disconnecting
         ):
-            # TWISTED-NOTES §2.1(b): an unterminated line was discarded in constant memory;
-            # one reply in all (in COMMAND mode it was sent when the line got too long).
+            # (b) of the module docstring: an unterminated line was discarded in constant
+            # memory (stock Twisted buffered it all, quadratic CPU); one reply in all (in
+            # COMMAND mode it was sent when the line got too long), then disconnect.
             log.warn("session {session}: unterminated line flood", session=self.session_id)
             if self.mode == DATA:
                 self.send_reply(REPLY_500_TEXT_LINE_TOO_LONG)
@@ -576,8 +587,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         if self._discarding:
             self._unterminated = len(line)
         if self.mode == DATA:
-            # RFC 5321 §4.5.3.1.6 text line limit; TWISTED-NOTES §2.1(b'): stay in DATA
-            # (the rest of the body must never run as commands) and answer after the dot.
+            # RFC 5321 §4.5.3.1.6 text line limit.  Stay in DATA and answer after the dot:
+            # stock Twisted switched to command mode here, and the rest of the body ran as
+            # SMTP commands (module docstring, (b')).
             self._fail_data(REPLY_500_TEXT_LINE_TOO_LONG)
         elif self.mode == AUTH:
             self._end_auth()
@@ -846,7 +858,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         bare, after_bare = self.line_ended_bare, self.previous_line_ended_bare
         if line == b".":
             if not bare and not after_bare:
-                # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data (TWISTED-NOTES §2.1(a));
+                # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data (module docstring, (a));
                 # <LF>.<LF>, <CRLF>.<LF>, <LF>.<CRLF> never do (§2.3.8, SMTP smuggling):
                 # in "normalize" mode such a dot line is kept as text.
                 self._end_of_data()
@@ -940,8 +952,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self.send_reply(REPLY_501_SYNTAX)  # RFC 3207 §4: STARTTLS takes no parameters
         else:
             self.send_reply(REPLY_220_TLS_READY)
-            # TWISTED-NOTES §2.1(d): nothing pipelined after STARTTLS may run after the
-            # handshake.  RFC 3207 §4.2: forget everything learnt before TLS.
+            # Nothing pipelined after STARTTLS may run after the handshake: stock Twisted
+            # ran it, and its replies came back inside TLS as if the client had sent them
+            # there (command injection).  RFC 3207 §4.2: forget everything learnt before TLS.
             self.discard_pending_input()
             self.helo = None
             self.esmtp = False
@@ -960,7 +973,8 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self.send_reply(REPLY_502_NOT_IMPLEMENTED)  # AUTH is not offered here
             return
         if not self.tls:
-            # TWISTED-NOTES §2.1(c); RFC 4954 §4 / RFC 8314: no password in cleartext.
+            # RFC 4954 §4 / RFC 8314: no password in cleartext (stock Twisted accepted
+            # AUTH PLAIN before STARTTLS).
             self.send_reply(REPLY_530_TLS_REQUIRED)
             return
         if self.helo is None:

@@ -1,9 +1,10 @@
 """Message submission policy for 587 (STARTTLS) and 465 (implicit TLS): RFC 6409, RFC 8314.
 
 AUTH is required before MAIL (RFC 6409 §4.3: C{530 5.7.0 Authentication required}); there
-is no anonymous fallback (TWISTED-NOTES §2.1: Twisted's C{validateFrom} tries an anonymous
-login).  AUTH itself is offered only under TLS.  The MAIL FROM address must be one the
-user owns (the user or an alias expanding to it; RFC 6409 §6.1: C{553 5.7.1} otherwise).
+is no anonymous fallback (stock Twisted's C{SMTP.validateFrom} tries an anonymous
+C{portal.login} when nobody has authenticated, which would let anyone submit).  AUTH itself
+is offered only under TLS.  The MAIL FROM address must be one the user owns (the user or an
+alias expanding to it; RFC 6409 §6.1: C{553 5.7.1} otherwise).
 Local recipients are delivered as on port 25; recipients in other domains are queued
 durably for the outbound relay (L{twistedmail.smtp.queue}) before C{250}; without a relay
 (tests only) they get C{450 4.7.1} at RCPT.
