@@ -509,10 +509,14 @@ class LoginThrottle:
             del self._ip_failures[key]
         for key in [k for k, t in self._account_failures.items() if not t or t[-1] <= horizon]:
             del self._account_failures[key]
-        blocks: dict[Any, float]
-        for blocks in (self._pair_blocked, self._ip_blocked, self._account_blocked):
-            for key in [k for k, until in blocks.items() if until <= now]:
-                del blocks[key]
+        block_tables: list[dict[Any, float]] = [
+            self._pair_blocked,
+            self._ip_blocked,
+            self._account_blocked,
+        ]
+        for blocks in block_tables:
+            for ended in [k for k, until in blocks.items() if until <= now]:
+                del blocks[ended]
         for table in tables:
             while len(table) > limit:
                 del table[next(iter(table))]
