@@ -82,8 +82,9 @@ class PasswordChecker:
     The avatar ID is the normalised address (C{str}), e.g. C{"alice@example.test"}.
     Errors: L{UnauthorizedLogin} for an unknown user, a wrong password or malformed input;
     the message never says which.  With a C{throttle}, L{ClientCredentials} logins wait the
-    throttle's delay for their IP first, and L{LoginBlocked} (not an C{UnauthorizedLogin})
-    refuses them while the IP or account is blocked; the outcome is counted.
+    throttle's delay for their (IP, account) first, and L{LoginBlocked} (not an
+    C{UnauthorizedLogin}) refuses them while blocked (L{twistedmail.throttle}); the outcome
+    is counted.
 
     @param throttle: the failed-login throttle shared by every protocol, or C{None}.
     """
