@@ -28,7 +28,7 @@ BOB = "bob@example.test"
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path)
     srv.config.write_text(
-        srv.config.read_text().replace("[limits]\n", "[limits]\nlogin_block_after = 4\n")
+        srv.config.read_text().replace("[limits]\n", "[limits]\nlogin_block_after = 5\n")
     )
     for address, password in PASSWORDS.items():
         srv.add_user(address, password)
@@ -117,9 +117,10 @@ def test_one_failing_account_neither_delays_nor_blocks_another(server: Server) -
         535,
         b"5.7.8 Authentication credentials invalid",
     )
-    # alice's 4th attempt now waits 4 s before it is checked (1, 2, 4 s, as Dovecot's
+    assert imap_login(server, ALICE, "stale-4") == failed
+    # alice's 5th attempt now waits 8 s before it is checked (1, 2, 4, 8 s, as Dovecot's
     # auth penalty) ...
-    held = pending_smtp_auth(server, ALICE, "stale-4")
+    held = pending_smtp_auth(server, ALICE, "stale-5")
     try:
         # ... while bob, from the same IP, logs in at once over every protocol:
         assert bob_logs_in_everywhere(server) == BOB_OK
@@ -128,7 +129,7 @@ def test_one_failing_account_neither_delays_nor_blocks_another(server: Server) -
         assert read_line(held) == b"535 5.7.8 Authentication credentials invalid\r\n"
     finally:
         held.close()
-    # The 4th failure (login_block_after = 4) blocks alice from this IP, even with the
+    # The 5th failure (login_block_after = 5) blocks alice from this IP, even with the
     # right password, in every protocol (one throttle) ...
     blocked = "[UNAVAILABLE] Too many failed logins, try again later"
     assert imap_login(server, ALICE, PASSWORDS[ALICE]) == blocked
@@ -143,7 +144,7 @@ def test_one_failing_account_neither_delays_nor_blocks_another(server: Server) -
     assert bob_logs_in_everywhere(server) == BOB_OK
     log = server.log.read_text()
     assert (
-        "login throttle: blocking user=alice@example.test from ip=127.0.0.1 for 900s after 4"
+        "login throttle: blocking user=alice@example.test from ip=127.0.0.1 for 900s after 5"
         " failed logins" in log
     )
     assert "blocking ip=" not in log
@@ -152,26 +153,26 @@ def test_one_failing_account_neither_delays_nor_blocks_another(server: Server) -
 def test_throttle_list_and_unblock_over_the_control_socket(server: Server) -> None:
     """`throttle list` shows the block with its time left and failures; `throttle unblock
     ADDRESS` (or IP) lifts it at once; with no server running each says so in one line."""
-    for i in range(4):
+    for i in range(5):
         assert imap_login(server, ALICE, f"stale-{i}") != "OK"
     assert imap_login(server, ALICE, PASSWORDS[ALICE]).startswith("[UNAVAILABLE]")
     listed = server.cli("throttle", "list")
     assert listed.stderr == ""
     assert re.fullmatch(
-        r"ip=127\.0\.0\.1 user=alice@example\.test left=1[45]m\d\ds failures=4\n", listed.stdout
+        r"ip=127\.0\.0\.1 user=alice@example\.test left=1[45]m\d\ds failures=5\n", listed.stdout
     ), listed.stdout
     unblocked = server.cli("throttle", "unblock", "Alice@Example.TEST")
     assert unblocked.stdout == (
-        "unblocked alice@example.test: 1 block(s) lifted, 4 failed login(s) forgotten\n"
+        "unblocked alice@example.test: 1 block(s) lifted, 5 failed login(s) forgotten\n"
     )
     assert imap_login(server, ALICE, PASSWORDS[ALICE]) == "OK"  # no block, no delay left
     assert server.cli("throttle", "list").stdout == ""
     # By IP: the same, for every account blocked from that IP.
-    for i in range(4):
+    for i in range(5):
         assert pop3_login(server, BOB, f"stale-{i}") == b"-ERR [AUTH] Authentication failed"
     assert server.cli("throttle", "list").stdout.startswith("ip=127.0.0.1 user=bob@example.test ")
     assert server.cli("throttle", "unblock", "127.0.0.1").stdout == (
-        "unblocked 127.0.0.1: 1 block(s) lifted, 4 failed login(s) forgotten\n"
+        "unblocked 127.0.0.1: 1 block(s) lifted, 5 failed login(s) forgotten\n"
     )
     assert pop3_login(server, BOB, PASSWORDS[BOB]) == b"+OK Logged in"
     assert server.cli("throttle", "unblock", "127.0.0.1").stdout == (
