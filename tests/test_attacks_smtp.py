@@ -257,13 +257,15 @@ class AuthAttackTests(AttackTestCase):
             b"%%%\r\n"
             b"NOOP\r\n",
         )
+        # Undecodable base64 is 501 5.5.2 (RFC 4954 §4); decodable but malformed PLAIN is a
+        # failed authentication, 535 5.7.8, not counted towards the 421 (no password tried).
         self.assertEqual(
             out,
             b"501 5.5.4 Syntax error in parameters or arguments\r\n"
+            b"535 5.7.8 Authentication credentials invalid\r\n"
+            b"535 5.7.8 Authentication credentials invalid\r\n"
             b"501 5.5.2 Cannot decode response\r\n"
-            b"501 5.5.2 Cannot decode response\r\n"
-            b"501 5.5.2 Cannot decode response\r\n"
-            b"501 5.5.2 Cannot decode response\r\n"
+            b"535 5.7.8 Authentication credentials invalid\r\n"
             b"334 VXNlcm5hbWU6\r\n"
             b"501 5.5.2 Cannot decode response\r\n"
             b"250 2.0.0 OK\r\n",

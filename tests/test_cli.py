@@ -513,6 +513,21 @@ class UsageTests(CLITestCase):
         self.assertUserError(self.run_cli("queue", "delete", "../x"), "invalid queue ID '../x'")
         self.assertUserError(self.run_cli("queue", "flush"), "no running server")
 
+    def test_throttle_commands_need_the_server(self) -> None:
+        """throttle list/unblock talk to the running server: without one, one line, exit 1;
+        a target that is neither an IP nor an address is refused before that."""
+        self.assertUserError(self.run_cli("throttle", "list"), "no running server")
+        self.assertUserError(self.run_cli("throttle", "unblock", "192.0.2.1"), "no running server")
+        self.assertUserError(
+            self.run_cli("throttle", "unblock", "alice@example.org"), "no running server"
+        )
+        self.assertUserError(
+            self.run_cli("throttle", "unblock", "10.0.0.0/33"), "invalid network '10.0.0.0/33'"
+        )
+        self.assertUserError(
+            self.run_cli("throttle", "unblock", "a b"), "not an IP address or a user address: 'a b'"
+        )
+
     def test_help(self) -> None:
         out = io.StringIO()
         self.patch(sys, "stdout", out)

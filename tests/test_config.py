@@ -60,6 +60,26 @@ class ConfigTests(TestCase):
         self.assertEqual(store_path(config), config.server.data_dir / "accounts.sqlite3")
         self.assertEqual(tls_paths(config)[1], config.server.data_dir / "tls" / "key.pem")
 
+    def test_login_throttle_exempt(self) -> None:
+        """[limits] login_throttle_exempt: a list of IPv4/IPv6 networks (or addresses)."""
+        config = load_config(
+            self.write('[limits]\nlogin_throttle_exempt = ["192.0.2.0/24", "2001:db8::/32"]\n')
+        )
+        self.assertEqual(config.limits.login_throttle_exempt, ("192.0.2.0/24", "2001:db8::/32"))
+        self.assertEqual(parse_config({}, None).limits.login_throttle_exempt, ())
+        self.assertEqual(
+            self.error('[limits]\nlogin_throttle_exempt = ["office"]\n'),
+            'FILE: [limits] login_throttle_exempt: "office" is not an IP network',
+        )
+        self.assertEqual(
+            self.error('[limits]\nlogin_throttle_exempt = "10.0.0.0/8"\n'),
+            'FILE: [limits] login_throttle_exempt: must be a list of networks ("10.0.0.0/8")',
+        )
+        self.assertEqual(
+            self.error("[limits]\nlogin_ip_block_after = 0\n"),
+            "FILE: [limits] login_ip_block_after: must be a positive integer",
+        )
+
     def test_relative_paths_resolve_against_the_file(self) -> None:
         path = self.write('[server]\ndata_dir = "data"\nhostname = "Mail.Example.ORG"\n')
         config = load_config(path)

@@ -215,7 +215,12 @@ class GreetingAndLoginTests(unittest.TestCase):
         h.cmd(b"b AUTHENTICATE PLAIN")
         self.assertEqual(h.cmd(b"!!!notbase64"), [b"b BAD Invalid base64 response"])
         h.cmd(b"c AUTHENTICATE PLAIN")
-        self.assertEqual(h.cmd(base64.b64encode(b"no-nuls")), [b"c BAD Malformed PLAIN response"])
+        # A decodable message that is not PLAIN is a failed authentication (RFC 5530 §3),
+        # as in SMTP (535 5.7.8) and POP3 (-ERR [AUTH]): twistedmail.sasl.Malformed.
+        self.assertEqual(
+            h.cmd(base64.b64encode(b"no-nuls")),
+            [b"c NO [AUTHENTICATIONFAILED] Authentication failed"],
+        )
         self.assertEqual(
             h.cmd(b"d AUTHENTICATE CRAM-MD5"),
             [b"d NO [CANNOT] Unsupported authentication mechanism"],

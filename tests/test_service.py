@@ -170,7 +170,7 @@ class ThrottleStateTests(unittest.TestCase):
         self.assertEqual(json.loads(self.path.read_bytes()), throttle.snapshot())
         fresh = LoginThrottle(self.clock, ThrottlePolicy(block_after=2))
         load_throttle(fresh, self.path)
-        self.assertTrue(fresh.blocked("192.0.2.1", "b@x.test"))
+        self.assertTrue(fresh.blocked("192.0.2.1", "a@x.test"))  # that account from that IP
 
     def test_missing_and_broken_files(self) -> None:
         throttle = LoginThrottle(self.clock)

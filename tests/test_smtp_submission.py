@@ -168,7 +168,7 @@ class AuthTests(SubmissionTestCase):
     def test_cancel(self) -> None:
         proto, tr = self.ready()
         talk(proto, tr, b"AUTH LOGIN\r\n")
-        self.assertEqual(talk(proto, tr, b"*\r\n"), b"501 5.7.0 Authentication cancelled\r\n")
+        self.assertEqual(talk(proto, tr, b"*\r\n"), b"501 5.0.0 Authentication cancelled\r\n")
         self.assertEqual(talk(proto, tr, b"NOOP\r\n"), b"250 2.0.0 OK\r\n")
 
     def test_already_authenticated(self) -> None:
@@ -194,9 +194,12 @@ class AuthTests(SubmissionTestCase):
         )
 
     def test_empty_initial_response(self) -> None:
+        """RFC 4954 §4: "=" is an empty initial response, which is no PLAIN message
+        (RFC 4616 §2): a failed authentication, as in IMAP and POP3."""
         proto, tr = self.ready()
         self.assertEqual(
-            talk(proto, tr, b"AUTH PLAIN =\r\n"), b"501 5.5.2 Cannot decode response\r\n"
+            talk(proto, tr, b"AUTH PLAIN =\r\n"),
+            b"535 5.7.8 Authentication credentials invalid\r\n",
         )
 
     def test_login_is_logged_without_the_password(self) -> None:

@@ -32,7 +32,7 @@ from twistedmail.imap.server import IMAPServer
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
 from twistedmail.smtp.submission import submission_factory
-from twistedmail.throttle import LoginThrottle, ThrottlePolicy, ip_key
+from twistedmail.throttle import Block, LoginThrottle, ThrottlePolicy, ip_key, parse_networks
 
 ALICE = "alice@example.test"
 PASSWORD = "alice-pw"
@@ -58,20 +58,105 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertEqual(delays, [0, 1, 2, 4, 8, 16, 16, 16, 16])
         self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
 
-    def test_tenth_failure_blocks_the_ip_for_fifteen_minutes(self) -> None:
+    def test_tenth_failure_blocks_that_account_from_that_ip_for_fifteen_minutes(self) -> None:
+        """Per (IP, account): one client with a stale password blocks only itself (issue 9)."""
         with capturedLogs() as events:
             for _ in range(10):
                 self.throttle.failed(ATTACKER, "nobody@example.test")
-        self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))  # every account from that IP
+        self.assertTrue(self.throttle.blocked(ATTACKER, "nobody@example.test"))
+        self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))  # other accounts, same IP
+        self.assertEqual(self.throttle.delay_for(ATTACKER, ALICE), 0)  # ... not even delayed
+        self.assertFalse(self.throttle.blocked(FRIEND, "nobody@example.test"))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "login throttle: blocking user=nobody@example.test from ip=203.0.113.66 for"
+                " 900s after 10 failed logins"
+            ],
+        )
+        self.clock.advance(899)
+        self.assertTrue(self.throttle.blocked(ATTACKER, "nobody@example.test"))
+        self.clock.advance(1)
+        self.assertFalse(self.throttle.blocked(ATTACKER, "nobody@example.test"))
+
+    def test_many_accounts_from_one_ip_block_it_except_for_its_users(self) -> None:
+        """Password spraying: ip_block_after (100) failures over any accounts block the IP,
+        except for the accounts that logged in from it (the office behind that NAT)."""
+        self.throttle.succeeded(ATTACKER, "bob@example.test")
+        with capturedLogs() as events:
+            for i in range(99):
+                self.throttle.failed(ATTACKER, f"user{i}@example.test")
+            self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
+            self.throttle.failed(ATTACKER, "user99@example.test")
+        self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))
+        self.assertFalse(self.throttle.blocked(ATTACKER, "bob@example.test"))
         self.assertFalse(self.throttle.blocked(FRIEND, ALICE))
         self.assertEqual(
             [formatEvent(e) for e in events],
-            ["login throttle: blocking ip=203.0.113.66 for 900s after 10 failed logins"],
+            [
+                "login throttle: blocking ip=203.0.113.66 for 900s after 100 failed logins on"
+                " 100 accounts (except the accounts that logged in from it)"
+            ],
         )
-        self.clock.advance(899)
-        self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))
-        self.clock.advance(1)
-        self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
+
+    def test_exempt_networks_are_never_throttled(self) -> None:
+        """[limits] login_throttle_exempt: no delay, no block, nothing counted (v4 and v6)."""
+        throttle = LoginThrottle(
+            self.clock,
+            ThrottlePolicy(exempt=parse_networks(["192.0.2.0/24", "2001:db8::/32"])),
+        )
+        for ip in ("192.0.2.9", "::ffff:192.0.2.9", "2001:db8:5::1"):
+            for _ in range(200):
+                throttle.failed(ip, ALICE)
+            self.assertEqual(throttle.delay_for(ip, ALICE), 0)
+            self.assertFalse(throttle.blocked(ip, ALICE))
+        self.assertEqual(throttle.snapshot()["account_failures"], {})
+        throttle.failed("192.0.3.1", ALICE)
+        self.assertEqual(throttle.delay_for("192.0.3.1", ALICE), 1)
+        self.assertRaises(ValueError, parse_networks, ["192.0.2.0/33"])
+        self.assertRaises(ValueError, parse_networks, ["office"])
+
+    def test_list_and_unblock(self) -> None:
+        """blocks() lists each block with its time left and failures; unblock(IP) lifts the
+        IP's blocks, unblock(ADDRESS) the account's, and forgets their failures."""
+        throttle = LoginThrottle(self.clock, ThrottlePolicy(block_after=2, ip_block_after=4))
+        throttle.failed(ATTACKER, ALICE)
+        throttle.failed(ATTACKER, ALICE)
+        self.clock.advance(100)
+        throttle.failed(ATTACKER, "bob@example.test")
+        throttle.failed(ATTACKER, "carol@example.test")
+        throttle.failed(FRIEND, "Carol@Example.test")
+        throttle.failed(FRIEND, "carol@example.test")
+        self.assertEqual(
+            throttle.blocks(),
+            [
+                Block("ip", ATTACKER, "", 900.0, 4),
+                Block("ip+account", FRIEND, "carol@example.test", 900.0, 2),
+                Block("ip+account", ATTACKER, ALICE, 800.0, 2),
+            ],
+        )
+        self.assertEqual(throttle.unblock("carol@example.test"), (1, 3))
+        self.assertEqual(throttle.delay_for(FRIEND, "carol@example.test"), 0)
+        self.assertEqual(throttle.unblock(ATTACKER), (2, 3))
+        self.assertEqual(throttle.blocks(), [])
+        self.assertFalse(throttle.blocked(ATTACKER, ALICE))
+        self.assertEqual(throttle.delay_for(ATTACKER, ALICE), 0)
+        self.assertEqual(throttle.unblock(ATTACKER), (0, 0))
+        for i in range(10):
+            self.throttle.failed(f"2001:db8:1:2::{i + 1:x}", ALICE)
+        [block] = self.throttle.blocks()
+        self.assertEqual(block.ip, "2001:db8:1:2::/64")  # as listed, and as an address:
+        self.assertEqual(self.throttle.unblock("2001:db8:1:2::/64"), (1, 10))
+        self.throttle.failed("2001:db8:1:2::1", ALICE)
+        self.assertEqual(self.throttle.unblock("2001:db8:1:2:ffff::"), (0, 1))
+
+    def test_account_block_is_listed(self) -> None:
+        """An account block (distributed guessing) is listed without an IP."""
+        for i in range(30):
+            self.throttle.failed(f"192.0.2.{i}", ALICE)
+        self.assertEqual(self.throttle.blocks(), [Block("account", "", ALICE, 900.0, 30)])
+        self.assertEqual(self.throttle.unblock(ALICE.upper()), (1, 30))
+        self.assertFalse(self.throttle.blocked("192.0.2.200", ALICE))
 
     def test_failures_expire_after_the_window(self) -> None:
         for _ in range(9):
@@ -82,11 +167,15 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked(ATTACKER, ALICE))
 
     def test_success_forgets_that_accounts_failures_only(self) -> None:
+        """A success forgets the failures of that account from that IP, not bob's; and
+        bob's never delay alice (issue 9)."""
         for _ in range(3):
             self.throttle.failed(FRIEND, ALICE)
         self.throttle.failed(FRIEND, "bob@example.test")
+        self.assertEqual(self.throttle.delay_for(FRIEND, ALICE), 4)
         self.throttle.succeeded(FRIEND, ALICE)
-        self.assertEqual(self.throttle.delay_for(FRIEND, ALICE), 1)  # bob's failure remains
+        self.assertEqual(self.throttle.delay_for(FRIEND, ALICE), 0)
+        self.assertEqual(self.throttle.delay_for(FRIEND, "bob@example.test"), 1)
 
     def test_success_does_not_lift_a_block(self) -> None:
         for _ in range(10):
@@ -191,13 +280,19 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
 
     def test_unknown_users_count_too(self) -> None:
+        """Failures on a name that is no account block that name from that IP; alice, from
+        the same IP, is neither delayed nor blocked (issue 9)."""
         for _ in range(10):
             d = self.world.checker.requestAvatarId(
                 ClientCredentials(b"../../etc/passwd", b"x", ATTACKER)
             )
             self.world.clock.advance(16)
             self.failureResultOf(d, UnauthorizedLogin)
-        self.failureResultOf(self.login(ATTACKER), LoginBlocked)
+        d = self.world.checker.requestAvatarId(
+            ClientCredentials(b"../../etc/passwd", b"x", ATTACKER)
+        )
+        self.failureResultOf(d, LoginBlocked)
+        self.assertEqual(self.successResultOf(self.login(ATTACKER)), ALICE)
 
     def test_plain_credentials_are_not_throttled(self) -> None:
         """Without a client IP (UsernamePassword), only the password is checked."""
@@ -355,7 +450,7 @@ class SnapshotTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.policy = ThrottlePolicy(block_after=3, account_block_after=5)
+        self.policy = ThrottlePolicy(block_after=3, ip_block_after=4, account_block_after=5)
         self.throttle = LoginThrottle(self.clock, self.policy)
 
     def restarted(self, state: object) -> LoginThrottle:
@@ -367,20 +462,57 @@ class SnapshotTests(unittest.TestCase):
         return fresh
 
     def test_round_trip(self) -> None:
+        """Every kind of block and count comes back (version 2 snapshot, issue 9)."""
         self.throttle.succeeded(FRIEND, ALICE)
         for _ in range(3):
-            self.throttle.failed(ATTACKER, ALICE)
+            self.throttle.failed(ATTACKER, ALICE)  # alice from ATTACKER
+        self.throttle.failed(ATTACKER, "carol@example.test")  # 4 from ATTACKER: the IP
         for i in range(5):
-            self.throttle.failed(f"203.0.113.{i + 100}", ALICE)
+            self.throttle.failed(f"203.0.113.{i + 100}", ALICE)  # alice from anywhere
         self.throttle.failed("192.0.2.99", "bob@example.test")
-        fresh = self.restarted(self.throttle.snapshot())
-        self.assertTrue(fresh.blocked(ATTACKER, "bob@example.test"))  # the IP block
+        state = self.throttle.snapshot()
+        self.assertEqual(state["version"], 2)
+        fresh = self.restarted(state)
+        self.assertTrue(fresh.blocked(ATTACKER, ALICE))  # the (IP, account) block
+        self.assertTrue(fresh.blocked(ATTACKER, "dave@example.test"))  # the IP block
         self.assertTrue(fresh.blocked("192.0.2.200", ALICE))  # the account block
         self.assertFalse(fresh.blocked(FRIEND, ALICE))  # ... but not from a trusted IP
-        self.assertEqual(fresh.delay_for("192.0.2.99", "x"), 1.0)  # failures kept
-        self.assertEqual(fresh.snapshot(), self.throttle.snapshot())
+        self.assertEqual(fresh.delay_for("192.0.2.99", "bob@example.test"), 1.0)  # failures
+        self.assertEqual(fresh.delay_for("192.0.2.99", "x"), 0)
+        self.assertEqual(fresh.snapshot(), state)
+        self.assertEqual(fresh.blocks(), self.throttle.blocks())
         self.clock.advance(self.policy.block_time)
-        self.assertFalse(fresh.blocked(ATTACKER, "bob@example.test"))
+        self.assertFalse(fresh.blocked(ATTACKER, ALICE))
+        self.assertFalse(fresh.blocked(ATTACKER, "dave@example.test"))
+
+    def test_version_1_file_still_loads(self) -> None:
+        """A throttle.json of the per-IP throttle: its IP block becomes blocks of the
+        accounts that failed from that IP (the others are free), its failures count per
+        (IP, account); an IP block whose failures are out of the window is lifted."""
+        now = self.clock.seconds()
+        old = {
+            "version": 1,
+            "ip_failures": {
+                ATTACKER: [[now - 30, ALICE], [now - 20, ALICE], [now - 10, "bob@example.test"]]
+            },
+            "account_failures": {ALICE: [now - 30, now - 20], "bob@example.test": [now - 10]},
+            "ip_blocked": {ATTACKER: now + 500, FRIEND: now + 500},
+            "account_blocked": {},
+            "trusted": {"carol@example.test": {ATTACKER: now - 1000}},
+        }
+        fresh = self.restarted(old)
+        self.assertTrue(fresh.blocked(ATTACKER, ALICE))
+        self.assertTrue(fresh.blocked(ATTACKER, "bob@example.test"))
+        self.assertFalse(fresh.blocked(ATTACKER, "dave@example.test"))
+        self.assertFalse(fresh.blocked(FRIEND, ALICE))
+        self.assertEqual(fresh.delay_for(ATTACKER, ALICE), 2)
+        self.assertEqual(
+            fresh.blocks(),
+            [
+                Block("ip+account", ATTACKER, ALICE, 500.0, 2),
+                Block("ip+account", ATTACKER, "bob@example.test", 500.0, 1),
+            ],
+        )
 
     def test_expired_state_is_left_out(self) -> None:
         for _ in range(3):
@@ -400,7 +532,9 @@ class SnapshotTests(unittest.TestCase):
             None,
             [],
             {"version": 2},
+            {"version": 3},
             {**good, "ip_blocked": [1, 2]},
+            {**good, "pair_blocked": [["ip", 1.0]]},
             {**good, "ip_failures": {"x": [[1.0]]}},
             {**good, "trusted": {"a": {"ip": "soon"}}},
         ):

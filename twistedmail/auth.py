@@ -1,4 +1,10 @@
-"""One login path for SMTP AUTH, IMAP and POP3: a twisted.cred checker and realm.
+"""One login path for SMTP AUTH, IMAP and POP3: L{login}, a twisted.cred checker and realm.
+
+Every protocol logs in the same way: its login command or SASL exchange
+(L{twistedmail.sasl}) gives L{twistedmail.sasl.Credentials}, and L{login} runs the portal
+(the checker, with the failed-login throttle in it), writes the one log line and turns the
+outcome into L{LoginResult} or one of L{LoginFailed}, L{LoginBlocked}, L{LoginUnavailable},
+which each protocol renders as its own reply.
 
 The checker verifies a login name (the full address, RFC 4954 §4 authcid) and password
 against L{twistedmail.accounts.AccountStore}; the hash check runs in a thread because it takes
@@ -12,15 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import IRealm
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from twistedmail import passwords
+from twistedmail import passwords, sasl
 from twistedmail.accounts import AccountStore
 from twistedmail.address import AddressError, Mailbox
 from twistedmail.throttle import LoginBlocked, LoginThrottle
@@ -28,11 +35,16 @@ from twistedmail.throttle import LoginBlocked, LoginThrottle
 __all__ = [
     "ClientCredentials",
     "LoginBlocked",
+    "LoginFailed",
+    "LoginResult",
     "LoginThrottle",
+    "LoginUnavailable",
     "MailRealm",
     "PasswordChecker",
     "RunInThread",
     "log_login",
+    "login",
+    "refused",
 ]
 
 log = Logger(namespace="twistedmail.auth")
@@ -40,7 +52,7 @@ log = Logger(namespace="twistedmail.auth")
 RunInThread = Callable[..., "Deferred[Any]"]
 """C{run(f, *args)} -> Deferred firing with C{f(*args)}, computed off the reactor thread."""
 
-MAX_CREDENTIAL_LENGTH = 1024
+MAX_CREDENTIAL_LENGTH = sasl.MAX_FIELD_LENGTH
 
 
 def _text(value: bytes | str) -> str:
@@ -70,8 +82,9 @@ class PasswordChecker:
     The avatar ID is the normalised address (C{str}), e.g. C{"alice@example.test"}.
     Errors: L{UnauthorizedLogin} for an unknown user, a wrong password or malformed input;
     the message never says which.  With a C{throttle}, L{ClientCredentials} logins wait the
-    throttle's delay for their IP first, and L{LoginBlocked} (not an C{UnauthorizedLogin})
-    refuses them while the IP or account is blocked; the outcome is counted.
+    throttle's delay for their (IP, account) first, and L{LoginBlocked} (not an
+    C{UnauthorizedLogin}) refuses them while blocked (L{twistedmail.throttle}); the outcome
+    is counted.
 
     @param throttle: the failed-login throttle shared by every protocol, or C{None}.
     """
@@ -181,3 +194,79 @@ def log_login(service: str, username: object, peer: str, ok: bool) -> None:
             user=user,
             ip=peer,
         )
+
+
+class LoginFailed(Exception):
+    """Wrong password, unknown user or malformed credentials (the reply never says which):
+    SMTP C{535 5.7.8}, IMAP C{NO [AUTHENTICATIONFAILED]}, POP3 C{-ERR [AUTH]}."""
+
+
+class LoginUnavailable(Exception):
+    """The login could not be checked (an unexpected error, logged): SMTP C{454 4.7.0},
+    IMAP C{NO [UNAVAILABLE]}, POP3 C{-ERR [SYS/TEMP]}."""
+
+
+@attrs.frozen
+class LoginResult:
+    """A successful login.
+
+    @ivar address: the normalised address logged in as (the avatar ID).
+    @ivar avatar: what the realm built for the protocol's interface.
+    @ivar logout: call when the session ends (or when the protocol refuses it after all).
+    """
+
+    address: str
+    avatar: Any
+    logout: Callable[[], None]
+
+
+async def login(
+    portal: Portal,
+    interface: type[Interface],
+    credentials: sasl.Credentials,
+    *,
+    service: str,
+    peer_ip: str,
+) -> LoginResult:
+    """Log in with C{credentials} from C{peer_ip}: the one login path of every protocol.
+
+    The portal's checker (L{PasswordChecker}) waits out the failed-login throttle's delay
+    for C{peer_ip} and this account, refuses a blocked login, checks the password in a
+    thread and counts the outcome; then the realm builds the avatar for C{interface}.
+    One log line is written (L{log_login}), whatever the outcome.
+
+    @param service: C{"smtp"}, C{"imap"}, C{"pop3"}: the C{service=} of the log line.
+    @raise LoginFailed: bad credentials.
+    @raise LoginBlocked: refused by the throttle, without a password check.
+    @raise LoginUnavailable: an unexpected error (logged with its traceback).
+    """
+    user = credentials.authcid
+    try:
+        _, avatar, logout = await portal.login(
+            ClientCredentials(user.encode("utf-8"), credentials.password.encode("utf-8"), peer_ip),
+            None,
+            interface,
+        )
+    except UnauthorizedLogin:
+        log_login(service, user, peer_ip, False)
+        raise LoginFailed() from None
+    except LoginBlocked:
+        log_login(service, user, peer_ip, False)
+        raise
+    except Exception:
+        log.failure("{service} login of {user} failed unexpectedly", service=service, user=user)
+        raise LoginUnavailable() from None
+    log_login(service, user, peer_ip, True)
+    address = getattr(avatar, "address", None)
+    if not isinstance(address, str):
+        try:
+            address = str(Mailbox.parse(user))
+        except AddressError:
+            address = user
+    return LoginResult(address, avatar, logout)
+
+
+def refused(service: str, error: sasl.Malformed, peer_ip: str) -> None:
+    """Log a login refused for malformed credentials (L{twistedmail.sasl.Malformed}): the
+    same C{login failed} line as a wrong password, not counted by the throttle."""
+    log_login(service, error.user, peer_ip, False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import sqlite3
 import sys
 import time
@@ -369,6 +370,63 @@ def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
     _out(f"flushed: {count} message(s) in the queue, all due now")
 
 
+def _left(seconds: float) -> str:
+    """Time left of a block: C{14m59s}, C{42s} (rounded up: never C{0s} while in force)."""
+    whole = max(int(-(-seconds // 1)), 0)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def cmd_throttle_list(ctx: _Context, args: argparse.Namespace) -> None:
+    """One line per block of the running server's failed-login throttle: C{ip=} for a
+    blocked IP, C{ip= user=} for an account blocked from one IP, C{user=} for an account
+    blocked from IPs it never logged in from; C{left=} time, C{failures=} counted."""
+    try:
+        blocks = control.throttle_list(config_module.control_path(ctx.config))
+    except control.NoServer:
+        raise UserError("no running server") from None
+    for block in blocks:
+        where = [f"ip={block.ip}"] if block.ip else []
+        who = [f"user={block.account}"] if block.account else []
+        _out(
+            " ".join(
+                [*where, *who, f"left={_left(block.seconds_left)}", f"failures={block.failures}"]
+            )
+        )
+
+
+def _throttle_target(text: str) -> str:
+    """An IP address, an IPv6 /64 as C{throttle list} shows it, or a user's address."""
+    target = text.strip()
+    try:
+        return str(ipaddress.ip_address(target))
+    except ValueError:
+        pass
+    if "/" in target:
+        try:
+            return str(ipaddress.ip_network(target, strict=False))
+        except ValueError:
+            raise UserError(f"invalid network {text!r}") from None
+    if not target or any(c.isspace() for c in target):
+        raise UserError(f"not an IP address or a user address: {text!r}")
+    try:
+        return str(Mailbox.parse(target))
+    except AddressError:
+        return target  # a login name that is no address (it may still be blocked)
+
+
+def cmd_throttle_unblock(ctx: _Context, args: argparse.Namespace) -> None:
+    target = _throttle_target(args.target)
+    try:
+        lifted, forgotten = control.throttle_unblock(config_module.control_path(ctx.config), target)
+    except control.NoServer:
+        raise UserError("no running server") from None
+    if lifted or forgotten:
+        _out(f"unblocked {target}: {lifted} block(s) lifted, {forgotten} failed login(s) forgotten")
+    else:
+        _out(f"nothing to unblock for {target}: no block and no failed login")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -447,6 +505,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = action(queue, "delete", cmd_queue_delete, "delete a queued message (no bounce)")
     p.add_argument("id")
     action(queue, "flush", cmd_queue_flush, "make the running server try everything now")
+
+    throttle = group("throttle", "see and lift the running server's failed-login blocks")
+    action(
+        throttle,
+        "list",
+        cmd_throttle_list,
+        "list blocks, one per line: ip=IP [user=ADDRESS] | user=ADDRESS, left=, failures=",
+    )
+    p = action(
+        throttle,
+        "unblock",
+        cmd_throttle_unblock,
+        "lift the blocks of an IP (and its accounts) or of an address, forget their failures",
+    )
+    p.add_argument("target", metavar="IP|ADDRESS")
 
     signing = group("dkim", "manage DKIM signing keys (RFC 6376)")
     p = action(signing, "generate", cmd_dkim_generate, "make a key, print its DNS TXT record")

@@ -106,13 +106,16 @@ class LimitsConfig:
     imap_idle_timeout: int = 1800  # after login; RFC 3501 §5.4: at least 30 minutes
     pop3_idle_timeout: int = 600  # RFC 1939 §3: at least 10 minutes
     login_failure_window: int = 600  # failed logins are counted over this many seconds
-    login_block_after: int = 10  # failures from one IP in the window that block it
+    login_block_after: int = 10  # failures of one account from one IP that block the pair
+    login_ip_block_after: int = 100  # failures from one IP on any accounts that block it
     login_account_block_after: int = 30  # failures on one account that block it
     login_block_time: int = 900  # how long a block lasts
     default_quota: int = 0  # octets of storage for users added from now on; 0 = unlimited
     max_line_length: int = 16384  # octets of an SMTP message text line, without CRLF
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE  # octets of a message's header section
     imap_max_connections_per_user: int = 10  # logged-in IMAP sessions per user and IP
+    # networks whose clients the failed-login throttle never delays, blocks or counts
+    login_throttle_exempt: tuple[str, ...] = ()
 
 
 SMARTHOST_TLS = ("starttls", "implicit")
@@ -418,8 +421,18 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     except ValueError as e:
         raise r.fail("[limits] default_quota", str(e)) from None
     warnings += _unitless_size_warning(r, "[limits] default_quota", limits.get("default_quota"))
+    exempt = limits.get("login_throttle_exempt", [])
+    if not isinstance(exempt, list) or not all(isinstance(n, str) for n in exempt):
+        raise r.fail("[limits] login_throttle_exempt", 'must be a list of networks ("10.0.0.0/8")')
+    for network in exempt:
+        try:
+            ipaddress.ip_network(network.strip(), strict=False)
+        except ValueError:
+            raise r.fail(
+                "[limits] login_throttle_exempt", f'"{network}" is not an IP network'
+            ) from None
     for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
-        if limit in SIZE_LIMITS or limit == "default_quota":
+        if limit in SIZE_LIMITS or limit in ("default_quota", "login_throttle_exempt"):
             continue
         value = limits.get(limit, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -525,7 +538,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
         listen=listen,
         tls=TLSConfig(r.path(cert) if cert else None, r.path(key) if key else None),
-        limits=LimitsConfig(max_message_size=max_size, **limit_values),
+        limits=LimitsConfig(
+            max_message_size=max_size,
+            login_throttle_exempt=tuple(n.strip() for n in exempt),
+            **limit_values,
+        ),
         relay=RelayConfig(
             smarthost=smarthost,
             nameservers=tuple(r.address("[relay] nameservers", n, 53) for n in nameservers),

@@ -2,13 +2,15 @@
 UNIX socket, C{DATA_DIR/control}, mode 0600; DESIGN §3).
 
 Server side: L{control_factory} answers L{Flush} with the callable it is given (the queue
-runner's C{flush}).  Client side: L{flush} speaks the same AMP boxes over a blocking
-socket, so the synchronous CLI needs no reactor; with no server listening it raises
-L{NoServer}.
+runner's C{flush}), and L{ThrottleList} / L{ThrottleUnblock} from the failed-login throttle
+it is given.  Client side: L{flush}, L{throttle_list} and L{throttle_unblock} speak the same
+AMP boxes over a blocking socket, so the synchronous CLI needs no reactor; with no server
+listening they raise L{NoServer}.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -19,6 +21,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
+
+from twistedmail.throttle import Block, LoginThrottle
 
 TIMEOUT = 30.0  # seconds the CLI waits for an answer
 MAX_UNIX_PATH = 100  # sun_path holds 108 octets on Linux, 104 on BSDs
@@ -45,6 +49,26 @@ class Flush(amp.Command):
     response = [(b"queued", amp.Integer())]
 
 
+class ThrottleList(amp.Command):
+    """The login throttle's blocks (L{LoginThrottle.blocks}) from index C{start} on, as many
+    as fit in one AMP value: C{blocks} is a JSON list of C{[kind, ip, account,
+    seconds_left, failures]}; C{next} is the index to ask for next, 0 when done."""
+
+    arguments = [(b"start", amp.Integer())]
+    response = [(b"blocks", amp.Unicode()), (b"next", amp.Integer())]
+
+
+class ThrottleUnblock(amp.Command):
+    """Lift the blocks of an IP or account (L{LoginThrottle.unblock}); answer how many
+    blocks were lifted and failed logins forgotten."""
+
+    arguments = [(b"target", amp.Unicode())]
+    response = [(b"lifted", amp.Integer()), (b"forgotten", amp.Integer())]
+
+
+THROTTLE_PAGE = 48_000  # octets of JSON per ThrottleList answer (an AMP value is < 64 KiB)
+
+
 class NoServer(Exception):
     """Nothing listens on the control socket: the server is not running."""
 
@@ -52,9 +76,12 @@ class NoServer(Exception):
 class ControlProtocol(amp.AMP):
     """One CLI connection to the server."""
 
-    def __init__(self, flush: Callable[[], Awaitable[int]]) -> None:
+    def __init__(
+        self, flush: Callable[[], Awaitable[int]], throttle: LoginThrottle | None = None
+    ) -> None:
         super().__init__()
         self._flush = flush
+        self._throttle = throttle
 
     @Flush.responder
     def flush(self) -> defer.Deferred[dict[str, int]]:
@@ -63,10 +90,38 @@ class ControlProtocol(amp.AMP):
 
         return defer.Deferred.fromCoroutine(run())
 
+    @ThrottleList.responder
+    def throttle_list(self, start: int) -> dict[str, Any]:
+        blocks = self._throttle.blocks() if self._throttle is not None else []
+        page: list[str] = []
+        size = 2
+        index = max(start, 0)
+        while index < len(blocks):
+            b = blocks[index]
+            item = json.dumps([b.kind, b.ip, b.account, b.seconds_left, b.failures])
+            if page and size + len(item.encode()) + 1 > THROTTLE_PAGE:
+                break
+            page.append(item)
+            size += len(item.encode()) + 1
+            index += 1
+        return {"blocks": "[" + ",".join(page) + "]", "next": index if index < len(blocks) else 0}
 
-def control_factory(flush: Callable[[], Awaitable[int]]) -> Factory:
-    """The factory for the control socket's listener (C{UNIXServerEndpoint}, mode 0600)."""
-    factory = Factory.forProtocol(lambda: ControlProtocol(flush))
+    @ThrottleUnblock.responder
+    def throttle_unblock(self, target: str) -> dict[str, int]:
+        if self._throttle is None:
+            return {"lifted": 0, "forgotten": 0}
+        lifted, forgotten = self._throttle.unblock(target)
+        return {"lifted": lifted, "forgotten": forgotten}
+
+
+def control_factory(
+    flush: Callable[[], Awaitable[int]], throttle: LoginThrottle | None = None
+) -> Factory:
+    """The factory for the control socket's listener (C{UNIXServerEndpoint}, mode 0600).
+
+    @param throttle: the server's failed-login throttle, for C{twistedmail throttle}.
+    """
+    factory = Factory.forProtocol(lambda: ControlProtocol(flush, throttle))
     factory.noisy = False
     return factory
 
@@ -127,3 +182,29 @@ def flush(path: Path) -> int:
     @raise NoServer: the server is not running.
     """
     return int(call(path, b"Flush")[b"queued"])
+
+
+def throttle_list(path: Path) -> list[Block]:
+    """The blocks of the failed-login throttle of the server at C{path}, as it lists them.
+
+    @raise NoServer: the server is not running.
+    """
+    blocks: list[Block] = []
+    start = 0
+    while True:
+        answer = call(path, b"ThrottleList", {b"start": str(start).encode()})
+        for kind, ip, account, seconds_left, failures in json.loads(answer[b"blocks"]):
+            blocks.append(Block(kind, ip, account, float(seconds_left), int(failures)))
+        start = int(answer[b"next"])
+        if start == 0:
+            return blocks
+
+
+def throttle_unblock(path: Path, target: str) -> tuple[int, int]:
+    """Lift the blocks of C{target} (an IP or an address) in the server at C{path}.
+
+    @return: (blocks lifted, failed logins forgotten).
+    @raise NoServer: the server is not running.
+    """
+    answer = call(path, b"ThrottleUnblock", {b"target": target.encode("utf-8")})
+    return int(answer[b"lifted"]), int(answer[b"forgotten"])

@@ -31,8 +31,6 @@ UIDLs from the Maildir unique names, deletions applied at C{sync()} (QUIT).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 import secrets
@@ -41,7 +39,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-from twisted.cred.error import LoginDenied, LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
@@ -53,7 +50,8 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistedmail.auth import ClientCredentials, LoginBlocked, RunInThread, log_login
+from twistedmail import auth, sasl
+from twistedmail.auth import RunInThread
 from twistedmail.maildir import (
     ChangeNotifier,
     Folder,
@@ -105,6 +103,7 @@ ERR_LOGIN_BLOCKED = "[SYS/TEMP] too many failed logins, try again later"  # RFC 
 ERR_NOT_REMOVED = "[SYS/TEMP] some deleted messages not removed"  # RFC 1939 §6
 
 SASL_MECHANISMS = (b"PLAIN",)
+_SASL_OFFERED = tuple(m.decode("ascii") for m in SASL_MECHANISMS)
 _NUMBER = re.compile(rb"[0-9]{1,9}\Z")
 _TOP_READ_LIMIT = 65536
 
@@ -293,6 +292,7 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         self.user: str | None = None
         self._user_arg: bytes | None = None
         self._sasl_pending = False
+        self._sasl: sasl.Exchange | None = None
         self._tls_started = False
         self._lost = False
         self._deleted: set[int] = set()
@@ -470,7 +470,12 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         user, self._user_arg = self._user_arg, None
         if user is None:
             raise NegativeResponse(ERR_USER_FIRST)
-        await self._login(user, password)
+        try:
+            credentials = sasl.credentials(user, password)
+        except sasl.Malformed as e:
+            auth.refused("pop3", e, self.peer_ip)
+            raise NegativeResponse(ERR_AUTH_FAILED) from None
+        await self._login(credentials)
 
     def do_APOP(self, *args: bytes) -> None:
         raise NegativeResponse(ERR_APOP)
@@ -482,48 +487,53 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
             # The RFC 1734 listing form, still sent by some clients to probe.
             self._send(OK, *SASL_MECHANISMS, b".")
             return None
-        if mechanism.upper() not in SASL_MECHANISMS:
-            raise NegativeResponse(ERR_MECHANISM)
-        if initial is None:
-            # RFC 5034 §4: an empty server challenge is "+ " CRLF.
-            self._send(b"+ ")
-            self._sasl_pending = True
-            return None
+        try:
+            self._sasl = sasl.Exchange(mechanism, _SASL_OFFERED)
+        except sasl.UnsupportedMechanism:
+            raise NegativeResponse(ERR_MECHANISM) from None
         # RFC 5034 §4: "=" is an initial response of zero length.
-        return self._sasl_response(b"" if initial == b"=" else initial, initial=True)
+        return self._sasl_step(lambda exchange: exchange.start(initial))
 
-    async def _sasl_response(self, line: bytes, initial: bool = False) -> None:
-        """Finish AUTH PLAIN with the client's response (RFC 4616 §2)."""
-        if line == b"*" and not initial:
-            raise NegativeResponse(ERR_AUTH_CANCELLED)  # RFC 5034 §4: MUST answer -ERR
-        try:
-            message = base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
-            raise NegativeResponse(ERR_BAD_BASE64) from None
-        parts = message.split(b"\0")
-        if len(parts) != 3 or not parts[1]:
-            log_login("pop3", b"", self.peer_ip, False)
-            raise NegativeResponse(ERR_AUTH_FAILED)
-        authzid, authcid, password = parts
-        if authzid and authzid != authcid:
-            # No proxy authorization: acting as another user is refused.
-            log_login("pop3", authcid, self.peer_ip, False)
-            raise NegativeResponse(ERR_AUTH_FAILED)
-        await self._login(authcid, password)
+    def _sasl_response(self, line: bytes) -> Any:
+        """The client's answer to a challenge of the exchange under way."""
+        return self._sasl_step(lambda exchange: exchange.respond(line))
 
-    async def _login(self, user: bytes, password: bytes) -> None:
-        credentials = ClientCredentials(user, password, self.peer_ip)
+    def _sasl_step(self, step: Callable[[sasl.Exchange], bytes | sasl.Credentials]) -> Any:
+        """One step of the SASL exchange (L{twistedmail.sasl}), answered as RFC 5034 §4 says."""
+        exchange = self._sasl
+        assert exchange is not None
         try:
-            iface, avatar, logout = await self.portal.login(credentials, None, pop3.IMailbox)
-        except (LoginFailed, LoginDenied):
-            log_login("pop3", user, self.peer_ip, False)
+            outcome = step(exchange)
+        except sasl.Cancelled:
+            self._sasl = None
+            raise NegativeResponse(ERR_AUTH_CANCELLED) from None  # RFC 5034 §4: MUST -ERR
+        except sasl.BadBase64:
+            self._sasl = None
+            raise NegativeResponse(ERR_BAD_BASE64) from None  # RFC 5034 §4: MUST reject
+        except sasl.Malformed as e:
+            self._sasl = None
+            auth.refused("pop3", e, self.peer_ip)
             raise NegativeResponse(ERR_AUTH_FAILED) from None
-        except LoginBlocked:
-            log_login("pop3", user, self.peer_ip, False)
+        if isinstance(outcome, sasl.Credentials):
+            self._sasl = None
+            return self._login(outcome)
+        # RFC 5034 §4: "+ " and the base64 challenge (empty for PLAIN, RFC 4616 §2).
+        self._send(b"+ " + sasl.encode_challenge(outcome))
+        self._sasl_pending = True
+        return None
+
+    async def _login(self, credentials: sasl.Credentials) -> None:
+        try:
+            result = await auth.login(
+                self.portal, pop3.IMailbox, credentials, service="pop3", peer_ip=self.peer_ip
+            )
+        except auth.LoginFailed:
+            raise NegativeResponse(ERR_AUTH_FAILED) from None
+        except auth.LoginBlocked:
             raise NegativeResponse(ERR_LOGIN_BLOCKED) from None  # the failed-login throttle
-        if iface is not pop3.IMailbox:
-            logout()
-            raise RuntimeError(f"realm returned {iface!r}, not pop3.IMailbox")
+        except auth.LoginUnavailable:
+            raise NegativeResponse(ERR_SERVER) from None
+        avatar, logout = result.avatar, result.logout
         if self._lost:
             logout()
             return
@@ -538,10 +548,9 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
             if self._lost:
                 logout()
                 return
-        log_login("pop3", user, self.peer_ip, True)
         self.mbox = avatar
         self._onLogout = logout
-        self.user = user.decode("utf-8", "replace")
+        self.user = result.address
         self.pop3_state = TRANSACTION
         self._send(OK_LOGGED_IN)
 

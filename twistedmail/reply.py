@@ -57,7 +57,9 @@ REPLY_500_UNKNOWN_COMMAND = R(500, "5.5.2", "Command not recognized")
 REPLY_501_SYNTAX = R(501, "5.5.4", "Syntax error in parameters or arguments")
 REPLY_501_BAD_ADDRESS = R(501, "5.1.3", "Bad address syntax")
 REPLY_501_BAD_SENDER = R(501, "5.1.7", "Bad sender address syntax")
-REPLY_501_AUTH_CANCELLED = R(501, "5.7.0", "Authentication cancelled")
+# RFC 4954 §4: a cancelled exchange MUST get 501; §6 gives 501 5.7.0 another meaning
+# ("Client initiated Authentication Exchange"), so the enhanced code is the generic 5.0.0.
+REPLY_501_AUTH_CANCELLED = R(501, "5.0.0", "Authentication cancelled")
 REPLY_501_BAD_BASE64 = R(501, "5.5.2", "Cannot decode response")
 REPLY_502_NOT_IMPLEMENTED = R(502, "5.5.1", "Command not implemented")
 REPLY_503_EHLO_FIRST = R(503, "5.5.1", "Send HELO/EHLO first")

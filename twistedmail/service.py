@@ -71,7 +71,7 @@ from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
-from twistedmail.throttle import ThrottlePolicy
+from twistedmail.throttle import ThrottlePolicy, parse_networks
 
 log = Logger(namespace="twistedmail.service")
 
@@ -155,10 +155,13 @@ def load_throttle(throttle: LoginThrottle, path: Path) -> None:
     except (OSError, ValueError) as e:
         log.warn("login throttle state {path} ignored: {error}", path=str(path), error=str(e))
         return
+    kinds = [block.kind for block in throttle.blocks()]
     log.info(
-        "login throttle state restored: {ips} blocked IPs, {accounts} blocked accounts",
-        ips=len(state["ip_blocked"]),
-        accounts=len(state["account_blocked"]),
+        "login throttle state restored: {ips} blocked IPs, {pairs} blocked IP+account pairs,"
+        " {accounts} blocked accounts",
+        ips=kinds.count("ip"),
+        pairs=kinds.count("ip+account"),
+        accounts=kinds.count("account"),
     )
 
 
@@ -325,8 +328,10 @@ class MailServer(MultiService):
             ThrottlePolicy(
                 window=limits.login_failure_window,
                 block_after=limits.login_block_after,
+                ip_block_after=limits.login_ip_block_after,
                 account_block_after=limits.login_account_block_after,
                 block_time=limits.login_block_time,
+                exempt=parse_networks(limits.login_throttle_exempt),
             ),
         )
         self.throttle_path = config.server.data_dir / "throttle.json"
@@ -427,7 +432,7 @@ class MailServer(MultiService):
             endpoints.UNIXServerEndpoint(
                 reactor, socket_address(control_path(config)), mode=0o600, wantPID=True
             ),
-            control_factory(self.queue.flush),
+            control_factory(self.queue.flush, throttle=self.throttle),
         )
         control._raiseSynchronously = True
         control.setName(f"control@{control_path(config)}")

@@ -226,8 +226,9 @@ def test_login_block_survives_a_restart(tmp_path: Path) -> None:
         server.restart()  # SIGTERM: a clean stop saves the state
         assert (server.data_dir / "throttle.json").stat().st_mode & 0o777 == 0o600
         assert login(PASSWORDS[ALICE]) == blocked
-        assert "login throttle state restored: 1 blocked IPs, 0 blocked accounts" in (
-            server.log.read_text()
+        assert (
+            "login throttle state restored: 0 blocked IPs, 1 blocked IP+account pairs,"
+            " 0 blocked accounts" in server.log.read_text()
         )
     finally:
         server.stop()

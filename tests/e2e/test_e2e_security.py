@@ -334,7 +334,10 @@ def test_failed_logins_are_throttled_then_blocked(strict_server: Server) -> None
         "[twistedmail.auth#warn] login failed: service=smtp user=alice@example.test"
         " ip=127.0.0.1"
     )
-    assert "login throttle: blocking ip=127.0.0.1 for 900s after 3 failed logins" in log
+    assert (
+        "login throttle: blocking user=alice@example.test from ip=127.0.0.1 for 900s after 3"
+        " failed logins" in log
+    )
     pattern = fail2ban_failregex().replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)")
     body = re.compile(pattern)
     hosts = []

@@ -34,15 +34,12 @@ PERMANENTFLAGS and UNSEEN, which RFC 3501 §6.3.1 requires and stock never sent.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import inspect
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -54,7 +51,8 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistedmail.auth import ClientCredentials, LoginBlocked, log_login
+from twistedmail import auth, sasl
+from twistedmail.auth import log_login
 from twistedmail.imap.compress import CompressionError, DeflateTransport, Inflater
 from twistedmail.imap.mailbox import SearchError, parse_sequence_set
 from twistedmail.imap.message import (
@@ -105,6 +103,8 @@ STATUS_ITEMS |= {"DELETED", "DELETED-STORAGE"}  # RFC 9208 §4.1.4 (QUOTA=RES-*)
 STATUS_ITEMS |= {"APPENDLIMIT"}  # RFC 7889 §3.2
 _ATOM_SPECIALS = frozenset(b'(){%*"\\]' + bytes(range(0x21)) + b"\x7f")
 """RFC 3501 §9: octets not allowed in an atom (atom-specials, SP, CTL; "]" is resp-specials)."""
+SASL_MECHANISMS = ("PLAIN",)
+"""AUTHENTICATE mechanisms offered (L{twistedmail.sasl}), only under TLS (RFC 3501 §6.2.2)."""
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 UTF8_ACCEPT = b"UTF8=ACCEPT"
 ENABLEABLE: frozenset[bytes] = frozenset({UTF8_ACCEPT, b"CONDSTORE", b"QRESYNC"})
@@ -345,7 +345,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     def capabilities(self) -> dict[bytes, Any]:
         cap: dict[bytes, Any] = {}
         if self.secure():
-            cap[b"AUTH"] = [b"PLAIN"]
+            cap[b"AUTH"] = [m.encode("ascii") for m in SASL_MECHANISMS]
         else:
             if self.ctx is not None and self.canStartTLS:
                 cap[b"STARTTLS"] = None
@@ -785,7 +785,12 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if not self.secure():
             log_login("imap", user, self.peer, False)
             raise _no(b"Plaintext authentication disallowed without TLS", b"PRIVACYREQUIRED")
-        await self._login(user, password)
+        try:
+            credentials = sasl.credentials(user, password)
+        except sasl.Malformed as e:
+            auth.refused("imap", e, self.peer)
+            raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+        await self._login(credentials)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
     unauth_LOGIN = (do_LOGIN, arg_astring, arg_finalastring)
@@ -793,27 +798,25 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def do_AUTHENTICATE(self, tag: bytes, mechanism: bytes, initial: bytes | None) -> bytes:
         if not self.secure():
             raise _no(b"Authentication disallowed without TLS", b"PRIVACYREQUIRED")
-        if mechanism.upper() != b"PLAIN":
-            raise _no(b"Unsupported authentication mechanism", b"CANNOT")
-        if initial is None:
-            self.sendContinuationRequest(b"")
-            response = await self.read_line()
-        else:
-            response = initial
-        if response.strip() == b"*":
-            raise _bad(b"Authentication cancelled")  # RFC 3501 §6.2.2
         try:
-            decoded = base64.b64decode(response.strip() or b"=", validate=True)
-        except (binascii.Error, ValueError):
-            raise _bad(b"Invalid base64 response") from None
-        parts = decoded.split(b"\0")
-        if len(parts) != 3 or not parts[1]:
-            raise _bad(b"Malformed PLAIN response")
-        authzid, authcid, password = parts
-        if authzid and authzid != authcid:
-            log_login("imap", authcid, self.peer, False)
-            raise _no(b"Authorization identity not allowed", b"AUTHORIZATIONFAILED")
-        await self._login(authcid, password)
+            exchange = sasl.Exchange(mechanism, SASL_MECHANISMS)
+            # RFC 4959 §3: an initial response ("=" for an empty one) saves a round trip.
+            outcome = exchange.start(initial)
+            while not isinstance(outcome, sasl.Credentials):
+                # RFC 3501 §6.2.2: "+ " and the base64 challenge (empty for PLAIN).
+                self.sendContinuationRequest(sasl.encode_challenge(outcome))
+                outcome = exchange.respond(await self.read_line())
+        except sasl.UnsupportedMechanism:
+            raise _no(b"Unsupported authentication mechanism", b"CANNOT") from None
+        except sasl.Cancelled:
+            raise _bad(b"Authentication cancelled") from None  # RFC 3501 §6.2.2
+        except sasl.BadBase64:
+            raise _bad(b"Invalid base64 response") from None  # RFC 3501 §6.2.2
+        except sasl.Malformed as e:
+            auth.refused("imap", e, self.peer)
+            # RFC 5530 §3: the credentials are wrong, whatever the reason.
+            raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+        await self._login(outcome)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_atom, arg_rest)
@@ -823,38 +826,34 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     ) -> None:
         self.sendLine(b"+ " + (msg or b""))
 
-    async def _login(self, user: bytes, password: bytes) -> None:
+    async def _login(self, credentials: sasl.Credentials) -> None:
         if self.portal is None:
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE")
         try:
-            iface, avatar, logout = await self.portal.login(
-                ClientCredentials(user, password, self.peer), None, imap4.IAccount
+            result = await auth.login(
+                self.portal, imap4.IAccount, credentials, service="imap", peer_ip=self.peer
             )
-        except UnauthorizedLogin:
-            log_login("imap", user, self.peer, False)
+        except auth.LoginFailed:
             raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
-        except LoginBlocked:
-            log_login("imap", user, self.peer, False)
+        except auth.LoginBlocked:
             # RFC 5530 §3: UNAVAILABLE, a temporary failure (the failed-login throttle).
             raise _no(b"Too many failed logins, try again later", b"UNAVAILABLE") from None
-        except Exception:
-            log.failure("imap login error session={session}", session=self.session)
+        except auth.LoginUnavailable:
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
-        address = getattr(avatar, "address", None) or user.decode("utf-8", "replace")
+        avatar, logout, address = result.avatar, result.logout, result.address
         if self.user_limit is not None:
             if not self.user_limit.acquire(address, self.peer):
                 logout()
                 # RFC 5530 §3: UNAVAILABLE; as Dovecot's mail_max_userip_connections.
                 raise _no(b"Maximum number of connections from user+IP exceeded", b"UNAVAILABLE")
             self._user_slot = (address, self.peer)
-        log_login("imap", user, self.peer, True)
         prepare = getattr(avatar, "prepare", None)
         if prepare is not None:
             try:
                 await prepare()  # INBOX, and the special-use folders on first login
             except Exception:
                 log.failure("imap folder setup failed session={session}", session=self.session)
-        self.user = getattr(avatar, "address", None) or user.decode("utf-8", "replace")
+        self.user = address
         self.account = avatar
         self._onLogout = logout
         self.state = "auth"

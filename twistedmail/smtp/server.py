@@ -22,9 +22,10 @@ over loopback; C{tests/test_attacks_smtp.py} sends the same bytes:
   - (b') an over-long line inside DATA fails the transaction and the session stays in DATA
     (body lines never run as commands).  Stock Twisted went back to command mode there, so
     a body line "MAIL FROM:..." started a second, delivered transaction;
-  - (c) AUTH only after TLS (C{530 5.7.0} before), malformed AUTH input gets C{501}.  Stock
-    Twisted accepted AUTH PLAIN in cleartext and dropped the connection on AUTH without a
-    mechanism or a PLAIN response without NULs;
+  - (c) AUTH only after TLS (C{530 5.7.0} before), undecodable AUTH input gets C{501}, a
+    malformed SASL message C{535} (L{twistedmail.sasl}).  Stock Twisted accepted AUTH PLAIN
+    in cleartext and dropped the connection on AUTH without a mechanism or a PLAIN response
+    without NULs;
   - (d) STARTTLS drops every byte pipelined after it and resets the session (RFC 3207 §4.2).
     Stock Twisted ran commands sent in the same packet as STARTTLS, and their replies were
     the first lines read inside TLS (command injection); MAIL before STARTTLS survived it;
@@ -51,8 +52,6 @@ C{max_message_size}, then discarded (C{552 5.3.4}).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 import secrets
@@ -62,7 +61,6 @@ from email.utils import format_datetime
 from typing import Any, Protocol
 
 import attrs
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, ITLSTransport
@@ -73,7 +71,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from twistedmail import auth
+from twistedmail import auth, sasl
 from twistedmail.accounts import AccountStore
 from twistedmail.address import AddressError, Mailbox, normalize_domain, parse_path
 from twistedmail.delivery import LocalDelivery
@@ -91,7 +89,6 @@ from twistedmail.reply import (
     REPLY_250_RESET,
     REPLY_250_SENDER_OK,
     REPLY_252_CANNOT_VRFY,
-    REPLY_334_CONTINUE,
     REPLY_354_DATA,
     REPLY_421_AUTH_FAILURES,
     REPLY_421_TIMEOUT,
@@ -154,6 +151,7 @@ _PRINTABLE = re.compile(rb"[\x21-\x7e]+")
 # A HELO argument shown in the Received: header: a domain or an address literal.
 _HELO_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9:.]+\]")
 _SASL_MECHANISMS = (b"PLAIN", b"LOGIN")
+_SASL_OFFERED = tuple(m.decode("ascii") for m in _SASL_MECHANISMS)
 # RFC 5322 §2.2: a header field starts with its name (printable ASCII but ":") and ":",
 # a folded continuation line with WSP (§2.2.3).
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
@@ -504,8 +502,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._transactions = 0
         self._closed = False
         self._unterminated = 0
-        self._auth_mechanism: bytes | None = None
-        self._auth_username: bytes | None = None
+        self._auth_exchange: sasl.Exchange | None = None
         self._reset_transaction()
 
     # -- connection ------------------------------------------------------------------
@@ -990,89 +987,73 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         if not words or len(words) > 2:
             self.send_reply(REPLY_501_SYNTAX)
             return
-        mechanism = words[0].upper()
-        if mechanism not in _SASL_MECHANISMS:
+        try:
+            exchange = sasl.Exchange(words[0], _SASL_OFFERED)
+        except sasl.UnsupportedMechanism:
             self.send_reply(REPLY_504_AUTH_MECHANISM)
             return
-        self._auth_mechanism = mechanism
-        self._auth_username = None
+        self._auth_exchange = exchange
         self.mode = AUTH
-        if len(words) == 2:
-            # RFC 4954 §4: an initial response; "=" is an empty one.
-            self._auth_step(b"" if words[1] == b"=" else words[1], initial=True)
-        elif mechanism == b"PLAIN":
-            self.send_reply(REPLY_334_CONTINUE)  # RFC 4616 §2: empty challenge
-        else:
-            self._send_challenge(b"Username:")
-
-    def _send_challenge(self, challenge: bytes) -> None:
-        self.transport.write(b"334 " + base64.b64encode(challenge) + CRLF)
+        # RFC 4954 §4: an initial response ("=" for an empty one) saves the first challenge.
+        self._auth_step(lambda: exchange.start(words[1] if len(words) == 2 else None))
 
     def state_AUTH(self, line: bytes) -> None:
-        line = line.strip()
-        if line == b"*":
-            self._end_auth()
-            self.send_reply(REPLY_501_AUTH_CANCELLED)  # RFC 4954 §4
-            return
-        self._auth_step(line, initial=False)
+        exchange = self._auth_exchange
+        assert exchange is not None
+        self._auth_step(lambda: exchange.respond(line))
 
     def _end_auth(self) -> None:
         if self.mode == AUTH:
             self.mode = COMMAND
-        self._auth_mechanism = None
-        self._auth_username = None
+        self._auth_exchange = None
 
-    def _auth_step(self, response: bytes, initial: bool) -> None:
+    def _auth_step(self, step: Callable[[], bytes | sasl.Credentials]) -> None:
+        """One step of the SASL exchange (L{twistedmail.sasl}): a challenge (C{334}), or
+        the end of it, answered as RFC 4954 §4 and §6 say."""
         try:
-            decoded = base64.b64decode(response, validate=True) if response else b""
-        except (binascii.Error, ValueError):
+            outcome = step()
+        except sasl.Cancelled:
             self._end_auth()
-            self.send_reply(REPLY_501_BAD_BASE64)  # RFC 4954 §4
+            self.send_reply(REPLY_501_AUTH_CANCELLED)  # RFC 4954 §4: MUST reject with 501
             return
-        if self._auth_mechanism == b"PLAIN":
-            # RFC 4616 §2: [authzid] NUL authcid NUL passwd
-            parts = decoded.split(b"\0")
+        except sasl.BadBase64:
             self._end_auth()
-            if len(parts) != 3 or not parts[1]:
-                self.send_reply(REPLY_501_BAD_BASE64)
-                return
-            authzid, authcid, password = parts
-            self._run(self._login(authcid, password, authzid))
-        elif self._auth_username is None:
-            self._auth_username = decoded  # LOGIN: the user name, then the password
-            self._send_challenge(b"Password:")
+            self.send_reply(REPLY_501_BAD_BASE64)  # RFC 4954 §4, §6: 501 5.5.2
+            return
+        except sasl.Malformed as e:
+            self._end_auth()
+            auth.refused("smtp", e, self.peer_ip)
+            self.send_reply(REPLY_535_AUTH_FAILED)  # RFC 4954 §6: no password was tried
+            return
+        if isinstance(outcome, sasl.Credentials):
+            self._end_auth()
+            self._run(self._login(outcome))
         else:
-            username = self._auth_username
-            self._end_auth()
-            self._run(self._login(username, decoded, b""))
+            # RFC 4954 §4: "334 " and the base64 challenge (empty for PLAIN, RFC 4616 §2).
+            self.transport.write(b"334 " + sasl.encode_challenge(outcome) + CRLF)
 
-    async def _login(self, authcid: bytes, password: bytes, authzid: bytes) -> Reply:
+    async def _login(self, credentials: sasl.Credentials) -> Reply:
         assert self.portal is not None
-        avatar: Any = None
-        if not authzid or authzid == authcid:  # RFC 4616 §2: no proxy authorization
-            try:
-                _, avatar, _ = await self.portal.login(
-                    auth.ClientCredentials(authcid, password, self.peer_ip),
-                    None,
-                    IAuthenticatedUser,
-                )
-            except UnauthorizedLogin:
-                avatar = None
-            except auth.LoginBlocked:
-                auth.log_login("smtp", authcid, self.peer_ip, False)
-                return REPLY_454_LOGIN_BLOCKED  # RFC 4954 §6: temporary failure
-            except Exception:
-                log.failure("session {session}: AUTH failed unexpectedly", session=self.session_id)
-                return REPLY_454_AUTH_TEMP  # RFC 4954 §6
-        auth.log_login("smtp", authcid, self.peer_ip, avatar is not None)
-        if avatar is not None:
-            self.user = avatar.address
-            self.authenticated = True
-            return REPLY_235_AUTH_OK
-        self._auth_failures += 1
-        if self._auth_failures >= MAX_AUTH_FAILURES:
-            return REPLY_421_AUTH_FAILURES
-        return REPLY_535_AUTH_FAILED
+        try:
+            result = await auth.login(
+                self.portal,
+                IAuthenticatedUser,
+                credentials,
+                service="smtp",
+                peer_ip=self.peer_ip,
+            )
+        except auth.LoginFailed:
+            self._auth_failures += 1
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                return REPLY_421_AUTH_FAILURES
+            return REPLY_535_AUTH_FAILED
+        except auth.LoginBlocked:
+            return REPLY_454_LOGIN_BLOCKED  # RFC 4954 §6: temporary failure
+        except auth.LoginUnavailable:
+            return REPLY_454_AUTH_TEMP  # RFC 4954 §6
+        self.user = result.avatar.address
+        self.authenticated = True
+        return REPLY_235_AUTH_OK
 
 
 class SMTPServerFactory(ServerFactory):
