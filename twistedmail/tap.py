@@ -62,11 +62,14 @@ class _StartGuard(MultiService):
             self._cannot_listen(e)
 
     def startService(self) -> None:
-        # The control socket is bound here, after twistd dropped root (service.py).
+        # The control socket is bound and the store opened here, after twistd forked and
+        # dropped root (service.py).
         try:
             super().startService()
         except CannotListenError as e:
             self._cannot_listen(e)
+        except ConfigError as e:
+            _fail(str(e))
 
     def _cannot_listen(self, e: CannotListenError) -> NoReturn:
         reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
