@@ -7,11 +7,13 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import BIN, PASSWORDS, Server, client_tls
 
 CAROL = "carol@example.test"
 
@@ -99,3 +101,39 @@ def test_daemon_stops_by_pid_file(daemon: Server) -> None:
     assert not daemon.running()
     assert not daemon.pidfile.exists()
     assert (daemon.data_dir / "throttle.json").exists()
+
+
+def test_daemon_start_error_is_reported_not_hung(tmp_path: Path) -> None:
+    """Without -n, a listen error after the fork ends twistd with status 1 and the error on
+    its stderr and in the log (a SystemExit in the child left twistd waiting forever)."""
+    server = Server(tmp_path)
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", server.ports["imap"]))
+    taken.listen()
+    try:
+        out = subprocess.run(
+            [
+                str(BIN / "twistd"),
+                f"--pidfile={server.pidfile}",
+                f"--logfile={server.log}",
+                "twistedmail",
+                "--config",
+                str(server.config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=server.root,
+        )
+    finally:
+        taken.close()
+    reason = f"cannot listen on 127.0.0.1:{server.ports['imap']}: Address already in use"
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == (
+        f"An error has occurred: b'StartError: [listen] imap: {reason}'"
+    )
+    assert f"twistedmail: error: {server.config}: [listen] imap: {reason}" in (
+        server.log.read_text()
+    )
+    assert not server.pidfile.exists()
