@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import pwd
 import sqlite3
 import sys
 import time
@@ -116,6 +118,30 @@ class _Context:
         self.config_path = config_path
         self.config = config_module.load_config(config_path)
         self._store: AccountStore | None = None
+        self._root_ids: tuple[list[int], int] | None = None
+
+    def act_as_data_dir_owner(self) -> None:
+        """Run as root against a data dir owned by another user (the server's, after
+        C{twistd -u}): switch the effective user and groups to the data dir's owner, so
+        every file and directory a command creates there (the store's SQLite files and
+        their -wal/-shm, DKIM keys, Maildirs, deleted/) belongs to the server's user, as if
+        the command had been run as that user (issue 9).  Undone by L{close}."""
+        if os.geteuid() != 0 or self._root_ids is not None:
+            return
+        try:
+            st = self.config.server.data_dir.stat()
+        except OSError:
+            return  # not there yet: created by root, handed over at the server's start
+        if st.st_uid == 0:
+            return
+        try:
+            groups = os.getgrouplist(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
+        except KeyError:
+            groups = [st.st_gid]
+        self._root_ids = (os.getgroups(), os.getegid())
+        os.setgroups(groups)
+        os.setegid(st.st_gid)
+        os.seteuid(st.st_uid)
 
     def store(self, create: bool = True) -> AccountStore:
         """Open the account store; C{create=False} refuses to create a missing one (reads).
@@ -137,6 +163,12 @@ class _Context:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._root_ids is not None:
+            groups, egid = self._root_ids
+            self._root_ids = None
+            os.seteuid(0)
+            os.setgroups(groups)
+            os.setegid(egid)
 
 
 def _out(text: str) -> None:
@@ -276,8 +308,69 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     from twistedmail.service import smarthost  # the smarthost's CA and password files
 
     smarthost(ctx.config)
+    ctx.act_as_data_dir_owner()
+    _check_dkim_keys(ctx)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
+
+
+def _readable_by(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
+    """Whether a file of status C{st} grants C{bits} (4 read, 1 search) to C{uid}/C{gids}."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode >> 6 & bits == bits)
+    if st.st_gid in gids:
+        return bool(st.st_mode >> 3 & bits == bits)
+    return bool(st.st_mode & bits == bits)
+
+
+def _check_dkim_keys(ctx: _Context) -> None:
+    """Every DKIM key must be readable by the data dir's owner, the user the server runs as
+    (it is handed the data dir under C{twistd -u}): checked by opening it when this process
+    acts as that user (L{_Context.act_as_data_dir_owner}), else from the files' owner and
+    mode.  @raise UserError: the first key (or the key directory) it cannot read."""
+    directory = ctx.config.server.data_dir / "dkim"
+    try:
+        owner = ctx.config.server.data_dir.stat()
+        st = directory.stat()
+    except FileNotFoundError:
+        return
+    try:
+        name = pwd.getpwuid(owner.st_uid).pw_name
+        gids = set(os.getgrouplist(name, owner.st_gid))
+    except KeyError:
+        name, gids = str(owner.st_uid), {owner.st_gid}
+    fix = f"run: chown -R {owner.st_uid}:{owner.st_gid} {directory}"
+
+    def refuse(path: Path, what: str) -> NoReturn:
+        raise UserError(
+            f"{path}: {what} by {name}, the data dir's owner the server runs as"
+            f" (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}); {fix}"
+        )
+
+    as_owner = os.geteuid() == owner.st_uid
+    if not as_owner and not _readable_by(st, owner.st_uid, gids, 5):
+        refuse(directory, "DKIM key directory not readable")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        if as_owner:
+            refuse(directory, f"DKIM key directory not readable ({e.strerror})")
+        return  # we cannot list it, but its owner can
+    for entry in names:
+        path = directory / entry
+        if not entry.endswith(tuple(dkim_module.KEY_SUFFIXES)):
+            continue
+        try:
+            st = path.stat()
+            if as_owner:
+                with open(path, "rb"):
+                    pass
+            elif not _readable_by(st, owner.st_uid, gids, 4):
+                refuse(path, "DKIM key not readable")
+        except OSError as e:
+            refuse(path, f"DKIM key not readable ({e.strerror})")
 
 
 def _when(seconds: float) -> str:
@@ -485,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         ctx = _Context(args.config)
+        if args.func is not cmd_check_config:  # it reads root's TLS files first
+            ctx.act_as_data_dir_owner()
         args.func(ctx, args)
         return 0
     except (
