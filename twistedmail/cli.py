@@ -33,7 +33,7 @@ from twistedmail import dkim as dkim_module
 from twistedmail.accounts import AccountStore, Quota, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
-from twistedmail.maildir import mailbox_root
+from twistedmail.maildir import MaildirError, mailbox_root
 from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
@@ -143,6 +143,24 @@ class _Context:
         os.setegid(st.st_gid)
         os.seteuid(st.st_uid)
 
+    def require_data_dir(self) -> None:
+        """@raise UserError: the data dir does not exist: a command never creates it (a CLI
+        run with another config, or from another directory, would start a second, empty
+        account store that the server never reads); C{twistedmail init} does (issue 9)."""
+        data_dir = self.config.server.data_dir
+        if data_dir.is_dir():
+            return
+        source = self.config.source
+        origin = (
+            f"[server] data_dir of {source}"
+            if source is not None
+            else "the default without a config file, in the current directory"
+        )
+        raise UserError(
+            f"data dir {data_dir} does not exist ({origin}); for a first setup create it with"
+            f" '{PROG} init' (or by starting the server once), else check --config"
+        )
+
     def store(self, create: bool = True) -> AccountStore:
         """Open the account store; C{create=False} refuses to create a missing one (reads).
 
@@ -150,8 +168,9 @@ class _Context:
         """
         if self._store is None:
             path = config_module.store_path(self.config)
+            self.require_data_dir()
             if create:
-                config_module.ensure_data_dir(self.config)
+                config_module.ensure_data_dir(self.config)  # mail/ and the umask
             elif not path.exists():
                 data_dir = self.config.server.data_dir
                 raise UserError(
@@ -178,6 +197,39 @@ def _out(text: str) -> None:
 # commands
 
 
+def cmd_init(ctx: _Context, args: argparse.Namespace) -> None:
+    """The explicit first setup: create the data dir (0700), C{mail/} and the account store;
+    nothing is changed when they exist."""
+    data_dir = ctx.config.server.data_dir
+    existed = config_module.store_path(ctx.config).exists()
+    config_module.ensure_data_dir(ctx.config)
+    ctx.store()
+    _out(f"data dir {data_dir} {'already set up' if existed else 'created'}")
+
+
+def _maildir(ctx: _Context, mbox: Mailbox) -> Path:
+    try:
+        return mailbox_root(config_module.mail_dir(ctx.config), str(mbox))
+    except MaildirError:
+        raise UserError(f"invalid address {str(mbox)!r} for a mailbox") from None
+
+
+def _move_aside(ctx: _Context, path: Path, name: str) -> Path:
+    """Move C{path} (a Maildir, or a domain's directory of them) to
+    C{DATA_DIR/deleted/NAME-TIMESTAMP/} (UTC, e.g. C{20261206T221500Z}), where nobody can
+    log in to it, and return the new path (issue 9)."""
+    deleted = ctx.config.server.data_dir / "deleted"
+    deleted.mkdir(mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = deleted / f"{name}-{stamp}"
+    n = 1
+    while target.exists():  # deleted twice in one second
+        n += 1
+        target = deleted / f"{name}-{stamp}-{n}"
+    os.rename(path, target)
+    return target
+
+
 def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
     mbox = _address(args.address)
     store = ctx.store()
@@ -185,6 +237,14 @@ def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
         raise UserError(f"user {mbox} already exists")
     if store.alias_targets(str(mbox)):
         raise UserError(f"{mbox} is already an alias")
+    maildir = _maildir(ctx, mbox)
+    if maildir.exists() and not args.adopt_maildir:
+        # Issue 9: a Maildir left by a user deleted with --keep-mail (or by hand) must not
+        # become the mail of a new owner of the same address without being asked.
+        raise UserError(
+            f"{maildir} already exists (mail of an earlier {mbox}?): move it away, or pass"
+            " --adopt-maildir to give that mail to the new user"
+        )
     password = read_password(args.password_stdin)
     quota = Quota(storage=ctx.config.limits.default_quota)
     mbox, added_domain = store.add_user(str(mbox), hash_password(password), quota)
@@ -205,8 +265,14 @@ def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
 
 def cmd_user_del(ctx: _Context, args: argparse.Namespace) -> None:
     mbox = _address(args.address)
+    maildir = _maildir(ctx, mbox)
     ctx.store(create=False).delete_user(str(mbox))
-    _out(f"deleted user {mbox} (its mail is kept)")
+    if not maildir.exists():
+        _out(f"deleted user {mbox} (it had no Maildir)")
+    elif args.keep_mail:
+        _out(f"deleted user {mbox} (its mail is kept in {maildir})")
+    else:
+        _out(f"deleted user {mbox}; its mail is moved to {_move_aside(ctx, maildir, str(mbox))}")
 
 
 def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -277,7 +343,17 @@ def cmd_domain_del(ctx: _Context, args: argparse.Namespace) -> None:
     except AddressError as e:
         raise UserError(f"invalid domain {args.domain!r}: {e}") from None
     ctx.store(create=False).delete_domain(name)
-    _out(f"deleted domain {name}")
+    # What is left in mail/DOMAIN/ (Maildirs of users deleted with --keep-mail) goes aside
+    # with the domain, unless --keep-mail (user add refuses to adopt it either way).
+    left = config_module.mail_dir(ctx.config) / name
+    if left.is_dir() and not any(left.iterdir()):
+        left.rmdir()
+    if not left.exists():
+        _out(f"deleted domain {name}")
+    elif args.keep_mail:
+        _out(f"deleted domain {name} (its mail is kept in {left})")
+    else:
+        _out(f"deleted domain {name}; its mail is moved to {_move_aside(ctx, left, name)}")
 
 
 def cmd_domain_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -489,15 +565,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    p = commands.add_parser(
+        "init", help="first setup: create the data dir and the account store (if missing)"
+    )
+    p.set_defaults(func=cmd_init)
+
     users = group("user", "manage users (mailboxes that can log in)")
     p = action(users, "add", cmd_user_add, "add a user (and its domain if new)")
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--adopt-maildir",
+        action="store_true",
+        help="give the new user the Maildir already at its path (else that is refused)",
+    )
     p = action(users, "passwd", cmd_user_passwd, "set a user's password")
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p = action(users, "del", cmd_user_del, "delete a user (the Maildir is kept)")
+    p = action(
+        users, "del", cmd_user_del, "delete a user; its Maildir is moved to DATA_DIR/deleted/"
+    )
     p.add_argument("address")
+    p.add_argument("--keep-mail", action="store_true", help="leave the Maildir where it is instead")
     p = action(users, "list", cmd_user_list, "list users, one per line")
     p.add_argument(
         "--quota",
@@ -519,6 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     p = action(domains, "del", cmd_domain_del, "delete a domain that has no users")
     p.add_argument("domain")
+    p.add_argument(
+        "--keep-mail",
+        action="store_true",
+        help="leave mail/DOMAIN/ where it is (default: moved to DATA_DIR/deleted/)",
+    )
     action(domains, "list", cmd_domain_list, "list domains, one per line")
 
     aliases = group("alias", "manage aliases (addresses that forward to others)")
@@ -579,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         ctx = _Context(args.config)
         if args.func is not cmd_check_config:  # it reads root's TLS files first
+            if args.func is not cmd_init:
+                ctx.require_data_dir()
             ctx.act_as_data_dir_owner()
         args.func(ctx, args)
         return 0

@@ -115,6 +115,10 @@ class Server:
         return result
 
     def add_user(self, address: str, password: str) -> None:
+        """C{twistedmail user add}, after C{twistedmail init} on a fresh data dir (the CLI
+        does not create a data dir by itself)."""
+        if not self.data_dir.exists():
+            self.cli("init")
         self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
 
     def start(self, twistd_args: tuple[str, ...] = (), daemon: bool = False) -> None:

@@ -137,3 +137,35 @@ def test_daemon_start_error_is_reported_not_hung(tmp_path: Path) -> None:
         server.log.read_text()
     )
     assert not server.pidfile.exists()
+
+
+def test_deleted_users_mail_never_reaches_the_next_owner(daemon: Server) -> None:
+    """Issue 9: user del moves the Maildir aside; a new user of the same address starts with
+    an empty INBOX over IMAP and POP3 (and an empty quota usage), while the old mail is
+    kept under DATA_DIR/deleted/."""
+    alice = "alice@example.test"
+    with smtplib.SMTP("127.0.0.1", daemon.ports["smtp"], timeout=10) as s:
+        s.sendmail("someone@remote.test", [alice], b"Subject: for the old alice\r\n\r\nsecret\r\n")
+    assert len(daemon.wait_for_messages(alice, 1)) == 1
+    imap = imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], ssl_context=client_tls())
+    imap.login(alice, PASSWORDS[alice])
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    imap.logout()
+
+    out = daemon.cli("user", "del", alice).stdout
+    [moved] = (daemon.data_dir / "deleted").iterdir()
+    assert out == f"deleted user {alice}; its mail is moved to {moved}\n"
+    [kept] = [p for sub in ("new", "cur") for p in (moved / sub).iterdir()]
+    assert kept.read_bytes().endswith(b"Subject: for the old alice\r\n\r\nsecret\r\n")
+    daemon.add_user(alice, "new-alice-pw-5")
+    daemon.cli("user", "quota", alice, "1MiB")
+    imap = imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], ssl_context=client_tls())
+    imap.login(alice, "new-alice-pw-5")
+    assert imap.select("INBOX") == ("OK", [b"0"])
+    assert imap.getquotaroot("INBOX")[1][1] == [b'"" (STORAGE 0 1024)']
+    imap.logout()
+    p = poplib.POP3_SSL("127.0.0.1", daemon.ports["pop3s"], context=client_tls(), timeout=10)
+    p.user(alice)
+    p.pass_("new-alice-pw-5")
+    assert p.stat() == (0, 0)
+    p.quit()
