@@ -243,6 +243,12 @@ class Twistedmail:
         )
         users = [USER] + [f"test{i}@{DOMAIN}" for i in range(1, idle_users + 1)]
         print(f"twistedmail: adding {len(users)} users (argon2id hashing) ...", flush=True)
+        subprocess.run(  # the first setup: user add does not create the data dir
+            [str(self.bin / "twistedmail"), "--config", str(self.config), "init"],
+            text=True,
+            check=True,
+            capture_output=True,
+        )
         for u in users:
             subprocess.run(
                 [

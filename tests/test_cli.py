@@ -34,6 +34,9 @@ class CLITestCase(unittest.TestCase):
         )
         self.getpass_answers: list[str] = []
         self.patch(cli.getpass, "getpass", self.fake_getpass)
+        # The first setup (twistedmail init, or a server start) made the data dir: without it
+        # every command is refused (InitTests).
+        self.data_dir.mkdir(mode=0o700)
 
     def write_config(self, text: str) -> None:
         self.config.write_text(text, "utf-8")
@@ -211,8 +214,81 @@ class UserCommandTests(CLITestCase):
         self.add_user("alice@example.org")
         self.add_user("bob@example.org")
         result = self.run_cli("user", "del", "alice@example.org")
-        self.assertEqual(result, (0, "deleted user alice@example.org (its mail is kept)\n", ""))
+        self.assertEqual(result, (0, "deleted user alice@example.org (it had no Maildir)\n", ""))
         self.assertEqual(self.store().users(), ["bob@example.org"])
+
+    def make_maildir(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        maildir = self.data_dir / "mail" / domain / local
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        (maildir / "new" / "1.M1P1.host,S=5").write_bytes(b"old\r\n")
+        return maildir
+
+    def test_del_moves_the_maildir_aside_and_add_starts_empty(self) -> None:
+        """Issue 9: user del moves the Maildir to DATA_DIR/deleted/ADDRESS-TIMESTAMP/, so a
+        new user of the same address does not get the old owner's mail."""
+        self.add_user("alice@example.org")
+        maildir = self.make_maildir("alice@example.org")
+        code, out, err = self.run_cli("user", "del", "alice@example.org")
+        [moved] = (self.data_dir / "deleted").iterdir()
+        self.assertEqual(
+            (code, out, err),
+            (0, f"deleted user alice@example.org; its mail is moved to {moved}\n", ""),
+        )
+        self.assertRegex(moved.name, r"^alice@example\.org-\d{8}T\d{6}Z$")
+        self.assertEqual((moved / "new" / "1.M1P1.host,S=5").read_bytes(), b"old\r\n")
+        self.assertEqual((self.data_dir / "deleted").stat().st_mode & 0o777, 0o700)
+        self.assertFalse(maildir.exists())
+        self.add_user("alice@example.org")
+        self.assertFalse(maildir.exists())
+        # Deleted again in the same second: a second name, nothing overwritten.
+        self.make_maildir("alice@example.org")
+        self.run_cli("user", "del", "alice@example.org")
+        self.assertEqual(len(list((self.data_dir / "deleted").iterdir())), 2)
+
+    def test_add_refuses_an_existing_maildir_unless_adopted(self) -> None:
+        """user del --keep-mail leaves the Maildir; user add then refuses it (one line, exit
+        1, no password asked) unless --adopt-maildir."""
+        self.add_user("alice@example.org")
+        maildir = self.make_maildir("alice@example.org")
+        self.assertEqual(
+            self.run_cli("user", "del", "alice@example.org", "--keep-mail"),
+            (0, f"deleted user alice@example.org (its mail is kept in {maildir})\n", ""),
+        )
+        self.assertUserError(
+            self.run_cli("user", "add", "alice@example.org"),
+            f"{maildir} already exists (mail of an earlier alice@example.org?): move it away,"
+            " or pass --adopt-maildir to give that mail to the new user",
+        )
+        self.assertEqual(self.store().users(), [])
+        result = self.run_cli(
+            "user", "add", "alice@example.org", "--adopt-maildir", "--password-stdin",
+            stdin=b"pw\n",
+        )  # fmt: skip
+        self.assertEqual(result, (0, "added user alice@example.org\n", ""))
+        self.assertTrue((maildir / "new" / "1.M1P1.host,S=5").exists())
+
+    def test_domain_del_moves_what_is_left_aside(self) -> None:
+        """domain del moves mail/DOMAIN/ (Maildirs kept by user del --keep-mail) aside too,
+        unless --keep-mail; an empty one is removed."""
+        self.add_user("alice@example.org")
+        self.make_maildir("alice@example.org")
+        self.run_cli("user", "del", "alice@example.org", "--keep-mail")
+        code, out, err = self.run_cli("domain", "del", "example.org")
+        [moved] = (self.data_dir / "deleted").iterdir()
+        self.assertEqual(
+            (code, out, err), (0, f"deleted domain example.org; its mail is moved to {moved}\n", "")
+        )
+        self.assertTrue((moved / "alice" / "new" / "1.M1P1.host,S=5").exists())
+        self.assertFalse((self.data_dir / "mail" / "example.org").exists())
+        self.add_user("bob@example.net")
+        (self.data_dir / "mail" / "example.net").mkdir()
+        self.run_cli("user", "del", "bob@example.net")
+        self.assertEqual(
+            self.run_cli("domain", "del", "example.net"), (0, "deleted domain example.net\n", "")
+        )
+        self.assertFalse((self.data_dir / "mail" / "example.net").exists())
 
     def test_del_unknown(self) -> None:
         self.add_user("alice@example.org")
@@ -241,7 +317,7 @@ class UserCommandTests(CLITestCase):
             ["domain", "del", "example.org"],
         ):
             self.assertUserError(self.run_cli(*argv), message)
-        self.assertFalse(self.data_dir.exists())
+        self.assertEqual(list(self.data_dir.iterdir()), [])
 
     def test_live_for_an_open_store(self) -> None:
         """The server's open store connection sees the CLI's change at its next query (WAL)."""
@@ -373,7 +449,7 @@ class AliasCommandTests(CLITestCase):
 class ConfigTests(CLITestCase):
     def test_check_config(self) -> None:
         self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
-        self.assertFalse(self.data_dir.exists())
+        self.assertEqual(list(self.data_dir.iterdir()), [])
 
     def test_check_config_tls(self) -> None:
         cert, key = self.base / "cert.pem", self.base / "key.pem"
@@ -446,12 +522,11 @@ class ConfigTests(CLITestCase):
         blocker.write_text("")
         self.write_config(f'[server]\ndata_dir = "{blocker}/data"\n')
         self.assertUserError(
-            self.run_cli("user", "add", "a@example.org", "--password-stdin", stdin=b"pw\n"),
+            self.run_cli("init"),
             f"{self.config}: [server] data_dir: cannot create {blocker}/data: Not a directory",
         )
 
     def test_corrupt_store(self) -> None:
-        self.data_dir.mkdir()
         (self.data_dir / "accounts.sqlite3").write_bytes(b"this is not a database" * 100)
         self.assertUserError(self.run_cli("user", "list"), "account store: file is not a database")
 
@@ -481,6 +556,95 @@ class ConfigTests(CLITestCase):
         old = os.getcwd()
         self.addCleanup(os.chdir, old)
         os.chdir(path)
+
+
+class InitTests(CLITestCase):
+    """Issue 9: a command never creates the data dir (a CLI run from another directory, or
+    with another config, would write a second account store the server never reads);
+    C{twistedmail init} is the explicit first setup."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.data_dir.rmdir()
+
+    def refusal(self, data_dir: Path, origin: str) -> str:
+        return (
+            f"data dir {data_dir} does not exist ({origin}); for a first setup create it with"
+            " 'twistedmail init' (or by starting the server once), else check --config"
+        )
+
+    def test_commands_refuse_a_missing_data_dir(self) -> None:
+        """Every command but init and check-config: one line, exit 1, nothing created."""
+        message = self.refusal(self.data_dir, f"[server] data_dir of {self.config}")
+        for argv in (
+            ["user", "add", "a@example.org", "--password-stdin"],
+            ["user", "passwd", "a@example.org", "--password-stdin"],
+            ["user", "del", "a@example.org"],
+            ["user", "list"],
+            ["user", "quota", "a@example.org", "1GiB"],
+            ["domain", "add", "example.org"],
+            ["domain", "list"],
+            ["alias", "add", "info@example.org", "a@example.org"],
+            ["dkim", "generate", "example.org"],
+            ["dns-records", "example.org"],
+            ["queue", "list"],
+            ["queue", "flush"],
+        ):
+            self.assertUserError(self.run_cli(*argv, stdin=b"pw\n"), message)
+        self.assertFalse(self.data_dir.exists())
+
+    def test_init_creates_then_keeps(self) -> None:
+        """init makes the data dir (0700), mail/ and the store (0600); run again it changes
+        nothing and says so; then user add works."""
+        self.assertEqual(self.run_cli("init"), (0, f"data dir {self.data_dir} created\n", ""))
+        self.assertEqual(self.data_dir.stat().st_mode & 0o777, 0o700)
+        self.assertEqual(
+            sorted(p.name for p in self.data_dir.iterdir()), ["accounts.sqlite3", "mail"]
+        )
+        self.assertEqual((self.data_dir / "accounts.sqlite3").stat().st_mode & 0o777, 0o600)
+        self.add_user("alice@example.org")
+        self.assertEqual(
+            self.run_cli("init"), (0, f"data dir {self.data_dir} already set up\n", "")
+        )
+        self.assertEqual(self.store().users(), ["alice@example.org"])
+
+    def test_default_data_dir_refused_in_another_directory(self) -> None:
+        """Without a config file, the default ./twistedmail-data of another directory is not
+        created by a command: the admin learns the CLI is not where the server is."""
+        elsewhere = self.base / "elsewhere"
+        elsewhere.mkdir()
+        self.chdir(elsewhere)
+        self.setenv(cli.config_module.ENV_VAR, None)
+        code, out, err = self.run_cli(
+            "user", "add", "a@example.org", "--password-stdin", stdin=b"pw\n", config=False
+        )
+        message = self.refusal(
+            elsewhere / "twistedmail-data",
+            "the default without a config file, in the current directory",
+        )
+        self.assertEqual((code, out, err), (1, "", f"twistedmail: error: {message}\n"))
+        self.assertEqual(list(elsewhere.iterdir()), [])
+
+    def test_relative_data_dir_is_the_config_files(self) -> None:
+        """A relative data_dir (and the default when the file sets none) is resolved against
+        the config file's directory, wherever the CLI runs and however --config is spelt."""
+        self.write_config('[server]\ndata_dir = "data"\n')
+        self.assertEqual(self.run_cli("init"), (0, f"data dir {self.data_dir} created\n", ""))
+        self.add_user("alice@example.org")
+        elsewhere = self.base / "elsewhere"
+        elsewhere.mkdir()
+        self.chdir(elsewhere)
+        self.assertEqual(
+            self.run_cli("--config", "../twistedmail.toml", "user", "list", config=False),
+            (0, "alice@example.org\n", ""),
+        )
+        self.write_config('[server]\nhostname = "mail.example.org"\n')
+        default = self.base / "twistedmail-data"
+        self.assertEqual(self.run_cli("init"), (0, f"data dir {default} created\n", ""))
+        self.assertEqual(list(elsewhere.iterdir()), [])
+
+    chdir = ConfigTests.chdir
+    setenv = ConfigTests.setenv
 
 
 class UsageTests(CLITestCase):

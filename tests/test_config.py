@@ -86,6 +86,29 @@ class ConfigTests(TestCase):
         self.assertEqual(config.server.data_dir, path.parent.resolve() / "data")
         self.assertEqual(config.server.hostname, "mail.example.org")
 
+    def test_every_relative_path_resolves_against_the_file_from_any_cwd(self) -> None:
+        """Issue 9: data_dir (also its default when the file sets none), the TLS pair, the
+        smarthost CA and password file resolve against the config file's directory, not
+        the working directory, for a relative --config too."""
+        path = self.write(
+            '[server]\ndata_dir = "data"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n'
+            '[relay]\nsmarthost = "smtp.example.net"\nsmarthost_ca = "ca.pem"\n'
+            'smarthost_username = "u"\nsmarthost_password_file = "secret"\n'
+        )
+        here = path.parent.resolve()
+        without = here / "without-data-dir.toml"
+        without.write_text('[server]\nhostname = "mail.example.org"\n')
+        old = os.getcwd()
+        self.addCleanup(os.chdir, old)
+        os.chdir(here.parent)
+        config = load_config(Path(here.name) / path.name)
+        os.chdir("/")
+        self.assertEqual(config.server.data_dir, here / "data")
+        self.assertEqual((config.tls.cert, config.tls.key), (here / "c.pem", here / "k.pem"))
+        self.assertEqual(config.relay.smarthost_ca, here / "ca.pem")
+        self.assertEqual(config.relay.smarthost_password_file, here / "secret")
+        self.assertEqual(load_config(without).server.data_dir, here / "twistedmail-data")
+
     def test_listen_lists_ipv6_and_disabled(self) -> None:
         config = load_config(
             self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n')

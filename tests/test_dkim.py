@@ -113,6 +113,44 @@ class SigningTests(unittest.TestCase):
         self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
         self.assertEqual(len(self.flushLoggedErrors()), 1)
 
+    def _errors(self) -> list[dict[str, object]]:
+        return [e for e in self.events if "dkim: cannot read" in str(e.get("log_format", ""))]
+
+    def _watch_log(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_key_that_cannot_be_opened_is_skipped_and_logged_once(self) -> None:
+        """Issue 9: a key the server cannot open (root's 0600 file for a server that dropped
+        root) never fails the message: it is signed with the other keys, and the problem
+        is logged once, not once per message."""
+        self._watch_log()
+        self.keys.generate("example.org")
+        unreadable = self.dir / "example.org.twistedmail-ed25519.ed25519"
+        unreadable.mkdir()  # opening it fails with an OSError, as EACCES would for root's file
+        for _ in range(3):
+            signed = self.keys.sign(MESSAGE)
+            self.assertEqual(signed.count(b"DKIM-Signature:"), 1)
+            self.assertIn(b"a=rsa-sha256", b"".join(signed.split(b"\r\n\r\n")[0].split()))
+        [event] = self._errors()
+        self.assertEqual(event["path"], str(unreadable))
+        self.assertEqual(event["error"], "Is a directory")
+
+    def test_key_directory_that_cannot_be_listed_sends_unsigned(self) -> None:
+        """A key directory that cannot be listed leaves mail unsigned, logged once, never an
+        exception (which answered every remote submission 451 4.3.0)."""
+        self._watch_log()
+        self.dir.parent.mkdir(parents=True)
+        self.dir.write_bytes(b"")  # listing it fails with an OSError (ENOTDIR)
+        self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
+        self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
+        [event] = self._errors()
+        self.assertEqual(event["path"], str(self.dir))
+        self.assertEqual(event["error"], "Not a directory")
+
     def test_newest_key_signs(self) -> None:
         old = self.keys.generate("example.org", "tm2025")
         os.utime(old.path, (1_000_000, 1_000_000))

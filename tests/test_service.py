@@ -93,6 +93,56 @@ class ReloadTests(unittest.TestCase):
         return d
 
 
+class StartOrderTests(unittest.TestCase):
+    """Issue 9: twistd builds the service, then forks (no C{-n}) and drops root, then calls
+    C{startService}; nothing that must belong to the serving process is opened before."""
+
+    def setUp(self) -> None:
+        self.data = Path(self.mktemp()).resolve()
+        self.server = MailServer(quiet_config(self.data), reactor)
+        self.addCleanup(self.server.store.close)
+        parse = getattr(self.server.queue.outbound.resolver, "_parseCall", None)
+        if parse is not None and parse.active():
+            self.addCleanup(parse.cancel)
+
+    def test_building_opens_nothing(self) -> None:
+        """Building the service leaves the store unopened (no database file), starts no
+        check thread and reads no throttle state."""
+        self.assertFalse((self.data / "accounts.sqlite3").exists())
+        with self.assertRaises(RuntimeError) as e:
+            self.server.store.users()
+        self.assertEqual(
+            str(e.exception), f"account store {self.server.store.path} used before open()"
+        )
+        self.assertFalse(self.server.auth_pool.started)
+        self.assertFalse(self.server._throttle_loaded)
+
+    def test_start_opens_the_store(self) -> None:
+        """startService opens the store, creating it (mode 0600), and stopService closes it."""
+        self.server.startService()
+        try:
+            self.assertEqual(self.server.store.users(), [])
+            self.assertEqual((self.data / "accounts.sqlite3").stat().st_mode & 0o777, 0o600)
+            self.assertTrue(self.server.auth_pool.started)
+        finally:
+            d = self.server.stopService()
+        return d
+
+    def test_store_used_in_a_forked_child_raises(self) -> None:
+        """A store opened before a fork() refuses to answer in the child (it would answer
+        from a stale WAL index) instead of silently missing every later CLI change."""
+        self.server.store.open()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.server.store.users()
+            except RuntimeError as e:
+                os._exit(0 if "opened before a fork()" in str(e) else 2)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+
+
 class HandOverTests(unittest.TestCase):
     def setUp(self) -> None:
         self.data = Path(self.mktemp()).resolve()

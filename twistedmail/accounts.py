@@ -91,22 +91,55 @@ class AccountStore:
     """Domains, users and aliases in C{path} (created with mode 0600 if missing).
 
     Every method is a short query; the server calls them on the reactor thread.
+    @param connect: open the database now (the CLI, tests); C{False} leaves it to L{open},
+        which the server calls in C{startService}: a SQLite connection must not cross a
+        C{fork()} (twistd without C{-n} forks into the background after building the
+        service), or the child keeps reading a WAL index that the CLI's checkpoint has
+        replaced and never sees another account change.
     @raise StoreError: from mutators, for user errors (unknown, duplicate, invalid).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, connect: bool = True) -> None:
         self.path = path
-        new = not path.exists()
-        if new:
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+        if connect:
+            self.open()
+
+    def open(self) -> None:
+        """Connect (creating the file, mode 0600, and the schema if missing); idempotent.
+
+        @raise sqlite3.Error: the database cannot be opened or is not a store.
+        @raise OSError: the file cannot be created.
+        """
+        if self._connection is not None:
+            return
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+            self._connection, self._pid = db, os.getpid()
+            self._migrate()
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._connection = None
+            db.close()
+            raise
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection; a store used before L{open}, or in a process forked after it,
+        is a programming error, raised here rather than answered from a stale WAL index."""
+        if self._connection is None:
+            raise RuntimeError(f"account store {self.path} used before open()")
+        if self._pid != os.getpid():
+            raise RuntimeError(f"account store {self.path} opened before a fork(), used after")
+        return self._connection
 
     def _migrate(self) -> None:
         """Add the columns a store made by an older version lacks (its rows are kept; new
@@ -121,7 +154,10 @@ class AccountStore:
                         raise
 
     def close(self) -> None:
-        self._db.close()
+        """Close the connection, if open (so a server that failed to start can stop)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     # domains
 

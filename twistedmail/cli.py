@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import os
+import pwd
 import sqlite3
 import sys
 import time
@@ -33,7 +35,7 @@ from twistedmail import dkim as dkim_module
 from twistedmail.accounts import AccountStore, Quota, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
-from twistedmail.maildir import mailbox_root
+from twistedmail.maildir import MaildirError, mailbox_root
 from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
@@ -118,6 +120,48 @@ class _Context:
         self.config_path = config_path
         self.config = config_module.load_config(config_path)
         self._store: AccountStore | None = None
+        self._root_ids: tuple[list[int], int] | None = None
+
+    def act_as_data_dir_owner(self) -> None:
+        """Run as root against a data dir owned by another user (the server's, after
+        C{twistd -u}): switch the effective user and groups to the data dir's owner, so
+        every file and directory a command creates there (the store's SQLite files and
+        their -wal/-shm, DKIM keys, Maildirs, deleted/) belongs to the server's user, as if
+        the command had been run as that user (issue 9).  Undone by L{close}."""
+        if os.geteuid() != 0 or self._root_ids is not None:
+            return
+        try:
+            st = self.config.server.data_dir.stat()
+        except OSError:
+            return  # not there yet: created by root, handed over at the server's start
+        if st.st_uid == 0:
+            return
+        try:
+            groups = os.getgrouplist(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
+        except KeyError:
+            groups = [st.st_gid]
+        self._root_ids = (os.getgroups(), os.getegid())
+        os.setgroups(groups)
+        os.setegid(st.st_gid)
+        os.seteuid(st.st_uid)
+
+    def require_data_dir(self) -> None:
+        """@raise UserError: the data dir does not exist: a command never creates it (a CLI
+        run with another config, or from another directory, would start a second, empty
+        account store that the server never reads); C{twistedmail init} does (issue 9)."""
+        data_dir = self.config.server.data_dir
+        if data_dir.is_dir():
+            return
+        source = self.config.source
+        origin = (
+            f"[server] data_dir of {source}"
+            if source is not None
+            else "the default without a config file, in the current directory"
+        )
+        raise UserError(
+            f"data dir {data_dir} does not exist ({origin}); for a first setup create it with"
+            f" '{PROG} init' (or by starting the server once), else check --config"
+        )
 
     def store(self, create: bool = True) -> AccountStore:
         """Open the account store; C{create=False} refuses to create a missing one (reads).
@@ -126,8 +170,9 @@ class _Context:
         """
         if self._store is None:
             path = config_module.store_path(self.config)
+            self.require_data_dir()
             if create:
-                config_module.ensure_data_dir(self.config)
+                config_module.ensure_data_dir(self.config)  # mail/ and the umask
             elif not path.exists():
                 data_dir = self.config.server.data_dir
                 raise UserError(
@@ -139,6 +184,12 @@ class _Context:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._root_ids is not None:
+            groups, egid = self._root_ids
+            self._root_ids = None
+            os.seteuid(0)
+            os.setgroups(groups)
+            os.setegid(egid)
 
 
 def _out(text: str) -> None:
@@ -148,6 +199,39 @@ def _out(text: str) -> None:
 # commands
 
 
+def cmd_init(ctx: _Context, args: argparse.Namespace) -> None:
+    """The explicit first setup: create the data dir (0700), C{mail/} and the account store;
+    nothing is changed when they exist."""
+    data_dir = ctx.config.server.data_dir
+    existed = config_module.store_path(ctx.config).exists()
+    config_module.ensure_data_dir(ctx.config)
+    ctx.store()
+    _out(f"data dir {data_dir} {'already set up' if existed else 'created'}")
+
+
+def _maildir(ctx: _Context, mbox: Mailbox) -> Path:
+    try:
+        return mailbox_root(config_module.mail_dir(ctx.config), str(mbox))
+    except MaildirError:
+        raise UserError(f"invalid address {str(mbox)!r} for a mailbox") from None
+
+
+def _move_aside(ctx: _Context, path: Path, name: str) -> Path:
+    """Move C{path} (a Maildir, or a domain's directory of them) to
+    C{DATA_DIR/deleted/NAME-TIMESTAMP/} (UTC, e.g. C{20261206T221500Z}), where nobody can
+    log in to it, and return the new path (issue 9)."""
+    deleted = ctx.config.server.data_dir / "deleted"
+    deleted.mkdir(mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = deleted / f"{name}-{stamp}"
+    n = 1
+    while target.exists():  # deleted twice in one second
+        n += 1
+        target = deleted / f"{name}-{stamp}-{n}"
+    os.rename(path, target)
+    return target
+
+
 def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
     mbox = _address(args.address)
     store = ctx.store()
@@ -155,6 +239,14 @@ def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
         raise UserError(f"user {mbox} already exists")
     if store.alias_targets(str(mbox)):
         raise UserError(f"{mbox} is already an alias")
+    maildir = _maildir(ctx, mbox)
+    if maildir.exists() and not args.adopt_maildir:
+        # Issue 9: a Maildir left by a user deleted with --keep-mail (or by hand) must not
+        # become the mail of a new owner of the same address without being asked.
+        raise UserError(
+            f"{maildir} already exists (mail of an earlier {mbox}?): move it away, or pass"
+            " --adopt-maildir to give that mail to the new user"
+        )
     password = read_password(args.password_stdin)
     quota = Quota(storage=ctx.config.limits.default_quota)
     mbox, added_domain = store.add_user(str(mbox), hash_password(password), quota)
@@ -175,8 +267,14 @@ def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
 
 def cmd_user_del(ctx: _Context, args: argparse.Namespace) -> None:
     mbox = _address(args.address)
+    maildir = _maildir(ctx, mbox)
     ctx.store(create=False).delete_user(str(mbox))
-    _out(f"deleted user {mbox} (its mail is kept)")
+    if not maildir.exists():
+        _out(f"deleted user {mbox} (it had no Maildir)")
+    elif args.keep_mail:
+        _out(f"deleted user {mbox} (its mail is kept in {maildir})")
+    else:
+        _out(f"deleted user {mbox}; its mail is moved to {_move_aside(ctx, maildir, str(mbox))}")
 
 
 def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -247,7 +345,17 @@ def cmd_domain_del(ctx: _Context, args: argparse.Namespace) -> None:
     except AddressError as e:
         raise UserError(f"invalid domain {args.domain!r}: {e}") from None
     ctx.store(create=False).delete_domain(name)
-    _out(f"deleted domain {name}")
+    # What is left in mail/DOMAIN/ (Maildirs of users deleted with --keep-mail) goes aside
+    # with the domain, unless --keep-mail (user add refuses to adopt it either way).
+    left = config_module.mail_dir(ctx.config) / name
+    if left.is_dir() and not any(left.iterdir()):
+        left.rmdir()
+    if not left.exists():
+        _out(f"deleted domain {name}")
+    elif args.keep_mail:
+        _out(f"deleted domain {name} (its mail is kept in {left})")
+    else:
+        _out(f"deleted domain {name}; its mail is moved to {_move_aside(ctx, left, name)}")
 
 
 def cmd_domain_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -280,8 +388,69 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     smarthost(ctx.config)
     for warning in ctx.config.warnings:  # loads, but likely not what was meant
         print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
+    ctx.act_as_data_dir_owner()
+    _check_dkim_keys(ctx)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
+
+
+def _readable_by(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
+    """Whether a file of status C{st} grants C{bits} (4 read, 1 search) to C{uid}/C{gids}."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode >> 6 & bits == bits)
+    if st.st_gid in gids:
+        return bool(st.st_mode >> 3 & bits == bits)
+    return bool(st.st_mode & bits == bits)
+
+
+def _check_dkim_keys(ctx: _Context) -> None:
+    """Every DKIM key must be readable by the data dir's owner, the user the server runs as
+    (it is handed the data dir under C{twistd -u}): checked by opening it when this process
+    acts as that user (L{_Context.act_as_data_dir_owner}), else from the files' owner and
+    mode.  @raise UserError: the first key (or the key directory) it cannot read."""
+    directory = ctx.config.server.data_dir / "dkim"
+    try:
+        owner = ctx.config.server.data_dir.stat()
+        st = directory.stat()
+    except FileNotFoundError:
+        return
+    try:
+        name = pwd.getpwuid(owner.st_uid).pw_name
+        gids = set(os.getgrouplist(name, owner.st_gid))
+    except KeyError:
+        name, gids = str(owner.st_uid), {owner.st_gid}
+    fix = f"run: chown -R {owner.st_uid}:{owner.st_gid} {directory}"
+
+    def refuse(path: Path, what: str) -> NoReturn:
+        raise UserError(
+            f"{path}: {what} by {name}, the data dir's owner the server runs as"
+            f" (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}); {fix}"
+        )
+
+    as_owner = os.geteuid() == owner.st_uid
+    if not as_owner and not _readable_by(st, owner.st_uid, gids, 5):
+        refuse(directory, "DKIM key directory not readable")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        if as_owner:
+            refuse(directory, f"DKIM key directory not readable ({e.strerror})")
+        return  # we cannot list it, but its owner can
+    for entry in names:
+        path = directory / entry
+        if not entry.endswith(tuple(dkim_module.KEY_SUFFIXES)):
+            continue
+        try:
+            st = path.stat()
+            if as_owner:
+                with open(path, "rb"):
+                    pass
+            elif not _readable_by(st, owner.st_uid, gids, 4):
+                refuse(path, "DKIM key not readable")
+        except OSError as e:
+            refuse(path, f"DKIM key not readable ({e.strerror})")
 
 
 def _when(seconds: float) -> str:
@@ -458,15 +627,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    p = commands.add_parser(
+        "init", help="first setup: create the data dir and the account store (if missing)"
+    )
+    p.set_defaults(func=cmd_init)
+
     users = group("user", "manage users (mailboxes that can log in)")
     p = action(users, "add", cmd_user_add, "add a user (and its domain if new)")
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--adopt-maildir",
+        action="store_true",
+        help="give the new user the Maildir already at its path (else that is refused)",
+    )
     p = action(users, "passwd", cmd_user_passwd, "set a user's password")
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p = action(users, "del", cmd_user_del, "delete a user (the Maildir is kept)")
+    p = action(
+        users, "del", cmd_user_del, "delete a user; its Maildir is moved to DATA_DIR/deleted/"
+    )
     p.add_argument("address")
+    p.add_argument("--keep-mail", action="store_true", help="leave the Maildir where it is instead")
     p = action(users, "list", cmd_user_list, "list users, one per line")
     p.add_argument(
         "--quota",
@@ -488,6 +670,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     p = action(domains, "del", cmd_domain_del, "delete a domain that has no users")
     p.add_argument("domain")
+    p.add_argument(
+        "--keep-mail",
+        action="store_true",
+        help="leave mail/DOMAIN/ where it is (default: moved to DATA_DIR/deleted/)",
+    )
     action(domains, "list", cmd_domain_list, "list domains, one per line")
 
     aliases = group("alias", "manage aliases (addresses that forward to others)")
@@ -562,6 +749,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         ctx = _Context(args.config)
+        if args.func is not cmd_check_config:  # it reads root's TLS files first
+            if args.func is not cmd_init:
+                ctx.require_data_dir()
+            ctx.act_as_data_dir_owner()
         args.func(ctx, args)
         return 0
     except (

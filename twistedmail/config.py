@@ -4,8 +4,9 @@ Discovery (L{find_config}): C{--config PATH}, else C{$TWISTEDMAIL_CONFIG}, else
 C{./twistedmail.toml} if present, else built-in defaults.  Every key is optional; unknown
 sections and keys are errors, so a typo never silently falls back to a default.  Every
 error is a L{ConfigError} whose text is one line naming the file and the key.
-Relative paths in a file are resolved against the file's directory; the default data dir
-C{./twistedmail-data} against the working directory.
+Relative paths in a file (and the default data dir C{twistedmail-data} when a file does not
+set C{data_dir}) are resolved against the file's directory, in one place (L{_Reader.path});
+without a config file, the default data dir is C{./twistedmail-data} in the working directory.
 """
 
 from __future__ import annotations
@@ -378,7 +379,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         raise r.fail("[server] hostname", str(e)) from None
     warnings = _hostname_warning(r, hostname)
     data_dir_text = r.string(server, "server", "data_dir", "")
-    data_dir = r.path(data_dir_text) if data_dir_text else Path(DEFAULT_DATA_DIR).resolve()
+    # Like every relative path of a config file, the default is resolved against the
+    # file's directory (issue 9: against the cwd, a CLI run elsewhere with the same --config
+    # wrote a second account store); without a config file, against the cwd.
+    data_dir = r.path(data_dir_text or DEFAULT_DATA_DIR)
 
     listen_section = r.section(data, "listen", set(SERVICES))
     listen: dict[str, tuple[ListenAddress, ...]] = {}

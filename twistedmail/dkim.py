@@ -44,6 +44,7 @@ DEFAULT_SELECTOR = "twistedmail"
 DEFAULT_SELECTORS = {RSA: DEFAULT_SELECTOR, ED25519: "twistedmail-ed25519"}
 KEY_BITS = 2048
 _SUFFIX = {RSA: ".key", ED25519: ".ed25519"}  # file name endings
+KEY_SUFFIXES = tuple(_SUFFIX.values())
 _SIGNATURE_ALGORITHM = {RSA: b"rsa-sha256", ED25519: b"ed25519-sha256"}
 
 #: Headers signed when present, lower case (RFC 6376 §5.4.1 recommends these; From is required).
@@ -106,6 +107,20 @@ class KeyStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._reported: set[tuple[str, str]] = set()  # (path, error) already logged
+
+    def _report_once(self, path: Path, error: str) -> None:
+        """Log a key (or the key directory) the server cannot read, once per path and
+        error: mail goes on, signed with the keys that can be read (issue 9)."""
+        if (str(path), error) in self._reported:
+            return
+        self._reported.add((str(path), error))
+        log.error(
+            "dkim: cannot read {path}: {error}; signing with the keys that can be read"
+            " (make it readable by the server's user, e.g. chown it like the data dir)",
+            path=str(path),
+            error=error,
+        )
 
     def path(self, domain: str, selector: str, algorithm: str = RSA) -> Path:
         return self.directory / f"{domain}.{selector}{_SUFFIX[algorithm]}"
@@ -156,16 +171,27 @@ class KeyStore:
         when there are none."""
         prefix = f"{domain}."
         found: list[tuple[float, SigningKey]] = []
-        if not self.directory.is_dir():
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
             return []
-        for p in self.directory.iterdir():
-            name = p.name
+        except OSError as e:  # e.g. a dkim/ made by root for a server that dropped root
+            self._report_once(self.directory, e.strerror or str(e))
+            return []
+        for name in names:
+            p = self.directory / name
             for algorithm, suffix in _SUFFIX.items():
                 if not (name.startswith(prefix) and name.endswith(suffix)):
                     continue
                 selector = name[len(prefix) : -len(suffix)]
-                if selector and "." not in selector:
-                    found.append((p.stat().st_mtime, SigningKey(domain, selector, p, algorithm)))
+                if not selector or "." in selector:
+                    continue
+                try:
+                    mtime = p.stat().st_mtime
+                except OSError as e:
+                    self._report_once(p, e.strerror or str(e))
+                    continue
+                found.append((mtime, SigningKey(domain, selector, p, algorithm)))
         return [k for _, k in sorted(found, key=lambda t: (-t[0], t[1].selector))]
 
     def signing_keys(self, domain: str) -> list[SigningKey]:
@@ -174,6 +200,17 @@ class KeyStore:
         for key in self.keys(domain):
             newest.setdefault(key.algorithm, key)
         return [newest[a] for a in ALGORITHMS if a in newest]
+
+    def _readable(self, key: SigningKey) -> bool:
+        """Whether the server can open C{key}'s file; if not, it is reported once and the
+        message is signed with the other keys (an older key of the same algorithm is not
+        used instead: its DNS record may be gone)."""
+        try:
+            with open(key.path, "rb"):
+                return True
+        except OSError as e:
+            self._report_once(key.path, e.strerror or str(e))
+            return False
 
     def signing_key(self, domain: str) -> SigningKey | None:
         """The newest RSA key of C{domain}, or None."""
@@ -208,7 +245,7 @@ class KeyStore:
         domain = author_domain(message)
         if domain is None:
             return message
-        keys = self.signing_keys(domain)
+        keys = [k for k in self.signing_keys(domain) if self._readable(k)]
         if not keys:
             return message
         linesep = b"\r\n" if b"\r\n" in message[:4096] or not message else b"\n"

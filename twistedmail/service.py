@@ -26,6 +26,7 @@ import json
 import os
 import pwd
 import signal
+import sqlite3
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,8 @@ class MailServer(MultiService):
         self.config = config
         self.reactor = reactor
         ensure_data_dir(config)
-        self.store = AccountStore(store_path(config))
+        # Opened in startService, after twistd's fork and privilege drop (issue 9).
+        self.store = AccountStore(store_path(config), connect=False)
         self.mail_dir = mail_dir(config)
         self.notifier = ChangeNotifier()
         self.tls_context = server_tls_context(config)
@@ -316,6 +318,7 @@ class MailServer(MultiService):
                     n=changed,
                 )
         self._previous_sighup: Any = None
+        self._throttle_loaded = False
 
         def run_in_thread(f: Any, *args: Any) -> Any:
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -335,7 +338,6 @@ class MailServer(MultiService):
             ),
         )
         self.throttle_path = config.server.data_dir / "throttle.json"
-        load_throttle(self.throttle, self.throttle_path)
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
@@ -352,6 +354,7 @@ class MailServer(MultiService):
         )
         self.portal = Portal(realm, [checker])
         self.auth_reactor = reactor
+        # Its threads start in startService: a thread does not survive twistd's fork.
         self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
         self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
         hostname = config.server.hostname
@@ -444,6 +447,24 @@ class MailServer(MultiService):
         return MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
 
     def startService(self) -> None:
+        """Open what belongs to the process that serves (issue 9): twistd builds the service,
+        then forks into the background (without C{-n}) and drops root (C{-u}/C{-g}), then
+        calls this.  So the account store, the login throttle's saved state, the check
+        threads, the reactor's thread pool, the control socket and its lock, and the queue
+        are all opened here, never in C{__init__}.
+
+        @raise ConfigError: the account store cannot be opened (one line).
+        """
+        try:
+            self.store.open()
+        except (sqlite3.Error, OSError) as e:
+            where = f"{self.config.source or 'built-in defaults'}: [server] data_dir"
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(
+                f"{where}: cannot open the account store {self.store.path}: {reason}"
+            ) from None
+        load_throttle(self.throttle, self.throttle_path)
+        self._throttle_loaded = True
         self.auth_pool.start()
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
@@ -495,7 +516,8 @@ class MailServer(MultiService):
             self.authenticator.stop()  # no check thread may stay blocked on the reactor
         if signal.getsignal(signal.SIGHUP) == self._sighup:
             signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
-        save_throttle(self.throttle, self.throttle_path)
+        if self._throttle_loaded:  # never overwrite the saved state with a never-loaded one
+            save_throttle(self.throttle, self.throttle_path)
         # Deliveries under way get a bounded time to record their results (QueueRunner.
         # shutdown) while the listeners close; the store closes after both.
         queue = defer.Deferred.fromCoroutine(self.queue.shutdown())

@@ -50,13 +50,33 @@ def _where(config: Config) -> str:
     return str(config.source) if config.source else "built-in defaults"
 
 
-class _StartGuard(MultiService):
-    """Turns a listen failure at start into the one-line error of the module docstring."""
+class StartError(Exception):
+    """A start-up error after twistd forked into the background (no C{-n})."""
 
-    def __init__(self, config: Config, server: IService) -> None:
+
+StartError.__module__ = "builtins"  # twistd shows "StartError: ..." in its 100-byte report
+
+
+class _StartGuard(MultiService):
+    """Turns a listen failure at start into the one-line error of the module docstring.
+
+    Without C{-n}, twistd forks before starting the services and its first process waits
+    for the child's report, which only an C{Exception} makes (a C{SystemExit} there leaves
+    that process waiting forever, and the child's stderr is /dev/null): the line then goes
+    to the log and to twistd's "An error has occurred: ..." on the terminal, exit status 1.
+    """
+
+    def __init__(self, config: Config, server: IService, daemon: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.daemon = daemon
         server.setServiceParent(self)
+
+    def _fail(self, message: str) -> NoReturn:
+        if not self.daemon:
+            _fail(message)
+        log.error("twistedmail: error: {message}", message=message)
+        raise StartError(message.removeprefix(f"{_where(self.config)}: "))
 
     def privilegedStartService(self) -> None:
         try:
@@ -65,18 +85,21 @@ class _StartGuard(MultiService):
             self._cannot_listen(e)
 
     def startService(self) -> None:
-        # The control socket is bound here, after twistd dropped root (service.py).
+        # The control socket is bound and the store opened here, after twistd forked and
+        # dropped root (service.py).
         try:
             super().startService()
         except CannotListenError as e:
             self._cannot_listen(e)
+        except ConfigError as e:
+            self._fail(str(e))
 
     def _cannot_listen(self, e: CannotListenError) -> NoReturn:
         reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
         if isinstance(e.port, bytes | str):  # the UNIX control socket in the data dir
             path = e.port.decode(errors="replace") if isinstance(e.port, bytes) else e.port
             hint = " (is another server running on this data_dir?)" if "lock" in str(reason) else ""
-            _fail(
+            self._fail(
                 f"{_where(self.config)}: [server] data_dir: cannot listen on {path}: {reason}{hint}"
             )
         # The service is named "<listener>@<host:port>" (service.MailServer).
@@ -90,7 +113,9 @@ class _StartGuard(MultiService):
             None,
         )
         key = f"[listen] {name.split('@')[0]}" if name else "[listen]"
-        _fail(f"{_where(self.config)}: {key}: cannot listen on {e.interface}:{e.port}: {reason}")
+        self._fail(
+            f"{_where(self.config)}: {key}: cannot listen on {e.interface}:{e.port}: {reason}"
+        )
 
 
 def run_as(options: usage.Options) -> tuple[int, int] | None:
@@ -130,4 +155,6 @@ def makeService(options: Options) -> IService:
     except TLSConfigError as e:
         key = "[tls] cert/key" if config.tls.cert else "[server] data_dir (self-signed certificate)"
         _fail(f"{_where(config)}: {key}: {e}")
-    return _StartGuard(config, server)
+    parent = getattr(options, "parent", None)
+    daemon = parent is not None and not parent.get("nodaemon", True)
+    return _StartGuard(config, server, daemon=daemon)

@@ -87,6 +87,7 @@ class Server:
         self.data_dir = root / "data"
         self.config = root / "twistedmail.toml"
         self.log = root / "twistd.log"
+        self.pidfile = root / "twistd.pid"
         self.ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
         listen = "\n".join(f'{name} = "127.0.0.1:{port}"' for name, port in self.ports.items())
         self.config.write_text(
@@ -96,6 +97,8 @@ class Server:
             + f"\n[inbound]\n{inbound}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon_pid: int | None = None
+        self.daemonized = False
 
     def cli(
         self, *args: str, stdin: str | None = None, check: bool = True
@@ -112,35 +115,57 @@ class Server:
         return result
 
     def add_user(self, address: str, password: str) -> None:
+        """C{twistedmail user add}, after C{twistedmail init} on a fresh data dir (the CLI
+        does not create a data dir by itself)."""
+        if not self.data_dir.exists():
+            self.cli("init")
         self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
 
-    def start(self, twistd_args: tuple[str, ...] = ()) -> None:
+    def start(self, twistd_args: tuple[str, ...] = (), daemon: bool = False) -> None:
         """Start C{twistd -n twistedmail} and wait until every port answers.
 
         @param twistd_args: extra twistd options, e.g. C{("-u", "nobody", "-g", "nogroup")}.
+        @param daemon: start without C{-n}, as twistd does by default: it forks into the
+            background (pid file C{twistd.pid} in the root) and the first process exits;
+            L{stop} then signals the PID in the pid file.
         """
+        self.daemon_pid = None
+        self.daemonized = daemon
+        command = [
+            str(BIN / "twistd"),
+            *(() if daemon else ("-n",)),
+            f"--pidfile={self.pidfile}" if daemon else "--pidfile=",
+            f"--logfile={self.log}",
+            *twistd_args,
+            "twistedmail",
+            "--config",
+            str(self.config),
+        ]
         self.proc = subprocess.Popen(
-            [
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                f"--logfile={self.log}",
-                *twistd_args,
-                "twistedmail",
-                "--config",
-                str(self.config),
-            ],
-            cwd=self.root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            command, cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
+        if daemon:
+            try:
+                returncode = self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("twistd did not go into the background in 60 s") from None
+            out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if returncode != 0:
+                raise AssertionError(f"twistd exited {returncode}: {out}\n{log}")
+            self.daemon_pid = int(self.pidfile.read_text().strip())
         deadline = time.monotonic() + 30
         pending = dict(self.ports)
         while pending:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+            if not self.running():
+                out = ""
+                if self.proc is not None and self.proc.stdout:
+                    out = self.proc.stdout.read().decode(errors="replace")
                 log = self.log.read_text(errors="replace") if self.log.exists() else ""
-                raise AssertionError(f"server exited {self.proc.returncode}: {out}\n{log}")
+                raise AssertionError(f"server exited: {out}\n{log}")
             if time.monotonic() > deadline:
                 raise AssertionError("server did not start listening within 30 s")
             for name, port in list(pending.items()):
@@ -151,7 +176,28 @@ class Server:
                     pass
             time.sleep(0.1)
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's PID (the daemon's, in daemon mode), or C{None}."""
+        return self.proc.pid if self.proc is not None else self.daemon_pid
+
+    def running(self) -> bool:
+        """Whether the server process is alive (a daemon's zombie counts as gone: it is
+        not our child, and the container's init may never reap it)."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.daemon_pid is None:
+            return False
+        try:
+            status = Path(f"/proc/{self.daemon_pid}/status").read_text()
+        except OSError:
+            return False
+        return "\nState:\tZ" not in status
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.daemon_pid is not None:
+            self._stop_daemon(self.daemon_pid, sig)
+            return
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -165,9 +211,26 @@ class Server:
             self.proc.stdout.close()
         self.proc = None
 
+    def _stop_daemon(self, pid: int, sig: int) -> None:
+        """Signal the daemon by the PID of its pid file; SIGKILL it after 15 s."""
+        try:
+            for signum, wait in ((sig, 15.0), (signal.SIGKILL, 15.0)):
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    return
+                deadline = time.monotonic() + wait
+                while self.running() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not self.running():
+                    return
+        finally:
+            self.daemon_pid = None
+
     def restart(self) -> None:
+        """Stop, then start again the same way (daemonized or not)."""
         self.stop()
-        self.start()
+        self.start(daemon=self.daemonized)
 
     def maildir(self, address: str, folder: str = "") -> Path:
         local, domain = address.split("@")

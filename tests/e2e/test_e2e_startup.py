@@ -52,6 +52,10 @@ def test_config_found_through_environment(tmp_path: Path) -> None:
     server = Server(tmp_path)
     env = dict(os.environ, TWISTEDMAIL_CONFIG=str(server.config))
     out = subprocess.run(
+        [str(BIN / "twistedmail"), "init"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (out.returncode, out.stdout) == (0, f"data dir {server.data_dir} created\n")
+    out = subprocess.run(
         [str(BIN / "twistedmail"), "user", "add", "carol@example.test", "--password-stdin"],
         input="pw-carol-1\n",
         capture_output=True,

@@ -1,0 +1,117 @@
+"""Issue 9: the admin CLI run as root against a server that runs as another user
+(C{twistd -u nobody -g nogroup}, daemonized), end to end.  What the CLI creates in the data
+dir belongs to the server's user; a DKIM key the server cannot read never fails outbound
+mail, and C{check-config} reports it."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_server import PASSWORDS, Server
+from test_e2e_daemon import imap_login, rcpt
+from test_e2e_outbound import BODY, World, configure, submit, wait_queue_empty
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (twistd -u, chown)")
+
+PLAIN = [{"name": "mx1", "host": "127.0.0.2", "tls": True, "rcpt": {}}]
+
+
+def _world_usable(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+
+
+@pytest.fixture
+def as_nobody() -> Iterator[tuple[World, Server]]:
+    import twistedmail
+
+    package = Path(twistedmail.__file__).parent
+    if not (_world_usable(Path(sys.prefix)) and _world_usable(package)):
+        pytest.skip(f"user nobody cannot read the venv {sys.prefix} or {package}")
+    # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700, nobody cannot enter it.
+    root = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+    root.chmod(0o755)
+    world = World(root, [dict(m) for m in PLAIN])
+    server = Server(root / "server")
+    try:
+        for address, password in PASSWORDS.items():
+            server.add_user(address, password)
+        configure(server, world)
+        server.start(twistd_args=("-u", "nobody", "-g", "nogroup"), daemon=True)
+        yield world, server
+    finally:
+        server.stop()
+        world.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def not_owned_by(path: Path, uid: int, gid: int) -> list[str]:
+    return [
+        str(p.relative_to(path))
+        for p in [path, *path.rglob("*")]
+        if (p.lstat().st_uid, p.lstat().st_gid) != (uid, gid)
+    ]
+
+
+def test_root_cli_leaves_the_data_dir_to_the_server_user(as_nobody: tuple[World, Server]) -> None:
+    """Run as root, user add / passwd, domain add, alias add, quota and dkim generate create
+    nothing the server's user does not own (store -wal/-shm and dkim/ included), and the
+    running server sees each change and signs with the new key."""
+    world, server = as_nobody
+    nobody = pwd.getpwnam("nobody")
+    ids = (nobody.pw_uid, nobody.pw_gid)
+    assert os.stat(server.data_dir)[4:6] == ids  # handed over at start
+
+    server.add_user("carol@example.test", "carol-secret-3")
+    server.cli("user", "passwd", "carol@example.test", "--password-stdin", stdin="carol-new-4\n")
+    server.cli("user", "quota", "carol@example.test", "1GiB")
+    server.cli("domain", "add", "other.test")
+    server.cli("alias", "add", "info@other.test", "carol@example.test")
+    server.cli("dkim", "generate", "example.test")
+    assert not_owned_by(server.data_dir, *ids) == []
+    assert (server.data_dir / "dkim").stat().st_mode & 0o777 == 0o700
+
+    assert rcpt(server, "info@other.test") == (250, b"2.1.5 Recipient OK")
+    assert imap_login(server, "carol@example.test", "carol-new-4") == "OK"
+    submit(server, ["ok@remote.test"])
+    ((_, data),) = world.wait_received("mx1", 1)
+    wait_queue_empty(server)
+    assert data.startswith(b"DKIM-Signature: ")
+    assert data.endswith(BODY)
+    assert server.cli("check-config").stdout == f"config OK: {server.config}\n"
+
+
+def test_unreadable_dkim_key_signs_with_the_others(as_nobody: tuple[World, Server]) -> None:
+    """A key the server's user cannot read (left by root) does not fail outbound mail: the
+    message goes out signed with the readable key, the problem is logged once, and
+    check-config names the file and the fix (exit 1)."""
+    world, server = as_nobody
+    server.cli("dkim", "generate", "example.test")
+    server.cli("dkim", "generate", "example.test", "--algorithm", "ed25519")
+    ed25519 = server.data_dir / "dkim" / "example.test.twistedmail-ed25519.ed25519"
+    os.chown(ed25519, 0, 0)  # what the CLI as root did before
+    submit(server, ["ok@remote.test"])
+    submit(server, ["ok@remote.test"])
+    received = world.wait_received("mx1", 2)
+    wait_queue_empty(server)
+    for _, data in received:
+        assert data.count(b"DKIM-Signature: ") == 1
+        assert b"a=rsa-sha256" in b"".join(data.split(b"\r\n\r\n")[0].split())
+    log = server.log.read_text()
+    assert log.count(f"dkim: cannot read {ed25519}: Permission denied; signing with") == 1
+    assert "Traceback" not in log
+
+    out = server.cli("check-config", check=False)
+    assert (out.returncode, out.stdout) == (1, "")
+    nobody = pwd.getpwnam("nobody")
+    assert out.stderr == (
+        f"twistedmail: error: {ed25519}: DKIM key not readable (Permission denied) by nobody,"
+        f" the data dir's owner the server runs as (owner uid 0, mode 600); run: chown -R"
+        f" {nobody.pw_uid}:{nobody.pw_gid} {server.data_dir / 'dkim'}\n"
+    )
