@@ -320,14 +320,17 @@ def parse(source: str | bytes) -> tuple[Command, ...]:
     @raise SieveError: too large, not UTF-8, or a syntax error, with its line.
     """
     if isinstance(source, bytes):
-        if len(source) > MAX_SCRIPT_SIZE:
+        data = source
+        if len(data) > MAX_SCRIPT_SIZE:
             raise SieveError(0, f"script larger than {MAX_SCRIPT_SIZE} bytes")
         try:
-            source = source.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            line = source[: e.start].count(b"\n") + 1
+            line = data[: e.start].count(b"\n") + 1
             raise SieveError(line, "script is not valid UTF-8") from None
-    elif len(source.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_SIZE:
-        raise SieveError(0, f"script larger than {MAX_SCRIPT_SIZE} bytes")
-    parser = _Parser(tokenize(source))
+    else:
+        text = source
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_SIZE:
+            raise SieveError(0, f"script larger than {MAX_SCRIPT_SIZE} bytes")
+    parser = _Parser(tokenize(text))
     return parser.commands(0, closing=False)

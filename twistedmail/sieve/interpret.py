@@ -28,7 +28,7 @@ from email.policy import compat32
 from typing import Union
 
 import attr
-import re2
+import re2  # type: ignore[import-untyped]
 
 from twistedmail.maildir import FolderNameError, encode_folder_name
 from twistedmail.sieve.validate import Node, Script

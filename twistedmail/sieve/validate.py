@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Union
 
 import attr
-import re2
+import re2  # type: ignore[import-untyped]
 
 from twistedmail.sieve.grammar import (
     Argument,
