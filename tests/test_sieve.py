@@ -149,6 +149,7 @@ def test_invalid_utf8_refused() -> None:
         ('require "vacation"; vacation :seconds 5 "x";', "vacation-seconds"),
         ('if address :detail "to" "x" { keep; }', "requires extension 'subaddress'"),
         ('if header :index 1 "to" "x" { keep; }', "requires extension 'index'"),
+        ('require ["regex", "variables"]; set :quoteregex "a" "b";', "unknown tagged argument"),
     ],
 )
 def test_validation_errors(source: str, message: str) -> None:
@@ -245,6 +246,17 @@ def test_subaddress_parts() -> None:
         'if envelope :user "to" "me" { fileinto "user"; }'
     )
     assert run(source).actions == (FileInto("ops"), FileInto("user"))
+
+
+def test_envelope_null_reverse_path() -> None:
+    """The null reverse path is "" for :all and has no local part or domain (RFC 5228 §5.4)."""
+    source = (
+        'require ["envelope", "fileinto"];'
+        'if envelope :all :is "from" "" { fileinto "all"; }'
+        'if envelope :localpart :is "from" "" { fileinto "local"; }'
+    )
+    result = run(source, envelope=Envelope("", "me@example.org"))
+    assert result.actions == (FileInto("all"),)
 
 
 def test_imap4flags_and_implicit_keep_flags() -> None:

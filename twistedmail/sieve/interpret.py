@@ -749,8 +749,6 @@ class _Run:
             value = value[:1].upper() + value[1:]
         if node.tag("quotewildcard"):
             value = re.sub(r"([*?\\])", r"\\\1", value)
-        if node.tag("quoteregex"):
-            value = re.sub(r"([\\^$.\[\]|()?*+{}])", r"\\\1", value)
         if node.tag("length"):
             value = str(len(value))
         self.set_variable(str(node.positional[0]), value)

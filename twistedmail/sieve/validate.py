@@ -208,8 +208,8 @@ _COMMANDS: dict[str, _Spec] = {
         {
             m: (None, None, "mod-" + m)
             for m in ("lower", "upper", "lowerfirst", "upperfirst", "quotewildcard", "length")
-        }
-        | {"quoteregex": (None, "regex", "mod-quoteregex")},
+        },
+        # No :quoteregex (draft-ietf-sieve-regex §3): Pigeonhole 0.5 refuses it too.
         ("string", "string"),
     ),
     "include": _Spec(
