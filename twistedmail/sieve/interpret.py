@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import Union
+from typing import TypeVar, Union
 
 import attr
 import re2  # type: ignore[import-untyped]
@@ -243,20 +243,49 @@ def _decode_2047(raw: str) -> str:
 
 
 class _Message:
-    """The parsed message, read lazily: header values by name, body parts."""
+    """The parsed message, read lazily: header values by name (decoded once), body parts
+    (MIME-parsed only when a body test asks)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.msg = BytesParser(policy=compat32).parsebytes(data)
+        end = len(data)
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            i = data.find(sep)
+            if i >= 0:
+                end = min(end, i + len(sep))
+        header = BytesParser(policy=compat32).parsebytes(data[:end], headersonly=True)
         self._headers: dict[str, list[str]] = {}
-        for name, value in self.msg.items():
+        for name, value in header.items():
             self._headers.setdefault(name.lower(), []).append(value)
+        self._decoded: dict[str, list[str]] = {}
+        self._addresses: dict[str, list[list[str]]] = {}
+        self._msg: email.message.Message | None = None
+
+    @property
+    def msg(self) -> email.message.Message:
+        if self._msg is None:
+            self._msg = BytesParser(policy=compat32).parsebytes(self.data)
+        return self._msg
 
     def raw_headers(self, name: str) -> list[str]:
         return self._headers.get(name.lower(), [])
 
     def headers(self, name: str) -> list[str]:
-        return [_decode_2047(_unfold(v)).strip() for v in self.raw_headers(name)]
+        key = name.lower()
+        values = self._decoded.get(key)
+        if values is None:
+            values = [_decode_2047(_unfold(v)).strip() for v in self.raw_headers(key)]
+            self._decoded[key] = values
+        return values
+
+    def addresses(self, name: str) -> list[list[str]]:
+        """The addresses of each occurrence of header C{name} (for :index)."""
+        key = name.lower()
+        values = self._addresses.get(key)
+        if values is None:
+            values = [[a for _, a in email.utils.getaddresses([raw]) if a] for raw in self.headers(key)]
+            self._addresses[key] = values
+        return values
 
     def raw_body(self) -> str:
         data = self.data
@@ -314,6 +343,9 @@ def _split_address(address: str) -> tuple[str, str | None]:
 _ADDRESS_OK = re.compile(r"[^@\s<>]+@[^@\s<>]+\Z")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
 _FLAG_SPLIT = re.compile(r"\s+")
+
+
+_V = TypeVar("_V")
 
 
 class _Run:
@@ -476,8 +508,8 @@ class _Run:
             values = []
             for h in self.expand_all(node.positional[0]):
                 addresses: list[str] = []
-                for raw in self.indexed(node, self.message.headers(h)):
-                    addresses.extend(a for _, a in email.utils.getaddresses([raw]) if a)
+                for occurrence in self.indexed(node, self.message.addresses(h)):
+                    addresses.extend(occurrence)
                 values.extend(
                     p for p in (self.address_part(node, a) for a in addresses) if p is not None
                 )
@@ -556,7 +588,7 @@ class _Run:
             )
         return self.local_zone
 
-    def indexed(self, node: Node, values: list[str]) -> list[str]:
+    def indexed(self, node: Node, values: list[_V]) -> list[_V]:
         """RFC 5260 §6: :index N (1-based) picks one occurrence, counted from the end with :last."""
         index = node.tag("index")
         if not isinstance(index, int) or isinstance(index, bool):

@@ -118,12 +118,13 @@ class Node:
     tests: tuple[Node, ...]
     block: tuple[Node, ...] | None
     line: int
+    _tag_map: dict[str, TagValue] = attr.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_tag_map", dict(self.tags))
 
     def tag(self, name: str, default: TagValue | None = None) -> TagValue | None:
-        for key, value in self.tags:
-            if key == name:
-                return value
-        return default
+        return self._tag_map.get(name, default)
 
 
 @attr.frozen
