@@ -283,7 +283,9 @@ class _Message:
         key = name.lower()
         values = self._addresses.get(key)
         if values is None:
-            values = [[a for _, a in email.utils.getaddresses([raw]) if a] for raw in self.headers(key)]
+            values = [
+                [a for _, a in email.utils.getaddresses([raw]) if a] for raw in self.headers(key)
+            ]
             self._addresses[key] = values
         return values
 
