@@ -31,7 +31,7 @@ import attr
 import re2  # type: ignore[import-untyped]
 
 from twistedmail.maildir import FolderNameError, encode_folder_name
-from twistedmail.sieve.validate import Node, Script
+from twistedmail.sieve.validate import REDIRECT_ADDRESS, Node, Script
 
 MAX_ACTIONS = 32
 """Pigeonhole's C{sieve_max_actions} default."""
@@ -342,7 +342,6 @@ def _split_address(address: str) -> tuple[str, str | None]:
     return local, domain
 
 
-_ADDRESS_OK = re.compile(r"[^@\s<>]+@[^@\s<>]+\Z")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
 _FLAG_SPLIT = re.compile(r"\s+")
 
@@ -667,10 +666,9 @@ class _Run:
                 self.implicit_keep = False
         elif name == "redirect":
             address = self.expand(str(node.positional[0])).strip()
-            if address.startswith("<") and address.endswith(">"):
-                address = address[1:-1]
-            if not _ADDRESS_OK.match(address):
+            if not REDIRECT_ADDRESS.match(address):
                 raise SieveRuntimeError(f"redirect: invalid address '{address}'")
+            address = address.removeprefix("<").removesuffix(">")
             copy = bool(node.tag("copy"))
             self.add(Redirect(address, copy))
             if not copy:

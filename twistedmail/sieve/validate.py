@@ -260,6 +260,8 @@ _TESTS: dict[str, _Spec] = {
 _ENCODED = re.compile(r"\$\{(hex|unicode):([ \t\r\n0-9A-Fa-f]*)\}", re.IGNORECASE)
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ZONE_RE = re.compile(r"[+-][0-9]{4}\Z")
+REDIRECT_ADDRESS = re.compile(r"<?[^@\s<>]+@[^@\s<>]+>?\Z")
+"""A redirect target: local@domain, optionally in angle brackets (RFC 5228 §4.2)."""
 
 
 def _decode_encoded(value: str) -> str:
@@ -443,6 +445,12 @@ class _Compiler:
             assert isinstance(part, str)
             if "${" not in part and part.lower() not in DATE_PARTS:
                 raise SieveError(line, f"unknown date part '{part}'")
+        if node.name == "redirect":
+            address = node.positional[0]
+            assert isinstance(address, str)
+            constant = "${" not in address or "variables" not in self.requires
+            if constant and not REDIRECT_ADDRESS.match(address.strip()):
+                raise SieveError(line, f"invalid redirect address '{address}'")
         if node.name == "set":
             name = node.positional[0]
             assert isinstance(name, str)
