@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +36,8 @@ from twistedmail.sieve.validate import Script, compile_script
 CORPUS = Path(__file__).parent / "sieve_corpus"
 SIEVE_TEST = shutil.which("sieve-test")
 EXISTING_FOLDERS = ("Existing",)
+SIEVE_TEST_USER = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
+"""sieve-test's envelope "auth": the user it runs as (nobody when we are root)."""
 
 Outcome = frozenset[tuple[str, ...]]
 
@@ -111,7 +114,7 @@ def ours(script_text: bytes, message: bytes, sender: str, recipient: str) -> Out
         path = CORPUS / "include" / location / f"{name}.sieve"
         return compile_script(path.read_bytes()) if path.exists() else None
 
-    envelope = Envelope(sender, recipient)
+    envelope = Envelope(sender, recipient, auth=SIEVE_TEST_USER)
     result = evaluate(
         script,
         message,

@@ -25,13 +25,12 @@ import re
 from collections.abc import Callable, Sequence
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import attr
-import re2  # type: ignore[import-untyped]
 
 from twistedmail.maildir import FolderNameError, encode_folder_name
-from twistedmail.sieve.validate import REDIRECT_ADDRESS, Node, Script
+from twistedmail.sieve.validate import REDIRECT_ADDRESS, Node, Script, compile_regex
 
 MAX_ACTIONS = 32
 """Pigeonhole's C{sieve_max_actions} default."""
@@ -55,6 +54,8 @@ class Envelope:
     sender: str
     recipient: str
     original_recipient: str = ""
+    auth: str = ""
+    """The authenticated submitter (RFC 4954 AUTH=), for envelope "auth"; "" if none."""
 
 
 @attr.frozen
@@ -193,7 +194,7 @@ def _order_key(comparator: str, s: str) -> object:
 
 
 @functools.lru_cache(maxsize=512)
-def _glob(pattern: str) -> re2._Regexp:  # type: ignore[name-defined]
+def _glob(pattern: str) -> Any:
     """A C{:matches} pattern as an RE2 regex: '*' and '?' become capturing groups, '*'
     non-greedy so earlier wildcards match as little as possible (RFC 5229 §3.2)."""
     out = ["(?s)"]
@@ -211,16 +212,12 @@ def _glob(pattern: str) -> re2._Regexp:  # type: ignore[name-defined]
         else:
             out.append(re.escape(c))
         i += 1
-    return re2.compile("".join(out))
+    return compile_regex("".join(out))
 
 
 @functools.lru_cache(maxsize=512)
-def _regex(pattern: str, casemap: bool) -> re2._Regexp:  # type: ignore[name-defined]
-    options = re2.Options()
-    options.case_sensitive = not casemap
-    options.dot_nl = False
-    options.posix_syntax = False
-    return re2.compile(pattern, options=options)
+def _regex(pattern: str, casemap: bool) -> Any:
+    return compile_regex(pattern, casemap)
 
 
 def _unfold(value: str) -> str:
@@ -518,9 +515,14 @@ class _Run:
         if name == "envelope":
             values = []
             for part in self.expand_all(node.positional[0]):
-                address = (
-                    self.envelope.sender if part.lower() == "from" else self.envelope.recipient
-                )
+                part = part.lower()
+                if part == "auth":
+                    if self.envelope.auth:
+                        values.append(self.envelope.auth)
+                    continue
+                if part not in ("from", "to"):
+                    continue
+                address = self.envelope.sender if part == "from" else self.envelope.recipient
                 if address == "":
                     # RFC 5228 §5.4: the null reverse path is "" for :all, nothing else.
                     if (

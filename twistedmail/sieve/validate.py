@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Union
+from typing import Any, Union
 
 import attr
 import re2  # type: ignore[import-untyped]
@@ -257,6 +257,17 @@ _TESTS: dict[str, _Spec] = {
     "mailboxexists": _Spec("mailbox", {}, ("stringlist",)),
 }
 
+def compile_regex(pattern: str, casemap: bool = False) -> Any:
+    """An RE2 regex (linear time; POSIX-ERE-like syntax as Pigeonhole's :regex), errors quiet.
+
+    @raise re2.error: when the pattern is invalid.
+    """
+    options = re2.Options()
+    options.case_sensitive = not casemap
+    options.log_errors = False
+    return re2.compile(pattern, options=options)
+
+
 _ENCODED = re.compile(r"\$\{(hex|unicode):([ \t\r\n0-9A-Fa-f]*)\}", re.IGNORECASE)
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ZONE_RE = re.compile(r"[+-][0-9]{4}\Z")
@@ -418,9 +429,12 @@ class _Compiler:
                 if "${" in key and "variables" in self.requires:
                     continue
                 try:
-                    re2.compile(key)
+                    compile_regex(key)
                 except Exception:
                     raise SieveError(line, f"invalid regular expression '{key}'") from None
+        index = node.tag("index")
+        if isinstance(index, int) and not isinstance(index, bool) and index < 1:
+            raise SieveError(line, ":index counts from 1 (RFC 5260 §6)")
         if node.tag("last") and node.tag("index") is None:
             raise SieveError(line, ":last needs :index")
         zone = node.tag("zone")
@@ -438,8 +452,11 @@ class _Compiler:
             parts = node.positional[0]
             assert isinstance(parts, tuple)
             for p in parts:
-                if "${" not in p and p.lower() not in ("from", "to"):
+                if "${" not in p and p.lower() not in ("from", "to", "auth"):
                     raise SieveError(line, f"unknown envelope part '{p}'")
+                if p.lower() == "auth" and any(node.tag(t) for t in _ADDRESS_PART):
+                    # As Pigeonhole: "auth" is not an address, so no address part applies.
+                    raise SieveError(line, "address part given for envelope part 'auth'")
         if node.name in ("date", "currentdate"):
             part = node.positional[-2]
             assert isinstance(part, str)
