@@ -8,6 +8,8 @@ from pathlib import Path
 
 import attr
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twistedmail.sieve.grammar import (
     MAX_NESTING,
@@ -445,3 +447,48 @@ def test_store_ignores_link_outside_home(tmp_path: Path) -> None:
     """An active link pointing outside ~/sieve is not a script of ours."""
     (tmp_path / ".dovecot.sieve").symlink_to("/etc/passwd")
     assert SieveStore(tmp_path).active() is None
+
+
+_EVERY_TEST = compile_script(
+    'require ["body", "envelope", "date", "index", "regex", "variables", "relational",'
+    ' "subaddress", "imap4flags", "fileinto", "comparator-i;ascii-numeric"];'
+    'if anyof (header :matches "subject" "*a*", address :detail "from" "x",'
+    ' envelope :domain "to" "y", body :text :contains "z", body :raw :regex "q+",'
+    ' body :content "text" :contains "w", date :index 1 :zone "+0100" "date" "hour" "1",'
+    ' header :value "gt" :comparator "i;ascii-numeric" "x-n" "1", exists "x",'
+    ' header :count "gt" :comparator "i;ascii-numeric" "received" "1") {'
+    ' fileinto "${1}x"; }'
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_any_message_bytes_never_raise(data: bytes) -> None:
+    """Whatever the message bytes, evaluation returns a result instead of raising."""
+    result = evaluate(_EVERY_TEST, data, ENVELOPE)
+    assert result.implicit_keep is not None or result.actions
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Subject: =?utf-8?b?",
+                b"=?x-unknown?q?a?=",
+                b"Content-Type: multipart/mixed; boundary=b\r\n",
+                b"--b\r\n",
+                b"Content-Transfer-Encoding: base64\r\n",
+                b"Date: Mon, 99 Foo 2026 25:61:61 +9999\r\n",
+                b"From: <@@>, \"\\\r\n",
+                b"\r\n",
+                b"\xff\xfe",
+                b"Received: ;;;\r\n",
+            ]
+        ),
+        max_size=30,
+    )
+)
+def test_hostile_message_parts_never_raise(parts: list[bytes]) -> None:
+    """Broken MIME, encodings, dates and addresses never make evaluation raise."""
+    evaluate(_EVERY_TEST, b"".join(parts), ENVELOPE)

@@ -252,7 +252,7 @@ class _Message:
                 end = min(end, i + len(sep))
         header = BytesParser(policy=compat32).parsebytes(data[:end], headersonly=True)
         self._headers: dict[str, list[str]] = {}
-        for name, value in header.items():
+        for name, value in header.raw_items():
             self._headers.setdefault(name.lower(), []).append(value)
         self._decoded: dict[str, list[str]] = {}
         self._addresses: dict[str, list[list[str]]] = {}
