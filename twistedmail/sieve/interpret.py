@@ -21,6 +21,7 @@ import email.header
 import email.message
 import email.utils
 import functools
+import html
 import re
 from collections.abc import Callable, Sequence
 from email.parser import BytesParser
@@ -195,24 +196,27 @@ def _order_key(comparator: str, s: str) -> object:
 
 @functools.lru_cache(maxsize=512)
 def _glob(pattern: str) -> Any:
-    """A C{:matches} pattern as an RE2 regex: '*' and '?' become capturing groups, '*'
-    non-greedy so earlier wildcards match as little as possible (RFC 5229 §3.2)."""
-    out = ["(?s)"]
+    """A C{:matches} pattern as an RE2 regex over UTF-8 octets: '*' and '?' become capturing
+    groups, '*' non-greedy so earlier wildcards match as little as possible (RFC 5229 §3.2).
+    '?' is one octet, as the comparators of RFC 4790 §9 work on octets (Pigeonhole does the
+    same: "?t?*" does not match "Été")."""
+    out = [b"(?s)"]
+    data = pattern.encode("utf-8", "surrogateescape")
     i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
+    while i < len(data):
+        c = data[i : i + 1]
+        if c == b"\\" and i + 1 < len(data):
+            out.append(re.escape(data[i + 1 : i + 2]))
             i += 2
             continue
-        if c == "*":
-            out.append("(.*?)")
-        elif c == "?":
-            out.append("(.)")
+        if c == b"*":
+            out.append(b"(.*?)")
+        elif c == b"?":
+            out.append(b"(.)")
         else:
             out.append(re.escape(c))
         i += 1
-    return compile_regex("".join(out))
+    return compile_regex(b"".join(out), octets=True)
 
 
 @functools.lru_cache(maxsize=512)
@@ -255,7 +259,7 @@ class _Message:
         for name, value in header.raw_items():
             self._headers.setdefault(name.lower(), []).append(value)
         self._decoded: dict[str, list[str]] = {}
-        self._addresses: dict[str, list[list[str]]] = {}
+        self._addresses: dict[str, list[list[tuple[str, bool]]]] = {}
         self._msg: email.message.Message | None = None
 
     @property
@@ -275,14 +279,22 @@ class _Message:
             self._decoded[key] = values
         return values
 
-    def addresses(self, name: str) -> list[list[str]]:
-        """The addresses of each occurrence of header C{name} (for :index)."""
+    def addresses(self, name: str) -> list[list[tuple[str, bool]]]:
+        """(address, valid) for each occurrence of header C{name} (a list per occurrence, for
+        :index).  A value that is not an address list (C{undisclosed-recipients:;}) is one
+        invalid address, its text, as Pigeonhole reads it."""
         key = name.lower()
         values = self._addresses.get(key)
         if values is None:
-            values = [
-                [a for _, a in email.utils.getaddresses([raw]) if a] for raw in self.headers(key)
-            ]
+            values = []
+            for raw in self.headers(key):
+                found = [a for _, a in email.utils.getaddresses([raw]) if a]
+                if found and all(_ADDR_SPEC.match(a) for a in found):
+                    values.append([(a, True) for a in found])
+                elif raw:
+                    values.append([(raw, False)])
+                else:
+                    values.append([])
             self._addresses[key] = values
         return values
 
@@ -316,9 +328,25 @@ class _Message:
                 continue
             text = _part_text(part)
             if part.get_content_subtype() == "html":
-                text = re.sub(r"<[^>]*>", "", text)
+                text = _html_text(text)
             out.append(text)
         return out
+
+
+_HTML_HIDDEN = re.compile(r"<(style|script)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_HTML_BLOCK = re.compile(r"</?(p|br|div|tr|li|h[1-6]|table|blockquote|pre)\b[^>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def _html_text(text: str) -> str:
+    """The text of an HTML part for body :text (RFC 5173 §5.2 leaves it to the server):
+    no style/script/comments, block elements as line breaks, other tags dropped, entities
+    decoded, blank runs collapsed, like Pigeonhole's HTML-to-text."""
+    text = _HTML_HIDDEN.sub("", text)
+    text = _HTML_BLOCK.sub("\n", text)
+    text = html.unescape(_HTML_TAG.sub("", text))
+    lines = (" ".join(line.split(" ")).strip(" \t") for line in text.splitlines())
+    return "\r\n".join(re.sub(r"[ \t]+", " ", line) for line in lines if line)
 
 
 def _part_text(part: email.message.Message) -> str:
@@ -339,6 +367,7 @@ def _split_address(address: str) -> tuple[str, str | None]:
     return local, domain
 
 
+_ADDR_SPEC = re.compile(r"[^@\s]+@[^@\s]+\Z")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
 _FLAG_SPLIT = re.compile(r"\s+")
 
@@ -419,10 +448,15 @@ class _Run:
     # -- matching ------------------------------------------------------------------------
 
     def match(
-        self, node: Node, values: list[str], keys: list[str], count_filter: bool = False
+        self,
+        node: Node,
+        values: list[str],
+        keys: list[str],
+        count_filter: bool = False,
+        capture: bool = True,
     ) -> bool:
         comparator = str(node.tag("comparator", "i;ascii-casemap"))
-        capture = "variables" in self.requires
+        capture = capture and "variables" in self.requires
         count = node.tag("count")
         if isinstance(count, str):
             n = str(len([v for v in values if v != ""] if count_filter else values))
@@ -440,13 +474,17 @@ class _Run:
         casemap = comparator == "i;ascii-casemap"
         if node.tag("matches"):
             for v in values:
-                subject = _casemap(v) if casemap else v
+                # _casemap changes ASCII letters only: the octet offsets stay those of v.
+                octets = v.encode("utf-8", "surrogateescape")
+                subject = _casemap(v).encode("utf-8", "surrogateescape") if casemap else octets
                 for k in keys:
                     m = _glob(_casemap(k) if casemap else k).fullmatch(subject)
                     if m is not None:
                         if capture:
                             spans = [m.span(i) for i in range(m.re.groups + 1)]
-                            self.match_values = [v[a:b] for a, b in spans]
+                            self.match_values = [
+                                octets[a:b].decode("utf-8", "replace") for a, b in spans
+                            ]
                         return True
             return False
         if node.tag("regex"):
@@ -505,12 +543,16 @@ class _Run:
         if name == "address":
             values = []
             for h in self.expand_all(node.positional[0]):
-                addresses: list[str] = []
+                all_part = not any(node.tag(t) for t in ("localpart", "domain", "user", "detail"))
                 for occurrence in self.indexed(node, self.message.addresses(h)):
-                    addresses.extend(occurrence)
-                values.extend(
-                    p for p in (self.address_part(node, a) for a in addresses) if p is not None
-                )
+                    for address, valid in occurrence:
+                        if not valid:
+                            # RFC 5228 §5.1 leaves it open; Pigeonhole matches the text
+                            # with :all and nothing for the other parts.
+                            values.extend([address] if all_part else [])
+                            continue
+                        p = self.address_part(node, address)
+                        values.extend([p] if p is not None else [])
             return self.match(node, values, self.expand_all(node.positional[1]))
         if name == "envelope":
             values = []
@@ -561,7 +603,8 @@ class _Run:
                 values = self.message.parts(self.expand_all(content))
             else:
                 values = self.message.text_parts()
-            return self.match(node, values, self.expand_all(node.positional[0]))
+            # Pigeonhole's body test leaves the match variables alone.
+            return self.match(node, values, self.expand_all(node.positional[0]), capture=False)
         if name == "date":
             header = self.expand(str(node.positional[0]))
             part = self.expand(str(node.positional[1])).lower()

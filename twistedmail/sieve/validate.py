@@ -257,14 +257,17 @@ _TESTS: dict[str, _Spec] = {
     "mailboxexists": _Spec("mailbox", {}, ("stringlist",)),
 }
 
-def compile_regex(pattern: str, casemap: bool = False) -> Any:
+def compile_regex(pattern: str | bytes, casemap: bool = False, octets: bool = False) -> Any:
     """An RE2 regex (linear time; POSIX-ERE-like syntax as Pigeonhole's :regex), errors quiet.
 
+    @param octets: match bytes, one octet per '.' (Latin-1 mode), for C{:matches}.
     @raise re2.error: when the pattern is invalid.
     """
     options = re2.Options()
     options.case_sensitive = not casemap
     options.log_errors = False
+    if octets:
+        options.encoding = re2.Options.Encoding.LATIN1
     return re2.compile(pattern, options=options)
 
 
