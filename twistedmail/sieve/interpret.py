@@ -10,8 +10,9 @@ Matching: comparators i;octet, i;ascii-casemap, i;ascii-numeric (RFC 4790 §9); 
 :is :contains :matches (RFC 5228 §2.7.1) with match variables (RFC 5229 §3.2), :count/:value
 (RFC 5231) and :regex (draft-ietf-sieve-regex).  C{:matches} and C{:regex} run on RE2
 (C{google-re2}), a linear-time engine: no catastrophic backtracking whatever the header or
-pattern.  Header values are unfolded and decoded from RFC 2047 before matching (RFC 5228
-§2.7.2).
+pattern; both work on UTF-8 octets ('?' and '.' are one octet), as the comparators of RFC 4790
+§9 and Pigeonhole's POSIX regex do.  Header values are unfolded and decoded from RFC 2047
+before matching (RFC 5228 §2.7.2).
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def _glob(pattern: str) -> Any:
 
 @functools.lru_cache(maxsize=512)
 def _regex(pattern: str, casemap: bool) -> Any:
-    return compile_regex(pattern, casemap)
+    """A :regex key on UTF-8 octets ('.' is one octet), as Pigeonhole's POSIX regcomp."""
+    return compile_regex(pattern.encode("utf-8", "surrogateescape"), casemap, octets=True)
 
 
 def _unfold(value: str) -> str:
@@ -494,11 +496,12 @@ class _Run:
                 except Exception:
                     raise SieveRuntimeError(f"invalid regular expression '{k}'") from None
                 for v in values:
-                    m = pattern.search(v)
+                    m = pattern.search(v.encode("utf-8", "surrogateescape"))
                     if m is not None:
                         if capture:
                             self.match_values = [
-                                m.group(i) or "" for i in range(min(m.re.groups, 9) + 1)
+                                (m.group(i) or b"").decode("utf-8", "replace")
+                                for i in range(min(m.re.groups, 9) + 1)
                             ]
                         return True
             return False

@@ -432,7 +432,7 @@ class _Compiler:
                 if "${" in key and "variables" in self.requires:
                     continue
                 try:
-                    compile_regex(key)
+                    compile_regex(key.encode("utf-8", "surrogateescape"), octets=True)
                 except Exception:
                     raise SieveError(line, f"invalid regular expression '{key}'") from None
         index = node.tag("index")
