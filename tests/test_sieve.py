@@ -492,3 +492,40 @@ def test_any_message_bytes_never_raise(data: bytes) -> None:
 def test_hostile_message_parts_never_raise(parts: list[bytes]) -> None:
     """Broken MIME, encodings, dates and addresses never make evaluation raise."""
     evaluate(_EVERY_TEST, b"".join(parts), ENVELOPE)
+
+
+def test_missing_include_is_a_compile_error_with_a_resolver() -> None:
+    """With a resolver, a missing non-optional include fails compilation (as Pigeonhole)."""
+    source = (
+        'require "include";\ninclude "there";\ninclude :optional "gone";\n'
+        'include :global "gone";'
+    )
+    error = error_of_with(source, lambda name, where: name == "there")
+    assert error.line == 4 and "'gone' does not exist" in error.message
+
+
+def error_of_with(source: str, exists: object) -> SieveError:
+    with pytest.raises(SieveError) as info:
+        compile_script(source, include_exists=exists)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_duplicate_store_takes_later_flags_and_keeps_implicit_keep() -> None:
+    """A duplicate action is dropped (RFC 5228 §2.10.3): it cancels no implicit keep, and a
+    repeated store takes the later flags (Pigeonhole's behaviour)."""
+    result = run(
+        'require ["fileinto", "copy", "imap4flags"];'
+        'fileinto :copy :flags "$A" "X"; fileinto :flags "$B" "X"; redirect :copy "a@b.c";'
+        'redirect "a@b.c";'
+    )
+    assert result.actions == (FileInto("X", ("$B",), copy=True), Redirect("a@b.c", copy=True))
+    assert result.implicit_keep == Keep()
+
+
+def test_set_case_modifiers_are_ascii_only() -> None:
+    """:upper/:upperfirst change ASCII letters only (as Pigeonhole)."""
+    result = run(
+        'require ["variables", "fileinto"]; set :upper "u" "été"; set :upperfirst "f" "été";'
+        'set :length "n" "été"; fileinto "${u}-${f}-${n}";'
+    )
+    assert result.actions == (FileInto("éTé-été-3"),)

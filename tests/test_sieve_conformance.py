@@ -105,8 +105,11 @@ def parse_sieve_test(stdout: str, stderr: str, returncode: int) -> Outcome:
 
 def ours(script_text: bytes, message: bytes, sender: str, recipient: str) -> Outcome:
     """Our compile + evaluate -> the comparable set of actions."""
+    def exists(name: str, location: str) -> bool:
+        return (CORPUS / "include" / location / f"{name}.sieve").exists()
+
     try:
-        script = compile_script(script_text)
+        script = compile_script(script_text, include_exists=exists)
     except SieveError:
         return frozenset({("compile-error",)})
 

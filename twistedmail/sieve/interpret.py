@@ -137,6 +137,7 @@ ScriptLoader = Callable[[str, str], Union[Script, None]]
 
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+_ASCII_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
 
 
 def _casemap(s: str) -> str:
@@ -694,8 +695,8 @@ class _Run:
         if name == "return":
             raise _Return()
         if name == "keep":
-            self.add(Keep(self.action_flags(node)))
-            self.implicit_keep = False
+            if self.add(Keep(self.action_flags(node))):
+                self.implicit_keep = False
         elif name == "discard":
             self.add(Discard())
             self.implicit_keep = False
@@ -709,8 +710,8 @@ class _Run:
                         f"fileinto: invalid folder name '{folder}': {e}"
                     ) from None
             copy = bool(node.tag("copy"))
-            self.add(FileInto(folder, self.action_flags(node), bool(node.tag("create")), copy))
-            if not copy:
+            action = FileInto(folder, self.action_flags(node), bool(node.tag("create")), copy)
+            if self.add(action) and not copy:
                 self.implicit_keep = False
         elif name == "redirect":
             address = self.expand(str(node.positional[0])).strip()
@@ -718,8 +719,7 @@ class _Run:
                 raise SieveRuntimeError(f"redirect: invalid address '{address}'")
             address = address.removeprefix("<").removesuffix(">")
             copy = bool(node.tag("copy"))
-            self.add(Redirect(address, copy))
-            if not copy:
+            if self.add(Redirect(address, copy)) and not copy:
                 self.implicit_keep = False
         elif name in ("reject", "ereject"):
             self.add(Reject(self.expand(str(node.positional[0])), extended=name == "ereject"))
@@ -744,19 +744,24 @@ class _Run:
             return tuple(_flag_list(self.expand_all(flags)))
         return tuple(self.flags)
 
-    def add(self, action: Action) -> None:
-        """Record an action, merging duplicates (RFC 5228 §2.10.3) and enforcing limits."""
-        for done in self.actions:
-            if _store_target(done) is not None and _store_target(done) == _store_target(action):
-                return
+    def add(self, action: Action) -> bool:
+        """Record an action, enforcing limits; False for a duplicate (RFC 5228 §2.10.3), which
+        is dropped (and so cancels no implicit keep) except that a store's flags become the
+        later ones, as Pigeonhole does."""
+        for i, done in enumerate(self.actions):
+            target = _store_target(done)
+            if target is not None and target == _store_target(action):
+                assert isinstance(done, (Keep, FileInto)) and isinstance(action, (Keep, FileInto))
+                self.actions[i] = attr.evolve(done, flags=action.flags)
+                return False
             if (
                 isinstance(done, Redirect)
                 and isinstance(action, Redirect)
                 and done.address.lower() == action.address.lower()
             ):
-                return
+                return False
             if isinstance(done, Discard) and isinstance(action, Discard):
-                return
+                return False
             if isinstance(done, Vacation) and isinstance(action, Vacation):
                 raise SieveRuntimeError("duplicate vacation action")
             # RFC 5429 §2.1: reject/ereject conflicts with delivering actions and vacation.
@@ -772,6 +777,7 @@ class _Run:
         if len(self.actions) >= self.max_actions:
             raise SieveRuntimeError(f"more than {self.max_actions} actions")
         self.actions.append(action)
+        return True
 
     def vacation(self, node: Node) -> Vacation:
         seconds = node.tag("seconds")
@@ -819,14 +825,15 @@ class _Run:
         """RFC 5229 §4: modifiers applied by precedence (40 case, 30 first-letter, 20 quoting,
         10 length)."""
         value = self.expand(str(node.positional[1]))
+        # Case changes are ASCII-only, as Pigeonhole's ("été" :upper is "éTé").
         if node.tag("lower"):
-            value = value.lower()
+            value = _casemap(value)
         if node.tag("upper"):
-            value = value.upper()
+            value = value.translate(_ASCII_UPPER)
         if node.tag("lowerfirst"):
-            value = value[:1].lower() + value[1:]
+            value = _casemap(value[:1]) + value[1:]
         if node.tag("upperfirst"):
-            value = value[:1].upper() + value[1:]
+            value = value[:1].translate(_ASCII_UPPER) + value[1:]
         if node.tag("quotewildcard"):
             value = re.sub(r"([*?\\])", r"\\\1", value)
         if node.tag("length"):

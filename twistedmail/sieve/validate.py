@@ -10,7 +10,7 @@ extension that is not required"), constant regular expressions compile, and enco
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 import attr
@@ -299,10 +299,17 @@ def _decode_encoded(value: str) -> str:
     return _ENCODED.sub(one, value)
 
 
+IncludeExists = Callable[[str, str], bool]
+"""C{(name, "personal" | "global") -> bool}: whether an include target exists (RFC 6609)."""
+
+
 class _Compiler:
-    def __init__(self, requires: frozenset[str], encoded: bool) -> None:
+    def __init__(
+        self, requires: frozenset[str], encoded: bool, include_exists: IncludeExists | None
+    ) -> None:
         self.requires = requires
         self.encoded = encoded
+        self.include_exists = include_exists
 
     def need(self, extension: str, line: int, what: str) -> None:
         if extension not in self.requires:
@@ -487,6 +494,15 @@ class _Compiler:
             assert isinstance(name, str)
             if not name or "/" in name or "\0" in name:
                 raise SieveError(line, f"invalid script name '{name}'")
+            location = "global" if node.tag("global") else "personal"
+            # Pigeonhole resolves includes when compiling: a missing script is an error
+            # unless :optional (RFC 6609 §3.2).
+            if (
+                self.include_exists is not None
+                and not node.tag("optional")
+                and not self.include_exists(name, location)
+            ):
+                raise SieveError(line, f"included {location} script '{name}' does not exist")
 
     def test(self, test: Test) -> Node:
         spec = _TESTS.get(test.name)
@@ -526,8 +542,11 @@ class _Compiler:
         return tuple(out)
 
 
-def compile_script(source: str | bytes) -> Script:
+def compile_script(source: str | bytes, include_exists: IncludeExists | None = None) -> Script:
     """Parse and validate a script.
+
+    @param include_exists: checks that each non-optional C{include} target exists (as
+        Pigeonhole does when compiling); None leaves that to run time.
 
     @raise SieveError: with the line and message of the first error (RFC 5804 §2.6 reports it).
     """
@@ -550,5 +569,5 @@ def compile_script(source: str | bytes) -> Script:
             if name == "vacation-seconds":
                 requires.add("vacation")  # RFC 6131 §2 builds on vacation; Pigeonhole implies it
         i += 1
-    compiler = _Compiler(frozenset(requires), "encoded-character" in requires)
+    compiler = _Compiler(frozenset(requires), "encoded-character" in requires, include_exists)
     return Script(frozenset(requires), compiler.commands(commands[i:]))
