@@ -529,3 +529,16 @@ def test_set_case_modifiers_are_ascii_only() -> None:
         'set :length "n" "été"; fileinto "${u}-${f}-${n}";'
     )
     assert result.actions == (FileInto("éTé-été-3"),)
+
+
+def test_variable_expansion_is_bounded() -> None:
+    """Variables stay within 4096 characters and an expanded string within 64 KiB: a script
+    doubling a variable or repeating it cannot build megabytes (hostile input)."""
+    doubling = 'require ["variables", "fileinto"]; set "a" "xx";' + 'set "a" "${a}${a}";' * 20
+    result = run(doubling + 'fileinto "${a}";')
+    assert result.error is not None  # 4096-character folder name: invalid, kept
+    result = run(doubling + 'set :length "n" "${a}"; fileinto "n${n}";')
+    assert result.actions == (FileInto("n4096"),)
+    repeated = doubling + 'if string :is "' + "${a}" * 100 + '" "" { keep; }'
+    result = run(repeated)
+    assert result.error is not None and "after expansion" in result.error

@@ -42,6 +42,8 @@ MAX_INCLUDE_DEPTH = 10
 """Pigeonhole's C{sieve_include_max_nesting_depth} default."""
 MAX_VARIABLE_SIZE = 4096
 """Characters; Pigeonhole's C{sieve_variables_max_variable_size} default."""
+MAX_EXPANDED_SIZE = 64 * 1024
+"""Characters of one string after variable expansion; beyond it the script fails (kept)."""
 VACATION_MIN_SECONDS = 86400
 VACATION_MAX_SECONDS = 60 * 86400
 VACATION_DEFAULT_SECONDS = 7 * 86400
@@ -419,16 +421,27 @@ class _Run:
         if "variables" not in self.requires or "${" not in s:
             return s
 
-        def one(m: re.Match[str]) -> str:
+        out: list[str] = []
+        size = 0
+        pos = 0
+        for m in _VARIABLE.finditer(s):
             name = m.group(1)
             if name.isdigit():
                 n = int(name)
-                return self.match_values[n] if n < len(self.match_values) else ""
-            if "." in name:
-                return m.group()
-            return self.get_variable(name)
-
-        return _VARIABLE.sub(one, s)
+                value = self.match_values[n] if n < len(self.match_values) else ""
+            elif "." in name:
+                value = m.group()
+            else:
+                value = self.get_variable(name)
+            out.append(s[pos : m.start()])
+            out.append(value)
+            size += m.start() - pos + len(value)
+            pos = m.end()
+            if size > MAX_EXPANDED_SIZE:
+                # "${a}${a}..." with a 4 KiB variable must not build megabytes.
+                raise SieveRuntimeError(f"string longer than {MAX_EXPANDED_SIZE} after expansion")
+        out.append(s[pos:])
+        return "".join(out)
 
     def expand_all(self, values: object) -> list[str]:
         assert isinstance(values, tuple)
