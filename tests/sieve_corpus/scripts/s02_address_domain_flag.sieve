@@ -1,0 +1,5 @@
+require ["fileinto", "imap4flags"];
+if address :domain :is "from" "example.com" {
+  addflag "\\Flagged";
+  fileinto "Boss";
+}

@@ -1,0 +1,3 @@
+require ["copy", "fileinto"];
+fileinto :copy "Archive";
+if header :contains "subject" "report" { redirect :copy "assistant@example.org"; }

@@ -1,0 +1,2 @@
+require "ereject";
+if address :domain :is "from" "example.biz" { ereject "Go away."; }

@@ -1,0 +1,5 @@
+require ["fileinto"];
+fileinto "Dup";
+fileinto "Dup";
+keep;
+fileinto "INBOX";

@@ -1,0 +1,3 @@
+require ["fileinto"];
+if header :is "subject" "You WON $$$ *** claim now ***" { fileinto "Is\"Quoted\""; }
+if header :matches "subject" "You WON \\$\\$\\$ \\*\\*\\* *" { fileinto "EscapedStars"; }

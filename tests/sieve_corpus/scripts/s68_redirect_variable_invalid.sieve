@@ -1,0 +1,3 @@
+require "variables";
+set "a" "not an address";
+redirect "${a}";

@@ -1,0 +1,3 @@
+require ["vacation", "fileinto"];
+vacation :days 0 "zero";
+fileinto "After";

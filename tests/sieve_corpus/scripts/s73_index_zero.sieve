@@ -1,0 +1,2 @@
+require ["index", "fileinto"];
+if header :index 0 :contains "received" "x" { fileinto "Zero"; }
