@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from tests.test_imap_server import T1, Harness
 from twistedmail.imap.message import (
     MISSING_DOMAIN,
+    MISSING_MAILBOX,
     Address,
     address_text,
     decode_header_text,
@@ -68,6 +69,34 @@ class AddressListTests(unittest.TestCase):
             b"a@b, , c@d,": [Address(None, None, b"a", b"b"), Address(None, None, b"c", b"d")],
             b"": [],
             b"(only a comment)": [],
+        }
+        for raw, expected in cases.items():
+            self.assertEqual(parse_addresses(raw), expected, raw)
+
+    def test_malformed_like_dovecot(self) -> None:
+        """What Dovecot 2.3 answers for malformed addresses (compared on a live Dovecot):
+        a missing part is MISSING_MAILBOX / MISSING_DOMAIN, never NIL (which would read as
+        a group marker, RFC 3501 §7.4.2); words without an address are a name."""
+        missing = (MISSING_MAILBOX, MISSING_DOMAIN)
+        cases = {
+            b"John Smith": [Address(b"John Smith", None, *missing)],
+            b"foo bar@baz": [Address(b"foo bar", None, *missing)],
+            b"a@b c@d": [Address(None, None, b"a", b"b")],
+            b"<>": [Address(None, None, *missing)],
+            b"Name <>": [Address(b"Name", None, *missing)],
+            b"@": [Address(None, None, *missing)],
+            b"@bar": [Address(None, None, MISSING_MAILBOX, b"bar")],
+            b"a@": [Address(None, None, b"a", MISSING_DOMAIN)],
+            b'"quoted local"@x': [Address(None, None, b"quoted local", b"x")],
+            b"<a@b> trailing": [Address(None, None, b"a", b"b")],
+            b"g: <>;": [
+                Address(None, None, b"g", None),
+                Address(None, None, *missing),
+                Address(None, None, None, None),
+            ],
+            b"Name (c1) (c2)": [Address(b"c2", None, b"Name", MISSING_DOMAIN)],
+            b"(c) a@b": [Address(None, None, b"a", b"b")],
+            b'"" <a@b>': [Address(None, None, b"a", b"b")],
         }
         for raw, expected in cases.items():
             self.assertEqual(parse_addresses(raw), expected, raw)
@@ -131,10 +160,11 @@ class FetchTests(unittest.TestCase):
                 b'* 1 FETCH (ENVELOPE ("Thu, 15 Feb 2007 01:02:03 +0200" NIL'
                 b' (("Real Name" NIL "user" "domain")) (("Real Name" NIL "user" "domain"))'
                 b' (("Real Name" NIL "user" "domain"))'
-                b' ((NIL NIL "group" NIL) (NIL NIL "g1" "d1.org") (NIL NIL "g2" "d2.org")'
-                b' (NIL NIL NIL NIL) (NIL NIL "group2" NIL) (NIL NIL "g3" "d3.org")'
-                b" (NIL NIL NIL NIL))"
-                b' ((NIL NIL "undisclosed-recipients" NIL) (NIL NIL NIL NIL)) NIL NIL NIL))',
+                # RFC 3501 §9 env-to = "(" 1*address ")": no space between addresses
+                b' ((NIL NIL "group" NIL)(NIL NIL "g1" "d1.org")(NIL NIL "g2" "d2.org")'
+                b'(NIL NIL NIL NIL)(NIL NIL "group2" NIL)(NIL NIL "g3" "d3.org")'
+                b"(NIL NIL NIL NIL))"
+                b' ((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) NIL NIL NIL))',
                 b"a OK FETCH completed",
             ],
         )

@@ -395,6 +395,8 @@ def partial(data: bytes, part: Any) -> tuple[bytes, bytes]:
 MISSING_DOMAIN = b"MISSING_DOMAIN"
 """The host of an address without one (C{To: undisclosed}): never NIL, which would make it a
 group marker (RFC 3501 §7.4.2); Dovecot's value."""
+MISSING_MAILBOX = b"MISSING_MAILBOX"
+"""The mailbox of an address without one (C{From: <>}, C{@host}), as Dovecot sends it."""
 
 
 @attrs.frozen
@@ -431,11 +433,11 @@ def _address_tokens(value: bytes) -> list[tuple[bytes, bytes]]:
     i = 0
     while i < len(value):
         if value[i : i + 1] == b"(":  # comment, nested (RFC 5322 §3.2.2)
-            depth, j, text = 0, i, bytearray()
+            depth, j, comment = 0, i, bytearray()
             while j < len(value):
                 c = value[j : j + 1]
                 if c == b"\\" and j + 1 < len(value):
-                    text += value[j + 1 : j + 2]
+                    comment += value[j + 1 : j + 2]
                     j += 2
                     continue
                 depth += {b"(": 1, b")": -1}.get(c, 0)
@@ -443,8 +445,8 @@ def _address_tokens(value: bytes) -> list[tuple[bytes, bytes]]:
                 if depth == 0:
                     break
                 if depth > 1 or c not in b"(":
-                    text += c
-            out.append((b"c", bytes(text).strip()))
+                    comment += c
+            out.append((b"c", bytes(comment).strip()))
             i = j
             continue
         if value[i : i + 1] == b")":  # stray: ignored
@@ -502,12 +504,21 @@ def parse_addresses(value: bytes) -> list[Address]:
         return b"".join(words) or None
 
     def addr_spec(items: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+        """local-part and domain (RFC 5322 §3.4.1); a word after white space ends each."""
         local, at, domain = bytearray(), False, bytearray()
+        spaced = False
         for kind, text in items:
             if kind == b"@" and not at:
-                at = True
+                at, spaced = True, False
+            elif kind in (b" ", b"c"):
+                spaced = bool(domain if at else local)
             elif kind in (b"w", b".", b"@"):
-                (domain if at else local).extend(text)
+                part = domain if at else local
+                if spaced and kind == b"w":
+                    if at:
+                        break  # "a@b c@d": what follows the domain is not part of it
+                spaced = False
+                part.extend(text)
         return bytes(local) or None, bytes(domain) or None
 
     while pos < len(tokens):
@@ -543,29 +554,50 @@ def parse_addresses(value: bytes) -> list[Address]:
                 inner = inner[colon + 1 :]
             local, domain = addr_spec(inner)
             take_until(b",;")  # anything after ">" up to the next address
-            if local is None and domain is None:
-                continue
-            out.append(Address(phrase(items), route or None, local, domain or MISSING_DOMAIN))
+            mailbox, host = local or MISSING_MAILBOX, domain or MISSING_DOMAIN
+            out.append(Address(phrase(items), route or None, mailbox, host))
             continue
         if stop == b":":  # a ":" inside a group: not an address
             pos += 1
             continue
-        local, domain = addr_spec(items)
-        comments = [t for k, t in items if k == b"c" and t]
-        if local is None and domain is None:
+        words = [k for k, _ in items if k in (b"w", b"@", b".")]
+        if not words:
+            continue  # nothing but white space and comments
+        if b"@" not in words and words.count(b"w") > 1:
+            # a phrase without an address ("To: John Smith"): Dovecot's reading
+            out.append(Address(phrase(items), None, MISSING_MAILBOX, MISSING_DOMAIN))
             continue
+        before_at = items[: next((i for i, t in enumerate(items) if t[0] == b"@"), len(items))]
+        if sum(1 for k, _ in before_at if k == b"w") > 1 and any(
+            k in (b" ", b"c") for k, _ in before_at[1:]
+        ):
+            # "foo bar@baz": white space inside the local part, the words are a name
+            out.append(Address(phrase(before_at), None, MISSING_MAILBOX, MISSING_DOMAIN))
+            continue
+        local, domain = addr_spec(items)
+        # a comment after the addr-spec names it (RFC 5322 §3.4 obsolete practice)
+        first_word = next(i for i, t in enumerate(items) if t[0] in (b"w", b"@", b"."))
+        comments = [t for k, t in items[first_word:] if k == b"c" and t]
         name = comments[-1] if comments else None
-        out.append(Address(name, None, local, domain or MISSING_DOMAIN))
+        out.append(Address(name, None, local or MISSING_MAILBOX, domain or MISSING_DOMAIN))
     if in_group:
         out.append(Address(None, None, None, None))
     return out
 
 
-def _addresses(value: bytes | None) -> list[list[bytes | None]] | None:
+def _addresses(value: bytes | None) -> Atom | None:
+    """An ENVELOPE address list, C{"(" 1*address ")"} with no space between the addresses
+    (RFC 3501 §9 env-from), or NIL."""
     if value is None:
         return None
-    found = [[a.name, a.route, a.mailbox, a.host] for a in parse_addresses(value)]
-    return found or None
+    found = parse_addresses(value)
+    if not found:
+        return None
+    return Atom(b"(%s)" % b"".join(_list([a.name, a.route, a.mailbox, a.host]) for a in found))
+
+
+def _list(items: Sequence[Any]) -> bytes:
+    return b"(" + encode_sexp(items) + b")"
 
 
 def address_text(addresses: Sequence[Address]) -> str:
@@ -580,7 +612,7 @@ def address_text(addresses: Sequence[Address]) -> str:
         if a.group_end:
             parts[-1:] = [parts[-1].rstrip(", ") + ";, "] if parts else []
             continue
-        addr = (a.mailbox or b"").decode("utf-8", "replace")
+        addr = "" if a.mailbox == MISSING_MAILBOX else (a.mailbox or b"").decode("utf-8", "replace")
         if a.host not in (None, MISSING_DOMAIN):
             addr += "@" + (a.host or b"").decode("utf-8", "replace")
         if a.name:
@@ -636,8 +668,9 @@ def _line_count(body: bytes) -> int:
 def bodystructure(entity: Entity, extended: bool) -> list[Any]:
     """BODY (C{extended=False}) or BODYSTRUCTURE of an entity (RFC 3501 §7.4.2)."""
     if entity.children:
-        out: list[Any] = [bodystructure(c, extended) for c in entity.children]
-        out.append(_raw(entity.subtype.upper()))
+        # body-type-mpart = 1*body SP media-subtype: no space between the parts (RFC 3501 §9)
+        parts = b"".join(_list(bodystructure(c, extended)) for c in entity.children)
+        out: list[Any] = [Atom(parts), _raw(entity.subtype.upper())]
         if extended:
             out += [
                 _param_list(entity.params),
