@@ -96,6 +96,8 @@ class AddressListTests(unittest.TestCase):
             ],
             b"Name (c1) (c2)": [Address(b"c2", None, b"Name", MISSING_DOMAIN)],
             b"(c) a@b": [Address(None, None, b"a", b"b")],
+            b"first.last (Name)": [Address(b"Name", None, b"first.last", MISSING_DOMAIN)],
+            b"John Q. Public <jqp@x>": [Address(b"John Q. Public", None, b"jqp", b"x")],
             b'"" <a@b>': [Address(None, None, b"a", b"b")],
         }
         for raw, expected in cases.items():

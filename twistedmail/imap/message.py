@@ -470,8 +470,9 @@ def _address_tokens(value: bytes) -> list[tuple[bytes, bytes]]:
 
 def parse_addresses(value: bytes) -> list[Address]:
     """An RFC 5322 §3.4 address list (From, To, Cc, ...) as ENVELOPE addresses, groups as
-    RFC 3501 §7.4.2 markers.  Lenient as Dovecot is: a comment after a bare addr-spec is its
-    display name, a missing host is L{MISSING_DOMAIN}, anything unparsable is skipped."""
+    RFC 3501 §7.4.2 markers.  Lenient as Dovecot 2.3 is: a comment after a bare addr-spec is
+    its display name, a missing mailbox or host is L{MISSING_MAILBOX} / L{MISSING_DOMAIN},
+    what follows an address up to the next comma is ignored."""
     tokens = _address_tokens(value)
     out: list[Address] = []
     pos = 0
@@ -502,6 +503,20 @@ def parse_addresses(value: bytes) -> list[Address]:
                 words.append(text)
                 space = False
         return b"".join(words) or None
+
+    def spaced_words(items: list[tuple[bytes, bytes]]) -> bool:
+        """Whether two words stand apart (white space or a comment between them)."""
+        seen = apart = False
+        for kind, _ in items:
+            if kind == b"w":
+                if seen and apart:
+                    return True
+                seen, apart = True, False
+            elif kind in (b" ", b"c"):
+                apart = seen
+            else:
+                apart = False
+        return False
 
     def addr_spec(items: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
         """local-part and domain (RFC 5322 §3.4.1); a word after white space ends each."""
@@ -560,18 +575,12 @@ def parse_addresses(value: bytes) -> list[Address]:
         if stop == b":":  # a ":" inside a group: not an address
             pos += 1
             continue
-        words = [k for k, _ in items if k in (b"w", b"@", b".")]
-        if not words:
+        if not any(k in (b"w", b"@", b".") for k, _ in items):
             continue  # nothing but white space and comments
-        if b"@" not in words and words.count(b"w") > 1:
-            # a phrase without an address ("To: John Smith"): Dovecot's reading
-            out.append(Address(phrase(items), None, MISSING_MAILBOX, MISSING_DOMAIN))
-            continue
         before_at = items[: next((i for i, t in enumerate(items) if t[0] == b"@"), len(items))]
-        if sum(1 for k, _ in before_at if k == b"w") > 1 and any(
-            k in (b" ", b"c") for k, _ in before_at[1:]
-        ):
-            # "foo bar@baz": white space inside the local part, the words are a name
+        if spaced_words(before_at):
+            # "John Smith", "foo bar@baz": words apart are no local part but a name, with
+            # no address (Dovecot's reading)
             out.append(Address(phrase(before_at), None, MISSING_MAILBOX, MISSING_DOMAIN))
             continue
         local, domain = addr_spec(items)
