@@ -190,6 +190,22 @@ class FetchTests(unittest.TestCase):
         )
 
 
+    def test_text_defaults_like_dovecot(self) -> None:
+        """A text part without a charset shows C{us-ascii} (RFC 2046 §4.1.2), after the
+        other parameters; body-fld-lines counts line ends, a last line without one not
+        (what Dovecot 2.3 answers)."""
+        self.h.add(b"Content-Type: text/html; x=y\r\n\r\n<p>\r\nx</p>", "", T1 + 2)
+        self.h.cmd(b"n NOOP")
+        self.assertEqual(
+            self.h.cmd(b"a FETCH 3 BODY"),
+            [
+                b'* 3 FETCH (BODY ("TEXT" "HTML" ("x" "y" "charset" "us-ascii") NIL NIL "7BIT"'
+                b" 10 1))",
+                b"a OK FETCH completed",
+            ],
+        )
+
+
 ENCODED = (
     b"From: =?UTF-8?Q?J=C3=B6rg_M=C3=BCller?= <joerg@example.org>\r\n"
     b"To: undisclosed-recipients:;\r\n"

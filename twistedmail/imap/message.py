@@ -671,7 +671,9 @@ def _disposition(header: bytes) -> list[Any] | None:
 
 
 def _line_count(body: bytes) -> int:
-    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+    """body-fld-lines (RFC 3501 §7.4.2): the line ends in the body, as Dovecot counts (a
+    last line without one is not counted)."""
+    return body.count(b"\n")
 
 
 def bodystructure(entity: Entity, extended: bool) -> list[Any]:
@@ -691,10 +693,13 @@ def bodystructure(entity: Entity, extended: bool) -> list[Any]:
     if entity.maintype == "multipart":  # multipart without parts: report as empty text
         entity = attrs.evolve(entity, maintype="text", subtype="plain", params=())
     encoding = header_value(entity.header, b"content-transfer-encoding") or b"7BIT"
+    params = entity.params
+    if entity.maintype == "text" and not any(key == "charset" for key, _ in params):
+        params += (("charset", "us-ascii"),)  # RFC 2046 §4.1.2 default, as Dovecot shows it
     out = [
         _raw(entity.maintype.upper()),
         _raw(entity.subtype.upper()),
-        _param_list(entity.params),
+        _param_list(params),
         header_value(entity.header, b"content-id"),
         header_value(entity.header, b"content-description"),
         encoding.upper(),
