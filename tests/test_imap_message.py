@@ -104,10 +104,18 @@ class AddressListTests(unittest.TestCase):
             self.assertEqual(parse_addresses(raw), expected, raw)
 
     def test_address_text(self) -> None:
-        """What FROM/TO/CC/BCC search in: names decoded, comments dropped, groups kept."""
+        """What FROM/TO/CC/BCC search in, as Dovecot 2.3 writes it: names decoded, a comment
+        naming a bare address, groups kept, every address in angle brackets; a name that is
+        not an atom quoted before decoding."""
         self.assertEqual(
             address_text(parse_addresses(b"g: a@b, =?UTF-8?Q?J=C3=B6rg?= <j@x>;, c@d (C)")),
-            "g: a@b, J\u00f6rg <j@x>;, C <c@d>",
+            "g: <a@b>, J\u00f6rg <j@x>;, C <c@d>",
+        )
+        self.assertEqual(
+            address_text(
+                parse_addresses(b"=?UTF-8?Q?J=C3=B6rg_M?= <j@x>, d (Some Name), <@r:a@b>")
+            ),
+            'J\u00f6rg M <j@x>, "Some Name" <d@MISSING_DOMAIN>, <@r:a@b>',
         )
 
     def test_decode_header_text(self) -> None:
@@ -188,7 +196,6 @@ class FetchTests(unittest.TestCase):
             b"Content-Type: text/x-myown; charset=us-ascii\r\n\r\n)\r\n"
             b"b OK FETCH completed\r\n",
         )
-
 
     def test_text_defaults_like_dovecot(self) -> None:
         """A text part without a charset shows C{us-ascii} (RFC 2046 §4.1.2), after the

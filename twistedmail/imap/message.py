@@ -609,25 +609,40 @@ def _list(items: Sequence[Any]) -> bytes:
     return b"(" + encode_sexp(items) + b")"
 
 
+_ATOM = re.compile(r"[^\s()<>\[\]:;@\\,.\"]+")
+
+
 def address_text(addresses: Sequence[Address]) -> str:
-    """An address list written out as SEARCH matches it (RFC 3501 §6.4.4 FROM, TO, CC, BCC):
-    C{Name <mailbox@host>} with the display name decoded, groups as C{group: ...;}, comments
-    and routes dropped (Dovecot's normal form)."""
+    """An address list written out as SEARCH matches it (RFC 3501 §6.4.4 FROM, TO, CC, BCC),
+    Dovecot 2.3's normal form: C{<mailbox@host>}, after the display name (quoted unless an
+    atom, then RFC 2047-decoded), C{<@route:mailbox@host>}, groups as C{name: member, ...;},
+    addresses joined by C{", "}, comments dropped; a missing part is its MISSING_* value."""
+
+    def text(value: bytes | None) -> str:
+        return (value or b"").decode("utf-8", "replace")
+
     parts: list[str] = []
+    members: list[str] | None = None
+    group = ""
     for a in addresses:
         if a.group_start:
-            parts.append(decode_header_text(a.mailbox or b"") + ": ")
+            group, members = decode_header_text(a.mailbox or b""), []
             continue
         if a.group_end:
-            parts[-1:] = [parts[-1].rstrip(", ") + ";, "] if parts else []
+            if members is not None:
+                parts.append(f"{group}: {', '.join(members)};" if members else f"{group}:;")
+            members = None
             continue
-        addr = "" if a.mailbox == MISSING_MAILBOX else (a.mailbox or b"").decode("utf-8", "replace")
-        if a.host not in (None, MISSING_DOMAIN):
-            addr += "@" + (a.host or b"").decode("utf-8", "replace")
+        route = text(a.route) + ":" if a.route else ""
+        written = f"<{route}{text(a.mailbox)}@{text(a.host)}>"
         if a.name:
-            addr = f"{decode_header_text(a.name)} <{addr}>"
-        parts.append(addr + ", ")
-    return "".join(parts).rstrip(", ")
+            # quoted as written (an encoded-word is an atom), then decoded
+            name = a.name
+            if not _ATOM.fullmatch(text(name)):
+                name = b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+            written = f"{decode_header_text(name)} {written}"
+        (parts if members is None else members).append(written)
+    return ", ".join(parts)
 
 
 def envelope(header: bytes) -> list[Any]:
