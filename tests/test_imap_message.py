@@ -264,6 +264,13 @@ class HeaderSearchTests(unittest.TestCase):
         self.assertEqual(self.search(self.literal(b"FROM", "M\u00fcller <joerg@")), b"* SEARCH 1")
         self.assertEqual(self.search(self.literal(b"HEADER X-Note", "caf\u00c9")), b"* SEARCH 1")
 
+    def test_text_sees_decoded_header(self) -> None:
+        """TEXT matches the decoded header, not its encoded-words, and the body (as Dovecot)."""
+        self.assertEqual(self.search(self.literal(b"TEXT", "gr\u00fc\u00dfe")), b"* SEARCH 1")
+        self.assertEqual(self.search(self.literal(b"TEXT", "CAF\u00c9")), b"* SEARCH 1")
+        self.assertEqual(self.search(b"a SEARCH TEXT R3LDvMOfZSBhdXMg"), b"* SEARCH")
+        self.assertEqual(self.search(b"a SEARCH TEXT BODY"), b"* SEARCH 1 2")
+
     def test_address_keys(self) -> None:
         """Address keys match the address without its comments, the name a comment gives,
         and group names (imaptest search-addresses)."""

@@ -825,7 +825,7 @@ def compile_search(
             needle = text_arg()
             needs[0] = True
             if key == b"TEXT":
-                return lambda c, r: needle in r().lower()
+                return text_test(needle)
             return lambda c, r: needle in split_message(r())[1].lower()
         if key == b"NOT":
             inner = one()
@@ -867,6 +867,17 @@ def compile_search(
                 if wanted in haystack.casefold():
                     return True
             return False
+
+        return test
+
+    def text_test(needle: bytes) -> Predicate:
+        """TEXT (RFC 3501 §6.4.4): the header as the header keys see it (encoded-words
+        decoded, case-folded), or the body as stored."""
+        wanted = needle.decode("utf-8", "replace").casefold()
+
+        def test(c: Candidate, r: Callable[[], bytes]) -> bool:
+            header, body = split_message(r())
+            return needle in body.lower() or wanted in decode_header_text(header).casefold()
 
         return test
 
