@@ -177,7 +177,8 @@ class FetchRenderingTests(unittest.TestCase):
         self.h.cmd(b"n NOOP")
         self.assertEqual(
             self.h.cmd(b"a FETCH 3 BODYSTRUCTURE")[0],
-            b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1 NIL NIL NIL NIL)'
+            b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT" 1 0'
+            b" NIL NIL NIL NIL)"
             b' "ALTERNATIVE" ("boundary" "AbC") NIL NIL NIL))',
         )
 

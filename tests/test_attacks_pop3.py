@@ -180,10 +180,11 @@ class ChunkBoundaryDotStuffingTests(AttackTestCase):
         normalized = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         self.assertEqual(
             out,
-            b"+OK %d octets\r\n" % len(message) + stuffed(normalized) + b".\r\n+OK\r\n",
+            # the size is that of the CRLF form sent (RFC 1939 §5), also for a bare-LF file
+            b"+OK %d octets\r\n" % len(normalized) + stuffed(normalized) + b".\r\n+OK\r\n",
         )
         status, lines, rest = client_read(out)
-        self.assertEqual(status, b"+OK %d octets" % len(message))
+        self.assertEqual(status, b"+OK %d octets" % len(normalized))
         self.assertEqual(b"\r\n".join(lines) + b"\r\n", normalized)
         self.assertEqual(rest, b"+OK\r\n")  # the message never became a server reply
 

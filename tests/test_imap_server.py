@@ -414,8 +414,10 @@ class FetchTests(unittest.TestCase):
         self.assertEqual(
             self.h.cmd(b"a FETCH 3 BODYSTRUCTURE"),
             [
-                b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" NIL NIL NIL "7BIT" 8 1 NIL NIL NIL NIL)'
-                b' ("APPLICATION" "OCTET-STREAM" ("name" "a.bin") NIL NIL "BASE64" 4 NIL'
+                # no space between the parts: body-type-mpart = 1*body SP media-subtype
+                b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT"'
+                b" 8 0 NIL NIL NIL NIL)"
+                b'("APPLICATION" "OCTET-STREAM" ("name" "a.bin") NIL NIL "BASE64" 4 NIL'
                 b' ("attachment" ("filename" "a.bin")) NIL NIL) "MIXED" ("boundary" "XyZ")'
                 b" NIL NIL NIL))",
                 b"a OK FETCH completed",

@@ -34,6 +34,12 @@ import attrs
 
 INDEX_FILE = "twistedmail.index"
 SCHEMA_VERSION = 1
+CACHE_VERSION = 2
+"""Version of what the index derives from message content.  1: ENVELOPE without RFC 5322
+groups (RFC 3501 §7.4.2) and sizes of files with bare LF line ends as stored.  An index of
+another version keeps its rows (UIDs, MODSEQs) but drops the cached FETCH parts and sets
+L{FolderIndex.stale_sizes} until the folder has measured its sizes again
+(L{FolderIndex.sizes_measured})."""
 DIRTY_NS = 2_000_000_000
 """A directory changed less than this long (ns) before the sync that recorded its mtime is
 listed again next time: a change in the same mtime tick would otherwise go unseen (Dovecot's
@@ -102,6 +108,7 @@ class FolderIndex:
     def __init__(self, directory: Path) -> None:
         self.path = directory / INDEX_FILE
         self.created = False
+        self.stale_sizes = False
         self.db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -118,7 +125,17 @@ class FolderIndex:
         self.created = not existed or self._get(db, "version") is None
         if self.created:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('cache_version', ?)", (CACHE_VERSION,))
+        elif (self._get(db, "cache_version") or 1) != CACHE_VERSION:
+            # rendered by older code: render again on the next FETCH
+            db.execute("UPDATE messages SET envelope = NULL, bodystructure = NULL, body = NULL")
+            self.stale_sizes = True
         return db
+
+    def sizes_measured(self) -> None:
+        """The folder measured every size again (L{stale_sizes}): the index is current."""
+        self.put("cache_version", CACHE_VERSION)
+        self.stale_sizes = False
 
     def _open_checked(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -255,6 +272,10 @@ class FolderIndex:
             " VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
+
+    def set_size(self, uid: int, size: int) -> None:
+        """Correct the size of message C{uid} (octets with CRLF line ends)."""
+        self.db.execute("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
 
     def rename(self, uid: int, filename: str, modseq: int) -> None:
         self.db.execute(

@@ -16,7 +16,9 @@ On-disk format (chosen to match Dovecot, so a mailbox moves between the two serv
   - UIDs live in C{dovecot-uidlist}: a header C{3 V<uidvalidity> N<uidnext> G<guid>} then one
     C{<uid> :<base name>} line per message (Dovecot's "Maildir Mailbox Format" document);
   - messages are stored exactly as received on the wire (CRLF line ends), so the C{S=} size
-    is also the RFC 822 size IMAP reports.
+    is also the RFC 822 size IMAP reports; a file another program wrote with bare LF line
+    ends (Dovecot's C{,S=<file size>,W=<CRLF size>}, or a file dropped in by hand) is read
+    with CRLF line ends and its size is that of the CRLF form (RFC 3501 §2.3.4).
 
 Durability (the contract behind every C{250} and C{OK}): a message is written to C{tmp/},
 fsynced, hard-linked into C{new/} or C{cur/} under a name that is never reused (a link never
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import os
 import re
 import shutil
@@ -38,6 +41,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
@@ -127,6 +131,57 @@ def size_from_name(base: str) -> int | None:
     return None
 
 
+def wire_size(data: bytes) -> int:
+    """Octets of C{data} with every bare LF made CRLF (RFC 5322 §2.1, RFC 3501 §2.3.4)."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def to_crlf(data: bytes) -> bytes:
+    """C{data} with every bare LF made CRLF (the wire form, RFC 3501 §2.3.4, RFC 1939 §3)."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+class CRLFReader(io.BufferedIOBase):
+    """A binary message file read with bare LF line ends made CRLF, chunk by chunk (a CR
+    at the end of one chunk and the LF starting the next stay one line end): what POP3
+    streams (RFC 1939 §3) for a file another program wrote with LF line ends."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__()
+        self._file = file
+        self._after_cr = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _convert(self, data: bytes) -> bytes:
+        out = to_crlf(data)
+        if self._after_cr and data[:1] == b"\n":
+            out = out[1:]  # the CR added before this LF came in the previous chunk
+        if data:
+            self._after_cr = data[-1:] == b"\r"
+        return out
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._convert(self._file.read(-1 if size is None else size))
+
+    read1 = read
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._convert(self._file.readline(-1 if size is None else size))
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def measure(path: Path) -> int:
+    """The size of message file C{path} with CRLF line ends.  @raise OSError: unreadable."""
+    return wire_size(path.read_bytes())
+
+
 def wire_size_from_name(base: str) -> int | None:
     """The size with CRLF line ends: Dovecot's C{,W=} when present, else C{,S=}, else C{None}.
 
@@ -137,6 +192,14 @@ def wire_size_from_name(base: str) -> int | None:
         if field.startswith("W=") and field[2:].isdigit():
             return int(field[2:])
     return size_from_name(base)
+
+
+def dovecot_wire_size(base: str) -> int | None:
+    """Dovecot's C{,W=} size (the message with CRLF line ends), or C{None} when absent."""
+    for field in base.split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
 
 
 def is_keyword(name: str) -> bool:
@@ -332,7 +395,24 @@ class Folder:
             if index.created:
                 fresh = not (self.path / UIDLIST).exists()
                 index.start(1 if fresh else int(time.time() * 1000))
+            elif index.stale_sizes:
+                self._measure_again(index)
+                index.sizes_measured()
             yield index
+
+    def _measure_again(self, index: FolderIndex) -> None:
+        """Sizes indexed by an older version counted a bare LF as one octet: measure every
+        message without Dovecot's C{,W=} again (once, at the upgrade)."""
+        cur = self.path / "cur"
+        for uid, base, filename, size, _, _ in index.messages():
+            if dovecot_wire_size(base) is not None:
+                continue
+            try:
+                measured = measure(cur / filename)
+            except OSError:
+                continue  # gone or unreadable: the next sync deals with it
+            if measured != size:
+                index.set_size(uid, measured)
 
     def scan(self, since: int | None = None) -> ScanResult:
         """Bring the index up to date with the folder and return its messages.
@@ -407,8 +487,15 @@ class Folder:
                 st = os.stat(cur_dir + name)
             except FileNotFoundError:
                 continue
-            size = wire_size_from_name(base)
-            entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
+            size = dovecot_wire_size(base)
+            if size is None:
+                # written by another program, maybe with bare LF line ends: measure it once
+                # (RFC 3501 §2.3.4: RFC822.SIZE counts the CRLF form that is sent)
+                try:
+                    size = measure(cur / name)
+                except FileNotFoundError:
+                    continue
+            entries[base] = (name, st.st_mtime, size)
         for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b))):
             uids[base] = uidnext
             uidnext += 1
@@ -544,7 +631,8 @@ class Folder:
                 name = f"{base}:2,{normalize_flags(flags)}"
                 st = os.stat(self.path / "cur" / name)
                 modseq = index.next_modseq()
-                index.insert(IndexedMessage(uid, base, name, len(data), st.st_mtime, modseq))
+                size = wire_size(data)
+                index.insert(IndexedMessage(uid, base, name, size, st.st_mtime, modseq))
                 index.put("uidnext", uidnext + 1)
                 index.record(self._stamps(), now_ns())
             else:
@@ -578,8 +666,8 @@ class Folder:
         return found
 
     def read(self, entry: MessageEntry) -> bytes:
-        """The whole message with CRLF line ends (RFC 5322 §2.1): as stored, or converted
-        from LF for a file Dovecot saved (C{,W=} differs from C{,S=}).
+        """The whole message with CRLF line ends (RFC 5322 §2.1): as stored, or with every
+        bare LF made CRLF (a file Dovecot or another program wrote with LF line ends).
 
         @raise MaildirError: when it is gone.
         """
@@ -587,9 +675,7 @@ class Folder:
             data = self.open(entry).read_bytes()
         except FileNotFoundError:
             raise MaildirError("message no longer exists") from None
-        if wire_size_from_name(entry.base) != size_from_name(entry.base):
-            data = _BARE_LF.sub(b"\r\n", data)
-        return data
+        return to_crlf(data)
 
     def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
         """Rename the message so its info carries exactly C{letters}; return the new entry.

@@ -36,7 +36,7 @@ import re
 import secrets
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import attrs
 from twisted.cred.portal import Portal
@@ -54,6 +54,7 @@ from twistedmail import auth, sasl
 from twistedmail.auth import RunInThread
 from twistedmail.maildir import (
     ChangeNotifier,
+    CRLFReader,
     Folder,
     MaildirError,
     MessageEntry,
@@ -753,7 +754,7 @@ class MaildirPOP3Mailbox:
 
     L{open_maildrop} takes the snapshot the session works on (RFC 1939 §4); it scans the
     folder, which moves C{new/} mail to C{cur/} as Dovecot does.  Message indices are
-    0-based (the interface's); sizes are octets as stored (CRLF line ends).  Deletions and
+    0-based (the interface's); sizes are octets with CRLF line ends (as sent).  Deletions and
     the C{S} (seen) flag of retrieved messages are applied by L{sync}, at QUIT only.
 
     @param root: the INBOX directory (C{maildir.mailbox_root(mail_dir, address)}).
@@ -815,7 +816,9 @@ class MaildirPOP3Mailbox:
         return 0 if i in self._deleted else entry.size
 
     def getMessage(self, i: int) -> IO[bytes]:
-        """A binary file of message C{i}, as stored.
+        """A binary file of message C{i} with CRLF line ends (RFC 1939 §3): as stored, bare
+        LF line ends of a file another program wrote made CRLF (L{CRLFReader}), so RETR
+        sends the octets LIST counts.
 
         @raise ValueError: out of range or deleted.
         @raise MaildirError: the message was removed by another session.
@@ -824,7 +827,8 @@ class MaildirPOP3Mailbox:
         if i in self._deleted:
             raise ValueError("message deleted")
         try:
-            return self.folder.open(entry).open("rb")
+            # an io.BufferedIOBase, which typeshed does not count as IO[bytes]
+            return cast(IO[bytes], CRLFReader(self.folder.open(entry).open("rb")))
         except FileNotFoundError:
             raise MaildirError("message no longer exists") from None
 

@@ -39,9 +39,12 @@ from zope.interface import implementer
 from twistedmail.auth import RunInThread
 from twistedmail.imap.message import (
     MaildirMessage,
+    address_text,
+    decode_header_text,
     header_fields,
     header_value,
     imap_flags,
+    parse_addresses,
     parse_internaldate,
     parse_search_date,
     split_message,
@@ -812,7 +815,7 @@ def compile_search(
             needs[0] = True
             return _date_test(key[4:], d, lambda c, r: _sent_day(r()))
         if key in _HEADER_KEYS:
-            return header_test(key.lower(), text_arg())
+            return header_test(key.lower(), text_arg(), addresses=key != b"SUBJECT")
         if key == b"HEADER":
             name = take()
             if not isinstance(name, bytes):
@@ -822,7 +825,7 @@ def compile_search(
             needle = text_arg()
             needs[0] = True
             if key == b"TEXT":
-                return lambda c, r: needle in r().lower()
+                return text_test(needle)
             return lambda c, r: needle in split_message(r())[1].lower()
         if key == b"NOT":
             inner = one()
@@ -841,16 +844,40 @@ def compile_search(
             return lambda c, r: in_set(seqs, c[0], last_seq)
         raise SearchError("unknown search key")
 
-    def header_test(name: bytes, needle: bytes) -> Predicate:
+    def header_test(name: bytes, needle: bytes, addresses: bool = False) -> Predicate:
+        """RFC 3501 §6.4.4: a substring of the field's decoded text (RFC 2047 encoded-words
+        decoded, folds removed), case-folded; an address field (FROM, TO, CC, BCC) as its
+        addresses written out, display names decoded (L{address_text}); an empty string
+        matches every message that has the field.  The needle is UTF-8 (CHARSET UTF-8 or
+        US-ASCII, checked by the command)."""
         needs[0] = True
+        wanted = needle.decode("utf-8", "replace").casefold()
 
         def test(c: Candidate, r: Callable[[], bytes]) -> bool:
             header = split_message(r())[0]
             for field_name, text in header_fields(header):
                 # a line without a colon is no field (its name is b""): never a match
-                if name and field_name == name and needle in text.split(b":", 1)[1].lower():
+                if not name or field_name != name:
+                    continue
+                if not wanted:
+                    return True
+                value = text.split(b":", 1)[1].strip()
+                found = parse_addresses(value) if addresses else []
+                haystack = address_text(found) if found else decode_header_text(value)
+                if wanted in haystack.casefold():
                     return True
             return False
+
+        return test
+
+    def text_test(needle: bytes) -> Predicate:
+        """TEXT (RFC 3501 §6.4.4): the header as the header keys see it (encoded-words
+        decoded, case-folded), or the body as stored."""
+        wanted = needle.decode("utf-8", "replace").casefold()
+
+        def test(c: Candidate, r: Callable[[], bytes]) -> bool:
+            header, body = split_message(r())
+            return needle in body.lower() or wanted in decode_header_text(header).casefold()
 
         return test
 

@@ -13,9 +13,12 @@ literal (RFC 3501 §4.3).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import calendar
 import email.utils
 import io
+import quopri
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -180,6 +183,43 @@ def select_headers(header: bytes, names: Sequence[bytes], negate: bool) -> bytes
     return out + CRLF
 
 
+_ENCODED_WORD = re.compile(rb"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(rb"[ \t\r\n]*")
+
+
+def _decode_word(m: re.Match[bytes]) -> str | None:
+    charset, kind, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
+    try:
+        if kind in b"bB":
+            data = base64.b64decode(text + b"=" * (-len(text) % 4))
+        else:
+            data = quopri.decodestring(text.replace(b"_", b" "), header=True)
+        return data.decode(charset, "replace")
+    except (ValueError, LookupError, binascii.Error):
+        return None
+
+
+def decode_header_text(value: bytes) -> str:
+    """Header text with its RFC 2047 encoded-words decoded (white space between two adjacent
+    encoded-words dropped, RFC 2047 §6.2; an unknown charset leaves the word as it is), folds
+    unfolded; octets outside encoded-words are taken as UTF-8 (RFC 6532)."""
+    value = re.sub(rb"\r?\n(?=[ \t])", b"", value)
+    out: list[str] = []
+    pos = 0
+    last_word_end = -1
+    for m in _ENCODED_WORD.finditer(value):
+        decoded = _decode_word(m)
+        if decoded is None:
+            continue
+        between = value[pos : m.start()]
+        if not (last_word_end == pos and _BETWEEN_WORDS.fullmatch(between)):
+            out.append(between.decode("utf-8", "replace"))
+        out.append(decoded)
+        pos = last_word_end = m.end()
+    out.append(value[pos:].decode("utf-8", "replace"))
+    return "".join(out)
+
+
 def _content_headers(header: bytes) -> Message:
     return BytesHeaderParser(policy=compat32).parsebytes(header)
 
@@ -241,7 +281,12 @@ def parse_entity(
 ) -> Entity:
     """Parse C{raw} into an L{Entity} tree (depth-limited against hostile nesting)."""
     header, body = split_message(raw)
-    msg = _content_headers(header)
+    # parameters from the unfolded field (RFC 5322 §2.2.3): a folded quoted boundary
+    # (C{boundary="foo\r\n bar"}) is C{foo bar}
+    content_type = header_value(header, b"content-type")
+    msg = _content_headers(
+        b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n\r\n"
+    )
     ctype = msg.get("content-type")
     if ctype is not None and "/" in str(ctype):
         maintype, subtype = msg.get_content_maintype(), msg.get_content_subtype()
@@ -349,17 +394,257 @@ def partial(data: bytes, part: Any) -> tuple[bytes, bytes]:
 # ---------------------------------------------------------------- ENVELOPE, BODYSTRUCTURE
 
 
-def _addresses(value: bytes | None) -> list[list[bytes | None]] | None:
+MISSING_DOMAIN = b"MISSING_DOMAIN"
+"""The host of an address without one (C{To: undisclosed}): never NIL, which would make it a
+group marker (RFC 3501 §7.4.2); Dovecot's value."""
+MISSING_MAILBOX = b"MISSING_MAILBOX"
+"""The mailbox of an address without one (C{From: <>}, C{@host}), as Dovecot sends it."""
+
+
+@attrs.frozen
+class Address:
+    """One ENVELOPE address (RFC 3501 §7.4.2): display name (raw, encoded-words kept), route
+    (C{@a,@b}), mailbox and host.  A group is a start marker (C{host} NIL, C{mailbox} the
+    group name) followed by its members and an end marker (C{mailbox} and C{host} NIL)."""
+
+    name: bytes | None
+    route: bytes | None
+    mailbox: bytes | None
+    host: bytes | None
+
+    @property
+    def group_start(self) -> bool:
+        return self.host is None and self.mailbox is not None
+
+    @property
+    def group_end(self) -> bool:
+        return self.host is None and self.mailbox is None
+
+
+_ADDRESS_TOKEN = re.compile(
+    rb'[ \t\r\n]+|"(?:[^"\\]|\\.)*"?|\[(?:[^\]\\]|\\.)*\]?|[<>@,;:.]|\\.?'
+    rb'|[^ \t\r\n"\[\]<>@,;:.()\\]+'
+)
+
+
+def _address_tokens(value: bytes) -> list[tuple[bytes, bytes]]:
+    """(kind, text) tokens of an RFC 5322 §3.4 address list: C{"w"} word (atom, unquoted
+    quoted-string, domain literal), C{"c"} comment text, C{" "} white space, or the special
+    character itself."""
+    out: list[tuple[bytes, bytes]] = []
+    i = 0
+    while i < len(value):
+        if value[i : i + 1] == b"(":  # comment, nested (RFC 5322 §3.2.2)
+            depth, j, comment = 0, i, bytearray()
+            while j < len(value):
+                c = value[j : j + 1]
+                if c == b"\\" and j + 1 < len(value):
+                    comment += value[j + 1 : j + 2]
+                    j += 2
+                    continue
+                depth += {b"(": 1, b")": -1}.get(c, 0)
+                j += 1
+                if depth == 0:
+                    break
+                if depth > 1 or c not in b"(":
+                    comment += c
+            out.append((b"c", bytes(comment).strip()))
+            i = j
+            continue
+        if value[i : i + 1] == b")":  # stray: ignored
+            i += 1
+            continue
+        m = _ADDRESS_TOKEN.match(value, i)
+        assert m is not None
+        text = m.group()
+        i = m.end()
+        if text[:1] in b" \t\r\n":
+            out.append((b" ", b" "))
+        elif text[:1] == b'"':
+            inner = text[1:-1] if len(text) > 1 and text.endswith(b'"') else text[1:]
+            out.append((b"w", re.sub(rb"\\(.)", rb"\1", inner)))
+        elif len(text) == 1 and text in b"<>@,;:.":
+            out.append((text, text))
+        else:
+            out.append((b"w", text))
+    return out
+
+
+def parse_addresses(value: bytes) -> list[Address]:
+    """An RFC 5322 §3.4 address list (From, To, Cc, ...) as ENVELOPE addresses, groups as
+    RFC 3501 §7.4.2 markers.  Lenient as Dovecot 2.3 is: a comment after a bare addr-spec is
+    its display name, a missing mailbox or host is L{MISSING_MAILBOX} / L{MISSING_DOMAIN},
+    what follows an address up to the next comma is ignored."""
+    tokens = _address_tokens(value)
+    out: list[Address] = []
+    pos = 0
+    in_group = False
+
+    def peek() -> bytes:
+        j = pos
+        while j < len(tokens) and tokens[j][0] in (b" ", b"c"):
+            j += 1
+        return tokens[j][0] if j < len(tokens) else b""
+
+    def take_until(stops: bytes) -> list[tuple[bytes, bytes]]:
+        nonlocal pos
+        start = pos
+        while pos < len(tokens) and not (len(tokens[pos][0]) == 1 and tokens[pos][0] in stops):
+            pos += 1
+        return tokens[start:pos]
+
+    def phrase(items: list[tuple[bytes, bytes]]) -> bytes | None:
+        words: list[bytes] = []
+        space = False
+        for kind, text in items:
+            if kind in (b" ", b"c"):
+                space = bool(words)
+            elif kind != b"<":
+                if space and words:
+                    words.append(b" ")
+                words.append(text)
+                space = False
+        return b"".join(words) or None
+
+    def spaced_words(items: list[tuple[bytes, bytes]]) -> bool:
+        """Whether two words stand apart (white space or a comment between them)."""
+        seen = apart = False
+        for kind, _ in items:
+            if kind == b"w":
+                if seen and apart:
+                    return True
+                seen, apart = True, False
+            elif kind in (b" ", b"c"):
+                apart = seen
+            else:
+                apart = False
+        return False
+
+    def addr_spec(items: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+        """local-part and domain (RFC 5322 §3.4.1); a word after white space ends each."""
+        local, at, domain = bytearray(), False, bytearray()
+        spaced = False
+        for kind, text in items:
+            if kind == b"@" and not at:
+                at, spaced = True, False
+            elif kind in (b" ", b"c"):
+                spaced = bool(domain if at else local)
+            elif kind in (b"w", b".", b"@"):
+                part = domain if at else local
+                if spaced and kind == b"w":
+                    if at:
+                        break  # "a@b c@d": what follows the domain is not part of it
+                spaced = False
+                part.extend(text)
+        return bytes(local) or None, bytes(domain) or None
+
+    while pos < len(tokens):
+        kind = peek()
+        if not kind:
+            break
+        if kind == b",":
+            take_until(b",")
+            pos += 1
+            continue
+        if kind == b";":  # end of group (RFC 5322 §3.4 group)
+            take_until(b";")
+            pos += 1
+            if in_group:
+                out.append(Address(None, None, None, None))
+                in_group = False
+            continue
+        items = take_until(b"<:,;")
+        stop = tokens[pos][0] if pos < len(tokens) else b""
+        if stop == b":" and not in_group:
+            pos += 1
+            out.append(Address(None, None, phrase(items) or b"", None))
+            in_group = True
+            continue
+        if stop == b"<":
+            pos += 1
+            inner = take_until(b">")
+            pos += 1
+            route = None
+            colon = next((k for k, t in enumerate(inner) if t[0] == b":"), None)
+            if colon is not None:  # obs-route: <@a,@b:user@host> (RFC 5322 §4.4)
+                route = b"".join(t for k, t in inner[:colon] if k in (b"w", b"@", b".", b","))
+                inner = inner[colon + 1 :]
+            local, domain = addr_spec(inner)
+            take_until(b",;")  # anything after ">" up to the next address
+            mailbox, host = local or MISSING_MAILBOX, domain or MISSING_DOMAIN
+            out.append(Address(phrase(items), route or None, mailbox, host))
+            continue
+        if stop == b":":  # a ":" inside a group: not an address
+            pos += 1
+            continue
+        if not any(k in (b"w", b"@", b".") for k, _ in items):
+            continue  # nothing but white space and comments
+        before_at = items[: next((i for i, t in enumerate(items) if t[0] == b"@"), len(items))]
+        if spaced_words(before_at):
+            # "John Smith", "foo bar@baz": words apart are no local part but a name, with
+            # no address (Dovecot's reading)
+            out.append(Address(phrase(before_at), None, MISSING_MAILBOX, MISSING_DOMAIN))
+            continue
+        local, domain = addr_spec(items)
+        # a comment after the addr-spec names it (RFC 5322 §3.4 obsolete practice)
+        first_word = next(i for i, t in enumerate(items) if t[0] in (b"w", b"@", b"."))
+        comments = [t for k, t in items[first_word:] if k == b"c" and t]
+        name = comments[-1] if comments else None
+        out.append(Address(name, None, local or MISSING_MAILBOX, domain or MISSING_DOMAIN))
+    if in_group:
+        out.append(Address(None, None, None, None))
+    return out
+
+
+def _addresses(value: bytes | None) -> Atom | None:
+    """An ENVELOPE address list, C{"(" 1*address ")"} with no space between the addresses
+    (RFC 3501 §9 env-from), or NIL."""
     if value is None:
         return None
-    text = value.decode("utf-8", "surrogateescape")
-    result: list[list[bytes | None]] = []
-    for name, addr in email.utils.getaddresses([text]):
-        if not addr and not name:
+    found = parse_addresses(value)
+    if not found:
+        return None
+    return Atom(b"(%s)" % b"".join(_list([a.name, a.route, a.mailbox, a.host]) for a in found))
+
+
+def _list(items: Sequence[Any]) -> bytes:
+    return b"(" + encode_sexp(items) + b")"
+
+
+_ATOM = re.compile(r"[^\s()<>\[\]:;@\\,.\"]+")
+
+
+def address_text(addresses: Sequence[Address]) -> str:
+    """An address list written out as SEARCH matches it (RFC 3501 §6.4.4 FROM, TO, CC, BCC),
+    Dovecot 2.3's normal form: C{<mailbox@host>}, after the display name (quoted unless an
+    atom, then RFC 2047-decoded), C{<@route:mailbox@host>}, groups as C{name: member, ...;},
+    addresses joined by C{", "}, comments dropped; a missing part is its MISSING_* value."""
+
+    def text(value: bytes | None) -> str:
+        return (value or b"").decode("utf-8", "replace")
+
+    parts: list[str] = []
+    members: list[str] | None = None
+    group = ""
+    for a in addresses:
+        if a.group_start:
+            group, members = decode_header_text(a.mailbox or b""), []
             continue
-        local, _, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        result.append([_raw(name) or None, None, _raw(local) or None, _raw(domain) or None])
-    return result or None
+        if a.group_end:
+            if members is not None:
+                parts.append(f"{group}: {', '.join(members)};" if members else f"{group}:;")
+            members = None
+            continue
+        route = text(a.route) + ":" if a.route else ""
+        written = f"<{route}{text(a.mailbox)}@{text(a.host)}>"
+        if a.name:
+            # quoted as written (an encoded-word is an atom), then decoded
+            name = a.name
+            if not _ATOM.fullmatch(text(name)):
+                name = b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+            written = f"{decode_header_text(name)} {written}"
+        (parts if members is None else members).append(written)
+    return ", ".join(parts)
 
 
 def envelope(header: bytes) -> list[Any]:
@@ -403,14 +688,17 @@ def _disposition(header: bytes) -> list[Any] | None:
 
 
 def _line_count(body: bytes) -> int:
-    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+    """body-fld-lines (RFC 3501 §7.4.2): the line ends in the body, as Dovecot counts (a
+    last line without one is not counted)."""
+    return body.count(b"\n")
 
 
 def bodystructure(entity: Entity, extended: bool) -> list[Any]:
     """BODY (C{extended=False}) or BODYSTRUCTURE of an entity (RFC 3501 §7.4.2)."""
     if entity.children:
-        out: list[Any] = [bodystructure(c, extended) for c in entity.children]
-        out.append(_raw(entity.subtype.upper()))
+        # body-type-mpart = 1*body SP media-subtype: no space between the parts (RFC 3501 §9)
+        parts = b"".join(_list(bodystructure(c, extended)) for c in entity.children)
+        out: list[Any] = [Atom(parts), _raw(entity.subtype.upper())]
         if extended:
             out += [
                 _param_list(entity.params),
@@ -422,10 +710,13 @@ def bodystructure(entity: Entity, extended: bool) -> list[Any]:
     if entity.maintype == "multipart":  # multipart without parts: report as empty text
         entity = attrs.evolve(entity, maintype="text", subtype="plain", params=())
     encoding = header_value(entity.header, b"content-transfer-encoding") or b"7BIT"
+    params = entity.params
+    if entity.maintype == "text" and not any(key == "charset" for key, _ in params):
+        params += (("charset", "us-ascii"),)  # RFC 2046 §4.1.2 default, as Dovecot shows it
     out = [
         _raw(entity.maintype.upper()),
         _raw(entity.subtype.upper()),
-        _param_list(entity.params),
+        _param_list(params),
         header_value(entity.header, b"content-id"),
         header_value(entity.header, b"content-description"),
         encoding.upper(),

@@ -8,14 +8,13 @@ collation (RFC 5256 §3, RFC 4790 §9.2: ASCII letters upper-cased, then octet o
 from __future__ import annotations
 
 import calendar
-import email.errors
-import email.header
 import email.utils
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from twistedmail.imap.message import header_value
+from twistedmail.imap.message import decode_header_text as decode_words
+from twistedmail.imap.message import header_value, parse_addresses
 from twistedmail.maildir import MessageEntry
 
 SORT_KEYS = {b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO"}
@@ -57,18 +56,6 @@ def casemap(text: str) -> bytes:
 _UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def decode_words(value: bytes) -> str:
-    """Header text with RFC 2047 encoded-words decoded (RFC 5256 §2.1 step 1); raw 8-bit
-    text is taken as UTF-8."""
-    text = value.decode("utf-8", "replace")
-    if "=?" not in text:
-        return text
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
-        return text
-
-
 _TRAILER = re.compile(r"(\(fwd\)| )\Z", re.IGNORECASE)
 _BLOB = r"\[[^\[\]]*\] *"
 _LEADER = re.compile(r"\A((" + _BLOB + r")*(re|fwd?) *(" + _BLOB + r")?:| )", re.IGNORECASE)
@@ -81,7 +68,7 @@ def base_subject(value: bytes | None) -> str:
     used by the SUBJECT sort key."""
     if value is None:
         return ""
-    # (1) decode, whitespace runs (tabs, folds) to one space
+    # (1) decode (RFC 2047, L{decode_header_text}), whitespace runs (tabs, folds) to one space
     text = re.sub(r"[ \t\r\n]+", " ", decode_words(value))
     while True:
         # (2) trailers: "(fwd)" and spaces
@@ -113,17 +100,18 @@ _SIMPLE_ADDRESS = re.compile(
 
 def first_mailbox(value: bytes | None) -> str:
     """addr-mailbox (the local part) of the first address of a From/To/Cc field
-    (RFC 5256 §3 CC, FROM, TO); C{""} when there is none."""
+    (RFC 5256 §3 CC, FROM, TO), the group name for a group; C{""} when there is none."""
     if value is None:
         return ""
     text = value.decode("utf-8", "surrogateescape")
     simple = _SIMPLE_ADDRESS.match(text)
     if simple is not None:  # "local@domain" or "Name <local@domain>": no full parse
         return simple.group(1)
-    for name, addr in email.utils.getaddresses([text]):
-        if addr or name:
-            return addr.rpartition("@")[0] if "@" in addr else addr
-    return ""
+    found = parse_addresses(value)
+    # a group's start marker is its first address, the group name its mailbox (RFC 3501
+    # §7.4.2), as Dovecot sorts it (imaptest sort-addresses)
+    mailbox = found[0].mailbox if found else None
+    return mailbox.decode("utf-8", "surrogateescape") if mailbox else ""
 
 
 def sent_date(value: bytes | None, internal: float) -> float:
