@@ -539,7 +539,7 @@ class StoreExpungeTests(unittest.TestCase):
             self.h.cmd(b"a COPY 1 INBOX"),
             [
                 b"* 4 EXISTS",
-                b"* 0 RECENT",
+                b"* 1 RECENT",
                 b"a OK [COPYUID %d 1 4] COPY completed" % self.h.uidvalidity(),
             ],
         )
@@ -630,7 +630,7 @@ class AppendTests(unittest.TestCase):
         self.h.send(b"a APPEND Sent {5}\r\n")
         self.assertEqual(
             self.h.send(b"hello\r\n"),
-            b"* 1 EXISTS\r\n* 0 RECENT\r\na OK [APPENDUID %d 1] APPEND completed\r\n"
+            b"* 1 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID %d 1] APPEND completed\r\n"
             % self.h.uidvalidity("Sent"),
         )
 

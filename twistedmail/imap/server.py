@@ -1247,7 +1247,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if date is not None and parse_internaldate(date) is None:
             raise _bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
-        mbox = await maybeDeferred(self.account.select, mailbox_name(name), True)
+        # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
+        mbox = await maybeDeferred(self.account.select, mailbox_name(name), False)
         if mbox is None:
             raise _no(b"No such mailbox", b"TRYCREATE")
         try:
@@ -1773,7 +1774,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     ) -> tuple[bytes, list[Any]]:
         """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
         when nothing was copied) and the source messages copied."""
-        target = await maybeDeferred(self.account.select, mailbox_name(name), True)
+        # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
+        target = await maybeDeferred(self.account.select, mailbox_name(name), False)
         if target is None:
             raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
         copied: list[Any] = []
