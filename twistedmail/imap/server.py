@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.auth import ClientCredentials, LoginBlocked, log_login
+from twistedmail.imap import grammar
 from twistedmail.imap.compress import CompressionError, DeflateTransport, Inflater
 from twistedmail.imap.mailbox import SearchError, parse_sequence_set
 from twistedmail.imap.message import (
@@ -586,7 +587,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         """An astring, quoted, atom or literal (C{{n}} or LITERAL+ C{{n+}}, RFC 7888)."""
         stripped = (line or b"").strip()
         if stripped[:1] != b"{":
-            return super().arg_astring(line, final)
+            return grammar.astring(stripped)  # RFC 3501 §9: quoted or atom
         size, sync = literal_size(stripped)
         if final and sync and not size:
             return (b"", b"")
@@ -624,10 +625,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         C{SEARCH CHARSET UTF-8 SUBJECT {n}} for non-ASCII text."""
         if _TRAILING_LITERAL.search(line or b""):
             return Deferred.fromCoroutine(self._searchkeys_with_literals(line))
-        try:
-            return super().arg_searchkeys(line)
-        except Exception:
-            raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
+        return grammar.parse_list(line or b""), b""
 
     async def _searchkeys_with_literals(self, line: bytes) -> tuple[Any, bytes]:
         """Read each literal, re-quote it into the line, then parse the whole line."""
@@ -638,14 +636,12 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 raise IMAPError(b"BAD", b"Literal too large", b"TOOBIG", close=not sync)
             head = line[: m.start()]
             data, line = await self._literal(imap4.LiteralString(size, Deferred()), sync, b"text")
-            if b"\r" in data or b"\n" in data:
-                raise imap4.IllegalClientResponse("Line breaks in a search string")
+            if b"\r" in data or b"\n" in data or b"\0" in data:
+                # RFC 3501 §9: a literal is CHAR8 (no NUL); CR LF cannot be re-quoted
+                raise imap4.IllegalClientResponse("NUL or line breaks in a search string")
             quoted = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
             assembled += head + b'"' + quoted + b'" '
-        try:
-            return super().arg_searchkeys(assembled + line)
-        except Exception:
-            raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
+        return grammar.parse_list(assembled + line), b""
 
     def arg_rest(self, line: bytes | None) -> tuple[bytes | None, bytes]:
         return (line or None), b""
@@ -1051,7 +1047,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def do_LIST(
         self, tag: bytes, ref: bytes, pattern: bytes, subscribed: int, command: bytes
     ) -> bytes:
-        reference, wildcard = mailbox_name(ref), mailbox_name(pattern)
+        reference, wildcard = _list_name(ref), _list_name(pattern)
+        if reference is None or wildcard is None:
+            return command + b" completed"  # no mailbox name matches (see _list_name)
         if not wildcard and not subscribed:
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
@@ -1096,7 +1094,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 return result.addCallback(lambda r: ([r[0]], r[1]))
             return [result[0]], result[1]
         inner, rest = _paren_group(line)
-        patterns = imap4.parseNestedParens(inner)
+        patterns = grammar.parse_list(inner)
         if not patterns or not all(isinstance(p, bytes) for p in patterns):
             raise imap4.IllegalClientResponse("Bad mailbox patterns")
         if self.utf8_accept():
@@ -1130,8 +1128,10 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _bad(b"Unknown LIST return option")
         if b"RECURSIVEMATCH" in chosen and not chosen - {b"RECURSIVEMATCH", b"REMOTE"}:
             raise _bad(b"RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
-        reference = mailbox_name(ref)
-        wildcards = [mailbox_name(p) for p in patterns]
+        reference = _list_name(ref)
+        wildcards = [w for w in map(_list_name, patterns) if w is not None]
+        if reference is None or not wildcards:
+            return b"LIST completed"  # no mailbox name matches (see _list_name)
         if selection is None and wildcards == [""]:
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
@@ -1752,12 +1752,16 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             return b"[MODIFIED " + uid_set(listed) + b"] Conditional STORE failed"
         return b"STORE completed"
 
+    def arg_flags(self, line: bytes) -> tuple[list[bytes], bytes]:
+        """STORE's flags (RFC 3501 §9 store-att-flags: a flag list or flags without one)."""
+        return grammar.flag_list(line or b"")
+
     select_STORE = (
         do_STORE,
         arg_seqset,
         opt_store_modifiers,
         imap4.IMAP4Server.arg_atom,
-        imap4.IMAP4Server.arg_flaglist,
+        arg_flags,
     )
 
     async def do_COPY(
@@ -1838,6 +1842,16 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     select_UNSELECT = (do_UNSELECT,)
 
     select_COPY = (do_COPY, arg_seqset, arg_finalastring)
+
+
+def _list_name(raw: bytes) -> str | None:
+    """A LIST/LSUB reference or pattern decoded as a mailbox name; C{None} when it is not
+    valid modified UTF-7 (RFC 3501 §5.1.3): it is a well-formed list-mailbox (§9) that no
+    mailbox name matches, so LIST answers OK with nothing, as Dovecot does."""
+    try:
+        return mailbox_name(raw)
+    except imap4.IllegalMailboxEncoding:
+        return None
 
 
 def _list_return_options(inner: bytes) -> list[Any]:
