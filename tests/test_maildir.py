@@ -452,7 +452,8 @@ class UserMaildirTests(unittest.TestCase):
         self.assertEqual(user.folders(), ["INBOX", "Sent"])
 
     def test_delete(self) -> None:
-        """RFC 3501 §6.3.4: the folder and its messages go; its children stay."""
+        """RFC 3501 §6.3.4: the folder and its messages go; its children stay, and so does
+        its subscription (§6.3.6: never removed unilaterally)."""
         self.user.create("A")
         self.user.create("A.B")
         write_durably(self.root / ".A" / "new", MSG1)
@@ -460,7 +461,7 @@ class UserMaildirTests(unittest.TestCase):
         self.user.delete("A")
         self.assertEqual(self.user.folders(), ["INBOX", "A.B"])
         self.assertEqual(listing(self.root), [".A.B", "cur", "new", "subscriptions", "tmp"])
-        self.assertEqual(self.user.subscriptions(), [])
+        self.assertEqual(self.user.subscriptions(), ["A"])
 
     def test_recreated_folder_gets_a_new_uidvalidity(self) -> None:
         """RFC 3501 §2.3.1.1: a folder deleted and created again (within one second) gets a

@@ -771,7 +771,8 @@ class UserMaildir:
         fsync_dir(self.root)
 
     def delete(self, name: str) -> None:
-        """Delete folder C{name} and its messages (RFC 3501 §6.3.4); its children stay.
+        """Delete folder C{name} and its messages (RFC 3501 §6.3.4); its children and its
+        subscription stay.
 
         @raise MaildirError: for INBOX or a missing folder.
         """
@@ -783,7 +784,8 @@ class UserMaildir:
         trash = self.root / f".DELETED-{uuid.uuid4().hex}"
         os.rename(path, trash)  # atomic: the folder vanishes at once, then is removed
         shutil.rmtree(trash, ignore_errors=True)
-        self.unsubscribe(name)
+        # its subscription stays: RFC 3501 §6.3.6, a server MUST NOT unilaterally remove a
+        # name from the subscription list (LIST (SUBSCRIBED) shows it \NonExistent)
 
     def rename(self, old: str, new: str) -> None:
         """Rename C{old} and its children to C{new} (RFC 3501 §6.3.5).
