@@ -24,7 +24,6 @@ SEARCH MODSEQ and QRESYNC use; the index also caches ENVELOPE and BODYSTRUCTURE.
 
 from __future__ import annotations
 
-import calendar
 import email.utils
 import re
 import time
@@ -693,13 +692,17 @@ def _day(mtime: float) -> tuple[int, int, int]:
 
 
 def _sent_day(raw: bytes) -> tuple[int, int, int] | None:
+    """The day of the Date: header as written, in the sender's own time zone (RFC 3501
+    §6.4.4 SENTBEFORE/SENTON/SENTSINCE: "disregarding time and timezone"; Dovecot compares
+    the same way): C{Sun, 25 Mar 2007 00:30:00 +0200} is 25 March, not the 24th in UTC.
+    C{None} (no match) without a parsable Date:."""
     value = header_value(split_message(raw)[0], b"date")
     if value is None:
         return None
     parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
-    if parsed is None:
+    if parsed is None or not 1 <= parsed[1] <= 12 or not 1 <= parsed[2] <= 31:
         return None
-    return _day(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+    return parsed[0], parsed[1], parsed[2]
 
 
 def compile_search(

@@ -1567,6 +1567,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         modifiers: dict[bytes, Any] | None = None,
         uid: bool = False,
     ) -> bytes:
+        self._check_numbers(messages, uid)
         mbox = self.mbox
         targets = await maybeDeferred(mbox.fetch, messages, uid)
         targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
@@ -1725,6 +1726,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         modes = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
         if action not in modes:
             raise _bad(b"Invalid STORE data item")
+        self._check_numbers(messages, uid)
         if not self.mbox.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
         names = [f.decode("ascii", "replace") for f in flags]
@@ -1752,6 +1754,18 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             return b"[MODIFIED " + uid_set(listed) + b"] Conditional STORE failed"
         return b"STORE completed"
 
+    def _check_numbers(self, messages: imap4.MessageSet, uid: bool) -> None:
+        """RFC 3501 §9 seq-number: a message sequence number names a message the client
+        knows (1..EXISTS, C{*} the last); one beyond, or C{*} in an empty mailbox, is BAD
+        (as Dovecot answers), never silently nothing.  UIDs need not exist (§6.4.8)."""
+        if uid:
+            return
+        count = self.mbox.getMessageCount()
+        for low, high in messages.ranges:
+            for n in (low, high):
+                if (count if n is None else n) > count or not count:
+                    raise _bad(b"Invalid message sequence number")
+
     def arg_flags(self, line: bytes) -> tuple[list[bytes], bytes]:
         """STORE's flags (RFC 3501 §9 store-att-flags: a flag list or flags without one)."""
         return grammar.flag_list(line or b"")
@@ -1767,6 +1781,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def do_COPY(
         self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
     ) -> bytes:
+        self._check_numbers(messages, uid)
         if self.quota is not None:  # RFC 9208 §4.3.1: NO [OVERQUOTA], nothing copied
             sources = await maybeDeferred(self.mbox.fetch, messages, uid)
             await self.check_quota(sum(m.getSize() for _, m in sources), len(sources))
@@ -1812,6 +1827,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     ) -> bytes:
         """RFC 6851 §3: copy, then expunge the sources; COPYUID goes in an untagged OK
         before the EXPUNGE responses (§4.3)."""
+        self._check_numbers(messages, uid)
         mbox = self.mbox
         if not mbox.isWriteable() or not hasattr(mbox, "remove_entries"):
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
