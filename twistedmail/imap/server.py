@@ -305,6 +305,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self._pending_exists = False
         self._pending_flags: dict[int, list[str]] = {}
         self._pending_keywords = False
+        self._pending_highestmodseq = False
         self.enabled: set[bytes] = set()
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE active (RFC 4978)
 
@@ -667,8 +668,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         mbox = self.mbox
         if mbox is None:
             self._pending_exists, self._pending_flags = False, {}
-            self._pending_keywords = False
+            self._pending_keywords = self._pending_highestmodseq = False
             return
+        if self._pending_highestmodseq:
+            self._pending_highestmodseq = False
+            # (once a session: the view's own changes may be newer than the last scan)
+            seqs = range(1, mbox.getMessageCount() + 1)
+            highest = max([mbox.getHighestModSeq()] + [mbox.modseq_of(n) for n in seqs])
+            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest" % highest)
         self._flush_keywords()
         if self._pending_exists:
             self._pending_exists = False
@@ -1217,7 +1224,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 raise _bad(b"Unknown STATUS item")
             names.append(item.upper().decode("ascii"))
         if "HIGHESTMODSEQ" in names:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
         mailbox = mailbox_name(name)
         mbox = await self._open(name, False)
         try:
@@ -1296,6 +1303,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     select_IDLE = auth_IDLE
 
     # CONDSTORE and QRESYNC (RFC 7162)
+
+    def _enable_condstore(self) -> None:
+        """A CONDSTORE enabling command ran (RFC 7162 §3.1); the first one while a mailbox
+        is selected gets C{* OK [HIGHESTMODSEQ n]} for it (§3.1.2.1, as Dovecot sends)."""
+        if b"CONDSTORE" in self.enabled:
+            return
+        self.enabled.add(b"CONDSTORE")
+        # sent before the tagged reply, with the value after the command's own changes
+        self._pending_highestmodseq = hasattr(self.mbox, "getHighestModSeq")
 
     def _condstore_items(self, seq: int) -> bytes:
         """C{ UID n MODSEQ (m)} for an untagged FETCH once CONDSTORE is enabled (RFC 7162
@@ -1432,7 +1448,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _bad(b"VANISHED needs UID FETCH and ENABLE QRESYNC")  # RFC 7162 §3.2.6
         wants = any(p.type == "modseq" for p in query)
         if wants or changedsince is not None:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
         if changedsince is None:
             return targets
         if not wants:
@@ -1492,9 +1508,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
         modseq_tail = b""
         if getattr(self.mbox, "searched_modseq", False):
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
-            if found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
-                modseq_tail = b"MODSEQ %d" % max(self.mbox.modseq_of(n) for n in found)
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
+            reported = list(found)
+            if returns and found and set(returns) <= {b"MIN", b"MAX"}:
+                # RFC 4731 §3.2: with only MIN/MAX, the MODSEQ of the messages returned
+                picks = {b"MIN": min(found), b"MAX": max(found)}
+                reported = [picks[r] for r in returns]
+            if reported:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
+                modseq_tail = b"MODSEQ %d" % max(self.mbox.modseq_of(n) for n in reported)
         if returns is not None:
             line = esearch_response(tag, returns, numbers, uid)
             self.sendLine(line + (b" " + modseq_tail if modseq_tail else b""))
@@ -1733,7 +1754,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         kwargs: dict[str, Any] = {"uid": uid}
         unchangedsince = (modifiers or {}).get(b"UNCHANGEDSINCE")
         if unchangedsince is not None:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
             kwargs["unchangedsince"] = unchangedsince
         result = await maybeDeferred(self.mbox.store, messages, names, modes[action], **kwargs)
         self._flush_unsolicited()  # EXISTS before a FETCH that names a new message number
