@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
@@ -46,6 +47,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -529,6 +531,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                     # is seen and the connection freed; commands are no longer run.
                     self.clearLineBuffer()
                     self.transport.resumeProducing()
+                    _close_below_tls(self.transport)
                 else:
                     self.resumeProducing()
 
@@ -2080,6 +2083,31 @@ async def _deleted_status(mbox: Any) -> dict[str, int]:
     messages = await maybeDeferred(mbox.fetch, imap4.MessageSet(1, None), False)
     doomed = [m for _, m in messages if "\\Deleted" in m.getFlags()]
     return {"DELETED": len(doomed), "DELETED-STORAGE": sum(m.getSize() for m in doomed)}
+
+
+def _close_below_tls(transport: Any) -> None:
+    """After LOGOUT or BYE over TLS, close the TCP connection once our close_notify is written.
+
+    RFC 3501 §6.1.3: the server closes the connection after LOGOUT.  Twisted's TLS layer sends
+    close_notify and then waits for the peer's before it closes TCP; a client that instead
+    waits for our close (imaptest, about every other LOGOUT, when the close_notify came in one
+    read with the tagged OK) then waits forever.  RFC 8446 §6.1 lets the side that closes
+    first not wait for the reply, as Dovecot does.  Nothing is done before close_notify went
+    out (a producer still writing): the close then finishes the usual way.
+    """
+    layer = transport
+    while layer is not None and not isinstance(layer, TLSMemoryBIOProtocol):
+        # down through ProtocolWrappers (vars: their __getattr__ forwards to the transport)
+        layer = vars(layer).get("transport")
+    if layer is None:
+        return
+    try:
+        sent = bool(layer.getHandle().get_shutdown() & SSL.SENT_SHUTDOWN)
+    except SSL.Error:
+        return
+    tcp = layer.transport
+    if sent and tcp is not None:
+        tcp.loseConnection()  # flushes what is written (close_notify included), then FIN
 
 
 def _close_quietly(mbox: Any) -> None:
