@@ -216,3 +216,45 @@ class SearchDateTests(unittest.TestCase):
         """RFC 3501 §9 date: d[d]-Mon-yyyy, quoted or not; anything else is BAD."""
         for bad in (b"2007-03-25", b"25-Mrz-2007", b"32-Mar-2007x", b"25-Mar-07"):
             self.assertEqual(self.h.cmd(b"b SEARCH SENTON " + bad), [b"b BAD bad date"])
+
+
+class LiteralPositionTests(unittest.TestCase):
+    """RFC 3501 §9 / RFC 7888: a literal (synchronizing or not) wherever an astring stands;
+    its data is read as the argument, never run as the next command."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1, "S", T1)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def test_search_charset_as_literal(self) -> None:
+        """SEARCH CHARSET astring: a LITERAL+ charset is read (once the NO for an unknown
+        charset let its data run as a command, tagged "UTF-8")."""
+        self.assertEqual(
+            self.h.send(b"a SEARCH CHARSET {5+}\r\nUTF-8 SUBJECT {5+}\r\nhello\r\n"),
+            b"* SEARCH 1\r\na OK SEARCH completed\r\n",
+        )
+        self.assertEqual(
+            self.h.send(b"b SEARCH CHARSET {6+}\r\nKOI8-R ALL\r\n"),
+            b"b NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset\r\n",
+        )
+        self.assertEqual(
+            self.h.send(b"c SORT (DATE) {5}\r\n"), b"+ Ready for 5 octets of text\r\n"
+        )
+        self.assertEqual(
+            self.h.send(b"UTF-8 ALL\r\n"), b"* SORT 1\r\nc OK SORT completed\r\n"
+        )
+
+    def test_mailbox_names_as_literals(self) -> None:
+        """CREATE, RENAME (two literals), APPEND's mailbox, LIST's reference and pattern."""
+        self.assertEqual(self.h.send(b"a CREATE {3+}\r\nfoo\r\n"), b"a OK CREATE completed\r\n")
+        self.assertEqual(
+            self.h.send(b"b RENAME {3+}\r\nfoo {3+}\r\nbar\r\n"), b"b OK RENAME completed\r\n"
+        )
+        out = self.h.send(b"c APPEND {3+}\r\nbar (\\Seen) {5+}\r\nhello\r\n")
+        self.assertTrue(out.startswith(b"c OK [APPENDUID "), out)
+        self.assertEqual(
+            self.h.send(b"d LIST {0+}\r\n {3+}\r\nba%\r\n"),
+            b'* LIST (\\HasNoChildren) "." "bar"\r\nd OK LIST completed\r\n',
+        )

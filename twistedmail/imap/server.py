@@ -1539,8 +1539,6 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise imap4.IllegalClientResponse("Unknown SEARCH return option")
         return options, rest
 
-    select_SEARCH = (do_SEARCH, opt_search_return, imap4.IMAP4Server.opt_charset, arg_searchkeys)
-
     async def do_SORT(
         self,
         tag: bytes,
@@ -1574,14 +1572,31 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         inner, rest = _paren_group(line)
         return imap4.parseNestedParens(inner), rest
 
-    def arg_charset(self, line: bytes) -> tuple[bytes, bytes]:
-        """The charset SORT requires (RFC 5256 §3)."""
-        charset, _, rest = (line or b"").partition(b" ")
-        if not charset or not rest:
+    def arg_charset(self, line: bytes) -> Any:
+        """The charset SORT requires (RFC 5256 §3), an astring (a literal too), and the
+        search keys after it."""
+
+        def keys_follow(result: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+            if not result[0] or not result[1]:
+                raise imap4.IllegalClientResponse("Charset and search keys expected")
+            return result
+
+        if not line:
             raise imap4.IllegalClientResponse("Charset and search keys expected")
-        return charset, rest
+        result = self._astring(line)
+        if isinstance(result, Deferred):
+            return result.addCallback(keys_follow)
+        return keys_follow(result)
+
+    def opt_charset(self, line: bytes) -> Any:
+        """SEARCH's optional C{CHARSET astring} (RFC 3501 §6.4.4, §9: a literal too, which
+        must be read here, never run as the next command)."""
+        if (line or b"")[:8].upper() != b"CHARSET ":
+            return None, line
+        return self._astring(line[8:])
 
     select_SORT = (do_SORT, arg_sort_criteria, arg_charset, arg_searchkeys)
+    select_SEARCH = (do_SEARCH, opt_search_return, opt_charset, arg_searchkeys)
 
     async def do_FETCH(
         self,
