@@ -158,6 +158,17 @@ class SessionGrammarTests(unittest.TestCase):
         )
         self.assertEqual(self.h.cmd(b"e UID FETCH 99 FLAGS"), [b"e OK FETCH completed"])
 
+    def test_invalid_tag(self) -> None:
+        """RFC 3501 §9 tag: no "+", no atom-specials; the reply is untagged (no valid tag),
+        and a LITERAL+ literal after a bad tag closes the connection (its data never runs)."""
+        for bad in (b"a+b", b"a*", b"(a", b'"a"', b"a%"):
+            self.assertEqual(self.h.cmd(bad + b" NOOP"), [b"* BAD Invalid tag"])
+        self.assertEqual(self.h.cmd(b"a] NOOP"), [b"a] OK NOOP completed"])
+        self.assertEqual(
+            self.h.send(b"+ APPEND INBOX {5+}\r\nhello\r\n"),
+            b"* BAD Invalid tag\r\n* BYE [CLIENTBUG] Closing the connection\r\n",
+        )
+
     def test_unknown_command_with_literal_is_bad_at_once(self) -> None:
         """RFC 3501 §6: an unknown command is BAD at once, without asking for its literal
         (a client waiting for the continuation then gives up instead of hanging)."""

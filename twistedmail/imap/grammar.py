@@ -159,3 +159,8 @@ def is_flag(token: bytes) -> bool:
     """RFC 3501 §9 flag: C{\\} atom (system and extension flags) or a keyword atom."""
     name = token[1:] if token[:1] == b"\\" else token
     return bool(name) and not any(c in ATOM_SPECIALS for c in name)
+
+
+def is_tag(token: bytes) -> bool:
+    """RFC 3501 §9 tag: 1*<any ASTRING-CHAR except "+">."""
+    return bool(token) and not any(c in ATOM_SPECIALS and c != 0x5D or c == 0x2B for c in token)

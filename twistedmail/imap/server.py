@@ -421,6 +421,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if len(args) == 1:
             self.sendBadResponse(args[0], b"Missing command")
             return
+        if not grammar.is_tag(args[0]):
+            # RFC 3501 §9 tag: ASTRING-CHARs but "+"; answered untagged, as it has no tag
+            self.sendBadResponse(None, b"Invalid tag")
+            m = _TRAILING_LITERAL.search(line)
+            if m and m.group(1).endswith(b"+}"):  # its literal's data must not run
+                self.sendLine(b"* BYE [CLIENTBUG] Closing the connection")
+                self.clearLineBuffer()
+                self.transport.loseConnection()
+            return
         rest = args[2] if len(args) == 3 else None
         self.dispatchCommand(args[0], args[1].upper(), rest)
 
