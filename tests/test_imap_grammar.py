@@ -157,6 +157,10 @@ class SessionGrammarTests(unittest.TestCase):
             self.h.cmd(b"d STORE 1:5 +FLAGS \\Seen"), [b"d BAD Invalid message sequence number"]
         )
         self.assertEqual(self.h.cmd(b"e UID FETCH 99 FLAGS"), [b"e OK FETCH completed"])
+        self.h.cmd(b"f CREATE Empty")
+        self.h.cmd(b"g SELECT Empty")
+        self.assertEqual(self.h.cmd(b"h FETCH 1:* FLAGS"), [b"h OK FETCH completed"])
+        self.assertEqual(self.h.cmd(b"i FETCH 1 FLAGS"), [b"i BAD Invalid message sequence number"])
 
     def test_invalid_tag(self) -> None:
         """RFC 3501 §9 tag: no "+", no atom-specials; the reply is untagged (no valid tag),

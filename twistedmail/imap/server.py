@@ -1804,15 +1804,17 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
 
     def _check_numbers(self, messages: imap4.MessageSet, uid: bool) -> None:
         """RFC 3501 §9 seq-number: a message sequence number names a message the client
-        knows (1..EXISTS, C{*} the last); one beyond, or C{*} in an empty mailbox, is BAD
-        (as Dovecot answers), never silently nothing.  UIDs need not exist (§6.4.8)."""
+        knows (1..EXISTS, C{*} the last); one beyond is BAD (as Dovecot answers), never
+        silently nothing.  A set with C{*} in an empty mailbox (C{1:*}, what a client that
+        syncs sends) names nothing and is answered OK.  UIDs need not exist (§6.4.8)."""
         if uid:
             return
         count = self.mbox.getMessageCount()
-        for low, high in messages.ranges:
-            for n in (low, high):
-                if (count if n is None else n) > count or not count:
-                    raise _bad(b"Invalid message sequence number")
+        ends = [n for low, high in messages.ranges for n in (low, high)]
+        if not count and None in ends:
+            return
+        if any((count if n is None else n) > count for n in ends):
+            raise _bad(b"Invalid message sequence number")
 
     def arg_flags(self, line: bytes) -> tuple[list[bytes], bytes]:
         """STORE's flags (RFC 3501 §9 store-att-flags: a flag list or flags without one)."""
