@@ -288,7 +288,7 @@ class PipeliningTests(unittest.TestCase):
         )
         self.assertEqual(
             h.send(b"hello\r\n"),
-            b"* 1 EXISTS\r\n* 0 RECENT\r\nc OK [APPENDUID %d 1] APPEND completed\r\n"
+            b"* 1 EXISTS\r\n* 1 RECENT\r\nc OK [APPENDUID %d 1] APPEND completed\r\n"
             % h.uidvalidity(),
         )
 

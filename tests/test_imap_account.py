@@ -122,3 +122,36 @@ class AccountTests(unittest.TestCase):
         self.assertEqual(
             [(n, i.getFlags()) for n, i in boxes], [("INBOX", []), ("Gone", ["\\Noselect"])]
         )
+
+    def test_lsub_percent_lists_the_level_above_a_deeper_subscription(self) -> None:
+        """RFC 3501 §6.3.9: LSUB "foo.%" with only "foo.bar.zap" subscribed lists "foo.bar"
+        \\Noselect (existing or not); a name the pattern reaches itself is listed as it is."""
+        for name in ("A", "A.One", "A.Two.Deep", "A.Three.Gone.Deeper"):
+            self.maildir.create(name)
+        for name in ("A.One", "A.Two.Deep", "A.Three.Gone.Deeper"):
+            self.maildir.subscribe(name)
+        boxes = self.successResultOf(
+            Deferred.fromCoroutine(self.account.list_subscribed("", "A.%"))
+        )
+        self.assertEqual(
+            [(n, i.getFlags()) for n, i in boxes],
+            [("A.One", []), ("A.Three", ["\\Noselect"]), ("A.Two", ["\\Noselect"])],
+        )
+
+    def test_childinfo_only_for_descendants_not_listed_themselves(self) -> None:
+        """RFC 5258 §3.5 RECURSIVEMATCH: CHILDINFO marks a parent whose subscribed descendant
+        no pattern returns; with the descendant matched too it is listed on its own."""
+        self.maildir.create("P.Child")
+        self.maildir.subscribe("P.Child")
+        one = self.successResultOf(
+            Deferred.fromCoroutine(
+                self.account.list_folders("", ["P"], subscribed=True, recursive=True)
+            )
+        )
+        self.assertEqual([(e.name, e.child_subscribed) for e in one], [("P", True)])
+        both = self.successResultOf(
+            Deferred.fromCoroutine(
+                self.account.list_folders("", ["P", "P.Child"], subscribed=True, recursive=True)
+            )
+        )
+        self.assertEqual([(e.name, e.child_subscribed) for e in both], [("P.Child", False)])

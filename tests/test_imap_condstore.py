@@ -55,7 +55,11 @@ class CondstoreTests(unittest.TestCase):
         )
         self.assertEqual(
             self.h.cmd(b"b UID FETCH 1:* (FLAGS) (CHANGEDSINCE 2)"),
-            [b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (3) UID 2)", b"b OK FETCH completed"],
+            [
+                b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (3) UID 2)",
+                b"* OK [HIGHESTMODSEQ 3] Highest",  # RFC 7162 §3.1: the enabling command
+                b"b OK FETCH completed",
+            ],
         )
         # CONDSTORE is now enabled: STORE answers carry UID and MODSEQ (RFC 7162 §3.1.3)
         self.assertEqual(
@@ -72,6 +76,7 @@ class CondstoreTests(unittest.TestCase):
         self.assertEqual(
             self.h.cmd(b"b UID STORE 1:3 (UNCHANGEDSINCE 2) +FLAGS.SILENT (\\Deleted)"),
             [
+                b"* OK [HIGHESTMODSEQ 4] Highest",  # RFC 7162 §3.1: the enabling command
                 b"* 1 FETCH (UID 1 MODSEQ (4))",
                 b"* 3 FETCH (UID 3 MODSEQ (4))",
                 b"b OK [MODIFIED 2] Conditional STORE failed",
@@ -94,7 +99,7 @@ class CondstoreTests(unittest.TestCase):
         self.select()
         self.assertEqual(
             self.h.cmd(b"a STORE 1:2 (UNCHANGEDSINCE 0) +FLAGS (\\Seen)"),
-            [b"a OK [MODIFIED 1:2] Conditional STORE failed"],
+            [b"* OK [HIGHESTMODSEQ 2] Highest", b"a OK [MODIFIED 1:2] Conditional STORE failed"],
         )
 
     def test_search_modseq(self) -> None:
@@ -105,7 +110,11 @@ class CondstoreTests(unittest.TestCase):
         self.h.cmd(b"a STORE 2 +FLAGS (\\Draft)")
         self.assertEqual(
             self.h.cmd(b'b SEARCH MODSEQ "/flags/\\\\draft" all 3'),
-            [b"* SEARCH 2 (MODSEQ 3)", b"b OK SEARCH completed"],
+            [
+                b"* SEARCH 2 (MODSEQ 3)",
+                b"* OK [HIGHESTMODSEQ 3] Highest",  # RFC 7162 §3.1: the enabling command
+                b"b OK SEARCH completed",
+            ],
         )
         self.assertEqual(
             self.h.cmd(b"c UID SEARCH MODSEQ 2"),
@@ -125,7 +134,39 @@ class CondstoreTests(unittest.TestCase):
         self.h.cmd(b"a STORE 3 +FLAGS (\\Seen)")
         self.assertEqual(
             self.h.cmd(b"b SEARCH RETURN (ALL COUNT) MODSEQ 3"),
-            [b'* ESEARCH (TAG "b") ALL 3 COUNT 1 MODSEQ 3', b"b OK SEARCH completed"],
+            [
+                b'* ESEARCH (TAG "b") ALL 3 COUNT 1 MODSEQ 3',
+                b"* OK [HIGHESTMODSEQ 3] Highest",  # RFC 7162 §3.1: the enabling command
+                b"b OK SEARCH completed",
+            ],
+        )
+
+    def test_esearch_min_max_modseq_of_the_messages_returned(self) -> None:
+        """RFC 4731 §3.2: with only MIN and/or MAX, MODSEQ is the highest of the messages
+        returned, not of all matches (imaptest esearch-condstore)."""
+        self.select()
+        self.h.cmd(b"a STORE 1 +FLAGS (\\Seen)")  # MODSEQ 3
+        self.h.cmd(b"b STORE 3 +FLAGS (\\Seen)")  # 4
+        self.h.cmd(b"c STORE 2 +FLAGS (\\Seen)")  # 5
+        self.assertEqual(
+            self.h.cmd(b"d SEARCH RETURN (MIN) 1:3 MODSEQ 1")[-3:],
+            [
+                b'* ESEARCH (TAG "d") MIN 1 MODSEQ 3',
+                b"* OK [HIGHESTMODSEQ 5] Highest",
+                b"d OK SEARCH completed",
+            ],
+        )
+        self.assertEqual(
+            self.h.cmd(b"e SEARCH RETURN (MAX) 1:3 MODSEQ 1"),
+            [b'* ESEARCH (TAG "e") MAX 3 MODSEQ 4', b"e OK SEARCH completed"],
+        )
+        self.assertEqual(
+            self.h.cmd(b"f SEARCH RETURN (MIN MAX) 1:3 MODSEQ 1"),
+            [b'* ESEARCH (TAG "f") MIN 1 MAX 3 MODSEQ 4', b"f OK SEARCH completed"],
+        )
+        self.assertEqual(
+            self.h.cmd(b"g SEARCH RETURN (COUNT) 1:3 MODSEQ 1"),
+            [b'* ESEARCH (TAG "g") COUNT 3 MODSEQ 5', b"g OK SEARCH completed"],
         )
 
     def test_status_highestmodseq(self) -> None:

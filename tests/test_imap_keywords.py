@@ -169,8 +169,8 @@ class KeywordSessionTests(unittest.TestCase):
         self.assertEqual(
             h.cmd(b"g FETCH 1:* FLAGS"),
             [
-                b"* 1 FETCH (FLAGS (\\Seen $label1))",
-                b"* 2 FETCH (FLAGS (\\Seen $label1))",
+                b"* 1 FETCH (FLAGS (\\Seen $label1 \\Recent))",
+                b"* 2 FETCH (FLAGS (\\Seen $label1 \\Recent))",
                 b"g OK FETCH completed",
             ],
         )

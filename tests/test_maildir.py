@@ -149,7 +149,23 @@ class ScanTests(MaildirTestCase):
             ],
         )
         self.assertEqual(result.recent, frozenset({1, 2}))
+        self.assertEqual(self.folder.scan(claim_recent=True).recent, frozenset({1, 2}))
         self.assertEqual(self.folder.scan().recent, frozenset())
+
+    def test_recent_until_claimed(self) -> None:
+        """RFC 3501 §2.3.2: a message delivered to new/ or added (APPEND, COPY) is \\Recent
+        in every scan until one claims it (a SELECT), then in none; one found in cur/ by a
+        scan (moved there by another program) is not."""
+        self.deliver(MSG1, mtime=1000.0)
+        self.folder.add(MSG2, "S")
+        write_durably(self.root / "cur", MSG1, "", 500.0)
+        # UID 1: added at once; then by mtime the cur/ file (2) and the new/ one (3)
+        self.assertEqual(self.folder.scan().recent, frozenset({1, 3}))
+        self.assertEqual(self.folder.scan().recent, frozenset({1, 3}))
+        self.assertEqual(self.folder.scan(claim_recent=True).recent, frozenset({1, 3}))
+        self.assertEqual(self.folder.scan(claim_recent=True).recent, frozenset())
+        self.folder.add(MSG1)
+        self.assertEqual(self.folder.scan().recent, frozenset({4}))
 
     def test_uidlist_format(self) -> None:
         """Dovecot's format exactly: C{3 V<uidvalidity> N<uidnext> G<guid>}, then
@@ -436,7 +452,8 @@ class UserMaildirTests(unittest.TestCase):
         self.assertEqual(user.folders(), ["INBOX", "Sent"])
 
     def test_delete(self) -> None:
-        """RFC 3501 §6.3.4: the folder and its messages go; its children stay."""
+        """RFC 3501 §6.3.4: the folder and its messages go; its children stay, and so does
+        its subscription (§6.3.6: never removed unilaterally)."""
         self.user.create("A")
         self.user.create("A.B")
         write_durably(self.root / ".A" / "new", MSG1)
@@ -444,7 +461,18 @@ class UserMaildirTests(unittest.TestCase):
         self.user.delete("A")
         self.assertEqual(self.user.folders(), ["INBOX", "A.B"])
         self.assertEqual(listing(self.root), [".A.B", "cur", "new", "subscriptions", "tmp"])
-        self.assertEqual(self.user.subscriptions(), [])
+        self.assertEqual(self.user.subscriptions(), ["A"])
+
+    def test_recreated_folder_gets_a_new_uidvalidity(self) -> None:
+        """RFC 3501 §2.3.1.1: a folder deleted and created again (within one second) gets a
+        UIDVALIDITY above the old one's, remembered in C{twistedmail-uidvalidity}."""
+        self.user.create("A")
+        first = self.user.folder("A").scan().uidvalidity
+        self.user.delete("A")
+        self.user.create("A")
+        second = self.user.folder("A").scan().uidvalidity
+        self.assertGreater(second, first)
+        self.assertEqual((self.root / "twistedmail-uidvalidity").read_text(), f"{second}\n")
 
     def test_delete_errors(self) -> None:
         e = self.assertRaises(MaildirError, self.user.delete, "INBOX")

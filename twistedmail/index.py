@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq);
 CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq);
+CREATE TABLE IF NOT EXISTS recent (uid INTEGER PRIMARY KEY);
 """
 
 
@@ -208,6 +209,8 @@ class FolderIndex:
         """A new UIDVALIDITY: every row and tombstone belongs to the old one."""
         self.db.execute("DELETE FROM messages")
         self.db.execute("DELETE FROM expunged")
+        if self.uidvalidity:  # (not at the first sync: APPEND may have marked one recent)
+            self.db.execute("DELETE FROM recent")
         self.put("uidvalidity", uidvalidity)
         self.put("floor", self.highestmodseq)
 
@@ -241,6 +244,19 @@ class FolderIndex:
         """Every indexed message by base name."""
         rows = self.db.execute("SELECT uid, base, filename, size, mtime, modseq FROM messages")
         return {row[1]: IndexedMessage(*row) for row in rows}
+
+    def add_recent(self, uids: Iterable[int]) -> None:
+        """Mark C{uids} \\Recent (RFC 3501 §2.3.2) until a session claims them."""
+        self.db.executemany("INSERT OR IGNORE INTO recent VALUES (?)", [(u,) for u in uids])
+
+    def recent(self, claim: bool = False) -> list[int]:
+        """The indexed messages no session has claimed as \\Recent yet; with C{claim}, the
+        caller takes them (no other session will see them as recent)."""
+        rows = self.db.execute("SELECT uid FROM recent JOIN messages USING (uid) ORDER BY uid")
+        uids = [row[0] for row in rows]
+        if claim:
+            self.db.execute("DELETE FROM recent WHERE uid IN (SELECT uid FROM messages)")
+        return uids
 
     def messages(self, since: int | None = None) -> list[tuple[int, str, str, int, float, int]]:
         """The messages in UID order as (uid, base, filename, size, mtime, modseq) rows (the

@@ -56,6 +56,7 @@ MAX_KEYWORDS = 26
 MAX_KEYWORD_LENGTH = 50
 """Longest keyword name accepted, in octets (Dovecot's mail_max_keyword_length)."""
 LOCKFILE = "twistedmail-uidlist.lock"
+UIDVALIDITY_FILE = "twistedmail-uidvalidity"  # the last UIDVALIDITY given out in a Maildir
 SUBSCRIPTIONS = "subscriptions"
 DELIMITER = "."
 INBOX = "INBOX"
@@ -303,7 +304,7 @@ class MessageEntry:
 @attrs.frozen
 class ScanResult:
     """A folder's messages in UID order (all of them, or with L{full} false only those
-    changed since the MODSEQ asked for), its UID state, the UIDs first seen in C{new/}, its
+    changed since the MODSEQ asked for), its UID state, its C{\\Recent} UIDs, its
     HIGHESTMODSEQ, the UIDs expunged since that MODSEQ, and the index floor (see
     L{twistedmail.index.FolderIndex.floor})."""
 
@@ -378,6 +379,24 @@ class Folder:
         os.replace(tmp, self.path / UIDLIST)
         fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
 
+    def _new_uidvalidity(self) -> int:
+        """A UIDVALIDITY for a new UID list: the time, but above every one given out in this
+        user's Maildir before, so a folder deleted and created again within a second gets
+        a new one (RFC 3501 §2.3.1.1: UIDs of the old folder must not be reused)."""
+        root = self.path.parent if (self.path / "maildirfolder").exists() else self.path
+        fd = os.open(root / UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            last = os.read(fd, 32).strip()
+            value = max(int(time.time()), int(last) + 1 if last.isdigit() else 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % value)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return value
+
     def _stamps(self) -> Stamps:
         new, cur = os.stat(self.path / "new"), os.stat(self.path / "cur")
         try:
@@ -414,7 +433,7 @@ class Folder:
             if measured != size:
                 index.set_size(uid, measured)
 
-    def scan(self, since: int | None = None) -> ScanResult:
+    def scan(self, since: int | None = None, claim_recent: bool = False) -> ScanResult:
         """Bring the index up to date with the folder and return its messages.
 
         When C{new/}, C{cur/} and C{dovecot-uidlist} are unchanged since the last full sync
@@ -426,16 +445,21 @@ class Folder:
         index last saw it gets a new MODSEQ (RFC 7162 §3.1.1; removals are kept as expunged
         UIDs for QRESYNC).
 
+        C{recent} lists the messages no session has claimed yet (RFC 3501 §2.3.2): those
+        moved from C{new/} and those added by L{add} (APPEND, COPY); with C{claim_recent}
+        (a SELECT, not EXAMINE or STATUS) the caller takes them, and no other session gets
+        them as C{\\Recent}.
+
         @param since: a MODSEQ: return only messages changed after it, and the UIDs expunged
             after it (RFC 7162 §3.1.4.1, §3.2.5.2); C{None}: every message.
         @raise MaildirError: when the folder does not exist.
         """
         if not self.exists():
             raise MaildirError("no such folder")
-        moved: dict[str, int] = {}
         with self._indexed() as index:
             if not index.clean(self._stamps()):
-                moved = self._sync(index)
+                index.add_recent(self._sync(index).values())
+            recent = frozenset(index.recent(claim_recent))
             if since is not None and since < index.floor:
                 since = None  # changes before the rebuild are unknown: report everything
             rows = index.messages(since)
@@ -444,7 +468,7 @@ class Folder:
                 index.uidvalidity,
                 index.uidnext,
                 tuple(MessageEntry(*row) for row in rows),
-                frozenset(moved.values()),
+                recent,
                 index.highestmodseq,
                 expunged,
                 since is None,
@@ -458,7 +482,7 @@ class Folder:
         uidvalidity, uidnext, guid, uids = self._read_uidlist()
         changed = False
         if uidvalidity == 0:
-            uidvalidity, guid, changed = int(time.time()), uuid.uuid4().hex, True
+            uidvalidity, guid, changed = self._new_uidvalidity(), uuid.uuid4().hex, True
         if index.uidvalidity != uidvalidity:
             index.reset(uidvalidity)
         moved: set[str] = set()
@@ -624,9 +648,10 @@ class Folder:
             base = write_durably(self.path / "cur", data, flags, mtime)
             uidvalidity, uidnext, guid, uids = self._read_uidlist()
             if uidvalidity == 0:
-                uidvalidity, guid = int(time.time()), uuid.uuid4().hex
+                uidvalidity, guid = self._new_uidvalidity(), uuid.uuid4().hex
             uid = uids[base] = uidnext
             self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            index.add_recent([uid])  # RFC 3501 §2.3.2: new in this mailbox
             if in_step and index.uidvalidity == uidvalidity:
                 name = f"{base}:2,{normalize_flags(flags)}"
                 st = os.stat(self.path / "cur" / name)
@@ -832,7 +857,8 @@ class UserMaildir:
         fsync_dir(self.root)
 
     def delete(self, name: str) -> None:
-        """Delete folder C{name} and its messages (RFC 3501 §6.3.4); its children stay.
+        """Delete folder C{name} and its messages (RFC 3501 §6.3.4); its children and its
+        subscription stay.
 
         @raise MaildirError: for INBOX or a missing folder.
         """
@@ -844,7 +870,8 @@ class UserMaildir:
         trash = self.root / f".DELETED-{uuid.uuid4().hex}"
         os.rename(path, trash)  # atomic: the folder vanishes at once, then is removed
         shutil.rmtree(trash, ignore_errors=True)
-        self.unsubscribe(name)
+        # its subscription stays: RFC 3501 §6.3.6, a server MUST NOT unilaterally remove a
+        # name from the subscription list (LIST (SUBSCRIBED) shows it \NonExistent)
 
     def rename(self, old: str, new: str) -> None:
         """Rename C{old} and its children to C{new} (RFC 3501 §6.3.5).

@@ -104,7 +104,7 @@ def test_move_to_trash(server: Server) -> None:
         c.select_folder("Trash")
         fetched = c.fetch(c.search("ALL"), ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
     assert [(v[b"FLAGS"], v[b"BODY[HEADER.FIELDS (SUBJECT)]"]) for v in fetched.values()] == [
-        ((b"\\Flagged",), b"Subject: m1\r\n\r\n")
+        ((b"\\Flagged", b"\\Recent"), b"Subject: m1\r\n\r\n")  # new in Trash (RFC 3501 §2.3.2)
     ]
     assert flags_on_disk(server, "Trash") == ["F"]
     assert len(server.messages(ALICE)) == 2

@@ -358,12 +358,24 @@ class MaildirAccount:
         subs: list[str] = await self.run_in_thread(self.maildir.subscriptions)
         existing = set(names)
         regex = list_pattern(ref, wildcard)
-        out = []
-        for name in sorted(set(subs) | {INBOX}, key=lambda n: (n != INBOX, n)):
+        subscribed = set(subs) | {INBOX}
+        found: dict[str, tuple[str, ...]] = {}
+        for name in subscribed:
             if list_match(regex, name):
-                attributes: tuple[str, ...] = () if name in existing else ("\\Noselect",)
-                out.append((name, MailboxInfo(attributes)))
-        return out
+                found[name] = () if name in existing else ("\\Noselect",)
+                continue
+            # RFC 3501 §6.3.9: "foo/%" with only "foo/bar/zap" subscribed lists "foo/bar"
+            # \Noselect (a level the pattern reaches on the way to a subscribed name)
+            parts = name.split(DELIMITER)
+            for i in range(len(parts) - 1, 0, -1):
+                parent = DELIMITER.join(parts[:i])
+                if parent not in subscribed and list_match(regex, parent):
+                    found[parent] = ("\\Noselect",)
+                    break
+        return [
+            (name, MailboxInfo(found[name]))
+            for name in sorted(found, key=lambda n: (n != INBOX, n))
+        ]
 
     # INamespacePresenter (RFC 2342)
 
@@ -413,8 +425,15 @@ def list_entries(
     for name in sorted(candidates, key=lambda n: (n != INBOX, n)):
         if not any(list_match(r, name) for r in regexes):
             continue
+        # RFC 5258 §3.5: CHILDINFO tells of a subscribed descendant the patterns do not
+        # return themselves (as Dovecot: one a pattern matches is listed on its own)
         child_subscribed = (
-            subscribed and recursive and any(s.startswith(name + DELIMITER) for s in subs)
+            subscribed
+            and recursive
+            and any(
+                s.startswith(name + DELIMITER) and not any(list_match(r, s) for r in regexes)
+                for s in subs
+            )
         )
         if name not in pool and not child_subscribed:
             continue

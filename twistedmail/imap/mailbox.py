@@ -24,7 +24,6 @@ SEARCH MODSEQ and QRESYNC use; the index also caches ENVELOPE and BODYSTRUCTURE.
 
 from __future__ import annotations
 
-import calendar
 import email.utils
 import re
 import time
@@ -104,10 +103,13 @@ def keyword_names(flags: Sequence[str]) -> list[str]:
     return [f for f in flags if not f.startswith("\\")]
 
 
-def _scan(folder: Folder, since: int | None = None) -> tuple[ScanResult, dict[str, str]]:
-    """A folder scan (all messages, or those changed after MODSEQ C{since}) and its keyword
-    map ({letter: name}), in one thread hop."""
-    return folder.scan(since), folder.keywords()
+def _scan(
+    folder: Folder, since: int | None = None, claim_recent: bool = False
+) -> tuple[ScanResult, dict[str, str]]:
+    """A folder scan (all messages, or those changed after MODSEQ C{since}; with
+    C{claim_recent}, this session takes the C{\\Recent} messages) and its keyword map
+    ({letter: name}), in one thread hop."""
+    return folder.scan(since, claim_recent), folder.keywords()
 
 
 def _store_letters(
@@ -178,6 +180,7 @@ class MaildirMailbox:
         self.keywords: dict[str, str] = {}
         self._gone: set[int] = set()
         self._recent: set[int] = set()
+        self._unapplied_recent: set[int] = set()
         self._highest = 0
         self.highestmodseq = 0
         self.floor = 0
@@ -196,7 +199,8 @@ class MaildirMailbox:
 
     async def open(self) -> MaildirMailbox:
         """First scan of the folder (in a thread).  @raise MaildirError: folder missing."""
-        scan, self.keywords = await self.run_in_thread(_scan, self.folder)
+        # RFC 3501 §2.3.2: SELECT claims the \Recent messages; EXAMINE and STATUS only count
+        scan, self.keywords = await self.run_in_thread(_scan, self.folder, None, self.readwrite)
         self._view = list(scan.messages)
         self._recent = set(scan.recent)
         self._highest = max((e.uid for e in scan.messages), default=0)
@@ -220,9 +224,12 @@ class MaildirMailbox:
                 self._dirty = False
                 generation = self._generation
                 since = self.highestmodseq or None
-                scan, keywords = await self.run_in_thread(_scan, self.folder, since)
+                scan, keywords = await self.run_in_thread(
+                    _scan, self.folder, since, self.readwrite
+                )
                 if generation != self._generation:
                     self._dirty = True  # our own change raced the scan: rescan
+                    self._unapplied_recent |= scan.recent  # claimed: keep them for us
                     continue
                 self._apply(scan, keywords)
         finally:
@@ -263,7 +270,9 @@ class MaildirMailbox:
         if new:
             self._view.extend(new)
             self._highest = new[-1].uid
-            self._recent |= {u for u in scan.recent if u in on_disk}
+            recent = scan.recent | self._unapplied_recent
+            self._unapplied_recent = set()
+            self._recent |= {u for u in recent if u in on_disk}
         for listener in list(self._listeners):
             if new:
                 listener.newMessages(len(self._view), len(self._recent))
@@ -686,13 +695,17 @@ def _day(mtime: float) -> tuple[int, int, int]:
 
 
 def _sent_day(raw: bytes) -> tuple[int, int, int] | None:
+    """The day of the Date: header as written, in the sender's own time zone (RFC 3501
+    §6.4.4 SENTBEFORE/SENTON/SENTSINCE: "disregarding time and timezone"; Dovecot compares
+    the same way): C{Sun, 25 Mar 2007 00:30:00 +0200} is 25 March, not the 24th in UTC.
+    C{None} (no match) without a parsable Date:."""
     value = header_value(split_message(raw)[0], b"date")
     if value is None:
         return None
     parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
-    if parsed is None:
+    if parsed is None or not 1 <= parsed[1] <= 12 or not 1 <= parsed[2] <= 31:
         return None
-    return _day(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+    return parsed[0], parsed[1], parsed[2]
 
 
 def compile_search(

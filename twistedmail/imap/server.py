@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -48,11 +49,13 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail import auth, sasl
 from twistedmail.auth import log_login
+from twistedmail.imap import grammar
 from twistedmail.imap.compress import CompressionError, DeflateTransport, Inflater
 from twistedmail.imap.mailbox import SearchError, parse_sequence_set
 from twistedmail.imap.message import (
@@ -309,6 +312,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self._pending_exists = False
         self._pending_flags: dict[int, list[str]] = {}
         self._pending_keywords = False
+        self._pending_highestmodseq = False
         self.enabled: set[bytes] = set()
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE active (RFC 4978)
 
@@ -422,6 +426,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if len(args) == 1:
             self.sendBadResponse(args[0], b"Missing command")
             return
+        if not grammar.is_tag(args[0]):
+            # RFC 3501 §9 tag: ASTRING-CHARs but "+"; answered untagged, as it has no tag
+            self.sendBadResponse(None, b"Invalid tag")
+            m = _TRAILING_LITERAL.search(line)
+            if m and m.group(1).endswith(b"+}"):  # its literal's data must not run
+                self.sendLine(b"* BYE [CLIENTBUG] Closing the connection")
+                self.clearLineBuffer()
+                self.transport.loseConnection()
+            return
         rest = args[2] if len(args) == 3 else None
         self.dispatchCommand(args[0], args[1].upper(), rest)
 
@@ -532,6 +545,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                     # is seen and the connection freed; commands are no longer run.
                     self.clearLineBuffer()
                     self.transport.resumeProducing()
+                    _close_below_tls(self.transport)
                 else:
                     self.resumeProducing()
 
@@ -591,7 +605,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         """An astring, quoted, atom or literal (C{{n}} or LITERAL+ C{{n+}}, RFC 7888)."""
         stripped = (line or b"").strip()
         if stripped[:1] != b"{":
-            return super().arg_astring(line, final)
+            return grammar.astring(stripped)  # RFC 3501 §9: quoted or atom
         size, sync = literal_size(stripped)
         if final and sync and not size:
             return (b"", b"")
@@ -629,10 +643,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         C{SEARCH CHARSET UTF-8 SUBJECT {n}} for non-ASCII text."""
         if _TRAILING_LITERAL.search(line or b""):
             return Deferred.fromCoroutine(self._searchkeys_with_literals(line))
-        try:
-            return super().arg_searchkeys(line)
-        except Exception:
-            raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
+        return grammar.parse_list(line or b""), b""
 
     async def _searchkeys_with_literals(self, line: bytes) -> tuple[Any, bytes]:
         """Read each literal, re-quote it into the line, then parse the whole line."""
@@ -643,14 +654,12 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 raise IMAPError(b"BAD", b"Literal too large", b"TOOBIG", close=not sync)
             head = line[: m.start()]
             data, line = await self._literal(imap4.LiteralString(size, Deferred()), sync, b"text")
-            if b"\r" in data or b"\n" in data:
-                raise imap4.IllegalClientResponse("Line breaks in a search string")
+            if b"\r" in data or b"\n" in data or b"\0" in data:
+                # RFC 3501 §9: a literal is CHAR8 (no NUL); CR LF cannot be re-quoted
+                raise imap4.IllegalClientResponse("NUL or line breaks in a search string")
             quoted = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
             assembled += head + b'"' + quoted + b'" '
-        try:
-            return super().arg_searchkeys(assembled + line)
-        except Exception:
-            raise imap4.IllegalClientResponse("Invalid SEARCH keys") from None
+        return grammar.parse_list(assembled + line), b""
 
     def arg_rest(self, line: bytes | None) -> tuple[bytes | None, bytes]:
         return (line or None), b""
@@ -676,8 +685,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         mbox = self.mbox
         if mbox is None:
             self._pending_exists, self._pending_flags = False, {}
-            self._pending_keywords = False
+            self._pending_keywords = self._pending_highestmodseq = False
             return
+        if self._pending_highestmodseq:
+            self._pending_highestmodseq = False
+            # (once a session: the view's own changes may be newer than the last scan)
+            seqs = range(1, mbox.getMessageCount() + 1)
+            highest = max([mbox.getHighestModSeq()] + [mbox.modseq_of(n) for n in seqs])
+            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest" % highest)
         self._flush_keywords()
         if self._pending_exists:
             self._pending_exists = False
@@ -1056,7 +1071,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     async def do_LIST(
         self, tag: bytes, ref: bytes, pattern: bytes, subscribed: int, command: bytes
     ) -> bytes:
-        reference, wildcard = mailbox_name(ref), mailbox_name(pattern)
+        reference, wildcard = _list_name(ref), _list_name(pattern)
+        if reference is None or wildcard is None:
+            return command + b" completed"  # no mailbox name matches (see _list_name)
         if not wildcard and not subscribed:
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
@@ -1101,7 +1118,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 return result.addCallback(lambda r: ([r[0]], r[1]))
             return [result[0]], result[1]
         inner, rest = _paren_group(line)
-        patterns = imap4.parseNestedParens(inner)
+        patterns = grammar.parse_list(inner)
         if not patterns or not all(isinstance(p, bytes) for p in patterns):
             raise imap4.IllegalClientResponse("Bad mailbox patterns")
         if self.utf8_accept():
@@ -1135,8 +1152,10 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _bad(b"Unknown LIST return option")
         if b"RECURSIVEMATCH" in chosen and not chosen - {b"RECURSIVEMATCH", b"REMOTE"}:
             raise _bad(b"RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
-        reference = mailbox_name(ref)
-        wildcards = [mailbox_name(p) for p in patterns]
+        reference = _list_name(ref)
+        wildcards = [w for w in map(_list_name, patterns) if w is not None]
+        if reference is None or not wildcards:
+            return b"LIST completed"  # no mailbox name matches (see _list_name)
         if selection is None and wildcards == [""]:
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
@@ -1222,7 +1241,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 raise _bad(b"Unknown STATUS item")
             names.append(item.upper().decode("ascii"))
         if "HIGHESTMODSEQ" in names:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
         mailbox = mailbox_name(name)
         mbox = await self._open(name, False)
         try:
@@ -1253,7 +1272,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if date is not None and parse_internaldate(date) is None:
             raise _bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
-        mbox = await maybeDeferred(self.account.select, mailbox_name(name), True)
+        # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
+        mbox = await maybeDeferred(self.account.select, mailbox_name(name), False)
         if mbox is None:
             raise _no(b"No such mailbox", b"TRYCREATE")
         try:
@@ -1301,6 +1321,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     select_IDLE = auth_IDLE
 
     # CONDSTORE and QRESYNC (RFC 7162)
+
+    def _enable_condstore(self) -> None:
+        """A CONDSTORE enabling command ran (RFC 7162 §3.1); the first one while a mailbox
+        is selected gets C{* OK [HIGHESTMODSEQ n]} for it (§3.1.2.1, as Dovecot sends)."""
+        if b"CONDSTORE" in self.enabled:
+            return
+        self.enabled.add(b"CONDSTORE")
+        # sent before the tagged reply, with the value after the command's own changes
+        self._pending_highestmodseq = hasattr(self.mbox, "getHighestModSeq")
 
     def _condstore_items(self, seq: int) -> bytes:
         """C{ UID n MODSEQ (m)} for an untagged FETCH once CONDSTORE is enabled (RFC 7162
@@ -1437,7 +1466,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             raise _bad(b"VANISHED needs UID FETCH and ENABLE QRESYNC")  # RFC 7162 §3.2.6
         wants = any(p.type == "modseq" for p in query)
         if wants or changedsince is not None:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
         if changedsince is None:
             return targets
         if not wants:
@@ -1497,9 +1526,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
         modseq_tail = b""
         if getattr(self.mbox, "searched_modseq", False):
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
-            if found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
-                modseq_tail = b"MODSEQ %d" % max(self.mbox.modseq_of(n) for n in found)
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
+            reported = list(found)
+            if returns and found and set(returns) <= {b"MIN", b"MAX"}:
+                # RFC 4731 §3.2: with only MIN/MAX, the MODSEQ of the messages returned
+                picks = {b"MIN": min(found), b"MAX": max(found)}
+                reported = [picks[r] for r in returns]
+            if reported:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
+                modseq_tail = b"MODSEQ %d" % max(self.mbox.modseq_of(n) for n in reported)
         if returns is not None:
             line = esearch_response(tag, returns, numbers, uid)
             self.sendLine(line + (b" " + modseq_tail if modseq_tail else b""))
@@ -1519,8 +1553,6 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         if set(options) - ESEARCH_RETURN_OPTIONS:
             raise imap4.IllegalClientResponse("Unknown SEARCH return option")
         return options, rest
-
-    select_SEARCH = (do_SEARCH, opt_search_return, imap4.IMAP4Server.opt_charset, arg_searchkeys)
 
     async def do_SORT(
         self,
@@ -1555,14 +1587,31 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         inner, rest = _paren_group(line)
         return imap4.parseNestedParens(inner), rest
 
-    def arg_charset(self, line: bytes) -> tuple[bytes, bytes]:
-        """The charset SORT requires (RFC 5256 §3)."""
-        charset, _, rest = (line or b"").partition(b" ")
-        if not charset or not rest:
+    def arg_charset(self, line: bytes) -> Any:
+        """The charset SORT requires (RFC 5256 §3), an astring (a literal too), and the
+        search keys after it."""
+
+        def keys_follow(result: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+            if not result[0] or not result[1]:
+                raise imap4.IllegalClientResponse("Charset and search keys expected")
+            return result
+
+        if not line:
             raise imap4.IllegalClientResponse("Charset and search keys expected")
-        return charset, rest
+        result = self._astring(line)
+        if isinstance(result, Deferred):
+            return result.addCallback(keys_follow)
+        return keys_follow(result)
+
+    def opt_charset(self, line: bytes) -> Any:
+        """SEARCH's optional C{CHARSET astring} (RFC 3501 §6.4.4, §9: a literal too, which
+        must be read here, never run as the next command)."""
+        if (line or b"")[:8].upper() != b"CHARSET ":
+            return None, line
+        return self._astring(line[8:])
 
     select_SORT = (do_SORT, arg_sort_criteria, arg_charset, arg_searchkeys)
+    select_SEARCH = (do_SEARCH, opt_search_return, opt_charset, arg_searchkeys)
 
     async def do_FETCH(
         self,
@@ -1572,6 +1621,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         modifiers: dict[bytes, Any] | None = None,
         uid: bool = False,
     ) -> bytes:
+        self._check_numbers(messages, uid)
         mbox = self.mbox
         targets = await maybeDeferred(mbox.fetch, messages, uid)
         targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
@@ -1730,13 +1780,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         modes = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
         if action not in modes:
             raise _bad(b"Invalid STORE data item")
+        self._check_numbers(messages, uid)
         if not self.mbox.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
         names = [f.decode("ascii", "replace") for f in flags]
         kwargs: dict[str, Any] = {"uid": uid}
         unchangedsince = (modifiers or {}).get(b"UNCHANGEDSINCE")
         if unchangedsince is not None:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
             kwargs["unchangedsince"] = unchangedsince
         result = await maybeDeferred(self.mbox.store, messages, names, modes[action], **kwargs)
         self._flush_unsolicited()  # EXISTS before a FETCH that names a new message number
@@ -1757,17 +1808,36 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             return b"[MODIFIED " + uid_set(listed) + b"] Conditional STORE failed"
         return b"STORE completed"
 
+    def _check_numbers(self, messages: imap4.MessageSet, uid: bool) -> None:
+        """RFC 3501 §9 seq-number: a message sequence number names a message the client
+        knows (1..EXISTS, C{*} the last); one beyond is BAD (as Dovecot answers), never
+        silently nothing.  A set with C{*} in an empty mailbox (C{1:*}, what a client that
+        syncs sends) names nothing and is answered OK.  UIDs need not exist (§6.4.8)."""
+        if uid:
+            return
+        count = self.mbox.getMessageCount()
+        ends = [n for low, high in messages.ranges for n in (low, high)]
+        if not count and None in ends:
+            return
+        if any((count if n is None else n) > count for n in ends):
+            raise _bad(b"Invalid message sequence number")
+
+    def arg_flags(self, line: bytes) -> tuple[list[bytes], bytes]:
+        """STORE's flags (RFC 3501 §9 store-att-flags: a flag list or flags without one)."""
+        return grammar.flag_list(line or b"")
+
     select_STORE = (
         do_STORE,
         arg_seqset,
         opt_store_modifiers,
         imap4.IMAP4Server.arg_atom,
-        imap4.IMAP4Server.arg_flaglist,
+        arg_flags,
     )
 
     async def do_COPY(
         self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
     ) -> bytes:
+        self._check_numbers(messages, uid)
         if self.quota is not None:  # RFC 9208 §4.3.1: NO [OVERQUOTA], nothing copied
             sources = await maybeDeferred(self.mbox.fetch, messages, uid)
             await self.check_quota(sum(m.getSize() for _, m in sources), len(sources))
@@ -1779,7 +1849,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     ) -> tuple[bytes, list[Any]]:
         """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
         when nothing was copied) and the source messages copied."""
-        target = await maybeDeferred(self.account.select, mailbox_name(name), True)
+        # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
+        target = await maybeDeferred(self.account.select, mailbox_name(name), False)
         if target is None:
             raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
         copied: list[Any] = []
@@ -1812,6 +1883,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     ) -> bytes:
         """RFC 6851 §3: copy, then expunge the sources; COPYUID goes in an untagged OK
         before the EXPUNGE responses (§4.3)."""
+        self._check_numbers(messages, uid)
         mbox = self.mbox
         if not mbox.isWriteable() or not hasattr(mbox, "remove_entries"):
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
@@ -1842,6 +1914,16 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     select_UNSELECT = (do_UNSELECT,)
 
     select_COPY = (do_COPY, arg_seqset, arg_finalastring)
+
+
+def _list_name(raw: bytes) -> str | None:
+    """A LIST/LSUB reference or pattern decoded as a mailbox name; C{None} when it is not
+    valid modified UTF-7 (RFC 3501 §5.1.3): it is a well-formed list-mailbox (§9) that no
+    mailbox name matches, so LIST answers OK with nothing, as Dovecot does."""
+    try:
+        return mailbox_name(raw)
+    except imap4.IllegalMailboxEncoding:
+        return None
 
 
 def _list_return_options(inner: bytes) -> list[Any]:
@@ -2033,6 +2115,31 @@ async def _deleted_status(mbox: Any) -> dict[str, int]:
     messages = await maybeDeferred(mbox.fetch, imap4.MessageSet(1, None), False)
     doomed = [m for _, m in messages if "\\Deleted" in m.getFlags()]
     return {"DELETED": len(doomed), "DELETED-STORAGE": sum(m.getSize() for m in doomed)}
+
+
+def _close_below_tls(transport: Any) -> None:
+    """After LOGOUT or BYE over TLS, close the TCP connection once our close_notify is written.
+
+    RFC 3501 §6.1.3: the server closes the connection after LOGOUT.  Twisted's TLS layer sends
+    close_notify and then waits for the peer's before it closes TCP; a client that instead
+    waits for our close (imaptest, about every other LOGOUT, when the close_notify came in one
+    read with the tagged OK) then waits forever.  RFC 8446 §6.1 lets the side that closes
+    first not wait for the reply, as Dovecot does.  Nothing is done before close_notify went
+    out (a producer still writing): the close then finishes the usual way.
+    """
+    layer = transport
+    while layer is not None and not isinstance(layer, TLSMemoryBIOProtocol):
+        # down through ProtocolWrappers (vars: their __getattr__ forwards to the transport)
+        layer = vars(layer).get("transport")
+    if layer is None:
+        return
+    try:
+        sent = bool(layer.getHandle().get_shutdown() & SSL.SENT_SHUTDOWN)
+    except SSL.Error:
+        return
+    tcp = layer.transport
+    if sent and tcp is not None:
+        tcp.loseConnection()  # flushes what is written (close_notify included), then FIN
 
 
 def _close_quietly(mbox: Any) -> None:

@@ -1,0 +1,166 @@
+"""The argument syntax of IMAP commands (RFC 3501 §9 formal syntax): atoms, quoted strings,
+astrings and parenthesised lists, each parsed from the front of the unparsed rest of a command
+line and returned with what follows it.
+
+Literals are read by the session (L{twistedmail.imap.server}), which asks for them with a
+continuation request (or not, for LITERAL+ C{{n+}}, RFC 7888); this module sees the text
+around them.  Every malformed argument raises C{imap4.IllegalClientResponse}, answered C{BAD}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.mail import imap4
+
+CTL = frozenset(range(0x20)) | {0x7F}
+ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | CTL
+"""RFC 3501 §9 atom-specials: "(" ")" "{" SP CTL list-wildcards quoted-specials
+resp-specials."""
+_ASTRING_STOP = frozenset(b'(){ "\\') | CTL
+"""What ends or spoils an atom standing for an astring: ASTRING-CHAR (RFC 3501 §9) adds "]"
+to ATOM-CHAR; "%" and "*" are taken too, as Dovecot does, since a LIST pattern
+(list-mailbox) is an astring with them and a mailbox name containing them is simply one that
+does not exist."""
+_TOKEN_STOP = frozenset(b'() "') | CTL
+"""What ends a bare token inside a list or search keys: an atom, a flag (C{\\Seen}), a
+sequence set (C{1:*}), a section (C{BODY[HEADER]}) is checked by its consumer."""
+
+
+def _fail(text: str) -> imap4.IllegalClientResponse:
+    return imap4.IllegalClientResponse(text)
+
+
+def quoted(line: bytes) -> tuple[bytes, bytes]:
+    """C{"..."} at the start of C{line} -> (its value, the rest after it).
+
+    RFC 3501 §9: quoted = DQUOTE *QUOTED-CHAR DQUOTE; QUOTED-CHAR is any TEXT-CHAR (no NUL,
+    CR or LF) but quoted-specials, or "\\" quoted-specials.  8-bit octets are taken (UTF-8,
+    RFC 6855 §3).
+    """
+    out = bytearray()
+    i = 1
+    while i < len(line):
+        c = line[i]
+        if c == 0x22:
+            return bytes(out), line[i + 1 :]
+        if c == 0x5C:
+            i += 1
+            if i >= len(line) or line[i] not in (0x22, 0x5C):
+                raise _fail("Bad escape in quoted string")
+            c = line[i]
+        elif c in (0x00, 0x0D, 0x0A):
+            raise _fail("NUL, CR or LF in quoted string")
+        out.append(c)
+        i += 1
+    raise _fail("Unterminated quoted string")
+
+
+def _run(line: bytes, stop: frozenset[int]) -> int:
+    """The length of the run at the start of C{line} free of C{stop} octets."""
+    for i, c in enumerate(line):
+        if c in stop:
+            return i
+    return len(line)
+
+
+def end_of_argument(rest: bytes) -> bytes:
+    """What follows an argument: nothing, or one SP and the next argument (RFC 3501 §9
+    separates arguments with SP; more spaces are taken, as stock Twisted did)."""
+    if rest and rest[:1] != b" ":
+        raise _fail("Space expected after an argument")
+    return rest.lstrip(b" ")
+
+
+def astring(line: bytes) -> tuple[bytes, bytes]:
+    """An astring that is not a literal: a quoted string or an atom (C{NIL} included, which
+    is the string "NIL" here, RFC 3501 §9 astring) -> (value, rest).
+
+    @raise imap4.IllegalClientResponse: empty, or an atom with an atom-special in it.
+    """
+    line = line.lstrip(b" ")
+    if not line:
+        raise _fail("Missing argument")
+    if line[:1] == b'"':
+        value, rest = quoted(line)
+        return value, end_of_argument(rest.rstrip(b" "))
+    n = _run(line, _ASTRING_STOP)
+    if n == 0:
+        raise _fail("Atom or string expected")
+    rest = line[n:]
+    if rest.strip(b" ") and rest[:1] != b" ":
+        raise _fail("Invalid character in atom")
+    return line[:n], rest.lstrip(b" ")
+
+
+def parse_list(line: bytes) -> list[Any]:
+    """Space-separated items with nested parentheses (search keys, an option list's inside)
+    -> a nested list of bytes: quoted strings unquoted (L{quoted}), every other token as
+    sent, C{NIL} included (unlike Twisted's C{parseNestedParens}, which turns it into
+    C{None} and ignores escapes and NULs).
+
+    @raise imap4.IllegalClientResponse: unbalanced parentheses, a bad quoted string, a
+        literal marker or a control character where the grammar has none.
+    """
+    stack: list[list[Any]] = [[]]
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == 0x20:
+            i += 1
+            continue
+        if c == 0x28:
+            stack.append([])
+            i += 1
+        elif c == 0x29:
+            if len(stack) == 1:
+                raise _fail("Unbalanced parenthesis")
+            inner = stack.pop()
+            stack[-1].append(inner)
+            i += 1
+        elif c == 0x22:
+            value, rest = quoted(line[i:])
+            stack[-1].append(value)
+            i = len(line) - len(rest)
+        else:
+            n = _run(line[i:], _TOKEN_STOP)
+            if n == 0:
+                raise _fail("Invalid character")
+            token = line[i : i + n]
+            if token.startswith(b"{") or token.startswith(b"~{"):
+                raise _fail("Literal not allowed here")
+            stack[-1].append(token)
+            i += n
+            if i < len(line) and line[i] not in (0x20, 0x28, 0x29):
+                raise _fail("Space expected")
+    if len(stack) != 1:
+        raise _fail("Unbalanced parenthesis")
+    return stack[0]
+
+
+def flag_list(line: bytes) -> tuple[list[bytes], bytes]:
+    """STORE's flags: C{(flag ...)} or flags without parentheses (RFC 3501 §9 store-att-flags)
+    -> (flags, rest).  A flag is C{\\atom} or a keyword atom (C{NIL} is a keyword here).
+
+    @raise imap4.IllegalClientResponse: anything else.
+    """
+    items = parse_list(line)
+    if len(items) == 1 and isinstance(items[0], list):
+        items = items[0]
+    flags = []
+    for item in items:
+        if not isinstance(item, bytes) or not is_flag(item):
+            raise _fail("Malformed flag")
+        flags.append(item)
+    return flags, b""
+
+
+def is_flag(token: bytes) -> bool:
+    """RFC 3501 §9 flag: C{\\} atom (system and extension flags) or a keyword atom."""
+    name = token[1:] if token[:1] == b"\\" else token
+    return bool(name) and not any(c in ATOM_SPECIALS for c in name)
+
+
+def is_tag(token: bytes) -> bool:
+    """RFC 3501 §9 tag: 1*<any ASTRING-CHAR except "+">."""
+    return bool(token) and not any(c in ATOM_SPECIALS and c != 0x5D or c == 0x2B for c in token)
