@@ -213,6 +213,27 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
         return base
 
 
+ALL_LETTERS = FLAG_LETTERS + "abcdefghijklmnopqrstuvwxyz"
+"""Every info letter a message can carry here (the system flags and the keyword letters)."""
+
+
+@attrs.frozen
+class FlagChange:
+    """A change of a message's info letters, applied to the letters it has on disk at the
+    moment of the change (DESIGN §6: flags change by delta, never by writing back a set read
+    earlier): the result is (current - C{remove}) | C{add}, in ASCII order.
+
+    STORE +FLAGS is C{FlagChange(add=...)}, -FLAGS C{FlagChange(remove=...)}, FLAGS a change
+    that removes every letter IMAP can set and adds the new ones (RFC 3501 §6.4.6).
+    """
+
+    add: str = ""
+    remove: str = ""
+
+    def apply(self, letters: str) -> str:
+        return normalize_flags("".join(c for c in letters if c not in self.remove) + self.add)
+
+
 @attrs.frozen
 class MessageEntry:
     """One message of a folder as of the last scan.
@@ -604,54 +625,101 @@ class Folder:
     def set_flags_many(
         self, plan: list[tuple[MessageEntry, str]], unchangedsince: int | None = None
     ) -> tuple[list[MessageEntry], list[MessageEntry]]:
-        """STORE: rename each message so its info carries exactly its letters, all under one
-        lock with one new MODSEQ (RFC 7162 §3.1.1).
+        """Rename each message so its info carries exactly its letters (L{change_flags_many}
+        with a change that replaces every letter)."""
+        return self.change_flags_many(
+            [(entry, FlagChange(add=letters, remove=ALL_LETTERS)) for entry, letters in plan],
+            unchangedsince,
+        )
+
+    def current_name(self, entry: MessageEntry) -> str:
+        """The message's file name as it is now (its flags changed by anyone), e.g. for COPY.
+
+        @raise MaildirError: when the message is gone.
+        """
+        return self.open(entry).name
+
+    def change_flags_many(
+        self, plan: list[tuple[MessageEntry, FlagChange]], unchangedsince: int | None = None
+    ) -> tuple[list[MessageEntry], list[MessageEntry]]:
+        """STORE: apply each L{FlagChange} to the message's flags as they are on disk now
+        (not as the caller last saw them: DESIGN §6, a delta under the lock, so another
+        session's, POP3's or a hand rename's change survives), all under one lock with one
+        new MODSEQ (RFC 7162 §3.1.1).
 
         @param unchangedsince: RFC 7162 §3.1.3 UNCHANGEDSINCE: a message whose MODSEQ is now
             larger is left alone and returned as modified.
-        @return: (the renamed or unchanged entries, with their MODSEQ; the entries that
-            failed the UNCHANGEDSINCE test).  Messages gone meanwhile are in neither.
+        @return: (the renamed or unchanged entries, with their file name and MODSEQ as they
+            are now; the entries that failed the UNCHANGEDSINCE test).  Messages gone
+            meanwhile are in neither.
         """
         done: list[MessageEntry] = []
         modified: list[MessageEntry] = []
         with self._indexed() as index:
             current = index.modseqs(e.uid for e, _ in plan)
-            modseq = 0
+            renamed: list[tuple[int, str]] = []
+            listing: dict[str, str] | None = None
+
+            def find(entry: MessageEntry) -> Path | None:
+                nonlocal listing
+                path = self.path / "cur" / entry.filename
+                if os.path.lexists(path):
+                    return path
+                if listing is None:  # list cur/ once, not once per stale entry
+                    listing = {split_name(n)[0]: n for n in os.listdir(self.path / "cur")}
+                name = listing.get(entry.base)
+                if name is not None and os.path.lexists(self.path / "cur" / name):
+                    return self.path / "cur" / name
+                return self.locate(entry.base)
 
             def rename_all() -> None:
-                nonlocal modseq
-                for entry, letters in plan:
+                nonlocal listing
+                for entry, change in plan:
                     seen = current.get(entry.uid, entry.modseq)
                     if unchangedsince is not None and seen > unchangedsince:
                         modified.append(attrs.evolve(entry, modseq=seen))
                         continue
-                    try:
-                        path = self.open(entry)
-                    except MaildirError:
-                        continue
-                    new_name = f"{entry.base}:2,{normalize_flags(letters)}"
-                    if path.name == new_name and path.parent.name == "cur":
-                        done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
-                        continue
-                    try:
-                        os.rename(path, self.path / "cur" / new_name)
-                    except FileNotFoundError:
-                        continue
-                    modseq = modseq or index.next_modseq()
-                    if entry.uid in current:
-                        index.rename(entry.uid, new_name, modseq)
-                    done.append(attrs.evolve(entry, filename=new_name, modseq=modseq))
+                    for _attempt in range(5):  # renamed by someone without our lock: retry
+                        path = find(entry)
+                        if path is None:
+                            break
+                        letters = change.apply(split_name(path.name)[1])
+                        new_name = f"{entry.base}:2,{letters}"
+                        if path.name == new_name and path.parent.name == "cur":
+                            done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
+                            break
+                        try:
+                            os.rename(path, self.path / "cur" / new_name)
+                        except FileNotFoundError:
+                            listing = None
+                            continue
+                        renamed.append((entry.uid, new_name))
+                        done.append(attrs.evolve(entry, filename=new_name))
+                        break
 
             self._own_change(index, rename_all)
+            if renamed:
+                modseq = index.next_modseq()
+                names = dict(renamed)
+                for uid, name in renamed:
+                    if uid in current:
+                        index.rename(uid, name, modseq)
+                done = [attrs.evolve(e, modseq=modseq) if e.uid in names else e for e in done]
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
         """Delete the message file (EXPUNGE, POP3 QUIT); a missing file is not an error."""
         self.remove_many([entry])
 
-    def remove_many(self, entries: list[MessageEntry]) -> None:
+    def remove_many(self, entries: list[MessageEntry], flagged: str = "") -> list[MessageEntry]:
         """Delete the message files under one lock, each expunge recorded with one new
-        MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped."""
+        MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped.
+
+        @param flagged: an info letter (C{"T"} for EXPUNGE, RFC 3501 §6.4.3): only messages
+            whose file carries it now are removed (another session may have cleared it).
+        @return: the entries removed.
+        """
+        removed: list[MessageEntry] = []
         with self._indexed() as index:
             indexed = index.modseqs(e.uid for e in entries)
             modseq = 0
@@ -660,14 +728,19 @@ class Folder:
                 nonlocal modseq
                 for entry in entries:
                     try:
-                        os.unlink(self.open(entry))
+                        path = self.open(entry)
+                        if flagged and flagged not in split_name(path.name)[1]:
+                            continue
+                        os.unlink(path)
                     except (FileNotFoundError, MaildirError):
                         continue
+                    removed.append(entry)
                     if entry.uid in indexed:
                         modseq = modseq or index.next_modseq()
                         index.expunge(entry.uid, modseq)
 
             self._own_change(index, unlink_all)
+        return removed
 
 
 def encode_folder_name(name: str) -> str:

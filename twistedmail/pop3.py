@@ -52,11 +52,11 @@ from zope.interface import implementer
 from twistedmail.auth import ClientCredentials, LoginBlocked, RunInThread, log_login
 from twistedmail.maildir import (
     ChangeNotifier,
+    FlagChange,
     Folder,
     MaildirError,
     MessageEntry,
     UserMaildir,
-    split_name,
 )
 from twistedmail.wire import CRLF, StrictLineReceiver
 
@@ -854,14 +854,11 @@ class MaildirPOP3Mailbox:
                 self.folder.remove(entry)
             except OSError as e:
                 errors.append(e)
-        for entry in seen:
-            try:
-                path = self.folder.open(entry)
-                flags = split_name(path.name)[1]
-                if "S" not in flags:
-                    self.folder.set_flags(attrs.evolve(entry, filename=path.name), flags + "S")
+        if seen:
+            try:  # a delta under the folder lock: flags set meanwhile by IMAP are kept
+                self.folder.change_flags_many([(entry, FlagChange(add="S")) for entry in seen])
             except (MaildirError, OSError):
-                continue  # gone or renamed meanwhile: the flag is a courtesy
+                pass  # the flag is a courtesy
         if errors:
             raise errors[0]
 
