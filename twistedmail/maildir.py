@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import random
 import re
 import shutil
 import socket
@@ -52,6 +53,16 @@ MAX_KEYWORDS = 26
 MAX_KEYWORD_LENGTH = 50
 """Longest keyword name accepted, in octets (Dovecot's mail_max_keyword_length)."""
 LOCKFILE = "twistedmail-uidlist.lock"
+UIDLIST_LOCK = "dovecot-uidlist.lock"
+"""Dovecot's dotlock of the UID list (maildir-uidlist.c), taken with the C{flock} above so that
+a Dovecot or doveadm on the same Maildir never hands out a UID we hand out."""
+DOTLOCK_STALE = 120.0
+"""Seconds without a change of the lock or of C{dovecot-uidlist} after which a dotlock of an
+unknown owner is stale (Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT)."""
+DOTLOCK_TIMEOUT = DOTLOCK_STALE + 2
+"""Seconds to wait for the dotlock before giving up (Dovecot's uidlist lock timeout)."""
+DOTLOCK_PID_CHECK = 2.0
+"""A dotlock younger than this is not checked for a dead owner (Dovecot's STALE_PID_CHECK_SECS)."""
 SUBSCRIPTIONS = "subscriptions"
 DELIMITER = "."
 INBOX = "INBOX"
@@ -234,6 +245,117 @@ class FlagChange:
         return normalize_flags("".join(c for c in letters if c not in self.remove) + self.add)
 
 
+class FolderLockedError(MaildirError):
+    """Another program held the folder's UID list lock past L{DOTLOCK_TIMEOUT}."""
+
+
+def _lock_owner(path: Path) -> int | None:
+    """The PID in a dotlock (C{<pid>:<host>}, Dovecot's file_write_pid) when the host is
+    this one; C{None} when unreadable, empty or another host's."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(512).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    pid, sep, host = text.partition(":")
+    if not sep or host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return None
+    return int(pid)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # we hold the flock: a lock of this process is left over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: it exists
+    return True
+
+
+@contextmanager
+def dotlock(
+    lock: Path,
+    protected: Path,
+    timeout: float = DOTLOCK_TIMEOUT,
+    stale: float = DOTLOCK_STALE,
+) -> Iterator[None]:
+    """Hold Dovecot's dotlock C{lock} (file-dotlock.c with dotlock_use_excl): created with
+    C{O_EXCL}, holding C{<pid>:<host>}, removed at the end if it is still ours.
+
+    A lock held by someone else is waited for; it is stale, and replaced, when its owner is a
+    dead process of this host (checked once it is L{DOTLOCK_PID_CHECK} seconds old), or when
+    neither it nor C{protected} changed for C{stale} seconds.  On a full disk (the lock cannot
+    be created) the caller goes on with its C{flock} only: reading and deleting mail must keep
+    working then.
+
+    @raise FolderLockedError: when the lock is still held after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    wait = 0.005
+    seen: tuple[int, int, int, int] | None = None
+    last_change = 0.0
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            fd = -1
+        except OSError as e:
+            if is_enospc(e):
+                yield
+                return
+            raise
+        if fd >= 0:
+            break
+        now = time.time()
+        try:
+            st = os.lstat(lock)
+        except FileNotFoundError:
+            continue  # released meanwhile: try again at once
+        identity = (st.st_ino, st.st_size, int(st.st_mtime), int(st.st_ctime))
+        if identity != seen:
+            last_change = max(last_change, st.st_mtime if seen is None else now)
+            seen = identity
+        overriding = False
+        if st.st_mtime < now - DOTLOCK_PID_CHECK:
+            owner = _lock_owner(lock)
+            overriding = owner is not None and not _alive(owner)
+        if not overriding and now > last_change + stale:
+            try:
+                last_change = max(last_change, os.stat(protected).st_mtime)
+            except FileNotFoundError:
+                pass
+            overriding = now > last_change + stale
+        if overriding:
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+            seen = None
+            continue
+        if time.monotonic() > deadline:
+            raise FolderLockedError("folder is locked by another program")
+        time.sleep(wait * (1 + random.random()))
+        wait = min(wait * 1.5, 0.25)
+    try:
+        os.write(fd, f"{os.getpid()}:{socket.gethostname()}".encode())
+    except OSError:
+        pass  # Dovecot leaves it empty then, too
+    mine = os.fstat(fd)
+    try:
+        yield
+    finally:
+        try:
+            st = os.lstat(lock)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(lock)  # not a lock someone took over meanwhile
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @attrs.frozen
 class MessageEntry:
     """One message of a folder as of the last scan.
@@ -279,8 +401,12 @@ class Folder:
     """One Maildir folder (INBOX or a Maildir++ subfolder) and its C{dovecot-uidlist}.
 
     Methods are blocking and thread-safe; concurrent callers (threads or processes) serialise
-    on an C{flock} of C{twistedmail-uidlist.lock} in the folder.
+    on an C{flock} of C{twistedmail-uidlist.lock} in the folder, and with Dovecot (or doveadm)
+    on its dotlock C{dovecot-uidlist.lock} (L{dotlock}).
     """
+
+    lock_timeout = DOTLOCK_TIMEOUT
+    """Seconds to wait for Dovecot's C{dovecot-uidlist.lock} (L{dotlock})."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -293,7 +419,8 @@ class Folder:
         fd = os.open(self.path / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            with dotlock(self.path / UIDLIST_LOCK, self.path / UIDLIST, self.lock_timeout):
+                yield
         finally:
             os.close(fd)
 
