@@ -1010,6 +1010,50 @@ class UserMaildir:
             self._write_subscriptions([s for s in subs if s != name])
 
 
+TMP_MAX_AGE = 36 * 3600.0
+"""Seconds after which a file in C{tmp/} is a crash's leftover (the Maildir spec: "A program
+should remove any file in tmp that hasn't been accessed in 36 hours"; Dovecot does the same)."""
+
+
+def clean_tmp(mail_dir: Path, now: float | None = None, max_age: float = TMP_MAX_AGE) -> int:
+    """Remove the files in C{tmp/} of every folder of every user under C{mail_dir}
+    (C{DOMAIN/LOCALPART/[.FOLDER/]tmp/}) that nobody accessed, changed or linked for
+    C{max_age} seconds.  Blocking (run it in a thread); a folder with an empty C{tmp/} costs
+    one directory read.
+
+    @return: how many files were removed.
+    """
+    cutoff = (time.time() if now is None else now) - max_age
+    removed = 0
+
+    def dirs(path: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                return [e for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+
+    for domain in dirs(mail_dir):
+        for user in dirs(Path(domain.path)):
+            folders = [Path(user.path)]
+            folders += [Path(d.path) for d in dirs(Path(user.path)) if d.name.startswith(".")]
+            for folder in folders:
+                try:
+                    with os.scandir(folder / "tmp") as it:
+                        entries = [e for e in it if e.is_file(follow_symlinks=False)]
+                except OSError:
+                    continue
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                        if max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
+                    except OSError:
+                        continue
+    return removed
+
+
 def mailbox_root(mail_dir: Path, address: str) -> Path:
     """C{DATA_DIR/mail/DOMAIN/LOCALPART}, lower-cased (DESIGN §3).
 
