@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import attrs
@@ -395,6 +395,8 @@ class ScanResult:
     expunged: tuple[int, ...] = ()
     full: bool = True
     floor: int = 0
+    unsaved: tuple[MessageEntry, ...] = ()
+    """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
 
 
 class Folder:
@@ -456,11 +458,16 @@ class Folder:
         lines = [f"3 V{uidvalidity} N{uidnext} G{guid}"]
         lines += [f"{uid} :{name}" for name, uid in sorted(uids.items(), key=lambda kv: kv[1])]
         tmp = self.path / f"{UIDLIST}.tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / UIDLIST)
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / UIDLIST)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)  # a full disk leaves no half-written copy behind
+            raise
         fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
 
     def _stamps(self) -> Stamps:
@@ -482,7 +489,7 @@ class Folder:
                 index.start(1 if fresh else int(time.time() * 1000))
             yield index
 
-    def scan(self, since: int | None = None) -> ScanResult:
+    def scan(self, since: int | None = None, provisional: bool = False) -> ScanResult:
         """Bring the index up to date with the folder and return its messages.
 
         When C{new/}, C{cur/} and C{dovecot-uidlist} are unchanged since the last full sync
@@ -494,16 +501,24 @@ class Folder:
         index last saw it gets a new MODSEQ (RFC 7162 §3.1.1; removals are kept as expunged
         UIDs for QRESYNC).
 
+        On a full disk nothing needs to be written to read: the index works in memory, and
+        messages whose new UID cannot be saved in C{dovecot-uidlist} are left out (a UID
+        given now and lost could later name another message, RFC 3501 §2.3.1.1) until
+        there is room again.
+
         @param since: a MODSEQ: return only messages changed after it, and the UIDs expunged
             after it (RFC 7162 §3.1.4.1, §3.2.5.2); C{None}: every message.
+        @param provisional: list the messages left out for want of room in
+            L{ScanResult.unsaved} (POP3 needs no UIDs).
         @raise MaildirError: when the folder does not exist.
         """
         if not self.exists():
             raise MaildirError("no such folder")
         moved: dict[str, int] = {}
+        unsaved: list[MessageEntry] = []
         with self._indexed() as index:
             if not index.clean(self._stamps()):
-                moved = self._sync(index)
+                moved = self._sync(index, unsaved)
             if since is not None and since < index.floor:
                 since = None  # changes before the rebuild are unknown: report everything
             rows = index.messages(since)
@@ -517,10 +532,11 @@ class Folder:
                 expunged,
                 since is None,
                 index.floor,
+                tuple(unsaved) if provisional else (),
             )
         return result
 
-    def _sync(self, index: FolderIndex) -> dict[str, int]:
+    def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
         started = now_ns()
         uidvalidity, uidnext, guid, uids = self._read_uidlist()
@@ -540,6 +556,9 @@ class Folder:
                 moved.add(base)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                if not is_enospc(e):
+                    raise
         known = index.known()
         entries: dict[str, tuple[str, float, int]] = {}
         cur_dir = os.fspath(cur) + os.sep
@@ -557,15 +576,30 @@ class Folder:
                 continue
             size = wire_size_from_name(base)
             entries[base] = (name, st.st_mtime, size if size is not None else st.st_size)
-        for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b))):
+        saved_uidnext = uidnext
+        fresh = sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b)))
+        for base in fresh:
             uids[base] = uidnext
             uidnext += 1
             changed = True
         for base in set(uids) - set(entries):
             del uids[base]
             changed = True
+        saved = True
         if changed:
-            self._write_uidlist(uidvalidity, uidnext, guid, uids)
+            try:
+                self._write_uidlist(uidvalidity, uidnext, guid, uids)
+            except OSError as e:
+                if not is_enospc(e):
+                    raise
+                # disk full: the new UIDs are not saved, so nobody may see them (they could
+                # go to other messages later); reading and deleting the rest go on
+                saved = False
+                uidnext = saved_uidnext
+                for base in fresh:
+                    del uids[base]
+                    name, mtime, size = entries.pop(base)
+                    unsaved.append(MessageEntry(0, base, name, size, mtime))
         modseq = 0
         for base, old in known.items():
             if base not in entries or uids.get(base) != old.uid:
@@ -582,7 +616,10 @@ class Folder:
                 index.rename(old.uid, name, modseq)
         index.insert_many(added)
         index.put("uidnext", uidnext)
-        index.record(self._stamps(), started)
+        if saved:
+            index.record(self._stamps(), started)
+        else:
+            index.forget_stamps()  # list the folder again next time, and try to save then
         return {b: uids[b] for b in moved if b in uids}
 
     def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> None:
@@ -687,7 +724,14 @@ class Folder:
             if uidvalidity == 0:
                 uidvalidity, guid = int(time.time()), uuid.uuid4().hex
             uid = uids[base] = uidnext
-            self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            try:
+                self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            except BaseException:
+                # no UID, no message: APPEND fails whole (nothing half-written is left)
+                with suppress(OSError):
+                    os.unlink(self.path / "cur" / f"{base}:2,{normalize_flags(flags)}")
+                    fsync_dir(self.path / "cur")
+                raise
             if in_step and index.uidvalidity == uidvalidity:
                 name = f"{base}:2,{normalize_flags(flags)}"
                 st = os.stat(self.path / "cur" / name)
@@ -1089,6 +1133,28 @@ class ChangeNotifier:
     def changed(self, path: Path) -> None:
         for callback in list(self._listeners.get(path, [])):
             callback()
+
+
+@attrs.frozen
+class StorageReserve:
+    """Free space kept on the file system of C{path} for reading and deleting mail (Postfix's
+    C{queue_minfree}): new mail is taken only while C{min_free} octets and the message fit.
+
+    @ivar min_free: octets; 0 keeps no reserve.
+    """
+
+    path: Path
+    min_free: int
+
+    def has_room(self, size: int = 0) -> bool:
+        """Whether C{size} more octets fit above the reserve (one C{statvfs}, cheap)."""
+        if self.min_free <= 0:
+            return True
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return True  # cannot tell: let the write itself fail
+        return st.f_bavail * st.f_frsize >= self.min_free + size
 
 
 def is_enospc(error: BaseException) -> bool:

@@ -776,7 +776,9 @@ class MaildirPOP3Mailbox:
 
     def _scan(self) -> tuple[MessageEntry, ...]:
         UserMaildir(self.root).ensure()
-        return self.folder.scan().messages
+        # on a full disk, messages not yet given a UID are listed too: POP3 needs none
+        scan = self.folder.scan(provisional=True)
+        return scan.messages + scan.unsaved
 
     def _snapshot(self) -> tuple[MessageEntry, ...]:
         if self._entries is None:

@@ -63,7 +63,13 @@ from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
 from twistedmail.mailauth import Authenticator
-from twistedmail.maildir import ChangeNotifier, UserMaildir, clean_tmp, mailbox_root
+from twistedmail.maildir import (
+    ChangeNotifier,
+    StorageReserve,
+    UserMaildir,
+    clean_tmp,
+    mailbox_root,
+)
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker
 from twistedmail.smtp.inbound import inbound_factory
@@ -412,6 +418,9 @@ class MailServer(MultiService):
                 factory.max_line_length = limits.max_line_length
                 factory.max_header_size = limits.max_header_size
                 factory.bare_lf = config.smtp.bare_lf
+                factory.storage_reserve = StorageReserve(
+                    config.server.data_dir, limits.min_free_space
+                )
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,
@@ -456,9 +465,13 @@ class MailServer(MultiService):
                 log.info("removed {n} stale files from tmp/ folders", n=removed)
             return removed
 
+        def failed(failure: Any) -> int:
+            log.failure("tmp/ cleanup failed", failure)
+            return 0
+
         d: defer.Deferred[int] = self.run_in_thread(clean_tmp, self.mail_dir, now)
         d.addCallback(done)
-        d.addErrback(lambda f: (log.failure("tmp/ cleanup failed", f), 0)[1])
+        d.addErrback(failed)
         return d
 
     def startService(self) -> None:

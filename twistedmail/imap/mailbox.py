@@ -57,6 +57,7 @@ from twistedmail.maildir import (
     MaildirError,
     MessageEntry,
     ScanResult,
+    is_enospc,
     split_name,
 )
 
@@ -70,6 +71,27 @@ keywords follow them."""
 REPLACEABLE_LETTERS = "".join(IMAP_TO_LETTER.values()) + "abcdefghijklmnopqrstuvwxyz"
 """The info letters STORE FLAGS replaces: the system flags and keywords IMAP can express
 (RFC 3501 §6.4.6); others (C{P}, passed) are kept."""
+
+
+class StorageFullError(imap4.MailboxException):
+    """The disk (or the user's file system quota) is full: C{NO [OVERQUOTA]} (RFC 5530 §3,
+    RFC 9208 §4.3.1), nothing stored."""
+
+    code = b"OVERQUOTA"
+
+
+def _storage(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Run C{f} (in a thread); a full disk becomes L{StorageFullError}."""
+
+    def run(*args: Any) -> Any:
+        try:
+            return f(*args)
+        except OSError as e:
+            if is_enospc(e):
+                raise StorageFullError("Insufficient storage") from None
+            raise
+
+    return run
 
 
 class SearchError(Exception):
@@ -443,7 +465,12 @@ class MaildirMailbox:
         if date is not None:
             mtime = parse_internaldate(date.encode() if isinstance(date, str) else date)
         uid: int = await self.run_in_thread(
-            _add_with_keywords, self.folder, data, letters_for(flags), keyword_names(flags), mtime
+            _storage(_add_with_keywords),
+            self.folder,
+            data,
+            letters_for(flags),
+            keyword_names(flags),
+            mtime,
         )
         self._changed()
         return uid
@@ -464,7 +491,7 @@ class MaildirMailbox:
             letters = letters_for(flags)
             mtime = None
         uid: int = await self.run_in_thread(
-            _add_with_keywords, self.folder, data, letters, keyword_names(flags), mtime
+            _storage(_add_with_keywords), self.folder, data, letters, keyword_names(flags), mtime
         )
         self._changed()
         return uid
@@ -515,7 +542,7 @@ class MaildirMailbox:
             raise imap4.ReadOnlyMailbox()
         targets = self.resolve(messages, uid)
         letters, keywords = await self.run_in_thread(
-            _store_letters, self.folder, list(flags), mode >= 0
+            _storage(_store_letters), self.folder, list(flags), mode >= 0
         )
         if keywords != self.keywords:
             self.keywords = keywords
