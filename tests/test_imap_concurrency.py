@@ -5,6 +5,8 @@ folder lock (DESIGN §6), and a session's view changes only in the order RFC 350
 from __future__ import annotations
 
 import os
+import threading
+from pathlib import Path
 
 from twisted.trial import unittest
 
@@ -152,3 +154,38 @@ class ViewOrderTests(unittest.TestCase):
         self.assertEqual(out[-1], b"f OK FETCH completed")
         if b"* 2 FETCH (UID 2)" in out:
             self.assertLess(out.index(b"* 2 EXISTS"), out.index(b"* 2 FETCH (UID 2)"))
+
+
+class FirstLoginRaceTests(unittest.TestCase):
+    """Two sessions of one user logging in for the first time at once (imaptest stress)."""
+
+    def test_special_use_folder_made_by_the_other_session(self) -> None:
+        """A special-use folder the other first login created meanwhile is no error, and
+        every special-use folder is still subscribed (RFC 6154 §2)."""
+        from twistedmail.imap.account import SPECIAL_USE, MaildirAccount
+        from twistedmail.maildir import INBOX, UserMaildir, make_maildir
+
+        root = Path(self.mktemp())
+        make_maildir(root)
+        maildir = UserMaildir(root)
+        maildir.create("Sent")  # made by the other session after this one listed the folders
+        self.patch(maildir, "folders", lambda: [INBOX])
+        account = MaildirAccount("a@example.test", maildir, ChangeNotifier(), None)  # type: ignore[arg-type]
+        account._prepare()
+        self.assertEqual(sorted(maildir.subscriptions()), sorted(SPECIAL_USE))
+
+    def test_concurrent_subscribes_all_kept(self) -> None:
+        """SUBSCRIBE from many sessions at once loses none (RFC 3501 §6.3.6)."""
+        from twistedmail.maildir import UserMaildir, make_maildir
+
+        root = Path(self.mktemp())
+        make_maildir(root)
+        names = [f"Folder{n}" for n in range(30)]
+        threads = [
+            threading.Thread(target=UserMaildir(root).subscribe, args=(name,)) for name in names
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(sorted(UserMaildir(root).subscriptions()), sorted(names))

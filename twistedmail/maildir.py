@@ -1043,15 +1043,31 @@ class UserMaildir:
         tmp.write_text("".join(n + "\n" for n in sorted(set(names))), "utf-8")
         os.replace(tmp, self.root / SUBSCRIPTIONS)
 
+    @contextmanager
+    def _subscriptions_locked(self) -> Iterator[None]:
+        """Two sessions changing subscriptions at once must not lose one's change (the file
+        is read, changed and written whole): an C{flock} around it."""
+        self.ensure()
+        fd = os.open(self.root / f"{SUBSCRIPTIONS}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def subscribe(self, name: str) -> None:
-        subs = self.subscriptions()
-        if name not in subs:
-            self._write_subscriptions(subs + [name])
+        with self._subscriptions_locked():
+            subs = self.subscriptions()
+            if name not in subs:
+                self._write_subscriptions(subs + [name])
 
     def unsubscribe(self, name: str) -> None:
-        subs = self.subscriptions()
-        if name in subs:
-            self._write_subscriptions([s for s in subs if s != name])
+        if not (self.root / SUBSCRIPTIONS).exists():
+            return
+        with self._subscriptions_locked():
+            subs = self.subscriptions()
+            if name in subs:
+                self._write_subscriptions([s for s in subs if s != name])
 
 
 TMP_MAX_AGE = 36 * 3600.0
