@@ -444,7 +444,10 @@ class UserMaildirTests(unittest.TestCase):
         self.user.subscribe("A")
         self.user.delete("A")
         self.assertEqual(self.user.folders(), ["INBOX", "A.B"])
-        self.assertEqual(listing(self.root), [".A.B", "cur", "new", "subscriptions", "tmp"])
+        self.assertEqual(
+            listing(self.root),
+            [".A.B", "cur", "new", "subscriptions", "subscriptions.lock", "tmp"],
+        )
         self.assertEqual(self.user.subscriptions(), [])
 
     def test_delete_errors(self) -> None:
