@@ -446,7 +446,7 @@ class UserMaildirTests(unittest.TestCase):
         self.assertEqual(self.user.folders(), ["INBOX", "A.B"])
         self.assertEqual(
             listing(self.root),
-            [".A.B", "cur", "new", "subscriptions", "subscriptions.lock", "tmp"],
+            [".A.B", "cur", "new", "subscriptions", "tmp", "twistedmail-subscriptions.lock"],
         )
         self.assertEqual(self.user.subscriptions(), [])
 

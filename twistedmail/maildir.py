@@ -1046,12 +1046,14 @@ class UserMaildir:
     @contextmanager
     def _subscriptions_locked(self) -> Iterator[None]:
         """Two sessions changing subscriptions at once must not lose one's change (the file
-        is read, changed and written whole): an C{flock} around it."""
+        is read, changed and written whole): our C{flock}, and Dovecot's dotlock
+        C{subscriptions.lock} (stale after 30 s, its SUBSCRIPTION_FILE_CHANGE_TIMEOUT)."""
         self.ensure()
-        fd = os.open(self.root / f"{SUBSCRIPTIONS}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.root / f"twistedmail-{SUBSCRIPTIONS}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            with dotlock(self.root / f"{SUBSCRIPTIONS}.lock", self.root / SUBSCRIPTIONS, stale=30):
+                yield
         finally:
             os.close(fd)
 
