@@ -65,6 +65,8 @@ class MailboxTests(unittest.TestCase):
         write_durably(self.path / "new", b"Subject: new\r\n\r\nx\r\n")
         self.notifier.changed(self.path)
         self.assertEqual(rec.events, [("new", (4, 1))])
+        self.assertEqual(a.fetch(imap4.parseIdList(b"4"), False), [])  # before its EXISTS
+        self.assertEqual(a.announce(), 4)
         self.assertEqual(a.fetch(imap4.parseIdList(b"4"), False)[0][1].getFlags(), ["\\Recent"])
         self.assertEqual(self.open().getRecentCount(), 0)
 

@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import threading
+import time
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -460,7 +461,10 @@ class UserMaildirTests(unittest.TestCase):
         self.user.subscribe("A")
         self.user.delete("A")
         self.assertEqual(self.user.folders(), ["INBOX", "A.B"])
-        self.assertEqual(listing(self.root), [".A.B", "cur", "new", "subscriptions", "tmp"])
+        self.assertEqual(
+            listing(self.root),
+            [".A.B", "cur", "new", "subscriptions", "tmp", "twistedmail-subscriptions.lock"],
+        )
         self.assertEqual(self.user.subscriptions(), ["A"])
 
     def test_recreated_folder_gets_a_new_uidvalidity(self) -> None:
@@ -589,3 +593,25 @@ class ChangeNotifierTests(unittest.TestCase):
         notifier.changed(path)
         notifier.changed(path)
         self.assertEqual(calls, ["once", "other", "other"])
+
+
+class TmpCleanupTests(unittest.TestCase):
+    """Maildir spec: a file in tmp/ untouched for 36 hours is a crash's leftover."""
+
+    def test_old_tmp_files_of_every_folder_of_every_user_go(self) -> None:
+        """Old tmp/ files go in INBOX and subfolders of all users; new ones and cur/ stay."""
+        from twistedmail.maildir import TMP_MAX_AGE, clean_tmp
+
+        mail = Path(self.mktemp())
+        alice, bob = mail / "example.test" / "alice", mail / "example.org" / "bob"
+        for root in (alice, alice / ".Sent", bob):
+            make_maildir(root)
+            (root / "tmp" / "1.M1P1Q1.host,S=3").write_bytes(b"abc")
+        write_durably(alice / "cur", b"kept\r\n")
+        now = time.time()
+        self.assertEqual(clean_tmp(mail, now), 0)  # fresh: kept
+        self.assertEqual(clean_tmp(mail, now + TMP_MAX_AGE + 60), 3)
+        for root in (alice, alice / ".Sent", bob):
+            self.assertEqual(os.listdir(root / "tmp"), [])
+        self.assertEqual(len(os.listdir(alice / "cur")), 1)
+        self.assertEqual(clean_tmp(mail / "missing", now), 0)

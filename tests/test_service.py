@@ -9,6 +9,7 @@ import pwd
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,29 @@ class ThrottleStateTests(unittest.TestCase):
         save_throttle(LoginThrottle(self.clock), self.path.parent / "missing" / "throttle.json")
         [event] = [e for e in self.events if "not saved" in e.get("log_format", "")]
         self.assertEqual(event["log_level"], LogLevel.warn)
+
+
+class TmpCleanupServiceTests(unittest.TestCase):
+    """The server sweeps every tmp/ folder at start and then daily."""
+
+    def test_timer_and_sweep(self) -> None:
+        """A 'tmp-cleanup' timer runs daily; its sweep removes a 36-hour-old tmp/ file."""
+        from twistedmail.maildir import TMP_MAX_AGE, make_maildir
+        from twistedmail.service import TMP_CLEANUP_INTERVAL
+
+        data = Path(self.mktemp()).resolve()
+        server = MailServer(quiet_config(data), reactor)
+        self.addCleanup(server.store.close)
+        parse = getattr(server.queue.outbound.resolver, "_parseCall", None)
+        if parse is not None and parse.active():
+            self.addCleanup(parse.cancel)
+        timer = server.getServiceNamed("tmp-cleanup")
+        self.assertEqual(timer.step, TMP_CLEANUP_INTERVAL)
+        self.assertEqual(TMP_CLEANUP_INTERVAL, 86400)
+        root = server.mail_dir / "example.test" / "alice"
+        make_maildir(root)
+        leftover = root / "tmp" / "1.M1P1Q1.host,S=3"
+        leftover.write_bytes(b"abc")
+        d = server.clean_tmp(time.time() + TMP_MAX_AGE + 60)
+        d.addCallback(self.assertEqual, 1)
+        return d.addCallback(lambda _: self.assertFalse(leftover.exists()))

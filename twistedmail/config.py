@@ -38,6 +38,8 @@ DEFAULT_LISTEN = {
 }
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_MAX_HEADER_SIZE = 256 * 1024
+DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
+"""Free octets the data dir keeps: below it SMTP refuses new mail (Postfix's queue_minfree)."""
 MIN_LINE_LENGTH = 998  # RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF
 MAX_LINE_LENGTH = 65536
 SIZE_LIMITS = {
@@ -117,6 +119,7 @@ class LimitsConfig:
     imap_max_connections_per_user: int = 10  # logged-in IMAP sessions per user and IP
     # networks whose clients the failed-login throttle never delays, blocks or counts
     login_throttle_exempt: tuple[str, ...] = ()
+    min_free_space: int = DEFAULT_MIN_FREE_SPACE  # octets free in data_dir to take SMTP mail
 
 
 SMARTHOST_TLS = ("starttls", "implicit")
@@ -435,8 +438,18 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             raise r.fail(
                 "[limits] login_throttle_exempt", f'"{network}" is not an IP network'
             ) from None
+    try:  # "0" / "none": no reserve
+        limit_values["min_free_space"] = parse_quota(
+            limits.get("min_free_space", DEFAULT_MIN_FREE_SPACE)
+        )
+    except ValueError as e:
+        raise r.fail("[limits] min_free_space", str(e)) from None
     for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
-        if limit in SIZE_LIMITS or limit in ("default_quota", "login_throttle_exempt"):
+        if limit in SIZE_LIMITS or limit in (
+            "default_quota",
+            "login_throttle_exempt",
+            "min_free_space",
+        ):
             continue
         value = limits.get(limit, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -17,6 +17,11 @@ one can have given out (milliseconds since the epoch), so HIGHESTMODSEQ never go
 for a client (RFC 7162 §3.1.2.1); its L{FolderIndex.floor} tells QRESYNC that expunges before
 it are unknown.
 
+On a full disk (or a read-only one) the index must not stop anyone reading or deleting mail:
+a write SQLite refuses (C{SQLITE_FULL}, I/O error, read-only) turns the open index into an
+in-memory copy of what is on disk plus this transaction's writes, used for this one
+operation and then dropped (L{FolderIndex.degraded}); the next operation tries the disk again.
+
 Everything here is blocking and runs under the folder lock of L{twistedmail.maildir.Folder}
 (which is what makes MODSEQ monotonic across processes), in a thread.
 """
@@ -29,8 +34,12 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
+from twisted.logger import Logger
+
+log = Logger(namespace="twistedmail.index")
 
 INDEX_FILE = "twistedmail.index"
 SCHEMA_VERSION = 1
@@ -44,6 +53,9 @@ DIRTY_NS = 2_000_000_000
 """A directory changed less than this long (ns) before the sync that recorded its mtime is
 listed again next time: a change in the same mtime tick would otherwise go unseen (Dovecot's
 "dirty" rule for Maildir directories)."""
+
+_FORGET_RENDERED = "UPDATE messages SET envelope = NULL, bodystructure = NULL, body = NULL"
+"""Drops FETCH data rendered by an older L{CACHE_VERSION}: rendered again on the next FETCH."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -100,23 +112,40 @@ class CachedParts:
     body: bytes | None
 
 
+_CANNOT_WRITE = {8, 10, 13, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
+
+
+def cannot_write(error: BaseException) -> bool:
+    """Whether C{error} is SQLite failing to write (full disk, I/O error, read-only), as
+    opposed to a corrupt file."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in _CANNOT_WRITE
+
+
 class FolderIndex:
     """An open index of one folder; use as a context manager (commits on success).
 
     @param directory: the folder's directory (the one holding C{cur/}).
+    @ivar degraded: the disk refused a write: this instance works on an in-memory copy that
+        is dropped at the end (see the module docstring).
     """
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / INDEX_FILE
         self.created = False
         self.stale_sizes = False
+        self.degraded = False
+        self._writes: list[tuple[str, Any, bool]] = []
         self.db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         existed = self.path.exists()
         try:
             db = self._open_checked()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as e:
+            if cannot_write(e):
+                return self._in_memory(None, existed)
+
             # corrupt or foreign: the index is only a cache, rebuild it from the Maildir
             for suffix in ("", "-journal", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
@@ -125,18 +154,82 @@ class FolderIndex:
             db = self._open_checked()
         self.created = not existed or self._get(db, "version") is None
         if self.created:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('cache_version', ?)", (CACHE_VERSION,))
+            try:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('cache_version', ?)", (CACHE_VERSION,)
+                )
+            except sqlite3.Error as e:
+                if not cannot_write(e):
+                    raise
+                return self._in_memory(db, existed)
         elif (self._get(db, "cache_version") or 1) != CACHE_VERSION:
             # rendered by older code: render again on the next FETCH
-            db.execute("UPDATE messages SET envelope = NULL, bodystructure = NULL, body = NULL")
             self.stale_sizes = True
+            try:
+                db.execute(_FORGET_RENDERED)
+            except sqlite3.Error as e:
+                if not cannot_write(e):
+                    raise
+                memory = self._in_memory(db, existed)
+                memory.execute(_FORGET_RENDERED)
+                return memory
         return db
 
     def sizes_measured(self) -> None:
         """The folder measured every size again (L{stale_sizes}): the index is current."""
         self.put("cache_version", CACHE_VERSION)
         self.stale_sizes = False
+
+    def _in_memory(self, disk: sqlite3.Connection | None, existed: bool) -> sqlite3.Connection:
+        """An in-memory copy of the index on disk (when readable), in a transaction, with
+        this instance's writes so far replayed: the disk refused a write."""
+        if not self.degraded:
+            log.warn("index {path} not writable (disk full?): kept in memory", path=str(self.path))
+        self.degraded = True
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        copied = False
+        if disk is not None:
+            with contextlib.suppress(sqlite3.Error):
+                disk.execute("ROLLBACK")
+        try:
+            source = disk or sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                if existed:
+                    source.backup(memory)
+                    copied = self._get(memory, "version") == SCHEMA_VERSION
+            finally:
+                source.close()
+        except sqlite3.Error:
+            copied = False
+        if not copied:
+            memory.executescript(_SCHEMA)
+            memory.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            memory.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('cache_version', ?)", (CACHE_VERSION,)
+            )
+            self.created = True
+        memory.execute("BEGIN")
+        for sql, args, many in self._writes:
+            (memory.executemany if many else memory.execute)(sql, args)
+        return memory
+
+    def _write(self, sql: str, args: Any = (), many: bool = False) -> None:
+        """One write of this transaction; on a disk that refuses it, go on in memory."""
+        if not many:
+            args = tuple(args)
+        else:
+            args = list(args)
+        self._writes.append((sql, args, many))
+        if self.degraded:
+            (self.db.executemany if many else self.db.execute)(sql, args)
+            return
+        try:
+            (self.db.executemany if many else self.db.execute)(sql, args)
+        except sqlite3.Error as e:
+            if not cannot_write(e):
+                raise
+            self.db = self._in_memory(self.db, True)
 
     def _open_checked(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -163,7 +256,12 @@ class FolderIndex:
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         try:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            try:
+                self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            except sqlite3.Error as e:
+                if kind is not None or not cannot_write(e):
+                    raise
+                self.db = self._in_memory(self.db, True)  # nothing kept: dropped below
         finally:
             self.db.close()
 
@@ -174,7 +272,7 @@ class FolderIndex:
         return default if value is None else value
 
     def put(self, key: str, value: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @property
     def uidvalidity(self) -> int:
@@ -207,10 +305,10 @@ class FolderIndex:
 
     def reset(self, uidvalidity: int) -> None:
         """A new UIDVALIDITY: every row and tombstone belongs to the old one."""
-        self.db.execute("DELETE FROM messages")
-        self.db.execute("DELETE FROM expunged")
+        self._write("DELETE FROM messages")
+        self._write("DELETE FROM expunged")
         if self.uidvalidity:  # (not at the first sync: APPEND may have marked one recent)
-            self.db.execute("DELETE FROM recent")
+            self._write("DELETE FROM recent")
         self.put("uidvalidity", uidvalidity)
         self.put("floor", self.highestmodseq)
 
@@ -236,7 +334,7 @@ class FolderIndex:
         self.put("synced_ns", synced_ns)
 
     def forget_stamps(self) -> None:
-        self.db.execute("DELETE FROM meta WHERE key = 'synced_ns'")
+        self._write("DELETE FROM meta WHERE key = 'synced_ns'")
 
     # messages
 
@@ -247,7 +345,7 @@ class FolderIndex:
 
     def add_recent(self, uids: Iterable[int]) -> None:
         """Mark C{uids} \\Recent (RFC 3501 §2.3.2) until a session claims them."""
-        self.db.executemany("INSERT OR IGNORE INTO recent VALUES (?)", [(u,) for u in uids])
+        self._write("INSERT OR IGNORE INTO recent VALUES (?)", [(u,) for u in uids], many=True)
 
     def recent(self, claim: bool = False) -> list[int]:
         """The indexed messages no session has claimed as \\Recent yet; with C{claim}, the
@@ -255,7 +353,7 @@ class FolderIndex:
         rows = self.db.execute("SELECT uid FROM recent JOIN messages USING (uid) ORDER BY uid")
         uids = [row[0] for row in rows]
         if claim:
-            self.db.execute("DELETE FROM recent WHERE uid IN (SELECT uid FROM messages)")
+            self._write("DELETE FROM recent WHERE uid IN (SELECT uid FROM messages)")
         return uids
 
     def messages(self, since: int | None = None) -> list[tuple[int, str, str, int, float, int]]:
@@ -283,25 +381,26 @@ class FolderIndex:
     def insert_many(self, rows: list[tuple[int, str, str, int, float, int]]) -> None:
         """Add (uid, base, filename, size, mtime, modseq) rows, replacing any row with the
         same UID or base name."""
-        self.db.executemany(
+        self._write(
             "INSERT OR REPLACE INTO messages (uid, base, filename, size, mtime, modseq)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             rows,
+            many=True,
         )
 
     def set_size(self, uid: int, size: int) -> None:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""
-        self.db.execute("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
+        self._write("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
 
     def rename(self, uid: int, filename: str, modseq: int) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE messages SET filename = ?, modseq = ? WHERE uid = ?", (filename, modseq, uid)
         )
 
     def expunge(self, uid: int, modseq: int) -> None:
         """Drop message C{uid}, keeping a tombstone for VANISHED (RFC 7162 §3.2.5.2)."""
-        self.db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
-        self.db.execute("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
+        self._write("DELETE FROM messages WHERE uid = ?", (uid,))
+        self._write("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
 
     def expunged_since(self, modseq: int) -> list[int]:
         """UIDs expunged with a MODSEQ larger than C{modseq}, ascending."""
@@ -322,7 +421,7 @@ class FolderIndex:
         return {row[0]: CachedParts(*row[1:]) for row in rows if row[0] in wanted}
 
     def cache(self, uid: int, base: str, parts: CachedParts) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE messages SET envelope = COALESCE(?, envelope),"
             " bodystructure = COALESCE(?, bodystructure), body = COALESCE(?, body)"
             " WHERE uid = ? AND base = ?",

@@ -32,6 +32,7 @@ import errno
 import fcntl
 import io
 import os
+import random
 import re
 import shutil
 import socket
@@ -39,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -57,6 +58,16 @@ MAX_KEYWORD_LENGTH = 50
 """Longest keyword name accepted, in octets (Dovecot's mail_max_keyword_length)."""
 LOCKFILE = "twistedmail-uidlist.lock"
 UIDVALIDITY_FILE = "twistedmail-uidvalidity"  # the last UIDVALIDITY given out in a Maildir
+UIDLIST_LOCK = "dovecot-uidlist.lock"
+"""Dovecot's dotlock of the UID list (maildir-uidlist.c), taken with the C{flock} above so that
+a Dovecot or doveadm on the same Maildir never hands out a UID we hand out."""
+DOTLOCK_STALE = 120.0
+"""Seconds without a change of the lock or of C{dovecot-uidlist} after which a dotlock of an
+unknown owner is stale (Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT)."""
+DOTLOCK_TIMEOUT = DOTLOCK_STALE + 2
+"""Seconds to wait for the dotlock before giving up (Dovecot's uidlist lock timeout)."""
+DOTLOCK_PID_CHECK = 2.0
+"""A dotlock younger than this is not checked for a dead owner (Dovecot's STALE_PID_CHECK_SECS)."""
 SUBSCRIPTIONS = "subscriptions"
 DELIMITER = "."
 INBOX = "INBOX"
@@ -277,6 +288,138 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
         return base
 
 
+ALL_LETTERS = FLAG_LETTERS + "abcdefghijklmnopqrstuvwxyz"
+"""Every info letter a message can carry here (the system flags and the keyword letters)."""
+
+
+@attrs.frozen
+class FlagChange:
+    """A change of a message's info letters, applied to the letters it has on disk at the
+    moment of the change (DESIGN §6: flags change by delta, never by writing back a set read
+    earlier): the result is (current - C{remove}) | C{add}, in ASCII order.
+
+    STORE +FLAGS is C{FlagChange(add=...)}, -FLAGS C{FlagChange(remove=...)}, FLAGS a change
+    that removes every letter IMAP can set and adds the new ones (RFC 3501 §6.4.6).
+    """
+
+    add: str = ""
+    remove: str = ""
+
+    def apply(self, letters: str) -> str:
+        return normalize_flags("".join(c for c in letters if c not in self.remove) + self.add)
+
+
+class FolderLockedError(MaildirError):
+    """Another program held the folder's UID list lock past L{DOTLOCK_TIMEOUT}."""
+
+
+def _lock_owner(path: Path) -> int | None:
+    """The PID in a dotlock (C{<pid>:<host>}, Dovecot's file_write_pid) when the host is
+    this one; C{None} when unreadable, empty or another host's."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(512).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    pid, sep, host = text.partition(":")
+    if not sep or host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return None
+    return int(pid)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # we hold the flock: a lock of this process is left over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: it exists
+    return True
+
+
+@contextmanager
+def dotlock(
+    lock: Path,
+    protected: Path,
+    timeout: float = DOTLOCK_TIMEOUT,
+    stale: float = DOTLOCK_STALE,
+) -> Iterator[None]:
+    """Hold Dovecot's dotlock C{lock} (file-dotlock.c with dotlock_use_excl): created with
+    C{O_EXCL}, holding C{<pid>:<host>}, removed at the end if it is still ours.
+
+    A lock held by someone else is waited for; it is stale, and replaced, when its owner is a
+    dead process of this host (checked once it is L{DOTLOCK_PID_CHECK} seconds old), or when
+    neither it nor C{protected} changed for C{stale} seconds.  On a full disk (the lock cannot
+    be created) the caller goes on with its C{flock} only: reading and deleting mail must keep
+    working then.
+
+    @raise FolderLockedError: when the lock is still held after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    wait = 0.005
+    seen: tuple[int, int, int, int] | None = None
+    last_change = 0.0
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            fd = -1
+        except OSError as e:
+            if is_enospc(e):
+                yield
+                return
+            raise
+        if fd >= 0:
+            break
+        now = time.time()
+        try:
+            st = os.lstat(lock)
+        except FileNotFoundError:
+            continue  # released meanwhile: try again at once
+        identity = (st.st_ino, st.st_size, int(st.st_mtime), int(st.st_ctime))
+        if identity != seen:
+            last_change = max(last_change, st.st_mtime if seen is None else now)
+            seen = identity
+        overriding = False
+        if st.st_mtime < now - DOTLOCK_PID_CHECK:
+            owner = _lock_owner(lock)
+            overriding = owner is not None and not _alive(owner)
+        if not overriding and now > last_change + stale:
+            try:
+                last_change = max(last_change, os.stat(protected).st_mtime)
+            except FileNotFoundError:
+                pass
+            overriding = now > last_change + stale
+        if overriding:
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+            seen = None
+            continue
+        if time.monotonic() > deadline:
+            raise FolderLockedError("folder is locked by another program")
+        time.sleep(wait * (1 + random.random()))
+        wait = min(wait * 1.5, 0.25)
+    try:
+        os.write(fd, f"{os.getpid()}:{socket.gethostname()}".encode())
+    except OSError:
+        pass  # Dovecot leaves it empty then, too
+    mine = os.fstat(fd)
+    try:
+        yield
+    finally:
+        try:
+            st = os.lstat(lock)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(lock)  # not a lock someone took over meanwhile
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @attrs.frozen
 class MessageEntry:
     """One message of a folder as of the last scan.
@@ -316,14 +459,20 @@ class ScanResult:
     expunged: tuple[int, ...] = ()
     full: bool = True
     floor: int = 0
+    unsaved: tuple[MessageEntry, ...] = ()
+    """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
 
 
 class Folder:
     """One Maildir folder (INBOX or a Maildir++ subfolder) and its C{dovecot-uidlist}.
 
     Methods are blocking and thread-safe; concurrent callers (threads or processes) serialise
-    on an C{flock} of C{twistedmail-uidlist.lock} in the folder.
+    on an C{flock} of C{twistedmail-uidlist.lock} in the folder, and with Dovecot (or doveadm)
+    on its dotlock C{dovecot-uidlist.lock} (L{dotlock}).
     """
+
+    lock_timeout = DOTLOCK_TIMEOUT
+    """Seconds to wait for Dovecot's C{dovecot-uidlist.lock} (L{dotlock})."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -336,7 +485,8 @@ class Folder:
         fd = os.open(self.path / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            with dotlock(self.path / UIDLIST_LOCK, self.path / UIDLIST, self.lock_timeout):
+                yield
         finally:
             os.close(fd)
 
@@ -372,11 +522,16 @@ class Folder:
         lines = [f"3 V{uidvalidity} N{uidnext} G{guid}"]
         lines += [f"{uid} :{name}" for name, uid in sorted(uids.items(), key=lambda kv: kv[1])]
         tmp = self.path / f"{UIDLIST}.tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / UIDLIST)
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / UIDLIST)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)  # a full disk leaves no half-written copy behind
+            raise
         fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
 
     def _new_uidvalidity(self) -> int:
@@ -433,7 +588,9 @@ class Folder:
             if measured != size:
                 index.set_size(uid, measured)
 
-    def scan(self, since: int | None = None, claim_recent: bool = False) -> ScanResult:
+    def scan(
+        self, since: int | None = None, claim_recent: bool = False, provisional: bool = False
+    ) -> ScanResult:
         """Bring the index up to date with the folder and return its messages.
 
         When C{new/}, C{cur/} and C{dovecot-uidlist} are unchanged since the last full sync
@@ -450,15 +607,23 @@ class Folder:
         (a SELECT, not EXAMINE or STATUS) the caller takes them, and no other session gets
         them as C{\\Recent}.
 
+        On a full disk nothing needs to be written to read: the index works in memory, and
+        messages whose new UID cannot be saved in C{dovecot-uidlist} are left out (a UID
+        given now and lost could later name another message, RFC 3501 §2.3.1.1) until
+        there is room again.
+
         @param since: a MODSEQ: return only messages changed after it, and the UIDs expunged
             after it (RFC 7162 §3.1.4.1, §3.2.5.2); C{None}: every message.
+        @param provisional: list the messages left out for want of room in
+            L{ScanResult.unsaved} (POP3 needs no UIDs).
         @raise MaildirError: when the folder does not exist.
         """
         if not self.exists():
             raise MaildirError("no such folder")
+        unsaved: list[MessageEntry] = []
         with self._indexed() as index:
             if not index.clean(self._stamps()):
-                index.add_recent(self._sync(index).values())
+                index.add_recent(self._sync(index, unsaved).values())
             recent = frozenset(index.recent(claim_recent))
             if since is not None and since < index.floor:
                 since = None  # changes before the rebuild are unknown: report everything
@@ -473,10 +638,11 @@ class Folder:
                 expunged,
                 since is None,
                 index.floor,
+                tuple(unsaved) if provisional else (),
             )
         return result
 
-    def _sync(self, index: FolderIndex) -> dict[str, int]:
+    def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
         started = now_ns()
         uidvalidity, uidnext, guid, uids = self._read_uidlist()
@@ -496,6 +662,9 @@ class Folder:
                 moved.add(base)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                if not is_enospc(e):
+                    raise
         known = index.known()
         entries: dict[str, tuple[str, float, int]] = {}
         cur_dir = os.fspath(cur) + os.sep
@@ -520,15 +689,30 @@ class Folder:
                 except FileNotFoundError:
                     continue
             entries[base] = (name, st.st_mtime, size)
-        for base in sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b))):
+        saved_uidnext = uidnext
+        fresh = sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b)))
+        for base in fresh:
             uids[base] = uidnext
             uidnext += 1
             changed = True
         for base in set(uids) - set(entries):
             del uids[base]
             changed = True
+        saved = True
         if changed:
-            self._write_uidlist(uidvalidity, uidnext, guid, uids)
+            try:
+                self._write_uidlist(uidvalidity, uidnext, guid, uids)
+            except OSError as e:
+                if not is_enospc(e):
+                    raise
+                # disk full: the new UIDs are not saved, so nobody may see them (they could
+                # go to other messages later); reading and deleting the rest go on
+                saved = False
+                uidnext = saved_uidnext
+                for base in fresh:
+                    del uids[base]
+                    name, mtime, size = entries.pop(base)
+                    unsaved.append(MessageEntry(0, base, name, size, mtime))
         modseq = 0
         for base, old in known.items():
             if base not in entries or uids.get(base) != old.uid:
@@ -545,7 +729,10 @@ class Folder:
                 index.rename(old.uid, name, modseq)
         index.insert_many(added)
         index.put("uidnext", uidnext)
-        index.record(self._stamps(), started)
+        if saved:
+            index.record(self._stamps(), started)
+        else:
+            index.forget_stamps()  # list the folder again next time, and try to save then
         return {b: uids[b] for b in moved if b in uids}
 
     def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> None:
@@ -650,7 +837,14 @@ class Folder:
             if uidvalidity == 0:
                 uidvalidity, guid = self._new_uidvalidity(), uuid.uuid4().hex
             uid = uids[base] = uidnext
-            self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            try:
+                self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            except BaseException:
+                # no UID, no message: APPEND fails whole (nothing half-written is left)
+                with suppress(OSError):
+                    os.unlink(self.path / "cur" / f"{base}:2,{normalize_flags(flags)}")
+                    fsync_dir(self.path / "cur")
+                raise
             index.add_recent([uid])  # RFC 3501 §2.3.2: new in this mailbox
             if in_step and index.uidvalidity == uidvalidity:
                 name = f"{base}:2,{normalize_flags(flags)}"
@@ -715,54 +909,101 @@ class Folder:
     def set_flags_many(
         self, plan: list[tuple[MessageEntry, str]], unchangedsince: int | None = None
     ) -> tuple[list[MessageEntry], list[MessageEntry]]:
-        """STORE: rename each message so its info carries exactly its letters, all under one
-        lock with one new MODSEQ (RFC 7162 §3.1.1).
+        """Rename each message so its info carries exactly its letters (L{change_flags_many}
+        with a change that replaces every letter)."""
+        return self.change_flags_many(
+            [(entry, FlagChange(add=letters, remove=ALL_LETTERS)) for entry, letters in plan],
+            unchangedsince,
+        )
+
+    def current_name(self, entry: MessageEntry) -> str:
+        """The message's file name as it is now (its flags changed by anyone), e.g. for COPY.
+
+        @raise MaildirError: when the message is gone.
+        """
+        return self.open(entry).name
+
+    def change_flags_many(
+        self, plan: list[tuple[MessageEntry, FlagChange]], unchangedsince: int | None = None
+    ) -> tuple[list[MessageEntry], list[MessageEntry]]:
+        """STORE: apply each L{FlagChange} to the message's flags as they are on disk now
+        (not as the caller last saw them: DESIGN §6, a delta under the lock, so another
+        session's, POP3's or a hand rename's change survives), all under one lock with one
+        new MODSEQ (RFC 7162 §3.1.1).
 
         @param unchangedsince: RFC 7162 §3.1.3 UNCHANGEDSINCE: a message whose MODSEQ is now
             larger is left alone and returned as modified.
-        @return: (the renamed or unchanged entries, with their MODSEQ; the entries that
-            failed the UNCHANGEDSINCE test).  Messages gone meanwhile are in neither.
+        @return: (the renamed or unchanged entries, with their file name and MODSEQ as they
+            are now; the entries that failed the UNCHANGEDSINCE test).  Messages gone
+            meanwhile are in neither.
         """
         done: list[MessageEntry] = []
         modified: list[MessageEntry] = []
         with self._indexed() as index:
             current = index.modseqs(e.uid for e, _ in plan)
-            modseq = 0
+            renamed: list[tuple[int, str]] = []
+            listing: dict[str, str] | None = None
+
+            def find(entry: MessageEntry) -> Path | None:
+                nonlocal listing
+                path = self.path / "cur" / entry.filename
+                if os.path.lexists(path):
+                    return path
+                if listing is None:  # list cur/ once, not once per stale entry
+                    listing = {split_name(n)[0]: n for n in os.listdir(self.path / "cur")}
+                name = listing.get(entry.base)
+                if name is not None and os.path.lexists(self.path / "cur" / name):
+                    return self.path / "cur" / name
+                return self.locate(entry.base)
 
             def rename_all() -> None:
-                nonlocal modseq
-                for entry, letters in plan:
+                nonlocal listing
+                for entry, change in plan:
                     seen = current.get(entry.uid, entry.modseq)
                     if unchangedsince is not None and seen > unchangedsince:
                         modified.append(attrs.evolve(entry, modseq=seen))
                         continue
-                    try:
-                        path = self.open(entry)
-                    except MaildirError:
-                        continue
-                    new_name = f"{entry.base}:2,{normalize_flags(letters)}"
-                    if path.name == new_name and path.parent.name == "cur":
-                        done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
-                        continue
-                    try:
-                        os.rename(path, self.path / "cur" / new_name)
-                    except FileNotFoundError:
-                        continue
-                    modseq = modseq or index.next_modseq()
-                    if entry.uid in current:
-                        index.rename(entry.uid, new_name, modseq)
-                    done.append(attrs.evolve(entry, filename=new_name, modseq=modseq))
+                    for _attempt in range(5):  # renamed by someone without our lock: retry
+                        path = find(entry)
+                        if path is None:
+                            break
+                        letters = change.apply(split_name(path.name)[1])
+                        new_name = f"{entry.base}:2,{letters}"
+                        if path.name == new_name and path.parent.name == "cur":
+                            done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
+                            break
+                        try:
+                            os.rename(path, self.path / "cur" / new_name)
+                        except FileNotFoundError:
+                            listing = None
+                            continue
+                        renamed.append((entry.uid, new_name))
+                        done.append(attrs.evolve(entry, filename=new_name))
+                        break
 
             self._own_change(index, rename_all)
+            if renamed:
+                modseq = index.next_modseq()
+                names = dict(renamed)
+                for uid, name in renamed:
+                    if uid in current:
+                        index.rename(uid, name, modseq)
+                done = [attrs.evolve(e, modseq=modseq) if e.uid in names else e for e in done]
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
         """Delete the message file (EXPUNGE, POP3 QUIT); a missing file is not an error."""
         self.remove_many([entry])
 
-    def remove_many(self, entries: list[MessageEntry]) -> None:
+    def remove_many(self, entries: list[MessageEntry], flagged: str = "") -> list[MessageEntry]:
         """Delete the message files under one lock, each expunge recorded with one new
-        MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped."""
+        MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped.
+
+        @param flagged: an info letter (C{"T"} for EXPUNGE, RFC 3501 §6.4.3): only messages
+            whose file carries it now are removed (another session may have cleared it).
+        @return: the entries removed.
+        """
+        removed: list[MessageEntry] = []
         with self._indexed() as index:
             indexed = index.modseqs(e.uid for e in entries)
             modseq = 0
@@ -771,14 +1012,19 @@ class Folder:
                 nonlocal modseq
                 for entry in entries:
                     try:
-                        os.unlink(self.open(entry))
+                        path = self.open(entry)
+                        if flagged and flagged not in split_name(path.name)[1]:
+                            continue
+                        os.unlink(path)
                     except (FileNotFoundError, MaildirError):
                         continue
+                    removed.append(entry)
                     if entry.uid in indexed:
                         modseq = modseq or index.next_modseq()
                         index.expunge(entry.uid, modseq)
 
             self._own_change(index, unlink_all)
+        return removed
 
 
 def encode_folder_name(name: str) -> str:
@@ -912,15 +1158,77 @@ class UserMaildir:
         tmp.write_text("".join(n + "\n" for n in sorted(set(names))), "utf-8")
         os.replace(tmp, self.root / SUBSCRIPTIONS)
 
+    @contextmanager
+    def _subscriptions_locked(self) -> Iterator[None]:
+        """Two sessions changing subscriptions at once must not lose one's change (the file
+        is read, changed and written whole): our C{flock}, and Dovecot's dotlock
+        C{subscriptions.lock} (stale after 30 s, its SUBSCRIPTION_FILE_CHANGE_TIMEOUT)."""
+        self.ensure()
+        fd = os.open(self.root / f"twistedmail-{SUBSCRIPTIONS}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with dotlock(self.root / f"{SUBSCRIPTIONS}.lock", self.root / SUBSCRIPTIONS, stale=30):
+                yield
+        finally:
+            os.close(fd)
+
     def subscribe(self, name: str) -> None:
-        subs = self.subscriptions()
-        if name not in subs:
-            self._write_subscriptions(subs + [name])
+        with self._subscriptions_locked():
+            subs = self.subscriptions()
+            if name not in subs:
+                self._write_subscriptions(subs + [name])
 
     def unsubscribe(self, name: str) -> None:
-        subs = self.subscriptions()
-        if name in subs:
-            self._write_subscriptions([s for s in subs if s != name])
+        if not (self.root / SUBSCRIPTIONS).exists():
+            return
+        with self._subscriptions_locked():
+            subs = self.subscriptions()
+            if name in subs:
+                self._write_subscriptions([s for s in subs if s != name])
+
+
+TMP_MAX_AGE = 36 * 3600.0
+"""Seconds after which a file in C{tmp/} is a crash's leftover (the Maildir spec: "A program
+should remove any file in tmp that hasn't been accessed in 36 hours"; Dovecot does the same)."""
+
+
+def clean_tmp(mail_dir: Path, now: float | None = None, max_age: float = TMP_MAX_AGE) -> int:
+    """Remove the files in C{tmp/} of every folder of every user under C{mail_dir}
+    (C{DOMAIN/LOCALPART/[.FOLDER/]tmp/}) that nobody accessed, changed or linked for
+    C{max_age} seconds.  Blocking (run it in a thread); a folder with an empty C{tmp/} costs
+    one directory read.
+
+    @return: how many files were removed.
+    """
+    cutoff = (time.time() if now is None else now) - max_age
+    removed = 0
+
+    def dirs(path: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                return [e for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+
+    for domain in dirs(mail_dir):
+        for user in dirs(Path(domain.path)):
+            folders = [Path(user.path)]
+            folders += [Path(d.path) for d in dirs(Path(user.path)) if d.name.startswith(".")]
+            for folder in folders:
+                try:
+                    with os.scandir(folder / "tmp") as it:
+                        entries = [e for e in it if e.is_file(follow_symlinks=False)]
+                except OSError:
+                    continue
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                        if max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
+                    except OSError:
+                        continue
+    return removed
 
 
 def mailbox_root(mail_dir: Path, address: str) -> Path:
@@ -958,6 +1266,28 @@ class ChangeNotifier:
     def changed(self, path: Path) -> None:
         for callback in list(self._listeners.get(path, [])):
             callback()
+
+
+@attrs.frozen
+class StorageReserve:
+    """Free space kept on the file system of C{path} for reading and deleting mail (Postfix's
+    C{queue_minfree}): new mail is taken only while C{min_free} octets and the message fit.
+
+    @ivar min_free: octets; 0 keeps no reserve.
+    """
+
+    path: Path
+    min_free: int
+
+    def has_room(self, size: int = 0) -> bool:
+        """Whether C{size} more octets fit above the reserve (one C{statvfs}, cheap)."""
+        if self.min_free <= 0:
+            return True
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return True  # cannot tell: let the write itself fail
+        return st.f_bavail * st.f_frsize >= self.min_free + size
 
 
 def is_enospc(error: BaseException) -> bool:

@@ -55,11 +55,11 @@ from twistedmail.auth import RunInThread
 from twistedmail.maildir import (
     ChangeNotifier,
     CRLFReader,
+    FlagChange,
     Folder,
     MaildirError,
     MessageEntry,
     UserMaildir,
-    split_name,
 )
 from twistedmail.wire import CRLF, StrictLineReceiver
 
@@ -791,7 +791,9 @@ class MaildirPOP3Mailbox:
 
     def _scan(self) -> tuple[MessageEntry, ...]:
         UserMaildir(self.root).ensure()
-        return self.folder.scan().messages
+        # on a full disk, messages not yet given a UID are listed too: POP3 needs none
+        scan = self.folder.scan(provisional=True)
+        return scan.messages + scan.unsaved
 
     def _snapshot(self) -> tuple[MessageEntry, ...]:
         if self._entries is None:
@@ -872,14 +874,11 @@ class MaildirPOP3Mailbox:
                 self.folder.remove(entry)
             except OSError as e:
                 errors.append(e)
-        for entry in seen:
-            try:
-                path = self.folder.open(entry)
-                flags = split_name(path.name)[1]
-                if "S" not in flags:
-                    self.folder.set_flags(attrs.evolve(entry, filename=path.name), flags + "S")
+        if seen:
+            try:  # a delta under the folder lock: flags set meanwhile by IMAP are kept
+                self.folder.change_flags_many([(entry, FlagChange(add="S")) for entry in seen])
             except (MaildirError, OSError):
-                continue  # gone or renamed meanwhile: the flag is a courtesy
+                pass  # the flag is a courtesy
         if errors:
             raise errors[0]
 

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
 from twisted.internet import defer, endpoints, threads
@@ -64,7 +64,13 @@ from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
 from twistedmail.mailauth import Authenticator
-from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
+from twistedmail.maildir import (
+    ChangeNotifier,
+    StorageReserve,
+    UserMaildir,
+    clean_tmp,
+    mailbox_root,
+)
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker
 from twistedmail.smtp.inbound import inbound_factory
@@ -285,6 +291,10 @@ def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+TMP_CLEANUP_INTERVAL = 86400.0
+"""Seconds between two sweeps of the tmp/ folders (and one at start)."""
+
+
 class MailServer(MultiService):
     """The whole server: the shared state and one StreamServerEndpointService per listener.
 
@@ -324,6 +334,11 @@ class MailServer(MultiService):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
         self.run_in_thread = run_in_thread
+        # Maildir: tmp/ files a crash left behind go after 36 hours; at start, then daily
+        cleanup = TimerService(TMP_CLEANUP_INTERVAL, self.clean_tmp)
+        cleanup.clock = reactor
+        cleanup.setName("tmp-cleanup")
+        cleanup.setServiceParent(self)
         limits = config.limits
         # One failed-login throttle for SMTP AUTH, IMAP and POP3 (issue 5).
         self.throttle = LoginThrottle(
@@ -411,6 +426,9 @@ class MailServer(MultiService):
                 factory.max_line_length = limits.max_line_length
                 factory.max_header_size = limits.max_header_size
                 factory.bare_lf = config.smtp.bare_lf
+                factory.storage_reserve = StorageReserve(
+                    config.server.data_dir, limits.min_free_space
+                )
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,
@@ -445,6 +463,24 @@ class MailServer(MultiService):
         maildir = UserMaildir(mailbox_root(self.mail_dir, address))
         maildir.ensure()
         return MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
+
+    def clean_tmp(self, now: float | None = None) -> defer.Deferred[int]:
+        """Remove crash leftovers from every folder's C{tmp/} (L{maildir.clean_tmp}), in a
+        thread; a failure is logged, never raised (the timer must keep running)."""
+
+        def done(removed: int) -> int:
+            if removed:
+                log.info("removed {n} stale files from tmp/ folders", n=removed)
+            return removed
+
+        def failed(failure: Any) -> int:
+            log.failure("tmp/ cleanup failed", failure)
+            return 0
+
+        d: defer.Deferred[int] = self.run_in_thread(clean_tmp, self.mail_dir, now)
+        d.addCallback(done)
+        d.addErrback(failed)
+        return d
 
     def startService(self) -> None:
         """Open what belongs to the process that serves (issue 9): twistd builds the service,

@@ -195,7 +195,10 @@ class MaildirAccount:
         existing = set(self.maildir.folders())
         for name in SPECIAL_USE:
             if name not in existing:
-                self.maildir.create(name)
+                try:
+                    self.maildir.create(name)
+                except MaildirError:
+                    pass  # another session's first login made it meanwhile
             self.maildir.subscribe(name)
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)

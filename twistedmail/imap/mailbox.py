@@ -54,10 +54,13 @@ from twistedmail.maildir import (
     IMAP_TO_LETTER,
     MAX_KEYWORDS,
     ChangeNotifier,
+    FlagChange,
     Folder,
     MaildirError,
     MessageEntry,
     ScanResult,
+    is_enospc,
+    split_name,
 )
 
 log = Logger(namespace="twistedmail.imap.mailbox")
@@ -65,6 +68,32 @@ log = Logger(namespace="twistedmail.imap.mailbox")
 SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
 """The system flags in FLAGS and PERMANENTFLAGS of every folder (RFC 3501 §7.2.6); the folder's
 keywords follow them."""
+
+
+REPLACEABLE_LETTERS = "".join(IMAP_TO_LETTER.values()) + "abcdefghijklmnopqrstuvwxyz"
+"""The info letters STORE FLAGS replaces: the system flags and keywords IMAP can express
+(RFC 3501 §6.4.6); others (C{P}, passed) are kept."""
+
+
+class StorageFullError(imap4.MailboxException):
+    """The disk (or the user's file system quota) is full: C{NO [OVERQUOTA]} (RFC 5530 §3,
+    RFC 9208 §4.3.1), nothing stored."""
+
+    code = b"OVERQUOTA"
+
+
+def _storage(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Run C{f} (in a thread); a full disk becomes L{StorageFullError}."""
+
+    def run(*args: Any) -> Any:
+        try:
+            return f(*args)
+        except OSError as e:
+            if is_enospc(e):
+                raise StorageFullError("Insufficient storage") from None
+            raise
+
+    return run
 
 
 class SearchError(Exception):
@@ -130,6 +159,16 @@ def _store_letters(
     return letters, table
 
 
+def _current_flags(folder: Folder, entry: MessageEntry) -> tuple[str, list[str]]:
+    """The system letters and keyword names of C{entry} as its file is named now.
+
+    @raise MaildirError: when it is gone."""
+    letters = split_name(folder.current_name(entry))[1]
+    table = folder.keywords()
+    names = [table[c] for c in letters if c in table]
+    return "".join(c for c in letters if c.isupper()), names
+
+
 def _add_with_keywords(
     folder: Folder, data: bytes, letters: str, keywords: Sequence[str], mtime: float | None
 ) -> int:
@@ -177,6 +216,7 @@ class MaildirMailbox:
         self.uidvalidity = 0
         self.uidnext = 1
         self._view: list[MessageEntry] = []
+        self._announced = 0  # how many of _view the client knows (its last EXISTS)
         self.keywords: dict[str, str] = {}
         self._gone: set[int] = set()
         self._recent: set[int] = set()
@@ -202,6 +242,7 @@ class MaildirMailbox:
         # RFC 3501 §2.3.2: SELECT claims the \Recent messages; EXAMINE and STATUS only count
         scan, self.keywords = await self.run_in_thread(_scan, self.folder, None, self.readwrite)
         self._view = list(scan.messages)
+        self._announced = len(self._view)  # SELECT's EXISTS
         self._recent = set(scan.recent)
         self._highest = max((e.uid for e in scan.messages), default=0)
         self.uidvalidity, self.uidnext = scan.uidvalidity, scan.uidnext
@@ -281,19 +322,35 @@ class MaildirMailbox:
             if newly_gone and hasattr(listener, "expungesPending"):
                 listener.expungesPending()
 
+    def announce(self) -> int | None:
+        """The client is sent C{* n EXISTS} now: every message of the view is known to it
+        from here on.  @return: the count to send, or C{None} when the client has it."""
+        if self._announced == len(self._view):
+            return None
+        self._announced = len(self._view)
+        return self._announced
+
     def take_expunged(self) -> list[int]:
         """Renumber the view for messages expunged elsewhere; return the sequence numbers to
-        send as C{* n EXPUNGE}, in order (each already adjusted, RFC 3501 §7.4.1)."""
+        send as C{* n EXPUNGE}, in order (each already adjusted, RFC 3501 §7.4.1).
+
+        A message the client was never told of (no EXISTS covered it yet) is dropped from
+        the view silently: an EXPUNGE (or VANISHED, RFC 7162 §3.2.10) naming it would be a
+        number above the client's count, which desynchronises it (RFC 3501 §5.2)."""
         self.expunged_uids = []
         if not self._gone:
             return []
         out, kept = [], []
+        announced = self._announced
         for i, entry in enumerate(self._view):
             if entry.uid in self._gone:
-                out.append(i + 1 - len(out))
-                self.expunged_uids.append(entry.uid)
+                if i < self._announced:
+                    out.append(i + 1 - len(out))
+                    self.expunged_uids.append(entry.uid)
+                    announced -= 1
             else:
                 kept.append(entry)
+        self._announced = announced
         self._view = kept
         self._recent &= {e.uid for e in kept}
         self._gone.clear()
@@ -420,7 +477,12 @@ class MaildirMailbox:
         if date is not None:
             mtime = parse_internaldate(date.encode() if isinstance(date, str) else date)
         uid: int = await self.run_in_thread(
-            _add_with_keywords, self.folder, data, letters_for(flags), keyword_names(flags), mtime
+            _storage(_add_with_keywords),
+            self.folder,
+            data,
+            letters_for(flags),
+            keyword_names(flags),
+            mtime,
         )
         self._changed()
         return uid
@@ -430,16 +492,18 @@ class MaildirMailbox:
         flags = [f for f in message.getFlags() if f.lower() != "\\recent"]
         if isinstance(message, MaildirMessage):
             data = await message.load(self.run_in_thread)
-            # the system letters as they are (P included); keyword letters are per folder, so
-            # they are mapped by name into this folder's dovecot-keywords
-            letters = "".join(c for c in message.entry.flags if c.isupper())
+            # the flags the file has now (another session may have changed them since our
+            # view): the system letters as they are (P included); keyword letters are per
+            # folder, so they are mapped by name into this folder's dovecot-keywords
+            letters, names = await self.run_in_thread(_current_flags, message.folder, message.entry)
+            flags = list(names)
             mtime: float | None = message.entry.mtime
         else:
             data = imap4.IMessageFile(message).open().read()
             letters = letters_for(flags)
             mtime = None
         uid: int = await self.run_in_thread(
-            _add_with_keywords, self.folder, data, letters, keyword_names(flags), mtime
+            _storage(_add_with_keywords), self.folder, data, letters, keyword_names(flags), mtime
         )
         self._changed()
         return uid
@@ -448,18 +512,20 @@ class MaildirMailbox:
 
     def resolve(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MessageEntry]]:
         """(seq, entry) for a sequence set or UID set (RFC 3501 §9), in sequence order;
-        messages expunged elsewhere but not yet reported are left out."""
-        if not self._view:
+        messages expunged elsewhere but not yet reported are left out, and so are new ones
+        not yet announced with EXISTS (C{*} is the client's last message, RFC 3501 §6.4.8)."""
+        view = self._view[: self._announced]
+        if not view:
             return []
         out = []
         if uid:
-            last = self._view[-1].uid
-            for i, e in enumerate(self._view):
+            last = view[-1].uid
+            for i, e in enumerate(view):
                 if in_set(messages, e.uid, last) and e.uid not in self._gone:
                     out.append((i + 1, e))
         else:
-            last = len(self._view)
-            for i, e in enumerate(self._view):
+            last = len(view)
+            for i, e in enumerate(view):
                 if in_set(messages, i + 1, last) and e.uid not in self._gone:
                     out.append((i + 1, e))
         return out
@@ -488,7 +554,7 @@ class MaildirMailbox:
             raise imap4.ReadOnlyMailbox()
         targets = self.resolve(messages, uid)
         letters, keywords = await self.run_in_thread(
-            _store_letters, self.folder, list(flags), mode >= 0
+            _storage(_store_letters), self.folder, list(flags), mode >= 0
         )
         if keywords != self.keywords:
             self.keywords = keywords
@@ -504,17 +570,15 @@ class MaildirMailbox:
         mode: int,
         unchangedsince: int | None = None,
     ) -> dict[int, list[str]]:
-        plan = []
-        for seq, entry in targets:
-            keep = entry.flags
-            if mode > 0:
-                new = "".join(sorted(set(keep) | set(letters)))
-            elif mode < 0:
-                new = "".join(sorted(set(keep) - set(letters)))
-            else:  # replace flags and keywords, keep letters IMAP cannot express (P)
-                other = "".join(c for c in keep if c.isupper() and c not in IMAP_TO_LETTER.values())
-                new = "".join(sorted(set(other) | set(letters)))
-            plan.append((seq, entry, new))
+        # a delta, applied in the thread to the flags each file has then (DESIGN §6): our
+        # view may be older than another session's change, which must survive
+        if mode > 0:
+            change = FlagChange(add=letters)
+        elif mode < 0:
+            change = FlagChange(remove=letters)
+        else:  # replace flags and keywords, keep letters IMAP cannot express (P)
+            change = FlagChange(add=letters, remove=REPLACEABLE_LETTERS)
+        plan = [(seq, entry, change) for seq, entry in targets]
         renamed, modified = await self.run_in_thread(_rename_all, self.folder, plan, unchangedsince)
         result: dict[int, list[str]] = {}
         for seq, entry in renamed:
@@ -534,6 +598,7 @@ class MaildirMailbox:
         """
         if not self.readwrite:
             raise imap4.ReadOnlyMailbox()
+        await self.refresh()  # \Deleted set or cleared elsewhere counts, not our old view
         last = self._view[-1].uid if self._view else 0
         doomed = [
             e
@@ -542,16 +607,17 @@ class MaildirMailbox:
             and e.uid not in self._gone
             and (uids is None or in_set(uids, e.uid, last))
         ]
-        return await self.remove_entries(doomed)
+        return await self.remove_entries(doomed, "T")
 
-    async def remove_entries(self, doomed: Sequence[MessageEntry]) -> list[int]:
-        """Delete C{doomed} (MOVE, RFC 6851 §3.3, or EXPUNGE); return the sequence numbers
-        to report as C{* n EXPUNGE}, as L{take_expunged}."""
+    async def remove_entries(self, doomed: Sequence[MessageEntry], flagged: str = "") -> list[int]:
+        """Delete C{doomed} (MOVE, RFC 6851 §3.3, or EXPUNGE with C{flagged} C{"T"}: only
+        those whose file still carries it); return the sequence numbers to report as
+        C{* n EXPUNGE}, as L{take_expunged}."""
         if not self.readwrite:
             raise imap4.ReadOnlyMailbox()
         if doomed:
-            await self.run_in_thread(_remove_all, self.folder, list(doomed))
-            self._gone |= {e.uid for e in doomed}
+            removed = await self.run_in_thread(_remove_all, self.folder, list(doomed), flagged)
+            self._gone |= {e.uid for e in removed}
             self._changed()
         return self.take_expunged()
 
@@ -590,17 +656,16 @@ class MaildirMailbox:
 
         @raise SearchError: for a malformed query (answered BAD).
         """
-        last_seq = len(self._view)
-        last_uid = self._view[-1].uid if self._view else 0
+        view = self._view[: self._announced]  # what the client knows (RFC 3501 §7.4.1)
+        last_seq = len(view)
+        last_uid = view[-1].uid if view else 0
         used: set[bytes] = set()
         predicate, needs_content = compile_search(
             list(query), last_seq, last_uid, self.keywords, used
         )
         self.searched_modseq = b"MODSEQ" in used
         candidates = [
-            (i + 1, e, e.uid in self._recent)
-            for i, e in enumerate(self._view)
-            if e.uid not in self._gone
+            (i + 1, e, e.uid in self._recent) for i, e in enumerate(view) if e.uid not in self._gone
         ]
         matched: list[int] = await self.run_in_thread(
             _run_search, self.folder, candidates, predicate, needs_content
@@ -656,17 +721,21 @@ def _sort_entries(
 
 
 def _rename_all(
-    folder: Folder, plan: list[tuple[int, MessageEntry, str]], unchangedsince: int | None
+    folder: Folder, plan: list[tuple[int, MessageEntry, FlagChange]], unchangedsince: int | None
 ) -> tuple[list[tuple[int, MessageEntry]], list[int]]:
     """Rename in one locked batch; (seq, new entry) renamed, and the seqs that failed the
     UNCHANGEDSINCE test.  Messages expunged meanwhile are skipped."""
     seqs = {entry.uid: seq for seq, entry, _ in plan}
-    done, modified = folder.set_flags_many([(e, letters) for _, e, letters in plan], unchangedsince)
+    done, modified = folder.change_flags_many(
+        [(e, change) for _, e, change in plan], unchangedsince
+    )
     return [(seqs[e.uid], e) for e in done], [seqs[e.uid] for e in modified]
 
 
-def _remove_all(folder: Folder, entries: list[MessageEntry]) -> None:
-    folder.remove_many(entries)
+def _remove_all(
+    folder: Folder, entries: list[MessageEntry], flagged: str = ""
+) -> list[MessageEntry]:
+    return folder.remove_many(entries, flagged)
 
 
 # ---------------------------------------------------------------- SEARCH keys

@@ -696,8 +696,13 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self._flush_keywords()
         if self._pending_exists:
             self._pending_exists = False
-            self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
-            self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
+            # the mailbox learns what the client knows (RFC 3501 §7.4.1: no EXPUNGE or FETCH
+            # may name a number above the last EXISTS); nothing to say when it knows it
+            announce = getattr(mbox, "announce", None)
+            count = announce() if announce is not None else mbox.getMessageCount()
+            if count is not None:
+                self.sendLine(b"* %d EXISTS" % count)
+                self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
         if self._pending_flags:
             pending, self._pending_flags = self._pending_flags, {}
             by_uid = {mbox.getUID(n): n for n in range(1, mbox.getMessageCount() + 1)}

@@ -75,7 +75,7 @@ from twistedmail import auth, sasl
 from twistedmail.accounts import AccountStore
 from twistedmail.address import AddressError, Mailbox, normalize_domain, parse_path
 from twistedmail.delivery import LocalDelivery
-from twistedmail.maildir import is_enospc
+from twistedmail.maildir import StorageReserve, is_enospc
 from twistedmail.quota import QuotaExceeded
 from twistedmail.reply import (
     REPLY_214_HELP,
@@ -783,7 +783,18 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
                 raise SMTPReplyError(REPLY_555_BAD_PARAMETER)
         return body, size
 
+    storage_reserve: StorageReserve | None = None
+    """Free space kept in the data dir: below it new mail gets C{452 4.3.1} (RFC 3463
+    §3.4 "mail system full"; Postfix's queue_minfree)."""
+
+    def _check_room(self, size: int = 0) -> None:
+        """@raise SMTPReplyError: C{452 4.3.1} below the storage reserve (RFC 5321 §4.2.5:
+        a temporary failure, the client tries again later)."""
+        if self.storage_reserve is not None and not self.storage_reserve.has_room(size):
+            raise SMTPReplyError(REPLY_452_STORAGE)
+
     async def _mail(self, reverse_path: Mailbox | None, body: str, size: int = 0) -> Reply:
+        self._check_room(size)
         await self.policy.check_sender(self.client(), reverse_path)
         self.has_sender = True
         self.reverse_path = reverse_path
@@ -827,6 +838,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._run(self._rcpt(recipient))
 
     async def _rcpt(self, recipient: Mailbox) -> Reply:
+        self._check_room(self.declared_size)
         await self.policy.check_recipient(self.client(), recipient)
         if recipient not in self.recipients:
             self.recipients.append(recipient)
@@ -916,6 +928,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     async def _deliver(self, envelope: Envelope, message: bytes, size: int) -> Reply:
         try:
+            self._check_room(len(message))
             await self.policy.deliver(envelope, message)
         except SMTPReplyError as e:
             self._log_outcome(envelope, size, e.reply)
@@ -1089,6 +1102,7 @@ class SMTPServerFactory(ServerFactory):
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.portal = portal
+        self.storage_reserve: StorageReserve | None = None
 
     def buildProtocol(self, addr: object) -> SMTPSession:
         session = SMTPSession(
@@ -1106,4 +1120,5 @@ class SMTPServerFactory(ServerFactory):
             bare_lf=self.bare_lf,
         )
         session.factory = self
+        session.storage_reserve = self.storage_reserve
         return session

@@ -1,0 +1,75 @@
+"""Folder correctness end to end: two IMAP clients, POP3 and a hand rename on one Maildir
+(flags change by delta under the folder lock, DESIGN §6; RFC 3501 §6.4.6)."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import smtplib
+
+import imapclient
+from e2e_server import PASSWORDS, Server, client_tls
+
+ALICE = "alice@example.test"
+
+
+def deliver(server: Server, subject: str) -> None:
+    msg = b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\nbody\r\n" % (
+        ALICE.encode(),
+        subject.encode(),
+    )
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+        s.sendmail("x@elsewhere.test", [ALICE], msg)
+
+
+def client(server: Server) -> imapclient.IMAPClient:
+    c = imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl_context=client_tls())
+    c.login(ALICE, PASSWORDS[ALICE])
+    return c
+
+
+def flags_on_disk(server: Server) -> list[str]:
+    return sorted(p.name.partition(":2,")[2] for p in server.messages(ALICE))
+
+
+def test_two_clients_flag_changes_both_survive(server: Server) -> None:
+    """One client sets \\Answered, another removes \\Seen: both changes are on disk."""
+    deliver(server, "one")
+    a, b = client(server), client(server)
+    try:
+        a.select_folder("INBOX")
+        b.select_folder("INBOX")
+        (uid,) = a.search("ALL")
+        a.add_flags([uid], [imapclient.SEEN])
+        b.add_flags([uid], [imapclient.ANSWERED])
+        assert a.remove_flags([uid], [imapclient.SEEN])[uid][0] == imapclient.ANSWERED
+        assert flags_on_disk(server) == ["R"]
+    finally:
+        a.logout()
+        b.logout()
+
+
+def test_rename_by_hand_and_pop3_between_two_clients(server: Server) -> None:
+    """A flag set by renaming the file, and a POP3 DELE, are kept by a client's STORE."""
+    deliver(server, "one")
+    deliver(server, "two")
+    a = client(server)
+    try:
+        a.select_folder("INBOX")
+        uids = a.search("ALL")
+        a.add_flags(uids, [imapclient.SEEN])
+        (first, second) = server.messages(ALICE)
+        os.rename(first, first.with_name(first.name.replace(":2,S", ":2,FS")))
+        a.remove_flags(uids[:1], [imapclient.SEEN])
+        assert flags_on_disk(server) == ["F", "S"]
+        p = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], context=client_tls())
+        p.user(ALICE)
+        p.pass_(PASSWORDS[ALICE])
+        p.dele(2)
+        p.quit()
+        a.add_flags(uids, [imapclient.DELETED])
+        assert flags_on_disk(server) == ["FT"]
+        a.expunge()
+        assert server.messages(ALICE) == []
+    finally:
+        a.logout()
