@@ -25,3 +25,16 @@ def _run_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         yield
     finally:
         os.chdir(old)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_umask() -> Iterator[None]:
+    """Each test starts with the suite's umask: the data-dir setup the server and the CLI run
+    in-process sets 077 for the process (config.ensure_data_dir), which made later tests'
+    directories 0700 (a Dovecot started by an e2e test then could not read its passwd file)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    try:
+        yield
+    finally:
+        os.umask(old)

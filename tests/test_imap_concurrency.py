@@ -139,7 +139,7 @@ class ViewOrderTests(unittest.TestCase):
         self.b.send(b"p APPEND INBOX (\\Deleted) " + literal)
         self.b.send(MSG2 + b"\r\n")
         self.assertEqual(
-            self.a.cmd(b"n NOOP"), [b"* 2 EXISTS", b"* 0 RECENT", b"n OK NOOP completed"]
+            self.a.cmd(b"n NOOP"), [b"* 2 EXISTS", b"* 1 RECENT", b"n OK NOOP completed"]
         )
         self.b.cmd(b"x EXPUNGE")
         self.assertEqual(self.a.cmd(b"n NOOP"), [b"* 2 EXPUNGE", b"n OK NOOP completed"])
