@@ -366,6 +366,15 @@ def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
     _out(f"flushed: {count} message(s) in the queue, all due now")
 
 
+def cmd_connections(ctx: _Context, args: argparse.Namespace) -> None:
+    try:
+        counts = control.connections(config_module.control_path(ctx.config))
+    except control.NoServer:
+        raise UserError("no running server") from None
+    for name, count in counts.items():
+        _out(f"{name} {count}")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -467,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("check-config", help="load the config and TLS files, report errors")
     p.set_defaults(func=cmd_check_config)
+
+    p = commands.add_parser(
+        "connections", help="show the running server's open connections per listener"
+    )
+    p.set_defaults(func=cmd_connections)
     return parser
 
 

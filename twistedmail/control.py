@@ -5,10 +5,15 @@ Server side: L{control_factory} answers L{Flush} with the callable it is given (
 runner's C{flush}).  Client side: L{flush} speaks the same AMP boxes over a blocking
 socket, so the synchronous CLI needs no reactor; with no server listening it raises
 L{NoServer}.
+
+L{Connections} (issue 9) answers the factory's C{connection_counts} (set by the server:
+open connections per listener, logged-in sessions); client side L{connections}.  A control
+connection silent for L{IDLE_TIMEOUT} seconds is closed (once the server set C{clock}).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -19,8 +24,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
+from twisted.protocols.policies import TimeoutMixin
 
 TIMEOUT = 30.0  # seconds the CLI waits for an answer
+IDLE_TIMEOUT = 60  # seconds a control connection may stay silent
 MAX_UNIX_PATH = 100  # sun_path holds 108 octets on Linux, 104 on BSDs
 
 
@@ -45,12 +52,43 @@ class Flush(amp.Command):
     response = [(b"queued", amp.Integer())]
 
 
+class Connections(amp.Command):
+    """Answer the open connections per listener and the logged-in sessions, as JSON
+    (C{{"imap": 2, ..., "imap_sessions": 1, "control": 1}})."""
+
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response = [(b"counts", amp.Unicode())]
+
+
 class NoServer(Exception):
     """Nothing listens on the control socket: the server is not running."""
 
 
-class ControlProtocol(amp.AMP):
+class ControlProtocol(TimeoutMixin, amp.AMP):
     """One CLI connection to the server."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.open_connections = getattr(self.factory, "open_connections", 0) + 1
+        clock = getattr(self.factory, "clock", None)  # set by the server: the reactor
+        if clock is not None:
+            self.callLater = clock.callLater
+            self.setTimeout(IDLE_TIMEOUT)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.setTimeout(None)
+        self.factory.open_connections -= 1
+        super().connectionLost(reason)
+
+    @Connections.responder
+    def connections(self) -> dict[str, str]:
+        counts = getattr(self.factory, "connection_counts", dict)()
+        counts["control"] = self.factory.open_connections
+        return {"counts": json.dumps(counts, sort_keys=True)}
 
     def __init__(self, flush: Callable[[], Awaitable[int]]) -> None:
         super().__init__()
@@ -127,3 +165,11 @@ def flush(path: Path) -> int:
     @raise NoServer: the server is not running.
     """
     return int(call(path, b"Flush")[b"queued"])
+
+
+def connections(path: Path) -> dict[str, int]:
+    """Ask the server at C{path} how many connections each listener has open (and
+    C{imap_sessions}: logged-in IMAP sessions; C{control}: control connections, this one
+    included).  @raise NoServer: the server is not running."""
+    counts = json.loads(call(path, b"Connections")[b"counts"].decode("utf-8"))
+    return {str(k): int(v) for k, v in counts.items()}
