@@ -5,11 +5,17 @@ C{/proc/PID/fd} and the control socket's C{connections} request."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import os
 import poplib
 import smtplib
+import socket
+import ssl
+import struct
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from e2e_server import PASSWORDS, Server, client_tls
@@ -72,3 +78,259 @@ def test_imaps_login_logout_sessions_of_one_user_give_back_their_slot(server: Se
         assert m.login(BOB, PASSWORDS[BOB])[0] == "OK"
         assert m.select("INBOX")[0] == "OK"
         assert m.logout()[0] == "BYE"
+
+
+# -- the soak: one server, every kind of session, every ending -------------------------
+
+SOAK_TIMEOUT = 2  # [limits] *_idle_timeout of the soak server, seconds
+TLS_PORTS = {"submissions", "imaps", "pop3s"}
+STARTTLS = {"smtp": b"STARTTLS", "submission": b"STARTTLS", "imap": b"t STARTTLS", "pop3": b"STLS"}
+
+
+class Conn:
+    """A line-oriented test client over a plain or TLS socket, ended in a chosen way."""
+
+    def __init__(self, port: int, tls: bool) -> None:
+        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        if tls:
+            self.starttls()
+
+    def starttls(self) -> None:
+        self.sock = client_tls().wrap_socket(self.sock)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def until(self, done: Callable[[bytes], bool]) -> bytes:
+        while not done(line := self.line()):
+            pass
+        return line
+
+    def wait_closed(self) -> None:
+        """Read until the server closes (its TLS close_notify or FIN)."""
+        while True:
+            try:
+                if not self.sock.recv(65536):
+                    return
+            except (ssl.SSLError, ConnectionError):
+                return
+
+    def fin(self) -> None:
+        """Close without a TLS close_notify: a plain FIN."""
+        self.sock.close()
+
+    def rst(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close_notify(self) -> None:
+        """TLS close_notify, then FIN."""
+        assert isinstance(self.sock, ssl.SSLSocket)
+        try:
+            self.sock.unwrap().close()
+        except (ssl.SSLError, OSError):
+            self.sock.close()
+
+
+def smtp_reply(c: Conn) -> bytes:
+    return c.until(lambda line: line[3:4] != b"-")
+
+
+def open_session(server: Server, service: str, tls: bool, login: bool = True) -> Conn:
+    """Connect to C{service}, start TLS (implicit, or STARTTLS/STLS when C{tls}) and log in
+    (SMTP: EHLO, plus AUTH on submission) when C{login}."""
+    c = Conn(server.ports[service], service in TLS_PORTS)
+    if service.startswith(("smtp", "submission")):
+        assert c.line().startswith(b"220 ")
+        c.send(b"EHLO client.test\r\n")
+        assert smtp_reply(c).startswith(b"250 ")
+        if tls and service not in TLS_PORTS:
+            c.send(b"STARTTLS\r\n")
+            assert smtp_reply(c).startswith(b"220 ")
+            c.starttls()
+            c.send(b"EHLO client.test\r\n")
+            assert smtp_reply(c).startswith(b"250 ")
+        if login and service != "smtp":
+            token = base64.b64encode(b"\0" + BOB.encode() + b"\0" + PASSWORDS[BOB].encode())
+            c.send(b"AUTH PLAIN " + token + b"\r\n")
+            assert smtp_reply(c).startswith(b"235 ")
+    elif service.startswith("imap"):
+        assert c.line().startswith(b"* OK")
+        if tls and service not in TLS_PORTS:
+            c.send(b"t STARTTLS\r\n")
+            assert c.until(lambda line: line.startswith(b"t ")).startswith(b"t OK")
+            c.starttls()
+        if login:
+            c.send(b"l LOGIN %s %s\r\n" % (BOB.encode(), PASSWORDS[BOB].encode()))
+            assert c.until(lambda line: line.startswith(b"l ")).startswith(b"l OK")
+            c.send(b"s SELECT INBOX\r\n")
+            assert c.until(lambda line: line.startswith(b"s ")).startswith(b"s OK")
+    else:
+        assert c.line().startswith(b"+OK")
+        if tls and service not in TLS_PORTS:
+            c.send(b"STLS\r\n")
+            assert c.line().startswith(b"+OK")
+            c.starttls()
+        if login:
+            c.send(b"USER %s\r\nPASS %s\r\n" % (BOB.encode(), PASSWORDS[BOB].encode()))
+            assert c.line().startswith(b"+OK")
+            assert c.line() == b"+OK Logged in"
+            c.send(b"STAT\r\n")
+            assert c.line().startswith(b"+OK")
+    return c
+
+
+def polite_end(service: str, c: Conn) -> None:
+    """QUIT / LOGOUT, and the client closes when the server did."""
+    if service.startswith("imap"):
+        c.send(b"z LOGOUT\r\n")
+        assert c.until(lambda line: line.startswith(b"z ")) == b"z OK LOGOUT successful"
+    else:
+        c.send(b"QUIT\r\n")
+        assert c.line().startswith(b"221 " if service.startswith(("smtp", "sub")) else b"+OK")
+    c.wait_closed()
+    c.fin()
+
+
+def mid_command(service: str, c: Conn) -> None:
+    c.send(b"NOOP")  # no CRLF yet
+    c.fin()
+
+
+def soak_server(root: Path) -> Server:
+    srv = Server(root)
+    text = srv.config.read_text()
+    srv.config.write_text(
+        text.replace(
+            'max_message_size = "1MiB"',
+            'max_message_size = "20MiB"\n'
+            f"smtp_idle_timeout = {SOAK_TIMEOUT}\nimap_idle_timeout = {SOAK_TIMEOUT}\n"
+            f"pop3_idle_timeout = {SOAK_TIMEOUT}",
+        )
+    )
+    for address, password in PASSWORDS.items():
+        srv.add_user(address, password)
+    return srv
+
+
+@pytest.fixture
+def soak(tmp_path: Path) -> Iterator[Server]:
+    srv = soak_server(tmp_path)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def big_message(server: Server, size: int) -> None:
+    """A message of C{size} octets put into BOB's INBOX as another program would."""
+    new = server.maildir(BOB) / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    line = b"x" * 76 + b"\r\n"
+    (new / "1700000000.big.other").write_bytes(b"Subject: big\r\n\r\n" + line * (size // 78))
+
+
+def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server) -> None:
+    """Sessions of every listener ended every way (QUIT/LOGOUT, RST, FIN, TLS close with
+    and without close_notify, idle timeout, mid-command, mid-DATA, mid-APPEND literal,
+    mid-RETR/FETCH, refused over the limit) leave the server with the descriptors and
+    connection counts it started with (issue 9)."""
+    deliver_many(soak, BOB, 2)
+    big_message(soak, 8 * 1024 * 1024)
+    services = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+    for service in services:  # warm up: thread pool, indexes, TLS context
+        polite_end(service, open_session(soak, service, tls=True))
+    start_fds, start = open_fds(soak), connections(soak)
+    assert start == {
+        "control": 1,
+        "folder_watchers": 0,
+        "imap": 0,
+        "imap_sessions": 0,
+        "imaps": 0,
+        "pop3": 0,
+        "pop3s": 0,
+        "smtp": 0,
+        "submission": 0,
+        "submissions": 0,
+    }
+
+    # Idle sessions first: the server ends them (its idle timeout) while the rest runs.
+    idle = [open_session(soak, s, tls=True) for s in services]
+    idle += [open_session(soak, "smtp", tls=False)]
+    for round_ in range(2):
+        for service in services:
+            tls_options = (True, False) if service in ("smtp", "imap", "pop3") else (True,)
+            for tls in tls_options:
+                logged_in = tls or service == "smtp"
+                polite_end(service, open_session(soak, service, tls, login=logged_in))
+                open_session(soak, service, tls, login=logged_in).rst()
+                open_session(soak, service, tls, login=logged_in).fin()
+                mid_command(service, open_session(soak, service, tls, login=logged_in))
+                if tls:
+                    open_session(soak, service, tls).close_notify()
+                    open_session(soak, service, tls, login=False).close_notify()
+        # mid-DATA on 25 and 587, mid-APPEND literal on 143 and 993
+        for service in ("smtp", "submission", "submissions"):
+            c = open_session(soak, service, tls=True)
+            c.send(b"MAIL FROM:<bob@example.test>\r\n")
+            assert smtp_reply(c).startswith(b"250 ")
+            c.send(b"RCPT TO:<alice@example.test>\r\n")
+            assert smtp_reply(c).startswith(b"250 ")
+            c.send(b"DATA\r\n")
+            assert smtp_reply(c).startswith(b"354 ")
+            c.send(b"Subject: cut\r\n\r\nhalf a body\r\n")
+            (c.rst if round_ else c.fin)()
+        for service in ("imap", "imaps"):
+            c = open_session(soak, service, tls=True)
+            c.send(b"a APPEND INBOX {1000}\r\n")
+            assert c.line().startswith(b"+")
+            c.send(b"Subject: cut\r\n\r\n" + b"x" * 100)
+            (c.rst if round_ else c.fin)()
+            c = open_session(soak, service, tls=True)  # a non-synchronizing literal, cut
+            c.send(b"a APPEND INBOX {1000+}\r\nSubject: cut\r\n")
+            (c.rst if round_ else c.close_notify)()
+        # mid-RETR / mid-FETCH of the 8 MB message, the client reading nothing
+        for service in ("pop3", "pop3s"):
+            c = open_session(soak, service, tls=True)
+            c.send(b"RETR 3\r\n")
+            assert c.line().startswith(b"+OK")
+            (c.rst if round_ else c.fin)()
+        for service in ("imap", "imaps"):
+            c = open_session(soak, service, tls=True)
+            c.send(b"f FETCH 3 BODY.PEEK[]\r\n")
+            assert c.line().startswith(b"* 3 FETCH")
+            (c.rst if round_ else c.fin)()
+            c = open_session(soak, service, tls=True)
+            c.send(b"i IDLE\r\n")
+            assert c.line().startswith(b"+ ")
+            (c.rst if round_ else c.close_notify)()
+        # a failed login, then QUIT/LOGOUT
+        c = open_session(soak, "pop3s", tls=True, login=False)
+        c.send(b"USER bob@example.test\r\nPASS wrong\r\n")
+        assert c.line().startswith(b"+OK")
+        assert c.line().startswith(b"-ERR")
+        polite_end("pop3s", c)
+    for c in idle:  # the server closed them on its idle timeout
+        c.wait_closed()
+        c.fin()
+    # over the per-IP limit: refused politely, and the refusals give everything back too
+    held = [open_session(soak, "pop3s", tls=True, login=False) for _ in range(20)]
+    refused = Conn(soak.ports["pop3s"], tls=True)
+    assert refused.line() == b"-ERR [SYS/TEMP] Too many connections, try again later"
+    refused.wait_closed()
+    refused.fin()
+    for c in held:
+        c.rst()
+    settled(soak, start_fds, start)
