@@ -33,6 +33,7 @@ class HeldPortal:
 
     def release(self) -> None:
         for d, args in self.held:
+
             def counted(result: Any) -> Any:
                 iface, avatar, logout = result
 

@@ -19,8 +19,10 @@ slot and a descriptor are given back however a session ends.  Once the server cl
 (RFC 3501 §6.1.3), but the connection keeps reading: over TLS the server's C{close_notify}
 waits for the peer's C{close_notify} or FIN (RFC 8446 §6.1), which a paused transport
 (a command still running when QUIT came, POP3 RETR/DELE then QUIT) never saw, so the
-connection stayed open forever.  A peer that neither answers nor closes, or that reads
-nothing, is cut off L{CLOSE_GRACE} seconds after the close began; so is a refused
+connection stayed open forever.  Our TCP FIN follows our C{close_notify} at once (RFC 8446
+§6.1: the closer need not wait for the peer's), so a client that waits for the end of the
+connection after LOGOUT/QUIT does not hang.  A peer that neither answers nor closes, or that
+reads nothing, is cut off L{CLOSE_GRACE} seconds after the close began; so is a refused
 connection whose client never finishes the TLS handshake.
 """
 
@@ -29,10 +31,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableDescriptor,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twistedmail.throttle import ip_key
 
@@ -119,6 +127,8 @@ class _Counted(ProtocolWrapper):
             # Read again (a command that was running paused the input): over TLS the
             # close finishes only when the peer's close_notify or FIN is seen.
             self.resumeProducing()
+        if not self._lost:
+            _fin_after_close_notify(self.transport)
 
     def _abort(self) -> None:
         self._grace = None
@@ -136,6 +146,38 @@ class _Counted(ProtocolWrapper):
             self._grace.cancel()
             self._grace = None
         super().connectionLost(reason)
+
+
+def _fin_after_close_notify(transport: Any) -> None:
+    """Half-close the TCP connection under C{transport} once TLS has queued its
+    close_notify: the peer sees the FIN right after it, and we go on reading its answer.
+
+    Twisted's TLS layer (implicit TLS: the C{TLSMemoryBIOProtocol} under us; STARTTLS: the
+    protocol of the TCP transport) otherwise keeps TCP open until the peer's close_notify.
+    Nothing is done while the close_notify is not written yet (a handshake or a producer
+    still running, data buffered): the L{CLOSE_GRACE} timer bounds that wait.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        tls, tcp = transport, transport.transport
+    elif getattr(transport, "TLS", False) and isinstance(
+        getattr(transport, "protocol", None), TLSMemoryBIOProtocol
+    ):
+        tls, tcp = transport.protocol, transport
+    else:
+        return  # plain TCP: its loseConnection sends the FIN once the buffer is written
+    queued = (
+        getattr(tls, "_handshakeDone", False)
+        and getattr(tls, "_producer", True) is None
+        and not getattr(tls, "_appSendBuffer", True)
+        and not getattr(tls, "_lostTLSConnection", True)
+    )
+    if (
+        queued
+        and IHalfCloseableDescriptor.providedBy(tcp)
+        and tcp.connected
+        and not tcp.disconnecting
+    ):
+        tcp.loseWriteConnection()
 
 
 class ConnectionLimit(WrappingFactory):

@@ -45,7 +45,7 @@ def deliver_many(server: Server, to: str, count: int) -> None:
             s.sendmail("x@elsewhere.test", [to], b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i))
 
 
-def settled(server: Server, fds: int, counts: dict[str, int], within: float = 20) -> None:
+def settled(server: Server, fds: int, counts: dict[str, int], within: float = 30) -> None:
     """Wait (bounded) until descriptors and connection counts are back at C{fds}/C{counts};
     then assert it, showing the difference."""
     deadline = time.monotonic() + within
@@ -334,3 +334,105 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
     for c in held:
         c.rst()
     settled(soak, start_fds, start)
+
+
+class BIOClient:
+    """A TLS client over ssl.MemoryBIO, to see the server's TLS close_notify and its TCP
+    FIN apart (a socket-level TLS client reports both as one end of file)."""
+
+    def __init__(self, port: int, prelude: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """@param prelude: cleartext (send, wait-for) steps before TLS: STARTTLS/STLS."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        for send, wait in prelude:
+            self.sock.sendall(send)
+            seen = b""
+            while wait not in seen or not seen.endswith(b"\r\n"):
+                seen += self.sock.recv(1)  # one octet at a time: nothing of TLS is read
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = client_tls().wrap_bio(self.incoming, self.outgoing)
+        self.text = b""
+        self.tcp_eof = False
+        self.close_notify = False
+        self._step(self.tls.do_handshake)
+
+    def _flush(self) -> None:
+        if data := self.outgoing.read():
+            self.sock.sendall(data)
+
+    def _feed(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            self.tcp_eof = True
+            self.incoming.write_eof()
+        else:
+            self.incoming.write(data)
+
+    def _step(self, op: Callable[[], object]) -> None:
+        while True:
+            try:
+                op()
+                self._flush()
+                return
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._feed()
+
+    def send(self, data: bytes) -> None:
+        self._step(lambda: self.tls.write(data))
+
+    def read_until(self, text: bytes) -> None:
+        while text not in self.text:
+            self._read_some()
+
+    def _read_some(self) -> None:
+        try:
+            data = self.tls.read(65536)
+        except ssl.SSLZeroReturnError:
+            data = b""
+        except ssl.SSLWantReadError:
+            self._flush()
+            self._feed()
+            return
+        if data:
+            self.text += data
+        else:  # the server's close_notify
+            self.close_notify = True
+
+    def wait_for_fin(self) -> None:
+        """Read TLS until close_notify, then TCP until FIN, never answering the server's
+        close_notify (a client that just waits for the connection to end)."""
+        while not self.close_notify and not self.tcp_eof:
+            self._read_some()
+        while not self.tcp_eof:
+            self._feed()
+
+
+IMAP_LOGIN = b"a LOGIN bob@example.test bob-secret-2\r\n"
+POP3_LOGIN = b"USER bob@example.test\r\nPASS bob-secret-2\r\n"
+EHLO = b"EHLO client.test\r\n"
+
+
+TLS_ENDINGS = [
+    ("imaps", (), IMAP_LOGIN, b"z LOGOUT\r\n", b"z OK"),
+    ("imap", ((b"", b"* OK"), (b"t STARTTLS\r\n", b"t OK")), IMAP_LOGIN, b"z LOGOUT\r\n", b"z OK"),
+    ("pop3s", (), POP3_LOGIN, b"QUIT\r\n", b"+OK tw"),
+    ("pop3", ((b"", b"\r\n"), (b"STLS\r\n", b"TLS")), POP3_LOGIN, b"QUIT\r\n", b"+OK tw"),
+    ("submissions", (), EHLO, b"QUIT\r\n", b"221 "),
+    ("smtp", ((EHLO, b"250 "), (b"STARTTLS\r\n", b"220 ")), EHLO, b"QUIT\r\n", b"221 "),
+]
+
+
+def test_tls_logout_sends_close_notify_and_fin(server: Server) -> None:
+    """After LOGOUT/QUIT over TLS (implicit, or after STARTTLS/STLS) the server sends its
+    close_notify and closes TCP without waiting for the client's close_notify (RFC 8446
+    §6.1), so a client that waits for the end of the connection does not hang (issue 9)."""
+    for service, prelude, login, end, reply in TLS_ENDINGS:
+        c = BIOClient(server.ports[service], prelude)
+        c.send(login)
+        c.send(b"NOOP\r\n")
+        c.read_until(b"OK")
+        c.send(end)
+        c.read_until(reply)
+        c.wait_for_fin()
+        assert (service, c.close_notify, c.tcp_eof) == (service, True, True)
+        c.sock.close()
