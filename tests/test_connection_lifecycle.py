@@ -4,9 +4,11 @@ no Deferred waiting forever for input that will never come."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from test_imap_server import MSG1, MSG2, PASSWORD, USER, Harness, HeldThreads
+from test_pop3 import POP3TestCase
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.logger import capturedLogs
@@ -14,6 +16,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from twistedmail.limits import UserSessionLimit
+from twistedmail.maildir import write_durably
+from twistedmail.pop3 import DEFAULT_TIMEOUT
 
 LOST = Failure(ConnectionDone("gone"))
 
@@ -166,3 +170,67 @@ class IMAPSessionEndsMidCommandTests(unittest.TestCase):
         h.server.connectionLost(LOST)
         held.release()
         self.assertEqual(held.count - before, 1)  # and no other one after the close
+
+    def test_fetch_to_a_client_reading_nothing_is_cut_at_the_autologout(self) -> None:
+        """A FETCH whose output the client stopped reading is aborted by the autologout
+        timer (RFC 3501 §5.4): a clean close would wait for output that can never go."""
+        held = HeldThreads()
+        h = Harness(self, run=held)
+        for _ in range(3):
+            h.add(MSG2)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        held.holding = True
+        h.send(b"f FETCH 1:3 BODY.PEEK[]\r\n")
+        h.transport.producer.pauseProducing()  # the client's window is full
+        held.release()
+        self.assertTrue(h.take().startswith(b"* 1 FETCH"))
+        h.clock.advance(h.server.POSTAUTH_TIMEOUT)
+        self.assertTrue(h.transport.disconnected)
+        h.server.connectionLost(LOST)
+
+
+class POP3StalledReaderTests(POP3TestCase):
+    """A POP3 client that stops reading in the middle of RETR/TOP is closed after the idle
+    timeout (RFC 1939 §3), instead of holding its connection slot forever: the timer was
+    off for as long as a command ran."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        big = write_durably(self.root / "new", b"Subject: big\r\n\r\n" + b"x" * 76 * 4000)
+        os.utime(self.root / "new" / big, (1_000_200, 1_000_200))
+
+    def test_retr_to_a_client_reading_nothing_times_out(self) -> None:
+        proto, transport = self.login()
+        proto.dataReceived(b"RETR 3\r\n")
+        self.assertIsNotNone(transport.producer)  # waiting for the client to read
+        self.clock.advance(DEFAULT_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)  # aborted: the rest can never be sent
+
+    def test_retr_that_the_client_reads_is_not_timed_out(self) -> None:
+        proto, transport = self.login()
+        transport.clear()
+        proto.dataReceived(b"RETR 3\r\n")
+        while transport.producer is not None:
+            self.clock.advance(DEFAULT_TIMEOUT - 1)
+            transport.producer.resumeProducing()  # the client reads a chunk
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"x\r\n.\r\n"))
+        self.assertEqual(self.send(proto, transport, b"NOOP\r\n"), b"+OK\r\n")
+        # The idle timer runs again between commands, from the last line received.
+        self.clock.advance(DEFAULT_TIMEOUT)
+        self.assertTrue(transport.disconnecting)
+
+    def test_client_closing_mid_retr_is_no_server_error(self) -> None:
+        """The transport stopping the RETR stream (the connection was lost) is not logged as
+        a failed command with a traceback, and nothing is sent."""
+        proto, transport = self.login()
+        proto.dataReceived(b"RETR 3\r\n")
+        transport.clear()
+        transport.producer.stopProducing()  # what TCP does when the connection is lost
+        proto.connectionLost(Failure(ConnectionDone("gone")))
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual([e for e in self.events if e.get("log_failure") is not None], [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

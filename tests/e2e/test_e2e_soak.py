@@ -82,7 +82,7 @@ def test_imaps_login_logout_sessions_of_one_user_give_back_their_slot(server: Se
 
 # -- the soak: one server, every kind of session, every ending -------------------------
 
-SOAK_TIMEOUT = 2  # [limits] *_idle_timeout of the soak server, seconds
+SOAK_TIMEOUT = 3  # [limits] *_idle_timeout of the soak server, seconds
 TLS_PORTS = {"submissions", "imaps", "pop3s"}
 STARTTLS = {"smtp": b"STARTTLS", "submission": b"STARTTLS", "imap": b"t STARTTLS", "pop3": b"STLS"}
 
@@ -245,8 +245,8 @@ def big_message(server: Server, size: int) -> None:
 def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server) -> None:
     """Sessions of every listener ended every way (QUIT/LOGOUT, RST, FIN, TLS close with
     and without close_notify, idle timeout, mid-command, mid-DATA, mid-APPEND literal,
-    mid-RETR/FETCH, refused over the limit) leave the server with the descriptors and
-    connection counts it started with (issue 9)."""
+    mid-RETR/FETCH, a RETR/FETCH the client stops reading, refused over the limit) leave
+    the server with the descriptors and connection counts it started with (issue 9)."""
     deliver_many(soak, BOB, 2)
     big_message(soak, 8 * 1024 * 1024)
     services = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
@@ -269,6 +269,17 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
     # Idle sessions first: the server ends them (its idle timeout) while the rest runs.
     idle = [open_session(soak, s, tls=True) for s in services]
     idle += [open_session(soak, "smtp", tls=False)]
+    # Stalled readers: a RETR / FETCH of the 8 MB message the client stops reading.
+    for service in ("pop3", "pop3s"):
+        c = open_session(soak, service, tls=True)
+        c.send(b"RETR 3\r\n")
+        assert c.line().startswith(b"+OK")
+        idle.append(c)
+    for service in ("imap", "imaps"):
+        c = open_session(soak, service, tls=True)
+        c.send(b"f FETCH 3 BODY.PEEK[]\r\n")
+        assert c.line().startswith(b"* 3 FETCH")
+        idle.append(c)
     for round_ in range(2):
         for service in services:
             tls_options = (True, False) if service in ("smtp", "imap", "pop3") else (True,)
@@ -322,7 +333,7 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
         assert c.line().startswith(b"+OK")
         assert c.line().startswith(b"-ERR")
         polite_end("pop3s", c)
-    for c in idle:  # the server closed them on its idle timeout
+    for c in idle:  # the server closed them on its idle timeout (or cut the stalled ones)
         c.wait_closed()
         c.fin()
     # over the per-IP limit: refused politely, and the refusals give everything back too

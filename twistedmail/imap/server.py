@@ -282,6 +282,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     user_limit: UserSessionLimit | None = None  # logged-in sessions per user+IP (factory)
     _user_slot: tuple[str, str] | None = None
     _lost = False  # connectionLost ran: a command still running must take nothing more
+    _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
     MAX_LENGTH = 65536
     timeOut = 60
     POSTAUTH_TIMEOUT = 30 * 60
@@ -348,6 +349,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             user=self.user or "-",
         )
         super().connectionLost(reason)
+
+    def timeoutConnection(self) -> None:
+        if self._gate is not None and self._gate.paused:
+            # A FETCH the client stopped reading (RFC 3501 §5.4 autologout): its output
+            # can never be sent and a clean TLS close would wait for it, so cut it.
+            log.info("imap stalled reader timed out session={session}", session=self.session)
+            self.transport.abortConnection()
+            return
+        super().timeoutConnection()
 
     def secure(self) -> bool:
         """Whether the connection is encrypted (RFC 8314 implicit TLS or after STARTTLS)."""
@@ -1618,6 +1628,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             self.transport.registerProducer(gate, True)
         except RuntimeError:
             gate = None  # type: ignore[assignment]
+        self._gate = gate
         try:
             for count, (seq, msg) in enumerate(targets):
                 if self._lost:
@@ -1651,6 +1662,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 if count % FETCH_BATCH == FETCH_BATCH - 1:
                     await _next_turn(self.clock)
         finally:
+            self._gate = None
             if gate is not None:
                 self.transport.unregisterProducer()
             if rendered and hasattr(mbox, "cache_parts"):
