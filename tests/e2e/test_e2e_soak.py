@@ -13,6 +13,7 @@ import smtplib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -208,6 +209,13 @@ def mid_command(service: str, c: Conn) -> None:
     c.fin()
 
 
+def close_when_closed(c: Conn) -> None:
+    """Wait for the server to close, then close (an idle client, in a thread)."""
+    c.sock.settimeout(60)
+    c.wait_closed()
+    c.fin()
+
+
 def soak_server(root: Path) -> Server:
     srv = Server(root)
     text = srv.config.read_text()
@@ -269,17 +277,22 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
     # Idle sessions first: the server ends them (its idle timeout) while the rest runs.
     idle = [open_session(soak, s, tls=True) for s in services]
     idle += [open_session(soak, "smtp", tls=False)]
+    # Each closes its end once the server closed it, as a real client does.
+    waiting = [threading.Thread(target=close_when_closed, args=(c,)) for c in idle]
+    for t in waiting:
+        t.start()
+    stalled: list[Conn] = []
     # Stalled readers: a RETR / FETCH of the 8 MB message the client stops reading.
     for service in ("pop3", "pop3s"):
         c = open_session(soak, service, tls=True)
         c.send(b"RETR 3\r\n")
         assert c.line().startswith(b"+OK")
-        idle.append(c)
+        stalled.append(c)
     for service in ("imap", "imaps"):
         c = open_session(soak, service, tls=True)
         c.send(b"f FETCH 3 BODY.PEEK[]\r\n")
         assert c.line().startswith(b"* 3 FETCH")
-        idle.append(c)
+        stalled.append(c)
     for round_ in range(2):
         for service in services:
             tls_options = (True, False) if service in ("smtp", "imap", "pop3") else (True,)
@@ -333,7 +346,10 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
         assert c.line().startswith(b"+OK")
         assert c.line().startswith(b"-ERR")
         polite_end("pop3s", c)
-    for c in idle:  # the server closed them on its idle timeout (or cut the stalled ones)
+    for t in waiting:  # the server closed them on its idle timeout
+        t.join(timeout=60)
+        assert not t.is_alive()
+    for c in stalled:  # read nothing all along: the server cut them on its idle timeout
         c.wait_closed()
         c.fin()
     # over the per-IP limit: refused politely, and the refusals give everything back too
