@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from test_cli import CLITestCase
 from test_imap_server import MSG1, MSG2, PASSWORD, USER, Harness, HeldThreads
 from test_pop3 import POP3TestCase
 from twisted.internet.defer import Deferred
@@ -234,3 +235,9 @@ class POP3StalledReaderTests(POP3TestCase):
         self.assertEqual(transport.value(), b"")
         self.assertEqual([e for e in self.events if e.get("log_failure") is not None], [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ConnectionsCommandTests(CLITestCase):
+    def test_connections_without_a_server(self) -> None:
+        """`twistedmail connections` with no server running: one line, exit 1."""
+        self.assertUserError(self.run_cli("connections"), "no running server")

@@ -463,3 +463,18 @@ def test_tls_logout_sends_close_notify_and_fin(server: Server) -> None:
         c.wait_for_fin()
         assert (service, c.close_notify, c.tcp_eof) == (service, True, True)
         c.sock.close()
+
+
+def test_connections_command_shows_open_sessions(server: Server) -> None:
+    """`twistedmail connections` prints the running server's open connections per listener
+    and logged-in IMAP sessions, one `NAME COUNT` per line."""
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+    m.login(BOB, PASSWORDS[BOB])
+    m.select("INBOX")
+    try:
+        assert server.cli("connections").stdout == (
+            "control 1\nfolder_watchers 1\nimap 0\nimap_sessions 1\nimaps 1\npop3 0\n"
+            "pop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
+        )
+    finally:
+        m.logout()
