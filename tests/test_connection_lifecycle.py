@@ -12,10 +12,13 @@ from test_imap_server import MSG1, MSG2, PASSWORD, USER, Harness, HeldThreads
 from test_pop3 import POP3TestCase
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from twistedmail import control
 from twistedmail.limits import UserSessionLimit
 from twistedmail.maildir import write_durably
 from twistedmail.pop3 import DEFAULT_TIMEOUT
@@ -241,3 +244,28 @@ class ConnectionsCommandTests(CLITestCase):
     def test_connections_without_a_server(self) -> None:
         """`twistedmail connections` with no server running: one line, exit 1."""
         self.assertUserError(self.run_cli("connections"), "no running server")
+
+
+class ControlConnectionTests(unittest.TestCase):
+    def test_silent_control_connection_is_closed_and_counted(self) -> None:
+        """A control-socket client that says nothing is closed after IDLE_TIMEOUT, and the
+        `connections` answer counts control connections until they are gone."""
+
+        async def flush() -> int:
+            return 0
+
+        clock = Clock()
+        factory = control.control_factory(flush)
+        factory.clock = clock  # type: ignore[attr-defined]
+        factory.connection_counts = lambda: {"imap": 0}  # type: ignore[attr-defined]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertEqual(proto.connections(), {"counts": '{"control": 1, "imap": 0}'})
+        clock.advance(control.IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(LOST)
+        self.assertEqual(factory.open_connections, 0)  # type: ignore[attr-defined]
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -67,6 +67,10 @@ class NoServer(Exception):
 class ControlProtocol(TimeoutMixin, amp.AMP):
     """One CLI connection to the server."""
 
+    def __init__(self, flush: Callable[[], Awaitable[int]]) -> None:
+        super().__init__()
+        self._flush = flush
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.open_connections = getattr(self.factory, "open_connections", 0) + 1
@@ -89,10 +93,6 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         counts = getattr(self.factory, "connection_counts", dict)()
         counts["control"] = self.factory.open_connections
         return {"counts": json.dumps(counts, sort_keys=True)}
-
-    def __init__(self, flush: Callable[[], Awaitable[int]]) -> None:
-        super().__init__()
-        self._flush = flush
 
     @Flush.responder
     def flush(self) -> defer.Deferred[dict[str, int]]:
