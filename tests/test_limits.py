@@ -23,7 +23,7 @@ from twistedmail.auth import MailRealm
 from twistedmail.config import ConfigError, LimitsConfig, parse_config
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import imap_factory
-from twistedmail.limits import ConnectionLimit, refusal_for
+from twistedmail.limits import CLOSE_GRACE, ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir
 from twistedmail.pop3 import pop3_factory
 from twistedmail.smtp.inbound import inbound_factory
@@ -44,10 +44,14 @@ def limited(max_connections: int = 3, max_per_ip: int = 2) -> ConnectionLimit:
     )
 
 
-def open_from(factory: ConnectionLimit, ip: str) -> tuple[Any, StringTransport]:
+def open_from(
+    factory: ConnectionLimit, ip: str, lenient: bool = False
+) -> tuple[Any, StringTransport]:
     address = IPv6Address("TCP", ip, 1) if ":" in ip else IPv4Address("TCP", ip, 1)
     proto = factory.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
+    # lenient: a real transport may be resumed after loseConnection (it then reads the
+    # peer's close); the strict StringTransport refuses that.
+    transport = StringTransport(peerAddress=address, lenient=lenient)
     proto.makeConnection(transport)
     return proto, transport
 
@@ -220,3 +224,107 @@ class LimitsConfigTests(unittest.TestCase):
             self.assertEqual(
                 str(e.exception), f"built-in defaults: [limits] {next(iter(value))}: {error}"
             )
+
+
+class Closer(Protocol):
+    """Pauses its input on C{pause}, closes on C{quit}; records what it received."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if data == b"pause":
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        elif data == b"quit":
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def closing_factory(clock: Clock) -> ConnectionLimit:
+    return ConnectionLimit(
+        Factory.forProtocol(Closer),
+        max_connections=2,
+        max_per_ip=1,
+        refusal=refusal_for("pop3", "mail.example.test"),
+        service="pop3",
+        clock=clock,
+    )
+
+
+class ClosingTests(unittest.TestCase):
+    """Issue 9: however a session ends, its connection finishes closing and its slot is
+    given back."""
+
+    def test_close_resumes_reading_paused_input(self) -> None:
+        """A close while input is paused (a command was running: POP3 RETR/DELE then QUIT)
+        reads again, so the peer's TLS close_notify or FIN is seen (RFC 8446 §6.1)."""
+        factory = closing_factory(Clock())
+        proto, transport = open_from(factory, "192.0.2.1", lenient=True)
+        proto.dataReceived(b"pause")
+        self.assertEqual(transport.producerState, "paused")
+        proto.wrappedProtocol.transport.loseConnection()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.producerState, "producing")
+        proto.wrappedProtocol.transport.pauseProducing()  # a late pause keeps reading
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_nothing_is_acted_on_after_the_close(self) -> None:
+        """What the client sends after the server closed never reaches the protocol
+        (RFC 3501 §6.1.3: after LOGOUT nothing more is executed)."""
+        factory = closing_factory(Clock())
+        proto, _ = open_from(factory, "192.0.2.1")
+        closer = proto.wrappedProtocol
+        proto.dataReceived(b"quit")
+        proto.dataReceived(b"RETR 1\r\n")
+        self.assertEqual(closer.received, [b"quit"])
+
+    def test_a_close_that_does_not_finish_is_aborted_after_the_grace(self) -> None:
+        """A peer that neither answers the close nor reads is cut off after CLOSE_GRACE
+        seconds, and its slot is free again."""
+        clock = Clock()
+        factory = closing_factory(clock)
+        proto, transport = open_from(factory, "192.0.2.1")
+        proto.dataReceived(b"quit")
+        clock.advance(CLOSE_GRACE - 1)
+        self.assertFalse(transport.disconnected)
+        with capturedLogs() as events:
+            clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["pop3: connection from 192.0.2.1 did not finish closing in 30.0 s: aborted"],
+        )
+        proto.connectionLost(Failure(Exception("aborted")))
+        self.assertEqual((len(factory.protocols), dict(factory.per_ip)), (0, {}))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_close_that_finishes_cancels_the_grace_timer(self) -> None:
+        """No timer outlives the connection."""
+        clock = Clock()
+        factory = closing_factory(clock)
+        proto, transport = open_from(factory, "192.0.2.1")
+        proto.dataReceived(b"quit")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        proto.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(transport.disconnected)
+        open_from(factory, "192.0.2.1")  # the IP's one slot is free again
+
+    def test_a_refused_connection_that_never_closes_is_aborted(self) -> None:
+        """A refused client that never finishes closing (over TLS: never does the
+        handshake the refusal waits for) is cut off after CLOSE_GRACE seconds."""
+        clock = Clock()
+        factory = closing_factory(clock)
+        open_from(factory, "192.0.2.1")
+        refused, transport = open_from(factory, "192.0.2.1")
+        self.assertEqual(
+            transport.value(), b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+        )
+        clock.advance(CLOSE_GRACE)
+        self.assertTrue(transport.disconnected)
+        refused.connectionLost(Failure(Exception("aborted")))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        refused, transport = open_from(factory, "192.0.2.1")  # refused again, closes at once
+        refused.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(transport.disconnected)

@@ -596,6 +596,15 @@ def cmd_throttle_unblock(ctx: _Context, args: argparse.Namespace) -> None:
         _out(f"nothing to unblock for {target}: no block and no failed login")
 
 
+def cmd_connections(ctx: _Context, args: argparse.Namespace) -> None:
+    try:
+        counts = control.connections(config_module.control_path(ctx.config))
+    except control.NoServer:
+        raise UserError("no running server") from None
+    for name, count in counts.items():
+        _out(f"{name} {count}")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -731,6 +740,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("check-config", help="load the config and TLS files, report errors")
     p.set_defaults(func=cmd_check_config)
+
+    p = commands.add_parser(
+        "connections", help="show the running server's open connections per listener"
+    )
+    p.set_defaults(func=cmd_connections)
     return parser
 
 

@@ -6,6 +6,10 @@ runner's C{flush}), and L{ThrottleList} / L{ThrottleUnblock} from the failed-log
 it is given.  Client side: L{flush}, L{throttle_list} and L{throttle_unblock} speak the same
 AMP boxes over a blocking socket, so the synchronous CLI needs no reactor; with no server
 listening they raise L{NoServer}.
+
+L{Connections} (issue 9) answers the factory's C{connection_counts} (set by the server:
+open connections per listener, logged-in sessions); client side L{connections}.  A control
+connection silent for L{IDLE_TIMEOUT} seconds is closed (once the server set C{clock}).
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
+from twisted.protocols.policies import TimeoutMixin
 
 from twistedmail.throttle import Block, LoginThrottle
 
 TIMEOUT = 30.0  # seconds the CLI waits for an answer
+IDLE_TIMEOUT = 60  # seconds a control connection may stay silent
 MAX_UNIX_PATH = 100  # sun_path holds 108 octets on Linux, 104 on BSDs
 
 
@@ -69,11 +75,19 @@ class ThrottleUnblock(amp.Command):
 THROTTLE_PAGE = 48_000  # octets of JSON per ThrottleList answer (an AMP value is < 64 KiB)
 
 
+class Connections(amp.Command):
+    """Answer the open connections per listener and the logged-in sessions, as JSON
+    (C{{"imap": 2, ..., "imap_sessions": 1, "control": 1}})."""
+
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response = [(b"counts", amp.Unicode())]
+
+
 class NoServer(Exception):
     """Nothing listens on the control socket: the server is not running."""
 
 
-class ControlProtocol(amp.AMP):
+class ControlProtocol(TimeoutMixin, amp.AMP):
     """One CLI connection to the server."""
 
     def __init__(
@@ -82,6 +96,29 @@ class ControlProtocol(amp.AMP):
         super().__init__()
         self._flush = flush
         self._throttle = throttle
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.open_connections = getattr(self.factory, "open_connections", 0) + 1
+        clock = getattr(self.factory, "clock", None)  # set by the server: the reactor
+        if clock is not None:
+            self.callLater = clock.callLater
+            self.setTimeout(IDLE_TIMEOUT)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.setTimeout(None)
+        self.factory.open_connections -= 1
+        super().connectionLost(reason)
+
+    @Connections.responder
+    def connections(self) -> dict[str, str]:
+        counts = getattr(self.factory, "connection_counts", dict)()
+        counts["control"] = self.factory.open_connections
+        return {"counts": json.dumps(counts, sort_keys=True)}
 
     @Flush.responder
     def flush(self) -> defer.Deferred[dict[str, int]]:
@@ -208,3 +245,11 @@ def throttle_unblock(path: Path, target: str) -> tuple[int, int]:
     """
     answer = call(path, b"ThrottleUnblock", {b"target": target.encode("utf-8")})
     return int(answer[b"lifted"]), int(answer[b"forgotten"])
+
+
+def connections(path: Path) -> dict[str, int]:
+    """Ask the server at C{path} how many connections each listener has open (and
+    C{imap_sessions}: logged-in IMAP sessions; C{control}: control connections, this one
+    included).  @raise NoServer: the server is not running."""
+    counts = json.loads(call(path, b"Connections")[b"counts"].decode("utf-8"))
+    return {str(k): int(v) for k, v in counts.items()}

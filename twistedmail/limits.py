@@ -12,6 +12,18 @@ C{process_limit}.
 L{UserSessionLimit} counts logged-in sessions per user and client IP, as Dovecot's
 C{mail_max_userip_connections} (default 10) does for IMAP; the protocol refuses the login
 over it (IMAP C{NO [UNAVAILABLE]}, RFC 5530 §3).
+
+Closing (issue 9): the wrapper also makes every close of every listener end, so that a
+slot and a descriptor are given back however a session ends.  Once the server closes
+(QUIT, LOGOUT, a BYE, an idle timeout) nothing more the client sends is acted on
+(RFC 3501 §6.1.3), but the connection keeps reading: over TLS the server's C{close_notify}
+waits for the peer's C{close_notify} or FIN (RFC 8446 §6.1), which a paused transport
+(a command still running when QUIT came, POP3 RETR/DELE then QUIT) never saw, so the
+connection stayed open forever.  Our TCP FIN follows our C{close_notify} at once (RFC 8446
+§6.1: the closer need not wait for the peer's), so a client that waits for the end of the
+connection after LOGOUT/QUIT does not hang.  A peer that neither answers nor closes, or that
+reads nothing, is cut off L{CLOSE_GRACE} seconds after the close began; so is a refused
+connection whose client never finishes the TLS handshake.
 """
 
 from __future__ import annotations
@@ -19,10 +31,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableDescriptor,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twistedmail.throttle import ip_key
 
@@ -30,6 +48,9 @@ log = Logger(namespace="twistedmail.limits")
 
 DEFAULT_MAX_CONNECTIONS = 500
 DEFAULT_MAX_CONNECTIONS_PER_IP = 20
+CLOSE_GRACE = 30.0
+"""Seconds a closing connection may take to finish (flush, TLS close_notify, the peer's
+FIN) before it is aborted."""
 
 
 def refusal_for(service: str, hostname: str) -> bytes:
@@ -44,18 +65,119 @@ def refusal_for(service: str, hostname: str) -> bytes:
 
 
 class _Refused(Protocol):
-    """Writes the refusal and closes; whatever the client sends is ignored."""
+    """Writes the refusal and closes; whatever the client sends is ignored.  Aborted after
+    C{grace} seconds if the close has not finished (over TLS the refusal waits for a
+    handshake the client may never do)."""
 
-    def __init__(self, refusal: bytes) -> None:
+    def __init__(self, refusal: bytes, clock: IReactorTime | None, grace: float) -> None:
         self.refusal = refusal
+        self.clock = clock
+        self.grace = grace
+        self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        if self.clock is not None:
+            self._timer = self.clock.callLater(self.grace, self._abort)
         self.transport.write(self.refusal)  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
+    def _abort(self) -> None:
+        self._timer = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 class _Counted(ProtocolWrapper):
+    """One counted connection; makes the wrapped protocol's close always finish (see the
+    module docstring)."""
+
     peer_key: str = ""
+    _grace: IDelayedCall | None = None
+    _lost = False
+    _paused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.disconnecting:
+            return  # closing: nothing more the client sends is acted on
+        super().dataReceived(data)
+
+    def pauseProducing(self) -> None:
+        # A command that pauses input after the close began must not stop the reading
+        # that sees the peer's close.
+        if not self.disconnecting:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.transport.resumeProducing()
+
+    def loseConnection(self) -> None:
+        if self.disconnecting or self._lost:
+            return
+        clock = self.factory.clock
+        if clock is not None:
+            self._grace = clock.callLater(self.factory.close_grace, self._abort)
+        super().loseConnection()
+        if self._paused and not self._lost:
+            # Read again (a command that was running paused the input): over TLS the
+            # close finishes only when the peer's close_notify or FIN is seen.
+            self.resumeProducing()
+        if not self._lost:
+            _fin_after_close_notify(self.transport)
+
+    def _abort(self) -> None:
+        self._grace = None
+        log.info(
+            "{service}: connection from {ip} did not finish closing in {grace} s: aborted",
+            service=self.factory.service,
+            ip=self.peer_key,
+            grace=self.factory.close_grace,
+        )
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._lost = True
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        super().connectionLost(reason)
+
+
+def _fin_after_close_notify(transport: Any) -> None:
+    """Half-close the TCP connection under C{transport} once TLS has queued its
+    close_notify: the peer sees the FIN right after it, and we go on reading its answer.
+
+    Twisted's TLS layer (implicit TLS: the C{TLSMemoryBIOProtocol} under us; STARTTLS: the
+    protocol of the TCP transport) otherwise keeps TCP open until the peer's close_notify.
+    Nothing is done while the close_notify is not written yet (a handshake or a producer
+    still running, data buffered): the L{CLOSE_GRACE} timer bounds that wait.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        tls, tcp = transport, transport.transport
+    elif getattr(transport, "TLS", False) and isinstance(
+        getattr(transport, "protocol", None), TLSMemoryBIOProtocol
+    ):
+        tls, tcp = transport.protocol, transport
+    else:
+        return  # plain TCP: its loseConnection sends the FIN once the buffer is written
+    queued = (
+        getattr(tls, "_handshakeDone", False)
+        and getattr(tls, "_producer", True) is None
+        and not getattr(tls, "_appSendBuffer", True)
+        and not getattr(tls, "_lostTLSConnection", True)
+    )
+    if (
+        queued
+        and IHalfCloseableDescriptor.providedBy(tcp)
+        and tcp.connected
+        and not tcp.disconnecting
+    ):
+        tcp.loseWriteConnection()
 
 
 class ConnectionLimit(WrappingFactory):
@@ -67,6 +189,7 @@ class ConnectionLimit(WrappingFactory):
     @param max_per_ip: concurrent connections from one IP (one IPv6 /64).
     @param refusal: the bytes sent to a refused client before closing (L{refusal_for}).
     @param service: the listener's name, for the log.
+    @param clock: for the L{CLOSE_GRACE} timer of closing connections; C{None}: no timer.
     """
 
     protocol = _Counted
@@ -80,8 +203,11 @@ class ConnectionLimit(WrappingFactory):
         max_per_ip: int,
         refusal: bytes,
         service: str,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(wrapped)
+        self.clock = clock
+        self.close_grace = CLOSE_GRACE
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
         self.refusal = refusal
@@ -98,7 +224,7 @@ class ConnectionLimit(WrappingFactory):
                 count=self.per_ip[key],
                 total=len(self.protocols),
             )
-            return _Refused(self.refusal)
+            return _Refused(self.refusal, self.clock, self.close_grace)
         wrapper = super().buildProtocol(addr)
         wrapper.peer_key = key
         return wrapper

@@ -1267,6 +1267,11 @@ class ChangeNotifier:
         for callback in list(self._listeners.get(path, [])):
             callback()
 
+    def subscriptions(self) -> int:
+        """How many callbacks are subscribed (open selected folders; for the control
+        socket's C{connections}: it returns to 0 when every session has ended)."""
+        return sum(len(callbacks) for callbacks in self._listeners.values())
+
 
 @attrs.frozen
 class StorageReserve:

@@ -241,6 +241,21 @@ class _TopReader:
         self._file.close()
 
 
+class _ClientGone(Exception):
+    """The connection was lost while a RETR/TOP streamed: nothing to answer, no error."""
+
+
+class _Sender(FileSender):
+    """A C{FileSender} that tells a stop by the transport (the connection was lost) from a
+    failure to read the file."""
+
+    stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        super().stopProducing()
+
+
 def _message_number(arg: bytes) -> int:
     """A 1-based message-number argument as an int (strict decimal, RFC 1939 §5).
 
@@ -296,6 +311,7 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         self._sasl: sasl.Exchange | None = None
         self._tls_started = False
         self._lost = False
+        self._streaming = False
         self._deleted: set[int] = set()
         self._retrieved = 0
         self._removed = 0
@@ -337,6 +353,11 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
 
     def timeoutConnection(self) -> None:
         # RFC 1939 §3: on the autologout timer, close without UPDATE and without a response.
+        if self._streaming:
+            # A RETR/TOP the client stopped reading: what is queued can never be sent
+            # (a clean TLS close would wait for it), so the connection is cut.
+            self.transport.abortConnection()
+            return
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -417,12 +438,15 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         result.addErrback(self._failed).addBoth(done)
         if not finished:
             paused = True
-            # A long RETR must not time out while it streams (the client is reading).
+            # The server's own work on a command is not idleness; a client that stops
+            # reading a RETR/TOP is (L{_stream} keeps the timer running for that).
             timeout = self.setTimeout(None)
+            if self._streaming:
+                self.setTimeout(timeout)
             self.pause_lines()
 
     def _failed(self, failure: Failure) -> None:
-        if self._lost:
+        if self._lost or failure.check(_ClientGone):
             return
         if failure.check(NegativeResponse):
             self._send(failure.value.line())
@@ -616,10 +640,26 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
     async def _stream(self, source: IO[bytes] | _TopReader) -> None:
         """Send C{source} dot-stuffed and terminated (RFC 1939 §3), pulled by the transport."""
         stuffer = DotStuffer()
+
+        def feed(chunk: bytes) -> bytes:
+            self.resetTimeout()  # the client read the previous chunk
+            return stuffer.feed(chunk)
+
+        # The idle timer is off while a command runs (L{_run}), but not while the client is
+        # the one to make progress: one that stops reading is closed (RFC 1939 §3).
+        self._streaming = True
+        self.setTimeout(self.timeOut)
+        sender = _Sender()
         try:
-            await FileSender().beginFileTransfer(source, self.transport, stuffer.feed)
+            await sender.beginFileTransfer(source, self.transport, feed)
+        except Exception:
+            if sender.stopped:
+                raise _ClientGone() from None  # a client closing mid-RETR is no server error
+            raise
         finally:
             source.close()
+            self._streaming = False
+            self.setTimeout(None)
         self.transport.write(stuffer.finish())
 
     async def do_RETR(self, arg: bytes) -> None:

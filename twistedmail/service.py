@@ -385,6 +385,9 @@ class MailServer(MultiService):
             relay=self.queue,
             check_from_header=config.submission.check_from_header,
         )
+        # One count for 143 and 993 (issue 5; Dovecot's mail_max_userip_connections).
+        self.imap_user_limit = UserSessionLimit(limits.imap_max_connections_per_user, "imap")
+        self.connection_limits: dict[str, ConnectionLimit] = {}
         imap = partial(
             imap_factory,
             portal=self.portal,
@@ -392,8 +395,7 @@ class MailServer(MultiService):
             max_literal_size=size,
             idle_timeout=limits.imap_idle_timeout,
             quota=self.quota,
-            # One count for 143 and 993 (issue 5; Dovecot's mail_max_userip_connections).
-            user_limit=UserSessionLimit(limits.imap_max_connections_per_user, "imap"),
+            user_limit=self.imap_user_limit,
         )
         pop = partial(
             pop3_factory, portal=self.portal, clock=reactor, timeout=limits.pop3_idle_timeout
@@ -436,7 +438,9 @@ class MailServer(MultiService):
                 max_per_ip=limits.max_connections_per_ip,
                 refusal=refusal_for(name, hostname),
                 service=name,
+                clock=reactor,
             )
+            self.connection_limits[name] = limited
             for address in config.listen[name]:
                 wrapped = (
                     TLSMemoryBIOFactory(self.tls_context, False, limited)
@@ -458,6 +462,17 @@ class MailServer(MultiService):
         control._raiseSynchronously = True
         control.setName(f"control@{control_path(config)}")
         control.setServiceParent(self)
+        control.factory.connection_counts = self.connection_counts  # issue 9
+        control.factory.clock = reactor
+
+    def connection_counts(self) -> dict[str, int]:
+        """Open connections per listener, logged-in IMAP sessions and selected-folder
+        watchers (the control socket's C{connections}: an operator's view, and what the
+        soak test checks returns to its start)."""
+        counts = {name: len(limit.protocols) for name, limit in self.connection_limits.items()}
+        counts["imap_sessions"] = sum(self.imap_user_limit.open.values())
+        counts["folder_watchers"] = self.notifier.subscriptions()
+        return counts
 
     def _imap_account(self, address: str) -> MaildirAccount:
         maildir = UserMaildir(mailbox_root(self.mail_dir, address))

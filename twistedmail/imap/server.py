@@ -138,6 +138,13 @@ class IMAPError(Exception):
         return (b"[" + self.code + b"] " if self.code else b"") + self.text
 
 
+class _Gone(IMAPError):
+    """The connection closed while the command ran: it ends, and nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(b"NO", b"Connection closed")
+
+
 def _no(text: bytes, code: bytes = b"") -> IMAPError:
     return IMAPError(b"NO", text, code)
 
@@ -282,6 +289,8 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     IDENT = b"twistedmail IMAP4rev1 ready"
     user_limit: UserSessionLimit | None = None  # logged-in sessions per user+IP (factory)
     _user_slot: tuple[str, str] | None = None
+    _lost = False  # connectionLost ran: a command still running must take nothing more
+    _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
     MAX_LENGTH = 65536
     timeOut = 60
     POSTAUTH_TIMEOUT = 30 * 60
@@ -330,6 +339,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
+        # A command waiting for input that will never come (IDLE's DONE, an AUTHENTICATE
+        # response, a literal) ends now instead of holding the session forever.
+        waiter, self._line_waiter = self._line_waiter, None
+        literal, self._pendingLiteral = getattr(self, "_pendingLiteral", None), None
+        for pending in (waiter, getattr(literal, "defer", None)):
+            if pending is not None and not pending.called:
+                pending.errback(_Gone())
         self._close_mailbox()
         if self._user_slot is not None and self.user_limit is not None:
             self.user_limit.release(*self._user_slot)
@@ -341,6 +358,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             user=self.user or "-",
         )
         super().connectionLost(reason)
+
+    def timeoutConnection(self) -> None:
+        if self._gate is not None and self._gate.paused:
+            # A FETCH the client stopped reading (RFC 3501 §5.4 autologout): its output
+            # can never be sent and a clean TLS close would wait for it, so cut it.
+            log.info("imap stalled reader timed out session={session}", session=self.session)
+            self.transport.abortConnection()
+            return
+        super().timeoutConnection()
 
     def secure(self) -> bool:
         """Whether the connection is encrypted (RFC 8314 implicit TLS or after STARTTLS)."""
@@ -384,7 +410,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.transport is not None and self.transport.disconnecting:
+        if self._lost or (self.transport is not None and self.transport.disconnecting):
             return  # after LOGOUT/BYE nothing more is executed (RFC 3501 §6.1.3)
         if self._inflater is None:
             super().dataReceived(data)
@@ -861,6 +887,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         except auth.LoginUnavailable:
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
         avatar, logout, address = result.avatar, result.logout, result.address
+        if self._lost:  # the client left during the check: no slot nobody would release
+            logout()
+            raise _Gone()
         if self.user_limit is not None:
             if not self.user_limit.acquire(address, self.peer):
                 logout()
@@ -873,6 +902,9 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 await prepare()  # INBOX, and the special-use folders on first login
             except Exception:
                 log.failure("imap folder setup failed session={session}", session=self.session)
+            if self._lost:  # the close gave the slot back; log out here, start no timer
+                logout()
+                raise _Gone()
         self.user = address
         self.account = avatar
         self._onLogout = logout
@@ -998,6 +1030,11 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self._close_mailbox()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
         qresync = self._select_params(params)
         mbox = await self._open(name, bool(readwrite))
+        if self._lost:  # the client left during the scan: watch nothing for nobody
+            closeable = imap4.ICloseableMailbox(mbox, None)
+            if closeable is not None:
+                await maybeDeferred(closeable.close)
+            raise _Gone()
         if "\\noselect" in [f.lower() for f in mbox.getFlags()]:
             raise _no(b"Mailbox cannot be selected", b"CANNOT")
         flags = _flag_list(mbox.getFlags())
@@ -1652,8 +1689,11 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
             self.transport.registerProducer(gate, True)
         except RuntimeError:
             gate = None  # type: ignore[assignment]
+        self._gate = gate
         try:
             for count, (seq, msg) in enumerate(targets):
+                if self._lost:
+                    break  # nobody to send the rest to: read no more messages
                 flags_changed = False
                 if sets_seen and "\\Seen" not in msg.getFlags() and hasattr(mbox, "store_entries"):
                     result = await mbox.store_entries([(seq, msg.entry)], "S", 1)
@@ -1683,6 +1723,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 if count % FETCH_BATCH == FETCH_BATCH - 1:
                     await _next_turn(self.clock)
         finally:
+            self._gate = None
             if gate is not None:
                 self.transport.unregisterProducer()
             if rendered and hasattr(mbox, "cache_parts"):
