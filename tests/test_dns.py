@@ -130,3 +130,35 @@ class TestZoneTests(TestCase):
             await resolve(zone, "null.example.test")
         with self.assertRaises(PermanentDNSError):
             await resolve(zone, "missing.example.test")
+
+
+class DNSClientChatterTests(TestCase):
+    """Twisted's DNS client logs a UDP port opened and closed per query; those informational
+    lines are dropped from the log, errors and every other line pass."""
+
+    def test_chatter_dropped_errors_kept(self) -> None:
+        from twisted.logger import LogPublisher, globalLogPublisher
+        from twisted.python import log as legacy
+
+        from twistedmail.dns import quiet_dns_client
+
+        seen: list[dict[str, object]] = []
+        publisher = LogPublisher(seen.append)
+        quiet_dns_client(publisher)
+        globalLogPublisher.addObserver(publisher)
+        try:
+            legacy.msg("DNSDatagramProtocol starting on 40123")
+            legacy.msg("Starting protocol <twisted.names.dns.DNSDatagramProtocol object at 0x7f01>")
+            legacy.msg("Stopping protocol <twisted.names.dns.DNSDatagramProtocol object at 0x7f01>")
+            legacy.msg("(UDP Port 40123 Closed)")
+            legacy.msg("Starting protocol <other.Protocol object at 0x7f01>")
+            legacy.msg("(UDP Port 40123 Closed)", isError=True)
+        finally:
+            globalLogPublisher.removeObserver(publisher)
+        self.assertEqual(
+            [(e["log_text"], bool(e.get("isError"))) for e in seen],
+            [
+                ("Starting protocol <other.Protocol object at 0x7f01>", False),
+                ("(UDP Port 40123 Closed)", True),
+            ],
+        )

@@ -14,17 +14,22 @@ Outcomes, as Postfix classifies them:
 The resolver is injected: any C{twisted.internet.interfaces.IResolver}
 (C{twisted.names.client.Resolver(servers=...)} for C{[relay] nameservers}, or
 L{twistedmail.testing.FakeResolver} in tests).  Nothing here imports the global reactor.
+
+L{quiet_dns_client} keeps the lines Twisted's DNS client writes for every query (it opens
+and closes a UDP port per query, for source port randomisation) out of the log.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import socket
 from collections.abc import Callable
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
+from twisted.logger import FilteringLogObserver, LogEvent, LogLevel, LogPublisher, PredicateResult
 from twisted.names import dns
 from twisted.names import error as dns_error
 
@@ -176,3 +181,40 @@ async def resolve_mx(
     if temporary:
         raise TemporaryDNSError(f"Address lookup for the MX hosts of {domain} failed temporarily")
     raise PermanentDNSError(f"No MX host of {domain} has an address")
+
+
+_CHATTER = re.compile(
+    r"DNSDatagramProtocol starting on \d+"
+    r"|\(UDP Port \d+ Closed\)"
+    r"|(Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at \w+>"
+)
+
+
+def dns_client_chatter(event: LogEvent) -> PredicateResult:
+    """An C{ILogFilterPredicate}: C{no} for the informational lines of Twisted's DNS client
+    (C{DNSDatagramProtocol starting on N}, C{Starting protocol}, C{Stopping protocol},
+    C{(UDP Port N Closed)}), C{maybe} for everything else, errors and warnings included."""
+    if event.get("log_namespace") != "log_legacy" or event.get("isError"):
+        return PredicateResult.maybe
+    if event.get("log_level") not in (None, LogLevel.debug, LogLevel.info):
+        return PredicateResult.maybe
+    text = event.get("log_text")
+    if isinstance(text, str) and _CHATTER.fullmatch(text):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def quiet_dns_client(publisher: LogPublisher) -> None:
+    """Put L{dns_client_chatter} in front of every observer of C{publisher} (call it once
+    logging has begun, e.g. from C{startService}: twistd adds its observer before).
+
+    Twisted offers no public way to filter what reaches twistd's own observer, nor a
+    C{noisy} switch for the UDP port a DNS query opens, so the observers already
+    registered are wrapped in a C{FilteringLogObserver}.
+    """
+    observers = list(getattr(publisher, "_observers", ()))
+    for observer in observers:
+        if isinstance(observer, FilteringLogObserver):
+            continue
+        publisher.removeObserver(observer)
+        publisher.addObserver(FilteringLogObserver(observer, [dns_client_chatter]))
