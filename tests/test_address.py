@@ -28,6 +28,20 @@ class DomainTests(unittest.TestCase):
         self.assertEqual(normalize_domain("例え.テスト"), "xn--r8jz45g.xn--zckzah")
         self.assertEqual(normalize_domain("XN--BCHER-KVA.example"), "xn--bcher-kva.example")
 
+    def test_idna2008_with_uts46_mapping(self) -> None:
+        """IDNA2008 (RFC 5891) with UTS #46 non-transitional mapping: ß stays ß (IDNA2003
+        made faß.test into fass.test, another domain); case and width are folded."""
+        for text in ("faß.test", "Faß.TEST", "ＦＡß.test", "xn--fa-hia.test", "XN--FA-HIA.Test"):
+            self.assertEqual(normalize_domain(text), "xn--fa-hia.test", text)
+        self.assertEqual(str(Mailbox.parse("Info@Faß.test")), "info@xn--fa-hia.test")
+
+    def test_invalid_idna_labels(self) -> None:
+        """RFC 5892: symbols are DISALLOWED in IDNA2008 (IDNA2003 accepted ☃); an xn--
+        label must be a valid A-label (RFC 5891 §5.4); LDH only (RFC 5321 §4.1.2)."""
+        for bad in ("☃.test", "xn--zz.test", "xn--a.test", "a_b.test", "faß_x.test", "ab.-.test"):
+            self.assertRaises(AddressError, normalize_domain, bad)
+        self.assertEqual(normalize_domain("r3--a.example"), "r3--a.example")  # not IDNA: LDH
+
     def test_hyphens(self) -> None:
         self.assertEqual(normalize_domain("a-b.example"), "a-b.example")
         for bad in ("-ab.example", "ab-.example"):
@@ -54,7 +68,7 @@ class DomainTests(unittest.TestCase):
             "exa_mple.org": "invalid domain",
             "exa mple.org": "invalid domain",
             "example.org/x": "invalid domain",
-            "\u2024.example": "invalid domain",
+            "\u2024.example": "invalid internationalised domain",  # UTS #46 maps it to "."
         }
         for text, message in cases.items():
             e = self.assertRaises(AddressError, normalize_domain, text)

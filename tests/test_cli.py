@@ -288,6 +288,22 @@ class DomainCommandTests(CLITestCase):
             self.run_cli("domain", "del", "bad..name"), "invalid domain 'bad..name': invalid domain"
         )
 
+    def test_idna2008(self) -> None:
+        """domain/user/alias add take IDNA2008 names (faß.test is not fass.test) and store
+        A-labels; mixed case folds; an invalid label is one line on stderr."""
+        self.assertEqual(
+            self.run_cli("domain", "add", "Faß.TEST"), (0, "added domain xn--fa-hia.test\n", "")
+        )
+        self.add_user("alice@faß.test")
+        added = self.run_cli("alias", "add", "info@FAß.test", "alice@xn--fa-hia.test")
+        self.assertEqual(added[0], 0, added)
+        self.assertEqual(self.run_cli("domain", "list"), (0, "xn--fa-hia.test\n", ""))
+        self.assertEqual(self.run_cli("user", "list")[1], "alice@xn--fa-hia.test\n")
+        self.assertUserError(
+            self.run_cli("domain", "add", "☃.test"),
+            "invalid domain '☃.test': invalid internationalised domain",
+        )
+
     def test_del_with_aliases(self) -> None:
         self.run_cli("domain", "add", "example.org")
         self.run_cli("alias", "add", "info@example.org", "x@remote.example")

@@ -1,4 +1,5 @@
-"""Mail addresses: domains, mailboxes and SMTP paths (RFC 5321 §4.1.2, §2.3.11, RFC 5890 IDNA).
+"""Mail addresses: domains, mailboxes and SMTP paths (RFC 5321 §4.1.2, §2.3.11; IDNA2008,
+RFC 5890-5891, with the UTS #46 mapping).
 
 Everything here is pure: text in, frozen values out, L{AddressError} for anything malformed.
 Domains are lower-cased and, when internationalised, kept in their A-label (ASCII) form.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 
 import attrs
+import idna
 
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
@@ -28,25 +30,45 @@ class AddressError(ValueError):
 
 
 def normalize_domain(text: str) -> str:
-    """Return C{text} as a lower-case ASCII domain (A-labels for IDNs).
+    """Return C{text} as a lower-case ASCII domain, internationalised labels as A-labels.
 
-    RFC 5321 §2.3.5: a domain is dot-separated labels of letters, digits and hyphens.
+    RFC 5321 §2.3.5 / §4.1.2: a domain is dot-separated labels of letters, digits and
+    hyphens (LDH, at most 63 octets each, RFC 1035 §2.3.4).  A name with non-ASCII
+    characters is mapped and converted by IDNA2008 with the UTS #46 mapping (non-
+    transitional: C{faß.test} is C{xn--fa-hia.test}, not IDNA2003's C{fass.test}; upper
+    case and full-width forms are folded), and every C{xn--} label must be a valid IDNA2008
+    A-label (RFC 5891 §5.4).  Plain ASCII labels are checked as LDH only (hostnames such
+    as C{r3--a.example} are valid DNS names although not IDNA labels).
+
+    Domains are kept and compared as A-labels, because that is what DNS, the file system
+    (C{mail/DOMAIN/}), certificates and the other servers (Postfix, Dovecot) use; a
+    U-label from the network or the command line is converted once, here.
+
     Address literals (C{[192.0.2.1]}) are refused: twistedmail hosts named domains only.
 
     @raise AddressError: for an empty, over-long, literal or malformed domain.
     """
     if not text or text.startswith("["):
         raise AddressError("not a domain name")
-    try:
-        ascii_form = text.encode("idna").decode("ascii") if not text.isascii() else text
-    except UnicodeError as e:
-        raise AddressError("invalid internationalised domain") from e
-    domain = ascii_form.lower()
+    if text.isascii():
+        domain = text.lower()
+    else:
+        try:
+            domain = idna.encode(text, uts46=True, std3_rules=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as e:
+            raise AddressError("invalid internationalised domain") from e
+        domain = domain.lower()
     if len(domain) > MAX_DOMAIN:
         raise AddressError("domain too long")
     labels = domain.split(".")
-    if len(labels) < 1 or not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.match(label) for label in labels):
         raise AddressError("invalid domain")
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                idna.ulabel(label)  # RFC 5891 §5.4: an A-label must decode to a U-label
+            except (idna.IDNAError, UnicodeError) as e:
+                raise AddressError("invalid internationalised domain") from e
     return domain
 
 
