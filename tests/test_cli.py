@@ -135,6 +135,16 @@ class UserCommandTests(CLITestCase):
             )
             self.assertUserError(result, message)
 
+    def test_no_quoted_or_literal_accounts(self) -> None:
+        """SMTP accepts quoted local parts and address literals (RFC 5321 §4.1.2), but no
+        account is made with one (§4.1.2: SHOULD avoid; it would become a directory)."""
+        for address, message in (
+            ('"a b"@example.org', "quoted local parts are not accepted"),
+            ("a@[192.0.2.1]", "not a domain name"),
+        ):
+            result = self.run_cli("user", "add", address, "--password-stdin", stdin=b"pw\n")
+            self.assertUserError(result, f"invalid address {address!r}: {message}")
+
     def test_prompt_twice(self) -> None:
         self.getpass_answers = ["s3cret", "s3cret"]
         result = self.run_cli("user", "add", "alice@example.org")

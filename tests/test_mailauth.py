@@ -99,7 +99,7 @@ class ChecksTestCase(unittest.TestCase):
         helo: str = "client.elsewhere.test",
         ip: str = IP,
     ) -> AuthenticationResults:
-        path = Mailbox(*mail_from.split("@")) if mail_from else None
+        path = Mailbox.parse(mail_from) if mail_from else None
         results = self.successResultOf(
             defer.Deferred.fromCoroutine(self.auth.check(ip, helo, path, data))
         )
@@ -131,6 +131,13 @@ class SPFTests(ChecksTestCase):
         )
         self.use(zone({("sender.test", "TXT"): TIMEOUT}))
         self.assertEqual(self.spf("a@sender.test").result, "temperror")
+
+    def test_address_literal_reverse_path_is_none(self) -> None:
+        """RFC 7208 §4.3: a MAIL FROM domain that is no domain name (an address literal,
+        RFC 5321 §4.1.3) gives none, with no DNS query."""
+        self.assertEqual(
+            self.check("a@[192.0.2.7]", message("x.test")).spf, SPFResult("none", "mailfrom", "")
+        )
 
     def test_null_reverse_path_checks_helo(self) -> None:
         """RFC 7208 §2.4: for MAIL FROM:<> the HELO identity is checked."""

@@ -209,6 +209,8 @@ def check_spf(query: DNSQuery, ip: str, reverse_path: Mailbox | None, helo: str)
     """
     if reverse_path is not None:
         identity, domain, sender = "mailfrom", reverse_path.domain, str(reverse_path)
+        if not _DOMAIN.fullmatch(domain):
+            return SPFResult("none", "mailfrom", "")  # §4.3: an address literal, not a domain
     else:
         domain = helo.lower().rstrip(".")
         if not _DOMAIN.fullmatch(domain):
