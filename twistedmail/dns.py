@@ -21,6 +21,7 @@ and closes a UDP port per query, for source port randomisation) out of the log.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import socket
@@ -139,12 +140,28 @@ def _ordered(records: list[dns.Record_MX], rng: random.Random) -> list[dns.Recor
     return [r for _, _, r in keyed]
 
 
+def _literal_host(domain: str) -> MXHost:
+    """RFC 5321 §4.1.3, §5.1: an address literal names the host itself, no DNS.
+
+    @raise PermanentDNSError: a General-address-literal (no address we can connect to).
+    """
+    inner = domain[1:-1]
+    if inner[:5].lower() == "ipv6:":
+        inner = inner[5:]
+    try:
+        address = ipaddress.ip_address(inner)
+    except ValueError:
+        raise PermanentDNSError(f"No route to the address literal {domain}") from None
+    return MXHost(domain, 0, (str(address),))
+
+
 async def resolve_mx(
     resolver: IResolver, domain: str, rng: random.Random | None = None
 ) -> list[MXHost]:
     """The hosts to try for mail to C{domain}, best first (RFC 5321 §5.1).
 
-    @param domain: an ASCII (A-label) domain, lower case, no trailing dot.
+    @param domain: an ASCII (A-label) domain, lower case, no trailing dot; or an address
+        literal (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}), which is its own host.
     @param rng: shuffles hosts of equal preference; tests pass a seeded one.
     @return: at least one L{MXHost}; hosts without any address are left out.
     @raise PermanentDNSError: NXDOMAIN; null MX (L{NullMXError}); no MX and no address;
@@ -152,6 +169,8 @@ async def resolve_mx(
     @raise TemporaryDNSError: a lookup failed temporarily and no usable host was found.
     """
     rng = rng or random.Random()
+    if domain.startswith("["):
+        return [_literal_host(domain)]
     records = await _query(resolver, domain, dns.MX)
     if records is None:
         raise PermanentDNSError(f"Domain {domain} does not exist (NXDOMAIN)")
