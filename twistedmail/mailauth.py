@@ -58,6 +58,7 @@ log = Logger(namespace="twistedmail.mailauth")
 
 CHECK_TIMEOUT = 20.0  # seconds for all DNS work of one message (RFC 7208 §4.6.4: >= 20 s)
 QUERY_TIMEOUT = (2, 4)  # seconds per try of one query, twisted.names semantics
+QUERY_LIMIT = CHECK_TIMEOUT + 1  # seconds before a query that never ends is abandoned
 FAILURE_TTL = 30.0  # seconds a temporary DNS failure is remembered (RFC 2308 §7: <= 5 min)
 NEGATIVE_TTL = 60  # NXDOMAIN / NODATA without an SOA in the answer (RFC 2308 §5)
 MAX_NEGATIVE_TTL = 300  # at most, whatever the SOA says
@@ -619,8 +620,9 @@ class DNSCache:
         name, rtype = key
         query = dns.Query(name.encode("ascii"), _RTYPES[rtype], dns.IN)
         d = self.resolver.query(query, timeout=QUERY_TIMEOUT)
-        # A resolver that never answers must not hold the entry forever.
-        d.addTimeout(sum(QUERY_TIMEOUT) + 1, self.clock)
+        # A resolver that never answers must not hold the entry forever (twisted.names
+        # gives up by itself after QUERY_TIMEOUT per nameserver of resolv.conf).
+        d.addTimeout(QUERY_LIMIT, self.clock)
         self._inflight[key] = d
         d.addCallbacks(
             lambda result: self._answered(key, result), lambda f: self._failed(key, f)
