@@ -9,7 +9,10 @@ from twistedmail.address import (
     MAX_LOCAL_PART,
     AddressError,
     Mailbox,
+    NonASCIIAddressError,
+    PathTooLongError,
     normalize_domain,
+    parse_parameters,
     parse_path,
 )
 
@@ -27,6 +30,20 @@ class DomainTests(unittest.TestCase):
         self.assertEqual(normalize_domain("BÜCHER.Example"), "xn--bcher-kva.example")
         self.assertEqual(normalize_domain("例え.テスト"), "xn--r8jz45g.xn--zckzah")
         self.assertEqual(normalize_domain("XN--BCHER-KVA.example"), "xn--bcher-kva.example")
+
+    def test_idna2008_with_uts46_mapping(self) -> None:
+        """IDNA2008 (RFC 5891) with UTS #46 non-transitional mapping: ß stays ß (IDNA2003
+        made faß.test into fass.test, another domain); case and width are folded."""
+        for text in ("faß.test", "Faß.TEST", "ＦＡß.test", "xn--fa-hia.test", "XN--FA-HIA.Test"):
+            self.assertEqual(normalize_domain(text), "xn--fa-hia.test", text)
+        self.assertEqual(str(Mailbox.parse("Info@Faß.test")), "info@xn--fa-hia.test")
+
+    def test_invalid_idna_labels(self) -> None:
+        """RFC 5892: symbols are DISALLOWED in IDNA2008 (IDNA2003 accepted ☃); an xn--
+        label must be a valid A-label (RFC 5891 §5.4); LDH only (RFC 5321 §4.1.2)."""
+        for bad in ("☃.test", "xn--zz.test", "xn--a.test", "a_b.test", "faß_x.test", "ab.-.test"):
+            self.assertRaises(AddressError, normalize_domain, bad)
+        self.assertEqual(normalize_domain("r3--a.example"), "r3--a.example")  # not IDNA: LDH
 
     def test_hyphens(self) -> None:
         self.assertEqual(normalize_domain("a-b.example"), "a-b.example")
@@ -54,7 +71,7 @@ class DomainTests(unittest.TestCase):
             "exa_mple.org": "invalid domain",
             "exa mple.org": "invalid domain",
             "example.org/x": "invalid domain",
-            "\u2024.example": "invalid domain",
+            "\u2024.example": "invalid internationalised domain",  # UTS #46 maps it to "."
         }
         for text, message in cases.items():
             e = self.assertRaises(AddressError, normalize_domain, text)
@@ -92,6 +109,37 @@ class MailboxTests(unittest.TestCase):
         e = self.assertRaises(AddressError, Mailbox.parse, f"{local}a@example.org")
         self.assertEqual(str(e), "local part too long")
 
+    def test_quoted_local_parts(self) -> None:
+        """RFC 5321 §4.1.2 Quoted-string: quoted pairs; a quoted Dot-string is that
+        Dot-string; other ones stay quoted, with the fewest backslashes."""
+        cases = {
+            '"alice"@example.org': "alice@example.org",
+            '"Al\\ice"@example.org': "alice@example.org",
+            '"a b"@example.org': '"a b"@example.org',
+            '"a\\ b"@example.org': '"a b"@example.org',
+            '"a@b"@example.org': '"a@b"@example.org',
+            '"a\\"b"@example.org': '"a\\"b"@example.org',
+            '"a\\\\b"@example.org': '"a\\\\b"@example.org',
+            '"a..b"@example.org': '"a..b"@example.org',
+            '""@example.org': '""@example.org',
+        }
+        for text, canonical in cases.items():
+            self.assertEqual(str(Mailbox.parse(text)), canonical, text)
+        self.assertTrue(Mailbox.parse('"a b"@example.org').quoted)
+
+    def test_address_literals(self) -> None:
+        """RFC 5321 §4.1.3: IPv4, IPv6 and General-address-literal, in canonical form."""
+        cases = {
+            "a@[192.0.2.1]": "a@[192.0.2.1]",
+            "a@[192.000.2.01]": "a@[192.0.2.1]",
+            "a@[IPv6:2001:DB8:0::1]": "a@[IPv6:2001:db8::1]",
+            "a@[ipv6:::ffff:192.0.2.1]": "a@[IPv6:::ffff:c000:201]",
+            "a@[x-tag:some@content]": "a@[x-tag:some@content]",
+        }
+        for text, canonical in cases.items():
+            self.assertEqual(str(Mailbox.parse(text)), canonical, text)
+        self.assertTrue(Mailbox.parse("a@[192.0.2.1]").literal)
+
     def test_refused(self) -> None:
         cases = {
             "": "address must be local@domain",
@@ -105,11 +153,19 @@ class MailboxTests(unittest.TestCase):
             "a@b@example.org": "invalid local part",
             "<a@example.org>": "invalid local part",
             "jörg@example.org": "invalid local part",  # no SMTPUTF8 local parts
-            '"quoted"@example.org': "quoted local parts are not accepted",
-            '"a b"@example.org': "quoted local parts are not accepted",
+            '"a"b"@example.org': "invalid local part",
+            '"a\\"@example.org': "invalid local part",  # a backslash quotes the last quote
+            '"a\tb"@example.org': "invalid local part",  # no control characters (§4.1.2)
+            '"a\\\x01"@example.org': "invalid local part",  # not even quoted
+            '"' + "a" * 63 + '"@example.org': "local part too long",  # quotes count
             "a\0@example.org": "invalid local part",
             "a\r\n@example.org": "invalid local part",
-            "a@[192.0.2.1]": "not a domain name",
+            "a@[192.0.2.256]": "invalid address literal",
+            "a@[192.0.2]": "invalid address literal",
+            "a@[IPv6:2001:db8::g]": "invalid IPv6 address literal",
+            "a@[IPv6:fe80::1%eth0]": "invalid IPv6 address literal",
+            "a@[x-tag:a[b]": "invalid address literal",
+            "a@[1:b]": "invalid address literal",  # a Standardized-tag is no number
             "a@exa_mple.org": "invalid domain",
         }
         for text, message in cases.items():
@@ -137,11 +193,47 @@ class PathTests(unittest.TestCase):
     def test_surrounding_space(self) -> None:
         self.assertEqual(parse_path("  <a@example.org>  "), (Mailbox("a", "example.org"), ""))
 
-    def test_source_route_refused(self) -> None:
-        """RFC 5321 §3.6.1 / Appendix C: C{<@relay:user@domain>} is refused, not stripped."""
+    def test_source_route_ignored(self) -> None:
+        """RFC 5321 §4.1.2 A-d-l, §3.6.1 and Appendix C: a source route is accepted and
+        ignored, so mail goes to the mailbox itself, never through the route."""
         for text in ("<@relay.example:a@example.org>", "<@one.example,@two.example:a@example.org>"):
-            e = self.assertRaises(AddressError, parse_path, text)
-            self.assertEqual(str(e), "source routes are not accepted")
+            self.assertEqual(parse_path(text), (Mailbox("a", "example.org"), ""))
+        for bad in ("<@:a@example.org>", "<@a..b:a@example.org>", "<@a,b:a@example.org>", "<@a>"):
+            self.assertRaises(AddressError, parse_path, bad)
+
+    def test_quoted_and_literal_paths(self) -> None:
+        """A ">" inside a quoted string or an address literal does not end the path."""
+        self.assertEqual(
+            parse_path('<"a>b"@example.org> SIZE=1'), (Mailbox('"a>b"', "example.org"), "SIZE=1")
+        )
+        self.assertEqual(parse_path("<a@[x:>]>"), (Mailbox("a", "[x:>]"), ""))
+
+    def test_lengths(self) -> None:
+        """RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its brackets."""
+        local = "a" * 64
+        domain = ".".join(["b" * 63, "c" * 63, "d" * 58])  # "<" 64 "@" 186 ".ee>": 256
+        self.assertEqual(parse_path(f"<{local}@{domain}.ee>")[0], Mailbox(local, f"{domain}.ee"))
+        e = self.assertRaises(PathTooLongError, parse_path, f"<{local}@{domain}.eee>")
+        self.assertEqual(str(e), "path too long")
+
+    def test_non_ascii(self) -> None:
+        """RFC 6531: without SMTPUTF8 (not offered) a non-ASCII path is refused."""
+        for text in ("<jörg@example.org>", "<a@bücher.example>"):
+            self.assertRaises(NonASCIIAddressError, parse_path, text)
+
+    def test_space_before_parameters(self) -> None:
+        """RFC 5321 §4.1.2: C{Reverse-path [SP Mail-parameters]}."""
+        e = self.assertRaises(AddressError, parse_path, "<a@example.org>SIZE=1")
+        self.assertEqual(str(e), "a space must separate the path and its parameters")
+
+    def test_parameter_syntax(self) -> None:
+        """RFC 5321 §4.1.2 esmtp-param = esmtp-keyword ["=" esmtp-value]."""
+        self.assertEqual(
+            parse_parameters("size=10  BODY=8BITMIME X-Y AUTH=<>"),
+            (("SIZE", "10"), ("BODY", "8BITMIME"), ("X-Y", None), ("AUTH", "<>")),
+        )
+        for bad in ("=1", "SIZE=", "SIZE==1", "-X", "A_B=1", "X=a=b", "X=\x7f", "X=ä"):
+            self.assertRaises(AddressError, parse_parameters, bad)
 
     def test_refused(self) -> None:
         cases = {

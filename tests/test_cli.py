@@ -141,6 +141,16 @@ class UserCommandTests(CLITestCase):
             )
             self.assertUserError(result, message)
 
+    def test_no_quoted_or_literal_accounts(self) -> None:
+        """SMTP accepts quoted local parts and address literals (RFC 5321 §4.1.2), but no
+        account is made with one (§4.1.2: SHOULD avoid; it would become a directory)."""
+        for address, message in (
+            ('"a b"@example.org', "quoted local parts are not accepted"),
+            ("a@[192.0.2.1]", "not a domain name"),
+        ):
+            result = self.run_cli("user", "add", address, "--password-stdin", stdin=b"pw\n")
+            self.assertUserError(result, f"invalid address {address!r}: {message}")
+
     def test_prompt_twice(self) -> None:
         self.getpass_answers = ["s3cret", "s3cret"]
         result = self.run_cli("user", "add", "alice@example.org")
@@ -365,6 +375,22 @@ class DomainCommandTests(CLITestCase):
         )
         self.assertUserError(
             self.run_cli("domain", "del", "bad..name"), "invalid domain 'bad..name': invalid domain"
+        )
+
+    def test_idna2008(self) -> None:
+        """domain/user/alias add take IDNA2008 names (faß.test is not fass.test) and store
+        A-labels; mixed case folds; an invalid label is one line on stderr."""
+        self.assertEqual(
+            self.run_cli("domain", "add", "Faß.TEST"), (0, "added domain xn--fa-hia.test\n", "")
+        )
+        self.add_user("alice@faß.test")
+        added = self.run_cli("alias", "add", "info@FAß.test", "alice@xn--fa-hia.test")
+        self.assertEqual(added[0], 0, added)
+        self.assertEqual(self.run_cli("domain", "list"), (0, "xn--fa-hia.test\n", ""))
+        self.assertEqual(self.run_cli("user", "list")[1], "alice@xn--fa-hia.test\n")
+        self.assertUserError(
+            self.run_cli("domain", "add", "☃.test"),
+            "invalid domain '☃.test': invalid internationalised domain",
         )
 
     def test_del_with_aliases(self) -> None:

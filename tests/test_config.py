@@ -109,6 +109,17 @@ class ConfigTests(TestCase):
         self.assertEqual(config.relay.smarthost_password_file, here / "secret")
         self.assertEqual(load_config(without).server.data_dir, here / "twistedmail-data")
 
+    def test_idna2008_hostname_and_routes(self) -> None:
+        """[server] hostname and [relay.routes] domains are IDNA2008 (UTS #46) A-labels."""
+        config = load_config(
+            self.write(
+                '[server]\nhostname = "Mail.Faß.TEST"\n'
+                '[relay.routes]\n"faß.test" = "127.0.0.1:2525"\n'
+            )
+        )
+        self.assertEqual(config.server.hostname, "mail.xn--fa-hia.test")
+        self.assertEqual([d for d, _ in config.relay.routes], ["xn--fa-hia.test"])
+
     def test_listen_lists_ipv6_and_disabled(self) -> None:
         config = load_config(
             self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n')

@@ -67,6 +67,20 @@ class ResolveMXTests(TestCase):
             await resolve(resolver, "example.net")
         self.assertEqual(str(cm.exception), "Domain example.net has no MX and no address record")
 
+    async def test_address_literal_is_its_own_host(self) -> None:
+        """RFC 5321 §4.1.3 / §5.1: mail to u@[192.0.2.1] goes to that address, no DNS."""
+        resolver = FakeResolver()
+        self.assertEqual(
+            await resolve(resolver, "[192.0.2.1]"), [MXHost("[192.0.2.1]", 0, ("192.0.2.1",))]
+        )
+        self.assertEqual(
+            await resolve(resolver, "[IPv6:2001:db8::1]"),
+            [MXHost("[IPv6:2001:db8::1]", 0, ("2001:db8::1",))],
+        )
+        with self.assertRaises(PermanentDNSError):
+            await resolve(resolver, "[x-tag:content]")
+        self.assertEqual(resolver.queries, [])
+
     async def test_null_mx_is_permanent_and_addresses_are_not_tried(self) -> None:
         """RFC 7505 §4.1: with a null MX the A record must not be used."""
         resolver = FakeResolver(mx={"example.net": [(0, ".")]}, a={"example.net": ["192.0.2.5"]})
@@ -130,3 +144,35 @@ class TestZoneTests(TestCase):
             await resolve(zone, "null.example.test")
         with self.assertRaises(PermanentDNSError):
             await resolve(zone, "missing.example.test")
+
+
+class DNSClientChatterTests(TestCase):
+    """Twisted's DNS client logs a UDP port opened and closed per query; those informational
+    lines are dropped from the log, errors and every other line pass."""
+
+    def test_chatter_dropped_errors_kept(self) -> None:
+        from twisted.logger import LogPublisher, globalLogPublisher
+        from twisted.python import log as legacy
+
+        from twistedmail.dns import quiet_dns_client
+
+        seen: list[dict[str, object]] = []
+        publisher = LogPublisher(seen.append)
+        quiet_dns_client(publisher)
+        globalLogPublisher.addObserver(publisher)
+        try:
+            legacy.msg("DNSDatagramProtocol starting on 40123")
+            legacy.msg("Starting protocol <twisted.names.dns.DNSDatagramProtocol object at 0x7f01>")
+            legacy.msg("Stopping protocol <twisted.names.dns.DNSDatagramProtocol object at 0x7f01>")
+            legacy.msg("(UDP Port 40123 Closed)")
+            legacy.msg("Starting protocol <other.Protocol object at 0x7f01>")
+            legacy.msg("(UDP Port 40123 Closed)", isError=True)
+        finally:
+            globalLogPublisher.removeObserver(publisher)
+        self.assertEqual(
+            [(e["log_text"], bool(e.get("isError"))) for e in seen],
+            [
+                ("Starting protocol <other.Protocol object at 0x7f01>", False),
+                ("(UDP Port 40123 Closed)", True),
+            ],
+        )

@@ -10,20 +10,20 @@ from typing import Any
 from test_smtp_server import DATE, TLS_CONTEXT, Mailhost, connect, run_now, talk
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
+from twisted.names import dns
 from twisted.trial import unittest
 
 from twistedmail.address import Mailbox
 from twistedmail.dkim import KeyStore
 from twistedmail.mailauth import (
+    FAILURE_TTL,
+    QUERY_LIMIT,
     AuthenticationResults,
     Authenticator,
     DKIMResult,
     DMARCResult,
     SPFResult,
-    TemporaryDNSFailure,
     authentication_results,
-    check_message,
     organizational_domain,
     parse_dmarc_record,
     remove_authentication_results,
@@ -32,16 +32,6 @@ from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.testing import SERVFAIL, TIMEOUT, FakeResolver
 
 IP = "192.0.2.7"  # the test peer (test_smtp_server.PEER)
-
-
-def call_now(f: Any, *args: Any) -> Any:
-    """C{blockingCallFromThread} for tests: the FakeResolver's Deferreds have fired."""
-    results: list[Any] = []
-    f(*args).addBoth(results.append)
-    (result,) = results
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
 
 
 _keys: KeyStore | None = None
@@ -95,8 +85,12 @@ def message(author: str, body: bytes = b"Hello\r\n") -> bytes:
 class ChecksTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.resolver = zone()
-        self.auth = Authenticator(self.resolver, self.clock, run_now, call_now)
+        self.use(zone())
+
+    def use(self, resolver: FakeResolver) -> None:
+        """Check with a fresh Authenticator (and an empty cache) over C{resolver}."""
+        self.resolver = resolver
+        self.auth = Authenticator(resolver, self.clock, run_now)
 
     def check(
         self,
@@ -105,8 +99,12 @@ class ChecksTestCase(unittest.TestCase):
         helo: str = "client.elsewhere.test",
         ip: str = IP,
     ) -> AuthenticationResults:
-        path = Mailbox(*mail_from.split("@")) if mail_from else None
-        return check_message(self.auth._query_function(), ip, helo, path, data)
+        path = Mailbox.parse(mail_from) if mail_from else None
+        results = self.successResultOf(
+            defer.Deferred.fromCoroutine(self.auth.check(ip, helo, path, data))
+        )
+        assert results is not None
+        return results
 
 
 class SPFTests(ChecksTestCase):
@@ -131,8 +129,15 @@ class SPFTests(ChecksTestCase):
         self.assertEqual(
             self.spf("a@broken.test"), SPFResult("temperror", "mailfrom", "broken.test")
         )
-        self.auth.resolver = zone({("sender.test", "TXT"): TIMEOUT})
+        self.use(zone({("sender.test", "TXT"): TIMEOUT}))
         self.assertEqual(self.spf("a@sender.test").result, "temperror")
+
+    def test_address_literal_reverse_path_is_none(self) -> None:
+        """RFC 7208 §4.3: a MAIL FROM domain that is no domain name (an address literal,
+        RFC 5321 §4.1.3) gives none, with no DNS query."""
+        self.assertEqual(
+            self.check("a@[192.0.2.7]", message("x.test")).spf, SPFResult("none", "mailfrom", "")
+        )
 
     def test_null_reverse_path_checks_helo(self) -> None:
         """RFC 7208 §2.4: for MAIL FROM:<> the HELO identity is checked."""
@@ -141,46 +146,97 @@ class SPFTests(ChecksTestCase):
         )
         self.assertEqual(self.spf(None, "[192.0.2.7]"), SPFResult("none", "helo", ""))
 
-    def test_deadline_makes_temperror_not_a_hang(self) -> None:
-        query = Authenticator(self.resolver, self.clock, run_now, call_now, timeout=10)
-        q = query._query_function()
-        self.clock.advance(11)
-        self.assertRaises(TemporaryDNSFailure, q, "sender.test", "TXT")
-
-    def test_query_that_never_answers_times_out(self) -> None:
-        class Silent(FakeResolver):
-            def _lookup(self, *a: Any, **kw: Any) -> defer.Deferred[Any]:
-                return defer.Deferred()
-
-        auth = Authenticator(Silent(), self.clock, run_now, call_now)
-        d = auth._lookup("sender.test", "TXT", 3)
-        self.assertNoResult(d)
-        self.clock.advance(3)
-        self.failureResultOf(d, TemporaryDNSFailure)
-
-    def test_stop_fails_pending_and_later_queries(self) -> None:
-        """At shutdown no check thread may stay blocked waiting for the reactor."""
-
-        class Silent(FakeResolver):
-            def _lookup(self, *a: Any, **kw: Any) -> defer.Deferred[Any]:
-                return defer.Deferred()
-
-        auth = Authenticator(Silent(), self.clock, run_now, call_now)
-        query = auth._query_function()
-        d = auth._lookup("sender.test", "TXT", 3)
-        auth.stop()
-        self.failureResultOf(d, TemporaryDNSFailure)
-        self.failureResultOf(auth._lookup("sender.test", "TXT", 3), TemporaryDNSFailure)
-        self.assertRaises(TemporaryDNSFailure, query, "sender.test", "TXT")
-
     def test_lookup_limit(self) -> None:
         """RFC 7208 §4.6.4: more than 10 DNS mechanisms -> permerror."""
         includes = " ".join(f"a:h{i}.loop.test" for i in range(11))
-        self.auth.resolver = FakeResolver(
-            txt={"loop.test": [f"v=spf1 {includes} -all"]},
-            a={f"h{i}.loop.test": ["198.51.100.1"] for i in range(11)},
+        self.use(
+            FakeResolver(
+                txt={"loop.test": [f"v=spf1 {includes} -all"]},
+                a={f"h{i}.loop.test": ["198.51.100.1"] for i in range(11)},
+            )
         )
         self.assertEqual(self.spf("a@loop.test").result, "permerror")
+
+
+class Silent(FakeResolver):
+    """A nameserver that never answers (the queries are still recorded)."""
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Any:
+        self.queries.append((name.decode().lower(), dns.QUERY_TYPES.get(type, str(type))))
+        return defer.Deferred()
+
+
+class BudgetAndCacheTests(unittest.TestCase):
+    """One DNS budget per message, shared queries, outcomes cached by TTL (RFC 2308), on a
+    Clock: a dead nameserver delays each message by one budget and never the others."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def start(self, auth: Authenticator, mail_from: str = "a@sender.test") -> defer.Deferred[Any]:
+        path = Mailbox(*mail_from.split("@"))
+        return defer.Deferred.fromCoroutine(
+            auth.check(IP, "client.elsewhere.test", path, message("sender.test"))
+        )
+
+    def test_budget_bounds_every_concurrent_message(self) -> None:
+        """RFC 7208 §4.6.4: past the time limit the result is temperror; 20 messages at
+        once share one query per name and all finish at the end of one budget."""
+        resolver = Silent()
+        auth = Authenticator(resolver, self.clock, run_now, timeout=5)
+        checks = [self.start(auth) for _ in range(20)]
+        self.assertEqual(
+            sorted(resolver.queries), [("_dmarc.sender.test", "TXT"), ("sender.test", "TXT")]
+        )
+        self.clock.advance(4.9)
+        for d in checks:
+            self.assertNoResult(d)
+        self.clock.advance(0.1)
+        for d in checks:
+            results = self.successResultOf(d)
+            self.assertEqual(results.spf, SPFResult("temperror", "mailfrom", "sender.test"))
+            self.assertEqual(results.dmarc, DMARCResult("temperror", "sender.test"))
+
+    def test_failure_is_cached_briefly(self) -> None:
+        """A temporary failure is remembered FAILURE_TTL seconds (RFC 2308 §7), so the next
+        messages get temperror at once instead of waiting on the dead nameserver again."""
+        resolver = Silent()
+        auth = Authenticator(resolver, self.clock, run_now)
+        first = self.start(auth)
+        self.clock.advance(QUERY_LIMIT)  # a query that never ends is abandoned
+        self.assertEqual(self.successResultOf(first).spf.result, "temperror")
+        asked = len(resolver.queries)
+        self.clock.advance(FAILURE_TTL - 1)
+        self.assertEqual(self.successResultOf(self.start(auth)).spf.result, "temperror")
+        self.assertEqual(len(resolver.queries), asked)
+        self.clock.advance(1)
+        self.assertNoResult(self.start(auth))
+        self.assertEqual(len(resolver.queries), 2 * asked)
+
+    def test_answers_cached_for_their_ttl(self) -> None:
+        """Answers are reused for their TTL (60 s in the FakeResolver), NXDOMAIN for the
+        negative TTL (RFC 2308 §5), then asked again."""
+        resolver = zone()
+        auth = Authenticator(resolver, self.clock, run_now)
+        results = self.successResultOf(self.start(auth))
+        self.assertEqual(results.spf.result, "pass")
+        self.assertEqual(results.dmarc.result, "pass")
+        asked = list(resolver.queries)
+        self.clock.advance(59)
+        self.assertEqual(self.successResultOf(self.start(auth)), results)
+        self.successResultOf(self.start(auth, "a@nxdomain.test"))
+        self.assertEqual(resolver.queries[len(asked) :], [("nxdomain.test", "TXT")])
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(self.start(auth)), results)
+        self.assertEqual(sorted(resolver.queries[len(asked) + 1 :]), sorted(asked))
+
+    def test_stop_fails_pending_and_later_queries(self) -> None:
+        """At shutdown every message waiting on DNS finishes at once, with temperror."""
+        auth = Authenticator(Silent(), self.clock, run_now)
+        d = self.start(auth)
+        auth.stop()
+        self.assertEqual(self.successResultOf(d).spf.result, "temperror")
+        self.assertEqual(self.successResultOf(self.start(auth)).dmarc.result, "temperror")
 
 
 class DKIMTests(ChecksTestCase):
@@ -212,9 +268,9 @@ class DKIMTests(ChecksTestCase):
 
     def test_missing_key_is_permerror_dns_failure_temperror(self) -> None:
         signed = keys().sign(message("sender.test"))
-        self.auth.resolver = zone({("sel._domainkey.sender.test", "TXT"): SERVFAIL})
+        self.use(zone({("sel._domainkey.sender.test", "TXT"): SERVFAIL}))
         self.assertEqual(self.check("a@fail.test", signed).dkim[0].result, "temperror")
-        self.auth.resolver = FakeResolver()
+        self.use(FakeResolver())
         self.assertEqual(self.check("a@fail.test", signed).dkim[0].result, "permerror")
 
     def test_no_signature_and_garbage_signature(self) -> None:
@@ -279,13 +335,13 @@ class DMARCTests(ChecksTestCase):
         self.assertEqual(self.check("a@nospf.test", no_from).dmarc, DMARCResult("none", ""))
 
     def test_dns_failure_is_temperror_never_fail(self) -> None:
-        self.auth.resolver = zone({("_dmarc.sender.test", "TXT"): TIMEOUT})
+        self.use(zone({("_dmarc.sender.test", "TXT"): TIMEOUT}))
         self.assertEqual(
             self.check("a@nospf.test", message("sender.test")).dmarc,
             DMARCResult("temperror", "sender.test"),
         )
         # SPF of the aligned domain failed temporarily: a pass may be hidden.
-        self.auth.resolver = zone({("sender.test", "TXT"): SERVFAIL})
+        self.use(zone({("sender.test", "TXT"): SERVFAIL}))
         dmarc = self.check("a@sender.test", message("sender.test")).dmarc
         self.assertEqual(dmarc.result, "temperror")
         self.assertFalse(dmarc.rejects)
@@ -381,7 +437,7 @@ class InboundHookTests(unittest.TestCase):
             tls=TLS_CONTEXT,
             max_message_size=100000,
             clock=self.host.clock,
-            authenticator=Authenticator(zone(), self.host.clock, run_now, call_now),
+            authenticator=Authenticator(zone(), self.host.clock, run_now),
             dmarc_reject=dmarc_reject,
         )
         proto, tr = connect(factory)

@@ -361,9 +361,13 @@ class MailParameterTests(SessionTestCase):
         )
 
     def test_bad_sender_syntax(self) -> None:
-        paths = (b"a@b.test", b"<a@b.test", b"<@relay.test:a@b.test>", b"<a b@c.test>")
-        for path in (*paths, b"<\xc3\xa4@b.test>"):
+        paths = (b"a@b.test", b"<a@b.test", b"<@relay.test;a@b.test>", b"<a b@c.test>")
+        for path in (*paths, b"<\xe4@b.test>"):
             self.assertEqual(self.mail(path), b"501 5.1.7 Bad sender address syntax\r\n", path)
+        # RFC 6531 §3.5: no SMTPUTF8 is offered, so a UTF-8 address is 553 5.6.7.
+        self.assertEqual(
+            self.mail(b"<\xc3\xa4@b.test>"), b"553 5.6.7 Non-ASCII addresses require SMTPUTF8\r\n"
+        )
 
     def test_mail_syntax(self) -> None:
         proto, tr = self.ready()

@@ -75,9 +75,16 @@ class Alias:
 
 def _mailbox(text: str) -> Mailbox:
     try:
-        return Mailbox.parse(text)
+        mailbox = Mailbox.parse(text)
     except AddressError as e:
         raise StoreError(f"invalid address {text!r}: {e}") from None
+    # RFC 5321 §4.1.2: a receiving host SHOULD avoid mailboxes that need the Quoted-string
+    # form; an account also becomes a directory (mail/DOMAIN/LOCAL), so none are made.
+    if mailbox.quoted:
+        raise StoreError(f"invalid address {text!r}: quoted local parts are not accepted")
+    if mailbox.literal:
+        raise StoreError(f"invalid address {text!r}: not a domain name")
+    return mailbox
 
 
 def _domain(text: str) -> str:

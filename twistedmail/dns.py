@@ -14,17 +14,23 @@ Outcomes, as Postfix classifies them:
 The resolver is injected: any C{twisted.internet.interfaces.IResolver}
 (C{twisted.names.client.Resolver(servers=...)} for C{[relay] nameservers}, or
 L{twistedmail.testing.FakeResolver} in tests).  Nothing here imports the global reactor.
+
+L{quiet_dns_client} keeps the lines Twisted's DNS client writes for every query (it opens
+and closes a UDP port per query, for source port randomisation) out of the log.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import re
 import socket
 from collections.abc import Callable
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
+from twisted.logger import FilteringLogObserver, LogEvent, LogLevel, LogPublisher, PredicateResult
 from twisted.names import dns
 from twisted.names import error as dns_error
 
@@ -134,12 +140,28 @@ def _ordered(records: list[dns.Record_MX], rng: random.Random) -> list[dns.Recor
     return [r for _, _, r in keyed]
 
 
+def _literal_host(domain: str) -> MXHost:
+    """RFC 5321 §4.1.3, §5.1: an address literal names the host itself, no DNS.
+
+    @raise PermanentDNSError: a General-address-literal (no address we can connect to).
+    """
+    inner = domain[1:-1]
+    if inner[:5].lower() == "ipv6:":
+        inner = inner[5:]
+    try:
+        address = ipaddress.ip_address(inner)
+    except ValueError:
+        raise PermanentDNSError(f"No route to the address literal {domain}") from None
+    return MXHost(domain, 0, (str(address),))
+
+
 async def resolve_mx(
     resolver: IResolver, domain: str, rng: random.Random | None = None
 ) -> list[MXHost]:
     """The hosts to try for mail to C{domain}, best first (RFC 5321 §5.1).
 
-    @param domain: an ASCII (A-label) domain, lower case, no trailing dot.
+    @param domain: an ASCII (A-label) domain, lower case, no trailing dot; or an address
+        literal (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}), which is its own host.
     @param rng: shuffles hosts of equal preference; tests pass a seeded one.
     @return: at least one L{MXHost}; hosts without any address are left out.
     @raise PermanentDNSError: NXDOMAIN; null MX (L{NullMXError}); no MX and no address;
@@ -147,6 +169,8 @@ async def resolve_mx(
     @raise TemporaryDNSError: a lookup failed temporarily and no usable host was found.
     """
     rng = rng or random.Random()
+    if domain.startswith("["):
+        return [_literal_host(domain)]
     records = await _query(resolver, domain, dns.MX)
     if records is None:
         raise PermanentDNSError(f"Domain {domain} does not exist (NXDOMAIN)")
@@ -176,3 +200,40 @@ async def resolve_mx(
     if temporary:
         raise TemporaryDNSError(f"Address lookup for the MX hosts of {domain} failed temporarily")
     raise PermanentDNSError(f"No MX host of {domain} has an address")
+
+
+_CHATTER = re.compile(
+    r"DNSDatagramProtocol starting on \d+"
+    r"|\(UDP Port \d+ Closed\)"
+    r"|(Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at \w+>"
+)
+
+
+def dns_client_chatter(event: LogEvent) -> PredicateResult:
+    """An C{ILogFilterPredicate}: C{no} for the informational lines of Twisted's DNS client
+    (C{DNSDatagramProtocol starting on N}, C{Starting protocol}, C{Stopping protocol},
+    C{(UDP Port N Closed)}), C{maybe} for everything else, errors and warnings included."""
+    if event.get("log_namespace") != "log_legacy" or event.get("isError"):
+        return PredicateResult.maybe
+    if event.get("log_level") not in (None, LogLevel.debug, LogLevel.info):
+        return PredicateResult.maybe
+    text = event.get("log_text")
+    if isinstance(text, str) and _CHATTER.fullmatch(text):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def quiet_dns_client(publisher: LogPublisher) -> None:
+    """Put L{dns_client_chatter} in front of every observer of C{publisher} (call it once
+    logging has begun, e.g. from C{startService}: twistd adds its observer before).
+
+    Twisted offers no public way to filter what reaches twistd's own observer, nor a
+    C{noisy} switch for the UDP port a DNS query opens, so the observers already
+    registered are wrapped in a C{FilteringLogObserver}.
+    """
+    observers = list(getattr(publisher, "_observers", ()))
+    for observer in observers:
+        if isinstance(observer, FilteringLogObserver):
+            continue
+        publisher.removeObserver(observer)
+        publisher.addObserver(FilteringLogObserver(observer, [dns_client_chatter]))

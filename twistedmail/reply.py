@@ -60,6 +60,8 @@ REPLY_501_BAD_SENDER = R(501, "5.1.7", "Bad sender address syntax")
 # RFC 4954 §4: a cancelled exchange MUST get 501; §6 gives 501 5.7.0 another meaning
 # ("Client initiated Authentication Exchange"), so the enhanced code is the generic 5.0.0.
 REPLY_501_AUTH_CANCELLED = R(501, "5.0.0", "Authentication cancelled")
+REPLY_501_PATH_TOO_LONG = R(501, "5.1.3", "Path too long")  # RFC 5321 §4.5.3.1.10
+REPLY_501_SENDER_PATH_TOO_LONG = R(501, "5.1.7", "Path too long")
 REPLY_501_BAD_BASE64 = R(501, "5.5.2", "Cannot decode response")
 REPLY_502_NOT_IMPLEMENTED = R(502, "5.5.1", "Command not implemented")
 REPLY_503_EHLO_FIRST = R(503, "5.5.1", "Send HELO/EHLO first")
@@ -81,6 +83,7 @@ REPLY_552_MAILBOX_FULL = R(552, "5.2.2", "Mailbox full")
 REPLY_552_HEADER_TOO_BIG = R(552, "5.3.4", "Message header section too large")
 # RFC 5321 §4.5.3.1.10 "500 Line too long"; RFC 3463 X.6.0: the content is refused.
 REPLY_500_TEXT_LINE_TOO_LONG = R(500, "5.6.0", "Message text line too long")
+REPLY_553_NON_ASCII_ADDRESS = R(553, "5.6.7", "Non-ASCII addresses require SMTPUTF8")
 REPLY_553_SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address not owned by authenticated user")
 REPLY_550_FROM_NOT_OWNED = R(550, "5.7.1", "From: header address not owned by authenticated user")
 REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")

@@ -234,20 +234,20 @@ def smarthost(config: Config) -> Smarthost | None:
     )
 
 
-AUTHENTICATION_THREADS = 8  # inbound SPF/DKIM/DMARC checks at once (they wait on DNS)
+AUTHENTICATION_THREADS = 8  # DKIM verifications at once (CPU only: no thread waits on DNS)
 
 
 def inbound_authenticator(config: Config, reactor: Any, pool: ThreadPool) -> Authenticator | None:
     """SPF/DKIM/DMARC checks for port 25 (C{[inbound] check_authentication}), with DNS from
-    the relay's resolver (C{[relay] nameservers}).  They run in their own thread C{pool}, so
-    senders with slow DNS never hold the threads that store mail and check passwords."""
+    the relay's resolver (C{[relay] nameservers}), asynchronous; DKIM verification runs in
+    its own thread C{pool}, so it never holds the threads that store mail and check
+    passwords."""
     if not config.inbound.check_authentication:
         return None
     return Authenticator(
         dns_resolver(config, reactor),
         reactor,
         partial(threads.deferToThreadPool, reactor, pool),
-        partial(threads.blockingCallFromThread, reactor),
     )
 
 

@@ -15,10 +15,11 @@ from typing import NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from twistedmail.config import Config, ConfigError, load_config
+from twistedmail.dns import quiet_dns_client
 from twistedmail.tls import TLSConfigError
 
 log = Logger(namespace="twistedmail.tap")
@@ -85,6 +86,7 @@ class _StartGuard(MultiService):
             self._cannot_listen(e)
 
     def startService(self) -> None:
+        quiet_dns_client(globalLogPublisher)  # twistd's log observer is in place by now
         # The control socket is bound and the store opened here, after twistd forked and
         # dropped root (service.py).
         try:

@@ -51,19 +51,20 @@ RELAY_TRICKS = [
     # percent hack: a local-looking address whose local part names a remote one
     ("<bob%remote.test@example.test>", b"550 5.1.1 No such user here"),
     ("<bob%remote.test%example.test>", b"501 5.1.3 Bad address syntax"),
-    # source routes: refused as syntax, never followed
-    ("<@example.test:bob@remote.test>", b"501 5.1.3 Bad address syntax"),
-    ("<@a.test,@example.test:bob@remote.test>", b"501 5.1.3 Bad address syntax"),
-    # quoted local part hiding an @
-    ('<"bob@remote.test"@example.test>', b"501 5.1.3 Bad address syntax"),
+    # source routes: accepted as syntax and ignored (RFC 5321 §3.6.1, Appendix C), never
+    # followed: what is left is a remote address
+    ("<@example.test:bob@remote.test>", b"554 5.7.1 Relay access denied"),
+    ("<@a.test,@example.test:bob@remote.test>", b"554 5.7.1 Relay access denied"),
+    # quoted local part hiding an @: a valid local part (RFC 5321 §4.1.2) of no user
+    ('<"bob@remote.test"@example.test>', b"550 5.1.1 No such user here"),
     ("<bob@remote.test@example.test>", b"501 5.1.3 Bad address syntax"),
     # UUCP bang paths
     ("<remote.test!bob@example.test>", b"550 5.1.1 No such user here"),
     ("<remote.test!bob>", b"501 5.1.3 Bad address syntax"),
-    # IP-literal domains (ours included)
-    ("<bob@[127.0.0.1]>", b"501 5.1.3 Bad address syntax"),
-    ("<postmaster@[127.0.0.1]>", b"501 5.1.3 Bad address syntax"),
-    ("<bob@[IPv6:::1]>", b"501 5.1.3 Bad address syntax"),
+    # IP-literal domains (ours included): valid syntax (RFC 5321 §4.1.3), not ours to serve
+    ("<bob@[127.0.0.1]>", b"554 5.7.1 Relay access denied"),
+    ("<postmaster@[127.0.0.1]>", b"554 5.7.1 Relay access denied"),
+    ("<bob@[IPv6:::1]>", b"554 5.7.1 Relay access denied"),
     # trailing dots
     ("<bob@remote.test.>", b"501 5.1.3 Bad address syntax"),
     ("<alice@example.test.>", b"501 5.1.3 Bad address syntax"),
@@ -214,7 +215,8 @@ def test_hostile_user_names_stay_inside_the_data_dir(server: Server) -> None:
             ("<../../etc@example.test>", (501, b"5.1.3 Bad address syntax")),
             ("<a/../../b@example.test>", (501, b"5.1.3 Bad address syntax")),
             ("<a/b@example.test>", (550, b"5.1.1 No such user here")),
-            ('<"../x"@example.test>', (501, b"5.1.3 Bad address syntax")),
+            # a valid Quoted-string (RFC 5321 §4.1.2), but no account has one
+            ('<"../x"@example.test>', (550, b"5.1.1 No such user here")),
             ("<x@../example.test>", (501, b"5.1.3 Bad address syntax")),
         ):
             assert s.docmd("RCPT TO:" + rcpt) == reply, rcpt

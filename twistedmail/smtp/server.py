@@ -73,7 +73,15 @@ from zope.interface import Attribute, Interface, implementer
 
 from twistedmail import auth, sasl
 from twistedmail.accounts import AccountStore
-from twistedmail.address import AddressError, Mailbox, normalize_domain, parse_path
+from twistedmail.address import (
+    AddressError,
+    Mailbox,
+    NonASCIIAddressError,
+    PathTooLongError,
+    normalize_domain,
+    parse_parameters,
+    parse_path,
+)
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import StorageReserve, is_enospc
 from twistedmail.quota import QuotaExceeded
@@ -108,6 +116,8 @@ from twistedmail.reply import (
     REPLY_501_BAD_ADDRESS,
     REPLY_501_BAD_BASE64,
     REPLY_501_BAD_SENDER,
+    REPLY_501_PATH_TOO_LONG,
+    REPLY_501_SENDER_PATH_TOO_LONG,
     REPLY_501_SYNTAX,
     REPLY_502_NOT_IMPLEMENTED,
     REPLY_503_ALREADY_AUTH,
@@ -125,6 +135,7 @@ from twistedmail.reply import (
     REPLY_552_HEADER_TOO_BIG,
     REPLY_552_MAILBOX_FULL,
     REPLY_552_TOO_BIG,
+    REPLY_553_NON_ASCII_ADDRESS,
     REPLY_555_BAD_PARAMETER,
     Reply,
 )
@@ -155,6 +166,35 @@ _SASL_OFFERED = tuple(m.decode("ascii") for m in _SASL_MECHANISMS)
 # RFC 5322 §2.2: a header field starts with its name (printable ASCII but ":") and ":",
 # a folded continuation line with WSP (§2.2.3).
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
+
+
+def _check_parameters(params: str) -> None:
+    """@raise SMTPReplyError: 501 5.5.4 when C{params} is no list of RFC 5321 §4.1.2
+    C{esmtp-param} words (an unknown but well-formed one is for the caller: 555)."""
+    try:
+        parse_parameters(params)
+    except AddressError:
+        raise SMTPReplyError(REPLY_501_SYNTAX) from None
+
+
+def _path_argument(raw: bytes, sender: bool) -> tuple[Mailbox | None, str]:
+    """The path and parameters of C{MAIL FROM:} (C{sender}) or C{RCPT TO:} (RFC 5321 §4.1.2).
+
+    @raise SMTPReplyError: 501 5.1.7 / 5.1.3 for a malformed path, C{501 Path too long}
+        (§4.5.3.1.10), 553 5.6.7 for a non-ASCII address (no SMTPUTF8 is offered, RFC 6531
+        §3.5), 501 5.5.4 for malformed parameters.
+    """
+    try:
+        path, params = parse_path(raw.decode("utf-8"))
+    except PathTooLongError:
+        too_long = REPLY_501_SENDER_PATH_TOO_LONG if sender else REPLY_501_PATH_TOO_LONG
+        raise SMTPReplyError(too_long) from None
+    except NonASCIIAddressError:
+        raise SMTPReplyError(REPLY_553_NON_ASCII_ADDRESS) from None
+    except (UnicodeDecodeError, AddressError):
+        raise SMTPReplyError(REPLY_501_BAD_SENDER if sender else REPLY_501_BAD_ADDRESS) from None
+    _check_parameters(params)
+    return path, params
 
 
 class SMTPReplyError(Exception):
@@ -739,12 +779,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self.send_reply(REPLY_501_SYNTAX)
             return
         try:
-            # No SMTPUTF8: a non-ASCII path is a syntax error (RFC 5321 §4.1.2).
-            reverse_path, params = parse_path(m.group(1).decode("ascii"))
-        except (UnicodeDecodeError, AddressError):
-            self.send_reply(REPLY_501_BAD_SENDER)
-            return
-        try:
+            reverse_path, params = _path_argument(m.group(1), sender=True)
             body, size = self._mail_parameters(params)
         except SMTPReplyError as e:
             self.send_reply(e.reply)
@@ -812,8 +847,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self.send_reply(REPLY_501_SYNTAX)
             return
         try:
-            text = m.group(1).decode("ascii")
-            postmaster = _POSTMASTER.fullmatch(text)
+            postmaster = _POSTMASTER.fullmatch(m.group(1).decode("ascii", "replace"))
             if postmaster:
                 # RFC 5321 §4.5.1: <Postmaster> without a domain MUST be accepted.
                 local = getattr(self.policy, "local", None)
@@ -821,13 +855,14 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
                     local.postmaster(self.hostname) if isinstance(local, LocalRecipients) else None
                 ) or Mailbox("postmaster", normalize_domain(self.hostname))
                 params = postmaster.group(1)
+                _check_parameters(params)
             else:
-                recipient, params = parse_path(text)
-        except (UnicodeDecodeError, AddressError):
-            recipient = None
-            params = ""
+                recipient, params = _path_argument(m.group(1), sender=False)
+        except SMTPReplyError as e:
+            self.send_reply(e.reply)
+            return
         if recipient is None:
-            self.send_reply(REPLY_501_BAD_ADDRESS)
+            self.send_reply(REPLY_501_BAD_ADDRESS)  # RFC 5321 §4.1.1.3: no null forward-path
             return
         if params.strip():
             self.send_reply(REPLY_555_BAD_PARAMETER)  # no RCPT parameters are offered
