@@ -101,7 +101,11 @@ class PasswordChecker:
         self.run_in_thread = run_in_thread
         self.throttle = throttle
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    # ICredentialsChecker types avatar IDs as bytes (or ANONYMOUS); ours are the account's
+    # address as str, which Portal hands to our realm untouched.
+    def requestAvatarId(  # type: ignore[override]
+        self, credentials: IUsernamePassword
+    ) -> Deferred[str]:
         return Deferred.fromCoroutine(self._check(credentials))
 
     async def _check(self, credentials: IUsernamePassword) -> str:

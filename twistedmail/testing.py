@@ -20,7 +20,7 @@ import datetime
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from cryptography import x509
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.names import authority, common, dns
@@ -130,6 +131,11 @@ class TestZone(authority.FileAuthority):
 
     __test__ = False  # not a pytest test class
 
+    # FileAuthority sets soa and records to None in its class body, with no annotation, so
+    # mypy takes None for their type; loadFile is documented to fill them in.
+    soa: tuple[bytes, dns.Record_SOA]  # type: ignore[assignment]
+    records: dict[bytes, list[Any]]  # type: ignore[assignment]
+
     def __init__(
         self,
         origin: str,
@@ -212,6 +218,7 @@ class ScriptedSMTP(LineReceiver):
         self.data: list[bytes] | None = None
 
     def reply(self, text: str) -> None:
+        assert self.transport is not None, "replies are sent while connected"
         self.transport.write(text.encode("ascii") + b"\r\n")
 
     def lineReceived(self, line: bytes) -> None:
@@ -242,7 +249,9 @@ class ScriptedSMTP(LineReceiver):
             self.reply("250 mx.scripted.test")
         elif verb == b"STARTTLS" and self.factory.tls is not None and not self.tls:
             self.reply("220 2.0.0 Go ahead")
-            self.transport.startTLS(self.factory.tls)  # type: ignore[attr-defined]
+            # Protocol.transport is typed as the plain ITransport; a listening TCP port's
+            # connections also provide ITLSTransport (startTLS).
+            cast(ITLSTransport, self.transport).startTLS(self.factory.tls)
             self.tls = True
             self.helo = ""
             self._reset()
@@ -272,6 +281,7 @@ class ScriptedSMTP(LineReceiver):
         elif verb == b"QUIT":
             if self.factory.answer_quit:
                 self.reply("221 2.0.0 Bye")
+                assert self.transport is not None
                 self.transport.loseConnection()
         else:
             self.reply("500 5.5.2 Command not recognized")
@@ -338,7 +348,7 @@ class ScriptedSMTP(LineReceiver):
         self.reply(text)
 
 
-class ScriptedMTA(ServerFactory):
+class ScriptedMTA(ServerFactory[ScriptedSMTP]):
     """A receiving SMTP server whose replies are scripted; it records what it received.
 
     @param rcpt: address -> replies to RCPT for it, one per attempt (the last one repeats):

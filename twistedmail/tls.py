@@ -131,5 +131,6 @@ class ServerTLS:
 
 def fingerprint(options: ssl.CertificateOptions) -> str:
     """The SHA-256 fingerprint of C{options}' certificate, hex with colons (for the log)."""
+    assert options.certificate is not None, "a server context always has its certificate"
     cert = options.certificate.to_cryptography()
     return cert.fingerprint(hashes.SHA256()).hex(":")

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import Any, TypeVar, Union
+from typing import Any, Protocol, TypeVar, Union
 
 import attr
 
@@ -152,19 +152,28 @@ def _numeric(s: str) -> int | None:
     return int(m.group()) if m else None
 
 
-def _relational(op: str, a: object, b: object) -> bool:
+class _OrderKey(Protocol):
+    """What a comparator orders by: int or L{_Infinity} (i;ascii-numeric), else str."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+    def __le__(self, other: Any, /) -> bool: ...
+    def __gt__(self, other: Any, /) -> bool: ...
+    def __ge__(self, other: Any, /) -> bool: ...
+
+
+def _relational(op: str, a: _OrderKey, b: _OrderKey) -> bool:
     op = op.lower()
     if op == "eq":
         return a == b
     if op == "ne":
         return a != b
     if op == "gt":
-        return a > b  # type: ignore[operator]
+        return a > b
     if op == "ge":
-        return a >= b  # type: ignore[operator]
+        return a >= b
     if op == "lt":
-        return a < b  # type: ignore[operator]
-    return a <= b  # type: ignore[operator]
+        return a < b
+    return a <= b
 
 
 class _Infinity:
@@ -189,7 +198,7 @@ class _Infinity:
         return True
 
 
-def _order_key(comparator: str, s: str) -> object:
+def _order_key(comparator: str, s: str) -> _OrderKey:
     if comparator == "i;ascii-numeric":
         n = _numeric(s)
         return _Infinity() if n is None else n

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 import attr
-import re2  # type: ignore[import-untyped]
+import re2
 
 from twistedmail.sieve.grammar import (
     Argument,

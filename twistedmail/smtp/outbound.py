@@ -37,7 +37,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from cryptography import x509
@@ -49,6 +49,7 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IResolver,
     IStreamClientEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
@@ -75,6 +76,8 @@ TIMEOUTS = {
     b".": 600,  # §4.5.3.2.6 DATA termination: 10 minutes
 }
 CONNECT_TIMEOUT = 30  # seconds per address (not in RFC 5321; Postfix's default)
+# SMTPClient's _expected when every reply code goes to the same handler (pipelining)
+_ANY_REPLY = list(range(0, 1000))
 STARTTLS, IMPLICIT = "starttls", "implicit"  # how a smarthost session gets its TLS
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -179,7 +182,9 @@ class RelaySender(smtp.ESMTPClient):
         every recipient (and DATA), or fails with L{HostFailure}.
     """
 
-    timeout = TIMEOUTS[b""]
+    # SMTPClient says `timeout = None` with no annotation, so mypy takes None for its type;
+    # it is TimeoutMixin's idle timeout in seconds, None for none.
+    timeout = TIMEOUTS[b""]  # type: ignore[assignment]
     debug = False  # Twisted's session log would keep message text in memory
 
     def __init__(
@@ -213,7 +218,8 @@ class RelaySender(smtp.ESMTPClient):
         self._line_start = True  # the previous chunk ended a line (or nothing was sent)
         self._held_cr = b""  # a CR at the end of a chunk, whose LF may start the next one
         if clock is not None:
-            self.callLater = clock.callLater
+            # TimeoutMixin documents callLater as the attribute to replace for another clock.
+            self.callLater = clock.callLater  # type: ignore[method-assign]
 
     # -- the client state machine (twisted.mail.smtp.SMTPClient) ------------------------
 
@@ -262,13 +268,25 @@ class RelaySender(smtp.ESMTPClient):
         else:
             self.esmtpAUTHRequired()
 
+    def _write(self, data: bytes) -> None:
+        """Send C{data} as it is (the reply handlers only run while connected)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        """Cut the connection now, without QUIT (no-op once it is closed)."""
+        if self.transport is not None:
+            # Protocol.transport is typed as the plain ITransport; ours is a TCP connection
+            # (or TLS over one), whose ITCPTransport has abortConnection.
+            cast(ITCPTransport, self.transport).abortConnection()
+
     def _login_step(self, code: int, resp: bytes) -> None:
         # AUTH LOGIN: the server asks for the user name, then the password (334 each).
         answer = self._login_answers.pop(0)
         if not self._login_answers:
             self._expected = [235]
             self._okresponse = self.smtpState_from
-        self.transport.write(answer + b"\r\n")
+        self._write(answer + b"\r\n")
 
     def esmtpAUTHRequired(self, code: int = -1, resp: bytes | None = None) -> None:
         self.sendError(
@@ -312,11 +330,11 @@ class RelaySender(smtp.ESMTPClient):
         self.successAddresses = []
         self._pipeline_step = 0
         self._mail_reply: tuple[int, bytes] = (0, b"")
-        self._expected = range(0, 1000)
+        self._expected = _ANY_REPLY
         self._okresponse = self._pipelined_reply
         self._failresponse = self._pipelined_reply
         self.setTimeout(TIMEOUTS[b"RCPT"])
-        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        self._write(b"".join(line + b"\r\n" for line in lines))
 
     def _pipelined_reply(self, code: int, resp: bytes) -> None:
         """One reply of the group, in order (RFC 2920 §3.1): MAIL, each RCPT, then DATA."""
@@ -346,7 +364,7 @@ class RelaySender(smtp.ESMTPClient):
         if code == 354:
             # RFC 2920 §3.1: DATA was accepted although there is nothing to send: end it
             # with an empty message and report the earlier failures.
-            self._expected = range(0, 1000)
+            self._expected = _ANY_REPLY
             self._okresponse = self._failresponse = lambda c, r: self.smtpState_msgSent(*result)
             self.sendLine(b".")
             return
@@ -387,7 +405,7 @@ class RelaySender(smtp.ESMTPClient):
 
     def finishedFileTransfer(self, lastsent: bytes) -> None:
         if self._held_cr:
-            self.transport.write(b"\r\n")
+            self._write(b"\r\n")
             self._held_cr, self._line_start = b"", True
         # RFC 5321 §4.1.1.4: the data ends with CRLF "." CRLF; a message whose last line
         # has no line end gets one.
@@ -521,17 +539,20 @@ class Outbound:
             return f"{self.smarthost.host}:{self.smarthost.port}"
         return domain
 
-    def closing(self) -> defer.Deferred[object]:
+    def closing(self) -> defer.Deferred[list[Any]]:
         """Fires once every session open now has closed (after its QUIT, or cut)."""
-        return defer.DeferredList([s.closed for s in self.sessions])  # type: ignore[return-value]
+        return defer.DeferredList([s.closed for s in self.sessions])
+
+    def _forget(self, result: None, session: RelaySender) -> None:
+        """C{session} has closed: it is no longer open."""
+        self.sessions.discard(session)
 
     def abort(self) -> None:
         """Server shutdown: start no new session, cut the open ones (their recipients get a
         451 result and stay queued)."""
         self.stopping = True
         for session in list(self.sessions):
-            if session.transport is not None:
-                session.transport.abortConnection()
+            session.abort()
 
     async def hops(self, domain: str) -> list[Hop]:
         """The addresses to try for C{domain}, in order.
@@ -584,6 +605,7 @@ class Outbound:
             session = self._session(sender, recipients, message, hop, smarthost)
             endpoint = self.connect(hop)
             if smarthost is not None and smarthost.tls == IMPLICIT:
+                assert self._smarthost_tls is not None  # built from self.smarthost
                 endpoint = endpoints.wrapClientTLS(self._smarthost_tls, endpoint)
             try:
                 await endpoints.connectProtocol(endpoint, session)
@@ -592,9 +614,9 @@ class Outbound:
                 log.info("outbound: {domain}: {error}", domain=domain, error=_one_line(str(last)))
                 continue
             self.sessions.add(session)
-            session.closed.addBoth(lambda _, s=session: self.sessions.discard(s))
+            session.closed.addBoth(self._forget, session)
             if self.stopping:
-                session.transport.abortConnection()
+                session.abort()
             try:
                 results = await session.done
             except HostFailure as e:
@@ -605,6 +627,7 @@ class Outbound:
                     "4" + remote[1:] if remote and not remote.endswith(".0.0") else None,
                 )
                 log.info("outbound: {domain}: {error}", domain=domain, error=last.text)
+                assert session.transport is not None
                 session.transport.loseConnection()
                 await session.closed
                 continue

@@ -36,7 +36,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 from twisted.internet import defer
@@ -51,6 +51,8 @@ from twistedmail.maildir import fsync_dir
 from twistedmail.reply import Reply
 from twistedmail.smtp.dsn import DELAYED, FAILED, build_dsn
 from twistedmail.smtp.outbound import RecipientResult
+
+_T = TypeVar("_T")
 
 log = Logger(namespace="twistedmail.queue")
 
@@ -397,7 +399,7 @@ class QueueRunner:
         waiter: defer.Deferred[None] = defer.Deferred()
         self._idle_waiters.append(waiter)
         timer = self.clock.callLater(timeout, self._wake_waiters)
-        waiter.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        waiter.addBoth(_cancel_timer, timer)
         return waiter
 
     def _wake_waiters(self) -> None:
@@ -702,6 +704,13 @@ class QueueRunner:
 class _AttemptState:
     entry: QueueEntry
     lock: defer.DeferredLock = attrs.field(factory=defer.DeferredLock)
+
+
+def _cancel_timer(result: _T, timer: IDelayedCall) -> _T:
+    """Stop C{timer} if it has not fired yet; pass C{result} on (a Deferred callback)."""
+    if timer.active():
+        timer.cancel()
+    return result
 
 
 def _apply(entry: QueueEntry, results: Sequence[RecipientResult]) -> QueueEntry:
