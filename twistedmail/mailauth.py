@@ -536,7 +536,7 @@ def _answers(records: list[dns.RRHeader]) -> Answers:
 def _negative_ttl(authority: Sequence[dns.RRHeader]) -> int:
     """RFC 2308 §5: a negative answer is cached for min(SOA TTL, SOA MINIMUM)."""
     for rr in authority:
-        if rr.type == dns.SOA:
+        if rr.type == dns.SOA and isinstance(rr.payload, dns.Record_SOA):
             return min(rr.ttl, rr.payload.minimum)
     return NEGATIVE_TTL
 
@@ -656,14 +656,16 @@ class DNSCache:
         now = self.clock.seconds()
         if failure.check(dns_error.DNSNameError, dns_error.AuthoritativeDomainError):
             # NXDOMAIN: no records (RFC 2308 §5 negative caching).
-            message = failure.value.args[0] if failure.value.args else None
+            value = failure.value
+            message = value.args[0] if value is not None and value.args else None
             authority = getattr(message, "authority", [])
             ttl = min(MAX_NEGATIVE_TTL, _negative_ttl(authority))
             self._store(key, _Entry(now + ttl, []))
             for waiter in self._settle(key):
                 waiter.callback([])
             return
-        error = TemporaryDNSFailure(f"{rtype} {name}: {failure.type.__name__}")
+        kind = failure.type.__name__ if failure.type is not None else "error"
+        error = TemporaryDNSFailure(f"{rtype} {name}: {kind}")
         if not self.stopped:
             self._store(key, _Entry(now + FAILURE_TTL, None, error))
         for waiter in self._settle(key):
