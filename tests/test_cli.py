@@ -811,6 +811,17 @@ class QuotaCommandTests(CLITestCase):
             self.run_cli("user", "quota", "alice@example.org", "1GiB", "--messages", "-3"),
             "invalid message count '-3': 0 (none) or more",
         )
+        # QA: numbers too big for SQLite's INTEGER ended in an OverflowError traceback
+        self.assertUserError(
+            self.run_cli("user", "quota", "alice@example.org", "99999999999999999999999GiB"),
+            "invalid size '99999999999999999999999GiB': too large: at most 1PiB",
+        )
+        self.assertUserError(
+            self.run_cli(
+                "user", "quota", "alice@example.org", "--messages", "99999999999999999999999"
+            ),
+            "invalid message count '99999999999999999999999': at most 2147483647",
+        )
         self.assertEqual(self.store().quota("alice@example.org"), Quota())
 
     def test_list_with_quota(self) -> None:

@@ -485,6 +485,20 @@ class BareSizeTests(TestCase):
                 f' write "{number}MiB" (units B, KB, KiB, MB, MiB, GB, GiB)',
             )
 
+    def test_absurd_sizes_and_counts_are_refused_in_one_line(self) -> None:
+        """A size over 1 PiB or a count/timeout over 2**31-1 is a one-line error naming file
+        and key (QA: C{default_quota = "99999999999999999999GiB"} passed check-config, then
+        C{user add} died in SQLite with a traceback, and SIZE advertised 33 digits)."""
+        for key, value, message in (
+            ("default_quota", '"99999999999999999999GiB"', "too large: at most 1PiB"),
+            ("max_message_size", '"2000000TiB"', "must be a positive size such as 25MiB"),
+            ("max_message_size", '"2000000GiB"', "too large: at most 1PiB"),
+            ("smtp_idle_timeout", "99999999999999999999", "must be at most 2147483647"),
+        ):
+            path = self.write(f"[limits]\n{key} = {value}\n")
+            e = self.assertRaises(ConfigError, load_config, path)
+            self.assertEqual(str(e), f"{path}: [limits] {key}: {message}")
+
     def test_unit_bytes_and_large_bare_integers_load(self) -> None:
         """The unit "B" says octets on purpose; a bare integer from 1 KiB up loads, warned."""
         config = load_config(self.write('[limits]\nmax_message_size = "2000B"\n'))

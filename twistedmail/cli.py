@@ -326,6 +326,10 @@ def cmd_user_quota(ctx: _Context, args: argparse.Namespace) -> None:
     if args.messages is not None:
         if not args.messages.isdigit():
             raise UserError(f"invalid message count {args.messages!r}: 0 (none) or more")
+        if int(args.messages) > config_module.MAX_COUNT:
+            raise UserError(
+                f"invalid message count {args.messages!r}: at most {config_module.MAX_COUNT}"
+            )
         messages = int(args.messages)
     store.set_quota(str(mbox), Quota(storage, messages))
     _out(

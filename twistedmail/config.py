@@ -269,6 +269,13 @@ class _Reader:
         return ListenAddress(host, port)
 
 
+MAX_SIZE = 2**50
+"""The largest size read (1 PiB): above it a value is a typo, and SQLite's INTEGER (quotas) and
+the SIZE keyword (RFC 1870) would carry nonsense."""
+MAX_COUNT = 2**31 - 1
+"""The largest count or number of seconds read from the config ([limits] timeouts, limits)."""
+
+
 def parse_size(text: object) -> int:
     """C{"25MiB"} -> 26214400, C{"25B"} -> 25; an integer without a unit is octets, and
     refused below L{MIN_BARE_SIZE} (1 KiB).
@@ -296,7 +303,10 @@ def parse_size(text: object) -> int:
             f'{number} has no unit, so it would be {number} octets; write "{number}MiB"'
             " (units B, KB, KiB, MB, MiB, GB, GiB)"
         )
-    return number * _UNITS[(unit or "b").lower()]
+    octets = number * _UNITS[(unit or "b").lower()]
+    if octets > MAX_SIZE:
+        raise ValueError("too large: at most 1PiB")
+    return octets
 
 
 def _unitless_size_warning(r: _Reader, where: str, value: object) -> list[str]:
@@ -342,7 +352,9 @@ def parse_quota(text: object) -> int:
         return parse_size(text)
     except UnitlessSizeError:
         raise
-    except ValueError:
+    except ValueError as e:
+        if str(e).startswith("too large"):
+            raise
         raise ValueError('must be a size such as "1GiB", or "0" / "none" for unlimited') from None
 
 
@@ -351,10 +363,10 @@ def parse_duration(value: object) -> int:
 
     @raise ValueError: otherwise (zero and negative values included).
     """
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT:
         return value
     m = _DURATION.match(value) if isinstance(value, str) else None
-    if not m or int(m.group(1)) <= 0:
+    if not m or not 0 < int(m.group(1)) * _SECONDS[m.group(2) or "s"] <= MAX_COUNT:
         raise ValueError('must be a positive duration such as "30s", "5m", "1h" or "5d"')
     return int(m.group(1)) * _SECONDS[m.group(2) or "s"]
 
@@ -363,6 +375,8 @@ def _positive_int(r: _Reader, section: dict[str, Any], where: str, key: str, def
     value = section.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise r.fail(f"[{where}] {key}", "must be a positive integer")
+    if value > MAX_COUNT:
+        raise r.fail(f"[{where}] {key}", f"must be at most {MAX_COUNT}")
     return value
 
 
@@ -454,6 +468,8 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         value = limits.get(limit, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise r.fail(f"[limits] {limit}", "must be a positive integer")
+        if value > MAX_COUNT:
+            raise r.fail(f"[limits] {limit}", f"must be at most {MAX_COUNT}")
         limit_values[limit] = value
     if limit_values["max_recipients"] < 100:
         raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
