@@ -190,6 +190,16 @@ def test_twistd_drops_privileges_after_binding() -> None:
         imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
         imap.login(ALICE, PASSWORDS[ALICE])
         assert imap.select("INBOX") == ("OK", [b"1"])
+        # A codec first used after the drop (QA: pyenv's Python under a 0700 /root made
+        # every lazily imported codec fail, and this SEARCH silently found nothing).
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+            s.sendmail(
+                "someone@remote.test", [ALICE], b"Subject: =?iso-8859-2?Q?J=F3zsef?=\r\n\r\nhi\r\n"
+            )
+        server.wait_for_messages(ALICE, 2)
+        imap.noop()
+        imap.literal = "József".encode()
+        assert imap.search("UTF-8", "SUBJECT") == ("OK", [b"2"])
         imap.logout()
         # The control socket belongs to the server's user: queue flush reaches it.
         assert (server.data_dir / "control").stat().st_uid == nobody.pw_uid
