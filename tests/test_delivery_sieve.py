@@ -94,9 +94,7 @@ class SieveDeliveryTests(unittest.TestCase):
 
     def files(self, folder: str = "") -> list[str]:
         root = self.home / folder if folder else self.home
-        return sorted(
-            f"{sub}/{name}" for sub in ("new", "cur") for name in os.listdir(root / sub)
-        )
+        return sorted(f"{sub}/{name}" for sub in ("new", "cur") for name in os.listdir(root / sub))
 
     def test_no_script_delivers_to_new_without_delivered_to(self) -> None:
         """Without a script the message lands in INBOX/new exactly as before."""
@@ -119,9 +117,7 @@ class SieveDeliveryTests(unittest.TestCase):
             (self.home / ".Lists.dev" / name).read_bytes(),
             b"Return-Path: <list@lists.example>\r\nDelivered-To: alice@example.org\r\n" + LIST,
         )
-        self.assertEqual(
-            (self.home / ".Lists.dev" / "dovecot-keywords").read_text(), "0 $list\n"
-        )
+        self.assertEqual((self.home / ".Lists.dev" / "dovecot-keywords").read_text(), "0 $list\n")
         self.assertEqual(self.sent, [])
 
     def test_flag_and_vacation_once_per_sender(self) -> None:
