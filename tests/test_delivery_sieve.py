@@ -157,6 +157,17 @@ class SieveDeliveryTests(unittest.TestCase):
         self.deliver(BOSS)
         self.assertIn(b"\r\nSubject: Auto: meeting\r\n", self.sent[0][2])
 
+    def test_vacation_to_local_sender_delivered_here(self) -> None:
+        """A reply to a local sender is stored in their INBOX, from <> (not queued)."""
+        self.script(b'require "vacation"; vacation :subject "Away" "gone";')
+        self.deliver(BOSS.replace(b"boss@corp.example", b"bob@example.org"), "bob@example.org")
+        self.assertEqual(self.sent, [])
+        new = self.mail_dir / "example.org" / "bob" / "new"
+        (name,) = os.listdir(new)
+        reply = (new / name).read_bytes()
+        self.assertTrue(reply.startswith(b"Return-Path: <>\r\nFrom: alice@example.org\r\n"))
+        self.assertIn(b"\r\nSubject: Away\r\n", reply)
+
     def test_no_vacation_to_null_sender(self) -> None:
         """RFC 5230 §4.5: never a reply to <>."""
         self.script(SCRIPT)
@@ -231,10 +242,30 @@ class SieveDeliveryTests(unittest.TestCase):
         )
 
     def test_redirect_loop_not_redirected_again(self) -> None:
-        """A message already carrying our Delivered-To for the user is not redirected."""
+        """A message already carrying our Delivered-To for the user is not redirected; it
+        is kept in INBOX rather than lost."""
         self.script(b'redirect "elsewhere@remote.example";')
         self.deliver(b"Delivered-To: alice@example.org\r\n" + BOSS)
         self.assertEqual(self.sent, [])
+        self.assertEqual(len(self.files()), 1)
+
+    def test_redirect_to_local_user_and_back_ends(self) -> None:
+        """A redirect to a local user is delivered here (not queued); alice -> bob -> alice
+        stops at alice's Delivered-To: alice keeps it, bob keeps nothing, nothing queued."""
+        self.script(b'redirect "bob@example.org";')
+        bob = SieveStore(self.mail_dir / "example.org" / "bob")
+        bob.put("fw", b'redirect "alice@example.org";')
+        bob.activate("fw")
+        self.deliver(BOSS)
+        self.assertEqual(self.sent, [])
+        (name,) = self.files()
+        self.assertEqual(
+            (self.home / name).read_bytes(),
+            b"Return-Path: <boss@corp.example>\r\nDelivered-To: alice@example.org\r\n"
+            b"Delivered-To: bob@example.org\r\nDelivered-To: alice@example.org\r\n" + BOSS,
+        )
+        bob_root = self.mail_dir / "example.org" / "bob"
+        self.assertEqual(os.listdir(bob_root / "new") + os.listdir(bob_root / "cur"), [])
 
     def test_reject_sends_mdn_and_stores_nothing(self) -> None:
         """RFC 5429 §2.1: after acceptance, a refusal goes to the envelope sender from <>."""

@@ -197,7 +197,7 @@ class LocalDelivery:
             root = mailbox_root(self.mail_dir, str(user))
             envelope = Envelope(
                 sender=str(reverse_path) if reverse_path else "",
-                recipient=given.get(str(user), str(user)),
+                recipient=_sieve_recipient(user, given.get(str(user), str(user))),
                 original_recipient=given.get(str(user), ""),
             )
             outcome: _Outcome = await self.run_in_thread(
@@ -233,8 +233,7 @@ class LocalDelivery:
             for folder_path in outcome.changed:
                 self.notifier.changed(folder_path)
             for why, envelope_from, to, outgoing in outcome.outgoing:
-                assert self.outbound is not None
-                await self.outbound(envelope_from, to, outgoing)
+                await self._send(envelope_from, to, outgoing)
                 log.info(
                     "sieve: user={user}: {why} queued to {to}",
                     user=str(user),
@@ -243,9 +242,19 @@ class LocalDelivery:
                 )
         return Delivered(tuple(users), tuple(remote), tuple(over))
 
+    async def _send(self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes) -> None:
+        """What a script sends: local recipients are delivered here (as submission does),
+        the others queued."""
+        local = [m for m in to if self.store.is_local_domain(m.domain)]
+        remote = [m for m in to if m not in local]
+        if local:
+            remote += list((await self.deliver_all(reverse_path, local, message)).remote)
+        if remote:
+            assert self.outbound is not None
+            await self.outbound(reverse_path, remote, message)
+
     def _given_recipients(self, recipients: list[Mailbox]) -> dict[str, str]:
-        """{user: the envelope recipient as given} for the Sieve envelope (RFC 5233 needs
-        the detail of C{user+detail@}), first recipient wins."""
+        """{user: the envelope recipient as given}, first recipient wins."""
         out: dict[str, str] = {}
         for rcpt in recipients:
             for final in self.store.expand(rcpt):
@@ -313,11 +322,12 @@ class LocalDelivery:
                 if self.outbound is None:
                     outcome.error = "redirect: no outbound queue; kept in INBOX"
                     _merge(targets, "INBOX", ())
-                elif _delivered_to(message, user_text):
-                    outcome.dropped = "redirect loop"
+                elif _delivered_to(message, user_text) or _hops(message) >= MAX_REDIRECT_HOPS:
+                    # A loop: never lose the message, keep it here instead.
+                    _merge(targets, "INBOX", ())
                     log.warn(
                         "sieve: user={user}: not redirected to {to}: the message already"
-                        " carries Delivered-To: {user} (mail loop)",
+                        " carries Delivered-To: {user} (mail loop); kept in INBOX",
                         user=user_text,
                         to=action.address,
                     )
@@ -446,6 +456,26 @@ def _folder_exists(maildir: UserMaildir, name: str) -> bool:
 
 
 _DELIVERED_TO = re.compile(rb"^Delivered-To:[ \t]*<?([^\r\n>]*?)>?[ \t]*\r?$", re.I | re.M)
+
+
+def _sieve_recipient(user: Mailbox, given: str) -> str:
+    """The Sieve envelope "to" (RFC 5228 §5.4): the recipient as the client gave it when
+    it is the user's own address with a detail (RFC 5233 C{:detail} needs it), else the
+    user (an alias or catch-all was expanded, as Postfix does before LMTP)."""
+    local, _, domain = given.rpartition("@")
+    if domain == user.domain and local.split("+", 1)[0] == user.local:
+        return given
+    return str(user)
+
+
+MAX_REDIRECT_HOPS = 10
+"""Delivered-To headers beyond which a message is not redirected again (a hop count for
+redirect chains through several users, like Postfix's)."""
+
+
+def _hops(message: bytes) -> int:
+    end = message.find(b"\r\n\r\n")
+    return len(_DELIVERED_TO.findall(message if end < 0 else message[: end + 2]))
 
 
 def _delivered_to(message: bytes, user: str) -> bool:
