@@ -85,7 +85,7 @@ def test_list_mail_filed_with_flags_and_not_answered(sieve_server: Server) -> No
 
 def test_boss_flagged_and_vacation_once_per_sender(sieve_server: Server) -> None:
     """RFC 5232 addflag: the boss's mail is \\Flagged (':2,F'); RFC 5230 §4.2: exactly one
-    vacation reply per sender within :days, from <> through the queue."""
+    vacation reply per sender within :days (also after a restart), from <> via the queue."""
     srv = sieve_server
     for subject in ("first", "second"):
         send(srv, "boss@corp.example", ALICE, message("boss@corp.example", ALICE, subject))
@@ -105,6 +105,11 @@ def test_boss_flagged_and_vacation_once_per_sender(sieve_server: Server) -> None
     assert "Subject: Away until Monday" in shown
     assert "Auto-Submitted: auto-replied" in shown
     assert "In-Reply-To: <first@e2e>" in shown
+    # Remembered across a restart: no second reply to the boss.
+    srv.restart()
+    send(srv, "boss@corp.example", ALICE, message("boss@corp.example", ALICE, "after restart"))
+    assert len(srv.wait_for_messages(ALICE, 3)) == 3
+    assert len(srv.cli("queue", "list").stdout.splitlines()) == 1
     # Another sender gets their own reply.
     send(srv, "peer@corp.example", ALICE, message("peer@corp.example", ALICE, "third"))
     lines = srv.cli("queue", "list").stdout.splitlines()
