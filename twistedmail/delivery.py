@@ -8,12 +8,26 @@ disk (fsynced), so the caller may acknowledge with 250.
 
 Quota (L{twistedmail.quota}): a user whose quota the message would exceed gets no copy; the
 caller learns who (L{Delivered.over_quota}) and answers C{552 5.2.2} or sends a bounce.
+
+Sieve (RFC 5228): a user with an active script (Pigeonhole's C{~/.dovecot.sieve}, see
+L{twistedmail.sieve.store}) gets the message filed as the script says, in the thread, before
+the caller answers: keep and fileinto (with RFC 5232 flags; C{:create} per RFC 5490, else a
+missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Such
+a user's copy carries C{Delivered-To: user} after Return-Path.  Redirect (RFC 5228 §4.2),
+vacation replies (RFC 5230) and rejections (RFC 5429 §2.1, sent after acceptance) leave
+through L{LocalDelivery.outbound} (the outbound queue, set by the service), before C{deliver}
+returns.  A script that fails to compile or run never loses the message: it is kept in INBOX
+and the error logged with the user and the line.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 from twisted.logger import Logger
@@ -21,8 +35,36 @@ from twisted.logger import Logger
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
-from twistedmail.maildir import ChangeNotifier, mailbox_root, make_maildir, write_durably
+from twistedmail.maildir import (
+    ChangeNotifier,
+    Folder,
+    MaildirError,
+    UserMaildir,
+    mailbox_root,
+    make_maildir,
+    write_durably,
+)
 from twistedmail.quota import QuotaExceeded, QuotaTracker
+from twistedmail.sieve.grammar import SieveError
+from twistedmail.sieve.interpret import (
+    Envelope,
+    FileInto,
+    Keep,
+    Redirect,
+    Reject,
+    Result,
+    Vacation,
+    evaluate,
+    vacation_reply_allowed,
+)
+from twistedmail.sieve.responses import (
+    VacationMemory,
+    rejection,
+    vacation_handle,
+    vacation_reply,
+)
+from twistedmail.sieve.store import ACTIVE_LINK, SieveStore
+from twistedmail.sieve.validate import Script, compile_script
 
 log = Logger(namespace="twistedmail.delivery")
 
@@ -61,12 +103,19 @@ class LocalDelivery:
         notifier: ChangeNotifier,
         run_in_thread: RunInThread,
         quota: QuotaTracker | None = None,
+        hostname: str = "localhost",
+        outbound: Outbound | None = None,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
         self.notifier = notifier
         self.run_in_thread = run_in_thread
         self.quota = quota
+        self.hostname = hostname
+        self.outbound = outbound
+        """Sends what Sieve scripts produce (the outbound queue's C{enqueue}); without it,
+        a redirect keeps the message instead and vacation and reject send nothing."""
+        self.scripts = ScriptCache()
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
         """Expand aliases; return (distinct local users, remote addresses), order kept."""
@@ -125,6 +174,7 @@ class LocalDelivery:
         @raise OSError: on a disk failure; some copies may already be stored.
         """
         users, remote = self.local_users(recipients)
+        given = self._given_recipients(recipients)
         data = return_path_header(reverse_path) + message
         over: list[Mailbox] = []
         if self.quota is not None:
@@ -142,23 +192,347 @@ class LocalDelivery:
                     )
                     over.append(user)
             users = [u for u in users if u not in over]
-        roots = [mailbox_root(self.mail_dir, str(u)) for u in users]
-        names: list[Any] = await self.run_in_thread(_store_all, roots, data)
-        for user, root, name in zip(users, roots, names, strict=True):
-            log.info(
-                "delivered: to={to} from={sender} size={size} file={name}",
-                to=str(user),
-                sender=str(reverse_path) if reverse_path else "<>",
-                size=len(data),
-                name=name,
+        sender = str(reverse_path) if reverse_path else "<>"
+        for user in users:
+            root = mailbox_root(self.mail_dir, str(user))
+            envelope = Envelope(
+                sender=str(reverse_path) if reverse_path else "",
+                recipient=_sieve_recipient(user, given.get(str(user), str(user))),
+                original_recipient=given.get(str(user), ""),
             )
-            self.notifier.changed(root)
+            outcome: _Outcome = await self.run_in_thread(
+                self._deliver_one,
+                user,
+                root,
+                reverse_path,
+                message,
+                data,
+                envelope,
+            )
+            if outcome.error:
+                log.warn(
+                    "sieve: user={user} script={script}: {error}; message kept in INBOX",
+                    user=str(user),
+                    script=outcome.script,
+                    error=outcome.error,
+                )
+            for folder, name in outcome.stored:
+                log.info(
+                    "delivered: to={to} from={sender} size={size} file={name}",
+                    to=str(user),
+                    sender=sender,
+                    size=len(data),
+                    name=name if folder == "INBOX" else f"{folder}/{name}",
+                )
+            if outcome.script and not outcome.stored:
+                log.info(
+                    "sieve: user={user}: not stored ({why})",
+                    user=str(user),
+                    why=outcome.dropped or "discard",
+                )
+            for folder_path in outcome.changed:
+                self.notifier.changed(folder_path)
+            for why, envelope_from, to, outgoing in outcome.outgoing:
+                await self._send(envelope_from, to, outgoing)
+                log.info(
+                    "sieve: user={user}: {why} queued to {to}",
+                    user=str(user),
+                    why=why,
+                    to=",".join(f"<{m}>" for m in to),
+                )
         return Delivered(tuple(users), tuple(remote), tuple(over))
 
+    async def _send(self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes) -> None:
+        """What a script sends: local recipients are delivered here (as submission does),
+        the others queued."""
+        local = [m for m in to if self.store.is_local_domain(m.domain)]
+        remote = [m for m in to if m not in local]
+        if local:
+            remote += list((await self.deliver_all(reverse_path, local, message)).remote)
+        if remote:
+            assert self.outbound is not None
+            await self.outbound(reverse_path, remote, message)
 
-def _store_all(roots: list[Path], data: bytes) -> list[str]:
-    names = []
-    for root in roots:
+    def _given_recipients(self, recipients: list[Mailbox]) -> dict[str, str]:
+        """{user: the envelope recipient as given}, first recipient wins."""
+        out: dict[str, str] = {}
+        for rcpt in recipients:
+            for final in self.store.expand(rcpt):
+                out.setdefault(str(final), str(rcpt))
+        return out
+
+    def _deliver_one(
+        self,
+        user: Mailbox,
+        root: Path,
+        reverse_path: Mailbox | None,
+        message: bytes,
+        data: bytes,
+        envelope: Envelope,
+    ) -> _Outcome:
+        """In a thread: run the user's script (if any) and store durably."""
         make_maildir(root)
-        names.append(write_durably(root / "new", data))
-    return names
+        script_path = active_script(root)
+        if script_path is None:
+            return _Outcome(stored=[("INBOX", write_durably(root / "new", data))], changed=[root])
+        user_text = str(user)
+        data = data.replace(b"\r\n", b"\r\nDelivered-To: %s\r\n" % user_text.encode(), 1)
+        maildir = UserMaildir(root)
+        outcome = _Outcome(script=str(script_path))
+        try:
+            script = self.scripts.get(script_path)
+        except (SieveError, OSError, UnicodeError) as e:
+            outcome.error = str(e)
+            result = Result((), Keep())
+        else:
+            result = evaluate(
+                script,
+                data,
+                envelope,
+                mailbox_exists=lambda name: _folder_exists(maildir, name),
+                load_script=lambda name, where: self._include(root, name, where),
+            )
+            if result.error:
+                outcome.error = f"runtime error: {result.error}"
+        targets: dict[str, list[str]] = {}
+        create: set[str] = set()
+        for action in result.all_actions:
+            if isinstance(action, Keep):
+                _merge(targets, "INBOX", action.flags)
+            elif isinstance(action, FileInto):
+                folder = action.folder
+                try:
+                    path = maildir.folder_path(folder)
+                except MaildirError as e:
+                    outcome.error = f"fileinto {folder!r}: {e}; kept in INBOX"
+                    folder, path = "INBOX", root
+                if path == root:
+                    folder = "INBOX"
+                elif not (path / "cur").is_dir() and not action.create:
+                    log.info(
+                        "sieve: user={user}: fileinto {folder!r}: no such folder; INBOX",
+                        user=user_text,
+                        folder=folder,
+                    )
+                    folder = "INBOX"
+                elif action.create:
+                    create.add(folder)
+                _merge(targets, folder, action.flags)
+            elif isinstance(action, Redirect):
+                if self.outbound is None:
+                    outcome.error = "redirect: no outbound queue; kept in INBOX"
+                    _merge(targets, "INBOX", ())
+                elif _delivered_to(message, user_text) or _hops(message) >= MAX_REDIRECT_HOPS:
+                    # A loop: never lose the message, keep it here instead.
+                    _merge(targets, "INBOX", ())
+                    log.warn(
+                        "sieve: user={user}: not redirected to {to}: the message already"
+                        " carries Delivered-To: {user} (mail loop); kept in INBOX",
+                        user=user_text,
+                        to=action.address,
+                    )
+                else:
+                    try:
+                        target = Mailbox.parse(action.address)
+                    except ValueError:
+                        outcome.error = f"redirect: invalid address {action.address!r}"
+                        _merge(targets, "INBOX", ())
+                        continue
+                    copy = b"Delivered-To: %s\r\n" % user_text.encode() + message
+                    outcome.outgoing.append(("redirect", reverse_path, [target], copy))
+            elif isinstance(action, Vacation):
+                self._vacation(outcome, action, user_text, root, reverse_path, data, envelope)
+            elif isinstance(action, Reject):
+                outcome.dropped = "rejected"
+                if reverse_path is not None and self.outbound is not None:
+                    refusal = rejection(
+                        message, action.reason, user_text, str(reverse_path), self.hostname
+                    )
+                    outcome.outgoing.append(("rejection", None, [reverse_path], refusal))
+        for folder, flags in targets.items():
+            if folder in create:
+                try:
+                    maildir.create(folder)
+                except MaildirError:
+                    pass  # created meanwhile
+            path = maildir.folder_path(folder)
+            outcome.stored.append((folder, _store(Folder(path), data, flags)))
+            outcome.changed.append(path)
+        return outcome
+
+    def _vacation(
+        self,
+        outcome: _Outcome,
+        vacation: Vacation,
+        user: str,
+        root: Path,
+        reverse_path: Mailbox | None,
+        data: bytes,
+        envelope: Envelope,
+    ) -> None:
+        if reverse_path is None or self.outbound is None:
+            return
+        addresses = sorted(self.store.owned_addresses(user))
+        if not vacation_reply_allowed(data, envelope, addresses, vacation):
+            log.info("sieve: user={user}: no vacation reply (RFC 5230 §4.5)", user=user)
+            return
+        sender = str(reverse_path)
+        if not VacationMemory(root).claim(sender, vacation_handle(vacation), vacation.seconds):
+            log.info(
+                "sieve: user={user}: vacation reply to {sender} already sent this period",
+                user=user,
+                sender=sender,
+            )
+            return
+        reply = vacation_reply(data, vacation, user, sender, self.hostname)
+        outcome.outgoing.append(("vacation reply", None, [reverse_path], reply))
+
+    def _include(self, root: Path, name: str, where: str) -> Script | None:
+        """RFC 6609 C{:personal} includes from the user's C{~/sieve}; no global scripts."""
+        if where != "personal":
+            return None
+        try:
+            path = SieveStore(root).path(name)
+        except ValueError:
+            return None
+        try:
+            return self.scripts.get(path)
+        except FileNotFoundError:
+            return None
+
+
+Outbound = Callable[[Mailbox | None, Sequence[Mailbox], bytes], Awaitable[object]]
+"""C{(reverse path, recipients, message)}: queue a message durably (the outbound queue)."""
+
+
+@attrs.define
+class _Outcome:
+    stored: list[tuple[str, str]] = attrs.Factory(list)
+    changed: list[Path] = attrs.Factory(list)
+    outgoing: list[tuple[str, Mailbox | None, list[Mailbox], bytes]] = attrs.Factory(list)
+    script: str = ""
+    error: str = ""
+    dropped: str = ""
+
+
+SYSTEM_FLAG_LETTERS = {
+    "\\answered": "R",
+    "\\deleted": "T",
+    "\\draft": "D",
+    "\\flagged": "F",
+    "\\seen": "S",
+}
+"""IMAP system flags (RFC 3501 §2.3.2) -> Maildir info letters."""
+
+
+def _merge(targets: dict[str, list[str]], folder: str, flags: Sequence[str]) -> None:
+    """One copy per folder (RFC 5228 §2.10.3), with the union of the flags."""
+    have = targets.setdefault(folder, [])
+    for flag in flags:
+        if flag.lower() not in {f.lower() for f in have}:
+            have.append(flag)
+
+
+def _store(folder: Folder, data: bytes, flags: Sequence[str]) -> str:
+    """Store durably in C{new/}, or in C{cur/} with the flags' letters (keywords get
+    letters in the folder's C{dovecot-keywords})."""
+    letters = "".join(SYSTEM_FLAG_LETTERS.get(f.lower(), "") for f in flags)
+    keywords = [f for f in flags if not f.startswith("\\")]
+    if keywords:
+        letters += folder.keyword_letters(keywords)
+    if not letters:
+        return write_durably(folder.path / "new", data)
+    before = set(os.listdir(folder.path / "cur"))
+    folder.add(data, letters)
+    added = sorted(set(os.listdir(folder.path / "cur")) - before)
+    return added[0] if added else ""
+
+
+def _folder_exists(maildir: UserMaildir, name: str) -> bool:
+    try:
+        return (maildir.folder_path(name) / "cur").is_dir()
+    except MaildirError:
+        return False
+
+
+_DELIVERED_TO = re.compile(rb"^Delivered-To:[ \t]*<?([^\r\n>]*?)>?[ \t]*\r?$", re.I | re.M)
+
+
+def _sieve_recipient(user: Mailbox, given: str) -> str:
+    """The Sieve envelope "to" (RFC 5228 §5.4): the recipient as the client gave it when
+    it is the user's own address with a detail (RFC 5233 C{:detail} needs it), else the
+    user (an alias or catch-all was expanded, as Postfix does before LMTP)."""
+    local, _, domain = given.rpartition("@")
+    if domain == user.domain and local.split("+", 1)[0] == user.local:
+        return given
+    return str(user)
+
+
+MAX_REDIRECT_HOPS = 10
+"""Delivered-To headers beyond which a message is not redirected again (a hop count for
+redirect chains through several users, like Postfix's)."""
+
+
+def _hops(message: bytes) -> int:
+    end = message.find(b"\r\n\r\n")
+    return len(_DELIVERED_TO.findall(message if end < 0 else message[: end + 2]))
+
+
+def _delivered_to(message: bytes, user: str) -> bool:
+    """Whether the header section already carries our C{Delivered-To: user} (a loop)."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    wanted = user.lower().encode()
+    return any(m.group(1).strip().lower() == wanted for m in _DELIVERED_TO.finditer(head))
+
+
+def active_script(home: Path) -> Path | None:
+    """The user's active script: the C{~/.dovecot.sieve} link into C{~/sieve}, or the file
+    itself when it is a regular file (Pigeonhole accepts both)."""
+    store = SieveStore(home)
+    name = store.active()
+    if name is not None:
+        return store.path(name)
+    link = home / ACTIVE_LINK
+    if not link.is_symlink() and link.is_file():
+        return link
+    return None
+
+
+class ScriptCache:
+    """Compiled scripts by path, recompiled when the file's mtime, size or inode change;
+    at most C{size} entries (least recently used go first).  Thread-safe."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: OrderedDict[Path, tuple[tuple[int, int, int], Script | SieveError]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Script:
+        """@raise SieveError: the script does not compile.  @raise OSError: unreadable."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            with self._lock:
+                cached = self._entries.get(path)
+                if cached is not None and cached[0] == key:
+                    self._entries.move_to_end(path)
+                    compiled = cached[1]
+                else:
+                    compiled = None
+            if compiled is None:
+                try:
+                    compiled = compile_script(f.read())
+                except SieveError as e:
+                    compiled = e
+                with self._lock:
+                    self._entries[path] = (key, compiled)
+                    self._entries.move_to_end(path)
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)
+        if isinstance(compiled, SieveError):
+            raise compiled
+        return compiled

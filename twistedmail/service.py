@@ -377,9 +377,16 @@ class MailServer(MultiService):
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
-            self.store, self.mail_dir, self.notifier, run_in_thread, self.quota
+            self.store,
+            self.mail_dir,
+            self.notifier,
+            run_in_thread,
+            self.quota,
+            hostname=config.server.hostname,
         )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
+        # Sieve redirect, vacation and reject leave through the same queue as submission.
+        self.delivery.outbound = self.queue.enqueue
         realm = MailRealm(
             {
                 imap4.IAccount: self._imap_account,
