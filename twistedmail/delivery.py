@@ -21,7 +21,13 @@ from twisted.logger import Logger
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
-from twistedmail.maildir import ChangeNotifier, mailbox_root, make_maildir, write_durably
+from twistedmail.maildir import (
+    ChangeNotifier,
+    UserMaildir,
+    mailbox_root,
+    make_maildir,
+    write_durably,
+)
 from twistedmail.quota import QuotaExceeded, QuotaTracker
 
 log = Logger(namespace="twistedmail.delivery")
@@ -52,6 +58,8 @@ class LocalDelivery:
     @param mail_dir: C{DATA_DIR/mail}.
     @param notifier: told (on the reactor thread) which folders received mail.
     @param quota: the users' quotas; C{None} stores without limit.
+    @param plus_folder: mail to C{user+detail} goes into the user's existing folder named
+        C{detail} (case-insensitive), else INBOX (C{[delivery] plus_folder}, RFC 5233).
     """
 
     def __init__(
@@ -61,12 +69,14 @@ class LocalDelivery:
         notifier: ChangeNotifier,
         run_in_thread: RunInThread,
         quota: QuotaTracker | None = None,
+        plus_folder: bool = False,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
         self.notifier = notifier
         self.run_in_thread = run_in_thread
         self.quota = quota
+        self.plus_folder = plus_folder
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
         """Expand aliases; return (distinct local users, remote addresses), order kept."""
@@ -142,9 +152,12 @@ class LocalDelivery:
                     )
                     over.append(user)
             users = [u for u in users if u not in over]
+        details = self._details(recipients) if self.plus_folder else {}
         roots = [mailbox_root(self.mail_dir, str(u)) for u in users]
-        names: list[Any] = await self.run_in_thread(_store_all, roots, data)
-        for user, root, name in zip(users, roots, names, strict=True):
+        stored: list[Any] = await self.run_in_thread(
+            _store_all, roots, data, [details.get(str(u)) for u in users]
+        )
+        for user, (root, name) in zip(users, stored, strict=True):
             log.info(
                 "delivered: to={to} from={sender} size={size} file={name}",
                 to=str(user),
@@ -155,10 +168,33 @@ class LocalDelivery:
             self.notifier.changed(root)
         return Delivered(tuple(users), tuple(remote), tuple(over))
 
+    def _details(self, recipients: list[Mailbox]) -> dict[str, str]:
+        """user -> the RFC 5233 detail of the first recipient that named them directly
+        (C{alice+lists@} -> C{lists}); the envelope itself keeps the full address."""
+        details: dict[str, str] = {}
+        for rcpt in recipients:
+            route = self.store.route(rcpt)
+            if route is not None and route.user is not None and route.detail:
+                details.setdefault(str(route.user), route.detail)
+        return details
 
-def _store_all(roots: list[Path], data: bytes) -> list[str]:
-    names = []
-    for root in roots:
+
+def _detail_folder(root: Path, detail: str | None) -> Path:
+    """The existing folder of C{root} named C{detail} (case-insensitive), else C{root}."""
+    if detail:
+        maildir = UserMaildir(root)
+        for name in maildir.folders()[1:]:
+            if name.lower() == detail.lower():
+                return maildir.folder_path(name)
+    return root
+
+
+def _store_all(
+    roots: list[Path], data: bytes, details: list[str | None]
+) -> list[tuple[Path, str]]:
+    stored = []
+    for root, detail in zip(roots, details, strict=True):
         make_maildir(root)
-        names.append(write_durably(root / "new", data))
-    return names
+        folder = _detail_folder(root, detail)
+        stored.append((folder, write_durably(folder / "new", data)))
+    return stored

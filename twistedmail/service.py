@@ -303,7 +303,11 @@ class MailServer(MultiService):
         self.reactor = reactor
         ensure_data_dir(config)
         # Opened in startService, after twistd's fork and privilege drop (issue 9).
-        self.store = AccountStore(store_path(config), connect=False)
+        self.store = AccountStore(
+            store_path(config),
+            connect=False,
+            recipient_delimiter=config.delivery.recipient_delimiter,
+        )
         self.mail_dir = mail_dir(config)
         self.notifier = ChangeNotifier()
         self.tls_context = server_tls_context(config)
@@ -341,7 +345,12 @@ class MailServer(MultiService):
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
-            self.store, self.mail_dir, self.notifier, run_in_thread, self.quota
+            self.store,
+            self.mail_dir,
+            self.notifier,
+            run_in_thread,
+            self.quota,
+            plus_folder=config.delivery.plus_folder,
         )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         realm = MailRealm(
