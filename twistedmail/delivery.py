@@ -196,5 +196,7 @@ def _store_all(
     for root, detail in zip(roots, details, strict=True):
         make_maildir(root)
         folder = _detail_folder(root, detail)
+        if folder != root:
+            make_maildir(folder, folder=True)  # a folder with only cur/ still takes mail
         stored.append((folder, write_durably(folder / "new", data)))
     return stored
