@@ -538,11 +538,16 @@ class SubaddressTests(StoreTestCase):
         self.assertFalse(off.accepts(M("alice+x@example.org")))
 
     def test_detail(self) -> None:
-        """detail() is the part after the delimiter when the address was split to a user."""
+        """resolve() gives the detail when the address was split to a user directly."""
         self.store.add_user("carol+x@example.org", "h")
-        self.assertEqual(self.store.detail(M("alice+Lists@example.org")), "lists")
-        self.assertIsNone(self.store.detail(M("alice@example.org")))
-        self.assertIsNone(self.store.detail(M("carol+x@example.org")))
+        self.store.add_alias("team@example.org", ["alice@example.org"])
+        A = M("alice@example.org")
+        self.assertEqual(self.store.resolve(M("alice+Lists@example.org")), [(A, "lists")])
+        self.assertEqual(self.store.resolve(M("alice@example.org")), [(A, None)])
+        self.assertEqual(self.store.resolve(M("team+x@example.org")), [(A, None)])
+        self.assertEqual(
+            self.store.resolve(M("carol+x@example.org")), [(M("carol+x@example.org"), None)]
+        )
 
     def test_sender_may_use_own_subaddress(self) -> None:
         """A user owns user+anything@ (submission's sender check), not others' addresses."""

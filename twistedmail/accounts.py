@@ -345,13 +345,14 @@ class AccountStore:
             )
         return Alias(key, tuple(self.alias_targets(key)))
 
-    def delete_alias(self, address: str) -> None:
-        """Remove an alias (or C{@domain} catch-all) and all its targets.
-        @raise StoreError: if unknown."""
+    def delete_alias(self, address: str) -> str:
+        """Remove an alias (or C{@domain} catch-all) and all its targets; return its
+        normalised name.  @raise StoreError: if unknown."""
         key = _alias_key(address)
         cur = self._db.execute("DELETE FROM aliases WHERE address=?", (key,))
         if cur.rowcount == 0:
             raise StoreError(f"no such alias {key}")
+        return key
 
     def alias_targets(self, address: str) -> list[str]:
         rows = self._db.execute(
@@ -418,12 +419,6 @@ class AccountStore:
             return Route(targets=tuple(Mailbox.parse(t) for t in catch_all))
         return None
 
-    def detail(self, mbox: Mailbox) -> str | None:
-        """The RFC 5233 detail by which C{mbox} reached a user directly (C{alice+lists@}
-        for user C{alice@}: C{"lists"}), else C{None} (for C{[delivery] plus_folder})."""
-        route = self.route(mbox)
-        return route.detail if route is not None and route.user is not None else None
-
     def domains_without_admin(self) -> list[str]:
         """Local domains with neither a C{postmaster@} user nor alias (their postmaster mail
         falls back to L{postmaster_of}'s guess; C{check-config} warns)."""
@@ -458,14 +453,20 @@ class AccountStore:
         return Mailbox.parse(row[0]) if row else None
 
     def expand(self, mbox: Mailbox) -> list[Mailbox]:
-        """Final recipients of C{mbox}: users and remote addresses after alias expansion.
+        """Final recipients of C{mbox}: users and remote addresses after alias expansion
+        (L{resolve} without the details)."""
+        return [final for final, _detail in self.resolve(mbox)]
+
+    def resolve(self, mbox: Mailbox) -> list[tuple[Mailbox, str | None]]:
+        """Final recipients of C{mbox}, each with the RFC 5233 detail by which C{mbox}
+        named that user directly (C{alice+lists@} -> C{(alice@, "lists")}), else C{None}.
 
         Each local address is resolved by L{route} (users, aliases, subaddresses, role
         addresses, catch-all); aliases expand recursively, at most L{MAX_ALIAS_DEPTH} deep;
         loops and unknown local targets are dropped.  An alias that names itself among its
         targets also delivers to itself only if it is a user.
         """
-        result: list[Mailbox] = []
+        result: dict[str, tuple[Mailbox, str | None]] = {}
         seen: set[str] = set()
 
         def walk(m: Mailbox, depth: int) -> None:
@@ -474,20 +475,20 @@ class AccountStore:
                 return
             seen.add(key)
             if not self.is_local_domain(m.domain):
-                result.append(m)
+                result.setdefault(key, (m, None))
                 return
             route = self.route(m)
             if route is None:
                 return
             if route.user is not None:
-                if str(route.user) not in {str(r) for r in result}:
-                    result.append(route.user)
+                detail = route.detail if depth == 0 else None
+                result.setdefault(str(route.user), (route.user, detail))
                 return
             for t in route.targets:
                 walk(t, depth + 1)
 
         walk(mbox, 0)
-        return result
+        return list(result.values())
 
     def postmaster(self, hostname: str) -> Mailbox | None:
         """Where C{RCPT TO:<Postmaster>} (no domain) goes (RFC 5321 §4.5.1, which requires

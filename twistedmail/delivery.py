@@ -80,13 +80,25 @@ class LocalDelivery:
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
         """Expand aliases; return (distinct local users, remote addresses), order kept."""
+        users, remote, _details = self._resolve(recipients)
+        return users, remote
+
+    def _resolve(
+        self, recipients: list[Mailbox]
+    ) -> tuple[list[Mailbox], list[Mailbox], dict[str, str]]:
+        """L{local_users}, and user -> the RFC 5233 detail of the first recipient that named
+        them directly (C{alice+lists@} -> C{lists}; L{AccountStore.resolve}), each recipient
+        resolved once."""
         users: dict[str, Mailbox] = {}
         remote: dict[str, Mailbox] = {}
+        details: dict[str, str] = {}
         for rcpt in recipients:
-            for final in self.store.expand(rcpt):
-                target = users if self.store.is_user(str(final)) else remote
-                target.setdefault(str(final), final)
-        return list(users.values()), list(remote.values())
+            for final, detail in self.store.resolve(rcpt):
+                local = self.store.is_local_domain(final.domain)
+                (users if local else remote).setdefault(str(final), final)
+                if detail:
+                    details.setdefault(str(final), detail)
+        return list(users.values()), list(remote.values()), details
 
     async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
         """RCPT time: refuse a recipient whose every local user is already at or over their
@@ -134,7 +146,7 @@ class LocalDelivery:
 
         @raise OSError: on a disk failure; some copies may already be stored.
         """
-        users, remote = self.local_users(recipients)
+        users, remote, details = self._resolve(recipients)
         data = return_path_header(reverse_path) + message
         over: list[Mailbox] = []
         if self.quota is not None:
@@ -152,7 +164,8 @@ class LocalDelivery:
                     )
                     over.append(user)
             users = [u for u in users if u not in over]
-        details = self._details(recipients) if self.plus_folder else {}
+        if not self.plus_folder:
+            details = {}
         roots = [mailbox_root(self.mail_dir, str(u)) for u in users]
         stored: list[Any] = await self.run_in_thread(
             _store_all, roots, data, [details.get(str(u)) for u in users]
@@ -167,16 +180,6 @@ class LocalDelivery:
             )
             self.notifier.changed(root)
         return Delivered(tuple(users), tuple(remote), tuple(over))
-
-    def _details(self, recipients: list[Mailbox]) -> dict[str, str]:
-        """user -> the RFC 5233 detail of the first recipient that named them directly
-        (C{alice+lists@} -> C{lists}); the envelope itself keeps the full address."""
-        details: dict[str, str] = {}
-        for rcpt in recipients:
-            route = self.store.route(rcpt)
-            if route is not None and route.user is not None and route.detail:
-                details.setdefault(str(route.user), route.detail)
-        return details
 
 
 def _detail_folder(root: Path, detail: str | None) -> Path:
