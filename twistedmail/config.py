@@ -551,7 +551,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
 
     delivery = r.section(data, "delivery", {"recipient_delimiter", "plus_folder"})
     delimiter = delivery.get("recipient_delimiter", "+")
-    if not isinstance(delimiter, str) or len(delimiter) > 1 or delimiter in ('@', '"', " "):
+    if not isinstance(delimiter, str) or len(delimiter) > 1 or delimiter in ("@", '"', " "):
         raise r.fail("[delivery] recipient_delimiter", "must be one character or empty, not @")
     plus_folder = delivery.get("plus_folder", False)
     if not isinstance(plus_folder, bool):
