@@ -4,6 +4,8 @@ The CLI writes and the server reads the same file at once: WAL journaling lets a
 each committed change on its next query, so a password changed with C{twistedmail user
 passwd} works on the next login without a restart.  Addresses are stored normalised
 (L{twistedmail.address.Mailbox}); passwords only as hashes (L{twistedmail.passwords}).
+Recipients are resolved in one place, L{AccountStore.route}: users, aliases, subaddresses
+(RFC 5233), C{postmaster@}/C{abuse@} (RFC 5321 §4.5.1, RFC 2142) and C{@domain} catch-alls.
 
 Each user has a storage quota (octets) and a message-count quota, 0 meaning unlimited
 (RFC 9208 §5.1 STORAGE and §5.2 MESSAGE, enforced by L{twistedmail.quota}).  A store created
