@@ -496,3 +496,128 @@ class PostmasterTests(StoreTestCase):
         """A bare <Postmaster> is accepted by a server whose host's domain has users."""
         self.store.add_user("admin@example.org", "h")
         self.assertEqual(self.store.postmaster("mail.example.org"), M("postmaster@example.org"))
+
+
+class SubaddressTests(StoreTestCase):
+    """RFC 5233 subaddresses: user+detail@domain reaches user@domain."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.add_user("alice@example.org", "h")
+
+    def test_detail_reaches_the_user(self) -> None:
+        """alice+lists@ is accepted and expands to alice@ (detail dropped for routing)."""
+        self.assertTrue(self.store.accepts(M("alice+lists@example.org")))
+        self.assertEqual(self.store.expand(M("Alice+Lists@example.org")), [M("alice@example.org")])
+        self.assertEqual(self.store.expand(M("alice+@example.org")), [M("alice@example.org")])
+        self.assertFalse(self.store.accepts(M("nobody+lists@example.org")))
+
+    def test_detail_of_an_alias(self) -> None:
+        """team+x@ follows the alias team@."""
+        self.store.add_alias("team@example.org", ["alice@example.org"])
+        self.assertEqual(self.store.expand(M("team+x@example.org")), [M("alice@example.org")])
+
+    def test_explicit_address_with_delimiter_wins(self) -> None:
+        """A user or alias whose local part holds the delimiter is looked up first (Postfix)."""
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_user("alice+work@example.org", "h")
+        self.store.add_alias("alice+bob@example.org", ["bob@example.org"])
+        self.assertEqual(
+            self.store.expand(M("alice+work@example.org")), [M("alice+work@example.org")]
+        )
+        self.assertEqual(self.store.expand(M("alice+bob@example.org")), [M("bob@example.org")])
+
+    def test_delimiter_configurable_and_off(self) -> None:
+        """recipient_delimiter "-" splits at "-"; an empty delimiter turns splitting off."""
+        dash = AccountStore(self.path, recipient_delimiter="-")
+        self.addCleanup(dash.close)
+        self.assertEqual(dash.expand(M("alice-x@example.org")), [M("alice@example.org")])
+        self.assertFalse(dash.accepts(M("alice+x@example.org")))
+        off = AccountStore(self.path, recipient_delimiter="")
+        self.addCleanup(off.close)
+        self.assertFalse(off.accepts(M("alice+x@example.org")))
+
+    def test_detail(self) -> None:
+        """resolve() gives the detail when the address was split to a user directly."""
+        self.store.add_user("carol+x@example.org", "h")
+        self.store.add_alias("team@example.org", ["alice@example.org"])
+        A = M("alice@example.org")
+        self.assertEqual(self.store.resolve(M("alice+Lists@example.org")), [(A, "lists")])
+        self.assertEqual(self.store.resolve(M("alice@example.org")), [(A, None)])
+        self.assertEqual(self.store.resolve(M("team+x@example.org")), [(A, None)])
+        self.assertEqual(
+            self.store.resolve(M("carol+x@example.org")), [(M("carol+x@example.org"), None)]
+        )
+
+    def test_sender_may_use_own_subaddress(self) -> None:
+        """A user owns user+anything@ (submission's sender check), not others' addresses."""
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_user("bob+x@example.org", "h")
+        self.assertTrue(self.store.owns("alice@example.org", "alice+news@example.org"))
+        self.assertTrue(self.store.owns("alice@example.org", "Alice@Example.org"))
+        self.assertFalse(self.store.owns("alice@example.org", "bob+news@example.org"))
+        self.assertFalse(self.store.owns("bob@example.org", "bob+x@example.org"))
+
+
+class CatchAllTests(StoreTestCase):
+    """@domain aliases (Postfix virtual's catch-all)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_user("bob@example.org", "h")
+
+    def test_unknown_local_part_goes_to_the_target(self) -> None:
+        """An unknown local part of the domain reaches the catch-all's target."""
+        alias = self.store.add_alias("@Example.org", ["alice@example.org"])
+        self.assertEqual(alias, Alias("@example.org", ("alice@example.org",)))
+        self.assertTrue(self.store.accepts(M("whoever@example.org")))
+        self.assertEqual(self.store.expand(M("whoever@example.org")), [M("alice@example.org")])
+        self.assertIn(alias, self.store.aliases())
+        self.assertEqual(self.store.owned_addresses("alice@example.org"), {"alice@example.org"})
+
+    def test_users_aliases_and_subaddresses_win(self) -> None:
+        """Users, aliases and user+detail are resolved before the catch-all."""
+        self.store.add_alias("@example.org", ["alice@example.org"])
+        self.store.add_alias("team@example.org", ["bob@example.org"])
+        self.assertEqual(self.store.expand(M("bob@example.org")), [M("bob@example.org")])
+        self.assertEqual(self.store.expand(M("team@example.org")), [M("bob@example.org")])
+        self.assertEqual(self.store.expand(M("bob+x@example.org")), [M("bob@example.org")])
+
+    def test_delete_and_refusals(self) -> None:
+        """del removes it; a remote domain and a string that is not @domain are refused."""
+        self.store.add_alias("@example.org", ["alice@example.org"])
+        self.store.delete_alias("@EXAMPLE.org")
+        self.assertFalse(self.store.accepts(M("whoever@example.org")))
+        self.assertStoreError(
+            "remote.example is not a local domain; add it first",
+            self.store.add_alias,
+            "@remote.example",
+            ["alice@example.org"],
+        )
+        for bad in ("*@example.org", "@", "@@x"):
+            e = self.assertRaises(StoreError, self.store.add_alias, bad, ["alice@example.org"])
+            self.assertIn("invalid address", str(e))
+
+
+class AbuseTests(StoreTestCase):
+    """RFC 2142: abuse@ every local domain reaches the postmaster."""
+
+    def test_abuse_follows_postmaster(self) -> None:
+        """abuse@ goes where postmaster@ goes: the first user, or the postmaster alias."""
+        self.store.add_user("zed@example.org", "h")
+        self.store.add_user("amy@example.org", "h")
+        self.assertTrue(self.store.accepts(M("Abuse@example.org")))
+        self.assertEqual(self.store.expand(M("abuse@example.org")), [M("zed@example.org")])
+        self.store.add_alias("postmaster@example.org", ["amy@example.org"])
+        self.assertEqual(self.store.expand(M("abuse@example.org")), [M("amy@example.org")])
+        self.store.add_alias("abuse@example.org", ["zed@example.org"])
+        self.assertEqual(self.store.expand(M("abuse@example.org")), [M("zed@example.org")])
+
+    def test_domains_without_admin(self) -> None:
+        """A local domain with neither a postmaster@ user nor alias is reported."""
+        self.store.add_user("zed@example.org", "h")
+        self.store.add_domain("other.example")
+        self.store.add_alias("postmaster@other.example", ["zed@example.org"])
+        self.store.add_domain("third.example")
+        self.assertEqual(self.store.domains_without_admin(), ["example.org", "third.example"])

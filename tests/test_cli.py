@@ -519,12 +519,51 @@ class ConfigTests(CLITestCase):
         self.setenv(cli.config_module.ENV_VAR, str(self.config))
         self.add_user("alice@example.org")
         self.assertEqual(self.run_cli("user", "list", config=False), (0, "alice@example.org\n", ""))
+        self.run_cli("alias", "add", "postmaster@example.org", "alice@example.org", config=False)
         self.setenv(cli.config_module.ENV_VAR, None)
         self.chdir(self.base)
         self.assertEqual(
             self.run_cli("check-config", config=False), (0, "config OK: twistedmail.toml\n", "")
         )
         self.assertEqual(self.run_cli("user", "list", config=False), (0, "alice@example.org\n", ""))
+
+    def test_check_config_warns_of_domains_without_admin(self) -> None:
+        """check-config warns of a local domain with no postmaster@ user or alias, where
+        postmaster@ and abuse@ mail (RFC 5321 §4.5.1, RFC 2142) falls back to the first user."""
+        self.add_user("alice@example.org")
+        self.run_cli("domain", "add", "other.example")
+        self.run_cli("alias", "add", "postmaster@other.example", "alice@example.org")
+        self.assertEqual(
+            self.run_cli("check-config"),
+            (
+                0,
+                f"config OK: {self.config}\n",
+                "twistedmail: warning: example.org has no configured admin: postmaster@example.org"
+                " and abuse@example.org go to the first user; run: twistedmail alias add"
+                " postmaster@example.org ADMIN\n",
+            ),
+        )
+
+    def test_catch_all_alias(self) -> None:
+        """alias add/list/del take @domain (a catch-all); a wildcard or bare @ is one error."""
+        self.add_user("alice@example.org")
+        self.assertEqual(
+            self.run_cli("alias", "add", "@Example.org", "alice@example.org"),
+            (0, "@example.org -> alice@example.org\n", ""),
+        )
+        self.assertEqual(self.run_cli("alias", "list"), (0, "@example.org alice@example.org\n", ""))
+        for bad, why in (
+            ("*@example.org", "'*@example.org': a catch-all is written @example.org"),
+            ("@", "'@': expected local@domain or @domain"),
+            ("@@x", "'@@x': expected local@domain or @domain"),
+        ):
+            self.assertUserError(
+                self.run_cli("alias", "add", bad, "alice@example.org"), f"invalid address {why}"
+            )
+        self.assertEqual(
+            self.run_cli("alias", "del", "@EXAMPLE.org"), (0, "deleted alias @example.org\n", "")
+        )
+        self.assertEqual(self.run_cli("alias", "list"), (0, "", ""))
 
     def test_bad_config(self) -> None:
         self.write_config('[server]\ndata_dir = "x"\nhostnme = "typo"\n')

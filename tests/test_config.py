@@ -10,6 +10,7 @@ from twisted.trial.unittest import TestCase
 from twistedmail.config import (
     DEFAULT_LISTEN,
     ConfigError,
+    DeliveryConfig,
     ListenAddress,
     QueueConfig,
     find_config,
@@ -48,6 +49,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.submission, defaults.submission)
         self.assertEqual(example.smtp, defaults.smtp)
         self.assertEqual(example.tls, defaults.tls)
+        self.assertEqual(example.delivery, defaults.delivery)
 
     def test_defaults(self) -> None:
         config = parse_config({}, None)
@@ -165,6 +167,25 @@ class ConfigTests(TestCase):
         self.assertEqual(
             self.error('[listen]\npop3 = ["127.0.0.1:2110", "127.0.0.1:2110"]\n'),
             "FILE: [listen] pop3: 127.0.0.1:2110 is also used by pop3",
+        )
+
+    def test_delivery_addressing(self) -> None:
+        """[delivery]: recipient_delimiter "+" (RFC 5233) and plus_folder off by default."""
+        self.assertEqual(parse_config({}, None).delivery, DeliveryConfig("+", False))
+        text = '[delivery]\nrecipient_delimiter = ""\nplus_folder = true\n'
+        config = load_config(self.write(text))
+        self.assertEqual(config.delivery, DeliveryConfig("", True))
+        self.assertEqual(
+            self.error('[delivery]\nrecipient_delimiter = "++"\n'),
+            "FILE: [delivery] recipient_delimiter: must be one character or empty, not @",
+        )
+        self.assertEqual(
+            self.error('[delivery]\nrecipient_delimiter = "@"\n'),
+            "FILE: [delivery] recipient_delimiter: must be one character or empty, not @",
+        )
+        self.assertEqual(
+            self.error('[delivery]\nplus_folder = "yes"\n'),
+            "FILE: [delivery] plus_folder: must be true or false",
         )
 
     def test_submission_from_header_check(self) -> None:

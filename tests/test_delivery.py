@@ -201,3 +201,50 @@ class QuotaDeliveryTests(unittest.TestCase):
         error = check("alice2@example.org")
         self.assertIsInstance(error, QuotaExceeded)
         self.assertIsNone(check("team@example.org"))  # bob has room
+
+
+class PlusFolderTests(unittest.TestCase):
+    """[delivery] plus_folder: user+detail goes into the user's folder named detail."""
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        self.mail_dir = base / "mail"
+        self.store = AccountStore(base / "accounts.sqlite3")
+        self.addCleanup(self.store.close)
+        self.store.add_user("alice@example.org", "h")
+        self.root = self.mail_dir / "example.org" / "alice"
+        (self.root / ".Lists" / "cur").mkdir(parents=True)  # as a bare client-made folder
+        self.changed: list[Path] = []
+        notifier = ChangeNotifier()
+        notifier.subscribe(self.root / ".Lists", lambda: self.changed.append(self.root))
+
+        def make(plus_folder: bool) -> LocalDelivery:
+            return LocalDelivery(
+                self.store, self.mail_dir, notifier, run_now, plus_folder=plus_folder
+            )
+
+        self.make = make
+
+    def deliver(self, delivery: LocalDelivery, rcpt: str) -> None:
+        d = defer.ensureDeferred(delivery.deliver(None, [M(rcpt)], MESSAGE))
+        self.successResultOf(d)
+
+    def files(self, folder: str) -> list[bytes]:
+        new = self.root / folder / "new"
+        return [p.read_bytes() for p in new.iterdir()] if new.is_dir() else []
+
+    def test_existing_folder_any_case(self) -> None:
+        """alice+lists@ lands in the existing folder "Lists" (matched case-insensitively)."""
+        self.deliver(self.make(True), "alice+lists@example.org")
+        self.assertEqual(self.files(".Lists"), [b"Return-Path: <>\r\n" + MESSAGE])
+        self.assertEqual(self.files(""), [])
+        self.assertEqual(self.changed, [self.root])
+
+    def test_missing_folder_or_off_is_inbox(self) -> None:
+        """No such folder, or plus_folder off: the INBOX (no folder is created)."""
+        self.deliver(self.make(True), "alice+nothere@example.org")
+        self.deliver(self.make(False), "alice+lists@example.org")
+        self.assertEqual(len(self.files("")), 2)
+        self.assertEqual(self.files(".Lists"), [])
+        self.assertFalse((self.root / ".nothere").exists())

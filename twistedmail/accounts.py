@@ -4,6 +4,8 @@ The CLI writes and the server reads the same file at once: WAL journaling lets a
 each committed change on its next query, so a password changed with C{twistedmail user
 passwd} works on the next login without a restart.  Addresses are stored normalised
 (L{twistedmail.address.Mailbox}); passwords only as hashes (L{twistedmail.passwords}).
+Recipients are resolved in one place, L{AccountStore.route}: users, aliases, subaddresses
+(RFC 5233), C{postmaster@}/C{abuse@} (RFC 5321 §4.5.1, RFC 2142) and C{@domain} catch-alls.
 
 Each user has a storage quota (octets) and a message-count quota, 0 meaning unlimited
 (RFC 9208 §5.1 STORAGE and §5.2 MESSAGE, enforced by L{twistedmail.quota}).  A store created
@@ -24,6 +26,8 @@ from twistedmail.address import AddressError, Mailbox, normalize_domain
 SCHEMA_VERSION = 2
 MAX_ALIAS_DEPTH = 10  # alias chains longer than this are treated as loops
 POSTMASTER = "postmaster"  # RFC 5321 §4.5.1, case-insensitive (local parts are lower-cased)
+ABUSE = "abuse"  # RFC 2142 §2: reaches whoever postmaster@ reaches unless defined itself
+RECIPIENT_DELIMITER = "+"  # RFC 5233 subaddress separator ([delivery] recipient_delimiter)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY);
@@ -73,6 +77,16 @@ class Alias:
     targets: tuple[str, ...]
 
 
+@attrs.frozen
+class Route:
+    """Where a local address leads (L{AccountStore.route}): a C{user}, or C{targets} to
+    resolve in turn; C{detail} is the RFC 5233 detail when the address was split."""
+
+    user: Mailbox | None = None
+    targets: tuple[Mailbox, ...] = ()
+    detail: str | None = None
+
+
 def _mailbox(text: str) -> Mailbox:
     try:
         mailbox = Mailbox.parse(text)
@@ -85,6 +99,20 @@ def _mailbox(text: str) -> Mailbox:
     if mailbox.literal:
         raise StoreError(f"invalid address {text!r}: not a domain name")
     return mailbox
+
+
+def _alias_key(text: str) -> str:
+    """An alias address, or C{@domain} for a domain's catch-all (Postfix virtual's form).
+
+    @raise StoreError: for anything else (C{*@example.org}, C{@}, C{@@x})."""
+    if text.startswith("@"):
+        if "@" in text[1:] or not text[1:]:
+            raise StoreError(f"invalid address {text!r}: expected local@domain or @domain")
+        return "@" + _domain(text[1:])
+    mbox = _mailbox(text)
+    if mbox.local == "*":  # valid atext, but always a wildcard meant as @domain
+        raise StoreError(f"invalid address {text!r}: a catch-all is written @{mbox.domain}")
+    return str(mbox)
 
 
 def _domain(text: str) -> str:
@@ -103,11 +131,16 @@ class AccountStore:
         C{fork()} (twistd without C{-n} forks into the background after building the
         service), or the child keeps reading a WAL index that the CLI's checkpoint has
         replaced and never sees another account change.
+    @param recipient_delimiter: the RFC 5233 subaddress separator (C{""}: none); see
+        L{route}.
     @raise StoreError: from mutators, for user errors (unknown, duplicate, invalid).
     """
 
-    def __init__(self, path: Path, *, connect: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, connect: bool = True, recipient_delimiter: str = RECIPIENT_DELIMITER
+    ) -> None:
         self.path = path
+        self.recipient_delimiter = recipient_delimiter.lower()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         if connect:
@@ -298,32 +331,37 @@ class AccountStore:
     def add_alias(self, address: str, targets: Iterable[str]) -> Alias:
         """Point C{address} (in a local domain) at C{targets} (local or remote addresses).
 
-        Adding to an existing alias adds targets.  @raise StoreError: for a non-local alias
-        domain, an alias that is a user, invalid addresses, or no targets.
+        C{address} may be C{@domain}: the domain's catch-all, for local parts that are no
+        user or alias (L{route}).  Adding to an existing alias adds targets.
+        @raise StoreError: for a non-local alias domain, an alias that is a user, invalid
+        addresses, or no targets.
         """
-        mbox = _mailbox(address)
+        key = _alias_key(address)
+        domain = key.rpartition("@")[2]
         normalised = sorted({str(_mailbox(t)) for t in targets})
         if not normalised:
             raise StoreError("an alias needs at least one target")
-        if not self.is_local_domain(mbox.domain):
-            raise StoreError(f"{mbox.domain} is not a local domain; add it first")
-        if self.is_user(str(mbox)):
-            raise StoreError(f"{mbox} is a user, not an alias")
-        if str(mbox) in normalised:
-            raise StoreError(f"{mbox} cannot be an alias of itself")
+        if not self.is_local_domain(domain):
+            raise StoreError(f"{domain} is not a local domain; add it first")
+        if self.is_user(key):
+            raise StoreError(f"{key} is a user, not an alias")
+        if key in normalised:
+            raise StoreError(f"{key} cannot be an alias of itself")
         with self._transaction():
             self._db.executemany(
                 "INSERT OR IGNORE INTO aliases(address, target) VALUES (?, ?)",
-                [(str(mbox), t) for t in normalised],
+                [(key, t) for t in normalised],
             )
-        return Alias(str(mbox), tuple(self.alias_targets(str(mbox))))
+        return Alias(key, tuple(self.alias_targets(key)))
 
-    def delete_alias(self, address: str) -> None:
-        """Remove an alias and all its targets. @raise StoreError: if unknown."""
-        mbox = _mailbox(address)
-        cur = self._db.execute("DELETE FROM aliases WHERE address=?", (str(mbox),))
+    def delete_alias(self, address: str) -> str:
+        """Remove an alias (or C{@domain} catch-all) and all its targets; return its
+        normalised name.  @raise StoreError: if unknown."""
+        key = _alias_key(address)
+        cur = self._db.execute("DELETE FROM aliases WHERE address=?", (key,))
         if cur.rowcount == 0:
-            raise StoreError(f"no such alias {mbox}")
+            raise StoreError(f"no such alias {key}")
+        return key
 
     def alias_targets(self, address: str) -> list[str]:
         rows = self._db.execute(
@@ -341,11 +379,63 @@ class AccountStore:
     # lookups used by the protocols
 
     def accepts(self, mbox: Mailbox) -> bool:
-        """Whether mail to C{mbox} is accepted here: a user, an alias, or C{postmaster@} a
-        local domain that has someone to deliver to (L{postmaster_of}; RCPT time check)."""
-        if self.is_user(str(mbox)) or self.alias_targets(str(mbox)):
-            return True
-        return mbox.local == POSTMASTER and self.postmaster_of(mbox.domain) is not None
+        """Whether mail to C{mbox} is accepted here (RCPT time check): L{route} finds a
+        user, an alias, a role address or a catch-all for it."""
+        return self.route(mbox) is not None
+
+    def split_detail(self, mbox: Mailbox) -> tuple[Mailbox, str] | None:
+        """C{user+detail@domain} -> (C{user@domain}, C{detail}) for the configured
+        delimiter (RFC 5233 §1), or C{None} when there is no delimiter to split at."""
+        delimiter = self.recipient_delimiter
+        if not delimiter or delimiter not in mbox.local:
+            return None
+        user, _, detail = mbox.local.partition(delimiter)
+        if not user:
+            return None
+        return Mailbox(user, mbox.domain), detail
+
+    def route(self, mbox: Mailbox) -> Route | None:
+        """How mail to C{mbox} in a local domain is routed, or C{None}: unknown here.
+
+        The one lookup order for port 25, submission and delivery (Postfix's virtual
+        alias order): the full address as a user or alias; then, when the local part holds
+        the recipient delimiter, the address without its detail (RFC 5233; so an explicit
+        C{alice+work@} wins over splitting); then C{postmaster@} (RFC 5321 §4.5.1,
+        L{postmaster_of}) and C{abuse@} (RFC 2142, to wherever C{postmaster@} goes); last
+        the domain's C{@domain} catch-all.  Non-local domains get C{None}.
+        """
+        if not self.is_local_domain(mbox.domain):
+            return None
+        split = self.split_detail(mbox)
+        for candidate, detail in ((mbox, None), *([split] if split else [])):
+            key = str(candidate)
+            if self.is_user(key):
+                return Route(user=candidate, detail=detail)
+            targets = self.alias_targets(key)
+            if targets:
+                return Route(targets=tuple(Mailbox.parse(t) for t in targets), detail=detail)
+        for candidate in (mbox, *([split[0]] if split else [])):
+            if candidate.local == POSTMASTER:
+                admin = self.postmaster_of(candidate.domain)
+                if admin is not None:
+                    return Route(targets=(admin,))
+            elif candidate.local == ABUSE:
+                postmaster = Mailbox(POSTMASTER, candidate.domain)
+                if self.route(postmaster) is not None:
+                    return Route(targets=(postmaster,))
+        catch_all = self.alias_targets("@" + mbox.domain)
+        if catch_all:
+            return Route(targets=tuple(Mailbox.parse(t) for t in catch_all))
+        return None
+
+    def domains_without_admin(self) -> list[str]:
+        """Local domains with neither a C{postmaster@} user nor alias (their postmaster mail
+        falls back to L{postmaster_of}'s guess; C{check-config} warns)."""
+        return [
+            d
+            for d in self.domains()
+            if not self.is_user(f"{POSTMASTER}@{d}") and not self.alias_targets(f"{POSTMASTER}@{d}")
+        ]
 
     def postmaster_of(self, domain: str) -> Mailbox | None:
         """Where C{postmaster@domain} goes when no user or alias of that name exists.
@@ -372,14 +462,20 @@ class AccountStore:
         return Mailbox.parse(row[0]) if row else None
 
     def expand(self, mbox: Mailbox) -> list[Mailbox]:
-        """Final recipients of C{mbox}: users and remote addresses after alias expansion.
+        """Final recipients of C{mbox}: users and remote addresses after alias expansion
+        (L{resolve} without the details)."""
+        return [final for final, _detail in self.resolve(mbox)]
 
-        Aliases expand recursively (an alias target may be an alias), at most
-        L{MAX_ALIAS_DEPTH} deep; loops and unknown local targets are dropped.
-        An alias that names itself among its targets also delivers to itself only if it is a user.
-        C{postmaster@} a local domain with no such user or alias goes to L{postmaster_of}.
+    def resolve(self, mbox: Mailbox) -> list[tuple[Mailbox, str | None]]:
+        """Final recipients of C{mbox}, each with the RFC 5233 detail by which C{mbox}
+        named that user directly (C{alice+lists@} -> C{(alice@, "lists")}), else C{None}.
+
+        Each local address is resolved by L{route} (users, aliases, subaddresses, role
+        addresses, catch-all); aliases expand recursively, at most L{MAX_ALIAS_DEPTH} deep;
+        loops and unknown local targets are dropped.  An alias that names itself among its
+        targets also delivers to itself only if it is a user.
         """
-        result: list[Mailbox] = []
+        result: dict[str, tuple[Mailbox, str | None]] = {}
         seen: set[str] = set()
 
         def walk(m: Mailbox, depth: int) -> None:
@@ -387,23 +483,21 @@ class AccountStore:
             if key in seen or depth > MAX_ALIAS_DEPTH:
                 return
             seen.add(key)
-            if self.is_user(key):
-                result.append(m)
+            if not self.is_local_domain(m.domain):
+                result.setdefault(key, (m, None))
                 return
-            targets = self.alias_targets(key)
-            if targets:
-                for t in targets:
-                    walk(Mailbox.parse(t), depth + 1)
-            elif not self.is_local_domain(m.domain):
-                result.append(m)
-            elif m.local == POSTMASTER:
-                # RFC 5321 §4.5.1: postmaster@ a local domain without an alias still arrives.
-                target = self.postmaster_of(m.domain)
-                if target is not None:
-                    walk(target, depth + 1)
+            route = self.route(m)
+            if route is None:
+                return
+            if route.user is not None:
+                detail = route.detail if depth == 0 else None
+                result.setdefault(str(route.user), (route.user, detail))
+                return
+            for t in route.targets:
+                walk(t, depth + 1)
 
         walk(mbox, 0)
-        return result
+        return list(result.values())
 
     def postmaster(self, hostname: str) -> Mailbox | None:
         """Where C{RCPT TO:<Postmaster>} (no domain) goes (RFC 5321 §4.5.1, which requires
@@ -421,9 +515,27 @@ class AccountStore:
         """Addresses C{user} may send as: itself and every alias that expands to it."""
         owned = {user.lower()}
         for alias in self.aliases():
+            if alias.address.startswith("@"):  # a catch-all: not an address to send as
+                continue
             if any(str(m) == user.lower() for m in self.expand(Mailbox.parse(alias.address))):
                 owned.add(alias.address)
         return owned
+
+    def owns(self, user: str, address: str) -> bool:
+        """Whether C{user} may send as C{address}: one of L{owned_addresses}, or a
+        subaddress of one (C{alice+news@} for C{alice@}, RFC 5233) that is not itself a
+        user or alias."""
+        try:
+            mbox = Mailbox.parse(address)
+        except AddressError:
+            return False
+        owned = self.owned_addresses(user)
+        if str(mbox) in owned:
+            return True
+        split = self.split_detail(mbox)
+        if split is None or self.is_user(str(mbox)) or self.alias_targets(str(mbox)):
+            return False
+        return str(split[0]) in owned
 
     def _transaction(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")

@@ -373,9 +373,8 @@ def cmd_alias_add(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_alias_del(ctx: _Context, args: argparse.Namespace) -> None:
-    mbox = _address(args.alias)
-    ctx.store(create=False).delete_alias(str(mbox))
-    _out(f"deleted alias {mbox}")
+    key = ctx.store(create=False).delete_alias(args.alias)  # or @domain, a catch-all
+    _out(f"deleted alias {key}")
 
 
 def cmd_alias_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -393,9 +392,24 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
     for warning in ctx.config.warnings:  # loads, but likely not what was meant
         print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
     ctx.act_as_data_dir_owner()
+    _warn_domains_without_admin(ctx)
     _check_dkim_keys(ctx)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
+
+
+def _warn_domains_without_admin(ctx: _Context) -> None:
+    """A warning per local domain without a postmaster@ user or alias: its postmaster@ and
+    abuse@ mail (RFC 5321 §4.5.1, RFC 2142) falls back to the first user."""
+    if not config_module.store_path(ctx.config).exists():
+        return
+    for domain in ctx.store(create=False).domains_without_admin():
+        print(
+            f"{PROG}: warning: {domain} has no configured admin: postmaster@{domain} and"
+            f" abuse@{domain} go to the first user; run: {PROG} alias add"
+            f" postmaster@{domain} ADMIN",
+            file=sys.stderr,
+        )
 
 
 def _readable_by(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
@@ -691,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     action(domains, "list", cmd_domain_list, "list domains, one per line")
 
     aliases = group("alias", "manage aliases (addresses that forward to others)")
-    p = action(aliases, "add", cmd_alias_add, "point ALIAS at TARGETs (adds to existing)")
+    p = action(aliases, "add", cmd_alias_add, "point ALIAS or @DOMAIN (catch-all) at TARGETs")
     p.add_argument("alias")
     p.add_argument("targets", nargs="+", metavar="TARGET")
     p = action(aliases, "del", cmd_alias_del, "delete an alias")

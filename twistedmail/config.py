@@ -180,6 +180,16 @@ class SMTPConfig:
 
 
 @attrs.frozen
+class DeliveryConfig:
+    """C{[delivery]}: recipient addressing.  C{recipient_delimiter} splits C{user+detail}
+    (RFC 5233; C{""} turns it off); with C{plus_folder}, mail to C{user+detail} goes into
+    the user's existing folder named C{detail} (case-insensitive), else INBOX."""
+
+    recipient_delimiter: str = "+"
+    plus_folder: bool = False
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -193,6 +203,7 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig()
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -384,6 +395,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     """Validate parsed TOML C{data} into a L{Config}.  @raise ConfigError: see L{load_config}."""
     r = _Reader(source)
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
+    known.add("delivery")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -566,6 +578,14 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if bare_lf not in BARE_LF_MODES:
         raise r.fail("[smtp] bare_lf", 'must be "reject" or "normalize"')
 
+    delivery = r.section(data, "delivery", {"recipient_delimiter", "plus_folder"})
+    delimiter = delivery.get("recipient_delimiter", "+")
+    if not isinstance(delimiter, str) or len(delimiter) > 1 or delimiter in ("@", '"', " "):
+        raise r.fail("[delivery] recipient_delimiter", "must be one character or empty, not @")
+    plus_folder = delivery.get("plus_folder", False)
+    if not isinstance(plus_folder, bool):
+        raise r.fail("[delivery] plus_folder", "must be true or false")
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -590,6 +610,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         submission=SubmissionConfig(check_from_header=check_from),
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
+        delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
         warnings=tuple(warnings),
     )
 

@@ -94,6 +94,8 @@ class LocalDelivery:
     @param mail_dir: C{DATA_DIR/mail}.
     @param notifier: told (on the reactor thread) which folders received mail.
     @param quota: the users' quotas; C{None} stores without limit.
+    @param plus_folder: mail to C{user+detail} goes into the user's existing folder named
+        C{detail} (case-insensitive), else INBOX (C{[delivery] plus_folder}, RFC 5233).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class LocalDelivery:
         quota: QuotaTracker | None = None,
         hostname: str = "localhost",
         outbound: Outbound | None = None,
+        plus_folder: bool = False,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
@@ -116,16 +119,32 @@ class LocalDelivery:
         """Sends what Sieve scripts produce (the outbound queue's C{enqueue}); without it,
         a redirect keeps the message instead and vacation and reject send nothing."""
         self.scripts = ScriptCache()
+        self.plus_folder = plus_folder
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
         """Expand aliases; return (distinct local users, remote addresses), order kept."""
+        users, remote, _details, _given = self._resolve(recipients)
+        return users, remote
+
+    def _resolve(
+        self, recipients: list[Mailbox]
+    ) -> tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]:
+        """L{local_users}; user -> the RFC 5233 detail of the first recipient that named
+        them directly (C{alice+lists@} -> C{lists}; L{AccountStore.resolve}); and user -> the
+        envelope recipient as given (the first that reached them, for Sieve's envelope test).
+        Each recipient is resolved once."""
         users: dict[str, Mailbox] = {}
         remote: dict[str, Mailbox] = {}
+        details: dict[str, str] = {}
+        given: dict[str, str] = {}
         for rcpt in recipients:
-            for final in self.store.expand(rcpt):
-                target = users if self.store.is_user(str(final)) else remote
-                target.setdefault(str(final), final)
-        return list(users.values()), list(remote.values())
+            for final, detail in self.store.resolve(rcpt):
+                local = self.store.is_local_domain(final.domain)
+                (users if local else remote).setdefault(str(final), final)
+                given.setdefault(str(final), str(rcpt))
+                if detail:
+                    details.setdefault(str(final), detail)
+        return list(users.values()), list(remote.values()), details, given
 
     async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
         """RCPT time: refuse a recipient whose every local user is already at or over their
@@ -173,8 +192,7 @@ class LocalDelivery:
 
         @raise OSError: on a disk failure; some copies may already be stored.
         """
-        users, remote = self.local_users(recipients)
-        given = self._given_recipients(recipients)
+        users, remote, details, given = self._resolve(recipients)
         data = return_path_header(reverse_path) + message
         over: list[Mailbox] = []
         if self.quota is not None:
@@ -192,6 +210,8 @@ class LocalDelivery:
                     )
                     over.append(user)
             users = [u for u in users if u not in over]
+        if not self.plus_folder:
+            details = {}
         sender = str(reverse_path) if reverse_path else "<>"
         for user in users:
             root = mailbox_root(self.mail_dir, str(user))
@@ -208,6 +228,7 @@ class LocalDelivery:
                 message,
                 data,
                 envelope,
+                details.get(str(user)),
             )
             if outcome.error:
                 log.warn(
@@ -253,14 +274,6 @@ class LocalDelivery:
             assert self.outbound is not None
             await self.outbound(reverse_path, remote, message)
 
-    def _given_recipients(self, recipients: list[Mailbox]) -> dict[str, str]:
-        """{user: the envelope recipient as given}, first recipient wins."""
-        out: dict[str, str] = {}
-        for rcpt in recipients:
-            for final in self.store.expand(rcpt):
-                out.setdefault(str(final), str(rcpt))
-        return out
-
     def _deliver_one(
         self,
         user: Mailbox,
@@ -269,11 +282,18 @@ class LocalDelivery:
         message: bytes,
         data: bytes,
         envelope: Envelope,
+        detail: str | None = None,
     ) -> _Outcome:
-        """In a thread: run the user's script (if any) and store durably."""
+        """In a thread: run the user's script (if any) and store durably; without a script,
+        into the folder named by C{detail} when it exists (C{[delivery] plus_folder})."""
         make_maildir(root)
         script_path = active_script(root)
         if script_path is None:
+            into = _detail_folder(root, detail)
+            if into != root:
+                make_maildir(into, folder=True)  # a folder with only cur/ still takes mail
+                name = write_durably(into / "new", data)
+                return _Outcome(stored=[(into.name[1:], name)], changed=[into])
             return _Outcome(stored=[("INBOX", write_durably(root / "new", data))], changed=[root])
         user_text = str(user)
         data = data.replace(b"\r\n", b"\r\nDelivered-To: %s\r\n" % user_text.encode(), 1)
@@ -536,3 +556,13 @@ class ScriptCache:
         if isinstance(compiled, SieveError):
             raise compiled
         return compiled
+
+
+def _detail_folder(root: Path, detail: str | None) -> Path:
+    """The existing folder of C{root} named C{detail} (case-insensitive), else C{root}."""
+    if detail:
+        maildir = UserMaildir(root)
+        for name in maildir.folders()[1:]:
+            if name.lower() == detail.lower():
+                return maildir.folder_path(name)
+    return root

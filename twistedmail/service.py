@@ -333,7 +333,11 @@ class MailServer(MultiService):
         self.reactor = reactor
         ensure_data_dir(config)
         # Opened in startService, after twistd's fork and privilege drop (issue 9).
-        self.store = AccountStore(store_path(config), connect=False)
+        self.store = AccountStore(
+            store_path(config),
+            connect=False,
+            recipient_delimiter=config.delivery.recipient_delimiter,
+        )
         self.mail_dir = mail_dir(config)
         self.notifier = ChangeNotifier()
         self.tls_context = server_tls_context(config)
@@ -383,6 +387,7 @@ class MailServer(MultiService):
             run_in_thread,
             self.quota,
             hostname=config.server.hostname,
+            plus_folder=config.delivery.plus_folder,
         )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         # Sieve redirect, vacation and reject leave through the same queue as submission.

@@ -343,9 +343,7 @@ class LocalRecipients:
         @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
             alias that expands to a remote address when there is no relay.
         """
-        if not self.store.accepts(recipient):
-            raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
-        users, remote = self.delivery.local_users([recipient])
+        users, remote = self.delivery.local_users([recipient])  # resolved once (route)
         if remote and self.relay is None:
             raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         if not users and not remote:

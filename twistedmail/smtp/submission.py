@@ -4,7 +4,8 @@ AUTH is required before MAIL (RFC 6409 §4.3: C{530 5.7.0 Authentication require
 is no anonymous fallback (stock Twisted's C{SMTP.validateFrom} tries an anonymous
 C{portal.login} when nobody has authenticated, which would let anyone submit).  AUTH itself
 is offered only under TLS.  The MAIL FROM address must be one the user owns (the user or an
-alias expanding to it; RFC 6409 §6.1: C{553 5.7.1} otherwise).
+alias expanding to it, or a subaddress of one, RFC 5233; RFC 6409 §6.1: C{553 5.7.1}
+otherwise).
 Local recipients are delivered as on port 25; recipients in other domains are queued
 durably for the outbound relay (L{twistedmail.smtp.queue}) before C{250}; without a relay
 (tests only) they get C{450 4.7.1} at RCPT.
@@ -64,7 +65,7 @@ class SubmissionPolicy:
         null path) the user does not own."""
         if client.user is None:
             raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)  # RFC 6409 §4.3
-        if reverse_path is None or str(reverse_path) not in self.store.owned_addresses(client.user):
+        if reverse_path is None or not self.store.owns(client.user, str(reverse_path)):
             raise SMTPReplyError(REPLY_553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
 
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
@@ -106,9 +107,8 @@ class SubmissionPolicy:
             current = value if colon and name.strip().lower() == "from" else None
         if current is not None:
             fields.append(current)
-        owned = self.store.owned_addresses(user)
         for _name, address in getaddresses(fields):
-            if address.lower() not in owned:
+            if not self.store.owns(user, address):
                 raise SMTPReplyError(REPLY_550_FROM_NOT_OWNED)
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
