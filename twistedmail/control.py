@@ -99,6 +99,8 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self.factory is None:  # built by hand (tests), not by control_factory
+            return
         self.factory.open_connections = getattr(self.factory, "open_connections", 0) + 1
         clock = getattr(self.factory, "clock", None)  # set by the server: the reactor
         if clock is not None:
@@ -111,7 +113,8 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
 
     def connectionLost(self, reason: Any) -> None:
         self.setTimeout(None)
-        self.factory.open_connections -= 1
+        if self.factory is not None:
+            self.factory.open_connections -= 1
         super().connectionLost(reason)
 
     @Connections.responder
