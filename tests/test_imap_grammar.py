@@ -74,9 +74,7 @@ class SessionGrammarTests(unittest.TestCase):
 
     def test_nil_is_a_string_in_search_and_a_keyword_in_store(self) -> None:
         """NIL is an atom: in SEARCH a string like any other, in STORE a keyword (imaptest nil)."""
-        self.assertEqual(
-            self.h.cmd(b"a SEARCH BODY NIL"), [b"* SEARCH", b"a OK SEARCH completed"]
-        )
+        self.assertEqual(self.h.cmd(b"a SEARCH BODY NIL"), [b"* SEARCH", b"a OK SEARCH completed"])
         self.assertEqual(
             self.h.cmd(b"b STORE 2 +FLAGS NIL"),
             [
@@ -118,7 +116,7 @@ class SessionGrammarTests(unittest.TestCase):
         """A list-mailbox that is no valid modified UTF-7 (RFC 3501 §5.1.3) is still a
         well-formed pattern: LIST answers OK with no mailbox (imaptest atoms)."""
         self.assertEqual(
-            self.h.cmd(b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*"),
+            self.h.cmd(b'a LIST "" !#$&\'+,-.0123456789:;<=>?@^_`|[}%*'),
             [b"a OK LIST completed"],
         )
         self.assertEqual(self.h.cmd(b'b LIST "" ~foo'), [b"b OK LIST completed"])
@@ -254,12 +252,8 @@ class LiteralPositionTests(unittest.TestCase):
             self.h.send(b"b SEARCH CHARSET {6+}\r\nKOI8-R ALL\r\n"),
             b"b NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset\r\n",
         )
-        self.assertEqual(
-            self.h.send(b"c SORT (DATE) {5}\r\n"), b"+ Ready for 5 octets of text\r\n"
-        )
-        self.assertEqual(
-            self.h.send(b"UTF-8 ALL\r\n"), b"* SORT 1\r\nc OK SORT completed\r\n"
-        )
+        self.assertEqual(self.h.send(b"c SORT (DATE) {5}\r\n"), b"+ Ready for 5 octets of text\r\n")
+        self.assertEqual(self.h.send(b"UTF-8 ALL\r\n"), b"* SORT 1\r\nc OK SORT completed\r\n")
 
     def test_mailbox_names_as_literals(self) -> None:
         """CREATE, RENAME (two literals), APPEND's mailbox, LIST's reference and pattern."""

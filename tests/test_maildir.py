@@ -188,8 +188,14 @@ class ScanTests(MaildirTestCase):
     def test_equal_mtimes_in_name_arrival_order(self) -> None:
         """Equal mtimes: UIDs follow the numbers in the name (M99 before M100, Q9 before Q10),
         not the string order, which put a later message first (seen as a flaky FETCH test)."""
-        names = ["1000.M100P7Q1.h,S=5", "1000.M99P7Q2.h,S=5", "1000.M99P7Q10.h,S=5",
-                 "1000.M99P7Q9.h,S=5", "999.M5P7Q3.h,S=5", "odd-name,S=5"]
+        names = [
+            "1000.M100P7Q1.h,S=5",
+            "1000.M99P7Q2.h,S=5",
+            "1000.M99P7Q10.h,S=5",
+            "1000.M99P7Q9.h,S=5",
+            "999.M5P7Q3.h,S=5",
+            "odd-name,S=5",
+        ]
         for name in names:
             path = self.root / "new" / name
             path.write_bytes(b"x\r\n\r\n")
@@ -197,8 +203,14 @@ class ScanTests(MaildirTestCase):
         uids = {e.base: e.uid for e in self.folder.scan().messages}
         self.assertEqual(
             sorted(uids, key=uids.__getitem__),
-            ["999.M5P7Q3.h,S=5", "1000.M99P7Q2.h,S=5", "1000.M99P7Q9.h,S=5",
-             "1000.M99P7Q10.h,S=5", "1000.M100P7Q1.h,S=5", "odd-name,S=5"],
+            [
+                "999.M5P7Q3.h,S=5",
+                "1000.M99P7Q2.h,S=5",
+                "1000.M99P7Q9.h,S=5",
+                "1000.M99P7Q10.h,S=5",
+                "1000.M100P7Q1.h,S=5",
+                "odd-name,S=5",
+            ],
         )
 
     def test_usecs_zero_padded(self) -> None:

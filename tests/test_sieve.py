@@ -345,8 +345,7 @@ def test_discard_and_stop() -> None:
 def test_vacation_parameters() -> None:
     """vacation records its parameters; :seconds below the minimum is raised to it (RFC 6131)."""
     result = run(
-        'require "vacation-seconds";'
-        'vacation :seconds 60 :subject "Away" :addresses "x@y.z" "Gone";'
+        'require "vacation-seconds";vacation :seconds 60 :subject "Away" :addresses "x@y.z" "Gone";'
     )
     assert result.actions == (Vacation("Gone", 86400, "Away", None, ("x@y.z",)),)
     assert result.implicit_keep == Keep()
@@ -480,7 +479,7 @@ def test_any_message_bytes_never_raise(data: bytes) -> None:
                 b"--b\r\n",
                 b"Content-Transfer-Encoding: base64\r\n",
                 b"Date: Mon, 99 Foo 2026 25:61:61 +9999\r\n",
-                b"From: <@@>, \"\\\r\n",
+                b'From: <@@>, "\\\r\n',
                 b"\r\n",
                 b"\xff\xfe",
                 b"Received: ;;;\r\n",
@@ -497,8 +496,7 @@ def test_hostile_message_parts_never_raise(parts: list[bytes]) -> None:
 def test_missing_include_is_a_compile_error_with_a_resolver() -> None:
     """With a resolver, a missing non-optional include fails compilation (as Pigeonhole)."""
     source = (
-        'require "include";\ninclude "there";\ninclude :optional "gone";\n'
-        'include :global "gone";'
+        'require "include";\ninclude "there";\ninclude :optional "gone";\ninclude :global "gone";'
     )
     error = error_of_with(source, lambda name, where: name == "there")
     assert error.line == 4 and "'gone' does not exist" in error.message

@@ -105,6 +105,7 @@ def parse_sieve_test(stdout: str, stderr: str, returncode: int) -> Outcome:
 
 def ours(script_text: bytes, message: bytes, sender: str, recipient: str) -> Outcome:
     """Our compile + evaluate -> the comparable set of actions."""
+
     def exists(name: str, location: str) -> bool:
         return (CORPUS / "include" / location / f"{name}.sieve").exists()
 

@@ -74,9 +74,7 @@ class InboundTests(unittest.TestCase):
         )
         self.assertEqual(talk(proto, tr, b"EHLO c\r\n"), ehlo + b"250 STARTTLS\r\n")
         talk(proto, tr, b"STARTTLS\r\n")
-        self.assertEqual(
-            talk(proto, tr, b"EHLO c\r\n"), ehlo.replace(b"250-ENH", b"250 ENH")
-        )
+        self.assertEqual(talk(proto, tr, b"EHLO c\r\n"), ehlo.replace(b"250-ENH", b"250 ENH"))
         self.assertEqual(
             talk(proto, tr, b"AUTH PLAIN " + plain("alice@example.test", "alice-pw") + b"\r\n"),
             b"502 5.5.1 Command not implemented\r\n",

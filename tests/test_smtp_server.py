@@ -450,9 +450,7 @@ class DataTests(SessionTestCase):
         out = talk(
             proto, tr, TRANSACTION + b"Subject: hi\r\n\r\n..leading dot\r\n..\r\nend\r\n.\r\n"
         )
-        self.assertEqual(
-            out, ACCEPTED_UP_TO_DATA + b"250 2.0.0 Message accepted for delivery\r\n"
-        )
+        self.assertEqual(out, ACCEPTED_UP_TO_DATA + b"250 2.0.0 Message accepted for delivery\r\n")
         ((envelope, message),) = self.policy.delivered
         self.assertEqual(envelope.reverse_path, Mailbox("a", "b.test"))
         self.assertEqual(envelope.recipients, (Mailbox("c", "d.test"),))
@@ -571,9 +569,7 @@ class PipeliningTests(SessionTestCase):
         self.assertEqual(talk(proto, tr, b"NOOP\r\n"), b"")
         tr.clear()
         self.policy.hold[0].callback(None)
-        self.assertEqual(
-            tr.value(), b"250 2.0.0 Message accepted for delivery\r\n250 2.0.0 OK\r\n"
-        )
+        self.assertEqual(tr.value(), b"250 2.0.0 Message accepted for delivery\r\n250 2.0.0 OK\r\n")
         self.assertEqual(tr.producerState, "producing")
 
     def test_connection_lost_during_delivery(self) -> None:

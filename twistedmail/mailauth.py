@@ -624,9 +624,7 @@ class DNSCache:
         # gives up by itself after QUERY_TIMEOUT per nameserver of resolv.conf).
         d.addTimeout(QUERY_LIMIT, self.clock)
         self._inflight[key] = d
-        d.addCallbacks(
-            lambda result: self._answered(key, result), lambda f: self._failed(key, f)
-        )
+        d.addCallbacks(lambda result: self._answered(key, result), lambda f: self._failed(key, f))
 
     def _store(self, key: _Key, entry: _Entry) -> None:
         if entry.expires > self.clock.seconds():

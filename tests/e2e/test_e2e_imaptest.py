@@ -98,9 +98,7 @@ def imap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.parametrize(
     "group",
     [
-        pytest.param(g, marks=pytest.mark.xfail(reason=KNOWN[g], strict=False))
-        if g in KNOWN
-        else g
+        pytest.param(g, marks=pytest.mark.xfail(reason=KNOWN[g], strict=False)) if g in KNOWN else g
         for g in GROUPS
     ],
 )

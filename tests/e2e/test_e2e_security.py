@@ -167,9 +167,7 @@ def test_hostile_folder_names_stay_inside_the_maildir(
             status = imap_command(alice_imap, b'STATUS "%s" (MESSAGES)' % name)
             assert status.startswith(b"NO ["), name
             # Quoted too: APPEND after a literal mailbox name says "Literal expected".
-            append = imap_command(
-                alice_imap, b'APPEND "%s" {}' % name, b"Subject: x\r\n\r\nx\r\n"
-            )
+            append = imap_command(alice_imap, b'APPEND "%s" {}' % name, b"Subject: x\r\n\r\nx\r\n")
             assert append in (b"NO [TRYCREATE] No such mailbox", invalid), name
     # Nothing new anywhere: not in the data dir, not next to it.
     assert tree(server.data_dir) - before_data == set()
@@ -199,9 +197,7 @@ def test_hostile_user_names_stay_inside_the_data_dir(server: Server) -> None:
         p.pass_("x")
     p.quit()
     # SMTP AUTH on 465
-    with smtplib.SMTP_SSL(
-        "127.0.0.1", server.ports["submissions"], context=client_tls()
-    ) as s:
+    with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], context=client_tls()) as s:
         s.ehlo()
         assert s.docmd("AUTH PLAIN", plain.decode()) == (
             535,
@@ -333,8 +329,7 @@ def test_failed_logins_are_throttled_then_blocked(strict_server: Server) -> None
     failed = [line for line in log.splitlines() if "login failed:" in line]
     assert len(failed) == 6
     assert failed[0].endswith(
-        "[twistedmail.auth#warn] login failed: service=smtp user=alice@example.test"
-        " ip=127.0.0.1"
+        "[twistedmail.auth#warn] login failed: service=smtp user=alice@example.test ip=127.0.0.1"
     )
     assert (
         "login throttle: blocking user=alice@example.test from ip=127.0.0.1 for 900s after 3"

@@ -115,7 +115,7 @@ def test_source_route_and_quotes_deliver_to_the_mailbox(server: Server) -> None:
         assert command(s, 'MAIL FROM:<@hop.test:"john smith"@sender.test>') == (
             b"250 2.1.0 Sender OK"
         )
-        assert command(s, "RCPT TO:<@relay.test:\"alice\"@example.test>") == (
+        assert command(s, 'RCPT TO:<@relay.test:"alice"@example.test>') == (
             b"250 2.1.5 Recipient OK"
         )
         assert command(s, "DATA").startswith(b"354 ")

@@ -117,6 +117,8 @@ def parse_sequence_set(value: bytes) -> imap4.MessageSet:
         return imap4.parseIdList(value)
     except imap4.IllegalIdentifierError:
         raise ValueError("not a sequence set") from None
+
+
 """How deep SEARCH keys may nest (NOT, OR, parentheses); deeper is a L{SearchError}, so a
 client cannot exhaust the parser's or the matcher's recursion."""
 
@@ -265,9 +267,7 @@ class MaildirMailbox:
                 self._dirty = False
                 generation = self._generation
                 since = self.highestmodseq or None
-                scan, keywords = await self.run_in_thread(
-                    _scan, self.folder, since, self.readwrite
-                )
+                scan, keywords = await self.run_in_thread(_scan, self.folder, since, self.readwrite)
                 if generation != self._generation:
                     self._dirty = True  # our own change raced the scan: rescan
                     self._unapplied_recent |= scan.recent  # claimed: keep them for us

@@ -257,6 +257,7 @@ _TESTS: dict[str, _Spec] = {
     "mailboxexists": _Spec("mailbox", {}, ("stringlist",)),
 }
 
+
 def compile_regex(pattern: str | bytes, casemap: bool = False, octets: bool = False) -> Any:
     """An RE2 regex (linear time; POSIX-ERE-like syntax as Pigeonhole's :regex), errors quiet.
 
