@@ -506,6 +506,19 @@ class BareSizeTests(TestCase):
                 f' write "{number}MiB" (units B, KB, KiB, MB, MiB, GB, GiB)',
             )
 
+    def test_nameserver_must_be_an_ip_address(self) -> None:
+        """[relay] nameservers are IP addresses (twisted.names queries addresses, never names)."""
+        path = self.write('[relay]\nnameservers = ["not-an-ip"]\n')
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(e), f'{path}: [relay] nameservers: "not-an-ip" is not an IP address')
+        ok = load_config(
+            self.write('[relay]\nnameservers = ["127.0.0.1:5353", "[::1]:53", "10.0.0.1"]\n')
+        )
+        self.assertEqual(
+            [(a.host, a.port) for a in ok.relay.nameservers],
+            [("127.0.0.1", 5353), ("::1", 53), ("10.0.0.1", 53)],
+        )
+
     def test_absurd_sizes_and_counts_are_refused_in_one_line(self) -> None:
         """A size over 1 PiB or a count/timeout over 2**31-1 is a one-line error naming file
         and key (QA: C{default_quota = "99999999999999999999GiB"} passed check-config, then

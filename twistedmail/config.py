@@ -280,6 +280,18 @@ class _Reader:
         return ListenAddress(host, port)
 
 
+def _nameserver(r: _Reader, value: object) -> ListenAddress:
+    """A C{[relay] nameservers} entry: an IP address, with an optional port (default 53);
+    twisted.names sends to addresses, so a name here would fail every query at run time
+    (found by QA: C{"not-an-ip"} passed check-config)."""
+    address = r.address("[relay] nameservers", value, 53)
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise r.fail("[relay] nameservers", f'"{address.host}" is not an IP address') from None
+    return address
+
+
 MAX_SIZE = 2**50
 """The largest size read (1 PiB): above it a value is a typo, and SQLite's INTEGER (quotas) and
 the SIZE keyword (RFC 1870) would carry nonsense."""
@@ -598,7 +610,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         ),
         relay=RelayConfig(
             smarthost=smarthost,
-            nameservers=tuple(r.address("[relay] nameservers", n, 53) for n in nameservers),
+            nameservers=tuple(_nameserver(r, n) for n in nameservers),
             routes=tuple(route_list),
             port=relay_port,
             smarthost_tls=smarthost_tls,
