@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from twistedmail.maildir import fsync_dir
+
 SCRIPTS_DIR = "sieve"
 ACTIVE_LINK = ".dovecot.sieve"
 SUFFIX = ".sieve"
@@ -54,14 +56,6 @@ def validate_name(name: str) -> str:
     if "/" in name or name.startswith("."):
         raise ScriptNameError("script name contains '/' or starts with '.'")
     return name
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SieveStore:
@@ -143,7 +137,7 @@ class SieveStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def activate(self, name: str) -> None:
         """Make C{name} the active script (RFC 5804 §2.8 SETACTIVE), by an atomic link swap."""
@@ -157,13 +151,13 @@ class SieveStore:
         tmp.unlink(missing_ok=True)
         os.symlink(f"{SCRIPTS_DIR}/{name}{SUFFIX}", tmp)
         os.replace(tmp, self.link)
-        _fsync_dir(self.home)
+        fsync_dir(self.home)
 
     def deactivate(self) -> None:
         """No active script (RFC 5804 §2.8 SETACTIVE "")."""
         if self.link.is_symlink():
             self.link.unlink()
-            _fsync_dir(self.home)
+            fsync_dir(self.home)
 
     def delete(self, name: str) -> None:
         """@raise ActiveScriptError: for the active script (RFC 5804 §2.10).
@@ -175,7 +169,7 @@ class SieveStore:
             path.unlink()
         except FileNotFoundError:
             raise ScriptNotFoundError(name) from None
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def rename(self, old: str, new: str) -> None:
         """RFC 5804 §2.11.1 RENAMESCRIPT; the active link follows the script."""
@@ -189,4 +183,4 @@ class SieveStore:
         if was_active:
             self.activate(new)
         source.unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
