@@ -16,9 +16,9 @@ PATH = (b".well-known", b"mta-sts.txt")
 
 def policy(hostname: str, mode: str, max_age: int) -> bytes:
     """The policy text, RFC 8461 §3.2: C{version}, C{mode}, C{mx}, C{max_age}, CRLF lines."""
-    return (
-        f"version: STSv1\r\nmode: {mode}\r\nmx: {hostname}\r\nmax_age: {max_age}\r\n"
-    ).encode("ascii")
+    return (f"version: STSv1\r\nmode: {mode}\r\nmx: {hostname}\r\nmax_age: {max_age}\r\n").encode(
+        "ascii"
+    )
 
 
 def policy_id(text: bytes) -> str:

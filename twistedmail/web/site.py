@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web import http, server
-from twisted.web.resource import NoResource, Resource
+from twisted.web import http, pages, server
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from twistedmail.web import autoconfig, autodiscover, mobileconfig, mtasts
@@ -36,14 +36,22 @@ SERVER = b"twistedmail"
 HOST_LABELS = ("autoconfig.", "autodiscover.", "mta-sts.")
 
 
+NOT_FOUND = pages.notFound("Not Found", "No such document.")
+
+
+def _not_found(request: Any) -> bytes:
+    body: bytes = NOT_FOUND.render(request)
+    return body
+
+
 class _NotFound(Resource):
     """404 for every path below (no directory listing); the root of the tree is one."""
 
-    def getChild(self, path: bytes, request: Any) -> Resource:
-        return NoResource()
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        return NOT_FOUND
 
     def render(self, request: Any) -> bytes:
-        return NoResource().render(request)
+        return _not_found(request)
 
 
 class _Document(Resource):
@@ -58,7 +66,7 @@ class _Document(Resource):
     def render_GET(self, request: Request) -> bytes:
         found = self.answer(request)
         if found is None:
-            return NoResource().render(request)
+            return _not_found(request)
         content_type, body = found
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"cache-control", b"no-cache")
@@ -147,7 +155,7 @@ class _Autodiscover(Resource):
             return b"Bad Request\n"
         mailbox = self.settings.local_address(address)
         if mailbox is None:
-            return NoResource().render(request)
+            return _not_found(request)
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
         return autodiscover.response(str(mailbox), self.settings)
 
