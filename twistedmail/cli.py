@@ -40,6 +40,7 @@ from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
+from twistedmail.web import mtasts
 
 PROG = "twistedmail"
 
@@ -507,8 +508,20 @@ def cmd_dkim_generate(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_dns_records(ctx: _Context, args: argparse.Namespace) -> None:
-    for line in dkim_module.dns_records(args.domain, ctx.config.server.hostname, _dkim_keys(ctx)):
+    config = ctx.config
+    hostname = config.server.hostname
+    for line in dkim_module.dns_records(args.domain, hostname, _dkim_keys(ctx)):
         _out(line)
+    domain = normalize_domain(args.domain)  # dns_records refused a bad one already
+    _out(mtasts.tlsrpt_record(domain))  # RFC 8460 §3
+    https = config.listen["https"]
+    if not https:
+        _out("; MTA-STS and autodiscover need the HTTPS listener: set [listen] https")
+        return
+    for line in mtasts.dns_records(domain, hostname, config.mta_sts.mode, config.mta_sts.max_age):
+        _out(line)
+    _out(f"autodiscover.{domain}. IN CNAME {hostname}.")
+    _out(f"_autodiscover._tcp.{domain}. IN SRV 0 1 {https[0].port} {hostname}.")
 
 
 def cmd_queue_list(ctx: _Context, args: argparse.Namespace) -> None:
