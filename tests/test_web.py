@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from twistedmail.limits import refusal_for
 from twistedmail.web import MailService, MailSettings, build_site, mtasts, web_factory
 from twistedmail.web.autodiscover import OUTLOOK_NS, RESPONSE_NS
 from twistedmail.web.site import MAX_BODY, MAX_HEADERS
@@ -350,6 +351,13 @@ class WebTests(unittest.TestCase):
             protocol.dataReceived(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # type: ignore[attr-defined]
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
         self.assertTrue(transport.disconnecting)
+
+    def test_refusal_over_the_connection_limit(self) -> None:
+        """Over [limits] max_connections an HTTP client gets a 503, not an SMTP line."""
+        self.assertEqual(
+            refusal_for("https", "mail.example.org"),
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
 
     def test_idle_timeout(self) -> None:
         """A connection that sends no complete request is closed after the idle timeout."""

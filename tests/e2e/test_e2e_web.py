@@ -335,3 +335,18 @@ def test_json_log(tmp_path: Path) -> None:
     assert "spf=temperror" in srv.messages(ALICE)[0].read_text()
     for chatter in ("DNSDatagramProtocol starting on", "Stopping protocol", "(UDP Port"):
         assert chatter not in text
+
+
+def test_http_port_in_use(tmp_path: Path) -> None:
+    """A [listen] http address that is taken stops the start with one line naming the key."""
+    srv = Server(tmp_path / "srv", web=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", srv.ports["http"]))
+        taken.listen()
+        with pytest.raises(AssertionError) as failed:
+            srv.start()
+        srv.stop()
+    assert (
+        f"twistedmail: error: {srv.config}: [listen] http: cannot listen on"
+        f" 127.0.0.1:{srv.ports['http']}: Address already in use"
+    ) in str(failed.value)
