@@ -367,3 +367,28 @@ class WebTests(unittest.TestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(2)
         self.assertTrue(transport.disconnecting)
+
+
+class MountTests(unittest.TestCase):
+    def test_mount_below_well_known(self) -> None:
+        """Another feature mounts below .well-known in one line; the documents there stay."""
+        from twisted.web.static import Data
+
+        from twistedmail.web import mount
+
+        root = build_site(SETTINGS, POLICY)
+        mount(root, (b".well-known", b"acme-challenge", b"token1"), Data(b"key-auth", "text/plain"))
+        root.putChild(b"metrics", Data(b"up 1\n", "text/plain"))
+        site = web_factory(root, Clock())
+
+        def get(path: bytes, host: bytes = b"mta-sts.example.org") -> bytes:
+            transport = TLSStringTransport()
+            protocol = site.buildProtocol(None)
+            protocol.makeConnection(transport)
+            protocol.dataReceived(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host))
+            return transport.value()
+
+        self.assertTrue(get(b"/.well-known/acme-challenge/token1").endswith(b"\r\n\r\nkey-auth"))
+        self.assertTrue(get(b"/metrics").endswith(b"\r\n\r\nup 1\n"))
+        self.assertTrue(get(b"/.well-known/mta-sts.txt").endswith(POLICY))
+        self.assertTrue(get(b"/.well-known/acme-challenge/").startswith(b"HTTP/1.1 404 "))

@@ -10,12 +10,15 @@ One twisted.web L{Site} serves, on C{[listen] http} and C{[listen] https}:
     C{mta-sts.DOMAIN}, over HTTPS only.
 
 L{site.build_site} makes the root resource (a plain resource tree: another feature mounts
-its own path with C{root.putChild(b"name", resource)}), L{site.web_factory} the Site with the
-listener's limits.  Every answer is for one local domain, named by the C{Host} header or the
-address asked about; any other domain gets 404, never another domain's settings.
+its own path with C{root.putChild(b"name", resource)}, or with L{site.mount} below an
+existing directory such as C{.well-known}), L{site.web_factory} the Site with the
+listener's limits.  The running server's root is C{MailServer.web_root}; it serves both
+C{[listen] http} and C{https}.  Every answer is for one local domain, named by the C{Host}
+header or the address asked about; any other domain gets 404, never another domain's
+settings.
 """
 
 from twistedmail.web.mailsettings import MailService, MailSettings
-from twistedmail.web.site import build_site, web_factory
+from twistedmail.web.site import build_site, mount, web_factory
 
-__all__ = ["MailService", "MailSettings", "build_site", "web_factory"]
+__all__ = ["MailService", "MailSettings", "build_site", "mount", "web_factory"]

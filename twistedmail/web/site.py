@@ -1,11 +1,12 @@
 """The HTTP listener's resource tree and Site, with its limits.
 
 L{build_site} returns a plain L{Resource} tree; another feature mounts its own path on it
-with one C{root.putChild(b"name", resource)}.  L{web_factory} wraps it in a L{WebSite}:
-an idle timeout, at most L{MAX_HEADERS} header lines of L{MAX_HEADER_OCTETS} in all (more:
-400 and the connection closed), request bodies up to L{MAX_BODY} octets (more: 413), a
-plain C{Server: twistedmail} header without a version, no directory listing, no traceback
-(L{Site.displayTracebacks} stays off).  HEAD is GET without the body (twisted.web does it).
+with one C{root.putChild(b"metrics", resource)}, or L{mount} for a deeper path.
+L{web_factory} wraps it in a L{WebSite}: an idle timeout, at most L{MAX_HEADERS} header
+lines of L{MAX_HEADER_OCTETS} in all (more: 400 and the connection closed), request
+bodies up to L{MAX_BODY} octets (more: 413), a plain C{Server: twistedmail} header without
+a version, no directory listing, no traceback (L{Site.displayTracebacks} stays off).
+HEAD is GET without the body (twisted.web does it).
 
 Which domain an answer is for: the address asked about (C{?emailaddress=} or the
 autodiscover request), else the C{Host} header without its C{autoconfig.} /
@@ -165,8 +166,10 @@ def _ip(request: Request) -> str:
     return str(getattr(peer, "host", peer))
 
 
-def _mount(root: Resource, path: tuple[bytes, ...], leaf: Resource) -> None:
-    """Put C{leaf} at C{path}, creating the L{_NotFound} directories on the way."""
+def mount(root: Resource, path: tuple[bytes, ...], leaf: IResource) -> None:
+    """Put C{leaf} at C{path} below C{root}, creating 404 directories on the way, e.g.
+    C{mount(root, (b".well-known", b"acme-challenge"), challenges)}: a path below an
+    existing directory such as C{.well-known} keeps that directory's other children."""
     node = root
     for name in path[:-1]:
         child = node.children.get(name)
@@ -184,12 +187,12 @@ def build_site(settings: MailSettings, mta_sts_policy: bytes) -> Resource:
     """
     answers = _Answers(settings, mta_sts_policy)
     root = _NotFound()
-    _mount(root, autoconfig.PATH, _Document(answers.autoconfig))
-    _mount(root, autoconfig.WELL_KNOWN_PATH, _Document(answers.autoconfig))
-    _mount(root, mtasts.PATH, _Document(answers.mta_sts))
-    _mount(root, mobileconfig.PATH, _Document(answers.mobileconfig))
+    mount(root, autoconfig.PATH, _Document(answers.autoconfig))
+    mount(root, autoconfig.WELL_KNOWN_PATH, _Document(answers.autoconfig))
+    mount(root, mtasts.PATH, _Document(answers.mta_sts))
+    mount(root, mobileconfig.PATH, _Document(answers.mobileconfig))
     for path in autodiscover.PATHS:
-        _mount(root, path, _Autodiscover(settings))
+        mount(root, path, _Autodiscover(settings))
     return root
 
 
