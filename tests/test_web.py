@@ -16,7 +16,7 @@ from zope.interface import implementer
 from twistedmail.limits import refusal_for
 from twistedmail.web import MailService, MailSettings, build_site, mtasts, web_factory
 from twistedmail.web.autodiscover import OUTLOOK_NS, RESPONSE_NS
-from twistedmail.web.site import MAX_BODY, MAX_HEADERS
+from twistedmail.web.site import MAX_BODY, MAX_HEADER_OCTETS, MAX_HEADERS
 
 LOCAL = {"example.org", "example.net"}
 SETTINGS = MailSettings(
@@ -325,6 +325,15 @@ class WebTests(unittest.TestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(  # type: ignore[attr-defined]
             b"GET / HTTP/1.1\r\nHost: example.org\r\n" + extra + b"\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_request_line_and_headers_too_long(self) -> None:
+        """A request line and headers over MAX_HEADER_OCTETS: 400 and the connection closed."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(  # type: ignore[attr-defined]
+            b"GET /mail/config-v1.1.xml?emailaddress=" + b"a" * MAX_HEADER_OCTETS + b" HTTP/1.1\r\n"
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request"))
         self.assertTrue(transport.disconnecting)
