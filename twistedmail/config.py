@@ -65,6 +65,10 @@ DEFAULT_QUEUE = {
 _UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 
 
+ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+"""Let's Encrypt's production ACME directory, the default of C{[tls] acme_directory}."""
+
+
 class ConfigError(Exception):
     """A configuration problem; C{str()} is one line: C{FILE: [section] key: what is wrong}."""
 
@@ -92,10 +96,15 @@ class ServerConfig:
 
 @attrs.frozen
 class TLSConfig:
-    """Certificate and key PEM files; both C{None} means a self-signed cert in the data dir."""
+    """Certificate and key PEM files; both C{None} means a self-signed cert in the data dir,
+    or with C{acme}, one obtained by ACME (RFC 8555) from C{acme_directory} in its place."""
 
     cert: Path | None
     key: Path | None
+    acme: bool = False
+    acme_contact: str = ""  # an email address, registered with the account (RFC 8555 §7.3)
+    acme_directory: str = ACME_DIRECTORY
+    acme_ca: Path | None = None  # CA certificates to trust for acme_directory (a test CA)
 
 
 @attrs.frozen
@@ -470,10 +479,26 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
                 raise r.fail(f"[listen] {service}", f"{address} is also used by {seen[key]}")
             seen[key] = service
 
-    tls = r.section(data, "tls", {"cert", "key"})
+    tls = r.section(
+        data, "tls", {"cert", "key", "acme", "acme_contact", "acme_directory", "acme_ca"}
+    )
     cert, key = r.string(tls, "tls", "cert", ""), r.string(tls, "tls", "key", "")
     if bool(cert) != bool(key):
         raise r.fail("[tls]", "cert and key must be given together")
+    acme = tls.get("acme", False)
+    if not isinstance(acme, bool):
+        raise r.fail("[tls] acme", "must be true or false")
+    acme_contact = r.string(tls, "tls", "acme_contact", "")
+    acme_directory = r.string(tls, "tls", "acme_directory", ACME_DIRECTORY)
+    acme_ca = r.string(tls, "tls", "acme_ca", "")
+    if acme and cert:
+        raise r.fail("[tls] acme", "cert and key are obtained by ACME: leave them unset")
+    if acme and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", acme_contact):
+        raise r.fail("[tls] acme_contact", "an email address is required with acme = true")
+    if acme and not acme_directory.startswith("https://"):
+        raise r.fail("[tls] acme_directory", "must be an https:// URL (RFC 8555 §6.1)")
+    if acme and not listen["http"]:
+        raise r.fail("[tls] acme", "needs [listen] http: HTTP-01 challenges are answered there")
 
     limit_defaults = attrs.asdict(LimitsConfig(max_message_size=DEFAULT_MAX_MESSAGE_SIZE))
     limits = r.section(data, "limits", set(limit_defaults))
@@ -642,7 +667,14 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
         listen=listen,
-        tls=TLSConfig(r.path(cert) if cert else None, r.path(key) if key else None),
+        tls=TLSConfig(
+            r.path(cert) if cert else None,
+            r.path(key) if key else None,
+            acme=acme,
+            acme_contact=acme_contact,
+            acme_directory=acme_directory,
+            acme_ca=r.path(acme_ca) if acme_ca else None,
+        ),
         limits=LimitsConfig(
             max_message_size=max_size,
             login_throttle_exempt=tuple(n.strip() for n in exempt),

@@ -47,6 +47,7 @@ from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+from twistedmail import acme
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
 from twistedmail.address import normalize_domain
@@ -84,7 +85,7 @@ from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
 from twistedmail.throttle import ThrottlePolicy, parse_networks
-from twistedmail.web import MailService, MailSettings, build_site, mtasts, web_factory
+from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
 
 log = Logger(namespace="twistedmail.service")
@@ -122,6 +123,8 @@ def server_tls_context(config: Config) -> tlsmod.ServerTLS:
     @raise twistedmail.tls.TLSConfigError: when the files cannot be loaded.
     """
     cert, key = tls_paths(config)
+    if config.tls.acme:  # a crash while a new ACME pair was put in place (twistedmail.acme)
+        acme.complete_replacement(cert, key)
     if config.tls.cert is None and not (cert.exists() and key.exists()):
         tlsmod.create_self_signed(cert, key, config.server.hostname)
         log.info(
@@ -130,6 +133,27 @@ def server_tls_context(config: Config) -> tlsmod.ServerTLS:
             cert=str(cert),
         )
     return tlsmod.ServerTLS.load(cert, key)
+
+
+def certificate_keeper(
+    config: Config, store: AccountStore, reload: Any, reactor: Any
+) -> acme.CertificateKeeper:
+    """The ACME client keeping the server certificate (C{[tls] acme}): for the hostname and
+    the autoconfig./mta-sts. names of the local domains as they are at each check."""
+    cert, key = tls_paths(config)
+    settings = acme.AcmeSettings(
+        config.tls.acme_directory, config.tls.acme_contact, config.tls.acme_ca
+    )
+    return acme.CertificateKeeper(
+        settings,
+        acme.StateDir(config.server.data_dir / "acme"),
+        cert,
+        key,
+        lambda: acme.wanted_names(config.server.hostname, store.domains()),
+        reload,
+        reactor,
+        lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+    )
 
 
 def _searchable_by(path: Path, uid: int, gids: set[int]) -> bool:
@@ -475,6 +499,15 @@ class MailServer(MultiService):
         # The HTTP listener (issue 13); other paths mount on self.web_root with putChild.
         self.web_root = build_site(mail_settings(config, self.store), mta_sts_policy(config))
         factories["http"] = factories["https"] = web_factory(self.web_root, reactor)
+        self.acme: acme.CertificateKeeper | None = None
+        if config.tls.acme:
+            self.acme = certificate_keeper(config, self.store, self.reload_tls, reactor)
+            mount(self.web_root, acme.CHALLENGE_PATH, self.acme.challenges)
+            # RFC 8555 has no schedule; renew 30 days ahead, checked at start, then daily
+            renewal = TimerService(acme.CHECK_INTERVAL, self.acme.check)
+            renewal.clock = reactor
+            renewal.setName("acme-renewal")
+            renewal.setServiceParent(self)
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
         for plain, implicit, make in (
             ("submission", "submissions", submission),
