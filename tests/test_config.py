@@ -614,3 +614,69 @@ class HostnameWarningTests(TestCase):
         path = Path(self.mktemp())
         path.write_text('[server]\nhostname = "Mail.Example.ORG"\n')
         self.assertEqual(load_config(path).warnings, ())
+
+
+class AcmeConfigTests(TestCase):
+    """C{[tls] acme}: certificates by ACME (RFC 8555) need a contact and the HTTP listener."""
+
+    ACME = '[listen]\nhttp = "127.0.0.1:8080"\n[tls]\nacme = true\n'
+
+    def write(self, text: str) -> Path:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return path
+
+    def error(self, text: str) -> str:
+        path = self.write(text)
+        with self.assertRaises(ConfigError) as cm:
+            load_config(path)
+        return str(cm.exception).replace(str(path), "FILE")
+
+    def test_defaults(self) -> None:
+        """Off by default; the directory defaults to Let's Encrypt's production one."""
+        tls = parse_config({}, None).tls
+        self.assertEqual(
+            (tls.acme, tls.acme_contact, tls.acme_directory, tls.acme_ca),
+            (False, "", "https://acme-v02.api.letsencrypt.org/directory", None),
+        )
+
+    def test_keys(self) -> None:
+        """acme_ca resolves against the config file's directory like every path."""
+        path = self.write(
+            self.ACME + 'acme_contact = "hostmaster@example.org"\n'
+            'acme_directory = "https://127.0.0.1:14000/dir"\nacme_ca = "pebble.pem"\n'
+        )
+        tls = load_config(path).tls
+        self.assertEqual(
+            (tls.acme, tls.acme_contact, tls.acme_directory, tls.acme_ca, tls.cert),
+            (
+                True,
+                "hostmaster@example.org",
+                "https://127.0.0.1:14000/dir",
+                path.parent.resolve() / "pebble.pem",
+                None,
+            ),
+        )
+
+    def test_errors(self) -> None:
+        """Each mistake is one line naming the key."""
+        contact = 'acme_contact = "hostmaster@example.org"\n'
+        self.assertEqual(
+            self.error(self.ACME),
+            "FILE: [tls] acme_contact: an email address is required with acme = true",
+        )
+        self.assertEqual(
+            self.error('[tls]\nacme = "yes"\n'), "FILE: [tls] acme: must be true or false"
+        )
+        self.assertEqual(
+            self.error('[tls]\nacme = true\n' + contact),
+            "FILE: [tls] acme: needs [listen] http: HTTP-01 challenges are answered there",
+        )
+        self.assertEqual(
+            self.error(self.ACME + contact + 'cert = "c.pem"\nkey = "k.pem"\n'),
+            "FILE: [tls] acme: cert and key are obtained by ACME: leave them unset",
+        )
+        self.assertEqual(
+            self.error(self.ACME + contact + 'acme_directory = "http://ca.example/dir"\n'),
+            "FILE: [tls] acme_directory: must be an https:// URL (RFC 8555 §6.1)",
+        )
