@@ -669,7 +669,7 @@ class AcmeConfigTests(TestCase):
             self.error('[tls]\nacme = "yes"\n'), "FILE: [tls] acme: must be true or false"
         )
         self.assertEqual(
-            self.error('[tls]\nacme = true\n' + contact),
+            self.error("[tls]\nacme = true\n" + contact),
             "FILE: [tls] acme: needs [listen] http: HTTP-01 challenges are answered there",
         )
         self.assertEqual(

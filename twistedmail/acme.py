@@ -11,7 +11,10 @@ the hostname and the C{autoconfig.} and C{mta-sts.} names of every local domain:
     than L{RENEW_BEFORE} seconds, it orders a new one, writes it durably and hot-reloads it
     into every TLS listener (the SIGHUP path, C{MailServer.reload_tls});
   - a failure (CA unreachable, challenge invalid) is logged and the old certificate kept;
-    the next daily check tries again.
+    the next daily check tries again.  When the order for every name fails and the current
+    certificate is not good for the hostname either (self-signed, expiring), the hostname
+    alone is ordered: an C{mta-sts.} record not yet published does not keep the mail
+    listeners on a self-signed certificate.
 
 The protocol work is the C{acme} library of the certbot project (synchronous, over
 C{requests}): L{obtain} runs in the reactor's thread pool, never on the reactor thread.
@@ -365,15 +368,22 @@ class CertificateKeeper:
                 directory=self.settings.directory,
                 reason=reason,
             )
-            fullchain, key = await self.run_in_thread(
-                obtain,
-                self.settings,
-                self.state,
-                names,
-                self._publish_from_thread,
-                self._withdraw_from_thread,
-                self.reactor.seconds(),
-            )
+            try:
+                fullchain, key = await self._obtain(names)
+            except Exception as e:
+                # One name not pointing here fails the whole order (RFC 8555 §7.1.6); the
+                # hostname alone is worth having while the current one is not good for it.
+                if (
+                    len(names) == 1
+                    or renewal_reason(current, names[:1], self.reactor.seconds()) is None
+                ):
+                    raise
+                log.error(
+                    "ACME: the order for every name failed, ordering {hostname} alone: {error}",
+                    hostname=names[0],
+                    error=_describe(e),
+                )
+                fullchain, key = await self._obtain(names[:1])
             await self.run_in_thread(install_pair, self.cert_path, self.key_path, fullchain, key)
         except Exception as e:
             log.error(
@@ -384,6 +394,18 @@ class CertificateKeeper:
         expires = x509.load_pem_x509_certificates(fullchain)[0].not_valid_after_utc
         log.info("ACME: new certificate, valid until {expires}", expires=expires.isoformat())
         return await self.reload()
+
+    async def _obtain(self, names: Sequence[str]) -> tuple[bytes, bytes]:
+        result: tuple[bytes, bytes] = await self.run_in_thread(
+            obtain,
+            self.settings,
+            self.state,
+            names,
+            self._publish_from_thread,
+            self._withdraw_from_thread,
+            self.reactor.seconds(),
+        )
+        return result
 
     def _publish_from_thread(self, token: bytes, key_authorization: bytes) -> None:
         # Published before the challenge is answered: the CA may fetch at once.

@@ -14,8 +14,10 @@ fails, is logged, and the old certificate stays in use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from e2e_server import Server, free_ports
 
 from twistedmail.testing import create_test_ca
@@ -163,7 +166,7 @@ def presented(port: int, ca: x509.Certificate | None = None) -> x509.Certificate
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
-        ctx = ssl.create_default_context(cadata=ca.public_bytes(_PEM).decode())
+        ctx = ssl.create_default_context(cadata=ca.public_bytes(Encoding.PEM).decode())
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
         with ctx.wrap_socket(raw, server_hostname="mail.example.test") as tls:
             der = tls.getpeercert(binary_form=True)
@@ -171,17 +174,14 @@ def presented(port: int, ca: x509.Certificate | None = None) -> x509.Certificate
     return x509.load_der_x509_certificate(der)
 
 
-_PEM = __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM
-
-
 def _names(cert: x509.Certificate) -> set[str]:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return set(san.get_values_for_type(x509.DNSName))
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pebble]]:
-    root = tmp_path_factory.mktemp("acme")
+@contextlib.contextmanager
+def started(root: Path, names_in_dns: set[str]) -> Iterator[tuple[Server, Pebble]]:
+    """Pebble with DNS for C{names_in_dns}, and our server with C{[tls] acme} on it."""
     pebble = Pebble(root / "pebble")
     srv = Server(
         root / "srv",
@@ -193,13 +193,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pe
     )
     srv.add_user("alice@example.test", "alice-secret-1")
     try:
-        pebble.start_dns(NAMES)
+        pebble.start_dns(names_in_dns)
         pebble.start(srv.ports["http"])
         srv.start()
         yield srv, pebble
     finally:
         srv.stop()
         pebble.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pebble]]:
+    with started(tmp_path_factory.mktemp("acme"), NAMES) as both:
+        yield both
 
 
 def test_certificate_obtained_and_served(world: tuple[Server, Pebble]) -> None:
@@ -246,7 +252,7 @@ def test_renewal_hot_reloaded(world: tuple[Server, Pebble]) -> None:
     srv.log.write_text("")
     srv.start()
     _wait_for_log(srv, "TLS certificate reloaded", 1)
-    assert "expires in 10.0 days" in srv.log.read_text() or "expires in 9.9" in srv.log.read_text()
+    assert re.search(r"ordering a .* the certificate expires in \d+\.\d days", srv.log.read_text())
     new = presented(srv.ports["imaps"], ca=pebble.management_pem("roots/0"))
     assert new.serial_number != old.serial_number
     assert _names(new) == NAMES
@@ -270,3 +276,17 @@ def test_failure_keeps_the_old_certificate(world: tuple[Server, Pebble]) -> None
     assert presented(srv.ports["submissions"]).serial_number == before.serial_number
     assert (srv.data_dir / "tls" / "cert.pem").read_bytes() == cert_pem
     assert "TLS certificate reloaded" not in srv.log.read_text()
+
+
+def test_hostname_alone_when_a_name_does_not_resolve(tmp_path: Path) -> None:
+    """mta-sts.example.test not published yet: the order for every name fails (RFC 8555
+    §7.1.6: one invalid authorization fails the order), so the server, still on its
+    self-signed certificate, orders the hostname alone and uses that."""
+    names = NAMES - {"mta-sts.example.test"}
+    with started(tmp_path, names) as (srv, pebble):
+        _wait_for_log(srv, "TLS certificate reloaded", 1)
+        log = srv.log.read_text()
+        assert "ACME: the order for every name failed, ordering mail.example.test alone" in log
+        cert = presented(srv.ports["imaps"], ca=pebble.management_pem("roots/0"))
+        assert _names(cert) == {"mail.example.test"}
+        assert cert.issuer == pebble.management_pem("intermediates/0").subject
