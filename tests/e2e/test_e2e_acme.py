@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -220,6 +221,13 @@ def test_certificate_obtained_and_served(world: tuple[Server, Pebble]) -> None:
         cert = presented(srv.ports[service], ca=root)  # verifies chain and name
         assert cert.issuer == intermediate.subject, service
         assert _names(cert) == NAMES, service
+    for service in ("smtp", "submission"):  # STARTTLS shares the context (RFC 3207)
+        ctx = ssl.create_default_context(cadata=root.public_bytes(Encoding.PEM).decode())
+        ctx.check_hostname = False  # smtplib names the peer 127.0.0.1; the chain is checked
+        with smtplib.SMTP("127.0.0.1", srv.ports[service], timeout=30) as smtp:
+            smtp.starttls(context=ctx)
+            der = smtp.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        assert x509.load_der_x509_certificate(der).issuer == intermediate.subject, service
     assert "ACME account registered" in srv.log.read_text()
 
 
