@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from acme import messages as acme_messages
 from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -214,3 +215,20 @@ class KeeperTests(unittest.TestCase):
         self.assertEqual((self.dir / "acme").stat().st_mode & 0o777, 0o700)
         self.assertEqual((self.dir / "acme" / "account.key").stat().st_mode & 0o777, 0o600)
         self.assertEqual(os.listdir(self.dir / "acme"), ["account.key"])
+
+
+class StateDirTests(unittest.TestCase):
+    def test_account_belongs_to_its_directory(self) -> None:
+        """The account recorded for one ACME directory is not used at another (a switch
+        from staging to production registers anew); the file is mode 0600."""
+        state = acme.StateDir(Path(self.mktemp()))
+        state.path.mkdir(mode=0o700)
+        regr = acme_messages.RegistrationResource(
+            body=acme_messages.Registration(), uri="https://ca.example/acct/1"
+        )
+        state.save_registration("https://ca.example/dir", regr)
+        found = state.registration("https://ca.example/dir")
+        assert found is not None
+        self.assertEqual(found.uri, "https://ca.example/acct/1")
+        self.assertIsNone(state.registration("https://other.example/dir"))
+        self.assertEqual((state.path / "account.json").stat().st_mode & 0o777, 0o600)

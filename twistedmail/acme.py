@@ -213,12 +213,14 @@ class StateDir:
         write_durably(key_path, key.json_dumps().encode(), 0o600)
         return key
 
-    def registration(self) -> messages.RegistrationResource | None:
+    def registration(self, directory: str) -> messages.RegistrationResource | None:
+        """The account registered at C{directory}, or C{None}: an account belongs to one
+        CA, so after C{acme_directory} changed (staging to production) a new one is made."""
         path = self.path / "account.json"
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        if data.get("version") != 1:
+        if data.get("version") != 1 or data.get("directory") != directory:
             return None
         regr: messages.RegistrationResource = messages.RegistrationResource.from_json(
             data["registration"]
@@ -259,7 +261,7 @@ def obtain(
     net = _network(settings, key)
     directory = client.ClientV2.get_directory(settings.directory, net)
     acme = client.ClientV2(directory, net)
-    regr = state.registration()
+    regr = state.registration(settings.directory)
     if regr is None:
         regr = acme.new_account(
             messages.NewRegistration.from_data(email=settings.contact, terms_of_service_agreed=True)
