@@ -42,7 +42,7 @@ from acme import challenges, client, crypto_util, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
@@ -162,7 +162,13 @@ def complete_replacement(cert_path: Path, key_path: Path) -> None:
 
 class ChallengeResource(Resource):
     """C{/.well-known/acme-challenge/TOKEN}: the key authorization of a pending HTTP-01
-    challenge as C{text/plain} (RFC 8555 §8.3), 404 for any other token."""
+    challenge as C{text/plain} (RFC 8555 §8.3), 404 for any other token.
+
+    L{publish} and L{withdraw} are called from the thread running L{obtain}: each is one
+    dict operation (atomic in CPython), read by the reactor thread.  Not handed over with
+    C{blockingCallFromThread}: during shutdown the reactor thread joins the pool's threads
+    and a thread waiting for it would never return.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -403,27 +409,11 @@ class CertificateKeeper:
             self.settings,
             self.state,
             names,
-            self._publish_from_thread,
-            self._withdraw_from_thread,
+            self.challenges.publish,
+            self.challenges.withdraw,
             self.reactor.seconds(),
         )
         return result
-
-    def _publish_from_thread(self, token: bytes, key_authorization: bytes) -> None:
-        # Published before the challenge is answered: the CA may fetch at once.
-        threads.blockingCallFromThread(
-            self.reactor,  # type: ignore[arg-type]
-            self.challenges.publish,
-            token,
-            key_authorization,
-        )
-
-    def _withdraw_from_thread(self, token: bytes) -> None:
-        threads.blockingCallFromThread(
-            self.reactor,  # type: ignore[arg-type]
-            self.challenges.withdraw,
-            token,
-        )
 
 
 def _read_or_none(path: Path) -> bytes | None:
