@@ -171,6 +171,29 @@ class InboundConfig:
 
 
 @attrs.frozen
+class AntispamConfig:
+    """C{[antispam]}: the spam filter (rspamd, L{twistedmail.rspamd}) and the first gates on
+    port 25 (DNS block and allow lists, L{twistedmail.dnsbl}; the pregreet test).
+
+    C{rspamd}: the URL of rspamd's normal worker (C{""}: no filter); C{rspamd_controller}:
+    its controller, for learning from IMAP moves into and out of Junk (C{""}: no learning);
+    C{rspamd_password}: the controller's password; C{timeout}: seconds a check may take
+    before the message is accepted unchecked; C{check_submission}: filter 587/465 too.
+    C{dnsbl}, C{dnswl}: list zones (a client in a C{dnswl} zone skips the C{dnsbl}s);
+    C{greet_pause}: seconds the 220 greeting waits, a client talking first gets
+    C{554 5.5.1} (0: off)."""
+
+    rspamd: str = ""
+    rspamd_controller: str = ""
+    rspamd_password: str = ""
+    timeout: int = 20
+    check_submission: bool = False
+    dnsbl: tuple[str, ...] = ()
+    dnswl: tuple[str, ...] = ()
+    greet_pause: int = 0
+
+
+@attrs.frozen
 class SMTPConfig:
     """C{[smtp]}: wire behaviour of every SMTP listener (25, 587, 465).  C{bare_lf}:
     C{"reject"} a message with a bare CR or LF (550 5.6.0), or C{"normalize"} a bare LF
@@ -204,6 +227,7 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    antispam: AntispamConfig = AntispamConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -408,6 +432,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     r = _Reader(source)
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
+    known.add("antispam")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -598,6 +623,8 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if not isinstance(plus_folder, bool):
         raise r.fail("[delivery] plus_folder", "must be true or false")
 
+    antispam = _antispam(r, data)
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -623,7 +650,51 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
         delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
+        antispam=antispam,
         warnings=tuple(warnings),
+    )
+
+
+def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
+    """C{[antispam]}, checked (see L{AntispamConfig})."""
+    defaults = AntispamConfig()
+    section = r.section(data, "antispam", set(attrs.asdict(defaults)))
+    urls = {}
+    for key in ("rspamd", "rspamd_controller"):
+        url = r.string(section, "antispam", key, "")
+        if url and not re.fullmatch(r"https?://[^/\s]+/?", url):
+            raise r.fail(
+                f"[antispam] {key}", f'"{url}" is not a URL such as "http://127.0.0.1:11333"'
+            )
+        urls[key] = url
+    password = r.string(section, "antispam", "rspamd_password", "")
+    check_submission = section.get("check_submission", False)
+    if not isinstance(check_submission, bool):
+        raise r.fail("[antispam] check_submission", "must be true or false")
+    timeout = _positive_int(r, section, "antispam", "timeout", defaults.timeout)
+    greet = section.get("greet_pause", 0)
+    try:
+        greet_pause = 0 if greet in (0, "0", "0s") else parse_duration(greet)
+    except ValueError as e:
+        raise r.fail("[antispam] greet_pause", f"{e}, or 0 for off") from None
+    zones: dict[str, tuple[str, ...]] = {}
+    for key in ("dnsbl", "dnswl"):
+        value = section.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
+            raise r.fail(f"[antispam] {key}", 'must be a list of zones such as ["zen.example"]')
+        try:
+            zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
+        except AddressError as e:
+            raise r.fail(f"[antispam] {key}", str(e)) from None
+    return AntispamConfig(
+        rspamd=urls["rspamd"],
+        rspamd_controller=urls["rspamd_controller"],
+        rspamd_password=password,
+        timeout=timeout,
+        check_submission=check_submission,
+        dnsbl=zones["dnsbl"],
+        dnswl=zones["dnswl"],
+        greet_pause=greet_pause,
     )
 
 

@@ -25,7 +25,7 @@ import ipaddress
 import random
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.internet import defer
@@ -237,3 +237,22 @@ def quiet_dns_client(publisher: LogPublisher) -> None:
             continue
         publisher.removeObserver(observer)
         publisher.addObserver(FilteringLogObserver(observer, [dns_client_chatter]))
+
+
+async def reverse_name(resolver: IResolver, ip: str, timeout: Sequence[int] = (2, 4)) -> str:
+    """The PTR name of C{ip} (RFC 1035 §3.5, RFC 3596 §2.5), C{""} when there is none or
+    the lookup fails: an input to the spam filter, never a reason to refuse."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    try:
+        answers, _authority, _additional = await resolver.lookupPointer(
+            addr.reverse_pointer, tuple(timeout)
+        )
+    except Exception:
+        return ""
+    for rr in answers:
+        if rr.type == dns.PTR:
+            return str(rr.payload.name).rstrip(".")
+    return ""

@@ -32,6 +32,8 @@ from twistedmail.reply import (
     REPLY_550_FROM_NOT_OWNED,
     REPLY_553_SENDER_NOT_OWNED,
 )
+from twistedmail.rspamd import Rspamd
+from twistedmail.smtp.inbound import filter_message
 from twistedmail.smtp.server import (
     Client,
     Envelope,
@@ -47,6 +49,8 @@ class SubmissionPolicy:
     """L{twistedmail.smtp.server.SessionPolicy} of the submission listeners."""
 
     service = "submission"
+    spam_filter: Rspamd | None = None
+    """rspamd, with C{[antispam] check_submission} (L{filter_message})."""
 
     def __init__(
         self,
@@ -119,11 +123,15 @@ class SubmissionPolicy:
             (L{check_from}, unless disabled); nothing is stored then."""
         if self.check_from_header and envelope.client.user is not None:
             self.check_from(envelope.client.user, message)
+        junk = False
+        if self.spam_filter is not None:
+            # [antispam] check_submission: a compromised account's spam (issue 14).
+            message, junk = await filter_message(self.spam_filter, envelope, message)
         local = tuple(r for r in envelope.recipients if self.store.is_local_domain(r.domain))
         remote = [r for r in envelope.recipients if r not in local]
         if local:
             await self.local.deliver(
-                attrs.evolve(envelope, recipients=local), message, others=bool(remote)
+                attrs.evolve(envelope, recipients=local), message, others=bool(remote), junk=junk
             )
         if remote and self.relay is not None:
             try:
