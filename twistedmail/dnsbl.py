@@ -72,6 +72,19 @@ class Listing:
         return self.blocked_by is not None and self.allowed_by is None
 
 
+def _share(shared: Deferred[bool]) -> Deferred[bool]:
+    """A Deferred of its own for one waiter on C{shared}, whose result stays for the
+    others."""
+    waiter: Deferred[bool] = Deferred()
+
+    def fire(listed: bool) -> bool:
+        waiter.callback(listed)
+        return listed
+
+    shared.addCallback(fire)
+    return waiter
+
+
 class Blocklists:
     """The configured DNSBL and DNSWL zones, with a TTL cache per (zone, IP).
 
@@ -106,10 +119,7 @@ class Blocklists:
             pending = Deferred.fromCoroutine(self._lookup(zone, ip))
             self._pending[key] = pending
             pending.addBoth(self._done, key)
-        # Each waiter gets its own Deferred: the shared one's result stays for the others.
-        waiter: Deferred[bool] = Deferred()
-        pending.addCallback(lambda listed: (waiter.callback(listed), listed)[1])
-        return await waiter
+        return await _share(pending)
 
     def _done(self, result: object, key: tuple[str, str]) -> object:
         self._pending.pop(key, None)
@@ -121,9 +131,8 @@ class Blocklists:
             return False
         now = self.clock.seconds()
         try:
-            answers, _authority, _additional = await self.resolver.lookupAddress(
-                name, LOOKUP_TIMEOUT
-            )
+            result: Any = await self.resolver.lookupAddress(name, LOOKUP_TIMEOUT)
+            answers = result[0]
         except (dns_error.DNSNameError, dns_error.AuthoritativeDomainError):
             listed, ttl = False, NEGATIVE_TTL
         except Exception as e:
