@@ -1,0 +1,114 @@
+"""The first gates on port 25 end to end (issue 14): a DNS blocklist served by a local
+twisted.names server (remote_world.py) as the server's C{[relay] nameservers}, and the
+pregreet test (C{[antispam] greet_pause}) with a raw socket."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_server import PASSWORDS, Server, free_ports
+from test_e2e_outbound import World
+
+ALICE = "alice@example.test"
+MESSAGE = b"From: x@elsewhere.test\r\nTo: alice@example.test\r\nSubject: gate\r\n\r\nhi\r\n"
+
+
+@pytest.fixture(scope="module")
+def listed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose DNSBL bl.test lists 127.0.0.1 (the test client) and whose second
+    list down.test has no server (every query fails)."""
+    root = tmp_path_factory.mktemp("dnsbl")
+    zones = [{"origin": "bl.test", "a": {"1.0.0.127.bl.test": ["127.0.0.2"]}}]
+    world = World(root, [], zones)
+    server = Server(root / "server")
+    try:
+        for address, password in PASSWORDS.items():
+            server.add_user(address, password)
+        server.config.write_text(
+            server.config.read_text()
+            + f'\n[relay]\nnameservers = ["127.0.0.1:{world.dns_port}"]\n'
+            + '\n[antispam]\ndnsbl = ["down.test", "bl.test"]\n'
+        )
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        world.stop()
+
+
+def test_listed_client_refused_at_rcpt(listed_server: Server) -> None:
+    """A client on a DNSBL gets 554 5.7.1 naming the list at RCPT, logged; nothing stored."""
+    with smtplib.SMTP("127.0.0.1", listed_server.ports["smtp"]) as s:
+        s.ehlo("client.test")
+        s.mail("x@elsewhere.test")
+        assert s.rcpt(ALICE) == (
+            554,
+            b"5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test",
+        )
+    assert listed_server.messages(ALICE) == []
+    assert "client [127.0.0.1] blocked using bl.test" in listed_server.log.read_text()
+
+
+def test_listed_client_may_still_write_to_postmaster(listed_server: Server) -> None:
+    """RFC 5321 §4.5.1: mail to postmaster is accepted from a listed client too."""
+    with smtplib.SMTP("127.0.0.1", listed_server.ports["smtp"]) as s:
+        s.ehlo("client.test")
+        s.mail("x@elsewhere.test")
+        assert s.rcpt("postmaster@example.test")[0] == 250
+        assert s.data(MESSAGE)[0] == 250
+
+
+def test_dns_failure_never_refuses(tmp_path: Path) -> None:
+    """A blocklist whose DNS does not answer: the mail is accepted."""
+    (closed,) = free_ports(1)
+    server = Server(tmp_path)
+    server.add_user(ALICE, PASSWORDS[ALICE])
+    server.config.write_text(
+        server.config.read_text()
+        + f'\n[relay]\nnameservers = ["127.0.0.1:{closed}"]\n'
+        + '\n[antispam]\ndnsbl = ["bl.test"]\n'
+    )
+    server.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+            s.sendmail("x@elsewhere.test", [ALICE], MESSAGE)
+        assert len(server.wait_for_messages(ALICE, 1)) == 1
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pausing_server(tmp_path: Path) -> Iterator[Server]:
+    server = Server(tmp_path)
+    server.add_user(ALICE, PASSWORDS[ALICE])
+    server.config.write_text(server.config.read_text() + '\n[antispam]\ngreet_pause = "3s"\n')
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pregreet_client_refused(pausing_server: Server) -> None:
+    """A client that talks before the 220 gets 554 5.5.1 and is disconnected; the log line
+    names its IP (for fail2ban)."""
+    with socket.create_connection(("127.0.0.1", pausing_server.ports["smtp"]), timeout=30) as c:
+        c.sendall(b"EHLO spambot.test\r\n")
+        received = b""
+        while chunk := c.recv(4096):
+            received += chunk
+    assert received == b"554 5.5.1 Protocol error: talked before greeting\r\n"
+    log = pausing_server.log.read_text()
+    assert "client [127.0.0.1] talked before greeting (pregreet)" in log
+    assert pausing_server.messages(ALICE) == []
+
+
+def test_patient_client_served(pausing_server: Server) -> None:
+    """A client that waits for the greeting gets 220 and delivers as usual."""
+    with smtplib.SMTP("127.0.0.1", pausing_server.ports["smtp"], timeout=30) as s:
+        s.sendmail("x@elsewhere.test", [ALICE], MESSAGE)
+    assert len(pausing_server.wait_for_messages(ALICE, 1)) == 1
