@@ -3,7 +3,7 @@
 rspamd runs with the packaged C{/etc/rspamd/rspamd.conf} and a test C{LOCAL_CONFDIR}
 written here: its normal, controller and proxy workers on free 127.0.0.1 ports, the
 controller open to 127.0.0.1 (C{secure_ip}, no password), Bayes on a private redis-server
-(rspamd 3.x has no sqlite3 backend), DNS to a closed local port (no query leaves the
+(the backend of the packaged statistic.conf), DNS to a closed local port (no query leaves the
 machine), GTUBE enabled for loopback clients (C{enable_test_patterns}) and two test rules:
 C{X-Test-Spam: yes} scores 10 (over C{add_header = 6}), C{X-Test-Later: yes} forces
 C{soft reject}.  Both are stopped by PID.
