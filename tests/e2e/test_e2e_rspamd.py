@@ -219,3 +219,35 @@ def test_rspamd_garbage_accepts_mail_untouched(tmp_path: Path) -> None:
     finally:
         srv.stop()
         listener.close()
+
+
+BOB = "bob@example.test"
+
+
+def test_sieve_runs_after_the_verdict(server: Server) -> None:
+    """A user's Sieve script sees rspamd's X-Spam header (it runs after the verdict) and
+    files as it says; a plain keep of spam goes to Junk."""
+    home = server.maildir(BOB)
+    (home / "sieve").mkdir(parents=True, exist_ok=True)
+    (home / "sieve" / "main.sieve").write_text(
+        'require ["fileinto", "mailbox"];\n'
+        'if allof (header :is "X-Spam" "Yes", header :contains "Subject" "caught") {\n'
+        '  fileinto :create "Caught";\n'
+        "}\n"
+    )
+    (home / ".dovecot.sieve").symlink_to("sieve/main.sieve")
+    for subject in ("caught test", "kept test"):
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+            s.sendmail(
+                "sender@elsewhere.test",
+                [BOB],
+                message(subject, extra="X-Test-Spam: yes\r\n").replace(
+                    ALICE.encode(), BOB.encode()
+                ),
+            )
+    (caught,) = server.wait_for_messages(BOB, 1, "Caught")
+    assert b"Subject: caught test\r\n" in caught.read_bytes()
+    assert b"\r\nX-Spam: Yes\r\n" in caught.read_bytes()
+    (kept,) = server.wait_for_messages(BOB, 1, "Junk")
+    assert b"Subject: kept test\r\n" in kept.read_bytes()
+    assert server.messages(BOB) == []
