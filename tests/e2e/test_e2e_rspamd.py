@@ -17,6 +17,7 @@ from e2e_server import PASSWORDS, Server, client_tls, free_ports
 from rspamd_server import Rspamd, available
 
 ALICE = "alice@example.test"
+BOB = "bob@example.test"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -68,6 +69,7 @@ def server(rspamd: Rspamd, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     srv.config.write_text(
         srv.config.read_text()
         + f'\n[antispam]\nrspamd = "{rspamd.url}"\nrspamd_controller = "{rspamd.controller}"\n'
+        + "check_submission = true\n"
     )
     srv.start()
     try:
@@ -221,9 +223,6 @@ def test_rspamd_garbage_accepts_mail_untouched(tmp_path: Path) -> None:
         listener.close()
 
 
-BOB = "bob@example.test"
-
-
 def test_sieve_runs_after_the_verdict(server: Server) -> None:
     """A user's Sieve script sees rspamd's X-Spam header (it runs after the verdict) and
     files as it says; a plain keep of spam goes to Junk."""
@@ -251,3 +250,32 @@ def test_sieve_runs_after_the_verdict(server: Server) -> None:
     (kept,) = server.wait_for_messages(BOB, 1, "Junk")
     assert b"Subject: kept test\r\n" in kept.read_bytes()
     assert server.messages(BOB) == []
+
+
+def test_submission_checked_with_check_submission(server: Server) -> None:
+    """[antispam] check_submission: GTUBE submitted on 465 by an authenticated user is
+    refused with 550 5.7.1 (a compromised account); nothing stored."""
+    with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], context=client_tls()) as s:
+        s.login(BOB, PASSWORDS[BOB])
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            data = message("submitted gtube", body=GTUBE)
+            s.sendmail(BOB, [ALICE], data.replace(b"sender@elsewhere.test", BOB.encode()))
+    assert (e.value.smtp_code, e.value.smtp_error) == (550, b"5.7.1 Message rejected as spam")
+    assert stored(server, "", "submitted gtube") == []
+
+
+def test_copy_into_junk_teaches_spam(server: Server, rspamd: Rspamd) -> None:
+    """UID COPY into Junk is learnt as spam too (the message stays in INBOX)."""
+    body = "Limited time offer on replica handbags, reply now to claim your discount voucher"
+    send(server, message("copy learn test", body=body))
+    deadline = time.monotonic() + 10
+    while not stored(server, "", "copy learn test") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = int(str(rspamd.stat()["learned"]))
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl_context=client_tls()
+    ) as c:
+        c.login(ALICE, PASSWORDS[ALICE])
+        c.select_folder("INBOX")
+        c.copy(c.search(["SUBJECT", "copy learn test"]), "Junk")
+        assert learned(rspamd, before) == before + 1
