@@ -120,6 +120,8 @@ class LimitsConfig:
     # networks whose clients the failed-login throttle never delays, blocks or counts
     login_throttle_exempt: tuple[str, ...] = ()
     min_free_space: int = DEFAULT_MIN_FREE_SPACE  # octets free in data_dir to take SMTP mail
+    submission_messages_per_hour: int = 500  # per user on 587/465 (issue 14)
+    submission_recipients_per_hour: int = 2000  # per user on 587/465 (issue 14)
 
 
 SMARTHOST_TLS = ("starttls", "implicit")

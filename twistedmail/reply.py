@@ -105,6 +105,8 @@ REPLY_550_SPAM = R(550, "5.7.1", "Message rejected as spam")
 REPLY_451_SPAM_LATER = R(451, "4.7.1", "Try again later")
 # Postfix postscreen's pregreet test: the client sent before our 220 greeting.
 REPLY_554_PREGREET = R(554, "5.5.1", "Protocol error: talked before greeting")
+# A submitting user over [limits] submission_*_per_hour (twistedmail.rate).
+REPLY_451_RATE_LIMIT = R(451, "4.7.1", "Sending rate limit exceeded, try again later")
 
 
 def reply_554_blocklisted(ip: str, blocklist: str) -> Reply:

@@ -80,6 +80,7 @@ from twistedmail.maildir import (
 )
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker
+from twistedmail.rate import SubmissionRate
 from twistedmail.rspamd import JunkLearner, Rspamd
 from twistedmail.smtp.inbound import InboundPolicy, inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
@@ -307,8 +308,8 @@ def antispam(
             policy.spam_filter = rspamd
             resolver = resolver or dns_resolver(config, reactor)
             policy.reverse_name = partial(reverse_name, resolver)
-    elif name in ("submission", "submissions") and rspamd is not None:
-        if settings.check_submission and isinstance(policy, SubmissionPolicy):
+    elif name in ("submission", "submissions") and isinstance(policy, SubmissionPolicy):
+        if settings.check_submission and rspamd is not None:
             policy.spam_filter = rspamd
     elif name in ("imap", "imaps") and isinstance(factory, IMAPFactory):
         if rspamd is not None and settings.rspamd_controller:
@@ -452,6 +453,10 @@ class MailServer(MultiService):
         self.spam_filter = spam_filter(config, reactor)
         hostname = config.server.hostname
         size = config.limits.max_message_size
+        # One count per user for 587 and 465 (issue 14).
+        self.submission_rate = SubmissionRate(
+            limits.submission_messages_per_hour, limits.submission_recipients_per_hour, reactor
+        )
         submission = partial(
             submission_factory,
             hostname=hostname,
@@ -510,6 +515,9 @@ class MailServer(MultiService):
                     config.server.data_dir, limits.min_free_space
                 )
             antispam(config, reactor, name, factory, self.spam_filter)
+            policy = getattr(factory, "policy", None)
+            if isinstance(policy, SubmissionPolicy):
+                policy.rate = self.submission_rate
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,
