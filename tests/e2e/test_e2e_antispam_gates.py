@@ -4,8 +4,11 @@ pregreet test (C{[antispam] greet_pause}) with a raw socket."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import smtplib
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,22 @@ from e2e_server import PASSWORDS, Server, free_ports
 from test_e2e_outbound import World
 
 ALICE = "alice@example.test"
+FILTER = Path(__file__).parents[2] / "etc" / "fail2ban" / "filter.d" / "twistedmail-smtp.conf"
+
+
+def fail2ban_matches(log: Path) -> int | None:
+    """How many lines of C{log} the shipped filter matches (fail2ban-regex), C{None} when
+    fail2ban is not installed."""
+    if shutil.which("fail2ban-regex") is None:
+        return None
+    out = subprocess.run(
+        ["fail2ban-regex", str(log), str(FILTER)], capture_output=True, text=True, timeout=60
+    ).stdout
+    m = re.search(r"Failregex: (\d+) total", out)
+    assert m is not None, out
+    return int(m.group(1))
+
+
 MESSAGE = b"From: x@elsewhere.test\r\nTo: alice@example.test\r\nSubject: gate\r\n\r\nhi\r\n"
 
 
@@ -51,6 +70,7 @@ def test_listed_client_refused_at_rcpt(listed_server: Server) -> None:
         )
     assert listed_server.messages(ALICE) == []
     assert "client [127.0.0.1] blocked using bl.test" in listed_server.log.read_text()
+    assert fail2ban_matches(listed_server.log) in (None, 1)
 
 
 def test_listed_client_may_still_write_to_postmaster(listed_server: Server) -> None:
@@ -105,6 +125,7 @@ def test_pregreet_client_refused(pausing_server: Server) -> None:
     log = pausing_server.log.read_text()
     assert "client [127.0.0.1] talked before greeting (pregreet)" in log
     assert pausing_server.messages(ALICE) == []
+    assert fail2ban_matches(pausing_server.log) in (None, 1)
 
 
 def test_patient_client_served(pausing_server: Server) -> None:

@@ -8,6 +8,7 @@ import smtplib
 from pathlib import Path
 
 from e2e_server import PASSWORDS, Server, client_tls
+from test_e2e_antispam_gates import fail2ban_matches
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 REFUSAL = (451, b"4.7.1 Sending rate limit exceeded, try again later")
@@ -44,6 +45,7 @@ def test_messages_per_hour(tmp_path: Path) -> None:
         assert len(server.wait_for_messages(ALICE, 2)) == 2
         log = server.log.read_text()
         assert f"submission rate: user {BOB} from [127.0.0.1] over 2 messages per hour" in log
+        assert fail2ban_matches(server.log) in (None, 1)
     finally:
         server.stop()
 
