@@ -259,16 +259,24 @@ class Rspamd:
         self.learned = 0
 
     async def _post(self, url: str, headers: Headers, message: bytes) -> bytes:
-        d: Deferred[Any] = self.agent.request(
-            b"POST", url.encode("ascii"), headers, FileBodyProducer(BytesIO(message))
-        )
-        d.addTimeout(self.timeout, self.reactor)
+        timed_out: list[bool] = []
+
+        def expired(result: object, timeout: float) -> object:
+            timed_out.append(True)
+            return result
+
         try:
+            d: Deferred[Any] = self.agent.request(
+                b"POST", url.encode("ascii"), headers, FileBodyProducer(BytesIO(message))
+            )
+            d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=expired)
             response = await d
             body_d: Deferred[bytes] = readBody(response)
-            body_d.addTimeout(self.timeout, self.reactor)
+            body_d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=expired)
             body = await body_d
         except Exception as e:
+            if timed_out:
+                raise RspamdError(f"no answer in {self.timeout:g} s") from None
             raise RspamdError(f"{type(e).__name__}: {e}") from None
         if response.code != 200:
             raise RspamdError(f"HTTP {response.code}: {body[:200]!r}")

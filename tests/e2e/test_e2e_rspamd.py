@@ -279,3 +279,25 @@ def test_copy_into_junk_teaches_spam(server: Server, rspamd: Rspamd) -> None:
         c.select_folder("INBOX")
         c.copy(c.search(["SUBJECT", "copy learn test"]), "Junk")
         assert learned(rspamd, before) == before + 1
+
+
+def test_rspamd_slow_accepts_mail_untouched(tmp_path: Path) -> None:
+    """rspamd taking longer than [antispam] timeout (it never answers): 250, INBOX, logged."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    port = listener.getsockname()[1]
+    srv = Server(tmp_path)
+    srv.add_user(ALICE, PASSWORDS[ALICE])
+    srv.config.write_text(
+        srv.config.read_text() + f'\n[antispam]\nrspamd = "http://127.0.0.1:{port}"\ntimeout = 1\n'
+    )
+    srv.start()
+    try:
+        send(srv, message("slow test", extra="X-Test-Spam: yes\r\n"))
+        (copy,) = srv.wait_for_messages(ALICE, 1)
+        assert b"\r\nX-Spam:" not in copy.read_bytes()
+        assert "failed (1 so far): no answer in 1 s; accepted unchecked" in srv.log.read_text()
+    finally:
+        srv.stop()
+        listener.close()
