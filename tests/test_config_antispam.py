@@ -53,6 +53,7 @@ def test_values() -> None:
         ({"dnswl": ["bad zone!"]}, "[antispam] dnswl"),
         ({"greet_pause": "soon"}, "[antispam] greet_pause"),
         ({"rbl": []}, "[antispam] rbl: unknown key"),
+        ({"smtp_messages_per_ip_hour": -1}, "[antispam] smtp_messages_per_ip_hour"),
     ],
 )
 def test_errors(section: dict[str, object], message: str) -> None:

@@ -183,7 +183,8 @@ class AntispamConfig:
     before the message is accepted unchecked; C{check_submission}: filter 587/465 too.
     C{dnsbl}, C{dnswl}: list zones (a client in a C{dnswl} zone skips the C{dnsbl}s);
     C{greet_pause}: seconds the 220 greeting waits, a client talking first gets
-    C{554 5.5.1} (0: off)."""
+    C{554 5.5.1} (0: off); C{smtp_messages_per_ip_hour}: messages one client IP (IPv6: /64)
+    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit)."""
 
     rspamd: str = ""
     rspamd_controller: str = ""
@@ -193,6 +194,7 @@ class AntispamConfig:
     dnsbl: tuple[str, ...] = ()
     dnswl: tuple[str, ...] = ()
     greet_pause: int = 0
+    smtp_messages_per_ip_hour: int = 0
 
 
 @attrs.frozen
@@ -688,6 +690,9 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
             zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
         except AddressError as e:
             raise r.fail(f"[antispam] {key}", str(e)) from None
+    per_ip = section.get("smtp_messages_per_ip_hour", 0)
+    if not isinstance(per_ip, int) or isinstance(per_ip, bool) or not 0 <= per_ip <= MAX_COUNT:
+        raise r.fail("[antispam] smtp_messages_per_ip_hour", "must be a count, 0 for no limit")
     return AntispamConfig(
         rspamd=urls["rspamd"],
         rspamd_controller=urls["rspamd_controller"],
@@ -697,6 +702,7 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
         dnsbl=zones["dnsbl"],
         dnswl=zones["dnswl"],
         greet_pause=greet_pause,
+        smtp_messages_per_ip_hour=per_ip,
     )
 
 

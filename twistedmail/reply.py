@@ -107,6 +107,8 @@ REPLY_451_SPAM_LATER = R(451, "4.7.1", "Try again later")
 REPLY_554_PREGREET = R(554, "5.5.1", "Protocol error: talked before greeting")
 # A submitting user over [limits] submission_*_per_hour (twistedmail.rate).
 REPLY_451_RATE_LIMIT = R(451, "4.7.1", "Sending rate limit exceeded, try again later")
+# A client IP over [antispam] smtp_messages_per_ip_hour on port 25.
+REPLY_451_IP_RATE_LIMIT = R(451, "4.7.1", "Too many messages from your address, try again later")
 
 
 def reply_554_blocklisted(ip: str, blocklist: str) -> Reply:

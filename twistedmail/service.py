@@ -80,7 +80,7 @@ from twistedmail.maildir import (
 )
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker
-from twistedmail.rate import SubmissionRate
+from twistedmail.rate import HourlyRate, SubmissionRate
 from twistedmail.rspamd import JunkLearner, Rspamd
 from twistedmail.smtp.inbound import InboundPolicy, inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
@@ -300,6 +300,8 @@ def antispam(
     if name == "smtp" and isinstance(factory, SMTPServerFactory):
         factory.greet_pause = settings.greet_pause
         assert isinstance(policy, InboundPolicy)
+        if settings.smtp_messages_per_ip_hour:
+            policy.ip_rate = HourlyRate(settings.smtp_messages_per_ip_hour, reactor)
         resolver = None
         if settings.dnsbl or settings.dnswl:
             resolver = dns_resolver(config, reactor)

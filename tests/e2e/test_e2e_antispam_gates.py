@@ -133,3 +133,27 @@ def test_patient_client_served(pausing_server: Server) -> None:
     with smtplib.SMTP("127.0.0.1", pausing_server.ports["smtp"], timeout=30) as s:
         s.sendmail("x@elsewhere.test", [ALICE], MESSAGE)
     assert len(pausing_server.wait_for_messages(ALICE, 1)) == 1
+
+
+def test_messages_per_ip_and_hour(tmp_path: Path) -> None:
+    """[antispam] smtp_messages_per_ip_hour = 2: the third MAIL from the same IP in the hour
+    gets 451 4.7.1, logged with the IP (fail2ban)."""
+    server = Server(tmp_path)
+    server.add_user(ALICE, PASSWORDS[ALICE])
+    server.config.write_text(
+        server.config.read_text() + "\n[antispam]\nsmtp_messages_per_ip_hour = 2\n"
+    )
+    server.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+            s.sendmail("x@elsewhere.test", [ALICE], MESSAGE)
+            s.sendmail("x@elsewhere.test", [ALICE], MESSAGE)
+            assert s.mail("x@elsewhere.test") == (
+                451,
+                b"4.7.1 Too many messages from your address, try again later",
+            )
+        assert len(server.wait_for_messages(ALICE, 2)) == 2
+        assert "client [127.0.0.1] over 2 messages per hour" in server.log.read_text()
+        assert fail2ban_matches(server.log) in (None, 1)
+    finally:
+        server.stop()

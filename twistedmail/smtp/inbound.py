@@ -43,7 +43,9 @@ from twistedmail.mailauth import (
     authentication_results,
     remove_authentication_results,
 )
+from twistedmail.rate import HourlyRate
 from twistedmail.reply import (
+    REPLY_451_IP_RATE_LIMIT,
     REPLY_451_SPAM_LATER,
     REPLY_550_DMARC_REJECT,
     REPLY_550_SPAM,
@@ -59,6 +61,7 @@ from twistedmail.smtp.server import (
     SMTPReplyError,
     SMTPServerFactory,
 )
+from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -80,6 +83,8 @@ class InboundPolicy:
     spam_filter: Rspamd | None = None
     blocklists: Blocklists | None = None
     reverse_name: Callable[[str], Awaitable[str]] | None = None
+    ip_rate: HourlyRate | None = None
+    """Messages per client IP (IPv6: /64) and hour (C{[antispam] smtp_messages_per_ip_hour})."""
 
     def __init__(
         self,
@@ -97,7 +102,17 @@ class InboundPolicy:
         self.dmarc_reject = dmarc_reject
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
-        """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5)."""
+        """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5).
+
+        @raise SMTPReplyError: C{451 4.7.1} for a client IP over its hourly message rate."""
+        if self.ip_rate is not None and not self.ip_rate.allows(ip_key(client.peer_ip)):
+            log.warn(
+                "session {session}: client [{ip}] over {limit} messages per hour",
+                session=client.session_id,
+                ip=client.peer_ip,
+                limit=self.ip_rate.limit,
+            )
+            raise SMTPReplyError(REPLY_451_IP_RATE_LIMIT)
 
     def connected(self, client: Client) -> None:
         """At connect: start the DNSBL lookups of the client's IP."""
@@ -137,6 +152,8 @@ class InboundPolicy:
                 self.spam_filter, envelope, message, self.reverse_name
             )
         await self.local.deliver(envelope, message, junk=junk)
+        if self.ip_rate is not None:
+            self.ip_rate.record(ip_key(envelope.client.peer_ip))
 
     async def _authenticate(self, envelope: Envelope, message: bytes) -> bytes:
         assert self.authenticator is not None
