@@ -52,6 +52,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.delivery, defaults.delivery)
         self.assertEqual(example.mta_sts, defaults.mta_sts)
         self.assertEqual(example.log, defaults.log)
+        self.assertEqual(example.antispam, defaults.antispam)
 
     def test_defaults(self) -> None:
         config = parse_config({}, None)

@@ -134,6 +134,8 @@ class LimitsConfig:
     # networks whose clients the failed-login throttle never delays, blocks or counts
     login_throttle_exempt: tuple[str, ...] = ()
     min_free_space: int = DEFAULT_MIN_FREE_SPACE  # octets free in data_dir to take SMTP mail
+    submission_messages_per_hour: int = 500  # per user on 587/465 (issue 14)
+    submission_recipients_per_hour: int = 2000  # per user on 587/465 (issue 14)
 
 
 SMARTHOST_TLS = ("starttls", "implicit")
@@ -182,6 +184,31 @@ class InboundConfig:
 
     check_authentication: bool = True  # add Authentication-Results to each message
     dmarc_reject: bool = False  # 550 5.7.1 for a DMARC fail under p=reject
+
+
+@attrs.frozen
+class AntispamConfig:
+    """C{[antispam]}: the spam filter (rspamd, L{twistedmail.rspamd}) and the first gates on
+    port 25 (DNS block and allow lists, L{twistedmail.dnsbl}; the pregreet test).
+
+    C{rspamd}: the URL of rspamd's normal worker (C{""}: no filter); C{rspamd_controller}:
+    its controller, for learning from IMAP moves into and out of Junk (C{""}: no learning);
+    C{rspamd_password}: the controller's password; C{timeout}: seconds a check may take
+    before the message is accepted unchecked; C{check_submission}: filter 587/465 too.
+    C{dnsbl}, C{dnswl}: list zones (a client in a C{dnswl} zone skips the C{dnsbl}s);
+    C{greet_pause}: seconds the 220 greeting waits, a client talking first gets
+    C{554 5.5.1} (0: off); C{smtp_messages_per_ip_hour}: messages one client IP (IPv6: /64)
+    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit)."""
+
+    rspamd: str = ""
+    rspamd_controller: str = ""
+    rspamd_password: str = ""
+    timeout: int = 20
+    check_submission: bool = False
+    dnsbl: tuple[str, ...] = ()
+    dnswl: tuple[str, ...] = ()
+    greet_pause: int = 0
+    smtp_messages_per_ip_hour: int = 0
 
 
 @attrs.frozen
@@ -236,6 +263,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     mta_sts: MTASTSConfig = MTASTSConfig()
     log: LogConfig = LogConfig()
+    antispam: AntispamConfig = AntispamConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -441,6 +469,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
     known.update(("mta_sts", "log"))
+    known.add("antispam")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -662,6 +691,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     log_format = log_section.get("format", "text")
     if log_format not in LOG_FORMATS:
         raise r.fail("[log] format", 'must be "text" or "json"')
+    antispam = _antispam(r, data)
 
     return Config(
         source=source,
@@ -697,7 +727,55 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
         mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
         log=LogConfig(format=log_format),
+        antispam=antispam,
         warnings=tuple(warnings),
+    )
+
+
+def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
+    """C{[antispam]}, checked (see L{AntispamConfig})."""
+    defaults = AntispamConfig()
+    section = r.section(data, "antispam", set(attrs.asdict(defaults)))
+    urls = {}
+    for key in ("rspamd", "rspamd_controller"):
+        url = r.string(section, "antispam", key, "")
+        if url and not re.fullmatch(r"https?://[^/\s]+/?", url):
+            raise r.fail(
+                f"[antispam] {key}", f'"{url}" is not a URL such as "http://127.0.0.1:11333"'
+            )
+        urls[key] = url
+    password = r.string(section, "antispam", "rspamd_password", "")
+    check_submission = section.get("check_submission", False)
+    if not isinstance(check_submission, bool):
+        raise r.fail("[antispam] check_submission", "must be true or false")
+    timeout = _positive_int(r, section, "antispam", "timeout", defaults.timeout)
+    greet = section.get("greet_pause", 0)
+    try:
+        greet_pause = 0 if greet in (0, "0", "0s") else parse_duration(greet)
+    except ValueError as e:
+        raise r.fail("[antispam] greet_pause", f"{e}, or 0 for off") from None
+    zones: dict[str, tuple[str, ...]] = {}
+    for key in ("dnsbl", "dnswl"):
+        value = section.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
+            raise r.fail(f"[antispam] {key}", 'must be a list of zones such as ["zen.example"]')
+        try:
+            zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
+        except AddressError as e:
+            raise r.fail(f"[antispam] {key}", str(e)) from None
+    per_ip = section.get("smtp_messages_per_ip_hour", 0)
+    if not isinstance(per_ip, int) or isinstance(per_ip, bool) or not 0 <= per_ip <= MAX_COUNT:
+        raise r.fail("[antispam] smtp_messages_per_ip_hour", "must be a count, 0 for no limit")
+    return AntispamConfig(
+        rspamd=urls["rspamd"],
+        rspamd_controller=urls["rspamd_controller"],
+        rspamd_password=password,
+        timeout=timeout,
+        check_submission=check_submission,
+        dnsbl=zones["dnsbl"],
+        dnswl=zones["dnswl"],
+        greet_pause=greet_pause,
+        smtp_messages_per_ip_hour=per_ip,
     )
 
 

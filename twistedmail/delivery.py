@@ -184,11 +184,20 @@ class LocalDelivery:
         return list(delivered.remote)
 
     async def deliver_all(
-        self, reverse_path: Mailbox | None, recipients: list[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: list[Mailbox],
+        message: bytes,
+        junk: bool = False,
     ) -> Delivered:
         """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
         user behind C{recipients} who has room for it (L{QuotaTracker.check}), with a
         Return-Path header first.
+
+        @param junk: the spam filter's verdict (L{twistedmail.rspamd}): the message goes to
+            the user's C{Junk} folder (created if missing) instead of INBOX; a Sieve script
+            still runs (after the verdict: it sees the X-Spam header), and its implicit or
+            explicit C{keep} files into Junk.
 
         @raise OSError: on a disk failure; some copies may already be stored.
         """
@@ -229,6 +238,7 @@ class LocalDelivery:
                 data,
                 envelope,
                 details.get(str(user)),
+                junk,
             )
             if outcome.error:
                 log.warn(
@@ -283,11 +293,19 @@ class LocalDelivery:
         data: bytes,
         envelope: Envelope,
         detail: str | None = None,
+        junk: bool = False,
     ) -> _Outcome:
         """In a thread: run the user's script (if any) and store durably; without a script,
-        into the folder named by C{detail} when it exists (C{[delivery] plus_folder})."""
+        into the folder named by C{detail} when it exists (C{[delivery] plus_folder}); a
+        C{junk} message's keep goes to the Junk folder."""
         make_maildir(root)
         script_path = active_script(root)
+        keep = JUNK if junk else "INBOX"
+        if junk:
+            _ensure_junk(root)
+        if script_path is None and junk:
+            into = UserMaildir(root).folder_path(JUNK)
+            return _Outcome(stored=[(JUNK, write_durably(into / "new", data))], changed=[into])
         if script_path is None:
             into = _detail_folder(root, detail)
             if into != root:
@@ -318,7 +336,7 @@ class LocalDelivery:
         create: set[str] = set()
         for action in result.all_actions:
             if isinstance(action, Keep):
-                _merge(targets, "INBOX", action.flags)
+                _merge(targets, keep, action.flags)
             elif isinstance(action, FileInto):
                 folder = action.folder
                 try:
@@ -443,6 +461,23 @@ SYSTEM_FLAG_LETTERS = {
     "\\seen": "S",
 }
 """IMAP system flags (RFC 3501 §2.3.2) -> Maildir info letters."""
+
+
+JUNK = "Junk"
+"""The folder spam goes to: the name SPECIAL-USE marks C{\\Junk} (RFC 6154 §2,
+L{twistedmail.imap.account.SPECIAL_USE})."""
+
+
+def _ensure_junk(root: Path) -> None:
+    """Create and subscribe the user's Junk folder if it is missing (in the thread)."""
+    maildir = UserMaildir(root)
+    if (maildir.folder_path(JUNK) / "cur").is_dir():
+        return
+    try:
+        maildir.create(JUNK)
+    except MaildirError:
+        return  # created meanwhile
+    maildir.subscribe(JUNK)
 
 
 def _merge(targets: dict[str, list[str]], folder: str, flags: Sequence[str]) -> None:

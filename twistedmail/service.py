@@ -66,8 +66,10 @@ from twistedmail.config import (
 from twistedmail.control import control_factory, socket_address
 from twistedmail.delivery import LocalDelivery
 from twistedmail.dkim import KeyStore
+from twistedmail.dns import reverse_name
+from twistedmail.dnsbl import Blocklists
 from twistedmail.imap.account import MaildirAccount
-from twistedmail.imap.server import imap_factory
+from twistedmail.imap.server import IMAPFactory, imap_factory
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
 from twistedmail.mailauth import Authenticator, organizational_domain
 from twistedmail.maildir import (
@@ -79,11 +81,13 @@ from twistedmail.maildir import (
 )
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker
-from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.rate import HourlyRate, SubmissionRate
+from twistedmail.rspamd import JunkLearner, Rspamd
+from twistedmail.smtp.inbound import InboundPolicy, inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.smtp.submission import SubmissionPolicy, submission_factory
 from twistedmail.throttle import ThrottlePolicy, parse_networks
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
@@ -321,6 +325,49 @@ def inbound_authenticator(config: Config, reactor: Any, pool: ThreadPool) -> Aut
     )
 
 
+def spam_filter(config: Config, reactor: Any) -> Rspamd | None:
+    """rspamd (C{[antispam] rspamd}), or C{None} when off."""
+    settings = config.antispam
+    if not settings.rspamd:
+        return None
+    return Rspamd(
+        reactor,
+        settings.rspamd,
+        controller=settings.rspamd_controller,
+        password=settings.rspamd_password,
+        timeout=settings.timeout,
+    )
+
+
+def antispam(
+    config: Config, reactor: Any, name: str, factory: Factory, rspamd: Rspamd | None
+) -> None:
+    """Set up listener C{name}'s part of C{[antispam]} (issue 14): on port 25 the filter,
+    the DNS lists, reverse DNS and the greeting pause; on 587/465 the filter with
+    C{check_submission}; on IMAP learning from moves into and out of Junk."""
+    settings = config.antispam
+    policy = getattr(factory, "policy", None)
+    if name == "smtp" and isinstance(factory, SMTPServerFactory):
+        factory.greet_pause = settings.greet_pause
+        assert isinstance(policy, InboundPolicy)
+        if settings.smtp_messages_per_ip_hour:
+            policy.ip_rate = HourlyRate(settings.smtp_messages_per_ip_hour, reactor)
+        resolver = None
+        if settings.dnsbl or settings.dnswl:
+            resolver = dns_resolver(config, reactor)
+            policy.blocklists = Blocklists(resolver, reactor, settings.dnsbl, settings.dnswl)
+        if rspamd is not None:
+            policy.spam_filter = rspamd
+            resolver = resolver or dns_resolver(config, reactor)
+            policy.reverse_name = partial(reverse_name, resolver)
+    elif name in ("submission", "submissions") and isinstance(policy, SubmissionPolicy):
+        if settings.check_submission and rspamd is not None:
+            policy.spam_filter = rspamd
+    elif name in ("imap", "imaps") and isinstance(factory, IMAPFactory):
+        if rspamd is not None and settings.rspamd_controller:
+            factory.copy_observer = JunkLearner(rspamd)
+
+
 def outbound_queue(
     config: Config, reactor: Any, store: AccountStore, delivery: LocalDelivery, run: Any
 ) -> QueueRunner:
@@ -455,8 +502,13 @@ class MailServer(MultiService):
         # Its threads start in startService: a thread does not survive twistd's fork.
         self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
         self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
+        self.spam_filter = spam_filter(config, reactor)
         hostname = config.server.hostname
         size = config.limits.max_message_size
+        # One count per user for 587 and 465 (issue 14).
+        self.submission_rate = SubmissionRate(
+            limits.submission_messages_per_hour, limits.submission_recipients_per_hour, reactor
+        )
         submission = partial(
             submission_factory,
             hostname=hostname,
@@ -526,6 +578,10 @@ class MailServer(MultiService):
                 factory.storage_reserve = StorageReserve(
                     config.server.data_dir, limits.min_free_space
                 )
+            antispam(config, reactor, name, factory, self.spam_filter)
+            policy = getattr(factory, "policy", None)
+            if isinstance(policy, SubmissionPolicy):
+                policy.rate = self.submission_rate
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,

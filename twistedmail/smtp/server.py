@@ -136,6 +136,7 @@ from twistedmail.reply import (
     REPLY_552_MAILBOX_FULL,
     REPLY_552_TOO_BIG,
     REPLY_553_NON_ASCII_ADDRESS,
+    REPLY_554_PREGREET,
     REPLY_555_BAD_PARAMETER,
     Reply,
 )
@@ -365,9 +366,12 @@ class LocalRecipients:
         except QuotaExceeded:
             raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
 
-    async def deliver(self, envelope: Envelope, message: bytes, others: bool = False) -> None:
+    async def deliver(
+        self, envelope: Envelope, message: bytes, others: bool = False, junk: bool = False
+    ) -> None:
         """Store C{message} durably for every local recipient, and queue it for the remote
-        addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding).
+        addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding); C{junk}: into each
+        user's Junk folder (the spam filter's verdict, L{LocalDelivery.deliver_all}).
 
         A user whose quota the message would exceed gets no copy: when nobody else gets the
         message (and not C{others}, recipients the caller delivers itself), the whole
@@ -387,7 +391,7 @@ class LocalRecipients:
         try:
             if users:
                 delivered = await self.delivery.deliver_all(
-                    envelope.reverse_path, list(envelope.recipients), message
+                    envelope.reverse_path, list(envelope.recipients), message, junk=junk
                 )
                 remote = list(delivered.remote)
                 if delivered.over_quota:
@@ -558,11 +562,46 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             service=self.policy.service,
             tls=self.tls,
         )
-        # RFC 5321 §4.2: the greeting starts with our domain.
-        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+        self._policy_connected()
+        if self.greet_pause > 0:
+            self._greeting = self.clock.callLater(self.greet_pause, self._send_greeting)
+        else:
+            self._send_greeting()
         self.setTimeout(self.timeout)
 
+    greet_pause: float = 0
+    """Seconds the greeting waits; a client that talks first is refused (L{_pregreet})."""
+    _greeting: Any = None
+
+    def _send_greeting(self) -> None:
+        self._greeting = None
+        # RFC 5321 §4.2: the greeting starts with our domain.
+        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+
+    def _policy_connected(self) -> None:
+        """Tell a policy that wants it (C{connected(client)}) about the new connection."""
+        connected = getattr(self.policy, "connected", None)
+        if connected is not None:
+            connected(self.client())
+
+    def _pregreet(self) -> None:
+        """The client sent before our 220 (Postfix postscreen's pregreet test): a spambot
+        that does not wait for the greeting (RFC 5321 §4.3.1: the client waits for it)."""
+        self._greeting.cancel()
+        self._greeting = None
+        log.warn(
+            "session {session}: client [{ip}] talked before greeting (pregreet)",
+            session=self.session_id,
+            ip=self.peer_ip,
+        )
+        self.transport.write(REPLY_554_PREGREET.line() + CRLF)
+        self._closed = True
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._greeting is not None:
+            self._greeting.cancel()
+            self._greeting = None
         self._closed = True
         self.setTimeout(None)
         self._data_lines = []
@@ -602,6 +641,11 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     # -- input -----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._greeting is not None:
+            self._pregreet()
+            return
+        if self._closed:
+            return
         if self._discarding:
             self._unterminated += len(data)
         super().dataReceived(data)
@@ -1139,6 +1183,7 @@ class SMTPServerFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.portal = portal
         self.storage_reserve: StorageReserve | None = None
+        self.greet_pause: float = 0
 
     def buildProtocol(self, addr: object) -> SMTPSession:
         session = SMTPSession(
@@ -1157,4 +1202,5 @@ class SMTPServerFactory(ServerFactory):
         )
         session.factory = self
         session.storage_reserve = self.storage_reserve
+        session.greet_pause = self.greet_pause
         return session
