@@ -190,6 +190,16 @@ class DeliveryConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """Prometheus C{/metrics} (issue 13): its own listener (C{[listen] metrics}, none by
+    default) and C{[metrics] token_file}, whose first line is the bearer token scrapers
+    must send (owner-only, like the smarthost password; see L{metrics_token})."""
+
+    listen: tuple[ListenAddress, ...] = ()
+    token_file: Path | None = None
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -204,6 +214,7 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -408,6 +419,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     r = _Reader(source)
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
+    known.add("metrics")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -425,10 +437,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     # wrote a second account store); without a config file, against the cwd.
     data_dir = r.path(data_dir_text or DEFAULT_DATA_DIR)
 
-    listen_section = r.section(data, "listen", set(SERVICES))
+    listen_section = r.section(data, "listen", {*SERVICES, "metrics"})
     listen: dict[str, tuple[ListenAddress, ...]] = {}
-    for service in SERVICES:
-        value = listen_section.get(service, DEFAULT_LISTEN[service])
+    for service in (*SERVICES, "metrics"):  # metrics: off unless given (issue 13)
+        value = listen_section.get(service, DEFAULT_LISTEN.get(service, []))
         values = value if isinstance(value, list) else [value]
         listen[service] = tuple(r.address(f"[listen] {service}", v) for v in values)
         for address in listen[service]:
@@ -445,6 +457,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             if address.port and key in seen:
                 raise r.fail(f"[listen] {service}", f"{address} is also used by {seen[key]}")
             seen[key] = service
+    metrics_listen = listen.pop("metrics")
 
     tls = r.section(data, "tls", {"cert", "key"})
     cert, key = r.string(tls, "tls", "cert", ""), r.string(tls, "tls", "key", "")
@@ -623,8 +636,16 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
         delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
+        metrics=_metrics_config(r, data, metrics_listen),
         warnings=tuple(warnings),
     )
+
+
+def _metrics_config(
+    r: _Reader, data: dict[str, Any], listen: tuple[ListenAddress, ...]
+) -> MetricsConfig:
+    token_file = r.string(r.section(data, "metrics", {"token_file"}), "metrics", "token_file", "")
+    return MetricsConfig(listen=listen, token_file=r.path(token_file) if token_file else None)
 
 
 def store_path(config: Config) -> Path:
@@ -669,6 +690,33 @@ def smarthost_password(config: Config) -> str | None:
     if "\x00" in lines[0]:  # RFC 4616 §2: NUL separates the PLAIN fields
         raise ConfigError(f"{where}: {path}: the password contains NUL")
     return lines[0]
+
+
+def metrics_token(config: Config) -> str | None:
+    """The bearer token of C{/metrics}: the first line of C{[metrics] token_file}, which must
+    be readable by its owner only (as L{smarthost_password}).
+
+    @return: C{None} when no token file is configured (no token asked).
+    @raise ConfigError: the file is missing, unreadable, empty, or open to group/others.
+    """
+    path = config.metrics.token_file
+    if path is None:
+        return None
+    where = f"{config.source or 'built-in defaults'}: [metrics] token_file"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{where}: {path} is empty")
+    return lines[0].strip()
 
 
 def control_path(config: Config) -> Path:

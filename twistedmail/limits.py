@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from twistedmail import metrics
 from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.limits")
@@ -227,6 +228,7 @@ class ConnectionLimit(WrappingFactory):
             return _Refused(self.refusal, self.clock, self.close_grace)
         wrapper = super().buildProtocol(addr)
         wrapper.peer_key = key
+        metrics.of(self).connection(self.service)
         return wrapper
 
     def registerProtocol(self, p: Any) -> None:

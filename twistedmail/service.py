@@ -46,7 +46,9 @@ from twisted.mail import imap4, pop3
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
 
+import twistedmail
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
 from twistedmail.address import normalize_domain
@@ -57,6 +59,7 @@ from twistedmail.config import (
     control_path,
     ensure_data_dir,
     mail_dir,
+    metrics_token,
     queue_dir,
     smarthost_password,
     store_path,
@@ -76,8 +79,9 @@ from twistedmail.maildir import (
     clean_tmp,
     mailbox_root,
 )
+from twistedmail.metrics import Metrics, ServerState, metrics_resource
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
-from twistedmail.quota import QuotaTracker
+from twistedmail.quota import QuotaTracker, usage_by_domain
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
@@ -354,6 +358,8 @@ class MailServer(MultiService):
                 )
         self._previous_sighup: Any = None
         self._throttle_loaded = False
+        self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics
+        self.started = reactor.seconds()
 
         def run_in_thread(f: Any, *args: Any) -> Any:
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -379,6 +385,7 @@ class MailServer(MultiService):
         )
         self.throttle_path = config.server.data_dir / "throttle.json"
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
+        checker.metrics = self.metrics  # type: ignore[attr-defined]
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
             self.store,
@@ -392,6 +399,7 @@ class MailServer(MultiService):
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         # Sieve redirect, vacation and reject leave through the same queue as submission.
         self.delivery.outbound = self.queue.enqueue
+        self.delivery.metrics = self.queue.metrics = self.metrics  # type: ignore[attr-defined]
         realm = MailRealm(
             {
                 imap4.IAccount: self._imap_account,
@@ -405,6 +413,8 @@ class MailServer(MultiService):
         # Its threads start in startService: a thread does not survive twistd's fork.
         self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
         self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
+        if self.authenticator is not None:
+            self.authenticator.metrics = self.metrics  # type: ignore[attr-defined]
         hostname = config.server.hostname
         size = config.limits.max_message_size
         submission = partial(
@@ -456,6 +466,7 @@ class MailServer(MultiService):
             factories[implicit] = make(tls=None, implicit_tls=True)
         for name, factory in factories.items():
             if isinstance(factory, SMTPServerFactory):
+                factory.metrics = self.metrics
                 factory.idle_timeout = limits.smtp_idle_timeout
                 factory.max_recipients = limits.max_recipients
                 factory.max_line_length = limits.max_line_length
@@ -474,6 +485,7 @@ class MailServer(MultiService):
                 clock=reactor,
             )
             self.connection_limits[name] = limited
+            limited.metrics = self.metrics
             for address in config.listen[name]:
                 wrapped = (
                     TLSMemoryBIOFactory(self.tls_context, False, limited)
@@ -496,7 +508,76 @@ class MailServer(MultiService):
         control.setName(f"control@{control_path(config)}")
         control.setServiceParent(self)
         control.factory.connection_counts = self.connection_counts  # issue 9
+        control.factory.status = self.status  # issue 13
         control.factory.clock = reactor
+        self._serve_metrics(config, reactor)
+
+    def _serve_metrics(self, config: Config, reactor: Any) -> None:
+        """Register the scrape-time state (L{ServerState}) and listen on C{[listen] metrics}
+        (issue 13).  @raise ConfigError: a bad C{[metrics] token_file}."""
+        self.metrics.registry.register(
+            ServerState(
+                sessions=lambda: {n: len(c.protocols) for n, c in self.connection_limits.items()},
+                queue=lambda: [e.created for e in list(self.queue.entries.values())],
+                domains=lambda: {
+                    d: (u.users, u.storage, u.messages) for d, u in self.domain_usage().items()
+                },
+                started=lambda: self.started,
+                clock=reactor.seconds,
+            )
+        )
+        token = metrics_token(config)
+        self.metrics_resource = metrics_resource(self.metrics.registry, reactor, token)
+        site = Site(self.metrics_resource)
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]  # no line per scrape
+        for address in config.metrics.listen:
+            svc = StreamServerEndpointService(
+                endpoint_for(reactor, address.host, address.port), site
+            )
+            svc._raiseSynchronously = True
+            svc.setName(f"metrics@{address}")
+            svc.setServiceParent(self)
+
+    def domain_usage(self) -> dict[str, Any]:
+        """Per local domain its users and what they store (L{usage_by_domain}, blocking)."""
+        return usage_by_domain(self.store, self.mail_dir, self.quota.cache)
+
+    async def status(self) -> dict[str, Any]:
+        """What C{twistedmail status} shows (issue 13): version, start time and uptime,
+        listeners, open connections, the queue, the throttle's IP blocks and, per domain,
+        users and octets stored (measured in a thread)."""
+        now = self.reactor.seconds()
+        created = [e.created for e in self.queue.entries.values()]
+        domains = await self.run_in_thread(self.domain_usage)
+        listeners: dict[str, list[str]] = {}
+        for svc in self:
+            kind, _, where = (svc.name or "").partition("@")
+            if where and kind != "tmp-cleanup":
+                listeners.setdefault(kind, []).append(where)
+        blocks = self.throttle.blocks()
+        return {
+            "version": twistedmail.version(),
+            "started": self.started,
+            "uptime": round(now - self.started),
+            "listeners": listeners,
+            "connections": self.connection_counts(),
+            "queue": {
+                "messages": len(created),
+                "oldest": min(created) if created else None,
+                "oldest_age": round(now - min(created)) if created else 0,
+            },
+            "blocked_ips": [
+                {"ip": b.ip, "seconds_left": round(b.seconds_left), "failures": b.failures}
+                for b in blocks
+                if b.kind == "ip"
+            ],
+            "other_blocks": sum(1 for b in blocks if b.kind != "ip"),
+            "domains": {
+                d: {"users": u.users, "bytes": u.storage, "messages": u.messages}
+                for d, u in sorted(domains.items())
+            },
+        }
 
     def connection_counts(self) -> dict[str, int]:
         """Open connections per listener, logged-in IMAP sessions and selected-folder
