@@ -46,7 +46,6 @@ from twisted.mail import imap4, pop3
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 import twistedmail
 from twistedmail import tls as tlsmod
@@ -88,10 +87,36 @@ from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
 from twistedmail.throttle import ThrottlePolicy, parse_networks
+from twistedmail.web import MailService, MailSettings, build_site, mtasts, web_factory
+from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
 
 log = Logger(namespace="twistedmail.service")
 
-IMPLICIT_TLS = {"submissions", "imaps", "pop3s"}
+IMPLICIT_TLS = {"submissions", "imaps", "pop3s", "https"}
+CLIENT_SERVICES = (  # what autoconfig offers, implicit TLS first (RFC 8314 §3)
+    ("imaps", "imap", IMPLICIT),
+    ("imap", "imap", STARTTLS),
+    ("pop3s", "pop3", IMPLICIT),
+    ("pop3", "pop3", STARTTLS),
+    ("submissions", "smtp", IMPLICIT),
+    ("submission", "smtp", STARTTLS),
+)
+
+
+def mail_settings(config: Config, store: AccountStore) -> MailSettings:
+    """What autoconfig, autodiscover and the Apple profile tell clients: the hostname and
+    the port of each client listener that is configured (the first, when several)."""
+    services = tuple(
+        MailService(protocol, config.listen[name][0].port, tls)
+        for name, protocol, tls in CLIENT_SERVICES
+        if config.listen[name]
+    )
+    return MailSettings(config.server.hostname, services, store.is_local_domain)
+
+
+def mta_sts_policy(config: Config) -> bytes:
+    """The MTA-STS policy text from C{[mta_sts]} (RFC 8461 §3.2)."""
+    return mtasts.policy(config.server.hostname, config.mta_sts.mode, config.mta_sts.max_age)
 
 
 def server_tls_context(config: Config) -> tlsmod.ServerTLS:
@@ -456,6 +481,10 @@ class MailServer(MultiService):
                 dmarc_reject=config.inbound.dmarc_reject,
             ),
         }
+        # The HTTP listener (issue 13); other paths mount on self.web_root with putChild.
+        self.web_root = build_site(mail_settings(config, self.store), mta_sts_policy(config))
+        factories["http"] = factories["https"] = web_factory(self.web_root, reactor)
+        factories["metrics"] = self._metrics_site(config, reactor)  # [listen] metrics
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
         for plain, implicit, make in (
             ("submission", "submissions", submission),
@@ -510,11 +539,11 @@ class MailServer(MultiService):
         control.factory.connection_counts = self.connection_counts  # issue 9
         control.factory.status = self.status  # issue 13
         control.factory.clock = reactor
-        self._serve_metrics(config, reactor)
 
-    def _serve_metrics(self, config: Config, reactor: Any) -> None:
-        """Register the scrape-time state (L{ServerState}) and listen on C{[listen] metrics}
-        (issue 13).  @raise ConfigError: a bad C{[metrics] token_file}."""
+    def _metrics_site(self, config: Config, reactor: Any) -> Factory:
+        """The Site of C{[listen] metrics}, serving C{/metrics} at any path (issue 13); with a
+        C{[metrics] token_file}, also C{/metrics} on the http/https listeners.  Registers the
+        scrape-time state (L{ServerState}).  @raise ConfigError: a bad token file."""
         self.metrics.registry.register(
             ServerState(
                 sessions=lambda: {n: len(c.protocols) for n, c in self.connection_limits.items()},
@@ -528,16 +557,11 @@ class MailServer(MultiService):
         )
         token = metrics_token(config)
         self.metrics_resource = metrics_resource(self.metrics.registry, reactor, token)
-        site = Site(self.metrics_resource)
-        site.noisy = False
+        if token is not None:  # never on a public listener without a token
+            self.web_root.putChild(b"metrics", self.metrics_resource)
+        site = web_factory(self.metrics_resource, reactor)  # type: ignore[arg-type]
         site.log = lambda request: None  # type: ignore[method-assign]  # no line per scrape
-        for address in config.metrics.listen:
-            svc = StreamServerEndpointService(
-                endpoint_for(reactor, address.host, address.port), site
-            )
-            svc._raiseSynchronously = True
-            svc.setName(f"metrics@{address}")
-            svc.setServiceParent(self)
+        return site
 
     def domain_usage(self) -> dict[str, Any]:
         """Per local domain its users and what they store (L{usage_by_domain}, blocking)."""

@@ -27,9 +27,10 @@ MESSAGE = (
 )
 
 
-def metrics_server(root: Path, token: bool = False) -> Server:
-    """A server with C{[listen] metrics} on a free loopback port (and a token file)."""
-    srv = Server(root)
+def metrics_server(root: Path, token: bool = False, web: bool = False) -> Server:
+    """A server with C{[listen] metrics} on a free loopback port (and a token file; and the
+    http/https listeners)."""
+    srv = Server(root, web=web)
     srv.metrics_port = free_ports(1)[0]  # type: ignore[attr-defined]
     text = srv.config.read_text().replace(
         "[listen]\n", f'[listen]\nmetrics = "127.0.0.1:{srv.metrics_port}"\n', 1
@@ -154,8 +155,10 @@ def send(srv: Server) -> None:
         s.sendmail("sender@remote.test", ["alice@example.test"], MESSAGE)
 
 
-def get(srv: Server, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    port = srv.metrics_port  # type: ignore[attr-defined]
+def get(
+    srv: Server, headers: dict[str, str] | None = None, port: int | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    port = port or srv.metrics_port  # type: ignore[attr-defined]
     request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
@@ -234,6 +237,23 @@ def test_token_required(with_token: Server) -> None:
     # The start-up probe of e2e_server connected once to every listener.
     assert 'twistedmail_connections_total{service="smtp"} 1.0' in lines
     assert 'twistedmail_sessions_open{service="imap"} 0.0' in lines
+
+
+def test_metrics_on_the_http_listener(tmp_path: Path) -> None:
+    """The http listener serves /metrics only with a token configured (a public listener
+    never serves it without one): 404 without [metrics] token_file, else 401 / 200."""
+    for token in (False, True):
+        srv = metrics_server(tmp_path / f"server-{token}", token=token, web=True)
+        srv.start()
+        try:
+            status, _, _ = get(srv, port=srv.ports["http"])
+            assert status == (401 if token else 404)
+            status, _, body = get(srv, {"Authorization": f"Bearer {TOKEN}"}, srv.ports["http"])
+            assert status == (200 if token else 404)
+            if token:
+                assert b'twistedmail_connections_total{service="http"} 3.0' in body.splitlines()
+        finally:
+            srv.stop()
 
 
 def test_token_file_readable_by_others_refused(tmp_path: Path) -> None:
