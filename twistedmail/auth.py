@@ -250,7 +250,7 @@ async def login(
     @raise LoginUnavailable: an unexpected error (logged with its traceback).
     """
     user = credentials.authcid
-    count = metrics.of(portal.checkers.get(IUsernamePassword)).login  # the shared checker's
+    count = metrics.of(getattr(portal, "checkers", {}).get(IUsernamePassword)).login
     try:
         _, avatar, logout = await portal.login(
             ClientCredentials(user.encode("utf-8"), credentials.password.encode("utf-8"), peer_ip),
