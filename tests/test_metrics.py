@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from test_service import quiet_config
+from test_smtp_queue import FakeOutbound, QueueTestCase
 from test_smtp_server import PASSWORDS, PEER, TLS_CONTEXT, Mailhost, plain, talk
 from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
@@ -147,6 +148,44 @@ class SessionTests(unittest.TestCase):
         instance, never into a server's."""
         self.assertIsNot(metrics.of(object()), self.metrics)
         self.assertIs(metrics.of(object()), metrics.of(None))
+
+
+class QueueTests(QueueTestCase):
+    """The queue runner's hooks, on a Clock."""
+
+    def test_queued_relayed_deferred_bounced(self) -> None:
+        """One message to three recipients: queued once; relayed (60 s after it was
+        queued), deferred and bounced once each; the queue is 1 message, 60 s old."""
+        m = Metrics(clock=self.clock)
+        outbound = FakeOutbound(
+            {"later@remote.test": ["451 4.3.0 Try later"], "bad@remote.test": ["550 5.1.1 No"]}
+        )
+        runner = self.runner(outbound)
+        runner.metrics = m  # type: ignore[attr-defined]
+        m.registry.register(
+            ServerState(
+                sessions=dict,
+                queue=lambda: [e.created for e in runner.entries.values()],
+                domains=dict,
+                started=lambda: 0.0,
+                clock=self.clock.seconds,
+            )
+        )
+        self.enqueue(runner, ["ok@remote.test", "later@remote.test", "bad@remote.test"])
+        self.clock.advance(60)
+
+        def value(name: str, **labels: str) -> float | None:
+            return m.registry.get_sample_value(name, labels)
+
+        self.assertEqual(value("twistedmail_messages_queued_total"), 1.0)
+        results = {
+            r: value("twistedmail_outbound_recipients_total", result=r)
+            for r in ("relayed", "deferred", "bounced")
+        }
+        self.assertEqual(results, {"relayed": 1.0, "deferred": 1.0, "bounced": 1.0})
+        self.assertEqual(value("twistedmail_delivery_seconds_sum", path="queue"), 60.0)
+        self.assertEqual(value("twistedmail_queue_messages"), 1.0)
+        self.assertEqual(value("twistedmail_queue_oldest_age_seconds"), 60.0)
 
 
 class EventTests(unittest.TestCase):
