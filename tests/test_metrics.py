@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_mailauth import message, zone
 from test_service import quiet_config
 from test_smtp_queue import FakeOutbound, QueueTestCase
-from test_smtp_server import PASSWORDS, PEER, TLS_CONTEXT, Mailhost, plain, talk
+from test_smtp_server import PASSWORDS, PEER, TLS_CONTEXT, Mailhost, plain, run_now, talk
 from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -18,7 +19,13 @@ from twisted.web.test.requesthelper import DummyRequest
 from twistedmail import metrics
 from twistedmail.auth import PasswordChecker
 from twistedmail.limits import ConnectionLimit
-from twistedmail.mailauth import AuthenticationResults, DKIMResult, DMARCResult, SPFResult
+from twistedmail.mailauth import (
+    AuthenticationResults,
+    Authenticator,
+    DKIMResult,
+    DMARCResult,
+    SPFResult,
+)
 from twistedmail.metrics import BearerToken, Metrics, ServerState
 from twistedmail.service import MailServer
 from twistedmail.smtp.inbound import inbound_factory
@@ -86,6 +93,39 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(self.value("twistedmail_messages_delivered_total"), 2.0)
         self.assertEqual(self.value("twistedmail_delivery_seconds_count", path="local"), 1.0)
         self.assertEqual(self.value("twistedmail_delivery_seconds_sum", path="local"), 0.0)
+
+    def test_inbound_authentication(self) -> None:
+        """Port 25 with checks: the message's SPF, DKIM and DMARC results are counted once
+        (a fail.test sender from an IP its SPF record does not list, no signature)."""
+        authenticator = Authenticator(zone(), self.host.clock, run_now)
+        authenticator.metrics = self.metrics  # type: ignore[attr-defined]
+        factory = inbound_factory(
+            hostname="mail.example.test",
+            store=self.host.store,
+            delivery=self.host.delivery,
+            tls=TLS_CONTEXT,
+            max_message_size=10000,
+            clock=self.host.clock,
+            authenticator=authenticator,
+        )
+        proto, tr = self.connect(factory, "smtp")
+        out = talk(
+            proto,  # type: ignore[arg-type]
+            tr,
+            b"EHLO client.elsewhere.test\r\nMAIL FROM:<a@fail.test>\r\n"
+            b"RCPT TO:<alice@example.test>\r\nDATA\r\n" + message("fail.test") + b".\r\n",
+        )
+        self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), out)
+        counted = {
+            (sample.labels["method"], sample.labels["result"]): sample.value
+            for metric in self.metrics.registry.collect()
+            if metric.name == "twistedmail_inbound_authentication"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+        self.assertEqual(
+            counted, {("spf", "fail"): 1.0, ("dkim", "none"): 1.0, ("dmarc", "fail"): 1.0}
+        )
 
     def test_refused_message_not_counted(self) -> None:
         """A message refused at DATA (no such user any more) is neither received nor
