@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import make_wsgi_app
 from twisted.web.resource import IResource, Resource
@@ -108,6 +108,7 @@ class Metrics:
             ["method", "result"],
             registry=r,
         )
+        ProcessCollector(registry=r)  # process_*: CPU, memory, open descriptors (Linux /proc)
         for service in ("smtp", "imap", "pop3"):
             for outcome in LOGIN_OUTCOMES:
                 self.logins.labels(service, outcome)

@@ -577,7 +577,7 @@ class MailServer(MultiService):
         listeners: dict[str, list[str]] = {}
         for svc in self:
             kind, _, where = (svc.name or "").partition("@")
-            if where and kind != "tmp-cleanup":
+            if where:  # the listeners and the control socket, named NAME@ADDRESS
                 listeners.setdefault(kind, []).append(where)
         blocks = self.throttle.blocks()
         return {
@@ -654,6 +654,7 @@ class MailServer(MultiService):
             ) from None
         load_throttle(self.throttle, self.throttle_path)
         self._throttle_loaded = True
+        self.started = self.reactor.seconds()  # after twistd's fork (uptime, metrics)
         self.auth_pool.start()
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
