@@ -12,9 +12,11 @@ from twistedmail.config import (
     ConfigError,
     DeliveryConfig,
     ListenAddress,
+    MetricsConfig,
     QueueConfig,
     find_config,
     load_config,
+    metrics_token,
     parse_config,
     parse_size,
     smarthost_password,
@@ -53,6 +55,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.mta_sts, defaults.mta_sts)
         self.assertEqual(example.log, defaults.log)
         self.assertEqual(example.antispam, defaults.antispam)
+        self.assertEqual(example.metrics, defaults.metrics)
 
     def test_defaults(self) -> None:
         config = parse_config({}, None)
@@ -60,7 +63,10 @@ class ConfigTests(TestCase):
         self.assertEqual(config.limits.max_message_size, 25 * 1024 * 1024)
         self.assertEqual(
             {k: tuple(str(a) for a in v) for k, v in config.listen.items()},
-            {**{k: (v,) for k, v in DEFAULT_LISTEN.items()}, "http": (), "https": ()},
+            {
+                **{k: (v,) for k, v in DEFAULT_LISTEN.items()},
+                **{"http": (), "https": (), "metrics": ()},
+            },
         )
         self.assertEqual(store_path(config), config.server.data_dir / "accounts.sqlite3")
         self.assertEqual(tls_paths(config)[1], config.server.data_dir / "tls" / "key.pem")
@@ -680,4 +686,56 @@ class AcmeConfigTests(TestCase):
         self.assertEqual(
             self.error(self.ACME + contact + 'acme_directory = "http://ca.example/dir"\n'),
             "FILE: [tls] acme_directory: must be an https:// URL (RFC 8555 §6.1)",
+        )
+
+
+class MetricsConfigTests(TestCase):
+    """Issue 13: C{[listen] metrics} (off by default) and C{[metrics] token_file}."""
+
+    write = ConfigTests.write
+    error = ConfigTests.error
+
+    def test_listener_and_token(self) -> None:
+        """The listener is parsed like the others and checked against them; the token is
+        the file's first line."""
+        self.assertEqual(parse_config({}, None).metrics, MetricsConfig())
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("tok-123\nignored\n")
+        secret.chmod(0o600)
+        config = load_config(
+            self.write(
+                f'[listen]\nmetrics = "127.0.0.1:9154"\n[metrics]\ntoken_file = "{secret}"\n'
+            )
+        )
+        self.assertEqual(config.listen["metrics"], (ListenAddress("127.0.0.1", 9154),))
+        self.assertEqual(metrics_token(config), "tok-123")
+        self.assertIsNone(metrics_token(parse_config({}, None)))
+        self.assertEqual(
+            self.error('[listen]\nsmtp = "127.0.0.1:25"\nmetrics = "127.0.0.1:25"\n'),
+            "FILE: [listen] metrics: 127.0.0.1:25 is also used by smtp",
+        )
+        self.assertEqual(self.error("[metrics]\ntoken = 1\n"), "FILE: [metrics] token: unknown key")
+
+    def test_token_file_must_be_owner_only(self) -> None:
+        """A token file group or others can read is refused with one line (like the
+        smarthost password); so is an empty one."""
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("tok\n")
+        secret.chmod(0o640)
+        path = self.write(f'[metrics]\ntoken_file = "{secret}"\n')
+        with self.assertRaises(ConfigError) as cm:
+            metrics_token(load_config(path))
+        self.assertEqual(
+            str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
+            "FILE: [metrics] token_file: SECRET is readable by others (mode 640); chmod 600 it",
+        )
+        secret.chmod(0o600)
+        secret.write_text("\n")
+        with self.assertRaises(ConfigError) as cm:
+            metrics_token(load_config(path))
+        self.assertEqual(
+            str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
+            "FILE: [metrics] token_file: SECRET is empty",
         )

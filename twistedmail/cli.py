@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import json
 import os
 import pwd
 import sqlite3
@@ -684,6 +685,46 @@ def cmd_connections(ctx: _Context, args: argparse.Namespace) -> None:
         _out(f"{name} {count}")
 
 
+def _duration(seconds: float) -> str:
+    """C{3d 04h 05m}, C{2h 03m 04s}, C{5m 06s}, C{7s}."""
+    s = max(int(seconds), 0)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {s:02d}s"
+    return f"{minutes}m {s:02d}s" if minutes else f"{s}s"
+
+
+def cmd_status(ctx: _Context, args: argparse.Namespace) -> None:
+    """The running server's status over the control socket (issue 13): a table, or with
+    C{--json} the server's answer as one JSON object."""
+    try:
+        status = control.status(config_module.control_path(ctx.config))
+    except control.NoServer:
+        raise UserError("no running server") from None
+    if args.json:
+        _out(json.dumps(status, sort_keys=True))
+        return
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(status["started"]))
+    _out(f"twistedmail {status['version']}, up {_duration(status['uptime'])}")
+    _out(f"started   {started} UTC")
+    for name, addresses in status["listeners"].items():
+        _out(f"listen    {name:<12} {' '.join(addresses)}")
+    counts = status["connections"]
+    _out("sessions  " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    queue = status["queue"]
+    oldest = f", oldest {_duration(queue['oldest_age'])}" if queue["messages"] else ""
+    _out(f"queue     {queue['messages']} message(s){oldest}")
+    blocked = [f"{b['ip']} ({_left(b['seconds_left'])})" for b in status["blocked_ips"]]
+    _out(f"blocked   {', '.join(blocked) or 'none'}")
+    _out(f"{'DOMAIN':<30} {'USERS':>6} {'BYTES':>14} {'MESSAGES':>9}")
+    for domain, d in status["domains"].items():
+        _out(f"{domain:<30} {d['users']:>6} {d['bytes']:>14} {d['messages']:>9}")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -824,6 +865,10 @@ def build_parser() -> argparse.ArgumentParser:
         "connections", help="show the running server's open connections per listener"
     )
     p.set_defaults(func=cmd_connections)
+
+    p = commands.add_parser("status", help="show the running server's status")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -247,6 +247,15 @@ class LogConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """Prometheus C{/metrics} (issue 13): C{[metrics] token_file}, whose first line is the
+    bearer token scrapers must send (owner-only, like the smarthost password; see
+    L{metrics_token}).  Its own listener is C{[listen] metrics} (none by default)."""
+
+    token_file: Path | None = None
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -264,6 +273,7 @@ class Config:
     mta_sts: MTASTSConfig = MTASTSConfig()
     log: LogConfig = LogConfig()
     antispam: AntispamConfig = AntispamConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -470,6 +480,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     known.add("delivery")
     known.update(("mta_sts", "log"))
     known.add("antispam")
+    known.add("metrics")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -487,9 +498,9 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     # wrote a second account store); without a config file, against the cwd.
     data_dir = r.path(data_dir_text or DEFAULT_DATA_DIR)
 
-    listen_section = r.section(data, "listen", {*SERVICES, *WEB_SERVICES})
+    listen_section = r.section(data, "listen", {*SERVICES, *WEB_SERVICES, "metrics"})
     listen: dict[str, tuple[ListenAddress, ...]] = {}
-    for service in (*SERVICES, *WEB_SERVICES):
+    for service in (*SERVICES, *WEB_SERVICES, "metrics"):  # metrics: issue 13
         value = listen_section.get(service, DEFAULT_LISTEN.get(service, []))
         values = value if isinstance(value, list) else [value]
         listen[service] = tuple(r.address(f"[listen] {service}", v) for v in values)
@@ -728,6 +739,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
         log=LogConfig(format=log_format),
         antispam=antispam,
+        metrics=_metrics_config(r, data),
         warnings=tuple(warnings),
     )
 
@@ -777,6 +789,9 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
         greet_pause=greet_pause,
         smtp_messages_per_ip_hour=per_ip,
     )
+def _metrics_config(r: _Reader, data: dict[str, Any]) -> MetricsConfig:
+    token_file = r.string(r.section(data, "metrics", {"token_file"}), "metrics", "token_file", "")
+    return MetricsConfig(token_file=r.path(token_file) if token_file else None)
 
 
 def store_path(config: Config) -> Path:
@@ -821,6 +836,33 @@ def smarthost_password(config: Config) -> str | None:
     if "\x00" in lines[0]:  # RFC 4616 §2: NUL separates the PLAIN fields
         raise ConfigError(f"{where}: {path}: the password contains NUL")
     return lines[0]
+
+
+def metrics_token(config: Config) -> str | None:
+    """The bearer token of C{/metrics}: the first line of C{[metrics] token_file}, which must
+    be readable by its owner only (as L{smarthost_password}).
+
+    @return: C{None} when no token file is configured (no token asked).
+    @raise ConfigError: the file is missing, unreadable, empty, or open to group/others.
+    """
+    path = config.metrics.token_file
+    if path is None:
+        return None
+    where = f"{config.source or 'built-in defaults'}: [metrics] token_file"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{where}: {path} is empty")
+    return lines[0].strip()
 
 
 def control_path(config: Config) -> Path:

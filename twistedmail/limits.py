@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from twistedmail import metrics
 from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.limits")
@@ -60,7 +61,7 @@ def refusal_for(service: str, hostname: str) -> bytes:
         return b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
     if service.startswith("pop3"):
         return b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
-    if service.startswith("http"):
+    if service.startswith("http") or service == "metrics":
         return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     # RFC 5321 §4.2: the greeting (here a 421 in its place) starts with our domain.
     return b"421 4.7.0 %s Too many connections, try again later\r\n" % hostname.encode("ascii")
@@ -229,6 +230,7 @@ class ConnectionLimit(WrappingFactory):
             return _Refused(self.refusal, self.clock, self.close_grace)
         wrapper = super().buildProtocol(addr)
         wrapper.peer_key = key
+        metrics.of(self).connection(self.service)
         return wrapper
 
     def registerProtocol(self, p: Any) -> None:

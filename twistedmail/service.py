@@ -47,6 +47,7 @@ from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+import twistedmail
 from twistedmail import acme
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
@@ -58,6 +59,7 @@ from twistedmail.config import (
     control_path,
     ensure_data_dir,
     mail_dir,
+    metrics_token,
     queue_dir,
     smarthost_password,
     store_path,
@@ -79,8 +81,9 @@ from twistedmail.maildir import (
     clean_tmp,
     mailbox_root,
 )
+from twistedmail.metrics import Metrics, ServerState, metrics_resource
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
-from twistedmail.quota import QuotaTracker
+from twistedmail.quota import QuotaTracker, usage_by_domain
 from twistedmail.rate import HourlyRate, SubmissionRate
 from twistedmail.rspamd import JunkLearner, Rspamd
 from twistedmail.smtp.inbound import InboundPolicy, inbound_factory
@@ -451,6 +454,8 @@ class MailServer(MultiService):
                 )
         self._previous_sighup: Any = None
         self._throttle_loaded = False
+        self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics
+        self.started = reactor.seconds()
 
         def run_in_thread(f: Any, *args: Any) -> Any:
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -476,6 +481,7 @@ class MailServer(MultiService):
         )
         self.throttle_path = config.server.data_dir / "throttle.json"
         checker = PasswordChecker(self.store, run_in_thread, self.throttle)
+        checker.metrics = self.metrics  # type: ignore[attr-defined]
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
             self.store,
@@ -489,6 +495,7 @@ class MailServer(MultiService):
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         # Sieve redirect, vacation and reject leave through the same queue as submission.
         self.delivery.outbound = self.queue.enqueue
+        self.delivery.metrics = self.queue.metrics = self.metrics  # type: ignore[attr-defined]
         realm = MailRealm(
             {
                 imap4.IAccount: self._imap_account,
@@ -503,6 +510,8 @@ class MailServer(MultiService):
         self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
         self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
         self.spam_filter = spam_filter(config, reactor)
+        if self.authenticator is not None:
+            self.authenticator.metrics = self.metrics  # type: ignore[attr-defined]
         hostname = config.server.hostname
         size = config.limits.max_message_size
         # One count per user for 587 and 465 (issue 14).
@@ -560,6 +569,7 @@ class MailServer(MultiService):
             renewal.clock = reactor
             renewal.setName("acme-renewal")
             renewal.setServiceParent(self)
+        factories["metrics"] = self._metrics_site(config, reactor)  # [listen] metrics
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
         for plain, implicit, make in (
             ("submission", "submissions", submission),
@@ -570,6 +580,7 @@ class MailServer(MultiService):
             factories[implicit] = make(tls=None, implicit_tls=True)
         for name, factory in factories.items():
             if isinstance(factory, SMTPServerFactory):
+                factory.metrics = self.metrics
                 factory.idle_timeout = limits.smtp_idle_timeout
                 factory.max_recipients = limits.max_recipients
                 factory.max_line_length = limits.max_line_length
@@ -592,6 +603,7 @@ class MailServer(MultiService):
                 clock=reactor,
             )
             self.connection_limits[name] = limited
+            limited.metrics = self.metrics
             for address in config.listen[name]:
                 wrapped = (
                     TLSMemoryBIOFactory(self.tls_context, False, limited)
@@ -614,7 +626,71 @@ class MailServer(MultiService):
         control.setName(f"control@{control_path(config)}")
         control.setServiceParent(self)
         control.factory.connection_counts = self.connection_counts  # issue 9
+        control.factory.status = self.status  # issue 13
         control.factory.clock = reactor
+
+    def _metrics_site(self, config: Config, reactor: Any) -> Factory:
+        """The Site of C{[listen] metrics}, serving C{/metrics} at any path (issue 13); with a
+        C{[metrics] token_file}, also C{/metrics} on the http/https listeners.  Registers the
+        scrape-time state (L{ServerState}).  @raise ConfigError: a bad token file."""
+        self.metrics.registry.register(
+            ServerState(
+                sessions=lambda: {n: len(c.protocols) for n, c in self.connection_limits.items()},
+                queue=lambda: [e.created for e in list(self.queue.entries.values())],
+                domains=lambda: {
+                    d: (u.users, u.storage, u.messages) for d, u in self.domain_usage().items()
+                },
+                started=lambda: self.started,
+                clock=reactor.seconds,
+            )
+        )
+        token = metrics_token(config)
+        self.metrics_resource = metrics_resource(self.metrics.registry, reactor, token)
+        if token is not None:  # never on a public listener without a token
+            self.web_root.putChild(b"metrics", self.metrics_resource)
+        site = web_factory(self.metrics_resource, reactor)  # type: ignore[arg-type]
+        site.log = lambda request: None  # type: ignore[method-assign]  # no line per scrape
+        return site
+
+    def domain_usage(self) -> dict[str, Any]:
+        """Per local domain its users and what they store (L{usage_by_domain}, blocking)."""
+        return usage_by_domain(self.store, self.mail_dir, self.quota.cache)
+
+    async def status(self) -> dict[str, Any]:
+        """What C{twistedmail status} shows (issue 13): version, start time and uptime,
+        listeners, open connections, the queue, the throttle's IP blocks and, per domain,
+        users and octets stored (measured in a thread)."""
+        now = self.reactor.seconds()
+        created = [e.created for e in self.queue.entries.values()]
+        domains = await self.run_in_thread(self.domain_usage)
+        listeners: dict[str, list[str]] = {}
+        for svc in self:
+            kind, _, where = (svc.name or "").partition("@")
+            if where:  # the listeners and the control socket, named NAME@ADDRESS
+                listeners.setdefault(kind, []).append(where)
+        blocks = self.throttle.blocks()
+        return {
+            "version": twistedmail.version(),
+            "started": self.started,
+            "uptime": round(now - self.started),
+            "listeners": listeners,
+            "connections": self.connection_counts(),
+            "queue": {
+                "messages": len(created),
+                "oldest": min(created) if created else None,
+                "oldest_age": round(now - min(created)) if created else 0,
+            },
+            "blocked_ips": [
+                {"ip": b.ip, "seconds_left": round(b.seconds_left), "failures": b.failures}
+                for b in blocks
+                if b.kind == "ip"
+            ],
+            "other_blocks": sum(1 for b in blocks if b.kind != "ip"),
+            "domains": {
+                d: {"users": u.users, "bytes": u.storage, "messages": u.messages}
+                for d, u in sorted(domains.items())
+            },
+        }
 
     def connection_counts(self) -> dict[str, int]:
         """Open connections per listener, logged-in IMAP sessions and selected-folder
@@ -667,6 +743,7 @@ class MailServer(MultiService):
             ) from None
         load_throttle(self.throttle, self.throttle_path)
         self._throttle_loaded = True
+        self.started = self.reactor.seconds()  # after twistd's fork (uptime, metrics)
         self.auth_pool.start()
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)

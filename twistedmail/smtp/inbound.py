@@ -34,6 +34,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
+from twistedmail import metrics
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery
@@ -173,6 +174,7 @@ class InboundPolicy:
             dkim=",".join(d.result for d in results.dkim) or "none",
             dmarc=results.dmarc.result,
         )
+        metrics.of(self.authenticator).authenticated(results)
         if self.dmarc_reject and results.dmarc.rejects:
             raise SMTPReplyError(REPLY_550_DMARC_REJECT)  # RFC 7489 §6.7, §10
         return authentication_results(self.authserv_id, results) + message

@@ -71,7 +71,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from twistedmail import auth, sasl
+from twistedmail import auth, metrics, sasl
 from twistedmail.accounts import AccountStore
 from twistedmail.address import (
     AddressError,
@@ -392,6 +392,9 @@ class LocalRecipients:
             if users:
                 delivered = await self.delivery.deliver_all(
                     envelope.reverse_path, list(envelope.recipients), message, junk=junk
+                )
+                metrics.of(self.delivery).delivered_locally(
+                    len(delivered.stored), envelope.received_at
                 )
                 remote = list(delivered.remote)
                 if delivered.over_quota:
@@ -1014,6 +1017,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self._log_outcome(envelope, size, REPLY_451_LOCAL_ERROR)
             raise
         self._log_outcome(envelope, size, REPLY_250_QUEUED)
+        metrics.of(self.factory).message_received(self.policy.service)
         return REPLY_250_QUEUED
 
     def _log_outcome(self, envelope: Envelope, size: int, reply: Reply) -> None:
