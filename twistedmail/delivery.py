@@ -45,7 +45,7 @@ from twistedmail.maildir import (
     write_durably,
 )
 from twistedmail.quota import QuotaExceeded, QuotaTracker
-from twistedmail.sieve.grammar import SieveError
+from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
 from twistedmail.sieve.interpret import (
     Envelope,
     FileInto,
@@ -53,6 +53,7 @@ from twistedmail.sieve.interpret import (
     Redirect,
     Reject,
     Result,
+    SieveLimits,
     Vacation,
     evaluate,
     vacation_reply_allowed,
@@ -96,6 +97,10 @@ class LocalDelivery:
     @param quota: the users' quotas; C{None} stores without limit.
     @param plus_folder: mail to C{user+detail} goes into the user's existing folder named
         C{detail} (case-insensitive), else INBOX (C{[delivery] plus_folder}, RFC 5233).
+    @param sieve_limits: what a user's script may cost (C{[delivery] sieve_max_*}).
+
+    The subaddress separator of Sieve's C{:user}/C{:detail} and of vacation's own-address
+    check is the store's (C{[delivery] recipient_delimiter}, RFC 5233).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class LocalDelivery:
         hostname: str = "localhost",
         outbound: Outbound | None = None,
         plus_folder: bool = False,
+        sieve_limits: SieveLimits | None = None,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
@@ -118,7 +124,8 @@ class LocalDelivery:
         self.outbound = outbound
         """Sends what Sieve scripts produce (the outbound queue's C{enqueue}); without it,
         a redirect keeps the message instead and vacation and reject send nothing."""
-        self.scripts = ScriptCache()
+        self.sieve_limits = sieve_limits = sieve_limits or SieveLimits()
+        self.scripts = ScriptCache(max_script_size=sieve_limits.max_script_size)
         self.plus_folder = plus_folder
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
@@ -217,7 +224,9 @@ class LocalDelivery:
             root = mailbox_root(self.mail_dir, str(user))
             envelope = Envelope(
                 sender=str(reverse_path) if reverse_path else "",
-                recipient=_sieve_recipient(user, given.get(str(user), str(user))),
+                recipient=_sieve_recipient(
+                    user, given.get(str(user), str(user)), self.store.recipient_delimiter
+                ),
                 original_recipient=given.get(str(user), ""),
             )
             outcome: _Outcome = await self.run_in_thread(
@@ -311,6 +320,10 @@ class LocalDelivery:
                 envelope,
                 mailbox_exists=lambda name: _folder_exists(maildir, name),
                 load_script=lambda name, where: self._include(root, name, where),
+                max_actions=self.sieve_limits.max_actions,
+                max_redirects=self.sieve_limits.max_redirects,
+                recipient_delimiter=self.store.recipient_delimiter,
+                max_steps=self.sieve_limits.max_steps,
             )
             if result.error:
                 outcome.error = f"runtime error: {result.error}"
@@ -393,7 +406,9 @@ class LocalDelivery:
         if reverse_path is None or self.outbound is None:
             return
         addresses = sorted(self.store.owned_addresses(user))
-        if not vacation_reply_allowed(data, envelope, addresses, vacation):
+        if not vacation_reply_allowed(
+            data, envelope, addresses, vacation, self.store.recipient_delimiter
+        ):
             log.info("sieve: user={user}: no vacation reply (RFC 5230 §4.5)", user=user)
             return
         sender = str(reverse_path)
@@ -478,12 +493,14 @@ def _folder_exists(maildir: UserMaildir, name: str) -> bool:
 _DELIVERED_TO = re.compile(rb"^Delivered-To:[ \t]*<?([^\r\n>]*?)>?[ \t]*\r?$", re.I | re.M)
 
 
-def _sieve_recipient(user: Mailbox, given: str) -> str:
+def _sieve_recipient(user: Mailbox, given: str, delimiter: str = "+") -> str:
     """The Sieve envelope "to" (RFC 5228 §5.4): the recipient as the client gave it when
-    it is the user's own address with a detail (RFC 5233 C{:detail} needs it), else the
-    user (an alias or catch-all was expanded, as Postfix does before LMTP)."""
+    it is the user's own address with a detail after C{delimiter} (RFC 5233 C{:detail}
+    needs it; C{""}: no detail), else the user (an alias or catch-all was expanded, as
+    Postfix does before LMTP)."""
     local, _, domain = given.rpartition("@")
-    if domain == user.domain and local.split("+", 1)[0] == user.local:
+    base = local.split(delimiter, 1)[0] if delimiter else local
+    if domain.lower() == user.domain and base.lower() == user.local:
         return given
     return str(user)
 
@@ -521,10 +538,14 @@ def active_script(home: Path) -> Path | None:
 
 class ScriptCache:
     """Compiled scripts by path, recompiled when the file's mtime, size or inode change;
-    at most C{size} entries (least recently used go first).  Thread-safe."""
+    at most C{size} entries (least recently used go first).  Thread-safe.
 
-    def __init__(self, size: int = 256) -> None:
+    @param max_script_size: bytes; a larger script is an error, not read
+        (C{[delivery] sieve_max_script_size})."""
+
+    def __init__(self, size: int = 256, max_script_size: int = MAX_SCRIPT_SIZE) -> None:
         self.size = size
+        self.max_script_size = max_script_size
         self._entries: OrderedDict[Path, tuple[tuple[int, int, int], Script | SieveError]] = (
             OrderedDict()
         )
@@ -545,7 +566,9 @@ class ScriptCache:
                     compiled = None
             if compiled is None:
                 try:
-                    compiled = compile_script(f.read())
+                    if st.st_size > self.max_script_size:
+                        raise SieveError(0, f"script larger than {self.max_script_size} bytes")
+                    compiled = compile_script(f.read(), max_size=self.max_script_size)
                 except SieveError as e:
                     compiled = e
                 with self._lock:
