@@ -625,10 +625,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         r, "[delivery] sieve_max_script_size", delivery.get("sieve_max_script_size")
     )
     sieve_counts: dict[str, int] = {}
-    for key, field in SIEVE_COUNTS.items():
-        value = delivery.get(key, getattr(sieve_defaults, field))
+    for sieve_key, field in SIEVE_COUNTS.items():
+        value = delivery.get(sieve_key, getattr(sieve_defaults, field))
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-            raise r.fail(f"[delivery] {key}", f"must be a whole number from 1 to {MAX_COUNT}")
+            raise r.fail(f"[delivery] {sieve_key}", f"must be a whole number from 1 to {MAX_COUNT}")
         sieve_counts[field] = value
 
     return Config(

@@ -1082,12 +1082,16 @@ def vacation_reply_allowed(
         )
         if a
     }
-    for address in list(mine):
+
+    def base(address: str) -> str:
         # Mail to me+detail@ is mail to me@ (RFC 5233): both count as the user's address.
         local_part, _, domain = address.rpartition("@")
         if recipient_delimiter and recipient_delimiter in local_part:
-            mine.add(local_part.split(recipient_delimiter, 1)[0] + "@" + domain)
-    if sender in mine:
+            return local_part.split(recipient_delimiter, 1)[0] + "@" + domain
+        return address
+
+    mine |= {base(a) for a in mine}
+    if sender in mine or base(sender) in mine:
         return False
     local = sender.rpartition("@")[0] if "@" in sender else sender
     if (
@@ -1105,7 +1109,7 @@ def vacation_reply_allowed(
     if any(parsed.raw_headers(h) for h in _LIST_HEADERS):
         return False
     addressed = {
-        a.lower()
+        base(a.lower())
         for h in _RECIPIENT_HEADERS
         for _, a in email.utils.getaddresses(parsed.headers(h))
         if a
