@@ -97,13 +97,15 @@ class SieveDeliveryTests(unittest.TestCase):
         root = self.home / folder if folder else self.home
         return sorted(f"{sub}/{name}" for sub in ("new", "cur") for name in os.listdir(root / sub))
 
-    def test_no_script_delivers_to_new_without_delivered_to(self) -> None:
-        """Without a script the message lands in INBOX/new exactly as before."""
+    def test_no_script_delivers_to_new_with_delivered_to(self) -> None:
+        """Without a script the message lands in INBOX/new, with Delivered-To as every
+        local copy (Postfix and Dovecot LMTP style)."""
         self.deliver(BOSS)
         (name,) = self.files()
         self.assertTrue(name.startswith("new/"))
         self.assertEqual(
-            (self.home / name).read_bytes(), b"Return-Path: <boss@corp.example>\r\n" + BOSS
+            (self.home / name).read_bytes(),
+            b"Return-Path: <boss@corp.example>\r\nDelivered-To: alice@example.org\r\n" + BOSS,
         )
 
     def test_fileinto_create_with_flags(self) -> None:
@@ -166,7 +168,11 @@ class SieveDeliveryTests(unittest.TestCase):
         new = self.mail_dir / "example.org" / "bob" / "new"
         (name,) = os.listdir(new)
         reply = (new / name).read_bytes()
-        self.assertTrue(reply.startswith(b"Return-Path: <>\r\nFrom: alice@example.org\r\n"))
+        self.assertTrue(
+            reply.startswith(
+                b"Return-Path: <>\r\nDelivered-To: bob@example.org\r\nFrom: alice@example.org\r\n"
+            )
+        )
         self.assertIn(b"\r\nSubject: Away\r\n", reply)
 
     def test_no_vacation_to_null_sender(self) -> None:

@@ -12,8 +12,9 @@ caller learns who (L{Delivered.over_quota}) and answers C{552 5.2.2} or sends a 
 Sieve (RFC 5228): a user with an active script (Pigeonhole's C{~/.dovecot.sieve}, see
 L{twistedmail.sieve.store}) gets the message filed as the script says, in the thread, before
 the caller answers: keep and fileinto (with RFC 5232 flags; C{:create} per RFC 5490, else a
-missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Such
-a user's copy carries C{Delivered-To: user} after Return-Path.  Redirect (RFC 5228 §4.2),
+missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Every
+copy, script or not, carries C{Delivered-To: user} after Return-Path (as Postfix's local
+delivery and Dovecot's LMTP write it; a redirect checks it for a loop).  Redirect (RFC 5228 §4.2),
 vacation replies (RFC 5230) and rejections (RFC 5429 §2.1, sent after acceptance) leave
 through L{LocalDelivery.outbound} (the outbound queue, set by the service), before C{deliver}
 returns.  A script that fails to compile or run never loses the message: it is kept in INBOX
@@ -68,6 +69,12 @@ from twistedmail.sieve.store import ACTIVE_LINK, SieveStore
 from twistedmail.sieve.validate import Script, compile_script
 
 log = Logger(namespace="twistedmail.delivery")
+
+
+def delivered_to_header(user: Mailbox) -> bytes:
+    """C{Delivered-To: user@domain} with CRLF: the final recipient, as Postfix's local
+    delivery and Dovecot's LMTP record it (and check it against mail loops)."""
+    return b"Delivered-To: %s\r\n" % str(user).encode()
 
 
 def return_path_header(reverse_path: Mailbox | None) -> bytes:
@@ -205,14 +212,14 @@ class LocalDelivery:
         if self.quota is not None:
             for user in users:
                 try:
-                    await self.quota.check(str(user), len(data))
+                    await self.quota.check(str(user), len(data) + len(delivered_to_header(user)))
                 except QuotaExceeded as e:
                     log.info(
                         "not delivered: to={to} from={sender} size={size}: {resource} quota"
                         " exceeded",
                         to=str(user),
                         sender=str(reverse_path) if reverse_path else "<>",
-                        size=len(data),
+                        size=len(data) + len(delivered_to_header(user)),
                         resource=e.resource,
                     )
                     over.append(user)
@@ -251,7 +258,7 @@ class LocalDelivery:
                     "delivered: to={to} from={sender} size={size} file={name}",
                     to=str(user),
                     sender=sender,
-                    size=len(data),
+                    size=len(data) + len(delivered_to_header(user)),
                     name=name if folder == "INBOX" else f"{folder}/{name}",
                 )
             if outcome.script and not outcome.stored:
@@ -294,8 +301,12 @@ class LocalDelivery:
         detail: str | None = None,
     ) -> _Outcome:
         """In a thread: run the user's script (if any) and store durably; without a script,
-        into the folder named by C{detail} when it exists (C{[delivery] plus_folder})."""
+        into the folder named by C{detail} when it exists (C{[delivery] plus_folder}).
+        Every copy carries C{Delivered-To: user} after Return-Path, as Postfix and Dovecot
+        LMTP write it: what a Sieve redirect checks for a loop (RFC 5228 §4.2)."""
         make_maildir(root)
+        user_text = str(user)
+        data = data.replace(b"\r\n", b"\r\n" + delivered_to_header(user), 1)
         script_path = active_script(root)
         if script_path is None:
             into = _detail_folder(root, detail)
@@ -304,8 +315,6 @@ class LocalDelivery:
                 name = write_durably(into / "new", data)
                 return _Outcome(stored=[(into.name[1:], name)], changed=[into])
             return _Outcome(stored=[("INBOX", write_durably(root / "new", data))], changed=[root])
-        user_text = str(user)
-        data = data.replace(b"\r\n", b"\r\nDelivered-To: %s\r\n" % user_text.encode(), 1)
         maildir = UserMaildir(root)
         outcome = _Outcome(script=str(script_path))
         try:
@@ -371,7 +380,7 @@ class LocalDelivery:
                         outcome.error = f"redirect: invalid address {action.address!r}"
                         _merge(targets, "INBOX", ())
                         continue
-                    copy = b"Delivered-To: %s\r\n" % user_text.encode() + message
+                    copy = delivered_to_header(user) + message
                     outcome.outgoing.append(("redirect", reverse_path, [target], copy))
             elif isinstance(action, Vacation):
                 self._vacation(outcome, action, user_text, root, reverse_path, data, envelope)
