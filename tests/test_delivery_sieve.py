@@ -284,6 +284,17 @@ class SieveDeliveryTests(unittest.TestCase):
         self.assertIn(b"Disposition: automatic-action/MDN-sent-automatically; deleted", refusal)
         self.assertIn(b"\r\nnot wanted\r\n", refusal)
 
+    def test_reject_refused_at_smtp_time_when_the_caller_can(self) -> None:
+        """RFC 5429 §2.1.1: with refuse (one recipient, before the reply to DATA) the reason
+        comes back for a 550 and no rejection notice is sent; nothing is stored."""
+        self.script(b'require "reject"; reject "not wanted";')
+        d = defer.ensureDeferred(
+            self.delivery.deliver_all(M("boss@corp.example"), [M("alice@example.org")], BOSS, True)
+        )
+        delivered = self.successResultOf(d)
+        self.assertEqual(delivered.refused, "not wanted")
+        self.assertEqual((self.files(), self.sent), ([], []))
+
     def test_subaddress_detail_from_recipient_as_given(self) -> None:
         """RFC 5233: envelope :detail comes from the recipient as the client gave it."""
         self.script(

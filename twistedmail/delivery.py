@@ -89,11 +89,15 @@ class Delivered:
     @ivar stored: the local users who got a copy.
     @ivar remote: the remote addresses aliases expanded to (not delivered here).
     @ivar over_quota: the local users whose quota the message would exceed (no copy).
+    @ivar refused: the reason of the Sieve C{reject}/C{ereject} to answer at SMTP time
+        (RFC 5429 §2.1.1), when the caller asked for it (C{refuse}); nothing was stored or
+        sent for it.  None otherwise.
     """
 
     stored: tuple[Mailbox, ...]
     remote: tuple[Mailbox, ...]
     over_quota: tuple[Mailbox, ...]
+    refused: str | None = None
 
 
 class LocalDelivery:
@@ -198,16 +202,26 @@ class LocalDelivery:
         return list(delivered.remote)
 
     async def deliver_all(
-        self, reverse_path: Mailbox | None, recipients: list[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: list[Mailbox],
+        message: bytes,
+        refuse: bool = False,
     ) -> Delivered:
         """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
         user behind C{recipients} who has room for it (L{QuotaTracker.check}), with a
         Return-Path header first.
 
+        @param refuse: the caller can still refuse the message (SMTP, one recipient, before
+            its reply to DATA): a Sieve C{reject} is returned in L{Delivered.refused} for a
+            C{550 5.7.1} instead of sent as a rejection notice (RFC 5429 §2.1.1, as Pigeonhole
+            does through LMTP).
+
         @raise OSError: on a disk failure; some copies may already be stored.
         """
         users, remote, details, given = self._resolve(recipients)
         data = return_path_header(reverse_path) + message
+        refused: str | None = None
         over: list[Mailbox] = []
         if self.quota is not None:
             for user in users:
@@ -245,7 +259,10 @@ class LocalDelivery:
                 data,
                 envelope,
                 details.get(str(user)),
+                refuse,
             )
+            if outcome.refusal is not None:
+                refused = outcome.refusal
             if outcome.error:
                 log.warn(
                     "sieve: user={user} script={script}: {error}; message kept in INBOX",
@@ -277,7 +294,7 @@ class LocalDelivery:
                     why=why,
                     to=",".join(f"<{m}>" for m in to),
                 )
-        return Delivered(tuple(users), tuple(remote), tuple(over))
+        return Delivered(tuple(users), tuple(remote), tuple(over), refused)
 
     async def _send(self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes) -> None:
         """What a script sends: local recipients are delivered here (as submission does),
@@ -299,6 +316,7 @@ class LocalDelivery:
         data: bytes,
         envelope: Envelope,
         detail: str | None = None,
+        refuse: bool = False,
     ) -> _Outcome:
         """In a thread: run the user's script (if any) and store durably; without a script,
         into the folder named by C{detail} when it exists (C{[delivery] plus_folder}).
@@ -386,7 +404,9 @@ class LocalDelivery:
                 self._vacation(outcome, action, user_text, root, reverse_path, data, envelope)
             elif isinstance(action, Reject):
                 outcome.dropped = "rejected"
-                if reverse_path is not None and self.outbound is not None:
+                if refuse:
+                    outcome.refusal = action.reason  # answered 550 5.7.1 by the caller
+                elif reverse_path is not None and self.outbound is not None:
                     refusal = rejection(
                         message, action.reason, user_text, str(reverse_path), self.hostname
                     )
@@ -457,6 +477,7 @@ class _Outcome:
     script: str = ""
     error: str = ""
     dropped: str = ""
+    refusal: str | None = None
 
 
 SYSTEM_FLAG_LETTERS = {

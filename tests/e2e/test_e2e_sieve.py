@@ -176,6 +176,36 @@ def test_cli_scripts_used_by_the_running_server(sieve_server: Server) -> None:
     assert srv.cli("sieve", "list", BOB).stdout == "broken\nfixed (active)\n"
 
 
+def test_reject_refused_in_the_smtp_transaction(sieve_server: Server) -> None:
+    """RFC 5429 §2.1.1: a Sieve reject of the message's one recipient is the reply to DATA,
+    550 5.7.1 with the script's reason; nothing stored, no notice queued.  With a second
+    recipient the message is accepted and the sender gets the rejection notice (§2.1)."""
+    srv = sieve_server
+    srv.cli(
+        "sieve",
+        "put",
+        BOB,
+        "no",
+        "-",
+        "--activate",
+        stdin='require "reject";\nreject "Not here.";\n',
+    )
+    data = message("someone@corp.example", BOB, "hello")
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("someone@corp.example")[0] == 250
+        assert smtp.rcpt(BOB)[0] == 250
+        assert smtp.data(data) == (550, b"5.7.1 Not here.")
+    assert srv.messages(BOB) == []
+    assert srv.cli("queue", "list").stdout == ""
+    # Two recipients: one reply for both, so accepted; the refusal goes out as a notice.
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as smtp:
+        assert smtp.sendmail("someone@corp.example", [BOB, ALICE], data) == {}
+    lines = srv.cli("queue", "list").stdout.splitlines()
+    assert any(" from=<> to=someone@corp.example " in line for line in lines), lines
+    assert srv.messages(BOB) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (twistd -u, chown)")
 def test_root_cli_scripts_belong_to_the_server_user(as_nobody: tuple[World, Server]) -> None:
     """Run as root against a server running as nobody (issue 9), sieve put and vacation
