@@ -160,7 +160,11 @@ class LongLineInDataTests(AttackTestCase):
         out = talk(proto, tr, OPEN_TRANSACTION + body + b".\r\n")
         self.assertEqual(out, SENT_UP_TO_DATA + b"250 2.0.0 Message accepted for delivery\r\n")
         (stored,) = self.host.messages("alice@example.test")
-        self.assertTrue(stored.startswith(b"Return-Path: <x@elsewhere.test>\r\nReceived: "))
+        self.assertTrue(
+            stored.startswith(
+                b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: alice@example.test\r\nReceived: "
+            )
+        )
         self.assertEqual(stored[stored.index(b"Subject: x") :], body)
         self.assertEqual(self.host.messages("bob@example.test"), [])
 

@@ -23,6 +23,7 @@ from twistedmail.config import (
     store_path,
     tls_paths,
 )
+from twistedmail.sieve.interpret import SieveLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,6 +228,32 @@ class ConfigTests(TestCase):
         self.assertEqual(
             self.error('[delivery]\nplus_folder = "yes"\n'),
             "FILE: [delivery] plus_folder: must be true or false",
+        )
+
+    def test_delivery_sieve_limits(self) -> None:
+        """[delivery] sieve_max_*: Pigeonhole's defaults (32 actions, 4 redirects), 512KiB
+        scripts, 1000000 steps; a size takes units, a count a whole number from 1."""
+        self.assertEqual(
+            parse_config({}, None).delivery.sieve, SieveLimits(512 * 1024, 32, 4, 1_000_000)
+        )
+        text = (
+            '[delivery]\nsieve_max_script_size = "64KiB"\nsieve_max_actions = 8\n'
+            "sieve_max_redirects = 1\nsieve_max_steps = 5000\n"
+        )
+        self.assertEqual(
+            load_config(self.write(text)).delivery.sieve, SieveLimits(65536, 8, 1, 5000)
+        )
+        self.assertEqual(
+            self.error("[delivery]\nsieve_max_actions = 0\n"),
+            "FILE: [delivery] sieve_max_actions: must be a whole number from 1 to 2147483647",
+        )
+        self.assertEqual(
+            self.error('[delivery]\nsieve_max_steps = "many"\n'),
+            "FILE: [delivery] sieve_max_steps: must be a whole number from 1 to 2147483647",
+        )
+        self.assertIn(
+            "sieve_max_script_size",
+            self.error('[delivery]\nsieve_max_script_size = "big"\n'),
         )
 
     def test_submission_from_header_check(self) -> None:

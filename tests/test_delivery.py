@@ -12,7 +12,12 @@ from twisted.trial import unittest
 
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.address import Mailbox
-from twistedmail.delivery import Delivered, LocalDelivery, return_path_header
+from twistedmail.delivery import (
+    Delivered,
+    LocalDelivery,
+    delivered_to_header,
+    return_path_header,
+)
 from twistedmail.maildir import ChangeNotifier, Folder
 from twistedmail.quota import QuotaExceeded, QuotaTracker
 
@@ -67,10 +72,13 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual(return_path_header(None), b"Return-Path: <>\r\n")
 
     def test_exact_bytes_in_new(self) -> None:
-        """RFC 5321 §4.4: Return-Path first, then the message exactly as received (CRLF)."""
+        """RFC 5321 §4.4: Return-Path first, then Delivered-To (the final recipient, as
+        Postfix and Dovecot LMTP write it), then the message exactly as received (CRLF)."""
         root = self.watch("alice")
         self.assertEqual(self.deliver(M("Sender@Remote.example"), ["alice@example.org"]), [])
-        expected = b"Return-Path: <sender@remote.example>\r\n" + MESSAGE
+        expected = (
+            b"Return-Path: <sender@remote.example>\r\nDelivered-To: alice@example.org\r\n" + MESSAGE
+        )
         self.assertEqual(self.stored("alice"), [expected])
         (name,) = os.listdir(root / "new")
         self.assertTrue(name.endswith(f",S={len(expected)}"), name)
@@ -81,16 +89,18 @@ class DeliveryTests(unittest.TestCase):
 
     def test_null_reverse_path(self) -> None:
         self.deliver(None, ["bob@example.org"])
-        self.assertEqual(self.stored("bob"), [b"Return-Path: <>\r\n" + MESSAGE])
+        self.assertEqual(
+            self.stored("bob"), [b"Return-Path: <>\r\nDelivered-To: bob@example.org\r\n" + MESSAGE]
+        )
 
     def test_alias_expansion(self) -> None:
         """One copy per user behind the alias; remote targets are returned, not delivered."""
         alice, bob = self.watch("alice"), self.watch("bob")
         remote = self.deliver(M("s@remote.example"), ["team@example.org"])
         self.assertEqual(remote, ["friend@remote.example"])
-        copy = b"Return-Path: <s@remote.example>\r\n" + MESSAGE
-        self.assertEqual(self.stored("alice"), [copy])
-        self.assertEqual(self.stored("bob"), [copy])
+        copy = b"Return-Path: <s@remote.example>\r\nDelivered-To: %s\r\n" + MESSAGE
+        self.assertEqual(self.stored("alice"), [copy % b"alice@example.org"])
+        self.assertEqual(self.stored("bob"), [copy % b"bob@example.org"])
         self.assertEqual(self.changed, [alice, bob])
 
     def test_one_copy_per_user(self) -> None:
@@ -118,7 +128,9 @@ class DeliveryTests(unittest.TestCase):
         with capturedLogs() as events:
             self.deliver(M("s@remote.example"), ["alice@example.org"])
         (name,) = os.listdir(self.mail_dir / "example.org" / "alice" / "new")
-        size = len(MESSAGE) + len(b"Return-Path: <s@remote.example>\r\n")
+        size = len(
+            b"Return-Path: <s@remote.example>\r\nDelivered-To: alice@example.org\r\n" + MESSAGE
+        )
         self.assertEqual(
             [formatEvent(e) for e in events],
             [f"delivered: to=alice@example.org from=s@remote.example size={size} file={name}"],
@@ -144,7 +156,11 @@ class QuotaDeliveryTests(unittest.TestCase):
         self.mail_dir = base / "mail"
         self.store = AccountStore(base / "accounts.sqlite3")
         self.addCleanup(self.store.close)
-        self.size = len(return_path_header(M("sender@remote.example")) + MESSAGE)
+        self.size = len(
+            return_path_header(M("sender@remote.example"))
+            + delivered_to_header(M("alice@example.org"))
+            + MESSAGE
+        )
         self.store.add_user("alice@example.org", "h", Quota(storage=self.size + 10))
         self.store.add_user("bob@example.org", "h")
         self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
@@ -237,7 +253,10 @@ class PlusFolderTests(unittest.TestCase):
     def test_existing_folder_any_case(self) -> None:
         """alice+lists@ lands in the existing folder "Lists" (matched case-insensitively)."""
         self.deliver(self.make(True), "alice+lists@example.org")
-        self.assertEqual(self.files(".Lists"), [b"Return-Path: <>\r\n" + MESSAGE])
+        self.assertEqual(
+            self.files(".Lists"),
+            [b"Return-Path: <>\r\nDelivered-To: alice@example.org\r\n" + MESSAGE],
+        )
         self.assertEqual(self.files(""), [])
         self.assertEqual(self.changed, [self.root])
 

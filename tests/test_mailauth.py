@@ -460,6 +460,7 @@ class InboundHookTests(unittest.TestCase):
             self.host.messages("alice@example.test"),
             [
                 b"Return-Path: <a@sender.test>\r\n"
+                b"Delivered-To: alice@example.test\r\n"
                 b"Authentication-Results: mail.example.test;\r\n"
                 b"\tspf=pass smtp.mailfrom=sender.test;\r\n"
                 b"\tdkim=pass header.d=sender.test header.s=sel;\r\n"

@@ -116,7 +116,7 @@ class InboundTests(unittest.TestCase):
         self.assertEqual(
             self.host.messages("alice@example.test"),
             [
-                b"Return-Path: <x@elsewhere.test>\r\n"
+                b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: alice@example.test\r\n"
                 + received(proto, "alice@example.test")
                 + BODY_STORED
             ],
@@ -128,7 +128,11 @@ class InboundTests(unittest.TestCase):
         talk(proto, tr, b"MAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nbounce\r\n.\r\n")
         self.assertEqual(
             self.host.messages("bob@example.test"),
-            [b"Return-Path: <>\r\n" + received(proto, "bob@example.test") + b"bounce\r\n"],
+            [
+                b"Return-Path: <>\r\nDelivered-To: bob@example.test\r\n"
+                + received(proto, "bob@example.test")
+                + b"bounce\r\n"
+            ],
         )
 
     def test_recipient_checks(self) -> None:
@@ -165,9 +169,13 @@ class InboundTests(unittest.TestCase):
             b"\tby mail.example.test with ESMTP id %s-1;\r\n\t%s\r\n"
             % (proto.session_id.encode(), DATE.encode())
         )
-        expected = [b"Return-Path: <x@elsewhere.test>\r\n" + trace + b"hi all\r\n"]
-        self.assertEqual(self.host.messages("alice@example.test"), expected)
-        self.assertEqual(self.host.messages("bob@example.test"), expected)
+        expected = (
+            b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: %s\r\n" + trace + b"hi all\r\n"
+        )
+        self.assertEqual(
+            self.host.messages("alice@example.test"), [expected % b"alice@example.test"]
+        )
+        self.assertEqual(self.host.messages("bob@example.test"), [expected % b"bob@example.test"])
 
     def test_starttls_then_delivery_says_esmtps(self) -> None:
         proto, tr = self.connect()
@@ -183,7 +191,7 @@ class InboundTests(unittest.TestCase):
         self.assertEqual(
             self.host.messages("bob@example.test"),
             [
-                b"Return-Path: <x@elsewhere.test>\r\n"
+                b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: bob@example.test\r\n"
                 + received(proto, "bob@example.test", "ESMTPS")
                 + b"secret\r\n"
             ],

@@ -76,7 +76,10 @@ class RelayPolicyTests(unittest.TestCase):
         self.assertTrue(message.startswith(b"Received: from client ("))
         self.assertTrue(message.endswith(b"\r\n" + BODY))
         [local] = self.host.messages("bob@example.test")
-        self.assertEqual(local, b"Return-Path: <alice@example.test>\r\n" + message)
+        self.assertEqual(
+            local,
+            b"Return-Path: <alice@example.test>\r\nDelivered-To: bob@example.test\r\n" + message,
+        )
 
     def test_submission_queue_failure_is_not_acknowledged(self) -> None:
         self.relay.fail = True
@@ -117,4 +120,7 @@ class RelayPolicyTests(unittest.TestCase):
             ("x@elsewhere.test", ["carol@remote.test", "dave@remote.test"]),
         )
         [local] = self.host.messages("alice@example.test")
-        self.assertEqual(local, b"Return-Path: <x@elsewhere.test>\r\n" + message)
+        self.assertEqual(
+            local,
+            b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: alice@example.test\r\n" + message,
+        )

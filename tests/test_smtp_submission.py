@@ -305,6 +305,7 @@ class SenderAndRecipientTests(SubmissionTestCase):
             self.host.messages("bob@example.test"),
             [
                 b"Return-Path: <alice@example.test>\r\n"
+                b"Delivered-To: bob@example.test\r\n"
                 b"Received: from client ([192.0.2.7])\r\n"
                 b"\tby mail.example.test with ESMTPSA id %s-1\r\n"
                 b"\tfor <bob@example.test>; %s\r\n"

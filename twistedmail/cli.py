@@ -36,9 +36,14 @@ from twistedmail import dkim as dkim_module
 from twistedmail.accounts import AccountStore, Quota, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
-from twistedmail.maildir import MaildirError, mailbox_root
+from twistedmail.maildir import MaildirError, mailbox_root, make_maildir
 from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
+from twistedmail.sieve import store as sieve_store
+from twistedmail.sieve import vacation as vacation_module
+from twistedmail.sieve.grammar import SieveError
+from twistedmail.sieve.store import SieveStore
+from twistedmail.sieve.validate import compile_script
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
 from twistedmail.web import mtasts
@@ -725,6 +730,156 @@ def cmd_status(ctx: _Context, args: argparse.Namespace) -> None:
         _out(f"{domain:<30} {d['users']:>6} {d['bytes']:>14} {d['messages']:>9}")
 
 
+def _sieve_store(ctx: _Context, address: str) -> tuple[Mailbox, SieveStore]:
+    """The scripts of user C{address} (Pigeonhole's layout in the Maildir home, which is
+    created if the user has none yet).  @raise UserError: no such user."""
+    mbox = _address(address)
+    if not ctx.store(create=False).is_user(str(mbox)):
+        raise UserError(f"no such user {mbox}")
+    home = _maildir(ctx, mbox)
+    make_maildir(home)
+    return mbox, SieveStore(home)
+
+
+def _script_name(name: str) -> str:
+    try:
+        return sieve_store.validate_name(name)
+    except sieve_store.ScriptNameError as e:
+        raise UserError(f"invalid script name {name!r}: {e}") from None
+
+
+def _compile_for(ctx: _Context, scripts: SieveStore, name: str, data: bytes) -> None:
+    """Compile as delivery will (size limit, includes that must exist, as Pigeonhole does
+    and RFC 5804 §2.6 PUTSCRIPT asks).  @raise UserError: with the line and the message."""
+
+    def include_exists(target: str, where: str) -> bool:
+        try:
+            return where == "personal" and (target == name or scripts.path(target).is_file())
+        except sieve_store.ScriptNameError:
+            return False
+
+    try:
+        compile_script(data, include_exists, max_size=ctx.config.delivery.sieve.max_script_size)
+    except SieveError as e:
+        raise UserError(f"script {name!r} not stored: {e}") from None
+
+
+def cmd_sieve_list(ctx: _Context, args: argparse.Namespace) -> None:
+    _, scripts = _sieve_store(ctx, args.address)
+    for name, active in scripts.list():
+        _out(f"{name} (active)" if active else name)
+
+
+def cmd_sieve_show(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    try:
+        data = scripts.get(name)
+    except sieve_store.ScriptNotFoundError:
+        raise UserError(f"{mbox} has no script {name!r}") from None
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+    else:
+        out.write(data)
+        out.flush()
+
+
+def cmd_sieve_put(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    limit = ctx.config.delivery.sieve.max_script_size
+    if args.file == "-":
+        source = getattr(sys.stdin, "buffer", None)
+        data = source.read(limit + 1) if source is not None else sys.stdin.read().encode()
+    else:
+        with open(args.file, "rb") as f:
+            data = f.read(limit + 1)
+    _compile_for(ctx, scripts, name, data)
+    scripts.put(name, data)
+    if args.activate:
+        scripts.activate(name)
+    _out(f"stored{' and activated' if args.activate else ''} script {name} of {mbox}")
+
+
+def cmd_sieve_activate(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    try:
+        _compile_for(ctx, scripts, name, scripts.get(name))
+        scripts.activate(name)
+    except sieve_store.ScriptNotFoundError:
+        raise UserError(f"{mbox} has no script {name!r}") from None
+    _out(f"activated script {name} of {mbox}")
+
+
+def cmd_sieve_deactivate(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    active = scripts.active()
+    if active is None:
+        _out(f"{mbox} has no active script")
+        return
+    scripts.deactivate()
+    _out(f"deactivated script {active} of {mbox}")
+
+
+def cmd_sieve_delete(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    try:
+        scripts.delete(name)
+    except sieve_store.ActiveScriptError:
+        raise UserError(
+            f"script {name!r} of {mbox} is active: deactivate it first"
+            f" ('{PROG} sieve deactivate {mbox}')"
+        ) from None
+    except sieve_store.ScriptNotFoundError:
+        raise UserError(f"{mbox} has no script {name!r}") from None
+    _out(f"deleted script {name} of {mbox}")
+
+
+def cmd_vacation(ctx: _Context, args: argparse.Namespace) -> None:
+    if args.off:
+        if args.subject is not None or args.message_file is not None or args.days is not None:
+            raise UserError("--off takes no --subject, --message-file nor --days")
+    elif args.subject is None or args.message_file is None:
+        raise UserError("give --subject and --message-file (or --off)")
+    mbox, scripts = _sieve_store(ctx, args.address)
+    try:
+        if args.off:
+            outcome = vacation_module.turn_off(scripts)
+            if not outcome.changed:
+                _out(f"{mbox} had no vacation reply")
+            elif outcome.previous is not None:
+                _out(f"vacation reply of {mbox} off; script {outcome.previous} is active again")
+            else:
+                _out(f"vacation reply of {mbox} off")
+            return
+        if args.message_file == "-":
+            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else b""
+        else:
+            with open(args.message_file, "rb") as f:
+                raw = f.read(ctx.config.delivery.sieve.max_script_size + 1)
+        try:
+            message = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{args.message_file}: the message is not UTF-8 text") from None
+        days = 7 if args.days is None else args.days
+        outcome = vacation_module.turn_on(
+            scripts,
+            args.subject,
+            message,
+            days,
+            replace=args.replace,
+            max_size=ctx.config.delivery.sieve.max_script_size,
+        )
+    except vacation_module.VacationError as e:
+        raise UserError(str(e)) from None
+    note = f"; script {outcome.previous} kept, active again after --off" if outcome.previous else ""
+    _out(f"vacation reply of {mbox} on, at most once per sender every {days} days{note}")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -869,6 +1024,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("status", help="show the running server's status")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     p.set_defaults(func=cmd_status)
+    sieve = group("sieve", "manage a user's Sieve filter scripts (Pigeonhole's layout)")
+    p = action(sieve, "list", cmd_sieve_list, "list a user's scripts: NAME [(active)]")
+    p.add_argument("address")
+    p = action(sieve, "show", cmd_sieve_show, "print a script")
+    p.add_argument("address")
+    p.add_argument("name")
+    p = action(sieve, "put", cmd_sieve_put, "store a script (compiled first) from FILE or -")
+    p.add_argument("address")
+    p.add_argument("name")
+    p.add_argument("file", metavar="FILE", help="the script, or - for stdin")
+    p.add_argument("--activate", action="store_true", help="also make it the active script")
+    p = action(sieve, "activate", cmd_sieve_activate, "make a script the one that runs")
+    p.add_argument("address")
+    p.add_argument("name")
+    p = action(sieve, "deactivate", cmd_sieve_deactivate, "run no script for a user")
+    p.add_argument("address")
+    p = action(sieve, "delete", cmd_sieve_delete, "delete a script (not the active one)")
+    p.add_argument("address")
+    p.add_argument("name")
+
+    p = commands.add_parser(
+        "vacation", help="turn a user's automatic vacation reply on or off (a Sieve script)"
+    )
+    p.set_defaults(func=cmd_vacation)
+    p.add_argument("address")
+    p.add_argument("--subject", help="the reply's subject")
+    p.add_argument("--message-file", metavar="FILE", help="the reply's text (UTF-8), - for stdin")
+    p.add_argument(
+        "--days",
+        type=int,
+        help="answer each sender at most once in this many days (default 7, from 1 to 60)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="activate the vacation script even when the user's own script is active"
+        " (kept, and active again after --off)",
+    )
+    p.add_argument("--off", action="store_true", help="remove the vacation reply")
     return parser
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from twistedmail.address import AddressError, normalize_domain
+from twistedmail.sieve.interpret import SieveLimits
 
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
@@ -220,6 +221,15 @@ class SMTPConfig:
     bare_lf: str = "reject"
 
 
+SIEVE_COUNTS = {
+    "sieve_max_actions": "max_actions",
+    "sieve_max_redirects": "max_redirects",
+    "sieve_max_steps": "max_steps",
+}
+"""C{[delivery]} keys -> L{SieveLimits} fields (Pigeonhole's C{sieve_max_actions} and
+C{sieve_max_redirects}; C{sieve_max_steps} is ours, the CPU bound of one run)."""
+
+
 @attrs.frozen
 class DeliveryConfig:
     """C{[delivery]}: recipient addressing.  C{recipient_delimiter} splits C{user+detail}
@@ -228,6 +238,9 @@ class DeliveryConfig:
 
     recipient_delimiter: str = "+"
     plus_folder: bool = False
+    sieve: SieveLimits = SieveLimits()
+    """C{sieve_max_script_size}, C{sieve_max_actions}, C{sieve_max_redirects},
+    C{sieve_max_steps}: what a user's Sieve script may cost at delivery."""
 
 
 @attrs.frozen
@@ -679,13 +692,33 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if bare_lf not in BARE_LF_MODES:
         raise r.fail("[smtp] bare_lf", 'must be "reject" or "normalize"')
 
-    delivery = r.section(data, "delivery", {"recipient_delimiter", "plus_folder"})
+    delivery = r.section(
+        data,
+        "delivery",
+        {"recipient_delimiter", "plus_folder", "sieve_max_script_size", *SIEVE_COUNTS},
+    )
     delimiter = delivery.get("recipient_delimiter", "+")
     if not isinstance(delimiter, str) or len(delimiter) > 1 or delimiter in ("@", '"', " "):
         raise r.fail("[delivery] recipient_delimiter", "must be one character or empty, not @")
     plus_folder = delivery.get("plus_folder", False)
     if not isinstance(plus_folder, bool):
         raise r.fail("[delivery] plus_folder", "must be true or false")
+    sieve_defaults = SieveLimits()
+    try:
+        sieve_size = parse_size(
+            delivery.get("sieve_max_script_size", sieve_defaults.max_script_size)
+        )
+    except ValueError as e:
+        raise r.fail("[delivery] sieve_max_script_size", str(e)) from None
+    warnings += _unitless_size_warning(
+        r, "[delivery] sieve_max_script_size", delivery.get("sieve_max_script_size")
+    )
+    sieve_counts: dict[str, int] = {}
+    for sieve_key, field in SIEVE_COUNTS.items():
+        value = delivery.get(sieve_key, getattr(sieve_defaults, field))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+            raise r.fail(f"[delivery] {sieve_key}", f"must be a whole number from 1 to {MAX_COUNT}")
+        sieve_counts[field] = value
 
     mta_sts = r.section(data, "mta_sts", {"mode", "max_age"})
     mta_sts_mode = mta_sts.get("mode", "testing")
@@ -735,7 +768,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         submission=SubmissionConfig(check_from_header=check_from),
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
-        delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
+        delivery=DeliveryConfig(
+            recipient_delimiter=delimiter,
+            plus_folder=plus_folder,
+            sieve=SieveLimits(max_script_size=sieve_size, **sieve_counts),
+        ),
         mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
         log=LogConfig(format=log_format),
         antispam=antispam,
@@ -789,6 +826,8 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
         greet_pause=greet_pause,
         smtp_messages_per_ip_hour=per_ip,
     )
+
+
 def _metrics_config(r: _Reader, data: dict[str, Any]) -> MetricsConfig:
     token_file = r.string(r.section(data, "metrics", {"token_file"}), "metrics", "token_file", "")
     return MetricsConfig(token_file=r.path(token_file) if token_file else None)

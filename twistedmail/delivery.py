@@ -12,8 +12,9 @@ caller learns who (L{Delivered.over_quota}) and answers C{552 5.2.2} or sends a 
 Sieve (RFC 5228): a user with an active script (Pigeonhole's C{~/.dovecot.sieve}, see
 L{twistedmail.sieve.store}) gets the message filed as the script says, in the thread, before
 the caller answers: keep and fileinto (with RFC 5232 flags; C{:create} per RFC 5490, else a
-missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Such
-a user's copy carries C{Delivered-To: user} after Return-Path.  Redirect (RFC 5228 §4.2),
+missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Every
+copy, script or not, carries C{Delivered-To: user} after Return-Path (as Postfix's local
+delivery and Dovecot's LMTP write it; a redirect checks it for a loop).  Redirect (RFC 5228 §4.2),
 vacation replies (RFC 5230) and rejections (RFC 5429 §2.1, sent after acceptance) leave
 through L{LocalDelivery.outbound} (the outbound queue, set by the service), before C{deliver}
 returns.  A script that fails to compile or run never loses the message: it is kept in INBOX
@@ -45,7 +46,7 @@ from twistedmail.maildir import (
     write_durably,
 )
 from twistedmail.quota import QuotaExceeded, QuotaTracker
-from twistedmail.sieve.grammar import SieveError
+from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
 from twistedmail.sieve.interpret import (
     Envelope,
     FileInto,
@@ -53,6 +54,7 @@ from twistedmail.sieve.interpret import (
     Redirect,
     Reject,
     Result,
+    SieveLimits,
     Vacation,
     evaluate,
     vacation_reply_allowed,
@@ -69,6 +71,12 @@ from twistedmail.sieve.validate import Script, compile_script
 log = Logger(namespace="twistedmail.delivery")
 
 
+def delivered_to_header(user: Mailbox) -> bytes:
+    """C{Delivered-To: user@domain} with CRLF: the final recipient, as Postfix's local
+    delivery and Dovecot's LMTP record it (and check it against mail loops)."""
+    return b"Delivered-To: %s\r\n" % str(user).encode()
+
+
 def return_path_header(reverse_path: Mailbox | None) -> bytes:
     """C{Return-Path: <addr>} with CRLF (RFC 5321 §4.4; C{<>} for the null reverse-path)."""
     return b"Return-Path: <%s>\r\n" % (str(reverse_path).encode() if reverse_path else b"")
@@ -81,11 +89,15 @@ class Delivered:
     @ivar stored: the local users who got a copy.
     @ivar remote: the remote addresses aliases expanded to (not delivered here).
     @ivar over_quota: the local users whose quota the message would exceed (no copy).
+    @ivar refused: the reason of the Sieve C{reject}/C{ereject} to answer at SMTP time
+        (RFC 5429 §2.1.1), when the caller asked for it (C{refuse}); nothing was stored or
+        sent for it.  None otherwise.
     """
 
     stored: tuple[Mailbox, ...]
     remote: tuple[Mailbox, ...]
     over_quota: tuple[Mailbox, ...]
+    refused: str | None = None
 
 
 class LocalDelivery:
@@ -96,6 +108,10 @@ class LocalDelivery:
     @param quota: the users' quotas; C{None} stores without limit.
     @param plus_folder: mail to C{user+detail} goes into the user's existing folder named
         C{detail} (case-insensitive), else INBOX (C{[delivery] plus_folder}, RFC 5233).
+    @param sieve_limits: what a user's script may cost (C{[delivery] sieve_max_*}).
+
+    The subaddress separator of Sieve's C{:user}/C{:detail} and of vacation's own-address
+    check is the store's (C{[delivery] recipient_delimiter}, RFC 5233).
     """
 
     def __init__(
@@ -108,6 +124,7 @@ class LocalDelivery:
         hostname: str = "localhost",
         outbound: Outbound | None = None,
         plus_folder: bool = False,
+        sieve_limits: SieveLimits | None = None,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
@@ -118,7 +135,8 @@ class LocalDelivery:
         self.outbound = outbound
         """Sends what Sieve scripts produce (the outbound queue's C{enqueue}); without it,
         a redirect keeps the message instead and vacation and reject send nothing."""
-        self.scripts = ScriptCache()
+        self.sieve_limits = sieve_limits = sieve_limits or SieveLimits()
+        self.scripts = ScriptCache(max_script_size=sieve_limits.max_script_size)
         self.plus_folder = plus_folder
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
@@ -188,7 +206,9 @@ class LocalDelivery:
         reverse_path: Mailbox | None,
         recipients: list[Mailbox],
         message: bytes,
+        *,
         junk: bool = False,
+        refuse: bool = False,
     ) -> Delivered:
         """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
         user behind C{recipients} who has room for it (L{QuotaTracker.check}), with a
@@ -198,23 +218,28 @@ class LocalDelivery:
             the user's C{Junk} folder (created if missing) instead of INBOX; a Sieve script
             still runs (after the verdict: it sees the X-Spam header), and its implicit or
             explicit C{keep} files into Junk.
+        @param refuse: the caller can still refuse the message (SMTP, one recipient, before
+            its reply to DATA): a Sieve C{reject} is returned in L{Delivered.refused} for a
+            C{550 5.7.1} instead of sent as a rejection notice (RFC 5429 §2.1.1, as Pigeonhole
+            does through LMTP).
 
         @raise OSError: on a disk failure; some copies may already be stored.
         """
         users, remote, details, given = self._resolve(recipients)
         data = return_path_header(reverse_path) + message
+        refused: str | None = None
         over: list[Mailbox] = []
         if self.quota is not None:
             for user in users:
                 try:
-                    await self.quota.check(str(user), len(data))
+                    await self.quota.check(str(user), len(data) + len(delivered_to_header(user)))
                 except QuotaExceeded as e:
                     log.info(
                         "not delivered: to={to} from={sender} size={size}: {resource} quota"
                         " exceeded",
                         to=str(user),
                         sender=str(reverse_path) if reverse_path else "<>",
-                        size=len(data),
+                        size=len(data) + len(delivered_to_header(user)),
                         resource=e.resource,
                     )
                     over.append(user)
@@ -226,7 +251,9 @@ class LocalDelivery:
             root = mailbox_root(self.mail_dir, str(user))
             envelope = Envelope(
                 sender=str(reverse_path) if reverse_path else "",
-                recipient=_sieve_recipient(user, given.get(str(user), str(user))),
+                recipient=_sieve_recipient(
+                    user, given.get(str(user), str(user)), self.store.recipient_delimiter
+                ),
                 original_recipient=given.get(str(user), ""),
             )
             outcome: _Outcome = await self.run_in_thread(
@@ -239,7 +266,10 @@ class LocalDelivery:
                 envelope,
                 details.get(str(user)),
                 junk,
+                refuse,
             )
+            if outcome.refusal is not None:
+                refused = outcome.refusal
             if outcome.error:
                 log.warn(
                     "sieve: user={user} script={script}: {error}; message kept in INBOX",
@@ -252,7 +282,7 @@ class LocalDelivery:
                     "delivered: to={to} from={sender} size={size} file={name}",
                     to=str(user),
                     sender=sender,
-                    size=len(data),
+                    size=len(data) + len(delivered_to_header(user)),
                     name=name if folder == "INBOX" else f"{folder}/{name}",
                 )
             if outcome.script and not outcome.stored:
@@ -271,7 +301,7 @@ class LocalDelivery:
                     why=why,
                     to=",".join(f"<{m}>" for m in to),
                 )
-        return Delivered(tuple(users), tuple(remote), tuple(over))
+        return Delivered(tuple(users), tuple(remote), tuple(over), refused)
 
     async def _send(self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes) -> None:
         """What a script sends: local recipients are delivered here (as submission does),
@@ -294,11 +324,16 @@ class LocalDelivery:
         envelope: Envelope,
         detail: str | None = None,
         junk: bool = False,
+        refuse: bool = False,
     ) -> _Outcome:
         """In a thread: run the user's script (if any) and store durably; without a script,
         into the folder named by C{detail} when it exists (C{[delivery] plus_folder}); a
-        C{junk} message's keep goes to the Junk folder."""
+        C{junk} message's keep goes to the Junk folder.
+        Every copy carries C{Delivered-To: user} after Return-Path, as Postfix and Dovecot
+        LMTP write it: what a Sieve redirect checks for a loop (RFC 5228 §4.2)."""
         make_maildir(root)
+        user_text = str(user)
+        data = data.replace(b"\r\n", b"\r\n" + delivered_to_header(user), 1)
         script_path = active_script(root)
         keep = JUNK if junk else "INBOX"
         if junk:
@@ -313,8 +348,6 @@ class LocalDelivery:
                 name = write_durably(into / "new", data)
                 return _Outcome(stored=[(into.name[1:], name)], changed=[into])
             return _Outcome(stored=[("INBOX", write_durably(root / "new", data))], changed=[root])
-        user_text = str(user)
-        data = data.replace(b"\r\n", b"\r\nDelivered-To: %s\r\n" % user_text.encode(), 1)
         maildir = UserMaildir(root)
         outcome = _Outcome(script=str(script_path))
         try:
@@ -329,6 +362,10 @@ class LocalDelivery:
                 envelope,
                 mailbox_exists=lambda name: _folder_exists(maildir, name),
                 load_script=lambda name, where: self._include(root, name, where),
+                max_actions=self.sieve_limits.max_actions,
+                max_redirects=self.sieve_limits.max_redirects,
+                recipient_delimiter=self.store.recipient_delimiter,
+                max_steps=self.sieve_limits.max_steps,
             )
             if result.error:
                 outcome.error = f"runtime error: {result.error}"
@@ -376,13 +413,15 @@ class LocalDelivery:
                         outcome.error = f"redirect: invalid address {action.address!r}"
                         _merge(targets, "INBOX", ())
                         continue
-                    copy = b"Delivered-To: %s\r\n" % user_text.encode() + message
+                    copy = delivered_to_header(user) + message
                     outcome.outgoing.append(("redirect", reverse_path, [target], copy))
             elif isinstance(action, Vacation):
                 self._vacation(outcome, action, user_text, root, reverse_path, data, envelope)
             elif isinstance(action, Reject):
                 outcome.dropped = "rejected"
-                if reverse_path is not None and self.outbound is not None:
+                if refuse:
+                    outcome.refusal = action.reason  # answered 550 5.7.1 by the caller
+                elif reverse_path is not None and self.outbound is not None:
                     refusal = rejection(
                         message, action.reason, user_text, str(reverse_path), self.hostname
                     )
@@ -411,7 +450,9 @@ class LocalDelivery:
         if reverse_path is None or self.outbound is None:
             return
         addresses = sorted(self.store.owned_addresses(user))
-        if not vacation_reply_allowed(data, envelope, addresses, vacation):
+        if not vacation_reply_allowed(
+            data, envelope, addresses, vacation, self.store.recipient_delimiter
+        ):
             log.info("sieve: user={user}: no vacation reply (RFC 5230 §4.5)", user=user)
             return
         sender = str(reverse_path)
@@ -451,6 +492,7 @@ class _Outcome:
     script: str = ""
     error: str = ""
     dropped: str = ""
+    refusal: str | None = None
 
 
 SYSTEM_FLAG_LETTERS = {
@@ -513,12 +555,14 @@ def _folder_exists(maildir: UserMaildir, name: str) -> bool:
 _DELIVERED_TO = re.compile(rb"^Delivered-To:[ \t]*<?([^\r\n>]*?)>?[ \t]*\r?$", re.I | re.M)
 
 
-def _sieve_recipient(user: Mailbox, given: str) -> str:
+def _sieve_recipient(user: Mailbox, given: str, delimiter: str = "+") -> str:
     """The Sieve envelope "to" (RFC 5228 §5.4): the recipient as the client gave it when
-    it is the user's own address with a detail (RFC 5233 C{:detail} needs it), else the
-    user (an alias or catch-all was expanded, as Postfix does before LMTP)."""
+    it is the user's own address with a detail after C{delimiter} (RFC 5233 C{:detail}
+    needs it; C{""}: no detail), else the user (an alias or catch-all was expanded, as
+    Postfix does before LMTP)."""
     local, _, domain = given.rpartition("@")
-    if domain == user.domain and local.split("+", 1)[0] == user.local:
+    base = local.split(delimiter, 1)[0] if delimiter else local
+    if domain.lower() == user.domain and base.lower() == user.local:
         return given
     return str(user)
 
@@ -556,10 +600,14 @@ def active_script(home: Path) -> Path | None:
 
 class ScriptCache:
     """Compiled scripts by path, recompiled when the file's mtime, size or inode change;
-    at most C{size} entries (least recently used go first).  Thread-safe."""
+    at most C{size} entries (least recently used go first).  Thread-safe.
 
-    def __init__(self, size: int = 256) -> None:
+    @param max_script_size: bytes; a larger script is an error, not read
+        (C{[delivery] sieve_max_script_size})."""
+
+    def __init__(self, size: int = 256, max_script_size: int = MAX_SCRIPT_SIZE) -> None:
         self.size = size
+        self.max_script_size = max_script_size
         self._entries: OrderedDict[Path, tuple[tuple[int, int, int], Script | SieveError]] = (
             OrderedDict()
         )
@@ -580,7 +628,9 @@ class ScriptCache:
                     compiled = None
             if compiled is None:
                 try:
-                    compiled = compile_script(f.read())
+                    if st.st_size > self.max_script_size:
+                        raise SieveError(0, f"script larger than {self.max_script_size} bytes")
+                    compiled = compile_script(f.read(), max_size=self.max_script_size)
                 except SieveError as e:
                     compiled = e
                 with self._lock:

@@ -491,6 +491,7 @@ class MailServer(MultiService):
             self.quota,
             hostname=config.server.hostname,
             plus_folder=config.delivery.plus_folder,
+            sieve_limits=config.delivery.sieve,
         )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         # Sieve redirect, vacation and reject leave through the same queue as submission.

@@ -95,6 +95,8 @@ def test_authentication_results_in_the_stored_copy(
     data = new_message(server, before)
     return_path, _, rest = data.partition(b"\r\n")
     assert return_path == b"Return-Path: <bounce@good.test>"
+    delivered_to, _, rest = rest.partition(b"\r\n")
+    assert delivered_to == b"Delivered-To: alice@example.test"
     header = (
         b"Authentication-Results: mail.example.test;\r\n"
         b"\tspf=pass smtp.mailfrom=good.test;\r\n"
@@ -139,6 +141,7 @@ def test_null_sender_is_checked_by_its_helo(world_and_server: tuple[KeyStore, Se
     data = new_message(server, before)
     assert data.startswith(
         b"Return-Path: <>\r\n"
+        b"Delivered-To: alice@example.test\r\n"
         b"Authentication-Results: mail.example.test;\r\n"
         b"\tspf=pass smtp.helo=client.good.test;\r\n"
         b"\tdkim=none;\r\n"

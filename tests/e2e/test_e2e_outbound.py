@@ -185,7 +185,7 @@ def test_mx_fallback_mixed_results_retry_and_bounce(world_and_server: tuple[Worl
         assert data.endswith(b"\r\n" + BODY)
     [bounce] = server.wait_for_messages(ALICE, 1)
     data = bounce.read_bytes()
-    assert data.startswith(b"Return-Path: <>\r\n")
+    assert data.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\n")
     msg, fields = dsn_fields(data)
     assert msg["Subject"] == "Undelivered Mail Returned to Sender"
     assert msg.get_content_type() == "multipart/report"

@@ -22,8 +22,11 @@ MESSAGE = (
 
 
 def _split_trace(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """(Return-Path line, Received header, the rest) of a delivered file."""
+    """(Return-Path line, Received header, the rest) of a delivered file, whose
+    Delivered-To (after Return-Path) names alice."""
     return_path, rest = data.split(b"\r\n", 1)
+    delivered_to, rest = rest.split(b"\r\n", 1)
+    assert delivered_to == b"Delivered-To: alice@example.test"
     assert rest.startswith(b"Received: ")
     end = rest.index(b"\r\n", 0)
     while rest[end + 2 : end + 3] in (b" ", b"\t"):
@@ -90,7 +93,9 @@ def test_bob_submits_on_587_with_starttls(server: Server) -> None:
         s.sendmail("bob@example.test", ["alice@example.test"], msg)
     (f,) = server.messages("alice@example.test")
     data = f.read_bytes()
-    assert data.startswith(b"Return-Path: <bob@example.test>\r\nReceived: ")
+    assert data.startswith(
+        b"Return-Path: <bob@example.test>\r\nDelivered-To: alice@example.test\r\nReceived: "
+    )
     assert data.endswith(msg)
     assert b"with ESMTPSA" in data
 

@@ -138,7 +138,7 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(
     received = server.wait_for_messages(BOB, 1)
     assert len(received) == 1
     data = received[0].read_bytes()
-    assert data.startswith(b"Return-Path: <alice@example.test>\r\n")
+    assert data.startswith(b"Return-Path: <alice@example.test>\r\nDelivered-To: ")
     assert b"with ESMTPSA" in data
 
 

@@ -388,14 +388,23 @@ class LocalRecipients:
         users, remote = self.delivery.local_users(list(envelope.recipients))
         if not users and not (remote and self.relay is not None):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+        # RFC 5429 §2.1.1: a Sieve reject is refused in the transaction when the reply to
+        # DATA speaks for that one user alone.
+        refuse = len(envelope.recipients) == 1 and len(users) == 1 and not remote and not others
         try:
             if users:
                 delivered = await self.delivery.deliver_all(
-                    envelope.reverse_path, list(envelope.recipients), message, junk=junk
+                    envelope.reverse_path,
+                    list(envelope.recipients),
+                    message,
+                    junk=junk,
+                    refuse=refuse,
                 )
                 metrics.of(self.delivery).delivered_locally(
                     len(delivered.stored), envelope.received_at
                 )
+                if delivered.refused is not None:
+                    raise SMTPReplyError(sieve_refusal(delivered.refused))
                 remote = list(delivered.remote)
                 if delivered.over_quota:
                     if not (delivered.stored or others or (remote and self.relay is not None)):
@@ -430,6 +439,13 @@ class LocalRecipients:
         except Exception:
             # The others have their copies: a 4xx now would make the client send it again.
             log.failure("session {session}: bounce failed", session=envelope.client.session_id)
+
+
+def sieve_refusal(reason: str) -> Reply:
+    """C{550 5.7.1 <reason>} for a Sieve reject at SMTP time (RFC 5429 §2.1.1, RFC 3463
+    5.7.1): the reason on one line, printable ASCII (others as '?'), at most 400 characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(reason.split()))[:400]
+    return Reply(550, "5.7.1", text or "Message rejected")
 
 
 def address_literal(ip: str) -> str:
