@@ -630,9 +630,17 @@ def import_mbox(
     @raise MigrationError: when it is not an mbox.
     """
     source = source.resolve()
-    target = FolderImport(_target_folder(user, folder), folder, ledger, address, f"mbox:{source}")
-    progress(f"{folder}: reading {source}")
     with open(source, "rb") as f:
+        first = f.readline()
+        while first in (b"\n", b"\r\n"):
+            first = f.readline()
+        if first and not first.startswith(b"From "):
+            raise MigrationError("not an mbox file (it does not start with a From_ line)")
+        f.seek(0)
+        target = FolderImport(
+            _target_folder(user, folder), folder, ledger, address, f"mbox:{source}"
+        )
+        progress(f"{folder}: reading {source}")
         return _run(target, mbox_messages(f, quoting), None, progress)
 
 
