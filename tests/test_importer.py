@@ -101,8 +101,10 @@ class MaildirImportTests(ImportTestCase):
         by_uid = {uid: (flags, data) for uid, (flags, data, _) in state.items()}
         self.assertEqual(
             by_uid[4],
-            ("RS" + next(k for k, v in keywords.items() if v == "project-x"),
-             b"Subject: one\r\nMessage-ID: <1@x>\r\n\r\nbody one\r\n"),
+            (
+                "RS" + next(k for k, v in keywords.items() if v == "project-x"),
+                b"Subject: one\r\nMessage-ID: <1@x>\r\n\r\nbody one\r\n",
+            ),
         )
         self.assertEqual(by_uid[9], ("", b"Subject: two\r\nMessage-ID: <2@x>\r\n\r\nbody two\r\n"))
         letter = next(k for k, v in keywords.items() if v == "$Junk")
@@ -186,7 +188,12 @@ class MaildirImportTests(ImportTestCase):
         self.patch(ledger, "record", crash)
         self.assertRaises(
             KeyboardInterrupt,
-            importer.import_maildir, src, self.user, ADDRESS, ledger, self.lines.append,
+            importer.import_maildir,
+            src,
+            self.user,
+            ADDRESS,
+            ledger,
+            self.lines.append,
         )
         inbox = self.user.folder("INBOX")
         self.assertEqual(os.listdir(inbox.path / "tmp"), [])
@@ -276,8 +283,17 @@ class MboxImportTests(ImportTestCase):
         password = self.base / "pw"
         password.write_text("secret\n")
         code, out, err = self.cli(
-            "import", "imap", ADDRESS, "--host", "127.0.0.1", "--port", "1",
-            "--user", "u", "--password-file", str(password),
+            "import",
+            "imap",
+            ADDRESS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "1",
+            "--user",
+            "u",
+            "--password-file",
+            str(password),
         )
         self.assertEqual((code, out), (1, ""))
         self.assertTrue(err.startswith("twistedmail: error: IMAP 127.0.0.1:1: "), err)
@@ -328,9 +344,7 @@ class ExportTests(ImportTestCase):
         self.assertEqual(self.cli("export", ADDRESS, str(out_dir), "--format", "mbox")[0], 0)
         self.assertEqual(sorted(os.listdir(out_dir)), ["INBOX.mbox", "Work.mbox"])
         self.cli("user", "add", "bob@example.org", "--password-stdin", stdin=b"pw\n")
-        code, _, err = self.cli(
-            "import", "mbox", str(out_dir / "INBOX.mbox"), "bob@example.org"
-        )
+        code, _, err = self.cli("import", "mbox", str(out_dir / "INBOX.mbox"), "bob@example.org")
         self.assertEqual((code, err), (0, ""))
         bob = UserMaildir(self.data_dir / "mail" / "example.org" / "bob").folder("INBOX")
         mine = self.user.folder("INBOX")

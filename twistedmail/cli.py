@@ -755,9 +755,7 @@ def cmd_restore(ctx: _Context, args: argparse.Namespace) -> None:
         backup_module.read_manifest(source)
         if not backup_module.empty_or_missing(data_dir):
             if not args.force:
-                raise UserError(
-                    f"data dir {data_dir} is not empty (--force moves it aside first)"
-                )
+                raise UserError(f"data dir {data_dir} is not empty (--force moves it aside first)")
             aside = data_dir.with_name(
                 f"{data_dir.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             )
@@ -930,9 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="mboxrd",
         help="how '>From ' lines were quoted (default mboxrd)",
     )
-    p = action(
-        imports, "imap", cmd_import_imap, "pull every folder from an IMAP server over TLS"
-    )
+    p = action(imports, "imap", cmd_import_imap, "pull every folder from an IMAP server over TLS")
     p.add_argument("address")
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, default=0, help="default 993, or 143 with --starttls")

@@ -920,4 +920,3 @@ def export_mbox(user: UserMaildir, target: Path, progress: Progress) -> int:
         count += n
         progress(f"{name}: {n} message(s) exported to {name}.mbox")
     return count
-
