@@ -806,7 +806,7 @@ def import_imap(
             if typ != "OK":
                 raise MigrationError(f"IMAP SEARCH failed in {name}: {data!r}")
             uids = [int(u) for u in (data[0] or b"").split()]
-            label = f"{source.user}@{source.host}:{source.port}/{remote.decode('ascii', 'replace')}"
+            label = f"{source.user}@{source.host}/{remote.decode('ascii', 'replace')}"
             target = FolderImport(
                 _target_folder(user, name), name, ledger, address, f"imap:{label}"
             )
