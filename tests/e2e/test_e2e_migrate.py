@@ -23,6 +23,8 @@ import pytest
 from e2e_server import PASSWORDS, Server, client_tls, free_ports, make_test_ca
 from test_e2e_dovecot import DOVECOT, Dovecot
 
+from twistedmail.maildir import Folder, UserMaildir
+
 ALICE, BOB = "alice@example.test", "bob@example.test"
 pytestmark = pytest.mark.skipif(
     DOVECOT is None, reason="Dovecot not installed (Debian dovecot-imapd; .ci/run installs it)"
@@ -298,3 +300,80 @@ def test_backup_while_receiving_then_restore(root: Path) -> None:
     assert sorted(os.listdir(restored.data_dir / "dkim")) == sorted(
         os.listdir(srv.data_dir / "dkim")
     )
+
+
+def make_dovecot_maildir(path: Path, count: int) -> dict[str, int]:
+    """A Maildir as Dovecot leaves it, with C{count} messages in INBOX (and a tenth of that in
+    a subfolder): LF files named C{,S=,W=}, varied flags and keywords, a C{dovecot-uidlist}
+    and C{dovecot-keywords}.  @return: {folder: message count}."""
+    counts = {"INBOX": count, "Archive.2025": max(count // 10, 1)}
+    flag_sets = ["S", "RS", "FS", "", "Sa", "Sab", "DS", "T"]
+    for folder, n in counts.items():
+        root = path if folder == "INBOX" else path / f".{folder}"
+        for sub in ("cur", "new", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        if folder != "INBOX":
+            (root / "maildirfolder").touch()
+        lines = [f"3 V{1_700_000_000 + len(folder)} N{n + 1} G0123456789abcdef"]
+        for i in range(1, n + 1):
+            body = f"line {i} of a message body that is long enough to look like mail\n" * 40
+            data = (
+                f"From: Sender {i} <s{i}@elsewhere.test>\nTo: {ALICE}\n"
+                f"Subject: {folder} bench message {i}\nMessage-ID: <{folder}.{i}@bench.test>\n"
+                f"Date: Sun, 29 Nov 2026 12:00:00 +0000\n\n{body}"
+            ).encode()
+            wire = len(data) + data.count(b"\n")
+            base = f"{1_700_000_000 + i}.M{i}P1.bench,S={len(data)},W={wire}"
+            name = f"{base}:2,{flag_sets[i % len(flag_sets)]}"
+            (root / "cur" / name).write_bytes(data)
+            os.utime(root / "cur" / name, (1_700_000_000 + i, 1_700_000_000 + i))
+            lines.append(f"{i} :{base}")
+        (root / "dovecot-uidlist").write_text("\n".join(lines) + "\n")
+        (root / "dovecot-keywords").write_text("0 $Junk\n1 $label1\n")
+    return counts
+
+
+def on_disk(folder: Folder) -> list[tuple[int, str, bytes, float]]:
+    """(UID, flags with keyword names, bytes as served, mtime) of every message."""
+    keywords = folder.keywords()
+    return [
+        (e.uid, "".join(sorted(keywords.get(c, c) for c in e.flags)), folder.read(e), e.mtime)
+        for e in folder.scan().messages
+    ]
+
+
+def test_import_1000_messages_maildir_and_imap(root: Path) -> None:
+    """A 1,000-message Dovecot Maildir (and a subfolder) arrives whole: by import maildir
+    with every UID, and by import imap from Dovecot serving it, every message's bytes,
+    flags and internal date equal (bench/import_bench.py runs the same with 10,000)."""
+    ca, cert, key = make_test_ca(root / "ca")
+    for path in (root / "ca", ca, cert, key):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    maildir = root / "dv" / "users" / "alice" / "Maildir"
+    counts = make_dovecot_maildir(maildir, 1000)
+    srv = Server(root / "server")
+    srv.add_user(ALICE, PASSWORDS[ALICE])
+    srv.add_user(BOB, PASSWORDS[BOB])
+    srv.cli("import", "maildir", str(maildir), BOB)
+    source = UserMaildir(maildir)
+    expected = {name: on_disk(source.folder(name)) for name in counts}
+    bob = UserMaildir(srv.maildir(BOB))
+    for name, n in counts.items():
+        assert len(expected[name]) == n
+        assert on_disk(bob.folder(name)) == expected[name]
+    dovecot = TLSDovecot(root / "dovecot", maildir, cert, key)
+    dovecot.start()
+    try:
+        password = root / "password"
+        password.write_text(PASSWORDS[ALICE] + "\n")
+        result = srv.cli(
+            "import", "imap", ALICE, "--host", "127.0.0.1", "--port", str(dovecot.imaps_port),
+            "--user", ALICE, "--password-file", str(password), "--ca-file", str(ca),
+        )  # fmt: skip
+    finally:
+        dovecot.stop()
+    assert "INBOX: 1000 imported, 0 already there\n" in result.stdout, result.stdout
+    alice = UserMaildir(srv.maildir(ALICE))
+    for name in counts:
+        # UIDs are new (the folder's own UIDVALIDITY); everything else is equal
+        assert [m[1:] for m in on_disk(alice.folder(name))] == [m[1:] for m in expected[name]]
