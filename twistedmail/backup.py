@@ -173,7 +173,7 @@ def backup(
             if folders % 100 == 0:
                 progress(f"{folders} folder(s) copied")
             continue
-        if here.name == "tmp":
+        if here == data_dir / "queue" / "tmp":
             dirnames[:] = []
             continue  # half-written files: never part of a backup
         copied: set[str] = set()
@@ -229,9 +229,14 @@ def read_manifest(source: Path) -> dict[str, object]:
     return manifest
 
 
-def restore(source: Path, data_dir: Path, progress: Progress) -> Summary:
+def restore(
+    source: Path, data_dir: Path, progress: Progress, owner: tuple[int, int] | None = None
+) -> Summary:
     """Copy the backup C{source} into C{data_dir} (missing or empty: the caller moves an
     existing one aside) and check every file of the manifest with its size.
+
+    @param owner: (uid, gid) to give every restored file and directory (a restore run as
+        root for a server that runs as another user).
 
     @raise BackupError: not a backup, a non-empty C{data_dir}, or a file missing after.
     """
@@ -260,6 +265,10 @@ def restore(source: Path, data_dir: Path, progress: Progress) -> Summary:
             count += 1
             if count % 5000 == 0:
                 progress(f"{count} file(s) restored")
+    if owner is not None:
+        for dirpath, dirnames, filenames in os.walk(data_dir):
+            for name in [".", *dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, name), *owner)
     octets = 0
     files = manifest.get("files")
     for path, size in files if isinstance(files, list) else []:

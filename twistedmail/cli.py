@@ -751,6 +751,10 @@ def cmd_restore(ctx: _Context, args: argparse.Namespace) -> None:
     else:
         raise UserError("the server is running: stop it before a restore")
     source = Path(args.dir)
+    owner = None
+    if data_dir.exists():
+        st = data_dir.stat()
+        owner = (st.st_uid, st.st_gid) if os.getuid() == 0 and st.st_uid != 0 else None
     try:
         backup_module.read_manifest(source)
         if not backup_module.empty_or_missing(data_dir):
@@ -762,7 +766,7 @@ def cmd_restore(ctx: _Context, args: argparse.Namespace) -> None:
             ctx.close()  # the store, if open, and root's identity back to move the dir
             os.rename(data_dir, aside)
             _out(f"moved the old data dir to {aside}")
-        summary = backup_module.restore(source, data_dir, _out)
+        summary = backup_module.restore(source, data_dir, _out, owner)
     except backup_module.BackupError as e:
         raise UserError(str(e)) from None
     _out(f"restored {summary.files} file(s), {summary.octets} octets into {data_dir}")

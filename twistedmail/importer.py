@@ -185,6 +185,7 @@ class FolderImport:
         self.present = self._present()
         self.keep = keep if keep is not None and self._can_keep(keep[0]) else None
         self.imported = self.skipped = 0
+        self._letters: dict[tuple[str, ...], str] = {}
 
     def _present(self) -> set[str]:
         bases: set[str] = set()
@@ -202,6 +203,16 @@ class FolderImport:
         UIDVALIDITY tells clients to forget the folder's old UIDs)."""
         current, _, _, _ = self.folder._read_uidlist()  # noqa: SLF001 (same package's format)
         return not self.present or current == uidvalidity
+
+    def _keyword_letters(self, names: tuple[str, ...]) -> str:
+        """The folder's letters for keyword C{names} (L{Folder.keyword_letters}, asked once
+        per set of names)."""
+        if not names:
+            return ""
+        letters = self._letters.get(names)
+        if letters is None:
+            letters = self._letters[names] = self.folder.keyword_letters(list(names))
+        return letters
 
     def done(self, key: str) -> bool:
         """Whether the message C{key} was imported by an earlier run (or this one)."""
@@ -228,7 +239,7 @@ class FolderImport:
             for item in todo:
                 letters = normalize_flags(
                     "".join(c for c in item.flags if c in FLAG_LETTERS)
-                    + (self.folder.keyword_letters(list(item.keywords)) if item.keywords else "")
+                    + self._keyword_letters(item.keywords)
                 )
                 data = item.data
                 base = item.base

@@ -12,6 +12,7 @@ import imaplib
 import os
 import shutil
 import smtplib
+import sqlite3
 import ssl
 import tempfile
 import threading
@@ -186,6 +187,11 @@ def test_import_imap_from_dovecot_then_maildir_on_disk(root: Path) -> None:
             first = srv.cli(*command)
             assert "INBOX: 6 imported, 0 already there\n" in first.stdout, first.stdout
             assert "Entwürfe: 1 imported, 0 already there\n" in first.stdout
+            # each message is recorded by the remote UIDVALIDITY and UID (RFC 3501 §2.3.1.1)
+            ledger = sqlite3.connect(srv.data_dir / "import.sqlite3")
+            keys = {k for (k,) in ledger.execute("SELECT key FROM imported WHERE done = 1")}
+            ledger.close()
+            assert {f"{their_uids['INBOX'][0]}:{uid}" for uid in their_uids["INBOX"][1]} <= keys
             # the running server's session sees the mail (RFC 3501 §7.3.1 EXISTS)
             typ, data = watcher.noop()
             assert watcher.response("EXISTS")[1][-1] == b"6", (typ, data)
