@@ -652,7 +652,7 @@ def cmd_import_maildir(ctx: _Context, args: argparse.Namespace) -> None:
     ledger = _ledger(ctx)
     try:
         _print_reports(importer.import_maildir(Path(args.path), user, address, ledger, _out))
-    except importer.MigrationError as e:
+    except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
@@ -668,7 +668,7 @@ def cmd_import_mbox(ctx: _Context, args: argparse.Namespace) -> None:
             Path(args.file), user, address, args.folder, ledger, _out, args.quoting
         )
         _print_reports([report])
-    except importer.MigrationError as e:
+    except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
@@ -707,7 +707,7 @@ def cmd_import_imap(ctx: _Context, args: argparse.Namespace) -> None:
     ledger = _ledger(ctx)
     try:
         _print_reports(importer.import_imap(source, user, address, ledger, _out))
-    except importer.MigrationError as e:
+    except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
@@ -718,10 +718,13 @@ def cmd_export(ctx: _Context, args: argparse.Namespace) -> None:
     target = Path(args.dir)
     if not backup_module.empty_or_missing(target):
         raise UserError(f"{target} is not empty")
-    if args.format == "mbox":
-        count = importer.export_mbox(user, target, _out)
-    else:
-        count = importer.export_maildir(user, target, _out)
+    try:
+        if args.format == "mbox":
+            count = importer.export_mbox(user, target, _out)
+        else:
+            count = importer.export_maildir(user, target, _out)
+    except MaildirError as e:
+        raise UserError(str(e)) from None
     _out(f"exported {count} message(s) of {address} to {target} ({args.format})")
 
 
