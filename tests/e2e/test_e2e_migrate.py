@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import pwd
 import shutil
 import smtplib
 import sqlite3
@@ -383,3 +384,39 @@ def test_import_1000_messages_maildir_and_imap(root: Path) -> None:
     for name in counts:
         # UIDs are new (the folder's own UIDVALIDITY); everything else is equal
         assert [m[1:] for m in on_disk(alice.folder(name))] == [m[1:] for m in expected[name]]
+
+
+def not_owned_by(path: Path, uid: int, gid: int) -> list[str]:
+    return [
+        str(p.relative_to(path))
+        for p in [path, *path.rglob("*")]
+        if (p.lstat().st_uid, p.lstat().st_gid) != (uid, gid)
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_as_root_everything_belongs_to_the_data_dir_owner(root: Path) -> None:
+    """Run as root, import, backup and restore act as the data dir's owner (issue 9): every
+    file they make in the data dir (Maildirs, the import record, restored files) and in the
+    backup belongs to that user, so a server running as it can use them."""
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    srv = Server(root / "server")
+    srv.add_user(ALICE, PASSWORDS[ALICE])
+    for p in [srv.data_dir, *srv.data_dir.rglob("*")]:
+        os.lchown(p, *owner)
+    make_dovecot_maildir(root / "src", 20)
+    result = srv.cli("import", "maildir", str(root / "src"), ALICE)
+    assert "INBOX: 20 imported, 0 already there, UIDVALIDITY" in result.stdout
+    assert not_owned_by(srv.data_dir, *owner) == []
+    backup = root / "backup"
+    denied = srv.cli("backup", str(backup), check=False)
+    assert (denied.returncode, denied.stdout) == (1, "")
+    assert denied.stderr == f"twistedmail: error: Permission denied: {backup}\n"
+    backup.mkdir()
+    os.chown(backup, *owner)
+    srv.cli("backup", str(backup))
+    assert not_owned_by(backup, *owner) == []
+    srv.cli("restore", str(backup), "--force")
+    assert not_owned_by(srv.data_dir, *owner) == []
+    assert len(srv.messages(ALICE)) == 20
