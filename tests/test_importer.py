@@ -372,3 +372,52 @@ class ExportTests(ImportTestCase):
 def test_split_name_keeps_dovecot_sizes() -> None:
     """(helper check) a base name with C{,S=,W=} keeps both fields."""
     assert split_name("1.M1P1.h,S=3,W=4:2,S") == ("1.M1P1.h,S=3,W=4", "S")
+
+
+class ParsingTests(unittest.TestCase):
+    def test_imap_flags(self) -> None:
+        """IMAP system flags become Maildir letters (RFC 3501 §2.3.2), \\Recent is dropped,
+        other atoms are keywords."""
+        self.assertEqual(
+            importer._imap_flags(b"\\Seen \\Answered \\Flagged \\Deleted \\Draft \\Recent $Junk x"),
+            ("DFRST", ("$Junk", "x")),
+        )
+
+    def test_imap_folders_map_the_delimiter(self) -> None:
+        """A server's "/" hierarchy becomes ".", a "." inside a name becomes "_", mUTF-7
+        names are decoded, \\Noselect folders are left out, INBOX comes first."""
+
+        class Listing:
+            def list(self) -> tuple[str, list[bytes]]:
+                return "OK", [
+                    b'(\\HasChildren \\Noselect) "/" "[Gmail]"',
+                    b'(\\HasNoChildren) "/" "[Gmail]/All Mail"',
+                    b'(\\HasNoChildren) "/" "Entw&APw-rfe/v1.2"',
+                    b'(\\HasNoChildren) "/" INBOX',
+                ]
+
+        self.assertEqual(
+            importer.imap_folders(Listing()),  # type: ignore[arg-type]
+            [
+                ("INBOX", b"INBOX"),
+                ("Entwürfe.v1_2", b"Entw&APw-rfe/v1.2"),
+                ("[Gmail].All Mail", b"[Gmail]/All Mail"),
+            ],
+        )
+
+    def test_mboxo_unquotes_one_level_only(self) -> None:
+        """mboxo quoting: only ">From " loses its ">"; ">>From " stays as it is."""
+        data = b"From a Mon Feb 12 10:00:00 2024\nSubject: x\n\n>From a\n>>From b\n"
+        (message,) = importer.mbox_messages(io.BytesIO(data), "mboxo")
+        self.assertEqual(message.data, b"Subject: x\r\n\r\nFrom a\r\n>>From b\r\n")
+        self.assertEqual(message.mtime, 1707732000.0)
+
+    def test_from_line_dates(self) -> None:
+        """From_ lines in asctime form, with or without a zone, one-digit days padded."""
+        self.assertEqual(
+            importer.from_line_date(b"From x@y Sat Jan  3 01:05:34 1996\n"), 820631134.0
+        )
+        self.assertEqual(
+            importer.from_line_date(b"From x@y Sat Jan 3 01:05:34 +0000 1996\n"), 820631134.0
+        )
+        self.assertIsNone(importer.from_line_date(b"From x@y garbage\n"))
