@@ -260,8 +260,8 @@ def test_backup_while_receiving_then_restore(root: Path) -> None:
         sender = threading.Thread(target=send)
         sender.start()
         try:
-            srv.wait_for_messages(ALICE, 3)
-            srv.wait_for_messages(BOB, 3)
+            srv.wait_for_messages(ALICE, 3, timeout=60)
+            srv.wait_for_messages(BOB, 3, timeout=60)
             for address in (ALICE, BOB):  # UIDs for what is there so far
                 c = ours(srv, address)
                 c.select("INBOX")
