@@ -421,3 +421,12 @@ class ParsingTests(unittest.TestCase):
             importer.from_line_date(b"From x@y Sat Jan 3 01:05:34 +0000 1996\n"), 820631134.0
         )
         self.assertIsNone(importer.from_line_date(b"From x@y garbage\n"))
+
+    def test_imap_folders_skip_undecodable_names(self) -> None:
+        """A raw 8-bit folder name (not modified UTF-7) is left out, not a traceback."""
+
+        class Listing:
+            def list(self) -> tuple[str, list[bytes]]:
+                return "OK", [b'() "/" "Caf\xc3\xa9"', b'() "/" INBOX']
+
+        self.assertEqual(importer.imap_folders(Listing()), [("INBOX", b"INBOX")])  # type: ignore[arg-type]

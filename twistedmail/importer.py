@@ -729,7 +729,10 @@ def imap_folders(client: imaplib.IMAP4) -> list[tuple[str, bytes]]:
             continue
         remote = _imap_name(m.group("name"))
         delim = (m.group("delim") or b".").decode()
-        text = remote.decode("imap4-utf-7")
+        try:
+            text = remote.decode("imap4-utf-7")
+        except (UnicodeError, ValueError):
+            continue  # not a name this server can SELECT with imaplib (8-bit, RFC 6855)
         parts = text.split(delim) if delim else [text]
         name = ".".join(p.replace(".", "_") for p in parts)
         found.append((INBOX if name.upper() == INBOX else name, remote))
