@@ -430,3 +430,33 @@ class ParsingTests(unittest.TestCase):
                 return "OK", [b'() "/" "Caf\xc3\xa9"', b'() "/" INBOX']
 
         self.assertEqual(importer.imap_folders(Listing()), [("INBOX", b"INBOX")])  # type: ignore[arg-type]
+
+
+class TerminalProgressTests(ImportTestCase):
+    def test_progress_rewrites_one_line_on_a_terminal(self) -> None:
+        """On a terminal the progress lines replace each other (CR, erase line); the
+        per-folder summary follows on lines of its own."""
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        src = self.base / "src"
+        dovecot_maildir(src)
+        out = Terminal()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(
+            cli.main(["--config", str(self.config), "import", "maildir", str(src), ADDRESS]), 0
+        )
+        text = out.getvalue()
+        self.assertTrue(text.startswith("\r\x1b[KINBOX: 4 message(s) in "), text)
+        self.assertIn("\r\x1b[KINBOX: 4/4 (4 imported, 0 already there)\r\x1b[K", text)
+        self.assertTrue(
+            text.endswith(
+                "\r\x1b[KINBOX: 4 imported, 0 already there"
+                + KEPT
+                + "Work.Sub: 1 imported, 0 already there, UIDVALIDITY 55 and UIDs kept\n"
+                + "\r\x1b[K"
+            ),
+            text,
+        )

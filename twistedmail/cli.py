@@ -641,7 +641,24 @@ def _ledger(ctx: _Context) -> importer.Ledger:
     return importer.Ledger(ctx.config.server.data_dir / importer.LEDGER)
 
 
+def _progress(text: str) -> None:
+    """A progress line: on a terminal it replaces the previous one in place (cleared by
+    L{_print_reports}); otherwise one plain line each, for logs and scripts."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\r\033[K" + text)
+        sys.stdout.flush()
+    else:
+        _out(text)
+
+
+def _end_progress() -> None:
+    if sys.stdout.isatty():
+        sys.stdout.write("\r\033[K")
+        sys.stdout.flush()
+
+
 def _print_reports(reports: list[importer.FolderReport]) -> None:
+    _end_progress()
     for r in reports:
         kept = f", UIDVALIDITY {r.uidvalidity_kept} and UIDs kept" if r.uidvalidity_kept else ""
         _out(f"{r.folder}: {r.imported} imported, {r.skipped} already there{kept}")
@@ -651,11 +668,12 @@ def cmd_import_maildir(ctx: _Context, args: argparse.Namespace) -> None:
     address, user = _user_maildir(ctx, args.address)
     ledger = _ledger(ctx)
     try:
-        _print_reports(importer.import_maildir(Path(args.path), user, address, ledger, _out))
+        _print_reports(importer.import_maildir(Path(args.path), user, address, ledger, _progress))
     except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
+        _end_progress()
 
 
 def cmd_import_mbox(ctx: _Context, args: argparse.Namespace) -> None:
@@ -665,13 +683,14 @@ def cmd_import_mbox(ctx: _Context, args: argparse.Namespace) -> None:
     ledger = _ledger(ctx)
     try:
         report = importer.import_mbox(
-            Path(args.file), user, address, args.folder, ledger, _out, args.quoting
+            Path(args.file), user, address, args.folder, ledger, _progress, args.quoting
         )
         _print_reports([report])
     except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
+        _end_progress()
 
 
 def _import_password(args: argparse.Namespace) -> str:
@@ -706,11 +725,12 @@ def cmd_import_imap(ctx: _Context, args: argparse.Namespace) -> None:
     )
     ledger = _ledger(ctx)
     try:
-        _print_reports(importer.import_imap(source, user, address, ledger, _out))
+        _print_reports(importer.import_imap(source, user, address, ledger, _progress))
     except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
+        _end_progress()
 
 
 def cmd_export(ctx: _Context, args: argparse.Namespace) -> None:
