@@ -50,6 +50,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.smtp, defaults.smtp)
         self.assertEqual(example.tls, defaults.tls)
         self.assertEqual(example.delivery, defaults.delivery)
+        self.assertEqual(example.managesieve, defaults.managesieve)
 
     def test_defaults(self) -> None:
         config = parse_config({}, None)

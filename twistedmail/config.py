@@ -26,7 +26,7 @@ from twistedmail.address import AddressError, normalize_domain
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
 DEFAULT_DATA_DIR = "twistedmail-data"
-SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 DEFAULT_LISTEN = {
     "smtp": "0.0.0.0:25",
     "submission": "0.0.0.0:587",
@@ -35,7 +35,9 @@ DEFAULT_LISTEN = {
     "imaps": "0.0.0.0:993",
     "pop3": "0.0.0.0:110",
     "pop3s": "0.0.0.0:995",
+    "managesieve": "0.0.0.0:4190",  # RFC 5804 §1.8
 }
+MAX_SIEVE_SCRIPT_SIZE = 512 * 1024  # twistedmail.sieve.grammar.MAX_SCRIPT_SIZE
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_MAX_HEADER_SIZE = 256 * 1024
 DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
@@ -189,6 +191,21 @@ class DeliveryConfig:
     plus_folder: bool = False
 
 
+MANAGESIEVE_SIZES = {"max_script_size": "256KiB", "max_storage": "2MiB"}
+
+
+@attrs.frozen
+class ManageSieveConfig:
+    """C{[managesieve]}: each user's quota on Sieve scripts (RFC 5804 §1.3 QUOTA codes, like
+    Pigeonhole's C{sieve_quota_max_scripts} / C{sieve_quota_max_storage} and
+    C{sieve_max_script_size}) and the session's idle timeout in seconds."""
+
+    max_scripts: int = 20
+    max_script_size: int = 256 * 1024  # octets; at most the Sieve parser's 512 KiB
+    max_storage: int = 2 * 1024 * 1024  # octets of all of a user's scripts
+    idle_timeout: int = 1800  # Pigeonhole: 30 minutes
+
+
 @attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
@@ -204,6 +221,7 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    managesieve: ManageSieveConfig = ManageSieveConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -408,6 +426,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     r = _Reader(source)
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
+    known.add("managesieve")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -598,6 +617,23 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if not isinstance(plus_folder, bool):
         raise r.fail("[delivery] plus_folder", "must be true or false")
 
+    managesieve = r.section(
+        data, "managesieve", {"max_scripts", "idle_timeout", *MANAGESIEVE_SIZES}
+    )
+    sieve_sizes = {}
+    for name, default in MANAGESIEVE_SIZES.items():
+        try:
+            sieve_sizes[name] = parse_size(managesieve.get(name, default))
+        except ValueError as e:
+            raise r.fail(f"[managesieve] {name}", str(e)) from None
+    if sieve_sizes["max_script_size"] > MAX_SIEVE_SCRIPT_SIZE:
+        raise r.fail("[managesieve] max_script_size", "must be at most 512KiB")
+    managesieve_config = ManageSieveConfig(
+        max_scripts=_positive_int(r, managesieve, "managesieve", "max_scripts", 20),
+        idle_timeout=_positive_int(r, managesieve, "managesieve", "idle_timeout", 1800),
+        **sieve_sizes,
+    )
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -623,6 +659,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
         delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
+        managesieve=managesieve_config,
         warnings=tuple(warnings),
     )
 
