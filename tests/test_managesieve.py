@@ -194,7 +194,7 @@ def test_script_literal_over_the_limit_is_thrown_away() -> None:
     """A PUTSCRIPT literal over max_script_size is read (not taken for commands) and the
     command refused with QUOTA/MAXSIZE (RFC 5804 §1.3)."""
     assert read_all(b'PUTSCRIPT "s" {101+}\r\n' + b"x" * 101 + b"\r\nNOOP\r\n") == [
-        ParseError("Script is too large (max 100 bytes)", "QUOTA/MAXSIZE"),
+        ParseError("Script is too large: at most 100 bytes", "QUOTA/MAXSIZE"),
         Command((Atom("NOOP"),)),
     ]
 
@@ -461,20 +461,20 @@ def test_quota_on_count_size_and_storage(tmp_path: Path) -> None:
     s.login()
     assert s.send(b'HAVESPACE "a" 100\r\n') == b"OK\r\n"
     assert s.send(b'HAVESPACE "a" 101\r\n') == (
-        b'NO (QUOTA/MAXSIZE) "Script is too large (max 100 bytes)"\r\n'
+        b'NO (QUOTA/MAXSIZE) "Script is too large: at most 100 bytes"\r\n'
     )
     big = b"#" * 90 + b"\r\nkeep;"
     assert s.send(b'PUTSCRIPT "a" {%d+}\r\n%s\r\n' % (len(big), big)) == b'OK "Script stored"\r\n'
     assert s.send(b'PUTSCRIPT "b" {%d+}\r\n%s\r\n' % (len(big), big)) == (
-        b'NO (QUOTA) "Script storage quota exceeded (max 150 bytes)"\r\n'
+        b'NO (QUOTA) "Script storage quota exceeded: at most 150 bytes"\r\n'
     )
     assert s.send(b'PUTSCRIPT "a" {%d+}\r\n%s\r\n' % (len(big), big)) == b'OK "Script stored"\r\n'
     assert s.send(b'PUTSCRIPT "b" "keep;"\r\n') == b'OK "Script stored"\r\n'
     assert s.send(b'HAVESPACE "c" 1\r\n') == (
-        b'NO (QUOTA/MAXSCRIPTS) "Script count quota exceeded (max 2 scripts)"\r\n'
+        b'NO (QUOTA/MAXSCRIPTS) "Script count quota exceeded: at most 2 scripts"\r\n'
     )
     assert s.send(b'PUTSCRIPT "c" {101+}\r\n' + b"x" * 101 + b"\r\n") == (
-        b'NO (QUOTA/MAXSIZE) "Script is too large (max 100 bytes)"\r\n'
+        b'NO (QUOTA/MAXSIZE) "Script is too large: at most 100 bytes"\r\n'
     )
     assert s.send(b"NOOP\r\n") == b'OK "Done"\r\n'
 

@@ -221,7 +221,7 @@ class CommandReader:
             if self._error is None and size > limit:
                 if code:
                     self._error = ParseError(
-                        f"Script is too large (max {self.max_script_size} bytes)", code
+                        f"Script is too large: at most {self.max_script_size} bytes", code
                     )
                 else:
                     self._error = ParseError("String literal too long")
@@ -409,11 +409,13 @@ def _space(store: SieveStore, name: str, size: int, limits: Limits) -> None:
     """@raise Refused: C{QUOTA/MAXSIZE}, C{QUOTA/MAXSCRIPTS} or C{QUOTA} (storage) when a
     script C{name} of C{size} octets would not fit (RFC 5804 §2.3).  Blocking: a thread."""
     if size > limits.max_script_size:
-        raise Refused(f"Script is too large (max {limits.max_script_size} bytes)", "QUOTA/MAXSIZE")
+        raise Refused(
+            f"Script is too large: at most {limits.max_script_size} bytes", "QUOTA/MAXSIZE"
+        )
     names = store.names()
     if name not in names and len(names) >= limits.max_scripts:
         raise Refused(
-            f"Script count quota exceeded (max {limits.max_scripts} scripts)", "QUOTA/MAXSCRIPTS"
+            f"Script count quota exceeded: at most {limits.max_scripts} scripts", "QUOTA/MAXSCRIPTS"
         )
     used = 0
     for other in names:
@@ -423,7 +425,7 @@ def _space(store: SieveStore, name: str, size: int, limits: Limits) -> None:
             except OSError:
                 continue
     if used + size > limits.max_storage:
-        raise Refused(f"Script storage quota exceeded (max {limits.max_storage} bytes)", "QUOTA")
+        raise Refused(f"Script storage quota exceeded: at most {limits.max_storage} bytes", "QUOTA")
 
 
 @attrs.frozen

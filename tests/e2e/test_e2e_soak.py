@@ -267,6 +267,7 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
         "imap": 0,
         "imap_sessions": 0,
         "imaps": 0,
+        "managesieve": 0,
         "pop3": 0,
         "pop3s": 0,
         "smtp": 0,
@@ -473,8 +474,8 @@ def test_connections_command_shows_open_sessions(server: Server) -> None:
     m.select("INBOX")
     try:
         assert server.cli("connections").stdout == (
-            "control 1\nfolder_watchers 1\nimap 0\nimap_sessions 1\nimaps 1\npop3 0\n"
-            "pop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
+            "control 1\nfolder_watchers 1\nimap 0\nimap_sessions 1\nimaps 1\nmanagesieve 0\n"
+            "pop3 0\npop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
         )
     finally:
         m.logout()
