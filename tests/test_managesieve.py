@@ -227,9 +227,10 @@ def test_line_too_long_is_fatal() -> None:
     assert read_all(b"NOOP " + b"x" * MAX_LINE_LENGTH) == [ParseError("Line too long", fatal=True)]
 
 
-def test_huge_literal_is_fatal() -> None:
+@pytest.mark.parametrize("size", [b"9999999999", b"9" * 5000, b"67108865"])
+def test_huge_literal_is_fatal(size: bytes) -> None:
     """A literal announced over 64 MiB ends the session rather than being read."""
-    assert read_all(b'PUTSCRIPT "s" {9999999999+}\r\n') == [
+    assert read_all(b'PUTSCRIPT "s" {' + size + b"+}\r\n") == [
         ParseError("Literal too large", fatal=True)
     ]
 

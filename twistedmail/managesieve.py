@@ -134,7 +134,7 @@ class ParseError:
     fatal: bool = False
 
 
-_LITERAL_AT_END = re.compile(rb"\{([0-9]{1,10})(\+?)\}\Z")
+_LITERAL_AT_END = re.compile(rb"\{([0-9]+)(\+?)\}\Z")
 _ATOM_CHAR = re.compile(rb"[^(){ \x00-\x1f\x7f\"\\%*]+")
 _NUMBER = re.compile(r"[0-9]{1,10}\Z")
 
@@ -241,7 +241,7 @@ class CommandReader:
         literal it ends with, else C{None} (the command is complete)."""
         at_end = _LITERAL_AT_END.search(segment)
         if self._error is not None:  # only look for the literal to skip
-            return (int(at_end.group(1)), 0, "") if at_end else None
+            return (_size(at_end), 0, "") if at_end else None
         pos = 0
         n = len(segment)
         if self._arguments:  # after a literal: SP and more arguments, or the end
@@ -249,7 +249,7 @@ class CommandReader:
                 return None
             if segment[0:1] != b" ":
                 self._fail("Expected a space after a literal")
-                return (int(at_end.group(1)), 0, "") if at_end else None
+                return (_size(at_end), 0, "") if at_end else None
         while True:
             while pos < n and segment[pos] == 0x20:
                 pos += 1
@@ -257,29 +257,29 @@ class CommandReader:
                 return None
             if len(self._arguments) >= MAX_ARGUMENTS:
                 self._fail("Too many arguments")
-                return (int(at_end.group(1)), 0, "") if at_end else None
+                return (_size(at_end), 0, "") if at_end else None
             c = segment[pos]
             if c == 0x22:  # '"'
                 value, pos, error = _quoted(segment, pos + 1)
                 if error:
                     self._fail(error)
-                    return (int(at_end.group(1)), 0, "") if at_end else None
+                    return (_size(at_end), 0, "") if at_end else None
                 self._arguments.append(value)
             elif c == 0x7B:  # '{'
                 if at_end is None or at_end.start() != pos:
                     self._fail("Invalid literal")
                     return None
-                return int(at_end.group(1)), *self._literal_limit()
+                return _size(at_end), *self._literal_limit()
             else:
                 m = _ATOM_CHAR.match(segment, pos)
                 if m is None or m.end() - pos > MAX_QUOTED:
                     self._fail("Invalid characters in command")
-                    return (int(at_end.group(1)), 0, "") if at_end else None
+                    return (_size(at_end), 0, "") if at_end else None
                 self._arguments.append(Atom(m.group().decode("ascii", "replace")))
                 pos = m.end()
             if pos < n and segment[pos] != 0x20:
                 self._fail("Expected a space between arguments")
-                return (int(at_end.group(1)), 0, "") if at_end else None
+                return (_size(at_end), 0, "") if at_end else None
 
     def _literal_limit(self) -> tuple[int, str]:
         """(largest size, response code when over) of the literal that comes next."""
@@ -288,6 +288,12 @@ class CommandReader:
         if (name == "PUTSCRIPT" and len(args) == 2) or (name == "CHECKSCRIPT" and len(args) == 1):
             return self.max_script_size, "QUOTA/MAXSIZE"
         return self.max_line_length, ""
+
+
+def _size(literal: re.Match[bytes]) -> int:
+    """The octet count of a literal; one of more than 10 digits counts as too large."""
+    digits = literal.group(1)
+    return int(digits) if len(digits) <= 10 else MAX_LITERAL + 1
 
 
 def _quoted(segment: bytes, pos: int) -> tuple[bytes, int, str]:
