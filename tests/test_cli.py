@@ -486,6 +486,30 @@ class ConfigTests(CLITestCase):
         )
         self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
 
+    def test_check_config_https_names(self) -> None:
+        """With [listen] https, a warning per local domain whose mta-sts. and autodiscover.
+        names the certificate lacks (RFC 8461 §3.3); a wildcard covers them."""
+        cert, key = self.base / "cert.pem", self.base / "key.pem"
+        create_self_signed(cert, key, "mail.example.org")
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+            f'[listen]\nhttps = "127.0.0.1:8443"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        )
+        self.run_cli("domain", "add", "example.org")
+        self.run_cli("alias", "add", "postmaster@example.org", "root@elsewhere.test")
+        self.assertEqual(
+            self.run_cli("check-config"),
+            (
+                0,
+                f"config OK: {self.config}\n",
+                f"twistedmail: warning: [tls] cert: {cert} does not name mta-sts.example.org or"
+                " autodiscover.example.org: MTA-STS senders and Outlook will refuse the HTTPS"
+                " listener for that domain\n",
+            ),
+        )
+        create_self_signed(cert, key, "*.example.org")
+        self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
+
     def test_check_config_bad_tls(self) -> None:
         cert, key = self.base / "cert.pem", self.base / "key.pem"
         cert.write_text("not a certificate\n")

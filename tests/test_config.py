@@ -51,6 +51,8 @@ class ConfigTests(TestCase):
         self.assertEqual(example.tls, defaults.tls)
         self.assertEqual(example.delivery, defaults.delivery)
         self.assertEqual(example.managesieve, defaults.managesieve)
+        self.assertEqual(example.mta_sts, defaults.mta_sts)
+        self.assertEqual(example.log, defaults.log)
 
     def test_defaults(self) -> None:
         config = parse_config({}, None)
@@ -58,10 +60,42 @@ class ConfigTests(TestCase):
         self.assertEqual(config.limits.max_message_size, 25 * 1024 * 1024)
         self.assertEqual(
             {k: tuple(str(a) for a in v) for k, v in config.listen.items()},
-            {k: (v,) for k, v in DEFAULT_LISTEN.items()},
+            {**{k: (v,) for k, v in DEFAULT_LISTEN.items()}, "http": (), "https": ()},
         )
         self.assertEqual(store_path(config), config.server.data_dir / "accounts.sqlite3")
         self.assertEqual(tls_paths(config)[1], config.server.data_dir / "tls" / "key.pem")
+
+    def test_web_listeners_mta_sts_and_log(self) -> None:
+        """[listen] http/https are off by default and take "host:port" like the others;
+        [mta_sts] mode and max_age (RFC 8461 §3.2: at most a year) and [log] format."""
+        config = load_config(
+            self.write(
+                '[listen]\nhttp = "127.0.0.1:8080"\nhttps = ["127.0.0.1:8443"]\n'
+                '[mta_sts]\nmode = "enforce"\nmax_age = "1d"\n[log]\nformat = "json"\n'
+            )
+        )
+        self.assertEqual(str(config.listen["http"][0]), "127.0.0.1:8080")
+        self.assertEqual(str(config.listen["https"][0]), "127.0.0.1:8443")
+        self.assertEqual((config.mta_sts.mode, config.mta_sts.max_age), ("enforce", 86400))
+        self.assertEqual(config.log.format, "json")
+        defaults = parse_config({}, None)
+        self.assertEqual((defaults.mta_sts.mode, defaults.mta_sts.max_age), ("testing", 604800))
+        self.assertEqual(defaults.log.format, "text")
+        self.assertEqual(
+            self.error('[mta_sts]\nmode = "on"\n'),
+            'FILE: [mta_sts] mode: must be "enforce", "testing" or "none"',
+        )
+        self.assertEqual(
+            self.error('[mta_sts]\nmax_age = "400d"\n'),
+            "FILE: [mta_sts] max_age: must be at most one year (RFC 8461 §3.2)",
+        )
+        self.assertEqual(
+            self.error('[log]\nformat = "xml"\n'), 'FILE: [log] format: must be "text" or "json"'
+        )
+        self.assertEqual(
+            self.error('[listen]\nhttp = "127.0.0.1:25"\nsmtp = "127.0.0.1:25"\n'),
+            "FILE: [listen] http: 127.0.0.1:25 is also used by smtp",
+        )
 
     def test_login_throttle_exempt(self) -> None:
         """[limits] login_throttle_exempt: a list of IPv4/IPv6 networks (or addresses)."""

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from twisted.logger import ILogObserver, textFileLogObserver
+from twisted.logger import FileLogObserver, ILogObserver, textFileLogObserver
 from twisted.trial.unittest import SkipTest, TestCase
 
 from twistedmail import auth
+from twistedmail.tap import json_line
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "etc" / "twistedmail.service"
@@ -47,8 +48,9 @@ reader.getOptions({})
 probe = Filter(Jail())
 probe.checkFindTime = False
 for command in reader.convert():
-    if command[2] == "addfailregex":
-        probe.addFailRegex(command[3])
+    if command[2] == "addfailregex":  # one regex, or a list of them
+        for regex in command[3] if isinstance(command[3], list) else [command[3]]:
+            probe.addFailRegex(regex)
 hosts = []
 for message in json.load(sys.stdin):
     line = "mail.example.org twistedmail[4242]: " + message
@@ -71,12 +73,16 @@ def _jail() -> configparser.SectionProxy:
     return jail["twistedmail"]
 
 
-def _twistd_lines() -> list[str]:
+def _twistd_lines(json_format: bool = False) -> list[str]:
     """Log lines as twistd writes them to its stdout (the journal): three failed logins, a
-    successful one, and a user name that tries to plant a second "ip=" (auth.log_login)."""
+    successful one, and a user name that tries to plant a second "ip=" (auth.log_login);
+    with C{json_format}, as C{[log] format = "json"} writes them (tap.json_line)."""
     out = io.StringIO()
     old = auth.log.observer
-    auth.log.observer = cast(ILogObserver, textFileLogObserver(out))  # twistd's own format
+    auth.log.observer = cast(
+        ILogObserver,
+        FileLogObserver(out, json_line) if json_format else textFileLogObserver(out),
+    )
     try:
         auth.log_login("imap", "alice@example.org", "192.0.2.7", ok=False)
         auth.log_login("smtp", b"bob@example.org", "2001:db8::5", ok=False)
@@ -162,6 +168,25 @@ class Fail2banTests(TestCase):
         result = subprocess.run(
             [python, "-c", _JOURNAL_PROBE, str(conf)],
             input=json.dumps(_twistd_lines()),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout), ["192.0.2.7", "2001:db8::5", "198.51.100.3"])
+
+    def test_filter_matches_json_journal_entries(self) -> None:
+        """With [log] format = "json" the same filter finds the same IPs, and still never one
+        planted in a user name."""
+        conf = self.config_dir()
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        if python is None or subprocess.run([python, "-c", "import fail2ban"]).returncode:
+            raise SkipTest("fail2ban's Python package is not importable by /usr/bin/python3")
+        lines = _twistd_lines(json_format=True)
+        self.assertTrue(all(line.startswith('{"time": ') for line in lines), lines)
+        result = subprocess.run(
+            [python, "-c", _JOURNAL_PROBE, str(conf)],
+            input=json.dumps(lines),
             capture_output=True,
             text=True,
             timeout=120,

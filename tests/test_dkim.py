@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -343,13 +344,49 @@ class DKIMCommandTests(CLITestCase):
         lines = out.splitlines()
         self.assertEqual(lines[0], "example.org. IN MX 10 mail.example.org.")
         self.assertTrue(lines[2].startswith("twistedmail._domainkey.example.org. IN TXT "))
-        self.assertEqual(len(lines), 10)
+        self.assertEqual(
+            lines[10:],
+            [
+                '_smtp._tls.example.org. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@example.org"',
+                "; MTA-STS and autodiscover need the HTTPS listener: set [listen] https",
+            ],
+        )
 
     def test_dns_records_without_key(self) -> None:
         code, out, err = self.run_cli("dns-records", "example.org")
         self.assertEqual((code, err), (0, ""))
         self.assertNotIn("_domainkey", out)
-        self.assertEqual(len(out.splitlines()), 9)
+        self.assertEqual(len(out.splitlines()), 11)
+
+    def test_dns_records_web(self) -> None:
+        """With [listen] https: the MTA-STS policy host and TXT record (RFC 8461 §3.1, its id
+        the policy's hash, changing with [mta_sts]), TLS-RPT (RFC 8460 §3) and autodiscover."""
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+            '[listen]\nhttps = "0.0.0.0:443"\n'
+        )
+        code, out, err = self.run_cli("dns-records", "example.org")
+        self.assertEqual((code, err), (0, ""))
+        policy = b"version: STSv1\r\nmode: testing\r\nmx: mail.example.org\r\nmax_age: 604800\r\n"
+        first_id = hashlib.sha256(policy).hexdigest()[:20]
+        self.assertEqual(
+            out.splitlines()[9:],
+            [
+                '_smtp._tls.example.org. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@example.org"',
+                "mta-sts.example.org. IN CNAME mail.example.org.",
+                f'_mta-sts.example.org. IN TXT "v=STSv1; id={first_id}"',
+                "autodiscover.example.org. IN CNAME mail.example.org.",
+                "_autodiscover._tcp.example.org. IN SRV 0 1 443 mail.example.org.",
+            ],
+        )
+        self.assertIn("autoconfig.example.org. IN CNAME mail.example.org.", out.splitlines())
+        self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
+            '[listen]\nhttps = "0.0.0.0:443"\n[mta_sts]\nmode = "enforce"\n'
+        )
+        code, out, err = self.run_cli("dns-records", "example.org")
+        record = next(x for x in out.splitlines() if x.startswith("_mta-sts."))
+        self.assertNotIn(first_id, record)
 
     def test_dns_records_bad_domain(self) -> None:
         code, out, err = self.run_cli("dns-records", "bad domain")

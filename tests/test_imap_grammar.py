@@ -227,7 +227,7 @@ class SearchDateTests(unittest.TestCase):
 
     def test_bad_dates(self) -> None:
         """RFC 3501 §9 date: d[d]-Mon-yyyy, quoted or not; anything else is BAD."""
-        for bad in (b"2007-03-25", b"25-Mrz-2007", b"32-Mar-2007x", b"25-Mar-07"):
+        for bad in (b"2007-03-25", b"25-Mrz-2007", b"32-Mar-2007x", b"25-Mar-07", b"31-Feb-2020", b"0-Jan-2020"):
             self.assertEqual(self.h.cmd(b"b SEARCH SENTON " + bad), [b"b BAD bad date"])
 
 

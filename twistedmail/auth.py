@@ -189,7 +189,11 @@ def log_login(service: str, username: object, peer: str, ok: bool) -> None:
     user = "".join(c if c.isprintable() and not c.isspace() else "?" for c in user)[:256]
     if ok:
         log.info(
-            "login ok: service={service} user={user} ip={ip}", service=service, user=user, ip=peer
+            "login ok: service={service} user={user} ip={ip}",
+            service=service,
+            user=user,
+            ip=peer,
+            outcome="ok",
         )
     else:
         log.warn(
@@ -197,6 +201,7 @@ def log_login(service: str, username: object, peer: str, ok: bool) -> None:
             service=service,
             user=user,
             ip=peer,
+            outcome="failed",
         )
 
 

@@ -40,6 +40,7 @@ from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
+from twistedmail.web import mtasts
 
 PROG = "twistedmail"
 
@@ -393,6 +394,7 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
         print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
     ctx.act_as_data_dir_owner()
     _warn_domains_without_admin(ctx)
+    _warn_https_names(ctx)
     _check_dkim_keys(ctx)
     source = ctx.config.source
     _out(f"config OK: {source if source is not None else 'defaults'}")
@@ -410,6 +412,53 @@ def _warn_domains_without_admin(ctx: _Context) -> None:
             f" postmaster@{domain} ADMIN",
             file=sys.stderr,
         )
+
+
+HTTPS_NAMES = ("mta-sts", "autodiscover")  # RFC 8461 §3.3; Outlook's autodiscover host
+
+
+def _certificate_covers(patterns: list[str], name: str) -> bool:
+    """Whether a DNS name of the certificate matches C{name} (RFC 6125 §6.4.3: a wildcard
+    stands for exactly one left-most label)."""
+    for pattern in patterns:
+        pattern = pattern.lower().rstrip(".")
+        if pattern == name:
+            return True
+        if pattern.startswith("*.") and name.partition(".")[2] == pattern[2:]:
+            return True
+    return False
+
+
+def _warn_https_names(ctx: _Context) -> None:
+    """With C{[listen] https} and a configured certificate: a warning per local domain whose
+    C{mta-sts.DOMAIN} or C{autodiscover.DOMAIN} the certificate does not name (a sender
+    fetching the MTA-STS policy checks it, RFC 8461 §3.3; so does Outlook)."""
+    tls = ctx.config.tls
+    if not ctx.config.listen["https"] or tls.cert is None:
+        return
+    if not config_module.store_path(ctx.config).exists():
+        return
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificates(tls.cert.read_bytes())[0]
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        names = []
+    for domain in ctx.store(create=False).domains():
+        missing = [
+            f"{label}.{domain}"
+            for label in HTTPS_NAMES
+            if not _certificate_covers(names, f"{label}.{domain}")
+        ]
+        if missing:
+            print(
+                f"{PROG}: warning: [tls] cert: {tls.cert} does not name {' or '.join(missing)}:"
+                " MTA-STS senders and Outlook will refuse the HTTPS listener for that domain",
+                file=sys.stderr,
+            )
 
 
 def _readable_by(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
@@ -507,8 +556,20 @@ def cmd_dkim_generate(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_dns_records(ctx: _Context, args: argparse.Namespace) -> None:
-    for line in dkim_module.dns_records(args.domain, ctx.config.server.hostname, _dkim_keys(ctx)):
+    config = ctx.config
+    hostname = config.server.hostname
+    for line in dkim_module.dns_records(args.domain, hostname, _dkim_keys(ctx)):
         _out(line)
+    domain = normalize_domain(args.domain)  # dns_records refused a bad one already
+    _out(mtasts.tlsrpt_record(domain))  # RFC 8460 §3
+    https = config.listen["https"]
+    if not https:
+        _out("; MTA-STS and autodiscover need the HTTPS listener: set [listen] https")
+        return
+    for line in mtasts.dns_records(domain, hostname, config.mta_sts.mode, config.mta_sts.max_age):
+        _out(line)
+    _out(f"autodiscover.{domain}. IN CNAME {hostname}.")
+    _out(f"_autodiscover._tcp.{domain}. IN SRV 0 1 {https[0].port} {hostname}.")
 
 
 def cmd_queue_list(ctx: _Context, args: argparse.Namespace) -> None:

@@ -38,6 +38,11 @@ DEFAULT_LISTEN = {
     "managesieve": "0.0.0.0:4190",  # RFC 5804 §1.8
 }
 MAX_SIEVE_SCRIPT_SIZE = 512 * 1024  # twistedmail.sieve.grammar.MAX_SCRIPT_SIZE
+WEB_SERVICES = ("http", "https")
+"""The HTTP listener (autoconfig, autodiscover, MTA-STS policy): off unless configured."""
+MTA_STS_MODES = ("enforce", "testing", "none")  # RFC 8461 §3.2
+MTA_STS_MAX_AGE = 31557600  # RFC 8461 §3.2: at most one year, in seconds
+LOG_FORMATS = ("text", "json")
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_MAX_HEADER_SIZE = 256 * 1024
 DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
@@ -207,6 +212,22 @@ class ManageSieveConfig:
 
 
 @attrs.frozen
+class MTASTSConfig:
+    """C{[mta_sts]}: the policy served at C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt}
+    for every local domain (RFC 8461 §3.2).  C{max_age} in seconds."""
+
+    mode: str = "testing"
+    max_age: int = 7 * 86400
+
+
+@attrs.frozen
+class LogConfig:
+    """C{[log]}: C{format} C{"text"} (twistd's lines) or C{"json"} (one JSON object a line)."""
+
+    format: str = "text"
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -222,6 +243,8 @@ class Config:
     smtp: SMTPConfig = SMTPConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     managesieve: ManageSieveConfig = ManageSieveConfig()
+    mta_sts: MTASTSConfig = MTASTSConfig()
+    log: LogConfig = LogConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -427,6 +450,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
     known.add("managesieve")
+    known.update(("mta_sts", "log"))
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -444,10 +468,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     # wrote a second account store); without a config file, against the cwd.
     data_dir = r.path(data_dir_text or DEFAULT_DATA_DIR)
 
-    listen_section = r.section(data, "listen", set(SERVICES))
+    listen_section = r.section(data, "listen", {*SERVICES, *WEB_SERVICES})
     listen: dict[str, tuple[ListenAddress, ...]] = {}
-    for service in SERVICES:
-        value = listen_section.get(service, DEFAULT_LISTEN[service])
+    for service in (*SERVICES, *WEB_SERVICES):
+        value = listen_section.get(service, DEFAULT_LISTEN.get(service, []))
         values = value if isinstance(value, list) else [value]
         listen[service] = tuple(r.address(f"[listen] {service}", v) for v in values)
         for address in listen[service]:
@@ -633,6 +657,21 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         idle_timeout=_positive_int(r, managesieve, "managesieve", "idle_timeout", 1800),
         **sieve_sizes,
     )
+    mta_sts = r.section(data, "mta_sts", {"mode", "max_age"})
+    mta_sts_mode = mta_sts.get("mode", "testing")
+    if mta_sts_mode not in MTA_STS_MODES:
+        raise r.fail("[mta_sts] mode", 'must be "enforce", "testing" or "none"')
+    try:
+        mta_sts_max_age = parse_duration(mta_sts.get("max_age", "7d"))
+    except ValueError as e:
+        raise r.fail("[mta_sts] max_age", str(e)) from None
+    if mta_sts_max_age > MTA_STS_MAX_AGE:
+        raise r.fail("[mta_sts] max_age", "must be at most one year (RFC 8461 §3.2)")
+
+    log_section = r.section(data, "log", {"format"})
+    log_format = log_section.get("format", "text")
+    if log_format not in LOG_FORMATS:
+        raise r.fail("[log] format", 'must be "text" or "json"')
 
     return Config(
         source=source,
@@ -660,6 +699,8 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         smtp=SMTPConfig(bare_lf=bare_lf),
         delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
         managesieve=managesieve_config,
+        mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
+        log=LogConfig(format=log_format),
         warnings=tuple(warnings),
     )
 

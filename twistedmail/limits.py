@@ -62,6 +62,8 @@ def refusal_for(service: str, hostname: str) -> bytes:
         return b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
     if service == "managesieve":  # RFC 5804 §1.3 TRYLATER
         return b'BYE (TRYLATER) "Too many connections, try again later"\r\n'
+    if service.startswith("http"):
+        return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     # RFC 5321 §4.2: the greeting (here a 421 in its place) starts with our domain.
     return b"421 4.7.0 %s Too many connections, try again later\r\n" % hostname.encode("ascii")
 

@@ -86,10 +86,36 @@ from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import submission_factory
 from twistedmail.throttle import ThrottlePolicy, parse_networks
+from twistedmail.web import MailService, MailSettings, build_site, mtasts, web_factory
+from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
 
 log = Logger(namespace="twistedmail.service")
 
-IMPLICIT_TLS = {"submissions", "imaps", "pop3s"}
+IMPLICIT_TLS = {"submissions", "imaps", "pop3s", "https"}
+CLIENT_SERVICES = (  # what autoconfig offers, implicit TLS first (RFC 8314 §3)
+    ("imaps", "imap", IMPLICIT),
+    ("imap", "imap", STARTTLS),
+    ("pop3s", "pop3", IMPLICIT),
+    ("pop3", "pop3", STARTTLS),
+    ("submissions", "smtp", IMPLICIT),
+    ("submission", "smtp", STARTTLS),
+)
+
+
+def mail_settings(config: Config, store: AccountStore) -> MailSettings:
+    """What autoconfig, autodiscover and the Apple profile tell clients: the hostname and
+    the port of each client listener that is configured (the first, when several)."""
+    services = tuple(
+        MailService(protocol, config.listen[name][0].port, tls)
+        for name, protocol, tls in CLIENT_SERVICES
+        if config.listen[name]
+    )
+    return MailSettings(config.server.hostname, services, store.is_local_domain)
+
+
+def mta_sts_policy(config: Config) -> bytes:
+    """The MTA-STS policy text from C{[mta_sts]} (RFC 8461 §3.2)."""
+    return mtasts.policy(config.server.hostname, config.mta_sts.mode, config.mta_sts.max_age)
 
 
 def server_tls_context(config: Config) -> tlsmod.ServerTLS:
@@ -451,6 +477,9 @@ class MailServer(MultiService):
                 dmarc_reject=config.inbound.dmarc_reject,
             ),
         }
+        # The HTTP listener (issue 13); other paths mount on self.web_root with putChild.
+        self.web_root = build_site(mail_settings(config, self.store), mta_sts_policy(config))
+        factories["http"] = factories["https"] = web_factory(self.web_root, reactor)
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
         for plain, implicit, make in (
             ("submission", "submissions", submission),

@@ -1,5 +1,9 @@
 """twistd glue: C{twistd -n twistedmail [--config PATH]} (DESIGN §3).
 
+C{[log] format = "json"} replaces twistd's text lines by one JSON object a line
+(L{json_line}), written where twistd would write its lines (C{--logfile}, stdout under
+C{-n}); C{--syslog} keeps its own format.
+
 Every start-up error a user can cause (a bad config key, an unreadable or mismatched
 certificate, a listen address that is in use or not local) stops the start with one line on
 stderr naming the file and the key, and exit status 1 (no traceback).
@@ -7,16 +11,26 @@ stderr naming the file and the key, and exit status 1 (no traceback).
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import pwd
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, globalLogPublisher
-from twisted.python import usage
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    Logger,
+    formatEvent,
+    globalLogPublisher,
+)
+from twisted.python import logfile, usage
+from twisted.python.components import Componentized
 
 from twistedmail.config import Config, ConfigError, load_config
 from twistedmail.dns import quiet_dns_client
@@ -51,6 +65,60 @@ def _where(config: Config) -> str:
     return str(config.source) if config.source else "built-in defaults"
 
 
+FIELD_NAMES = {  # the names our log calls use -> the JSON field
+    "session_id": "session",
+    "peer": "ip",
+    "peer_ip": "ip",
+    "client_ip": "ip",
+    "id": "message_id",
+    "result": "outcome",
+}
+SERVICE_NAMESPACES = ("twistedmail.imap", "twistedmail.pop3")
+_LEGACY_KEYS = {"message", "isError", "system", "time", "format", "why", "failure", "printed"}
+
+
+def json_line(event: LogEvent) -> str:
+    """One log event as one line of JSON: C{time} (UTC, ISO 8601), C{level}, C{namespace},
+    C{text} (the formatted message), then the event's own fields (session, service, ip,
+    user, message_id, outcome, size...) where they are plain values, and C{traceback}
+    for a logged failure.  Never a password: no log call passes one (DESIGN §5.10)."""
+    level = event.get("log_level")
+    when = datetime.datetime.fromtimestamp(event.get("log_time") or 0, datetime.timezone.utc)
+    record: dict[str, Any] = {
+        "time": when.isoformat(timespec="milliseconds"),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "text": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _LEGACY_KEYS or key in record:
+            continue
+        if value is None or isinstance(value, str | int | float | bool):
+            name = FIELD_NAMES.get(key, key)
+            if name not in record or key == name:
+                record[name] = value
+    namespace = record["namespace"]
+    if namespace in SERVICE_NAMESPACES:  # IMAP and POP3 sessions log no service field
+        record.setdefault("service", namespace.rpartition(".")[2])
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+
+
+def json_log_observer(options: usage.Options) -> FileLogObserver | None:
+    """For C{[log] format = "json"}: a L{json_line} observer on the file twistd would log
+    to (C{--logfile PATH}, C{-} or, under C{-n} without it, stdout; else C{twistd.log}),
+    or C{None} under C{--syslog} (syslog keeps its own lines)."""
+    parent = getattr(options, "parent", None) or {}
+    if parent.get("syslog"):
+        return None
+    name = parent.get("logfile")
+    if name == "-" or (not name and parent.get("nodaemon", True)):
+        return FileLogObserver(sys.stdout, json_line)
+    return FileLogObserver(logfile.LogFile.fromFullPath(name or "twistd.log"), json_line)
+
+
 class StartError(Exception):
     """A start-up error after twistd forked into the background (no C{-n})."""
 
@@ -67,11 +135,26 @@ class _StartGuard(MultiService):
     to the log and to twistd's "An error has occurred: ..." on the terminal, exit status 1.
     """
 
-    def __init__(self, config: Config, server: IService, daemon: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server: IService,
+        daemon: bool = False,
+        log_observer: FileLogObserver | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.daemon = daemon
+        self.log_observer = log_observer
         server.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd makes the Application, adds this service to it, then starts logging to the
+        # application's ILogObserver component if it has one (AppLogger.start): so the
+        # JSON observer gets every event, twistd's first lines and the config warnings too.
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def _fail(self, message: str) -> NoReturn:
         if not self.daemon:
@@ -159,4 +242,5 @@ def makeService(options: Options) -> IService:
         _fail(f"{_where(config)}: {key}: {e}")
     parent = getattr(options, "parent", None)
     daemon = parent is not None and not parent.get("nodaemon", True)
-    return _StartGuard(config, server, daemon=daemon)
+    observer = json_log_observer(options) if config.log.format == "json" else None
+    return _StartGuard(config, server, daemon=daemon, log_observer=observer)

@@ -79,22 +79,28 @@ class Server:
         root: Path,
         tls: tuple[Path, Path] | None = None,
         inbound: str = "check_authentication = false\n",
+        web: bool = False,
+        extra_config: str = "",
     ) -> None:
         """@param inbound: the C{[inbound]} section; SPF/DKIM/DMARC checks are off by default
-        so that no test depends on the machine's DNS (test_e2e_inbound_auth turns them on)."""
+        so that no test depends on the machine's DNS (test_e2e_inbound_auth turns them on).
+        @param web: also listen on C{http} and C{https} (the HTTP listener, issue 13).
+        @param extra_config: more TOML sections, appended to the config file."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "twistedmail.toml"
         self.log = root / "twistd.log"
         self.pidfile = root / "twistd.pid"
-        self.ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+        services = (*SERVICES, "http", "https") if web else SERVICES
+        self.ports = dict(zip(services, free_ports(len(services)), strict=True))
         listen = "\n".join(f'{name} = "127.0.0.1:{port}"' for name, port in self.ports.items())
         self.config.write_text(
             f'[server]\nhostname = "mail.example.test"\ndata_dir = "{self.data_dir}"\n\n'
             f'[listen]\n{listen}\n\n[limits]\nmax_message_size = "1MiB"\n'
             + (f'\n[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n' if tls else "")
             + f"\n[inbound]\n{inbound}"
+            + extra_config
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.daemon_pid: int | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import datetime
 import email.utils
 import io
 import quopri
@@ -119,7 +120,9 @@ def parse_internaldate(text: bytes) -> float | None:
 
 
 def parse_search_date(text: bytes) -> tuple[int, int, int] | None:
-    """RFC 3501 §9 date (C{1-Feb-1994}) -> (year, month, day); C{None} when malformed."""
+    """RFC 3501 §9 date (C{1-Feb-1994}) -> (year, month, day); C{None} when malformed or
+    not a day of the calendar (C{31-Feb-2020}, C{0-Jan-2020}: BAD, not a search that matches
+    nothing)."""
     m = re.match(rb"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$", text.strip(b'"'))
     if m is None:
         return None
@@ -127,7 +130,12 @@ def parse_search_date(text: bytes) -> tuple[int, int, int] | None:
         month = [x.lower() for x in MONTHS].index(m.group(2).decode().lower()) + 1
     except ValueError:
         return None
-    return int(m.group(3)), month, int(m.group(1))
+    year, day = int(m.group(3)), int(m.group(1))
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return None
+    return year, month, day
 
 
 # ---------------------------------------------------------------- headers

@@ -982,6 +982,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             recipients=",".join(f"<{r}>" for r in envelope.recipients),
             size=size,
             result=reply.line().decode("ascii"),
+            ip=self.peer_ip,  # for [log] format = "json" (not in the text line)
+            service=self.policy.service,
+            user=self.user,
         )
 
     # -- STARTTLS (RFC 3207) -----------------------------------------------------------

@@ -1,0 +1,118 @@
+"""Tests for twistd glue: the JSON log format (C{[log] format = "json"})."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.application.service import Application, MultiService
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, globalLogPublisher
+from twisted.python import log as legacy
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from twistedmail.config import parse_config
+from twistedmail.dns import quiet_dns_client
+from twistedmail.tap import Options, _StartGuard, json_line, json_log_observer
+
+
+class JSONLogTests(unittest.TestCase):
+    def test_fields(self) -> None:
+        """One line of JSON: time, level, namespace, the text, and the event's fields under
+        common names (session, ip, message_id, outcome)."""
+        line = json_line(
+            {
+                "log_time": 0.25,
+                "log_level": LogLevel.info,
+                "log_namespace": "twistedmail.smtp",
+                "log_format": "session {session_id} message {id} from {peer}: {result}",
+                "session_id": "abc",
+                "id": "abc-1",
+                "peer": "192.0.2.1",
+                "result": "250 2.0.0 ok",
+                "user": "alice@example.org",
+                "size": 12,
+                "log_logger": object(),
+                "opaque": object(),
+            }
+        )
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        self.assertEqual(
+            json.loads(line),
+            {
+                "time": "1970-01-01T00:00:00.250+00:00",
+                "level": "info",
+                "namespace": "twistedmail.smtp",
+                "text": "session abc message abc-1 from 192.0.2.1: 250 2.0.0 ok",
+                "session": "abc",
+                "message_id": "abc-1",
+                "ip": "192.0.2.1",
+                "outcome": "250 2.0.0 ok",
+                "user": "alice@example.org",
+                "size": 12,
+            },
+        )
+
+    def test_imap_service_and_failure(self) -> None:
+        """IMAP/POP3 events get their service from the namespace; a failure its traceback,
+        still on one line."""
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            failure = Failure()
+        record = json.loads(
+            json_line(
+                {
+                    "log_time": 1.0,
+                    "log_level": LogLevel.critical,
+                    "log_namespace": "twistedmail.imap",
+                    "log_format": "imap broke session={session}",
+                    "session": "s1",
+                    "log_failure": failure,
+                }
+            )
+        )
+        self.assertEqual(record["service"], "imap")
+        self.assertEqual(record["level"], "critical")
+        self.assertIn("ZeroDivisionError", record["traceback"])
+
+    def test_observer_in_the_application(self) -> None:
+        """With format json the Application twistd makes gets the JSON observer as its
+        ILogObserver (twistd then logs every event through it); text format: none."""
+        options = Options()
+        options.parent = {"logfile": "-", "nodaemon": True, "syslog": False}  # type: ignore[attr-defined]
+        config = parse_config({"log": {"format": "json"}}, None)
+        observer = json_log_observer(options)
+        assert observer is not None
+        app = Application("twistedmail")
+        _StartGuard(config, MultiService(), log_observer=observer).setServiceParent(app)
+        self.assertIs(app.getComponent(ILogObserver), observer)
+        plain = Application("twistedmail")
+        _StartGuard(config, MultiService()).setServiceParent(plain)
+        self.assertIsNone(plain.getComponent(ILogObserver))
+        options.parent = {"syslog": True}  # type: ignore[attr-defined]
+        self.assertIsNone(json_log_observer(options))
+
+    def test_dns_chatter_filtered_in_json(self) -> None:
+        """quiet_dns_client still drops Twisted's DNS client lines in front of the JSON
+        observer; our lines pass."""
+        out = io.StringIO()
+        options = Options()
+        options.parent = {"logfile": "-", "nodaemon": True}  # type: ignore[attr-defined]
+        observer = json_log_observer(options)
+        assert observer is not None
+        observer._outFile = out  # the file twistd would use; here a buffer
+        publisher = LogPublisher(observer)
+        quiet_dns_client(publisher)
+        globalLogPublisher.addObserver(publisher)
+        try:
+            legacy.msg("DNSDatagramProtocol starting on 40123")
+            legacy.msg("(UDP Port 40123 Closed)")
+            Logger(namespace="twistedmail.smtp", observer=publisher).info(
+                "session {session} hello", session="s2"
+            )
+        finally:
+            globalLogPublisher.removeObserver(publisher)
+        lines = out.getvalue().splitlines()
+        self.assertEqual([json.loads(x)["text"] for x in lines], ["session s2 hello"])
