@@ -53,6 +53,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.smtp, defaults.smtp)
         self.assertEqual(example.tls, defaults.tls)
         self.assertEqual(example.delivery, defaults.delivery)
+        self.assertEqual(example.managesieve, defaults.managesieve)
         self.assertEqual(example.mta_sts, defaults.mta_sts)
         self.assertEqual(example.log, defaults.log)
         self.assertEqual(example.antispam, defaults.antispam)

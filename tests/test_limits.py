@@ -103,6 +103,10 @@ class ConnectionLimitTests(unittest.TestCase):
             b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
         )
         self.assertEqual(refusal_for("submissions", "mail.example.test"), REFUSED)
+        self.assertEqual(  # RFC 5804 §1.3 TRYLATER
+            refusal_for("managesieve", "mail.example.test"),
+            b'BYE (TRYLATER) "Too many connections, try again later"\r\n',
+        )
 
 
 class SessionLimitTests(unittest.TestCase):

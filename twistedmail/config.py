@@ -27,7 +27,7 @@ from twistedmail.sieve.interpret import SieveLimits
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
 DEFAULT_DATA_DIR = "twistedmail-data"
-SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 DEFAULT_LISTEN = {
     "smtp": "0.0.0.0:25",
     "submission": "0.0.0.0:587",
@@ -36,7 +36,9 @@ DEFAULT_LISTEN = {
     "imaps": "0.0.0.0:993",
     "pop3": "0.0.0.0:110",
     "pop3s": "0.0.0.0:995",
+    "managesieve": "0.0.0.0:4190",  # RFC 5804 §1.8
 }
+MAX_SIEVE_SCRIPT_SIZE = 512 * 1024  # twistedmail.sieve.grammar.MAX_SCRIPT_SIZE
 WEB_SERVICES = ("http", "https")
 """The HTTP listener (autoconfig, autodiscover, MTA-STS policy): off unless configured."""
 MTA_STS_MODES = ("enforce", "testing", "none")  # RFC 8461 §3.2
@@ -243,6 +245,21 @@ class DeliveryConfig:
     C{sieve_max_steps}: what a user's Sieve script may cost at delivery."""
 
 
+MANAGESIEVE_SIZES = {"max_script_size": "256KiB", "max_storage": "2MiB"}
+
+
+@attrs.frozen
+class ManageSieveConfig:
+    """C{[managesieve]}: each user's quota on Sieve scripts (RFC 5804 §1.3 QUOTA codes, like
+    Pigeonhole's C{sieve_quota_max_scripts} / C{sieve_quota_max_storage} and
+    C{sieve_max_script_size}) and the session's idle timeout in seconds."""
+
+    max_scripts: int = 20
+    max_script_size: int = 256 * 1024  # octets; at most the Sieve parser's 512 KiB
+    max_storage: int = 2 * 1024 * 1024  # octets of all of a user's scripts
+    idle_timeout: int = 1800  # Pigeonhole: 30 minutes
+
+
 @attrs.frozen
 class MTASTSConfig:
     """C{[mta_sts]}: the policy served at C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt}
@@ -283,6 +300,7 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    managesieve: ManageSieveConfig = ManageSieveConfig()
     mta_sts: MTASTSConfig = MTASTSConfig()
     log: LogConfig = LogConfig()
     antispam: AntispamConfig = AntispamConfig()
@@ -491,6 +509,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     r = _Reader(source)
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
+    known.add("managesieve")
     known.update(("mta_sts", "log"))
     known.add("antispam")
     known.add("metrics")
@@ -720,6 +739,22 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             raise r.fail(f"[delivery] {sieve_key}", f"must be a whole number from 1 to {MAX_COUNT}")
         sieve_counts[field] = value
 
+    managesieve = r.section(
+        data, "managesieve", {"max_scripts", "idle_timeout", *MANAGESIEVE_SIZES}
+    )
+    sieve_sizes = {}
+    for name, default in MANAGESIEVE_SIZES.items():
+        try:
+            sieve_sizes[name] = parse_size(managesieve.get(name, default))
+        except ValueError as e:
+            raise r.fail(f"[managesieve] {name}", str(e)) from None
+    if sieve_sizes["max_script_size"] > MAX_SIEVE_SCRIPT_SIZE:
+        raise r.fail("[managesieve] max_script_size", "must be at most 512KiB")
+    managesieve_config = ManageSieveConfig(
+        max_scripts=_positive_int(r, managesieve, "managesieve", "max_scripts", 20),
+        idle_timeout=_positive_int(r, managesieve, "managesieve", "idle_timeout", 1800),
+        **sieve_sizes,
+    )
     mta_sts = r.section(data, "mta_sts", {"mode", "max_age"})
     mta_sts_mode = mta_sts.get("mode", "testing")
     if mta_sts_mode not in MTA_STS_MODES:
@@ -773,6 +808,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             plus_folder=plus_folder,
             sieve=SieveLimits(max_script_size=sieve_size, **sieve_counts),
         ),
+        managesieve=managesieve_config,
         mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
         log=LogConfig(format=log_format),
         antispam=antispam,

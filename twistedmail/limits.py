@@ -56,11 +56,13 @@ FIN) before it is aborted."""
 
 def refusal_for(service: str, hostname: str) -> bytes:
     """The line a refused client gets, by service name (C{smtp}, C{submission},
-    C{submissions}, C{imap}, C{imaps}, C{pop3}, C{pop3s}), CRLF-terminated."""
+    C{submissions}, C{imap}, C{imaps}, C{pop3}, C{pop3s}, C{managesieve}), CRLF-terminated."""
     if service.startswith("imap"):
         return b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
     if service.startswith("pop3"):
         return b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+    if service == "managesieve":  # RFC 5804 §1.3 TRYLATER
+        return b'BYE (TRYLATER) "Too many connections, try again later"\r\n'
     if service.startswith("http") or service == "metrics":
         return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     # RFC 5321 §4.2: the greeting (here a 421 in its place) starts with our domain.

@@ -2,9 +2,9 @@
 
 Listeners (DESIGN §1): SMTP 25 (STARTTLS), submission 587 (STARTTLS) and 465 (implicit TLS,
 RFC 8314 §3.3), IMAP 143 (STARTTLS) and 993 (implicit TLS), POP3 110 (STLS) and 995
-(implicit TLS).  All of them share one account store, one password checker (one
-twisted.cred portal for the logins), one Maildir tree and one change notifier, so a
-delivery on 25 is pushed at once to an IMAP session in IDLE.
+(implicit TLS), ManageSieve 4190 (STARTTLS, RFC 5804).  All of them share one account store,
+one password checker (one twisted.cred portal for the logins), one Maildir tree and one change
+notifier, so a delivery on 25 is pushed at once to an IMAP session in IDLE.
 
 Outbound: one durable queue (L{twistedmail.smtp.queue}) in C{DATA_DIR/queue/}, fed by
 submission (remote recipients) and by port 25 (aliases forwarding to remote addresses),
@@ -81,6 +81,8 @@ from twistedmail.maildir import (
     clean_tmp,
     mailbox_root,
 )
+from twistedmail.managesieve import ISieveUser, ManageSieveFactory, SieveUser
+from twistedmail.managesieve import Limits as SieveLimits
 from twistedmail.metrics import Metrics, ServerState, metrics_resource
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker, usage_by_domain
@@ -503,6 +505,9 @@ class MailServer(MultiService):
                 pop3.IMailbox: lambda address: MaildirPOP3Mailbox(
                     mailbox_root(self.mail_dir, address), run_in_thread, self.notifier
                 ),
+                ISieveUser: lambda address: SieveUser(
+                    address, mailbox_root(self.mail_dir, address)
+                ),
             }
         )
         self.portal = Portal(realm, [checker])
@@ -579,6 +584,19 @@ class MailServer(MultiService):
         ):
             factories[plain] = make(tls=self.tls_context, implicit_tls=False)
             factories[implicit] = make(tls=None, implicit_tls=True)
+        sieve = config.managesieve
+        factories["managesieve"] = ManageSieveFactory(  # RFC 5804: STARTTLS on 4190
+            portal=self.portal,
+            tls=self.tls_context,
+            clock=reactor,
+            run_in_thread=run_in_thread,
+            limits=SieveLimits(
+                max_scripts=sieve.max_scripts,
+                max_script_size=sieve.max_script_size,
+                max_storage=sieve.max_storage,
+                idle_timeout=sieve.idle_timeout,
+            ),
+        )
         for name, factory in factories.items():
             if isinstance(factory, SMTPServerFactory):
                 factory.metrics = self.metrics

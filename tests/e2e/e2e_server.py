@@ -20,7 +20,7 @@ from pathlib import Path
 from twistedmail.testing import create_test_ca
 
 BIN = Path(sys.executable).parent
-SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 PASSWORDS = {
     "alice@example.test": "alice-secret-1",
     "bob@example.test": "bob-secret-2",
