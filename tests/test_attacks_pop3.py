@@ -11,12 +11,9 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.mail import pop3 as tpop3
@@ -27,27 +24,12 @@ from twisted.trial import unittest
 from twistedmail.auth import MailRealm
 from twistedmail.maildir import make_maildir, write_durably
 from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
+from twistedmail.testing import TLSStringTransport, pump, run_now
 
 USER = b"alice@example.test"
 PASSWORD = b"secret"
 CHUNK = FileSender.CHUNK_SIZE  # 16384: where stock Twisted lost the stuffing
 INJECTED = b".\r\n+OK fake response injected by message content\r\n"
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
-
-
-class TLSStringTransport(StringTransport):
-    tls_context: Any = None
-
-    def startTLS(self, context: Any) -> None:
-        self.tls_context = context
-
-
-def pump(transport: StringTransport) -> None:
-    while transport.producer is not None:
-        transport.producer.resumeProducing()
 
 
 def stuffed(message: bytes) -> bytes:

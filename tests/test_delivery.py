@@ -15,6 +15,7 @@ from twistedmail.address import Mailbox
 from twistedmail.delivery import Delivered, LocalDelivery, return_path_header
 from twistedmail.maildir import ChangeNotifier, Folder
 from twistedmail.quota import QuotaExceeded, QuotaTracker
+from twistedmail.testing import run_now
 
 M = Mailbox.parse
 MESSAGE = (
@@ -25,10 +26,6 @@ MESSAGE = (
     b"line one\r\n"
     b".leading dot kept as received\r\n"
 )
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
 
 
 class DeliveryTests(unittest.TestCase):

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.trial import unittest
 
 from twistedmail.imap.account import MailboxError, MaildirAccount
 from twistedmail.maildir import ChangeNotifier, UserMaildir
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return maybeDeferred(f, *args)
+from twistedmail.testing import run_now
 
 
 class AccountTests(unittest.TestCase):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.trial import unittest
 
@@ -18,10 +18,7 @@ from twistedmail.imap.message import (
     split_message,
 )
 from twistedmail.maildir import ChangeNotifier, Folder, make_maildir, write_durably
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return maybeDeferred(f, *args)
+from twistedmail.testing import run_now
 
 
 class Recorder:

@@ -10,17 +10,15 @@ from typing import Any
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from twistedmail.auth import MailRealm
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPServer, imap_factory
 from twistedmail.maildir import ChangeNotifier, Folder, UserMaildir, make_maildir, write_durably
+from twistedmail.testing import TLSStringTransport, run_now
 
 USER = "alice@example.test"
 PASSWORD = b"correct horse"
@@ -43,11 +41,6 @@ EXTENSIONS = (
 AFTER_LOGIN = b" COMPRESS=DEFLATE"  # RFC 4978: offered once logged in
 
 
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    """A synchronous stand-in for deferToThread."""
-    return maybeDeferred(f, *args)
-
-
 class HeldThreads:
     """A run_in_thread fake whose calls wait until L{release} (for ordering tests)."""
 
@@ -67,16 +60,6 @@ class HeldThreads:
         while self.calls:
             d, f, args = self.calls.pop(0)
             maybeDeferred(f, *args).chainDeferred(d)
-
-
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that records STARTTLS."""
-
-    tls_context: object = None
-
-    def startTLS(self, contextFactory: object) -> None:
-        self.tls_context = contextFactory
 
 
 def make_mailroot(base: Path) -> Path:

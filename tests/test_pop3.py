@@ -36,32 +36,13 @@ from twistedmail.pop3 import (
     pop3_factory,
     uidl_for,
 )
+from twistedmail.testing import TLSStringTransport, pump, run_now
 
 USER = b"alice@example.test"
 PASSWORD = b"secret pass"
 MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\nbye\r\n"
 MSG2 = b"From: b@example.test\r\nSubject: two\r\n\r\nline 1\r\nline 2\r\nline 3\r\n"
 TLS_CONTEXT: Any = object()  # a stand-in: StringTransport only records it
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    """A RunInThread that runs synchronously (tests only)."""
-    return defer.maybeDeferred(f, *args)
-
-
-class TLSStringTransport(StringTransport):
-    """A StringTransport that records startTLS."""
-
-    tls_context: Any = None
-
-    def startTLS(self, context: Any) -> None:
-        self.tls_context = context
-
-
-def pump(transport: StringTransport) -> None:
-    """Let a registered pull producer (RETR/TOP FileSender) run to the end."""
-    while transport.producer is not None:
-        transport.producer.resumeProducing()
 
 
 class DeferredChecker:

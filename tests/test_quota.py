@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from twistedmail.accounts import AccountStore, Quota
@@ -21,13 +21,10 @@ from twistedmail.quota import (
     exceeded,
     full,
 )
+from twistedmail.testing import run_now
 
 OLD = 1_700_000_000.0  # a directory mtime long before NOW
 NOW = OLD + 3600
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return maybeDeferred(f, *args)
 
 
 def age(*dirs: Path, mtime: float = OLD) -> None:

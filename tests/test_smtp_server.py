@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.cred.portal import Portal
-from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
@@ -35,6 +32,8 @@ from twistedmail.smtp.server import (
     SMTPSession,
     received_header,
 )
+from twistedmail.testing import TLSStringTransport, run_now
+from twistedmail.testing import sasl_plain as plain
 
 HOST = "mail.example.test"
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -45,24 +44,6 @@ TLS_CONTEXT: Any = object()  # a stand-in: the fake transport only records it
 
 
 # -- harness shared by the SMTP test modules -------------------------------------------
-
-
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that can "start TLS": it records the context and what had been
-    written before (so tests can check that nothing leaked after the 220)."""
-
-    tls_context: Any = None
-    written_before_tls: bytes | None = None
-
-    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
-        self.tls_context = contextFactory
-        self.written_before_tls = self.value()
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    """A synchronous C{RunInThread} for tests."""
-    return defer.maybeDeferred(f, *args)
 
 
 class Mailhost:
@@ -106,10 +87,6 @@ def talk(proto: SMTPSession, transport: StringTransport, data: bytes) -> bytes:
     transport.clear()
     proto.dataReceived(data)
     return transport.value()
-
-
-def plain(user: str, password: str, authzid: str = "") -> bytes:
-    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode())
 
 
 def b64(text: str) -> bytes:

@@ -4,24 +4,19 @@ with each protocol's temporary error; other IPs unaffected."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
-from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.mail import imap4
 from twisted.mail import pop3 as tpop3
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from twistedmail import passwords
 from twistedmail.accounts import AccountStore
@@ -32,16 +27,14 @@ from twistedmail.imap.server import IMAPServer
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
 from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import TLSStringTransport, run_now
+from twistedmail.testing import sasl_plain as plain
 from twistedmail.throttle import Block, LoginThrottle, ThrottlePolicy, ip_key, parse_networks
 
 ALICE = "alice@example.test"
 PASSWORD = "alice-pw"
 ATTACKER = "203.0.113.66"
 FRIEND = "198.51.100.7"
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.succeed(f(*args))
 
 
 class ThrottleUnitTests(unittest.TestCase):
@@ -301,18 +294,8 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), ALICE)
 
 
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    def startTLS(self, contextFactory: object) -> None:
-        pass
-
-
 def transport_from(ip: str) -> TLSStringTransport:
     return TLSStringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
-
-
-def plain(user: str, password: str) -> bytes:
-    return base64.b64encode(f"\0{user}\0{password}".encode())
 
 
 class ProtocolTests(unittest.TestCase):

@@ -1,4 +1,5 @@
-"""Fakes shipped for tests of outbound delivery: a DNS resolver, a DNS zone, a remote MTA.
+"""Fakes shipped for tests: a DNS resolver, a DNS zone, a remote MTA, and the in-process
+protocol harness (a synchronous thread runner, a transport that can start TLS).
 
   - L{FakeResolver}: an C{IResolver} answering MX/A/AAAA/TXT from dicts, with NXDOMAIN,
     SERVFAIL and timeouts on demand (unit tests of L{twistedmail.dns}, no sockets);
@@ -8,7 +9,9 @@
     scripted (250/451/550 per recipient, per attempt) and records every transaction; with
     STARTTLS or implicit TLS and AUTH PLAIN/LOGIN when asked (to stand in for a smarthost);
   - L{create_test_ca}: a throw-away CA and a server certificate it signed, for tests of
-    certificate verification.
+    certificate verification;
+  - L{run_now}, L{TLSStringTransport}, L{pump}, L{sasl_plain}: what the unit tests of the
+    SMTP, IMAP and POP3 sessions drive a protocol over (StringTransport, no threads).
 
 Nothing here is used by the server itself.
 """
@@ -31,10 +34,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.testing import StringTransport
 from twisted.names import authority, common, dns
 from twisted.names import error as dns_error
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 # -- DNS ---------------------------------------------------------------------------------
 
@@ -491,3 +496,36 @@ def create_test_ca(
         )
     )
     return ca_path, cert_path, key_path
+
+
+# -- in-process protocol harness ----------------------------------------------------------
+
+
+def run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """A C{run_in_thread} that runs C{f} at once on the calling thread (tests only): its
+    result, or its exception as a failed Deferred."""
+    return defer.maybeDeferred(f, *args)
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """A StringTransport that can "start TLS": it records the context factory, and what had
+    been written before (so a test can check that nothing leaked after the go-ahead reply)."""
+
+    tls_context: Any = None
+    written_before_tls: bytes | None = None
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.tls_context = contextFactory
+        self.written_before_tls = self.value()
+
+
+def pump(transport: StringTransport) -> None:
+    """Let a registered pull producer (a FileSender of POP3 RETR/TOP) run to its end."""
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+
+
+def sasl_plain(user: str, password: str, authzid: str = "") -> bytes:
+    """The base64 SASL PLAIN initial response (RFC 4616 §2): authzid NUL authcid NUL passwd."""
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode())
