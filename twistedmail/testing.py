@@ -11,7 +11,9 @@ protocol harness (a synchronous thread runner, a transport that can start TLS).
   - L{create_test_ca}: a throw-away CA and a server certificate it signed, for tests of
     certificate verification;
   - L{run_now}, L{TLSStringTransport}, L{pump}, L{sasl_plain}: what the unit tests of the
-    SMTP, IMAP and POP3 sessions drive a protocol over (StringTransport, no threads).
+    SMTP, IMAP and POP3 sessions drive a protocol over (StringTransport, no threads);
+  - L{SynchronousReactor}: a MemoryReactorClock whose thread pool runs each call at once,
+    so a whole L{twistedmail.service.MailServer} can be built and driven in process.
 
 Nothing here is used by the server itself.
 """
@@ -34,7 +36,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.names import authority, common, dns
 from twisted.names import error as dns_error
 from twisted.protocols.basic import LineReceiver
@@ -508,7 +510,7 @@ def run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
 
 
 @implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
+class TLSStringTransport(StringTransport):  # type: ignore[misc]  # no TCP options to fake
     """A StringTransport that can "start TLS": it records the context factory, and what had
     been written before (so a test can check that nothing leaked after the go-ahead reply)."""
 
@@ -529,3 +531,33 @@ def pump(transport: StringTransport) -> None:
 def sasl_plain(user: str, password: str, authzid: str = "") -> bytes:
     """The base64 SASL PLAIN initial response (RFC 4616 §2): authzid NUL authcid NUL passwd."""
     return base64.b64encode(f"{authzid}\0{user}\0{password}".encode())
+
+
+class _SynchronousPool:
+    """The part of a ThreadPool that C{deferToThreadPool} uses, running C{f} on the caller."""
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], object], f: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class SynchronousReactor(MemoryReactorClock):
+    """A MemoryReactorClock whose C{getThreadPool()} runs work at once and whose
+    C{callFromThread} calls at once: what the server hands to its thread pool (Maildir and
+    account store I/O) completes before the call returns.  No sockets, no threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = _SynchronousPool()
+
+    def getThreadPool(self) -> Any:
+        return self._pool
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
