@@ -44,6 +44,8 @@ class ThrottleUnitTests(unittest.TestCase):
         self.throttle = LoginThrottle(self.clock)
 
     def test_delays_grow_then_cap(self) -> None:
+        """Each failure from an IP for an account doubles the delay before the next answer (0, 1,
+        2, 4, 8 s), capped at 16 s, without blocking yet."""
         delays = []
         for _ in range(9):
             delays.append(self.throttle.delay_for(ATTACKER, ALICE))
@@ -152,6 +154,7 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked("192.0.2.200", ALICE))
 
     def test_failures_expire_after_the_window(self) -> None:
+        """Failures older than the window (600 s) no longer count: no delay, no block."""
         for _ in range(9):
             self.throttle.failed(ATTACKER, ALICE)
         self.clock.advance(600)
@@ -171,12 +174,15 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertEqual(self.throttle.delay_for(FRIEND, "bob@example.test"), 1)
 
     def test_success_does_not_lift_a_block(self) -> None:
+        """A correct password does not lift a block already in place."""
         for _ in range(10):
             self.throttle.failed(ATTACKER, ALICE)
         self.throttle.succeeded(ATTACKER, ALICE)
         self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))
 
     def test_distributed_guessing_blocks_the_account_except_for_known_ips(self) -> None:
+        """Failures for one account from many IPs block it for new IPs, not for an IP it logged
+        in from, and not other accounts."""
         self.throttle.succeeded(FRIEND, ALICE)
         for i in range(30):
             self.throttle.failed(f"192.0.2.{i}", ALICE)
@@ -185,6 +191,8 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked("192.0.2.200", "bob@example.test"))
 
     def test_ipv6_counts_by_slash_64(self) -> None:
+        """IPv6 failures count per /64 (an IPv4-mapped address as IPv4), so another /64 is not
+        blocked."""
         self.assertEqual(ip_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64")
         self.assertEqual(ip_key("::ffff:192.0.2.1"), "192.0.2.1")
         self.assertEqual(ip_key("unknown"), "unknown")
@@ -194,6 +202,7 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked("2001:db8:1:3::1", ALICE))
 
     def test_memory_is_bounded(self) -> None:
+        """The failure tables keep at most max_entries entries."""
         throttle = LoginThrottle(self.clock, ThrottlePolicy(max_entries=100))
         for i in range(1000):
             throttle.failed(f"10.0.{i // 256}.{i % 256}", f"user{i}@example.test")
@@ -201,6 +210,7 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertLessEqual(len(throttle._account_failures), 100)
 
     def test_admit_waits_on_the_clock(self) -> None:
+        """admit waits the current delay (2 s after two failures) on the clock before it returns."""
         self.throttle.failed(ATTACKER, ALICE)
         self.throttle.failed(ATTACKER, ALICE)
         d = defer.Deferred.fromCoroutine(self.throttle.admit(ATTACKER, ALICE))
@@ -259,6 +269,8 @@ class CheckerTests(unittest.TestCase):
         )
 
     def test_failure_delays_the_next_answer_from_that_ip(self) -> None:
+        """After a failure the checker answers that IP's next login after the delay; another IP
+        is answered at once."""
         self.failureResultOf(self.login(ATTACKER, "wrong"), UnauthorizedLogin)
         d = self.login(ATTACKER)
         self.assertNoResult(d)
@@ -268,6 +280,7 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
 
     def test_blocked_ip_is_refused_without_a_password_check(self) -> None:
+        """A blocked IP gets LoginBlocked even with the right password; another IP logs in."""
         self.world.fail_until_blocked(self)
         self.failureResultOf(self.login(ATTACKER), LoginBlocked)  # even the right password
         self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
@@ -357,6 +370,7 @@ class ProtocolTests(unittest.TestCase):
         return out
 
     def test_smtp_auth(self) -> None:
+        """RFC 4954: a blocked IP's AUTH gets 454 4.7.0 (temporary) and a failed login is logged."""
         auth = b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n"
         self.world.fail_until_blocked(self)
         with capturedLogs() as events:
@@ -371,6 +385,8 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(self.smtp(FRIEND, auth), b"235 2.7.0 Authentication successful\r\n")
 
     def test_smtp_answer_waits_for_the_delay(self) -> None:
+        """The SMTP AUTH answer to a throttled IP comes only after the delay has passed on the
+        clock."""
         self.world.throttle.failed(ATTACKER, ALICE)
         self.world.throttle.failed(ATTACKER, ALICE)
         factory = submission_factory(
@@ -399,6 +415,7 @@ class ProtocolTests(unittest.TestCase):
         proto.connectionLost(Failure(ConnectionError("done")))
 
     def test_imap_login(self) -> None:
+        """RFC 5530: a blocked IP's LOGIN and AUTHENTICATE get NO [UNAVAILABLE]."""
         login = b"a LOGIN alice@example.test alice-pw\r\n"
         self.world.fail_until_blocked(self)
         self.assertEqual(
@@ -412,6 +429,7 @@ class ProtocolTests(unittest.TestCase):
         self.assertTrue(self.imap(FRIEND, login).startswith(b"a OK [CAPABILITY IMAP4rev1 "))
 
     def test_pop3_user_pass_and_auth(self) -> None:
+        """RFC 3206: a blocked IP's PASS and AUTH get -ERR [SYS/TEMP]."""
         self.world.fail_until_blocked(self)
         self.assertEqual(
             self.pop3(ATTACKER, b"USER alice@example.test\r\nPASS alice-pw\r\n"),
@@ -498,6 +516,8 @@ class SnapshotTests(unittest.TestCase):
         )
 
     def test_expired_state_is_left_out(self) -> None:
+        """A snapshot leaves out failures and blocks that have expired; a restart from it blocks
+        nobody."""
         for _ in range(3):
             self.throttle.failed(ATTACKER, ALICE)
         self.clock.advance(self.policy.block_time + 1)
@@ -508,6 +528,8 @@ class SnapshotTests(unittest.TestCase):
         self.assertFalse(self.restarted(state).blocked(ATTACKER, ALICE))
 
     def test_malformed(self) -> None:
+        """restore raises ValueError on a malformed or wrong-version snapshot and keeps the state
+        it had."""
         for _ in range(3):
             self.throttle.failed(ATTACKER, ALICE)
         good = self.throttle.snapshot()
