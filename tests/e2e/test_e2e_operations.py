@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca
+from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca, running
 
 ALICE = "alice@example.test"
 
@@ -97,13 +97,8 @@ def tls_server(tmp_path: Path) -> Iterator[Server]:
     live.mkdir()
     install(cert, key, live / "fullchain.pem", live / "privkey.pem")
     srv = Server(tmp_path / "srv", tls=(live / "fullchain.pem", live / "privkey.pem"))
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_sighup_reloads_certificate_keeping_open_sessions(

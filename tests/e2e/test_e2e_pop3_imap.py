@@ -12,19 +12,9 @@ import time
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, deliver
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
-
-
-def deliver(server: Server, to: str, subject: str, body: bytes = b"body line\r\n") -> bytes:
-    msg = (
-        b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (to.encode(), subject.encode())
-        + body
-    )
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
-        s.sendmail("x@elsewhere.test", [to], msg)
-    return msg
 
 
 def test_imap_starttls_login_and_read(server: Server) -> None:

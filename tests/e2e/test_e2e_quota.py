@@ -8,7 +8,7 @@ import smtplib
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, imap_client
 
 from twistedmail.cli import format_size
 
@@ -34,14 +34,6 @@ def used(server: Server, address: str) -> int:
         if (folder / sub).is_dir()
         for f in (folder / sub).iterdir()
     )
-
-
-def connect(server: Server, user: str = ALICE) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
-    )
-    c.login(user, PASSWORDS[user])
-    return c
 
 
 def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Server) -> None:
@@ -80,7 +72,7 @@ def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Serve
 
     # IMAP: the figures are the octets on disk in KiB (RFC 9208 §5.1).
     on_disk = used(server, ALICE)
-    with connect(server) as c:
+    with imap_client(server) as c:
         assert b"QUOTA" in c.capabilities() and b"QUOTA=RES-STORAGE" in c.capabilities()
         roots, quotas = c.get_quota_root("INBOX")
         assert roots.quota_roots == [""]
@@ -135,7 +127,7 @@ def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Serve
     assert server.cli("user", "quota", ALICE, "none").stdout == (
         f"quota of {ALICE}: storage unlimited, messages unlimited\n"
     )
-    with connect(server) as c:
+    with imap_client(server) as c:
         roots, quotas = c.get_quota_root("INBOX")
         assert (roots.quota_roots, quotas) == ([], [])
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:

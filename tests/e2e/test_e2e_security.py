@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, running
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTER = ROOT / "etc" / "fail2ban" / "filter.d" / "twistedmail.conf"
@@ -261,13 +261,8 @@ def strict_server(tmp_path: Path) -> Iterator[Server]:
             "[limits]\nlogin_block_after = 3\nmax_connections_per_ip = 3\n",
         )
     )
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 def can_bind(ip: str) -> bool:
