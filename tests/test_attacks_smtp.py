@@ -24,9 +24,8 @@ from twisted.cred.portal import Portal
 from twisted.trial import unittest
 
 from twistedmail.auth import MailRealm, PasswordChecker
-from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import MAX_LINE_LENGTH, SMTPSession
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, submission_for
 
 SENT_UP_TO_DATA = (
     b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -43,14 +42,7 @@ class AttackTestCase(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def inbound(self, max_message_size: int = 1 << 20) -> tuple[SMTPSession, Any]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=max_message_size,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, max_message_size=max_message_size)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr
@@ -58,15 +50,12 @@ class AttackTestCase(unittest.TestCase):
     def submission(
         self, implicit_tls: bool, portal: Portal | None = None
     ) -> tuple[SMTPSession, Any]:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
+        factory = submission_for(
+            self.host,
             portal=portal or self.host.portal,
             tls=TLS_CONTEXT,
             implicit_tls=implicit_tls,
             max_message_size=1 << 20,
-            clock=self.host.clock,
         )
         return connect(factory)
 
@@ -304,14 +293,7 @@ class CommandGapTests(AttackTestCase):
     def test_mail_before_ehlo(self) -> None:
         """RFC 5321 §4.1.4: a transaction before EHLO on port 25 is 503 5.5.1 Send HELO/EHLO
         first."""
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=None,
-            max_message_size=1000,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, max_message_size=1000)
         proto, tr = connect(factory)
         self.assertEqual(
             talk(proto, tr, OPEN_TRANSACTION),

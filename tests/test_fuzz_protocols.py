@@ -16,7 +16,7 @@ from test_smtp_server import TLS_CONTEXT, Mailhost, connect
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.testing import inbound_for
 
 FUZZ = settings(
     max_examples=200,
@@ -94,14 +94,7 @@ class SMTPFuzzTests(unittest.TestCase):
     def test_command_lines(self, lines: list[bytes], crlf_only: bool) -> None:
         host = self.host
         failures = Failures(self)
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=host.store,
-            delivery=host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=10000,
-            clock=host.clock,
-        )
+        factory = inbound_for(host, tls=TLS_CONTEXT)
         proto, transport = connect(factory)
         sep = b"\r\n" if crlf_only else b"\n"
         proto.dataReceived(sep.join(lines) + b"\r\n")

@@ -26,7 +26,7 @@ from twistedmail.imap.server import imap_factory
 from twistedmail.limits import CLOSE_GRACE, ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir
 from twistedmail.pop3 import pop3_factory
-from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.testing import inbound_for
 
 
 class Echo(Protocol):
@@ -118,14 +118,7 @@ class SessionLimitTests(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def smtp(self, **limits: int) -> Any:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=10000,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT)
         for name, value in limits.items():
             setattr(factory, name, value)
         return connect(factory)

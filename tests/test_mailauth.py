@@ -28,8 +28,7 @@ from twistedmail.mailauth import (
     parse_dmarc_record,
     remove_authentication_results,
 )
-from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.testing import SERVFAIL, TIMEOUT, FakeResolver
+from twistedmail.testing import SERVFAIL, TIMEOUT, FakeResolver, inbound_for
 
 IP = "192.0.2.7"  # the test peer (test_smtp_server.PEER)
 
@@ -462,13 +461,10 @@ class InboundHookTests(unittest.TestCase):
     def send(
         self, data: bytes, dmarc_reject: bool = False, mail_from: str = "a@sender.test"
     ) -> tuple[Any, bytes]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
+        factory = inbound_for(
+            self.host,
             tls=TLS_CONTEXT,
             max_message_size=100000,
-            clock=self.host.clock,
             authenticator=Authenticator(zone(), self.host.clock, run_now),
             dmarc_reject=dmarc_reject,
         )

@@ -10,8 +10,8 @@ from typing import Any
 from test_smtp_server import TLS_CONTEXT, Mailhost, connect, talk
 from twisted.trial import unittest
 
-from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import SMTPSession
+from twistedmail.testing import inbound_for
 
 SENT_UP_TO_DATA = (
     b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -31,14 +31,7 @@ class DataTestCase(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def session(self, **settings: Any) -> tuple[SMTPSession, Any]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=1 << 20,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, max_message_size=1 << 20)
         for name, value in settings.items():
             setattr(factory, name, value)
         proto, tr = connect(factory)

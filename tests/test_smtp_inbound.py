@@ -24,6 +24,7 @@ from twistedmail.maildir import ChangeNotifier
 from twistedmail.passwords import hash_password
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import SMTPSession
+from twistedmail.testing import inbound_for
 
 BODY = b"From: x@elsewhere.test\r\nSubject: hello\r\n\r\nHi\r\n..dot\r\n"
 BODY_STORED = b"From: x@elsewhere.test\r\nSubject: hello\r\n\r\nHi\r\n.dot\r\n"
@@ -59,16 +60,7 @@ class InboundTests(unittest.TestCase):
 
     def test_ehlo_offers_starttls_never_auth(self) -> None:
         """Port 25 offers STARTTLS and never AUTH, before or after TLS; AUTH is 502 5.5.1."""
-        proto, tr = connect(
-            inbound_factory(
-                hostname="mail.example.test",
-                store=self.host.store,
-                delivery=self.host.delivery,
-                tls=TLS_CONTEXT,
-                max_message_size=10000,
-                clock=self.host.clock,
-            )
-        )
+        proto, tr = connect(inbound_for(self.host, tls=TLS_CONTEXT))
         ehlo = (
             b"250-mail.example.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n"
             b"250-ENHANCEDSTATUSCODES\r\n"

@@ -17,8 +17,7 @@ from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import ChangeNotifier
 from twistedmail.quota import QuotaTracker
 from twistedmail.reply import Reply
-from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, submission_for
 
 BODY = b"Subject: hi\r\n\r\n" + b"x" * 500 + b"\r\n"
 FULL = b"552 5.2.2 Mailbox full\r\n"
@@ -53,15 +52,7 @@ class QuotaPolicyTests(unittest.TestCase):
         self.relay = BouncingRelay()
 
     def inbound(self) -> tuple[object, object]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr
@@ -111,17 +102,7 @@ class QuotaPolicyTests(unittest.TestCase):
         """On 587 too; a remote recipient is queued even when the local one has no room."""
         self.host.store.set_quota("bob@example.test", Quota(messages=1))
         self.send(["bob@example.test"])
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=TLS_CONTEXT,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = submission_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\nAUTH PLAIN " + ALICE + b"\r\n")
         self.assertEqual(

@@ -10,8 +10,7 @@ from test_smtp_server import TLS_CONTEXT, Mailhost, connect, plain, talk
 from twisted.trial import unittest
 
 from twistedmail.address import Mailbox
-from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, submission_for
 
 ALICE = plain("alice@example.test", "alice-pw")
 BODY = b"Subject: hi\r\n\r\n.dot line\r\n"
@@ -39,17 +38,7 @@ class RelayPolicyTests(unittest.TestCase):
         self.relay = FakeRelay()
 
     def submission(self) -> tuple[object, object]:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=TLS_CONTEXT,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = submission_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\n")
         self.assertEqual(
@@ -91,15 +80,7 @@ class RelayPolicyTests(unittest.TestCase):
         self.assertTrue(out.endswith(b"\r\n452 4.3.1 Insufficient system storage\r\n"), out)
 
     def test_port_25_forwarding_alias_queues_the_remote_part(self) -> None:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=None,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = inbound_for(self.host, relay=self.relay)
         proto, tr = connect(factory)
         out = talk(
             proto,

@@ -18,7 +18,7 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from twistedmail.smtp.server import SMTPSession
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import submission_for
 
 EHLO_TLS = (
     b"250-mail.example.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n"
@@ -33,16 +33,7 @@ class SubmissionTestCase(unittest.TestCase):
         self.host.store.add_alias("sales@example.test", ["alice@example.test"])
 
     def connect(self, implicit_tls: bool = True) -> tuple[SMTPSession, Any]:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=TLS_CONTEXT,
-            implicit_tls=implicit_tls,
-            max_message_size=10000,
-            clock=self.host.clock,
-        )
+        factory = submission_for(self.host, tls=TLS_CONTEXT, implicit_tls=implicit_tls)
         return connect(factory)
 
     def ready(self) -> tuple[SMTPSession, Any]:
@@ -406,17 +397,7 @@ class FromHeaderTests(SubmissionTestCase):
 
     def test_check_can_be_disabled(self) -> None:
         """[submission] check_from_header = false: a From: of another address is accepted."""
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=TLS_CONTEXT,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.host.clock,
-            check_from_header=False,
-        )
+        factory = submission_for(self.host, tls=TLS_CONTEXT, check_from_header=False)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\nAUTH PLAIN " + ALICE + b"\r\n")
         out = talk(

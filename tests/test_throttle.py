@@ -26,8 +26,7 @@ from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPServer
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
-from twistedmail.smtp.submission import submission_factory
-from twistedmail.testing import TLSStringTransport, run_now
+from twistedmail.testing import TLSStringTransport, run_now, submission_for
 from twistedmail.testing import sasl_plain as plain
 from twistedmail.throttle import Block, LoginThrottle, ThrottlePolicy, ip_key, parse_networks
 
@@ -318,16 +317,7 @@ class ProtocolTests(unittest.TestCase):
         self.world = World(self)
 
     def smtp(self, ip: str, line: bytes) -> bytes:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.world.store,
-            delivery=self.world.delivery,
-            portal=self.world.portal,
-            tls=None,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.world.clock,
-        )
+        factory = submission_for(self.world)
         proto = factory.buildProtocol(None)
         transport = transport_from(ip)
         proto.makeConnection(transport)
@@ -389,16 +379,7 @@ class ProtocolTests(unittest.TestCase):
         clock."""
         self.world.throttle.failed(ATTACKER, ALICE)
         self.world.throttle.failed(ATTACKER, ALICE)
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.world.store,
-            delivery=self.world.delivery,
-            portal=self.world.portal,
-            tls=None,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.world.clock,
-        )
+        factory = submission_for(self.world)
         proto = factory.buildProtocol(None)
         transport = transport_from(ATTACKER)
         proto.makeConnection(transport)

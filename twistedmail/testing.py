@@ -13,7 +13,8 @@ protocol harness (a synchronous thread runner, a transport that can start TLS).
   - L{run_now}, L{TLSStringTransport}, L{pump}, L{sasl_plain}: what the unit tests of the
     SMTP, IMAP and POP3 sessions drive a protocol over (StringTransport, no threads);
   - L{SynchronousReactor}: a MemoryReactorClock whose thread pool runs each call at once,
-    so a whole L{twistedmail.service.MailServer} can be built and driven in process.
+    so a whole L{twistedmail.service.MailServer} can be built and driven in process;
+  - L{inbound_for}, L{submission_for}: the port 25 and 587/465 factories for a test host.
 
 Nothing here is used by the server itself.
 """
@@ -561,3 +562,39 @@ class SynchronousReactor(MemoryReactorClock):
 
     def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         f(*args, **kwargs)
+
+
+def inbound_for(host: Any, **overrides: Any) -> Any:
+    """The port 25 factory (L{inbound_factory}) for a test C{host}: an object with C{store},
+    C{delivery} and C{clock}; mail.example.test, 10,000-byte messages, no TLS unless
+    C{overrides} say otherwise."""
+    from twistedmail.smtp.inbound import inbound_factory
+
+    settings: dict[str, Any] = {
+        "hostname": "mail.example.test",
+        "store": host.store,
+        "delivery": host.delivery,
+        "tls": None,
+        "max_message_size": 10000,
+        "clock": host.clock,
+    }
+    return inbound_factory(**{**settings, **overrides})
+
+
+def submission_for(host: Any, **overrides: Any) -> Any:
+    """The 587/465 factory (L{submission_factory}) for a test C{host}: an object with
+    C{store}, C{delivery}, C{portal} and C{clock}; mail.example.test, 10,000-byte messages,
+    implicit TLS (465) and no STARTTLS context unless C{overrides} say otherwise."""
+    from twistedmail.smtp.submission import submission_factory
+
+    settings: dict[str, Any] = {
+        "hostname": "mail.example.test",
+        "store": host.store,
+        "delivery": host.delivery,
+        "portal": host.portal,
+        "tls": None,
+        "implicit_tls": True,
+        "max_message_size": 10000,
+        "clock": host.clock,
+    }
+    return submission_factory(**{**settings, **overrides})
