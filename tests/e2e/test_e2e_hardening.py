@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, running
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 OPEN = b"EHLO evil.test\r\nMAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
@@ -29,13 +29,8 @@ def configured(tmp_path: Path, limits: str = "", extra: str = "") -> Iterator[Se
     server = Server(tmp_path)
     text = server.config.read_text().replace("[limits]\n", "[limits]\n" + limits)
     server.config.write_text(text + extra)
-    for address, password in PASSWORDS.items():
-        server.add_user(address, password)
-    server.start()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
