@@ -92,6 +92,8 @@ class SMTPFuzzTests(unittest.TestCase):
     @FUZZ
     @given(st.lists(SMTP_LINE, min_size=1, max_size=20), st.booleans())
     def test_command_lines(self, lines: list[bytes], crlf_only: bool) -> None:
+        """Random SMTP command lines always get well-formed replies, never 451 or a logged
+        exception."""
         host = self.host
         failures = Failures(self)
         factory = inbound_for(host, tls=TLS_CONTEXT)
@@ -218,6 +220,8 @@ class IMAPFuzzTests(unittest.TestCase):
     @FUZZ
     @given(st.lists(IMAP_LINE, min_size=1, max_size=12), st.booleans())
     def test_command_lines(self, lines: list[bytes], selected: bool) -> None:
+        """Random IMAP command lines, selected or not, always get well-formed responses, never
+        SERVERBUG or a logged exception."""
         failures = Failures(self)
         h = Harness(self, max_literal_size=1000)
         h.add(b"Subject: one\r\n\r\nbody\r\n")

@@ -65,6 +65,8 @@ class QuotaPolicyTests(unittest.TestCase):
         return talk(proto, tr, b"".join(lines))  # type: ignore[arg-type]
 
     def test_data_refused_when_the_only_recipient_has_no_room(self) -> None:
+        """RFC 9208 + RFC 3463: when the only recipient has no room for this message, DATA is
+        refused with the quota reply and nothing is stored or bounced."""
         ok = b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
         ok += b"354 End data with <CR><LF>.<CR><LF>\r\n"
         self.assertEqual(
@@ -76,6 +78,8 @@ class QuotaPolicyTests(unittest.TestCase):
         self.assertEqual(self.relay.bounced, [])
 
     def test_rcpt_refused_when_full(self) -> None:
+        """A recipient already at its quota is refused at RCPT with the quota reply; another
+        recipient is accepted."""
         self.host.store.set_quota("bob@example.test", Quota(messages=1))
         self.send(["bob@example.test"])
         proto, tr = self.inbound()
@@ -87,6 +91,8 @@ class QuotaPolicyTests(unittest.TestCase):
         )
 
     def test_others_get_it_and_the_sender_a_bounce(self) -> None:
+        """With several recipients, the ones with room get the message and the sender gets a
+        bounce for the one over quota."""
         self.send(["bob@example.test"])
         reply = self.send(["bob@example.test", "alice@example.test"], sender="x@elsewhere.test")
         self.assertTrue(reply.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), reply)

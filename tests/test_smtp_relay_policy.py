@@ -48,6 +48,8 @@ class RelayPolicyTests(unittest.TestCase):
         return proto, tr
 
     def test_submission_queues_remote_and_delivers_local(self) -> None:
+        """On submission a remote recipient is queued and a local one delivered, the same bytes
+        under Return-Path."""
         proto, tr = self.submission()
         out = talk(
             proto,  # type: ignore[arg-type]
@@ -68,6 +70,8 @@ class RelayPolicyTests(unittest.TestCase):
         self.assertEqual(local, b"Return-Path: <alice@example.test>\r\n" + message)
 
     def test_submission_queue_failure_is_not_acknowledged(self) -> None:
+        """RFC 5321 §6.1: when the queue cannot take the message, DATA is 452 4.3.1, not accepted
+        and lost."""
         self.relay.fail = True
         proto, tr = self.submission()
         out = talk(
@@ -80,6 +84,8 @@ class RelayPolicyTests(unittest.TestCase):
         self.assertTrue(out.endswith(b"\r\n452 4.3.1 Insufficient system storage\r\n"), out)
 
     def test_port_25_forwarding_alias_queues_the_remote_part(self) -> None:
+        """On port 25 an alias's remote targets are queued and its local ones delivered; a remote
+        RCPT is still 554 5.7.1 (no open relay)."""
         factory = inbound_for(self.host, relay=self.relay)
         proto, tr = connect(factory)
         out = talk(
