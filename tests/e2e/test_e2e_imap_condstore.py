@@ -14,6 +14,8 @@ ALICE = "alice@example.test"
 
 
 def test_condstore_and_qresync(server: Server) -> None:
+    """RFC 7162: MODSEQ in FETCH, STORE, SEARCH and STATUS, VANISHED for another session's
+    expunge, and QRESYNC after a restart."""
     for subject in ("one", "two", "three"):
         deliver(server, ALICE, subject)
     with imap_client(server) as c, imap_client(server) as other:

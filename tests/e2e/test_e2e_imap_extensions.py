@@ -43,6 +43,8 @@ def flags_on_disk(server: Server, folder: str = "") -> list[str]:
 
 
 def test_capabilities_and_special_use_folders(server: Server) -> None:
+    """The server advertises its IMAP extensions and imapclient finds each RFC 6154 special-use
+    folder."""
     with imap_client(server) as c:
         assert EXTENSIONS <= set(c.capabilities())
         assert c.find_special_folder(SENT) == "Sent"
@@ -64,6 +66,8 @@ def test_capabilities_and_special_use_folders(server: Server) -> None:
 
 
 def test_appenduid_copyuid_uid_expunge(server: Server) -> None:
+    """RFC 4315: APPEND answers APPENDUID, COPY answers COPYUID, and UID EXPUNGE removes only the
+    given UIDs."""
     deliver(server, 3)
     with imap_client(server) as c:
         info = c.select_folder("INBOX")
@@ -87,6 +91,7 @@ def test_appenduid_copyuid_uid_expunge(server: Server) -> None:
 
 
 def test_move_to_trash(server: Server) -> None:
+    """RFC 6851: MOVE to Trash removes the message from INBOX and keeps its flags in Trash."""
     deliver(server, 3)
     with imap_client(server) as c:
         c.select_folder("INBOX")
@@ -103,6 +108,8 @@ def test_move_to_trash(server: Server) -> None:
 
 
 def test_id_enable_unselect(server: Server) -> None:
+    """RFC 2971 ID, RFC 5161 ENABLE (unknown names ignored) and RFC 3691 UNSELECT (no expunge)
+    with imapclient."""
     deliver(server, 1)
     with imap_client(server) as c:
         assert c.id_({"name": "e2e", "version": "1"}) == ((b"name", b"twistedmail"),)

@@ -10,6 +10,8 @@ ALICE = "alice@example.test"
 
 
 def test_keywords_persist_in_file_names_across_restart(server: Server) -> None:
+    """RFC 3501 §2.3.2: keywords set over IMAPS become Maildir letters and dovecot-keywords
+    entries and survive a restart."""
     deliver(server, ALICE, "one")
     deliver(server, ALICE, "two")
     with imap_client(server) as c:

@@ -30,11 +30,13 @@ def deliver(server: Server) -> None:
 
 
 def test_capabilities(server: Server) -> None:
+    """The server advertises ESEARCH, LIST-STATUS, SORT and COMPRESS=DEFLATE."""
     with imap_client(server) as c:
         assert {b"ESEARCH", b"LIST-STATUS", b"SORT", b"COMPRESS=DEFLATE"} <= set(c.capabilities())
 
 
 def test_sort(server: Server) -> None:
+    """RFC 5256: SORT by SUBJECT, DATE and REVERSE DATE, ties by sequence number."""
     deliver(server)
     with imap_client(server) as c:
         c.select_folder("INBOX")
@@ -47,6 +49,7 @@ def test_sort(server: Server) -> None:
 
 
 def test_esearch(server: Server) -> None:
+    """RFC 4731: UID SEARCH RETURN (MIN MAX ALL COUNT) answers one ESEARCH response."""
     deliver(server)
     with imap_client(server) as c:
         c.select_folder("INBOX")
@@ -67,6 +70,7 @@ def test_esearch(server: Server) -> None:
 
 
 def test_list_status(server: Server) -> None:
+    """RFC 5819: LIST RETURN (STATUS ...) sends each mailbox's STATUS after its LIST line."""
     deliver(server)
     with imap_client(server) as c:
         c.create_folder("Lists.Work")

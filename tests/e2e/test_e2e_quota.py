@@ -37,6 +37,8 @@ def used(server: Server, address: str) -> int:
 
 
 def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Server) -> None:
+    """RFC 9208: a quota set with the CLI refuses SMTP mail that would pass it (552 5.2.2 at RCPT
+    or DATA) and is reported over IMAP."""
     result = server.cli("user", "quota", ALICE, "10KiB")
     assert result.stdout == f"quota of {ALICE}: storage 10KiB, messages unlimited\n"
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
