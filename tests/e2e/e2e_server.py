@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -276,9 +276,10 @@ def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
 
 
 @contextmanager
-def running(srv: Server) -> Iterator[Server]:
-    """C{srv} with every user of L{PASSWORDS} added, started, and stopped on the way out."""
-    for address, password in PASSWORDS.items():
+def running(srv: Server, users: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """C{srv} with C{users} (address -> password; by default L{PASSWORDS}) added, started,
+    and stopped on the way out."""
+    for address, password in (PASSWORDS if users is None else users).items():
         srv.add_user(address, password)
     srv.start()
     try:
