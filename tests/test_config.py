@@ -60,6 +60,8 @@ class ConfigTests(TestCase):
         self.assertEqual(example.metrics, defaults.metrics)
 
     def test_defaults(self) -> None:
+        """An empty config gives the built-in data dir, 25 MiB messages, the default listeners
+        and the store and key paths under the data dir."""
         config = parse_config({}, None)
         self.assertEqual(config.server.data_dir, Path("twistedmail-data").resolve())
         self.assertEqual(config.limits.max_message_size, 25 * 1024 * 1024)
@@ -126,6 +128,8 @@ class ConfigTests(TestCase):
         )
 
     def test_relative_paths_resolve_against_the_file(self) -> None:
+        """A relative data_dir resolves against the config file's folder, and the hostname is
+        lower-cased."""
         path = self.write('[server]\ndata_dir = "data"\nhostname = "Mail.Example.ORG"\n')
         config = load_config(path)
         self.assertEqual(config.server.data_dir, path.parent.resolve() / "data")
@@ -166,6 +170,7 @@ class ConfigTests(TestCase):
         self.assertEqual([d for d, _ in config.relay.routes], ["xn--fa-hia.test"])
 
     def test_listen_lists_ipv6_and_disabled(self) -> None:
+        """[listen] takes a list of addresses, IPv6 in brackets, and [] turns a service off."""
         config = load_config(
             self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n')
         )
@@ -175,6 +180,8 @@ class ConfigTests(TestCase):
         self.assertEqual(config.listen["pop3"], ())
 
     def test_errors_name_file_and_key(self) -> None:
+        """Config errors name the file, the section and the key: a bad address, port or IP, an
+        unknown key or section, a bad size, cert without key, invalid TOML."""
         self.assertEqual(
             self.error('[listen]\nsmtp = "nonsense"\n'),
             'FILE: [listen] smtp: "nonsense" is not "host:port"',
@@ -258,6 +265,8 @@ class ConfigTests(TestCase):
         )
 
     def test_submission_from_header_check(self) -> None:
+        """[submission] check_from_header defaults to true, takes false, and refuses a
+        non-boolean."""
         self.assertTrue(parse_config({}, None).submission.check_from_header)
         config = load_config(self.write("[submission]\ncheck_from_header = false\n"))
         self.assertFalse(config.submission.check_from_header)
@@ -267,6 +276,8 @@ class ConfigTests(TestCase):
         )
 
     def test_inbound_authentication_keys(self) -> None:
+        """[inbound] check_authentication defaults to true and dmarc_reject to false; both take
+        booleans only."""
         inbound = parse_config({}, None).inbound
         self.assertEqual((inbound.check_authentication, inbound.dmarc_reject), (True, False))
         config = load_config(
@@ -282,6 +293,7 @@ class ConfigTests(TestCase):
         self.assertEqual(self.error("[inbound]\nspf = true\n"), "FILE: [inbound] spf: unknown key")
 
     def test_missing_file(self) -> None:
+        """A missing config file is a ConfigError naming it and the OS reason."""
         with self.assertRaises(ConfigError) as cm:
             load_config(Path("/nonexistent/twistedmail.toml"))
         self.assertEqual(
@@ -290,6 +302,8 @@ class ConfigTests(TestCase):
         )
 
     def test_sizes(self) -> None:
+        """parse_size reads binary and decimal units and bare byte counts from 1 KiB; below that,
+        0 and booleans are refused."""
         self.assertEqual(parse_size("25MiB"), 26214400)
         self.assertEqual(parse_size("10 MB"), 10_000_000)
         self.assertEqual(parse_size(4096), 4096)
@@ -298,6 +312,7 @@ class ConfigTests(TestCase):
         self.assertRaises(ValueError, parse_size, True)
 
     def test_discovery_order(self) -> None:
+        """The config is --config, else $TWISTEDMAIL_CONFIG, else ./twistedmail.toml, else none."""
         explicit = Path("/x.toml")
         self.assertEqual(find_config(explicit), explicit)
         old_env, old_cwd = os.environ.get("TWISTEDMAIL_CONFIG"), os.getcwd()
@@ -324,6 +339,8 @@ class QueueConfigTests(TestCase):
     error = ConfigTests.error
 
     def test_queue_and_relay_port(self) -> None:
+        """[relay] port and the [queue] durations and per-destination limit are read into
+        QueueConfig."""
         path = self.write(
             '[relay]\nport = 2525\n[queue]\nfirst_retry = 2\nmax_retry = "30s"\n'
             'lifetime = "1d"\ndelay_warning = "4h"\nmax_per_destination = 1\n'
@@ -344,6 +361,8 @@ class QueueConfigTests(TestCase):
         self.assertEqual(parse_config({}, None).queue, QueueConfig())
 
     def test_queue_errors(self) -> None:
+        """[queue] refuses a duration that does not parse, max_retry shorter than first_retry,
+        and bad numbers, naming the key."""
         self.assertEqual(
             self.error('[queue]\nlifetime = "soon"\n'),
             'FILE: [queue] lifetime: must be a positive duration such as "30s", "5m", "1h" or "5d"',
@@ -368,6 +387,8 @@ class SmarthostConfigTests(TestCase):
     error = ConfigTests.error
 
     def test_smarthost_tls_auth_keys(self) -> None:
+        """[relay] smarthost with implicit TLS, username, password file (first line read, never
+        in repr) and a CA path relative to the file."""
         secret = Path(self.mktemp()).resolve()
         secret.parent.mkdir(parents=True, exist_ok=True)
         secret.write_text("s3cret pass\nignored\n")
@@ -389,6 +410,7 @@ class SmarthostConfigTests(TestCase):
         self.assertIsNone(smarthost_password(parse_config({}, None)))
 
     def test_password_file_must_be_owner_only(self) -> None:
+        """A smarthost password file readable by others is refused with 'chmod 600 it'."""
         secret = Path(self.mktemp()).resolve()
         secret.parent.mkdir(parents=True, exist_ok=True)
         secret.write_text("pw\n")
@@ -437,6 +459,7 @@ class SmarthostConfigTests(TestCase):
         )
 
     def test_smarthost_default_port_follows_the_tls_mode(self) -> None:
+        """The smarthost port defaults to 25 with STARTTLS and 465 with implicit TLS."""
         for tls_mode, port in (("starttls", 25), ("implicit", 465)):
             path = self.write(
                 f'[relay]\nsmarthost = "relay.example.net"\nsmarthost_tls = "{tls_mode}"\n'
@@ -446,6 +469,8 @@ class SmarthostConfigTests(TestCase):
             )
 
     def test_smarthost_errors(self) -> None:
+        """[relay] refuses an unknown smarthost_tls, a username without a password file, and
+        other bad smarthost keys, naming them."""
         self.assertEqual(
             self.error('[relay]\nsmarthost = "r.example"\nsmarthost_tls = "none"\n'),
             'FILE: [relay] smarthost_tls: must be "starttls" or "implicit"',
@@ -469,6 +494,8 @@ class DefaultQuotaTests(TestCase):
         return load_config(path).limits.default_quota
 
     def test_values(self) -> None:
+        """[limits] default_quota is 0 (unlimited) by default and reads 0, none, sizes with units
+        and byte counts."""
         self.assertEqual(parse_config({}, None).limits.default_quota, 0)
         self.assertEqual(self.load('"0"'), 0)
         self.assertEqual(self.load('"none"'), 0)
@@ -478,6 +505,7 @@ class DefaultQuotaTests(TestCase):
         self.assertEqual(self.load("4096"), 4096)
 
     def test_invalid(self) -> None:
+        """An invalid or negative default_quota is one error naming the file and key."""
         for value in ('"lots"', "-1", "true", '"-5MiB"'):
             path = Path(self.mktemp())
             path.write_text(f"[limits]\ndefault_quota = {value}\n")
@@ -506,6 +534,8 @@ class HardeningKeyTests(TestCase):
         return str(e).replace(str(path), "FILE")
 
     def test_defaults(self) -> None:
+        """The hardening keys default to 16384-byte lines, 256 KiB headers, 10 IMAP connections a
+        user and bare_lf = reject."""
         config = parse_config({}, None)
         self.assertEqual(config.limits.max_line_length, 16384)
         self.assertEqual(config.limits.max_header_size, 256 * 1024)
@@ -513,6 +543,8 @@ class HardeningKeyTests(TestCase):
         self.assertEqual(config.smtp.bare_lf, "reject")
 
     def test_values(self) -> None:
+        """max_line_length, max_header_size, imap_max_connections_per_user and [smtp] bare_lf are
+        read from the file."""
         config = load_config(
             self.write(
                 '[limits]\nmax_line_length = 998\nmax_header_size = "64KiB"\n'
@@ -525,6 +557,8 @@ class HardeningKeyTests(TestCase):
         self.assertEqual(config.smtp.bare_lf, "normalize")
 
     def test_errors(self) -> None:
+        """Hardening keys out of range (max_line_length below 998, RFC 5321 §4.5.3.1.6, or over
+        65536) or of a bad value are refused, naming the key."""
         for text, message in (
             (
                 "[limits]\nmax_line_length = 997\n",

@@ -20,6 +20,7 @@ from twistedmail.delivery import (
 )
 from twistedmail.maildir import ChangeNotifier, Folder
 from twistedmail.quota import QuotaExceeded, QuotaTracker
+from twistedmail.testing import run_now
 
 M = Mailbox.parse
 MESSAGE = (
@@ -30,10 +31,6 @@ MESSAGE = (
     b"line one\r\n"
     b".leading dot kept as received\r\n"
 )
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
 
 
 class DeliveryTests(unittest.TestCase):
@@ -66,6 +63,7 @@ class DeliveryTests(unittest.TestCase):
         return [(new / name).read_bytes() for name in sorted(os.listdir(new))]
 
     def test_return_path_header(self) -> None:
+        """RFC 5321 §4.4: the Return-Path header holds the reverse path, <> for the null sender."""
         self.assertEqual(
             return_path_header(M("a@example.org")), b"Return-Path: <a@example.org>\r\n"
         )
@@ -88,6 +86,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual(entry.size, len(expected))
 
     def test_null_reverse_path(self) -> None:
+        """A bounce is stored with Return-Path: <> above the message bytes."""
         self.deliver(None, ["bob@example.org"])
         self.assertEqual(
             self.stored("bob"), [b"Return-Path: <>\r\nDelivered-To: bob@example.org\r\n" + MESSAGE]
@@ -104,16 +103,20 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual(self.changed, [alice, bob])
 
     def test_one_copy_per_user(self) -> None:
+        """A user named directly, through an alias and in other case gets one copy."""
         self.deliver(None, ["alice@example.org", "team@example.org", "ALICE@example.org"])
         self.assertEqual(len(self.stored("alice")), 1)
         self.assertEqual(len(self.stored("bob")), 1)
 
     def test_maildir_created(self) -> None:
+        """The first delivery to a user creates its Maildir (cur, new, tmp)."""
         self.deliver(None, ["alice@example.org"])
         root = self.mail_dir / "example.org" / "alice"
         self.assertEqual(sorted(os.listdir(root)), ["cur", "new", "tmp"])
 
     def test_local_users(self) -> None:
+        """local_users splits recipients into local users (aliases expanded) and remote
+        addresses."""
         users, remote = self.delivery.local_users(
             [M("bob@example.org"), M("team@example.org"), M("x@elsewhere.example")]
         )
@@ -121,10 +124,12 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual([str(r) for r in remote], ["friend@remote.example", "x@elsewhere.example"])
 
     def test_only_remote(self) -> None:
+        """Remote-only recipients are returned for the queue and nothing is written locally."""
         self.assertEqual(self.deliver(None, ["x@elsewhere.example"]), ["x@elsewhere.example"])
         self.assertFalse(self.mail_dir.exists())
 
     def test_log(self) -> None:
+        """Each local delivery logs one line with recipient, sender, size and file name."""
         with capturedLogs() as events:
             self.deliver(M("s@remote.example"), ["alice@example.org"])
         (name,) = os.listdir(self.mail_dir / "example.org" / "alice" / "new")
@@ -137,6 +142,8 @@ class DeliveryTests(unittest.TestCase):
         )
 
     def test_disk_failure(self) -> None:
+        """A disk failure during delivery is raised and notifies no watcher."""
+
         def full(f: Any, *args: Any) -> defer.Deferred[Any]:
             return defer.fail(OSError(28, "No space left on device"))
 
@@ -180,6 +187,8 @@ class QuotaDeliveryTests(unittest.TestCase):
         return len(os.listdir(self.mail_dir / "example.org" / user / "new"))
 
     def test_over_quota_user_gets_no_copy(self) -> None:
+        """RFC 9208: a user over quota gets no copy and is reported and logged; the other
+        recipients get theirs."""
         first = self.deliver(["team@example.org"])
         self.assertEqual(first, Delivered((M("alice@example.org"), M("bob@example.org")), (), ()))
         with capturedLogs() as events:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
@@ -18,6 +17,7 @@ from twistedmail.delivery import LocalDelivery, ScriptCache
 from twistedmail.maildir import ChangeNotifier
 from twistedmail.sieve.interpret import SieveLimits
 from twistedmail.sieve.store import SieveStore
+from twistedmail.testing import run_now
 
 M = Mailbox.parse
 LIST = (
@@ -47,10 +47,6 @@ if address :is "from" "boss@corp.example" {
 }
 vacation :days 3 :subject "Away" "I am away.";
 """
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
 
 
 class SieveDeliveryTests(unittest.TestCase):

@@ -82,6 +82,8 @@ def world_and_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def test_authentication_results_in_the_stored_copy(
     world_and_server: tuple[KeyStore, Server],
 ) -> None:
+    """RFC 8601 §5: the stored copy has our Authentication-Results (DKIM pass) and forged ones
+    for our host removed."""
     keys, server = world_and_server
     before = server.messages(ALICE)
     signed = keys.sign(message("good.test"))
@@ -117,6 +119,8 @@ def test_authentication_results_in_the_stored_copy(
 def test_dmarc_reject_refuses_and_stores_nothing(
     world_and_server: tuple[KeyStore, Server],
 ) -> None:
+    """dmarc_reject: a message failing DMARC under p=reject is refused at DATA with 550 and not
+    stored."""
     _, server = world_and_server
     before = server.messages(ALICE)
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="client.bad.test") as s:
