@@ -283,6 +283,7 @@ def test_starttls_drops_pipelined_input_and_resends_capabilities(tmp_path: Path)
 
 
 def test_no_starttls_without_a_context(tmp_path: Path) -> None:
+    """Without a TLS context STARTTLS is neither advertised nor accepted (RFC 5804 §1.7)."""
     s = Session(tmp_path, tls=False)
     assert b"STARTTLS" not in s.greeting
     assert s.send(b"STARTTLS\r\n") == b'NO "STARTTLS not available"\r\n'
@@ -493,6 +494,7 @@ def test_noop_tag_unauthenticate_and_logout(session: Session) -> None:
 
 
 def test_idle_timeout_says_bye(tmp_path: Path) -> None:
+    """An idle session gets BYE at the idle timeout, not a second before, and is closed."""
     s = Session(tmp_path, limits=Limits(idle_timeout=60))
     s.clock.advance(59)
     assert s.take() == b""
@@ -502,6 +504,7 @@ def test_idle_timeout_says_bye(tmp_path: Path) -> None:
 
 
 def test_overlong_line_says_bye(tmp_path: Path) -> None:
+    """A command line over the limit gets BYE "Line too long" and the connection closes."""
     s = Session(tmp_path)
     assert s.send(b"NOOP " + b"x" * MAX_LINE_LENGTH) == b'BYE "Line too long"\r\n'
     assert s.transport.disconnecting

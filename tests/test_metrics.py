@@ -337,6 +337,7 @@ class BearerTokenTests(unittest.TestCase):
         return request
 
     def test_right_token(self) -> None:
+        """RFC 6750 §2.1: the right bearer token gets the metrics page."""
         request = self.render(b"Bearer s3cret")
         self.assertEqual((request.responseCode, b"".join(request.written)), (None, b"metrics\n"))
 
