@@ -17,7 +17,10 @@ clearing its buffer is not enough).  Here:
     the STARTTLS/STLS fix (RFC 3207 §4.2, RFC 2595 §4: nothing sent before the handshake may
     be acted on after it);
   - C{pause_lines()}/C{resume_lines()} hold back pipelined lines while a command's Deferred
-    runs, so replies come back in command order (RFC 2920 §3, RFC 2449 §6.6).
+    runs, so replies come back in command order (RFC 2920 §3, RFC 2449 §6.6);
+  - while C{take_bulk} is set, C{bulk_lines(buffer, start)} is offered the received bytes
+    before each line and may take any number of complete lines at once (SMTP DATA as a
+    stream); the lines it leaves are delivered one by one as usual.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class StrictLineReceiver(Protocol):
     _processing = False
     _reentrant_input = b""
     lf_ends_lines = False
+    take_bulk = False
     line_ended_bare = False
     previous_line_ended_bare = False
 
@@ -48,6 +52,12 @@ class StrictLineReceiver(Protocol):
     def lineLengthExceeded(self, line: bytes) -> None:
         """Called once per over-long line with (a prefix of) it; the default closes."""
         self.transport.loseConnection()
+
+    def bulk_lines(self, buf: bytes, start: int) -> int:
+        """While C{take_bulk}: take complete lines of C{buf} from offset C{start} (a line
+        start) at once; return the offset where line-by-line delivery goes on (C{start}
+        when nothing was taken)."""
+        return start
 
     def discard_pending_input(self) -> None:
         """Forget all received, unprocessed bytes (call before starting TLS)."""
@@ -127,6 +137,8 @@ class StrictLineReceiver(Protocol):
             if self._discard_pending or self.transport.disconnecting:
                 self._discard_pending = False
                 return
+            if self.take_bulk:
+                start = self.bulk_lines(buf, start)
             found = self._line_end(buf, start)
             if found is None:
                 break
