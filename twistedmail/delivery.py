@@ -74,6 +74,11 @@ def return_path_header(reverse_path: Mailbox | None) -> bytes:
     return b"Return-Path: <%s>\r\n" % (str(reverse_path).encode() if reverse_path else b"")
 
 
+Resolution = tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]
+"""L{LocalDelivery.resolve}: (local users, remote addresses, user -> RFC 5233 detail,
+user -> the envelope recipient that reached them)."""
+
+
 @attrs.frozen
 class Delivered:
     """The outcome of L{LocalDelivery.deliver_all}.
@@ -126,9 +131,12 @@ class LocalDelivery:
         users, remote, _details, _given = self._resolve(recipients)
         return users, remote
 
-    def _resolve(
-        self, recipients: list[Mailbox]
-    ) -> tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]:
+    def resolve(self, recipients: list[Mailbox]) -> Resolution:
+        """L{local_users} with the details and recipients as given: the one expansion a
+        caller hands to L{deliver_all} so that aliases are not expanded twice."""
+        return self._resolve(recipients)
+
+    def _resolve(self, recipients: list[Mailbox]) -> Resolution:
         """L{local_users}; user -> the RFC 5233 detail of the first recipient that named
         them directly (C{alice+lists@} -> C{lists}; L{AccountStore.resolve}); and user -> the
         envelope recipient as given (the first that reached them, for Sieve's envelope test).
@@ -146,16 +154,22 @@ class LocalDelivery:
                     details.setdefault(str(final), detail)
         return list(users.values()), list(remote.values()), details, given
 
-    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
+    async def check_quota(
+        self,
+        recipient: Mailbox,
+        size: int = 0,
+        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
+    ) -> None:
         """RCPT time: refuse a recipient whose every local user is already at or over their
         quota, or has no room for C{size} octets when the client announced the size (an
         alias with one user who has room is accepted).
 
+        @param resolved: L{local_users} of C{recipient} when the caller has it already.
         @raise QuotaExceeded: for the first full user, when all are full.
         """
         if self.quota is None:
             return
-        users, remote = self.local_users([recipient])
+        users, remote = resolved if resolved is not None else self.local_users([recipient])
         if remote or not users:
             return
         first: QuotaExceeded | None = None
@@ -184,15 +198,22 @@ class LocalDelivery:
         return list(delivered.remote)
 
     async def deliver_all(
-        self, reverse_path: Mailbox | None, recipients: list[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: list[Mailbox],
+        message: bytes,
+        resolution: Resolution | None = None,
     ) -> Delivered:
         """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
         user behind C{recipients} who has room for it (L{QuotaTracker.check}), with a
         Return-Path header first.
 
+        @param resolution: L{resolve} of C{recipients}, when the caller has it already.
         @raise OSError: on a disk failure; some copies may already be stored.
         """
-        users, remote, details, given = self._resolve(recipients)
+        users, remote, details, given = (
+            resolution if resolution is not None else self._resolve(recipients)
+        )
         data = return_path_header(reverse_path) + message
         over: list[Mailbox] = []
         if self.quota is not None:

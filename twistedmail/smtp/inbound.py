@@ -75,8 +75,8 @@ class InboundPolicy:
         """@raise SMTPReplyError: 554 5.7.1 for a non-local domain; see L{LocalRecipients}."""
         if not self.store.is_local_domain(recipient.domain):
             raise SMTPReplyError(REPLY_554_RELAY_DENIED)
-        self.local.check(recipient)
-        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
+        resolved = self.local.check(recipient)  # aliases expanded once per RCPT
+        await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Check the message (when configured), then store it (see L{LocalRecipients}).

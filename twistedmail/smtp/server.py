@@ -337,9 +337,11 @@ class LocalRecipients:
         self.delivery = delivery
         self.relay = relay
 
-    def check(self, recipient: Mailbox) -> None:
+    def check(self, recipient: Mailbox) -> tuple[list[Mailbox], list[Mailbox]]:
         """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
 
+        @return: the local users and remote addresses it expands to (aliases resolved once
+            at RCPT; hand them to L{check_quota}).
         @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
             alias that expands to a remote address when there is no relay.
         """
@@ -348,20 +350,27 @@ class LocalRecipients:
             raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         if not users and not remote:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+        return users, remote
 
     def postmaster(self, hostname: str) -> Mailbox | None:
         """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
         return self.store.postmaster(hostname)
 
-    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
+    async def check_quota(
+        self,
+        recipient: Mailbox,
+        size: int = 0,
+        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
+    ) -> None:
         """RCPT time, after L{check}: refuse a user already over quota, as Dovecot's LMTP
         does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}), or
         one who has no room for the C{size} octets MAIL FROM announced (RFC 1870 SIZE).
 
+        @param resolved: what L{check} returned for C{recipient}.
         @raise SMTPReplyError: C{552 5.2.2} (RFC 3463 mailbox full).
         """
         try:
-            await self.delivery.check_quota(recipient, size)
+            await self.delivery.check_quota(recipient, size, resolved)
         except QuotaExceeded:
             raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
 
@@ -381,13 +390,16 @@ class LocalRecipients:
             C{552 5.2.2} as above.
         @raise OSError: any other disk failure (the session answers 451).
         """
-        users, remote = self.delivery.local_users(list(envelope.recipients))
+        # Resolved again (once) here, not taken from RCPT: an alias or user deleted since
+        # then must not get mail; the same expansion is handed to deliver_all.
+        resolution = self.delivery.resolve(list(envelope.recipients))
+        users, remote = resolution[0], resolution[1]
         if not users and not (remote and self.relay is not None):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         try:
             if users:
                 delivered = await self.delivery.deliver_all(
-                    envelope.reverse_path, list(envelope.recipients), message
+                    envelope.reverse_path, list(envelope.recipients), message, resolution
                 )
                 remote = list(delivered.remote)
                 if delivered.over_quota:

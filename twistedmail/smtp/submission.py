@@ -79,8 +79,8 @@ class SubmissionPolicy:
             if self.relay is None:
                 raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
             return
-        self.local.check(recipient)
-        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
+        resolved = self.local.check(recipient)  # aliases expanded once per RCPT
+        await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
 
     def check_from(self, user: str, message: bytes) -> None:
         """Every address in the From: header(s) must be one C{user} owns, as for MAIL FROM
