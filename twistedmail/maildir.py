@@ -5,8 +5,9 @@ On-disk format (chosen to match Dovecot, so a mailbox moves between the two serv
   - a mailbox is C{ROOT/{cur,new,tmp}}; subfolders are Maildir++ siblings C{ROOT/.Sent/},
     C{ROOT/.Lists.Work/} (IMAP hierarchy delimiter C{"."}, names in modified UTF-7 on disk,
     RFC 3501 §5.1.3), each with a C{maildirfolder} marker file;
-  - file names are C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>[:2,<flags>]} (the Maildir
-    spec at cr.yp.to/proto/maildir.html; C{,S=} and the C{:2,} info are Dovecot's and
+  - file names are C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size>[:2,<flags>]} (the
+    Maildir spec at cr.yp.to/proto/maildir.html; C{,S=} (file size), C{,W=} (size with CRLF
+    line ends, so indexing never reads the file) and the C{:2,} info are Dovecot's and
     Courier's): flags C{D}raft, C{F}lagged, C{P}assed, C{R}eplied, C{S}een, C{T}rashed,
     in ASCII order;
   - keywords (RFC 3501 §2.3.2: C{$Junk}, C{$label1}, user keywords) are the lower-case info
@@ -102,8 +103,9 @@ def _safe_host() -> str:
 _HOST = _safe_host()
 
 
-def unique_name(size: int, now: float | None = None) -> str:
-    """A new Maildir base name C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>}, unique per process."""
+def unique_name(size: int, now: float | None = None, wire: int | None = None) -> str:
+    """A new Maildir base name C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>[,W=<wire>]},
+    unique per process (C{wire}: the size with CRLF line ends, Dovecot's virtual size)."""
     global _counter
     with _counter_lock:
         _counter += 1
@@ -113,7 +115,8 @@ def unique_name(size: int, now: float | None = None) -> str:
     usecs = int((t - secs) * 1_000_000)
     # Zero-padded microseconds so that names of one process sort in creation order (Dovecot
     # does not pad; both are valid Maildir names).
-    return f"{secs}.M{usecs:06d}P{os.getpid()}Q{n}.{_HOST},S={size}"
+    name = f"{secs}.M{usecs:06d}P{os.getpid()}Q{n}.{_HOST},S={size}"
+    return name if wire is None else f"{name},W={wire}"
 
 
 _ARRIVAL = re.compile(r"(\d+)\.M(\d+)P\d+Q(\d+)\.")
@@ -198,7 +201,8 @@ def wire_size_from_name(base: str) -> int | None:
     """The size with CRLF line ends: Dovecot's C{,W=} when present, else C{,S=}, else C{None}.
 
     Dovecot saves messages with LF line ends (C{mail_save_crlf = no}) and names them
-    C{,S=<file size>,W=<size with CRLF>}; ours are CRLF on disk and carry only C{,S=}.
+    C{,S=<file size>,W=<size with CRLF>}; ours are CRLF on disk and carry both (older
+    versions wrote only C{,S=}).
     """
     for field in base.split(",")[1:]:
         if field.startswith("W=") and field[2:].isdigit():
@@ -257,7 +261,7 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
     """
     tmp_dir = directory.parent / "tmp"
     while True:
-        base = unique_name(len(data))
+        base = unique_name(len(data), wire=wire_size(data))  # the index reads ,W=
         tmp_path = tmp_dir / base
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
