@@ -39,6 +39,7 @@ class StrictLineReceiver(Protocol):
     _discarding = False
     _discard_pending = False
     _lines_paused = False
+    _transport_paused = False
     _processing = False
     _reentrant_input = b""
     lf_ends_lines = False
@@ -68,10 +69,10 @@ class StrictLineReceiver(Protocol):
         self.line_ended_bare = self.previous_line_ended_bare = False
 
     def pause_lines(self) -> None:
-        """Hold further lines (buffered, transport paused) until L{resume_lines}."""
-        if not self._lines_paused:
-            self._lines_paused = True
-            self.transport.pauseProducing()
+        """Hold further lines (buffered) until L{resume_lines}.  The transport is paused
+        only once bytes are held (not for a command answered before the client sends more,
+        which saves two epoll changes per command)."""
+        self._lines_paused = True
 
     def resume_lines(self) -> None:
         """Process held lines, then read from the transport again.
@@ -81,8 +82,10 @@ class StrictLineReceiver(Protocol):
         """
         if self._lines_paused:
             self._lines_paused = False
-            if not self.transport.disconnecting:
-                self.transport.resumeProducing()
+            if self._transport_paused:
+                self._transport_paused = False
+                if not self.transport.disconnecting:
+                    self.transport.resumeProducing()
             if not self._processing:
                 self.dataReceived(b"")
 
@@ -104,6 +107,9 @@ class StrictLineReceiver(Protocol):
                 self._reentrant_input = b""
         finally:
             self._processing = False
+        if self._lines_paused and self._buffer and not self._transport_paused:
+            self._transport_paused = True  # bytes are held: read no more until resumed
+            self.transport.pauseProducing()
 
     def _line_end(self, buf: bytes, start: int) -> tuple[int, int, bool] | None:
         """(end of the line's content, start of the next line, ended by a bare LF), or
