@@ -23,8 +23,10 @@ On-disk format (chosen to match Dovecot, so a mailbox moves between the two serv
 
 Durability (the contract behind every C{250} and C{OK}): a message is written to C{tmp/},
 fsynced, hard-linked into C{new/} or C{cur/} under a name that is never reused (a link never
-overwrites), the C{tmp/} name unlinked and the directory fsynced.  Everything here is
-blocking file I/O: protocol code calls it through a thread (C{deferToThread}).
+overwrites), the C{tmp/} name unlinked and the directory fsynced (by an fsync that began
+after the link: concurrent deliveries to one directory share it, L{fsync_dir_shared}).
+Everything here is blocking file I/O: protocol code calls it through a thread
+(C{deferToThread}).
 """
 
 from __future__ import annotations
@@ -239,6 +241,63 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DirSyncs:
+    """Directory fsyncs shared by concurrent deliveries (group commit): see L{fsync_dir_shared}.
+
+    Per directory: C{begun} fsyncs started, C{done} the last one finished successfully,
+    C{running} whether one is under way, C{users} the callers inside."""
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.done = 0
+        self.running = False
+        self.users = 0
+
+
+_dir_syncs: dict[str, _DirSyncs] = {}
+_dir_syncs_changed = threading.Condition()
+
+
+def fsync_dir_shared(path: Path) -> None:
+    """L{fsync_dir}, shared by threads that need it at the same time: return once an fsync
+    of C{path} that began after this call has finished.  A caller finding one already under
+    way waits for it to end and then for the next one, which covers every caller that came
+    in meanwhile (one directory fsync for many concurrent deliveries, each still durable
+    before its C{250}).  A failed fsync fails its own caller; the ones waiting run their own.
+    """
+    key = os.fspath(path)
+    cond = _dir_syncs_changed
+    with cond:
+        state = _dir_syncs.get(key)
+        if state is None:
+            state = _dir_syncs[key] = _DirSyncs()
+        state.users += 1
+        need = state.begun + 1  # one running now may have begun before our link
+        try:
+            while state.done < need:
+                if state.running:
+                    cond.wait()
+                    continue
+                state.running = True
+                state.begun += 1
+                generation = state.begun
+                ok = False
+                cond.release()
+                try:
+                    fsync_dir(path)
+                    ok = True
+                finally:
+                    cond.acquire()
+                    state.running = False
+                    if ok:
+                        state.done = generation
+                    cond.notify_all()
+        finally:
+            state.users -= 1
+            if not state.users:
+                del _dir_syncs[key]
+
+
 def make_maildir(path: Path, folder: bool = False) -> None:
     """Create C{path} with C{cur/ new/ tmp/} (mode 0700), and the C{maildirfolder} marker for a
     Maildir++ subfolder.  Existing directories are kept."""
@@ -288,7 +347,7 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
                 os.unlink(tmp_path)
             except FileNotFoundError:
                 pass
-        fsync_dir(directory)
+        fsync_dir_shared(directory)  # one fsync for the deliveries linked meanwhile
         return base
 
 
