@@ -79,7 +79,7 @@ class DeliveryTests(unittest.TestCase):
         )
         self.assertEqual(self.stored("alice"), [expected])
         (name,) = os.listdir(root / "new")
-        self.assertTrue(name.endswith(f",S={len(expected)}"), name)
+        self.assertTrue(name.endswith(f",S={len(expected)},W={len(expected)}"), name)
         self.assertEqual(os.listdir(root / "tmp"), [])
         self.assertEqual(self.changed, [root])
         (entry,) = Folder(root).scan().messages

@@ -32,7 +32,7 @@ from twistedmail.maildir import (
 MSG1 = b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n"
 MSG2 = b"From: b@example.org\r\nSubject: two\r\n\r\nbody two, longer\r\n"
 MSG3 = b"Subject: three\r\n\r\n3\r\n"
-NAME = re.compile(r"\A(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^/:,]+),S=(\d+)\Z")
+NAME = re.compile(r"\A(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^/:,]+),S=(\d+),W=(\d+)\Z")
 
 
 def listing(path: Path) -> list[str]:
@@ -59,17 +59,42 @@ class WriteTests(MaildirTestCase):
         self.assertFalse((self.root / "maildirfolder").exists())
 
     def test_name_and_bytes(self) -> None:
-        """C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>} in new/, the bytes exactly as given,
-        mode 0600, nothing left in tmp/."""
+        """C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size>} in new/, the bytes exactly
+        as given, mode 0600, nothing left in tmp/."""
         base = self.deliver(MSG1)
         m = NAME.match(base)
         assert m is not None, base
         self.assertEqual(int(m.group(3)), os.getpid())
         self.assertEqual(int(m.group(6)), len(MSG1))
+        self.assertEqual(int(m.group(7)), len(MSG1))
         self.assertEqual(listing(self.root / "new"), [base])
         self.assertEqual((self.root / "new" / base).read_bytes(), MSG1)
         self.assertEqual(stat.S_IMODE((self.root / "new" / base).stat().st_mode), 0o600)
         self.assertEqual(listing(self.root / "tmp"), [])
+
+    def test_exact_names_carry_the_crlf_size(self) -> None:
+        """Every name we write is C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<file size>,W=<size
+        with CRLF line ends>} (Dovecot's fields), so the index never reads the file to size
+        it; a bare LF counts two octets in W= (RFC 3501 §2.3.4)."""
+        host = re.escape(maildir._HOST)
+        pid = os.getpid()
+        crlf = self.deliver(MSG1)
+        self.assertRegex(crlf, rf"\A\d+\.M\d{{6}}P{pid}Q\d+\.{host},S=47,W=47\Z")
+        lf = write_durably(self.root / "cur", b"a\nb\r\nc\n", flags="S")
+        self.assertRegex(lf, rf"\A\d+\.M\d{{6}}P{pid}Q\d+\.{host},S=7,W=9\Z")
+        self.assertEqual(sorted(listing(self.root / "new")), [crlf])
+        self.assertEqual(sorted(listing(self.root / "cur")), [f"{lf}:2,S"])
+        counter = int(crlf.split("Q")[1].split(".")[0])
+        name = maildir.unique_name(5, now=1000.000042, wire=7)
+        self.assertEqual(name, f"1000.M000042P{pid}Q{counter + 2}.{maildir._HOST},S=5,W=7")
+
+    def test_index_takes_the_size_from_the_name(self) -> None:
+        """Indexing a delivered message does not read it: the size is the name's W= (the
+        file is changed behind the index's back here to show it is not read)."""
+        base = self.deliver(MSG1)
+        (self.root / "new" / base).write_bytes(b"x")
+        (entry,) = self.folder.scan().messages
+        self.assertEqual((entry.base, entry.size), (base, len(MSG1)))
 
     def test_unique_names(self) -> None:
         """Fifty deliveries in a row get fifty different file names."""
@@ -99,7 +124,7 @@ class WriteTests(MaildirTestCase):
     def test_never_overwrites(self) -> None:
         """A name clash (in new/ or tmp/) picks a fresh name; the existing file is untouched."""
         names = iter(["taken,S=5", "taken,S=5", "busy,S=5", "fresh,S=5"])
-        self.patch(maildir, "unique_name", lambda size, now=None: next(names))
+        self.patch(maildir, "unique_name", lambda size, now=None, wire=None: next(names))
         (self.root / "new" / "taken,S=5").write_bytes(b"first")
         (self.root / "tmp" / "busy,S=5").write_bytes(b"other")
         self.assertEqual(self.deliver(b"later"), "fresh,S=5")

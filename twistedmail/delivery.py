@@ -82,6 +82,11 @@ def return_path_header(reverse_path: Mailbox | None) -> bytes:
     return b"Return-Path: <%s>\r\n" % (str(reverse_path).encode() if reverse_path else b"")
 
 
+Resolution = tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]
+"""L{LocalDelivery.resolve}: (local users, remote addresses, user -> RFC 5233 detail,
+user -> the envelope recipient that reached them)."""
+
+
 @attrs.frozen
 class Delivered:
     """The outcome of L{LocalDelivery.deliver_all}.
@@ -144,9 +149,12 @@ class LocalDelivery:
         users, remote, _details, _given = self._resolve(recipients)
         return users, remote
 
-    def _resolve(
-        self, recipients: list[Mailbox]
-    ) -> tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]:
+    def resolve(self, recipients: list[Mailbox]) -> Resolution:
+        """L{local_users} with the details and recipients as given: the one expansion a
+        caller hands to L{deliver_all} so that aliases are not expanded twice."""
+        return self._resolve(recipients)
+
+    def _resolve(self, recipients: list[Mailbox]) -> Resolution:
         """L{local_users}; user -> the RFC 5233 detail of the first recipient that named
         them directly (C{alice+lists@} -> C{lists}; L{AccountStore.resolve}); and user -> the
         envelope recipient as given (the first that reached them, for Sieve's envelope test).
@@ -164,16 +172,22 @@ class LocalDelivery:
                     details.setdefault(str(final), detail)
         return list(users.values()), list(remote.values()), details, given
 
-    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
+    async def check_quota(
+        self,
+        recipient: Mailbox,
+        size: int = 0,
+        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
+    ) -> None:
         """RCPT time: refuse a recipient whose every local user is already at or over their
         quota, or has no room for C{size} octets when the client announced the size (an
         alias with one user who has room is accepted).
 
+        @param resolved: L{local_users} of C{recipient} when the caller has it already.
         @raise QuotaExceeded: for the first full user, when all are full.
         """
         if self.quota is None:
             return
-        users, remote = self.local_users([recipient])
+        users, remote = resolved if resolved is not None else self.local_users([recipient])
         if remote or not users:
             return
         first: QuotaExceeded | None = None
@@ -207,6 +221,7 @@ class LocalDelivery:
         recipients: list[Mailbox],
         message: bytes,
         *,
+        resolution: Resolution | None = None,
         junk: bool = False,
         refuse: bool = False,
     ) -> Delivered:
@@ -222,10 +237,13 @@ class LocalDelivery:
             its reply to DATA): a Sieve C{reject} is returned in L{Delivered.refused} for a
             C{550 5.7.1} instead of sent as a rejection notice (RFC 5429 §2.1.1, as Pigeonhole
             does through LMTP).
+        @param resolution: L{resolve} of C{recipients}, when the caller has it already.
 
         @raise OSError: on a disk failure; some copies may already be stored.
         """
-        users, remote, details, given = self._resolve(recipients)
+        users, remote, details, given = (
+            resolution if resolution is not None else self._resolve(recipients)
+        )
         data = return_path_header(reverse_path) + message
         refused: str | None = None
         over: list[Mailbox] = []

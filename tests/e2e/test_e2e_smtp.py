@@ -63,7 +63,7 @@ def test_stranger_on_port_25_lands_in_inbox_exact_bytes(server: Server) -> None:
     assert b"for <alice@example.test>" in received
     # smtplib dot-stuffs ".leading" on the wire; the server must store it unstuffed.
     assert body == MESSAGE
-    assert files[0].name.endswith(f",S={len(data)}")
+    assert files[0].name.endswith(f",S={len(data)},W={len(data)}")
 
 
 def test_recipient_checks_at_rcpt(server: Server) -> None:

@@ -137,8 +137,8 @@ class InboundPolicy:
                     rcpt=str(recipient),
                 )
                 raise SMTPReplyError(reply_554_blocklisted(client.peer_ip, listing.blocked_by))
-        self.local.check(recipient)
-        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
+        resolved = self.local.check(recipient)  # aliases expanded once per RCPT
+        await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Check the message (when configured), then store it (see L{LocalRecipients}).

@@ -338,9 +338,11 @@ class LocalRecipients:
         self.delivery = delivery
         self.relay = relay
 
-    def check(self, recipient: Mailbox) -> None:
+    def check(self, recipient: Mailbox) -> tuple[list[Mailbox], list[Mailbox]]:
         """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
 
+        @return: the local users and remote addresses it expands to (aliases resolved once
+            at RCPT; hand them to L{check_quota}).
         @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
             alias that expands to a remote address when there is no relay.
         """
@@ -349,20 +351,27 @@ class LocalRecipients:
             raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         if not users and not remote:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+        return users, remote
 
     def postmaster(self, hostname: str) -> Mailbox | None:
         """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
         return self.store.postmaster(hostname)
 
-    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
+    async def check_quota(
+        self,
+        recipient: Mailbox,
+        size: int = 0,
+        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
+    ) -> None:
         """RCPT time, after L{check}: refuse a user already over quota, as Dovecot's LMTP
         does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}), or
         one who has no room for the C{size} octets MAIL FROM announced (RFC 1870 SIZE).
 
+        @param resolved: what L{check} returned for C{recipient}.
         @raise SMTPReplyError: C{552 5.2.2} (RFC 3463 mailbox full).
         """
         try:
-            await self.delivery.check_quota(recipient, size)
+            await self.delivery.check_quota(recipient, size, resolved)
         except QuotaExceeded:
             raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
 
@@ -385,7 +394,10 @@ class LocalRecipients:
             C{552 5.2.2} as above.
         @raise OSError: any other disk failure (the session answers 451).
         """
-        users, remote = self.delivery.local_users(list(envelope.recipients))
+        # Resolved again (once) here, not taken from RCPT: an alias or user deleted since
+        # then must not get mail; the same expansion is handed to deliver_all.
+        resolution = self.delivery.resolve(list(envelope.recipients))
+        users, remote = resolution[0], resolution[1]
         if not users and not (remote and self.relay is not None):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         # RFC 5429 §2.1.1: a Sieve reject is refused in the transaction when the reply to
@@ -399,6 +411,7 @@ class LocalRecipients:
                     message,
                     junk=junk,
                     refuse=refuse,
+                    resolution=resolution,
                 )
                 metrics.of(self.delivery).delivered_locally(
                     len(delivered.stored), envelope.received_at
@@ -827,6 +840,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._in_header = True
         self._header_size = 0
         self.lf_ends_lines = False
+        self.take_bulk = False
 
     def do_MAIL(self, rest: bytes) -> None:
         if self.helo is None:
@@ -956,7 +970,76 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self._header_size = 0
             # "normalize": the wire layer ends lines at a bare LF too, and says which did.
             self.lf_ends_lines = self.bare_lf == "normalize"
+            self.take_bulk = not self.lf_ends_lines  # DATA as a stream: bulk_lines
             self.send_reply(REPLY_354_DATA)
+
+    def bulk_lines(self, buf: bytes, start: int) -> int:
+        """DATA as a stream: take every complete line of C{buf} before the end-of-data line
+        at once, checked and dot-unstuffed on bytes (one idle-timer reset per read, not per
+        line).  Only with C{bare_lf="reject"}, where only CRLF ends a line, so the end of data
+        is the first CRLF "." CRLF (RFC 5321 §4.1.1.4) and every CRLF "." starts a
+        dot-stuffed line (§4.5.2).  The final dot line is left to L{state_DATA}; a region
+        with anything unusual (bare CR or LF, an over-long line, the header section, the size
+        limit reached) goes line by line through L{state_DATA}, so every check and reply is
+        exactly that of the line-by-line path.
+        """
+        if buf.startswith(b".\r\n", start):
+            return start  # the end of data, for state_DATA
+        end = buf.find(b"\r\n.\r\n", start)
+        if end >= 0:
+            cut = end + 2
+        else:
+            last = buf.rfind(CRLF, start)
+            if last < 0:
+                return start  # no complete line yet
+            cut = last + 2
+        self.resetTimeout()
+        if self._data_failed is None:  # after a failure, lines are only counted to the dot
+            try:
+                self._data_region(buf[start:cut])
+            except Exception:
+                log.failure("session {session}: error in DATA", session=self.session_id)
+                self._fail_data(REPLY_451_LOCAL_ERROR)
+        return cut
+
+    def _data_region(self, region: bytes) -> None:
+        """Complete message lines (CRLF-terminated, no end-of-data line among them)."""
+        pos = 0
+        while self._in_header and pos < len(region) and self._data_failed is None:
+            pos = self._data_line(region, pos)  # the header section is checked line by line
+        if pos:
+            region = region[pos:]
+        if not region or self._data_failed is not None:
+            return
+        lines = region.count(CRLF)
+        if (
+            region.count(b"\r") == lines
+            and region.count(b"\n") == lines  # RFC 5321 §2.3.8: no bare CR or LF
+            and (
+                len(region) <= self.max_line_length + 2
+                or max(map(len, region.split(CRLF))) <= self.max_line_length
+            )
+        ):
+            text = region[1:] if region[:1] == b"." else region  # §4.5.2 transparency
+            if b"\r\n." in text:
+                text = text.replace(b"\r\n.", CRLF)
+            if self._data_size + len(text) <= self.max_message_size:
+                self._data_size += len(text)
+                self._data_lines.append(text)
+                return
+        pos = 0
+        while pos < len(region):
+            pos = self._data_line(region, pos)
+
+    def _data_line(self, region: bytes, pos: int) -> int:
+        """The line of C{region} at C{pos}, as the wire layer would deliver it; returns the
+        offset of the next line."""
+        end = region.index(CRLF, pos)
+        if end - pos > self.MAX_LENGTH:
+            self.lineLengthExceeded(region[pos : pos + self.MAX_LENGTH])
+        else:
+            self.lineReceived(region[pos:end])
+        return end + 2
 
     def state_DATA(self, line: bytes) -> None:
         # Both False unless bare_lf="normalize" (then a bare LF ended the line / the one before).
@@ -1003,6 +1086,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def _end_of_data(self) -> None:
         self.mode = COMMAND
         self.lf_ends_lines = False
+        self.take_bulk = False
         self._transactions += 1
         envelope = Envelope(
             client=self.client(),

@@ -106,8 +106,8 @@ class SubmissionPolicy:
             if self.relay is None:
                 raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         else:
-            self.local.check(recipient)
-            await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
+            resolved = self.local.check(recipient)  # aliases expanded once per RCPT
+            await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
         if self.rate is not None:
             self.rate.recipients.record(client.user)
 
