@@ -83,7 +83,7 @@ class FlowTests(unittest.TestCase):
 
     def test_smtp_data_is_fetched_by_imap_byte_for_byte(self) -> None:
         """RFC 5321 §4.4 + RFC 3501 §6.4.5: a message taken on port 25 is what IMAP FETCH
-        BODY[] returns, exactly, under the Return-Path and Received trace fields (and the
+        BODY[] returns, exactly, under the Return-Path, Delivered-To and Received trace fields (and the
         dot-stuffing of RFC 5321 §4.5.2 undone)."""
         smtp, _, pump = self.session("smtp")
         self.assertEqual(smtp.received, b"220 mail.example.test ESMTP twistedmail ready\r\n")
@@ -136,6 +136,7 @@ class FlowTests(unittest.TestCase):
         self.assertEqual(
             stored,
             b"Return-Path: <x@elsewhere.test>\r\n"
+            b"Delivered-To: alice@example.test\r\n"
             b"Received: from client.elsewhere.test ([192.0.2.25])\r\n"
             b"\tby mail.example.test with ESMTP id %s\r\n"
             b"\tfor <alice@example.test>; Thu, 01 Jan 2026 00:00:00 +0000\r\n"
