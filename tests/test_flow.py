@@ -83,8 +83,8 @@ class FlowTests(unittest.TestCase):
 
     def test_smtp_data_is_fetched_by_imap_byte_for_byte(self) -> None:
         """RFC 5321 §4.4 + RFC 3501 §6.4.5: a message taken on port 25 is what IMAP FETCH
-        BODY[] returns, exactly, under the Return-Path, Delivered-To and Received trace fields (and the
-        dot-stuffing of RFC 5321 §4.5.2 undone)."""
+        BODY[] returns, exactly, under the Return-Path, Delivered-To and Received trace fields
+        (and the dot-stuffing of RFC 5321 §4.5.2 undone)."""
         smtp, _, pump = self.session("smtp")
         self.assertEqual(smtp.received, b"220 mail.example.test ESMTP twistedmail ready\r\n")
         self.assertEqual(
