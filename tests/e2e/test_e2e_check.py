@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from e2e_server import BIN, free_ports
-from twisted.internet import reactor, utils
-from twisted.names import dns, server
+from twisted.internet import defer, reactor, utils
+from twisted.names import common, dns, server
 from twisted.trial.unittest import TestCase
 
 from twistedmail.testing import TestZone
@@ -62,6 +62,14 @@ def zone_from(lines: list[str]) -> Zone:
         else:
             raise AssertionError(f"unexpected record type in {line!r}")
     return zone
+
+
+class _ServerFailure(common.ResolverBase):
+    """An authority that fails every query: the DNS server answers SERVFAIL."""
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Any:
+        # not a DomainError: DNSServerFactory answers those NXDOMAIN, anything else SERVFAIL
+        return defer.fail(RuntimeError("the zone is unavailable"))
 
 
 class CheckTests(TestCase):
@@ -311,6 +319,22 @@ class CheckTests(TestCase):
             [c["status"] for c in report["checks"]],
             ["ok"] * (len(self.ok_lines()) - 1) + ["missing"],
         )
+
+    async def test_lookup_failure(self) -> None:
+        """A nameserver answering SERVFAIL: every record WRONG with the failed lookup, never
+        missing (nothing could be confirmed either way), exit 1."""
+        self.factory.resolver.resolvers[:] = [_ServerFailure()]
+        code, lines, err = await self.check("example.test")
+        self.flushLoggedErrors(RuntimeError)  # the DNS server logs each failed query
+        self.assertEqual((code, err), (1, ""))
+        failed = "lookup failed (DNSServerError)"
+        expected = []
+        for line in self.ok_lines()[:-3]:
+            kind, name = line[9:].split()[:2]
+            rtype = "TXT" if kind in ("SPF", "DKIM", "DMARC", "TLS-RPT", "MTA-STS") else kind
+            expected.append(f"WRONG    {kind} {name}  DNS {rtype} {failed}")
+        expected.append(f"WRONG    A {HOST}  DNS A {failed}")
+        self.assertEqual(lines, expected)
 
     async def test_bad_domain(self) -> None:
         """A name that is no domain: one error line on stderr, exit 1 (DESIGN §3)."""
