@@ -29,9 +29,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Coroutine
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.names import dns
 from twisted.names import error as dns_error
@@ -338,22 +340,26 @@ async def check(
         host = Finding(OK, "A", hostname, " ".join(checker.addresses))
     else:
         host = Finding(MISSING, "A", hostname, "no A or AAAA record", "the server's address")
-    findings: list[Finding] = []
+    checks: list[Coroutine[Any, Any, list[Finding]]] = []
     for want in expected_records(lines):
-        if want.rtype == "MX":
-            findings += await _guarded("MX", want.name, checker.mx(want))
-        elif want.rtype == "TXT":
-            kind = _KINDS[_version(want.data)]
-            findings += await _guarded(kind, want.name, checker.txt(want))
-            if kind == "SPF" and not keys.signing_keys(domain):
-                name = f"{dkim.DEFAULT_SELECTOR}._domainkey.{domain}"
-                detail = f"no DKIM key for {domain} here (run: twistedmail dkim generate {domain})"
-                findings.append(Finding(MISSING, "DKIM", name, detail))
-        elif want.rtype == "CNAME":
-            findings += await _guarded("CNAME", want.name, checker.cname(want))
-        elif want.rtype == "SRV":
-            findings += await _guarded("SRV", want.name, checker.srv(want))
-    findings.append(host)
-    for ip in checker.addresses:
-        findings += await _guarded("PTR", ip, checker.ptr(ip))
+        kind = _KINDS[_version(want.data)] if want.rtype == "TXT" else want.rtype
+        run = {"MX": checker.mx, "TXT": checker.txt, "CNAME": checker.cname, "SRV": checker.srv}
+        checks.append(_guarded(kind, want.name, run[want.rtype](want)))
+        if kind == "SPF" and not keys.signing_keys(domain):
+            name = f"{dkim.DEFAULT_SELECTOR}._domainkey.{domain}"
+            detail = f"no DKIM key for {domain} here (run: twistedmail dkim generate {domain})"
+            checks.append(_given([Finding(MISSING, "DKIM", name, detail)]))
+    checks.append(_given([host]))
+    checks += [_guarded("PTR", ip, checker.ptr(ip)) for ip in checker.addresses]
+    # all at once (a dead nameserver costs one timeout, not one per record), in order
+    try:
+        results = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(c) for c in checks], consumeErrors=True
+        )
+    except defer.FirstError as e:
+        e.subFailure.raiseException()
+    return [finding for result in results for finding in result]
+
+
+async def _given(findings: list[Finding]) -> list[Finding]:
     return findings
