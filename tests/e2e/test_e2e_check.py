@@ -79,7 +79,8 @@ class CheckTests(TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        """One data dir with a DKIM key for example.test, and one port, for every test."""
+        """One data dir with DKIM keys (RSA, Ed25519) for example.test, and one port, for
+        every test."""
         cls.root = Path(tempfile.mkdtemp(prefix="twistedmail-check-"))
         (cls.dns_port,) = free_ports(1)
         cls.config = cls.root / "twistedmail.toml"
@@ -90,6 +91,7 @@ class CheckTests(TestCase):
         )
         cls.cli_sync("init")
         cls.cli_sync("dkim", "generate", "example.test")
+        cls.cli_sync("dkim", "generate", "example.test", "--algorithm", "ed25519")
         cls.published = cls.cli_sync("dns-records", "example.test").splitlines()
 
     @classmethod
@@ -148,7 +150,14 @@ class CheckTests(TestCase):
         lines = [
             f"ok       MX {d}  10 {HOST}.",
             f'ok       SPF {d}  "v=spf1 mx -all": pass for {V4}, pass for {V6}',
-            *([f"ok       DKIM twistedmail._domainkey.{d}  our rsa key"] if dkim else []),
+            *(
+                [
+                    f"ok       DKIM twistedmail._domainkey.{d}  our rsa key",
+                    f"ok       DKIM twistedmail-ed25519._domainkey.{d}  our ed25519 key",
+                ]
+                if dkim
+                else []
+            ),
             f'ok       DMARC _dmarc.{d}  "v=DMARC1; p=quarantine; rua=mailto:postmaster@{d}"',
             f"ok       SRV _submission._tcp.{d}  0 1 587 {HOST}.",
             f"ok       SRV _submissions._tcp.{d}  0 1 465 {HOST}.",
@@ -182,7 +191,9 @@ class CheckTests(TestCase):
         zone["mx"][d] = [(10, "mx.elsewhere.test")]
         zone["txt"][d] = ["v=spf1 -all"]  # RFC 7208 §5.1: fails every address
         other = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAwrong"
-        zone["txt"][f"twistedmail._domainkey.{d}"] = [f"v=DKIM1; k=rsa; p={other}"]
+        rsa_name, ed_name = f"twistedmail._domainkey.{d}", f"twistedmail-ed25519._domainkey.{d}"
+        zone["txt"][ed_name] = zone["txt"][rsa_name]  # the RSA key at the Ed25519 selector
+        zone["txt"][rsa_name] = [f"v=DKIM1; k=rsa; p={other}"]
         zone["txt"][f"_dmarc.{d}"] = ["v=DMARC1; p=bogus"]  # no valid p=, no rua=
         zone["txt"][f"_smtp._tls.{d}"] = ["v=TLSRPTv1"]
         zone["txt"][f"_mta-sts.{d}"] = ["v=STSv1; id=20260101"]
@@ -201,8 +212,10 @@ class CheckTests(TestCase):
             f" (expected 10 {HOST}.)",
             "SPF ": f'WRONG    SPF {d}  "v=spf1 -all": fail for {V4}, fail for {V6}'
             ' (expected "v=spf1 mx -all")',
-            "DKIM ": f"WRONG    DKIM twistedmail._domainkey.{d}  not our rsa key"
-            f" (expected {self.value(f'twistedmail._domainkey.{d}.')})",
+            "DKIM ": f"WRONG    DKIM {rsa_name}  not our rsa key"
+            f" (expected {self.value(f'{rsa_name}.')})",
+            "DKIM twistedmail-ed25519": f"WRONG    DKIM {ed_name}  not our ed25519 key"
+            f" (expected {self.value(f'{ed_name}.')})",
             "DMARC ": f'WRONG    DMARC _dmarc.{d}  "v=DMARC1; p=bogus" does not parse'
             " (RFC 7489 §6.3: v=DMARC1; p=...)"
             f" (expected {self.value(f'_dmarc.{d}.')})",
@@ -246,6 +259,7 @@ class CheckTests(TestCase):
                 missing("MX", d),
                 missing("SPF", d, "spf1"),
                 missing("DKIM", f"twistedmail._domainkey.{d}"),
+                missing("DKIM", f"twistedmail-ed25519._domainkey.{d}"),
                 missing("DMARC", f"_dmarc.{d}"),
                 *(
                     missing("SRV", f"_{service}._tcp.{d}")
