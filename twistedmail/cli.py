@@ -25,14 +25,14 @@ import pwd
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import twistedmail
 from twistedmail import backup as backup_module
 from twistedmail import config as config_module
-from twistedmail import control, importer
+from twistedmail import control, dnscheck, importer
 from twistedmail import dkim as dkim_module
 from twistedmail.accounts import AccountStore, Quota, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
@@ -47,7 +47,6 @@ from twistedmail.sieve.store import SieveStore
 from twistedmail.sieve.validate import compile_script
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
-from twistedmail.web import mtasts
 
 PROG = "twistedmail"
 
@@ -563,20 +562,64 @@ def cmd_dkim_generate(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_dns_records(ctx: _Context, args: argparse.Namespace) -> None:
-    config = ctx.config
-    hostname = config.server.hostname
-    for line in dkim_module.dns_records(args.domain, hostname, _dkim_keys(ctx)):
+    for line in dnscheck.zone_lines(ctx.config, args.domain, _dkim_keys(ctx)):
         _out(line)
-    domain = normalize_domain(args.domain)  # dns_records refused a bad one already
-    _out(mtasts.tlsrpt_record(domain))  # RFC 8460 §3
-    https = config.listen["https"]
-    if not https:
-        _out("; MTA-STS and autodiscover need the HTTPS listener: set [listen] https")
-        return
-    for line in mtasts.dns_records(domain, hostname, config.mta_sts.mode, config.mta_sts.max_age):
-        _out(line)
-    _out(f"autodiscover.{domain}. IN CNAME {hostname}.")
-    _out(f"_autodiscover._tcp.{domain}. IN SRV 0 1 {https[0].port} {hostname}.")
+
+
+def cmd_check(ctx: _Context, args: argparse.Namespace) -> int:
+    """Look up what C{args.domain} publishes and judge each record (L{dnscheck.check}): one
+    line per record, or with C{--json} one object; 1 when a record is wrong or missing."""
+    from twisted.internet import reactor
+
+    from twistedmail import service
+
+    def start() -> Coroutine[Any, Any, list[dnscheck.Finding]]:
+        resolver = service.dns_resolver(ctx.config, reactor)
+        return dnscheck.check(resolver, reactor, ctx.config, args.domain, _dkim_keys(ctx))
+
+    findings: list[dnscheck.Finding] = _run_reactor(start)
+    bad = any(f.status != dnscheck.OK for f in findings)
+    if args.json:
+        domain = normalize_domain(args.domain)
+        _out(
+            json.dumps(
+                {
+                    "domain": domain,
+                    "hostname": ctx.config.server.hostname,
+                    "ok": not bad,
+                    "checks": [f.as_json() for f in findings],
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        for finding in findings:
+            _out(finding.line())
+    return 1 if bad else 0
+
+
+def _run_reactor(start: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run the global reactor until the coroutine C{start()} ends; its result, or its
+    exception raised here.  Once per process (a reactor does not restart)."""
+    from twisted.internet import defer, reactor
+    from twisted.python.failure import Failure
+
+    outcome: list[Any] = []
+
+    def done(result: Any) -> None:
+        outcome.append(result)
+        reactor.stop()
+
+    def begin() -> None:
+        defer.Deferred.fromCoroutine(start()).addBoth(done)
+
+    reactor.callWhenRunning(begin)
+    reactor.run(installSignalHandlers=False)
+    if not outcome:
+        raise UserError("interrupted")
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 def cmd_queue_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -1184,6 +1227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("dns-records", help="print the DNS records a domain should publish")
     p.add_argument("domain")
     p.set_defaults(func=cmd_dns_records)
+    p = commands.add_parser(
+        "check",
+        help="look up what a domain publishes in the DNS and say per record whether it is right",
+    )
+    p.add_argument("domain")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.set_defaults(func=cmd_check)
 
     p = commands.add_parser("check-config", help="load the config and TLS files, report errors")
     p.set_defaults(func=cmd_check_config)
@@ -1301,8 +1351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.func not in (cmd_init, cmd_restore):
                 ctx.require_data_dir()
             ctx.act_as_data_dir_owner()
-        args.func(ctx, args)
-        return 0
+        return int(args.func(ctx, args) or 0)
     except (
         UserError,
         StoreError,

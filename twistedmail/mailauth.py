@@ -744,6 +744,22 @@ class _MessageDNS:
         return result
 
 
+async def spf_of(
+    cache: DNSCache,
+    ip: str,
+    reverse_path: Mailbox | None,
+    helo: str,
+    timeout: float = CHECK_TIMEOUT,
+) -> SPFResult:
+    """L{check_spf} over asynchronous DNS (the replay of L{_MessageDNS}), within C{timeout}
+    seconds: what a receiver would conclude for mail from C{ip} (C{twistedmail check})."""
+    lookups = _MessageDNS(cache, cache.clock.seconds() + timeout)
+    result: SPFResult = await lookups.replay(
+        lambda query: check_spf(query, ip, reverse_path, helo)
+    )
+    return result
+
+
 def _has_dkim_signature(message: bytes) -> bool:
     """Whether the header section has a DKIM-Signature field (cheap: no parse)."""
     end = message.find(b"\r\n\r\n")

@@ -62,6 +62,9 @@ def _records(
     a: Mapping[str, Sequence[str]],
     aaaa: Mapping[str, Sequence[str]],
     txt: Mapping[str, Sequence[str]],
+    srv: Mapping[str, Sequence[tuple[int, int, int, str]]] | None = None,
+    cname: Mapping[str, str] | None = None,
+    ptr: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[bytes, list[Any]]:
     records: dict[bytes, list[Any]] = {}
 
@@ -83,6 +86,14 @@ def _records(
             data = text.encode("ascii")
             chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
             add(name, dns.Record_TXT(*chunks, ttl=60))
+    for name, services in (srv or {}).items():
+        for priority, weight, port, target in services:
+            add(name, dns.Record_SRV(priority, weight, port, target.encode("ascii"), ttl=60))
+    for name, target in (cname or {}).items():
+        add(name, dns.Record_CNAME(target.encode("ascii"), ttl=60))
+    for name, targets in (ptr or {}).items():
+        for target in targets:
+            add(name, dns.Record_PTR(target.encode("ascii"), ttl=60))
     return records
 
 
@@ -134,7 +145,9 @@ class TestZone(authority.FileAuthority):
 
     C{TestZone("example.test", mx=..., a=..., aaaa=..., txt=...)}: the maps are as for
     L{FakeResolver}, names absolute without the trailing dot; names under the zone without
-    records are answered NXDOMAIN (authoritatively).
+    records are answered NXDOMAIN (authoritatively).  Also C{srv={"_imaps._tcp.example.test":
+    [(0, 1, 993, "mail.example.test")]}}, C{cname={"autoconfig.example.test":
+    "mail.example.test"}} and C{ptr={"10.2.0.192.in-addr.arpa": ["mail.example.test"]}}.
     """
 
     __test__ = False  # not a pytest test class
@@ -151,9 +164,12 @@ class TestZone(authority.FileAuthority):
         a: Mapping[str, Sequence[str]] | None = None,
         aaaa: Mapping[str, Sequence[str]] | None = None,
         txt: Mapping[str, Sequence[str]] | None = None,
+        srv: Mapping[str, Sequence[tuple[int, int, int, str]]] | None = None,
+        cname: Mapping[str, str] | None = None,
+        ptr: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._origin = origin.lower().rstrip(".")
-        self._maps = (mx or {}, a or {}, aaaa or {}, txt or {})
+        self._maps = (mx or {}, a or {}, aaaa or {}, txt or {}, srv, cname, ptr)
         super().__init__(origin)
 
     def loadFile(self, filename: Any) -> None:
