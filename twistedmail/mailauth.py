@@ -754,9 +754,7 @@ async def spf_of(
     """L{check_spf} over asynchronous DNS (the replay of L{_MessageDNS}), within C{timeout}
     seconds: what a receiver would conclude for mail from C{ip} (C{twistedmail check})."""
     lookups = _MessageDNS(cache, cache.clock.seconds() + timeout)
-    result: SPFResult = await lookups.replay(
-        lambda query: check_spf(query, ip, reverse_path, helo)
-    )
+    result: SPFResult = await lookups.replay(lambda query: check_spf(query, ip, reverse_path, helo))
     return result
 
 
