@@ -140,7 +140,8 @@ class FolderWatcher(ChangeNotifier):
                 assert self._make_inotify is not None
                 self._inotify = self._make_inotify(self.reactor, self._lost)
                 self._inotify.startReading()
-            except WATCH_ERRORS as e:
+            except Exception as e:  # noqa: BLE001 (any failure: poll instead, said once)
+                self._inotify = None
                 self._inotify_failed = True
                 self._fall_back("inotify cannot be used ({error})", error=str(e))
         if self._inotify is not None:
