@@ -38,6 +38,9 @@ class FakeINotify:
     def ignore(self, path: FilePath[Any]) -> None:
         del self.watched[path.path]
 
+    def doRead(self) -> None:
+        pass
+
     def fire(self, path: Path) -> None:
         for callback in self.watched[os.fsencode(path)]:
             callback(None, FilePath(os.fsencode(path / "x")), MASK)
@@ -158,6 +161,32 @@ def test_kernel_events_of_a_delivery_rename_and_unlink(folder: Path) -> None:
     real[0].doRead()
     clock.advance(DELAY)
     assert calls == [1, 1, 1]
+    real[0].loseConnection()
+
+
+def test_our_own_change_is_not_announced_twice(folder: Path) -> None:
+    """The kernel's events of a change this process announced itself (delivery, APPEND)
+    start no second rescan; a later outside change still does."""
+    clock = Clock()
+    real: list[ManualINotify] = []
+
+    def make(reactor: Any, lost: Any) -> ManualINotify:
+        real.append(ManualINotify(reactor=reactor))
+        return real[0]
+
+    watcher = FolderWatcher(clock, make)
+    calls: list[int] = []
+    watcher.subscribe(folder, lambda: calls.append(1))
+    drop_into_new(folder, "1.M1P1.host")  # as our delivery writes it
+    watcher.changed(folder)
+    assert calls == [1]
+    real[0].doRead()
+    clock.advance(DELAY)
+    assert calls == [1]
+    drop_into_new(folder, "2.M2P2.host")  # by someone else
+    real[0].doRead()
+    clock.advance(DELAY)
+    assert calls == [1, 1]
     real[0].loseConnection()
 
 

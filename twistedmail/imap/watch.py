@@ -65,6 +65,8 @@ class INotifyLike(Protocol):
 
     def ignore(self, path: FilePath[Any]) -> None: ...
 
+    def doRead(self) -> object: ...
+
 
 def _system_inotify(reactor: Any, lost: Callable[[], None]) -> INotifyLike:
     """A real inotify instance on C{reactor}; C{lost} is called when Twisted closes it (it
@@ -109,8 +111,25 @@ class FolderWatcher(ChangeNotifier):
         self._polled: dict[Path, tuple[int, ...]] = {}
         self._poll: LoopingCall | None = None
         self._fallback_logged = False
+        self._draining: Path | None = None
 
     # ChangeNotifier
+
+    def changed(self, path: Path) -> None:
+        """A change made by this process (delivery, APPEND, STORE, EXPUNGE, POP3), told to
+        the folder's sessions at once.  The kernel already queued the inotify events of that
+        change: they are read now and dropped, so the sessions do not rescan a second time
+        for it (an outside change among them is seen by the rescans this notice starts)."""
+        if self._inotify is not None and path in self._watched:
+            self._draining = path
+            try:
+                self._inotify.doRead()
+            finally:
+                self._draining = None
+            pending = self._pending.pop(path, None)
+            if pending is not None and pending.active():
+                pending.cancel()
+        super().changed(path)
 
     def subscribe(self, path: Path, callback: Callable[[], None]) -> None:
         first = path not in self._listeners
@@ -219,13 +238,13 @@ class FolderWatcher(ChangeNotifier):
 
     def _event(self, path: Path) -> None:
         """Something changed in C{path}: tell its sessions once the burst is over."""
-        if path in self._pending or path not in self._listeners:
+        if path in self._pending or path not in self._listeners or path == self._draining:
             return
         self._pending[path] = self.reactor.callLater(self.delay, self._fire, path)
 
     def _fire(self, path: Path) -> None:
         del self._pending[path]
-        ChangeNotifier.changed(self, path)
+        super().changed(path)
 
     # the fallback
 
