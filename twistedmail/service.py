@@ -72,10 +72,10 @@ from twistedmail.dns import reverse_name
 from twistedmail.dnsbl import Blocklists
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPFactory, imap_factory
+from twistedmail.imap.watch import FolderWatcher
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
 from twistedmail.mailauth import Authenticator, organizational_domain
 from twistedmail.maildir import (
-    ChangeNotifier,
     StorageReserve,
     UserMaildir,
     clean_tmp,
@@ -441,7 +441,8 @@ class MailServer(MultiService):
             recipient_delimiter=config.delivery.recipient_delimiter,
         )
         self.mail_dir = mail_dir(config)
-        self.notifier = ChangeNotifier()
+        # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
+        self.notifier = FolderWatcher(reactor)
         self.tls_context = server_tls_context(config)
         if run_as is not None and os.geteuid() == 0 and run_as[0] != 0:
             load_before_the_drop()
