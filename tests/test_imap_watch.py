@@ -201,6 +201,7 @@ def test_watches_come_back_after_many_select_close_cycles(folder: Path) -> None:
 
     watcher = FolderWatcher(clock, make)
     for _ in range(500):
+
         def callback() -> None:
             pass
 
