@@ -27,10 +27,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
 
 from twistedmail.throttle import Block, LoginThrottle
+
+log = Logger(namespace="twistedmail.control")
 
 TIMEOUT = 30.0  # seconds the CLI waits for an answer
 IDLE_TIMEOUT = 60  # seconds a control connection may stay silent
@@ -140,6 +143,7 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
     @AuthFlush.responder
     def auth_flush(self, user: str) -> dict[str, int]:
         flushed = self._flush_logins(user) if self._flush_logins is not None else 0
+        log.info("login cache: forgot {count} cached login(s) of {user}", count=flushed, user=user)
         return {"flushed": flushed}
 
     @Flush.responder
