@@ -106,6 +106,19 @@ class CheckerTests(unittest.TestCase):
         self.assertTrue(passwords.verify(PASSWORD, fresh))
         self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
 
+    def test_old_argon2_parameters_rehashed(self) -> None:
+        """A hash with the earlier default (p=4) logs in and is replaced by m=65536,t=3,p=1."""
+        from argon2 import PasswordHasher, Type
+
+        old = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID)
+        self.store.set_password_hash("alice@example.org", old.hash(PASSWORD))
+        self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
+        self.assertEqual(self.thread.calls, ["verify", "hash_password"])
+        fresh = self.store.password_hash("alice@example.org")
+        assert fresh is not None
+        self.assertIn("$m=65536,t=3,p=1$", fresh)
+        self.assertTrue(passwords.verify(PASSWORD, fresh))
+
     def test_no_rehash_when_current(self) -> None:
         before = self.store.password_hash("alice@example.org")
         self.login("alice@example.org", PASSWORD)
