@@ -39,6 +39,8 @@ class StoreTestCase(unittest.TestCase):
 
 class FileTests(StoreTestCase):
     def test_private_file_wal(self) -> None:
+        """The account store is a mode-0600 SQLite file in WAL mode at the current schema
+        version."""
         self.assertEqual(self.path.stat().st_mode & 0o777, 0o600)
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
@@ -46,6 +48,7 @@ class FileTests(StoreTestCase):
         self.assertEqual(db.execute("PRAGMA user_version").fetchone(), (SCHEMA_VERSION,))
 
     def test_reopen_keeps_data(self) -> None:
+        """Users added survive closing and reopening the store."""
         self.store.add_user("alice@example.org", "h")
         self.store.close()
         self.assertEqual(AccountStore(self.path).users(), ["alice@example.org"])
@@ -71,6 +74,8 @@ class FileTests(StoreTestCase):
 
 class DomainTests(StoreTestCase):
     def test_add_list(self) -> None:
+        """Domains are stored lower-case and IDNA-encoded, listed sorted, and looked up
+        case-blind."""
         self.assertEqual(self.store.add_domain("Example.ORG"), "example.org")
         self.assertEqual(self.store.add_domain("bücher.example"), "xn--bcher-kva.example")
         self.assertEqual(self.store.add_domain("a.example"), "a.example")
@@ -82,6 +87,8 @@ class DomainTests(StoreTestCase):
         self.assertFalse(self.store.is_local_domain("other.example"))
 
     def test_errors(self) -> None:
+        """Adding an existing domain (any case) or an invalid one, or deleting a missing one,
+        raises StoreError with the reason."""
         self.store.add_domain("example.org")
         self.assertStoreError(
             "domain example.org already exists", self.store.add_domain, "EXAMPLE.ORG"
@@ -94,11 +101,13 @@ class DomainTests(StoreTestCase):
         )
 
     def test_delete(self) -> None:
+        """delete_domain removes the domain, named in any case."""
         self.store.add_domain("example.org")
         self.store.delete_domain("Example.org")
         self.assertEqual(self.store.domains(), [])
 
     def test_delete_with_users(self) -> None:
+        """A domain that still has users cannot be deleted; the error counts them."""
         self.store.add_user("alice@example.org", "h")
         self.store.add_user("bob@example.org", "h")
         self.assertStoreError(
@@ -126,6 +135,8 @@ class DomainTests(StoreTestCase):
 
 class UserTests(StoreTestCase):
     def test_add_adds_domain(self) -> None:
+        """add_user stores the address lower-case and adds its domain the first time (reported by
+        the second value)."""
         self.assertEqual(
             self.store.add_user("Alice@Example.ORG", "h1"), (M("alice@example.org"), True)
         )
@@ -136,6 +147,8 @@ class UserTests(StoreTestCase):
         self.assertEqual(self.store.users(), ["alice@example.org", "bob@example.org"])
 
     def test_lookup(self) -> None:
+        """password_hash and is_user are case-blind and give nothing for an unknown user, a
+        non-address or ''."""
         self.store.add_user("alice@example.org", "hash")
         self.assertEqual(self.store.password_hash("ALICE@Example.org"), "hash")
         self.assertIsNone(self.store.password_hash("bob@example.org"))
@@ -145,6 +158,7 @@ class UserTests(StoreTestCase):
         self.assertFalse(self.store.is_user("bob@example.org"))
 
     def test_duplicate(self) -> None:
+        """Adding an existing user (any case) is refused and keeps the old password hash."""
         self.store.add_user("alice@example.org", "h")
         self.assertStoreError(
             "user alice@example.org already exists", self.store.add_user, "ALICE@example.org", "h2"
@@ -152,6 +166,7 @@ class UserTests(StoreTestCase):
         self.assertEqual(self.store.password_hash("alice@example.org"), "h")
 
     def test_alias_cannot_become_user(self) -> None:
+        """An address that is an alias cannot also be added as a user."""
         self.store.add_domain("example.org")
         self.store.add_alias("info@example.org", ["x@remote.example"])
         self.assertStoreError(
@@ -172,6 +187,8 @@ class UserTests(StoreTestCase):
         self.assertEqual(self.store.domains(), ["example.org"])
 
     def test_invalid(self) -> None:
+        """add_user refuses addresses without a domain or with an invalid local part or domain,
+        naming the reason."""
         self.assertStoreError(
             "invalid address 'alice': address must be local@domain",
             self.store.add_user,
@@ -186,6 +203,7 @@ class UserTests(StoreTestCase):
         )
 
     def test_set_password_hash(self) -> None:
+        """set_password_hash replaces the hash (case-blind) and refuses an unknown user."""
         self.store.add_user("alice@example.org", "old")
         self.store.set_password_hash("Alice@example.org", "new")
         self.assertEqual(self.store.password_hash("alice@example.org"), "new")
@@ -194,6 +212,7 @@ class UserTests(StoreTestCase):
         )
 
     def test_delete(self) -> None:
+        """delete_user removes the user (case-blind); deleting it again is 'no such user'."""
         self.store.add_user("alice@example.org", "h")
         self.store.delete_user("ALICE@example.org")
         self.assertEqual(self.store.users(), [])
@@ -209,6 +228,7 @@ class AliasTests(StoreTestCase):
         self.store.add_user("bob@example.org", "h")
 
     def test_add(self) -> None:
+        """add_alias stores the alias and its targets lower-cased, deduplicated and sorted."""
         alias = self.store.add_alias(
             "Team@Example.org",
             ["BOB@example.org", "alice@example.org", "bob@example.org", "c@Remote.Example"],
@@ -223,11 +243,13 @@ class AliasTests(StoreTestCase):
         )
 
     def test_add_to_existing(self) -> None:
+        """Adding targets to an existing alias merges them without duplicates."""
         self.store.add_alias("team@example.org", ["alice@example.org"])
         alias = self.store.add_alias("team@example.org", ["bob@example.org", "alice@example.org"])
         self.assertEqual(alias.targets, ("alice@example.org", "bob@example.org"))
 
     def test_list(self) -> None:
+        """aliases lists every alias sorted, each with its sorted targets."""
         self.store.add_alias("b@example.org", ["bob@example.org"])
         self.store.add_alias("a@example.org", ["bob@example.org", "alice@example.org"])
         self.assertEqual(
@@ -239,6 +261,8 @@ class AliasTests(StoreTestCase):
         )
 
     def test_errors(self) -> None:
+        """An alias needs a target, a local domain, a valid address, and must not be a user; each
+        refusal names its reason."""
         self.assertStoreError(
             "an alias needs at least one target", self.store.add_alias, "x@example.org", []
         )
@@ -263,6 +287,7 @@ class AliasTests(StoreTestCase):
         self.assertEqual(self.store.aliases(), [])
 
     def test_delete(self) -> None:
+        """delete_alias removes the alias (case-blind); deleting it again is 'no such alias'."""
         self.store.add_alias("x@example.org", ["alice@example.org", "bob@example.org"])
         self.store.delete_alias("X@example.org")
         self.assertEqual(self.store.alias_targets("x@example.org"), [])
@@ -289,15 +314,19 @@ class ExpandTests(StoreTestCase):
         return [str(m) for m in self.store.expand(M(address))]
 
     def test_user(self) -> None:
+        """A local user expands to itself, lower-cased."""
         self.assertEqual(self.expand("Alice@example.org"), ["alice@example.org"])
 
     def test_unknown_local(self) -> None:
+        """An unknown local address expands to nothing."""
         self.assertEqual(self.expand("nobody@example.org"), [])
 
     def test_remote_address(self) -> None:
+        """A remote address expands to itself."""
         self.assertEqual(self.expand("x@remote.example"), ["x@remote.example"])
 
     def test_alias_to_users_and_remote(self) -> None:
+        """An alias expands to its local users and remote targets."""
         self.store.add_alias(
             "team@example.org", ["bob@example.org", "alice@example.org", "x@remote.example"]
         )
@@ -307,6 +336,7 @@ class ExpandTests(StoreTestCase):
         )
 
     def test_nested_and_deduplicated(self) -> None:
+        """Nested aliases expand depth first, each alias's targets sorted, each user once."""
         self.store.add_alias("all@example.org", ["team@example.org", "sales@example.org"])
         self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
         self.store.add_alias("sales@example.org", ["bob@example.org", "carol@example.org"])
@@ -331,6 +361,7 @@ class ExpandTests(StoreTestCase):
         self.assertEqual(self.expand("a@example.org"), [])
 
     def test_unknown_local_target_dropped(self) -> None:
+        """An alias target that is no longer a local user is dropped from the expansion."""
         self.store.add_alias("x@example.org", ["gone@example.org", "carol@example.org"])
         self.assertEqual(self.expand("x@example.org"), ["carol@example.org"])
 
@@ -383,6 +414,7 @@ class NewUserTrialRegressionTests(unittest.TestCase):
         self.assertEqual(self.store.domains(), [])
 
     def test_alias_of_itself_refused(self) -> None:
+        """An alias that names itself as a target is refused and nothing is stored."""
         self.store.add_domain("example.org")
         with self.assertRaises(StoreError) as cm:
             self.store.add_alias("loop@example.org", ["loop@example.org", "x@remote.test"])
@@ -412,6 +444,7 @@ PRAGMA user_version=1;
 
 class QuotaTests(StoreTestCase):
     def test_new_user_is_unlimited_unless_given_a_quota(self) -> None:
+        """A new user has no quota unless one is given; quota of an unknown user is None."""
         self.store.add_user("alice@example.org", "h")
         self.store.add_user("bob@example.org", "h", Quota(storage=2**30))
         self.assertEqual(self.store.quota("alice@example.org"), Quota())
@@ -419,6 +452,8 @@ class QuotaTests(StoreTestCase):
         self.assertIsNone(self.store.quota("carol@example.org"))
 
     def test_set_quota(self) -> None:
+        """set_quota stores storage and message limits (case-blind, kept across reopen); an
+        unknown user or a negative quota is refused."""
         self.store.add_user("alice@example.org", "h")
         self.store.set_quota("Alice@Example.org", Quota(storage=5000, messages=10))
         self.assertEqual(self.open().quota("alice@example.org"), Quota(5000, 10))
@@ -431,6 +466,8 @@ class QuotaTests(StoreTestCase):
         )
 
     def test_store_of_version_1_gets_the_quota_columns_and_keeps_its_data(self) -> None:
+        """A version-1 store is migrated: it gains the quota columns and keeps its users, hashes
+        and aliases."""
         path = self.dir / "old.sqlite3"
         db = sqlite3.connect(path)
         db.executescript(SCHEMA_V1)

@@ -19,9 +19,11 @@ from twistedmail.address import (
 
 class DomainTests(unittest.TestCase):
     def test_lower_case(self) -> None:
+        """RFC 5321 §2.4: domain names are case-blind and kept lower-case."""
         self.assertEqual(normalize_domain("Mail.EXAMPLE.org"), "mail.example.org")
 
     def test_single_label(self) -> None:
+        """A single-label domain (localhost) is accepted."""
         self.assertEqual(normalize_domain("localhost"), "localhost")
 
     def test_idna_to_a_labels(self) -> None:
@@ -46,11 +48,14 @@ class DomainTests(unittest.TestCase):
         self.assertEqual(normalize_domain("r3--a.example"), "r3--a.example")  # not IDNA: LDH
 
     def test_hyphens(self) -> None:
+        """RFC 1035 §2.3.1: a hyphen inside a label is fine, at its start or end it is refused."""
         self.assertEqual(normalize_domain("a-b.example"), "a-b.example")
         for bad in ("-ab.example", "ab-.example"):
             self.assertRaises(AddressError, normalize_domain, bad)
 
     def test_lengths(self) -> None:
+        """RFC 1035 §2.3.4: labels up to 63 octets and names up to 255 octets; one more is
+        refused."""
         label = "a" * 63
         self.assertEqual(normalize_domain(f"{label}.example"), f"{label}.example")
         self.assertRaises(AddressError, normalize_domain, f"{label}a.example")
@@ -61,6 +66,8 @@ class DomainTests(unittest.TestCase):
         self.assertEqual(str(e), "domain too long")
 
     def test_refused(self) -> None:
+        """Empty names, address literals, empty labels, leading or trailing dots and other
+        characters are refused with their reason."""
         cases = {
             "": "not a domain name",
             "[192.0.2.1]": "not a domain name",
@@ -80,6 +87,7 @@ class DomainTests(unittest.TestCase):
 
 class MailboxTests(unittest.TestCase):
     def test_parse(self) -> None:
+        """Mailbox.parse splits local@domain and prints it back."""
         m = Mailbox.parse("alice@example.org")
         self.assertEqual(m, Mailbox("alice", "example.org"))
         self.assertEqual(str(m), "alice@example.org")
@@ -91,6 +99,8 @@ class MailboxTests(unittest.TestCase):
         )
 
     def test_idn_domain(self) -> None:
+        """RFC 5890: an internationalized domain is stored in its A-label (xn--) form,
+        lower-cased."""
         self.assertEqual(str(Mailbox.parse("info@Bücher.example")), "info@xn--bcher-kva.example")
 
     def test_atext(self) -> None:
@@ -99,11 +109,13 @@ class MailboxTests(unittest.TestCase):
             self.assertEqual(Mailbox.parse(f"{local}@example.org").local, local)
 
     def test_frozen(self) -> None:
+        """A Mailbox is immutable and hashes equal to the same address in other case."""
         m = Mailbox.parse("a@example.org")
         self.assertRaises(AttributeError, setattr, m, "local", "b")
         self.assertEqual(hash(m), hash(Mailbox.parse("A@EXAMPLE.ORG")))
 
     def test_local_part_length(self) -> None:
+        """RFC 5321 §4.5.3.1.1: a local part of 64 octets is accepted, 65 refused."""
         local = "a" * MAX_LOCAL_PART
         self.assertEqual(Mailbox.parse(f"{local}@example.org").local, local)
         e = self.assertRaises(AddressError, Mailbox.parse, f"{local}a@example.org")
@@ -141,6 +153,8 @@ class MailboxTests(unittest.TestCase):
         self.assertTrue(Mailbox.parse("a@[192.0.2.1]").literal)
 
     def test_refused(self) -> None:
+        """RFC 5321 §4.1.2: addresses without @, local part or domain, with bad dots, spaces,
+        8-bit or control characters in the local part, or a bad address literal, are refused."""
         cases = {
             "": "address must be local@domain",
             "alice": "address must be local@domain",
@@ -177,6 +191,7 @@ class PathTests(unittest.TestCase):
     """C{MAIL FROM:}/C{RCPT TO:} arguments, RFC 5321 §4.1.2 Path and §4.1.1.2/§4.1.1.3."""
 
     def test_path(self) -> None:
+        """RFC 5321 §4.1.2: parse_path reads <local@domain>, lower-casing it, with no parameters."""
         self.assertEqual(parse_path("<Alice@Example.org>"), (Mailbox("alice", "example.org"), ""))
 
     def test_null_path(self) -> None:
@@ -185,12 +200,14 @@ class PathTests(unittest.TestCase):
         self.assertEqual(parse_path("<> SIZE=1000"), (None, "SIZE=1000"))
 
     def test_parameters(self) -> None:
+        """RFC 5321 §4.1.2: the text after the path is returned as the parameters."""
         self.assertEqual(
             parse_path("<a@example.org> SIZE=1000 BODY=8BITMIME"),
             (Mailbox("a", "example.org"), "SIZE=1000 BODY=8BITMIME"),
         )
 
     def test_surrounding_space(self) -> None:
+        """White space around the path is ignored."""
         self.assertEqual(parse_path("  <a@example.org>  "), (Mailbox("a", "example.org"), ""))
 
     def test_source_route_ignored(self) -> None:
@@ -236,6 +253,8 @@ class PathTests(unittest.TestCase):
             self.assertRaises(AddressError, parse_parameters, bad)
 
     def test_refused(self) -> None:
+        """RFC 5321 §4.1.2, §4.5.3.1.3: a path without <>, with space inside, without a domain or
+        over 256 octets is refused."""
         cases = {
             "a@example.org": "path must be enclosed in <>",
             "": "path must be enclosed in <>",

@@ -14,6 +14,8 @@ class StartTLSInjectionTests(unittest.TestCase):
     """Lines pipelined after STARTTLS must not run inside TLS (RFC 3501 §6.2.1)."""
 
     def test_pipelined_commands_after_starttls_are_discarded(self) -> None:
+        """RFC 3501 §6.2.1 (CVE-2011-0411 class): commands pipelined after STARTTLS in the same
+        read are discarded, not run after the handshake."""
         ctx = object()
         h = Harness(self, implicit_tls=False, tls=ctx)
         out = h.send(
@@ -31,11 +33,13 @@ class StartTLSInjectionTests(unittest.TestCase):
         )
 
     def test_second_starttls_is_refused(self) -> None:
+        """A second STARTTLS is BAD TLS already active."""
         h = Harness(self, implicit_tls=False, tls=object())
         h.cmd(b"a STARTTLS")
         self.assertEqual(h.cmd(b"b STARTTLS"), [b"b BAD TLS already active"])
 
     def test_no_starttls_on_implicit_tls(self) -> None:
+        """STARTTLS on implicit TLS (993) is BAD TLS already active."""
         h = Harness(self, implicit_tls=True, tls=object())
         self.assertEqual(h.cmd(b"a STARTTLS"), [b"a BAD TLS already active"])
 
@@ -48,6 +52,7 @@ class PlaintextAuthTests(unittest.TestCase):
         self.h = Harness(self, implicit_tls=False, tls=object())
 
     def test_capability_before_tls_has_no_auth(self) -> None:
+        """RFC 3501 §6.2.3: CAPABILITY before TLS offers STARTTLS and LOGINDISABLED and no AUTH=."""
         self.assertEqual(
             self.h.cmd(b"a CAPABILITY"),
             [
@@ -58,6 +63,8 @@ class PlaintextAuthTests(unittest.TestCase):
         )
 
     def test_authenticate_plain_before_tls_is_privacyrequired(self) -> None:
+        """RFC 5530 §3: AUTHENTICATE before TLS, with or without an initial response, is NO
+        [PRIVACYREQUIRED] and the session stays unauthenticated."""
         token = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD)
         self.assertEqual(
             self.h.cmd(b"a AUTHENTICATE PLAIN " + token),
@@ -70,6 +77,8 @@ class PlaintextAuthTests(unittest.TestCase):
         self.assertEqual(self.h.server.state, "unauth")
 
     def test_login_before_tls_is_privacyrequired(self) -> None:
+        """RFC 3501 §6.2.3: LOGIN before TLS is NO [PRIVACYREQUIRED] and the session stays
+        unauthenticated."""
         self.assertEqual(
             self.h.cmd(b"a LOGIN " + USER.encode() + b' "' + PASSWORD + b'"'),
             [b"a NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS"],
@@ -82,6 +91,8 @@ class LimitTests(unittest.TestCase):
     100 KB line) or a 1 GB spool (stock Twisted accepted any APPEND literal size)."""
 
     def test_huge_append_literal_refused_before_continuation(self) -> None:
+        """RFC 4469 §4: an APPEND literal over the size limit is NO [TOOBIG] before any
+        continuation, and the session goes on."""
         h = Harness(self, max_literal_size=1000)
         h.login()
         self.assertEqual(
@@ -90,6 +101,7 @@ class LimitTests(unittest.TestCase):
         self.assertEqual(h.cmd(b"b NOOP"), [b"b OK NOOP completed"])
 
     def test_huge_login_literal_refused(self) -> None:
+        """A 1 GB literal in LOGIN is BAD [TOOBIG] without a continuation."""
         h = Harness(self)
         self.assertEqual(
             h.cmd(b"a LOGIN {1000000000}"),
@@ -97,6 +109,7 @@ class LimitTests(unittest.TestCase):
         )
 
     def test_overlong_command_line_gets_bye(self) -> None:
+        """A 100,000-byte command line gets BYE [TOOBIG] and the connection closes."""
         h = Harness(self)
         out = h.send(b"a NOOP " + b"x" * 100_000 + b"\r\n")
         self.assertEqual(out, b"* BYE [TOOBIG] Command line too long\r\n")
@@ -139,6 +152,8 @@ class FetchRenderingTests(unittest.TestCase):
         self.assertEqual(out, b"* 2 FETCH (BODY[TEXT]<9000> {0}\r\n)\r\nc OK FETCH completed\r\n")
 
     def test_utf8_header_fields_keep_connection(self) -> None:
+        """HEADER.FIELDS of raw UTF-8 header lines are sent as a literal, byte for byte, and the
+        connection stays open."""
         out = self.h.send(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])\r\n")
         fields = self.RAW.split(b"Content-Type")[0] + b"\r\n"
         self.assertEqual(
@@ -149,6 +164,8 @@ class FetchRenderingTests(unittest.TestCase):
         self.assertFalse(self.h.transport.disconnecting)
 
     def test_utf8_envelope_is_sent_as_literal(self) -> None:
+        """RFC 3501 §4.3: an ENVELOPE subject with raw 8-bit bytes is sent as a literal, not a
+        quoted string."""
         subject = b"Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln"
         out = self.h.send(b"a FETCH 1 ENVELOPE\r\n")
         sender = b'(("=?utf-8?q?J=C3=BCrgen?=" NIL "j" "example.org"))'
@@ -159,6 +176,7 @@ class FetchRenderingTests(unittest.TestCase):
         )
 
     def test_content_type_with_trailing_semicolon(self) -> None:
+        """A Content-Type with a trailing semicolon still gives its charset in BODYSTRUCTURE."""
         self.assertEqual(
             self.h.cmd(b"a FETCH 1 BODYSTRUCTURE"),
             [
@@ -169,6 +187,8 @@ class FetchRenderingTests(unittest.TestCase):
         )
 
     def test_boundary_case_is_preserved(self) -> None:
+        """RFC 2046 §5.1.1: BODYSTRUCTURE keeps the boundary parameter's case (it is
+        case-sensitive)."""
         msg = (
             b'Content-Type: multipart/alternative; boundary="AbC"\r\n\r\n'
             b"--AbC\r\nContent-Type: text/plain\r\n\r\nx\r\n--AbC--\r\n"
@@ -183,6 +203,7 @@ class FetchRenderingTests(unittest.TestCase):
         )
 
     def test_body_without_peek_sets_seen(self) -> None:
+        """RFC 3501 §6.4.5: BODY[] without PEEK sets \\Seen on disk and reports the FLAGS."""
         out = self.h.send(b"a FETCH 1 (BODY[])\r\n")
         self.assertTrue(out.endswith(b" FLAGS (\\Seen))\r\na OK FETCH completed\r\n"))
         self.assertEqual(len(list((self.h.root / "cur").glob("*:2,S"))), 1)
@@ -197,6 +218,7 @@ class ReplyCodeTests(unittest.TestCase):
         self.h.login()
 
     def test_append_without_flag_list(self) -> None:
+        """RFC 4315 §3: APPEND without a flag list asks for the literal and answers [APPENDUID]."""
         self.assertEqual(
             self.h.send(b"a APPEND INBOX {5}\r\n"), b"+ Ready for 5 octets of data\r\n"
         )
@@ -206,18 +228,23 @@ class ReplyCodeTests(unittest.TestCase):
         )
 
     def test_append_to_missing_mailbox(self) -> None:
+        """RFC 3501 §6.3.11: APPEND to a missing mailbox is NO [TRYCREATE]."""
         self.h.send(b"a APPEND Missing (\\Seen) {5}\r\n")
         self.assertEqual(self.h.send(b"hello\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
 
     def test_copy_to_missing_mailbox(self) -> None:
+        """RFC 3501 §6.4.7: COPY and UID COPY to a missing mailbox are NO [TRYCREATE]."""
         self.h.cmd(b"s SELECT INBOX")
         self.assertEqual(self.h.cmd(b"a COPY 1 Missing"), [b"a NO [TRYCREATE] No such mailbox"])
         self.assertEqual(self.h.cmd(b"b UID COPY 1 Missing"), [b"b NO [TRYCREATE] No such mailbox"])
 
     def test_select_missing(self) -> None:
+        """RFC 5530 §3: SELECT of a missing mailbox is NO [NONEXISTENT]."""
         self.assertEqual(self.h.cmd(b"a SELECT Missing"), [b"a NO [NONEXISTENT] No such mailbox"])
 
     def test_select_path_escape_is_no(self) -> None:
+        """A mailbox name with '..' or '/' cannot reach outside the Maildir: SELECT is NO
+        [NONEXISTENT], CREATE NO [CANNOT]."""
         self.assertEqual(
             self.h.cmd(b'a SELECT "../../etc"'), [b"a NO [NONEXISTENT] No such mailbox"]
         )
@@ -245,6 +272,7 @@ class IdleTerminationTests(unittest.TestCase):
         self.assertEqual(h.cmd(b"m NOOP"), [b"m OK NOOP completed"])
 
     def test_done_is_case_insensitive(self) -> None:
+        """RFC 2177 §3: DONE ends IDLE in any case ('done')."""
         h = Harness(self)
         h.login()
         h.cmd(b"i IDLE")
@@ -275,6 +303,8 @@ class PipeliningTests(unittest.TestCase):
         )
 
     def test_pipelined_literal_command_after_slow_command(self) -> None:
+        """A literal command pipelined behind a SELECT still in a thread gets its continuation
+        after the SELECT's OK, in order."""
         threads = HeldThreads()
         h = Harness(self, run=threads)
         h.login()
@@ -318,6 +348,7 @@ class NewUserTrialRegressionTests(unittest.TestCase):
         self.assertEqual(self.folders(), self.before)
 
     def test_dot_names_are_invalid_not_existing(self) -> None:
+        """CREATE '.' or '..' is NO [CANNOT] Invalid mailbox name."""
         for name in (b'"."', b'".."'):
             self.assertEqual(
                 self.h.cmd(b"c CREATE " + name), [b"c NO [CANNOT] Invalid mailbox name"]
@@ -349,6 +380,7 @@ class NewUserTrialRegressionTests(unittest.TestCase):
         self.assertEqual(self.folders(), self.before)
 
     def test_valid_modified_utf7_round_trips(self) -> None:
+        """RFC 3501 §5.1.3: CREATE of a valid modified UTF-7 name makes that folder on disk."""
         self.assertEqual(self.h.cmd(b'c CREATE "&AOk-t&AOk-"'), [b"c OK CREATE completed"])
         self.assertIn(".&AOk-t&AOk-", self.folders())
 
@@ -363,6 +395,7 @@ class LiteralArgumentTests(unittest.TestCase):
         self.h.login()
 
     def test_status_with_a_literal_mailbox_name(self) -> None:
+        """RFC 3501 §4.3: a mailbox name sent as a literal works in STATUS."""
         self.assertEqual(self.h.send(b"a STATUS {5}\r\n"), b"+ Ready for 5 octets of text\r\n")
         self.assertEqual(
             self.h.send(b"INBOX (MESSAGES)\r\n"),
@@ -370,11 +403,15 @@ class LiteralArgumentTests(unittest.TestCase):
         )
 
     def test_append_with_a_literal_mailbox_name(self) -> None:
+        """RFC 3501 §4.3: a mailbox name sent as a literal works in APPEND, before the message
+        literal."""
         self.h.send(b"b APPEND {5}\r\n")
         self.assertEqual(self.h.send(b"INBOX {3}\r\n"), b"+ Ready for 3 octets of data\r\n")
         self.assertTrue(self.h.send(b"a\r\n\r\n").startswith(b"b OK [APPENDUID "))
 
     def test_search_with_literal_strings(self) -> None:
+        """RFC 3501 §6.4.4 + RFC 7888: SEARCH strings may be synchronizing or non-synchronizing
+        literals."""
         self.h.cmd(b"s SELECT INBOX")
         self.assertEqual(
             self.h.send(b"c SEARCH CHARSET UTF-8 SUBJECT {4}\r\n"),

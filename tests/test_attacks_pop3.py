@@ -11,12 +11,9 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.mail import pop3 as tpop3
@@ -27,27 +24,12 @@ from twisted.trial import unittest
 from twistedmail.auth import MailRealm
 from twistedmail.maildir import make_maildir, write_durably
 from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
+from twistedmail.testing import TLSStringTransport, pump, run_now
 
 USER = b"alice@example.test"
 PASSWORD = b"secret"
 CHUNK = FileSender.CHUNK_SIZE  # 16384: where stock Twisted lost the stuffing
 INJECTED = b".\r\n+OK fake response injected by message content\r\n"
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
-
-
-class TLSStringTransport(StringTransport):
-    tls_context: Any = None
-
-    def startTLS(self, context: Any) -> None:
-        self.tls_context = context
-
-
-def pump(transport: StringTransport) -> None:
-    while transport.producer is not None:
-        transport.producer.resumeProducing()
 
 
 def stuffed(message: bytes) -> bytes:
@@ -118,6 +100,8 @@ class STLSInjectionTests(AttackTestCase):
     """Lines pipelined after STLS in the same packet must never run (RFC 2595 §4)."""
 
     def test_commands_after_stls_are_dropped(self) -> None:
+        """RFC 2595 §4 (CVE-2011-0411 class): USER, PASS and CAPA pipelined after STLS are
+        dropped, so no injected USER survives the handshake."""
         proto, transport = self.connect(implicit_tls=False)
         out = self.send(
             proto, transport, b"STLS\r\nUSER %s\r\nPASS %s\r\nCAPA\r\n" % (USER, PASSWORD)
@@ -131,6 +115,7 @@ class STLSInjectionTests(AttackTestCase):
         )
 
     def test_partial_line_after_stls_is_dropped(self) -> None:
+        """A partial line after STLS does not prefix the first line received over TLS."""
         proto, transport = self.connect(implicit_tls=False)
         self.assertEqual(
             self.send(proto, transport, b"STLS\r\nQU"), b"+OK Begin TLS negotiation\r\n"
@@ -140,6 +125,7 @@ class STLSInjectionTests(AttackTestCase):
         self.assertFalse(transport.disconnecting)
 
     def test_user_stored_before_stls_is_forgotten(self) -> None:
+        """A USER given before STLS is forgotten after it: PASS then needs a new USER."""
         proto, transport = self.connect(implicit_tls=False)
         proto.allow_plaintext_auth = True
         self.send(proto, transport, b"USER %s\r\n" % USER)
@@ -150,6 +136,7 @@ class STLSInjectionTests(AttackTestCase):
         )
 
     def test_no_password_before_tls(self) -> None:
+        """AUTH PLAIN, USER and PASS before TLS are each -ERR TLS required and nobody logs in."""
         proto, transport = self.connect(implicit_tls=False)
         plain = base64.b64encode(b"\0" + USER + b"\0" + PASSWORD)
         self.assertEqual(
@@ -195,12 +182,15 @@ class ChunkBoundaryDotStuffingTests(AttackTestCase):
         self.check_retr(message)
 
     def test_dot_lines_around_the_first_boundary(self) -> None:
+        """RFC 1939 §3: RETR stuffs a '.' line at every offset around FileSender's first 16 KiB
+        chunk boundary."""
         for offset in range(CHUNK - 3, CHUNK + 4):
             with self.subTest(offset=offset):
                 self.setUp()
                 self.check_retr(self.message_with_dot_line_at(offset))
 
     def test_dot_line_at_later_boundaries(self) -> None:
+        """RFC 1939 §3: RETR stuffs a '.' line at the second and third chunk boundaries."""
         for offset in (2 * CHUNK, 2 * CHUNK + 1, 3 * CHUNK - 1):
             with self.subTest(offset=offset):
                 self.setUp()
@@ -208,15 +198,20 @@ class ChunkBoundaryDotStuffingTests(AttackTestCase):
 
     def test_crlf_split_across_boundary(self) -> None:
         # CR is the last byte of the first chunk, LF the first of the next, "." right after.
+        """RFC 1939 §3: a CRLF split by a chunk boundary still starts a line whose '.' is
+        stuffed."""
         message = self.message_with_dot_line_at(CHUNK + 1)
         self.assertEqual(message[CHUNK - 1 : CHUNK + 2], b"\r\n.")
         self.check_retr(message)
 
     def test_bare_lf_dot_line_at_boundary(self) -> None:
         # A lenient client splits on LF: "\n.\n" must not reach it unstuffed.
+        """RFC 1939 §3: a '.' line after a bare LF at a chunk boundary is stuffed."""
         self.check_retr(self.message_with_dot_line_at(CHUNK, eol=b"\n"))
 
     def test_top_at_boundary(self) -> None:
+        """RFC 1939 §7: TOP over a chunk boundary is stuffed and the pipelined NOOP answered
+        after it."""
         message = self.message_with_dot_line_at(CHUNK)
         self.deliver(message)
         proto, transport = self.login()
@@ -231,6 +226,8 @@ class ChunkBoundaryDotStuffingTests(AttackTestCase):
         )
 
     def test_message_of_only_dots(self) -> None:
+        """RFC 1939 §3: a message of nothing but '.' lines, longer than a chunk, is stuffed line
+        by line."""
         message = b".\r\n" * (CHUNK // 3 + 5)
         self.check_retr(message)
 
@@ -243,6 +240,8 @@ class DeleteTests(AttackTestCase):
         self.deliver(b"Subject: 1\r\n\r\none\r\n", b"Subject: 2\r\n\r\ntwo\r\n")
 
     def test_dele_zero_and_other_bad_numbers(self) -> None:
+        """RFC 1939 §5: DELE, LIST, UIDL, RETR and TOP of 0, signed, non-decimal, out-of-range or
+        non-ASCII numbers are -ERR no such message; QUIT removes nothing."""
         proto, transport = self.login()
         for arg in (
             b"0",
@@ -270,6 +269,8 @@ class DeleteTests(AttackTestCase):
         self.assertEqual(len(self.files()), 2)
 
     def test_deletion_only_at_quit(self) -> None:
+        """RFC 1939 §6: DELE only marks; a connection lost without QUIT removes nothing and the
+        next session sees both messages."""
         before = self.files()
         proto, transport = self.login()
         self.assertEqual(self.send(proto, transport, b"DELE 2\r\n"), b"+OK message deleted\r\n")
@@ -282,6 +283,8 @@ class DeleteTests(AttackTestCase):
         self.assertEqual(self.send(proto2, transport2, b"STAT\r\n"), b"+OK 2 38\r\n")
 
     def test_deleted_message_invisible_and_uidl_safe(self) -> None:
+        """RFC 1939 §5: a DELEted message is left out of STAT, LIST and UIDL, and UIDL or RETR of
+        it is -ERR, with no error logged."""
         proto, transport = self.login()
         self.send(proto, transport, b"DELE 1\r\n")
         out = self.send(proto, transport, b"STAT\r\nLIST\r\nUIDL\r\nUIDL 1\r\nRETR 1\r\n")
@@ -291,6 +294,8 @@ class DeleteTests(AttackTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_quit_removes_exactly_the_deleted(self) -> None:
+        """RFC 1939 §6: QUIT removes exactly the DELEted message and keeps the other byte for
+        byte."""
         proto, transport = self.login()
         self.send(proto, transport, b"DELE 2\r\nQUIT\r\n")
         (remaining,) = self.files()
@@ -306,6 +311,8 @@ class MalformedInputTests(AttackTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_bad_arity(self) -> None:
+        """Commands with missing or extra arguments (USER, PASS, AUTH, STLS, CAPA, QUIT) are -ERR
+        syntax error and the session lives."""
         proto, transport = self.connect()
         for line in (
             b"USER",
@@ -324,6 +331,8 @@ class MalformedInputTests(AttackTestCase):
         self.assert_alive(proto, transport)
 
     def test_bad_sasl_responses(self) -> None:
+        """RFC 5034 §4: empty, non-ASCII, bad base64 or NUL-only PLAIN responses are each -ERR
+        and the session lives."""
         proto, transport = self.connect()
         for response in (b"", b"\xff\xfe", b"====", b"AA", base64.b64encode(b"\0\0\0\0")):
             with self.subTest(response=response):
@@ -334,6 +343,8 @@ class MalformedInputTests(AttackTestCase):
         self.assert_alive(proto, transport)
 
     def test_binary_garbage(self) -> None:
+        """Binary garbage is -ERR unknown command; USER and PASS with binary bytes fail the
+        login, and the session lives."""
         proto, transport = self.connect()
         self.assertEqual(
             self.send(proto, transport, b"\x00\xff\x80 \x01\r\nUSER \xff\xfe\r\nPASS \x00\r\n"),
@@ -342,6 +353,8 @@ class MalformedInputTests(AttackTestCase):
         self.assert_alive(proto, transport)
 
     def test_unterminated_huge_line(self) -> None:
+        """1 MiB without a line end gets one -ERR line too long, and the next command is
+        answered."""
         proto, transport = self.connect()
         transport.clear()
         for _ in range(64):  # 1 MiB without CRLF, in packets
@@ -353,12 +366,14 @@ class MalformedInputTests(AttackTestCase):
 
 class BannerAndCapaTests(AttackTestCase):
     def test_no_apop_timestamp(self) -> None:
+        """RFC 1939 §7: the greeting carries no APOP timestamp (<...@...>)."""
         _, transport = self.connect()
         greeting = transport.value()
         self.assertEqual(greeting, b"+OK twistedmail POP3 server ready\r\n")
         self.assertNotRegex(greeting, rb"<[^>]*@[^>]*>")
 
     def test_apop_refused(self) -> None:
+        """APOP is -ERR APOP not supported."""
         proto, transport = self.connect()
         self.assertEqual(
             self.send(proto, transport, b"APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n"),
@@ -366,6 +381,8 @@ class BannerAndCapaTests(AttackTestCase):
         )
 
     def test_no_joke_capabilities(self) -> None:
+        """RFC 2449 §6: CAPA lists PIPELINING, RESP-CODES and AUTH-RESP-CODE (not Twisted's joke
+        names), STLS only on 110 and USER only on TLS."""
         for implicit in (False, True):
             proto, transport = self.connect(implicit_tls=implicit)
             capa = self.send(proto, transport, b"CAPA\r\n").split(b"\r\n")

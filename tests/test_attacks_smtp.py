@@ -24,9 +24,8 @@ from twisted.cred.portal import Portal
 from twisted.trial import unittest
 
 from twistedmail.auth import MailRealm, PasswordChecker
-from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import MAX_LINE_LENGTH, SMTPSession
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, submission_for
 
 SENT_UP_TO_DATA = (
     b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -43,14 +42,7 @@ class AttackTestCase(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def inbound(self, max_message_size: int = 1 << 20) -> tuple[SMTPSession, Any]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=max_message_size,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, max_message_size=max_message_size)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr
@@ -58,15 +50,12 @@ class AttackTestCase(unittest.TestCase):
     def submission(
         self, implicit_tls: bool, portal: Portal | None = None
     ) -> tuple[SMTPSession, Any]:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
+        factory = submission_for(
+            self.host,
             portal=portal or self.host.portal,
             tls=TLS_CONTEXT,
             implicit_tls=implicit_tls,
             max_message_size=1 << 20,
-            clock=self.host.clock,
         )
         return connect(factory)
 
@@ -79,6 +68,8 @@ class StartTLSInjectionTests(AttackTestCase):
     """(d) commands pipelined after STARTTLS ran inside the TLS session."""
 
     def test_pipelined_command_after_starttls_is_dropped(self) -> None:
+        """RFC 3207 §4.2 (CVE-2011-0411): a MAIL pipelined after STARTTLS is dropped, nothing is
+        written after the 220, and the EHLO is forgotten."""
         proto, tr = self.inbound()
         out = talk(proto, tr, b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
         self.assertEqual(out, b"220 2.0.0 Ready to start TLS\r\n")
@@ -93,11 +84,13 @@ class StartTLSInjectionTests(AttackTestCase):
         )
 
     def test_partial_line_after_starttls_is_dropped(self) -> None:
+        """A partial line after STARTTLS does not prefix the first command received over TLS."""
         proto, tr = self.inbound()
         talk(proto, tr, b"STARTTLS\r\nMAIL FROM:<inj")
         self.assertEqual(talk(proto, tr, b"NOOP\r\n"), b"250 2.0.0 OK\r\n")
 
     def test_state_before_starttls_is_reset(self) -> None:
+        """RFC 3207 §4.2: a MAIL given before STARTTLS is forgotten after it."""
         proto, tr = self.inbound()
         talk(proto, tr, b"MAIL FROM:<x@elsewhere.test>\r\n")
         talk(proto, tr, b"STARTTLS\r\n")
@@ -107,6 +100,7 @@ class StartTLSInjectionTests(AttackTestCase):
         )
 
     def test_starttls_injection_cannot_log_in(self) -> None:
+        """An EHLO and AUTH pipelined after STARTTLS on 587 are dropped: nobody is logged in."""
         proto, tr = self.submission(implicit_tls=False)
         out = talk(
             proto,
@@ -123,6 +117,8 @@ class LongLineInDataTests(AttackTestCase):
     """(b') a >16 KiB body line switched stock Twisted to command mode."""
 
     def test_long_data_line_does_not_switch_to_command_mode(self) -> None:
+        """RFC 5321 §4.5.3.1.6: an over-long line in DATA fails the message with one reply; the
+        SMTP commands smuggled after it are not run."""
         proto, tr = self.inbound()
         out = talk(
             proto,
@@ -143,6 +139,7 @@ class LongLineInDataTests(AttackTestCase):
         self.assertNothingStored()
 
     def test_long_data_line_in_many_reads(self) -> None:
+        """An over-long DATA line that arrives in many reads is 500 5.6.0 and nothing is stored."""
         proto, tr = self.inbound()
         talk(proto, tr, OPEN_TRANSACTION + b"Subject: x\r\n\r\n")
         tr.clear()
@@ -153,6 +150,8 @@ class LongLineInDataTests(AttackTestCase):
         self.assertNothingStored()
 
     def test_line_at_the_limit_is_body(self) -> None:
+        """A DATA line of exactly the limit is body: the command-looking line after it is stored
+        as text, not run."""
         proto, tr = self.inbound()
         body = (
             b"Subject: x\r\n\r\n" + b"C" * MAX_LINE_LENGTH + b"\r\nMAIL FROM:<admin@bank.test>\r\n"
@@ -160,7 +159,11 @@ class LongLineInDataTests(AttackTestCase):
         out = talk(proto, tr, OPEN_TRANSACTION + body + b".\r\n")
         self.assertEqual(out, SENT_UP_TO_DATA + b"250 2.0.0 Message accepted for delivery\r\n")
         (stored,) = self.host.messages("alice@example.test")
-        self.assertTrue(stored.startswith(b"Return-Path: <x@elsewhere.test>\r\nReceived: "))
+        self.assertTrue(
+            stored.startswith(
+                b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: alice@example.test\r\nReceived: "
+            )
+        )
         self.assertEqual(stored[stored.index(b"Subject: x") :], body)
         self.assertEqual(self.host.messages("bob@example.test"), [])
 
@@ -179,11 +182,15 @@ class UnterminatedFloodTests(AttackTestCase):
         return tr.value()
 
     def test_flood_in_command_mode(self) -> None:
+        """An unterminated flood of command bytes gets 500 5.5.6 Line too long and the connection
+        closes."""
         proto, tr = self.inbound()
         self.assertEqual(self.flood(proto, tr), b"500 5.5.6 Line too long\r\n")
         self.assertTrue(tr.disconnecting)
 
     def test_flood_in_data(self) -> None:
+        """An unterminated flood in DATA gets 500 5.6.0, the connection closes and nothing is
+        stored."""
         proto, tr = self.inbound()
         talk(proto, tr, OPEN_TRANSACTION)
         self.assertEqual(self.flood(proto, tr), b"500 5.6.0 Message text line too long\r\n")
@@ -191,6 +198,8 @@ class UnterminatedFloodTests(AttackTestCase):
         self.assertNothingStored()
 
     def test_long_command_line_is_answered_and_the_rest_of_the_read_runs(self) -> None:
+        """A 100,000-byte command line is 500 5.5.6, and the commands after it in the same read
+        are answered."""
         proto, tr = self.inbound()
         out = talk(proto, tr, b"X" * 100000 + b"\r\nNOOP\r\nQUIT\r\n")
         self.assertEqual(out, b"500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n221 2.0.0 Bye\r\n")
@@ -202,6 +211,8 @@ class EndOfDataVariantTests(AttackTestCase):
     VARIANTS = (b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n")
 
     def test_no_variant_ends_data_and_the_message_is_rejected(self) -> None:
+        """RFC 5321 §4.1.1.4 (SMTP smuggling): no end-of-data with a bare CR or LF ends DATA; the
+        message is refused with 550 5.6.0 and nothing is stored."""
         for variant in self.VARIANTS:
             proto, tr = self.inbound()
             out = talk(
@@ -213,6 +224,8 @@ class EndOfDataVariantTests(AttackTestCase):
             self.assertNothingStored()
 
     def test_bare_cr_and_lf_anywhere_in_data(self) -> None:
+        """RFC 5321 §2.3.8: a bare CR or LF anywhere in a DATA line refuses the message with 550
+        5.6.0."""
         for line in (b"a\rb", b"a\nb", b"trailing\r", b"\nleading"):
             proto, tr = self.inbound()
             out = talk(proto, tr, OPEN_TRANSACTION + line + b"\r\n.\r\n")
@@ -224,6 +237,8 @@ class AuthAttackTests(AttackTestCase):
     """(c) AUTH PLAIN was accepted in cleartext; malformed AUTH dropped the connection."""
 
     def test_auth_before_tls_is_refused(self) -> None:
+        """RFC 4954 §4: on 587 before STARTTLS EHLO offers no AUTH, AUTH PLAIN and LOGIN are 530
+        5.7.0, and MAIL is 530 Authentication required."""
         proto, tr = self.submission(implicit_tls=False)
         ehlo = talk(proto, tr, b"EHLO c\r\n")
         self.assertNotIn(b"AUTH", ehlo)
@@ -243,6 +258,8 @@ class AuthAttackTests(AttackTestCase):
         self.assertIsNone(proto.user)
 
     def test_malformed_auth_is_answered_not_dropped(self) -> None:
+        """RFC 4954 §4: each malformed AUTH gets its reply (501 for syntax or bad base64, 535
+        5.7.8 for a malformed PLAIN) and the connection stays open."""
         proto, tr = self.submission(implicit_tls=True)
         talk(proto, tr, b"EHLO c\r\n")
         out = talk(
@@ -278,14 +295,9 @@ class CommandGapTests(AttackTestCase):
     anonymous submission."""
 
     def test_mail_before_ehlo(self) -> None:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=None,
-            max_message_size=1000,
-            clock=self.host.clock,
-        )
+        """RFC 5321 §4.1.4: a transaction before EHLO on port 25 is 503 5.5.1 Send HELO/EHLO
+        first."""
+        factory = inbound_for(self.host, max_message_size=1000)
         proto, tr = connect(factory)
         self.assertEqual(
             talk(proto, tr, OPEN_TRANSACTION),
@@ -295,10 +307,13 @@ class CommandGapTests(AttackTestCase):
         )
 
     def test_noop(self) -> None:
+        """RFC 5321 §4.1.1.9: NOOP on port 25 is 250 2.0.0 OK."""
         proto, tr = self.inbound()
         self.assertEqual(talk(proto, tr, b"NOOP\r\n"), b"250 2.0.0 OK\r\n")
 
     def test_size_and_body_parameters(self) -> None:
+        """RFC 1870 + RFC 6152: EHLO advertises SIZE; SIZE over it is 552, BODY=BINARYMIME and
+        SMTPUTF8 are 555, SIZE at the limit with 8BITMIME is accepted."""
         proto, tr = self.inbound(max_message_size=5000)
         self.assertIn(b"250-SIZE 5000\r\n", talk(proto, tr, b"EHLO c\r\n"))
         out = talk(
@@ -318,6 +333,8 @@ class CommandGapTests(AttackTestCase):
         )
 
     def test_real_size_enforced_despite_a_small_declared_size(self) -> None:
+        """RFC 1870 §6.3: a message larger than the limit is 552 5.3.4 even when SIZE= declared
+        less."""
         proto, tr = self.inbound(max_message_size=100)
         out = talk(
             proto,
@@ -333,6 +350,8 @@ class CommandGapTests(AttackTestCase):
         self.assertNothingStored()
 
     def test_starttls_is_not_offered_on_465(self) -> None:
+        """RFC 8314 §3.3: on 465 EHLO offers AUTH and no STARTTLS; STARTTLS is 503 and starts
+        nothing."""
         proto, tr = self.submission(implicit_tls=True)
         ehlo = talk(proto, tr, b"EHLO c\r\n")
         self.assertNotIn(b"STARTTLS", ehlo)
@@ -343,6 +362,8 @@ class CommandGapTests(AttackTestCase):
 
     def test_submission_without_auth_never_delivers(self) -> None:
         # Even with a portal that would allow anonymous logins (stock validateFrom tries one).
+        """RFC 6409 §4.3: even with an anonymous checker in the portal, submission without AUTH
+        refuses MAIL (530) and stores nothing."""
         portal = Portal(
             MailRealm({}),
             [PasswordChecker(self.host.store, lambda f, *a: None), AllowAnonymousAccess()],

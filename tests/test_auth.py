@@ -67,6 +67,7 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.thread.calls, ["verify"])
 
     def test_case_insensitive_login_name(self) -> None:
+        """The login name is case-blind; the avatar id is the stored lower-case address."""
         self.assertEqual(self.login("Alice@EXAMPLE.org", PASSWORD), "alice@example.org")
 
     def test_bytes_credentials(self) -> None:
@@ -74,6 +75,7 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.login(b"alice@example.org", PASSWORD.encode()), "alice@example.org")
 
     def test_wrong_password(self) -> None:
+        """A wrong, empty or differently-cased password is refused."""
         self.refused("alice@example.org", "wrong")
         self.refused("alice@example.org", "")
         self.refused("alice@example.org", PASSWORD.upper())
@@ -84,6 +86,8 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.thread.calls, ["verify"])
 
     def test_malformed(self) -> None:
+        """A login name that is no address or not UTF-8, a password that is not UTF-8 or over
+        1024 characters, is refused without a hash check."""
         self.refused("alice", PASSWORD)
         self.refused("", PASSWORD)
         self.refused(b"alice@example.org\xff", PASSWORD)
@@ -120,12 +124,14 @@ class CheckerTests(unittest.TestCase):
         self.assertTrue(passwords.verify(PASSWORD, fresh))
 
     def test_no_rehash_when_current(self) -> None:
+        """A login with a current hash verifies once and does not rewrite it."""
         before = self.store.password_hash("alice@example.org")
         self.login("alice@example.org", PASSWORD)
         self.assertEqual(self.store.password_hash("alice@example.org"), before)
         self.assertEqual(self.thread.calls, ["verify"])
 
     def test_password_change_seen_at_once(self) -> None:
+        """A password changed in the store applies to the next login."""
         self.store.set_password_hash("alice@example.org", passwords.hash_password("new"))
         self.refused("alice@example.org", PASSWORD)
         self.assertEqual(self.login("alice@example.org", "new"), "alice@example.org")
@@ -337,6 +343,7 @@ class Avatar:
 
 class RealmTests(unittest.TestCase):
     def test_requested_interface(self) -> None:
+        """The realm builds the avatar for the asked interface, and logout calls its logout."""
         realm = MailRealm({IMailService: Avatar})
         iface, avatar, logout = realm.requestAvatar("alice@example.org", None, IMailService)
         self.assertIs(iface, IMailService)
@@ -346,6 +353,7 @@ class RealmTests(unittest.TestCase):
         self.assertTrue(avatar.logged_out)
 
     def test_first_known_interface(self) -> None:
+        """Of several asked interfaces the realm serves the first it knows."""
         realm = MailRealm({IMailService: Avatar, IOtherService: Avatar})
         iface, _, _ = realm.requestAvatar(
             "a@example.org", None, Interface, IOtherService, IMailService
@@ -353,11 +361,13 @@ class RealmTests(unittest.TestCase):
         self.assertIs(iface, IOtherService)
 
     def test_no_logout_method(self) -> None:
+        """An avatar without a logout method gets a logout that does nothing."""
         realm = MailRealm({IMailService: lambda avatar_id: object()})
         _, _, logout = realm.requestAvatar("a@example.org", None, IMailService)
         logout()  # nothing to call, no error
 
     def test_unknown_interface(self) -> None:
+        """An interface the realm does not serve raises NotImplementedError."""
         realm = MailRealm({IMailService: Avatar})
         self.assertRaises(NotImplementedError, realm.requestAvatar, "a", None, IOtherService)
 
@@ -381,6 +391,7 @@ class RealmTests(unittest.TestCase):
 
 class LogLoginTests(unittest.TestCase):
     def test_lines(self) -> None:
+        """log_login writes one 'login ok' or 'login failed' line with service, user and IP."""
         with capturedLogs() as events:
             log_login("imap", b"alice@example.org", "192.0.2.7", True)
             log_login("pop3", "bob@example.org", "2001:db8::1", False)

@@ -92,11 +92,13 @@ class UserCommandTests(CLITestCase):
         self.assertTrue(passwords.verify("correct horse", stored))
 
     def test_add_existing_domain(self) -> None:
+        """'user add' in a domain that exists already prints only 'added user ...' and exits 0."""
         self.add_user("alice@example.org")
         result = self.run_cli("user", "add", "bob@example.org", "--password-stdin", stdin=b"x\n")
         self.assertEqual(result, (0, "added user bob@example.org\n", ""))
 
     def test_data_dir_created_private(self) -> None:
+        """The CLI creates the data dir mode 0700 and the account store mode 0600."""
         self.add_user("alice@example.org")
         self.assertEqual(self.data_dir.stat().st_mode & 0o777, 0o700)
         self.assertEqual((self.data_dir / "accounts.sqlite3").stat().st_mode & 0o777, 0o600)
@@ -110,6 +112,7 @@ class UserCommandTests(CLITestCase):
         self.assertFalse(passwords.verify(" two words \nsecond line", stored))
 
     def test_password_stdin_crlf_and_no_newline(self) -> None:
+        """--password-stdin strips a CRLF or takes a password without a newline."""
         self.run_cli("user", "add", "a@example.org", "--password-stdin", stdin=b"pw1\r\n")
         self.run_cli("user", "add", "b@example.org", "--password-stdin", stdin=b"pw2")
         store = self.store()
@@ -117,11 +120,14 @@ class UserCommandTests(CLITestCase):
         self.assertTrue(passwords.verify("pw2", store.password_hash("b@example.org") or ""))
 
     def test_password_stdin_utf8(self) -> None:
+        """A UTF-8 password on stdin is stored so that it verifies."""
         self.add_user("alice@example.org", "pässwörd")
         stored = self.store().password_hash("alice@example.org") or ""
         self.assertTrue(passwords.verify("pässwörd", stored))
 
     def test_empty_password(self) -> None:
+        """An empty password on stdin is the one-line user error 'empty password' and adds
+        nobody."""
         for stdin in (b"\n", b"", b"\r\n"):
             result = self.run_cli(
                 "user", "add", "alice@example.org", "--password-stdin", stdin=stdin
@@ -130,6 +136,8 @@ class UserCommandTests(CLITestCase):
         self.assertEqual(self.store().users(), [])
 
     def test_bad_passwords(self) -> None:
+        """A password that is not UTF-8, has a NUL, or is over 1024 characters is a one-line user
+        error."""
         cases = [
             (b"\xff\xfe\n", "the password on stdin is not valid UTF-8"),
             (b"a\0b\n", "password contains a NUL character"),
@@ -152,6 +160,7 @@ class UserCommandTests(CLITestCase):
             self.assertUserError(result, f"invalid address {address!r}: {message}")
 
     def test_prompt_twice(self) -> None:
+        """Without --password-stdin the password is asked twice and stored."""
         self.getpass_answers = ["s3cret", "s3cret"]
         result = self.run_cli("user", "add", "alice@example.org")
         self.assertEqual(result[0], 0)
@@ -160,6 +169,7 @@ class UserCommandTests(CLITestCase):
         self.assertTrue(passwords.verify("s3cret", stored))
 
     def test_prompt_mismatch(self) -> None:
+        """Two different answers at the prompt are 'passwords do not match' and add nobody."""
         self.getpass_answers = ["s3cret", "s3cr3t"]
         self.assertUserError(
             self.run_cli("user", "add", "alice@example.org"), "passwords do not match"
@@ -167,15 +177,18 @@ class UserCommandTests(CLITestCase):
         self.assertEqual(self.store().users(), [])
 
     def test_prompt_interrupted(self) -> None:
+        """Ctrl-C at the password prompt is the one-line error 'interrupted'."""
         self.getpass_answers = ["^C"]
         self.assertUserError(self.run_cli("user", "add", "alice@example.org"), "interrupted")
 
     def test_duplicate_asks_no_password(self) -> None:
+        """'user add' of an existing user (any case) fails before asking for a password."""
         self.add_user("alice@example.org")
         result = self.run_cli("user", "add", "ALICE@example.org")
         self.assertUserError(result, "user alice@example.org already exists")
 
     def test_add_over_alias(self) -> None:
+        """'user add' of an address that is an alias is refused."""
         self.add_user("alice@example.org")
         self.run_cli("alias", "add", "info@example.org", "alice@example.org")
         self.assertUserError(
@@ -183,6 +196,7 @@ class UserCommandTests(CLITestCase):
         )
 
     def test_invalid_address(self) -> None:
+        """'user add' of an invalid address is a one-line error naming the reason."""
         self.assertUserError(
             self.run_cli("user", "add", "not-an-address"),
             "invalid address 'not-an-address': address must be local@domain",
@@ -197,6 +211,8 @@ class UserCommandTests(CLITestCase):
         )
 
     def test_passwd(self) -> None:
+        """'user passwd' (case-blind) replaces the password: the new one verifies, the old one
+        not."""
         self.add_user("alice@example.org", "old")
         result = self.run_cli(
             "user", "passwd", "Alice@example.org", "--password-stdin", stdin=b"new\n"
@@ -207,6 +223,7 @@ class UserCommandTests(CLITestCase):
         self.assertFalse(passwords.verify("old", stored))
 
     def test_passwd_prompt(self) -> None:
+        """'user passwd' without --password-stdin asks twice and stores the new password."""
         self.add_user("alice@example.org", "old")
         self.getpass_answers = ["new", "new"]
         self.assertEqual(self.run_cli("user", "passwd", "alice@example.org")[0], 0)
@@ -215,12 +232,14 @@ class UserCommandTests(CLITestCase):
         )
 
     def test_passwd_unknown_user_asks_no_password(self) -> None:
+        """'user passwd' of an unknown user fails before asking for a password."""
         self.add_user("alice@example.org")
         self.assertUserError(
             self.run_cli("user", "passwd", "bob@example.org"), "no such user bob@example.org"
         )
 
     def test_del(self) -> None:
+        """'user del' removes the user, says it had no Maildir, and keeps the others."""
         self.add_user("alice@example.org")
         self.add_user("bob@example.org")
         result = self.run_cli("user", "del", "alice@example.org")
@@ -301,18 +320,21 @@ class UserCommandTests(CLITestCase):
         self.assertFalse((self.data_dir / "mail" / "example.net").exists())
 
     def test_del_unknown(self) -> None:
+        """'user del' of an unknown user is 'no such user'."""
         self.add_user("alice@example.org")
         self.assertUserError(
             self.run_cli("user", "del", "carol@example.org"), "no such user carol@example.org"
         )
 
     def test_list(self) -> None:
+        """'user list' prints one address a line, sorted."""
         for address in ("zed@b.example", "alice@example.org", "bob@example.org"):
             self.add_user(address)
         result = self.run_cli("user", "list")
         self.assertEqual(result, (0, "alice@example.org\nbob@example.org\nzed@b.example\n", ""))
 
     def test_list_empty_store(self) -> None:
+        """'user list' with no users prints nothing and exits 0."""
         self.run_cli("domain", "add", "example.org")
         self.assertEqual(self.run_cli("user", "list"), (0, "", ""))
 
@@ -346,6 +368,8 @@ class UserCommandTests(CLITestCase):
 
 class DomainCommandTests(CLITestCase):
     def test_add_list_del(self) -> None:
+        """'domain add' lower-cases and IDNA-encodes, 'domain list' lists sorted, 'domain del'
+        removes."""
         self.assertEqual(
             self.run_cli("domain", "add", "Example.ORG"), (0, "added domain example.org\n", "")
         )
@@ -362,6 +386,8 @@ class DomainCommandTests(CLITestCase):
         self.assertEqual(self.run_cli("domain", "list"), (0, "xn--bcher-kva.example\n", ""))
 
     def test_errors(self) -> None:
+        """'domain add' of an existing or invalid domain (an address literal), and 'domain del'
+        of an unknown one, are one-line errors."""
         self.run_cli("domain", "add", "example.org")
         self.assertUserError(
             self.run_cli("domain", "add", "example.org"), "domain example.org already exists"
@@ -394,6 +420,7 @@ class DomainCommandTests(CLITestCase):
         )
 
     def test_del_with_aliases(self) -> None:
+        """'domain del' of a domain that still has aliases is refused, counting them."""
         self.run_cli("domain", "add", "example.org")
         self.run_cli("alias", "add", "info@example.org", "x@remote.example")
         self.assertUserError(
@@ -402,6 +429,7 @@ class DomainCommandTests(CLITestCase):
         )
 
     def test_del_with_users(self) -> None:
+        """'domain del' of a domain that still has users is refused, counting them."""
         self.add_user("alice@example.org")
         self.assertUserError(
             self.run_cli("domain", "del", "example.org"),
@@ -411,6 +439,8 @@ class DomainCommandTests(CLITestCase):
 
 class AliasCommandTests(CLITestCase):
     def test_add_list_del(self) -> None:
+        """'alias add' prints the alias and its lower-cased targets, 'alias list' lists them,
+        'alias del' removes."""
         self.add_user("alice@example.org")
         result = self.run_cli(
             "alias", "add", "Postmaster@example.org", "alice@example.org", "Bob@Remote.example"
@@ -440,6 +470,7 @@ class AliasCommandTests(CLITestCase):
         )
 
     def test_add_targets_to_existing(self) -> None:
+        """'alias add' to an existing alias adds the targets and prints them all."""
         self.add_user("alice@example.org")
         self.run_cli("alias", "add", "team@example.org", "alice@example.org")
         result = self.run_cli("alias", "add", "team@example.org", "carol@remote.example")
@@ -448,6 +479,8 @@ class AliasCommandTests(CLITestCase):
         )
 
     def test_errors(self) -> None:
+        """'alias add' in a non-local domain, over a user, with an invalid or no target, and
+        'alias del' of an unknown alias are one-line errors."""
         self.add_user("alice@example.org")
         self.assertUserError(
             self.run_cli("alias", "add", "x@other.example", "alice@example.org"),
@@ -474,10 +507,13 @@ class AliasCommandTests(CLITestCase):
 
 class ConfigTests(CLITestCase):
     def test_check_config(self) -> None:
+        """'check-config' on a valid config prints 'config OK' and creates nothing in the data
+        dir."""
         self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
         self.assertEqual(list(self.data_dir.iterdir()), [])
 
     def test_check_config_tls(self) -> None:
+        """'check-config' loads the [tls] certificate and key and says OK."""
         cert, key = self.base / "cert.pem", self.base / "key.pem"
         create_self_signed(cert, key, "mail.example.org")
         self.write_config(
@@ -511,6 +547,8 @@ class ConfigTests(CLITestCase):
         self.assertEqual(self.run_cli("check-config"), (0, f"config OK: {self.config}\n", ""))
 
     def test_check_config_bad_tls(self) -> None:
+        """'check-config' with a missing key or an unloadable certificate exits 1 with one line
+        naming the file."""
         cert, key = self.base / "cert.pem", self.base / "key.pem"
         cert.write_text("not a certificate\n")
         self.write_config(
@@ -590,6 +628,7 @@ class ConfigTests(CLITestCase):
         self.assertEqual(self.run_cli("alias", "list"), (0, "", ""))
 
     def test_bad_config(self) -> None:
+        """An unknown config key or invalid TOML is a one-line error naming the file."""
         self.write_config('[server]\ndata_dir = "x"\nhostnme = "typo"\n')
         self.assertUserError(
             self.run_cli("user", "list"), f"{self.config}: [server] hostnme: unknown key"
@@ -600,6 +639,7 @@ class ConfigTests(CLITestCase):
         self.assertTrue(err.startswith(f"twistedmail: error: {self.config}: invalid TOML: "))
 
     def test_missing_config_file(self) -> None:
+        """A missing config file is a one-line error naming it."""
         self.config.unlink()
         self.assertUserError(
             self.run_cli("user", "list"),
@@ -607,6 +647,7 @@ class ConfigTests(CLITestCase):
         )
 
     def test_data_dir_cannot_be_created(self) -> None:
+        """A data dir that cannot be created is a one-line error naming the key and the reason."""
         blocker = self.base / "file"
         blocker.write_text("")
         self.write_config(f'[server]\ndata_dir = "{blocker}/data"\n')
@@ -616,10 +657,12 @@ class ConfigTests(CLITestCase):
         )
 
     def test_corrupt_store(self) -> None:
+        """A corrupt account store is the one-line error 'account store: file is not a database'."""
         (self.data_dir / "accounts.sqlite3").write_bytes(b"this is not a database" * 100)
         self.assertUserError(self.run_cli("user", "list"), "account store: file is not a database")
 
     def test_store_is_a_directory(self) -> None:
+        """An account store path that is a directory gives one error line and no traceback."""
         (self.data_dir / "accounts.sqlite3").mkdir(parents=True)
         code, out, err = self.run_cli("user", "list")
         self.assertEqual((code, out, err.count("\n")), (1, "", 1))
@@ -738,6 +781,7 @@ class InitTests(CLITestCase):
 
 class UsageTests(CLITestCase):
     def test_usage_errors_are_one_line(self) -> None:
+        """A missing command, action or argument is one line naming it and the --help to read."""
         cases = [
             ((), "the following arguments are required: COMMAND (see 'twistedmail --help')"),
             (
@@ -759,6 +803,8 @@ class UsageTests(CLITestCase):
         )
 
     def test_queue_commands_on_an_empty_spool(self) -> None:
+        """'queue list' on an empty spool prints nothing; show of an unknown ID, delete of an
+        invalid ID, and flush with no server are one-line errors."""
         self.assertEqual(self.run_cli("queue", "list"), (0, "", ""))
         self.assertUserError(
             self.run_cli("queue", "show", "0123456789ABCDEF"), "no queued message 0123456789ABCDEF"
@@ -782,6 +828,7 @@ class UsageTests(CLITestCase):
         )
 
     def test_help(self) -> None:
+        """--help exits 0 and lists the commands."""
         out = io.StringIO()
         self.patch(sys, "stdout", out)
         with self.assertRaises(SystemExit) as cm:
@@ -791,12 +838,15 @@ class UsageTests(CLITestCase):
             self.assertIn(command, out.getvalue())
 
     def test_console_script_entry_point(self) -> None:
+        """pyproject.toml installs the twistedmail command as twistedmail.cli:main."""
         project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
         self.assertEqual(project["project"]["scripts"]["twistedmail"], "twistedmail.cli:main")
 
 
 class CheckConfigSmarthostTests(CLITestCase):
     def test_smarthost_password_file_and_ca_checked(self) -> None:
+        """'check-config' refuses a smarthost password file readable by others (chmod 600) and a
+        smarthost_ca with no certificate."""
         secret, ca = self.base / "secret", self.base / "ca.pem"
         secret.write_text("pw\n")
         secret.chmod(0o640)
@@ -832,6 +882,8 @@ class QuotaCommandTests(CLITestCase):
     default_quota for C{user add}."""
 
     def test_set_show_and_clear(self) -> None:
+        """'user quota' sets storage and message limits, shows usage against them, and 0, none or
+        unlimited clears them."""
         self.add_user("alice@example.org")
         self.assertEqual(
             self.run_cli("user", "quota", "Alice@example.org", "2GiB"),
@@ -861,6 +913,7 @@ class QuotaCommandTests(CLITestCase):
         self.assertEqual(self.store().quota("alice@example.org"), Quota())
 
     def test_errors(self) -> None:
+        """'user quota' of an unknown user or with an invalid size is a one-line error."""
         self.add_user("alice@example.org")
         self.assertUserError(
             self.run_cli("user", "quota", "bob@example.org", "1GiB"),
@@ -888,6 +941,7 @@ class QuotaCommandTests(CLITestCase):
         self.assertEqual(self.store().quota("alice@example.org"), Quota())
 
     def test_list_with_quota(self) -> None:
+        """'user list --quota' shows each user's usage against its limits."""
         self.add_user("bob@example.org")
         self.add_user("alice@example.org")
         self.run_cli("user", "quota", "alice@example.org", "1MiB", "--messages", "50")
@@ -906,6 +960,7 @@ class QuotaCommandTests(CLITestCase):
         )
 
     def test_new_users_get_the_default_quota(self) -> None:
+        """[limits] default_quota is given to users added after it is set."""
         self.config.write_text(
             self.config.read_text() + '\n[limits]\ndefault_quota = "1GiB"\n', "utf-8"
         )

@@ -13,15 +13,18 @@ from twistedmail.config import (
     ConfigError,
     DeliveryConfig,
     ListenAddress,
+    MetricsConfig,
     QueueConfig,
     find_config,
     load_config,
+    metrics_token,
     parse_config,
     parse_size,
     smarthost_password,
     store_path,
     tls_paths,
 )
+from twistedmail.sieve.interpret import SieveLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,17 +54,25 @@ class ConfigTests(TestCase):
         self.assertEqual(example.smtp, defaults.smtp)
         self.assertEqual(example.tls, defaults.tls)
         self.assertEqual(example.delivery, defaults.delivery)
+        self.assertEqual(example.managesieve, defaults.managesieve)
         self.assertEqual(example.mta_sts, defaults.mta_sts)
         self.assertEqual(example.log, defaults.log)
         self.assertEqual(example.auth, defaults.auth)
+        self.assertEqual(example.antispam, defaults.antispam)
+        self.assertEqual(example.metrics, defaults.metrics)
 
     def test_defaults(self) -> None:
+        """An empty config gives the built-in data dir, 25 MiB messages, the default listeners
+        and the store and key paths under the data dir."""
         config = parse_config({}, None)
         self.assertEqual(config.server.data_dir, Path("twistedmail-data").resolve())
         self.assertEqual(config.limits.max_message_size, 25 * 1024 * 1024)
         self.assertEqual(
             {k: tuple(str(a) for a in v) for k, v in config.listen.items()},
-            {**{k: (v,) for k, v in DEFAULT_LISTEN.items()}, "http": (), "https": ()},
+            {
+                **{k: (v,) for k, v in DEFAULT_LISTEN.items()},
+                **{"http": (), "https": (), "metrics": ()},
+            },
         )
         self.assertEqual(store_path(config), config.server.data_dir / "accounts.sqlite3")
         self.assertEqual(tls_paths(config)[1], config.server.data_dir / "tls" / "key.pem")
@@ -119,6 +130,8 @@ class ConfigTests(TestCase):
         )
 
     def test_relative_paths_resolve_against_the_file(self) -> None:
+        """A relative data_dir resolves against the config file's folder, and the hostname is
+        lower-cased."""
         path = self.write('[server]\ndata_dir = "data"\nhostname = "Mail.Example.ORG"\n')
         config = load_config(path)
         self.assertEqual(config.server.data_dir, path.parent.resolve() / "data")
@@ -159,6 +172,7 @@ class ConfigTests(TestCase):
         self.assertEqual([d for d, _ in config.relay.routes], ["xn--fa-hia.test"])
 
     def test_listen_lists_ipv6_and_disabled(self) -> None:
+        """[listen] takes a list of addresses, IPv6 in brackets, and [] turns a service off."""
         config = load_config(
             self.write('[listen]\nsmtp = ["127.0.0.1:2525", "[::1]:2525"]\npop3 = []\n')
         )
@@ -168,6 +182,8 @@ class ConfigTests(TestCase):
         self.assertEqual(config.listen["pop3"], ())
 
     def test_errors_name_file_and_key(self) -> None:
+        """Config errors name the file, the section and the key: a bad address, port or IP, an
+        unknown key or section, a bad size, cert without key, invalid TOML."""
         self.assertEqual(
             self.error('[listen]\nsmtp = "nonsense"\n'),
             'FILE: [listen] smtp: "nonsense" is not "host:port"',
@@ -224,7 +240,35 @@ class ConfigTests(TestCase):
             "FILE: [delivery] plus_folder: must be true or false",
         )
 
+    def test_delivery_sieve_limits(self) -> None:
+        """[delivery] sieve_max_*: Pigeonhole's defaults (32 actions, 4 redirects), 512KiB
+        scripts, 1000000 steps; a size takes units, a count a whole number from 1."""
+        self.assertEqual(
+            parse_config({}, None).delivery.sieve, SieveLimits(512 * 1024, 32, 4, 1_000_000)
+        )
+        text = (
+            '[delivery]\nsieve_max_script_size = "64KiB"\nsieve_max_actions = 8\n'
+            "sieve_max_redirects = 1\nsieve_max_steps = 5000\n"
+        )
+        self.assertEqual(
+            load_config(self.write(text)).delivery.sieve, SieveLimits(65536, 8, 1, 5000)
+        )
+        self.assertEqual(
+            self.error("[delivery]\nsieve_max_actions = 0\n"),
+            "FILE: [delivery] sieve_max_actions: must be a whole number from 1 to 2147483647",
+        )
+        self.assertEqual(
+            self.error('[delivery]\nsieve_max_steps = "many"\n'),
+            "FILE: [delivery] sieve_max_steps: must be a whole number from 1 to 2147483647",
+        )
+        self.assertIn(
+            "sieve_max_script_size",
+            self.error('[delivery]\nsieve_max_script_size = "big"\n'),
+        )
+
     def test_submission_from_header_check(self) -> None:
+        """[submission] check_from_header defaults to true, takes false, and refuses a
+        non-boolean."""
         self.assertTrue(parse_config({}, None).submission.check_from_header)
         config = load_config(self.write("[submission]\ncheck_from_header = false\n"))
         self.assertFalse(config.submission.check_from_header)
@@ -234,6 +278,8 @@ class ConfigTests(TestCase):
         )
 
     def test_inbound_authentication_keys(self) -> None:
+        """[inbound] check_authentication defaults to true and dmarc_reject to false; both take
+        booleans only."""
         inbound = parse_config({}, None).inbound
         self.assertEqual((inbound.check_authentication, inbound.dmarc_reject), (True, False))
         config = load_config(
@@ -249,6 +295,7 @@ class ConfigTests(TestCase):
         self.assertEqual(self.error("[inbound]\nspf = true\n"), "FILE: [inbound] spf: unknown key")
 
     def test_missing_file(self) -> None:
+        """A missing config file is a ConfigError naming it and the OS reason."""
         with self.assertRaises(ConfigError) as cm:
             load_config(Path("/nonexistent/twistedmail.toml"))
         self.assertEqual(
@@ -257,6 +304,8 @@ class ConfigTests(TestCase):
         )
 
     def test_sizes(self) -> None:
+        """parse_size reads binary and decimal units and bare byte counts from 1 KiB; below that,
+        0 and booleans are refused."""
         self.assertEqual(parse_size("25MiB"), 26214400)
         self.assertEqual(parse_size("10 MB"), 10_000_000)
         self.assertEqual(parse_size(4096), 4096)
@@ -265,6 +314,7 @@ class ConfigTests(TestCase):
         self.assertRaises(ValueError, parse_size, True)
 
     def test_discovery_order(self) -> None:
+        """The config is --config, else $TWISTEDMAIL_CONFIG, else ./twistedmail.toml, else none."""
         explicit = Path("/x.toml")
         self.assertEqual(find_config(explicit), explicit)
         old_env, old_cwd = os.environ.get("TWISTEDMAIL_CONFIG"), os.getcwd()
@@ -291,6 +341,8 @@ class QueueConfigTests(TestCase):
     error = ConfigTests.error
 
     def test_queue_and_relay_port(self) -> None:
+        """[relay] port and the [queue] durations and per-destination limit are read into
+        QueueConfig."""
         path = self.write(
             '[relay]\nport = 2525\n[queue]\nfirst_retry = 2\nmax_retry = "30s"\n'
             'lifetime = "1d"\ndelay_warning = "4h"\nmax_per_destination = 1\n'
@@ -311,6 +363,8 @@ class QueueConfigTests(TestCase):
         self.assertEqual(parse_config({}, None).queue, QueueConfig())
 
     def test_queue_errors(self) -> None:
+        """[queue] refuses a duration that does not parse, max_retry shorter than first_retry,
+        and bad numbers, naming the key."""
         self.assertEqual(
             self.error('[queue]\nlifetime = "soon"\n'),
             'FILE: [queue] lifetime: must be a positive duration such as "30s", "5m", "1h" or "5d"',
@@ -335,6 +389,8 @@ class SmarthostConfigTests(TestCase):
     error = ConfigTests.error
 
     def test_smarthost_tls_auth_keys(self) -> None:
+        """[relay] smarthost with implicit TLS, username, password file (first line read, never
+        in repr) and a CA path relative to the file."""
         secret = Path(self.mktemp()).resolve()
         secret.parent.mkdir(parents=True, exist_ok=True)
         secret.write_text("s3cret pass\nignored\n")
@@ -356,6 +412,7 @@ class SmarthostConfigTests(TestCase):
         self.assertIsNone(smarthost_password(parse_config({}, None)))
 
     def test_password_file_must_be_owner_only(self) -> None:
+        """A smarthost password file readable by others is refused with 'chmod 600 it'."""
         secret = Path(self.mktemp()).resolve()
         secret.parent.mkdir(parents=True, exist_ok=True)
         secret.write_text("pw\n")
@@ -404,6 +461,7 @@ class SmarthostConfigTests(TestCase):
         )
 
     def test_smarthost_default_port_follows_the_tls_mode(self) -> None:
+        """The smarthost port defaults to 25 with STARTTLS and 465 with implicit TLS."""
         for tls_mode, port in (("starttls", 25), ("implicit", 465)):
             path = self.write(
                 f'[relay]\nsmarthost = "relay.example.net"\nsmarthost_tls = "{tls_mode}"\n'
@@ -413,6 +471,8 @@ class SmarthostConfigTests(TestCase):
             )
 
     def test_smarthost_errors(self) -> None:
+        """[relay] refuses an unknown smarthost_tls, a username without a password file, and
+        other bad smarthost keys, naming them."""
         self.assertEqual(
             self.error('[relay]\nsmarthost = "r.example"\nsmarthost_tls = "none"\n'),
             'FILE: [relay] smarthost_tls: must be "starttls" or "implicit"',
@@ -436,6 +496,8 @@ class DefaultQuotaTests(TestCase):
         return load_config(path).limits.default_quota
 
     def test_values(self) -> None:
+        """[limits] default_quota is 0 (unlimited) by default and reads 0, none, sizes with units
+        and byte counts."""
         self.assertEqual(parse_config({}, None).limits.default_quota, 0)
         self.assertEqual(self.load('"0"'), 0)
         self.assertEqual(self.load('"none"'), 0)
@@ -445,6 +507,7 @@ class DefaultQuotaTests(TestCase):
         self.assertEqual(self.load("4096"), 4096)
 
     def test_invalid(self) -> None:
+        """An invalid or negative default_quota is one error naming the file and key."""
         for value in ('"lots"', "-1", "true", '"-5MiB"'):
             path = Path(self.mktemp())
             path.write_text(f"[limits]\ndefault_quota = {value}\n")
@@ -473,6 +536,8 @@ class HardeningKeyTests(TestCase):
         return str(e).replace(str(path), "FILE")
 
     def test_defaults(self) -> None:
+        """The hardening keys default to 16384-byte lines, 256 KiB headers, 10 IMAP connections a
+        user and bare_lf = reject."""
         config = parse_config({}, None)
         self.assertEqual(config.limits.max_line_length, 16384)
         self.assertEqual(config.limits.max_header_size, 256 * 1024)
@@ -480,6 +545,8 @@ class HardeningKeyTests(TestCase):
         self.assertEqual(config.smtp.bare_lf, "reject")
 
     def test_values(self) -> None:
+        """max_line_length, max_header_size, imap_max_connections_per_user and [smtp] bare_lf are
+        read from the file."""
         config = load_config(
             self.write(
                 '[limits]\nmax_line_length = 998\nmax_header_size = "64KiB"\n'
@@ -492,6 +559,8 @@ class HardeningKeyTests(TestCase):
         self.assertEqual(config.smtp.bare_lf, "normalize")
 
     def test_errors(self) -> None:
+        """Hardening keys out of range (max_line_length below 998, RFC 5321 §4.5.3.1.6, or over
+        65536) or of a bad value are refused, naming the key."""
         for text, message in (
             (
                 "[limits]\nmax_line_length = 997\n",
@@ -681,6 +750,58 @@ class AcmeConfigTests(TestCase):
         self.assertEqual(
             self.error(self.ACME + contact + 'acme_directory = "http://ca.example/dir"\n'),
             "FILE: [tls] acme_directory: must be an https:// URL (RFC 8555 §6.1)",
+        )
+
+
+class MetricsConfigTests(TestCase):
+    """Issue 13: C{[listen] metrics} (off by default) and C{[metrics] token_file}."""
+
+    write = ConfigTests.write
+    error = ConfigTests.error
+
+    def test_listener_and_token(self) -> None:
+        """The listener is parsed like the others and checked against them; the token is
+        the file's first line."""
+        self.assertEqual(parse_config({}, None).metrics, MetricsConfig())
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("tok-123\nignored\n")
+        secret.chmod(0o600)
+        config = load_config(
+            self.write(
+                f'[listen]\nmetrics = "127.0.0.1:9154"\n[metrics]\ntoken_file = "{secret}"\n'
+            )
+        )
+        self.assertEqual(config.listen["metrics"], (ListenAddress("127.0.0.1", 9154),))
+        self.assertEqual(metrics_token(config), "tok-123")
+        self.assertIsNone(metrics_token(parse_config({}, None)))
+        self.assertEqual(
+            self.error('[listen]\nsmtp = "127.0.0.1:25"\nmetrics = "127.0.0.1:25"\n'),
+            "FILE: [listen] metrics: 127.0.0.1:25 is also used by smtp",
+        )
+        self.assertEqual(self.error("[metrics]\ntoken = 1\n"), "FILE: [metrics] token: unknown key")
+
+    def test_token_file_must_be_owner_only(self) -> None:
+        """A token file group or others can read is refused with one line (like the
+        smarthost password); so is an empty one."""
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("tok\n")
+        secret.chmod(0o640)
+        path = self.write(f'[metrics]\ntoken_file = "{secret}"\n')
+        with self.assertRaises(ConfigError) as cm:
+            metrics_token(load_config(path))
+        self.assertEqual(
+            str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
+            "FILE: [metrics] token_file: SECRET is readable by others (mode 640); chmod 600 it",
+        )
+        secret.chmod(0o600)
+        secret.write_text("\n")
+        with self.assertRaises(ConfigError) as cm:
+            metrics_token(load_config(path))
+        self.assertEqual(
+            str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
+            "FILE: [metrics] token_file: SECRET is empty",
         )
 
 

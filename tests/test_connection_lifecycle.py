@@ -205,6 +205,8 @@ class POP3StalledReaderTests(POP3TestCase):
         os.utime(self.root / "new" / big, (1_000_200, 1_000_200))
 
     def test_retr_to_a_client_reading_nothing_times_out(self) -> None:
+        """RFC 1939 §3: a RETR to a client that reads nothing is aborted when the idle timer runs
+        out."""
         proto, transport = self.login()
         proto.dataReceived(b"RETR 3\r\n")
         self.assertIsNotNone(transport.producer)  # waiting for the client to read
@@ -214,6 +216,8 @@ class POP3StalledReaderTests(POP3TestCase):
         self.assertTrue(transport.disconnected)  # aborted: the rest can never be sent
 
     def test_retr_that_the_client_reads_is_not_timed_out(self) -> None:
+        """A long RETR that the client keeps reading is not timed out; the idle timer counts from
+        the last line received."""
         proto, transport = self.login()
         transport.clear()
         proto.dataReceived(b"RETR 3\r\n")

@@ -12,9 +12,15 @@ from twisted.trial import unittest
 
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.address import Mailbox
-from twistedmail.delivery import Delivered, LocalDelivery, return_path_header
+from twistedmail.delivery import (
+    Delivered,
+    LocalDelivery,
+    delivered_to_header,
+    return_path_header,
+)
 from twistedmail.maildir import ChangeNotifier, Folder
 from twistedmail.quota import QuotaExceeded, QuotaTracker
+from twistedmail.testing import run_now
 
 M = Mailbox.parse
 MESSAGE = (
@@ -25,10 +31,6 @@ MESSAGE = (
     b"line one\r\n"
     b".leading dot kept as received\r\n"
 )
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
 
 
 class DeliveryTests(unittest.TestCase):
@@ -61,49 +63,60 @@ class DeliveryTests(unittest.TestCase):
         return [(new / name).read_bytes() for name in sorted(os.listdir(new))]
 
     def test_return_path_header(self) -> None:
+        """RFC 5321 §4.4: the Return-Path header holds the reverse path, <> for the null sender."""
         self.assertEqual(
             return_path_header(M("a@example.org")), b"Return-Path: <a@example.org>\r\n"
         )
         self.assertEqual(return_path_header(None), b"Return-Path: <>\r\n")
 
     def test_exact_bytes_in_new(self) -> None:
-        """RFC 5321 §4.4: Return-Path first, then the message exactly as received (CRLF)."""
+        """RFC 5321 §4.4: Return-Path first, then Delivered-To (the final recipient, as
+        Postfix and Dovecot LMTP write it), then the message exactly as received (CRLF)."""
         root = self.watch("alice")
         self.assertEqual(self.deliver(M("Sender@Remote.example"), ["alice@example.org"]), [])
-        expected = b"Return-Path: <sender@remote.example>\r\n" + MESSAGE
+        expected = (
+            b"Return-Path: <sender@remote.example>\r\nDelivered-To: alice@example.org\r\n" + MESSAGE
+        )
         self.assertEqual(self.stored("alice"), [expected])
         (name,) = os.listdir(root / "new")
-        self.assertTrue(name.endswith(f",S={len(expected)}"), name)
+        self.assertTrue(name.endswith(f",S={len(expected)},W={len(expected)}"), name)
         self.assertEqual(os.listdir(root / "tmp"), [])
         self.assertEqual(self.changed, [root])
         (entry,) = Folder(root).scan().messages
         self.assertEqual(entry.size, len(expected))
 
     def test_null_reverse_path(self) -> None:
+        """A bounce is stored with Return-Path: <> above the message bytes."""
         self.deliver(None, ["bob@example.org"])
-        self.assertEqual(self.stored("bob"), [b"Return-Path: <>\r\n" + MESSAGE])
+        self.assertEqual(
+            self.stored("bob"), [b"Return-Path: <>\r\nDelivered-To: bob@example.org\r\n" + MESSAGE]
+        )
 
     def test_alias_expansion(self) -> None:
         """One copy per user behind the alias; remote targets are returned, not delivered."""
         alice, bob = self.watch("alice"), self.watch("bob")
         remote = self.deliver(M("s@remote.example"), ["team@example.org"])
         self.assertEqual(remote, ["friend@remote.example"])
-        copy = b"Return-Path: <s@remote.example>\r\n" + MESSAGE
-        self.assertEqual(self.stored("alice"), [copy])
-        self.assertEqual(self.stored("bob"), [copy])
+        copy = b"Return-Path: <s@remote.example>\r\nDelivered-To: %s\r\n" + MESSAGE
+        self.assertEqual(self.stored("alice"), [copy % b"alice@example.org"])
+        self.assertEqual(self.stored("bob"), [copy % b"bob@example.org"])
         self.assertEqual(self.changed, [alice, bob])
 
     def test_one_copy_per_user(self) -> None:
+        """A user named directly, through an alias and in other case gets one copy."""
         self.deliver(None, ["alice@example.org", "team@example.org", "ALICE@example.org"])
         self.assertEqual(len(self.stored("alice")), 1)
         self.assertEqual(len(self.stored("bob")), 1)
 
     def test_maildir_created(self) -> None:
+        """The first delivery to a user creates its Maildir (cur, new, tmp)."""
         self.deliver(None, ["alice@example.org"])
         root = self.mail_dir / "example.org" / "alice"
         self.assertEqual(sorted(os.listdir(root)), ["cur", "new", "tmp"])
 
     def test_local_users(self) -> None:
+        """local_users splits recipients into local users (aliases expanded) and remote
+        addresses."""
         users, remote = self.delivery.local_users(
             [M("bob@example.org"), M("team@example.org"), M("x@elsewhere.example")]
         )
@@ -111,20 +124,26 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual([str(r) for r in remote], ["friend@remote.example", "x@elsewhere.example"])
 
     def test_only_remote(self) -> None:
+        """Remote-only recipients are returned for the queue and nothing is written locally."""
         self.assertEqual(self.deliver(None, ["x@elsewhere.example"]), ["x@elsewhere.example"])
         self.assertFalse(self.mail_dir.exists())
 
     def test_log(self) -> None:
+        """Each local delivery logs one line with recipient, sender, size and file name."""
         with capturedLogs() as events:
             self.deliver(M("s@remote.example"), ["alice@example.org"])
         (name,) = os.listdir(self.mail_dir / "example.org" / "alice" / "new")
-        size = len(MESSAGE) + len(b"Return-Path: <s@remote.example>\r\n")
+        size = len(
+            b"Return-Path: <s@remote.example>\r\nDelivered-To: alice@example.org\r\n" + MESSAGE
+        )
         self.assertEqual(
             [formatEvent(e) for e in events],
             [f"delivered: to=alice@example.org from=s@remote.example size={size} file={name}"],
         )
 
     def test_disk_failure(self) -> None:
+        """A disk failure during delivery is raised and notifies no watcher."""
+
         def full(f: Any, *args: Any) -> defer.Deferred[Any]:
             return defer.fail(OSError(28, "No space left on device"))
 
@@ -144,7 +163,11 @@ class QuotaDeliveryTests(unittest.TestCase):
         self.mail_dir = base / "mail"
         self.store = AccountStore(base / "accounts.sqlite3")
         self.addCleanup(self.store.close)
-        self.size = len(return_path_header(M("sender@remote.example")) + MESSAGE)
+        self.size = len(
+            return_path_header(M("sender@remote.example"))
+            + delivered_to_header(M("alice@example.org"))
+            + MESSAGE
+        )
         self.store.add_user("alice@example.org", "h", Quota(storage=self.size + 10))
         self.store.add_user("bob@example.org", "h")
         self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
@@ -164,6 +187,8 @@ class QuotaDeliveryTests(unittest.TestCase):
         return len(os.listdir(self.mail_dir / "example.org" / user / "new"))
 
     def test_over_quota_user_gets_no_copy(self) -> None:
+        """RFC 9208: a user over quota gets no copy and is reported and logged; the other
+        recipients get theirs."""
         first = self.deliver(["team@example.org"])
         self.assertEqual(first, Delivered((M("alice@example.org"), M("bob@example.org")), (), ()))
         with capturedLogs() as events:
@@ -237,7 +262,10 @@ class PlusFolderTests(unittest.TestCase):
     def test_existing_folder_any_case(self) -> None:
         """alice+lists@ lands in the existing folder "Lists" (matched case-insensitively)."""
         self.deliver(self.make(True), "alice+lists@example.org")
-        self.assertEqual(self.files(".Lists"), [b"Return-Path: <>\r\n" + MESSAGE])
+        self.assertEqual(
+            self.files(".Lists"),
+            [b"Return-Path: <>\r\nDelivered-To: alice@example.org\r\n" + MESSAGE],
+        )
         self.assertEqual(self.files(""), [])
         self.assertEqual(self.changed, [self.root])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
@@ -16,7 +15,9 @@ from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery, ScriptCache
 from twistedmail.maildir import ChangeNotifier
+from twistedmail.sieve.interpret import SieveLimits
 from twistedmail.sieve.store import SieveStore
+from twistedmail.testing import run_now
 
 M = Mailbox.parse
 LIST = (
@@ -46,10 +47,6 @@ if address :is "from" "boss@corp.example" {
 }
 vacation :days 3 :subject "Away" "I am away.";
 """
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
 
 
 class SieveDeliveryTests(unittest.TestCase):
@@ -96,13 +93,15 @@ class SieveDeliveryTests(unittest.TestCase):
         root = self.home / folder if folder else self.home
         return sorted(f"{sub}/{name}" for sub in ("new", "cur") for name in os.listdir(root / sub))
 
-    def test_no_script_delivers_to_new_without_delivered_to(self) -> None:
-        """Without a script the message lands in INBOX/new exactly as before."""
+    def test_no_script_delivers_to_new_with_delivered_to(self) -> None:
+        """Without a script the message lands in INBOX/new, with Delivered-To as every
+        local copy (Postfix and Dovecot LMTP style)."""
         self.deliver(BOSS)
         (name,) = self.files()
         self.assertTrue(name.startswith("new/"))
         self.assertEqual(
-            (self.home / name).read_bytes(), b"Return-Path: <boss@corp.example>\r\n" + BOSS
+            (self.home / name).read_bytes(),
+            b"Return-Path: <boss@corp.example>\r\nDelivered-To: alice@example.org\r\n" + BOSS,
         )
 
     def test_fileinto_create_with_flags(self) -> None:
@@ -165,7 +164,11 @@ class SieveDeliveryTests(unittest.TestCase):
         new = self.mail_dir / "example.org" / "bob" / "new"
         (name,) = os.listdir(new)
         reply = (new / name).read_bytes()
-        self.assertTrue(reply.startswith(b"Return-Path: <>\r\nFrom: alice@example.org\r\n"))
+        self.assertTrue(
+            reply.startswith(
+                b"Return-Path: <>\r\nDelivered-To: bob@example.org\r\nFrom: alice@example.org\r\n"
+            )
+        )
         self.assertIn(b"\r\nSubject: Away\r\n", reply)
 
     def test_no_vacation_to_null_sender(self) -> None:
@@ -277,6 +280,19 @@ class SieveDeliveryTests(unittest.TestCase):
         self.assertIn(b"Disposition: automatic-action/MDN-sent-automatically; deleted", refusal)
         self.assertIn(b"\r\nnot wanted\r\n", refusal)
 
+    def test_reject_refused_at_smtp_time_when_the_caller_can(self) -> None:
+        """RFC 5429 §2.1.1: with refuse (one recipient, before the reply to DATA) the reason
+        comes back for a 550 and no rejection notice is sent; nothing is stored."""
+        self.script(b'require "reject"; reject "not wanted";')
+        d = defer.ensureDeferred(
+            self.delivery.deliver_all(
+                M("boss@corp.example"), [M("alice@example.org")], BOSS, refuse=True
+            )
+        )
+        delivered = self.successResultOf(d)
+        self.assertEqual(delivered.refused, "not wanted")
+        self.assertEqual((self.files(), self.sent), ([], []))
+
     def test_subaddress_detail_from_recipient_as_given(self) -> None:
         """RFC 5233: envelope :detail comes from the recipient as the client gave it."""
         self.script(
@@ -289,6 +305,138 @@ class SieveDeliveryTests(unittest.TestCase):
         )
         self.successResultOf(d)
         self.assertEqual(self.files(), [])
+
+    def delivery_with(self, delimiter: str | None = None, **limits: int) -> None:
+        """Rebuild the delivery agent with another [delivery] recipient_delimiter / limits."""
+        if delimiter is not None:
+            self.store.recipient_delimiter = delimiter
+        self.delivery = LocalDelivery(
+            self.store,
+            self.mail_dir,
+            ChangeNotifier(),
+            run_now,
+            hostname="mail.example.org",
+            outbound=self.enqueue,
+            sieve_limits=SieveLimits(**limits),
+        )
+
+    def deliver_to(self, recipient: str, message: bytes = BOSS) -> None:
+        d = defer.ensureDeferred(
+            self.delivery.deliver_all(M("x@remote.example"), [M(recipient)], message)
+        )
+        self.successResultOf(d)
+
+    def logged(self, message: bytes = BOSS) -> list[str]:
+        with capturedLogs() as events:
+            self.deliver(message)
+        return [formatEvent(e) for e in events]
+
+    def test_subaddress_with_configured_delimiter(self) -> None:
+        """RFC 5233 with [delivery] recipient_delimiter = "-": alice-lists@ reaches alice and
+        Sieve's :user/:detail split at "-", not "+"."""
+        self.delivery_with("-")
+        self.script(
+            b'require ["envelope", "subaddress", "fileinto", "mailbox"];\n'
+            b'if allof (envelope :user "to" "alice", envelope :detail "to" "lists")'
+            b' { fileinto :create "Split"; }'
+        )
+        self.deliver_to("alice-lists@example.org")
+        self.assertEqual(len(self.files(".Split")), 1)
+
+    def test_subaddress_with_no_delimiter(self) -> None:
+        """With recipient_delimiter = "" nothing is split: alice+x is a user of its own whose
+        envelope :user is the whole local part and :detail matches nothing (RFC 5233 §4)."""
+        self.delivery_with("")
+        self.store.add_user("alice+x@example.org", "h")
+        home = self.mail_dir / "example.org" / "alice+x"
+        scripts = SieveStore(home)
+        scripts.put(
+            "main",
+            b'require ["envelope", "subaddress", "fileinto", "mailbox"];\n'
+            b'if envelope :user "to" "alice+x" { fileinto :create "Whole"; }\n'
+            b'if envelope :detail "to" "*" { fileinto :create "Detail"; }',
+        )
+        scripts.activate("main")
+        self.deliver_to("alice+x@example.org")
+        self.assertEqual(len(os.listdir(home / ".Whole" / "new")), 1)
+        self.assertFalse((home / ".Detail").exists())
+
+    def test_vacation_own_address_uses_the_delimiter(self) -> None:
+        """RFC 5230 §4.5 with recipient_delimiter "-": a message To alice-news@ names one of
+        alice's addresses, so it is answered; with "+" the same To names nobody of hers."""
+        script = b'require "vacation"; vacation :subject "Away" "gone";'
+        message = BOSS.replace(b"To: alice@example.org", b"To: alice-news@example.org")
+        self.script(script)
+        self.deliver(message)
+        self.assertEqual(self.sent, [])
+        self.delivery_with("-")
+        self.deliver(message)
+        self.assertEqual([to for _, to, _ in self.sent], [["boss@corp.example"]])
+
+    def test_catastrophic_regex_on_hostile_header_at_delivery(self) -> None:
+        """A backtracking-bomb :regex against a 200 kB header ends (RE2 runs in linear time;
+        Python's re would take 2^200000 steps) and the message is kept."""
+        self.script(
+            b'require ["regex", "fileinto"];\n'
+            b'if header :regex "subject" "^(a+)+$" { fileinto "X"; }\n'
+            b'if header :regex "subject" "(x+x+)+y" { fileinto "X"; }'
+        )
+        self.deliver(b"Subject: " + b"a" * 200_000 + b"!\r\n" + BOSS)
+        self.assertEqual(len(self.files()), 1)
+
+    def test_script_over_the_size_limit_kept_in_inbox(self) -> None:
+        """A script larger than [delivery] sieve_max_script_size (placed by hand) is not read:
+        the message is kept in INBOX and the error logged."""
+        self.delivery_with(max_script_size=1024)
+        self.script(b"# " + b"x" * 2000 + b"\ndiscard;\n")
+        text = self.logged()
+        self.assertEqual(len(self.files()), 1)
+        self.assertTrue(any("line 0: script larger than 1024 bytes" in t for t in text), text)
+
+    def test_folder_name_with_nul_kept_in_inbox(self) -> None:
+        """fileinto a name with NUL (RFC 5228 §2.4.2.4 encoded) fails the run: INBOX, the
+        error logged, no folder made."""
+        self.script(
+            b'require ["fileinto", "mailbox", "encoded-character"];\n'
+            b'fileinto :create "a${hex:00}b";'
+        )
+        text = self.logged()
+        self.assertEqual(len(self.files()), 1)
+        self.assertEqual(
+            sorted(os.listdir(self.home)), [".dovecot.sieve", "cur", "new", "sieve", "tmp"]
+        )
+        self.assertTrue(
+            any("user=alice@example.org" in t and "invalid folder name" in t for t in text), text
+        )
+
+    def test_action_and_redirect_limits(self) -> None:
+        """Past [delivery] sieve_max_actions or sieve_max_redirects the run fails: the
+        message is kept in INBOX, nothing is redirected (Pigeonhole's limits)."""
+        self.delivery_with(max_actions=2)
+        self.script(b'require ["fileinto", "copy"]; fileinto :copy "A"; fileinto :copy "B"; keep;')
+        text = self.logged()
+        self.assertEqual(len(self.files()), 1)
+        self.assertTrue(any("more than 2 actions" in t for t in text), text)
+        self.delivery_with(max_redirects=1)
+        self.script(b'redirect "a@remote.example"; redirect "b@remote.example";')
+        text = self.logged()
+        self.assertEqual((len(self.files()), self.sent), (2, []))
+        self.assertTrue(any("more than 1 redirect actions" in t for t in text), text)
+
+    def test_step_limit_bounds_a_run(self) -> None:
+        """[delivery] sieve_max_steps: a body test over a big message costs one step per KiB;
+        past the limit the run fails and the message is kept (delivery is not held up)."""
+        script = b'require ["body", "fileinto"]; if body :raw :contains "zzz" { discard; }'
+        big = BOSS + b"x" * (100 * 1024) + b"\r\n"
+        self.delivery_with(max_steps=50)
+        self.script(script)
+        text = self.logged(big)
+        self.assertEqual(len(self.files()), 1)
+        self.assertTrue(any("script run exceeded 50 steps" in t for t in text), text)
+        self.delivery_with(max_steps=1000)
+        text = self.logged(big + b"zzz\r\n")
+        self.assertEqual(text[-1], "sieve: user=alice@example.org: not stored (discard)")
+        self.assertEqual(len(self.files()), 1)  # discarded: the run fits in 1000 steps
 
 
 class ScriptCacheTests(unittest.TestCase):

@@ -45,6 +45,8 @@ class SigningTests(unittest.TestCase):
         self.keys = KeyStore(self.dir)
 
     def test_generate_writes_0600_key(self) -> None:
+        """generate writes the key mode 0600 in a 0700 folder, named domain.selector.key, and its
+        TXT record is v=DKIM1; k=rsa (RFC 6376 §3.6.1)."""
         key = self.keys.generate("Example.ORG")
         self.assertEqual(key.path, self.dir / "example.org.twistedmail.key")
         self.assertEqual(stat.S_IMODE(key.path.stat().st_mode), 0o600)
@@ -54,12 +56,14 @@ class SigningTests(unittest.TestCase):
         self.assertTrue(value.startswith("v=DKIM1; k=rsa; p=MIIBIjAN"), value)
 
     def test_generate_twice_refused(self) -> None:
+        """A second key for the same domain and selector is refused ('already exists')."""
         self.keys.generate("example.org", "tm2026")
         with self.assertRaises(DKIMError) as e:
             self.keys.generate("example.org", "tm2026")
         self.assertIn("already exists", str(e.exception))
 
     def test_bad_selector_and_domain(self) -> None:
+        """A selector with a path or a dot, or an invalid domain, is refused."""
         self.assertRaises(DKIMError, self.keys.generate, "example.org", "../x")
         self.assertRaises(DKIMError, self.keys.generate, "example.org", "a.b")
         self.assertRaises(DKIMError, self.keys.generate, "exa mple.org")
@@ -82,11 +86,14 @@ class SigningTests(unittest.TestCase):
         self.assertTrue(dkimpy.verify(signed, dnsfunc=dnsfunc_for(self.keys, "example.org")))
 
     def test_tampered_body_fails(self) -> None:
+        """RFC 6376 §3.7: a signed message whose body is changed no longer verifies."""
         self.keys.generate("example.org")
         signed = self.keys.sign(MESSAGE).replace(b"Body line", b"Body lime")
         self.assertFalse(dkimpy.verify(signed, dnsfunc=dnsfunc_for(self.keys, "example.org")))
 
     def test_lf_message_verifies(self) -> None:
+        """A message with LF line ends is signed as CRLF (RFC 6376 §3.4) and keeps its LF ends;
+        it verifies."""
         self.keys.generate("example.org")
         message = MESSAGE.replace(b"\r\n", b"\n")
         signed = self.keys.sign(message)
@@ -94,11 +101,13 @@ class SigningTests(unittest.TestCase):
         self.assertTrue(dkimpy.verify(signed, dnsfunc=dnsfunc_for(self.keys, "example.org")))
 
     def test_no_key_unchanged(self) -> None:
+        """A message from a domain without a key, or with no key store, is returned unchanged."""
         self.keys.generate("other.test")
         self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
         self.assertIs(KeyStore(Path(self.mktemp())).sign(MESSAGE), MESSAGE)
 
     def test_no_or_odd_from_unchanged(self) -> None:
+        """A message without exactly one From: address is returned unsigned."""
         self.keys.generate("example.org")
         for message in (
             b"To: x@y.test\r\n\r\nbody\r\n",
@@ -109,6 +118,7 @@ class SigningTests(unittest.TestCase):
             self.assertIs(self.keys.sign(message), message)
 
     def test_unreadable_key_sends_unsigned(self) -> None:
+        """An unreadable key logs one error and the message goes unsigned."""
         key = self.keys.generate("example.org")
         key.path.write_bytes(b"garbage")
         self.assertIs(self.keys.sign(MESSAGE), MESSAGE)
@@ -153,6 +163,7 @@ class SigningTests(unittest.TestCase):
         self.assertEqual(event["error"], "Not a directory")
 
     def test_newest_key_signs(self) -> None:
+        """With two keys for a domain, the newest signs (key rotation)."""
         old = self.keys.generate("example.org", "tm2025")
         os.utime(old.path, (1_000_000, 1_000_000))
         self.keys.generate("example.org", "tm2026")
@@ -160,10 +171,14 @@ class SigningTests(unittest.TestCase):
         self.assertIn(b"s=tm2026", b"".join(signed.split(b"\r\n\r\n")[0].split()))
 
     def test_author_domain(self) -> None:
+        """author_domain is the From: address's domain, lower-cased (quoted commas in the name
+        allowed), or None without From:."""
         self.assertEqual(author_domain(b'From: "A, B" <x@Example.ORG>\r\n\r\n'), "example.org")
         self.assertIsNone(author_domain(b"Subject: x\r\n\r\n"))
 
     def test_dns_records(self) -> None:
+        """dns_records prints MX, SPF 'mx -all', the DKIM TXT split into strings, DMARC
+        p=quarantine and the RFC 6186 SRV records."""
         self.keys.generate("example.org")
         lines = dns_records("example.org", "mail.example.org", self.keys)
         name, value = self.keys.txt_record(self.keys.signing_key("example.org"))  # type: ignore
@@ -226,6 +241,8 @@ class SigningTests(unittest.TestCase):
             self.assertFalse(verifies(tampered, idx), idx)
 
     def test_ed25519_alone_and_selector_shared_by_algorithms_refused(self) -> None:
+        """RFC 8463: an ed25519 key alone signs with a=ed25519-sha256 and verifies; a selector
+        already used by another algorithm is refused."""
         self.keys.generate("example.org", "s1", algorithm="ed25519")
         signed = self.keys.sign(MESSAGE)
         [(_, header)] = [h for h in dkimpy.rfc822_parse(signed)[0] if h[0] == b"DKIM-Signature"]
@@ -241,6 +258,7 @@ class SigningTests(unittest.TestCase):
         )
 
     def test_dns_records_print_both_keys(self) -> None:
+        """With an RSA and an ed25519 key, dns_records prints both DKIM TXT records."""
         self.keys.generate("example.org")
         self.keys.generate("example.org", algorithm="ed25519")
         lines = dns_records("example.org", "mail.example.org", self.keys)
@@ -296,6 +314,7 @@ class QueueHookTests(unittest.TestCase):
 
 class DKIMCommandTests(CLITestCase):
     def test_generate_prints_record(self) -> None:
+        """'dkim generate' prints the key path as a comment, then the TXT record to publish."""
         code, out, err = self.run_cli("dkim", "generate", "example.org", "--selector", "tm2026")
         self.assertEqual((code, err), (0, ""))
         path = self.data_dir / "dkim" / "example.org.tm2026.key"
@@ -308,6 +327,8 @@ class DKIMCommandTests(CLITestCase):
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
 
     def test_generate_ed25519(self) -> None:
+        """'dkim generate --algorithm ed25519' writes an .ed25519 key and prints a k=ed25519
+        record."""
         code, out, err = self.run_cli("dkim", "generate", "example.org", "--algorithm", "ed25519")
         self.assertEqual((code, err), (0, ""))
         path = self.data_dir / "dkim" / "example.org.twistedmail-ed25519.ed25519"
@@ -324,6 +345,8 @@ class DKIMCommandTests(CLITestCase):
         self.assertEqual(len([x for x in out.splitlines() if "._domainkey." in x]), 2)
 
     def test_generate_twice_is_user_error(self) -> None:
+        """'dkim generate' twice for the same selector is a one-line user error naming the key
+        file."""
         self.run_cli("dkim", "generate", "example.org")
         path = self.data_dir / "dkim" / "example.org.twistedmail.key"
         self.assertUserError(
@@ -332,12 +355,14 @@ class DKIMCommandTests(CLITestCase):
         )
 
     def test_generate_bad_selector(self) -> None:
+        """'dkim generate' with an invalid selector is a one-line user error."""
         self.assertUserError(
             self.run_cli("dkim", "generate", "example.org", "--selector", "a/b"),
             "invalid selector 'a/b' (letters, digits and '-' only)",
         )
 
     def test_dns_records(self) -> None:
+        """'dns-records' (domain in any case) prints the records with the DKIM key, 10 lines."""
         self.run_cli("dkim", "generate", "example.org")
         code, out, err = self.run_cli("dns-records", "Example.org")
         self.assertEqual((code, err), (0, ""))
@@ -353,6 +378,7 @@ class DKIMCommandTests(CLITestCase):
         )
 
     def test_dns_records_without_key(self) -> None:
+        """'dns-records' without a DKIM key prints the other 9 lines and no _domainkey record."""
         code, out, err = self.run_cli("dns-records", "example.org")
         self.assertEqual((code, err), (0, ""))
         self.assertNotIn("_domainkey", out)
@@ -389,6 +415,7 @@ class DKIMCommandTests(CLITestCase):
         self.assertNotIn(first_id, record)
 
     def test_dns_records_bad_domain(self) -> None:
+        """'dns-records' of an invalid domain exits 1 with one error line."""
         code, out, err = self.run_cli("dns-records", "bad domain")
         self.assertEqual((code, out), (1, ""))
         self.assertTrue(err.startswith("twistedmail: error: invalid domain 'bad domain'"), err)

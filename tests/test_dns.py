@@ -23,6 +23,7 @@ def resolve(resolver: object, domain: str, seed: int = 0) -> defer.Deferred[list
 
 class ResolveMXTests(TestCase):
     async def test_mx_by_preference_with_a_and_aaaa(self) -> None:
+        """RFC 5321 §5.1: MX hosts are tried by preference, each with its A and AAAA addresses."""
         resolver = FakeResolver(
             mx={"example.net": [(20, "mx2.example.net"), (10, "mx1.example.net")]},
             a={"mx1.example.net": ["192.0.2.1"], "mx2.example.net": ["192.0.2.2"]},
@@ -62,6 +63,7 @@ class ResolveMXTests(TestCase):
         )
 
     async def test_no_mx_no_address_is_permanent(self) -> None:
+        """RFC 5321 §5.1: a domain with neither MX nor address is a permanent failure."""
         resolver = FakeResolver(txt={"example.net": ["v=spf1 -all"]})
         with self.assertRaises(PermanentDNSError) as cm:
             await resolve(resolver, "example.net")
@@ -90,12 +92,14 @@ class ResolveMXTests(TestCase):
         self.assertEqual(resolver.queries, [("example.net", "MX")])
 
     async def test_nxdomain_is_permanent(self) -> None:
+        """A domain that does not exist (NXDOMAIN) is a permanent failure, not a temporary one."""
         with self.assertRaises(PermanentDNSError) as cm:
             await resolve(FakeResolver(), "nowhere.example")
         self.assertEqual(str(cm.exception), "Domain nowhere.example does not exist (NXDOMAIN)")
         self.assertNotIsInstance(cm.exception, TemporaryDNSError)
 
     async def test_servfail_and_timeout_are_temporary(self) -> None:
+        """SERVFAIL or a timeout on the MX lookup is a temporary failure."""
         for failure in (SERVFAIL, TIMEOUT):
             resolver = FakeResolver(failures={("example.net", "MX"): failure})
             with self.assertRaises(TemporaryDNSError):
@@ -119,6 +123,7 @@ class ResolveMXTests(TestCase):
             await resolve(resolver, "example.net")
 
     async def test_mx_hosts_that_do_not_exist_is_permanent(self) -> None:
+        """MX hosts none of which has an address are a permanent failure."""
         resolver = FakeResolver(
             mx={"example.net": [(10, "gone.example.net")]},
             failures={("gone.example.net", "AAAA"): NXDOMAIN},
@@ -132,6 +137,8 @@ class TestZoneTests(TestCase):
     """The authority used by the end-to-end DNS server answers as resolve_mx expects."""
 
     async def test_zone_answers(self) -> None:
+        """TestZone answers MX and A records for resolve and a null MX (RFC 7505) as NullMXError;
+        a missing name is a permanent failure."""
         zone = TestZone(
             "example.test",
             mx={"a.example.test": [(10, "mx.example.test")], "null.example.test": [(0, ".")]},
@@ -151,6 +158,8 @@ class DNSClientChatterTests(TestCase):
     lines are dropped from the log, errors and every other line pass."""
 
     def test_chatter_dropped_errors_kept(self) -> None:
+        """quiet_dns_client drops Twisted's DNS client start/stop chatter, keeps other messages
+        and every error."""
         from twisted.logger import LogPublisher, globalLogPublisher
         from twisted.python import log as legacy
 

@@ -16,7 +16,7 @@ from test_smtp_server import TLS_CONTEXT, Mailhost, connect
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.testing import inbound_for
 
 FUZZ = settings(
     max_examples=200,
@@ -92,16 +92,11 @@ class SMTPFuzzTests(unittest.TestCase):
     @FUZZ
     @given(st.lists(SMTP_LINE, min_size=1, max_size=20), st.booleans())
     def test_command_lines(self, lines: list[bytes], crlf_only: bool) -> None:
+        """Random SMTP command lines always get well-formed replies, never 451 or a logged
+        exception."""
         host = self.host
         failures = Failures(self)
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=host.store,
-            delivery=host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=10000,
-            clock=host.clock,
-        )
+        factory = inbound_for(host, tls=TLS_CONTEXT)
         proto, transport = connect(factory)
         sep = b"\r\n" if crlf_only else b"\n"
         proto.dataReceived(sep.join(lines) + b"\r\n")
@@ -225,6 +220,8 @@ class IMAPFuzzTests(unittest.TestCase):
     @FUZZ
     @given(st.lists(IMAP_LINE, min_size=1, max_size=12), st.booleans())
     def test_command_lines(self, lines: list[bytes], selected: bool) -> None:
+        """Random IMAP command lines, selected or not, always get well-formed responses, never
+        SERVERBUG or a logged exception."""
         failures = Failures(self)
         h = Harness(self, max_literal_size=1000)
         h.add(b"Subject: one\r\n\r\nbody\r\n")

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.trial import unittest
 
 from twistedmail.imap.account import MailboxError, MaildirAccount
 from twistedmail.maildir import ChangeNotifier, UserMaildir
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return maybeDeferred(f, *args)
+from twistedmail.testing import run_now
 
 
 class AccountTests(unittest.TestCase):
@@ -31,11 +27,15 @@ class AccountTests(unittest.TestCase):
         return [(name, info.getFlags()) for name, info in boxes]
 
     def test_interfaces(self) -> None:
+        """RFC 2342: the account is an IAccount and presents one personal namespace "" with '.'
+        as separator."""
         self.assertTrue(imap4.IAccount.providedBy(self.account))
         self.assertTrue(imap4.INamespacePresenter.providedBy(self.account))
         self.assertEqual(self.account.getPersonalNamespaces(), [[b"", b"."]])
 
     def test_create_makes_parents_and_maildirfolder(self) -> None:
+        """RFC 3501 §6.3.3: CREATE A.B.C. makes the missing parents too, each a Maildir++ folder
+        with a maildirfolder marker."""
         self.assertTrue(self.account.create("A.B.C."))
         for d in (".A", ".A.B", ".A.B.C"):
             self.assertTrue((self.root / d / "maildirfolder").exists())
@@ -77,6 +77,8 @@ class AccountTests(unittest.TestCase):
         self.assertEqual(self.listing("", "L*.?"), [])
 
     def test_noselect_parent_and_patterns(self) -> None:
+        """RFC 3501 §6.3.8: a parent that is not a folder lists as \\Noselect; '%' stops at the
+        separator; INBOX matches in any case."""
         self.maildir.create("X.Y")
         self.assertEqual(
             self.listing("", "%"),
@@ -86,6 +88,8 @@ class AccountTests(unittest.TestCase):
         self.assertEqual(self.listing("", "inbox"), [("INBOX", ["\\HasNoChildren"])])
 
     def test_errors_carry_codes(self) -> None:
+        """RFC 5530: account errors carry their response code (ALREADYEXISTS, CANNOT,
+        NONEXISTENT)."""
         self.account.create("Sent")
         for call, code in [
             (lambda: self.account.create("Sent"), b"ALREADYEXISTS"),
@@ -99,6 +103,8 @@ class AccountTests(unittest.TestCase):
             self.assertEqual(error.code, code)
 
     def test_rename_moves_children_and_subscriptions(self) -> None:
+        """RFC 3501 §6.3.5: RENAME moves the children and their subscriptions; INBOX counts as
+        subscribed in any case."""
         self.account.create("A.B")
         self.account.subscribe("A.B")
         self.account.rename("A", "Z.A")
@@ -108,6 +114,8 @@ class AccountTests(unittest.TestCase):
         self.assertTrue(self.account.isSubscribed("inbox"))
 
     def test_select_inbox_creates_it_and_missing_is_none(self) -> None:
+        """SELECT inbox (any case) creates a missing INBOX Maildir; a missing folder or a path
+        escape selects nothing."""
         root = Path(self.mktemp())
         account = MaildirAccount("bob@example.test", UserMaildir(root), ChangeNotifier(), run_now)
         box = self.successResultOf(Deferred.fromCoroutine(account.select("inbox")))
@@ -117,6 +125,7 @@ class AccountTests(unittest.TestCase):
         self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("../x"))))
 
     def test_lsub_lists_missing_subscriptions_as_noselect(self) -> None:
+        """RFC 3501 §6.3.9: LSUB lists a subscription whose folder is gone as \\Noselect."""
         self.maildir.subscribe("Gone")
         boxes = self.successResultOf(Deferred.fromCoroutine(self.account.list_subscribed("", "*")))
         self.assertEqual(

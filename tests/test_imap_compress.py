@@ -40,6 +40,8 @@ class DeflateClient:
 
 class InflaterTests(unittest.TestCase):
     def test_chunks_are_bounded_and_stop_when_paused(self) -> None:
+        """A deflate bomb is inflated in bounded chunks and stops while the session is paused,
+        keeping the rest pending."""
         data = zlib.compressobj(9, zlib.DEFLATED, -15)
         bomb = data.compress(b"A" * 1_000_000) + data.flush(zlib.Z_SYNC_FLUSH)
         self.assertLess(len(bomb), 2000)
@@ -53,6 +55,8 @@ class InflaterTests(unittest.TestCase):
         self.assertEqual(inflater.pending, 0)
 
     def test_corrupt_and_final_block(self) -> None:
+        """Corrupt deflate data, or a final block (the client may not end the stream), raise
+        CompressionError."""
         self.assertRaises(
             CompressionError, Inflater().feed, b"\xff\xff\xff", lambda c: None, lambda: False
         )
@@ -61,6 +65,8 @@ class InflaterTests(unittest.TestCase):
         self.assertRaises(CompressionError, Inflater().feed, ended, lambda c: None, lambda: False)
 
     def test_transport_flushes_every_write(self) -> None:
+        """RFC 4978 §4: every write is sync-flushed (ends 00 00 ff ff) so the client can read
+        each response at once."""
         written: list[bytes] = []
 
         class Sink:
@@ -87,6 +93,7 @@ class CompressCommandTests(unittest.TestCase):
         self.h.add(MSG1)
 
     def test_not_before_login(self) -> None:
+        """RFC 4978 §3: COMPRESS is not offered or accepted before login."""
         self.assertNotIn(b"COMPRESS", self.h.greeting)
         self.assertEqual(
             self.h.cmd(b"a COMPRESS DEFLATE"),
@@ -94,6 +101,8 @@ class CompressCommandTests(unittest.TestCase):
         )
 
     def test_advertised_after_login_and_session_runs_compressed(self) -> None:
+        """RFC 4978 §3: after login CAPABILITY offers COMPRESS=DEFLATE; after OK the session runs
+        deflated both ways."""
         self.h.login()
         self.assertIn(b" COMPRESS=DEFLATE", self.h.send(b"c CAPABILITY\r\n"))
         self.assertEqual(self.h.cmd(b"z COMPRESS DEFLATE"), [b"z OK DEFLATE active"])
@@ -116,6 +125,7 @@ class CompressCommandTests(unittest.TestCase):
         )
 
     def test_idle_push_is_flushed_at_once(self) -> None:
+        """RFC 4978 §4: an IDLE push on a compressed session reaches the client at once."""
         self.h.login()
         self.h.cmd(b"z COMPRESS DEFLATE")
         z = DeflateClient(self.h)
@@ -137,6 +147,8 @@ class CompressCommandTests(unittest.TestCase):
         self.assertEqual(zlib.decompressobj(-15).decompress(compressed), b"n OK NOOP completed\r\n")
 
     def test_unknown_mechanism(self) -> None:
+        """RFC 4978 §3: an unknown mechanism is BAD [CANNOT] and the session goes on
+        uncompressed."""
         self.h.login()
         self.assertEqual(
             self.h.cmd(b"z COMPRESS LZ4"), [b"z BAD [CANNOT] Unknown compression mechanism"]
@@ -144,6 +156,7 @@ class CompressCommandTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"n NOOP"), [b"n OK NOOP completed"])
 
     def test_corrupt_input_closes(self) -> None:
+        """Corrupt compressed input gets BYE [CLIENTBUG] and the connection closes."""
         self.h.login()
         self.h.cmd(b"z COMPRESS DEFLATE")
         z = DeflateClient(self.h)
@@ -197,6 +210,7 @@ class CompressCommandTests(unittest.TestCase):
         self.assertFalse(self.h.transport.disconnecting)
 
     def test_literal_limit_still_applies(self) -> None:
+        """The literal size limit still applies inside a compressed session (NO [TOOBIG])."""
         self.h.login()
         self.h.cmd(b"z COMPRESS DEFLATE")
         z = DeflateClient(self.h)

@@ -43,6 +43,7 @@ class CondstoreTests(unittest.TestCase):
         )
 
     def test_unknown_select_parameter_is_bad(self) -> None:
+        """RFC 4466 §2.1: an unknown SELECT parameter is BAD."""
         self.assertEqual(self.select(params=b" (FOO)"), [b"s BAD Unknown select parameter"])
 
     def test_store_then_fetch_changedsince(self) -> None:
@@ -203,6 +204,8 @@ class ConcurrencyTests(unittest.TestCase):
     flag changes (with UID and MODSEQ) while IDLE, and MODSEQs only grow."""
 
     def test_two_sessions_and_a_delivery(self) -> None:
+        """RFC 7162 §3.1: with two CONDSTORE sessions and a delivery, each STORE gets a new
+        MODSEQ, reported to the other session, and HIGHESTMODSEQ follows."""
         one = Harness(self)
         one.add(MSG1, "", T1)
         one.login()
@@ -361,6 +364,8 @@ class IndexedFetchTests(unittest.TestCase):
         self.patch(Folder, "read", refuse)
 
     def test_select_and_flags_do_not_read_messages(self) -> None:
+        """SELECT and FETCH of UID and FLAGS are answered from the folder index without reading a
+        message file."""
         self.forbid_reading()
         self.assertEqual(self.h.cmd(b"s SELECT INBOX")[-1], b"s OK [READ-WRITE] SELECT completed")
         self.assertEqual(
@@ -373,6 +378,8 @@ class IndexedFetchTests(unittest.TestCase):
         )
 
     def test_envelope_and_bodystructure_cached_after_first_fetch(self) -> None:
+        """ENVELOPE, BODYSTRUCTURE and BODY are cached after the first FETCH and answered again
+        byte for byte without reading the files."""
         self.h.cmd(b"s SELECT INBOX")
         query = b"a FETCH 1:2 (ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE)\r\n"
         first = self.h.send(query)

@@ -16,11 +16,14 @@ SPECIAL = ["Archive", "Drafts", "Junk", "Sent", "Trash"]
 
 class HelperTests(unittest.TestCase):
     def test_uid_set(self) -> None:
+        """RFC 4315 §3: uid_set writes ascending UIDs as the shortest sequence set (runs as a:b)."""
         self.assertEqual(uid_set([1, 2, 3, 5, 7, 8]), b"1:3,5,7:8")
         self.assertEqual(uid_set([4]), b"4")
         self.assertEqual(uid_set([]), b"")
 
     def test_literal_size(self) -> None:
+        """RFC 7888 §3: literal_size reads {n} (synchronizing) and {n+} (non-synchronizing) and
+        refuses empty, signed, non-digit and over-long sizes."""
         self.assertEqual(literal_size(b"{12}"), (12, True))
         self.assertEqual(literal_size(b"{12+}"), (12, False))
         for bad in (b"{}", b"{+}", b"{1x}", b"12", b"{-1}", b"{1234567890123}"):
@@ -29,6 +32,8 @@ class HelperTests(unittest.TestCase):
 
 class SpecialUseFolderTests(unittest.TestCase):
     def test_first_login_creates_and_subscribes(self) -> None:
+        """RFC 6154: the first login creates and subscribes Archive, Drafts, Junk, Sent and
+        Trash, and leaves the marker that it did."""
         h = Harness(self)
         h.login()
         self.assertEqual(h.maildir.folders(), ["INBOX"] + SPECIAL)
@@ -38,6 +43,7 @@ class SpecialUseFolderTests(unittest.TestCase):
         self.assertTrue((h.root / PREPARED_MARKER).exists())
 
     def test_not_recreated_after_the_user_deletes_one(self) -> None:
+        """A special-use folder the user deleted is not created again at the next login."""
         h = Harness(self)
         h.login()
         self.assertEqual(h.cmd(b"a DELETE Junk"), [b"a OK DELETE completed"])
@@ -46,6 +52,8 @@ class SpecialUseFolderTests(unittest.TestCase):
         self.assertEqual(again.maildir.folders(), ["INBOX", "Archive", "Drafts", "Sent", "Trash"])
 
     def test_existing_folder_kept(self) -> None:
+        """An existing Sent folder is kept with its messages when the special-use folders are
+        created."""
         h = Harness(self)
         h.maildir.create("Sent")
         h.add(MSG1)
@@ -66,6 +74,9 @@ class ListExtendedTests(unittest.TestCase):
         self.h.cmd(b"a SUBSCRIBE Gone")
 
     def test_thunderbird_subscribed_special_use(self) -> None:
+        """RFC 5258 + RFC 6154: LIST (SUBSCRIBED) RETURN (SPECIAL-USE), as Thunderbird sends it
+        in lower case, lists subscriptions with \\Subscribed, special-use attributes and
+        \\NonExistent for a gone one."""
         self.assertEqual(
             self.h.cmd(b'x list (subscribed) "" "*" return (special-use)'),
             [
@@ -82,6 +93,8 @@ class ListExtendedTests(unittest.TestCase):
         )
 
     def test_special_use_selection(self) -> None:
+        """RFC 6154 §5.1: LIST (SPECIAL-USE) lists only the special-use folders, each with its
+        attribute."""
         self.assertEqual(
             self.h.cmd(b'x LIST (SPECIAL-USE) "" "*"'),
             [
@@ -95,6 +108,7 @@ class ListExtendedTests(unittest.TestCase):
         )
 
     def test_return_children_and_subscribed_with_patterns(self) -> None:
+        """RFC 5258 §3: several patterns in one LIST, with RETURN (CHILDREN SUBSCRIBED)."""
         self.assertEqual(
             self.h.cmd(b'x LIST "" ("Lists*" INBOX) RETURN (CHILDREN SUBSCRIBED)'),
             [
@@ -117,6 +131,8 @@ class ListExtendedTests(unittest.TestCase):
         )
 
     def test_bad_options(self) -> None:
+        """RFC 5258 §3: RECURSIVEMATCH alone, unknown selection or return options and nested
+        lists are BAD."""
         self.assertEqual(
             self.h.cmd(b'x LIST (RECURSIVEMATCH) "" "*"'),
             [b"x BAD RECURSIVEMATCH needs another selection option"],
@@ -139,6 +155,7 @@ class ListExtendedTests(unittest.TestCase):
         )
 
     def test_plain_list_has_special_use_but_not_subscribed(self) -> None:
+        """RFC 6154 §2: a plain LIST shows the special-use attribute but not \\Subscribed."""
         self.assertEqual(
             self.h.cmd(b'x LIST "" "S%"'),
             [b'* LIST (\\HasNoChildren \\Sent) "." "Sent"', b"x OK LIST completed"],
@@ -162,6 +179,8 @@ class UIDPlusMoveTests(unittest.TestCase):
         return sorted((p.name.rpartition(":2,")[2], p.read_bytes()) for p in cur.iterdir())
 
     def test_uid_expunge_only_in_set(self) -> None:
+        """RFC 4315 §2.1: UID EXPUNGE removes only the \\Deleted messages in its set; UID EXPUNGE
+        without a set is BAD."""
         self.assertEqual(
             self.h.cmd(b"a UID EXPUNGE 1:3"), [b"* 3 EXPUNGE", b"a OK EXPUNGE completed"]
         )
@@ -177,6 +196,7 @@ class UIDPlusMoveTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"c UID EXPUNGE"), [b"c BAD Syntax error: Missing argument"])
 
     def test_plain_expunge_still_takes_no_argument(self) -> None:
+        """RFC 3501 §6.4.3: EXPUNGE with an argument is BAD."""
         self.assertEqual(self.h.cmd(b"a EXPUNGE 1"), [b"a BAD Too many arguments"])
 
     def test_uid_move(self) -> None:
@@ -201,6 +221,8 @@ class UIDPlusMoveTests(unittest.TestCase):
         )
 
     def test_move_by_sequence_number_and_internaldate_kept(self) -> None:
+        """RFC 6851 §3: MOVE sends COPYUID in an untagged OK, then EXPUNGE; the moved file keeps
+        its flags and INTERNALDATE."""
         self.assertEqual(
             self.h.cmd(b"a MOVE 1 Archive"),
             [
@@ -214,24 +236,29 @@ class UIDPlusMoveTests(unittest.TestCase):
         self.assertTrue(path.name.endswith(":2,S"))
 
     def test_move_nothing_matches(self) -> None:
+        """RFC 6851 §3: UID MOVE of a UID that matches nothing is OK."""
         self.assertEqual(self.h.cmd(b"a UID MOVE 99 Trash"), [b"a OK MOVE completed"])
 
     def test_move_missing_target(self) -> None:
+        """RFC 6851 §3: MOVE to a missing mailbox is NO [TRYCREATE] and moves nothing."""
         self.assertEqual(self.h.cmd(b"a MOVE 1 Nowhere"), [b"a NO [TRYCREATE] No such mailbox"])
         self.assertEqual(len(self.files()), 4)
 
     def test_move_from_read_only(self) -> None:
+        """MOVE and UID EXPUNGE in an EXAMINEd (read-only) mailbox are NO [READ-ONLY]."""
         self.h.cmd(b"e EXAMINE INBOX")
         self.assertEqual(self.h.cmd(b"a MOVE 1 Trash"), [b"a NO [READ-ONLY] Mailbox is read-only"])
         self.assertEqual(self.h.cmd(b"b UID EXPUNGE 1"), [b"b NO [READ-ONLY] Mailbox is read-only"])
 
     def test_copyuid_ranges(self) -> None:
+        """RFC 4315 §3: COPYUID gives source and destination UIDs as compact ranges."""
         self.assertEqual(
             self.h.cmd(b"a COPY 1:2,4 Trash"),
             [b"a OK [COPYUID %d 1:2,4 1:3] COPY completed" % self.trash],
         )
 
     def test_move_and_uid_expunge_need_a_selected_mailbox(self) -> None:
+        """MOVE and UID EXPUNGE after UNSELECT are BAD (selected state only)."""
         self.h.cmd(b"u UNSELECT")
         self.assertEqual(
             self.h.cmd(b"a MOVE 1 Trash"), [b"a BAD Command unknown or not valid in this state"]
@@ -246,6 +273,8 @@ class SmallExtensionTests(unittest.TestCase):
         self.h = Harness(self)
 
     def test_id_before_and_after_login(self) -> None:
+        """RFC 2971: ID before and after login answers the server name; an odd-length list or a
+        non-list is BAD."""
         self.assertEqual(
             self.h.cmd(b'a ID ("name" "Thunderbird" "version" "153.0")'),
             [b'* ID ("name" "twistedmail")', b"a OK ID completed"],
@@ -263,6 +292,8 @@ class SmallExtensionTests(unittest.TestCase):
         )
 
     def test_enable(self) -> None:
+        """RFC 5161: ENABLE before login is BAD; it lists only extensions it turned on now,
+        ignores unknown ones, and needs an argument."""
         self.assertEqual(
             self.h.cmd(b"a ENABLE CONDSTORE"),
             [b"a BAD Command unknown or not valid in this state"],
@@ -279,6 +310,8 @@ class SmallExtensionTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"c ENABLE"), [b"c BAD Syntax error: Missing argument"])
 
     def test_unselect_does_not_expunge(self) -> None:
+        """RFC 3691: UNSELECT leaves the selected state without expunging; a second UNSELECT is
+        BAD."""
         self.h.add(MSG1, "T")
         self.h.login()
         self.h.cmd(b"s SELECT INBOX")
@@ -297,6 +330,8 @@ class LiteralPlusTests(unittest.TestCase):
         self.h = Harness(self, max_literal_size=100)
 
     def test_login_with_non_synchronizing_literals(self) -> None:
+        """RFC 7888: LOGIN with {n+} literals needs no continuation, and a pipelined NOOP is
+        answered after it."""
         user = USER.encode()
         out = self.h.send(
             b"a LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\nb NOOP\r\n"
@@ -307,6 +342,8 @@ class LiteralPlusTests(unittest.TestCase):
         self.assertEqual(lines[1:], [b"b OK NOOP completed", b""])
 
     def test_append_without_continuation(self) -> None:
+        """RFC 7888: APPEND with a {n+} literal stores the message with its flags without a
+        continuation request."""
         self.h.login()
         self.assertEqual(
             self.h.send(b'a APPEND "Sent" (\\Seen) {5+}\r\nhello\r\n'),
@@ -316,6 +353,8 @@ class LiteralPlusTests(unittest.TestCase):
         self.assertEqual((path.name.rpartition(":2,")[2], path.read_bytes()), ("S", b"hello"))
 
     def test_empty_final_literal(self) -> None:
+        """RFC 7888: an empty {0+} literal is read as the empty string (CREATE then refuses the
+        name)."""
         self.h.login()
         self.assertEqual(
             self.h.send(b"a CREATE {0+}\r\n\r\n"),
@@ -334,6 +373,8 @@ class LiteralPlusTests(unittest.TestCase):
         self.assertTrue((self.h.root / ".Sent").is_dir())
 
     def test_oversized_non_synchronizing_string_closes(self) -> None:
+        """RFC 7888: a {n+} literal over the limit is BAD [TOOBIG] and the connection closes
+        with BYE."""
         out = self.h.send(b"a LOGIN {5000+}\r\nb CAPABILITY\r\n")
         self.assertEqual(
             out, b"a BAD [TOOBIG] Literal too large\r\n* BYE [TOOBIG] Closing the connection\r\n"
@@ -341,6 +382,7 @@ class LiteralPlusTests(unittest.TestCase):
         self.assertTrue(self.h.transport.disconnecting)
 
     def test_synchronizing_append_still_asks(self) -> None:
+        """RFC 3501 §7.5: a synchronizing {n} literal still gets the continuation request."""
         self.h.login()
         self.assertEqual(
             self.h.send(b"a APPEND INBOX {5}\r\n"), b"+ Ready for 5 octets of data\r\n"
@@ -393,6 +435,7 @@ class NumberRangeTests(unittest.TestCase):
         self.h.cmd(b"s SELECT INBOX")
 
     def test_search_number_over_32_bits(self) -> None:
+        """RFC 3501 §9: numbers are 32-bit; a larger one in SEARCH is BAD."""
         for line in (
             b"a SEARCH 4294967296",
             b"a SEARCH 99999999999999999999",
@@ -403,10 +446,12 @@ class NumberRangeTests(unittest.TestCase):
             self.assertTrue(reply.startswith(b"a BAD "), (line, reply))
 
     def test_fetch_set_over_32_bits(self) -> None:
+        """RFC 3501 §9: a sequence set with a number over 32 bits is BAD."""
         (reply,) = self.h.cmd(b"a FETCH 1:99999999999999999999 FLAGS")
         self.assertTrue(reply.startswith(b"a BAD "), reply)
 
     def test_largest_number_still_accepted(self) -> None:
+        """RFC 3501 §9: 4294967295 is still a valid number in SEARCH and UID FETCH."""
         self.assertEqual(
             self.h.cmd(b"a SEARCH 4294967295"), [b"* SEARCH", b"a OK SEARCH completed"]
         )
@@ -417,6 +462,8 @@ class EnableSyntaxTests(unittest.TestCase):
     """RFC 5161 §4: ENABLE takes capability atoms; a list or a quoted string is BAD."""
 
     def test_non_atoms_are_bad(self) -> None:
+        """RFC 5161 §3.1: ENABLE takes atoms only; a list, a quoted string or two spaces are BAD,
+        lower case is accepted."""
         h = Harness(self)
         h.login()
         for line in (
@@ -434,6 +481,7 @@ class ListStatusSyntaxTests(unittest.TestCase):
     """RFC 5819 §3: at least one STATUS item; items are case-insensitive atoms."""
 
     def test_empty_or_nested_status_list_is_bad(self) -> None:
+        """RFC 5819: RETURN (STATUS ()) and a nested STATUS list are BAD."""
         h = Harness(self)
         h.login()
         self.assertEqual(
@@ -445,6 +493,7 @@ class ListStatusSyntaxTests(unittest.TestCase):
         )
 
     def test_lower_case_item(self) -> None:
+        """RFC 5819: a STATUS item in lower case is answered in the LIST reply."""
         h = Harness(self)
         h.login()
         out = h.cmd(b'b LIST "" "Sent" RETURN (STATUS (messages))')

@@ -208,6 +208,8 @@ class SearchDateTests(unittest.TestCase):
         return lines[0]
 
     def test_sent_date_keys(self) -> None:
+        """RFC 3501 §6.4.4: SENTBEFORE, SENTON and SENTSINCE compare the Date: header's day,
+        disregarding time and zone."""
         self.assertEqual(self.search(b"SENTBEFORE 24-Mar-2007"), b"* SEARCH")
         self.assertEqual(self.search(b"SENTBEFORE 25-Mar-2007"), b"* SEARCH 1")
         self.assertEqual(self.search(b"SENTON 24-Mar-2007"), b"* SEARCH 1")

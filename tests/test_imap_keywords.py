@@ -46,6 +46,8 @@ class KeywordFileTests(unittest.TestCase):
         self.assertEqual((self.path / KEYWORDS).read_bytes(), b"0 $Forwarded\n1 $NotJunk\n2 Work\n")
 
     def test_no_rewrite_when_known(self) -> None:
+        """A keyword already in dovecot-keywords (any case) gets its letter without rewriting the
+        file."""
         self.folder.keyword_letters(["$Junk"])
         os.utime(self.path / KEYWORDS, (1, 1))
         self.assertEqual(self.folder.keyword_letters(["$junk"]), "a")
@@ -60,12 +62,15 @@ class KeywordFileTests(unittest.TestCase):
         self.assertNotIn(b"extra", (self.path / KEYWORDS).read_bytes())
 
     def test_invalid_names(self) -> None:
+        """RFC 3501 §9: a keyword must be an atom (no space, specials, backslash, non-ASCII, over
+        50 characters); invalid ones get no letter and no file."""
         for bad in ["", "a b", "\\Seen", "x]", "(", "é", "k" * 51, "a*", 'q"']:
             self.assertFalse(is_keyword(bad), bad)
         self.assertEqual(self.folder.keyword_letters(["a b", "\\Foo"]), "")
         self.assertFalse((self.path / KEYWORDS).exists())
 
     def test_letters_sort_after_system_flags(self) -> None:
+        """Keyword letters (a-z) sort after the system flag letters in the Maildir file name."""
         write_durably(self.path / "cur", MSG1, "Sab", T2)
         entry = self.folder.scan().messages[0]
         self.assertEqual(entry.flags, "Sab")
@@ -78,6 +83,8 @@ class KeywordSessionTests(unittest.TestCase):
         return h.cmd(b"s SELECT INBOX")
 
     def test_select_lists_keywords_and_star(self) -> None:
+        """RFC 3501 §7.2.6: SELECT lists the folder's keywords in FLAGS and PERMANENTFLAGS with
+        \\* (new keywords allowed)."""
         h = Harness(self)
         (h.root / KEYWORDS).write_bytes(b"0 $Junk\n1 $label1\n")
         h.add(MSG1, "Sa")
@@ -126,6 +133,8 @@ class KeywordSessionTests(unittest.TestCase):
         self.assertEqual(flags_on_disk(h.root), ["FPb"])
 
     def test_search_keyword(self) -> None:
+        """RFC 3501 §6.4.4: SEARCH KEYWORD matches the keyword case-blind, UNKEYWORD the others;
+        an unknown keyword matches nothing."""
         h = Harness(self)
         (h.root / KEYWORDS).write_bytes(b"0 $Junk\n")
         h.add(MSG1, "a")
@@ -143,6 +152,8 @@ class KeywordSessionTests(unittest.TestCase):
         )
 
     def test_append_with_keywords(self) -> None:
+        """RFC 3501 §6.3.11: APPEND with a keyword stores it as a letter and adds it to
+        dovecot-keywords."""
         h = Harness(self)
         h.login()
         lines = h.cmd(b"a APPEND INBOX (\\Seen $label1) {%d+}\r\n" % len(MSG2) + MSG2)
@@ -191,6 +202,8 @@ class KeywordSessionTests(unittest.TestCase):
         self.assertEqual(flags_on_disk(h.root), ["Sd"])
 
     def test_other_session_sees_new_keyword(self) -> None:
+        """RFC 3501 §7.2.6: a keyword another session adds is announced with new FLAGS and
+        PERMANENTFLAGS before the FETCH."""
         h1 = Harness(self)
         h1.add(MSG1, "")
         h2 = Harness(self, root=h1.root, notifier=h1.notifier)

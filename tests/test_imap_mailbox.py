@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.trial import unittest
 
@@ -18,10 +18,7 @@ from twistedmail.imap.message import (
     split_message,
 )
 from twistedmail.maildir import ChangeNotifier, Folder, make_maildir, write_durably
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    return maybeDeferred(f, *args)
+from twistedmail.testing import run_now
 
 
 class Recorder:
@@ -52,6 +49,8 @@ class MailboxTests(unittest.TestCase):
         return box
 
     def test_uids_stable_across_sessions(self) -> None:
+        """RFC 3501 §2.3.1.1: two sessions see the same UIDs and UIDVALIDITY, and UIDNEXT follows
+        the last UID."""
         a = self.open()
         b = self.open()
         self.assertEqual([a.getUID(n) for n in (1, 2, 3)], [1, 2, 3])
@@ -59,6 +58,8 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual(b.getUIDNext(), 4)
 
     def test_new_mail_is_recent_once_and_appended(self) -> None:
+        """RFC 3501 §2.3.2: new mail is announced to listeners, fetchable only after its EXISTS,
+        and \\Recent in one session only."""
         a = self.open()
         rec = Recorder()
         a.addListener(rec)
@@ -71,6 +72,8 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual(self.open().getRecentCount(), 0)
 
     def test_expunge_elsewhere_waits_for_take_expunged(self) -> None:
+        """RFC 3501 §7.4.1: another session's flag change and expunge reach the listener, and the
+        expunge waits until the session may send EXPUNGE."""
         a, b = self.open(), self.open()
         rec = Recorder()
         a.addListener(rec)
@@ -86,6 +89,8 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual([a.getUID(n) for n in (1, 2)], [1, 3])
 
     def test_expunge_sequence_numbers_are_adjusted(self) -> None:
+        """RFC 3501 §7.4.1: expunging all three messages reports sequence number 1 three times
+        and removes the files."""
         a = self.open()
         self.successResultOf(
             Deferred.fromCoroutine(a.store(imap4.parseIdList(b"1:*"), ["\\Deleted"], 1, False))
@@ -94,6 +99,7 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual(list((self.path / "cur").iterdir()), [])
 
     def test_store_modes_keep_passed_letter(self) -> None:
+        """Replacing the flags keeps the Maildir P (passed) letter, which has no IMAP flag."""
         name = write_durably(self.path / "cur", b"Subject: p\r\n\r\n", "PS", 2000.0)
         a = self.open()
         seq = imap4.parseIdList(b"4")
@@ -102,11 +108,14 @@ class MailboxTests(unittest.TestCase):
         self.assertTrue((self.path / "cur" / f"{name}:2,FP").exists())
 
     def test_read_only_refuses_store(self) -> None:
+        """RFC 3501 §6.3.2: STORE on a read-only (EXAMINE) mailbox fails with ReadOnlyMailbox."""
         a = self.open(readwrite=False)
         d = Deferred.fromCoroutine(a.store(imap4.parseIdList(b"1"), ["\\Seen"], 1, False))
         self.failureResultOf(d, imap4.ReadOnlyMailbox)
 
     def test_add_message_is_durable_with_flags_and_date(self) -> None:
+        """RFC 3501 §6.3.11: an appended message gets the next UID, its flags, and the given date
+        as mtime (INTERNALDATE)."""
         a = self.open()
         uid = self.successResultOf(
             a.addMessage(b"Subject: a\r\n\r\n", None, b"01-Jan-2024 10:00:00 +0000")
@@ -117,6 +126,7 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual(path.stat().st_mtime, 1704103200.0)
 
     def test_copy_keeps_flags_and_date(self) -> None:
+        """RFC 3501 §6.4.7: COPY keeps the flags and INTERNALDATE of the message."""
         other = Path(self.mktemp())
         make_maildir(other)
         a = self.open()
@@ -132,6 +142,8 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual(path.stat().st_mtime, 1000.0)
 
     def test_search_errors(self) -> None:
+        """An unknown search key or a bad date raises SearchError; a valid search answers the
+        matches."""
         a = self.open()
         self.failureResultOf(Deferred.fromCoroutine(a.search([b"BOGUS"])), SearchError)
         self.failureResultOf(
@@ -179,21 +191,28 @@ class MailboxTests(unittest.TestCase):
         )
 
     def test_letters_for(self) -> None:
+        """letters_for maps IMAP flags (any case) to Maildir letters, leaving out \\Recent and
+        keywords."""
         self.assertEqual(letters_for(["\\seen", "\\Recent", "$Junk", "\\DELETED"]), "ST")
 
 
 class MessageTests(unittest.TestCase):
     def test_split_without_body(self) -> None:
+        """split_message of a message without a blank line gives it all as header; one starting
+        with CRLF has an empty header."""
         self.assertEqual(split_message(b"Subject: x\r\n"), (b"Subject: x\r\n", b""))
         self.assertEqual(split_message(b"\r\nbody"), (b"\r\n", b"body"))
 
     def test_select_headers_with_folding(self) -> None:
+        """RFC 3501 §6.4.5: select_headers keeps folded lines and every field of a name, any
+        case."""
         header = b"Subject: a\r\n  b\r\nFrom: x\r\nsubject: c\r\n\r\n"
         self.assertEqual(
             select_headers(header, [b"SUBJECT"], False), b"Subject: a\r\n  b\r\nsubject: c\r\n\r\n"
         )
 
     def test_nested_rfc822_parts(self) -> None:
+        """RFC 3501 §6.4.5: part numbers reach into a message/rfc822 part's encapsulated message."""
         inner = b"Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner body\r\n"
         raw = (
             b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nfirst\r\n'
@@ -210,6 +229,8 @@ class MessageTests(unittest.TestCase):
         self.assertIsNone(resolve_part(root, [1, 1]))
 
     def test_parse_internaldate(self) -> None:
+        """RFC 3501 §9: date-time with a zone, day padded with a space, is parsed to UTC; a bad
+        date is None."""
         self.assertEqual(parse_internaldate(b"02-Jan-2024 11:00:00 +0100"), 1704189600.0)
         self.assertEqual(parse_internaldate(b" 2-Jan-2024 09:00:00 -0100"), 1704189600.0)
         self.assertIsNone(parse_internaldate(b"32-Foo-2024 11:00:00 +0100"))

@@ -69,6 +69,8 @@ class AddressListTests(unittest.TestCase):
             b"a@b, , c@d,": [Address(None, None, b"a", b"b"), Address(None, None, b"c", b"d")],
             b"": [],
             b"(only a comment)": [],
+            b"] A <a@example.test>": [Address(b"A", None, b"a", b"example.test")],
+            b"A ]) <a@b>": [Address(b"A", None, b"a", b"b")],
         }
         for raw, expected in cases.items():
             self.assertEqual(parse_addresses(raw), expected, raw)

@@ -31,11 +31,15 @@ class QuotaTests(unittest.TestCase):
         self.h.add(MSG2, "ST")  # 56 octets, \Deleted
 
     def test_capabilities(self) -> None:
+        """RFC 9208 §3: CAPABILITY lists QUOTA, QUOTA=RES-STORAGE, QUOTA=RES-MESSAGE last (no
+        QUOTASET)."""
         (caps, ok) = self.h.cmd(b"a CAPABILITY")
         self.assertTrue(caps.endswith(b"COMPRESS=DEFLATE" + QUOTA_CAPS), caps)
         self.assertEqual(ok, b"a OK CAPABILITY completed")
 
     def test_getquotaroot_and_getquota(self) -> None:
+        """RFC 9208 §4.2: GETQUOTAROOT names the root "" with usage and limit in KiB (rounded
+        down), and GETQUOTA answers the same."""
         self.h.add(b"x" * 3000)
         self.assertEqual(
             self.h.cmd(b"a GETQUOTAROOT INBOX"),
@@ -59,6 +63,8 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"e GETQUOTAROOT"), [b"e BAD Syntax error: Missing argument"])
 
     def test_no_quota_root_when_unlimited(self) -> None:
+        """RFC 9208 §4.2: an unlimited user has no quota root, and GETQUOTA "" is NO
+        [NONEXISTENT]."""
         self.store.set_quota(USER, Quota())
         self.assertEqual(
             self.h.cmd(b"a GETQUOTAROOT Sent"),
@@ -67,6 +73,8 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b'b GETQUOTA ""'), [b"b NO [NONEXISTENT] No such quota root"])
 
     def test_setquota_is_refused(self) -> None:
+        """RFC 9208 §4.1.3: SETQUOTA is NO [NOPERM] (the administrator sets quotas); without
+        limits it is BAD."""
         self.assertEqual(
             self.h.cmd(b'a SETQUOTA "" (STORAGE 512)'),
             [b"a NO [NOPERM] Quota limits are set by the administrator"],
@@ -74,6 +82,8 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b'b SETQUOTA ""'), [b"b BAD Syntax error: Missing argument"])
 
     def test_status_deleted(self) -> None:
+        """RFC 9208 §4.3: STATUS DELETED and DELETED-STORAGE count the \\Deleted messages and
+        their size."""
         self.assertEqual(
             self.h.cmd(b"a STATUS INBOX (MESSAGES DELETED-STORAGE DELETED)"),
             [
@@ -90,6 +100,8 @@ class QuotaTests(unittest.TestCase):
         return sorted(p.name for p in (self.h.maildir.folder_path("Sent") / "cur").iterdir())
 
     def test_append_over_quota(self) -> None:
+        """RFC 9208 §4.3: APPEND over the storage or message limit is NO [OVERQUOTA] and stores
+        nothing; exactly at the limit fits."""
         self.store.set_quota(USER, Quota(storage=len(MSG1) + len(MSG2) + 10))
         self.h.send(b"a APPEND Sent {11}\r\n")
         self.assertEqual(self.h.send(b"hello world\r\n"), b"a NO [OVERQUOTA] Quota exceeded\r\n")
@@ -102,6 +114,8 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(len(self.sent()), 1)
 
     def test_copy_over_quota_copies_nothing_move_is_allowed(self) -> None:
+        """RFC 9208 §4.3: COPY that would exceed the quota is NO [OVERQUOTA] and copies nothing;
+        MOVE (no growth) is allowed."""
         self.store.set_quota(USER, Quota(storage=len(MSG1) * 2 + len(MSG2)))
         self.h.cmd(b"s SELECT INBOX")
         self.assertEqual(self.h.cmd(b"a COPY 1:2 Sent"), [b"a NO [OVERQUOTA] Quota exceeded"])
@@ -113,6 +127,8 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(len(self.sent()), 2)
 
     def test_bad_input_gets_a_clean_answer(self) -> None:
+        """GETQUOTAROOT with an invalid mailbox name is NO [CANNOT]; a literal mailbox name
+        works."""
         self.assertEqual(
             self.h.cmd(b"a GETQUOTAROOT &Jjo"), [b"a NO [CANNOT] Invalid mailbox name"]
         )

@@ -25,6 +25,8 @@ class ESearchTests(unittest.TestCase):
         self.h.cmd(b"s SELECT INBOX")
 
     def test_response_helper(self) -> None:
+        """RFC 4731 §3.1: esearch_response writes TAG, UID, then only the asked results; MIN, MAX
+        and ALL are left out when nothing matched."""
         self.assertEqual(
             esearch_response(b"a", [b"MIN", b"MAX", b"ALL", b"COUNT"], [5, 1, 2, 3], True),
             b'* ESEARCH (TAG "a") UID MIN 1 MAX 5 ALL 1:3,5 COUNT 4',
@@ -36,30 +38,37 @@ class ESearchTests(unittest.TestCase):
         self.assertEqual(esearch_response(b"a", [b"ALL"], [], False), b'* ESEARCH (TAG "a")')
 
     def test_min_max_all_count(self) -> None:
+        """RFC 4731 §3.1: SEARCH RETURN (MIN MAX ALL COUNT) answers one ESEARCH with each result."""
         self.assertEqual(
             self.h.cmd(b"a SEARCH RETURN (MIN MAX ALL COUNT) SEEN"),
             [b'* ESEARCH (TAG "a") MIN 1 MAX 5 ALL 1:3,5 COUNT 4', b"a OK SEARCH completed"],
         )
 
     def test_uid_search_and_charset(self) -> None:
+        """RFC 4731 §3.1: UID SEARCH RETURN with a CHARSET answers ESEARCH with the UID marker
+        and UIDs."""
         self.assertEqual(
             self.h.cmd(b"b UID SEARCH RETURN (COUNT MAX) CHARSET UTF-8 UNSEEN"),
             [b'* ESEARCH (TAG "b") UID MAX 6 COUNT 2', b"b OK SEARCH completed"],
         )
 
     def test_empty_return_means_all(self) -> None:
+        """RFC 4731 §3.1: RETURN () means RETURN (ALL)."""
         self.assertEqual(
             self.h.cmd(b"c SEARCH RETURN () SUBJECT hello"),
             [b'* ESEARCH (TAG "c") ALL 2,4,6', b"c OK SEARCH completed"],
         )
 
     def test_no_match(self) -> None:
+        """RFC 4731 §3.1: with no match only COUNT 0 is sent (no MIN)."""
         self.assertEqual(
             self.h.cmd(b"d SEARCH RETURN (MIN COUNT) SUBJECT nothing"),
             [b'* ESEARCH (TAG "d") COUNT 0', b"d OK SEARCH completed"],
         )
 
     def test_plain_search_unchanged_and_bad_option(self) -> None:
+        """SEARCH without RETURN keeps the RFC 3501 SEARCH reply; an unknown return option or a
+        broken list is BAD."""
         self.assertEqual(
             self.h.cmd(b"e SEARCH UNSEEN"), [b"* SEARCH 4 6", b"e OK SEARCH completed"]
         )
@@ -83,6 +92,8 @@ class ListStatusTests(unittest.TestCase):
         self.uv = self.h.uidvalidity()
 
     def test_status_after_each_selectable_mailbox(self) -> None:
+        """RFC 5819 §2: LIST RETURN (STATUS ...) sends each selectable mailbox's STATUS right
+        after its LIST line."""
         self.assertEqual(
             self.h.cmd(b'l LIST "" "%" RETURN (STATUS (MESSAGES UNSEEN UIDNEXT))'),
             [
@@ -104,6 +115,8 @@ class ListStatusTests(unittest.TestCase):
         )
 
     def test_with_other_options_and_nonexistent(self) -> None:
+        """RFC 5819 §2: STATUS combines with SUBSCRIBED and SPECIAL-USE, and a \\NonExistent
+        mailbox gets no STATUS."""
         self.h.cmd(b"s SUBSCRIBE Gone")
         self.assertEqual(
             self.h.cmd(
@@ -118,6 +131,8 @@ class ListStatusTests(unittest.TestCase):
         )
 
     def test_bad_status_options(self) -> None:
+        """RFC 5819: an unknown STATUS item, STATUS without a list, or a bare nested list in
+        RETURN is BAD."""
         self.assertEqual(
             self.h.cmd(b'l LIST "" "*" RETURN (STATUS (SIZE))'),
             [b"l BAD Unknown STATUS item"],
@@ -150,6 +165,8 @@ def message(subject: bytes, sender: bytes, to: bytes, date: bytes, cc: bytes = b
 
 class BaseSubjectTests(unittest.TestCase):
     def test_rfc5256_examples(self) -> None:
+        """RFC 5256 §2.1: the base subject drops Re:, Fwd:, [blob] prefixes, (fwd) trailers and
+        extra white space, and decodes encoded words."""
         cases = {
             b"Re: hello": "hello",
             b"RE: Re: re[2]: hello": "hello",
@@ -168,6 +185,8 @@ class BaseSubjectTests(unittest.TestCase):
         self.assertEqual(base_subject(None), "")
 
     def test_criteria(self) -> None:
+        """RFC 5256 §3: parse_criteria reads keys with REVERSE (case-blind) and refuses empty,
+        REVERSE-only, doubled REVERSE, unknown or nested criteria."""
         self.assertEqual(
             parse_criteria([b"reverse", b"DATE", b"subject"]),
             [(b"DATE", True), (b"SUBJECT", False)],
@@ -176,6 +195,8 @@ class BaseSubjectTests(unittest.TestCase):
             self.assertRaises(SortError, parse_criteria, bad)
 
     def test_first_mailbox(self) -> None:
+        """RFC 5256 §3: FROM/TO/CC sort by the first address's mailbox (a group by its name),
+        parsed in full."""
         cases = {
             b"a@x.test": "a",
             b"Zed <zed@x.test>": "zed",
@@ -195,6 +216,7 @@ class BaseSubjectTests(unittest.TestCase):
         self.assertEqual(first_mailbox(None), "")
 
     def test_casemap_only_ascii(self) -> None:
+        """RFC 5256 §3 i;ascii-casemap: only ASCII letters are upper-cased."""
         self.assertEqual(casemap("abc\u00e9"), "ABC\u00e9".encode())
 
 
@@ -214,6 +236,8 @@ class SortTests(unittest.TestCase):
         return self.h.cmd(b"t " + line)
 
     def test_each_key(self) -> None:
+        """RFC 5256 §3: SORT by each key (ARRIVAL, DATE, SUBJECT, FROM, TO, CC, SIZE) and
+        REVERSE, ties by sequence number."""
         expected = {
             b"(ARRIVAL)": b"* SORT 1 2 3 4",
             b"(REVERSE ARRIVAL)": b"* SORT 4 3 2 1",
@@ -239,6 +263,8 @@ class SortTests(unittest.TestCase):
         return int(reply.rsplit(b" ", 1)[1].rstrip(b")"))
 
     def test_uid_sort_with_search_keys(self) -> None:
+        """RFC 5256 §3: UID SORT with a charset and search keys sorts only the matching messages
+        and answers UIDs."""
         self.assertEqual(
             self.sort(b"UID SORT (REVERSE ARRIVAL) US-ASCII UNSEEN"),
             [b"* SORT 4 2", b"t OK SORT completed"],
@@ -253,6 +279,8 @@ class SortTests(unittest.TestCase):
         )
 
     def test_errors(self) -> None:
+        """RFC 5256 §3: an unsupported charset is NO [BADCHARSET]; an unknown key or criteria
+        without parentheses is BAD."""
         self.assertEqual(
             self.sort(b"SORT (SUBJECT) KOI8-R ALL"),
             [b"t NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset"],
@@ -282,6 +310,8 @@ class UTF8AcceptTests(unittest.TestCase):
         )
 
     def test_names_are_modified_utf7_until_enabled(self) -> None:
+        """RFC 6855 §3: mailbox names are sent in modified UTF-7 until ENABLE UTF8=ACCEPT, then
+        in UTF-8."""
         self.assertEqual(
             self.h.cmd(b'l LIST "" "Caf*"'),
             [b'* LIST (\\HasNoChildren) "." "Caf&AOk- &- Co"', b"l OK LIST completed"],
@@ -296,6 +326,8 @@ class UTF8AcceptTests(unittest.TestCase):
         )
 
     def test_utf8_names_in_commands(self) -> None:
+        """RFC 6855 §3: after ENABLE UTF8=ACCEPT, CREATE, STATUS and LIST take UTF-8 mailbox
+        names."""
         self.enable()
         self.assertEqual(self.h.cmd('c CREATE "Здравствуйте"'.encode()), [b"c OK CREATE completed"])
         self.assertIn("Здравствуйте", self.h.maildir.folders())
@@ -325,6 +357,8 @@ class UTF8AcceptTests(unittest.TestCase):
         )
 
     def test_append_utf8_literal8(self) -> None:
+        """RFC 6855 §4: APPEND UTF8 (~{n}) needs ENABLE UTF8=ACCEPT; then the UTF-8 message is
+        stored."""
         data = "Subject: Grüße\r\nFrom: jörg@bücher.example\r\n\r\nHallo\r\n".encode()
         line = b"a APPEND INBOX (\\Seen) UTF8 (~{%d}" % len(data)
         self.assertEqual(self.h.cmd(line), [b"a BAD UTF8 APPEND needs ENABLE UTF8=ACCEPT"])
@@ -344,6 +378,8 @@ class UTF8AcceptTests(unittest.TestCase):
         )
 
     def test_append_utf8_needs_the_parenthesis(self) -> None:
+        """RFC 6855 §4: APPEND UTF8 without (~{n}) is BAD; with a {n+} literal the connection
+        closes with BYE [CLIENTBUG]."""
         self.enable()
         self.assertEqual(
             self.h.cmd(b"a APPEND INBOX UTF8 {5}"),

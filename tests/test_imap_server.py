@@ -10,17 +10,15 @@ from typing import Any
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from twistedmail.auth import MailRealm
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPServer, imap_factory
 from twistedmail.maildir import ChangeNotifier, Folder, UserMaildir, make_maildir, write_durably
+from twistedmail.testing import TLSStringTransport, run_now
 
 USER = "alice@example.test"
 PASSWORD = b"correct horse"
@@ -43,11 +41,6 @@ EXTENSIONS = (
 AFTER_LOGIN = b" COMPRESS=DEFLATE"  # RFC 4978: offered once logged in
 
 
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    """A synchronous stand-in for deferToThread."""
-    return maybeDeferred(f, *args)
-
-
 class HeldThreads:
     """A run_in_thread fake whose calls wait until L{release} (for ordering tests)."""
 
@@ -67,16 +60,6 @@ class HeldThreads:
         while self.calls:
             d, f, args = self.calls.pop(0)
             maybeDeferred(f, *args).chainDeferred(d)
-
-
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that records STARTTLS."""
-
-    tls_context: object = None
-
-    def startTLS(self, contextFactory: object) -> None:
-        self.tls_context = contextFactory
 
 
 def make_mailroot(base: Path) -> Path:
@@ -146,6 +129,8 @@ class Harness:
 
 class GreetingAndLoginTests(unittest.TestCase):
     def test_greeting_plaintext_offers_starttls_and_logindisabled(self) -> None:
+        """RFC 3501 §6.2.1, §7.1: on 143 the greeting's CAPABILITY offers STARTTLS and
+        LOGINDISABLED, no AUTH=."""
         h = Harness(self, implicit_tls=False, tls=object())
         self.assertEqual(
             h.greeting,
@@ -156,6 +141,8 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_greeting_implicit_tls_offers_auth_plain(self) -> None:
+        """RFC 8314 §3.3: on implicit TLS the greeting's CAPABILITY offers AUTH=PLAIN and no
+        STARTTLS."""
         h = Harness(self)
         self.assertEqual(
             h.greeting,
@@ -164,6 +151,7 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_login_ok_carries_capability(self) -> None:
+        """RFC 3501 §7.1: the tagged OK of LOGIN carries the post-login CAPABILITY list."""
         h = Harness(self)
         self.assertEqual(
             h.cmd(b'a LOGIN alice@example.test "correct horse"'),
@@ -176,6 +164,8 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_login_wrong_password(self) -> None:
+        """RFC 5530 §3: a wrong password is NO [AUTHENTICATIONFAILED] and the session stays
+        unauthenticated (SELECT is BAD)."""
         h = Harness(self)
         self.assertEqual(
             h.cmd(b"a LOGIN alice@example.test nope"),
@@ -201,6 +191,8 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_authenticate_plain_initial_response_and_bad_password(self) -> None:
+        """RFC 4959 + RFC 4616: AUTHENTICATE PLAIN with an initial response and a wrong password
+        is NO [AUTHENTICATIONFAILED]."""
         h = Harness(self)
         token = base64.b64encode(b"\0" + USER.encode() + b"\0wrong")
         self.assertEqual(
@@ -209,6 +201,8 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_authenticate_cancel_and_garbage(self) -> None:
+        """RFC 3501 §6.2.2: '*' cancels AUTHENTICATE (BAD), a non-base64 response is BAD, a PLAIN
+        message without NULs is NO [AUTHENTICATIONFAILED], an unknown mechanism NO [CANNOT]."""
         h = Harness(self)
         h.cmd(b"a AUTHENTICATE PLAIN")
         self.assertEqual(h.cmd(b"*"), [b"a BAD Authentication cancelled"])
@@ -227,6 +221,8 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_namespace(self) -> None:
+        """RFC 2342: NAMESPACE (case-blind) gives one personal namespace with '.' as separator
+        and no others."""
         h = Harness(self)
         h.login()
         self.assertEqual(
@@ -234,12 +230,15 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_autologout_before_login(self) -> None:
+        """RFC 3501 §5.4: a connection idle for over a minute before login gets BYE Autologout
+        and is closed."""
         h = Harness(self)
         h.clock.advance(61)
         self.assertEqual(h.take(), b"* BYE Autologout; connection idle too long\r\n")
         self.assertTrue(h.transport.disconnecting)
 
     def test_autologout_after_login_is_thirty_minutes(self) -> None:
+        """RFC 3501 §5.4: after login the autologout timer is 30 minutes, then BYE Autologout."""
         h = Harness(self)
         h.login()
         h.clock.advance(29 * 60)
@@ -248,6 +247,8 @@ class GreetingAndLoginTests(unittest.TestCase):
         self.assertEqual(h.take(), b"* BYE Autologout; connection idle too long\r\n")
 
     def test_unknown_command_and_garbage(self) -> None:
+        """RFC 3501 §7.1.5: an unknown command, a tag alone and non-ASCII bytes are BAD, and the
+        session goes on."""
         h = Harness(self)
         self.assertEqual(h.cmd(b"a XYZZY"), [b"a BAD Command unknown or not valid in this state"])
         self.assertEqual(h.cmd(b"a"), [b"a BAD Missing command"])
@@ -256,6 +257,7 @@ class GreetingAndLoginTests(unittest.TestCase):
         )
 
     def test_factory_builds_server(self) -> None:
+        """imap_factory builds IMAPServer protocols with the given literal size limit."""
         h = Harness(self)
         factory = imap_factory(
             portal=h.portal, tls=None, implicit_tls=True, clock=Clock(), max_literal_size=10
@@ -291,6 +293,8 @@ class SelectTests(unittest.TestCase):
         )
 
     def test_examine_is_read_only(self) -> None:
+        """RFC 3501 §6.3.2: EXAMINE gives empty PERMANENTFLAGS and [READ-ONLY]; STORE is NO
+        [READ-ONLY] and BODY[] sets no \\Seen."""
         h = Harness(self)
         h.add(MSG1, "S")
         h.login()
@@ -304,6 +308,8 @@ class SelectTests(unittest.TestCase):
         self.assertEqual(h.cmd(b"c FETCH 1 (BODY[])")[0], b"* 1 FETCH (BODY[] {%d}" % len(MSG1))
 
     def test_select_missing_is_no_nonexistent_and_unselects(self) -> None:
+        """RFC 3501 §6.3.1: a failed SELECT is NO [NONEXISTENT] and leaves no mailbox selected
+        (FETCH is BAD)."""
         h = Harness(self)
         h.login()
         h.cmd(b"a SELECT INBOX")
@@ -313,6 +319,8 @@ class SelectTests(unittest.TestCase):
         )
 
     def test_select_other_folder_without_close(self) -> None:
+        """RFC 3501 §6.3.1: SELECT of another folder without CLOSE switches to it and stops
+        watching the first."""
         h = Harness(self)
         h.maildir.create("Sent")
         h.add(MSG1)
@@ -333,6 +341,8 @@ class FetchTests(unittest.TestCase):
         self.h.cmd(b"s SELECT INBOX")
 
     def test_uid_fetch_flags(self) -> None:
+        """RFC 3501 §6.4.8: UID FETCH 1:* FLAGS gives each message's flags with its UID; the
+        command name is case-blind."""
         self.assertEqual(
             self.h.cmd(b"a UID fetch 1:* (FLAGS)"),
             [
@@ -350,6 +360,8 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_size_internaldate_and_whole_message(self) -> None:
+        """RFC 3501 §7.4.2: RFC822.SIZE, INTERNALDATE and BODY.PEEK[] give the exact size, the
+        delivery time and the stored bytes."""
         out = self.h.send(b"a UID fetch 1 (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])\r\n")
         self.assertEqual(
             out,
@@ -358,6 +370,8 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_header_fields(self) -> None:
+        """RFC 3501 §6.4.5: BODY.PEEK[HEADER.FIELDS (From Subject)] gives those fields and the
+        blank line, names upper-cased in the reply."""
         out = self.h.send(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (From Subject)])\r\n")
         fields = b"From: Bob <bob@example.org>\r\nSubject: Hello\r\n\r\n"
         self.assertEqual(
@@ -367,6 +381,8 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_header_fields_not_and_repeated_fields(self) -> None:
+        """RFC 3501 §6.4.5: HEADER.FIELDS.NOT leaves out the named field and keeps every copy of
+        a repeated one."""
         msg = b"Received: a\r\nReceived: b\r\nSubject: x\r\n\r\nbody\r\n"
         self.h.add(msg, "", T2)
         self.h.cmd(b"n NOOP")
@@ -379,6 +395,8 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_envelope(self) -> None:
+        """RFC 3501 §7.4.2: ENVELOPE gives date, subject, from, sender, reply-to, to, cc, bcc,
+        in-reply-to and message-id."""
         self.assertEqual(
             self.h.cmd(b"a FETCH 1 ENVELOPE"),
             [
@@ -391,6 +409,8 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_bodystructure_text(self) -> None:
+        """RFC 3501 §7.4.2: BODYSTRUCTURE and BODY of a text/plain message, with the default
+        us-ascii charset, size and lines."""
         self.assertEqual(
             self.h.cmd(b"a FETCH 1 (BODYSTRUCTURE BODY)"),
             [
@@ -402,6 +422,8 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_multipart_sections_and_bodystructure(self) -> None:
+        """RFC 3501 §6.4.5, §7.4.2: a multipart message's BODYSTRUCTURE and its numbered
+        sections."""
         msg = (
             b'Subject: mp\r\nContent-Type: multipart/mixed; boundary="XyZ"\r\n\r\n'
             b"preamble\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\npart one\r\n"
@@ -445,6 +467,8 @@ class FetchTests(unittest.TestCase):
         self.assertEqual(out, b"* 1 FETCH (BODY[]<3> {5}\r\nm: Bo)\r\nb OK FETCH completed\r\n")
 
     def test_body_without_peek_sets_seen_and_reports_flags(self) -> None:
+        """RFC 3501 §6.4.5: BODY[TEXT] without PEEK sets \\Seen on disk and reports the new FLAGS
+        in the same FETCH."""
         out = self.h.send(b"a FETCH 1 (BODY[TEXT])\r\n")
         self.assertEqual(
             out,
@@ -459,12 +483,15 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_peek_does_not_set_seen(self) -> None:
+        """RFC 3501 §6.4.5: BODY.PEEK[] leaves the flags unchanged."""
         self.h.cmd(b"a FETCH 1 (BODY.PEEK[])")
         self.assertEqual(
             self.h.cmd(b"b FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed"]
         )
 
     def test_rfc822_items(self) -> None:
+        """RFC 3501 §6.4.5: RFC822.HEADER is the header with its blank line and RFC822.TEXT the
+        body."""
         out = self.h.send(b"a FETCH 2 (RFC822.HEADER RFC822.TEXT)\r\n")
         header, body = MSG2.split(b"\r\n\r\n")
         self.assertEqual(
@@ -474,6 +501,7 @@ class FetchTests(unittest.TestCase):
         )
 
     def test_bad_fetch_attribute_is_bad(self) -> None:
+        """RFC 3501 §6.4.5: an unknown FETCH attribute is BAD."""
         self.assertEqual(
             self.h.cmd(b"a FETCH 1 (NONSENSE)"), [b"a BAD Syntax error: Invalid FETCH attributes"]
         )
@@ -491,6 +519,8 @@ class StoreExpungeTests(unittest.TestCase):
         return sorted(p.name.rpartition(":2,")[2] for p in (self.h.root / "cur").iterdir())
 
     def test_uid_store_plus_flags_persists_as_letters(self) -> None:
+        """RFC 3501 §6.4.6: +FLAGS, -FLAGS.SILENT and FLAGS change the flags, report them (not
+        for .SILENT) and rename the Maildir files (FS, R)."""
         self.assertEqual(
             self.h.cmd(b"a uid store 2 +Flags (\\Seen \\Flagged)"),
             [b"* 2 FETCH (FLAGS (\\Flagged \\Seen) UID 2)", b"a OK STORE completed"],
@@ -510,11 +540,14 @@ class StoreExpungeTests(unittest.TestCase):
         self.assertEqual(self.names(), ["", "R", "R"])
 
     def test_store_bad_item(self) -> None:
+        """RFC 3501 §6.4.6: an unknown STORE data item is BAD."""
         self.assertEqual(
             self.h.cmd(b"a STORE 1 XFLAGS (\\Seen)"), [b"a BAD Invalid STORE data item"]
         )
 
     def test_expunge_renumbers(self) -> None:
+        """RFC 3501 §7.4.1: EXPUNGE reports each removal with the sequence number at that moment,
+        and the rest renumber."""
         self.h.cmd(b"a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
         self.assertEqual(
             self.h.cmd(b"b EXPUNGE"), [b"* 1 EXPUNGE", b"* 1 EXPUNGE", b"b OK EXPUNGE completed"]
@@ -525,6 +558,7 @@ class StoreExpungeTests(unittest.TestCase):
         self.assertEqual(len(self.names()), 1)
 
     def test_close_expunges_silently(self) -> None:
+        """RFC 3501 §6.4.2: CLOSE removes \\Deleted messages without EXPUNGE responses."""
         self.h.cmd(b"a STORE 3 +FLAGS.SILENT (\\Deleted)")
         self.assertEqual(self.h.cmd(b"b CLOSE"), [b"b OK CLOSE completed"])
         self.assertEqual(len(self.names()), 2)
@@ -542,6 +576,8 @@ class StoreExpungeTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"c COPY 1 Nowhere"), [b"c NO [TRYCREATE] No such mailbox"])
 
     def test_copy_into_selected_mailbox_reports_exists(self) -> None:
+        """RFC 3501 §6.4.7 + RFC 4315 §3: COPY into the selected mailbox reports the new EXISTS
+        and RECENT and answers [COPYUID]."""
         self.assertEqual(
             self.h.cmd(b"a COPY 1 INBOX"),
             [
@@ -567,6 +603,8 @@ class SearchTests(unittest.TestCase):
         return lines[0]
 
     def test_keys(self) -> None:
+        """RFC 3501 §6.4.4: each search key (flags, header fields, sizes, dates, sets, NOT, OR)
+        matches the right messages, with and without UID."""
         self.assertEqual(self.search(b"SEARCH ALL"), b"* SEARCH 1 2 3")
         self.assertEqual(self.search(b"SEARCH UNSEEN"), b"* SEARCH 2 3")
         self.assertEqual(self.search(b"UID SEARCH SEEN"), b"* SEARCH 1")
@@ -591,6 +629,8 @@ class SearchTests(unittest.TestCase):
         self.assertEqual(self.search(b"SEARCH CHARSET UTF-8 KEYWORD $Junk"), b"* SEARCH")
 
     def test_bad_keys(self) -> None:
+        """RFC 3501 §6.4.4: an unknown key, a bad number and NIL are BAD; an unsupported CHARSET
+        is NO [BADCHARSET] listing the supported ones."""
         self.assertEqual(self.h.cmd(b"a SEARCH FROBNICATE"), [b"a BAD unknown search key"])
         self.assertEqual(self.h.cmd(b"a SEARCH LARGER x"), [b"a BAD number expected"])
         # Found by the fuzz test in CI: NIL (parsed to None then) crashed the key lookup;
@@ -626,6 +666,8 @@ class AppendTests(unittest.TestCase):
         self.assertEqual(path.stat().st_mtime, T2)
 
     def test_append_without_flag_list(self) -> None:
+        """RFC 3501 §6.3.11 + RFC 4315 §3: APPEND without flags stores the literal with no flags
+        and answers [APPENDUID]."""
         self.h.send(b"a APPEND Sent {5}\r\n")
         self.assertEqual(
             self.h.send(b"hello\r\n"),
@@ -634,6 +676,8 @@ class AppendTests(unittest.TestCase):
         self.assertEqual(self.stored(), [("", b"hello")])
 
     def test_append_to_selected_mailbox_sends_exists(self) -> None:
+        """RFC 3501 §6.3.11: APPEND to the selected mailbox reports the new EXISTS and RECENT
+        before the tagged OK."""
         self.h.cmd(b"s SELECT Sent")
         self.h.send(b"a APPEND Sent {5}\r\n")
         self.assertEqual(
@@ -643,10 +687,12 @@ class AppendTests(unittest.TestCase):
         )
 
     def test_append_missing_mailbox_trycreate(self) -> None:
+        """RFC 3501 §6.3.11: APPEND to a mailbox that does not exist is NO [TRYCREATE]."""
         self.h.send(b"a APPEND Nope {5}\r\n")
         self.assertEqual(self.h.send(b"hello\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
 
     def test_append_bad_date(self) -> None:
+        """RFC 3501 §6.3.11: APPEND with a date-time that does not parse is BAD."""
         self.h.send(b'a APPEND Sent "yesterday" {5}\r\n')
         self.assertEqual(self.h.send(b"hello\r\n"), b"a BAD Invalid date-time\r\n")
 
@@ -663,12 +709,16 @@ class IdleTests(unittest.TestCase):
         self.h.notifier.changed(self.h.root)
 
     def test_idle_pushes_new_mail_and_ends_on_done(self) -> None:
+        """RFC 2177 §3: during IDLE a delivery is pushed as EXISTS and RECENT, and DONE ends IDLE
+        with OK."""
         self.assertEqual(self.h.cmd(b"i IDLE"), [b"+ idling"])
         self.deliver(MSG2)
         self.assertEqual(self.h.take(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
         self.assertEqual(self.h.cmd(b"DONE"), [b"i OK IDLE terminated"])
 
     def test_idle_pushes_flag_changes_and_expunges_from_other_sessions(self) -> None:
+        """RFC 2177 §3: during IDLE another session's flag change is pushed as FETCH and its
+        EXPUNGE as EXPUNGE."""
         self.h.add(MSG2)
         self.h.cmd(b"n NOOP")
         other = Harness(self, root=self.h.root, notifier=self.h.notifier)
@@ -716,6 +766,8 @@ class IdleTests(unittest.TestCase):
         )
 
     def test_tcp_close_mid_idle(self) -> None:
+        """A connection lost during IDLE stops watching the folder; a later delivery raises
+        nothing."""
         self.h.cmd(b"i IDLE")
         self.h.server.connectionLost(None)
         self.assertEqual(self.h.notifier._listeners.get(self.h.root), None)
@@ -728,6 +780,8 @@ class MailboxCommandTests(unittest.TestCase):
         self.h.login()
 
     def test_create_list_lsub_rename_delete(self) -> None:
+        """RFC 3501 §6.3.3-§6.3.9: CREATE, SUBSCRIBE, LIST and LSUB with wildcards and
+        attributes, RENAME of a parent with its children, DELETE."""
         self.assertEqual(self.h.cmd(b"a CREATE Lists.Work"), [b"a OK CREATE completed"])
         self.assertEqual(self.h.cmd(b"b SUBSCRIBE Lists.Work"), [b"b OK SUBSCRIBE completed"])
         self.assertEqual(
@@ -773,6 +827,8 @@ class MailboxCommandTests(unittest.TestCase):
         self.assertEqual(self.h.cmd(b"j DELETE Old.Work"), [b"j NO [NONEXISTENT] No such mailbox"])
 
     def test_create_existing_and_bad_names(self) -> None:
+        """RFC 5530: CREATE of an existing name (INBOX in any case) is NO [ALREADYEXISTS], a bad
+        name NO [CANNOT], DELETE INBOX NO [CANNOT], RENAME errors NONEXISTENT/ALREADYEXISTS."""
         self.h.cmd(b"a CREATE Sent")
         self.assertEqual(
             self.h.cmd(b"b CREATE Sent"), [b"b NO [ALREADYEXISTS] Mailbox already exists"]
@@ -790,6 +846,7 @@ class MailboxCommandTests(unittest.TestCase):
         )
 
     def test_non_ascii_folder_name_round_trips_in_mutf7(self) -> None:
+        """RFC 3501 §5.1.3: a modified UTF-7 folder name is stored and listed as given."""
         self.assertEqual(self.h.cmd(b"a CREATE &AOk-t&AOk-"), [b"a OK CREATE completed"])
         self.assertTrue((self.h.root / ".&AOk-t&AOk-" / "cur").is_dir())
         self.assertEqual(
@@ -797,6 +854,8 @@ class MailboxCommandTests(unittest.TestCase):
         )
 
     def test_status(self) -> None:
+        """RFC 3501 §6.3.10: STATUS gives MESSAGES, RECENT, UIDNEXT, UIDVALIDITY and UNSEEN; a
+        missing mailbox is NO [NONEXISTENT] and an unknown item BAD."""
         self.h.add(MSG1, "S")
         self.h.add(MSG2, "", sub="new")
         self.assertEqual(

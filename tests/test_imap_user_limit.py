@@ -17,6 +17,8 @@ REFUSED = b"NO [UNAVAILABLE] Maximum number of connections from user+IP exceeded
 
 class UserSessionLimitTests(unittest.TestCase):
     def test_counts_per_user_and_ip(self) -> None:
+        """Sessions are counted per user and IP: past the limit acquire is refused, another IP or
+        user counts apart, release frees a slot."""
         limit = UserSessionLimit(2, "imap")
         self.assertTrue(limit.acquire("a@x.test", "192.0.2.1"))
         self.assertTrue(limit.acquire("a@x.test", "192.0.2.1"))
@@ -32,6 +34,7 @@ class UserSessionLimitTests(unittest.TestCase):
         self.assertEqual(limit.open, {})
 
     def test_refusal_is_logged(self) -> None:
+        """A refused session logs one event with user, IP, the open count and the limit."""
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -56,6 +59,8 @@ class IMAPLoginLimitTests(unittest.TestCase):
         return h
 
     def test_third_login_refused_then_allowed_after_logout(self) -> None:
+        """RFC 5530: a login past imap_max_connections_per_user is NO [UNAVAILABLE], stays
+        unauthenticated, and succeeds after another session logs out."""
         second, third = self.harness(), self.harness()
         self.first.login()
         second.login()
@@ -73,12 +78,14 @@ class IMAPLoginLimitTests(unittest.TestCase):
         self.assertEqual(self.limit.open, {(USER, third.server.peer): 2})
 
     def test_failed_login_takes_no_slot(self) -> None:
+        """A failed login takes no session slot."""
         for _ in range(3):
             h = self.harness()
             self.assertEqual(h.cmd(b"a LOGIN " + USER.encode() + b" wrong")[0][:5], b"a NO ")
         self.assertEqual(self.limit.open, {})
 
     def test_disconnect_releases(self) -> None:
+        """A lost connection releases its slot, once only."""
         self.first.login()
         self.first.server.connectionLost(None)
         self.first.server.connectionLost(None)  # released once only

@@ -64,6 +64,8 @@ class IndexTests(unittest.TestCase):
             self.assertFalse(index.clean(self.folder._stamps()))
 
     def test_new_mail_in_a_clean_folder_is_seen(self) -> None:
+        """A delivery into a folder whose index is up to date is found by the next scan, with the
+        next UID and \\Recent."""
         self.deliver(1)
         self.folder.scan(claim_recent=True)
         self.age()
@@ -155,6 +157,7 @@ class IndexTests(unittest.TestCase):
         self.assertGreaterEqual(again.highestmodseq, after.highestmodseq)
 
     def test_new_uidvalidity_resets_the_index(self) -> None:
+        """RFC 3501 §2.3.1.1: a new UIDVALIDITY in dovecot-uidlist resets the index and the UIDs."""
         self.deliver(1)
         self.folder.scan()
         (self.root / UIDLIST).write_text("3 V42 N1 Gx\n")
@@ -163,6 +166,7 @@ class IndexTests(unittest.TestCase):
         self.assertEqual([e.uid for e in result.messages], [1])
 
     def test_cached_parts_are_keyed_by_uid_and_base(self) -> None:
+        """Cached ENVELOPE/BODYSTRUCTURE parts count only for the same UID and file base name."""
         self.deliver(1)
         (entry,) = self.folder.scan().messages
         parts = CachedParts(b"env", b"bs", b"body")
@@ -172,6 +176,7 @@ class IndexTests(unittest.TestCase):
         self.assertEqual(self.folder.cached_parts([1, 7]), {1: parts})
 
     def test_index_file_is_private(self) -> None:
+        """The folder index file twistedmail.index is mode 0600."""
         self.deliver(1)
         self.folder.scan()
         self.assertEqual(os.stat(self.root / INDEX_FILE).st_mode & 0o777, 0o600)

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_imports_flow_one_way() -> None:
+    """The import-linter layers contract holds: imports in twistedmail run one way."""
     lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     if not Path(lint).exists():
         pytest.skip("import-linter is not installed (pip install '.[test]')")

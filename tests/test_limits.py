@@ -26,7 +26,7 @@ from twistedmail.imap.server import imap_factory
 from twistedmail.limits import CLOSE_GRACE, ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir
 from twistedmail.pop3 import pop3_factory
-from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.testing import inbound_for
 
 
 class Echo(Protocol):
@@ -61,6 +61,8 @@ REFUSED = b"421 4.7.0 mail.example.test Too many connections, try again later\r\
 
 class ConnectionLimitTests(unittest.TestCase):
     def test_per_ip_limit_refuses_politely_and_others_still_connect(self) -> None:
+        """Past max_per_ip one IP's next connection gets the protocol's refusal and one log line;
+        the allowed ones work through the wrapper and another IP still connects."""
         factory = limited()
         open_from(factory, "192.0.2.1")
         first, tr = open_from(factory, "192.0.2.1")
@@ -78,6 +80,8 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertEqual(other.value(), b"")
 
     def test_total_limit_and_release_on_close(self) -> None:
+        """Past max_connections a new connection is refused; a closed one frees its slot and its
+        per-IP count."""
         factory = limited(max_connections=2, max_per_ip=5)
         a, _ = open_from(factory, "192.0.2.1")
         open_from(factory, "192.0.2.2")
@@ -87,6 +91,8 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertEqual(dict(factory.per_ip), {"192.0.2.2": 1, "192.0.2.3": 1})
 
     def test_ipv6_counts_by_slash_64(self) -> None:
+        """IPv6 connections count per /64: a third from the same /64 is refused, another /64
+        connects."""
         factory = limited()
         open_from(factory, "2001:db8::1")
         open_from(factory, "2001:db8::2")
@@ -94,6 +100,8 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertEqual(open_from(factory, "2001:db8:0:1::1")[1].value(), b"")
 
     def test_refusals_per_protocol(self) -> None:
+        """Each protocol's refusal: IMAP BYE [UNAVAILABLE] (RFC 5530), POP3 -ERR [SYS/TEMP] (RFC
+        3206), SMTP 421 4.7.0."""
         self.assertEqual(
             refusal_for("imaps", "mail.example.test"),
             b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
@@ -103,6 +111,10 @@ class ConnectionLimitTests(unittest.TestCase):
             b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
         )
         self.assertEqual(refusal_for("submissions", "mail.example.test"), REFUSED)
+        self.assertEqual(  # RFC 5804 §1.3 TRYLATER
+            refusal_for("managesieve", "mail.example.test"),
+            b'BYE (TRYLATER) "Too many connections, try again later"\r\n',
+        )
 
 
 class SessionLimitTests(unittest.TestCase):
@@ -110,19 +122,13 @@ class SessionLimitTests(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def smtp(self, **limits: int) -> Any:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=10000,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT)
         for name, value in limits.items():
             setattr(factory, name, value)
         return connect(factory)
 
     def test_smtp_recipients_limit_is_configurable(self) -> None:
+        """RFC 5321 §4.5.3.1.10: with max_recipients = 150 the 151st RCPT is 452 4.5.3."""
         for i in range(151):
             self.host.store.add_alias(f"a{i}@example.test", ["alice@example.test"])
         proto, tr = self.smtp(max_recipients=150)
@@ -133,6 +139,7 @@ class SessionLimitTests(unittest.TestCase):
         )
 
     def test_smtp_idle_timeout_is_configurable(self) -> None:
+        """smtp_idle_timeout = 60: after 60 idle seconds 421 4.4.2 and the connection closes."""
         proto, tr = self.smtp(idle_timeout=60)
         self.host.clock.advance(59)
         self.assertEqual(tr.value(), b"")
@@ -141,6 +148,7 @@ class SessionLimitTests(unittest.TestCase):
         self.assertTrue(tr.disconnecting)
 
     def test_smtp_default_idle_timeout_is_five_minutes(self) -> None:
+        """RFC 5321 §4.5.3.2.7: the SMTP server's default idle timeout is 5 minutes."""
         proto, tr = self.smtp()
         self.host.clock.advance(299)
         self.assertEqual(tr.value(), b"")
@@ -148,6 +156,7 @@ class SessionLimitTests(unittest.TestCase):
         self.assertTrue(tr.disconnecting)
 
     def test_imap_autologout_is_configurable(self) -> None:
+        """imap_idle_timeout = 120: a logged-in session idle for 120 s gets BYE Autologout."""
         root = make_mailroot(Path(self.mktemp()))
         realm = MailRealm(
             {
@@ -178,6 +187,7 @@ class SessionLimitTests(unittest.TestCase):
         self.assertEqual(tr.value(), b"* BYE Autologout; connection idle too long\r\n")
 
     def test_pop3_timeout_is_configurable(self) -> None:
+        """pop3_idle_timeout = 30: a POP3 session idle for 30 s is closed."""
         clock = Clock()
         factory = pop3_factory(
             portal=Portal(MailRealm({})), tls=None, implicit_tls=True, clock=clock, timeout=30
@@ -191,6 +201,8 @@ class SessionLimitTests(unittest.TestCase):
 
 class LimitsConfigTests(unittest.TestCase):
     def test_defaults(self) -> None:
+        """[limits] defaults: 25 MiB messages, 1000 recipients, 500 connections, 20 per IP, the
+        idle timeouts and throttle values."""
         self.assertEqual(
             parse_config({}, None).limits,
             LimitsConfig(
@@ -209,6 +221,8 @@ class LimitsConfigTests(unittest.TestCase):
         )
 
     def test_values_and_errors(self) -> None:
+        """[limits] values are read; max_recipients below 100 (RFC 5321 §4.5.3.1.8) and
+        non-positive or non-integer values are refused."""
         limits = parse_config(
             {"limits": {"max_recipients": 200, "max_connections_per_ip": 5}}, None
         ).limits

@@ -28,8 +28,7 @@ from twistedmail.mailauth import (
     parse_dmarc_record,
     remove_authentication_results,
 )
-from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.testing import SERVFAIL, TIMEOUT, FakeResolver
+from twistedmail.testing import SERVFAIL, TIMEOUT, FakeResolver, inbound_for
 
 IP = "192.0.2.7"  # the test peer (test_smtp_server.PEER)
 
@@ -112,20 +111,26 @@ class SPFTests(ChecksTestCase):
         return self.check(mail_from, message("x.test"), helo=helo).spf
 
     def test_pass(self) -> None:
+        """RFC 7208 §2.6.3: a MAIL FROM domain whose record lists the client is pass, with its
+        identity and domain."""
         self.assertEqual(self.spf("a@sender.test"), SPFResult("pass", "mailfrom", "sender.test"))
 
     def test_fail(self) -> None:
+        """RFC 7208 §2.6.4: a record ending -all that does not list the client is fail."""
         self.assertEqual(self.spf("a@fail.test"), SPFResult("fail", "mailfrom", "fail.test"))
 
     def test_softfail_and_neutral(self) -> None:
+        """RFC 7208 §2.6.5, §2.6.2: ~all gives softfail and ?all neutral."""
         self.assertEqual(self.spf("a@soft.test").result, "softfail")
         self.assertEqual(self.spf("a@neutral.test").result, "neutral")
 
     def test_none_without_record_or_domain(self) -> None:
+        """RFC 7208 §2.6.1: no SPF record, or no such domain, is none."""
         self.assertEqual(self.spf("a@nospf.test"), SPFResult("none", "mailfrom", "nospf.test"))
         self.assertEqual(self.spf("a@nxdomain.test").result, "none")
 
     def test_temperror_on_servfail_and_timeout(self) -> None:
+        """RFC 7208 §2.6.6: a DNS SERVFAIL or timeout is temperror."""
         self.assertEqual(
             self.spf("a@broken.test"), SPFResult("temperror", "mailfrom", "broken.test")
         )
@@ -241,6 +246,7 @@ class BudgetAndCacheTests(unittest.TestCase):
 
 class DKIMTests(ChecksTestCase):
     def test_pass_and_fail_when_body_altered(self) -> None:
+        """RFC 6376 §6: a good signature verifies (pass); a changed body makes it fail."""
         signed = keys().sign(message("sender.test"))
         self.assertEqual(
             self.check("a@fail.test", signed).dkim, (DKIMResult("pass", "sender.test", "sel"),)
@@ -251,6 +257,8 @@ class DKIMTests(ChecksTestCase):
         )
 
     def test_every_signature_is_reported(self) -> None:
+        """RFC 6376 §6.1: every DKIM-Signature is verified and reported, each with its own
+        result."""
         signed = keys().sign(message("sender.test"))
         # A forwarder rewrote From: (breaking sender.test's signature) and signed as other.test.
         other = keys().sign(signed.replace(b"sender.test>", b"other.test>", 1))
@@ -267,6 +275,8 @@ class DKIMTests(ChecksTestCase):
         self.assertEqual([r.result for r in self.check("a@fail.test", both).dkim], ["fail", "pass"])
 
     def test_missing_key_is_permerror_dns_failure_temperror(self) -> None:
+        """RFC 6376 §6.1.2: a key lookup that fails in DNS is temperror; a key that does not
+        exist is permerror."""
         signed = keys().sign(message("sender.test"))
         self.use(zone({("sel._domainkey.sender.test", "TXT"): SERVFAIL}))
         self.assertEqual(self.check("a@fail.test", signed).dkim[0].result, "temperror")
@@ -274,6 +284,8 @@ class DKIMTests(ChecksTestCase):
         self.assertEqual(self.check("a@fail.test", signed).dkim[0].result, "permerror")
 
     def test_no_signature_and_garbage_signature(self) -> None:
+        """No signature gives no DKIM result; a signature that does not parse, or has bad base64,
+        is neutral."""
         self.assertEqual(self.check("a@fail.test", message("x.test")).dkim, ())
         garbage = b"DKIM-Signature: v=1; d=sender.test; s=sel; garbage\r\n" + message("x.test")
         self.assertEqual(self.check("a@fail.test", garbage).dkim, (DKIMResult("neutral", "", ""),))
@@ -288,6 +300,7 @@ class DKIMTests(ChecksTestCase):
 
 class DMARCTests(ChecksTestCase):
     def test_pass_by_aligned_dkim(self) -> None:
+        """RFC 7489 §3.1: an aligned DKIM pass passes DMARC even when SPF fails."""
         signed = keys().sign(message("sender.test"))
         results = self.check("bounce@fail.test", signed)
         self.assertEqual(results.spf.result, "fail")
@@ -302,6 +315,7 @@ class DMARCTests(ChecksTestCase):
         self.assertEqual(results.dmarc.result, "pass")
 
     def test_strict_spf_alignment(self) -> None:
+        """RFC 7489 §3.1.2: an SPF pass for a domain not aligned with From: does not pass DMARC."""
         results = self.check("a@sender.test", message("soft.test"))
         self.assertEqual(results.spf.result, "pass")
         self.assertEqual(
@@ -309,6 +323,8 @@ class DMARCTests(ChecksTestCase):
         )
 
     def test_fail_with_each_policy(self) -> None:
+        """RFC 7489 §6.3: a DMARC fail carries the domain's p= (reject, quarantine or none); only
+        reject rejects."""
         for author, policy in (
             ("sender.test", "reject"),
             ("other.test", "quarantine"),
@@ -319,6 +335,8 @@ class DMARCTests(ChecksTestCase):
             self.assertEqual(dmarc.rejects, policy == "reject")
 
     def test_subdomain_gets_sp_of_the_organizational_domain(self) -> None:
+        """RFC 7489 §6.6.3: a subdomain without a record gets the organizational domain's sp=
+        policy."""
         dmarc = self.check("a@nospf.test", message("news.sender.test")).dmarc
         self.assertEqual(
             dmarc, DMARCResult("fail", "news.sender.test", "quarantine", "reject", "quarantine")
@@ -326,6 +344,7 @@ class DMARCTests(ChecksTestCase):
         self.assertFalse(dmarc.rejects)
 
     def test_no_record_several_records_no_from(self) -> None:
+        """RFC 7489 §6.6.3: no record, several records, or no From: domain is DMARC none."""
         self.assertEqual(
             self.check("a@nospf.test", message("nospf.test")).dmarc,
             DMARCResult("none", "nospf.test"),
@@ -335,6 +354,8 @@ class DMARCTests(ChecksTestCase):
         self.assertEqual(self.check("a@nospf.test", no_from).dmarc, DMARCResult("none", ""))
 
     def test_dns_failure_is_temperror_never_fail(self) -> None:
+        """RFC 7489 §6.6.3: a DNS failure for the record, or a temperror of aligned SPF, is
+        temperror and never rejects."""
         self.use(zone({("_dmarc.sender.test", "TXT"): TIMEOUT}))
         self.assertEqual(
             self.check("a@nospf.test", message("sender.test")).dmarc,
@@ -347,6 +368,8 @@ class DMARCTests(ChecksTestCase):
         self.assertFalse(dmarc.rejects)
 
     def test_record_parsing(self) -> None:
+        """RFC 7489 §6.3: parse_dmarc_record needs v=DMARC1 first and a valid p= (lower-cased; a
+        bad p= with rua= falls back to none), and fills aspf and sp defaults."""
         self.assertEqual(
             parse_dmarc_record(b"v=DMARC1; p=Reject; adkim=s"),
             {"p": "reject", "adkim": "s", "aspf": "r", "sp": "reject"},
@@ -357,6 +380,7 @@ class DMARCTests(ChecksTestCase):
         self.assertIsNone(parse_dmarc_record(b"p=reject; v=DMARC1"))
 
     def test_organizational_domain(self) -> None:
+        """RFC 7489 §3.2: the organizational domain is one label below the public suffix."""
         self.assertEqual(organizational_domain("a.b.example.co.uk"), "example.co.uk")
         self.assertEqual(organizational_domain("news.sender.test"), "sender.test")
         self.assertEqual(organizational_domain("co.uk"), "co.uk")
@@ -364,6 +388,8 @@ class DMARCTests(ChecksTestCase):
 
 class HeaderTests(unittest.TestCase):
     def test_exact_bytes(self) -> None:
+        """RFC 8601 §2.2: Authentication-Results names our host, then spf, each dkim and dmarc
+        with their properties, folded one per line."""
         results = AuthenticationResults(
             SPFResult("pass", "mailfrom", "sender.test"),
             (DKIMResult("pass", "sender.test", "sel"), DKIMResult("fail", "list.test", "")),
@@ -379,6 +405,7 @@ class HeaderTests(unittest.TestCase):
         )
 
     def test_nothing_found(self) -> None:
+        """RFC 8601 §2.2: with nothing found the header says spf=none, dkim=none and dmarc=none."""
         results = AuthenticationResults(SPFResult("none", "helo", ""), (), DMARCResult("none", ""))
         self.assertEqual(
             authentication_results("mail.example.test", results),
@@ -387,6 +414,8 @@ class HeaderTests(unittest.TestCase):
         )
 
     def test_odd_values_are_quoted(self) -> None:
+        """RFC 8601 §2.2: property values that are not tokens are quoted, CR and LF and quotes
+        removed."""
         results = AuthenticationResults(
             SPFResult("none", "mailfrom", "[192.0.2.1]"), (), DMARCResult("none", 'a"b\r\n')
         )
@@ -398,6 +427,8 @@ class HeaderTests(unittest.TestCase):
         )
 
     def test_removes_ours_only(self) -> None:
+        """RFC 8601 §5: Authentication-Results headers naming our host (any case, quoted, with
+        comment) are removed; others' headers and the body stay."""
         data = (
             b"Received: from x\r\n\tby y\r\n"
             b"Authentication-Results: MAIL.Example.TEST; spf=pass\r\n"
@@ -430,13 +461,10 @@ class InboundHookTests(unittest.TestCase):
     def send(
         self, data: bytes, dmarc_reject: bool = False, mail_from: str = "a@sender.test"
     ) -> tuple[Any, bytes]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
+        factory = inbound_for(
+            self.host,
             tls=TLS_CONTEXT,
             max_message_size=100000,
-            clock=self.host.clock,
             authenticator=Authenticator(zone(), self.host.clock, run_now),
             dmarc_reject=dmarc_reject,
         )
@@ -452,6 +480,8 @@ class InboundHookTests(unittest.TestCase):
         return proto, out
 
     def test_header_added_and_forged_one_removed(self) -> None:
+        """RFC 8601 §5: on port 25 a forged Authentication-Results for our host is removed and
+        ours is added under Return-Path."""
         signed = keys().sign(message("sender.test"))
         forged = b"Authentication-Results: mail.example.test; dmarc=pass\r\n"
         proto, out = self.send(forged + signed)
@@ -460,6 +490,7 @@ class InboundHookTests(unittest.TestCase):
             self.host.messages("alice@example.test"),
             [
                 b"Return-Path: <a@sender.test>\r\n"
+                b"Delivered-To: alice@example.test\r\n"
                 b"Authentication-Results: mail.example.test;\r\n"
                 b"\tspf=pass smtp.mailfrom=sender.test;\r\n"
                 b"\tdkim=pass header.d=sender.test header.s=sel;\r\n"
@@ -473,6 +504,8 @@ class InboundHookTests(unittest.TestCase):
         )
 
     def test_dmarc_reject(self) -> None:
+        """[inbound] dmarc_reject: a DMARC fail under p=reject is refused with 550 5.7.1 and
+        nothing is stored."""
         _, out = self.send(message("sender.test"), dmarc_reject=True, mail_from="x@nospf.test")
         self.assertTrue(
             out.endswith(b"550 5.7.1 Rejected by the sender domain's DMARC policy\r\n"), out
@@ -480,12 +513,15 @@ class InboundHookTests(unittest.TestCase):
         self.assertEqual(self.host.messages("alice@example.test"), [])
 
     def test_dmarc_fail_delivered_without_dmarc_reject(self) -> None:
+        """Without dmarc_reject a DMARC fail is delivered with dmarc=fail and its policies in the
+        header."""
         _, out = self.send(message("sender.test"), mail_from="x@nospf.test")
         self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), out)
         (stored,) = self.host.messages("alice@example.test")
         self.assertIn(b"\tdmarc=fail (p=reject sp=quarantine) header.from=sender.test\r\n", stored)
 
     def test_quarantine_is_delivered_even_with_dmarc_reject(self) -> None:
+        """RFC 7489 §6.3: p=quarantine is delivered even with dmarc_reject, marked dmarc=fail."""
         _, out = self.send(message("other.test"), dmarc_reject=True, mail_from="x@nospf.test")
         self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), out)
         (stored,) = self.host.messages("alice@example.test")
@@ -494,6 +530,7 @@ class InboundHookTests(unittest.TestCase):
         )
 
     def test_dns_failure_delivers_with_temperror(self) -> None:
+        """A DNS failure is no reason to refuse: the message is delivered with spf=temperror."""
         _, out = self.send(message("x.test"), dmarc_reject=True, mail_from="a@broken.test")
         self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), out)
         (stored,) = self.host.messages("alice@example.test")

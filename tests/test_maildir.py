@@ -32,7 +32,7 @@ from twistedmail.maildir import (
 MSG1 = b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n"
 MSG2 = b"From: b@example.org\r\nSubject: two\r\n\r\nbody two, longer\r\n"
 MSG3 = b"Subject: three\r\n\r\n3\r\n"
-NAME = re.compile(r"\A(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^/:,]+),S=(\d+)\Z")
+NAME = re.compile(r"\A(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^/:,]+),S=(\d+),W=(\d+)\Z")
 
 
 def listing(path: Path) -> list[str]:
@@ -51,33 +51,63 @@ class MaildirTestCase(unittest.TestCase):
 
 class WriteTests(MaildirTestCase):
     def test_layout(self) -> None:
+        """A new Maildir has cur, new and tmp, each mode 0700, and no maildirfolder marker (it is
+        the INBOX)."""
         self.assertEqual(listing(self.root), ["cur", "new", "tmp"])
         for sub in ("cur", "new", "tmp"):
             self.assertEqual(stat.S_IMODE((self.root / sub).stat().st_mode), 0o700)
         self.assertFalse((self.root / "maildirfolder").exists())
 
     def test_name_and_bytes(self) -> None:
-        """C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>} in new/, the bytes exactly as given,
-        mode 0600, nothing left in tmp/."""
+        """C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size>} in new/, the bytes exactly
+        as given, mode 0600, nothing left in tmp/."""
         base = self.deliver(MSG1)
         m = NAME.match(base)
         assert m is not None, base
         self.assertEqual(int(m.group(3)), os.getpid())
         self.assertEqual(int(m.group(6)), len(MSG1))
+        self.assertEqual(int(m.group(7)), len(MSG1))
         self.assertEqual(listing(self.root / "new"), [base])
         self.assertEqual((self.root / "new" / base).read_bytes(), MSG1)
         self.assertEqual(stat.S_IMODE((self.root / "new" / base).stat().st_mode), 0o600)
         self.assertEqual(listing(self.root / "tmp"), [])
 
+    def test_exact_names_carry_the_crlf_size(self) -> None:
+        """Every name we write is C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<file size>,W=<size
+        with CRLF line ends>} (Dovecot's fields), so the index never reads the file to size
+        it; a bare LF counts two octets in W= (RFC 3501 §2.3.4)."""
+        host = re.escape(maildir._HOST)
+        pid = os.getpid()
+        crlf = self.deliver(MSG1)
+        self.assertRegex(crlf, rf"\A\d+\.M\d{{6}}P{pid}Q\d+\.{host},S=47,W=47\Z")
+        lf = write_durably(self.root / "cur", b"a\nb\r\nc\n", flags="S")
+        self.assertRegex(lf, rf"\A\d+\.M\d{{6}}P{pid}Q\d+\.{host},S=7,W=9\Z")
+        self.assertEqual(sorted(listing(self.root / "new")), [crlf])
+        self.assertEqual(sorted(listing(self.root / "cur")), [f"{lf}:2,S"])
+        counter = int(crlf.split("Q")[1].split(".")[0])
+        name = maildir.unique_name(5, now=1000.000042, wire=7)
+        self.assertEqual(name, f"1000.M000042P{pid}Q{counter + 2}.{maildir._HOST},S=5,W=7")
+
+    def test_index_takes_the_size_from_the_name(self) -> None:
+        """Indexing a delivered message does not read it: the size is the name's W= (the
+        file is changed behind the index's back here to show it is not read)."""
+        base = self.deliver(MSG1)
+        (self.root / "new" / base).write_bytes(b"x")
+        (entry,) = self.folder.scan().messages
+        self.assertEqual((entry.base, entry.size), (base, len(MSG1)))
+
     def test_unique_names(self) -> None:
+        """Fifty deliveries in a row get fifty different file names."""
         names = {self.deliver(b"x") for _ in range(50)}
         self.assertEqual(len(names), 50)
 
     def test_into_cur_with_flags(self) -> None:
+        """write_durably into cur/ appends the ':2,' info with the flags sorted and deduplicated."""
         base = write_durably(self.root / "cur", MSG1, flags="SFS")
         self.assertEqual(listing(self.root / "cur"), [f"{base}:2,FS"])
 
     def test_mtime(self) -> None:
+        """write_durably sets the file's mtime to the given time (the INTERNALDATE)."""
         base = self.deliver(MSG1, mtime=1_000_000_000.0)
         self.assertEqual((self.root / "new" / base).stat().st_mtime, 1_000_000_000.0)
 
@@ -94,7 +124,7 @@ class WriteTests(MaildirTestCase):
     def test_never_overwrites(self) -> None:
         """A name clash (in new/ or tmp/) picks a fresh name; the existing file is untouched."""
         names = iter(["taken,S=5", "taken,S=5", "busy,S=5", "fresh,S=5"])
-        self.patch(maildir, "unique_name", lambda size, now=None: next(names))
+        self.patch(maildir, "unique_name", lambda size, now=None, wire=None: next(names))
         (self.root / "new" / "taken,S=5").write_bytes(b"first")
         (self.root / "tmp" / "busy,S=5").write_bytes(b"other")
         self.assertEqual(self.deliver(b"later"), "fresh,S=5")
@@ -108,6 +138,9 @@ class WriteTests(MaildirTestCase):
         self.assertEqual(maildir._safe_host(), "a\\057b\\072c\\054d")
 
     def test_failure_leaves_nothing(self) -> None:
+        """When the link into new/ fails (ENOSPC) the error is raised and neither new/ nor tmp/
+        keeps a file."""
+
         def refuse(src: object, dst: object) -> None:
             raise OSError(28, "No space left on device")
 
@@ -118,6 +151,7 @@ class WriteTests(MaildirTestCase):
         self.assertEqual(listing(self.root / "tmp"), [])
 
     def test_helpers(self) -> None:
+        """split_name, normalize_flags, size_from_name (the S= field) and is_enospc."""
         self.assertEqual(split_name("123.M1P2Q3.h,S=10:2,RS"), ("123.M1P2Q3.h,S=10", "RS"))
         self.assertEqual(split_name("123.M1P2Q3.h,S=10"), ("123.M1P2Q3.h,S=10", ""))
         self.assertEqual(normalize_flags("TSSDR"), "DRST")
@@ -131,6 +165,8 @@ class ScanTests(MaildirTestCase):
         return (self.root / "dovecot-uidlist").read_text()
 
     def test_empty(self) -> None:
+        """Scanning an empty folder gives UIDNEXT 1 and writes a version-3 dovecot-uidlist header
+        with UIDVALIDITY and a GUID."""
         result = self.folder.scan()
         self.assertEqual((result.uidnext, result.messages, result.recent), (1, (), frozenset()))
         self.assertRegex(self.uidlist(), r"\A3 V%d N1 G[0-9a-f]{32}\n\Z" % result.uidvalidity)
@@ -214,6 +250,7 @@ class ScanTests(MaildirTestCase):
         )
 
     def test_usecs_zero_padded(self) -> None:
+        """A unique name's microseconds are zero-padded to six digits (M000042)."""
         self.assertRegex(maildir.unique_name(5, now=1000.000042), r"\A1000\.M000042P\d+Q\d+\.")
 
     def test_uids_stable(self) -> None:
@@ -236,6 +273,7 @@ class ScanTests(MaildirTestCase):
         self.assertEqual(self.uidlist().split("\n")[1:], [f"1 :{b1}", f"3 :{b3}", ""])
 
     def test_unchanged_scan_does_not_rewrite(self) -> None:
+        """A scan that finds nothing new does not rewrite dovecot-uidlist (same inode)."""
         self.deliver(MSG1)
         self.folder.scan()
         before = (self.root / "dovecot-uidlist").stat().st_ino
@@ -281,11 +319,13 @@ class ScanTests(MaildirTestCase):
         self.assertIsNone(maildir.wire_size_from_name("1.M2P3Q4.h"))
 
     def test_dotfiles_ignored(self) -> None:
+        """Dot files in new/ and cur/ are not messages."""
         (self.root / "new" / ".hidden").write_bytes(b"x")
         (self.root / "cur" / ".hidden").write_bytes(b"x")
         self.assertEqual(self.folder.scan().messages, ())
 
     def test_missing_folder(self) -> None:
+        """Scanning or adding to a missing folder raises MaildirError 'no such folder'."""
         missing = Folder(self.root / ".Nope")
         self.assertFalse(missing.exists())
         e = self.assertRaises(MaildirError, missing.scan)
@@ -308,6 +348,7 @@ class AddTests(MaildirTestCase):
         self.assertEqual(self.folder.add(MSG3), 3)
 
     def test_append_first(self) -> None:
+        """The first message added to a folder gets UID 1 and UIDNEXT becomes 2."""
         self.assertEqual(self.folder.add(MSG1), 1)
         result = self.folder.scan()
         self.assertEqual([e.uid for e in result.messages], [1])
@@ -347,10 +388,13 @@ class MessageTests(MaildirTestCase):
         (self.entry,) = self.folder.scan().messages
 
     def test_read(self) -> None:
+        """read returns the stored bytes and open the file's path in cur/."""
         self.assertEqual(self.folder.read(self.entry), MSG1)
         self.assertEqual(self.folder.open(self.entry), self.root / "cur" / f"{self.base}:2,")
 
     def test_set_flags_renames(self) -> None:
+        """set_flags renames the file to the sorted, deduplicated letters, keeps the UID and the
+        content, and '' clears them."""
         entry = self.folder.set_flags(self.entry, "SRS")
         self.assertEqual((entry.filename, entry.flags, entry.uid), (f"{self.base}:2,RS", "RS", 1))
         self.assertEqual(listing(self.root / "cur"), [f"{self.base}:2,RS"])
@@ -367,6 +411,8 @@ class MessageTests(MaildirTestCase):
         self.assertEqual(entry.flags, "FS")
 
     def test_remove(self) -> None:
+        """remove deletes the file and is harmless twice; reading, opening or flagging it then
+        raises 'message no longer exists'."""
         self.folder.remove(self.entry)
         self.assertEqual(listing(self.root / "cur"), [])
         self.folder.remove(self.entry)  # twice: no error
@@ -377,6 +423,7 @@ class MessageTests(MaildirTestCase):
         self.assertRaises(MaildirError, self.folder.set_flags, self.entry, "S")
 
     def test_flag_tables(self) -> None:
+        """The IMAP system flags map to the Maildir letters S, R, T, F and D and back."""
         self.assertEqual(maildir.IMAP_TO_LETTER["\\Seen"], "S")
         self.assertEqual(maildir.IMAP_TO_LETTER["\\Answered"], "R")
         self.assertEqual(maildir.IMAP_TO_LETTER["\\Deleted"], "T")
@@ -386,6 +433,8 @@ class MessageTests(MaildirTestCase):
 
 class FolderNameTests(unittest.TestCase):
     def test_encode(self) -> None:
+        """Folder names map to Maildir++ directory names in modified UTF-7 (RFC 3501 §5.1.3) and
+        back."""
         cases = {
             "Sent": ".Sent",
             "Lists.Work": ".Lists.Work",
@@ -422,9 +471,11 @@ class FolderNameTests(unittest.TestCase):
             self.assertRaises(FolderNameError, encode_folder_name, name)
 
     def test_undecodable(self) -> None:
+        """A directory name that is not valid modified UTF-7 raises FolderNameError."""
         self.assertRaises(FolderNameError, decode_folder_name, ".bad&zz")
 
     def test_long_part(self) -> None:
+        """A folder name of 200 characters is accepted; 201 is 'folder name too long'."""
         self.assertEqual(encode_folder_name("x" * 200), "." + "x" * 200)
         e = self.assertRaises(FolderNameError, encode_folder_name, "x" * 201)
         self.assertEqual(str(e), "folder name too long")
@@ -437,11 +488,14 @@ class UserMaildirTests(unittest.TestCase):
         self.user.ensure()
 
     def test_ensure(self) -> None:
+        """ensure creates the INBOX Maildir, is idempotent, and the folder list is just INBOX."""
         self.assertEqual(listing(self.root), ["cur", "new", "tmp"])
         self.user.ensure()  # idempotent
         self.assertEqual(self.user.folders(), ["INBOX"])
 
     def test_folder_path(self) -> None:
+        """folder_path maps INBOX in any case to the root and other names to .Name; '../../bob'
+        is refused."""
         self.assertEqual(self.user.folder_path("INBOX"), self.root)
         self.assertEqual(self.user.folder_path("Inbox"), self.root)
         self.assertEqual(self.user.folder_path("Sent"), self.root / ".Sent")
@@ -449,6 +503,8 @@ class UserMaildirTests(unittest.TestCase):
         self.assertRaises(FolderNameError, self.user.folder_path, "../../bob")
 
     def test_create(self) -> None:
+        """create makes Maildir++ folders with a maildirfolder marker (non-ASCII names in
+        modified UTF-7); an existing name or INBOX in any case is refused."""
         for name in ("Sent", "Entwürfe", "Lists.Work"):
             self.user.create(name)
         self.assertEqual(self.user.folders(), ["INBOX", "Entwürfe", "Lists.Work", "Sent"])
@@ -459,6 +515,7 @@ class UserMaildirTests(unittest.TestCase):
             self.assertEqual(str(e), "mailbox already exists")
 
     def test_create_on_missing_root(self) -> None:
+        """A user whose root does not exist yet lists INBOX and can create a folder."""
         user = UserMaildir(Path(self.mktemp()) / "fresh")
         self.assertEqual(user.folders(), ["INBOX"])
         user.create("Sent")
@@ -491,6 +548,7 @@ class UserMaildirTests(unittest.TestCase):
         self.assertEqual((self.root / "twistedmail-uidvalidity").read_text(), f"{second}\n")
 
     def test_delete_errors(self) -> None:
+        """Deleting INBOX or a missing folder raises MaildirError with the reason."""
         e = self.assertRaises(MaildirError, self.user.delete, "INBOX")
         self.assertEqual(str(e), "INBOX cannot be deleted")
         e = self.assertRaises(MaildirError, self.user.delete, "Nope")
@@ -511,6 +569,8 @@ class UserMaildirTests(unittest.TestCase):
         self.assertEqual([e.uid for e in moved.messages], [1])
 
     def test_rename_errors(self) -> None:
+        """Renaming onto an existing folder or INBOX, from a missing one, or to a path escape is
+        refused."""
         self.user.create("A")
         self.user.create("B")
         e = self.assertRaises(MaildirError, self.user.rename, "A", "B")
@@ -535,6 +595,8 @@ class UserMaildirTests(unittest.TestCase):
         self.assertEqual(sorted(old.read(e) for e in old.scan().messages), sorted([MSG1, MSG2]))
 
     def test_subscriptions(self) -> None:
+        """Subscriptions are stored sorted and once each in the 'subscriptions' file;
+        unsubscribing an unknown name is harmless."""
         self.assertEqual(self.user.subscriptions(), [])
         for name in ("Sent", "Entwürfe", "Sent", "Archive"):
             self.user.subscribe(name)
@@ -549,10 +611,13 @@ class UserMaildirTests(unittest.TestCase):
 
 class MailboxRootTests(unittest.TestCase):
     def test_root(self) -> None:
+        """A user's Maildir is base/domain/local, lower-cased."""
         base = Path("/data/mail")
         self.assertEqual(mailbox_root(base, "Alice@Example.ORG"), base / "example.org" / "alice")
 
     def test_escape_refused(self) -> None:
+        """Addresses with path parts, NUL, dot domains or no local part or domain are refused as
+        Maildir roots."""
         for address in (
             "../x@example.org",
             "a@..",
@@ -570,6 +635,8 @@ class MailboxRootTests(unittest.TestCase):
 
 class ChangeNotifierTests(unittest.TestCase):
     def test_notify(self) -> None:
+        """changed(path) calls that path's subscribers in order; unsubscribing twice or changing
+        an unwatched path is harmless."""
         notifier = ChangeNotifier()
         calls: list[str] = []
         a, b = Path("/m/a"), Path("/m/b")
@@ -592,6 +659,7 @@ class ChangeNotifierTests(unittest.TestCase):
         self.assertEqual(calls, ["one", "two", "two"])
 
     def test_unsubscribe_while_notifying(self) -> None:
+        """A subscriber may unsubscribe itself while being notified; the others are still called."""
         notifier = ChangeNotifier()
         calls: list[str] = []
         path = Path("/m/a")

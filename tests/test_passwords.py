@@ -29,6 +29,8 @@ def ssha(password: str, salt: bytes, digest: str = "sha1") -> str:
 
 class DefaultSchemeTests(unittest.TestCase):
     def test_argon2id(self) -> None:
+        """New hashes are argon2id v19; the right password verifies, another or '' does not, and
+        no rehash is needed."""
         stored = hash_password(PASSWORD)
         self.assertTrue(stored.startswith("$argon2id$v=19$"))
         self.assertTrue(verify(PASSWORD, stored))
@@ -37,6 +39,7 @@ class DefaultSchemeTests(unittest.TestCase):
         self.assertFalse(needs_rehash(stored))
 
     def test_salted(self) -> None:
+        """Two hashes of the same password differ (random salt)."""
         self.assertNotEqual(hash_password(PASSWORD), hash_password(PASSWORD))
 
     def test_parameters_are_dovecots(self) -> None:
@@ -59,11 +62,13 @@ class DefaultSchemeTests(unittest.TestCase):
         self.assertTrue(needs_rehash(old))
 
     def test_weak_argon2_parameters_rehashed(self) -> None:
+        """An argon2id hash with weaker parameters verifies and asks for a rehash."""
         weak = PasswordHasher(time_cost=1, memory_cost=4096, parallelism=1, type=Type.ID).hash("pw")
         self.assertTrue(verify("pw", weak))
         self.assertTrue(needs_rehash(weak))
 
     def test_argon2i_rehashed(self) -> None:
+        """An argon2i hash verifies and asks for a rehash to argon2id."""
         stored = PasswordHasher(type=Type.I).hash("pw")
         self.assertTrue(verify("pw", stored))
         self.assertTrue(needs_rehash(stored))
@@ -79,6 +84,7 @@ class ImportedSchemeTests(unittest.TestCase):
         self.assertTrue(needs_rehash(stored), stored)
 
     def test_bcrypt_2b(self) -> None:
+        """An imported bcrypt $2b$ hash verifies only the right password and asks for a rehash."""
         stored = bcrypt_hash(PASSWORD, b"2b")
         self.assertTrue(stored.startswith("$2b$04$"))
         self.check(stored)
@@ -89,9 +95,11 @@ class ImportedSchemeTests(unittest.TestCase):
         self.check(stored)
 
     def test_bcrypt_2a(self) -> None:
+        """An imported bcrypt $2a$ hash verifies only the right password and asks for a rehash."""
         self.check(bcrypt_hash(PASSWORD, b"2a"))
 
     def test_dovecot_blf_crypt(self) -> None:
+        """Dovecot's {BLF-CRYPT} prefix (any case) with $2y$ bcrypt verifies."""
         self.check("{BLF-CRYPT}$2y$" + bcrypt_hash(PASSWORD)[4:])
         self.check("{blf-crypt}" + bcrypt_hash(PASSWORD))
 
@@ -106,6 +114,7 @@ class ImportedSchemeTests(unittest.TestCase):
         self.assertFalse(verify("p" * 71 + "q" * 10, stored))
 
     def test_sha512_crypt(self) -> None:
+        """SHA512-CRYPT ($6$), bare or with Dovecot's {SHA512-CRYPT} or {CRYPT} prefix, verifies."""
         stored = sha512_crypt.using(rounds=5000).hash(PASSWORD)
         self.assertTrue(stored.startswith("$6$"))
         self.check(stored)
@@ -121,10 +130,12 @@ class ImportedSchemeTests(unittest.TestCase):
         self.check(stored, "Hello world!")
 
     def test_ssha(self) -> None:
+        """Salted SHA-1 ({SSHA}) from Dovecot or LDAP verifies."""
         self.check(ssha(PASSWORD, b"\x01\x02\x03\x04"))
         self.check(ldap_salted_sha1.hash(PASSWORD))
 
     def test_ssha512(self) -> None:
+        """Salted SHA-512 ({SSHA512}) from Dovecot or LDAP verifies."""
         self.check(ssha(PASSWORD, b"saltsalt", "sha512"))
         self.check(ldap_salted_sha512.hash(PASSWORD))
 
@@ -135,6 +146,7 @@ class ImportedSchemeTests(unittest.TestCase):
         self.assertFalse(needs_rehash(native))
 
     def test_dovecot_argon2i_prefix(self) -> None:
+        """Dovecot's {ARGON2I} prefix before an argon2i hash verifies."""
         self.check("{ARGON2I}" + PasswordHasher(type=Type.I).hash(PASSWORD))
 
 
@@ -156,5 +168,6 @@ class MalformedTests(unittest.TestCase):
             self.assertTrue(needs_rehash(stored), stored)
 
     def test_plaintext_never_accepted(self) -> None:
+        """A stored plaintext password, bare or {PLAIN}, never verifies."""
         self.assertFalse(verify("secret", "secret"))
         self.assertFalse(verify("{PLAIN}secret", "{PLAIN}secret"))

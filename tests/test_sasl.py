@@ -17,7 +17,7 @@ from tests.test_throttle import ALICE, PASSWORD, World, transport_from
 from twistedmail import sasl
 from twistedmail.imap.server import IMAPServer
 from twistedmail.pop3 import POP3Server
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import submission_for
 
 CLIENT = "192.0.2.55"
 
@@ -155,16 +155,7 @@ class HostileInputTests(unittest.TestCase):
         clock = self.world.clock
         proto: Protocol
         if service == "smtp":
-            proto = submission_factory(
-                hostname="mail.example.test",
-                store=self.world.store,
-                delivery=self.world.delivery,
-                portal=self.world.portal,
-                tls=None,
-                implicit_tls=True,
-                max_message_size=10000,
-                clock=clock,
-            ).buildProtocol(None)
+            proto = submission_for(self.world).buildProtocol(None)
         elif service == "imap":
             proto = IMAPServer(
                 portal=self.world.portal,

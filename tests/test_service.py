@@ -67,6 +67,8 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(event["cert"], str(self.cert))
 
     async def test_bad_pair_keeps_the_old_one(self) -> None:
+        """A TLS reload with a bad key keeps the old certificate and logs the error naming both
+        files."""
         self.key.write_bytes(b"not a key\n")
         self.assertFalse(await self.server.reload_tls())
         self.assertEqual(self.subject(), "mail.example.test")
@@ -150,6 +152,8 @@ class HandOverTests(unittest.TestCase):
         self.config = quiet_config(self.data)
 
     def test_chowns_everything(self) -> None:
+        """Started as root with -u/-g, the data dir and everything in it is handed to that user
+        and group."""
         if os.geteuid() != 0:
             raise unittest.SkipTest("chown to another user needs root")
         nobody = pwd.getpwnam("nobody")
@@ -192,6 +196,8 @@ class RunAsTests(unittest.TestCase):
         return sub
 
     def test_run_as(self) -> None:
+        """run_as reads twistd's -u/-g: none without -u, and the user's primary group when -g is
+        not given."""
         self.assertIsNone(run_as(usage.Options()))
         self.assertIsNone(run_as(self.options()))
         self.assertEqual(run_as(self.options(uid=65534, gid=100)), (65534, 100))
@@ -213,6 +219,8 @@ class ThrottleStateTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def test_round_trip(self) -> None:
+        """The throttle state is saved mode 0600 as its snapshot and a fresh throttle loaded from
+        it blocks the same."""
         throttle = LoginThrottle(self.clock, ThrottlePolicy(block_after=2))
         throttle.failed("192.0.2.1", "a@x.test")
         throttle.failed("192.0.2.1", "a@x.test")
@@ -224,6 +232,8 @@ class ThrottleStateTests(unittest.TestCase):
         self.assertTrue(fresh.blocked("192.0.2.1", "a@x.test"))  # that account from that IP
 
     def test_missing_and_broken_files(self) -> None:
+        """A missing state file is silently nothing; a broken or wrong-version one is ignored
+        with a warning."""
         throttle = LoginThrottle(self.clock)
         load_throttle(throttle, self.path)  # first start: nothing, silently
         self.assertEqual(self.events, [])
@@ -235,6 +245,7 @@ class ThrottleStateTests(unittest.TestCase):
         self.assertEqual(throttle.snapshot()["ip_blocked"], {})
 
     def test_unwritable(self) -> None:
+        """A state file that cannot be written logs a warning, not an error."""
         save_throttle(LoginThrottle(self.clock), self.path.parent / "missing" / "throttle.json")
         [event] = [e for e in self.events if "not saved" in e.get("log_format", "")]
         self.assertEqual(event["log_level"], LogLevel.warn)

@@ -540,3 +540,21 @@ def test_variable_expansion_is_bounded() -> None:
     repeated = doubling + 'if string :is "' + "${a}" * 100 + '" "" { keep; }'
     result = run(repeated)
     assert result.error is not None and "after expansion" in result.error
+
+
+def test_step_counter_counts_commands_tests_and_comparisons() -> None:
+    """The run's work is counted (delivery's CPU bound, [delivery] sieve_max_steps): one
+    per command, one per test, one per value x key (plus one per KiB of the value); one step
+    past the limit fails the run and keeps the message."""
+    source = 'if header :is "subject" ["x", "y"] { discard; }'  # if, test, 1 value x 2 keys
+    message = b"Subject: w\r\n\r\n"
+    assert run(source, message=message, max_steps=4) == Result((), Keep())
+    assert run(source, message=message, max_steps=3) == Result(
+        (), Keep(), "script run exceeded 3 steps"
+    )
+    matched = b"Subject: y\r\n\r\n"
+    assert run(source, message=matched, max_steps=5).implicit_keep is None  # + discard
+    assert run(source, message=matched, max_steps=4).error == "script run exceeded 4 steps"
+    big = b"Subject: " + b"z" * 4096 + b"\r\n\r\n"  # 4 KiB: 1 + 4 steps per key
+    assert run(source, message=big, max_steps=12).error is None
+    assert run(source, message=big, max_steps=11).error == "script run exceeded 11 steps"

@@ -10,8 +10,8 @@ from typing import Any
 from test_smtp_server import TLS_CONTEXT, Mailhost, connect, talk
 from twisted.trial import unittest
 
-from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import SMTPSession
+from twistedmail.testing import inbound_for
 
 SENT_UP_TO_DATA = (
     b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -31,14 +31,7 @@ class DataTestCase(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def session(self, **settings: Any) -> tuple[SMTPSession, Any]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=1 << 20,
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, max_message_size=1 << 20)
         for name, value in settings.items():
             setattr(factory, name, value)
         proto, tr = connect(factory)
@@ -58,12 +51,15 @@ class LineLengthTests(DataTestCase):
     """RFC 5321 §4.5.3.1.6: a text line of up to max_line_length octets (998 at least)."""
 
     def test_line_at_the_limit_is_stored(self) -> None:
+        """max_line_length = 998 (RFC 5322 §2.1.1): a body line of 998 octets is stored."""
         proto, tr = self.session(max_line_length=998)
         body = b"Subject: x\r\n\r\n" + b"a" * 998 + b"\r\n"
         self.assertEqual(talk(proto, tr, OPEN + body + b".\r\n"), SENT_UP_TO_DATA + ACCEPTED)
         self.assertEqual(self.stored(), [body])
 
     def test_longer_line_fails_the_message(self) -> None:
+        """A DATA line over max_line_length fails the message with 500 5.6.0; the smuggled
+        commands after it are not run."""
         proto, tr = self.session(max_line_length=998)
         out = talk(
             proto,
@@ -90,6 +86,7 @@ class LineLengthTests(DataTestCase):
         self.assertEqual(out, SENT_UP_TO_DATA + b"500 5.6.0 Message text line too long\r\n")
 
     def test_limit_above_the_wire_default(self) -> None:
+        """max_line_length above 16384 lets a 40000-octet line through and stores it."""
         proto, tr = self.session(max_line_length=40000)
         body = b"Subject: x\r\n\r\n" + b"b" * 40000 + b"\r\n"
         self.assertEqual(talk(proto, tr, OPEN + body + b".\r\n"), SENT_UP_TO_DATA + ACCEPTED)
@@ -100,12 +97,15 @@ class HeaderSizeTests(DataTestCase):
     HEADER = b"Subject: x\r\n" + b"X-Filler: " + b"h" * 88 + b"\r\n"  # 12 + 100 octets
 
     def test_header_at_the_limit(self) -> None:
+        """A header section of exactly max_header_size is stored."""
         proto, tr = self.session(max_header_size=112)
         body = self.HEADER + b"\r\n" + b"body line\r\n" * 50
         self.assertEqual(talk(proto, tr, OPEN + body + b".\r\n"), SENT_UP_TO_DATA + ACCEPTED)
         self.assertEqual(self.stored(), [body])
 
     def test_header_over_the_limit(self) -> None:
+        """A header section one octet over max_header_size is 552 5.3.4, nothing is stored and
+        the session goes on."""
         proto, tr = self.session(max_header_size=111)
         out = talk(proto, tr, OPEN + self.HEADER + b"\r\nbody\r\n.\r\nNOOP\r\n")
         self.assertEqual(
@@ -115,6 +115,7 @@ class HeaderSizeTests(DataTestCase):
         self.assertNothingStored()
 
     def test_folded_lines_count(self) -> None:
+        """Folded continuation lines count towards max_header_size."""
         proto, tr = self.session(max_header_size=111)
         header = b"Subject: x\r\nX-Filler:\r\n " + b"h" * 86 + b"\r\n"  # 12 + 11 + 89
         out = talk(proto, tr, OPEN + header + b"\r\nbody\r\n.\r\n")
@@ -137,6 +138,8 @@ class BareLFRejectTests(DataTestCase):
     """bare_lf = "reject" (the default): every variant fails the one message; nothing stored."""
 
     def test_variants(self) -> None:
+        """bare_lf = reject (RFC 5321 §2.3.8): every bare CR/LF end-of-data variant fails the
+        message with 550 5.6.0, nothing smuggled."""
         for variant in VARIANTS:
             proto, tr = self.session()
             out = talk(proto, tr, OPEN + b"Subject: x\r\n\r\nfirst" + variant + SMUGGLED + b".\r\n")
@@ -166,6 +169,7 @@ class BareLFNormalizeTests(DataTestCase):
             self.assertEqual(self.host.messages("bob@example.test"), [])
 
     def test_cr_variants_still_fail(self) -> None:
+        """bare_lf = normalize still refuses the end-of-data variants with a bare CR (550 5.6.0)."""
         for variant in (b"\r.\r", b"\r\n.\r", b"\r.\r\n"):
             proto, tr = self.session(bare_lf="normalize")
             out = talk(proto, tr, OPEN + b"Subject: x\r\n\r\nfirst" + variant + SMUGGLED + b".\r\n")

@@ -24,6 +24,7 @@ from twistedmail.maildir import ChangeNotifier
 from twistedmail.passwords import hash_password
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import SMTPSession
+from twistedmail.testing import inbound_for
 
 BODY = b"From: x@elsewhere.test\r\nSubject: hello\r\n\r\nHi\r\n..dot\r\n"
 BODY_STORED = b"From: x@elsewhere.test\r\nSubject: hello\r\n\r\nHi\r\n.dot\r\n"
@@ -58,16 +59,8 @@ class InboundTests(unittest.TestCase):
         return proto, tr
 
     def test_ehlo_offers_starttls_never_auth(self) -> None:
-        proto, tr = connect(
-            inbound_factory(
-                hostname="mail.example.test",
-                store=self.host.store,
-                delivery=self.host.delivery,
-                tls=TLS_CONTEXT,
-                max_message_size=10000,
-                clock=self.host.clock,
-            )
-        )
+        """Port 25 offers STARTTLS and never AUTH, before or after TLS; AUTH is 502 5.5.1."""
+        proto, tr = connect(inbound_for(self.host, tls=TLS_CONTEXT))
         ehlo = (
             b"250-mail.example.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n"
             b"250-ENHANCEDSTATUSCODES\r\n"
@@ -100,6 +93,8 @@ class InboundTests(unittest.TestCase):
         self.assertEqual(len(self.host.messages("alice@example.test")), 1)
 
     def test_delivery_to_a_local_user_exact_bytes(self) -> None:
+        """RFC 5321 §4.4: a message to a local user (any case) is stored byte for byte under
+        Return-Path and Received."""
         proto, tr = self.connect()
         out = talk(
             proto,
@@ -116,7 +111,7 @@ class InboundTests(unittest.TestCase):
         self.assertEqual(
             self.host.messages("alice@example.test"),
             [
-                b"Return-Path: <x@elsewhere.test>\r\n"
+                b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: alice@example.test\r\n"
                 + received(proto, "alice@example.test")
                 + BODY_STORED
             ],
@@ -124,14 +119,22 @@ class InboundTests(unittest.TestCase):
         self.assertEqual(self.host.messages("bob@example.test"), [])
 
     def test_null_reverse_path(self) -> None:
+        """RFC 5321 §4.4: a bounce (MAIL FROM:<>) is stored with Return-Path: <>."""
         proto, tr = self.connect()
         talk(proto, tr, b"MAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nbounce\r\n.\r\n")
         self.assertEqual(
             self.host.messages("bob@example.test"),
-            [b"Return-Path: <>\r\n" + received(proto, "bob@example.test") + b"bounce\r\n"],
+            [
+                b"Return-Path: <>\r\nDelivered-To: bob@example.test\r\n"
+                + received(proto, "bob@example.test")
+                + b"bounce\r\n"
+            ],
         )
 
     def test_recipient_checks(self) -> None:
+        """Port 25 recipients: an unknown local user is 550 5.1.1, a remote domain 554 5.7.1 (no
+        open relay), an alias with a remote target 450 4.7.1 (no relay yet), an alias to local
+        users 250."""
         proto, tr = self.connect()
         out = talk(
             proto,
@@ -152,6 +155,7 @@ class InboundTests(unittest.TestCase):
         )
 
     def test_alias_delivers_to_each_user_once(self) -> None:
+        """A message to an alias and one of its users is stored once for each user."""
         proto, tr = self.connect()
         out = talk(
             proto,
@@ -165,11 +169,16 @@ class InboundTests(unittest.TestCase):
             b"\tby mail.example.test with ESMTP id %s-1;\r\n\t%s\r\n"
             % (proto.session_id.encode(), DATE.encode())
         )
-        expected = [b"Return-Path: <x@elsewhere.test>\r\n" + trace + b"hi all\r\n"]
-        self.assertEqual(self.host.messages("alice@example.test"), expected)
-        self.assertEqual(self.host.messages("bob@example.test"), expected)
+        expected = (
+            b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: %s\r\n" + trace + b"hi all\r\n"
+        )
+        self.assertEqual(
+            self.host.messages("alice@example.test"), [expected % b"alice@example.test"]
+        )
+        self.assertEqual(self.host.messages("bob@example.test"), [expected % b"bob@example.test"])
 
     def test_starttls_then_delivery_says_esmtps(self) -> None:
+        """RFC 3848: a message received after STARTTLS has 'with ESMTPS' in its Received header."""
         proto, tr = self.connect()
         talk(proto, tr, b"STARTTLS\r\n")
         assert isinstance(tr, TLSStringTransport)
@@ -183,19 +192,23 @@ class InboundTests(unittest.TestCase):
         self.assertEqual(
             self.host.messages("bob@example.test"),
             [
-                b"Return-Path: <x@elsewhere.test>\r\n"
+                b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: bob@example.test\r\n"
                 + received(proto, "bob@example.test", "ESMTPS")
                 + b"secret\r\n"
             ],
         )
 
     def test_postmaster_is_accepted_for_the_host_domain(self) -> None:
+        """RFC 5321 §4.5.1: RCPT TO:<POSTMASTER> is accepted when the host name is a local
+        domain."""
         self.host.store.add_alias("postmaster@example.test", ["alice@example.test"])
         proto, tr = self.connect(hostname="example.test")
         out = talk(proto, tr, b"MAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<POSTMASTER>\r\n")
         self.assertEqual(out, b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n")
 
     def test_recipient_deleted_between_rcpt_and_data(self) -> None:
+        """RFC 5321 §6.1: a recipient deleted between RCPT and DATA is refused with 550 5.1.1,
+        not accepted and dropped."""
         self.host.store.add_user("carol@example.test", hash_password("c"))
         proto, tr = self.connect()
         talk(proto, tr, b"MAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<carol@example.test>\r\n")
@@ -225,6 +238,8 @@ class DiskFailureTests(unittest.TestCase):
         return proto, tr
 
     def test_full_disk_is_452(self) -> None:
+        """RFC 3463: a full disk during delivery is 452 4.3.1 Insufficient system storage."""
+
         def full(f: Any, *args: Any) -> Deferred[Any]:
             return defer.fail(OSError(errno.ENOSPC, "No space left on device"))
 
@@ -235,6 +250,8 @@ class DiskFailureTests(unittest.TestCase):
         self.assertTrue(out.endswith(b"452 4.3.1 Insufficient system storage\r\n"), out)
 
     def test_other_disk_error_is_451(self) -> None:
+        """Another disk error during delivery is 451 4.3.0 and is logged."""
+
         def broken(f: Any, *args: Any) -> Deferred[Any]:
             return defer.fail(OSError(errno.EIO, "I/O error"))
 

@@ -124,6 +124,8 @@ class TransformChunkTests(TestCase):
         self.assertEqual(out, b"a\r\n..b\r\nc\r\n..d\r\n..e")
 
     def test_message_without_final_line_end(self) -> None:
+        """RFC 5321 §4.5.2: a message without a final CRLF gets one before the dot, leading dots
+        doubled; an empty message is the dot alone."""
         self.assertEqual(send_through(relay_sender(), b"a\r\n.b"), b"a\r\n..b\r\n.\r\n")
         self.assertEqual(send_through(relay_sender(), b""), b".\r\n")
 
@@ -208,6 +210,8 @@ class OutboundTests(TestCase):
         self.assertNotIn(b"MAIL FROM:<ceo@bank.test>", mx.commands)
 
     async def test_plaintext_when_starttls_not_offered_and_size_declared(self) -> None:
+        """Without STARTTLS offered the message goes in plaintext (opportunistic TLS), from <>
+        with SIZE (RFC 1870) and BODY=8BITMIME (RFC 6152)."""
         network = Network(self)
         mx = await network.listen("mx1.example.net", ScriptedMTA())
         message = b"Subject: caf\xc3\xa9\r\n\r\n8bit body \xe2\x82\xac\r\n"
@@ -253,6 +257,8 @@ class OutboundTests(TestCase):
             self.assertEqual(mx.transactions[0].recipients, ("bob@example.net",))
 
     async def test_data_refused_applies_to_the_accepted_recipients(self) -> None:
+        """RFC 5321 §4.1.1.4: a refused DATA is the result of each accepted recipient; a refused
+        RCPT keeps its own, with and without PIPELINING."""
         for extensions in (["PIPELINING"], []):
             network = Network(self)
             await network.listen(
@@ -313,6 +319,8 @@ class OutboundTests(TestCase):
             self.assertEqual(len(mx2.transactions), 1)
 
     async def test_all_hosts_unreachable_is_temporary(self) -> None:
+        """RFC 5321 §5.1: when every MX is unreachable the result is temporary, 451 4.4.1, naming
+        the last host tried."""
         network = Network(self)
         await network.closed("mx1.example.net")
         await network.closed("mx2.example.net")
@@ -324,6 +332,8 @@ class OutboundTests(TestCase):
         self.assertTrue(result.diagnostic.startswith("451 4.4.1 Cannot connect to mx2.example.net"))
 
     async def test_dns_outcomes(self) -> None:
+        """RFC 7505: a null MX is a permanent 556 5.1.10; a domain that does not exist is 550
+        5.1.2."""
         network = Network(self)
         resolver = FakeResolver(mx={"null.example": [(0, ".")]})
         outbound = self.outbound(network, resolver)
@@ -341,6 +351,8 @@ class OutboundTests(TestCase):
         self.assertEqual((gone.code, gone.status), (550, "5.1.2"))
 
     async def test_route_bypasses_mx(self) -> None:
+        """A [relay.routes] entry sends the domain's mail to its host and port without an MX
+        lookup."""
         network = Network(self)
         mx = await network.listen("relay.internal", ScriptedMTA())
         outbound = Outbound(
@@ -406,6 +418,8 @@ class PipeliningTests(TestCase):
         return sender, transport
 
     def test_one_write_then_per_recipient_results(self) -> None:
+        """RFC 2920 §3.1: MAIL, every RCPT and DATA go in one write, and each recipient gets its
+        own reply's result."""
         sender, transport = self.start(["a@example.net", "b@example.net", "c@example.net"])
         self.assertEqual(
             transport.writes,
@@ -443,6 +457,8 @@ class PipeliningTests(TestCase):
         sender.setTimeout(None)
 
     def test_mail_refused_answers_every_recipient(self) -> None:
+        """RFC 2920: when MAIL is refused every recipient gets MAIL's reply (552 5.3.4), and the
+        message is not sent."""
         sender, transport = self.start(["a@example.net", "b@example.net"])
         feed(
             sender,
@@ -457,6 +473,8 @@ class PipeliningTests(TestCase):
         sender.setTimeout(None)
 
     def test_data_accepted_without_recipients_sends_an_empty_message(self) -> None:
+        """RFC 2920 §3.1: a 354 after every RCPT was refused is answered with the dot alone, and
+        each recipient keeps its RCPT refusal."""
         sender, transport = self.start(["a@example.net"])
         transport.clear()
         feed(sender, b"250 OK", b"550 5.1.1 No such user", b"354 Go ahead")
@@ -472,6 +490,7 @@ class TimeoutTests(TestCase):
     """RFC 5321 §4.5.3.2 reply timeouts, on a Clock."""
 
     def test_greeting_timeout_is_five_minutes(self) -> None:
+        """RFC 5321 §4.5.3.2.1: the client waits 5 minutes for the greeting, then fails the host."""
         clock = task.Clock()
         sender = session(["a@example.net"], clock)
         sender.makeConnection(StringTransport())
@@ -481,6 +500,7 @@ class TimeoutTests(TestCase):
         self.failureResultOf(sender.done, HostFailure)
 
     def test_final_dot_waits_ten_minutes(self) -> None:
+        """RFC 5321 §4.5.3.2.6: the client waits 10 minutes for the reply to the final dot."""
         clock = task.Clock()
         sender = session(["a@example.net"], clock)
         transport = StringTransport()
@@ -530,6 +550,8 @@ class SmarthostTests(TestCase):
         return result
 
     async def test_starttls_then_auth_plain(self) -> None:
+        """A smarthost gets EHLO, STARTTLS, then AUTH PLAIN (RFC 4954) with the configured
+        credentials, and the message over TLS."""
         mta = ScriptedMTA(tls=self.tls, accounts={"relay": "relay-secret"})
         result = await self.deliver(mta)
         self.assertTrue(result.delivered, result)
@@ -540,6 +562,8 @@ class SmarthostTests(TestCase):
         self.assertEqual(mta.commands[:2], [b"EHLO mail.example.test", b"STARTTLS"])
 
     async def test_implicit_tls_and_auth_login(self) -> None:
+        """A smarthost on implicit TLS gets AUTH LOGIN when it offers only LOGIN, and no
+        STARTTLS."""
         mta = ScriptedMTA(
             implicit_tls=True, accounts={"relay": "relay-secret"}, auth_mechanisms=["LOGIN"]
         )
@@ -549,6 +573,8 @@ class SmarthostTests(TestCase):
         self.assertNotIn(b"STARTTLS", mta.commands)
 
     async def test_no_starttls_is_deferred_and_nothing_sent_in_plaintext(self) -> None:
+        """A smarthost that offers no STARTTLS is a temporary 451: no AUTH and no MAIL are sent
+        in plaintext."""
         mta = ScriptedMTA(accounts={"relay": "relay-secret"})
         result = await self.deliver(mta)
         self.assertEqual((result.code, result.permanent), (451, False))
@@ -571,6 +597,7 @@ class SmarthostTests(TestCase):
             self.assertEqual(mta.auth_attempts, [])
 
     async def test_auth_refused_is_deferred(self) -> None:
+        """A smarthost that refuses AUTH (535) is a temporary 451 4.7.8 quoting its reply."""
         mta = ScriptedMTA(tls=self.tls, accounts={"relay": "other"})
         result = await self.deliver(mta)
         self.assertEqual((result.code, result.permanent), (451, False))

@@ -118,6 +118,8 @@ class QueueTestCase(TestCase):
 
 class SpoolTests(QueueTestCase):
     def test_add_writes_message_and_versioned_envelope(self) -> None:
+        """add writes the message bytes to ID.msg and a version-1 JSON envelope (sender,
+        recipients, times) to ID.json."""
         entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW)
         self.assertEqual((self.spool.directory / f"{entry.id}.msg").read_bytes(), MESSAGE)
         data = json.loads((self.spool.directory / f"{entry.id}.json").read_bytes())
@@ -148,6 +150,8 @@ class SpoolTests(QueueTestCase):
         self.assertEqual(list((self.spool.directory / "tmp").iterdir()), [])
 
     def test_orphan_message_and_bad_version(self) -> None:
+        """remove_orphans deletes a .msg without envelope; an envelope of an unknown version
+        raises QueueError and is not listed."""
         entry = self.spool.add(None, ["bob@example.net"], MESSAGE, NOW)
         (self.spool.directory / "0000000000ABCDEF0123.msg").write_bytes(b"half")
         self.assertEqual(self.spool.remove_orphans(), ["0000000000ABCDEF0123"])
@@ -158,12 +162,15 @@ class SpoolTests(QueueTestCase):
         self.assertEqual(self.spool.entries(), [])
 
     def test_ids_are_validated(self) -> None:
+        """A queue ID that is not one of ours ('../accounts') raises QueueError."""
         with self.assertRaises(QueueError):
             self.spool.load("../accounts")
 
 
 class RunnerTests(QueueTestCase):
     def test_retry_after_451_then_delivered_once(self) -> None:
+        """RFC 5321 §4.5.4.1: a 451 keeps the message with the attempt counted and the next try 5
+        minutes later; the retry delivers it once and removes it."""
         outbound = FakeOutbound({"bob@example.net": ["451 4.3.0 Try later", "250 2.0.0 OK"]})
         runner = self.runner(outbound)
         entry = self.enqueue(runner, ["bob@example.net"])
@@ -186,12 +193,15 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(len(outbound.calls), 2)
 
     def test_backoff_doubles_to_the_maximum(self) -> None:
+        """The retry delay doubles from 5 minutes up to the 1-hour maximum."""
         self.assertEqual(
             [self.schedule.delay(n) for n in range(1, 8)],
             [300, 600, 1200, 2400, 3600, 3600, 3600],
         )
 
     def test_mixed_results_bounce_the_550_and_keep_the_451(self) -> None:
+        """RFC 5321 §4.5.4: per recipient, a 250 is delivered, a 550 bounced, a 451 kept pending
+        for a retry."""
         outbound = FakeOutbound(
             {
                 "gone@example.net": ["550 5.1.1 No such user"],
@@ -249,6 +259,8 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(len(self.dsns()), 1)
 
     def test_no_bounce_for_a_null_sender(self) -> None:
+        """RFC 5321 §4.5.5: a failed message from the null sender gets no bounce and leaves the
+        queue."""
         outbound = FakeOutbound({"gone@example.net": ["550 5.1.1 No such user"]})
         runner = self.runner(outbound)
         self.enqueue(runner, ["gone@example.net"], sender=None)
@@ -258,6 +270,8 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(self.dsns(), [])
 
     def test_bounce_to_a_remote_sender_is_queued_from_null(self) -> None:
+        """RFC 3464 + RFC 5321 §4.5.5: the bounce to a remote sender is queued from the null
+        sender."""
         outbound = FakeOutbound({"gone@example.net": ["550 5.1.1 No such user"]})
         runner = self.runner(outbound)
         self.enqueue(runner, ["gone@example.net"], sender=Mailbox.parse("carol@example.org"))
@@ -266,6 +280,8 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(outbound.calls[-1][2], ("carol@example.org",))
 
     def test_delay_notice_once_then_expiry_bounce(self) -> None:
+        """RFC 3464: one delayed DSN (4.4.1, Will-Retry-Until) after delay_warning, then a failed
+        DSN when the lifetime runs out."""
         outbound = FakeOutbound({"bob@example.net": ["451 4.4.1 No answer"]})
         runner = self.runner(outbound)
         entry = self.enqueue(runner, ["bob@example.net"])
@@ -318,6 +334,7 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(len(self.dsns()), 1)
 
     def test_restart_picks_up_the_spool(self) -> None:
+        """A new runner sends what is already in the spool and removes it when delivered."""
         entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW - 10)
         outbound = FakeOutbound()
         self.runner(outbound)
@@ -328,6 +345,7 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(self.spool.load(entry.id), None)
 
     def test_deleted_entry_is_not_sent(self) -> None:
+        """An entry removed from the spool before its try is not sent."""
         outbound = FakeOutbound()
         runner = self.runner(outbound)
         entry = self.spool.add("alice@example.test", ["bob@example.net"], MESSAGE, NOW + 50)
@@ -337,6 +355,7 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(outbound.calls, [])
 
     def test_flush_makes_everything_due(self) -> None:
+        """flush makes every waiting entry due at once and returns how many; the retry delivers."""
         outbound = FakeOutbound({"bob@example.net": ["451 4.3.0 Later", "250 2.0.0 OK"]})
         runner = self.runner(outbound)
         self.enqueue(runner, ["bob@example.net"])
@@ -347,6 +366,8 @@ class RunnerTests(QueueTestCase):
         self.assertEqual(self.spool.ids(), [])
 
     def test_connections_limited_per_destination_and_overall(self) -> None:
+        """Outbound connections are limited overall (max_connections) and per destination domain
+        (max_per_destination)."""
         outbound = FakeOutbound(hold=True)
         runner = self.runner(outbound, max_connections=3, max_per_destination=2)
         for _ in range(3):
@@ -424,6 +445,8 @@ class RunnerTests(QueueTestCase):
         )
 
     def test_shutdown_starts_nothing_new_and_is_immediate_when_idle(self) -> None:
+        """shutdown starts no new delivery, waits for the one running, and ends at once when
+        idle."""
         outbound = FakeOutbound(hold=True)
         runner = self.runner(outbound, max_connections=1)
         self.enqueue(runner, ["a@example.net"])
@@ -442,6 +465,8 @@ class RunnerTests(QueueTestCase):
 
 class DSNTests(TestCase):
     def test_local_failure_diagnostic_and_header_only(self) -> None:
+        """RFC 3464 §2.3: a DSN for a local failure has Action, Status and Diagnostic-Code, no
+        Remote-MTA, and returns headers only, not the body."""
         dsn = build_dsn(
             hostname="mail.example.test",
             recipient="alice@example.test",
@@ -478,6 +503,8 @@ class LocalBounceTests(QueueTestCase):
         self.successResultOf(d)
 
     def test_bounce_to_a_local_sender(self) -> None:
+        """RFC 3464: a final-delivery failure here sends the local sender a DSN with human text,
+        status per recipient and the headers."""
         runner = self.runner(FakeOutbound({}))
         self.bounce(runner, ALICE)
         [dsn] = self.dsns()
@@ -496,6 +523,7 @@ class LocalBounceTests(QueueTestCase):
         self.assertEqual(self.spool.ids(), [])  # delivered locally, nothing queued
 
     def test_no_bounce_for_a_null_sender(self) -> None:
+        """RFC 5321 §4.5.5: no bounce for a message from the null sender."""
         runner = self.runner(FakeOutbound({}))
         self.bounce(runner, None)
         self.assertEqual((self.dsns(), self.spool.ids()), ([], []))

@@ -17,8 +17,7 @@ from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import ChangeNotifier
 from twistedmail.quota import QuotaTracker
 from twistedmail.reply import Reply
-from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, submission_for
 
 BODY = b"Subject: hi\r\n\r\n" + b"x" * 500 + b"\r\n"
 FULL = b"552 5.2.2 Mailbox full\r\n"
@@ -53,15 +52,7 @@ class QuotaPolicyTests(unittest.TestCase):
         self.relay = BouncingRelay()
 
     def inbound(self) -> tuple[object, object]:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr
@@ -74,6 +65,8 @@ class QuotaPolicyTests(unittest.TestCase):
         return talk(proto, tr, b"".join(lines))  # type: ignore[arg-type]
 
     def test_data_refused_when_the_only_recipient_has_no_room(self) -> None:
+        """RFC 9208 + RFC 3463: when the only recipient has no room for this message, DATA is
+        refused with the quota reply and nothing is stored or bounced."""
         ok = b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
         ok += b"354 End data with <CR><LF>.<CR><LF>\r\n"
         self.assertEqual(
@@ -85,6 +78,8 @@ class QuotaPolicyTests(unittest.TestCase):
         self.assertEqual(self.relay.bounced, [])
 
     def test_rcpt_refused_when_full(self) -> None:
+        """A recipient already at its quota is refused at RCPT with the quota reply; another
+        recipient is accepted."""
         self.host.store.set_quota("bob@example.test", Quota(messages=1))
         self.send(["bob@example.test"])
         proto, tr = self.inbound()
@@ -96,6 +91,8 @@ class QuotaPolicyTests(unittest.TestCase):
         )
 
     def test_others_get_it_and_the_sender_a_bounce(self) -> None:
+        """With several recipients, the ones with room get the message and the sender gets a
+        bounce for the one over quota."""
         self.send(["bob@example.test"])
         reply = self.send(["bob@example.test", "alice@example.test"], sender="x@elsewhere.test")
         self.assertTrue(reply.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), reply)
@@ -111,17 +108,7 @@ class QuotaPolicyTests(unittest.TestCase):
         """On 587 too; a remote recipient is queued even when the local one has no room."""
         self.host.store.set_quota("bob@example.test", Quota(messages=1))
         self.send(["bob@example.test"])
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=TLS_CONTEXT,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = submission_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\nAUTH PLAIN " + ALICE + b"\r\n")
         self.assertEqual(

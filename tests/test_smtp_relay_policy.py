@@ -10,8 +10,7 @@ from test_smtp_server import TLS_CONTEXT, Mailhost, connect, plain, talk
 from twisted.trial import unittest
 
 from twistedmail.address import Mailbox
-from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, submission_for
 
 ALICE = plain("alice@example.test", "alice-pw")
 BODY = b"Subject: hi\r\n\r\n.dot line\r\n"
@@ -39,17 +38,7 @@ class RelayPolicyTests(unittest.TestCase):
         self.relay = FakeRelay()
 
     def submission(self) -> tuple[object, object]:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=TLS_CONTEXT,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        factory = submission_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\n")
         self.assertEqual(
@@ -59,6 +48,8 @@ class RelayPolicyTests(unittest.TestCase):
         return proto, tr
 
     def test_submission_queues_remote_and_delivers_local(self) -> None:
+        """On submission a remote recipient is queued and a local one delivered, the same bytes
+        under Return-Path."""
         proto, tr = self.submission()
         out = talk(
             proto,  # type: ignore[arg-type]
@@ -76,9 +67,14 @@ class RelayPolicyTests(unittest.TestCase):
         self.assertTrue(message.startswith(b"Received: from client ("))
         self.assertTrue(message.endswith(b"\r\n" + BODY))
         [local] = self.host.messages("bob@example.test")
-        self.assertEqual(local, b"Return-Path: <alice@example.test>\r\n" + message)
+        self.assertEqual(
+            local,
+            b"Return-Path: <alice@example.test>\r\nDelivered-To: bob@example.test\r\n" + message,
+        )
 
     def test_submission_queue_failure_is_not_acknowledged(self) -> None:
+        """RFC 5321 §6.1: when the queue cannot take the message, DATA is 452 4.3.1, not accepted
+        and lost."""
         self.relay.fail = True
         proto, tr = self.submission()
         out = talk(
@@ -91,15 +87,9 @@ class RelayPolicyTests(unittest.TestCase):
         self.assertTrue(out.endswith(b"\r\n452 4.3.1 Insufficient system storage\r\n"), out)
 
     def test_port_25_forwarding_alias_queues_the_remote_part(self) -> None:
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=None,
-            max_message_size=10000,
-            clock=self.host.clock,
-            relay=self.relay,
-        )
+        """On port 25 an alias's remote targets are queued and its local ones delivered; a remote
+        RCPT is still 554 5.7.1 (no open relay)."""
+        factory = inbound_for(self.host, relay=self.relay)
         proto, tr = connect(factory)
         out = talk(
             proto,
@@ -117,4 +107,7 @@ class RelayPolicyTests(unittest.TestCase):
             ("x@elsewhere.test", ["carol@remote.test", "dave@remote.test"]),
         )
         [local] = self.host.messages("alice@example.test")
-        self.assertEqual(local, b"Return-Path: <x@elsewhere.test>\r\n" + message)
+        self.assertEqual(
+            local,
+            b"Return-Path: <x@elsewhere.test>\r\nDelivered-To: alice@example.test\r\n" + message,
+        )

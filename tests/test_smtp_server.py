@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.cred.portal import Portal
-from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
@@ -35,6 +32,8 @@ from twistedmail.smtp.server import (
     SMTPSession,
     received_header,
 )
+from twistedmail.testing import TLSStringTransport, run_now
+from twistedmail.testing import sasl_plain as plain
 
 HOST = "mail.example.test"
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -45,24 +44,6 @@ TLS_CONTEXT: Any = object()  # a stand-in: the fake transport only records it
 
 
 # -- harness shared by the SMTP test modules -------------------------------------------
-
-
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that can "start TLS": it records the context and what had been
-    written before (so tests can check that nothing leaked after the 220)."""
-
-    tls_context: Any = None
-    written_before_tls: bytes | None = None
-
-    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
-        self.tls_context = contextFactory
-        self.written_before_tls = self.value()
-
-
-def run_now(f: Any, *args: Any) -> Deferred[Any]:
-    """A synchronous C{RunInThread} for tests."""
-    return defer.maybeDeferred(f, *args)
 
 
 class Mailhost:
@@ -106,10 +87,6 @@ def talk(proto: SMTPSession, transport: StringTransport, data: bytes) -> bytes:
     transport.clear()
     proto.dataReceived(data)
     return transport.value()
-
-
-def plain(user: str, password: str, authzid: str = "") -> bytes:
-    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode())
 
 
 def b64(text: str) -> bytes:
@@ -191,6 +168,7 @@ class SessionTestCase(unittest.TestCase):
 
 class GreetingAndEHLOTests(SessionTestCase):
     def test_greeting(self) -> None:
+        """RFC 5321 §4.2: the session opens with 220, the host name and ESMTP."""
         factory = SMTPServerFactory(
             policy=self.policy, hostname=HOST, clock=self.clock, max_message_size=1000
         )
@@ -200,10 +178,14 @@ class GreetingAndEHLOTests(SessionTestCase):
         self.assertEqual(tr.value(), b"220 mail.example.test ESMTP twistedmail ready\r\n")
 
     def test_ehlo_without_tls_context(self) -> None:
+        """RFC 5321 §4.1.1.1: EHLO without a certificate lists the extensions without STARTTLS or
+        AUTH."""
         proto, tr = self.session()
         self.assertEqual(talk(proto, tr, b"EHLO client.example\r\n"), EHLO_PLAIN)
 
     def test_ehlo_offers_starttls_with_a_context_and_no_auth_before_tls(self) -> None:
+        """RFC 3207 §4 + RFC 4954 §4: with a certificate EHLO offers STARTTLS and, before TLS, no
+        AUTH."""
         proto, tr = self.session(tls=TLS_CONTEXT, portal=Mailhost(Path(self.mktemp())).portal)
         self.assertEqual(
             talk(proto, tr, b"EHLO client.example\r\n"),
@@ -212,6 +194,7 @@ class GreetingAndEHLOTests(SessionTestCase):
         )
 
     def test_ehlo_on_implicit_tls_offers_auth_not_starttls(self) -> None:
+        """RFC 8314 §3.3: on implicit TLS EHLO offers AUTH PLAIN LOGIN and not STARTTLS."""
         proto, tr = self.session(
             tls=TLS_CONTEXT, implicit_tls=True, portal=Mailhost(Path(self.mktemp())).portal
         )
@@ -222,10 +205,12 @@ class GreetingAndEHLOTests(SessionTestCase):
         )
 
     def test_helo(self) -> None:
+        """RFC 5321 §4.1.1.1: HELO is answered with 250 and the host name."""
         proto, tr = self.session()
         self.assertEqual(talk(proto, tr, b"HELO client.example\r\n"), b"250 mail.example.test\r\n")
 
     def test_helo_and_ehlo_need_an_argument(self) -> None:
+        """RFC 5321 §4.1.1.1: HELO or EHLO without a domain, or with two words, is 501 5.5.4."""
         proto, tr = self.session()
         self.assertEqual(
             talk(proto, tr, b"HELO\r\nEHLO \r\nEHLO two words\r\n"),
@@ -233,6 +218,8 @@ class GreetingAndEHLOTests(SessionTestCase):
         )
 
     def test_ehlo_resets_the_transaction(self) -> None:
+        """RFC 5321 §4.1.4: a second EHLO clears the open transaction, so RCPT then needs MAIL
+        (503 5.5.1)."""
         proto, tr = self.ready()
         talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n")
         self.assertEqual(
@@ -243,10 +230,12 @@ class GreetingAndEHLOTests(SessionTestCase):
 
 class SimpleCommandTests(SessionTestCase):
     def test_noop(self) -> None:
+        """RFC 5321 §4.1.1.9: NOOP, with or without an argument, is 250 2.0.0."""
         proto, tr = self.session()
         self.assertEqual(talk(proto, tr, b"NOOP\r\nnoop anything\r\n"), b"250 2.0.0 OK\r\n" * 2)
 
     def test_rset(self) -> None:
+        """RFC 5321 §4.1.1.5: RSET (250 2.0.0) drops the transaction, so RCPT then needs MAIL."""
         proto, tr = self.ready()
         self.assertEqual(
             talk(proto, tr, b"MAIL FROM:<a@b.test>\r\nRSET\r\nRCPT TO:<c@d.test>\r\n"),
@@ -256,6 +245,8 @@ class SimpleCommandTests(SessionTestCase):
         )
 
     def test_vrfy(self) -> None:
+        """RFC 5321 §3.5.3: VRFY gets 252 (no verification, will attempt delivery); VRFY without
+        an argument is 501 5.5.4."""
         proto, tr = self.session()
         self.assertEqual(
             talk(proto, tr, b"VRFY alice\r\nVRFY\r\n"),
@@ -264,6 +255,8 @@ class SimpleCommandTests(SessionTestCase):
         )
 
     def test_expn_help_unknown(self) -> None:
+        """RFC 5321 §4.2.4: EXPN is 502 5.5.1, HELP lists the commands, and an unknown, empty or
+        non-ASCII command is 500 5.5.2."""
         proto, tr = self.session()
         self.assertEqual(
             talk(proto, tr, b"EXPN list\r\nHELP\r\nXYZZY\r\n\r\nB\xc3\xa4D\r\n"),
@@ -275,11 +268,15 @@ class SimpleCommandTests(SessionTestCase):
         )
 
     def test_quit(self) -> None:
+        """RFC 5321 §4.1.1.10: QUIT gets 221 2.0.0 and closes; a pipelined command after it is
+        not answered."""
         proto, tr = self.session()
         self.assertEqual(talk(proto, tr, b"QUIT\r\nNOOP\r\n"), b"221 2.0.0 Bye\r\n")
         self.assertTrue(tr.disconnecting)
 
     def test_bare_lf_in_a_command_line(self) -> None:
+        """RFC 5321 §2.3.8: a command line ending in a bare LF is 500 5.5.2 Bare CR or LF in
+        command."""
         proto, tr = self.ready()
         self.assertEqual(
             talk(proto, tr, b"MAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\r\n"),
@@ -287,6 +284,8 @@ class SimpleCommandTests(SessionTestCase):
         )
 
     def test_idle_timeout(self) -> None:
+        """RFC 5321 §4.5.3.2.7: each command restarts the 5-minute timer; when it runs out the
+        server sends 421 4.4.2 and closes."""
         proto, tr = self.session()
         self.clock.advance(299)
         talk(proto, tr, b"NOOP\r\n")
@@ -298,6 +297,7 @@ class SimpleCommandTests(SessionTestCase):
         self.assertTrue(tr.disconnecting)
 
     def test_auth_is_not_implemented_without_a_portal(self) -> None:
+        """On port 25 (no portal) AUTH is 502 5.5.1 Command not implemented, even over TLS."""
         proto, tr = self.ready(tls=TLS_CONTEXT, implicit_tls=True)
         self.assertEqual(
             talk(proto, tr, b"AUTH PLAIN " + plain("a@b.test", "x") + b"\r\n"),
@@ -311,6 +311,7 @@ class MailParameterTests(SessionTestCase):
         return talk(proto, tr, b"MAIL FROM:" + args + b"\r\n")
 
     def test_mail_before_helo(self) -> None:
+        """RFC 5321 §4.1.4: MAIL before HELO/EHLO is 503 5.5.1 and reaches no policy."""
         proto, tr = self.session()
         self.assertEqual(
             talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n"), b"503 5.5.1 Send HELO/EHLO first\r\n"
@@ -318,13 +319,17 @@ class MailParameterTests(SessionTestCase):
         self.assertEqual(self.policy.senders, [])
 
     def test_null_reverse_path(self) -> None:
+        """RFC 5321 §4.5.5: MAIL FROM:<> (a bounce) is accepted with no reverse path."""
         self.assertEqual(self.mail(b"<>"), b"250 2.1.0 Sender OK\r\n")
         self.assertEqual(self.policy.senders[0][1], None)
 
     def test_size_within_limit(self) -> None:
+        """RFC 1870 §6: a SIZE= declaration equal to the limit is accepted."""
         self.assertEqual(self.mail(b"<a@b.test> SIZE=1000"), b"250 2.1.0 Sender OK\r\n")
 
     def test_size_over_limit(self) -> None:
+        """RFC 1870 §6.1: a SIZE= declaration over the limit is 552 5.3.4 before the policy is
+        asked."""
         self.assertEqual(
             self.mail(b"<a@b.test> SIZE=1001"),
             b"552 5.3.4 Message size exceeds fixed maximum message size\r\n",
@@ -332,6 +337,8 @@ class MailParameterTests(SessionTestCase):
         self.assertEqual(self.policy.senders, [])
 
     def test_size_malformed(self) -> None:
+        """RFC 1870 §5: a SIZE value that is missing, not digits, negative or over 20 digits is
+        501 5.5.4."""
         for value in (b"SIZE=abc", b"SIZE=", b"SIZE", b"SIZE=-1", b"SIZE=" + b"9" * 21):
             self.assertEqual(
                 self.mail(b"<a@b.test> " + value),
@@ -340,6 +347,8 @@ class MailParameterTests(SessionTestCase):
             )
 
     def test_body_values(self) -> None:
+        """RFC 6152: BODY=8BITMIME and BODY=7BIT (case-blind) are accepted; BODY=BINARYMIME (not
+        offered) is 555 5.5.4."""
         self.assertEqual(self.mail(b"<a@b.test> BODY=8BITMIME"), b"250 2.1.0 Sender OK\r\n")
         self.assertEqual(self.mail(b"<a@b.test> body=7bit"), b"250 2.1.0 Sender OK\r\n")
         self.assertEqual(
@@ -348,6 +357,8 @@ class MailParameterTests(SessionTestCase):
         )
 
     def test_unknown_parameter(self) -> None:
+        """RFC 5321 §4.1.1.11: an unknown or unoffered MAIL parameter (SMTPUTF8, AUTH=) is 555
+        5.5.4."""
         for value in (b"FOO=1", b"SMTPUTF8", b"AUTH=<>"):
             self.assertEqual(
                 self.mail(b"<a@b.test> " + value),
@@ -355,12 +366,15 @@ class MailParameterTests(SessionTestCase):
             )
 
     def test_duplicate_parameter(self) -> None:
+        """A MAIL parameter given twice is 501 5.5.4."""
         self.assertEqual(
             self.mail(b"<a@b.test> SIZE=1 SIZE=2"),
             b"501 5.5.4 Syntax error in parameters or arguments\r\n",
         )
 
     def test_bad_sender_syntax(self) -> None:
+        """RFC 5321 §4.1.2: a reverse path without brackets, unclosed, with a source route, a
+        space or a raw 8-bit byte is 501 5.1.7; UTF-8 without SMTPUTF8 is 553 5.6.7."""
         paths = (b"a@b.test", b"<a@b.test", b"<@relay.test;a@b.test>", b"<a b@c.test>")
         for path in (*paths, b"<\xe4@b.test>"):
             self.assertEqual(self.mail(path), b"501 5.1.7 Bad sender address syntax\r\n", path)
@@ -370,6 +384,7 @@ class MailParameterTests(SessionTestCase):
         )
 
     def test_mail_syntax(self) -> None:
+        """RFC 5321 §4.1.1.2: MAIL without FROM: is 501 5.5.4."""
         proto, tr = self.ready()
         self.assertEqual(
             talk(proto, tr, b"MAIL TO:<a@b.test>\r\nMAIL\r\n"),
@@ -377,6 +392,8 @@ class MailParameterTests(SessionTestCase):
         )
 
     def test_nested_mail(self) -> None:
+        """RFC 5321 §4.1.4: a second MAIL inside a transaction is 503 5.5.1 Sender already
+        specified."""
         proto, tr = self.ready()
         self.assertEqual(
             talk(proto, tr, b"MAIL FROM:<a@b.test>\r\nMAIL FROM:<c@b.test>\r\n"),
@@ -386,12 +403,15 @@ class MailParameterTests(SessionTestCase):
 
 class RecipientTests(SessionTestCase):
     def test_rcpt_before_mail(self) -> None:
+        """RFC 5321 §4.1.4: RCPT before MAIL is 503 5.5.1."""
         proto, tr = self.ready()
         self.assertEqual(
             talk(proto, tr, b"RCPT TO:<a@b.test>\r\n"), b"503 5.5.1 Need MAIL command first\r\n"
         )
 
     def test_rcpt_syntax_and_parameters(self) -> None:
+        """RFC 5321 §4.1.1.3: RCPT TO:<> or without brackets is 501 5.1.3, a parameter (NOTIFY=)
+        is 555 5.5.4, and RCPT alone is 501 5.5.4."""
         proto, tr = self.ready()
         talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n")
         self.assertEqual(
@@ -407,6 +427,8 @@ class RecipientTests(SessionTestCase):
         )
 
     def test_refused_recipient(self) -> None:
+        """A recipient the policy refuses is 550 5.1.1 and is not added, so DATA then needs a
+        recipient (503)."""
         self.policy.refused.add("nobody@b.test")
         proto, tr = self.ready()
         self.assertEqual(
@@ -417,6 +439,7 @@ class RecipientTests(SessionTestCase):
         )
 
     def test_too_many_recipients(self) -> None:
+        """RFC 5321 §4.5.3.1.10: past 100 recipients RCPT is 452 4.5.3 Too many recipients."""
         proto, tr = self.ready()
         talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n")
         out = talk(proto, tr, b"".join(b"RCPT TO:<u%d@b.test>\r\n" % i for i in range(101)))
@@ -426,6 +449,8 @@ class RecipientTests(SessionTestCase):
         )
 
     def test_postmaster_without_domain(self) -> None:
+        """RFC 5321 §4.5.1: RCPT TO:<Postmaster> with no domain is accepted as postmaster of the
+        server's host name."""
         proto, tr = self.ready()
         talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n")
         out = talk(proto, tr, b"RCPT TO:<Postmaster>\r\n")
@@ -433,6 +458,7 @@ class RecipientTests(SessionTestCase):
         self.assertEqual(proto.recipients, [Mailbox("postmaster", "mail.example.test")])
 
     def test_duplicate_recipient_kept_once(self) -> None:
+        """A recipient given twice, differing only in letter case, is kept once."""
         proto, tr = self.ready()
         talk(proto, tr, b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<C@D.test>\r\n")
         self.assertEqual(proto.recipients, [Mailbox("c", "d.test")])
@@ -446,6 +472,8 @@ ACCEPTED_UP_TO_DATA = (
 
 class DataTests(SessionTestCase):
     def test_message_reaches_the_policy_unstuffed_with_received(self) -> None:
+        """RFC 5321 §4.5.2 + §4.4: the policy gets the envelope, the transaction id and the
+        message with the dots unstuffed under a Received header."""
         proto, tr = self.ready()
         out = talk(
             proto, tr, TRANSACTION + b"Subject: hi\r\n\r\n..leading dot\r\n..\r\nend\r\n.\r\n"
@@ -464,6 +492,8 @@ class DataTests(SessionTestCase):
         )
 
     def test_data_needs_mail_and_rcpt_and_no_argument(self) -> None:
+        """RFC 5321 §4.1.4: DATA without MAIL or without RCPT is 503 5.5.1, and DATA with an
+        argument is 501 5.5.4."""
         proto, tr = self.ready()
         self.assertEqual(
             talk(
@@ -479,6 +509,8 @@ class DataTests(SessionTestCase):
         )
 
     def test_size_enforced_during_data(self) -> None:
+        """RFC 1870 §6.3: a message over the limit is 552 5.3.4 after the dot, nothing is
+        delivered, and the session goes on."""
         proto, tr = self.ready(max_message_size=20)
         out = talk(proto, tr, TRANSACTION + b"0123456789012345678\r\nx\r\n.\r\nNOOP\r\n")
         self.assertEqual(
@@ -490,17 +522,21 @@ class DataTests(SessionTestCase):
         self.assertEqual(self.policy.delivered, [])
 
     def test_size_exactly_at_the_limit(self) -> None:
+        """RFC 1870: a message of exactly the limit (CRLFs counted) is accepted."""
         proto, tr = self.ready(max_message_size=21)
         out = talk(proto, tr, TRANSACTION + b"0123456789012345678\r\n.\r\n")
         self.assertEqual(out, ACCEPTED_UP_TO_DATA + b"250 2.0.0 Message accepted for delivery\r\n")
 
     def test_bare_lf_fails_the_transaction(self) -> None:
+        """RFC 5321 §2.3.8: a bare LF in DATA is refused with 550 5.6.0 and nothing is delivered."""
         proto, tr = self.ready()
         out = talk(proto, tr, TRANSACTION + b"a\nb\r\n.\r\n")
         self.assertEqual(out, ACCEPTED_UP_TO_DATA + b"550 5.6.0 Bare CR or LF in message data\r\n")
         self.assertEqual(self.policy.delivered, [])
 
     def test_transaction_is_reset_after_the_dot(self) -> None:
+        """RFC 5321 §4.1.1.4: after the end of DATA the transaction is over, so RCPT needs a new
+        MAIL."""
         proto, tr = self.ready()
         talk(proto, tr, TRANSACTION + b"x\r\n.\r\n")
         self.assertEqual(
@@ -508,12 +544,15 @@ class DataTests(SessionTestCase):
         )
 
     def test_second_transaction_gets_a_new_id(self) -> None:
+        """Each transaction of a session gets the id session-N, counting from 1."""
         proto, tr = self.ready()
         talk(proto, tr, TRANSACTION + b"x\r\n.\r\n" + TRANSACTION + b"y\r\n.\r\n")
         ids = [e.transaction_id for e, _ in self.policy.delivered]
         self.assertEqual(ids, [proto.session_id + "-1", proto.session_id + "-2"])
 
     def test_policy_refusal_after_data(self) -> None:
+        """A policy refusal after DATA is sent as its own reply (452 4.3.1 Insufficient system
+        storage)."""
         from twistedmail.reply import REPLY_452_STORAGE
 
         self.policy.error = SMTPReplyError(REPLY_452_STORAGE)
@@ -522,6 +561,7 @@ class DataTests(SessionTestCase):
         self.assertEqual(out, ACCEPTED_UP_TO_DATA + b"452 4.3.1 Insufficient system storage\r\n")
 
     def test_unexpected_error_in_delivery_is_451(self) -> None:
+        """A bug in delivery answers 451 4.3.0, is logged once, and the session goes on."""
         self.policy.error = RuntimeError("disk on fire")
         proto, tr = self.ready()
         out = talk(proto, tr, TRANSACTION + b"x\r\n.\r\nNOOP\r\n")
@@ -532,6 +572,9 @@ class DataTests(SessionTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_unexpected_error_in_a_command_is_451(self) -> None:
+        """A bug in a command's policy check answers 451 4.3.0, is logged once, and the session
+        goes on."""
+
         async def broken(client: Client, reverse_path: Mailbox | None) -> None:
             raise KeyError("bug")
 
@@ -546,6 +589,8 @@ class DataTests(SessionTestCase):
 
 class PipeliningTests(SessionTestCase):
     def test_replies_stay_in_order_while_delivery_runs(self) -> None:
+        """RFC 2920 §3.1: while a delivery runs the session stops reading, and the replies to
+        pipelined commands come after the delivery's, in order."""
         self.policy.hold = []
         proto, tr = self.ready()
         out = talk(proto, tr, TRANSACTION + b"x\r\n.\r\nNOOP\r\nMAIL FROM:<e@f.test>\r\nQUIT\r\n")
@@ -563,6 +608,8 @@ class PipeliningTests(SessionTestCase):
         self.assertTrue(tr.disconnecting)
 
     def test_input_arriving_while_paused_is_held(self) -> None:
+        """Input arriving while a delivery runs is answered only after the delivery's reply, then
+        reading resumes."""
         self.policy.hold = []
         proto, tr = self.ready()
         talk(proto, tr, TRANSACTION + b"x\r\n.\r\n")
@@ -573,6 +620,8 @@ class PipeliningTests(SessionTestCase):
         self.assertEqual(tr.producerState, "producing")
 
     def test_connection_lost_during_delivery(self) -> None:
+        """A connection lost during delivery gets no replies written, and the message is still
+        stored."""
         self.policy.hold = []
         proto, tr = self.ready()
         talk(proto, tr, TRANSACTION + b"x\r\n.\r\nNOOP\r\n")
@@ -585,6 +634,8 @@ class PipeliningTests(SessionTestCase):
 
 class StartTLSTests(SessionTestCase):
     def test_starttls(self) -> None:
+        """RFC 3207 §4: STARTTLS gets 220 2.0.0 and starts TLS; §4.2: HELO and the transaction
+        are then forgotten, and a second STARTTLS is 503."""
         proto, tr = self.ready(tls=TLS_CONTEXT)
         talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n")
         self.assertEqual(talk(proto, tr, b"STARTTLS\r\n"), b"220 2.0.0 Ready to start TLS\r\n")
@@ -604,10 +655,12 @@ class StartTLSTests(SessionTestCase):
         )
 
     def test_starttls_unavailable(self) -> None:
+        """RFC 3207 §4: STARTTLS without a certificate is 454 4.7.0 TLS not available."""
         proto, tr = self.ready()
         self.assertEqual(talk(proto, tr, b"STARTTLS\r\n"), b"454 4.7.0 TLS not available\r\n")
 
     def test_starttls_with_an_argument(self) -> None:
+        """RFC 3207 §4: STARTTLS with an argument is 501 5.5.4 and TLS is not started."""
         proto, tr = self.ready(tls=TLS_CONTEXT)
         self.assertEqual(
             talk(proto, tr, b"STARTTLS now\r\n"),
@@ -616,6 +669,7 @@ class StartTLSTests(SessionTestCase):
         self.assertFalse(proto.tls)
 
     def test_starttls_on_implicit_tls(self) -> None:
+        """STARTTLS on implicit TLS (465) is 503 5.5.1 TLS already active."""
         proto, tr = self.ready(tls=TLS_CONTEXT, implicit_tls=True)
         self.assertEqual(talk(proto, tr, b"STARTTLS\r\n"), b"503 5.5.1 TLS already active\r\n")
 
@@ -641,6 +695,8 @@ def _envelope(**kw: Any) -> Envelope:
 
 class ReceivedHeaderTests(unittest.TestCase):
     def test_with_protocols(self) -> None:
+        """RFC 3848: the Received 'with' is SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA after
+        HELO/EHLO, TLS and AUTH."""
         cases = [
             ({"esmtp": False}, "SMTP"),
             ({}, "ESMTP"),
@@ -657,6 +713,7 @@ class ReceivedHeaderTests(unittest.TestCase):
             )
 
     def test_several_recipients_are_not_named(self) -> None:
+        """RFC 5321 §4.4: with several recipients the Received header has no 'for' clause."""
         env = _envelope(recipients=(Mailbox("c", "d.test"), Mailbox("e", "d.test")))
         self.assertEqual(
             received_header(env, HOST),
@@ -666,6 +723,8 @@ class ReceivedHeaderTests(unittest.TestCase):
         )
 
     def test_ipv6_and_odd_helo(self) -> None:
+        """RFC 5321 §4.4: an IPv6 peer is written [IPv6:...], a HELO that is not a domain becomes
+        'unknown', and an address literal HELO is kept."""
         env = _envelope(peer_ip="2001:db8::7", helo="bad(helo)")
         self.assertTrue(
             received_header(env, HOST).startswith(

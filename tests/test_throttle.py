@@ -4,24 +4,19 @@ with each protocol's temporary error; other IPs unaffected."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
-from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.mail import imap4
 from twisted.mail import pop3 as tpop3
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from twistedmail import passwords
 from twistedmail.accounts import AccountStore
@@ -31,17 +26,14 @@ from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPServer
 from twistedmail.maildir import ChangeNotifier, UserMaildir, mailbox_root
 from twistedmail.pop3 import MaildirPOP3Mailbox, POP3Server
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import TLSStringTransport, run_now, submission_for
+from twistedmail.testing import sasl_plain as plain
 from twistedmail.throttle import Block, LoginThrottle, ThrottlePolicy, ip_key, parse_networks
 
 ALICE = "alice@example.test"
 PASSWORD = "alice-pw"
 ATTACKER = "203.0.113.66"
 FRIEND = "198.51.100.7"
-
-
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.succeed(f(*args))
 
 
 class ThrottleUnitTests(unittest.TestCase):
@@ -51,6 +43,8 @@ class ThrottleUnitTests(unittest.TestCase):
         self.throttle = LoginThrottle(self.clock)
 
     def test_delays_grow_then_cap(self) -> None:
+        """Each failure from an IP for an account doubles the delay before the next answer (0, 1,
+        2, 4, 8 s), capped at 16 s, without blocking yet."""
         delays = []
         for _ in range(9):
             delays.append(self.throttle.delay_for(ATTACKER, ALICE))
@@ -159,6 +153,7 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked("192.0.2.200", ALICE))
 
     def test_failures_expire_after_the_window(self) -> None:
+        """Failures older than the window (600 s) no longer count: no delay, no block."""
         for _ in range(9):
             self.throttle.failed(ATTACKER, ALICE)
         self.clock.advance(600)
@@ -178,12 +173,15 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertEqual(self.throttle.delay_for(FRIEND, "bob@example.test"), 1)
 
     def test_success_does_not_lift_a_block(self) -> None:
+        """A correct password does not lift a block already in place."""
         for _ in range(10):
             self.throttle.failed(ATTACKER, ALICE)
         self.throttle.succeeded(ATTACKER, ALICE)
         self.assertTrue(self.throttle.blocked(ATTACKER, ALICE))
 
     def test_distributed_guessing_blocks_the_account_except_for_known_ips(self) -> None:
+        """Failures for one account from many IPs block it for new IPs, not for an IP it logged
+        in from, and not other accounts."""
         self.throttle.succeeded(FRIEND, ALICE)
         for i in range(30):
             self.throttle.failed(f"192.0.2.{i}", ALICE)
@@ -192,6 +190,8 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked("192.0.2.200", "bob@example.test"))
 
     def test_ipv6_counts_by_slash_64(self) -> None:
+        """IPv6 failures count per /64 (an IPv4-mapped address as IPv4), so another /64 is not
+        blocked."""
         self.assertEqual(ip_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64")
         self.assertEqual(ip_key("::ffff:192.0.2.1"), "192.0.2.1")
         self.assertEqual(ip_key("unknown"), "unknown")
@@ -201,6 +201,7 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertFalse(self.throttle.blocked("2001:db8:1:3::1", ALICE))
 
     def test_memory_is_bounded(self) -> None:
+        """The failure tables keep at most max_entries entries."""
         throttle = LoginThrottle(self.clock, ThrottlePolicy(max_entries=100))
         for i in range(1000):
             throttle.failed(f"10.0.{i // 256}.{i % 256}", f"user{i}@example.test")
@@ -208,6 +209,7 @@ class ThrottleUnitTests(unittest.TestCase):
         self.assertLessEqual(len(throttle._account_failures), 100)
 
     def test_admit_waits_on_the_clock(self) -> None:
+        """admit waits the current delay (2 s after two failures) on the clock before it returns."""
         self.throttle.failed(ATTACKER, ALICE)
         self.throttle.failed(ATTACKER, ALICE)
         d = defer.Deferred.fromCoroutine(self.throttle.admit(ATTACKER, ALICE))
@@ -266,6 +268,8 @@ class CheckerTests(unittest.TestCase):
         )
 
     def test_failure_delays_the_next_answer_from_that_ip(self) -> None:
+        """After a failure the checker answers that IP's next login after the delay; another IP
+        is answered at once."""
         self.failureResultOf(self.login(ATTACKER, "wrong"), UnauthorizedLogin)
         d = self.login(ATTACKER)
         self.assertNoResult(d)
@@ -275,6 +279,7 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
 
     def test_blocked_ip_is_refused_without_a_password_check(self) -> None:
+        """A blocked IP gets LoginBlocked even with the right password; another IP logs in."""
         self.world.fail_until_blocked(self)
         self.failureResultOf(self.login(ATTACKER), LoginBlocked)  # even the right password
         self.assertEqual(self.successResultOf(self.login(FRIEND)), ALICE)
@@ -301,18 +306,8 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), ALICE)
 
 
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    def startTLS(self, contextFactory: object) -> None:
-        pass
-
-
 def transport_from(ip: str) -> TLSStringTransport:
     return TLSStringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
-
-
-def plain(user: str, password: str) -> bytes:
-    return base64.b64encode(f"\0{user}\0{password}".encode())
 
 
 class ProtocolTests(unittest.TestCase):
@@ -322,16 +317,7 @@ class ProtocolTests(unittest.TestCase):
         self.world = World(self)
 
     def smtp(self, ip: str, line: bytes) -> bytes:
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.world.store,
-            delivery=self.world.delivery,
-            portal=self.world.portal,
-            tls=None,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.world.clock,
-        )
+        factory = submission_for(self.world)
         proto = factory.buildProtocol(None)
         transport = transport_from(ip)
         proto.makeConnection(transport)
@@ -374,6 +360,7 @@ class ProtocolTests(unittest.TestCase):
         return out
 
     def test_smtp_auth(self) -> None:
+        """RFC 4954: a blocked IP's AUTH gets 454 4.7.0 (temporary) and a failed login is logged."""
         auth = b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n"
         self.world.fail_until_blocked(self)
         with capturedLogs() as events:
@@ -388,18 +375,11 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(self.smtp(FRIEND, auth), b"235 2.7.0 Authentication successful\r\n")
 
     def test_smtp_answer_waits_for_the_delay(self) -> None:
+        """The SMTP AUTH answer to a throttled IP comes only after the delay has passed on the
+        clock."""
         self.world.throttle.failed(ATTACKER, ALICE)
         self.world.throttle.failed(ATTACKER, ALICE)
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.world.store,
-            delivery=self.world.delivery,
-            portal=self.world.portal,
-            tls=None,
-            implicit_tls=True,
-            max_message_size=10000,
-            clock=self.world.clock,
-        )
+        factory = submission_for(self.world)
         proto = factory.buildProtocol(None)
         transport = transport_from(ATTACKER)
         proto.makeConnection(transport)
@@ -416,6 +396,7 @@ class ProtocolTests(unittest.TestCase):
         proto.connectionLost(Failure(ConnectionError("done")))
 
     def test_imap_login(self) -> None:
+        """RFC 5530: a blocked IP's LOGIN and AUTHENTICATE get NO [UNAVAILABLE]."""
         login = b"a LOGIN alice@example.test alice-pw\r\n"
         self.world.fail_until_blocked(self)
         self.assertEqual(
@@ -429,6 +410,7 @@ class ProtocolTests(unittest.TestCase):
         self.assertTrue(self.imap(FRIEND, login).startswith(b"a OK [CAPABILITY IMAP4rev1 "))
 
     def test_pop3_user_pass_and_auth(self) -> None:
+        """RFC 3206: a blocked IP's PASS and AUTH get -ERR [SYS/TEMP]."""
         self.world.fail_until_blocked(self)
         self.assertEqual(
             self.pop3(ATTACKER, b"USER alice@example.test\r\nPASS alice-pw\r\n"),
@@ -515,6 +497,8 @@ class SnapshotTests(unittest.TestCase):
         )
 
     def test_expired_state_is_left_out(self) -> None:
+        """A snapshot leaves out failures and blocks that have expired; a restart from it blocks
+        nobody."""
         for _ in range(3):
             self.throttle.failed(ATTACKER, ALICE)
         self.clock.advance(self.policy.block_time + 1)
@@ -525,6 +509,8 @@ class SnapshotTests(unittest.TestCase):
         self.assertFalse(self.restarted(state).blocked(ATTACKER, ALICE))
 
     def test_malformed(self) -> None:
+        """restore raises ValueError on a malformed or wrong-version snapshot and keeps the state
+        it had."""
         for _ in range(3):
             self.throttle.failed(ATTACKER, ALICE)
         good = self.throttle.snapshot()

@@ -122,17 +122,20 @@ class MinimumVersionTests(unittest.TestCase):
         self.ctx = server_context(d / "cert.pem", d / "key.pem").getContext()
 
     def test_options(self) -> None:
+        """RFC 8996: the server context turns off TLS 1.0 and 1.1 and keeps 1.2."""
         current = self.ctx.set_options(0)  # ORs nothing in; returns the options in force
         self.assertTrue(current & SSL.OP_NO_TLSv1)
         self.assertTrue(current & SSL.OP_NO_TLSv1_1)
         self.assertFalse(current & SSL.OP_NO_TLSv1_2)
 
     def test_tls12_and_13_accepted(self) -> None:
+        """Clients on TLS 1.2 and TLS 1.3 complete the handshake."""
         for version, name in ((SSL.TLS1_2_VERSION, "TLSv1.2"), (SSL.TLS1_3_VERSION, "TLSv1.3")):
             client = handshake(self.ctx, client_context(version, version))
             self.assertEqual(client.get_protocol_version_name(), name)
 
     def test_old_versions_refused(self) -> None:
+        """RFC 8996: clients on TLS 1.0 or 1.1 fail the handshake."""
         for version in (SSL.TLS1_VERSION, SSL.TLS1_1_VERSION):
             self.assertRaises(SSL.Error, handshake, self.ctx, client_context(version, version))
 
@@ -146,6 +149,7 @@ class LoadErrorTests(unittest.TestCase):
         create_self_signed(self.cert, self.key, "mail.example.org")
 
     def test_missing_file(self) -> None:
+        """A missing certificate or key file is one line naming it and the OS reason."""
         missing = self.dir / "nope.pem"
         e = self.assertRaises(TLSConfigError, server_context, missing, self.key)
         self.assertEqual(str(e), f"cannot read {missing}: No such file or directory")
@@ -153,6 +157,8 @@ class LoadErrorTests(unittest.TestCase):
         self.assertEqual(str(e), f"cannot read {missing}: No such file or directory")
 
     def test_not_pem(self) -> None:
+        """A certificate or key that is not PEM, or a key given as certificate, is one line
+        naming both files."""
         bad = self.dir / "bad.pem"
         bad.write_bytes(b"hello\n")
         for cert, key in ((bad, self.key), (self.cert, bad), (self.key, self.key)):

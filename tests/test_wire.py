@@ -55,6 +55,8 @@ class FramingTests(unittest.TestCase):
         self.transport = connect(self.p)
 
     def test_lines_in_one_read(self) -> None:
+        """Several CRLF lines in one read, an empty line among them, each arrive; a partial line
+        waits for its end."""
         self.p.dataReceived(b"EHLO a\r\nMAIL FROM:<a@b>\r\n\r\npartial")
         self.assertEqual(self.p.lines, [b"EHLO a", b"MAIL FROM:<a@b>", b""])
         self.p.dataReceived(b" line\r\n")
@@ -67,6 +69,7 @@ class FramingTests(unittest.TestCase):
         self.assertEqual(self.p.lines, [b"HELO x", b"NOOP"])
 
     def test_byte_by_byte(self) -> None:
+        """Lines sent one byte at a time arrive whole."""
         for byte in b"A\r\nB\r\n\r\n":
             self.p.dataReceived(bytes([byte]))
         self.assertEqual(self.p.lines, [b"A", b"B", b""])
@@ -79,6 +82,7 @@ class FramingTests(unittest.TestCase):
         self.assertEqual(self.p.lines, [b"first\n.\nMAIL FROM:<x@y>", b"second\r.\rthird"])
 
     def test_lf_cr_is_not_crlf(self) -> None:
+        """LF CR is not a line end: only CRLF ends a line."""
         self.p.dataReceived(b"a\n\rb\r\n")
         self.assertEqual(self.p.lines, [b"a\n\rb"])
 
@@ -100,9 +104,11 @@ class LongLineTests(unittest.TestCase):
         self.max = self.p.MAX_LENGTH
 
     def test_max_length_default(self) -> None:
+        """The default line limit is 16384 bytes."""
         self.assertEqual(StrictLineReceiver.MAX_LENGTH, 16384)
 
     def test_exactly_max_length_is_a_line(self) -> None:
+        """A line of exactly the limit is a line, not too long."""
         line = b"x" * self.max
         self.p.dataReceived(line + b"\r\n")
         self.assertEqual((self.p.lines, self.p.too_long), ([line], []))
@@ -116,6 +122,8 @@ class LongLineTests(unittest.TestCase):
         self.assertEqual((self.p.lines, self.p.too_long), ([line, b"NEXT"], []))
 
     def test_one_over_max_length(self) -> None:
+        """A line one byte over the limit is reported once (its first MAX_LENGTH bytes) and the
+        next line arrives."""
         line = b"z" * (self.max + 1)
         self.p.dataReceived(line + b"\r\nNEXT\r\n")
         self.assertEqual(self.p.too_long, [line[: self.max]])
@@ -140,6 +148,7 @@ class LongLineTests(unittest.TestCase):
         self.assertEqual(self.p.lines, [b"OK", b"RSET"])
 
     def test_crlf_split_while_discarding(self) -> None:
+        """While an over-long line is discarded, a CRLF split across reads still ends it."""
         self.p.dataReceived(b"c" * (self.max + 10))
         self.p.dataReceived(b"c\r")
         self.p.dataReceived(b"\nAFTER\r\n")
@@ -147,6 +156,7 @@ class LongLineTests(unittest.TestCase):
         self.assertEqual(len(self.p.too_long), 1)
 
     def test_two_long_lines_two_reports(self) -> None:
+        """Two over-long lines give two reports, and the line after them arrives."""
         self.p.dataReceived(b"d" * 20_000 + b"\r\n" + b"e" * 20_000 + b"\r\nX\r\n")
         self.assertEqual(self.p.too_long, [b"d" * self.max, b"e" * self.max])
         self.assertEqual(self.p.lines, [b"X"])
@@ -184,6 +194,8 @@ class LongLineTests(unittest.TestCase):
         self.assertEqual(len(self.p.too_long), 1)
 
     def test_default_closes(self) -> None:
+        """Without a handler, an over-long line closes the connection and nothing after it is
+        read."""
         p = DefaultRecorder()
         transport = connect(p)
         p.dataReceived(b"h" * (p.MAX_LENGTH + 1) + b"\r\nNOOP\r\n")
@@ -209,11 +221,14 @@ class DiscardTests(unittest.TestCase):
         self.assertEqual(self.p.lines, [b"STARTTLS", b"EHLO client"])
 
     def test_partial_line_after_starttls_dropped(self) -> None:
+        """RFC 3207 §4.2: bytes after the STARTTLS line in the same read are discarded, not
+        joined to the next line."""
         self.p.dataReceived(b"STARTTLS\r\nMAIL FROM:<inj")
         self.p.dataReceived(b"EHLO client\r\n")
         self.assertEqual(self.p.lines, [b"STARTTLS", b"EHLO client"])
 
     def test_long_line_after_starttls_dropped(self) -> None:
+        """A long tail after STARTTLS is discarded without a too-long report."""
         self.p.dataReceived(b"STARTTLS\r\n" + b"x" * 50_000)
         self.assertEqual(self.p.too_long, [])
         self.p.dataReceived(b"EHLO client\r\n")
@@ -260,6 +275,8 @@ class PipeliningTests(unittest.TestCase):
         self.p.resume_lines()
 
     def test_held_until_resumed(self) -> None:
+        """While a slow command runs the transport is paused and later lines, even ones arriving
+        then, wait until it finishes."""
         self.p.on_line[b"SLOW"] = self.slow
         self.p.dataReceived(b"SLOW\r\nB\r\nC\r\n")
         self.assertEqual(self.p.lines, [b"SLOW"])
@@ -271,6 +288,7 @@ class PipeliningTests(unittest.TestCase):
         self.assertEqual(self.transport.producerState, "producing")
 
     def test_slow_commands_in_a_row(self) -> None:
+        """Slow commands in a row are run one at a time, in order."""
         self.p.on_line[b"SLOW"] = self.slow
         self.p.dataReceived(b"SLOW\r\nSLOW\r\nSLOW\r\nEND\r\n")
         for n in (1, 2, 3):
@@ -290,6 +308,7 @@ class PipeliningTests(unittest.TestCase):
         self.assertEqual(self.transport.producerState, "producing")
 
     def test_fast_commands_first_read(self) -> None:
+        """Commands that finish at once are all run in the same read."""
         self.p.on_line[b"FAST"] = self.fast
         self.p.dataReceived(b"FAST\r\nFAST\r\nX\r\n")
         self.assertEqual(self.p.lines, [b"FAST", b"FAST", b"X"])
@@ -301,6 +320,9 @@ class PipeliningTests(unittest.TestCase):
         self.assertEqual(self.p.lines, [b"A", b"B", b"C"])
 
     def test_reentrant_data_then_pause(self) -> None:
+        """Data fed in from inside a line handler that then pauses is held and run in order after
+        the resume."""
+
         def both() -> None:
             self.p.dataReceived(b"C\r\n")
             self.slow()
@@ -312,6 +334,8 @@ class PipeliningTests(unittest.TestCase):
         self.assertEqual(self.p.lines, [b"A", b"B", b"C"])
 
     def test_no_resume_producing_after_disconnect(self) -> None:
+        """After the connection is lost, finishing a slow command runs no held line and does not
+        resume the transport."""
         self.p.on_line[b"SLOW"] = self.slow
         self.p.dataReceived(b"SLOW\r\nNEXT\r\n")
         self.transport.loseConnection()
@@ -330,6 +354,8 @@ class BareLFLineEndTests(unittest.TestCase):
         self.transport = connect(self.p)
 
     def test_endings(self) -> None:
+        """lf_ends_lines: a bare LF ends a line too, and each line learns whether it and the line
+        before ended with a bare LF."""
         self.p.dataReceived(b"a\r\nb\nc\n\r\nd\r\n\n.\r\n")
         self.assertEqual(
             self.p.endings,
@@ -345,6 +371,7 @@ class BareLFLineEndTests(unittest.TestCase):
         )
 
     def test_crlf_split_across_reads(self) -> None:
+        """lf_ends_lines: a CRLF split across reads is one CRLF, not a bare LF."""
         for chunk in (b"a\r", b"\nb", b"\n", b"\r", b"\n"):
             self.p.dataReceived(chunk)
         self.assertEqual(
@@ -352,6 +379,7 @@ class BareLFLineEndTests(unittest.TestCase):
         )
 
     def test_bare_cr_is_kept(self) -> None:
+        """lf_ends_lines: a bare CR is kept in the line."""
         self.p.dataReceived(b"a\rb\n")
         self.assertEqual(self.p.endings, [(b"a\rb", True, False)])
 

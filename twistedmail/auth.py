@@ -43,7 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from twistedmail import passwords, sasl
+from twistedmail import metrics, passwords, sasl
 from twistedmail.accounts import AccountStore
 from twistedmail.address import AddressError, Mailbox
 from twistedmail.throttle import LoginBlocked, LoginThrottle
@@ -365,6 +365,7 @@ async def login(
     @raise LoginUnavailable: an unexpected error (logged with its traceback).
     """
     user = credentials.authcid
+    count = metrics.of(getattr(portal, "checkers", {}).get(IUsernamePassword)).login
     try:
         _, avatar, logout = await portal.login(
             ClientCredentials(user.encode("utf-8"), credentials.password.encode("utf-8"), peer_ip),
@@ -373,14 +374,18 @@ async def login(
         )
     except UnauthorizedLogin:
         log_login(service, user, peer_ip, False)
+        count(service, "failed")
         raise LoginFailed() from None
     except LoginBlocked:
         log_login(service, user, peer_ip, False)
+        count(service, "throttled")
         raise
     except Exception:
         log.failure("{service} login of {user} failed unexpectedly", service=service, user=user)
+        count(service, "error")
         raise LoginUnavailable() from None
     log_login(service, user, peer_ip, True)
+    count(service, "ok")
     address = getattr(avatar, "address", None)
     if not isinstance(address, str):
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import json
 import os
 import pwd
 import sqlite3
@@ -29,15 +30,21 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import twistedmail
+from twistedmail import backup as backup_module
 from twistedmail import config as config_module
-from twistedmail import control
+from twistedmail import control, importer
 from twistedmail import dkim as dkim_module
 from twistedmail.accounts import AccountStore, Quota, StoreError
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
-from twistedmail.maildir import MaildirError, mailbox_root
+from twistedmail.maildir import MaildirError, UserMaildir, mailbox_root, make_maildir
 from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
+from twistedmail.sieve import store as sieve_store
+from twistedmail.sieve import vacation as vacation_module
+from twistedmail.sieve.grammar import SieveError
+from twistedmail.sieve.store import SieveStore
+from twistedmail.sieve.validate import compile_script
 from twistedmail.smtp.queue import QueueEntry, QueueError, Spool
 from twistedmail.tls import TLSConfigError, server_context
 from twistedmail.web import mtasts
@@ -697,6 +704,367 @@ def cmd_connections(ctx: _Context, args: argparse.Namespace) -> None:
         _out(f"{name} {count}")
 
 
+def _duration(seconds: float) -> str:
+    """C{3d 04h 05m}, C{2h 03m 04s}, C{5m 06s}, C{7s}."""
+    s = max(int(seconds), 0)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {s:02d}s"
+    return f"{minutes}m {s:02d}s" if minutes else f"{s}s"
+
+
+def cmd_status(ctx: _Context, args: argparse.Namespace) -> None:
+    """The running server's status over the control socket (issue 13): a table, or with
+    C{--json} the server's answer as one JSON object."""
+    try:
+        status = control.status(config_module.control_path(ctx.config))
+    except control.NoServer:
+        raise UserError("no running server") from None
+    if args.json:
+        _out(json.dumps(status, sort_keys=True))
+        return
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(status["started"]))
+    _out(f"twistedmail {status['version']}, up {_duration(status['uptime'])}")
+    _out(f"started   {started} UTC")
+    for name, addresses in status["listeners"].items():
+        _out(f"listen    {name:<12} {' '.join(addresses)}")
+    counts = status["connections"]
+    _out("sessions  " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    queue = status["queue"]
+    oldest = f", oldest {_duration(queue['oldest_age'])}" if queue["messages"] else ""
+    _out(f"queue     {queue['messages']} message(s){oldest}")
+    blocked = [f"{b['ip']} ({_left(b['seconds_left'])})" for b in status["blocked_ips"]]
+    _out(f"blocked   {', '.join(blocked) or 'none'}")
+    _out(f"{'DOMAIN':<30} {'USERS':>6} {'BYTES':>14} {'MESSAGES':>9}")
+    for domain, d in status["domains"].items():
+        _out(f"{domain:<30} {d['users']:>6} {d['bytes']:>14} {d['messages']:>9}")
+
+
+def _sieve_store(ctx: _Context, address: str) -> tuple[Mailbox, SieveStore]:
+    """The scripts of user C{address} (Pigeonhole's layout in the Maildir home, which is
+    created if the user has none yet).  @raise UserError: no such user."""
+    mbox = _address(address)
+    if not ctx.store(create=False).is_user(str(mbox)):
+        raise UserError(f"no such user {mbox}")
+    home = _maildir(ctx, mbox)
+    make_maildir(home)
+    return mbox, SieveStore(home)
+
+
+def _script_name(name: str) -> str:
+    try:
+        return sieve_store.validate_name(name)
+    except sieve_store.ScriptNameError as e:
+        raise UserError(f"invalid script name {name!r}: {e}") from None
+
+
+def _compile_for(ctx: _Context, scripts: SieveStore, name: str, data: bytes) -> None:
+    """Compile as delivery will (size limit, includes that must exist, as Pigeonhole does
+    and RFC 5804 §2.6 PUTSCRIPT asks).  @raise UserError: with the line and the message."""
+
+    def include_exists(target: str, where: str) -> bool:
+        try:
+            return where == "personal" and (target == name or scripts.path(target).is_file())
+        except sieve_store.ScriptNameError:
+            return False
+
+    try:
+        compile_script(data, include_exists, max_size=ctx.config.delivery.sieve.max_script_size)
+    except SieveError as e:
+        raise UserError(f"script {name!r} not stored: {e}") from None
+
+
+def cmd_sieve_list(ctx: _Context, args: argparse.Namespace) -> None:
+    _, scripts = _sieve_store(ctx, args.address)
+    for name, active in scripts.list():
+        _out(f"{name} (active)" if active else name)
+
+
+def cmd_sieve_show(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    try:
+        data = scripts.get(name)
+    except sieve_store.ScriptNotFoundError:
+        raise UserError(f"{mbox} has no script {name!r}") from None
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+    else:
+        out.write(data)
+        out.flush()
+
+
+def cmd_sieve_put(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    limit = ctx.config.delivery.sieve.max_script_size
+    if args.file == "-":
+        source = getattr(sys.stdin, "buffer", None)
+        data = source.read(limit + 1) if source is not None else sys.stdin.read().encode()
+    else:
+        with open(args.file, "rb") as f:
+            data = f.read(limit + 1)
+    _compile_for(ctx, scripts, name, data)
+    scripts.put(name, data)
+    if args.activate:
+        scripts.activate(name)
+    _out(f"stored{' and activated' if args.activate else ''} script {name} of {mbox}")
+
+
+def cmd_sieve_activate(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    try:
+        _compile_for(ctx, scripts, name, scripts.get(name))
+        scripts.activate(name)
+    except sieve_store.ScriptNotFoundError:
+        raise UserError(f"{mbox} has no script {name!r}") from None
+    _out(f"activated script {name} of {mbox}")
+
+
+def cmd_sieve_deactivate(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    active = scripts.active()
+    if active is None:
+        _out(f"{mbox} has no active script")
+        return
+    scripts.deactivate()
+    _out(f"deactivated script {active} of {mbox}")
+
+
+def cmd_sieve_delete(ctx: _Context, args: argparse.Namespace) -> None:
+    mbox, scripts = _sieve_store(ctx, args.address)
+    name = _script_name(args.name)
+    try:
+        scripts.delete(name)
+    except sieve_store.ActiveScriptError:
+        raise UserError(
+            f"script {name!r} of {mbox} is active: deactivate it first"
+            f" ('{PROG} sieve deactivate {mbox}')"
+        ) from None
+    except sieve_store.ScriptNotFoundError:
+        raise UserError(f"{mbox} has no script {name!r}") from None
+    _out(f"deleted script {name} of {mbox}")
+
+
+def cmd_vacation(ctx: _Context, args: argparse.Namespace) -> None:
+    if args.off:
+        if args.subject is not None or args.message_file is not None or args.days is not None:
+            raise UserError("--off takes no --subject, --message-file nor --days")
+    elif args.subject is None or args.message_file is None:
+        raise UserError("give --subject and --message-file (or --off)")
+    mbox, scripts = _sieve_store(ctx, args.address)
+    try:
+        if args.off:
+            outcome = vacation_module.turn_off(scripts)
+            if not outcome.changed:
+                _out(f"{mbox} had no vacation reply")
+            elif outcome.previous is not None:
+                _out(f"vacation reply of {mbox} off; script {outcome.previous} is active again")
+            else:
+                _out(f"vacation reply of {mbox} off")
+            return
+        if args.message_file == "-":
+            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else b""
+        else:
+            with open(args.message_file, "rb") as f:
+                raw = f.read(ctx.config.delivery.sieve.max_script_size + 1)
+        try:
+            message = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{args.message_file}: the message is not UTF-8 text") from None
+        days = 7 if args.days is None else args.days
+        outcome = vacation_module.turn_on(
+            scripts,
+            args.subject,
+            message,
+            days,
+            replace=args.replace,
+            max_size=ctx.config.delivery.sieve.max_script_size,
+        )
+    except vacation_module.VacationError as e:
+        raise UserError(str(e)) from None
+    note = f"; script {outcome.previous} kept, active again after --off" if outcome.previous else ""
+    _out(f"vacation reply of {mbox} on, at most once per sender every {days} days{note}")
+
+
+# moving mail in and out (issue 13; the work is in twistedmail.importer and .backup)
+
+IMPORT_PASSWORD_ENV = "TWISTEDMAIL_IMPORT_PASSWORD"
+
+
+def _user_maildir(ctx: _Context, address: str) -> tuple[str, UserMaildir]:
+    """A user's address and Maildir.  @raise UserError: not a user of this server."""
+    mbox = _address(address)
+    if not ctx.store(create=False).is_user(str(mbox)):
+        raise UserError(f"no such user {mbox} (add it with '{PROG} user add' first)")
+    return str(mbox), UserMaildir(_maildir(ctx, mbox))
+
+
+def _ledger(ctx: _Context) -> importer.Ledger:
+    return importer.Ledger(ctx.config.server.data_dir / importer.LEDGER)
+
+
+def _progress(text: str) -> None:
+    """A progress line: on a terminal it replaces the previous one in place (cleared by
+    L{_print_reports}); otherwise one plain line each, for logs and scripts."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\r\033[K" + text)
+        sys.stdout.flush()
+    else:
+        _out(text)
+
+
+def _end_progress() -> None:
+    if sys.stdout.isatty():
+        sys.stdout.write("\r\033[K")
+        sys.stdout.flush()
+
+
+def _print_reports(reports: list[importer.FolderReport]) -> None:
+    _end_progress()
+    for r in reports:
+        kept = f", UIDVALIDITY {r.uidvalidity_kept} and UIDs kept" if r.uidvalidity_kept else ""
+        _out(f"{r.folder}: {r.imported} imported, {r.skipped} already there{kept}")
+
+
+def cmd_import_maildir(ctx: _Context, args: argparse.Namespace) -> None:
+    address, user = _user_maildir(ctx, args.address)
+    ledger = _ledger(ctx)
+    try:
+        _print_reports(importer.import_maildir(Path(args.path), user, address, ledger, _progress))
+    except (importer.MigrationError, MaildirError) as e:
+        raise UserError(str(e)) from None
+    finally:
+        ledger.close()
+        _end_progress()
+
+
+def cmd_import_mbox(ctx: _Context, args: argparse.Namespace) -> None:
+    address, user = _user_maildir(ctx, args.address)
+    if not Path(args.file).is_file():
+        raise UserError(f"{args.file} is not a file")
+    ledger = _ledger(ctx)
+    try:
+        report = importer.import_mbox(
+            Path(args.file), user, address, args.folder, ledger, _progress, args.quoting
+        )
+        _print_reports([report])
+    except (importer.MigrationError, MaildirError) as e:
+        raise UserError(str(e)) from None
+    finally:
+        ledger.close()
+        _end_progress()
+
+
+def _import_password(args: argparse.Namespace) -> str:
+    """The remote password: C{--password-file} (its first line), else the environment
+    variable C{TWISTEDMAIL_IMPORT_PASSWORD}, else a prompt."""
+    if args.password_file:
+        try:
+            text = Path(args.password_file).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read the password file {args.password_file}: {e}") from None
+        return text.splitlines()[0] if text else ""
+    if os.environ.get(IMPORT_PASSWORD_ENV):
+        return os.environ[IMPORT_PASSWORD_ENV]
+    try:
+        return getpass.getpass(f"Password of {args.user} on {args.host}: ")
+    except EOFError:
+        raise UserError(
+            f"no password given (use --password-file or ${IMPORT_PASSWORD_ENV})"
+        ) from None
+
+
+def cmd_import_imap(ctx: _Context, args: argparse.Namespace) -> None:
+    address, user = _user_maildir(ctx, args.address)
+    port = args.port or (143 if args.starttls else 993)
+    source = importer.ImapSource(
+        args.host,
+        port,
+        args.user,
+        _import_password(args),
+        "starttls" if args.starttls else "imaps",
+        Path(args.ca_file) if args.ca_file else None,
+    )
+    ledger = _ledger(ctx)
+    try:
+        _print_reports(importer.import_imap(source, user, address, ledger, _progress))
+    except (importer.MigrationError, MaildirError) as e:
+        raise UserError(str(e)) from None
+    finally:
+        ledger.close()
+        _end_progress()
+
+
+def cmd_export(ctx: _Context, args: argparse.Namespace) -> None:
+    address, user = _user_maildir(ctx, args.address)
+    target = Path(args.dir)
+    if not backup_module.empty_or_missing(target):
+        raise UserError(f"{target} is not empty")
+    try:
+        if args.format == "mbox":
+            count = importer.export_mbox(user, target, _out)
+        else:
+            count = importer.export_maildir(user, target, _out)
+    except MaildirError as e:
+        raise UserError(str(e)) from None
+    _out(f"exported {count} message(s) of {address} to {target} ({args.format})")
+
+
+def cmd_backup(ctx: _Context, args: argparse.Namespace) -> None:
+    try:
+        summary = backup_module.backup(
+            ctx.config.server.data_dir,
+            Path(args.dir),
+            ctx.config.source,
+            _out,
+            twistedmail.version(),
+        )
+    except backup_module.BackupError as e:
+        raise UserError(str(e)) from None
+    _out(
+        f"backup in {args.dir}: {summary.files} file(s), {summary.octets} octets,"
+        f" {summary.databases} database(s), {summary.linked} message(s) hard-linked"
+    )
+
+
+def cmd_restore(ctx: _Context, args: argparse.Namespace) -> None:
+    data_dir = ctx.config.server.data_dir
+    try:
+        control.connections(config_module.control_path(ctx.config))
+    except control.NoServer:
+        pass
+    else:
+        raise UserError("the server is running: stop it before a restore")
+    source = Path(args.dir)
+    owner = None
+    if data_dir.exists():
+        st = data_dir.stat()
+        owner = (st.st_uid, st.st_gid) if os.getuid() == 0 and st.st_uid != 0 else None
+    try:
+        backup_module.read_manifest(source)
+        if not backup_module.empty_or_missing(data_dir):
+            if not args.force:
+                raise UserError(f"data dir {data_dir} is not empty (--force moves it aside first)")
+            aside = data_dir.with_name(
+                f"{data_dir.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            )
+            ctx.close()  # the store, if open, and root's identity back to move the dir
+            os.rename(data_dir, aside)
+            _out(f"moved the old data dir to {aside}")
+        summary = backup_module.restore(source, data_dir, _out, owner)
+    except backup_module.BackupError as e:
+        raise UserError(str(e)) from None
+    _out(f"restored {summary.files} file(s), {summary.octets} octets into {data_dir}")
+
+
 Command = Callable[[_Context, argparse.Namespace], None]
 
 
@@ -837,6 +1205,93 @@ def build_parser() -> argparse.ArgumentParser:
         "connections", help="show the running server's open connections per listener"
     )
     p.set_defaults(func=cmd_connections)
+
+    p = commands.add_parser("status", help="show the running server's status")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.set_defaults(func=cmd_status)
+    sieve = group("sieve", "manage a user's Sieve filter scripts (Pigeonhole's layout)")
+    p = action(sieve, "list", cmd_sieve_list, "list a user's scripts: NAME [(active)]")
+    p.add_argument("address")
+    p = action(sieve, "show", cmd_sieve_show, "print a script")
+    p.add_argument("address")
+    p.add_argument("name")
+    p = action(sieve, "put", cmd_sieve_put, "store a script (compiled first) from FILE or -")
+    p.add_argument("address")
+    p.add_argument("name")
+    p.add_argument("file", metavar="FILE", help="the script, or - for stdin")
+    p.add_argument("--activate", action="store_true", help="also make it the active script")
+    p = action(sieve, "activate", cmd_sieve_activate, "make a script the one that runs")
+    p.add_argument("address")
+    p.add_argument("name")
+    p = action(sieve, "deactivate", cmd_sieve_deactivate, "run no script for a user")
+    p.add_argument("address")
+    p = action(sieve, "delete", cmd_sieve_delete, "delete a script (not the active one)")
+    p.add_argument("address")
+    p.add_argument("name")
+
+    p = commands.add_parser(
+        "vacation", help="turn a user's automatic vacation reply on or off (a Sieve script)"
+    )
+    p.set_defaults(func=cmd_vacation)
+    p.add_argument("address")
+    p.add_argument("--subject", help="the reply's subject")
+    p.add_argument("--message-file", metavar="FILE", help="the reply's text (UTF-8), - for stdin")
+    p.add_argument(
+        "--days",
+        type=int,
+        help="answer each sender at most once in this many days (default 7, from 1 to 60)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="activate the vacation script even when the user's own script is active"
+        " (kept, and active again after --off)",
+    )
+    p.add_argument("--off", action="store_true", help="remove the vacation reply")
+    imports = group("import", "copy mail in from a Maildir, an mbox file or an IMAP server")
+    p = action(
+        imports,
+        "maildir",
+        cmd_import_maildir,
+        "import a Dovecot/Courier Maildir++ tree (flags, keywords, folders, UIDs)",
+    )
+    p.add_argument("path")
+    p.add_argument("address")
+    p = action(imports, "mbox", cmd_import_mbox, "import an mbox file into one folder")
+    p.add_argument("file")
+    p.add_argument("address")
+    p.add_argument("--folder", default="INBOX", help="target folder (default INBOX)")
+    p.add_argument(
+        "--quoting",
+        choices=("mboxrd", "mboxo"),
+        default="mboxrd",
+        help="how '>From ' lines were quoted (default mboxrd)",
+    )
+    p = action(imports, "imap", cmd_import_imap, "pull every folder from an IMAP server over TLS")
+    p.add_argument("address")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, default=0, help="default 993, or 143 with --starttls")
+    p.add_argument("--user", required=True, help="the login name on that server")
+    p.add_argument(
+        "--password-file",
+        help=f"read the password from this file (else ${IMPORT_PASSWORD_ENV}, else a prompt)",
+    )
+    p.add_argument("--starttls", action="store_true", help="STARTTLS on port 143, not IMAPS")
+    p.add_argument("--ca-file", help="CA certificates to verify the server with (PEM)")
+    p = commands.add_parser("export", help="copy a user's mail out as Maildir++ or mbox files")
+    p.add_argument("address")
+    p.add_argument("dir")
+    p.add_argument("--format", choices=("maildir", "mbox"), default="maildir")
+    p.set_defaults(func=cmd_export)
+    p = commands.add_parser(
+        "backup", help="a consistent copy of the data dir and config (the server may run)"
+    )
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_backup)
+    p = commands.add_parser("restore", help="restore a backup into the data dir (server stopped)")
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true", help="move a non-empty data dir aside first")
+    p.set_defaults(func=cmd_restore)
     return parser
 
 
@@ -856,7 +1311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         ctx = _Context(args.config)
         if args.func is not cmd_check_config:  # it reads root's TLS files first
-            if args.func is not cmd_init:
+            if args.func not in (cmd_init, cmd_restore):
                 ctx.require_data_dir()
             ctx.act_as_data_dir_owner()
         args.func(ctx, args)

@@ -22,11 +22,12 @@ from typing import Any
 import attrs
 
 from twistedmail.address import AddressError, normalize_domain
+from twistedmail.sieve.interpret import SieveLimits
 
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
 DEFAULT_DATA_DIR = "twistedmail-data"
-SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 DEFAULT_LISTEN = {
     "smtp": "0.0.0.0:25",
     "submission": "0.0.0.0:587",
@@ -35,7 +36,9 @@ DEFAULT_LISTEN = {
     "imaps": "0.0.0.0:993",
     "pop3": "0.0.0.0:110",
     "pop3s": "0.0.0.0:995",
+    "managesieve": "0.0.0.0:4190",  # RFC 5804 §1.8
 }
+MAX_SIEVE_SCRIPT_SIZE = 512 * 1024  # twistedmail.sieve.grammar.MAX_SCRIPT_SIZE
 WEB_SERVICES = ("http", "https")
 """The HTTP listener (autoconfig, autodiscover, MTA-STS policy): off unless configured."""
 MTA_STS_MODES = ("enforce", "testing", "none")  # RFC 8461 §3.2
@@ -134,6 +137,8 @@ class LimitsConfig:
     # networks whose clients the failed-login throttle never delays, blocks or counts
     login_throttle_exempt: tuple[str, ...] = ()
     min_free_space: int = DEFAULT_MIN_FREE_SPACE  # octets free in data_dir to take SMTP mail
+    submission_messages_per_hour: int = 500  # per user on 587/465 (issue 14)
+    submission_recipients_per_hour: int = 2000  # per user on 587/465 (issue 14)
 
 
 SMARTHOST_TLS = ("starttls", "implicit")
@@ -185,12 +190,46 @@ class InboundConfig:
 
 
 @attrs.frozen
+class AntispamConfig:
+    """C{[antispam]}: the spam filter (rspamd, L{twistedmail.rspamd}) and the first gates on
+    port 25 (DNS block and allow lists, L{twistedmail.dnsbl}; the pregreet test).
+
+    C{rspamd}: the URL of rspamd's normal worker (C{""}: no filter); C{rspamd_controller}:
+    its controller, for learning from IMAP moves into and out of Junk (C{""}: no learning);
+    C{rspamd_password}: the controller's password; C{timeout}: seconds a check may take
+    before the message is accepted unchecked; C{check_submission}: filter 587/465 too.
+    C{dnsbl}, C{dnswl}: list zones (a client in a C{dnswl} zone skips the C{dnsbl}s);
+    C{greet_pause}: seconds the 220 greeting waits, a client talking first gets
+    C{554 5.5.1} (0: off); C{smtp_messages_per_ip_hour}: messages one client IP (IPv6: /64)
+    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit)."""
+
+    rspamd: str = ""
+    rspamd_controller: str = ""
+    rspamd_password: str = ""
+    timeout: int = 20
+    check_submission: bool = False
+    dnsbl: tuple[str, ...] = ()
+    dnswl: tuple[str, ...] = ()
+    greet_pause: int = 0
+    smtp_messages_per_ip_hour: int = 0
+
+
+@attrs.frozen
 class SMTPConfig:
     """C{[smtp]}: wire behaviour of every SMTP listener (25, 587, 465).  C{bare_lf}:
     C{"reject"} a message with a bare CR or LF (550 5.6.0), or C{"normalize"} a bare LF
     to CRLF; either way only CRLF.CRLF ends DATA (RFC 5321 §2.3.8, §4.1.1.4)."""
 
     bare_lf: str = "reject"
+
+
+SIEVE_COUNTS = {
+    "sieve_max_actions": "max_actions",
+    "sieve_max_redirects": "max_redirects",
+    "sieve_max_steps": "max_steps",
+}
+"""C{[delivery]} keys -> L{SieveLimits} fields (Pigeonhole's C{sieve_max_actions} and
+C{sieve_max_redirects}; C{sieve_max_steps} is ours, the CPU bound of one run)."""
 
 
 @attrs.frozen
@@ -201,6 +240,24 @@ class DeliveryConfig:
 
     recipient_delimiter: str = "+"
     plus_folder: bool = False
+    sieve: SieveLimits = SieveLimits()
+    """C{sieve_max_script_size}, C{sieve_max_actions}, C{sieve_max_redirects},
+    C{sieve_max_steps}: what a user's Sieve script may cost at delivery."""
+
+
+MANAGESIEVE_SIZES = {"max_script_size": "256KiB", "max_storage": "2MiB"}
+
+
+@attrs.frozen
+class ManageSieveConfig:
+    """C{[managesieve]}: each user's quota on Sieve scripts (RFC 5804 §1.3 QUOTA codes, like
+    Pigeonhole's C{sieve_quota_max_scripts} / C{sieve_quota_max_storage} and
+    C{sieve_max_script_size}) and the session's idle timeout in seconds."""
+
+    max_scripts: int = 20
+    max_script_size: int = 256 * 1024  # octets; at most the Sieve parser's 512 KiB
+    max_storage: int = 2 * 1024 * 1024  # octets of all of a user's scripts
+    idle_timeout: int = 1800  # Pigeonhole: 30 minutes
 
 
 @attrs.frozen
@@ -230,6 +287,15 @@ class LogConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """Prometheus C{/metrics} (issue 13): C{[metrics] token_file}, whose first line is the
+    bearer token scrapers must send (owner-only, like the smarthost password; see
+    L{metrics_token}).  Its own listener is C{[listen] metrics} (none by default)."""
+
+    token_file: Path | None = None
+
+
+@attrs.frozen
 class Config:
     """The whole configuration.  C{source} is the file it came from, or C{None} for defaults."""
 
@@ -244,9 +310,12 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     smtp: SMTPConfig = SMTPConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    managesieve: ManageSieveConfig = ManageSieveConfig()
     mta_sts: MTASTSConfig = MTASTSConfig()
     log: LogConfig = LogConfig()
     auth: AuthConfig = AuthConfig()
+    antispam: AntispamConfig = AntispamConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -451,8 +520,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     r = _Reader(source)
     known = {"server", "listen", "tls", "limits", "relay", "queue", "submission", "inbound", "smtp"}
     known.add("delivery")
+    known.add("managesieve")
     known.update(("mta_sts", "log"))
     known.add("auth")
+    known.add("antispam")
+    known.add("metrics")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -470,9 +542,9 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     # wrote a second account store); without a config file, against the cwd.
     data_dir = r.path(data_dir_text or DEFAULT_DATA_DIR)
 
-    listen_section = r.section(data, "listen", {*SERVICES, *WEB_SERVICES})
+    listen_section = r.section(data, "listen", {*SERVICES, *WEB_SERVICES, "metrics"})
     listen: dict[str, tuple[ListenAddress, ...]] = {}
-    for service in (*SERVICES, *WEB_SERVICES):
+    for service in (*SERVICES, *WEB_SERVICES, "metrics"):  # metrics: issue 13
         value = listen_section.get(service, DEFAULT_LISTEN.get(service, []))
         values = value if isinstance(value, list) else [value]
         listen[service] = tuple(r.address(f"[listen] {service}", v) for v in values)
@@ -651,14 +723,50 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if bare_lf not in BARE_LF_MODES:
         raise r.fail("[smtp] bare_lf", 'must be "reject" or "normalize"')
 
-    delivery = r.section(data, "delivery", {"recipient_delimiter", "plus_folder"})
+    delivery = r.section(
+        data,
+        "delivery",
+        {"recipient_delimiter", "plus_folder", "sieve_max_script_size", *SIEVE_COUNTS},
+    )
     delimiter = delivery.get("recipient_delimiter", "+")
     if not isinstance(delimiter, str) or len(delimiter) > 1 or delimiter in ("@", '"', " "):
         raise r.fail("[delivery] recipient_delimiter", "must be one character or empty, not @")
     plus_folder = delivery.get("plus_folder", False)
     if not isinstance(plus_folder, bool):
         raise r.fail("[delivery] plus_folder", "must be true or false")
+    sieve_defaults = SieveLimits()
+    try:
+        sieve_size = parse_size(
+            delivery.get("sieve_max_script_size", sieve_defaults.max_script_size)
+        )
+    except ValueError as e:
+        raise r.fail("[delivery] sieve_max_script_size", str(e)) from None
+    warnings += _unitless_size_warning(
+        r, "[delivery] sieve_max_script_size", delivery.get("sieve_max_script_size")
+    )
+    sieve_counts: dict[str, int] = {}
+    for sieve_key, field in SIEVE_COUNTS.items():
+        value = delivery.get(sieve_key, getattr(sieve_defaults, field))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+            raise r.fail(f"[delivery] {sieve_key}", f"must be a whole number from 1 to {MAX_COUNT}")
+        sieve_counts[field] = value
 
+    managesieve = r.section(
+        data, "managesieve", {"max_scripts", "idle_timeout", *MANAGESIEVE_SIZES}
+    )
+    sieve_sizes = {}
+    for name, default in MANAGESIEVE_SIZES.items():
+        try:
+            sieve_sizes[name] = parse_size(managesieve.get(name, default))
+        except ValueError as e:
+            raise r.fail(f"[managesieve] {name}", str(e)) from None
+    if sieve_sizes["max_script_size"] > MAX_SIEVE_SCRIPT_SIZE:
+        raise r.fail("[managesieve] max_script_size", "must be at most 512KiB")
+    managesieve_config = ManageSieveConfig(
+        max_scripts=_positive_int(r, managesieve, "managesieve", "max_scripts", 20),
+        idle_timeout=_positive_int(r, managesieve, "managesieve", "idle_timeout", 1800),
+        **sieve_sizes,
+    )
     mta_sts = r.section(data, "mta_sts", {"mode", "max_age"})
     mta_sts_mode = mta_sts.get("mode", "testing")
     if mta_sts_mode not in MTA_STS_MODES:
@@ -674,6 +782,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     log_format = log_section.get("format", "text")
     if log_format not in LOG_FORMATS:
         raise r.fail("[log] format", 'must be "text" or "json"')
+    antispam = _antispam(r, data)
 
     auth = r.section(data, "auth", {"cache_ttl", "cache_size", "max_parallel_hashes"})
     cache_ttl = auth.get("cache_ttl", "5m")
@@ -722,12 +831,71 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         submission=SubmissionConfig(check_from_header=check_from),
         inbound=InboundConfig(**{k: inbound.get(k, v) for k, v in inbound_defaults.items()}),
         smtp=SMTPConfig(bare_lf=bare_lf),
-        delivery=DeliveryConfig(recipient_delimiter=delimiter, plus_folder=plus_folder),
+        delivery=DeliveryConfig(
+            recipient_delimiter=delimiter,
+            plus_folder=plus_folder,
+            sieve=SieveLimits(max_script_size=sieve_size, **sieve_counts),
+        ),
+        managesieve=managesieve_config,
         mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
         log=LogConfig(format=log_format),
         auth=auth_config,
+        antispam=antispam,
+        metrics=_metrics_config(r, data),
         warnings=tuple(warnings),
     )
+
+
+def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
+    """C{[antispam]}, checked (see L{AntispamConfig})."""
+    defaults = AntispamConfig()
+    section = r.section(data, "antispam", set(attrs.asdict(defaults)))
+    urls = {}
+    for key in ("rspamd", "rspamd_controller"):
+        url = r.string(section, "antispam", key, "")
+        if url and not re.fullmatch(r"https?://[^/\s]+/?", url):
+            raise r.fail(
+                f"[antispam] {key}", f'"{url}" is not a URL such as "http://127.0.0.1:11333"'
+            )
+        urls[key] = url
+    password = r.string(section, "antispam", "rspamd_password", "")
+    check_submission = section.get("check_submission", False)
+    if not isinstance(check_submission, bool):
+        raise r.fail("[antispam] check_submission", "must be true or false")
+    timeout = _positive_int(r, section, "antispam", "timeout", defaults.timeout)
+    greet = section.get("greet_pause", 0)
+    try:
+        greet_pause = 0 if greet in (0, "0", "0s") else parse_duration(greet)
+    except ValueError as e:
+        raise r.fail("[antispam] greet_pause", f"{e}, or 0 for off") from None
+    zones: dict[str, tuple[str, ...]] = {}
+    for key in ("dnsbl", "dnswl"):
+        value = section.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
+            raise r.fail(f"[antispam] {key}", 'must be a list of zones such as ["zen.example"]')
+        try:
+            zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
+        except AddressError as e:
+            raise r.fail(f"[antispam] {key}", str(e)) from None
+    per_ip = section.get("smtp_messages_per_ip_hour", 0)
+    if not isinstance(per_ip, int) or isinstance(per_ip, bool) or not 0 <= per_ip <= MAX_COUNT:
+        raise r.fail("[antispam] smtp_messages_per_ip_hour", "must be a count, 0 for no limit")
+    return AntispamConfig(
+        rspamd=urls["rspamd"],
+        rspamd_controller=urls["rspamd_controller"],
+        rspamd_password=password,
+        timeout=timeout,
+        check_submission=check_submission,
+        dnsbl=zones["dnsbl"],
+        dnswl=zones["dnswl"],
+        greet_pause=greet_pause,
+        smtp_messages_per_ip_hour=per_ip,
+    )
+
+
+def _metrics_config(r: _Reader, data: dict[str, Any]) -> MetricsConfig:
+    token_file = r.string(r.section(data, "metrics", {"token_file"}), "metrics", "token_file", "")
+    return MetricsConfig(token_file=r.path(token_file) if token_file else None)
 
 
 def store_path(config: Config) -> Path:
@@ -772,6 +940,33 @@ def smarthost_password(config: Config) -> str | None:
     if "\x00" in lines[0]:  # RFC 4616 §2: NUL separates the PLAIN fields
         raise ConfigError(f"{where}: {path}: the password contains NUL")
     return lines[0]
+
+
+def metrics_token(config: Config) -> str | None:
+    """The bearer token of C{/metrics}: the first line of C{[metrics] token_file}, which must
+    be readable by its owner only (as L{smarthost_password}).
+
+    @return: C{None} when no token file is configured (no token asked).
+    @raise ConfigError: the file is missing, unreadable, empty, or open to group/others.
+    """
+    path = config.metrics.token_file
+    if path is None:
+        return None
+    where = f"{config.source or 'built-in defaults'}: [metrics] token_file"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{where}: {path} is empty")
+    return lines[0].strip()
 
 
 def control_path(config: Config) -> Path:

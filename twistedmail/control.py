@@ -11,8 +11,10 @@ L{AuthFlush} (issue 10) forgets a user's cached logins (L{twistedmail.auth.AuthC
 the CLI changes their password or deletes them; client side L{auth_flush}.
 
 L{Connections} (issue 9) answers the factory's C{connection_counts} (set by the server:
-open connections per listener, logged-in sessions); client side L{connections}.  A control
-connection silent for L{IDLE_TIMEOUT} seconds is closed (once the server set C{clock}).
+open connections per listener, logged-in sessions); client side L{connections}.
+L{Status} (issue 13) answers the factory's C{status} (set by the server) for C{twistedmail
+status}; client side L{status}.  A control connection silent for L{IDLE_TIMEOUT} seconds
+is closed (once the server set C{clock}).
 """
 
 from __future__ import annotations
@@ -96,6 +98,39 @@ class Connections(amp.Command):
     response = [(b"counts", amp.Unicode())]
 
 
+class _Chunked(amp.Argument):
+    """A string of any length, as UTF-8 split over the keys C{name}, C{name.2}, C{name.3}
+    ... (an AMP value holds less than 64 KiB)."""
+
+    def toBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        data = objects.pop(name.decode("ascii")).encode("utf-8")
+        for i in range(max(1, -(-len(data) // CHUNK))):
+            key = name if i == 0 else b"%s.%d" % (name, i + 1)
+            strings[key] = data[i * CHUNK : (i + 1) * CHUNK]
+
+    def fromBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        objects[name.decode("ascii")] = _joined(strings, name).decode("utf-8")
+
+
+CHUNK = 60_000
+
+
+def _joined(box: dict[bytes, bytes], name: bytes) -> bytes:
+    parts, i = [box[name]], 2
+    while b"%s.%d" % (name, i) in box:
+        parts.append(box[b"%s.%d" % (name, i)])
+        i += 1
+    return b"".join(parts)
+
+
+class Status(amp.Command):
+    """The server's status (issue 13: C{twistedmail status}), as JSON; see
+    L{twistedmail.service.MailServer.status} for the fields."""
+
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response = [(b"status", _Chunked())]
+
+
 class NoServer(Exception):
     """Nothing listens on the control socket: the server is not running."""
 
@@ -145,6 +180,15 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         flushed = self._flush_logins(user) if self._flush_logins is not None else 0
         log.info("login cache: forgot {count} cached login(s) of {user}", count=flushed, user=user)
         return {"flushed": flushed}
+
+    @Status.responder
+    def status(self) -> defer.Deferred[dict[str, str]]:
+        async def run() -> dict[str, str]:
+            status = await self.factory.status()
+            status["connections"]["control"] = self.factory.open_connections
+            return {"status": json.dumps(status, sort_keys=True)}
+
+        return defer.Deferred.fromCoroutine(run())
 
     @Flush.responder
     def flush(self) -> defer.Deferred[dict[str, int]]:
@@ -292,3 +336,9 @@ def auth_flush(path: Path, user: str) -> int:
     @raise NoServer: the server is not running.
     """
     return int(call(path, b"AuthFlush", {b"user": user.encode("utf-8")})[b"flushed"])
+
+
+def status(path: Path) -> dict[str, Any]:
+    """The running server's status (L{Status}).  @raise NoServer: the server is not running."""
+    result: dict[str, Any] = json.loads(_joined(call(path, b"Status"), b"status").decode("utf-8"))
+    return result

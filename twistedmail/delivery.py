@@ -12,8 +12,9 @@ caller learns who (L{Delivered.over_quota}) and answers C{552 5.2.2} or sends a 
 Sieve (RFC 5228): a user with an active script (Pigeonhole's C{~/.dovecot.sieve}, see
 L{twistedmail.sieve.store}) gets the message filed as the script says, in the thread, before
 the caller answers: keep and fileinto (with RFC 5232 flags; C{:create} per RFC 5490, else a
-missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Such
-a user's copy carries C{Delivered-To: user} after Return-Path.  Redirect (RFC 5228 §4.2),
+missing folder falls back to INBOX as Pigeonhole does), discard, and one copy per folder.  Every
+copy, script or not, carries C{Delivered-To: user} after Return-Path (as Postfix's local
+delivery and Dovecot's LMTP write it; a redirect checks it for a loop).  Redirect (RFC 5228 §4.2),
 vacation replies (RFC 5230) and rejections (RFC 5429 §2.1, sent after acceptance) leave
 through L{LocalDelivery.outbound} (the outbound queue, set by the service), before C{deliver}
 returns.  A script that fails to compile or run never loses the message: it is kept in INBOX
@@ -45,7 +46,7 @@ from twistedmail.maildir import (
     write_durably,
 )
 from twistedmail.quota import QuotaExceeded, QuotaTracker
-from twistedmail.sieve.grammar import SieveError
+from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
 from twistedmail.sieve.interpret import (
     Envelope,
     FileInto,
@@ -53,6 +54,7 @@ from twistedmail.sieve.interpret import (
     Redirect,
     Reject,
     Result,
+    SieveLimits,
     Vacation,
     evaluate,
     vacation_reply_allowed,
@@ -69,9 +71,20 @@ from twistedmail.sieve.validate import Script, compile_script
 log = Logger(namespace="twistedmail.delivery")
 
 
+def delivered_to_header(user: Mailbox) -> bytes:
+    """C{Delivered-To: user@domain} with CRLF: the final recipient, as Postfix's local
+    delivery and Dovecot's LMTP record it (and check it against mail loops)."""
+    return b"Delivered-To: %s\r\n" % str(user).encode()
+
+
 def return_path_header(reverse_path: Mailbox | None) -> bytes:
     """C{Return-Path: <addr>} with CRLF (RFC 5321 §4.4; C{<>} for the null reverse-path)."""
     return b"Return-Path: <%s>\r\n" % (str(reverse_path).encode() if reverse_path else b"")
+
+
+Resolution = tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]
+"""L{LocalDelivery.resolve}: (local users, remote addresses, user -> RFC 5233 detail,
+user -> the envelope recipient that reached them)."""
 
 
 @attrs.frozen
@@ -81,11 +94,15 @@ class Delivered:
     @ivar stored: the local users who got a copy.
     @ivar remote: the remote addresses aliases expanded to (not delivered here).
     @ivar over_quota: the local users whose quota the message would exceed (no copy).
+    @ivar refused: the reason of the Sieve C{reject}/C{ereject} to answer at SMTP time
+        (RFC 5429 §2.1.1), when the caller asked for it (C{refuse}); nothing was stored or
+        sent for it.  None otherwise.
     """
 
     stored: tuple[Mailbox, ...]
     remote: tuple[Mailbox, ...]
     over_quota: tuple[Mailbox, ...]
+    refused: str | None = None
 
 
 class LocalDelivery:
@@ -96,6 +113,10 @@ class LocalDelivery:
     @param quota: the users' quotas; C{None} stores without limit.
     @param plus_folder: mail to C{user+detail} goes into the user's existing folder named
         C{detail} (case-insensitive), else INBOX (C{[delivery] plus_folder}, RFC 5233).
+    @param sieve_limits: what a user's script may cost (C{[delivery] sieve_max_*}).
+
+    The subaddress separator of Sieve's C{:user}/C{:detail} and of vacation's own-address
+    check is the store's (C{[delivery] recipient_delimiter}, RFC 5233).
     """
 
     def __init__(
@@ -108,6 +129,7 @@ class LocalDelivery:
         hostname: str = "localhost",
         outbound: Outbound | None = None,
         plus_folder: bool = False,
+        sieve_limits: SieveLimits | None = None,
     ) -> None:
         self.store = store
         self.mail_dir = mail_dir
@@ -118,7 +140,8 @@ class LocalDelivery:
         self.outbound = outbound
         """Sends what Sieve scripts produce (the outbound queue's C{enqueue}); without it,
         a redirect keeps the message instead and vacation and reject send nothing."""
-        self.scripts = ScriptCache()
+        self.sieve_limits = sieve_limits = sieve_limits or SieveLimits()
+        self.scripts = ScriptCache(max_script_size=sieve_limits.max_script_size)
         self.plus_folder = plus_folder
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
@@ -126,9 +149,12 @@ class LocalDelivery:
         users, remote, _details, _given = self._resolve(recipients)
         return users, remote
 
-    def _resolve(
-        self, recipients: list[Mailbox]
-    ) -> tuple[list[Mailbox], list[Mailbox], dict[str, str], dict[str, str]]:
+    def resolve(self, recipients: list[Mailbox]) -> Resolution:
+        """L{local_users} with the details and recipients as given: the one expansion a
+        caller hands to L{deliver_all} so that aliases are not expanded twice."""
+        return self._resolve(recipients)
+
+    def _resolve(self, recipients: list[Mailbox]) -> Resolution:
         """L{local_users}; user -> the RFC 5233 detail of the first recipient that named
         them directly (C{alice+lists@} -> C{lists}; L{AccountStore.resolve}); and user -> the
         envelope recipient as given (the first that reached them, for Sieve's envelope test).
@@ -146,16 +172,22 @@ class LocalDelivery:
                     details.setdefault(str(final), detail)
         return list(users.values()), list(remote.values()), details, given
 
-    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
+    async def check_quota(
+        self,
+        recipient: Mailbox,
+        size: int = 0,
+        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
+    ) -> None:
         """RCPT time: refuse a recipient whose every local user is already at or over their
         quota, or has no room for C{size} octets when the client announced the size (an
         alias with one user who has room is accepted).
 
+        @param resolved: L{local_users} of C{recipient} when the caller has it already.
         @raise QuotaExceeded: for the first full user, when all are full.
         """
         if self.quota is None:
             return
-        users, remote = self.local_users([recipient])
+        users, remote = resolved if resolved is not None else self.local_users([recipient])
         if remote or not users:
             return
         first: QuotaExceeded | None = None
@@ -184,28 +216,48 @@ class LocalDelivery:
         return list(delivered.remote)
 
     async def deliver_all(
-        self, reverse_path: Mailbox | None, recipients: list[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: list[Mailbox],
+        message: bytes,
+        *,
+        resolution: Resolution | None = None,
+        junk: bool = False,
+        refuse: bool = False,
     ) -> Delivered:
         """Store C{message} (bytes, CRLF lines, trace headers already on top) for each local
         user behind C{recipients} who has room for it (L{QuotaTracker.check}), with a
         Return-Path header first.
 
+        @param junk: the spam filter's verdict (L{twistedmail.rspamd}): the message goes to
+            the user's C{Junk} folder (created if missing) instead of INBOX; a Sieve script
+            still runs (after the verdict: it sees the X-Spam header), and its implicit or
+            explicit C{keep} files into Junk.
+        @param refuse: the caller can still refuse the message (SMTP, one recipient, before
+            its reply to DATA): a Sieve C{reject} is returned in L{Delivered.refused} for a
+            C{550 5.7.1} instead of sent as a rejection notice (RFC 5429 §2.1.1, as Pigeonhole
+            does through LMTP).
+        @param resolution: L{resolve} of C{recipients}, when the caller has it already.
+
         @raise OSError: on a disk failure; some copies may already be stored.
         """
-        users, remote, details, given = self._resolve(recipients)
+        users, remote, details, given = (
+            resolution if resolution is not None else self._resolve(recipients)
+        )
         data = return_path_header(reverse_path) + message
+        refused: str | None = None
         over: list[Mailbox] = []
         if self.quota is not None:
             for user in users:
                 try:
-                    await self.quota.check(str(user), len(data))
+                    await self.quota.check(str(user), len(data) + len(delivered_to_header(user)))
                 except QuotaExceeded as e:
                     log.info(
                         "not delivered: to={to} from={sender} size={size}: {resource} quota"
                         " exceeded",
                         to=str(user),
                         sender=str(reverse_path) if reverse_path else "<>",
-                        size=len(data),
+                        size=len(data) + len(delivered_to_header(user)),
                         resource=e.resource,
                     )
                     over.append(user)
@@ -217,7 +269,9 @@ class LocalDelivery:
             root = mailbox_root(self.mail_dir, str(user))
             envelope = Envelope(
                 sender=str(reverse_path) if reverse_path else "",
-                recipient=_sieve_recipient(user, given.get(str(user), str(user))),
+                recipient=_sieve_recipient(
+                    user, given.get(str(user), str(user)), self.store.recipient_delimiter
+                ),
                 original_recipient=given.get(str(user), ""),
             )
             outcome: _Outcome = await self.run_in_thread(
@@ -229,7 +283,11 @@ class LocalDelivery:
                 data,
                 envelope,
                 details.get(str(user)),
+                junk,
+                refuse,
             )
+            if outcome.refusal is not None:
+                refused = outcome.refusal
             if outcome.error:
                 log.warn(
                     "sieve: user={user} script={script}: {error}; message kept in INBOX",
@@ -242,7 +300,7 @@ class LocalDelivery:
                     "delivered: to={to} from={sender} size={size} file={name}",
                     to=str(user),
                     sender=sender,
-                    size=len(data),
+                    size=len(data) + len(delivered_to_header(user)),
                     name=name if folder == "INBOX" else f"{folder}/{name}",
                 )
             if outcome.script and not outcome.stored:
@@ -261,7 +319,7 @@ class LocalDelivery:
                     why=why,
                     to=",".join(f"<{m}>" for m in to),
                 )
-        return Delivered(tuple(users), tuple(remote), tuple(over))
+        return Delivered(tuple(users), tuple(remote), tuple(over), refused)
 
     async def _send(self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes) -> None:
         """What a script sends: local recipients are delivered here (as submission does),
@@ -283,11 +341,24 @@ class LocalDelivery:
         data: bytes,
         envelope: Envelope,
         detail: str | None = None,
+        junk: bool = False,
+        refuse: bool = False,
     ) -> _Outcome:
         """In a thread: run the user's script (if any) and store durably; without a script,
-        into the folder named by C{detail} when it exists (C{[delivery] plus_folder})."""
+        into the folder named by C{detail} when it exists (C{[delivery] plus_folder}); a
+        C{junk} message's keep goes to the Junk folder.
+        Every copy carries C{Delivered-To: user} after Return-Path, as Postfix and Dovecot
+        LMTP write it: what a Sieve redirect checks for a loop (RFC 5228 §4.2)."""
         make_maildir(root)
+        user_text = str(user)
+        data = data.replace(b"\r\n", b"\r\n" + delivered_to_header(user), 1)
         script_path = active_script(root)
+        keep = JUNK if junk else "INBOX"
+        if junk:
+            _ensure_junk(root)
+        if script_path is None and junk:
+            into = UserMaildir(root).folder_path(JUNK)
+            return _Outcome(stored=[(JUNK, write_durably(into / "new", data))], changed=[into])
         if script_path is None:
             into = _detail_folder(root, detail)
             if into != root:
@@ -295,8 +366,6 @@ class LocalDelivery:
                 name = write_durably(into / "new", data)
                 return _Outcome(stored=[(into.name[1:], name)], changed=[into])
             return _Outcome(stored=[("INBOX", write_durably(root / "new", data))], changed=[root])
-        user_text = str(user)
-        data = data.replace(b"\r\n", b"\r\nDelivered-To: %s\r\n" % user_text.encode(), 1)
         maildir = UserMaildir(root)
         outcome = _Outcome(script=str(script_path))
         try:
@@ -311,6 +380,10 @@ class LocalDelivery:
                 envelope,
                 mailbox_exists=lambda name: _folder_exists(maildir, name),
                 load_script=lambda name, where: self._include(root, name, where),
+                max_actions=self.sieve_limits.max_actions,
+                max_redirects=self.sieve_limits.max_redirects,
+                recipient_delimiter=self.store.recipient_delimiter,
+                max_steps=self.sieve_limits.max_steps,
             )
             if result.error:
                 outcome.error = f"runtime error: {result.error}"
@@ -318,7 +391,7 @@ class LocalDelivery:
         create: set[str] = set()
         for action in result.all_actions:
             if isinstance(action, Keep):
-                _merge(targets, "INBOX", action.flags)
+                _merge(targets, keep, action.flags)
             elif isinstance(action, FileInto):
                 folder = action.folder
                 try:
@@ -358,13 +431,15 @@ class LocalDelivery:
                         outcome.error = f"redirect: invalid address {action.address!r}"
                         _merge(targets, "INBOX", ())
                         continue
-                    copy = b"Delivered-To: %s\r\n" % user_text.encode() + message
+                    copy = delivered_to_header(user) + message
                     outcome.outgoing.append(("redirect", reverse_path, [target], copy))
             elif isinstance(action, Vacation):
                 self._vacation(outcome, action, user_text, root, reverse_path, data, envelope)
             elif isinstance(action, Reject):
                 outcome.dropped = "rejected"
-                if reverse_path is not None and self.outbound is not None:
+                if refuse:
+                    outcome.refusal = action.reason  # answered 550 5.7.1 by the caller
+                elif reverse_path is not None and self.outbound is not None:
                     refusal = rejection(
                         message, action.reason, user_text, str(reverse_path), self.hostname
                     )
@@ -393,7 +468,9 @@ class LocalDelivery:
         if reverse_path is None or self.outbound is None:
             return
         addresses = sorted(self.store.owned_addresses(user))
-        if not vacation_reply_allowed(data, envelope, addresses, vacation):
+        if not vacation_reply_allowed(
+            data, envelope, addresses, vacation, self.store.recipient_delimiter
+        ):
             log.info("sieve: user={user}: no vacation reply (RFC 5230 §4.5)", user=user)
             return
         sender = str(reverse_path)
@@ -433,6 +510,7 @@ class _Outcome:
     script: str = ""
     error: str = ""
     dropped: str = ""
+    refusal: str | None = None
 
 
 SYSTEM_FLAG_LETTERS = {
@@ -443,6 +521,23 @@ SYSTEM_FLAG_LETTERS = {
     "\\seen": "S",
 }
 """IMAP system flags (RFC 3501 §2.3.2) -> Maildir info letters."""
+
+
+JUNK = "Junk"
+"""The folder spam goes to: the name SPECIAL-USE marks C{\\Junk} (RFC 6154 §2,
+L{twistedmail.imap.account.SPECIAL_USE})."""
+
+
+def _ensure_junk(root: Path) -> None:
+    """Create and subscribe the user's Junk folder if it is missing (in the thread)."""
+    maildir = UserMaildir(root)
+    if (maildir.folder_path(JUNK) / "cur").is_dir():
+        return
+    try:
+        maildir.create(JUNK)
+    except MaildirError:
+        return  # created meanwhile
+    maildir.subscribe(JUNK)
 
 
 def _merge(targets: dict[str, list[str]], folder: str, flags: Sequence[str]) -> None:
@@ -478,12 +573,14 @@ def _folder_exists(maildir: UserMaildir, name: str) -> bool:
 _DELIVERED_TO = re.compile(rb"^Delivered-To:[ \t]*<?([^\r\n>]*?)>?[ \t]*\r?$", re.I | re.M)
 
 
-def _sieve_recipient(user: Mailbox, given: str) -> str:
+def _sieve_recipient(user: Mailbox, given: str, delimiter: str = "+") -> str:
     """The Sieve envelope "to" (RFC 5228 §5.4): the recipient as the client gave it when
-    it is the user's own address with a detail (RFC 5233 C{:detail} needs it), else the
-    user (an alias or catch-all was expanded, as Postfix does before LMTP)."""
+    it is the user's own address with a detail after C{delimiter} (RFC 5233 C{:detail}
+    needs it; C{""}: no detail), else the user (an alias or catch-all was expanded, as
+    Postfix does before LMTP)."""
     local, _, domain = given.rpartition("@")
-    if domain == user.domain and local.split("+", 1)[0] == user.local:
+    base = local.split(delimiter, 1)[0] if delimiter else local
+    if domain.lower() == user.domain and base.lower() == user.local:
         return given
     return str(user)
 
@@ -521,10 +618,14 @@ def active_script(home: Path) -> Path | None:
 
 class ScriptCache:
     """Compiled scripts by path, recompiled when the file's mtime, size or inode change;
-    at most C{size} entries (least recently used go first).  Thread-safe."""
+    at most C{size} entries (least recently used go first).  Thread-safe.
 
-    def __init__(self, size: int = 256) -> None:
+    @param max_script_size: bytes; a larger script is an error, not read
+        (C{[delivery] sieve_max_script_size})."""
+
+    def __init__(self, size: int = 256, max_script_size: int = MAX_SCRIPT_SIZE) -> None:
         self.size = size
+        self.max_script_size = max_script_size
         self._entries: OrderedDict[Path, tuple[tuple[int, int, int], Script | SieveError]] = (
             OrderedDict()
         )
@@ -545,7 +646,9 @@ class ScriptCache:
                     compiled = None
             if compiled is None:
                 try:
-                    compiled = compile_script(f.read())
+                    if st.st_size > self.max_script_size:
+                        raise SieveError(0, f"script larger than {self.max_script_size} bytes")
+                    compiled = compile_script(f.read(), max_size=self.max_script_size)
                 except SieveError as e:
                     compiled = e
                 with self._lock:

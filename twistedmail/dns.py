@@ -25,7 +25,8 @@ import ipaddress
 import random
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from twisted.internet import defer
@@ -237,3 +238,36 @@ def quiet_dns_client(publisher: LogPublisher) -> None:
             continue
         publisher.removeObserver(observer)
         publisher.addObserver(FilteringLogObserver(observer, [dns_client_chatter]))
+
+
+async def reverse_name(resolver: IResolver, ip: str, timeout: Sequence[int] = (2, 4)) -> str:
+    """The forward-confirmed PTR name of C{ip} (RFC 1035 §3.5, RFC 3596 §2.5: a PTR name
+    whose A/AAAA records include C{ip}, as rspamd wants its C{Hostname}), C{""} when there
+    is none, it does not resolve back, or a lookup fails: an input to the spam filter, never
+    a reason to refuse."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    try:
+        result: Any = await resolver.lookupPointer(addr.reverse_pointer, tuple(timeout))
+    except Exception:
+        return ""
+    names = [str(rr.payload.name).rstrip(".") for rr in result[0] if rr.type == dns.PTR]
+    lookup = resolver.lookupAddress if addr.version == 4 else resolver.lookupIPV6Address
+    rtype = dns.A if addr.version == 4 else dns.AAAA
+    for name in names[:3]:  # a few names at most: each costs a query
+        try:
+            forward: Any = await lookup(name, tuple(timeout))
+        except Exception:
+            continue
+        for rr in forward[0]:
+            if rr.type == rtype and _record_address(rr.payload) == addr:
+                return name
+    return ""
+
+
+def _record_address(payload: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(payload, dns.Record_A):
+        return ipaddress.IPv4Address(payload.address)
+    return ipaddress.IPv6Address(payload.address)

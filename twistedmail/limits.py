@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from twistedmail import metrics
 from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.limits")
@@ -55,12 +56,14 @@ FIN) before it is aborted."""
 
 def refusal_for(service: str, hostname: str) -> bytes:
     """The line a refused client gets, by service name (C{smtp}, C{submission},
-    C{submissions}, C{imap}, C{imaps}, C{pop3}, C{pop3s}), CRLF-terminated."""
+    C{submissions}, C{imap}, C{imaps}, C{pop3}, C{pop3s}, C{managesieve}), CRLF-terminated."""
     if service.startswith("imap"):
         return b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
     if service.startswith("pop3"):
         return b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
-    if service.startswith("http"):
+    if service == "managesieve":  # RFC 5804 §1.3 TRYLATER
+        return b'BYE (TRYLATER) "Too many connections, try again later"\r\n'
+    if service.startswith("http") or service == "metrics":
         return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     # RFC 5321 §4.2: the greeting (here a 421 in its place) starts with our domain.
     return b"421 4.7.0 %s Too many connections, try again later\r\n" % hostname.encode("ascii")
@@ -229,6 +232,7 @@ class ConnectionLimit(WrappingFactory):
             return _Refused(self.refusal, self.clock, self.close_grace)
         wrapper = super().buildProtocol(addr)
         wrapper.peer_key = key
+        metrics.of(self).connection(self.service)
         return wrapper
 
     def registerProtocol(self, p: Any) -> None:

@@ -5,8 +5,9 @@ On-disk format (chosen to match Dovecot, so a mailbox moves between the two serv
   - a mailbox is C{ROOT/{cur,new,tmp}}; subfolders are Maildir++ siblings C{ROOT/.Sent/},
     C{ROOT/.Lists.Work/} (IMAP hierarchy delimiter C{"."}, names in modified UTF-7 on disk,
     RFC 3501 §5.1.3), each with a C{maildirfolder} marker file;
-  - file names are C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>[:2,<flags>]} (the Maildir
-    spec at cr.yp.to/proto/maildir.html; C{,S=} and the C{:2,} info are Dovecot's and
+  - file names are C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size>[:2,<flags>]} (the
+    Maildir spec at cr.yp.to/proto/maildir.html; C{,S=} (file size), C{,W=} (size with CRLF
+    line ends, so indexing never reads the file) and the C{:2,} info are Dovecot's and
     Courier's): flags C{D}raft, C{F}lagged, C{P}assed, C{R}eplied, C{S}een, C{T}rashed,
     in ASCII order;
   - keywords (RFC 3501 §2.3.2: C{$Junk}, C{$label1}, user keywords) are the lower-case info
@@ -22,8 +23,10 @@ On-disk format (chosen to match Dovecot, so a mailbox moves between the two serv
 
 Durability (the contract behind every C{250} and C{OK}): a message is written to C{tmp/},
 fsynced, hard-linked into C{new/} or C{cur/} under a name that is never reused (a link never
-overwrites), the C{tmp/} name unlinked and the directory fsynced.  Everything here is
-blocking file I/O: protocol code calls it through a thread (C{deferToThread}).
+overwrites), the C{tmp/} name unlinked and the directory fsynced (by an fsync that began
+after the link: concurrent deliveries to one directory share it, L{fsync_dir_shared}).
+Everything here is blocking file I/O: protocol code calls it through a thread
+(C{deferToThread}).
 """
 
 from __future__ import annotations
@@ -102,8 +105,9 @@ def _safe_host() -> str:
 _HOST = _safe_host()
 
 
-def unique_name(size: int, now: float | None = None) -> str:
-    """A new Maildir base name C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>}, unique per process."""
+def unique_name(size: int, now: float | None = None, wire: int | None = None) -> str:
+    """A new Maildir base name C{<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>[,W=<wire>]},
+    unique per process (C{wire}: the size with CRLF line ends, Dovecot's virtual size)."""
     global _counter
     with _counter_lock:
         _counter += 1
@@ -113,7 +117,8 @@ def unique_name(size: int, now: float | None = None) -> str:
     usecs = int((t - secs) * 1_000_000)
     # Zero-padded microseconds so that names of one process sort in creation order (Dovecot
     # does not pad; both are valid Maildir names).
-    return f"{secs}.M{usecs:06d}P{os.getpid()}Q{n}.{_HOST},S={size}"
+    name = f"{secs}.M{usecs:06d}P{os.getpid()}Q{n}.{_HOST},S={size}"
+    return name if wire is None else f"{name},W={wire}"
 
 
 _ARRIVAL = re.compile(r"(\d+)\.M(\d+)P\d+Q(\d+)\.")
@@ -198,7 +203,8 @@ def wire_size_from_name(base: str) -> int | None:
     """The size with CRLF line ends: Dovecot's C{,W=} when present, else C{,S=}, else C{None}.
 
     Dovecot saves messages with LF line ends (C{mail_save_crlf = no}) and names them
-    C{,S=<file size>,W=<size with CRLF>}; ours are CRLF on disk and carry only C{,S=}.
+    C{,S=<file size>,W=<size with CRLF>}; ours are CRLF on disk and carry both (older
+    versions wrote only C{,S=}).
     """
     for field in base.split(",")[1:]:
         if field.startswith("W=") and field[2:].isdigit():
@@ -235,6 +241,63 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DirSyncs:
+    """Directory fsyncs shared by concurrent deliveries (group commit): see L{fsync_dir_shared}.
+
+    Per directory: C{begun} fsyncs started, C{done} the last one finished successfully,
+    C{running} whether one is under way, C{users} the callers inside."""
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.done = 0
+        self.running = False
+        self.users = 0
+
+
+_dir_syncs: dict[str, _DirSyncs] = {}
+_dir_syncs_changed = threading.Condition()
+
+
+def fsync_dir_shared(path: Path) -> None:
+    """L{fsync_dir}, shared by threads that need it at the same time: return once an fsync
+    of C{path} that began after this call has finished.  A caller finding one already under
+    way waits for it to end and then for the next one, which covers every caller that came
+    in meanwhile (one directory fsync for many concurrent deliveries, each still durable
+    before its C{250}).  A failed fsync fails its own caller; the ones waiting run their own.
+    """
+    key = os.fspath(path)
+    cond = _dir_syncs_changed
+    with cond:
+        state = _dir_syncs.get(key)
+        if state is None:
+            state = _dir_syncs[key] = _DirSyncs()
+        state.users += 1
+        need = state.begun + 1  # one running now may have begun before our link
+        try:
+            while state.done < need:
+                if state.running:
+                    cond.wait()
+                    continue
+                state.running = True
+                state.begun += 1
+                generation = state.begun
+                ok = False
+                cond.release()
+                try:
+                    fsync_dir(path)
+                    ok = True
+                finally:
+                    cond.acquire()
+                    state.running = False
+                    if ok:
+                        state.done = generation
+                    cond.notify_all()
+        finally:
+            state.users -= 1
+            if not state.users:
+                del _dir_syncs[key]
+
+
 def make_maildir(path: Path, folder: bool = False) -> None:
     """Create C{path} with C{cur/ new/ tmp/} (mode 0700), and the C{maildirfolder} marker for a
     Maildir++ subfolder.  Existing directories are kept."""
@@ -257,7 +320,7 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
     """
     tmp_dir = directory.parent / "tmp"
     while True:
-        base = unique_name(len(data))
+        base = unique_name(len(data), wire=wire_size(data))  # the index reads ,W=
         tmp_path = tmp_dir / base
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -284,7 +347,7 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
                 os.unlink(tmp_path)
             except FileNotFoundError:
                 pass
-        fsync_dir(directory)
+        fsync_dir_shared(directory)  # one fsync for the deliveries linked meanwhile
         return base
 
 

@@ -100,3 +100,18 @@ REPLY_503_AUTH_IN_TRANSACTION = R(503, "5.5.1", "AUTH not permitted during a mai
 REPLY_452_STORAGE = R(452, "4.3.1", "Insufficient system storage")
 REPLY_454_LOGIN_BLOCKED = R(454, "4.7.0", "Too many failed logins, try again later")  # RFC 4954 §6
 REPLY_421_TOO_MANY_CONNECTIONS = R(421, "4.7.0", "Too many connections, try again later")
+# The spam filter (twistedmail.rspamd): rspamd's "reject", and "soft reject" / "greylist".
+REPLY_550_SPAM = R(550, "5.7.1", "Message rejected as spam")
+REPLY_451_SPAM_LATER = R(451, "4.7.1", "Try again later")
+# Postfix postscreen's pregreet test: the client sent before our 220 greeting.
+REPLY_554_PREGREET = R(554, "5.5.1", "Protocol error: talked before greeting")
+# A submitting user over [limits] submission_*_per_hour (twistedmail.rate).
+REPLY_451_RATE_LIMIT = R(451, "4.7.1", "Sending rate limit exceeded, try again later")
+# A client IP over [antispam] smtp_messages_per_ip_hour on port 25.
+REPLY_451_IP_RATE_LIMIT = R(451, "4.7.1", "Too many messages from your address, try again later")
+
+
+def reply_554_blocklisted(ip: str, blocklist: str) -> Reply:
+    """C{554 5.7.1} for a client on a DNS blocklist, at RCPT (the wording of Postfix's
+    reject_rbl_client)."""
+    return R(554, "5.7.1", f"Service unavailable; client [{ip}] blocked using {blocklist}")

@@ -2,9 +2,9 @@
 
 Listeners (DESIGN §1): SMTP 25 (STARTTLS), submission 587 (STARTTLS) and 465 (implicit TLS,
 RFC 8314 §3.3), IMAP 143 (STARTTLS) and 993 (implicit TLS), POP3 110 (STLS) and 995
-(implicit TLS).  All of them share one account store, one password checker (one
-twisted.cred portal for the logins), one Maildir tree and one change notifier, so a
-delivery on 25 is pushed at once to an IMAP session in IDLE.
+(implicit TLS), ManageSieve 4190 (STARTTLS, RFC 5804).  All of them share one account store,
+one password checker (one twisted.cred portal for the logins), one Maildir tree and one change
+notifier, so a delivery on 25 is pushed at once to an IMAP session in IDLE.
 
 Outbound: one durable queue (L{twistedmail.smtp.queue}) in C{DATA_DIR/queue/}, fed by
 submission (remote recipients) and by port 25 (aliases forwarding to remote addresses),
@@ -47,6 +47,7 @@ from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+import twistedmail
 from twistedmail import acme
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
@@ -58,6 +59,7 @@ from twistedmail.config import (
     control_path,
     ensure_data_dir,
     mail_dir,
+    metrics_token,
     queue_dir,
     smarthost_password,
     store_path,
@@ -66,8 +68,10 @@ from twistedmail.config import (
 from twistedmail.control import control_factory, socket_address
 from twistedmail.delivery import LocalDelivery
 from twistedmail.dkim import KeyStore
+from twistedmail.dns import reverse_name
+from twistedmail.dnsbl import Blocklists
 from twistedmail.imap.account import MaildirAccount
-from twistedmail.imap.server import imap_factory
+from twistedmail.imap.server import IMAPFactory, imap_factory
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
 from twistedmail.mailauth import Authenticator, organizational_domain
 from twistedmail.maildir import (
@@ -77,13 +81,18 @@ from twistedmail.maildir import (
     clean_tmp,
     mailbox_root,
 )
+from twistedmail.managesieve import ISieveUser, ManageSieveFactory, SieveUser
+from twistedmail.managesieve import Limits as SieveLimits
+from twistedmail.metrics import Metrics, ServerState, metrics_resource
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
-from twistedmail.quota import QuotaTracker
-from twistedmail.smtp.inbound import inbound_factory
+from twistedmail.quota import QuotaTracker, usage_by_domain
+from twistedmail.rate import HourlyRate, SubmissionRate
+from twistedmail.rspamd import JunkLearner, Rspamd
+from twistedmail.smtp.inbound import InboundPolicy, inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.smtp.submission import SubmissionPolicy, submission_factory
 from twistedmail.throttle import ThrottlePolicy, parse_networks
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
@@ -321,6 +330,49 @@ def inbound_authenticator(config: Config, reactor: Any, pool: ThreadPool) -> Aut
     )
 
 
+def spam_filter(config: Config, reactor: Any) -> Rspamd | None:
+    """rspamd (C{[antispam] rspamd}), or C{None} when off."""
+    settings = config.antispam
+    if not settings.rspamd:
+        return None
+    return Rspamd(
+        reactor,
+        settings.rspamd,
+        controller=settings.rspamd_controller,
+        password=settings.rspamd_password,
+        timeout=settings.timeout,
+    )
+
+
+def antispam(
+    config: Config, reactor: Any, name: str, factory: Factory, rspamd: Rspamd | None
+) -> None:
+    """Set up listener C{name}'s part of C{[antispam]} (issue 14): on port 25 the filter,
+    the DNS lists, reverse DNS and the greeting pause; on 587/465 the filter with
+    C{check_submission}; on IMAP learning from moves into and out of Junk."""
+    settings = config.antispam
+    policy = getattr(factory, "policy", None)
+    if name == "smtp" and isinstance(factory, SMTPServerFactory):
+        factory.greet_pause = settings.greet_pause
+        assert isinstance(policy, InboundPolicy)
+        if settings.smtp_messages_per_ip_hour:
+            policy.ip_rate = HourlyRate(settings.smtp_messages_per_ip_hour, reactor)
+        resolver = None
+        if settings.dnsbl or settings.dnswl:
+            resolver = dns_resolver(config, reactor)
+            policy.blocklists = Blocklists(resolver, reactor, settings.dnsbl, settings.dnswl)
+        if rspamd is not None:
+            policy.spam_filter = rspamd
+            resolver = resolver or dns_resolver(config, reactor)
+            policy.reverse_name = partial(reverse_name, resolver)
+    elif name in ("submission", "submissions") and isinstance(policy, SubmissionPolicy):
+        if settings.check_submission and rspamd is not None:
+            policy.spam_filter = rspamd
+    elif name in ("imap", "imaps") and isinstance(factory, IMAPFactory):
+        if rspamd is not None and settings.rspamd_controller:
+            factory.copy_observer = JunkLearner(rspamd)
+
+
 def outbound_queue(
     config: Config, reactor: Any, store: AccountStore, delivery: LocalDelivery, run: Any
 ) -> QueueRunner:
@@ -404,6 +456,8 @@ class MailServer(MultiService):
                 )
         self._previous_sighup: Any = None
         self._throttle_loaded = False
+        self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics
+        self.started = reactor.seconds()
 
         def run_in_thread(f: Any, *args: Any) -> Any:
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -440,6 +494,7 @@ class MailServer(MultiService):
             cache=self.auth_cache,
             max_parallel_hashes=auth.max_parallel_hashes or None,
         )
+        checker.metrics = self.metrics  # type: ignore[attr-defined]
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
             self.store,
@@ -449,15 +504,20 @@ class MailServer(MultiService):
             self.quota,
             hostname=config.server.hostname,
             plus_folder=config.delivery.plus_folder,
+            sieve_limits=config.delivery.sieve,
         )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
         # Sieve redirect, vacation and reject leave through the same queue as submission.
         self.delivery.outbound = self.queue.enqueue
+        self.delivery.metrics = self.queue.metrics = self.metrics  # type: ignore[attr-defined]
         realm = MailRealm(
             {
                 imap4.IAccount: self._imap_account,
                 pop3.IMailbox: lambda address: MaildirPOP3Mailbox(
                     mailbox_root(self.mail_dir, address), run_in_thread, self.notifier
+                ),
+                ISieveUser: lambda address: SieveUser(
+                    address, mailbox_root(self.mail_dir, address)
                 ),
             }
         )
@@ -466,8 +526,15 @@ class MailServer(MultiService):
         # Its threads start in startService: a thread does not survive twistd's fork.
         self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
         self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
+        self.spam_filter = spam_filter(config, reactor)
+        if self.authenticator is not None:
+            self.authenticator.metrics = self.metrics  # type: ignore[attr-defined]
         hostname = config.server.hostname
         size = config.limits.max_message_size
+        # One count per user for 587 and 465 (issue 14).
+        self.submission_rate = SubmissionRate(
+            limits.submission_messages_per_hour, limits.submission_recipients_per_hour, reactor
+        )
         submission = partial(
             submission_factory,
             hostname=hostname,
@@ -519,6 +586,7 @@ class MailServer(MultiService):
             renewal.clock = reactor
             renewal.setName("acme-renewal")
             renewal.setServiceParent(self)
+        factories["metrics"] = self._metrics_site(config, reactor)  # [listen] metrics
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
         for plain, implicit, make in (
             ("submission", "submissions", submission),
@@ -527,8 +595,22 @@ class MailServer(MultiService):
         ):
             factories[plain] = make(tls=self.tls_context, implicit_tls=False)
             factories[implicit] = make(tls=None, implicit_tls=True)
+        sieve = config.managesieve
+        factories["managesieve"] = ManageSieveFactory(  # RFC 5804: STARTTLS on 4190
+            portal=self.portal,
+            tls=self.tls_context,
+            clock=reactor,
+            run_in_thread=run_in_thread,
+            limits=SieveLimits(
+                max_scripts=sieve.max_scripts,
+                max_script_size=sieve.max_script_size,
+                max_storage=sieve.max_storage,
+                idle_timeout=sieve.idle_timeout,
+            ),
+        )
         for name, factory in factories.items():
             if isinstance(factory, SMTPServerFactory):
+                factory.metrics = self.metrics
                 factory.idle_timeout = limits.smtp_idle_timeout
                 factory.max_recipients = limits.max_recipients
                 factory.max_line_length = limits.max_line_length
@@ -537,6 +619,10 @@ class MailServer(MultiService):
                 factory.storage_reserve = StorageReserve(
                     config.server.data_dir, limits.min_free_space
                 )
+            antispam(config, reactor, name, factory, self.spam_filter)
+            policy = getattr(factory, "policy", None)
+            if isinstance(policy, SubmissionPolicy):
+                policy.rate = self.submission_rate
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,
@@ -547,6 +633,7 @@ class MailServer(MultiService):
                 clock=reactor,
             )
             self.connection_limits[name] = limited
+            limited.metrics = self.metrics
             for address in config.listen[name]:
                 wrapped = (
                     TLSMemoryBIOFactory(self.tls_context, False, limited)
@@ -573,7 +660,71 @@ class MailServer(MultiService):
         control.setName(f"control@{control_path(config)}")
         control.setServiceParent(self)
         control.factory.connection_counts = self.connection_counts  # issue 9
+        control.factory.status = self.status  # issue 13
         control.factory.clock = reactor
+
+    def _metrics_site(self, config: Config, reactor: Any) -> Factory:
+        """The Site of C{[listen] metrics}, serving C{/metrics} at any path (issue 13); with a
+        C{[metrics] token_file}, also C{/metrics} on the http/https listeners.  Registers the
+        scrape-time state (L{ServerState}).  @raise ConfigError: a bad token file."""
+        self.metrics.registry.register(
+            ServerState(
+                sessions=lambda: {n: len(c.protocols) for n, c in self.connection_limits.items()},
+                queue=lambda: [e.created for e in list(self.queue.entries.values())],
+                domains=lambda: {
+                    d: (u.users, u.storage, u.messages) for d, u in self.domain_usage().items()
+                },
+                started=lambda: self.started,
+                clock=reactor.seconds,
+            )
+        )
+        token = metrics_token(config)
+        self.metrics_resource = metrics_resource(self.metrics.registry, reactor, token)
+        if token is not None:  # never on a public listener without a token
+            self.web_root.putChild(b"metrics", self.metrics_resource)
+        site = web_factory(self.metrics_resource, reactor)  # type: ignore[arg-type]
+        site.log = lambda request: None  # type: ignore[method-assign]  # no line per scrape
+        return site
+
+    def domain_usage(self) -> dict[str, Any]:
+        """Per local domain its users and what they store (L{usage_by_domain}, blocking)."""
+        return usage_by_domain(self.store, self.mail_dir, self.quota.cache)
+
+    async def status(self) -> dict[str, Any]:
+        """What C{twistedmail status} shows (issue 13): version, start time and uptime,
+        listeners, open connections, the queue, the throttle's IP blocks and, per domain,
+        users and octets stored (measured in a thread)."""
+        now = self.reactor.seconds()
+        created = [e.created for e in self.queue.entries.values()]
+        domains = await self.run_in_thread(self.domain_usage)
+        listeners: dict[str, list[str]] = {}
+        for svc in self:
+            kind, _, where = (svc.name or "").partition("@")
+            if where:  # the listeners and the control socket, named NAME@ADDRESS
+                listeners.setdefault(kind, []).append(where)
+        blocks = self.throttle.blocks()
+        return {
+            "version": twistedmail.version(),
+            "started": self.started,
+            "uptime": round(now - self.started),
+            "listeners": listeners,
+            "connections": self.connection_counts(),
+            "queue": {
+                "messages": len(created),
+                "oldest": min(created) if created else None,
+                "oldest_age": round(now - min(created)) if created else 0,
+            },
+            "blocked_ips": [
+                {"ip": b.ip, "seconds_left": round(b.seconds_left), "failures": b.failures}
+                for b in blocks
+                if b.kind == "ip"
+            ],
+            "other_blocks": sum(1 for b in blocks if b.kind != "ip"),
+            "domains": {
+                d: {"users": u.users, "bytes": u.storage, "messages": u.messages}
+                for d, u in sorted(domains.items())
+            },
+        }
 
     def connection_counts(self) -> dict[str, int]:
         """Open connections per listener, logged-in IMAP sessions and selected-folder
@@ -626,6 +777,7 @@ class MailServer(MultiService):
             ) from None
         load_throttle(self.throttle, self.throttle_path)
         self._throttle_loaded = True
+        self.started = self.reactor.seconds()  # after twistd's fork (uptime, metrics)
         self.auth_pool.start()
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)

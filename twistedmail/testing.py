@@ -1,4 +1,5 @@
-"""Fakes shipped for tests of outbound delivery: a DNS resolver, a DNS zone, a remote MTA.
+"""Fakes shipped for tests: a DNS resolver, a DNS zone, a remote MTA, and the in-process
+protocol harness (a synchronous thread runner, a transport that can start TLS).
 
   - L{FakeResolver}: an C{IResolver} answering MX/A/AAAA/TXT from dicts, with NXDOMAIN,
     SERVFAIL and timeouts on demand (unit tests of L{twistedmail.dns}, no sockets);
@@ -8,7 +9,12 @@
     scripted (250/451/550 per recipient, per attempt) and records every transaction; with
     STARTTLS or implicit TLS and AUTH PLAIN/LOGIN when asked (to stand in for a smarthost);
   - L{create_test_ca}: a throw-away CA and a server certificate it signed, for tests of
-    certificate verification.
+    certificate verification;
+  - L{run_now}, L{TLSStringTransport}, L{pump}, L{sasl_plain}: what the unit tests of the
+    SMTP, IMAP and POP3 sessions drive a protocol over (StringTransport, no threads);
+  - L{SynchronousReactor}: a MemoryReactorClock whose thread pool runs each call at once,
+    so a whole L{twistedmail.service.MailServer} can be built and driven in process;
+  - L{inbound_for}, L{submission_for}: the port 25 and 587/465 factories for a test host.
 
 Nothing here is used by the server itself.
 """
@@ -31,10 +37,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.names import authority, common, dns
 from twisted.names import error as dns_error
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 # -- DNS ---------------------------------------------------------------------------------
 
@@ -491,3 +499,102 @@ def create_test_ca(
         )
     )
     return ca_path, cert_path, key_path
+
+
+# -- in-process protocol harness ----------------------------------------------------------
+
+
+def run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """A C{run_in_thread} that runs C{f} at once on the calling thread (tests only): its
+    result, or its exception as a failed Deferred."""
+    return defer.maybeDeferred(f, *args)
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):  # type: ignore[misc]  # no TCP options to fake
+    """A StringTransport that can "start TLS": it records the context factory, and what had
+    been written before (so a test can check that nothing leaked after the go-ahead reply)."""
+
+    tls_context: Any = None
+    written_before_tls: bytes | None = None
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.tls_context = contextFactory
+        self.written_before_tls = self.value()
+
+
+def pump(transport: StringTransport) -> None:
+    """Let a registered pull producer (a FileSender of POP3 RETR/TOP) run to its end."""
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+
+
+def sasl_plain(user: str, password: str, authzid: str = "") -> bytes:
+    """The base64 SASL PLAIN initial response (RFC 4616 §2): authzid NUL authcid NUL passwd."""
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode())
+
+
+class _SynchronousPool:
+    """The part of a ThreadPool that C{deferToThreadPool} uses, running C{f} on the caller."""
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], object], f: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class SynchronousReactor(MemoryReactorClock):
+    """A MemoryReactorClock whose C{getThreadPool()} runs work at once and whose
+    C{callFromThread} calls at once: what the server hands to its thread pool (Maildir and
+    account store I/O) completes before the call returns.  No sockets, no threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = _SynchronousPool()
+
+    def getThreadPool(self) -> Any:
+        return self._pool
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def inbound_for(host: Any, **overrides: Any) -> Any:
+    """The port 25 factory (L{inbound_factory}) for a test C{host}: an object with C{store},
+    C{delivery} and C{clock}; mail.example.test, 10,000-byte messages, no TLS unless
+    C{overrides} say otherwise."""
+    from twistedmail.smtp.inbound import inbound_factory
+
+    settings: dict[str, Any] = {
+        "hostname": "mail.example.test",
+        "store": host.store,
+        "delivery": host.delivery,
+        "tls": None,
+        "max_message_size": 10000,
+        "clock": host.clock,
+    }
+    return inbound_factory(**{**settings, **overrides})
+
+
+def submission_for(host: Any, **overrides: Any) -> Any:
+    """The 587/465 factory (L{submission_factory}) for a test C{host}: an object with
+    C{store}, C{delivery}, C{portal} and C{clock}; mail.example.test, 10,000-byte messages,
+    implicit TLS (465) and no STARTTLS context unless C{overrides} say otherwise."""
+    from twistedmail.smtp.submission import submission_factory
+
+    settings: dict[str, Any] = {
+        "hostname": "mail.example.test",
+        "store": host.store,
+        "delivery": host.delivery,
+        "portal": host.portal,
+        "tls": None,
+        "implicit_tls": True,
+        "max_message_size": 10000,
+        "clock": host.clock,
+    }
+    return submission_factory(**{**settings, **overrides})

@@ -7,20 +7,26 @@ listener on a free loopback port, users created with the real ``twistedmail`` CL
 
 from __future__ import annotations
 
+import imaplib
 import os
 import random
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+
+import imapclient
 
 from twistedmail.testing import create_test_ca
 
 BIN = Path(sys.executable).parent
-SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 PASSWORDS = {
     "alice@example.test": "alice-secret-1",
     "bob@example.test": "bob-secret-2",
@@ -270,3 +276,51 @@ def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
     ca_path, cert_path, key_path = create_test_ca(directory, "mail.example.test", ("127.0.0.1",))
     cert_path.write_bytes(cert_path.read_bytes() + ca_path.read_bytes())  # the chain
     return ca_path, cert_path, key_path
+
+
+# -- clients of a running server ------------------------------------------------------------
+
+
+@contextmanager
+def running(srv: Server, users: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """C{srv} with C{users} (address -> password; by default L{PASSWORDS}) added, started,
+    and stopped on the way out."""
+    for address, password in (PASSWORDS if users is None else users).items():
+        srv.add_user(address, password)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def deliver(server: Server, to: str, subject: str, body: bytes = b"body\r\n") -> bytes:
+    """Send a message from x@elsewhere.test to C{to} over port 25; return it as sent."""
+    msg = (
+        b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (to.encode(), subject.encode())
+        + body
+    )
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+        s.sendmail("x@elsewhere.test", [to], msg)
+    return msg
+
+
+def imap_client(server: Server, user: str = "alice@example.test") -> imapclient.IMAPClient:
+    """An imapclient session over IMAPS (993), logged in as C{user} with its password."""
+    c = imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
+    )
+    c.login(user, PASSWORDS[user])
+    return c
+
+
+def imap_login(server: Server, address: str, password: str) -> str:
+    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993."""
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+    try:
+        m.login(address, password)
+        m.logout()
+        return "OK"
+    except imaplib.IMAP4.error as e:
+        m.shutdown()
+        return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, running
 
 BODY = b"From: sender@elsewhere.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -28,13 +28,8 @@ def _send(server: Server, rcpt: str) -> tuple[int, bytes]:
 def _configured(tmp_path: Path, delivery: str) -> Iterator[Server]:
     srv = Server(tmp_path)
     srv.config.write_text(srv.config.read_text() + f"\n[delivery]\n{delivery}")
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

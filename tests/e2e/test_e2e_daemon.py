@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import BIN, PASSWORDS, Server, client_tls
+from e2e_server import BIN, PASSWORDS, Server, client_tls, imap_login
 
 CAROL = "carol@example.test"
 
@@ -36,18 +36,6 @@ def rcpt(server: Server, address: str) -> tuple[int, bytes]:
         s.ehlo("client.example.net")
         assert s.mail("someone@remote.test")[0] == 250
         return s.rcpt(address)
-
-
-def imap_login(server: Server, address: str, password: str) -> str:
-    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993."""
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
-    try:
-        m.login(address, password)
-        m.logout()
-        return "OK"
-    except imaplib.IMAP4.error as e:
-        m.shutdown()
-        return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
 
 
 def pop3_login(server: Server, address: str, password: str) -> str:

@@ -73,6 +73,7 @@ def test_concurrent_sessions_all_delivered_with_temperror(server: Server) -> Non
         domain = data.split(b"header.from=", 1)[1].split(b"\r\n", 1)[0]
         assert data.startswith(
             b"Return-Path: <bounce@%s>\r\n"
+            b"Delivered-To: alice@example.test\r\n"
             b"Authentication-Results: mail.example.test;\r\n"
             b"\tspf=temperror smtp.mailfrom=%s;\r\n"
             b"\tdkim=none;\r\n"

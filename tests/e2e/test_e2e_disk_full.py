@@ -14,19 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, deliver
 
 ALICE = "alice@example.test"
-
-
-def deliver(server: Server, subject: str) -> bytes:
-    msg = b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\nbody\r\n" % (
-        ALICE.encode(),
-        subject.encode(),
-    )
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
-        s.sendmail("x@elsewhere.test", [ALICE], msg)
-    return msg
 
 
 def fill(directory: Path) -> Path:
@@ -82,14 +72,14 @@ def test_full_disk_keeps_reading_and_deleting(small_server: Server) -> None:
     STAT/RETR/DELE/QUIT work, APPEND is NO [OVERQUOTA] with nothing written; with room
     again, everything is back, the message that arrived before without a UID included."""
     srv = small_server
-    first = deliver(srv, "one")
-    deliver(srv, "two")
-    deliver(srv, "three")
+    first = deliver(srv, ALICE, "one")
+    deliver(srv, ALICE, "two")
+    deliver(srv, ALICE, "three")
     c = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=client_tls())
     c.login(ALICE, PASSWORDS[ALICE])
     assert c.select("INBOX") == ("OK", [b"3"])  # UIDs 1-3 saved
     c.logout()
-    late = deliver(srv, "four")  # in new/, no UID yet
+    late = deliver(srv, ALICE, "four")  # in new/, no UID yet
     filler = fill(srv.data_dir)
 
     with smtplib.SMTP("127.0.0.1", srv.ports["smtp"]) as s:
@@ -122,7 +112,7 @@ def test_full_disk_keeps_reading_and_deleting(small_server: Server) -> None:
     assert len(files(srv)) == 2
 
     filler.unlink()
-    deliver(srv, "five")
+    deliver(srv, ALICE, "five")
     c = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=client_tls())
     c.login(ALICE, PASSWORDS[ALICE])
     assert c.select("INBOX") == ("OK", [b"3"])

@@ -26,6 +26,8 @@ def published_keys(server: Server, domain: str) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("world_and_server", [PLAIN], indirect=True)
 def test_submitted_mail_is_signed_and_verifies(world_and_server: tuple[World, Server]) -> None:
+    """Submitted mail is DKIM-signed with the RSA and ed25519 keys made by the CLI, and both
+    signatures verify against the published records."""
     world, server = world_and_server
     server.cli("dkim", "generate", "example.test")
     server.cli("dkim", "generate", "example.test", "--algorithm", "ed25519")

@@ -231,6 +231,7 @@ def root() -> Iterator[Path]:
 
 
 def test_dovecot_reads_our_maildir_and_we_read_dovecots(root: Path) -> None:
+    """Dovecot reads the Maildir we wrote (flags, UIDs) and we read one Dovecot wrote."""
     srv = Server(root / "server")
     srv.add_user(ALICE, PASSWORDS[ALICE])
     srv.start()

@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import os
 import poplib
-import smtplib
 
 import imapclient
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, deliver, imap_client
 
 ALICE = "alice@example.test"
-
-
-def deliver(server: Server, subject: str) -> None:
-    msg = b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\nbody\r\n" % (
-        ALICE.encode(),
-        subject.encode(),
-    )
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
-        s.sendmail("x@elsewhere.test", [ALICE], msg)
-
-
-def client(server: Server) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl_context=client_tls())
-    c.login(ALICE, PASSWORDS[ALICE])
-    return c
 
 
 def flags_on_disk(server: Server) -> list[str]:
@@ -34,8 +18,8 @@ def flags_on_disk(server: Server) -> list[str]:
 
 def test_two_clients_flag_changes_both_survive(server: Server) -> None:
     """One client sets \\Answered, another removes \\Seen: both changes are on disk."""
-    deliver(server, "one")
-    a, b = client(server), client(server)
+    deliver(server, ALICE, "one")
+    a, b = imap_client(server), imap_client(server)
     try:
         a.select_folder("INBOX")
         b.select_folder("INBOX")
@@ -51,9 +35,9 @@ def test_two_clients_flag_changes_both_survive(server: Server) -> None:
 
 def test_rename_by_hand_and_pop3_between_two_clients(server: Server) -> None:
     """A flag set by renaming the file, and a POP3 DELE, are kept by a client's STORE."""
-    deliver(server, "one")
-    deliver(server, "two")
-    a = client(server)
+    deliver(server, ALICE, "one")
+    deliver(server, ALICE, "two")
+    a = imap_client(server)
     try:
         a.select_folder("INBOX")
         uids = a.search("ALL")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, running
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 OPEN = b"EHLO evil.test\r\nMAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
@@ -29,13 +29,8 @@ def configured(tmp_path: Path, limits: str = "", extra: str = "") -> Iterator[Se
     server = Server(tmp_path)
     text = server.config.read_text().replace("[limits]\n", "[limits]\n" + limits)
     server.config.write_text(text + extra)
-    for address, password in PASSWORDS.items():
-        server.add_user(address, password)
-    server.start()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -67,6 +62,8 @@ VARIANTS = (b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n")
 
 
 def test_smuggling_rejected_by_default(server: Server) -> None:
+    """RFC 5321 §4.1.1.4 (SMTP smuggling): by default every bare CR/LF end-of-data variant is
+    refused with 550 5.6.0 and nothing is stored."""
     for variant in VARIANTS:
         replies = smtp_raw(
             server, OPEN + b"Subject: x\r\n\r\nfirst" + variant + SMUGGLED + b".\r\n"
@@ -76,6 +73,8 @@ def test_smuggling_rejected_by_default(server: Server) -> None:
 
 
 def test_smuggling_normalized_is_one_message(normalizing: Server) -> None:
+    """bare_lf = normalize: the bare-LF end-of-data variants end nothing; the smuggled lines stay
+    inside one accepted message."""
     server = normalizing
     expected = []
     for variant in (b"\n.\n", b"\r\n.\n", b"\n.\r\n"):
@@ -99,6 +98,8 @@ def test_smuggling_normalized_is_one_message(normalizing: Server) -> None:
 
 
 def test_long_text_line_and_big_header_refused(server: Server) -> None:
+    """A 16385-octet DATA line is 500 5.6.0 and a 300 KB header section 552 5.3.4; nothing is
+    stored."""
     line = b"a" * 16385
     replies = smtp_raw(server, OPEN + b"Subject: x\r\n\r\n" + line + b"\r\n" + SMUGGLED + b".\r\n")
     assert replies == [*UP_TO_DATA, b"500 5.6.0 Message text line too long"]
@@ -113,6 +114,8 @@ def test_long_text_line_and_big_header_refused(server: Server) -> None:
 
 
 def test_imap_sessions_per_user_and_ip(normalizing: Server) -> None:
+    """imap_max_connections_per_user: a login past the limit from the same user and IP is NO
+    [UNAVAILABLE]; another user counts apart and a logout frees a slot."""
     server = normalizing
 
     def connect() -> imaplib.IMAP4_SSL:

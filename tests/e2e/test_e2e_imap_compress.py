@@ -99,6 +99,7 @@ def session(client: DeflateIMAP, server: Server) -> None:
 
 
 def test_compress_over_implicit_tls(server: Server) -> None:
+    """RFC 4978: COMPRESS=DEFLATE on 993 after login; the session then runs deflated."""
     deliver(server, b"first", b"one")
     server.wait_for_messages(ALICE, 1)
     raw = socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10)
@@ -109,6 +110,7 @@ def test_compress_over_implicit_tls(server: Server) -> None:
 
 
 def test_compress_after_starttls(server: Server) -> None:
+    """RFC 4978: COMPRESS=DEFLATE on 143 after STARTTLS and login."""
     deliver(server, b"first", b"one")
     server.wait_for_messages(ALICE, 1)
     raw = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=10)
@@ -120,6 +122,8 @@ def test_compress_after_starttls(server: Server) -> None:
 
 
 def test_decompression_bomb_closes_at_the_line_limit(server: Server) -> None:
+    """A compressed 32 MiB line is cut at the line limit: the server closes the connection
+    instead of inflating it all."""
     raw = socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10)
     with client_tls().wrap_socket(raw, server_hostname="localhost") as sock:
         client = DeflateIMAP(sock)

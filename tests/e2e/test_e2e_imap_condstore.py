@@ -6,35 +6,19 @@ restart answered from the folder index on disk (twistedmail.index)."""
 from __future__ import annotations
 
 import os
-import smtplib
 
 import imapclient
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import Server, deliver, imap_client
 
 ALICE = "alice@example.test"
 
 
-def deliver(server: Server, subject: str) -> None:
-    msg = b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\nbody\r\n" % (
-        ALICE.encode(),
-        subject.encode(),
-    )
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
-        s.sendmail("x@elsewhere.test", [ALICE], msg)
-
-
-def connect(server: Server) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
-    )
-    c.login(ALICE, PASSWORDS[ALICE])
-    return c
-
-
 def test_condstore_and_qresync(server: Server) -> None:
+    """RFC 7162: MODSEQ in FETCH, STORE, SEARCH and STATUS, VANISHED for another session's
+    expunge, and QRESYNC after a restart."""
     for subject in ("one", "two", "three"):
-        deliver(server, subject)
-    with connect(server) as c, connect(server) as other:
+        deliver(server, ALICE, subject)
+    with imap_client(server) as c, imap_client(server) as other:
         assert b"CONDSTORE" in c.capabilities() and b"QRESYNC" in c.capabilities()
         assert c.enable("QRESYNC") == [b"QRESYNC"]
         info = c.select_folder("INBOX")
@@ -67,7 +51,7 @@ def test_condstore_and_qresync(server: Server) -> None:
         assert (server.maildir(ALICE) / "twistedmail.index").is_file()
 
     server.restart()
-    with connect(server) as c:
+    with imap_client(server) as c:
         c.enable("QRESYNC")
         imap = c._imap
         typ, data = imap._simple_command(

@@ -10,7 +10,7 @@ import ssl
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import Server, client_tls, imap_client
 from imapclient.imapclient import ARCHIVE, DRAFTS, JUNK, SENT, TRASH
 
 ALICE = "alice@example.test"
@@ -38,20 +38,14 @@ def deliver(server: Server, count: int) -> None:
             )
 
 
-def connect(server: Server) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
-    )
-    c.login(ALICE, PASSWORDS[ALICE])
-    return c
-
-
 def flags_on_disk(server: Server, folder: str = "") -> list[str]:
     return [p.name.rpartition(":2,")[2] for p in server.messages(ALICE, folder)]
 
 
 def test_capabilities_and_special_use_folders(server: Server) -> None:
-    with connect(server) as c:
+    """The server advertises its IMAP extensions and imapclient finds each RFC 6154 special-use
+    folder."""
+    with imap_client(server) as c:
         assert EXTENSIONS <= set(c.capabilities())
         assert c.find_special_folder(SENT) == "Sent"
         assert c.find_special_folder(TRASH) == "Trash"
@@ -72,8 +66,10 @@ def test_capabilities_and_special_use_folders(server: Server) -> None:
 
 
 def test_appenduid_copyuid_uid_expunge(server: Server) -> None:
+    """RFC 4315: APPEND answers APPENDUID, COPY answers COPYUID, and UID EXPUNGE removes only the
+    given UIDs."""
     deliver(server, 3)
-    with connect(server) as c:
+    with imap_client(server) as c:
         info = c.select_folder("INBOX")
         trash = c.folder_status("Trash", [b"UIDVALIDITY"])[b"UIDVALIDITY"]
         # LITERAL+: imapclient sends {n+} when advertised
@@ -95,8 +91,9 @@ def test_appenduid_copyuid_uid_expunge(server: Server) -> None:
 
 
 def test_move_to_trash(server: Server) -> None:
+    """RFC 6851: MOVE to Trash removes the message from INBOX and keeps its flags in Trash."""
     deliver(server, 3)
-    with connect(server) as c:
+    with imap_client(server) as c:
         c.select_folder("INBOX")
         c.add_flags([2], [imapclient.FLAGGED])
         c.move([2], "Trash")
@@ -111,8 +108,10 @@ def test_move_to_trash(server: Server) -> None:
 
 
 def test_id_enable_unselect(server: Server) -> None:
+    """RFC 2971 ID, RFC 5161 ENABLE (unknown names ignored) and RFC 3691 UNSELECT (no expunge)
+    with imapclient."""
     deliver(server, 1)
-    with connect(server) as c:
+    with imap_client(server) as c:
         assert c.id_({"name": "e2e", "version": "1"}) == ((b"name", b"twistedmail"),)
         assert c.enable("CONDSTORE", "X-UNKNOWN") == [b"CONDSTORE"]  # RFC 7162 §3.1.8
         c.select_folder("INBOX")
@@ -141,7 +140,7 @@ def test_appendlimit_is_the_message_size_limit(server: Server) -> None:
     """RFC 7889: APPENDLIMIT=<max_message_size> (1 MiB here), STATUS APPENDLIMIT, and an
     APPEND one octet over it refused before its literal is sent, nothing stored."""
     limit = 1024 * 1024
-    with connect(server) as c:
+    with imap_client(server) as c:
         assert f"APPENDLIMIT={limit}".encode() in c.capabilities()
         assert c.folder_status("INBOX", ["APPENDLIMIT"]) == {b"APPENDLIMIT": limit}
         with pytest.raises(imapclient.exceptions.IMAPClientError, match=r"\[TOOBIG\]"):

@@ -3,35 +3,18 @@ IMAPS land as letters in the Maildir file names and in dovecot-keywords, and sur
 
 from __future__ import annotations
 
-import smtplib
-
 import imapclient
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import Server, deliver, imap_client
 
 ALICE = "alice@example.test"
 
 
-def deliver(server: Server, subject: str) -> None:
-    msg = b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\nbody\r\n" % (
-        ALICE.encode(),
-        subject.encode(),
-    )
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
-        s.sendmail("x@elsewhere.test", [ALICE], msg)
-
-
-def connect(server: Server) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
-    )
-    c.login(ALICE, PASSWORDS[ALICE])
-    return c
-
-
 def test_keywords_persist_in_file_names_across_restart(server: Server) -> None:
-    deliver(server, "one")
-    deliver(server, "two")
-    with connect(server) as c:
+    """RFC 3501 §2.3.2: keywords set over IMAPS become Maildir letters and dovecot-keywords
+    entries and survive a restart."""
+    deliver(server, ALICE, "one")
+    deliver(server, ALICE, "two")
+    with imap_client(server) as c:
         info = c.select_folder("INBOX")
         assert b"\\*" in info[b"PERMANENTFLAGS"]
         uids = c.search("ALL")
@@ -43,7 +26,7 @@ def test_keywords_persist_in_file_names_across_restart(server: Server) -> None:
     infos = sorted(p.name.split(":2,")[1] for p in server.messages(ALICE))
     assert infos == ["Sa", "b"]
     server.restart()
-    with connect(server) as c:
+    with imap_client(server) as c:
         info = c.select_folder("INBOX")
         assert b"$Junk" in info[b"FLAGS"] and b"$label1" in info[b"FLAGS"]
         flags = c.get_flags(uids)

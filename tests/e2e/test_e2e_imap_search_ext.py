@@ -7,7 +7,7 @@ import imaplib
 import smtplib
 
 import imapclient
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, imap_client
 
 ALICE = "alice@example.test"
 MESSAGES = [
@@ -29,22 +29,16 @@ def deliver(server: Server) -> None:
     assert len(server.wait_for_messages(ALICE, len(MESSAGES))) == len(MESSAGES)
 
 
-def connect(server: Server) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
-    )
-    c.login(ALICE, PASSWORDS[ALICE])
-    return c
-
-
 def test_capabilities(server: Server) -> None:
-    with connect(server) as c:
+    """The server advertises ESEARCH, LIST-STATUS, SORT and COMPRESS=DEFLATE."""
+    with imap_client(server) as c:
         assert {b"ESEARCH", b"LIST-STATUS", b"SORT", b"COMPRESS=DEFLATE"} <= set(c.capabilities())
 
 
 def test_sort(server: Server) -> None:
+    """RFC 5256: SORT by SUBJECT, DATE and REVERSE DATE, ties by sequence number."""
     deliver(server)
-    with connect(server) as c:
+    with imap_client(server) as c:
         c.select_folder("INBOX")
         c.add_flags([2], [imapclient.SEEN])
         assert c.sort("SUBJECT") == [2, 1, 3]  # alpha, beta, beta (ties by number)
@@ -55,8 +49,9 @@ def test_sort(server: Server) -> None:
 
 
 def test_esearch(server: Server) -> None:
+    """RFC 4731: UID SEARCH RETURN (MIN MAX ALL COUNT) answers one ESEARCH response."""
     deliver(server)
-    with connect(server) as c:
+    with imap_client(server) as c:
         c.select_folder("INBOX")
         c.add_flags([2], [imapclient.SEEN])
         imap = c._imap
@@ -75,8 +70,9 @@ def test_esearch(server: Server) -> None:
 
 
 def test_list_status(server: Server) -> None:
+    """RFC 5819: LIST RETURN (STATUS ...) sends each mailbox's STATUS after its LIST line."""
     deliver(server)
-    with connect(server) as c:
+    with imap_client(server) as c:
         c.create_folder("Lists.Work")
         imap = c._imap
         tag = imap._new_tag()
@@ -116,6 +112,6 @@ def test_utf8_accept_with_imaplib(server: Server) -> None:
     imap.logout()
     assert [p.read_bytes() for p in server.messages(ALICE)] == [message]
     assert (server.maildir(ALICE) / ".Entw&APw-rfe &- Co").is_dir()
-    with connect(server) as c:
+    with imap_client(server) as c:
         names = [name for _, _, name in c.list_folders(pattern="Entw*")]
         assert names == ["Entwürfe & Co"]  # decoded from "Entw&APw-rfe &- Co"

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import Server
+from e2e_server import Server, running
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = REPO / ".imaptest-build"
@@ -86,13 +86,8 @@ def test_known_list_names_real_groups() -> None:
 @pytest.fixture(scope="module")
 def imap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("imaptest"))
-    for address in USERS:
-        srv.add_user(address, PASSWORD)
-    srv.start()
-    try:
+    with running(srv, dict.fromkeys(USERS, PASSWORD)):
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize(

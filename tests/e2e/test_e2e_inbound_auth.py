@@ -82,6 +82,8 @@ def world_and_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def test_authentication_results_in_the_stored_copy(
     world_and_server: tuple[KeyStore, Server],
 ) -> None:
+    """RFC 8601 §5: the stored copy has our Authentication-Results (DKIM pass) and forged ones
+    for our host removed."""
     keys, server = world_and_server
     before = server.messages(ALICE)
     signed = keys.sign(message("good.test"))
@@ -95,6 +97,8 @@ def test_authentication_results_in_the_stored_copy(
     data = new_message(server, before)
     return_path, _, rest = data.partition(b"\r\n")
     assert return_path == b"Return-Path: <bounce@good.test>"
+    delivered_to, _, rest = rest.partition(b"\r\n")
+    assert delivered_to == b"Delivered-To: alice@example.test"
     header = (
         b"Authentication-Results: mail.example.test;\r\n"
         b"\tspf=pass smtp.mailfrom=good.test;\r\n"
@@ -115,6 +119,8 @@ def test_authentication_results_in_the_stored_copy(
 def test_dmarc_reject_refuses_and_stores_nothing(
     world_and_server: tuple[KeyStore, Server],
 ) -> None:
+    """dmarc_reject: a message failing DMARC under p=reject is refused at DATA with 550 and not
+    stored."""
     _, server = world_and_server
     before = server.messages(ALICE)
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="client.bad.test") as s:
@@ -139,6 +145,7 @@ def test_null_sender_is_checked_by_its_helo(world_and_server: tuple[KeyStore, Se
     data = new_message(server, before)
     assert data.startswith(
         b"Return-Path: <>\r\n"
+        b"Delivered-To: alice@example.test\r\n"
         b"Authentication-Results: mail.example.test;\r\n"
         b"\tspf=pass smtp.helo=client.good.test;\r\n"
         b"\tdkim=none;\r\n"

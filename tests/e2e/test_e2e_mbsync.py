@@ -243,6 +243,8 @@ def assert_noop_sync(config: Path, local: Local, srv: Server) -> None:
 
 
 def test_mbsync_pull_push_and_incremental_sync(world: tuple[Server, Local, Path, Path]) -> None:
+    """mbsync pushes local folders, flags and non-ASCII names, pulls the server's, and later
+    syncs only the changes."""
     srv, local, config, ca = world
     # The local side: INBOX, a folder, its subfolder and a non-ASCII folder, with flags.
     local.add("INBOX", message(1, "local one"), "S", 1)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca
+from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca, running
 
 ALICE = "alice@example.test"
 
@@ -97,18 +97,15 @@ def tls_server(tmp_path: Path) -> Iterator[Server]:
     live.mkdir()
     install(cert, key, live / "fullchain.pem", live / "privkey.pem")
     srv = Server(tmp_path / "srv", tls=(live / "fullchain.pem", live / "privkey.pem"))
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_sighup_reloads_certificate_keeping_open_sessions(
     tls_server: Server, tmp_path: Path
 ) -> None:
+    """SIGHUP reloads the certificate on every TLS listener while an open IMAPS session keeps
+    working."""
     server = tls_server
     live = tmp_path / "live"
     old = pem_der(live / "fullchain.pem")
@@ -157,6 +154,8 @@ def _world_usable(path: Path) -> bool:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="twistd -u/-g needs root (run the tests as root)")
 def test_twistd_drops_privileges_after_binding() -> None:
+    """twistd -u/-g: the server binds its ports as root, then every process runs as nobody, the
+    data dir and delivered mail owned by nobody."""
     import pwd
 
     import twistedmail
@@ -210,6 +209,7 @@ def test_twistd_drops_privileges_after_binding() -> None:
 
 
 def test_login_block_survives_a_restart(tmp_path: Path) -> None:
+    """A login block is saved at stop and still holds after a restart."""
     server = Server(tmp_path)
     server.config.write_text(
         server.config.read_text().replace("[limits]\n", "[limits]\nlogin_block_after = 2\n")

@@ -185,7 +185,7 @@ def test_mx_fallback_mixed_results_retry_and_bounce(world_and_server: tuple[Worl
         assert data.endswith(b"\r\n" + BODY)
     [bounce] = server.wait_for_messages(ALICE, 1)
     data = bounce.read_bytes()
-    assert data.startswith(b"Return-Path: <>\r\n")
+    assert data.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\n")
     msg, fields = dsn_fields(data)
     assert msg["Subject"] == "Undelivered Mail Returned to Sender"
     assert msg.get_content_type() == "multipart/report"
@@ -213,6 +213,8 @@ def test_mx_fallback_mixed_results_retry_and_bounce(world_and_server: tuple[Worl
 def test_null_mx_bounces_and_bounce_is_never_bounced(
     world_and_server: tuple[World, Server],
 ) -> None:
+    """RFC 7505: mail to a null-MX domain bounces with 5.1.10 to the sender, and that bounce is
+    never bounced."""
     world, server = world_and_server
     submit(server, ["someone@null.remote.test"])
     [bounce] = server.wait_for_messages(ALICE, 1)
@@ -242,6 +244,8 @@ def test_null_mx_bounces_and_bounce_is_never_bounced(
 def test_kill_after_250_restart_delivers_once_and_queue_cli(
     world_and_server: tuple[World, Server],
 ) -> None:
+    """A queued message survives kill -9 after the 250, is listed by 'queue list', and is
+    delivered once after the restart."""
     world, server = world_and_server
     submit(server, ["later@remote.test"])
     server.stop(signal.SIGKILL)
@@ -300,6 +304,7 @@ def test_250_recorded_before_quit_so_kill_9_then_restart_sends_nothing_twice(
     indirect=True,
 )
 def test_queue_delete(world_and_server: tuple[World, Server]) -> None:
+    """'queue delete' removes a message stuck in the queue after a 451."""
     world, server = world_and_server
     submit(server, ["stuck@remote.test"])
     time.sleep(1.5)

@@ -12,22 +12,14 @@ import time
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, deliver
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 
 
-def deliver(server: Server, to: str, subject: str, body: bytes = b"body line\r\n") -> bytes:
-    msg = (
-        b"From: x@elsewhere.test\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (to.encode(), subject.encode())
-        + body
-    )
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
-        s.sendmail("x@elsewhere.test", [to], msg)
-    return msg
-
-
 def test_imap_starttls_login_and_read(server: Server) -> None:
+    """RFC 3501 §6.2.3: IMAP on 143 has LOGINDISABLED and refuses LOGIN until STARTTLS; then the
+    delivered message is read byte for byte."""
     msg = deliver(server, ALICE, "first")
     (path,) = server.messages(ALICE)
     on_disk = path.read_bytes()
@@ -52,6 +44,8 @@ def test_imap_starttls_login_and_read(server: Server) -> None:
 
 
 def test_imaps_flags_land_in_file_names_and_uids_survive_restart(server: Server) -> None:
+    """Flags set over IMAPS land in the Maildir file names, and UIDs and UIDVALIDITY survive a
+    restart."""
     deliver(server, ALICE, "one")
     deliver(server, ALICE, "two")
     with imapclient.IMAPClient(
@@ -84,6 +78,8 @@ def test_imaps_flags_land_in_file_names_and_uids_survive_restart(server: Server)
 
 
 def test_pop3_stls_and_pop3s(server: Server) -> None:
+    """RFC 2595: POP3 on 110 refuses USER/PASS until STLS; RETR and DELE then work, and on 995
+    too."""
     msg1 = deliver(server, BOB, "pop one")
     msg2 = deliver(server, BOB, "pop two")
     p = poplib.POP3("127.0.0.1", server.ports["pop3"])
@@ -121,6 +117,8 @@ def test_pop3_stls_and_pop3s(server: Server) -> None:
 
 
 def test_password_changed_with_cli_works_everywhere_at_once(server: Server) -> None:
+    """A password changed with the CLI applies at once: the old one fails and the new one logs
+    in."""
     server.cli("user", "passwd", ALICE, "--password-stdin", stdin="new-pass-3\n")
     with imapclient.IMAPClient(
         "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
@@ -140,6 +138,8 @@ def test_password_changed_with_cli_works_everywhere_at_once(server: Server) -> N
 
 
 def test_acknowledged_message_survives_kill_9(server: Server) -> None:
+    """A message acknowledged with 250 survives kill -9 of the server and is readable after a
+    restart."""
     msg = deliver(server, ALICE, "durable")
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGKILL)
@@ -155,6 +155,8 @@ def test_acknowledged_message_survives_kill_9(server: Server) -> None:
 
 
 def test_imap_append_create_and_folders_on_disk(server: Server) -> None:
+    """IMAP CREATE and APPEND make Maildir++ folders (with maildirfolder) holding the appended
+    bytes; special-use folders exist at first login."""
     with imapclient.IMAPClient(
         "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
     ) as c:

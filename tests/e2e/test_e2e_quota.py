@@ -8,7 +8,7 @@ import smtplib
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, imap_client
 
 from twistedmail.cli import format_size
 
@@ -36,15 +36,9 @@ def used(server: Server, address: str) -> int:
     )
 
 
-def connect(server: Server, user: str = ALICE) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls()
-    )
-    c.login(user, PASSWORDS[user])
-    return c
-
-
 def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Server) -> None:
+    """RFC 9208: a quota set with the CLI refuses SMTP mail that would pass it (552 5.2.2 at RCPT
+    or DATA) and is reported over IMAP."""
     result = server.cli("user", "quota", ALICE, "10KiB")
     assert result.stdout == f"quota of {ALICE}: storage 10KiB, messages unlimited\n"
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
@@ -80,7 +74,7 @@ def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Serve
 
     # IMAP: the figures are the octets on disk in KiB (RFC 9208 §5.1).
     on_disk = used(server, ALICE)
-    with connect(server) as c:
+    with imap_client(server) as c:
         assert b"QUOTA" in c.capabilities() and b"QUOTA=RES-STORAGE" in c.capabilities()
         roots, quotas = c.get_quota_root("INBOX")
         assert roots.quota_roots == [""]
@@ -135,7 +129,7 @@ def test_quota_set_by_cli_is_enforced_by_smtp_and_reported_by_imap(server: Serve
     assert server.cli("user", "quota", ALICE, "none").stdout == (
         f"quota of {ALICE}: storage unlimited, messages unlimited\n"
     )
-    with connect(server) as c:
+    with imap_client(server) as c:
         roots, quotas = c.get_quota_root("INBOX")
         assert (roots.quota_roots, quotas) == ([], [])
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, running
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTER = ROOT / "etc" / "fail2ban" / "filter.d" / "twistedmail.conf"
@@ -78,6 +78,8 @@ RELAY_TRICKS = [
 
 @pytest.mark.parametrize(("recipient", "reply"), RELAY_TRICKS)
 def test_relay_trick_refused_on_port_25(server: Server, recipient: str, reply: bytes) -> None:
+    """RFC 5321 §3.6.1: relay tricks (percent hack, source routes, quoted @, bang paths, IP
+    literals) are refused at RCPT on port 25 and nothing is stored."""
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="evil.test") as s:
         s.ehlo()
         assert s.docmd("MAIL FROM:<spammer@evil.test>") == (250, b"2.1.0 Sender OK")
@@ -88,6 +90,7 @@ def test_relay_trick_refused_on_port_25(server: Server, recipient: str, reply: b
 
 
 def test_upper_case_local_address_is_delivered_not_relayed(server: Server) -> None:
+    """An upper-case local address is delivered to the local user, not relayed."""
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="friend.test") as s:
         s.sendmail("friend@friend.test", ["ALICE@EXAMPLE.TEST"], b"Subject: hi\r\n\r\nhi\r\n")
     assert len(server.messages(ALICE)) == 1
@@ -151,6 +154,8 @@ def alice_imap(server: Server) -> Iterator[imaplib.IMAP4_SSL]:
 def test_hostile_folder_names_stay_inside_the_maildir(
     server: Server, alice_imap: imaplib.IMAP4_SSL
 ) -> None:
+    """Hostile folder names in CREATE, RENAME, SELECT and DELETE are refused and nothing is
+    created outside the user's Maildir."""
     home = server.maildir(ALICE)
     before_data = tree(server.data_dir)
     before_root = tree(server.root)
@@ -178,6 +183,8 @@ def test_hostile_folder_names_stay_inside_the_maildir(
 
 
 def test_hostile_user_names_stay_inside_the_data_dir(server: Server) -> None:
+    """Hostile user names in IMAP, POP3 and SMTP logins fail to authenticate and create nothing
+    outside the data dir."""
     before = tree(server.root)
     evil = "../../etc"
     # IMAP LOGIN and AUTHENTICATE
@@ -225,6 +232,8 @@ def test_hostile_user_names_stay_inside_the_data_dir(server: Server) -> None:
 
 
 def test_data_dir_is_owner_only(server: Server, alice_imap: imaplib.IMAP4_SSL) -> None:
+    """Everything the server and the CLI create in the data dir has no group or other permission
+    bits (files and sockets 0600, directories 0700)."""
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
         s.sendmail("x@friend.test", [ALICE], b"Subject: hi\r\n\r\nhi\r\n")
     assert imap_command(alice_imap, b"CREATE Projects") == b"OK CREATE completed"
@@ -261,13 +270,8 @@ def strict_server(tmp_path: Path) -> Iterator[Server]:
             "[limits]\nlogin_block_after = 3\nmax_connections_per_ip = 3\n",
         )
     )
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 def can_bind(ip: str) -> bool:
@@ -299,6 +303,8 @@ def fail2ban_failregex() -> str:
 
 
 def test_failed_logins_are_throttled_then_blocked(strict_server: Server) -> None:
+    """Failed logins are delayed 1 then 2 s, then the IP is blocked (454 4.7.0 even with the
+    right password) in SMTP, IMAP and POP3 alike."""
     server = strict_server
     started = time.monotonic()
     assert smtp_auth(server, "wrong-1") == (535, b"5.7.8 Authentication credentials invalid")
@@ -366,6 +372,8 @@ def read_greeting(sock: socket.socket) -> bytes:
 
 
 def test_connections_per_ip_are_limited_politely(strict_server: Server) -> None:
+    """Past max_connections_per_ip each service refuses politely: SMTP 421 4.7.0, IMAP BYE
+    [UNAVAILABLE], POP3 -ERR [SYS/TEMP]."""
     server = strict_server
     expected = {
         "smtp": b"421 4.7.0 mail.example.test Too many connections, try again later\r\n",

@@ -6,12 +6,16 @@ keeps mail in INBOX."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_server import Server, free_ports
+from test_e2e_outbound import World
+from test_e2e_ownership import as_nobody, not_owned_by
 
 from twistedmail.sieve.store import SieveStore
 
@@ -128,3 +132,97 @@ def test_broken_script_keeps_mail_in_inbox(sieve_server: Server) -> None:
     log = srv.log.read_text()
     assert "sieve: user=bob@example.test" in log
     assert "line 2: command 'fileinto' takes no test" in log
+
+
+FILED = b"""require ["fileinto", "mailbox"];
+if header :contains "subject" "report" { fileinto :create "Reports"; }
+"""
+
+
+def test_cli_scripts_used_by_the_running_server(sieve_server: Server) -> None:
+    """Issue 12: what C{twistedmail sieve put --activate} and C{twistedmail vacation} write
+    while the server runs decides the very next delivery; C{vacation --off} brings the
+    user's own script back and no more replies leave."""
+    srv = sieve_server
+    bad = srv.cli("sieve", "put", BOB, "fixed", "-", stdin='fileinto "x";', check=False)
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert bad.stderr == (
+        "twistedmail: error: script 'fixed' not stored: line 1: command 'fileinto' requires"
+        " extension 'fileinto' (missing require)\n"
+    )
+    put = srv.cli("sieve", "put", BOB, "fixed", "-", "--activate", stdin=FILED.decode())
+    assert put.stdout == f"stored and activated script fixed of {BOB}\n"
+    send(srv, "someone@corp.example", BOB, message("someone@corp.example", BOB, "report 1"))
+    (path,) = srv.wait_for_messages(BOB, 1, folder="Reports")
+    assert path.read_bytes().endswith(b"\r\n\r\nbody\r\n")
+
+    refused = srv.cli("vacation", BOB, "--subject", "Away", "--message-file", "-", check=False)
+    assert refused.returncode == 1 and "'fixed' is active" in refused.stderr
+    on = srv.cli(
+        "vacation", BOB, "--subject", "Away", "--message-file", "-", "--replace", stdin="Gone.\n"
+    )
+    assert on.returncode == 0
+    send(srv, "someone@corp.example", BOB, message("someone@corp.example", BOB, "report 2"))
+    assert len(srv.wait_for_messages(BOB, 1)) == 1  # the vacation script keeps in INBOX
+    lines = srv.cli("queue", "list").stdout.splitlines()
+    assert len(lines) == 1 and " from=<> to=someone@corp.example " in lines[0], lines
+    assert "Subject: Away" in srv.cli("queue", "show", lines[0].split()[0]).stdout
+
+    off = srv.cli("vacation", BOB, "--off")
+    assert off.stdout == f"vacation reply of {BOB} off; script fixed is active again\n"
+    send(srv, "other@corp.example", BOB, message("other@corp.example", BOB, "report 3"))
+    assert len(srv.wait_for_messages(BOB, 2, folder="Reports")) == 2
+    assert len(srv.cli("queue", "list").stdout.splitlines()) == 1
+    assert srv.cli("sieve", "list", BOB).stdout == "broken\nfixed (active)\n"
+
+
+def test_reject_refused_in_the_smtp_transaction(sieve_server: Server) -> None:
+    """RFC 5429 §2.1.1: a Sieve reject of the message's one recipient is the reply to DATA,
+    550 5.7.1 with the script's reason; nothing stored, no notice queued.  With a second
+    recipient the message is accepted and the sender gets the rejection notice (§2.1)."""
+    srv = sieve_server
+    srv.cli(
+        "sieve",
+        "put",
+        BOB,
+        "no",
+        "-",
+        "--activate",
+        stdin='require "reject";\nreject "Not here.";\n',
+    )
+    data = message("someone@corp.example", BOB, "hello")
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("someone@corp.example")[0] == 250
+        assert smtp.rcpt(BOB)[0] == 250
+        assert smtp.data(data) == (550, b"5.7.1 Not here.")
+    assert srv.messages(BOB) == []
+    assert srv.cli("queue", "list").stdout == ""
+    # Two recipients: one reply for both, so accepted; the refusal goes out as a notice.
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as smtp:
+        assert smtp.sendmail("someone@corp.example", [BOB, ALICE], data) == {}
+    lines = srv.cli("queue", "list").stdout.splitlines()
+    assert any(" from=<> to=someone@corp.example " in line for line in lines), lines
+    assert srv.messages(BOB) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (twistd -u, chown)")
+def test_root_cli_scripts_belong_to_the_server_user(as_nobody: tuple[World, Server]) -> None:
+    """Run as root against a server running as nobody (issue 9), sieve put and vacation
+    leave every file to nobody (scripts 0600 in a 0700 sieve/), and the server reads them."""
+    _, srv = as_nobody
+    alice = "alice@example.test"
+    srv.cli("sieve", "put", alice, "main", "-", "--activate", stdin=FILED.decode())
+    srv.cli(
+        "vacation", "bob@example.test", "--subject", "Away", "--message-file", "-", stdin="Gone.\n"
+    )
+    nobody = pwd.getpwnam("nobody")
+    assert not_owned_by(srv.data_dir, nobody.pw_uid, nobody.pw_gid) == []
+    scripts = srv.maildir(alice) / "sieve"
+    assert scripts.stat().st_mode & 0o777 == 0o700
+    assert (scripts / "main.sieve").stat().st_mode & 0o777 == 0o600
+    send(srv, "someone@corp.example", alice, message("someone@corp.example", alice, "report"))
+    assert len(srv.wait_for_messages(alice, 1, folder="Reports")) == 1
+
+
+_ = as_nobody  # a fixture, used by name

@@ -124,6 +124,8 @@ def test_source_route_and_quotes_deliver_to_the_mailbox(server: Server) -> None:
         )
     (stored,) = server.wait_for_messages(ALICE, 1)
     data = stored.read_bytes()
-    assert data.startswith(b'Return-Path: <"john smith"@sender.test>\r\nReceived: '), data
+    assert data.startswith(
+        b'Return-Path: <"john smith"@sender.test>\r\nDelivered-To: alice@example.test\r\nReceived: '
+    ), data
     assert b"\tfor <alice@example.test>; " in data
     assert data.endswith(b"\r\nSubject: routed\r\n\r\nhello\r\n")

@@ -264,9 +264,12 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
     assert start == {
         "control": 1,
         "folder_watchers": 0,
+        "http": 0,
+        "https": 0,
         "imap": 0,
         "imap_sessions": 0,
         "imaps": 0,
+        "managesieve": 0,
         "pop3": 0,
         "pop3s": 0,
         "smtp": 0,
@@ -473,8 +476,8 @@ def test_connections_command_shows_open_sessions(server: Server) -> None:
     m.select("INBOX")
     try:
         assert server.cli("connections").stdout == (
-            "control 1\nfolder_watchers 1\nimap 0\nimap_sessions 1\nimaps 1\npop3 0\n"
-            "pop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
+            "control 1\nfolder_watchers 1\nhttp 0\nhttps 0\nimap 0\nimap_sessions 1\nimaps 1\n"
+            "managesieve 0\npop3 0\npop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
         )
     finally:
         m.logout()

@@ -11,6 +11,7 @@ from e2e_server import BIN, Server
 
 
 def test_twistd_lists_the_plugin() -> None:
+    """twistd --help lists the twistedmail plugin."""
     out = subprocess.run(
         [str(BIN / "twistd"), "--help"], capture_output=True, text=True, timeout=60
     )
@@ -19,6 +20,7 @@ def test_twistd_lists_the_plugin() -> None:
 
 
 def test_config_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A config error at start is one line on stderr and exit 1, no traceback."""
     config = tmp_path / "bad.toml"
     config.write_text('[listen]\nsmtp = "nonsense"\n')
     out = subprocess.run(
@@ -36,6 +38,8 @@ def test_config_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_first_start_creates_data_dir_and_certificate(tmp_path: Path) -> None:
+    """The first start creates the data dir (0700), the account store and a self-signed
+    certificate with a 0600 key."""
     server = Server(tmp_path)
     server.start()
     try:
@@ -49,6 +53,7 @@ def test_first_start_creates_data_dir_and_certificate(tmp_path: Path) -> None:
 
 
 def test_config_found_through_environment(tmp_path: Path) -> None:
+    """The CLI finds its config through $TWISTEDMAIL_CONFIG."""
     server = Server(tmp_path)
     env = dict(os.environ, TWISTEDMAIL_CONFIG=str(server.config))
     out = subprocess.run(
@@ -108,6 +113,7 @@ def test_port_in_use_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_unreadable_certificate_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """A missing [tls] certificate stops the start with one line naming the file, exit 1."""
     server = Server(tmp_path, tls=(tmp_path / "missing.pem", tmp_path / "missing-key.pem"))
     out = _twistd(server.config, tmp_path)
     assert out.returncode == 1

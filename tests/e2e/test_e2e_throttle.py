@@ -7,7 +7,6 @@ lifts it over the control socket."""
 from __future__ import annotations
 
 import base64
-import imaplib
 import poplib
 import re
 import select
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, client_tls, imap_login, running
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -30,24 +29,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
     srv.config.write_text(
         srv.config.read_text().replace("[limits]\n", "[limits]\nlogin_block_after = 5\n")
     )
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv
-    finally:
-        srv.stop()
-
-
-def imap_login(server: Server, user: str, password: str) -> str:
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
-    try:
-        typ, _ = m.login(user, password)
-        return typ
-    except imaplib.IMAP4.error as e:
-        return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
-    finally:
-        m.shutdown()
 
 
 def pop3_login(server: Server, user: str, password: str) -> bytes:

@@ -79,6 +79,8 @@ def _run(server: Server, tmp_path: Path, port_name: str, security: str, *extra: 
 
 
 def test_thunderbird_syncs_over_starttls(server: Server, tmp_path: Path) -> None:
+    """Thunderbird logs in over STARTTLS on 143 and syncs every header and body with no IMAP
+    error reply."""
     _seed(server, 5)
     summary = _run(server, tmp_path, "imap", "starttls")
     assert summary["login_ok"], summary.get("login_failures")
@@ -128,6 +130,7 @@ def ca_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
 def test_thunderbird_syncs_over_tls_and_sends_through_465(
     ca_server: tuple[Server, Path], tmp_path: Path
 ) -> None:
+    """Thunderbird syncs over 993 with a CA-signed certificate and sends through 465."""
     server, ca = ca_server
     _seed(server, 3)
     summary = _sync_and_send(server, tmp_path, ca)
@@ -138,7 +141,7 @@ def test_thunderbird_syncs_over_tls_and_sends_through_465(
     received = server.wait_for_messages(BOB, 1)
     assert len(received) == 1
     data = received[0].read_bytes()
-    assert data.startswith(b"Return-Path: <alice@example.test>\r\n")
+    assert data.startswith(b"Return-Path: <alice@example.test>\r\nDelivered-To: ")
     assert b"with ESMTPSA" in data
 
 

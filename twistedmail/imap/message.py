@@ -459,7 +459,7 @@ def _address_tokens(value: bytes) -> list[tuple[bytes, bytes]]:
             out.append((b"c", bytes(comment).strip()))
             i = j
             continue
-        if value[i : i + 1] == b")":  # stray: ignored
+        if value[i : i + 1] in (b")", b"]"):  # stray closer: ignored (found by the fuzz test)
             i += 1
             continue
         m = _ADDRESS_TOKEN.match(value, i)

@@ -38,7 +38,7 @@ import inspect
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from OpenSSL import SSL
 from twisted.cred.portal import Portal
@@ -1915,6 +1915,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         finally:
             _close_quietly(target)
         await self._refresh_if_selected(target)
+        self._observe_copy(target, copied)
         code = b""
         if copied and target.getUIDValidity() and all(isinstance(u, int) for u in new_uids):
             code = b"[COPYUID %d %s %s] " % (
@@ -1923,6 +1924,24 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
                 uid_set(new_uids),
             )
         return code, copied
+
+    copy_observer: CopyObserver | None = None
+    """Told of every COPY and MOVE (and UID forms): the spam filter learns from moves into
+    and out of Junk (L{twistedmail.rspamd.JunkLearner})."""
+
+    def _observe_copy(self, target: Any, copied: list[Any]) -> None:
+        if self.copy_observer is None or not copied:
+            return
+        try:
+            self.copy_observer.copied(
+                str(getattr(self.account, "address", "")),
+                str(getattr(self.mbox, "name", "")),
+                str(getattr(target, "name", "")),
+                copied,
+                getattr(self.account, "run_in_thread", None),
+            )
+        except Exception:
+            log.failure("copy observer failed")
 
     async def do_MOVE(
         self, tag: bytes, messages: imap4.MessageSet, name: bytes, uid: bool = False
@@ -1960,6 +1979,15 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     select_UNSELECT = (do_UNSELECT,)
 
     select_COPY = (do_COPY, arg_seqset, arg_finalastring)
+
+
+class CopyObserver(Protocol):
+    """Told, after COPY or MOVE, that C{messages} of folder C{source} were copied into
+    C{target} for C{user} (the messages can be read with C{run_in_thread})."""
+
+    def copied(
+        self, user: str, source: str, target: str, messages: Sequence[Any], run_in_thread: Any
+    ) -> None: ...
 
 
 def _list_name(raw: bytes) -> str | None:
@@ -2198,6 +2226,7 @@ class IMAPFactory(ServerFactory):
     """Builds one L{IMAPServer} per connection (port 143 with STARTTLS, or 993)."""
 
     noisy = False  # the session logs its own line per connection
+    copy_observer: CopyObserver | None = None  # set by the service (issue 14, learning)
 
     def __init__(
         self,
@@ -2231,6 +2260,7 @@ class IMAPFactory(ServerFactory):
         )
         protocol.POSTAUTH_TIMEOUT = self.idle_timeout
         protocol.user_limit = self.user_limit
+        protocol.copy_observer = self.copy_observer
         protocol.factory = self
         return protocol
 

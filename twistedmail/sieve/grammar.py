@@ -313,16 +313,18 @@ def _number(tok: _Token) -> int:
     return value
 
 
-def parse(source: str | bytes) -> tuple[Command, ...]:
+def parse(source: str | bytes, max_size: int = MAX_SCRIPT_SIZE) -> tuple[Command, ...]:
     """The commands of a script (RFC 5228 §8.2).
 
     @param source: the script, UTF-8 when bytes (RFC 5228 §2.2).
+    @param max_size: bytes (C{[delivery] sieve_max_script_size}); a larger script is refused
+        before it is read.
     @raise SieveError: too large, not UTF-8, or a syntax error, with its line.
     """
     if isinstance(source, bytes):
         data = source
-        if len(data) > MAX_SCRIPT_SIZE:
-            raise SieveError(0, f"script larger than {MAX_SCRIPT_SIZE} bytes")
+        if len(data) > max_size:
+            raise SieveError(0, f"script larger than {max_size} bytes")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -330,7 +332,7 @@ def parse(source: str | bytes) -> tuple[Command, ...]:
             raise SieveError(line, "script is not valid UTF-8") from None
     else:
         text = source
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_SIZE:
-            raise SieveError(0, f"script larger than {MAX_SCRIPT_SIZE} bytes")
+        if len(text.encode("utf-8", "surrogatepass")) > max_size:
+            raise SieveError(0, f"script larger than {max_size} bytes")
     parser = _Parser(tokenize(text))
     return parser.commands(0, closing=False)

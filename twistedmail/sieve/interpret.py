@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar, Union
 import attr
 
 from twistedmail.maildir import FolderNameError, encode_folder_name
+from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE
 from twistedmail.sieve.validate import REDIRECT_ADDRESS, Node, Script, compile_regex
 
 MAX_ACTIONS = 32
@@ -40,6 +41,11 @@ MAX_REDIRECTS = 4
 """Pigeonhole's C{sieve_max_redirects} default."""
 MAX_INCLUDE_DEPTH = 10
 """Pigeonhole's C{sieve_include_max_nesting_depth} default."""
+MAX_STEPS = 1_000_000
+"""Work units one run may take (C{[delivery] sieve_max_steps}): one per command and test run,
+and per value compared with one key, one more per KiB of that value.  Sieve has no loops, but
+C{include} repeats scripts and a body test reads the whole message, so this bounds a run's CPU
+whatever the script and the message (a run past it fails and keeps the message)."""
 MAX_VARIABLE_SIZE = 4096
 """Characters; Pigeonhole's C{sieve_variables_max_variable_size} default."""
 MAX_EXPANDED_SIZE = 64 * 1024
@@ -48,6 +54,17 @@ VACATION_MIN_SECONDS = 86400
 VACATION_MAX_SECONDS = 60 * 86400
 VACATION_DEFAULT_SECONDS = 7 * 86400
 """Pigeonhole's C{sieve_vacation_min_period}, C{_max_period} and C{_default_period}."""
+
+
+@attr.frozen
+class SieveLimits:
+    """What one user's script may cost at delivery (C{[delivery] sieve_max_*}): its size in
+    bytes, its actions, its redirects, and the work of one run (L{MAX_STEPS})."""
+
+    max_script_size: int = MAX_SCRIPT_SIZE
+    max_actions: int = MAX_ACTIONS
+    max_redirects: int = MAX_REDIRECTS
+    max_steps: int = MAX_STEPS
 
 
 @attr.frozen
@@ -402,6 +419,7 @@ class _Run:
         max_actions: int,
         max_redirects: int,
         recipient_delimiter: str,
+        max_steps: int = MAX_STEPS,
     ) -> None:
         self.message = message
         self.envelope = envelope
@@ -412,6 +430,8 @@ class _Run:
         self.max_actions = max_actions
         self.max_redirects = max_redirects
         self.delimiter = recipient_delimiter
+        self.max_steps = max_steps
+        self.steps = 0
         self.actions: list[Action] = []
         self.implicit_keep = True
         self.match_values: list[str] = []
@@ -470,6 +490,12 @@ class _Run:
         else:
             self.variables[name] = value
 
+    def charge(self, units: int) -> None:
+        """Count work (L{MAX_STEPS}); past the limit the run fails."""
+        self.steps += units
+        if self.steps > self.max_steps:
+            raise SieveRuntimeError(f"script run exceeded {self.max_steps} steps")
+
     # -- matching ------------------------------------------------------------------------
 
     def match(
@@ -480,6 +506,8 @@ class _Run:
         count_filter: bool = False,
         capture: bool = True,
     ) -> bool:
+        # Every value against every key, plus its length: an upper bound of the work below.
+        self.charge(len(keys) * sum(1 + (len(v) >> 10) for v in values))
         comparator = str(node.tag("comparator", "i;ascii-casemap"))
         capture = capture and "variables" in self.requires
         count = node.tag("count")
@@ -540,6 +568,7 @@ class _Run:
     # -- tests ---------------------------------------------------------------------------
 
     def test(self, node: Node) -> bool:
+        self.charge(1)
         name = node.name
         if name == "true":
             return True
@@ -692,6 +721,7 @@ class _Run:
     def block(self, nodes: tuple[Node, ...]) -> None:
         skip_else = False
         for node in nodes:
+            self.charge(1)
             name = node.name
             if name in ("elsif", "else"):
                 if skip_else:
@@ -978,6 +1008,7 @@ def evaluate(
     max_actions: int = MAX_ACTIONS,
     max_redirects: int = MAX_REDIRECTS,
     recipient_delimiter: str = "+",
+    max_steps: int = MAX_STEPS,
 ) -> Result:
     """Run C{script} on C{message} (the bytes as delivered) for C{envelope}.
 
@@ -986,6 +1017,7 @@ def evaluate(
     @param mailbox_exists: the user's folder lookup for C{mailboxexists} (RFC 5490 §3.1).
     @param load_script: resolves C{include} (RFC 6609); None: every include is missing.
     @param recipient_delimiter: separator characters of C{:user}/C{:detail} (RFC 5233).
+    @param max_steps: the work a run may take (L{MAX_STEPS}); past it the run fails.
     @return: L{Result}; never raises for a problem of the script or the message.
     """
     run = _Run(
@@ -998,6 +1030,7 @@ def evaluate(
         max_actions=max_actions,
         max_redirects=max_redirects,
         recipient_delimiter=recipient_delimiter,
+        max_steps=max_steps,
     )
     run.requires = script.requires
     try:
@@ -1024,11 +1057,18 @@ _RECIPIENT_HEADERS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
 
 
 def vacation_reply_allowed(
-    message: bytes, envelope: Envelope, user_addresses: Sequence[str], vacation: Vacation
+    message: bytes,
+    envelope: Envelope,
+    user_addresses: Sequence[str],
+    vacation: Vacation,
+    recipient_delimiter: str = "+",
 ) -> bool:
     """Whether a vacation reply may be sent at all (RFC 5230 §4.5, RFC 3834 §2), before the
     once-per-period memory: never to <>, to ourselves, to a system or list address, for a list
-    or automatic message, or when none of the user's addresses is in To/Cc/Bcc."""
+    or automatic message, or when none of the user's addresses is in To/Cc/Bcc.
+
+    @param recipient_delimiter: the subaddress separator (C{[delivery] recipient_delimiter},
+        C{""}: none): C{user+detail@} counts as C{user@} (RFC 5233)."""
     sender = envelope.sender.lower()
     if not sender:
         return False
@@ -1042,12 +1082,16 @@ def vacation_reply_allowed(
         )
         if a
     }
-    for address in list(mine):
+
+    def base(address: str) -> str:
         # Mail to me+detail@ is mail to me@ (RFC 5233): both count as the user's address.
         local_part, _, domain = address.rpartition("@")
-        if "+" in local_part:
-            mine.add(local_part.split("+", 1)[0] + "@" + domain)
-    if sender in mine:
+        if recipient_delimiter and recipient_delimiter in local_part:
+            return local_part.split(recipient_delimiter, 1)[0] + "@" + domain
+        return address
+
+    mine |= {base(a) for a in mine}
+    if sender in mine or base(sender) in mine:
         return False
     local = sender.rpartition("@")[0] if "@" in sender else sender
     if (
@@ -1065,7 +1109,7 @@ def vacation_reply_allowed(
     if any(parsed.raw_headers(h) for h in _LIST_HEADERS):
         return False
     addressed = {
-        a.lower()
+        base(a.lower())
         for h in _RECIPIENT_HEADERS
         for _, a in email.utils.getaddresses(parsed.headers(h))
         if a

@@ -72,7 +72,9 @@ class SieveStore:
     def _ensure_directory(self) -> None:
         if self.directory.is_symlink():
             raise ScriptNameError(f"{self.directory} is a symbolic link; refusing to follow it")
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.directory.is_dir():
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fsync_dir(self.home)  # the new sieve/ entry is durable, as the scripts in it
 
     def names(self) -> list[str]:
         """Every script name, sorted."""

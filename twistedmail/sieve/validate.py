@@ -17,6 +17,7 @@ import attr
 import re2
 
 from twistedmail.sieve.grammar import (
+    MAX_SCRIPT_SIZE,
     Argument,
     Command,
     Number,
@@ -543,15 +544,21 @@ class _Compiler:
         return tuple(out)
 
 
-def compile_script(source: str | bytes, include_exists: IncludeExists | None = None) -> Script:
+def compile_script(
+    source: str | bytes,
+    include_exists: IncludeExists | None = None,
+    max_size: int = MAX_SCRIPT_SIZE,
+) -> Script:
     """Parse and validate a script.
+
+    @param max_size: bytes; a larger script is refused (C{[delivery] sieve_max_script_size}).
 
     @param include_exists: checks that each non-optional C{include} target exists (as
         Pigeonhole does when compiling); None leaves that to run time.
 
     @raise SieveError: with the line and message of the first error (RFC 5804 §2.6 reports it).
     """
-    commands = parse(source)
+    commands = parse(source, max_size)
     requires: set[str] = set()
     i = 0
     while i < len(commands) and commands[i].name == "require":

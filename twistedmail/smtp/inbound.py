@@ -12,24 +12,48 @@ L{twistedmail.mailauth}); the stored copy gets an C{Authentication-Results:} fie
 hostname on top and loses any incoming one claiming that hostname (RFC 8601 §5).  With
 C{dmarc_reject}, a DMARC fail under C{p=reject} is answered C{550 5.7.1} and nothing is
 stored (RFC 7489 §6.7, §10).  A DNS failure never loses mail: the result says temperror.
+
+With a spam filter (C{[antispam] rspamd}, L{twistedmail.rspamd}), each message is then sent
+to rspamd with the envelope, the client's IP, HELO and reverse-DNS name and our
+Authentication-Results, and its action applied: C{reject} -> C{550 5.7.1}, nothing stored;
+C{soft reject} / C{greylist} -> C{451 4.7.1}; C{add header} / C{rewrite subject} -> rspamd's
+headers and the users' Junk folder; C{no action} -> INBOX.  A filter that fails never
+refuses mail.  Sieve runs after the verdict, at delivery.
+
+With DNS blocklists (C{[antispam] dnsbl}, L{twistedmail.dnsbl}), the client IP is looked up
+at connect and a listed client gets C{554 5.7.1} at RCPT, but for postmaster (RFC 5321
+§4.5.1: mail to postmaster must be accepted).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
+from twistedmail import metrics
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery
+from twistedmail.dnsbl import Blocklists
 from twistedmail.mailauth import (
     Authenticator,
     authentication_results,
     remove_authentication_results,
 )
-from twistedmail.reply import REPLY_550_DMARC_REJECT, REPLY_554_RELAY_DENIED
+from twistedmail.rate import HourlyRate
+from twistedmail.reply import (
+    REPLY_451_IP_RATE_LIMIT,
+    REPLY_451_SPAM_LATER,
+    REPLY_550_DMARC_REJECT,
+    REPLY_550_SPAM,
+    REPLY_554_RELAY_DENIED,
+    reply_554_blocklisted,
+)
+from twistedmail.rspamd import TEMPORARY_ACTIONS, CheckRequest, Rspamd, apply_headers
 from twistedmail.smtp.server import (
     Client,
     Envelope,
@@ -38,6 +62,7 @@ from twistedmail.smtp.server import (
     SMTPReplyError,
     SMTPServerFactory,
 )
+from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -49,9 +74,18 @@ class InboundPolicy:
         Authentication-Results field.
     @param authserv_id: our hostname, the authserv-id of the field (RFC 8601 §2.5).
     @param dmarc_reject: refuse a DMARC fail under C{p=reject} with C{550 5.7.1}.
+    @param spam_filter: rspamd (L{twistedmail.rspamd}); C{None}: no filter.
+    @param blocklists: the DNS block and allow lists; C{None}: none.
+    @param reverse_name: the client's reverse-DNS name, for the filter (an async
+        function of the IP, C{""} when unknown); C{None}: not looked up.
     """
 
     service = "smtp"
+    spam_filter: Rspamd | None = None
+    blocklists: Blocklists | None = None
+    reverse_name: Callable[[str], Awaitable[str]] | None = None
+    ip_rate: HourlyRate | None = None
+    """Messages per client IP (IPv6: /64) and hour (C{[antispam] smtp_messages_per_ip_hour})."""
 
     def __init__(
         self,
@@ -69,14 +103,42 @@ class InboundPolicy:
         self.dmarc_reject = dmarc_reject
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
-        """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5)."""
+        """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5).
+
+        @raise SMTPReplyError: C{451 4.7.1} for a client IP over its hourly message rate."""
+        if self.ip_rate is not None and not self.ip_rate.allows(ip_key(client.peer_ip)):
+            log.warn(
+                "session {session}: client [{ip}] over {limit} messages per hour",
+                session=client.session_id,
+                ip=client.peer_ip,
+                limit=self.ip_rate.limit,
+            )
+            raise SMTPReplyError(REPLY_451_IP_RATE_LIMIT)
+
+    def connected(self, client: Client) -> None:
+        """At connect: start the DNSBL lookups of the client's IP."""
+        if self.blocklists is not None:
+            self.blocklists.prefetch(client.peer_ip)
 
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
-        """@raise SMTPReplyError: 554 5.7.1 for a non-local domain; see L{LocalRecipients}."""
+        """@raise SMTPReplyError: 554 5.7.1 for a non-local domain, or for a client on a
+        DNS blocklist; see L{LocalRecipients}."""
         if not self.store.is_local_domain(recipient.domain):
             raise SMTPReplyError(REPLY_554_RELAY_DENIED)
-        self.local.check(recipient)
-        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
+        if self.blocklists is not None and recipient.local != "postmaster":
+            # RFC 5321 §4.5.1: postmaster is taken from anyone, listed or not.
+            listing = await self.blocklists.check(client.peer_ip)
+            if listing.blocked and listing.blocked_by is not None:
+                log.info(
+                    "session {session}: client [{ip}] blocked using {zone} (rcpt <{rcpt}>)",
+                    session=client.session_id,
+                    ip=client.peer_ip,
+                    zone=listing.blocked_by,
+                    rcpt=str(recipient),
+                )
+                raise SMTPReplyError(reply_554_blocklisted(client.peer_ip, listing.blocked_by))
+        resolved = self.local.check(recipient)  # aliases expanded once per RCPT
+        await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Check the message (when configured), then store it (see L{LocalRecipients}).
@@ -85,7 +147,14 @@ class InboundPolicy:
         """
         if self.authenticator is not None:
             message = await self._authenticate(envelope, message)
-        await self.local.deliver(envelope, message)
+        junk = False
+        if self.spam_filter is not None:
+            message, junk = await filter_message(
+                self.spam_filter, envelope, message, self.reverse_name
+            )
+        await self.local.deliver(envelope, message, junk=junk)
+        if self.ip_rate is not None:
+            self.ip_rate.record(ip_key(envelope.client.peer_ip))
 
     async def _authenticate(self, envelope: Envelope, message: bytes) -> bytes:
         assert self.authenticator is not None
@@ -105,9 +174,50 @@ class InboundPolicy:
             dkim=",".join(d.result for d in results.dkim) or "none",
             dmarc=results.dmarc.result,
         )
+        metrics.of(self.authenticator).authenticated(results)
         if self.dmarc_reject and results.dmarc.rejects:
             raise SMTPReplyError(REPLY_550_DMARC_REJECT)  # RFC 7489 §6.7, §10
         return authentication_results(self.authserv_id, results) + message
+
+
+async def filter_message(
+    spam_filter: Rspamd,
+    envelope: Envelope,
+    message: bytes,
+    reverse_name: Callable[[str], Awaitable[str]] | None = None,
+) -> tuple[bytes, bool]:
+    """Ask rspamd about C{message}; return it with rspamd's header changes, and whether it
+    goes to Junk.  rspamd failing: the message unchanged, not junk.
+
+    @raise SMTPReplyError: C{550 5.7.1} for C{reject}; C{451 4.7.1} for C{soft reject} and
+        C{greylist} (the client tries again later, RFC 5321 §4.2.5).
+    """
+    client = envelope.client
+    hostname = await reverse_name(client.peer_ip) if reverse_name is not None else ""
+    request = CheckRequest(
+        sender=str(envelope.reverse_path or ""),
+        recipients=tuple(str(r) for r in envelope.recipients),
+        ip=client.peer_ip,
+        helo=client.helo,
+        hostname=hostname,
+        queue_id=envelope.transaction_id,
+        user=client.user or "",
+    )
+    verdict = await spam_filter.check(request, message)
+    if verdict is None:
+        return message, False
+    log.info(
+        "session {session} message {id}: rspamd {action} score={score:.2f}",
+        session=client.session_id,
+        id=envelope.transaction_id,
+        action=verdict.action,
+        score=verdict.score,
+    )
+    if verdict.action == "reject":
+        raise SMTPReplyError(REPLY_550_SPAM)
+    if verdict.action in TEMPORARY_ACTIONS:
+        raise SMTPReplyError(REPLY_451_SPAM_LATER)
+    return apply_headers(message, verdict), verdict.junk
 
 
 def inbound_factory(

@@ -43,6 +43,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from twistedmail import metrics
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
@@ -430,6 +431,7 @@ class QueueRunner:
             size=entry.size,
         )
         self.entries[entry.id] = entry
+        metrics.of(self).message_queued()
         self._wake()
         return entry
 
@@ -552,6 +554,7 @@ class QueueRunner:
                 else ("bounced" if result.permanent else "deferred"),
                 diagnostic=result.diagnostic,
             )
+            metrics.of(self).outbound_result(result, state.entry.created)
         # Record who has been delivered now, so a crash cannot send to them twice.
         async with state.lock:
             state.entry = _apply(state.entry, results)
@@ -579,6 +582,7 @@ class QueueRunner:
         failed = entry.with_state(FAILED_STATE)
         if failed:
             await self._notify(entry, failed, FAILED, message, now)
+            metrics.of(self).bounced(len(failed))
             bounced = {r.address for r in failed}
             entry = attrs.evolve(
                 entry,

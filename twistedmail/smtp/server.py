@@ -71,7 +71,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from twistedmail import auth, sasl
+from twistedmail import auth, metrics, sasl
 from twistedmail.accounts import AccountStore
 from twistedmail.address import (
     AddressError,
@@ -136,6 +136,7 @@ from twistedmail.reply import (
     REPLY_552_MAILBOX_FULL,
     REPLY_552_TOO_BIG,
     REPLY_553_NON_ASCII_ADDRESS,
+    REPLY_554_PREGREET,
     REPLY_555_BAD_PARAMETER,
     Reply,
 )
@@ -337,9 +338,11 @@ class LocalRecipients:
         self.delivery = delivery
         self.relay = relay
 
-    def check(self, recipient: Mailbox) -> None:
+    def check(self, recipient: Mailbox) -> tuple[list[Mailbox], list[Mailbox]]:
         """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
 
+        @return: the local users and remote addresses it expands to (aliases resolved once
+            at RCPT; hand them to L{check_quota}).
         @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
             alias that expands to a remote address when there is no relay.
         """
@@ -348,26 +351,36 @@ class LocalRecipients:
             raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         if not users and not remote:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+        return users, remote
 
     def postmaster(self, hostname: str) -> Mailbox | None:
         """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
         return self.store.postmaster(hostname)
 
-    async def check_quota(self, recipient: Mailbox, size: int = 0) -> None:
+    async def check_quota(
+        self,
+        recipient: Mailbox,
+        size: int = 0,
+        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
+    ) -> None:
         """RCPT time, after L{check}: refuse a user already over quota, as Dovecot's LMTP
         does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}), or
         one who has no room for the C{size} octets MAIL FROM announced (RFC 1870 SIZE).
 
+        @param resolved: what L{check} returned for C{recipient}.
         @raise SMTPReplyError: C{552 5.2.2} (RFC 3463 mailbox full).
         """
         try:
-            await self.delivery.check_quota(recipient, size)
+            await self.delivery.check_quota(recipient, size, resolved)
         except QuotaExceeded:
             raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
 
-    async def deliver(self, envelope: Envelope, message: bytes, others: bool = False) -> None:
+    async def deliver(
+        self, envelope: Envelope, message: bytes, others: bool = False, junk: bool = False
+    ) -> None:
         """Store C{message} durably for every local recipient, and queue it for the remote
-        addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding).
+        addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding); C{junk}: into each
+        user's Junk folder (the spam filter's verdict, L{LocalDelivery.deliver_all}).
 
         A user whose quota the message would exceed gets no copy: when nobody else gets the
         message (and not C{others}, recipients the caller delivers itself), the whole
@@ -381,14 +394,30 @@ class LocalRecipients:
             C{552 5.2.2} as above.
         @raise OSError: any other disk failure (the session answers 451).
         """
-        users, remote = self.delivery.local_users(list(envelope.recipients))
+        # Resolved again (once) here, not taken from RCPT: an alias or user deleted since
+        # then must not get mail; the same expansion is handed to deliver_all.
+        resolution = self.delivery.resolve(list(envelope.recipients))
+        users, remote = resolution[0], resolution[1]
         if not users and not (remote and self.relay is not None):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
+        # RFC 5429 §2.1.1: a Sieve reject is refused in the transaction when the reply to
+        # DATA speaks for that one user alone.
+        refuse = len(envelope.recipients) == 1 and len(users) == 1 and not remote and not others
         try:
             if users:
                 delivered = await self.delivery.deliver_all(
-                    envelope.reverse_path, list(envelope.recipients), message
+                    envelope.reverse_path,
+                    list(envelope.recipients),
+                    message,
+                    junk=junk,
+                    refuse=refuse,
+                    resolution=resolution,
                 )
+                metrics.of(self.delivery).delivered_locally(
+                    len(delivered.stored), envelope.received_at
+                )
+                if delivered.refused is not None:
+                    raise SMTPReplyError(sieve_refusal(delivered.refused))
                 remote = list(delivered.remote)
                 if delivered.over_quota:
                     if not (delivered.stored or others or (remote and self.relay is not None)):
@@ -423,6 +452,13 @@ class LocalRecipients:
         except Exception:
             # The others have their copies: a 4xx now would make the client send it again.
             log.failure("session {session}: bounce failed", session=envelope.client.session_id)
+
+
+def sieve_refusal(reason: str) -> Reply:
+    """C{550 5.7.1 <reason>} for a Sieve reject at SMTP time (RFC 5429 §2.1.1, RFC 3463
+    5.7.1): the reason on one line, printable ASCII (others as '?'), at most 400 characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(reason.split()))[:400]
+    return Reply(550, "5.7.1", text or "Message rejected")
 
 
 def address_literal(ip: str) -> str:
@@ -558,11 +594,46 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             service=self.policy.service,
             tls=self.tls,
         )
-        # RFC 5321 §4.2: the greeting starts with our domain.
-        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+        self._policy_connected()
+        if self.greet_pause > 0:
+            self._greeting = self.clock.callLater(self.greet_pause, self._send_greeting)
+        else:
+            self._send_greeting()
         self.setTimeout(self.timeout)
 
+    greet_pause: float = 0
+    """Seconds the greeting waits; a client that talks first is refused (L{_pregreet})."""
+    _greeting: Any = None
+
+    def _send_greeting(self) -> None:
+        self._greeting = None
+        # RFC 5321 §4.2: the greeting starts with our domain.
+        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+
+    def _policy_connected(self) -> None:
+        """Tell a policy that wants it (C{connected(client)}) about the new connection."""
+        connected = getattr(self.policy, "connected", None)
+        if connected is not None:
+            connected(self.client())
+
+    def _pregreet(self) -> None:
+        """The client sent before our 220 (Postfix postscreen's pregreet test): a spambot
+        that does not wait for the greeting (RFC 5321 §4.3.1: the client waits for it)."""
+        self._greeting.cancel()
+        self._greeting = None
+        log.warn(
+            "session {session}: client [{ip}] talked before greeting (pregreet)",
+            session=self.session_id,
+            ip=self.peer_ip,
+        )
+        self.transport.write(REPLY_554_PREGREET.line() + CRLF)
+        self._closed = True
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._greeting is not None:
+            self._greeting.cancel()
+            self._greeting = None
         self._closed = True
         self.setTimeout(None)
         self._data_lines = []
@@ -602,6 +673,11 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     # -- input -----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._greeting is not None:
+            self._pregreet()
+            return
+        if self._closed:
+            return
         if self._discarding:
             self._unterminated += len(data)
         super().dataReceived(data)
@@ -764,6 +840,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._in_header = True
         self._header_size = 0
         self.lf_ends_lines = False
+        self.take_bulk = False
 
     def do_MAIL(self, rest: bytes) -> None:
         if self.helo is None:
@@ -893,7 +970,76 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self._header_size = 0
             # "normalize": the wire layer ends lines at a bare LF too, and says which did.
             self.lf_ends_lines = self.bare_lf == "normalize"
+            self.take_bulk = not self.lf_ends_lines  # DATA as a stream: bulk_lines
             self.send_reply(REPLY_354_DATA)
+
+    def bulk_lines(self, buf: bytes, start: int) -> int:
+        """DATA as a stream: take every complete line of C{buf} before the end-of-data line
+        at once, checked and dot-unstuffed on bytes (one idle-timer reset per read, not per
+        line).  Only with C{bare_lf="reject"}, where only CRLF ends a line, so the end of data
+        is the first CRLF "." CRLF (RFC 5321 §4.1.1.4) and every CRLF "." starts a
+        dot-stuffed line (§4.5.2).  The final dot line is left to L{state_DATA}; a region
+        with anything unusual (bare CR or LF, an over-long line, the header section, the size
+        limit reached) goes line by line through L{state_DATA}, so every check and reply is
+        exactly that of the line-by-line path.
+        """
+        if buf.startswith(b".\r\n", start):
+            return start  # the end of data, for state_DATA
+        end = buf.find(b"\r\n.\r\n", start)
+        if end >= 0:
+            cut = end + 2
+        else:
+            last = buf.rfind(CRLF, start)
+            if last < 0:
+                return start  # no complete line yet
+            cut = last + 2
+        self.resetTimeout()
+        if self._data_failed is None:  # after a failure, lines are only counted to the dot
+            try:
+                self._data_region(buf[start:cut])
+            except Exception:
+                log.failure("session {session}: error in DATA", session=self.session_id)
+                self._fail_data(REPLY_451_LOCAL_ERROR)
+        return cut
+
+    def _data_region(self, region: bytes) -> None:
+        """Complete message lines (CRLF-terminated, no end-of-data line among them)."""
+        pos = 0
+        while self._in_header and pos < len(region) and self._data_failed is None:
+            pos = self._data_line(region, pos)  # the header section is checked line by line
+        if pos:
+            region = region[pos:]
+        if not region or self._data_failed is not None:
+            return
+        lines = region.count(CRLF)
+        if (
+            region.count(b"\r") == lines
+            and region.count(b"\n") == lines  # RFC 5321 §2.3.8: no bare CR or LF
+            and (
+                len(region) <= self.max_line_length + 2
+                or max(map(len, region.split(CRLF))) <= self.max_line_length
+            )
+        ):
+            text = region[1:] if region[:1] == b"." else region  # §4.5.2 transparency
+            if b"\r\n." in text:
+                text = text.replace(b"\r\n.", CRLF)
+            if self._data_size + len(text) <= self.max_message_size:
+                self._data_size += len(text)
+                self._data_lines.append(text)
+                return
+        pos = 0
+        while pos < len(region):
+            pos = self._data_line(region, pos)
+
+    def _data_line(self, region: bytes, pos: int) -> int:
+        """The line of C{region} at C{pos}, as the wire layer would deliver it; returns the
+        offset of the next line."""
+        end = region.index(CRLF, pos)
+        if end - pos > self.MAX_LENGTH:
+            self.lineLengthExceeded(region[pos : pos + self.MAX_LENGTH])
+        else:
+            self.lineReceived(region[pos:end])
+        return end + 2
 
     def state_DATA(self, line: bytes) -> None:
         # Both False unless bare_lf="normalize" (then a bare LF ended the line / the one before).
@@ -940,6 +1086,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def _end_of_data(self) -> None:
         self.mode = COMMAND
         self.lf_ends_lines = False
+        self.take_bulk = False
         self._transactions += 1
         envelope = Envelope(
             client=self.client(),
@@ -970,6 +1117,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             self._log_outcome(envelope, size, REPLY_451_LOCAL_ERROR)
             raise
         self._log_outcome(envelope, size, REPLY_250_QUEUED)
+        metrics.of(self.factory).message_received(self.policy.service)
         return REPLY_250_QUEUED
 
     def _log_outcome(self, envelope: Envelope, size: int, reply: Reply) -> None:
@@ -1139,6 +1287,7 @@ class SMTPServerFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.portal = portal
         self.storage_reserve: StorageReserve | None = None
+        self.greet_pause: float = 0
 
     def buildProtocol(self, addr: object) -> SMTPSession:
         session = SMTPSession(
@@ -1157,4 +1306,5 @@ class SMTPServerFactory(ServerFactory):
         )
         session.factory = self
         session.storage_reserve = self.storage_reserve
+        session.greet_pause = self.greet_pause
         return session

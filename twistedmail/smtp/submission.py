@@ -20,18 +20,23 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
 
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import is_enospc
+from twistedmail.rate import SubmissionRate
 from twistedmail.reply import (
     REPLY_450_RELAY_UNAVAILABLE,
+    REPLY_451_RATE_LIMIT,
     REPLY_452_STORAGE,
     REPLY_530_AUTH_REQUIRED,
     REPLY_550_FROM_NOT_OWNED,
     REPLY_553_SENDER_NOT_OWNED,
 )
+from twistedmail.rspamd import Rspamd
+from twistedmail.smtp.inbound import filter_message
 from twistedmail.smtp.server import (
     Client,
     Envelope,
@@ -42,11 +47,29 @@ from twistedmail.smtp.server import (
     auth_portal,
 )
 
+log = Logger(namespace="twistedmail.smtp")
+
 
 class SubmissionPolicy:
     """L{twistedmail.smtp.server.SessionPolicy} of the submission listeners."""
 
     service = "submission"
+    spam_filter: Rspamd | None = None
+    """rspamd, with C{[antispam] check_submission} (L{filter_message})."""
+    rate: SubmissionRate | None = None
+    """Messages and recipients per user and hour (C{[limits] submission_*_per_hour})."""
+
+    def _over_rate(self, client: Client, what: str, limit: int) -> SMTPReplyError:
+        log.warn(
+            "session {session}: submission rate: user {user} from [{ip}] over {limit} {what}"
+            " per hour",
+            session=client.session_id,
+            user=client.user,
+            ip=client.peer_ip,
+            limit=limit,
+            what=what,
+        )
+        return SMTPReplyError(REPLY_451_RATE_LIMIT)
 
     def __init__(
         self,
@@ -67,6 +90,8 @@ class SubmissionPolicy:
             raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)  # RFC 6409 §4.3
         if reverse_path is None or not self.store.owns(client.user, str(reverse_path)):
             raise SMTPReplyError(REPLY_553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
+        if self.rate is not None and not self.rate.messages.allows(client.user):
+            raise self._over_rate(client, "messages", self.rate.messages.limit)
 
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
         """Any remote recipient (RFC 6409 §5: the MSA relays for authenticated users).
@@ -75,12 +100,16 @@ class SubmissionPolicy:
             relay; see L{LocalRecipients} for local domains."""
         if client.user is None:
             raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)
+        if self.rate is not None and not self.rate.recipients.allows(client.user):
+            raise self._over_rate(client, "recipients", self.rate.recipients.limit)
         if not self.store.is_local_domain(recipient.domain):
             if self.relay is None:
                 raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
-            return
-        self.local.check(recipient)
-        await self.local.check_quota(recipient, client.declared_size)  # 552 5.2.2 if full
+        else:
+            resolved = self.local.check(recipient)  # aliases expanded once per RCPT
+            await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
+        if self.rate is not None:
+            self.rate.recipients.record(client.user)
 
     def check_from(self, user: str, message: bytes) -> None:
         """Every address in the From: header(s) must be one C{user} owns, as for MAIL FROM
@@ -119,11 +148,17 @@ class SubmissionPolicy:
             (L{check_from}, unless disabled); nothing is stored then."""
         if self.check_from_header and envelope.client.user is not None:
             self.check_from(envelope.client.user, message)
+        junk = False
+        if self.spam_filter is not None:
+            # [antispam] check_submission: a compromised account's spam (issue 14).
+            message, junk = await filter_message(self.spam_filter, envelope, message)
+        if self.rate is not None and envelope.client.user is not None:
+            self.rate.messages.record(envelope.client.user)
         local = tuple(r for r in envelope.recipients if self.store.is_local_domain(r.domain))
         remote = [r for r in envelope.recipients if r not in local]
         if local:
             await self.local.deliver(
-                attrs.evolve(envelope, recipients=local), message, others=bool(remote)
+                attrs.evolve(envelope, recipients=local), message, others=bool(remote), junk=junk
             )
         if remote and self.relay is not None:
             try:
