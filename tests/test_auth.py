@@ -10,13 +10,15 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 from zope.interface import Interface
 
 from twistedmail import passwords
 from twistedmail.accounts import AccountStore
-from twistedmail.auth import MailRealm, PasswordChecker, log_login
+from twistedmail.auth import AuthCache, ClientCredentials, MailRealm, PasswordChecker, log_login
+from twistedmail.throttle import LoginThrottle
 
 PASSWORD = "s3cret pässword"
 
@@ -108,6 +110,19 @@ class CheckerTests(unittest.TestCase):
         self.assertTrue(passwords.verify(PASSWORD, fresh))
         self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
 
+    def test_old_argon2_parameters_rehashed(self) -> None:
+        """A hash with the earlier default (p=4) logs in and is replaced by m=65536,t=3,p=1."""
+        from argon2 import PasswordHasher, Type
+
+        old = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID)
+        self.store.set_password_hash("alice@example.org", old.hash(PASSWORD))
+        self.assertEqual(self.login("alice@example.org", PASSWORD), "alice@example.org")
+        self.assertEqual(self.thread.calls, ["verify", "hash_password"])
+        fresh = self.store.password_hash("alice@example.org")
+        assert fresh is not None
+        self.assertIn("$m=65536,t=3,p=1$", fresh)
+        self.assertTrue(passwords.verify(PASSWORD, fresh))
+
     def test_no_rehash_when_current(self) -> None:
         """A login with a current hash verifies once and does not rewrite it."""
         before = self.store.password_hash("alice@example.org")
@@ -137,6 +152,184 @@ class CheckerTests(unittest.TestCase):
         self.assertNoResult(d)
         pending[0].callback(results[0])
         self.assertEqual(self.successResultOf(d), "alice@example.org")
+
+
+class AuthCacheTests(unittest.TestCase):
+    """L{AuthCache} alone: Dovecot's auth_cache, with the verified hash in each entry."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.cache = AuthCache(self.clock, ttl=300, size=3)
+
+    def test_hit(self) -> None:
+        """A login added is found with the same password and the same stored hash."""
+        self.cache.add("alice@example.org", "pw", "HASH")
+        self.assertTrue(self.cache.check("alice@example.org", "pw", "HASH"))
+
+    def test_miss(self) -> None:
+        """Another password, another user, or nothing added: no hit."""
+        self.assertFalse(self.cache.check("alice@example.org", "pw", "HASH"))
+        self.cache.add("alice@example.org", "pw", "HASH")
+        self.assertFalse(self.cache.check("alice@example.org", "pw2", "HASH"))
+        self.assertFalse(self.cache.check("bob@example.org", "pw", "HASH"))
+        self.assertFalse(self.cache.check("alice@example.org", "PW", "HASH"))
+
+    def test_ttl(self) -> None:
+        """An entry counts until C{ttl} seconds after it was added, then is dropped."""
+        self.cache.add("alice@example.org", "pw", "HASH")
+        self.clock.advance(299)
+        self.assertTrue(self.cache.check("alice@example.org", "pw", "HASH"))
+        self.clock.advance(1)
+        self.assertFalse(self.cache.check("alice@example.org", "pw", "HASH"))
+        self.assertEqual(len(self.cache), 0)
+
+    def test_other_hash(self) -> None:
+        """A login verified against another hash than the store holds now does not count
+        (the password was changed) and is dropped."""
+        self.cache.add("alice@example.org", "pw", "OLD")
+        self.assertFalse(self.cache.check("alice@example.org", "pw", "NEW"))
+        self.assertFalse(self.cache.check("alice@example.org", "pw", "OLD"))
+
+    def test_flush_user(self) -> None:
+        """flush(user) forgets that user's logins, every password, and only theirs."""
+        self.cache.add("alice@example.org", "pw", "HASH")
+        self.cache.add("alice@example.org", "other", "HASH")
+        self.cache.add("bob@example.org", "pw", "HASH2")
+        self.assertEqual(self.cache.flush("alice@example.org"), 2)
+        self.assertFalse(self.cache.check("alice@example.org", "pw", "HASH"))
+        self.assertTrue(self.cache.check("bob@example.org", "pw", "HASH2"))
+        self.assertEqual(self.cache.flush("nobody@example.org"), 0)
+        self.assertEqual(self.cache.flush(), 1)
+        self.assertEqual(len(self.cache), 0)
+
+    def test_least_recently_used_dropped(self) -> None:
+        """Past C{size} entries the least recently used one goes."""
+        for user in ("a", "b", "c"):
+            self.cache.add(f"{user}@example.org", "pw", "H")
+        self.assertTrue(self.cache.check("a@example.org", "pw", "H"))  # a is used again
+        self.cache.add("d@example.org", "pw", "H")
+        self.assertEqual(len(self.cache), 3)
+        self.assertFalse(self.cache.check("b@example.org", "pw", "H"))
+        for user in ("a", "c", "d"):
+            self.assertTrue(self.cache.check(f"{user}@example.org", "pw", "H"))
+
+    def test_keyed_by_hmac(self) -> None:
+        """The key is HMAC-SHA256(secret, user NUL password): the password is not kept and
+        another process (another secret) makes other keys."""
+        import hashlib
+        import hmac
+
+        cache = AuthCache(self.clock, 300, secret=b"k" * 32)
+        cache.add("alice@example.org", "pw", "HASH")
+        expected = hmac.new(b"k" * 32, b"alice@example.org\0pw", hashlib.sha256).digest()
+        self.assertEqual(list(cache._entries), [expected])
+        self.assertNotIn(b"pw", b"".join(cache._entries))
+        self.assertNotEqual(AuthCache(self.clock, 300)._key("a", "b"), cache._key("a", "b"))
+
+
+class CachedCheckerTests(unittest.TestCase):
+    """L{PasswordChecker} with an L{AuthCache}: successes skip the hash, nothing else does."""
+
+    def setUp(self) -> None:
+        d = Path(self.mktemp())
+        d.mkdir()
+        self.store = AccountStore(d / "accounts.sqlite3")
+        self.addCleanup(self.store.close)
+        self.store.add_user("alice@example.org", passwords.hash_password(PASSWORD))
+        self.thread = SyncThread()
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.cache = AuthCache(self.clock, ttl=300)
+        self.throttle = LoginThrottle(self.clock)
+        self.checker = PasswordChecker(self.store, self.thread, self.throttle, cache=self.cache)
+
+    def attempt(self, password: str, user: str = "alice@example.org") -> defer.Deferred[str]:
+        """One login from 192.0.2.7, the throttle's delay (if any) waited out."""
+        d = self.checker.requestAvatarId(
+            ClientCredentials(user.encode(), password.encode(), "192.0.2.7")
+        )
+        self.clock.advance(16)
+        return d
+
+    def test_second_login_skips_the_hash(self) -> None:
+        """A returning user with the same password is not verified again within the TTL."""
+        self.assertEqual(self.successResultOf(self.attempt(PASSWORD)), "alice@example.org")
+        self.assertEqual(self.successResultOf(self.attempt(PASSWORD)), "alice@example.org")
+        self.assertEqual(self.thread.calls, ["verify"])
+        self.clock.advance(300)
+        self.assertEqual(self.successResultOf(self.attempt(PASSWORD)), "alice@example.org")
+        self.assertEqual(self.thread.calls, ["verify", "verify"])
+
+    def test_case_of_the_address(self) -> None:
+        """The cache is keyed by the normalised address, as the store is."""
+        self.successResultOf(self.attempt(PASSWORD))
+        self.assertEqual(
+            self.successResultOf(self.attempt(PASSWORD, "Alice@Example.ORG")), "alice@example.org"
+        )
+        self.assertEqual(self.thread.calls, ["verify"])
+
+    def test_failures_not_cached(self) -> None:
+        """Every wrong password is verified and counted by the throttle, cache or not."""
+        self.successResultOf(self.attempt(PASSWORD))
+        self.failureResultOf(self.attempt("wrong"), UnauthorizedLogin)
+        self.failureResultOf(self.attempt("wrong"), UnauthorizedLogin)
+        self.assertEqual(self.thread.calls, ["verify"] * 3)
+        self.assertEqual(len(self.cache), 1)
+        self.assertEqual(self.throttle.delay_for("192.0.2.7", "alice@example.org"), 2)
+
+    def test_password_change(self) -> None:
+        """After the store's hash changes, the cached old password is refused at once."""
+        self.successResultOf(self.attempt(PASSWORD))
+        self.store.set_password_hash("alice@example.org", passwords.hash_password("new"))
+        self.failureResultOf(self.attempt(PASSWORD), UnauthorizedLogin)
+        self.assertEqual(self.successResultOf(self.attempt("new")), "alice@example.org")
+
+    def test_deleted_user(self) -> None:
+        """A deleted user's cached login is refused."""
+        self.successResultOf(self.attempt(PASSWORD))
+        self.store.delete_user("alice@example.org")
+        self.failureResultOf(self.attempt(PASSWORD), UnauthorizedLogin)
+
+    def test_rehashed_login_cached_with_the_fresh_hash(self) -> None:
+        """A login that rehashed an old hash caches the new one: the next login is a hit."""
+        old = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        self.store.set_password_hash("alice@example.org", old)
+        self.successResultOf(self.attempt(PASSWORD))
+        self.successResultOf(self.attempt(PASSWORD))
+        self.assertEqual(self.thread.calls, ["verify", "hash_password"])
+
+
+class ParallelHashTests(unittest.TestCase):
+    """At most C{max_parallel_hashes} hashes run at once; the rest wait their turn."""
+
+    def test_bound(self) -> None:
+        """Ten logins at once with a bound of 2: two in the thread at a time, all answered."""
+        d = Path(self.mktemp())
+        d.mkdir()
+        store = AccountStore(d / "accounts.sqlite3")
+        self.addCleanup(store.close)
+        store.add_user("alice@example.org", passwords.hash_password(PASSWORD))
+        running: list[tuple[defer.Deferred[Any], Any]] = []
+        most = 0
+
+        def thread(f: Any, *args: Any) -> defer.Deferred[Any]:
+            nonlocal most
+            d: defer.Deferred[Any] = defer.Deferred()
+            running.append((d, f(*args)))
+            most = max(most, len(running))
+            return d
+
+        checker = PasswordChecker(store, thread, max_parallel_hashes=2)
+        logins = [
+            checker.requestAvatarId(UsernamePassword(b"alice@example.org", PASSWORD.encode()))
+            for _ in range(10)
+        ]
+        self.assertEqual(len(running), 2)
+        while running:
+            d, result = running.pop(0)
+            d.callback(result)
+        self.assertEqual(most, 2)
+        self.assertEqual([self.successResultOf(d) for d in logins], ["alice@example.org"] * 10)
 
 
 class Avatar:

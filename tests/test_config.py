@@ -9,6 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from twistedmail.config import (
     DEFAULT_LISTEN,
+    AuthConfig,
     ConfigError,
     DeliveryConfig,
     ListenAddress,
@@ -56,6 +57,7 @@ class ConfigTests(TestCase):
         self.assertEqual(example.managesieve, defaults.managesieve)
         self.assertEqual(example.mta_sts, defaults.mta_sts)
         self.assertEqual(example.log, defaults.log)
+        self.assertEqual(example.auth, defaults.auth)
         self.assertEqual(example.antispam, defaults.antispam)
         self.assertEqual(example.metrics, defaults.metrics)
 
@@ -801,3 +803,40 @@ class MetricsConfigTests(TestCase):
             str(cm.exception).replace(str(path), "FILE").replace(str(secret), "SECRET"),
             "FILE: [metrics] token_file: SECRET is empty",
         )
+
+
+class AuthConfigTests(TestCase):
+    """C{[auth]} (issue 10): the login cache and the bound on hashes at once."""
+
+    write = ConfigTests.write
+    error = ConfigTests.error
+
+    def test_defaults(self) -> None:
+        """By default logins are cached 5 minutes, 10,000 at most, one hash per CPU."""
+        self.assertEqual(parse_config({}, None).auth, AuthConfig(300, 10_000, 0))
+
+    def test_values(self) -> None:
+        """A duration, a size and a count are read; "0" turns the cache off."""
+        config = load_config(
+            self.write('[auth]\ncache_ttl = "1h"\ncache_size = 5\nmax_parallel_hashes = 3\n')
+        )
+        self.assertEqual(config.auth, AuthConfig(3600, 5, 3))
+        self.assertEqual(load_config(self.write('[auth]\ncache_ttl = "0"\n')).auth.cache_ttl, 0)
+        self.assertEqual(load_config(self.write("[auth]\ncache_ttl = 0\n")).auth.cache_ttl, 0)
+
+    def test_errors(self) -> None:
+        """Bad values name the key."""
+        self.assertEqual(
+            self.error('[auth]\ncache_ttl = "soon"\n'),
+            'FILE: [auth] cache_ttl: must be a positive duration such as "30s", "5m", "1h" or'
+            ' "5d", or "0" for no cache',
+        )
+        self.assertEqual(
+            self.error("[auth]\nmax_parallel_hashes = -1\n"),
+            "FILE: [auth] max_parallel_hashes: must be 0 (the number of CPUs) to 1024",
+        )
+        self.assertEqual(
+            self.error("[auth]\ncache_size = 0\n"),
+            "FILE: [auth] cache_size: must be a positive integer",
+        )
+        self.assertEqual(self.error("[auth]\nttl = 1\n"), "FILE: [auth] ttl: unknown key")

@@ -12,6 +12,7 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from twistedmail import control
+from twistedmail.auth import AuthCache
 from twistedmail.throttle import LoginThrottle, ThrottlePolicy
 
 
@@ -50,3 +51,28 @@ class ThrottleCommandTests(unittest.TestCase):
             self.ask(control.ThrottleUnblock, target="192.0.2.1"), {"lifted": 5, "forgotten": 5}
         )
         self.assertEqual(self.ask(control.ThrottleList, start=0), {"blocks": "[]", "next": 0})
+
+
+class AuthFlushCommandTests(unittest.TestCase):
+    def test_flush_user(self) -> None:
+        """AuthFlush forgets the user's cached logins and answers how many (issue 10)."""
+        cache = AuthCache(Clock(), 300)
+        cache.add("alice@example.test", "pw", "HASH")
+        cache.add("bob@example.test", "pw", "HASH")
+        server = control.ControlProtocol(no_flush, None, cache.flush)
+        client = amp.AMP()
+        _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client)
+        d = client.callRemote(control.AuthFlush, user="alice@example.test")
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), {"flushed": 1})
+        self.assertFalse(cache.check("alice@example.test", "pw", "HASH"))
+        self.assertTrue(cache.check("bob@example.test", "pw", "HASH"))
+
+    def test_no_cache(self) -> None:
+        """With the cache off ([auth] cache_ttl = 0) AuthFlush answers 0."""
+        server = control.ControlProtocol(no_flush, None, None)
+        client = amp.AMP()
+        _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client)
+        d = client.callRemote(control.AuthFlush, user="alice@example.test")
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), {"flushed": 0})

@@ -42,6 +42,25 @@ class DefaultSchemeTests(unittest.TestCase):
         """Two hashes of the same password differ (random salt)."""
         self.assertNotEqual(hash_password(PASSWORD), hash_password(PASSWORD))
 
+    def test_parameters_are_dovecots(self) -> None:
+        """New hashes use m=64 MiB, t=3, p=1: what Dovecot's ARGON2ID writes (RFC 9106 §4)."""
+        self.assertIn("$m=65536,t=3,p=1$", hash_password(PASSWORD))
+
+    def test_dovecot_argon2id_hash_is_current(self) -> None:
+        """A hash made by C{doveadm pw -s ARGON2ID} verifies and needs no rehash."""
+        dovecot = (
+            "$argon2id$v=19$m=65536,t=3,p=1$a0FhAcOoeBdfGTAhTADeJA"
+            "$r528MEqw/+hKigkHeL89RFVQoozblqZkuSFtzjSlhr0"
+        )
+        self.assertTrue(verify("secret", dovecot))
+        self.assertFalse(needs_rehash(dovecot))
+
+    def test_old_default_parameters_rehashed(self) -> None:
+        """A hash with the earlier default (m=64 MiB, t=3, p=4) verifies and is rehashed."""
+        old = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID).hash("pw")
+        self.assertTrue(verify("pw", old))
+        self.assertTrue(needs_rehash(old))
+
     def test_weak_argon2_parameters_rehashed(self) -> None:
         """An argon2id hash with weaker parameters verifies and asks for a rehash."""
         weak = PasswordHasher(time_cost=1, memory_cost=4096, parallelism=1, type=Type.ID).hash("pw")

@@ -11,10 +11,25 @@ against L{twistedmail.accounts.AccountStore}; the hash check runs in a thread be
 tens to hundreds of milliseconds (DESIGN §4).  A successful login with an old-scheme hash is
 rehashed to the default (argon2id).  The realm builds the protocol's avatar from factories the
 service layer supplies, so this module never imports a protocol package.
+
+Issue 10: at most C{max_parallel_hashes} hash computations run at once (a
+C{DeferredSemaphore} around the thread: each argon2id hash holds 64 MiB, so a burst of logins
+no longer fills the thread pool with them), and L{AuthCache}, like Dovecot's C{auth_cache},
+remembers successful logins for C{[auth] cache_ttl}: keyed by HMAC-SHA256 of the address and
+password under a per-process random secret (the password itself is never kept), it holds the
+password hash the login was verified against, so a hit counts only while the store still
+holds that hash: a password changed or a user deleted by the CLI -- from any process, as
+any user -- refuses the old password at the next login.  The CLI also flushes the user's
+entries over the control socket (L{twistedmail.control}).  Failures are never cached (the
+throttle counts them as before).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +38,8 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -33,6 +49,7 @@ from twistedmail.address import AddressError, Mailbox
 from twistedmail.throttle import LoginBlocked, LoginThrottle
 
 __all__ = [
+    "AuthCache",
     "ClientCredentials",
     "LoginBlocked",
     "LoginFailed",
@@ -53,6 +70,82 @@ RunInThread = Callable[..., "Deferred[Any]"]
 """C{run(f, *args)} -> Deferred firing with C{f(*args)}, computed off the reactor thread."""
 
 MAX_CREDENTIAL_LENGTH = sasl.MAX_FIELD_LENGTH
+CACHE_SIZE = 10_000  # successful logins remembered ([auth] cache_size), least recent dropped
+
+
+@attrs.frozen
+class _CachedLogin:
+    address: str
+    password_hash: str  # the stored hash the password was verified against
+    expires: float  # clock seconds
+
+
+class AuthCache:
+    """Successful logins for C{ttl} seconds, at most C{size} of them (least recently used
+    dropped first), like Dovecot's C{auth_cache}.
+
+    The key is HMAC-SHA256(secret, address NUL password) with a random secret made per
+    process, so neither the password nor a hash an attacker could test offline stays in
+    memory.  An entry also holds the stored password hash the login was verified against:
+    L{check} counts it only while the store still holds the same hash.
+
+    @param clock: where the time comes from (the reactor; a C{Clock} in tests).
+    @param ttl: seconds an entry lives (> 0).
+    @param secret: the HMAC key; random (32 octets) unless given (tests).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, ttl: float, size: int = CACHE_SIZE, secret: bytes | None = None
+    ) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.size = size
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._entries: OrderedDict[bytes, _CachedLogin] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _key(self, address: str, password: str) -> bytes:
+        message = address.encode("utf-8") + b"\0" + password.encode("utf-8")
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def check(self, address: str, password: str, stored: str) -> bool:
+        """Whether C{address} logged in with C{password} less than C{ttl} ago, verified
+        against C{stored} (the hash the store holds now); an expired entry, or one verified
+        against another hash, is dropped."""
+        key = self._key(address, password)
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        if (
+            entry.expires <= self.clock.seconds()
+            or entry.address != address
+            or not hmac.compare_digest(entry.password_hash, stored)
+        ):
+            del self._entries[key]
+            return False
+        self._entries.move_to_end(key)
+        return True
+
+    def add(self, address: str, password: str, stored: str) -> None:
+        """Remember that C{password} logged C{address} in, verified against C{stored}."""
+        key = self._key(address, password)
+        self._entries[key] = _CachedLogin(address, stored, self.clock.seconds() + self.ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def flush(self, address: str | None = None) -> int:
+        """Forget the logins of C{address} (every login when C{None}); return how many."""
+        if address is None:
+            count = len(self._entries)
+            self._entries.clear()
+            return count
+        doomed = [k for k, e in self._entries.items() if e.address == address]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
 
 
 def _text(value: bytes | str) -> str:
@@ -87,6 +180,9 @@ class PasswordChecker:
     is counted.
 
     @param throttle: the failed-login throttle shared by every protocol, or C{None}.
+    @param cache: successful logins to remember (L{AuthCache}), or C{None} for none.
+    @param max_parallel_hashes: how many password hashes (verifications and rehashes) may
+        run at once; the others wait their turn.  Default: the number of CPUs.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -96,10 +192,19 @@ class PasswordChecker:
         store: AccountStore,
         run_in_thread: RunInThread,
         throttle: LoginThrottle | None = None,
+        *,
+        cache: AuthCache | None = None,
+        max_parallel_hashes: int | None = None,
     ) -> None:
         self.store = store
         self.run_in_thread = run_in_thread
         self.throttle = throttle
+        self.cache = cache
+        self.hashes = DeferredSemaphore(max_parallel_hashes or os.cpu_count() or 1)
+
+    async def _hash(self, f: Callable[..., Any], *args: Any) -> Any:
+        """C{f(*args)} in a thread, once fewer than C{max_parallel_hashes} are running."""
+        return await self.hashes.run(self.run_in_thread, f, *args)
 
     # ICredentialsChecker types avatar IDs as bytes (or ANONYMOUS); ours are the account's
     # address as str, which Portal hands to our realm untouched.
@@ -138,17 +243,27 @@ class PasswordChecker:
         if len(username) > MAX_CREDENTIAL_LENGTH or len(password) > MAX_CREDENTIAL_LENGTH:
             raise UnauthorizedLogin("bad credentials")
         stored = self.store.password_hash(address)
+        ip = getattr(credentials, "peer_ip", None)
+        if stored is not None and self.cache is not None:
+            if self.cache.check(address, password, stored):
+                if self.throttle is not None and isinstance(ip, str):
+                    self.throttle.succeeded(ip, address)
+                return address
         # Verify against a dummy hash for unknown users, so timing does not tell them apart.
-        ok = await self.run_in_thread(passwords.verify, password, stored or _DUMMY_HASH)
+        ok = await self._hash(passwords.verify, password, stored or _DUMMY_HASH)
         if not ok or stored is None:
             raise UnauthorizedLogin("bad credentials")
-        ip = getattr(credentials, "peer_ip", None)
         if self.throttle is not None and isinstance(ip, str):
             self.throttle.succeeded(ip, address)
         if passwords.needs_rehash(stored):
-            fresh = await self.run_in_thread(passwords.hash_password, password)
-            self.store.set_password_hash(address, fresh)
-            log.info("rehashed password of {user} to the default scheme", user=address)
+            fresh = await self._hash(passwords.hash_password, password)
+            # Only if nobody changed it meanwhile (the CLI, while the hashes ran).
+            if self.store.password_hash(address) == stored:
+                self.store.set_password_hash(address, fresh)
+                log.info("rehashed password of {user} to the default scheme", user=address)
+                stored = fresh
+        if self.cache is not None:
+            self.cache.add(address, password, stored)
         return address
 
 

@@ -269,13 +269,26 @@ def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
         raise UserError(f"no such user {mbox}")
     password = read_password(args.password_stdin)
     store.set_password_hash(str(mbox), hash_password(password))
+    _flush_logins(ctx, str(mbox))
     _out(f"changed password of {mbox}")
+
+
+def _flush_logins(ctx: _Context, address: str) -> None:
+    """Tell a running server to forget the cached logins of C{address} (issue 10).  Best
+    effort: with no server, or a control socket this user may not open, the server still
+    refuses the old password, as its cache entries hold the hash they were verified
+    against (L{twistedmail.auth.AuthCache})."""
+    try:
+        control.auth_flush(config_module.control_path(ctx.config), address)
+    except (control.NoServer, OSError, RuntimeError):
+        pass
 
 
 def cmd_user_del(ctx: _Context, args: argparse.Namespace) -> None:
     mbox = _address(args.address)
     maildir = _maildir(ctx, mbox)
     ctx.store(create=False).delete_user(str(mbox))
+    _flush_logins(ctx, str(mbox))
     if not maildir.exists():
         _out(f"deleted user {mbox} (it had no Maildir)")
     elif args.keep_mail:

@@ -270,6 +270,16 @@ class MTASTSConfig:
 
 
 @attrs.frozen
+class AuthConfig:
+    """C{[auth]} (issue 10): the login cache, like Dovecot's C{auth_cache}
+    (L{twistedmail.auth.AuthCache}), and how many password hashes run at once."""
+
+    cache_ttl: int = 300  # seconds a successful login is remembered; 0: no cache
+    cache_size: int = 10_000  # logins remembered at most (least recently used dropped)
+    max_parallel_hashes: int = 0  # hash computations at once; 0: the number of CPUs
+
+
+@attrs.frozen
 class LogConfig:
     """C{[log]}: C{format} C{"text"} (twistd's lines) or C{"json"} (one JSON object a line)."""
 
@@ -303,6 +313,7 @@ class Config:
     managesieve: ManageSieveConfig = ManageSieveConfig()
     mta_sts: MTASTSConfig = MTASTSConfig()
     log: LogConfig = LogConfig()
+    auth: AuthConfig = AuthConfig()
     antispam: AntispamConfig = AntispamConfig()
     metrics: MetricsConfig = MetricsConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
@@ -511,6 +522,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     known.add("delivery")
     known.add("managesieve")
     known.update(("mta_sts", "log"))
+    known.add("auth")
     known.add("antispam")
     known.add("metrics")
     for key in data:
@@ -772,6 +784,22 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         raise r.fail("[log] format", 'must be "text" or "json"')
     antispam = _antispam(r, data)
 
+    auth = r.section(data, "auth", {"cache_ttl", "cache_size", "max_parallel_hashes"})
+    cache_ttl = auth.get("cache_ttl", "5m")
+    if cache_ttl not in (0, "0"):
+        try:
+            cache_ttl = parse_duration(cache_ttl)
+        except ValueError as e:
+            raise r.fail("[auth] cache_ttl", f'{e}, or "0" for no cache') from None
+    parallel = auth.get("max_parallel_hashes", 0)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 0 <= parallel <= 1024:
+        raise r.fail("[auth] max_parallel_hashes", "must be 0 (the number of CPUs) to 1024")
+    auth_config = AuthConfig(
+        cache_ttl=int(cache_ttl),
+        cache_size=_positive_int(r, auth, "auth", "cache_size", 10_000),
+        max_parallel_hashes=parallel,
+    )
+
     return Config(
         source=source,
         server=ServerConfig(hostname=hostname, data_dir=data_dir),
@@ -811,6 +839,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         managesieve=managesieve_config,
         mta_sts=MTASTSConfig(mode=mta_sts_mode, max_age=mta_sts_max_age),
         log=LogConfig(format=log_format),
+        auth=auth_config,
         antispam=antispam,
         metrics=_metrics_config(r, data),
         warnings=tuple(warnings),

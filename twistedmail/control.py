@@ -7,6 +7,9 @@ it is given.  Client side: L{flush}, L{throttle_list} and L{throttle_unblock} sp
 AMP boxes over a blocking socket, so the synchronous CLI needs no reactor; with no server
 listening they raise L{NoServer}.
 
+L{AuthFlush} (issue 10) forgets a user's cached logins (L{twistedmail.auth.AuthCache}) when
+the CLI changes their password or deletes them; client side L{auth_flush}.
+
 L{Connections} (issue 9) answers the factory's C{connection_counts} (set by the server:
 open connections per listener, logged-in sessions); client side L{connections}.
 L{Status} (issue 13) answers the factory's C{status} (set by the server) for C{twistedmail
@@ -26,10 +29,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
 
 from twistedmail.throttle import Block, LoginThrottle
+
+log = Logger(namespace="twistedmail.control")
 
 TIMEOUT = 30.0  # seconds the CLI waits for an answer
 IDLE_TIMEOUT = 60  # seconds a control connection may stay silent
@@ -75,6 +81,13 @@ class ThrottleUnblock(amp.Command):
 
 
 THROTTLE_PAGE = 48_000  # octets of JSON per ThrottleList answer (an AMP value is < 64 KiB)
+
+
+class AuthFlush(amp.Command):
+    """Forget the cached logins of C{user} (an address); answer how many were forgotten."""
+
+    arguments = [(b"user", amp.Unicode())]
+    response = [(b"flushed", amp.Integer())]
 
 
 class Connections(amp.Command):
@@ -126,11 +139,15 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
     """One CLI connection to the server."""
 
     def __init__(
-        self, flush: Callable[[], Awaitable[int]], throttle: LoginThrottle | None = None
+        self,
+        flush: Callable[[], Awaitable[int]],
+        throttle: LoginThrottle | None = None,
+        flush_logins: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__()
         self._flush = flush
         self._throttle = throttle
+        self._flush_logins = flush_logins
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -157,6 +174,12 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         counts = getattr(self.factory, "connection_counts", dict)()
         counts["control"] = self.factory.open_connections
         return {"counts": json.dumps(counts, sort_keys=True)}
+
+    @AuthFlush.responder
+    def auth_flush(self, user: str) -> dict[str, int]:
+        flushed = self._flush_logins(user) if self._flush_logins is not None else 0
+        log.info("login cache: forgot {count} cached login(s) of {user}", count=flushed, user=user)
+        return {"flushed": flushed}
 
     @Status.responder
     def status(self) -> defer.Deferred[dict[str, str]]:
@@ -199,13 +222,17 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
 
 
 def control_factory(
-    flush: Callable[[], Awaitable[int]], throttle: LoginThrottle | None = None
+    flush: Callable[[], Awaitable[int]],
+    throttle: LoginThrottle | None = None,
+    flush_logins: Callable[[str], int] | None = None,
 ) -> Factory:
     """The factory for the control socket's listener (C{UNIXServerEndpoint}, mode 0600).
 
     @param throttle: the server's failed-login throttle, for C{twistedmail throttle}.
+    @param flush_logins: forgets a user's cached logins and says how many (the server's
+        L{twistedmail.auth.AuthCache.flush}), for the CLI's password changes and deletions.
     """
-    factory = Factory.forProtocol(lambda: ControlProtocol(flush, throttle))
+    factory = Factory.forProtocol(lambda: ControlProtocol(flush, throttle, flush_logins))
     factory.noisy = False
     return factory
 
@@ -300,6 +327,15 @@ def connections(path: Path) -> dict[str, int]:
     included).  @raise NoServer: the server is not running."""
     counts = json.loads(call(path, b"Connections")[b"counts"].decode("utf-8"))
     return {str(k): int(v) for k, v in counts.items()}
+
+
+def auth_flush(path: Path, user: str) -> int:
+    """Ask the server at C{path} to forget the cached logins of C{user} (an address).
+
+    @return: how many cached logins were forgotten.
+    @raise NoServer: the server is not running.
+    """
+    return int(call(path, b"AuthFlush", {b"user": user.encode("utf-8")})[b"flushed"])
 
 
 def status(path: Path) -> dict[str, Any]:

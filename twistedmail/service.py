@@ -52,7 +52,7 @@ from twistedmail import acme
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
 from twistedmail.address import normalize_domain
-from twistedmail.auth import LoginThrottle, MailRealm, PasswordChecker
+from twistedmail.auth import AuthCache, LoginThrottle, MailRealm, PasswordChecker
 from twistedmail.config import (
     Config,
     ConfigError,
@@ -483,7 +483,18 @@ class MailServer(MultiService):
             ),
         )
         self.throttle_path = config.server.data_dir / "throttle.json"
-        checker = PasswordChecker(self.store, run_in_thread, self.throttle)
+        auth = config.auth
+        # Issue 10: successful logins cached (Dovecot's auth_cache); hashes bounded.
+        self.auth_cache = (
+            AuthCache(reactor, auth.cache_ttl, auth.cache_size) if auth.cache_ttl else None
+        )
+        checker = PasswordChecker(
+            self.store,
+            run_in_thread,
+            self.throttle,
+            cache=self.auth_cache,
+            max_parallel_hashes=auth.max_parallel_hashes or None,
+        )
         checker.metrics = self.metrics  # type: ignore[attr-defined]
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
@@ -640,7 +651,11 @@ class MailServer(MultiService):
             endpoints.UNIXServerEndpoint(
                 reactor, socket_address(control_path(config)), mode=0o600, wantPID=True
             ),
-            control_factory(self.queue.flush, throttle=self.throttle),
+            control_factory(
+                self.queue.flush,
+                throttle=self.throttle,
+                flush_logins=self.auth_cache.flush if self.auth_cache is not None else None,
+            ),
         )
         control._raiseSynchronously = True
         control.setName(f"control@{control_path(config)}")

@@ -1,0 +1,79 @@
+"""Issue 10: the login cache ([auth] cache_ttl, like Dovecot's auth_cache) end to end: a
+password changed or a user deleted while the server runs refuses the old password at the
+very next login, whether the change comes from the CLI (which also flushes the user's cached
+logins over the control socket) or from another process writing the store directly."""
+
+from __future__ import annotations
+
+import imaplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_server import PASSWORDS, Server, client_tls
+
+from twistedmail import passwords
+from twistedmail.accounts import AccountStore
+
+ALICE = "alice@example.test"
+FAILED = "[AUTHENTICATIONFAILED] Authentication failed"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    for address, password in PASSWORDS.items():
+        srv.add_user(address, password)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def imap_login(server: Server, address: str, password: str) -> str:
+    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993 (RFC 9051 §6.2.3)."""
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+    try:
+        m.login(address, password)
+        m.logout()
+        return "OK"
+    except imaplib.IMAP4.error as e:
+        m.shutdown()
+        return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
+
+
+def test_cli_passwd_refuses_the_cached_password_at_once(server: Server) -> None:
+    """A login cached a moment ago stops working as soon as `user passwd` returns; the CLI
+    flushed exactly that user's cached login (logged), and the new password works."""
+    old = PASSWORDS[ALICE]
+    assert imap_login(server, ALICE, old) == "OK"
+    assert imap_login(server, ALICE, old) == "OK"  # from the cache
+    server.cli("user", "passwd", ALICE, "--password-stdin", stdin="alice-new-pw-2\n")
+    assert imap_login(server, ALICE, old) == FAILED
+    assert imap_login(server, ALICE, "alice-new-pw-2") == "OK"
+    log = server.log.read_text()
+    assert f"login cache: forgot 1 cached login(s) of {ALICE}" in log
+
+
+def test_store_change_without_flush_refuses_the_cached_password(server: Server) -> None:
+    """A password written to the store by another process that cannot reach the control
+    socket (the CLI as another user) is seen at the next login: the cache entry holds the
+    hash it was verified against."""
+    old = PASSWORDS[ALICE]
+    assert imap_login(server, ALICE, old) == "OK"
+    store = AccountStore(server.data_dir / "accounts.sqlite3")
+    try:
+        store.set_password_hash(ALICE, passwords.hash_password("written-directly-3"))
+    finally:
+        store.close()
+    assert imap_login(server, ALICE, old) == FAILED
+    assert imap_login(server, ALICE, "written-directly-3") == "OK"
+
+
+def test_cli_user_del_refuses_the_cached_login(server: Server) -> None:
+    """A deleted user's cached login is refused at the next attempt."""
+    bob = next(a for a in PASSWORDS if a != ALICE)
+    assert imap_login(server, bob, PASSWORDS[bob]) == "OK"
+    server.cli("user", "del", bob)
+    assert imap_login(server, bob, PASSWORDS[bob]) == FAILED
