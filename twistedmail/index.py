@@ -8,7 +8,10 @@ files it does not know).  It holds, per message: UID, Maildir base name, current
 BODYSTRUCTURE/BODY responses (opaque bytes filled in by IMAP on first FETCH); per folder:
 UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the expunged UIDs with the MODSEQ of their expunge
 (QRESYNC's VANISHED, RFC 7162 §3.2.5.2), and the stamps of C{new/}, C{cur/} and
-C{dovecot-uidlist} as of the last full sync.
+C{dovecot-uidlist} as of the last full sync.  A second table caches, per message, the header
+fields SEARCH and SORT look at (L{HEADER_FIELDS}, the raw field lines: L{FolderIndex.headers}),
+filled at APPEND and at the first SEARCH or SORT that needs them, as Dovecot's
+C{dovecot.index.cache} does, so those never open message files again.
 
 C{dovecot-uidlist} stays the source of truth for UIDs (so a mailbox still moves to and from
 Dovecot); the index is a cache that L{twistedmail.maildir.Folder} rebuilds from the Maildir
@@ -49,6 +52,23 @@ groups (RFC 3501 §7.4.2) and sizes of files with bare LF line ends as stored.  
 another version keeps its rows (UIDs, MODSEQs) but drops the cached FETCH parts and sets
 L{FolderIndex.stale_sizes} until the folder has measured its sizes again
 (L{FolderIndex.sizes_measured})."""
+HEADER_FIELDS = (
+    b"from",
+    b"to",
+    b"cc",
+    b"bcc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"in-reply-to",
+    b"references",
+    b"list-id",
+)
+"""The header fields the header cache keeps (lower-case names): those SEARCH (RFC 3501
+§6.4.4 FROM, TO, CC, BCC, SUBJECT, SENT*, HEADER name) and SORT (RFC 5256 §3) use."""
+HEADERS_VERSION = 1
+"""Version of the header cache's content (which fields, how they are cut out); an index with
+another one drops its cached headers (they are read again on the next SEARCH)."""
 DIRTY_NS = 2_000_000_000
 """A directory changed less than this long (ns) before the sync that recorded its mtime is
 listed again next time: a change in the same mtime tick would otherwise go unseen (Dovecot's
@@ -74,6 +94,7 @@ CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq);
 CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq);
 CREATE TABLE IF NOT EXISTS recent (uid INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS headers (uid INTEGER PRIMARY KEY, base TEXT NOT NULL, fields BLOB);
 """
 
 
@@ -174,6 +195,14 @@ class FolderIndex:
                 memory = self._in_memory(db, existed)
                 memory.execute(_FORGET_RENDERED)
                 return memory
+        if self._get(db, "headers_version") != HEADERS_VERSION:
+            # an index from before the header cache (its table just created), or another
+            # version of it: start the cache afresh; UIDs and MODSEQs are kept
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("DELETE FROM headers")
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('headers_version', ?)", (HEADERS_VERSION,)
+                )
         return db
 
     def sizes_measured(self) -> None:
@@ -306,6 +335,7 @@ class FolderIndex:
     def reset(self, uidvalidity: int) -> None:
         """A new UIDVALIDITY: every row and tombstone belongs to the old one."""
         self._write("DELETE FROM messages")
+        self._write("DELETE FROM headers")
         self._write("DELETE FROM expunged")
         if self.uidvalidity:  # (not at the first sync: APPEND may have marked one recent)
             self._write("DELETE FROM recent")
@@ -388,6 +418,19 @@ class FolderIndex:
             many=True,
         )
 
+    def headers(self) -> dict[int, tuple[str, bytes]]:
+        """The header cache: {uid: (base name, the cached fields of L{HEADER_FIELDS} as raw
+        field lines then a blank line)} of the messages still indexed under that base."""
+        rows = self.db.execute(
+            "SELECT h.uid, h.base, h.fields FROM headers h JOIN messages m"
+            " ON m.uid = h.uid AND m.base = h.base"
+        )
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def cache_headers(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Keep (uid, base, fields) in the header cache (see L{headers})."""
+        self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?)", rows, many=True)
+
     def set_size(self, uid: int, size: int) -> None:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""
         self._write("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
@@ -400,6 +443,7 @@ class FolderIndex:
     def expunge(self, uid: int, modseq: int) -> None:
         """Drop message C{uid}, keeping a tombstone for VANISHED (RFC 7162 §3.2.5.2)."""
         self._write("DELETE FROM messages WHERE uid = ?", (uid,))
+        self._write("DELETE FROM headers WHERE uid = ?", (uid,))
         self._write("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
 
     def expunged_since(self, modseq: int) -> list[int]:

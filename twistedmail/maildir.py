@@ -766,6 +766,17 @@ class Folder:
             for (uid, base), value in parts.items():
                 index.cache(uid, base, value)
 
+    def cached_headers(self) -> dict[int, tuple[str, bytes]]:
+        """The header cache of the index (L{FolderIndex.headers}): {uid: (base, fields)}."""
+        with FolderIndex(self.path) as index:
+            return index.headers()
+
+    def cache_headers(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Keep (uid, base, fields) rows in the header cache (L{FolderIndex.cache_headers})."""
+        if rows:
+            with FolderIndex(self.path) as index:
+                index.cache_headers(rows)
+
     # keywords (dovecot-keywords)
 
     def _read_keywords(self) -> dict[int, str]:
@@ -825,9 +836,16 @@ class Folder:
 
     # messages
 
-    def add(self, data: bytes, flags: str = "", mtime: float | None = None) -> int:
+    def add(
+        self,
+        data: bytes,
+        flags: str = "",
+        mtime: float | None = None,
+        headers: bytes | None = None,
+    ) -> int:
         """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID (and
-        index it with a new MODSEQ)."""
+        index it with a new MODSEQ, and C{headers}, when given, in the header cache: see
+        L{FolderIndex.headers})."""
         if not self.exists():
             raise MaildirError("no such folder")
         with self._indexed() as index:
@@ -852,6 +870,8 @@ class Folder:
                 modseq = index.next_modseq()
                 size = wire_size(data)
                 index.insert(IndexedMessage(uid, base, name, size, st.st_mtime, modseq))
+                if headers is not None:
+                    index.cache_headers([(uid, base, headers)])
                 index.put("uidnext", uidnext + 1)
                 index.record(self._stamps(), now_ns())
             else:

@@ -1,0 +1,158 @@
+"""SEARCH (RFC 3501 §6.4.4) and SORT (RFC 5256 §3) evaluated over the folder's index.
+
+Flags, sizes, dates, UIDs and MODSEQs come from the session's view (the index rows); the
+header fields searches and sorts compare (L{twistedmail.index.HEADER_FIELDS}: FROM, TO, CC,
+BCC, SUBJECT, the Date: of SENTBEFORE/SENTON/SENTSINCE and of SORT DATE, HEADER on one of
+them) come from the index's header cache, filled here at the first SEARCH or SORT that
+needs a message's fields (and by APPEND), as Dovecot's C{dovecot.index.cache} is.  A message
+file is opened only for BODY, TEXT, HEADER on another field, or a message not cached yet;
+the keys of a conjunction run cheapest first (L{COST_INDEX} < L{COST_HEADER} <
+L{COST_FILE}), so a text search reads only the messages the other keys left.
+
+The cache holds the fields' raw lines (C{HEADER.FIELDS} form, RFC 3501 §6.4.5), so the
+comparisons (RFC 2047 decoding, address text, case folding) are the same single code in
+L{twistedmail.imap.mailbox.compile_search} whether a field comes from the cache or the file.
+Everything here is blocking and runs in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.logger import Logger
+
+from twistedmail.imap.message import select_headers, split_message
+from twistedmail.imap.sort import sort_key
+from twistedmail.index import HEADER_FIELDS
+from twistedmail.maildir import Folder, MessageEntry
+
+log = Logger(namespace="twistedmail.imap.search")
+
+COST_INDEX = 0
+"""A key answered from the index row alone (flags, size, dates, UID, MODSEQ, \\Recent)."""
+COST_HEADER = 1
+"""A key answered from the header cache (a message not cached yet is read once)."""
+COST_FILE = 2
+"""A key that reads the message file (BODY, TEXT, HEADER on an uncached field)."""
+
+Candidate = tuple[int, MessageEntry, bool]
+"""(sequence number, entry, \\Recent in this session)."""
+
+
+def cached_fields(raw: bytes) -> bytes:
+    """What the header cache keeps of a message (with CRLF line ends, as
+    L{Folder.read} gives it): its L{HEADER_FIELDS} lines in order, then the blank line."""
+    return select_headers(split_message(raw)[0], HEADER_FIELDS, False)
+
+
+class Source:
+    """What a search key may look at for one message: its cached header fields, or its
+    whole file (read once, on demand; C{b""} when it is gone or unreadable, as before)."""
+
+    __slots__ = ("_cached", "_entry", "_filled", "_folder", "_raw")
+
+    def __init__(
+        self,
+        folder: Folder,
+        entry: MessageEntry,
+        cached: bytes | None,
+        filled: list[tuple[int, str, bytes]],
+    ) -> None:
+        self._folder = folder
+        self._entry = entry
+        self._cached = cached
+        self._filled = filled
+        self._raw: bytes | None = None
+
+    def raw(self) -> bytes:
+        """The whole message (CRLF line ends), or C{b""} when it cannot be read."""
+        if self._raw is None:
+            try:
+                self._raw = self._folder.read(self._entry)
+            except Exception:
+                self._raw = b""
+                return b""
+            if self._cached is None:  # first read: fill the cache on the way
+                self._cached = cached_fields(self._raw)
+                self._filled.append((self._entry.uid, self._entry.base, self._cached))
+        return self._raw
+
+    def header(self, name: bytes) -> bytes:
+        """A header holding every field C{name} (lower case) of the message: the cached
+        fields when C{name} is one of L{HEADER_FIELDS}, else the message's whole header."""
+        if name not in HEADER_FIELDS:
+            return split_message(self.raw())[0]
+        if self._cached is None:
+            raw = self.raw()
+            if self._cached is None:  # unreadable: no field, nothing cached
+                return split_message(raw)[0]
+        return self._cached
+
+
+Predicate = Callable[[Candidate, Source], bool]
+
+
+def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes]]:
+    if cost < COST_HEADER:
+        return {}
+    try:
+        return folder.cached_headers()
+    except Exception:
+        log.failure("reading the header cache of {path}", path=str(folder.path))
+        return {}
+
+
+def _keep(folder: Folder, filled: list[tuple[int, str, bytes]]) -> None:
+    try:
+        folder.cache_headers(filled)
+    except Exception:  # only a cache: the next search reads those files again
+        log.failure("filling the header cache of {path}", path=str(folder.path))
+
+
+def run_search(
+    folder: Folder, candidates: list[Candidate], predicate: Predicate, cost: int
+) -> list[int]:
+    """The sequence numbers of the C{candidates} that match C{predicate} (compiled by
+    L{twistedmail.imap.mailbox.compile_search}, whose C{cost} says what it looks at);
+    headers read from files on the way are kept in the cache."""
+    cache = _cache(folder, cost)
+    filled: list[tuple[int, str, bytes]] = []
+    out = []
+    for candidate in candidates:
+        entry = candidate[1]
+        hit = cache.get(entry.uid)
+        cached = hit[1] if hit is not None and hit[0] == entry.base else None
+        if predicate(candidate, Source(folder, entry, cached, filled)):
+            out.append(candidate[0])
+    _keep(folder, filled)
+    return out
+
+
+def sort_entries(
+    folder: Folder, entries: list[tuple[int, MessageEntry]], criteria: list[tuple[bytes, bool]]
+) -> list[int]:
+    """SORT (RFC 5256 §3): the sequence numbers of C{entries} in the order of C{criteria}
+    (ties in sequence order), the header keys from the header cache."""
+    needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
+    cache = _cache(folder, COST_HEADER if needs_header else COST_INDEX)
+    filled: list[tuple[int, str, bytes]] = []
+    keyed: list[tuple[tuple[Any, ...], int]] = []
+    for seq, entry in entries:
+        header = b""
+        if needs_header:
+            hit = cache.get(entry.uid)
+            if hit is not None and hit[0] == entry.base:
+                header = hit[1]
+            else:
+                header = Source(folder, entry, None, filled).header(b"date")
+        keyed.append((sort_key(criteria, seq, entry, header), seq))
+    _keep(folder, filled)
+    keyed.sort(key=lambda pair: pair[0])
+    return [seq for _, seq in keyed]
+
+
+def conjunction_order(parts: Sequence[tuple[Predicate, int]]) -> list[Predicate]:
+    """The keys of a conjunction cheapest first (a stable sort: equal costs keep the
+    client's order); the answer is the same in any order, the files read are fewer."""
+    return [p for p, _ in sorted(parts, key=lambda part: part[1])]
