@@ -9,7 +9,8 @@ BODYSTRUCTURE/BODY responses (opaque bytes filled in by IMAP on first FETCH); pe
 UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the expunged UIDs with the MODSEQ of their expunge
 (QRESYNC's VANISHED, RFC 7162 §3.2.5.2), and the stamps of C{new/}, C{cur/} and
 C{dovecot-uidlist} as of the last full sync.  A second table caches, per message, the header
-fields SEARCH and SORT look at (L{HEADER_FIELDS}, the raw field lines: L{FolderIndex.headers}),
+fields SEARCH and SORT look at (L{HEADER_FIELDS}: the raw field lines, and their decoded,
+case-folded text as SEARCH compares it: L{FolderIndex.headers}),
 filled at APPEND and at the first SEARCH or SORT that needs them, as Dovecot's
 C{dovecot.index.cache} does, so those never open message files again.
 
@@ -94,8 +95,16 @@ CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq);
 CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq);
 CREATE TABLE IF NOT EXISTS recent (uid INTEGER PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS headers (uid INTEGER PRIMARY KEY, base TEXT NOT NULL, fields BLOB);
 """
+_HEADERS_TABLE = """
+CREATE TABLE IF NOT EXISTS headers (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL,
+    fields BLOB NOT NULL,
+    decoded TEXT NOT NULL
+)
+"""
+_SCHEMA += _HEADERS_TABLE + ";\n"
 
 
 @attrs.frozen
@@ -199,7 +208,8 @@ class FolderIndex:
             # an index from before the header cache (its table just created), or another
             # version of it: start the cache afresh; UIDs and MODSEQs are kept
             with contextlib.suppress(sqlite3.Error):
-                db.execute("DELETE FROM headers")
+                db.execute("DROP TABLE IF EXISTS headers")
+                db.execute(_HEADERS_TABLE)
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('headers_version', ?)", (HEADERS_VERSION,)
                 )
@@ -418,18 +428,20 @@ class FolderIndex:
             many=True,
         )
 
-    def headers(self) -> dict[int, tuple[str, bytes]]:
-        """The header cache: {uid: (base name, the cached fields of L{HEADER_FIELDS} as raw
-        field lines then a blank line)} of the messages still indexed under that base."""
+    def headers(self) -> dict[int, tuple[str, bytes, str]]:
+        """The header cache: {uid: (base name, fields, decoded)} of the messages still
+        indexed under that base name; C{fields} are the message's L{HEADER_FIELDS} as raw
+        field lines then a blank line, C{decoded} their text as SEARCH compares it (JSON,
+        written and read by L{twistedmail.imap.search})."""
         rows = self.db.execute(
-            "SELECT h.uid, h.base, h.fields FROM headers h JOIN messages m"
+            "SELECT h.uid, h.base, h.fields, h.decoded FROM headers h JOIN messages m"
             " ON m.uid = h.uid AND m.base = h.base"
         )
-        return {row[0]: (row[1], row[2]) for row in rows}
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
-    def cache_headers(self, rows: list[tuple[int, str, bytes]]) -> None:
-        """Keep (uid, base, fields) in the header cache (see L{headers})."""
-        self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?)", rows, many=True)
+    def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
+        """Keep (uid, base, fields, decoded) rows in the header cache (see L{headers})."""
+        self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)", rows, many=True)
 
     def set_size(self, uid: int, size: int) -> None:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""

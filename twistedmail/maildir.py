@@ -766,13 +766,15 @@ class Folder:
             for (uid, base), value in parts.items():
                 index.cache(uid, base, value)
 
-    def cached_headers(self) -> dict[int, tuple[str, bytes]]:
-        """The header cache of the index (L{FolderIndex.headers}): {uid: (base, fields)}."""
+    def cached_headers(self) -> dict[int, tuple[str, bytes, str]]:
+        """The header cache of the index (L{FolderIndex.headers}): {uid: (base, fields,
+        decoded)}."""
         with FolderIndex(self.path) as index:
             return index.headers()
 
-    def cache_headers(self, rows: list[tuple[int, str, bytes]]) -> None:
-        """Keep (uid, base, fields) rows in the header cache (L{FolderIndex.cache_headers})."""
+    def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
+        """Keep (uid, base, fields, decoded) rows in the header cache
+        (L{FolderIndex.cache_headers})."""
         if rows:
             with FolderIndex(self.path) as index:
                 index.cache_headers(rows)
@@ -841,7 +843,7 @@ class Folder:
         data: bytes,
         flags: str = "",
         mtime: float | None = None,
-        headers: bytes | None = None,
+        headers: tuple[bytes, str] | None = None,
     ) -> int:
         """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID (and
         index it with a new MODSEQ, and C{headers}, when given, in the header cache: see
@@ -871,7 +873,7 @@ class Folder:
                 size = wire_size(data)
                 index.insert(IndexedMessage(uid, base, name, size, st.st_mtime, modseq))
                 if headers is not None:
-                    index.cache_headers([(uid, base, headers)])
+                    index.cache_headers([(uid, base, *headers)])
                 index.put("uidnext", uidnext + 1)
                 index.record(self._stamps(), now_ns())
             else:

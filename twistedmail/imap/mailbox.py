@@ -38,12 +38,9 @@ from zope.interface import implementer
 from twistedmail.auth import RunInThread
 from twistedmail.imap.message import (
     MaildirMessage,
-    address_text,
     decode_header_text,
-    header_fields,
     header_value,
     imap_flags,
-    parse_addresses,
     parse_internaldate,
     parse_search_date,
     split_message,
@@ -918,20 +915,18 @@ def compile_search(
         matches every message that has the field.  The needle is UTF-8 (CHARSET UTF-8 or
         US-ASCII, checked by the command)."""
         need(COST_HEADER if name in HEADER_FIELDS else COST_FILE)
+        if not name:
+            return lambda c, s: False
         wanted = needle.decode("utf-8", "replace").casefold()
 
         def test(c: Candidate, s: Source) -> bool:
-            header = s.header(name)
-            for field_name, text in header_fields(header):
-                # a line without a colon is no field (its name is b""): never a match
-                if not name or field_name != name:
-                    continue
+            # each field C{name} as (decoded text, its addresses written out or None), both
+            # case-folded (L{search.field_haystacks}); a line without a colon is no field
+            for text, found in s.fields(name, wanted):
                 if not wanted:
                     return True
-                value = text.split(b":", 1)[1].strip()
-                found = parse_addresses(value) if addresses else []
-                haystack = address_text(found) if found else decode_header_text(value)
-                if wanted in haystack.casefold():
+                haystack = found if addresses and found is not None else text
+                if wanted in haystack:
                     return True
             return False
 

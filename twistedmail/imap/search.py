@@ -9,20 +9,31 @@ file is opened only for BODY, TEXT, HEADER on another field, or a message not ca
 the keys of a conjunction run cheapest first (L{COST_INDEX} < L{COST_HEADER} <
 L{COST_FILE}), so a text search reads only the messages the other keys left.
 
-The cache holds the fields' raw lines (C{HEADER.FIELDS} form, RFC 3501 §6.4.5), so the
-comparisons (RFC 2047 decoding, address text, case folding) are the same single code in
-L{twistedmail.imap.mailbox.compile_search} whether a field comes from the cache or the file.
+The cache holds the fields' raw lines (C{HEADER.FIELDS} form, RFC 3501 §6.4.5: SORT's keys
+and SENT* dates are taken from them) and their text as SEARCH compares it
+(L{field_haystacks}: RFC 2047 encoded-words decoded, addresses written out, case-folded),
+computed by the same function for a cached field and for one read from the file, so an
+answer does not depend on where the field came from.
 Everything here is blocking and runs in a thread.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
 
-from twistedmail.imap.message import select_headers, split_message
+from twistedmail.imap.message import (
+    address_text,
+    decode_header_text,
+    header_fields,
+    parse_addresses,
+    select_headers,
+    split_message,
+)
 from twistedmail.imap.sort import sort_key
 from twistedmail.index import HEADER_FIELDS
 from twistedmail.maildir import Folder, MessageEntry
@@ -40,30 +51,71 @@ Candidate = tuple[int, MessageEntry, bool]
 """(sequence number, entry, \\Recent in this session)."""
 
 
-def cached_fields(raw: bytes) -> bytes:
-    """What the header cache keeps of a message (with CRLF line ends, as
-    L{Folder.read} gives it): its L{HEADER_FIELDS} lines in order, then the blank line."""
-    return select_headers(split_message(raw)[0], HEADER_FIELDS, False)
+ADDRESS_FIELDS = frozenset({b"from", b"to", b"cc", b"bcc"})
+"""The fields SEARCH FROM/TO/CC/BCC match as addresses (RFC 3501 §6.4.4)."""
+
+Haystack = tuple[str, "str | None"]
+"""One field as SEARCH compares it: its decoded text, and (address fields) its addresses
+written out or C{None} when it has none, both case-folded."""
+
+
+def field_haystacks(name: bytes, text: bytes) -> Haystack:
+    """One raw field (name, colon, value, folds) as SEARCH compares it (RFC 3501 §6.4.4):
+    the value with RFC 2047 encoded-words decoded and folds removed
+    (L{decode_header_text}); for an address field also its addresses with display names
+    decoded (L{address_text}); both case-folded."""
+    value = text.split(b":", 1)[1].strip()
+    found = parse_addresses(value) if name in ADDRESS_FIELDS else []
+    return (
+        decode_header_text(value).casefold(),
+        address_text(found).casefold() if found else None,
+    )
+
+
+def decode_fields(header: bytes, names: Sequence[bytes]) -> dict[bytes, list[Haystack]]:
+    """{name: [each field C{name} of C{header}, in order, as L{field_haystacks}]} for
+    C{names}; a line without a colon is no field."""
+    out: dict[bytes, list[Haystack]] = {}
+    for name, text in header_fields(header):
+        if name and name in names:
+            out.setdefault(name, []).append(field_haystacks(name, text))
+    return out
+
+
+def cached_fields(raw: bytes) -> tuple[bytes, str]:
+    """What the header cache keeps of a message (with CRLF line ends, as L{Folder.read}
+    gives it): its L{HEADER_FIELDS} lines in order then the blank line, and their
+    L{decode_fields} as JSON."""
+    fields = select_headers(split_message(raw)[0], HEADER_FIELDS, False)
+    decoded = decode_fields(fields, HEADER_FIELDS)
+    text = json.dumps({k.decode("ascii"): v for k, v in decoded.items()}, ensure_ascii=False)
+    return fields, text
+
+
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+"""What JSON writes escaped (with C{ensure_ascii=False}): a needle without these characters
+appears verbatim in the cached JSON when it is in one of its strings."""
 
 
 class Source:
     """What a search key may look at for one message: its cached header fields, or its
     whole file (read once, on demand; C{b""} when it is gone or unreadable, as before)."""
 
-    __slots__ = ("_cached", "_entry", "_filled", "_folder", "_raw")
+    __slots__ = ("_cached", "_decoded", "_entry", "_fields", "_filled", "_folder", "_raw")
 
     def __init__(
         self,
         folder: Folder,
         entry: MessageEntry,
-        cached: bytes | None,
-        filled: list[tuple[int, str, bytes]],
+        cached: tuple[bytes, str] | None,
+        filled: list[tuple[int, str, bytes, str]],
     ) -> None:
         self._folder = folder
         self._entry = entry
-        self._cached = cached
+        self._cached, self._decoded = cached if cached is not None else (None, None)
         self._filled = filled
         self._raw: bytes | None = None
+        self._fields: dict[str, list[list[Any]]] | None = None
 
     def raw(self) -> bytes:
         """The whole message (CRLF line ends), or C{b""} when it cannot be read."""
@@ -74,8 +126,10 @@ class Source:
                 self._raw = b""
                 return b""
             if self._cached is None:  # first read: fill the cache on the way
-                self._cached = cached_fields(self._raw)
-                self._filled.append((self._entry.uid, self._entry.base, self._cached))
+                self._cached, self._decoded = cached_fields(self._raw)
+                self._filled.append(
+                    (self._entry.uid, self._entry.base, self._cached, self._decoded)
+                )
         return self._raw
 
     def header(self, name: bytes) -> bytes:
@@ -89,11 +143,29 @@ class Source:
                 return split_message(raw)[0]
         return self._cached
 
+    def fields(self, name: bytes, needle: str = "") -> list[Haystack]:
+        """Every field C{name} (lower case) of the message as L{field_haystacks}, in order:
+        from the cache for one of L{HEADER_FIELDS}, else from the file.  With a C{needle}
+        (case-folded) no cached field can contain, C{[]} at once (a substring test of the
+        cached JSON, without parsing it)."""
+        if name not in HEADER_FIELDS:
+            return decode_fields(self.header(name), (name,)).get(name, [])
+        if self._fields is None:
+            self.header(name)
+            decoded = self._decoded
+            if decoded is None:
+                self._fields = {}
+            else:
+                if needle and needle not in decoded and not _JSON_ESCAPED.search(needle):
+                    return []
+                self._fields = json.loads(decoded)
+        return [(t, a) for t, a in self._fields.get(name.decode("ascii"), [])]
+
 
 Predicate = Callable[[Candidate, Source], bool]
 
 
-def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes]]:
+def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes, str]]:
     if cost < COST_HEADER:
         return {}
     try:
@@ -103,7 +175,7 @@ def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes]]:
         return {}
 
 
-def _keep(folder: Folder, filled: list[tuple[int, str, bytes]]) -> None:
+def _keep(folder: Folder, filled: list[tuple[int, str, bytes, str]]) -> None:
     try:
         folder.cache_headers(filled)
     except Exception:  # only a cache: the next search reads those files again
@@ -117,12 +189,12 @@ def run_search(
     L{twistedmail.imap.mailbox.compile_search}, whose C{cost} says what it looks at);
     headers read from files on the way are kept in the cache."""
     cache = _cache(folder, cost)
-    filled: list[tuple[int, str, bytes]] = []
+    filled: list[tuple[int, str, bytes, str]] = []
     out = []
     for candidate in candidates:
         entry = candidate[1]
         hit = cache.get(entry.uid)
-        cached = hit[1] if hit is not None and hit[0] == entry.base else None
+        cached = hit[1:] if hit is not None and hit[0] == entry.base else None
         if predicate(candidate, Source(folder, entry, cached, filled)):
             out.append(candidate[0])
     _keep(folder, filled)
@@ -136,7 +208,7 @@ def sort_entries(
     (ties in sequence order), the header keys from the header cache."""
     needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
     cache = _cache(folder, COST_HEADER if needs_header else COST_INDEX)
-    filled: list[tuple[int, str, bytes]] = []
+    filled: list[tuple[int, str, bytes, str]] = []
     keyed: list[tuple[tuple[Any, ...], int]] = []
     for seq, entry in entries:
         header = b""
