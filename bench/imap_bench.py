@@ -329,7 +329,11 @@ class Dovecot:
                 check=True,
             )
         wait_port(self.port)
-        return int((self.work / "dovecot" / "run" / "master.pid").read_text().split()[0])
+        pidfile = self.work / "dovecot" / "run" / "master.pid"
+        deadline = time.monotonic() + 30  # on a loaded machine it may come after the port
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return int(pidfile.read_text().split()[0])
 
     def stop(self) -> None:
         subprocess.run(

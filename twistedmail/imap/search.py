@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -31,7 +31,6 @@ from twistedmail.imap.message import (
     decode_header_text,
     header_fields,
     parse_addresses,
-    select_headers,
     split_message,
 )
 from twistedmail.imap.sort import sort_key
@@ -53,6 +52,10 @@ Candidate = tuple[int, MessageEntry, bool]
 
 ADDRESS_FIELDS = frozenset({b"from", b"to", b"cc", b"bcc"})
 """The fields SEARCH FROM/TO/CC/BCC match as addresses (RFC 3501 §6.4.4)."""
+DECODED_FIELDS = ADDRESS_FIELDS | {b"subject"}
+"""The fields the cache also keeps decoded (the SEARCH keys FROM, TO, CC, BCC, SUBJECT);
+the other L{HEADER_FIELDS} (HEADER searches on them, rare) are decoded from the cached raw
+lines when asked."""
 
 Haystack = tuple[str, "str | None"]
 """One field as SEARCH compares it: its decoded text, and (address fields) its addresses
@@ -72,11 +75,13 @@ def field_haystacks(name: bytes, text: bytes) -> Haystack:
     )
 
 
-def decode_fields(header: bytes, names: Sequence[bytes]) -> dict[bytes, list[Haystack]]:
-    """{name: [each field C{name} of C{header}, in order, as L{field_haystacks}]} for
-    C{names}; a line without a colon is no field."""
+def decode_fields(
+    fields: list[tuple[bytes, bytes]], names: Collection[bytes]
+) -> dict[bytes, list[Haystack]]:
+    """{name: [each field C{name} of C{fields} (L{header_fields} output), in order, as
+    L{field_haystacks}]} for C{names}; a line without a colon is no field."""
     out: dict[bytes, list[Haystack]] = {}
-    for name, text in header_fields(header):
+    for name, text in fields:
         if name and name in names:
             out.setdefault(name, []).append(field_haystacks(name, text))
     return out
@@ -84,12 +89,14 @@ def decode_fields(header: bytes, names: Sequence[bytes]) -> dict[bytes, list[Hay
 
 def cached_fields(raw: bytes) -> tuple[bytes, str]:
     """What the header cache keeps of a message (with CRLF line ends, as L{Folder.read}
-    gives it): its L{HEADER_FIELDS} lines in order then the blank line, and their
-    L{decode_fields} as JSON."""
-    fields = select_headers(split_message(raw)[0], HEADER_FIELDS, False)
-    decoded = decode_fields(fields, HEADER_FIELDS)
+    gives it): its L{HEADER_FIELDS} lines in order then the blank line (as
+    L{select_headers} cuts them out), and the L{decode_fields} of L{DECODED_FIELDS} as
+    JSON."""
+    fields = [f for f in header_fields(split_message(raw)[0]) if f[0] in HEADER_FIELDS]
+    block = b"".join(t if t.endswith(b"\n") else t + b"\r\n" for _, t in fields) + b"\r\n"
+    decoded = decode_fields(fields, DECODED_FIELDS)
     text = json.dumps({k.decode("ascii"): v for k, v in decoded.items()}, ensure_ascii=False)
-    return fields, text
+    return block, text
 
 
 _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
@@ -148,8 +155,8 @@ class Source:
         from the cache for one of L{HEADER_FIELDS}, else from the file.  With a C{needle}
         (case-folded) no cached field can contain, C{[]} at once (a substring test of the
         cached JSON, without parsing it)."""
-        if name not in HEADER_FIELDS:
-            return decode_fields(self.header(name), (name,)).get(name, [])
+        if name not in DECODED_FIELDS:
+            return decode_fields(header_fields(self.header(name)), (name,)).get(name, [])
         if self._fields is None:
             self.header(name)
             decoded = self._decoded
