@@ -12,6 +12,7 @@ from pathlib import Path
 from test_imap_server import MSG1, MSG2, T1, Harness
 from twisted.trial import unittest
 
+from twistedmail import index as index_module
 from twistedmail.imap.search import cached_fields
 from twistedmail.index import HEADERS_VERSION, INDEX_FILE, FolderIndex
 from twistedmail.maildir import Folder
@@ -143,3 +144,22 @@ class HeaderCacheIndexTests(unittest.TestCase):
         with FolderIndex(h.root) as index:
             rows = index.db.execute("SELECT uid FROM headers").fetchall()
         self.assertEqual(rows, [(9,)])
+
+    def test_busy_index_is_not_rebuilt(self) -> None:
+        """An index another connection holds locked past the busy timeout is busy, not
+        corrupt: the open fails and the file (UIDs, MODSEQs, cache) is kept."""
+        h = Harness(self)
+        h.add(MSG1, "", T1)
+        before = Folder(h.root).scan()
+        self.patch(index_module, "BUSY_TIMEOUT", 0.01)
+        holder = sqlite3.connect(h.root / INDEX_FILE, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with self.assertRaises(sqlite3.OperationalError):
+                FolderIndex(h.root)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        self.assertEqual(Folder(h.root).scan().messages, before.messages)
+        with FolderIndex(h.root) as index:
+            self.assertEqual(index.floor, 1)

@@ -145,6 +145,18 @@ class CachedParts:
 _CANNOT_WRITE = {8, 10, 13, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
 
 
+_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+
+BUSY_TIMEOUT = 5.0
+"""Seconds a connection waits for another's lock on the index (SQLite's busy timeout)."""
+
+
+def busy(error: BaseException) -> bool:
+    """Whether C{error} is SQLite giving up waiting for another connection's lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in _BUSY
+
+
 def cannot_write(error: BaseException) -> bool:
     """Whether C{error} is SQLite failing to write (full disk, I/O error, read-only), as
     opposed to a corrupt file."""
@@ -175,6 +187,10 @@ class FolderIndex:
         except sqlite3.DatabaseError as e:
             if cannot_write(e):
                 return self._in_memory(None, existed)
+            if busy(e):
+                # another connection holds the index longer than BUSY_TIMEOUT: not corrupt,
+                # and deleting it would pull the file from under that connection
+                raise
 
             # corrupt or foreign: the index is only a cache, rebuild it from the Maildir
             for suffix in ("", "-journal", "-wal", "-shm"):
@@ -271,7 +287,9 @@ class FolderIndex:
             self.db = self._in_memory(self.db, True)
 
     def _open_checked(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
         try:
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)

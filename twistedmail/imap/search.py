@@ -182,9 +182,15 @@ def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes, str]]:
         return {}
 
 
+KEEP_BATCH = 500
+"""Rows of the header cache written per index transaction: a first search of a big folder
+does not hold the index's lock for the whole folder."""
+
+
 def _keep(folder: Folder, filled: list[tuple[int, str, bytes, str]]) -> None:
     try:
-        folder.cache_headers(filled)
+        for start in range(0, len(filled), KEEP_BATCH):
+            folder.cache_headers(filled[start : start + KEEP_BATCH])
     except Exception:  # only a cache: the next search reads those files again
         log.failure("filling the header cache of {path}", path=str(folder.path))
 
