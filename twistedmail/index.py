@@ -451,11 +451,7 @@ class FolderIndex:
         indexed under that base name; C{fields} are the message's L{HEADER_FIELDS} as raw
         field lines then a blank line, C{decoded} their text as SEARCH compares it (JSON,
         written and read by L{twistedmail.imap.search})."""
-        rows = self.db.execute(
-            "SELECT h.uid, h.base, h.fields, h.decoded FROM headers h JOIN messages m"
-            " ON m.uid = h.uid AND m.base = h.base"
-        )
-        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+        return _headers(self.db)
 
     def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
         """Keep (uid, base, fields, decoded) rows in the header cache (see L{headers})."""
@@ -501,6 +497,36 @@ class FolderIndex:
             " WHERE uid = ? AND base = ?",
             (parts.envelope, parts.bodystructure, parts.body, uid, base),
         )
+
+
+_HEADERS_QUERY = (
+    "SELECT h.uid, h.base, h.fields, h.decoded FROM headers h JOIN messages m"
+    " ON m.uid = h.uid AND m.base = h.base"
+)
+
+
+def _headers(db: sqlite3.Connection) -> dict[int, tuple[str, bytes, str]]:
+    return {row[0]: (row[1], row[2], row[3]) for row in db.execute(_HEADERS_QUERY)}
+
+
+def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:
+    """L{FolderIndex.headers} of the folder at C{directory} through a read-only connection:
+    it takes no write lock, so a search does not wait for (or block) sessions changing the
+    folder; C{{}} when the folder has no index (or no header cache) yet.
+
+    @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
+    """
+    path = directory / INDEX_FILE
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'headers'"
+        if db.execute(table).fetchone() is None:
+            return {}
+        return _headers(db)
+    finally:
+        db.close()
 
 
 def now_ns() -> int:

@@ -47,7 +47,14 @@ from typing import IO
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
-from twistedmail.index import CachedParts, FolderIndex, IndexedMessage, Stamps, now_ns
+from twistedmail.index import (
+    CachedParts,
+    FolderIndex,
+    IndexedMessage,
+    Stamps,
+    now_ns,
+    read_headers,
+)
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 UIDLIST = "dovecot-uidlist"
@@ -768,9 +775,8 @@ class Folder:
 
     def cached_headers(self) -> dict[int, tuple[str, bytes, str]]:
         """The header cache of the index (L{FolderIndex.headers}): {uid: (base, fields,
-        decoded)}."""
-        with FolderIndex(self.path) as index:
-            return index.headers()
+        decoded)}, read without taking the index's write lock."""
+        return read_headers(self.path)
 
     def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
         """Keep (uid, base, fields, decoded) rows in the header cache
