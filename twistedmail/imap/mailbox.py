@@ -54,7 +54,7 @@ from twistedmail.imap.search import (
     Source,
     cached_fields,
     conjunction_order,
-    run_search,
+    search_view,
     sort_entries,
 )
 from twistedmail.index import HEADER_FIELDS, CachedParts
@@ -670,11 +670,16 @@ class MaildirMailbox:
         used: set[bytes] = set()
         predicate, cost = compile_search(list(query), last_seq, last_uid, self.keywords, used)
         self.searched_modseq = b"MODSEQ" in used
-        candidates = [
-            (i + 1, e, e.uid in self._recent) for i, e in enumerate(view) if e.uid not in self._gone
-        ]
+        # the candidates are listed in the thread too (20,000 tuples are not free): with
+        # copies of the sets the reactor may change meanwhile
         matched: list[int] = await self.run_in_thread(
-            run_search, self.folder, candidates, predicate, cost
+            search_view,
+            self.folder,
+            view,
+            frozenset(self._recent),
+            frozenset(self._gone),
+            predicate,
+            cost,
         )
         return matched
 

@@ -214,6 +214,20 @@ def run_search(
     return out
 
 
+def search_view(
+    folder: Folder,
+    view: Sequence[MessageEntry],
+    recent: frozenset[int],
+    gone: frozenset[int],
+    predicate: Predicate,
+    cost: int,
+) -> list[int]:
+    """L{run_search} over a session's view (its messages in sequence order, RFC 3501
+    §2.3.1.2), without those expunged meanwhile (C{gone}); C{recent}: its \\Recent UIDs."""
+    candidates = [(i + 1, e, e.uid in recent) for i, e in enumerate(view) if e.uid not in gone]
+    return run_search(folder, candidates, predicate, cost)
+
+
 def sort_entries(
     folder: Folder, entries: list[tuple[int, MessageEntry]], criteria: list[tuple[bytes, bool]]
 ) -> list[int]:
