@@ -119,7 +119,8 @@ class Source:
     ) -> None:
         self._folder = folder
         self._entry = entry
-        self._cached, self._decoded = cached if cached is not None else (None, None)
+        self._cached: bytes | None = None if cached is None else cached[0]
+        self._decoded: str | None = None if cached is None else cached[1]
         self._filled = filled
         self._raw: bytes | None = None
         self._fields: dict[str, list[list[Any]]] | None = None
