@@ -8,7 +8,11 @@ files it does not know).  It holds, per message: UID, Maildir base name, current
 BODYSTRUCTURE/BODY responses (opaque bytes filled in by IMAP on first FETCH); per folder:
 UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the expunged UIDs with the MODSEQ of their expunge
 (QRESYNC's VANISHED, RFC 7162 §3.2.5.2), and the stamps of C{new/}, C{cur/} and
-C{dovecot-uidlist} as of the last full sync.
+C{dovecot-uidlist} as of the last full sync.  A second table caches, per message, the header
+fields SEARCH and SORT look at (L{HEADER_FIELDS}: the raw field lines, and their decoded,
+case-folded text as SEARCH compares it: L{FolderIndex.headers}),
+filled at APPEND and at the first SEARCH or SORT that needs them, as Dovecot's
+C{dovecot.index.cache} does, so those never open message files again.
 
 C{dovecot-uidlist} stays the source of truth for UIDs (so a mailbox still moves to and from
 Dovecot); the index is a cache that L{twistedmail.maildir.Folder} rebuilds from the Maildir
@@ -49,6 +53,23 @@ groups (RFC 3501 §7.4.2) and sizes of files with bare LF line ends as stored.  
 another version keeps its rows (UIDs, MODSEQs) but drops the cached FETCH parts and sets
 L{FolderIndex.stale_sizes} until the folder has measured its sizes again
 (L{FolderIndex.sizes_measured})."""
+HEADER_FIELDS = (
+    b"from",
+    b"to",
+    b"cc",
+    b"bcc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"in-reply-to",
+    b"references",
+    b"list-id",
+)
+"""The header fields the header cache keeps (lower-case names): those SEARCH (RFC 3501
+§6.4.4 FROM, TO, CC, BCC, SUBJECT, SENT*, HEADER name) and SORT (RFC 5256 §3) use."""
+HEADERS_VERSION = 1
+"""Version of the header cache's content (which fields, how they are cut out); an index with
+another one drops its cached headers (they are read again on the next SEARCH)."""
 DIRTY_NS = 2_000_000_000
 """A directory changed less than this long (ns) before the sync that recorded its mtime is
 listed again next time: a change in the same mtime tick would otherwise go unseen (Dovecot's
@@ -75,6 +96,15 @@ CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq);
 CREATE TABLE IF NOT EXISTS recent (uid INTEGER PRIMARY KEY);
 """
+_HEADERS_TABLE = """
+CREATE TABLE IF NOT EXISTS headers (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL,
+    fields BLOB NOT NULL,
+    decoded TEXT NOT NULL
+)
+"""
+_SCHEMA += _HEADERS_TABLE + ";\n"
 
 
 @attrs.frozen
@@ -115,6 +145,18 @@ class CachedParts:
 _CANNOT_WRITE = {8, 10, 13, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
 
 
+_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+
+BUSY_TIMEOUT = 5.0
+"""Seconds a connection waits for another's lock on the index (SQLite's busy timeout)."""
+
+
+def busy(error: BaseException) -> bool:
+    """Whether C{error} is SQLite giving up waiting for another connection's lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in _BUSY
+
+
 def cannot_write(error: BaseException) -> bool:
     """Whether C{error} is SQLite failing to write (full disk, I/O error, read-only), as
     opposed to a corrupt file."""
@@ -145,6 +187,10 @@ class FolderIndex:
         except sqlite3.DatabaseError as e:
             if cannot_write(e):
                 return self._in_memory(None, existed)
+            if busy(e):
+                # another connection holds the index longer than BUSY_TIMEOUT: not corrupt,
+                # and deleting it would pull the file from under that connection
+                raise
 
             # corrupt or foreign: the index is only a cache, rebuild it from the Maildir
             for suffix in ("", "-journal", "-wal", "-shm"):
@@ -174,6 +220,15 @@ class FolderIndex:
                 memory = self._in_memory(db, existed)
                 memory.execute(_FORGET_RENDERED)
                 return memory
+        if self._get(db, "headers_version") != HEADERS_VERSION:
+            # an index from before the header cache (its table just created), or another
+            # version of it: start the cache afresh; UIDs and MODSEQs are kept
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("DROP TABLE IF EXISTS headers")
+                db.execute(_HEADERS_TABLE)
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('headers_version', ?)", (HEADERS_VERSION,)
+                )
         return db
 
     def sizes_measured(self) -> None:
@@ -232,7 +287,9 @@ class FolderIndex:
             self.db = self._in_memory(self.db, True)
 
     def _open_checked(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
         try:
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
@@ -306,6 +363,7 @@ class FolderIndex:
     def reset(self, uidvalidity: int) -> None:
         """A new UIDVALIDITY: every row and tombstone belongs to the old one."""
         self._write("DELETE FROM messages")
+        self._write("DELETE FROM headers")
         self._write("DELETE FROM expunged")
         if self.uidvalidity:  # (not at the first sync: APPEND may have marked one recent)
             self._write("DELETE FROM recent")
@@ -388,6 +446,17 @@ class FolderIndex:
             many=True,
         )
 
+    def headers(self) -> dict[int, tuple[str, bytes, str]]:
+        """The header cache: {uid: (base name, fields, decoded)} of the messages still
+        indexed under that base name; C{fields} are the message's L{HEADER_FIELDS} as raw
+        field lines then a blank line, C{decoded} their text as SEARCH compares it (JSON,
+        written and read by L{twistedmail.imap.search})."""
+        return _headers(self.db)
+
+    def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
+        """Keep (uid, base, fields, decoded) rows in the header cache (see L{headers})."""
+        self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)", rows, many=True)
+
     def set_size(self, uid: int, size: int) -> None:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""
         self._write("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
@@ -400,6 +469,7 @@ class FolderIndex:
     def expunge(self, uid: int, modseq: int) -> None:
         """Drop message C{uid}, keeping a tombstone for VANISHED (RFC 7162 §3.2.5.2)."""
         self._write("DELETE FROM messages WHERE uid = ?", (uid,))
+        self._write("DELETE FROM headers WHERE uid = ?", (uid,))
         self._write("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
 
     def expunged_since(self, modseq: int) -> list[int]:
@@ -427,6 +497,36 @@ class FolderIndex:
             " WHERE uid = ? AND base = ?",
             (parts.envelope, parts.bodystructure, parts.body, uid, base),
         )
+
+
+_HEADERS_QUERY = (
+    "SELECT h.uid, h.base, h.fields, h.decoded FROM headers h JOIN messages m"
+    " ON m.uid = h.uid AND m.base = h.base"
+)
+
+
+def _headers(db: sqlite3.Connection) -> dict[int, tuple[str, bytes, str]]:
+    return {row[0]: (row[1], row[2], row[3]) for row in db.execute(_HEADERS_QUERY)}
+
+
+def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:
+    """L{FolderIndex.headers} of the folder at C{directory} through a read-only connection:
+    it takes no write lock, so a search does not wait for (or block) sessions changing the
+    folder; C{{}} when the folder has no index (or no header cache) yet.
+
+    @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
+    """
+    path = directory / INDEX_FILE
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'headers'"
+        if db.execute(table).fetchone() is None:
+            return {}
+        return _headers(db)
+    finally:
+        db.close()
 
 
 def now_ns() -> int:

@@ -50,7 +50,14 @@ from typing import IO
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
-from twistedmail.index import CachedParts, FolderIndex, IndexedMessage, Stamps, now_ns
+from twistedmail.index import (
+    CachedParts,
+    FolderIndex,
+    IndexedMessage,
+    Stamps,
+    now_ns,
+    read_headers,
+)
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 UIDLIST = "dovecot-uidlist"
@@ -829,6 +836,18 @@ class Folder:
             for (uid, base), value in parts.items():
                 index.cache(uid, base, value)
 
+    def cached_headers(self) -> dict[int, tuple[str, bytes, str]]:
+        """The header cache of the index (L{FolderIndex.headers}): {uid: (base, fields,
+        decoded)}, read without taking the index's write lock."""
+        return read_headers(self.path)
+
+    def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
+        """Keep (uid, base, fields, decoded) rows in the header cache
+        (L{FolderIndex.cache_headers})."""
+        if rows:
+            with FolderIndex(self.path) as index:
+                index.cache_headers(rows)
+
     # keywords (dovecot-keywords)
 
     def _read_keywords(self) -> dict[int, str]:
@@ -888,9 +907,16 @@ class Folder:
 
     # messages
 
-    def add(self, data: bytes, flags: str = "", mtime: float | None = None) -> int:
+    def add(
+        self,
+        data: bytes,
+        flags: str = "",
+        mtime: float | None = None,
+        headers: tuple[bytes, str] | None = None,
+    ) -> int:
         """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID (and
-        index it with a new MODSEQ)."""
+        index it with a new MODSEQ, and C{headers}, when given, in the header cache: see
+        L{FolderIndex.headers})."""
         if not self.exists():
             raise MaildirError("no such folder")
         with self._indexed() as index:
@@ -915,6 +941,8 @@ class Folder:
                 modseq = index.next_modseq()
                 size = wire_size(data)
                 index.insert(IndexedMessage(uid, base, name, size, st.st_mtime, modseq))
+                if headers is not None:
+                    index.cache_headers([(uid, base, *headers)])
                 index.put("uidnext", uidnext + 1)
                 index.record(self._stamps(), now_ns())
             else:

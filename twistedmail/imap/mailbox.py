@@ -38,29 +38,37 @@ from zope.interface import implementer
 from twistedmail.auth import RunInThread
 from twistedmail.imap.message import (
     MaildirMessage,
-    address_text,
     decode_header_text,
-    header_fields,
     header_value,
     imap_flags,
-    parse_addresses,
     parse_internaldate,
     parse_search_date,
     split_message,
 )
-from twistedmail.imap.sort import sort_key
-from twistedmail.index import CachedParts
+from twistedmail.imap.search import (
+    COST_FILE,
+    COST_HEADER,
+    COST_INDEX,
+    Candidate,
+    Predicate,
+    Source,
+    cached_fields,
+    conjunction_order,
+    search_view,
+    sort_entries,
+)
+from twistedmail.index import HEADER_FIELDS, CachedParts
 from twistedmail.maildir import (
     IMAP_TO_LETTER,
     MAX_KEYWORDS,
     ChangeNotifier,
     FlagChange,
     Folder,
-    MaildirError,
     MessageEntry,
     ScanResult,
     is_enospc,
     split_name,
+    to_crlf,
 )
 
 log = Logger(namespace="twistedmail.imap.mailbox")
@@ -176,7 +184,7 @@ def _add_with_keywords(
 ) -> int:
     if keywords:
         letters += folder.keyword_letters(list(keywords))
-    return folder.add(data, letters, mtime)
+    return folder.add(data, letters, mtime, headers=cached_fields(to_crlf(data)))
 
 
 def in_set(messages: imap4.MessageSet, value: int, last: int) -> bool:
@@ -660,15 +668,18 @@ class MaildirMailbox:
         last_seq = len(view)
         last_uid = view[-1].uid if view else 0
         used: set[bytes] = set()
-        predicate, needs_content = compile_search(
-            list(query), last_seq, last_uid, self.keywords, used
-        )
+        predicate, cost = compile_search(list(query), last_seq, last_uid, self.keywords, used)
         self.searched_modseq = b"MODSEQ" in used
-        candidates = [
-            (i + 1, e, e.uid in self._recent) for i, e in enumerate(view) if e.uid not in self._gone
-        ]
+        # the candidates are listed in the thread too (20,000 tuples are not free): with
+        # copies of the sets the reactor may change meanwhile
         matched: list[int] = await self.run_in_thread(
-            _run_search, self.folder, candidates, predicate, needs_content
+            search_view,
+            self.folder,
+            view,
+            frozenset(self._recent),
+            frozenset(self._gone),
+            predicate,
+            cost,
         )
         return matched
 
@@ -681,43 +692,9 @@ class MaildirMailbox:
         matched = await self.search(query)
         entries = [(seq, self._view[seq - 1]) for seq in matched]
         ordered: list[int] = await self.run_in_thread(
-            _sort_entries, self.folder, entries, list(criteria)
+            sort_entries, self.folder, entries, list(criteria)
         )
         return ordered
-
-
-HEADER_LIMIT = 256 * 1024
-"""Octets of a message read for its header by SORT (a longer header is cut there)."""
-
-
-def _read_header(folder: Folder, entry: MessageEntry) -> bytes:
-    """The header of C{entry} up to the blank line, read line by line; C{b""} if gone."""
-    try:
-        with folder.open(entry).open("rb") as f:
-            lines = []
-            total = 0
-            for line in f:
-                if line in (b"\r\n", b"\n") or total > HEADER_LIMIT:
-                    break
-                lines.append(line)
-                total += len(line)
-            return b"".join(lines)
-    except (OSError, MaildirError):
-        return b""
-
-
-def _sort_entries(
-    folder: Folder,
-    entries: list[tuple[int, MessageEntry]],
-    criteria: list[tuple[bytes, bool]],
-) -> list[int]:
-    needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
-    keyed = []
-    for seq, entry in entries:
-        header = _read_header(folder, entry) if needs_header else b""
-        keyed.append((sort_key(criteria, seq, entry, header), seq))
-    keyed.sort(key=lambda pair: pair[0])
-    return [seq for _, seq in keyed]
 
 
 def _rename_all(
@@ -739,9 +716,6 @@ def _remove_all(
 
 
 # ---------------------------------------------------------------- SEARCH keys
-
-Candidate = tuple[int, MessageEntry, bool]
-Predicate = Callable[[Candidate, Callable[[], bytes]], bool]
 
 _FLAG_KEYS = {
     b"ANSWERED": ("R", True),
@@ -785,15 +759,28 @@ def compile_search(
     used: set[bytes] | None = None,
 ) -> tuple[Predicate, bool]:
     """Turn parsed SEARCH keys (Twisted's C{parseNestedParens} output) into a predicate
-    C{(candidate, load_raw) -> bool}; also whether message content is needed.  C{keywords}
+    C{(candidate, source) -> bool} (L{twistedmail.imap.search.Source}); also its cost, what
+    it looks at (C{search.COST_INDEX}, C{COST_HEADER} or C{COST_FILE}).  C{keywords}
     is the folder's {letter: name} map for KEYWORD/UNKEYWORD (names case-insensitive);
     C{used}, when given, receives the keys seen (SEARCH MODSEQ changes the response,
     RFC 7162 §3.1.5).
 
     @raise SearchError: unknown key, missing argument or bad date/number.
     """
-    needs = [False]
+    level = [COST_INDEX]  # the cost of what is being compiled
     depth = 0
+
+    def need(cost: int) -> None:
+        level[0] = max(level[0], cost)
+
+    def costed() -> tuple[Predicate, int]:
+        """One key and its own cost (a conjunction runs its cheapest keys first)."""
+        outer, level[0] = level[0], COST_INDEX
+        try:
+            predicate = one()
+            return predicate, level[0]
+        finally:
+            level[0] = max(outer, level[0])
 
     def take() -> Any:
         if not tokens:
@@ -894,8 +881,8 @@ def compile_search(
             return _date_test(key, d, lambda c, r: _day(c[1].mtime))
         if key in (b"SENTBEFORE", b"SENTON", b"SENTSINCE"):
             d = date()
-            needs[0] = True
-            return _date_test(key[4:], d, lambda c, r: _sent_day(r()))
+            need(COST_HEADER)
+            return _date_test(key[4:], d, lambda c, s: _sent_day(s.header(b"date")))
         if key in _HEADER_KEYS:
             return header_test(key.lower(), text_arg(), addresses=key != b"SUBJECT")
         if key == b"HEADER":
@@ -905,10 +892,10 @@ def compile_search(
             return header_test(name.lower(), text_arg())
         if key in (b"BODY", b"TEXT"):
             needle = text_arg()
-            needs[0] = True
+            need(COST_FILE)
             if key == b"TEXT":
                 return text_test(needle)
-            return lambda c, r: needle in split_message(r())[1].lower()
+            return lambda c, s: needle in split_message(s.raw())[1].lower()
         if key == b"NOT":
             inner = one()
             return lambda c, r: not inner(c, r)
@@ -932,21 +919,19 @@ def compile_search(
         addresses written out, display names decoded (L{address_text}); an empty string
         matches every message that has the field.  The needle is UTF-8 (CHARSET UTF-8 or
         US-ASCII, checked by the command)."""
-        needs[0] = True
+        need(COST_HEADER if name in HEADER_FIELDS else COST_FILE)
+        if not name:
+            return lambda c, s: False
         wanted = needle.decode("utf-8", "replace").casefold()
 
-        def test(c: Candidate, r: Callable[[], bytes]) -> bool:
-            header = split_message(r())[0]
-            for field_name, text in header_fields(header):
-                # a line without a colon is no field (its name is b""): never a match
-                if not name or field_name != name:
-                    continue
+        def test(c: Candidate, s: Source) -> bool:
+            # each field C{name} as (decoded text, its addresses written out or None), both
+            # case-folded (L{search.field_haystacks}); a line without a colon is no field
+            for text, found in s.fields(name, wanted):
                 if not wanted:
                     return True
-                value = text.split(b":", 1)[1].strip()
-                found = parse_addresses(value) if addresses else []
-                haystack = address_text(found) if found else decode_header_text(value)
-                if wanted in haystack.casefold():
+                haystack = found if addresses and found is not None else text
+                if wanted in haystack:
                     return True
             return False
 
@@ -957,8 +942,8 @@ def compile_search(
         decoded, case-folded), or the body as stored."""
         wanted = needle.decode("utf-8", "replace").casefold()
 
-        def test(c: Candidate, r: Callable[[], bytes]) -> bool:
-            header, body = split_message(r())
+        def test(c: Candidate, s: Source) -> bool:
+            header, body = split_message(s.raw())
             return needle in body.lower() or wanted in decode_header_text(header).casefold()
 
         return test
@@ -966,23 +951,24 @@ def compile_search(
     def conjunction(items: list[Any]) -> Predicate:
         nonlocal tokens
         saved, tokens = tokens, items
-        parts = []
+        costs = []
         while tokens:
-            parts.append(one())
+            costs.append(costed())
         tokens = saved
-        if not parts:
+        if not costs:
             raise SearchError("empty search")
-        return lambda c, r: all(p(c, r) for p in parts)
+        parts = conjunction_order(costs)
+        return lambda c, s: all(p(c, s) for p in parts)
 
     predicate = conjunction(tokens)
-    return predicate, needs[0]
+    return predicate, level[0]
 
 
 def _date_test(
-    key: bytes, day: tuple[int, int, int], get: Callable[[Candidate, Callable[[], bytes]], Any]
+    key: bytes, day: tuple[int, int, int], get: Callable[[Candidate, Source], Any]
 ) -> Predicate:
-    def test(c: Candidate, r: Callable[[], bytes]) -> bool:
-        value = get(c, r)
+    def test(c: Candidate, s: Source) -> bool:
+        value = get(c, s)
         if value is None:
             return False
         if key == b"BEFORE":
@@ -992,23 +978,3 @@ def _date_test(
         return bool(value >= day)
 
     return test
-
-
-def _run_search(
-    folder: Folder, candidates: list[Candidate], predicate: Predicate, needs_content: bool
-) -> list[int]:
-    out = []
-    for candidate in candidates:
-        cache: list[bytes] = []
-
-        def load(entry: MessageEntry = candidate[1], cache: list[bytes] = cache) -> bytes:
-            if not cache:
-                try:
-                    cache.append(folder.read(entry))
-                except Exception:
-                    cache.append(b"")
-            return cache[0]
-
-        if predicate(candidate, load):
-            out.append(candidate[0])
-    return out
