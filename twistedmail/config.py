@@ -215,6 +215,20 @@ class AntispamConfig:
 
 
 @attrs.frozen
+class ForwardingConfig:
+    """C{[forwarding]}: mail an alias or a Sieve redirect sends on to an outside address
+    (L{twistedmail.srs}).  C{srs}: rewrite its envelope sender (SRS0 in our domain) so it
+    passes SPF at the next hop, and take bounces to those addresses back; C{srs_domain}:
+    the domain of the SRS addresses (its MX and SPF must be ours; C{""}: the alias's own
+    domain); C{arc}: seal it with an ARC set (RFC 8617) signed by the alias domain's DKIM
+    key."""
+
+    srs: bool = True
+    srs_domain: str = ""
+    arc: bool = True
+
+
+@attrs.frozen
 class SMTPConfig:
     """C{[smtp]}: wire behaviour of every SMTP listener (25, 587, 465).  C{bare_lf}:
     C{"reject"} a message with a bare CR or LF (550 5.6.0), or C{"normalize"} a bare LF
@@ -305,6 +319,7 @@ class Config:
     log: LogConfig = LogConfig()
     antispam: AntispamConfig = AntispamConfig()
     metrics: MetricsConfig = MetricsConfig()
+    forwarding: ForwardingConfig = ForwardingConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -513,6 +528,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     known.update(("mta_sts", "log"))
     known.add("antispam")
     known.add("metrics")
+    known.add("forwarding")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -813,6 +829,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         log=LogConfig(format=log_format),
         antispam=antispam,
         metrics=_metrics_config(r, data),
+        forwarding=_forwarding(r, data),
         warnings=tuple(warnings),
     )
 
@@ -862,6 +879,23 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
         greet_pause=greet_pause,
         smtp_messages_per_ip_hour=per_ip,
     )
+
+
+def _forwarding(r: _Reader, data: dict[str, Any]) -> ForwardingConfig:
+    """C{[forwarding]}, checked (see L{ForwardingConfig})."""
+    section = r.section(data, "forwarding", set(attrs.asdict(ForwardingConfig())))
+    flags = {}
+    for key in ("srs", "arc"):
+        flags[key] = section.get(key, True)
+        if not isinstance(flags[key], bool):
+            raise r.fail(f"[forwarding] {key}", "must be true or false")
+    domain = r.string(section, "forwarding", "srs_domain", "")
+    if domain:
+        try:
+            domain = normalize_domain(domain)
+        except AddressError as e:
+            raise r.fail("[forwarding] srs_domain", str(e)) from None
+    return ForwardingConfig(srs=flags["srs"], srs_domain=domain, arc=flags["arc"])
 
 
 def _metrics_config(r: _Reader, data: dict[str, Any]) -> MetricsConfig:
