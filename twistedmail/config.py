@@ -201,7 +201,9 @@ class AntispamConfig:
     C{dnsbl}, C{dnswl}: list zones (a client in a C{dnswl} zone skips the C{dnsbl}s);
     C{greet_pause}: seconds the 220 greeting waits, a client talking first gets
     C{554 5.5.1} (0: off); C{smtp_messages_per_ip_hour}: messages one client IP (IPv6: /64)
-    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit)."""
+    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit);
+    C{smtp_connections_per_ip_hour}: connections one client IP may open to port 25 in an
+    hour, more get C{421 4.7.0} at connect (0: no limit)."""
 
     rspamd: str = ""
     rspamd_controller: str = ""
@@ -212,6 +214,7 @@ class AntispamConfig:
     dnswl: tuple[str, ...] = ()
     greet_pause: int = 0
     smtp_messages_per_ip_hour: int = 0
+    smtp_connections_per_ip_hour: int = 0
 
 
 @attrs.frozen
@@ -865,9 +868,12 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
             zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
         except AddressError as e:
             raise r.fail(f"[antispam] {key}", str(e)) from None
-    per_ip = section.get("smtp_messages_per_ip_hour", 0)
-    if not isinstance(per_ip, int) or isinstance(per_ip, bool) or not 0 <= per_ip <= MAX_COUNT:
-        raise r.fail("[antispam] smtp_messages_per_ip_hour", "must be a count, 0 for no limit")
+    counts = {}
+    for key in ("smtp_messages_per_ip_hour", "smtp_connections_per_ip_hour"):
+        count = section.get(key, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+            raise r.fail(f"[antispam] {key}", "must be a count, 0 for no limit")
+        counts[key] = count
     return AntispamConfig(
         rspamd=urls["rspamd"],
         rspamd_controller=urls["rspamd_controller"],
@@ -877,7 +883,7 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
         dnsbl=zones["dnsbl"],
         dnswl=zones["dnswl"],
         greet_pause=greet_pause,
-        smtp_messages_per_ip_hour=per_ip,
+        **counts,
     )
 
 

@@ -73,7 +73,7 @@ from twistedmail.dnsbl import Blocklists
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPFactory, imap_factory
 from twistedmail.imap.watch import FolderWatcher
-from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
+from twistedmail.limits import ConnectionLimit, UserSessionLimit, rate_refusal, refusal_for
 from twistedmail.mailauth import Authenticator, organizational_domain
 from twistedmail.maildir import (
     StorageReserve,
@@ -643,6 +643,10 @@ class MailServer(MultiService):
                 clock=reactor,
             )
             self.connection_limits[name] = limited
+            per_ip_hour = config.antispam.smtp_connections_per_ip_hour
+            if name == "smtp" and per_ip_hour:  # issue 14: connection rate on port 25
+                limited.rate = HourlyRate(per_ip_hour, reactor)
+                limited.rate_refusal = rate_refusal(hostname)
             limited.metrics = self.metrics
             for address in config.listen[name]:
                 wrapped = (
