@@ -20,6 +20,14 @@ from twistedmail.address import Mailbox
 from twistedmail.config import ConfigError, ForwardingConfig, load_config, parse_config
 from twistedmail.delivery import LocalDelivery
 from twistedmail.dkim import KeyStore
+from twistedmail.mailauth import (
+    AuthenticationResults,
+    DMARCResult,
+    SPFResult,
+    TemporaryDNSFailure,
+    authentication_results,
+    verify_arc,
+)
 from twistedmail.maildir import ChangeNotifier
 from twistedmail.sieve.store import SieveStore
 from twistedmail.srs import (
@@ -153,6 +161,56 @@ class ARCTests(unittest.TestCase):
         forwarding = Forwarding(srs, None, "mail.example.org", srs_domain="mail.example.org")
         sender, same = forwarding.prepare(M("bob@remote.example"), "example.org", MESSAGE)
         self.assertEqual((sender.domain, same), ("mail.example.org", MESSAGE))
+
+
+class ARCChainTests(unittest.TestCase):
+    """A message that arrives with an ARC chain (sealed by hop1.example) and is forwarded."""
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        self.hop1 = KeyStore(base / "hop1")
+        self.hop1.generate("hop1.example")
+        self.ours = KeyStore(base / "ours")
+        self.ours.generate("example.org")
+        arrived = b"Authentication-Results: mx.hop1.example; spf=pass smtp.mailfrom=bob@x\r\n"
+        original = arrived + MESSAGE[MESSAGE.index(b"From:") :]
+        self.sealed = arc_seal(original, self.hop1, "hop1.example", "mx.hop1.example")
+        self.records = {
+            name: value
+            for keys, domain in ((self.hop1, "hop1.example"), (self.ours, "example.org"))
+            for name, value in (keys.txt_record(k) for k in keys.signing_keys(domain))
+        }
+
+    def query(self, name: str, rtype: str) -> list[tuple[tuple[str, str], list[bytes]]]:
+        value = self.records.get(name)
+        return [((name, "TXT"), [value.encode()])] if value and rtype == "TXT" else []
+
+    def dnsfunc(self, name: bytes, timeout: int = 5) -> bytes | None:
+        value = self.records.get(name.decode().rstrip("."))
+        return value.encode() if value else None
+
+    def test_validated_then_sealed_on(self) -> None:
+        """RFC 8617 §5.2: the arriving chain validates (arc=pass in our field); our seal is
+        instance 2 with cv=pass, and the whole chain verifies."""
+        self.assertEqual(verify_arc(self.query, self.sealed), "pass")
+        results = AuthenticationResults(
+            SPFResult("pass", "mailfrom", "remote.example"), (), DMARCResult("none", ""), "pass"
+        )
+        ours = authentication_results("mail.example.org", results)
+        self.assertTrue(ours.endswith(b";\r\n\tarc=pass\r\n"))
+        forwarded = arc_seal(ours + self.sealed, self.ours, "example.org", "mail.example.org")
+        self.assertTrue(forwarded.startswith(b"ARC-Seal: i=2; cv=pass; a=rsa-sha256; d=example."))
+        cv, chain, _ = dkim.arc_verify(forwarded, dnsfunc=self.dnsfunc)
+        self.assertEqual((cv, [r["instance"] for r in chain]), (b"pass", [2, 1]))
+
+    def test_broken_chain_fails(self) -> None:
+        """A body changed after the seal: arc=fail; no key (yet): unknown, C{None}."""
+        self.assertEqual(verify_arc(self.query, self.sealed.replace(b"body", b"b0dy")), "fail")
+
+        def failing(name: str, rtype: str) -> list[tuple[tuple[str, str], list[bytes]]]:
+            raise TemporaryDNSFailure(name)
+
+        self.assertIsNone(verify_arc(failing, self.sealed))
 
 
 class SieveRedirectTests(unittest.TestCase):
