@@ -20,6 +20,7 @@ from e2e_server import Server
 from test_e2e_outbound import World, configure, wait_queue_empty
 
 from twistedmail.dkim import KeyStore
+from twistedmail.srs import arc_seal
 
 FWD = "fwd@example.test"
 ORIGINAL = "bob@remote.test"
@@ -34,16 +35,35 @@ MESSAGE = (
 MX1 = [{"name": "mx1", "host": "127.0.0.2", "tls": True}]
 
 
+REMOTE_ZONE = {
+    "origin": "remote.test",
+    "mx": {"remote.test": [[10, "mx1.remote.test"]]},
+    "a": {"mx1.remote.test": ["127.0.0.2"]},
+}
+
+
+def start(root: Path, zones: list[dict[str, Any]] | None = None) -> tuple[World, Server]:
+    """The scripted remote world and a server with SPF/DKIM/DMARC checks on (our
+    Authentication-Results feed the ARC set), the alias fwd@ -> friend@remote.test and a
+    DKIM key for example.test."""
+    world = World(root, [dict(m) for m in MX1], zones)
+    server = Server(root / "server", inbound="check_authentication = true\n")
+    server.add_user("alice@example.test", "alice-secret-1")
+    server.cli("alias", "add", FWD, "friend@remote.test")
+    server.cli("dkim", "generate", "example.test")
+    configure(server, world)
+    try:
+        server.start()
+    except BaseException:
+        world.stop()
+        raise
+    return world, server
+
+
 @pytest.fixture
 def forwarding(tmp_path: Path) -> Iterator[tuple[World, Server]]:
-    world = World(tmp_path, [dict(m) for m in MX1])
-    server = Server(tmp_path / "server", inbound="check_authentication = true\n")
+    world, server = start(tmp_path)
     try:
-        server.add_user("alice@example.test", "alice-secret-1")
-        server.cli("alias", "add", FWD, "friend@remote.test")
-        server.cli("dkim", "generate", "example.test")
-        configure(server, world)
-        server.start()
         yield world, server
     finally:
         server.stop()
@@ -54,10 +74,11 @@ def secret(server: Server) -> bytes:
     return (server.data_dir / "srs.secret").read_bytes().strip()
 
 
-def dns_txt(server: Server) -> Any:
-    """A dkimpy dnsfunc answering the DKIM key records of the server's keys."""
+def dns_txt(server: Server, more: dict[str, str] | None = None) -> Any:
+    """A dkimpy dnsfunc answering the DKIM key records of the server's keys (and C{more})."""
     keys = KeyStore(server.data_dir / "dkim")
     records = dict(keys.txt_record(k) for k in keys.signing_keys("example.test"))
+    records.update(more or {})
 
     def lookup(name: bytes, timeout: int = 5) -> bytes | None:
         value = records.get(name.decode().rstrip("."))
@@ -136,3 +157,36 @@ def test_forged_and_expired_srs_addresses_refused_at_rcpt(
     text = server.log.read_text()
     assert f"rcpt <{forged}> refused: Invalid hash in SRS address" in text
     assert "refused: Invalid timestamp in SRS address" in text
+
+
+def test_arriving_arc_chain_is_validated_and_extended(tmp_path: Path) -> None:
+    """A message sealed by an earlier forwarder (hop1.test, its key in the test DNS) gets
+    arc=pass in our Authentication-Results (RFC 8617 §5.2) and leaves with our set as
+    instance 2, cv=pass; the whole chain verifies."""
+    hop1 = KeyStore(tmp_path / "hop1")
+    hop1.generate("hop1.test")
+    name, value = hop1.txt_record(hop1.signing_keys("hop1.test")[0])
+    zones = [REMOTE_ZONE, {"origin": "hop1.test", "txt": {name: [value]}}]
+    arrived = arc_seal(
+        b"Authentication-Results: mx.hop1.test; spf=pass smtp.mailfrom=remote.test\r\n"
+        + MESSAGE,
+        hop1,
+        "hop1.test",
+        "mx.hop1.test",
+    )
+    assert arrived.startswith(b"ARC-Seal: i=1; cv=none;")
+    (tmp_path / "run").mkdir()
+    world, server = start(tmp_path / "run", zones)
+    try:
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="mx.hop1.test") as s:
+            assert s.sendmail(ORIGINAL, [FWD], arrived) == {}
+        [(meta, data)] = world.wait_received("mx1", 1)
+    finally:
+        server.stop()
+        world.stop()
+    assert meta["sender"].startswith("srs0=")
+    assert data.startswith(b"ARC-Seal: i=2; cv=pass; a=rsa-sha256; d=example.test;")
+    assert b"\tarc=pass\r\n" in data
+    assert data.endswith(arrived)
+    cv, chain, reason = dkim.arc_verify(data, dnsfunc=dns_txt(server, {name: value}))
+    assert (cv, reason, [r["instance"] for r in chain]) == (b"pass", "success", [2, 1])
