@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,21 @@ class SRSTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.dir / "s").st_mode), 0o600)
         self.assertEqual(len(first), 64)
         self.assertEqual(load_secret(self.dir / "s"), first)
+
+    def test_secret_made_once_by_racing_threads(self) -> None:
+        """Threads making the secret at once all get the same one; no temporary file
+        is left behind."""
+        results: list[bytes] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(load_secret(self.dir / "r")))
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(len(set(results)), 1)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["r"])
 
     def test_forward_and_reverse(self) -> None:
         """SRS0=HHHH=TT=domain=local@ours reverses to the original sender."""

@@ -59,19 +59,24 @@ def load_secret(path: Path) -> bytes:
     except FileNotFoundError:
         pass
     secret = secrets.token_hex(32).encode("ascii")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, secret + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
     try:
-        os.link(tmp, path)  # never replace a secret another process made meanwhile
+        os.link(tmp, path)  # never replace a secret another process or thread made meanwhile
     except FileExistsError:
         pass
     finally:
         os.unlink(tmp)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the addresses made with it must stay reversible after a crash
+    finally:
+        os.close(directory)
     return path.read_bytes().strip()
 
 
