@@ -245,9 +245,7 @@ class SieveRedirectTests(unittest.TestCase):
         ) -> None:
             sent.append((reverse_path, list(recipients)))
 
-        delivery = LocalDelivery(
-            store, base / "mail", ChangeNotifier(), run_now, outbound=enqueue
-        )
+        delivery = LocalDelivery(store, base / "mail", ChangeNotifier(), run_now, outbound=enqueue)
         srs = SenderRewriting(base / "srs.secret", Clock())
         delivery.forwarding = Forwarding(srs, None, "mail.example.org")
         scripts = SieveStore(base / "mail" / "example.org" / "alice")

@@ -94,9 +94,7 @@ class SenderRewriting:
     @param max_age: days an SRS0 address stays valid.
     """
 
-    def __init__(
-        self, secret_path: Path, clock: IReactorTime, max_age: int = MAX_AGE_DAYS
-    ) -> None:
+    def __init__(self, secret_path: Path, clock: IReactorTime, max_age: int = MAX_AGE_DAYS) -> None:
         self.secret_path = secret_path
         self.clock = clock
         self.max_age = max_age

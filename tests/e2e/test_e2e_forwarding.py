@@ -168,8 +168,7 @@ def test_arriving_arc_chain_is_validated_and_extended(tmp_path: Path) -> None:
     name, value = hop1.txt_record(hop1.signing_keys("hop1.test")[0])
     zones = [REMOTE_ZONE, {"origin": "hop1.test", "txt": {name: [value]}}]
     arrived = arc_seal(
-        b"Authentication-Results: mx.hop1.test; spf=pass smtp.mailfrom=remote.test\r\n"
-        + MESSAGE,
+        b"Authentication-Results: mx.hop1.test; spf=pass smtp.mailfrom=remote.test\r\n" + MESSAGE,
         hop1,
         "hop1.test",
         "mx.hop1.test",

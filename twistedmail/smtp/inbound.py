@@ -161,8 +161,7 @@ class InboundPolicy:
             self.srs is not None
             and is_srs(recipient)
             and (
-                recipient.domain == self.srs_domain
-                or self.store.is_local_domain(recipient.domain)
+                recipient.domain == self.srs_domain or self.store.is_local_domain(recipient.domain)
             )
         )
 
