@@ -201,7 +201,9 @@ class AntispamConfig:
     C{dnsbl}, C{dnswl}: list zones (a client in a C{dnswl} zone skips the C{dnsbl}s);
     C{greet_pause}: seconds the 220 greeting waits, a client talking first gets
     C{554 5.5.1} (0: off); C{smtp_messages_per_ip_hour}: messages one client IP (IPv6: /64)
-    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit)."""
+    may send on port 25 in an hour, more get C{451 4.7.1} at MAIL (0: no limit);
+    C{smtp_connections_per_ip_hour}: connections one client IP may open to port 25 in an
+    hour, more get C{421 4.7.0} at connect (0: no limit)."""
 
     rspamd: str = ""
     rspamd_controller: str = ""
@@ -212,6 +214,21 @@ class AntispamConfig:
     dnswl: tuple[str, ...] = ()
     greet_pause: int = 0
     smtp_messages_per_ip_hour: int = 0
+    smtp_connections_per_ip_hour: int = 0
+
+
+@attrs.frozen
+class ForwardingConfig:
+    """C{[forwarding]}: mail an alias or a Sieve redirect sends on to an outside address
+    (L{twistedmail.srs}).  C{srs}: rewrite its envelope sender (SRS0 in our domain) so it
+    passes SPF at the next hop, and take bounces to those addresses back; C{srs_domain}:
+    the domain of the SRS addresses (its MX and SPF must be ours; C{""}: the alias's own
+    domain); C{arc}: seal it with an ARC set (RFC 8617) signed by the alias domain's DKIM
+    key."""
+
+    srs: bool = True
+    srs_domain: str = ""
+    arc: bool = True
 
 
 @attrs.frozen
@@ -316,6 +333,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     antispam: AntispamConfig = AntispamConfig()
     metrics: MetricsConfig = MetricsConfig()
+    forwarding: ForwardingConfig = ForwardingConfig()
     # What loads but is likely wrong, one line each (C{FILE: [section] key: why}), for
     # check-config: a size without a unit, a hostname that is not fully qualified.
     warnings: tuple[str, ...] = ()
@@ -525,6 +543,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     known.add("auth")
     known.add("antispam")
     known.add("metrics")
+    known.add("forwarding")
     for key in data:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
@@ -842,6 +861,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         auth=auth_config,
         antispam=antispam,
         metrics=_metrics_config(r, data),
+        forwarding=_forwarding(r, data),
         warnings=tuple(warnings),
     )
 
@@ -877,9 +897,12 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
             zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
         except AddressError as e:
             raise r.fail(f"[antispam] {key}", str(e)) from None
-    per_ip = section.get("smtp_messages_per_ip_hour", 0)
-    if not isinstance(per_ip, int) or isinstance(per_ip, bool) or not 0 <= per_ip <= MAX_COUNT:
-        raise r.fail("[antispam] smtp_messages_per_ip_hour", "must be a count, 0 for no limit")
+    counts = {}
+    for key in ("smtp_messages_per_ip_hour", "smtp_connections_per_ip_hour"):
+        count = section.get(key, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+            raise r.fail(f"[antispam] {key}", "must be a count, 0 for no limit")
+        counts[key] = count
     return AntispamConfig(
         rspamd=urls["rspamd"],
         rspamd_controller=urls["rspamd_controller"],
@@ -889,8 +912,25 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
         dnsbl=zones["dnsbl"],
         dnswl=zones["dnswl"],
         greet_pause=greet_pause,
-        smtp_messages_per_ip_hour=per_ip,
+        **counts,
     )
+
+
+def _forwarding(r: _Reader, data: dict[str, Any]) -> ForwardingConfig:
+    """C{[forwarding]}, checked (see L{ForwardingConfig})."""
+    section = r.section(data, "forwarding", set(attrs.asdict(ForwardingConfig())))
+    flags = {}
+    for key in ("srs", "arc"):
+        flags[key] = section.get(key, True)
+        if not isinstance(flags[key], bool):
+            raise r.fail(f"[forwarding] {key}", "must be true or false")
+    domain = r.string(section, "forwarding", "srs_domain", "")
+    if domain:
+        try:
+            domain = normalize_domain(domain)
+        except AddressError as e:
+            raise r.fail("[forwarding] srs_domain", str(e)) from None
+    return ForwardingConfig(srs=flags["srs"], srs_domain=domain, arc=flags["arc"])
 
 
 def _metrics_config(r: _Reader, data: dict[str, Any]) -> MetricsConfig:

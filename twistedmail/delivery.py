@@ -67,6 +67,7 @@ from twistedmail.sieve.responses import (
 )
 from twistedmail.sieve.store import ACTIVE_LINK, SieveStore
 from twistedmail.sieve.validate import Script, compile_script
+from twistedmail.srs import Forwarding
 
 log = Logger(namespace="twistedmail.delivery")
 
@@ -143,6 +144,27 @@ class LocalDelivery:
         self.sieve_limits = sieve_limits = sieve_limits or SieveLimits()
         self.scripts = ScriptCache(max_script_size=sieve_limits.max_script_size)
         self.plus_folder = plus_folder
+        self.forwarding: Forwarding | None = None
+        """SRS and the ARC seal of mail forwarded to outside addresses (issue 14); C{None}:
+        forwarded with the original sender, unsealed."""
+
+    async def forwarded(
+        self, reverse_path: Mailbox | None, via: str | None, message: bytes
+    ) -> tuple[Mailbox | None, bytes]:
+        """The reverse-path and message a message forwarded to outside addresses through
+        a local domain C{via} (an alias's, a redirecting user's) leaves with: an SRS
+        sender in our domain and an ARC seal (L{twistedmail.srs.Forwarding}), for a sender
+        in a domain not ours; others (ours, the null path of a bounce) unchanged."""
+        if (
+            self.forwarding is None
+            or reverse_path is None
+            or self.store.is_local_domain(reverse_path.domain)
+        ):
+            return reverse_path, message
+        forwarded: tuple[Mailbox | None, bytes] = await self.run_in_thread(
+            self.forwarding.prepare, reverse_path, via, message
+        )
+        return forwarded
 
     def local_users(self, recipients: list[Mailbox]) -> tuple[list[Mailbox], list[Mailbox]]:
         """Expand aliases; return (distinct local users, remote addresses), order kept."""
@@ -312,7 +334,7 @@ class LocalDelivery:
             for folder_path in outcome.changed:
                 self.notifier.changed(folder_path)
             for why, envelope_from, to, outgoing in outcome.outgoing:
-                await self._send(envelope_from, to, outgoing)
+                await self._send(envelope_from, to, outgoing, via=user.domain)
                 log.info(
                     "sieve: user={user}: {why} queued to {to}",
                     user=str(user),
@@ -321,15 +343,18 @@ class LocalDelivery:
                 )
         return Delivered(tuple(users), tuple(remote), tuple(over), refused)
 
-    async def _send(self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes) -> None:
+    async def _send(
+        self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes, via: str
+    ) -> None:
         """What a script sends: local recipients are delivered here (as submission does),
-        the others queued."""
+        the others queued (a redirect as forwarded mail, through the user's domain C{via})."""
         local = [m for m in to if self.store.is_local_domain(m.domain)]
         remote = [m for m in to if m not in local]
         if local:
             remote += list((await self.deliver_all(reverse_path, local, message)).remote)
         if remote:
             assert self.outbound is not None
+            reverse_path, message = await self.forwarded(reverse_path, via, message)
             await self.outbound(reverse_path, remote, message)
 
     def _deliver_one(

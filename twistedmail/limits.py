@@ -9,6 +9,11 @@ C{* BYE [UNAVAILABLE]} (RFC 3501 §7.1.5, RFC 5530 §3), POP3 C{-ERR [SYS/TEMP]}
 failed-login throttle.  Like Postfix's C{smtpd_client_connection_count_limit} and Dovecot's
 C{process_limit}.
 
+A connection I{rate} per client IP (port 25, C{[antispam] smtp_connections_per_ip_hour}):
+each connection attempt of the last hour counts, refused ones too; over the limit the
+client gets C{421 4.7.0} (RFC 5321 §3.1) and a log line fail2ban matches, like Postfix's
+C{smtpd_client_connection_rate_limit} (anvil).
+
 L{UserSessionLimit} counts logged-in sessions per user and client IP, as Dovecot's
 C{mail_max_userip_connections} (default 10) does for IMAP; the protocol refuses the login
 over it (IMAP C{NO [UNAVAILABLE]}, RFC 5530 §3).
@@ -43,6 +48,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twistedmail import metrics
+from twistedmail.rate import HourlyRate
 from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.limits")
@@ -67,6 +73,13 @@ def refusal_for(service: str, hostname: str) -> bytes:
         return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     # RFC 5321 §4.2: the greeting (here a 421 in its place) starts with our domain.
     return b"421 4.7.0 %s Too many connections, try again later\r\n" % hostname.encode("ascii")
+
+
+def rate_refusal(hostname: str) -> bytes:
+    """The SMTP greeting of a client over its connection rate (RFC 5321 §3.1: 421)."""
+    return b"421 4.7.0 %s Too many connections from your address, try again later\r\n" % (
+        hostname.encode("ascii")
+    )
 
 
 class _Refused(Protocol):
@@ -219,8 +232,24 @@ class ConnectionLimit(WrappingFactory):
         self.service = service
         self.per_ip: Counter[str] = Counter()
 
+    rate: HourlyRate | None = None
+    """Connection attempts per client IP (IPv6: /64) and hour; C{None}: no limit."""
+    rate_refusal: bytes = b""
+    """What a client over L{rate} gets (L{rate_refusal})."""
+
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        key = ip_key(str(getattr(addr, "host", addr)))
+        ip = str(getattr(addr, "host", addr))
+        key = ip_key(ip)
+        if self.rate is not None:
+            self.rate.record(key)  # attempts count, refused ones too (as Postfix's anvil)
+            if self.rate.count(key) > self.rate.limit:
+                log.warn(
+                    "{service}: client [{ip}] over {limit} connections per hour",
+                    service=self.service,
+                    ip=ip,
+                    limit=self.rate.limit,
+                )
+                return _Refused(self.rate_refusal, self.clock, self.close_grace)
         if len(self.protocols) >= self.max_connections or self.per_ip[key] >= self.max_per_ip:
             log.warn(
                 "{service}: refused a connection from {ip}: {count} open from it, {total} in all",

@@ -14,6 +14,9 @@ For each message accepted on port 25:
     organizational domain, §3.2), aligned SPF or DKIM (relaxed or strict per C{aspf} /
     C{adkim}, §3.1) -> pass, otherwise fail; no record -> none; a temporary DNS failure
     anywhere that could have made it pass -> temperror (so a DNS outage never rejects mail).
+  - ARC (RFC 8617 §5.2): a message that carries an ARC chain has it validated (dkimpy);
+    C{arc=pass} or C{arc=fail} is added to the field, so that a forwarded copy's seal can
+    say C{cv=} (L{twistedmail.srs.arc_seal}); the chain decides nothing here.
 
 The organizational domain (RFC 7489 §3.2) comes from the Public Suffix List bundled with the
 C{publicsuffixlist} package (no network fetch at run time).
@@ -144,6 +147,9 @@ class AuthenticationResults:
     spf: SPFResult
     dkim: tuple[DKIMResult, ...]
     dmarc: DMARCResult
+    arc: str | None = None
+    """RFC 8617 §5.2 chain validation of a message that carries an ARC chain: C{"pass"}
+    or C{"fail"}; C{None}: no chain, or unknown (a DNS failure)."""
 
 
 # -- the organizational domain (RFC 7489 §3.2) -------------------------------------------
@@ -391,6 +397,30 @@ def evaluate_dmarc(
     return DMARCResult("fail", from_domain, **record)
 
 
+def verify_arc(query: DNSQuery, message: bytes) -> str | None:
+    """Validate the ARC chain of C{message} (RFC 8617 §5.2, dkimpy): C{"pass"}, C{"fail"},
+    C{None} when a key lookup failed temporarily (the chain is then neither trusted nor
+    sealed on).  Blocking: call in a thread."""
+    state = {"temporary": False}
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        try:
+            records = txt_records(query, name.decode("ascii", "replace").rstrip("."))
+        except TemporaryDNSFailure as e:
+            state["temporary"] = True
+            raise dkimpy.DnsTimeoutError(str(e)) from None
+        return records[0] if records else None
+
+    try:
+        cv, _, _ = dkimpy.arc_verify(message, dnsfunc=dnsfunc)
+    except Exception:
+        log.failure("arc: chain validation failed")
+        return None
+    if state["temporary"]:
+        return None
+    return {b"pass": "pass", b"fail": "fail"}.get(cv)
+
+
 def check_message(
     query: DNSQuery, ip: str, helo: str, reverse_path: Mailbox | None, message: bytes
 ) -> AuthenticationResults:
@@ -402,7 +432,8 @@ def check_message(
     spf_result = check_spf(query, ip, reverse_path, helo)
     dkim = verify_dkim(query, message)
     dmarc = evaluate_dmarc(query, author_domain(message), spf_result, dkim)
-    return AuthenticationResults(spf_result, dkim, dmarc)
+    arc = verify_arc(query, message) if _has_field(message, b"arc-seal:") else None
+    return AuthenticationResults(spf_result, dkim, dmarc, arc)
 
 
 # -- the header field (RFC 8601) ---------------------------------------------------------
@@ -448,6 +479,8 @@ def authentication_results(authserv_id: str, results: AuthenticationResults) -> 
     if m.from_domain:
         dmarc_part += f" header.from={_pvalue(m.from_domain)}"
     parts.append(dmarc_part)
+    if results.arc:
+        parts.append(f"arc={results.arc}")  # RFC 8617 §4.4, for the seal's cv= (§5.1.1)
     text = f"Authentication-Results: {authserv_id};\r\n\t" + ";\r\n\t".join(parts) + "\r\n"
     return text.encode("ascii")
 
@@ -765,6 +798,13 @@ def _has_dkim_signature(message: bytes) -> bool:
     return header.startswith(b"dkim-signature:") or b"\ndkim-signature:" in header
 
 
+def _has_field(message: bytes, name: bytes) -> bool:
+    """Whether the header section has a field C{name} (lower case, with the colon)."""
+    end = message.find(b"\r\n\r\n")
+    header = (message if end < 0 else message[: end + 2]).lower()
+    return header.startswith(name) or b"\n" + name in header
+
+
 def _prefetch_policy(query: DNSQuery, from_domain: str | None) -> None:
     """Policy discovery alone (RFC 7489 §6.6.3), so its lookups run beside SPF's."""
     if from_domain:
@@ -823,11 +863,17 @@ class Authenticator:
         policy_d = defer.Deferred.fromCoroutine(
             lookups.replay(lambda q: _prefetch_policy(q, from_domain))
         )
-        spf_result, dkim, _ = await defer.gatherResults(
-            [spf_d, dkim_d, policy_d], consumeErrors=True
+        if _has_field(message, b"arc-seal:"):  # RFC 8617 §5.2, for our seal when forwarded
+            arc_d = defer.Deferred.fromCoroutine(
+                lookups.replay(lambda q: verify_arc(q, message), self.run_in_thread)
+            )
+        else:
+            arc_d = defer.succeed(None)
+        spf_result, dkim, _, arc = await defer.gatherResults(
+            [spf_d, dkim_d, policy_d, arc_d], consumeErrors=True
         )
         dmarc = await lookups.replay(lambda q: evaluate_dmarc(q, from_domain, spf_result, dkim))
-        return AuthenticationResults(spf_result, dkim, dmarc)
+        return AuthenticationResults(spf_result, dkim, dmarc, arc)
 
     async def check(
         self, ip: str, helo: str, reverse_path: Mailbox | None, message: bytes

@@ -75,6 +75,8 @@ REPLY_530_TLS_REQUIRED = R(530, "5.7.0", "Must issue a STARTTLS command first")
 REPLY_530_AUTH_REQUIRED = R(530, "5.7.0", "Authentication required")
 REPLY_535_AUTH_FAILED = R(535, "5.7.8", "Authentication credentials invalid")
 REPLY_550_NO_SUCH_USER = R(550, "5.1.1", "No such user here")
+# A bounce address we never made, or older than [forwarding] (postsrsd + Postfix: 5.1.1).
+REPLY_550_SRS_INVALID = R(550, "5.1.1", "Invalid or expired SRS address")
 REPLY_550_BARE_LF = R(550, "5.6.0", "Bare CR or LF in message data")
 REPLY_552_TOO_BIG = R(552, "5.3.4", "Message size exceeds fixed maximum message size")
 # RFC 3463 X.2.2 mailbox full; 552 as Dovecot's LMTP with quota_full_tempfail=no (RFC 5321

@@ -73,7 +73,7 @@ from twistedmail.dnsbl import Blocklists
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPFactory, imap_factory
 from twistedmail.imap.watch import FolderWatcher
-from twistedmail.limits import ConnectionLimit, UserSessionLimit, refusal_for
+from twistedmail.limits import ConnectionLimit, UserSessionLimit, rate_refusal, refusal_for
 from twistedmail.mailauth import Authenticator, organizational_domain
 from twistedmail.maildir import (
     StorageReserve,
@@ -93,6 +93,7 @@ from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import SubmissionPolicy, submission_factory
+from twistedmail.srs import SECRET_FILE, Forwarding, SenderRewriting
 from twistedmail.throttle import ThrottlePolicy, parse_networks
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
@@ -373,6 +374,20 @@ def antispam(
             factory.copy_observer = JunkLearner(rspamd)
 
 
+def forwarding(config: Config, reactor: Any, delivery: LocalDelivery) -> SenderRewriting | None:
+    """C{[forwarding]} (issue 14): set C{delivery}'s SRS rewriting and ARC seal of mail
+    forwarded to outside addresses; return the SRS rewriter (C{None} when off), whose
+    secret is C{DATA_DIR/srs.secret} (made on first use, mode 0600)."""
+    settings = config.forwarding
+    srs = SenderRewriting(config.server.data_dir / SECRET_FILE, reactor) if settings.srs else None
+    keys = KeyStore(config.server.data_dir / "dkim") if settings.arc else None
+    if srs is not None or keys is not None:
+        delivery.forwarding = Forwarding(
+            srs, keys, config.server.hostname, srs_domain=settings.srs_domain
+        )
+    return srs
+
+
 def outbound_queue(
     config: Config, reactor: Any, store: AccountStore, delivery: LocalDelivery, run: Any
 ) -> QueueRunner:
@@ -508,6 +523,7 @@ class MailServer(MultiService):
             sieve_limits=config.delivery.sieve,
         )
         self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
+        self.srs = forwarding(config, reactor, self.delivery)
         # Sieve redirect, vacation and reject leave through the same queue as submission.
         self.delivery.outbound = self.queue.enqueue
         self.delivery.metrics = self.queue.metrics = self.metrics  # type: ignore[attr-defined]
@@ -621,6 +637,10 @@ class MailServer(MultiService):
                     config.server.data_dir, limits.min_free_space
                 )
             antispam(config, reactor, name, factory, self.spam_filter)
+            if name == "smtp" and isinstance(factory, SMTPServerFactory):
+                assert isinstance(factory.policy, InboundPolicy)
+                factory.policy.srs = self.srs  # bounces to SRS addresses (issue 14)
+                factory.policy.srs_domain = config.forwarding.srs_domain
             policy = getattr(factory, "policy", None)
             if isinstance(policy, SubmissionPolicy):
                 policy.rate = self.submission_rate
@@ -634,6 +654,10 @@ class MailServer(MultiService):
                 clock=reactor,
             )
             self.connection_limits[name] = limited
+            per_ip_hour = config.antispam.smtp_connections_per_ip_hour
+            if name == "smtp" and per_ip_hour:  # issue 14: connection rate on port 25
+                limited.rate = HourlyRate(per_ip_hour, reactor)
+                limited.rate_refusal = rate_refusal(hostname)
             limited.metrics = self.metrics
             for address in config.listen[name]:
                 wrapped = (

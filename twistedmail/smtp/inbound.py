@@ -23,12 +23,17 @@ refuses mail.  Sieve runs after the verdict, at delivery.
 With DNS blocklists (C{[antispam] dnsbl}, L{twistedmail.dnsbl}), the client IP is looked up
 at connect and a listed client gets C{554 5.7.1} at RCPT, but for postmaster (RFC 5321
 §4.5.1: mail to postmaster must be accepted).
+
+Forwarding (C{[forwarding]}, L{twistedmail.srs}): a bounce to one of our SRS addresses is
+checked at RCPT (a forged or expired one gets C{550 5.1.1}) and goes on to the original
+sender.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
@@ -50,6 +55,7 @@ from twistedmail.reply import (
     REPLY_451_SPAM_LATER,
     REPLY_550_DMARC_REJECT,
     REPLY_550_SPAM,
+    REPLY_550_SRS_INVALID,
     REPLY_554_RELAY_DENIED,
     reply_554_blocklisted,
 )
@@ -62,6 +68,7 @@ from twistedmail.smtp.server import (
     SMTPReplyError,
     SMTPServerFactory,
 )
+from twistedmail.srs import SenderRewriting, SRSError, is_srs
 from twistedmail.throttle import ip_key
 
 log = Logger(namespace="twistedmail.smtp")
@@ -86,6 +93,10 @@ class InboundPolicy:
     reverse_name: Callable[[str], Awaitable[str]] | None = None
     ip_rate: HourlyRate | None = None
     """Messages per client IP (IPv6: /64) and hour (C{[antispam] smtp_messages_per_ip_hour})."""
+    srs: SenderRewriting | None = None
+    """Reverses bounces to our SRS addresses (C{[forwarding] srs}); C{None}: none taken."""
+    srs_domain: str = ""
+    """The domain of our SRS addresses when it is not a local one (C{[forwarding] srs_domain})."""
 
     def __init__(
         self,
@@ -123,7 +134,8 @@ class InboundPolicy:
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
         """@raise SMTPReplyError: 554 5.7.1 for a non-local domain, or for a client on a
         DNS blocklist; see L{LocalRecipients}."""
-        if not self.store.is_local_domain(recipient.domain):
+        srs = self._is_ours_srs(recipient)
+        if not srs and not self.store.is_local_domain(recipient.domain):
             raise SMTPReplyError(REPLY_554_RELAY_DENIED)
         if self.blocklists is not None and recipient.local != "postmaster":
             # RFC 5321 §4.5.1: postmaster is taken from anyone, listed or not.
@@ -137,14 +149,50 @@ class InboundPolicy:
                     rcpt=str(recipient),
                 )
                 raise SMTPReplyError(reply_554_blocklisted(client.peer_ip, listing.blocked_by))
+        if srs:
+            self._reverse(client, recipient)  # 550 5.1.1 if forged or expired
+            return
         resolved = self.local.check(recipient)  # aliases expanded once per RCPT
         await self.local.check_quota(recipient, client.declared_size, resolved)  # 552 5.2.2
+
+    def _is_ours_srs(self, recipient: Mailbox) -> bool:
+        """Whether C{recipient} is an SRS address in one of the domains we rewrite to."""
+        return (
+            self.srs is not None
+            and is_srs(recipient)
+            and (
+                recipient.domain == self.srs_domain or self.store.is_local_domain(recipient.domain)
+            )
+        )
+
+    def _reverse(self, client: Client, recipient: Mailbox) -> Mailbox:
+        """The address an SRS C{recipient} goes on to.  @raise SMTPReplyError: 550 5.1.1."""
+        assert self.srs is not None
+        try:
+            original = self.srs.reverse(recipient)
+        except SRSError as e:
+            log.info(
+                "session {session}: client [{ip}] rcpt <{rcpt}> refused: {error}",
+                session=client.session_id,
+                ip=client.peer_ip,
+                rcpt=str(recipient),
+                error=str(e),
+            )
+            raise SMTPReplyError(REPLY_550_SRS_INVALID) from None
+        return original
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Check the message (when configured), then store it (see L{LocalRecipients}).
 
         @raise SMTPReplyError: C{550 5.7.1} for a DMARC reject (with C{dmarc_reject}).
         """
+        if self.srs is not None:
+            # A bounce to our SRS addresses goes on to the original sender (checked at RCPT).
+            recipients = [
+                self._reverse(envelope.client, r) if self._is_ours_srs(r) else r
+                for r in envelope.recipients
+            ]
+            envelope = attrs.evolve(envelope, recipients=tuple(dict.fromkeys(recipients)))
         if self.authenticator is not None:
             message = await self._authenticate(envelope, message)
         junk = False

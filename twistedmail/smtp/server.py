@@ -424,7 +424,10 @@ class LocalRecipients:
                         raise SMTPReplyError(REPLY_552_MAILBOX_FULL)
                     await self._bounce(envelope, delivered.over_quota, message)
             if remote and self.relay is not None:
-                await self.relay.enqueue(envelope.reverse_path, remote, message)
+                # Forwarding (issue 14): SRS sender and ARC seal, through the alias's domain.
+                via = next((r.domain for r in envelope.recipients if r not in remote), None)
+                sender, message = await self.delivery.forwarded(envelope.reverse_path, via, message)
+                await self.relay.enqueue(sender, remote, message)
         except OSError as e:
             if is_enospc(e):
                 raise SMTPReplyError(REPLY_452_STORAGE) from None
