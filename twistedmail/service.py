@@ -16,19 +16,12 @@ Operations (issue 5): SIGHUP rereads the TLS certificate and key (L{MailServer.r
 for new connections on every listener, without dropping open ones; a bad new pair is logged
 and the old one kept.  Under C{twistd -u USER -g GROUP} the ports are bound as root in
 C{privilegedStartService}, the data dir is handed to USER:GROUP before that
-(L{hand_over_data_dir}), and everything that needs no privilege (the control socket, the
-queue) starts after twistd has dropped them.
+(L{twistedmail.tap.hand_over_data_dir}), and everything that needs no privilege (the control
+socket, the queue) starts after twistd has dropped them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import encodings
-import importlib
-import json
-import os
-import pkgutil
-import pwd
 import signal
 import sqlite3
 from functools import partial
@@ -51,7 +44,6 @@ import twistedmail
 from twistedmail import acme
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
-from twistedmail.address import normalize_domain
 from twistedmail.auth import AuthCache, LoginThrottle, MailRealm, PasswordChecker
 from twistedmail.config import (
     Config,
@@ -74,7 +66,7 @@ from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPFactory, imap_factory
 from twistedmail.imap.watch import FolderWatcher
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, rate_refusal, refusal_for
-from twistedmail.mailauth import Authenticator, organizational_domain
+from twistedmail.mailauth import Authenticator
 from twistedmail.maildir import (
     StorageReserve,
     UserMaildir,
@@ -94,7 +86,7 @@ from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
 from twistedmail.smtp.server import SMTPServerFactory
 from twistedmail.smtp.submission import SubmissionPolicy, submission_factory
 from twistedmail.srs import SECRET_FILE, Forwarding, SenderRewriting
-from twistedmail.throttle import ThrottlePolicy, parse_networks
+from twistedmail.throttle import ThrottlePolicy, load_throttle, parse_networks, save_throttle
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
 
@@ -164,106 +156,6 @@ def certificate_keeper(
         reactor,
         lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
     )
-
-
-def _searchable_by(path: Path, uid: int, gids: set[int]) -> bool:
-    st = path.stat()
-    if st.st_uid == uid:
-        return bool(st.st_mode & 0o100)
-    if st.st_gid in gids:
-        return bool(st.st_mode & 0o010)
-    return bool(st.st_mode & 0o001)
-
-
-def hand_over_data_dir(config: Config, uid: int, gid: int) -> int:
-    """Make the data dir usable by C{uid:gid}, the user twistd switches to (C{-u}/C{-g}).
-
-    Called as root before the privileges are dropped: every file and directory under the
-    data dir (store, Maildirs, queue, self-signed certificate, DKIM keys) not yet owned by
-    C{uid:gid} is chowned to it (symlinks are not followed).  Returns how many were.
-
-    @raise ConfigError: a directory above the data dir cannot be entered by that user (the
-        one-line message says what to C{chmod}), or a chown fails.
-    """
-    data_dir = config.server.data_dir
-    try:
-        name = pwd.getpwuid(uid).pw_name
-        gids = set(os.getgrouplist(name, gid))
-    except KeyError:
-        name, gids = str(uid), {gid}
-    where = f"{config.source or 'built-in defaults'}: [server] data_dir"
-    for parent in reversed(data_dir.parents):
-        if not _searchable_by(parent, uid, gids):
-            raise ConfigError(
-                f"{where}: user {name} cannot enter {parent} (run: chmod o+x {parent},"
-                f" or choose a data_dir it can reach)"
-            )
-    changed = 0
-    try:
-        for path in [data_dir, *data_dir.rglob("*")]:
-            st = path.lstat()
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
-                changed += 1
-    except OSError as e:
-        raise ConfigError(
-            f"{where}: cannot hand {e.filename} to user {name}: {e.strerror}"
-            f" (run: chown -R {uid}:{gid} {data_dir})"
-        ) from None
-    return changed
-
-
-def load_before_the_drop() -> None:
-    """Import now what is otherwise imported at first use: every text codec (a message's
-    charset in SEARCH, RFC 2047 headers, IDNA's punycode), the IDNA mapping table and the
-    Public Suffix List (DMARC).  After C{twistd -u} the server may no longer read its own
-    Python installation (a venv whose base interpreter lives under a 0700 home, as pyenv's
-    under C{/root}): a first use then failed with C{LookupError: unknown encoding} — inbound
-    checks were skipped with a traceback per message and a SEARCH in ISO-8859-2 silently
-    found nothing (found by QA).  About 0.3 s and 5 MiB, only when privileges are dropped."""
-    for module in pkgutil.iter_modules(encodings.__path__):
-        with contextlib.suppress(Exception):  # a codec of another platform (mbcs, oem)
-            importlib.import_module(f"encodings.{module.name}")
-    normalize_domain("xn--fa-hia.test")  # idna's UTS 46 table
-    organizational_domain("example.org")  # the bundled Public Suffix List
-
-
-def load_throttle(throttle: LoginThrottle, path: Path) -> None:
-    """Restore the failed-login throttle saved by the last clean stop (L{save_throttle}).
-
-    A missing file is a first start; an unreadable or malformed one is logged and ignored
-    (the throttle starts empty: a lost block is safer than a server that does not start).
-    """
-    try:
-        state = json.loads(path.read_bytes())
-        throttle.restore(state)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as e:
-        log.warn("login throttle state {path} ignored: {error}", path=str(path), error=str(e))
-        return
-    kinds = [block.kind for block in throttle.blocks()]
-    log.info(
-        "login throttle state restored: {ips} blocked IPs, {pairs} blocked IP+account pairs,"
-        " {accounts} blocked accounts",
-        ips=kinds.count("ip"),
-        pairs=kinds.count("ip+account"),
-        accounts=kinds.count("account"),
-    )
-
-
-def save_throttle(throttle: LoginThrottle, path: Path) -> None:
-    """Write the throttle's state to C{path} (owner-only, through a temporary file and a
-    rename, so a crash leaves the old file or the new one).  Called at stop; a failure is
-    logged, never raised."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(throttle.snapshot(), f)
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warn("login throttle state not saved to {path}: {error}", path=str(path), error=e)
 
 
 class _UnprivilegedEndpointService(StreamServerEndpointService):
@@ -439,11 +331,8 @@ class MailServer(MultiService):
     C{queue} (the L{QueueRunner}).
     """
 
-    def __init__(self, config: Config, reactor: Any, run_as: tuple[int, int] | None = None) -> None:
-        """@param run_as: C{(uid, gid)} twistd switches to after binding the ports
-        (C{twistd -u/-g}); when started as root the data dir is handed to them
-        (L{hand_over_data_dir}).
-        @raise ConfigError: see L{hand_over_data_dir} and L{ensure_data_dir}.
+    def __init__(self, config: Config, reactor: Any) -> None:
+        """@raise ConfigError: see L{ensure_data_dir}.
         @raise twistedmail.tls.TLSConfigError: the certificate cannot be loaded."""
         super().__init__()
         self.config = config
@@ -459,17 +348,6 @@ class MailServer(MultiService):
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
         self.notifier = FolderWatcher(reactor)
         self.tls_context = server_tls_context(config)
-        if run_as is not None and os.geteuid() == 0 and run_as[0] != 0:
-            load_before_the_drop()
-            changed = hand_over_data_dir(config, *run_as)
-            if changed:
-                log.info(
-                    "data dir {data} handed to uid {uid} gid {gid} ({n} entries)",
-                    data=str(config.server.data_dir),
-                    uid=run_as[0],
-                    gid=run_as[1],
-                    n=changed,
-                )
         self._previous_sighup: Any = None
         self._throttle_loaded = False
         self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics
