@@ -41,9 +41,13 @@ from typing import IO, Any, cast
 import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLContextFactory,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.protocols.basic import FileSender
@@ -291,7 +295,7 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         self,
         *,
         portal: Portal,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
         allow_plaintext_auth: bool = False,
@@ -731,7 +735,7 @@ class POP3Factory(ServerFactory):
         self,
         *,
         portal: Portal,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
         settings: POP3Settings,
@@ -758,7 +762,7 @@ class POP3Factory(ServerFactory):
 def pop3_factory(
     *,
     portal: Portal,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     implicit_tls: bool,
     clock: IReactorTime,
     settings: POP3Settings,

@@ -491,7 +491,7 @@ class MailServer(MultiService):
         pop = partial(
             pop3_factory, portal=self.portal, clock=reactor, settings=pop3_settings(config)
         )
-        factories: dict[str, Factory] = {
+        factories: dict[str, Factory[Any]] = {
             "smtp": inbound_factory(
                 hostname=hostname,
                 store=self.store,
@@ -584,7 +584,7 @@ class MailServer(MultiService):
         control.setName(f"control@{control_path(config)}")
         control.setServiceParent(self)
 
-    def _metrics_site(self, config: Config, reactor: Any) -> Factory:
+    def _metrics_site(self, config: Config, reactor: Any) -> Factory[Any]:
         """The Site of C{[listen] metrics}, serving C{/metrics} at any path (issue 13); with a
         C{[metrics] token_file}, also C{/metrics} on the http/https listeners.  Registers the
         scrape-time state (L{ServerState}).  @raise ConfigError: a bad token file."""
@@ -763,7 +763,12 @@ class MailServer(MultiService):
                 self.auth_reactor, self.auth_reactor.getThreadPool(), self.auth_pool.stop
             ).addBoth(lambda _: r)
         )
-        d.addBoth(lambda r: (self.store.close(), r)[1])
+
+        def close_store(result: object) -> object:
+            self.store.close()
+            return result
+
+        d.addBoth(close_store)
         return d
 
 

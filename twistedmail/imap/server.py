@@ -44,9 +44,8 @@ from OpenSSL import SSL
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -300,7 +299,7 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         self,
         *,
         portal: Portal | None,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
         max_literal_size: int,
@@ -2233,7 +2232,7 @@ class IMAPFactory(ServerFactory):
         self,
         *,
         portal: Portal,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
         settings: IMAPSettings,
@@ -2269,7 +2268,7 @@ class IMAPFactory(ServerFactory):
 def imap_factory(
     *,
     portal: Portal,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     implicit_tls: bool,
     clock: IReactorTime,
     settings: IMAPSettings,

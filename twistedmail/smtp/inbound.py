@@ -34,9 +34,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
 from twistedmail import metrics
@@ -289,7 +288,7 @@ def inbound_factory(
     hostname: str,
     store: AccountStore,
     delivery: LocalDelivery,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     settings: SMTPSettings,
     clock: IReactorTime,
     relay: Relay | None = None,

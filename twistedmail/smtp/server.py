@@ -63,9 +63,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ITLSTransport
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime, ITLSTransport
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -539,7 +538,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         hostname: str,
         clock: IReactorTime,
         settings: SMTPSettings,
-        tls_context: CertificateOptions | None = None,
+        tls_context: IOpenSSLContextFactory | None = None,
         implicit_tls: bool = False,
         portal: Portal | None = None,
         storage_reserve: StorageReserve | None = None,
@@ -1263,7 +1262,7 @@ class SMTPServerFactory(ServerFactory):
         hostname: str,
         clock: IReactorTime,
         settings: SMTPSettings,
-        tls_context: CertificateOptions | None = None,
+        tls_context: IOpenSSLContextFactory | None = None,
         implicit_tls: bool = False,
         portal: Portal | None = None,
         storage_reserve: StorageReserve | None = None,

@@ -17,9 +17,8 @@ from email.utils import getaddresses
 
 import attrs
 from twisted.cred.portal import Portal
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
 from twistedmail.accounts import AccountStore
@@ -182,7 +181,7 @@ def submission_factory(
     store: AccountStore,
     delivery: LocalDelivery,
     portal: Portal,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     implicit_tls: bool,
     settings: SMTPSettings,
     clock: IReactorTime,
