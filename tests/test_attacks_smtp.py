@@ -24,6 +24,7 @@ from twisted.cred.portal import Portal
 from twisted.trial import unittest
 
 from twistedmail.auth import MailRealm, PasswordChecker
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.server import MAX_LINE_LENGTH, SMTPSession
 from twistedmail.testing import inbound_for, submission_for
 
@@ -42,7 +43,9 @@ class AttackTestCase(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def inbound(self, max_message_size: int = 1 << 20) -> tuple[SMTPSession, Any]:
-        factory = inbound_for(self.host, tls=TLS_CONTEXT, max_message_size=max_message_size)
+        factory = inbound_for(
+            self.host, tls=TLS_CONTEXT, settings=SMTPSettings(max_message_size=max_message_size)
+        )
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr
@@ -55,7 +58,7 @@ class AttackTestCase(unittest.TestCase):
             portal=portal or self.host.portal,
             tls=TLS_CONTEXT,
             implicit_tls=implicit_tls,
-            max_message_size=1 << 20,
+            settings=SMTPSettings(max_message_size=1 << 20),
         )
         return connect(factory)
 
@@ -297,7 +300,7 @@ class CommandGapTests(AttackTestCase):
     def test_mail_before_ehlo(self) -> None:
         """RFC 5321 §4.1.4: a transaction before EHLO on port 25 is 503 5.5.1 Send HELO/EHLO
         first."""
-        factory = inbound_for(self.host, max_message_size=1000)
+        factory = inbound_for(self.host, settings=SMTPSettings(max_message_size=1000))
         proto, tr = connect(factory)
         self.assertEqual(
             talk(proto, tr, OPEN_TRANSACTION),

@@ -18,6 +18,7 @@ from twistedmail.auth import MailRealm
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.server import IMAPServer, imap_factory
 from twistedmail.maildir import ChangeNotifier, Folder, UserMaildir, make_maildir, write_durably
+from twistedmail.settings import IMAPSettings
 from twistedmail.testing import TLSStringTransport, run_now
 
 USER = "alice@example.test"
@@ -260,7 +261,11 @@ class GreetingAndLoginTests(unittest.TestCase):
         """imap_factory builds IMAPServer protocols with the given literal size limit."""
         h = Harness(self)
         factory = imap_factory(
-            portal=h.portal, tls=None, implicit_tls=True, clock=Clock(), max_literal_size=10
+            portal=h.portal,
+            tls=None,
+            implicit_tls=True,
+            clock=Clock(),
+            settings=IMAPSettings(max_literal_size=10),
         )
         proto = factory.buildProtocol(None)
         self.assertIsInstance(proto, IMAPServer)

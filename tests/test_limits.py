@@ -26,6 +26,7 @@ from twistedmail.imap.server import imap_factory
 from twistedmail.limits import CLOSE_GRACE, ConnectionLimit, refusal_for
 from twistedmail.maildir import ChangeNotifier, UserMaildir
 from twistedmail.pop3 import pop3_factory
+from twistedmail.settings import IMAPSettings, POP3Settings, SMTPSettings
 from twistedmail.testing import inbound_for
 
 
@@ -122,9 +123,9 @@ class SessionLimitTests(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def smtp(self, **limits: int) -> Any:
-        factory = inbound_for(self.host, tls=TLS_CONTEXT)
-        for name, value in limits.items():
-            setattr(factory, name, value)
+        factory = inbound_for(
+            self.host, tls=TLS_CONTEXT, settings=SMTPSettings(max_message_size=10000, **limits)
+        )
         return connect(factory)
 
     def test_smtp_recipients_limit_is_configurable(self) -> None:
@@ -172,8 +173,7 @@ class SessionLimitTests(unittest.TestCase):
             tls=None,
             implicit_tls=True,
             clock=clock,
-            max_literal_size=1000,
-            idle_timeout=120,
+            settings=IMAPSettings(max_literal_size=1000, idle_timeout=120),
         )
         proto = factory.buildProtocol(PEER)
         tr = TLSStringTransport()
@@ -190,7 +190,11 @@ class SessionLimitTests(unittest.TestCase):
         """pop3_idle_timeout = 30: a POP3 session idle for 30 s is closed."""
         clock = Clock()
         factory = pop3_factory(
-            portal=Portal(MailRealm({})), tls=None, implicit_tls=True, clock=clock, timeout=30
+            portal=Portal(MailRealm({})),
+            tls=None,
+            implicit_tls=True,
+            clock=clock,
+            settings=POP3Settings(idle_timeout=30),
         )
         proto = factory.buildProtocol(PEER)
         tr = StringTransport()

@@ -28,6 +28,7 @@ from twistedmail.mailauth import (
     parse_dmarc_record,
     remove_authentication_results,
 )
+from twistedmail.settings import SMTPSettings
 from twistedmail.testing import SERVFAIL, TIMEOUT, FakeResolver, inbound_for
 
 IP = "192.0.2.7"  # the test peer (test_smtp_server.PEER)
@@ -464,7 +465,7 @@ class InboundHookTests(unittest.TestCase):
         factory = inbound_for(
             self.host,
             tls=TLS_CONTEXT,
-            max_message_size=100000,
+            settings=SMTPSettings(max_message_size=100000),
             authenticator=Authenticator(zone(), self.host.clock, run_now),
             dmarc_reject=dmarc_reject,
         )

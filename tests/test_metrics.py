@@ -28,6 +28,7 @@ from twistedmail.mailauth import (
 )
 from twistedmail.metrics import BearerToken, Metrics, ServerState
 from twistedmail.service import MailServer
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.outbound import RecipientResult
 from twistedmail.smtp.submission import submission_factory
@@ -73,7 +74,7 @@ class SessionTests(unittest.TestCase):
             store=self.host.store,
             delivery=self.host.delivery,
             tls=TLS_CONTEXT,
-            max_message_size=10000,
+            settings=SMTPSettings(max_message_size=10000),
             clock=self.host.clock,
         )
         factory.metrics = self.metrics  # type: ignore[attr-defined]
@@ -104,7 +105,7 @@ class SessionTests(unittest.TestCase):
             store=self.host.store,
             delivery=self.host.delivery,
             tls=TLS_CONTEXT,
-            max_message_size=10000,
+            settings=SMTPSettings(max_message_size=10000),
             clock=self.host.clock,
             authenticator=authenticator,
         )
@@ -135,7 +136,7 @@ class SessionTests(unittest.TestCase):
             store=self.host.store,
             delivery=self.host.delivery,
             tls=TLS_CONTEXT,
-            max_message_size=10000,
+            settings=SMTPSettings(max_message_size=10000),
             clock=self.host.clock,
         )
         factory.metrics = self.metrics  # type: ignore[attr-defined]
@@ -164,7 +165,7 @@ class SessionTests(unittest.TestCase):
             portal=self.host.portal,
             tls=None,
             implicit_tls=True,
-            max_message_size=10000,
+            settings=SMTPSettings(max_message_size=10000),
             clock=self.host.clock,
         )
         proto, tr = self.connect(factory, "submissions")

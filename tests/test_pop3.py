@@ -36,6 +36,7 @@ from twistedmail.pop3 import (
     pop3_factory,
     uidl_for,
 )
+from twistedmail.settings import POP3Settings
 from twistedmail.testing import TLSStringTransport, pump, run_now
 
 USER = b"alice@example.test"
@@ -979,7 +980,9 @@ class FactoryTests(unittest.TestCase):
         """pop3_factory builds POP3Server protocols that carry its portal and clock, without
         implicit TLS."""
         clock = Clock()
-        factory = pop3_factory(portal=self.portal, tls=None, implicit_tls=False, clock=clock)
+        factory = pop3_factory(
+            portal=self.portal, tls=None, implicit_tls=False, clock=clock, settings=POP3Settings()
+        )
         self.assertIsInstance(factory, POP3Factory)
         proto = factory.buildProtocol(None)
         self.assertIsInstance(proto, POP3Server)
@@ -990,7 +993,9 @@ class FactoryTests(unittest.TestCase):
 
     def test_implicit_tls_factory(self) -> None:
         """With implicit_tls the built protocol counts as secure from the start (995, RFC 8314)."""
-        factory = pop3_factory(portal=self.portal, tls=None, implicit_tls=True, clock=Clock())
+        factory = pop3_factory(
+            portal=self.portal, tls=None, implicit_tls=True, clock=Clock(), settings=POP3Settings()
+        )
         self.assertIsInstance(factory, POP3Factory)
         proto = factory.buildProtocol(None)
         self.assertTrue(proto.implicit_tls)
@@ -1015,7 +1020,9 @@ class FactoryTests(unittest.TestCase):
             MailRealm({tpop3.IMailbox: lambda _: MaildirPOP3Mailbox(root, run_now)}), [checker]
         )
         clock = Clock()
-        inner = pop3_factory(portal=portal, tls=None, implicit_tls=True, clock=clock)
+        inner = pop3_factory(
+            portal=portal, tls=None, implicit_tls=True, clock=clock, settings=POP3Settings()
+        )
         server_factory = TLSMemoryBIOFactory(
             server_context(tmp / "cert.pem", tmp / "key.pem"), False, inner, clock
         )

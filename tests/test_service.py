@@ -20,9 +20,9 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from twistedmail.config import SERVICES, Config, ConfigError, parse_config
-from twistedmail.service import MailServer, hand_over_data_dir, load_throttle, save_throttle
-from twistedmail.tap import run_as
-from twistedmail.throttle import LoginThrottle, ThrottlePolicy
+from twistedmail.service import MailServer
+from twistedmail.tap import hand_over_data_dir, run_as
+from twistedmail.throttle import LoginThrottle, ThrottlePolicy, load_throttle, save_throttle
 from twistedmail.tls import create_self_signed
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from test_smtp_server import TLS_CONTEXT, Mailhost, connect, talk
 from twisted.trial import unittest
 
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.server import SMTPSession
 from twistedmail.testing import inbound_for
 
@@ -31,9 +32,9 @@ class DataTestCase(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
 
     def session(self, **settings: Any) -> tuple[SMTPSession, Any]:
-        factory = inbound_for(self.host, tls=TLS_CONTEXT, max_message_size=1 << 20)
-        for name, value in settings.items():
-            setattr(factory, name, value)
+        factory = inbound_for(
+            self.host, tls=TLS_CONTEXT, settings=SMTPSettings(max_message_size=1 << 20, **settings)
+        )
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr

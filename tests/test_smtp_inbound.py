@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import ChangeNotifier
 from twistedmail.passwords import hash_password
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.server import SMTPSession
 from twistedmail.testing import inbound_for
@@ -51,7 +52,7 @@ class InboundTests(unittest.TestCase):
             store=self.host.store,
             delivery=self.host.delivery,
             tls=TLS_CONTEXT,
-            max_message_size=10000,
+            settings=SMTPSettings(max_message_size=10000),
             clock=self.host.clock,
         )
         proto, tr = connect(factory)
@@ -230,7 +231,7 @@ class DiskFailureTests(unittest.TestCase):
             store=self.host.store,
             delivery=delivery,
             tls=None,
-            max_message_size=10000,
+            settings=SMTPSettings(max_message_size=10000),
             clock=self.host.clock,
         )
         proto, tr = connect(factory)

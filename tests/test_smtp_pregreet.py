@@ -8,15 +8,18 @@ from test_smtp_server import PEER, FakePolicy
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.server import SMTPServerFactory
 
 
 def session(pause: float) -> tuple[Clock, StringTransport, object]:
     clock = Clock()
     factory = SMTPServerFactory(
-        policy=FakePolicy(), hostname="mx.example.test", clock=clock, max_message_size=1000
+        policy=FakePolicy(),
+        hostname="mx.example.test",
+        clock=clock,
+        settings=SMTPSettings(max_message_size=1000, greet_pause=pause),
     )
-    factory.greet_pause = pause
     proto = factory.buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER)
     proto.makeConnection(transport)

@@ -22,6 +22,13 @@ from typing import Any
 import attrs
 
 from twistedmail.address import AddressError, normalize_domain
+from twistedmail.settings import (
+    BARE_LF_MODES,
+    MAX_MESSAGE_SIZE,
+    IMAPSettings,
+    POP3Settings,
+    SMTPSettings,
+)
 from twistedmail.sieve.interpret import SieveLimits
 
 DEFAULT_FILE = "twistedmail.toml"
@@ -44,8 +51,10 @@ WEB_SERVICES = ("http", "https")
 MTA_STS_MODES = ("enforce", "testing", "none")  # RFC 8461 §3.2
 MTA_STS_MAX_AGE = 31557600  # RFC 8461 §3.2: at most one year, in seconds
 LOG_FORMATS = ("text", "json")
-DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
-DEFAULT_MAX_HEADER_SIZE = 256 * 1024
+# The listeners' defaults are their settings classes' (twistedmail.settings): one source.
+_SMTP, _IMAP, _POP3 = SMTPSettings(), IMAPSettings(), POP3Settings()
+DEFAULT_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
+DEFAULT_MAX_HEADER_SIZE = _SMTP.max_header_size
 DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
 """Free octets the data dir keeps: below it SMTP refuses new mail (Postfix's queue_minfree)."""
 MIN_LINE_LENGTH = 998  # RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF
@@ -54,7 +63,6 @@ SIZE_LIMITS = {
     "max_message_size": DEFAULT_MAX_MESSAGE_SIZE,
     "max_header_size": DEFAULT_MAX_HEADER_SIZE,
 }
-BARE_LF_MODES = ("reject", "normalize")
 MIN_BARE_SIZE = 1024  # a size without a unit below this is refused (see parse_size)
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
@@ -119,19 +127,19 @@ class LimitsConfig:
     """
 
     max_message_size: int  # octets (RFC 1870 SIZE)
-    max_recipients: int = 1000  # per message; RFC 5321 §4.5.3.1.8: at least 100
+    max_recipients: int = _SMTP.max_recipients  # per message; RFC 5321 §4.5.3.1.8: >= 100
     max_connections: int = 500  # per listener, open at once
     max_connections_per_ip: int = 20  # per listener and client IP (IPv6: per /64)
-    smtp_idle_timeout: int = 300  # RFC 5321 §4.5.3.2.7: at least 5 minutes
-    imap_idle_timeout: int = 1800  # after login; RFC 3501 §5.4: at least 30 minutes
-    pop3_idle_timeout: int = 600  # RFC 1939 §3: at least 10 minutes
+    smtp_idle_timeout: int = _SMTP.idle_timeout  # RFC 5321 §4.5.3.2.7: at least 5 minutes
+    imap_idle_timeout: int = _IMAP.idle_timeout  # after login; RFC 3501 §5.4: >= 30 minutes
+    pop3_idle_timeout: int = _POP3.idle_timeout  # RFC 1939 §3: at least 10 minutes
     login_failure_window: int = 600  # failed logins are counted over this many seconds
     login_block_after: int = 10  # failures of one account from one IP that block the pair
     login_ip_block_after: int = 100  # failures from one IP on any accounts that block it
     login_account_block_after: int = 30  # failures on one account that block it
     login_block_time: int = 900  # how long a block lasts
     default_quota: int = 0  # octets of storage for users added from now on; 0 = unlimited
-    max_line_length: int = 16384  # octets of an SMTP message text line, without CRLF
+    max_line_length: int = _SMTP.max_line_length  # octets of an SMTP text line, no CRLF
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE  # octets of a message's header section
     imap_max_connections_per_user: int = 10  # logged-in IMAP sessions per user and IP
     # networks whose clients the failed-login throttle never delays, blocks or counts
@@ -212,7 +220,7 @@ class AntispamConfig:
     check_submission: bool = False
     dnsbl: tuple[str, ...] = ()
     dnswl: tuple[str, ...] = ()
-    greet_pause: int = 0
+    greet_pause: int = _SMTP.greet_pause
     smtp_messages_per_ip_hour: int = 0
     smtp_connections_per_ip_hour: int = 0
 
@@ -237,7 +245,7 @@ class SMTPConfig:
     C{"reject"} a message with a bare CR or LF (550 5.6.0), or C{"normalize"} a bare LF
     to CRLF; either way only CRLF.CRLF ends DATA (RFC 5321 §2.3.8, §4.1.1.4)."""
 
-    bare_lf: str = "reject"
+    bare_lf: str = _SMTP.bare_lf
 
 
 SIEVE_COUNTS = {
@@ -738,7 +746,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             raise r.fail(f"[inbound] {flag}", "must be true or false")
 
     smtp = r.section(data, "smtp", {"bare_lf"})
-    bare_lf = smtp.get("bare_lf", "reject")
+    bare_lf = smtp.get("bare_lf", _SMTP.bare_lf)
     if bare_lf not in BARE_LF_MODES:
         raise r.fail("[smtp] bare_lf", 'must be "reject" or "normalize"')
 

@@ -10,11 +10,11 @@ listening they raise L{NoServer}.
 L{AuthFlush} (issue 10) forgets a user's cached logins (L{twistedmail.auth.AuthCache}) when
 the CLI changes their password or deletes them; client side L{auth_flush}.
 
-L{Connections} (issue 9) answers the factory's C{connection_counts} (set by the server:
+L{Connections} (issue 9) answers the factory's C{connection_counts} (given by the server:
 open connections per listener, logged-in sessions); client side L{connections}.
-L{Status} (issue 13) answers the factory's C{status} (set by the server) for C{twistedmail
+L{Status} (issue 13) answers the factory's C{status} (given by the server) for C{twistedmail
 status}; client side L{status}.  A control connection silent for L{IDLE_TIMEOUT} seconds
-is closed (once the server set C{clock}).
+is closed (when the factory has a C{clock}).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -221,20 +222,63 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         return {"lifted": lifted, "forgotten": forgotten}
 
 
+class ControlFactory(Factory):
+    """The control socket's listener (C{UNIXServerEndpoint}, mode 0600); see
+    L{control_factory}."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        flush: Callable[[], Awaitable[int]],
+        throttle: LoginThrottle | None = None,
+        flush_logins: Callable[[str], int] | None = None,
+        *,
+        connection_counts: Callable[[], dict[str, int]] = dict,
+        status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.flush = flush
+        self.throttle = throttle
+        self.flush_logins = flush_logins
+        self.connection_counts = connection_counts
+        self.status = status
+        self.clock = clock
+        self.open_connections = 0
+
+    def buildProtocol(self, addr: Any) -> ControlProtocol:
+        protocol = ControlProtocol(self.flush, self.throttle, self.flush_logins)
+        protocol.factory = self
+        return protocol
+
+
 def control_factory(
     flush: Callable[[], Awaitable[int]],
     throttle: LoginThrottle | None = None,
     flush_logins: Callable[[str], int] | None = None,
-) -> Factory:
-    """The factory for the control socket's listener (C{UNIXServerEndpoint}, mode 0600).
+    *,
+    connection_counts: Callable[[], dict[str, int]] = dict,
+    status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    clock: IReactorTime | None = None,
+) -> ControlFactory:
+    """The factory for the control socket's listener.
 
+    @param flush: runs the queue now (L{Flush}), returns how many messages it tried.
     @param throttle: the server's failed-login throttle, for C{twistedmail throttle}.
     @param flush_logins: forgets a user's cached logins and says how many (the server's
         L{twistedmail.auth.AuthCache.flush}), for the CLI's password changes and deletions.
+    @param connection_counts: open connections per listener, for L{Connections}.
+    @param status: the server's status, for L{Status}.
+    @param clock: the reactor, for the L{IDLE_TIMEOUT}; C{None}: no timeout.
     """
-    factory = Factory.forProtocol(lambda: ControlProtocol(flush, throttle, flush_logins))
-    factory.noisy = False
-    return factory
+    return ControlFactory(
+        flush,
+        throttle,
+        flush_logins,
+        connection_counts=connection_counts,
+        status=status,
+        clock=clock,
+    )
 
 
 def _box(values: dict[bytes, bytes]) -> bytes:

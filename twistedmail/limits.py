@@ -48,6 +48,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twistedmail import metrics
+from twistedmail.metrics import Metrics
 from twistedmail.rate import HourlyRate
 from twistedmail.throttle import ip_key
 
@@ -208,6 +209,9 @@ class ConnectionLimit(WrappingFactory):
     @param refusal: the bytes sent to a refused client before closing (L{refusal_for}).
     @param service: the listener's name, for the log.
     @param clock: for the L{CLOSE_GRACE} timer of closing connections; C{None}: no timer.
+    @param metrics: the server's counters (L{twistedmail.metrics.of}); C{None}: uncounted.
+    @param rate: connection attempts per client IP and hour; C{None}: no limit.
+    @param rate_refusal: what a client over C{rate} gets (L{rate_refusal}).
     """
 
     protocol = _Counted
@@ -222,9 +226,15 @@ class ConnectionLimit(WrappingFactory):
         refusal: bytes,
         service: str,
         clock: IReactorTime | None = None,
+        metrics: Metrics | None = None,
+        rate: HourlyRate | None = None,
+        rate_refusal: bytes = b"",
     ) -> None:
         super().__init__(wrapped)
         self.clock = clock
+        self.metrics = metrics
+        self.rate = rate
+        self.rate_refusal = rate_refusal
         self.close_grace = CLOSE_GRACE
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip

@@ -41,9 +41,13 @@ from typing import IO, Any, cast
 import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLContextFactory,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.protocols.basic import FileSender
@@ -61,6 +65,7 @@ from twistedmail.maildir import (
     MessageEntry,
     UserMaildir,
 )
+from twistedmail.settings import POP3Settings
 from twistedmail.wire import CRLF, StrictLineReceiver
 
 log = Logger(namespace="twistedmail.pop3")
@@ -69,7 +74,7 @@ AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
 UPDATE = "UPDATE"
 
-DEFAULT_TIMEOUT = 600
+DEFAULT_TIMEOUT = POP3Settings().idle_timeout
 """Seconds of inactivity before the session is closed: at least 10 minutes, RFC 1939 §3."""
 
 # Replies: whole lines without CRLF.  Texts are generic: nothing the client sent is echoed.
@@ -290,7 +295,7 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         self,
         *,
         portal: Portal,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
         allow_plaintext_auth: bool = False,
@@ -730,18 +735,16 @@ class POP3Factory(ServerFactory):
         self,
         *,
         portal: Portal,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
-        allow_plaintext_auth: bool = False,
-        timeout: int = DEFAULT_TIMEOUT,
+        settings: POP3Settings,
     ) -> None:
         self.portal = portal
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.clock = clock
-        self.allow_plaintext_auth = allow_plaintext_auth
-        self.timeout = timeout
+        self.settings = settings
 
     def buildProtocol(self, addr: object) -> POP3Server:  # type: ignore[override]
         protocol = POP3Server(
@@ -749,8 +752,8 @@ class POP3Factory(ServerFactory):
             tls=self.tls,
             implicit_tls=self.implicit_tls,
             clock=self.clock,
-            allow_plaintext_auth=self.allow_plaintext_auth,
-            timeout=self.timeout,
+            allow_plaintext_auth=self.settings.allow_plaintext_auth,
+            timeout=self.settings.idle_timeout,
         )
         protocol.factory = self
         return protocol
@@ -759,32 +762,26 @@ class POP3Factory(ServerFactory):
 def pop3_factory(
     *,
     portal: Portal,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     implicit_tls: bool,
     clock: IReactorTime,
-    allow_plaintext_auth: bool = False,
-    timeout: int = DEFAULT_TIMEOUT,
+    settings: POP3Settings,
 ) -> POP3Factory:
     """The protocol factory for a POP3 listener.
 
     @param portal: the POP3 portal; its realm must give C{pop3.IMailbox} avatars
         (L{MaildirPOP3Mailbox}).
     @param tls: server TLS context for STLS (port 110); C{None}: no STLS and, unless
-        C{allow_plaintext_auth}, no login on a cleartext connection.
+        C{settings.allow_plaintext_auth}, no login on a cleartext connection.
     @param implicit_tls: port 995 (RFC 8314 §3.3): the caller listens through TLS (wraps
         this factory in C{TLSMemoryBIOFactory} or uses an SSL endpoint); sessions then count
         as secure from the first byte and offer no STLS.  This factory does not wrap itself.
     @param clock: the reactor (C{IReactorTime}) for timeouts.
-    @param allow_plaintext_auth: accept passwords without TLS (tests or loopback only).
-    @param timeout: inactivity timeout in seconds (RFC 1939 §3: at least 600).
+    @param settings: the inactivity timeout (RFC 1939 §3: at least 600 seconds) and whether
+        passwords are accepted without TLS (L{POP3Settings}).
     """
     return POP3Factory(
-        portal=portal,
-        tls=tls,
-        implicit_tls=implicit_tls,
-        clock=clock,
-        allow_plaintext_auth=allow_plaintext_auth,
-        timeout=timeout,
+        portal=portal, tls=tls, implicit_tls=implicit_tls, clock=clock, settings=settings
     )
 
 

@@ -16,19 +16,12 @@ Operations (issue 5): SIGHUP rereads the TLS certificate and key (L{MailServer.r
 for new connections on every listener, without dropping open ones; a bad new pair is logged
 and the old one kept.  Under C{twistd -u USER -g GROUP} the ports are bound as root in
 C{privilegedStartService}, the data dir is handed to USER:GROUP before that
-(L{hand_over_data_dir}), and everything that needs no privilege (the control socket, the
-queue) starts after twistd has dropped them.
+(L{twistedmail.tap.hand_over_data_dir}), and everything that needs no privilege (the control
+socket, the queue) starts after twistd has dropped them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import encodings
-import importlib
-import json
-import os
-import pkgutil
-import pwd
 import signal
 import sqlite3
 from functools import partial
@@ -51,7 +44,6 @@ import twistedmail
 from twistedmail import acme
 from twistedmail import tls as tlsmod
 from twistedmail.accounts import AccountStore
-from twistedmail.address import normalize_domain
 from twistedmail.auth import AuthCache, LoginThrottle, MailRealm, PasswordChecker
 from twistedmail.config import (
     Config,
@@ -71,10 +63,10 @@ from twistedmail.dkim import KeyStore
 from twistedmail.dns import reverse_name
 from twistedmail.dnsbl import Blocklists
 from twistedmail.imap.account import MaildirAccount
-from twistedmail.imap.server import IMAPFactory, imap_factory
+from twistedmail.imap.server import imap_factory
 from twistedmail.imap.watch import FolderWatcher
 from twistedmail.limits import ConnectionLimit, UserSessionLimit, rate_refusal, refusal_for
-from twistedmail.mailauth import Authenticator, organizational_domain
+from twistedmail.mailauth import Authenticator
 from twistedmail.maildir import (
     StorageReserve,
     UserMaildir,
@@ -88,13 +80,13 @@ from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker, usage_by_domain
 from twistedmail.rate import HourlyRate, SubmissionRate
 from twistedmail.rspamd import JunkLearner, Rspamd
-from twistedmail.smtp.inbound import InboundPolicy, inbound_factory
+from twistedmail.settings import IMAPSettings, POP3Settings, SMTPSettings
+from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
-from twistedmail.smtp.server import SMTPServerFactory
-from twistedmail.smtp.submission import SubmissionPolicy, submission_factory
+from twistedmail.smtp.submission import submission_factory
 from twistedmail.srs import SECRET_FILE, Forwarding, SenderRewriting
-from twistedmail.throttle import ThrottlePolicy, parse_networks
+from twistedmail.throttle import ThrottlePolicy, load_throttle, parse_networks, save_throttle
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
 
@@ -164,106 +156,6 @@ def certificate_keeper(
         reactor,
         lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
     )
-
-
-def _searchable_by(path: Path, uid: int, gids: set[int]) -> bool:
-    st = path.stat()
-    if st.st_uid == uid:
-        return bool(st.st_mode & 0o100)
-    if st.st_gid in gids:
-        return bool(st.st_mode & 0o010)
-    return bool(st.st_mode & 0o001)
-
-
-def hand_over_data_dir(config: Config, uid: int, gid: int) -> int:
-    """Make the data dir usable by C{uid:gid}, the user twistd switches to (C{-u}/C{-g}).
-
-    Called as root before the privileges are dropped: every file and directory under the
-    data dir (store, Maildirs, queue, self-signed certificate, DKIM keys) not yet owned by
-    C{uid:gid} is chowned to it (symlinks are not followed).  Returns how many were.
-
-    @raise ConfigError: a directory above the data dir cannot be entered by that user (the
-        one-line message says what to C{chmod}), or a chown fails.
-    """
-    data_dir = config.server.data_dir
-    try:
-        name = pwd.getpwuid(uid).pw_name
-        gids = set(os.getgrouplist(name, gid))
-    except KeyError:
-        name, gids = str(uid), {gid}
-    where = f"{config.source or 'built-in defaults'}: [server] data_dir"
-    for parent in reversed(data_dir.parents):
-        if not _searchable_by(parent, uid, gids):
-            raise ConfigError(
-                f"{where}: user {name} cannot enter {parent} (run: chmod o+x {parent},"
-                f" or choose a data_dir it can reach)"
-            )
-    changed = 0
-    try:
-        for path in [data_dir, *data_dir.rglob("*")]:
-            st = path.lstat()
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
-                changed += 1
-    except OSError as e:
-        raise ConfigError(
-            f"{where}: cannot hand {e.filename} to user {name}: {e.strerror}"
-            f" (run: chown -R {uid}:{gid} {data_dir})"
-        ) from None
-    return changed
-
-
-def load_before_the_drop() -> None:
-    """Import now what is otherwise imported at first use: every text codec (a message's
-    charset in SEARCH, RFC 2047 headers, IDNA's punycode), the IDNA mapping table and the
-    Public Suffix List (DMARC).  After C{twistd -u} the server may no longer read its own
-    Python installation (a venv whose base interpreter lives under a 0700 home, as pyenv's
-    under C{/root}): a first use then failed with C{LookupError: unknown encoding} — inbound
-    checks were skipped with a traceback per message and a SEARCH in ISO-8859-2 silently
-    found nothing (found by QA).  About 0.3 s and 5 MiB, only when privileges are dropped."""
-    for module in pkgutil.iter_modules(encodings.__path__):
-        with contextlib.suppress(Exception):  # a codec of another platform (mbcs, oem)
-            importlib.import_module(f"encodings.{module.name}")
-    normalize_domain("xn--fa-hia.test")  # idna's UTS 46 table
-    organizational_domain("example.org")  # the bundled Public Suffix List
-
-
-def load_throttle(throttle: LoginThrottle, path: Path) -> None:
-    """Restore the failed-login throttle saved by the last clean stop (L{save_throttle}).
-
-    A missing file is a first start; an unreadable or malformed one is logged and ignored
-    (the throttle starts empty: a lost block is safer than a server that does not start).
-    """
-    try:
-        state = json.loads(path.read_bytes())
-        throttle.restore(state)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as e:
-        log.warn("login throttle state {path} ignored: {error}", path=str(path), error=str(e))
-        return
-    kinds = [block.kind for block in throttle.blocks()]
-    log.info(
-        "login throttle state restored: {ips} blocked IPs, {pairs} blocked IP+account pairs,"
-        " {accounts} blocked accounts",
-        ips=kinds.count("ip"),
-        pairs=kinds.count("ip+account"),
-        accounts=kinds.count("account"),
-    )
-
-
-def save_throttle(throttle: LoginThrottle, path: Path) -> None:
-    """Write the throttle's state to C{path} (owner-only, through a temporary file and a
-    rename, so a crash leaves the old file or the new one).  Called at stop; a failure is
-    logged, never raised."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(throttle.snapshot(), f)
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warn("login throttle state not saved to {path}: {error}", path=str(path), error=e)
 
 
 class _UnprivilegedEndpointService(StreamServerEndpointService):
@@ -345,33 +237,61 @@ def spam_filter(config: Config, reactor: Any) -> Rspamd | None:
     )
 
 
-def antispam(
-    config: Config, reactor: Any, name: str, factory: Factory, rspamd: Rspamd | None
-) -> None:
-    """Set up listener C{name}'s part of C{[antispam]} (issue 14): on port 25 the filter,
-    the DNS lists, reverse DNS and the greeting pause; on 587/465 the filter with
-    C{check_submission}; on IMAP learning from moves into and out of Junk."""
+def smtp_settings(config: Config, name: str) -> SMTPSettings:
+    """SMTP listener C{name}'s settings: C{[limits]}, C{[smtp]}, and on port 25 the greeting
+    pause of C{[antispam]}."""
+    limits = config.limits
+    return SMTPSettings(
+        max_message_size=limits.max_message_size,
+        idle_timeout=limits.smtp_idle_timeout,
+        max_recipients=limits.max_recipients,
+        max_line_length=limits.max_line_length,
+        max_header_size=limits.max_header_size,
+        bare_lf=config.smtp.bare_lf,
+        greet_pause=config.antispam.greet_pause if name == "smtp" else 0,
+    )
+
+
+def imap_settings(config: Config) -> IMAPSettings:
+    """The IMAP listeners' settings, from C{[limits]}."""
+    limits = config.limits
+    return IMAPSettings(
+        max_literal_size=limits.max_message_size, idle_timeout=limits.imap_idle_timeout
+    )
+
+
+def pop3_settings(config: Config) -> POP3Settings:
+    """The POP3 listeners' settings, from C{[limits]}."""
+    return POP3Settings(idle_timeout=config.limits.pop3_idle_timeout)
+
+
+def sieve_limits(config: Config) -> SieveLimits:
+    """The ManageSieve listener's settings, from C{[managesieve]}."""
+    sieve = config.managesieve
+    return SieveLimits(
+        max_scripts=sieve.max_scripts,
+        max_script_size=sieve.max_script_size,
+        max_storage=sieve.max_storage,
+        idle_timeout=sieve.idle_timeout,
+    )
+
+
+def inbound_antispam(config: Config, reactor: Any, rspamd: Rspamd | None) -> dict[str, Any]:
+    """Port 25's part of C{[antispam]} (issue 14), as L{inbound_factory} keywords: the
+    filter, the DNS lists, reverse DNS for the filter and the messages per IP and hour."""
     settings = config.antispam
-    policy = getattr(factory, "policy", None)
-    if name == "smtp" and isinstance(factory, SMTPServerFactory):
-        factory.greet_pause = settings.greet_pause
-        assert isinstance(policy, InboundPolicy)
-        if settings.smtp_messages_per_ip_hour:
-            policy.ip_rate = HourlyRate(settings.smtp_messages_per_ip_hour, reactor)
-        resolver = None
-        if settings.dnsbl or settings.dnswl:
-            resolver = dns_resolver(config, reactor)
-            policy.blocklists = Blocklists(resolver, reactor, settings.dnsbl, settings.dnswl)
-        if rspamd is not None:
-            policy.spam_filter = rspamd
-            resolver = resolver or dns_resolver(config, reactor)
-            policy.reverse_name = partial(reverse_name, resolver)
-    elif name in ("submission", "submissions") and isinstance(policy, SubmissionPolicy):
-        if settings.check_submission and rspamd is not None:
-            policy.spam_filter = rspamd
-    elif name in ("imap", "imaps") and isinstance(factory, IMAPFactory):
-        if rspamd is not None and settings.rspamd_controller:
-            factory.copy_observer = JunkLearner(rspamd)
+    checks: dict[str, Any] = {}
+    if settings.smtp_messages_per_ip_hour:
+        checks["ip_rate"] = HourlyRate(settings.smtp_messages_per_ip_hour, reactor)
+    resolver = None
+    if settings.dnsbl or settings.dnswl:
+        resolver = dns_resolver(config, reactor)
+        checks["blocklists"] = Blocklists(resolver, reactor, settings.dnsbl, settings.dnswl)
+    if rspamd is not None:
+        checks["spam_filter"] = rspamd
+        resolver = resolver or dns_resolver(config, reactor)
+        checks["reverse_name"] = partial(reverse_name, resolver)
+    return checks
 
 
 def forwarding(config: Config, reactor: Any, delivery: LocalDelivery) -> SenderRewriting | None:
@@ -439,11 +359,8 @@ class MailServer(MultiService):
     C{queue} (the L{QueueRunner}).
     """
 
-    def __init__(self, config: Config, reactor: Any, run_as: tuple[int, int] | None = None) -> None:
-        """@param run_as: C{(uid, gid)} twistd switches to after binding the ports
-        (C{twistd -u/-g}); when started as root the data dir is handed to them
-        (L{hand_over_data_dir}).
-        @raise ConfigError: see L{hand_over_data_dir} and L{ensure_data_dir}.
+    def __init__(self, config: Config, reactor: Any) -> None:
+        """@raise ConfigError: see L{ensure_data_dir}.
         @raise twistedmail.tls.TLSConfigError: the certificate cannot be loaded."""
         super().__init__()
         self.config = config
@@ -459,17 +376,6 @@ class MailServer(MultiService):
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
         self.notifier = FolderWatcher(reactor)
         self.tls_context = server_tls_context(config)
-        if run_as is not None and os.geteuid() == 0 and run_as[0] != 0:
-            load_before_the_drop()
-            changed = hand_over_data_dir(config, *run_as)
-            if changed:
-                log.info(
-                    "data dir {data} handed to uid {uid} gid {gid} ({n} entries)",
-                    data=str(config.server.data_dir),
-                    uid=run_as[0],
-                    gid=run_as[1],
-                    n=changed,
-                )
         self._previous_sighup: Any = None
         self._throttle_loaded = False
         self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics
@@ -547,21 +453,25 @@ class MailServer(MultiService):
         if self.authenticator is not None:
             self.authenticator.metrics = self.metrics  # type: ignore[attr-defined]
         hostname = config.server.hostname
-        size = config.limits.max_message_size
         # One count per user for 587 and 465 (issue 14).
         self.submission_rate = SubmissionRate(
             limits.submission_messages_per_hour, limits.submission_recipients_per_hour, reactor
         )
+        reserve = StorageReserve(config.server.data_dir, limits.min_free_space)
+        rspamd = self.spam_filter
         submission = partial(
             submission_factory,
             hostname=hostname,
             store=self.store,
             delivery=self.delivery,
             portal=self.portal,
-            max_message_size=size,
             clock=reactor,
             relay=self.queue,
             check_from_header=config.submission.check_from_header,
+            spam_filter=rspamd if config.antispam.check_submission else None,
+            rate=self.submission_rate,
+            storage_reserve=reserve,
+            metrics=self.metrics,
         )
         # One count for 143 and 993 (issue 5; Dovecot's mail_max_userip_connections).
         self.imap_user_limit = UserSessionLimit(limits.imap_max_connections_per_user, "imap")
@@ -570,25 +480,33 @@ class MailServer(MultiService):
             imap_factory,
             portal=self.portal,
             clock=reactor,
-            max_literal_size=size,
-            idle_timeout=limits.imap_idle_timeout,
+            settings=imap_settings(config),
             quota=self.quota,
             user_limit=self.imap_user_limit,
+            # issue 14: learning from moves into and out of Junk
+            copy_observer=JunkLearner(rspamd)
+            if rspamd is not None and config.antispam.rspamd_controller
+            else None,
         )
         pop = partial(
-            pop3_factory, portal=self.portal, clock=reactor, timeout=limits.pop3_idle_timeout
+            pop3_factory, portal=self.portal, clock=reactor, settings=pop3_settings(config)
         )
-        factories: dict[str, Factory] = {
+        factories: dict[str, Factory[Any]] = {
             "smtp": inbound_factory(
                 hostname=hostname,
                 store=self.store,
                 delivery=self.delivery,
                 tls=self.tls_context,
-                max_message_size=size,
+                settings=smtp_settings(config, "smtp"),
                 clock=reactor,
                 relay=self.queue,
                 authenticator=self.authenticator,
                 dmarc_reject=config.inbound.dmarc_reject,
+                srs=self.srs,  # bounces to SRS addresses (issue 14)
+                srs_domain=config.forwarding.srs_domain,
+                storage_reserve=reserve,
+                metrics=self.metrics,
+                **inbound_antispam(config, reactor, rspamd),
             ),
         }
         # The HTTP listener (issue 13); other paths mount on self.web_root with putChild.
@@ -605,45 +523,24 @@ class MailServer(MultiService):
             renewal.setServiceParent(self)
         factories["metrics"] = self._metrics_site(config, reactor)  # [listen] metrics
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
-        for plain, implicit, make in (
-            ("submission", "submissions", submission),
-            ("imap", "imaps", imap),
-            ("pop3", "pop3s", pop),
-        ):
+        factories["submission"] = submission(
+            tls=self.tls_context, implicit_tls=False, settings=smtp_settings(config, "submission")
+        )
+        factories["submissions"] = submission(
+            tls=None, implicit_tls=True, settings=smtp_settings(config, "submissions")
+        )
+        for plain, implicit, make in (("imap", "imaps", imap), ("pop3", "pop3s", pop)):
             factories[plain] = make(tls=self.tls_context, implicit_tls=False)
             factories[implicit] = make(tls=None, implicit_tls=True)
-        sieve = config.managesieve
         factories["managesieve"] = ManageSieveFactory(  # RFC 5804: STARTTLS on 4190
             portal=self.portal,
             tls=self.tls_context,
             clock=reactor,
             run_in_thread=run_in_thread,
-            limits=SieveLimits(
-                max_scripts=sieve.max_scripts,
-                max_script_size=sieve.max_script_size,
-                max_storage=sieve.max_storage,
-                idle_timeout=sieve.idle_timeout,
-            ),
+            limits=sieve_limits(config),
         )
+        per_ip_hour = config.antispam.smtp_connections_per_ip_hour
         for name, factory in factories.items():
-            if isinstance(factory, SMTPServerFactory):
-                factory.metrics = self.metrics
-                factory.idle_timeout = limits.smtp_idle_timeout
-                factory.max_recipients = limits.max_recipients
-                factory.max_line_length = limits.max_line_length
-                factory.max_header_size = limits.max_header_size
-                factory.bare_lf = config.smtp.bare_lf
-                factory.storage_reserve = StorageReserve(
-                    config.server.data_dir, limits.min_free_space
-                )
-            antispam(config, reactor, name, factory, self.spam_filter)
-            if name == "smtp" and isinstance(factory, SMTPServerFactory):
-                assert isinstance(factory.policy, InboundPolicy)
-                factory.policy.srs = self.srs  # bounces to SRS addresses (issue 14)
-                factory.policy.srs_domain = config.forwarding.srs_domain
-            policy = getattr(factory, "policy", None)
-            if isinstance(policy, SubmissionPolicy):
-                policy.rate = self.submission_rate
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,
@@ -652,13 +549,12 @@ class MailServer(MultiService):
                 refusal=refusal_for(name, hostname),
                 service=name,
                 clock=reactor,
+                metrics=self.metrics,
+                # issue 14: connection rate on port 25
+                rate=HourlyRate(per_ip_hour, reactor) if name == "smtp" and per_ip_hour else None,
+                rate_refusal=rate_refusal(hostname),
             )
             self.connection_limits[name] = limited
-            per_ip_hour = config.antispam.smtp_connections_per_ip_hour
-            if name == "smtp" and per_ip_hour:  # issue 14: connection rate on port 25
-                limited.rate = HourlyRate(per_ip_hour, reactor)
-                limited.rate_refusal = rate_refusal(hostname)
-            limited.metrics = self.metrics
             for address in config.listen[name]:
                 wrapped = (
                     TLSMemoryBIOFactory(self.tls_context, False, limited)
@@ -679,16 +575,16 @@ class MailServer(MultiService):
                 self.queue.flush,
                 throttle=self.throttle,
                 flush_logins=self.auth_cache.flush if self.auth_cache is not None else None,
+                connection_counts=self.connection_counts,  # issue 9
+                status=self.status,  # issue 13
+                clock=reactor,
             ),
         )
         control._raiseSynchronously = True
         control.setName(f"control@{control_path(config)}")
         control.setServiceParent(self)
-        control.factory.connection_counts = self.connection_counts  # issue 9
-        control.factory.status = self.status  # issue 13
-        control.factory.clock = reactor
 
-    def _metrics_site(self, config: Config, reactor: Any) -> Factory:
+    def _metrics_site(self, config: Config, reactor: Any) -> Factory[Any]:
         """The Site of C{[listen] metrics}, serving C{/metrics} at any path (issue 13); with a
         C{[metrics] token_file}, also C{/metrics} on the http/https listeners.  Registers the
         scrape-time state (L{ServerState}).  @raise ConfigError: a bad token file."""
@@ -867,7 +763,12 @@ class MailServer(MultiService):
                 self.auth_reactor, self.auth_reactor.getThreadPool(), self.auth_pool.stop
             ).addBoth(lambda _: r)
         )
-        d.addBoth(lambda r: (self.store.close(), r)[1])
+
+        def close_store(result: object) -> object:
+            self.store.close()
+            return result
+
+        d.addBoth(close_store)
         return d
 
 

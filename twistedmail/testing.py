@@ -584,6 +584,7 @@ def inbound_for(host: Any, **overrides: Any) -> Any:
     """The port 25 factory (L{inbound_factory}) for a test C{host}: an object with C{store},
     C{delivery} and C{clock}; mail.example.test, 10,000-byte messages, no TLS unless
     C{overrides} say otherwise."""
+    from twistedmail.settings import SMTPSettings
     from twistedmail.smtp.inbound import inbound_factory
 
     settings: dict[str, Any] = {
@@ -591,7 +592,7 @@ def inbound_for(host: Any, **overrides: Any) -> Any:
         "store": host.store,
         "delivery": host.delivery,
         "tls": None,
-        "max_message_size": 10000,
+        "settings": SMTPSettings(max_message_size=10000),
         "clock": host.clock,
     }
     return inbound_factory(**{**settings, **overrides})
@@ -601,6 +602,7 @@ def submission_for(host: Any, **overrides: Any) -> Any:
     """The 587/465 factory (L{submission_factory}) for a test C{host}: an object with
     C{store}, C{delivery}, C{portal} and C{clock}; mail.example.test, 10,000-byte messages,
     implicit TLS (465) and no STARTTLS context unless C{overrides} say otherwise."""
+    from twistedmail.settings import SMTPSettings
     from twistedmail.smtp.submission import submission_factory
 
     settings: dict[str, Any] = {
@@ -610,7 +612,7 @@ def submission_for(host: Any, **overrides: Any) -> Any:
         "portal": host.portal,
         "tls": None,
         "implicit_tls": True,
-        "max_message_size": 10000,
+        "settings": SMTPSettings(max_message_size=10000),
         "clock": host.clock,
     }
     return submission_factory(**{**settings, **overrides})

@@ -37,8 +37,11 @@ clock (wall-clock seconds for the reactor, so saved times stay meaningful across
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -520,3 +523,41 @@ class LoginThrottle:
         for table in tables:
             while len(table) > limit:
                 del table[next(iter(table))]
+
+
+def load_throttle(throttle: LoginThrottle, path: Path) -> None:
+    """Restore the failed-login throttle saved by the last clean stop (L{save_throttle}).
+
+    A missing file is a first start; an unreadable or malformed one is logged and ignored
+    (the throttle starts empty: a lost block is safer than a server that does not start).
+    """
+    try:
+        state = json.loads(path.read_bytes())
+        throttle.restore(state)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        log.warn("login throttle state {path} ignored: {error}", path=str(path), error=str(e))
+        return
+    kinds = [block.kind for block in throttle.blocks()]
+    log.info(
+        "login throttle state restored: {ips} blocked IPs, {pairs} blocked IP+account pairs,"
+        " {accounts} blocked accounts",
+        ips=kinds.count("ip"),
+        pairs=kinds.count("ip+account"),
+        accounts=kinds.count("account"),
+    )
+
+
+def save_throttle(throttle: LoginThrottle, path: Path) -> None:
+    """Write the throttle's state to C{path} (owner-only, through a temporary file and a
+    rename, so a crash leaves the old file or the new one).  Called at stop; a failure is
+    logged, never raised."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(throttle.snapshot(), f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warn("login throttle state not saved to {path}: {error}", path=str(path), error=e)

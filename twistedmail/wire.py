@@ -25,6 +25,8 @@ clearing its buffer is not enough).  Here:
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.protocol import Protocol
 
 CRLF = b"\r\n"
@@ -35,6 +37,7 @@ class StrictLineReceiver(Protocol):
 
     delimiter = CRLF
     MAX_LENGTH = 16384
+    transport: Any  # a connected TCP/TLS transport: pause/resumeProducing and disconnecting
     _buffer = b""
     _discarding = False
     _discard_pending = False

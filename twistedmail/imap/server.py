@@ -44,9 +44,8 @@ from OpenSSL import SSL
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -79,6 +78,7 @@ from twistedmail.index import CachedParts
 from twistedmail.limits import UserSessionLimit
 from twistedmail.maildir import MaildirError
 from twistedmail.quota import QuotaTracker
+from twistedmail.settings import IMAPSettings
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -293,13 +293,13 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
     MAX_LENGTH = 65536
     timeOut = 60
-    POSTAUTH_TIMEOUT = 30 * 60
+    POSTAUTH_TIMEOUT = IMAPSettings().idle_timeout
 
     def __init__(
         self,
         *,
         portal: Portal | None,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
         max_literal_size: int,
@@ -2223,31 +2223,31 @@ def _close_quietly(mbox: Any) -> None:
 
 
 class IMAPFactory(ServerFactory):
-    """Builds one L{IMAPServer} per connection (port 143 with STARTTLS, or 993)."""
+    """Builds one L{IMAPServer} per connection (port 143 with STARTTLS, or 993); see
+    L{imap_factory} for the parameters."""
 
     noisy = False  # the session logs its own line per connection
-    copy_observer: CopyObserver | None = None  # set by the service (issue 14, learning)
 
     def __init__(
         self,
         *,
         portal: Portal,
-        tls: CertificateOptions | None,
+        tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
-        max_literal_size: int,
-        idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
+        settings: IMAPSettings,
         quota: QuotaTracker | None = None,
         user_limit: UserSessionLimit | None = None,
+        copy_observer: CopyObserver | None = None,
     ) -> None:
+        self.settings = settings
         self.quota = quota
         self.user_limit = user_limit
+        self.copy_observer = copy_observer
         self.portal = portal
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.clock = clock
-        self.max_literal_size = max_literal_size
-        self.idle_timeout = idle_timeout
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         protocol = IMAPServer(
@@ -2255,10 +2255,10 @@ class IMAPFactory(ServerFactory):
             tls=self.tls,
             implicit_tls=self.implicit_tls,
             clock=self.clock,
-            max_literal_size=self.max_literal_size,
+            max_literal_size=self.settings.max_literal_size,
             quota=self.quota,
         )
-        protocol.POSTAUTH_TIMEOUT = self.idle_timeout
+        protocol.POSTAUTH_TIMEOUT = self.settings.idle_timeout
         protocol.user_limit = self.user_limit
         protocol.copy_observer = self.copy_observer
         protocol.factory = self
@@ -2268,33 +2268,32 @@ class IMAPFactory(ServerFactory):
 def imap_factory(
     *,
     portal: Portal,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     implicit_tls: bool,
     clock: IReactorTime,
-    max_literal_size: int,
-    idle_timeout: int = IMAPServer.POSTAUTH_TIMEOUT,
+    settings: IMAPSettings,
     quota: QuotaTracker | None = None,
     user_limit: UserSessionLimit | None = None,
+    copy_observer: CopyObserver | None = None,
 ) -> ServerFactory:
     """The IMAP listener's factory.
 
     @param tls: STARTTLS context for port 143 (C{None}: no STARTTLS, so no login at all).
     @param implicit_tls: C{True} for port 993, whose endpoint the service wraps in TLS.
     @param clock: the reactor (timeouts).
-    @param max_literal_size: largest APPEND in octets (the configured max message size).
-    @param idle_timeout: autologout timer after login, seconds (RFC 3501 §5.4: at least
-        30 minutes); before login it stays 60 seconds.
+    @param settings: the largest APPEND and the autologout timer (L{IMAPSettings}).
     @param quota: the users' quotas: QUOTA (RFC 9208) and OVERQUOTA on APPEND/COPY.
     @param user_limit: logged-in sessions per user and IP, shared by 143 and 993; one
         more gets C{NO [UNAVAILABLE]} at LOGIN/AUTHENTICATE.
+    @param copy_observer: told of moves into and out of Junk (spam learning, issue 14).
     """
     return IMAPFactory(
         portal=portal,
         tls=tls,
         implicit_tls=implicit_tls,
         clock=clock,
-        max_literal_size=max_literal_size,
-        idle_timeout=idle_timeout,
+        settings=settings,
         quota=quota,
         user_limit=user_limit,
+        copy_observer=copy_observer,
     )

@@ -34,9 +34,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
 from twistedmail import metrics
@@ -49,6 +48,8 @@ from twistedmail.mailauth import (
     authentication_results,
     remove_authentication_results,
 )
+from twistedmail.maildir import StorageReserve
+from twistedmail.metrics import Metrics
 from twistedmail.rate import HourlyRate
 from twistedmail.reply import (
     REPLY_451_IP_RATE_LIMIT,
@@ -60,6 +61,7 @@ from twistedmail.reply import (
     reply_554_blocklisted,
 )
 from twistedmail.rspamd import TEMPORARY_ACTIONS, CheckRequest, Rspamd, apply_headers
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.server import (
     Client,
     Envelope,
@@ -106,12 +108,25 @@ class InboundPolicy:
         authenticator: Authenticator | None = None,
         authserv_id: str = "",
         dmarc_reject: bool = False,
+        *,
+        spam_filter: Rspamd | None = None,
+        blocklists: Blocklists | None = None,
+        reverse_name: Callable[[str], Awaitable[str]] | None = None,
+        ip_rate: HourlyRate | None = None,
+        srs: SenderRewriting | None = None,
+        srs_domain: str = "",
     ) -> None:
         self.store = store
         self.local = LocalRecipients(store, delivery, relay)
         self.authenticator = authenticator
         self.authserv_id = authserv_id
         self.dmarc_reject = dmarc_reject
+        self.spam_filter = spam_filter
+        self.blocklists = blocklists
+        self.reverse_name = reverse_name
+        self.ip_rate = ip_rate
+        self.srs = srs
+        self.srs_domain = srs_domain
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """Any syntactically valid reverse-path, the null path included (RFC 5321 §4.5.5).
@@ -273,22 +288,36 @@ def inbound_factory(
     hostname: str,
     store: AccountStore,
     delivery: LocalDelivery,
-    tls: CertificateOptions | None,
-    max_message_size: int,
+    tls: IOpenSSLContextFactory | None,
+    settings: SMTPSettings,
     clock: IReactorTime,
     relay: Relay | None = None,
     authenticator: Authenticator | None = None,
     dmarc_reject: bool = False,
+    spam_filter: Rspamd | None = None,
+    blocklists: Blocklists | None = None,
+    reverse_name: Callable[[str], Awaitable[str]] | None = None,
+    ip_rate: HourlyRate | None = None,
+    srs: SenderRewriting | None = None,
+    srs_domain: str = "",
+    storage_reserve: StorageReserve | None = None,
+    metrics: Metrics | None = None,
 ) -> ServerFactory:
     """The factory for the port-25 listener.
 
     @param hostname: the greeting / EHLO / Received: name.
     @param tls: the server TLS context; STARTTLS is offered when given (RFC 3207).
-    @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
+    @param settings: the listener's limits (max_message_size is advertised as SIZE and
+        enforced, RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
     @param relay: the outbound queue, for aliases that forward to remote addresses.
     @param authenticator: SPF/DKIM/DMARC checks; C{None}: none (see L{InboundPolicy}).
     @param dmarc_reject: C{550 5.7.1} for a DMARC fail under C{p=reject}.
+    @param spam_filter: rspamd; with C{blocklists}, C{reverse_name} and C{ip_rate}, see
+        L{InboundPolicy}.
+    @param srs: reverses bounces to our SRS addresses, in C{srs_domain} or a local domain.
+    @param storage_reserve: no new mail while the data dir is short of space.
+    @param metrics: the server's counters.
     """
     return SMTPServerFactory(
         policy=InboundPolicy(
@@ -298,11 +327,19 @@ def inbound_factory(
             authenticator=authenticator,
             authserv_id=hostname,
             dmarc_reject=dmarc_reject,
+            spam_filter=spam_filter,
+            blocklists=blocklists,
+            reverse_name=reverse_name,
+            ip_rate=ip_rate,
+            srs=srs,
+            srs_domain=srs_domain,
         ),
         hostname=hostname,
         clock=clock,
-        max_message_size=max_message_size,
+        settings=settings,
         tls_context=tls,
         implicit_tls=False,
         portal=None,
+        storage_reserve=storage_reserve,
+        metrics=metrics,
     )

@@ -63,9 +63,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ITLSTransport
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime, ITLSTransport
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -84,6 +83,7 @@ from twistedmail.address import (
 )
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import StorageReserve, is_enospc
+from twistedmail.metrics import Metrics
 from twistedmail.quota import QuotaExceeded
 from twistedmail.reply import (
     REPLY_214_HELP,
@@ -140,18 +140,16 @@ from twistedmail.reply import (
     REPLY_555_BAD_PARAMETER,
     Reply,
 )
+from twistedmail.settings import SMTPSettings
 from twistedmail.wire import CRLF, StrictLineReceiver
 
 log = Logger(namespace="twistedmail.smtp")
 
 MAX_LINE_LENGTH = 16384  # octets without CRLF, for command, AUTH and data lines
 FLOOD_LIMIT = 1 << 20  # octets of one unterminated line before the session is closed
-MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be accepted
-IDLE_TIMEOUT = 300  # seconds; RFC 5321 §4.5.3.2.7 server timeout: at least 5 minutes
+IDLE_TIMEOUT = SMTPSettings().idle_timeout  # the class default before a session's own
 MAX_AUTH_FAILURES = 3  # failed AUTH attempts per session before 421
 MAX_HELO_LENGTH = 255  # RFC 5321 §4.5.3.1.2
-MAX_HEADER_SIZE = 256 * 1024  # octets of the header section of a message
-BARE_LF_MODES = ("reject", "normalize")
 
 COMMAND, DATA, AUTH = smtp.COMMAND, smtp.DATA, smtp.AUTH
 
@@ -508,18 +506,15 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         STARTTLS, AUTH allowed at once.
     @param portal: offers AUTH PLAIN LOGIN under TLS when given; logins ask it for
         L{IAuthenticatedUser} (see L{auth_portal}).
-    @param max_message_size: octets of message data (RFC 1870 SIZE).
-    @param idle_timeout: seconds without a command before C{421 4.4.2} and close
-        (RFC 5321 §4.5.3.2.7: at least 5 minutes).
-    @param max_recipients: RCPTs accepted per message; more get C{452 4.5.3}
-        (RFC 5321 §4.5.3.1.8, §4.5.3.1.10: at least 100).
-    @param max_line_length: octets of one message text line without its CRLF (RFC 5321
-        §4.5.3.1.6: at least 998); longer fails the transaction with C{500 5.6.0}.
-    @param max_header_size: octets of the header section (lines with their CRLF); more
-        fails the transaction with C{552 5.3.4}.
-    @param bare_lf: C{"reject"} (a bare CR or LF fails the message, C{550 5.6.0}) or
-        C{"normalize"} (a bare LF is stored as CRLF; a bare CR still fails).  In both
-        modes only CRLF "." CRLF ends the data (RFC 5321 §2.3.8, §4.1.1.4).
+    @param settings: the listener's L{SMTPSettings}: C{max_message_size} (RFC 1870 SIZE);
+        C{idle_timeout}, seconds without a command before C{421 4.4.2} and close; past
+        C{max_recipients} RCPTs get C{452 4.5.3} (RFC 5321 §4.5.3.1.10); a text line over
+        C{max_line_length} fails the transaction with C{500 5.6.0}, a header section over
+        C{max_header_size} (lines with their CRLF) with C{552 5.3.4}; C{bare_lf}
+        C{"reject"} (a bare CR or LF fails the message, C{550 5.6.0}) or C{"normalize"} (a
+        bare LF is stored as CRLF; a bare CR still fails), in both modes only CRLF "." CRLF
+        ends the data (RFC 5321 §2.3.8, §4.1.1.4); C{greet_pause}, seconds before the 220.
+    @param storage_reserve: when given, no new mail while the data dir is short of space.
     """
 
     MAX_LENGTH = MAX_LINE_LENGTH
@@ -542,25 +537,21 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         policy: SessionPolicy,
         hostname: str,
         clock: IReactorTime,
-        max_message_size: int,
-        tls_context: CertificateOptions | None = None,
+        settings: SMTPSettings,
+        tls_context: IOpenSSLContextFactory | None = None,
         implicit_tls: bool = False,
         portal: Portal | None = None,
-        idle_timeout: int = IDLE_TIMEOUT,
-        max_recipients: int = MAX_RECIPIENTS,
-        max_line_length: int = MAX_LINE_LENGTH,
-        max_header_size: int = MAX_HEADER_SIZE,
-        bare_lf: str = "reject",
+        storage_reserve: StorageReserve | None = None,
     ) -> None:
         smtp.ESMTP.__init__(self, chal={}, contextFactory=tls_context)
-        if bare_lf not in BARE_LF_MODES:
-            raise ValueError(f"bare_lf must be one of {BARE_LF_MODES}, not {bare_lf!r}")
-        self.timeout = idle_timeout
-        self.max_recipients = max_recipients
-        self.max_line_length = max_line_length
-        self.MAX_LENGTH = max(MAX_LINE_LENGTH, max_line_length)
-        self.max_header_size = max_header_size
-        self.bare_lf = bare_lf
+        self.timeout = settings.idle_timeout
+        self.max_recipients = settings.max_recipients
+        self.max_line_length = settings.max_line_length
+        self.MAX_LENGTH = max(MAX_LINE_LENGTH, settings.max_line_length)
+        self.max_header_size = settings.max_header_size
+        self.bare_lf = settings.bare_lf
+        self.greet_pause = settings.greet_pause
+        self.storage_reserve = storage_reserve
         self.host = hostname
         self.hostname = hostname
         self.policy = policy
@@ -568,7 +559,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.callLater = clock.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin
         self.portal = portal
         self.implicit_tls = implicit_tls
-        self.max_message_size = max_message_size
+        self.max_message_size = settings.max_message_size
         self.session_id = secrets.token_hex(6)
         self.peer_ip = "unknown"
         self.tls = implicit_tls
@@ -1257,7 +1248,10 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
 
 class SMTPServerFactory(ServerFactory):
-    """Builds an L{SMTPSession} per connection; the parameters are those of the session."""
+    """Builds an L{SMTPSession} per connection; the parameters are those of the session.
+
+    @param metrics: the server's counters (L{twistedmail.metrics.of}); C{None}: uncounted.
+    """
 
     noisy = False  # the session logs its own line per connection
 
@@ -1267,47 +1261,33 @@ class SMTPServerFactory(ServerFactory):
         policy: SessionPolicy,
         hostname: str,
         clock: IReactorTime,
-        max_message_size: int,
-        tls_context: CertificateOptions | None = None,
+        settings: SMTPSettings,
+        tls_context: IOpenSSLContextFactory | None = None,
         implicit_tls: bool = False,
         portal: Portal | None = None,
-        idle_timeout: int = IDLE_TIMEOUT,
-        max_recipients: int = MAX_RECIPIENTS,
-        max_line_length: int = MAX_LINE_LENGTH,
-        max_header_size: int = MAX_HEADER_SIZE,
-        bare_lf: str = "reject",
+        storage_reserve: StorageReserve | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self.idle_timeout = idle_timeout
-        self.max_recipients = max_recipients
-        self.max_line_length = max_line_length
-        self.max_header_size = max_header_size
-        self.bare_lf = bare_lf
+        self.settings = settings
         self.policy = policy
         self.hostname = hostname
         self.clock = clock
-        self.max_message_size = max_message_size
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.portal = portal
-        self.storage_reserve: StorageReserve | None = None
-        self.greet_pause: float = 0
+        self.storage_reserve = storage_reserve
+        self.metrics = metrics
 
     def buildProtocol(self, addr: object) -> SMTPSession:
         session = SMTPSession(
             policy=self.policy,
             hostname=self.hostname,
             clock=self.clock,
-            max_message_size=self.max_message_size,
+            settings=self.settings,
             tls_context=None if self.implicit_tls else self.tls_context,
             implicit_tls=self.implicit_tls,
             portal=self.portal,
-            idle_timeout=self.idle_timeout,
-            max_recipients=self.max_recipients,
-            max_line_length=self.max_line_length,
-            max_header_size=self.max_header_size,
-            bare_lf=self.bare_lf,
+            storage_reserve=self.storage_reserve,
         )
         session.factory = self
-        session.storage_reserve = self.storage_reserve
-        session.greet_pause = self.greet_pause
         return session

@@ -17,15 +17,15 @@ from email.utils import getaddresses
 
 import attrs
 from twisted.cred.portal import Portal
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
 from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.delivery import LocalDelivery
-from twistedmail.maildir import is_enospc
+from twistedmail.maildir import StorageReserve, is_enospc
+from twistedmail.metrics import Metrics
 from twistedmail.rate import SubmissionRate
 from twistedmail.reply import (
     REPLY_450_RELAY_UNAVAILABLE,
@@ -36,6 +36,7 @@ from twistedmail.reply import (
     REPLY_553_SENDER_NOT_OWNED,
 )
 from twistedmail.rspamd import Rspamd
+from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import filter_message
 from twistedmail.smtp.server import (
     Client,
@@ -77,11 +78,16 @@ class SubmissionPolicy:
         delivery: LocalDelivery,
         relay: Relay | None = None,
         check_from_header: bool = True,
+        *,
+        spam_filter: Rspamd | None = None,
+        rate: SubmissionRate | None = None,
     ) -> None:
         self.store = store
         self.relay = relay
         self.local = LocalRecipients(store, delivery, relay)
         self.check_from_header = check_from_header
+        self.spam_filter = spam_filter
+        self.rate = rate
 
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """@raise SMTPReplyError: 530 5.7.0 before AUTH; 553 5.7.1 for an address (or the
@@ -175,12 +181,16 @@ def submission_factory(
     store: AccountStore,
     delivery: LocalDelivery,
     portal: Portal,
-    tls: CertificateOptions | None,
+    tls: IOpenSSLContextFactory | None,
     implicit_tls: bool,
-    max_message_size: int,
+    settings: SMTPSettings,
     clock: IReactorTime,
     relay: Relay | None = None,
     check_from_header: bool = True,
+    spam_filter: Rspamd | None = None,
+    rate: SubmissionRate | None = None,
+    storage_reserve: StorageReserve | None = None,
+    metrics: Metrics | None = None,
 ) -> ServerFactory:
     """The factory for a submission listener (587 with C{implicit_tls=False}, 465 with True).
 
@@ -188,17 +198,26 @@ def submission_factory(
         authenticated address.
     @param tls: the TLS context for STARTTLS on 587; ignored with C{implicit_tls} (the
         service wraps the 465 listener in TLS, and STARTTLS is never offered there).
-    @param max_message_size: octets, advertised as SIZE and enforced (RFC 1870).
+    @param settings: the listener's limits (max_message_size is advertised as SIZE and
+        enforced, RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
     @param relay: the outbound queue for remote recipients (L{twistedmail.smtp.queue}).
     @param check_from_header: refuse From: addresses the user does not own (L{check_from}).
+    @param spam_filter: rspamd (C{[antispam] check_submission}); C{None}: no filter.
+    @param rate: messages and recipients per user and hour; C{None}: unlimited.
+    @param storage_reserve: no new mail while the data dir is short of space.
+    @param metrics: the server's counters.
     """
     return SMTPServerFactory(
-        policy=SubmissionPolicy(store, delivery, relay, check_from_header),
+        policy=SubmissionPolicy(
+            store, delivery, relay, check_from_header, spam_filter=spam_filter, rate=rate
+        ),
         hostname=hostname,
         clock=clock,
-        max_message_size=max_message_size,
+        settings=settings,
         tls_context=None if implicit_tls else tls,
         implicit_tls=implicit_tls,
         portal=auth_portal(portal),
+        storage_reserve=storage_reserve,
+        metrics=metrics,
     )
