@@ -270,6 +270,7 @@ def test_soak_every_session_ending_gives_back_descriptors_and_slots(soak: Server
         "imap_sessions": 0,
         "imaps": 0,
         "managesieve": 0,
+        "metrics": 0,
         "pop3": 0,
         "pop3s": 0,
         "smtp": 0,
@@ -477,7 +478,7 @@ def test_connections_command_shows_open_sessions(server: Server) -> None:
     try:
         assert server.cli("connections").stdout == (
             "control 1\nfolder_watchers 1\nhttp 0\nhttps 0\nimap 0\nimap_sessions 1\nimaps 1\n"
-            "managesieve 0\npop3 0\npop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
+            "managesieve 0\nmetrics 0\npop3 0\npop3s 0\nsmtp 0\nsubmission 0\nsubmissions 0\n"
         )
     finally:
         m.logout()
