@@ -105,8 +105,9 @@ def test_add_header_goes_to_junk_with_rspamd_headers(server: Server) -> None:
     header, _, body = copy.partition(b"\r\n\r\n")
     lines = header.split(b"\r\n")
     assert lines[0] == b"Return-Path: <sender@elsewhere.test>"
-    assert lines[1] == b"X-Spam: Yes"
-    assert lines[2].startswith(b"X-Spamd-Result: default: True [")
+    assert lines[1] == b"Delivered-To: " + ALICE.encode()  # every local copy's, at delivery
+    assert lines[2] == b"X-Spam: Yes"
+    assert lines[3].startswith(b"X-Spamd-Result: default: True [")
     assert b"TWISTEDMAIL_TEST_SPAM(10.00)" in header
     assert b"X-Spam: No" not in header  # rspamd's remove_headers: a forged verdict goes
     assert body == data.partition(b"\r\n\r\n")[2]
