@@ -424,7 +424,11 @@ def test_200_sessions_give_back_descriptors_and_slots(tls_server: tuple[Server, 
     """200 ManageSieve sessions (logged in over STARTTLS and LOGOUT, greeting only and LOGOUT,
     cut with a RST) leave the server's descriptors and connection counts where they were."""
     srv, ca = tls_server
-    Raw(srv, ca).close()  # warm up
+    # Warm up, a login included: what a login opens for good once is not per session.
+    warm = Raw(srv, ca, login=True)
+    warm.send(b"LOGOUT\r\n")
+    assert warm.until_ok() == b'OK "Logout completed"'
+    warm.close()
     assert srv.proc is not None
     fds_dir = f"/proc/{srv.proc.pid}/fd"
     if not os.path.isdir(fds_dir):
@@ -444,8 +448,10 @@ def test_200_sessions_give_back_descriptors_and_slots(tls_server: tuple[Server, 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         now = control.connections(srv.data_dir / "control")
-        if len(os.listdir(fds_dir)) <= start_fds and now == start:
+        if len(os.listdir(fds_dir)) <= start_fds + 2 and now == start:
             break
         time.sleep(0.1)
     assert control.connections(srv.data_dir / "control") == start
-    assert len(os.listdir(fds_dir)) <= start_fds
+    # A worker thread may open a handle of its own once (at most the two hashing threads); a
+    # leak would be one descriptor per session, 50 to 200 here.
+    assert len(os.listdir(fds_dir)) <= start_fds + 2
