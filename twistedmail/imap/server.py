@@ -45,7 +45,6 @@ from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -79,6 +78,7 @@ from twistedmail.limits import UserSessionLimit
 from twistedmail.maildir import MaildirError
 from twistedmail.quota import QuotaTracker
 from twistedmail.settings import IMAPSettings
+from twistedmail.wire import SessionFactory
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -281,13 +281,14 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
     @param tls: the STARTTLS context (port 143); C{None} on the implicit-TLS port.
     @param implicit_tls: the transport is already TLS (port 993, RFC 8314).
     @param clock: for the autologout timers (RFC 3501 §5.4: 30 minutes after login).
-    @param max_literal_size: octets; a larger APPEND literal gets C{NO [TOOBIG]} before
-        the continuation request.
+    @param settings: C{max_literal_size}, octets (a larger APPEND literal gets C{NO [TOOBIG]}
+        before the continuation request), and the autologout timer after login.
     @param quota: the users' quotas (RFC 9208, L{QuotaCommands}); C{None}: no QUOTA.
+    @param user_limit: logged-in sessions per user and IP (one count for 143 and 993).
+    @param copy_observer: told of moves into and out of Junk (spam learning).
     """
 
     IDENT = b"twistedmail IMAP4rev1 ready"
-    user_limit: UserSessionLimit | None = None  # logged-in sessions per user+IP (factory)
     _user_slot: tuple[str, str] | None = None
     _lost = False  # connectionLost ran: a command still running must take nothing more
     _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
@@ -302,16 +303,21 @@ class IMAPServer(QuotaCommands, imap4.IMAP4Server):
         tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
-        max_literal_size: int,
+        settings: IMAPSettings = IMAPSettings(),
         quota: QuotaTracker | None = None,
+        user_limit: UserSessionLimit | None = None,
+        copy_observer: CopyObserver | None = None,
     ) -> None:
         super().__init__({}, None if implicit_tls else tls, scheduler=_NoScheduler())
         self.quota = quota
+        self.user_limit = user_limit
+        self.copy_observer = copy_observer
+        self.POSTAUTH_TIMEOUT = settings.idle_timeout
         self.portal = portal
         self.implicit_tls = implicit_tls
         self.clock = clock
         self.callLater = clock.callLater
-        self.max_literal_size = max_literal_size
+        self.max_literal_size = settings.max_literal_size
         self.session = uuid.uuid4().hex[:8]
         self.peer = "?"
         self.user: str | None = None
@@ -2222,49 +2228,6 @@ def _close_quietly(mbox: Any) -> None:
         maybeDeferred(closeable.close).addErrback(lambda f: log.failure("close failed", f))
 
 
-class IMAPFactory(ServerFactory):
-    """Builds one L{IMAPServer} per connection (port 143 with STARTTLS, or 993); see
-    L{imap_factory} for the parameters."""
-
-    noisy = False  # the session logs its own line per connection
-
-    def __init__(
-        self,
-        *,
-        portal: Portal,
-        tls: IOpenSSLContextFactory | None,
-        implicit_tls: bool,
-        clock: IReactorTime,
-        settings: IMAPSettings,
-        quota: QuotaTracker | None = None,
-        user_limit: UserSessionLimit | None = None,
-        copy_observer: CopyObserver | None = None,
-    ) -> None:
-        self.settings = settings
-        self.quota = quota
-        self.user_limit = user_limit
-        self.copy_observer = copy_observer
-        self.portal = portal
-        self.tls = tls
-        self.implicit_tls = implicit_tls
-        self.clock = clock
-
-    def buildProtocol(self, addr: Any) -> IMAPServer:
-        protocol = IMAPServer(
-            portal=self.portal,
-            tls=self.tls,
-            implicit_tls=self.implicit_tls,
-            clock=self.clock,
-            max_literal_size=self.settings.max_literal_size,
-            quota=self.quota,
-        )
-        protocol.POSTAUTH_TIMEOUT = self.settings.idle_timeout
-        protocol.user_limit = self.user_limit
-        protocol.copy_observer = self.copy_observer
-        protocol.factory = self
-        return protocol
-
-
 def imap_factory(
     *,
     portal: Portal,
@@ -2275,7 +2238,7 @@ def imap_factory(
     quota: QuotaTracker | None = None,
     user_limit: UserSessionLimit | None = None,
     copy_observer: CopyObserver | None = None,
-) -> ServerFactory:
+) -> SessionFactory[IMAPServer]:
     """The IMAP listener's factory.
 
     @param tls: STARTTLS context for port 143 (C{None}: no STARTTLS, so no login at all).
@@ -2287,12 +2250,13 @@ def imap_factory(
         more gets C{NO [UNAVAILABLE]} at LOGIN/AUTHENTICATE.
     @param copy_observer: told of moves into and out of Junk (spam learning, issue 14).
     """
-    return IMAPFactory(
+    return SessionFactory(
+        IMAPServer,
+        settings,
         portal=portal,
         tls=tls,
         implicit_tls=implicit_tls,
         clock=clock,
-        settings=settings,
         quota=quota,
         user_limit=user_limit,
         copy_observer=copy_observer,
