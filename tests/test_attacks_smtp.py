@@ -2,7 +2,7 @@
 
 Each test sends the hostile bytes of a loopback experiment against stock Twisted; on a stock
 C{twisted.mail.smtp.ESMTP} each of them fails (each class docstring says what stock Twisted
-did).  The letters (a) to (d) are those of the L{twistedmail.smtp.server} module docstring.
+did).  The letters (a) to (d) are those of the L{twistedmail.smtp.session} module docstring.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from twisted.trial import unittest
 
 from twistedmail.auth import MailRealm, PasswordChecker
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.server import MAX_LINE_LENGTH, SMTPSession
+from twistedmail.smtp.session import MAX_LINE_LENGTH, SMTPSession
 from twistedmail.testing import inbound_for, submission_for
 
 SENT_UP_TO_DATA = (

@@ -11,7 +11,7 @@ from test_smtp_server import TLS_CONTEXT, Mailhost, connect, talk
 from twisted.trial import unittest
 
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.server import SMTPSession
+from twistedmail.smtp.session import SMTPSession
 from twistedmail.testing import inbound_for
 
 SENT_UP_TO_DATA = (

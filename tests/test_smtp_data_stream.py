@@ -9,7 +9,7 @@ from __future__ import annotations
 from test_smtp_data_limits import ACCEPTED, OPEN, SENT_UP_TO_DATA, VARIANTS, DataTestCase
 from twisted.internet.testing import StringTransport
 
-from twistedmail.smtp.server import SMTPSession
+from twistedmail.smtp.session import SMTPSession
 
 BODY = (
     b"Subject: stream\r\nFrom: <x@elsewhere.test>\r\n\r\n"

@@ -24,7 +24,7 @@ from twistedmail.maildir import ChangeNotifier
 from twistedmail.passwords import hash_password
 from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import inbound_factory
-from twistedmail.smtp.server import SMTPSession
+from twistedmail.smtp.session import SMTPSession
 from twistedmail.testing import inbound_for
 
 BODY = b"From: x@elsewhere.test\r\nSubject: hello\r\n\r\nHi\r\n..dot\r\n"

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.server import SMTPSession
+from twistedmail.smtp.session import SMTPSession
 from twistedmail.wire import SessionFactory
 
 

@@ -1,4 +1,4 @@
-"""The policy-free ESMTP session (twistedmail.smtp.server), driven over StringTransport.
+"""The policy-free ESMTP session (twistedmail.smtp.session), driven over StringTransport.
 
 This module also holds the small harness the other SMTP test modules import
 (C{Mailhost}, C{TLSStringTransport}, C{connect}, C{talk}).
@@ -25,13 +25,9 @@ from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import ChangeNotifier
 from twistedmail.passwords import hash_password
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.server import (
-    Client,
-    Envelope,
-    SMTPReplyError,
-    SMTPSession,
-    received_header,
-)
+from twistedmail.smtp.policy import Client, Envelope, SMTPReplyError
+from twistedmail.smtp.session import SMTPSession
+from twistedmail.smtp.trace import received_header
 from twistedmail.testing import TLSStringTransport, run_now
 from twistedmail.testing import sasl_plain as plain
 from twistedmail.wire import SessionFactory

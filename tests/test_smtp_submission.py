@@ -17,7 +17,7 @@ from test_smtp_server import (
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from twistedmail.smtp.server import SMTPSession
+from twistedmail.smtp.session import SMTPSession
 from twistedmail.testing import submission_for
 
 EHLO_TLS = (

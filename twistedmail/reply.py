@@ -93,7 +93,7 @@ REPLY_554_RELAY_DENIED = R(554, "5.7.1", "Relay access denied")
 REPLY_550_DMARC_REJECT = R(550, "5.7.1", "Rejected by the sender domain's DMARC policy")
 REPLY_555_BAD_PARAMETER = R(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized")
 
-# SMTP session (twistedmail.smtp.server)
+# SMTP session (twistedmail.smtp.session)
 REPLY_214_HELP = R(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
 REPLY_421_AUTH_FAILURES = R(421, "4.7.0", "Too many failed authentication attempts")
 REPLY_500_BARE_LF_COMMAND = R(500, "5.5.2", "Bare CR or LF in command")

@@ -184,7 +184,7 @@ class SessionFactory(ServerFactory, Generic[SessionT]):
     """Builds C{session(settings=settings, **arguments)} per connection and gives it
     C{.factory}; the same keywords for every connection of the listener.
 
-    @param session: the protocol class (L{twistedmail.smtp.server.SMTPSession},
+    @param session: the protocol class (L{twistedmail.smtp.session.SMTPSession},
         L{twistedmail.imap.server.IMAPServer}, L{twistedmail.pop3.POP3Server},
         L{twistedmail.managesieve.ManageSieveServer}).
     @param settings: the listener's frozen settings value (L{twistedmail.settings}).

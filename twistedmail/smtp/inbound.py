@@ -61,14 +61,9 @@ from twistedmail.reply import (
 )
 from twistedmail.rspamd import TEMPORARY_ACTIONS, CheckRequest, Rspamd, apply_headers
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.server import (
-    Client,
-    Envelope,
-    LocalRecipients,
-    Relay,
-    SMTPReplyError,
-    SMTPSession,
-)
+from twistedmail.smtp.policy import Client, Envelope, Relay, SMTPReplyError
+from twistedmail.smtp.recipients import LocalRecipients
+from twistedmail.smtp.session import SMTPSession
 from twistedmail.srs import SenderRewriting, SRSError, is_srs
 from twistedmail.throttle import ip_key
 from twistedmail.wire import SessionFactory
@@ -77,7 +72,7 @@ log = Logger(namespace="twistedmail.smtp")
 
 
 class InboundPolicy:
-    """L{twistedmail.smtp.server.SessionPolicy} of the MX listener.
+    """L{twistedmail.smtp.policy.SessionPolicy} of the MX listener.
 
     @param authenticator: checks SPF/DKIM/DMARC of each message; C{None}: no checks and no
         Authentication-Results field.

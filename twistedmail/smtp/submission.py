@@ -37,22 +37,16 @@ from twistedmail.reply import (
 from twistedmail.rspamd import Rspamd
 from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import filter_message
-from twistedmail.smtp.server import (
-    Client,
-    Envelope,
-    LocalRecipients,
-    Relay,
-    SMTPReplyError,
-    SMTPSession,
-    auth_portal,
-)
+from twistedmail.smtp.policy import Client, Envelope, Relay, SMTPReplyError, auth_portal
+from twistedmail.smtp.recipients import LocalRecipients
+from twistedmail.smtp.session import SMTPSession
 from twistedmail.wire import SessionFactory
 
 log = Logger(namespace="twistedmail.smtp")
 
 
 class SubmissionPolicy:
-    """L{twistedmail.smtp.server.SessionPolicy} of the submission listeners."""
+    """L{twistedmail.smtp.policy.SessionPolicy} of the submission listeners."""
 
     service = "submission"
     spam_filter: Rspamd | None = None

@@ -33,8 +33,9 @@ over loopback; C{tests/test_attacks_smtp.py} sends the same bytes:
     and BODY parameters handled (stock: silently ignored).
 
 What a listener accepts (who may send, to whom, where the message goes) is a
-L{SessionPolicy}: L{twistedmail.smtp.inbound} (port 25) and L{twistedmail.smtp.submission}
-(587/465).  Code the two share lives here (L{LocalRecipients}, L{AuthenticatedUserRealm}).
+L{twistedmail.smtp.policy.SessionPolicy}: L{twistedmail.smtp.inbound} (port 25) and
+L{twistedmail.smtp.submission} (587/465); local recipients are L{twistedmail.smtp.recipients}
+and the Received: header L{twistedmail.smtp.trace}.
 
 Limits (RFC 5321 §4.5.3.1): command lines may be up to L{MAX_LINE_LENGTH} octets (16 KiB),
 message text lines up to the session's C{max_line_length} (default the same 16 KiB), more
@@ -52,25 +53,19 @@ C{max_message_size}, then discarded (C{552 5.3.4}).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import secrets
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timezone
-from email.utils import format_datetime
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-import attrs
-from twisted.cred.portal import IRealm, Portal
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
 
 from twistedmail import auth, metrics, sasl
-from twistedmail.accounts import AccountStore
 from twistedmail.address import (
     AddressError,
     Mailbox,
@@ -80,9 +75,7 @@ from twistedmail.address import (
     parse_parameters,
     parse_path,
 )
-from twistedmail.delivery import LocalDelivery
-from twistedmail.maildir import StorageReserve, is_enospc
-from twistedmail.quota import QuotaExceeded
+from twistedmail.maildir import StorageReserve
 from twistedmail.reply import (
     REPLY_214_HELP,
     REPLY_220_READY,
@@ -98,7 +91,6 @@ from twistedmail.reply import (
     REPLY_354_DATA,
     REPLY_421_AUTH_FAILURES,
     REPLY_421_TIMEOUT,
-    REPLY_450_RELAY_UNAVAILABLE,
     REPLY_451_LOCAL_ERROR,
     REPLY_452_STORAGE,
     REPLY_452_TOO_MANY_RECIPIENTS,
@@ -129,9 +121,7 @@ from twistedmail.reply import (
     REPLY_530_TLS_REQUIRED,
     REPLY_535_AUTH_FAILED,
     REPLY_550_BARE_LF,
-    REPLY_550_NO_SUCH_USER,
     REPLY_552_HEADER_TOO_BIG,
-    REPLY_552_MAILBOX_FULL,
     REPLY_552_TOO_BIG,
     REPLY_553_NON_ASCII_ADDRESS,
     REPLY_554_PREGREET,
@@ -139,6 +129,15 @@ from twistedmail.reply import (
     Reply,
 )
 from twistedmail.settings import SMTPSettings
+from twistedmail.smtp.policy import (
+    Client,
+    Envelope,
+    IAuthenticatedUser,
+    SessionPolicy,
+    SMTPReplyError,
+)
+from twistedmail.smtp.recipients import LocalRecipients
+from twistedmail.smtp.trace import received_header
 from twistedmail.wire import CRLF, StrictLineReceiver
 
 log = Logger(namespace="twistedmail.smtp")
@@ -156,8 +155,6 @@ _MAIL_FROM = re.compile(rb"FROM:(.*)", re.I | re.S)
 _RCPT_TO = re.compile(rb"TO:(.*)", re.I | re.S)
 _POSTMASTER = re.compile(r"\s*<postmaster>(.*)", re.I | re.S)
 _PRINTABLE = re.compile(rb"[\x21-\x7e]+")
-# A HELO argument shown in the Received: header: a domain or an address literal.
-_HELO_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9:.]+\]")
 _SASL_MECHANISMS = (b"PLAIN", b"LOGIN")
 _SASL_OFFERED = tuple(m.decode("ascii") for m in _SASL_MECHANISMS)
 # RFC 5322 §2.2: a header field starts with its name (printable ASCII but ":") and ":",
@@ -192,305 +189,6 @@ def _path_argument(raw: bytes, sender: bool) -> tuple[Mailbox | None, str]:
         raise SMTPReplyError(REPLY_501_BAD_SENDER if sender else REPLY_501_BAD_ADDRESS) from None
     _check_parameters(params)
     return path, params
-
-
-class SMTPReplyError(Exception):
-    """A refusal carrying the reply to send: raised by policies, caught by the session."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.line().decode("ascii"))
-        self.reply = reply
-
-
-@attrs.frozen
-class Client:
-    """What the session knows about the SMTP client when a policy is asked.
-
-    @ivar session_id: random hex, in every log line of the session.
-    @ivar peer_ip: the client's IP address (text).
-    @ivar helo: the HELO/EHLO argument (ASCII), C{""} before HELO/EHLO.
-    @ivar esmtp: whether the client greeted with EHLO.
-    @ivar tls: whether the session is under TLS (STARTTLS done, or implicit TLS).
-    @ivar user: the authenticated address (RFC 4954), or C{None}.
-    @ivar declared_size: the C{SIZE=} of the current MAIL FROM (RFC 1870 §6: the client's
-        estimate, in octets), 0 when not given.
-    """
-
-    session_id: str
-    peer_ip: str
-    helo: str
-    esmtp: bool
-    tls: bool
-    user: str | None
-    declared_size: int = 0
-
-
-@attrs.frozen
-class Envelope:
-    """One mail transaction's envelope, as received (RFC 5321 §2.3.1).
-
-    @ivar reverse_path: the MAIL FROM mailbox, C{None} for the null path C{<>}.
-    @ivar recipients: the accepted RCPT TO mailboxes, in order, without duplicates.
-    @ivar body: C{"7BIT"} or C{"8BITMIME"} (RFC 6152 BODY parameter).
-    @ivar transaction_id: the Received: header's id, unique per transaction.
-    @ivar received_at: seconds since the epoch, from the session's clock.
-    """
-
-    client: Client
-    reverse_path: Mailbox | None
-    recipients: tuple[Mailbox, ...]
-    body: str
-    transaction_id: str
-    received_at: float
-
-
-class SessionPolicy(Protocol):
-    """What one listener accepts; the session asks it at MAIL, RCPT and after DATA.
-
-    Each method raises L{SMTPReplyError} to refuse (the reply is sent as is); any other
-    exception is logged and answered C{451 4.3.0}.
-    """
-
-    service: str
-    """Listener name for log lines: C{"smtp"}, C{"submission"}."""
-
-    async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
-        """Accept or refuse MAIL FROM (RFC 5321 §4.1.1.2)."""
-
-    async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
-        """Accept or refuse RCPT TO (RFC 5321 §4.1.1.3)."""
-
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        """Take responsibility for C{message} (CRLF lines, Received: on top): return only
-        when it is durably stored (RFC 5321 §6.1), so the session may answer 250."""
-
-
-class IAuthenticatedUser(Interface):
-    """The avatar SMTP AUTH asks the portal for: who the client authenticated as."""
-
-    address = Attribute("The authenticated address (str), the checker's avatar ID.")
-
-
-@implementer(IAuthenticatedUser)
-@attrs.frozen
-class AuthenticatedUser:
-    """L{IAuthenticatedUser}: the normalised address a client proved with SMTP AUTH."""
-
-    address: str
-
-
-@implementer(IRealm)
-class AuthenticatedUserRealm:
-    """C{IRealm} returning an L{AuthenticatedUser} for the checker's avatar ID."""
-
-    def requestAvatar(
-        self, avatarId: Any, mind: object, *interfaces: type[Interface]
-    ) -> tuple[type[Interface], object, Callable[[], None]]:
-        if IAuthenticatedUser in interfaces:
-            return IAuthenticatedUser, AuthenticatedUser(str(avatarId)), lambda: None
-        raise NotImplementedError("SMTP AUTH only provides IAuthenticatedUser")
-
-
-def auth_portal(portal: Portal) -> Portal:
-    """A portal with C{portal}'s credential checkers and the L{AuthenticatedUserRealm}.
-
-    SMTP AUTH needs only the avatar ID (the address); the shared portal's realm builds IMAP
-    and POP3 avatars, so the checkers (one password store for every protocol) are reused
-    with a realm of our own.
-    """
-    return Portal(AuthenticatedUserRealm(), list(dict.fromkeys(portal.checkers.values())))
-
-
-class Relay(Protocol):
-    """The outbound queue, as the policies see it (L{twistedmail.smtp.queue.QueueRunner})."""
-
-    async def enqueue(
-        self, reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
-    ) -> object:
-        """Queue C{message} durably for remote C{recipients}; return once it is on disk.
-        @raise OSError: nothing was queued."""
-
-    async def bounce(
-        self,
-        reverse_path: Mailbox | None,
-        failures: Sequence[tuple[Mailbox, Reply]],
-        message: bytes,
-    ) -> None:
-        """Send C{reverse_path} a delivery status notification that C{failures} (recipient,
-        reply) failed for C{message}; nothing for the null reverse-path (RFC 5321 §6.1)."""
-
-
-class LocalRecipients:
-    """Recipient checks and delivery for local mailboxes, shared by inbound and submission.
-
-    @param relay: the outbound queue, for aliases that expand to remote addresses
-        (forwarding); without it such an alias gets C{450 4.7.1}.
-    """
-
-    def __init__(
-        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
-    ) -> None:
-        self.store = store
-        self.delivery = delivery
-        self.relay = relay
-
-    def check(self, recipient: Mailbox) -> tuple[list[Mailbox], list[Mailbox]]:
-        """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
-
-        @return: the local users and remote addresses it expands to (aliases resolved once
-            at RCPT; hand them to L{check_quota}).
-        @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
-            alias that expands to a remote address when there is no relay.
-        """
-        users, remote = self.delivery.local_users([recipient])  # resolved once (route)
-        if remote and self.relay is None:
-            raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
-        if not users and not remote:
-            raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
-        return users, remote
-
-    def postmaster(self, hostname: str) -> Mailbox | None:
-        """The local mailbox for a bare C{<Postmaster>} (see L{AccountStore.postmaster})."""
-        return self.store.postmaster(hostname)
-
-    async def check_quota(
-        self,
-        recipient: Mailbox,
-        size: int = 0,
-        resolved: tuple[list[Mailbox], list[Mailbox]] | None = None,
-    ) -> None:
-        """RCPT time, after L{check}: refuse a user already over quota, as Dovecot's LMTP
-        does with C{lmtp_rcpt_check_quota} (and its default C{quota_full_tempfail=no}), or
-        one who has no room for the C{size} octets MAIL FROM announced (RFC 1870 SIZE).
-
-        @param resolved: what L{check} returned for C{recipient}.
-        @raise SMTPReplyError: C{552 5.2.2} (RFC 3463 mailbox full).
-        """
-        try:
-            await self.delivery.check_quota(recipient, size, resolved)
-        except QuotaExceeded:
-            raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
-
-    async def deliver(
-        self, envelope: Envelope, message: bytes, others: bool = False, junk: bool = False
-    ) -> None:
-        """Store C{message} durably for every local recipient, and queue it for the remote
-        addresses aliases expand to (RFC 5321 §6.1, §3.9.1 forwarding); C{junk}: into each
-        user's Junk folder (the spam filter's verdict, L{LocalDelivery.deliver_all}).
-
-        A user whose quota the message would exceed gets no copy: when nobody else gets the
-        message (and not C{others}, recipients the caller delivers itself), the whole
-        transaction is refused with C{552 5.2.2}; otherwise the others get it and the sender
-        gets a bounce for the users over quota (SMTP has one reply for DATA; Postfix's
-        local delivery does the same).
-
-        @raise SMTPReplyError: C{550 5.1.1} when no recipient is a local user or a
-            forwarding alias any more (all deleted since RCPT: refuse rather than
-            acknowledge and drop, RFC 5321 §6.1); C{452 4.3.1} when the disk is full;
-            C{552 5.2.2} as above.
-        @raise OSError: any other disk failure (the session answers 451).
-        """
-        # Resolved again (once) here, not taken from RCPT: an alias or user deleted since
-        # then must not get mail; the same expansion is handed to deliver_all.
-        resolution = self.delivery.resolve(list(envelope.recipients))
-        users, remote = resolution[0], resolution[1]
-        if not users and not (remote and self.relay is not None):
-            raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
-        # RFC 5429 §2.1.1: a Sieve reject is refused in the transaction when the reply to
-        # DATA speaks for that one user alone.
-        refuse = len(envelope.recipients) == 1 and len(users) == 1 and not remote and not others
-        try:
-            if users:
-                delivered = await self.delivery.deliver_all(
-                    envelope.reverse_path,
-                    list(envelope.recipients),
-                    message,
-                    junk=junk,
-                    refuse=refuse,
-                    resolution=resolution,
-                )
-                metrics.of(self.delivery).delivered_locally(
-                    len(delivered.stored), envelope.received_at
-                )
-                if delivered.refused is not None:
-                    raise SMTPReplyError(sieve_refusal(delivered.refused))
-                remote = list(delivered.remote)
-                if delivered.over_quota:
-                    if not (delivered.stored or others or (remote and self.relay is not None)):
-                        raise SMTPReplyError(REPLY_552_MAILBOX_FULL)
-                    await self._bounce(envelope, delivered.over_quota, message)
-            if remote and self.relay is not None:
-                # Forwarding (issue 14): SRS sender and ARC seal, through the alias's domain.
-                via = next((r.domain for r in envelope.recipients if r not in remote), None)
-                sender, message = await self.delivery.forwarded(envelope.reverse_path, via, message)
-                await self.relay.enqueue(sender, remote, message)
-        except OSError as e:
-            if is_enospc(e):
-                raise SMTPReplyError(REPLY_452_STORAGE) from None
-            raise
-        if remote and self.relay is None:
-            log.warn(
-                "session {session}: alias now expands to remote {remote}; not relayed",
-                session=envelope.client.session_id,
-                remote=[str(m) for m in remote],
-            )
-
-    async def _bounce(
-        self, envelope: Envelope, over_quota: Sequence[Mailbox], message: bytes
-    ) -> None:
-        if self.relay is None:
-            log.warn(
-                "session {session}: no bounce for {users} over quota (no queue)",
-                session=envelope.client.session_id,
-                users=[str(m) for m in over_quota],
-            )
-            return
-        failures = [(user, REPLY_552_MAILBOX_FULL) for user in over_quota]
-        try:
-            await self.relay.bounce(envelope.reverse_path, failures, message)
-        except Exception:
-            # The others have their copies: a 4xx now would make the client send it again.
-            log.failure("session {session}: bounce failed", session=envelope.client.session_id)
-
-
-def sieve_refusal(reason: str) -> Reply:
-    """C{550 5.7.1 <reason>} for a Sieve reject at SMTP time (RFC 5429 §2.1.1, RFC 3463
-    5.7.1): the reason on one line, printable ASCII (others as '?'), at most 400 characters."""
-    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(reason.split()))[:400]
-    return Reply(550, "5.7.1", text or "Message rejected")
-
-
-def address_literal(ip: str) -> str:
-    """C{[192.0.2.1]} or C{[IPv6:2001:db8::1]} (RFC 5321 §4.1.3); other peers kept as text."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return "[" + "".join(c for c in ip if c.isalnum() or c in ".:-_/") + "]"
-    return f"[IPv6:{addr.compressed}]" if addr.version == 6 else f"[{addr}]"
-
-
-def received_header(envelope: Envelope, hostname: str) -> bytes:
-    """The Received: trace header for C{envelope}, folded, ending in CRLF (RFC 5321 §4.4).
-
-    C{from <helo> ([ip]) by <hostname> with <protocol> id <id> for <rcpt>; <date>}: the
-    protocol is C{SMTP}, C{ESMTP}, C{ESMTPS}, C{ESMTPA} or C{ESMTPSA} (RFC 3848); the
-    C{for} clause is given only for a single recipient, so Bcc recipients are not revealed
-    to each other (RFC 5321 §7.2).
-    """
-    client = envelope.client
-    helo = client.helo if _HELO_NAME.fullmatch(client.helo) else "unknown"
-    if client.esmtp:
-        protocol = "ESMTP" + ("S" if client.tls else "") + ("A" if client.user else "")
-    else:
-        protocol = "SMTP"
-    date = format_datetime(datetime.fromtimestamp(envelope.received_at, timezone.utc))
-    by = f"by {hostname} with {protocol} id {envelope.transaction_id}"
-    if len(envelope.recipients) == 1:
-        tail = f"{by}\r\n\tfor <{envelope.recipients[0]}>; {date}"
-    else:
-        tail = f"{by};\r\n\t{date}"
-    text = f"Received: from {helo} ({address_literal(client.peer_ip)})\r\n\t{tail}\r\n"
-    return text.encode("ascii")
 
 
 class SMTPSession(StrictLineReceiver, smtp.ESMTP):
