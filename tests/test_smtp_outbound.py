@@ -176,7 +176,7 @@ class OutboundTests(TestCase):
             connect=network.connect,
             rng=random.Random(1),
         )
-        self.addCleanup(outbound.closing)  # the QUITs finish after deliver() returns
+        self.addCleanup(outbound.closing)  # the QUITs finish after send() returns
         return outbound
 
     async def test_exact_body_over_starttls_with_dots_at_chunk_boundaries(self) -> None:
@@ -188,7 +188,7 @@ class OutboundTests(TestCase):
         outbound = self.outbound(network)
         for offset in offsets():
             message = message_with_dot_at(offset)
-            results = await outbound.deliver(
+            results = await outbound.send(
                 "alice@example.test", "example.net", ["bob@example.net"], message
             )
             self.assertEqual(
@@ -215,7 +215,7 @@ class OutboundTests(TestCase):
         network = Network(self)
         mx = await network.listen("mx1.example.net", ScriptedMTA())
         message = b"Subject: caf\xc3\xa9\r\n\r\n8bit body \xe2\x82\xac\r\n"
-        results = await self.outbound(network).deliver(
+        results = await self.outbound(network).send(
             None, "example.net", ["bob@example.net"], message
         )
         self.assertTrue(results[0].delivered)
@@ -238,7 +238,7 @@ class OutboundTests(TestCase):
                     extensions=extensions,
                 ),
             )
-            results = await self.outbound(network).deliver(
+            results = await self.outbound(network).send(
                 "alice@example.test",
                 "example.net",
                 ["bob@example.net", "gone@example.net", "busy@example.net"],
@@ -269,7 +269,7 @@ class OutboundTests(TestCase):
                     extensions=extensions,
                 ),
             )
-            results = await self.outbound(network).deliver(
+            results = await self.outbound(network).send(
                 "alice@example.test",
                 "example.net",
                 ["bob@example.net", "gone@example.net"],
@@ -287,13 +287,13 @@ class OutboundTests(TestCase):
         network = Network(self)
         await network.listen("mx1.example.net", ScriptedMTA(answer_quit=False))
         outbound = self.outbound(network)
-        [result] = await outbound.deliver(None, "example.net", ["bob@example.net"], b"hi\r\n")
+        [result] = await outbound.send(None, "example.net", ["bob@example.net"], b"hi\r\n")
         self.assertTrue(result.delivered)
         self.assertEqual(len(outbound.sessions), 1)
         outbound.abort()
         await outbound.closing()
         self.assertEqual(outbound.sessions, set())
-        [late] = await outbound.deliver(None, "example.net", ["bob@example.net"], b"hi\r\n")
+        [late] = await outbound.send(None, "example.net", ["bob@example.net"], b"hi\r\n")
         self.assertEqual(
             (late.code, late.diagnostic),
             (451, "451 4.4.1 Not tried: the server is shutting down"),
@@ -311,7 +311,7 @@ class OutboundTests(TestCase):
                     "mx1.example.net", ScriptedMTA(greeting="421 4.3.2 Service not available")
                 )
             mx2 = await network.listen("mx2.example.net", ScriptedMTA())
-            results = await self.outbound(network).deliver(
+            results = await self.outbound(network).send(
                 "alice@example.test", "example.net", ["bob@example.net"], b"hi\r\n"
             )
             self.assertEqual(results[0].remote_mta, "mx2.example.net")
@@ -324,7 +324,7 @@ class OutboundTests(TestCase):
         network = Network(self)
         await network.closed("mx1.example.net")
         await network.closed("mx2.example.net")
-        [result] = await self.outbound(network).deliver(
+        [result] = await self.outbound(network).send(
             "alice@example.test", "example.net", ["bob@example.net"], b"hi\r\n"
         )
         self.assertEqual((result.code, result.status), (451, "4.4.1"))
@@ -337,7 +337,7 @@ class OutboundTests(TestCase):
         network = Network(self)
         resolver = FakeResolver(mx={"null.example": [(0, ".")]})
         outbound = self.outbound(network, resolver)
-        [null] = await outbound.deliver("a@example.test", "null.example", ["x@null.example"], b"")
+        [null] = await outbound.send("a@example.test", "null.example", ["x@null.example"], b"")
         self.assertEqual(
             null,
             RecipientResult(
@@ -347,7 +347,7 @@ class OutboundTests(TestCase):
                 "556 5.1.10 Domain null.example does not accept mail (null MX, RFC 7505)",
             ),
         )
-        [gone] = await outbound.deliver("a@example.test", "gone.example", ["x@gone.example"], b"")
+        [gone] = await outbound.send("a@example.test", "gone.example", ["x@gone.example"], b"")
         self.assertEqual((gone.code, gone.status), (550, "5.1.2"))
 
     async def test_route_bypasses_mx(self) -> None:
@@ -364,7 +364,7 @@ class OutboundTests(TestCase):
         self.addCleanup(outbound.closing)
         port = network.ports["relay.internal"]
         self.assertEqual(outbound.destination("example.net"), f"127.0.0.1:{port}")
-        results = await outbound.deliver(None, "example.net", ["bob@example.net"], b"hi\r\n")
+        results = await outbound.send(None, "example.net", ["bob@example.net"], b"hi\r\n")
         self.assertTrue(results[0].delivered)
         self.assertEqual(len(mx.transactions), 1)
 
@@ -544,7 +544,7 @@ class SmarthostTests(TestCase):
             smarthost=Smarthost("smarthost.example.test", port.getHost().port, **settings),
         )
         self.addCleanup(outbound.closing)
-        [result] = await outbound.deliver(
+        [result] = await outbound.send(
             "alice@example.test", "example.net", ["bob@example.net"], b"Subject: s\r\n\r\nhi\r\n"
         )
         return result

@@ -51,7 +51,7 @@ class FakeOutbound:
         while self.held:
             self.held.pop(0).callback(None)
 
-    async def deliver(
+    async def send(
         self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
     ) -> list[RecipientResult]:
         self.calls.append((sender, domain, tuple(recipients)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from test_smtp_relay_policy import ALICE, FakeRelay
+from test_smtp_relay_policy import ALICE, FakeQueue
 from test_smtp_server import TLS_CONTEXT, Mailhost, connect, talk
 from twisted.trial import unittest
 
@@ -23,7 +23,7 @@ BODY = b"Subject: hi\r\n\r\n" + b"x" * 500 + b"\r\n"
 FULL = b"552 5.2.2 Mailbox full\r\n"
 
 
-class BouncingRelay(FakeRelay):
+class BouncingQueue(FakeQueue):
     def __init__(self) -> None:
         super().__init__()
         self.bounced: list[tuple[Mailbox | None, list[tuple[str, bytes]], bytes]] = []
@@ -49,10 +49,10 @@ class QuotaPolicyTests(unittest.TestCase):
             self.host.store, self.host.mail_dir, ChangeNotifier(), tracker.run_in_thread, tracker
         )
         self.host.store.set_quota("bob@example.test", Quota(storage=1000))
-        self.relay = BouncingRelay()
+        self.queue = BouncingQueue()
 
     def inbound(self) -> tuple[object, object]:
-        factory = inbound_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, queue=self.queue)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client.elsewhere.test\r\n")
         return proto, tr
@@ -75,7 +75,7 @@ class QuotaPolicyTests(unittest.TestCase):
         # usage ~650 of 1000: not full (RCPT passes) but the next copy does not fit
         self.assertEqual(self.send(["bob@example.test"]), ok + FULL)
         self.assertEqual(len(self.host.messages("bob@example.test")), 1)
-        self.assertEqual(self.relay.bounced, [])
+        self.assertEqual(self.queue.bounced, [])
 
     def test_rcpt_refused_when_full(self) -> None:
         """A recipient already at its quota is refused at RCPT with the quota reply; another
@@ -98,7 +98,7 @@ class QuotaPolicyTests(unittest.TestCase):
         self.assertTrue(reply.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), reply)
         self.assertEqual(len(self.host.messages("alice@example.test")), 1)
         self.assertEqual(len(self.host.messages("bob@example.test")), 1)
-        ((sender, failures, message),) = self.relay.bounced
+        ((sender, failures, message),) = self.queue.bounced
         self.assertEqual(sender, Mailbox.parse("x@elsewhere.test"))
         self.assertEqual(failures, [("bob@example.test", FULL.rstrip())])
         self.assertTrue(message.startswith(b"Received: from client.elsewhere.test"))
@@ -108,7 +108,7 @@ class QuotaPolicyTests(unittest.TestCase):
         """On 587 too; a remote recipient is queued even when the local one has no room."""
         self.host.store.set_quota("bob@example.test", Quota(messages=1))
         self.send(["bob@example.test"])
-        factory = submission_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
+        factory = submission_for(self.host, tls=TLS_CONTEXT, queue=self.queue)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\nAUTH PLAIN " + ALICE + b"\r\n")
         self.assertEqual(
@@ -123,9 +123,9 @@ class QuotaPolicyTests(unittest.TestCase):
         self.assertEqual(
             talk(proto, tr, BODY + b".\r\n"), b"250 2.0.0 Message accepted for delivery\r\n"
         )
-        self.assertEqual([q[1] for q in self.relay.queued], [["carol@remote.test"]])
+        self.assertEqual([q[1] for q in self.queue.queued], [["carol@remote.test"]])
         self.assertEqual(
-            [(s, f) for s, f, _ in self.relay.bounced],
+            [(s, f) for s, f, _ in self.queue.bounced],
             [(Mailbox.parse("alice@example.test"), [("bob@example.test", FULL.rstrip())])],
         )
         self.assertEqual(len(self.host.messages("bob@example.test")), 1)

@@ -16,7 +16,7 @@ ALICE = plain("alice@example.test", "alice-pw")
 BODY = b"Subject: hi\r\n\r\n.dot line\r\n"
 
 
-class FakeRelay:
+class FakeQueue:
     def __init__(self, fail: bool = False) -> None:
         self.queued: list[tuple[Mailbox | None, list[str], bytes]] = []
         self.fail = fail
@@ -35,10 +35,10 @@ class RelayPolicyTests(unittest.TestCase):
         self.host = Mailhost(Path(self.mktemp()))
         self.host.store.add_alias("fwd@example.test", ["alice@example.test", "carol@remote.test"])
         self.host.store.add_alias("away@example.test", ["dave@remote.test"])
-        self.relay = FakeRelay()
+        self.queue = FakeQueue()
 
     def submission(self) -> tuple[object, object]:
-        factory = submission_for(self.host, tls=TLS_CONTEXT, relay=self.relay)
+        factory = submission_for(self.host, tls=TLS_CONTEXT, queue=self.queue)
         proto, tr = connect(factory)
         talk(proto, tr, b"EHLO client\r\n")
         self.assertEqual(
@@ -62,7 +62,7 @@ class RelayPolicyTests(unittest.TestCase):
             b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n250 2.1.5 Recipient OK\r\n"
             b"354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted for delivery\r\n",
         )
-        [(sender, recipients, message)] = self.relay.queued
+        [(sender, recipients, message)] = self.queue.queued
         self.assertEqual((str(sender), recipients), ("alice@example.test", ["bob@example.net"]))
         self.assertTrue(message.startswith(b"Received: from client ("))
         self.assertTrue(message.endswith(b"\r\n" + BODY))
@@ -75,7 +75,7 @@ class RelayPolicyTests(unittest.TestCase):
     def test_submission_queue_failure_is_not_acknowledged(self) -> None:
         """RFC 5321 §6.1: when the queue cannot take the message, DATA is 452 4.3.1, not accepted
         and lost."""
-        self.relay.fail = True
+        self.queue.fail = True
         proto, tr = self.submission()
         out = talk(
             proto,  # type: ignore[arg-type]
@@ -89,7 +89,7 @@ class RelayPolicyTests(unittest.TestCase):
     def test_port_25_forwarding_alias_queues_the_remote_part(self) -> None:
         """On port 25 an alias's remote targets are queued and its local ones delivered; a remote
         RCPT is still 554 5.7.1 (no open relay)."""
-        factory = inbound_for(self.host, relay=self.relay)
+        factory = inbound_for(self.host, queue=self.queue)
         proto, tr = connect(factory)
         out = talk(
             proto,
@@ -101,7 +101,7 @@ class RelayPolicyTests(unittest.TestCase):
         )
         self.assertIn(b"554 5.7.1 Relay access denied\r\n", out)
         self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), out)
-        [(sender, recipients, message)] = self.relay.queued
+        [(sender, recipients, message)] = self.queue.queued
         self.assertEqual(
             (str(sender), recipients),
             ("x@elsewhere.test", ["carol@remote.test", "dave@remote.test"]),

@@ -112,7 +112,7 @@ class FakePolicy:
         if str(recipient) in self.refused:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
 
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+    async def accept_message(self, envelope: Envelope, message: bytes) -> None:
         if self.hold is not None:
             d: Deferred[None] = Deferred()
             self.hold.append(d)

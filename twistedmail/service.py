@@ -466,7 +466,7 @@ class MailServer(MultiService):
             delivery=self.delivery,
             portal=self.portal,
             clock=reactor,
-            relay=self.queue,
+            queue=self.queue,
             check_from_header=config.submission.check_from_header,
             spam_filter=rspamd if config.antispam.check_submission else None,
             rate=self.submission_rate,
@@ -499,7 +499,7 @@ class MailServer(MultiService):
                 tls=self.tls_context,
                 settings=smtp_settings(config, "smtp"),
                 clock=reactor,
-                relay=self.queue,
+                queue=self.queue,
                 authenticator=self.authenticator,
                 dmarc_reject=config.inbound.dmarc_reject,
                 srs=self.srs,  # bounces to SRS addresses (issue 14)

@@ -3,7 +3,7 @@
 RCPT to a local user or alias is accepted (C{250 2.1.5}); an unknown name in a local domain
 gets C{550 5.1.1}; any other domain C{554 5.7.1 Relay access denied} (no open relay,
 RFC 5321 §7.1 / RFC 2505); the remote part of an alias's expansion is queued for the
-outbound relay (forwarding, RFC 5321 §3.9.1; without a relay it gets C{450 4.7.1}).
+outbound queue (forwarding, RFC 5321 §3.9.1; without a queue it gets C{450 4.7.1}).
 No AUTH is offered on this port.  After the final dot the message is stored durably in
 each user's INBOX (and the queue) before C{250 2.0.0}.
 
@@ -61,7 +61,7 @@ from twistedmail.reply import (
 )
 from twistedmail.rspamd import TEMPORARY_ACTIONS, CheckRequest, Rspamd, apply_headers
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.policy import Client, Envelope, Relay, SMTPReplyError
+from twistedmail.smtp.policy import Client, Envelope, OutboundQueue, SMTPReplyError
 from twistedmail.smtp.recipients import LocalRecipients
 from twistedmail.smtp.session import SMTPSession
 from twistedmail.srs import SenderRewriting, SRSError, is_srs
@@ -99,7 +99,7 @@ class InboundPolicy:
         self,
         store: AccountStore,
         delivery: LocalDelivery,
-        relay: Relay | None = None,
+        queue: OutboundQueue | None = None,
         authenticator: Authenticator | None = None,
         authserv_id: str = "",
         dmarc_reject: bool = False,
@@ -112,7 +112,7 @@ class InboundPolicy:
         srs_domain: str = "",
     ) -> None:
         self.store = store
-        self.local = LocalRecipients(store, delivery, relay)
+        self.local = LocalRecipients(store, delivery, queue)
         self.authenticator = authenticator
         self.authserv_id = authserv_id
         self.dmarc_reject = dmarc_reject
@@ -191,7 +191,7 @@ class InboundPolicy:
             raise SMTPReplyError(REPLY_550_SRS_INVALID) from None
         return original
 
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+    async def accept_message(self, envelope: Envelope, message: bytes) -> None:
         """Check the message (when configured), then store it (see L{LocalRecipients}).
 
         @raise SMTPReplyError: C{550 5.7.1} for a DMARC reject (with C{dmarc_reject}).
@@ -210,7 +210,7 @@ class InboundPolicy:
             message, junk = await filter_message(
                 self.spam_filter, envelope, message, self.reverse_name
             )
-        await self.local.deliver(envelope, message, junk=junk)
+        await self.local.store_and_forward(envelope, message, junk=junk)
         if self.ip_rate is not None:
             self.ip_rate.record(ip_key(envelope.client.peer_ip))
 
@@ -286,7 +286,7 @@ def inbound_factory(
     tls: IOpenSSLContextFactory | None,
     settings: SMTPSettings,
     clock: IReactorTime,
-    relay: Relay | None = None,
+    queue: OutboundQueue | None = None,
     authenticator: Authenticator | None = None,
     dmarc_reject: bool = False,
     spam_filter: Rspamd | None = None,
@@ -305,7 +305,7 @@ def inbound_factory(
     @param settings: the listener's limits (max_message_size is advertised as SIZE and
         enforced, RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
-    @param relay: the outbound queue, for aliases that forward to remote addresses.
+    @param queue: the outbound queue, for aliases that forward to remote addresses.
     @param authenticator: SPF/DKIM/DMARC checks; C{None}: none (see L{InboundPolicy}).
     @param dmarc_reject: C{550 5.7.1} for a DMARC fail under C{p=reject}.
     @param spam_filter: rspamd; with C{blocklists}, C{reverse_name} and C{ip_rate}, see
@@ -320,7 +320,7 @@ def inbound_factory(
         policy=InboundPolicy(
             store,
             delivery,
-            relay,
+            queue,
             authenticator=authenticator,
             authserv_id=hostname,
             dmarc_reject=dmarc_reject,

@@ -1,7 +1,7 @@
 """One outbound delivery attempt: the hosts of a domain -> connect -> EHLO -> STARTTLS ->
 MAIL / RCPT per recipient -> DATA, with a result per recipient (RFC 5321 §3.3, §5.1, §4.5.3.2).
 
-L{Outbound.deliver} finds the hosts to try (a static route, the smarthost, or the MX hosts
+L{Outbound.send} finds the hosts to try (a static route, the smarthost, or the MX hosts
 from L{twistedmail.dns.resolve_mx}) and tries them in order until one session gives an answer
 for the recipients (RFC 5321 §5.1: a connection failure or a temporary failure before RCPT
 tries the next host).  The session is L{RelaySender}, Twisted's C{ESMTPClient} state machine
@@ -578,7 +578,7 @@ class Outbound:
         mxs = await resolve_mx(self.resolver, domain, self.rng)
         return [Hop(a, self.port, mx.name) for mx in mxs for a in mx.addresses]
 
-    async def deliver(
+    async def send(
         self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
     ) -> list[RecipientResult]:
         """Try to deliver C{message} (bytes, CRLF lines) to C{recipients}: all in C{domain},

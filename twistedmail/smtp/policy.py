@@ -94,7 +94,7 @@ class SessionPolicy(Protocol):
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
         """Accept or refuse RCPT TO (RFC 5321 §4.1.1.3)."""
 
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+    async def accept_message(self, envelope: Envelope, message: bytes) -> None:
         """Take responsibility for C{message} (CRLF lines, Received: on top): return only
         when it is durably stored (RFC 5321 §6.1), so the session may answer 250."""
 
@@ -135,7 +135,7 @@ def auth_portal(portal: Portal) -> Portal:
     return Portal(AuthenticatedUserRealm(), list(dict.fromkeys(portal.checkers.values())))
 
 
-class Relay(Protocol):
+class OutboundQueue(Protocol):
     """The outbound queue, as the policies see it (L{twistedmail.smtp.queue.QueueRunner})."""
 
     async def enqueue(

@@ -296,14 +296,14 @@ class Spool:
 SHUTDOWN_GRACE = 10.0
 
 
-class Deliverer(Protocol):
+class Transport(Protocol):
     """What the runner needs from L{twistedmail.smtp.outbound.Outbound}."""
 
     def destination(self, domain: str) -> str: ...
 
     def abort(self) -> None: ...
 
-    async def deliver(
+    async def send(
         self, sender: str | None, domain: str, recipients: Sequence[str], message: bytes
     ) -> list[RecipientResult]: ...
 
@@ -328,7 +328,7 @@ class QueueRunner:
         self,
         *,
         spool: Spool,
-        outbound: Deliverer,
+        outbound: Transport,
         store: AccountStore,
         local: LocalDelivery,
         clock: IReactorTime,
@@ -536,9 +536,7 @@ class QueueRunner:
             try:
                 if not self._running:  # shutting down: leave them pending, untried
                     return
-                results = await self.outbound.deliver(
-                    state.entry.sender, domain, recipients, message
-                )
+                results = await self.outbound.send(state.entry.sender, domain, recipients, message)
             finally:
                 self.connections.release()
         finally:

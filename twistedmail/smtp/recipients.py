@@ -27,7 +27,7 @@ from twistedmail.reply import (
     REPLY_552_MAILBOX_FULL,
     Reply,
 )
-from twistedmail.smtp.policy import Envelope, Relay, SMTPReplyError
+from twistedmail.smtp.policy import Envelope, OutboundQueue, SMTPReplyError
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -35,16 +35,16 @@ log = Logger(namespace="twistedmail.smtp")
 class LocalRecipients:
     """Recipient checks and delivery for local mailboxes, shared by inbound and submission.
 
-    @param relay: the outbound queue, for aliases that expand to remote addresses
+    @param queue: the outbound queue, for aliases that expand to remote addresses
         (forwarding); without it such an alias gets C{450 4.7.1}.
     """
 
     def __init__(
-        self, store: AccountStore, delivery: LocalDelivery, relay: Relay | None = None
+        self, store: AccountStore, delivery: LocalDelivery, queue: OutboundQueue | None = None
     ) -> None:
         self.store = store
         self.delivery = delivery
-        self.relay = relay
+        self.queue = queue
 
     def check(self, recipient: Mailbox) -> tuple[list[Mailbox], list[Mailbox]]:
         """Accept a recipient in a local domain at RCPT time (RFC 5321 §3.3, §4.1.1.3).
@@ -52,10 +52,10 @@ class LocalRecipients:
         @return: the local users and remote addresses it expands to (aliases resolved once
             at RCPT; hand them to L{check_quota}).
         @raise SMTPReplyError: C{550 5.1.1} for no such user or alias; C{450 4.7.1} for an
-            alias that expands to a remote address when there is no relay.
+            alias that expands to a remote address when there is no queue.
         """
         users, remote = self.delivery.local_users([recipient])  # resolved once (route)
-        if remote and self.relay is None:
+        if remote and self.queue is None:
             raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         if not users and not remote:
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
@@ -83,7 +83,7 @@ class LocalRecipients:
         except QuotaExceeded:
             raise SMTPReplyError(REPLY_552_MAILBOX_FULL) from None
 
-    async def deliver(
+    async def store_and_forward(
         self, envelope: Envelope, message: bytes, others: bool = False, junk: bool = False
     ) -> None:
         """Store C{message} durably for every local recipient, and queue it for the remote
@@ -106,7 +106,7 @@ class LocalRecipients:
         # then must not get mail; the same expansion is handed to deliver_all.
         resolution = self.delivery.resolve(list(envelope.recipients))
         users, remote = resolution[0], resolution[1]
-        if not users and not (remote and self.relay is not None):
+        if not users and not (remote and self.queue is not None):
             raise SMTPReplyError(REPLY_550_NO_SUCH_USER)
         # RFC 5429 §2.1.1: a Sieve reject is refused in the transaction when the reply to
         # DATA speaks for that one user alone.
@@ -128,19 +128,19 @@ class LocalRecipients:
                     raise SMTPReplyError(sieve_refusal(delivered.refused))
                 remote = list(delivered.remote)
                 if delivered.over_quota:
-                    if not (delivered.stored or others or (remote and self.relay is not None)):
+                    if not (delivered.stored or others or (remote and self.queue is not None)):
                         raise SMTPReplyError(REPLY_552_MAILBOX_FULL)
                     await self._bounce(envelope, delivered.over_quota, message)
-            if remote and self.relay is not None:
+            if remote and self.queue is not None:
                 # Forwarding (issue 14): SRS sender and ARC seal, through the alias's domain.
                 via = next((r.domain for r in envelope.recipients if r not in remote), None)
                 sender, message = await self.delivery.forwarded(envelope.reverse_path, via, message)
-                await self.relay.enqueue(sender, remote, message)
+                await self.queue.enqueue(sender, remote, message)
         except OSError as e:
             if is_enospc(e):
                 raise SMTPReplyError(REPLY_452_STORAGE) from None
             raise
-        if remote and self.relay is None:
+        if remote and self.queue is None:
             log.warn(
                 "session {session}: alias now expands to remote {remote}; not relayed",
                 session=envelope.client.session_id,
@@ -150,7 +150,7 @@ class LocalRecipients:
     async def _bounce(
         self, envelope: Envelope, over_quota: Sequence[Mailbox], message: bytes
     ) -> None:
-        if self.relay is None:
+        if self.queue is None:
             log.warn(
                 "session {session}: no bounce for {users} over quota (no queue)",
                 session=envelope.client.session_id,
@@ -159,7 +159,7 @@ class LocalRecipients:
             return
         failures = [(user, REPLY_552_MAILBOX_FULL) for user in over_quota]
         try:
-            await self.relay.bounce(envelope.reverse_path, failures, message)
+            await self.queue.bounce(envelope.reverse_path, failures, message)
         except Exception:
             # The others have their copies: a 4xx now would make the client send it again.
             log.failure("session {session}: bounce failed", session=envelope.client.session_id)

@@ -794,12 +794,12 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             return
         message = received_header(envelope, self.hostname) + b"".join(lines)
         del lines
-        self._run(self._deliver(envelope, message, size))
+        self._run(self._accept_message(envelope, message, size))
 
-    async def _deliver(self, envelope: Envelope, message: bytes, size: int) -> Reply:
+    async def _accept_message(self, envelope: Envelope, message: bytes, size: int) -> Reply:
         try:
             self._check_room(len(message))
-            await self.policy.deliver(envelope, message)
+            await self.policy.accept_message(envelope, message)
         except SMTPReplyError as e:
             self._log_outcome(envelope, size, e.reply)
             raise

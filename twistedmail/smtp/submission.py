@@ -7,7 +7,7 @@ is offered only under TLS.  The MAIL FROM address must be one the user owns (the
 alias expanding to it, or a subaddress of one, RFC 5233; RFC 6409 §6.1: C{553 5.7.1}
 otherwise).
 Local recipients are delivered as on port 25; recipients in other domains are queued
-durably for the outbound relay (L{twistedmail.smtp.queue}) before C{250}; without a relay
+durably for the outbound queue (L{twistedmail.smtp.queue}) before C{250}; without a queue
 (tests only) they get C{450 4.7.1} at RCPT.
 """
 
@@ -37,7 +37,7 @@ from twistedmail.reply import (
 from twistedmail.rspamd import Rspamd
 from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import filter_message
-from twistedmail.smtp.policy import Client, Envelope, Relay, SMTPReplyError, auth_portal
+from twistedmail.smtp.policy import Client, Envelope, OutboundQueue, SMTPReplyError, auth_portal
 from twistedmail.smtp.recipients import LocalRecipients
 from twistedmail.smtp.session import SMTPSession
 from twistedmail.wire import SessionFactory
@@ -70,15 +70,15 @@ class SubmissionPolicy:
         self,
         store: AccountStore,
         delivery: LocalDelivery,
-        relay: Relay | None = None,
+        queue: OutboundQueue | None = None,
         check_from_header: bool = True,
         *,
         spam_filter: Rspamd | None = None,
         rate: SubmissionRate | None = None,
     ) -> None:
         self.store = store
-        self.relay = relay
-        self.local = LocalRecipients(store, delivery, relay)
+        self.queue = queue
+        self.local = LocalRecipients(store, delivery, queue)
         self.check_from_header = check_from_header
         self.spam_filter = spam_filter
         self.rate = rate
@@ -97,13 +97,13 @@ class SubmissionPolicy:
         """Any remote recipient (RFC 6409 §5: the MSA relays for authenticated users).
 
         @raise SMTPReplyError: 530 before AUTH; 450 4.7.1 for a remote domain without a
-            relay; see L{LocalRecipients} for local domains."""
+            queue; see L{LocalRecipients} for local domains."""
         if client.user is None:
             raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)
         if self.rate is not None and not self.rate.recipients.allows(client.user):
             raise self._over_rate(client, "recipients", self.rate.recipients.limit)
         if not self.store.is_local_domain(recipient.domain):
-            if self.relay is None:
+            if self.queue is None:
                 raise SMTPReplyError(REPLY_450_RELAY_UNAVAILABLE)
         else:
             resolved = self.local.check(recipient)  # aliases expanded once per RCPT
@@ -140,7 +140,7 @@ class SubmissionPolicy:
             if not self.store.owns(user, address):
                 raise SMTPReplyError(REPLY_550_FROM_NOT_OWNED)
 
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+    async def accept_message(self, envelope: Envelope, message: bytes) -> None:
         """Local recipients into their INBOX, remote ones into the queue, both durably
         before the session answers 250 (RFC 5321 §6.1).
 
@@ -157,12 +157,12 @@ class SubmissionPolicy:
         local = tuple(r for r in envelope.recipients if self.store.is_local_domain(r.domain))
         remote = [r for r in envelope.recipients if r not in local]
         if local:
-            await self.local.deliver(
+            await self.local.store_and_forward(
                 attrs.evolve(envelope, recipients=local), message, others=bool(remote), junk=junk
             )
-        if remote and self.relay is not None:
+        if remote and self.queue is not None:
             try:
-                await self.relay.enqueue(envelope.reverse_path, remote, message)
+                await self.queue.enqueue(envelope.reverse_path, remote, message)
             except OSError as e:
                 if is_enospc(e):
                     raise SMTPReplyError(REPLY_452_STORAGE) from None
@@ -179,7 +179,7 @@ def submission_factory(
     implicit_tls: bool,
     settings: SMTPSettings,
     clock: IReactorTime,
-    relay: Relay | None = None,
+    queue: OutboundQueue | None = None,
     check_from_header: bool = True,
     spam_filter: Rspamd | None = None,
     rate: SubmissionRate | None = None,
@@ -195,7 +195,7 @@ def submission_factory(
     @param settings: the listener's limits (max_message_size is advertised as SIZE and
         enforced, RFC 1870).
     @param clock: the reactor (idle timeout, Received: dates).
-    @param relay: the outbound queue for remote recipients (L{twistedmail.smtp.queue}).
+    @param queue: the outbound queue for remote recipients (L{twistedmail.smtp.queue}).
     @param check_from_header: refuse From: addresses the user does not own (L{check_from}).
     @param spam_filter: rspamd (C{[antispam] check_submission}); C{None}: no filter.
     @param rate: messages and recipients per user and hour; C{None}: unlimited.
@@ -206,7 +206,7 @@ def submission_factory(
         SMTPSession,
         settings,
         policy=SubmissionPolicy(
-            store, delivery, relay, check_from_header, spam_filter=spam_filter, rate=rate
+            store, delivery, queue, check_from_header, spam_filter=spam_filter, rate=rate
         ),
         hostname=hostname,
         clock=clock,
