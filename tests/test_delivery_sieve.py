@@ -70,7 +70,11 @@ class SieveDeliveryTests(unittest.TestCase):
         self.home = self.mail_dir / "example.org" / "alice"
 
     async def enqueue(
-        self, reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: Sequence[Mailbox],
+        message: bytes,
+        sign: bool = False,
     ) -> None:
         self.sent.append(
             (str(reverse_path) if reverse_path else "", [str(r) for r in recipients], message)

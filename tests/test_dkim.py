@@ -275,7 +275,8 @@ class SigningTests(unittest.TestCase):
 
 class QueueHookTests(unittest.TestCase):
     def test_enqueue_stores_signed_copy(self) -> None:
-        """The queue runs the signer in a thread before writing: the spool holds the signed copy."""
+        """The queue runs the signer in a thread before writing a message queued with sign:
+        the spool holds the signed copy."""
         from twisted.internet.task import Clock
 
         from twistedmail.address import Mailbox
@@ -302,7 +303,10 @@ class QueueHookTests(unittest.TestCase):
         )
         d = defer.Deferred.fromCoroutine(
             runner.enqueue(
-                Mailbox.parse("alice@example.org"), [Mailbox.parse("bob@remote.test")], MESSAGE
+                Mailbox.parse("alice@example.org"),
+                [Mailbox.parse("bob@remote.test")],
+                MESSAGE,
+                sign=True,
             )
         )
         entry = self.successResultOf(d)

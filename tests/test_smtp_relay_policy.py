@@ -22,7 +22,11 @@ class FakeQueue:
         self.fail = fail
 
     async def enqueue(
-        self, reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: Sequence[Mailbox],
+        message: bytes,
+        sign: bool = False,
     ) -> object:
         if self.fail:
             raise OSError(28, "No space left on device")

@@ -241,7 +241,10 @@ class SieveRedirectTests(unittest.TestCase):
         sent: list[tuple[Mailbox | None, list[Mailbox]]] = []
 
         async def enqueue(
-            reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
+            reverse_path: Mailbox | None,
+            recipients: Sequence[Mailbox],
+            message: bytes,
+            sign: bool = False,
         ) -> None:
             sent.append((reverse_path, list(recipients)))
 

@@ -334,7 +334,9 @@ class LocalDelivery:
             for folder_path in outcome.changed:
                 self.notifier.changed(folder_path)
             for why, envelope_from, to, outgoing in outcome.outgoing:
-                await self._send(envelope_from, to, outgoing, via=user.domain)
+                # DKIM: what we write (vacation reply, rejection) is signed, a redirect not.
+                sign = why != "redirect"
+                await self._send(envelope_from, to, outgoing, via=user.domain, sign=sign)
                 log.info(
                     "sieve: user={user}: {why} queued to {to}",
                     user=str(user),
@@ -344,7 +346,12 @@ class LocalDelivery:
         return Delivered(tuple(users), tuple(remote), tuple(over), refused)
 
     async def _send(
-        self, reverse_path: Mailbox | None, to: list[Mailbox], message: bytes, via: str
+        self,
+        reverse_path: Mailbox | None,
+        to: list[Mailbox],
+        message: bytes,
+        via: str,
+        sign: bool = False,
     ) -> None:
         """What a script sends: local recipients are delivered here (as submission does),
         the others queued (a redirect as forwarded mail, through the user's domain C{via})."""
@@ -355,7 +362,7 @@ class LocalDelivery:
         if remote:
             assert self.outbound is not None
             reverse_path, message = await self.forwarded(reverse_path, via, message)
-            await self.outbound(reverse_path, remote, message)
+            await self.outbound(reverse_path, remote, message, sign=sign)
 
     def _deliver_one(
         self,
@@ -523,8 +530,9 @@ class LocalDelivery:
             return None
 
 
-Outbound = Callable[[Mailbox | None, Sequence[Mailbox], bytes], Awaitable[object]]
-"""C{(reverse path, recipients, message)}: queue a message durably (the outbound queue)."""
+Outbound = Callable[..., Awaitable[object]]
+"""C{(reverse path, recipients, message, *, sign)}: queue a message durably (the outbound
+queue's C{enqueue}); C{sign}: DKIM-sign it (mail we generate, never a redirect)."""
 
 
 @attrs.define

@@ -139,9 +139,15 @@ class OutboundQueue(Protocol):
     """The outbound queue, as the policies see it (L{twistedmail.smtp.queue.QueueRunner})."""
 
     async def enqueue(
-        self, reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: Sequence[Mailbox],
+        message: bytes,
+        *,
+        sign: bool = False,
     ) -> object:
-        """Queue C{message} durably for remote C{recipients}; return once it is on disk.
+        """Queue C{message} durably for remote C{recipients}; return once it is on disk;
+        C{sign}: DKIM-sign it (only mail an authenticated user submitted, RFC 6376 §5).
         @raise OSError: nothing was queued."""
 
     async def bounce(

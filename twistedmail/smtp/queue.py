@@ -320,8 +320,9 @@ class QueueRunner:
     @param hostname: Reporting-MTA of our DSNs.
     @param max_connections: concurrent outbound SMTP sessions in all.
     @param max_per_destination: concurrent sessions to one domain (or route / smarthost).
-    @param signer: called in a thread on each message before it is queued, returns the bytes
-        to store and send (L{twistedmail.dkim.KeyStore.sign}); None queues messages as given.
+    @param signer: called in a thread on each message queued with C{sign} (L{enqueue})
+        before it is stored, returns the bytes to store and send
+        (L{twistedmail.dkim.KeyStore.sign}); None queues messages as given.
     """
 
     def __init__(
@@ -412,12 +413,22 @@ class QueueRunner:
     # -- the API for the SMTP policies and the control socket ---------------------------
 
     async def enqueue(
-        self, reverse_path: Mailbox | None, recipients: Sequence[Mailbox], message: bytes
+        self,
+        reverse_path: Mailbox | None,
+        recipients: Sequence[Mailbox],
+        message: bytes,
+        *,
+        sign: bool = False,
     ) -> QueueEntry:
         """Queue C{message} for C{recipients} durably; return when it is on disk (so the
-        session may answer 250, RFC 5321 §6.1).  @raise OSError: nothing was queued."""
+        session may answer 250, RFC 5321 §6.1).  @raise OSError: nothing was queued.
+
+        @param sign: DKIM-sign it (with the L{signer}): the caller says so for mail an
+            authenticated user submitted and mail we generate (DSNs, vacation replies), never
+            for mail we only forward (an alias, a Sieve redirect), whose From: nobody checked.
+        """
         sender = str(reverse_path) if reverse_path is not None else None
-        if self.signer is not None:
+        if sign and self.signer is not None:
             # RFC 6376 §5: sign before queueing, so the stored copy is the one sent.
             message = await self.run(self.signer, message)
         entry: QueueEntry = await self.run(
@@ -699,7 +710,7 @@ class QueueRunner:
         else:
             remote = [mailbox]
         if remote:
-            await self.enqueue(None, remote, dsn)
+            await self.enqueue(None, remote, dsn, sign=True)  # ours: signed
 
 
 @attrs.define

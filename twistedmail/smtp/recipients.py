@@ -135,7 +135,10 @@ class LocalRecipients:
                 # Forwarding (issue 14): SRS sender and ARC seal, through the alias's domain.
                 via = next((r.domain for r in envelope.recipients if r not in remote), None)
                 sender, message = await self.delivery.forwarded(envelope.reverse_path, via, message)
-                await self.queue.enqueue(sender, remote, message)
+                # DKIM-signed only when an authenticated user submitted it: a message from
+                # the internet is forwarded as it came, whatever domain its From: claims.
+                user = envelope.client.user is not None
+                await self.queue.enqueue(sender, remote, message, sign=user)
         except OSError as e:
             if is_enospc(e):
                 raise SMTPReplyError(REPLY_452_STORAGE) from None

@@ -162,7 +162,9 @@ class SubmissionPolicy:
             )
         if remote and self.queue is not None:
             try:
-                await self.queue.enqueue(envelope.reverse_path, remote, message)
+                await self.queue.enqueue(
+                    envelope.reverse_path, remote, message, sign=envelope.client.user is not None
+                )
             except OSError as e:
                 if is_enospc(e):
                     raise SMTPReplyError(REPLY_452_STORAGE) from None
