@@ -29,7 +29,10 @@ from twistedmail.reply import (
 
 
 class SMTPReplyError(Exception):
-    """A refusal carrying the reply to send: raised by policies, caught by the session."""
+    """A refusal carrying the reply to send (L{twistedmail.reply}), the one refusal path of
+    SMTP: raised anywhere in a command (the session's checks, a policy, L{LocalRecipients})
+    and caught once by the session's dispatcher (C{SMTPSession.lineReceived}, or the
+    errback of a command's coroutine), which sends the reply as is."""
 
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.line().decode("ascii"))

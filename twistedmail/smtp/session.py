@@ -402,6 +402,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.resetTimeout()
         try:
             getattr(self, "state_" + self.mode)(line)
+        except SMTPReplyError as e:
+            # The one refusal path: a command (or an AUTH step) raises its reply, sent here.
+            self.send_reply(e.reply)
         except Exception:
             log.failure(
                 "session {session}: error in {mode}", session=self.session_id, mode=self.mode
@@ -417,17 +420,16 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def state_COMMAND(self, line: bytes) -> None:
         if b"\r" in line or b"\n" in line:
             # RFC 5321 §2.3.8: CR and LF appear only together, as the line end.
-            self.send_reply(REPLY_500_BARE_LF_COMMAND)
-            return
+            raise SMTPReplyError(REPLY_500_BARE_LF_COMMAND)
         parts = line.strip().split(None, 1)
         if not parts or not _VERB.fullmatch(parts[0]):
-            self.send_reply(REPLY_500_UNKNOWN_COMMAND)
-            return
+            raise SMTPReplyError(REPLY_500_UNKNOWN_COMMAND)
         method = self.lookupMethod(parts[0]) or self.do_UNKNOWN
         method(parts[1].strip() if len(parts) == 2 else b"")
 
     def _run(self, work: Coroutine[Any, Any, Reply]) -> None:
-        """Run a command's coroutine; send its reply (or its L{SMTPReplyError}'s).
+        """Run a command's coroutine; send its reply (or its L{SMTPReplyError}'s: a refusal
+        raised after the command returned to L{lineReceived}).
 
         While it is pending, later pipelined lines are held (RFC 2920 §3: replies in
         command order).
@@ -453,7 +455,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     # -- commands (RFC 5321 §4.1.1) ----------------------------------------------------
 
     def do_UNKNOWN(self, rest: bytes) -> None:
-        self.send_reply(REPLY_500_UNKNOWN_COMMAND)
+        raise SMTPReplyError(REPLY_500_UNKNOWN_COMMAND)
 
     def do_HELO(self, rest: bytes) -> None:
         self._greet(rest, esmtp=False)
@@ -463,8 +465,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def _greet(self, rest: bytes, esmtp: bool) -> None:
         if not _PRINTABLE.fullmatch(rest) or len(rest) > MAX_HELO_LENGTH:
-            self.send_reply(REPLY_501_SYNTAX)
-            return
+            raise SMTPReplyError(REPLY_501_SYNTAX)
         self.helo = rest.decode("ascii")
         self.esmtp = esmtp
         self._reset_transaction()  # RFC 5321 §4.1.4: HELO/EHLO implies RSET
@@ -501,13 +502,12 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def do_VRFY(self, rest: bytes) -> None:
         if not rest:
-            self.send_reply(REPLY_501_SYNTAX)
-            return
+            raise SMTPReplyError(REPLY_501_SYNTAX)
         # RFC 5321 §3.5.3: 252 when we do not verify (no address harvesting).
         self.send_reply(REPLY_252_CANNOT_VRFY)
 
     def do_EXPN(self, rest: bytes) -> None:
-        self.send_reply(REPLY_502_NOT_IMPLEMENTED)  # RFC 5321 §3.5.2: EXPN may be disabled
+        raise SMTPReplyError(REPLY_502_NOT_IMPLEMENTED)  # RFC 5321 §3.5.2: may be disabled
 
     def do_HELP(self, rest: bytes) -> None:
         self.send_reply(REPLY_214_HELP)
@@ -534,21 +534,14 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def do_MAIL(self, rest: bytes) -> None:
         if self.helo is None:
-            self.send_reply(REPLY_503_EHLO_FIRST)  # RFC 5321 §4.1.4
-            return
+            raise SMTPReplyError(REPLY_503_EHLO_FIRST)  # RFC 5321 §4.1.4
         if self.has_sender:
-            self.send_reply(REPLY_503_NESTED_MAIL)  # RFC 5321 §4.1.4
-            return
+            raise SMTPReplyError(REPLY_503_NESTED_MAIL)  # RFC 5321 §4.1.4
         m = _MAIL_FROM.fullmatch(rest)
         if m is None:
-            self.send_reply(REPLY_501_SYNTAX)
-            return
-        try:
-            reverse_path, params = _path_argument(m.group(1), sender=True)
-            body, size = self._mail_parameters(params)
-        except SMTPReplyError as e:
-            self.send_reply(e.reply)
-            return
+            raise SMTPReplyError(REPLY_501_SYNTAX)
+        reverse_path, params = _path_argument(m.group(1), sender=True)
+        body, size = self._mail_parameters(params)
         self._run(self._mail(reverse_path, body, size))
 
     def _mail_parameters(self, params: str) -> tuple[str, int]:
@@ -605,36 +598,28 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def do_RCPT(self, rest: bytes) -> None:
         if not self.has_sender:
-            self.send_reply(REPLY_503_MAIL_FIRST)  # RFC 5321 §4.1.4
-            return
+            raise SMTPReplyError(REPLY_503_MAIL_FIRST)  # RFC 5321 §4.1.4
         m = _RCPT_TO.fullmatch(rest)
         if m is None:
-            self.send_reply(REPLY_501_SYNTAX)
-            return
-        try:
-            postmaster = _POSTMASTER.fullmatch(m.group(1).decode("ascii", "replace"))
-            if postmaster:
-                # RFC 5321 §4.5.1: <Postmaster> without a domain MUST be accepted.
-                local = getattr(self.policy, "local", None)
-                recipient: Mailbox | None = (
-                    local.postmaster(self.hostname) if isinstance(local, LocalRecipients) else None
-                ) or Mailbox("postmaster", normalize_domain(self.hostname))
-                params = postmaster.group(1)
-                _check_parameters(params)
-            else:
-                recipient, params = _path_argument(m.group(1), sender=False)
-        except SMTPReplyError as e:
-            self.send_reply(e.reply)
-            return
+            raise SMTPReplyError(REPLY_501_SYNTAX)
+        postmaster = _POSTMASTER.fullmatch(m.group(1).decode("ascii", "replace"))
+        if postmaster:
+            # RFC 5321 §4.5.1: <Postmaster> without a domain MUST be accepted.
+            local = getattr(self.policy, "local", None)
+            recipient: Mailbox | None = (
+                local.postmaster(self.hostname) if isinstance(local, LocalRecipients) else None
+            ) or Mailbox("postmaster", normalize_domain(self.hostname))
+            params = postmaster.group(1)
+            _check_parameters(params)
+        else:
+            recipient, params = _path_argument(m.group(1), sender=False)
         if recipient is None:
-            self.send_reply(REPLY_501_BAD_ADDRESS)  # RFC 5321 §4.1.1.3: no null forward-path
-            return
+            # RFC 5321 §4.1.1.3: no null forward-path
+            raise SMTPReplyError(REPLY_501_BAD_ADDRESS)
         if params.strip():
-            self.send_reply(REPLY_555_BAD_PARAMETER)  # no RCPT parameters are offered
-            return
+            raise SMTPReplyError(REPLY_555_BAD_PARAMETER)  # no RCPT parameters are offered
         if len(self.recipients) >= self.max_recipients:
-            self.send_reply(REPLY_452_TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
-            return
+            raise SMTPReplyError(REPLY_452_TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
         self._run(self._rcpt(recipient))
 
     async def _rcpt(self, recipient: Mailbox) -> Reply:
@@ -646,22 +631,21 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def do_DATA(self, rest: bytes) -> None:
         if rest:
-            self.send_reply(REPLY_501_SYNTAX)
-        elif not self.has_sender:
-            self.send_reply(REPLY_503_MAIL_FIRST)
-        elif not self.recipients:
-            self.send_reply(REPLY_503_RCPT_FIRST)  # RFC 5321 §3.3: no valid recipients
-        else:
-            self.mode = DATA
-            self._data_lines = []
-            self._data_size = 0
-            self._data_failed = None
-            self._in_header = True
-            self._header_size = 0
-            # "normalize": the wire layer ends lines at a bare LF too, and says which did.
-            self.lf_ends_lines = self.bare_lf == "normalize"
-            self.take_bulk = not self.lf_ends_lines  # DATA as a stream: bulk_lines
-            self.send_reply(REPLY_354_DATA)
+            raise SMTPReplyError(REPLY_501_SYNTAX)
+        if not self.has_sender:
+            raise SMTPReplyError(REPLY_503_MAIL_FIRST)
+        if not self.recipients:
+            raise SMTPReplyError(REPLY_503_RCPT_FIRST)  # RFC 5321 §3.3: no valid recipients
+        self.mode = DATA
+        self._data_lines = []
+        self._data_size = 0
+        self._data_failed = None
+        self._in_header = True
+        self._header_size = 0
+        # "normalize": the wire layer ends lines at a bare LF too, and says which did.
+        self.lf_ends_lines = self.bare_lf == "normalize"
+        self.take_bulk = not self.lf_ends_lines  # DATA as a stream: bulk_lines
+        self.send_reply(REPLY_354_DATA)
 
     def bulk_lines(self, buf: bytes, start: int) -> int:
         """DATA as a stream: take every complete line of C{buf} before the end-of-data line
@@ -829,56 +813,48 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
 
     def ext_STARTTLS(self, rest: bytes) -> None:
         if self.tls:
-            self.send_reply(REPLY_503_TLS_ACTIVE)
-        elif not self.canStartTLS:
-            self.send_reply(REPLY_454_TLS_UNAVAILABLE)
-        elif rest:
-            self.send_reply(REPLY_501_SYNTAX)  # RFC 3207 §4: STARTTLS takes no parameters
-        else:
-            self.send_reply(REPLY_220_TLS_READY)
-            # Nothing pipelined after STARTTLS may run after the handshake: stock Twisted
-            # ran it, and its replies came back inside TLS as if the client had sent them
-            # there (command injection).  RFC 3207 §4.2: forget everything learnt before TLS.
-            self.discard_pending_input()
-            self.helo = None
-            self.esmtp = False
-            self.user = None
-            self.authenticated = False
-            self._end_auth()
-            self._reset_transaction()
-            self.transport.startTLS(self.ctx)
-            self.tls = True
-            self.canStartTLS = False
+            raise SMTPReplyError(REPLY_503_TLS_ACTIVE)
+        if not self.canStartTLS:
+            raise SMTPReplyError(REPLY_454_TLS_UNAVAILABLE)
+        if rest:
+            raise SMTPReplyError(REPLY_501_SYNTAX)  # RFC 3207 §4: STARTTLS takes no parameters
+        self.send_reply(REPLY_220_TLS_READY)
+        # Nothing pipelined after STARTTLS may run after the handshake: stock Twisted
+        # ran it, and its replies came back inside TLS as if the client had sent them
+        # there (command injection).  RFC 3207 §4.2: forget everything learnt before TLS.
+        self.discard_pending_input()
+        self.helo = None
+        self.esmtp = False
+        self.user = None
+        self.authenticated = False
+        self._end_auth()
+        self._reset_transaction()
+        self.transport.startTLS(self.ctx)
+        self.tls = True
+        self.canStartTLS = False
 
     # -- AUTH (RFC 4954) -----------------------------------------------------------------
 
     def ext_AUTH(self, rest: bytes) -> None:
         if self.portal is None:
-            self.send_reply(REPLY_502_NOT_IMPLEMENTED)  # AUTH is not offered here
-            return
+            raise SMTPReplyError(REPLY_502_NOT_IMPLEMENTED)  # AUTH is not offered here
         if not self.tls:
             # RFC 4954 §4 / RFC 8314: no password in cleartext (stock Twisted accepted
             # AUTH PLAIN before STARTTLS).
-            self.send_reply(REPLY_530_TLS_REQUIRED)
-            return
+            raise SMTPReplyError(REPLY_530_TLS_REQUIRED)
         if self.helo is None:
-            self.send_reply(REPLY_503_EHLO_FIRST)
-            return
+            raise SMTPReplyError(REPLY_503_EHLO_FIRST)
         if self.user is not None:
-            self.send_reply(REPLY_503_ALREADY_AUTH)  # RFC 4954 §4
-            return
+            raise SMTPReplyError(REPLY_503_ALREADY_AUTH)  # RFC 4954 §4
         if self.has_sender:
-            self.send_reply(REPLY_503_AUTH_IN_TRANSACTION)  # RFC 4954 §4
-            return
+            raise SMTPReplyError(REPLY_503_AUTH_IN_TRANSACTION)  # RFC 4954 §4
         words = rest.split()
         if not words or len(words) > 2:
-            self.send_reply(REPLY_501_SYNTAX)
-            return
+            raise SMTPReplyError(REPLY_501_SYNTAX)
         try:
             exchange = sasl.Exchange(words[0], _SASL_OFFERED)
         except sasl.UnsupportedMechanism:
-            self.send_reply(REPLY_504_AUTH_MECHANISM)
-            return
+            raise SMTPReplyError(REPLY_504_AUTH_MECHANISM) from None
         self._auth_exchange = exchange
         self.mode = AUTH
         # RFC 4954 §4: an initial response ("=" for an empty one) saves the first challenge.
@@ -901,17 +877,16 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             outcome = step()
         except sasl.Cancelled:
             self._end_auth()
-            self.send_reply(REPLY_501_AUTH_CANCELLED)  # RFC 4954 §4: MUST reject with 501
-            return
+            # RFC 4954 §4: the server MUST reject the cancelled exchange with 501.
+            raise SMTPReplyError(REPLY_501_AUTH_CANCELLED) from None
         except sasl.BadBase64:
             self._end_auth()
-            self.send_reply(REPLY_501_BAD_BASE64)  # RFC 4954 §4, §6: 501 5.5.2
-            return
+            raise SMTPReplyError(REPLY_501_BAD_BASE64) from None  # RFC 4954 §4, §6: 5.5.2
         except sasl.Malformed as e:
             self._end_auth()
             auth.refused("smtp", e, self.peer_ip)
-            self.send_reply(REPLY_535_AUTH_FAILED)  # RFC 4954 §6: no password was tried
-            return
+            # RFC 4954 §6: no password was tried.
+            raise SMTPReplyError(REPLY_535_AUTH_FAILED) from None
         if isinstance(outcome, sasl.Credentials):
             self._end_auth()
             self._run(self._login(outcome))
@@ -932,12 +907,13 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         except auth.LoginFailed:
             self._auth_failures += 1
             if self._auth_failures >= MAX_AUTH_FAILURES:
-                return REPLY_421_AUTH_FAILURES
-            return REPLY_535_AUTH_FAILED
+                raise SMTPReplyError(REPLY_421_AUTH_FAILURES) from None
+            raise SMTPReplyError(REPLY_535_AUTH_FAILED) from None
         except auth.LoginBlocked:
-            return REPLY_454_LOGIN_BLOCKED  # RFC 4954 §6: temporary failure
+            # RFC 4954 §6: a temporary failure.
+            raise SMTPReplyError(REPLY_454_LOGIN_BLOCKED) from None
         except auth.LoginUnavailable:
-            return REPLY_454_AUTH_TEMP  # RFC 4954 §6
+            raise SMTPReplyError(REPLY_454_AUTH_TEMP) from None  # RFC 4954 §6
         self.user = result.avatar.address
         self.authenticated = True
         return REPLY_235_AUTH_OK
