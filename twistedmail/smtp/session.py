@@ -441,7 +441,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             d.addBoth(self._command_finished)
 
     def _command_failed(self, failure: Failure) -> None:
-        if failure.check(SMTPReplyError):
+        if isinstance(failure.value, SMTPReplyError):
             self.send_reply(failure.value.reply)
             return
         log.failure("session {session}: command failed", failure, session=self.session_id)
