@@ -35,7 +35,10 @@ over loopback; C{tests/test_attacks_smtp.py} sends the same bytes:
 What a listener accepts (who may send, to whom, where the message goes) is a
 L{twistedmail.smtp.policy.SessionPolicy}: L{twistedmail.smtp.inbound} (port 25) and
 L{twistedmail.smtp.submission} (587/465); local recipients are L{twistedmail.smtp.recipients}
-and the Received: header L{twistedmail.smtp.trace}.
+and the Received: header L{twistedmail.smtp.trace}.  Refusals take one path: a command,
+an AUTH step or a policy raises L{twistedmail.smtp.policy.SMTPReplyError} with its reply
+(L{twistedmail.reply}), and the dispatcher (L{SMTPSession.lineReceived}, or the errback of a
+command's coroutine in L{SMTPSession._run}) sends it; RFC 5321 §4.2 replies, RFC 3463 codes.
 
 Limits (RFC 5321 §4.5.3.1): command lines may be up to L{MAX_LINE_LENGTH} octets (16 KiB),
 message text lines up to the session's C{max_line_length} (default the same 16 KiB), more
