@@ -103,6 +103,12 @@ class FakePolicy:
         self.hold: list[Deferred[None]] | None = None
         self.error: BaseException | None = None
 
+    def connected(self, client: Client) -> None:
+        pass
+
+    def postmaster(self, hostname: str) -> Mailbox | None:
+        return None
+
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         self.senders.append((client, reverse_path))
 

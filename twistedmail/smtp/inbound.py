@@ -62,7 +62,7 @@ from twistedmail.reply import (
 from twistedmail.rspamd import TEMPORARY_ACTIONS, CheckRequest, Rspamd, apply_headers
 from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.policy import Client, Envelope, OutboundQueue, SMTPReplyError
-from twistedmail.smtp.recipients import LocalRecipients
+from twistedmail.smtp.recipients import LocalPolicy
 from twistedmail.smtp.session import SMTPSession
 from twistedmail.srs import SenderRewriting, SRSError, is_srs
 from twistedmail.throttle import ip_key
@@ -71,7 +71,7 @@ from twistedmail.wire import SessionFactory
 log = Logger(namespace="twistedmail.smtp")
 
 
-class InboundPolicy:
+class InboundPolicy(LocalPolicy):
     """L{twistedmail.smtp.policy.SessionPolicy} of the MX listener.
 
     @param authenticator: checks SPF/DKIM/DMARC of each message; C{None}: no checks and no
@@ -111,8 +111,7 @@ class InboundPolicy:
         srs: SenderRewriting | None = None,
         srs_domain: str = "",
     ) -> None:
-        self.store = store
-        self.local = LocalRecipients(store, delivery, queue)
+        super().__init__(store, delivery, queue)
         self.authenticator = authenticator
         self.authserv_id = authserv_id
         self.dmarc_reject = dmarc_reject
@@ -143,7 +142,7 @@ class InboundPolicy:
 
     async def check_recipient(self, client: Client, recipient: Mailbox) -> None:
         """@raise SMTPReplyError: 554 5.7.1 for a non-local domain, or for a client on a
-        DNS blocklist; see L{LocalRecipients}."""
+        DNS blocklist; see L{twistedmail.smtp.recipients.LocalRecipients}."""
         srs = self._is_ours_srs(recipient)
         if not srs and not self.store.is_local_domain(recipient.domain):
             raise SMTPReplyError(REPLY_554_RELAY_DENIED)
@@ -192,7 +191,8 @@ class InboundPolicy:
         return original
 
     async def accept_message(self, envelope: Envelope, message: bytes) -> None:
-        """Check the message (when configured), then store it (see L{LocalRecipients}).
+        """Check the message (when configured), then store it
+        (L{twistedmail.smtp.recipients.LocalRecipients.store_and_forward}).
 
         @raise SMTPReplyError: C{550 5.7.1} for a DMARC reject (with C{dmarc_reject}).
         """

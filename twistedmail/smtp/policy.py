@@ -91,6 +91,13 @@ class SessionPolicy(Protocol):
     service: str
     """Listener name for log lines: C{"smtp"}, C{"submission"}."""
 
+    def connected(self, client: Client) -> None:
+        """At connect, before the greeting (the port-25 policy starts its DNSBL lookups)."""
+
+    def postmaster(self, hostname: str) -> Mailbox | None:
+        """The mailbox a bare C{<Postmaster>} goes to (RFC 5321 §4.5.1: it MUST be
+        accepted); C{None}: C{postmaster@hostname}."""
+
     async def check_sender(self, client: Client, reverse_path: Mailbox | None) -> None:
         """Accept or refuse MAIL FROM (RFC 5321 §4.1.1.2)."""
 

@@ -27,9 +27,32 @@ from twistedmail.reply import (
     REPLY_552_MAILBOX_FULL,
     Reply,
 )
-from twistedmail.smtp.policy import Envelope, OutboundQueue, SMTPReplyError
+from twistedmail.smtp.policy import Client, Envelope, OutboundQueue, SMTPReplyError
 
 log = Logger(namespace="twistedmail.smtp")
+
+
+class LocalPolicy:
+    """The base of the two listeners' policies (L{twistedmail.smtp.policy.SessionPolicy}):
+    the account store, the outbound queue and the L{LocalRecipients} they share.
+
+    @param queue: the outbound queue (forwarding, bounces, remote recipients of submission);
+        C{None}: such recipients get C{450 4.7.1}.
+    """
+
+    def __init__(
+        self, store: AccountStore, delivery: LocalDelivery, queue: OutboundQueue | None = None
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.local = LocalRecipients(store, delivery, queue)
+
+    def connected(self, client: Client) -> None:
+        """Nothing to do at connect."""
+
+    def postmaster(self, hostname: str) -> Mailbox | None:
+        """The local mailbox for a bare C{<Postmaster>} (RFC 5321 §4.5.1)."""
+        return self.local.postmaster(hostname)
 
 
 class LocalRecipients:

@@ -139,7 +139,6 @@ from twistedmail.smtp.policy import (
     SessionPolicy,
     SMTPReplyError,
 )
-from twistedmail.smtp.recipients import LocalRecipients
 from twistedmail.smtp.trace import received_header
 from twistedmail.wire import CRLF, StrictLineReceiver
 
@@ -287,7 +286,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             service=self.policy.service,
             tls=self.tls,
         )
-        self._policy_connected()
+        self.policy.connected(self.client())
         if self.greet_pause > 0:
             self._greeting = self.clock.callLater(self.greet_pause, self._send_greeting)
         else:
@@ -302,12 +301,6 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._greeting = None
         # RFC 5321 §4.2: the greeting starts with our domain.
         self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
-
-    def _policy_connected(self) -> None:
-        """Tell a policy that wants it (C{connected(client)}) about the new connection."""
-        connected = getattr(self.policy, "connected", None)
-        if connected is not None:
-            connected(self.client())
 
     def _pregreet(self) -> None:
         """The client sent before our 220 (Postfix postscreen's pregreet test): a spambot
@@ -608,10 +601,9 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         postmaster = _POSTMASTER.fullmatch(m.group(1).decode("ascii", "replace"))
         if postmaster:
             # RFC 5321 §4.5.1: <Postmaster> without a domain MUST be accepted.
-            local = getattr(self.policy, "local", None)
-            recipient: Mailbox | None = (
-                local.postmaster(self.hostname) if isinstance(local, LocalRecipients) else None
-            ) or Mailbox("postmaster", normalize_domain(self.hostname))
+            recipient: Mailbox | None = self.policy.postmaster(self.hostname) or Mailbox(
+                "postmaster", normalize_domain(self.hostname)
+            )
             params = postmaster.group(1)
             _check_parameters(params)
         else:

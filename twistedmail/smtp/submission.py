@@ -38,14 +38,14 @@ from twistedmail.rspamd import Rspamd
 from twistedmail.settings import SMTPSettings
 from twistedmail.smtp.inbound import filter_message
 from twistedmail.smtp.policy import Client, Envelope, OutboundQueue, SMTPReplyError, auth_portal
-from twistedmail.smtp.recipients import LocalRecipients
+from twistedmail.smtp.recipients import LocalPolicy
 from twistedmail.smtp.session import SMTPSession
 from twistedmail.wire import SessionFactory
 
 log = Logger(namespace="twistedmail.smtp")
 
 
-class SubmissionPolicy:
+class SubmissionPolicy(LocalPolicy):
     """L{twistedmail.smtp.policy.SessionPolicy} of the submission listeners."""
 
     service = "submission"
@@ -76,9 +76,7 @@ class SubmissionPolicy:
         spam_filter: Rspamd | None = None,
         rate: SubmissionRate | None = None,
     ) -> None:
-        self.store = store
-        self.queue = queue
-        self.local = LocalRecipients(store, delivery, queue)
+        super().__init__(store, delivery, queue)
         self.check_from_header = check_from_header
         self.spam_filter = spam_filter
         self.rate = rate
@@ -97,7 +95,7 @@ class SubmissionPolicy:
         """Any remote recipient (RFC 6409 §5: the MSA relays for authenticated users).
 
         @raise SMTPReplyError: 530 before AUTH; 450 4.7.1 for a remote domain without a
-            queue; see L{LocalRecipients} for local domains."""
+            queue; see L{twistedmail.smtp.recipients.LocalRecipients} for local domains."""
         if client.user is None:
             raise SMTPReplyError(REPLY_530_AUTH_REQUIRED)
         if self.rate is not None and not self.rate.recipients.allows(client.user):
