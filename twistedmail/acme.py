@@ -49,6 +49,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from twistedmail.maildir import fsync_dir
+
 log = Logger(namespace="twistedmail.acme")
 
 CHALLENGE_PATH = (b".well-known", b"acme-challenge")
@@ -127,15 +129,7 @@ def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _new_suffix(path: Path) -> Path:
@@ -160,9 +154,9 @@ def complete_replacement(cert_path: Path, key_path: Path) -> None:
     new_key = _new_suffix(key_path)
     if new_key.exists():
         os.replace(new_key, key_path)
-        _fsync_dir(key_path.parent)
+        fsync_dir(key_path.parent)
     os.replace(new_cert, cert_path)
-    _fsync_dir(cert_path.parent)
+    fsync_dir(cert_path.parent)
 
 
 class ChallengeResource(Resource):
