@@ -33,12 +33,12 @@ from twistedmail.imap.protocol import (
     _bad,
     _flag_list,
     _Gone,
-    _mailbox_name,
     _no,
     _number,
     _paren_group,
     _uid_set_arg,
-    mailbox_name,
+    decode_mailbox_name,
+    encode_mailbox_name,
     uid_set,
     utf8_mailbox,
 )
@@ -60,7 +60,7 @@ def _list_name(raw: bytes) -> str | None:
     valid modified UTF-7 (RFC 3501 §5.1.3): it is a well-formed list-mailbox (§9) that no
     mailbox name matches, so LIST answers OK with nothing, as Dovecot does."""
     try:
-        return mailbox_name(raw)
+        return decode_mailbox_name(raw)
     except imap4.IllegalMailboxEncoding:
         return None
 
@@ -180,7 +180,7 @@ class AuthenticatedCommands(MailboxUpdates):
     select_COMPRESS = auth_COMPRESS
 
     async def _open(self, name: bytes, readwrite: bool) -> Any:
-        mbox = await maybeDeferred(self.account.select, mailbox_name(name), readwrite)
+        mbox = await maybeDeferred(self.account.select, decode_mailbox_name(name), readwrite)
         if mbox is None:
             raise _no(b"No such mailbox", b"NONEXISTENT")
         return mbox
@@ -288,7 +288,7 @@ class AuthenticatedCommands(MailboxUpdates):
                 )
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
-        if not await self._blocking(self.account.create, mailbox_name(name)):
+        if not await self._in_thread(self.account.create, decode_mailbox_name(name)):
             raise _no(b"Mailbox not created", b"CANNOT")
         return b"CREATE completed"
 
@@ -296,28 +296,30 @@ class AuthenticatedCommands(MailboxUpdates):
     select_CREATE = auth_CREATE
 
     async def do_DELETE(self, tag: bytes, name: bytes) -> bytes:
-        await self._blocking(self.account.delete, mailbox_name(name))
+        await self._in_thread(self.account.delete, decode_mailbox_name(name))
         return b"DELETE completed"
 
     auth_DELETE = (do_DELETE, IMAPProtocol.arg_finalastring)
     select_DELETE = auth_DELETE
 
     async def do_RENAME(self, tag: bytes, old: bytes, new: bytes) -> bytes:
-        await self._blocking(self.account.rename, mailbox_name(old), mailbox_name(new))
+        await self._in_thread(
+            self.account.rename, decode_mailbox_name(old), decode_mailbox_name(new)
+        )
         return b"RENAME completed"
 
     auth_RENAME = (do_RENAME, IMAPProtocol.arg_astring, IMAPProtocol.arg_finalastring)
     select_RENAME = auth_RENAME
 
     async def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
-        await self._blocking(self.account.subscribe, mailbox_name(name))
+        await self._in_thread(self.account.subscribe, decode_mailbox_name(name))
         return b"SUBSCRIBE completed"
 
     auth_SUBSCRIBE = (do_SUBSCRIBE, IMAPProtocol.arg_finalastring)
     select_SUBSCRIBE = auth_SUBSCRIBE
 
     async def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
-        await self._blocking(self.account.unsubscribe, mailbox_name(name))
+        await self._in_thread(self.account.unsubscribe, decode_mailbox_name(name))
         return b"UNSUBSCRIBE completed"
 
     auth_UNSUBSCRIBE = (do_UNSUBSCRIBE, IMAPProtocol.arg_finalastring)
@@ -458,7 +460,7 @@ class AuthenticatedCommands(MailboxUpdates):
         """A mailbox name for a response: modified UTF-7 (RFC 3501 §5.1.3), or UTF-8 once
         UTF8=ACCEPT is enabled (RFC 6855 §3), quoted when it can be."""
         if not self.utf8_accept():
-            return _mailbox_name(name)
+            return encode_mailbox_name(name)
         raw = name.encode("utf-8", "surrogateescape")
         if len(raw) < 1000 and not any(b < 0x20 or b == 0x7F for b in raw):
             return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
@@ -503,7 +505,7 @@ class AuthenticatedCommands(MailboxUpdates):
             names.append(item.upper().decode("ascii"))
         if "HIGHESTMODSEQ" in names:
             self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
-        mailbox = mailbox_name(name)
+        mailbox = decode_mailbox_name(name)
         mbox = await self._open(name, False)
         try:
             status = await _status(mbox, names, self.max_literal_size)
@@ -525,7 +527,7 @@ class AuthenticatedCommands(MailboxUpdates):
             raise _bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
-        mbox = await maybeDeferred(self.account.select, mailbox_name(name), False)
+        mbox = await maybeDeferred(self.account.select, decode_mailbox_name(name), False)
         if mbox is None:
             raise _no(b"No such mailbox", b"TRYCREATE")
         try:

@@ -42,7 +42,7 @@ from twistedmail.imap.message import (
 log = Logger(namespace="twistedmail.imap")
 
 
-def mailbox_name(raw: bytes | str) -> str:
+def decode_mailbox_name(raw: bytes | str) -> str:
     """A mailbox name from the wire, decoded from modified UTF-7 (RFC 3501 §5.1.3).
 
     Strict, unlike Twisted's C{_parseMbox} (which logs a traceback and, for some malformed
@@ -104,13 +104,15 @@ def _safe(text: str) -> bytes:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200].encode("ascii")
 
 
-def _mailbox_name(name: str) -> bytes:
+def encode_mailbox_name(name: str) -> bytes:
+    """A mailbox name for the wire: modified UTF-7 (RFC 3501 §5.1.3), quoted or a literal;
+    the inverse of L{decode_mailbox_name}."""
     return encode_string(name.encode("imap4-utf-7"))
 
 
 def utf8_mailbox(raw: bytes) -> bytes:
     """A UTF-8 mailbox name (RFC 6855 §3) in its modified UTF-7 form (C{"Café & Co"} ->
-    C{b"Caf&AOk- &- Co"}), for L{mailbox_name}.
+    C{b"Caf&AOk- &- Co"}), for L{decode_mailbox_name}.
 
     @raise imap4.IllegalMailboxEncoding: not UTF-8 (answered C{NO [CANNOT]}).
     """

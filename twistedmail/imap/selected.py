@@ -26,7 +26,7 @@ from twistedmail.imap.protocol import (
     _no,
     _paren_group,
     _safe,
-    mailbox_name,
+    decode_mailbox_name,
     uid_set,
 )
 from twistedmail.imap.sort import SortError, parse_criteria
@@ -282,7 +282,7 @@ class SelectedCommands(MailboxUpdates):
         """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
         when nothing was copied) and the source messages copied."""
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
-        target = await maybeDeferred(self.account.select, mailbox_name(name), False)
+        target = await maybeDeferred(self.account.select, decode_mailbox_name(name), False)
         if target is None:
             raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
         copied: list[Any] = []

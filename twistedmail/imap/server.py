@@ -49,7 +49,7 @@ from twistedmail.imap.authenticated import AuthenticatedCommands
 from twistedmail.imap.compress import Inflater
 from twistedmail.imap.fetch import FetchCommand, _FlowGate
 from twistedmail.imap.not_authenticated import NotAuthenticatedCommands
-from twistedmail.imap.protocol import IMAPError, _Gone, literal_size, mailbox_name, uid_set
+from twistedmail.imap.protocol import IMAPError, _Gone, literal_size, uid_set
 from twistedmail.imap.quota import QuotaCommands
 from twistedmail.imap.selected import CopyObserver, SelectedCommands, esearch_response
 from twistedmail.limits import UserSessionLimit
@@ -66,7 +66,6 @@ __all__ = [
     "esearch_response",
     "imap_factory",
     "literal_size",
-    "mailbox_name",
     "uid_set",
 ]
 

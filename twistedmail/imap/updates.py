@@ -36,7 +36,7 @@ def _close_quietly(mbox: Any) -> None:
 class MailboxUpdates(IMAPProtocol):
     """The selected mailbox of a session and the untagged updates about it."""
 
-    async def _blocking(self, f: Callable[..., Any], *args: Any) -> Any:
+    async def _in_thread(self, f: Callable[..., Any], *args: Any) -> Any:
         """Run an IAccount mutator off the reactor thread when the account allows it."""
         run = getattr(self.account, "run_in_thread", None)
         if run is None:
