@@ -14,7 +14,7 @@ flag list (stock Twisted answered C{BAD} from a C{TypeError}).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -22,6 +22,7 @@ from twisted.mail import imap4
 
 from twistedmail.imap import grammar
 from twistedmail.imap.compress import DeflateTransport, Inflater
+from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.imap.message import (
     encode_sexp,
     encode_string,
@@ -37,12 +38,13 @@ from twistedmail.imap.protocol import (
     _number,
     _paren_group,
     _uid_set_arg,
+    command,
     decode_mailbox_name,
     encode_mailbox_name,
     uid_set,
     utf8_mailbox,
 )
-from twistedmail.imap.updates import MailboxUpdates, _close_quietly, _permanent_flags
+from twistedmail.imap.updates import MailboxUpdates, _close_quietly
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -108,13 +110,13 @@ def _status_option(returns: list[Any] | None) -> list[str]:
     return out
 
 
-async def _status(mbox: Any, names: Sequence[str], appendlimit: int) -> dict[str, int]:
+async def _status(mbox: MaildirMailbox, names: Sequence[str], appendlimit: int) -> dict[str, int]:
     """The STATUS items C{names} of C{mbox}, in that order: the mailbox's own, plus DELETED
     and DELETED-STORAGE (RFC 9208 §4.1.4) and APPENDLIMIT (RFC 7889 §3.2: C{appendlimit},
     the largest APPEND in octets)."""
     extra = ("DELETED", "DELETED-STORAGE", "APPENDLIMIT")
     wanted = [n for n in names if n not in extra]
-    status: dict[str, int] = await maybeDeferred(mbox.requestStatus, wanted)
+    status = mbox.requestStatus(wanted)
     if len(wanted) < len(names):
         if "DELETED" in names or "DELETED-STORAGE" in names:
             status = {**status, **await _deleted_status(mbox)}
@@ -123,18 +125,22 @@ async def _status(mbox: Any, names: Sequence[str], appendlimit: int) -> dict[str
     return status
 
 
-async def _deleted_status(mbox: Any) -> dict[str, int]:
+async def _deleted_status(mbox: MaildirMailbox) -> dict[str, int]:
     """STATUS DELETED and DELETED-STORAGE (RFC 9208 §4.1.4): the messages flagged
     C{\\Deleted} and the sum of their RFC822.SIZE (what EXPUNGE would free)."""
     if not mbox.getMessageCount():
         return {"DELETED": 0, "DELETED-STORAGE": 0}
-    messages = await maybeDeferred(mbox.fetch, imap4.MessageSet(1, None), False)
+    messages = mbox.fetch(imap4.MessageSet(1, None), False)
     doomed = [m for _, m in messages if "\\Deleted" in m.getFlags()]
     return {"DELETED": len(doomed), "DELETED-STORAGE": sum(m.getSize() for m in doomed)}
 
 
 class AuthenticatedCommands(MailboxUpdates):
     """The authenticated state (RFC 3501 §6.3), also valid when a mailbox is selected."""
+
+    if TYPE_CHECKING:  # provided by QuotaCommands in IMAPServer
+
+        async def check_quota(self, size: int, count: int) -> None: ...
 
     # authenticated (RFC 3501 §6.3)
 
@@ -157,7 +163,7 @@ class AuthenticatedCommands(MailboxUpdates):
         self.sendUntaggedResponse(b"NAMESPACE " + b" ".join(encoded))
         return b"NAMESPACE completed"
 
-    auth_NAMESPACE = (do_NAMESPACE,)
+    auth_NAMESPACE = command(do_NAMESPACE)
     select_NAMESPACE = auth_NAMESPACE
 
     def do_COMPRESS(self, tag: bytes, mechanism: bytes) -> None:
@@ -176,11 +182,11 @@ class AuthenticatedCommands(MailboxUpdates):
         self._inflater.queue(leftover)
         log.info("imap compress session={session} deflate", session=self.session)
 
-    auth_COMPRESS = (do_COMPRESS, imap4.IMAP4Server.arg_atom)
+    auth_COMPRESS = command(do_COMPRESS, imap4.IMAP4Server.arg_atom)
     select_COMPRESS = auth_COMPRESS
 
-    async def _open(self, name: bytes, readwrite: bool) -> Any:
-        mbox = await maybeDeferred(self.account.select, decode_mailbox_name(name), readwrite)
+    async def _open(self, name: bytes, readwrite: bool) -> MaildirMailbox:
+        mbox = await self.mail_account.select(decode_mailbox_name(name), readwrite)
         if mbox is None:
             raise _no(b"No such mailbox", b"NONEXISTENT")
         return mbox
@@ -205,18 +211,16 @@ class AuthenticatedCommands(MailboxUpdates):
         self.sendLine(b"* FLAGS (" + flags + b")")
         self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
         self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
-        first_unseen = getattr(mbox, "first_unseen", lambda: None)()
+        first_unseen = mbox.first_unseen()
         if first_unseen is not None:
             self.sendLine(b"* OK [UNSEEN %d] First unseen" % first_unseen)
         writeable = mbox.isWriteable()
-        permanent = _flag_list(_permanent_flags(mbox)) if writeable else b""
+        permanent = _flag_list(mbox.permanent_flags()) if writeable else b""
         self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
-        highest = getattr(mbox, "getHighestModSeq", None)
-        if highest is not None:
-            # RFC 7162 §3.1.2.1: sent on every SELECT/EXAMINE by a server keeping modseqs
-            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest" % highest())
+        # RFC 7162 §3.1.2.1: sent on every SELECT/EXAMINE by a server keeping modseqs
+        self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest" % mbox.getHighestModSeq())
         mbox.addListener(self)
         self.mbox = mbox
         self.state = "select"
@@ -232,9 +236,9 @@ class AuthenticatedCommands(MailboxUpdates):
         inner, rest = _paren_group(line)
         return imap4.parseNestedParens(inner), rest
 
-    auth_SELECT = (do_SELECT, IMAPProtocol.arg_astring, opt_select_params, 1, b"SELECT")
+    auth_SELECT = command(do_SELECT, IMAPProtocol.arg_astring, opt_select_params, 1, b"SELECT")
     select_SELECT = auth_SELECT
-    auth_EXAMINE = (do_SELECT, IMAPProtocol.arg_astring, opt_select_params, 0, b"EXAMINE")
+    auth_EXAMINE = command(do_SELECT, IMAPProtocol.arg_astring, opt_select_params, 0, b"EXAMINE")
     select_EXAMINE = auth_EXAMINE
 
     def _select_params(self, params: list[Any] | None) -> tuple[int, int, Any] | None:
@@ -273,8 +277,8 @@ class AuthenticatedCommands(MailboxUpdates):
         """RFC 7162 §3.2.5.2: after SELECT (QRESYNC ...), C{VANISHED (EARLIER)} for UIDs
         expunged since C{modseq} and C{FETCH (UID FLAGS MODSEQ)} for messages changed since,
         both limited to the client's known UIDs; nothing when UIDVALIDITY changed."""
-        mbox = self.mbox
-        if uidvalidity != mbox.getUIDValidity() or not hasattr(mbox, "vanished_since"):
+        mbox = self.selected
+        if uidvalidity != mbox.getUIDValidity():
             return
         vanished = await mbox.vanished_since(modseq, known)
         if vanished:
@@ -288,41 +292,41 @@ class AuthenticatedCommands(MailboxUpdates):
                 )
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
-        if not await self._in_thread(self.account.create, decode_mailbox_name(name)):
+        if not await self._in_thread(self.mail_account.create, decode_mailbox_name(name)):
             raise _no(b"Mailbox not created", b"CANNOT")
         return b"CREATE completed"
 
-    auth_CREATE = (do_CREATE, IMAPProtocol.arg_finalastring)
+    auth_CREATE = command(do_CREATE, IMAPProtocol.arg_finalastring)
     select_CREATE = auth_CREATE
 
     async def do_DELETE(self, tag: bytes, name: bytes) -> bytes:
-        await self._in_thread(self.account.delete, decode_mailbox_name(name))
+        await self._in_thread(self.mail_account.delete, decode_mailbox_name(name))
         return b"DELETE completed"
 
-    auth_DELETE = (do_DELETE, IMAPProtocol.arg_finalastring)
+    auth_DELETE = command(do_DELETE, IMAPProtocol.arg_finalastring)
     select_DELETE = auth_DELETE
 
     async def do_RENAME(self, tag: bytes, old: bytes, new: bytes) -> bytes:
         await self._in_thread(
-            self.account.rename, decode_mailbox_name(old), decode_mailbox_name(new)
+            self.mail_account.rename, decode_mailbox_name(old), decode_mailbox_name(new)
         )
         return b"RENAME completed"
 
-    auth_RENAME = (do_RENAME, IMAPProtocol.arg_astring, IMAPProtocol.arg_finalastring)
+    auth_RENAME = command(do_RENAME, IMAPProtocol.arg_astring, IMAPProtocol.arg_finalastring)
     select_RENAME = auth_RENAME
 
     async def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
-        await self._in_thread(self.account.subscribe, decode_mailbox_name(name))
+        await self._in_thread(self.mail_account.subscribe, decode_mailbox_name(name))
         return b"SUBSCRIBE completed"
 
-    auth_SUBSCRIBE = (do_SUBSCRIBE, IMAPProtocol.arg_finalastring)
+    auth_SUBSCRIBE = command(do_SUBSCRIBE, IMAPProtocol.arg_finalastring)
     select_SUBSCRIBE = auth_SUBSCRIBE
 
     async def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> bytes:
-        await self._in_thread(self.account.unsubscribe, decode_mailbox_name(name))
+        await self._in_thread(self.mail_account.unsubscribe, decode_mailbox_name(name))
         return b"UNSUBSCRIBE completed"
 
-    auth_UNSUBSCRIBE = (do_UNSUBSCRIBE, IMAPProtocol.arg_finalastring)
+    auth_UNSUBSCRIBE = command(do_UNSUBSCRIBE, IMAPProtocol.arg_finalastring)
     select_UNSUBSCRIBE = auth_UNSUBSCRIBE
 
     async def do_LIST(
@@ -335,13 +339,10 @@ class AuthenticatedCommands(MailboxUpdates):
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
             return b"LIST completed"
-        lister = getattr(self.account, "list_subscribed", None) if subscribed else None
-        if lister is not None:
-            boxes = await lister(reference, wildcard)
+        if subscribed:
+            boxes = await self.mail_account.list_subscribed(reference, wildcard)
         else:
-            boxes = await maybeDeferred(self.account.listMailboxes, reference, wildcard)
-            if subscribed:
-                boxes = [(n, b) for n, b in boxes if self.account.isSubscribed(n)]
+            boxes = await self.mail_account.listMailboxes(reference, wildcard)
         for name, info in boxes:
             attributes = _flag_list(info.getFlags())
             delimiter = encode_string(info.getHierarchicalDelimiter())
@@ -357,7 +358,7 @@ class AuthenticatedCommands(MailboxUpdates):
             )
         return command + b" completed"
 
-    auth_LSUB = (do_LIST, IMAPProtocol.arg_astring, IMAPProtocol.arg_astring, 1, b"LSUB")
+    auth_LSUB = command(do_LIST, IMAPProtocol.arg_astring, IMAPProtocol.arg_astring, 1, b"LSUB")
     select_LSUB = auth_LSUB
 
     def opt_list_select(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
@@ -417,15 +418,7 @@ class AuthenticatedCommands(MailboxUpdates):
             # RFC 3501 §6.3.8: the hierarchy delimiter and root name
             self.sendLine(b'* LIST (\\Noselect) "." ""')
             return b"LIST completed"
-        lister = getattr(self.account, "list_folders", None)
-        if lister is None:
-            if selection or returns:
-                raise _bad(b"Extended LIST not supported here")
-            boxes = await maybeDeferred(self.account.listMailboxes, reference, wildcards[0])
-            for name, info in boxes:
-                self._list_line(b"LIST", name, info.getFlags(), info.getHierarchicalDelimiter())
-            return b"LIST completed"
-        entries = await lister(
+        entries = await self.mail_account.list_folders(
             reference,
             [w for w in wildcards if w],
             subscribed=b"SUBSCRIBED" in chosen,
@@ -446,7 +439,7 @@ class AuthenticatedCommands(MailboxUpdates):
     async def _list_status(self, name: str, items: list[str]) -> None:
         """The STATUS line after a LIST line (RFC 5819 §2); a mailbox that cannot be
         opened (deleted meanwhile) gets none."""
-        mbox = await maybeDeferred(self.account.select, name, False)
+        mbox = await self.mail_account.select(name, False)
         if mbox is None:
             return
         try:
@@ -485,7 +478,7 @@ class AuthenticatedCommands(MailboxUpdates):
             )
         )
 
-    auth_LIST = (
+    auth_LIST = command(
         do_LIST_EXTENDED,
         opt_list_select,
         IMAPProtocol.arg_astring,
@@ -515,7 +508,7 @@ class AuthenticatedCommands(MailboxUpdates):
         self.sendLine(b"* STATUS " + self.wire_name(mailbox) + b" (" + data + b")")
         return b"STATUS completed"
 
-    auth_STATUS = (do_STATUS, IMAPProtocol.arg_astring, IMAPProtocol.arg_plist)
+    auth_STATUS = command(do_STATUS, IMAPProtocol.arg_astring, IMAPProtocol.arg_plist)
     select_STATUS = auth_STATUS
 
     async def do_APPEND(
@@ -527,7 +520,7 @@ class AuthenticatedCommands(MailboxUpdates):
             raise _bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
-        mbox = await maybeDeferred(self.account.select, decode_mailbox_name(name), False)
+        mbox = await self.mail_account.select(decode_mailbox_name(name), False)
         if mbox is None:
             raise _no(b"No such mailbox", b"TRYCREATE")
         try:
@@ -544,7 +537,7 @@ class AuthenticatedCommands(MailboxUpdates):
             return b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), new_uid)
         return b"APPEND completed"
 
-    auth_APPEND = (
+    auth_APPEND = command(
         do_APPEND,
         IMAPProtocol.arg_astring,
         imap4.IMAP4Server.opt_plist,
@@ -567,5 +560,5 @@ class AuthenticatedCommands(MailboxUpdates):
             raise _bad(b"Expected DONE")  # RFC 2177 §3: only DONE ends IDLE
         return b"IDLE terminated"
 
-    auth_IDLE = (do_IDLE,)
+    auth_IDLE = command(do_IDLE)
     select_IDLE = auth_IDLE

@@ -16,16 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import interfaces
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.imap.message import (
+    MaildirMessage,
     bodystructure,
     encode_sexp,
-    encode_string,
     envelope,
     format_internaldate,
     parse_entity,
@@ -35,7 +36,7 @@ from twistedmail.imap.message import (
     section_label,
     split_message,
 )
-from twistedmail.imap.protocol import IMAPProtocol, _bad, _flag_list, _paren_group, uid_set
+from twistedmail.imap.protocol import IMAPProtocol, _bad, _flag_list, _paren_group, command, uid_set
 from twistedmail.imap.updates import MailboxUpdates
 from twistedmail.index import CachedParts
 from twistedmail.maildir import MaildirError
@@ -124,13 +125,9 @@ def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-async def _content(msg: Any, mbox: Any) -> bytes:
-    load = getattr(msg, "load", None)
-    run = getattr(mbox, "run_in_thread", None)
-    if load is not None and run is not None:
-        data: bytes = await load(run)
-        return data
-    return imap4.IMessageFile(msg).open().read()
+async def _content(msg: MaildirMessage, mbox: MaildirMailbox) -> bytes:
+    """The message's bytes, read off the reactor thread."""
+    return await msg.load(mbox.run_in_thread)
 
 
 async def _next_turn(clock: IReactorTime) -> None:
@@ -142,6 +139,8 @@ async def _next_turn(clock: IReactorTime) -> None:
 
 class FetchCommand(MailboxUpdates):
     """FETCH (RFC 3501 §6.4.5) and its CONDSTORE/QRESYNC modifiers (RFC 7162)."""
+
+    _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
 
     def opt_fetch_modifiers(self, line: bytes) -> tuple[dict[bytes, Any], bytes]:
         """RFC 7162 §3.1.4.1 C{(CHANGEDSINCE n)}, §3.2.6 C{VANISHED}, after the items."""
@@ -176,12 +175,12 @@ class FetchCommand(MailboxUpdates):
 
     async def _fetch_changedsince(
         self,
-        targets: list[Any],
+        targets: list[tuple[int, MaildirMessage]],
         messages: imap4.MessageSet,
         query: list[Any],
         modifiers: dict[bytes, Any],
         uid: bool,
-    ) -> list[Any]:
+    ) -> list[tuple[int, MaildirMessage]]:
         """RFC 7162 §3.1.4.1: keep only messages changed after CHANGEDSINCE (and report
         MODSEQ); §3.2.6: UID FETCH with VANISHED first sends C{VANISHED (EARLIER)}."""
         changedsince = modifiers.get(b"CHANGEDSINCE")
@@ -196,17 +195,13 @@ class FetchCommand(MailboxUpdates):
             return targets
         if not wants:
             query.append(_ModSeqItem())
-        if b"VANISHED" in modifiers and hasattr(self.mbox, "vanished_since"):
-            vanished = await self.mbox.vanished_since(changedsince, messages)
+        if b"VANISHED" in modifiers:
+            vanished = await self.selected.vanished_since(changedsince, messages)
             if vanished:
                 self.sendLine(b"* VANISHED (EARLIER) " + uid_set(vanished))
-        return [
-            (seq, msg)
-            for seq, msg in targets
-            if getattr(getattr(msg, "entry", None), "modseq", changedsince + 1) > changedsince
-        ]
+        return [(seq, msg) for seq, msg in targets if msg.entry.modseq > changedsince]
 
-    async def do_FETCH(
+    async def do_FETCH(  # type: ignore[override]  # this server's parsed arguments
         self,
         tag: bytes,
         messages: imap4.MessageSet,
@@ -215,8 +210,8 @@ class FetchCommand(MailboxUpdates):
         uid: bool = False,
     ) -> bytes:
         self._check_numbers(messages, uid)
-        mbox = self.mbox
-        targets = await maybeDeferred(mbox.fetch, messages, uid)
+        mbox = self.selected
+        targets = mbox.fetch(messages, uid)
         targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
         needs_content = any(
             p.type not in ("flags", "uid", "internaldate", "rfc822size", "modseq") for p in query
@@ -232,21 +227,21 @@ class FetchCommand(MailboxUpdates):
         part_kinds = {p.type for p in query if _cacheable(p)}
         from_cache = needs_content and all(_cacheable(p) or p.type in _CHEAP for p in query)
         cache: dict[int, CachedParts] = {}
-        if from_cache and hasattr(mbox, "cached_parts"):
+        if from_cache:
             cache = await mbox.cached_parts([msg.getUID() for _, msg in targets])
         rendered: dict[tuple[int, str], CachedParts] = {}
-        gate = _FlowGate()
+        gate: _FlowGate | None = _FlowGate()
         try:
             self.transport.registerProducer(gate, True)
         except RuntimeError:
-            gate = None  # type: ignore[assignment]
+            gate = None
         self._gate = gate
         try:
             for count, (seq, msg) in enumerate(targets):
                 if self._lost:
                     break  # nobody to send the rest to: read no more messages
                 flags_changed = False
-                if sets_seen and "\\Seen" not in msg.getFlags() and hasattr(mbox, "store_entries"):
+                if sets_seen and "\\Seen" not in msg.getFlags():
                     result = await mbox.store_entries([(seq, msg.entry)], "S", 1)
                     if seq in result:
                         msg = mbox.message(seq)
@@ -262,9 +257,7 @@ class FetchCommand(MailboxUpdates):
                         continue  # expunged by another session meanwhile: nothing to send
                     if part_kinds and parts is None:
                         parts = render_parts(raw, part_kinds)
-                        entry = getattr(msg, "entry", None)
-                        if entry is not None:
-                            rendered[(entry.uid, entry.base)] = parts
+                        rendered[(msg.entry.uid, msg.entry.base)] = parts
                 items = self._fetch_items(
                     msg, query, raw, uid, flags_changed and not wants_flags, parts
                 )
@@ -277,18 +270,18 @@ class FetchCommand(MailboxUpdates):
             self._gate = None
             if gate is not None:
                 self.transport.unregisterProducer()
-            if rendered and hasattr(mbox, "cache_parts"):
+            if rendered:
                 try:
                     await mbox.cache_parts(rendered)
                 except Exception:
                     log.failure("caching FETCH parts failed session={s}", s=self.session)
         return b"FETCH completed"
 
-    select_FETCH = (do_FETCH, IMAPProtocol.arg_seqset, arg_fetchatt, opt_fetch_modifiers)
+    select_FETCH = command(do_FETCH, IMAPProtocol.arg_seqset, arg_fetchatt, opt_fetch_modifiers)
 
     def _fetch_items(
         self,
-        msg: Any,
+        msg: MaildirMessage,
         query: list[Any],
         raw: bytes | None,
         uid: bool,
@@ -305,15 +298,11 @@ class FetchCommand(MailboxUpdates):
                 seen_uid = True
                 items.append(b"UID %d" % msg.getUID())
             elif kind == "internaldate":
-                mtime = getattr(getattr(msg, "entry", None), "mtime", None)
-                if mtime is None:
-                    items.append(b"INTERNALDATE " + encode_string(msg.getInternalDate()))
-                else:
-                    items.append(b"INTERNALDATE " + format_internaldate(mtime))
+                items.append(b"INTERNALDATE " + format_internaldate(msg.entry.mtime))
             elif kind == "rfc822size":
                 items.append(b"RFC822.SIZE %d" % msg.getSize())
             elif kind == "modseq":
-                items.append(b"MODSEQ (%d)" % getattr(getattr(msg, "entry", None), "modseq", 0))
+                items.append(b"MODSEQ (%d)" % msg.entry.modseq)
             elif kind == "envelope" and parts is not None and parts.envelope is not None:
                 items.append(b"ENVELOPE (" + parts.envelope + b")")
             elif kind == "bodystructure" and parts is not None and parts.bodystructure is not None:
@@ -356,7 +345,7 @@ class FetchCommand(MailboxUpdates):
             items.append(b"FLAGS (" + _flag_list(msg.getFlags()) + b")")
             if b"CONDSTORE" in self.enabled and not any(p.type == "modseq" for p in query):
                 # RFC 7162 §3.1.4: the FETCH that set \Seen reports the new MODSEQ
-                items.append(b"MODSEQ (%d)" % getattr(getattr(msg, "entry", None), "modseq", 0))
+                items.append(b"MODSEQ (%d)" % msg.entry.modseq)
         if uid and not seen_uid:
             items.append(b"UID %d" % msg.getUID())  # RFC 3501 §6.4.8: UID FETCH includes UID
         return items

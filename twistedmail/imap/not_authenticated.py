@@ -17,6 +17,7 @@ from twisted.mail import imap4
 
 from twistedmail import auth, sasl
 from twistedmail.auth import log_login
+from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.protocol import (
     UTF8_ACCEPT,
     IMAPProtocol,
@@ -25,9 +26,11 @@ from twistedmail.imap.protocol import (
     _no,
     _paren_group,
     _safe,
+    command,
 )
 from twistedmail.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from twistedmail.imap.updates import MailboxUpdates
+from twistedmail.limits import UserSessionLimit
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -45,6 +48,9 @@ ID_FIELDS = 30  # RFC 2971 §3.3: at most 30 field-value pairs
 
 class NotAuthenticatedCommands(MailboxUpdates):
     """Any state and the not authenticated state (RFC 3501 §6.1, §6.2)."""
+
+    user_limit: UserSessionLimit | None  # logged-in sessions per user and IP
+    _user_slot: tuple[str, str] | None = None  # (user, IP) taken from user_limit at login
 
     def secure(self) -> bool:
         """Whether the connection is encrypted (RFC 8314 implicit TLS or after STARTTLS)."""
@@ -89,7 +95,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         await self._refresh()
         return b"NOOP completed"
 
-    unauth_NOOP = (do_NOOP,)
+    unauth_NOOP = command(do_NOOP)
     auth_NOOP = unauth_NOOP
     select_NOOP = unauth_NOOP
     logout_NOOP = unauth_NOOP
@@ -109,7 +115,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
 
-    unauth_STARTTLS = (do_STARTTLS,)
+    unauth_STARTTLS = command(do_STARTTLS)
 
     async def do_LOGIN(self, tag: bytes, user: bytes, password: bytes) -> bytes:
         if not self.secure():
@@ -123,9 +129,11 @@ class NotAuthenticatedCommands(MailboxUpdates):
         await self._login(credentials)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
-    unauth_LOGIN = (do_LOGIN, IMAPProtocol.arg_astring, IMAPProtocol.arg_finalastring)
+    unauth_LOGIN = command(do_LOGIN, IMAPProtocol.arg_astring, IMAPProtocol.arg_finalastring)
 
-    async def do_AUTHENTICATE(self, tag: bytes, mechanism: bytes, initial: bytes | None) -> bytes:
+    async def do_AUTHENTICATE(  # type: ignore[override]  # this server's parsed arguments
+        self, tag: bytes, mechanism: bytes, initial: bytes | None
+    ) -> bytes:
         if not self.secure():
             raise _no(b"Authentication disallowed without TLS", b"PRIVACYREQUIRED")
         try:
@@ -149,7 +157,9 @@ class NotAuthenticatedCommands(MailboxUpdates):
         await self._login(outcome)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
-    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_atom, IMAPProtocol.arg_rest)
+    unauth_AUTHENTICATE = command(
+        do_AUTHENTICATE, imap4.IMAP4Server.arg_atom, IMAPProtocol.arg_rest
+    )
 
     async def _login(self, credentials: sasl.Credentials) -> None:
         if self.portal is None:
@@ -165,7 +175,8 @@ class NotAuthenticatedCommands(MailboxUpdates):
             raise _no(b"Too many failed logins, try again later", b"UNAVAILABLE") from None
         except auth.LoginUnavailable:
             raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
-        avatar, logout, address = result.avatar, result.logout, result.address
+        avatar: MaildirAccount = result.avatar  # the realm's IAccount avatar
+        logout, address = result.logout, result.address
         if self._lost:  # the client left during the check: no slot nobody would release
             logout()
             raise _Gone()
@@ -175,15 +186,13 @@ class NotAuthenticatedCommands(MailboxUpdates):
                 # RFC 5530 §3: UNAVAILABLE; as Dovecot's mail_max_userip_connections.
                 raise _no(b"Maximum number of connections from user+IP exceeded", b"UNAVAILABLE")
             self._user_slot = (address, self.peer)
-        prepare = getattr(avatar, "prepare", None)
-        if prepare is not None:
-            try:
-                await prepare()  # INBOX, and the special-use folders on first login
-            except Exception:
-                log.failure("imap folder setup failed session={session}", session=self.session)
-            if self._lost:  # the close gave the slot back; log out here, start no timer
-                logout()
-                raise _Gone()
+        try:
+            await avatar.prepare()  # INBOX, and the special-use folders on first login
+        except Exception:
+            log.failure("imap folder setup failed session={session}", session=self.session)
+        if self._lost:  # the close gave the slot back; log out here, start no timer
+            logout()
+            raise _Gone()
         self.user = address
         self.account = avatar
         self._onLogout = logout
@@ -221,7 +230,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         self.sendLine(b'* ID ("name" "twistedmail")')
         return b"ID completed"
 
-    unauth_ID = (do_ID, arg_id_params)
+    unauth_ID = command(do_ID, arg_id_params)
     auth_ID = unauth_ID
     select_ID = unauth_ID
 
@@ -239,4 +248,4 @@ class NotAuthenticatedCommands(MailboxUpdates):
         self.sendLine(b" ".join([b"* ENABLED"] + turned_on))
         return b"ENABLE completed"
 
-    auth_ENABLE = (do_ENABLE, IMAPProtocol.arg_rest_required)
+    auth_ENABLE = command(do_ENABLE, IMAPProtocol.arg_rest_required)

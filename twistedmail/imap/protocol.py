@@ -23,21 +23,22 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twistedmail.imap import grammar
-from twistedmail.imap.compress import CompressionError
+from twistedmail.imap.compress import CompressionError, Inflater
 from twistedmail.imap.mailbox import parse_sequence_set
-from twistedmail.imap.message import (
-    encode_string,
-)
+from twistedmail.imap.message import encode_string
+from twistedmail.quota import QuotaTracker
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -238,9 +239,43 @@ def _close_below_tls(transport: Any) -> None:
         tcp.loseConnection()  # flushes what is written (close_notify included), then FIN
 
 
+def command(handler: Callable[..., Any], *parsers: object) -> Any:
+    """A command table entry, C{(handler, parser, ...)}, as Twisted's C{IMAP4Server} looks
+    them up by state and name (C{auth_SELECT}, C{select_FETCH}): each parser (a function
+    taking the session and the unparsed rest of the line, or a constant) gives one
+    argument of C{handler}.  Typed C{Any}: the handlers and parsers take this server's
+    own argument types, not those of the stock tables they replace."""
+    return (handler, *parsers)
+
+
 class IMAPProtocol(imap4.IMAP4Server):
     """The wire layer of an IMAP session: lines, literals, arguments, the dispatcher and
-    its responses."""
+    its responses.  The state the session's parts share is declared here and set by
+    L{twistedmail.imap.server.IMAPServer}."""
+
+    portal: Portal | None  # type: ignore[assignment]  # stock declares None
+    transport: Any  # a connected TCP/TLS transport: pause/resumeProducing and disconnecting
+    session: str  # an identifier for the logs
+    peer: str  # the client's IP address
+    user: str | None  # the logged-in address
+    clock: IReactorTime
+    max_literal_size: int  # the largest APPEND (RFC 7889 APPENDLIMIT)
+    implicit_tls: bool
+    enabled: set[bytes]  # capabilities turned on by ENABLE (RFC 5161)
+    quota: QuotaTracker | None  # the users' quotas (RFC 9208); None: no QUOTA
+    _lost: bool  # connectionLost ran: a command still running must take nothing more
+    _busy: bool
+    _idling: bool
+    _line_waiter: Deferred[bytes] | None
+    _inflater: Inflater | None  # COMPRESS=DEFLATE active (RFC 4978)
+
+    def _flush_unsolicited(self) -> None:
+        """Send the updates queued for the client, before a tagged reply (overridden by
+        L{twistedmail.imap.updates.MailboxUpdates})."""
+
+    def _send_expunges(self) -> None:
+        """Send the EXPUNGE responses queued, where RFC 3501 §7.4.1 allows them (overridden
+        by L{twistedmail.imap.updates.MailboxUpdates})."""
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"* BYE [TOOBIG] Command line too long")
@@ -335,7 +370,7 @@ class IMAPProtocol(imap4.IMAP4Server):
                     raise _bad(b"Unknown UID command")
                 uid = True
             if uid and cmd == b"EXPUNGE":
-                spec: Any = self.select_UID_EXPUNGE  # RFC 4315 §2.1: takes a UID set
+                spec = self.lookupCommand(b"UID_EXPUNGE")  # RFC 4315 §2.1: takes a UID set
             else:
                 spec = self.lookupCommand(cmd) if cmd.isalpha() else None
             if spec is None:

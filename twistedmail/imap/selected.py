@@ -7,17 +7,15 @@ UNCHANGEDSINCE RFC 7162 §3.1.3), COPY (§6.4.7, COPYUID RFC 4315 §3) and MOVE 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twistedmail.imap import grammar
-from twistedmail.imap.mailbox import SearchError
-from twistedmail.imap.message import (
-    encode_string,
-)
+from twistedmail.imap.mailbox import MaildirMailbox, SearchError
+from twistedmail.imap.message import MaildirMessage, encode_string
 from twistedmail.imap.protocol import (
     IMAPProtocol,
     _atoms,
@@ -26,6 +24,7 @@ from twistedmail.imap.protocol import (
     _no,
     _paren_group,
     _safe,
+    command,
     decode_mailbox_name,
     uid_set,
 )
@@ -74,6 +73,10 @@ def esearch_response(
 class SelectedCommands(MailboxUpdates):
     """The selected state (RFC 3501 §6.4), but FETCH."""
 
+    if TYPE_CHECKING:  # provided by QuotaCommands in IMAPServer
+
+        async def check_quota(self, size: int, count: int) -> None: ...
+
     def opt_store_modifiers(self, line: bytes) -> tuple[dict[bytes, Any], bytes]:
         """RFC 7162 §3.1.3 C{(UNCHANGEDSINCE n)} between the set and the action."""
         return self._modifiers(line, {b"UNCHANGEDSINCE": 0})
@@ -84,26 +87,26 @@ class SelectedCommands(MailboxUpdates):
         await self._refresh()
         return b"CHECK completed"
 
-    select_CHECK = (do_CHECK,)
+    select_CHECK = command(do_CHECK)
 
     async def do_CLOSE(self, tag: bytes) -> bytes:
-        mbox = self.mbox
+        mbox = self.selected
         if mbox.isWriteable():
-            await maybeDeferred(mbox.expunge)  # RFC 3501 §6.4.2: silently, no EXPUNGE responses
+            await mbox.expunge()  # RFC 3501 §6.4.2: silently, no EXPUNGE responses
         self._close_mailbox()
         return b"CLOSE completed"
 
-    select_CLOSE = (do_CLOSE,)
+    select_CLOSE = command(do_CLOSE)
 
     async def do_EXPUNGE(self, tag: bytes) -> bytes:
-        if not self.mbox.isWriteable():
+        if not self.selected.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
-        self._report_expunged(await maybeDeferred(self.mbox.expunge))
+        self._report_expunged(await self.selected.expunge())
         return b"EXPUNGE completed"
 
-    select_EXPUNGE = (do_EXPUNGE,)
+    select_EXPUNGE = command(do_EXPUNGE)
 
-    async def do_SEARCH(
+    async def do_SEARCH(  # type: ignore[override]  # this server's parsed arguments
         self,
         tag: bytes,
         returns: list[bytes] | None,
@@ -113,16 +116,14 @@ class SelectedCommands(MailboxUpdates):
     ) -> bytes:
         if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
             raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
-        searchable = imap4.ISearchableMailbox(self.mbox, None)
-        if searchable is None:
-            raise _no(b"SEARCH not supported here", b"CANNOT")
+        mbox = self.selected
         try:
-            found = await maybeDeferred(searchable.search, query, uid=uid)
+            found = await mbox.search(query, uid=uid)
         except SearchError as e:
             raise _bad(_safe(str(e))) from None
-        numbers = [self.mbox.getUID(n) for n in found] if uid else list(found)
+        numbers = [mbox.getUID(n) for n in found] if uid else list(found)
         modseq_tail = b""
-        if getattr(self.mbox, "searched_modseq", False):
+        if mbox.searched_modseq:
             self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
             reported = list(found)
             if returns and found and set(returns) <= {b"MIN", b"MAX"}:
@@ -130,7 +131,7 @@ class SelectedCommands(MailboxUpdates):
                 picks = {b"MIN": min(found), b"MAX": max(found)}
                 reported = [picks[r] for r in returns]
             if reported:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
-                modseq_tail = b"MODSEQ %d" % max(self.mbox.modseq_of(n) for n in reported)
+                modseq_tail = b"MODSEQ %d" % max(mbox.modseq_of(n) for n in reported)
         if returns is not None:
             line = esearch_response(tag, returns, numbers, uid)
             self.sendLine(line + (b" " + modseq_tail if modseq_tail else b""))
@@ -166,14 +167,11 @@ class SelectedCommands(MailboxUpdates):
             raise _bad(_safe(str(e))) from None
         if charset.upper() not in (b"US-ASCII", b"UTF-8"):
             raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
-        sorter = getattr(self.mbox, "sort", None)
-        if sorter is None:
-            raise _no(b"SORT not supported here", b"CANNOT")
         try:
-            found = await sorter(parsed, query)
+            found = await self.selected.sort(parsed, query)
         except SearchError as e:
             raise _bad(_safe(str(e))) from None
-        numbers = [self.mbox.getUID(n) for n in found] if uid else found
+        numbers = [self.selected.getUID(n) for n in found] if uid else found
         self.sendLine(b" ".join([b"* SORT"] + [b"%d" % n for n in numbers]))
         return b"SORT completed"
 
@@ -207,10 +205,10 @@ class SelectedCommands(MailboxUpdates):
             return None, line
         return self._astring(line[8:])
 
-    select_SORT = (do_SORT, arg_sort_criteria, arg_charset, IMAPProtocol.arg_searchkeys)
-    select_SEARCH = (do_SEARCH, opt_search_return, opt_charset, IMAPProtocol.arg_searchkeys)
+    select_SORT = command(do_SORT, arg_sort_criteria, arg_charset, IMAPProtocol.arg_searchkeys)
+    select_SEARCH = command(do_SEARCH, opt_search_return, opt_charset, IMAPProtocol.arg_searchkeys)
 
-    async def do_STORE(
+    async def do_STORE(  # type: ignore[override]  # this server's parsed arguments
         self,
         tag: bytes,
         messages: imap4.MessageSet,
@@ -227,7 +225,7 @@ class SelectedCommands(MailboxUpdates):
         if action not in modes:
             raise _bad(b"Invalid STORE data item")
         self._check_numbers(messages, uid)
-        if not self.mbox.isWriteable():
+        if not self.selected.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
         names = [f.decode("ascii", "replace") for f in flags]
         kwargs: dict[str, Any] = {"uid": uid}
@@ -235,11 +233,11 @@ class SelectedCommands(MailboxUpdates):
         if unchangedsince is not None:
             self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
             kwargs["unchangedsince"] = unchangedsince
-        result = await maybeDeferred(self.mbox.store, messages, names, modes[action], **kwargs)
+        result = await self.selected.store(messages, names, modes[action], **kwargs)
         self._flush_unsolicited()  # EXISTS before a FETCH that names a new message number
         condstore = b"CONDSTORE" in self.enabled
         for seq in sorted(result):
-            extra = b" UID %d" % self.mbox.getUID(seq) if uid else b""
+            extra = b" UID %d" % self.selected.getUID(seq) if uid else b""
             if condstore:
                 # RFC 7162 §3.1.3: with CONDSTORE even .SILENT reports the new MODSEQ
                 extra = self._condstore_items(seq)
@@ -247,10 +245,10 @@ class SelectedCommands(MailboxUpdates):
                 self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, _flag_list(result[seq]), extra))
             elif condstore:
                 self.sendLine(b"* %d FETCH (%s)" % (seq, extra.lstrip(b" ")))
-        modified = getattr(self.mbox, "modified", []) if unchangedsince is not None else []
+        modified = self.selected.modified if unchangedsince is not None else []
         if modified:
             # RFC 7162 §3.1.3: the messages that failed the UNCHANGEDSINCE test
-            listed = [self.mbox.getUID(n) for n in modified] if uid else modified
+            listed = [self.selected.getUID(n) for n in modified] if uid else modified
             return b"[MODIFIED " + uid_set(listed) + b"] Conditional STORE failed"
         return b"STORE completed"
 
@@ -258,7 +256,7 @@ class SelectedCommands(MailboxUpdates):
         """STORE's flags (RFC 3501 §9 store-att-flags: a flag list or flags without one)."""
         return grammar.flag_list(line or b"")
 
-    select_STORE = (
+    select_STORE = command(
         do_STORE,
         IMAPProtocol.arg_seqset,
         opt_store_modifiers,
@@ -271,29 +269,26 @@ class SelectedCommands(MailboxUpdates):
     ) -> bytes:
         self._check_numbers(messages, uid)
         if self.quota is not None:  # RFC 9208 §4.3.1: NO [OVERQUOTA], nothing copied
-            sources = await maybeDeferred(self.mbox.fetch, messages, uid)
+            sources = self.selected.fetch(messages, uid)
             await self.check_quota(sum(m.getSize() for _, m in sources), len(sources))
         code, _ = await self._copy(messages, name, uid)
         return code + b"COPY completed"
 
     async def _copy(
         self, messages: imap4.MessageSet, name: bytes, uid: bool
-    ) -> tuple[bytes, list[Any]]:
+    ) -> tuple[bytes, list[MaildirMessage]]:
         """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
         when nothing was copied) and the source messages copied."""
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
-        target = await maybeDeferred(self.account.select, decode_mailbox_name(name), False)
+        target = await self.mail_account.select(decode_mailbox_name(name), False)
         if target is None:
             raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
-        copied: list[Any] = []
+        copied: list[MaildirMessage] = []
         new_uids: list[int] = []
         try:
-            copier = imap4.IMessageCopier(target, None)
-            if copier is None:
-                raise _no(b"Cannot copy into this mailbox", b"CANNOT")
-            for _seq, msg in await maybeDeferred(self.mbox.fetch, messages, uid):
+            for _seq, msg in self.selected.fetch(messages, uid):
                 try:
-                    new_uid = await maybeDeferred(copier.copy, msg)
+                    new_uid = await target.copy(msg)
                 except MaildirError:
                     continue  # expunged meanwhile
                 copied.append(msg)
@@ -315,16 +310,16 @@ class SelectedCommands(MailboxUpdates):
     """Told of every COPY and MOVE (and UID forms): the spam filter learns from moves into
     and out of Junk (L{twistedmail.rspamd.JunkLearner})."""
 
-    def _observe_copy(self, target: Any, copied: list[Any]) -> None:
+    def _observe_copy(self, target: MaildirMailbox, copied: list[MaildirMessage]) -> None:
         if self.copy_observer is None or not copied:
             return
         try:
             self.copy_observer.copied(
-                str(getattr(self.account, "address", "")),
-                str(getattr(self.mbox, "name", "")),
-                str(getattr(target, "name", "")),
+                self.mail_account.address,
+                self.selected.name,
+                target.name,
                 copied,
-                getattr(self.account, "run_in_thread", None),
+                self.mail_account.run_in_thread,
             )
         except Exception:
             log.failure("copy observer failed")
@@ -335,8 +330,8 @@ class SelectedCommands(MailboxUpdates):
         """RFC 6851 §3: copy, then expunge the sources; COPYUID goes in an untagged OK
         before the EXPUNGE responses (§4.3)."""
         self._check_numbers(messages, uid)
-        mbox = self.mbox
-        if not mbox.isWriteable() or not hasattr(mbox, "remove_entries"):
+        mbox = self.selected
+        if not mbox.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
         code, copied = await self._copy(messages, name, uid)
         if code:
@@ -344,24 +339,24 @@ class SelectedCommands(MailboxUpdates):
         self._report_expunged(await mbox.remove_entries([m.entry for m in copied]))
         return b"MOVE completed"
 
-    select_MOVE = (do_MOVE, IMAPProtocol.arg_seqset, IMAPProtocol.arg_finalastring)
+    select_MOVE = command(do_MOVE, IMAPProtocol.arg_seqset, IMAPProtocol.arg_finalastring)
 
     async def do_UID_EXPUNGE(
         self, tag: bytes, messages: imap4.MessageSet, uid: bool = True
     ) -> bytes:
         """UID EXPUNGE (RFC 4315 §2.1): expunge only the C{\\Deleted} messages in the set."""
-        if not self.mbox.isWriteable():
+        if not self.selected.isWriteable():
             raise _no(b"Mailbox is read-only", b"READ-ONLY")
-        self._report_expunged(await maybeDeferred(self.mbox.expunge, messages))
+        self._report_expunged(await self.selected.expunge(messages))
         return b"EXPUNGE completed"
 
-    select_UID_EXPUNGE = (do_UID_EXPUNGE, IMAPProtocol.arg_seqset)
+    select_UID_EXPUNGE = command(do_UID_EXPUNGE, IMAPProtocol.arg_seqset)
 
     async def do_UNSELECT(self, tag: bytes) -> bytes:
         """RFC 3691: leave the selected state without expunging."""
         self._close_mailbox()
         return b"UNSELECT completed"
 
-    select_UNSELECT = (do_UNSELECT,)
+    select_UNSELECT = command(do_UNSELECT)
 
-    select_COPY = (do_COPY, IMAPProtocol.arg_seqset, IMAPProtocol.arg_finalastring)
+    select_COPY = command(do_COPY, IMAPProtocol.arg_seqset, IMAPProtocol.arg_finalastring)

@@ -37,17 +37,18 @@ PERMANENTFLAGS and UNSEEN, which RFC 3501 §6.3.1 requires and stock never sent.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLContextFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedmail.imap.authenticated import AuthenticatedCommands
 from twistedmail.imap.compress import Inflater
-from twistedmail.imap.fetch import FetchCommand, _FlowGate
+from twistedmail.imap.fetch import FetchCommand
 from twistedmail.imap.not_authenticated import NotAuthenticatedCommands
 from twistedmail.imap.protocol import IMAPError, _Gone, literal_size, uid_set
 from twistedmail.imap.quota import QuotaCommands
@@ -100,9 +101,7 @@ class IMAPServer(
     """
 
     IDENT = b"twistedmail IMAP4rev1 ready"
-    _user_slot: tuple[str, str] | None = None
     _lost = False  # connectionLost ran: a command still running must take nothing more
-    _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
     MAX_LENGTH = 65536
     timeOut = 60
     POSTAUTH_TIMEOUT = IMAPSettings().idle_timeout
@@ -127,7 +126,6 @@ class IMAPServer(
         self.portal = portal
         self.implicit_tls = implicit_tls
         self.clock = clock
-        self.callLater = clock.callLater
         self.max_literal_size = settings.max_literal_size
         self.session = uuid.uuid4().hex[:8]
         self.peer = "?"
@@ -143,6 +141,10 @@ class IMAPServer(
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE active (RFC 4978)
 
     # connection
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's timers (autologout, RFC 3501 §5.4) on the session's clock."""
+        return self.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()

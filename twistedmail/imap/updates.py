@@ -15,16 +15,11 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twistedmail.imap.protocol import IMAPProtocol, _bad, _flag_list, uid_set
+from twistedmail.imap.account import MaildirAccount
+from twistedmail.imap.mailbox import MaildirMailbox
+from twistedmail.imap.protocol import IMAPProtocol, _bad, _flag_list, _no, uid_set
 
 log = Logger(namespace="twistedmail.imap")
-
-
-def _permanent_flags(mbox: Any) -> list[str]:
-    """PERMANENTFLAGS (RFC 3501 §7.1): the mailbox's own list (with C{\\*} while keywords can
-    be created), or its FLAGS for a mailbox that has none."""
-    permanent = getattr(mbox, "permanent_flags", None)
-    return list(permanent()) if permanent is not None else list(mbox.getFlags())
 
 
 def _close_quietly(mbox: Any) -> None:
@@ -36,12 +31,33 @@ def _close_quietly(mbox: Any) -> None:
 class MailboxUpdates(IMAPProtocol):
     """The selected mailbox of a session and the untagged updates about it."""
 
+    # Twisted's IMAP4Server declares both as None; ours are set at login and SELECT.
+    account: MaildirAccount | None
+    mbox: MaildirMailbox | None
+    _pending_exists: bool  # an EXISTS to send before the next tagged reply
+    _pending_flags: dict[int, list[str]]  # UID -> flags changed by another session
+    _pending_keywords: bool  # a new keyword: FLAGS and PERMANENTFLAGS again
+    _pending_highestmodseq: bool  # CONDSTORE just enabled: HIGHESTMODSEQ once
+
+    @property
+    def mail_account(self) -> MaildirAccount:
+        """The logged-in user's folders: the authenticated and selected states' handlers
+        (RFC 3501 §6.3, §6.4) run only after login, which sets it."""
+        if self.account is None:
+            raise _no(b"Not logged in")
+        return self.account
+
+    @property
+    def selected(self) -> MaildirMailbox:
+        """The selected mailbox: the selected state's handlers (RFC 3501 §6.4) run only
+        while one is selected."""
+        if self.mbox is None:
+            raise _bad(b"No mailbox selected")
+        return self.mbox
+
     async def _in_thread(self, f: Callable[..., Any], *args: Any) -> Any:
-        """Run an IAccount mutator off the reactor thread when the account allows it."""
-        run = getattr(self.account, "run_in_thread", None)
-        if run is None:
-            return f(*args)
-        return await run(f, *args)
+        """Run C{f(*args)}, a change to the user's folders, off the reactor thread."""
+        return await self.mail_account.run_in_thread(f, *args)
 
     def _flush_unsolicited(self) -> None:
         mbox = self.mbox
@@ -60,8 +76,7 @@ class MailboxUpdates(IMAPProtocol):
             self._pending_exists = False
             # the mailbox learns what the client knows (RFC 3501 §7.4.1: no EXPUNGE or FETCH
             # may name a number above the last EXISTS); nothing to say when it knows it
-            announce = getattr(mbox, "announce", None)
-            count = announce() if announce is not None else mbox.getMessageCount()
+            count = mbox.announce()
             if count is not None:
                 self.sendLine(b"* %d EXISTS" % count)
                 self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
@@ -82,20 +97,19 @@ class MailboxUpdates(IMAPProtocol):
         self._pending_keywords = False
         self.sendLine(b"* FLAGS (" + _flag_list(self.mbox.getFlags()) + b")")
         if self.mbox.isWriteable():
-            permanent = _flag_list(_permanent_flags(self.mbox))
+            permanent = _flag_list(self.mbox.permanent_flags())
             self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
 
     def _send_expunges(self) -> None:
-        take = getattr(self.mbox, "take_expunged", None)
-        if take is not None:
-            self._report_expunged(take())
+        if self.mbox is not None:
+            self._report_expunged(self.mbox.take_expunged())
 
     def _report_expunged(self, seqs: Sequence[int]) -> None:
         """C{* n EXPUNGE} for each (already adjusted) sequence number; once QRESYNC is
         enabled, one C{* VANISHED uid-set} instead (RFC 7162 §3.2.10)."""
         if not seqs:
             return
-        uids = getattr(self.mbox, "expunged_uids", None)
+        uids = self.mbox.expunged_uids if self.mbox is not None else None
         if b"QRESYNC" in self.enabled and uids:
             self.sendLine(b"* VANISHED " + uid_set(sorted(uids)))
             return
@@ -131,9 +145,8 @@ class MailboxUpdates(IMAPProtocol):
         self.sendUntaggedResponse(b"OK [READ-WRITE] mode" if writeable else b"OK [READ-ONLY] mode")
 
     async def _refresh(self) -> None:
-        refresh = getattr(self.mbox, "refresh", None)
-        if refresh is not None:
-            await refresh()
+        if self.mbox is not None:
+            await self.mbox.refresh()
 
     def _close_mailbox(self) -> None:
         mbox, self.mbox = self.mbox, None
@@ -146,8 +159,8 @@ class MailboxUpdates(IMAPProtocol):
         if self.state == "select":
             self.state = "auth"
 
-    async def _refresh_if_selected(self, target: Any) -> None:
-        if self.mbox is not None and getattr(self.mbox, "path", None) == getattr(target, "path", 0):
+    async def _refresh_if_selected(self, target: MaildirMailbox) -> None:
+        if self.mbox is not None and self.mbox.path == target.path:
             await self._refresh()
 
     # CONDSTORE and QRESYNC (RFC 7162)
@@ -159,15 +172,14 @@ class MailboxUpdates(IMAPProtocol):
             return
         self.enabled.add(b"CONDSTORE")
         # sent before the tagged reply, with the value after the command's own changes
-        self._pending_highestmodseq = hasattr(self.mbox, "getHighestModSeq")
+        self._pending_highestmodseq = self.mbox is not None
 
     def _condstore_items(self, seq: int) -> bytes:
         """C{ UID n MODSEQ (m)} for an untagged FETCH once CONDSTORE is enabled (RFC 7162
         §3.1.3, §3.2.4: UID and MODSEQ in every FETCH about flag changes), else C{b""}."""
-        modseq_of = getattr(self.mbox, "modseq_of", None)
-        if b"CONDSTORE" not in self.enabled or modseq_of is None:
+        if b"CONDSTORE" not in self.enabled or self.mbox is None:
             return b""
-        return b" UID %d MODSEQ (%d)" % (self.mbox.getUID(seq), modseq_of(seq))
+        return b" UID %d MODSEQ (%d)" % (self.mbox.getUID(seq), self.mbox.modseq_of(seq))
 
     def _check_numbers(self, messages: imap4.MessageSet, uid: bool) -> None:
         """RFC 3501 §9 seq-number: a message sequence number names a message the client
@@ -176,7 +188,7 @@ class MailboxUpdates(IMAPProtocol):
         syncs sends) names nothing and is answered OK.  UIDs need not exist (§6.4.8)."""
         if uid:
             return
-        count = self.mbox.getMessageCount()
+        count = self.selected.getMessageCount()
         ends = [n for low, high in messages.ranges for n in (low, high)]
         if not count and None in ends:
             return
