@@ -29,22 +29,22 @@ from twistedmail.imap.message import (
     parse_internaldate,
 )
 from twistedmail.imap.protocol import (
+    ConnectionGone,
     IMAPProtocol,
-    _atoms,
-    _bad,
-    _flag_list,
-    _Gone,
-    _no,
-    _number,
-    _paren_group,
-    _uid_set_arg,
+    bad,
     command,
     decode_mailbox_name,
     encode_mailbox_name,
+    format_flags,
+    no,
+    number_arg,
+    option_atoms,
+    paren_group,
     uid_set,
+    uid_set_arg,
     utf8_mailbox,
 )
-from twistedmail.imap.updates import MailboxUpdates, _close_quietly
+from twistedmail.imap.updates import MailboxUpdates, close_quietly
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -98,13 +98,13 @@ def _status_option(returns: list[Any] | None) -> list[str]:
     for item in [r for r in returns if isinstance(r, list)]:
         returns.remove(item)
         if not item:  # RFC 5819 §3: "STATUS" SP "(" status-att *(SP status-att) ")"
-            raise _bad(b"STATUS items expected")
+            raise bad(b"STATUS items expected")
         for name in item:
             if not isinstance(name, bytes):
-                raise _bad(b"Unknown STATUS item")
+                raise bad(b"Unknown STATUS item")
             text = name.decode("ascii", "replace").upper()  # atoms are case-insensitive
             if text not in STATUS_ITEMS:
-                raise _bad(b"Unknown STATUS item")
+                raise bad(b"Unknown STATUS item")
             if text not in out:
                 out.append(text)
     return out
@@ -171,9 +171,9 @@ class AuthenticatedCommands(MailboxUpdates):
         after it (both ways) is raw DEFLATE; input the client pipelined after the command is
         already compressed."""
         if self._inflater is not None:
-            raise _no(b"DEFLATE already active", b"COMPRESSIONACTIVE")
+            raise no(b"DEFLATE already active", b"COMPRESSIONACTIVE")
         if mechanism.upper() != b"DEFLATE":
-            raise _bad(b"Unknown compression mechanism", b"CANNOT")
+            raise bad(b"Unknown compression mechanism", b"CANNOT")
         self.sendPositiveResponse(tag, b"DEFLATE active")
         leftover = self.clearLineBuffer()
         self._inflater = Inflater()
@@ -188,7 +188,7 @@ class AuthenticatedCommands(MailboxUpdates):
     async def _open(self, name: bytes, readwrite: bool) -> MaildirMailbox:
         mbox = await self.mail_account.select(decode_mailbox_name(name), readwrite)
         if mbox is None:
-            raise _no(b"No such mailbox", b"NONEXISTENT")
+            raise no(b"No such mailbox", b"NONEXISTENT")
         return mbox
 
     async def do_SELECT(
@@ -203,10 +203,10 @@ class AuthenticatedCommands(MailboxUpdates):
             closeable = imap4.ICloseableMailbox(mbox, None)
             if closeable is not None:
                 await maybeDeferred(closeable.close)
-            raise _Gone()
+            raise ConnectionGone()
         if "\\noselect" in [f.lower() for f in mbox.getFlags()]:
-            raise _no(b"Mailbox cannot be selected", b"CANNOT")
-        flags = _flag_list(mbox.getFlags())
+            raise no(b"Mailbox cannot be selected", b"CANNOT")
+        flags = format_flags(mbox.getFlags())
         # RFC 3501 §6.3.1: FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDNEXT, UIDVALIDITY
         self.sendLine(b"* FLAGS (" + flags + b")")
         self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
@@ -215,7 +215,7 @@ class AuthenticatedCommands(MailboxUpdates):
         if first_unseen is not None:
             self.sendLine(b"* OK [UNSEEN %d] First unseen" % first_unseen)
         writeable = mbox.isWriteable()
-        permanent = _flag_list(mbox.permanent_flags()) if writeable else b""
+        permanent = format_flags(mbox.permanent_flags()) if writeable else b""
         self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
         self.sendLine(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendLine(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
@@ -233,7 +233,7 @@ class AuthenticatedCommands(MailboxUpdates):
         """RFC 4466 §2.1 select parameters: C{(CONDSTORE)}, C{(QRESYNC (...))}."""
         if (line or b"")[:1] != b"(":
             return None, line
-        inner, rest = _paren_group(line)
+        inner, rest = paren_group(line)
         return imap4.parseNestedParens(inner), rest
 
     auth_SELECT = command(do_SELECT, IMAPProtocol.arg_astring, opt_select_params, 1, b"SELECT")
@@ -252,25 +252,25 @@ class AuthenticatedCommands(MailboxUpdates):
         while items:
             name = items.pop(0)
             if not isinstance(name, bytes):
-                raise _bad(b"Select parameter expected")
+                raise bad(b"Select parameter expected")
             if name.upper() == b"CONDSTORE":
                 self.enabled.add(b"CONDSTORE")
             elif name.upper() == b"QRESYNC":
                 if b"QRESYNC" not in self.enabled:
-                    raise _bad(b"QRESYNC is not enabled")  # RFC 7162 §3.2.5
+                    raise bad(b"QRESYNC is not enabled")  # RFC 7162 §3.2.5
                 args = items.pop(0) if items else None
                 if not isinstance(args, list) or not 2 <= len(args) <= 4:
-                    raise _bad(b"QRESYNC (uidvalidity modseq [known-uids [seq-match]])")
-                uidvalidity, modseq = _number(args[0], 1), _number(args[1], 1)
-                known = _uid_set_arg(args[2]) if len(args) > 2 else None
+                    raise bad(b"QRESYNC (uidvalidity modseq [known-uids [seq-match]])")
+                uidvalidity, modseq = number_arg(args[0], 1), number_arg(args[1], 1)
+                known = uid_set_arg(args[2]) if len(args) > 2 else None
                 if len(args) > 3:
                     match = args[3]  # RFC 7162 §3.2.5.2 seq-match-data: checked, not needed
                     if not isinstance(match, list) or len(match) != 2:
-                        raise _bad(b"Bad sequence match data")
-                    _uid_set_arg(match[0]), _uid_set_arg(match[1])
+                        raise bad(b"Bad sequence match data")
+                    uid_set_arg(match[0]), uid_set_arg(match[1])
                 qresync = (uidvalidity, modseq, known)
             else:
-                raise _bad(b"Unknown select parameter")
+                raise bad(b"Unknown select parameter")
         return qresync
 
     async def _qresync(self, uidvalidity: int, modseq: int, known: Any) -> None:
@@ -288,12 +288,12 @@ class AuthenticatedCommands(MailboxUpdates):
             if msg.entry.modseq > modseq:
                 self.sendLine(
                     b"* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))"
-                    % (seq, msg.getUID(), _flag_list(msg.getFlags()), msg.entry.modseq)
+                    % (seq, msg.getUID(), format_flags(msg.getFlags()), msg.entry.modseq)
                 )
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:
         if not await self._in_thread(self.mail_account.create, decode_mailbox_name(name)):
-            raise _no(b"Mailbox not created", b"CANNOT")
+            raise no(b"Mailbox not created", b"CANNOT")
         return b"CREATE completed"
 
     auth_CREATE = command(do_CREATE, IMAPProtocol.arg_finalastring)
@@ -344,7 +344,7 @@ class AuthenticatedCommands(MailboxUpdates):
         else:
             boxes = await self.mail_account.listMailboxes(reference, wildcard)
         for name, info in boxes:
-            attributes = _flag_list(info.getFlags())
+            attributes = format_flags(info.getFlags())
             delimiter = encode_string(info.getHierarchicalDelimiter())
             self.sendLine(
                 b"* "
@@ -365,8 +365,8 @@ class AuthenticatedCommands(MailboxUpdates):
         """RFC 5258 §3: optional C{(selection options)} before the reference name."""
         if (line or b"")[:1] != b"(":
             return None, line
-        inner, rest = _paren_group(line)
-        return _atoms(inner), rest
+        inner, rest = paren_group(line)
+        return option_atoms(inner), rest
 
     def arg_list_patterns(self, line: bytes) -> Any:
         """One mailbox pattern, or RFC 5258 §3 C{(pattern pattern ...)}."""
@@ -375,7 +375,7 @@ class AuthenticatedCommands(MailboxUpdates):
             if isinstance(result, Deferred):
                 return result.addCallback(lambda r: ([r[0]], r[1]))
             return [result[0]], result[1]
-        inner, rest = _paren_group(line)
+        inner, rest = paren_group(line)
         patterns = grammar.parse_list(inner)
         if not patterns or not all(isinstance(p, bytes) for p in patterns):
             raise imap4.IllegalClientResponse("Bad mailbox patterns")
@@ -390,7 +390,7 @@ class AuthenticatedCommands(MailboxUpdates):
         keyword, _, rest = line.partition(b" ")
         if keyword.upper() != b"RETURN" or rest[:1] != b"(":
             raise imap4.IllegalClientResponse("RETURN expected")
-        inner, rest = _paren_group(rest)
+        inner, rest = paren_group(rest)
         return _list_return_options(inner), rest
 
     async def do_LIST_EXTENDED(
@@ -405,11 +405,11 @@ class AuthenticatedCommands(MailboxUpdates):
         status_items = _status_option(returns)
         chosen, wanted = set(selection or ()), {r for r in returns or () if r != b"STATUS"}
         if chosen - LIST_SELECT_OPTIONS:
-            raise _bad(b"Unknown LIST selection option")
+            raise bad(b"Unknown LIST selection option")
         if wanted - LIST_RETURN_OPTIONS:
-            raise _bad(b"Unknown LIST return option")
+            raise bad(b"Unknown LIST return option")
         if b"RECURSIVEMATCH" in chosen and not chosen - {b"RECURSIVEMATCH", b"REMOTE"}:
-            raise _bad(b"RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
+            raise bad(b"RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
         reference = _list_name(ref)
         wildcards = [w for w in map(_list_name, patterns) if w is not None]
         if reference is None or not wildcards:
@@ -445,7 +445,7 @@ class AuthenticatedCommands(MailboxUpdates):
         try:
             status = await _status(mbox, items, self.max_literal_size)
         finally:
-            _close_quietly(mbox)
+            close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
         self.sendLine(b"* STATUS " + self.wire_name(name) + b" (" + data + b")")
 
@@ -471,7 +471,7 @@ class AuthenticatedCommands(MailboxUpdates):
             b"* %s (%s) %s %s%s"
             % (
                 command,
-                _flag_list(attributes),
+                format_flags(attributes),
                 encode_string(delimiter),
                 self.wire_name(name),
                 extra,
@@ -494,7 +494,7 @@ class AuthenticatedCommands(MailboxUpdates):
                 not isinstance(item, bytes)
                 or item.upper().decode("ascii", "replace") not in STATUS_ITEMS
             ):
-                raise _bad(b"Unknown STATUS item")
+                raise bad(b"Unknown STATUS item")
             names.append(item.upper().decode("ascii"))
         if "HIGHESTMODSEQ" in names:
             self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
@@ -503,7 +503,7 @@ class AuthenticatedCommands(MailboxUpdates):
         try:
             status = await _status(mbox, names, self.max_literal_size)
         finally:
-            _close_quietly(mbox)
+            close_quietly(mbox)
         data = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
         self.sendLine(b"* STATUS " + self.wire_name(mailbox) + b" (" + data + b")")
         return b"STATUS completed"
@@ -517,20 +517,20 @@ class AuthenticatedCommands(MailboxUpdates):
         # RFC 3501 §6.3.11; the flag list and date are optional (stock Twisted iterated a
         # missing flag list, None, and answered BAD)
         if date is not None and parse_internaldate(date) is None:
-            raise _bad(b"Invalid date-time")
+            raise bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
         mbox = await self.mail_account.select(decode_mailbox_name(name), False)
         if mbox is None:
-            raise _no(b"No such mailbox", b"TRYCREATE")
+            raise no(b"No such mailbox", b"TRYCREATE")
         try:
             data = message.read()
             if not data:
-                raise _no(b"Empty message", b"CANNOT")
+                raise no(b"Empty message", b"CANNOT")
             await self.check_quota(len(data), 1)  # RFC 9208 §4.3.1: NO [OVERQUOTA]
             new_uid = await mbox.addMessage(data, flag_names, date)
         finally:
-            _close_quietly(mbox)
+            close_quietly(mbox)
         await self._refresh_if_selected(mbox)
         if isinstance(new_uid, int) and mbox.getUIDValidity():
             # RFC 4315 §3: APPENDUID <uidvalidity> <uid>
@@ -557,7 +557,7 @@ class AuthenticatedCommands(MailboxUpdates):
         line = await self.read_line()
         self._idling = False
         if line.strip().upper() != b"DONE":
-            raise _bad(b"Expected DONE")  # RFC 2177 §3: only DONE ends IDLE
+            raise bad(b"Expected DONE")  # RFC 2177 §3: only DONE ends IDLE
         return b"IDLE terminated"
 
     auth_IDLE = command(do_IDLE)

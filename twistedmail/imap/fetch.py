@@ -36,7 +36,7 @@ from twistedmail.imap.message import (
     section_label,
     split_message,
 )
-from twistedmail.imap.protocol import IMAPProtocol, _bad, _flag_list, _paren_group, command, uid_set
+from twistedmail.imap.protocol import IMAPProtocol, bad, command, format_flags, paren_group, uid_set
 from twistedmail.imap.updates import MailboxUpdates
 from twistedmail.index import CachedParts
 from twistedmail.maildir import MaildirError
@@ -151,7 +151,7 @@ class FetchCommand(MailboxUpdates):
         (the modifiers)."""
         line = line or b""
         if line[:1] == b"(":
-            inner, rest = _paren_group(line)
+            inner, rest = paren_group(line)
             items = _top_level(inner)
             wants = any(i.upper() == b"MODSEQ" for i in items)
             items = [i for i in items if i.upper() != b"MODSEQ"]
@@ -185,9 +185,9 @@ class FetchCommand(MailboxUpdates):
         MODSEQ); §3.2.6: UID FETCH with VANISHED first sends C{VANISHED (EARLIER)}."""
         changedsince = modifiers.get(b"CHANGEDSINCE")
         if changedsince is None and b"VANISHED" in modifiers:
-            raise _bad(b"VANISHED needs CHANGEDSINCE")
+            raise bad(b"VANISHED needs CHANGEDSINCE")
         if b"VANISHED" in modifiers and (not uid or b"QRESYNC" not in self.enabled):
-            raise _bad(b"VANISHED needs UID FETCH and ENABLE QRESYNC")  # RFC 7162 §3.2.6
+            raise bad(b"VANISHED needs UID FETCH and ENABLE QRESYNC")  # RFC 7162 §3.2.6
         wants = any(p.type == "modseq" for p in query)
         if wants or changedsince is not None:
             self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
@@ -293,7 +293,7 @@ class FetchCommand(MailboxUpdates):
         for part in query:
             kind = part.type
             if kind == "flags":
-                items.append(b"FLAGS (" + _flag_list(msg.getFlags()) + b")")
+                items.append(b"FLAGS (" + format_flags(msg.getFlags()) + b")")
             elif kind == "uid":
                 seen_uid = True
                 items.append(b"UID %d" % msg.getUID())
@@ -342,7 +342,7 @@ class FetchCommand(MailboxUpdates):
                     data, origin = partial(data, part)
                     items.append(label + origin + b" " + _literal(data))
         if add_flags:
-            items.append(b"FLAGS (" + _flag_list(msg.getFlags()) + b")")
+            items.append(b"FLAGS (" + format_flags(msg.getFlags()) + b")")
             if b"CONDSTORE" in self.enabled and not any(p.type == "modseq" for p in query):
                 # RFC 7162 §3.1.4: the FETCH that set \Seen reports the new MODSEQ
                 items.append(b"MODSEQ (%d)" % msg.entry.modseq)

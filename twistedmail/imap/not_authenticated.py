@@ -20,13 +20,13 @@ from twistedmail.auth import log_login
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.protocol import (
     UTF8_ACCEPT,
+    ConnectionGone,
     IMAPProtocol,
-    _bad,
-    _Gone,
-    _no,
-    _paren_group,
-    _safe,
+    bad,
     command,
+    no,
+    paren_group,
+    safe_text,
 )
 from twistedmail.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from twistedmail.imap.updates import MailboxUpdates
@@ -104,9 +104,9 @@ class NotAuthenticatedCommands(MailboxUpdates):
 
     def do_STARTTLS(self, tag: bytes) -> None:
         if self.secure():
-            raise _bad(b"TLS already active")
+            raise bad(b"TLS already active")
         if self.ctx is None or not self.canStartTLS:
-            raise _no(b"TLS not available")
+            raise no(b"TLS not available")
         self.sendPositiveResponse(tag, b"Begin TLS negotiation now")
         # RFC 3501 §6.2.1 / RFC 2595 §3.1: nothing the client sent after STARTTLS, before
         # the handshake, may be acted on.  Stock Twisted kept those lines in its buffer and
@@ -120,12 +120,12 @@ class NotAuthenticatedCommands(MailboxUpdates):
     async def do_LOGIN(self, tag: bytes, user: bytes, password: bytes) -> bytes:
         if not self.secure():
             log_login("imap", user, self.peer, False)
-            raise _no(b"Plaintext authentication disallowed without TLS", b"PRIVACYREQUIRED")
+            raise no(b"Plaintext authentication disallowed without TLS", b"PRIVACYREQUIRED")
         try:
             credentials = sasl.credentials(user, password)
         except sasl.Malformed as e:
             auth.refused("imap", e, self.peer)
-            raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+            raise no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
         await self._login(credentials)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
@@ -135,7 +135,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         self, tag: bytes, mechanism: bytes, initial: bytes | None
     ) -> bytes:
         if not self.secure():
-            raise _no(b"Authentication disallowed without TLS", b"PRIVACYREQUIRED")
+            raise no(b"Authentication disallowed without TLS", b"PRIVACYREQUIRED")
         try:
             exchange = sasl.Exchange(mechanism, SASL_MECHANISMS)
             # RFC 4959 §3: an initial response ("=" for an empty one) saves a round trip.
@@ -145,15 +145,15 @@ class NotAuthenticatedCommands(MailboxUpdates):
                 self.sendContinuationRequest(sasl.encode_challenge(outcome))
                 outcome = exchange.respond(await self.read_line())
         except sasl.UnsupportedMechanism:
-            raise _no(b"Unsupported authentication mechanism", b"CANNOT") from None
+            raise no(b"Unsupported authentication mechanism", b"CANNOT") from None
         except sasl.Cancelled:
-            raise _bad(b"Authentication cancelled") from None  # RFC 3501 §6.2.2
+            raise bad(b"Authentication cancelled") from None  # RFC 3501 §6.2.2
         except sasl.BadBase64:
-            raise _bad(b"Invalid base64 response") from None  # RFC 3501 §6.2.2
+            raise bad(b"Invalid base64 response") from None  # RFC 3501 §6.2.2
         except sasl.Malformed as e:
             auth.refused("imap", e, self.peer)
             # RFC 5530 §3: the credentials are wrong, whatever the reason.
-            raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+            raise no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
         await self._login(outcome)
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
@@ -163,28 +163,28 @@ class NotAuthenticatedCommands(MailboxUpdates):
 
     async def _login(self, credentials: sasl.Credentials) -> None:
         if self.portal is None:
-            raise _no(b"Temporary authentication failure", b"UNAVAILABLE")
+            raise no(b"Temporary authentication failure", b"UNAVAILABLE")
         try:
             result = await auth.login(
                 self.portal, imap4.IAccount, credentials, service="imap", peer_ip=self.peer
             )
         except auth.LoginFailed:
-            raise _no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
+            raise no(b"Authentication failed", b"AUTHENTICATIONFAILED") from None
         except auth.LoginBlocked:
             # RFC 5530 §3: UNAVAILABLE, a temporary failure (the failed-login throttle).
-            raise _no(b"Too many failed logins, try again later", b"UNAVAILABLE") from None
+            raise no(b"Too many failed logins, try again later", b"UNAVAILABLE") from None
         except auth.LoginUnavailable:
-            raise _no(b"Temporary authentication failure", b"UNAVAILABLE") from None
+            raise no(b"Temporary authentication failure", b"UNAVAILABLE") from None
         avatar: MaildirAccount = result.avatar  # the realm's IAccount avatar
         logout, address = result.logout, result.address
         if self._lost:  # the client left during the check: no slot nobody would release
             logout()
-            raise _Gone()
+            raise ConnectionGone()
         if self.user_limit is not None:
             if not self.user_limit.acquire(address, self.peer):
                 logout()
                 # RFC 5530 §3: UNAVAILABLE; as Dovecot's mail_max_userip_connections.
-                raise _no(b"Maximum number of connections from user+IP exceeded", b"UNAVAILABLE")
+                raise no(b"Maximum number of connections from user+IP exceeded", b"UNAVAILABLE")
             self._user_slot = (address, self.peer)
         try:
             await avatar.prepare()  # INBOX, and the special-use folders on first login
@@ -192,7 +192,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
             log.failure("imap folder setup failed session={session}", session=self.session)
         if self._lost:  # the close gave the slot back; log out here, start no timer
             logout()
-            raise _Gone()
+            raise ConnectionGone()
         self.user = address
         self.account = avatar
         self._onLogout = logout
@@ -205,7 +205,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
             return None, line[3:].lstrip(b" ")
         if (line or b"")[:1] != b"(":
             raise imap4.IllegalClientResponse("NIL or a parameter list expected")
-        inner, rest = _paren_group(line)
+        inner, rest = paren_group(line)
         params = imap4.parseNestedParens(inner)
         if len(params) % 2 or len(params) > 2 * ID_FIELDS:
             raise imap4.IllegalClientResponse("Bad ID parameter list")
@@ -215,7 +215,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         """RFC 2971: log what the client says it is; say what we are."""
         if params:
             fields = {
-                _safe(k.decode("utf-8", "replace"))[:30].lower(): _safe(
+                safe_text(k.decode("utf-8", "replace"))[:30].lower(): safe_text(
                     v.decode("utf-8", "replace")
                 )[:60]
                 for k, v in zip(params[::2], params[1::2], strict=True)
@@ -240,7 +240,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         asked = [n.upper() for n in names.split(b" ")]
         # RFC 5161 §4: enable = "ENABLE" 1*(SP capability); a capability is an atom
         if not names or not all(asked) or any(_ATOM_SPECIALS.intersection(n) for n in asked):
-            raise _bad(b"Capability names expected")
+            raise bad(b"Capability names expected")
         turned_on = [n for n in dict.fromkeys(asked) if n in ENABLEABLE and n not in self.enabled]
         self.enabled |= set(turned_on)
         if b"QRESYNC" in self.enabled:

@@ -85,22 +85,24 @@ class IMAPError(Exception):
         return (b"[" + self.code + b"] " if self.code else b"") + self.text
 
 
-class _Gone(IMAPError):
+class ConnectionGone(IMAPError):
     """The connection closed while the command ran: it ends, and nothing is sent."""
 
     def __init__(self) -> None:
         super().__init__(b"NO", b"Connection closed")
 
 
-def _no(text: bytes, code: bytes = b"") -> IMAPError:
+def no(text: bytes, code: bytes = b"") -> IMAPError:
+    """C{tag NO [code] text}: the command failed (RFC 3501 §7.1.2)."""
     return IMAPError(b"NO", text, code)
 
 
-def _bad(text: bytes, code: bytes = b"") -> IMAPError:
+def bad(text: bytes, code: bytes = b"") -> IMAPError:
+    """C{tag BAD [code] text}: the command was not valid (RFC 3501 §7.1.3)."""
     return IMAPError(b"BAD", text, code)
 
 
-def _safe(text: str) -> bytes:
+def safe_text(text: str) -> bytes:
     """Our own error text for a client: printable ASCII, bounded."""
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200].encode("ascii")
 
@@ -153,7 +155,7 @@ def uid_set(uids: Sequence[int]) -> bytes:
     return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
 
 
-def _paren_group(line: bytes) -> tuple[bytes, bytes]:
+def paren_group(line: bytes) -> tuple[bytes, bytes]:
     """Split C{(a (b) "c)")rest} into (C{a (b) "c)"}, C{rest}); quotes respected.
 
     @raise imap4.IllegalClientResponse: unbalanced parentheses.
@@ -178,7 +180,7 @@ def _paren_group(line: bytes) -> tuple[bytes, bytes]:
     raise imap4.IllegalClientResponse("Mismatched parenthesis")
 
 
-def _atoms(inner: bytes) -> list[bytes]:
+def option_atoms(inner: bytes) -> list[bytes]:
     """The upper-cased atoms of an option list (nested lists are refused)."""
     out = []
     for item in imap4.parseNestedParens(inner):
@@ -188,29 +190,30 @@ def _atoms(inner: bytes) -> list[bytes]:
     return out
 
 
-def _number(value: Any, low: int) -> int:
+def number_arg(value: Any, low: int) -> int:
     """A number from a parsed argument, at least C{low}, at most 2^63-1 (RFC 7162 §7).
 
     @raise IMAPError: BAD otherwise."""
     if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
-        raise _bad(b"Number expected")
+        raise bad(b"Number expected")
     number = int(value)
     if not low <= number <= MAX_MODSEQ:
-        raise _bad(b"Number out of range")
+        raise bad(b"Number out of range")
     return number
 
 
-def _uid_set_arg(value: Any) -> imap4.MessageSet:
+def uid_set_arg(value: Any) -> imap4.MessageSet:
     """A sequence set from a parsed argument.  @raise IMAPError: BAD otherwise."""
     try:
         if not isinstance(value, bytes):
             raise ValueError(value)
         return parse_sequence_set(value)
     except ValueError:
-        raise _bad(b"Bad sequence set") from None
+        raise bad(b"Bad sequence set") from None
 
 
-def _flag_list(flags: Sequence[str]) -> bytes:
+def format_flags(flags: Sequence[str]) -> bytes:
+    """The inside of a flag list in a response (RFC 3501 §7.2.6): C{\\Seen \\Answered}."""
     return b" ".join(f.encode("ascii", "replace") for f in flags)
 
 
@@ -367,14 +370,14 @@ class IMAPProtocol(imap4.IMAP4Server):
                 sub, _, rest = (rest or b"").partition(b" ")
                 cmd = sub.upper()
                 if cmd not in UID_COMMANDS:
-                    raise _bad(b"Unknown UID command")
+                    raise bad(b"Unknown UID command")
                 uid = True
             if uid and cmd == b"EXPUNGE":
                 spec = self.lookupCommand(b"UID_EXPUNGE")  # RFC 4315 §2.1: takes a UID set
             else:
                 spec = self.lookupCommand(cmd) if cmd.isalpha() else None
             if spec is None:
-                raise _bad(b"Command unknown or not valid in this state")
+                raise bad(b"Command unknown or not valid in this state")
             handler, parsers = spec[0], spec[1:]
             args: list[Any] = []
             line = rest if rest is not None else b""  # parsers expect bytes
@@ -392,7 +395,7 @@ class IMAPProtocol(imap4.IMAP4Server):
                 args.append(arg)
             unread = line
             if line:
-                raise _bad(b"Too many arguments")
+                raise bad(b"Too many arguments")
             unread = None
             self._busy = paused = True
             self.pauseProducing()
@@ -411,12 +414,14 @@ class IMAPProtocol(imap4.IMAP4Server):
                 self.clearLineBuffer()
                 self.transport.loseConnection()
         except imap4.IllegalClientResponse as e:
-            self.sendBadResponse(tag, b"Syntax error: " + _safe(str(e)))
+            self.sendBadResponse(tag, b"Syntax error: " + safe_text(str(e)))
         except imap4.IllegalMailboxEncoding:
             self.sendNegativeResponse(tag, b"[CANNOT] Invalid mailbox name")
         except imap4.MailboxException as e:
             code = getattr(e, "code", b"")
-            self.sendNegativeResponse(tag, (b"[" + code + b"] " if code else b"") + _safe(str(e)))
+            self.sendNegativeResponse(
+                tag, (b"[" + code + b"] " if code else b"") + safe_text(str(e))
+            )
         except Exception:
             log.failure(
                 "imap {command} failed session={session}", command=cmd, session=self.session
@@ -464,7 +469,7 @@ class IMAPProtocol(imap4.IMAP4Server):
         if (line or b"")[:5].upper() != b"UTF8 ":
             return self.arg_literal(line)
         if not self.utf8_accept():
-            raise _bad(b"UTF8 APPEND needs ENABLE UTF8=ACCEPT")
+            raise bad(b"UTF8 APPEND needs ENABLE UTF8=ACCEPT")
         rest = line[5:]
         if rest[:2] != b"(~":
             raise imap4.IllegalClientResponse("UTF8 (~{n}) literal expected")
@@ -592,7 +597,7 @@ class IMAPProtocol(imap4.IMAP4Server):
         line = (line or b"").lstrip(b" ")
         if line[:1] != b"(":
             return {}, line
-        inner, rest = _paren_group(line)
+        inner, rest = paren_group(line)
         items = imap4.parseNestedParens(inner)
         out: dict[bytes, Any] = {}
         while items:
@@ -606,7 +611,7 @@ class IMAPProtocol(imap4.IMAP4Server):
             if not items:
                 raise imap4.IllegalClientResponse("Modifier value expected")
             try:
-                out[key] = _number(items.pop(0), known[key])
+                out[key] = number_arg(items.pop(0), known[key])
             except IMAPError:
                 raise imap4.IllegalClientResponse("Bad modifier value") from None
         return out, rest

@@ -18,18 +18,18 @@ from twistedmail.imap.mailbox import MaildirMailbox, SearchError
 from twistedmail.imap.message import MaildirMessage, encode_string
 from twistedmail.imap.protocol import (
     IMAPProtocol,
-    _atoms,
-    _bad,
-    _flag_list,
-    _no,
-    _paren_group,
-    _safe,
+    bad,
     command,
     decode_mailbox_name,
+    format_flags,
+    no,
+    option_atoms,
+    paren_group,
+    safe_text,
     uid_set,
 )
 from twistedmail.imap.sort import SortError, parse_criteria
-from twistedmail.imap.updates import MailboxUpdates, _close_quietly
+from twistedmail.imap.updates import MailboxUpdates, close_quietly
 from twistedmail.maildir import MaildirError
 
 log = Logger(namespace="twistedmail.imap")
@@ -100,7 +100,7 @@ class SelectedCommands(MailboxUpdates):
 
     async def do_EXPUNGE(self, tag: bytes) -> bytes:
         if not self.selected.isWriteable():
-            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+            raise no(b"Mailbox is read-only", b"READ-ONLY")
         self._report_expunged(await self.selected.expunge())
         return b"EXPUNGE completed"
 
@@ -115,12 +115,12 @@ class SelectedCommands(MailboxUpdates):
         uid: bool = False,
     ) -> bytes:
         if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
-            raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
+            raise no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
         mbox = self.selected
         try:
             found = await mbox.search(query, uid=uid)
         except SearchError as e:
-            raise _bad(_safe(str(e))) from None
+            raise bad(safe_text(str(e))) from None
         numbers = [mbox.getUID(n) for n in found] if uid else list(found)
         modseq_tail = b""
         if mbox.searched_modseq:
@@ -146,8 +146,8 @@ class SelectedCommands(MailboxUpdates):
         keyword, _, rest = (line or b"").partition(b" ")
         if keyword.upper() != b"RETURN" or rest[:1] != b"(":
             return None, line
-        inner, rest = _paren_group(rest)
-        options = _atoms(inner) or [b"ALL"]
+        inner, rest = paren_group(rest)
+        options = option_atoms(inner) or [b"ALL"]
         if set(options) - ESEARCH_RETURN_OPTIONS:
             raise imap4.IllegalClientResponse("Unknown SEARCH return option")
         return options, rest
@@ -164,13 +164,13 @@ class SelectedCommands(MailboxUpdates):
         try:
             parsed = parse_criteria(criteria)
         except SortError as e:
-            raise _bad(_safe(str(e))) from None
+            raise bad(safe_text(str(e))) from None
         if charset.upper() not in (b"US-ASCII", b"UTF-8"):
-            raise _no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
+            raise no(b"Unsupported charset", b"BADCHARSET (US-ASCII UTF-8)")
         try:
             found = await self.selected.sort(parsed, query)
         except SearchError as e:
-            raise _bad(_safe(str(e))) from None
+            raise bad(safe_text(str(e))) from None
         numbers = [self.selected.getUID(n) for n in found] if uid else found
         self.sendLine(b" ".join([b"* SORT"] + [b"%d" % n for n in numbers]))
         return b"SORT completed"
@@ -179,7 +179,7 @@ class SelectedCommands(MailboxUpdates):
         """RFC 5256 §4: C{(sort-criterion ...)}."""
         if (line or b"")[:1] != b"(":
             raise imap4.IllegalClientResponse("Sort criteria expected")
-        inner, rest = _paren_group(line)
+        inner, rest = paren_group(line)
         return imap4.parseNestedParens(inner), rest
 
     def arg_charset(self, line: bytes) -> Any:
@@ -223,10 +223,10 @@ class SelectedCommands(MailboxUpdates):
             action = action[: -len(b".SILENT")]
         modes = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
         if action not in modes:
-            raise _bad(b"Invalid STORE data item")
+            raise bad(b"Invalid STORE data item")
         self._check_numbers(messages, uid)
         if not self.selected.isWriteable():
-            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+            raise no(b"Mailbox is read-only", b"READ-ONLY")
         names = [f.decode("ascii", "replace") for f in flags]
         kwargs: dict[str, Any] = {"uid": uid}
         unchangedsince = (modifiers or {}).get(b"UNCHANGEDSINCE")
@@ -242,7 +242,9 @@ class SelectedCommands(MailboxUpdates):
                 # RFC 7162 §3.1.3: with CONDSTORE even .SILENT reports the new MODSEQ
                 extra = self._condstore_items(seq)
             if not silent:
-                self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, _flag_list(result[seq]), extra))
+                self.sendLine(
+                    b"* %d FETCH (FLAGS (%s)%s)" % (seq, format_flags(result[seq]), extra)
+                )
             elif condstore:
                 self.sendLine(b"* %d FETCH (%s)" % (seq, extra.lstrip(b" ")))
         modified = self.selected.modified if unchangedsince is not None else []
@@ -282,7 +284,7 @@ class SelectedCommands(MailboxUpdates):
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
         target = await self.mail_account.select(decode_mailbox_name(name), False)
         if target is None:
-            raise _no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
+            raise no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
         copied: list[MaildirMessage] = []
         new_uids: list[int] = []
         try:
@@ -294,7 +296,7 @@ class SelectedCommands(MailboxUpdates):
                 copied.append(msg)
                 new_uids.append(new_uid)
         finally:
-            _close_quietly(target)
+            close_quietly(target)
         await self._refresh_if_selected(target)
         self._observe_copy(target, copied)
         code = b""
@@ -332,7 +334,7 @@ class SelectedCommands(MailboxUpdates):
         self._check_numbers(messages, uid)
         mbox = self.selected
         if not mbox.isWriteable():
-            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+            raise no(b"Mailbox is read-only", b"READ-ONLY")
         code, copied = await self._copy(messages, name, uid)
         if code:
             self.sendLine(b"* OK " + code + b"Moved")
@@ -346,7 +348,7 @@ class SelectedCommands(MailboxUpdates):
     ) -> bytes:
         """UID EXPUNGE (RFC 4315 §2.1): expunge only the C{\\Deleted} messages in the set."""
         if not self.selected.isWriteable():
-            raise _no(b"Mailbox is read-only", b"READ-ONLY")
+            raise no(b"Mailbox is read-only", b"READ-ONLY")
         self._report_expunged(await self.selected.expunge(messages))
         return b"EXPUNGE completed"
 

@@ -50,7 +50,7 @@ from twistedmail.imap.authenticated import AuthenticatedCommands
 from twistedmail.imap.compress import Inflater
 from twistedmail.imap.fetch import FetchCommand
 from twistedmail.imap.not_authenticated import NotAuthenticatedCommands
-from twistedmail.imap.protocol import IMAPError, _Gone, literal_size, uid_set
+from twistedmail.imap.protocol import ConnectionGone, IMAPError, literal_size, uid_set
 from twistedmail.imap.quota import QuotaCommands
 from twistedmail.imap.selected import CopyObserver, SelectedCommands, esearch_response
 from twistedmail.limits import UserSessionLimit
@@ -165,7 +165,7 @@ class IMAPServer(
         literal, self._pendingLiteral = getattr(self, "_pendingLiteral", None), None
         for pending in (waiter, getattr(literal, "defer", None)):
             if pending is not None and not pending.called:
-                pending.errback(_Gone())
+                pending.errback(ConnectionGone())
         self._close_mailbox()
         if self._user_slot is not None and self.user_limit is not None:
             self.user_limit.release(*self._user_slot)

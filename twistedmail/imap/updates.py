@@ -17,12 +17,13 @@ from twisted.mail import imap4
 
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.mailbox import MaildirMailbox
-from twistedmail.imap.protocol import IMAPProtocol, _bad, _flag_list, _no, uid_set
+from twistedmail.imap.protocol import IMAPProtocol, bad, format_flags, no, uid_set
 
 log = Logger(namespace="twistedmail.imap")
 
 
-def _close_quietly(mbox: Any) -> None:
+def close_quietly(mbox: Any) -> None:
+    """Close a mailbox opened for one command (STATUS, APPEND, COPY); a failure is logged."""
     closeable = imap4.ICloseableMailbox(mbox, None)
     if closeable is not None:
         maybeDeferred(closeable.close).addErrback(lambda f: log.failure("close failed", f))
@@ -44,7 +45,7 @@ class MailboxUpdates(IMAPProtocol):
         """The logged-in user's folders: the authenticated and selected states' handlers
         (RFC 3501 §6.3, §6.4) run only after login, which sets it."""
         if self.account is None:
-            raise _no(b"Not logged in")
+            raise no(b"Not logged in")
         return self.account
 
     @property
@@ -52,7 +53,7 @@ class MailboxUpdates(IMAPProtocol):
         """The selected mailbox: the selected state's handlers (RFC 3501 §6.4) run only
         while one is selected."""
         if self.mbox is None:
-            raise _bad(b"No mailbox selected")
+            raise bad(b"No mailbox selected")
         return self.mbox
 
     async def _in_thread(self, f: Callable[..., Any], *args: Any) -> Any:
@@ -87,7 +88,7 @@ class MailboxUpdates(IMAPProtocol):
                 seq = by_uid.get(message_uid)
                 if seq is not None:
                     extra = self._condstore_items(seq)
-                    self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, _flag_list(flags), extra))
+                    self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, format_flags(flags), extra))
 
     def _flush_keywords(self) -> None:
         """RFC 3501 §7.2.6: a new keyword in the folder changes its FLAGS; send FLAGS and
@@ -95,9 +96,9 @@ class MailboxUpdates(IMAPProtocol):
         if not self._pending_keywords or self.mbox is None:
             return
         self._pending_keywords = False
-        self.sendLine(b"* FLAGS (" + _flag_list(self.mbox.getFlags()) + b")")
+        self.sendLine(b"* FLAGS (" + format_flags(self.mbox.getFlags()) + b")")
         if self.mbox.isWriteable():
-            permanent = _flag_list(self.mbox.permanent_flags())
+            permanent = format_flags(self.mbox.permanent_flags())
             self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
 
     def _send_expunges(self) -> None:
@@ -193,4 +194,4 @@ class MailboxUpdates(IMAPProtocol):
         if not count and None in ends:
             return
         if any((count if n is None else n) > count for n in ends):
-            raise _bad(b"Invalid message sequence number")
+            raise bad(b"Invalid message sequence number")
