@@ -141,7 +141,8 @@ def certificate_keeper(
     config: Config, store: AccountStore, reload: Any, reactor: Any
 ) -> acme.CertificateKeeper:
     """The ACME client keeping the server certificate (C{[tls] acme}): for the hostname and
-    the autoconfig./mta-sts. names of the local domains as they are at each check."""
+    the autoconfig./mta-sts. (and, with C{[listen] https}, autodiscover.) names of the local
+    domains as they are at each check."""
     cert, key = tls_paths(config)
     settings = acme.AcmeSettings(
         config.tls.acme_directory, config.tls.acme_contact, config.tls.acme_ca
@@ -151,7 +152,9 @@ def certificate_keeper(
         acme.StateDir(config.server.data_dir / "acme"),
         cert,
         key,
-        lambda: acme.wanted_names(config.server.hostname, store.domains()),
+        lambda: acme.wanted_names(
+            config.server.hostname, store.domains(), https=bool(config.listen["https"])
+        ),
         reload,
         reactor,
         lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
