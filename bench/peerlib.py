@@ -137,8 +137,7 @@ class Twistedmail:
     def users(self) -> list[str]:
         return [f"test{i}@{DOMAIN}" for i in range(1, self.nusers + 1)]
 
-    def prepare(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
+    def write_config(self) -> None:
         off = "\n".join(
             f"{s} = []" for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s")
         )
@@ -148,6 +147,10 @@ class Twistedmail:
             "[limits]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n"
             f"imap_max_connections_per_user = 20000\n\n[auth]\n{self.auth}\n"
         )
+
+    def prepare(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.write_config()
         subprocess.run(
             [str(self.bin / "twistedmail"), "--config", str(self.config), "init"],
             check=True,
@@ -163,6 +166,9 @@ class Twistedmail:
         store.close()
 
     def start(self) -> int:
+        if not port_free(self.port):  # taken since (the machine is shared): move
+            self.port = pick_port_base() + 1
+            self.write_config()
         self.proc = subprocess.Popen(
             [
                 str(self.bin / "twistd"),
@@ -212,6 +218,7 @@ class Dovecot:
         self.work, self.peers, self.nusers = work, peers, users
         self.scheme, self.extra_conf = scheme, extra_conf
         self.label = label or f"Dovecot ({scheme})"
+        self.port_base = port_base
         self.port = port_base + 993
         self.env = {
             **os.environ,
@@ -234,6 +241,10 @@ class Dovecot:
             parent.chmod(0o755)
 
     def start(self) -> int:
+        if not all(port_free(self.port_base + o) for o in (143, 993, 110, 995, 24)):
+            self.port_base = pick_port_base()  # taken since (the machine is shared): move
+            self.port = self.port_base + 993
+            self.env["PEERS_PORT_BASE"] = str(self.port_base)
         with open(self.work / "dovecot-start.log", "wb") as out:  # the master keeps stdout
             subprocess.run(
                 [str(self.peers / "dovecot.sh"), "start", str(self.work)],
