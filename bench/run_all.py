@@ -40,12 +40,12 @@ from peerlib import load_average, median_spread, pick_port_base
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("smtp", "imaptest", "imap", "logins", "idle")
-IMAP_ROWS = {  # imap_bench.py's row -> the issue's figure
+IMAP_ROWS = {  # the start of imap_bench.py's row -> the issue's figure
     "mixed load": "bench/imap_bench.py mixed load, {n} INBOX (ops/s)",
-    "SELECT, first": "SELECT, first (builds the index), {n} (s)",
-    "SELECT": "SELECT, {n} (s)",
+    "SELECT INBOX, first": "SELECT, first (builds the index), {n} (s)",
+    "SELECT INBOX, again": "SELECT, again, {n} (s)",
     "SEARCH UNSEEN": "SEARCH UNSEEN, {n} (s)",
-    "ENVELOPE": "FETCH ENVELOPE last 500, {n} (s)",
+    "FETCH last 500 ENVELOPE": "FETCH ENVELOPE last 500, {n} (s)",
 }
 
 Row = tuple[str, str, str, str]
@@ -108,7 +108,7 @@ def logins_rows(text: str) -> list[Row]:
             peer = line[3:].split(" / ", 1)[-1]
             ours = line[3:].split(" / ", 1)[0]
         elif inside and (m := pat.match(line)):
-            out.append((f"{m[1]} ({ours})", m[2], f"{peer} {m[3]}", m[4]))
+            out.append((f"{m[1]}, {ours}", m[2], f"{peer} {m[3]}", m[4]))
     return out
 
 
@@ -117,7 +117,7 @@ def imap_value(text: str, key: str) -> float | None:
     the --only run filled)."""
     for cells in md_rows(text, "| measure"):
         name = cells[0]
-        if name.startswith(key) and (key != "SELECT" or "again" in name or "second" in name):
+        if name.startswith(key):
             for cell in cells[1:3]:
                 if cell not in ("-", ""):
                     return float(cell)
