@@ -196,7 +196,7 @@ def main() -> int:
     for step in steps:
         loads.append(f"{step} {load_average()}")
         if step == "smtp":
-            rows += smtp_rows(run("smtp", smtp, work))
+            rows += smtp_rows(run("smtp", smtp + ["--work", str(work / "smtp")], work))
         elif step == "imaptest":
             rows += mine_rows(run("imaptest", imaptest + ["--work", str(work / "it")], work))
         elif step == "imap":
