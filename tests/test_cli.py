@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import importlib.metadata
 import io
 import os
@@ -33,7 +34,7 @@ class CLITestCase(unittest.TestCase):
             f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
         )
         self.getpass_answers: list[str] = []
-        self.patch(cli.getpass, "getpass", self.fake_getpass)
+        self.patch(getpass, "getpass", self.fake_getpass)
         # The first setup (twistedmail init, or a server start) made the data dir: without it
         # every command is refused (InitTests).
         self.data_dir.mkdir(mode=0o700)
