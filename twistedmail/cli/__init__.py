@@ -73,10 +73,10 @@ from twistedmail.cli.users import (
     cmd_user_list,
     cmd_user_passwd,
     cmd_user_quota,
-    format_size,
 )
 from twistedmail.smtp.queue import QueueError
 from twistedmail.tls import TLSConfigError
+from twistedmail.units import format_size
 
 __all__ = ["UserError", "build_parser", "format_size", "main"]
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = commands.add_parser(
+    p: argparse.ArgumentParser = commands.add_parser(
         "init", help="first setup: create the data dir and the account store (if missing)"
     )
     p.set_defaults(func=cmd_init)

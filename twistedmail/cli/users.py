@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from twistedmail import config as config_module
-from twistedmail import control
+from twistedmail import control, units
 from twistedmail.accounts import Quota
 from twistedmail.address import AddressError, normalize_domain
 from twistedmail.auth import MAX_CREDENTIAL_LENGTH
@@ -27,6 +27,7 @@ from twistedmail.cli.common import (
 from twistedmail.maildir import mailbox_root
 from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
+from twistedmail.units import format_size
 
 # reading passwords
 
@@ -174,16 +175,6 @@ def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
         _out(_quota_line(ctx, user, quota, cache))
 
 
-def format_size(octets: int) -> str:
-    """C{2147483648} -> C{"2GiB"}, C{500000000} -> C{"500MB"}: the largest unit that divides
-    it (binary first, as C{user quota} accepts them), else octets."""
-    units = (("GiB", 2**30), ("MiB", 2**20), ("GB", 10**9), ("MB", 10**6), ("KiB", 2**10))
-    for unit, factor in units + (("KB", 1000),):
-        if octets and octets % factor == 0:
-            return f"{octets // factor}{unit}"
-    return str(octets)
-
-
 def _quota_line(ctx: _Context, user: str, quota: Quota, cache: UsageCache) -> str:
     """C{ADDRESS storage=USED/LIMIT messages=USED/LIMIT}, used in octets, C{none} for no
     limit."""
@@ -205,17 +196,15 @@ def cmd_user_quota(ctx: _Context, args: argparse.Namespace) -> None:
     storage = current.storage
     if args.size is not None:
         try:
-            storage = config_module.parse_quota(args.size)
+            storage = units.parse_quota(args.size)
         except ValueError as e:
             raise UserError(f"invalid size {args.size!r}: {e}") from None
     messages = current.messages
     if args.messages is not None:
         if not args.messages.isdigit():
             raise UserError(f"invalid message count {args.messages!r}: 0 (none) or more")
-        if int(args.messages) > config_module.MAX_COUNT:
-            raise UserError(
-                f"invalid message count {args.messages!r}: at most {config_module.MAX_COUNT}"
-            )
+        if int(args.messages) > units.MAX_COUNT:
+            raise UserError(f"invalid message count {args.messages!r}: at most {units.MAX_COUNT}")
         messages = int(args.messages)
     store.set_quota(str(mbox), Quota(storage, messages))
     _out(
