@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import cast
 
 from twistedmail.address import Mailbox
 from twistedmail.cli.common import (
@@ -149,19 +150,20 @@ def cmd_vacation(ctx: _Context, args: argparse.Namespace) -> None:
             else:
                 _out(f"vacation reply of {mbox} off")
             return
-        if args.message_file == "-":
+        subject, message_file = cast(str, args.subject), cast(str, args.message_file)  # checked
+        if message_file == "-":
             raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else b""
         else:
-            with open(args.message_file, "rb") as f:
+            with open(message_file, "rb") as f:
                 raw = f.read(ctx.config.delivery.sieve.max_script_size + 1)
         try:
             message = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise UserError(f"{args.message_file}: the message is not UTF-8 text") from None
+            raise UserError(f"{message_file}: the message is not UTF-8 text") from None
         days = 7 if args.days is None else args.days
         outcome = vacation_module.turn_on(
             scripts,
-            args.subject,
+            subject,
             message,
             days,
             replace=args.replace,

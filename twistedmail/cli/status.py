@@ -255,7 +255,8 @@ def _run_reactor(start: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         defer.Deferred.fromCoroutine(start()).addBoth(done)
 
     reactor.callWhenRunning(begin)
-    reactor.run(installSignalHandlers=False)
+    # IReactorCore declares run() without arguments; every reactor's run() takes this one.
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
     if not outcome:
         raise UserError("interrupted")
     if isinstance(outcome[0], Failure):
