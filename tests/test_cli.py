@@ -17,6 +17,7 @@ import twistedmail
 from twistedmail import cli, passwords
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.maildir import make_maildir, write_durably
+from twistedmail.testing import run_cli
 from twistedmail.tls import create_self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +52,8 @@ class CLITestCase(unittest.TestCase):
         return answer
 
     def run_cli(self, *argv: str, stdin: bytes = b"", config: bool = True) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
         args = ["--config", str(self.config), *argv] if config else list(argv)
-        code = cli.main(args)
-        return code, out.getvalue(), err.getvalue()
+        return run_cli(self, args, stdin)
 
     def assertUserError(self, result: tuple[int, str, str], message: str) -> None:
         """Exit 1, nothing on stdout, exactly C{twistedmail: error: <message>} on stderr."""
