@@ -29,7 +29,10 @@ from twistedmail.sieve.interpret import SieveLimits
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class ConfigTests(TestCase):
+class ConfigFileTestCase(TestCase):
+    """Writes a config file and loads it; C{error} is the one-line ConfigError with the file
+    named C{FILE}."""
+
     def write(self, text: str) -> Path:
         path = Path(self.mktemp())
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +45,8 @@ class ConfigTests(TestCase):
             load_config(path)
         return str(cm.exception).replace(str(path), "FILE")
 
+
+class ConfigTests(ConfigFileTestCase):
     def test_example_file_equals_the_defaults(self) -> None:
         """etc/twistedmail.example.toml lists every key with its default value."""
         example = load_config(ROOT / "etc" / "twistedmail.example.toml")
@@ -336,10 +341,7 @@ class ConfigTests(TestCase):
                 os.environ["TWISTEDMAIL_CONFIG"] = old_env
 
 
-class QueueConfigTests(TestCase):
-    write = ConfigTests.write
-    error = ConfigTests.error
-
+class QueueConfigTests(ConfigFileTestCase):
     def test_queue_and_relay_port(self) -> None:
         """[relay] port and the [queue] durations and per-destination limit are read into
         QueueConfig."""
@@ -384,10 +386,7 @@ class QueueConfigTests(TestCase):
         self.assertEqual(self.error("[queue]\nretry = 1\n"), "FILE: [queue] retry: unknown key")
 
 
-class SmarthostConfigTests(TestCase):
-    write = ConfigTests.write
-    error = ConfigTests.error
-
+class SmarthostConfigTests(ConfigFileTestCase):
     def test_smarthost_tls_auth_keys(self) -> None:
         """[relay] smarthost with implicit TLS, username, password file (first line read, never
         in repr) and a CA path relative to the file."""
@@ -520,20 +519,9 @@ class DefaultQuotaTests(TestCase):
             )
 
 
-class HardeningKeyTests(TestCase):
+class HardeningKeyTests(ConfigFileTestCase):
     """[limits] max_line_length / max_header_size / imap_max_connections_per_user and
     [smtp] bare_lf (issue 5)."""
-
-    def write(self, text: str) -> Path:
-        path = Path(self.mktemp())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return path
-
-    def error(self, text: str) -> str:
-        path = self.write(text)
-        e = self.assertRaises(ConfigError, load_config, path)
-        return str(e).replace(str(path), "FILE")
 
     def test_defaults(self) -> None:
         """The hardening keys default to 16384-byte lines, 256 KiB headers, 10 IMAP connections a
@@ -687,21 +675,10 @@ class HostnameWarningTests(TestCase):
         self.assertEqual(load_config(path).warnings, ())
 
 
-class AcmeConfigTests(TestCase):
+class AcmeConfigTests(ConfigFileTestCase):
     """C{[tls] acme}: certificates by ACME (RFC 8555) need a contact and the HTTP listener."""
 
     ACME = '[listen]\nhttp = "127.0.0.1:8080"\n[tls]\nacme = true\n'
-
-    def write(self, text: str) -> Path:
-        path = Path(self.mktemp())
-        path.write_text(text)
-        return path
-
-    def error(self, text: str) -> str:
-        path = self.write(text)
-        with self.assertRaises(ConfigError) as cm:
-            load_config(path)
-        return str(cm.exception).replace(str(path), "FILE")
 
     def test_defaults(self) -> None:
         """Off by default; the directory defaults to Let's Encrypt's production one."""
@@ -753,11 +730,8 @@ class AcmeConfigTests(TestCase):
         )
 
 
-class MetricsConfigTests(TestCase):
+class MetricsConfigTests(ConfigFileTestCase):
     """Issue 13: C{[listen] metrics} (off by default) and C{[metrics] token_file}."""
-
-    write = ConfigTests.write
-    error = ConfigTests.error
 
     def test_listener_and_token(self) -> None:
         """The listener is parsed like the others and checked against them; the token is
@@ -805,11 +779,8 @@ class MetricsConfigTests(TestCase):
         )
 
 
-class AuthConfigTests(TestCase):
+class AuthConfigTests(ConfigFileTestCase):
     """C{[auth]} (issue 10): the login cache and the bound on hashes at once."""
-
-    write = ConfigTests.write
-    error = ConfigTests.error
 
     def test_defaults(self) -> None:
         """By default logins are cached 5 minutes, 10,000 at most, one hash per CPU."""
