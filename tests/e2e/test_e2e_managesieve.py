@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_server import PASSWORDS, Server, free_ports, make_test_ca
+from e2e_server import PASSWORDS, LineClient, Server, free_ports, make_test_ca
 
 from twistedmail import control
 
@@ -324,14 +324,13 @@ def test_done_when_script_from_sieve_connect_files_flags_and_answers(
 # -- hostile input ------------------------------------------------------------------------
 
 
-class Raw:
+class Raw(LineClient):
     """A line client: STARTTLS (trusting the test CA) and AUTHENTICATE PLAIN by hand."""
 
     def __init__(self, srv: Server, ca: Path, login: bool = True) -> None:
-        self.sock: socket.socket = socket.create_connection(
-            ("127.0.0.1", srv.ports["managesieve"]), timeout=30
+        super().__init__(
+            socket.create_connection(("127.0.0.1", srv.ports["managesieve"]), timeout=30)
         )
-        self.buf = b""
         self.until_ok()
         if login:
             self.send(b"STARTTLS\r\n")
@@ -344,22 +343,8 @@ class Raw:
             self.send(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n')
             assert self.line() == b'OK "Logged in"'
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
     def until_ok(self) -> bytes:
-        while not (line := self.line()).startswith(b"OK"):
-            pass
-        return line
+        return self.until(lambda line: line.startswith(b"OK"))
 
     def close(self) -> None:
         self.sock.close()
