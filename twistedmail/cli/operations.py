@@ -8,6 +8,7 @@ import getpass
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import twistedmail
@@ -62,33 +63,39 @@ def _print_reports(reports: list[importer.FolderReport]) -> None:
         _out(f"{r.folder}: {r.imported} imported, {r.skipped} already there{kept}")
 
 
-def cmd_import_maildir(ctx: _Context, args: argparse.Namespace) -> None:
-    address, user = _user_maildir(ctx, args.address)
+def _run_import(
+    ctx: _Context, run: Callable[[importer.Ledger], list[importer.FolderReport]]
+) -> None:
+    """C{run(ledger)}, one of L{importer}'s imports (its progress through L{_progress}),
+    then a line per folder it reports.  @raise UserError: the import failed."""
     ledger = _ledger(ctx)
     try:
-        _print_reports(importer.import_maildir(Path(args.path), user, address, ledger, _progress))
+        _print_reports(run(ledger))
     except (importer.MigrationError, MaildirError) as e:
         raise UserError(str(e)) from None
     finally:
         ledger.close()
         _end_progress()
+
+
+def cmd_import_maildir(ctx: _Context, args: argparse.Namespace) -> None:
+    address, user = _user_maildir(ctx, args.address)
+    tree = Path(args.path)
+    _run_import(ctx, lambda ledger: importer.import_maildir(tree, user, address, ledger, _progress))
 
 
 def cmd_import_mbox(ctx: _Context, args: argparse.Namespace) -> None:
     address, user = _user_maildir(ctx, args.address)
     if not Path(args.file).is_file():
         raise UserError(f"{args.file} is not a file")
-    ledger = _ledger(ctx)
-    try:
-        report = importer.import_mbox(
-            Path(args.file), user, address, args.folder, ledger, _progress, args.quoting
-        )
-        _print_reports([report])
-    except (importer.MigrationError, MaildirError) as e:
-        raise UserError(str(e)) from None
-    finally:
-        ledger.close()
-        _end_progress()
+    _run_import(
+        ctx,
+        lambda ledger: [
+            importer.import_mbox(
+                Path(args.file), user, address, args.folder, ledger, _progress, args.quoting
+            )
+        ],
+    )
 
 
 def _import_password(args: argparse.Namespace) -> str:
@@ -121,14 +128,7 @@ def cmd_import_imap(ctx: _Context, args: argparse.Namespace) -> None:
         "starttls" if args.starttls else "imaps",
         Path(args.ca_file) if args.ca_file else None,
     )
-    ledger = _ledger(ctx)
-    try:
-        _print_reports(importer.import_imap(source, user, address, ledger, _progress))
-    except (importer.MigrationError, MaildirError) as e:
-        raise UserError(str(e)) from None
-    finally:
-        ledger.close()
-        _end_progress()
+    _run_import(ctx, lambda ledger: importer.import_imap(source, user, address, ledger, _progress))
 
 
 def cmd_export(ctx: _Context, args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from twistedmail import config as config_module
 from twistedmail import control, dnscheck
@@ -302,11 +302,22 @@ def cmd_queue_delete(ctx: _Context, args: argparse.Namespace) -> None:
     _out(f"deleted {entry.id}")
 
 
-def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
+_T = TypeVar("_T")
+
+
+def _ask_server(ctx: _Context, ask: Callable[[Path], _T]) -> _T:
+    """C{ask(control socket)} of the running server (L{twistedmail.control}).
+
+    @raise UserError: no server is running.
+    """
     try:
-        count = control.flush(config_module.control_path(ctx.config))
+        return ask(config_module.control_path(ctx.config))
     except control.NoServer:
         raise UserError("no running server") from None
+
+
+def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
+    count = _ask_server(ctx, control.flush)
     _out(f"flushed: {count} message(s) in the queue, all due now")
 
 
@@ -321,10 +332,7 @@ def cmd_throttle_list(ctx: _Context, args: argparse.Namespace) -> None:
     """One line per block of the running server's failed-login throttle: C{ip=} for a
     blocked IP, C{ip= user=} for an account blocked from one IP, C{user=} for an account
     blocked from IPs it never logged in from; C{left=} time, C{failures=} counted."""
-    try:
-        blocks = control.throttle_list(config_module.control_path(ctx.config))
-    except control.NoServer:
-        raise UserError("no running server") from None
+    blocks = _ask_server(ctx, control.throttle_list)
     for block in blocks:
         where = [f"ip={block.ip}"] if block.ip else []
         who = [f"user={block.account}"] if block.account else []
@@ -357,10 +365,7 @@ def _throttle_target(text: str) -> str:
 
 def cmd_throttle_unblock(ctx: _Context, args: argparse.Namespace) -> None:
     target = _throttle_target(args.target)
-    try:
-        lifted, forgotten = control.throttle_unblock(config_module.control_path(ctx.config), target)
-    except control.NoServer:
-        raise UserError("no running server") from None
+    lifted, forgotten = _ask_server(ctx, lambda path: control.throttle_unblock(path, target))
     if lifted or forgotten:
         _out(f"unblocked {target}: {lifted} block(s) lifted, {forgotten} failed login(s) forgotten")
     else:
@@ -368,10 +373,7 @@ def cmd_throttle_unblock(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_connections(ctx: _Context, args: argparse.Namespace) -> None:
-    try:
-        counts = control.connections(config_module.control_path(ctx.config))
-    except control.NoServer:
-        raise UserError("no running server") from None
+    counts = _ask_server(ctx, control.connections)
     for name, count in counts.items():
         _out(f"{name} {count}")
 
@@ -392,10 +394,7 @@ def _duration(seconds: float) -> str:
 def cmd_status(ctx: _Context, args: argparse.Namespace) -> None:
     """The running server's status over the control socket (issue 13): a table, or with
     C{--json} the server's answer as one JSON object."""
-    try:
-        status = control.status(config_module.control_path(ctx.config))
-    except control.NoServer:
-        raise UserError("no running server") from None
+    status = _ask_server(ctx, control.status)
     if args.json:
         _out(json.dumps(status, sort_keys=True))
         return
