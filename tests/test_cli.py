@@ -838,6 +838,21 @@ class UsageTests(CLITestCase):
         """pyproject.toml installs the twistedmail command as twistedmail.cli:main."""
         project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
         self.assertEqual(project["project"]["scripts"]["twistedmail"], "twistedmail.cli:main")
+        # twistedmail.cli is a package: a wheel without it listed would have no command.
+        self.assertIn("twistedmail.cli", project["tool"]["setuptools"]["packages"])
+
+    def test_python_dash_m(self) -> None:
+        """C{python -m twistedmail.cli} runs the same command: exit 1 and one error line."""
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config), "nonsense"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertRegex(result.stderr, r"\Atwistedmail: error: argument COMMAND: invalid choice")
+        self.assertEqual(result.stdout, "")
 
 
 class CheckConfigSmarthostTests(CLITestCase):
