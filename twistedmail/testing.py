@@ -15,6 +15,7 @@ protocol harness (a synchronous thread runner, a transport that can start TLS).
   - L{SynchronousReactor}: a MemoryReactorClock whose thread pool runs each call at once,
     so a whole L{twistedmail.service.MailServer} can be built and driven in process;
   - L{inbound_for}, L{submission_for}: the port 25 and 587/465 factories for a test host;
+  - L{autoconfig_servers}: the servers an autoconfig document lists;
   - L{run_cli}: the C{twistedmail} admin command run in process, its output captured.
 
 Nothing here is used by the server itself.
@@ -620,6 +621,31 @@ def submission_for(host: Any, **overrides: Any) -> Any:
         "clock": host.clock,
     }
     return submission_factory(**{**settings, **overrides})
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+
+def autoconfig_servers(document: bytes) -> list[tuple[str | None, ...]]:
+    """The servers of a Thunderbird autoconfig document (config-v1.1.xml), in order: (tag,
+    type, hostname, port, socketType, authentication, username) each."""
+    from xml.etree import ElementTree  # our own served document, not input from a peer
+
+    provider = ElementTree.fromstring(document).find("emailProvider")
+    assert provider is not None
+    return [
+        (
+            s.tag,
+            s.get("type"),
+            s.findtext("hostname"),
+            s.findtext("port"),
+            s.findtext("socketType"),
+            s.findtext("authentication"),
+            s.findtext("username"),
+        )
+        for s in provider
+        if s.tag.endswith("Server")
+    ]
 
 
 # -- the admin command -------------------------------------------------------------------
