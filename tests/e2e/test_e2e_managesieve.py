@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_server import PASSWORDS, LineClient, Server, free_ports, make_test_ca
+from e2e_server import PASSWORDS, LineClient, Server, free_ports, make_test_ca, running
 
 from twistedmail import control
 
@@ -50,20 +50,15 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     with srv.config.open("a") as f:
         # Vacation replies to corp.example wait in the queue: the route is a closed port.
         f.write(f'\n[relay.routes]\n"corp.example" = "127.0.0.1:{closed}"\n')
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv, ca
-    finally:
-        srv.stop()
 
 
 def sieve_connect(
-    srv: Server, ca: Path, *args: str, user: str = ALICE
+    srv: Server, ca: Path, *args: str, user: str = ALICE, password: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """sieve-connect, non-interactive: the password on stdin (--passwordfd 0), the test CA
-    trusted (--tlscafile) for the certificate's name."""
+    """sieve-connect, non-interactive: the password (by default C{user}'s) on stdin
+    (--passwordfd 0), the test CA trusted (--tlscafile) for the certificate's name."""
     if SIEVE_CONNECT is None:
         pytest.skip("sieve-connect not installed (Debian package sieve-connect)")
     command = [
@@ -84,7 +79,11 @@ def sieve_connect(
         *args,
     ]
     return subprocess.run(
-        command, input=PASSWORDS[user] + "\n", capture_output=True, text=True, timeout=60
+        command,
+        input=(PASSWORDS[user] if password is None else password) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -138,29 +137,7 @@ def test_sieve_connect_exec_and_wrong_password(
     assert run.stdout.splitlines() == ['"first"', '"second" ACTIVE', ""]
     if SIEVE_CONNECT is None:
         return
-    bad = subprocess.run(
-        [
-            SIEVE_CONNECT,
-            "--nosrv",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(srv.ports["managesieve"]),
-            "-u",
-            ALICE,
-            "--passwordfd",
-            "0",
-            "--tlscafile",
-            str(ca),
-            "--tlshostname",
-            "mail.example.test",
-            "--list",
-        ],
-        input="wrong\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = sieve_connect(srv, ca, "--list", password="wrong")
     assert bad.returncode != 0
     assert "Authentication failed" in bad.stderr
     assert "login failed: service=managesieve user=alice@example.test ip=127.0.0.1" in (
