@@ -45,6 +45,14 @@ class ConfigFileTestCase(TestCase):
             load_config(path)
         return str(cm.exception).replace(str(path), "FILE")
 
+    def secret_file(self, text: str, mode: int) -> Path:
+        """A credential file (smarthost password, metrics token) with C{text} and C{mode}."""
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(text)
+        secret.chmod(mode)
+        return secret
+
 
 class ConfigTests(ConfigFileTestCase):
     def test_example_file_equals_the_defaults(self) -> None:
@@ -390,10 +398,7 @@ class SmarthostConfigTests(ConfigFileTestCase):
     def test_smarthost_tls_auth_keys(self) -> None:
         """[relay] smarthost with implicit TLS, username, password file (first line read, never
         in repr) and a CA path relative to the file."""
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("s3cret pass\nignored\n")
-        secret.chmod(0o600)
+        secret = self.secret_file("s3cret pass\nignored\n", 0o600)
         path = self.write(
             '[relay]\nsmarthost = "relay.example.net:465"\nsmarthost_tls = "implicit"\n'
             f'smarthost_username = "me@example.org"\nsmarthost_password_file = "{secret}"\n'
@@ -412,10 +417,7 @@ class SmarthostConfigTests(ConfigFileTestCase):
 
     def test_password_file_must_be_owner_only(self) -> None:
         """A smarthost password file readable by others is refused with 'chmod 600 it'."""
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("pw\n")
-        secret.chmod(0o644)
+        secret = self.secret_file("pw\n", 0o644)
         path = self.write(
             '[relay]\nsmarthost = "relay.example.net"\n'
             f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
@@ -444,10 +446,7 @@ class SmarthostConfigTests(ConfigFileTestCase):
                 ),
                 "FILE: [relay] smarthost_username: must not contain control characters",
             )
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("pw\x00AUTHZ\n")
-        secret.chmod(0o600)
+        secret = self.secret_file("pw\x00AUTHZ\n", 0o600)
         path = self.write(
             '[relay]\nsmarthost = "relay.example.net"\n'
             f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
@@ -737,10 +736,7 @@ class MetricsConfigTests(ConfigFileTestCase):
         """The listener is parsed like the others and checked against them; the token is
         the file's first line."""
         self.assertEqual(parse_config({}, None).metrics, MetricsConfig())
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("tok-123\nignored\n")
-        secret.chmod(0o600)
+        secret = self.secret_file("tok-123\nignored\n", 0o600)
         config = load_config(
             self.write(
                 f'[listen]\nmetrics = "127.0.0.1:9154"\n[metrics]\ntoken_file = "{secret}"\n'
@@ -758,10 +754,7 @@ class MetricsConfigTests(ConfigFileTestCase):
     def test_token_file_must_be_owner_only(self) -> None:
         """A token file group or others can read is refused with one line (like the
         smarthost password); so is an empty one."""
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("tok\n")
-        secret.chmod(0o640)
+        secret = self.secret_file("tok\n", 0o640)
         path = self.write(f'[metrics]\ntoken_file = "{secret}"\n')
         with self.assertRaises(ConfigError) as cm:
             metrics_token(load_config(path))
