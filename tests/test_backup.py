@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
 from twisted.trial import unittest
 
-from twistedmail import cli
 from twistedmail.accounts import AccountStore
 from twistedmail.maildir import UserMaildir
 from twistedmail.passwords import verify
 from twistedmail.sieve.store import SieveStore
 from twistedmail.smtp.queue import Spool
+from twistedmail.testing import run_cli
 
 ALICE, BOB = "alice@example.org", "bob@example.org"
 
@@ -58,12 +56,7 @@ class BackupTests(unittest.TestCase):
         self.config.write_text(f'[server]\ndata_dir = "{data_dir}"\nhostname = "m.example.org"\n')
 
     def cli(self, *argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        code = cli.main(["--config", str(self.config), *argv])
-        return code, out.getvalue(), err.getvalue()
+        return run_cli(self, ["--config", str(self.config), *argv], stdin)
 
     def fill(self) -> None:
         """Users, an alias, DKIM keys, a queued message, a Sieve script, mail with flags,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import importlib.metadata
 import io
 import os
@@ -16,6 +17,7 @@ import twistedmail
 from twistedmail import cli, passwords
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.maildir import make_maildir, write_durably
+from twistedmail.testing import run_cli
 from twistedmail.tls import create_self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,7 @@ class CLITestCase(unittest.TestCase):
             f'[server]\ndata_dir = "{self.data_dir}"\nhostname = "mail.example.org"\n'
         )
         self.getpass_answers: list[str] = []
-        self.patch(cli.getpass, "getpass", self.fake_getpass)
+        self.patch(getpass, "getpass", self.fake_getpass)
         # The first setup (twistedmail init, or a server start) made the data dir: without it
         # every command is refused (InitTests).
         self.data_dir.mkdir(mode=0o700)
@@ -50,13 +52,8 @@ class CLITestCase(unittest.TestCase):
         return answer
 
     def run_cli(self, *argv: str, stdin: bytes = b"", config: bool = True) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
         args = ["--config", str(self.config), *argv] if config else list(argv)
-        code = cli.main(args)
-        return code, out.getvalue(), err.getvalue()
+        return run_cli(self, args, stdin)
 
     def assertUserError(self, result: tuple[int, str, str], message: str) -> None:
         """Exit 1, nothing on stdout, exactly C{twistedmail: error: <message>} on stderr."""
@@ -841,6 +838,21 @@ class UsageTests(CLITestCase):
         """pyproject.toml installs the twistedmail command as twistedmail.cli:main."""
         project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
         self.assertEqual(project["project"]["scripts"]["twistedmail"], "twistedmail.cli:main")
+        # twistedmail.cli is a package: a wheel without it listed would have no command.
+        self.assertIn("twistedmail.cli", project["tool"]["setuptools"]["packages"])
+
+    def test_python_dash_m(self) -> None:
+        """C{python -m twistedmail.cli} runs the same command: exit 1 and one error line."""
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config), "nonsense"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertRegex(result.stderr, r"\Atwistedmail: error: argument COMMAND: invalid choice")
+        self.assertEqual(result.stdout, "")
 
 
 class CheckConfigSmarthostTests(CLITestCase):

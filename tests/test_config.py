@@ -29,7 +29,10 @@ from twistedmail.sieve.interpret import SieveLimits
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class ConfigTests(TestCase):
+class ConfigFileTestCase(TestCase):
+    """Writes a config file and loads it; C{error} is the one-line ConfigError with the file
+    named C{FILE}."""
+
     def write(self, text: str) -> Path:
         path = Path(self.mktemp())
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +45,16 @@ class ConfigTests(TestCase):
             load_config(path)
         return str(cm.exception).replace(str(path), "FILE")
 
+    def secret_file(self, text: str, mode: int) -> Path:
+        """A credential file (smarthost password, metrics token) with C{text} and C{mode}."""
+        secret = Path(self.mktemp()).resolve()
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(text)
+        secret.chmod(mode)
+        return secret
+
+
+class ConfigTests(ConfigFileTestCase):
     def test_example_file_equals_the_defaults(self) -> None:
         """etc/twistedmail.example.toml lists every key with its default value."""
         example = load_config(ROOT / "etc" / "twistedmail.example.toml")
@@ -336,10 +349,7 @@ class ConfigTests(TestCase):
                 os.environ["TWISTEDMAIL_CONFIG"] = old_env
 
 
-class QueueConfigTests(TestCase):
-    write = ConfigTests.write
-    error = ConfigTests.error
-
+class QueueConfigTests(ConfigFileTestCase):
     def test_queue_and_relay_port(self) -> None:
         """[relay] port and the [queue] durations and per-destination limit are read into
         QueueConfig."""
@@ -384,17 +394,11 @@ class QueueConfigTests(TestCase):
         self.assertEqual(self.error("[queue]\nretry = 1\n"), "FILE: [queue] retry: unknown key")
 
 
-class SmarthostConfigTests(TestCase):
-    write = ConfigTests.write
-    error = ConfigTests.error
-
+class SmarthostConfigTests(ConfigFileTestCase):
     def test_smarthost_tls_auth_keys(self) -> None:
         """[relay] smarthost with implicit TLS, username, password file (first line read, never
         in repr) and a CA path relative to the file."""
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("s3cret pass\nignored\n")
-        secret.chmod(0o600)
+        secret = self.secret_file("s3cret pass\nignored\n", 0o600)
         path = self.write(
             '[relay]\nsmarthost = "relay.example.net:465"\nsmarthost_tls = "implicit"\n'
             f'smarthost_username = "me@example.org"\nsmarthost_password_file = "{secret}"\n'
@@ -413,10 +417,7 @@ class SmarthostConfigTests(TestCase):
 
     def test_password_file_must_be_owner_only(self) -> None:
         """A smarthost password file readable by others is refused with 'chmod 600 it'."""
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("pw\n")
-        secret.chmod(0o644)
+        secret = self.secret_file("pw\n", 0o644)
         path = self.write(
             '[relay]\nsmarthost = "relay.example.net"\n'
             f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
@@ -445,10 +446,7 @@ class SmarthostConfigTests(TestCase):
                 ),
                 "FILE: [relay] smarthost_username: must not contain control characters",
             )
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("pw\x00AUTHZ\n")
-        secret.chmod(0o600)
+        secret = self.secret_file("pw\x00AUTHZ\n", 0o600)
         path = self.write(
             '[relay]\nsmarthost = "relay.example.net"\n'
             f'smarthost_username = "me"\nsmarthost_password_file = "{secret}"\n'
@@ -520,20 +518,9 @@ class DefaultQuotaTests(TestCase):
             )
 
 
-class HardeningKeyTests(TestCase):
+class HardeningKeyTests(ConfigFileTestCase):
     """[limits] max_line_length / max_header_size / imap_max_connections_per_user and
     [smtp] bare_lf (issue 5)."""
-
-    def write(self, text: str) -> Path:
-        path = Path(self.mktemp())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return path
-
-    def error(self, text: str) -> str:
-        path = self.write(text)
-        e = self.assertRaises(ConfigError, load_config, path)
-        return str(e).replace(str(path), "FILE")
 
     def test_defaults(self) -> None:
         """The hardening keys default to 16384-byte lines, 256 KiB headers, 10 IMAP connections a
@@ -687,21 +674,10 @@ class HostnameWarningTests(TestCase):
         self.assertEqual(load_config(path).warnings, ())
 
 
-class AcmeConfigTests(TestCase):
+class AcmeConfigTests(ConfigFileTestCase):
     """C{[tls] acme}: certificates by ACME (RFC 8555) need a contact and the HTTP listener."""
 
     ACME = '[listen]\nhttp = "127.0.0.1:8080"\n[tls]\nacme = true\n'
-
-    def write(self, text: str) -> Path:
-        path = Path(self.mktemp())
-        path.write_text(text)
-        return path
-
-    def error(self, text: str) -> str:
-        path = self.write(text)
-        with self.assertRaises(ConfigError) as cm:
-            load_config(path)
-        return str(cm.exception).replace(str(path), "FILE")
 
     def test_defaults(self) -> None:
         """Off by default; the directory defaults to Let's Encrypt's production one."""
@@ -753,20 +729,14 @@ class AcmeConfigTests(TestCase):
         )
 
 
-class MetricsConfigTests(TestCase):
+class MetricsConfigTests(ConfigFileTestCase):
     """Issue 13: C{[listen] metrics} (off by default) and C{[metrics] token_file}."""
-
-    write = ConfigTests.write
-    error = ConfigTests.error
 
     def test_listener_and_token(self) -> None:
         """The listener is parsed like the others and checked against them; the token is
         the file's first line."""
         self.assertEqual(parse_config({}, None).metrics, MetricsConfig())
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("tok-123\nignored\n")
-        secret.chmod(0o600)
+        secret = self.secret_file("tok-123\nignored\n", 0o600)
         config = load_config(
             self.write(
                 f'[listen]\nmetrics = "127.0.0.1:9154"\n[metrics]\ntoken_file = "{secret}"\n'
@@ -784,10 +754,7 @@ class MetricsConfigTests(TestCase):
     def test_token_file_must_be_owner_only(self) -> None:
         """A token file group or others can read is refused with one line (like the
         smarthost password); so is an empty one."""
-        secret = Path(self.mktemp()).resolve()
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text("tok\n")
-        secret.chmod(0o640)
+        secret = self.secret_file("tok\n", 0o640)
         path = self.write(f'[metrics]\ntoken_file = "{secret}"\n')
         with self.assertRaises(ConfigError) as cm:
             metrics_token(load_config(path))
@@ -805,11 +772,8 @@ class MetricsConfigTests(TestCase):
         )
 
 
-class AuthConfigTests(TestCase):
+class AuthConfigTests(ConfigFileTestCase):
     """C{[auth]} (issue 10): the login cache and the bound on hashes at once."""
-
-    write = ConfigTests.write
-    error = ConfigTests.error
 
     def test_defaults(self) -> None:
         """By default logins are cached 5 minutes, 10,000 at most, one hash per CPU."""

@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from twistedmail import cli, importer
 from twistedmail.maildir import Folder, UserMaildir, make_maildir, split_name
+from twistedmail.testing import run_cli
 
 ADDRESS = "alice@example.org"
 KEPT = ", UIDVALIDITY 1234567 and UIDs kept\n"
@@ -69,12 +70,7 @@ class ImportTestCase(unittest.TestCase):
         self.lines: list[str] = []
 
     def cli(self, *argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        code = cli.main(["--config", str(self.config), *argv])
-        return code, out.getvalue(), err.getvalue()
+        return run_cli(self, ["--config", str(self.config), *argv], stdin)
 
     def ledger(self) -> importer.Ledger:
         ledger = importer.Ledger(self.data_dir / importer.LEDGER)

@@ -26,7 +26,7 @@ def test_no_global_reactor_below_the_top_layer() -> None:
     """DESIGN §2: only tap/cli import the global reactor; everything else gets it passed in."""
     offenders = []
     for path in sorted((ROOT / "twistedmail").rglob("*.py")):
-        if path.name in ("tap.py", "cli.py"):
+        if path.name == "tap.py" or path.parent.name == "cli":  # the twistedmail.cli package
             continue
         text = path.read_text()
         if "from twisted.internet import reactor" in text or "twisted.internet.reactor" in text:

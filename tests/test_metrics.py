@@ -9,7 +9,7 @@ from pathlib import Path
 from test_mailauth import message, zone
 from test_service import quiet_config
 from test_smtp_queue import FakeOutbound, QueueTestCase
-from test_smtp_server import PASSWORDS, PEER, TLS_CONTEXT, Mailhost, plain, run_now, talk
+from test_smtp_server import PASSWORDS, PEER, TLS_CONTEXT, Mailhost, plain, talk
 from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -28,10 +28,8 @@ from twistedmail.mailauth import (
 )
 from twistedmail.metrics import BearerToken, Metrics, ServerState
 from twistedmail.service import MailServer
-from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.outbound import RecipientResult
-from twistedmail.smtp.submission import submission_factory
+from twistedmail.testing import inbound_for, run_now, submission_for
 from twistedmail.throttle import LoginThrottle, ThrottlePolicy
 
 BODY = b"From: x@elsewhere.test\r\nSubject: hello\r\n\r\nHi\r\n"
@@ -69,14 +67,7 @@ class SessionTests(unittest.TestCase):
     def test_message_received_and_delivered(self) -> None:
         """A message to two local users on port 25: one connection, one message received,
         two copies delivered, two local latencies of 0 s (the clock did not move)."""
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            settings=SMTPSettings(max_message_size=10000),
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT)
         factory.metrics = self.metrics  # type: ignore[attr-defined]
         proto, tr = self.connect(factory, "smtp")
         out = talk(
@@ -100,15 +91,7 @@ class SessionTests(unittest.TestCase):
         (a fail.test sender from an IP its SPF record does not list, no signature)."""
         authenticator = Authenticator(zone(), self.host.clock, run_now)
         authenticator.metrics = self.metrics  # type: ignore[attr-defined]
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            settings=SMTPSettings(max_message_size=10000),
-            clock=self.host.clock,
-            authenticator=authenticator,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT, authenticator=authenticator)
         proto, tr = self.connect(factory, "smtp")
         out = talk(
             proto,  # type: ignore[arg-type]
@@ -131,14 +114,7 @@ class SessionTests(unittest.TestCase):
     def test_refused_message_not_counted(self) -> None:
         """A message refused at DATA (no such user any more) is neither received nor
         delivered."""
-        factory = inbound_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            tls=TLS_CONTEXT,
-            settings=SMTPSettings(max_message_size=10000),
-            clock=self.host.clock,
-        )
+        factory = inbound_for(self.host, tls=TLS_CONTEXT)
         factory.metrics = self.metrics  # type: ignore[attr-defined]
         proto, tr = self.connect(factory, "smtp")
         talk(proto, tr, b"EHLO c\r\nMAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<bob@example.test>\r\n")  # type: ignore[arg-type]
@@ -158,16 +134,7 @@ class SessionTests(unittest.TestCase):
         checker.metrics = self.metrics  # type: ignore[attr-defined]
         self.host.portal.checkers.clear()
         self.host.portal.registerChecker(checker)
-        factory = submission_factory(
-            hostname="mail.example.test",
-            store=self.host.store,
-            delivery=self.host.delivery,
-            portal=self.host.portal,
-            tls=None,
-            implicit_tls=True,
-            settings=SMTPSettings(max_message_size=10000),
-            clock=self.host.clock,
-        )
+        factory = submission_for(self.host)
         proto, tr = self.connect(factory, "submissions")
         talk(proto, tr, b"EHLO c\r\n")  # type: ignore[arg-type]
         alice, bob = "alice@example.test", "bob@example.test"

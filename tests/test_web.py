@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from twistedmail.limits import refusal_for
+from twistedmail.testing import autoconfig_servers
 from twistedmail.web import MailService, MailSettings, build_site, mtasts, web_factory
 from twistedmail.web.autodiscover import OUTLOOK_NS, RESPONSE_NS
 from twistedmail.web.site import MAX_BODY, MAX_HEADER_OCTETS, MAX_HEADERS
@@ -105,19 +106,7 @@ class WebTests(unittest.TestCase):
         assert provider is not None
         self.assertEqual(provider.get("id"), "example.net")
         self.assertEqual([d.text for d in provider.findall("domain")], ["example.net"])
-        servers = [
-            (
-                s.tag,
-                s.get("type"),
-                s.findtext("hostname"),
-                s.findtext("port"),
-                s.findtext("socketType"),
-                s.findtext("authentication"),
-                s.findtext("username"),
-            )
-            for s in provider
-            if s.tag in ("incomingServer", "outgoingServer")
-        ]
+        servers = autoconfig_servers(r.body)
         common = ("password-cleartext", "%EMAILADDRESS%")
         host = "mail.example.org"
         self.assertEqual(

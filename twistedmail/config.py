@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ from twistedmail.settings import (
     SMTPSettings,
 )
 from twistedmail.sieve.interpret import SieveLimits
+from twistedmail.units import (
+    MAX_COUNT,
+    bare_octets,
+    format_size,
+    parse_duration,
+    parse_quota,
+    parse_size,
+)
 
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
@@ -65,17 +74,12 @@ SIZE_LIMITS = {
     "max_message_size": DEFAULT_MAX_MESSAGE_SIZE,
     "max_header_size": DEFAULT_MAX_HEADER_SIZE,
 }
-MIN_BARE_SIZE = 1024  # a size without a unit below this is refused (see parse_size)
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_QUEUE = {
     "first_retry": "5m",
     "max_retry": "1h",
     "lifetime": "5d",
     "delay_warning": "4h",
 }
-_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 
 
 ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -84,10 +88,6 @@ ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
 class ConfigError(Exception):
     """A configuration problem; C{str()} is one line: C{FILE: [section] key: what is wrong}."""
-
-
-class UnitlessSizeError(ValueError):
-    """A size without a unit too small to be meant as octets (see L{parse_size})."""
 
 
 @attrs.frozen
@@ -432,59 +432,14 @@ def _nameserver(r: _Reader, value: object) -> ListenAddress:
     return address
 
 
-MAX_SIZE = 2**50
-"""The largest size read (1 PiB): above it a value is a typo, and SQLite's INTEGER (quotas) and
-the SIZE keyword (RFC 1870) would carry nonsense."""
-MAX_COUNT = 2**31 - 1
-"""The largest count or number of seconds read from the config ([limits] timeouts, limits)."""
-
-
-def parse_size(text: object) -> int:
-    """C{"25MiB"} -> 26214400, C{"25B"} -> 25; an integer without a unit is octets, and
-    refused below L{MIN_BARE_SIZE} (1 KiB).
-
-    Why refuse: C{max_message_size = 25} meant 25 MiB; read as 25 octets it loaded without
-    complaint and the server then refused every message.  No size read here (message size,
-    header section, quota) is sensibly under 1 KiB, so a small bare number is a forgotten
-    unit, and stopping at start-up with a line naming file and key fails safe where
-    guessing a unit would not.  From 1 KiB up a bare number is a plausible octet count
-    (Postfix's C{message_size_limit} is one): it loads, and check-config warns
-    (L{Config.warnings}).  Writing the unit C{B} says octets on purpose.
-
-    @raise UnitlessSizeError: for a unit-less size below 1 KiB.
-    @raise ValueError: for anything else that is not a positive size.
-    """
-    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
-        number, unit = text, None
-    else:
-        m = _SIZE.match(text) if isinstance(text, str) else None
-        if not m or int(m.group(1)) <= 0:
-            raise ValueError("must be a positive size such as 25MiB")
-        number, unit = int(m.group(1)), m.group(2)
-    if unit is None and number < MIN_BARE_SIZE:
-        raise UnitlessSizeError(
-            f'{number} has no unit, so it would be {number} octets; write "{number}MiB"'
-            " (units B, KB, KiB, MB, MiB, GB, GiB)"
-        )
-    octets = number * _UNITS[(unit or "b").lower()]
-    if octets > MAX_SIZE:
-        raise ValueError("too large: at most 1PiB")
-    return octets
-
-
 def _unitless_size_warning(r: _Reader, where: str, value: object) -> list[str]:
     """A warning for a size given without a unit (see L{parse_size}), with the same size
     written with the largest unit that divides it."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    octets = bare_octets(value)
+    if not octets:
         return []
-    m = _SIZE.match(str(value))
-    if m is None or m.group(2) is not None or int(m.group(1)) == 0:
-        return []
-    octets = int(m.group(1))
-    units = (("GiB", 2**30), ("MiB", 2**20), ("GB", 10**9), ("MB", 10**6), ("KiB", 2**10))
-    with_unit = next(
-        (f"{octets // f}{u}" for u, f in (*units, ("KB", 1000)) if octets % f == 0), f"{octets}B"
-    )
+    with_unit = format_size(octets)
+    with_unit += "B" if with_unit == str(octets) else ""
     return [
         f"{r.name}: {where}: {octets} has no unit and is read as octets;"
         f' write it with one, e.g. "{with_unit}"'
@@ -504,43 +459,45 @@ def _hostname_warning(r: _Reader, hostname: str) -> list[str]:
     ]
 
 
-def parse_quota(text: object) -> int:
-    """A storage quota: C{"2GiB"} -> 2147483648, C{"0"}, C{"none"} or C{"unlimited"} -> 0
-    (no limit); plain integers are octets.  @raise ValueError: otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool) and text == 0:
-        return 0
-    if isinstance(text, str) and text.strip().lower() in ("0", "none", "unlimited"):
-        return 0
-    try:
-        return parse_size(text)
-    except UnitlessSizeError:
-        raise
-    except ValueError as e:
-        if str(e).startswith("too large"):
-            raise
-        raise ValueError('must be a size such as "1GiB", or "0" / "none" for unlimited') from None
+def _positive_int(
+    r: _Reader,
+    section: dict[str, Any],
+    where: str,
+    key: str,
+    default: int,
+    low: int = 1,
+    high: int = MAX_COUNT,
+    message: str = "",
+) -> int:
+    """The TOML integer C{[where] key} (else C{default}), from C{low} to C{high}.
 
-
-def parse_duration(value: object) -> int:
-    """C{"5m"} -> 300; units s, m, h, d; plain integers are seconds.
-
-    @raise ValueError: otherwise (zero and negative values included).
+    @raise ConfigError: C{message}, else "must be a positive integer" (or "must be at most
+        C{high}" for a larger integer).
     """
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT:
-        return value
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if not m or not 0 < int(m.group(1)) * _SECONDS[m.group(2) or "s"] <= MAX_COUNT:
-        raise ValueError('must be a positive duration such as "30s", "5m", "1h" or "5d"')
-    return int(m.group(1)) * _SECONDS[m.group(2) or "s"]
-
-
-def _positive_int(r: _Reader, section: dict[str, Any], where: str, key: str, default: int) -> int:
     value = section.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise r.fail(f"[{where}] {key}", "must be a positive integer")
-    if value > MAX_COUNT:
-        raise r.fail(f"[{where}] {key}", f"must be at most {MAX_COUNT}")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    if not message:
+        too_big = isinstance(value, int) and not isinstance(value, bool) and value > high
+        message = f"must be at most {high}" if too_big else "must be a positive integer"
+    raise r.fail(f"[{where}] {key}", message)
+
+
+def _parsed(
+    r: _Reader,
+    section: dict[str, Any],
+    where: str,
+    key: str,
+    default: object,
+    parse: Callable[[object], int],
+    hint: str = "",
+) -> int:
+    """C{parse} (L{parse_size}, L{parse_quota}, L{parse_duration}) of C{[where] key}, else of
+    C{default}.  @raise ConfigError: C{parse}'s ValueError text, then C{hint}."""
+    try:
+        return parse(section.get(key, default))
+    except ValueError as e:
+        raise r.fail(f"[{where}] {key}", f"{e}{hint}") from None
 
 
 def parse_config(data: dict[str, Any], source: Path | None) -> Config:
@@ -587,10 +544,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     seen: dict[tuple[str, int], str] = {}
     for service, addresses in listen.items():
         for address in addresses:
-            key = (address.host, address.port)
-            if address.port and key in seen:
-                raise r.fail(f"[listen] {service}", f"{address} is also used by {seen[key]}")
-            seen[key] = service
+            bound = (address.host, address.port)
+            if address.port and bound in seen:
+                raise r.fail(f"[listen] {service}", f"{address} is also used by {seen[bound]}")
+            seen[bound] = service
 
     tls = r.section(
         data, "tls", {"cert", "key", "acme", "acme_contact", "acme_directory", "acme_ca"}
@@ -616,17 +573,11 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     limit_defaults = attrs.asdict(LimitsConfig(max_message_size=DEFAULT_MAX_MESSAGE_SIZE))
     limits = r.section(data, "limits", set(limit_defaults))
     limit_values: dict[str, int] = {}
-    for limit, default in SIZE_LIMITS.items():
-        try:
-            limit_values[limit] = parse_size(limits.get(limit, default))
-        except ValueError as e:
-            raise r.fail(f"[limits] {limit}", str(e)) from None
+    for limit, size in SIZE_LIMITS.items():
+        limit_values[limit] = _parsed(r, limits, "limits", limit, size, parse_size)
         warnings += _unitless_size_warning(r, f"[limits] {limit}", limits.get(limit))
     max_size = limit_values.pop("max_message_size")
-    try:
-        limit_values["default_quota"] = parse_quota(limits.get("default_quota", 0))
-    except ValueError as e:
-        raise r.fail("[limits] default_quota", str(e)) from None
+    limit_values["default_quota"] = _parsed(r, limits, "limits", "default_quota", 0, parse_quota)
     warnings += _unitless_size_warning(r, "[limits] default_quota", limits.get("default_quota"))
     exempt = limits.get("login_throttle_exempt", [])
     if not isinstance(exempt, list) or not all(isinstance(n, str) for n in exempt):
@@ -638,12 +589,9 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             raise r.fail(
                 "[limits] login_throttle_exempt", f'"{network}" is not an IP network'
             ) from None
-    try:  # "0" / "none": no reserve
-        limit_values["min_free_space"] = parse_quota(
-            limits.get("min_free_space", DEFAULT_MIN_FREE_SPACE)
-        )
-    except ValueError as e:
-        raise r.fail("[limits] min_free_space", str(e)) from None
+    limit_values["min_free_space"] = _parsed(  # "0" / "none": no reserve
+        r, limits, "limits", "min_free_space", DEFAULT_MIN_FREE_SPACE, parse_quota
+    )
     for limit, default in limit_defaults.items():  # not "key": that is the [tls] key path
         if limit in SIZE_LIMITS or limit in (
             "default_quota",
@@ -651,12 +599,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
             "min_free_space",
         ):
             continue
-        value = limits.get(limit, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise r.fail(f"[limits] {limit}", "must be a positive integer")
-        if value > MAX_COUNT:
-            raise r.fail(f"[limits] {limit}", f"must be at most {MAX_COUNT}")
-        limit_values[limit] = value
+        limit_values[limit] = _positive_int(r, limits, "limits", limit, default)
     if limit_values["max_recipients"] < 100:
         raise r.fail("[limits] max_recipients", "must be at least 100 (RFC 5321 §4.5.3.1.8)")
     if not MIN_LINE_LENGTH <= limit_values["max_line_length"] <= MAX_LINE_LENGTH:
@@ -722,12 +665,10 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         route_list.append((name, r.address(f"[relay.routes] {domain}", target, 25)))
 
     queue = r.section(data, "queue", {*DEFAULT_QUEUE, "max_connections", "max_per_destination"})
-    durations = {}
-    for name, default in DEFAULT_QUEUE.items():
-        try:
-            durations[name] = parse_duration(queue.get(name, default))
-        except ValueError as e:
-            raise r.fail(f"[queue] {name}", str(e)) from None
+    durations = {
+        name: _parsed(r, queue, "queue", name, duration, parse_duration)
+        for name, duration in DEFAULT_QUEUE.items()
+    }
     if durations["max_retry"] < durations["first_retry"]:
         raise r.fail("[queue] max_retry", "must not be shorter than first_retry")
     queue_config = QueueConfig(
@@ -764,31 +705,30 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     if not isinstance(plus_folder, bool):
         raise r.fail("[delivery] plus_folder", "must be true or false")
     sieve_defaults = SieveLimits()
-    try:
-        sieve_size = parse_size(
-            delivery.get("sieve_max_script_size", sieve_defaults.max_script_size)
-        )
-    except ValueError as e:
-        raise r.fail("[delivery] sieve_max_script_size", str(e)) from None
+    sieve_size = _parsed(
+        r, delivery, "delivery", "sieve_max_script_size", sieve_defaults.max_script_size, parse_size
+    )
     warnings += _unitless_size_warning(
         r, "[delivery] sieve_max_script_size", delivery.get("sieve_max_script_size")
     )
     sieve_counts: dict[str, int] = {}
     for sieve_key, field in SIEVE_COUNTS.items():
-        value = delivery.get(sieve_key, getattr(sieve_defaults, field))
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-            raise r.fail(f"[delivery] {sieve_key}", f"must be a whole number from 1 to {MAX_COUNT}")
-        sieve_counts[field] = value
+        sieve_counts[field] = _positive_int(
+            r,
+            delivery,
+            "delivery",
+            sieve_key,
+            getattr(sieve_defaults, field),
+            message=f"must be a whole number from 1 to {MAX_COUNT}",
+        )
 
     managesieve = r.section(
         data, "managesieve", {"max_scripts", "idle_timeout", *MANAGESIEVE_SIZES}
     )
-    sieve_sizes = {}
-    for name, default in MANAGESIEVE_SIZES.items():
-        try:
-            sieve_sizes[name] = parse_size(managesieve.get(name, default))
-        except ValueError as e:
-            raise r.fail(f"[managesieve] {name}", str(e)) from None
+    sieve_sizes = {
+        name: _parsed(r, managesieve, "managesieve", name, size, parse_size)
+        for name, size in MANAGESIEVE_SIZES.items()
+    }
     if sieve_sizes["max_script_size"] > MAX_SIEVE_SCRIPT_SIZE:
         raise r.fail("[managesieve] max_script_size", "must be at most 512KiB")
     managesieve_config = ManageSieveConfig(
@@ -800,10 +740,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     mta_sts_mode = mta_sts.get("mode", "testing")
     if mta_sts_mode not in MTA_STS_MODES:
         raise r.fail("[mta_sts] mode", 'must be "enforce", "testing" or "none"')
-    try:
-        mta_sts_max_age = parse_duration(mta_sts.get("max_age", "7d"))
-    except ValueError as e:
-        raise r.fail("[mta_sts] max_age", str(e)) from None
+    mta_sts_max_age = _parsed(r, mta_sts, "mta_sts", "max_age", "7d", parse_duration)
     if mta_sts_max_age > MTA_STS_MAX_AGE:
         raise r.fail("[mta_sts] max_age", "must be at most one year (RFC 8461 §3.2)")
 
@@ -814,17 +751,16 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
     antispam = _antispam(r, data)
 
     auth = r.section(data, "auth", {"cache_ttl", "cache_size", "max_parallel_hashes"})
-    cache_ttl = auth.get("cache_ttl", "5m")
-    if cache_ttl not in (0, "0"):
-        try:
-            cache_ttl = parse_duration(cache_ttl)
-        except ValueError as e:
-            raise r.fail("[auth] cache_ttl", f'{e}, or "0" for no cache') from None
-    parallel = auth.get("max_parallel_hashes", 0)
-    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 0 <= parallel <= 1024:
-        raise r.fail("[auth] max_parallel_hashes", "must be 0 (the number of CPUs) to 1024")
+    cache_ttl = 0
+    if auth.get("cache_ttl", "5m") not in (0, "0"):
+        cache_ttl = _parsed(
+            r, auth, "auth", "cache_ttl", "5m", parse_duration, ', or "0" for no cache'
+        )
+    parallel = _positive_int(
+        r, auth, "auth", "max_parallel_hashes", 0, 0, 1024, "must be 0 (the number of CPUs) to 1024"
+    )
     auth_config = AuthConfig(
-        cache_ttl=int(cache_ttl),
+        cache_ttl=cache_ttl,
         cache_size=_positive_int(r, auth, "auth", "cache_size", 10_000),
         max_parallel_hashes=parallel,
     )
@@ -893,11 +829,11 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
     if not isinstance(check_submission, bool):
         raise r.fail("[antispam] check_submission", "must be true or false")
     timeout = _positive_int(r, section, "antispam", "timeout", defaults.timeout)
-    greet = section.get("greet_pause", 0)
-    try:
-        greet_pause = 0 if greet in (0, "0", "0s") else parse_duration(greet)
-    except ValueError as e:
-        raise r.fail("[antispam] greet_pause", f"{e}, or 0 for off") from None
+    greet_pause = 0
+    if section.get("greet_pause", 0) not in (0, "0", "0s"):
+        greet_pause = _parsed(
+            r, section, "antispam", "greet_pause", 0, parse_duration, ", or 0 for off"
+        )
     zones: dict[str, tuple[str, ...]] = {}
     for key in ("dnsbl", "dnswl"):
         value = section.get(key, [])
@@ -907,12 +843,12 @@ def _antispam(r: _Reader, data: dict[str, Any]) -> AntispamConfig:
             zones[key] = tuple(normalize_domain(z.strip().rstrip(".")) for z in value)
         except AddressError as e:
             raise r.fail(f"[antispam] {key}", str(e)) from None
-    counts = {}
-    for key in ("smtp_messages_per_ip_hour", "smtp_connections_per_ip_hour"):
-        count = section.get(key, 0)
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
-            raise r.fail(f"[antispam] {key}", "must be a count, 0 for no limit")
-        counts[key] = count
+    counts = {
+        key: _positive_int(
+            r, section, "antispam", key, 0, 0, message="must be a count, 0 for no limit"
+        )
+        for key in ("smtp_messages_per_ip_hour", "smtp_connections_per_ip_hour")
+    }
     return AntispamConfig(
         rspamd=urls["rspamd"],
         rspamd_controller=urls["rspamd_controller"],
@@ -974,22 +910,12 @@ def smarthost_password(config: Config) -> str | None:
     if path is None:
         return None
     where = f"{config.source or 'built-in defaults'}: [relay] smarthost_password_file"
-    try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            raise ConfigError(
-                f"{where}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
-            )
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: {path} is not UTF-8") from None
-    if not lines or not lines[0]:
+    password = _secret_line(where, path)
+    if not password:
         raise ConfigError(f"{where}: {path} is empty")
-    if "\x00" in lines[0]:  # RFC 4616 §2: NUL separates the PLAIN fields
+    if "\x00" in password:  # RFC 4616 §2: NUL separates the PLAIN fields
         raise ConfigError(f"{where}: {path}: the password contains NUL")
-    return lines[0]
+    return password
 
 
 def metrics_token(config: Config) -> str | None:
@@ -1003,6 +929,16 @@ def metrics_token(config: Config) -> str | None:
     if path is None:
         return None
     where = f"{config.source or 'built-in defaults'}: [metrics] token_file"
+    token = _secret_line(where, path).strip()
+    if not token:
+        raise ConfigError(f"{where}: {path} is empty")
+    return token
+
+
+def _secret_line(where: str, path: Path) -> str:
+    """The first line of the credential file C{path} (C{""} when it has none), which must be
+    readable by its owner only.  @raise ConfigError: it is missing, unreadable, open to
+    group/others, or not UTF-8; C{where} (file and key) begins the message."""
     try:
         mode = path.stat().st_mode
         if mode & 0o077:
@@ -1014,9 +950,7 @@ def metrics_token(config: Config) -> str | None:
         raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: {path} is not UTF-8") from None
-    if not lines or not lines[0].strip():
-        raise ConfigError(f"{where}: {path} is empty")
-    return lines[0].strip()
+    return lines[0] if lines else ""
 
 
 def control_path(config: Config) -> Path:

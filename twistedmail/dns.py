@@ -26,12 +26,19 @@ import random
 import re
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
-from twisted.logger import FilteringLogObserver, LogEvent, LogLevel, LogPublisher, PredicateResult
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    LogEvent,
+    LogLevel,
+    LogPublisher,
+    PredicateResult,
+)
 from twisted.names import dns
 from twisted.names import error as dns_error
 
@@ -93,12 +100,15 @@ async def _query(resolver: IResolver, name: str, rtype: int) -> list[dns.RRHeade
 
     @raise TemporaryDNSError: SERVFAIL, timeout, refused.
     """
-    lookup: Callable[..., defer.Deferred[tuple[list[dns.RRHeader], list, list]]] = {
+    # (answers, authority, additional): lists of RRHeader (IResolver's annotation says one
+    # RRHeader each, which is not what any resolver returns).
+    lookup: Callable[..., defer.Deferred[Any]] = {
         dns.MX: resolver.lookupMailExchange,
         dns.A: resolver.lookupAddress,
         dns.AAAA: resolver.lookupIPV6Address,
     }[rtype]
     try:
+        answers: list[dns.RRHeader]
         answers, _authority, _additional = await lookup(name, LOOKUP_TIMEOUT)
     except dns_error.DNSNameError:
         return None
@@ -128,9 +138,10 @@ async def host_addresses(resolver: IResolver, name: str) -> tuple[tuple[str, ...
             continue
         for rr in records or ():
             if rtype == dns.A:
-                addresses.append(rr.payload.dottedQuad())
+                addresses.append(cast(dns.Record_A, rr.payload).dottedQuad())
             else:
-                addresses.append(socket.inet_ntop(socket.AF_INET6, rr.payload.address))
+                address = cast(dns.Record_AAAA, rr.payload).address
+                addresses.append(socket.inet_ntop(socket.AF_INET6, address))
     return tuple(dict.fromkeys(addresses)), temporary
 
 
@@ -175,7 +186,7 @@ async def resolve_mx(
     records = await _query(resolver, domain, dns.MX)
     if records is None:
         raise PermanentDNSError(f"Domain {domain} does not exist (NXDOMAIN)")
-    mxs = [rr.payload for rr in records]
+    mxs = [cast(dns.Record_MX, rr.payload) for rr in records]
     if any(mx.name.name in (b"", b".") for mx in mxs):
         # RFC 7505 §3: a null MX (preference 0, exchange ".") says the domain takes no mail;
         # §4.1: the sender MUST NOT try the domain's address records instead.
@@ -237,7 +248,8 @@ def quiet_dns_client(publisher: LogPublisher) -> None:
         if isinstance(observer, FilteringLogObserver):
             continue
         publisher.removeObserver(observer)
-        publisher.addObserver(FilteringLogObserver(observer, [dns_client_chatter]))
+        predicate = cast(ILogFilterPredicate, dns_client_chatter)  # a callable is one
+        publisher.addObserver(FilteringLogObserver(observer, [predicate]))
 
 
 async def reverse_name(resolver: IResolver, ip: str, timeout: Sequence[int] = (2, 4)) -> str:

@@ -34,7 +34,7 @@ connection whose client never finishes the TLS handshake.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -42,10 +42,11 @@ from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
 from twistedmail import metrics
 from twistedmail.metrics import Metrics
@@ -114,6 +115,9 @@ class _Counted(ProtocolWrapper):
     """One counted connection; makes the wrapped protocol's close always finish (see the
     module docstring)."""
 
+    # The TCP or TLS transport: it also pauses, resumes and aborts (Twisted types a
+    # ProtocolWrapper's transport as ITransport | None).
+    transport: Any
     peer_key: str = ""
     _grace: IDelayedCall | None = None
     _lost = False
@@ -159,7 +163,7 @@ class _Counted(ProtocolWrapper):
         )
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         if self._grace is not None:
             self._grace.cancel()
@@ -269,7 +273,7 @@ class ConnectionLimit(WrappingFactory):
                 total=len(self.protocols),
             )
             return _Refused(self.refusal, self.clock, self.close_grace)
-        wrapper = super().buildProtocol(addr)
+        wrapper = cast(_Counted, super().buildProtocol(addr))
         wrapper.peer_key = key
         metrics.of(self).connection(self.service)
         return wrapper

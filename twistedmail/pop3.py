@@ -452,7 +452,7 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
     def _failed(self, failure: Failure) -> None:
         if self._lost or failure.check(_ClientGone):
             return
-        if failure.check(NegativeResponse):
+        if isinstance(failure.value, NegativeResponse):
             self._send(failure.value.line())
             return
         log.failure("pop3 session {session}: command failed", failure, session=self.session)

@@ -14,7 +14,9 @@ protocol harness (a synchronous thread runner, a transport that can start TLS).
     SMTP, IMAP and POP3 sessions drive a protocol over (StringTransport, no threads);
   - L{SynchronousReactor}: a MemoryReactorClock whose thread pool runs each call at once,
     so a whole L{twistedmail.service.MailServer} can be built and driven in process;
-  - L{inbound_for}, L{submission_for}: the port 25 and 587/465 factories for a test host.
+  - L{inbound_for}, L{submission_for}: the port 25 and 587/465 factories for a test host;
+  - L{autoconfig_servers}: the servers an autoconfig document lists;
+  - L{run_cli}: the C{twistedmail} admin command run in process, its output captured.
 
 Nothing here is used by the server itself.
 """
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+import io
 import ipaddress
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -42,6 +46,7 @@ from twisted.names import authority, common, dns
 from twisted.names import error as dns_error
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 # -- DNS ---------------------------------------------------------------------------------
@@ -616,3 +621,48 @@ def submission_for(host: Any, **overrides: Any) -> Any:
         "clock": host.clock,
     }
     return submission_factory(**{**settings, **overrides})
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+
+def autoconfig_servers(document: bytes) -> list[tuple[str | None, ...]]:
+    """The servers of a Thunderbird autoconfig document (config-v1.1.xml), in order: (tag,
+    type, hostname, port, socketType, authentication, username) each."""
+    from xml.etree import ElementTree  # our own served document, not input from a peer
+
+    provider = ElementTree.fromstring(document).find("emailProvider")
+    assert provider is not None
+    return [
+        (
+            s.tag,
+            s.get("type"),
+            s.findtext("hostname"),
+            s.findtext("port"),
+            s.findtext("socketType"),
+            s.findtext("authentication"),
+            s.findtext("username"),
+        )
+        for s in provider
+        if s.tag.endswith("Server")
+    ]
+
+
+# -- the admin command -------------------------------------------------------------------
+
+
+def run_cli(
+    case: SynchronousTestCase, argv: Sequence[str], stdin: bytes = b""
+) -> tuple[int, str, str]:
+    """Run the C{twistedmail} command in process: C{cli.main(argv)} reading C{stdin}, its
+    standard output and error captured (patched on C{case}, so undone after the test).
+
+    @return: (exit status, stdout, stderr).
+    """
+    from twistedmail import cli  # the top layer: imported only by the tests that run it
+
+    out, err = io.StringIO(), io.StringIO()
+    case.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    case.patch(sys, "stdout", out)
+    case.patch(sys, "stderr", err)
+    return cli.main(list(argv)), out.getvalue(), err.getvalue()

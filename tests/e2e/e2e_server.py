@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -324,3 +324,32 @@ def imap_login(server: Server, address: str, password: str) -> str:
     except imaplib.IMAP4.error as e:
         m.shutdown()
         return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
+
+
+class LineClient:
+    """A raw CRLF line client over a socket (plain, or TLS once C{sock} is replaced by the
+    wrapped one and C{buf} emptied): for hostile or hand-made input a library client would
+    not send."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        """The next line without its CRLF.  @raise EOFError: the server closed first."""
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def until(self, done: Callable[[bytes], bool]) -> bytes:
+        """Read lines up to the first for which C{done} is true, and return it."""
+        while not done(line := self.line()):
+            pass
+        return line

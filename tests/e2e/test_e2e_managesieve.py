@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_server import PASSWORDS, Server, free_ports, make_test_ca
+from e2e_server import PASSWORDS, LineClient, Server, free_ports, make_test_ca, running
 
 from twistedmail import control
 
@@ -50,20 +50,15 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     with srv.config.open("a") as f:
         # Vacation replies to corp.example wait in the queue: the route is a closed port.
         f.write(f'\n[relay.routes]\n"corp.example" = "127.0.0.1:{closed}"\n')
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
+    with running(srv):
         yield srv, ca
-    finally:
-        srv.stop()
 
 
 def sieve_connect(
-    srv: Server, ca: Path, *args: str, user: str = ALICE
+    srv: Server, ca: Path, *args: str, user: str = ALICE, password: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """sieve-connect, non-interactive: the password on stdin (--passwordfd 0), the test CA
-    trusted (--tlscafile) for the certificate's name."""
+    """sieve-connect, non-interactive: the password (by default C{user}'s) on stdin
+    (--passwordfd 0), the test CA trusted (--tlscafile) for the certificate's name."""
     if SIEVE_CONNECT is None:
         pytest.skip("sieve-connect not installed (Debian package sieve-connect)")
     command = [
@@ -84,7 +79,11 @@ def sieve_connect(
         *args,
     ]
     return subprocess.run(
-        command, input=PASSWORDS[user] + "\n", capture_output=True, text=True, timeout=60
+        command,
+        input=(PASSWORDS[user] if password is None else password) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -138,29 +137,7 @@ def test_sieve_connect_exec_and_wrong_password(
     assert run.stdout.splitlines() == ['"first"', '"second" ACTIVE', ""]
     if SIEVE_CONNECT is None:
         return
-    bad = subprocess.run(
-        [
-            SIEVE_CONNECT,
-            "--nosrv",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(srv.ports["managesieve"]),
-            "-u",
-            ALICE,
-            "--passwordfd",
-            "0",
-            "--tlscafile",
-            str(ca),
-            "--tlshostname",
-            "mail.example.test",
-            "--list",
-        ],
-        input="wrong\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = sieve_connect(srv, ca, "--list", password="wrong")
     assert bad.returncode != 0
     assert "Authentication failed" in bad.stderr
     assert "login failed: service=managesieve user=alice@example.test ip=127.0.0.1" in (
@@ -324,14 +301,13 @@ def test_done_when_script_from_sieve_connect_files_flags_and_answers(
 # -- hostile input ------------------------------------------------------------------------
 
 
-class Raw:
+class Raw(LineClient):
     """A line client: STARTTLS (trusting the test CA) and AUTHENTICATE PLAIN by hand."""
 
     def __init__(self, srv: Server, ca: Path, login: bool = True) -> None:
-        self.sock: socket.socket = socket.create_connection(
-            ("127.0.0.1", srv.ports["managesieve"]), timeout=30
+        super().__init__(
+            socket.create_connection(("127.0.0.1", srv.ports["managesieve"]), timeout=30)
         )
-        self.buf = b""
         self.until_ok()
         if login:
             self.send(b"STARTTLS\r\n")
@@ -344,22 +320,8 @@ class Raw:
             self.send(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n')
             assert self.line() == b'OK "Logged in"'
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
     def until_ok(self) -> bytes:
-        while not (line := self.line()).startswith(b"OK"):
-            pass
-        return line
+        return self.until(lambda line: line.startswith(b"OK"))
 
     def close(self) -> None:
         self.sock.close()

@@ -24,6 +24,8 @@ from xml.etree import ElementTree
 import pytest
 from e2e_server import Server, client_tls, make_test_ca
 
+from twistedmail.testing import autoconfig_servers
+
 ALICE = "alice@example.test"
 OUTLOOK = "{http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a}"
 AUTODISCOVER = (
@@ -79,24 +81,6 @@ def fetch(
         conn.close()
 
 
-def servers(document: bytes) -> list[tuple[str | None, ...]]:
-    provider = ElementTree.fromstring(document).find("emailProvider")
-    assert provider is not None
-    return [
-        (
-            s.tag,
-            s.get("type"),
-            s.findtext("hostname"),
-            s.findtext("port"),
-            s.findtext("socketType"),
-            s.findtext("authentication"),
-            s.findtext("username"),
-        )
-        for s in provider
-        if s.tag.endswith("Server")
-    ]
-
-
 @pytest.mark.parametrize("secure", [False, True], ids=["http", "https"])
 def test_autoconfig(server: Server, secure: bool) -> None:
     """Thunderbird's two URLs, over HTTP and HTTPS: every port the server listens on, as
@@ -131,7 +115,7 @@ def test_autoconfig(server: Server, secure: bool) -> None:
             "twistedmail",
         )
         assert ElementTree.fromstring(body).findtext("emailProvider/domain") == domain
-        assert servers(body) == expected
+        assert autoconfig_servers(body) == expected
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["http", "https"])
