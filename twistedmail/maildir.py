@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
@@ -57,6 +57,8 @@ from twistedmail.index import (
     Stamps,
     now_ns,
     read_headers,
+    read_sortkeys,
+    remember_arrival,
 )
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -355,6 +357,8 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
             except FileNotFoundError:
                 pass
         fsync_dir_shared(directory)  # one fsync for the deliveries linked meanwhile
+        if directory.name == "new":  # a delivery: keep its header fields for SEARCH
+            remember_arrival(directory.parent, base, to_crlf(data))
         return base
 
 
@@ -490,9 +494,10 @@ def dotlock(
         os.close(fd)
 
 
-@attrs.frozen
-class MessageEntry:
-    """One message of a folder as of the last scan.
+class MessageEntry(NamedTuple):
+    """One message of a folder as of the last scan: an index row as it comes out of SQLite
+    (a tuple, so a 100,000-message SELECT makes no per-message objects beyond the rows
+    themselves: L{Folder.scan}).
 
     @ivar uid: IMAP UID (RFC 3501 §2.3.1.1).
     @ivar base: the Maildir unique name without info (stable: the POP3 UIDL, RFC 1939 §7).
@@ -702,7 +707,7 @@ class Folder:
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
-                tuple(MessageEntry(*row) for row in rows),
+                tuple(map(MessageEntry._make, rows)),
                 recent,
                 index.highestmodseq,
                 expunged,
@@ -798,6 +803,7 @@ class Folder:
                 modseq = modseq or index.next_modseq()
                 index.rename(old.uid, name, modseq)
         index.insert_many(added)
+        index.adopt_arrivals(time.time())
         index.put("uidnext", uidnext)
         if saved:
             index.record(self._stamps(), started)
@@ -847,6 +853,17 @@ class Folder:
         if rows:
             with FolderIndex(self.path) as index:
                 index.cache_headers(rows)
+
+    def cached_sortkeys(self) -> dict[int, tuple[str, str]]:
+        """The SORT keys kept in the index (L{FolderIndex.cache_sortkeys}): {uid: (base,
+        keys)}, read without taking the index's write lock."""
+        return read_sortkeys(self.path)
+
+    def cache_sortkeys(self, rows: list[tuple[int, str, str]]) -> None:
+        """Keep (uid, base, keys) rows of parsed SORT keys (L{FolderIndex.cache_sortkeys})."""
+        if rows:
+            with FolderIndex(self.path) as index:
+                index.cache_sortkeys(rows)
 
     # keywords (dovecot-keywords)
 
@@ -1052,7 +1069,7 @@ class Folder:
                 for entry, change in plan:
                     seen = current.get(entry.uid, entry.modseq)
                     if unchangedsince is not None and seen > unchangedsince:
-                        modified.append(attrs.evolve(entry, modseq=seen))
+                        modified.append(entry._replace(modseq=seen))
                         continue
                     for _attempt in range(5):  # renamed by someone without our lock: retry
                         path = find(entry)
@@ -1061,7 +1078,7 @@ class Folder:
                         letters = change.apply(split_name(path.name)[1])
                         new_name = f"{entry.base}:2,{letters}"
                         if path.name == new_name and path.parent.name == "cur":
-                            done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
+                            done.append(entry._replace(filename=new_name, modseq=seen))
                             break
                         try:
                             os.rename(path, self.path / "cur" / new_name)
@@ -1069,17 +1086,19 @@ class Folder:
                             listing = None
                             continue
                         renamed.append((entry.uid, new_name))
-                        done.append(attrs.evolve(entry, filename=new_name))
+                        done.append(entry._replace(filename=new_name))
                         break
 
             self._own_change(index, rename_all)
             if renamed:
+                # the flags are the file names: durable before OK (the index may lag)
+                fsync_dir_shared(self.path / "cur")
                 modseq = index.next_modseq()
                 names = dict(renamed)
                 for uid, name in renamed:
                     if uid in current:
                         index.rename(uid, name, modseq)
-                done = [attrs.evolve(e, modseq=modseq) if e.uid in names else e for e in done]
+                done = [e._replace(modseq=modseq) if e.uid in names else e for e in done]
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
@@ -1115,6 +1134,8 @@ class Folder:
                         index.expunge(entry.uid, modseq)
 
             self._own_change(index, unlink_all)
+            if removed:
+                fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
         return removed
 
 

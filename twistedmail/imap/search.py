@@ -33,8 +33,8 @@ from twistedmail.imap.message import (
     parse_addresses,
     split_message,
 )
-from twistedmail.imap.sort import sort_key
-from twistedmail.index import HEADER_FIELDS
+from twistedmail.imap.sort import Parsed, parse_keys, sort_key_parsed
+from twistedmail.index import HEADER_FIELDS, header_block
 from twistedmail.maildir import Folder, MessageEntry
 
 log = Logger(namespace="twistedmail.imap.search")
@@ -90,13 +90,18 @@ def decode_fields(
 def cached_fields(raw: bytes) -> tuple[bytes, str]:
     """What the header cache keeps of a message (with CRLF line ends, as L{Folder.read}
     gives it): its L{HEADER_FIELDS} lines in order then the blank line (as
-    L{select_headers} cuts them out), and the L{decode_fields} of L{DECODED_FIELDS} as
-    JSON."""
-    fields = [f for f in header_fields(split_message(raw)[0]) if f[0] in HEADER_FIELDS]
-    block = b"".join(t if t.endswith(b"\n") else t + b"\r\n" for _, t in fields) + b"\r\n"
-    decoded = decode_fields(fields, DECODED_FIELDS)
-    text = json.dumps({k.decode("ascii"): v for k, v in decoded.items()}, ensure_ascii=False)
-    return block, text
+    L{select_headers} cuts them out: L{header_block}, which delivery keeps too), and the
+    L{decode_fields} of L{DECODED_FIELDS} as JSON (L{decoded_text})."""
+    block = header_block(raw)
+    return block, decoded_text(block)
+
+
+def decoded_text(block: bytes) -> str:
+    """The L{decode_fields} of L{DECODED_FIELDS} in a cached header block, as JSON: what
+    the cache keeps beside the block (a block kept at delivery has C{""} until the first
+    SEARCH that needs it decodes it, here)."""
+    decoded = decode_fields(header_fields(block), DECODED_FIELDS)
+    return json.dumps({k.decode("ascii"): v for k, v in decoded.items()}, ensure_ascii=False)
 
 
 _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
@@ -159,7 +164,10 @@ class Source:
         if name not in DECODED_FIELDS:
             return decode_fields(header_fields(self.header(name)), (name,)).get(name, [])
         if self._fields is None:
-            self.header(name)
+            block = self.header(name)
+            if self._decoded == "":  # kept at delivery, not decoded yet: decode it once
+                self._decoded = decoded_text(block)
+                self._filled.append((self._entry.uid, self._entry.base, block, self._decoded))
             decoded = self._decoded
             if decoded is None:
                 self._fields = {}
@@ -229,25 +237,51 @@ def search_view(
     return run_search(folder, candidates, predicate, cost)
 
 
+_NO_KEYS: Parsed = (None, "", "", "", "")
+
+
 def sort_entries(
     folder: Folder, entries: list[tuple[int, MessageEntry]], criteria: list[tuple[bytes, bool]]
 ) -> list[int]:
     """SORT (RFC 5256 §3): the sequence numbers of C{entries} in the order of C{criteria}
-    (ties in sequence order), the header keys from the header cache."""
+    (ties in sequence order).  The header keys are parsed once per message (L{parse_keys}
+    of its cached header fields, read from its file when not cached) and kept in the
+    index, so a later SORT parses no Date: or address again."""
     needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
-    cache = _cache(folder, COST_HEADER if needs_header else COST_INDEX)
+    keys: dict[int, tuple[str, str]] = {}
+    if needs_header:
+        try:
+            keys = folder.cached_sortkeys()
+        except Exception:
+            log.failure("reading the sort keys of {path}", path=str(folder.path))
+    cache: dict[int, tuple[str, bytes, str]] | None = None
     filled: list[tuple[int, str, bytes, str]] = []
+    parsed_now: list[tuple[int, str, str]] = []
     keyed: list[tuple[tuple[Any, ...], int]] = []
     for seq, entry in entries:
-        header = b""
+        parsed = _NO_KEYS
         if needs_header:
-            hit = cache.get(entry.uid)
+            hit = keys.get(entry.uid)
             if hit is not None and hit[0] == entry.base:
-                header = hit[1]
+                date, *texts = json.loads(hit[1])
+                parsed = (date, *texts)  # type: ignore[assignment]
             else:
-                header = Source(folder, entry, None, filled).header(b"date")
-        keyed.append((sort_key(criteria, seq, entry, header), seq))
+                if cache is None:
+                    cache = _cache(folder, COST_HEADER)
+                found = cache.get(entry.uid)
+                if found is not None and found[0] == entry.base:
+                    header = found[1]
+                else:
+                    header = Source(folder, entry, None, filled).header(b"date")
+                parsed = parse_keys(header)
+                parsed_now.append((entry.uid, entry.base, json.dumps(parsed)))
+        keyed.append((sort_key_parsed(criteria, seq, entry, parsed), seq))
     _keep(folder, filled)
+    try:
+        for start in range(0, len(parsed_now), KEEP_BATCH):
+            folder.cache_sortkeys(parsed_now[start : start + KEEP_BATCH])
+    except Exception:  # only a cache: the next SORT parses them again
+        log.failure("keeping the sort keys of {path}", path=str(folder.path))
     keyed.sort(key=lambda pair: pair[0])
     return [seq for _, seq in keyed]
 

@@ -117,6 +117,12 @@ def first_mailbox(value: bytes | None) -> str:
 def sent_date(value: bytes | None, internal: float) -> float:
     """The Date: field in UTC seconds; the INTERNALDATE when it is missing or bad
     (RFC 5256 §3 DATE)."""
+    parsed = parse_date(value)
+    return internal if parsed is None else parsed
+
+
+def parse_date(value: bytes | None) -> float | None:
+    """The Date: field in UTC seconds, or C{None} when it is missing or bad."""
     if value is not None:
         parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
         if parsed is not None:
@@ -124,14 +130,32 @@ def sent_date(value: bytes | None, internal: float) -> float:
                 return calendar.timegm(parsed[:9]) - (parsed[9] or 0)
             except (OverflowError, ValueError):
                 pass
-    return internal
+    return None
 
 
-def sort_key(
-    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, header: bytes
+Parsed = tuple["float | None", str, str, str, str]
+"""A message's header sort keys parsed once (kept in the index's cache): the Date: in UTC
+seconds (C{None}: missing or bad), the base subject, and the first mailbox of From, To, Cc
+(before the i;ascii-casemap)."""
+
+_PARSED_AT = {b"SUBJECT": 1, b"FROM": 2, b"TO": 3, b"CC": 4}
+
+
+def parse_keys(header: bytes) -> Parsed:
+    """The L{Parsed} sort keys of a header (or of the header cache's fields)."""
+    return (
+        parse_date(header_value(header, b"date")),
+        base_subject(header_value(header, b"subject")),
+        first_mailbox(header_value(header, b"from")),
+        first_mailbox(header_value(header, b"to")),
+        first_mailbox(header_value(header, b"cc")),
+    )
+
+
+def sort_key_parsed(
+    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, parsed: Parsed
 ) -> tuple[Any, ...]:
-    """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
-    the sequence number (RFC 5256 §3: ties keep sequence order)."""
+    """L{sort_key} from keys parsed before (L{parse_keys})."""
     parts: list[Any] = []
     for key, reverse in criteria:
         value: Any
@@ -140,14 +164,20 @@ def sort_key(
         elif key == b"SIZE":
             value = entry.size
         elif key == b"DATE":
-            value = sent_date(header_value(header, b"date"), entry.mtime)
-        elif key == b"SUBJECT":
-            value = casemap(base_subject(header_value(header, b"subject")))
-        else:  # CC, FROM, TO
-            value = casemap(first_mailbox(header_value(header, key.lower())))
+            value = entry.mtime if parsed[0] is None else parsed[0]
+        else:  # SUBJECT, CC, FROM, TO
+            value = casemap(parsed[_PARSED_AT[key]])  # type: ignore[arg-type]
         parts.append(_Reversed(value) if reverse else value)
     parts.append(seq)
     return tuple(parts)
+
+
+def sort_key(
+    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, header: bytes
+) -> tuple[Any, ...]:
+    """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
+    the sequence number (RFC 5256 §3: ties keep sequence order)."""
+    return sort_key_parsed(criteria, seq, entry, parse_keys(header))
 
 
 class _Reversed:
