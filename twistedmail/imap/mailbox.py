@@ -265,10 +265,16 @@ class MaildirMailbox:
         if self._refreshing is not None:
             self._dirty = True
             waiter: Deferred[None] = Deferred()
-            self._refreshing.addBoth(lambda r: (waiter.callback(None), r)[1])
+
+            def wake(result: object) -> object:
+                waiter.callback(None)
+                return result
+
+            self._refreshing.addBoth(wake)
             await waiter
             return
-        self._refreshing = done = Deferred()
+        done: Deferred[None] = Deferred()
+        self._refreshing = done
         try:
             self._dirty = True
             while self._dirty and not self._closed:
@@ -348,7 +354,8 @@ class MaildirMailbox:
         self.expunged_uids = []
         if not self._gone:
             return []
-        out, kept = [], []
+        out: list[int] = []
+        kept: list[MessageEntry] = []
         announced = self._announced
         for i, entry in enumerate(self._view):
             if entry.uid in self._gone:
@@ -757,7 +764,7 @@ def compile_search(
     last_uid: int,
     keywords: dict[str, str] | None = None,
     used: set[bytes] | None = None,
-) -> tuple[Predicate, bool]:
+) -> tuple[Predicate, int]:
     """Turn parsed SEARCH keys (Twisted's C{parseNestedParens} output) into a predicate
     C{(candidate, source) -> bool} (L{twistedmail.imap.search.Source}); also its cost, what
     it looks at (C{search.COST_INDEX}, C{COST_HEADER} or C{COST_FILE}).  C{keywords}
@@ -848,11 +855,11 @@ def compile_search(
             if not isinstance(name, bytes):
                 raise SearchError("keyword expected")
             wanted = name.decode("ascii", "replace").lower()
-            letter = next((c for c, n in (keywords or {}).items() if n.lower() == wanted), None)
+            found = next((c for c, n in (keywords or {}).items() if n.lower() == wanted), None)
             want = key == b"KEYWORD"
-            if letter is None:
+            if found is None:
                 return lambda c, r: not want
-            return lambda c, r: (letter in c[1].flags) == want
+            return lambda c, r: (found in c[1].flags) == want
         if key == b"MODSEQ":
             # RFC 7162 §3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer; our
             # MODSEQ is per message, so the entry name and type are ignored (as required)

@@ -264,7 +264,7 @@ def sort_entries(
             hit = keys.get(entry.uid)
             if hit is not None and hit[0] == entry.base:
                 date, *texts = json.loads(hit[1])
-                parsed = (date, *texts)  # type: ignore[assignment]
+                parsed = (date, *texts)
             else:
                 if cache is None:
                     cache = _cache(folder, COST_HEADER)
