@@ -31,6 +31,8 @@ Everything here is blocking file I/O: protocol code calls it through a thread
 
 from __future__ import annotations
 
+import bisect
+import collections
 import errno
 import fcntl
 import io
@@ -538,6 +540,97 @@ class ScanResult:
     """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
 
 
+@attrs.frozen
+class _Snapshot:
+    """A folder's message list as of one state of its index: UIDVALIDITY, the index floor
+    and HIGHESTMODSEQ name the state (every change to a row gives it a MODSEQ above the
+    HIGHESTMODSEQ before; every removal leaves a tombstone with one)."""
+
+    uidvalidity: int
+    floor: int
+    highestmodseq: int
+    messages: tuple[MessageEntry, ...]
+
+
+SNAPSHOT_MESSAGES = 400_000
+"""Messages the process keeps in folder snapshots (L{_Snapshots}), the folders used last."""
+
+
+class _Snapshots:
+    """The message lists of the folders scanned last, shared by every session of the
+    process (entries are immutable tuples): a SELECT of a folder whose index did not change
+    since the last scan makes no row at all, one that changed reads only the rows changed
+    and the UIDs expunged since (RFC 7162 §3.1.4.1 semantics, on the index), instead of the
+    whole folder (what Dovecot gets from its memory-mapped index)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: collections.OrderedDict[Path, _Snapshot] = collections.OrderedDict()
+
+    def messages(self, path: Path, index: FolderIndex) -> _Snapshot:
+        """The folder's messages now (under its lock, in the index's transaction)."""
+        with self._lock:
+            old = self._kept.get(path)
+        uidvalidity, floor, highest = index.uidvalidity, index.floor, index.highestmodseq
+        if old is not None and (old.uidvalidity, old.floor) == (uidvalidity, floor):
+            if old.highestmodseq == highest:
+                return old
+            if old.highestmodseq < highest:
+                changed = index.messages(old.highestmodseq)
+                gone = index.expunged_since(old.highestmodseq)
+                return _Snapshot(
+                    uidvalidity, floor, highest, _patched(old.messages, changed, gone)
+                )
+        rows = tuple(map(MessageEntry._make, index.messages()))
+        return _Snapshot(uidvalidity, floor, highest, rows)
+
+    def keep(self, path: Path, snapshot: _Snapshot) -> None:
+        with self._lock:
+            self._kept[path] = snapshot
+            self._kept.move_to_end(path)
+            total = sum(len(s.messages) for s in self._kept.values())
+            while total > SNAPSHOT_MESSAGES and len(self._kept) > 1:
+                _, dropped = self._kept.popitem(last=False)
+                total -= len(dropped.messages)
+
+    def forget(self, path: Path | None = None) -> None:
+        """Drop the snapshot of C{path} (of every folder with C{None})."""
+        with self._lock:
+            if path is None:
+                self._kept.clear()
+            else:
+                self._kept.pop(path, None)
+
+
+_snapshots = _Snapshots()
+
+
+def _patched(
+    messages: tuple[MessageEntry, ...],
+    changed: list[tuple[int, str, str, int, float, int]],
+    gone: list[int],
+) -> tuple[MessageEntry, ...]:
+    """C{messages} (in UID order) with the C{changed} rows replaced or inserted and the
+    UIDs C{gone} removed."""
+    out = list(messages)
+    for uid in sorted(gone, reverse=True):
+        i = bisect.bisect_left(out, uid, key=_uid)
+        if i < len(out) and out[i].uid == uid:
+            del out[i]
+    for row in changed:
+        entry = MessageEntry._make(row)
+        i = bisect.bisect_left(out, entry.uid, key=_uid)
+        if i < len(out) and out[i].uid == entry.uid:
+            out[i] = entry
+        else:
+            out.insert(i, entry)
+    return tuple(out)
+
+
+def _uid(entry: MessageEntry) -> int:
+    return entry.uid
+
+
 class Folder:
     """One Maildir folder (INBOX or a Maildir++ subfolder) and its C{dovecot-uidlist}.
 
@@ -645,6 +738,7 @@ class Folder:
                 fresh = not (self.path / UIDLIST).exists()
                 index.start(1 if fresh else int(time.time() * 1000))
             elif index.stale_sizes:
+                _snapshots.forget(self.path)  # sizes change without a MODSEQ
                 self._measure_again(index)
                 index.sizes_measured()
             yield index
@@ -702,12 +796,17 @@ class Folder:
             recent = frozenset(index.recent(claim_recent))
             if since is not None and since < index.floor:
                 since = None  # changes before the rebuild are unknown: report everything
-            rows = index.messages(since)
             expunged = tuple(index.expunged_since(since)) if since is not None else ()
+            if since is None:
+                snapshot = _snapshots.messages(self.path, index)
+                messages = snapshot.messages
+            else:
+                snapshot = None
+                messages = tuple(map(MessageEntry._make, index.messages(since)))
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
-                tuple(map(MessageEntry._make, rows)),
+                messages,
                 recent,
                 index.highestmodseq,
                 expunged,
@@ -715,6 +814,9 @@ class Folder:
                 index.floor,
                 tuple(unsaved) if provisional else (),
             )
+            degraded = index.degraded
+        if snapshot is not None and not degraded:  # committed: later scans may start from it
+            _snapshots.keep(self.path, snapshot)
         return result
 
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
