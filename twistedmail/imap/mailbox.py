@@ -24,6 +24,7 @@ SEARCH MODSEQ and QRESYNC use; the index also caches ENVELOPE and BODYSTRUCTURE.
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import re
 import time
@@ -197,6 +198,28 @@ def in_set(messages: imap4.MessageSet, value: int, last: int) -> bool:
         if low <= value <= high:
             return True
     return False
+
+
+def _merged(messages: imap4.MessageSet, last: int) -> list[tuple[int, int]]:
+    """The ranges of a sequence or UID set (C{*} standing for C{last}, RFC 3501 §9), each
+    low to high, sorted and merged so that no number is in two."""
+    ranges = []
+    for low, high in messages.ranges:
+        low = last if low is None else low
+        high = last if high is None else high
+        ranges.append((low, high) if low <= high else (high, low))
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for low, high in ranges:
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _uid_of(entry: MessageEntry) -> int:
+    return entry.uid
 
 
 @implementer(
@@ -533,15 +556,19 @@ class MaildirMailbox:
         if not view:
             return []
         out = []
-        if uid:
-            last = view[-1].uid
-            for i, e in enumerate(view):
-                if in_set(messages, e.uid, last) and e.uid not in self._gone:
-                    out.append((i + 1, e))
-        else:
-            last = len(view)
-            for i, e in enumerate(view):
-                if in_set(messages, i + 1, last) and e.uid not in self._gone:
+        gone = self._gone
+        last = view[-1].uid if uid else len(view)
+        # the set's ranges merged, then each looked up: the view is in UID order, so a range
+        # of UIDs is found by bisection (a FETCH of the last 500 of 100,000 visits 500)
+        for low, high in _merged(messages, last):
+            if uid:
+                start = bisect.bisect_left(view, low, key=_uid_of)
+                end = bisect.bisect_right(view, high, key=_uid_of)
+            else:
+                start, end = low - 1, min(high, len(view))
+            for i in range(max(start, 0), end):
+                e = view[i]
+                if e.uid not in gone:
                     out.append((i + 1, e))
         return out
 

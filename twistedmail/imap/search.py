@@ -180,6 +180,9 @@ class Source:
 
 Predicate = Callable[[Candidate, Source], bool]
 
+_NO_SOURCE: Source = None  # type: ignore[assignment]
+"""What a predicate of cost L{COST_INDEX} gets for a source: it never looks at one."""
+
 
 def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes, str]]:
     if cost < COST_HEADER:
@@ -210,6 +213,8 @@ def run_search(
     """The sequence numbers of the C{candidates} that match C{predicate} (compiled by
     L{twistedmail.imap.mailbox.compile_search}, whose C{cost} says what it looks at);
     headers read from files on the way are kept in the cache."""
+    if cost < COST_HEADER:  # flags, sizes, dates, UIDs: the index rows answer alone
+        return [c[0] for c in candidates if predicate(c, _NO_SOURCE)]
     cache = _cache(folder, cost)
     filled: list[tuple[int, str, bytes, str]] = []
     out = []
