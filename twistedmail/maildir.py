@@ -518,7 +518,7 @@ class MessageEntry(NamedTuple):
 
     @property
     def flags(self) -> str:
-        return split_name(self.filename)[1]
+        return self.filename.partition(":2,")[2]  # (L{split_name}, inline: SEARCH calls it)
 
 
 @attrs.frozen

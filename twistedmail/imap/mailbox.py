@@ -992,6 +992,11 @@ def compile_search(
         if not costs:
             raise SearchError("empty search")
         parts = conjunction_order(costs)
+        if len(parts) == 1:  # (the whole query, most often: no wrapper per message)
+            return parts[0]
+        if len(parts) == 2:
+            first, second = parts
+            return lambda c, s: first(c, s) and second(c, s)
         return lambda c, s: all(p(c, s) for p in parts)
 
     predicate = conjunction(tokens)

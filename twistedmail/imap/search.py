@@ -238,6 +238,13 @@ def search_view(
 ) -> list[int]:
     """L{run_search} over a session's view (its messages in sequence order, RFC 3501
     §2.3.1.2), without those expunged meanwhile (C{gone}); C{recent}: its \\Recent UIDs."""
+    if cost < COST_HEADER:  # no candidate list to build: test each message as it comes
+        out = []
+        for i, e in enumerate(view):
+            uid = e.uid
+            if uid not in gone and predicate((i + 1, e, uid in recent), _NO_SOURCE):
+                out.append(i + 1)
+        return out
     candidates = [(i + 1, e, e.uid in recent) for i, e in enumerate(view) if e.uid not in gone]
     return run_search(folder, candidates, predicate, cost)
 
