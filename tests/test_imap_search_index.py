@@ -209,11 +209,11 @@ class CacheAtDeliveryTests(unittest.TestCase):
         self.h.add(MSG3, "", T1 + 5)
         self.h.cmd(b"n NOOP")
         self.assertEqual(
-            self.h.cmd(b"a SORT (DATE) UTF-8 ALL"), [b"* SORT 2 1", b"a OK SORT completed"]
+            self.h.cmd(b"a SORT (DATE SUBJECT) UTF-8 ALL"), [b"* SORT 2 1", b"a OK SORT completed"]
         )
         with FolderIndex(self.h.root) as index:
             index.db.execute("UPDATE headers SET fields = ?", (b"\r\n",))
-            keys = dict(index.db.execute("SELECT uid, keys FROM sortkeys"))
+            keys = dict(index.db.execute("SELECT uid, dated FROM sortkeys"))
         self.assertEqual(sorted(keys), [1, 2])
         self.assertEqual(
             self.h.cmd(b"b SORT (REVERSE DATE) UTF-8 ALL"), [b"* SORT 1 2", b"b OK SORT completed"]

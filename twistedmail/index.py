@@ -111,7 +111,12 @@ _SCHEMA += """
 CREATE TABLE IF NOT EXISTS sortkeys (
     uid INTEGER PRIMARY KEY,
     base TEXT NOT NULL,
-    keys TEXT NOT NULL
+    dated INTEGER,
+    date REAL,
+    subject TEXT,
+    sender TEXT,
+    recipient TEXT,
+    cc TEXT
 );
 CREATE TABLE IF NOT EXISTS arriving (
     base TEXT PRIMARY KEY,
@@ -491,10 +496,17 @@ class FolderIndex:
         """Keep (uid, base, fields, decoded) rows in the header cache (see L{headers})."""
         self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)", rows, many=True)
 
-    def cache_sortkeys(self, rows: list[tuple[int, str, str]]) -> None:
-        """Keep (uid, base, keys) rows: a message's SORT keys parsed once (RFC 5256 §3), as
-        JSON written and read by L{twistedmail.imap.search}."""
-        self._write("INSERT OR REPLACE INTO sortkeys VALUES (?, ?, ?)", rows, many=True)
+    def cache_sortkeys(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Keep (uid, base, value per column) rows of parsed SORT keys (RFC 5256 §3), the
+        other columns of a message's row left as they are (see L{SORT_COLUMNS})."""
+        names = _sort_columns(columns)
+        self._write(
+            f"INSERT INTO sortkeys (uid, base, {', '.join(names)})"
+            f" VALUES (?, ?{', ?' * len(names)}) ON CONFLICT (uid) DO UPDATE SET"
+            " base = excluded.base, " + ", ".join(f"{c} = excluded.{c}" for c in names),
+            rows,
+            many=True,
+        )
 
     def adopt_arrivals(self, now: float) -> None:
         """Move the header blocks kept at delivery (L{remember_arrival}) of the messages now
@@ -706,9 +718,24 @@ def remember_arrival(directory: Path, base: str, raw: bytes) -> None:
     _pool.give(path, db)
 
 
-def read_sortkeys(directory: Path) -> dict[int, tuple[str, str]]:
-    """{uid: (base name, keys)} of the cached SORT keys (L{FolderIndex.cache_sortkeys}) of
-    the messages still indexed under that base name, read-only as L{read_headers}."""
+SORT_COLUMNS = ("dated", "date", "subject", "sender", "recipient", "cc")
+"""The parsed SORT keys the index keeps per message (RFC 5256 §3), C{NULL} until parsed:
+C{dated} 1 when C{date} holds the Date: in UTC seconds, 0 when the message has no usable
+one; the base subject; the first mailbox of From, To and Cc."""
+
+
+def _sort_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    for column in columns:
+        if column not in SORT_COLUMNS:
+            raise ValueError(f"no sort key column {column!r}")
+    return columns
+
+
+def read_sortkeys(directory: Path, columns: tuple[str, ...]) -> dict[int, tuple[Any, ...]]:
+    """{uid: (base name, value per column)} of the cached SORT keys
+    (L{FolderIndex.cache_sortkeys}) of the messages still indexed under that base name,
+    read-only as L{read_headers}."""
+    names = _sort_columns(columns)
     path = directory / INDEX_FILE
     if not path.exists():
         return {}
@@ -718,10 +745,10 @@ def read_sortkeys(directory: Path) -> dict[int, tuple[str, str]]:
         if db.execute(table).fetchone() is None:
             return {}
         rows = db.execute(
-            "SELECT s.uid, s.base, s.keys FROM sortkeys s JOIN messages m"
-            " ON m.uid = s.uid AND m.base = s.base"
+            f"SELECT s.uid, s.base, {', '.join('s.' + c for c in names)} FROM sortkeys s"
+            " JOIN messages m ON m.uid = s.uid AND m.base = s.base"
         )
-        return {row[0]: (row[1], row[2]) for row in rows}
+        return {row[0]: row[1:] for row in rows}
     finally:
         db.close()
 

@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
@@ -956,16 +956,17 @@ class Folder:
             with FolderIndex(self.path) as index:
                 index.cache_headers(rows)
 
-    def cached_sortkeys(self) -> dict[int, tuple[str, str]]:
-        """The SORT keys kept in the index (L{FolderIndex.cache_sortkeys}): {uid: (base,
-        keys)}, read without taking the index's write lock."""
-        return read_sortkeys(self.path)
+    def cached_sortkeys(self, columns: tuple[str, ...]) -> dict[int, tuple[Any, ...]]:
+        """The SORT keys kept in the index (L{twistedmail.index.read_sortkeys}): {uid:
+        (base, value per column)}, read without taking the index's write lock."""
+        return read_sortkeys(self.path, columns)
 
-    def cache_sortkeys(self, rows: list[tuple[int, str, str]]) -> None:
-        """Keep (uid, base, keys) rows of parsed SORT keys (L{FolderIndex.cache_sortkeys})."""
+    def cache_sortkeys(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Keep (uid, base, value per column) rows of parsed SORT keys
+        (L{FolderIndex.cache_sortkeys})."""
         if rows:
             with FolderIndex(self.path) as index:
-                index.cache_sortkeys(rows)
+                index.cache_sortkeys(columns, rows)
 
     # keywords (dovecot-keywords)
 

@@ -33,7 +33,7 @@ from twistedmail.imap.message import (
     parse_addresses,
     split_message,
 )
-from twistedmail.imap.sort import Parsed, parse_keys, sort_key_parsed
+from twistedmail.imap.sort import HEADER_KEYS, Parsed, parse_key, sort_key_parsed
 from twistedmail.index import HEADER_FIELDS, header_block
 from twistedmail.maildir import Folder, MessageEntry
 
@@ -249,35 +249,61 @@ def search_view(
     return run_search(folder, candidates, predicate, cost)
 
 
-_NO_KEYS: Parsed = (None, "", "", "", "")
+_COLUMNS = {
+    b"DATE": ("dated", "date"),
+    b"SUBJECT": ("subject",),
+    b"FROM": ("sender",),
+    b"TO": ("recipient",),
+    b"CC": ("cc",),
+}
+"""The index's sort key columns (L{twistedmail.index.SORT_COLUMNS}) of each header key."""
+
+
+def _from_columns(key: bytes, values: tuple[Any, ...]) -> Any:
+    if key == b"DATE":
+        return values[1] if values[0] else None
+    return values[0]
+
+
+def _to_columns(key: bytes, value: Any) -> tuple[Any, ...]:
+    if key == b"DATE":
+        return (0, None) if value is None else (1, value)
+    return (value,)
 
 
 def sort_entries(
     folder: Folder, entries: list[tuple[int, MessageEntry]], criteria: list[tuple[bytes, bool]]
 ) -> list[int]:
     """SORT (RFC 5256 §3): the sequence numbers of C{entries} in the order of C{criteria}
-    (ties in sequence order).  The header keys are parsed once per message (L{parse_keys}
+    (ties in sequence order).  Each header key is parsed once per message (L{parse_key}
     of its cached header fields, read from its file when not cached) and kept in the
-    index, so a later SORT parses no Date: or address again."""
-    needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
-    keys: dict[int, tuple[str, str]] = {}
-    if needs_header:
+    index, so a later SORT parses no Date:, subject or address again."""
+    keys = tuple(dict.fromkeys(key for key, _ in criteria if key in HEADER_KEYS))
+    columns = tuple(c for key in keys for c in _COLUMNS[key])
+    kept: dict[int, tuple[Any, ...]] = {}
+    if keys:
         try:
-            keys = folder.cached_sortkeys()
+            kept = folder.cached_sortkeys(columns)
         except Exception:
             log.failure("reading the sort keys of {path}", path=str(folder.path))
     cache: dict[int, tuple[str, bytes, str]] | None = None
     filled: list[tuple[int, str, bytes, str]] = []
-    parsed_now: list[tuple[int, str, str]] = []
+    parsed_now: list[tuple[Any, ...]] = []
     keyed: list[tuple[tuple[Any, ...], int]] = []
     for seq, entry in entries:
-        parsed = _NO_KEYS
-        if needs_header:
-            hit = keys.get(entry.uid)
+        parsed: Parsed = {}
+        if keys:
+            hit = kept.get(entry.uid)
             if hit is not None and hit[0] == entry.base:
-                date, *texts = json.loads(hit[1])
-                parsed = (date, *texts)
-            else:
+                at = 1
+                for key in keys:
+                    width = len(_COLUMNS[key])
+                    values = hit[at : at + width]
+                    at += width
+                    if values[0] is None:  # not parsed yet: parse what is missing below
+                        break
+                    parsed[key] = _from_columns(key, values)
+            if len(parsed) < len(keys):
                 if cache is None:
                     cache = _cache(folder, COST_HEADER)
                 found = cache.get(entry.uid)
@@ -285,13 +311,16 @@ def sort_entries(
                     header = found[1]
                 else:
                     header = Source(folder, entry, None, filled).header(b"date")
-                parsed = parse_keys(header)
-                parsed_now.append((entry.uid, entry.base, json.dumps(parsed)))
+                parsed = {key: parse_key(key, header) for key in keys}
+                row: tuple[Any, ...] = (entry.uid, entry.base)
+                for key in keys:
+                    row += _to_columns(key, parsed[key])
+                parsed_now.append(row)
         keyed.append((sort_key_parsed(criteria, seq, entry, parsed), seq))
     _keep(folder, filled)
     try:
         for start in range(0, len(parsed_now), KEEP_BATCH):
-            folder.cache_sortkeys(parsed_now[start : start + KEEP_BATCH])
+            folder.cache_sortkeys(columns, parsed_now[start : start + KEEP_BATCH])
     except Exception:  # only a cache: the next SORT parses them again
         log.failure("keeping the sort keys of {path}", path=str(folder.path))
     keyed.sort(key=lambda pair: pair[0])

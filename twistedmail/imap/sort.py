@@ -133,29 +133,29 @@ def parse_date(value: bytes | None) -> float | None:
     return None
 
 
-Parsed = tuple["float | None", str, str, str, str]
-"""A message's header sort keys parsed once (kept in the index's cache): the Date: in UTC
-seconds (C{None}: missing or bad), the base subject, and the first mailbox of From, To, Cc
-(before the i;ascii-casemap)."""
+Parsed = dict[bytes, Any]
+"""A message's header sort keys parsed (L{parse_key}), by sort key (C{b"DATE"}: UTC seconds
+or C{None}; C{b"SUBJECT"}: the base subject; C{b"FROM"}, C{b"TO"}, C{b"CC"}: the first
+mailbox, before the i;ascii-casemap): what the index keeps, so a SORT parses each once."""
 
-_PARSED_AT = {b"SUBJECT": 1, b"FROM": 2, b"TO": 3, b"CC": 4}
+HEADER_KEYS = (b"DATE", b"SUBJECT", b"FROM", b"TO", b"CC")
+"""The sort keys read from the header (the others come from the index row)."""
 
 
-def parse_keys(header: bytes) -> Parsed:
-    """The L{Parsed} sort keys of a header (or of the header cache's fields)."""
-    return (
-        parse_date(header_value(header, b"date")),
-        base_subject(header_value(header, b"subject")),
-        first_mailbox(header_value(header, b"from")),
-        first_mailbox(header_value(header, b"to")),
-        first_mailbox(header_value(header, b"cc")),
-    )
+def parse_key(key: bytes, header: bytes) -> Any:
+    """The L{Parsed} value of one of L{HEADER_KEYS} from a header (or the header cache's
+    fields)."""
+    if key == b"DATE":
+        return parse_date(header_value(header, b"date"))
+    if key == b"SUBJECT":
+        return base_subject(header_value(header, b"subject"))
+    return first_mailbox(header_value(header, key.lower()))
 
 
 def sort_key_parsed(
     criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, parsed: Parsed
 ) -> tuple[Any, ...]:
-    """L{sort_key} from keys parsed before (L{parse_keys})."""
+    """L{sort_key} from keys parsed before (L{parse_key}, one per header key used)."""
     parts: list[Any] = []
     for key, reverse in criteria:
         value: Any
@@ -164,9 +164,11 @@ def sort_key_parsed(
         elif key == b"SIZE":
             value = entry.size
         elif key == b"DATE":
-            value = entry.mtime if parsed[0] is None else parsed[0]
+            value = parsed[key]
+            if value is None:
+                value = entry.mtime
         else:  # SUBJECT, CC, FROM, TO
-            value = casemap(parsed[_PARSED_AT[key]])  # type: ignore[arg-type]
+            value = casemap(parsed[key])
         parts.append(_Reversed(value) if reverse else value)
     parts.append(seq)
     return tuple(parts)
@@ -177,7 +179,8 @@ def sort_key(
 ) -> tuple[Any, ...]:
     """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
     the sequence number (RFC 5256 §3: ties keep sequence order)."""
-    return sort_key_parsed(criteria, seq, entry, parse_keys(header))
+    parsed = {key: parse_key(key, header) for key, _ in criteria if key in HEADER_KEYS}
+    return sort_key_parsed(criteria, seq, entry, parsed)
 
 
 class _Reversed:
