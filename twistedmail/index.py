@@ -11,8 +11,17 @@ UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the expunged UIDs with the MODSEQ of their 
 C{dovecot-uidlist} as of the last full sync.  A second table caches, per message, the header
 fields SEARCH and SORT look at (L{HEADER_FIELDS}: the raw field lines, and their decoded,
 case-folded text as SEARCH compares it: L{FolderIndex.headers}),
-filled at APPEND and at the first SEARCH or SORT that needs them, as Dovecot's
-C{dovecot.index.cache} does, so those never open message files again.
+filled at delivery (L{remember_arrival}: the header block kept by Maildir base name until
+the scan that gives the message its UID adopts it), at APPEND and at the first SEARCH or SORT
+that needs them, as Dovecot's C{dovecot.index.cache} does, so those never open message files
+again; a third keeps each message's SORT keys parsed once (L{SORT_COLUMNS}).
+
+Commits are not synced (Dovecot's C{mail_fsync = optimized}): the index is a write-ahead log
+database with C{synchronous = NORMAL}, and each process keeps its last few connections open
+(L{POOL_SIZE}) so that closing one does not checkpoint (SQLite syncs there).  What must be
+durable before an OK is the Maildir (message files, their names, C{dovecot-uidlist}), which
+L{twistedmail.maildir} syncs; a crash may lose the index's last commits, never its
+consistency, and the stamps then tell the next scan to sync it again.
 
 C{dovecot-uidlist} stays the source of truth for UIDs (so a mailbox still moves to and from
 Dovecot); the index is a cache that L{twistedmail.maildir.Folder} rebuilds from the Maildir
