@@ -327,14 +327,23 @@ class Dovecot:
             os.chown(p, uid, uid)
 
     def start(self) -> int:
-        with open(self.work / "dovecot-start.log", "wb") as out:  # the master keeps stdout
-            subprocess.run(
-                [str(self.peers / "dovecot.sh"), "start", str(self.work)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
+        for attempt in range(3):  # the last round's master may still be letting go of a port
+            with open(self.work / "dovecot-start.log", "wb") as out:  # the master keeps stdout
+                started = subprocess.run(
+                    [str(self.peers / "dovecot.sh"), "start", str(self.work)],
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                )
+            if started.returncode == 0:
+                break
+            log = (self.work / "dovecot-start.log").read_text(errors="replace")
+            print(f"Dovecot did not start (attempt {attempt + 1}):\n{log}", flush=True)
+            self.stop()
+            time.sleep(5)
+        else:
+            raise SystemExit("Dovecot did not start")
         wait_port(self.port)
         pidfile = self.work / "dovecot" / "run" / "master.pid"
         deadline = time.monotonic() + 30  # on a loaded machine it may come after the port
