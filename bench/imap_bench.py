@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """IMAP benchmark: twistedmail against Dovecot on copies of the same big INBOX (run by hand).
 
-    .venv/bin/python bench/imap_bench.py [--messages 100000] [--load-secs 20] [--idle-conns 1000]
+    .venv/bin/python bench/imap_bench.py [--messages 20000 100000] [--rounds 3] [--load-secs 20]
+        [--idle-conns 1000]
 
 1. Builds an N-message INBOX once (2-20 KB messages, varied headers, some multipart, flags and
    a keyword; Maildir files and dovecot-uidlist written directly) and caches it under
@@ -14,7 +15,11 @@
    LOGIN/SELECT/FETCH/STORE/SEARCH/LOGOUT for --load-secs); and memory per connection with
    --idle-conns logged-in IDLE connections (PSS summed over the server's process tree, from
    peers/rss.py, minus the figure before they connected).
-4. Prints a table: twistedmail, Dovecot, and the ratio twistedmail/Dovecot per row.
+   Each INBOX size runs --rounds rounds, the two servers alternating (twistedmail first in
+   odd rounds, Dovecot first in even ones), each on a fresh copy; the idle test runs in the
+   first round only.
+4. Prints a table per INBOX size: figure, twistedmail and Dovecot (medians over the rounds),
+   and the ratio twistedmail/Dovecot (the median of the per-round ratios, min-max).
 
 twistedmail runs from this checkout's venv (twistd next to sys.executable) with a bench config
 (only IMAPS listens; [limits] max_connections and max_connections_per_ip raised for the idle
@@ -234,7 +239,9 @@ class Twistedmail:
         self.work.mkdir(parents=True, exist_ok=True)
         data = self.work / "data"
         listen = "\n".join(
-            f"{s} = []" for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s")
+            f"{s} = []"
+            # every other listener off (managesieve's default 0.0.0.0:4190 may be taken)
+            for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s", "managesieve")
         )
         self.config.write_text(
             f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{data}"\n\n'
@@ -320,14 +327,23 @@ class Dovecot:
             os.chown(p, uid, uid)
 
     def start(self) -> int:
-        with open(self.work / "dovecot-start.log", "wb") as out:  # the master keeps stdout
-            subprocess.run(
-                [str(self.peers / "dovecot.sh"), "start", str(self.work)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
+        for attempt in range(3):  # the last round's master may still be letting go of a port
+            with open(self.work / "dovecot-start.log", "wb") as out:  # the master keeps stdout
+                started = subprocess.run(
+                    [str(self.peers / "dovecot.sh"), "start", str(self.work)],
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                )
+            if started.returncode == 0:
+                break
+            log = (self.work / "dovecot-start.log").read_text(errors="replace")
+            print(f"Dovecot did not start (attempt {attempt + 1}):\n{log}", flush=True)
+            self.stop()
+            time.sleep(5)
+        else:
+            raise SystemExit("Dovecot did not start")
         wait_port(self.port)
         pidfile = self.work / "dovecot" / "run" / "master.pid"
         deadline = time.monotonic() + 30  # on a loaded machine it may come after the port
@@ -480,18 +496,25 @@ def idle_memory(pid: int, port: int, peers: Path, conns: int) -> tuple[float, in
     return (during - before) / n, before, n
 
 
-def measure(server, inbox: Path, args: argparse.Namespace) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    print(f"== {server.name}", flush=True)
+def measure(  # type: ignore[no-untyped-def]
+    server, inbox: Path, count: int, args: argparse.Namespace, first: bool
+) -> dict[str, float]:
+    """One round of one server on a fresh copy of C{inbox}: the single-client figures, the
+    mixed load (C{--load-secs} > 0) and, in the first round only, the idle memory test."""
+    print(f"== {server.name}, {count} messages", flush=True)
     server.prepare(inbox)
     pid = server.start()
     try:
-        out = single_client(server.port, args.messages)
+        out = single_client(server.port, count)
         for k, v in out.items():
             print(f"  {k}: {v:.3f}", flush=True)
-        ops, errors = mixed_load(server.port, args.peers, args.clients, args.load_secs, args.cmds)
-        out[f"mixed load, {args.clients} clients (ops/s)"] = ops
-        out["mixed load errors (timeouts, ...)"] = errors
-        if args.idle_conns:
+        if args.load_secs > 0:
+            ops, errors = mixed_load(
+                server.port, args.peers, args.clients, args.load_secs, args.cmds
+            )
+            out[f"mixed load, {args.clients} clients (ops/s)"] = ops
+            out["mixed load errors (timeouts, ...)"] = errors
+        if args.idle_conns and first:
             per, before, n = idle_memory(pid, server.port, args.peers, args.idle_conns)
             out["server PSS before idle test (MiB)"] = before / 1024
             out[f"PSS per IDLE connection, {n} conns (KiB)"] = per
@@ -500,16 +523,40 @@ def measure(server, inbox: Path, args: argparse.Namespace) -> dict[str, float]: 
     return out
 
 
-def table(rows: dict[str, tuple[float | None, float | None]]) -> str:
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _num(value: float) -> str:
+    return f"{value:.3f}" if value < 100 else f"{value:.0f}"
+
+
+def table(rounds: list[dict[str, dict[str, float]]]) -> str:
+    """figure | twistedmail | Dovecot | ratio: the medians over the rounds, and the median
+    of the per-round ratios twistedmail / Dovecot (min-max when there are several)."""
     lines = [
-        f"| {'measure':<44} | {'twistedmail':>11} | {'Dovecot':>9} | {'ratio':>7} |",
-        f"|{'-' * 46}|{'-' * 12}:|{'-' * 10}:|{'-' * 8}:|",
+        f"| {'figure':<44} | {'twistedmail':>11} | {'Dovecot':>9} | {'ratio (min-max)':>19} |",
+        f"| {'-' * 44} | {'-' * 10}: | {'-' * 8}: | {'-' * 18}: |",
     ]
-    for name, (a, b) in rows.items():
-        fa = "-" if a is None else f"{a:.3f}" if a < 100 else f"{a:.0f}"
-        fb = "-" if b is None else f"{b:.3f}" if b < 100 else f"{b:.0f}"
-        ratio = f"{a / b:.2f}" if a is not None and b else "-"  # b == 0: no ratio
-        lines.append(f"| {name:<44} | {fa:>11} | {fb:>9} | {ratio:>7} |")
+    keys = list(dict.fromkeys(k for r in rounds for side in r.values() for k in side))
+    for key in keys:
+        tm = [r["twistedmail"][key] for r in rounds if key in r.get("twistedmail", {})]
+        dc = [r["dovecot"][key] for r in rounds if key in r.get("dovecot", {})]
+        ratios = [
+            r["twistedmail"][key] / r["dovecot"][key]
+            for r in rounds
+            if key in r.get("twistedmail", {}) and r.get("dovecot", {}).get(key)
+        ]
+        ratio = "-"
+        if ratios:
+            ratio = f"{median(ratios):.2f}"
+            if len(ratios) > 1:
+                ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+        fa = _num(median(tm)) if tm else "-"
+        fb = _num(median(dc)) if dc else "-"
+        lines.append(f"| {key:<44} | {fa:>11} | {fb:>9} | {ratio:>19} |")
     return "\n".join(lines)
 
 
@@ -517,7 +564,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--messages", type=int, default=100_000, help="INBOX size (default 100000)")
+    ap.add_argument(
+        "--messages",
+        type=int,
+        nargs="+",
+        default=[20_000, 100_000],
+        help="INBOX sizes, one table each (default 20000 100000)",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="rounds, the servers alternating")
     ap.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "twistedmail-bench-cache"
     )
@@ -528,9 +582,11 @@ def main() -> int:
     ap.add_argument("--port-base", type=int, default=23000, help="Dovecot's PEERS_PORT_BASE")
     ap.add_argument("--port", type=int, default=23500, help="twistedmail's IMAPS port")
     ap.add_argument("--clients", type=int, default=5)
-    ap.add_argument("--load-secs", type=float, default=20)
+    ap.add_argument("--load-secs", type=float, default=20, help="0 skips the mixed load")
     ap.add_argument("--cmds", type=int, default=20, help="commands per load session")
-    ap.add_argument("--idle-conns", type=int, default=1000, help="0 skips the memory test")
+    ap.add_argument(
+        "--idle-conns", type=int, default=1000, help="0 skips the memory test (first round only)"
+    )
     ap.add_argument("--only", choices=("twistedmail", "dovecot"))
     args = ap.parse_args()
     if not (args.peers / "dovecot.sh").exists():
@@ -540,28 +596,37 @@ def main() -> int:
             ap.error(f"port {port} is busy (--port / --port-base)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections on each side
-    inbox = cached_inbox(args.cache, args.messages)
-    work = args.work or Path(tempfile.mkdtemp(prefix="twistedmail-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o755)  # Dovecot's users must traverse it
-    results: dict[str, dict[str, float]] = {}
-    try:
-        if args.only != "dovecot":
-            results["twistedmail"] = measure(Twistedmail(work / "tm", args.port), inbox, args)
-        if args.only != "twistedmail":
-            results["dovecot"] = measure(
-                Dovecot(work / "dovecot", args.port_base, args.peers), inbox, args
-            )
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    tm, dc = results.get("twistedmail", {}), results.get("dovecot", {})
-    keys = list(dict.fromkeys([*tm, *dc]))
-    print(
-        f"\nINBOX of {args.messages} messages; mixed load {args.clients} clients x "
-        f"{args.load_secs:.0f} s, {args.cmds} commands a session; ratio = twistedmail / Dovecot"
-    )
-    print(table({k: (tm.get(k), dc.get(k)) for k in keys}))
+    tables = []
+    for count in args.messages:
+        inbox = cached_inbox(args.cache, count)
+        rounds: list[dict[str, dict[str, float]]] = []
+        for n in range(args.rounds):
+            order = ["twistedmail", "dovecot"] if n % 2 == 0 else ["dovecot", "twistedmail"]
+            order = [o for o in order if args.only in (None, o)]
+            results: dict[str, dict[str, float]] = {}
+            for side in order:
+                work = args.work or Path(tempfile.mkdtemp(prefix="twistedmail-bench-"))
+                work.mkdir(parents=True, exist_ok=True)
+                work.chmod(0o755)  # Dovecot's users must traverse it
+                try:
+                    server = (
+                        Twistedmail(work / f"tm-{count}-{n}", args.port)
+                        if side == "twistedmail"
+                        else Dovecot(work / f"dovecot-{count}-{n}", args.port_base, args.peers)
+                    )
+                    results[side] = measure(server, inbox, count, args, n == 0)
+                finally:
+                    if not args.work:
+                        shutil.rmtree(work, ignore_errors=True)
+            rounds.append(results)
+        tables.append(
+            f"\nINBOX of {count} messages, {args.rounds} rounds alternating; mixed load "
+            f"{args.clients} clients x {args.load_secs:.0f} s, {args.cmds} commands a session; "
+            "medians, ratio = twistedmail / Dovecot (median of the per-round ratios)\n"
+            + table(rounds)
+        )
+        print(tables[-1], flush=True)
+    print("\n".join(tables))
     return 0
 
 

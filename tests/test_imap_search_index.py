@@ -13,9 +13,10 @@ from test_imap_server import MSG1, MSG2, T1, Harness
 from twisted.trial import unittest
 
 from twistedmail import index as index_module
+from twistedmail import maildir as maildir_module
 from twistedmail.imap.search import cached_fields
 from twistedmail.index import HEADERS_VERSION, INDEX_FILE, FolderIndex
-from twistedmail.maildir import Folder
+from twistedmail.maildir import Folder, make_maildir, write_durably
 
 MSG3 = (
     b"From: =?utf-8?q?Z=C3=BCrich_Team?= <team@example.net>\r\n"
@@ -163,3 +164,80 @@ class HeaderCacheIndexTests(unittest.TestCase):
         self.assertEqual(Folder(h.root).scan().messages, before.messages)
         with FolderIndex(h.root) as index:
             self.assertEqual(index.floor, 1)
+
+
+class CacheAtDeliveryTests(unittest.TestCase):
+    """The header cache filled at delivery (the bytes are in hand) and SORT keys parsed once."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.add(MSG1, "S", T1)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")  # the folder has an index from here on
+
+    def test_delivered_message_searched_without_reading_it(self) -> None:
+        """A message delivered to new/ keeps its header fields in the index: after the scan
+        that gives it its UID, SEARCH FROM and SUBJECT (RFC 3501 §6.4.4) answer with its file
+        emptied, and the fields kept are those a first SEARCH would have cut out."""
+        base = write_durably(self.h.root / "new", MSG3)
+        self.assertEqual(self.h.cmd(b"n NOOP")[0], b"* 2 EXISTS")
+        kept = Folder(self.h.root).cached_headers()[2]
+        self.assertEqual(kept, (base, cached_fields(MSG3)[0], ""))  # decoded at first SEARCH
+        blank_files(self.h.root)
+        self.assertEqual(
+            self.h.cmd(b"a SEARCH FROM z\xc3\xbcrich"), [b"* SEARCH 2", b"a OK SEARCH completed"]
+        )
+        self.assertEqual(Folder(self.h.root).cached_headers()[2][1:], cached_fields(MSG3))
+        self.assertEqual(
+            self.h.cmd(b"b SEARCH SUBJECT zulu"), [b"* SEARCH 2", b"b OK SEARCH completed"]
+        )
+        with FolderIndex(self.h.root) as index:
+            self.assertEqual(index.db.execute("SELECT COUNT(*) FROM arriving").fetchone(), (0,))
+
+    def test_folder_without_index_keeps_nothing(self) -> None:
+        """A folder no IMAP client opened yet gets no index from a delivery (the first
+        SELECT builds it from the files)."""
+        other = self.h.root / ".Other"
+        make_maildir(other, folder=True)
+        write_durably(other / "new", MSG3)
+        self.assertFalse((other / INDEX_FILE).exists())
+
+    def test_sort_keys_parsed_once(self) -> None:
+        """SORT (RFC 5256 §3) keeps each message's parsed keys: a later SORT takes them from
+        the index even when the cached fields no longer hold them (without the kept keys
+        both orders below would fall back to arrival and sequence order)."""
+        self.h.add(MSG3, "", T1 + 5)
+        self.h.cmd(b"n NOOP")
+        self.assertEqual(
+            self.h.cmd(b"a SORT (DATE SUBJECT) UTF-8 ALL"), [b"* SORT 2 1", b"a OK SORT completed"]
+        )
+        with FolderIndex(self.h.root) as index:
+            index.db.execute("UPDATE headers SET fields = ?", (b"\r\n",))
+            keys = dict(index.db.execute("SELECT uid, dated FROM sortkeys"))
+        self.assertEqual(sorted(keys), [1, 2])
+        self.assertEqual(
+            self.h.cmd(b"b SORT (REVERSE DATE) UTF-8 ALL"), [b"* SORT 1 2", b"b OK SORT completed"]
+        )
+        self.assertEqual(
+            self.h.cmd(b"c SORT (SUBJECT) UTF-8 ALL"), [b"* SORT 2 1", b"c OK SORT completed"]
+        )
+
+
+class DurableFlagsTests(unittest.TestCase):
+    def test_store_and_expunge_sync_cur(self) -> None:
+        """STORE and EXPUNGE make cur/ durable (the renames and unlinks) before their OK:
+        the flags are the file names (mail_fsync = optimized: the index is not synced)."""
+        synced: list[str] = []
+        real = maildir_module.fsync_dir_shared
+        self.patch(
+            maildir_module, "fsync_dir_shared", lambda p: (synced.append(p.name), real(p))[1]
+        )
+        h = Harness(self)
+        h.add(MSG1, "", T1)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        synced.clear()
+        self.assertEqual(h.cmd(b"a STORE 1 +FLAGS (\\Deleted)")[-1], b"a OK STORE completed")
+        self.assertEqual(synced, ["cur"])
+        self.assertEqual(h.cmd(b"b EXPUNGE")[-1], b"b OK EXPUNGE completed")
+        self.assertEqual(synced, ["cur", "cur"])

@@ -11,8 +11,17 @@ UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the expunged UIDs with the MODSEQ of their 
 C{dovecot-uidlist} as of the last full sync.  A second table caches, per message, the header
 fields SEARCH and SORT look at (L{HEADER_FIELDS}: the raw field lines, and their decoded,
 case-folded text as SEARCH compares it: L{FolderIndex.headers}),
-filled at APPEND and at the first SEARCH or SORT that needs them, as Dovecot's
-C{dovecot.index.cache} does, so those never open message files again.
+filled at delivery (L{remember_arrival}: the header block kept by Maildir base name until
+the scan that gives the message its UID adopts it), at APPEND and at the first SEARCH or SORT
+that needs them, as Dovecot's C{dovecot.index.cache} does, so those never open message files
+again; a third keeps each message's SORT keys parsed once (L{SORT_COLUMNS}).
+
+Commits are not synced (Dovecot's C{mail_fsync = optimized}): the index is a write-ahead log
+database with C{synchronous = NORMAL}, and each process keeps its last few connections open
+(L{POOL_SIZE}) so that closing one does not checkpoint (SQLite syncs there).  What must be
+durable before an OK is the Maildir (message files, their names, C{dovecot-uidlist}), which
+L{twistedmail.maildir} syncs; a crash may lose the index's last commits, never its
+consistency, and the stamps then tell the next scan to sync it again.
 
 C{dovecot-uidlist} stays the source of truth for UIDs (so a mailbox still moves to and from
 Dovecot); the index is a cache that L{twistedmail.maildir.Folder} rebuilds from the Maildir
@@ -32,9 +41,11 @@ Everything here is blocking and runs under the folder lock of L{twistedmail.mail
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -105,6 +116,29 @@ CREATE TABLE IF NOT EXISTS headers (
 )
 """
 _SCHEMA += _HEADERS_TABLE + ";\n"
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS sortkeys (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL,
+    dated INTEGER,
+    date REAL,
+    subject TEXT,
+    sender TEXT,
+    recipient TEXT,
+    cc TEXT
+);
+CREATE TABLE IF NOT EXISTS arriving (
+    base TEXT PRIMARY KEY,
+    fields BLOB NOT NULL,
+    stamp REAL NOT NULL
+);
+"""
+ARRIVING_MAX_AGE = 3600.0
+"""Seconds a header block kept at delivery (L{remember_arrival}) waits for its message to be
+indexed; one older whose message never was (removed by POP3 or by hand first) is dropped."""
+ARRIVAL_BUSY_TIMEOUT = 0.05
+"""Seconds a delivery waits for the index's lock to keep a header block: the cache is not
+worth holding up a delivery for (the first SEARCH reads that message's file instead)."""
 
 
 @attrs.frozen
@@ -287,11 +321,19 @@ class FolderIndex:
             self.db = self._in_memory(self.db, True)
 
     def _open_checked(self) -> sqlite3.Connection:
+        pooled = _pool.take(self.path)
+        if pooled is not None:
+            try:
+                pooled.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                pooled.close()
+                raise
+            return pooled
         db = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute("PRAGMA synchronous = NORMAL")
+            _lazy(db)
             db.executescript(_SCHEMA)
             version = self._get(db, "version")
             if version is not None and version != SCHEMA_VERSION:
@@ -312,15 +354,20 @@ class FolderIndex:
         return self
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
+        kept = False
         try:
             try:
                 self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+                kept = not self.degraded
             except sqlite3.Error as e:
                 if kind is not None or not cannot_write(e):
                     raise
                 self.db = self._in_memory(self.db, True)  # nothing kept: dropped below
         finally:
-            self.db.close()
+            if kept:
+                _pool.give(self.path, self.db)
+            else:
+                self.db.close()
 
     # folder values
 
@@ -364,6 +411,7 @@ class FolderIndex:
         """A new UIDVALIDITY: every row and tombstone belongs to the old one."""
         self._write("DELETE FROM messages")
         self._write("DELETE FROM headers")
+        self._write("DELETE FROM sortkeys")
         self._write("DELETE FROM expunged")
         if self.uidvalidity:  # (not at the first sync: APPEND may have marked one recent)
             self._write("DELETE FROM recent")
@@ -457,6 +505,32 @@ class FolderIndex:
         """Keep (uid, base, fields, decoded) rows in the header cache (see L{headers})."""
         self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)", rows, many=True)
 
+    def cache_sortkeys(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Keep (uid, base, value per column) rows of parsed SORT keys (RFC 5256 §3), the
+        other columns of a message's row left as they are (see L{SORT_COLUMNS})."""
+        names = _sort_columns(columns)
+        self._write(
+            f"INSERT INTO sortkeys (uid, base, {', '.join(names)})"
+            f" VALUES (?, ?{', ?' * len(names)}) ON CONFLICT (uid) DO UPDATE SET"
+            " base = excluded.base, " + ", ".join(f"{c} = excluded.{c}" for c in names),
+            rows,
+            many=True,
+        )
+
+    def adopt_arrivals(self, now: float) -> None:
+        """Move the header blocks kept at delivery (L{remember_arrival}) of the messages now
+        indexed into the header cache (their decoded text is left to the first SEARCH:
+        C{decoded} is C{""}); drop those whose message was never indexed within
+        L{ARRIVING_MAX_AGE}."""
+        self._write(
+            "INSERT OR REPLACE INTO headers (uid, base, fields, decoded)"
+            " SELECT m.uid, a.base, a.fields, '' FROM arriving a JOIN messages m USING (base)"
+        )
+        self._write(
+            "DELETE FROM arriving WHERE base IN (SELECT base FROM messages) OR stamp < ?",
+            (now - ARRIVING_MAX_AGE,),
+        )
+
     def set_size(self, uid: int, size: int) -> None:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""
         self._write("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
@@ -470,6 +544,7 @@ class FolderIndex:
         """Drop message C{uid}, keeping a tombstone for VANISHED (RFC 7162 §3.2.5.2)."""
         self._write("DELETE FROM messages WHERE uid = ?", (uid,))
         self._write("DELETE FROM headers WHERE uid = ?", (uid,))
+        self._write("DELETE FROM sortkeys WHERE uid = ?", (uid,))
         self._write("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
 
     def expunged_since(self, modseq: int) -> list[int]:
@@ -507,6 +582,184 @@ _HEADERS_QUERY = (
 
 def _headers(db: sqlite3.Connection) -> dict[int, tuple[str, bytes, str]]:
     return {row[0]: (row[1], row[2], row[3]) for row in db.execute(_HEADERS_QUERY)}
+
+
+POOL_SIZE = 16
+"""Index connections a process keeps open between commands (the folders used last)."""
+
+
+class _Pool:
+    """Open index connections kept between commands, the most recently used L{POOL_SIZE}.
+
+    With a write-ahead log, closing the last connection to a database checkpoints it and
+    syncs the file (SQLite's checkpoint-on-close): a connection kept open makes a command's
+    commit cost no fsync at all.  A kept connection is used again only while the file at
+    the path is still the one it opened (an index deleted as corrupt, or a folder renamed
+    or deleted, is not)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: collections.OrderedDict[str, list[tuple[sqlite3.Connection, int]]] = (
+            collections.OrderedDict()
+        )
+        self._count = 0
+
+    def take(self, path: Path) -> sqlite3.Connection | None:
+        key = os.fspath(path)
+        with self._lock:
+            idle = self._idle.get(key)
+            if not idle:
+                return None
+            db, ino = idle.pop()
+            self._count -= 1
+            if not idle:
+                del self._idle[key]
+        try:
+            same = os.stat(key).st_ino == ino
+        except OSError:
+            same = False
+        if not same:
+            db.close()
+            return None
+        return db
+
+    def give(self, path: Path, db: sqlite3.Connection) -> None:
+        key = os.fspath(path)
+        try:
+            ino = os.stat(key).st_ino
+        except OSError:
+            db.close()
+            return
+        evicted = []
+        with self._lock:
+            self._idle.setdefault(key, []).append((db, ino))
+            self._idle.move_to_end(key)
+            self._count += 1
+            while self._count > POOL_SIZE:
+                oldest = next(iter(self._idle))
+                idle = self._idle[oldest]
+                evicted.append(idle.pop(0)[0])
+                self._count -= 1
+                if not idle:
+                    del self._idle[oldest]
+        for old in evicted:
+            old.close()
+
+    def clear(self) -> None:
+        """Close every kept connection (tests; a folder's files about to be replaced)."""
+        with self._lock:
+            idle = [db for dbs in self._idle.values() for db, _ in dbs]
+            self._idle.clear()
+            self._count = 0
+        for db in idle:
+            db.close()
+
+
+_pool = _Pool()
+
+
+def _lazy(db: sqlite3.Connection) -> None:
+    """Write-ahead log, synced at checkpoints only: a commit costs no fsync (Dovecot's
+    C{mail_fsync = optimized} for its index).  A crash may lose the last commits, never
+    the file's consistency; the Maildir (file names, C{dovecot-uidlist}, both made durable
+    before OK) is the truth, and the stamps of a rolled-back index no longer match it, so
+    the next scan syncs it again (L{FolderIndex.clean})."""
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+
+
+def header_block(raw: bytes) -> bytes:
+    """The L{HEADER_FIELDS} lines of message C{raw} (CRLF line ends) in order, each ending
+    in CRLF, then the blank line: what the header cache keeps (the C{HEADER.FIELDS} form,
+    RFC 3501 §6.4.5).  The header ends at the first empty line (RFC 5322 §2.1); a line
+    starting with white space continues the field before it (§2.2.3).  The same cut as
+    L{twistedmail.imap.message.split_message} and C{header_fields} (this layer cannot
+    import them), so a block kept at delivery equals one cut at the first SEARCH."""
+    if raw[:1] in (b"\r", b"\n"):
+        return b"\r\n"
+    # the first empty line is where two line ends meet: only the lines before it are split
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r"), raw.find(b"\r\r")) if i >= 0]
+    header = raw[: min(ends) + 1] if ends else raw
+    fields: list[list[bytes]] = []
+    for line in header.splitlines(keepends=True):
+        if not line.strip(b"\r\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1][1] += line
+        else:
+            name = line.split(b":", 1)[0].strip().lower() if b":" in line else b""
+            fields.append([name, line])
+    kept = [text for name, text in fields if name in _HEADER_SET]
+    return b"".join(t if t.endswith(b"\n") else t + b"\r\n" for t in kept) + b"\r\n"
+
+
+_HEADER_SET = frozenset(HEADER_FIELDS)
+
+
+def remember_arrival(directory: Path, base: str, raw: bytes) -> None:
+    """Keep the L{header_block} of a message just delivered to C{directory}'s C{new/} (the
+    bytes are in hand) until a scan indexes it (L{FolderIndex.adopt_arrivals}), so the first
+    SEARCH or SORT does not read its file.  Only a cache: a folder without an index yet, a
+    lock held past L{ARRIVAL_BUSY_TIMEOUT} or any SQLite error keeps nothing.  No fsync."""
+    path = directory / INDEX_FILE
+    if not path.exists():
+        return  # no IMAP client yet: the first SELECT builds the index, from the files
+    block = header_block(raw)
+    db = _pool.take(path)
+    try:
+        if db is None:
+            db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            _lazy(db)
+        db.execute("PRAGMA busy_timeout = %d" % int(ARRIVAL_BUSY_TIMEOUT * 1000))
+        try:
+            row = (base, block, time.time())
+            db.execute("INSERT OR REPLACE INTO arriving VALUES (?, ?, ?)", row)
+        finally:
+            db.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT * 1000))
+    except sqlite3.Error as e:
+        log.debug("header cache at delivery skipped for {path}: {e}", path=str(path), e=e)
+        if db is not None:
+            db.close()
+        return
+    _pool.give(path, db)
+
+
+SORT_COLUMNS = ("dated", "date", "subject", "sender", "recipient", "cc")
+"""The parsed SORT keys the index keeps per message (RFC 5256 §3), C{NULL} until parsed:
+C{dated} 1 when C{date} holds the Date: in UTC seconds, 0 when the message has no usable
+one; the base subject; the first mailbox of From, To and Cc."""
+
+
+def _sort_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    for column in columns:
+        if column not in SORT_COLUMNS:
+            raise ValueError(f"no sort key column {column!r}")
+    return columns
+
+
+def read_sortkeys(directory: Path, columns: tuple[str, ...]) -> dict[int, tuple[Any, ...]]:
+    """{uid: (base name, value per column)} of the cached SORT keys
+    (L{FolderIndex.cache_sortkeys}) of the messages still indexed under that base name,
+    read-only as L{read_headers}."""
+    names = _sort_columns(columns)
+    path = directory / INDEX_FILE
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sortkeys'"
+        if db.execute(table).fetchone() is None:
+            return {}
+        rows = db.execute(
+            f"SELECT s.uid, s.base, {', '.join('s.' + c for c in names)} FROM sortkeys s"
+            " JOIN messages m ON m.uid = s.uid AND m.base = s.base"
+        )
+        return {row[0]: row[1:] for row in rows}
+    finally:
+        db.close()
 
 
 def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:

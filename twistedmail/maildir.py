@@ -31,6 +31,8 @@ Everything here is blocking file I/O: protocol code calls it through a thread
 
 from __future__ import annotations
 
+import bisect
+import collections
 import errno
 import fcntl
 import io
@@ -45,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, NamedTuple
 
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
@@ -57,6 +59,8 @@ from twistedmail.index import (
     Stamps,
     now_ns,
     read_headers,
+    read_sortkeys,
+    remember_arrival,
 )
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -355,6 +359,8 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
             except FileNotFoundError:
                 pass
         fsync_dir_shared(directory)  # one fsync for the deliveries linked meanwhile
+        if directory.name == "new":  # a delivery: keep its header fields for SEARCH
+            remember_arrival(directory.parent, base, to_crlf(data))
         return base
 
 
@@ -490,9 +496,10 @@ def dotlock(
         os.close(fd)
 
 
-@attrs.frozen
-class MessageEntry:
-    """One message of a folder as of the last scan.
+class MessageEntry(NamedTuple):
+    """One message of a folder as of the last scan: an index row as it comes out of SQLite
+    (a tuple, so a 100,000-message SELECT makes no per-message objects beyond the rows
+    themselves: L{Folder.scan}).
 
     @ivar uid: IMAP UID (RFC 3501 §2.3.1.1).
     @ivar base: the Maildir unique name without info (stable: the POP3 UIDL, RFC 1939 §7).
@@ -511,7 +518,7 @@ class MessageEntry:
 
     @property
     def flags(self) -> str:
-        return split_name(self.filename)[1]
+        return self.filename.partition(":2,")[2]  # (L{split_name}, inline: SEARCH calls it)
 
 
 @attrs.frozen
@@ -531,6 +538,97 @@ class ScanResult:
     floor: int = 0
     unsaved: tuple[MessageEntry, ...] = ()
     """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
+
+
+@attrs.frozen
+class _Snapshot:
+    """A folder's message list as of one state of its index: UIDVALIDITY, the index floor
+    and HIGHESTMODSEQ name the state (every change to a row gives it a MODSEQ above the
+    HIGHESTMODSEQ before; every removal leaves a tombstone with one)."""
+
+    uidvalidity: int
+    floor: int
+    highestmodseq: int
+    messages: tuple[MessageEntry, ...]
+
+
+SNAPSHOT_MESSAGES = 400_000
+"""Messages the process keeps in folder snapshots (L{_Snapshots}), the folders used last."""
+
+
+class _Snapshots:
+    """The message lists of the folders scanned last, shared by every session of the
+    process (entries are immutable tuples): a SELECT of a folder whose index did not change
+    since the last scan makes no row at all, one that changed reads only the rows changed
+    and the UIDs expunged since (RFC 7162 §3.1.4.1 semantics, on the index), instead of the
+    whole folder (what Dovecot gets from its memory-mapped index)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: collections.OrderedDict[Path, _Snapshot] = collections.OrderedDict()
+
+    def messages(self, path: Path, index: FolderIndex) -> _Snapshot:
+        """The folder's messages now (under its lock, in the index's transaction)."""
+        with self._lock:
+            old = self._kept.get(path)
+        uidvalidity, floor, highest = index.uidvalidity, index.floor, index.highestmodseq
+        if old is not None and (old.uidvalidity, old.floor) == (uidvalidity, floor):
+            if old.highestmodseq == highest:
+                return old
+            if old.highestmodseq < highest:
+                changed = index.messages(old.highestmodseq)
+                gone = index.expunged_since(old.highestmodseq)
+                return _Snapshot(
+                    uidvalidity, floor, highest, _patched(old.messages, changed, gone)
+                )
+        rows = tuple(map(MessageEntry._make, index.messages()))
+        return _Snapshot(uidvalidity, floor, highest, rows)
+
+    def keep(self, path: Path, snapshot: _Snapshot) -> None:
+        with self._lock:
+            self._kept[path] = snapshot
+            self._kept.move_to_end(path)
+            total = sum(len(s.messages) for s in self._kept.values())
+            while total > SNAPSHOT_MESSAGES and len(self._kept) > 1:
+                _, dropped = self._kept.popitem(last=False)
+                total -= len(dropped.messages)
+
+    def forget(self, path: Path | None = None) -> None:
+        """Drop the snapshot of C{path} (of every folder with C{None})."""
+        with self._lock:
+            if path is None:
+                self._kept.clear()
+            else:
+                self._kept.pop(path, None)
+
+
+_snapshots = _Snapshots()
+
+
+def _patched(
+    messages: tuple[MessageEntry, ...],
+    changed: list[tuple[int, str, str, int, float, int]],
+    gone: list[int],
+) -> tuple[MessageEntry, ...]:
+    """C{messages} (in UID order) with the C{changed} rows replaced or inserted and the
+    UIDs C{gone} removed."""
+    out = list(messages)
+    for uid in sorted(gone, reverse=True):
+        i = bisect.bisect_left(out, uid, key=_uid)
+        if i < len(out) and out[i].uid == uid:
+            del out[i]
+    for row in changed:
+        entry = MessageEntry._make(row)
+        i = bisect.bisect_left(out, entry.uid, key=_uid)
+        if i < len(out) and out[i].uid == entry.uid:
+            out[i] = entry
+        else:
+            out.insert(i, entry)
+    return tuple(out)
+
+
+def _uid(entry: MessageEntry) -> int:
+    return entry.uid
 
 
 class Folder:
@@ -640,6 +738,7 @@ class Folder:
                 fresh = not (self.path / UIDLIST).exists()
                 index.start(1 if fresh else int(time.time() * 1000))
             elif index.stale_sizes:
+                _snapshots.forget(self.path)  # sizes change without a MODSEQ
                 self._measure_again(index)
                 index.sizes_measured()
             yield index
@@ -697,12 +796,17 @@ class Folder:
             recent = frozenset(index.recent(claim_recent))
             if since is not None and since < index.floor:
                 since = None  # changes before the rebuild are unknown: report everything
-            rows = index.messages(since)
             expunged = tuple(index.expunged_since(since)) if since is not None else ()
+            if since is None:
+                snapshot = _snapshots.messages(self.path, index)
+                messages = snapshot.messages
+            else:
+                snapshot = None
+                messages = tuple(map(MessageEntry._make, index.messages(since)))
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
-                tuple(MessageEntry(*row) for row in rows),
+                messages,
                 recent,
                 index.highestmodseq,
                 expunged,
@@ -710,6 +814,9 @@ class Folder:
                 index.floor,
                 tuple(unsaved) if provisional else (),
             )
+            degraded = index.degraded
+        if snapshot is not None and not degraded:  # committed: later scans may start from it
+            _snapshots.keep(self.path, snapshot)
         return result
 
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
@@ -798,6 +905,7 @@ class Folder:
                 modseq = modseq or index.next_modseq()
                 index.rename(old.uid, name, modseq)
         index.insert_many(added)
+        index.adopt_arrivals(time.time())
         index.put("uidnext", uidnext)
         if saved:
             index.record(self._stamps(), started)
@@ -847,6 +955,18 @@ class Folder:
         if rows:
             with FolderIndex(self.path) as index:
                 index.cache_headers(rows)
+
+    def cached_sortkeys(self, columns: tuple[str, ...]) -> dict[int, tuple[Any, ...]]:
+        """The SORT keys kept in the index (L{twistedmail.index.read_sortkeys}): {uid:
+        (base, value per column)}, read without taking the index's write lock."""
+        return read_sortkeys(self.path, columns)
+
+    def cache_sortkeys(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Keep (uid, base, value per column) rows of parsed SORT keys
+        (L{FolderIndex.cache_sortkeys})."""
+        if rows:
+            with FolderIndex(self.path) as index:
+                index.cache_sortkeys(columns, rows)
 
     # keywords (dovecot-keywords)
 
@@ -1052,7 +1172,7 @@ class Folder:
                 for entry, change in plan:
                     seen = current.get(entry.uid, entry.modseq)
                     if unchangedsince is not None and seen > unchangedsince:
-                        modified.append(attrs.evolve(entry, modseq=seen))
+                        modified.append(entry._replace(modseq=seen))
                         continue
                     for _attempt in range(5):  # renamed by someone without our lock: retry
                         path = find(entry)
@@ -1061,7 +1181,7 @@ class Folder:
                         letters = change.apply(split_name(path.name)[1])
                         new_name = f"{entry.base}:2,{letters}"
                         if path.name == new_name and path.parent.name == "cur":
-                            done.append(attrs.evolve(entry, filename=new_name, modseq=seen))
+                            done.append(entry._replace(filename=new_name, modseq=seen))
                             break
                         try:
                             os.rename(path, self.path / "cur" / new_name)
@@ -1069,17 +1189,19 @@ class Folder:
                             listing = None
                             continue
                         renamed.append((entry.uid, new_name))
-                        done.append(attrs.evolve(entry, filename=new_name))
+                        done.append(entry._replace(filename=new_name))
                         break
 
             self._own_change(index, rename_all)
             if renamed:
+                # the flags are the file names: durable before OK (the index may lag)
+                fsync_dir_shared(self.path / "cur")
                 modseq = index.next_modseq()
                 names = dict(renamed)
                 for uid, name in renamed:
                     if uid in current:
                         index.rename(uid, name, modseq)
-                done = [attrs.evolve(e, modseq=modseq) if e.uid in names else e for e in done]
+                done = [e._replace(modseq=modseq) if e.uid in names else e for e in done]
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
@@ -1115,6 +1237,8 @@ class Folder:
                         index.expunge(entry.uid, modseq)
 
             self._own_change(index, unlink_all)
+            if removed:
+                fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
         return removed
 
 

@@ -185,11 +185,12 @@ def test_connections_are_freed_after_logout_on_every_tls_port(server: Server) ->
     assert server.proc is not None
     pid = server.proc.pid
     deliver(server, ALICE, "fd check")
-    for _ in range(3):  # warm up (thread pool, store connections)
+    for _ in range(3):  # warm up (thread pool, store connections, the kept index connection)
         with imapclient.IMAPClient(
             "127.0.0.1", port=server.ports["imaps"], ssl_context=client_tls()
         ) as c:
             c.login(ALICE, PASSWORDS[ALICE])
+            c.select_folder("INBOX")
     before = _open_fds(pid)
     for _ in range(20):
         m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())

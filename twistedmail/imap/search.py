@@ -33,8 +33,8 @@ from twistedmail.imap.message import (
     parse_addresses,
     split_message,
 )
-from twistedmail.imap.sort import sort_key
-from twistedmail.index import HEADER_FIELDS
+from twistedmail.imap.sort import HEADER_KEYS, Parsed, parse_key, sort_key_parsed
+from twistedmail.index import HEADER_FIELDS, header_block
 from twistedmail.maildir import Folder, MessageEntry
 
 log = Logger(namespace="twistedmail.imap.search")
@@ -90,13 +90,18 @@ def decode_fields(
 def cached_fields(raw: bytes) -> tuple[bytes, str]:
     """What the header cache keeps of a message (with CRLF line ends, as L{Folder.read}
     gives it): its L{HEADER_FIELDS} lines in order then the blank line (as
-    L{select_headers} cuts them out), and the L{decode_fields} of L{DECODED_FIELDS} as
-    JSON."""
-    fields = [f for f in header_fields(split_message(raw)[0]) if f[0] in HEADER_FIELDS]
-    block = b"".join(t if t.endswith(b"\n") else t + b"\r\n" for _, t in fields) + b"\r\n"
-    decoded = decode_fields(fields, DECODED_FIELDS)
-    text = json.dumps({k.decode("ascii"): v for k, v in decoded.items()}, ensure_ascii=False)
-    return block, text
+    L{select_headers} cuts them out: L{header_block}, which delivery keeps too), and the
+    L{decode_fields} of L{DECODED_FIELDS} as JSON (L{decoded_text})."""
+    block = header_block(raw)
+    return block, decoded_text(block)
+
+
+def decoded_text(block: bytes) -> str:
+    """The L{decode_fields} of L{DECODED_FIELDS} in a cached header block, as JSON: what
+    the cache keeps beside the block (a block kept at delivery has C{""} until the first
+    SEARCH that needs it decodes it, here)."""
+    decoded = decode_fields(header_fields(block), DECODED_FIELDS)
+    return json.dumps({k.decode("ascii"): v for k, v in decoded.items()}, ensure_ascii=False)
 
 
 _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
@@ -159,7 +164,10 @@ class Source:
         if name not in DECODED_FIELDS:
             return decode_fields(header_fields(self.header(name)), (name,)).get(name, [])
         if self._fields is None:
-            self.header(name)
+            block = self.header(name)
+            if self._decoded == "":  # kept at delivery, not decoded yet: decode it once
+                self._decoded = decoded_text(block)
+                self._filled.append((self._entry.uid, self._entry.base, block, self._decoded))
             decoded = self._decoded
             if decoded is None:
                 self._fields = {}
@@ -171,6 +179,9 @@ class Source:
 
 
 Predicate = Callable[[Candidate, Source], bool]
+
+_NO_SOURCE: Source = None  # type: ignore[assignment]
+"""What a predicate of cost L{COST_INDEX} gets for a source: it never looks at one."""
 
 
 def _cache(folder: Folder, cost: int) -> dict[int, tuple[str, bytes, str]]:
@@ -202,6 +213,8 @@ def run_search(
     """The sequence numbers of the C{candidates} that match C{predicate} (compiled by
     L{twistedmail.imap.mailbox.compile_search}, whose C{cost} says what it looks at);
     headers read from files on the way are kept in the cache."""
+    if cost < COST_HEADER:  # flags, sizes, dates, UIDs: the index rows answer alone
+        return [c[0] for c in candidates if predicate(c, _NO_SOURCE)]
     cache = _cache(folder, cost)
     filled: list[tuple[int, str, bytes, str]] = []
     out = []
@@ -225,29 +238,91 @@ def search_view(
 ) -> list[int]:
     """L{run_search} over a session's view (its messages in sequence order, RFC 3501
     §2.3.1.2), without those expunged meanwhile (C{gone}); C{recent}: its \\Recent UIDs."""
+    if cost < COST_HEADER:  # no candidate list to build: test each message as it comes
+        out = []
+        for i, e in enumerate(view):
+            uid = e.uid
+            if uid not in gone and predicate((i + 1, e, uid in recent), _NO_SOURCE):
+                out.append(i + 1)
+        return out
     candidates = [(i + 1, e, e.uid in recent) for i, e in enumerate(view) if e.uid not in gone]
     return run_search(folder, candidates, predicate, cost)
+
+
+_COLUMNS = {
+    b"DATE": ("dated", "date"),
+    b"SUBJECT": ("subject",),
+    b"FROM": ("sender",),
+    b"TO": ("recipient",),
+    b"CC": ("cc",),
+}
+"""The index's sort key columns (L{twistedmail.index.SORT_COLUMNS}) of each header key."""
+
+
+def _from_columns(key: bytes, values: tuple[Any, ...]) -> Any:
+    if key == b"DATE":
+        return values[1] if values[0] else None
+    return values[0]
+
+
+def _to_columns(key: bytes, value: Any) -> tuple[Any, ...]:
+    if key == b"DATE":
+        return (0, None) if value is None else (1, value)
+    return (value,)
 
 
 def sort_entries(
     folder: Folder, entries: list[tuple[int, MessageEntry]], criteria: list[tuple[bytes, bool]]
 ) -> list[int]:
     """SORT (RFC 5256 §3): the sequence numbers of C{entries} in the order of C{criteria}
-    (ties in sequence order), the header keys from the header cache."""
-    needs_header = any(key not in (b"ARRIVAL", b"SIZE") for key, _ in criteria)
-    cache = _cache(folder, COST_HEADER if needs_header else COST_INDEX)
+    (ties in sequence order).  Each header key is parsed once per message (L{parse_key}
+    of its cached header fields, read from its file when not cached) and kept in the
+    index, so a later SORT parses no Date:, subject or address again."""
+    keys = tuple(dict.fromkeys(key for key, _ in criteria if key in HEADER_KEYS))
+    columns = tuple(c for key in keys for c in _COLUMNS[key])
+    kept: dict[int, tuple[Any, ...]] = {}
+    if keys:
+        try:
+            kept = folder.cached_sortkeys(columns)
+        except Exception:
+            log.failure("reading the sort keys of {path}", path=str(folder.path))
+    cache: dict[int, tuple[str, bytes, str]] | None = None
     filled: list[tuple[int, str, bytes, str]] = []
+    parsed_now: list[tuple[Any, ...]] = []
     keyed: list[tuple[tuple[Any, ...], int]] = []
     for seq, entry in entries:
-        header = b""
-        if needs_header:
-            hit = cache.get(entry.uid)
+        parsed: Parsed = {}
+        if keys:
+            hit = kept.get(entry.uid)
             if hit is not None and hit[0] == entry.base:
-                header = hit[1]
-            else:
-                header = Source(folder, entry, None, filled).header(b"date")
-        keyed.append((sort_key(criteria, seq, entry, header), seq))
+                at = 1
+                for key in keys:
+                    width = len(_COLUMNS[key])
+                    values = hit[at : at + width]
+                    at += width
+                    if values[0] is None:  # not parsed yet: parse what is missing below
+                        break
+                    parsed[key] = _from_columns(key, values)
+            if len(parsed) < len(keys):
+                if cache is None:
+                    cache = _cache(folder, COST_HEADER)
+                found = cache.get(entry.uid)
+                if found is not None and found[0] == entry.base:
+                    header = found[1]
+                else:
+                    header = Source(folder, entry, None, filled).header(b"date")
+                parsed = {key: parse_key(key, header) for key in keys}
+                row: tuple[Any, ...] = (entry.uid, entry.base)
+                for key in keys:
+                    row += _to_columns(key, parsed[key])
+                parsed_now.append(row)
+        keyed.append((sort_key_parsed(criteria, seq, entry, parsed), seq))
     _keep(folder, filled)
+    try:
+        for start in range(0, len(parsed_now), KEEP_BATCH):
+            folder.cache_sortkeys(columns, parsed_now[start : start + KEEP_BATCH])
+    except Exception:  # only a cache: the next SORT parses them again
+        log.failure("keeping the sort keys of {path}", path=str(folder.path))
     keyed.sort(key=lambda pair: pair[0])
     return [seq for _, seq in keyed]
 

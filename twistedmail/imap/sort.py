@@ -117,6 +117,12 @@ def first_mailbox(value: bytes | None) -> str:
 def sent_date(value: bytes | None, internal: float) -> float:
     """The Date: field in UTC seconds; the INTERNALDATE when it is missing or bad
     (RFC 5256 §3 DATE)."""
+    parsed = parse_date(value)
+    return internal if parsed is None else parsed
+
+
+def parse_date(value: bytes | None) -> float | None:
+    """The Date: field in UTC seconds, or C{None} when it is missing or bad."""
     if value is not None:
         parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
         if parsed is not None:
@@ -124,14 +130,32 @@ def sent_date(value: bytes | None, internal: float) -> float:
                 return calendar.timegm(parsed[:9]) - (parsed[9] or 0)
             except (OverflowError, ValueError):
                 pass
-    return internal
+    return None
 
 
-def sort_key(
-    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, header: bytes
+Parsed = dict[bytes, Any]
+"""A message's header sort keys parsed (L{parse_key}), by sort key (C{b"DATE"}: UTC seconds
+or C{None}; C{b"SUBJECT"}: the base subject; C{b"FROM"}, C{b"TO"}, C{b"CC"}: the first
+mailbox, before the i;ascii-casemap): what the index keeps, so a SORT parses each once."""
+
+HEADER_KEYS = (b"DATE", b"SUBJECT", b"FROM", b"TO", b"CC")
+"""The sort keys read from the header (the others come from the index row)."""
+
+
+def parse_key(key: bytes, header: bytes) -> Any:
+    """The L{Parsed} value of one of L{HEADER_KEYS} from a header (or the header cache's
+    fields)."""
+    if key == b"DATE":
+        return parse_date(header_value(header, b"date"))
+    if key == b"SUBJECT":
+        return base_subject(header_value(header, b"subject"))
+    return first_mailbox(header_value(header, key.lower()))
+
+
+def sort_key_parsed(
+    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, parsed: Parsed
 ) -> tuple[Any, ...]:
-    """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
-    the sequence number (RFC 5256 §3: ties keep sequence order)."""
+    """L{sort_key} from keys parsed before (L{parse_key}, one per header key used)."""
     parts: list[Any] = []
     for key, reverse in criteria:
         value: Any
@@ -140,14 +164,23 @@ def sort_key(
         elif key == b"SIZE":
             value = entry.size
         elif key == b"DATE":
-            value = sent_date(header_value(header, b"date"), entry.mtime)
-        elif key == b"SUBJECT":
-            value = casemap(base_subject(header_value(header, b"subject")))
-        else:  # CC, FROM, TO
-            value = casemap(first_mailbox(header_value(header, key.lower())))
+            value = parsed[key]
+            if value is None:
+                value = entry.mtime
+        else:  # SUBJECT, CC, FROM, TO
+            value = casemap(parsed[key])
         parts.append(_Reversed(value) if reverse else value)
     parts.append(seq)
     return tuple(parts)
+
+
+def sort_key(
+    criteria: Sequence[tuple[bytes, bool]], seq: int, entry: MessageEntry, header: bytes
+) -> tuple[Any, ...]:
+    """A key for C{sorted}: each criterion in turn (C{REVERSE} negated or inverted), then
+    the sequence number (RFC 5256 §3: ties keep sequence order)."""
+    parsed = {key: parse_key(key, header) for key, _ in criteria if key in HEADER_KEYS}
+    return sort_key_parsed(criteria, seq, entry, parsed)
 
 
 class _Reversed:
