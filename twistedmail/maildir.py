@@ -578,9 +578,7 @@ class _Snapshots:
             if old.highestmodseq < highest:
                 changed = index.messages(old.highestmodseq)
                 gone = index.expunged_since(old.highestmodseq)
-                return _Snapshot(
-                    uidvalidity, floor, highest, _patched(old.messages, changed, gone)
-                )
+                return _Snapshot(uidvalidity, floor, highest, _patched(old.messages, changed, gone))
         rows = tuple(map(MessageEntry._make, index.messages()))
         return _Snapshot(uidvalidity, floor, highest, rows)
 

@@ -24,8 +24,7 @@ def _state(c: imapclient.IMAPClient) -> tuple[dict[int, tuple[bytes, ...]], int]
     info = c.select_folder("INBOX")
     fetched = c.fetch(c.search("ALL"), ["FLAGS"])
     flags = {
-        uid: tuple(sorted(f for f in d[b"FLAGS"] if f != b"\\Recent"))
-        for uid, d in fetched.items()
+        uid: tuple(sorted(f for f in d[b"FLAGS"] if f != b"\\Recent")) for uid, d in fetched.items()
     }
     return flags, info[b"HIGHESTMODSEQ"]
 
