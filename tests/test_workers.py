@@ -116,7 +116,7 @@ class CombinedRegistryTests(unittest.TestCase):
         text = generate_latest(combined).decode()  # type: ignore[arg-type]
         self.assertIn('t_connections_total{service="imap"} 5.0\n', text)
         self.assertIn('t_connections_total{service="pop3"} 1.0\n', text)
-        self.assertEqual(text.count("# TYPE t_connections"), 1)
+        self.assertEqual(text.count("# TYPE t_connections_total counter"), 1)
 
     def test_without_workers_the_registry_is_served_as_it_is(self) -> None:
         """No worker: the exposition equals the registry's own."""
