@@ -96,6 +96,7 @@ class Server:
         @param workers: C{[server] workers} (processes serving the listeners); C{None}: the
             default (the number of CPUs)."""
         self.root = root
+        self.workers = workers or os.cpu_count() or 1
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "twistedmail.toml"
@@ -192,6 +193,22 @@ class Server:
                 except OSError:
                     pass
             time.sleep(0.1)
+        self.wait_for_workers()
+
+    def wait_for_workers(self, exclude: tuple[int, ...] = (), timeout: float = 60) -> list[int]:
+        """Wait until the C{workers - 1} worker processes serve (each logged "worker serving"),
+        leaving out the PIDs C{exclude} (workers killed by the test); return their PIDs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = [p for p in self.worker_pids() if p not in exclude]
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if len(pids) == self.workers - 1 and all(
+                f"worker serving: pid {p}" in log for p in pids
+            ):
+                return pids
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.workers - 1} worker(s) not serving in {timeout} s")
+            time.sleep(0.05)
 
     def worker_pids(self) -> list[int]:
         """The server's worker processes (C{[server] workers}): its children running

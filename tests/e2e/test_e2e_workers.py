@@ -73,16 +73,8 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
         time.sleep(0.05)
 
 
-def wait_for_workers(server: Server, count: int = 1, exclude: tuple[int, ...] = ()) -> list[int]:
-    """Wait until C{count} workers serve (their "worker serving" line is in the log)."""
-
-    def serving() -> bool:
-        pids = [p for p in server.worker_pids() if p not in exclude]
-        log = server.log.read_text(errors="replace") if server.log.exists() else ""
-        return len(pids) == count and all(f"worker serving: pid {p}" in log for p in pids)
-
-    wait_for(serving, f"{count} worker(s) serving")
-    return [p for p in server.worker_pids() if p not in exclude]
+def wait_for_workers(server: Server, exclude: tuple[int, ...] = ()) -> list[int]:
+    return server.wait_for_workers(exclude)
 
 
 def imap(server: Server, user: str = ALICE) -> imapclient.IMAPClient:
