@@ -312,9 +312,9 @@ class CombinedRegistry:
                     if key in totals:
                         sample = sample._replace(value=sample.value + totals[key])
                     merged.append(sample)
-                for (name, labels), value in totals.items():
-                    if (name, labels) not in seen and _belongs(family.name, name):
-                        merged.append(Sample(name, dict(labels), value))
+                for (name, pairs), value in totals.items():
+                    if (name, pairs) not in seen and _belongs(family.name, name):
+                        merged.append(Sample(name, dict(pairs), value))
                 family.samples = merged
             yield family
 
@@ -353,7 +353,7 @@ def metrics_resource(
 ) -> IResource:
     """The C{/metrics} resource: Prometheus's text exposition of C{registry} (any path),
     behind L{BearerToken} when C{token} is given.  Scrapes run in C{reactor}'s thread pool."""
-    resource: IResource = WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))  # type: ignore[arg-type]
+    resource: IResource = WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))
     if token is not None:
         resource = BearerToken(resource, token)
     return resource

@@ -737,7 +737,8 @@ class MailServer(MultiService):
         for svc in self:
             if isinstance(svc, _Listener) and svc.shared and svc.port is not None:
                 port = svc.port  # a twisted.internet.tcp.Port
-                sockets.append((svc.name.partition("@")[0], port.fileno(), port.addressFamily))
+                name = (svc.name or "").partition("@")[0]
+                sockets.append((name, port.fileno(), port.addressFamily))
         return sockets
 
     async def flush_logins(self, user: str) -> int:

@@ -57,7 +57,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 log = Logger(namespace="twistedmail.throttle")
-_quiet = Logger(namespace="twistedmail.throttle", observer=lambda event: None)
+_quiet = Logger(namespace="twistedmail.throttle", observer=lambda event: None)  # type: ignore[arg-type]
 SHARED = {"failed": 2, "succeeded": 2, "unblock": 1}  # outcome -> number of arguments
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -465,12 +465,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     server = MailServer(config, reactor, adopted=adopted)
     link = ParentLink(reactor)
     link.attach(server)
-    stdio.StandardIO(link, stdin=0, stdout=3, reactor=reactor)  # type: ignore[arg-type]
+    stdio.StandardIO(link, stdin=0, stdout=3, reactor=reactor)  # type: ignore[call-arg]
     server.privilegedStartService()
     server.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     log.info("worker serving: pid {pid}", pid=os.getpid())
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":
