@@ -5,7 +5,7 @@ The processes themselves are tested end to end in tests/e2e/test_e2e_workers.py.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from twistedmail.config import ConfigError, parse_config
+from twistedmail.config import DEFAULT_WORKERS, ConfigError, load_config, parse_config
 from twistedmail.metrics import CombinedRegistry, samples
 from twistedmail.rate import HourlyRate
 from twistedmail.throttle import LoginThrottle, ThrottlePolicy
@@ -24,9 +24,15 @@ USER = "alice@example.test"
 
 
 class WorkersConfigTests(unittest.TestCase):
-    def test_default_is_the_number_of_cpus(self) -> None:
-        """[server] workers defaults to os.cpu_count()."""
-        self.assertEqual(parse_config({}, None).server.workers, os.cpu_count() or 1)
+    def test_default(self) -> None:
+        """[server] workers defaults to DEFAULT_WORKERS: one process, for now (README)."""
+        self.assertEqual(parse_config({}, None).server.workers, DEFAULT_WORKERS)
+        self.assertEqual(DEFAULT_WORKERS, 1)
+
+    def test_example_file_shows_the_default(self) -> None:
+        """etc/twistedmail.example.toml's [server] workers is the default."""
+        example = load_config(Path(__file__).parents[1] / "etc" / "twistedmail.example.toml")
+        self.assertEqual(example.server.workers, DEFAULT_WORKERS)
 
     def test_value(self) -> None:
         """[server] workers = 3 is read as 3."""

@@ -34,7 +34,7 @@ from twistedmail.sieve.interpret import SieveLimits
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
 DEFAULT_DATA_DIR = "twistedmail-data"
-DEFAULT_WORKERS = os.cpu_count() or 1  # [server] workers: one process per core
+DEFAULT_WORKERS = 1  # [server] workers (issue 10: to become os.cpu_count(), see README)
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 DEFAULT_LISTEN = {
     "smtp": "0.0.0.0:25",

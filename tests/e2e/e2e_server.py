@@ -23,6 +23,7 @@ from pathlib import Path
 
 import imapclient
 
+from twistedmail.config import DEFAULT_WORKERS
 from twistedmail.testing import create_test_ca
 
 BIN = Path(sys.executable).parent
@@ -94,9 +95,9 @@ class Server:
         @param web: also listen on C{http} and C{https} (the HTTP listener, issue 13).
         @param extra_config: more TOML sections, appended to the config file.
         @param workers: C{[server] workers} (processes serving the listeners); C{None}: the
-            default (the number of CPUs)."""
+            default (L{DEFAULT_WORKERS})."""
         self.root = root
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or DEFAULT_WORKERS
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "twistedmail.toml"
