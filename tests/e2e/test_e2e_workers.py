@@ -425,3 +425,29 @@ def test_sighup_reloads_the_certificate_in_every_process(two: Server) -> None:
         "the worker's reload line",
     )
     assert two.log.read_text().count("TLS certificate reloaded") == 2
+
+
+def test_logout_reports_no_change_made_by_another_session(tmp_path: Path) -> None:
+    """RFC 3501 §6.1.3: LOGOUT answers BYE then the tagged OK, with no FETCH of a flag
+    change another session made in between (imaptest's stress mode: "seq too high ...
+    state=LOGOUT")."""
+    srv = Server(tmp_path, workers=1)
+    with running(srv):
+        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"]) as s:
+            s.sendmail("x@elsewhere.test", [ALICE], message("one"))
+        srv.wait_for_messages(ALICE, 1)
+        leaving = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=client_tls())
+        leaving.login(ALICE, PASSWORDS[ALICE])
+        leaving.select("INBOX")
+        other = imap(srv)
+        other.select_folder("INBOX")
+        other.add_flags([other.search("ALL")[0]], [b"\\Flagged"])
+        other.logout()
+        time.sleep(1)  # the change reaches the leaving session's folder view
+        sock = leaving.sock
+        sock.sendall(b"z LOGOUT\r\n")
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        assert received.splitlines()[0].startswith(b"* BYE")
+        assert [line.split()[0] for line in received.splitlines()] == [b"*", b"z"]
