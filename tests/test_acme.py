@@ -44,6 +44,25 @@ class NamesTests(unittest.TestCase):
         )
         self.assertEqual(acme.wanted_names("mail.example.org", []), ["mail.example.org"])
 
+    def test_autodiscover_of_each_domain_with_https(self) -> None:
+        """With the https listener on, each local domain adds autodiscover.D too, the host
+        Outlook asks (https://autodiscover.D/autodiscover/autodiscover.xml)."""
+        self.assertEqual(
+            acme.wanted_names("Mail.Example.ORG", ["example.org", "example.net"], https=True),
+            [
+                "mail.example.org",
+                "autoconfig.example.net",
+                "autodiscover.example.net",
+                "mta-sts.example.net",
+                "autoconfig.example.org",
+                "autodiscover.example.org",
+                "mta-sts.example.org",
+            ],
+        )
+        self.assertEqual(
+            acme.wanted_names("mail.example.org", [], https=True), ["mail.example.org"]
+        )
+
 
 class RenewalReasonTests(unittest.TestCase):
     def setUp(self) -> None:

@@ -98,7 +98,7 @@ class Harness:
             tls=tls,  # type: ignore[arg-type]
             implicit_tls=implicit_tls,
             clock=self.clock,
-            max_literal_size=max_literal_size,
+            settings=IMAPSettings(max_literal_size=max_literal_size),
         )
         self.transport = TLSStringTransport()
         self.server.makeConnection(self.transport)

@@ -25,13 +25,13 @@ from twistedmail.managesieve import (
     Command,
     CommandReader,
     ISieveUser,
-    Limits,
     ManageSieveServer,
     ParseError,
     SieveUser,
     response,
     string,
 )
+from twistedmail.settings import ManageSieveSettings
 from twistedmail.sieve.store import SieveStore
 from twistedmail.sieve.validate import EXTENSIONS
 from twistedmail.throttle import LoginThrottle, ThrottlePolicy
@@ -61,7 +61,9 @@ def plain(user: str = USER, password: str = PASSWORD) -> bytes:
 class Session:
     """One server session over a StringTransport; L{send} returns what the server wrote."""
 
-    def __init__(self, tmp: Path, *, tls: bool = True, limits: Limits | None = None, **kw: Any):
+    def __init__(
+        self, tmp: Path, *, tls: bool = True, limits: ManageSieveSettings | None = None, **kw: Any
+    ):
         self.clock = Clock()
         self.mail = tmp / "mail"
         self.accounts = AccountStore(tmp / "accounts.sqlite3")
@@ -75,7 +77,7 @@ class Session:
             tls=TLS_CONTEXT if tls else None,
             clock=self.clock,
             run_in_thread=run_now,
-            limits=limits or Limits(),
+            settings=limits or ManageSieveSettings(),
             **kw,
         )
         self.transport = TLSStringTransport()
@@ -459,7 +461,9 @@ def test_bad_script_names(session: Session, name: bytes, reply: bytes) -> None:
 def test_quota_on_count_size_and_storage(tmp_path: Path) -> None:
     """HAVESPACE and PUTSCRIPT: QUOTA/MAXSIZE, QUOTA/MAXSCRIPTS and QUOTA (storage)
     (RFC 5804 §1.3, §2.5); replacing a script counts its new size only."""
-    s = Session(tmp_path, limits=Limits(max_scripts=2, max_script_size=100, max_storage=150))
+    s = Session(
+        tmp_path, limits=ManageSieveSettings(max_scripts=2, max_script_size=100, max_storage=150)
+    )
     s.login()
     assert s.send(b'HAVESPACE "a" 100\r\n') == b"OK\r\n"
     assert s.send(b'HAVESPACE "a" 101\r\n') == (
@@ -495,7 +499,7 @@ def test_noop_tag_unauthenticate_and_logout(session: Session) -> None:
 
 def test_idle_timeout_says_bye(tmp_path: Path) -> None:
     """An idle session gets BYE at the idle timeout, not a second before, and is closed."""
-    s = Session(tmp_path, limits=Limits(idle_timeout=60))
+    s = Session(tmp_path, limits=ManageSieveSettings(idle_timeout=60))
     s.clock.advance(59)
     assert s.take() == b""
     s.clock.advance(1)

@@ -31,13 +31,13 @@ from twistedmail.pop3 import (
     DEFAULT_TIMEOUT,
     DotStuffer,
     MaildirPOP3Mailbox,
-    POP3Factory,
     POP3Server,
     pop3_factory,
     uidl_for,
 )
 from twistedmail.settings import POP3Settings
 from twistedmail.testing import TLSStringTransport, pump, run_now
+from twistedmail.wire import SessionFactory
 
 USER = b"alice@example.test"
 PASSWORD = b"secret pass"
@@ -163,7 +163,9 @@ class GreetingAndCapaTests(POP3TestCase):
 
     def test_capa_allow_plaintext(self) -> None:
         """allow_plaintext_auth: CAPA without TLS lists USER and SASL PLAIN."""
-        proto, transport = self.connect(implicit_tls=False, tls=None, allow_plaintext_auth=True)
+        proto, transport = self.connect(
+            implicit_tls=False, tls=None, settings=POP3Settings(allow_plaintext_auth=True)
+        )
         self.assertIn(b"\r\nUSER\r\nSASL PLAIN\r\n", self.send(proto, transport, b"CAPA\r\n"))
 
     def test_capa_after_login_keeps_auth_lines(self) -> None:
@@ -247,7 +249,7 @@ class PlaintextRefusedTests(POP3TestCase):
 
     def test_allowed_plaintext(self) -> None:
         """allow_plaintext_auth: USER/PASS log in without TLS."""
-        self.login(implicit_tls=False, tls=None, allow_plaintext_auth=True)
+        self.login(implicit_tls=False, tls=None, settings=POP3Settings(allow_plaintext_auth=True))
 
 
 class UserPassTests(POP3TestCase):
@@ -983,7 +985,7 @@ class FactoryTests(unittest.TestCase):
         factory = pop3_factory(
             portal=self.portal, tls=None, implicit_tls=False, clock=clock, settings=POP3Settings()
         )
-        self.assertIsInstance(factory, POP3Factory)
+        self.assertIsInstance(factory, SessionFactory)
         proto = factory.buildProtocol(None)
         self.assertIsInstance(proto, POP3Server)
         self.assertIs(proto.factory, factory)
@@ -996,7 +998,7 @@ class FactoryTests(unittest.TestCase):
         factory = pop3_factory(
             portal=self.portal, tls=None, implicit_tls=True, clock=Clock(), settings=POP3Settings()
         )
-        self.assertIsInstance(factory, POP3Factory)
+        self.assertIsInstance(factory, SessionFactory)
         proto = factory.buildProtocol(None)
         self.assertTrue(proto.implicit_tls)
         self.assertTrue(proto.is_secure())

@@ -162,7 +162,6 @@ class HostileInputTests(unittest.TestCase):
                 tls=None,
                 implicit_tls=True,
                 clock=clock,
-                max_literal_size=10000,
             )
         else:
             proto = POP3Server(portal=self.world.portal, tls=None, implicit_tls=True, clock=clock)

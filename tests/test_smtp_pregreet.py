@@ -9,16 +9,18 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from twistedmail.settings import SMTPSettings
-from twistedmail.smtp.server import SMTPServerFactory
+from twistedmail.smtp.server import SMTPSession
+from twistedmail.wire import SessionFactory
 
 
 def session(pause: float) -> tuple[Clock, StringTransport, object]:
     clock = Clock()
-    factory = SMTPServerFactory(
+    factory = SessionFactory(
+        SMTPSession,
+        SMTPSettings(max_message_size=1000, greet_pause=pause),
         policy=FakePolicy(),
         hostname="mx.example.test",
         clock=clock,
-        settings=SMTPSettings(max_message_size=1000, greet_pause=pause),
     )
     proto = factory.buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER)

@@ -29,12 +29,12 @@ from twistedmail.smtp.server import (
     Client,
     Envelope,
     SMTPReplyError,
-    SMTPServerFactory,
     SMTPSession,
     received_header,
 )
 from twistedmail.testing import TLSStringTransport, run_now
 from twistedmail.testing import sasl_plain as plain
+from twistedmail.wire import SessionFactory
 
 HOST = "mail.example.test"
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -150,12 +150,13 @@ class SessionTestCase(unittest.TestCase):
         max_message_size: int = 1000,
         max_recipients: int = SMTPSettings().max_recipients,
     ) -> tuple[SMTPSession, StringTransport]:
-        factory = SMTPServerFactory(
+        factory = SessionFactory(
+            SMTPSession,
+            SMTPSettings(max_message_size=max_message_size, max_recipients=max_recipients),
             policy=self.policy,
             hostname=HOST,
             clock=self.clock,
-            settings=SMTPSettings(max_message_size=max_message_size, max_recipients=max_recipients),
-            tls_context=tls,
+            tls_context=None if implicit_tls else tls,
             implicit_tls=implicit_tls,
             portal=portal,
         )
@@ -171,11 +172,12 @@ class SessionTestCase(unittest.TestCase):
 class GreetingAndEHLOTests(SessionTestCase):
     def test_greeting(self) -> None:
         """RFC 5321 §4.2: the session opens with 220, the host name and ESMTP."""
-        factory = SMTPServerFactory(
+        factory = SessionFactory(
+            SMTPSession,
+            SMTPSettings(max_message_size=1000),
             policy=self.policy,
             hostname=HOST,
             clock=self.clock,
-            settings=SMTPSettings(max_message_size=1000),
         )
         proto = factory.buildProtocol(PEER)
         tr = StringTransport(peerAddress=PEER)

@@ -335,7 +335,6 @@ class ProtocolTests(unittest.TestCase):
             tls=None,
             implicit_tls=True,
             clock=self.world.clock,
-            max_literal_size=10000,
         )
         transport = transport_from(ip)
         proto.makeConnection(transport)

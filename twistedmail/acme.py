@@ -2,7 +2,8 @@
 
 With C{[tls] acme = true} the server keeps its certificate (C{DATA_DIR/tls/cert.pem} and
 C{key.pem}, the files every TLS listener loads) issued by the configured ACME directory for
-the hostname and the C{autoconfig.} and C{mta-sts.} names of every local domain:
+the hostname and the C{autoconfig.} and C{mta-sts.} names of every local domain (and its
+C{autodiscover.} name when the HTTPS listener is on):
 
   - L{ChallengeResource}, mounted at C{/.well-known/acme-challenge/} on the HTTP listener,
     answers the CA's validation requests with the key authorization (RFC 8555 §8.3);
@@ -48,6 +49,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from twistedmail.maildir import fsync_dir
+
 log = Logger(namespace="twistedmail.acme")
 
 CHALLENGE_PATH = (b".well-known", b"acme-challenge")
@@ -71,12 +74,16 @@ class AcmeSettings:
     ca: Path | None = None
 
 
-def wanted_names(hostname: str, domains: Sequence[str]) -> list[str]:
+def wanted_names(hostname: str, domains: Sequence[str], https: bool = False) -> list[str]:
     """The names the certificate must carry: the hostname first (the subject), then
-    C{autoconfig.D} and C{mta-sts.D} for every local domain D, without duplicates."""
+    C{autoconfig.D} and C{mta-sts.D} for every local domain D, without duplicates.
+
+    @param https: the HTTPS listener is on: C{autodiscover.D} too, which Outlook asks over
+        HTTPS only (C{https://autodiscover.D/autodiscover/autodiscover.xml})."""
     names = [hostname.lower().rstrip(".")]
+    labels = ("autoconfig.", "autodiscover.", "mta-sts.") if https else ("autoconfig.", "mta-sts.")
     for domain in sorted(domains):
-        for label in ("autoconfig.", "mta-sts."):
+        for label in labels:
             name = label + domain.lower().rstrip(".")
             if name not in names:
                 names.append(name)
@@ -122,15 +129,7 @@ def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _new_suffix(path: Path) -> Path:
@@ -155,9 +154,9 @@ def complete_replacement(cert_path: Path, key_path: Path) -> None:
     new_key = _new_suffix(key_path)
     if new_key.exists():
         os.replace(new_key, key_path)
-        _fsync_dir(key_path.parent)
+        fsync_dir(key_path.parent)
     os.replace(new_cert, cert_path)
-    _fsync_dir(cert_path.parent)
+    fsync_dir(cert_path.parent)
 
 
 class ChallengeResource(Resource):

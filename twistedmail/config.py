@@ -26,6 +26,7 @@ from twistedmail.settings import (
     BARE_LF_MODES,
     MAX_MESSAGE_SIZE,
     IMAPSettings,
+    ManageSieveSettings,
     POP3Settings,
     SMTPSettings,
 )
@@ -54,6 +55,7 @@ MTA_STS_MAX_AGE = 31557600  # RFC 8461 §3.2: at most one year, in seconds
 LOG_FORMATS = ("text", "json")
 # The listeners' defaults are their settings classes' (twistedmail.settings): one source.
 _SMTP, _IMAP, _POP3 = SMTPSettings(), IMAPSettings(), POP3Settings()
+_SIEVE = ManageSieveSettings()
 DEFAULT_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
 DEFAULT_MAX_HEADER_SIZE = _SMTP.max_header_size
 DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
@@ -281,10 +283,10 @@ class ManageSieveConfig:
     Pigeonhole's C{sieve_quota_max_scripts} / C{sieve_quota_max_storage} and
     C{sieve_max_script_size}) and the session's idle timeout in seconds."""
 
-    max_scripts: int = 20
-    max_script_size: int = 256 * 1024  # octets; at most the Sieve parser's 512 KiB
-    max_storage: int = 2 * 1024 * 1024  # octets of all of a user's scripts
-    idle_timeout: int = 1800  # Pigeonhole: 30 minutes
+    max_scripts: int = _SIEVE.max_scripts
+    max_script_size: int = _SIEVE.max_script_size  # octets; at most the parser's 512 KiB
+    max_storage: int = _SIEVE.max_storage  # octets of all of a user's scripts
+    idle_timeout: int = _SIEVE.idle_timeout  # Pigeonhole: 30 minutes
 
 
 @attrs.frozen

@@ -40,7 +40,7 @@ import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLContextFactory, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -50,6 +50,7 @@ import twistedmail
 from twistedmail import auth, sasl
 from twistedmail.auth import RunInThread
 from twistedmail.maildir import FolderNameError, encode_folder_name
+from twistedmail.settings import ManageSieveSettings
 from twistedmail.sieve.grammar import SieveError
 from twistedmail.sieve.interpret import MAX_REDIRECTS
 from twistedmail.sieve.store import (
@@ -75,11 +76,6 @@ MAX_LITERAL = 64 * 1024 * 1024
 """A literal announced larger than this ends the session (C{BYE}) instead of being read and
 thrown away."""
 MAX_NUMBER = 4294967295  # RFC 5804 §4: number < 4,294,967,296
-DEFAULT_TIMEOUT = 1800
-"""Seconds without a command before the session is closed (Pigeonhole: 30 minutes)."""
-DEFAULT_MAX_SCRIPTS = 20
-DEFAULT_MAX_SCRIPT_SIZE = 256 * 1024
-DEFAULT_MAX_STORAGE = 2 * 1024 * 1024
 SASL_MECHANISMS = ("PLAIN", "LOGIN")
 
 NONAUTH = "NONAUTH"
@@ -401,17 +397,7 @@ def check_script(source: bytes, include_exists: Callable[[str, str], bool]) -> S
     return script
 
 
-@attrs.frozen
-class Limits:
-    """Per-user quota on scripts (RFC 5804 §1.3 QUOTA codes) and the session's timeout."""
-
-    max_scripts: int = DEFAULT_MAX_SCRIPTS
-    max_script_size: int = DEFAULT_MAX_SCRIPT_SIZE
-    max_storage: int = DEFAULT_MAX_STORAGE
-    idle_timeout: int = DEFAULT_TIMEOUT
-
-
-def _space(store: SieveStore, name: str, size: int, limits: Limits) -> None:
+def _space(store: SieveStore, name: str, size: int, limits: ManageSieveSettings) -> None:
     """@raise Refused: C{QUOTA/MAXSIZE}, C{QUOTA/MAXSCRIPTS} or C{QUOTA} (storage) when a
     script C{name} of C{size} octets would not fit (RFC 5804 §2.3).  Blocking: a thread."""
     if size > limits.max_script_size:
@@ -472,8 +458,8 @@ class ManageSieveServer(TimeoutMixin, Protocol):
     @param tls: the context for STARTTLS, or C{None} (then no STARTTLS).
     @param clock: time source of the idle timeout.
     @param run_in_thread: runs compiling and file work off the reactor thread.
-    @param limits: per-user quota and the idle timeout.
-    @param allow_plaintext_auth: accept AUTHENTICATE without TLS (unit tests only).
+    @param settings: per-user quota, the idle timeout, and whether AUTHENTICATE is taken
+        without TLS (unit tests only).
     """
 
     transport: Any
@@ -485,16 +471,15 @@ class ManageSieveServer(TimeoutMixin, Protocol):
         tls: IOpenSSLContextFactory | None,
         clock: IReactorTime,
         run_in_thread: RunInThread,
-        limits: Limits = Limits(),
-        allow_plaintext_auth: bool = False,
+        settings: ManageSieveSettings = ManageSieveSettings(),
     ) -> None:
         self.portal = portal
         self.tls = tls
         self.clock = clock
         self.run_in_thread = run_in_thread
-        self.limits = limits
-        self.allow_plaintext_auth = allow_plaintext_auth
-        self.reader = CommandReader(limits.max_script_size)
+        self.limits = settings
+        self.allow_plaintext_auth = settings.allow_plaintext_auth
+        self.reader = CommandReader(settings.max_script_size)
         self.session = secrets.token_hex(4)
         self.state = NONAUTH
         self.peer_ip = "?"
@@ -834,38 +819,3 @@ class ManageSieveServer(TimeoutMixin, Protocol):
         except (ScriptExistsError, FileExistsError):
             raise Refused("A script by that name already exists", "ALREADYEXISTS") from None
         self._write(response("OK", "", "Renamescript completed"))
-
-
-class ManageSieveFactory(ServerFactory):
-    """Builds L{ManageSieveServer}s with the same arguments (see there)."""
-
-    noisy = False
-
-    def __init__(
-        self,
-        *,
-        portal: Portal,
-        tls: IOpenSSLContextFactory | None,
-        clock: IReactorTime,
-        run_in_thread: RunInThread,
-        limits: Limits = Limits(),
-        allow_plaintext_auth: bool = False,
-    ) -> None:
-        self.portal = portal
-        self.tls = tls
-        self.clock = clock
-        self.run_in_thread = run_in_thread
-        self.limits = limits
-        self.allow_plaintext_auth = allow_plaintext_auth
-
-    def buildProtocol(self, addr: object) -> ManageSieveServer:
-        protocol = ManageSieveServer(
-            portal=self.portal,
-            tls=self.tls,
-            clock=self.clock,
-            run_in_thread=self.run_in_thread,
-            limits=self.limits,
-            allow_plaintext_auth=self.allow_plaintext_auth,
-        )
-        protocol.factory = self
-        return protocol

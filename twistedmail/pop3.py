@@ -47,7 +47,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ISSLTransport,
 )
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.protocols.basic import FileSender
@@ -66,7 +65,7 @@ from twistedmail.maildir import (
     UserMaildir,
 )
 from twistedmail.settings import POP3Settings
-from twistedmail.wire import CRLF, StrictLineReceiver
+from twistedmail.wire import CRLF, SessionFactory, StrictLineReceiver
 
 log = Logger(namespace="twistedmail.pop3")
 
@@ -280,8 +279,9 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
     @param tls: the context for STLS, or C{None} (then no STLS).
     @param implicit_tls: the connection is already TLS (port 995, RFC 8314): no STLS.
     @param clock: time source for the inactivity timeout.
-    @param allow_plaintext_auth: accept USER/PASS/AUTH without TLS (tests, loopback only).
-    @param timeout: seconds of inactivity before the connection is closed (RFC 1939 §3).
+    @param settings: C{allow_plaintext_auth}, accept USER/PASS/AUTH without TLS (tests,
+        loopback only), and C{idle_timeout}, seconds of inactivity before the connection is
+        closed (RFC 1939 §3).
     """
 
     # Attributes of pop3.POP3 / Protocol, typed (the stock class declares them as None).
@@ -298,15 +298,14 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         tls: IOpenSSLContextFactory | None,
         implicit_tls: bool,
         clock: IReactorTime,
-        allow_plaintext_auth: bool = False,
-        timeout: int = DEFAULT_TIMEOUT,
+        settings: POP3Settings = POP3Settings(),
     ) -> None:
         self.portal = portal
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.clock = clock
-        self.allow_plaintext_auth = allow_plaintext_auth
-        self.timeOut = timeout
+        self.allow_plaintext_auth = settings.allow_plaintext_auth
+        self.timeOut = settings.idle_timeout
         self.session = secrets.token_hex(4)
         self.pop3_state = AUTHORIZATION
         self.peer_ip = "?"
@@ -726,39 +725,6 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         raise NegativeResponse(ERR_UNKNOWN)
 
 
-class POP3Factory(ServerFactory):
-    """Builds L{POP3Server}s; see L{pop3_factory}."""
-
-    noisy = False
-
-    def __init__(
-        self,
-        *,
-        portal: Portal,
-        tls: IOpenSSLContextFactory | None,
-        implicit_tls: bool,
-        clock: IReactorTime,
-        settings: POP3Settings,
-    ) -> None:
-        self.portal = portal
-        self.tls = tls
-        self.implicit_tls = implicit_tls
-        self.clock = clock
-        self.settings = settings
-
-    def buildProtocol(self, addr: object) -> POP3Server:  # type: ignore[override]
-        protocol = POP3Server(
-            portal=self.portal,
-            tls=self.tls,
-            implicit_tls=self.implicit_tls,
-            clock=self.clock,
-            allow_plaintext_auth=self.settings.allow_plaintext_auth,
-            timeout=self.settings.idle_timeout,
-        )
-        protocol.factory = self
-        return protocol
-
-
 def pop3_factory(
     *,
     portal: Portal,
@@ -766,7 +732,7 @@ def pop3_factory(
     implicit_tls: bool,
     clock: IReactorTime,
     settings: POP3Settings,
-) -> POP3Factory:
+) -> SessionFactory[POP3Server]:
     """The protocol factory for a POP3 listener.
 
     @param portal: the POP3 portal; its realm must give C{pop3.IMailbox} avatars
@@ -780,8 +746,8 @@ def pop3_factory(
     @param settings: the inactivity timeout (RFC 1939 §3: at least 600 seconds) and whether
         passwords are accepted without TLS (L{POP3Settings}).
     """
-    return POP3Factory(
-        portal=portal, tls=tls, implicit_tls=implicit_tls, clock=clock, settings=settings
+    return SessionFactory(
+        POP3Server, settings, portal=portal, tls=tls, implicit_tls=implicit_tls, clock=clock
     )
 
 

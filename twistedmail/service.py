@@ -81,14 +81,13 @@ from twistedmail.maildir import (
     clean_tmp,
     mailbox_root,
 )
-from twistedmail.managesieve import ISieveUser, ManageSieveFactory, SieveUser
-from twistedmail.managesieve import Limits as SieveLimits
+from twistedmail.managesieve import ISieveUser, ManageSieveServer, SieveUser
 from twistedmail.metrics import CombinedRegistry, Metrics, ServerState, metrics_resource
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker, usage_by_domain
 from twistedmail.rate import HourlyRate, SubmissionRate
 from twistedmail.rspamd import JunkLearner, Rspamd
-from twistedmail.settings import IMAPSettings, POP3Settings, SMTPSettings
+from twistedmail.settings import IMAPSettings, ManageSieveSettings, POP3Settings, SMTPSettings
 from twistedmail.smtp.inbound import inbound_factory
 from twistedmail.smtp.outbound import Outbound, Smarthost, trust_root
 from twistedmail.smtp.queue import QueueRunner, RetrySchedule, Spool
@@ -97,6 +96,7 @@ from twistedmail.srs import SECRET_FILE, Forwarding, SenderRewriting
 from twistedmail.throttle import ThrottlePolicy, load_throttle, parse_networks, save_throttle
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
+from twistedmail.wire import SessionFactory
 
 log = Logger(namespace="twistedmail.service")
 
@@ -149,7 +149,8 @@ def certificate_keeper(
     config: Config, store: AccountStore, reload: Any, reactor: Any
 ) -> acme.CertificateKeeper:
     """The ACME client keeping the server certificate (C{[tls] acme}): for the hostname and
-    the autoconfig./mta-sts. names of the local domains as they are at each check."""
+    the autoconfig./mta-sts. (and, with C{[listen] https}, autodiscover.) names of the local
+    domains as they are at each check."""
     cert, key = tls_paths(config)
     settings = acme.AcmeSettings(
         config.tls.acme_directory, config.tls.acme_contact, config.tls.acme_ca
@@ -159,7 +160,9 @@ def certificate_keeper(
         acme.StateDir(config.server.data_dir / "acme"),
         cert,
         key,
-        lambda: acme.wanted_names(config.server.hostname, store.domains()),
+        lambda: acme.wanted_names(
+            config.server.hostname, store.domains(), https=bool(config.listen["https"])
+        ),
         reload,
         reactor,
         lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
@@ -312,10 +315,10 @@ def pop3_settings(config: Config) -> POP3Settings:
     return POP3Settings(idle_timeout=config.limits.pop3_idle_timeout)
 
 
-def sieve_limits(config: Config) -> SieveLimits:
+def managesieve_settings(config: Config) -> ManageSieveSettings:
     """The ManageSieve listener's settings, from C{[managesieve]}."""
     sieve = config.managesieve
-    return SieveLimits(
+    return ManageSieveSettings(
         max_scripts=sieve.max_scripts,
         max_script_size=sieve.max_script_size,
         max_storage=sieve.max_storage,
@@ -602,12 +605,13 @@ class MailServer(MultiService):
         for plain, implicit, make in (("imap", "imaps", imap), ("pop3", "pop3s", pop)):
             factories[plain] = make(tls=self.tls_context, implicit_tls=False)
             factories[implicit] = make(tls=None, implicit_tls=True)
-        factories["managesieve"] = ManageSieveFactory(  # RFC 5804: STARTTLS on 4190
+        factories["managesieve"] = SessionFactory(  # RFC 5804: STARTTLS on 4190
+            ManageSieveServer,
+            managesieve_settings(config),
             portal=self.portal,
             tls=self.tls_context,
             clock=reactor,
             run_in_thread=run_in_thread,
-            limits=sieve_limits(config),
         )
         per_ip_hour = config.antispam.smtp_connections_per_ip_hour
         for name, factory in factories.items():

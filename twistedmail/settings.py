@@ -66,3 +66,25 @@ class POP3Settings:
 
     idle_timeout: int = 600
     allow_plaintext_auth: bool = False
+
+
+@attrs.frozen
+class ManageSieveSettings:
+    """The ManageSieve listener's (4190) settings: each user's quota on scripts (RFC 5804
+    §1.3 QUOTA codes, like Pigeonhole's C{sieve_quota_max_scripts} / C{sieve_quota_max_storage}
+    and C{sieve_max_script_size}) and the session's idle timeout.
+
+    @ivar max_scripts: scripts per user (C{QUOTA/MAXSCRIPTS} beyond).
+    @ivar max_script_size: octets of one script (C{QUOTA/MAXSIZE}); at most the Sieve
+        parser's 512 KiB.
+    @ivar max_storage: octets of all of a user's scripts (C{QUOTA}).
+    @ivar idle_timeout: seconds without a command before the session closes (Pigeonhole: 30
+        minutes).
+    @ivar allow_plaintext_auth: accept AUTHENTICATE without TLS (tests only).
+    """
+
+    max_scripts: int = 20
+    max_script_size: int = 256 * 1024
+    max_storage: int = 2 * 1024 * 1024
+    idle_timeout: int = 1800
+    allow_plaintext_auth: bool = False

@@ -1,4 +1,11 @@
-"""A CRLF line receiver that is safe on hostile input, shared by SMTP and POP3.
+"""The connection plumbing every protocol shares: one session factory (SMTP, IMAP, POP3 and
+ManageSieve), and a CRLF line receiver that is safe on hostile input (SMTP and POP3).
+
+L{SessionFactory} builds one session per connection from the listener's settings value
+(L{twistedmail.settings}) and the server-wide objects it is given once, at construction: no
+attribute is set on a factory or a session after it is built.
+
+The line receiver
 
 It replaces C{twisted.protocols.basic.LineOnlyReceiver.dataReceived}, which never clears its
 buffer after an over-long line and re-splits an unterminated buffer on every read (quadratic
@@ -25,9 +32,11 @@ clearing its buffer is not enough).  Here:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
+
+SessionT = TypeVar("SessionT", bound=Protocol)
 
 CRLF = b"\r\n"
 
@@ -169,3 +178,37 @@ class StrictLineReceiver(Protocol):
             self.lineLengthExceeded(rest[: self.MAX_LENGTH])
         else:
             self._buffer = rest
+
+
+class SessionFactory(ServerFactory, Generic[SessionT]):
+    """Builds C{session(settings=settings, **arguments)} per connection and gives it
+    C{.factory}; the same keywords for every connection of the listener.
+
+    @param session: the protocol class (L{twistedmail.smtp.server.SMTPSession},
+        L{twistedmail.imap.server.IMAPServer}, L{twistedmail.pop3.POP3Server},
+        L{twistedmail.managesieve.ManageSieveServer}).
+    @param settings: the listener's frozen settings value (L{twistedmail.settings}).
+    @param metrics: the server's counters (L{twistedmail.metrics.of} reads them from
+        C{session.factory}); C{None}: uncounted.
+    @param arguments: the session's other keywords (portal, clock, TLS context, ...).
+    """
+
+    noisy = False  # each session logs its own line per connection
+
+    def __init__(
+        self,
+        session: Callable[..., SessionT],
+        settings: object,
+        *,
+        metrics: object | None = None,
+        **arguments: Any,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.metrics = metrics
+        self.arguments = arguments
+
+    def buildProtocol(self, addr: object) -> SessionT:
+        protocol = self.session(settings=self.settings, **self.arguments)
+        protocol.factory = self
+        return protocol

@@ -40,7 +40,13 @@ from twistedmail.testing import create_test_ca
 HERE = Path(__file__).parent
 PEBBLE = shutil.which("pebble")
 VALIDITY_DAYS = 10
-NAMES = {"mail.example.test", "autoconfig.example.test", "mta-sts.example.test"}
+NAMES = {
+    "mail.example.test",
+    "autoconfig.example.test",
+    "autodiscover.example.test",
+    "mta-sts.example.test",
+}
+"""What the certificate names: the server listens on https, so autodiscover. is there too."""
 
 pytestmark = pytest.mark.skipif(PEBBLE is None, reason="pebble is not installed (apt pebble)")
 
@@ -211,8 +217,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pe
 
 def test_certificate_obtained_and_served(world: tuple[Server, Pebble]) -> None:
     """At start the server orders a certificate for its hostname and the autoconfig./
-    mta-sts. names (RFC 8555 §7.4), answers Pebble's HTTP-01 validation (§8.3), and every
-    TLS listener then presents it, chained to Pebble's intermediate."""
+    autodiscover./mta-sts. names (RFC 8555 §7.4), answers Pebble's HTTP-01 validation
+    (§8.3), and every TLS listener then presents it, chained to Pebble's intermediate."""
     srv, pebble = world
     _wait_for_log(srv, "TLS certificate reloaded", 1)
     intermediate = pebble.management_pem("intermediates/0")

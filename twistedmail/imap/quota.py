@@ -24,6 +24,7 @@ from twisted.mail import imap4
 from twistedmail.accounts import Quota
 from twistedmail.imap.account import MailboxError
 from twistedmail.imap.message import encode_string
+from twistedmail.imap.protocol import decode_mailbox_name
 from twistedmail.quota import QuotaExceeded, QuotaTracker, Usage
 
 ROOT = b""
@@ -90,9 +91,7 @@ class QuotaCommands:
 
     async def do_GETQUOTAROOT(self, tag: bytes, name: bytes) -> bytes:
         """RFC 9208 §4.1.2: the mailbox's quota roots, then each root's QUOTA response."""
-        from twistedmail.imap.server import mailbox_name  # the server imports this module
-
-        mbox = await maybeDeferred(self.account.select, mailbox_name(name), False)
+        mbox = await maybeDeferred(self.account.select, decode_mailbox_name(name), False)
         if mbox is None:
             raise MailboxError("No such mailbox", b"NONEXISTENT")
         closeable: Any = imap4.ICloseableMailbox(mbox, None)

@@ -6,34 +6,74 @@ that.  A runtime error (too many actions or redirects, an invalid folder name or
 address, a missing include, conflicting reject) discards the actions and keeps the message in
 INBOX, as Pigeonhole does, with the error in L{Result.error}.
 
-Matching: comparators i;octet, i;ascii-casemap, i;ascii-numeric (RFC 4790 §9); match types
-:is :contains :matches (RFC 5228 §2.7.1) with match variables (RFC 5229 §3.2), :count/:value
-(RFC 5231) and :regex (draft-ietf-sieve-regex).  C{:matches} and C{:regex} run on RE2
-(C{google-re2}), a linear-time engine: no catastrophic backtracking whatever the header or
-pattern; both work on UTF-8 octets ('?' and '.' are one octet), as the comparators of RFC 4790
-§9 and Pigeonhole's POSIX regex do.  Header values are unfolded and decoded from RFC 2047
-before matching (RFC 5228 §2.7.2).
+The run loop (RFC 5228 §3 control commands, §4 actions, §5 tests) lives here with the
+variables (RFC 5229), the duplicate-action and conflict rules (RFC 5228 §2.10.3, RFC 5429
+§2.1), imap4flags (RFC 5232), vacation parameters (RFC 5230 §4), date tests (RFC 5260) and
+include (RFC 6609).  Comparators and match types are in L{twistedmail.sieve.match}, the parsed
+message and envelope in L{twistedmail.sieve.message}, the action records and the vacation
+reply rules in L{twistedmail.sieve.actions}; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import datetime
-import email.header
-import email.message
 import email.utils
-import functools
-import html
 import re
-from collections.abc import Callable, Sequence
-from email.parser import BytesParser
-from email.policy import compat32
-from typing import Any, Protocol, TypeVar, Union
+from collections.abc import Callable
+from typing import TypeVar, Union
 
 import attr
 
 from twistedmail.maildir import FolderNameError, encode_folder_name
+from twistedmail.sieve.actions import (
+    VACATION_DEFAULT_SECONDS,
+    VACATION_MAX_SECONDS,
+    VACATION_MIN_SECONDS,
+    Action,
+    Discard,
+    FileInto,
+    Keep,
+    Redirect,
+    Reject,
+    Result,
+    Vacation,
+    flag_list,
+    store_target,
+    vacation_reply_allowed,
+)
 from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE
-from twistedmail.sieve.validate import REDIRECT_ADDRESS, Node, Script, compile_regex
+from twistedmail.sieve.match import (
+    ASCII_UPPER,
+    ascii_casemap,
+    glob_pattern,
+    order_key,
+    regex_pattern,
+    relational,
+)
+from twistedmail.sieve.message import Envelope, SieveMessage
+from twistedmail.sieve.validate import REDIRECT_ADDRESS, Node, Script
+
+__all__ = [
+    "MAX_ACTIONS",
+    "MAX_REDIRECTS",
+    "VACATION_DEFAULT_SECONDS",
+    "VACATION_MAX_SECONDS",
+    "VACATION_MIN_SECONDS",
+    "Action",
+    "Discard",
+    "Envelope",
+    "FileInto",
+    "Keep",
+    "Redirect",
+    "Reject",
+    "Result",
+    "ScriptLoader",
+    "SieveLimits",
+    "SieveRuntimeError",
+    "Vacation",
+    "evaluate",
+    "vacation_reply_allowed",
+]
 
 MAX_ACTIONS = 32
 """Pigeonhole's C{sieve_max_actions} default."""
@@ -50,10 +90,6 @@ MAX_VARIABLE_SIZE = 4096
 """Characters; Pigeonhole's C{sieve_variables_max_variable_size} default."""
 MAX_EXPANDED_SIZE = 64 * 1024
 """Characters of one string after variable expansion; beyond it the script fails (kept)."""
-VACATION_MIN_SECONDS = 86400
-VACATION_MAX_SECONDS = 60 * 86400
-VACATION_DEFAULT_SECONDS = 7 * 86400
-"""Pigeonhole's C{sieve_vacation_min_period}, C{_max_period} and C{_default_period}."""
 
 
 @attr.frozen
@@ -65,78 +101,6 @@ class SieveLimits:
     max_actions: int = MAX_ACTIONS
     max_redirects: int = MAX_REDIRECTS
     max_steps: int = MAX_STEPS
-
-
-@attr.frozen
-class Envelope:
-    """The SMTP envelope of the delivery: reverse path ("" for <>), the final recipient, the
-    original recipient (RFC 3461 ORCPT or before alias expansion; "" = same)."""
-
-    sender: str
-    recipient: str
-    original_recipient: str = ""
-    auth: str = ""
-    """The authenticated submitter (RFC 4954 AUTH=), for envelope "auth"; "" if none."""
-
-
-@attr.frozen
-class Keep:
-    flags: tuple[str, ...] = ()
-
-
-@attr.frozen
-class FileInto:
-    folder: str
-    flags: tuple[str, ...] = ()
-    create: bool = False
-    copy: bool = False
-
-
-@attr.frozen
-class Redirect:
-    address: str
-    copy: bool = False
-
-
-@attr.frozen
-class Discard:
-    pass
-
-
-@attr.frozen
-class Reject:
-    reason: str
-    extended: bool = False
-
-
-@attr.frozen
-class Vacation:
-    """RFC 5230 §4 parameters; C{seconds} already clamped to the server's period limits."""
-
-    reason: str
-    seconds: int = VACATION_DEFAULT_SECONDS
-    subject: str | None = None
-    from_: str | None = None
-    addresses: tuple[str, ...] = ()
-    mime: bool = False
-    handle: str | None = None
-
-
-Action = Union[Keep, FileInto, Redirect, Discard, Reject, Vacation]
-
-
-@attr.frozen
-class Result:
-    """The outcome: explicit C{actions} in order, the C{implicit_keep} (or None when
-    cancelled), and C{error} when the script failed at run time (then only the keep)."""
-
-    actions: tuple[Action, ...]
-    implicit_keep: Keep | None
-    error: str | None = None
-
-    @property
-    def all_actions(self) -> tuple[Action, ...]:
-        return self.actions + ((self.implicit_keep,) if self.implicit_keep is not None else ())
 
 
 class SieveRuntimeError(Exception):
@@ -155,242 +119,6 @@ ScriptLoader = Callable[[str, str], Union[Script, None]]
 """C{(name, "personal" | "global") -> Script or None}: compiled include targets (RFC 6609)."""
 
 
-_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
-_ASCII_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
-
-
-def _casemap(s: str) -> str:
-    return s.translate(_ASCII_LOWER)
-
-
-def _numeric(s: str) -> int | None:
-    """RFC 4790 §9.1: the leading digits, or None (positive infinity) when there are none."""
-    m = re.match(r"[0-9]+", s)
-    return int(m.group()) if m else None
-
-
-class _OrderKey(Protocol):
-    """What a comparator orders by: int or L{_Infinity} (i;ascii-numeric), else str."""
-
-    def __lt__(self, other: Any, /) -> bool: ...
-    def __le__(self, other: Any, /) -> bool: ...
-    def __gt__(self, other: Any, /) -> bool: ...
-    def __ge__(self, other: Any, /) -> bool: ...
-
-
-def _relational(op: str, a: _OrderKey, b: _OrderKey) -> bool:
-    op = op.lower()
-    if op == "eq":
-        return a == b
-    if op == "ne":
-        return a != b
-    if op == "gt":
-        return a > b
-    if op == "ge":
-        return a >= b
-    if op == "lt":
-        return a < b
-    return a <= b
-
-
-class _Infinity:
-    """i;ascii-numeric's value of a string without leading digits: above every number."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Infinity)
-
-    def __hash__(self) -> int:
-        return 0
-
-    def __lt__(self, other: object) -> bool:
-        return False
-
-    def __le__(self, other: object) -> bool:
-        return isinstance(other, _Infinity)
-
-    def __gt__(self, other: object) -> bool:
-        return not isinstance(other, _Infinity)
-
-    def __ge__(self, other: object) -> bool:
-        return True
-
-
-def _order_key(comparator: str, s: str) -> _OrderKey:
-    if comparator == "i;ascii-numeric":
-        n = _numeric(s)
-        return _Infinity() if n is None else n
-    if comparator == "i;ascii-casemap":
-        return _casemap(s)
-    return s
-
-
-@functools.lru_cache(maxsize=512)
-def _glob(pattern: str) -> Any:
-    """A C{:matches} pattern as an RE2 regex over UTF-8 octets: '*' and '?' become capturing
-    groups, '*' non-greedy so earlier wildcards match as little as possible (RFC 5229 §3.2).
-    '?' is one octet, as the comparators of RFC 4790 §9 work on octets (Pigeonhole does the
-    same: "?t?*" does not match "Été")."""
-    out = [b"(?s)"]
-    data = pattern.encode("utf-8", "surrogateescape")
-    i = 0
-    while i < len(data):
-        c = data[i : i + 1]
-        if c == b"\\" and i + 1 < len(data):
-            out.append(re.escape(data[i + 1 : i + 2]))
-            i += 2
-            continue
-        if c == b"*":
-            out.append(b"(.*?)")
-        elif c == b"?":
-            out.append(b"(.)")
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return compile_regex(b"".join(out), octets=True)
-
-
-@functools.lru_cache(maxsize=512)
-def _regex(pattern: str, casemap: bool) -> Any:
-    """A :regex key on UTF-8 octets ('.' is one octet), as Pigeonhole's POSIX regcomp."""
-    return compile_regex(pattern.encode("utf-8", "surrogateescape"), casemap, octets=True)
-
-
-def _unfold(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value).replace("\r", "").replace("\n", "")
-
-
-def _decode_2047(raw: str) -> str:
-    """RFC 2047 decoding of one (unfolded) header value; undecodable words stay as written;
-    8-bit bytes are read as UTF-8 (RFC 6532)."""
-    try:
-        text = raw.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeError:
-        text = raw
-    if "=?" not in text:
-        return text
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
-        return text
-
-
-class _Message:
-    """The parsed message, read lazily: header values by name (decoded once), body parts
-    (MIME-parsed only when a body test asks)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        end = len(data)
-        for sep in (b"\r\n\r\n", b"\n\n"):
-            i = data.find(sep)
-            if i >= 0:
-                end = min(end, i + len(sep))
-        header = BytesParser(policy=compat32).parsebytes(data[:end], headersonly=True)
-        self._headers: dict[str, list[str]] = {}
-        for name, value in header.raw_items():
-            self._headers.setdefault(name.lower(), []).append(value)
-        self._decoded: dict[str, list[str]] = {}
-        self._addresses: dict[str, list[list[tuple[str, bool]]]] = {}
-        self._msg: email.message.Message | None = None
-
-    @property
-    def msg(self) -> email.message.Message:
-        if self._msg is None:
-            self._msg = BytesParser(policy=compat32).parsebytes(self.data)
-        return self._msg
-
-    def raw_headers(self, name: str) -> list[str]:
-        return self._headers.get(name.lower(), [])
-
-    def headers(self, name: str) -> list[str]:
-        key = name.lower()
-        values = self._decoded.get(key)
-        if values is None:
-            values = [_decode_2047(_unfold(v)).strip() for v in self.raw_headers(key)]
-            self._decoded[key] = values
-        return values
-
-    def addresses(self, name: str) -> list[list[tuple[str, bool]]]:
-        """(address, valid) for each occurrence of header C{name} (a list per occurrence, for
-        :index).  A value that is not an address list (C{undisclosed-recipients:;}) is one
-        invalid address, its text, as Pigeonhole reads it."""
-        key = name.lower()
-        values = self._addresses.get(key)
-        if values is None:
-            values = []
-            for raw in self.headers(key):
-                found = [a for _, a in email.utils.getaddresses([raw]) if a]
-                if found and all(_ADDR_SPEC.match(a) for a in found):
-                    values.append([(a, True) for a in found])
-                elif raw:
-                    values.append([(raw, False)])
-                else:
-                    values.append([])
-            self._addresses[key] = values
-        return values
-
-    def raw_body(self) -> str:
-        data = self.data
-        for sep in (b"\r\n\r\n", b"\n\n"):
-            i = data.find(sep)
-            if i >= 0:
-                return data[i + len(sep) :].decode("utf-8", "replace")
-        return ""
-
-    def parts(self, types: Sequence[str]) -> list[str]:
-        """Decoded content of the MIME parts whose type matches C{types} (RFC 5173 §5.2)."""
-        out = []
-        for part in self.msg.walk():
-            ctype = part.get_content_type().lower()
-            maintype = ctype.split("/")[0]
-            if not any(t == "" or t.lower() in (ctype, maintype) for t in types):
-                continue
-            if part.is_multipart():
-                if part.preamble:
-                    out.append(part.preamble)
-                continue
-            out.append(_part_text(part))
-        return out
-
-    def text_parts(self) -> list[str]:
-        out = []
-        for part in self.msg.walk():
-            if part.is_multipart() or part.get_content_maintype() != "text":
-                continue
-            text = _part_text(part)
-            if part.get_content_subtype() == "html":
-                text = _html_text(text)
-            out.append(text)
-        return out
-
-
-_HTML_HIDDEN = re.compile(r"<(style|script)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
-_HTML_BLOCK = re.compile(r"</?(p|br|div|tr|li|h[1-6]|table|blockquote|pre)\b[^>]*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^>]*>")
-
-
-def _html_text(text: str) -> str:
-    """The text of an HTML part for body :text (RFC 5173 §5.2 leaves it to the server):
-    no style/script/comments, block elements as line breaks, other tags dropped, entities
-    decoded, blank runs collapsed, like Pigeonhole's HTML-to-text."""
-    text = _HTML_HIDDEN.sub("", text)
-    text = _HTML_BLOCK.sub("\n", text)
-    text = html.unescape(_HTML_TAG.sub("", text))
-    lines = (" ".join(line.split(" ")).strip(" \t") for line in text.splitlines())
-    return "\r\n".join(re.sub(r"[ \t]+", " ", line) for line in lines if line)
-
-
-def _part_text(part: email.message.Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "us-ascii"
-    try:
-        return payload.decode(charset, "replace")
-    except LookupError:
-        return payload.decode("utf-8", "replace")
-
-
 def _split_address(address: str) -> tuple[str, str | None]:
     if "@" not in address:
         return address, None
@@ -398,9 +126,7 @@ def _split_address(address: str) -> tuple[str, str | None]:
     return local, domain
 
 
-_ADDR_SPEC = re.compile(r"[^@\s]+@[^@\s]+\Z")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
-_FLAG_SPLIT = re.compile(r"\s+")
 
 
 _V = TypeVar("_V")
@@ -409,7 +135,7 @@ _V = TypeVar("_V")
 class _Run:
     def __init__(
         self,
-        message: _Message,
+        message: SieveMessage,
         envelope: Envelope,
         *,
         now: datetime.datetime,
@@ -514,24 +240,23 @@ class _Run:
         if isinstance(count, str):
             n = str(len([v for v in values if v != ""] if count_filter else values))
             return any(
-                _relational(count, _order_key(comparator, n), _order_key(comparator, k))
-                for k in keys
+                relational(count, order_key(comparator, n), order_key(comparator, k)) for k in keys
             )
         value_op = node.tag("value")
         if isinstance(value_op, str):
             return any(
-                _relational(value_op, _order_key(comparator, v), _order_key(comparator, k))
+                relational(value_op, order_key(comparator, v), order_key(comparator, k))
                 for v in values
                 for k in keys
             )
         casemap = comparator == "i;ascii-casemap"
         if node.tag("matches"):
             for v in values:
-                # _casemap changes ASCII letters only: the octet offsets stay those of v.
+                # ascii_casemap changes ASCII letters only: the octet offsets stay those of v.
                 octets = v.encode("utf-8", "surrogateescape")
-                subject = _casemap(v).encode("utf-8", "surrogateescape") if casemap else octets
+                subject = ascii_casemap(v).encode("utf-8", "surrogateescape") if casemap else octets
                 for k in keys:
-                    m = _glob(_casemap(k) if casemap else k).fullmatch(subject)
+                    m = glob_pattern(ascii_casemap(k) if casemap else k).fullmatch(subject)
                     if m is not None:
                         if capture:
                             spans = [m.span(i) for i in range(m.re.groups + 1)]
@@ -543,7 +268,7 @@ class _Run:
         if node.tag("regex"):
             for k in keys:
                 try:
-                    pattern = _regex(k, casemap)
+                    pattern = regex_pattern(k, casemap)
                 except Exception:
                     raise SieveRuntimeError(f"invalid regular expression '{k}'") from None
                 for v in values:
@@ -558,11 +283,11 @@ class _Run:
             return False
         if node.tag("contains"):
             if casemap:
-                return any(_casemap(k) in _casemap(v) for v in values for k in keys)
+                return any(ascii_casemap(k) in ascii_casemap(v) for v in values for k in keys)
             return any(k in v for v in values for k in keys)
         # :is (the default match type, RFC 5228 §2.7.1)
         return any(
-            _order_key(comparator, v) == _order_key(comparator, k) for v in values for k in keys
+            order_key(comparator, v) == order_key(comparator, k) for v in values for k in keys
         )
 
     # -- tests ---------------------------------------------------------------------------
@@ -646,7 +371,7 @@ class _Run:
             if len(node.positional) == 2:
                 flags: list[str] = []
                 for var in self.expand_all(node.positional[0]):
-                    flags.extend(_flag_list([self.get_variable(var)]))
+                    flags.extend(flag_list([self.get_variable(var)]))
             else:
                 flags = list(self.flags)
             return self.match(node, flags, self.expand_all(node.positional[-1]))
@@ -793,7 +518,7 @@ class _Run:
     def action_flags(self, node: Node) -> tuple[str, ...]:
         flags = node.tag("flags")
         if isinstance(flags, tuple):
-            return tuple(_flag_list(self.expand_all(flags)))
+            return tuple(flag_list(self.expand_all(flags)))
         return tuple(self.flags)
 
     def add(self, action: Action) -> bool:
@@ -801,8 +526,8 @@ class _Run:
         is dropped (and so cancels no implicit keep) except that a store's flags become the
         later ones, as Pigeonhole does."""
         for i, done in enumerate(self.actions):
-            target = _store_target(done)
-            if target is not None and target == _store_target(action):
+            target = store_target(done)
+            if target is not None and target == store_target(action):
                 assert isinstance(done, (Keep, FileInto)) and isinstance(action, (Keep, FileInto))
                 self.actions[i] = attr.evolve(done, flags=action.flags)
                 return False
@@ -858,13 +583,13 @@ class _Run:
 
     def flag_command(self, node: Node) -> None:
         """RFC 5232 §3: setflag/addflag/removeflag on the internal variable or a named one."""
-        new = _flag_list(self.expand_all(node.positional[-1]))
+        new = flag_list(self.expand_all(node.positional[-1]))
         variable = self.expand(str(node.positional[0])) if len(node.positional) == 2 else None
-        current = _flag_list([self.get_variable(variable)]) if variable is not None else self.flags
+        current = flag_list([self.get_variable(variable)]) if variable is not None else self.flags
         if node.name == "setflag":
             result = new
         elif node.name == "addflag":
-            result = _flag_list([" ".join(current + new)])
+            result = flag_list([" ".join(current + new)])
         else:
             drop = {f.lower() for f in new}
             result = [f for f in current if f.lower() not in drop]
@@ -879,13 +604,13 @@ class _Run:
         value = self.expand(str(node.positional[1]))
         # Case changes are ASCII-only, as Pigeonhole's ("été" :upper is "éTé").
         if node.tag("lower"):
-            value = _casemap(value)
+            value = ascii_casemap(value)
         if node.tag("upper"):
-            value = value.translate(_ASCII_UPPER)
+            value = value.translate(ASCII_UPPER)
         if node.tag("lowerfirst"):
-            value = _casemap(value[:1]) + value[1:]
+            value = ascii_casemap(value[:1]) + value[1:]
         if node.tag("upperfirst"):
-            value = value[:1].translate(_ASCII_UPPER) + value[1:]
+            value = value[:1].translate(ASCII_UPPER) + value[1:]
         if node.tag("quotewildcard"):
             value = re.sub(r"([*?\\])", r"\\\1", value)
         if node.tag("length"):
@@ -919,26 +644,6 @@ class _Run:
         finally:
             self.stack.pop()
             self.requires, self.variables, self.global_names = saved
-
-
-def _store_target(action: Action) -> str | None:
-    if isinstance(action, Keep):
-        return "INBOX"
-    if isinstance(action, FileInto):
-        return "INBOX" if action.folder.upper() == "INBOX" else action.folder
-    return None
-
-
-def _flag_list(values: Sequence[str]) -> list[str]:
-    """Space-separated flag strings -> a list without duplicates (RFC 5232 §3, case-insensitive)."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for value in values:
-        for flag in _FLAG_SPLIT.split(value.strip()):
-            if flag and flag.lower() not in seen:
-                seen.add(flag.lower())
-                out.append(flag)
-    return out
 
 
 def _parse_date(raw: str, header: str) -> datetime.datetime | None:
@@ -1021,7 +726,7 @@ def evaluate(
     @return: L{Result}; never raises for a problem of the script or the message.
     """
     run = _Run(
-        _Message(message),
+        SieveMessage(message),
         envelope,
         now=now or datetime.datetime.now(datetime.timezone.utc),
         local_zone=local_zone,
@@ -1042,76 +747,3 @@ def evaluate(
     except RecursionError:
         return Result((), Keep(), "script nested too deeply")
     return Result(tuple(run.actions), Keep(tuple(run.flags)) if run.implicit_keep else None)
-
-
-_LIST_HEADERS = (
-    "list-id",
-    "list-owner",
-    "list-subscribe",
-    "list-post",
-    "list-unsubscribe",
-    "list-help",
-    "list-archive",
-)
-_RECIPIENT_HEADERS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
-
-
-def vacation_reply_allowed(
-    message: bytes,
-    envelope: Envelope,
-    user_addresses: Sequence[str],
-    vacation: Vacation,
-    recipient_delimiter: str = "+",
-) -> bool:
-    """Whether a vacation reply may be sent at all (RFC 5230 §4.5, RFC 3834 §2), before the
-    once-per-period memory: never to <>, to ourselves, to a system or list address, for a list
-    or automatic message, or when none of the user's addresses is in To/Cc/Bcc.
-
-    @param recipient_delimiter: the subaddress separator (C{[delivery] recipient_delimiter},
-        C{""}: none): C{user+detail@} counts as C{user@} (RFC 5233)."""
-    sender = envelope.sender.lower()
-    if not sender:
-        return False
-    mine = {
-        a.lower()
-        for a in (
-            *user_addresses,
-            *vacation.addresses,
-            envelope.recipient,
-            envelope.original_recipient,
-        )
-        if a
-    }
-
-    def base(address: str) -> str:
-        # Mail to me+detail@ is mail to me@ (RFC 5233): both count as the user's address.
-        local_part, _, domain = address.rpartition("@")
-        if recipient_delimiter and recipient_delimiter in local_part:
-            return local_part.split(recipient_delimiter, 1)[0] + "@" + domain
-        return address
-
-    mine |= {base(a) for a in mine}
-    if sender in mine or base(sender) in mine:
-        return False
-    local = sender.rpartition("@")[0] if "@" in sender else sender
-    if (
-        local in ("mailer-daemon", "listserv", "majordomo")
-        or local.startswith("owner-")
-        or local.endswith("-request")
-    ):
-        return False
-    parsed = _Message(message)
-    for value in parsed.headers("auto-submitted"):
-        if value.lower().split(";")[0].strip() != "no":
-            return False
-    if any(v.lower() in ("junk", "bulk", "list") for v in parsed.headers("precedence")):
-        return False
-    if any(parsed.raw_headers(h) for h in _LIST_HEADERS):
-        return False
-    addressed = {
-        base(a.lower())
-        for h in _RECIPIENT_HEADERS
-        for _, a in email.utils.getaddresses(parsed.headers(h))
-        if a
-    }
-    return bool(addressed & mine)

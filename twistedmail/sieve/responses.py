@@ -25,7 +25,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
 
-from twistedmail.sieve.interpret import Vacation
+from twistedmail.sieve.actions import Vacation
 
 VACATION_DB = ".vacation.db"
 """The vacation memory's file name in the user's home."""

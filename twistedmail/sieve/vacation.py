@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import attr
 
+from twistedmail.sieve.actions import VACATION_MAX_SECONDS, VACATION_MIN_SECONDS
 from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
-from twistedmail.sieve.interpret import VACATION_MAX_SECONDS, VACATION_MIN_SECONDS
 from twistedmail.sieve.store import (
     ORIGINAL_NAME,
     ScriptNotFoundError,

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from twistedmail import metrics
@@ -68,10 +67,11 @@ from twistedmail.smtp.server import (
     LocalRecipients,
     Relay,
     SMTPReplyError,
-    SMTPServerFactory,
+    SMTPSession,
 )
 from twistedmail.srs import SenderRewriting, SRSError, is_srs
 from twistedmail.throttle import ip_key
+from twistedmail.wire import SessionFactory
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -302,7 +302,7 @@ def inbound_factory(
     srs_domain: str = "",
     storage_reserve: StorageReserve | None = None,
     metrics: Metrics | None = None,
-) -> ServerFactory:
+) -> SessionFactory[SMTPSession]:
     """The factory for the port-25 listener.
 
     @param hostname: the greeting / EHLO / Received: name.
@@ -319,7 +319,9 @@ def inbound_factory(
     @param storage_reserve: no new mail while the data dir is short of space.
     @param metrics: the server's counters.
     """
-    return SMTPServerFactory(
+    return SessionFactory(
+        SMTPSession,
+        settings,
         policy=InboundPolicy(
             store,
             delivery,
@@ -336,7 +338,6 @@ def inbound_factory(
         ),
         hostname=hostname,
         clock=clock,
-        settings=settings,
         tls_context=tls,
         implicit_tls=False,
         portal=None,

@@ -64,7 +64,6 @@ import attrs
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime, ITLSTransport
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -83,7 +82,6 @@ from twistedmail.address import (
 )
 from twistedmail.delivery import LocalDelivery
 from twistedmail.maildir import StorageReserve, is_enospc
-from twistedmail.metrics import Metrics
 from twistedmail.quota import QuotaExceeded
 from twistedmail.reply import (
     REPLY_214_HELP,
@@ -1245,49 +1243,3 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.user = result.avatar.address
         self.authenticated = True
         return REPLY_235_AUTH_OK
-
-
-class SMTPServerFactory(ServerFactory):
-    """Builds an L{SMTPSession} per connection; the parameters are those of the session.
-
-    @param metrics: the server's counters (L{twistedmail.metrics.of}); C{None}: uncounted.
-    """
-
-    noisy = False  # the session logs its own line per connection
-
-    def __init__(
-        self,
-        *,
-        policy: SessionPolicy,
-        hostname: str,
-        clock: IReactorTime,
-        settings: SMTPSettings,
-        tls_context: IOpenSSLContextFactory | None = None,
-        implicit_tls: bool = False,
-        portal: Portal | None = None,
-        storage_reserve: StorageReserve | None = None,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.policy = policy
-        self.hostname = hostname
-        self.clock = clock
-        self.tls_context = tls_context
-        self.implicit_tls = implicit_tls
-        self.portal = portal
-        self.storage_reserve = storage_reserve
-        self.metrics = metrics
-
-    def buildProtocol(self, addr: object) -> SMTPSession:
-        session = SMTPSession(
-            policy=self.policy,
-            hostname=self.hostname,
-            clock=self.clock,
-            settings=self.settings,
-            tls_context=None if self.implicit_tls else self.tls_context,
-            implicit_tls=self.implicit_tls,
-            portal=self.portal,
-            storage_reserve=self.storage_reserve,
-        )
-        session.factory = self
-        return session

@@ -18,7 +18,6 @@ from email.utils import getaddresses
 import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from twistedmail.accounts import AccountStore
@@ -44,9 +43,10 @@ from twistedmail.smtp.server import (
     LocalRecipients,
     Relay,
     SMTPReplyError,
-    SMTPServerFactory,
+    SMTPSession,
     auth_portal,
 )
+from twistedmail.wire import SessionFactory
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -191,7 +191,7 @@ def submission_factory(
     rate: SubmissionRate | None = None,
     storage_reserve: StorageReserve | None = None,
     metrics: Metrics | None = None,
-) -> ServerFactory:
+) -> SessionFactory[SMTPSession]:
     """The factory for a submission listener (587 with C{implicit_tls=False}, 465 with True).
 
     @param portal: logins use its credential checkers (L{auth_portal}); the avatar is the
@@ -208,13 +208,14 @@ def submission_factory(
     @param storage_reserve: no new mail while the data dir is short of space.
     @param metrics: the server's counters.
     """
-    return SMTPServerFactory(
+    return SessionFactory(
+        SMTPSession,
+        settings,
         policy=SubmissionPolicy(
             store, delivery, relay, check_from_header, spam_filter=spam_filter, rate=rate
         ),
         hostname=hostname,
         clock=clock,
-        settings=settings,
         tls_context=None if implicit_tls else tls,
         implicit_tls=implicit_tls,
         portal=auth_portal(portal),

@@ -1,0 +1,351 @@
+"""FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2), with CHANGEDSINCE and VANISHED (RFC 7162
+§3.1.4.1, §3.2.6).
+
+ENVELOPE, BODYSTRUCTURE and BODY are rendered from the stored bytes once
+(L{twistedmail.imap.message}) and then answered from the folder index; a message file is
+read only for the sections asked.  A non-PEEK BODY[] sets C{\\Seen} (§6.4.5; stock Twisted
+never set it); a partial fetch sends only the range asked (C{BODY[]<0.20>}; stock Twisted
+sent the whole message, twisted #5613); raw 8-bit headers are sent as they are stored
+(stock Twisted dropped the connection on a non-ASCII header).  The output loop pauses
+while the client does not read (a push producer on the transport), and lets other
+connections run between batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from twistedmail.imap.mailbox import MaildirMailbox
+from twistedmail.imap.message import (
+    MaildirMessage,
+    bodystructure,
+    encode_sexp,
+    envelope,
+    format_internaldate,
+    parse_entity,
+    partial,
+    render_parts,
+    section_data,
+    section_label,
+    split_message,
+)
+from twistedmail.imap.protocol import IMAPProtocol, bad, command, format_flags, paren_group, uid_set
+from twistedmail.imap.updates import MailboxUpdates
+from twistedmail.index import CachedParts
+from twistedmail.maildir import MaildirError
+
+log = Logger(namespace="twistedmail.imap")
+
+
+FETCH_BATCH = 1000
+
+
+@implementer(interfaces.IPushProducer)
+class _FlowGate:
+    """Registered on the transport during FETCH so a slow reader pauses the output loop."""
+
+    def __init__(self) -> None:
+        self.waiting: Deferred[None] | None = None
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    async def wait(self) -> None:
+        if self.paused:
+            self.waiting = Deferred()
+            await self.waiting
+
+
+class _ModSeqItem:
+    """The FETCH item C{MODSEQ} (RFC 7162 §3.1.4.1), beside Twisted's parsed items."""
+
+    type = "modseq"
+    peek = True
+    header = None
+    text = False
+    mime = False
+    empty = False
+
+
+def _top_level(text: bytes) -> list[bytes]:
+    """Split on spaces outside brackets and parentheses: C{BODY[HEADER.FIELDS (A B)] X}
+    is two items."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in b"[(":
+            depth += 1
+        elif c in b"])":
+            depth -= 1
+        elif c == 0x20 and depth == 0:
+            if i > start:
+                items.append(text[start:i])
+            start = i + 1
+    if start < len(text):
+        items.append(text[start:])
+    return items
+
+
+_CHEAP = ("flags", "uid", "internaldate", "rfc822size", "modseq")
+"""FETCH items answered from the index alone."""
+
+
+def _has_parts(parts: CachedParts, kinds: set[str]) -> bool:
+    return all(getattr(parts, kind) is not None for kind in kinds)
+
+
+def _cacheable(part: Any) -> bool:
+    """ENVELOPE, BODYSTRUCTURE, BODY: rendered once, then answered from the folder index."""
+    return part.type in ("envelope", "bodystructure") or (
+        part.type == "body" and not _has_section(part)
+    )
+
+
+def _has_section(part: Any) -> bool:
+    return bool(part.header is not None or part.text or part.mime or part.empty)
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+async def _content(msg: MaildirMessage, mbox: MaildirMailbox) -> bytes:
+    """The message's bytes, read off the reactor thread."""
+    return await msg.load(mbox.run_in_thread)
+
+
+async def _next_turn(clock: IReactorTime) -> None:
+    """Let other connections run between batches of a long FETCH."""
+    d: Deferred[None] = Deferred()
+    clock.callLater(0, d.callback, None)
+    await d
+
+
+class FetchCommand(MailboxUpdates):
+    """FETCH (RFC 3501 §6.4.5) and its CONDSTORE/QRESYNC modifiers (RFC 7162)."""
+
+    _gate: _FlowGate | None = None  # a FETCH's flow control, while it runs
+
+    def opt_fetch_modifiers(self, line: bytes) -> tuple[dict[bytes, Any], bytes]:
+        """RFC 7162 §3.1.4.1 C{(CHANGEDSINCE n)}, §3.2.6 C{VANISHED}, after the items."""
+        return self._modifiers(line, {b"CHANGEDSINCE": 1, b"VANISHED": 0})
+
+    def arg_fetchatt(self, line: bytes) -> tuple[Any, bytes]:
+        """FETCH items, with RFC 7162 §3.1.4.1 C{MODSEQ} among them, and what follows
+        (the modifiers)."""
+        line = line or b""
+        if line[:1] == b"(":
+            inner, rest = paren_group(line)
+            items = _top_level(inner)
+            wants = any(i.upper() == b"MODSEQ" for i in items)
+            items = [i for i in items if i.upper() != b"MODSEQ"]
+            atts = b"(" + b" ".join(items) + b")" if items else b""
+        else:
+            head = _top_level(line)
+            atts, rest = (head[0] if head else b""), b" ".join(head[1:])
+            wants = atts.upper() == b"MODSEQ"
+            atts = b"" if wants else atts
+        result: list[Any] = []
+        if atts:
+            try:
+                result = list(super().arg_fetchatt(atts)[0])
+            except Exception:
+                raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
+        elif not wants:
+            raise imap4.IllegalClientResponse("Invalid FETCH attributes")
+        if wants:
+            result.append(_ModSeqItem())
+        return result, rest
+
+    async def _fetch_changedsince(
+        self,
+        targets: list[tuple[int, MaildirMessage]],
+        messages: imap4.MessageSet,
+        query: list[Any],
+        modifiers: dict[bytes, Any],
+        uid: bool,
+    ) -> list[tuple[int, MaildirMessage]]:
+        """RFC 7162 §3.1.4.1: keep only messages changed after CHANGEDSINCE (and report
+        MODSEQ); §3.2.6: UID FETCH with VANISHED first sends C{VANISHED (EARLIER)}."""
+        changedsince = modifiers.get(b"CHANGEDSINCE")
+        if changedsince is None and b"VANISHED" in modifiers:
+            raise bad(b"VANISHED needs CHANGEDSINCE")
+        if b"VANISHED" in modifiers and (not uid or b"QRESYNC" not in self.enabled):
+            raise bad(b"VANISHED needs UID FETCH and ENABLE QRESYNC")  # RFC 7162 §3.2.6
+        wants = any(p.type == "modseq" for p in query)
+        if wants or changedsince is not None:
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
+        if changedsince is None:
+            return targets
+        if not wants:
+            query.append(_ModSeqItem())
+        if b"VANISHED" in modifiers:
+            vanished = await self.selected.vanished_since(changedsince, messages)
+            if vanished:
+                self.sendLine(b"* VANISHED (EARLIER) " + uid_set(vanished))
+        return [(seq, msg) for seq, msg in targets if msg.entry.modseq > changedsince]
+
+    async def do_FETCH(  # type: ignore[override]  # this server's parsed arguments
+        self,
+        tag: bytes,
+        messages: imap4.MessageSet,
+        query: list[Any],
+        modifiers: dict[bytes, Any] | None = None,
+        uid: bool = False,
+    ) -> bytes:
+        self._check_numbers(messages, uid)
+        mbox = self.selected
+        targets = mbox.fetch(messages, uid)
+        targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
+        needs_content = any(
+            p.type not in ("flags", "uid", "internaldate", "rfc822size", "modseq") for p in query
+        )
+        # RFC 3501 §6.4.5: BODY[...] without PEEK, RFC822 and RFC822.TEXT set \Seen
+        sets_seen = mbox.isWriteable() and any(
+            p.type in ("rfc822", "rfc822text")
+            or (p.type == "body" and not p.peek and _has_section(p))
+            for p in query
+        )
+        wants_flags = any(p.type == "flags" for p in query)
+        # ENVELOPE, BODYSTRUCTURE and BODY come from the folder index once rendered
+        part_kinds = {p.type for p in query if _cacheable(p)}
+        from_cache = needs_content and all(_cacheable(p) or p.type in _CHEAP for p in query)
+        cache: dict[int, CachedParts] = {}
+        if from_cache:
+            cache = await mbox.cached_parts([msg.getUID() for _, msg in targets])
+        rendered: dict[tuple[int, str], CachedParts] = {}
+        gate: _FlowGate | None = _FlowGate()
+        try:
+            self.transport.registerProducer(gate, True)
+        except RuntimeError:
+            gate = None
+        self._gate = gate
+        try:
+            for count, (seq, msg) in enumerate(targets):
+                if self._lost:
+                    break  # nobody to send the rest to: read no more messages
+                flags_changed = False
+                if sets_seen and "\\Seen" not in msg.getFlags():
+                    result = await mbox.store_entries([(seq, msg.entry)], "S", 1)
+                    if seq in result:
+                        msg = mbox.message(seq)
+                        flags_changed = True
+                raw = None
+                parts = cache.get(msg.getUID())
+                if parts is not None and not _has_parts(parts, part_kinds):
+                    parts = None
+                if needs_content and (parts is None or not from_cache):
+                    try:
+                        raw = await _content(msg, mbox)
+                    except MaildirError:
+                        continue  # expunged by another session meanwhile: nothing to send
+                    if part_kinds and parts is None:
+                        parts = render_parts(raw, part_kinds)
+                        rendered[(msg.entry.uid, msg.entry.base)] = parts
+                items = self._fetch_items(
+                    msg, query, raw, uid, flags_changed and not wants_flags, parts
+                )
+                self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+                if gate is not None:
+                    await gate.wait()
+                if count % FETCH_BATCH == FETCH_BATCH - 1:
+                    await _next_turn(self.clock)
+        finally:
+            self._gate = None
+            if gate is not None:
+                self.transport.unregisterProducer()
+            if rendered:
+                try:
+                    await mbox.cache_parts(rendered)
+                except Exception:
+                    log.failure("caching FETCH parts failed session={s}", s=self.session)
+        return b"FETCH completed"
+
+    select_FETCH = command(do_FETCH, IMAPProtocol.arg_seqset, arg_fetchatt, opt_fetch_modifiers)
+
+    def _fetch_items(
+        self,
+        msg: MaildirMessage,
+        query: list[Any],
+        raw: bytes | None,
+        uid: bool,
+        add_flags: bool,
+        parts: CachedParts | None = None,
+    ) -> list[bytes]:
+        items: list[bytes] = []
+        seen_uid = False
+        for part in query:
+            kind = part.type
+            if kind == "flags":
+                items.append(b"FLAGS (" + format_flags(msg.getFlags()) + b")")
+            elif kind == "uid":
+                seen_uid = True
+                items.append(b"UID %d" % msg.getUID())
+            elif kind == "internaldate":
+                items.append(b"INTERNALDATE " + format_internaldate(msg.entry.mtime))
+            elif kind == "rfc822size":
+                items.append(b"RFC822.SIZE %d" % msg.getSize())
+            elif kind == "modseq":
+                items.append(b"MODSEQ (%d)" % msg.entry.modseq)
+            elif kind == "envelope" and parts is not None and parts.envelope is not None:
+                items.append(b"ENVELOPE (" + parts.envelope + b")")
+            elif kind == "bodystructure" and parts is not None and parts.bodystructure is not None:
+                items.append(b"BODYSTRUCTURE (" + parts.bodystructure + b")")
+            elif kind == "body" and not _has_section(part) and parts and parts.body is not None:
+                items.append(b"BODY (" + parts.body + b")")
+            elif kind == "envelope":
+                assert raw is not None
+                items.append(b"ENVELOPE (" + encode_sexp(envelope(split_message(raw)[0])) + b")")
+            elif kind == "bodystructure":
+                assert raw is not None
+                items.append(
+                    b"BODYSTRUCTURE (" + encode_sexp(bodystructure(parse_entity(raw), True)) + b")"
+                )
+            elif kind == "rfc822":
+                assert raw is not None
+                items.append(b"RFC822 " + _literal(raw))
+            elif kind == "rfc822header":
+                assert raw is not None
+                items.append(b"RFC822.HEADER " + _literal(split_message(raw)[0]))
+            elif kind == "rfc822text":
+                assert raw is not None
+                items.append(b"RFC822.TEXT " + _literal(split_message(raw)[1]))
+            elif kind == "body" and not _has_section(part):
+                assert raw is not None
+                items.append(
+                    b"BODY (" + encode_sexp(bodystructure(parse_entity(raw), False)) + b")"
+                )
+            elif kind == "body":
+                assert raw is not None
+                data = section_data(raw, part)
+                label = section_label(part)
+                if data is None:
+                    items.append(label + b" NIL")
+                else:
+                    # RFC 3501 §7.4.2: a partial answer echoes only the origin, BODY[...]<0>
+                    data, origin = partial(data, part)
+                    items.append(label + origin + b" " + _literal(data))
+        if add_flags:
+            items.append(b"FLAGS (" + format_flags(msg.getFlags()) + b")")
+            if b"CONDSTORE" in self.enabled and not any(p.type == "modseq" for p in query):
+                # RFC 7162 §3.1.4: the FETCH that set \Seen reports the new MODSEQ
+                items.append(b"MODSEQ (%d)" % msg.entry.modseq)
+        if uid and not seen_uid:
+            items.append(b"UID %d" % msg.getUID())  # RFC 3501 §6.4.8: UID FETCH includes UID
+        return items
