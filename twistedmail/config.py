@@ -44,6 +44,7 @@ from twistedmail.units import (
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
 DEFAULT_DATA_DIR = "twistedmail-data"
+DEFAULT_WORKERS = 1  # [server] workers (issue 10: to become os.cpu_count(), see README)
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 DEFAULT_LISTEN = {
     "smtp": "0.0.0.0:25",
@@ -105,6 +106,7 @@ class ListenAddress:
 class ServerConfig:
     hostname: str
     data_dir: Path
+    workers: int = 1  # processes serving the listeners (twistedmail.workers)
 
 
 @attrs.frozen
@@ -515,7 +517,7 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
         if key not in known:
             raise r.fail(f"[{key}]", "unknown section")
 
-    server = r.section(data, "server", {"hostname", "data_dir"})
+    server = r.section(data, "server", {"hostname", "data_dir", "workers"})
     hostname = r.string(server, "server", "hostname", "") or socket.getfqdn() or "localhost"
     try:
         hostname = normalize_domain(hostname)
@@ -767,7 +769,9 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Config:
 
     return Config(
         source=source,
-        server=ServerConfig(hostname=hostname, data_dir=data_dir),
+        server=ServerConfig(
+            hostname, data_dir, _positive_int(r, server, "server", "workers", DEFAULT_WORKERS)
+        ),
         listen=listen,
         tls=TLSConfig(
             r.path(cert) if cert else None,

@@ -19,6 +19,7 @@ is closed (when the factory has a C{clock}).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -136,6 +137,11 @@ class NoServer(Exception):
     """Nothing listens on the control socket: the server is not running."""
 
 
+async def _value(value: Any) -> Any:
+    """C{value}, awaited when it is awaitable (a server with workers gathers from them)."""
+    return await value if inspect.isawaitable(value) else value
+
+
 class ControlProtocol(TimeoutMixin, amp.AMP):
     """One CLI connection to the server."""
 
@@ -143,7 +149,7 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         self,
         flush: Callable[[], Awaitable[int]],
         throttle: LoginThrottle | None = None,
-        flush_logins: Callable[[str], int] | None = None,
+        flush_logins: Callable[[str], Any] | None = None,
     ) -> None:
         super().__init__()
         self._flush = flush
@@ -171,16 +177,26 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         super().connectionLost(reason)
 
     @Connections.responder
-    def connections(self) -> dict[str, str]:
-        counts = getattr(self.factory, "connection_counts", dict)()
-        counts["control"] = self.factory.open_connections
-        return {"counts": json.dumps(counts, sort_keys=True)}
+    def connections(self) -> defer.Deferred[dict[str, str]]:
+        async def run() -> dict[str, str]:
+            counts = await _value(getattr(self.factory, "connection_counts", dict)())
+            counts["control"] = self.factory.open_connections
+            return {"counts": json.dumps(counts, sort_keys=True)}
+
+        return defer.Deferred.fromCoroutine(run())
 
     @AuthFlush.responder
-    def auth_flush(self, user: str) -> dict[str, int]:
-        flushed = self._flush_logins(user) if self._flush_logins is not None else 0
-        log.info("login cache: forgot {count} cached login(s) of {user}", count=flushed, user=user)
-        return {"flushed": flushed}
+    def auth_flush(self, user: str) -> defer.Deferred[dict[str, int]]:
+        async def run() -> dict[str, int]:
+            flushed = 0
+            if self._flush_logins is not None:
+                flushed = await _value(self._flush_logins(user))
+            log.info(
+                "login cache: forgot {count} cached login(s) of {user}", count=flushed, user=user
+            )
+            return {"flushed": flushed}
+
+        return defer.Deferred.fromCoroutine(run())
 
     @Status.responder
     def status(self) -> defer.Deferred[dict[str, str]]:
@@ -232,9 +248,9 @@ class ControlFactory(Factory):
         self,
         flush: Callable[[], Awaitable[int]],
         throttle: LoginThrottle | None = None,
-        flush_logins: Callable[[str], int] | None = None,
+        flush_logins: Callable[[str], Any] | None = None,
         *,
-        connection_counts: Callable[[], dict[str, int]] = dict,
+        connection_counts: Callable[[], Any] = dict,
         status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -255,9 +271,9 @@ class ControlFactory(Factory):
 def control_factory(
     flush: Callable[[], Awaitable[int]],
     throttle: LoginThrottle | None = None,
-    flush_logins: Callable[[str], int] | None = None,
+    flush_logins: Callable[[str], Any] | None = None,
     *,
-    connection_counts: Callable[[], dict[str, int]] = dict,
+    connection_counts: Callable[[], Any] = dict,
     status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     clock: IReactorTime | None = None,
 ) -> ControlFactory:

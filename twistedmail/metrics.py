@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import make_wsgi_app
+from prometheus_client.samples import Sample
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from twisted.web.wsgi import WSGIResource
@@ -257,6 +258,67 @@ class ServerState:
         )
 
 
+# -- several processes (C{[server] workers}) -------------------------------------------------
+
+Samples = list[tuple[str, dict[str, str], float]]
+"""One process's samples: C{(sample name, labels, value)}."""
+
+
+def samples(registry: CollectorRegistry) -> Samples:
+    """What a worker process adds to the parent's figures: every sample of C{registry} but
+    the C{process_*} ones (each process's own) and the C{_created} times."""
+    return [
+        (sample.name, dict(sample.labels), sample.value)
+        for family in registry.collect()
+        if not family.name.startswith("process_")
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    ]
+
+
+def _belongs(family: str, sample: str) -> bool:
+    suffixes = ("total", "bucket", "sum", "count")
+    return sample == family or sample in {f"{family}_{s}" for s in suffixes}
+
+
+class CombinedRegistry:
+    """C{registry}'s metrics with the other processes' samples added in at each scrape, so
+    that counters, histograms and open sessions count every worker (C{[server] workers}).
+
+    @ivar others: set by L{twistedmail.workers} in the parent: returns each worker's
+        L{samples}; it runs in the exposition thread and may block on the reactor.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.others: Callable[[], list[Samples]] | None = None
+
+    def restricted_registry(self, names: Iterable[str]) -> CombinedRegistry:
+        return self  # C{name[]} filters are not offered: every family is served
+
+    def collect(self) -> Iterable[Metric]:
+        totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for other in self.others() if self.others is not None else []:
+            for name, labels, value in other:
+                key = (name, tuple(sorted(labels.items())))
+                totals[key] = totals.get(key, 0.0) + value
+        for family in self.registry.collect():
+            if totals and not family.name.startswith("process_"):
+                seen = set()
+                merged = []
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    seen.add(key)
+                    if key in totals:
+                        sample = sample._replace(value=sample.value + totals[key])
+                    merged.append(sample)
+                for (name, pairs), value in totals.items():
+                    if (name, pairs) not in seen and _belongs(family.name, name):
+                        merged.append(Sample(name, dict(pairs), value))
+                family.samples = merged
+            yield family
+
+
 # -- serving ---------------------------------------------------------------------------------
 
 
@@ -286,7 +348,9 @@ class BearerToken(Resource):
         return b"401 Unauthorized\n"
 
 
-def metrics_resource(registry: CollectorRegistry, reactor: Any, token: str | None) -> IResource:
+def metrics_resource(
+    registry: CollectorRegistry | CombinedRegistry, reactor: Any, token: str | None
+) -> IResource:
     """The C{/metrics} resource: Prometheus's text exposition of C{registry} (any path),
     behind L{BearerToken} when C{token} is given.  Scrapes run in C{reactor}'s thread pool."""
     resource: IResource = WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))

@@ -7,11 +7,17 @@ C{submission_recipients_per_hour} a new RCPT, is answered C{451 4.7.1} (RFC 5321
 temporary refusal; a real user's client tries again later, and the operator sees the log
 line, which names the client IP for fail2ban).  Like Postfix's C{anvil} rates and
 Mail-in-a-Box's policyd-rate-limit.
+
+Under C{[server] workers} each process counts every event of every process: L{HourlyRate.record}
+hands the event to L{HourlyRate.share}, which sends it to the others (L{twistedmail.workers}),
+where L{HourlyRate.replay} counts it.  A limit can be overrun only by the events two
+processes accept in the same instant, before they hear of each other's (milliseconds).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -29,6 +35,8 @@ class HourlyRate:
         self.limit = limit
         self.clock = clock
         self._events: dict[str, deque[float]] = {}
+        self.share: Callable[[str, int], None] | None = None
+        """Called with each L{record}, to count it in the other processes too (workers)."""
 
     def _recent(self, key: str) -> deque[float]:
         events = self._events.get(key)
@@ -51,6 +59,12 @@ class HourlyRate:
 
     def record(self, key: str, n: int = 1) -> None:
         """Count C{n} events of C{key} now."""
+        if self.share is not None:
+            self.share(key, n)
+        self.replay(key, n)
+
+    def replay(self, key: str, n: int = 1) -> None:
+        """Count C{n} events of C{key} now that another process recorded (not shared)."""
         events = self._events.setdefault(key, deque())
         now = self.clock.seconds()
         events.extend([now] * n)

@@ -18,18 +18,26 @@ and the old one kept.  Under C{twistd -u USER -g GROUP} the ports are bound as r
 C{privilegedStartService}, the data dir is handed to USER:GROUP before that
 (L{twistedmail.tap.hand_over_data_dir}), and everything that needs no privilege (the control
 socket, the queue) starts after twistd has dropped them.
+
+Both cores (issue 10, C{[server] workers}): the same L{MailServer} is built in the parent
+(the twistd process) and, with C{adopted} sockets, in each worker process
+(L{twistedmail.workers}); a worker serves the parent's listening sockets and leaves to the
+parent what must happen once: the queue runner, the control socket, ACME, the metrics
+listener, the tmp/ sweep and saving the throttle state.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet import defer, endpoints, threads
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -74,7 +82,7 @@ from twistedmail.maildir import (
     mailbox_root,
 )
 from twistedmail.managesieve import ISieveUser, ManageSieveServer, SieveUser
-from twistedmail.metrics import Metrics, ServerState, metrics_resource
+from twistedmail.metrics import CombinedRegistry, Metrics, ServerState, metrics_resource
 from twistedmail.pop3 import MaildirPOP3Mailbox, pop3_factory
 from twistedmail.quota import QuotaTracker, usage_by_domain
 from twistedmail.rate import HourlyRate, SubmissionRate
@@ -159,6 +167,45 @@ def certificate_keeper(
         reactor,
         lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
     )
+
+
+class _Listener(StreamServerEndpointService):
+    """A listener that remembers its listening port (workers adopt its socket)."""
+
+    port: Any = None
+    shared = True  # served by the workers too
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._waitingForPort is not None:
+            self._waitingForPort.addCallback(self._bound)
+
+    def _bound(self, port: Any) -> Any:
+        self.port = port
+        return port
+
+
+class _AdoptedListener(Service):
+    """In a worker: serves a listening socket the parent bound (descriptor C{fd}), with
+    C{reactor.adoptStreamPort} (Twisted's documented way to share one between processes)."""
+
+    def __init__(self, reactor: Any, fd: int, family: int, factory: Factory[Any]) -> None:
+        self.reactor, self.fd, self.family, self.factory = reactor, fd, family, factory
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+        os.close(self.fd)  # adoptStreamPort serves a duplicate
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+PARENT_ONLY = {"metrics"}
+"""Listeners only the parent serves (what they show is the parent's to gather)."""
 
 
 class _UnprivilegedEndpointService(StreamServerEndpointService):
@@ -362,12 +409,23 @@ class MailServer(MultiService):
     C{queue} (the L{QueueRunner}).
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
-        """@raise ConfigError: see L{ensure_data_dir}.
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        adopted: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    ) -> None:
+        """@param adopted: in a worker process (L{twistedmail.workers}), per listener the
+            C{(descriptor, address family)} of the sockets the parent bound; C{None} in the
+            parent (the twistd process).
+        @raise ConfigError: see L{ensure_data_dir}.
         @raise twistedmail.tls.TLSConfigError: the certificate cannot be loaded."""
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.adopted = adopted
+        self.workers: Any = None  # the parent's twistedmail.workers.Supervisor, if any
+        self.rates: dict[str, HourlyRate] = {}  # shared with the other processes (workers)
         ensure_data_dir(config)
         # Opened in startService, after twistd's fork and privilege drop (issue 9).
         self.store = AccountStore(
@@ -389,10 +447,11 @@ class MailServer(MultiService):
 
         self.run_in_thread = run_in_thread
         # Maildir: tmp/ files a crash left behind go after 36 hours; at start, then daily
-        cleanup = TimerService(TMP_CLEANUP_INTERVAL, self.clean_tmp)
-        cleanup.clock = reactor
-        cleanup.setName("tmp-cleanup")
-        cleanup.setServiceParent(self)
+        if adopted is None:  # the parent's job
+            cleanup = TimerService(TMP_CLEANUP_INTERVAL, self.clean_tmp)
+            cleanup.clock = reactor
+            cleanup.setName("tmp-cleanup")
+            cleanup.setServiceParent(self)
         limits = config.limits
         # One failed-login throttle for SMTP AUTH, IMAP and POP3 (issue 5).
         self.throttle = LoginThrottle(
@@ -460,6 +519,8 @@ class MailServer(MultiService):
         self.submission_rate = SubmissionRate(
             limits.submission_messages_per_hour, limits.submission_recipients_per_hour, reactor
         )
+        self.rates["submission.messages"] = self.submission_rate.messages
+        self.rates["submission.recipients"] = self.submission_rate.recipients
         reserve = StorageReserve(config.server.data_dir, limits.min_free_space)
         rspamd = self.spam_filter
         submission = partial(
@@ -494,6 +555,9 @@ class MailServer(MultiService):
         pop = partial(
             pop3_factory, portal=self.portal, clock=reactor, settings=pop3_settings(config)
         )
+        antispam = inbound_antispam(config, reactor, rspamd)
+        if "ip_rate" in antispam:
+            self.rates["smtp.messages_per_ip"] = antispam["ip_rate"]
         factories: dict[str, Factory[Any]] = {
             "smtp": inbound_factory(
                 hostname=hostname,
@@ -509,14 +573,19 @@ class MailServer(MultiService):
                 srs_domain=config.forwarding.srs_domain,
                 storage_reserve=reserve,
                 metrics=self.metrics,
-                **inbound_antispam(config, reactor, rspamd),
+                **antispam,
             ),
         }
         # The HTTP listener (issue 13); other paths mount on self.web_root with putChild.
         self.web_root = build_site(mail_settings(config, self.store), mta_sts_policy(config))
         factories["http"] = factories["https"] = web_factory(self.web_root, reactor)
         self.acme: acme.CertificateKeeper | None = None
+        parent_only = set(PARENT_ONLY)
         if config.tls.acme:
+            parent_only.add("http")  # the parent holds the http-01 challenges
+        if config.metrics.token_file is not None:
+            parent_only |= {"http", "https"}  # their /metrics is the parent's
+        if config.tls.acme and adopted is None:
             self.acme = certificate_keeper(config, self.store, self.reload_tls, reactor)
             mount(self.web_root, acme.CHALLENGE_PATH, self.acme.challenges)
             # RFC 8555 has no schedule; renew 30 days ahead, checked at start, then daily
@@ -524,7 +593,8 @@ class MailServer(MultiService):
             renewal.clock = reactor
             renewal.setName("acme-renewal")
             renewal.setServiceParent(self)
-        factories["metrics"] = self._metrics_site(config, reactor)  # [listen] metrics
+        if adopted is None:
+            factories["metrics"] = self._metrics_site(config, reactor)  # [listen] metrics
         # Each service twice: STARTTLS on the plain port, implicit TLS (RFC 8314) on the other.
         factories["submission"] = submission(
             tls=self.tls_context, implicit_tls=False, settings=smtp_settings(config, "submission")
@@ -545,6 +615,9 @@ class MailServer(MultiService):
         )
         per_ip_hour = config.antispam.smtp_connections_per_ip_hour
         for name, factory in factories.items():
+            rate = HourlyRate(per_ip_hour, reactor) if name == "smtp" and per_ip_hour else None
+            if rate is not None:
+                self.rates[f"{name}.connections_per_ip"] = rate
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,
@@ -555,22 +628,29 @@ class MailServer(MultiService):
                 clock=reactor,
                 metrics=self.metrics,
                 # issue 14: connection rate on port 25
-                rate=HourlyRate(per_ip_hour, reactor) if name == "smtp" and per_ip_hour else None,
+                rate=rate,
                 rate_refusal=rate_refusal(hostname),
             )
             self.connection_limits[name] = limited
-            for address in config.listen[name]:
+            if adopted is not None and name in parent_only:
+                continue
+            for i, address in enumerate(config.listen[name]):
                 wrapped = (
                     TLSMemoryBIOFactory(self.tls_context, False, limited)
                     if name in IMPLICIT_TLS
                     else limited
                 )
-                svc = StreamServerEndpointService(
-                    endpoint_for(reactor, address.host, address.port), wrapped
-                )
-                svc._raiseSynchronously = True  # a port in use stops the start (twistd exits 1)
+                svc: Service
+                if adopted is not None:
+                    svc = _AdoptedListener(reactor, *adopted[name][i], wrapped)
+                else:
+                    svc = _Listener(endpoint_for(reactor, address.host, address.port), wrapped)
+                    svc._raiseSynchronously = True  # a port in use stops the start (exit 1)
+                    svc.shared = name not in parent_only
                 svc.setName(f"{name}@{address}")
                 svc.setServiceParent(self)
+        if adopted is not None:
+            return  # the control socket is the parent's
         control = _UnprivilegedEndpointService(
             endpoints.UNIXServerEndpoint(
                 reactor, socket_address(control_path(config)), mode=0o600, wantPID=True
@@ -578,8 +658,8 @@ class MailServer(MultiService):
             control_factory(
                 self.queue.flush,
                 throttle=self.throttle,
-                flush_logins=self.auth_cache.flush if self.auth_cache is not None else None,
-                connection_counts=self.connection_counts,  # issue 9
+                flush_logins=self.flush_logins if self.auth_cache is not None else None,
+                connection_counts=self.all_connection_counts,  # issue 9
                 status=self.status,  # issue 13
                 clock=reactor,
             ),
@@ -604,7 +684,8 @@ class MailServer(MultiService):
             )
         )
         token = metrics_token(config)
-        self.metrics_resource = metrics_resource(self.metrics.registry, reactor, token)
+        self.metrics_combined = CombinedRegistry(self.metrics.registry)  # + the workers'
+        self.metrics_resource = metrics_resource(self.metrics_combined, reactor, token)
         if token is not None:  # never on a public listener without a token
             self.web_root.putChild(b"metrics", self.metrics_resource)
         site = web_factory(self.metrics_resource, reactor)  # type: ignore[arg-type]
@@ -622,6 +703,7 @@ class MailServer(MultiService):
         now = self.reactor.seconds()
         created = [e.created for e in self.queue.entries.values()]
         domains = await self.run_in_thread(self.domain_usage)
+        connections = await self.all_connection_counts()
         listeners: dict[str, list[str]] = {}
         for svc in self:
             kind, _, where = (svc.name or "").partition("@")
@@ -633,7 +715,8 @@ class MailServer(MultiService):
             "started": self.started,
             "uptime": round(now - self.started),
             "listeners": listeners,
-            "connections": self.connection_counts(),
+            "connections": connections,
+            "workers": self.workers.pids() if self.workers is not None else [],
             "queue": {
                 "messages": len(created),
                 "oldest": min(created) if created else None,
@@ -650,6 +733,34 @@ class MailServer(MultiService):
                 for d, u in sorted(domains.items())
             },
         }
+
+    def listening_sockets(self) -> list[tuple[str, int, int]]:
+        """The parent's listening sockets the workers serve too: C{(listener, descriptor,
+        address family)} in the order of the config (after C{privilegedStartService})."""
+        sockets = []
+        for svc in self:
+            if isinstance(svc, _Listener) and svc.shared and svc.port is not None:
+                port = svc.port  # a twisted.internet.tcp.Port
+                name = (svc.name or "").partition("@")[0]
+                sockets.append((name, port.fileno(), port.addressFamily))
+        return sockets
+
+    async def flush_logins(self, user: str) -> int:
+        """Forget C{user}'s cached logins in every process (the CLI's password change or
+        deletion, L{twistedmail.auth.AuthCache.flush}); return how many were."""
+        flushed = self.auth_cache.flush(user) if self.auth_cache is not None else 0
+        if self.workers is not None:
+            flushed += sum(await self.workers.ask("auth_flush", user=user))
+        return flushed
+
+    async def all_connection_counts(self) -> dict[str, int]:
+        """L{connection_counts} summed over this process and every worker's."""
+        counts = self.connection_counts()
+        if self.workers is not None:
+            for other in await self.workers.ask("counts"):
+                for name, n in other.items():
+                    counts[name] = counts.get(name, 0) + n
+        return counts
 
     def connection_counts(self) -> dict[str, int]:
         """Open connections per listener, logged-in IMAP sessions and selected-folder
@@ -700,12 +811,15 @@ class MailServer(MultiService):
             raise ConfigError(
                 f"{where}: cannot open the account store {self.store.path}: {reason}"
             ) from None
-        load_throttle(self.throttle, self.throttle_path)
-        self._throttle_loaded = True
+        if self.adopted is None:  # a worker has the parent's state from the parent
+            load_throttle(self.throttle, self.throttle_path)
+            self._throttle_loaded = True
         self.started = self.reactor.seconds()  # after twistd's fork (uptime, metrics)
         self.auth_pool.start()
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        if self.adopted is not None:
+            return  # the queue and the rest are the parent's
         d = defer.Deferred.fromCoroutine(self.queue.start())
         d.addErrback(lambda f: log.failure("the outbound queue did not start", f))
         for svc in self:
@@ -732,6 +846,8 @@ class MailServer(MultiService):
 
         @return: whether the new pair is in use.
         """
+        if self.workers is not None:
+            self.workers.signal_all("HUP")  # each worker rereads them too
         ctx = self.tls_context
         try:
             options = await self.run_in_thread(ctx.reread)

@@ -322,9 +322,11 @@ def makeService(options: Options) -> IService:
     for warning in config.warnings:  # what check-config warns about, for the log too
         log.warn("config warning: {warning}", warning=warning)
     from twistedmail.service import MailServer
+    from twistedmail.workers import supervise
 
     try:
         server = MailServer(config, reactor)
+        supervise(server, reactor)  # [server] workers: the other processes (issue 10)
         hand_over_privileges(config, run_as(options))
     except ConfigError as e:
         _fail(str(e))

@@ -32,6 +32,13 @@ L{LoginThrottle.snapshot} and L{LoginThrottle.restore} carry it over a restart a
 data (the server keeps it in C{DATA_DIR/throttle.json}; version 1 files of the per-IP
 throttle still load), so restarting does not lift a block.  Time comes from the injected
 clock (wall-clock seconds for the reactor, so saved times stay meaningful across a restart).
+
+Several processes (C{[server] workers}, L{twistedmail.workers}): each has its own
+L{LoginThrottle}; every outcome (L{LoginThrottle.failed}, L{LoginThrottle.succeeded},
+L{LoginThrottle.unblock}) is also handed to L{LoginThrottle.share}, which the worker module
+sets to send it to the other processes, where L{LoginThrottle.replay} applies it (without
+sharing it again and without logging a second time), so a block made in one process holds in
+all of them.  Only the parent process saves the state.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import ipaddress
 import json
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 log = Logger(namespace="twistedmail.throttle")
+_quiet = Logger(namespace="twistedmail.throttle", observer=lambda event: None)  # type: ignore[arg-type]
+SHARED = {"failed": 2, "succeeded": 2, "unblock": 1}  # outcome -> number of arguments
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -174,6 +183,30 @@ class LoginThrottle:
         self._ip_blocked: dict[str, float] = {}  # ip key -> blocked until
         self._account_blocked: dict[str, float] = {}  # account -> blocked until
         self._trusted: dict[str, dict[str, float]] = {}  # account -> ip key -> last success
+        self.share: Callable[[str, tuple[str, ...]], None] | None = None
+        """Called with each outcome (C{"failed"}, C{"succeeded"} or C{"unblock"} and its
+        arguments), to hand it to the other processes (L{twistedmail.workers})."""
+        self._log = log
+
+    def replay(self, kind: str, args: Sequence[str]) -> None:
+        """Apply an outcome another process shared (see L{share}): counted here as if it
+        happened here, neither shared again nor logged twice.
+
+        @raise ValueError: an unknown C{kind} or wrong arguments.
+        """
+        if kind not in SHARED or len(args) != SHARED[kind] or not all(
+            isinstance(a, str) for a in args
+        ):
+            raise ValueError(f"not a throttle outcome: {kind} {args!r}")
+        share, self.share, self._log = self.share, None, _quiet
+        try:
+            getattr(self, kind)(*args)
+        finally:
+            self.share, self._log = share, log
+
+    def _shared(self, kind: str, *args: str) -> None:
+        if self.share is not None:
+            self.share(kind, args)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -268,6 +301,7 @@ class LoginThrottle:
         """Count a failed login (wrong password, unknown user) by C{user} from C{ip}."""
         if self.exempt(ip):
             return
+        self._shared("failed", ip, user)
         now = self.clock.seconds()
         key, account = ip_key(ip), account_key(user)
         pair = (key, account)
@@ -280,7 +314,7 @@ class LoginThrottle:
         if len(times) >= self.policy.block_after and self._pair_blocked.get(pair, 0.0) <= now:
             self._pair_blocked.pop(pair, None)
             self._pair_blocked[pair] = now + seconds
-            log.warn(
+            self._log.warn(
                 "login throttle: blocking user={user} from ip={ip} for {seconds:.0f}s after"
                 " {count} failed logins",
                 user=account,
@@ -297,7 +331,7 @@ class LoginThrottle:
         if len(failures) >= self.policy.ip_block_after and self._ip_blocked.get(key, 0.0) <= now:
             self._ip_blocked.pop(key, None)
             self._ip_blocked[key] = now + seconds
-            log.warn(
+            self._log.warn(
                 "login throttle: blocking ip={ip} for {seconds:.0f}s after {count} failed"
                 " logins on {accounts} accounts (except the accounts that logged in from it)",
                 ip=key,
@@ -316,7 +350,7 @@ class LoginThrottle:
         ):
             self._account_blocked.pop(account, None)
             self._account_blocked[account] = now + seconds
-            log.warn(
+            self._log.warn(
                 "login throttle: blocking user={user} for {seconds:.0f}s after {count} failed"
                 " logins (except from the IPs it logged in from)",
                 user=account,
@@ -330,6 +364,7 @@ class LoginThrottle:
         failures on C{user} are forgotten (not those on other accounts, nor a block)."""
         if self.exempt(ip):
             return
+        self._shared("succeeded", ip, user)
         now = self.clock.seconds()
         key, account = ip_key(ip), account_key(user)
         self._pair_failures.pop((key, account), None)
@@ -356,6 +391,7 @@ class LoginThrottle:
             its (IP, account) blocks from every IP.
         @return: (blocks lifted, failed logins forgotten).
         """
+        self._shared("unblock", target)
         key = _target_ip(target.strip())
         lifted = forgotten = 0
         if key is not None:
@@ -381,7 +417,7 @@ class LoginThrottle:
             lifted += until is not None and until > now
             self._pair_failures.pop(pair, None)  # counted in the IP's or account's failures
         if lifted or forgotten:
-            log.info(
+            self._log.info(
                 "login throttle: {target} unblocked by the admin ({lifted} blocks lifted,"
                 " {forgotten} failed logins forgotten)",
                 target=key or account_key(target.strip()),

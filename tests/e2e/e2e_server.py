@@ -23,6 +23,7 @@ from pathlib import Path
 
 import imapclient
 
+from twistedmail.config import DEFAULT_WORKERS
 from twistedmail.testing import create_test_ca
 
 BIN = Path(sys.executable).parent
@@ -87,12 +88,16 @@ class Server:
         inbound: str = "check_authentication = false\n",
         web: bool = False,
         extra_config: str = "",
+        workers: int | None = None,
     ) -> None:
         """@param inbound: the C{[inbound]} section; SPF/DKIM/DMARC checks are off by default
         so that no test depends on the machine's DNS (test_e2e_inbound_auth turns them on).
         @param web: also listen on C{http} and C{https} (the HTTP listener, issue 13).
-        @param extra_config: more TOML sections, appended to the config file."""
+        @param extra_config: more TOML sections, appended to the config file.
+        @param workers: C{[server] workers} (processes serving the listeners); C{None}: the
+            default (L{DEFAULT_WORKERS})."""
         self.root = root
+        self.workers = workers or DEFAULT_WORKERS
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "twistedmail.toml"
@@ -102,7 +107,9 @@ class Server:
         self.ports = dict(zip(services, free_ports(len(services)), strict=True))
         listen = "\n".join(f'{name} = "127.0.0.1:{port}"' for name, port in self.ports.items())
         self.config.write_text(
-            f'[server]\nhostname = "mail.example.test"\ndata_dir = "{self.data_dir}"\n\n'
+            f'[server]\nhostname = "mail.example.test"\ndata_dir = "{self.data_dir}"\n'
+            + (f"workers = {workers}\n" if workers is not None else "")
+            + "\n"
             f'[listen]\n{listen}\n\n[limits]\nmax_message_size = "1MiB"\n'
             + (f'\n[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n' if tls else "")
             + f"\n[inbound]\n{inbound}"
@@ -187,6 +194,42 @@ class Server:
                 except OSError:
                     pass
             time.sleep(0.1)
+        self.wait_for_workers()
+
+    def wait_for_workers(self, exclude: tuple[int, ...] = (), timeout: float = 60) -> list[int]:
+        """Wait until the C{workers - 1} worker processes serve (each logged "worker serving"),
+        leaving out the PIDs C{exclude} (workers killed by the test); return their PIDs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = [p for p in self.worker_pids() if p not in exclude]
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if len(pids) == self.workers - 1 and all(
+                f"worker serving: pid {p}" in log for p in pids
+            ):
+                return pids
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.workers - 1} worker(s) not serving in {timeout} s")
+            time.sleep(0.05)
+
+    def worker_pids(self) -> list[int]:
+        """The server's worker processes (C{[server] workers}): its children running
+        C{twistedmail.workers}."""
+        pid = self.pid
+        if pid is None:
+            return []
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return []
+        workers = []
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"twistedmail.workers" in cmdline:
+                workers.append(int(child))
+        return sorted(workers)
 
     @property
     def pid(self) -> int | None:

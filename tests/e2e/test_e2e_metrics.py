@@ -286,6 +286,7 @@ def test_status(plain: Server) -> None:
         "blocked_ips",
         "other_blocks",
         "domains",
+        "workers",
     }
     assert status["version"] == plain.cli("--version").stdout.split()[1]
     assert 0 <= status["uptime"] <= time.time() - status["started"] + 1

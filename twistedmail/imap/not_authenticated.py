@@ -91,6 +91,17 @@ class NotAuthenticatedCommands(MailboxUpdates):
 
     # any state
 
+    def do_LOGOUT(self, tag: bytes) -> None:
+        """RFC 3501 §6.1.3: BYE, then the tagged OK, and no update between them: changes
+        other sessions made are not reported to a client that is leaving (imaptest's stress
+        mode failed "seq too high ... state=LOGOUT" on a FETCH sent before the OK)."""
+        self._pending_exists, self._pending_flags = False, {}
+        self._pending_keywords = self._pending_highestmodseq = False
+        super().do_LOGOUT(tag)
+
+    unauth_LOGOUT = (do_LOGOUT,)  # type: ignore[assignment]
+    auth_LOGOUT = select_LOGOUT = logout_LOGOUT = unauth_LOGOUT  # type: ignore[assignment]
+
     async def do_NOOP(self, tag: bytes) -> bytes:
         await self._refresh()
         return b"NOOP completed"

@@ -446,6 +446,14 @@ class QueueRunner:
         self._wake()
         return entry
 
+    async def adopt(self, queue_id: str) -> None:
+        """Schedule entry C{queue_id}, which another process (a worker, C{[server] workers})
+        put in the spool with L{enqueue}."""
+        entry: QueueEntry | None = await self.run(self.spool.load, queue_id)
+        if entry is not None and queue_id not in self.entries:
+            self.entries[queue_id] = entry
+            self._wake()
+
     async def flush(self) -> int:
         """Reread the spool and make every entry due now (C{twistedmail queue flush}).
         @return: the number of entries in the queue."""

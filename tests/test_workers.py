@@ -1,0 +1,135 @@
+"""The pieces of C{[server] workers} (issue 10) that hold without processes: the config key,
+the throttle's and the hourly rates' shared outcomes (L{LoginThrottle.share},
+L{HourlyRate.share}), and the metrics of every process added up (L{CombinedRegistry}).
+The processes themselves are tested end to end in tests/e2e/test_e2e_workers.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import generate_latest
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial import unittest
+
+from twistedmail.config import DEFAULT_WORKERS, ConfigError, load_config, parse_config
+from twistedmail.metrics import CombinedRegistry, samples
+from twistedmail.rate import HourlyRate
+from twistedmail.throttle import LoginThrottle, ThrottlePolicy
+
+IP = "203.0.113.9"
+USER = "alice@example.test"
+
+
+class WorkersConfigTests(unittest.TestCase):
+    def test_default(self) -> None:
+        """[server] workers defaults to DEFAULT_WORKERS: one process, for now (README)."""
+        self.assertEqual(parse_config({}, None).server.workers, DEFAULT_WORKERS)
+        self.assertEqual(DEFAULT_WORKERS, 1)
+
+    def test_example_file_shows_the_default(self) -> None:
+        """etc/twistedmail.example.toml's [server] workers is the default."""
+        example = load_config(Path(__file__).parents[1] / "etc" / "twistedmail.example.toml")
+        self.assertEqual(example.server.workers, DEFAULT_WORKERS)
+
+    def test_value(self) -> None:
+        """[server] workers = 3 is read as 3."""
+        self.assertEqual(parse_config({"server": {"workers": 3}}, None).server.workers, 3)
+
+    def test_zero_is_refused(self) -> None:
+        """[server] workers = 0 is a one-line error naming the key."""
+        with self.assertRaises(ConfigError) as cm:
+            parse_config({"server": {"workers": 0}}, None)
+        self.assertIn("[server] workers: must be a positive integer", str(cm.exception))
+
+
+def pair(policy: ThrottlePolicy) -> tuple[LoginThrottle, LoginThrottle, Clock]:
+    """Two throttles wired as two processes are: each one's outcomes replayed in the other."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    a, b = LoginThrottle(clock, policy), LoginThrottle(clock, policy)
+    a.share = lambda kind, args: b.replay(kind, args)
+    b.share = lambda kind, args: a.replay(kind, args)
+    return a, b, clock
+
+
+class SharedThrottleTests(unittest.TestCase):
+    def test_a_block_made_in_one_process_holds_in_the_other(self) -> None:
+        """Failures counted in two processes add up: the third blocks the pair in both."""
+        a, b, _ = pair(ThrottlePolicy(block_after=3))
+        a.failed(IP, USER)
+        b.failed(IP, USER)
+        a.failed(IP, USER)
+        self.assertTrue(a.blocked(IP, USER))
+        self.assertTrue(b.blocked(IP, USER))
+
+    def test_unblock_reaches_the_other_process(self) -> None:
+        """The admin's unblock in the parent lifts the block in the workers too."""
+        a, b, _ = pair(ThrottlePolicy(block_after=2))
+        a.failed(IP, USER)
+        a.failed(IP, USER)
+        self.assertEqual(a.unblock(IP), (1, 2))
+        self.assertFalse(b.blocked(IP, USER))
+        self.assertEqual(b.blocks(), [])
+
+    def test_replay_is_neither_shared_again_nor_logged(self) -> None:
+        """A replayed outcome is not handed on (no echo) and logs no second block line."""
+        sent: list[Any] = []
+        throttle = LoginThrottle(Clock(), ThrottlePolicy(block_after=1))
+        throttle.share = lambda kind, args: sent.append((kind, args))
+        with capturedLogs() as events:
+            throttle.replay("failed", [IP, USER])
+        self.assertEqual((sent, events), ([], []))
+        self.assertTrue(throttle.blocked(IP, USER))
+        throttle.failed("198.51.100.1", USER)
+        self.assertEqual(sent, [("failed", ("198.51.100.1", USER))])
+
+    def test_replay_refuses_what_is_no_outcome(self) -> None:
+        """Only failed/succeeded/unblock with their string arguments are replayed."""
+        throttle = LoginThrottle(Clock())
+        for kind, args in (("restore", [{}]), ("failed", [IP]), ("failed", [IP, 5])):
+            with self.assertRaises(ValueError):
+                throttle.replay(kind, args)
+
+
+class SharedRateTests(unittest.TestCase):
+    def test_events_of_both_processes_count_against_one_limit(self) -> None:
+        """Two processes' records add up in each: the limit holds across them."""
+        clock = Clock()
+        a, b = HourlyRate(3, clock), HourlyRate(3, clock)
+        a.share = lambda key, n: b.replay(key, n)
+        b.share = lambda key, n: a.replay(key, n)
+        a.record(USER, 2)
+        b.record(USER)
+        self.assertEqual((a.count(USER), b.count(USER)), (3, 3))
+        self.assertFalse(a.allows(USER))
+        self.assertFalse(b.allows(USER))
+
+
+class CombinedRegistryTests(unittest.TestCase):
+    def test_worker_samples_are_added_to_the_parents(self) -> None:
+        """Counters of the workers are summed into the parent's samples, label by label,
+        and a label only a worker has is served too; the parent's own lines stay."""
+        parent, worker = CollectorRegistry(), CollectorRegistry()
+        for registry, counts in ((parent, {"imap": 2}), (worker, {"imap": 3, "pop3": 1})):
+            counter = Counter("t_connections", "help", ["service"], registry=registry)
+            for service, n in counts.items():
+                counter.labels(service).inc(n)
+        combined = CombinedRegistry(parent)
+        combined.others = lambda: [samples(worker)]
+        text = generate_latest(combined).decode()  # type: ignore[arg-type]
+        self.assertIn('t_connections_total{service="imap"} 5.0\n', text)
+        self.assertIn('t_connections_total{service="pop3"} 1.0\n', text)
+        self.assertEqual(text.count("# TYPE t_connections_total counter"), 1)
+
+    def test_without_workers_the_registry_is_served_as_it_is(self) -> None:
+        """No worker: the exposition equals the registry's own."""
+        registry = CollectorRegistry()
+        Counter("t_logins", "help", registry=registry).inc()
+        combined = CombinedRegistry(registry)
+        self.assertEqual(
+            generate_latest(combined).decode(),  # type: ignore[arg-type]
+            generate_latest(registry).decode(),
+        )
