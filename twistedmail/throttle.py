@@ -194,8 +194,10 @@ class LoginThrottle:
 
         @raise ValueError: an unknown C{kind} or wrong arguments.
         """
-        if kind not in SHARED or len(args) != SHARED[kind] or not all(
-            isinstance(a, str) for a in args
+        if (
+            kind not in SHARED
+            or len(args) != SHARED[kind]
+            or not all(isinstance(a, str) for a in args)
         ):
             raise ValueError(f"not a throttle outcome: {kind} {args!r}")
         share, self.share, self._log = self.share, None, _quiet

@@ -266,9 +266,7 @@ def test_a_block_made_in_one_process_holds_in_the_other(tmp_path: Path) -> None:
     """Failed logins on one process block the account from that IP on the other too
     (the throttle's outcomes are shared): the right password is refused there."""
     srv = Server(tmp_path, workers=2, extra_config="")
-    config = srv.config.read_text().replace(
-        '[limits]\n', "[limits]\nlogin_block_after = 2\n", 1
-    )
+    config = srv.config.read_text().replace("[limits]\n", "[limits]\nlogin_block_after = 2\n", 1)
     srv.config.write_text(config)
     with running(srv):
         wait_for_workers(srv)
