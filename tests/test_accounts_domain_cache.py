@@ -36,6 +36,7 @@ class DomainCacheTests(unittest.TestCase):
         self.assertFalse(self.server.is_local_domain("example.org"))
 
     def test_changes_by_the_same_connection(self) -> None:
+        """The server's own add and delete are seen at once (the cache is not stale)."""
         self.assertFalse(self.server.is_local_domain("example.org"))
         self.server.add_domain("example.org")
         self.assertTrue(self.server.is_local_domain("example.org"))

@@ -265,7 +265,9 @@ class ControlConnectionTests(unittest.TestCase):
         proto = factory.buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
-        self.assertEqual(proto.connections(), {"counts": '{"control": 1, "imap": 0}'})
+        self.assertEqual(
+            self.successResultOf(proto.connections()), {"counts": '{"control": 1, "imap": 0}'}
+        )
         clock.advance(control.IDLE_TIMEOUT - 1)
         self.assertFalse(transport.disconnecting)
         clock.advance(1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from test_mailauth import message, zone
-from test_service import quiet_config
+from test_service import quiet_config, quiet_server
 from test_smtp_queue import FakeOutbound, QueueTestCase
 from test_smtp_server import PASSWORDS, PEER, TLS_CONTEXT, Mailhost, plain, talk
 from twisted.internet import reactor
@@ -334,11 +334,7 @@ class ServerTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.data = Path(self.mktemp()).resolve()
-        self.server = MailServer(quiet_config(self.data), reactor)
-        self.addCleanup(self.server.store.close)
-        parse = getattr(self.server.queue.outbound.resolver, "_parseCall", None)
-        if parse is not None and parse.active():
-            self.addCleanup(parse.cancel)
+        self.server = quiet_server(self, self.data)
         self.server.store.open()
         self.server.store.add_domain("example.test")
         self.server.store.add_domain("empty.test")

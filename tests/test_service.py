@@ -38,15 +38,22 @@ def quiet_config(data_dir: Path) -> Config:
     )
 
 
+def quiet_server(case: unittest.TestCase, data_dir: Path) -> MailServer:
+    """A L{MailServer} on L{quiet_config} whose store closes and whose resolver's
+    resolv.conf timer stops when C{case} ends."""
+    server = MailServer(quiet_config(data_dir), reactor)
+    case.addCleanup(server.store.close)
+    # The resolv.conf resolver rereads its file on a timer.
+    parse = getattr(server.queue.outbound.resolver, "_parseCall", None)
+    if parse is not None and parse.active():
+        case.addCleanup(parse.cancel)
+    return server
+
+
 class ReloadTests(unittest.TestCase):
     def setUp(self) -> None:
         self.data = Path(self.mktemp()).resolve()
-        self.server = MailServer(quiet_config(self.data), reactor)
-        self.addCleanup(self.server.store.close)
-        # The resolv.conf resolver rereads its file on a timer.
-        parse = getattr(self.server.queue.outbound.resolver, "_parseCall", None)
-        if parse is not None and parse.active():
-            self.addCleanup(parse.cancel)
+        self.server = quiet_server(self, self.data)
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -102,11 +109,7 @@ class StartOrderTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.data = Path(self.mktemp()).resolve()
-        self.server = MailServer(quiet_config(self.data), reactor)
-        self.addCleanup(self.server.store.close)
-        parse = getattr(self.server.queue.outbound.resolver, "_parseCall", None)
-        if parse is not None and parse.active():
-            self.addCleanup(parse.cancel)
+        self.server = quiet_server(self, self.data)
 
     def test_building_opens_nothing(self) -> None:
         """Building the service leaves the store unopened (no database file), starts no

@@ -195,7 +195,9 @@ class PasswordChecker:
         *,
         cache: AuthCache | None = None,
         max_parallel_hashes: int | None = None,
+        metrics: metrics.Metrics | None = None,
     ) -> None:
+        self.metrics = metrics  # counts logins (L{login}: C{metrics.of(checker)})
         self.store = store
         self.run_in_thread = run_in_thread
         self.throttle = throttle

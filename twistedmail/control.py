@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
 from twistedmail.throttle import Block, LoginThrottle
 
@@ -61,7 +62,7 @@ def socket_address(path: Path) -> str:
 class Flush(amp.Command):
     """Make every queued message due now; answer how many are queued."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [(b"queued", amp.Integer())]
 
 
@@ -96,7 +97,7 @@ class Connections(amp.Command):
     """Answer the open connections per listener and the logged-in sessions, as JSON
     (C{{"imap": 2, ..., "imap_sessions": 1, "control": 1}})."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [(b"counts", amp.Unicode())]
 
 
@@ -129,7 +130,7 @@ class Status(amp.Command):
     """The server's status (issue 13: C{twistedmail status}), as JSON; see
     L{twistedmail.service.MailServer.status} for the fields."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [(b"status", _Chunked())]
 
 
@@ -155,22 +156,27 @@ class ControlProtocol(TimeoutMixin, amp.AMP):
         self._flush = flush
         self._throttle = throttle
         self._flush_logins = flush_logins
+        self._clock: Any = None  # the factory's reactor, once connected
 
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.factory is None:  # built by hand (tests), not by control_factory
             return
         self.factory.open_connections = getattr(self.factory, "open_connections", 0) + 1
-        clock = getattr(self.factory, "clock", None)  # set by the server: the reactor
-        if clock is not None:
-            self.callLater = clock.callLater
+        self._clock = getattr(self.factory, "clock", None)  # set by the server: the reactor
+        if self._clock is not None:
             self.setTimeout(IDLE_TIMEOUT)
+
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:
+        """The idle timer (TimeoutMixin) runs on the server's reactor."""
+        assert self._clock is not None  # the timer is only set when there is a clock
+        return self._clock.callLater(period, func)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
         if self.factory is not None:
             self.factory.open_connections -= 1

@@ -45,6 +45,7 @@ from twistedmail.maildir import (
     make_maildir,
     write_durably,
 )
+from twistedmail.metrics import Metrics
 from twistedmail.quota import QuotaExceeded, QuotaTracker
 from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
 from twistedmail.sieve.interpret import (
@@ -131,7 +132,9 @@ class LocalDelivery:
         outbound: Outbound | None = None,
         plus_folder: bool = False,
         sieve_limits: SieveLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics  # read by the SMTP side (C{metrics.of(delivery)})
         self.store = store
         self.mail_dir = mail_dir
         self.notifier = notifier

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 
 from twistedmail.address import Mailbox
 from twistedmail.dkim import author_domain
+from twistedmail.metrics import Metrics
 
 log = Logger(namespace="twistedmail.mailauth")
 
@@ -836,7 +837,9 @@ class Authenticator:
         clock: IReactorTime,
         run_in_thread: Callable[..., defer.Deferred[Any]],
         timeout: float = CHECK_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics  # read by the port-25 policy (C{metrics.of(authenticator)})
         self.cache = DNSCache(resolver, clock)
         self.clock = clock
         self.run_in_thread = run_in_thread

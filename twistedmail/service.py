@@ -259,7 +259,9 @@ def smarthost(config: Config) -> Smarthost | None:
 AUTHENTICATION_THREADS = 8  # DKIM verifications at once (CPU only: no thread waits on DNS)
 
 
-def inbound_authenticator(config: Config, reactor: Any, pool: ThreadPool) -> Authenticator | None:
+def inbound_authenticator(
+    config: Config, reactor: Any, pool: ThreadPool, metrics: Metrics | None = None
+) -> Authenticator | None:
     """SPF/DKIM/DMARC checks for port 25 (C{[inbound] check_authentication}), with DNS from
     the relay's resolver (C{[relay] nameservers}), asynchronous; DKIM verification runs in
     its own thread C{pool}, so it never holds the threads that store mail and check
@@ -270,6 +272,7 @@ def inbound_authenticator(config: Config, reactor: Any, pool: ThreadPool) -> Aut
         dns_resolver(config, reactor),
         reactor,
         partial(threads.deferToThreadPool, reactor, pool),
+        metrics=metrics,
     )
 
 
@@ -359,7 +362,12 @@ def forwarding(config: Config, reactor: Any, delivery: LocalDelivery) -> SenderR
 
 
 def outbound_queue(
-    config: Config, reactor: Any, store: AccountStore, delivery: LocalDelivery, run: Any
+    config: Config,
+    reactor: Any,
+    store: AccountStore,
+    delivery: LocalDelivery,
+    run: Any,
+    metrics: Metrics | None = None,
 ) -> QueueRunner:
     """The outbound queue runner and its delivery agent, from C{[relay]} and C{[queue]}."""
     relay, queue = config.relay, config.queue
@@ -388,6 +396,7 @@ def outbound_queue(
         ),
         max_connections=queue.max_connections,
         max_per_destination=queue.max_per_destination,
+        metrics=metrics,
     )
 
 
@@ -477,8 +486,8 @@ class MailServer(MultiService):
             self.throttle,
             cache=self.auth_cache,
             max_parallel_hashes=auth.max_parallel_hashes or None,
+            metrics=self.metrics,
         )
-        checker.metrics = self.metrics  # type: ignore[attr-defined]
         self.quota = QuotaTracker(self.store, self.mail_dir, run_in_thread)
         self.delivery = LocalDelivery(
             self.store,
@@ -489,12 +498,14 @@ class MailServer(MultiService):
             hostname=config.server.hostname,
             plus_folder=config.delivery.plus_folder,
             sieve_limits=config.delivery.sieve,
+            metrics=self.metrics,
         )
-        self.queue = outbound_queue(config, reactor, self.store, self.delivery, run_in_thread)
+        self.queue = outbound_queue(
+            config, reactor, self.store, self.delivery, run_in_thread, self.metrics
+        )
         self.srs = forwarding(config, reactor, self.delivery)
         # Sieve redirect, vacation and reject leave through the same queue as submission.
         self.delivery.outbound = self.queue.enqueue
-        self.delivery.metrics = self.queue.metrics = self.metrics  # type: ignore[attr-defined]
         realm = MailRealm(
             {
                 imap4.IAccount: self._imap_account,
@@ -510,10 +521,8 @@ class MailServer(MultiService):
         self.auth_reactor = reactor
         # Its threads start in startService: a thread does not survive twistd's fork.
         self.auth_pool = ThreadPool(0, AUTHENTICATION_THREADS, "twistedmail-mailauth")
-        self.authenticator = inbound_authenticator(config, reactor, self.auth_pool)
+        self.authenticator = inbound_authenticator(config, reactor, self.auth_pool, self.metrics)
         self.spam_filter = spam_filter(config, reactor)
-        if self.authenticator is not None:
-            self.authenticator.metrics = self.metrics  # type: ignore[attr-defined]
         hostname = config.server.hostname
         # One count per user for 587 and 465 (issue 14).
         self.submission_rate = SubmissionRate(

@@ -196,7 +196,7 @@ class _StartGuard(MultiService):
             (
                 s.name
                 for server in self
-                for s in server  # type: ignore[attr-defined]
+                for s in server
                 if s.name and s.name.endswith(f"@{e.interface}:{e.port}")
             ),
             None,

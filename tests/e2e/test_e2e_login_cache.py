@@ -5,42 +5,13 @@ logins over the control socket) or from another process writing the store direct
 
 from __future__ import annotations
 
-import imaplib
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, Server, imap_login
 
 from twistedmail import passwords
 from twistedmail.accounts import AccountStore
 
 ALICE = "alice@example.test"
 FAILED = "[AUTHENTICATIONFAILED] Authentication failed"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
-    for address, password in PASSWORDS.items():
-        srv.add_user(address, password)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-def imap_login(server: Server, address: str, password: str) -> str:
-    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993 (RFC 9051 §6.2.3)."""
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
-    try:
-        m.login(address, password)
-        m.logout()
-        return "OK"
-    except imaplib.IMAP4.error as e:
-        m.shutdown()
-        return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
 
 
 def test_cli_passwd_refuses_the_cached_password_at_once(server: Server) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls
+from e2e_server import PASSWORDS, LineClient, Server, client_tls
 
 from twistedmail import control
 
@@ -90,35 +90,17 @@ TLS_PORTS = {"submissions", "imaps", "pop3s"}
 STARTTLS = {"smtp": b"STARTTLS", "submission": b"STARTTLS", "imap": b"t STARTTLS", "pop3": b"STLS"}
 
 
-class Conn:
+class Conn(LineClient):
     """A line-oriented test client over a plain or TLS socket, ended in a chosen way."""
 
     def __init__(self, port: int, tls: bool) -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=10))
         if tls:
             self.starttls()
 
     def starttls(self) -> None:
         self.sock = client_tls().wrap_socket(self.sock)
         self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def until(self, done: Callable[[bytes], bool]) -> bytes:
-        while not done(line := self.line()):
-            pass
-        return line
 
     def wait_closed(self) -> None:
         """Read until the server closes (its TLS close_notify or FIN)."""

@@ -339,7 +339,9 @@ class QueueRunner:
         max_connections: int = 20,
         max_per_destination: int = 5,
         signer: Callable[[bytes], bytes] | None = None,
+        metrics: metrics.Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.spool = spool
         self.signer = signer
         self.outbound = outbound
