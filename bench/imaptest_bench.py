@@ -165,6 +165,7 @@ def run_imaptest(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="twistedmail's [server] workers")
     ap.add_argument("--secs", type=int, default=20, help="seconds per imaptest run")
     ap.add_argument("--append", type=int, default=200, help="messages per APPEND run")
     ap.add_argument("--modes", default="mix,logout0,append")
@@ -190,7 +191,7 @@ def main() -> int:
         )
     messages = read_mbox(mbox)
     base = pick_port_base()
-    tm = Twistedmail(work / "tm", base + 1, MIX_USERS + 1)
+    tm = Twistedmail(work / "tm", base + 1, MIX_USERS + 1, workers=args.workers)
     dc = Dovecot(work / "dovecot", base, MIX_USERS + 1, "ARGON2ID", peers=args.peers)
     servers: list[Twistedmail | Dovecot] = [tm, dc]
     results: dict[str, dict[str, list[float]]] = {tm.label: {}, dc.label: {}}

@@ -131,8 +131,9 @@ class Twistedmail:
 
     label = "twistedmail"
 
-    def __init__(self, work: Path, port: int, users: int, auth: str = "") -> None:
+    def __init__(self, work: Path, port: int, users: int, auth: str = "", workers: int = 1) -> None:
         self.work, self.port, self.nusers, self.auth = work, port, users, auth
+        self.workers = workers
         self.bin = Path(sys.executable).parent
         self.config = work / "twistedmail.toml"
         self.data = work / "data"
@@ -146,7 +147,8 @@ class Twistedmail:
             f"{s} = []" for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s")
         )
         self.config.write_text(
-            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{self.data}"\n\n'
+            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{self.data}"\n'
+            f"workers = {self.workers}\n\n"
             f'[listen]\nimaps = "127.0.0.1:{self.port}"\n{off}\n\n'
             "[limits]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n"
             f"imap_max_connections_per_user = 20000\n\n[auth]\n{self.auth}\n"

@@ -57,8 +57,12 @@ def peer_script(name: str, action: str, work: Path, env: dict[str, str]) -> None
         raise SystemExit(f"{name}.sh start failed:\n{log.read_text()}")
 
 
-def start_twistedmail(root: Path, dns_port: int, checks: bool) -> Server:
-    server = Server(root, inbound=f"check_authentication = {'true' if checks else 'false'}\n")
+def start_twistedmail(root: Path, dns_port: int, checks: bool, workers: int = 1) -> Server:
+    server = Server(
+        root,
+        inbound=f"check_authentication = {'true' if checks else 'false'}\n",
+        workers=workers,
+    )
     server.add_user(BENCH, "bench-password")
     server.config.write_text(
         server.config.read_text() + f'\n[relay]\nnameservers = ["127.0.0.1:{dns_port}"]\n'
@@ -120,6 +124,7 @@ def main() -> None:
     ap.add_argument("--peers", default="postfix,twistd")
     ap.add_argument("--work", type=Path, help="work dir (default: a fresh temp dir)")
     ap.add_argument("--keep", action="store_true", help="leave the servers running")
+    ap.add_argument("--workers", type=int, default=1, help="twistedmail's [server] workers")
     a = ap.parse_args()
     if shutil.which("smtp-source") is None and not Path("/usr/sbin/smtp-source").exists():
         raise SystemExit("smtp-source not found (Debian package postfix)")
@@ -147,9 +152,11 @@ def main() -> None:
         for name in peer_names:
             peer_script({"twistd": "twistd_mail"}.get(name, name), "start", work, env)
             started.append(name)
-        servers["twistedmail"] = start_twistedmail(work / "tm-checks", dns_port, checks=True)
+        servers["twistedmail"] = start_twistedmail(
+            work / "tm-checks", dns_port, checks=True, workers=a.workers
+        )
         servers["twistedmail-nochecks"] = start_twistedmail(
-            work / "tm-nochecks", dns_port, checks=False
+            work / "tm-nochecks", dns_port, checks=False, workers=a.workers
         )
         result: list[list[str]] = []
         for size in (int(x) for x in a.sizes.split(",")):
