@@ -50,7 +50,14 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_PEERS = HERE.parent.parent.parent / "shared" / "tools" / "peers"
+DEFAULT_PEERS = next(  # ../shared beside the checkout (or beside a worktree's parent)
+    (
+        p / "shared" / "tools" / "peers"
+        for p in (HERE.parent.parent, HERE.parent.parent.parent)
+        if (p / "shared" / "tools" / "peers").is_dir()
+    ),
+    HERE.parent.parent / "shared" / "tools" / "peers",
+)
 GENERATOR_VERSION = 1
 DOMAIN = "example.test"
 USER = f"test@{DOMAIN}"

@@ -48,7 +48,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_PEERS = HERE.parent.parent.parent / "shared" / "tools" / "peers"
+DEFAULT_PEERS = next(  # ../shared beside the checkout (or beside a worktree's parent)
+    (
+        p / "shared" / "tools" / "peers"
+        for p in (HERE.parent.parent, HERE.parent.parent.parent)
+        if (p / "shared" / "tools" / "peers").is_dir()
+    ),
+    HERE.parent.parent / "shared" / "tools" / "peers",
+)
 DOMAIN = "example.test"
 PASSWORD = "secret"
 

@@ -28,7 +28,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_PEERS = HERE.parent.parent.parent / "shared" / "tools" / "peers"
+DEFAULT_PEERS = next(  # ../shared beside the checkout (or beside a worktree's parent)
+    (
+        p / "shared" / "tools" / "peers"
+        for p in (HERE.parent.parent, HERE.parent.parent.parent)
+        if (p / "shared" / "tools" / "peers").is_dir()
+    ),
+    HERE.parent.parent / "shared" / "tools" / "peers",
+)
 DOMAIN = "example.test"
 PASSWORD = "secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
