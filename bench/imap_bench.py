@@ -40,7 +40,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -49,15 +48,9 @@ import time
 import uuid
 from pathlib import Path
 
+from peerlib import DEFAULT_PEERS, port_free, start_twistd, stop_dovecot, stop_process, wait_port
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_PEERS = next(  # ../shared beside the checkout (or beside a worktree's parent)
-    (
-        p / "shared" / "tools" / "peers"
-        for p in (HERE.parent.parent, HERE.parent.parent.parent)
-        if (p / "shared" / "tools" / "peers").is_dir()
-    ),
-    HERE.parent.parent / "shared" / "tools" / "peers",
-)
 GENERATOR_VERSION = 1
 DOMAIN = "example.test"
 USER = f"test@{DOMAIN}"
@@ -220,19 +213,6 @@ def link_copy(src: Path, dst: Path, uid: int | None = None) -> None:
 # ------------------------------------------------------------------ the servers
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while port_free(port):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
-        time.sleep(0.1)
-
-
 class Twistedmail:
     name = "twistedmail"
 
@@ -285,31 +265,11 @@ class Twistedmail:
         link_copy(inbox, data / "mail" / DOMAIN / "test")
 
     def start(self) -> int:
-        self.proc = subprocess.Popen(
-            [
-                str(self.bin / "twistd"),
-                "-n",
-                "--pidfile=",
-                f"--logfile={self.work / 'twistd.log'}",
-                "twistedmail",
-                "--config",
-                str(self.config),
-            ],
-            cwd=self.work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port)
+        self.proc = start_twistd(self.bin, self.work, self.config, self.port)
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=30)
 
 
 class Dovecot:
@@ -359,12 +319,7 @@ class Dovecot:
         return int(pidfile.read_text().split()[0])
 
     def stop(self) -> None:
-        subprocess.run(
-            [str(self.peers / "dovecot.sh"), "stop", str(self.work)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            check=False,
-        )
+        stop_dovecot(self.peers, self.work, self.env)
 
 
 # ------------------------------------------------------------------ the measurements

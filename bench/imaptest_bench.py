@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import imaplib
 import mailbox
+import os
 import re
 import ssl
 import subprocess
@@ -52,7 +53,15 @@ from peerlib import (
     tree_cpu_s,
 )
 
-IMAPTEST = Path("/work/imaptest/imaptest")
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+IMAPTEST = next(  # $IMAPTEST, or what .ci/run builds into .imaptest-build/
+    (
+        p
+        for p in (Path(os.environ.get("IMAPTEST", "")), ROOT / ".imaptest-build" / "imaptest")
+        if p.name and p.is_file()
+    ),
+    Path("/work/imaptest/imaptest"),
+)
 MIX_USERS = 5
 APPEND_USER = f"test6@{DOMAIN}"
 

@@ -35,8 +35,6 @@ import argparse
 import imaplib
 import multiprocessing
 import os
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -47,61 +45,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import peerlib
+from peerlib import DEFAULT_PEERS, start_twistd, stop_dovecot, stop_process, wait_port
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_PEERS = next(  # ../shared beside the checkout (or beside a worktree's parent)
-    (
-        p / "shared" / "tools" / "peers"
-        for p in (HERE.parent.parent, HERE.parent.parent.parent)
-        if (p / "shared" / "tools" / "peers").is_dir()
-    ),
-    HERE.parent.parent / "shared" / "tools" / "peers",
-)
 DOMAIN = "example.test"
 PASSWORD = "secret"
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while port_free(port):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
-        time.sleep(0.1)
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return kids
-
-
 def tree_pss_kib(pid: int) -> int:
     """PSS summed over C{pid} and its descendants (as peers/rss.py sums it)."""
-    total, stack, seen = 0, [pid], set()
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        stack += _children(p)
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            pass
-    return total
+    return peerlib.tree_pss_kib(pid)[0]
 
 
 class Twistedmail:
@@ -138,31 +92,11 @@ class Twistedmail:
         store.close()
 
     def start(self) -> int:
-        self.proc = subprocess.Popen(
-            [
-                str(self.bin / "twistd"),
-                "-n",
-                "--pidfile=",
-                f"--logfile={self.work / 'twistd.log'}",
-                "twistedmail",
-                "--config",
-                str(self.config),
-            ],
-            cwd=self.work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port)
+        self.proc = start_twistd(self.bin, self.work, self.config, self.port)
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=30)
 
 
 class Dovecot:
@@ -212,12 +146,7 @@ class Dovecot:
         return int((self.work / "dovecot" / "run" / "master.pid").read_text().split()[0])
 
     def stop(self) -> None:
-        subprocess.run(
-            [str(self.peers / "dovecot.sh"), "stop", str(self.work)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            check=False,
-        )
+        stop_dovecot(self.peers, self.work, self.env)
 
 
 def tls_context() -> ssl.SSLContext:

@@ -62,6 +62,48 @@ def wait_port(port: int, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def start_twistd(bin_dir: Path, work: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
+    """twistedmail under C{bin_dir/twistd} in the foreground, its log in C{work}, running
+    once C{port} answers."""
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={work / 'twistd.log'}",
+            "twistedmail",
+            "--config",
+            str(config),
+        ],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    wait_port(port)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 60) -> None:
+    """SIGTERM, then SIGKILL after C{grace} seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def stop_dovecot(peers: Path, work: Path, env: dict[str, str]) -> None:
+    """Stop the Dovecot that C{peers/dovecot.sh} started in C{work}."""
+    subprocess.run(
+        [str(peers / "dovecot.sh"), "stop", str(work)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
+
+
 def pick_port_base(offsets: Iterable[int] = (143, 993, 110, 995, 24, 1, 2, 3)) -> int:
     """A random base in 30000-31400 whose base+offset ports are all free.
 
@@ -182,21 +224,7 @@ class Twistedmail:
         if not port_free(self.port):  # taken since (the machine is shared): move
             self.port = pick_port_base() + 1
             self.write_config()
-        self.proc = subprocess.Popen(
-            [
-                str(self.bin / "twistd"),
-                "-n",
-                "--pidfile=",
-                f"--logfile={self.work / 'twistd.log'}",
-                "twistedmail",
-                "--config",
-                str(self.config),
-            ],
-            cwd=self.work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port)
+        self.proc = start_twistd(self.bin, self.work, self.config, self.port)
         return self.proc.pid
 
     @property
@@ -205,13 +233,7 @@ class Twistedmail:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -278,12 +300,7 @@ class Dovecot:
         return self.pid
 
     def stop(self) -> None:
-        subprocess.run(
-            [str(self.peers / "dovecot.sh"), "stop", str(self.work)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            check=False,
-        )
+        stop_dovecot(self.peers, self.work, self.env)
 
 
 def median_spread(ratios: Sequence[float]) -> str:
