@@ -727,6 +727,30 @@ def remember_arrival(directory: Path, base: str, raw: bytes) -> None:
     _pool.give(path, db)
 
 
+def read_state(directory: Path) -> tuple[int, int, int] | None:
+    """(UIDVALIDITY, floor, HIGHESTMODSEQ) of the folder's index as committed now, read
+    without a write transaction or the folder lock, through a connection the process keeps
+    open (L{_Pool}); C{None} when none is open or the read fails (the caller then takes
+    the lock).  Every change to a row gives it a MODSEQ above HIGHESTMODSEQ, so an equal
+    triple means no row changed since it was last read."""
+    path = directory / INDEX_FILE
+    db = _pool.take(path)
+    if db is None:
+        return None
+    try:
+        rows = dict(db.execute(_STATE_QUERY).fetchall())
+    except sqlite3.Error:
+        db.close()
+        return None
+    _pool.give(path, db)
+    return rows.get("uidvalidity", 0), rows.get("floor", 1), rows.get("highestmodseq", 1)
+
+
+_STATE_QUERY = (
+    "SELECT key, value FROM meta WHERE key IN ('uidvalidity', 'floor', 'highestmodseq')"
+)
+
+
 SORT_COLUMNS = ("dated", "date", "subject", "sender", "recipient", "cc")
 """The parsed SORT keys the index keeps per message (RFC 5256 §3), C{NULL} until parsed:
 C{dated} 1 when C{date} holds the Date: in UTC seconds, 0 when the message has no usable

@@ -35,6 +35,7 @@ import bisect
 import collections
 import errno
 import fcntl
+import functools
 import io
 import os
 import random
@@ -53,6 +54,8 @@ import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
 from twistedmail.index import (
+    DIRTY_NS,
+    INDEX_FILE,
     CachedParts,
     FolderIndex,
     IndexedMessage,
@@ -60,6 +63,7 @@ from twistedmail.index import (
     now_ns,
     read_headers,
     read_sortkeys,
+    read_state,
     remember_arrival,
 )
 
@@ -540,16 +544,30 @@ class ScanResult:
     """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # (a dict for the cached_property)
 class _Snapshot:
     """A folder's message list as of one state of its index: UIDVALIDITY, the index floor
     and HIGHESTMODSEQ name the state (every change to a row gives it a MODSEQ above the
-    HIGHESTMODSEQ before; every removal leaves a tombstone with one)."""
+    HIGHESTMODSEQ before; every removal leaves a tombstone with one).
+
+    Once kept by a scan, also what the folder looked like on disk then: the L{Stamps} of
+    C{new/}, C{cur/} and C{dovecot-uidlist} the index was in step with, when they were
+    read (C{verified_ns}), UIDNEXT, and the inode of the index file (L{Folder._unchanged}).
+    """
 
     uidvalidity: int
     floor: int
     highestmodseq: int
     messages: tuple[MessageEntry, ...]
+    uidnext: int = 0
+    stamps: Stamps | None = None
+    verified_ns: int = 0
+    index_ino: int = 0
+
+    @functools.cached_property
+    def filenames(self) -> frozenset[str]:
+        """The names of the messages in C{cur/}."""
+        return frozenset(e.filename for e in self.messages)
 
 
 SNAPSHOT_MESSAGES = 400_000
@@ -582,6 +600,43 @@ class _Snapshots:
         rows = tuple(map(MessageEntry._make, index.messages()))
         return _Snapshot(uidvalidity, floor, highest, rows)
 
+    def get(self, path: Path) -> _Snapshot | None:
+        with self._lock:
+            return self._kept.get(path)
+
+    def advanced(
+        self,
+        path: Path,
+        index: FolderIndex,
+        since: int,
+        changed: tuple[MessageEntry, ...],
+        gone: tuple[int, ...],
+    ) -> _Snapshot | None:
+        """The kept snapshot brought to the index's state by a delta scan (C{changed}: the
+        rows of MODSEQ above C{since}, C{gone}: the UIDs expunged after it), when the delta
+        covers what it lacks; else C{None} (the next full scan makes one)."""
+        with self._lock:
+            old = self._kept.get(path)
+        uidvalidity, floor, highest = index.uidvalidity, index.floor, index.highestmodseq
+        if old is None or (old.uidvalidity, old.floor) != (uidvalidity, floor):
+            return None
+        if old.highestmodseq == highest:
+            return old
+        if old.highestmodseq != since:
+            return None
+        rows = [tuple(e) for e in changed]
+        return _Snapshot(uidvalidity, floor, highest, _patched(old.messages, rows, list(gone)))
+
+    def verified(self, path: Path, snapshot: _Snapshot, stamps: Stamps, when: int) -> None:
+        """C{snapshot} (still the kept one) was found in step with the folder's directories
+        as they were at C{when}, with these stamps."""
+        with self._lock:
+            if self._kept.get(path) is snapshot:
+                now = attrs.evolve(snapshot, stamps=stamps, verified_ns=when)
+                if "filenames" in snapshot.__dict__:
+                    now.__dict__["filenames"] = snapshot.filenames
+                self._kept[path] = now
+
     def keep(self, path: Path, snapshot: _Snapshot) -> None:
         with self._lock:
             self._kept[path] = snapshot
@@ -605,7 +660,7 @@ _snapshots = _Snapshots()
 
 def _patched(
     messages: tuple[MessageEntry, ...],
-    changed: list[tuple[int, str, str, int, float, int]],
+    changed: list[tuple[int, str, str, int, float, int]] | list[tuple[Any, ...]],
     gone: list[int],
 ) -> tuple[MessageEntry, ...]:
     """C{messages} (in UID order) with the C{changed} rows replaced or inserted and the
@@ -785,9 +840,14 @@ class Folder:
             L{ScanResult.unsaved} (POP3 needs no UIDs).
         @raise MaildirError: when the folder does not exist.
         """
+        if since is not None and not provisional:
+            unchanged = self._unchanged(since)
+            if unchanged is not None:
+                return unchanged
         if not self.exists():
             raise MaildirError("no such folder")
         unsaved: list[MessageEntry] = []
+        snapshot: _Snapshot | None
         with self._indexed() as index:
             if not index.clean(self._stamps()):
                 index.add_recent(self._sync(index, unsaved).values())
@@ -799,8 +859,24 @@ class Folder:
                 snapshot = _snapshots.messages(self.path, index)
                 messages = snapshot.messages
             else:
-                snapshot = None
                 messages = tuple(map(MessageEntry._make, index.messages(since)))
+                snapshot = _snapshots.advanced(self.path, index, since, messages, expunged)
+            if snapshot is not None:
+                stamps = index.stamps()
+                try:
+                    ino = os.stat(index.path).st_ino
+                except OSError:
+                    stamps = None
+                if stamps is not None and not unsaved:
+                    snapshot = attrs.evolve(
+                        snapshot,
+                        uidnext=index.uidnext,
+                        stamps=stamps,
+                        verified_ns=index.get("synced_ns"),
+                        index_ino=ino,
+                    )
+                else:
+                    snapshot = attrs.evolve(snapshot, stamps=None)
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
@@ -815,6 +891,66 @@ class Folder:
             degraded = index.degraded
         if snapshot is not None and not degraded:  # committed: later scans may start from it
             _snapshots.keep(self.path, snapshot)
+        return result
+
+    def _unchanged(self, since: int) -> ScanResult | None:
+        """The delta scan after MODSEQ C{since} without the lock, a transaction or (mostly)
+        a listing, when the process's snapshot of the folder is at C{since} and the folder
+        is still as the snapshot saw it; else C{None} (the caller scans under the lock).
+
+        Every change to a Maildir (a delivery, APPEND, a flag rename, an expunge: ours,
+        another process's, Dovecot's or by hand) changes the mtime of C{new/} or C{cur/},
+        and a new UID list has a new inode.  When the stamps are those the snapshot was
+        in step with, and they were read at least L{DIRTY_NS} after the directories last
+        changed (so no change within the same mtime tick can hide behind them, Dovecot's
+        "dirty" rule), nothing changed: no listing.  Otherwise (changed, or still dirty)
+        C{new/} and C{cur/} are listed (no lock): no new mail and exactly the snapshot's
+        file names, and the index's HIGHESTMODSEQ still the snapshot's (a flag set and
+        cleared again by another process leaves the names as they were), mean nothing
+        changed either; the listing's stamps become the snapshot's."""
+        snapshot = _snapshots.get(self.path)
+        if snapshot is None or snapshot.stamps is None or snapshot.highestmodseq != since:
+            return None
+        started = now_ns()
+        try:
+            current = self._stamps()
+            index_ino = os.stat(self.path / INDEX_FILE).st_ino
+        except OSError:
+            return None  # (the folder is gone: the locked scan says so)
+        if index_ino != snapshot.index_ino:
+            return None  # the index was rebuilt (its MODSEQs are not the snapshot's)
+        result = ScanResult(
+            snapshot.uidvalidity,
+            snapshot.uidnext,
+            (),
+            frozenset(),
+            snapshot.highestmodseq,
+            (),
+            False,
+            snapshot.floor,
+        )
+        last = max(current.new_ns, current.cur_ns, current.uidlist_ns)
+        if current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS:
+            return result
+        old = snapshot.stamps
+        if (current.uidlist_ns, current.uidlist_size, current.uidlist_ino) != (
+            old.uidlist_ns,
+            old.uidlist_size,
+            old.uidlist_ino,
+        ):
+            return None  # UIDs given out or dropped
+        try:
+            if any(not name.startswith(".") for name in os.listdir(self.path / "new")):
+                return None  # new mail
+            names = [name for name in os.listdir(self.path / "cur") if not name.startswith(".")]
+        except OSError:
+            return None
+        if len(names) != len(snapshot.messages) or snapshot.filenames.symmetric_difference(names):
+            return None
+        state = read_state(self.path)
+        if state != (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq):
+            return None
+        _snapshots.verified(self.path, snapshot, current, started)
         return result
 
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:

@@ -1,0 +1,184 @@
+"""The rescan of an unchanged folder (twistedmail.maildir.Folder._unchanged): a delta scan
+of a folder whose C{new/}, C{cur/} and C{dovecot-uidlist} still carry the stamps the
+process's snapshot was in step with, read outside the "dirty" window (twistedmail.index
+DIRTY_NS, Dovecot's rule), takes no lock and lists nothing; every change to the Maildir,
+by hand, by another program or by us, even one within the same mtime tick, is still seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from twistedmail import maildir
+from twistedmail.maildir import Folder, make_maildir, write_durably
+
+T1 = 1_700_000_000.0
+
+
+def message(n: int) -> bytes:
+    return b"From: a@example.test\r\nSubject: m%d\r\n\r\nbody %d\r\n" % (n, n)
+
+
+class CountingFolder(Folder):
+    """A folder that counts how often it takes its lock."""
+
+    locks = 0
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.locks += 1
+        with super()._locked():
+            yield
+
+
+class UnchangedTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        make_maildir(self.root)
+        for n in range(1, 4):
+            write_durably(self.root / "cur", message(n), "S" if n % 2 else "", T1 + n)
+        self.folder = CountingFolder(self.root)
+        self.addCleanup(maildir._snapshots.forget, self.root)
+        self.listings = 0
+        real = os.listdir
+
+        def listdir(path: object = ".") -> list[str]:
+            self.listings += 1
+            return real(path)  # type: ignore[arg-type]
+
+        self.patch(os, "listdir", listdir)
+
+    def age(self) -> None:
+        """Set the directories and the UID list back in time, past the dirty window."""
+        old = (T1, T1)
+        for name in ("new", "cur", maildir.UIDLIST):
+            os.utime(self.root / name, old)
+
+    def stamps(self) -> tuple[int, int]:
+        return os.stat(self.root / "new").st_mtime_ns, os.stat(self.root / "cur").st_mtime_ns
+
+    def restore(self, stamps: tuple[int, int]) -> None:
+        """Put the mtimes of new/ and cur/ back: a change within the same mtime tick."""
+        os.utime(self.root / "new", ns=(stamps[0], stamps[0]))
+        os.utime(self.root / "cur", ns=(stamps[1], stamps[1]))
+
+    def settled(self) -> maildir.ScanResult:
+        """A folder synced and verified with stamps older than the dirty window."""
+        self.folder.scan()
+        self.age()
+        first = self.folder.scan()  # the stamps changed: synced again, now clean
+        return first
+
+    def test_unchanged_folder_takes_no_lock_and_lists_nothing(self) -> None:
+        """The rescan of an unchanged, settled folder takes no lock and lists no directory."""
+        first = self.settled()
+        locks, listings = self.folder.locks, self.listings
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual(
+            (self.folder.locks, self.listings, again.messages, again.expunged),
+            (locks, listings, (), ()),
+        )
+        self.assertEqual(
+            (again.uidvalidity, again.uidnext, again.highestmodseq, again.floor, again.full),
+            (first.uidvalidity, first.uidnext, first.highestmodseq, first.floor, False),
+        )
+
+    def test_dirty_folder_is_listed_without_the_lock(self) -> None:
+        """Within the dirty window the rescan lists the directories, still without the lock."""
+        first = self.folder.scan()
+        self.folder.scan(first.highestmodseq)  # the first delta scan keeps the snapshot
+        locks, listings = self.folder.locks, self.listings
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual((self.folder.locks, again.messages), (locks, ()))
+        self.assertEqual(self.listings, listings + 2)
+
+    def changed_file(self, result: maildir.ScanResult, uid: int) -> maildir.MessageEntry:
+        (entry,) = [e for e in result.messages if e.uid == uid]
+        return entry
+
+    def test_hand_rename_in_cur_is_seen(self) -> None:
+        """A flag set by hand (a rename in cur/) of a settled folder is seen."""
+        first = self.settled()
+        entry = self.changed_file(first, 2)
+        os.rename(self.root / "cur" / entry.filename, self.root / "cur" / f"{entry.base}:2,F")
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual(
+            [(e.uid, e.filename) for e in again.messages], [(2, f"{entry.base}:2,F")]
+        )
+
+    def test_rename_within_the_same_mtime_tick_is_seen(self) -> None:
+        """A rename whose cur/ mtime equals the one the last scan saw (same tick) is seen."""
+        first = self.folder.scan()
+        self.folder.scan(first.highestmodseq)
+        before = self.stamps()
+        entry = self.changed_file(first, 1)
+        os.rename(self.root / "cur" / entry.filename, self.root / "cur" / f"{entry.base}:2,RS")
+        self.restore(before)
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual(
+            [(e.uid, e.filename) for e in again.messages], [(1, f"{entry.base}:2,RS")]
+        )
+
+    def test_new_mail_within_the_same_mtime_tick_is_seen(self) -> None:
+        """A file dropped into new/ within the same mtime tick gets the next UID."""
+        first = self.folder.scan()
+        self.folder.scan(first.highestmodseq)
+        before = self.stamps()
+        base = write_durably(self.root / "new", message(9))
+        self.restore(before)
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual([(e.uid, e.base) for e in again.messages], [(4, base)])
+
+    def test_new_mail_in_a_settled_folder_is_seen(self) -> None:
+        """A file dropped into new/ of a settled folder gets the next UID."""
+        first = self.settled()
+        base = write_durably(self.root / "new", message(9))
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual([(e.uid, e.base) for e in again.messages], [(4, base)])
+
+    def test_removed_file_is_seen(self) -> None:
+        """A message file deleted by hand, within the same mtime tick, is expunged."""
+        first = self.folder.scan()
+        self.folder.scan(first.highestmodseq)
+        before = self.stamps()
+        os.unlink(self.root / "cur" / self.changed_file(first, 3).filename)
+        self.restore(before)
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual((again.messages, again.expunged), ((), (3,)))
+
+    def test_removed_file_in_a_settled_folder_is_seen(self) -> None:
+        """A message file deleted by hand from a settled folder is expunged."""
+        first = self.settled()
+        os.unlink(self.root / "cur" / self.changed_file(first, 3).filename)
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual((again.messages, again.expunged), ((), (3,)))
+
+    def test_flag_set_and_cleared_again_gets_its_modseq(self) -> None:
+        """A flag set and cleared again (file names as before, same mtime tick) still shows
+        the message changed, with its new MODSEQ (RFC 7162 §3.1.1)."""
+        first = self.folder.scan()
+        self.folder.scan(first.highestmodseq)
+        before = self.stamps()
+        other = Folder(self.root)  # another session, or a process with its own index rows
+        entry = self.changed_file(first, 2)
+        flagged = other.set_flags(entry, "F")
+        cleared = other.set_flags(flagged, "")
+        self.restore(before)
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual(
+            [(e.uid, e.filename, e.modseq) for e in again.messages],
+            [(2, entry.filename, cleared.modseq)],
+        )
+        self.assertGreater(cleared.modseq, first.highestmodseq)
+
+    def test_new_uid_list_is_seen(self) -> None:
+        """A UID list rewritten by another program (new UIDVALIDITY) is synced at once."""
+        first = self.settled()
+        (self.root / maildir.UIDLIST).write_text("3 V7 N1 Gx\n")
+        again = self.folder.scan(first.highestmodseq)
+        self.assertEqual(again.uidvalidity, 7)
