@@ -320,6 +320,12 @@ class MaildirMailbox:
             for listener in list(self._listeners):
                 if hasattr(listener, "keywordsChanged"):
                     listener.keywordsChanged()
+        if not scan.full and not scan.messages and not scan.expunged:
+            # nothing changed (the common rescan): no pass over the view
+            self.uidnext = max(self.uidnext, scan.uidnext)
+            self.highestmodseq = max(self.highestmodseq, scan.highestmodseq)
+            self.floor = scan.floor
+            return
         # a full scan lists every message; a delta (RFC 7162 CHANGEDSINCE semantics) only
         # those changed after our HIGHESTMODSEQ, and the UIDs expunged after it
         on_disk = {e.uid: e for e in scan.messages}
