@@ -182,3 +182,91 @@ class UnchangedTests(unittest.TestCase):
         (self.root / maildir.UIDLIST).write_text("3 V7 N1 Gx\n")
         again = self.folder.scan(first.highestmodseq)
         self.assertEqual(again.uidvalidity, 7)
+
+
+class FollowedTests(unittest.TestCase):
+    """Our own changes (STORE, EXPUNGE, APPEND by a session of this process) bring the
+    process's snapshot along, so the other sessions' rescans get them without the lock,
+    exactly as the index has them."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        make_maildir(self.root)
+        for n in range(1, 4):
+            write_durably(self.root / "cur", message(n), "", T1 + n)
+        self.folder = CountingFolder(self.root)  # the session that rescans
+        self.other = Folder(self.root)  # the session that changes the folder
+        self.addCleanup(maildir._snapshots.forget, self.root)
+        self.first = self.folder.scan()
+        self.folder.scan(self.first.highestmodseq)  # a delta scan keeps the snapshot
+
+    def unlocked(self, since: int | None, claim: bool = False) -> maildir.ScanResult:
+        """A scan that must not take the lock."""
+        locks = self.folder.locks
+        result = self.folder.scan(since, claim)
+        self.assertEqual(self.folder.locks, locks)
+        return result
+
+    def truth(self, since: int | None) -> maildir.ScanResult:
+        """What a scan under the lock, from the index, says."""
+        maildir._snapshots.forget(self.root)
+        return Folder(self.root).scan(since)
+
+    def assertSameScan(self, got: maildir.ScanResult, since: int | None) -> None:
+        want = self.truth(since)
+        self.assertEqual(
+            (got.messages, got.expunged, got.highestmodseq, got.uidnext, got.uidvalidity),
+            (want.messages, want.expunged, want.highestmodseq, want.uidnext, want.uidvalidity),
+        )
+
+    def test_flag_change_reaches_other_sessions_without_the_lock(self) -> None:
+        """A STORE's rename is in the next delta scan, with its MODSEQ, taken unlocked."""
+        entry = self.first.messages[1]
+        (changed,), _ = self.other.change_flags_many(
+            [(entry, maildir.FlagChange(add="S"))]
+        )
+        got = self.unlocked(self.first.highestmodseq)
+        self.assertEqual(got.messages, (changed,))
+        self.assertSameScan(got, self.first.highestmodseq)
+
+    def test_expunge_reaches_other_sessions_without_the_lock(self) -> None:
+        """An EXPUNGE is in the next delta scan's expunged UIDs, taken unlocked."""
+        self.other.remove_many([self.first.messages[0], self.first.messages[2]])
+        got = self.unlocked(self.first.highestmodseq)
+        self.assertEqual((got.messages, got.expunged), ((), (1, 3)))
+        self.assertSameScan(got, self.first.highestmodseq)
+
+    def test_append_reaches_examine_and_status_without_the_lock(self) -> None:
+        """An APPENDed message is in the next delta and full scans that claim no \\Recent
+        (EXAMINE, STATUS: RFC 3501 §2.3.2), as recent."""
+        uid = self.other.add(message(7))
+        got = self.unlocked(self.first.highestmodseq)
+        status = self.unlocked(None)
+        self.assertEqual(([e.uid for e in got.messages], got.recent), ([uid], {uid}))
+        self.assertEqual(([e.uid for e in status.messages], status.recent), ([1, 2, 3, 4], {4}))
+        self.assertSameScan(got, self.first.highestmodseq)
+        self.assertSameScan(status, None)
+
+    def test_recent_is_claimed_under_the_lock_once(self) -> None:
+        """A SELECTed session claims the new \\Recent message under the lock; the next
+        session's rescan then gets it unlocked, not recent (RFC 3501 §2.3.2)."""
+        uid = self.other.add(message(7))
+        locks = self.folder.locks
+        claimed = self.folder.scan(self.first.highestmodseq, True)
+        self.assertEqual((claimed.recent, self.folder.locks), ({uid}, locks + 1))
+        again = self.unlocked(self.first.highestmodseq, True)
+        self.assertEqual(([e.uid for e in again.messages], again.recent), ([uid], set()))
+
+    def test_session_behind_the_log_scans_under_the_lock(self) -> None:
+        """A session further behind than the snapshot's log reaches scans the index."""
+        self.patch(maildir, "SNAPSHOT_LOG", 2)
+        entries = list(self.first.messages)
+        for flags in ("S", "F", "D"):
+            done, _ = self.other.change_flags_many(
+                [(e, maildir.FlagChange(add=flags)) for e in entries]
+            )
+            entries = done
+        locks = self.folder.locks
+        got = self.folder.scan(self.first.highestmodseq)
+        self.assertEqual(self.folder.locks, locks + 1)
+        self.assertEqual(got.messages, tuple(entries))

@@ -743,11 +743,14 @@ def read_state(directory: Path) -> tuple[int, int, int] | None:
         db.close()
         return None
     _pool.give(path, db)
+    if rows.get("cache_version") != CACHE_VERSION:
+        return None  # sizes to measure again (L{FolderIndex.stale_sizes}): the lock's work
     return rows.get("uidvalidity", 0), rows.get("floor", 1), rows.get("highestmodseq", 1)
 
 
 _STATE_QUERY = (
-    "SELECT key, value FROM meta WHERE key IN ('uidvalidity', 'floor', 'highestmodseq')"
+    "SELECT key, value FROM meta"
+    " WHERE key IN ('uidvalidity', 'floor', 'highestmodseq', 'cache_version')"
 )
 
 

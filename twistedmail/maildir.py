@@ -544,6 +544,11 @@ class ScanResult:
     """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
 
 
+SNAPSHOT_LOG = 1024
+"""Changes (a row's new MODSEQ, an expunge) a snapshot remembers, for the delta scans of
+sessions a few changes behind (L{_Snapshot.delta})."""
+
+
 @attrs.frozen(slots=False)  # (a dict for the cached_property)
 class _Snapshot:
     """A folder's message list as of one state of its index: UIDVALIDITY, the index floor
@@ -552,7 +557,10 @@ class _Snapshot:
 
     Once kept by a scan, also what the folder looked like on disk then: the L{Stamps} of
     C{new/}, C{cur/} and C{dovecot-uidlist} the index was in step with, when they were
-    read (C{verified_ns}), UIDNEXT, and the inode of the index file (L{Folder._unchanged}).
+    read (C{verified_ns}), UIDNEXT, the inode of the index file, and the UIDs still
+    C{\\Recent} and unclaimed (L{Folder._unchanged}).  C{log} holds (MODSEQ, UID, expunged)
+    of every change after MODSEQ C{log_from}, in MODSEQ order (an expunge found by a scan
+    carries the HIGHESTMODSEQ of that scan, at or above its own).
     """
 
     uidvalidity: int
@@ -563,11 +571,53 @@ class _Snapshot:
     stamps: Stamps | None = None
     verified_ns: int = 0
     index_ino: int = 0
+    recent: frozenset[int] = frozenset()
+    log_from: int = attrs.field(
+        default=attrs.Factory(lambda self: self.highestmodseq, takes_self=True)
+    )
+    log: tuple[tuple[int, int, bool], ...] = ()
 
     @functools.cached_property
     def filenames(self) -> frozenset[str]:
         """The names of the messages in C{cur/}."""
         return frozenset(e.filename for e in self.messages)
+
+    def then(
+        self, highest: int, rows: list[tuple[Any, ...]], gone: list[tuple[int, int]]
+    ) -> _Snapshot:
+        """The index's state after a change: C{rows} (each with its new MODSEQ) replaced or
+        inserted, the UIDs of C{gone} ((UID, MODSEQ) pairs) removed, HIGHESTMODSEQ now
+        C{highest}; logged."""
+        messages = _patched(self.messages, rows, [uid for uid, _ in gone])
+        changes = sorted(
+            [(row[5], row[0], False) for row in rows] + [(m, u, True) for u, m in gone]
+        )
+        log, log_from = self.log + tuple(changes), self.log_from
+        if len(log) > SNAPSHOT_LOG:
+            log_from, log = log[-SNAPSHOT_LOG - 1][0], log[-SNAPSHOT_LOG:]
+        return _Snapshot(
+            self.uidvalidity, self.floor, highest, messages, log_from=log_from, log=log
+        )
+
+    def delta(self, since: int) -> tuple[tuple[MessageEntry, ...], tuple[int, ...]] | None:
+        """(the messages of MODSEQ above C{since} in UID order, the UIDs expunged after it),
+        what the index answers (RFC 7162 §3.1.4.1, §3.2.5.2), when the log reaches back to
+        C{since}; else C{None}."""
+        if not self.log_from <= since <= self.highestmodseq:
+            return None
+        changed: set[int] = set()
+        gone: set[int] = set()
+        for modseq, uid, expunged in reversed(self.log):
+            if modseq <= since:
+                break
+            (gone if expunged else changed).add(uid)
+        rows = []
+        messages = self.messages
+        for uid in sorted(changed):
+            i = bisect.bisect_left(messages, uid, key=_uid)
+            if i < len(messages) and messages[i].uid == uid and messages[i].modseq > since:
+                rows.append(messages[i])
+        return tuple(rows), tuple(sorted(gone))
 
 
 SNAPSHOT_MESSAGES = 400_000
@@ -596,7 +646,7 @@ class _Snapshots:
             if old.highestmodseq < highest:
                 changed = index.messages(old.highestmodseq)
                 gone = index.expunged_since(old.highestmodseq)
-                return _Snapshot(uidvalidity, floor, highest, _patched(old.messages, changed, gone))
+                return old.then(highest, changed, [(uid, highest) for uid in gone])
         rows = tuple(map(MessageEntry._make, index.messages()))
         return _Snapshot(uidvalidity, floor, highest, rows)
 
@@ -625,7 +675,7 @@ class _Snapshots:
         if old.highestmodseq != since:
             return None
         rows = [tuple(e) for e in changed]
-        return _Snapshot(uidvalidity, floor, highest, _patched(old.messages, rows, list(gone)))
+        return old.then(highest, rows, [(uid, highest) for uid in gone])
 
     def verified(self, path: Path, snapshot: _Snapshot, stamps: Stamps, when: int) -> None:
         """C{snapshot} (still the kept one) was found in step with the folder's directories
@@ -637,8 +687,12 @@ class _Snapshots:
                     now.__dict__["filenames"] = snapshot.filenames
                 self._kept[path] = now
 
-    def keep(self, path: Path, snapshot: _Snapshot) -> None:
+    def keep(self, path: Path, snapshot: _Snapshot, instead: _Snapshot | None = None) -> None:
+        """Keep C{snapshot} as the folder's; with C{instead}, only if that is still kept
+        (a change followed from it, L{Folder._followed})."""
         with self._lock:
+            if instead is not None and self._kept.get(path) is not instead:
+                return
             self._kept[path] = snapshot
             self._kept.move_to_end(path)
             total = sum(len(s.messages) for s in self._kept.values())
@@ -840,8 +894,8 @@ class Folder:
             L{ScanResult.unsaved} (POP3 needs no UIDs).
         @raise MaildirError: when the folder does not exist.
         """
-        if since is not None and not provisional:
-            unchanged = self._unchanged(since)
+        if not provisional:
+            unchanged = self._unchanged(since, claim_recent)
             if unchanged is not None:
                 return unchanged
         if not self.exists():
@@ -874,6 +928,7 @@ class Folder:
                         stamps=stamps,
                         verified_ns=index.get("synced_ns"),
                         index_ino=ino,
+                        recent=frozenset() if claim_recent else recent,
                     )
                 else:
                     snapshot = attrs.evolve(snapshot, stamps=None)
@@ -893,10 +948,11 @@ class Folder:
             _snapshots.keep(self.path, snapshot)
         return result
 
-    def _unchanged(self, since: int) -> ScanResult | None:
-        """The delta scan after MODSEQ C{since} without the lock, a transaction or (mostly)
-        a listing, when the process's snapshot of the folder is at C{since} and the folder
-        is still as the snapshot saw it; else C{None} (the caller scans under the lock).
+    def _unchanged(self, since: int | None, claim_recent: bool) -> ScanResult | None:
+        """L{scan} without the lock, a transaction or (mostly) a listing: from the process's
+        snapshot of the folder, when the folder is still as the snapshot saw it and the
+        snapshot can answer (its log reaches back to C{since}; no C{\\Recent} message to
+        claim); else C{None} (the caller scans under the lock).
 
         Every change to a Maildir (a delivery, APPEND, a flag rename, an expunge: ours,
         another process's, Dovecot's or by hand) changes the mtime of C{new/} or C{cur/},
@@ -909,8 +965,27 @@ class Folder:
         cleared again by another process leaves the names as they were), mean nothing
         changed either; the listing's stamps become the snapshot's."""
         snapshot = _snapshots.get(self.path)
-        if snapshot is None or snapshot.stamps is None or snapshot.highestmodseq != since:
+        if snapshot is None or snapshot.stamps is None or (claim_recent and snapshot.recent):
             return None
+        if since is None:
+            messages, expunged = snapshot.messages, ()
+        else:
+            if since < snapshot.floor:
+                return None
+            delta = snapshot.delta(since)
+            if delta is None:
+                return None
+            messages, expunged = delta
+        result = ScanResult(
+            snapshot.uidvalidity,
+            snapshot.uidnext,
+            messages,
+            frozenset() if claim_recent else snapshot.recent,
+            snapshot.highestmodseq,
+            expunged,
+            since is None,
+            snapshot.floor,
+        )
         started = now_ns()
         try:
             current = self._stamps()
@@ -919,16 +994,6 @@ class Folder:
             return None  # (the folder is gone: the locked scan says so)
         if index_ino != snapshot.index_ino:
             return None  # the index was rebuilt (its MODSEQs are not the snapshot's)
-        result = ScanResult(
-            snapshot.uidvalidity,
-            snapshot.uidnext,
-            (),
-            frozenset(),
-            snapshot.highestmodseq,
-            (),
-            False,
-            snapshot.floor,
-        )
         last = max(current.new_ns, current.cur_ns, current.uidlist_ns)
         if current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS:
             return result
@@ -1047,16 +1112,55 @@ class Folder:
             index.forget_stamps()  # list the folder again next time, and try to save then
         return {b: uids[b] for b in moved if b in uids}
 
-    def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> None:
+    def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> _Snapshot | None:
         """Run C{change} (our own rename, unlink or link in C{cur/}); when the index was in
-        step with the directories before it, it stays so, and no full sync is needed."""
+        step with the directories before it, it stays so, and no full sync is needed.
+
+        @return: the process's snapshot of the folder when it was in step with the index
+            and the directories before the change (L{_followed} brings it along)."""
         before = self._stamps()
         in_step = index.stamps() == before
+        kept = self._in_step(index, before) if in_step else None
         change()
         if in_step:
             index.record(self._stamps(), now_ns())
         else:
             index.forget_stamps()
+        return kept
+
+    def _in_step(self, index: FolderIndex, stamps: Stamps) -> _Snapshot | None:
+        """The kept snapshot when it holds the index's state and saw the directories with
+        C{stamps} (read under the lock, before a change of ours)."""
+        snapshot = _snapshots.get(self.path)
+        if snapshot is None or snapshot.stamps != stamps:
+            return None
+        state = (index.uidvalidity, index.floor, index.highestmodseq)
+        if (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq) != state:
+            return None
+        return snapshot
+
+    def _followed(
+        self,
+        snapshot: _Snapshot,
+        index: FolderIndex,
+        rows: list[tuple[Any, ...]],
+        gone: list[tuple[int, int]],
+        recent: frozenset[int] = frozenset(),
+    ) -> _Snapshot:
+        """L{_in_step} C{snapshot} after our own change (under the lock, in the index's
+        transaction): C{rows} changed, C{gone} ((UID, MODSEQ)) expunged, C{recent} added;
+        in step with the directories as they are now.  Kept once the index commits, so
+        the other sessions' rescans need no lock (L{_unchanged})."""
+        started = now_ns()
+        changed = snapshot.then(index.highestmodseq, rows, gone)
+        return attrs.evolve(
+            changed,
+            uidnext=index.uidnext,
+            stamps=self._stamps(),
+            verified_ns=started,
+            index_ino=snapshot.index_ino,
+            recent=snapshot.recent | recent,
+        )
 
     def changed_since(self, modseq: int) -> tuple[list[int], int]:
         """(UIDs expunged after C{modseq}, the index floor) for QRESYNC (RFC 7162 §3.2.5.2).
@@ -1173,8 +1277,11 @@ class Folder:
         L{FolderIndex.headers})."""
         if not self.exists():
             raise MaildirError("no such folder")
+        followed: _Snapshot | None = None
         with self._indexed() as index:
-            in_step = index.stamps() == self._stamps()
+            stamps = self._stamps()
+            in_step = index.stamps() == stamps
+            kept = self._in_step(index, stamps) if in_step else None
             base = write_durably(self.path / "cur", data, flags, mtime)
             uidvalidity, uidnext, guid, uids = self._read_uidlist()
             if uidvalidity == 0:
@@ -1199,8 +1306,14 @@ class Folder:
                     index.cache_headers([(uid, base, *headers)])
                 index.put("uidnext", uidnext + 1)
                 index.record(self._stamps(), now_ns())
+                if kept is not None:
+                    row = (uid, base, name, size, st.st_mtime, modseq)
+                    followed = self._followed(kept, index, [row], [], frozenset([uid]))
             else:
                 index.forget_stamps()  # the next scan lists the folder and indexes it
+            degraded = index.degraded
+        if followed is not None and not degraded:
+            _snapshots.keep(self.path, followed, instead=kept)
         return uid
 
     def locate(self, base: str) -> Path | None:
@@ -1284,6 +1397,7 @@ class Folder:
         """
         done: list[MessageEntry] = []
         modified: list[MessageEntry] = []
+        followed: _Snapshot | None = None
         with self._indexed() as index:
             current = index.modseqs(e.uid for e, _ in plan)
             renamed: list[tuple[int, str]] = []
@@ -1326,7 +1440,7 @@ class Folder:
                         done.append(entry._replace(filename=new_name))
                         break
 
-            self._own_change(index, rename_all)
+            kept = self._own_change(index, rename_all)
             if renamed:
                 # the flags are the file names: durable before OK (the index may lag)
                 fsync_dir_shared(self.path / "cur")
@@ -1336,6 +1450,12 @@ class Folder:
                     if uid in current:
                         index.rename(uid, name, modseq)
                 done = [e._replace(modseq=modseq) if e.uid in names else e for e in done]
+                if kept is not None:
+                    rows = [tuple(e) for e in done if e.uid in names and e.uid in current]
+                    followed = self._followed(kept, index, rows, [])
+            degraded = index.degraded
+        if followed is not None and not degraded:
+            _snapshots.keep(self.path, followed, instead=kept)
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
@@ -1370,9 +1490,16 @@ class Folder:
                         modseq = modseq or index.next_modseq()
                         index.expunge(entry.uid, modseq)
 
-            self._own_change(index, unlink_all)
+            kept = self._own_change(index, unlink_all)
+            followed: _Snapshot | None = None
             if removed:
                 fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
+                if kept is not None:
+                    gone = [(e.uid, modseq) for e in removed if e.uid in indexed]
+                    followed = self._followed(kept, index, [], gone)
+            degraded = index.degraded
+        if followed is not None and not degraded:
+            _snapshots.keep(self.path, followed, instead=kept)
         return removed
 
 
