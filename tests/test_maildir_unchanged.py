@@ -270,3 +270,46 @@ class FollowedTests(unittest.TestCase):
         got = self.folder.scan(self.first.highestmodseq)
         self.assertEqual(self.folder.locks, locks + 1)
         self.assertEqual(got.messages, tuple(entries))
+
+
+class KeywordMapTests(unittest.TestCase):
+    """The keyword map (C{dovecot-keywords}) is read again only when the file changed."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        make_maildir(self.root)
+        self.file = self.root / maildir.KEYWORDS
+        self.file.write_text("0 $Junk\n1 Work\n")
+        self.reads = 0
+        test = self
+
+        class Counting(Folder):
+            def _read_keywords(self) -> dict[int, str]:
+                test.reads += 1
+                return super()._read_keywords()
+
+        self.folder = Counting(self.root)
+        self.addCleanup(maildir._keyword_maps.pop, self.root, None)
+
+    def test_settled_file_is_read_once(self) -> None:
+        """A file unchanged since a read made after its dirty window is not read again."""
+        os.utime(self.file, (T1, T1))
+        self.assertEqual(self.folder.keywords(), {"a": "$Junk", "b": "Work"})
+        self.assertEqual(self.folder.keywords(), {"a": "$Junk", "b": "Work"})
+        self.assertEqual(self.reads, 1)
+
+    def test_edit_within_the_same_mtime_tick_is_seen(self) -> None:
+        """The file edited in place with its mtime and size as before is read again."""
+        self.assertEqual(self.folder.keywords(), {"a": "$Junk", "b": "Work"})
+        st = os.stat(self.file)
+        with open(self.file, "r+") as f:
+            f.write("0 $Spam\n1 Home\n")
+        os.utime(self.file, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        self.assertEqual(self.folder.keywords(), {"a": "$Spam", "b": "Home"})
+
+    def test_new_file_is_seen(self) -> None:
+        """A file replaced by a rename (Dovecot, L{Folder.keyword_letters}) is read again."""
+        os.utime(self.file, (T1, T1))
+        self.assertEqual(self.folder.keywords(), {"a": "$Junk", "b": "Work"})
+        self.assertEqual(self.folder.keyword_letters(["Later"]), "c")
+        self.assertEqual(self.folder.keywords(), {"a": "$Junk", "b": "Work", "c": "Later"})

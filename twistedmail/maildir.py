@@ -711,6 +711,10 @@ class _Snapshots:
 
 _snapshots = _Snapshots()
 
+KEYWORD_MAPS = 10_000
+"""Folders whose keyword map the process keeps (L{Folder.keywords}); all dropped when full."""
+_keyword_maps: dict[Path, tuple[tuple[int, int, int], int, dict[str, str]]] = {}
+
 
 def _patched(
     messages: tuple[MessageEntry, ...],
@@ -1222,8 +1226,25 @@ class Folder:
 
     def keywords(self) -> dict[str, str]:
         """The folder's keyword map: {letter: name}, C{"a"} for index 0 (empty when the
-        C{dovecot-keywords} file is absent)."""
-        return {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+        C{dovecot-keywords} file is absent).
+
+        Read again only when the file's mtime, size or inode changed since the process
+        last read it, or it had changed within L{DIRTY_NS} of that read (an edit in the
+        same mtime tick): a rescan costs one C{stat}."""
+        try:
+            st = os.stat(self.path / KEYWORDS)
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = _keyword_maps.get(self.path)
+        if cached is not None and cached[0] == stamp and cached[1] - stamp[0] >= DIRTY_NS:
+            return dict(cached[2])
+        started = now_ns()
+        table = {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+        if len(_keyword_maps) >= KEYWORD_MAPS:
+            _keyword_maps.clear()
+        _keyword_maps[self.path] = (stamp, started, table)
+        return dict(table)
 
     def keyword_letters(self, names: list[str] | tuple[str, ...]) -> str:
         """The info letters for keyword C{names}, giving each unknown valid name the lowest free
