@@ -8,6 +8,7 @@ by hand, by another program or by us, even one within the same mtime tick, is st
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from twistedmail import maildir
+from twistedmail.index import INDEX_FILE
 from twistedmail.maildir import Folder, make_maildir, write_durably
 
 T1 = 1_700_000_000.0
@@ -247,15 +249,25 @@ class FollowedTests(unittest.TestCase):
         self.assertSameScan(got, self.first.highestmodseq)
         self.assertSameScan(status, None)
 
-    def test_recent_is_claimed_under_the_lock_once(self) -> None:
-        """A SELECTed session claims the new \\Recent message under the lock; the next
-        session's rescan then gets it unlocked, not recent (RFC 3501 §2.3.2)."""
+    def test_recent_is_claimed_once_without_the_lock(self) -> None:
+        """A SELECTed session claims the new \\Recent message (an index write, no folder
+        lock); the next session's rescan gets the message, not recent (RFC 3501 §2.3.2)."""
         uid = self.other.add(message(7))
-        locks = self.folder.locks
-        claimed = self.folder.scan(self.first.highestmodseq, True)
-        self.assertEqual((claimed.recent, self.folder.locks), ({uid}, locks + 1))
+        claimed = self.unlocked(self.first.highestmodseq, True)
+        self.assertEqual(([e.uid for e in claimed.messages], claimed.recent), ([uid], {uid}))
         again = self.unlocked(self.first.highestmodseq, True)
         self.assertEqual(([e.uid for e in again.messages], again.recent), ([uid], set()))
+        self.assertEqual(self.truth(None).recent, set())
+
+    def test_recent_claimed_by_another_process_is_not_claimed_again(self) -> None:
+        """\\Recent taken by another process (in the index only) is not given out again."""
+        uid = self.other.add(message(7))
+        db = sqlite3.connect(self.root / INDEX_FILE)
+        with db:
+            db.execute("DELETE FROM recent")
+        db.close()
+        got = self.unlocked(self.first.highestmodseq, True)
+        self.assertEqual(([e.uid for e in got.messages], got.recent), ([uid], set()))
 
     def test_session_behind_the_log_scans_under_the_lock(self) -> None:
         """A session further behind than the snapshot's log reaches scans the index."""

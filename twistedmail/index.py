@@ -748,6 +748,32 @@ def read_state(directory: Path) -> tuple[int, int, int] | None:
     return rows.get("uidvalidity", 0), rows.get("floor", 1), rows.get("highestmodseq", 1)
 
 
+def take_recent(directory: Path, uids: frozenset[int]) -> list[int] | None:
+    """Take the C{\\Recent} of those of C{uids} no session has claimed yet (RFC 3501
+    §2.3.2, as L{FolderIndex.recent} with C{claim}), in one write transaction of the index
+    without the folder lock (SQLite orders it with every other write); C{None} when the
+    process keeps no connection to the index or the write fails (the caller then scans
+    under the lock)."""
+    path = directory / INDEX_FILE
+    db = _pool.take(path)
+    if db is None:
+        return None
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            taken = [uid for (uid,) in db.execute("SELECT uid FROM recent") if uid in uids]
+            db.executemany("DELETE FROM recent WHERE uid = ?", [(uid,) for uid in taken])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        db.close()
+        return None
+    _pool.give(path, db)
+    return sorted(taken)
+
+
 _STATE_QUERY = (
     "SELECT key, value FROM meta"
     " WHERE key IN ('uidvalidity', 'floor', 'highestmodseq', 'cache_version')"

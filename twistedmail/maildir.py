@@ -65,6 +65,7 @@ from twistedmail.index import (
     read_sortkeys,
     read_state,
     remember_arrival,
+    take_recent,
 )
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -677,22 +678,20 @@ class _Snapshots:
         rows = [tuple(e) for e in changed]
         return old.then(highest, rows, [(uid, highest) for uid in gone])
 
-    def verified(self, path: Path, snapshot: _Snapshot, stamps: Stamps, when: int) -> None:
+    def verified(
+        self, path: Path, snapshot: _Snapshot, stamps: Stamps, when: int, recent: frozenset[int]
+    ) -> None:
         """C{snapshot} (still the kept one) was found in step with the folder's directories
-        as they were at C{when}, with these stamps."""
+        as they were at C{when}, with these stamps; C{recent} are still unclaimed."""
         with self._lock:
             if self._kept.get(path) is snapshot:
-                now = attrs.evolve(snapshot, stamps=stamps, verified_ns=when)
+                now = attrs.evolve(snapshot, stamps=stamps, verified_ns=when, recent=recent)
                 if "filenames" in snapshot.__dict__:
                     now.__dict__["filenames"] = snapshot.filenames
                 self._kept[path] = now
 
-    def keep(self, path: Path, snapshot: _Snapshot, instead: _Snapshot | None = None) -> None:
-        """Keep C{snapshot} as the folder's; with C{instead}, only if that is still kept
-        (a change followed from it, L{Folder._followed})."""
+    def keep(self, path: Path, snapshot: _Snapshot) -> None:
         with self._lock:
-            if instead is not None and self._kept.get(path) is not instead:
-                return
             self._kept[path] = snapshot
             self._kept.move_to_end(path)
             total = sum(len(s.messages) for s in self._kept.values())
@@ -841,18 +840,25 @@ class Folder:
         return Stamps(new.st_mtime_ns, cur.st_mtime_ns, *u)
 
     @contextmanager
-    def _indexed(self) -> Iterator[FolderIndex]:
+    def _indexed(self, keep: list[_Snapshot] | None = None) -> Iterator[FolderIndex]:
         """The folder lock and the open index (created, or rebuilt when unreadable, with a
-        mod-sequence counter above any the lost one gave out: RFC 7162 §3.1.2.1)."""
-        with self._locked(), FolderIndex(self.path) as index:
-            if index.created:
-                fresh = not (self.path / UIDLIST).exists()
-                index.start(1 if fresh else int(time.time() * 1000))
-            elif index.stale_sizes:
-                _snapshots.forget(self.path)  # sizes change without a MODSEQ
-                self._measure_again(index)
-                index.sizes_measured()
-            yield index
+        mod-sequence counter above any the lost one gave out: RFC 7162 §3.1.2.1).
+
+        @param keep: the caller puts the folder's snapshot as of its transaction there;
+            it is kept once the index committed to disk, still under the lock (so the next
+            change under the lock finds it, L{_in_step})."""
+        with self._locked():
+            with FolderIndex(self.path) as index:
+                if index.created:
+                    fresh = not (self.path / UIDLIST).exists()
+                    index.start(1 if fresh else int(time.time() * 1000))
+                elif index.stale_sizes:
+                    _snapshots.forget(self.path)  # sizes change without a MODSEQ
+                    self._measure_again(index)
+                    index.sizes_measured()
+                yield index
+            if keep and not index.degraded:
+                _snapshots.keep(self.path, keep[-1])
 
     def _measure_again(self, index: FolderIndex) -> None:
         """Sizes indexed by an older version counted a bare LF as one octet: measure every
@@ -906,8 +912,10 @@ class Folder:
             raise MaildirError("no such folder")
         unsaved: list[MessageEntry] = []
         snapshot: _Snapshot | None
-        with self._indexed() as index:
-            if not index.clean(self._stamps()):
+        keep: list[_Snapshot] = []
+        with self._indexed(keep) as index:
+            current = self._stamps()
+            if not index.clean(current) and not self._still(index, current):
                 index.add_recent(self._sync(index, unsaved).values())
             recent = frozenset(index.recent(claim_recent))
             if since is not None and since < index.floor:
@@ -936,6 +944,7 @@ class Folder:
                     )
                 else:
                     snapshot = attrs.evolve(snapshot, stamps=None)
+                keep.append(snapshot)  # (a full scan's even when not in step: for SELECT)
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
@@ -947,9 +956,6 @@ class Folder:
                 index.floor,
                 tuple(unsaved) if provisional else (),
             )
-            degraded = index.degraded
-        if snapshot is not None and not degraded:  # committed: later scans may start from it
-            _snapshots.keep(self.path, snapshot)
         return result
 
     def _unchanged(self, since: int | None, claim_recent: bool) -> ScanResult | None:
@@ -969,7 +975,7 @@ class Folder:
         cleared again by another process leaves the names as they were), mean nothing
         changed either; the listing's stamps become the snapshot's."""
         snapshot = _snapshots.get(self.path)
-        if snapshot is None or snapshot.stamps is None or (claim_recent and snapshot.recent):
+        if snapshot is None or snapshot.stamps is None:
             return None
         if since is None:
             messages, expunged = snapshot.messages, ()
@@ -999,28 +1005,56 @@ class Folder:
         if index_ino != snapshot.index_ino:
             return None  # the index was rebuilt (its MODSEQs are not the snapshot's)
         last = max(current.new_ns, current.cur_ns, current.uidlist_ns)
-        if current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS:
-            return result
-        old = snapshot.stamps
-        if (current.uidlist_ns, current.uidlist_size, current.uidlist_ino) != (
-            old.uidlist_ns,
-            old.uidlist_size,
-            old.uidlist_ino,
-        ):
-            return None  # UIDs given out or dropped
+        settled = current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS
+        if not settled:
+            old = snapshot.stamps
+            if (current.uidlist_ns, current.uidlist_size, current.uidlist_ino) != (
+                old.uidlist_ns,
+                old.uidlist_size,
+                old.uidlist_ino,
+            ):
+                return None  # UIDs given out or dropped
+            if not self._listed_as(snapshot):
+                return None
+            state = read_state(self.path)
+            if state != (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq):
+                return None
+        if claim_recent and snapshot.recent:
+            claimed = take_recent(self.path, snapshot.recent)
+            if claimed is None:
+                return None
+            result = attrs.evolve(result, recent=frozenset(claimed))
+        if not settled or (claim_recent and snapshot.recent):
+            _snapshots.verified(
+                self.path,
+                snapshot,
+                snapshot.stamps if settled else current,
+                snapshot.verified_ns if settled else started,
+                frozenset() if claim_recent else snapshot.recent,
+            )
+        return result
+
+    def _still(self, index: FolderIndex, current: Stamps) -> bool:
+        """Under the lock: whether the index, not known clean (changed within L{DIRTY_NS}),
+        is still in step with the folder: it recorded C{current} at its last sync, the kept
+        snapshot holds its state, and the folder lists just the snapshot's files (so the
+        full sync's listing, UID list read and index writes are not needed)."""
+        if index.stamps() != current:
+            return False
+        snapshot = self._in_step(index, current)
+        return snapshot is not None and self._listed_as(snapshot)
+
+    def _listed_as(self, snapshot: _Snapshot) -> bool:
+        """Whether C{new/} holds no message and C{cur/} exactly the snapshot's files."""
         try:
             if any(not name.startswith(".") for name in os.listdir(self.path / "new")):
-                return None  # new mail
+                return False  # new mail
             names = [name for name in os.listdir(self.path / "cur") if not name.startswith(".")]
         except OSError:
-            return None
-        if len(names) != len(snapshot.messages) or snapshot.filenames.symmetric_difference(names):
-            return None
-        state = read_state(self.path)
-        if state != (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq):
-            return None
-        _snapshots.verified(self.path, snapshot, current, started)
-        return result
+            return False
+        return len(names) == len(snapshot.messages) and not snapshot.filenames.symmetric_difference(
+            names
+        )
 
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
@@ -1298,8 +1332,8 @@ class Folder:
         L{FolderIndex.headers})."""
         if not self.exists():
             raise MaildirError("no such folder")
-        followed: _Snapshot | None = None
-        with self._indexed() as index:
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
             stamps = self._stamps()
             in_step = index.stamps() == stamps
             kept = self._in_step(index, stamps) if in_step else None
@@ -1329,12 +1363,9 @@ class Folder:
                 index.record(self._stamps(), now_ns())
                 if kept is not None:
                     row = (uid, base, name, size, st.st_mtime, modseq)
-                    followed = self._followed(kept, index, [row], [], frozenset([uid]))
+                    followed.append(self._followed(kept, index, [row], [], frozenset([uid])))
             else:
                 index.forget_stamps()  # the next scan lists the folder and indexes it
-            degraded = index.degraded
-        if followed is not None and not degraded:
-            _snapshots.keep(self.path, followed, instead=kept)
         return uid
 
     def locate(self, base: str) -> Path | None:
@@ -1418,8 +1449,8 @@ class Folder:
         """
         done: list[MessageEntry] = []
         modified: list[MessageEntry] = []
-        followed: _Snapshot | None = None
-        with self._indexed() as index:
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
             current = index.modseqs(e.uid for e, _ in plan)
             renamed: list[tuple[int, str]] = []
             listing: dict[str, str] | None = None
@@ -1473,10 +1504,7 @@ class Folder:
                 done = [e._replace(modseq=modseq) if e.uid in names else e for e in done]
                 if kept is not None:
                     rows = [tuple(e) for e in done if e.uid in names and e.uid in current]
-                    followed = self._followed(kept, index, rows, [])
-            degraded = index.degraded
-        if followed is not None and not degraded:
-            _snapshots.keep(self.path, followed, instead=kept)
+                    followed.append(self._followed(kept, index, rows, []))
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
@@ -1492,7 +1520,8 @@ class Folder:
         @return: the entries removed.
         """
         removed: list[MessageEntry] = []
-        with self._indexed() as index:
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
             indexed = index.modseqs(e.uid for e in entries)
             modseq = 0
 
@@ -1512,15 +1541,11 @@ class Folder:
                         index.expunge(entry.uid, modseq)
 
             kept = self._own_change(index, unlink_all)
-            followed: _Snapshot | None = None
             if removed:
                 fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
                 if kept is not None:
                     gone = [(e.uid, modseq) for e in removed if e.uid in indexed]
-                    followed = self._followed(kept, index, [], gone)
-            degraded = index.degraded
-        if followed is not None and not degraded:
-            _snapshots.keep(self.path, followed, instead=kept)
+                    followed.append(self._followed(kept, index, [], gone))
         return removed
 
 
