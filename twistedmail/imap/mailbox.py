@@ -347,10 +347,16 @@ class MaildirMailbox:
         # a full scan lists every message; a delta (RFC 7162 CHANGEDSINCE semantics) only
         # those changed after our HIGHESTMODSEQ, and the UIDs expunged after it
         on_disk = {e.uid: e for e in scan.messages}
-        position = {e.uid: i for i, e in enumerate(self._view) if e.uid not in self._gone}
         if scan.full:
+            position = {e.uid: i for i, e in enumerate(self._view) if e.uid not in self._gone}
             vanished = set(position) - set(on_disk)
-        else:
+        else:  # only the UIDs named, found in the view (in UID order) by bisection
+            position = {}
+            view = self._view
+            for uid in [*on_disk, *scan.expunged]:
+                i = bisect.bisect_left(view, uid, key=_uid_of)
+                if i < len(view) and view[i].uid == uid and uid not in self._gone:
+                    position[uid] = i
             vanished = set(scan.expunged) & set(position)
         changed: dict[int, list[str]] = {}
         for uid in vanished:
