@@ -729,6 +729,14 @@ class MaildirMailbox:
         @raise SearchError: for a malformed query (answered BAD).
         """
         view = self._view[: self._announced]  # what the client knows (RFC 3501 §7.4.1)
+        if len(query) == 1 and isinstance(query[0], bytes) and query[0].upper() in _FLAG_KEYS:
+            # one flag key (UNSEEN, DELETED, ...): the entries' file names answer, in one pass
+            self.searched_modseq = False
+            letter, want = _FLAG_KEYS[query[0].upper()]
+            found: list[int] = await self.run_in_thread(
+                _flag_search, view, frozenset(self._gone), letter, want
+            )
+            return found
         last_seq = len(view)
         last_uid = view[-1].uid if view else 0
         used: set[bytes] = set()
@@ -794,6 +802,20 @@ _FLAG_KEYS = {
     b"UNSEEN": ("S", False),
 }
 _HEADER_KEYS = {b"BCC", b"CC", b"FROM", b"SUBJECT", b"TO"}
+
+
+def _flag_search(
+    view: list[MessageEntry], gone: frozenset[int], letter: str, want: bool
+) -> list[int]:
+    """The sequence numbers of the messages of C{view} (not C{gone}) whose info carries
+    C{letter} (C{want}) or not: SEARCH of one flag key (RFC 3501 §6.4.4)."""
+    if want:
+        found = [n for n, e in enumerate(view, 1) if letter in e.filename.partition(":2,")[2]]
+    else:
+        found = [n for n, e in enumerate(view, 1) if letter not in e.filename.partition(":2,")[2]]
+    if gone:
+        found = [n for n in found if view[n - 1].uid not in gone]
+    return found
 
 
 def _day(mtime: float) -> tuple[int, int, int]:
