@@ -977,8 +977,9 @@ class Folder:
         snapshot = _snapshots.get(self.path)
         if snapshot is None or snapshot.stamps is None:
             return None
+        expunged: tuple[int, ...] = ()
         if since is None:
-            messages, expunged = snapshot.messages, ()
+            messages = snapshot.messages
         else:
             if since < snapshot.floor:
                 return None

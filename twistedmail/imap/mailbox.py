@@ -354,9 +354,9 @@ class MaildirMailbox:
             position = {}
             view = self._view
             for uid in [*on_disk, *scan.expunged]:
-                i = bisect.bisect_left(view, uid, key=_uid_of)
-                if i < len(view) and view[i].uid == uid and uid not in self._gone:
-                    position[uid] = i
+                at = bisect.bisect_left(view, uid, key=_uid_of)
+                if at < len(view) and view[at].uid == uid and uid not in self._gone:
+                    position[uid] = at
             vanished = set(scan.expunged) & set(position)
         changed: dict[int, list[str]] = {}
         for uid in vanished:
