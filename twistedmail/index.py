@@ -727,6 +727,59 @@ def remember_arrival(directory: Path, base: str, raw: bytes) -> None:
     _pool.give(path, db)
 
 
+def read_state(directory: Path) -> tuple[int, int, int] | None:
+    """(UIDVALIDITY, floor, HIGHESTMODSEQ) of the folder's index as committed now, read
+    without a write transaction or the folder lock, through a connection the process keeps
+    open (L{_Pool}); C{None} when none is open or the read fails (the caller then takes
+    the lock).  Every change to a row gives it a MODSEQ above HIGHESTMODSEQ, so an equal
+    triple means no row changed since it was last read."""
+    path = directory / INDEX_FILE
+    db = _pool.take(path)
+    if db is None:
+        return None
+    try:
+        rows = dict(db.execute(_STATE_QUERY).fetchall())
+    except sqlite3.Error:
+        db.close()
+        return None
+    _pool.give(path, db)
+    if rows.get("cache_version") != CACHE_VERSION:
+        return None  # sizes to measure again (L{FolderIndex.stale_sizes}): the lock's work
+    return rows.get("uidvalidity", 0), rows.get("floor", 1), rows.get("highestmodseq", 1)
+
+
+def take_recent(directory: Path, uids: frozenset[int]) -> list[int] | None:
+    """Take the C{\\Recent} of those of C{uids} no session has claimed yet (RFC 3501
+    §2.3.2, as L{FolderIndex.recent} with C{claim}), in one write transaction of the index
+    without the folder lock (SQLite orders it with every other write); C{None} when the
+    process keeps no connection to the index or the write fails (the caller then scans
+    under the lock)."""
+    path = directory / INDEX_FILE
+    db = _pool.take(path)
+    if db is None:
+        return None
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            taken = [uid for (uid,) in db.execute("SELECT uid FROM recent") if uid in uids]
+            db.executemany("DELETE FROM recent WHERE uid = ?", [(uid,) for uid in taken])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        db.close()
+        return None
+    _pool.give(path, db)
+    return sorted(taken)
+
+
+_STATE_QUERY = (
+    "SELECT key, value FROM meta"
+    " WHERE key IN ('uidvalidity', 'floor', 'highestmodseq', 'cache_version')"
+)
+
+
 SORT_COLUMNS = ("dated", "date", "subject", "sender", "recipient", "cc")
 """The parsed SORT keys the index keeps per message (RFC 5256 §3), C{NULL} until parsed:
 C{dated} 1 when C{date} holds the Date: in UTC seconds, 0 when the message has no usable

@@ -35,6 +35,7 @@ import bisect
 import collections
 import errno
 import fcntl
+import functools
 import io
 import os
 import random
@@ -53,6 +54,8 @@ import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
 from twistedmail.index import (
+    DIRTY_NS,
+    INDEX_FILE,
     CachedParts,
     FolderIndex,
     IndexedMessage,
@@ -60,7 +63,9 @@ from twistedmail.index import (
     now_ns,
     read_headers,
     read_sortkeys,
+    read_state,
     remember_arrival,
+    take_recent,
 )
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -540,16 +545,80 @@ class ScanResult:
     """With C{provisional}: messages that have no UID yet because the disk is full (uid 0)."""
 
 
-@attrs.frozen
+SNAPSHOT_LOG = 1024
+"""Changes (a row's new MODSEQ, an expunge) a snapshot remembers, for the delta scans of
+sessions a few changes behind (L{_Snapshot.delta})."""
+
+
+@attrs.frozen(slots=False)  # (a dict for the cached_property)
 class _Snapshot:
     """A folder's message list as of one state of its index: UIDVALIDITY, the index floor
     and HIGHESTMODSEQ name the state (every change to a row gives it a MODSEQ above the
-    HIGHESTMODSEQ before; every removal leaves a tombstone with one)."""
+    HIGHESTMODSEQ before; every removal leaves a tombstone with one).
+
+    Once kept by a scan, also what the folder looked like on disk then: the L{Stamps} of
+    C{new/}, C{cur/} and C{dovecot-uidlist} the index was in step with, when they were
+    read (C{verified_ns}), UIDNEXT, the inode of the index file, and the UIDs still
+    C{\\Recent} and unclaimed (L{Folder._unchanged}).  C{log} holds (MODSEQ, UID, expunged)
+    of every change after MODSEQ C{log_from}, in MODSEQ order (an expunge found by a scan
+    carries the HIGHESTMODSEQ of that scan, at or above its own).
+    """
 
     uidvalidity: int
     floor: int
     highestmodseq: int
     messages: tuple[MessageEntry, ...]
+    uidnext: int = 0
+    stamps: Stamps | None = None
+    verified_ns: int = 0
+    index_ino: int = 0
+    recent: frozenset[int] = frozenset()
+    log_from: int = attrs.field(
+        default=attrs.Factory(lambda self: self.highestmodseq, takes_self=True)
+    )
+    log: tuple[tuple[int, int, bool], ...] = ()
+
+    @functools.cached_property
+    def filenames(self) -> frozenset[str]:
+        """The names of the messages in C{cur/}."""
+        return frozenset(e.filename for e in self.messages)
+
+    def then(
+        self, highest: int, rows: list[tuple[Any, ...]], gone: list[tuple[int, int]]
+    ) -> _Snapshot:
+        """The index's state after a change: C{rows} (each with its new MODSEQ) replaced or
+        inserted, the UIDs of C{gone} ((UID, MODSEQ) pairs) removed, HIGHESTMODSEQ now
+        C{highest}; logged."""
+        messages = _patched(self.messages, rows, [uid for uid, _ in gone])
+        changes = sorted(
+            [(row[5], row[0], False) for row in rows] + [(m, u, True) for u, m in gone]
+        )
+        log, log_from = self.log + tuple(changes), self.log_from
+        if len(log) > SNAPSHOT_LOG:
+            log_from, log = log[-SNAPSHOT_LOG - 1][0], log[-SNAPSHOT_LOG:]
+        return _Snapshot(
+            self.uidvalidity, self.floor, highest, messages, log_from=log_from, log=log
+        )
+
+    def delta(self, since: int) -> tuple[tuple[MessageEntry, ...], tuple[int, ...]] | None:
+        """(the messages of MODSEQ above C{since} in UID order, the UIDs expunged after it),
+        what the index answers (RFC 7162 §3.1.4.1, §3.2.5.2), when the log reaches back to
+        C{since}; else C{None}."""
+        if not self.log_from <= since <= self.highestmodseq:
+            return None
+        changed: set[int] = set()
+        gone: set[int] = set()
+        for modseq, uid, expunged in reversed(self.log):
+            if modseq <= since:
+                break
+            (gone if expunged else changed).add(uid)
+        rows = []
+        messages = self.messages
+        for uid in sorted(changed):
+            i = bisect.bisect_left(messages, uid, key=_uid)
+            if i < len(messages) and messages[i].uid == uid and messages[i].modseq > since:
+                rows.append(messages[i])
+        return tuple(rows), tuple(sorted(gone))
 
 
 SNAPSHOT_MESSAGES = 400_000
@@ -578,9 +647,48 @@ class _Snapshots:
             if old.highestmodseq < highest:
                 changed = index.messages(old.highestmodseq)
                 gone = index.expunged_since(old.highestmodseq)
-                return _Snapshot(uidvalidity, floor, highest, _patched(old.messages, changed, gone))
+                return old.then(highest, changed, [(uid, highest) for uid in gone])
         rows = tuple(map(MessageEntry._make, index.messages()))
         return _Snapshot(uidvalidity, floor, highest, rows)
+
+    def get(self, path: Path) -> _Snapshot | None:
+        with self._lock:
+            return self._kept.get(path)
+
+    def advanced(
+        self,
+        path: Path,
+        index: FolderIndex,
+        since: int,
+        changed: tuple[MessageEntry, ...],
+        gone: tuple[int, ...],
+    ) -> _Snapshot | None:
+        """The kept snapshot brought to the index's state by a delta scan (C{changed}: the
+        rows of MODSEQ above C{since}, C{gone}: the UIDs expunged after it), when the delta
+        covers what it lacks; else C{None} (the next full scan makes one)."""
+        with self._lock:
+            old = self._kept.get(path)
+        uidvalidity, floor, highest = index.uidvalidity, index.floor, index.highestmodseq
+        if old is None or (old.uidvalidity, old.floor) != (uidvalidity, floor):
+            return None
+        if old.highestmodseq == highest:
+            return old
+        if old.highestmodseq != since:
+            return None
+        rows = [tuple(e) for e in changed]
+        return old.then(highest, rows, [(uid, highest) for uid in gone])
+
+    def verified(
+        self, path: Path, snapshot: _Snapshot, stamps: Stamps, when: int, recent: frozenset[int]
+    ) -> None:
+        """C{snapshot} (still the kept one) was found in step with the folder's directories
+        as they were at C{when}, with these stamps; C{recent} are still unclaimed."""
+        with self._lock:
+            if self._kept.get(path) is snapshot:
+                now = attrs.evolve(snapshot, stamps=stamps, verified_ns=when, recent=recent)
+                if "filenames" in snapshot.__dict__:
+                    now.__dict__["filenames"] = snapshot.filenames
+                self._kept[path] = now
 
     def keep(self, path: Path, snapshot: _Snapshot) -> None:
         with self._lock:
@@ -602,10 +710,14 @@ class _Snapshots:
 
 _snapshots = _Snapshots()
 
+KEYWORD_MAPS = 10_000
+"""Folders whose keyword map the process keeps (L{Folder.keywords}); all dropped when full."""
+_keyword_maps: dict[Path, tuple[tuple[int, int, int], int, dict[str, str]]] = {}
+
 
 def _patched(
     messages: tuple[MessageEntry, ...],
-    changed: list[tuple[int, str, str, int, float, int]],
+    changed: list[tuple[int, str, str, int, float, int]] | list[tuple[Any, ...]],
     gone: list[int],
 ) -> tuple[MessageEntry, ...]:
     """C{messages} (in UID order) with the C{changed} rows replaced or inserted and the
@@ -728,18 +840,25 @@ class Folder:
         return Stamps(new.st_mtime_ns, cur.st_mtime_ns, *u)
 
     @contextmanager
-    def _indexed(self) -> Iterator[FolderIndex]:
+    def _indexed(self, keep: list[_Snapshot] | None = None) -> Iterator[FolderIndex]:
         """The folder lock and the open index (created, or rebuilt when unreadable, with a
-        mod-sequence counter above any the lost one gave out: RFC 7162 §3.1.2.1)."""
-        with self._locked(), FolderIndex(self.path) as index:
-            if index.created:
-                fresh = not (self.path / UIDLIST).exists()
-                index.start(1 if fresh else int(time.time() * 1000))
-            elif index.stale_sizes:
-                _snapshots.forget(self.path)  # sizes change without a MODSEQ
-                self._measure_again(index)
-                index.sizes_measured()
-            yield index
+        mod-sequence counter above any the lost one gave out: RFC 7162 §3.1.2.1).
+
+        @param keep: the caller puts the folder's snapshot as of its transaction there;
+            it is kept once the index committed to disk, still under the lock (so the next
+            change under the lock finds it, L{_in_step})."""
+        with self._locked():
+            with FolderIndex(self.path) as index:
+                if index.created:
+                    fresh = not (self.path / UIDLIST).exists()
+                    index.start(1 if fresh else int(time.time() * 1000))
+                elif index.stale_sizes:
+                    _snapshots.forget(self.path)  # sizes change without a MODSEQ
+                    self._measure_again(index)
+                    index.sizes_measured()
+                yield index
+            if keep and not index.degraded:
+                _snapshots.keep(self.path, keep[-1])
 
     def _measure_again(self, index: FolderIndex) -> None:
         """Sizes indexed by an older version counted a bare LF as one octet: measure every
@@ -785,11 +904,18 @@ class Folder:
             L{ScanResult.unsaved} (POP3 needs no UIDs).
         @raise MaildirError: when the folder does not exist.
         """
+        if not provisional:
+            unchanged = self._unchanged(since, claim_recent)
+            if unchanged is not None:
+                return unchanged
         if not self.exists():
             raise MaildirError("no such folder")
         unsaved: list[MessageEntry] = []
-        with self._indexed() as index:
-            if not index.clean(self._stamps()):
+        snapshot: _Snapshot | None
+        keep: list[_Snapshot] = []
+        with self._indexed(keep) as index:
+            current = self._stamps()
+            if not index.clean(current) and not self._still(index, current):
                 index.add_recent(self._sync(index, unsaved).values())
             recent = frozenset(index.recent(claim_recent))
             if since is not None and since < index.floor:
@@ -799,8 +925,26 @@ class Folder:
                 snapshot = _snapshots.messages(self.path, index)
                 messages = snapshot.messages
             else:
-                snapshot = None
                 messages = tuple(map(MessageEntry._make, index.messages(since)))
+                snapshot = _snapshots.advanced(self.path, index, since, messages, expunged)
+            if snapshot is not None:
+                stamps = index.stamps()
+                try:
+                    ino = os.stat(index.path).st_ino
+                except OSError:
+                    stamps = None
+                if stamps is not None and not unsaved:
+                    snapshot = attrs.evolve(
+                        snapshot,
+                        uidnext=index.uidnext,
+                        stamps=stamps,
+                        verified_ns=index.get("synced_ns"),
+                        index_ino=ino,
+                        recent=frozenset() if claim_recent else recent,
+                    )
+                else:
+                    snapshot = attrs.evolve(snapshot, stamps=None)
+                keep.append(snapshot)  # (a full scan's even when not in step: for SELECT)
             result = ScanResult(
                 index.uidvalidity,
                 index.uidnext,
@@ -812,10 +956,106 @@ class Folder:
                 index.floor,
                 tuple(unsaved) if provisional else (),
             )
-            degraded = index.degraded
-        if snapshot is not None and not degraded:  # committed: later scans may start from it
-            _snapshots.keep(self.path, snapshot)
         return result
+
+    def _unchanged(self, since: int | None, claim_recent: bool) -> ScanResult | None:
+        """L{scan} without the lock, a transaction or (mostly) a listing: from the process's
+        snapshot of the folder, when the folder is still as the snapshot saw it and the
+        snapshot can answer (its log reaches back to C{since}; no C{\\Recent} message to
+        claim); else C{None} (the caller scans under the lock).
+
+        Every change to a Maildir (a delivery, APPEND, a flag rename, an expunge: ours,
+        another process's, Dovecot's or by hand) changes the mtime of C{new/} or C{cur/},
+        and a new UID list has a new inode.  When the stamps are those the snapshot was
+        in step with, and they were read at least L{DIRTY_NS} after the directories last
+        changed (so no change within the same mtime tick can hide behind them, Dovecot's
+        "dirty" rule), nothing changed: no listing.  Otherwise (changed, or still dirty)
+        C{new/} and C{cur/} are listed (no lock): no new mail and exactly the snapshot's
+        file names, and the index's HIGHESTMODSEQ still the snapshot's (a flag set and
+        cleared again by another process leaves the names as they were), mean nothing
+        changed either; the listing's stamps become the snapshot's."""
+        snapshot = _snapshots.get(self.path)
+        if snapshot is None or snapshot.stamps is None:
+            return None
+        expunged: tuple[int, ...] = ()
+        if since is None:
+            messages = snapshot.messages
+        else:
+            if since < snapshot.floor:
+                return None
+            delta = snapshot.delta(since)
+            if delta is None:
+                return None
+            messages, expunged = delta
+        result = ScanResult(
+            snapshot.uidvalidity,
+            snapshot.uidnext,
+            messages,
+            frozenset() if claim_recent else snapshot.recent,
+            snapshot.highestmodseq,
+            expunged,
+            since is None,
+            snapshot.floor,
+        )
+        started = now_ns()
+        try:
+            current = self._stamps()
+            index_ino = os.stat(self.path / INDEX_FILE).st_ino
+        except OSError:
+            return None  # (the folder is gone: the locked scan says so)
+        if index_ino != snapshot.index_ino:
+            return None  # the index was rebuilt (its MODSEQs are not the snapshot's)
+        last = max(current.new_ns, current.cur_ns, current.uidlist_ns)
+        settled = current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS
+        if not settled:
+            old = snapshot.stamps
+            if (current.uidlist_ns, current.uidlist_size, current.uidlist_ino) != (
+                old.uidlist_ns,
+                old.uidlist_size,
+                old.uidlist_ino,
+            ):
+                return None  # UIDs given out or dropped
+            if not self._listed_as(snapshot):
+                return None
+            state = read_state(self.path)
+            if state != (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq):
+                return None
+        if claim_recent and snapshot.recent:
+            claimed = take_recent(self.path, snapshot.recent)
+            if claimed is None:
+                return None
+            result = attrs.evolve(result, recent=frozenset(claimed))
+        if not settled or (claim_recent and snapshot.recent):
+            _snapshots.verified(
+                self.path,
+                snapshot,
+                snapshot.stamps if settled else current,
+                snapshot.verified_ns if settled else started,
+                frozenset() if claim_recent else snapshot.recent,
+            )
+        return result
+
+    def _still(self, index: FolderIndex, current: Stamps) -> bool:
+        """Under the lock: whether the index, not known clean (changed within L{DIRTY_NS}),
+        is still in step with the folder: it recorded C{current} at its last sync, the kept
+        snapshot holds its state, and the folder lists just the snapshot's files (so the
+        full sync's listing, UID list read and index writes are not needed)."""
+        if index.stamps() != current:
+            return False
+        snapshot = self._in_step(index, current)
+        return snapshot is not None and self._listed_as(snapshot)
+
+    def _listed_as(self, snapshot: _Snapshot) -> bool:
+        """Whether C{new/} holds no message and C{cur/} exactly the snapshot's files."""
+        try:
+            if any(not name.startswith(".") for name in os.listdir(self.path / "new")):
+                return False  # new mail
+            names = [name for name in os.listdir(self.path / "cur") if not name.startswith(".")]
+        except OSError:
+            return False
+        return len(names) == len(snapshot.messages) and not snapshot.filenames.symmetric_difference(
+            names
+        )
 
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
@@ -911,16 +1151,55 @@ class Folder:
             index.forget_stamps()  # list the folder again next time, and try to save then
         return {b: uids[b] for b in moved if b in uids}
 
-    def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> None:
+    def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> _Snapshot | None:
         """Run C{change} (our own rename, unlink or link in C{cur/}); when the index was in
-        step with the directories before it, it stays so, and no full sync is needed."""
+        step with the directories before it, it stays so, and no full sync is needed.
+
+        @return: the process's snapshot of the folder when it was in step with the index
+            and the directories before the change (L{_followed} brings it along)."""
         before = self._stamps()
         in_step = index.stamps() == before
+        kept = self._in_step(index, before) if in_step else None
         change()
         if in_step:
             index.record(self._stamps(), now_ns())
         else:
             index.forget_stamps()
+        return kept
+
+    def _in_step(self, index: FolderIndex, stamps: Stamps) -> _Snapshot | None:
+        """The kept snapshot when it holds the index's state and saw the directories with
+        C{stamps} (read under the lock, before a change of ours)."""
+        snapshot = _snapshots.get(self.path)
+        if snapshot is None or snapshot.stamps != stamps:
+            return None
+        state = (index.uidvalidity, index.floor, index.highestmodseq)
+        if (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq) != state:
+            return None
+        return snapshot
+
+    def _followed(
+        self,
+        snapshot: _Snapshot,
+        index: FolderIndex,
+        rows: list[tuple[Any, ...]],
+        gone: list[tuple[int, int]],
+        recent: frozenset[int] = frozenset(),
+    ) -> _Snapshot:
+        """L{_in_step} C{snapshot} after our own change (under the lock, in the index's
+        transaction): C{rows} changed, C{gone} ((UID, MODSEQ)) expunged, C{recent} added;
+        in step with the directories as they are now.  Kept once the index commits, so
+        the other sessions' rescans need no lock (L{_unchanged})."""
+        started = now_ns()
+        changed = snapshot.then(index.highestmodseq, rows, gone)
+        return attrs.evolve(
+            changed,
+            uidnext=index.uidnext,
+            stamps=self._stamps(),
+            verified_ns=started,
+            index_ino=snapshot.index_ino,
+            recent=snapshot.recent | recent,
+        )
 
     def changed_since(self, modseq: int) -> tuple[list[int], int]:
         """(UIDs expunged after C{modseq}, the index floor) for QRESYNC (RFC 7162 §3.2.5.2).
@@ -982,8 +1261,25 @@ class Folder:
 
     def keywords(self) -> dict[str, str]:
         """The folder's keyword map: {letter: name}, C{"a"} for index 0 (empty when the
-        C{dovecot-keywords} file is absent)."""
-        return {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+        C{dovecot-keywords} file is absent).
+
+        Read again only when the file's mtime, size or inode changed since the process
+        last read it, or it had changed within L{DIRTY_NS} of that read (an edit in the
+        same mtime tick): a rescan costs one C{stat}."""
+        try:
+            st = os.stat(self.path / KEYWORDS)
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = _keyword_maps.get(self.path)
+        if cached is not None and cached[0] == stamp and cached[1] - stamp[0] >= DIRTY_NS:
+            return dict(cached[2])
+        started = now_ns()
+        table = {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+        if len(_keyword_maps) >= KEYWORD_MAPS:
+            _keyword_maps.clear()
+        _keyword_maps[self.path] = (stamp, started, table)
+        return dict(table)
 
     def keyword_letters(self, names: list[str] | tuple[str, ...]) -> str:
         """The info letters for keyword C{names}, giving each unknown valid name the lowest free
@@ -1037,8 +1333,11 @@ class Folder:
         L{FolderIndex.headers})."""
         if not self.exists():
             raise MaildirError("no such folder")
-        with self._indexed() as index:
-            in_step = index.stamps() == self._stamps()
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
+            stamps = self._stamps()
+            in_step = index.stamps() == stamps
+            kept = self._in_step(index, stamps) if in_step else None
             base = write_durably(self.path / "cur", data, flags, mtime)
             uidvalidity, uidnext, guid, uids = self._read_uidlist()
             if uidvalidity == 0:
@@ -1063,6 +1362,9 @@ class Folder:
                     index.cache_headers([(uid, base, *headers)])
                 index.put("uidnext", uidnext + 1)
                 index.record(self._stamps(), now_ns())
+                if kept is not None:
+                    row = (uid, base, name, size, st.st_mtime, modseq)
+                    followed.append(self._followed(kept, index, [row], [], frozenset([uid])))
             else:
                 index.forget_stamps()  # the next scan lists the folder and indexes it
         return uid
@@ -1148,7 +1450,8 @@ class Folder:
         """
         done: list[MessageEntry] = []
         modified: list[MessageEntry] = []
-        with self._indexed() as index:
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
             current = index.modseqs(e.uid for e, _ in plan)
             renamed: list[tuple[int, str]] = []
             listing: dict[str, str] | None = None
@@ -1190,7 +1493,7 @@ class Folder:
                         done.append(entry._replace(filename=new_name))
                         break
 
-            self._own_change(index, rename_all)
+            kept = self._own_change(index, rename_all)
             if renamed:
                 # the flags are the file names: durable before OK (the index may lag)
                 fsync_dir_shared(self.path / "cur")
@@ -1200,6 +1503,9 @@ class Folder:
                     if uid in current:
                         index.rename(uid, name, modseq)
                 done = [e._replace(modseq=modseq) if e.uid in names else e for e in done]
+                if kept is not None:
+                    rows = [tuple(e) for e in done if e.uid in names and e.uid in current]
+                    followed.append(self._followed(kept, index, rows, []))
         return done, modified
 
     def remove(self, entry: MessageEntry) -> None:
@@ -1215,7 +1521,8 @@ class Folder:
         @return: the entries removed.
         """
         removed: list[MessageEntry] = []
-        with self._indexed() as index:
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
             indexed = index.modseqs(e.uid for e in entries)
             modseq = 0
 
@@ -1234,9 +1541,12 @@ class Folder:
                         modseq = modseq or index.next_modseq()
                         index.expunge(entry.uid, modseq)
 
-            self._own_change(index, unlink_all)
+            kept = self._own_change(index, unlink_all)
             if removed:
                 fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
+                if kept is not None:
+                    gone = [(e.uid, modseq) for e in removed if e.uid in indexed]
+                    followed.append(self._followed(kept, index, [], gone))
         return removed
 
 

@@ -106,8 +106,8 @@ _CHEAP = ("flags", "uid", "internaldate", "rfc822size", "modseq")
 """FETCH items answered from the index alone."""
 
 
-def _has_parts(parts: CachedParts, kinds: set[str]) -> bool:
-    return all(getattr(parts, kind) is not None for kind in kinds)
+def _has_parts(parts: CachedParts | None, kinds: set[str]) -> bool:
+    return parts is not None and all(getattr(parts, kind) is not None for kind in kinds)
 
 
 def _cacheable(part: Any) -> bool:
@@ -125,9 +125,42 @@ def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-async def _content(msg: MaildirMessage, mbox: MaildirMailbox) -> bytes:
-    """The message's bytes, read off the reactor thread."""
-    return await msg.load(mbox.run_in_thread)
+READ_AHEAD = 32
+"""Messages a FETCH reads in one thread hop (at most L{READ_AHEAD_OCTETS} of them, but one
+at least): one hop per message cost more than the read."""
+READ_AHEAD_OCTETS = 1 << 20
+
+
+def _read_many(mbox: MaildirMailbox, msgs: list[MaildirMessage]) -> list[bytes | None]:
+    """The bytes of each message (C{None}: expunged meanwhile), in the calling thread."""
+    out: list[bytes | None] = []
+    for msg in msgs:
+        try:
+            out.append(mbox.folder.read(msg.entry))
+        except MaildirError:
+            out.append(None)
+    return out
+
+
+async def _read_ahead(
+    mbox: MaildirMailbox,
+    targets: list[tuple[int, MaildirMessage]],
+    wanted: list[int],
+    start: int,
+    loaded: dict[int, bytes | None],
+) -> None:
+    """Read the messages at C{wanted} positions from C{start} on (up to L{READ_AHEAD} and
+    L{READ_AHEAD_OCTETS}) in one thread hop, into C{loaded} by position."""
+    batch: list[int] = []
+    octets = 0
+    for i in wanted[start:]:
+        size = targets[i][1].getSize()
+        if batch and (len(batch) >= READ_AHEAD or octets + size > READ_AHEAD_OCTETS):
+            break
+        batch.append(i)
+        octets += size
+    raws = await mbox.run_in_thread(_read_many, mbox, [targets[i][1] for i in batch])
+    loaded.update(zip(batch, raws, strict=True))
 
 
 async def _next_turn(clock: IReactorTime) -> None:
@@ -227,8 +260,17 @@ class FetchCommand(MailboxUpdates):
         part_kinds = {p.type for p in query if _cacheable(p)}
         from_cache = needs_content and all(_cacheable(p) or p.type in _CHEAP for p in query)
         cache: dict[int, CachedParts] = {}
-        if from_cache:
+        if part_kinds:  # (also when other items need the file: not rendered again)
             cache = await mbox.cached_parts([msg.getUID() for _, msg in targets])
+        # the positions of the messages whose file is read, in order, and those read so far
+        wanted = [
+            i
+            for i, (_, msg) in enumerate(targets)
+            if needs_content
+            and not (from_cache and _has_parts(cache.get(msg.getUID()), part_kinds))
+        ]
+        loaded: dict[int, bytes | None] = {}
+        ahead = 0  # the next index into wanted to read
         rendered: dict[tuple[int, str], CachedParts] = {}
         gate: _FlowGate | None = _FlowGate()
         try:
@@ -251,9 +293,19 @@ class FetchCommand(MailboxUpdates):
                 if parts is not None and not _has_parts(parts, part_kinds):
                     parts = None
                 if needs_content and (parts is None or not from_cache):
-                    try:
-                        raw = await _content(msg, mbox)
-                    except MaildirError:
+                    if count not in loaded:
+                        while ahead < len(wanted) and wanted[ahead] < count:
+                            ahead += 1
+                        if ahead < len(wanted) and wanted[ahead] == count:
+                            await _read_ahead(mbox, targets, wanted, ahead, loaded)
+                    if count in loaded:
+                        raw = loaded.pop(count)
+                    else:
+                        try:
+                            raw = await msg.load(mbox.run_in_thread)
+                        except MaildirError:
+                            raw = None
+                    if raw is None:
                         continue  # expunged by another session meanwhile: nothing to send
                     if part_kinds and parts is None:
                         parts = render_parts(raw, part_kinds)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import email.utils
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -114,18 +113,37 @@ MAX_SEARCH_DEPTH = 100
 MAX_NUMBER = 4_294_967_295
 """RFC 3501 §9: C{number} and C{nz-number} are unsigned 32-bit integers."""
 
-_DIGITS = re.compile(rb"\d+")
-
 
 def parse_sequence_set(value: bytes) -> imap4.MessageSet:
     """A sequence set (RFC 3501 §9 C{sequence-set}: C{1:4,7,9:*}) whose numbers fit in 32
-    bits.  @raise ValueError: not a sequence set, or a number over L{MAX_NUMBER}."""
-    if any(int(d) > MAX_NUMBER for d in _DIGITS.findall(value)):
+    bits, its ranges sorted and merged once (Twisted's C{parseIdList} merged them again
+    after each one: a set of many single numbers cost quadratic time).
+    @raise ValueError: not a sequence set, or a number over L{MAX_NUMBER}."""
+    ranges: list[tuple[int | None, int | None]] = []
+    for part in value.split(b","):
+        first, colon, second = part.partition(b":")
+        low = _seq_number(first)
+        high = _seq_number(second) if colon else low
+        if colon and low is None and high is None:
+            raise ValueError("not a sequence set")  # (C{*:*}, as Twisted refused it)
+        if low is None or (high is not None and low > high):
+            low, high = high, low  # low to high, C{*} last
+        ranges.append((low, high))
+    return imap4.MessageSet(ranges)
+
+
+def _seq_number(text: bytes) -> int | None:
+    """RFC 3501 §9 C{seq-number}: a non-zero number, or C{*} (C{None})."""
+    if text == b"*":
+        return None
+    if not text.isdigit():
+        raise ValueError("not a sequence set")
+    number = int(text)
+    if number > MAX_NUMBER:
         raise ValueError("number out of range")
-    try:
-        return imap4.parseIdList(value)
-    except imap4.IllegalIdentifierError:
-        raise ValueError("not a sequence set") from None
+    if not number:
+        raise ValueError("not a sequence set")
+    return number
 
 
 """How deep SEARCH keys may nest (NOT, OR, parentheses); deeper is a L{SearchError}, so a
@@ -320,13 +338,25 @@ class MaildirMailbox:
             for listener in list(self._listeners):
                 if hasattr(listener, "keywordsChanged"):
                     listener.keywordsChanged()
+        if not scan.full and not scan.messages and not scan.expunged:
+            # nothing changed (the common rescan): no pass over the view
+            self.uidnext = max(self.uidnext, scan.uidnext)
+            self.highestmodseq = max(self.highestmodseq, scan.highestmodseq)
+            self.floor = scan.floor
+            return
         # a full scan lists every message; a delta (RFC 7162 CHANGEDSINCE semantics) only
         # those changed after our HIGHESTMODSEQ, and the UIDs expunged after it
         on_disk = {e.uid: e for e in scan.messages}
-        position = {e.uid: i for i, e in enumerate(self._view) if e.uid not in self._gone}
         if scan.full:
+            position = {e.uid: i for i, e in enumerate(self._view) if e.uid not in self._gone}
             vanished = set(position) - set(on_disk)
-        else:
+        else:  # only the UIDs named, found in the view (in UID order) by bisection
+            position = {}
+            view = self._view
+            for uid in [*on_disk, *scan.expunged]:
+                at = bisect.bisect_left(view, uid, key=_uid_of)
+                if at < len(view) and view[at].uid == uid and uid not in self._gone:
+                    position[uid] = at
             vanished = set(scan.expunged) & set(position)
         changed: dict[int, list[str]] = {}
         for uid in vanished:
@@ -699,6 +729,14 @@ class MaildirMailbox:
         @raise SearchError: for a malformed query (answered BAD).
         """
         view = self._view[: self._announced]  # what the client knows (RFC 3501 §7.4.1)
+        if len(query) == 1 and isinstance(query[0], bytes) and query[0].upper() in _FLAG_KEYS:
+            # one flag key (UNSEEN, DELETED, ...): the entries' file names answer, in one pass
+            self.searched_modseq = False
+            letter, want = _FLAG_KEYS[query[0].upper()]
+            found: list[int] = await self.run_in_thread(
+                _flag_search, view, frozenset(self._gone), letter, want
+            )
+            return found
         last_seq = len(view)
         last_uid = view[-1].uid if view else 0
         used: set[bytes] = set()
@@ -764,6 +802,20 @@ _FLAG_KEYS = {
     b"UNSEEN": ("S", False),
 }
 _HEADER_KEYS = {b"BCC", b"CC", b"FROM", b"SUBJECT", b"TO"}
+
+
+def _flag_search(
+    view: list[MessageEntry], gone: frozenset[int], letter: str, want: bool
+) -> list[int]:
+    """The sequence numbers of the messages of C{view} (not C{gone}) whose info carries
+    C{letter} (C{want}) or not: SEARCH of one flag key (RFC 3501 §6.4.4)."""
+    if want:
+        found = [n for n, e in enumerate(view, 1) if letter in e.filename.partition(":2,")[2]]
+    else:
+        found = [n for n, e in enumerate(view, 1) if letter not in e.filename.partition(":2,")[2]]
+    if gone:
+        found = [n for n in found if view[n - 1].uid not in gone]
+    return found
 
 
 def _day(mtime: float) -> tuple[int, int, int]:

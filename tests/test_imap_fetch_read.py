@@ -1,0 +1,61 @@
+"""FETCH reads the message files it needs several at a time (twistedmail.imap.fetch
+READ_AHEAD) and takes ENVELOPE/BODYSTRUCTURE from the index even when other items need the
+file (RFC 3501 §6.4.5, §7.4.2): the replies are those of one read per message."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from tests.test_imap_server import MSG1, MSG2, T1, Harness
+from twistedmail.imap import fetch
+from twistedmail.index import CachedParts
+from twistedmail.maildir import Folder
+
+MSG3 = b"From: dave@example.org\r\nSubject: third\r\n\r\nthird body\r\n"
+
+
+class ReadAheadTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.patch(fetch, "READ_AHEAD", 2)
+        self.h = Harness(self)
+        for n, msg in enumerate((MSG1, MSG2, MSG3, MSG2)):
+            self.h.add(msg, "", T1 + n)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def test_whole_messages_in_batches(self) -> None:
+        """FETCH 1:* BODY.PEEK[] over batches gives every message's bytes, in order."""
+        out = self.h.send(b"a FETCH 1:* (BODY.PEEK[])\r\n")
+        want = b"".join(
+            b"* %d FETCH (BODY[] {%d}\r\n%s)\r\n" % (n, len(m), m)
+            for n, m in enumerate((MSG1, MSG2, MSG3, MSG2), 1)
+        )
+        self.assertEqual(out, want + b"a OK FETCH completed\r\n")
+
+    def test_message_expunged_elsewhere_is_left_out(self) -> None:
+        """A message whose file another program deleted is left out of the FETCH replies
+        (RFC 3501 §7.4.1: its EXPUNGE comes later); the others are sent whole."""
+        cur = self.h.root / "cur"
+        (gone,) = [n for n in os.listdir(cur) if "third" in (cur / n).read_bytes().decode()]
+        os.unlink(cur / gone)
+        out = self.h.send(b"a FETCH 1:* (BODY.PEEK[])\r\n")
+        want = b"".join(
+            b"* %d FETCH (BODY[] {%d}\r\n%s)\r\n" % (n, len(m), m)
+            for n, m in ((1, MSG1), (2, MSG2), (4, MSG2))
+        )
+        self.assertEqual(out, want + b"a OK FETCH completed\r\n")
+
+    def test_cached_envelope_beside_a_section(self) -> None:
+        """ENVELOPE comes from the index's cache also when a BODY section needs the file."""
+        folder = Folder(self.h.root)
+        (entry,) = [e for e in folder.scan().messages if e.uid == 1]
+        folder.cache_parts({(1, entry.base): CachedParts(b"CACHED", None, None)})
+        out = self.h.send(b"a FETCH 1 (ENVELOPE BODY.PEEK[HEADER.FIELDS (Subject)])\r\n")
+        fields = b"Subject: Hello\r\n\r\n"
+        self.assertEqual(
+            out,
+            b"* 1 FETCH (ENVELOPE (CACHED) BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n%s)\r\n"
+            b"a OK FETCH completed\r\n" % (len(fields), fields),
+        )
