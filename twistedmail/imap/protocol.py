@@ -39,6 +39,7 @@ from twistedmail.imap.compress import CompressionError, Inflater
 from twistedmail.imap.mailbox import parse_sequence_set
 from twistedmail.imap.message import encode_string
 from twistedmail.quota import QuotaTracker
+from twistedmail.wire import release_tls_buffers
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -354,6 +355,7 @@ class IMAPProtocol(imap4.IMAP4Server):
         self._line_waiter = waiter
         self.parseState = "waiting"
         self.resumeProducing()
+        release_tls_buffers(self.transport)  # IDLE waits here for hours (issue 10)
         return await waiter
 
     # dispatch
@@ -451,6 +453,7 @@ class IMAPProtocol(imap4.IMAP4Server):
                     _close_below_tls(self.transport)
                 else:
                     self.resumeProducing()
+                    release_tls_buffers(self.transport)  # the session may idle now
 
     # argument parsers (stock ones raise bare Exceptions on bad input)
 
