@@ -80,6 +80,10 @@ class _NoScheduler:
         return succeed(None)
 
 
+_NO_SCHEDULER = _NoScheduler()  # one for all sessions (issue 10: memory per connection)
+_NO_CHALLENGERS: dict[bytes, Any] = {}  # stock's AUTH= table: unused (never registered into)
+
+
 class IMAPServer(
     QuotaCommands,
     FetchCommand,
@@ -173,7 +177,7 @@ class IMAPServer(
     ) -> None:
         for name, value in self._SLOT_DEFAULTS.items():
             setattr(self, name, value)
-        super().__init__({}, None if implicit_tls else tls, scheduler=_NoScheduler())
+        super().__init__(_NO_CHALLENGERS, None if implicit_tls else tls, scheduler=_NO_SCHEDULER)
         self.quota = quota
         self.user_limit = user_limit
         self.copy_observer = copy_observer
