@@ -5,12 +5,19 @@ SMTP and POP3 (quadratic buffering of a long line, lines pipelined after STARTTL
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
-from twistedmail.wire import StrictLineReceiver
+from twistedmail.tls import create_self_signed, server_context
+from twistedmail.wire import StrictLineReceiver, release_tls_buffers
 
 MiB = 1024 * 1024
 
@@ -407,3 +414,75 @@ class EndingRecorder(Recorder):
     def lineReceived(self, line: bytes) -> None:
         self.endings.append((line, self.line_ended_bare, self.previous_line_ended_bare))
         super().lineReceived(line)
+
+
+class _Collect(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class ReleaseTLSBuffersTests(unittest.TestCase):
+    """L{release_tls_buffers}: fresh memory BIOs on an idle TLS connection (issue 10)."""
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        create_self_signed(base / "cert.pem", base / "key.pem", "mail.example.test")
+        server_tls = server_context(base / "cert.pem", base / "key.pem")
+        self.server, self.client = _Collect(), _Collect()
+        self.clock = Clock()  # the TLS layer's small-write aggregation
+        server_factory = TLSMemoryBIOFactory(
+            server_tls, False, Factory.forProtocol(lambda: self.server), self.clock
+        )
+        client_factory = TLSMemoryBIOFactory(
+            CertificateOptions(verify=False),
+            True,
+            Factory.forProtocol(lambda: self.client),
+            self.clock,
+        )
+        _, _, self.pump = connectedServerAndClient(
+            lambda: server_factory.buildProtocol(None),
+            lambda: client_factory.buildProtocol(None),
+            greet=False,
+        )
+        self.client.transport.write(b"hello")
+        self.flush()
+
+    def flush(self) -> None:
+        for _ in range(3):
+            self.clock.advance(0)
+            self.pump.flush()
+
+    def bios(self) -> tuple[object, object]:
+        connection = self.server.transport._tlsConnection
+        return connection._into_ssl, connection._from_ssl
+
+    def test_idle_connection_gets_new_bios_and_keeps_working(self) -> None:
+        """After the handshake, with both BIOs empty, they are replaced and data still flows
+        both ways over the same TLS session."""
+        self.assertEqual(self.server.received, b"hello")
+        before = self.bios()
+        release_tls_buffers(self.server.transport)
+        after = self.bios()
+        self.assertNotEqual(before[0], after[0])
+        self.assertNotEqual(before[1], after[1])
+        self.server.transport.write(b"from server")
+        self.client.transport.write(b" again")
+        self.flush()
+        self.assertEqual(self.client.received, b"from server")
+        self.assertEqual(self.server.received, b"hello again")
+
+    def test_bytes_waiting_in_a_bio_keep_it(self) -> None:
+        """Encrypted bytes not yet read out of the BIO: nothing is replaced."""
+        connection = self.server.transport._tlsConnection
+        connection.send(b"pending")  # encrypted into the outgoing BIO, not read out
+        before = self.bios()
+        release_tls_buffers(self.server.transport)
+        self.assertEqual(self.bios(), before)
+
+    def test_plain_transport_is_left_alone(self) -> None:
+        """Without TLS below, the call does nothing."""
+        release_tls_buffers(StringTransport())

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Generic, TypeVar
 
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 SessionT = TypeVar("SessionT", bound=Protocol)
 
@@ -212,3 +215,36 @@ class SessionFactory(ServerFactory, Generic[SessionT]):
         protocol = self.session(settings=self.settings, **self.arguments)
         protocol.factory = self
         return protocol
+
+
+def release_tls_buffers(transport: object) -> None:
+    """Replace the memory BIOs of the TLS layer below C{transport} by empty ones, when the
+    handshake is done and both are empty (nothing received and not yet decrypted, nothing
+    encrypted and not yet sent); otherwise, or without TLS, do nothing.
+
+    pyOpenSSL has no call for this: its C{Connection} keeps the two BIOs it gave
+    C{SSL_set_bio} as C{_into_ssl} and C{_from_ssl}, so both are replaced together.
+    C{SSL_set_bio} frees the old pair and points OpenSSL's record layer at the new one.
+    """
+    layer = transport
+    while layer is not None and not isinstance(layer, TLSMemoryBIOProtocol):
+        # down through ProtocolWrappers (vars: their __getattr__ forwards to the transport)
+        layer = vars(layer).get("transport")
+    if layer is None or not layer._handshakeDone or layer._lostTLSConnection:
+        return
+    connection = layer._tlsConnection
+    into = getattr(connection, "_into_ssl", None)
+    out = getattr(connection, "_from_ssl", None)
+    if into is None or out is None:  # a socket BIO, or not pyOpenSSL's layout
+        return
+    if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
+        return
+    fresh_into = _lib.BIO_new(_lib.BIO_s_mem())
+    fresh_out = _lib.BIO_new(_lib.BIO_s_mem())
+    if fresh_into == _ffi.NULL or fresh_out == _ffi.NULL:
+        for bio in (fresh_into, fresh_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return
+    _lib.SSL_set_bio(connection._ssl, fresh_into, fresh_out)
+    connection._into_ssl, connection._from_ssl = fresh_into, fresh_out

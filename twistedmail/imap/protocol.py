@@ -39,6 +39,7 @@ from twistedmail.imap.compress import CompressionError, Inflater
 from twistedmail.imap.mailbox import parse_sequence_set
 from twistedmail.imap.message import encode_string
 from twistedmail.quota import QuotaTracker
+from twistedmail.wire import release_tls_buffers
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -348,13 +349,15 @@ class IMAPProtocol(imap4.IMAP4Server):
         assert waiter is not None
         waiter.callback(line)
 
-    async def read_line(self) -> bytes:
-        """Wait for the client's next line while the current command is in progress."""
+    def read_line(self) -> Deferred[bytes]:
+        """Wait for the client's next line while the current command is in progress (a
+        Deferred to await, not a coroutine: one frame less per session in IDLE, issue 10)."""
         waiter: Deferred[bytes] = Deferred()
         self._line_waiter = waiter
         self.parseState = "waiting"
         self.resumeProducing()
-        return await waiter
+        release_tls_buffers(self.transport)  # IDLE waits here for hours (issue 10)
+        return waiter
 
     # dispatch
 
@@ -451,6 +454,7 @@ class IMAPProtocol(imap4.IMAP4Server):
                     _close_below_tls(self.transport)
                 else:
                     self.resumeProducing()
+                    release_tls_buffers(self.transport)  # the session may idle now
 
     # argument parsers (stock ones raise bare Exceptions on bad input)
 

@@ -80,6 +80,10 @@ class _NoScheduler:
         return succeed(None)
 
 
+_NO_SCHEDULER = _NoScheduler()  # one for all sessions (issue 10: memory per connection)
+_NO_CHALLENGERS: dict[bytes, Any] = {}  # stock's AUTH= table: unused (never registered into)
+
+
 class IMAPServer(
     QuotaCommands,
     FetchCommand,
@@ -101,10 +105,63 @@ class IMAPServer(
     """
 
     IDENT = b"twistedmail IMAP4rev1 ready"
-    _lost = False  # connectionLost ran: a command still running must take nothing more
     MAX_LENGTH = 65536
-    timeOut = 60
-    POSTAUTH_TIMEOUT = IMAPSettings().idle_timeout
+
+    # Every attribute a session sets lives in a slot, not in the instance __dict__ (issue 10,
+    # memory per idle connection): 45 names made CPython give up key sharing and allocate a
+    # 1.5 KiB dict per session.  A name missing here still works (it goes to the __dict__).
+    # A slot hides a class default of a base class, so __init__ starts every slot that has
+    # one (_SLOT_DEFAULTS) at that value.
+    __slots__ = (
+        # Twisted's IMAP4Server, LineReceiver, TimeoutMixin, Protocol
+        "challengers",
+        "ctx",
+        "_scheduler",
+        "_queuedAsync",
+        "connected",
+        "transport",
+        "factory",
+        "tags",
+        "canStartTLS",
+        "startedTLS",
+        "timeOut",
+        "_TimeoutMixin__timeoutCall",
+        "_buffer",
+        "_busyReceiving",
+        "line_mode",
+        "paused",
+        "account",
+        "_onLogout",
+        "state",
+        "mbox",
+        "parseState",
+        "_pendingLiteral",
+        # ours
+        "quota",
+        "user_limit",
+        "copy_observer",
+        "POSTAUTH_TIMEOUT",
+        "portal",
+        "implicit_tls",
+        "clock",
+        "max_literal_size",
+        "session",
+        "peer",
+        "user",
+        "_busy",
+        "_idling",
+        "_line_waiter",
+        "_pending_exists",
+        "_pending_flags",
+        "_pending_keywords",
+        "_pending_highestmodseq",
+        "enabled",
+        "_inflater",
+        "_lost",  # connectionLost ran: a command still running must take nothing more
+        "_gate",
+        "_user_slot",
+    )
+    _SLOT_DEFAULTS: dict[str, object]  # set below the class
 
     def __init__(
         self,
@@ -118,7 +175,9 @@ class IMAPServer(
         user_limit: UserSessionLimit | None = None,
         copy_observer: CopyObserver | None = None,
     ) -> None:
-        super().__init__({}, None if implicit_tls else tls, scheduler=_NoScheduler())
+        for name, value in self._SLOT_DEFAULTS.items():
+            setattr(self, name, value)
+        super().__init__(_NO_CHALLENGERS, None if implicit_tls else tls, scheduler=_NO_SCHEDULER)
         self.quota = quota
         self.user_limit = user_limit
         self.copy_observer = copy_observer
@@ -186,6 +245,24 @@ class IMAPServer(
             self.transport.abortConnection()
             return
         super().timeoutConnection()
+
+
+def _slot_defaults(cls: type) -> dict[str, object]:
+    """The class defaults (of the bases) that C{cls}'s slots hide, by slot name."""
+    defaults: dict[str, object] = {
+        "_lost": False,
+        "timeOut": 60,
+        "POSTAUTH_TIMEOUT": IMAPSettings().idle_timeout,
+    }
+    for name in cls.__slots__:  # type: ignore[attr-defined]
+        for base in cls.__mro__[1:]:
+            if name in vars(base):
+                defaults.setdefault(name, vars(base)[name])
+                break
+    return defaults
+
+
+IMAPServer._SLOT_DEFAULTS = _slot_defaults(IMAPServer)
 
 
 def imap_factory(
