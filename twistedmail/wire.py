@@ -217,6 +217,13 @@ class SessionFactory(ServerFactory, Generic[SessionT]):
         return protocol
 
 
+# The four OpenSSL calls release_tls_buffers needs, all bound by pyOpenSSL's lib today; a
+# later binding without one of them makes it a no-op rather than an error in a session.
+_CAN_SWAP_BIOS = all(
+    hasattr(_lib, name) for name in ("BIO_get_mem_data", "BIO_new", "BIO_s_mem", "SSL_set_bio")
+)
+
+
 def release_tls_buffers(transport: object) -> None:
     """Replace the memory BIOs of the TLS layer below C{transport} by empty ones, when the
     handshake is done and both are empty (nothing received and not yet decrypted, nothing
@@ -226,6 +233,8 @@ def release_tls_buffers(transport: object) -> None:
     C{SSL_set_bio} as C{_into_ssl} and C{_from_ssl}, so both are replaced together.
     C{SSL_set_bio} frees the old pair and points OpenSSL's record layer at the new one.
     """
+    if not _CAN_SWAP_BIOS:
+        return
     layer = transport
     while layer is not None and not isinstance(layer, TLSMemoryBIOProtocol):
         # down through ProtocolWrappers (vars: their __getattr__ forwards to the transport)
