@@ -13,10 +13,10 @@ from test_imap_server import MSG1, MSG2, T1, Harness
 from twisted.trial import unittest
 
 from twistedmail import index as index_module
-from twistedmail import maildir as maildir_module
 from twistedmail.imap.search import cached_fields
 from twistedmail.index import HEADERS_VERSION, INDEX_FILE, FolderIndex
 from twistedmail.maildir import Folder, make_maildir, write_durably
+from twistedmail.maildir import folder as folder_module
 
 MSG3 = (
     b"From: =?utf-8?q?Z=C3=BCrich_Team?= <team@example.net>\r\n"
@@ -228,10 +228,8 @@ class DurableFlagsTests(unittest.TestCase):
         """STORE and EXPUNGE make cur/ durable (the renames and unlinks) before their OK:
         the flags are the file names (mail_fsync = optimized: the index is not synced)."""
         synced: list[str] = []
-        real = maildir_module.fsync_dir_shared
-        self.patch(
-            maildir_module, "fsync_dir_shared", lambda p: (synced.append(p.name), real(p))[1]
-        )
+        real = folder_module.fsync_dir_shared
+        self.patch(folder_module, "fsync_dir_shared", lambda p: (synced.append(p.name), real(p))[1])
         h = Harness(self)
         h.add(MSG1, "", T1)
         h.login()

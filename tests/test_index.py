@@ -41,7 +41,7 @@ class IndexTests(unittest.TestCase):
         def refuse(path: object) -> list[str]:
             raise AssertionError(f"listed {path}")
 
-        self.patch(maildir.os, "listdir", refuse)
+        self.patch(os, "listdir", refuse)
 
     def test_clean_folder_is_not_listed(self) -> None:
         """DESIGN §4: with new/, cur/ and the UID list unchanged since the last sync (and

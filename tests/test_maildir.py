@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -20,6 +21,7 @@ from twistedmail.maildir import (
     MaildirError,
     UserMaildir,
     decode_folder_name,
+    durable,
     encode_folder_name,
     is_enospc,
     mailbox_root,
@@ -28,6 +30,7 @@ from twistedmail.maildir import (
     split_name,
     write_durably,
 )
+from twistedmail.maildir import folder as folder_module
 
 MSG1 = b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n"
 MSG2 = b"From: b@example.org\r\nSubject: two\r\n\r\nbody two, longer\r\n"
@@ -115,16 +118,16 @@ class WriteTests(MaildirTestCase):
         """The file is fsynced before it is linked in, and the directory after."""
         events: list[str] = []
         real_fsync, real_link = os.fsync, os.link
-        self.patch(maildir.os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd)))
-        self.patch(maildir.os, "link", lambda a, b: (events.append("link"), real_link(a, b)))
-        self.patch(maildir, "fsync_dir", lambda path: events.append(f"fsync {path.name}/"))
+        self.patch(os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd)))
+        self.patch(os, "link", lambda a, b: (events.append("link"), real_link(a, b)))
+        self.patch(durable, "fsync_dir", lambda path: events.append(f"fsync {path.name}/"))
         self.deliver(MSG1)
         self.assertEqual(events, ["fsync file", "link", "fsync new/"])
 
     def test_never_overwrites(self) -> None:
         """A name clash (in new/ or tmp/) picks a fresh name; the existing file is untouched."""
         names = iter(["taken,S=5", "taken,S=5", "busy,S=5", "fresh,S=5"])
-        self.patch(maildir, "unique_name", lambda size, now=None, wire=None: next(names))
+        self.patch(durable, "unique_name", lambda size, now=None, wire=None: next(names))
         (self.root / "new" / "taken,S=5").write_bytes(b"first")
         (self.root / "tmp" / "busy,S=5").write_bytes(b"other")
         self.assertEqual(self.deliver(b"later"), "fresh,S=5")
@@ -134,7 +137,7 @@ class WriteTests(MaildirTestCase):
 
     def test_host_escaped(self) -> None:
         """The Maildir spec: C{/} and C{:} in the host name are escaped (and C{,} for S=)."""
-        self.patch(maildir.socket, "gethostname", lambda: "a/b:c,d")
+        self.patch(socket, "gethostname", lambda: "a/b:c,d")
         self.assertEqual(maildir._safe_host(), "a\\057b\\072c\\054d")
 
     def test_failure_leaves_nothing(self) -> None:
@@ -144,7 +147,7 @@ class WriteTests(MaildirTestCase):
         def refuse(src: object, dst: object) -> None:
             raise OSError(28, "No space left on device")
 
-        self.patch(maildir.os, "link", refuse)
+        self.patch(os, "link", refuse)
         e = self.assertRaises(OSError, self.deliver, MSG1)
         self.assertTrue(is_enospc(e))
         self.assertEqual(listing(self.root / "new"), [])
@@ -372,7 +375,7 @@ class AddTests(MaildirTestCase):
             self.assertTrue(thread.is_alive())  # blocked on the folder lock
             return base
 
-        self.patch(maildir, "write_durably", write_then_scan)
+        self.patch(folder_module, "write_durably", write_then_scan)
         uid = self.folder.add(MSG1)
         threads[0].join()
         self.assertEqual([e.uid for e in seen[0].messages], [uid])

@@ -4,13 +4,14 @@ behind SMTP's 250, RFC 5321 §6.1)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 from twisted.trial import unittest
 
 from twistedmail import maildir
-from twistedmail.maildir import make_maildir, write_durably
+from twistedmail.maildir import durable, make_maildir, write_durably
 
 
 class SharedDirFsyncTests(unittest.TestCase):
@@ -20,7 +21,7 @@ class SharedDirFsyncTests(unittest.TestCase):
         self.events: list[str] = []
         self.first_fsync_entered = threading.Event()
         self.release_first = threading.Event()
-        real_link = maildir.os.link
+        real_link = os.link
 
         def link(a: str, b: str) -> None:
             real_link(a, b)
@@ -34,8 +35,8 @@ class SharedDirFsyncTests(unittest.TestCase):
                 self.release_first.wait(60)
             self.events.append(f"fsync {n} ends")
 
-        self.patch(maildir.os, "link", link)
-        self.patch(maildir, "fsync_dir", fsync_dir)
+        self.patch(os, "link", link)
+        self.patch(durable, "fsync_dir", fsync_dir)
 
     def wait_for_users(self, count: int) -> None:
         for _ in range(6000):
@@ -90,6 +91,6 @@ class SharedDirFsyncTests(unittest.TestCase):
         def broken(path: Path) -> None:
             raise OSError(5, "EIO")
 
-        self.patch(maildir, "fsync_dir", broken)
+        self.patch(durable, "fsync_dir", broken)
         self.assertRaises(OSError, write_durably, self.root / "new", b"x\r\n")
         self.assertEqual(maildir._dir_syncs, {})

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from twistedmail import maildir
 from twistedmail.index import INDEX_FILE
-from twistedmail.maildir import Folder, make_maildir, write_durably
+from twistedmail.maildir import Folder, make_maildir, snapshot, write_durably
 
 T1 = 1_700_000_000.0
 
@@ -266,7 +266,7 @@ class FollowedTests(unittest.TestCase):
 
     def test_session_behind_the_log_scans_under_the_lock(self) -> None:
         """A session further behind than the snapshot's log reaches scans the index."""
-        self.patch(maildir, "SNAPSHOT_LOG", 2)
+        self.patch(snapshot, "SNAPSHOT_LOG", 2)
         entries = list(self.first.messages)
         for flags in ("S", "F", "D"):
             done, _ = self.other.change_flags_many(

@@ -1,0 +1,164 @@
+"""Durable writes: a message written to C{tmp/}, fsynced, linked into C{new/} or C{cur/} and
+the directory fsynced (shared by concurrent deliveries) before any C{250} or C{OK}; the
+free-space reserve and the full-disk test."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import attrs
+
+from twistedmail.index import (
+    remember_arrival,
+)
+from twistedmail.maildir.names import normalize_flags, to_crlf, unique_name, wire_size
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _DirSyncs:
+    """Directory fsyncs shared by concurrent deliveries (group commit): see L{fsync_dir_shared}.
+
+    Per directory: C{begun} fsyncs started, C{done} the last one finished successfully,
+    C{running} whether one is under way, C{users} the callers inside."""
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.done = 0
+        self.running = False
+        self.users = 0
+
+
+_dir_syncs: dict[str, _DirSyncs] = {}
+_dir_syncs_changed = threading.Condition()
+
+
+def fsync_dir_shared(path: Path) -> None:
+    """L{fsync_dir}, shared by threads that need it at the same time: return once an fsync
+    of C{path} that began after this call has finished.  A caller finding one already under
+    way waits for it to end and then for the next one, which covers every caller that came
+    in meanwhile (one directory fsync for many concurrent deliveries, each still durable
+    before its C{250}).  A failed fsync fails its own caller; the ones waiting run their own.
+    """
+    key = os.fspath(path)
+    cond = _dir_syncs_changed
+    with cond:
+        state = _dir_syncs.get(key)
+        if state is None:
+            state = _dir_syncs[key] = _DirSyncs()
+        state.users += 1
+        need = state.begun + 1  # one running now may have begun before our link
+        try:
+            while state.done < need:
+                if state.running:
+                    cond.wait()
+                    continue
+                state.running = True
+                state.begun += 1
+                generation = state.begun
+                ok = False
+                cond.release()
+                try:
+                    fsync_dir(path)
+                    ok = True
+                finally:
+                    cond.acquire()
+                    state.running = False
+                    if ok:
+                        state.done = generation
+                    cond.notify_all()
+        finally:
+            state.users -= 1
+            if not state.users:
+                del _dir_syncs[key]
+
+
+def make_maildir(path: Path, folder: bool = False) -> None:
+    """Create C{path} with C{cur/ new/ tmp/} (mode 0700), and the C{maildirfolder} marker for a
+    Maildir++ subfolder.  Existing directories are kept."""
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder:
+        (path / "maildirfolder").touch(mode=0o600, exist_ok=True)
+
+
+def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | None = None) -> str:
+    """Store C{data} as a new message file in C{directory} (C{new} or C{cur}), durably.
+
+    Writes C{tmp/<name>}, fsyncs it, links it to C{directory/<name>[:2,flags]} (C{link}
+    fails rather than overwrite: a clash picks a new name), unlinks the tmp file and fsyncs
+    C{directory}.  C{mtime}, when given, becomes the file's modification time (the IMAP
+    INTERNALDATE, as Dovecot keeps it).
+
+    @return: the base name (without C{:2,} info).
+    @raise OSError: when the disk refuses; nothing is left in C{new}/C{cur} then.
+    """
+    tmp_dir = directory.parent / "tmp"
+    while True:
+        base = unique_name(len(data), wire=wire_size(data))  # the index reads ,W=
+        tmp_path = tmp_dir / base
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if mtime is not None:
+                os.utime(tmp_path, (mtime, mtime))
+            final = base + (":2," + normalize_flags(flags) if directory.name == "cur" else "")
+            try:
+                os.link(tmp_path, directory / final)
+            except FileExistsError:
+                continue
+        finally:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
+        fsync_dir_shared(directory)  # one fsync for the deliveries linked meanwhile
+        if directory.name == "new":  # a delivery: keep its header fields for SEARCH
+            remember_arrival(directory.parent, base, to_crlf(data))
+        return base
+
+
+@attrs.frozen
+class StorageReserve:
+    """Free space kept on the file system of C{path} for reading and deleting mail (Postfix's
+    C{queue_minfree}): new mail is taken only while C{min_free} octets and the message fit.
+
+    @ivar min_free: octets; 0 keeps no reserve.
+    """
+
+    path: Path
+    min_free: int
+
+    def has_room(self, size: int = 0) -> bool:
+        """Whether C{size} more octets fit above the reserve (one C{statvfs}, cheap)."""
+        if self.min_free <= 0:
+            return True
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return True  # cannot tell: let the write itself fail
+        return st.f_bavail * st.f_frsize >= self.min_free + size
+
+
+def is_enospc(error: BaseException) -> bool:
+    """Whether C{error} is a full disk or quota (answered as a temporary failure)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

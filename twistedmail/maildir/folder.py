@@ -1,0 +1,867 @@
+"""One Maildir folder and its C{dovecot-uidlist}: scans that give UIDs (RFC 3501 §2.3.1.1),
+flags by delta, APPEND/EXPUNGE, under the folder's C{flock} and Dovecot's dotlock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from twistedmail.index import (
+    DIRTY_NS,
+    INDEX_FILE,
+    CachedParts,
+    FolderIndex,
+    IndexedMessage,
+    Stamps,
+    now_ns,
+    read_headers,
+    read_sortkeys,
+    read_state,
+    take_recent,
+)
+from twistedmail.maildir.dotlock import DOTLOCK_TIMEOUT, dotlock
+from twistedmail.maildir.durable import fsync_dir, fsync_dir_shared, is_enospc, write_durably
+from twistedmail.maildir.names import (
+    ALL_LETTERS,
+    KEYWORDS,
+    LOCKFILE,
+    MAX_KEYWORDS,
+    UIDLIST,
+    UIDLIST_LOCK,
+    UIDVALIDITY_FILE,
+    FlagChange,
+    MaildirError,
+    arrival_key,
+    dovecot_wire_size,
+    is_keyword,
+    measure,
+    normalize_flags,
+    split_name,
+    to_crlf,
+    wire_size,
+)
+from twistedmail.maildir.snapshot import (
+    KEYWORD_MAPS,
+    MessageEntry,
+    ScanResult,
+    _keyword_maps,
+    _Snapshot,
+    _snapshots,
+)
+
+
+class Folder:
+    """One Maildir folder (INBOX or a Maildir++ subfolder) and its C{dovecot-uidlist}.
+
+    Methods are blocking and thread-safe; concurrent callers (threads or processes) serialise
+    on an C{flock} of C{twistedmail-uidlist.lock} in the folder, and with Dovecot (or doveadm)
+    on its dotlock C{dovecot-uidlist.lock} (L{dotlock}).
+    """
+
+    lock_timeout = DOTLOCK_TIMEOUT
+    """Seconds to wait for Dovecot's C{dovecot-uidlist.lock} (L{dotlock})."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return (self.path / "cur").is_dir()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.path / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with dotlock(self.path / UIDLIST_LOCK, self.path / UIDLIST, self.lock_timeout):
+                yield
+        finally:
+            os.close(fd)
+
+    # the UID list
+
+    def _read_uidlist(self) -> tuple[int, int, str, dict[str, int]]:
+        try:
+            text = (self.path / UIDLIST).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return 0, 1, "", {}
+        lines = text.splitlines()
+        uidvalidity, uidnext, guid = 0, 1, ""
+        if lines:
+            for field in lines[0].split()[1:]:
+                if field[:1] == "V" and field[1:].isdigit():
+                    uidvalidity = int(field[1:])
+                elif field[:1] == "N" and field[1:].isdigit():
+                    uidnext = int(field[1:])
+                elif field[:1] == "G":
+                    guid = field[1:]
+        uids: dict[str, int] = {}
+        for line in lines[1:]:
+            head, sep, name = line.partition(":")
+            parts = head.split()
+            if sep and parts and parts[0].isdigit():
+                uids[name] = int(parts[0])
+                uidnext = max(uidnext, int(parts[0]) + 1)
+        return uidvalidity, uidnext, guid, uids
+
+    def _write_uidlist(
+        self, uidvalidity: int, uidnext: int, guid: str, uids: dict[str, int]
+    ) -> None:
+        lines = [f"3 V{uidvalidity} N{uidnext} G{guid}"]
+        lines += [f"{uid} :{name}" for name, uid in sorted(uids.items(), key=lambda kv: kv[1])]
+        tmp = self.path / f"{UIDLIST}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / UIDLIST)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)  # a full disk leaves no half-written copy behind
+            raise
+        fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
+
+    def _new_uidvalidity(self) -> int:
+        """A UIDVALIDITY for a new UID list: the time, but above every one given out in this
+        user's Maildir before, so a folder deleted and created again within a second gets
+        a new one (RFC 3501 §2.3.1.1: UIDs of the old folder must not be reused)."""
+        root = self.path.parent if (self.path / "maildirfolder").exists() else self.path
+        fd = os.open(root / UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            last = os.read(fd, 32).strip()
+            value = max(int(time.time()), int(last) + 1 if last.isdigit() else 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % value)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return value
+
+    def _stamps(self) -> Stamps:
+        new, cur = os.stat(self.path / "new"), os.stat(self.path / "cur")
+        try:
+            uidlist = os.stat(self.path / UIDLIST)
+            u = (uidlist.st_mtime_ns, uidlist.st_size, uidlist.st_ino)
+        except FileNotFoundError:
+            u = (0, 0, 0)
+        return Stamps(new.st_mtime_ns, cur.st_mtime_ns, *u)
+
+    @contextmanager
+    def _indexed(self, keep: list[_Snapshot] | None = None) -> Iterator[FolderIndex]:
+        """The folder lock and the open index (created, or rebuilt when unreadable, with a
+        mod-sequence counter above any the lost one gave out: RFC 7162 §3.1.2.1).
+
+        @param keep: the caller puts the folder's snapshot as of its transaction there;
+            it is kept once the index committed to disk, still under the lock (so the next
+            change under the lock finds it, L{_in_step})."""
+        with self._locked():
+            with FolderIndex(self.path) as index:
+                if index.created:
+                    fresh = not (self.path / UIDLIST).exists()
+                    index.start(1 if fresh else int(time.time() * 1000))
+                elif index.stale_sizes:
+                    _snapshots.forget(self.path)  # sizes change without a MODSEQ
+                    self._measure_again(index)
+                    index.sizes_measured()
+                yield index
+            if keep and not index.degraded:
+                _snapshots.keep(self.path, keep[-1])
+
+    def _measure_again(self, index: FolderIndex) -> None:
+        """Sizes indexed by an older version counted a bare LF as one octet: measure every
+        message without Dovecot's C{,W=} again (once, at the upgrade)."""
+        cur = self.path / "cur"
+        for uid, base, filename, size, _, _ in index.messages():
+            if dovecot_wire_size(base) is not None:
+                continue
+            try:
+                measured = measure(cur / filename)
+            except OSError:
+                continue  # gone or unreadable: the next sync deals with it
+            if measured != size:
+                index.set_size(uid, measured)
+
+    def scan(
+        self, since: int | None = None, claim_recent: bool = False, provisional: bool = False
+    ) -> ScanResult:
+        """Bring the index up to date with the folder and return its messages.
+
+        When C{new/}, C{cur/} and C{dovecot-uidlist} are unchanged since the last full sync
+        (and that sync was not within two seconds of their mtimes), nothing is listed: the
+        index answers.  Otherwise C{new/} mail moves to C{cur/}, unseen messages get UIDs in
+        ascending order of (mtime, name), never reused, UIDVALIDITY is set at the first scan
+        (RFC 3501 §2.3.1.1), the UID list is rewritten (tmp, fsync, rename) only when
+        something changed, and every message added, renamed (flags) or removed since the
+        index last saw it gets a new MODSEQ (RFC 7162 §3.1.1; removals are kept as expunged
+        UIDs for QRESYNC).
+
+        C{recent} lists the messages no session has claimed yet (RFC 3501 §2.3.2): those
+        moved from C{new/} and those added by L{add} (APPEND, COPY); with C{claim_recent}
+        (a SELECT, not EXAMINE or STATUS) the caller takes them, and no other session gets
+        them as C{\\Recent}.
+
+        On a full disk nothing needs to be written to read: the index works in memory, and
+        messages whose new UID cannot be saved in C{dovecot-uidlist} are left out (a UID
+        given now and lost could later name another message, RFC 3501 §2.3.1.1) until
+        there is room again.
+
+        @param since: a MODSEQ: return only messages changed after it, and the UIDs expunged
+            after it (RFC 7162 §3.1.4.1, §3.2.5.2); C{None}: every message.
+        @param provisional: list the messages left out for want of room in
+            L{ScanResult.unsaved} (POP3 needs no UIDs).
+        @raise MaildirError: when the folder does not exist.
+        """
+        if not provisional:
+            unchanged = self._unchanged(since, claim_recent)
+            if unchanged is not None:
+                return unchanged
+        if not self.exists():
+            raise MaildirError("no such folder")
+        unsaved: list[MessageEntry] = []
+        snapshot: _Snapshot | None
+        keep: list[_Snapshot] = []
+        with self._indexed(keep) as index:
+            current = self._stamps()
+            if not index.clean(current) and not self._still(index, current):
+                index.add_recent(self._sync(index, unsaved).values())
+            recent = frozenset(index.recent(claim_recent))
+            if since is not None and since < index.floor:
+                since = None  # changes before the rebuild are unknown: report everything
+            expunged = tuple(index.expunged_since(since)) if since is not None else ()
+            if since is None:
+                snapshot = _snapshots.messages(self.path, index)
+                messages = snapshot.messages
+            else:
+                messages = tuple(map(MessageEntry._make, index.messages(since)))
+                snapshot = _snapshots.advanced(self.path, index, since, messages, expunged)
+            if snapshot is not None:
+                stamps = index.stamps()
+                try:
+                    ino = os.stat(index.path).st_ino
+                except OSError:
+                    stamps = None
+                if stamps is not None and not unsaved:
+                    snapshot = attrs.evolve(
+                        snapshot,
+                        uidnext=index.uidnext,
+                        stamps=stamps,
+                        verified_ns=index.get("synced_ns"),
+                        index_ino=ino,
+                        recent=frozenset() if claim_recent else recent,
+                    )
+                else:
+                    snapshot = attrs.evolve(snapshot, stamps=None)
+                keep.append(snapshot)  # (a full scan's even when not in step: for SELECT)
+            result = ScanResult(
+                index.uidvalidity,
+                index.uidnext,
+                messages,
+                recent,
+                index.highestmodseq,
+                expunged,
+                since is None,
+                index.floor,
+                tuple(unsaved) if provisional else (),
+            )
+        return result
+
+    def _unchanged(self, since: int | None, claim_recent: bool) -> ScanResult | None:
+        """L{scan} without the lock, a transaction or (mostly) a listing: from the process's
+        snapshot of the folder, when the folder is still as the snapshot saw it and the
+        snapshot can answer (its log reaches back to C{since}; no C{\\Recent} message to
+        claim); else C{None} (the caller scans under the lock).
+
+        Every change to a Maildir (a delivery, APPEND, a flag rename, an expunge: ours,
+        another process's, Dovecot's or by hand) changes the mtime of C{new/} or C{cur/},
+        and a new UID list has a new inode.  When the stamps are those the snapshot was
+        in step with, and they were read at least L{DIRTY_NS} after the directories last
+        changed (so no change within the same mtime tick can hide behind them, Dovecot's
+        "dirty" rule), nothing changed: no listing.  Otherwise (changed, or still dirty)
+        C{new/} and C{cur/} are listed (no lock): no new mail and exactly the snapshot's
+        file names, and the index's HIGHESTMODSEQ still the snapshot's (a flag set and
+        cleared again by another process leaves the names as they were), mean nothing
+        changed either; the listing's stamps become the snapshot's."""
+        snapshot = _snapshots.get(self.path)
+        if snapshot is None or snapshot.stamps is None:
+            return None
+        expunged: tuple[int, ...] = ()
+        if since is None:
+            messages = snapshot.messages
+        else:
+            if since < snapshot.floor:
+                return None
+            delta = snapshot.delta(since)
+            if delta is None:
+                return None
+            messages, expunged = delta
+        result = ScanResult(
+            snapshot.uidvalidity,
+            snapshot.uidnext,
+            messages,
+            frozenset() if claim_recent else snapshot.recent,
+            snapshot.highestmodseq,
+            expunged,
+            since is None,
+            snapshot.floor,
+        )
+        started = now_ns()
+        try:
+            current = self._stamps()
+            index_ino = os.stat(self.path / INDEX_FILE).st_ino
+        except OSError:
+            return None  # (the folder is gone: the locked scan says so)
+        if index_ino != snapshot.index_ino:
+            return None  # the index was rebuilt (its MODSEQs are not the snapshot's)
+        last = max(current.new_ns, current.cur_ns, current.uidlist_ns)
+        settled = current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS
+        if not settled:
+            old = snapshot.stamps
+            if (current.uidlist_ns, current.uidlist_size, current.uidlist_ino) != (
+                old.uidlist_ns,
+                old.uidlist_size,
+                old.uidlist_ino,
+            ):
+                return None  # UIDs given out or dropped
+            if not self._listed_as(snapshot):
+                return None
+            state = read_state(self.path)
+            if state != (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq):
+                return None
+        if claim_recent and snapshot.recent:
+            claimed = take_recent(self.path, snapshot.recent)
+            if claimed is None:
+                return None
+            result = attrs.evolve(result, recent=frozenset(claimed))
+        if not settled or (claim_recent and snapshot.recent):
+            _snapshots.verified(
+                self.path,
+                snapshot,
+                snapshot.stamps if settled else current,
+                snapshot.verified_ns if settled else started,
+                frozenset() if claim_recent else snapshot.recent,
+            )
+        return result
+
+    def _still(self, index: FolderIndex, current: Stamps) -> bool:
+        """Under the lock: whether the index, not known clean (changed within L{DIRTY_NS}),
+        is still in step with the folder: it recorded C{current} at its last sync, the kept
+        snapshot holds its state, and the folder lists just the snapshot's files (so the
+        full sync's listing, UID list read and index writes are not needed)."""
+        if index.stamps() != current:
+            return False
+        snapshot = self._in_step(index, current)
+        return snapshot is not None and self._listed_as(snapshot)
+
+    def _listed_as(self, snapshot: _Snapshot) -> bool:
+        """Whether C{new/} holds no message and C{cur/} exactly the snapshot's files."""
+        try:
+            if any(not name.startswith(".") for name in os.listdir(self.path / "new")):
+                return False  # new mail
+            names = [name for name in os.listdir(self.path / "cur") if not name.startswith(".")]
+        except OSError:
+            return False
+        return len(names) == len(snapshot.messages) and not snapshot.filenames.symmetric_difference(
+            names
+        )
+
+    def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
+        """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
+        started = now_ns()
+        uidvalidity, uidnext, guid, uids = self._read_uidlist()
+        changed = False
+        if uidvalidity == 0:
+            uidvalidity, guid, changed = self._new_uidvalidity(), uuid.uuid4().hex, True
+        if index.uidvalidity != uidvalidity:
+            index.reset(uidvalidity)
+        moved: set[str] = set()
+        cur = self.path / "cur"
+        for name in os.listdir(self.path / "new"):
+            if name.startswith("."):
+                continue
+            base, flags = split_name(name)
+            try:
+                os.rename(self.path / "new" / name, cur / f"{base}:2,{flags}")
+                moved.add(base)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if not is_enospc(e):
+                    raise
+        known = index.known()
+        entries: dict[str, tuple[str, float, int]] = {}
+        cur_dir = os.fspath(cur) + os.sep
+        for name in os.listdir(cur):
+            if name.startswith("."):
+                continue
+            base = split_name(name)[0]
+            old = known.get(base)
+            if old is not None:  # a rename keeps the mtime and the size
+                entries[base] = (name, old.mtime, old.size)
+                continue
+            try:
+                st = os.stat(cur_dir + name)
+            except FileNotFoundError:
+                continue
+            size = dovecot_wire_size(base)
+            if size is None:
+                # written by another program, maybe with bare LF line ends: measure it once
+                # (RFC 3501 §2.3.4: RFC822.SIZE counts the CRLF form that is sent)
+                try:
+                    size = measure(cur / name)
+                except FileNotFoundError:
+                    continue
+            entries[base] = (name, st.st_mtime, size)
+        saved_uidnext = uidnext
+        fresh = sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b)))
+        for base in fresh:
+            uids[base] = uidnext
+            uidnext += 1
+            changed = True
+        for base in set(uids) - set(entries):
+            del uids[base]
+            changed = True
+        saved = True
+        if changed:
+            try:
+                self._write_uidlist(uidvalidity, uidnext, guid, uids)
+            except OSError as e:
+                if not is_enospc(e):
+                    raise
+                # disk full: the new UIDs are not saved, so nobody may see them (they could
+                # go to other messages later); reading and deleting the rest go on
+                saved = False
+                uidnext = saved_uidnext
+                for base in fresh:
+                    del uids[base]
+                    name, mtime, size = entries.pop(base)
+                    unsaved.append(MessageEntry(0, base, name, size, mtime))
+        modseq = 0
+        for base, old in known.items():
+            if base not in entries or uids.get(base) != old.uid:
+                modseq = modseq or index.next_modseq()
+                index.expunge(old.uid, modseq)
+        added = []
+        for base, (name, mtime, size) in entries.items():
+            old = known.get(base)
+            if old is None or old.uid != uids[base]:
+                modseq = modseq or index.next_modseq()
+                added.append((uids[base], base, name, size, mtime, modseq))
+            elif old.filename != name:
+                modseq = modseq or index.next_modseq()
+                index.rename(old.uid, name, modseq)
+        index.insert_many(added)
+        index.adopt_arrivals(time.time())
+        index.put("uidnext", uidnext)
+        if saved:
+            index.record(self._stamps(), started)
+        else:
+            index.forget_stamps()  # list the folder again next time, and try to save then
+        return {b: uids[b] for b in moved if b in uids}
+
+    def _own_change(self, index: FolderIndex, change: Callable[[], None]) -> _Snapshot | None:
+        """Run C{change} (our own rename, unlink or link in C{cur/}); when the index was in
+        step with the directories before it, it stays so, and no full sync is needed.
+
+        @return: the process's snapshot of the folder when it was in step with the index
+            and the directories before the change (L{_followed} brings it along)."""
+        before = self._stamps()
+        in_step = index.stamps() == before
+        kept = self._in_step(index, before) if in_step else None
+        change()
+        if in_step:
+            index.record(self._stamps(), now_ns())
+        else:
+            index.forget_stamps()
+        return kept
+
+    def _in_step(self, index: FolderIndex, stamps: Stamps) -> _Snapshot | None:
+        """The kept snapshot when it holds the index's state and saw the directories with
+        C{stamps} (read under the lock, before a change of ours)."""
+        snapshot = _snapshots.get(self.path)
+        if snapshot is None or snapshot.stamps != stamps:
+            return None
+        state = (index.uidvalidity, index.floor, index.highestmodseq)
+        if (snapshot.uidvalidity, snapshot.floor, snapshot.highestmodseq) != state:
+            return None
+        return snapshot
+
+    def _followed(
+        self,
+        snapshot: _Snapshot,
+        index: FolderIndex,
+        rows: list[tuple[Any, ...]],
+        gone: list[tuple[int, int]],
+        recent: frozenset[int] = frozenset(),
+    ) -> _Snapshot:
+        """L{_in_step} C{snapshot} after our own change (under the lock, in the index's
+        transaction): C{rows} changed, C{gone} ((UID, MODSEQ)) expunged, C{recent} added;
+        in step with the directories as they are now.  Kept once the index commits, so
+        the other sessions' rescans need no lock (L{_unchanged})."""
+        started = now_ns()
+        changed = snapshot.then(index.highestmodseq, rows, gone)
+        return attrs.evolve(
+            changed,
+            uidnext=index.uidnext,
+            stamps=self._stamps(),
+            verified_ns=started,
+            index_ino=snapshot.index_ino,
+            recent=snapshot.recent | recent,
+        )
+
+    def changed_since(self, modseq: int) -> tuple[list[int], int]:
+        """(UIDs expunged after C{modseq}, the index floor) for QRESYNC (RFC 7162 §3.2.5.2).
+
+        When C{modseq} is below the floor (the index was rebuilt since), the expunges are
+        unknown: the caller must treat every UID it does not see as vanished.
+        """
+        with self._indexed() as index:
+            return index.expunged_since(modseq), index.floor
+
+    def cached_parts(self, uids: list[int]) -> dict[int, CachedParts]:
+        """The cached FETCH data (ENVELOPE, BODYSTRUCTURE, BODY) of C{uids}, by UID."""
+        with FolderIndex(self.path) as index:
+            return index.cached(uids)
+
+    def cache_parts(self, parts: dict[tuple[int, str], CachedParts]) -> None:
+        """Store computed FETCH data, keyed by (UID, base name); messages gone are skipped."""
+        with FolderIndex(self.path) as index:
+            for (uid, base), value in parts.items():
+                index.cache(uid, base, value)
+
+    def cached_headers(self) -> dict[int, tuple[str, bytes, str]]:
+        """The header cache of the index (L{FolderIndex.headers}): {uid: (base, fields,
+        decoded)}, read without taking the index's write lock."""
+        return read_headers(self.path)
+
+    def cache_headers(self, rows: list[tuple[int, str, bytes, str]]) -> None:
+        """Keep (uid, base, fields, decoded) rows in the header cache
+        (L{FolderIndex.cache_headers})."""
+        if rows:
+            with FolderIndex(self.path) as index:
+                index.cache_headers(rows)
+
+    def cached_sortkeys(self, columns: tuple[str, ...]) -> dict[int, tuple[Any, ...]]:
+        """The SORT keys kept in the index (L{twistedmail.index.read_sortkeys}): {uid:
+        (base, value per column)}, read without taking the index's write lock."""
+        return read_sortkeys(self.path, columns)
+
+    def cache_sortkeys(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Keep (uid, base, value per column) rows of parsed SORT keys
+        (L{FolderIndex.cache_sortkeys})."""
+        if rows:
+            with FolderIndex(self.path) as index:
+                index.cache_sortkeys(columns, rows)
+
+    # keywords (dovecot-keywords)
+
+    def _read_keywords(self) -> dict[int, str]:
+        try:
+            text = (self.path / KEYWORDS).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return {}
+        out: dict[int, str] = {}
+        for line in text.splitlines():
+            index, sep, name = line.partition(" ")
+            if sep and index.isdigit() and int(index) < MAX_KEYWORDS and name:
+                out[int(index)] = name
+        return out
+
+    def keywords(self) -> dict[str, str]:
+        """The folder's keyword map: {letter: name}, C{"a"} for index 0 (empty when the
+        C{dovecot-keywords} file is absent).
+
+        Read again only when the file's mtime, size or inode changed since the process
+        last read it, or it had changed within L{DIRTY_NS} of that read (an edit in the
+        same mtime tick): a rescan costs one C{stat}."""
+        try:
+            st = os.stat(self.path / KEYWORDS)
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = _keyword_maps.get(self.path)
+        if cached is not None and cached[0] == stamp and cached[1] - stamp[0] >= DIRTY_NS:
+            return dict(cached[2])
+        started = now_ns()
+        table = {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+        if len(_keyword_maps) >= KEYWORD_MAPS:
+            _keyword_maps.clear()
+        _keyword_maps[self.path] = (stamp, started, table)
+        return dict(table)
+
+    def keyword_letters(self, names: list[str] | tuple[str, ...]) -> str:
+        """The info letters for keyword C{names}, giving each unknown valid name the lowest free
+        index and rewriting C{dovecot-keywords} (tmp, fsync, rename) under the folder lock.
+
+        Names compare case-insensitively (the first spelling is kept); names that are not
+        L{is_keyword} atoms, or find all 26 letters taken, get no letter (Dovecot keeps those
+        only in its index; this store has none, so they are not kept).
+        @return: the letters, sorted, without duplicates.
+        """
+        wanted = [n for n in names if is_keyword(n)]
+        if not wanted:
+            return ""
+        with self._locked():
+            table = self._read_keywords()
+            by_lower = {name.lower(): i for i, name in table.items()}
+            letters = set()
+            changed = False
+            for name in wanted:
+                index = by_lower.get(name.lower())
+                if index is None:
+                    free = [i for i in range(MAX_KEYWORDS) if i not in table]
+                    if not free:
+                        continue
+                    index = free[0]
+                    table[index] = name
+                    by_lower[name.lower()] = index
+                    changed = True
+                letters.add(chr(ord("a") + index))
+            if changed:
+                tmp = self.path / f"{KEYWORDS}.tmp"
+                with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write("".join(f"{i} {table[i]}\n" for i in sorted(table)))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path / KEYWORDS)
+                fsync_dir(self.path)
+        return "".join(sorted(letters))
+
+    # messages
+
+    def add(
+        self,
+        data: bytes,
+        flags: str = "",
+        mtime: float | None = None,
+        headers: tuple[bytes, str] | None = None,
+    ) -> int:
+        """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID (and
+        index it with a new MODSEQ, and C{headers}, when given, in the header cache: see
+        L{FolderIndex.headers})."""
+        if not self.exists():
+            raise MaildirError("no such folder")
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
+            stamps = self._stamps()
+            in_step = index.stamps() == stamps
+            kept = self._in_step(index, stamps) if in_step else None
+            base = write_durably(self.path / "cur", data, flags, mtime)
+            uidvalidity, uidnext, guid, uids = self._read_uidlist()
+            if uidvalidity == 0:
+                uidvalidity, guid = self._new_uidvalidity(), uuid.uuid4().hex
+            uid = uids[base] = uidnext
+            try:
+                self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+            except BaseException:
+                # no UID, no message: APPEND fails whole (nothing half-written is left)
+                with suppress(OSError):
+                    os.unlink(self.path / "cur" / f"{base}:2,{normalize_flags(flags)}")
+                    fsync_dir(self.path / "cur")
+                raise
+            index.add_recent([uid])  # RFC 3501 §2.3.2: new in this mailbox
+            if in_step and index.uidvalidity == uidvalidity:
+                name = f"{base}:2,{normalize_flags(flags)}"
+                st = os.stat(self.path / "cur" / name)
+                modseq = index.next_modseq()
+                size = wire_size(data)
+                index.insert(IndexedMessage(uid, base, name, size, st.st_mtime, modseq))
+                if headers is not None:
+                    index.cache_headers([(uid, base, *headers)])
+                index.put("uidnext", uidnext + 1)
+                index.record(self._stamps(), now_ns())
+                if kept is not None:
+                    row = (uid, base, name, size, st.st_mtime, modseq)
+                    followed.append(self._followed(kept, index, [row], [], frozenset([uid])))
+            else:
+                index.forget_stamps()  # the next scan lists the folder and indexes it
+        return uid
+
+    def locate(self, base: str) -> Path | None:
+        """The current path of message C{base} (its flags may have changed), or C{None}."""
+        cur = self.path / "cur"
+        try:
+            names = os.listdir(cur)
+        except FileNotFoundError:
+            return None
+        for name in names:
+            if split_name(name)[0] == base:
+                return cur / name
+        new = self.path / "new" / base
+        return new if new.exists() else None
+
+    def open(self, entry: MessageEntry) -> Path:
+        """The path to read C{entry} from (relocated if another session renamed it).
+
+        @raise MaildirError: when the message is gone (expunged elsewhere).
+        """
+        path = self.path / "cur" / entry.filename
+        if path.exists():
+            return path
+        found = self.locate(entry.base)
+        if found is None:
+            raise MaildirError("message no longer exists")
+        return found
+
+    def read(self, entry: MessageEntry) -> bytes:
+        """The whole message with CRLF line ends (RFC 5322 §2.1): as stored, or with every
+        bare LF made CRLF (a file Dovecot or another program wrote with LF line ends).
+
+        @raise MaildirError: when it is gone.
+        """
+        try:
+            data = self.open(entry).read_bytes()
+        except FileNotFoundError:
+            raise MaildirError("message no longer exists") from None
+        return to_crlf(data)
+
+    def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
+        """Rename the message so its info carries exactly C{letters}; return the new entry.
+
+        @raise MaildirError: when the message is gone.
+        """
+        done, _ = self.set_flags_many([(entry, letters)])
+        if not done:
+            raise MaildirError("message no longer exists")
+        return done[0]
+
+    def set_flags_many(
+        self, plan: list[tuple[MessageEntry, str]], unchangedsince: int | None = None
+    ) -> tuple[list[MessageEntry], list[MessageEntry]]:
+        """Rename each message so its info carries exactly its letters (L{change_flags_many}
+        with a change that replaces every letter)."""
+        return self.change_flags_many(
+            [(entry, FlagChange(add=letters, remove=ALL_LETTERS)) for entry, letters in plan],
+            unchangedsince,
+        )
+
+    def current_name(self, entry: MessageEntry) -> str:
+        """The message's file name as it is now (its flags changed by anyone), e.g. for COPY.
+
+        @raise MaildirError: when the message is gone.
+        """
+        return self.open(entry).name
+
+    def change_flags_many(
+        self, plan: list[tuple[MessageEntry, FlagChange]], unchangedsince: int | None = None
+    ) -> tuple[list[MessageEntry], list[MessageEntry]]:
+        """STORE: apply each L{FlagChange} to the message's flags as they are on disk now
+        (not as the caller last saw them: DESIGN §6, a delta under the lock, so another
+        session's, POP3's or a hand rename's change survives), all under one lock with one
+        new MODSEQ (RFC 7162 §3.1.1).
+
+        @param unchangedsince: RFC 7162 §3.1.3 UNCHANGEDSINCE: a message whose MODSEQ is now
+            larger is left alone and returned as modified.
+        @return: (the renamed or unchanged entries, with their file name and MODSEQ as they
+            are now; the entries that failed the UNCHANGEDSINCE test).  Messages gone
+            meanwhile are in neither.
+        """
+        done: list[MessageEntry] = []
+        modified: list[MessageEntry] = []
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
+            current = index.modseqs(e.uid for e, _ in plan)
+            renamed: list[tuple[int, str]] = []
+            listing: dict[str, str] | None = None
+
+            def find(entry: MessageEntry) -> Path | None:
+                nonlocal listing
+                path = self.path / "cur" / entry.filename
+                if os.path.lexists(path):
+                    return path
+                if listing is None:  # list cur/ once, not once per stale entry
+                    listing = {split_name(n)[0]: n for n in os.listdir(self.path / "cur")}
+                name = listing.get(entry.base)
+                if name is not None and os.path.lexists(self.path / "cur" / name):
+                    return self.path / "cur" / name
+                return self.locate(entry.base)
+
+            def rename_all() -> None:
+                nonlocal listing
+                for entry, change in plan:
+                    seen = current.get(entry.uid, entry.modseq)
+                    if unchangedsince is not None and seen > unchangedsince:
+                        modified.append(entry._replace(modseq=seen))
+                        continue
+                    for _attempt in range(5):  # renamed by someone without our lock: retry
+                        path = find(entry)
+                        if path is None:
+                            break
+                        letters = change.apply(split_name(path.name)[1])
+                        new_name = f"{entry.base}:2,{letters}"
+                        if path.name == new_name and path.parent.name == "cur":
+                            done.append(entry._replace(filename=new_name, modseq=seen))
+                            break
+                        try:
+                            os.rename(path, self.path / "cur" / new_name)
+                        except FileNotFoundError:
+                            listing = None
+                            continue
+                        renamed.append((entry.uid, new_name))
+                        done.append(entry._replace(filename=new_name))
+                        break
+
+            kept = self._own_change(index, rename_all)
+            if renamed:
+                # the flags are the file names: durable before OK (the index may lag)
+                fsync_dir_shared(self.path / "cur")
+                modseq = index.next_modseq()
+                names = dict(renamed)
+                for uid, name in renamed:
+                    if uid in current:
+                        index.rename(uid, name, modseq)
+                done = [e._replace(modseq=modseq) if e.uid in names else e for e in done]
+                if kept is not None:
+                    rows = [tuple(e) for e in done if e.uid in names and e.uid in current]
+                    followed.append(self._followed(kept, index, rows, []))
+        return done, modified
+
+    def remove(self, entry: MessageEntry) -> None:
+        """Delete the message file (EXPUNGE, POP3 QUIT); a missing file is not an error."""
+        self.remove_many([entry])
+
+    def remove_many(self, entries: list[MessageEntry], flagged: str = "") -> list[MessageEntry]:
+        """Delete the message files under one lock, each expunge recorded with one new
+        MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped.
+
+        @param flagged: an info letter (C{"T"} for EXPUNGE, RFC 3501 §6.4.3): only messages
+            whose file carries it now are removed (another session may have cleared it).
+        @return: the entries removed.
+        """
+        removed: list[MessageEntry] = []
+        followed: list[_Snapshot] = []
+        with self._indexed(followed) as index:
+            indexed = index.modseqs(e.uid for e in entries)
+            modseq = 0
+
+            def unlink_all() -> None:
+                nonlocal modseq
+                for entry in entries:
+                    try:
+                        path = self.open(entry)
+                        if flagged and flagged not in split_name(path.name)[1]:
+                            continue
+                        os.unlink(path)
+                    except (FileNotFoundError, MaildirError):
+                        continue
+                    removed.append(entry)
+                    if entry.uid in indexed:
+                        modseq = modseq or index.next_modseq()
+                        index.expunge(entry.uid, modseq)
+
+            kept = self._own_change(index, unlink_all)
+            if removed:
+                fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
+                if kept is not None:
+                    gone = [(e.uid, modseq) for e in removed if e.uid in indexed]
+                    followed.append(self._followed(kept, index, [], gone))
+        return removed
