@@ -133,3 +133,66 @@ class CombinedRegistryTests(unittest.TestCase):
             generate_latest(combined).decode(),  # type: ignore[arg-type]
             generate_latest(registry).decode(),
         )
+
+
+class WorkerLogLinesTests(unittest.TestCase):
+    """A worker's own log lines (L{LogLines}) and the parent's file they go to (L{log_sink})."""
+
+    def test_a_worker_writes_the_parent_observers_line_marked_with_its_pid(self) -> None:
+        """The line is twistd's text line with C{worker=PID} after the system, and the lines
+        logged together reach the descriptor in one write."""
+        import io
+        import os
+
+        from twisted.logger import LogLevel, textFileLogObserver
+
+        from twistedmail.workers import LogLines
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        clock = Clock()
+        clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+        lines = LogLines(write, clock)
+        event = {
+            "log_format": "login failed: ip={ip}",
+            "ip": "192.0.2.7",
+            "log_level": LogLevel.warn,
+            "log_namespace": "twistedmail.auth",
+            "log_time": 1796623735.5,
+        }
+        lines(dict(event))
+        lines(dict(event, log_system="x"))
+        clock.advance(1)
+        expected = io.StringIO()
+        textFileLogObserver(expected)(
+            dict(event, log_system=f"twistedmail.auth#warn worker={os.getpid()}")
+        )
+        textFileLogObserver(expected)(dict(event, log_system=f"x worker={os.getpid()}"))
+        self.assertEqual(os.read(read, 65536).decode(), expected.getvalue())
+        self.assertIn(
+            f"[twistedmail.auth#warn worker={os.getpid()}] login failed: ip=192.0.2.7\n",
+            expected.getvalue(),
+        )
+
+    def test_the_sink_is_twistds_text_observer_only(self) -> None:
+        """Behind the DNS filter, twistd's text observer gives its file; a JSON observer or
+        a second observer gives none (the events are replayed then)."""
+        import io
+        from typing import cast
+
+        from twisted.logger import FileLogObserver, ILogObserver, LogPublisher, textFileLogObserver
+
+        from twistedmail.dns import quiet_dns_client
+        from twistedmail.workers import log_sink
+
+        out = io.StringIO()
+        publisher = LogPublisher(textFileLogObserver(out))
+        quiet_dns_client(publisher)
+        sink = log_sink(publisher)
+        assert sink is not None
+        sink.write(b"a line\n")
+        self.assertEqual(out.getvalue(), "a line\n")
+        self.assertIsNone(log_sink(LogPublisher(FileLogObserver(out, lambda e: "{}\n"))))
+        other = cast(ILogObserver, lambda e: None)
+        self.assertIsNone(log_sink(LogPublisher(textFileLogObserver(out), other)))

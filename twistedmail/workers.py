@@ -39,9 +39,18 @@ stopping the parent sends SIGTERM to each worker and waits (SIGKILL after L{STOP
 seconds).  A worker whose parent dies (even by SIGKILL) stops too: the kernel sends it
 SIGTERM (C{PR_SET_PDEATHSIG}), and the end of its command pipe stops it otherwise.
 
-Descriptors of a worker: 0 the commands from the parent, 1 its log events (JSON, replayed
-into the parent's log with C{worker=PID}), 2 its stderr, 3 its messages to the parent, then
-the listening sockets from L{FIRST_LISTENER}.
+Descriptors of a worker: 0 the commands from the parent, 1 its log, 2 its stderr, 3 its
+messages to the parent, then the listening sockets from L{FIRST_LISTENER}.
+
+Logging stays off the hot path: when the parent logs twistd's text lines to one file (C{-l
+PATH}, or stdout under C{-n}), a worker formats its events into the same lines itself (the
+system marked C{worker=PID}, as fail2ban's filter expects), writes the lines of each
+L{FLUSH_EVERY} seconds to fd 1 in one write (L{LogLines}), and the parent appends what
+arrives, whole lines only, to its own log file as it is (L{LogSink}): one write per batch
+in the parent, no decoding or formatting there, and rotation (size, SIGUSR1) stays the
+parent's.  Otherwise
+(C{--syslog}, C{[log] format = "json"}) the worker sends each event as JSON and the parent
+replays it into its log with C{worker=PID} (L{Supervisor._log_event}).
 """
 
 from __future__ import annotations
@@ -52,22 +61,34 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet import defer, protocol, stdio
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
     Logger,
+    LogPublisher,
     eventFromJSON,
+    formatEventAsClassicLogText,
+    formatTime,
     globalLogBeginner,
     globalLogPublisher,
     jsonFileLogObserver,
+    timeFormatRFC3339,
 )
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python import logfile, threadable
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twistedmail.service import MailServer
 
@@ -80,6 +101,7 @@ STOP_GRACE = 15.0
 ASK_TIMEOUT = 10.0
 FIRST_LISTENER = 4
 MAX_LINE = 64 * 1024 * 1024  # a metrics snapshot of a busy worker stays far below
+FLUSH_EVERY = 0.02  # seconds a worker's log lines wait to be written together (LogLines)
 
 PR_SET_PDEATHSIG = 1
 
@@ -89,6 +111,42 @@ def _json_line(message: dict[str, Any]) -> bytes:
 
 
 # -- the parent's side ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class LogSink:
+    """The file twistd's text log observer writes to, which a worker's lines are appended
+    to as they come (see the module docstring)."""
+
+    out: IO[Any]
+    text: bool  # it takes str (sys.stdout), not bytes (twistd's LogFile takes both)
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data.decode("utf-8", "replace") if self.text else data)
+        self.out.flush()
+
+
+def log_sink(publisher: LogPublisher) -> LogSink | None:
+    """The L{LogSink} of C{publisher} when its one observer is twistd's text file observer
+    (C{textFileLogObserver}, perhaps behind a filter), else C{None} (syslog, JSON lines,
+    several observers): then the workers' events are replayed one by one."""
+    observers = list(getattr(publisher, "_observers", ()))
+    if len(observers) != 1:
+        return None
+    observer = observers[0]
+    while isinstance(observer, FilteringLogObserver):
+        observer = getattr(observer, "_observer", None)
+    if not isinstance(observer, FileLogObserver):
+        return None
+    formatter = getattr(observer.formatEvent, "__qualname__", "")
+    if formatter != "textFileLogObserver.<locals>.formatEvent":
+        return None
+    if getattr(observer, "_encoding", None) is not None:
+        return None
+    out = getattr(observer, "_outFile", None)
+    if out is None:
+        return None
+    return LogSink(out, text=not isinstance(out, logfile.BaseLogFile))
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -101,6 +159,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.started = supervisor.reactor.seconds()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._buffers: dict[int, bytes] = {}
+        self.log_sink: LogSink | None = None  # its fd 1 carries finished lines
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
@@ -110,6 +169,14 @@ class WorkerProcess(protocol.ProcessProtocol):
             self.transport.write(_json_line(message))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1 and self.log_sink is not None:
+            data = self._buffers.pop(1, b"") + data
+            end = data.rfind(b"\n") + 1
+            rest = data[end:]
+            self._buffers[1] = rest if len(rest) <= MAX_LINE else b""
+            if end:
+                self.log_sink.write(data[:end])
+            return
         *lines, rest = (self._buffers.get(childFD, b"") + data).split(b"\n")
         self._buffers[childFD] = rest if len(rest) <= MAX_LINE else b""
         for line in lines:
@@ -137,6 +204,7 @@ class Supervisor(Service):
         self._next_ask = 0
         self._stopping = False
         self._sockets: list[tuple[str, int, int]] = []
+        self._log_sink: LogSink | None = None
         self.setName("workers")
         server.workers = self
         server.throttle.share = self._throttle_shared
@@ -152,6 +220,7 @@ class Supervisor(Service):
         super().startService()
         self._stopping = False
         self._sockets = self.server.listening_sockets()
+        self._log_sink = log_sink(globalLogPublisher)  # twistd's observer is in place by now
         for slot in range(1, self.count):
             self._spawn(slot)
 
@@ -163,11 +232,14 @@ class Supervisor(Service):
         args = [sys.executable, "-m", "twistedmail.workers", "--parent", str(os.getpid())]
         if config.source is not None:
             args += ["--config", str(Path(config.source).absolute())]
+        if self._log_sink is not None:
+            args += ["--log-lines"]
         child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", 3: "r"}
         for i, (name, fd, family) in enumerate(self._sockets):
             child_fds[FIRST_LISTENER + i] = fd
             args += ["--listen", f"{name}:{FIRST_LISTENER + i}:{family}"]
         process = WorkerProcess(self, slot)
+        process.log_sink = self._log_sink
         self.reactor.spawnProcess(
             process, sys.executable, args, env=dict(os.environ), childFDs=child_fds
         )
@@ -428,6 +500,68 @@ class ParentLink(LineOnlyReceiver):
             self.reactor.stop()
 
 
+@implementer(ILogObserver)
+class LogLines:
+    """A worker's log observer under C{--log-lines}: each event becomes the line twistd's
+    text observer writes (C{textFileLogObserver}), its system marked C{worker=PID}, and the
+    lines logged within L{FLUSH_EVERY} seconds go to C{fd} in one write (L{flush}), which
+    the parent appends to its log file as they are (see the module docstring).  A worker
+    killed by SIGKILL loses the lines of its last L{FLUSH_EVERY} seconds; one stopped by
+    SIGTERM writes them before it exits."""
+
+    def __init__(self, fd: int, reactor: Any) -> None:
+        self.fd = fd
+        self.reactor = reactor
+        self.mark = f" worker={os.getpid()}"
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, when: float | None) -> str:
+        # twistd's time stamps have whole seconds: one strftime a second, not one a line.
+        if when is None:
+            return formatTime(when, timeFormatRFC3339)
+        second = int(when)
+        if second != self._second:
+            self._stamp = formatTime(second, timeFormatRFC3339)
+            self._second = second
+        return self._stamp
+
+    def __call__(self, event: LogEvent) -> None:
+        event = dict(event)
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = "{}#{}".format(
+                event.get("log_namespace", "-"), level.name if level is not None else "-"
+            )
+        event["log_system"] = f"{system}{self.mark}"
+        text = formatEventAsClassicLogText(event, formatTime=self._time)
+        if not text:
+            return
+        with self._lock:
+            self._lines.append(text)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if threadable.isInIOThread():
+            self.reactor.callLater(FLUSH_EVERY, self.flush)
+        else:
+            self.reactor.callFromThread(self.reactor.callLater, FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        """Write the lines logged since the last flush, in one C{write} if the pipe takes
+        them (a pipe full because the parent is busy blocks: no line is dropped)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._scheduled = False
+        data = "".join(lines).encode("utf-8", "replace")
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+
 def die_with_parent(parent: int) -> None:
     """Have the kernel send SIGTERM when the parent dies (Linux C{PR_SET_PDEATHSIG}); exit
     at once if it already has."""
@@ -447,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--config")
     parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--log-lines", action="store_true", help="write finished log lines")
     options = parser.parse_args(argv)
     die_with_parent(options.parent)
     from twisted.internet import reactor
@@ -454,8 +589,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twistedmail.config import load_config
     from twistedmail.dns import quiet_dns_client
 
-    out = os.fdopen(1, "w", encoding="utf-8", buffering=1)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
+    lines: LogLines | None = None
+    observer: ILogObserver
+    if options.log_lines:
+        observer = lines = LogLines(1, reactor)
+    else:
+        observer = jsonFileLogObserver(os.fdopen(1, "w", encoding="utf-8", buffering=1))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     quiet_dns_client(globalLogPublisher)
     adopted: dict[str, list[tuple[int, int]]] = {}
     for item in options.listen:
@@ -471,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     log.info("worker serving: pid {pid}", pid=os.getpid())
     reactor.run()
+    if lines is not None:
+        lines.flush()  # what was logged after the reactor's last turn
 
 
 if __name__ == "__main__":
