@@ -140,20 +140,22 @@ class WorkerLogLinesTests(unittest.TestCase):
 
     def test_a_worker_writes_the_parent_observers_line_marked_with_its_pid(self) -> None:
         """The line is twistd's text line with C{worker=PID} after the system, and the lines
-        logged together reach the descriptor in one write."""
+        logged within the delay are written together."""
         import io
         import os
 
         from twisted.logger import LogLevel, textFileLogObserver
 
-        from twistedmail.workers import LogLines
+        from twistedmail.workers import LogLines, fd_writer
 
         read, write = os.pipe()
         self.addCleanup(os.close, read)
         self.addCleanup(os.close, write)
         clock = Clock()
         clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
-        lines = LogLines(write, clock)
+        clock.running = True  # type: ignore[attr-defined]
+        writes: list[bytes] = []
+        lines = LogLines(writes.append, clock, mark=f" worker={os.getpid()}", delay=0.02)
         event = {
             "log_format": "login failed: ip={ip}",
             "ip": "192.0.2.7",
@@ -163,7 +165,10 @@ class WorkerLogLinesTests(unittest.TestCase):
         }
         lines(dict(event))
         lines(dict(event, log_system="x"))
-        clock.advance(1)
+        self.assertEqual(writes, [])
+        clock.advance(0.02)
+        self.assertEqual(len(writes), 1)  # one write for both
+        fd_writer(write)(writes[0])
         expected = io.StringIO()
         textFileLogObserver(expected)(
             dict(event, log_system=f"twistedmail.auth#warn worker={os.getpid()}")
@@ -196,3 +201,40 @@ class WorkerLogLinesTests(unittest.TestCase):
         self.assertIsNone(log_sink(LogPublisher(FileLogObserver(out, lambda e: "{}\n"))))
         other = cast(ILogObserver, lambda e: None)
         self.assertIsNone(log_sink(LogPublisher(textFileLogObserver(out), other)))
+
+    def test_the_parents_lines_are_written_at_the_next_turn_in_twistds_format(self) -> None:
+        """batch_log puts a LogLines in place of twistd's text observer: the same lines,
+        written at the next reactor turn, at once when the reactor is not running."""
+        import io
+
+        from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
+
+        from twistedmail.workers import LogLines, batch_log, log_sink
+
+        out, expected = io.StringIO(), io.StringIO()
+        publisher = LogPublisher(textFileLogObserver(out))
+        clock = Clock()
+        clock.running = True  # type: ignore[attr-defined]
+        clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+        lines = batch_log(publisher, clock)
+        self.assertIsInstance(lines, LogLines)
+        self.assertIsNotNone(log_sink(publisher))  # the workers still find the file
+        self.assertIsNone(batch_log(publisher, clock))  # once
+        reference = textFileLogObserver(expected)
+        for observer in (publisher, reference):
+            for when, text in ((1796623735.5, "one {n}"), (1796623735.9, "two"), (1796623736, "3")):
+                observer(
+                    {
+                        "log_format": text,
+                        "n": 1,
+                        "log_time": when,
+                        "log_level": LogLevel.info,
+                        "log_namespace": "twistedmail.smtp",
+                    }
+                )
+        self.assertEqual(out.getvalue(), "")
+        clock.advance(0)
+        self.assertEqual(out.getvalue(), expected.getvalue())
+        clock.running = False  # type: ignore[attr-defined]
+        Logger(observer=publisher).info("after the reactor stopped")
+        self.assertTrue(out.getvalue().endswith("] after the reactor stopped\n"))

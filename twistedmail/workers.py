@@ -90,6 +90,7 @@ from twisted.python import logfile, threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twistedmail.dns import quiet_dns_client
 from twistedmail.service import MailServer
 
 log = Logger(namespace="twistedmail.workers")
@@ -126,16 +127,25 @@ class LogSink:
         self.out.flush()
 
 
-def log_sink(publisher: LogPublisher) -> LogSink | None:
-    """The L{LogSink} of C{publisher} when its one observer is twistd's text file observer
-    (C{textFileLogObserver}, perhaps behind a filter), else C{None} (syslog, JSON lines,
-    several observers): then the workers' events are replayed one by one."""
+def _unfiltered(publisher: LogPublisher) -> object:
+    """The one observer of C{publisher}, unwrapped from its filters, or C{None}."""
     observers = list(getattr(publisher, "_observers", ()))
     if len(observers) != 1:
         return None
     observer = observers[0]
     while isinstance(observer, FilteringLogObserver):
         observer = getattr(observer, "_observer", None)
+    return observer
+
+
+def log_sink(publisher: LogPublisher) -> LogSink | None:
+    """The L{LogSink} of C{publisher} when its one observer is twistd's text file observer
+    (C{textFileLogObserver}, perhaps behind a filter, or the L{LogLines} of L{batch_log}
+    in its place), else C{None} (syslog, JSON lines,
+    several observers): then the workers' events are replayed one by one."""
+    observer = _unfiltered(publisher)
+    if isinstance(observer, LogLines):  # batch_log put it there
+        return observer.sink
     if not isinstance(observer, FileLogObserver):
         return None
     formatter = getattr(observer.formatEvent, "__qualname__", "")
@@ -502,64 +512,106 @@ class ParentLink(LineOnlyReceiver):
 
 @implementer(ILogObserver)
 class LogLines:
-    """A worker's log observer under C{--log-lines}: each event becomes the line twistd's
-    text observer writes (C{textFileLogObserver}), its system marked C{worker=PID}, and the
-    lines logged within L{FLUSH_EVERY} seconds go to C{fd} in one write (L{flush}), which
-    the parent appends to its log file as they are (see the module docstring).  A worker
-    killed by SIGKILL loses the lines of its last L{FLUSH_EVERY} seconds; one stopped by
-    SIGTERM writes them before it exits."""
+    """A log observer that writes twistd's text lines (C{textFileLogObserver}'s), the
+    system marked with C{mark}, and hands the lines logged within C{delay} seconds to
+    C{write} together (L{flush}): one write for many lines, and one C{strftime} a second
+    (twistd's time stamps have whole seconds).  Before the reactor runs and after it
+    stopped, each line is written at once.
 
-    def __init__(self, fd: int, reactor: Any) -> None:
-        self.fd = fd
+    A worker's (C{--log-lines}): C{mark} C{" worker=PID"}, C{write} to its fd 1, which the
+    parent appends to its log file as it comes (see the module docstring), C{delay}
+    L{FLUSH_EVERY} (a worker killed by SIGKILL loses the lines of its last L{FLUSH_EVERY}
+    seconds; SIGTERM writes them).  The parent's own (L{batch_log}): no mark, C{delay} 0:
+    the lines of one reactor turn are written at the start of the next, before the replies
+    of that turn are sent."""
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        reactor: Any,
+        mark: str = "",
+        delay: float = 0.0,
+        sink: LogSink | None = None,
+    ) -> None:
+        self.write = write
         self.reactor = reactor
-        self.mark = f" worker={os.getpid()}"
+        self.mark = mark
+        self.delay = delay
+        self.sink = sink  # the parent's log file, when this observer writes to it
         self._lines: list[str] = []
         self._scheduled = False
         self._lock = threading.Lock()
-        self._second = -1
-        self._stamp = ""
+        self._stamp: tuple[int, str] = (-1, "")
 
     def _time(self, when: float | None) -> str:
-        # twistd's time stamps have whole seconds: one strftime a second, not one a line.
         if when is None:
             return formatTime(when, timeFormatRFC3339)
-        second = int(when)
-        if second != self._second:
-            self._stamp = formatTime(second, timeFormatRFC3339)
-            self._second = second
-        return self._stamp
+        second, stamp = self._stamp
+        if int(when) != second:
+            stamp = formatTime(int(when), timeFormatRFC3339)
+            self._stamp = (int(when), stamp)
+        return stamp
 
     def __call__(self, event: LogEvent) -> None:
-        event = dict(event)
-        system = event.get("log_system")
-        if system is None:
-            level = event.get("log_level")
-            system = "{}#{}".format(
-                event.get("log_namespace", "-"), level.name if level is not None else "-"
-            )
-        event["log_system"] = f"{system}{self.mark}"
+        if self.mark:
+            event = dict(event)
+            system = event.get("log_system")
+            if system is None:
+                level = event.get("log_level")
+                system = "{}#{}".format(
+                    event.get("log_namespace", "-"), level.name if level is not None else "-"
+                )
+            event["log_system"] = f"{system}{self.mark}"
         text = formatEventAsClassicLogText(event, formatTime=self._time)
         if not text:
             return
         with self._lock:
             self._lines.append(text)
-            if self._scheduled:
+            running = self.reactor.running
+            if self._scheduled and running:
                 return
-            self._scheduled = True
-        if threadable.isInIOThread():
-            self.reactor.callLater(FLUSH_EVERY, self.flush)
+            self._scheduled = running
+        if not running:
+            self.flush()
+        elif threadable.isInIOThread():
+            self.reactor.callLater(self.delay, self.flush)
         else:
-            self.reactor.callFromThread(self.reactor.callLater, FLUSH_EVERY, self.flush)
+            self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
 
     def flush(self) -> None:
-        """Write the lines logged since the last flush, in one C{write} if the pipe takes
-        them (a pipe full because the parent is busy blocks: no line is dropped)."""
+        """Write the lines logged since the last flush (a pipe full because the parent is
+        busy blocks: no line is dropped)."""
         with self._lock:
             lines, self._lines = self._lines, []
             self._scheduled = False
-        data = "".join(lines).encode("utf-8", "replace")
+        if lines:
+            self.write("".join(lines).encode("utf-8", "replace"))
+
+
+def fd_writer(fd: int) -> Callable[[bytes], None]:
+    """A C{write} for L{LogLines}: all of C{data} to C{fd}."""
+
+    def write(data: bytes) -> None:
         while data:
-            data = data[os.write(self.fd, data) :]
+            data = data[os.write(fd, data) :]
+
+    return write
+
+
+def batch_log(publisher: LogPublisher, reactor: Any) -> LogLines | None:
+    """In the parent, once twistd logs: when its observer is the text file one
+    (L{log_sink}), put a L{LogLines} writing to the same file in its place (behind the
+    same DNS filter), so that the parent's own lines cost one write per reactor turn and
+    one time stamp a second, in the same format; else leave the observers alone."""
+    sink = log_sink(publisher)
+    if sink is None or isinstance(_unfiltered(publisher), LogLines):
+        return None
+    lines = LogLines(sink.write, reactor, sink=sink)
+    for observer in list(getattr(publisher, "_observers", ())):
+        publisher.removeObserver(observer)
+    publisher.addObserver(lines)
+    quiet_dns_client(publisher)
+    return lines
 
 
 def die_with_parent(parent: int) -> None:
@@ -592,7 +644,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines: LogLines | None = None
     observer: ILogObserver
     if options.log_lines:
-        observer = lines = LogLines(1, reactor)
+        observer = lines = LogLines(
+            fd_writer(1), reactor, mark=f" worker={os.getpid()}", delay=FLUSH_EVERY
+        )
     else:
         observer = jsonFileLogObserver(os.fdopen(1, "w", encoding="utf-8", buffering=1))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
