@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--workers", type=int, default=1, help="[server] workers (all recorded)")
+    ap.add_argument("--gil", action="store_true", help="only samples holding the GIL (CPU)")
     ap.add_argument("--report", type=Path, help="only print the tables of an earlier raw file")
     a = ap.parse_args()
     if a.report:
@@ -104,6 +105,7 @@ def main() -> None:
                     "record",
                     "--nonblocking",
                     "--subprocesses",
+                    *(["--gil"] if a.gil else []),
                     "--format",
                     "raw",
                     "-r",
