@@ -42,6 +42,10 @@ def top(raw: Path, n: int) -> dict[str, tuple[int, list[tuple[str, int]], list[t
         if not stack:
             continue
         count = int(count_text)
+        process = ""
+        while stack.startswith("process "):  # --subprocesses: the parent, then a worker
+            head, _, stack = stack.partition('";')
+            process = "worker " if "twistedmail.workers" in head else "parent "
         frames = [
             f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
             for f in stack.split(";")
@@ -49,7 +53,7 @@ def top(raw: Path, n: int) -> dict[str, tuple[int, list[tuple[str, int]], list[t
         ]
         if not frames or frames[-1] in IDLE:
             continue
-        kind = "reactor" if any("mainLoop" in f for f in frames) else "threads"
+        kind = process + ("reactor" if any("mainLoop" in f for f in frames) else "threads")
         samples, own, total = kinds.setdefault(
             kind, [0, collections.Counter(), collections.Counter()]
         )
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--checks", choices=("on", "off"), default="on")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--workers", type=int, default=1, help="[server] workers (all recorded)")
+    ap.add_argument("--gil", action="store_true", help="only samples holding the GIL (CPU)")
     ap.add_argument("--report", type=Path, help="only print the tables of an earlier raw file")
     a = ap.parse_args()
     if a.report:
@@ -89,7 +95,7 @@ def main() -> None:
         [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
         stdout=subprocess.DEVNULL,
     )
-    server = start_twistedmail(out / "tm", dns_port, checks=a.checks == "on")
+    server = start_twistedmail(out / "tm", dns_port, checks=a.checks == "on", workers=a.workers)
     try:
         for size in (int(x) for x in a.sizes.split(",")):
             raw = out / f"pyspy-{size}.txt"
@@ -98,6 +104,8 @@ def main() -> None:
                     pyspy,
                     "record",
                     "--nonblocking",
+                    "--subprocesses",
+                    *(["--gil"] if a.gil else []),
                     "--format",
                     "raw",
                     "-r",

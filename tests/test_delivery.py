@@ -114,6 +114,16 @@ class DeliveryTests(unittest.TestCase):
         root = self.mail_dir / "example.org" / "alice"
         self.assertEqual(sorted(os.listdir(root)), ["cur", "new", "tmp"])
 
+    def test_maildir_removed_by_hand_is_made_again(self) -> None:
+        """The Maildir made at the first delivery is not made again for every message; one
+        removed by hand since is made again and the message stored there."""
+        import shutil
+
+        self.deliver(None, ["alice@example.org"])
+        shutil.rmtree(self.mail_dir / "example.org" / "alice")
+        self.deliver(None, ["alice@example.org"])
+        self.assertEqual(len(self.stored("alice")), 1)
+
     def test_local_users(self) -> None:
         """local_users splits recipients into local users (aliases expanded) and remote
         addresses."""

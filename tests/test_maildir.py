@@ -163,6 +163,23 @@ class WriteTests(MaildirTestCase):
         self.assertFalse(is_enospc(ValueError()))
 
 
+class WriteFileTests(unittest.TestCase):
+    def test_write_file(self) -> None:
+        """write_file writes every byte, mode 0600; a new file unless told to truncate (the
+        helper of write_durably, the queue spool and the importer)."""
+        from twistedmail.maildir import write_file
+
+        path = Path(self.mktemp())
+        data = os.urandom(300_000)
+        write_file(path, data)
+        self.assertEqual(path.read_bytes(), data)
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertRaises(FileExistsError, write_file, path, b"other")
+        self.assertEqual(path.read_bytes(), data)
+        write_file(path, b"short", exclusive=False)
+        self.assertEqual(path.read_bytes(), b"short")
+
+
 class ScanTests(MaildirTestCase):
     def uidlist(self) -> str:
         return (self.root / "dovecot-uidlist").read_text()

@@ -133,3 +133,108 @@ class CombinedRegistryTests(unittest.TestCase):
             generate_latest(combined).decode(),  # type: ignore[arg-type]
             generate_latest(registry).decode(),
         )
+
+
+class WorkerLogLinesTests(unittest.TestCase):
+    """A worker's own log lines (L{LogLines}) and the parent's file they go to (L{log_sink})."""
+
+    def test_a_worker_writes_the_parent_observers_line_marked_with_its_pid(self) -> None:
+        """The line is twistd's text line with C{worker=PID} after the system, and the lines
+        logged within the delay are written together."""
+        import io
+        import os
+
+        from twisted.logger import LogLevel, textFileLogObserver
+
+        from twistedmail.workers import LogLines, fd_writer
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        clock = Clock()
+        clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+        clock.running = True  # type: ignore[attr-defined]
+        writes: list[bytes] = []
+        lines = LogLines(writes.append, clock, mark=f" worker={os.getpid()}", delay=0.02)
+        event = {
+            "log_format": "login failed: ip={ip}",
+            "ip": "192.0.2.7",
+            "log_level": LogLevel.warn,
+            "log_namespace": "twistedmail.auth",
+            "log_time": 1796623735.5,
+        }
+        lines(dict(event))
+        lines(dict(event, log_system="x"))
+        self.assertEqual(writes, [])
+        clock.advance(0.02)
+        self.assertEqual(len(writes), 1)  # one write for both
+        fd_writer(write)(writes[0])
+        expected = io.StringIO()
+        textFileLogObserver(expected)(
+            dict(event, log_system=f"twistedmail.auth#warn worker={os.getpid()}")
+        )
+        textFileLogObserver(expected)(dict(event, log_system=f"x worker={os.getpid()}"))
+        self.assertEqual(os.read(read, 65536).decode(), expected.getvalue())
+        self.assertIn(
+            f"[twistedmail.auth#warn worker={os.getpid()}] login failed: ip=192.0.2.7\n",
+            expected.getvalue(),
+        )
+
+    def test_the_sink_is_twistds_text_observer_only(self) -> None:
+        """Behind the DNS filter, twistd's text observer gives its file; a JSON observer or
+        a second observer gives none (the events are replayed then)."""
+        import io
+        from typing import cast
+
+        from twisted.logger import FileLogObserver, ILogObserver, LogPublisher, textFileLogObserver
+
+        from twistedmail.dns import quiet_dns_client
+        from twistedmail.workers import log_sink
+
+        out = io.StringIO()
+        publisher = LogPublisher(textFileLogObserver(out))
+        quiet_dns_client(publisher)
+        sink = log_sink(publisher)
+        assert sink is not None
+        sink.write(b"a line\n")
+        self.assertEqual(out.getvalue(), "a line\n")
+        self.assertIsNone(log_sink(LogPublisher(FileLogObserver(out, lambda e: "{}\n"))))
+        other = cast(ILogObserver, lambda e: None)
+        self.assertIsNone(log_sink(LogPublisher(textFileLogObserver(out), other)))
+
+    def test_the_parents_lines_are_written_at_the_next_turn_in_twistds_format(self) -> None:
+        """batch_log puts a LogLines in place of twistd's text observer: the same lines,
+        written at the next reactor turn, at once when the reactor is not running."""
+        import io
+
+        from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
+
+        from twistedmail.workers import LogLines, batch_log, log_sink
+
+        out, expected = io.StringIO(), io.StringIO()
+        publisher = LogPublisher(textFileLogObserver(out))
+        clock = Clock()
+        clock.running = True  # type: ignore[attr-defined]
+        clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+        lines = batch_log(publisher, clock)
+        self.assertIsInstance(lines, LogLines)
+        self.assertIsNotNone(log_sink(publisher))  # the workers still find the file
+        self.assertIsNone(batch_log(publisher, clock))  # once
+        reference = textFileLogObserver(expected)
+        for observer in (publisher, reference):
+            for when, text in ((1796623735.5, "one {n}"), (1796623735.9, "two"), (1796623736, "3")):
+                observer(
+                    {
+                        "log_format": text,
+                        "n": 1,
+                        "log_time": when,
+                        "log_level": LogLevel.info,
+                        "log_namespace": "twistedmail.smtp",
+                    }
+                )
+        self.assertEqual(out.getvalue(), "")
+        clock.advance(0)
+        self.assertEqual(out.getvalue(), expected.getvalue())
+        clock.running = False  # type: ignore[attr-defined]
+        Logger(observer=publisher).info("after the reactor stopped")
+        self.assertTrue(out.getvalue().endswith("] after the reactor stopped\n"))

@@ -25,6 +25,7 @@ import email.parser
 import email.policy
 import email.utils
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +158,22 @@ class KeyStore:
             serialization.Encoding.PEM, pem_format, serialization.NoEncryption()
         )
         tmp = path.with_name(path.name + ".tmp")
+        # maildir.write_file's steps (dkim may not import maildir: one layer): every byte
+        # written (os.write may write less), the file and then its directory fsynced.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, pem)
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         return SigningKey(domain, selector, path, algorithm)
 
     def keys(self, domain: str) -> list[SigningKey]:
@@ -306,13 +316,48 @@ def _header_names(message: bytes) -> set[str]:
     return {k.lower() for k in parsed.keys()}
 
 
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 §3.6.8 ftext, then ":"
+
+
+def _from_fields(block: bytes) -> list[str] | None:
+    """The From: fields of a header block as Python's email parser (compat32) returns
+    them, read by a scan of the lines (RFC 5322 §2.2, §2.2.3 folding); C{None} for a block
+    the scan does not read the parser's way (a line that is no field and no folding, a
+    folded first line, non-ASCII in a From: field): the parser reads those."""
+    fields: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    first = True
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n", b"\r"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if first:
+                return None
+            if current is not None:
+                current.append(line)
+        elif _FIELD_NAME.match(line):
+            if line[: line.index(b":")].lower() == b"from":
+                current = [line[line.index(b":") + 1 :].lstrip(b" \t")]
+                fields.append(current)
+            else:
+                current = None
+        else:
+            return None
+        first = False
+    values = [b"".join(f) for f in fields]
+    if any(not v.isascii() for v in values):
+        return None
+    return [v.decode("ascii").rstrip("\r\n") for v in values]
+
+
 def author_domain(message: bytes) -> str | None:
     """The domain of the single address in the From: header (RFC 5322 §3.6.2), lower
     case, or None when there is no From:, several, or it does not parse."""
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        _header_block(message)
-    )
-    values = parsed.get_all("From") or []
+    block = _header_block(message)
+    values: list[Any] | None = _from_fields(block)  # the email parser costs ~0.1 ms
+    if values is None:
+        parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+        values = parsed.get_all("From") or []
     if len(values) != 1:
         return None
     addresses = email.utils.getaddresses([str(values[0])])

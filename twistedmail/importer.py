@@ -71,6 +71,7 @@ from twistedmail.maildir import (
     split_name,
     to_crlf,
     unique_name,
+    write_file,
 )
 
 LEDGER = "import.sqlite3"
@@ -276,14 +277,7 @@ class FolderImport:
 
     @staticmethod
     def _write_tmp(path: Path, data: bytes, mtime: float | None) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(path, data, exclusive=False)
         if mtime is not None:
             os.utime(path, (mtime, mtime))
 

@@ -174,6 +174,11 @@ class _StartGuard(MultiService):
 
     def startService(self) -> None:
         quiet_dns_client(globalLogPublisher)  # twistd's log observer is in place by now
+        from twisted.internet import reactor
+
+        from twistedmail.workers import batch_log
+
+        batch_log(globalLogPublisher, reactor)  # its lines written once per reactor turn
         # The control socket is bound and the store opened here, after twistd forked and
         # dropped root (service.py).
         try:

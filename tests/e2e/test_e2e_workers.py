@@ -8,11 +8,14 @@ acknowledged mail lost; the parent's end ends the workers."""
 from __future__ import annotations
 
 import imaplib
+import json
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 ALICE = "alice@example.test"
+FAIL2BAN_FILTER = Path(__file__).resolve().parents[2] / "etc/fail2ban/filter.d/twistedmail.conf"
 
 
 # -- which process serves a connection ---------------------------------------------------------
@@ -449,3 +453,63 @@ def test_logout_reports_no_change_made_by_another_session(tmp_path: Path) -> Non
             received += chunk
         assert received.splitlines()[0].startswith(b"* BYE")
         assert [line.split()[0] for line in received.splitlines()] == [b"*", b"z"]
+
+
+def imap_on(server: Server, pid: int) -> imaplib.IMAP4_SSL:
+    """An IMAP connection (not logged in) served by process C{pid}."""
+    for _ in range(200):
+        c = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+        if serving_pid(server, c.sock) == pid:
+            return c
+        c.logout()
+    raise AssertionError(f"200 IMAP connections, none on {pid}")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_failed_logins_in_every_process_reach_the_log_for_fail2ban(
+    tmp_path: Path, log_format: str
+) -> None:
+    """A failed login served by the parent and one served by a worker each log one line in
+    the configured format, the worker's marked with its PID, and the shipped fail2ban
+    filter matches both."""
+    srv = Server(tmp_path, workers=2, extra_config=f'\n[log]\nformat = "{log_format}"\n')
+    with running(srv):
+        (worker,) = wait_for_workers(srv)
+        assert srv.pid is not None
+        for pid in (srv.pid, worker):
+            c = imap_on(srv, pid)
+            with pytest.raises(imaplib.IMAP4.error):
+                c.login(ALICE, "wrong password")
+            c.logout()
+        wait_for(lambda: srv.log.read_text().count("login failed:") == 2, "two login failed lines")
+        log = srv.log.read_text()
+    failed = [line for line in log.splitlines() if "login failed:" in line]
+    text = "login failed: service=imap user=alice@example.test ip=127.0.0.1"
+    if log_format == "text":
+        assert failed[0].endswith(f"[twistedmail.auth#warn] {text}")
+        assert failed[1].endswith(f"[twistedmail.auth#warn worker={worker}] {text}")
+    else:
+        records = [json.loads(line) for line in failed]
+        assert [(r["level"], r["namespace"], r["text"], r.get("worker")) for r in records] == [
+            ("warn", "twistedmail.auth", text, None),
+            ("warn", "twistedmail.auth", text, worker),
+        ]
+    regexes = re.search(r"^failregex\s*=\s*(.+?)\n(?=\S)", FAIL2BAN_FILTER.read_text(), re.M | re.S)
+    assert regexes is not None
+    hosts = []
+    for line in failed:
+        rest = line.split(" ", 1)[1] if log_format == "text" else line  # fail2ban cuts the time
+        for regex in regexes.group(1).split("\n"):
+            m = re.search(regex.strip().replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)"), rest)
+            if m:
+                hosts.append(m.group("host"))
+                break
+    assert hosts == ["127.0.0.1", "127.0.0.1"]
+    if shutil.which("fail2ban-regex"):
+        out = subprocess.run(
+            ["fail2ban-regex", str(srv.log), str(FAIL2BAN_FILTER)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert re.search(r"Failregex: 2 total", out), out

@@ -50,6 +50,7 @@ from twistedmail.maildir.durable import (
     is_enospc,
     make_maildir,
     write_durably,
+    write_file,
 )
 from twistedmail.maildir.folder import Folder
 from twistedmail.maildir.names import (
@@ -183,4 +184,5 @@ __all__ = [
     "wire_size",
     "wire_size_from_name",
     "write_durably",
+    "write_file",
 ]

@@ -17,6 +17,24 @@ from twistedmail.index import (
 from twistedmail.maildir.names import normalize_flags, to_crlf, unique_name, wire_size
 
 
+def write_file(path: Path, data: bytes, *, exclusive: bool = True) -> None:
+    """Write all of C{data} to the file C{path} (0600; a new one, else C{exclusive=False}
+    truncates an existing one) and fsync it: C{os.write} may write less than asked.  Its
+    directory is not fsynced (the caller renames or links the file first).
+
+    @raise FileExistsError: C{exclusive} and C{path} exists (nothing was written).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -107,18 +125,13 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
         base = unique_name(len(data), wire=wire_size(data))  # the index reads ,W=
         tmp_path = tmp_dir / base
         try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+            write_file(tmp_path, data)
+        except FileExistsError:  # another process's tmp file: not ours to remove
             continue
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             if mtime is not None:
                 os.utime(tmp_path, (mtime, mtime))
             final = base + (":2," + normalize_flags(flags) if directory.name == "cur" else "")

@@ -48,7 +48,7 @@ from twistedmail.accounts import AccountStore
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
 from twistedmail.delivery import LocalDelivery
-from twistedmail.maildir import fsync_dir
+from twistedmail.maildir import fsync_dir, write_file
 from twistedmail.reply import Reply
 from twistedmail.smtp.dsn import DELAYED, FAILED, build_dsn
 from twistedmail.smtp.outbound import RecipientResult
@@ -164,15 +164,8 @@ def new_id(now: float) -> str:
 
 def _write_atomically(directory: Path, name: str, data: bytes) -> None:
     tmp = directory / "tmp" / f"{name}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        write_file(tmp, data)
         os.replace(tmp, directory / name)
     except BaseException:
         tmp.unlink(missing_ok=True)
