@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import threading
 import time
 import urllib.request
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls, free_ports, running
+from e2e_server import PASSWORDS, Server, client_tls, free_ports, running, serving_pid
 
 from twistedmail import control
 
@@ -30,39 +29,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 ALICE = "alice@example.test"
-
-
-# -- which process serves a connection ---------------------------------------------------------
-
-
-def _socket_inodes(local_port: int) -> set[str]:
-    """The inodes of the server-side sockets whose peer is our C{local_port}."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[2].rsplit(":", 1)[1], 16) == local_port:
-                inodes.add(fields[9])
-    return inodes
-
-
-def serving_pid(server: Server, sock: socket.socket) -> int:
-    """The PID of the server process (parent or worker) holding the other end of C{sock}."""
-    inodes = _socket_inodes(sock.getsockname()[1])
-    for pid in [server.pid, *server.worker_pids()]:
-        assert pid is not None
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                return pid
-    raise AssertionError(f"no server process holds the peer of port {sock.getsockname()[1]}")
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
