@@ -90,6 +90,7 @@ from twisted.logger import (
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from twistedmail.limits import Admission, Anvil, LocalShare
 from twistedmail.service import MailServer
 
 log = Logger(namespace="twistedmail.workers")
@@ -265,6 +266,12 @@ class Supervisor(Service):
         combined = getattr(server, "metrics_combined", None)
         if combined is not None:
             combined.others = self._blocking_metrics
+        # [limits]: the counts of every process, kept here (Postfix's and Dovecot's anvil)
+        self.anvil = Anvil()
+        mine = LocalShare(self.anvil)
+        for limit in server.connection_limits.values():
+            limit.shared = mine
+        server.imap_user_limit.shared = mine
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -364,6 +371,7 @@ class Supervisor(Service):
     def exited(self, process: WorkerProcess, reason: Failure) -> None:
         if self.processes.get(process.slot) is process:
             del self.processes[process.slot]
+        self.anvil.drop(process)  # its connections and sessions are gone with it
         for ask_id in list(self._asks):  # it will not answer
             self._answer(ask_id, process.pid, None)
         if self._stopping:
@@ -495,6 +503,12 @@ class Supervisor(Service):
             elif op == "rate":
                 self.server.rates[message["name"]].replay(message["key"], int(message["n"]))
                 self.broadcast(message, but=process)
+            elif op in ("connect", "session"):
+                self._admit(process, message)
+            elif op == "disconnect":
+                self.anvil.disconnect(process, message["service"], message["key"])
+            elif op == "release":
+                self.anvil.release(process, message["user"], message["ip"])
             elif op == "queued":
                 d = defer.Deferred.fromCoroutine(self.server.queue.adopt(message["id"]))
                 d.addErrback(lambda f: log.failure("queue: a worker's entry not scheduled", f))
@@ -502,6 +516,23 @@ class Supervisor(Service):
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, KeyError, TypeError) as e:
             log.error("worker pid {pid}: bad message: {error}", pid=process.pid, error=str(e))
+
+    def _admit(self, process: WorkerProcess, message: dict[str, Any]) -> None:
+        """A worker's question before it greets a client or logs a user in: counted here
+        for the whole server, or refused (L{twistedmail.limits.Anvil})."""
+        if process.ended.called:
+            return
+        if message["op"] == "connect":
+            limit = self.server.connection_limits[message["service"]]
+            answer = self.anvil.connect(
+                process, limit.service, str(message["key"]), limit.max_connections, limit.max_per_ip
+            )
+        else:
+            users = self.server.imap_user_limit
+            answer = self.anvil.session(
+                process, str(message["user"]), str(message["ip"]), users.max_per_user
+            )
+        process.send({"op": "admit", "id": message["id"], "answer": list(answer)})
 
     @staticmethod
     def _log_event(process: WorkerProcess, line: bytes) -> None:
@@ -547,10 +578,36 @@ class ParentLink(LineOnlyReceiver):
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.server: MailServer | None = None
+        self._questions: dict[int, defer.Deferred[Admission]] = {}
+        self._next_question = 0
 
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is not None:
             self.transport.write(_json_line(message))
+
+    # twistedmail.limits.Share: the parent keeps the counts
+
+    def _question(self, message: dict[str, Any]) -> defer.Deferred[Admission]:
+        self._next_question += 1
+        message["id"] = self._next_question
+        d: defer.Deferred[Admission] = defer.Deferred()
+        self._questions[self._next_question] = d
+        self.send(message)
+        return d
+
+    def connect(
+        self, service: str, key: str, max_connections: int, max_per_ip: int
+    ) -> defer.Deferred[Admission]:
+        return self._question({"op": "connect", "service": service, "key": key})
+
+    def disconnect(self, service: str, key: str) -> None:
+        self.send({"op": "disconnect", "service": service, "key": key})
+
+    def session(self, user: str, ip: str, max_per_user: int) -> defer.Deferred[Admission]:
+        return self._question({"op": "session", "user": user, "ip": ip})
+
+    def release(self, user: str, ip: str) -> None:
+        self.send({"op": "release", "user": user, "ip": ip})
 
     def attach(self, server: MailServer) -> None:
         """Hand C{server}'s shared state to the parent (see the module docstring)."""
@@ -570,6 +627,9 @@ class ParentLink(LineOnlyReceiver):
 
         queue.enqueue = shared_enqueue  # type: ignore[method-assign]
         server.delivery.outbound = shared_enqueue
+        for limit in server.connection_limits.values():
+            limit.shared = self
+        server.imap_user_limit.shared = self
 
     def _rate_share(self, name: str) -> Callable[[str, int], None]:
         return lambda key, n: self.send({"op": "rate", "name": name, "key": key, "n": n})
@@ -587,6 +647,9 @@ class ParentLink(LineOnlyReceiver):
                 server.throttle.restore(message["state"])
             elif op == "rate":
                 server.rates[message["name"]].replay(message["key"], int(message["n"]))
+            elif op == "admit":
+                ok, count, total = message["answer"]
+                self._questions.pop(message["id"]).callback((bool(ok), int(count), int(total)))
             elif op == "ask":
                 self.send({"op": "answer", "id": message["id"], "value": self._answer(message)})
             else:
