@@ -259,6 +259,7 @@ class _Counted(ProtocolWrapper):
             if ok:
                 factory.shared.disconnect(factory.service, self.peer_key)
             return
+        transport.resumeProducing()  # over TLS the handshake goes on (the refusal is in it)
         if not ok:
             factory.refused(self.peer_key, count, total)
             clock = factory.clock
@@ -270,7 +271,6 @@ class _Counted(ProtocolWrapper):
         self.shared_slot = True
         factory.counted(self)
         self._registered = True
-        transport.resumeProducing()
         super().makeConnection(transport)
         early, self._early = self._early, b""
         if early:

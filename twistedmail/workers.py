@@ -346,9 +346,7 @@ class Supervisor(Service):
                 process = self.processes.get(int(message["slot"]))
                 if process is not None and process.pid is None:
                     process.pid = int(message["pid"])
-                    log.info(
-                        "worker {slot} started: pid {pid}", slot=process.slot, pid=process.pid
-                    )
+                    log.info("worker {slot} started: pid {pid}", slot=process.slot, pid=process.pid)
             elif op == "exited":
                 for process in list(self.processes.values()):
                     if process.pid == int(message["pid"]):
