@@ -393,9 +393,16 @@ def imap_client(server: Server, user: str = "alice@example.test") -> imapclient.
     return c
 
 
-def imap_login(server: Server, address: str, password: str) -> str:
-    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993."""
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+def imap_login(server: Server, address: str, password: str, on: int | None = None) -> str:
+    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993 (served by the process C{on},
+    if given: C{[server] workers})."""
+    for _ in range(200):
+        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+        if on is None or serving_pid(server, m.sock) == on:
+            break
+        m.logout()
+    else:
+        raise AssertionError(f"200 IMAP connections, none on {on}")
     try:
         m.login(address, password)
         m.logout()
