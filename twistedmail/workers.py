@@ -14,7 +14,8 @@ interpreter (a venv's python under a 0700 C{/root}) or a root-only config.  In
 C{privilegedStartService} (after twistd daemonized and the listeners bound, before it drops
 root) the parent starts one launcher, C{python -m twistedmail.workers --zygote}, holding the
 listening sockets; it imports every module the parent has imported (and the codecs,
-L{twistedmail.tap.load_before_the_drop}), reads the config, drops to twistd's C{-u}/C{-g}
+L{twistedmail.tap.load_before_the_drop}), reads the config and the TLS key (which may be
+root's alone), drops to twistd's C{-u}/C{-g}
 user (as twistd's C{shedPrivileges}), and waits.  For each worker, first or again after a
 crash, the parent sends it a "spawn" request carrying three socket pairs' ends
 (C{SCM_RIGHTS}); the zygote forks, and the child gives the reactor the import installed its
@@ -819,6 +820,9 @@ def zygote(options: argparse.Namespace) -> None:
     from twistedmail.config import load_config
 
     config = load_config(Path(options.config) if options.config else None)
+    from twistedmail.service import server_tls_context
+
+    tls = server_tls_context(config)  # before the drop: a key only root may read
     if options.user:
         uid, gid = (int(n) for n in options.user.split(":"))
         _drop_to(uid, gid)
@@ -828,7 +832,7 @@ def zygote(options: argparse.Namespace) -> None:
         from twisted.internet import reactor
 
         _fresh_reactor(reactor)
-        run_worker(reactor, config, options.listen)
+        run_worker(reactor, config, options.listen, tls)
 
     report = os.fdopen(1, "w", encoding="utf-8", buffering=1)
     children: set[int] = set()
@@ -865,7 +869,7 @@ def zygote(options: argparse.Namespace) -> None:
 # -- a worker --------------------------------------------------------------------------------
 
 
-def run_worker(reactor: Any, config: Any, listen: Sequence[str]) -> None:
+def run_worker(reactor: Any, config: Any, listen: Sequence[str], tls: Any = None) -> None:
     """Serve as a worker: the parent's sockets C{listen} (C{NAME:FD:FAMILY}), commands on
     descriptor 0, log events on 1, messages to the parent on 3."""
     from twistedmail.dns import quiet_dns_client
@@ -877,7 +881,7 @@ def run_worker(reactor: Any, config: Any, listen: Sequence[str]) -> None:
     for item in listen:
         name, fd, family = item.rsplit(":", 2)
         adopted.setdefault(name, []).append((int(fd), int(family)))
-    server = MailServer(config, reactor, adopted=adopted)
+    server = MailServer(config, reactor, adopted=adopted, tls=tls)
     link = ParentLink(reactor)
     link.attach(server)
     stdio.StandardIO(link, stdin=0, stdout=3, reactor=reactor)  # type: ignore[call-arg]

@@ -21,7 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca, running, serving_pid
+from e2e_server import (
+    BIN,
+    PASSWORDS,
+    Server,
+    client_tls,
+    imap_login,
+    make_test_ca,
+    running,
+    serving_pid,
+)
 
 ALICE = "alice@example.test"
 
@@ -312,3 +321,32 @@ def test_second_server_on_the_same_data_dir_is_one_line(server: Server, tmp_path
         " this data_dir?)"
     ]
     assert server.proc is not None and server.proc.poll() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twistd -u/-g needs root (run the tests as root)")
+def test_workers_serve_tls_with_a_key_only_root_can_read() -> None:
+    """twistd -u/-g with a 0600 root-owned TLS key (as Let's Encrypt's privkey.pem): the
+    workers, running as nobody, serve TLS with the key their zygote read as root."""
+    import twistedmail
+
+    package = Path(twistedmail.__file__).parent
+    if not (_world_usable(Path(sys.prefix)) and _world_usable(package)):
+        pytest.skip(f"user nobody cannot read the venv {sys.prefix} or {package}")
+    root = Path(tempfile.mkdtemp(prefix="twistedmail-rootkey-"))
+    root.chmod(0o755)
+    live = root / "live"
+    live.mkdir(mode=0o700)
+    _, cert, key = make_test_ca(live)
+    key.chmod(0o600)
+    server = Server(root / "srv", tls=(cert, key))
+    root.joinpath("srv").chmod(0o755)
+    try:
+        for address, password in PASSWORDS.items():
+            server.add_user(address, password)
+        server.start(twistd_args=("-u", "nobody", "-g", "nogroup"))
+        assert server.proc is not None
+        for pid in [server.proc.pid, *server.worker_pids()]:
+            assert imap_login(server, ALICE, PASSWORDS[ALICE], on=pid) == "OK"
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
