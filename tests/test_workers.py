@@ -1,33 +1,42 @@
 """The pieces of C{[server] workers} (issue 10) that hold without processes: the config key,
 the throttle's and the hourly rates' shared outcomes (L{LoginThrottle.share},
-L{HourlyRate.share}), and the metrics of every process added up (L{CombinedRegistry}).
+L{HourlyRate.share}), the metrics of every process added up (L{CombinedRegistry}), and the
+connection limits counted for the whole server (L{Anvil}).
 The processes themselves are tested end to end in tests/e2e/test_e2e_workers.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import generate_latest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from twistedmail.config import DEFAULT_WORKERS, ConfigError, load_config, parse_config
+from twistedmail.limits import Admission, Anvil, ConnectionLimit, LocalShare, refusal_for
 from twistedmail.metrics import CombinedRegistry, samples
 from twistedmail.rate import HourlyRate
 from twistedmail.throttle import LoginThrottle, ThrottlePolicy
 
 IP = "203.0.113.9"
 USER = "alice@example.test"
+REFUSAL = b"421 4.7.0 mail.example.test Too many connections, try again later\r\n"
 
 
 class WorkersConfigTests(unittest.TestCase):
     def test_default(self) -> None:
-        """[server] workers defaults to DEFAULT_WORKERS: one process, for now (README)."""
+        """[server] workers defaults to DEFAULT_WORKERS: one process per CPU (README)."""
         self.assertEqual(parse_config({}, None).server.workers, DEFAULT_WORKERS)
-        self.assertEqual(DEFAULT_WORKERS, 1)
+        self.assertEqual(DEFAULT_WORKERS, os.cpu_count() or 1)
 
     def test_example_file_shows_the_default(self) -> None:
         """etc/twistedmail.example.toml's [server] workers is the default."""
@@ -238,3 +247,100 @@ class WorkerLogLinesTests(unittest.TestCase):
         clock.running = False  # type: ignore[attr-defined]
         Logger(observer=publisher).info("after the reactor stopped")
         self.assertTrue(out.getvalue().endswith("] after the reactor stopped\n"))
+
+
+class _AskedShare(LocalShare):
+    """A worker's view of the parent's anvil: every answer waits until L{answer}."""
+
+    def __init__(self, anvil: Anvil, owner: object) -> None:
+        super().__init__(anvil, owner)
+        self.waiting: list[tuple[defer.Deferred[Admission], Admission]] = []
+
+    def connect(  # type: ignore[override]
+        self, service: str, key: str, max_connections: int, max_per_ip: int
+    ) -> defer.Deferred[Admission]:
+        d: defer.Deferred[Admission] = defer.Deferred()
+        self.waiting.append((d, super().connect(service, key, max_connections, max_per_ip)))
+        return d
+
+    def answer(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, result in waiting:
+            d.callback(result)
+
+
+def _limited(share: Any) -> ConnectionLimit:
+    limit = ConnectionLimit(
+        Factory.forProtocol(_Greeter),
+        max_connections=10,
+        max_per_ip=2,
+        refusal=refusal_for("smtp", "mail.example.test"),
+        service="smtp",
+    )
+    limit.shared = share
+    return limit
+
+
+class _Greeter(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.write(b"220 hi\r\n")  # type: ignore[union-attr]
+
+
+def _open(limit: ConnectionLimit) -> tuple[Any, StringTransport]:
+    address = IPv4Address("TCP", IP, 1)
+    proto = limit.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+class SharedLimitsTests(unittest.TestCase):
+    """The connection limits of every process counted by the parent (Postfix's anvil)."""
+
+    def test_the_parent_and_a_worker_share_one_per_ip_count(self) -> None:
+        """One connection in the parent and one in a worker fill max_per_ip = 2: the next, in
+        either, gets the one-process refusal; closing one frees its slot."""
+        anvil = Anvil()
+        worker = _AskedShare(anvil, "worker")
+        parent_limit, worker_limit = _limited(LocalShare(anvil)), _limited(worker)
+        in_parent, tr = _open(parent_limit)
+        self.assertEqual(tr.value(), b"220 hi\r\n")
+        in_worker, wtr = _open(worker_limit)
+        self.assertEqual(wtr.value(), b"")  # not greeted before the parent's answer
+        worker.answer()
+        self.assertEqual(wtr.value(), b"220 hi\r\n")
+        self.assertEqual(_open(parent_limit)[1].value(), REFUSAL)
+        _, refused = _open(worker_limit)
+        worker.answer()
+        self.assertEqual(refused.value(), REFUSAL)
+        self.assertTrue(refused.disconnecting)
+        in_parent.connectionLost(Failure(ConnectionError("bye")))
+        _, again = _open(worker_limit)
+        worker.answer()
+        self.assertEqual(again.value(), b"220 hi\r\n")
+        self.assertEqual(dict(anvil.connections), {("smtp", IP): 2})
+
+    def test_a_dead_workers_counts_are_dropped(self) -> None:
+        """Anvil.drop forgets every connection and session of a worker that died."""
+        anvil = Anvil()
+        for _ in range(2):
+            self.assertTrue(anvil.connect("w", "smtp", IP, 10, 2)[0])
+        self.assertTrue(anvil.session("w", USER, IP, 1)[0])
+        self.assertEqual(anvil.session("parent", USER, IP, 1), (False, 1, 1))
+        self.assertEqual(anvil.connect("parent", "smtp", IP, 10, 2), (False, 2, 2))
+        anvil.drop("w")
+        self.assertEqual(anvil.connect("parent", "smtp", IP, 10, 2), (True, 0, 0))
+        self.assertTrue(anvil.session("parent", USER, IP, 1)[0])
+        anvil.disconnect("w", "smtp", IP)  # late news of a dead worker: ignored
+        self.assertEqual(dict(anvil.connections), {("smtp", IP): 1})
+
+    def test_a_client_gone_before_the_answer_gives_its_slot_back(self) -> None:
+        """A connection closed while the worker waits for the parent is never greeted, and
+        its slot, once granted, is given back at once."""
+        anvil = Anvil()
+        worker = _AskedShare(anvil, "worker")
+        proto, tr = _open(_limited(worker))
+        proto.connectionLost(Failure(ConnectionError("bye")))
+        worker.answer()
+        self.assertEqual(tr.value(), b"")
+        self.assertEqual(dict(anvil.connections), {})

@@ -44,7 +44,7 @@ from twistedmail.units import (
 DEFAULT_FILE = "twistedmail.toml"
 ENV_VAR = "TWISTEDMAIL_CONFIG"
 DEFAULT_DATA_DIR = "twistedmail-data"
-DEFAULT_WORKERS = 1  # [server] workers (issue 10: to become os.cpu_count(), see README)
+DEFAULT_WORKERS = os.cpu_count() or 1  # [server] workers (issue 10): one process per CPU
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 DEFAULT_LISTEN = {
     "smtp": "0.0.0.0:25",
@@ -106,7 +106,7 @@ class ListenAddress:
 class ServerConfig:
     hostname: str
     data_dir: Path
-    workers: int = 1  # processes serving the listeners (twistedmail.workers)
+    workers: int = DEFAULT_WORKERS  # processes serving the listeners (twistedmail.workers)
 
 
 @attrs.frozen

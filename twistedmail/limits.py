@@ -18,6 +18,13 @@ L{UserSessionLimit} counts logged-in sessions per user and client IP, as Dovecot
 C{mail_max_userip_connections} (default 10) does for IMAP; the protocol refuses the login
 over it (IMAP C{NO [UNAVAILABLE]}, RFC 5530 §3).
 
+Several processes (C{[server] workers}, issue 10): the limits hold for the whole server, as
+with Postfix's and Dovecot's C{anvil}.  The parent keeps the counts (L{Anvil}); its own
+connections count there at once (L{LocalShare}), a worker asks the parent before it greets
+a client and tells it when the connection ends (C{ConnectionLimit.shared}, answered over
+the worker's channel, L{twistedmail.workers}); a dead worker's counts are dropped at once.
+A refused client gets the same reply either way.
+
 Closing (issue 9): the wrapper also makes every close of every listener end, so that a
 slot and a descriptor are given back however a session ends.  Once the server closes
 (QUIT, LOGOUT, a BYE, an idle timeout) nothing more the client sends is acted on
@@ -35,7 +42,9 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -84,6 +93,108 @@ def rate_refusal(hostname: str) -> bytes:
     )
 
 
+Admission = tuple[bool, int, int]
+"""The answer to a connection: (admitted, open from the client's IP, open in all), the
+counts as they were before this connection."""
+
+
+class Share(TypingProtocol):
+    """Where a process's connection and session counts are kept for the whole server: the
+    parent's L{Anvil} (L{LocalShare}), or the parent asked by a worker."""
+
+    def connect(
+        self, service: str, key: str, max_connections: int, max_per_ip: int
+    ) -> Admission | Deferred[Admission]: ...
+
+    def disconnect(self, service: str, key: str) -> None: ...
+
+    def session(self, user: str, ip: str, max_per_user: int) -> Admission | Deferred[Admission]: ...
+
+    def release(self, user: str, ip: str) -> None: ...
+
+
+class Anvil:
+    """The server-wide counts of open connections (per listener, in all and per client IP)
+    and of logged-in IMAP sessions (per user and IP), kept by the parent; each count
+    remembers its owner (a process), whose counts L{drop} forgets at once."""
+
+    def __init__(self) -> None:
+        self.connections: Counter[tuple[str, str]] = Counter()  # (service, ip key)
+        self.totals: Counter[str] = Counter()  # service
+        self.sessions: Counter[tuple[str, str]] = Counter()  # (user, ip)
+        self._owned: dict[object, Counter[tuple[str, str, str]]] = {}
+
+    def connect(
+        self, owner: object, service: str, key: str, max_connections: int, max_per_ip: int
+    ) -> Admission:
+        count, total = self.connections[(service, key)], self.totals[service]
+        if total >= max_connections or count >= max_per_ip:
+            return False, count, total
+        self.connections[(service, key)] += 1
+        self.totals[service] += 1
+        self._owned.setdefault(owner, Counter())[("c", service, key)] += 1
+        return True, count, total
+
+    def disconnect(self, owner: object, service: str, key: str) -> None:
+        if self._take(owner, ("c", service, key)):
+            _decrement(self.connections, (service, key))
+            _decrement(self.totals, service)
+
+    def session(self, owner: object, user: str, ip: str, max_per_user: int) -> Admission:
+        count = self.sessions[(user, ip)]
+        if count >= max_per_user:
+            return False, count, count
+        self.sessions[(user, ip)] += 1
+        self._owned.setdefault(owner, Counter())[("s", user, ip)] += 1
+        return True, count, count
+
+    def release(self, owner: object, user: str, ip: str) -> None:
+        if self._take(owner, ("s", user, ip)):
+            _decrement(self.sessions, (user, ip))
+
+    def drop(self, owner: object) -> None:
+        """Forget every count of C{owner} (a worker that died)."""
+        for (kind, a, b), n in self._owned.pop(owner, Counter()).items():
+            for _ in range(n):
+                if kind == "c":
+                    _decrement(self.connections, (a, b))
+                    _decrement(self.totals, a)
+                else:
+                    _decrement(self.sessions, (a, b))
+
+    def _take(self, owner: object, item: tuple[str, str, str]) -> bool:
+        owned = self._owned.get(owner)
+        if owned is None or owned[item] <= 0:
+            return False
+        _decrement(owned, item)
+        return True
+
+
+def _decrement(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+class LocalShare:
+    """The parent's own view of its L{Anvil}: counted at once, without a round trip."""
+
+    def __init__(self, anvil: Anvil, owner: object = "parent") -> None:
+        self.anvil, self.owner = anvil, owner
+
+    def connect(self, service: str, key: str, max_connections: int, max_per_ip: int) -> Admission:
+        return self.anvil.connect(self.owner, service, key, max_connections, max_per_ip)
+
+    def disconnect(self, service: str, key: str) -> None:
+        self.anvil.disconnect(self.owner, service, key)
+
+    def session(self, user: str, ip: str, max_per_user: int) -> Admission:
+        return self.anvil.session(self.owner, user, ip, max_per_user)
+
+    def release(self, user: str, ip: str) -> None:
+        self.anvil.release(self.owner, user, ip)
+
+
 class _Refused(Protocol):
     """Writes the refusal and closes; whatever the client sends is ignored.  Aborted after
     C{grace} seconds if the close has not finished (over TLS the refusal waits for a
@@ -119,11 +230,57 @@ class _Counted(ProtocolWrapper):
     # ProtocolWrapper's transport as ITransport | None).
     transport: Any
     peer_key: str = ""
+    admission: Deferred[Admission] | None = None  # a worker's question to the parent
+    shared_slot = False  # counted in the server-wide L{Anvil}: tell it at the end
+    _registered = False
+    _early = b""
     _grace: IDelayedCall | None = None
     _lost = False
     _paused = False
 
+    def makeConnection(self, transport: Any) -> None:
+        if self.admission is None:
+            self._registered = True
+            super().makeConnection(transport)
+            return
+        # Not greeted until the parent has counted the connection (or refused it).
+        self.transport = transport
+        transport.pauseProducing()
+        self.admission.addCallback(self._admit, transport)
+        self.admission.addErrback(
+            lambda f: log.failure("{service}: admission", f, service=self.factory.service)
+        )
+
+    def _admit(self, answer: Admission, transport: Any) -> None:
+        self.admission = None
+        ok, count, total = answer
+        factory = self.factory
+        if self._lost:  # the client left while the parent was asked
+            if ok:
+                factory.shared.disconnect(factory.service, self.peer_key)
+            return
+        transport.resumeProducing()  # over TLS the handshake goes on (the refusal is in it)
+        if not ok:
+            factory.refused(self.peer_key, count, total)
+            clock = factory.clock
+            if clock is not None:
+                self._grace = clock.callLater(factory.close_grace, self._abort)
+            transport.write(factory.refusal)
+            transport.loseConnection()
+            return
+        self.shared_slot = True
+        factory.counted(self)
+        self._registered = True
+        super().makeConnection(transport)
+        early, self._early = self._early, b""
+        if early:
+            self.dataReceived(early)
+
     def dataReceived(self, data: bytes) -> None:
+        if not self._registered:
+            if self.admission is not None:
+                self._early += data  # before the parent's answer: kept for the session
+            return
         if self.disconnecting:
             return  # closing: nothing more the client sends is acted on
         super().dataReceived(data)
@@ -168,7 +325,8 @@ class _Counted(ProtocolWrapper):
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        super().connectionLost(reason)
+        if self._registered:  # else never greeted (refused, or still waiting)
+            super().connectionLost(reason)
 
 
 def _fin_after_close_notify(transport: Any) -> None:
@@ -246,6 +404,9 @@ class ConnectionLimit(WrappingFactory):
         self.service = service
         self.per_ip: Counter[str] = Counter()
 
+    shared: Share | None = None
+    """Where the counts are kept for the whole server (C{[server] workers}); C{None}: in this
+    process alone."""
     rate: HourlyRate | None = None
     """Connection attempts per client IP (IPv6: /64) and hour; C{None}: no limit."""
     rate_refusal: bytes = b""
@@ -264,19 +425,42 @@ class ConnectionLimit(WrappingFactory):
                     limit=self.rate.limit,
                 )
                 return _Refused(self.rate_refusal, self.clock, self.close_grace)
+        if self.shared is not None:
+            answer = self.shared.connect(self.service, key, self.max_connections, self.max_per_ip)
+            if isinstance(answer, Deferred):  # a worker: greeted once the parent answers
+                wrapper = cast(_Counted, super().buildProtocol(addr))
+                wrapper.peer_key = key
+                wrapper.admission = answer
+                return wrapper
+            ok, count, total = answer
+            if not ok:
+                self.refused(key, count, total)
+                return _Refused(self.refusal, self.clock, self.close_grace)
+            wrapper = cast(_Counted, super().buildProtocol(addr))
+            wrapper.peer_key = key
+            wrapper.shared_slot = True
+            self.counted(wrapper)
+            return wrapper
         if len(self.protocols) >= self.max_connections or self.per_ip[key] >= self.max_per_ip:
-            log.warn(
-                "{service}: refused a connection from {ip}: {count} open from it, {total} in all",
-                service=self.service,
-                ip=key,
-                count=self.per_ip[key],
-                total=len(self.protocols),
-            )
+            self.refused(key, self.per_ip[key], len(self.protocols))
             return _Refused(self.refusal, self.clock, self.close_grace)
         wrapper = cast(_Counted, super().buildProtocol(addr))
         wrapper.peer_key = key
-        metrics.of(self).connection(self.service)
+        self.counted(wrapper)
         return wrapper
+
+    def refused(self, key: str, count: int, total: int) -> None:
+        """Log a connection refused over the limits (fail2ban matches the line)."""
+        log.warn(
+            "{service}: refused a connection from {ip}: {count} open from it, {total} in all",
+            service=self.service,
+            ip=key,
+            count=count,
+            total=total,
+        )
+
+    def counted(self, wrapper: _Counted) -> None:
+        metrics.of(self).connection(self.service)
 
     def registerProtocol(self, p: Any) -> None:
         super().registerProtocol(p)
@@ -287,6 +471,9 @@ class ConnectionLimit(WrappingFactory):
         self.per_ip[p.peer_key] -= 1
         if self.per_ip[p.peer_key] <= 0:
             del self.per_ip[p.peer_key]
+        if p.shared_slot and self.shared is not None:
+            p.shared_slot = False
+            self.shared.disconnect(self.service, p.peer_key)
 
 
 class UserSessionLimit:
@@ -299,23 +486,37 @@ class UserSessionLimit:
     @param service: protocol name, for the log.
     """
 
+    shared: Share | None = None
+    """Where the counts are kept for the whole server (C{[server] workers}); C{None}: in this
+    process alone."""
+
     def __init__(self, max_per_user: int, service: str) -> None:
         self.max_per_user = max_per_user
         self.service = service
-        self.open: Counter[tuple[str, str]] = Counter()
+        self.open: Counter[tuple[str, str]] = Counter()  # this process's sessions
 
-    def acquire(self, user: str, ip: str) -> bool:
+    def acquire(self, user: str, ip: str) -> bool | Deferred[bool]:
         """Count a new session of C{user} from C{ip}; C{False} (and a log line) when that
-        would be more than C{max_per_user}."""
+        would be more than C{max_per_user} (for the whole server: a worker's answer comes
+        from the parent, as a Deferred)."""
         key = (user, ip)
-        if self.open[key] >= self.max_per_user:
+        if self.shared is None:
+            return self._admit((self.open[key] < self.max_per_user, self.open[key], 0), key)
+        answer = self.shared.session(user, ip, self.max_per_user)
+        if isinstance(answer, Deferred):
+            return answer.addCallback(self._admit, key)
+        return self._admit(answer, key)
+
+    def _admit(self, answer: Admission, key: tuple[str, str]) -> bool:
+        ok, count, _ = answer
+        if not ok:
             log.warn(
                 "{service}: refused a login: user={user} ip={ip} has {count} sessions open"
                 " (limit {limit})",
                 service=self.service,
-                user=user,
-                ip=ip,
-                count=self.open[key],
+                user=key[0],
+                ip=key[1],
+                count=count,
                 limit=self.max_per_user,
             )
             return False
@@ -328,3 +529,5 @@ class UserSessionLimit:
         self.open[key] -= 1
         if self.open[key] <= 0:
             del self.open[key]
+        if self.shared is not None:
+            self.shared.release(user, ip)

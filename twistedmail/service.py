@@ -423,10 +423,13 @@ class MailServer(MultiService):
         config: Config,
         reactor: Any,
         adopted: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+        tls: tlsmod.ServerTLS | None = None,
     ) -> None:
         """@param adopted: in a worker process (L{twistedmail.workers}), per listener the
             C{(descriptor, address family)} of the sockets the parent bound; C{None} in the
             parent (the twistd process).
+        @param tls: the certificate and key, loaded already (a worker's, read as root by
+            its zygote); C{None}: loaded here (L{server_tls_context}).
         @raise ConfigError: see L{ensure_data_dir}.
         @raise twistedmail.tls.TLSConfigError: the certificate cannot be loaded."""
         super().__init__()
@@ -445,7 +448,7 @@ class MailServer(MultiService):
         self.mail_dir = mail_dir(config)
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
         self.notifier = FolderWatcher(reactor)
-        self.tls_context = server_tls_context(config)
+        self.tls_context = tls if tls is not None else server_tls_context(config)
         self._previous_sighup: Any = None
         self._throttle_loaded = False
         self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics

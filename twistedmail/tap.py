@@ -331,7 +331,7 @@ def makeService(options: Options) -> IService:
 
     try:
         server = MailServer(config, reactor)
-        supervise(server, reactor)  # [server] workers: the other processes (issue 10)
+        supervise(server, reactor, run_as(options))  # [server] workers (issue 10)
         hand_over_privileges(config, run_as(options))
     except ConfigError as e:
         _fail(str(e))

@@ -212,8 +212,8 @@ class Server:
             time.sleep(0.05)
 
     def worker_pids(self) -> list[int]:
-        """The server's worker processes (C{[server] workers}): its children running
-        C{twistedmail.workers}."""
+        """The server's worker processes (C{[server] workers}): the children of its child
+        running C{twistedmail.workers --zygote}."""
         pid = self.pid
         if pid is None:
             return []
@@ -225,10 +225,13 @@ class Server:
         for child in children:
             try:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"twistedmail.workers" not in cmdline:
+                    continue
+                # the zygote: the workers are its children, forked from it
+                forked = Path(f"/proc/{child}/task/{child}/children").read_text().split()
             except OSError:
                 continue
-            if b"twistedmail.workers" in cmdline:
-                workers.append(int(child))
+            workers += [int(pid) for pid in forked]
         return sorted(workers)
 
     @property
@@ -310,6 +313,39 @@ class Server:
             time.sleep(0.05)
 
 
+# -- which process serves a connection (C{[server] workers}) ------------------------------
+
+
+def _socket_inodes(local_port: int) -> set[str]:
+    """The inodes of the server-side sockets whose peer is our C{local_port}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == local_port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def serving_pid(server: Server, sock: socket.socket) -> int:
+    """The PID of the server process (parent or worker) holding the other end of C{sock}."""
+    inodes = _socket_inodes(sock.getsockname()[1])
+    for pid in [server.pid, *server.worker_pids()]:
+        assert pid is not None
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return pid
+    raise AssertionError(f"no server process holds the peer of port {sock.getsockname()[1]}")
+
+
 def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate it signed for mail.example.test and
     127.0.0.1 (so a client that verifies, such as Thunderbird with a trusted CA, accepts it).
@@ -357,9 +393,16 @@ def imap_client(server: Server, user: str = "alice@example.test") -> imapclient.
     return c
 
 
-def imap_login(server: Server, address: str, password: str) -> str:
-    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993."""
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+def imap_login(server: Server, address: str, password: str, on: int | None = None) -> str:
+    """C{OK}, or the tagged NO text, of an IMAP LOGIN on 993 (served by the process C{on},
+    if given: C{[server] workers})."""
+    for _ in range(200):
+        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
+        if on is None or serving_pid(server, m.sock) == on:
+            break
+        m.logout()
+    else:
+        raise AssertionError(f"200 IMAP connections, none on {on}")
     try:
         m.login(address, password)
         m.logout()

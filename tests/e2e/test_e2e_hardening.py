@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import imaplib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_server import PASSWORDS, Server, client_tls, running
+
+from twistedmail import control
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 OPEN = b"EHLO evil.test\r\nMAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
@@ -134,6 +137,12 @@ def test_imap_sessions_per_user_and_ip(normalizing: Server) -> None:
     )
     second.login(BOB, PASSWORDS[BOB])  # another user is counted apart
     plain.logout()
+    # The slot is free once the server has seen the close (with [server] workers: once the
+    # process that served it has told the parent, which `connections` waits for).
+    deadline = time.monotonic() + 30
+    while control.connections(server.data_dir / "control")["imap_sessions"] != 2:
+        assert time.monotonic() < deadline, "the LOGOUT's session still counted"
+        time.sleep(0.05)
     third.login(ALICE, PASSWORDS[ALICE])  # a slot was freed
     assert third.select("INBOX")[0] == "OK"
     for session in (first, second, third):

@@ -21,7 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import BIN, PASSWORDS, Server, client_tls, make_test_ca, running
+from e2e_server import (
+    BIN,
+    PASSWORDS,
+    Server,
+    client_tls,
+    imap_login,
+    make_test_ca,
+    running,
+    serving_pid,
+)
 
 ALICE = "alice@example.test"
 
@@ -153,8 +162,23 @@ def _world_usable(path: Path) -> bool:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="twistd -u/-g needs root (run the tests as root)")
+def _descendants(pid: int) -> list[int]:
+    """C{pid}'s children, their children, and so on (from /proc)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _ids(pid: int) -> dict[str, list[str]]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
+
+
 def test_twistd_drops_privileges_after_binding() -> None:
-    """twistd -u/-g: the server binds its ports as root, then every process runs as nobody, the
+    """twistd -u/-g: the server binds its ports as root, then every process (the parent, the
+    workers' zygote, each worker, a worker started again after kill -9) runs as nobody, the
     data dir and delivered mail owned by nobody."""
     import pwd
 
@@ -173,10 +197,13 @@ def test_twistd_drops_privileges_after_binding() -> None:
             server.add_user(address, password)  # as root: the store is root's until start
         server.start(twistd_args=("-u", "nobody", "-g", "nogroup"))
         assert server.proc is not None
-        status = Path(f"/proc/{server.proc.pid}/status").read_text()
-        ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
-        assert ids["Uid"] == [str(nobody.pw_uid)] * 4
-        assert ids["Gid"] == [str(nobody.pw_gid)] * 4
+        workers = server.worker_pids()
+        assert len(workers) == server.workers - 1
+        for pid in [server.proc.pid, *_descendants(server.proc.pid)]:
+            ids = _ids(pid)
+            assert ids["Uid"] == [str(nobody.pw_uid)] * 4, pid
+            assert ids["Gid"] == [str(nobody.pw_gid)] * 4, pid
+            assert ids["Groups"] == [str(nobody.pw_gid)], pid
         for path in [server.data_dir, *server.data_dir.rglob("*")]:
             st = path.lstat()
             assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), path
@@ -203,6 +230,36 @@ def test_twistd_drops_privileges_after_binding() -> None:
         # The control socket belongs to the server's user: queue flush reaches it.
         assert (server.data_dir / "control").stat().st_uid == nobody.pw_uid
         assert server.cli("queue", "flush").returncode == 0
+
+        def deliver_through(pids: set[int], count: int) -> int:
+            """Mail through each process of C{pids}; returns the INBOX count after."""
+            left = set(pids)
+            for _ in range(400):
+                with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+                    assert s.sock is not None
+                    pid = serving_pid(server, s.sock)
+                    if pid in left:
+                        body = b"Subject: via %d\r\n\r\nhi\r\n" % pid
+                        s.sendmail("someone@remote.test", [ALICE], body)
+                        left.discard(pid)
+                        count += 1
+                if not left:
+                    break
+            assert not left, f"no connection landed on {sorted(left)}"
+            for path in server.wait_for_messages(ALICE, count):
+                assert path.stat().st_uid == nobody.pw_uid
+            return count
+
+        count = deliver_through({server.proc.pid, *workers}, 2)
+        if workers:
+            # A worker killed is started again through the zygote: as nobody too.
+            os.kill(workers[0], signal.SIGKILL)
+            restarted = server.wait_for_workers(exclude=(workers[0],))
+            new = next(pid for pid in restarted if pid not in workers)
+            ids = _ids(new)
+            assert ids["Uid"] == [str(nobody.pw_uid)] * 4
+            assert ids["Gid"] == [str(nobody.pw_gid)] * 4
+            deliver_through({new}, count)
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -264,3 +321,32 @@ def test_second_server_on_the_same_data_dir_is_one_line(server: Server, tmp_path
         " this data_dir?)"
     ]
     assert server.proc is not None and server.proc.poll() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twistd -u/-g needs root (run the tests as root)")
+def test_workers_serve_tls_with_a_key_only_root_can_read() -> None:
+    """twistd -u/-g with a 0600 root-owned TLS key (as Let's Encrypt's privkey.pem): the
+    workers, running as nobody, serve TLS with the key their zygote read as root."""
+    import twistedmail
+
+    package = Path(twistedmail.__file__).parent
+    if not (_world_usable(Path(sys.prefix)) and _world_usable(package)):
+        pytest.skip(f"user nobody cannot read the venv {sys.prefix} or {package}")
+    root = Path(tempfile.mkdtemp(prefix="twistedmail-rootkey-"))
+    root.chmod(0o755)
+    live = root / "live"
+    live.mkdir(mode=0o700)
+    _, cert, key = make_test_ca(live)
+    key.chmod(0o600)
+    server = Server(root / "srv", tls=(cert, key))
+    root.joinpath("srv").chmod(0o755)
+    try:
+        for address, password in PASSWORDS.items():
+            server.add_user(address, password)
+        server.start(twistd_args=("-u", "nobody", "-g", "nogroup"))
+        assert server.proc is not None
+        for pid in [server.proc.pid, *server.worker_pids()]:
+            assert imap_login(server, ALICE, PASSWORDS[ALICE], on=pid) == "OK"
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

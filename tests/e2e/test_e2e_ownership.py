@@ -91,7 +91,7 @@ def test_root_cli_leaves_the_data_dir_to_the_server_user(as_nobody: tuple[World,
 
 def test_unreadable_dkim_key_signs_with_the_others(as_nobody: tuple[World, Server]) -> None:
     """A key the server's user cannot read (left by root) does not fail outbound mail: the
-    message goes out signed with the readable key, the problem is logged once, and
+    message goes out signed with the readable key, the problem is logged once (per process), and
     check-config names the file and the fix (exit 1)."""
     world, server = as_nobody
     server.cli("dkim", "generate", "example.test")
@@ -106,7 +106,9 @@ def test_unreadable_dkim_key_signs_with_the_others(as_nobody: tuple[World, Serve
         assert data.count(b"DKIM-Signature: ") == 1
         assert b"a=rsa-sha256" in b"".join(data.split(b"\r\n\r\n")[0].split())
     log = server.log.read_text()
-    assert log.count(f"dkim: cannot read {ed25519}: Permission denied; signing with") == 1
+    # once per process (not per message): [server] workers processes each load the keys
+    warned = log.count(f"dkim: cannot read {ed25519}: Permission denied; signing with")
+    assert 1 <= warned <= server.workers
     assert "Traceback" not in log
 
     out = server.cli("check-config", check=False)

@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import threading
 import time
@@ -24,7 +23,16 @@ from pathlib import Path
 
 import imapclient
 import pytest
-from e2e_server import PASSWORDS, Server, client_tls, free_ports, running
+from e2e_server import (
+    PASSWORDS,
+    Server,
+    client_tls,
+    free_ports,
+    imap_client,
+    imap_login,
+    running,
+    serving_pid,
+)
 
 from twistedmail import control
 
@@ -34,39 +42,6 @@ pytestmark = pytest.mark.skipif(
 
 ALICE = "alice@example.test"
 FAIL2BAN_FILTER = Path(__file__).resolve().parents[2] / "etc/fail2ban/filter.d/twistedmail.conf"
-
-
-# -- which process serves a connection ---------------------------------------------------------
-
-
-def _socket_inodes(local_port: int) -> set[str]:
-    """The inodes of the server-side sockets whose peer is our C{local_port}."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[2].rsplit(":", 1)[1], 16) == local_port:
-                inodes.add(fields[9])
-    return inodes
-
-
-def serving_pid(server: Server, sock: socket.socket) -> int:
-    """The PID of the server process (parent or worker) holding the other end of C{sock}."""
-    inodes = _socket_inodes(sock.getsockname()[1])
-    for pid in [server.pid, *server.worker_pids()]:
-        assert pid is not None
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                return pid
-    raise AssertionError(f"no server process holds the peer of port {sock.getsockname()[1]}")
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -81,21 +56,13 @@ def wait_for_workers(server: Server, exclude: tuple[int, ...] = ()) -> list[int]
     return server.wait_for_workers(exclude)
 
 
-def imap(server: Server, user: str = ALICE) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_tls(), timeout=60
-    )
-    c.login(user, PASSWORDS[user])
-    return c
-
-
 def imap_on_each_process(server: Server) -> dict[int, imapclient.IMAPClient]:
     """One logged-in session served by each process (parent and worker): new connections
     until both have one (the kernel spreads them; the extra ones are logged out)."""
     wanted = {server.pid, *server.worker_pids()}
     found: dict[int, imapclient.IMAPClient] = {}
     for _ in range(200):
-        c = imap(server)
+        c = imap_client(server)
         pid = serving_pid(server, c._imap.sock)
         if pid in found:
             c.logout()
@@ -163,7 +130,7 @@ def test_connections_are_spread_and_counted_in_every_process(two: Server) -> Non
     start_fds = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids}
     start = control.connections(two.data_dir / "control")
     sessions = imap_on_each_process(two)
-    more = [imap(two) for _ in range(6)]
+    more = [imap_client(two) for _ in range(6)]
     counts = control.connections(two.data_dir / "control")
     assert counts["imap_sessions"] == start["imap_sessions"] + 8
     assert counts["imaps"] == start["imaps"] + 8
@@ -235,7 +202,7 @@ def test_one_folder_written_by_two_workers_and_smtp_at_once(two: Server) -> None
     assert files <= set(by_name)  # every message has its one UID
     stale = {uid for name, uid in by_name.items() if name not in files}
     assert stale <= set(uids["A"][::2])  # the list drops expunged lines at its next rewrite
-    check = imap(two)
+    check = imap_client(two)
     check.select_folder("INBOX")
     fetched = check.fetch(check.search("ALL"), ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
     flags_by_subject = {
@@ -284,25 +251,9 @@ def test_a_block_made_in_one_process_holds_in_the_other(tmp_path: Path) -> None:
         assert refused.startswith("[UNAVAILABLE]"), refused
 
 
-def _imap_on(server: Server, pid: int) -> imaplib.IMAP4_SSL:
-    for _ in range(200):
-        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=client_tls())
-        if serving_pid(server, m.sock) == pid:
-            return m
-        m.logout()
-    raise AssertionError(f"200 IMAP connections, none on {pid}")
-
-
 def login_on(server: Server, pid: int, password: str) -> str:
     """C{OK}, or the tagged NO text, of a LOGIN of alice on process C{pid}."""
-    m = _imap_on(server, pid)
-    try:
-        m.login(ALICE, password)
-        m.logout()
-        return "OK"
-    except imaplib.IMAP4.error as e:
-        m.shutdown()
-        return e.args[0].decode() if isinstance(e.args[0], bytes) else str(e.args[0])
+    return imap_login(server, ALICE, password, on=pid)
 
 
 def failing_on(server: Server, pid: int, count: int) -> int:
@@ -441,7 +392,7 @@ def test_logout_reports_no_change_made_by_another_session(tmp_path: Path) -> Non
         leaving = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=client_tls())
         leaving.login(ALICE, PASSWORDS[ALICE])
         leaving.select("INBOX")
-        other = imap(srv)
+        other = imap_client(srv)
         other.select_folder("INBOX")
         other.add_flags([other.search("ALL")[0]], [b"\\Flagged"])
         other.logout()

@@ -192,7 +192,15 @@ class NotAuthenticatedCommands(MailboxUpdates):
             logout()
             raise ConnectionGone()
         if self.user_limit is not None:
-            if not self.user_limit.acquire(address, self.peer):
+            granted = self.user_limit.acquire(address, self.peer)
+            if not isinstance(granted, bool):  # [server] workers: the parent counts
+                granted = await granted
+                if granted and self._lost:
+                    self.user_limit.release(address, self.peer)
+                if self._lost:
+                    logout()
+                    raise ConnectionGone()
+            if not granted:
                 logout()
                 # RFC 5530 §3: UNAVAILABLE; as Dovecot's mail_max_userip_connections.
                 raise no(b"Maximum number of connections from user+IP exceeded", b"UNAVAILABLE")
