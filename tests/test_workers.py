@@ -155,7 +155,7 @@ class WorkerLogLinesTests(unittest.TestCase):
 
         from twisted.logger import LogLevel, textFileLogObserver
 
-        from twistedmail.workers import LogLines, fd_writer
+        from twistedmail.loglines import LogLines, fd_writer
 
         read, write = os.pipe()
         self.addCleanup(os.close, read)
@@ -198,7 +198,7 @@ class WorkerLogLinesTests(unittest.TestCase):
         from twisted.logger import FileLogObserver, ILogObserver, LogPublisher, textFileLogObserver
 
         from twistedmail.dns import quiet_dns_client
-        from twistedmail.workers import log_sink
+        from twistedmail.loglines import log_sink
 
         out = io.StringIO()
         publisher = LogPublisher(textFileLogObserver(out))
@@ -218,7 +218,7 @@ class WorkerLogLinesTests(unittest.TestCase):
 
         from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
 
-        from twistedmail.workers import LogLines, batch_log, log_sink
+        from twistedmail.loglines import LogLines, batch_log, log_sink
 
         out, expected = io.StringIO(), io.StringIO()
         publisher = LogPublisher(textFileLogObserver(out))

@@ -176,7 +176,7 @@ class _StartGuard(MultiService):
         quiet_dns_client(globalLogPublisher)  # twistd's log observer is in place by now
         from twisted.internet import reactor
 
-        from twistedmail.workers import batch_log
+        from twistedmail.loglines import batch_log
 
         batch_log(globalLogPublisher, reactor)  # its lines written once per reactor turn
         # The control socket is bound and the store opened here, after twistd forked and

@@ -59,15 +59,11 @@ Descriptors of a worker: 0 and 3 one socket pair with the parent (its commands i
 worker's messages out), 1 its log (below), 2 its stderr, then the listening sockets from
 L{FIRST_LISTENER}.
 
-Logging stays off the hot path: when the parent logs twistd's text lines to one file (C{-l
-PATH}, or stdout under C{-n}), a worker formats its events into the same lines itself (the
-system marked C{worker=PID}, as fail2ban's filter expects), writes the lines of each
-L{FLUSH_EVERY} seconds to fd 1 in one write (L{LogLines}), and the parent appends what
-arrives, whole lines only, to its own log file as it is (L{LogSink}): one write per batch
-in the parent, no decoding or formatting there, and rotation (size, SIGUSR1) stays the
-parent's.  Otherwise
-(C{--syslog}, C{[log] format = "json"}) the worker sends each event as JSON and the parent
-replays it into its log with C{worker=PID} (L{Supervisor._log_event}).
+Logging stays off the hot path: with twistd's text log in one file a worker writes finished
+lines, many at a time, which the parent appends to its log file as they come
+(L{twistedmail.loglines}); otherwise (C{--syslog}, C{[log] format = "json"}) the worker
+sends each event as JSON and the parent replays it with C{worker=PID}
+(L{Supervisor._log_event}).
 """
 
 from __future__ import annotations
@@ -83,38 +79,28 @@ import select
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer, protocol, stdio
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import (
-    FileLogObserver,
-    FilteringLogObserver,
     ILogObserver,
-    LogEvent,
     Logger,
-    LogPublisher,
     eventFromJSON,
-    formatEventAsClassicLogText,
-    formatTime,
     globalLogBeginner,
     globalLogPublisher,
     jsonFileLogObserver,
-    timeFormatRFC3339,
 )
 from twisted.protocols.basic import LineOnlyReceiver
-from twisted.python import logfile, threadable
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from twistedmail.dns import quiet_dns_client
 from twistedmail.limits import Admission, Anvil, LocalShare
+from twistedmail.loglines import FLUSH_EVERY, LogLines, LogSink, fd_writer, log_sink
 from twistedmail.service import MailServer
 
 log = Logger(namespace="twistedmail.workers")
@@ -126,7 +112,6 @@ STOP_GRACE = 15.0
 ASK_TIMEOUT = 10.0
 FIRST_LISTENER = 4
 MAX_LINE = 64 * 1024 * 1024  # a metrics snapshot of a busy worker stays far below
-FLUSH_EVERY = 0.02  # seconds a worker's log lines wait to be written together (LogLines)
 
 PR_SET_PDEATHSIG = 1
 _NOT_PRELOADED = ("__main__", "twisted.internet.reactor", "_pytest", "pytest", "py.")
@@ -137,51 +122,6 @@ def _json_line(message: dict[str, Any]) -> bytes:
 
 
 # -- the parent's side ---------------------------------------------------------------------
-
-
-@attrs.frozen
-class LogSink:
-    """The file twistd's text log observer writes to, which a worker's lines are appended
-    to as they come (see the module docstring)."""
-
-    out: IO[Any]
-    text: bool  # it takes str (sys.stdout), not bytes (twistd's LogFile takes both)
-
-    def write(self, data: bytes) -> None:
-        self.out.write(data.decode("utf-8", "replace") if self.text else data)
-        self.out.flush()
-
-
-def _unfiltered(publisher: LogPublisher) -> object:
-    """The one observer of C{publisher}, unwrapped from its filters, or C{None}."""
-    observers = list(getattr(publisher, "_observers", ()))
-    if len(observers) != 1:
-        return None
-    observer = observers[0]
-    while isinstance(observer, FilteringLogObserver):
-        observer = getattr(observer, "_observer", None)
-    return observer
-
-
-def log_sink(publisher: LogPublisher) -> LogSink | None:
-    """The L{LogSink} of C{publisher} when its one observer is twistd's text file observer
-    (C{textFileLogObserver}, perhaps behind a filter, or the L{LogLines} of L{batch_log}
-    in its place), else C{None} (syslog, JSON lines,
-    several observers): then the workers' events are replayed one by one."""
-    observer = _unfiltered(publisher)
-    if isinstance(observer, LogLines):  # batch_log put it there
-        return observer.sink
-    if not isinstance(observer, FileLogObserver):
-        return None
-    formatter = getattr(observer.formatEvent, "__qualname__", "")
-    if formatter != "textFileLogObserver.<locals>.formatEvent":
-        return None
-    if getattr(observer, "_encoding", None) is not None:
-        return None
-    out = getattr(observer, "_outFile", None)
-    if out is None:
-        return None
-    return LogSink(out, text=not isinstance(out, logfile.BaseLogFile))
 
 
 class WorkerProcess:
@@ -766,110 +706,6 @@ class ParentLink(LineOnlyReceiver):
             self.reactor.stop()
 
 
-@implementer(ILogObserver)
-class LogLines:
-    """A log observer that writes twistd's text lines (C{textFileLogObserver}'s), the
-    system marked with C{mark}, and hands the lines logged within C{delay} seconds to
-    C{write} together (L{flush}): one write for many lines, and one C{strftime} a second
-    (twistd's time stamps have whole seconds).  Before the reactor runs and after it
-    stopped, each line is written at once.
-
-    A worker's (C{--log-lines}): C{mark} C{" worker=PID"}, C{write} to its fd 1, which the
-    parent appends to its log file as it comes (see the module docstring), C{delay}
-    L{FLUSH_EVERY} (a worker killed by SIGKILL loses the lines of its last L{FLUSH_EVERY}
-    seconds; SIGTERM writes them).  The parent's own (L{batch_log}): no mark, C{delay} 0:
-    the lines of one reactor turn are written at the start of the next, before the replies
-    of that turn are sent."""
-
-    def __init__(
-        self,
-        write: Callable[[bytes], None],
-        reactor: Any,
-        mark: str = "",
-        delay: float = 0.0,
-        sink: LogSink | None = None,
-    ) -> None:
-        self.write = write
-        self.reactor = reactor
-        self.mark = mark
-        self.delay = delay
-        self.sink = sink  # the parent's log file, when this observer writes to it
-        self._lines: list[str] = []
-        self._scheduled = False
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, str] = (-1, "")
-
-    def _time(self, when: float | None) -> str:
-        if when is None:
-            return formatTime(when, timeFormatRFC3339)
-        second, stamp = self._stamp
-        if int(when) != second:
-            stamp = formatTime(int(when), timeFormatRFC3339)
-            self._stamp = (int(when), stamp)
-        return stamp
-
-    def __call__(self, event: LogEvent) -> None:
-        if self.mark:
-            event = dict(event)
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                system = "{}#{}".format(
-                    event.get("log_namespace", "-"), level.name if level is not None else "-"
-                )
-            event["log_system"] = f"{system}{self.mark}"
-        text = formatEventAsClassicLogText(event, formatTime=self._time)
-        if not text:
-            return
-        with self._lock:
-            self._lines.append(text)
-            running = self.reactor.running
-            if self._scheduled and running:
-                return
-            self._scheduled = running
-        if not running:
-            self.flush()
-        elif threadable.isInIOThread():
-            self.reactor.callLater(self.delay, self.flush)
-        else:
-            self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
-
-    def flush(self) -> None:
-        """Write the lines logged since the last flush (a pipe full because the parent is
-        busy blocks: no line is dropped)."""
-        with self._lock:
-            lines, self._lines = self._lines, []
-            self._scheduled = False
-        if lines:
-            self.write("".join(lines).encode("utf-8", "replace"))
-
-
-def fd_writer(fd: int) -> Callable[[bytes], None]:
-    """A C{write} for L{LogLines}: all of C{data} to C{fd}."""
-
-    def write(data: bytes) -> None:
-        while data:
-            data = data[os.write(fd, data) :]
-
-    return write
-
-
-def batch_log(publisher: LogPublisher, reactor: Any) -> LogLines | None:
-    """In the parent, once twistd logs: when its observer is the text file one
-    (L{log_sink}), put a L{LogLines} writing to the same file in its place (behind the
-    same DNS filter), so that the parent's own lines cost one write per reactor turn and
-    one time stamp a second, in the same format; else leave the observers alone."""
-    sink = log_sink(publisher)
-    if sink is None or isinstance(_unfiltered(publisher), LogLines):
-        return None
-    lines = LogLines(sink.write, reactor, sink=sink)
-    for observer in list(getattr(publisher, "_observers", ())):
-        publisher.removeObserver(observer)
-    publisher.addObserver(lines)
-    quiet_dns_client(publisher)
-    return lines
-
-
 def die_with_parent(parent: int) -> None:
     """Have the kernel send SIGTERM when the parent dies (Linux C{PR_SET_PDEATHSIG}); exit
     at once if it already has.  (A change of user clears it: call it after any drop.)"""
@@ -1062,7 +898,6 @@ def run_worker(
     """Serve as a worker: the parent's sockets C{listen} (C{NAME:FD:FAMILY}), commands on
     descriptor 0, log events on 1 (finished lines with C{log_lines}, else JSON events),
     messages to the parent on 3."""
-    from twistedmail.dns import quiet_dns_client
 
     lines: LogLines | None = None
     observer: ILogObserver

@@ -1,0 +1,187 @@
+"""Log lines off the hot path (issue 10): twistd's text log lines, formatted once and
+written many at a time.
+
+When twistd logs its text lines to one file (C{-l PATH}, or stdout under C{-n}), a worker
+(L{twistedmail.workers}) formats its events into the same lines itself (the system marked
+C{worker=PID}, as fail2ban's filter expects), writes the lines of each L{FLUSH_EVERY}
+seconds to its fd 1 in one write (L{LogLines}), and the parent appends what arrives, whole
+lines only, to its own log file as it is (L{LogSink}): one write per batch in the parent,
+no decoding or formatting there, and rotation (size, SIGUSR1) stays the parent's.  The
+parent's own lines go the same way (L{batch_log}): written once per reactor turn, the
+time stamp formatted once a second.  With C{--syslog} or C{[log] format = "json"} none of
+this applies (L{log_sink} is C{None}).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+import attrs
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogPublisher,
+    formatEventAsClassicLogText,
+    formatTime,
+    timeFormatRFC3339,
+)
+from twisted.python import logfile, threadable
+from zope.interface import implementer
+
+from twistedmail.dns import quiet_dns_client
+
+FLUSH_EVERY = 0.02  # seconds a worker's log lines wait to be written together (LogLines)
+
+
+@attrs.frozen
+class LogSink:
+    """The file twistd's text log observer writes to, which a worker's lines are appended
+    to as they come (see the module docstring)."""
+
+    out: IO[Any]
+    text: bool  # it takes str (sys.stdout), not bytes (twistd's LogFile takes both)
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data.decode("utf-8", "replace") if self.text else data)
+        self.out.flush()
+
+
+def _unfiltered(publisher: LogPublisher) -> object:
+    """The one observer of C{publisher}, unwrapped from its filters, or C{None}."""
+    observers = list(getattr(publisher, "_observers", ()))
+    if len(observers) != 1:
+        return None
+    observer = observers[0]
+    while isinstance(observer, FilteringLogObserver):
+        observer = getattr(observer, "_observer", None)
+    return observer
+
+
+def log_sink(publisher: LogPublisher) -> LogSink | None:
+    """The L{LogSink} of C{publisher} when its one observer is twistd's text file observer
+    (C{textFileLogObserver}, perhaps behind a filter, or the L{LogLines} of L{batch_log}
+    in its place), else C{None} (syslog, JSON lines,
+    several observers): then the workers' events are replayed one by one."""
+    observer = _unfiltered(publisher)
+    if isinstance(observer, LogLines):  # batch_log put it there
+        return observer.sink
+    if not isinstance(observer, FileLogObserver):
+        return None
+    formatter = getattr(observer.formatEvent, "__qualname__", "")
+    if formatter != "textFileLogObserver.<locals>.formatEvent":
+        return None
+    if getattr(observer, "_encoding", None) is not None:
+        return None
+    out = getattr(observer, "_outFile", None)
+    if out is None:
+        return None
+    return LogSink(out, text=not isinstance(out, logfile.BaseLogFile))
+
+
+@implementer(ILogObserver)
+class LogLines:
+    """A log observer that writes twistd's text lines (C{textFileLogObserver}'s), the
+    system marked with C{mark}, and hands the lines logged within C{delay} seconds to
+    C{write} together (L{flush}): one write for many lines, and one C{strftime} a second
+    (twistd's time stamps have whole seconds).  Before the reactor runs and after it
+    stopped, each line is written at once.
+
+    A worker's (C{--log-lines}): C{mark} C{" worker=PID"}, C{write} to its fd 1, which the
+    parent appends to its log file as it comes (see the module docstring), C{delay}
+    L{FLUSH_EVERY} (a worker killed by SIGKILL loses the lines of its last L{FLUSH_EVERY}
+    seconds; SIGTERM writes them).  The parent's own (L{batch_log}): no mark, C{delay} 0:
+    the lines of one reactor turn are written at the start of the next, before the replies
+    of that turn are sent."""
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        reactor: Any,
+        mark: str = "",
+        delay: float = 0.0,
+        sink: LogSink | None = None,
+    ) -> None:
+        self.write = write
+        self.reactor = reactor
+        self.mark = mark
+        self.delay = delay
+        self.sink = sink  # the parent's log file, when this observer writes to it
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, str] = (-1, "")
+
+    def _time(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when, timeFormatRFC3339)
+        second, stamp = self._stamp
+        if int(when) != second:
+            stamp = formatTime(int(when), timeFormatRFC3339)
+            self._stamp = (int(when), stamp)
+        return stamp
+
+    def __call__(self, event: LogEvent) -> None:
+        if self.mark:
+            event = dict(event)
+            system = event.get("log_system")
+            if system is None:
+                level = event.get("log_level")
+                system = "{}#{}".format(
+                    event.get("log_namespace", "-"), level.name if level is not None else "-"
+                )
+            event["log_system"] = f"{system}{self.mark}"
+        text = formatEventAsClassicLogText(event, formatTime=self._time)
+        if not text:
+            return
+        with self._lock:
+            self._lines.append(text)
+            running = self.reactor.running
+            if self._scheduled and running:
+                return
+            self._scheduled = running
+        if not running:
+            self.flush()
+        elif threadable.isInIOThread():
+            self.reactor.callLater(self.delay, self.flush)
+        else:
+            self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
+
+    def flush(self) -> None:
+        """Write the lines logged since the last flush (a pipe full because the parent is
+        busy blocks: no line is dropped)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._scheduled = False
+        if lines:
+            self.write("".join(lines).encode("utf-8", "replace"))
+
+
+def fd_writer(fd: int) -> Callable[[bytes], None]:
+    """A C{write} for L{LogLines}: all of C{data} to C{fd}."""
+
+    def write(data: bytes) -> None:
+        while data:
+            data = data[os.write(fd, data) :]
+
+    return write
+
+
+def batch_log(publisher: LogPublisher, reactor: Any) -> LogLines | None:
+    """In the parent, once twistd logs: when its observer is the text file one
+    (L{log_sink}), put a L{LogLines} writing to the same file in its place (behind the
+    same DNS filter), so that the parent's own lines cost one write per reactor turn and
+    one time stamp a second, in the same format; else leave the observers alone."""
+    sink = log_sink(publisher)
+    if sink is None or isinstance(_unfiltered(publisher), LogLines):
+        return None
+    lines = LogLines(sink.write, reactor, sink=sink)
+    for observer in list(getattr(publisher, "_observers", ())):
+        publisher.removeObserver(observer)
+    publisher.addObserver(lines)
+    quiet_dns_client(publisher)
+    return lines
