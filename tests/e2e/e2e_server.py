@@ -78,6 +78,34 @@ def client_tls() -> ssl.SSLContext:
     return ctx
 
 
+class ServerLog(type(Path())):  # type: ignore[misc]
+    """The server's twistd.log.  With worker processes, a worker's lines reach it through
+    the parent, a moment after the worker acted (twistedmail.loglines: up to 20 ms in the
+    worker, then the parent's next turn), so a client may see a reply before its log line
+    is there; read_text waits until the file stopped growing for L{SETTLE} seconds (at most
+    L{SETTLE_MAX}) before reading."""
+
+    SETTLE = 0.3
+    SETTLE_MAX = 5.0
+    settle = False  # set by the Server when more than one process serves
+
+    def read_text(self, *args: object, **kwargs: object) -> str:  # type: ignore[override]
+        if self.settle:
+            deadline = time.monotonic() + self.SETTLE_MAX
+            size, since = -1, time.monotonic()
+            while time.monotonic() < deadline:
+                try:
+                    now = os.stat(self).st_size
+                except FileNotFoundError:
+                    now = -1
+                if now != size:
+                    size, since = now, time.monotonic()
+                elif time.monotonic() - since >= self.SETTLE:
+                    break
+                time.sleep(0.05)
+        return super().read_text(*args, **kwargs)  # type: ignore[arg-type]
+
+
 class Server:
     """One twistedmail server process and its data dir."""
 
@@ -101,7 +129,8 @@ class Server:
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "twistedmail.toml"
-        self.log = root / "twistd.log"
+        self.log = ServerLog(root / "twistd.log")
+        self.log.settle = self.workers > 1
         self.pidfile = root / "twistd.pid"
         services = (*SERVICES, "http", "https") if web else SERVICES
         self.ports = dict(zip(services, free_ports(len(services)), strict=True))
