@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 from twisted.trial import unittest
 
-from twistedmail.imap.mailbox import MAX_SEARCH_DEPTH, MaildirMailbox, SearchError, letters_for
+from twistedmail.imap.mailbox import MaildirMailbox, letters_for
 from twistedmail.imap.message import (
     parse_entity,
     parse_internaldate,
@@ -17,6 +17,7 @@ from twistedmail.imap.message import (
     select_headers,
     split_message,
 )
+from twistedmail.imap.searchkeys import MAX_SEARCH_DEPTH, SearchError
 from twistedmail.maildir import ChangeNotifier, Folder, make_maildir, write_durably
 from twistedmail.testing import run_now
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from twisted.mail import imap4
 from twisted.trial import unittest
 
-from twistedmail.imap.mailbox import MaildirMailbox, in_set
+from twistedmail.imap.grammar import in_set
+from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.maildir import ChangeNotifier, Folder, MessageEntry
 
 number = st.one_of(st.none(), st.integers(1, 40))

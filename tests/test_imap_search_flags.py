@@ -1,5 +1,5 @@
 """SEARCH of one flag key (RFC 3501 §6.4.4: UNSEEN, SEEN, DELETED, FLAGGED, ...) answered
-from the session's view in one pass (twistedmail.imap.mailbox._flag_search)."""
+from the session's view in one pass (twistedmail.imap.searchkeys.flag_search)."""
 
 from __future__ import annotations
 

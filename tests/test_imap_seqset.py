@@ -1,11 +1,11 @@
-"""Sequence sets (RFC 3501 §9 C{sequence-set}) as twistedmail.imap.mailbox.parse_sequence_set
+"""Sequence sets (RFC 3501 §9 C{sequence-set}) as twistedmail.imap.grammar.parse_sequence_set
 reads them: ranges low to high with C{*} (None) last, sorted and merged."""
 
 from __future__ import annotations
 
 import pytest
 
-from twistedmail.imap.mailbox import parse_sequence_set
+from twistedmail.imap.grammar import parse_sequence_set
 
 
 @pytest.mark.parametrize(

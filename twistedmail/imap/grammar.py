@@ -164,3 +164,51 @@ def is_flag(token: bytes) -> bool:
 def is_tag(token: bytes) -> bool:
     """RFC 3501 §9 tag: 1*<any ASTRING-CHAR except "+">."""
     return bool(token) and not any(c in ATOM_SPECIALS and c != 0x5D or c == 0x2B for c in token)
+
+
+MAX_NUMBER = 4_294_967_295
+"""RFC 3501 §9: C{number} and C{nz-number} are unsigned 32-bit integers."""
+
+
+def parse_sequence_set(value: bytes) -> imap4.MessageSet:
+    """A sequence set (RFC 3501 §9 C{sequence-set}: C{1:4,7,9:*}) whose numbers fit in 32
+    bits, its ranges sorted and merged once (Twisted's C{parseIdList} merged them again
+    after each one: a set of many single numbers cost quadratic time).
+    @raise ValueError: not a sequence set, or a number over L{MAX_NUMBER}."""
+    ranges: list[tuple[int | None, int | None]] = []
+    for part in value.split(b","):
+        first, colon, second = part.partition(b":")
+        low = _seq_number(first)
+        high = _seq_number(second) if colon else low
+        if colon and low is None and high is None:
+            raise ValueError("not a sequence set")  # (C{*:*}, as Twisted refused it)
+        if low is None or (high is not None and low > high):
+            low, high = high, low  # low to high, C{*} last
+        ranges.append((low, high))
+    return imap4.MessageSet(ranges)
+
+
+def _seq_number(text: bytes) -> int | None:
+    """RFC 3501 §9 C{seq-number}: a non-zero number, or C{*} (C{None})."""
+    if text == b"*":
+        return None
+    if not text.isdigit():
+        raise ValueError("not a sequence set")
+    number = int(text)
+    if number > MAX_NUMBER:
+        raise ValueError("number out of range")
+    if not number:
+        raise ValueError("not a sequence set")
+    return number
+
+
+def in_set(messages: imap4.MessageSet, value: int, last: int) -> bool:
+    """Whether C{value} is in C{messages}, C{*} standing for C{last} (RFC 3501 §9 seq-set)."""
+    for low, high in messages.ranges:
+        low = last if low is None else low
+        high = last if high is None else high
+        if low > high:
+            low, high = high, low
+        if low <= value <= high:
+            return True
+    return False

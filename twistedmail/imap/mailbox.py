@@ -25,8 +25,6 @@ SEARCH MODSEQ and QRESYNC use; the index also caches ENVELOPE and BODYSTRUCTURE.
 from __future__ import annotations
 
 import bisect
-import email.utils
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,28 +34,19 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from twistedmail.auth import RunInThread
+from twistedmail.imap.grammar import in_set
 from twistedmail.imap.message import (
     MaildirMessage,
-    decode_header_text,
-    header_value,
     imap_flags,
     parse_internaldate,
-    parse_search_date,
-    split_message,
 )
 from twistedmail.imap.search import (
-    COST_FILE,
-    COST_HEADER,
-    COST_INDEX,
-    Candidate,
-    Predicate,
-    Source,
     cached_fields,
-    conjunction_order,
     search_view,
     sort_entries,
 )
-from twistedmail.index import HEADER_FIELDS, CachedParts
+from twistedmail.imap.searchkeys import FLAG_KEYS, compile_search, flag_search
+from twistedmail.index import CachedParts
 from twistedmail.maildir import (
     IMAP_TO_LETTER,
     MAX_KEYWORDS,
@@ -102,52 +91,6 @@ def _storage(f: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return run
-
-
-class SearchError(Exception):
-    """A SEARCH key that cannot be parsed (answered BAD, RFC 3501 §6.4.4)."""
-
-
-MAX_SEARCH_DEPTH = 100
-
-MAX_NUMBER = 4_294_967_295
-"""RFC 3501 §9: C{number} and C{nz-number} are unsigned 32-bit integers."""
-
-
-def parse_sequence_set(value: bytes) -> imap4.MessageSet:
-    """A sequence set (RFC 3501 §9 C{sequence-set}: C{1:4,7,9:*}) whose numbers fit in 32
-    bits, its ranges sorted and merged once (Twisted's C{parseIdList} merged them again
-    after each one: a set of many single numbers cost quadratic time).
-    @raise ValueError: not a sequence set, or a number over L{MAX_NUMBER}."""
-    ranges: list[tuple[int | None, int | None]] = []
-    for part in value.split(b","):
-        first, colon, second = part.partition(b":")
-        low = _seq_number(first)
-        high = _seq_number(second) if colon else low
-        if colon and low is None and high is None:
-            raise ValueError("not a sequence set")  # (C{*:*}, as Twisted refused it)
-        if low is None or (high is not None and low > high):
-            low, high = high, low  # low to high, C{*} last
-        ranges.append((low, high))
-    return imap4.MessageSet(ranges)
-
-
-def _seq_number(text: bytes) -> int | None:
-    """RFC 3501 §9 C{seq-number}: a non-zero number, or C{*} (C{None})."""
-    if text == b"*":
-        return None
-    if not text.isdigit():
-        raise ValueError("not a sequence set")
-    number = int(text)
-    if number > MAX_NUMBER:
-        raise ValueError("number out of range")
-    if not number:
-        raise ValueError("not a sequence set")
-    return number
-
-
-"""How deep SEARCH keys may nest (NOT, OR, parentheses); deeper is a L{SearchError}, so a
-client cannot exhaust the parser's or the matcher's recursion."""
 
 
 def letters_for(flags: Sequence[str]) -> str:
@@ -204,18 +147,6 @@ def _add_with_keywords(
     if keywords:
         letters += folder.keyword_letters(list(keywords))
     return folder.add(data, letters, mtime, headers=cached_fields(to_crlf(data)))
-
-
-def in_set(messages: imap4.MessageSet, value: int, last: int) -> bool:
-    """Whether C{value} is in C{messages}, C{*} standing for C{last} (RFC 3501 §9 seq-set)."""
-    for low, high in messages.ranges:
-        low = last if low is None else low
-        high = last if high is None else high
-        if low > high:
-            low, high = high, low
-        if low <= value <= high:
-            return True
-    return False
 
 
 def _merged(messages: imap4.MessageSet, last: int) -> list[tuple[int, int]]:
@@ -729,12 +660,12 @@ class MaildirMailbox:
         @raise SearchError: for a malformed query (answered BAD).
         """
         view = self._view[: self._announced]  # what the client knows (RFC 3501 §7.4.1)
-        if len(query) == 1 and isinstance(query[0], bytes) and query[0].upper() in _FLAG_KEYS:
+        if len(query) == 1 and isinstance(query[0], bytes) and query[0].upper() in FLAG_KEYS:
             # one flag key (UNSEEN, DELETED, ...): the entries' file names answer, in one pass
             self.searched_modseq = False
-            letter, want = _FLAG_KEYS[query[0].upper()]
+            letter, want = FLAG_KEYS[query[0].upper()]
             found: list[int] = await self.run_in_thread(
-                _flag_search, view, frozenset(self._gone), letter, want
+                flag_search, view, frozenset(self._gone), letter, want
             )
             return found
         last_seq = len(view)
@@ -785,287 +716,3 @@ def _remove_all(
     folder: Folder, entries: list[MessageEntry], flagged: str = ""
 ) -> list[MessageEntry]:
     return folder.remove_many(entries, flagged)
-
-
-# ---------------------------------------------------------------- SEARCH keys
-
-_FLAG_KEYS = {
-    b"ANSWERED": ("R", True),
-    b"DELETED": ("T", True),
-    b"DRAFT": ("D", True),
-    b"FLAGGED": ("F", True),
-    b"SEEN": ("S", True),
-    b"UNANSWERED": ("R", False),
-    b"UNDELETED": ("T", False),
-    b"UNDRAFT": ("D", False),
-    b"UNFLAGGED": ("F", False),
-    b"UNSEEN": ("S", False),
-}
-_HEADER_KEYS = {b"BCC", b"CC", b"FROM", b"SUBJECT", b"TO"}
-
-
-def _flag_search(
-    view: list[MessageEntry], gone: frozenset[int], letter: str, want: bool
-) -> list[int]:
-    """The sequence numbers of the messages of C{view} (not C{gone}) whose info carries
-    C{letter} (C{want}) or not: SEARCH of one flag key (RFC 3501 §6.4.4)."""
-    if want:
-        found = [n for n, e in enumerate(view, 1) if letter in e.filename.partition(":2,")[2]]
-    else:
-        found = [n for n, e in enumerate(view, 1) if letter not in e.filename.partition(":2,")[2]]
-    if gone:
-        found = [n for n in found if view[n - 1].uid not in gone]
-    return found
-
-
-def _day(mtime: float) -> tuple[int, int, int]:
-    t = time.gmtime(mtime)
-    return t.tm_year, t.tm_mon, t.tm_mday
-
-
-def _sent_day(raw: bytes) -> tuple[int, int, int] | None:
-    """The day of the Date: header as written, in the sender's own time zone (RFC 3501
-    §6.4.4 SENTBEFORE/SENTON/SENTSINCE: "disregarding time and timezone"; Dovecot compares
-    the same way): C{Sun, 25 Mar 2007 00:30:00 +0200} is 25 March, not the 24th in UTC.
-    C{None} (no match) without a parsable Date:."""
-    value = header_value(split_message(raw)[0], b"date")
-    if value is None:
-        return None
-    parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
-    if parsed is None or not 1 <= parsed[1] <= 12 or not 1 <= parsed[2] <= 31:
-        return None
-    return parsed[0], parsed[1], parsed[2]
-
-
-def compile_search(
-    tokens: list[Any],
-    last_seq: int,
-    last_uid: int,
-    keywords: dict[str, str] | None = None,
-    used: set[bytes] | None = None,
-) -> tuple[Predicate, int]:
-    """Turn parsed SEARCH keys (Twisted's C{parseNestedParens} output) into a predicate
-    C{(candidate, source) -> bool} (L{twistedmail.imap.search.Source}); also its cost, what
-    it looks at (C{search.COST_INDEX}, C{COST_HEADER} or C{COST_FILE}).  C{keywords}
-    is the folder's {letter: name} map for KEYWORD/UNKEYWORD (names case-insensitive);
-    C{used}, when given, receives the keys seen (SEARCH MODSEQ changes the response,
-    RFC 7162 §3.1.5).
-
-    @raise SearchError: unknown key, missing argument or bad date/number.
-    """
-    level = [COST_INDEX]  # the cost of what is being compiled
-    depth = 0
-
-    def need(cost: int) -> None:
-        level[0] = max(level[0], cost)
-
-    def costed() -> tuple[Predicate, int]:
-        """One key and its own cost (a conjunction runs its cheapest keys first)."""
-        outer, level[0] = level[0], COST_INDEX
-        try:
-            predicate = one()
-            return predicate, level[0]
-        finally:
-            level[0] = max(outer, level[0])
-
-    def take() -> Any:
-        if not tokens:
-            raise SearchError("missing search argument")
-        return tokens.pop(0)
-
-    def text_arg() -> bytes:
-        value = take()
-        if not isinstance(value, bytes):
-            raise SearchError("string expected")
-        return value.lower()
-
-    def number() -> int:
-        value = take()
-        if not isinstance(value, bytes) or not value.isdigit() or int(value) > MAX_NUMBER:
-            raise SearchError("number expected")
-        return int(value)
-
-    def date() -> tuple[int, int, int]:
-        value = take()
-        parsed = parse_search_date(value) if isinstance(value, bytes) else None
-        if parsed is None:
-            raise SearchError("bad date")
-        return parsed
-
-    def seqset(value: bytes) -> imap4.MessageSet | None:
-        try:
-            return parse_sequence_set(value)
-        except ValueError:
-            return None
-
-    def one() -> Predicate:
-        nonlocal depth
-        depth += 1
-        if depth > MAX_SEARCH_DEPTH:
-            raise SearchError("search keys nested too deeply")
-        try:
-            return key_test()
-        finally:
-            depth -= 1
-
-    def key_test() -> Predicate:
-        token = take()
-        if isinstance(token, list):
-            return conjunction(list(token))
-        if not isinstance(token, bytes):  # NIL parses to None (found by the fuzz test)
-            raise SearchError("search key expected")
-        key = token.upper()
-        if used is not None:
-            used.add(key)
-        if key == b"ALL":
-            return lambda c, r: True
-        if key in _FLAG_KEYS:
-            letter, want = _FLAG_KEYS[key]
-            return lambda c, r: (letter in c[1].flags) == want
-        if key == b"RECENT":
-            return lambda c, r: c[2]
-        if key == b"OLD":
-            return lambda c, r: not c[2]
-        if key == b"NEW":
-            return lambda c, r: c[2] and "S" not in c[1].flags
-        if key in (b"KEYWORD", b"UNKEYWORD"):
-            # RFC 3501 §6.4.4: a keyword the folder never had matches no message
-            name = take()
-            if not isinstance(name, bytes):
-                raise SearchError("keyword expected")
-            wanted = name.decode("ascii", "replace").lower()
-            found = next((c for c, n in (keywords or {}).items() if n.lower() == wanted), None)
-            want = key == b"KEYWORD"
-            if found is None:
-                return lambda c, r: not want
-            return lambda c, r: (found in c[1].flags) == want
-        if key == b"MODSEQ":
-            # RFC 7162 §3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer; our
-            # MODSEQ is per message, so the entry name and type are ignored (as required)
-            value = take()
-            if isinstance(value, bytes) and not value.isdigit():
-                entry_type = take()
-                if not isinstance(entry_type, bytes) or entry_type.lower() not in (
-                    b"all",
-                    b"priv",
-                    b"shared",
-                ):
-                    raise SearchError("bad MODSEQ entry type")
-                value = take()
-            if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
-                raise SearchError("bad MODSEQ value")
-            floor = int(value)
-            return lambda c, r: c[1].modseq >= floor
-        if key == b"LARGER":
-            n = number()
-            return lambda c, r: c[1].size > n
-        if key == b"SMALLER":
-            n = number()
-            return lambda c, r: c[1].size < n
-        if key in (b"BEFORE", b"ON", b"SINCE"):
-            d = date()
-            return _date_test(key, d, lambda c, r: _day(c[1].mtime))
-        if key in (b"SENTBEFORE", b"SENTON", b"SENTSINCE"):
-            d = date()
-            need(COST_HEADER)
-            return _date_test(key[4:], d, lambda c, s: _sent_day(s.header(b"date")))
-        if key in _HEADER_KEYS:
-            return header_test(key.lower(), text_arg(), addresses=key != b"SUBJECT")
-        if key == b"HEADER":
-            name = take()
-            if not isinstance(name, bytes):
-                raise SearchError("header name expected")
-            return header_test(name.lower(), text_arg())
-        if key in (b"BODY", b"TEXT"):
-            needle = text_arg()
-            need(COST_FILE)
-            if key == b"TEXT":
-                return text_test(needle)
-            return lambda c, s: needle in split_message(s.raw())[1].lower()
-        if key == b"NOT":
-            inner = one()
-            return lambda c, r: not inner(c, r)
-        if key == b"OR":
-            left, right = one(), one()
-            return lambda c, r: left(c, r) or right(c, r)
-        if key == b"UID":
-            value = take()
-            uids = seqset(value) if isinstance(value, bytes) else None
-            if uids is None:
-                raise SearchError("bad UID set")
-            return lambda c, r: in_set(uids, c[1].uid, last_uid)
-        seqs = seqset(token)
-        if seqs is not None:
-            return lambda c, r: in_set(seqs, c[0], last_seq)
-        raise SearchError("unknown search key")
-
-    def header_test(name: bytes, needle: bytes, addresses: bool = False) -> Predicate:
-        """RFC 3501 §6.4.4: a substring of the field's decoded text (RFC 2047 encoded-words
-        decoded, folds removed), case-folded; an address field (FROM, TO, CC, BCC) as its
-        addresses written out, display names decoded (L{address_text}); an empty string
-        matches every message that has the field.  The needle is UTF-8 (CHARSET UTF-8 or
-        US-ASCII, checked by the command)."""
-        need(COST_HEADER if name in HEADER_FIELDS else COST_FILE)
-        if not name:
-            return lambda c, s: False
-        wanted = needle.decode("utf-8", "replace").casefold()
-
-        def test(c: Candidate, s: Source) -> bool:
-            # each field C{name} as (decoded text, its addresses written out or None), both
-            # case-folded (L{search.field_haystacks}); a line without a colon is no field
-            for text, found in s.fields(name, wanted):
-                if not wanted:
-                    return True
-                haystack = found if addresses and found is not None else text
-                if wanted in haystack:
-                    return True
-            return False
-
-        return test
-
-    def text_test(needle: bytes) -> Predicate:
-        """TEXT (RFC 3501 §6.4.4): the header as the header keys see it (encoded-words
-        decoded, case-folded), or the body as stored."""
-        wanted = needle.decode("utf-8", "replace").casefold()
-
-        def test(c: Candidate, s: Source) -> bool:
-            header, body = split_message(s.raw())
-            return needle in body.lower() or wanted in decode_header_text(header).casefold()
-
-        return test
-
-    def conjunction(items: list[Any]) -> Predicate:
-        nonlocal tokens
-        saved, tokens = tokens, items
-        costs = []
-        while tokens:
-            costs.append(costed())
-        tokens = saved
-        if not costs:
-            raise SearchError("empty search")
-        parts = conjunction_order(costs)
-        if len(parts) == 1:  # (the whole query, most often: no wrapper per message)
-            return parts[0]
-        if len(parts) == 2:
-            first, second = parts
-            return lambda c, s: first(c, s) and second(c, s)
-        return lambda c, s: all(p(c, s) for p in parts)
-
-    predicate = conjunction(tokens)
-    return predicate, level[0]
-
-
-def _date_test(
-    key: bytes, day: tuple[int, int, int], get: Callable[[Candidate, Source], Any]
-) -> Predicate:
-    def test(c: Candidate, s: Source) -> bool:
-        value = get(c, s)
-        if value is None:
-            return False
-        if key == b"BEFORE":
-            return bool(value < day)
-        if key == b"ON":
-            return bool(value == day)
-        return bool(value >= day)
-
-    return test

@@ -36,7 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twistedmail.imap import grammar
 from twistedmail.imap.compress import CompressionError, Inflater
-from twistedmail.imap.mailbox import parse_sequence_set
+from twistedmail.imap.grammar import parse_sequence_set
 from twistedmail.imap.message import encode_string
 from twistedmail.quota import QuotaTracker
 from twistedmail.wire import release_tls_buffers

@@ -211,7 +211,7 @@ def run_search(
     folder: Folder, candidates: list[Candidate], predicate: Predicate, cost: int
 ) -> list[int]:
     """The sequence numbers of the C{candidates} that match C{predicate} (compiled by
-    L{twistedmail.imap.mailbox.compile_search}, whose C{cost} says what it looks at);
+    L{twistedmail.imap.searchkeys.compile_search}, whose C{cost} says what it looks at);
     headers read from files on the way are kept in the cache."""
     if cost < COST_HEADER:  # flags, sizes, dates, UIDs: the index rows answer alone
         return [c[0] for c in candidates if predicate(c, _NO_SOURCE)]

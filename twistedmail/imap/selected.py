@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twistedmail.imap import grammar
-from twistedmail.imap.mailbox import MaildirMailbox, SearchError
+from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.imap.message import MaildirMessage, encode_string
 from twistedmail.imap.protocol import (
     IMAPProtocol,
@@ -28,6 +28,7 @@ from twistedmail.imap.protocol import (
     safe_text,
     uid_set,
 )
+from twistedmail.imap.searchkeys import SearchError
 from twistedmail.imap.sort import SortError, parse_criteria
 from twistedmail.imap.updates import MailboxUpdates, close_quietly
 from twistedmail.maildir import MaildirError
