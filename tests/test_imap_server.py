@@ -4,9 +4,11 @@ transport, a temp Maildir, a synchronous thread fake and a Clock."""
 from __future__ import annotations
 
 import base64
+import socket
 from pathlib import Path
 from typing import Any
 
+from test_wire import quickack, tcp_connection
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -896,3 +898,32 @@ class PipeliningTests(unittest.TestCase):
             [b"* 1 FETCH (FLAGS ())", b"b OK FETCH completed", b"c OK NOOP completed", b""],
         )
         self.assertIn(b"a OK [READ-WRITE] SELECT completed", lines)
+
+
+class QuickAckTests(unittest.TestCase):
+    def test_a_literal_and_the_line_after_it_are_acknowledged_at_once(self) -> None:
+        """A command that arrives in part (a synchronizing literal, its octets, the rest of
+        its line) gets a TCP ACK at once (wire.ack_now): imaplib sends an APPEND's literal
+        and its CRLF apart, and Nagle held the CRLF for our 40 ms delayed ACK."""
+        h = Harness(self)
+        h.login()
+        with tcp_connection() as sock:
+            h.transport.socket = sock  # type: ignore[attr-defined]
+            self.assertEqual(h.cmd(b"n NOOP"), [b"n OK NOOP completed"])
+            self.assertEqual(quickack(sock), 0)  # a whole command: the reply carries the ACK
+            self.assertEqual(h.send(b"a APPEND INBOX {5}\r\n"), b"+ Ready for 5 octets of data\r\n")
+            self.assertEqual(quickack(sock), 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            self.assertEqual(h.send(b"hello"), b"")  # the literal, its CRLF still to come
+            self.assertEqual(quickack(sock), 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            self.assertEqual(
+                h.send(b"\r\n"),
+                b"a OK [APPENDUID %d 1] APPEND completed\r\n" % h.uidvalidity(),
+            )
+            self.assertEqual(quickack(sock), 0)
+            self.assertEqual(
+                [p.read_bytes() for p in (h.root / "new").iterdir()]
+                + [p.read_bytes() for p in (h.root / "cur").iterdir()],
+                [b"hello"],
+            )

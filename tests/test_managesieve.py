@@ -5,10 +5,12 @@ real password checker, throttle and script store in a temp dir."""
 from __future__ import annotations
 
 import base64
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_wire import quickack, tcp_connection
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -512,3 +514,21 @@ def test_overlong_line_says_bye(tmp_path: Path) -> None:
     s = Session(tmp_path)
     assert s.send(b"NOOP " + b"x" * MAX_LINE_LENGTH) == b'BYE "Line too long"\r\n'
     assert s.transport.disconnecting
+
+
+def test_a_command_in_part_is_acknowledged_at_once(tmp_path: Path) -> None:
+    """RFC 5804 §4: a PUTSCRIPT whose literal has come in part gets a TCP ACK at once
+    (wire.ack_now), so that a client's Nagle does not hold the rest for our delayed ACK; a
+    whole command does not need one (its reply carries the ACK)."""
+    s = Session(tmp_path)
+    s.login()
+    with tcp_connection() as sock:
+        s.transport.socket = sock  # type: ignore[attr-defined]
+        assert s.send(b"NOOP\r\n") == b'OK "Done"\r\n'
+        assert quickack(sock) == 0
+        assert s.send(b'PUTSCRIPT "a" {5+}\r\nke') == b""
+        assert quickack(sock) == 1
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        assert s.send(b"ep;\r\n") == b'OK "Script stored"\r\n'
+        assert quickack(sock) == 0
+        assert s.store.get("a") == b"keep;"

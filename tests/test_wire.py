@@ -4,8 +4,11 @@ SMTP and POP3 (quadratic buffering of a long line, lines pipelined after STARTTL
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import skipIf
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -17,7 +20,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
 from twistedmail.tls import create_self_signed, server_context
-from twistedmail.wire import StrictLineReceiver, release_tls_buffers
+from twistedmail.wire import StrictLineReceiver, ack_now, release_tls_buffers
 
 MiB = 1024 * 1024
 
@@ -486,3 +489,64 @@ class ReleaseTLSBuffersTests(unittest.TestCase):
     def test_plain_transport_is_left_alone(self) -> None:
         """Without TLS below, the call does nothing."""
         release_tls_buffers(StringTransport())
+
+
+@contextmanager
+def tcp_connection() -> Iterator[socket.socket]:
+    """The server end of a real, idle loopback TCP connection, in delayed-ACK mode
+    (C{TCP_QUICKACK} cleared: what a server that just answered is in)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+    try:
+        yield server
+    finally:
+        for s in (server, client, listener):
+            s.close()
+
+
+def quickack(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK)
+
+
+def on_socket(sock: socket.socket) -> StringTransport:
+    """A transport whose TCP socket is C{sock} (as Twisted's C{tcp.Server} holds it)."""
+    transport = StringTransport()
+    transport.socket = sock  # type: ignore[attr-defined]
+    return transport
+
+
+class _Layer:
+    """A TLS layer or ProtocolWrapper: what lies below is its C{transport}."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+@skipIf(not hasattr(socket, "TCP_QUICKACK"), "TCP_QUICKACK is Linux's")
+class AckNowTests(unittest.TestCase):
+    def test_ack_now_finds_the_socket_below_the_layers(self) -> None:
+        """RFC 1122 §4.2.3.2: ack_now sets TCP_QUICKACK on the TCP socket under TLS and
+        wrapper layers, which sends the delayed ACK at once."""
+        with tcp_connection() as sock:
+            self.assertEqual(quickack(sock), 0)
+            ack_now(_Layer(_Layer(on_socket(sock))))
+            self.assertEqual(quickack(sock), 1)
+
+    def test_ack_now_without_a_socket_does_nothing(self) -> None:
+        """A transport with no TCP socket (a test transport, a UNIX socket) is left alone."""
+        ack_now(_Layer(StringTransport()))
+        ack_now(None)
+
+    def test_a_line_in_part_is_acknowledged_at_once(self) -> None:
+        """A line without its CRLF yet: ACK now, so that a client's Nagle does not hold the
+        rest of it for the 40 ms of our delayed ACK."""
+        with tcp_connection() as sock:
+            r = Recorder()
+            r.makeConnection(on_socket(sock))
+            r.dataReceived(b"NOOP\r\n")
+            self.assertEqual(quickack(sock), 0)  # whole lines: the reply carries the ACK
+            r.dataReceived(b"MAIL FROM:<a@exa")
+            self.assertEqual(quickack(sock), 1)
+            self.assertEqual(r.lines, [b"NOOP"])

@@ -62,6 +62,7 @@ from twistedmail.sieve.store import (
     validate_name,
 )
 from twistedmail.sieve.validate import EXTENSIONS, Node, Script, compile_script
+from twistedmail.wire import ack_now
 
 log = Logger(namespace="twistedmail.managesieve")
 
@@ -167,6 +168,12 @@ class CommandReader:
     def feed(self, data: bytes) -> None:
         if not self._dead:
             self._buffer += data
+
+    @property
+    def partial(self) -> bool:
+        """A command has arrived in part (a line without its CRLF, a literal or the line
+        after it still to come)."""
+        return bool(self._buffer or self._arguments or self._literal_left >= 0)
 
     def discard(self) -> None:
         """Forget everything received and not yet taken (STARTTLS: RFC 5804 §2.2)."""
@@ -523,6 +530,8 @@ class ManageSieveServer(TimeoutMixin, Protocol):
         self.resetTimeout()
         self.reader.feed(data)
         self._process()
+        if self.reader.partial and not self._closing:
+            ack_now(self.transport)  # the client's Nagle waits on our ACK for the rest
 
     # framing and dispatch
 

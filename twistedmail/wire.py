@@ -32,6 +32,7 @@ clearing its buffer is not enough).  Here:
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable, Generic, TypeVar
 
 from OpenSSL._util import ffi as _ffi
@@ -40,6 +41,8 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 SessionT = TypeVar("SessionT", bound=Protocol)
+
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 CRLF = b"\r\n"
 
@@ -117,6 +120,8 @@ class StrictLineReceiver(Protocol):
             while self._reentrant_input and not self._lines_paused:
                 data, self._reentrant_input = self._reentrant_input, b""
                 self._consume(data)
+            if self._buffer or self.take_bulk:  # a line or the DATA not yet complete
+                ack_now(self.transport)
             if self._reentrant_input:  # paused meanwhile: keep them for resume_lines
                 self._buffer += self._reentrant_input
                 self._reentrant_input = b""
@@ -257,3 +262,31 @@ def release_tls_buffers(transport: object) -> None:
         return
     _lib.SSL_set_bio(connection._ssl, fresh_into, fresh_out)
     connection._into_ssl, connection._from_ssl = fresh_into, fresh_out
+
+
+def ack_now(transport: object) -> None:
+    """Acknowledge at once, at the TCP level, what the client has sent so far: call when
+    a request has arrived in part and the session waits for the rest of it.
+
+    A client that writes one request in two pieces (Python's imaplib sends an APPEND's
+    literal and its closing CRLF in two C{send}s; a client may send an SMTP message and its
+    final "." apart) has Nagle's algorithm hold the second, small piece until the first is
+    acknowledged, and the receiving kernel delays that ACK (40 ms on Linux) because the
+    server has nothing to send yet: every such request took 40-48 ms on loopback. Linux's
+    C{TCP_QUICKACK} sends the pending ACK now (RFC 1122 §4.2.3.2 lets the receiver
+    acknowledge at once). Elsewhere, or on a transport without a TCP socket, nothing
+    happens.
+    """
+    if _TCP_QUICKACK is None:
+        return
+    layer = transport
+    while layer is not None:
+        sock = vars(layer).get("socket")
+        if isinstance(sock, socket.socket):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                pass  # closed meanwhile, or not TCP
+            return
+        # down through TLS and ProtocolWrappers (vars: their __getattr__ forwards)
+        layer = vars(layer).get("transport")

@@ -39,7 +39,7 @@ from twistedmail.imap.compress import CompressionError, Inflater
 from twistedmail.imap.grammar import parse_sequence_set
 from twistedmail.imap.message import encode_string
 from twistedmail.quota import QuotaTracker
-from twistedmail.wire import release_tls_buffers
+from twistedmail.wire import ack_now, release_tls_buffers
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -290,15 +290,20 @@ class IMAPProtocol(imap4.IMAP4Server):
             return  # after LOGOUT/BYE nothing more is executed (RFC 3501 §6.1.3)
         if self._inflater is None:
             super().dataReceived(data)
-            return
-        super().dataReceived(b"")  # lines already inflated first (after a pause)
-        try:
-            self._inflater.feed(data, super().dataReceived, self._input_stopped)
-        except CompressionError as e:
-            log.info("imap bad deflate data session={session}: {e}", session=self.session, e=e)
-            self.sendLine(b"* BYE [CLIENTBUG] Invalid compressed data")
-            self.clearLineBuffer()
-            self.transport.loseConnection()
+        else:
+            super().dataReceived(b"")  # lines already inflated first (after a pause)
+            try:
+                self._inflater.feed(data, super().dataReceived, self._input_stopped)
+            except CompressionError as e:
+                log.info("imap bad deflate data session={session}: {e}", session=self.session, e=e)
+                self.sendLine(b"* BYE [CLIENTBUG] Invalid compressed data")
+                self.clearLineBuffer()
+                self.transport.loseConnection()
+                return
+        if self.parseState == "pending" or self._buffer:
+            # A literal, the rest of its command line, or a line came in part: ACK now,
+            # or the client's Nagle holds the rest for our delayed ACK (wire.ack_now).
+            ack_now(self.transport)
 
     def setLineMode(self, extra: bytes = b"") -> Any:
         """Back to lines after a literal; C{extra}, the rest of the chunk the literal ended
