@@ -148,7 +148,11 @@ class Dovecot:
             subprocess.run(["doveadm", "-c", str(conf), "reload"], check=True)
             time.sleep(2)
             wait_port(self.port)
-        return int((self.work / "dovecot" / "run" / "master.pid").read_text().split()[0])
+        pidfile = self.work / "dovecot" / "run" / "master.pid"
+        deadline = time.monotonic() + 30  # on a loaded machine it may come after the port
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return int(pidfile.read_text().split()[0])
 
     def stop(self) -> None:
         stop_dovecot(self.peers, self.work, self.env)
