@@ -2,7 +2,7 @@
 """IMAP benchmark: twistedmail against Dovecot on copies of the same big INBOX (run by hand).
 
     .venv/bin/python bench/imap_bench.py [--messages 20000 100000] [--rounds 3] [--load-secs 20]
-        [--idle-conns 1000]
+        [--idle-conns 1000] [--workers N]
 
 1. Builds an N-message INBOX once (2-20 KB messages, varied headers, some multipart, flags and
    a keyword; Maildir files and dovecot-uidlist written directly) and caches it under
@@ -22,10 +22,11 @@
    and the ratio twistedmail/Dovecot (the median of the per-round ratios, min-max).
 
 twistedmail runs from this checkout's venv (twistd next to sys.executable) with a bench config
-(only IMAPS listens; [limits] max_connections and max_connections_per_ip raised for the idle
-test). Dovecot is the team's peers/dovecot.sh (--peers), on ports from --port-base. The
-Maildir format is the one twistedmail and Dovecot share, so the bench keeps working when
-twistedmail adds its own per-folder index: the index is built by the first SELECT, which is the
+(the server's default [server] workers, one per CPU, unless --workers; only IMAPS listens;
+[limits] max_connections and max_connections_per_ip raised for the idle test). Dovecot is
+the team's peers/dovecot.sh (--peers), on ports from --port-base. The Maildir format is the
+one twistedmail and Dovecot share, so the bench keeps working when twistedmail adds its own
+per-folder index: the index is built by the first SELECT, which is the
 "cold" row.
 """
 
@@ -216,8 +217,8 @@ def link_copy(src: Path, dst: Path, uid: int | None = None) -> None:
 class Twistedmail:
     name = "twistedmail"
 
-    def __init__(self, work: Path, port: int) -> None:
-        self.work, self.port = work, port
+    def __init__(self, work: Path, port: int, workers: int | None = None) -> None:
+        self.work, self.port, self.workers = work, port, workers
         self.bin = Path(sys.executable).parent
         self.config = work / "twistedmail.toml"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -230,8 +231,10 @@ class Twistedmail:
             # every other listener off (managesieve's default 0.0.0.0:4190 may be taken)
             for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s", "managesieve")
         )
+        # [server] workers: the server's default (the CPU count) unless --workers says
+        workers = "" if self.workers is None else f"workers = {self.workers}\n"
         self.config.write_text(
-            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{data}"\n\n'
+            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{data}"\n{workers}\n'
             f'[listen]\nimaps = "127.0.0.1:{self.port}"\n{listen}\n\n'
             "[limits]\nmax_connections = 5000\nmax_connections_per_ip = 5000\n"
             # the idle test opens --idle-conns / IDLE_USERS per user (Dovecot's peer config
@@ -550,7 +553,17 @@ def main() -> int:
         "--idle-conns", type=int, default=1000, help="0 skips the memory test (first round only)"
     )
     ap.add_argument("--only", choices=("twistedmail", "dovecot"))
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="twistedmail's [server] workers (default: the server's, the CPU count)",
+    )
     args = ap.parse_args()
+    print(
+        f"twistedmail [server] workers = {args.workers or f'the default ({os.cpu_count()} CPUs)'}",
+        flush=True,
+    )
     if not (args.peers / "dovecot.sh").exists():
         ap.error(f"no dovecot.sh in {args.peers} (--peers)")
     for port in (args.port, args.port_base + 143, args.port_base + 993):
@@ -572,7 +585,7 @@ def main() -> int:
                 work.chmod(0o755)  # Dovecot's users must traverse it
                 try:
                     server = (
-                        Twistedmail(work / f"tm-{count}-{n}", args.port)
+                        Twistedmail(work / f"tm-{count}-{n}", args.port, args.workers)
                         if side == "twistedmail"
                         else Dovecot(work / f"dovecot-{count}-{n}", args.port_base, args.peers)
                     )

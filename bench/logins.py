@@ -2,6 +2,7 @@
 """Login benchmark (issue 10): twistedmail against Dovecot, same password scheme (run by hand).
 
     .venv/bin/python bench/logins.py [--rounds 3] [--secs 8] [--clients 5] [--burst 50]
+        [--workers N]
 
 Both servers hold the same users (test1..testN@example.test, password "secret") hashed with
 the same argon2id parameters: Dovecot gets C{doveadm pw -s ARGON2ID} hashes in its
@@ -10,7 +11,7 @@ twistedmail its own default (the same parameters, L{twistedmail.passwords}).  Ea
 runs, one server at a time, alternating:
 
  - twistedmail as configured by default ([auth] cache_ttl = "5m", max_parallel_hashes = the
-   number of CPUs);
+   number of CPUs; [server] workers = the number of CPUs unless --workers);
  - twistedmail with the cache off and no bound on hashes ([auth] cache_ttl = "0",
    max_parallel_hashes = 1024: every login hashes, as many at once as the thread pool runs,
    which is how main behaved);
@@ -59,8 +60,11 @@ def tree_pss_kib(pid: int) -> int:
 
 
 class Twistedmail:
-    def __init__(self, work: Path, port: int, auth: str, label: str) -> None:
+    def __init__(
+        self, work: Path, port: int, auth: str, label: str, workers: int | None = None
+    ) -> None:
         self.work, self.port, self.auth, self.label = work, port, auth, label
+        self.workers = workers  # [server] workers; None: the server's default (the CPUs)
         self.bin = Path(sys.executable).parent
         self.config = work / "twistedmail.toml"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,8 +78,9 @@ class Twistedmail:
         off = "\n".join(
             f"{s} = []" for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s")
         )
+        workers = "" if self.workers is None else f"workers = {self.workers}\n"
         self.config.write_text(
-            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{data}"\n\n'
+            f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{data}"\n{workers}\n'
             f'[listen]\nimaps = "127.0.0.1:{self.port}"\n{off}\n\n'
             "[limits]\nmax_connections = 5000\nmax_connections_per_ip = 5000\n"
             f"imap_max_connections_per_user = 1000\n\n[auth]\n{self.auth}\n"
@@ -143,7 +148,11 @@ class Dovecot:
             subprocess.run(["doveadm", "-c", str(conf), "reload"], check=True)
             time.sleep(2)
             wait_port(self.port)
-        return int((self.work / "dovecot" / "run" / "master.pid").read_text().split()[0])
+        pidfile = self.work / "dovecot" / "run" / "master.pid"
+        deadline = time.monotonic() + 30  # on a loaded machine it may come after the port
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return int(pidfile.read_text().split()[0])
 
     def stop(self) -> None:
         stop_dovecot(self.peers, self.work, self.env)
@@ -250,17 +259,30 @@ def main() -> int:
     ap.add_argument("--port-base", type=int, default=37000)
     ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="twistedmail's [server] workers (default: the server's, the CPU count)",
+    )
     args = ap.parse_args()
+    print(
+        f"twistedmail [server] workers = {args.workers or f'the default ({os.cpu_count()} CPUs)'}",
+        flush=True,
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="logins-bench-"))
     work.chmod(0o755)  # Dovecot's auth process (user dovecot) reads its passwd-file in it
     n = max(args.burst, args.clients)
     users = [f"test{i}@{DOMAIN}" for i in range(1, n + 1)]
-    tm = Twistedmail(work / "tm", args.port_base + 1, "", "twistedmail (default [auth])")
+    tm = Twistedmail(
+        work / "tm", args.port_base + 1, "", "twistedmail (default [auth])", args.workers
+    )
     tm_off = Twistedmail(
         work / "tm-nocache",
         args.port_base + 2,
         'cache_ttl = "0"\nmax_parallel_hashes = 1024',
         "twistedmail (no cache, no bound on hashes)",
+        args.workers,
     )
     dc = Dovecot(work / "dovecot-cache", args.port_base + 100, args.peers, n, cache=True)
     dc_off = Dovecot(work / "dovecot", args.port_base + 200, args.peers, n, cache=False)

@@ -2,7 +2,7 @@
 """Every figure of issue 10's table, one bench after the other, then one table (run by hand).
 
     .venv/bin/python bench/run_all.py [--rounds 3] [--only smtp,imaptest,imap,logins,idle]
-        [--imap-messages 20000,100000] [--quick]
+        [--imap-messages 20000,100000] [--quick] [--workers N]
 
 As root (Postfix's and Dovecot's masters need it), on a machine with the peers of
 C{../shared/tools/peers} (Postfix, Dovecot, C{twistd mail}) and imaptest.  Runs, in this
@@ -21,13 +21,16 @@ C{WORK/NAME.log}):
  - idle: C{bench/idle_bench.py} (PSS per idle IMAP TLS connection at 1,000 and 10,000).
 
 Then prints every row as figure | twistedmail | peer | ratio (median of the per-round ratios,
-min-max), with the load average before each bench.  C{--quick} makes every run short (1
+min-max), with the load average before each bench.  twistedmail runs with C{--workers}
+(default: the CPU count, the server's own default) in every bench but C{idle_bench.py},
+which has no such option (1 process).  C{--quick} makes every run short (1
 round, small counts: to check the harness, not to measure).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -115,7 +118,7 @@ def logins_rows(text: str) -> list[Row]:
 def imap_value(text: str, key: str) -> float | None:
     """A figure from imap_bench.py's table (twistedmail's or Dovecot's column, whichever
     the --only run filled)."""
-    for cells in md_rows(text, "| measure"):
+    for cells in md_rows(text, "| figure"):
         name = cells[0]
         if name.startswith(key):
             for cell in cells[1:3]:
@@ -136,6 +139,7 @@ def imap_rows(args: argparse.Namespace, work: Path) -> list[Row]:
                     sys.executable, str(HERE / "imap_bench.py"), "--messages", str(n),
                     "--idle-conns", "0", "--only", who, "--port-base", str(base),
                     "--port", str(base + 1), "--load-secs", str(args.imap_load_secs),
+                    "--workers", str(args.workers),
                 ]  # fmt: skip
                 text = run(f"imap-{n}-{who}-{r + 1}", cmd, work)
                 for key in IMAP_ROWS:
@@ -171,21 +175,29 @@ def main() -> int:
     ap.add_argument("--idle-conns", default="1000,10000")
     ap.add_argument("--quick", action="store_true", help="1 round, small counts (a harness check)")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="twistedmail's [server] workers in every bench (default: the CPU count, as the"
+        " server's default; idle_bench.py has no such option and runs 1)",
+    )
     args = ap.parse_args()
     steps = [s for s in args.only.split(",") if s]
     if not set(steps) <= set(STEPS):
         ap.error(f"--only: {', '.join(STEPS)}")
-    py, r = sys.executable, str(args.rounds)
-    smtp = [py, str(HERE / "smtp_intake.py"), "--rounds", r]
-    imaptest = [py, str(HERE / "imaptest_bench.py"), "--rounds", r]
-    logins = [py, str(HERE / "logins.py"), "--rounds", r]
+    py, r, w = sys.executable, str(args.rounds), ["--workers", str(args.workers)]
+    smtp = [py, str(HERE / "smtp_intake.py"), "--rounds", r, *w]
+    imaptest = [py, str(HERE / "imaptest_bench.py"), "--rounds", r, *w]
+    logins = [py, str(HERE / "logins.py"), "--rounds", r, *w]
     idle = [py, str(HERE / "idle_bench.py"), "--rounds", r, "--conns", args.idle_conns]
     if args.quick:
         args.rounds, args.imap_messages, args.imap_load_secs = 1, "2000", 5
         smtp = [py, str(HERE / "smtp_intake.py"), "--rounds", "1", "-m", "200", "--m-large", "60"]
+        smtp += w
         imaptest = [py, str(HERE / "imaptest_bench.py"), "--rounds", "1", "--secs", "5"]
-        imaptest += ["--append", "30"]
-        logins = [py, str(HERE / "logins.py"), "--rounds", "1", "--secs", "3", "--burst", "6"]
+        imaptest += ["--append", "30", *w]
+        logins = [py, str(HERE / "logins.py"), "--rounds", "1", "--secs", "3", "--burst", "6", *w]
         idle = [py, str(HERE / "idle_bench.py"), "--rounds", "1", "--conns", "100"]
     work = args.work or Path(tempfile.mkdtemp(prefix="issue10-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -206,7 +218,10 @@ def main() -> int:
             rows += logins_rows(run("logins", logins + ["--port-base", port], work))
         elif step == "idle":
             rows += mine_rows(run("idle", idle + ["--work", str(work / "idle")], work))
-    print(f"\n# issue 10, {args.rounds} round(s), {(time.monotonic() - t) / 60:.0f} min\n")
+    print(
+        f"\n# issue 10, {args.rounds} round(s), {(time.monotonic() - t) / 60:.0f} min,"
+        f" [server] workers = {args.workers} (idle: 1)\n"
+    )
     print("| figure | twistedmail | peer | ratio (min-max) |\n| --- | --: | --: | --: |")
     for row in rows:
         print("| " + " | ".join(row) + " |")

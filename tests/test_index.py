@@ -43,6 +43,23 @@ class IndexTests(unittest.TestCase):
 
         self.patch(os, "listdir", refuse)
 
+    def test_insert_many_in_any_order(self) -> None:
+        """insert_many stores rows given in any order (a full sync gives them in directory
+        order) as in UID order, and of two rows for one UID the one given last stays."""
+        rows = [
+            (uid, f"b{uid}", f"b{uid}:2,S", 100 + uid, float(PAST + uid), uid)
+            for uid in (5, 1, 9, 3, 7)
+        ]
+        rows.append((3, "b3-again", "b3-again:2,", 7, float(PAST), 10))
+        with FolderIndex(self.root) as index:
+            index.insert_many(rows)
+            self.assertEqual(
+                index.messages(),
+                [(1, "b1", "b1:2,S", 101, float(PAST + 1), 1)]
+                + [(3, "b3-again", "b3-again:2,", 7, float(PAST), 10)]
+                + [(u, f"b{u}", f"b{u}:2,S", 100 + u, float(PAST + u), u) for u in (5, 7, 9)],
+            )
+
     def test_clean_folder_is_not_listed(self) -> None:
         """DESIGN §4: with new/, cur/ and the UID list unchanged since the last sync (and
         that sync more than 2 s after their mtimes), scan() lists nothing."""

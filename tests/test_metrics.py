@@ -4,6 +4,7 @@ registry after sessions driven in-process, the scrape-time state, and the bearer
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from test_mailauth import message, zone
@@ -375,3 +376,8 @@ class ServerTests(unittest.TestCase):
         )
         self.assertEqual(status["listeners"], {"control": [str(self.data / "control")]})
         self.assertEqual((status["blocked_ips"], status["other_blocks"]), ([], 0))
+        # one process (no [server] workers): itself, with its open connections and sessions
+        self.assertEqual(
+            status["workers"],
+            [{"pid": os.getpid(), "role": "parent", "connections": 0, "imap_sessions": 0}],
+        )

@@ -334,6 +334,18 @@ class SharedLimitsTests(unittest.TestCase):
         anvil.disconnect("w", "smtp", IP)  # late news of a dead worker: ignored
         self.assertEqual(dict(anvil.connections), {("smtp", IP): 1})
 
+    def test_owned_counts_per_process(self) -> None:
+        """Anvil.owned gives one process's open connections and IMAP sessions (what
+        `twistedmail status` shows per worker); an unknown process has none."""
+        anvil = Anvil()
+        for service in ("smtp", "imaps", "imaps"):
+            anvil.connect("w", service, IP, 10, 10)
+        anvil.session("w", USER, IP, 5)
+        anvil.connect("parent", "pop3", IP, 10, 10)
+        anvil.disconnect("w", "smtp", IP)
+        self.assertEqual((anvil.owned("w"), anvil.owned("parent")), ((2, 1), (1, 0)))
+        self.assertEqual(anvil.owned("gone"), (0, 0))
+
     def test_a_client_gone_before_the_answer_gives_its_slot_back(self) -> None:
         """A connection closed while the worker waits for the parent is never greeted, and
         its slot, once granted, is given back at once."""

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.logger import Logger
 
 from twistedmail.address import AddressError, normalize_domain
+from twistedmail.fsync import fsync_dir, write_file
 
 log = Logger()
 
@@ -158,22 +159,9 @@ class KeyStore:
             serialization.Encoding.PEM, pem_format, serialization.NoEncryption()
         )
         tmp = path.with_name(path.name + ".tmp")
-        # maildir.write_file's steps (dkim may not import maildir: one layer): every byte
-        # written (os.write may write less), the file and then its directory fsynced.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(pem)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(tmp, pem, exclusive=False)  # every byte, fsynced
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
         return SigningKey(domain, selector, path, algorithm)
 
     def keys(self, domain: str) -> list[SigningKey]:

@@ -162,6 +162,12 @@ class Anvil:
                 else:
                     _decrement(self.sessions, (a, b))
 
+    def owned(self, owner: object) -> tuple[int, int]:
+        """(open connections, logged-in IMAP sessions) counted for C{owner}."""
+        owned = self._owned.get(owner, Counter())
+        connections = sum(n for (kind, _, _), n in owned.items() if kind == "c")
+        return connections, sum(owned.values()) - connections
+
     def _take(self, owner: object, item: tuple[str, str, str]) -> bool:
         owned = self._owned.get(owner)
         if owned is None or owned[item] <= 0:

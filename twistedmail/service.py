@@ -728,7 +728,7 @@ class MailServer(MultiService):
             "uptime": round(now - self.started),
             "listeners": listeners,
             "connections": connections,
-            "workers": self.workers.pids() if self.workers is not None else [],
+            "workers": self.processes_status(),
             "queue": {
                 "messages": len(created),
                 "oldest": min(created) if created else None,
@@ -745,6 +745,16 @@ class MailServer(MultiService):
                 for d, u in sorted(domains.items())
             },
         }
+
+    def processes_status(self) -> list[dict[str, Any]]:
+        """The processes serving the listeners (C{status}'s C{workers}): pid, C{parent} or
+        C{worker}, open connections and logged-in IMAP sessions of each."""
+        if self.workers is not None:
+            return self.workers.processes_status()
+        open_ = sum(len(limit.protocols) for limit in self.connection_limits.values())
+        sessions = sum(self.imap_user_limit.open.values())
+        me = {"pid": os.getpid(), "role": "parent", "connections": open_}
+        return [{**me, "imap_sessions": sessions}]
 
     def listening_sockets(self) -> list[tuple[str, int, int]]:
         """The parent's listening sockets the workers serve too: C{(listener, descriptor,

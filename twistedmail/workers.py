@@ -452,6 +452,21 @@ class Supervisor(Service):
         """The running workers' process IDs, by slot."""
         return [p.pid for _, p in sorted(self.processes.items()) if p.pid is not None]
 
+    def processes_status(self) -> list[dict[str, Any]]:
+        """Every process serving the listeners, the parent first then the workers by slot:
+        pid, role, open connections and logged-in IMAP sessions (the anvil's counts), for
+        C{twistedmail status}."""
+        out = []
+        for role, pid, owner in [
+            ("parent", os.getpid(), "parent"),
+            *(("worker", p.pid, p) for _, p in sorted(self.processes.items()) if p.pid),
+        ]:
+            connections, sessions = self.anvil.owned(owner)
+            out.append(
+                {"pid": pid, "role": role, "connections": connections, "imap_sessions": sessions}
+            )
+        return out
+
     # -- what they share -----------------------------------------------------------------
 
     def broadcast(self, message: dict[str, Any], but: WorkerProcess | None = None) -> None:

@@ -4,6 +4,7 @@ running server over the control socket."""
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import shutil
@@ -27,10 +28,12 @@ MESSAGE = (
 )
 
 
-def metrics_server(root: Path, token: bool = False, web: bool = False) -> Server:
+def metrics_server(
+    root: Path, token: bool = False, web: bool = False, workers: int | None = None
+) -> Server:
     """A server with C{[listen] metrics} on a free loopback port (and a token file; and the
-    http/https listeners)."""
-    srv = Server(root, web=web)
+    http/https listeners; C{[server] workers} when given)."""
+    srv = Server(root, web=web, workers=workers)
     srv.metrics_port = free_ports(1)[0]  # type: ignore[attr-defined]
     text = srv.config.read_text().replace(
         "[listen]\n", f'[listen]\nmetrics = "127.0.0.1:{srv.metrics_port}"\n', 1
@@ -308,6 +311,39 @@ def test_status(plain: Server) -> None:
         "DOMAIN                          USERS          BYTES  MESSAGES",
         f"example.test                        2 {size:>14}         1",
     ]
+
+
+def test_status_lists_workers(tmp_path: Path) -> None:
+    """`twistedmail status` lists every process serving the listeners ([server] workers = 2:
+    the parent and one worker) with its pid, open connections and logged-in IMAP sessions."""
+    srv = metrics_server(tmp_path / "server", workers=2)
+    srv.start()
+    try:
+        (worker,) = srv.worker_pids()
+        imap = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=client_tls())
+        try:
+            imap.login("alice@example.test", PASSWORDS["alice@example.test"])
+            status = json.loads(srv.cli("status", "--json").stdout)
+            procs = status["workers"]
+            assert [(p["pid"], p["role"]) for p in procs] == [
+                (srv.pid, "parent"),
+                (worker, "worker"),
+            ]
+            # the one IMAP client, served by whichever process the kernel gave it to
+            assert sorted((p["connections"], p["imap_sessions"]) for p in procs) == [
+                (0, 0),
+                (1, 1),
+            ]
+            lines = srv.cli("status").stdout.splitlines()
+            assert [line for line in lines if line.startswith("worker ")] == [
+                f"worker    pid {p['pid']} ({p['role']}): {p['connections']} connection(s),"
+                f" {p['imap_sessions']} IMAP session(s)"
+                for p in procs
+            ]
+        finally:
+            imap.logout()
+    finally:
+        srv.stop()
 
 
 def test_status_without_server(tmp_path: Path) -> None:

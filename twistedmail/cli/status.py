@@ -405,6 +405,11 @@ def cmd_status(ctx: _Context, args: argparse.Namespace) -> None:
         _out(f"listen    {name:<12} {' '.join(addresses)}")
     counts = status["connections"]
     _out("sessions  " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    for proc in status["workers"]:
+        _out(
+            f"worker    pid {proc['pid']} ({proc['role']}): {proc['connections']} connection(s),"
+            f" {proc['imap_sessions']} IMAP session(s)"
+        )
     queue = status["queue"]
     oldest = f", oldest {_duration(queue['oldest_age'])}" if queue["messages"] else ""
     _out(f"queue     {queue['messages']} message(s){oldest}")

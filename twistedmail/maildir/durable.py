@@ -11,36 +11,11 @@ from pathlib import Path
 
 import attrs
 
+from twistedmail.fsync import fsync_dir, write_file
 from twistedmail.index import (
     remember_arrival,
 )
 from twistedmail.maildir.names import normalize_flags, to_crlf, unique_name, wire_size
-
-
-def write_file(path: Path, data: bytes, *, exclusive: bool = True) -> None:
-    """Write all of C{data} to the file C{path} (0600; a new one, else C{exclusive=False}
-    truncates an existing one) and fsync it: C{os.write} may write less than asked.  Its
-    directory is not fsynced (the caller renames or links the file first).
-
-    @raise FileExistsError: C{exclusive} and C{path} exists (nothing was written).
-    """
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _DirSyncs:
