@@ -444,6 +444,7 @@ class MailServer(MultiService):
             store_path(config),
             connect=False,
             recipient_delimiter=config.delivery.recipient_delimiter,
+            reactor=reactor,  # asks whether the store changed once per reactor turn
         )
         self.mail_dir = mail_dir(config)
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
