@@ -534,7 +534,7 @@ class MailServer(MultiService):
         )
         self.rates["submission.messages"] = self.submission_rate.messages
         self.rates["submission.recipients"] = self.submission_rate.recipients
-        reserve = StorageReserve(config.server.data_dir, limits.min_free_space)
+        reserve = StorageReserve(config.server.data_dir, limits.min_free_space, reactor.seconds)
         rspamd = self.spam_filter
         submission = partial(
             submission_factory,
