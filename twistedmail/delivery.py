@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -661,15 +662,18 @@ def _delivered_to(message: bytes, user: str) -> bool:
 
 def active_script(home: Path) -> Path | None:
     """The user's active script: the C{~/.dovecot.sieve} link into C{~/sieve}, or the file
-    itself when it is a regular file (Pigeonhole accepts both)."""
-    store = SieveStore(home)
-    name = store.active()
-    if name is not None:
-        return store.path(name)
+    itself when it is a regular file (Pigeonhole accepts both).  Most users have neither:
+    one C{lstat} says so (each call in a delivery thread lets the reactor take the GIL)."""
     link = home / ACTIVE_LINK
-    if not link.is_symlink() and link.is_file():
-        return link
-    return None
+    try:
+        mode = os.lstat(link).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        store = SieveStore(home)
+        name = store.active()
+        return store.path(name) if name is not None else None
+    return link if stat.S_ISREG(mode) else None
 
 
 class ScriptCache:
