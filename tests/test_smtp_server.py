@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -772,6 +773,17 @@ class ReceivedHeaderTests(unittest.TestCase):
             b"\tby mail.example.test with ESMTP id s1-1;\r\n"
             b"\t" + DATE.encode() + b"\r\n",
         )
+
+    def test_date_follows_the_clock(self) -> None:
+        """RFC 5322 §3.3: the date-time is that of the message's second (it is made once a
+        second and reused: the next second gets its own)."""
+        for at, date in (
+            (NOW + 0.9, DATE),
+            (NOW + 1, DATE.replace(":00 +0000", ":01 +0000")),
+            (NOW + 0.2, DATE),
+        ):
+            env = attrs.evolve(_envelope(), received_at=at)
+            self.assertTrue(received_header(env, HOST).endswith(b"; " + date.encode() + b"\r\n"))
 
     def test_ipv6_and_odd_helo(self) -> None:
         """RFC 5321 §4.4: an IPv6 peer is written [IPv6:...], a HELO that is not a domain becomes
