@@ -95,8 +95,7 @@ class QuotaPolicyTests(unittest.TestCase):
         self.assertEqual(hops, ["measure"])
         self.assertEqual(
             talk(proto, tr, b"DATA\r\n" + BODY + b".\r\n"),  # type: ignore[arg-type]
-            b"354 End data with <CR><LF>.<CR><LF>\r\n"
-            b"250 2.0.0 Message accepted for delivery\r\n",
+            b"354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted for delivery\r\n",
         )
         self.assertEqual(hops, ["measure", "_deliver_made"])
 

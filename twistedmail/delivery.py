@@ -305,8 +305,7 @@ class LocalDelivery:
             )
             if outcome.over_quota:
                 log.info(
-                    "not delivered: to={to} from={sender} size={size}: {resource} quota"
-                    " exceeded",
+                    "not delivered: to={to} from={sender} size={size}: {resource} quota exceeded",
                     to=str(user),
                     sender=sender,
                     size=len(data) + len(delivered_to_header(user)),
