@@ -1,16 +1,18 @@
-"""The local domain list kept in memory between changes (issue 10: it was one SQLite query
-per call, several per recipient): a domain added or deleted by another connection (the CLI)
-or by the store itself counts at the next call, and a transaction rolled back leaves
-nothing behind."""
+"""The local domain list and the recipient lookups kept in memory between changes (issue 10:
+it was one SQLite query per call, several per recipient): a domain, user, alias or quota
+added, changed or deleted by another connection (the CLI) or by the store itself counts at
+the next call (with a reactor: the CLI's from the next reactor turn), and a transaction
+rolled back leaves nothing behind."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from twistedmail.accounts import AccountStore
+from twistedmail.accounts import AccountStore, Quota
 
 
 class DomainCacheTests(unittest.TestCase):
@@ -21,8 +23,8 @@ class DomainCacheTests(unittest.TestCase):
         self.server = self.open()
         self.cli = self.open()
 
-    def open(self) -> AccountStore:
-        store = AccountStore(self.path)
+    def open(self, reactor: Clock | None = None) -> AccountStore:
+        store = AccountStore(self.path, reactor=reactor)
         self.addCleanup(store.close)
         return store
 
@@ -54,3 +56,42 @@ class DomainCacheTests(unittest.TestCase):
         self.assertFalse(self.server.is_local_domain("example.org"))
         self.assertFalse(self.cli.is_local_domain("example.org"))
         self.assertIsInstance(db, sqlite3.Connection)
+
+    def test_users_aliases_and_quotas(self) -> None:
+        """A user, alias or quota changed by the CLI is seen by the server at the next call."""
+        self.cli.add_domain("example.org")
+        self.assertFalse(self.server.is_user("a@example.org"))
+        self.assertIsNone(self.server.quota("a@example.org"))
+        self.cli.add_user("a@example.org", "hash")
+        self.assertTrue(self.server.is_user("A@example.org"))
+        self.assertEqual(self.server.quota("a@example.org"), Quota(0, 0))
+        self.cli.set_quota("a@example.org", Quota(100, 2))
+        self.assertEqual(self.server.quota("a@example.org"), Quota(100, 2))
+        self.assertEqual(self.server.alias_targets("b@example.org"), [])
+        self.cli.add_alias("b@example.org", ["a@example.org", "x@remote.test"])
+        targets = self.server.alias_targets("b@example.org")
+        self.assertEqual(targets, ["a@example.org", "x@remote.test"])
+        targets.append("changed by the caller")  # a copy: the remembered answer is intact
+        self.assertEqual(self.server.alias_targets("b@example.org"), targets[:2])
+        self.cli.delete_alias("b@example.org")
+        self.cli.delete_user("a@example.org")
+        self.assertEqual(self.server.alias_targets("b@example.org"), [])
+        self.assertFalse(self.server.is_user("a@example.org"))
+
+    def test_once_per_reactor_turn(self) -> None:
+        """With a reactor, another connection's change counts from the next reactor turn
+        (whether the database changed is asked once per turn); the store's own change at
+        once."""
+        clock = Clock()
+        server = self.open(clock)
+        self.assertFalse(server.is_local_domain("example.org"))
+        self.cli.add_domain("example.org")
+        self.assertFalse(server.is_local_domain("example.org"))  # the same turn
+        clock.advance(0)
+        self.assertTrue(server.is_local_domain("example.org"))
+        server.add_domain("example.net")
+        self.assertTrue(server.is_local_domain("example.net"))  # its own change: at once
+        self.cli.delete_domain("example.org")
+        clock.advance(0)
+        self.assertFalse(server.is_local_domain("example.org"))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # one check per turn, not per call

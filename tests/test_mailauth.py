@@ -236,6 +236,29 @@ class BudgetAndCacheTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(self.start(auth)), results)
         self.assertEqual(sorted(resolver.queries[len(asked) + 1 :]), sorted(asked))
 
+    def test_cached_answers_give_the_same_results(self) -> None:
+        """A message whose every answer is cached is checked in one pass without waiting
+        (issue 10), with the results the concurrent first check found (pass, fail, softfail,
+        neutral, none, a permerror of two DMARC records, a temperror)."""
+        auth = Authenticator(zone(), self.clock, run_now)
+        for sender, author in (
+            ("a@sender.test", "sender.test"),
+            ("b@fail.test", "fail.test"),
+            ("c@soft.test", "other.test"),
+            ("d@neutral.test", "neutral.test"),
+            ("e@nxdomain.test", "nxdomain.test"),
+            ("f@broken.test", "sender.test"),
+        ):
+            path = Mailbox.parse(sender)
+            first = defer.Deferred.fromCoroutine(
+                auth.check(IP, "client.elsewhere.test", path, message(author))
+            )
+            expected = self.successResultOf(first)
+            again = defer.Deferred.fromCoroutine(
+                auth.check(IP, "client.elsewhere.test", path, message(author))
+            )
+            self.assertEqual(self.successResultOf(again), expected)
+
     def test_stop_fails_pending_and_later_queries(self) -> None:
         """At shutdown every message waiting on DNS finishes at once, with temperror."""
         auth = Authenticator(Silent(), self.clock, run_now)

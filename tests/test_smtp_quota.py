@@ -77,6 +77,28 @@ class QuotaPolicyTests(unittest.TestCase):
         self.assertEqual(len(self.host.messages("bob@example.test")), 1)
         self.assertEqual(self.queue.bounced, [])
 
+    def test_one_thread_hop_per_recipient_at_data(self) -> None:
+        """A user with a quota: at RCPT one thread hop (the usage listing), after DATA one
+        (the listing, the check and the durable write together; issue 10: it was two)."""
+        hops: list[str] = []
+        run = self.host.delivery.run_in_thread
+
+        def counted(f: object, *args: object) -> object:
+            hops.append(getattr(f, "__name__", ""))
+            return run(f, *args)  # type: ignore[arg-type]
+
+        self.host.delivery.run_in_thread = counted  # type: ignore[assignment]
+        assert self.host.delivery.quota is not None
+        self.host.delivery.quota.run_in_thread = counted  # type: ignore[assignment]
+        proto, tr = self.inbound()
+        talk(proto, tr, b"MAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<bob@example.test>\r\n")
+        self.assertEqual(hops, ["measure"])
+        self.assertEqual(
+            talk(proto, tr, b"DATA\r\n" + BODY + b".\r\n"),  # type: ignore[arg-type]
+            b"354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted for delivery\r\n",
+        )
+        self.assertEqual(hops, ["measure", "_deliver_made"])
+
     def test_rcpt_refused_when_full(self) -> None:
         """A recipient already at its quota is refused at RCPT with the quota reply; another
         recipient is accepted."""

@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -629,6 +630,47 @@ class PipeliningTests(SessionTestCase):
         self.assertEqual(tr.value(), b"250 2.0.0 Message accepted for delivery\r\n250 2.0.0 OK\r\n")
         self.assertEqual(tr.producerState, "producing")
 
+    def test_refusals_and_errors_after_waiting(self) -> None:
+        """A command that waits (run through a Deferred, not inline): a refusal raised
+        after the wait is sent as its reply, a wait that fails reaches the command's
+        coroutine at its await (here: answered 451 4.3.0 and logged), a command that waits
+        twice still gets its one reply; the session goes on after each."""
+        from twistedmail.reply import REPLY_452_STORAGE
+
+        self.policy.hold = []
+        proto, tr = self.ready()
+        self.policy.error = SMTPReplyError(REPLY_452_STORAGE)
+        talk(proto, tr, TRANSACTION + b"x\r\n.\r\nNOOP\r\n")
+        tr.clear()
+        self.policy.hold.pop().callback(None)
+        self.assertEqual(tr.value(), b"452 4.3.1 Insufficient system storage\r\n250 2.0.0 OK\r\n")
+
+        self.policy.error = None
+        talk(proto, tr, TRANSACTION + b"x\r\n.\r\n")
+        tr.clear()
+        self.policy.hold.pop().errback(RuntimeError("thread died"))
+        self.assertEqual(tr.value(), b"451 4.3.0 Local error in processing\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+        waits: list[Deferred[int]] = []
+
+        async def twice(client: Client, recipient: Mailbox) -> None:
+            for _ in range(2):
+                d: Deferred[int] = Deferred()
+                waits.append(d)
+                self.assertEqual(await d, 7)
+
+        self.policy.check_recipient = twice  # type: ignore[method-assign]
+        self.assertEqual(
+            talk(proto, tr, b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nNOOP\r\n"),
+            b"250 2.1.0 Sender OK\r\n",
+        )
+        waits[0].callback(7)
+        self.assertEqual(len(waits), 2)
+        tr.clear()
+        waits[1].callback(7)
+        self.assertEqual(tr.value(), b"250 2.1.5 Recipient OK\r\n250 2.0.0 OK\r\n")
+
     def test_connection_lost_during_delivery(self) -> None:
         """A connection lost during delivery gets no replies written, and the message is still
         stored."""
@@ -731,6 +773,17 @@ class ReceivedHeaderTests(unittest.TestCase):
             b"\tby mail.example.test with ESMTP id s1-1;\r\n"
             b"\t" + DATE.encode() + b"\r\n",
         )
+
+    def test_date_follows_the_clock(self) -> None:
+        """RFC 5322 §3.3: the date-time is that of the message's second (it is made once a
+        second and reused: the next second gets its own)."""
+        for at, date in (
+            (NOW + 0.9, DATE),
+            (NOW + 1, DATE.replace(":00 +0000", ":01 +0000")),
+            (NOW + 0.2, DATE),
+        ):
+            env = attrs.evolve(_envelope(), received_at=at)
+            self.assertTrue(received_header(env, HOST).endswith(b"; " + date.encode() + b"\r\n"))
 
     def test_ipv6_and_odd_helo(self) -> None:
         """RFC 5321 §4.4: an IPv6 peer is written [IPv6:...], a HELO that is not a domain becomes

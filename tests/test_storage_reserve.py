@@ -1,15 +1,19 @@
 """The free-space reserve for new SMTP mail (Postfix's queue_minfree): 452 4.3.1 at MAIL,
-RCPT and after DATA (RFC 3463 §3.4, RFC 5321 §4.2.5), nothing delivered."""
+RCPT and after DATA (RFC 3463 §3.4, RFC 5321 §4.2.5), nothing delivered; a figure far above
+the reserve reused for a second, one near it never (issue 10)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.test_smtp_server import SessionTestCase, talk
-from twistedmail.maildir import StorageReserve
+from twistedmail.maildir import StorageReserve, durable
+from twistedmail.maildir.durable import RESERVE_MARGIN, RESERVE_RECHECK
 
 FULL = b"452 4.3.1 Insufficient system storage\r\n"
 
@@ -34,6 +38,58 @@ class ReserveTests(unittest.TestCase):
         self.assertTrue(StorageReserve(path, 1).has_room())
         self.assertFalse(StorageReserve(path, free + 2**30).has_room())
         self.assertFalse(StorageReserve(path, 1).has_room(free + 2**30))
+
+
+class FakeStatvfs:
+    """os.statvfs with the free octets the test sets; counts its calls."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.calls = 0
+
+    def __call__(self, path: Any) -> Any:
+        self.calls += 1
+        return os.statvfs_result((4096, 1, 0, 0, self.free, 0, 0, 0, 0, 255))
+
+
+class ReuseTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.statvfs = FakeStatvfs(0)
+        self.patch(durable.os, "statvfs", self.statvfs)
+
+    def test_far_above_the_reserve(self) -> None:
+        """Far above the reserve, one statvfs a second serves every check."""
+        reserve = StorageReserve(Path("/"), 1000, self.clock.seconds)
+        self.statvfs.free = 1000 + RESERVE_MARGIN + 10**6
+        self.assertTrue(reserve.has_room(10**6))
+        self.assertTrue(reserve.has_room(10**6))
+        self.assertTrue(reserve.has_room())
+        self.assertEqual(self.statvfs.calls, 1)
+        self.clock.advance(RESERVE_RECHECK)
+        self.statvfs.free = 999
+        self.assertFalse(reserve.has_room())
+        self.assertEqual(self.statvfs.calls, 2)
+
+    def test_near_the_reserve(self) -> None:
+        """Near the reserve (or a message that would bring it near), every check asks, so a
+        disk filling up is refused at once; so is every check without a clock."""
+        reserve = StorageReserve(Path("/"), 1000, self.clock.seconds)
+        self.statvfs.free = 1000 + RESERVE_MARGIN // 2
+        self.assertTrue(reserve.has_room())
+        self.statvfs.free = 1500
+        self.assertFalse(reserve.has_room(501))
+        self.assertTrue(reserve.has_room(500))
+        self.assertEqual(self.statvfs.calls, 3)
+        self.statvfs.free = 1000 + RESERVE_MARGIN + 10
+        self.assertTrue(reserve.has_room(0))
+        self.assertTrue(reserve.has_room(10))  # reused
+        self.assertTrue(reserve.has_room(11))  # would come nearer than the margin: asked
+        self.assertEqual(self.statvfs.calls, 5)
+        unclocked = StorageReserve(Path("/"), 1000)
+        self.assertTrue(unclocked.has_room())
+        self.assertTrue(unclocked.has_room())
+        self.assertEqual(self.statvfs.calls, 7)
 
 
 class SessionReserveTests(SessionTestCase):

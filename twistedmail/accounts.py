@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
 from twistedmail.address import AddressError, Mailbox, normalize_domain
 
 SCHEMA_VERSION = 2
 MAX_ALIAS_DEPTH = 10  # alias chains longer than this are treated as loops
+MAX_CACHED_LOOKUPS = 10_000  # answers kept between changes (all dropped when reached)
 POSTMASTER = "postmaster"  # RFC 5321 §4.5.1, case-insensitive (local parts are lower-cased)
 ABUSE = "abuse"  # RFC 2142 §2: reaches whoever postmaster@ reaches unless defined itself
 RECIPIENT_DELIMITER = "+"  # RFC 5233 subaddress separator ([delivery] recipient_delimiter)
@@ -51,6 +55,17 @@ _ADDED_USER_COLUMNS = {
     "quota_storage": "INTEGER NOT NULL DEFAULT 0",
     "quota_messages": "INTEGER NOT NULL DEFAULT 0",
 }
+
+
+_forks = 0  # fork()s this process came through: a store opened before one is not used after
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class StoreError(Exception):
@@ -137,12 +152,22 @@ class AccountStore:
     """
 
     def __init__(
-        self, path: Path, *, connect: bool = True, recipient_delimiter: str = RECIPIENT_DELIMITER
+        self,
+        path: Path,
+        *,
+        connect: bool = True,
+        recipient_delimiter: str = RECIPIENT_DELIMITER,
+        reactor: IReactorTime | None = None,
     ) -> None:
         self.path = path
         self.recipient_delimiter = recipient_delimiter.lower()
+        self.reactor = reactor
         self._connection: sqlite3.Connection | None = None
-        self._pid = 0
+        self._forks = -1
+        self._reactor_thread = 0
+        self._turn_version: int | None = None
+        self._lookups: dict[tuple[str, str], Any] = {}
+        self._lookups_key: tuple[int, int, int] | None = None
         if connect:
             self.open()
 
@@ -163,7 +188,8 @@ class AccountStore:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(_SCHEMA)
-            self._connection, self._pid = db, os.getpid()
+            self._connection, self._forks = db, _forks
+            self._reactor_thread = threading.get_ident()  # open() runs on the reactor thread
             self._migrate()
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
@@ -177,7 +203,7 @@ class AccountStore:
         is a programming error, raised here rather than answered from a stale WAL index."""
         if self._connection is None:
             raise RuntimeError(f"account store {self.path} used before open()")
-        if self._pid != os.getpid():
+        if self._forks != _forks:  # (a counter, not os.getpid(): a syscall per query)
             raise RuntimeError(f"account store {self.path} opened before a fork(), used after")
         return self._connection
 
@@ -231,23 +257,55 @@ class AccountStore:
     def domains(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT name FROM domains ORDER BY name")]
 
-    _local_domains: tuple[tuple[int, int, int], frozenset[str]] | None = None
+    def _version(self) -> tuple[int, int, int] | None:
+        """What identifies the database's content for this connection: C{PRAGMA
+        data_version} (changes committed by any other connection, the CLI's) and
+        C{total_changes} (its own); C{None} inside a transaction (what it sees may yet be
+        rolled back: never cached).  With a C{reactor}, the C{data_version} query runs at
+        most once per reactor turn on the reactor thread (each query is a read transaction:
+        two C{fcntl} locks, and the GIL let go): a change committed meanwhile counts from
+        the next turn, as if it had come a moment later."""
+        db = self._db
+        if db.in_transaction:
+            return None
+        version = self._turn_version
+        if version is None or threading.get_ident() != self._reactor_thread:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if self.reactor is not None and threading.get_ident() == self._reactor_thread:
+                self._turn_version = version
+                self.reactor.callLater(0, self._end_turn)
+        return (id(db), version, db.total_changes)
+
+    def _end_turn(self) -> None:
+        self._turn_version = None
+
+    def _lookup(self, kind: str, key: str, query: Callable[[], Any]) -> Any:
+        """C{query()}, answered from memory while the database is unchanged (L{_version}):
+        the recipient lookups run several times per message (RCPT, then again at DATA)."""
+        version = self._version()
+        if version is None:
+            return query()
+        if version != self._lookups_key:
+            self._lookups = {}
+            self._lookups_key = version
+        lookups = self._lookups
+        try:
+            return lookups[kind, key]
+        except KeyError:
+            pass
+        if len(lookups) >= MAX_CACHED_LOOKUPS:
+            lookups.clear()
+        answer = lookups[kind, key] = query()
+        return answer
 
     def is_local_domain(self, domain: str) -> bool:
         """Whether C{domain} is one of ours.  The domain list is kept in memory while the
-        database is unchanged: C{PRAGMA data_version} (changes committed by any other
-        connection, the CLI's) and this connection's C{total_changes} (its own), a query
-        about a seventh the cost of the lookup; it runs several times per recipient."""
+        database is unchanged (L{_lookup}); it is asked several times per recipient."""
         db = self._db
-        if db.in_transaction:  # what it sees may yet be rolled back: never cached
-            row = db.execute("SELECT 1 FROM domains WHERE name=?", (domain.lower(),)).fetchone()
-            return row is not None
-        key = (id(db), db.execute("PRAGMA data_version").fetchone()[0], db.total_changes)
-        cached = self._local_domains
-        if cached is None or cached[0] != key:
-            names = frozenset(r[0] for r in db.execute("SELECT name FROM domains"))
-            cached = self._local_domains = (key, names)
-        return domain.lower() in cached[1]
+        names: frozenset[str] = self._lookup(
+            "domains", "", lambda: frozenset(r[0] for r in db.execute("SELECT name FROM domains"))
+        )
+        return domain.lower() in names
 
     # users
 
@@ -303,9 +361,14 @@ class AccountStore:
 
     def quota(self, address: str) -> Quota | None:
         """A user's quota, or C{None} for no such user."""
-        row = self._db.execute(
-            "SELECT quota_storage, quota_messages FROM users WHERE address=?", (address.lower(),)
-        ).fetchone()
+        key = address.lower()
+        row = self._lookup(
+            "quota",
+            key,
+            lambda: self._db.execute(
+                "SELECT quota_storage, quota_messages FROM users WHERE address=?", (key,)
+            ).fetchone(),
+        )
         return Quota(row[0], row[1]) if row else None
 
     def quotas(self) -> list[tuple[str, Quota]]:
@@ -337,7 +400,12 @@ class AccountStore:
         return row[0] if row else None
 
     def is_user(self, address: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM users WHERE address=?", (address.lower(),)).fetchone()
+        key = address.lower()
+        row = self._lookup(
+            "user",
+            key,
+            lambda: self._db.execute("SELECT 1 FROM users WHERE address=?", (key,)).fetchone(),
+        )
         return row is not None
 
     # aliases
@@ -378,10 +446,18 @@ class AccountStore:
         return key
 
     def alias_targets(self, address: str) -> list[str]:
-        rows = self._db.execute(
-            "SELECT target FROM aliases WHERE address=? ORDER BY target", (address.lower(),)
+        key = address.lower()
+        targets: tuple[str, ...] = self._lookup(
+            "alias",
+            key,
+            lambda: tuple(
+                r[0]
+                for r in self._db.execute(
+                    "SELECT target FROM aliases WHERE address=? ORDER BY target", (key,)
+                )
+            ),
         )
-        return [r[0] for r in rows]
+        return list(targets)
 
     def aliases(self) -> list[Alias]:
         rows = self._db.execute("SELECT address, target FROM aliases ORDER BY address, target")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from twistedmail.accounts import AccountStore
+from twistedmail.accounts import AccountStore, Quota
 from twistedmail.address import Mailbox
 from twistedmail.auth import RunInThread
 from twistedmail.maildir import (
@@ -47,7 +48,7 @@ from twistedmail.maildir import (
     write_durably,
 )
 from twistedmail.metrics import Metrics
-from twistedmail.quota import QuotaExceeded, QuotaTracker
+from twistedmail.quota import QuotaExceeded, QuotaTracker, exceeded
 from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
 from twistedmail.sieve.interpret import (
     Envelope,
@@ -274,26 +275,12 @@ class LocalDelivery:
         data = return_path_header(reverse_path) + message
         refused: str | None = None
         over: list[Mailbox] = []
-        if self.quota is not None:
-            for user in users:
-                try:
-                    await self.quota.check(str(user), len(data) + len(delivered_to_header(user)))
-                except QuotaExceeded as e:
-                    log.info(
-                        "not delivered: to={to} from={sender} size={size}: {resource} quota"
-                        " exceeded",
-                        to=str(user),
-                        sender=str(reverse_path) if reverse_path else "<>",
-                        size=len(data) + len(delivered_to_header(user)),
-                        resource=e.resource,
-                    )
-                    over.append(user)
-            users = [u for u in users if u not in over]
         if not self.plus_folder:
             details = {}
         sender = str(reverse_path) if reverse_path else "<>"
         for user in users:
             root = mailbox_root(self.mail_dir, str(user))
+            limit = self.quota.quota(str(user)) if self.quota is not None else None
             envelope = Envelope(
                 sender=str(reverse_path) if reverse_path else "",
                 recipient=_sieve_recipient(
@@ -301,10 +288,13 @@ class LocalDelivery:
                 ),
                 original_recipient=given.get(str(user), ""),
             )
+            # One hop to a thread per user: the quota's usage listing, the script and the
+            # durable write (the listing was a hop of its own).
             outcome: _Outcome = await self.run_in_thread(
                 self._deliver_made,
                 user,
                 root,
+                limit,
                 reverse_path,
                 message,
                 data,
@@ -313,6 +303,16 @@ class LocalDelivery:
                 junk,
                 refuse,
             )
+            if outcome.over_quota:
+                log.info(
+                    "not delivered: to={to} from={sender} size={size}: {resource} quota exceeded",
+                    to=str(user),
+                    sender=sender,
+                    size=len(data) + len(delivered_to_header(user)),
+                    resource=outcome.over_quota,
+                )
+                over.append(user)
+                continue
             if outcome.refusal is not None:
                 refused = outcome.refusal
             if outcome.error:
@@ -348,7 +348,8 @@ class LocalDelivery:
                     why=why,
                     to=",".join(f"<{m}>" for m in to),
                 )
-        return Delivered(tuple(users), tuple(remote), tuple(over), refused)
+        stored = tuple(u for u in users if u not in over)
+        return Delivered(stored, tuple(remote), tuple(over), refused)
 
     async def _send(
         self,
@@ -369,14 +370,30 @@ class LocalDelivery:
             reverse_path, message = await self.forwarded(reverse_path, via, message)
             await self.outbound(reverse_path, remote, message, sign=sign)
 
-    def _deliver_made(self, user: Mailbox, root: Path, *args: Any) -> _Outcome:
-        """L{_deliver_one}, the user's Maildir made at its first delivery only: six
-        syscalls a message fewer, each of which lets the reactor thread take the GIL.  A
-        Maildir removed by hand since is made again: its absence means nothing was stored
-        there, so the delivery is simply run again."""
+    def _deliver_made(
+        self,
+        user: Mailbox,
+        root: Path,
+        limit: Quota | None,
+        reverse_path: Mailbox | None,
+        message: bytes,
+        data: bytes,
+        *rest: Any,
+    ) -> _Outcome:
+        """L{_deliver_one}, after the quota check against C{limit} (the user's, read by the
+        caller; over it, nothing is stored: L{_Outcome.over_quota}), the user's Maildir made
+        at its first delivery only: six syscalls a message fewer, each of which lets the
+        reactor thread take the GIL.  A Maildir removed by hand since is made again: its
+        absence means nothing was stored there, so the delivery is simply run again."""
+        if limit is not None and not limit.unlimited and self.quota is not None:
+            size = len(data) + len(delivered_to_header(user))  # as _deliver_one writes it
+            resource = exceeded(limit, self.quota.cache.measure(root), size)
+            if resource is not None:
+                return _Outcome(over_quota=resource)
         if root not in self._maildirs:
             make_maildir(root)
             self._maildirs.add(root)
+        args = (reverse_path, message, data, *rest)
         try:
             return self._deliver_one(user, root, *args)
         except FileNotFoundError:
@@ -567,6 +584,7 @@ class _Outcome:
     error: str = ""
     dropped: str = ""
     refusal: str | None = None
+    over_quota: str = ""  # the resource the message would exceed; nothing stored
 
 
 SYSTEM_FLAG_LETTERS = {
@@ -661,15 +679,18 @@ def _delivered_to(message: bytes, user: str) -> bool:
 
 def active_script(home: Path) -> Path | None:
     """The user's active script: the C{~/.dovecot.sieve} link into C{~/sieve}, or the file
-    itself when it is a regular file (Pigeonhole accepts both)."""
-    store = SieveStore(home)
-    name = store.active()
-    if name is not None:
-        return store.path(name)
+    itself when it is a regular file (Pigeonhole accepts both).  Most users have neither:
+    one C{lstat} says so (each call in a delivery thread lets the reactor take the GIL)."""
     link = home / ACTIVE_LINK
-    if not link.is_symlink() and link.is_file():
-        return link
-    return None
+    try:
+        mode = os.lstat(link).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        store = SieveStore(home)
+        name = store.active()
+        return store.path(name) if name is not None else None
+    return link if stat.S_ISREG(mode) else None
 
 
 class ScriptCache:

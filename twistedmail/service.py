@@ -444,6 +444,7 @@ class MailServer(MultiService):
             store_path(config),
             connect=False,
             recipient_delimiter=config.delivery.recipient_delimiter,
+            reactor=reactor,  # asks whether the store changed once per reactor turn
         )
         self.mail_dir = mail_dir(config)
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
@@ -533,7 +534,7 @@ class MailServer(MultiService):
         )
         self.rates["submission.messages"] = self.submission_rate.messages
         self.rates["submission.recipients"] = self.submission_rate.recipients
-        reserve = StorageReserve(config.server.data_dir, limits.min_free_space)
+        reserve = StorageReserve(config.server.data_dir, limits.min_free_space, reactor.seconds)
         rspamd = self.spam_filter
         submission = partial(
             submission_factory,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -125,26 +126,48 @@ def write_durably(directory: Path, data: bytes, flags: str = "", mtime: float | 
         return base
 
 
-@attrs.frozen
+RESERVE_RECHECK = 1.0
+"""Seconds a C{statvfs} figure is reused for (L{StorageReserve.has_room}), when far above the
+reserve."""
+RESERVE_MARGIN = 1 << 30
+"""Octets above the reserve and the message that a reused figure must show (1 GiB): nearer
+the reserve, every check asks the file system."""
+
+
+@attrs.define(eq=False)
 class StorageReserve:
     """Free space kept on the file system of C{path} for reading and deleting mail (Postfix's
     C{queue_minfree}): new mail is taken only while C{min_free} octets and the message fit.
 
     @ivar min_free: octets; 0 keeps no reserve.
+    @ivar clock: seconds (the reactor's C{seconds}); when given, a figure more than
+        L{RESERVE_MARGIN} above the reserve is reused for L{RESERVE_RECHECK} seconds (the
+        checks run at MAIL, RCPT and after DATA: three C{statvfs} a message).  It is a
+        reserve, not an exact figure: nearer to it, every check asks the file system.
     """
 
     path: Path
     min_free: int
+    clock: Callable[[], float] | None = None
+    _known: tuple[float, int] | None = attrs.field(default=None, init=False, repr=False)
 
     def has_room(self, size: int = 0) -> bool:
-        """Whether C{size} more octets fit above the reserve (one C{statvfs}, cheap)."""
+        """Whether C{size} more octets fit above the reserve (one C{statvfs}, cheap, or
+        none: see C{clock})."""
         if self.min_free <= 0:
             return True
+        clock, known = self.clock, self._known
+        if clock is not None and known is not None:
+            age = clock() - known[0]
+            if 0 <= age < RESERVE_RECHECK and known[1] >= self.min_free + size + RESERVE_MARGIN:
+                return True
         try:
             st = os.statvfs(self.path)
         except OSError:
             return True  # cannot tell: let the write itself fail
-        return st.f_bavail * st.f_frsize >= self.min_free + size
+        free = st.f_bavail * st.f_frsize
+        self._known = (clock(), free) if clock is not None else None
+        return free >= self.min_free + size
 
 
 def is_enospc(error: BaseException) -> bool:

@@ -164,6 +164,23 @@ _SASL_OFFERED = tuple(m.decode("ascii") for m in _SASL_MECHANISMS)
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
 
 
+async def _resume(work: Coroutine[Any, Any, Reply], awaited: Any) -> Reply:
+    """The rest of C{work}, which has just yielded C{awaited} (the Deferred it waits on):
+    drives it as C{Deferred.fromCoroutine} would have from the start (L{SMTPSession._run})."""
+    while True:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = await awaited
+        except BaseException as e:  # into the command's coroutine, at its await
+            error = e
+        try:
+            awaited = work.send(value) if error is None else work.throw(error)
+        except StopIteration as done:
+            result: Reply = done.value
+            return result
+
+
 def _check_parameters(params: str) -> None:
     """@raise SMTPReplyError: 501 5.5.4 when C{params} is no list of RFC 5321 §4.1.2
     C{esmtp-param} words (an unknown but well-formed one is for the caller: 555)."""
@@ -428,9 +445,19 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         raised after the command returned to L{lineReceived}).
 
         While it is pending, later pipelined lines are held (RFC 2920 §3: replies in
-        command order).
+        command order).  A coroutine that finishes without waiting (MAIL, and RCPT with
+        every lookup in memory) is run here, without a Deferred (issue 10: that machinery
+        was most of such a command's cost).
         """
-        d = Deferred.fromCoroutine(work)
+        try:
+            awaited = work.send(None)
+        except StopIteration as done:
+            self.send_reply(done.value)
+            return
+        except Exception:
+            self._command_failed(Failure())
+            return
+        d = Deferred.fromCoroutine(_resume(work, awaited))
         d.addCallbacks(self.send_reply, self._command_failed)
         if not d.called:
             self.pause_lines()

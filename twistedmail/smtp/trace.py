@@ -6,6 +6,7 @@ RFC 5321 §4.4) and C{Authentication-Results:} by L{twistedmail.mailauth} (RFC 8
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from twistedmail.smtp.policy import Envelope
 _HELO_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9:.]+\]")
 
 
+@functools.lru_cache(maxsize=1024)  # per message, for the few clients that send most
 def address_literal(ip: str) -> str:
     """C{[192.0.2.1]} or C{[IPv6:2001:db8::1]} (RFC 5321 §4.1.3); other peers kept as text."""
     try:
@@ -24,6 +26,18 @@ def address_literal(ip: str) -> str:
     except ValueError:
         return "[" + "".join(c for c in ip if c.isalnum() or c in ".:-_/") + "]"
     return f"[IPv6:{addr.compressed}]" if addr.version == 6 else f"[{addr}]"
+
+
+_date: tuple[int, str] = (-1, "")  # the last second's date-time, made once a second
+
+
+def _date_time(seconds: float) -> str:
+    """The RFC 5322 §3.3 date-time of C{seconds} (UTC; whole seconds, as it is written)."""
+    global _date
+    whole = int(seconds // 1)
+    if _date[0] != whole:
+        _date = (whole, format_datetime(datetime.fromtimestamp(whole, timezone.utc)))
+    return _date[1]
 
 
 def received_header(envelope: Envelope, hostname: str) -> bytes:
@@ -40,7 +54,7 @@ def received_header(envelope: Envelope, hostname: str) -> bytes:
         protocol = "ESMTP" + ("S" if client.tls else "") + ("A" if client.user else "")
     else:
         protocol = "SMTP"
-    date = format_datetime(datetime.fromtimestamp(envelope.received_at, timezone.utc))
+    date = _date_time(envelope.received_at)
     by = f"by {hostname} with {protocol} id {envelope.transaction_id}"
     if len(envelope.recipients) == 1:
         tail = f"{by}\r\n\tfor <{envelope.recipients[0]}>; {date}"
