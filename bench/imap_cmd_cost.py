@@ -12,7 +12,7 @@ each batch: the table gives ms of server CPU per command of each kind, to set ag
 floor of one TLS request/response on bare Twisted + pyOpenSSL (bench/floor.py: 0.042 ms on
 this machine).  The client's own CPU is not counted; the machine being shared only adds
 noise, not CPU to the server.  C{--profile KIND} runs that kind for C{--profile-secs}
-while C{py-spy record --gil --idle=false} samples the server (its raw output in the work dir).
+while C{py-spy record --gil} samples the server (its raw output in the work dir).
 
 Kinds: NOOP; SELECT INBOX; FETCH 1:* FLAGS; FETCH n BODY.PEEK[HEADER.FIELDS (...)] (n
 cycling over the folder); FETCH n BODY.PEEK[]; STORE n +FLAGS / -FLAGS (\\Seen) alternating
@@ -48,8 +48,13 @@ FLOOR_MS = 0.042  # bench/floor.py on this machine
 
 
 def cpu_ms(pid: int) -> float:
+    return sum(user_sys_ms(pid))
+
+
+def user_sys_ms(pid: int) -> tuple[float, float]:
+    """(utime, stime) of C{pid} in ms."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / CLK_TCK
+    return int(fields[11]) * 1000 / CLK_TCK, int(fields[12]) * 1000 / CLK_TCK
 
 
 def message(i: int) -> bytes:
@@ -158,13 +163,16 @@ class Kinds:
             "NOOP": lambda: c.command(b"NOOP") and None,
             "SELECT INBOX": lambda: c.command(b"SELECT INBOX") and None,
             "FETCH 1:* FLAGS": lambda: c.command(b"FETCH 1:* FLAGS") and None,
-            "FETCH n BODY.PEEK[HEADER.FIELDS]": lambda: c.command(
-                b"FETCH %d (UID BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)])"
-                % self.next_n()
-            )
-            and None,
-            "FETCH n BODY.PEEK[]": lambda: c.command(b"FETCH %d BODY.PEEK[]" % self.next_n())
-            and None,
+            "FETCH n BODY.PEEK[HEADER.FIELDS]": lambda: (
+                c.command(
+                    b"FETCH %d (UID BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)])"
+                    % self.next_n()
+                )
+                and None
+            ),
+            "FETCH n BODY.PEEK[]": lambda: (
+                c.command(b"FETCH %d BODY.PEEK[]" % self.next_n()) and None
+            ),
             "STORE n +/-FLAGS (\\Seen)": self.store,
             "UID SEARCH UNSEEN": lambda: c.command(b"UID SEARCH UNSEEN") and None,
             "UID SEARCH FROM": lambda: c.command(b"UID SEARCH FROM sender3") and None,
@@ -193,13 +201,14 @@ class Kinds:
         self.c.command(b"EXPUNGE")
 
 
-def measure(pid: int, fn: Callable[[], None], reps: int) -> tuple[float, float]:
-    """(server CPU ms per call, wall ms per call)."""
+def measure(pid: int, fn: Callable[[], None], reps: int) -> tuple[float, float, float]:
+    """(server CPU ms per call, of which system, wall ms per call)."""
     fn()  # warm: the first of a kind may load or build something once
-    c0, t0 = cpu_ms(pid), time.monotonic()
+    (u0, s0), t0 = user_sys_ms(pid), time.monotonic()
     for _ in range(reps):
         fn()
-    return (cpu_ms(pid) - c0) / reps, (time.monotonic() - t0) * 1000 / reps
+    u1, s1 = user_sys_ms(pid)
+    return (u1 - u0 + s1 - s0) / reps, (s1 - s0) / reps, (time.monotonic() - t0) * 1000 / reps
 
 
 def main() -> int:
@@ -216,7 +225,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="imap-cmd-cost-"))
     work.mkdir(parents=True, exist_ok=True)
     tm = Twistedmail(work / "tm", pick_port_base() + 1, 1, workers=1)
-    results: dict[str, list[tuple[float, float]]] = {}
+    results: dict[str, list[tuple[float, float, float]]] = {}
     try:
         tm.prepare()
         tm.start()
@@ -233,8 +242,18 @@ def main() -> int:
             spy = subprocess.Popen(
                 [
                     str(Path(sys.executable).parent / "py-spy"),
-                    "record", "--gil", "--idle=false", "-r", "500", "-p", str(tm.pid),
-                    "-d", str(args.profile_secs), "--format", "raw", "-o", str(out),
+                    "record",
+                    "--gil",
+                    "-r",
+                    "500",
+                    "-p",
+                    str(tm.pid),
+                    "-d",
+                    str(args.profile_secs),
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(out),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
@@ -254,24 +273,28 @@ def main() -> int:
                     continue
                 got = measure(tm.pid, fn, args.reps)
                 results.setdefault(name, []).append(got)
-                print(f"  round {r + 1} {name}: {got[0]:.3f} ms CPU, {got[1]:.2f} ms wall", flush=True)
+                print(
+                    f"  round {r + 1} {name}: {got[0]:.3f} ms CPU ({got[1]:.3f} system),"
+                    f" {got[2]:.2f} ms wall",
+                    flush=True,
+                )
             if not only or "idle" in only:
                 secs = max(1, args.reps // 100)
                 c0 = cpu_ms(tm.pid)
                 time.sleep(secs)
-                results.setdefault("idle (ms CPU per s)", []).append(((cpu_ms(tm.pid) - c0) / secs, 0))
+                idle = (cpu_ms(tm.pid) - c0) / secs
+                results.setdefault("idle (ms CPU per s)", []).append((idle, 0, 0))
         c.command(b"LOGOUT")
     finally:
         tm.stop()
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nload {load_average()}; {args.reps} commands per kind, {args.rounds} round(s), median")
-    print("| command kind | server CPU ms/command | x floor (0.042) | wall ms/command |")
-    print("| --- | --: | --: | --: |")
+    print("| command kind | server CPU ms/command | of which system | x floor | wall ms/command |")
+    print("| --- | --: | --: | --: | --: |")
     for name, got in results.items():
-        cpu = statistics.median(g[0] for g in got)
-        wall = statistics.median(g[1] for g in got)
-        print(f"| {name} | {cpu:.3f} | {cpu / FLOOR_MS:.0f} | {wall:.2f} |")
+        cpu, system, wall = (statistics.median(g[i] for g in got) for i in range(3))
+        print(f"| {name} | {cpu:.3f} | {system:.3f} | {cpu / FLOOR_MS:.0f} | {wall:.2f} |")
     return 0
 
 
