@@ -218,6 +218,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated kinds (prefixes) to run")
     ap.add_argument("--profile", default="", help="a kind (prefix) to run under py-spy")
     ap.add_argument("--profile-secs", type=int, default=15)
+    ap.add_argument("--all-threads", action="store_true", help="py-spy without --gil")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
@@ -243,7 +244,7 @@ def main() -> int:
                 [
                     str(Path(sys.executable).parent / "py-spy"),
                     "record",
-                    "--gil",
+                    *([] if args.all_threads else ["--gil"]),
                     "-r",
                     "500",
                     "-p",
