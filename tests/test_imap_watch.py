@@ -47,7 +47,7 @@ class FakeINotify:
             callback(None, FilePath(os.fsencode(path / "x")), MASK)
 
 
-class ManualINotify(watch_module.EventINotify):  # type: ignore[misc]
+class ManualINotify(watch_module.EventINotify):
     """The kernel's inotify, read when the test calls C{doRead} (the Clock has no readers)."""
 
     def startReading(self) -> None:

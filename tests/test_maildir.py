@@ -402,7 +402,6 @@ class AddTests(MaildirTestCase):
         self.assertEqual([e.uid for e in after.messages], [uid])
         self.assertEqual(after.uidnext, uid + 1)
 
-
     def test_append_adds_one_uidlist_line(self) -> None:
         """APPEND to a folder whose index is in step with dovecot-uidlist adds one
         C{<uid> :<base>} line at its end, as Dovecot appends records (the same file, the

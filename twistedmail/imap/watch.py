@@ -71,7 +71,7 @@ class INotifyLike(Protocol):
 
 if _inotify is not None:
 
-    class EventINotify(_inotify.INotify):  # type: ignore[misc]
+    class EventINotify(_inotify.INotify):
         """Twisted's C{INotify}, its events read without a C{FilePath} per event: the
         watcher only needs which watched directory changed, and C{FilePath.child} with
         its checks was most of the reading (12% of the GIL's samples of a STORE, whose
