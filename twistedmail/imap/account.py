@@ -213,13 +213,11 @@ class MaildirAccount:
             folder = self.maildir.folder(name)
         except FolderNameError:
             return None
-        if name == INBOX:
-            await self.run_in_thread(self.maildir.ensure)
-        if not await self.run_in_thread(folder.exists):
-            return None
         mailbox = MaildirMailbox(name, folder, self.notifier, self.run_in_thread, bool(readwrite))
         try:
-            return await mailbox.open()
+            # (one thread hop: making the INBOX, the check that the folder is there and its
+            # scan were three, bench/imap_cmd_cost.py)
+            return await mailbox.open(self.maildir.ensure if name == INBOX else None)
         except MaildirError:
             return None
 

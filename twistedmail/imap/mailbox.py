@@ -113,6 +113,18 @@ def _scan(
     return folder.scan(since, claim_recent), folder.keywords()
 
 
+def _open_scan(
+    folder: Folder, claim_recent: bool, make: Callable[[], None] | None = None
+) -> tuple[ScanResult, dict[str, str]] | None:
+    """Opening a folder in one thread hop: C{make} first (the INBOX made when missing),
+    then C{None} when the folder is not there, else L{_scan} of every message."""
+    if make is not None:
+        make()
+    if not folder.exists():
+        return None
+    return _scan(folder, None, claim_recent)
+
+
 def _store_letters(
     folder: Folder, flags: Sequence[str], create: bool
 ) -> tuple[str, dict[str, str]]:
@@ -219,10 +231,16 @@ class MaildirMailbox:
 
     # opening and rescanning
 
-    async def open(self) -> MaildirMailbox:
-        """First scan of the folder (in a thread).  @raise MaildirError: folder missing."""
+    async def open(self, make: Callable[[], None] | None = None) -> MaildirMailbox | None:
+        """First scan of the folder, after C{make} (the INBOX made when missing), in one
+        thread hop; C{None} when the folder is not there.
+
+        @raise MaildirError: the folder went away during the scan."""
         # RFC 3501 §2.3.2: SELECT claims the \Recent messages; EXAMINE and STATUS only count
-        scan, self.keywords = await self.run_in_thread(_scan, self.folder, None, self.readwrite)
+        opened = await self.run_in_thread(_open_scan, self.folder, self.readwrite, make)
+        if opened is None:
+            return None
+        scan, self.keywords = opened
         self._view = list(scan.messages)
         self._announced = len(self._view)  # SELECT's EXISTS
         self._recent = set(scan.recent)
