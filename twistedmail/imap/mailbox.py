@@ -574,15 +574,16 @@ class MaildirMailbox:
         if not self.readwrite:
             raise imap4.ReadOnlyMailbox()
         targets = self.resolve(messages, uid)
-        letters, keywords = await self.run_in_thread(
-            _storage(_store_letters), self.folder, list(flags), mode >= 0
+        keywords, renamed, modified = await self.run_in_thread(
+            _store_all, self.folder, targets, list(flags), mode, unchangedsince
         )
-        if keywords != self.keywords:
+        # (a rescan that ended meanwhile may have brought a newer map, holding ours)
+        if not keywords.items() <= self.keywords.items():
             self.keywords = keywords
             for listener in list(self._listeners):
                 if hasattr(listener, "keywordsChanged"):
                     listener.keywordsChanged()
-        return await self.store_entries(targets, letters, mode, unchangedsince)
+        return self._stored(renamed, modified)
 
     async def store_entries(
         self,
@@ -591,16 +592,14 @@ class MaildirMailbox:
         mode: int,
         unchangedsince: int | None = None,
     ) -> dict[int, list[str]]:
-        # a delta, applied in the thread to the flags each file has then (DESIGN §6): our
-        # view may be older than another session's change, which must survive
-        if mode > 0:
-            change = FlagChange(add=letters)
-        elif mode < 0:
-            change = FlagChange(remove=letters)
-        else:  # replace flags and keywords, keep letters IMAP cannot express (P)
-            change = FlagChange(add=letters, remove=REPLACEABLE_LETTERS)
-        plan = [(seq, entry, change) for seq, entry in targets]
+        plan = [(seq, entry, _flag_change(letters, mode)) for seq, entry in targets]
         renamed, modified = await self.run_in_thread(_rename_all, self.folder, plan, unchangedsince)
+        return self._stored(renamed, modified)
+
+    def _stored(
+        self, renamed: list[tuple[int, MessageEntry]], modified: list[int]
+    ) -> dict[int, list[str]]:
+        """The view after a STORE's renames: {seq: new flags}; other sessions told."""
         result: dict[int, list[str]] = {}
         for seq, entry in renamed:
             if seq <= len(self._view) and self._view[seq - 1].uid == entry.uid:
@@ -716,6 +715,33 @@ class MaildirMailbox:
             sort_entries, self.folder, entries, list(criteria)
         )
         return ordered
+
+
+def _flag_change(letters: str, mode: int) -> FlagChange:
+    """STORE's change (mode 1 adds, -1 removes, 0 replaces flags and keywords, keeping
+    letters IMAP cannot express, P), a delta applied in the thread to the flags each file
+    has then (DESIGN §6): our view may be older than another session's change, which must
+    survive."""
+    if mode > 0:
+        return FlagChange(add=letters)
+    if mode < 0:
+        return FlagChange(remove=letters)
+    return FlagChange(add=letters, remove=REPLACEABLE_LETTERS)
+
+
+def _store_all(
+    folder: Folder,
+    targets: Sequence[tuple[int, MessageEntry]],
+    flags: list[str],
+    mode: int,
+    unchangedsince: int | None,
+) -> tuple[dict[str, str], list[tuple[int, MessageEntry]], list[int]]:
+    """STORE in one thread hop: the flags' letters (a new keyword given one), then the
+    renames (L{_rename_all}); with the keyword map after the letters were given."""
+    letters, keywords = _storage(_store_letters)(folder, flags, mode >= 0)
+    change = _flag_change(letters, mode)
+    renamed, modified = _rename_all(folder, [(s, e, change) for s, e in targets], unchangedsince)
+    return keywords, renamed, modified
 
 
 def _rename_all(
