@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 from twisted.mail import imap4
@@ -204,6 +205,13 @@ class MaildirAccount:
         os.close(fd)
 
     # IAccount
+
+    def folder_path(self, name: str) -> Path | None:
+        """The directory of folder C{name}, or C{None} for a name that is not valid."""
+        try:
+            return self.maildir.folder_path(canonical(name))
+        except FolderNameError:
+            return None
 
     async def select(self, name: str, readwrite: bool = True) -> MaildirMailbox | None:
         """SELECT/EXAMINE/STATUS/APPEND/COPY target: the opened mailbox, or C{None} when it
