@@ -72,6 +72,12 @@ REPLACEABLE_LETTERS = "".join(IMAP_TO_LETTER.values()) + "abcdefghijklmnopqrstuv
 (RFC 3501 §6.4.6); others (C{P}, passed) are kept."""
 
 
+INLINE_FLAG_SEARCH = 500
+"""A view of up to this many messages is searched for one flag key on the reactor thread
+(a pass over 500 file names takes about what a thread hop costs, ~0.1 ms here); a larger
+one in a thread (100,000 take 15 ms)."""
+
+
 class StorageFullError(imap4.MailboxException):
     """The disk (or the user's file system quota) is full: C{NO [OVERQUOTA]} (RFC 5530 §3,
     RFC 9208 §4.3.1), nothing stored."""
@@ -681,6 +687,8 @@ class MaildirMailbox:
             # one flag key (UNSEEN, DELETED, ...): the entries' file names answer, in one pass
             self.searched_modseq = False
             letter, want = FLAG_KEYS[query[0].upper()]
+            if len(view) <= INLINE_FLAG_SEARCH:  # (no disk: in memory alone)
+                return flag_search(view, frozenset(self._gone), letter, want)
             found: list[int] = await self.run_in_thread(
                 flag_search, view, frozenset(self._gone), letter, want
             )
