@@ -149,17 +149,25 @@ def parse_search_date(text: bytes) -> tuple[int, int, int] | None:
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
     """(header including the blank line, body) of an RFC 5322 message or MIME part."""
+    at = header_end(raw)
+    return raw[:at], raw[at:]
+
+
+def header_end(raw: bytes) -> int:
+    """Where the body of C{raw} starts (after the header's blank line; the end when there
+    is none): L{split_message} without copying the body (FETCH BODY[HEADER.FIELDS])."""
     if raw.startswith(CRLF):
-        return CRLF, raw[2:]
+        return 2
     if raw.startswith(b"\n"):
-        return b"\n", raw[1:]
+        return 1
     end = raw.find(b"\r\n\r\n")
-    lf = raw.find(b"\n\n")
+    # a bare-LF blank line counts only before the CRLF one: not searched for beyond it
+    lf = raw.find(b"\n\n", 0, end + 4 if end >= 0 else len(raw))
     if end >= 0 and (lf < 0 or end <= lf + 1):
-        return raw[: end + 4], raw[end + 4 :]
+        return end + 4
     if lf >= 0:
-        return raw[: lf + 2], raw[lf + 2 :]
-    return raw, b""
+        return lf + 2
+    return len(raw)
 
 
 CACHED_HEADER = 16 * 1024
@@ -364,11 +372,11 @@ def section_data(raw: bytes, part: Any) -> bytes | None:
     if not numbers:
         if part.empty:
             return raw
-        header, body = split_message(raw)
+        at = header_end(raw)
         if part.text:
-            return body
+            return raw[at:]
         if part.header is not None:
-            return _header_section(header, part.header)
+            return _header_section(raw[:at], part.header)
         if part.mime:
             return None
         return raw
