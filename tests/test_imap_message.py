@@ -329,3 +329,21 @@ class HeaderFieldsTests(unittest.TestCase):
         for raw in (b"tab\there", b"caf\xc3\xa9", b"del\x7f", b"x" * 1000):
             self.assertEqual(encode_string(raw), b"{%d}\r\n" % len(raw) + raw)
         self.assertEqual(encode_string(b"x" * 999), b'"' + b"x" * 999 + b'"')
+
+    def test_content_type_parse_kept_for_short_values(self) -> None:
+        """A part's Content-Type is parsed the same whether its parse was kept from another
+        part or not; a value above CACHED_CONTENT_TYPE is never kept."""
+        plain = b'Content-Type: text/plain; charset="ISO-8859-1"\r\n\r\nx'
+        for _ in range(2):
+            entity = message.parse_entity(plain)
+            self.assertEqual(
+                (entity.maintype, entity.subtype, entity.params),
+                ("text", "plain", (("charset", "ISO-8859-1"),)),
+            )
+        long_name = "n" * message.CACHED_CONTENT_TYPE
+        big = b"Content-Type: application/octet-stream; name=" + long_name.encode() + b"\r\n\r\n"
+        before = message._cached_content_type.cache_info().currsize
+        entity = message.parse_entity(big)
+        self.assertEqual(entity.params, (("name", long_name),))
+        self.assertEqual(message._cached_content_type.cache_info().currsize, before)
+        self.assertEqual(message.parse_entity(b"Content-Type: garbage\r\n\r\n").subtype, "plain")
