@@ -11,6 +11,7 @@ from twistedmail.imap.message import (
     bodystructure,
     encode_sexp,
     envelope,
+    header_end,
     parse_entity,
     resolve_part,
     split_message,
@@ -114,3 +115,28 @@ def test_deep_nesting_is_bounded() -> None:
         for i in range(3000)
     )
     check(nested)
+
+
+def _split_reference(raw: bytes) -> tuple[bytes, bytes]:
+    """split_message as it was before header_end: both blank-line kinds searched for in
+    the whole message."""
+    if raw.startswith(b"\r\n"):
+        return b"\r\n", raw[2:]
+    if raw.startswith(b"\n"):
+        return b"\n", raw[1:]
+    end = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    if end >= 0 and (lf < 0 or end <= lf + 1):
+        return raw[: end + 4], raw[end + 4 :]
+    if lf >= 0:
+        return raw[: lf + 2], raw[lf + 2 :]
+    return raw, b""
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b":", b" "]), max_size=40).map(b"".join))
+def test_split_message_where_the_blank_line_is(raw: bytes) -> None:
+    """The header ends at the first blank line, CRLF or bare LF, whichever comes first (the
+    bare-LF one is looked for only up to the CRLF one): the same split as searching the
+    whole message for both."""
+    assert split_message(raw) == _split_reference(raw)
+    assert header_end(raw) == len(_split_reference(raw)[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.mail import imap4
@@ -123,6 +124,28 @@ class AccountTests(unittest.TestCase):
         self.assertTrue((root / "cur").is_dir())
         self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("Nope"))))
         self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("../x"))))
+
+    def test_select_is_one_thread_hop(self) -> None:
+        """SELECT of INBOX (made when missing) or of a folder, and of a missing folder, does
+        its disk work in one job off the reactor thread (they were three: making the INBOX,
+        the existence check, the scan)."""
+        jobs: list[object] = []
+
+        def counted(f: Any, *args: Any) -> Deferred[Any]:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        root = Path(self.mktemp())
+        account = MaildirAccount("bob@example.test", UserMaildir(root), ChangeNotifier(), counted)
+        box = self.successResultOf(Deferred.fromCoroutine(account.select("INBOX")))
+        self.assertEqual((box.getMessageCount(), len(jobs)), (0, 1))
+        self.assertTrue(account.create("Work"))
+        jobs.clear()
+        box = self.successResultOf(Deferred.fromCoroutine(account.select("Work", False)))
+        self.assertEqual((box.getMessageCount(), len(jobs)), (0, 1))
+        jobs.clear()
+        self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("Nope"))))
+        self.assertEqual(len(jobs), 1)
 
     def test_lsub_lists_missing_subscriptions_as_noselect(self) -> None:
         """RFC 3501 §6.3.9: LSUB lists a subscription whose folder is gone as \\Noselect."""

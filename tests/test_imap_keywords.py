@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from tests.test_imap_server import MSG1, MSG2, T2, Harness
@@ -17,6 +19,7 @@ from twistedmail.maildir import (
     split_name,
     write_durably,
 )
+from twistedmail.testing import run_now
 
 SYSTEM = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 
@@ -119,6 +122,34 @@ class KeywordSessionTests(unittest.TestCase):
             [b"* 1 FETCH (FLAGS (\\Seen))", b"b OK STORE completed"],
         )
         self.assertEqual(flags_on_disk(h.root), ["S"])
+
+    def test_store_is_one_thread_hop(self) -> None:
+        """STORE with a new keyword gives it a letter and renames the files in one job off
+        the reactor thread (two before), and still sends FLAGS and PERMANENTFLAGS before the
+        FETCH that shows the keyword (RFC 3501 §7.2.6)."""
+        jobs: list[object] = []
+
+        def counted(f: Any, *args: Any) -> Deferred[Any]:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        h = Harness(self, run=counted)
+        h.add(MSG1, "S")
+        h.add(MSG2)
+        self.select(h)
+        jobs.clear()
+        self.assertEqual(
+            h.cmd(b"a STORE 1:2 +FLAGS ($Work)"),
+            [
+                b"* FLAGS (" + SYSTEM + b" $Work)",
+                b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Work \\*)] Flags permitted",
+                b"* 1 FETCH (FLAGS (\\Seen $Work))",
+                b"* 2 FETCH (FLAGS ($Work))",
+                b"a OK STORE completed",
+            ],
+        )
+        self.assertEqual(len(jobs), 1)
+        self.assertEqual(flags_on_disk(h.root), ["Sa", "a"])
 
     def test_store_replace(self) -> None:
         """FLAGS replaces system flags and keywords alike; P (passed) stays."""

@@ -8,12 +8,15 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from tests.test_imap_server import T1, Harness
+from twistedmail.imap import message
 from twistedmail.imap.message import (
     MISSING_DOMAIN,
     MISSING_MAILBOX,
     Address,
     address_text,
     decode_header_text,
+    encode_string,
+    header_fields,
     parse_addresses,
 )
 
@@ -299,3 +302,48 @@ class HeaderSearchTests(unittest.TestCase):
         # AAA < UNDISCLOSED-RECIPIENTS (the group) < USER-TO
         self.assertEqual(self.h.cmd(b"a SORT (TO) UTF-8 ALL")[0], b"* SORT 3 1 2")
         self.assertEqual(self.h.cmd(b"a SORT (REVERSE TO) UTF-8 ALL")[0], b"* SORT 2 1 3")
+
+
+class HeaderFieldsTests(unittest.TestCase):
+    def test_fields_kept_for_small_headers_only(self) -> None:
+        """A header's fields (folded lines joined to their field, repeats kept, RFC 5322
+        §2.2.3) are the same whether kept from an earlier call or not; a header above
+        CACHED_HEADER is never kept (a huge header cannot fill memory)."""
+        header = b"From: a@b\r\nSubject: one\r\n two\r\nsubject: x\r\n\r\n"
+        expected = (
+            (b"from", b"From: a@b\r\n"),
+            (b"subject", b"Subject: one\r\n two\r\n"),
+            (b"subject", b"subject: x\r\n"),
+        )
+        self.assertEqual(header_fields(header), expected)
+        self.assertEqual(header_fields(bytes(bytearray(header))), expected)
+        big = b"X-Big: " + b"y" * message.CACHED_HEADER + b"\r\n\r\n"
+        before = message._cached_fields.cache_info().currsize
+        self.assertEqual(header_fields(big), ((b"x-big", big[:-2]),))
+        self.assertEqual(message._cached_fields.cache_info().currsize, before)
+
+    def test_quoted_or_literal(self) -> None:
+        """RFC 3501 §4.3: a short 7-bit printable string is quoted (backslash and quote
+        escaped); a control character, 8-bit or 1,000 octets make a literal."""
+        self.assertEqual(encode_string(b'a "b" \\ c~'), b'"a \\"b\\" \\\\ c~"')
+        for raw in (b"tab\there", b"caf\xc3\xa9", b"del\x7f", b"x" * 1000):
+            self.assertEqual(encode_string(raw), b"{%d}\r\n" % len(raw) + raw)
+        self.assertEqual(encode_string(b"x" * 999), b'"' + b"x" * 999 + b'"')
+
+    def test_content_type_parse_kept_for_short_values(self) -> None:
+        """A part's Content-Type is parsed the same whether its parse was kept from another
+        part or not; a value above CACHED_CONTENT_TYPE is never kept."""
+        plain = b'Content-Type: text/plain; charset="ISO-8859-1"\r\n\r\nx'
+        for _ in range(2):
+            entity = message.parse_entity(plain)
+            self.assertEqual(
+                (entity.maintype, entity.subtype, entity.params),
+                ("text", "plain", (("charset", "ISO-8859-1"),)),
+            )
+        long_name = "n" * message.CACHED_CONTENT_TYPE
+        big = b"Content-Type: application/octet-stream; name=" + long_name.encode() + b"\r\n\r\n"
+        before = message._cached_content_type.cache_info().currsize
+        entity = message.parse_entity(big)
+        self.assertEqual(entity.params, (("name", long_name),))
+        self.assertEqual(message._cached_content_type.cache_info().currsize, before)
+        self.assertEqual(message.parse_entity(b"Content-Type: garbage\r\n\r\n").subtype, "plain")

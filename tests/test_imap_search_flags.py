@@ -4,10 +4,15 @@ from the session's view in one pass (twistedmail.imap.searchkeys.flag_search).""
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from tests.test_imap_server import MSG1, MSG2, T1, Harness
+from twistedmail.imap import mailbox
+from twistedmail.imap.searchkeys import flag_search
+from twistedmail.testing import run_now
 
 
 class FlagSearchTests(unittest.TestCase):
@@ -48,3 +53,25 @@ class FlagSearchTests(unittest.TestCase):
         self.assertEqual(
             self.h.cmd(b"a SEARCH UNSEEN"), [b"* SEARCH 4 5", b"a OK SEARCH completed"]
         )
+
+    def test_small_view_answered_without_a_thread(self) -> None:
+        """A small view (up to INLINE_FLAG_SEARCH messages) is searched for one flag key on
+        the reactor thread, no job for a thread; a larger one in a thread, with the same
+        answer."""
+        jobs: list[object] = []
+
+        def counted(f: Any, *args: Any) -> Deferred[Any]:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        h = Harness(self, run=counted)
+        for n in range(3):
+            h.add(MSG1, "S" if n == 1 else "", T1 + n)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        jobs.clear()
+        self.assertEqual(h.cmd(b"a SEARCH UNSEEN"), [b"* SEARCH 1 3", b"a OK SEARCH completed"])
+        self.assertEqual(jobs, [])
+        self.patch(mailbox, "INLINE_FLAG_SEARCH", 2)
+        self.assertEqual(h.cmd(b"a SEARCH UNSEEN"), [b"* SEARCH 1 3", b"a OK SEARCH completed"])
+        self.assertEqual(jobs, [flag_search])

@@ -693,6 +693,44 @@ class AppendTests(unittest.TestCase):
             % self.h.uidvalidity("Sent"),
         )
 
+    def test_append_to_selected_mailbox_uses_it(self) -> None:
+        """APPEND to the selected mailbox (named in any case, INBOX) stores the message
+        through the session's own mailbox: two jobs off the reactor thread (the store and
+        the rescan that reports it), no second mailbox opened and scanned."""
+        jobs: list[object] = []
+
+        def counted(f: Any, *args: Any) -> Deferred[Any]:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        h = Harness(self, run=counted)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        jobs.clear()
+        h.send(b"a APPEND inbox (\\Flagged) {5}\r\n")
+        self.assertEqual(
+            h.send(b"hello\r\n"),
+            b"* 1 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID %d 1] APPEND completed\r\n"
+            % h.uidvalidity(),
+        )
+        self.assertEqual(len(jobs), 2)
+        self.assertEqual(
+            h.cmd(b"f FETCH 1 (UID FLAGS)"),
+            [b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))", b"f OK FETCH completed"],
+        )
+
+    def test_append_to_selected_mailbox_deleted_meanwhile(self) -> None:
+        """RFC 3501 §6.3.11: APPEND to the selected folder after it was deleted (by
+        another session) is NO [TRYCREATE], as for any missing mailbox."""
+        self.h.cmd(b"s SELECT Sent")
+        path = self.h.maildir.folder_path("Sent")
+        for sub in ("cur", "new", "tmp"):
+            for p in (path / sub).iterdir():
+                p.unlink()
+            (path / sub).rmdir()
+        self.h.send(b"a APPEND Sent {5}\r\n")
+        self.assertEqual(self.h.send(b"hello\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+
     def test_append_missing_mailbox_trycreate(self) -> None:
         """RFC 3501 §6.3.11: APPEND to a mailbox that does not exist is NO [TRYCREATE]."""
         self.h.send(b"a APPEND Nope {5}\r\n")

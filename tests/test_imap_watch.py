@@ -12,6 +12,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 
+from twistedmail.imap import watch as watch_module
 from twistedmail.imap.watch import DELAY, MASK, POLL_INTERVAL, FolderWatcher
 from twistedmail.maildir import make_maildir
 
@@ -46,7 +47,7 @@ class FakeINotify:
             callback(None, FilePath(os.fsencode(path / "x")), MASK)
 
 
-class ManualINotify(inotify.INotify):  # type: ignore[misc]
+class ManualINotify(watch_module.EventINotify):
     """The kernel's inotify, read when the test calls C{doRead} (the Clock has no readers)."""
 
     def startReading(self) -> None:
@@ -162,6 +163,29 @@ def test_kernel_events_of_a_delivery_rename_and_unlink(folder: Path) -> None:
     clock.advance(DELAY)
     assert calls == [1, 1, 1]
     real[0].loseConnection()
+
+
+def test_one_call_per_watched_directory_and_read(folder: Path) -> None:
+    """The events of one read (three new messages, a flag rename) call each watched
+    directory's callbacks once, with the directory's path and the events' masks."""
+    reader = ManualINotify(reactor=Clock())
+    calls: list[tuple[bytes, int]] = []
+    for name in ("new", "cur"):
+        reader.watch(
+            FilePath(os.fsencode(folder / name)),
+            mask=MASK,
+            callbacks=[lambda _w, path, mask: calls.append((path.path, mask))],
+        )
+    for n in range(3):
+        drop_into_new(folder, f"{n}.M1P1.host")
+    (folder / "cur" / "9.M9P9.host:2,").write_bytes(b"x")
+    os.rename(folder / "cur" / "9.M9P9.host:2,", folder / "cur" / "9.M9P9.host:2,S")
+    reader.doRead()
+    new, cur = os.fsencode(folder / "new"), os.fsencode(folder / "cur")
+    assert [path for path, _ in calls] == [new, cur]
+    assert calls[0][1] & MASK == inotify.IN_MOVED_TO
+    assert calls[1][1] & MASK == inotify.IN_CREATE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
+    reader.loseConnection()
 
 
 def test_our_own_change_is_not_announced_twice(folder: Path) -> None:

@@ -3,6 +3,7 @@ folder names and the folder tree (Maildir++), subscriptions."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from twistedmail import maildir
+from twistedmail.index import INDEX_FILE
 from twistedmail.maildir import (
     ChangeNotifier,
     Folder,
@@ -399,6 +401,74 @@ class AddTests(MaildirTestCase):
         after = self.folder.scan()
         self.assertEqual([e.uid for e in after.messages], [uid])
         self.assertEqual(after.uidnext, uid + 1)
+
+    def test_append_adds_one_uidlist_line(self) -> None:
+        """APPEND to a folder whose index is in step with dovecot-uidlist adds one
+        C{<uid> :<base>} line at its end, as Dovecot appends records (the same file, the
+        header's N left behind: the last record's UID + 1 is UIDNEXT), and a reader that
+        rebuilds from the list finds every UID."""
+        b1 = self.deliver(MSG1, mtime=1000.0)
+        first = self.folder.scan()
+        path = self.root / "dovecot-uidlist"
+        before, ino = path.read_text(), path.stat().st_ino
+        uid = self.folder.add(MSG2, "S")
+        self.assertEqual(uid, 2)
+        base = split_name(self.folder.scan().messages[-1].filename)[0]
+        self.assertEqual(path.read_text(), before + f"2 :{base}\n")
+        self.assertEqual(path.stat().st_ino, ino)
+        self.assertEqual(self.folder.add(MSG3), 3)
+        os.unlink(self.root / INDEX_FILE)  # a rebuild reads the list alone
+        maildir._snapshots.forget(self.root)
+        rebuilt = Folder(self.root).scan()
+        self.assertEqual([(e.uid, e.base) for e in rebuilt.messages][:2], [(1, b1), (2, base)])
+        self.assertEqual((rebuilt.uidvalidity, rebuilt.uidnext), (first.uidvalidity, 4))
+
+    def test_append_after_torn_uidlist_line(self) -> None:
+        """A dovecot-uidlist whose last line was cut short (a crash while a line was
+        added) is written whole again, not continued on the torn line."""
+        self.deliver(MSG1, mtime=1000.0)
+        self.folder.scan()
+        path = self.root / "dovecot-uidlist"
+        with open(path, "a") as f:
+            f.write("7 :torn")  # no newline
+        self.folder.add(MSG2)
+        lines = path.read_text().split("\n")
+        self.assertEqual(lines[-1], "")
+        header = r"3 V\d+ N\d+ G[0-9a-f]{32}"
+        self.assertTrue(all(re.fullmatch(rf"{header}|\d+ :\S+", x) for x in lines[:-1]))
+        self.assertNotIn(":torn2", path.read_text())  # the next line not glued to the torn one
+
+    def test_append_uidlist_line_fails(self) -> None:
+        """When the record cannot be made durable (a full disk at the fsync), APPEND fails
+        whole: the list is cut back to what it was and the message file is gone."""
+        self.deliver(MSG1, mtime=1000.0)
+        self.folder.scan()
+        path = self.root / "dovecot-uidlist"
+        before = path.read_bytes()
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd)
+
+        self.patch(os, "fsync", fsync)
+        with self.assertRaises(OSError):
+            self.folder.add(MSG2)
+        self.assertEqual(path.read_bytes(), before)
+        self.assertEqual(len(listing(self.root / "cur")), 1)
+        self.assertEqual(self.folder.add(MSG3), 2)
+
+    def test_append_after_outside_uidlist_change(self) -> None:
+        """A UID given out by another program (Dovecot appending a record) since the index
+        last saw dovecot-uidlist is not given again."""
+        self.deliver(MSG1, mtime=1000.0)
+        self.folder.scan()
+        other = write_durably(self.root / "cur", MSG3, "", 1500.0)
+        with open(self.root / "dovecot-uidlist", "a") as f:
+            f.write(f"5 :{other}\n")
+        self.assertEqual(self.folder.add(MSG2), 6)
+        self.assertEqual([e.uid for e in self.folder.scan().messages], [1, 5, 6])
 
 
 class MessageTests(MaildirTestCase):

@@ -45,6 +45,7 @@ from twistedmail.imap.protocol import (
     utf8_mailbox,
 )
 from twistedmail.imap.updates import MailboxUpdates, close_quietly
+from twistedmail.maildir import MaildirError
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -519,18 +520,31 @@ class AuthenticatedCommands(MailboxUpdates):
         if date is not None and parse_internaldate(date) is None:
             raise bad(b"Invalid date-time")
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
-        # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
-        mbox = await self.mail_account.select(decode_mailbox_name(name), False)
-        if mbox is None:
-            raise no(b"No such mailbox", b"TRYCREATE")
+        target = decode_mailbox_name(name)
+        mbox = self.mbox
+        opened = mbox is None or mbox.path != self.mail_account.folder_path(target)
+        if opened:
+            # opened as for EXAMINE: its \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
+            mbox = await self.mail_account.select(target, False)
+            if mbox is None:
+                raise no(b"No such mailbox", b"TRYCREATE")
+        # (else the selected folder's own mailbox stores it: no second one opened, whose
+        # scan and view of every message were a third of APPEND's time)
+        assert mbox is not None
         try:
             data = message.read()
             if not data:
                 raise no(b"Empty message", b"CANNOT")
             await self.check_quota(len(data), 1)  # RFC 9208 §4.3.1: NO [OVERQUOTA]
-            new_uid = await mbox.addMessage(data, flag_names, date)
+            try:
+                new_uid = await mbox.addMessage(data, flag_names, date)
+            except MaildirError:
+                if opened:
+                    raise
+                raise no(b"No such mailbox", b"TRYCREATE") from None  # deleted meanwhile
         finally:
-            close_quietly(mbox)
+            if opened:
+                close_quietly(mbox)
         await self._refresh_if_selected(mbox)
         if isinstance(new_uid, int) and mbox.getUIDValidity():
             # RFC 4315 §3: APPENDUID <uidvalidity> <uid>

@@ -76,7 +76,7 @@ def field_haystacks(name: bytes, text: bytes) -> Haystack:
 
 
 def decode_fields(
-    fields: list[tuple[bytes, bytes]], names: Collection[bytes]
+    fields: Sequence[tuple[bytes, bytes]], names: Collection[bytes]
 ) -> dict[bytes, list[Haystack]]:
     """{name: [each field C{name} of C{fields} (L{header_fields} output), in order, as
     L{field_haystacks}]} for C{names}; a line without a colon is no field."""

@@ -3,6 +3,7 @@ flags by delta, APPEND/EXPUNGE, under the folder's C{flock} and Dovecot's dotloc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -128,6 +129,37 @@ class Folder:
                 os.unlink(tmp)  # a full disk leaves no half-written copy behind
             raise
         fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
+
+    def _append_uidlist(self, uid: int, base: str) -> bool:
+        """Add the record C{<uid> :<base>} at the end of C{dovecot-uidlist}, durably, as
+        Dovecot adds records (the header's C{N} is left behind: readers take the last UID
+        + 1, L{_read_uidlist}); the caller holds the folder lock and knows C{uid} is above
+        every UID in the list.  One line and an fsync instead of the whole list written
+        again, renamed and the directory fsynced (RFC 3501 §2.3.1.1: the UID is on disk
+        before APPEND's OK either way).
+
+        @return: C{False}, with nothing written, when the list is missing or its last line
+            was cut short (a crash while one was added): the caller writes it whole."""
+        try:
+            fd = os.open(self.path / UIDLIST, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            if not size or os.pread(fd, 1, size - 1) != b"\n":
+                return False
+            line = f"{uid} :{base}\n".encode("utf-8", "surrogateescape")
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.EIO, "short write to dovecot-uidlist")
+                os.fsync(fd)
+            except BaseException:
+                with suppress(OSError):
+                    os.ftruncate(fd, size)  # no torn record left behind (a full disk)
+                raise
+            return True
+        finally:
+            os.close(fd)
 
     def _new_uidvalidity(self) -> int:
         """A UIDVALIDITY for a new UID list: the time, but above every one given out in this
@@ -656,12 +688,17 @@ class Folder:
             in_step = index.stamps() == stamps
             kept = self._in_step(index, stamps) if in_step else None
             base = write_durably(self.path / "cur", data, flags, mtime)
-            uidvalidity, uidnext, guid, uids = self._read_uidlist()
-            if uidvalidity == 0:
-                uidvalidity, guid = self._new_uidvalidity(), uuid.uuid4().hex
-            uid = uids[base] = uidnext
             try:
-                self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+                if in_step and index.uidvalidity and self._append_uidlist(index.uidnext, base):
+                    # the list is as the index last saw it: its UIDs are the index's
+                    uidvalidity, uidnext = index.uidvalidity, index.uidnext
+                else:
+                    uidvalidity, uidnext, guid, uids = self._read_uidlist()
+                    if uidvalidity == 0:
+                        uidvalidity, guid = self._new_uidvalidity(), uuid.uuid4().hex
+                    uids[base] = uidnext
+                    self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+                uid = uidnext
             except BaseException:
                 # no UID, no message: APPEND fails whole (nothing half-written is left)
                 with suppress(OSError):
