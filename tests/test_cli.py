@@ -207,6 +207,33 @@ class UserCommandTests(CLITestCase):
             "invalid address 'a@-bad-.org': invalid domain",
         )
 
+    def test_address_not_utf8(self) -> None:
+        """An address argument with bytes that are not UTF-8 (C{$'\\xff@example.org'}) is a
+        one-line error, exit 1, in every command that takes an address (no traceback)."""
+        self.add_user("alice@example.org")
+        bad = os.fsdecode(b"\xff@example.org")  # what sys.argv holds for those bytes
+        message = "invalid address '\\udcff@example.org': invalid local part"
+        self.assertUserError(self.run_cli("user", "add", bad, "--password-stdin"), message)
+        self.assertUserError(self.run_cli("user", "passwd", bad, "--password-stdin"), message)
+        self.assertUserError(self.run_cli("user", "del", bad), message)
+        self.assertUserError(self.run_cli("alias", "add", bad, "alice@example.org"), message)
+        self.assertUserError(self.run_cli("alias", "add", "x@example.org", bad), message)
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config), "user", "del"]
+            + [os.fsencode(bad)],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (1, b"", b"twistedmail: error: " + message.encode() + b"\n"),
+        )
+        self.assertUserError(
+            self.run_cli("throttle", "unblock", os.fsdecode(b"\xff")),
+            "not an IP address or a user address: '\\udcff'",
+        )
+
     def test_passwd(self) -> None:
         """'user passwd' (case-blind) replaces the password: the new one verifies, the old one
         not."""

@@ -343,6 +343,15 @@ def cmd_throttle_list(ctx: _Context, args: argparse.Namespace) -> None:
         )
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether C{text} has no lone surrogate (an argument's bytes that were not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _throttle_target(text: str) -> str:
     """An IP address, an IPv6 /64 as C{throttle list} shows it, or a user's address."""
     target = text.strip()
@@ -355,7 +364,7 @@ def _throttle_target(text: str) -> str:
             return str(ipaddress.ip_network(target, strict=False))
         except ValueError:
             raise UserError(f"invalid network {text!r}") from None
-    if not target or any(c.isspace() for c in target):
+    if not target or any(c.isspace() for c in target) or not _is_utf8(target):
         raise UserError(f"not an IP address or a user address: {text!r}")
     try:
         return str(Mailbox.parse(target))
