@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import importlib.metadata
 import io
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import tomllib
 from pathlib import Path
 
@@ -1086,3 +1092,48 @@ class VersionTests(CLITestCase):
             (result.returncode, result.stdout, result.stderr),
             (0, f"twistedmail {twistedmail.version()}\n", ""),
         )
+
+
+class RootAsOwnerImportTests(CLITestCase):
+    """The CLI run as root against a data dir owned by the server's user acts as that user
+    (README, running unprivileged); what a command imports must not need that user to read
+    the interpreter (pyenv's under a 0700 /root, as for the server's workers)."""
+
+    def test_check_as_root_on_a_data_dir_of_nobody(self) -> None:
+        """C{twistedmail check DOMAIN} run by root against a data dir owned by nobody judges
+        the records (exit 1 here: every lookup is refused), with no traceback."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (a data dir owned by nobody)")
+        nobody = pwd.getpwnam("nobody")
+        refuser = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        refuser.bind(("127.0.0.1", 0))
+        self.addCleanup(refuser.close)
+
+        def refuse() -> None:  # every query answered REFUSED (RFC 1035 §4.1.1, RCODE 5)
+            with contextlib.suppress(OSError):
+                while True:
+                    query, peer = refuser.recvfrom(512)
+                    refuser.sendto(query[:2] + b"\x81\x05" + query[4:], peer)
+
+        threading.Thread(target=refuse, daemon=True).start()
+        # Not under the test's temp dir: /tmp/pytest-of-root is 0700, nobody cannot enter it.
+        base = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        self.config, data_dir = base / "twistedmail.toml", base / "data"
+        self.write_config(
+            f'[server]\ndata_dir = "{data_dir}"\nhostname = "mail.example.org"\n'
+            f'[relay]\nnameservers = ["127.0.0.1:{refuser.getsockname()[1]}"]\n'
+        )
+        data_dir.mkdir(mode=0o700)
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config)]
+            + ["check", "example.org"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual((result.returncode, result.stderr), (1, ""))
+        self.assertIn("WRONG    MX example.org  ", result.stdout)

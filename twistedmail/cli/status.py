@@ -207,6 +207,15 @@ def cmd_dns_records(ctx: _Context, args: argparse.Namespace) -> None:
         _out(line)
 
 
+def preload_check() -> None:
+    """Import what L{cmd_check} runs on while the CLI is still root: it then acts as the
+    data dir's owner (L{_Context.act_as_data_dir_owner}), who may not be able to read the
+    interpreter's own modules (pyenv's under a 0700 C{/root}, as for the server's workers)."""
+    from twisted.internet import reactor  # noqa: F401
+
+    from twistedmail import service  # noqa: F401
+
+
 def cmd_check(ctx: _Context, args: argparse.Namespace) -> int:
     """Look up what C{args.domain} publishes and judge each record (L{dnscheck.check}): one
     line per record, or with C{--json} one object; 1 when a record is wrong or missing."""
