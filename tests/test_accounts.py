@@ -658,3 +658,18 @@ class AbuseTests(StoreTestCase):
         self.store.add_alias("postmaster@other.example", ["zed@example.org"])
         self.store.add_domain("third.example")
         self.assertEqual(self.store.domains_without_admin(), ["example.org", "third.example"])
+
+    def test_unknown_alias_targets(self) -> None:
+        """Alias targets in a local domain that no user, alias or catch-all takes (their copy
+        of the alias's mail is dropped) are reported; remote and known targets are not."""
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
+        self.store.add_alias("ext@example.org", ["someone@remote.example"])
+        self.store.add_alias("all@example.org", ["team@example.org", "Ghost@example.org"])
+        self.assertEqual(
+            self.store.unknown_alias_targets(),
+            [("all@example.org", "ghost@example.org"), ("team@example.org", "bob@example.org")],
+        )
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_alias("@example.org", ["alice@example.org"])  # a catch-all takes ghost@
+        self.assertEqual(self.store.unknown_alias_targets(), [])

@@ -636,6 +636,25 @@ class ConfigTests(CLITestCase):
             ),
         )
 
+    def test_check_config_warns_of_unknown_alias_targets(self) -> None:
+        """check-config warns of an alias target in a local domain that nobody has (e.g. a
+        user deleted since): the alias's mail is delivered to the others, that copy dropped."""
+        self.add_user("alice@example.org")
+        self.run_cli("alias", "add", "postmaster@example.org", "alice@example.org")
+        self.add_user("bob@example.org")
+        self.run_cli("alias", "add", "team@example.org", "alice@example.org", "bob@example.org")
+        self.run_cli("user", "del", "bob@example.org")
+        self.assertEqual(
+            self.run_cli("check-config"),
+            (
+                0,
+                f"config OK: {self.config}\n",
+                "twistedmail: warning: alias team@example.org -> bob@example.org: no such user"
+                " or alias here, the alias's mail never reaches it; run: twistedmail"
+                " alias del team@example.org, then alias add it with the targets to keep\n",
+            ),
+        )
+
     def test_catch_all_alias(self) -> None:
         """alias add/list/del take @domain (a catch-all); a wildcard or bare @ is one error."""
         self.add_user("alice@example.org")

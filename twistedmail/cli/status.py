@@ -49,7 +49,8 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
 
 def _warn_domains_without_admin(ctx: _Context) -> None:
     """A warning per local domain without a postmaster@ user or alias: its postmaster@ and
-    abuse@ mail (RFC 5321 §4.5.1, RFC 2142) falls back to the first user."""
+    abuse@ mail (RFC 5321 §4.5.1, RFC 2142) falls back to the first user; and one per alias
+    target in a local domain that nobody has (that copy is dropped)."""
     if not config_module.store_path(ctx.config).exists():
         return
     for domain in ctx.store(create=False).domains_without_admin():
@@ -57,6 +58,13 @@ def _warn_domains_without_admin(ctx: _Context) -> None:
             f"{PROG}: warning: {domain} has no configured admin: postmaster@{domain} and"
             f" abuse@{domain} go to the first user; run: {PROG} alias add"
             f" postmaster@{domain} ADMIN",
+            file=sys.stderr,
+        )
+    for alias, target in ctx.store(create=False).unknown_alias_targets():
+        print(
+            f"{PROG}: warning: alias {alias} -> {target}: no such user or alias here, the"
+            f" alias's mail never reaches it; run: {PROG} alias del {alias}, then alias add"
+            " it with the targets to keep",
             file=sys.stderr,
         )
 
