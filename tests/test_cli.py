@@ -1113,10 +1113,11 @@ class VersionTests(CLITestCase):
         )
 
 
-class RootAsOwnerImportTests(CLITestCase):
+class RootAsOwnerTests(CLITestCase):
     """The CLI run as root against a data dir owned by the server's user acts as that user
-    (README, running unprivileged); what a command imports must not need that user to read
-    the interpreter (pyenv's under a 0700 /root, as for the server's workers)."""
+    (README, running unprivileged): what a command imports must not need that user to read
+    the interpreter (pyenv's under a 0700 /root, as for the server's workers), and what that
+    user cannot open is named."""
 
     def test_check_as_root_on_a_data_dir_of_nobody(self) -> None:
         """C{twistedmail check DOMAIN} run by root against a data dir owned by nobody judges
@@ -1156,3 +1157,39 @@ class RootAsOwnerImportTests(CLITestCase):
         )
         self.assertEqual((result.returncode, result.stderr), (1, ""))
         self.assertIn("WRONG    MX example.org  ", result.stdout)
+
+    def test_a_control_socket_the_owner_cannot_open_is_named(self) -> None:
+        """C{twistedmail status} as root against a data dir owned by nobody, whose control
+        socket is root's (a server started as root without C{-u}): one line naming the
+        socket, not a bare "Permission denied"."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (a data dir owned by nobody)")
+        nobody = pwd.getpwnam("nobody")
+        base = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        self.config, data_dir = base / "twistedmail.toml", base / "data"
+        self.write_config(f'[server]\ndata_dir = "{data_dir}"\nhostname = "mail.example.org"\n')
+        data_dir.mkdir(mode=0o700)
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(control.close)
+        control.bind(str(data_dir / "control"))
+        os.chmod(data_dir / "control", 0o600)
+        control.listen(1)
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config), "status"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (
+                1,
+                "",
+                f"twistedmail: error: cannot connect to the server's control socket"
+                f" {data_dir / 'control'}: Permission denied\n",
+            ),
+        )

@@ -325,12 +325,17 @@ _T = TypeVar("_T")
 def _ask_server(ctx: _Context, ask: Callable[[Path], _T]) -> _T:
     """C{ask(control socket)} of the running server (L{twistedmail.control}).
 
-    @raise UserError: no server is running.
+    @raise UserError: no server is running, or its socket is not ours to open.
     """
+    path = config_module.control_path(ctx.config)
     try:
-        return ask(config_module.control_path(ctx.config))
+        return ask(path)
     except control.NoServer:
         raise UserError("no running server") from None
+    except PermissionError as e:  # connect() names no file: say which socket
+        raise UserError(
+            f"cannot connect to the server's control socket {path}: {e.strerror}"
+        ) from None
 
 
 def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
