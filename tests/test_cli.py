@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import importlib.metadata
 import io
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -305,6 +307,24 @@ class UserCommandTests(CLITestCase):
         self.make_maildir("alice@example.org")
         self.run_cli("user", "del", "alice@example.org")
         self.assertEqual(len(list((self.data_dir / "deleted").iterdir())), 2)
+
+    def test_del_of_a_long_address_moves_the_maildir_aside(self) -> None:
+        """An address of up to 254 octets (RFC 5321 §4.5.3.1.3) is too long for one file
+        name with the timestamp: user del moves its Maildir aside under the address cut to
+        217 octets, "~" and 16 hex digits of its SHA-256, not "File name too long"."""
+        domain = f"{'a' * 63}.{'b' * 63}.{'c' * 55}.test"
+        address = f"{'u' * 60}@{domain}"  # 249 octets
+        self.add_user(address)
+        self.make_maildir(address)
+        code, out, err = self.run_cli("user", "del", address)
+        [moved] = (self.data_dir / "deleted").iterdir()
+        self.assertEqual(
+            (code, out, err), (0, f"deleted user {address}; its mail is moved to {moved}\n", "")
+        )
+        digest = hashlib.sha256(address.encode()).hexdigest()[:16]
+        self.assertRegex(moved.name, rf"^{re.escape(address[:217])}~{digest}-\d{{8}}T\d{{6}}Z$")
+        self.assertEqual((moved / "new" / "1.M1P1.host,S=5").read_bytes(), b"old\r\n")
+        self.assertEqual(self.store().users(), [])
 
     def test_add_refuses_an_existing_maildir_unless_adopted(self) -> None:
         """user del --keep-mail leaves the Maildir; user add then refuses it (one line, exit
