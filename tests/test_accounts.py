@@ -202,6 +202,20 @@ class UserTests(StoreTestCase):
             "h",
         )
 
+    def test_longer_than_an_smtp_path_holds(self) -> None:
+        """A user or alias (or alias target) of more than 254 octets is refused: no SMTP path
+        (256 octets with its brackets, RFC 5321 §4.5.3.1.3) can carry it, so no mail would
+        ever reach it ("501 5.1.3 Path too long"); 254 octets are accepted."""
+        domain = f"{'a' * 63}.{'b' * 63}.{'c' * 63}.test"  # 196 octets
+        too_long, longest = f"{'u' * 60}@{domain}", f"{'u' * 57}@{domain}"
+        why = f"invalid address {too_long!r}: over 254 octets, longer than an SMTP path holds"
+        self.assertStoreError(why, self.store.add_user, too_long, "h")
+        self.store.add_domain(domain)
+        self.assertStoreError(why, self.store.add_alias, too_long, ["x@example.net"])
+        self.assertStoreError(why, self.store.add_alias, f"a@{domain}", [too_long])
+        self.assertEqual(self.store.add_user(longest, "h")[0], Mailbox.parse(longest))
+        self.assertEqual(self.store.users(), [longest])
+
     def test_set_password_hash(self) -> None:
         """set_password_hash replaces the hash (case-blind) and refuses an unknown user."""
         self.store.add_user("alice@example.org", "old")
