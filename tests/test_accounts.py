@@ -202,6 +202,20 @@ class UserTests(StoreTestCase):
             "h",
         )
 
+    def test_longer_than_an_smtp_path_holds(self) -> None:
+        """A user or alias (or alias target) of more than 254 octets is refused: no SMTP path
+        (256 octets with its brackets, RFC 5321 §4.5.3.1.3) can carry it, so no mail would
+        ever reach it ("501 5.1.3 Path too long"); 254 octets are accepted."""
+        domain = f"{'a' * 63}.{'b' * 63}.{'c' * 63}.test"  # 196 octets
+        too_long, longest = f"{'u' * 60}@{domain}", f"{'u' * 57}@{domain}"
+        why = f"invalid address {too_long!r}: over 254 octets, longer than an SMTP path holds"
+        self.assertStoreError(why, self.store.add_user, too_long, "h")
+        self.store.add_domain(domain)
+        self.assertStoreError(why, self.store.add_alias, too_long, ["x@example.net"])
+        self.assertStoreError(why, self.store.add_alias, f"a@{domain}", [too_long])
+        self.assertEqual(self.store.add_user(longest, "h")[0], Mailbox.parse(longest))
+        self.assertEqual(self.store.users(), [longest])
+
     def test_set_password_hash(self) -> None:
         """set_password_hash replaces the hash (case-blind) and refuses an unknown user."""
         self.store.add_user("alice@example.org", "old")
@@ -658,3 +672,18 @@ class AbuseTests(StoreTestCase):
         self.store.add_alias("postmaster@other.example", ["zed@example.org"])
         self.store.add_domain("third.example")
         self.assertEqual(self.store.domains_without_admin(), ["example.org", "third.example"])
+
+    def test_unknown_alias_targets(self) -> None:
+        """Alias targets in a local domain that no user, alias or catch-all takes (their copy
+        of the alias's mail is dropped) are reported; remote and known targets are not."""
+        self.store.add_user("alice@example.org", "h")
+        self.store.add_alias("team@example.org", ["alice@example.org", "bob@example.org"])
+        self.store.add_alias("ext@example.org", ["someone@remote.example"])
+        self.store.add_alias("all@example.org", ["team@example.org", "Ghost@example.org"])
+        self.assertEqual(
+            self.store.unknown_alias_targets(),
+            [("all@example.org", "ghost@example.org"), ("team@example.org", "bob@example.org")],
+        )
+        self.store.add_user("bob@example.org", "h")
+        self.store.add_alias("@example.org", ["alice@example.org"])  # a catch-all takes ghost@
+        self.assertEqual(self.store.unknown_alias_targets(), [])

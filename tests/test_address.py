@@ -186,6 +186,13 @@ class MailboxTests(unittest.TestCase):
             e = self.assertRaises(AddressError, Mailbox.parse, text)
             self.assertEqual(str(e), message, repr(text))
 
+    def test_not_utf8(self) -> None:
+        """A local part holding bytes that were not UTF-8 (a lone surrogate, as Python decodes
+        such a command-line argument) is an invalid local part, not a UnicodeEncodeError."""
+        for text in ("\udcff@example.org", "al\udce9ice@example.org", '"\udcff"@example.org'):
+            e = self.assertRaises(AddressError, Mailbox.parse, text)
+            self.assertEqual(str(e), "invalid local part", repr(text))
+
 
 class PathTests(unittest.TestCase):
     """C{MAIL FROM:}/C{RCPT TO:} arguments, RFC 5321 §4.1.2 Path and §4.1.1.2/§4.1.1.3."""

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import hashlib
 import importlib.metadata
 import io
 import os
+import pwd
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import tomllib
 from pathlib import Path
 
@@ -207,6 +215,33 @@ class UserCommandTests(CLITestCase):
             "invalid address 'a@-bad-.org': invalid domain",
         )
 
+    def test_address_not_utf8(self) -> None:
+        """An address argument with bytes that are not UTF-8 (C{$'\\xff@example.org'}) is a
+        one-line error, exit 1, in every command that takes an address (no traceback)."""
+        self.add_user("alice@example.org")
+        bad = os.fsdecode(b"\xff@example.org")  # what sys.argv holds for those bytes
+        message = "invalid address '\\udcff@example.org': invalid local part"
+        self.assertUserError(self.run_cli("user", "add", bad, "--password-stdin"), message)
+        self.assertUserError(self.run_cli("user", "passwd", bad, "--password-stdin"), message)
+        self.assertUserError(self.run_cli("user", "del", bad), message)
+        self.assertUserError(self.run_cli("alias", "add", bad, "alice@example.org"), message)
+        self.assertUserError(self.run_cli("alias", "add", "x@example.org", bad), message)
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config), "user", "del"]
+            + [os.fsencode(bad)],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (1, b"", b"twistedmail: error: " + message.encode() + b"\n"),
+        )
+        self.assertUserError(
+            self.run_cli("throttle", "unblock", os.fsdecode(b"\xff")),
+            "not an IP address or a user address: '\\udcff'",
+        )
+
     def test_passwd(self) -> None:
         """'user passwd' (case-blind) replaces the password: the new one verifies, the old one
         not."""
@@ -272,6 +307,24 @@ class UserCommandTests(CLITestCase):
         self.make_maildir("alice@example.org")
         self.run_cli("user", "del", "alice@example.org")
         self.assertEqual(len(list((self.data_dir / "deleted").iterdir())), 2)
+
+    def test_del_of_a_long_address_moves_the_maildir_aside(self) -> None:
+        """An address of up to 254 octets (RFC 5321 §4.5.3.1.3) is too long for one file
+        name with the timestamp: user del moves its Maildir aside under the address cut to
+        217 octets, "~" and 16 hex digits of its SHA-256, not "File name too long"."""
+        domain = f"{'a' * 63}.{'b' * 63}.{'c' * 55}.test"
+        address = f"{'u' * 60}@{domain}"  # 249 octets
+        self.add_user(address)
+        self.make_maildir(address)
+        code, out, err = self.run_cli("user", "del", address)
+        [moved] = (self.data_dir / "deleted").iterdir()
+        self.assertEqual(
+            (code, out, err), (0, f"deleted user {address}; its mail is moved to {moved}\n", "")
+        )
+        digest = hashlib.sha256(address.encode()).hexdigest()[:16]
+        self.assertRegex(moved.name, rf"^{re.escape(address[:217])}~{digest}-\d{{8}}T\d{{6}}Z$")
+        self.assertEqual((moved / "new" / "1.M1P1.host,S=5").read_bytes(), b"old\r\n")
+        self.assertEqual(self.store().users(), [])
 
     def test_add_refuses_an_existing_maildir_unless_adopted(self) -> None:
         """user del --keep-mail leaves the Maildir; user add then refuses it (one line, exit
@@ -600,6 +653,25 @@ class ConfigTests(CLITestCase):
                 "twistedmail: warning: example.org has no configured admin: postmaster@example.org"
                 " and abuse@example.org go to the first user; run: twistedmail alias add"
                 " postmaster@example.org ADMIN\n",
+            ),
+        )
+
+    def test_check_config_warns_of_unknown_alias_targets(self) -> None:
+        """check-config warns of an alias target in a local domain that nobody has (e.g. a
+        user deleted since): the alias's mail is delivered to the others, that copy dropped."""
+        self.add_user("alice@example.org")
+        self.run_cli("alias", "add", "postmaster@example.org", "alice@example.org")
+        self.add_user("bob@example.org")
+        self.run_cli("alias", "add", "team@example.org", "alice@example.org", "bob@example.org")
+        self.run_cli("user", "del", "bob@example.org")
+        self.assertEqual(
+            self.run_cli("check-config"),
+            (
+                0,
+                f"config OK: {self.config}\n",
+                "twistedmail: warning: alias team@example.org -> bob@example.org: no such user"
+                " or alias here, the alias's mail never reaches it; run: twistedmail"
+                " alias del team@example.org, then alias add it with the targets to keep\n",
             ),
         )
 
@@ -1058,4 +1130,86 @@ class VersionTests(CLITestCase):
         self.assertEqual(
             (result.returncode, result.stdout, result.stderr),
             (0, f"twistedmail {twistedmail.version()}\n", ""),
+        )
+
+
+class RootAsOwnerTests(CLITestCase):
+    """The CLI run as root against a data dir owned by the server's user acts as that user
+    (README, running unprivileged): what a command imports must not need that user to read
+    the interpreter (pyenv's under a 0700 /root, as for the server's workers), and what that
+    user cannot open is named."""
+
+    def test_check_as_root_on_a_data_dir_of_nobody(self) -> None:
+        """C{twistedmail check DOMAIN} run by root against a data dir owned by nobody judges
+        the records (exit 1 here: every lookup is refused), with no traceback."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (a data dir owned by nobody)")
+        nobody = pwd.getpwnam("nobody")
+        refuser = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        refuser.bind(("127.0.0.1", 0))
+        self.addCleanup(refuser.close)
+
+        def refuse() -> None:  # every query answered REFUSED (RFC 1035 §4.1.1, RCODE 5)
+            with contextlib.suppress(OSError):
+                while True:
+                    query, peer = refuser.recvfrom(512)
+                    refuser.sendto(query[:2] + b"\x81\x05" + query[4:], peer)
+
+        threading.Thread(target=refuse, daemon=True).start()
+        # Not under the test's temp dir: /tmp/pytest-of-root is 0700, nobody cannot enter it.
+        base = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        self.config, data_dir = base / "twistedmail.toml", base / "data"
+        self.write_config(
+            f'[server]\ndata_dir = "{data_dir}"\nhostname = "mail.example.org"\n'
+            f'[relay]\nnameservers = ["127.0.0.1:{refuser.getsockname()[1]}"]\n'
+        )
+        data_dir.mkdir(mode=0o700)
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config)]
+            + ["check", "example.org"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual((result.returncode, result.stderr), (1, ""))
+        self.assertIn("WRONG    MX example.org  ", result.stdout)
+
+    def test_a_control_socket_the_owner_cannot_open_is_named(self) -> None:
+        """C{twistedmail status} as root against a data dir owned by nobody, whose control
+        socket is root's (a server started as root without C{-u}): one line naming the
+        socket, not a bare "Permission denied"."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (a data dir owned by nobody)")
+        nobody = pwd.getpwnam("nobody")
+        base = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        self.config, data_dir = base / "twistedmail.toml", base / "data"
+        self.write_config(f'[server]\ndata_dir = "{data_dir}"\nhostname = "mail.example.org"\n')
+        data_dir.mkdir(mode=0o700)
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(control.close)
+        control.bind(str(data_dir / "control"))
+        os.chmod(data_dir / "control", 0o600)
+        control.listen(1)
+        result = subprocess.run(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config), "status"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (
+                1,
+                "",
+                f"twistedmail: error: cannot connect to the server's control socket"
+                f" {data_dir / 'control'}: Permission denied\n",
+            ),
         )

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from twistedmail.address import AddressError, Mailbox, normalize_domain
+from twistedmail.address import MAX_PATH, AddressError, Mailbox, normalize_domain
 
 SCHEMA_VERSION = 2
 MAX_ALIAS_DEPTH = 10  # alias chains longer than this are treated as loops
@@ -113,6 +113,20 @@ def _mailbox(text: str) -> Mailbox:
         raise StoreError(f"invalid address {text!r}: quoted local parts are not accepted")
     if mailbox.literal:
         raise StoreError(f"invalid address {text!r}: not a domain name")
+    return mailbox
+
+
+MAX_MAILBOX = MAX_PATH - 2  # RFC 5321 §4.5.3.1.3: a path holds 256 octets with "<" ">"
+
+
+def _new_mailbox(text: str) -> Mailbox:
+    """L{_mailbox} for a new user or alias (or alias target): also refused when no SMTP path
+    can hold it (it could never receive mail: C{501 5.1.3 Path too long})."""
+    mailbox = _mailbox(text)
+    if len(str(mailbox).encode("utf-8")) > MAX_MAILBOX:
+        raise StoreError(
+            f"invalid address {text!r}: over {MAX_MAILBOX} octets, longer than an SMTP path holds"
+        )
     return mailbox
 
 
@@ -316,7 +330,7 @@ class AccountStore:
 
         @raise StoreError: if the address is invalid or already a user or alias.
         """
-        mbox = _mailbox(address)
+        mbox = _new_mailbox(address)
         if "/" in mbox.local:
             # Valid in RFC 5321, but a user's local part names their Maildir directory.
             raise StoreError(f"invalid address {address!r}: '/' is not allowed in a user name")
@@ -419,8 +433,10 @@ class AccountStore:
         addresses, or no targets.
         """
         key = _alias_key(address)
+        if not key.startswith("@"):
+            _new_mailbox(address)
         domain = key.rpartition("@")[2]
-        normalised = sorted({str(_mailbox(t)) for t in targets})
+        normalised = sorted({str(_new_mailbox(t)) for t in targets})
         if not normalised:
             raise StoreError("an alias needs at least one target")
         if not self.is_local_domain(domain):
@@ -526,6 +542,18 @@ class AccountStore:
             for d in self.domains()
             if not self.is_user(f"{POSTMASTER}@{d}") and not self.alias_targets(f"{POSTMASTER}@{d}")
         ]
+
+    def unknown_alias_targets(self) -> list[tuple[str, str]]:
+        """(alias, target) for each alias target in a local domain that L{route} finds
+        nothing for (a user deleted since, a typo): L{resolve} drops that copy of the
+        alias's mail without a word, so C{check-config} warns."""
+        unknown = []
+        for alias in self.aliases():
+            for target in alias.targets:
+                mbox = Mailbox.parse(target)
+                if self.is_local_domain(mbox.domain) and self.route(mbox) is None:
+                    unknown.append((alias.address, target))
+        return unknown
 
     def postmaster_of(self, domain: str) -> Mailbox | None:
         """Where C{postmaster@domain} goes when no user or alias of that name exists.

@@ -101,9 +101,14 @@ def _normalize_local(local: str) -> str:
     content is a valid Dot-string is the same mailbox as that Dot-string (C{"alice"} is
     C{alice}); any other is kept quoted, with a backslash only before C{"} and C{\\}.
 
-    @raise AddressError: a malformed or over-long (§4.5.3.1.1: 64 octets) local part.
+    @raise AddressError: a malformed or over-long (§4.5.3.1.1: 64 octets) local part, or
+        one with a lone surrogate (bytes that were not UTF-8, e.g. in a command-line argument).
     """
-    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+    try:
+        octets = len(local.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise AddressError("invalid local part") from None
+    if octets > MAX_LOCAL_PART:
         raise AddressError("local part too long")
     quoted = _QUOTED_STRING.match(local)
     if quoted:

@@ -53,7 +53,9 @@ L{STOP_GRACE} seconds), then stops the zygote.  When the parent dies (even by SI
 zygote and the workers stop too: the kernel sends each SIGTERM (C{PR_SET_PDEATHSIG}, set
 after the drop, which clears it), and the end of the command channel stops them otherwise.
 A zygote that dies takes its workers along; the parent starts it again (which works as
-long as the interpreter stays readable to the dropped user).
+long as the interpreter stays readable to the dropped user; when it cannot, the parent logs
+C{worker N not started: cannot start the workers' zygote: ...} and tries again, with the
+same growing pause).
 
 Descriptors of a worker: 0 and 3 one socket pair with the parent (its commands in, the
 worker's messages out), 1 its log (below), 2 its stderr, then the listening sockets from
@@ -333,6 +335,9 @@ class Supervisor(Service):
             self.reactor.spawnProcess(
                 zygote, sys.executable, args, env=dict(os.environ), childFDs=child_fds
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.zygote = zygote
@@ -347,7 +352,22 @@ class Supervisor(Service):
         if self._stopping:
             return
         if self.zygote is None:
-            self._start_zygote()
+            try:
+                self._start_zygote()
+            except OSError as e:
+                # After twistd -u the user may not run the interpreter (pyenv's under a 0700
+                # /root), or processes or descriptors ran out: said once a try, tried again.
+                delay = self._delays.get(slot, RESTART_FIRST)
+                self._delays[slot] = min(delay * 2, RESTART_MAX)
+                log.error(
+                    "worker {slot} not started: cannot start the workers' zygote: {error};"
+                    " trying again in {delay:.0f}s",
+                    slot=slot,
+                    error=str(e),
+                    delay=delay,
+                )
+                self._restarts[slot] = self.reactor.callLater(delay, self._spawn, slot)
+                return
         assert self.zygote is not None
         process = WorkerProcess(self, slot)
         process.log_sink = self._log_sink

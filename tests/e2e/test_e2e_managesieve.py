@@ -368,6 +368,30 @@ def test_hostile_input_gets_a_clear_no_and_writes_nothing_outside(
     assert sorted(p.name for p in sieve_dir(srv).iterdir()) == ["good.sieve"]
 
 
+def test_a_name_whose_file_name_is_too_long_gets_a_clear_no(
+    tls_server: tuple[Server, Path],
+) -> None:
+    """A script name of at most 256 characters whose file, NAME.sieve, would pass 255 octets
+    (250 ASCII letters, or 200 two-octet ones) is refused as a name (RFC 5804 §1.6), not
+    "NO (TRYLATER) Internal server error", for PUTSCRIPT and RENAMESCRIPT; nothing written."""
+    srv, ca = tls_server
+    c = Raw(srv, ca)
+    c.send(b'PUTSCRIPT "good" "keep;"\r\n')
+    assert c.line() == b'OK "Script stored"'
+    before = tree(srv.data_dir)
+    refused = b'NO "Invalid script name: script file name longer than 255 octets"'
+    for name in (b"n" * 250, "\u00e9".encode() * 200):
+        c.send(b'PUTSCRIPT "%s" "keep;"\r\n' % name)
+        assert c.line() == refused
+        c.send(b'RENAMESCRIPT "good" "%s"\r\n' % name)
+        assert c.line() == refused
+    c.send(b'PUTSCRIPT "%s" "keep;"\r\nLOGOUT\r\n' % (b"n" * 249))
+    assert c.line() == b'OK "Script stored"'
+    assert c.line() == b'OK "Logout completed"'
+    c.close()
+    assert tree(srv.data_dir) - before == {f"mail/example.test/alice/sieve/{'n' * 249}.sieve"}
+
+
 def test_before_tls_nothing_but_capability_starttls_logout_noop(
     tls_server: tuple[Server, Path],
 ) -> None:

@@ -182,6 +182,29 @@ def test_hostile_folder_names_stay_inside_the_maildir(
     assert home.is_dir()
 
 
+def test_folder_names_past_the_directory_name_limit_create_nothing(
+    server: Server, alice_imap: imaplib.IMAP4_SSL
+) -> None:
+    """A folder whose Maildir++ directory (C{.A.B.C}, one name) would pass 255 octets
+    (NAME_MAX) is an invalid name for CREATE and RENAME: no half-made parents, and a RENAME
+    whose children's names would pass it renames nothing."""
+    home = server.maildir(ALICE)
+    invalid = b"NO [CANNOT] Invalid mailbox name"
+    before = tree(home)
+    deep = b"a." * 127 + b"a"  # 255 octets, and the directory's leading dot
+    wide = "\u00e9".encode() * 100  # 200 octets of UTF-8, 270 of modified UTF-7
+    for name in (deep, wide, b"x." + b"b" * 253):
+        assert imap_command(alice_imap, b"CREATE {}", name) == invalid, name
+        assert imap_command(alice_imap, b"RENAME INBOX {}", name) == invalid, name
+    assert tree(home) == before
+    assert imap_command(alice_imap, b"CREATE {}", b"p." + b"c" * 200) == b"OK CREATE completed"
+    before = tree(home)
+    assert imap_command(alice_imap, b"RENAME p {}", b"q." + b"r" * 60) == invalid
+    assert tree(home) == before
+    assert imap_command(alice_imap, b"RENAME p {}", b"q." + b"r" * 50) == b"OK RENAME completed"
+    assert (home / (".q." + "r" * 50 + "." + "c" * 200) / "cur").is_dir()
+
+
 def test_hostile_user_names_stay_inside_the_data_dir(server: Server) -> None:
     """Hostile user names in IMAP, POP3 and SMTP logins fail to authenticate and create nothing
     outside the data dir."""

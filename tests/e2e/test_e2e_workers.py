@@ -11,6 +11,7 @@ import imaplib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import smtplib
@@ -332,6 +333,31 @@ def test_a_killed_worker_is_started_again_and_no_acknowledged_mail_is_lost(
         sender.join(120)
     assert "worker 1 (pid %d) exited" % worker in two.log.read_text()
     assert set(acknowledged) <= set(on_disk(two))
+
+
+def test_a_zygote_that_cannot_be_started_again_is_retried(two: Server) -> None:
+    """kill -9 of the workers' zygote while the parent cannot start another (here out of
+    descriptors; with C{twistd -u}, an interpreter the user cannot read): one log line
+    and a retry, no traceback; once it can, the zygote and its worker are back."""
+    (worker,) = two.worker_pids()
+    status = Path(f"/proc/{worker}/status").read_text()
+    zygote = int(re.search(r"^PPid:\s+(\d+)$", status, re.M).group(1))  # type: ignore[union-attr]
+    limits = resource.prlimit(two.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(two.pid, resource.RLIMIT_NOFILE, (3, limits[1]))  # no new descriptor
+    try:
+        os.kill(zygote, signal.SIGKILL)
+        wait_for(
+            lambda: "worker 1 not started: cannot start the workers' zygote" in two.log.read_text(),
+            "the failed start logged",
+        )
+    finally:
+        resource.prlimit(two.pid, resource.RLIMIT_NOFILE, limits)
+    (new,) = wait_for_workers(two, exclude=(worker,))
+    assert new != worker
+    log = two.log.read_text()
+    assert "Traceback" not in log
+    assert "Too many open files" in log
+    assert len(imap_on_each_process(two)) == 2
 
 
 def test_daemonized_server_starts_and_stops_its_workers(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ from twistedmail.cli.status import (
     cmd_status,
     cmd_throttle_list,
     cmd_throttle_unblock,
+    preload_check,
 )
 from twistedmail.cli.users import (
     cmd_alias_add,
@@ -332,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.func is not cmd_check_config:  # it reads root's TLS files first
             if args.func not in (cmd_init, cmd_restore):
                 ctx.require_data_dir()
+            if args.func is cmd_check:
+                preload_check()
             ctx.act_as_data_dir_owner()
         return int(args.func(ctx, args) or 0)
     except (

@@ -49,7 +49,8 @@ def cmd_check_config(ctx: _Context, args: argparse.Namespace) -> None:
 
 def _warn_domains_without_admin(ctx: _Context) -> None:
     """A warning per local domain without a postmaster@ user or alias: its postmaster@ and
-    abuse@ mail (RFC 5321 §4.5.1, RFC 2142) falls back to the first user."""
+    abuse@ mail (RFC 5321 §4.5.1, RFC 2142) falls back to the first user; and one per alias
+    target in a local domain that nobody has (that copy is dropped)."""
     if not config_module.store_path(ctx.config).exists():
         return
     for domain in ctx.store(create=False).domains_without_admin():
@@ -57,6 +58,13 @@ def _warn_domains_without_admin(ctx: _Context) -> None:
             f"{PROG}: warning: {domain} has no configured admin: postmaster@{domain} and"
             f" abuse@{domain} go to the first user; run: {PROG} alias add"
             f" postmaster@{domain} ADMIN",
+            file=sys.stderr,
+        )
+    for alias, target in ctx.store(create=False).unknown_alias_targets():
+        print(
+            f"{PROG}: warning: alias {alias} -> {target}: no such user or alias here, the"
+            f" alias's mail never reaches it; run: {PROG} alias del {alias}, then alias add"
+            " it with the targets to keep",
             file=sys.stderr,
         )
 
@@ -207,6 +215,15 @@ def cmd_dns_records(ctx: _Context, args: argparse.Namespace) -> None:
         _out(line)
 
 
+def preload_check() -> None:
+    """Import what L{cmd_check} runs on while the CLI is still root: it then acts as the
+    data dir's owner (L{_Context.act_as_data_dir_owner}), who may not be able to read the
+    interpreter's own modules (pyenv's under a 0700 C{/root}, as for the server's workers)."""
+    from twisted.internet import reactor  # noqa: F401
+
+    from twistedmail import service  # noqa: F401
+
+
 def cmd_check(ctx: _Context, args: argparse.Namespace) -> int:
     """Look up what C{args.domain} publishes and judge each record (L{dnscheck.check}): one
     line per record, or with C{--json} one object; 1 when a record is wrong or missing."""
@@ -308,12 +325,17 @@ _T = TypeVar("_T")
 def _ask_server(ctx: _Context, ask: Callable[[Path], _T]) -> _T:
     """C{ask(control socket)} of the running server (L{twistedmail.control}).
 
-    @raise UserError: no server is running.
+    @raise UserError: no server is running, or its socket is not ours to open.
     """
+    path = config_module.control_path(ctx.config)
     try:
-        return ask(config_module.control_path(ctx.config))
+        return ask(path)
     except control.NoServer:
         raise UserError("no running server") from None
+    except PermissionError as e:  # connect() names no file: say which socket
+        raise UserError(
+            f"cannot connect to the server's control socket {path}: {e.strerror}"
+        ) from None
 
 
 def cmd_queue_flush(ctx: _Context, args: argparse.Namespace) -> None:
@@ -343,6 +365,15 @@ def cmd_throttle_list(ctx: _Context, args: argparse.Namespace) -> None:
         )
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether C{text} has no lone surrogate (an argument's bytes that were not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _throttle_target(text: str) -> str:
     """An IP address, an IPv6 /64 as C{throttle list} shows it, or a user's address."""
     target = text.strip()
@@ -355,7 +386,7 @@ def _throttle_target(text: str) -> str:
             return str(ipaddress.ip_network(target, strict=False))
         except ValueError:
             raise UserError(f"invalid network {text!r}") from None
-    if not target or any(c.isspace() for c in target):
+    if not target or any(c.isspace() for c in target) or not _is_utf8(target):
         raise UserError(f"not an IP address or a user address: {text!r}")
     try:
         return str(Mailbox.parse(target))

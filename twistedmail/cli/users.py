@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import os
 import sys
 import time
@@ -90,12 +91,20 @@ def cmd_init(ctx: _Context, args: argparse.Namespace) -> None:
     _out(f"data dir {data_dir} {'already set up' if existed else 'created'}")
 
 
+MAX_ASIDE_NAME = 234  # NAME_MAX 255 less "-20261206T221500Z-NN"
+
+
 def _move_aside(ctx: _Context, path: Path, name: str) -> Path:
     """Move C{path} (a Maildir, or a domain's directory of them) to
     C{DATA_DIR/deleted/NAME-TIMESTAMP/} (UTC, e.g. C{20261206T221500Z}), where nobody can
-    log in to it, and return the new path (issue 9)."""
+    log in to it, and return the new path (issue 9).  A C{NAME} over L{MAX_ASIDE_NAME}
+    octets (an address near RFC 5321's 254) is cut there, with C{~} and a hash of it, to
+    keep the directory's name within NAME_MAX (255)."""
     deleted = ctx.config.server.data_dir / "deleted"
     deleted.mkdir(mode=0o700, exist_ok=True)
+    if len(name.encode("utf-8")) > MAX_ASIDE_NAME:
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+        name = name.encode("utf-8")[: MAX_ASIDE_NAME - 17].decode("utf-8", "ignore") + "~" + digest
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = deleted / f"{name}-{stamp}"
     n = 1

@@ -289,6 +289,7 @@ class MaildirAccount:
         parent = new.rpartition(DELIMITER)[0]
         try:
             self.maildir.folder_path(new)  # a refused name must not leave its parent behind
+            self.maildir.renamed_children(old, new)  # nor a child's name too long
             if parent and parent not in folders:
                 self.create(parent)
             self.maildir.rename(old, new)

@@ -30,6 +30,7 @@ UIDLIST_LOCK = "dovecot-uidlist.lock"
 """Dovecot's dotlock of the UID list (maildir-uidlist.c), taken with the C{flock} above so that
 a Dovecot or doveadm on the same Maildir never hands out a UID we hand out."""
 SUBSCRIPTIONS = "subscriptions"
+MAX_DIRNAME = 255  # NAME_MAX: a Maildir++ folder, .A.B.C, is one directory name
 DELIMITER = "."
 INBOX = "INBOX"
 FLAG_LETTERS = "DFPRST"
@@ -217,7 +218,7 @@ def encode_folder_name(name: str) -> str:
 
     @raise FolderNameError: for INBOX, empty parts, C{/}, NUL or control characters, or a
         part beginning with C{.} (RFC 3501 §5.1 leaves names to the server; these would
-        escape the folder or confuse Maildir++).
+        escape the folder or confuse Maildir++), or a directory name over L{MAX_DIRNAME}.
     """
     parts = name.split(DELIMITER)
     if name.upper() == INBOX:
@@ -229,8 +230,10 @@ def encode_folder_name(name: str) -> str:
             raise FolderNameError("invalid folder name")
         if len(part.encode("utf-8")) > 200:
             raise FolderNameError("folder name too long")
-    encoded = name.encode("imap4-utf-7").decode("ascii")
-    return "." + encoded
+    encoded = "." + name.encode("imap4-utf-7").decode("ascii")
+    if len(encoded) > MAX_DIRNAME:  # ENAMETOOLONG, after the parents were made
+        raise FolderNameError("folder name too long")
+    return encoded
 
 
 def decode_folder_name(dirname: str) -> str:

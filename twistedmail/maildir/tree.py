@@ -18,6 +18,7 @@ from twistedmail.maildir.folder import Folder
 from twistedmail.maildir.names import (
     DELIMITER,
     INBOX,
+    MAX_DIRNAME,
     SUBSCRIPTIONS,
     FolderNameError,
     MaildirError,
@@ -107,11 +108,26 @@ class UserMaildir:
             return
         if not (src / "cur").is_dir():
             raise MaildirError("no such mailbox")
-        children = [d for d in os.listdir(self.root) if d.startswith(src.name + DELIMITER)]
+        children = self.renamed_children(old, new)
         os.rename(src, dst)
-        for child in children:
-            os.rename(self.root / child, self.root / (dst.name + child[len(src.name) :]))
+        for child, renamed in children:
+            os.rename(self.root / child, self.root / renamed)
         fsync_dir(self.root)
+
+    def renamed_children(self, old: str, new: str) -> list[tuple[str, str]]:
+        """The directory names of C{old}'s children and theirs once C{old} is C{new}.
+
+        @raise FolderNameError: a new name over L{MAX_DIRNAME} (checked before anything is
+            renamed or created).
+        """
+        src, dst = self.folder_path(old), self.folder_path(new)
+        if src == self.root:
+            return []  # INBOX's messages move, its children stay
+        children = [d for d in os.listdir(self.root) if d.startswith(src.name + DELIMITER)]
+        renamed = [(child, dst.name + child[len(src.name) :]) for child in children]
+        if any(len(name) > MAX_DIRNAME for _, name in renamed):
+            raise FolderNameError("folder name too long")
+        return renamed
 
     # subscriptions (RFC 3501 §6.3.6): one name per line
 

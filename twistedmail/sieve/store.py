@@ -20,6 +20,8 @@ ACTIVE_LINK = ".dovecot.sieve"
 SUFFIX = ".sieve"
 MAX_NAME_LENGTH = 256
 """Characters; Pigeonhole's C{SIEVE_MAX_SCRIPT_NAME_LEN}."""
+MAX_FILE_NAME = 255
+"""Octets of C{NAME.sieve}: NAME_MAX of the file system."""
 ORIGINAL_NAME = "dovecot.orig"
 """Where Pigeonhole moves a regular C{.dovecot.sieve} file when another script is activated."""
 
@@ -55,6 +57,8 @@ def validate_name(name: str) -> str:
             raise ScriptNameError("invalid character in script name")
     if "/" in name or name.startswith("."):
         raise ScriptNameError("script name contains '/' or starts with '.'")
+    if len((name + SUFFIX).encode("utf-8")) > MAX_FILE_NAME:  # ENAMETOOLONG when stored
+        raise ScriptNameError(f"script file name longer than {MAX_FILE_NAME} octets")
     return name
 
 
