@@ -162,6 +162,13 @@ def main() -> int:
     ap.add_argument("--setup-timeout", type=float, default=600)
     ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="twistedmail's [server] workers (default 1: the connections then share one"
+        " process; the server's own default is the CPU count)",
+    )
     args = ap.parse_args()
     counts = [int(x) for x in args.conns.split(",") if x]
     hard = raise_nofile()
@@ -171,7 +178,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     base = pick_port_base()
-    tm = Twistedmail(work / "tm", base + 1, USERS)
+    tm = Twistedmail(work / "tm", base + 1, USERS, workers=args.workers)
+    print(f"twistedmail with [server] workers = {args.workers}")
     dc = Dovecot(
         work / "dovecot",
         base,
