@@ -10,6 +10,7 @@ from twistedmail.address import (
     AddressError,
     Mailbox,
     NonASCIIAddressError,
+    ParameterSyntaxError,
     PathTooLongError,
     normalize_domain,
     parse_parameters,
@@ -258,6 +259,29 @@ class PathTests(unittest.TestCase):
         )
         for bad in ("=1", "SIZE=", "SIZE==1", "-X", "A_B=1", "X=a=b", "X=\x7f", "X=ä"):
             self.assertRaises(AddressError, parse_parameters, bad)
+
+    def test_bad_parameter_value_names_its_keyword(self) -> None:
+        """RFC 5321 §4.1.2: a well-formed esmtp-keyword with a value that is no esmtp-value
+        (8-bit, CTL, "=") is refused naming the keyword; a malformed keyword names none."""
+        for bad, keyword in (
+            ("BODY=\udcff", "BODY"),
+            ("SIZE=1 notify=ä", "NOTIFY"),
+            ("X=a=b", "X"),
+            ("B\udcffDY=7BIT", None),
+            ("=1", None),
+            ("-X", None),
+        ):
+            e = self.assertRaises(ParameterSyntaxError, parse_parameters, bad)
+            self.assertEqual(e.keyword, keyword, bad)
+
+    def test_octets_not_utf8(self) -> None:
+        """Wire bytes decoded with surrogateescape: octets that are not UTF-8 make the path
+        malformed, and are left to the parameters after it."""
+        e = self.assertRaises(AddressError, parse_path, "<\udce4@example.org>")
+        self.assertEqual(str(e), "path is not UTF-8")
+        self.assertEqual(
+            parse_path("<a@example.org> BODY=\udcff"), (Mailbox("a", "example.org"), "BODY=\udcff")
+        )
 
     def test_refused(self) -> None:
         """RFC 5321 §4.1.2, §4.5.3.1.3: a path without <>, with space inside, without a domain or

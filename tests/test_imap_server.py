@@ -259,6 +259,15 @@ class GreetingAndLoginTests(unittest.TestCase):
             h.cmd(b"a \xff\xfe"), [b"a BAD Command unknown or not valid in this state"]
         )
 
+    def test_invalid_tag_is_untagged_bad_and_not_echoed(self) -> None:
+        """RFC 3501 §9 tag (ASTRING-CHARs, ASCII only) and §7.1.5: a line whose tag has
+        8-bit or control octets is answered with an untagged BAD (as Dovecot does) that does
+        not echo it, alone on its line or not, and the session goes on."""
+        h = Harness(self)
+        for line in (b"\xff NOOP", b"a\xff NOOP", b"\xc3\xa9 LOGOUT", b"\xff", b"a\x7f NOOP"):
+            self.assertEqual(h.cmd(line), [b"* BAD Invalid tag"], line)
+        self.assertEqual(h.cmd(b"a] NOOP"), [b"a] OK NOOP completed"])  # "]" is an ASTRING-CHAR
+
     def test_factory_builds_server(self) -> None:
         """imap_factory builds IMAPServer protocols with the given literal size limit."""
         h = Harness(self)
@@ -546,6 +555,31 @@ class StoreExpungeTests(unittest.TestCase):
         )
         self.assertEqual(self.names(), ["", "R", "R"])
 
+    def test_store_flag_not_an_atom_is_bad(self) -> None:
+        """RFC 3501 §9: a flag is an atom (ATOM-CHAR: ASCII, no CTL or atom-specials) or
+        "\\" and one; a STORE naming anything else is BAD (as Dovecot answers it) and
+        changes no flag, also when the others in the list are valid."""
+        for line in (
+            b"a STORE 1 +FLAGS (\xff)",
+            b"a STORE 1 +FLAGS (\\\xff)",
+            b"a STORE 1:3 FLAGS (\\Seen k\xc3\xa9)",
+            b"a UID STORE 1 -FLAGS.SILENT \xff",
+        ):
+            self.assertEqual(self.h.cmd(line), [b"a BAD Syntax error: 8bit data in atom"], line)
+        self.assertEqual(
+            self.h.cmd(b"a STORE 1 +FLAGS (a]b)"), [b"a BAD Syntax error: Malformed flag"]
+        )
+        self.assertEqual(self.names(), ["", "", ""])
+        self.assertEqual(
+            self.h.cmd(b"f FETCH 1:3 FLAGS"),
+            [
+                b"* 1 FETCH (FLAGS ())",
+                b"* 2 FETCH (FLAGS ())",
+                b"* 3 FETCH (FLAGS ())",
+                b"f OK FETCH completed",
+            ],
+        )
+
     def test_store_bad_item(self) -> None:
         """RFC 3501 §6.4.6: an unknown STORE data item is BAD."""
         self.assertEqual(
@@ -735,6 +769,36 @@ class AppendTests(unittest.TestCase):
         """RFC 3501 §6.3.11: APPEND to a mailbox that does not exist is NO [TRYCREATE]."""
         self.h.send(b"a APPEND Nope {5}\r\n")
         self.assertEqual(self.h.send(b"hello\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+
+    def test_append_flag_not_an_atom_is_bad(self) -> None:
+        """RFC 3501 §9 flag-list: an APPEND whose flag list holds a non-atom (8-bit octets,
+        a nested list) is BAD before the literal is asked for, as Dovecot answers it, and
+        stores nothing; its non-synchronizing literal (RFC 7888 §4) closes the connection."""
+        self.assertEqual(
+            self.h.send(b"a APPEND Sent (\xff) {5}\r\n"),
+            b"a BAD Syntax error: 8bit data in atom\r\n",
+        )
+        self.assertEqual(
+            self.h.send(b"b APPEND Sent (\\Seen \\\xff) {5}\r\n"),
+            b"b BAD Syntax error: 8bit data in atom\r\n",
+        )
+        self.assertEqual(
+            self.h.send(b"c APPEND Sent ((\\Seen)) {5}\r\n"),
+            b"c BAD Syntax error: Malformed flag\r\n",
+        )
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(
+            self.h.send(b"d APPEND Sent (k\xc3\xa9) {5+}\r\nhello\r\n"),
+            b"d BAD Syntax error: 8bit data in atom\r\n"
+            b"* BYE [CLIENTBUG] Closing the connection\r\n",
+        )
+        self.assertEqual(self.stored(), [])
+
+    def test_append_with_invalid_tag_stores_nothing(self) -> None:
+        """RFC 3501 §9 tag: an APPEND under a tag with 8-bit octets is an untagged BAD, asks
+        for no literal and stores nothing."""
+        self.assertEqual(self.h.send(b"\xff APPEND Sent {5}\r\n"), b"* BAD Invalid tag\r\n")
+        self.assertEqual(self.stored(), [])
 
     def test_append_bad_date(self) -> None:
         """RFC 3501 §6.3.11: APPEND with a date-time that does not parse is BAD."""

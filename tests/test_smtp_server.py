@@ -366,6 +366,28 @@ class MailParameterTests(SessionTestCase):
             b"555 5.5.4 MAIL FROM/RCPT TO parameters not recognized\r\n",
         )
 
+    def test_bad_parameter_value(self) -> None:
+        """RFC 5321 §4.1.2 esmtp-value is printable ASCII: a BODY value with 8-bit octets
+        (UTF-8 or not) is 501 5.5.4 (RFC 3463 §3.6 invalid command arguments; Postfix's
+        "Bad ... parameter syntax"), not a bad sender; another parameter's is the generic
+        501 5.5.4, and the policy is not asked."""
+        for value in (b"BODY=\xff", b"BODY=\xc3\xa4", b"body=8BIT\xff", b"SIZE=1 BODY=\xff"):
+            self.assertEqual(
+                self.mail(b"<a@b.test> " + value),
+                b"501 5.5.4 Bad BODY parameter syntax\r\n",
+                value,
+            )
+        for value in (b"SIZE=\xff", b"X-Y=\xff", b"B\xffDY=7BIT"):
+            self.assertEqual(
+                self.mail(b"<a@b.test> " + value),
+                b"501 5.5.4 Syntax error in parameters or arguments\r\n",
+                value,
+            )
+        self.assertEqual(
+            self.mail(b"<\xe4@b.test> BODY=\xff"), b"501 5.1.7 Bad sender address syntax\r\n"
+        )
+        self.assertEqual(self.policy.senders, [])
+
     def test_unknown_parameter(self) -> None:
         """RFC 5321 §4.1.1.11: an unknown or unoffered MAIL parameter (SMTPUTF8, AUTH=) is 555
         5.5.4."""
@@ -435,6 +457,25 @@ class RecipientTests(SessionTestCase):
             b"555 5.5.4 MAIL FROM/RCPT TO parameters not recognized\r\n"
             b"501 5.5.4 Syntax error in parameters or arguments\r\n",
         )
+
+    def test_bad_parameter_value(self) -> None:
+        """RFC 5321 §4.1.2 esmtp-value is printable ASCII: a NOTIFY value with 8-bit octets
+        is 501 5.5.4 (RFC 3463 §3.6; Postfix's "Bad NOTIFY parameter syntax"), not a bad
+        address, also after <Postmaster>, and no recipient is added."""
+        proto, tr = self.ready()
+        talk(proto, tr, b"MAIL FROM:<a@b.test>\r\n")
+        self.assertEqual(
+            talk(
+                proto,
+                tr,
+                b"RCPT TO:<c@d.test> NOTIFY=\xff\r\n"
+                b"RCPT TO:<c@d.test> NOTIFY=SUCCESS,\xc3\xa4\r\n"
+                b"RCPT TO:<Postmaster> NOTIFY=\xff\r\n"
+                b"RCPT TO:<\xe4@d.test> NOTIFY=\xff\r\n",
+            ),
+            b"501 5.5.4 Bad NOTIFY parameter syntax\r\n" * 3 + b"501 5.1.3 Bad address syntax\r\n",
+        )
+        self.assertEqual(proto.recipients, [])
 
     def test_refused_recipient(self) -> None:
         """A recipient the policy refuses is 550 5.1.1 and is not added, so DATA then needs a

@@ -84,6 +84,7 @@ _GENERAL_LITERAL = re.compile(
 )
 # RFC 5321 §4.1.2 esmtp-param: keyword ["=" value], value any CHAR but "=", SP and CTL.
 _ESMTP_PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?\Z")
+_ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 
 
 class PathTooLongError(AddressError):
@@ -92,6 +93,16 @@ class PathTooLongError(AddressError):
 
 class NonASCIIAddressError(AddressError):
     """A non-ASCII address where SMTPUTF8 (RFC 6531) is not in use."""
+
+
+class ParameterSyntaxError(AddressError):
+    """An ESMTP parameter that is no C{esmtp-param} (RFC 5321 §4.1.2); C{keyword} is its
+    keyword, upper-cased, when that is well-formed and only the value after "=" is bad
+    (C{BODY=\\xff}), else C{None}."""
+
+    def __init__(self, message: str, keyword: str | None) -> None:
+        super().__init__(message)
+        self.keyword = keyword
 
 
 def _normalize_local(local: str) -> str:
@@ -234,18 +245,22 @@ def parse_path(text: str) -> tuple[Mailbox | None, str]:
     A source route (C{<@a,@b:user@d>}) is accepted and ignored (§3.6.1, Appendix C).  The
     whole path is at most 256 octets (§4.5.3.1.3), the local part 64 (§4.5.3.1.1), the
     domain 255 (§4.5.3.1.2).  Spaces before the path are tolerated (clients send them).
+    C{text} may be wire bytes decoded with C{surrogateescape}: octets that are not UTF-8 are
+    then malformed in the path, and the parameters' own error (L{parse_parameters}).
 
     @return: (mailbox, parameters text); mailbox is C{None} for the null path C{<>}.
     @raise PathTooLongError: over 256 octets.
     @raise NonASCIIAddressError: a non-ASCII path: twistedmail does not offer SMTPUTF8
         (RFC 6531 §3.5: 553 5.6.7).
-    @raise AddressError: a missing bracket, a malformed route or mailbox, no space before
-        the parameters.
+    @raise AddressError: a missing bracket, a malformed route or mailbox, octets that are
+        not UTF-8, no space before the parameters.
     """
     text = text.lstrip(" ")
     inner, rest = _split_path(text)
-    if len(inner.encode("utf-8")) + 2 > MAX_PATH:
+    if len(inner.encode("utf-8", "surrogateescape")) + 2 > MAX_PATH:
         raise PathTooLongError("path too long")
+    if any("\udc80" <= c <= "\udcff" for c in inner):
+        raise AddressError("path is not UTF-8")
     if not inner.isascii():
         raise NonASCIIAddressError("non-ASCII address without SMTPUTF8")
     if rest and not rest.startswith(" "):
@@ -265,12 +280,17 @@ def parse_parameters(text: str) -> tuple[tuple[str, str | None], ...]:
     """The ESMTP parameters after a path (RFC 5321 §4.1.2 C{Mail-parameters} /
     C{Rcpt-parameters}): C{keyword[=value]} words, keywords upper-cased, in order.
 
-    @raise AddressError: a word that is no C{esmtp-param} (reply 501 5.5.4).
+    @raise ParameterSyntaxError: a word that is no C{esmtp-param} (reply 501 5.5.4), such as
+        one with a non-ASCII value (esmtp-value is printable ASCII without SMTPUTF8).
     """
     params = []
     for word in text.split():
         m = _ESMTP_PARAM.match(word)
         if m is None:
-            raise AddressError(f"invalid parameter {word!r}")
+            keyword, eq, _ = word.partition("=")
+            known = bool(eq) and _ESMTP_KEYWORD.match(keyword) is not None
+            raise ParameterSyntaxError(
+                f"invalid parameter {word!r}", keyword.upper() if known else None
+            )
         params.append((m.group(1).upper(), m.group(2)))
     return tuple(params)

@@ -62,6 +62,10 @@ REPLY_501_BAD_SENDER = R(501, "5.1.7", "Bad sender address syntax")
 REPLY_501_AUTH_CANCELLED = R(501, "5.0.0", "Authentication cancelled")
 REPLY_501_PATH_TOO_LONG = R(501, "5.1.3", "Path too long")  # RFC 5321 §4.5.3.1.10
 REPLY_501_SENDER_PATH_TOO_LONG = R(501, "5.1.7", "Path too long")
+# RFC 3463 §3.6 X.5.4 "Invalid command arguments": a malformed value of a parameter we name
+# (esmtp-value, RFC 5321 §4.1.2), in Postfix's words ("Bad NOTIFY parameter syntax").
+REPLY_501_BAD_BODY = R(501, "5.5.4", "Bad BODY parameter syntax")
+REPLY_501_BAD_NOTIFY = R(501, "5.5.4", "Bad NOTIFY parameter syntax")
 REPLY_501_BAD_BASE64 = R(501, "5.5.2", "Cannot decode response")
 REPLY_502_NOT_IMPLEMENTED = R(502, "5.5.1", "Command not implemented")
 REPLY_503_EHLO_FIRST = R(503, "5.5.1", "Send HELO/EHLO first")

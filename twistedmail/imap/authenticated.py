@@ -513,13 +513,13 @@ class AuthenticatedCommands(MailboxUpdates):
     select_STATUS = auth_STATUS
 
     async def do_APPEND(
-        self, tag: bytes, name: bytes, flags: list[Any] | None, date: bytes | None, message: Any
+        self, tag: bytes, name: bytes, flags: list[bytes] | None, date: bytes | None, message: Any
     ) -> bytes:
         # RFC 3501 §6.3.11; the flag list and date are optional (stock Twisted iterated a
         # missing flag list, None, and answered BAD)
         if date is not None and parse_internaldate(date) is None:
             raise bad(b"Invalid date-time")
-        flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
+        flag_names = [f.decode("ascii") for f in flags or ()]
         target = decode_mailbox_name(name)
         mbox = self.mbox
         opened = mbox is None or mbox.path != self.mail_account.folder_path(target)
@@ -551,10 +551,22 @@ class AuthenticatedCommands(MailboxUpdates):
             return b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), new_uid)
         return b"APPEND completed"
 
+    def opt_flag_list(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
+        """APPEND's optional flag list (RFC 3501 §9 append: C{[SP flag-list]}), checked
+        before the literal is asked for: stock C{opt_plist} took any list, and the flags
+        that were not atoms (C{\\xff}, a nested list) were dropped with an OK.
+
+        @raise imap4.IllegalClientResponse: a list item that is not a flag (L{grammar.flags}).
+        """
+        if not line.startswith(b"("):
+            return None, line
+        inner, rest = paren_group(line)
+        return grammar.flags(grammar.parse_list(inner)), rest
+
     auth_APPEND = command(
         do_APPEND,
         IMAPProtocol.arg_astring,
-        imap4.IMAP4Server.opt_plist,
+        opt_flag_list,
         imap4.IMAP4Server.opt_datetime,
         IMAPProtocol.arg_literal_or_utf8,
     )

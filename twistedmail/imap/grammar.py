@@ -147,23 +147,37 @@ def flag_list(line: bytes) -> tuple[list[bytes], bytes]:
     items = parse_list(line)
     if len(items) == 1 and isinstance(items[0], list):
         items = items[0]
-    flags = []
+    return flags(items), b""
+
+
+def flags(items: list[Any]) -> list[bytes]:
+    """The flags of a flag list's parsed inside (L{parse_list}), each checked by L{is_flag}.
+
+    @raise imap4.IllegalClientResponse: an item that is not a flag: a nested list, or an
+        atom with 8-bit octets (Dovecot's "8bit data in atom"), or with atom-specials.
+    """
     for item in items:
         if not isinstance(item, bytes) or not is_flag(item):
+            if isinstance(item, bytes) and not item.isascii():
+                raise _fail("8bit data in atom")
             raise _fail("Malformed flag")
-        flags.append(item)
-    return flags, b""
+    return items
 
 
 def is_flag(token: bytes) -> bool:
-    """RFC 3501 §9 flag: C{\\} atom (system and extension flags) or a keyword atom."""
+    """RFC 3501 §9 flag: C{\\} atom (system and extension flags) or a keyword atom; an
+    ATOM-CHAR is a CHAR (%x01-7F), so 8-bit octets are not one."""
     name = token[1:] if token[:1] == b"\\" else token
-    return bool(name) and not any(c in ATOM_SPECIALS for c in name)
+    return bool(name) and name.isascii() and not any(c in ATOM_SPECIALS for c in name)
 
 
 def is_tag(token: bytes) -> bool:
-    """RFC 3501 §9 tag: 1*<any ASTRING-CHAR except "+">."""
-    return bool(token) and not any(c in ATOM_SPECIALS and c != 0x5D or c == 0x2B for c in token)
+    """RFC 3501 §9 tag: 1*<any ASTRING-CHAR except "+">; ASTRING-CHARs are ASCII (CHAR)."""
+    return (
+        bool(token)
+        and token.isascii()
+        and not any(c in ATOM_SPECIALS and c != 0x5D or c == 0x2B for c in token)
+    )
 
 
 MAX_NUMBER = 4_294_967_295

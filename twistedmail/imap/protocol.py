@@ -330,17 +330,18 @@ class IMAPProtocol(imap4.IMAP4Server):
         if not args:
             self.sendBadResponse(None, b"Null command")
             return
-        if len(args) == 1:
-            self.sendBadResponse(args[0], b"Missing command")
-            return
         if not grammar.is_tag(args[0]):
             # RFC 3501 §9 tag: ASTRING-CHARs but "+"; answered untagged, as it has no tag
+            # (its octets are not echoed, alone on the line or not: Dovecot does the same)
             self.sendBadResponse(None, b"Invalid tag")
             m = _TRAILING_LITERAL.search(line)
             if m and m.group(1).endswith(b"+}"):  # its literal's data must not run
                 self.sendLine(b"* BYE [CLIENTBUG] Closing the connection")
                 self.clearLineBuffer()
                 self.transport.loseConnection()
+            return
+        if len(args) == 1:
+            self.sendBadResponse(args[0], b"Missing command")
             return
         rest = args[2] if len(args) == 3 else None
         self.dispatchCommand(args[0], args[1].upper(), rest)

@@ -73,6 +73,7 @@ from twistedmail.address import (
     AddressError,
     Mailbox,
     NonASCIIAddressError,
+    ParameterSyntaxError,
     PathTooLongError,
     normalize_domain,
     parse_parameters,
@@ -108,6 +109,8 @@ from twistedmail.reply import (
     REPLY_501_AUTH_CANCELLED,
     REPLY_501_BAD_ADDRESS,
     REPLY_501_BAD_BASE64,
+    REPLY_501_BAD_BODY,
+    REPLY_501_BAD_NOTIFY,
     REPLY_501_BAD_SENDER,
     REPLY_501_PATH_TOO_LONG,
     REPLY_501_SENDER_PATH_TOO_LONG,
@@ -181,13 +184,18 @@ async def _resume(work: Coroutine[Any, Any, Reply], awaited: Any) -> Reply:
             return result
 
 
+_BAD_PARAMETER_VALUE = {"BODY": REPLY_501_BAD_BODY, "NOTIFY": REPLY_501_BAD_NOTIFY}
+"""The replies naming the parameter whose value is malformed (Postfix's words)."""
+
+
 def _check_parameters(params: str) -> None:
     """@raise SMTPReplyError: 501 5.5.4 when C{params} is no list of RFC 5321 §4.1.2
-    C{esmtp-param} words (an unknown but well-formed one is for the caller: 555)."""
+    C{esmtp-param} words (an unknown but well-formed one is for the caller: 555); it names
+    BODY or NOTIFY when that parameter's value is the malformed part."""
     try:
         parse_parameters(params)
-    except AddressError:
-        raise SMTPReplyError(REPLY_501_SYNTAX) from None
+    except ParameterSyntaxError as e:
+        raise SMTPReplyError(_BAD_PARAMETER_VALUE.get(e.keyword or "", REPLY_501_SYNTAX)) from None
 
 
 def _path_argument(raw: bytes, sender: bool) -> tuple[Mailbox | None, str]:
@@ -198,13 +206,14 @@ def _path_argument(raw: bytes, sender: bool) -> tuple[Mailbox | None, str]:
         §3.5), 501 5.5.4 for malformed parameters.
     """
     try:
-        path, params = parse_path(raw.decode("utf-8"))
+        # octets that are not UTF-8 spoil the path, or else the parameters (501 5.5.4)
+        path, params = parse_path(raw.decode("utf-8", "surrogateescape"))
     except PathTooLongError:
         too_long = REPLY_501_SENDER_PATH_TOO_LONG if sender else REPLY_501_PATH_TOO_LONG
         raise SMTPReplyError(too_long) from None
     except NonASCIIAddressError:
         raise SMTPReplyError(REPLY_553_NON_ASCII_ADDRESS) from None
-    except (UnicodeDecodeError, AddressError):
+    except AddressError:
         raise SMTPReplyError(REPLY_501_BAD_SENDER if sender else REPLY_501_BAD_ADDRESS) from None
     _check_parameters(params)
     return path, params

@@ -1,0 +1,91 @@
+"""Bad input over the real server gets a clear protocol error and changes nothing: IMAP
+flags and tags with 8-bit octets (RFC 3501 §9 flag, tag: ATOM-CHAR and ASTRING-CHAR are
+CHARs, %x01-7F), SMTP parameter values with them (RFC 5321 §4.1.2 esmtp-value; RFC 3463
+§3.6 X.5.4)."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from collections.abc import Iterator
+
+import pytest
+from e2e_server import PASSWORDS, LineClient, Server, client_tls, deliver, running
+
+ALICE = "alice@example.test"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(Server(tmp_path_factory.mktemp("bad-input")), {ALICE: PASSWORDS[ALICE]}) as srv:
+        deliver(srv, ALICE, "one")
+        srv.wait_for_messages(ALICE, 1)
+        yield srv
+
+
+@pytest.fixture
+def imap(server: Server) -> Iterator[LineClient]:
+    """A logged-in IMAPS session with INBOX selected."""
+    sock = client_tls().wrap_socket(
+        socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=30)
+    )
+    c = LineClient(sock)
+    try:
+        assert c.line().startswith(b"* OK ")
+        c.send(b'L LOGIN %s "%s"\r\n' % (ALICE.encode(), PASSWORDS[ALICE].encode()))
+        assert c.until(lambda line: line.startswith(b"L ")).startswith(b"L OK ")
+        c.send(b"S SELECT INBOX\r\n")
+        assert c.until(lambda line: line.startswith(b"S ")).startswith(b"S OK ")
+        yield c
+    finally:
+        sock.close()
+
+
+def files(server: Server) -> list[tuple[str, bytes]]:
+    """INBOX's message files: (name, content), sorted."""
+    return [(p.name, p.read_bytes()) for p in server.messages(ALICE)]
+
+
+def test_imap_store_and_append_of_a_non_atom_flag_are_bad(server: Server, imap: LineClient) -> None:
+    """RFC 3501 §9 flag: STORE and APPEND of C{\\xff} are BAD (as Dovecot: "8bit data in
+    atom"), APPEND before its literal is asked for; no file is renamed or added."""
+    before = files(server)
+    imap.send(b"a STORE 1 +FLAGS (\\Seen \xff)\r\n")
+    assert imap.line() == b"a BAD Syntax error: 8bit data in atom"
+    imap.send(b"b APPEND INBOX (\xff) {5}\r\n")
+    assert imap.line() == b"b BAD Syntax error: 8bit data in atom"
+    imap.send(b"c NOOP\r\n")  # the client sent no literal: the session goes on
+    assert imap.until(lambda line: line.startswith(b"c ")) == b"c OK NOOP completed"
+    assert files(server) == before
+
+
+def test_imap_invalid_tag_is_untagged_bad_not_echoed(server: Server, imap: LineClient) -> None:
+    """RFC 3501 §9 tag: a tag with 8-bit octets gets an untagged BAD, not an echo of them;
+    its APPEND asks for no literal and stores nothing."""
+    before = files(server)
+    imap.send(b"\xff NOOP\r\n\xff APPEND INBOX {5}\r\nd NOOP\r\n")
+    assert imap.line() == b"* BAD Invalid tag"
+    assert imap.line() == b"* BAD Invalid tag"
+    assert imap.until(lambda line: line.startswith(b"d ")) == b"d OK NOOP completed"
+    assert files(server) == before
+
+
+def command(s: smtplib.SMTP, line: bytes) -> bytes:
+    s.send(line + b"\r\n")
+    code, text = s.getreply()
+    return b"%d %s" % (code, text)
+
+
+def test_smtp_bad_parameter_value_is_501_5_5_4(server: Server) -> None:
+    """RFC 5321 §4.1.2: BODY=\\xff and NOTIFY=\\xff are 501 5.5.4 in Postfix's words, not a
+    bad address, and the transaction goes on without them."""
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], local_hostname="client.test") as s:
+        s.ehlo()
+        assert command(s, b"MAIL FROM:<a@sender.test> BODY=\xff") == (
+            b"501 5.5.4 Bad BODY parameter syntax"
+        )
+        assert command(s, b"MAIL FROM:<a@sender.test>") == b"250 2.1.0 Sender OK"
+        assert command(s, b"RCPT TO:<%s> NOTIFY=\xff" % ALICE.encode()) == (
+            b"501 5.5.4 Bad NOTIFY parameter syntax"
+        )
+        assert command(s, b"DATA") == b"503 5.5.1 Need RCPT command first"
