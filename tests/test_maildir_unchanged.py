@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from twistedmail import maildir
 from twistedmail.index import INDEX_FILE
 from twistedmail.maildir import Folder, make_maildir, snapshot, write_durably
+from twistedmail.maildir import folder as folder_module
 
 T1 = 1_700_000_000.0
 
@@ -277,6 +278,88 @@ class FollowedTests(unittest.TestCase):
         got = self.folder.scan(self.first.highestmodseq)
         self.assertEqual(self.folder.locks, locks + 1)
         self.assertEqual(got.messages, tuple(entries))
+
+
+class SyncingFolder(CountingFolder):
+    """Counts its full syncs too."""
+
+    syncs = 0
+
+    def _sync(self, index: Any, unsaved: Any) -> Any:
+        self.syncs += 1
+        return super()._sync(index, unsaved)
+
+
+class OtherProcessTests(unittest.TestCase):
+    """A change by another process of ours (another worker's STORE, EXPUNGE or APPEND:
+    its own snapshot, the shared index) within the dirty window: the rescan brings the
+    kept snapshot up to the index by MODSEQ instead of a full sync, and still sees any
+    change nobody recorded in the index."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        make_maildir(self.root)
+        for n in range(1, 4):
+            write_durably(self.root / "cur", message(n), "", T1 + n)
+        self.folder = SyncingFolder(self.root)
+        self.addCleanup(maildir._snapshots.forget, self.root)
+        self.first = self.folder.scan()
+
+    def in_other_process(self, change: Any) -> Any:
+        """Run C{change} on a Folder with a snapshot store of its own (another process)."""
+        ours = folder_module._snapshots
+        folder_module._snapshots = snapshot._Snapshots()
+        try:
+            return change(Folder(self.root))
+        finally:
+            folder_module._snapshots = ours
+
+    def truth(self) -> maildir.ScanResult:
+        maildir._snapshots.forget(self.root)
+        return Folder(self.root).scan()
+
+    def test_flag_change_by_another_process_needs_no_full_sync(self) -> None:
+        """Another worker's STORE: the rescan reads the changed row, no full sync."""
+        entry = self.first.messages[1]
+        (changed,), _ = self.in_other_process(
+            lambda other: other.change_flags_many([(entry, maildir.FlagChange(add="S"))])
+        )
+        syncs = self.folder.syncs
+        got = self.folder.scan()
+        self.assertEqual(self.folder.syncs, syncs)
+        self.assertEqual(got.messages[1], changed)
+        self.assertEqual(got.messages[1].filename[-2:], ",S")
+        self.assertEqual(got.messages, self.truth().messages)
+
+    def test_expunge_and_append_by_another_process_need_no_full_sync(self) -> None:
+        """Another worker's EXPUNGE and APPEND: the rescan has both, no full sync."""
+        uid = self.in_other_process(
+            lambda other: (other.remove_many([self.first.messages[0]]), other.add(message(9)))[1]
+        )
+        syncs = self.folder.syncs
+        got = self.folder.scan()
+        self.assertEqual(self.folder.syncs, syncs)
+        self.assertEqual([e.uid for e in got.messages], [2, 3, uid])
+        truth = self.truth()
+        self.assertEqual((got.messages, got.highestmodseq), (truth.messages, truth.highestmodseq))
+
+    def test_unrecorded_change_in_the_same_tick_is_still_seen(self) -> None:
+        """Another worker's STORE, then a rename by hand (Dovecot, a script) within the
+        same mtime tick: the listing differs from the index, so the full sync runs and
+        finds the renamed message's new flags."""
+        entry = self.first.messages[1]
+        self.in_other_process(
+            lambda other: other.change_flags_many([(entry, maildir.FlagChange(add="S"))])
+        )
+        cur = self.root / "cur"
+        tick = os.stat(cur).st_mtime_ns
+        third = self.first.messages[2]
+        os.rename(cur / third.filename, cur / (third.filename.split(":2,")[0] + ":2,F"))
+        os.utime(cur, ns=(tick, tick))
+        syncs = self.folder.syncs
+        got = self.folder.scan()
+        self.assertEqual(self.folder.syncs, syncs + 1)
+        self.assertEqual([e.filename.rpartition(":2,")[2] for e in got.messages], ["", "S", "F"])
 
 
 class KeywordMapTests(unittest.TestCase):

@@ -386,13 +386,25 @@ class Folder:
 
     def _still(self, index: FolderIndex, current: Stamps) -> bool:
         """Under the lock: whether the index, not known clean (changed within L{DIRTY_NS}),
-        is still in step with the folder: it recorded C{current} at its last sync, the kept
-        snapshot holds its state, and the folder lists just the snapshot's files (so the
-        full sync's listing, UID list read and index writes are not needed)."""
+        is still in step with the folder: it recorded C{current} at its last sync or change,
+        and the folder lists just the index's files (the kept snapshot's, brought up to the
+        index's MODSEQ when another process changed the folder), so the full sync's listing,
+        UID list read and index writes are not needed."""
         if index.stamps() != current:
             return False
         snapshot = self._in_step(index, current)
-        return snapshot is not None and self._listed_as(snapshot)
+        if snapshot is None:
+            # Another process of ours changed the folder (a STORE, EXPUNGE or APPEND in
+            # another worker) and recorded these stamps with its change: the index holds
+            # it. Bring the kept snapshot up to the index by MODSEQ (the rows changed since,
+            # not a record per message) and check the directories against that.
+            kept = _snapshots.get(self.path)
+            if kept is None or (kept.uidvalidity, kept.floor) != (index.uidvalidity, index.floor):
+                return False
+            if kept.highestmodseq > index.highestmodseq:
+                return False
+            snapshot = _snapshots.messages(self.path, index)
+        return self._listed_as(snapshot)
 
     def _listed_as(self, snapshot: _Snapshot) -> bool:
         """Whether C{new/} holds no message and C{cur/} exactly the snapshot's files."""
