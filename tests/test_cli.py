@@ -417,6 +417,23 @@ class UserCommandTests(CLITestCase):
 
 
 class DomainCommandTests(CLITestCase):
+    def test_reader_closing_the_pipe_is_not_an_error(self) -> None:
+        """`twistedmail domain list | head -1` with head gone before the output: exit 0 and
+        nothing on stderr (it printed "error: Broken pipe" and exited 1)."""
+        for domain in ("a.example", "b.example"):
+            self.run_cli("domain", "add", domain)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config)]
+            + ["domain", "list"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.stderr.close()
+        self.assertEqual((proc.wait(), err), (0, b""))
+
     def test_add_list_del(self) -> None:
         """'domain add' lower-cases and IDNA-encodes, 'domain list' lists sorted, 'domain del'
         removes."""

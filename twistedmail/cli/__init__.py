@@ -17,6 +17,8 @@ line on stdout and nothing else.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -324,6 +326,16 @@ def _error(message: str) -> int:
     return 1
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP come unasked
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one admin command; return the exit status (0 ok, 1 user error)."""
     ctx: _Context | None = None
@@ -348,6 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(e))
     except sqlite3.Error as e:
         return _error(f"account store: {e}")
+    except BrokenPipeError as e:
+        if not _stdout_gone():
+            return _error(f"{e.strerror or e}")
+        # The reader went away (`twistedmail domain list | head -1`): stop quietly, as
+        # other tools do; what is left in stdout's buffer goes nowhere at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         return _error(f"{e.strerror or e}{where}")
