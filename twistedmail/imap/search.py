@@ -29,9 +29,9 @@ from twisted.logger import Logger
 from twistedmail.imap.message import (
     address_text,
     decode_header_text,
+    header_end,
     header_fields,
     parse_addresses,
-    split_message,
 )
 from twistedmail.imap.sort import HEADER_KEYS, Parsed, parse_key, sort_key_parsed
 from twistedmail.index import HEADER_FIELDS, header_block
@@ -149,11 +149,12 @@ class Source:
         """A header holding every field C{name} (lower case) of the message: the cached
         fields when C{name} is one of L{HEADER_FIELDS}, else the message's whole header."""
         if name not in HEADER_FIELDS:
-            return split_message(self.raw())[0]
+            raw = self.raw()
+            return raw[: header_end(raw)]  # the header alone: the body is not copied
         if self._cached is None:
             raw = self.raw()
             if self._cached is None:  # unreadable: no field, nothing cached
-                return split_message(raw)[0]
+                return raw[: header_end(raw)]
         return self._cached
 
     def fields(self, name: bytes, needle: str = "") -> list[Haystack]:

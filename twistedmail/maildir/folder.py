@@ -404,6 +404,13 @@ class Folder:
             if kept.highestmodseq > index.highestmodseq:
                 return False
             snapshot = _snapshots.messages(self.path, index)
+            if not self._listed_as(snapshot):
+                return False
+            if snapshot is not kept:
+                # kept now (without stamps: no lockless answer from it until scan() sets
+                # them), so that scan() takes it instead of reading the same rows again
+                _snapshots.keep(self.path, snapshot)
+            return True
         return self._listed_as(snapshot)
 
     def _listed_as(self, snapshot: _Snapshot) -> bool:
