@@ -251,3 +251,18 @@ class StateDirTests(unittest.TestCase):
         self.assertEqual(found.uri, "https://ca.example/acct/1")
         self.assertIsNone(state.registration("https://other.example/dir"))
         self.assertEqual((state.path / "account.json").stat().st_mode & 0o777, 0o600)
+
+
+class WriteDurablyTests(unittest.TestCase):
+    def test_short_writes_still_write_every_byte(self) -> None:
+        """write_durably writes the whole file with its mode even when each os.write takes
+        only part of what it is given (a full disk's partial writes): a certificate or
+        key cut short must never be renamed into place."""
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        real = os.write
+        self.patch(os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+        data = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 300 + b"\n-----END CERTIFICATE-----\n"
+        acme.write_durably(path, data, 0o640)
+        self.assertEqual((path.read_bytes(), path.stat().st_mode & 0o777), (data, 0o640))
+        self.assertEqual([p.name for p in path.parent.iterdir()], [path.name])

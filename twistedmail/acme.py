@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from twistedmail.maildir import fsync_dir
+from twistedmail.fsync import fsync_dir, write_file
 
 log = Logger(namespace="twistedmail.acme")
 
@@ -121,13 +121,8 @@ def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write C{path} whole or not at all: a temporary file, fsync, rename, fsync the
     directory.  Blocking: call it in a thread."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file(tmp, data, exclusive=False)  # every byte (one os.write may write fewer)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -468,10 +468,6 @@ class Supervisor(Service):
         for process in list(self.processes.values()):
             process.signal(name)
 
-    def pids(self) -> list[int]:
-        """The running workers' process IDs, by slot."""
-        return [p.pid for _, p in sorted(self.processes.items()) if p.pid is not None]
-
     def processes_status(self) -> list[dict[str, Any]]:
         """Every process serving the listeners, the parent first then the workers by slot:
         pid, role, open connections and logged-in IMAP sessions (the anvil's counts), for
