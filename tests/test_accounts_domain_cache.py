@@ -7,6 +7,7 @@ rolled back leaves nothing behind."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -36,6 +37,25 @@ class DomainCacheTests(unittest.TestCase):
         self.assertTrue(self.server.is_local_domain("EXAMPLE.ORG"))
         self.cli.delete_domain("example.org")
         self.assertFalse(self.server.is_local_domain("example.org"))
+
+    def test_another_thread_asks_the_database(self) -> None:
+        """A delivery thread's lookup (a vacation reply's addresses) asks the database and
+        leaves the reactor thread's memory and its per-turn version alone: a CLI change
+        made in the same reactor turn is seen by it at once."""
+        clock = Clock()
+        server = self.open(clock)
+        self.assertFalse(server.is_local_domain("example.org"))  # remembered for this turn
+        self.cli.add_domain("example.org")
+        answers: list[bool] = []
+        thread = threading.Thread(
+            target=lambda: answers.append(server.is_local_domain("example.org"))
+        )
+        thread.start()
+        thread.join()
+        self.assertEqual(answers, [True])
+        self.assertFalse(server.is_local_domain("example.org"))  # the turn's memory, unchanged
+        clock.advance(0)
+        self.assertTrue(server.is_local_domain("example.org"))
 
     def test_changes_by_the_same_connection(self) -> None:
         """The server's own add and delete are seen at once (the cache is not stale)."""

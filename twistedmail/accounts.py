@@ -154,7 +154,8 @@ def _domain(text: str) -> str:
 class AccountStore:
     """Domains, users and aliases in C{path} (created with mode 0600 if missing).
 
-    Every method is a short query; the server calls them on the reactor thread.
+    Every method is a short query; the server calls them on the reactor thread (and a
+    delivery thread's vacation check, whose lookups skip the memory of L{_lookup}).
     @param connect: open the database now (the CLI, tests); C{False} leaves it to L{open},
         which the server calls in C{startService}: a SQLite connection must not cross a
         C{fork()} (twistd without C{-n} forks into the background after building the
@@ -283,9 +284,9 @@ class AccountStore:
         if db.in_transaction:
             return None
         version = self._turn_version
-        if version is None or threading.get_ident() != self._reactor_thread:
+        if version is None:
             version = db.execute("PRAGMA data_version").fetchone()[0]
-            if self.reactor is not None and threading.get_ident() == self._reactor_thread:
+            if self.reactor is not None:
                 self._turn_version = version
                 self.reactor.callLater(0, self._end_turn)
         return (id(db), version, db.total_changes)
@@ -296,6 +297,10 @@ class AccountStore:
     def _lookup(self, kind: str, key: str, query: Callable[[], Any]) -> Any:
         """C{query()}, answered from memory while the database is unchanged (L{_version}):
         the recipient lookups run several times per message (RCPT, then again at DATA)."""
+        if threading.get_ident() != self._reactor_thread:
+            # A delivery thread (a vacation reply's own addresses): asked of the database;
+            # the memory and its per-turn version are the reactor thread's alone.
+            return query()
         version = self._version()
         if version is None:
             return query()
