@@ -127,7 +127,7 @@ class IndexTests(unittest.TestCase):
         self.assertEqual([e.uid for e in modified], [1])
         self.folder.remove_many([entries[1]])
         self.assertEqual(self.folder.changed_since(4), ([2], 1))
-        self.assertEqual(self.folder.add(MSG, "S"), 4)
+        self.assertEqual(self.folder.add(MSG, "S")[1], 4)
         result = self.folder.scan()
         self.assertEqual([(e.uid, e.flags, e.modseq) for e in result.messages][-1], (4, "S", 6))
         self.assertEqual(result.highestmodseq, 6)

@@ -357,21 +357,21 @@ class ScanTests(MaildirTestCase):
 
 class AddTests(MaildirTestCase):
     def test_append(self) -> None:
-        """APPEND: into cur/ with its flags and INTERNALDATE, durably, with the next UID."""
+        """APPEND: into cur/ with its flags and INTERNALDATE, durably, with the next UID and
+        the folder's UIDVALIDITY (RFC 4315 §3 APPENDUID)."""
         self.deliver(MSG1)
-        self.folder.scan()
-        uid = self.folder.add(MSG2, "SD", mtime=1_500_000_000.0)
-        self.assertEqual(uid, 2)
+        uidvalidity = self.folder.scan().uidvalidity
+        self.assertEqual(self.folder.add(MSG2, "SD", mtime=1_500_000_000.0), (uidvalidity, 2))
         entry = self.folder.scan().messages[-1]
         self.assertEqual(
             (entry.uid, entry.flags, entry.mtime, entry.size), (2, "DS", 1_500_000_000.0, len(MSG2))
         )
         self.assertEqual(self.folder.read(entry), MSG2)
-        self.assertEqual(self.folder.add(MSG3), 3)
+        self.assertEqual(self.folder.add(MSG3)[1], 3)
 
     def test_append_first(self) -> None:
         """The first message added to a folder gets UID 1 and UIDNEXT becomes 2."""
-        self.assertEqual(self.folder.add(MSG1), 1)
+        self.assertEqual(self.folder.add(MSG1)[1], 1)
         result = self.folder.scan()
         self.assertEqual([e.uid for e in result.messages], [1])
         self.assertEqual(result.uidnext, 2)
@@ -395,7 +395,7 @@ class AddTests(MaildirTestCase):
             return base
 
         self.patch(folder_module, "write_durably", write_then_scan)
-        uid = self.folder.add(MSG1)
+        _, uid = self.folder.add(MSG1)
         threads[0].join()
         self.assertEqual([e.uid for e in seen[0].messages], [uid])
         after = self.folder.scan()
@@ -411,12 +411,12 @@ class AddTests(MaildirTestCase):
         first = self.folder.scan()
         path = self.root / "dovecot-uidlist"
         before, ino = path.read_text(), path.stat().st_ino
-        uid = self.folder.add(MSG2, "S")
+        _, uid = self.folder.add(MSG2, "S")
         self.assertEqual(uid, 2)
         base = split_name(self.folder.scan().messages[-1].filename)[0]
         self.assertEqual(path.read_text(), before + f"2 :{base}\n")
         self.assertEqual(path.stat().st_ino, ino)
-        self.assertEqual(self.folder.add(MSG3), 3)
+        self.assertEqual(self.folder.add(MSG3)[1], 3)
         os.unlink(self.root / INDEX_FILE)  # a rebuild reads the list alone
         maildir._snapshots.forget(self.root)
         rebuilt = Folder(self.root).scan()
@@ -457,7 +457,7 @@ class AddTests(MaildirTestCase):
             self.folder.add(MSG2)
         self.assertEqual(path.read_bytes(), before)
         self.assertEqual(len(listing(self.root / "cur")), 1)
-        self.assertEqual(self.folder.add(MSG3), 2)
+        self.assertEqual(self.folder.add(MSG3)[1], 2)
 
     def test_append_after_outside_uidlist_change(self) -> None:
         """A UID given out by another program (Dovecot appending a record) since the index
@@ -467,7 +467,7 @@ class AddTests(MaildirTestCase):
         other = write_durably(self.root / "cur", MSG3, "", 1500.0)
         with open(self.root / "dovecot-uidlist", "a") as f:
             f.write(f"5 :{other}\n")
-        self.assertEqual(self.folder.add(MSG2), 6)
+        self.assertEqual(self.folder.add(MSG2)[1], 6)
         self.assertEqual([e.uid for e in self.folder.scan().messages], [1, 5, 6])
 
 

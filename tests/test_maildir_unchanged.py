@@ -237,7 +237,7 @@ class FollowedTests(unittest.TestCase):
     def test_append_reaches_examine_and_status_without_the_lock(self) -> None:
         """An APPENDed message is in the next delta and full scans that claim no \\Recent
         (EXAMINE, STATUS: RFC 3501 §2.3.2), as recent."""
-        uid = self.other.add(message(7))
+        _, uid = self.other.add(message(7))
         got = self.unlocked(self.first.highestmodseq)
         status = self.unlocked(None)
         self.assertEqual(([e.uid for e in got.messages], got.recent), ([uid], {uid}))
@@ -248,7 +248,7 @@ class FollowedTests(unittest.TestCase):
     def test_recent_is_claimed_once_without_the_lock(self) -> None:
         """A SELECTed session claims the new \\Recent message (an index write, no folder
         lock); the next session's rescan gets the message, not recent (RFC 3501 §2.3.2)."""
-        uid = self.other.add(message(7))
+        _, uid = self.other.add(message(7))
         claimed = self.unlocked(self.first.highestmodseq, True)
         self.assertEqual(([e.uid for e in claimed.messages], claimed.recent), ([uid], {uid}))
         again = self.unlocked(self.first.highestmodseq, True)
@@ -257,7 +257,7 @@ class FollowedTests(unittest.TestCase):
 
     def test_recent_claimed_by_another_process_is_not_claimed_again(self) -> None:
         """\\Recent taken by another process (in the index only) is not given out again."""
-        uid = self.other.add(message(7))
+        _, uid = self.other.add(message(7))
         db = sqlite3.connect(self.root / INDEX_FILE)
         with db:
             db.execute("DELETE FROM recent")
@@ -334,7 +334,7 @@ class OtherProcessTests(unittest.TestCase):
     def test_expunge_and_append_by_another_process_need_no_full_sync(self) -> None:
         """Another worker's EXPUNGE and APPEND: the rescan has both, no full sync."""
         uid = self.in_other_process(
-            lambda other: (other.remove_many([self.first.messages[0]]), other.add(message(9)))[1]
+            lambda other: (other.remove_many([self.first.messages[0]]), other.add(message(9))[1])[1]
         )
         syncs = self.folder.syncs
         got = self.folder.scan()

@@ -57,3 +57,24 @@ def test_rename_by_hand_and_pop3_between_two_clients(server: Server) -> None:
         assert server.messages(ALICE) == []
     finally:
         a.logout()
+
+
+def test_appenduid_after_the_selected_folder_was_deleted_and_created_again(
+    server: Server,
+) -> None:
+    """APPEND into the selected folder after another session deleted and created it again
+    answers APPENDUID with the folder's new UIDVALIDITY (RFC 4315 §3), not the selected one."""
+    a, b = imap_client(server), imap_client(server)
+    try:
+        a.create_folder("Work")
+        old = a.select_folder("Work")[b"UIDVALIDITY"]
+        b.delete_folder("Work")
+        b.create_folder("Work")
+        new = b.folder_status("Work", ["UIDVALIDITY"])[b"UIDVALIDITY"]
+        assert new != old
+        reply = a.append("Work", b"Subject: one\r\n\r\nbody\r\n")
+        assert reply == b"[APPENDUID %d 1] APPEND completed" % new
+        assert b.folder_status("Work", ["UIDVALIDITY"])[b"UIDVALIDITY"] == new
+    finally:
+        a.logout()
+        b.logout()

@@ -537,7 +537,7 @@ class AuthenticatedCommands(MailboxUpdates):
                 raise no(b"Empty message", b"CANNOT")
             await self.check_quota(len(data), 1)  # RFC 9208 §4.3.1: NO [OVERQUOTA]
             try:
-                new_uid = await mbox.addMessage(data, flag_names, date)
+                uidvalidity, new_uid = await mbox.append(data, flag_names, date)
             except MaildirError:
                 if opened:
                     raise
@@ -546,10 +546,8 @@ class AuthenticatedCommands(MailboxUpdates):
             if opened:
                 close_quietly(mbox)
         await self._refresh_if_selected(mbox)
-        if isinstance(new_uid, int) and mbox.getUIDValidity():
-            # RFC 4315 §3: APPENDUID <uidvalidity> <uid>
-            return b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), new_uid)
-        return b"APPEND completed"
+        # RFC 4315 §3: APPENDUID <uidvalidity> <uid>, the UIDVALIDITY the new UID belongs to
+        return b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, new_uid)
 
     def opt_flag_list(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
         """APPEND's optional flag list (RFC 3501 §9 append: C{[SP flag-list]}), checked

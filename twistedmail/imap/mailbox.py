@@ -161,7 +161,8 @@ def _current_flags(folder: Folder, entry: MessageEntry) -> tuple[str, list[str]]
 
 def _add_with_keywords(
     folder: Folder, data: bytes, letters: str, keywords: Sequence[str], mtime: float | None
-) -> int:
+) -> tuple[int, int]:
+    """L{Folder.add} with C{keywords} given letters first: (UIDVALIDITY, UID)."""
     if keywords:
         letters += folder.keyword_letters(list(keywords))
     return folder.add(data, letters, mtime, headers=cached_fields(to_crlf(data)))
@@ -492,14 +493,21 @@ class MaildirMailbox:
     ) -> Deferred[int]:
         """APPEND (RFC 3501 §6.3.11): store durably, return the new UID.  C{flags} may be
         C{None} (no flag list); C{date} is an RFC 3501 date-time or C{None} (now)."""
-        return Deferred.fromCoroutine(self._add(message, flags or (), date))
+        return Deferred.fromCoroutine(self.append(message, flags or (), date)).addCallback(
+            lambda added: added[1]
+        )
 
-    async def _add(self, message: Any, flags: Sequence[str], date: bytes | str | None) -> int:
+    async def append(
+        self, message: Any, flags: Sequence[str], date: bytes | str | None
+    ) -> tuple[int, int]:
+        """L{addMessage}, returning the folder's UIDVALIDITY with the UID (RFC 4315 §3
+        APPENDUID): the folder's as it is now, which is not the session's when another
+        session deleted and created it again since the SELECT."""
         data = message if isinstance(message, bytes) else message.read()
         mtime = None
         if date is not None:
             mtime = parse_internaldate(date.encode() if isinstance(date, str) else date)
-        uid: int = await self.run_in_thread(
+        added: tuple[int, int] = await self.run_in_thread(
             _storage(_add_with_keywords),
             self.folder,
             data,
@@ -508,7 +516,7 @@ class MaildirMailbox:
             mtime,
         )
         self._changed()
-        return uid
+        return added
 
     async def copy(self, message: Any) -> int:
         """IMessageCopier: copy C{message} (of any folder) here with its flags and date."""
@@ -525,7 +533,7 @@ class MaildirMailbox:
             data = imap4.IMessageFile(message).open().read()
             letters = letters_for(flags)
             mtime = None
-        uid: int = await self.run_in_thread(
+        _, uid = await self.run_in_thread(
             _storage(_add_with_keywords), self.folder, data, letters, keyword_names(flags), mtime
         )
         self._changed()

@@ -695,10 +695,12 @@ class Folder:
         flags: str = "",
         mtime: float | None = None,
         headers: tuple[bytes, str] | None = None,
-    ) -> int:
-        """APPEND: store C{data} in C{cur/} with C{flags}, durably; return its new UID (and
-        index it with a new MODSEQ, and C{headers}, when given, in the header cache: see
-        L{FolderIndex.headers})."""
+    ) -> tuple[int, int]:
+        """APPEND: store C{data} in C{cur/} with C{flags}, durably; return the folder's
+        UIDVALIDITY and the message's new UID, read under the lock (the folder may have
+        been deleted and created again since a session selected it: RFC 4315 §3 APPENDUID
+        names the UIDVALIDITY the UID belongs to).  Index it with a new MODSEQ, and
+        C{headers}, when given, in the header cache: see L{FolderIndex.headers}."""
         if not self.exists():
             raise MaildirError("no such folder")
         followed: list[_Snapshot] = []
@@ -740,7 +742,7 @@ class Folder:
                     followed.append(self._followed(kept, index, [row], [], frozenset([uid])))
             else:
                 index.forget_stamps()  # the next scan lists the folder and indexes it
-        return uid
+        return uidvalidity, uid
 
     def locate(self, base: str) -> Path | None:
         """The current path of message C{base} (its flags may have changed), or C{None}."""
