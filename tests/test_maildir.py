@@ -40,6 +40,11 @@ MSG3 = b"Subject: three\r\n\r\n3\r\n"
 NAME = re.compile(r"\A(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^/:,]+),S=(\d+),W=(\d+)\Z")
 
 
+def first_guid(header: str) -> str:
+    """The C{G} field of a C{dovecot-uidlist} header line."""
+    return header.split(" G", 1)[1]
+
+
 def listing(path: Path) -> list[str]:
     return sorted(os.listdir(path))
 
@@ -436,7 +441,31 @@ class AddTests(MaildirTestCase):
         self.assertEqual(lines[-1], "")
         header = r"3 V\d+ N\d+ G[0-9a-f]{32}"
         self.assertTrue(all(re.fullmatch(rf"{header}|\d+ :\S+", x) for x in lines[:-1]))
-        self.assertNotIn(":torn2", path.read_text())  # the next line not glued to the torn one
+        self.assertNotIn(":torn", path.read_text())  # dropped, not glued to the next line
+        self.assertEqual(len(lines), 4)  # the header, MSG1's and MSG2's records
+
+    def test_torn_uidlist_line_names_no_file(self) -> None:
+        """The last line of dovecot-uidlist cut short by a crash (no newline: never made
+        durable, so no APPEND answered OK with its UID) is not a record, even when what is
+        left of the name is the base name of another message: that message keeps its UID,
+        the cut one's file gets the next, and the list is written whole without the torn
+        line (as Dovecot's reader, which skips an unterminated line)."""
+        (self.root / "cur" / "abc:2,").write_bytes(MSG1)  # delivered by another program
+        first = self.folder.scan()
+        self.assertEqual([(e.uid, e.base) for e in first.messages], [(1, "abc")])
+        path = self.root / "dovecot-uidlist"
+        header = path.read_text().split("\n")[0]
+        # a crashed APPEND: its file is in cur/, its record "2 :abcdef\n" cut after "abc"
+        (self.root / "cur" / "abcdef:2,").write_bytes(MSG2)
+        with open(path, "a") as f:
+            f.write("2 :abc")
+        self.assertEqual(self.folder._read_uidlist()[1:], (2, first_guid(header), {"abc": 1}))
+        after = self.folder.scan()
+        self.assertEqual([(e.uid, e.base) for e in after.messages], [(1, "abc"), (2, "abcdef")])
+        self.assertEqual(
+            path.read_text(),
+            f"3 V{first.uidvalidity} N3 G{first_guid(header)}\n1 :abc\n2 :abcdef\n",
+        )
 
     def test_append_uidlist_line_fails(self) -> None:
         """When the record cannot be made durable (a full disk at the fsync), APPEND fails

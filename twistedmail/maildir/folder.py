@@ -89,11 +89,20 @@ class Folder:
     # the UID list
 
     def _read_uidlist(self) -> tuple[int, int, str, dict[str, int]]:
+        """(UIDVALIDITY, UIDNEXT, GUID, {base: UID}) of C{dovecot-uidlist}.
+
+        A last record without its newline was cut short by a crash while it was added
+        (L{_append_uidlist}: never made durable, so no APPEND answered OK with its UID) and
+        is not a record: what is left of its name could be another message's base name.
+        Dovecot's reader skips an unterminated line too; the next writer writes the list
+        whole without it (L{_append_uidlist} declines to continue a torn line)."""
         try:
             text = (self.path / UIDLIST).read_text("utf-8", "surrogateescape")
         except FileNotFoundError:
             return 0, 1, "", {}
         lines = text.splitlines()
+        if len(lines) > 1 and not text.endswith("\n"):
+            lines.pop()  # the torn record (a header alone is kept: its UIDVALIDITY counts)
         uidvalidity, uidnext, guid = 0, 1, ""
         if lines:
             for field in lines[0].split()[1:]:
