@@ -46,6 +46,21 @@ class GrammarFunctionTests(unittest.TestCase):
         for bad in (b"(\\)", b"((a))", b"a%", b"(a"):
             self.assertRaises(imap4.IllegalClientResponse, grammar.flag_list, bad)
 
+    def test_flag_list_system_flags_and_atoms_only(self) -> None:
+        """RFC 3501 §9 flag: the five system flags in any case; any other C{\\atom}
+        (\\Recent too, §2.3.2) and a quoted string are refused with Dovecot's words."""
+        every = b"(\\answered \\FLAGGED \\Deleted \\Seen \\Draft)"
+        self.assertEqual(len(grammar.flag_list(every)[0]), 5)
+        for bad, text in (
+            (b"(\\Seen \\Foo)", "Invalid system flag \\FOO"),
+            (b"\\recent", "Invalid system flag \\RECENT"),
+            (b'("x")', "Flags list contains non-atoms."),
+            (b'(\\Seen "Seen")', "Flags list contains non-atoms."),
+        ):
+            with self.assertRaises(imap4.IllegalClientResponse) as caught:
+                grammar.flag_list(bad)
+            self.assertEqual(str(caught.exception), text)
+
 
 class SessionGrammarTests(unittest.TestCase):
     def setUp(self) -> None:

@@ -59,6 +59,27 @@ def test_imap_store_and_append_of_a_non_atom_flag_are_bad(server: Server, imap: 
     assert files(server) == before
 
 
+def test_imap_unknown_system_flag_and_quoted_flag_are_bad(server: Server, imap: LineClient) -> None:
+    """RFC 3501 §9 flag: a system flag other than the five (flag-extension is reserved;
+    \\Recent cannot be set, §2.3.2) and a quoted string are not flags: STORE and APPEND
+    are BAD with Dovecot's words, APPEND before its literal is asked for; nothing stored."""
+    before = files(server)
+    imap.send(b"a STORE 1 +FLAGS (\\Seen \\Foo)\r\n")
+    assert imap.line() == b"a BAD Syntax error: Invalid system flag \\FOO"
+    imap.send(b"b STORE 1 FLAGS \\Recent\r\n")
+    assert imap.line() == b"b BAD Syntax error: Invalid system flag \\RECENT"
+    imap.send(b'c STORE 1 +FLAGS ("x")\r\n')
+    assert imap.line() == b"c BAD Syntax error: Flags list contains non-atoms."
+    imap.send(b'd APPEND INBOX (\\Seen "x") {5}\r\n')
+    assert imap.line() == b"d BAD Syntax error: Flags list contains non-atoms."
+    imap.send(b"e APPEND INBOX (\\Foo) {5}\r\n")
+    assert imap.line() == b"e BAD Syntax error: Invalid system flag \\FOO"
+    imap.send(b"f NOOP\r\n")  # the client sent no literal: the session goes on
+    assert imap.until(lambda line: line.startswith(b"f ")) == b"f OK NOOP completed"
+    assert files(server) == before
+    assert (server.maildir(ALICE) / "dovecot-keywords").exists() is False
+
+
 def test_imap_invalid_tag_is_untagged_bad_not_echoed(server: Server, imap: LineClient) -> None:
     """RFC 3501 §9 tag: a tag with 8-bit octets gets an untagged BAD, not an echo of them;
     its APPEND asks for no literal and stores nothing."""

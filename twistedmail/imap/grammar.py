@@ -27,6 +27,16 @@ _TOKEN_STOP = frozenset(b'() "') | CTL
 sequence set (C{1:*}), a section (C{BODY[HEADER]}) is checked by its consumer."""
 
 
+SYSTEM_FLAGS = frozenset((b"\\ANSWERED", b"\\FLAGGED", b"\\DELETED", b"\\SEEN", b"\\DRAFT"))
+"""RFC 3501 §9 flag: the system flags a client may set, upper-cased (C{\\Recent} is the
+server's, §2.3.2; flag-extension is reserved for future standards)."""
+
+
+class QuotedString(bytes):
+    """A quoted string's value from L{parse_list}: bytes, marked so that a consumer whose
+    grammar wants an atom there (a flag) can tell C{"x"} from C{x}."""
+
+
 def _fail(text: str) -> imap4.IllegalClientResponse:
     return imap4.IllegalClientResponse(text)
 
@@ -120,7 +130,7 @@ def parse_list(line: bytes) -> list[Any]:
             i += 1
         elif c == 0x22:
             value, rest = quoted(line[i:])
-            stack[-1].append(value)
+            stack[-1].append(QuotedString(value))
             i = len(line) - len(rest)
         else:
             n = _run(line[i:], _TOKEN_STOP)
@@ -151,16 +161,24 @@ def flag_list(line: bytes) -> tuple[list[bytes], bytes]:
 
 
 def flags(items: list[Any]) -> list[bytes]:
-    """The flags of a flag list's parsed inside (L{parse_list}), each checked by L{is_flag}.
+    """The flags of a flag list's parsed inside (L{parse_list}), each checked by L{is_flag}
+    and, a system flag, against L{SYSTEM_FLAGS}; answered as Dovecot answers them
+    (imap-commands-util.c client_parse_mail_flags).
 
     @raise imap4.IllegalClientResponse: an item that is not a flag: a nested list, or an
-        atom with 8-bit octets (Dovecot's "8bit data in atom"), or with atom-specials.
+        atom with 8-bit octets (Dovecot's "8bit data in atom"), or with atom-specials; a
+        quoted string ("Flags list contains non-atoms."); C{\\} and an atom that is not
+        one of L{SYSTEM_FLAGS} ("Invalid system flag \\FOO").
     """
     for item in items:
+        if isinstance(item, QuotedString):
+            raise _fail("Flags list contains non-atoms.")
         if not isinstance(item, bytes) or not is_flag(item):
             if isinstance(item, bytes) and not item.isascii():
                 raise _fail("8bit data in atom")
             raise _fail("Malformed flag")
+        if item[:1] == b"\\" and item.upper() not in SYSTEM_FLAGS:
+            raise _fail("Invalid system flag " + item.upper().decode("ascii"))
     return items
 
 
