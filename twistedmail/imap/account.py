@@ -289,10 +289,10 @@ class MaildirAccount:
         parent = new.rpartition(DELIMITER)[0]
         try:
             self.maildir.folder_path(new)  # a refused name must not leave its parent behind
-            self.maildir.renamed_children(old, new)  # nor a child's name too long
+            children = self.maildir.renamed_children(old, new)  # nor a child's too long
             if parent and parent not in folders:
                 self.create(parent)
-            self.maildir.rename(old, new)
+            self.maildir.rename(old, new, children)
         except FolderNameError:
             raise MailboxError("Invalid mailbox name", b"CANNOT") from None
         except MaildirError as e:

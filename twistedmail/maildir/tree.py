@@ -90,10 +90,12 @@ class UserMaildir:
         # its subscription stays: RFC 3501 §6.3.6, a server MUST NOT unilaterally remove a
         # name from the subscription list (LIST (SUBSCRIBED) shows it \NonExistent)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, children: list[tuple[str, str]] | None = None) -> None:
         """Rename C{old} and its children to C{new} (RFC 3501 §6.3.5).
 
         Renaming INBOX moves its messages into the new folder and leaves INBOX empty.
+        @param children: L{renamed_children}, when the caller checked them already (the
+            root is then not listed again).
         @raise MaildirError: for a missing source or an existing target.
         """
         src, dst = self.folder_path(old), self.folder_path(new)
@@ -108,7 +110,8 @@ class UserMaildir:
             return
         if not (src / "cur").is_dir():
             raise MaildirError("no such mailbox")
-        children = self.renamed_children(old, new)
+        if children is None:
+            children = self.renamed_children(old, new)
         os.rename(src, dst)
         for child, renamed in children:
             os.rename(self.root / child, self.root / renamed)
