@@ -153,6 +153,19 @@ class TrackerTests(unittest.TestCase):
         self.store.set_quota("alice@example.test", Quota())
         self.assertIsNone(self.check(10**9))
 
+    def test_exceeded_at_lists_nothing_for_an_unlimited_quota(self) -> None:
+        """The blocking check delivery makes (in its thread): the resource a message would
+        take past the quota, from the tree's usage; an unlimited quota lists nothing."""
+        write_durably(self.root / "new", b"x" * 600)
+        tracker = self.tracker
+        self.assertIsNone(tracker.exceeded_at(Quota(storage=1000), self.root, 400))
+        self.assertEqual(tracker.exceeded_at(Quota(storage=1000), self.root, 401), "STORAGE")
+        self.assertEqual(tracker.exceeded_at(Quota(messages=1), self.root, 1), "MESSAGE")
+        listed: list[Path] = []
+        self.patch(tracker.cache, "measure", listed.append)
+        self.assertIsNone(tracker.exceeded_at(Quota(), self.root, 10**9))
+        self.assertEqual(listed, [])
+
     def test_unknown_user_is_unlimited(self) -> None:
         """An unknown user has the unlimited quota."""
         self.assertEqual(self.tracker.quota("nobody@example.test"), Quota())

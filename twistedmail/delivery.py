@@ -48,7 +48,7 @@ from twistedmail.maildir import (
     write_durably,
 )
 from twistedmail.metrics import Metrics
-from twistedmail.quota import QuotaExceeded, QuotaTracker, exceeded
+from twistedmail.quota import QuotaExceeded, QuotaTracker
 from twistedmail.sieve.grammar import MAX_SCRIPT_SIZE, SieveError
 from twistedmail.sieve.interpret import (
     Envelope,
@@ -385,9 +385,9 @@ class LocalDelivery:
         at its first delivery only: six syscalls a message fewer, each of which lets the
         reactor thread take the GIL.  A Maildir removed by hand since is made again: its
         absence means nothing was stored there, so the delivery is simply run again."""
-        if limit is not None and not limit.unlimited and self.quota is not None:
+        if limit is not None and self.quota is not None:
             size = len(data) + len(delivered_to_header(user))  # as _deliver_one writes it
-            resource = exceeded(limit, self.quota.cache.measure(root), size)
+            resource = self.quota.exceeded_at(limit, root, size)
             if resource is not None:
                 return _Outcome(over_quota=resource)
         if root not in self._maildirs:

@@ -180,6 +180,14 @@ class QuotaTracker:
         )
         return usage
 
+    def exceeded_at(self, quota: Quota, root: Path, size: int, count: int = 1) -> str | None:
+        """L{exceeded} for the tree at C{root}: the resource that storing C{count} messages of
+        C{size} octets in all would take past C{quota}, or C{None}; an unlimited quota lists
+        nothing.  Blocking (the listing): call in a thread, as delivery does."""
+        if quota.unlimited:
+            return None
+        return exceeded(quota, self.cache.measure(root), size, count)
+
     async def check(self, address: str, size: int, count: int = 1) -> None:
         """Whether C{count} messages of C{size} octets in all fit in the user's quota.
 
@@ -187,8 +195,9 @@ class QuotaTracker:
         """
         quota = self.quota(address)
         if quota.unlimited:
-            return
-        resource = exceeded(quota, await self.usage(address), size, count)
+            return  # (no thread hop)
+        root = mailbox_root(self.mail_dir, address)
+        resource = await self.run_in_thread(self.exceeded_at, quota, root, size, count)
         if resource is not None:
             raise QuotaExceeded(address, resource)
 
