@@ -130,15 +130,17 @@ def _new_mailbox(text: str) -> Mailbox:
     return mailbox
 
 
-def _alias_key(text: str) -> str:
+def _alias_key(text: str, new: bool = False) -> str:
     """An alias address, or C{@domain} for a domain's catch-all (Postfix virtual's form).
 
+    @param new: for an alias being added: an address is parsed by L{_new_mailbox} (also
+        refused when no SMTP path can hold it).
     @raise StoreError: for anything else (C{*@example.org}, C{@}, C{@@x})."""
     if text.startswith("@"):
         if "@" in text[1:] or not text[1:]:
             raise StoreError(f"invalid address {text!r}: expected local@domain or @domain")
         return "@" + _domain(text[1:])
-    mbox = _mailbox(text)
+    mbox = _new_mailbox(text) if new else _mailbox(text)
     if mbox.local == "*":  # valid atext, but always a wildcard meant as @domain
         raise StoreError(f"invalid address {text!r}: a catch-all is written @{mbox.domain}")
     return str(mbox)
@@ -437,9 +439,7 @@ class AccountStore:
         @raise StoreError: for a non-local alias domain, an alias that is a user, invalid
         addresses, or no targets.
         """
-        key = _alias_key(address)
-        if not key.startswith("@"):
-            _new_mailbox(address)
+        key = _alias_key(address, new=True)
         domain = key.rpartition("@")[2]
         normalised = sorted({str(_new_mailbox(t)) for t in targets})
         if not normalised:
