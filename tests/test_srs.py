@@ -87,6 +87,22 @@ class SRSTests(unittest.TestCase):
         self.assertEqual(len(set(results)), 1)
         self.assertEqual(sorted(os.listdir(self.dir)), ["r"])
 
+    def test_secret_whole_after_short_writes_and_nothing_left_on_failure(self) -> None:
+        """os.write may write less than asked: the secret file is whole (64 hex digits and
+        a newline), not the first octets; a write that fails leaves no file behind."""
+        real = os.write
+        self.patch(os, "write", lambda fd, data: real(fd, bytes(data[:5])))
+        secret = load_secret(self.dir / "short")
+        self.assertEqual((self.dir / "short").read_bytes(), secret + b"\n")
+        self.assertEqual(len(secret), 64)
+
+        def full(fd: int, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        self.patch(os, "write", full)
+        self.assertRaises(OSError, load_secret, self.dir / "full")
+        self.assertEqual(sorted(os.listdir(self.dir)), ["short"])
+
     def test_forward_and_reverse(self) -> None:
         """SRS0=HHHH=TT=domain=local@ours reverses to the original sender."""
         rewritten = self.srs.forward(M("Bob@Remote.example"), "example.org")

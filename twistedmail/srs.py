@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from contextlib import suppress
 from pathlib import Path
 
 import dkim as dkimpy
@@ -37,6 +38,7 @@ from twisted.logger import Logger
 
 from twistedmail.address import AddressError, Mailbox
 from twistedmail.dkim import RSA, KeyStore, _dkimpy_private_key
+from twistedmail.fsync import fsync_dir, write_file
 
 log = Logger(namespace="twistedmail.srs")
 
@@ -60,23 +62,14 @@ def load_secret(path: Path) -> bytes:
         pass
     secret = secrets.token_hex(32).encode("ascii")
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secret + b"\n")
-        os.fsync(fd)
+        write_file(tmp, secret + b"\n")
+        with suppress(FileExistsError):
+            os.link(tmp, path)  # never replace a secret another process or thread made meanwhile
     finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replace a secret another process or thread made meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the addresses made with it must stay reversible after a crash
-    finally:
-        os.close(directory)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)  # the addresses made with it must stay reversible after a crash
     return path.read_bytes().strip()
 
 
