@@ -231,6 +231,42 @@ def run_as(options: usage.Options) -> tuple[int, int] | None:
     return int(uid), int(gid)
 
 
+def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, int] | None:
+    """Started as root without C{-u}/C{-g} on a data dir another user owns (handed over by a
+    C{twistd -u} start, or made by that user): run as its owner, as with C{twistd -u
+    OWNER -g GROUP}, so that nothing is written there as root (the CLI acts as that owner
+    too; Postfix and Dovecot never write their data as root).  Sets twistd's C{uid}/C{gid},
+    which it switches to after binding the ports (C{privilegedStartService}).
+
+    @return: the (uid, gid) taken, or C{None}: not root, C{-u}/C{-g} given, not run by
+        twistd, or a data dir that root owns or that does not exist yet (made by root: the
+        quick start runs as root; give C{-u} in production).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or os.geteuid() != 0 or run_as(options) is not None:
+        return None
+    try:
+        st = config.server.data_dir.stat()
+    except OSError:
+        return None
+    if st.st_uid == 0:
+        return None
+    parent["uid"], parent["gid"] = st.st_uid, st.st_gid
+    try:
+        name = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        name = str(st.st_uid)
+    log.info(
+        "started as root without -u: running as uid {uid} gid {gid} ({name}), the owner of"
+        " data dir {data}",
+        uid=st.st_uid,
+        gid=st.st_gid,
+        name=name,
+        data=str(config.server.data_dir),
+    )
+    return st.st_uid, st.st_gid
+
+
 def _searchable_by(path: Path, uid: int, gids: set[int]) -> bool:
     st = path.stat()
     if st.st_uid == uid:
@@ -330,6 +366,7 @@ def makeService(options: Options) -> IService:
     from twistedmail.workers import supervise
 
     try:
+        take_data_dir_owner(config, options)  # (before run_as is read: it sets -u/-g)
         server = MailServer(config, reactor)
         supervise(server, reactor, run_as(options))  # [server] workers (issue 10)
         hand_over_privileges(config, run_as(options))

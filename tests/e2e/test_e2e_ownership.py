@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server
-from test_e2e_daemon import imap_login, rcpt
+from e2e_server import PASSWORDS, Server, deliver, imap_client, imap_login
+from test_e2e_daemon import rcpt
 from test_e2e_outbound import BODY, World, configure, submit, wait_queue_empty
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (twistd -u, chown)")
@@ -119,3 +119,56 @@ def test_unreadable_dkim_key_signs_with_the_others(as_nobody: tuple[World, Serve
         f" the data dir's owner the server runs as (owner uid 0, mode 600); run: chown -R"
         f" {nobody.pw_uid}:{nobody.pw_gid} {server.data_dir / 'dkim'}\n"
     )
+
+
+def test_root_without_u_runs_as_the_data_dirs_owner() -> None:
+    """Started as root without C{-u} on a data dir a C{-u nobody} start handed to nobody,
+    the server binds its ports and runs as the data dir's owner (as the CLI acts as it):
+    what it writes (throttle.json, Maildir, index, queue) stays nobody's, a root-owned
+    leftover is handed back, and C{twistedmail backup}, which acts as nobody, then
+    succeeds (it failed on the files root had left)."""
+    import twistedmail
+
+    package = Path(twistedmail.__file__).parent
+    if not (_world_usable(Path(sys.prefix)) and _world_usable(package)):
+        pytest.skip(f"user nobody cannot read the venv {sys.prefix} or {package}")
+    root = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+    root.chmod(0o755)
+    server = Server(root / "server")
+    nobody = pwd.getpwnam("nobody")
+    ids = (nobody.pw_uid, nobody.pw_gid)
+    try:
+        for address, password in PASSWORDS.items():
+            server.add_user(address, password)
+        server.start(twistd_args=("-u", "nobody", "-g", "nogroup"))
+        server.stop()
+        assert not_owned_by(server.data_dir, *ids) == []
+        (server.data_dir / "leftover").write_bytes(b"root's\n")  # by an older version as root
+
+        server.start()  # as root, no -u
+        assert f"running as uid {ids[0]} gid {ids[1]}" in server.log.read_text()
+        for pid in [server.pid, *server.worker_pids()]:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            uids = next(line.split()[1:] for line in status if line.startswith("Uid:"))
+            gids = next(line.split()[1:] for line in status if line.startswith("Gid:"))
+            assert (uids, gids) == ([str(ids[0])] * 4, [str(ids[1])] * 4), pid
+        deliver(server, "alice@example.test", "hello")
+        server.wait_for_messages("alice@example.test", 1)
+        c = imap_client(server)
+        c.select_folder("INBOX")
+        c.logout()
+        assert imap_login(server, "bob@example.test", "wrong") != "OK"  # throttle state
+        server.stop()
+        assert (server.data_dir / "throttle.json").exists()
+        assert not_owned_by(server.data_dir, *ids) == []
+
+        backup = root / "backup"
+        backup.mkdir()
+        os.chown(backup, *ids)
+        # as root, the CLI acts as the data dir's owner (its effective user and groups)
+        out = server.cli("backup", str(backup), check=False)
+        assert (out.returncode, out.stderr) == (0, "")
+        assert (backup / "manifest.json").exists()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
