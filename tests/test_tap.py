@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pwd
+from pathlib import Path
 
 from twisted.application.service import Application, MultiService
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, globalLogPublisher
@@ -13,7 +16,13 @@ from twisted.trial import unittest
 
 from twistedmail.config import parse_config
 from twistedmail.dns import quiet_dns_client
-from twistedmail.tap import Options, _StartGuard, json_line, json_log_observer
+from twistedmail.tap import (
+    Options,
+    _StartGuard,
+    json_line,
+    json_log_observer,
+    take_data_dir_owner,
+)
 
 
 class JSONLogTests(unittest.TestCase):
@@ -116,3 +125,35 @@ class JSONLogTests(unittest.TestCase):
             globalLogPublisher.removeObserver(publisher)
         lines = out.getvalue().splitlines()
         self.assertEqual([json.loads(x)["text"] for x in lines], ["session s2 hello"])
+
+
+class DataDirOwnerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("runs as root (twistd's -u, chown)")
+        self.data_dir = Path(self.mktemp())
+        self.data_dir.mkdir()
+        self.config = parse_config({"server": {"data_dir": str(self.data_dir)}}, None)
+
+    def options(self, **given: object) -> tuple[Options, dict[str, object]]:
+        """Our options, under twistd's (a dict here: C{uid}, C{gid} as C{-u}/C{-g} set them)."""
+        parent = {"uid": None, "gid": None, **given}
+        options = Options()
+        options.parent = parent  # type: ignore[assignment]
+        return options, parent
+
+    def test_root_without_u_takes_the_owner(self) -> None:
+        """As root without -u/-g, a data dir another user owns sets twistd's uid and gid to
+        its owner's (twistd switches to them after binding the ports); one root owns, or
+        a -u/-g given, is left alone."""
+        options, parent = self.options()
+        self.assertIsNone(take_data_dir_owner(self.config, options))
+        self.assertEqual((parent["uid"], parent["gid"]), (None, None))
+        nobody = pwd.getpwnam("nobody")
+        os.chown(self.data_dir, nobody.pw_uid, nobody.pw_gid)
+        ids = (nobody.pw_uid, nobody.pw_gid)
+        self.assertEqual(take_data_dir_owner(self.config, options), ids)
+        self.assertEqual((parent["uid"], parent["gid"]), ids)
+        given, parent = self.options(uid=0, gid=0)
+        self.assertIsNone(take_data_dir_owner(self.config, given))
+        self.assertEqual((parent["uid"], parent["gid"]), (0, 0))
