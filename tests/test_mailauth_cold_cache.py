@@ -8,13 +8,16 @@ from typing import Any
 
 from test_mailauth import IP, message, zone
 from test_smtp_server import run_now
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
 from twisted.names import client, dns, server
 from twisted.trial import unittest
 
 from twistedmail import mailauth
 from twistedmail.address import Mailbox
 from twistedmail.mailauth import Authenticator, SPFResult
+
+reactor: Any = _reactor  # the real one: UDP to the loopback DNS server
 
 
 class ColdCacheTests(unittest.TestCase):

@@ -53,12 +53,14 @@ def _parse(log_format: str) -> _Parsed | None:
         parts = tuple(_formatter.parse(log_format))
     except ValueError:
         return None
-    for _, field, spec, conversion in parts:
+    simple = []
+    for literal, field, spec, conversion in parts:
         if field is not None and (
-            not field.isidentifier() or conversion not in (None, "s", "r") or "{" in spec
+            not field.isidentifier() or conversion not in (None, "s", "r") or "{" in (spec or "")
         ):
             return None
-    return parts
+        simple.append((literal, field, spec or "", conversion))
+    return tuple(simple)
 
 
 def classic_line(event: LogEvent, time: Callable[[float | None], str]) -> str | None:

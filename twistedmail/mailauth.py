@@ -758,7 +758,7 @@ class _MessageDNS:
         self,
         check: Callable[[DNSQuery], Any],
         run: Callable[..., Any] | None = None,
-        missing: set[_Key] | None = None,
+        first: set[_Key] | None = None,
     ) -> Any:
         """Run C{check(query)} until it asks for nothing unknown: each run that met an
         unknown name is thrown away, the names are looked up (concurrently, within the
@@ -767,11 +767,11 @@ class _MessageDNS:
 
         @param run: C{f, *args -> Deferred} to run each pass in a thread (CPU-heavy DKIM
             verification); C{None}: on the calling (reactor) thread.
-        @param missing: the names a pass of the same check already ran into (the one-pass
+        @param first: the names a pass of the same check already ran into (the one-pass
             path of L{Authenticator._check}): looked up first, so that pass is not run again.
         """
-        if missing:
-            await self._fetch_all(missing)
+        if first:
+            await self._fetch_all(first)
         for _ in range(_MAX_ROUNDS):
             missing: set[_Key] = set()
             query = self.query_function(missing)
