@@ -15,6 +15,7 @@ this applies (L{log_sink} is C{None}).
 from __future__ import annotations
 
 import os
+import string
 import threading
 from collections.abc import Callable
 from typing import IO, Any
@@ -35,7 +36,75 @@ from zope.interface import implementer
 
 from twistedmail.dns import quiet_dns_client
 
+_formatter = string.Formatter()
+
 FLUSH_EVERY = 0.02  # seconds a worker's log lines wait to be written together (LogLines)
+
+_Parsed = tuple[tuple[str, str | None, str, str | None], ...]
+_FORMATS: dict[str, _Parsed | None] = {}  # log_format -> its parts (None: not simple)
+_MAX_FORMATS = 1000  # the formats of our own log calls are far fewer
+
+
+def _parse(log_format: str) -> _Parsed | None:
+    """The parts of a PEP 3101 format (literal text, field, spec, conversion), when every
+    field is a plain name with a plain spec and C{!s}/C{!r} at most; else C{None} (calls
+    C{{f()}}, attributes, indexes, nested fields: left to twisted.logger)."""
+    try:
+        parts = tuple(_formatter.parse(log_format))
+    except ValueError:
+        return None
+    simple = []
+    for literal, field, spec, conversion in parts:
+        if field is not None and (
+            not field.isidentifier() or conversion not in (None, "s", "r") or "{" in (spec or "")
+        ):
+            return None
+        simple.append((literal, field, spec or "", conversion))
+    return tuple(simple)
+
+
+def classic_line(event: LogEvent, time: Callable[[float | None], str]) -> str | None:
+    """C{formatEventAsClassicLogText(event, formatTime=time)}, the same text, with the
+    event's C{log_format} parsed once per format instead of once per event (issue 10:
+    twisted.logger's C{string.Formatter} pass was most of a log line's cost); an event it
+    cannot do the same way (a failure, a call or attribute in the format, a missing
+    field) goes to twisted.logger."""
+    log_format = event.get("log_format")
+    if type(log_format) is not str or "log_failure" in event or "log_flattened" in event:
+        return formatEventAsClassicLogText(event, formatTime=time)
+    try:
+        parts = _FORMATS[log_format]
+    except KeyError:
+        parts = _parse(log_format)
+        if len(_FORMATS) < _MAX_FORMATS:
+            _FORMATS[log_format] = parts
+    if parts is None:
+        return formatEventAsClassicLogText(event, formatTime=time)
+    pieces = []
+    try:
+        for literal, field, spec, conversion in parts:
+            pieces.append(literal)
+            if field is not None:
+                value = event[field]
+                if conversion == "r":
+                    value = repr(value)
+                elif conversion == "s":
+                    value = str(value)
+                pieces.append(format(value, spec))
+    except Exception:
+        return formatEventAsClassicLogText(event, formatTime=time)
+    text = "".join(pieces)
+    if not text:
+        return None
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        name = "-" if level is None else level.name
+        system = "{}#{}".format(event.get("log_namespace", "-"), name)
+    elif type(system) is not str:
+        return formatEventAsClassicLogText(event, formatTime=time)
+    line = f"{time(event.get('log_time'))} [{system}] {text}"
+    return line.replace("\n", "\n\t") + "\n"
 
 
 @attrs.frozen
@@ -135,7 +204,7 @@ class LogLines:
                     event.get("log_namespace", "-"), level.name if level is not None else "-"
                 )
             event["log_system"] = f"{system}{self.mark}"
-        text = formatEventAsClassicLogText(event, formatTime=self._time)
+        text = classic_line(event, self._time)
         if not text:
             return
         with self._lock:

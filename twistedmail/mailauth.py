@@ -755,7 +755,10 @@ class _MessageDNS:
             self.seen[key] = e
 
     async def replay(
-        self, check: Callable[[DNSQuery], Any], run: Callable[..., Any] | None = None
+        self,
+        check: Callable[[DNSQuery], Any],
+        run: Callable[..., Any] | None = None,
+        first: set[_Key] | None = None,
     ) -> Any:
         """Run C{check(query)} until it asks for nothing unknown: each run that met an
         unknown name is thrown away, the names are looked up (concurrently, within the
@@ -764,18 +767,25 @@ class _MessageDNS:
 
         @param run: C{f, *args -> Deferred} to run each pass in a thread (CPU-heavy DKIM
             verification); C{None}: on the calling (reactor) thread.
+        @param first: the names a pass of the same check already ran into (the one-pass
+            path of L{Authenticator._check}): looked up first, so that pass is not run again.
         """
+        if first:
+            await self._fetch_all(first)
         for _ in range(_MAX_ROUNDS):
             missing: set[_Key] = set()
             query = self.query_function(missing)
             result = check(query) if run is None else await run(check, query)
             if not missing:
                 return result
-            await defer.gatherResults(
-                [defer.Deferred.fromCoroutine(self._fetch(key)) for key in missing],
-                consumeErrors=True,
-            )
+            await self._fetch_all(missing)
         return result
+
+    async def _fetch_all(self, missing: set[_Key]) -> None:
+        await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(self._fetch(key)) for key in missing],
+            consumeErrors=True,
+        )
 
 
 async def spf_of(
@@ -856,19 +866,26 @@ class Authenticator:
         from_domain = author_domain(message)
         signed = _has_dkim_signature(message)
         sealed = _has_field(message, b"arc-seal:")  # RFC 8617 §5.2, for our seal when forwarded
+        spf_missing: set[_Key] = set()
+        policy_missing: set[_Key] = set()
+        spf_d: defer.Deferred[SPFResult] | None = None
         if not signed and not sealed:
             # Every answer cached already (the common case): SPF and DMARC in one pass on
-            # this thread, without the Deferreds of the concurrent path below.
-            missing: set[_Key] = set()
-            query = lookups.query_function(missing)
-            spf_result = check_spf(query, ip, reverse_path, helo)
-            if not missing:
+            # this thread, without the Deferreds of the concurrent path below.  On a cold
+            # cache, what this pass learnt carries over: an SPF result it reached is kept,
+            # and the names it ran into are looked up before the next pass (issue 10: the
+            # concurrent path ran the same first SPF pass again).
+            spf_result = check_spf(lookups.query_function(spf_missing), ip, reverse_path, helo)
+            if not spf_missing:
+                spf_d = defer.succeed(spf_result)
+                query = lookups.query_function(policy_missing)
                 dmarc = evaluate_dmarc(query, from_domain, spf_result, ())
-                if not missing:
+                if not policy_missing:
                     return AuthenticationResults(spf_result, (), dmarc, None)
-        spf_d = defer.Deferred.fromCoroutine(
-            lookups.replay(lambda q: check_spf(q, ip, reverse_path, helo))
-        )
+        if spf_d is None:
+            spf_d = defer.Deferred.fromCoroutine(
+                lookups.replay(lambda q: check_spf(q, ip, reverse_path, helo), None, spf_missing)
+            )
         if signed:
             dkim_d = defer.Deferred.fromCoroutine(
                 lookups.replay(lambda q: verify_dkim(q, message), self.run_in_thread)
@@ -876,7 +893,7 @@ class Authenticator:
         else:
             dkim_d = defer.succeed(())  # RFC 8601 §2.7.1: dkim=none, nothing to verify
         policy_d = defer.Deferred.fromCoroutine(
-            lookups.replay(lambda q: _prefetch_policy(q, from_domain))
+            lookups.replay(lambda q: _prefetch_policy(q, from_domain), None, policy_missing)
         )
         if sealed:
             arc_d = defer.Deferred.fromCoroutine(

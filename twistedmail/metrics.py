@@ -117,12 +117,23 @@ class Metrics:
             self.outbound.labels(result)
         for service in ("smtp", "submission"):
             self.received.labels(service)
+        # the labelled children of the per-message hooks, looked up once (issue 10:
+        # prometheus_client's labels() validates and locks at each call)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _labels(self, metric: Any, *values: str) -> Any:
+        """C{metric.labels(*values)}, the same child, from a dict after the first call."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- the hooks (one call at each place an event happens) -----------------------------
 
     def connection(self, service: str) -> None:
         """A connection accepted by listener C{service} (C{smtp}, C{imaps}, ...)."""
-        self.connections.labels(service).inc()
+        self._labels(self.connections, service).inc()
 
     def login(self, service: str, outcome: str) -> None:
         """A login attempt on C{service} (C{smtp}, C{imap}, C{pop3}); C{outcome} one of
@@ -131,13 +142,13 @@ class Metrics:
 
     def message_received(self, service: str) -> None:
         """A message answered 250 after DATA on C{service} (C{smtp} or C{submission})."""
-        self.received.labels(service).inc()
+        self._labels(self.received, service).inc()
 
     def delivered_locally(self, copies: int, received_at: float) -> None:
         """C{copies} stored for local users of a message whose DATA ended at C{received_at}."""
         if copies:
             self.stored.inc(copies)
-            self.latency.labels("local").observe(max(self._now() - received_at, 0.0))
+            self._labels(self.latency, "local").observe(max(self._now() - received_at, 0.0))
 
     def message_queued(self) -> None:
         self.queued.inc()
@@ -163,8 +174,8 @@ class Metrics:
         dkim = [d.result for d in results.dkim]
         best = "pass" if "pass" in dkim else (dkim[0] if dkim else "none")
         for method, result in (("spf", results.spf.result), ("dkim", best)):
-            self.authentication.labels(method, _result_word(result)).inc()
-        self.authentication.labels("dmarc", _result_word(results.dmarc.result)).inc()
+            self._labels(self.authentication, method, _result_word(result)).inc()
+        self._labels(self.authentication, "dmarc", _result_word(results.dmarc.result)).inc()
 
 
 def _result_word(result: str) -> str:

@@ -343,6 +343,16 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.mode == DATA and not self._closed and not self.transport.disconnecting:
+            # The client went away before the end-of-data line: no transaction (RFC 5321
+            # §4.1.1.4), nothing stored; said once, as Postfix's "lost connection after DATA".
+            log.info(
+                "session {session}: lost connection after DATA from [{ip}]"
+                " ({octets} octets received)",
+                session=self.session_id,
+                ip=self.peer_ip,
+                octets=self._data_size + len(self._buffer),
+            )
         if self._greeting is not None:
             self._greeting.cancel()
             self._greeting = None
