@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imaptest_bench import MIX_USERS, prefill, read_mbox, run_imaptest  # noqa: E402
-from peerlib import DEFAULT_PEERS, Twistedmail, pick_port_base, tree  # noqa: E402
+from peerlib import CLK_TCK, DEFAULT_PEERS, Twistedmail, pick_port_base, tree  # noqa: E402
 
 _LINE = re.compile(r":\d+\)$")
 # the command a sample belongs to (the first of these in its stack) and what it does
@@ -102,6 +102,20 @@ def summarize(raw: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def user_system_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of C{pid}'s tree, reaped children included."""
+    user = system = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--summarize"]:  # --summarize RAW [TOP]
         print(summarize(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 30))
@@ -161,13 +175,17 @@ def main() -> int:
         time.sleep(0.5)
         extra = ["logout=0"] if args.mode == "logout0" else []
         log = work / f"imaptest-{args.mode}.log"
+        before = user_system_s(tm.pid)
         rate, cpu_ms, errors = run_imaptest(tm, tm.pid, mbox, args.secs, extra, log)
+        after = user_system_s(tm.pid)
         for _, p in spies:
             p.wait()
         text = log.read_text().splitlines()
         i = max(i for i, line in enumerate(text) if line.startswith("Totals:"))
         print("\n".join(text[i : i + 5]))
         print(f"{rate:.1f} cmds/s, {cpu_ms:.2f} ms CPU/cmd, {errors} Error: lines; work {work}")
+        user, system = after[0] - before[0], after[1] - before[1]
+        print(f"user {user:.2f} s, system {system:.2f} s ({system * 100 / (user + system):.0f}%)")
         for raw, _ in spies:
             if raw.exists():
                 print(summarize(raw, args.top))
