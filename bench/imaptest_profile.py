@@ -61,6 +61,7 @@ ACTIVITIES = (
     ("thread hop", "queue.py"),
     ("thread hop", "deferToThreadPool"),
     ("thread hop", "run_in_thread"),
+    ("thread hop", "twistedmail/threadhop.py"),
     ("inotify", "imap/watch.py"),
     ("sqlite/index", "twistedmail/index.py"),
     ("rescan", "MaildirMailbox.refresh"),
