@@ -48,3 +48,15 @@ class ResolveTests(unittest.TestCase):
         for low, high in ranges:
             messages.add(low, high)
         self.assertEqual(mbox.resolve(messages, uid), every(mbox._view, mbox._gone, messages, uid))
+
+
+class SequenceOfTests(unittest.TestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(uids=st.sets(st.integers(1, 60), max_size=30), asked=st.integers(0, 61))
+    def test_same_as_a_map_of_the_view(self, uids: set[int], asked: int) -> None:
+        """sequence_of(uid) (untagged FETCH of a flag change, RFC 3501 §7.4.2) by bisection
+        answers as a map {uid: sequence number} of the whole view does."""
+        mbox = MaildirMailbox("INBOX", Folder(self.mktemp()), ChangeNotifier(), None)  # type: ignore[arg-type]
+        mbox._view = [MessageEntry(u, f"b{u}", f"b{u}:2,", 10, 0.0) for u in sorted(uids)]
+        by_uid = {mbox.getUID(n): n for n in range(1, mbox.getMessageCount() + 1)}
+        self.assertEqual(mbox.sequence_of(asked), by_uid.get(asked))

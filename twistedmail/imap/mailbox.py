@@ -428,6 +428,13 @@ class MaildirMailbox:
     def getMessageCount(self) -> int:
         return len(self._view)
 
+    def sequence_of(self, uid: int) -> int | None:
+        """The sequence number of C{uid} in the view, found by bisection (the view is in
+        UID order), or C{None}; as a map of every UID of the view would answer."""
+        view = self._view
+        at = bisect.bisect_left(view, uid, key=_uid_of)
+        return at + 1 if at < len(view) and view[at].uid == uid else None
+
     def getRecentCount(self) -> int:
         return len(self._recent)
 

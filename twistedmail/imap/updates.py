@@ -83,9 +83,8 @@ class MailboxUpdates(IMAPProtocol):
                 self.sendLine(b"* %d RECENT" % mbox.getRecentCount())
         if self._pending_flags:
             pending, self._pending_flags = self._pending_flags, {}
-            by_uid = {mbox.getUID(n): n for n in range(1, mbox.getMessageCount() + 1)}
             for message_uid, flags in sorted(pending.items()):
-                seq = by_uid.get(message_uid)
+                seq = mbox.sequence_of(message_uid)  # (not a map of the whole view)
                 if seq is not None:
                     extra = self._condstore_items(seq)
                     self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, format_flags(flags), extra))

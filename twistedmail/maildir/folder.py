@@ -72,6 +72,13 @@ class Folder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # the paths a rescan and a read stat, list or open, as strings made once (pathlib
+        # joins and str() of them were 6% of the GIL's samples under imaptest: issue 10)
+        where = os.fspath(path)
+        self._new, self._cur = os.path.join(where, "new"), os.path.join(where, "cur")
+        self._uidlist = os.path.join(where, UIDLIST)
+        self._index_file = os.path.join(where, INDEX_FILE)
+        self._keywords_file = os.path.join(where, KEYWORDS)
 
     def exists(self) -> bool:
         return (self.path / "cur").is_dir()
@@ -189,9 +196,9 @@ class Folder:
         return value
 
     def _stamps(self) -> Stamps:
-        new, cur = os.stat(self.path / "new"), os.stat(self.path / "cur")
+        new, cur = os.stat(self._new), os.stat(self._cur)
         try:
-            uidlist = os.stat(self.path / UIDLIST)
+            uidlist = os.stat(self._uidlist)
             u = (uidlist.st_mtime_ns, uidlist.st_size, uidlist.st_ino)
         except FileNotFoundError:
             u = (0, 0, 0)
@@ -358,7 +365,7 @@ class Folder:
         started = now_ns()
         try:
             current = self._stamps()
-            index_ino = os.stat(self.path / INDEX_FILE).st_ino
+            index_ino = os.stat(self._index_file).st_ino
         except OSError:
             return None  # (the folder is gone: the locked scan says so)
         if index_ino != snapshot.index_ino:
@@ -425,9 +432,9 @@ class Folder:
     def _listed_as(self, snapshot: _Snapshot) -> bool:
         """Whether C{new/} holds no message and C{cur/} exactly the snapshot's files."""
         try:
-            if any(not name.startswith(".") for name in os.listdir(self.path / "new")):
+            if any(not name.startswith(".") for name in os.listdir(self._new)):
                 return False  # new mail
-            names = [name for name in os.listdir(self.path / "cur") if not name.startswith(".")]
+            names = [name for name in os.listdir(self._cur) if not name.startswith(".")]
         except OSError:
             return False
         return len(names) == len(snapshot.messages) and not snapshot.filenames.symmetric_difference(
@@ -644,7 +651,7 @@ class Folder:
         last read it, or it had changed within L{DIRTY_NS} of that read (an edit in the
         same mtime tick): a rescan costs one C{stat}."""
         try:
-            st = os.stat(self.path / KEYWORDS)
+            st = os.stat(self._keywords_file)
         except FileNotFoundError:
             return {}
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -785,10 +792,14 @@ class Folder:
 
         @raise MaildirError: when it is gone.
         """
-        try:
-            data = self.open(entry).read_bytes()
+        try:  # where the entry says first (no stat before: L{open} when it moved)
+            with open(os.path.join(self._cur, entry.filename), "rb") as f:
+                data = f.read()
         except FileNotFoundError:
-            raise MaildirError("message no longer exists") from None
+            try:
+                data = self.open(entry).read_bytes()
+            except FileNotFoundError:
+                raise MaildirError("message no longer exists") from None
         return to_crlf(data)
 
     def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
