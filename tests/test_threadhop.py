@@ -76,7 +76,7 @@ def test_exception_fails_the_deferred_with_it() -> None:
 def test_stop_runs_queued_work_then_ends_threads() -> None:
     """stop() (the reactor's shutdown trigger) lets the work queued before it run, then joins."""
     reactor = ThreadedReactor()
-    hop = ThreadHop(reactor, size=3)
+    hop = ThreadHop(reactor, size=3, name="test-stop")
     done: list[int] = []
     gate = threading.Event()
     ds = [hop(lambda i=i: (gate.wait(30), done.append(i))[1]) for i in range(20)]
@@ -84,7 +84,8 @@ def test_stop_runs_queued_work_then_ends_threads() -> None:
     gate.set()
     reactor.triggers[0][2]()  # stop
     assert sorted(done) == list(range(20))
-    assert not [t for t in threading.enumerate() if t.name.startswith("twistedmail-io-")]
+    # its own threads only: servers of other tests in this process keep theirs until exit
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-stop-")]
     reactor.run_calls(20)
     assert all(results(d) == [None] for d in ds)
     after = results(hop(lambda: 1))  # after shutdown: a failure, not a hang
