@@ -43,6 +43,9 @@ IMAP_TO_LETTER = {
     "\\Deleted": "T",
 }
 LETTER_TO_IMAP = {v: k for k, v in IMAP_TO_LETTER.items()}
+UNKNOWN_SIZE = -1
+"""The size of a message whose file name carries no Dovecot C{,W=}: its size with CRLF line
+ends is not known until a consumer asks for it (L{Folder.sizes} measures it once)."""
 
 _counter_lock = threading.Lock()
 _counter = 0
@@ -154,8 +157,16 @@ class CRLFReader(io.BufferedIOBase):
 
 
 def measure(path: Path) -> int:
-    """The size of message file C{path} with CRLF line ends.  @raise OSError: unreadable."""
-    return wire_size(path.read_bytes())
+    """The size of message file C{path} with CRLF line ends, read a chunk at a time (a CR
+    ending one chunk and the LF starting the next are one line end).
+
+    @raise OSError: unreadable."""
+    total, after_cr = 0, False
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            total += wire_size(chunk) - (after_cr and chunk[:1] == b"\n")
+            after_cr = chunk[-1:] == b"\r"
+    return total
 
 
 def wire_size_from_name(base: str) -> int | None:

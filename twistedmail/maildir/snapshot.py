@@ -208,6 +208,39 @@ class _Snapshots:
                     now.__dict__["filenames"] = snapshot.filenames
                 self._kept[path] = now
 
+    def known_sizes(self, path: Path, entries: list[MessageEntry]) -> dict[str, int]:
+        """The sizes the kept snapshot knows ({base: octets}) of C{entries}, which did not."""
+        with self._lock:
+            kept = self._kept.get(path)
+        if kept is None:
+            return {}
+        messages, out = kept.messages, {}
+        for entry in entries:
+            i = bisect.bisect_left(messages, entry.uid, key=_uid)
+            if i < len(messages) and messages[i].base == entry.base and messages[i].size >= 0:
+                out[entry.base] = messages[i].size
+        return out
+
+    def sized(self, path: Path, sizes: dict[int, tuple[str, int]]) -> None:
+        """Put sizes just measured ({uid: (base, octets)}) in the kept snapshot, in place of
+        its unknown ones (no MODSEQ: the message did not change)."""
+        with self._lock:
+            kept = self._kept.get(path)
+            if kept is None:
+                return
+            messages = list(kept.messages)
+            changed = False
+            for uid, (base, size) in sizes.items():
+                i = bisect.bisect_left(messages, uid, key=_uid)
+                if i < len(messages) and messages[i].base == base and messages[i].size < 0:
+                    messages[i] = messages[i]._replace(size=size)
+                    changed = True
+            if changed:
+                now = attrs.evolve(kept, messages=tuple(messages))
+                if "filenames" in kept.__dict__:
+                    now.__dict__["filenames"] = kept.filenames
+                self._kept[path] = now
+
     def keep(self, path: Path, snapshot: _Snapshot) -> None:
         with self._lock:
             self._kept[path] = snapshot
