@@ -149,3 +149,16 @@ class MeasureTests(unittest.TestCase):
             path.write_bytes(data)
             expected = len(data) + data.count(b"\n") - data.count(b"\r\n")
             self.assertEqual(measure(path), expected)
+
+
+class PositionsTests(unittest.TestCase):
+    def test_few_and_many(self) -> None:
+        """L{positions} finds the same places by bisection (a few UIDs) as by one pass."""
+        messages = [
+            maildir.MessageEntry(uid, f"b{uid}", f"b{uid}:2,", 1, 0.0) for uid in range(1, 200, 2)
+        ]
+        self.assertEqual(maildir.positions(messages, [3, 4, 199]), {3: 1, 199: 99})
+        many = list(range(0, 201))
+        self.assertEqual(
+            maildir.positions(messages, many), {u: (u - 1) // 2 for u in range(1, 200, 2)}
+        )

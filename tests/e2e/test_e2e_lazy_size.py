@@ -98,9 +98,13 @@ def test_first_select_opens_no_message_file(server: Server, tmp_path: Path) -> N
         assert [line for line in opened if "/cur/" in line] == []
         w.until(b"\r\n")
         out = w.send(b"c FETCH 1:* (RFC822.SIZE)", b"c OK")
-        assert out == b"".join(
-            b"* %d FETCH (RFC822.SIZE %d)\r\n" % (n, size) for n, size in enumerate(SIZES, 1)
-        ) + b"c OK"
+        assert (
+            out
+            == b"".join(
+                b"* %d FETCH (RFC822.SIZE %d)\r\n" % (n, size) for n, size in enumerate(SIZES, 1)
+            )
+            + b"c OK"
+        )
     finally:
         w.close()
 

@@ -56,6 +56,7 @@ from twistedmail.maildir import (
     MessageEntry,
     ScanResult,
     is_enospc,
+    positions,
     split_name,
     to_crlf,
 )
@@ -582,12 +583,11 @@ class MaildirMailbox:
             return {}
         sizes: dict[str, int] = await self.run_in_thread(self.folder.sizes, unknown)
         view = self._view
-        for entry in unknown:
-            size = sizes.get(entry.base)
-            i = bisect.bisect_left(view, entry.uid, key=_uid_of)
-            if size is not None and i < len(view) and view[i].base == entry.base:
-                if view[i].size < 0:
-                    view[i] = view[i]._replace(size=size)
+        at = positions(view, [e.uid for e in unknown if e.base in sizes])
+        for i in at.values():
+            entry = view[i]
+            if entry.size < 0 and entry.base in sizes:
+                view[i] = entry._replace(size=sizes[entry.base])
         return sizes
 
     async def store(

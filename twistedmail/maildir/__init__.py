@@ -105,6 +105,7 @@ from twistedmail.maildir.snapshot import (
     _Snapshots,
     _snapshots,
     _uid,
+    positions,
 )
 from twistedmail.maildir.tree import (
     TMP_MAX_AGE,
@@ -168,6 +169,7 @@ __all__ = [
     "measure",
     "MessageEntry",
     "normalize_flags",
+    "positions",
     "ScanResult",
     "size_from_name",
     "SNAPSHOT_LOG",

@@ -580,13 +580,18 @@ class Folder:
             found.update(read_sizes(self.path, [e.base for e in rest]))
         measured: dict[str, int] = {}
         by_uid: dict[int, tuple[str, int]] = {}
+        cur = os.fspath(self.path / "cur") + os.sep
         for entry in rest:
             if entry.base in found:
                 continue
             try:
-                measured[entry.base] = size = measure(self.open(entry))
+                try:
+                    size = measure(cur + entry.filename)
+                except FileNotFoundError:  # renamed (flags) or expunged meanwhile
+                    size = measure(self.open(entry))
             except (OSError, MaildirError):
-                continue  # expunged meanwhile
+                continue  # expunged
+            measured[entry.base] = size
             if entry.uid:
                 by_uid[entry.uid] = (entry.base, size)
         if measured:

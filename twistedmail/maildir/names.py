@@ -156,17 +156,27 @@ class CRLFReader(io.BufferedIOBase):
         super().close()
 
 
-def measure(path: Path) -> int:
+def measure(path: str | Path) -> int:
     """The size of message file C{path} with CRLF line ends, read a chunk at a time (a CR
-    ending one chunk and the LF starting the next are one line end).
+    ending one chunk and the LF starting the next are one line end, L{MEASURE_CHUNK}).
 
     @raise OSError: unreadable."""
-    total, after_cr = 0, False
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        total, after_cr = 0, False
+        # (os.read allocates what it is asked for: a small file's size, not a whole chunk)
+        chunk = os.read(fd, min(os.fstat(fd).st_size + 1, MEASURE_CHUNK))
+        while chunk:
             total += wire_size(chunk) - (after_cr and chunk[:1] == b"\n")
             after_cr = chunk[-1:] == b"\r"
-    return total
+            chunk = os.read(fd, MEASURE_CHUNK)
+        return total
+    finally:
+        os.close(fd)
+
+
+MEASURE_CHUNK = 1 << 20
+"""Octets L{measure} reads at a time."""
 
 
 def wire_size_from_name(base: str) -> int | None:
