@@ -115,6 +115,17 @@ class LazySizeTests(unittest.TestCase):
         self.assertNotIn(entries[0].base, sizes)
         self.assertEqual(sizes[entries[4].base], FILES[4][2])
 
+    def test_no_index_is_made_to_record_sizes(self) -> None:
+        """Sizes asked after the index was deleted are measured and given, and no index is
+        made without its state (the next scan rebuilds it, RFC 7162 §3.1.2.1)."""
+        entries = self.folder.scan().messages
+        for suffix in ("", "-wal", "-shm"):
+            (self.root / (INDEX_FILE + suffix)).unlink(missing_ok=True)
+        maildir._snapshots.forget(self.root)
+        sizes = self.folder.sizes(entries)
+        self.assertEqual(sizes[entries[0].base], FILES[0][2])
+        self.assertFalse((self.root / INDEX_FILE).exists())
+
     def test_index_upgrade_forgets_sizes_without_w(self) -> None:
         """An index of the previous cache version (bare LF counted as one octet) gets its
         sizes without C{,W=} made unknown, not measured: no file opened at the upgrade."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -577,7 +578,8 @@ class Folder:
         found = _snapshots.known_sizes(self.path, wanted)
         rest = [e for e in wanted if e.base not in found]
         if rest:
-            found.update(read_sizes(self.path, [e.base for e in rest]))
+            with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: measured)
+                found.update(read_sizes(self.path, [e.base for e in rest]))
         measured: dict[str, int] = {}
         by_uid: dict[int, tuple[str, int]] = {}
         cur = os.fspath(self.path / "cur") + os.sep
@@ -595,8 +597,12 @@ class Folder:
             if entry.uid:
                 by_uid[entry.uid] = (entry.base, size)
         if measured:
-            with FolderIndex(self.path) as index:
-                index.set_sizes(measured)
+            if (self.path / INDEX_FILE).exists():  # (not one made here, without its state)
+                try:
+                    with FolderIndex(self.path) as index:
+                        index.set_sizes(measured)
+                except sqlite3.Error:
+                    pass  # busy past its timeout: the sizes are still right, measured again later
             _snapshots.sized(self.path, by_uid)
             found.update(measured)
         return found
