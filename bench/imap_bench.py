@@ -2,7 +2,7 @@
 """IMAP benchmark: twistedmail against Dovecot on copies of the same big INBOX (run by hand).
 
     .venv/bin/python bench/imap_bench.py [--messages 20000 100000] [--rounds 3] [--load-secs 20]
-        [--idle-conns 1000] [--workers N]
+        [--idle-conns 1000] [--workers N] [--names s|sw|none] [--select-only] [--before BIN]
 
 1. Builds an N-message INBOX once (2-20 KB messages, varied headers, some multipart, flags and
    a keyword; Maildir files and dovecot-uidlist written directly) and caches it under
@@ -18,6 +18,12 @@
    Each INBOX size runs --rounds rounds, the two servers alternating (twistedmail first in
    odd rounds, Dovecot first in even ones), each on a fresh copy; the idle test runs in the
    first round only.
+   --names: the message files' names carry ,S= only (the default: Courier's and older
+   twistedmail's names, whose size with CRLF line ends is unknown until measured), ,S= and
+   ,W= (Dovecot's), or no size field. --select-only: only LOGIN, the first and second
+   SELECT, and FETCH 1:* (RFC822.SIZE) twice (the sizes checked to add up to the INBOX's
+   octets). --before: also run another checkout's twistedmail (its venv's bin dir) in each
+   round, the three taking turns to go first, and print before/Dovecot and after/before too.
 4. Prints a table per INBOX size: figure, twistedmail and Dovecot (medians over the rounds),
    and the ratio twistedmail/Dovecot (the median of the per-round ratios, min-max).
 
@@ -196,14 +202,37 @@ def cached_inbox(cache: Path, count: int) -> Path:
     return path
 
 
-def link_copy(src: Path, dst: Path, uid: int | None = None) -> None:
-    """Copy the Maildir C{src} to C{dst}: message files hard-linked, the rest copied."""
+NAME_FORMS = ("s", "sw", "none")
+
+
+def renamed(base: str, form: str) -> str:
+    """A generated base name with the size fields of C{--names form}: C{s} C{,S=} only (as
+    generated: Courier's and older twistedmail's names, no Dovecot C{,W=}), C{sw} C{,S=}
+    and C{,W=} (Dovecot's and twistedmail's; the generated files have CRLF line ends, so W
+    equals S), C{none} neither (a tool that names no size)."""
+    if form == "s":
+        return base
+    stem, _, size = base.partition(",S=")
+    return f"{stem},S={size},W={size}" if form == "sw" else stem
+
+
+def link_copy(src: Path, dst: Path, uid: int | None = None, form: str = "s") -> None:
+    """Copy the Maildir C{src} to C{dst}: message files hard-linked (named as C{--names
+    form} says, L{renamed}), the rest copied."""
     for sub in ("cur", "new", "tmp"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
         for name in os.listdir(src / sub):
-            os.link(src / sub / name, dst / sub / name)
+            base, sep, flags = name.partition(":2,")
+            os.link(src / sub / name, dst / sub / (renamed(base, form) + sep + flags))
     for name in ("dovecot-uidlist", "dovecot-keywords"):
         shutil.copy2(src / name, dst / name)
+    if form != "s":
+        head, *records = (dst / "dovecot-uidlist").read_text().splitlines()
+        out = [head]
+        for line in records:
+            number, sep, base = line.partition(" :")
+            out.append(number + sep + renamed(base, form))
+        (dst / "dovecot-uidlist").write_text("\n".join(out) + "\n")
     if uid is not None:
         for dirpath, _dirs, files in os.walk(dst):
             os.chown(dirpath, uid, uid)
@@ -217,9 +246,18 @@ def link_copy(src: Path, dst: Path, uid: int | None = None) -> None:
 class Twistedmail:
     name = "twistedmail"
 
-    def __init__(self, work: Path, port: int, workers: int | None = None) -> None:
-        self.work, self.port, self.workers = work, port, workers
-        self.bin = Path(sys.executable).parent
+    def __init__(
+        self,
+        work: Path,
+        port: int,
+        workers: int | None = None,
+        form: str = "s",
+        bin_dir: Path | None = None,
+        name: str = "twistedmail",
+    ) -> None:
+        self.work, self.port, self.workers, self.form = work, port, workers, form
+        self.bin = bin_dir or Path(sys.executable).parent  # --before: another checkout's venv
+        self.name = name
         self.config = work / "twistedmail.toml"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -265,7 +303,7 @@ class Twistedmail:
                 check=True,
                 capture_output=True,
             )
-        link_copy(inbox, data / "mail" / DOMAIN / "test")
+        link_copy(inbox, data / "mail" / DOMAIN / "test", form=self.form)
 
     def start(self) -> int:
         self.proc = start_twistd(self.bin, self.work, self.config, self.port)
@@ -278,8 +316,8 @@ class Twistedmail:
 class Dovecot:
     name = "Dovecot"
 
-    def __init__(self, work: Path, port_base: int, peers: Path) -> None:
-        self.work, self.peers = work, peers
+    def __init__(self, work: Path, port_base: int, peers: Path, form: str = "s") -> None:
+        self.work, self.peers, self.form = work, peers, form
         self.port = port_base + 993
         self.env = {
             **os.environ,
@@ -292,7 +330,7 @@ class Dovecot:
     def prepare(self, inbox: Path, idle_users: int = IDLE_USERS) -> None:
         uid = NOBODY if os.getuid() == 0 else os.getuid()
         home = self.work / "vmail" / DOMAIN / "test"
-        link_copy(inbox, home / "Maildir", uid)
+        link_copy(inbox, home / "Maildir", uid, self.form)
         for p in (self.work / "vmail", self.work / "vmail" / DOMAIN, home):
             os.chown(p, uid, uid)
 
@@ -341,7 +379,9 @@ def timed(fn, *args):  # type: ignore[no-untyped-def]
     return dt, data
 
 
-def single_client(port: int, count: int) -> dict[str, float]:
+def single_client(port: int, count: int, octets: int = 0) -> dict[str, float]:
+    """The single-client figures; with C{octets} (C{--select-only}: the INBOX's size with
+    CRLF line ends) only the SELECTs and a FETCH of every RFC822.SIZE, checked to add up."""
     out: dict[str, float] = {}
     t = time.perf_counter()
     c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_context(), timeout=600)
@@ -353,6 +393,15 @@ def single_client(port: int, count: int) -> dict[str, float]:
         raise SystemExit(f"INBOX has {exists} messages, expected {count}")
     c.close()
     out["SELECT INBOX, again (s)"], _ = timed(c.select, "INBOX")
+    if octets:
+        for when in ("first", "again"):
+            key = f"FETCH 1:* (RFC822.SIZE), {when} (s)"
+            out[key], data = timed(c.fetch, "1:*", "(RFC822.SIZE)")
+            sizes = [int(m.group(1)) for m in map(_SIZE.search, data) if m]
+            if len(sizes) != count or sum(sizes) != octets:
+                raise SystemExit(f"RFC822.SIZE: {len(sizes)} sizes, {sum(sizes)} octets")
+        c.logout()
+        return out
     out["UID FETCH 1:* (UID FLAGS) (s)"], data = timed(c.uid, "FETCH", "1:*", "(UID FLAGS)")
     if len(data) != count:
         raise SystemExit(f"UID FETCH returned {len(data)} lines")
@@ -370,6 +419,9 @@ def single_client(port: int, count: int) -> dict[str, float]:
     )
     c.logout()
     return out
+
+
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 
 
 def mixed_load(port: int, peers: Path, clients: int, secs: float, cmds: int) -> tuple[float, int]:
@@ -470,7 +522,7 @@ def measure(  # type: ignore[no-untyped-def]
     server.prepare(inbox)
     pid = server.start()
     try:
-        out = single_client(server.port, count)
+        out = single_client(server.port, count, args.octets if args.select_only else 0)
         for k, v in out.items():
             print(f"  {k}: {v:.3f}", flush=True)
         if args.load_secs > 0:
@@ -498,21 +550,23 @@ def _num(value: float) -> str:
     return f"{value:.3f}" if value < 100 else f"{value:.0f}"
 
 
-def table(rounds: list[dict[str, dict[str, float]]]) -> str:
-    """figure | twistedmail | Dovecot | ratio: the medians over the rounds, and the median
-    of the per-round ratios twistedmail / Dovecot (min-max when there are several)."""
+def table(
+    rounds: list[dict[str, dict[str, float]]], a: str = "twistedmail", b: str = "dovecot"
+) -> str:
+    """figure | a | b | ratio: the medians over the rounds, and the median of the
+    per-round ratios a / b (min-max when there are several); a and b are sides
+    (twistedmail, Dovecot, and with --before the baseline)."""
+    la, lb = (_LABELS[a], _LABELS[b])
     lines = [
-        f"| {'figure':<44} | {'twistedmail':>11} | {'Dovecot':>9} | {'ratio (min-max)':>19} |",
-        f"| {'-' * 44} | {'-' * 10}: | {'-' * 8}: | {'-' * 18}: |",
+        f"| {'figure':<44} | {la:>11} | {lb:>11} | {'ratio (min-max)':>19} |",
+        f"| {'-' * 44} | {'-' * 10}: | {'-' * 10}: | {'-' * 18}: |",
     ]
     keys = list(dict.fromkeys(k for r in rounds for side in r.values() for k in side))
     for key in keys:
-        tm = [r["twistedmail"][key] for r in rounds if key in r.get("twistedmail", {})]
-        dc = [r["dovecot"][key] for r in rounds if key in r.get("dovecot", {})]
+        tm = [r[a][key] for r in rounds if key in r.get(a, {})]
+        dc = [r[b][key] for r in rounds if key in r.get(b, {})]
         ratios = [
-            r["twistedmail"][key] / r["dovecot"][key]
-            for r in rounds
-            if key in r.get("twistedmail", {}) and r.get("dovecot", {}).get(key)
+            r[a][key] / r[b][key] for r in rounds if key in r.get(a, {}) and r.get(b, {}).get(key)
         ]
         ratio = "-"
         if ratios:
@@ -521,8 +575,11 @@ def table(rounds: list[dict[str, dict[str, float]]]) -> str:
                 ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
         fa = _num(median(tm)) if tm else "-"
         fb = _num(median(dc)) if dc else "-"
-        lines.append(f"| {key:<44} | {fa:>11} | {fb:>9} | {ratio:>19} |")
+        lines.append(f"| {key:<44} | {fa:>11} | {fb:>11} | {ratio:>19} |")
     return "\n".join(lines)
+
+
+_LABELS = {"twistedmail": "twistedmail", "dovecot": "Dovecot", "before": "before"}
 
 
 def main() -> int:
@@ -554,6 +611,24 @@ def main() -> int:
     )
     ap.add_argument("--only", choices=("twistedmail", "dovecot"))
     ap.add_argument(
+        "--names",
+        choices=NAME_FORMS,
+        default="s",
+        help="size fields of the message file names: s ,S= only (default, as generated),"
+        " sw ,S= and ,W= (Dovecot's), none",
+    )
+    ap.add_argument(
+        "--select-only",
+        action="store_true",
+        help="only LOGIN, the two SELECTs and FETCH 1:* (RFC822.SIZE) twice (no mixed load)",
+    )
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="the bin dir of another checkout's venv (twistd, twistedmail): run it too, as"
+        " 'before', in each round",
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -571,12 +646,19 @@ def main() -> int:
             ap.error(f"port {port} is busy (--port / --port-base)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 connections on each side
+    if args.select_only:
+        args.load_secs, args.idle_conns = 0, 0
+    print(f"message file names: --names {args.names}", flush=True)
     tables = []
     for count in args.messages:
         inbox = cached_inbox(args.cache, count)
+        args.octets = sum(e.stat().st_size for e in os.scandir(inbox / "cur"))  # CRLF files
         rounds: list[dict[str, dict[str, float]]] = []
+        sides = ["twistedmail", "dovecot"] + (["before"] if args.before else [])
         for n in range(args.rounds):
-            order = ["twistedmail", "dovecot"] if n % 2 == 0 else ["dovecot", "twistedmail"]
+            order = sides[n % len(sides) :] + sides[: n % len(sides)]  # each goes first in turn
+            if not args.before and n % 2:
+                order = ["dovecot", "twistedmail"]
             order = [o for o in order if args.only in (None, o)]
             results: dict[str, dict[str, float]] = {}
             for side in order:
@@ -584,23 +666,36 @@ def main() -> int:
                 work.mkdir(parents=True, exist_ok=True)
                 work.chmod(0o755)  # Dovecot's users must traverse it
                 try:
-                    server = (
-                        Twistedmail(work / f"tm-{count}-{n}", args.port, args.workers)
-                        if side == "twistedmail"
-                        else Dovecot(work / f"dovecot-{count}-{n}", args.port_base, args.peers)
-                    )
+                    server: Twistedmail | Dovecot
+                    if side == "dovecot":
+                        server = Dovecot(
+                            work / f"dovecot-{count}-{n}", args.port_base, args.peers, args.names
+                        )
+                    else:
+                        server = Twistedmail(
+                            work / f"{side}-{count}-{n}",
+                            args.port,
+                            args.workers,
+                            args.names,
+                            args.before if side == "before" else None,
+                            "twistedmail (before)" if side == "before" else "twistedmail",
+                        )
                     results[side] = measure(server, inbox, count, args, n == 0)
                 finally:
                     if not args.work:
                         shutil.rmtree(work, ignore_errors=True)
             rounds.append(results)
-        tables.append(
-            f"\nINBOX of {count} messages, {args.rounds} rounds alternating; mixed load "
-            f"{args.clients} clients x {args.load_secs:.0f} s, {args.cmds} commands a session; "
-            "medians, ratio = twistedmail / Dovecot (median of the per-round ratios)\n"
-            + table(rounds)
-        )
-        print(tables[-1], flush=True)
+        pairs = [("twistedmail", "dovecot")]
+        if args.before:
+            pairs += [("before", "dovecot"), ("twistedmail", "before")]
+        for a, b in pairs:
+            tables.append(
+                f"\nINBOX of {count} messages (--names {args.names}), {args.rounds} rounds"
+                f" alternating; mixed load {args.clients} clients x {args.load_secs:.0f} s,"
+                f" {args.cmds} commands a session; medians, ratio = {_LABELS[a]} /"
+                f" {_LABELS[b]} (median of the per-round ratios)\n" + table(rounds, a, b)
+            )
+        print("\n".join(tables[-len(pairs) :]), flush=True)
     print("\n".join(tables))
     return 0
 

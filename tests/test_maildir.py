@@ -326,10 +326,11 @@ class ScanTests(MaildirTestCase):
         )
 
     def test_size_without_s_field(self) -> None:
-        """A file named by another program (no C{,S=}): the size comes from stat."""
+        """A file named by another program (no C{,S=}): its size is measured when asked."""
         (self.root / "cur" / "12345.foreign:2,").write_bytes(MSG1)
         (entry,) = self.folder.scan().messages
-        self.assertEqual((entry.base, entry.size), ("12345.foreign", len(MSG1)))
+        self.assertEqual((entry.base, entry.size), ("12345.foreign", maildir.UNKNOWN_SIZE))
+        self.assertEqual(self.folder.sizes([entry]), {"12345.foreign": len(MSG1)})
 
     def test_dovecot_saved_lf_file(self) -> None:
         """A message Dovecot saved (LF line ends, C{,S=<file size>,W=<CRLF size>}): the size

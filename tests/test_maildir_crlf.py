@@ -1,6 +1,6 @@
 """Message files with bare LF line ends (written by other programs) are read, sized and
 streamed in their CRLF form (RFC 3501 §2.3.4, RFC 1939 §3), and an index written by an
-older version drops its cached ENVELOPEs and measures sizes again (issue 9)."""
+older version drops its cached ENVELOPEs and measures sizes again (issue 9), when asked."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from twisted.trial import unittest
 
 from twistedmail import index as index_module
 from twistedmail.index import INDEX_FILE, CachedParts
-from twistedmail.maildir import CRLFReader, Folder, make_maildir, to_crlf, wire_size
+from twistedmail.maildir import (
+    UNKNOWN_SIZE,
+    CRLFReader,
+    Folder,
+    make_maildir,
+    to_crlf,
+    wire_size,
+)
 
 CRLF_MSG = b"From: a@example.org\r\nTo: undisclosed-recipients:;\r\n\r\nbody\r\nmore\r\n"
 LF_MSG = CRLF_MSG.replace(b"\r\n", b"\n")
@@ -54,7 +61,8 @@ class FolderTests(unittest.TestCase):
         (self.root / "cur" / "1700000000.M1P1.otherhost:2,").write_bytes(LF_MSG)
         (self.root / "new" / f"1700000001.M1P1.otherhost,S={len(MIXED_MSG)}").write_bytes(MIXED_MSG)
         entries = self.folder.scan().messages
-        self.assertEqual([e.size for e in entries], [len(CRLF_MSG), len(CRLF_MSG)])
+        self.assertEqual([e.size for e in entries], [UNKNOWN_SIZE, UNKNOWN_SIZE])  # until asked
+        self.assertEqual(self.folder.sizes(entries), {e.base: len(CRLF_MSG) for e in entries})
         self.assertEqual([self.folder.read(e) for e in entries], [CRLF_MSG, CRLF_MSG])
 
     def test_append_with_bare_lf(self) -> None:
@@ -69,6 +77,7 @@ class FolderTests(unittest.TestCase):
         and HIGHESTMODSEQ stay."""
         (self.root / "cur" / "1700000000.M1P1.otherhost:2,").write_bytes(LF_MSG)
         first = self.folder.scan()
+        self.folder.sizes(first.messages)
         (entry,) = first.messages
         self.folder.cache_parts({(entry.uid, entry.base): CachedParts(b"OLD", b"OLD", b"OLD")})
         db = sqlite3.connect(self.root / INDEX_FILE)
@@ -84,8 +93,9 @@ class FolderTests(unittest.TestCase):
         (again,) = after.messages
         self.assertEqual(
             (again.uid, again.modseq, again.size, after.highestmodseq),
-            (entry.uid, entry.modseq, len(CRLF_MSG), first.highestmodseq),
-        )
+            (entry.uid, entry.modseq, UNKNOWN_SIZE, first.highestmodseq),
+        )  # measured again when asked
+        self.assertEqual(self.folder.sizes(after.messages), {entry.base: len(CRLF_MSG)})
         self.assertEqual(
             self.folder.cached_parts([entry.uid]), {entry.uid: CachedParts(None, None, None)}
         )

@@ -539,6 +539,15 @@ class FolderIndex:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""
         self._write("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
 
+    def set_sizes(self, sizes: dict[str, int]) -> None:
+        """Record the sizes measured of messages not known before ({base: octets with CRLF
+        line ends}, L{twistedmail.maildir.Folder.sizes}); no MODSEQ: nothing changed."""
+        self._write(
+            "UPDATE messages SET size = ? WHERE base = ? AND size < 0",
+            [(size, base) for base, size in sizes.items()],
+            many=True,
+        )
+
     def rename(self, uid: int, filename: str, modseq: int) -> None:
         self._write(
             "UPDATE messages SET filename = ?, modseq = ? WHERE uid = ?", (filename, modseq, uid)
@@ -835,6 +844,29 @@ def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:
         if db.execute(table).fetchone() is None:
             return {}
         return _headers(db)
+    finally:
+        db.close()
+
+
+def read_sizes(directory: Path, bases: list[str]) -> dict[str, int]:
+    """The sizes the index knows ({base: octets}, L{FolderIndex.set_sizes}) of C{bases},
+    through a read-only connection (no write lock); C{{}} when there is no index yet.
+
+    @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
+    """
+    path = directory / INDEX_FILE
+    if not bases or not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        out: dict[str, int] = {}
+        for start in range(0, len(bases), 500):
+            chunk = bases[start : start + 500]
+            sql = "SELECT base, size FROM messages WHERE size >= 0 AND base IN (%s)" % ",".join(
+                "?" * len(chunk)
+            )
+            out.update(db.execute(sql, chunk).fetchall())
+        return out
     finally:
         db.close()
 

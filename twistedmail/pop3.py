@@ -796,7 +796,15 @@ class MaildirPOP3Mailbox:
         UserMaildir(self.root).ensure()
         # on a full disk, messages not yet given a UID are listed too: POP3 needs none
         scan = self.folder.scan(provisional=True)
-        return scan.messages + scan.unsaved
+        entries = scan.messages + scan.unsaved
+        # STAT and LIST count the octets of every message (RFC 1939 §5): sizes not known
+        # yet (files named without ,W=) are measured here, once for every session
+        if any(e.size < 0 for e in entries):
+            sizes = self.folder.sizes(entries)  # (0: gone meanwhile, RETR answers -ERR)
+            entries = tuple(
+                e._replace(size=sizes.get(e.base, 0)) if e.size < 0 else e for e in entries
+            )
+        return entries
 
     def _snapshot(self) -> tuple[MessageEntry, ...]:
         if self._entries is None:

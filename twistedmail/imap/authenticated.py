@@ -133,6 +133,7 @@ async def _deleted_status(mbox: MaildirMailbox) -> dict[str, int]:
         return {"DELETED": 0, "DELETED-STORAGE": 0}
     messages = mbox.fetch(imap4.MessageSet(1, None), False)
     doomed = [m for _, m in messages if "\\Deleted" in m.getFlags()]
+    await mbox.sized([(0, m) for m in doomed])
     return {"DELETED": len(doomed), "DELETED-STORAGE": sum(m.getSize() for m in doomed)}
 
 

@@ -246,6 +246,8 @@ class FetchCommand(MailboxUpdates):
         mbox = self.selected
         targets = mbox.fetch(messages, uid)
         targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
+        if any(p.type == "rfc822size" for p in query):
+            await mbox.sized(targets)  # sizes not known yet (no ,W= in the name): measured
         needs_content = any(
             p.type not in ("flags", "uid", "internaldate", "rfc822size", "modseq") for p in query
         )

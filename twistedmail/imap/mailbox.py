@@ -56,6 +56,7 @@ from twistedmail.maildir import (
     MessageEntry,
     ScanResult,
     is_enospc,
+    positions,
     split_name,
     to_crlf,
 )
@@ -580,6 +581,30 @@ class MaildirMailbox:
         """IMailbox.fetch: a list (not a generator) of (seq, message)."""
         return [(seq, self.message(seq)) for seq, _ in self.resolve(messages, uid)]
 
+    async def sized(self, targets: Sequence[tuple[int, MaildirMessage]]) -> None:
+        """Give the messages of C{targets} whose size is not known yet (a file named without
+        C{,W=}) their size, for RFC822.SIZE or a quota check: L{Folder.sizes} in one
+        thread hop, none when every size is known."""
+        sizes = await self.known_sizes([m.entry for _, m in targets])
+        for _, msg in targets:
+            if msg.entry.size < 0 and msg.entry.base in sizes:
+                msg.entry = msg.entry._replace(size=sizes[msg.entry.base])
+
+    async def known_sizes(self, entries: Sequence[MessageEntry]) -> dict[str, int]:
+        """L{Folder.sizes} of C{entries} (the unknown ones: {base: octets}) in a thread;
+        the view's entries take them, so the session asks once."""
+        unknown = [e for e in entries if e.size < 0]
+        if not unknown:
+            return {}
+        sizes: dict[str, int] = await self.run_in_thread(self.folder.sizes, unknown)
+        view = self._view
+        at = positions(view, [e.uid for e in unknown if e.base in sizes])
+        for i in at.values():
+            entry = view[i]
+            if entry.size < 0 and entry.base in sizes:
+                view[i] = entry._replace(size=sizes[entry.base])
+        return sizes
+
     async def store(
         self,
         messages: imap4.MessageSet,
@@ -713,6 +738,10 @@ class MaildirMailbox:
         used: set[bytes] = set()
         predicate, cost = compile_search(list(query), last_seq, last_uid, self.keywords, used)
         self.searched_modseq = b"MODSEQ" in used
+        if used & {b"LARGER", b"SMALLER"}:  # RFC822.SIZE (RFC 3501 §6.4.4): known first
+            sizes = await self.known_sizes(view)
+            if sizes:
+                view = [e._replace(size=sizes[e.base]) if e.base in sizes else e for e in view]
         # the candidates are listed in the thread too (20,000 tuples are not free): with
         # copies of the sets the reactor may change meanwhile
         matched: list[int] = await self.run_in_thread(
@@ -734,6 +763,10 @@ class MaildirMailbox:
         """
         matched = await self.search(query)
         entries = [(seq, self._view[seq - 1]) for seq in matched]
+        if any(key == b"SIZE" for key, _ in criteria):  # RFC 5256 §3: RFC822.SIZE
+            sizes = await self.known_sizes([e for _, e in entries])
+            if sizes:
+                entries = [(n, e._replace(size=sizes.get(e.base, e.size))) for n, e in entries]
         ordered: list[int] = await self.run_in_thread(
             sort_entries, self.folder, entries, list(criteria)
         )

@@ -273,6 +273,7 @@ class SelectedCommands(MailboxUpdates):
         self._check_numbers(messages, uid)
         if self.quota is not None:  # RFC 9208 §4.3.1: NO [OVERQUOTA], nothing copied
             sources = self.selected.fetch(messages, uid)
+            await self.selected.sized(sources)
             await self.check_quota(sum(m.getSize() for _, m in sources), len(sources))
         code, _ = await self._copy(messages, name, uid)
         return code + b"COPY completed"

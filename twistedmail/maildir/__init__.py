@@ -71,6 +71,7 @@ from twistedmail.maildir.names import (
     UIDLIST,
     UIDLIST_LOCK,
     UIDVALIDITY_FILE,
+    UNKNOWN_SIZE,
     CRLFReader,
     FlagChange,
     FolderNameError,
@@ -104,6 +105,7 @@ from twistedmail.maildir.snapshot import (
     _Snapshots,
     _snapshots,
     _uid,
+    positions,
 )
 from twistedmail.maildir.tree import (
     TMP_MAX_AGE,
@@ -167,6 +169,7 @@ __all__ = [
     "measure",
     "MessageEntry",
     "normalize_flags",
+    "positions",
     "ScanResult",
     "size_from_name",
     "SNAPSHOT_LOG",
@@ -180,6 +183,7 @@ __all__ = [
     "UIDLIST_LOCK",
     "UIDVALIDITY_FILE",
     "unique_name",
+    "UNKNOWN_SIZE",
     "UserMaildir",
     "wire_size",
     "wire_size_from_name",

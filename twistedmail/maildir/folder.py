@@ -6,9 +6,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from twistedmail.index import (
     Stamps,
     now_ns,
     read_headers,
+    read_sizes,
     read_sortkeys,
     read_state,
     take_recent,
@@ -38,6 +40,7 @@ from twistedmail.maildir.names import (
     UIDLIST,
     UIDLIST_LOCK,
     UIDVALIDITY_FILE,
+    UNKNOWN_SIZE,
     FlagChange,
     MaildirError,
     arrival_key,
@@ -226,18 +229,12 @@ class Folder:
                 _snapshots.keep(self.path, keep[-1])
 
     def _measure_again(self, index: FolderIndex) -> None:
-        """Sizes indexed by an older version counted a bare LF as one octet: measure every
-        message without Dovecot's C{,W=} again (once, at the upgrade)."""
-        cur = self.path / "cur"
-        for uid, base, filename, size, _, _ in index.messages():
-            if dovecot_wire_size(base) is not None:
-                continue
-            try:
-                measured = measure(cur / filename)
-            except OSError:
-                continue  # gone or unreadable: the next sync deals with it
-            if measured != size:
-                index.set_size(uid, measured)
+        """Sizes indexed by an older version counted a bare LF as one octet: every message
+        without Dovecot's C{,W=} gets an unknown size (once, at the upgrade), measured when
+        a consumer asks (L{sizes})."""
+        for uid, base, _, size, _, _ in index.messages():
+            if dovecot_wire_size(base) is None and size >= 0:
+                index.set_size(uid, UNKNOWN_SIZE)
 
     def scan(
         self, since: int | None = None, claim_recent: bool = False, provisional: bool = False
@@ -481,12 +478,10 @@ class Folder:
                 continue
             size = dovecot_wire_size(base)
             if size is None:
-                # written by another program, maybe with bare LF line ends: measure it once
-                # (RFC 3501 §2.3.4: RFC822.SIZE counts the CRLF form that is sent)
-                try:
-                    size = measure(cur / name)
-                except FileNotFoundError:
-                    continue
+                # written by another program, maybe with bare LF line ends (,S= is then
+                # the size on disk): measured once when asked (RFC 3501 §2.3.4: RFC822.SIZE
+                # counts the CRLF form that is sent), not here: a first SELECT opens no file
+                size = UNKNOWN_SIZE
             entries[base] = (name, st.st_mtime, size)
         saved_uidnext = uidnext
         fresh = sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b)))
@@ -584,6 +579,49 @@ class Folder:
             index_ino=snapshot.index_ino,
             recent=snapshot.recent | recent,
         )
+
+    def sizes(self, entries: Iterable[MessageEntry]) -> dict[str, int]:
+        """The size with CRLF line ends (RFC 3501 §2.3.4 RFC822.SIZE, RFC 1939 §5 octets)
+        of each of C{entries} whose size is L{UNKNOWN_SIZE}, by base name: what the
+        process's snapshot or the index knows when a session measured it before, else
+        measured now (the file read once, as Dovecot fills its cache's virtual size) and
+        recorded in both.  The one place every consumer of a size (FETCH, SEARCH
+        LARGER/SMALLER, SORT SIZE, STATUS DELETED-STORAGE, COPY's quota check, POP3) asks.
+        Blocking: call it in a thread.  A message gone meanwhile is left out."""
+        wanted = [e for e in entries if e.size < 0]
+        if not wanted:
+            return {}
+        found = _snapshots.known_sizes(self.path, wanted)
+        rest = [e for e in wanted if e.base not in found]
+        if rest:
+            with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: measured)
+                found.update(read_sizes(self.path, [e.base for e in rest]))
+        measured: dict[str, int] = {}
+        by_uid: dict[int, tuple[str, int]] = {}
+        cur = os.fspath(self.path / "cur") + os.sep
+        for entry in rest:
+            if entry.base in found:
+                continue
+            try:
+                try:
+                    size = measure(cur + entry.filename)
+                except FileNotFoundError:  # renamed (flags) or expunged meanwhile
+                    size = measure(self.open(entry))
+            except (OSError, MaildirError):
+                continue  # expunged
+            measured[entry.base] = size
+            if entry.uid:
+                by_uid[entry.uid] = (entry.base, size)
+        if measured:
+            if (self.path / INDEX_FILE).exists():  # (not one made here, without its state)
+                try:
+                    with FolderIndex(self.path) as index:
+                        index.set_sizes(measured)
+                except sqlite3.Error:
+                    pass  # busy past its timeout: the sizes are still right, measured again later
+            _snapshots.sized(self.path, by_uid)
+            found.update(measured)
+        return found
 
     def changed_since(self, modseq: int) -> tuple[list[int], int]:
         """(UIDs expunged after C{modseq}, the index floor) for QRESYNC (RFC 7162 §3.2.5.2).

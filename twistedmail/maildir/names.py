@@ -43,6 +43,9 @@ IMAP_TO_LETTER = {
     "\\Deleted": "T",
 }
 LETTER_TO_IMAP = {v: k for k, v in IMAP_TO_LETTER.items()}
+UNKNOWN_SIZE = -1
+"""The size of a message whose file name carries no Dovecot C{,W=}: its size with CRLF line
+ends is not known until a consumer asks for it (L{Folder.sizes} measures it once)."""
 
 _counter_lock = threading.Lock()
 _counter = 0
@@ -153,9 +156,27 @@ class CRLFReader(io.BufferedIOBase):
         super().close()
 
 
-def measure(path: Path) -> int:
-    """The size of message file C{path} with CRLF line ends.  @raise OSError: unreadable."""
-    return wire_size(path.read_bytes())
+def measure(path: str | Path) -> int:
+    """The size of message file C{path} with CRLF line ends, read a chunk at a time (a CR
+    ending one chunk and the LF starting the next are one line end, L{MEASURE_CHUNK}).
+
+    @raise OSError: unreadable."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        total, after_cr = 0, False
+        # (os.read allocates what it is asked for: a small file's size, not a whole chunk)
+        chunk = os.read(fd, min(os.fstat(fd).st_size + 1, MEASURE_CHUNK))
+        while chunk:
+            total += wire_size(chunk) - (after_cr and chunk[:1] == b"\n")
+            after_cr = chunk[-1:] == b"\r"
+            chunk = os.read(fd, MEASURE_CHUNK)
+        return total
+    finally:
+        os.close(fd)
+
+
+MEASURE_CHUNK = 1 << 20
+"""Octets L{measure} reads at a time."""
 
 
 def wire_size_from_name(base: str) -> int | None:

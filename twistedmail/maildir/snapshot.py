@@ -8,6 +8,7 @@ import bisect
 import collections
 import functools
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -208,6 +209,41 @@ class _Snapshots:
                     now.__dict__["filenames"] = snapshot.filenames
                 self._kept[path] = now
 
+    def known_sizes(self, path: Path, entries: list[MessageEntry]) -> dict[str, int]:
+        """The sizes the kept snapshot knows ({base: octets}) of C{entries}, which did not."""
+        with self._lock:
+            kept = self._kept.get(path)
+        if kept is None:
+            return {}
+        messages, out = kept.messages, {}
+        at = positions(messages, [e.uid for e in entries])
+        for entry in entries:
+            i = at.get(entry.uid)
+            if i is not None and messages[i].base == entry.base and messages[i].size >= 0:
+                out[entry.base] = messages[i].size
+        return out
+
+    def sized(self, path: Path, sizes: dict[int, tuple[str, int]]) -> None:
+        """Put sizes just measured ({uid: (base, octets)}) in the kept snapshot, in place of
+        its unknown ones (no MODSEQ: the message did not change)."""
+        with self._lock:
+            kept = self._kept.get(path)
+            if kept is None:
+                return
+            messages = list(kept.messages)
+            changed = False
+            at = positions(messages, list(sizes))
+            for uid, (base, size) in sizes.items():
+                i = at.get(uid)
+                if i is not None and messages[i].base == base and messages[i].size < 0:
+                    messages[i] = messages[i]._replace(size=size)
+                    changed = True
+            if changed:
+                now = attrs.evolve(kept, messages=tuple(messages))
+                if "filenames" in kept.__dict__:
+                    now.__dict__["filenames"] = kept.filenames
+                self._kept[path] = now
+
     def keep(self, path: Path, snapshot: _Snapshot) -> None:
         with self._lock:
             self._kept[path] = snapshot
@@ -253,6 +289,20 @@ def _patched(
         else:
             out.insert(i, entry)
     return tuple(out)
+
+
+def positions(messages: Sequence[MessageEntry], uids: list[int]) -> dict[int, int]:
+    """{uid: index in C{messages}} (in UID order) of those of C{uids} found there: by
+    bisection for a few, by one pass for many (a bisection calls its key ~17 times)."""
+    if len(uids) * 20 > len(messages):
+        wanted = set(uids)
+        return {e.uid: i for i, e in enumerate(messages) if e.uid in wanted}
+    out = {}
+    for uid in uids:
+        i = bisect.bisect_left(messages, uid, key=_uid)
+        if i < len(messages) and messages[i].uid == uid:
+            out[uid] = i
+    return out
 
 
 def _uid(entry: MessageEntry) -> int:
