@@ -255,7 +255,7 @@ class AuthenticatedCommands(MailboxUpdates):
             if not isinstance(name, bytes):
                 raise bad(b"Select parameter expected")
             if name.upper() == b"CONDSTORE":
-                self.enabled.add(b"CONDSTORE")
+                self.enabled |= {b"CONDSTORE"}
             elif name.upper() == b"QRESYNC":
                 if b"QRESYNC" not in self.enabled:
                     raise bad(b"QRESYNC is not enabled")  # RFC 7162 §3.2.5

@@ -265,7 +265,7 @@ class IMAPProtocol(imap4.IMAP4Server):
     clock: IReactorTime
     max_literal_size: int  # the largest APPEND (RFC 7889 APPENDLIMIT)
     implicit_tls: bool
-    enabled: set[bytes]  # capabilities turned on by ENABLE (RFC 5161)
+    enabled: frozenset[bytes]  # capabilities turned on by ENABLE (RFC 5161)
     quota: QuotaTracker | None  # the users' quotas (RFC 9208); None: no QUOTA
     _lost: bool  # connectionLost ran: a command still running must take nothing more
     _busy: bool
