@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import weakref
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -449,6 +450,10 @@ class MailServer(MultiService):
         self.mail_dir = mail_dir(config)
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
         self.notifier = FolderWatcher(reactor)
+        # one MaildirAccount per logged-in user, shared by their sessions (issue 10)
+        self._imap_accounts: weakref.WeakValueDictionary[str, MaildirAccount] = (
+            weakref.WeakValueDictionary()
+        )
         self.tls_context = tls if tls is not None else server_tls_context(config)
         self._previous_sighup: Any = None
         self._throttle_loaded = False
@@ -795,9 +800,15 @@ class MailServer(MultiService):
         return counts
 
     def _imap_account(self, address: str) -> MaildirAccount:
-        maildir = UserMaildir(mailbox_root(self.mail_dir, address))
-        maildir.ensure()
-        return MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
+        """The user's account object: the one their open sessions already share (it holds
+        no per-session state: issue 10, memory per idle connection), else a new one."""
+        account = self._imap_accounts.get(address)
+        if account is None:
+            maildir = UserMaildir(mailbox_root(self.mail_dir, address))
+            account = MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
+            self._imap_accounts[address] = account
+        account.maildir.ensure()
+        return account
 
     def clean_tmp(self, now: float | None = None) -> defer.Deferred[int]:
         """Remove crash leftovers from every folder's C{tmp/} (L{maildir.clean_tmp}), in a
