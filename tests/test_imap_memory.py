@@ -4,6 +4,9 @@ cost 1.5 KiB a session; see README, "Memory per idle IMAP TLS connection")."""
 
 from __future__ import annotations
 
+import gc
+import inspect
+
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -37,6 +40,26 @@ class SessionSlotsTests(unittest.TestCase):
         started = (server.state, server.mbox, server.parseState)
         self.assertEqual(started, ("unauth", None, "command"))
         self.assertFalse(h.server._lost)
+
+    def test_idle_session_holds_no_running_command(self) -> None:
+        """IDLE (RFC 2177) waits as a parse state, not as a suspended command: no coroutine of
+        the session is alive while it idles; DONE and a command after it in one packet are
+        answered in order (RFC 2177 §3)."""
+        h = Harness(self)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        self.assertEqual(h.cmd(b"i IDLE"), [b"+ idling"])
+        gc.collect()
+        running = [
+            o
+            for o in gc.get_objects()
+            if inspect.iscoroutine(o) and o.cr_frame and o.cr_frame.f_locals.get("self") is h.server
+        ]
+        self.assertEqual(running, [])
+        self.assertEqual(
+            h.cmd(b"DONE\r\nn NOOP"), [b"i OK IDLE terminated", b"n OK NOOP completed"]
+        )
+        self.assertIsNone(h.server._idle_tag)
 
 
 class SharedEmptySetsTests(unittest.TestCase):

@@ -151,6 +151,7 @@ class IMAPServer(
         "user",
         "_busy",
         "_idling",
+        "_idle_tag",
         "_line_waiter",
         "_pending_exists",
         "_pending_flags",
@@ -192,6 +193,7 @@ class IMAPServer(
         self.user: str | None = None
         self._busy = False
         self._idling = False
+        self._idle_tag: bytes | None = None
         self._line_waiter: Deferred[bytes] | None = None
         self._pending_exists = False
         self._pending_flags: dict[int, list[str]] = {}
