@@ -97,7 +97,7 @@ from twistedmail.srs import SECRET_FILE, Forwarding, SenderRewriting
 from twistedmail.throttle import ThrottlePolicy, load_throttle, parse_networks, save_throttle
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
-from twistedmail.wire import SessionFactory
+from twistedmail.wire import SessionFactory, use_slotted_connections
 
 log = Logger(namespace="twistedmail.service")
 
@@ -183,6 +183,7 @@ class _Listener(StreamServerEndpointService):
 
     def _bound(self, port: Any) -> Any:
         self.port = port
+        use_slotted_connections(port)  # issue 10: memory per connection
         return port
 
 
@@ -197,6 +198,7 @@ class _AdoptedListener(Service):
     def startService(self) -> None:
         super().startService()
         self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+        use_slotted_connections(self.port)  # issue 10: memory per connection
         os.close(self.fd)  # adoptStreamPort serves a duplicate
 
     def stopService(self) -> Any:
