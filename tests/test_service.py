@@ -278,3 +278,24 @@ class TmpCleanupServiceTests(unittest.TestCase):
         d = server.clean_tmp(time.time() + TMP_MAX_AGE + 60)
         d.addCallback(self.assertEqual, 1)
         return d.addCallback(lambda _: self.assertFalse(leftover.exists()))
+
+
+class IMAPAccountTests(unittest.TestCase):
+    def test_sessions_of_one_user_share_one_account(self) -> None:
+        """Every IMAP login of a user gets the account object their open sessions hold
+        (issue 10: no per-session copy), with INBOX made; once none holds it, a new one."""
+        import gc
+
+        data = Path(self.mktemp()).resolve()
+        server = quiet_server(self, data)
+        first = server._imap_account("alice@example.test")
+        shutil.rmtree(first.maildir.root)
+        again = server._imap_account("alice@example.test")
+        self.assertIs(again, first)
+        self.assertTrue((first.maildir.root / "cur").is_dir())  # INBOX made again at login
+        other = server._imap_account("bob@example.test")
+        self.assertIsNot(other, first)
+        self.assertEqual(other.maildir.root, server.mail_dir / "example.test" / "bob")
+        del first, again
+        gc.collect()
+        self.assertEqual(list(server._imap_accounts), ["bob@example.test"])

@@ -20,7 +20,13 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
 from twistedmail.tls import create_self_signed, server_context
-from twistedmail.wire import StrictLineReceiver, ack_now, release_tls_buffers
+from twistedmail.wire import (
+    SlottedServer,
+    StrictLineReceiver,
+    ack_now,
+    release_tls_buffers,
+    use_slotted_connections,
+)
 
 MiB = 1024 * 1024
 
@@ -550,3 +556,42 @@ class AckNowTests(unittest.TestCase):
             r.dataReceived(b"MAIL FROM:<a@exa")
             self.assertEqual(quickack(sock), 1)
             self.assertEqual(r.lines, [b"NOOP"])
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+        self.factory.received.callback(self.transport)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.lost.callback(None)  # type: ignore[attr-defined]
+
+
+class SlottedServerTests(unittest.TestCase):
+    async def test_accepted_connection_keeps_its_attributes_in_slots(self) -> None:
+        """A listener given use_slotted_connections accepts SlottedServers: a connection that
+        read and wrote keeps no instance dict (issue 10), writes and closes as before, and
+        ack_now finds its socket (RFC 1122 §4.2.3.2)."""
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_Echo)
+        factory.received = Deferred()  # type: ignore[attr-defined]
+        factory.lost = Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        use_slotted_connections(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"hello\r\n")
+        transport = await factory.received  # type: ignore[attr-defined]
+        self.assertIsInstance(transport, SlottedServer)
+        if hasattr(socket, "TCP_QUICKACK"):
+            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            ack_now(_Layer(transport))
+            self.assertEqual(quickack(transport.socket), 1)
+        transport.loseConnection()  # after the echo is written
+        await factory.lost  # type: ignore[attr-defined]
+        self.assertEqual(vars(transport), {})
+        client.settimeout(5)
+        self.assertEqual(client.recv(100), b"hello\r\n")
+        self.assertEqual(client.recv(100), b"")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import weakref
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -97,7 +98,7 @@ from twistedmail.threadhop import ThreadHop
 from twistedmail.throttle import ThrottlePolicy, load_throttle, parse_networks, save_throttle
 from twistedmail.web import MailService, MailSettings, build_site, mount, mtasts, web_factory
 from twistedmail.web.mailsettings import IMPLICIT, STARTTLS
-from twistedmail.wire import SessionFactory
+from twistedmail.wire import SessionFactory, use_slotted_connections
 
 log = Logger(namespace="twistedmail.service")
 
@@ -183,6 +184,7 @@ class _Listener(StreamServerEndpointService):
 
     def _bound(self, port: Any) -> Any:
         self.port = port
+        use_slotted_connections(port)  # issue 10: memory per connection
         return port
 
 
@@ -197,6 +199,7 @@ class _AdoptedListener(Service):
     def startService(self) -> None:
         super().startService()
         self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+        use_slotted_connections(self.port)  # issue 10: memory per connection
         os.close(self.fd)  # adoptStreamPort serves a duplicate
 
     def stopService(self) -> Any:
@@ -450,6 +453,10 @@ class MailServer(MultiService):
         self.mail_dir = mail_dir(config)
         # outside changes too (Dovecot, an MDA, by hand), by inotify on new/ and cur/
         self.notifier = FolderWatcher(reactor)
+        # one MaildirAccount per logged-in user, shared by their sessions (issue 10)
+        self._imap_accounts: weakref.WeakValueDictionary[str, MaildirAccount] = (
+            weakref.WeakValueDictionary()
+        )
         self.tls_context = tls if tls is not None else server_tls_context(config)
         self._previous_sighup: Any = None
         self._throttle_loaded = False
@@ -795,9 +802,15 @@ class MailServer(MultiService):
         return counts
 
     def _imap_account(self, address: str) -> MaildirAccount:
-        maildir = UserMaildir(mailbox_root(self.mail_dir, address))
-        maildir.ensure()
-        return MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
+        """The user's account object: the one their open sessions already share (it holds
+        no per-session state: issue 10, memory per idle connection), else a new one."""
+        account = self._imap_accounts.get(address)
+        if account is None:
+            maildir = UserMaildir(mailbox_root(self.mail_dir, address))
+            account = MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
+            self._imap_accounts[address] = account
+        account.maildir.ensure()
+        return account
 
     def clean_tmp(self, now: float | None = None) -> defer.Deferred[int]:
         """Remove crash leftovers from every folder's C{tmp/} (L{maildir.clean_tmp}), in a

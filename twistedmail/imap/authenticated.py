@@ -46,6 +46,7 @@ from twistedmail.imap.protocol import (
 )
 from twistedmail.imap.updates import MailboxUpdates, close_quietly
 from twistedmail.maildir import MaildirError
+from twistedmail.wire import release_tls_buffers
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -256,7 +257,7 @@ class AuthenticatedCommands(MailboxUpdates):
             if not isinstance(name, bytes):
                 raise bad(b"Select parameter expected")
             if name.upper() == b"CONDSTORE":
-                self.enabled.add(b"CONDSTORE")
+                self.enabled |= {b"CONDSTORE"}
             elif name.upper() == b"QRESYNC":
                 if b"QRESYNC" not in self.enabled:
                     raise bad(b"QRESYNC is not enabled")  # RFC 7162 §3.2.5
@@ -571,19 +572,36 @@ class AuthenticatedCommands(MailboxUpdates):
     )
     select_APPEND = auth_APPEND
 
-    async def do_IDLE(self, tag: bytes) -> bytes:
-        """RFC 2177: push EXISTS/EXPUNGE/FETCH until the client sends DONE."""
+    async def do_IDLE(self, tag: bytes) -> None:
+        """RFC 2177: push EXISTS/EXPUNGE/FETCH until the client sends DONE.
+
+        The command ends here, without its tagged reply: the session is left in the
+        C{idle} parse state with the tag, and L{parse_idle} answers the client's next line.
+        (Awaiting that line held the dispatcher's coroutine, the handler's and their
+        Deferreds, ~1.6 KiB, for as long as the client idles: issue 10.)"""
         await self._refresh()
         if self.mbox is not None:
             self._send_expunges()
         self._flush_unsolicited()
         self.sendContinuationRequest(b"idling")
         self._idling = True
-        line = await self.read_line()
+        self._idle_tag = tag
+        self.parseState = "idle"
+
+    def parse_idle(self, line: bytes) -> None:
+        """The line that ends IDLE (RFC 2177 §3: only DONE; anything else is BAD), answered
+        with the IDLE command's tag."""
+        tag, self._idle_tag = self._idle_tag, None
         self._idling = False
+        self.parseState = "command"
+        assert tag is not None
         if line.strip().upper() != b"DONE":
-            raise bad(b"Expected DONE")  # RFC 2177 §3: only DONE ends IDLE
-        return b"IDLE terminated"
+            self._respond(b"BAD", tag, b"Expected DONE")
+        else:
+            if self.mbox is not None:
+                self._send_expunges()
+            self.sendPositiveResponse(tag, b"IDLE terminated")
+        release_tls_buffers(self.transport)  # the session may idle now
 
     auth_IDLE = command(do_IDLE)
     select_IDLE = auth_IDLE

@@ -263,7 +263,7 @@ class NotAuthenticatedCommands(MailboxUpdates):
         turned_on = [n for n in dict.fromkeys(asked) if n in ENABLEABLE and n not in self.enabled]
         self.enabled |= set(turned_on)
         if b"QRESYNC" in self.enabled:
-            self.enabled.add(b"CONDSTORE")  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+            self.enabled |= {b"CONDSTORE"}  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
         self.sendLine(b" ".join([b"* ENABLED"] + turned_on))
         return b"ENABLE completed"
 

@@ -265,11 +265,12 @@ class IMAPProtocol(imap4.IMAP4Server):
     clock: IReactorTime
     max_literal_size: int  # the largest APPEND (RFC 7889 APPENDLIMIT)
     implicit_tls: bool
-    enabled: set[bytes]  # capabilities turned on by ENABLE (RFC 5161)
+    enabled: frozenset[bytes]  # capabilities turned on by ENABLE (RFC 5161)
     quota: QuotaTracker | None  # the users' quotas (RFC 9208); None: no QUOTA
     _lost: bool  # connectionLost ran: a command still running must take nothing more
     _busy: bool
-    _idling: bool
+    _idling: bool  # in IDLE (RFC 2177): updates are sent at once
+    _idle_tag: bytes | None  # the IDLE command's tag, while in IDLE
     _line_waiter: Deferred[bytes] | None
     _inflater: Inflater | None  # COMPRESS=DEFLATE active (RFC 4978)
 
@@ -438,7 +439,6 @@ class IMAPProtocol(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
         finally:
             self._busy = False
-            self._idling = False
             m = _TRAILING_LITERAL.search(unread) if unread else None
             if (
                 m

@@ -82,6 +82,7 @@ class _NoScheduler:
 
 _NO_SCHEDULER = _NoScheduler()  # one for all sessions (issue 10: memory per connection)
 _NO_CHALLENGERS: dict[bytes, Any] = {}  # stock's AUTH= table: unused (never registered into)
+NO_CAPABILITIES: frozenset[bytes] = frozenset()  # ENABLE (RFC 5161) not used yet: shared
 
 
 class IMAPServer(
@@ -150,6 +151,7 @@ class IMAPServer(
         "user",
         "_busy",
         "_idling",
+        "_idle_tag",
         "_line_waiter",
         "_pending_exists",
         "_pending_flags",
@@ -191,12 +193,13 @@ class IMAPServer(
         self.user: str | None = None
         self._busy = False
         self._idling = False
+        self._idle_tag: bytes | None = None
         self._line_waiter: Deferred[bytes] | None = None
         self._pending_exists = False
         self._pending_flags: dict[int, list[str]] = {}
         self._pending_keywords = False
         self._pending_highestmodseq = False
-        self.enabled: set[bytes] = set()
+        self.enabled = NO_CAPABILITIES  # rebound, never changed in place (issue 10)
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE active (RFC 4978)
 
     # connection

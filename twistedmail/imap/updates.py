@@ -170,7 +170,7 @@ class MailboxUpdates(IMAPProtocol):
         is selected gets C{* OK [HIGHESTMODSEQ n]} for it (§3.1.2.1, as Dovecot sends)."""
         if b"CONDSTORE" in self.enabled:
             return
-        self.enabled.add(b"CONDSTORE")
+        self.enabled |= {b"CONDSTORE"}
         # sent before the tagged reply, with the value after the command's own changes
         self._pending_highestmodseq = self.mbox is not None
 
