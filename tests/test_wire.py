@@ -595,3 +595,28 @@ class SlottedServerTests(unittest.TestCase):
         client.settimeout(5)
         self.assertEqual(client.recv(100), b"hello\r\n")
         self.assertEqual(client.recv(100), b"")
+
+    async def test_closed_connection_pauses_and_stops_as_twisteds(self) -> None:
+        """After the peer closed a SlottedServer, pausing it, stopping its reading and writing
+        and fileno() do what they do on tcp.Server (nothing; -1): Twisted's connectionLost
+        deletes the fileno slot, which hid FileDescriptor.fileno."""
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_Echo)
+        factory.received = Deferred()  # type: ignore[attr-defined]
+        factory.lost = Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        use_slotted_connections(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.sendall(b"hello\r\n")
+        transport = await factory.received  # type: ignore[attr-defined]
+        self.assertIsInstance(transport, SlottedServer)
+        client.close()
+        await factory.lost  # type: ignore[attr-defined]
+        self.assertEqual(transport.fileno(), -1)
+        transport.pauseProducing()
+        transport.stopReading()
+        transport.stopWriting()
+        transport.resumeProducing()
+        self.assertEqual(vars(transport), {})

@@ -33,11 +33,12 @@ clearing its buffer is not enough).  Here:
 from __future__ import annotations
 
 import socket
+from types import MethodType
 from typing import Any, Callable, Generic, TypeVar
 
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
@@ -301,6 +302,14 @@ class SlottedServer(tcp.Server):
         for name, value in _SERVER_DEFAULTS.items():
             setattr(self, name, value)
         super().__init__(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # An emptied slot hides the base class's attribute of that name, which tcp.Server
+        # falls back to: Twisted's connectionLost deletes fileno, after which stopReading,
+        # pauseProducing and the reactor's removeReader call FileDescriptor.fileno (-1).
+        if name == "fileno":
+            return MethodType(abstract.FileDescriptor.fileno, self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 _SERVER_DEFAULTS = {
