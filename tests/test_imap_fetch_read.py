@@ -59,3 +59,37 @@ class ReadAheadTests(unittest.TestCase):
             b"* 1 FETCH (ENVELOPE (CACHED) BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n%s)\r\n"
             b"a OK FETCH completed\r\n" % (len(fields), fields),
         )
+
+
+class ReadAheadUnknownSizeTests(unittest.TestCase):
+    def test_unmeasured_files_keep_the_octet_bound(self) -> None:
+        """Files named without ,W= (size not measured yet) count in READ_AHEAD_OCTETS by their
+        ,S= size, or alone without one: a FETCH of large such files never reads READ_AHEAD
+        of them in one hop."""
+        self.patch(fetch, "READ_AHEAD_OCTETS", 80)
+        batches: list[int] = []
+        read_many = fetch._read_many
+
+        def recording(mbox: object, msgs: list[object]) -> list[bytes | None]:
+            batches.append(len(msgs))
+            return read_many(mbox, msgs)  # type: ignore[arg-type]
+
+        self.patch(fetch, "_read_many", recording)
+        h = Harness(self)
+        cur = h.root / "cur"
+        messages = (MSG1, MSG2, MSG3, MSG2)
+        for n, msg in enumerate(messages):
+            size = f",S={len(msg)}" if n < 2 else ""
+            path = cur / f"{1000 + n}.M{n}P1.host{size}:2,"
+            path.write_bytes(msg)
+            os.utime(path, (T1 + n, T1 + n))
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        out = h.send(b"a FETCH 1:* (BODY.PEEK[])\r\n")
+        want = b"".join(
+            b"* %d FETCH (BODY[] {%d}\r\n%s)\r\n" % (n, len(m), m)
+            for n, m in enumerate(messages, 1)
+        )
+        self.assertEqual(out, want + b"a OK FETCH completed\r\n")
+        self.assertTrue(all(len(m) > 40 for m in messages))
+        self.assertEqual(batches, [1, 1, 1, 1])

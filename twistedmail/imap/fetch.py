@@ -39,7 +39,7 @@ from twistedmail.imap.message import (
 from twistedmail.imap.protocol import IMAPProtocol, bad, command, format_flags, paren_group, uid_set
 from twistedmail.imap.updates import MailboxUpdates
 from twistedmail.index import CachedParts
-from twistedmail.maildir import MaildirError
+from twistedmail.maildir import MaildirError, size_from_name
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -155,6 +155,8 @@ async def _read_ahead(
     octets = 0
     for i in wanted[start:]:
         size = targets[i][1].getSize()
+        if size < 0:  # not measured yet (named without ,W=): its ,S=, else read it alone
+            size = size_from_name(targets[i][1].entry.base) or READ_AHEAD_OCTETS
         if batch and (len(batch) >= READ_AHEAD or octets + size > READ_AHEAD_OCTETS):
             break
         batch.append(i)
