@@ -131,3 +131,22 @@ def test_reactor_without_threads_keeps_its_pool() -> None:
     """The tests' SynchronousReactor still runs the work at once through its own pool."""
     hop = ThreadHop(SynchronousReactor())
     assert results(hop(lambda: threading.current_thread() is threading.main_thread())) == [True]
+
+
+def test_a_dropped_hop_is_freed() -> None:
+    """A ThreadHop nobody holds (its threads stopped or never started) is freed: its
+    fork handler does not keep it, and its reactor, alive for the life of the process."""
+    import gc
+    import weakref
+
+    reactor = ThreadedReactor()
+    idle = ThreadHop(reactor, size=1)
+    used = ThreadHop(reactor, size=1)
+    results(used(lambda: 1))
+    reactor.run_calls(1)
+    used.stop()
+    refs = [weakref.ref(idle), weakref.ref(used)]
+    reactor.triggers.clear()  # (a real reactor's shutdown trigger is gone once it ran)
+    del idle, used
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

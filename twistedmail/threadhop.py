@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from queue import SimpleQueue
 from typing import Any, Callable
 
@@ -44,7 +45,7 @@ class ThreadHop:
         self._threads: list[threading.Thread] = []
         self._stopped = False
         if self._threaded:
-            os.register_at_fork(after_in_child=self._forget_threads)
+            _HOPS.add(self)  # (weakly: a hop nobody holds is freed)
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if not self._threaded:
@@ -95,3 +96,17 @@ class ThreadHop:
         (with a new queue: the parent's may hold jobs, or have been locked, at the fork)."""
         self._queue = SimpleQueue()
         self._threads = []
+
+
+_HOPS: weakref.WeakSet[ThreadHop] = weakref.WeakSet()
+"""The hops of this process, for the fork handler (one for all, registered once: one per
+hop kept every hop, and its reactor, alive for the life of the process)."""
+
+
+def _forget_all_threads() -> None:
+    for hop in list(_HOPS):
+        hop._forget_threads()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_all_threads)
