@@ -157,3 +157,21 @@ class DataDirOwnerTests(unittest.TestCase):
         given, parent = self.options(uid=0, gid=0)
         self.assertIsNone(take_data_dir_owner(self.config, given))
         self.assertEqual((parent["uid"], parent["gid"]), (0, 0))
+
+    def test_owner_without_a_passwd_entry_is_not_taken(self) -> None:
+        """A data dir owned by a uid that has no passwd entry (a volume from another host)
+        is left alone, as one root owns: twistd's switch to a uid calls initgroups, which
+        looks the user up by name and fails (KeyError), so the server would not start."""
+        uid = next(u for u in range(54321, 64000) if not _has_passwd_entry(u))
+        os.chown(self.data_dir, uid, uid)
+        options, parent = self.options()
+        self.assertIsNone(take_data_dir_owner(self.config, options))
+        self.assertEqual((parent["uid"], parent["gid"]), (None, None))
+
+
+def _has_passwd_entry(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True

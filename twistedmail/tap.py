@@ -239,8 +239,9 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
     which it switches to after binding the ports (C{privilegedStartService}).
 
     @return: the (uid, gid) taken, or C{None}: not root, C{-u}/C{-g} given, not run by
-        twistd, or a data dir that root owns or that does not exist yet (made by root: the
-        quick start runs as root; give C{-u} in production).
+        twistd, or a data dir that root owns, that does not exist yet (made by root: the
+        quick start runs as root; give C{-u} in production) or whose owner has no passwd
+        entry (twistd could not switch to it).
     """
     parent = getattr(options, "parent", None)
     if parent is None or os.geteuid() != 0 or run_as(options) is not None:
@@ -251,11 +252,19 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
         return None
     if st.st_uid == 0:
         return None
-    parent["uid"], parent["gid"] = st.st_uid, st.st_gid
     try:
         name = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
-        name = str(st.st_uid)
+        # twistd's switch to a uid calls initgroups, which needs the user's name: it
+        # would fail and the server not start
+        log.warn(
+            "started as root without -u: data dir {data} is owned by uid {uid}, which has"
+            " no passwd entry; running as root (give -u/-g)",
+            uid=st.st_uid,
+            data=str(config.server.data_dir),
+        )
+        return None
+    parent["uid"], parent["gid"] = st.st_uid, st.st_gid
     log.info(
         "started as root without -u: running as uid {uid} gid {gid} ({name}), the owner of"
         " data dir {data}",
