@@ -620,3 +620,24 @@ class SlottedServerTests(unittest.TestCase):
         transport.stopWriting()
         transport.resumeProducing()
         self.assertEqual(vars(transport), {})
+
+    async def test_ack_now_after_the_close_does_nothing(self) -> None:
+        """ack_now on a TCP connection the peer closed (lines held until a command ended,
+        then a partial one left) does nothing: Twisted's connectionLost deleted its socket
+        (RFC 1122 §4.2.3.2: only an open connection has an ACK to send)."""
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_Echo)
+        factory.received = Deferred()  # type: ignore[attr-defined]
+        factory.lost = Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        use_slotted_connections(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.sendall(b"hello\r\n")
+        transport = await factory.received  # type: ignore[attr-defined]
+        client.close()
+        await factory.lost  # type: ignore[attr-defined]
+        ack_now(transport)
+        ack_now(_Layer(transport))
+

@@ -344,8 +344,11 @@ def ack_now(transport: object) -> None:
         return
     layer = transport
     while layer is not None:
-        # (a TCP connection's socket may be in a slot, L{SlottedServer})
-        sock = layer.socket if isinstance(layer, tcp.Connection) else vars(layer).get("socket")
+        # (a TCP connection's socket may be in a slot, L{SlottedServer}; none once closed)
+        if isinstance(layer, tcp.Connection):
+            sock = getattr(layer, "socket", None)
+        else:
+            sock = vars(layer).get("socket")
         if isinstance(sock, socket.socket):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
