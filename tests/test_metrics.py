@@ -352,6 +352,7 @@ class ServerTests(unittest.TestCase):
         file names (the quota's listing), every local domain listed."""
         other = MailServer(quiet_config(Path(self.mktemp()).resolve()), reactor)
         self.addCleanup(other.store.close)
+        self.addCleanup(other.run_in_thread.stop)
         parse = getattr(other.queue.outbound.resolver, "_parseCall", None)
         if parse is not None and parse.active():
             self.addCleanup(parse.cancel)

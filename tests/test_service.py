@@ -43,6 +43,7 @@ def quiet_server(case: unittest.TestCase, data_dir: Path) -> MailServer:
     resolv.conf timer stops when C{case} ends."""
     server = MailServer(quiet_config(data_dir), reactor)
     case.addCleanup(server.store.close)
+    case.addCleanup(server.run_in_thread.stop)  # its I/O threads (else kept until exit)
     # The resolv.conf resolver rereads its file on a timer.
     parse = getattr(server.queue.outbound.resolver, "_parseCall", None)
     if parse is not None and parse.active():
@@ -265,6 +266,7 @@ class TmpCleanupServiceTests(unittest.TestCase):
         data = Path(self.mktemp()).resolve()
         server = MailServer(quiet_config(data), reactor)
         self.addCleanup(server.store.close)
+        self.addCleanup(server.run_in_thread.stop)
         parse = getattr(server.queue.outbound.resolver, "_parseCall", None)
         if parse is not None and parse.active():
             self.addCleanup(parse.cancel)
