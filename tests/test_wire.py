@@ -640,4 +640,3 @@ class SlottedServerTests(unittest.TestCase):
         await factory.lost  # type: ignore[attr-defined]
         ack_now(transport)
         ack_now(_Layer(transport))
-
