@@ -4,6 +4,8 @@ the letters a..z in Maildir file names, and the IMAP commands over them, with ex
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -248,5 +250,85 @@ class KeywordSessionTests(unittest.TestCase):
                 b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Forwarded \\*)] Flags permitted",
                 b"* 1 FETCH (FLAGS ($Forwarded))",
                 b"n OK NOOP completed",
+            ],
+        )
+
+    def test_fetch_after_other_session_keyword_sends_flags_first(self) -> None:
+        """RFC 3501 §7.2.6: a keyword another session added reaches this one by a rescan
+        between commands; the next FETCH FLAGS sends FLAGS and PERMANENTFLAGS before the
+        FETCH that shows it (not only before the tagged reply, as imaptest's stress mode
+        caught: "Keyword used without being in FLAGS")."""
+        h1 = Harness(self)
+        h1.add(MSG1, "")
+        h2 = Harness(self, root=h1.root, notifier=h1.notifier)
+        self.select(h1)
+        self.select(h2)
+        h1.cmd(b"a STORE 1 +FLAGS ($Forwarded)")
+        self.assertEqual(
+            h2.cmd(b"f FETCH 1 FLAGS"),
+            [
+                b"* FLAGS (" + SYSTEM + b" $Forwarded)",
+                b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Forwarded \\*)] Flags permitted",
+                b"* 1 FETCH (FLAGS ($Forwarded))",
+                b"* 1 FETCH (FLAGS ($Forwarded))",  # the update the rescan queued
+                b"f OK FETCH completed",
+            ],
+        )
+        self.assertEqual(
+            h2.cmd(b"g FETCH 1 FLAGS"),
+            [b"* 1 FETCH (FLAGS ($Forwarded))", b"g OK FETCH completed"],
+        )
+
+
+class OtherProcessKeywordTests(unittest.TestCase):
+    """A keyword added by another process on the same Maildir (another worker, Dovecot):
+    its FLAGS line comes before any FETCH that shows it (RFC 3501 §7.2.6)."""
+
+    def store_in_other_process(self, root: Path, keyword: str) -> None:
+        """What another worker's C{STORE 1 +FLAGS (keyword)} does to the folder, in a
+        process of its own: a letter in C{dovecot-keywords}, then the file renamed."""
+        script = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from twistedmail.maildir import FlagChange, Folder\n"
+            "folder = Folder(Path(sys.argv[1]))\n"
+            "letters = folder.keyword_letters([sys.argv[2]])\n"
+            "entry = folder.scan().messages[0]\n"
+            "folder.change_flags_many([(entry, FlagChange(add=letters))])\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(root), keyword], check=True)
+
+    def test_fetch_flags_after_keyword_of_other_process(self) -> None:
+        """Another process STOREs a new keyword; the folder watch's notice rescans this
+        session between commands; its next FETCH FLAGS and UID FETCH CHANGEDSINCE are
+        preceded by FLAGS and PERMANENTFLAGS listing the keyword."""
+        h = Harness(self)
+        h.add(MSG1, "S")
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        self.store_in_other_process(h.root, "$Label1")
+        h.notifier.changed(h.root)  # as the FolderWatcher tells the sessions (inotify)
+        self.assertEqual(
+            h.cmd(b"f FETCH 1 (UID FLAGS)"),
+            [
+                b"* FLAGS (" + SYSTEM + b" $Label1)",
+                b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Label1 \\*)] Flags permitted",
+                b"* 1 FETCH (UID 1 FLAGS (\\Seen $Label1))",
+                b"* 1 FETCH (FLAGS (\\Seen $Label1))",
+                b"f OK FETCH completed",
+            ],
+        )
+        self.assertEqual(flags_on_disk(h.root), ["Sa"])
+        self.store_in_other_process(h.root, "$Label2")
+        h.notifier.changed(h.root)
+        self.assertEqual(
+            h.cmd(b"g UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1)"),
+            [
+                b"* FLAGS (" + SYSTEM + b" $Label1 $Label2)",
+                b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Label1 $Label2 \\*)] Flags permitted",
+                b"* 1 FETCH (FLAGS (\\Seen $Label1 $Label2) MODSEQ (4) UID 1)",
+                b"* OK [HIGHESTMODSEQ 4] Highest",  # CHANGEDSINCE enabled CONDSTORE
+                b"* 1 FETCH (FLAGS (\\Seen $Label1 $Label2) UID 1 MODSEQ (4))",
+                b"g OK FETCH completed",
             ],
         )

@@ -209,7 +209,7 @@ class AuthenticatedCommands(MailboxUpdates):
             raise ConnectionGone()
         if "\\noselect" in [f.lower() for f in mbox.getFlags()]:
             raise no(b"Mailbox cannot be selected", b"CANNOT")
-        flags = format_flags(mbox.getFlags())
+        flags = format_flags(mbox.flags_announced())
         # RFC 3501 §6.3.1: FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDNEXT, UIDVALIDITY
         self.sendLine(b"* FLAGS (" + flags + b")")
         self.sendLine(b"* %d EXISTS" % mbox.getMessageCount())
@@ -291,7 +291,7 @@ class AuthenticatedCommands(MailboxUpdates):
             if msg.entry.modseq > modseq:
                 self.sendLine(
                     b"* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))"
-                    % (seq, msg.getUID(), format_flags(msg.getFlags()), msg.entry.modseq)
+                    % (seq, msg.getUID(), self._fetch_flags(msg.getFlags()), msg.entry.modseq)
                 )
 
     async def do_CREATE(self, tag: bytes, name: bytes) -> bytes:

@@ -36,7 +36,7 @@ from twistedmail.imap.message import (
     section_label,
     split_message,
 )
-from twistedmail.imap.protocol import IMAPProtocol, bad, command, format_flags, paren_group, uid_set
+from twistedmail.imap.protocol import IMAPProtocol, bad, command, paren_group, uid_set
 from twistedmail.imap.updates import MailboxUpdates
 from twistedmail.index import CachedParts
 from twistedmail.maildir import MaildirError, size_from_name
@@ -349,7 +349,7 @@ class FetchCommand(MailboxUpdates):
         for part in query:
             kind = part.type
             if kind == "flags":
-                items.append(b"FLAGS (" + format_flags(msg.getFlags()) + b")")
+                items.append(b"FLAGS (" + self._fetch_flags(msg.getFlags()) + b")")
             elif kind == "uid":
                 seen_uid = True
                 items.append(b"UID %d" % msg.getUID())
@@ -398,7 +398,7 @@ class FetchCommand(MailboxUpdates):
                     data, origin = partial(data, part)
                     items.append(label + origin + b" " + _literal(data))
         if add_flags:
-            items.append(b"FLAGS (" + format_flags(msg.getFlags()) + b")")
+            items.append(b"FLAGS (" + self._fetch_flags(msg.getFlags()) + b")")
             if b"CONDSTORE" in self.enabled and not any(p.type == "modseq" for p in query):
                 # RFC 7162 §3.1.4: the FETCH that set \Seen reports the new MODSEQ
                 items.append(b"MODSEQ (%d)" % msg.entry.modseq)

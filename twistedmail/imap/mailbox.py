@@ -242,6 +242,9 @@ class MaildirMailbox:
         self._notifying = False
         self._watching = False
         self._closed = False
+        # the keyword map of the last FLAGS the client was sent (L{flags_announced}; maps are
+        # rebound, never changed in place, so holding one costs no copy)
+        self._told_keywords: dict[str, str] = self.keywords
 
     # opening and rescanning
 
@@ -408,6 +411,20 @@ class MaildirMailbox:
     def getFlags(self) -> list[str]:
         """FLAGS (RFC 3501 §7.2.6): the system flags, then the folder's keywords."""
         return list(SYSTEM_FLAGS) + [self.keywords[c] for c in sorted(self.keywords)]
+
+    def flags_announced(self) -> list[str]:
+        """L{getFlags} as the client is sent them now in C{* FLAGS}: from here on it knows
+        the folder's keywords as of now (RFC 3501 §7.2.6)."""
+        self._told_keywords = self.keywords
+        return self.getFlags()
+
+    def knows_keywords(self, flags: Sequence[str]) -> bool:
+        """Whether every keyword among C{flags} (a FETCH response's) was in the last
+        C{* FLAGS} the client was sent (L{flags_announced}).  RFC 3501 §7.2.6: a client must
+        not see a keyword in FETCH before FLAGS lists it; our map may have grown since (a
+        rescan after another session's or process's STORE, or this session's STORE)."""
+        told = self._told_keywords
+        return all(f[:1] == "\\" or f in told.values() for f in flags)
 
     def permanent_flags(self) -> list[str]:
         """PERMANENTFLAGS (RFC 3501 §7.1): L{getFlags}, and C{\\*} (new keywords may be

@@ -21,7 +21,6 @@ from twistedmail.imap.protocol import (
     bad,
     command,
     decode_mailbox_name,
-    format_flags,
     no,
     option_atoms,
     paren_group,
@@ -244,7 +243,7 @@ class SelectedCommands(MailboxUpdates):
                 extra = self._condstore_items(seq)
             if not silent:
                 self.sendLine(
-                    b"* %d FETCH (FLAGS (%s)%s)" % (seq, format_flags(result[seq]), extra)
+                    b"* %d FETCH (FLAGS (%s)%s)" % (seq, self._fetch_flags(result[seq]), extra)
                 )
             elif condstore:
                 self.sendLine(b"* %d FETCH (%s)" % (seq, extra.lstrip(b" ")))

@@ -87,7 +87,8 @@ class MailboxUpdates(IMAPProtocol):
                 seq = mbox.sequence_of(message_uid)  # (not a map of the whole view)
                 if seq is not None:
                     extra = self._condstore_items(seq)
-                    self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, format_flags(flags), extra))
+                    shown = self._fetch_flags(flags)
+                    self.sendLine(b"* %d FETCH (FLAGS (%s)%s)" % (seq, shown, extra))
 
     def _flush_keywords(self) -> None:
         """RFC 3501 §7.2.6: a new keyword in the folder changes its FLAGS; send FLAGS and
@@ -95,10 +96,22 @@ class MailboxUpdates(IMAPProtocol):
         if not self._pending_keywords or self.mbox is None:
             return
         self._pending_keywords = False
-        self.sendLine(b"* FLAGS (" + format_flags(self.mbox.getFlags()) + b")")
+        self.sendLine(b"* FLAGS (" + format_flags(self.mbox.flags_announced()) + b")")
         if self.mbox.isWriteable():
             permanent = format_flags(self.mbox.permanent_flags())
             self.sendLine(b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
+
+    def _fetch_flags(self, flags: Sequence[str]) -> bytes:
+        """The inside of C{FLAGS (...)} in a FETCH response about to be sent (tagged FETCH,
+        STORE's, an update's, QRESYNC's).  RFC 3501 §7.2.6: when it shows a keyword the
+        client's last FLAGS did not list, FLAGS and PERMANENTFLAGS go first, now: the map
+        may have grown during the command or since the last tagged reply (a rescan after
+        another session's or worker's STORE), which a pending FLAGS would only tell the
+        client after this FETCH."""
+        if self.mbox is not None and not self.mbox.knows_keywords(flags):
+            self._pending_keywords = True
+            self._flush_keywords()
+        return format_flags(flags)
 
     def _send_expunges(self) -> None:
         if self.mbox is not None:
