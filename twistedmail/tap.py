@@ -241,6 +241,7 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
     @return: the (uid, gid) taken, or C{None}: not root, C{-u}/C{-g} given, not run by
         twistd, or a data dir that root owns or that does not exist yet (made by root: the
         quick start runs as root; give C{-u} in production).
+    @raise ConfigError: the owner's uid has no user name (twistd could not switch to it).
     """
     parent = getattr(options, "parent", None)
     if parent is None or os.geteuid() != 0 or run_as(options) is not None:
@@ -251,11 +252,16 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
         return None
     if st.st_uid == 0:
         return None
-    parent["uid"], parent["gid"] = st.st_uid, st.st_gid
     try:
         name = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        name = str(st.st_uid)
+    except KeyError:  # twistd's switch (initgroups) needs the name: a KeyError traceback
+        raise ConfigError(
+            f"{_where(config)}: [server] data_dir: {config.server.data_dir} belongs to uid"
+            f" {st.st_uid}, which has no user name here (the server, started as root without"
+            " -u, would run as it): chown -R it to the server's user, or start with -u USER"
+            " -g GROUP"
+        ) from None
+    parent["uid"], parent["gid"] = st.st_uid, st.st_gid
     log.info(
         "started as root without -u: running as uid {uid} gid {gid} ({name}), the owner of"
         " data dir {data}",
