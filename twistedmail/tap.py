@@ -231,6 +231,22 @@ def run_as(options: usage.Options) -> tuple[int, int] | None:
     return int(uid), int(gid)
 
 
+def require_named_user(config: Config, options: usage.Options) -> None:
+    """@raise ConfigError: C{twistd -u N} names a uid without a user name: twistd's switch
+    (initgroups) would fail with a KeyError traceback after the ports were bound."""
+    parent = getattr(options, "parent", None)
+    uid = parent.get("uid") if parent is not None else None
+    if uid is None:
+        return
+    try:
+        pwd.getpwuid(int(uid))
+    except KeyError:
+        raise ConfigError(
+            f"{_where(config)}: twistd -u {uid}: uid {uid} has no user name here (twistd needs"
+            " one to switch to it): create the user, or give -u a user that exists"
+        ) from None
+
+
 def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, int] | None:
     """Started as root without C{-u}/C{-g} on a data dir another user owns (handed over by a
     C{twistd -u} start, or made by that user): run as its owner, as with C{twistd -u
@@ -372,6 +388,7 @@ def makeService(options: Options) -> IService:
     from twistedmail.workers import supervise
 
     try:
+        require_named_user(config, options)
         take_data_dir_owner(config, options)  # (before run_as is read: it sets -u/-g)
         server = MailServer(config, reactor)
         supervise(server, reactor, run_as(options))  # [server] workers (issue 10)

@@ -208,3 +208,26 @@ def _has_name(uid: int) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_u_of_an_unnamed_uid(tmp_path: Path) -> None:
+    """C{twistd -u N} of a uid without a user name stops the start with one line (twistd's
+    switch, initgroups, needs the name: a KeyError traceback after the ports were bound)."""
+    uid = next(n for n in range(4242, 65000) if not _has_name(n))
+    server = Server(tmp_path)
+    server.add_user("alice@example.test", PASSWORDS["alice@example.test"])
+    for given in (["-u", str(uid)], ["-u", str(uid), "-g", str(uid)]):
+        command = [*given, "-n", "--pidfile=", "twistedmail", "--config", str(server.config)]
+        out = subprocess.run(
+            [str(BIN / "twistd"), *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert out.returncode == 1
+        assert (out.stderr + out.stdout).strip().splitlines() == [
+            f"twistedmail: error: {server.config}: twistd -u {uid}: uid {uid} has no user name"
+            " here (twistd needs one to switch to it): create the user, or give -u a user"
+            " that exists"
+        ]
