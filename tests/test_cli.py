@@ -1195,6 +1195,41 @@ class RootAsOwnerTests(CLITestCase):
         self.assertEqual((result.returncode, result.stderr), (1, ""))
         self.assertIn("WRONG    MX example.org  ", result.stdout)
 
+    def test_a_data_dir_the_caller_cannot_enter_is_named(self) -> None:
+        """A command whose user cannot enter the data dir (another user's, mode 0700; here
+        root acting as nobody on a dir without x) says so in one line naming the owner, not
+        'cannot create' a dir that exists or 'no account store'."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (a data dir owned by nobody)")
+        nobody = pwd.getpwnam("nobody")
+        base = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        self.config, data_dir = base / "twistedmail.toml", base / "data"
+        self.write_config(f'[server]\ndata_dir = "{data_dir}"\nhostname = "mail.example.org"\n')
+        data_dir.mkdir(mode=0o700)
+        (data_dir / "mail").mkdir(mode=0o700)
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        data_dir.chmod(0o600)
+        for command in (["user", "list"], ["domain", "add", "example.net"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "twistedmail.cli", "--config", str(self.config)] + command,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=120,
+            )
+            self.assertEqual(
+                (result.returncode, result.stdout, result.stderr),
+                (
+                    1,
+                    "",
+                    f"twistedmail: error: cannot enter data dir {data_dir} as nobody"
+                    f" (uid {nobody.pw_uid}): it belongs to nobody, mode 600; run twistedmail"
+                    " as nobody or as root\n",
+                ),
+            )
+
     def test_a_control_socket_the_owner_cannot_open_is_named(self) -> None:
         """C{twistedmail status} as root against a data dir owned by nobody, whose control
         socket is root's (a server started as root without C{-u}): one line naming the

@@ -14,7 +14,7 @@ from twisted.python import log as legacy
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from twistedmail.config import parse_config
+from twistedmail.config import ConfigError, parse_config
 from twistedmail.dns import quiet_dns_client
 from twistedmail.tap import (
     Options,
@@ -158,14 +158,16 @@ class DataDirOwnerTests(unittest.TestCase):
         self.assertIsNone(take_data_dir_owner(self.config, given))
         self.assertEqual((parent["uid"], parent["gid"]), (0, 0))
 
-    def test_owner_without_a_passwd_entry_is_not_taken(self) -> None:
-        """A data dir owned by a uid that has no passwd entry (a volume from another host)
-        is left alone, as one root owns: twistd's switch to a uid calls initgroups, which
-        looks the user up by name and fails (KeyError), so the server would not start."""
+    def test_owner_without_a_passwd_entry_stops_the_start(self) -> None:
+        """A data dir owned by a uid that has no passwd entry (copied with numeric ids) stops
+        the start with one line (ConfigError), uid/gid unset: twistd's switch to a uid calls
+        initgroups, which looks the user up by name and would fail with a traceback."""
         uid = next(u for u in range(54321, 64000) if not _has_passwd_entry(u))
         os.chown(self.data_dir, uid, uid)
         options, parent = self.options()
-        self.assertIsNone(take_data_dir_owner(self.config, options))
+        with self.assertRaises(ConfigError) as caught:
+            take_data_dir_owner(self.config, options)
+        self.assertIn(f"belongs to uid {uid}, which has no user name here", str(caught.exception))
         self.assertEqual((parent["uid"], parent["gid"]), (None, None))
 
 

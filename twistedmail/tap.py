@@ -231,6 +231,22 @@ def run_as(options: usage.Options) -> tuple[int, int] | None:
     return int(uid), int(gid)
 
 
+def require_named_user(config: Config, options: usage.Options) -> None:
+    """@raise ConfigError: C{twistd -u N} names a uid without a user name: twistd's switch
+    (initgroups) would fail with a KeyError traceback after the ports were bound."""
+    parent = getattr(options, "parent", None)
+    uid = parent.get("uid") if parent is not None else None
+    if uid is None:
+        return
+    try:
+        pwd.getpwuid(int(uid))
+    except KeyError:
+        raise ConfigError(
+            f"{_where(config)}: twistd -u {uid}: uid {uid} has no user name here (twistd needs"
+            " one to switch to it): create the user, or give -u a user that exists"
+        ) from None
+
+
 def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, int] | None:
     """Started as root without C{-u}/C{-g} on a data dir another user owns (handed over by a
     C{twistd -u} start, or made by that user): run as its owner, as with C{twistd -u
@@ -239,9 +255,9 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
     which it switches to after binding the ports (C{privilegedStartService}).
 
     @return: the (uid, gid) taken, or C{None}: not root, C{-u}/C{-g} given, not run by
-        twistd, or a data dir that root owns, that does not exist yet (made by root: the
-        quick start runs as root; give C{-u} in production) or whose owner has no passwd
-        entry (twistd could not switch to it).
+        twistd, or a data dir that root owns or that does not exist yet (made by root: the
+        quick start runs as root; give C{-u} in production).
+    @raise ConfigError: the owner's uid has no user name (twistd could not switch to it).
     """
     parent = getattr(options, "parent", None)
     if parent is None or os.geteuid() != 0 or run_as(options) is not None:
@@ -254,16 +270,13 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
         return None
     try:
         name = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        # twistd's switch to a uid calls initgroups, which needs the user's name: it
-        # would fail and the server not start
-        log.warn(
-            "started as root without -u: data dir {data} is owned by uid {uid}, which has"
-            " no passwd entry; running as root (give -u/-g)",
-            uid=st.st_uid,
-            data=str(config.server.data_dir),
-        )
-        return None
+    except KeyError:  # twistd's switch (initgroups) needs the name: a KeyError traceback
+        raise ConfigError(
+            f"{_where(config)}: [server] data_dir: {config.server.data_dir} belongs to uid"
+            f" {st.st_uid}, which has no user name here (the server, started as root without"
+            " -u, would run as it): chown -R it to the server's user, or start with -u USER"
+            " -g GROUP"
+        ) from None
     parent["uid"], parent["gid"] = st.st_uid, st.st_gid
     log.info(
         "started as root without -u: running as uid {uid} gid {gid} ({name}), the owner of"
@@ -375,6 +388,7 @@ def makeService(options: Options) -> IService:
     from twistedmail.workers import supervise
 
     try:
+        require_named_user(config, options)
         take_data_dir_owner(config, options)  # (before run_as is read: it sets -u/-g)
         server = MailServer(config, reactor)
         supervise(server, reactor, run_as(options))  # [server] workers (issue 10)

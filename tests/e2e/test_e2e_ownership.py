@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_server import PASSWORDS, Server, deliver, imap_client, imap_login
+from e2e_server import BIN, PASSWORDS, Server, deliver, imap_client, imap_login
 from test_e2e_daemon import rcpt
 from test_e2e_outbound import BODY, World, configure, submit, wait_queue_empty
 
@@ -172,3 +173,61 @@ def test_root_without_u_runs_as_the_data_dirs_owner() -> None:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_root_without_u_on_a_data_dir_of_an_unnamed_uid() -> None:
+    """Started as root without C{-u} on a data dir whose owner has no user name (copied from
+    another machine, a numeric C{chown}), the start stops with one line saying what to do
+    (twistd's switch to that uid needs a name for its groups: a KeyError traceback)."""
+    uid = next(n for n in range(4242, 65000) if not _has_name(n))
+    # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700, that uid cannot enter it.
+    root = Path(tempfile.mkdtemp(prefix="twistedmail-owner-"))
+    root.chmod(0o755)
+    try:
+        server = Server(root)
+        server.add_user("alice@example.test", PASSWORDS["alice@example.test"])
+        for path in [server.data_dir, *server.data_dir.rglob("*")]:
+            os.lchown(path, uid, uid)
+        command = ["-n", "--pidfile=", "twistedmail", "--config", str(server.config)]
+        out = subprocess.run(
+            [str(BIN / "twistd"), *command], capture_output=True, text=True, timeout=120, cwd=root
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert out.returncode == 1
+    assert (out.stderr + out.stdout).strip().splitlines() == [
+        f"twistedmail: error: {server.config}: [server] data_dir: {server.data_dir} belongs to"
+        f" uid {uid}, which has no user name here (the server, started as root without -u,"
+        " would run as it): chown -R it to the server's user, or start with -u USER -g GROUP"
+    ]
+
+
+def _has_name(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def test_u_of_an_unnamed_uid(tmp_path: Path) -> None:
+    """C{twistd -u N} of a uid without a user name stops the start with one line (twistd's
+    switch, initgroups, needs the name: a KeyError traceback after the ports were bound)."""
+    uid = next(n for n in range(4242, 65000) if not _has_name(n))
+    server = Server(tmp_path)
+    server.add_user("alice@example.test", PASSWORDS["alice@example.test"])
+    for given in (["-u", str(uid)], ["-u", str(uid), "-g", str(uid)]):
+        command = [*given, "-n", "--pidfile=", "twistedmail", "--config", str(server.config)]
+        out = subprocess.run(
+            [str(BIN / "twistd"), *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert out.returncode == 1
+        assert (out.stderr + out.stdout).strip().splitlines() == [
+            f"twistedmail: error: {server.config}: twistd -u {uid}: uid {uid} has no user name"
+            " here (twistd needs one to switch to it): create the user, or give -u a user"
+            " that exists"
+        ]

@@ -40,6 +40,14 @@ def _address(text: str) -> Mailbox:
 # config and store
 
 
+def _user_name(uid: int) -> str:
+    """The user name of C{uid}, else the number as text."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 class _Context:
     """What a command needs: the loaded config and, on demand, the account store."""
 
@@ -78,6 +86,14 @@ class _Context:
         account store that the server never reads); C{twistedmail init} does (issue 9)."""
         data_dir = self.config.server.data_dir
         if data_dir.is_dir():
+            if not os.access(data_dir, os.X_OK, effective_ids=True):
+                st = data_dir.stat()
+                raise UserError(
+                    f"cannot enter data dir {data_dir} as {_user_name(os.geteuid())}"
+                    f" (uid {os.geteuid()}): it belongs to {_user_name(st.st_uid)},"
+                    f" mode {st.st_mode & 0o777:o}; run {PROG} as {_user_name(st.st_uid)}"
+                    " or as root"
+                )
             return
         source = self.config.source
         origin = (

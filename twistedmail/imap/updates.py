@@ -17,7 +17,8 @@ from twisted.mail import imap4
 
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.mailbox import MaildirMailbox
-from twistedmail.imap.protocol import IMAPProtocol, bad, format_flags, no, uid_set
+from twistedmail.imap.protocol import IMAPError, IMAPProtocol, bad, format_flags, no, uid_set
+from twistedmail.maildir import MaildirError
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -158,8 +159,22 @@ class MailboxUpdates(IMAPProtocol):
         self.sendUntaggedResponse(b"OK [READ-WRITE] mode" if writeable else b"OK [READ-ONLY] mode")
 
     async def _refresh(self) -> None:
+        """Bring the selected mailbox up to date.
+
+        @raise IMAPError: it was deleted under the session (DELETE in another session,
+            C{twistedmail user del}): NO and BYE, the connection closed, as Dovecot's
+            'Selected mailbox was deleted, have to disconnect.' (RFC 2180 §3.3)."""
         if self.mbox is not None:
-            await self.mbox.refresh()
+            try:
+                await self.mbox.refresh()
+            except MaildirError:
+                self._close_mailbox()
+                raise IMAPError(
+                    b"NO",
+                    b"Selected mailbox was deleted, have to disconnect.",
+                    b"NONEXISTENT",
+                    close=True,
+                ) from None
 
     def _close_mailbox(self) -> None:
         mbox, self.mbox = self.mbox, None
