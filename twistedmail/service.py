@@ -459,6 +459,7 @@ class MailServer(MultiService):
         )
         self.tls_context = tls if tls is not None else server_tls_context(config)
         self._previous_sighup: Any = None
+        self._queue_starting: defer.Deferred[Any] | None = None  # stopService waits for it
         self._throttle_loaded = False
         self.metrics = Metrics(reactor)  # issue 13: hooks reach it as owner.metrics
         self.started = reactor.seconds()
@@ -858,6 +859,7 @@ class MailServer(MultiService):
             return  # the queue and the rest are the parent's
         d = defer.Deferred.fromCoroutine(self.queue.start())
         d.addErrback(lambda f: log.failure("the outbound queue did not start", f))
+        self._queue_starting = d
         for svc in self:
             log.info("listening: {name}", name=svc.name)
         log.info(
@@ -901,6 +903,14 @@ class MailServer(MultiService):
         )
         return True
 
+    async def _stop_queue(self) -> None:
+        """The queue's shutdown, after its start (three thread hops reading the spool) has
+        run: a stop right after the start would otherwise stop the thread hop under it."""
+        starting, self._queue_starting = self._queue_starting, None
+        if starting is not None:
+            await starting  # never fails: its errback logged a failure
+        await self.queue.shutdown()
+
     def stopService(self) -> Any:
         if self.authenticator is not None:
             self.authenticator.stop()  # no check thread may stay blocked on the reactor
@@ -910,7 +920,7 @@ class MailServer(MultiService):
             save_throttle(self.throttle, self.throttle_path)
         # Deliveries under way get a bounded time to record their results (QueueRunner.
         # shutdown) while the listeners close; the store closes after both.
-        queue = defer.Deferred.fromCoroutine(self.queue.shutdown())
+        queue = defer.Deferred.fromCoroutine(self._stop_queue())
         queue.addErrback(lambda f: log.failure("the outbound queue did not stop cleanly", f))
         d = defer.DeferredList([queue, super().stopService()], consumeErrors=True)
         # Join the check threads off the reactor thread (a check may still be finishing).
