@@ -332,3 +332,25 @@ class OtherProcessKeywordTests(unittest.TestCase):
                 b"g OK FETCH completed",
             ],
         )
+
+
+class HeldLockTests(unittest.TestCase):
+    def test_uidlist_lock_held_too_long_is_not_a_deleted_mailbox(self) -> None:
+        """A rescan that cannot take the UID list's dotlock (another program held it past the
+        timeout) does not say the selected mailbox was deleted nor close the connection
+        (RFC 2180 §3.3 is for a mailbox that is gone); the session goes on once it is free."""
+        self.patch(Folder, "lock_timeout", 0.2)
+        h = Harness(self)
+        h.add(MSG1, "")
+        h.login()
+        self.assertEqual(h.cmd(b"s SELECT INBOX")[-1], b"s OK [READ-WRITE] SELECT completed")
+        lock = h.root / "dovecot-uidlist.lock"
+        lock.write_text(f"{os.getpid()}\n")  # held by a live process: not stale
+        write_durably(h.root / "new", MSG2)  # a rescan needs the lock
+        self.assertEqual(
+            h.cmd(b"n NOOP"), [b"n NO [INUSE] Mailbox is locked by another program, try again"]
+        )
+        self.assertFalse(h.transport.disconnecting)
+        lock.unlink()
+        after = h.cmd(b"m NOOP")
+        self.assertEqual((after[0], after[-1]), (b"* 2 EXISTS", b"m OK NOOP completed"))

@@ -18,7 +18,7 @@ from twisted.mail import imap4
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.imap.protocol import IMAPError, IMAPProtocol, bad, format_flags, no, uid_set
-from twistedmail.maildir import MaildirError
+from twistedmail.maildir import FolderGoneError, FolderLockedError
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -163,17 +163,22 @@ class MailboxUpdates(IMAPProtocol):
 
         @raise IMAPError: it was deleted under the session (DELETE in another session,
             C{twistedmail user del}): NO and BYE, the connection closed, as Dovecot's
-            'Selected mailbox was deleted, have to disconnect.' (RFC 2180 §3.3)."""
+            'Selected mailbox was deleted, have to disconnect.' (RFC 2180 §3.3); NO [INUSE]
+            (RFC 5530 §3) when another program held the UID list's lock too long."""
         if self.mbox is not None:
             try:
                 await self.mbox.refresh()
-            except MaildirError:
+            except FolderGoneError:  # not a lock another program held too long
                 self._close_mailbox()
                 raise IMAPError(
                     b"NO",
                     b"Selected mailbox was deleted, have to disconnect.",
                     b"NONEXISTENT",
                     close=True,
+                ) from None
+            except FolderLockedError:  # Dovecot or an MDA held dovecot-uidlist.lock too long
+                raise IMAPError(
+                    b"NO", b"Mailbox is locked by another program, try again", b"INUSE"
                 ) from None
 
     def _close_mailbox(self) -> None:

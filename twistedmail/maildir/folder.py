@@ -42,6 +42,7 @@ from twistedmail.maildir.names import (
     UIDVALIDITY_FILE,
     UNKNOWN_SIZE,
     FlagChange,
+    FolderGoneError,
     MaildirError,
     arrival_key,
     dovecot_wire_size,
@@ -264,14 +265,14 @@ class Folder:
             after it (RFC 7162 §3.1.4.1, §3.2.5.2); C{None}: every message.
         @param provisional: list the messages left out for want of room in
             L{ScanResult.unsaved} (POP3 needs no UIDs).
-        @raise MaildirError: when the folder does not exist.
+        @raise FolderGoneError: when the folder does not exist.
         """
         if not provisional:
             unchanged = self._unchanged(since, claim_recent)
             if unchanged is not None:
                 return unchanged
         if not self.exists():
-            raise MaildirError("no such folder")
+            raise FolderGoneError("no such folder")
         unsaved: list[MessageEntry] = []
         snapshot: _Snapshot | None
         keep: list[_Snapshot] = []

@@ -55,6 +55,10 @@ class MaildirError(Exception):
     """A request against the store that cannot be done; the message is safe to show a client."""
 
 
+class FolderGoneError(MaildirError):
+    """The folder does not exist (deleted under a session that had it selected)."""
+
+
 class FolderNameError(MaildirError):
     """A folder name that is not allowed (empty part, path characters, control characters)."""
 
