@@ -30,6 +30,7 @@ from twistedmail.maildir import (
     make_maildir,
     normalize_flags,
     split_name,
+    uidlist,
     write_durably,
 )
 from twistedmail.maildir import folder as folder_module
@@ -460,7 +461,7 @@ class AddTests(MaildirTestCase):
         (self.root / "cur" / "abcdef:2,").write_bytes(MSG2)
         with open(path, "a") as f:
             f.write("2 :abc")
-        self.assertEqual(self.folder._read_uidlist()[1:], (2, first_guid(header), {"abc": 1}))
+        self.assertEqual(uidlist.read(self.folder.path)[1:], (2, first_guid(header), {"abc": 1}))
         after = self.folder.scan()
         self.assertEqual([(e.uid, e.base) for e in after.messages], [(1, "abc"), (2, "abcdef")])
         self.assertEqual(

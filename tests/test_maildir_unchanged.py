@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from twistedmail import maildir
 from twistedmail.index import INDEX_FILE
-from twistedmail.maildir import Folder, make_maildir, snapshot, write_durably
+from twistedmail.maildir import Folder, keywordfile, make_maildir, snapshot, write_durably
 from twistedmail.maildir import folder as folder_module
 
 T1 = 1_700_000_000.0
@@ -373,12 +373,14 @@ class KeywordMapTests(unittest.TestCase):
         self.reads = 0
         test = self
 
-        class Counting(Folder):
-            def _read_keywords(self) -> dict[int, str]:
-                test.reads += 1
-                return super()._read_keywords()
+        read = keywordfile.read
 
-        self.folder = Counting(self.root)
+        def counting(folder: Path) -> dict[int, str]:
+            test.reads += 1
+            return read(folder)
+
+        self.patch(keywordfile, "read", counting)
+        self.folder = Folder(self.root)
         self.addCleanup(maildir._keyword_maps.pop, self.root, None)
 
     def test_settled_file_is_read_once(self) -> None:

@@ -70,6 +70,7 @@ from twistedmail.maildir import (
     normalize_flags,
     split_name,
     to_crlf,
+    uidlist,
     unique_name,
     write_file,
 )
@@ -205,7 +206,7 @@ class FolderImport:
         """UIDs are kept when the folder holds no message, or its UIDVALIDITY is already the
         source's (an earlier run of this import): RFC 3501 §2.3.1.1 then holds (a changed
         UIDVALIDITY tells clients to forget the folder's old UIDs)."""
-        current, _, _, _ = self.folder._read_uidlist()  # noqa: SLF001 (same package's format)
+        current, _, _, _ = uidlist.read(self.folder.path)
         return not self.present or current == uidvalidity
 
     def _keyword_letters(self, names: tuple[str, ...]) -> str:
@@ -288,12 +289,12 @@ class FolderImport:
         folder = self.folder
         cur = folder.path / "cur"
         with folder._locked():  # noqa: SLF001 (the lock Folder.add takes)
-            uidvalidity, uidnext, guid, uids = folder._read_uidlist()  # noqa: SLF001
+            uidvalidity, uidnext, guid, uids = uidlist.read(folder.path)
             if self.keep is not None and uidvalidity != self.keep[0]:
                 # a new UIDVALIDITY: the folder's old UIDs (of no message now) are forgotten
                 uidvalidity, uidnext, uids = self.keep[0], self.keep[1], {}
             elif uidvalidity == 0:
-                uidvalidity = folder._new_uidvalidity()  # noqa: SLF001
+                uidvalidity = uidlist.new_uidvalidity(folder.path)
             if not guid:
                 guid = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
             used = set(uids.values())
@@ -317,7 +318,7 @@ class FolderImport:
                 used.add(uidnext)
                 uidnext += 1
             fsync_dir(cur)
-            folder._write_uidlist(uidvalidity, uidnext, guid, uids)  # noqa: SLF001
+            uidlist.write(folder.path, uidvalidity, uidnext, guid, uids)
 
 
 def _run(
@@ -414,7 +415,7 @@ def maildir_messages(path: Path) -> tuple[int, int, list[Incoming]]:
     messages (kept-UID ones in UID order, then the rest by mtime), read lazily: the list
     holds no bytes until L{_load}."""
     folder = Folder(path)
-    uidvalidity, uidnext, _guid, uids = folder._read_uidlist()  # noqa: SLF001
+    uidvalidity, uidnext, _guid, uids = uidlist.read(folder.path)
     if not (path / UIDLIST).exists():
         uidvalidity = uidnext = 0
     keywords = folder.keywords()

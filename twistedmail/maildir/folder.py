@@ -1,9 +1,11 @@
 """One Maildir folder and its C{dovecot-uidlist}: scans that give UIDs (RFC 3501 §2.3.1.1),
-flags by delta, APPEND/EXPUNGE, under the folder's C{flock} and Dovecot's dotlock."""
+flags by delta, APPEND/EXPUNGE, under the folder's C{flock} and Dovecot's dotlock.
+
+The files' formats are their own modules: L{twistedmail.maildir.uidlist} (UIDs) and
+L{twistedmail.maildir.keywordfile} (keyword names)."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import sqlite3
@@ -30,6 +32,7 @@ from twistedmail.index import (
     read_state,
     take_recent,
 )
+from twistedmail.maildir import keywordfile, uidlist
 from twistedmail.maildir.dotlock import DOTLOCK_TIMEOUT, dotlock
 from twistedmail.maildir.durable import fsync_dir, fsync_dir_shared, is_enospc, write_durably
 from twistedmail.maildir.names import (
@@ -39,7 +42,6 @@ from twistedmail.maildir.names import (
     MAX_KEYWORDS,
     UIDLIST,
     UIDLIST_LOCK,
-    UIDVALIDITY_FILE,
     UNKNOWN_SIZE,
     FlagChange,
     FolderGoneError,
@@ -97,113 +99,11 @@ class Folder:
         finally:
             os.close(fd)
 
-    # the UID list
-
-    def _read_uidlist(self) -> tuple[int, int, str, dict[str, int]]:
-        """(UIDVALIDITY, UIDNEXT, GUID, {base: UID}) of C{dovecot-uidlist}.
-
-        A last record without its newline was cut short by a crash while it was added
-        (L{_append_uidlist}: never made durable, so no APPEND answered OK with its UID) and
-        is not a record: what is left of its name could be another message's base name.
-        Dovecot's reader skips an unterminated line too; the next writer writes the list
-        whole without it (L{_append_uidlist} declines to continue a torn line)."""
-        try:
-            text = (self.path / UIDLIST).read_text("utf-8", "surrogateescape")
-        except FileNotFoundError:
-            return 0, 1, "", {}
-        lines = text.splitlines()
-        if len(lines) > 1 and not text.endswith("\n"):
-            lines.pop()  # the torn record (a header alone is kept: its UIDVALIDITY counts)
-        uidvalidity, uidnext, guid = 0, 1, ""
-        if lines:
-            for field in lines[0].split()[1:]:
-                if field[:1] == "V" and field[1:].isdigit():
-                    uidvalidity = int(field[1:])
-                elif field[:1] == "N" and field[1:].isdigit():
-                    uidnext = int(field[1:])
-                elif field[:1] == "G":
-                    guid = field[1:]
-        uids: dict[str, int] = {}
-        for line in lines[1:]:
-            head, sep, name = line.partition(":")
-            parts = head.split()
-            if sep and parts and parts[0].isdigit():
-                uids[name] = int(parts[0])
-                uidnext = max(uidnext, int(parts[0]) + 1)
-        return uidvalidity, uidnext, guid, uids
-
-    def _write_uidlist(
-        self, uidvalidity: int, uidnext: int, guid: str, uids: dict[str, int]
-    ) -> None:
-        lines = [f"3 V{uidvalidity} N{uidnext} G{guid}"]
-        lines += [f"{uid} :{name}" for name, uid in sorted(uids.items(), key=lambda kv: kv[1])]
-        tmp = self.path / f"{UIDLIST}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / UIDLIST)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)  # a full disk leaves no half-written copy behind
-            raise
-        fsync_dir(self.path)  # the rename itself must survive a crash, or UIDs could be reissued
-
-    def _append_uidlist(self, uid: int, base: str) -> bool:
-        """Add the record C{<uid> :<base>} at the end of C{dovecot-uidlist}, durably, as
-        Dovecot adds records (the header's C{N} is left behind: readers take the last UID
-        + 1, L{_read_uidlist}); the caller holds the folder lock and knows C{uid} is above
-        every UID in the list.  One line and an fsync instead of the whole list written
-        again, renamed and the directory fsynced (RFC 3501 §2.3.1.1: the UID is on disk
-        before APPEND's OK either way).
-
-        @return: C{False}, with nothing written, when the list is missing or its last line
-            was cut short (a crash while one was added): the caller writes it whole."""
-        try:
-            fd = os.open(self.path / UIDLIST, os.O_RDWR | os.O_APPEND)
-        except FileNotFoundError:
-            return False
-        try:
-            size = os.fstat(fd).st_size
-            if not size or os.pread(fd, 1, size - 1) != b"\n":
-                return False
-            line = f"{uid} :{base}\n".encode("utf-8", "surrogateescape")
-            try:
-                if os.write(fd, line) != len(line):
-                    raise OSError(errno.EIO, "short write to dovecot-uidlist")
-                os.fsync(fd)
-            except BaseException:
-                with suppress(OSError):
-                    os.ftruncate(fd, size)  # no torn record left behind (a full disk)
-                raise
-            return True
-        finally:
-            os.close(fd)
-
-    def _new_uidvalidity(self) -> int:
-        """A UIDVALIDITY for a new UID list: the time, but above every one given out in this
-        user's Maildir before, so a folder deleted and created again within a second gets
-        a new one (RFC 3501 §2.3.1.1: UIDs of the old folder must not be reused)."""
-        root = self.path.parent if (self.path / "maildirfolder").exists() else self.path
-        fd = os.open(root / UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            last = os.read(fd, 32).strip()
-            value = max(int(time.time()), int(last) + 1 if last.isdigit() else 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, b"%d\n" % value)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return value
-
     def _stamps(self) -> Stamps:
         new, cur = os.stat(self._new), os.stat(self._cur)
         try:
-            uidlist = os.stat(self._uidlist)
-            u = (uidlist.st_mtime_ns, uidlist.st_size, uidlist.st_ino)
+            listed = os.stat(self._uidlist)
+            u = (listed.st_mtime_ns, listed.st_size, listed.st_ino)
         except FileNotFoundError:
             u = (0, 0, 0)
         return Stamps(new.st_mtime_ns, cur.st_mtime_ns, *u)
@@ -442,10 +342,10 @@ class Folder:
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
         started = now_ns()
-        uidvalidity, uidnext, guid, uids = self._read_uidlist()
+        uidvalidity, uidnext, guid, uids = uidlist.read(self.path)
         changed = False
         if uidvalidity == 0:
-            uidvalidity, guid, changed = self._new_uidvalidity(), uuid.uuid4().hex, True
+            uidvalidity, guid, changed = uidlist.new_uidvalidity(self.path), uuid.uuid4().hex, True
         if index.uidvalidity != uidvalidity:
             index.reset(uidvalidity)
         moved: set[str] = set()
@@ -496,7 +396,7 @@ class Folder:
         saved = True
         if changed:
             try:
-                self._write_uidlist(uidvalidity, uidnext, guid, uids)
+                uidlist.write(self.path, uidvalidity, uidnext, guid, uids)
             except OSError as e:
                 if not is_enospc(e):
                     raise
@@ -670,18 +570,6 @@ class Folder:
 
     # keywords (dovecot-keywords)
 
-    def _read_keywords(self) -> dict[int, str]:
-        try:
-            text = (self.path / KEYWORDS).read_text("utf-8", "surrogateescape")
-        except FileNotFoundError:
-            return {}
-        out: dict[int, str] = {}
-        for line in text.splitlines():
-            index, sep, name = line.partition(" ")
-            if sep and index.isdigit() and int(index) < MAX_KEYWORDS and name:
-                out[int(index)] = name
-        return out
-
     def keywords(self) -> dict[str, str]:
         """The folder's keyword map: {letter: name}, C{"a"} for index 0 (empty when the
         C{dovecot-keywords} file is absent).
@@ -698,7 +586,7 @@ class Folder:
         if cached is not None and cached[0] == stamp and cached[1] - stamp[0] >= DIRTY_NS:
             return dict(cached[2])
         started = now_ns()
-        table = {chr(ord("a") + i): name for i, name in self._read_keywords().items()}
+        table = {chr(ord("a") + i): name for i, name in keywordfile.read(self.path).items()}
         if len(_keyword_maps) >= KEYWORD_MAPS:
             _keyword_maps.clear()
         _keyword_maps[self.path] = (stamp, started, table)
@@ -717,7 +605,7 @@ class Folder:
         if not wanted:
             return ""
         with self._locked():
-            table = self._read_keywords()
+            table = keywordfile.read(self.path)
             by_lower = {name.lower(): i for i, name in table.items()}
             letters = set()
             changed = False
@@ -733,13 +621,7 @@ class Folder:
                     changed = True
                 letters.add(chr(ord("a") + index))
             if changed:
-                tmp = self.path / f"{KEYWORDS}.tmp"
-                with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-                    f.write("".join(f"{i} {table[i]}\n" for i in sorted(table)))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path / KEYWORDS)
-                fsync_dir(self.path)
+                keywordfile.write(self.path, table)
         return "".join(sorted(letters))
 
     # messages
@@ -765,15 +647,15 @@ class Folder:
             kept = self._in_step(index, stamps) if in_step else None
             base = write_durably(self.path / "cur", data, flags, mtime)
             try:
-                if in_step and index.uidvalidity and self._append_uidlist(index.uidnext, base):
+                if in_step and index.uidvalidity and uidlist.append(self.path, index.uidnext, base):
                     # the list is as the index last saw it: its UIDs are the index's
                     uidvalidity, uidnext = index.uidvalidity, index.uidnext
                 else:
-                    uidvalidity, uidnext, guid, uids = self._read_uidlist()
+                    uidvalidity, uidnext, guid, uids = uidlist.read(self.path)
                     if uidvalidity == 0:
-                        uidvalidity, guid = self._new_uidvalidity(), uuid.uuid4().hex
+                        uidvalidity, guid = uidlist.new_uidvalidity(self.path), uuid.uuid4().hex
                     uids[base] = uidnext
-                    self._write_uidlist(uidvalidity, uidnext + 1, guid, uids)
+                    uidlist.write(self.path, uidvalidity, uidnext + 1, guid, uids)
                 uid = uidnext
             except BaseException:
                 # no UID, no message: APPEND fails whole (nothing half-written is left)
