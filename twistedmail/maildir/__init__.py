@@ -106,6 +106,7 @@ from twistedmail.maildir.snapshot import (
     _Snapshots,
     _snapshots,
     _uid,
+    fill_sizes,
     positions,
 )
 from twistedmail.maildir.tree import (
@@ -163,6 +164,7 @@ __all__ = [
     "LETTER_TO_IMAP",
     "LOCKFILE",
     "mailbox_root",
+    "fill_sizes",
     "FolderGoneError",
     "MaildirError",
     "make_maildir",

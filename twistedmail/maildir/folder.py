@@ -498,7 +498,6 @@ class Folder:
             with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: measured)
                 found.update(read_sizes(self.path, [e.base for e in rest]))
         measured: dict[str, int] = {}
-        by_uid: dict[int, tuple[str, int]] = {}
         for entry in rest:
             if entry.base in found:
                 continue
@@ -511,8 +510,6 @@ class Folder:
             except (OSError, MaildirError):
                 continue  # expunged
             measured[entry.base] = size
-            if entry.uid:
-                by_uid[entry.uid] = (entry.base, size)
         if measured:
             if (self.path / INDEX_FILE).exists():  # (not one made here, without its state)
                 try:
@@ -520,7 +517,7 @@ class Folder:
                         index.set_sizes(measured)
                 except sqlite3.Error:
                     pass  # busy past its timeout: the sizes are still right, measured again later
-            _snapshots.sized(self.path, by_uid)
+            _snapshots.sized(self.path, measured, [e.uid for e in rest if e.base in measured])
             found.update(measured)
         return found
 
