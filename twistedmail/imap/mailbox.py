@@ -56,6 +56,7 @@ from twistedmail.maildir import (
     MessageEntry,
     ScanResult,
     fill_sizes,
+    index_of,
     is_enospc,
     positions,
     split_name,
@@ -456,9 +457,8 @@ class MaildirMailbox:
     def sequence_of(self, uid: int) -> int | None:
         """The sequence number of C{uid} in the view, found by bisection (the view is in
         UID order), or C{None}; as a map of every UID of the view would answer."""
-        view = self._view
-        at = bisect.bisect_left(view, uid, key=_uid_of)
-        return at + 1 if at < len(view) and view[at].uid == uid else None
+        at = index_of(self._view, uid)
+        return None if at is None else at + 1
 
     def getRecentCount(self) -> int:
         return len(self._recent)

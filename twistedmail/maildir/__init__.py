@@ -107,6 +107,7 @@ from twistedmail.maildir.snapshot import (
     _snapshots,
     _uid,
     fill_sizes,
+    index_of,
     positions,
 )
 from twistedmail.maildir.tree import (
@@ -158,6 +159,7 @@ __all__ = [
     "IMAP_TO_LETTER",
     "INBOX",
     "is_enospc",
+    "index_of",
     "is_keyword",
     "KEYWORD_MAPS",
     "KEYWORDS",

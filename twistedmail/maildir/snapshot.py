@@ -292,10 +292,16 @@ def positions(messages: Sequence[MessageEntry], uids: list[int]) -> dict[int, in
         return {e.uid: i for i, e in enumerate(messages) if e.uid in wanted}
     out = {}
     for uid in uids:
-        i = bisect.bisect_left(messages, uid, key=_uid)
-        if i < len(messages) and messages[i].uid == uid:
+        i = index_of(messages, uid)
+        if i is not None:
             out[uid] = i
     return out
+
+
+def index_of(messages: Sequence[MessageEntry], uid: int) -> int | None:
+    """The index of message C{uid} in C{messages} (in UID order), by bisection, or C{None}."""
+    i = bisect.bisect_left(messages, uid, key=_uid)
+    return i if i < len(messages) and messages[i].uid == uid else None
 
 
 def fill_sizes(
