@@ -36,7 +36,7 @@ from twisted.logger import (
 from twisted.python import logfile, usage
 from twisted.python.components import Componentized
 
-from twistedmail.config import Config, ConfigError, load_config
+from twistedmail.config import Config, ConfigError, load_config, user_groups
 from twistedmail.dns import quiet_dns_client
 from twistedmail.tls import TLSConfigError
 
@@ -309,11 +309,7 @@ def hand_over_data_dir(config: Config, uid: int, gid: int) -> int:
         one-line message says what to C{chmod}), or a chown fails.
     """
     data_dir = config.server.data_dir
-    try:
-        name = pwd.getpwuid(uid).pw_name
-        gids = set(os.getgrouplist(name, gid))
-    except KeyError:
-        name, gids = str(uid), {gid}
+    name, gids = user_groups(uid, gid)
     where = f"{config.source or 'built-in defaults'}: [server] data_dir"
     for parent in reversed(data_dir.parents):
         if not _searchable_by(parent, uid, gids):
