@@ -37,7 +37,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_intake import BENCH, PEERS, peer_script, start_twistedmail  # noqa: E402
+from smtp_intake import (  # noqa: E402
+    PEERS,
+    bench_command,
+    bench_peer,
+    peer_script,
+    start_twistedmail,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from e2e_server import Server, free_ports  # noqa: E402
@@ -205,36 +211,18 @@ def main() -> None:
     servers: dict[str, Server] = {}
     started: list[str] = []
     try:
-        cmd = [
-            sys.executable,
-            str(PEERS / "smtp_bench.py"),
-            "--work",
-            str(work),
-            "--peers",
-            ",".join(peer_names),
-            "--rounds",
-            str(a.rounds),
-            "-m",
-            str(a.m),
-            "-l",
-            str(a.l),
-            "-s",
-            str(a.s),
-            "--out",
-            str(work / "floor.tsv"),
-        ]
+        peers = []
         for name, on_reactor in (("floor-thread", False), ("floor-reactor", True)):
             proc, peer = start_floor(work, name, on_reactor)
             floors.append(proc)
-            cmd += ["--peer", peer]
+            peers.append(peer)
         if not a.no_twistedmail:
             for name, checks in (("twistedmail", True), ("twistedmail-nochecks", False)):
                 server = start_twistedmail(work / name, dns_port, checks, a.workers)
                 servers[name] = server
-                cmd += [
-                    "--peer",
-                    f"{name}={server.ports['smtp']}={server.maildir(BENCH)}={server.pidfile}",
-                ]
+                peers.append(bench_peer(name, server))
+        out = work / "floor.tsv"
+        cmd = bench_command(work, peer_names, a.rounds, a.m, a.l, a.s, out, peers)
         for name in peer_names:
             peer_script(name, "start", work, env)
             started.append(name)

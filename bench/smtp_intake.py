@@ -71,6 +71,46 @@ def start_twistedmail(root: Path, dns_port: int, checks: bool, workers: int = 1)
     return server
 
 
+def bench_command(
+    work: Path,
+    peer_names: list[str],
+    rounds: int,
+    m: int,
+    size: int,
+    s: int,
+    out: Path,
+    peers: list[str],
+) -> list[str]:
+    """The smtp_bench.py command that runs C{smtp-source -s S -m M -l SIZE} against the
+    peers named and each of C{peers} (C{NAME=PORT=MAILDIR=PIDFILE}, L{bench_peer}) in turn."""
+    cmd = [
+        sys.executable,
+        str(PEERS / "smtp_bench.py"),
+        "--work",
+        str(work),
+        "--peers",
+        ",".join(peer_names),
+        "--rounds",
+        str(rounds),
+        "-m",
+        str(m),
+        "-l",
+        str(size),
+        "-s",
+        str(s),
+        "--out",
+        str(out),
+    ]
+    for peer in peers:
+        cmd += ["--peer", peer]
+    return cmd
+
+
+def bench_peer(name: str, server: Server) -> str:
+    """smtp_bench.py's C{--peer} of a twistedmail server started by L{start_twistedmail}."""
+    return f"{name}={server.ports['smtp']}={server.maildir(BENCH)}={server.pidfile}"
+
+
 def table(tsv: Path, size: int, names: list[str], peer_names: list[str]) -> list[list[str]]:
     rows = [
         dict(zip(cols, line.split("\t"), strict=False))
@@ -161,29 +201,9 @@ def main() -> None:
         result: list[list[str]] = []
         for size in (int(x) for x in a.sizes.split(",")):
             tsv = work / f"smtp-{size}.tsv"
-            cmd = [
-                sys.executable,
-                str(PEERS / "smtp_bench.py"),
-                "--work",
-                str(work),
-                "--peers",
-                ",".join(peer_names),
-                "--rounds",
-                str(a.rounds),
-                "-m",
-                str(a.m if size <= 16384 else a.m_large),
-                "-l",
-                str(size),
-                "-s",
-                str(a.s),
-                "--out",
-                str(tsv),
-            ]
-            for name, server in servers.items():
-                cmd += [
-                    "--peer",
-                    f"{name}={server.ports['smtp']}={server.maildir(BENCH)}={server.pidfile}",
-                ]
+            m = a.m if size <= 16384 else a.m_large
+            peers = [bench_peer(name, server) for name, server in servers.items()]
+            cmd = bench_command(work, peer_names, a.rounds, m, size, a.s, tsv, peers)
             subprocess.run(cmd, env=env, check=True)
             result += table(tsv, size, list(servers), peer_names)
         print("\n| figure | twistedmail msg/s | peer msg/s | ratio | min-max | CPU ms/msg |")
