@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -38,10 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from smtp_intake import (  # noqa: E402
-    PEERS,
     bench_command,
     bench_peer,
+    peer_env,
     peer_script,
+    start_dns_stub,
     start_twistedmail,
 )
 
@@ -194,19 +194,9 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="smtp-floor-"))
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)
-    env = dict(
-        os.environ,
-        PEERS_PORT_BASE=str(random.randrange(30000, 59000, 1000)),
-        PEERS_PYTHON=os.environ.get("PEERS_PYTHON", "/usr/bin/python3"),
-        PEERS_VENV=os.environ.get("PEERS_VENV", str(Path(tempfile.gettempdir()) / "peers-venv")),
-        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-    )
+    env = peer_env()
     peer_names = [p for p in a.peers.split(",") if p]
-    (dns_port,) = free_ports(1)
-    stub = subprocess.Popen(
-        [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
-        stdout=subprocess.DEVNULL,
-    )
+    stub, dns_port = start_dns_stub()
     floors: list[subprocess.Popen[bytes]] = []
     servers: dict[str, Server] = {}
     started: list[str] = []

@@ -71,6 +71,29 @@ def start_twistedmail(root: Path, dns_port: int, checks: bool, workers: int = 1)
     return server
 
 
+def peer_env() -> dict[str, str]:
+    """The environment of the peers' scripts and smtp_bench.py: their ports from a random
+    base, their Python, and the sbin directories (smtp-source, postfix)."""
+    return dict(
+        os.environ,
+        PEERS_PORT_BASE=str(random.randrange(30000, 59000, 1000)),
+        # The Python peers run as nobody: their venv comes from the system Python.
+        PEERS_PYTHON=os.environ.get("PEERS_PYTHON", "/usr/bin/python3"),
+        PEERS_VENV=os.environ.get("PEERS_VENV", str(Path(tempfile.gettempdir()) / "peers-venv")),
+        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+    )
+
+
+def start_dns_stub() -> tuple[subprocess.Popen[bytes], int]:
+    """dnsstub.py (DNS answered at once on loopback) and its port: the caller stops it."""
+    (dns_port,) = free_ports(1)
+    stub = subprocess.Popen(
+        [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
+        stdout=subprocess.DEVNULL,
+    )
+    return stub, dns_port
+
+
 def bench_command(
     work: Path,
     peer_names: list[str],
@@ -171,21 +194,9 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="smtp-intake-"))
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)
-    base = random.randrange(30000, 59000, 1000)
-    env = dict(
-        os.environ,
-        PEERS_PORT_BASE=str(base),
-        # The Python peers run as nobody: their venv comes from the system Python.
-        PEERS_PYTHON=os.environ.get("PEERS_PYTHON", "/usr/bin/python3"),
-        PEERS_VENV=os.environ.get("PEERS_VENV", str(Path(tempfile.gettempdir()) / "peers-venv")),
-        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-    )
+    env = peer_env()
     peer_names = [p for p in a.peers.split(",") if p]
-    (dns_port,) = free_ports(1)
-    stub = subprocess.Popen(
-        [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
-        stdout=subprocess.DEVNULL,
-    )
+    stub, dns_port = start_dns_stub()
     servers: dict[str, Server] = {}
     started: list[str] = []
     try:
