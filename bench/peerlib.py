@@ -193,7 +193,8 @@ class Twistedmail:
 
     def write_config(self) -> None:
         off = "\n".join(
-            f"{s} = []" for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s", "managesieve")
+            f"{s} = []"
+            for s in ("smtp", "submission", "submissions", "imap", "pop3", "pop3s", "managesieve")
         )
         self.config.write_text(
             f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "{self.data}"\n'

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_intake import BENCH, PEERS, peer_script, start_twistedmail  # noqa: E402
+from smtp_intake import (  # noqa: E402
+    bench_command,
+    bench_peer,
+    peer_env,
+    peer_script,
+    start_dns_stub,
+    start_twistedmail,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from e2e_server import Server, free_ports  # noqa: E402
@@ -188,53 +194,25 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="smtp-floor-"))
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)
-    env = dict(
-        os.environ,
-        PEERS_PORT_BASE=str(random.randrange(30000, 59000, 1000)),
-        PEERS_PYTHON=os.environ.get("PEERS_PYTHON", "/usr/bin/python3"),
-        PEERS_VENV=os.environ.get("PEERS_VENV", str(Path(tempfile.gettempdir()) / "peers-venv")),
-        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-    )
+    env = peer_env()
     peer_names = [p for p in a.peers.split(",") if p]
-    (dns_port,) = free_ports(1)
-    stub = subprocess.Popen(
-        [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
-        stdout=subprocess.DEVNULL,
-    )
+    stub, dns_port = start_dns_stub()
     floors: list[subprocess.Popen[bytes]] = []
     servers: dict[str, Server] = {}
     started: list[str] = []
     try:
-        cmd = [
-            sys.executable,
-            str(PEERS / "smtp_bench.py"),
-            "--work",
-            str(work),
-            "--peers",
-            ",".join(peer_names),
-            "--rounds",
-            str(a.rounds),
-            "-m",
-            str(a.m),
-            "-l",
-            str(a.l),
-            "-s",
-            str(a.s),
-            "--out",
-            str(work / "floor.tsv"),
-        ]
+        peers = []
         for name, on_reactor in (("floor-thread", False), ("floor-reactor", True)):
             proc, peer = start_floor(work, name, on_reactor)
             floors.append(proc)
-            cmd += ["--peer", peer]
+            peers.append(peer)
         if not a.no_twistedmail:
             for name, checks in (("twistedmail", True), ("twistedmail-nochecks", False)):
                 server = start_twistedmail(work / name, dns_port, checks, a.workers)
                 servers[name] = server
-                cmd += [
-                    "--peer",
-                    f"{name}={server.ports['smtp']}={server.maildir(BENCH)}={server.pidfile}",
-                ]
+                peers.append(bench_peer(name, server))
+        out = work / "floor.tsv"
+        cmd = bench_command(work, peer_names, a.rounds, a.m, a.l, a.s, out, peers)
         for name in peer_names:
             peer_script(name, "start", work, env)
             started.append(name)

@@ -71,6 +71,69 @@ def start_twistedmail(root: Path, dns_port: int, checks: bool, workers: int = 1)
     return server
 
 
+def peer_env() -> dict[str, str]:
+    """The environment of the peers' scripts and smtp_bench.py: their ports from a random
+    base, their Python, and the sbin directories (smtp-source, postfix)."""
+    return dict(
+        os.environ,
+        PEERS_PORT_BASE=str(random.randrange(30000, 59000, 1000)),
+        # The Python peers run as nobody: their venv comes from the system Python.
+        PEERS_PYTHON=os.environ.get("PEERS_PYTHON", "/usr/bin/python3"),
+        PEERS_VENV=os.environ.get("PEERS_VENV", str(Path(tempfile.gettempdir()) / "peers-venv")),
+        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+    )
+
+
+def start_dns_stub() -> tuple[subprocess.Popen[bytes], int]:
+    """dnsstub.py (DNS answered at once on loopback) and its port: the caller stops it."""
+    (dns_port,) = free_ports(1)
+    stub = subprocess.Popen(
+        [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
+        stdout=subprocess.DEVNULL,
+    )
+    return stub, dns_port
+
+
+def bench_command(
+    work: Path,
+    peer_names: list[str],
+    rounds: int,
+    m: int,
+    size: int,
+    s: int,
+    out: Path,
+    peers: list[str],
+) -> list[str]:
+    """The smtp_bench.py command that runs C{smtp-source -s S -m M -l SIZE} against the
+    peers named and each of C{peers} (C{NAME=PORT=MAILDIR=PIDFILE}, L{bench_peer}) in turn."""
+    cmd = [
+        sys.executable,
+        str(PEERS / "smtp_bench.py"),
+        "--work",
+        str(work),
+        "--peers",
+        ",".join(peer_names),
+        "--rounds",
+        str(rounds),
+        "-m",
+        str(m),
+        "-l",
+        str(size),
+        "-s",
+        str(s),
+        "--out",
+        str(out),
+    ]
+    for peer in peers:
+        cmd += ["--peer", peer]
+    return cmd
+
+
+def bench_peer(name: str, server: Server) -> str:
+    """smtp_bench.py's C{--peer} of a twistedmail server started by L{start_twistedmail}."""
+    return f"{name}={server.ports['smtp']}={server.maildir(BENCH)}={server.pidfile}"
+
+
 def table(tsv: Path, size: int, names: list[str], peer_names: list[str]) -> list[list[str]]:
     rows = [
         dict(zip(cols, line.split("\t"), strict=False))
@@ -131,21 +194,9 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="smtp-intake-"))
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)
-    base = random.randrange(30000, 59000, 1000)
-    env = dict(
-        os.environ,
-        PEERS_PORT_BASE=str(base),
-        # The Python peers run as nobody: their venv comes from the system Python.
-        PEERS_PYTHON=os.environ.get("PEERS_PYTHON", "/usr/bin/python3"),
-        PEERS_VENV=os.environ.get("PEERS_VENV", str(Path(tempfile.gettempdir()) / "peers-venv")),
-        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-    )
+    env = peer_env()
     peer_names = [p for p in a.peers.split(",") if p]
-    (dns_port,) = free_ports(1)
-    stub = subprocess.Popen(
-        [sys.executable, str(PEERS / "dnsstub.py"), "--port", str(dns_port)],
-        stdout=subprocess.DEVNULL,
-    )
+    stub, dns_port = start_dns_stub()
     servers: dict[str, Server] = {}
     started: list[str] = []
     try:
@@ -161,29 +212,9 @@ def main() -> None:
         result: list[list[str]] = []
         for size in (int(x) for x in a.sizes.split(",")):
             tsv = work / f"smtp-{size}.tsv"
-            cmd = [
-                sys.executable,
-                str(PEERS / "smtp_bench.py"),
-                "--work",
-                str(work),
-                "--peers",
-                ",".join(peer_names),
-                "--rounds",
-                str(a.rounds),
-                "-m",
-                str(a.m if size <= 16384 else a.m_large),
-                "-l",
-                str(size),
-                "-s",
-                str(a.s),
-                "--out",
-                str(tsv),
-            ]
-            for name, server in servers.items():
-                cmd += [
-                    "--peer",
-                    f"{name}={server.ports['smtp']}={server.maildir(BENCH)}={server.pidfile}",
-                ]
+            m = a.m if size <= 16384 else a.m_large
+            peers = [bench_peer(name, server) for name, server in servers.items()]
+            cmd = bench_command(work, peer_names, a.rounds, m, size, a.s, tsv, peers)
             subprocess.run(cmd, env=env, check=True)
             result += table(tsv, size, list(servers), peer_names)
         print("\n| figure | twistedmail msg/s | peer msg/s | ratio | min-max | CPU ms/msg |")

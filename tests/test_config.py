@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
+from twistedmail import config as config_module
 from twistedmail.config import (
     DEFAULT_LISTEN,
     AuthConfig,
@@ -804,3 +806,18 @@ class AuthConfigTests(ConfigFileTestCase):
             "FILE: [auth] cache_size: must be a positive integer",
         )
         self.assertEqual(self.error("[auth]\nttl = 1\n"), "FILE: [auth] ttl: unknown key")
+
+
+class UserGroupsTests(TestCase):
+    def test_named_user(self) -> None:
+        """A user with a name: its name and its groups (getgrouplist) with the gid given."""
+        me = pwd.getpwuid(os.getuid())
+        name, gids = config_module.user_groups(me.pw_uid, me.pw_gid)
+        self.assertEqual((name, gids), (me.pw_name, set(os.getgrouplist(me.pw_name, me.pw_gid))))
+        self.assertEqual(config_module.user_name(me.pw_uid), me.pw_name)
+
+    def test_unnamed_uid(self) -> None:
+        """A uid the password database does not know: the number as text, the gid alone."""
+        uid = next(u for u in range(54321, 60000) if u not in {p.pw_uid for p in pwd.getpwall()})
+        self.assertIsNone(config_module.user_name(uid))
+        self.assertEqual(config_module.user_groups(uid, 4321), (str(uid), {4321}))

@@ -198,3 +198,30 @@ class IndexTests(unittest.TestCase):
         self.folder.scan()
         self.assertEqual(os.stat(self.root / INDEX_FILE).st_mode & 0o777, 0o600)
         self.assertEqual(index_module.INDEX_FILE, "twistedmail.index")
+
+
+class ReadOnlyTests(unittest.TestCase):
+    """The read-only readers of the index (no write lock) share one way to open it."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        make_maildir(self.root)
+
+    def test_no_index_reads_empty(self) -> None:
+        """A folder with no index yet: every reader answers nothing, and makes no index."""
+        self.assertEqual(index_module.read_sortkeys(self.root, ("subject",)), {})
+        self.assertEqual(index_module.read_headers(self.root), {})
+        self.assertEqual(index_module.read_sizes(self.root, ["1.M1P1.host"]), {})
+        self.assertFalse((self.root / INDEX_FILE).exists())
+
+    def test_no_cache_table_reads_empty(self) -> None:
+        """An index without the SORT key or header cache tables (an older version's):
+        their readers answer nothing; the sizes are read from the messages."""
+        write_durably(self.root / "new", MSG, mtime=PAST)
+        entry = Folder(self.root).scan().messages[0]
+        with FolderIndex(self.root) as index:
+            index.db.execute("DROP TABLE IF EXISTS sortkeys")
+            index.db.execute("DROP TABLE IF EXISTS headers")
+        self.assertEqual(index_module.read_sortkeys(self.root, ("subject",)), {})
+        self.assertEqual(index_module.read_headers(self.root), {})
+        self.assertEqual(index_module.read_sizes(self.root, [entry.base]), {entry.base: len(MSG)})

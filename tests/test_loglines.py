@@ -9,7 +9,7 @@ from twisted.logger import LogLevel, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from twistedmail.loglines import classic_line
+from twistedmail.loglines import LogLines, classic_line
 
 
 def stamp(when: float | None) -> str:
@@ -75,3 +75,29 @@ class ClassicLineTests(unittest.TestCase):
             self.assertEqual(
                 classic_line(event, stamp), formatEventAsClassicLogText(event, formatTime=stamp)
             )
+
+
+class _Stopped:
+    running = False
+
+
+class MarkTests(unittest.TestCase):
+    def test_system_marked(self) -> None:
+        """A worker's line names the system as twisted.logger does (C{log_system}, else
+        C{namespace#level}), with the worker's mark after it."""
+        written: list[bytes] = []
+        lines = LogLines(written.append, _Stopped(), mark=" worker=7")
+        lines._time = stamp  # type: ignore[method-assign]
+        events: list[dict[str, Any]] = [
+            {"log_format": "a {v}", "v": 1, "log_time": 1.0},
+            {"log_format": "b", "log_namespace": "ns", "log_level": LogLevel.warn},
+            {"log_format": "c", "log_system": "sys", "log_time": 3.0},
+            {"log_format": "d", "log_system": 42, "log_time": 4.0},
+        ]
+        for event in events:
+            lines(event)
+        self.assertEqual(
+            written,
+            [b"T1 [-#- worker=7] a 1\n", b"- [ns#warn worker=7] b\n", b"T3 [sys worker=7] c\n"]
+            + [b"T4 [42 worker=7] d\n"],
+        )

@@ -115,6 +115,16 @@ class LazySizeTests(unittest.TestCase):
         self.assertNotIn(entries[0].base, sizes)
         self.assertEqual(sizes[entries[4].base], FILES[4][2])
 
+    def test_renamed_message_is_measured_where_it_is(self) -> None:
+        """A message another session renamed (flags) after the scan is measured at its new
+        name (L{Folder.open_fd}, as L{Folder.read} finds it)."""
+        entries = self.folder.scan().messages
+        old = self.root / "cur" / FILES[0][0]
+        old.rename(self.root / "cur" / (FILES[0][0] + "S"))
+        sizes = self.folder.sizes(entries)
+        self.assertEqual(sizes[entries[0].base], FILES[0][2])
+        self.assertEqual(self.folder.read(entries[0]), CRLF30)
+
     def test_no_index_is_made_to_record_sizes(self) -> None:
         """Sizes asked after the index was deleted are measured and given, and no index is
         made without its state (the next scan rebuilds it, RFC 7162 §3.1.2.1)."""

@@ -285,15 +285,20 @@ class TmpCleanupServiceTests(unittest.TestCase):
 class IMAPAccountTests(unittest.TestCase):
     def test_sessions_of_one_user_share_one_account(self) -> None:
         """Every IMAP login of a user gets the account object their open sessions hold
-        (issue 10: no per-session copy), with INBOX made; once none holds it, a new one."""
+        (issue 10: no per-session copy), with no disk work on the reactor (the login's
+        L{MaildirAccount.prepare} makes INBOX, in a thread); once none holds it, a new one."""
         import gc
 
         data = Path(self.mktemp()).resolve()
         server = quiet_server(self, data)
         first = server._imap_account("alice@example.test")
+        self.assertFalse(first.maildir.root.exists())  # (nothing on the reactor)
+        first._prepare()  # what the login runs in a thread
         shutil.rmtree(first.maildir.root)
         again = server._imap_account("alice@example.test")
         self.assertIs(again, first)
+        self.assertFalse(first.maildir.root.exists())
+        again._prepare()
         self.assertTrue((first.maildir.root / "cur").is_dir())  # INBOX made again at login
         other = server._imap_account("bob@example.test")
         self.assertIsNot(other, first)

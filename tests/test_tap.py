@@ -21,6 +21,7 @@ from twistedmail.tap import (
     _StartGuard,
     json_line,
     json_log_observer,
+    require_named_user,
     take_data_dir_owner,
 )
 
@@ -169,6 +170,17 @@ class DataDirOwnerTests(unittest.TestCase):
             take_data_dir_owner(self.config, options)
         self.assertIn(f"belongs to uid {uid}, which has no user name here", str(caught.exception))
         self.assertEqual((parent["uid"], parent["gid"]), (None, None))
+
+    def test_u_without_a_passwd_entry_stops_the_start(self) -> None:
+        """C{twistd -u N} naming a uid without a passwd entry stops the start with one line
+        (ConfigError) before the ports are bound; a named -u, or none, passes."""
+        uid = next(u for u in range(54321, 64000) if not _has_passwd_entry(u))
+        options, _ = self.options(uid=uid)
+        with self.assertRaises(ConfigError) as caught:
+            require_named_user(self.config, options)
+        self.assertIn(f"twistd -u {uid}: uid {uid} has no user name here", str(caught.exception))
+        require_named_user(self.config, self.options(uid=pwd.getpwnam("nobody").pw_uid)[0])
+        require_named_user(self.config, self.options()[0])
 
 
 def _has_passwd_entry(uid: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import tomllib
@@ -987,3 +988,22 @@ def ensure_data_dir(config: Config) -> None:
         raise ConfigError(
             f"{where}: [server] data_dir: cannot create {config.server.data_dir}: {e.strerror}"
         ) from None
+
+
+def user_name(uid: int) -> str | None:
+    """The name of user C{uid} in the password database, or C{None} when it has none here
+    (twistd's switch to a user, initgroups, needs one)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def user_groups(uid: int, gid: int) -> tuple[str, set[int]]:
+    """(the name of user C{uid}, else the number as text; the groups of that user with
+    primary group C{gid}, or C{gid} alone when it has no name): who owns the data dir, in
+    the words of a message, and which groups the server running as it is in."""
+    name = user_name(uid)
+    if name is None:
+        return str(uid), {gid}
+    return name, set(os.getgrouplist(name, gid))

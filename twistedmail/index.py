@@ -47,7 +47,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -811,21 +811,14 @@ def read_sortkeys(directory: Path, columns: tuple[str, ...]) -> dict[int, tuple[
     (L{FolderIndex.cache_sortkeys}) of the messages still indexed under that base name,
     read-only as L{read_headers}."""
     names = _sort_columns(columns)
-    path = directory / INDEX_FILE
-    if not path.exists():
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
-    try:
-        table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sortkeys'"
-        if db.execute(table).fetchone() is None:
+    with _read_only(directory, "sortkeys") as db:
+        if db is None:
             return {}
         rows = db.execute(
             f"SELECT s.uid, s.base, {', '.join('s.' + c for c in names)} FROM sortkeys s"
             " JOIN messages m ON m.uid = s.uid AND m.base = s.base"
         )
         return {row[0]: row[1:] for row in rows}
-    finally:
-        db.close()
 
 
 def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:
@@ -835,17 +828,8 @@ def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:
 
     @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
     """
-    path = directory / INDEX_FILE
-    if not path.exists():
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
-    try:
-        table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'headers'"
-        if db.execute(table).fetchone() is None:
-            return {}
-        return _headers(db)
-    finally:
-        db.close()
+    with _read_only(directory, "headers") as db:
+        return {} if db is None else _headers(db)
 
 
 def read_sizes(directory: Path, bases: list[str]) -> dict[str, int]:
@@ -854,11 +838,11 @@ def read_sizes(directory: Path, bases: list[str]) -> dict[str, int]:
 
     @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
     """
-    path = directory / INDEX_FILE
-    if not bases or not path.exists():
+    if not bases:
         return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
-    try:
+    with _read_only(directory) as db:
+        if db is None:
+            return {}
         out: dict[str, int] = {}
         for start in range(0, len(bases), 500):
             chunk = bases[start : start + 500]
@@ -867,6 +851,29 @@ def read_sizes(directory: Path, bases: list[str]) -> dict[str, int]:
             )
             out.update(db.execute(sql, chunk).fetchall())
         return out
+
+
+@contextlib.contextmanager
+def _read_only(directory: Path, table: str | None = None) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to the index of the folder at C{directory}, closed after: it
+    takes no write lock, so a reader neither waits for nor blocks the sessions changing the
+    folder.  C{None} when the folder has no index yet, or it has no C{table} (a cache an
+    older version did not make).  The one way L{read_sortkeys}, L{read_headers} and
+    L{read_sizes} open it.
+
+    @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
+    """
+    path = directory / INDEX_FILE
+    if not path.exists():
+        yield None
+        return
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        if table is not None and db.execute(found, (table,)).fetchone() is None:
+            yield None
+        else:
+            yield db
     finally:
         db.close()
 

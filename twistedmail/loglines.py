@@ -96,15 +96,22 @@ def classic_line(event: LogEvent, time: Callable[[float | None], str]) -> str | 
     text = "".join(pieces)
     if not text:
         return None
+    system = system_name(event)
+    if type(system) is not str:
+        return formatEventAsClassicLogText(event, formatTime=time)
+    line = f"{time(event.get('log_time'))} [{system}] {text}"
+    return line.replace("\n", "\n\t") + "\n"
+
+
+def system_name(event: LogEvent) -> object:
+    """The system of a classic log line: the event's C{log_system}, else
+    C{namespace#level} (as twisted.logger's C{formatEventAsClassicLogText} names it)."""
     system = event.get("log_system")
     if system is None:
         level = event.get("log_level")
         name = "-" if level is None else level.name
-        system = "{}#{}".format(event.get("log_namespace", "-"), name)
-    elif type(system) is not str:
-        return formatEventAsClassicLogText(event, formatTime=time)
-    line = f"{time(event.get('log_time'))} [{system}] {text}"
-    return line.replace("\n", "\n\t") + "\n"
+        return "{}#{}".format(event.get("log_namespace", "-"), name)
+    return system
 
 
 @attrs.frozen
@@ -197,13 +204,7 @@ class LogLines:
     def __call__(self, event: LogEvent) -> None:
         if self.mark:
             event = dict(event)
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                system = "{}#{}".format(
-                    event.get("log_namespace", "-"), level.name if level is not None else "-"
-                )
-            event["log_system"] = f"{system}{self.mark}"
+            event["log_system"] = f"{system_name(event)}{self.mark}"
         text = classic_line(event, self._time)
         if not text:
             return

@@ -839,11 +839,8 @@ class MaildirPOP3Mailbox:
         entry = self._entry(i)
         if i in self._deleted:
             raise ValueError("message deleted")
-        try:
-            # an io.BufferedIOBase, which typeshed does not count as IO[bytes]
-            return cast(IO[bytes], CRLFReader(self.folder.open(entry).open("rb")))
-        except FileNotFoundError:
-            raise MaildirError("message no longer exists") from None
+        # an io.BufferedIOBase, which typeshed does not count as IO[bytes]
+        return cast(IO[bytes], CRLFReader(open(self.folder.open_fd(entry), "rb")))
 
     def getUidl(self, i: int) -> bytes:
         """The unique-id of message C{i} from its Maildir unique name (RFC 1939 §7)."""

@@ -804,13 +804,14 @@ class MailServer(MultiService):
 
     def _imap_account(self, address: str) -> MaildirAccount:
         """The user's account object: the one their open sessions already share (it holds
-        no per-session state: issue 10, memory per idle connection), else a new one."""
+        no per-session state: issue 10, memory per idle connection), else a new one.  No
+        disk work here, on the reactor: the login makes INBOX (L{MaildirAccount.prepare},
+        in a thread)."""
         account = self._imap_accounts.get(address)
         if account is None:
             maildir = UserMaildir(mailbox_root(self.mail_dir, address))
             account = MaildirAccount(address, maildir, self.notifier, self.run_in_thread)
             self._imap_accounts[address] = account
-        account.maildir.ensure()
         return account
 
     def clean_tmp(self, now: float | None = None) -> defer.Deferred[int]:

@@ -36,7 +36,7 @@ from twisted.logger import (
 from twisted.python import logfile, usage
 from twisted.python.components import Componentized
 
-from twistedmail.config import Config, ConfigError, load_config
+from twistedmail.config import Config, ConfigError, load_config, user_groups, user_name
 from twistedmail.dns import quiet_dns_client
 from twistedmail.tls import TLSConfigError
 
@@ -232,19 +232,35 @@ def run_as(options: usage.Options) -> tuple[int, int] | None:
 
 
 def require_named_user(config: Config, options: usage.Options) -> None:
-    """@raise ConfigError: C{twistd -u N} names a uid without a user name: twistd's switch
-    (initgroups) would fail with a KeyError traceback after the ports were bound."""
+    """@raise ConfigError: C{twistd -u N} names a uid without a user name (L{_switch_name})."""
     parent = getattr(options, "parent", None)
     uid = parent.get("uid") if parent is not None else None
-    if uid is None:
-        return
-    try:
-        pwd.getpwuid(int(uid))
-    except KeyError:
+    if uid is not None:
+        _switch_name(config, int(uid), owner=False)
+
+
+def _switch_name(config: Config, uid: int, owner: bool) -> str:
+    """The user name of C{uid}, which twistd switches to after binding the ports: given
+    with C{-u}, or (C{owner}) the data dir's owner L{take_data_dir_owner} takes.  The one
+    check that it has one.
+
+    @raise ConfigError: it has none: twistd's switch (initgroups) would fail with a KeyError
+        traceback after the ports were bound.
+    """
+    name = user_name(uid)
+    if name is not None:
+        return name
+    if owner:
         raise ConfigError(
-            f"{_where(config)}: twistd -u {uid}: uid {uid} has no user name here (twistd needs"
-            " one to switch to it): create the user, or give -u a user that exists"
-        ) from None
+            f"{_where(config)}: [server] data_dir: {config.server.data_dir} belongs to uid"
+            f" {uid}, which has no user name here (the server, started as root without"
+            " -u, would run as it): chown -R it to the server's user, or start with -u USER"
+            " -g GROUP"
+        )
+    raise ConfigError(
+        f"{_where(config)}: twistd -u {uid}: uid {uid} has no user name here (twistd needs"
+        " one to switch to it): create the user, or give -u a user that exists"
+    )
 
 
 def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, int] | None:
@@ -268,15 +284,7 @@ def take_data_dir_owner(config: Config, options: usage.Options) -> tuple[int, in
         return None
     if st.st_uid == 0:
         return None
-    try:
-        name = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:  # twistd's switch (initgroups) needs the name: a KeyError traceback
-        raise ConfigError(
-            f"{_where(config)}: [server] data_dir: {config.server.data_dir} belongs to uid"
-            f" {st.st_uid}, which has no user name here (the server, started as root without"
-            " -u, would run as it): chown -R it to the server's user, or start with -u USER"
-            " -g GROUP"
-        ) from None
+    name = _switch_name(config, st.st_uid, owner=True)
     parent["uid"], parent["gid"] = st.st_uid, st.st_gid
     log.info(
         "started as root without -u: running as uid {uid} gid {gid} ({name}), the owner of"
@@ -309,11 +317,7 @@ def hand_over_data_dir(config: Config, uid: int, gid: int) -> int:
         one-line message says what to C{chmod}), or a chown fails.
     """
     data_dir = config.server.data_dir
-    try:
-        name = pwd.getpwuid(uid).pw_name
-        gids = set(os.getgrouplist(name, gid))
-    except KeyError:
-        name, gids = str(uid), {gid}
+    name, gids = user_groups(uid, gid)
     where = f"{config.source or 'built-in defaults'}: [server] data_dir"
     for parent in reversed(data_dir.parents):
         if not _searchable_by(parent, uid, gids):

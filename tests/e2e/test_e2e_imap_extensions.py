@@ -4,6 +4,7 @@ ENABLE (RFC 5161), UNSELECT (RFC 3691), LITERAL+ (RFC 7888); state checked on di
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import socket
 import ssl
@@ -146,3 +147,19 @@ def test_appendlimit_is_the_message_size_limit(server: Server) -> None:
         with pytest.raises(imapclient.exceptions.IMAPClientError, match=r"\[TOOBIG\]"):
             c.append("INBOX", b"x" * (limit + 1))
         assert c.folder_status("INBOX", ["MESSAGES"]) == {b"MESSAGES": 0}
+
+
+def test_login_remakes_inbox_under_a_shared_account(server: Server) -> None:
+    """A login while another session of the user is open (one account object, shared) makes
+    INBOX again when it was removed meanwhile, before the OK (RFC 3501 §6.3.1: INBOX exists)."""
+    first = imap_client(server)
+    try:
+        shutil.rmtree(server.maildir(ALICE))
+        second = imap_client(server)
+        try:
+            assert all((server.maildir(ALICE) / sub).is_dir() for sub in ("cur", "new", "tmp"))
+            assert second.select_folder("INBOX")[b"EXISTS"] == 0
+        finally:
+            second.logout()
+    finally:
+        first.logout()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -42,10 +41,7 @@ def _address(text: str) -> Mailbox:
 
 def _user_name(uid: int) -> str:
     """The user name of C{uid}, else the number as text."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    return config_module.user_name(uid) or str(uid)
 
 
 class _Context:
@@ -71,12 +67,9 @@ class _Context:
             return  # not there yet: created by root, handed over at the server's start
         if st.st_uid == 0:
             return
-        try:
-            groups = os.getgrouplist(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
-        except KeyError:
-            groups = [st.st_gid]
+        _, groups = config_module.user_groups(st.st_uid, st.st_gid)
         self._root_ids = (os.getgroups(), os.getegid())
-        os.setgroups(groups)
+        os.setgroups(sorted(groups))
         os.setegid(st.st_gid)
         os.seteuid(st.st_uid)
 

@@ -8,7 +8,6 @@ import argparse
 import ipaddress
 import json
 import os
-import pwd
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -138,11 +137,7 @@ def _check_dkim_keys(ctx: _Context) -> None:
         st = directory.stat()
     except FileNotFoundError:
         return
-    try:
-        name = pwd.getpwuid(owner.st_uid).pw_name
-        gids = set(os.getgrouplist(name, owner.st_gid))
-    except KeyError:
-        name, gids = str(owner.st_uid), {owner.st_gid}
+    name, gids = config_module.user_groups(owner.st_uid, owner.st_gid)
     fix = f"run: chown -R {owner.st_uid}:{owner.st_gid} {directory}"
 
     def refuse(path: Path, what: str) -> NoReturn:

@@ -598,9 +598,7 @@ class AuthenticatedCommands(MailboxUpdates):
         if line.strip().upper() != b"DONE":
             self._respond(b"BAD", tag, b"Expected DONE")
         else:
-            if self.mbox is not None:
-                self._send_expunges()
-            self.sendPositiveResponse(tag, b"IDLE terminated")
+            self._completed(tag, b"IDLE terminated")
         release_tls_buffers(self.transport)  # the session may idle now
 
     auth_IDLE = command(do_IDLE)

@@ -55,6 +55,8 @@ from twistedmail.maildir import (
     Folder,
     MessageEntry,
     ScanResult,
+    fill_sizes,
+    index_of,
     is_enospc,
     positions,
     split_name,
@@ -455,9 +457,8 @@ class MaildirMailbox:
     def sequence_of(self, uid: int) -> int | None:
         """The sequence number of C{uid} in the view, found by bisection (the view is in
         UID order), or C{None}; as a map of every UID of the view would answer."""
-        view = self._view
-        at = bisect.bisect_left(view, uid, key=_uid_of)
-        return at + 1 if at < len(view) and view[at].uid == uid else None
+        at = index_of(self._view, uid)
+        return None if at is None else at + 1
 
     def getRecentCount(self) -> int:
         return len(self._recent)
@@ -608,10 +609,10 @@ class MaildirMailbox:
         """Give the messages of C{targets} whose size is not known yet (a file named without
         C{,W=}) their size, for RFC822.SIZE or a quota check: L{Folder.sizes} in one
         thread hop, none when every size is known."""
-        sizes = await self.known_sizes([m.entry for _, m in targets])
-        for _, msg in targets:
-            if msg.entry.size < 0 and msg.entry.base in sizes:
-                msg.entry = msg.entry._replace(size=sizes[msg.entry.base])
+        entries = [m.entry for _, m in targets]
+        if fill_sizes(entries, await self.known_sizes(entries)):
+            for (_, msg), entry in zip(targets, entries, strict=True):
+                msg.entry = entry
 
     async def known_sizes(self, entries: Sequence[MessageEntry]) -> dict[str, int]:
         """L{Folder.sizes} of C{entries} (the unknown ones: {base: octets}) in a thread;
@@ -622,10 +623,7 @@ class MaildirMailbox:
         sizes: dict[str, int] = await self.run_in_thread(self.folder.sizes, unknown)
         view = self._view
         at = positions(view, [e.uid for e in unknown if e.base in sizes])
-        for i in at.values():
-            entry = view[i]
-            if entry.size < 0 and entry.base in sizes:
-                view[i] = entry._replace(size=sizes[entry.base])
+        fill_sizes(view, sizes, at.values())
         return sizes
 
     async def store(
@@ -762,9 +760,8 @@ class MaildirMailbox:
         predicate, cost = compile_search(list(query), last_seq, last_uid, self.keywords, used)
         self.searched_modseq = b"MODSEQ" in used
         if used & {b"LARGER", b"SMALLER"}:  # RFC822.SIZE (RFC 3501 §6.4.4): known first
-            sizes = await self.known_sizes(view)
-            if sizes:
-                view = [e._replace(size=sizes[e.base]) if e.base in sizes else e for e in view]
+            if await self.known_sizes(view):
+                view = self._view[: self._announced]  # (the view's entries took them)
         # the candidates are listed in the thread too (20,000 tuples are not free): with
         # copies of the sets the reactor may change meanwhile
         matched: list[int] = await self.run_in_thread(
@@ -785,11 +782,9 @@ class MaildirMailbox:
         @raise SearchError: for a malformed query (answered BAD).
         """
         matched = await self.search(query)
-        entries = [(seq, self._view[seq - 1]) for seq in matched]
         if any(key == b"SIZE" for key, _ in criteria):  # RFC 5256 §3: RFC822.SIZE
-            sizes = await self.known_sizes([e for _, e in entries])
-            if sizes:
-                entries = [(n, e._replace(size=sizes.get(e.base, e.size))) for n, e in entries]
+            await self.known_sizes([self._view[seq - 1] for seq in matched])  # (the view's)
+        entries = [(seq, self._view[seq - 1]) for seq in matched]
         ordered: list[int] = await self.run_in_thread(
             sort_entries, self.folder, entries, list(criteria)
         )

@@ -282,6 +282,14 @@ class IMAPProtocol(imap4.IMAP4Server):
         """Send the EXPUNGE responses queued, where RFC 3501 §7.4.1 allows them (overridden
         by L{twistedmail.imap.updates.MailboxUpdates})."""
 
+    def _completed(self, tag: bytes, text: bytes, cmd: bytes = b"") -> None:
+        """A command's tagged OK, after the EXPUNGE responses queued when C{cmd} allows
+        them (RFC 3501 §7.4.1: not after FETCH, STORE, SEARCH, nor SORT, RFC 5256 §3):
+        the end of every command, IDLE's too (after DONE)."""
+        if self.mbox is not None and cmd not in NO_EXPUNGE_COMMANDS:
+            self._send_expunges()
+        self.sendPositiveResponse(tag, text)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"* BYE [TOOBIG] Command line too long")
         self.transport.loseConnection()
@@ -348,7 +356,7 @@ class IMAPProtocol(imap4.IMAP4Server):
         self.dispatchCommand(args[0], args[1].upper(), rest)
 
     def parse_waiting(self, line: bytes) -> None:
-        """A continuation line (AUTHENTICATE response, IDLE's DONE): hand it to the waiting
+        """A continuation line (AUTHENTICATE's response): hand it to the waiting
         command, pausing input first so nothing after it runs before the command ends."""
         self.parseState = "command"
         waiter, self._line_waiter = self._line_waiter, None
@@ -357,13 +365,13 @@ class IMAPProtocol(imap4.IMAP4Server):
         waiter.callback(line)
 
     def read_line(self) -> Deferred[bytes]:
-        """Wait for the client's next line while the current command is in progress (a
-        Deferred to await, not a coroutine: one frame less per session in IDLE, issue 10)."""
+        """Wait for the client's next line while the current command is in progress
+        (AUTHENTICATE's response, RFC 3501 §6.2.2; IDLE's DONE goes to L{parse_idle})."""
         waiter: Deferred[bytes] = Deferred()
         self._line_waiter = waiter
         self.parseState = "waiting"
         self.resumeProducing()
-        release_tls_buffers(self.transport)  # IDLE waits here for hours (issue 10)
+        release_tls_buffers(self.transport)
         return waiter
 
     # dispatch
@@ -414,9 +422,7 @@ class IMAPProtocol(imap4.IMAP4Server):
             if inspect.isawaitable(outcome):
                 outcome = await outcome
             if outcome is not None:
-                if self.mbox is not None and cmd not in NO_EXPUNGE_COMMANDS:
-                    self._send_expunges()
-                self.sendPositiveResponse(tag, outcome)
+                self._completed(tag, outcome, cmd)
         except IMAPError as e:
             self._respond(e.status, tag, e.message())
             if e.close:

@@ -106,6 +106,8 @@ from twistedmail.maildir.snapshot import (
     _Snapshots,
     _snapshots,
     _uid,
+    fill_sizes,
+    index_of,
     positions,
 )
 from twistedmail.maildir.tree import (
@@ -157,12 +159,14 @@ __all__ = [
     "IMAP_TO_LETTER",
     "INBOX",
     "is_enospc",
+    "index_of",
     "is_keyword",
     "KEYWORD_MAPS",
     "KEYWORDS",
     "LETTER_TO_IMAP",
     "LOCKFILE",
     "mailbox_root",
+    "fill_sizes",
     "FolderGoneError",
     "MaildirError",
     "make_maildir",

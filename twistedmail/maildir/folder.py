@@ -49,7 +49,7 @@ from twistedmail.maildir.names import (
     arrival_key,
     dovecot_wire_size,
     is_keyword,
-    measure,
+    measure_fd,
     normalize_flags,
     split_name,
     to_crlf,
@@ -498,21 +498,18 @@ class Folder:
             with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: measured)
                 found.update(read_sizes(self.path, [e.base for e in rest]))
         measured: dict[str, int] = {}
-        by_uid: dict[int, tuple[str, int]] = {}
-        cur = os.fspath(self.path / "cur") + os.sep
         for entry in rest:
             if entry.base in found:
                 continue
             try:
+                fd = self.open_fd(entry)
                 try:
-                    size = measure(cur + entry.filename)
-                except FileNotFoundError:  # renamed (flags) or expunged meanwhile
-                    size = measure(self.open(entry))
+                    size = measure_fd(fd)
+                finally:
+                    os.close(fd)
             except (OSError, MaildirError):
                 continue  # expunged
             measured[entry.base] = size
-            if entry.uid:
-                by_uid[entry.uid] = (entry.base, size)
         if measured:
             if (self.path / INDEX_FILE).exists():  # (not one made here, without its state)
                 try:
@@ -520,7 +517,7 @@ class Folder:
                         index.set_sizes(measured)
                 except sqlite3.Error:
                     pass  # busy past its timeout: the sizes are still right, measured again later
-            _snapshots.sized(self.path, by_uid)
+            _snapshots.sized(self.path, measured, [e.uid for e in rest if e.base in measured])
             found.update(measured)
         return found
 
@@ -707,20 +704,30 @@ class Folder:
             raise MaildirError("message no longer exists")
         return found
 
+    def open_fd(self, entry: MessageEntry) -> int:
+        """A file descriptor (read-only, the caller closes it) of C{entry}'s file: where the
+        entry says first, with no stat before; where L{open} finds it when another session
+        renamed it (flags) meanwhile.  The one way L{read}, L{sizes} and POP3 RETR open it.
+
+        @raise MaildirError: when the message is gone (expunged elsewhere).
+        """
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        try:
+            return os.open(os.path.join(self._cur, entry.filename), flags)
+        except FileNotFoundError:
+            try:
+                return os.open(self.open(entry), flags)
+            except FileNotFoundError:
+                raise MaildirError("message no longer exists") from None
+
     def read(self, entry: MessageEntry) -> bytes:
         """The whole message with CRLF line ends (RFC 5322 §2.1): as stored, or with every
         bare LF made CRLF (a file Dovecot or another program wrote with LF line ends).
 
         @raise MaildirError: when it is gone.
         """
-        try:  # where the entry says first (no stat before: L{open} when it moved)
-            with open(os.path.join(self._cur, entry.filename), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            try:
-                data = self.open(entry).read_bytes()
-            except FileNotFoundError:
-                raise MaildirError("message no longer exists") from None
+        with open(self.open_fd(entry), "rb") as f:
+            data = f.read()
         return to_crlf(data)
 
     def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:

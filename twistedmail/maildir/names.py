@@ -167,16 +167,23 @@ def measure(path: str | Path) -> int:
     @raise OSError: unreadable."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        total, after_cr = 0, False
-        # (os.read allocates what it is asked for: a small file's size, not a whole chunk)
-        chunk = os.read(fd, min(os.fstat(fd).st_size + 1, MEASURE_CHUNK))
-        while chunk:
-            total += wire_size(chunk) - (after_cr and chunk[:1] == b"\n")
-            after_cr = chunk[-1:] == b"\r"
-            chunk = os.read(fd, MEASURE_CHUNK)
-        return total
+        return measure_fd(fd)
     finally:
         os.close(fd)
+
+
+def measure_fd(fd: int) -> int:
+    """L{measure} of the open file C{fd}, read from where it stands to its end (left open).
+
+    @raise OSError: unreadable."""
+    total, after_cr = 0, False
+    # (os.read allocates what it is asked for: a small file's size, not a whole chunk)
+    chunk = os.read(fd, min(os.fstat(fd).st_size + 1, MEASURE_CHUNK))
+    while chunk:
+        total += wire_size(chunk) - (after_cr and chunk[:1] == b"\n")
+        after_cr = chunk[-1:] == b"\r"
+        chunk = os.read(fd, MEASURE_CHUNK)
+    return total
 
 
 MEASURE_CHUNK = 1 << 20

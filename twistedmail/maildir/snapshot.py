@@ -8,7 +8,7 @@ import bisect
 import collections
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, MutableSequence, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -223,22 +223,15 @@ class _Snapshots:
                 out[entry.base] = messages[i].size
         return out
 
-    def sized(self, path: Path, sizes: dict[int, tuple[str, int]]) -> None:
-        """Put sizes just measured ({uid: (base, octets)}) in the kept snapshot, in place of
-        its unknown ones (no MODSEQ: the message did not change)."""
+    def sized(self, path: Path, sizes: Mapping[str, int], uids: list[int]) -> None:
+        """Put sizes just measured ({base: octets}, of the messages C{uids}) in the kept
+        snapshot, in place of its unknown ones (no MODSEQ: the message did not change)."""
         with self._lock:
             kept = self._kept.get(path)
             if kept is None:
                 return
             messages = list(kept.messages)
-            changed = False
-            at = positions(messages, list(sizes))
-            for uid, (base, size) in sizes.items():
-                i = at.get(uid)
-                if i is not None and messages[i].base == base and messages[i].size < 0:
-                    messages[i] = messages[i]._replace(size=size)
-                    changed = True
-            if changed:
+            if fill_sizes(messages, sizes, positions(messages, uids).values()):
                 now = attrs.evolve(kept, messages=tuple(messages))
                 if "filenames" in kept.__dict__:
                     now.__dict__["filenames"] = kept.filenames
@@ -299,10 +292,34 @@ def positions(messages: Sequence[MessageEntry], uids: list[int]) -> dict[int, in
         return {e.uid: i for i, e in enumerate(messages) if e.uid in wanted}
     out = {}
     for uid in uids:
-        i = bisect.bisect_left(messages, uid, key=_uid)
-        if i < len(messages) and messages[i].uid == uid:
+        i = index_of(messages, uid)
+        if i is not None:
             out[uid] = i
     return out
+
+
+def index_of(messages: Sequence[MessageEntry], uid: int) -> int | None:
+    """The index of message C{uid} in C{messages} (in UID order), by bisection, or C{None}."""
+    i = bisect.bisect_left(messages, uid, key=_uid)
+    return i if i < len(messages) and messages[i].uid == uid else None
+
+
+def fill_sizes(
+    entries: MutableSequence[MessageEntry],
+    sizes: Mapping[str, int],
+    at: Iterable[int] | None = None,
+) -> bool:
+    """Give each of C{entries} (those at the indices C{at}; every one without) whose size
+    is unknown its size from C{sizes} ({base: octets}, L{Folder.sizes}), in place; whether
+    one changed.  The one way a measured size reaches the process's snapshot, a session's
+    view and the messages of a command."""
+    changed = False
+    for i in range(len(entries)) if at is None else at:
+        entry = entries[i]
+        if entry.size < 0 and entry.base in sizes:
+            entries[i] = entry._replace(size=sizes[entry.base])
+            changed = True
+    return changed
 
 
 def _uid(entry: MessageEntry) -> int:
