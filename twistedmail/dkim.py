@@ -343,11 +343,11 @@ _DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
 _LABELS = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _SIMPLE_FROM = re.compile(
     rf"[ \t]*(?:{_DOT_ATOM}@({_LABELS})"
-    rf"|(?:{_ATOM}[ \t]+)*{_ATOM}[ \t]*<{_DOT_ATOM}@({_LABELS})>)[ \t]*"
+    rf"|(?:(?:{_ATOM}[ \t]+)*{_ATOM}[ \t]*)?<{_DOT_ATOM}@({_LABELS})>)[ \t]*"
 )
-"""A From: value that is one plain address, bare or after a display name of atoms (RFC 5322
-§3.4): no quotes, comments, groups, literals or folding; its domain is group 1 or 2.
-(L{author_domain}'s test holds it to what C{email.utils.getaddresses} reads.)"""
+"""A From: value that is one plain address, bare or in angle brackets after a display name of
+atoms or none (RFC 5322 §3.4): no quotes, comments, groups, literals or folding; its domain
+is group 1 or 2.  (L{author_domain}'s test holds it to what C{getaddresses} reads.)"""
 
 
 def author_domain(message: bytes) -> str | None:
