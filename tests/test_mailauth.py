@@ -630,3 +630,12 @@ class RecentResultsTests(unittest.TestCase):
         signed = keys().sign(message("sender.test"))
         self.assertEqual(self.check("a@sender.test", "sender.test", signed).dkim[0].result, "pass")
         self.assertEqual(len(self.evaluations), evaluated + 3)
+
+
+class StartTests(unittest.TestCase):
+    def test_public_suffix_list_read_at_construction(self) -> None:
+        """The Public Suffix List (RFC 7489 §3.2) is read when the Authenticator is made,
+        not on the reactor thread during the first message's DMARC check."""
+        self.patch(mailauth, "_psl", None)
+        Authenticator(zone(), Clock(), run_now)
+        self.assertIsNotNone(mailauth._psl)

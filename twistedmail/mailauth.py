@@ -886,6 +886,9 @@ class Authenticator:
         self.run_in_thread = run_in_thread
         self.timeout = timeout
         self._recent: dict[_RecentKey, _Recent] = {}
+        # The Public Suffix List is read now (40-300 ms of CPU), not on the reactor thread at
+        # the first message that needs an organizational domain (RFC 7489 §3.2).
+        organizational_domain("example.org")
 
     def stop(self) -> None:
         """Fail every pending and later query at once (on the reactor thread, at shutdown)."""
