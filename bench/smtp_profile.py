@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--workers", type=int, default=1, help="[server] workers (all recorded)")
     ap.add_argument("--gil", action="store_true", help="only samples holding the GIL (CPU)")
+    ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--report", type=Path, help="only print the tables of an earlier raw file")
     a = ap.parse_args()
     if a.report:
@@ -109,7 +110,7 @@ def main() -> None:
                     "--format",
                     "raw",
                     "-r",
-                    "200",
+                    str(a.rate),
                     "-o",
                     str(raw),
                     "--pid",

@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
+from twistedmail import delivery as delivery_module
 from twistedmail.accounts import AccountStore, Quota
 from twistedmail.address import Mailbox
 from twistedmail.delivery import (
@@ -123,6 +124,14 @@ class DeliveryTests(unittest.TestCase):
         shutil.rmtree(self.mail_dir / "example.org" / "alice")
         self.deliver(None, ["alice@example.org"])
         self.assertEqual(len(self.stored("alice")), 1)
+
+    def test_mailbox_roots_kept_per_user(self) -> None:
+        """Each user's mail goes to DATA/mail/DOMAIN/LOCALPART (DESIGN §3) whether its root
+        is kept from an earlier delivery or the kept ones were forgotten (MAX_ROOTS)."""
+        self.patch(delivery_module, "MAX_ROOTS", 1)
+        for user in ("alice", "bob", "alice", "bob"):
+            self.deliver(None, [f"{user}@example.org"])
+        self.assertEqual((len(self.stored("alice")), len(self.stored("bob"))), (2, 2))
 
     def test_local_users(self) -> None:
         """local_users splits recipients into local users (aliases expanded) and remote

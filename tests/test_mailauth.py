@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.trial import unittest
 
+from twistedmail import mailauth
 from twistedmail.address import Mailbox
 from twistedmail.dkim import KeyStore
 from twistedmail.mailauth import (
@@ -559,3 +560,82 @@ class InboundHookTests(unittest.TestCase):
         self.assertTrue(out.endswith(b"250 2.0.0 Message accepted for delivery\r\n"), out)
         (stored,) = self.host.messages("alice@example.test")
         self.assertIn(b"\tspf=temperror smtp.mailfrom=broken.test;\r\n", stored)
+
+
+class RecentResultsTests(unittest.TestCase):
+    """A message like a recent one (same client, HELO, sender, author domain, no signature)
+    gets its results without evaluating SPF again, only while the answers stand (issue 10)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resolver = zone()
+        self.auth = Authenticator(self.resolver, self.clock, run_now)
+        self.evaluations: list[str] = []
+
+        def counting(query: Any, ip: str, reverse_path: Any, helo: str) -> SPFResult:
+            self.evaluations.append(str(reverse_path))
+            return check_spf(query, ip, reverse_path, helo)
+
+        check_spf = mailauth.check_spf
+        self.patch(mailauth, "check_spf", counting)
+
+    def check(self, mail_from: str, author: str, data: bytes | None = None) -> Any:
+        d = defer.Deferred.fromCoroutine(
+            self.auth.check(
+                IP, "client.elsewhere.test", Mailbox.parse(mail_from), data or message(author)
+            )
+        )
+        return self.successResultOf(d)
+
+    def test_same_message_kind_reuses_results_until_an_answer_expires(self) -> None:
+        """RFC 7208 §4 and RFC 7489 §6.6 read only the client, the identities and DNS: while
+        every answer is the cached one (TTL 60 s here) the results are reused; then asked
+        and evaluated again."""
+        first = self.check("a@sender.test", "sender.test")  # cold: looked up, then evaluated
+        self.assertEqual(first.spf, SPFResult("pass", "mailfrom", "sender.test"))
+        self.assertEqual(first.dmarc.result, "pass")
+        self.assertEqual(self.check("a@sender.test", "sender.test"), first)  # one pass, kept
+        evaluated, asked = len(self.evaluations), len(self.resolver.queries)
+        self.assertEqual((evaluated, asked), (3, 2))
+        self.clock.advance(59)
+        self.assertEqual(self.check("a@sender.test", "sender.test"), first)
+        self.assertEqual((len(self.evaluations), len(self.resolver.queries)), (evaluated, asked))
+        self.clock.advance(1)
+        self.assertEqual(self.check("a@sender.test", "sender.test"), first)
+        self.assertEqual(len(self.evaluations), evaluated + 2)  # cold: one pass, one with answers
+        self.assertEqual(len(self.resolver.queries), 2 * asked)
+
+    def test_changed_answer_gives_the_new_result(self) -> None:
+        """A record changed at the nameserver counts once its cached answer expires: the
+        result follows it (RFC 7208 §2.6)."""
+        self.assertEqual(self.check("a@sender.test", "sender.test").spf.result, "pass")
+        self.resolver.records[b"sender.test"] = [dns.Record_TXT(b"v=spf1 -all", ttl=60)]
+        self.assertEqual(self.check("a@sender.test", "sender.test").spf.result, "pass")
+        self.clock.advance(60)
+        results = self.check("a@sender.test", "sender.test")
+        self.assertEqual(results.spf, SPFResult("fail", "mailfrom", "sender.test"))
+        self.assertEqual(results.dmarc.result, "fail")
+
+    def test_other_sender_author_or_signed_message_is_evaluated(self) -> None:
+        """Another local part (SPF macros may read it, RFC 7208 §7.3), another author domain,
+        or a message with a DKIM-Signature (RFC 6376 §6.1) is checked afresh."""
+        self.check("a@sender.test", "sender.test")
+        evaluated = len(self.evaluations)
+        other = self.check("b@sender.test", "sender.test")
+        self.assertEqual(other.spf, SPFResult("pass", "mailfrom", "sender.test"))
+        self.assertEqual(len(self.evaluations), evaluated + 1)
+        author = self.check("a@sender.test", "fail.test")
+        self.assertEqual(author.dmarc, DMARCResult("fail", "fail.test", "none", "none", "none"))
+        self.assertEqual(len(self.evaluations), evaluated + 2)
+        signed = keys().sign(message("sender.test"))
+        self.assertEqual(self.check("a@sender.test", "sender.test", signed).dkim[0].result, "pass")
+        self.assertEqual(len(self.evaluations), evaluated + 3)
+
+
+class StartTests(unittest.TestCase):
+    def test_public_suffix_list_read_at_construction(self) -> None:
+        """The Public Suffix List (RFC 7489 §3.2) is read when the Authenticator is made,
+        not on the reactor thread during the first message's DMARC check."""
+        self.patch(mailauth, "_psl", None)
+        Authenticator(zone(), Clock(), run_now)
+        self.assertIsNotNone(mailauth._psl)

@@ -338,6 +338,18 @@ def _from_fields(block: bytes) -> list[str] | None:
     return [v.decode("ascii").rstrip("\r\n") for v in values]
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 §3.2.3 atext
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_LABELS = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_FROM = re.compile(
+    rf"[ \t]*(?:{_DOT_ATOM}@({_LABELS})"
+    rf"|(?:(?:{_ATOM}[ \t]+)*{_ATOM}[ \t]*)?<{_DOT_ATOM}@({_LABELS})>)[ \t]*"
+)
+"""A From: value that is one plain address, bare or in angle brackets after a display name of
+atoms or none (RFC 5322 §3.4): no quotes, comments, groups, literals or folding; its domain
+is group 1 or 2.  (L{author_domain}'s test holds it to what C{getaddresses} reads.)"""
+
+
 def author_domain(message: bytes) -> str | None:
     """The domain of the single address in the From: header (RFC 5322 §3.6.2), lower
     case, or None when there is no From:, several, or it does not parse."""
@@ -348,10 +360,14 @@ def author_domain(message: bytes) -> str | None:
         values = parsed.get_all("From") or []
     if len(values) != 1:
         return None
-    addresses = email.utils.getaddresses([str(values[0])])
-    if len(addresses) != 1 or "@" not in addresses[0][1]:
-        return None
-    domain = addresses[0][1].rpartition("@")[2]
+    simple = _SIMPLE_FROM.fullmatch(values[0]) if type(values[0]) is str else None
+    if simple is not None:  # getaddresses (~20 us) reads these the same way
+        domain = simple[1] or simple[2]
+    else:
+        addresses = email.utils.getaddresses([str(values[0])])
+        if len(addresses) != 1 or "@" not in addresses[0][1]:
+            return None
+        domain = addresses[0][1].rpartition("@")[2]
     try:
         return normalize_domain(domain)
     except AddressError:
