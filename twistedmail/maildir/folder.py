@@ -366,9 +366,9 @@ class Folder:
         entries: dict[str, tuple[str, float, int]] = {}
         cur_dir = os.fspath(cur) + os.sep
         for name in os.listdir(cur):
-            if name.startswith("."):
+            if name[:1] == ".":
                 continue
-            base = split_name(name)[0]
+            base = name.partition(":2,")[0]  # (L{split_name}, inline: once per file)
             old = known.get(base)
             if old is not None:  # a rename keeps the mtime and the size
                 entries[base] = (name, old.mtime, old.size)
@@ -377,7 +377,7 @@ class Folder:
                 st = os.stat(cur_dir + name)
             except FileNotFoundError:
                 continue
-            size = dovecot_wire_size(base)
+            size = dovecot_wire_size(base) if ",W=" in base else None
             if size is None:
                 # written by another program, maybe with bare LF line ends (,S= is then
                 # the size on disk): measured once when asked (RFC 3501 §2.3.4: RFC822.SIZE
@@ -414,7 +414,13 @@ class Folder:
                 modseq = modseq or index.next_modseq()
                 index.expunge(old.uid, modseq)
         added = []
-        for base, (name, mtime, size) in entries.items():
+        if not known and entries:  # the first sync: every entry is a row to add
+            modseq = modseq or index.next_modseq()
+            added = [
+                (uids[base], base, name, size, mtime, modseq)
+                for base, (name, mtime, size) in entries.items()
+            ]
+        for base, (name, mtime, size) in entries.items() if known else ():
             old = known.get(base)
             if old is None or old.uid != uids[base]:
                 modseq = modseq or index.next_modseq()

@@ -12,12 +12,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import time
 from contextlib import suppress
 from pathlib import Path
 
 from twistedmail.maildir.durable import fsync_dir
 from twistedmail.maildir.names import UIDLIST, UIDVALIDITY_FILE
+
+_RECORD = re.compile(r"^([0-9]+) :(.*)$", re.MULTILINE)
+"""A plain record: the UID, a space, a colon, the base name (L{read}'s fast path)."""
 
 
 def read(folder: Path) -> tuple[int, int, str, dict[str, int]]:
@@ -45,7 +49,18 @@ def read(folder: Path) -> tuple[int, int, str, dict[str, int]]:
             elif field[:1] == "G":
                 guid = field[1:]
     uids: dict[str, int] = {}
-    for line in lines[1:]:
+    records = lines[1:]
+    if "\r" not in text:
+        # the usual list, every record C{<uid> :<name>}: one regular expression over the
+        # records instead of a few string methods per line in Python
+        pairs = _RECORD.findall("\n".join(records))
+        if len(pairs) == len(records):  # (else a line of another form: the loop below)
+            if pairs:
+                numbers = list(map(int, [uid for uid, _ in pairs]))
+                uids = dict(zip([name for _, name in pairs], numbers, strict=True))
+                uidnext = max(uidnext, max(numbers) + 1)
+            return uidvalidity, uidnext, guid, uids
+    for line in records:
         head, sep, name = line.partition(":")
         parts = head.split()
         if sep and parts and parts[0].isdigit():
