@@ -1,0 +1,60 @@
+"""Sessions whose mail goes away under them: the user deleted (C{twistedmail user del})
+while a session is logged in without a selected folder, a selected folder deleted while its
+session idles, and a selected folder deleted and created again by another session.  The
+session is told and closed, as Dovecot closes it ('Selected mailbox was deleted, have to
+disconnect.'); it never makes the deleted user's Maildir again, and never goes on under the
+old UIDVALIDITY in a folder that is a new one (RFC 3501 §2.3.1.1)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from e2e_server import LineClient, Server, client_tls, running
+
+USER_GONE = [
+    b"NO [NONEXISTENT] Account was deleted, have to disconnect.",
+    b"* BYE [NONEXISTENT] Closing the connection",
+]
+
+
+def _session(server: Server, folder: str | None = None) -> LineClient:
+    sock = client_tls().wrap_socket(
+        socket.create_connection(("127.0.0.1", server.ports["imaps"])), server_hostname="x"
+    )
+    sock.settimeout(60)  # a server that keeps the session fails the test, not hangs it
+    c = LineClient(sock)
+    c.line()
+    c.send(b"a LOGIN alice@example.test alice-secret-1\r\n")
+    assert c.until(lambda line: line.startswith(b"a ")).startswith(b"a OK")
+    if folder is not None:
+        c.send(b's SELECT "%s"\r\n' % folder.encode())
+        assert c.until(lambda line: line.startswith(b"s ")).startswith(b"s OK")
+    return c
+
+
+def _rest(c: LineClient) -> list[bytes]:
+    lines = []
+    try:
+        while True:
+            lines.append(c.line())
+    except (EOFError, TimeoutError):
+        return lines
+
+
+def test_user_deleted_then_append_create_and_select(tmp_path: Path) -> None:
+    """C{user del} while sessions are logged in and have nothing selected: their APPEND,
+    CREATE and SELECT INBOX get NO [NONEXISTENT] and BYE, and none makes the Maildir again."""
+    with running(Server(tmp_path)) as server:
+        sessions = [_session(server) for _ in range(3)]
+        server.cli("user", "del", "alice@example.test")
+        commands = [
+            b"x APPEND INBOX {5+}\r\nhello\r\n",
+            b"x CREATE Foo\r\n",
+            b"x SELECT INBOX\r\n",
+        ]
+        for c, command in zip(sessions, commands, strict=True):
+            c.send(command)
+            assert _rest(c) == [b"x " + USER_GONE[0], USER_GONE[1]], command
+        assert not server.maildir("alice@example.test").exists()
+        assert "Traceback" not in server.log.read_text()
