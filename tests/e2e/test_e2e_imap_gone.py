@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from e2e_server import LineClient, Server, client_tls, running
+from e2e_server import LineClient, Server, client_tls, imap_client, running
 
 USER_GONE = [
     b"NO [NONEXISTENT] Account was deleted, have to disconnect.",
@@ -57,4 +57,22 @@ def test_user_deleted_then_append_create_and_select(tmp_path: Path) -> None:
             c.send(command)
             assert _rest(c) == [b"x " + USER_GONE[0], USER_GONE[1]], command
         assert not server.maildir("alice@example.test").exists()
+        assert "Traceback" not in server.log.read_text()
+
+
+def test_idling_client_told_at_once_when_its_folder_is_deleted(tmp_path: Path) -> None:
+    """A session idling on a folder another session deletes gets BYE at once, without
+    sending DONE first (RFC 2177 §3: the server may send any untagged response during IDLE;
+    Dovecot sends this BYE), and the server logs no failed rescan."""
+    with running(Server(tmp_path)) as server:
+        other = imap_client(server)
+        other.create_folder("Work")
+        c = _session(server, "Work")
+        c.send(b"i IDLE\r\n")
+        assert c.line() == b"+ idling"
+        other.delete_folder("Work")
+        other.logout()
+        assert _rest(c) == [
+            b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect."
+        ]
         assert "Traceback" not in server.log.read_text()

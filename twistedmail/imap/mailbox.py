@@ -31,6 +31,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.auth import RunInThread
@@ -53,6 +54,7 @@ from twistedmail.maildir import (
     ChangeNotifier,
     FlagChange,
     Folder,
+    FolderGoneError,
     MessageEntry,
     ScanResult,
     is_enospc,
@@ -402,9 +404,17 @@ class MaildirMailbox:
     def _on_notice(self) -> None:
         if self._notifying or self._closed:
             return
-        Deferred.fromCoroutine(self.refresh()).addErrback(
-            lambda f: log.failure("rescan of {path} failed", f, path=str(self.path))
-        )
+        Deferred.fromCoroutine(self.refresh()).addErrback(self._rescan_failed)
+
+    def _rescan_failed(self, failure: Failure) -> None:
+        """A rescan on a change notice failed: a folder deleted (or made again) under the
+        session is told to the listeners (an idling session says BYE at once), not logged."""
+        if failure.check(FolderGoneError) and not self._closed:
+            for listener in list(self._listeners):
+                if hasattr(listener, "mailboxDeleted"):
+                    listener.mailboxDeleted()
+            return
+        log.failure("rescan of {path} failed", failure, path=str(self.path))
 
     # IMailboxInfo / IMailbox
 
