@@ -76,3 +76,24 @@ def test_idling_client_told_at_once_when_its_folder_is_deleted(tmp_path: Path) -
             b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect."
         ]
         assert "Traceback" not in server.log.read_text()
+
+
+def test_selected_folder_deleted_and_created_again(tmp_path: Path) -> None:
+    """A folder deleted and made again (new UIDVALIDITY) by another session while selected:
+    the session's next command gets NO [NONEXISTENT] and BYE, not the new folder's messages
+    under the old UIDVALIDITY (RFC 3501 §2.3.1.1)."""
+    with running(Server(tmp_path)) as server:
+        other = imap_client(server)
+        other.create_folder("Work")
+        other.append("Work", b"Subject: old\r\n\r\nold\r\n")
+        c = _session(server, "Work")
+        other.delete_folder("Work")
+        other.create_folder("Work")
+        other.append("Work", b"Subject: new\r\n\r\nnew\r\n")
+        other.logout()
+        c.send(b"n NOOP\r\n")
+        assert _rest(c) == [
+            b"n NO [NONEXISTENT] Selected mailbox was deleted, have to disconnect.",
+            b"* BYE [NONEXISTENT] Closing the connection",
+        ]
+        assert "Traceback" not in server.log.read_text()

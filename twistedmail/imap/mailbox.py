@@ -291,6 +291,10 @@ class MaildirMailbox:
                 generation = self._generation
                 since = self.highestmodseq or None
                 scan, keywords = await self.run_in_thread(_scan, self.folder, since, self.readwrite)
+                if scan.uidvalidity != self.uidvalidity:
+                    # deleted and made again (or its UID list lost): none of the session's
+                    # UIDs name these messages (RFC 3501 §2.3.1.1)
+                    raise FolderGoneError("the folder was made again")
                 if generation != self._generation:
                     self._dirty = True  # our own change raced the scan: rescan
                     self._unapplied_recent |= scan.recent  # claimed: keep them for us
