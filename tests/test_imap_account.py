@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from twisted.mail import imap4
 from twisted.trial import unittest
 
 from twistedmail.imap.account import MailboxError, MaildirAccount
+from twistedmail.imap.protocol import IMAPError
 from twistedmail.maildir import ChangeNotifier, UserMaildir
 from twistedmail.testing import run_now
 
@@ -115,15 +117,37 @@ class AccountTests(unittest.TestCase):
         self.assertTrue(self.account.isSubscribed("inbox"))
 
     def test_select_inbox_creates_it_and_missing_is_none(self) -> None:
-        """SELECT inbox (any case) creates a missing INBOX Maildir; a missing folder or a path
-        escape selects nothing."""
+        """SELECT inbox (any case) creates a missing INBOX Maildir in the user's directory; a
+        missing folder or a path escape selects nothing."""
         root = Path(self.mktemp())
+        root.mkdir()
         account = MaildirAccount("bob@example.test", UserMaildir(root), ChangeNotifier(), run_now)
         box = self.successResultOf(Deferred.fromCoroutine(account.select("inbox")))
         self.assertEqual(box.getMessageCount(), 0)
         self.assertTrue((root / "cur").is_dir())
         self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("Nope"))))
         self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(account.select("../x"))))
+
+    def test_user_directory_gone_is_not_made_again(self) -> None:
+        """Once the user's directory is gone (C{user del} moved it aside after the login made
+        it), SELECT INBOX, CREATE, RENAME and SUBSCRIBE end the session with NO [NONEXISTENT]
+        and make nothing."""
+        shutil.rmtree(self.root)
+        selected = Deferred.fromCoroutine(self.account.select("INBOX"))
+        gone = self.failureResultOf(selected, IMAPError).value
+        self.assertEqual((gone.code, gone.close), (b"NONEXISTENT", True))
+        calls = [
+            lambda: self.account.create("Work"),
+            lambda: self.account.rename("INBOX", "Old"),
+            lambda: self.account.subscribe("Work"),
+        ]
+        for call in calls:
+            with self.assertRaises(IMAPError) as raised:
+                call()
+            self.assertEqual(
+                (raised.exception.code, raised.exception.close), (b"NONEXISTENT", True)
+            )
+        self.assertFalse(self.root.exists())
 
     def test_select_is_one_thread_hop(self) -> None:
         """SELECT of INBOX (made when missing) or of a folder, and of a missing folder, does
@@ -136,6 +160,7 @@ class AccountTests(unittest.TestCase):
             return run_now(f, *args)
 
         root = Path(self.mktemp())
+        root.mkdir()
         account = MaildirAccount("bob@example.test", UserMaildir(root), ChangeNotifier(), counted)
         box = self.successResultOf(Deferred.fromCoroutine(account.select("INBOX")))
         self.assertEqual((box.getMessageCount(), len(jobs)), (0, 1))

@@ -343,6 +343,11 @@ def response(kind: str, code: str = "", text: str | bytes = "") -> bytes:
     return line + CRLF
 
 
+class AccountGone(Exception):
+    """The user's Maildir home, made at login, is gone: the user was deleted (C{twistedmail
+    user del} moved it aside) while the session was logged in."""
+
+
 class Refused(Exception):
     """A command answered C{NO [(code)] "text"}; the text is generic, safe to send."""
 
@@ -402,6 +407,10 @@ def check_script(source: bytes, include_exists: Callable[[str, str], bool]) -> S
         except FolderNameError as e:
             raise SieveError(node.line, f"fileinto: invalid folder name '{folder}': {e}") from None
     return script
+
+
+def _make_home(home: Path) -> None:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _space(store: SieveStore, name: str, size: int, limits: ManageSieveSettings) -> None:
@@ -580,6 +589,8 @@ class ManageSieveServer(TimeoutMixin, Protocol):
                 await self._dispatch(command)
         except Refused as e:
             self._write(response("NO", e.code, e.text))
+        except AccountGone:
+            self._bye("", "Account was deleted, have to disconnect.")
         except Exception:
             log.failure("managesieve session {session}: command failed", session=self.session)
             self._write(response("NO", "TRYLATER", "Internal server error"))
@@ -710,6 +721,13 @@ class ManageSieveServer(TimeoutMixin, Protocol):
             raise Refused("Too many failed logins, try again later", "TRYLATER") from None
         except auth.LoginUnavailable:
             raise Refused("Authentication temporarily unavailable", "TRYLATER") from None
+        try:
+            # the home the scripts live in, made now as IMAP's login makes the Maildir: a
+            # write later finds it gone only when the user was deleted meanwhile
+            await self.run_in_thread(_make_home, result.avatar.home)
+        except OSError:
+            result.logout()
+            raise Refused("Cannot open your Sieve scripts, try again later", "TRYLATER") from None
         if self._lost:
             result.logout()
             return
@@ -736,6 +754,13 @@ class ManageSieveServer(TimeoutMixin, Protocol):
         assert self.user is not None
         return self.user.store
 
+    async def _still_there(self, store: SieveStore) -> None:
+        """Before a write: @raise AccountGone: the home made at login is gone (making it
+        again would give the deleted user's address a new home, and C{user add} of it
+        would then refuse)."""
+        if not await self.run_in_thread(store.home.is_dir):
+            raise AccountGone()
+
     async def _check(self, store: SieveStore, source: bytes) -> None:
         def include_exists(name: str, where: str) -> bool:
             try:
@@ -760,6 +785,7 @@ class ManageSieveServer(TimeoutMixin, Protocol):
         store = self.store
         await self.run_in_thread(_space, store, script, len(content), self.limits)
         await self._check(store, content)
+        await self._still_there(store)
         await self.run_in_thread(store.put, script, content)
         log.info(
             "managesieve: user={user} stored script {name!r} ({size} octets)",
@@ -782,6 +808,7 @@ class ManageSieveServer(TimeoutMixin, Protocol):
 
     async def do_SETACTIVE(self, name: Argument) -> None:
         store = self.store
+        await self._still_there(store)
         if name == b"":
             await self.run_in_thread(store.deactivate)  # §2.8: "" deactivates
             self._write(response("OK", "", "Deactivated"))
@@ -821,6 +848,7 @@ class ManageSieveServer(TimeoutMixin, Protocol):
 
     async def do_RENAMESCRIPT(self, old: Argument, new: Argument) -> None:
         source, target = _name(old), _name(new)
+        await self._still_there(self.store)
         try:
             await self.run_in_thread(self.store.rename, source, target)
         except ScriptNotFoundError:

@@ -106,6 +106,7 @@ ERR_SERVER = "[SYS/TEMP] internal server error"  # RFC 3206 §3
 ERR_MAILDROP = "[SYS/TEMP] unable to open maildrop"
 ERR_LOGIN_BLOCKED = "[SYS/TEMP] too many failed logins, try again later"  # RFC 3206 §4
 ERR_NOT_REMOVED = "[SYS/TEMP] some deleted messages not removed"  # RFC 1939 §6
+ERR_GONE = "[SYS/PERM] some deleted messages not removed: the mailbox was deleted"
 
 SASL_MECHANISMS = (b"PLAIN",)
 _SASL_OFFERED = tuple(m.decode("ascii") for m in SASL_MECHANISMS)
@@ -709,8 +710,20 @@ class POP3Server(StrictLineReceiver, pop3.POP3):
         try:
             await maybeDeferred(self.mbox.sync)
         except Exception:
-            log.failure("pop3 session {session}: UPDATE failed", session=self.session)
-            self._send(NegativeResponse(ERR_NOT_REMOVED).line())
+            root = getattr(self.mbox, "root", None)
+            if isinstance(root, Path) and not root.is_dir():
+                # twistedmail user del moved the Maildir aside meanwhile, messages and all:
+                # a retry cannot remove them (RFC 2449 §8.1.2), and nothing broke
+                log.info(
+                    "pop3 session {session}: mailbox was deleted: {count} message(s) marked"
+                    " deleted not removed",
+                    session=self.session,
+                    count=len(self._deleted),
+                )
+                self._send(NegativeResponse(ERR_GONE).line())
+            else:
+                log.failure("pop3 session {session}: UPDATE failed", session=self.session)
+                self._send(NegativeResponse(ERR_NOT_REMOVED).line())
         else:
             self._removed = len(self._deleted)
             self._send(OK_BYE)

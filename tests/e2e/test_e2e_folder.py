@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import imaplib
 import os
 import poplib
 
 import imapclient
+import pytest
 from e2e_server import PASSWORDS, Server, client_tls, deliver, imap_client
 
 ALICE = "alice@example.test"
@@ -63,7 +65,8 @@ def test_appenduid_after_the_selected_folder_was_deleted_and_created_again(
     server: Server,
 ) -> None:
     """APPEND into the selected folder after another session deleted and created it again
-    answers APPENDUID with the folder's new UIDVALIDITY (RFC 4315 §3), not the selected one."""
+    answers APPENDUID with the folder's new UIDVALIDITY (RFC 4315 §3), not the selected one;
+    then BYE, since the selected folder is gone (RFC 3501 §2.3.1.1)."""
     a, b = imap_client(server), imap_client(server)
     try:
         a.create_folder("Work")
@@ -75,6 +78,7 @@ def test_appenduid_after_the_selected_folder_was_deleted_and_created_again(
         reply = a.append("Work", b"Subject: one\r\n\r\nbody\r\n")
         assert reply == b"[APPENDUID %d 1] APPEND completed" % new
         assert b.folder_status("Work", ["UIDVALIDITY"])[b"UIDVALIDITY"] == new
+        with pytest.raises(imaplib.IMAP4.abort):  # BYE, the connection closed
+            a.noop()
     finally:
-        a.logout()
         b.logout()

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from twistedmail.auth import RunInThread
 from twistedmail.imap.mailbox import MaildirMailbox
+from twistedmail.imap.protocol import IMAPError
 from twistedmail.maildir import (
     DELIMITER,
     INBOX,
@@ -204,6 +205,22 @@ class MaildirAccount:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)
 
+    def _still_there(self) -> None:
+        """Before a command makes anything in the Maildir: the login made it, so a missing
+        one means the user was deleted meanwhile (C{twistedmail user del} moved it aside);
+        making it again would give the deleted user's address a fresh Maildir.
+
+        @raise IMAPError: NO [NONEXISTENT] and BYE, as Dovecot ends the sessions of a user
+            an admin removed (C{doveadm kick})."""
+        if not self.maildir.root.is_dir():
+            raise IMAPError(
+                b"NO", b"Account was deleted, have to disconnect.", b"NONEXISTENT", close=True
+            )
+
+    def _ensure_inbox(self) -> None:
+        self._still_there()
+        self.maildir.ensure()
+
     # IAccount
 
     def folder_path(self, name: str) -> Path | None:
@@ -225,7 +242,7 @@ class MaildirAccount:
         try:
             # (one thread hop: making the INBOX, the check that the folder is there and its
             # scan were three, bench/imap_cmd_cost.py)
-            return await mailbox.open(self.maildir.ensure if name == INBOX else None)
+            return await mailbox.open(self._ensure_inbox if name == INBOX else None)
         except MaildirError:
             return None
 
@@ -246,6 +263,7 @@ class MaildirAccount:
             self.maildir.folder_path(name)  # validate the whole name before creating parents
         except FolderNameError:
             raise MailboxError("Invalid mailbox name", b"CANNOT") from None
+        self._still_there()
         existing = set(self.maildir.folders())
         if name in existing:
             raise MailboxError("Mailbox already exists", b"ALREADYEXISTS")
@@ -279,6 +297,7 @@ class MaildirAccount:
         @raise MailboxError: [NONEXISTENT], [ALREADYEXISTS] or [CANNOT].
         """
         old, new = canonical(oldname), canonical(newname.rstrip(DELIMITER))
+        self._still_there()
         folders = set(self.maildir.folders())
         if old not in folders:
             raise MailboxError("No such mailbox", b"NONEXISTENT")
@@ -314,6 +333,7 @@ class MaildirAccount:
             self.maildir.folder_path(name)
         except FolderNameError:
             raise MailboxError("Invalid mailbox name", b"CANNOT") from None
+        self._still_there()
         self.maildir.subscribe(name)
 
     def unsubscribe(self, name: str) -> None:

@@ -30,6 +30,7 @@ from twistedmail.imap.message import (
 )
 from twistedmail.imap.protocol import (
     ConnectionGone,
+    IMAPError,
     IMAPProtocol,
     bad,
     command,
@@ -516,7 +517,7 @@ class AuthenticatedCommands(MailboxUpdates):
 
     async def do_APPEND(
         self, tag: bytes, name: bytes, flags: list[bytes] | None, date: bytes | None, message: Any
-    ) -> bytes:
+    ) -> bytes | None:
         # RFC 3501 §6.3.11; the flag list and date are optional (stock Twisted iterated a
         # missing flag list, None, and answered BAD)
         if date is not None and parse_internaldate(date) is None:
@@ -547,9 +548,21 @@ class AuthenticatedCommands(MailboxUpdates):
         finally:
             if opened:
                 close_quietly(mbox)
-        await self._refresh_if_selected(mbox)
         # RFC 4315 §3: APPENDUID <uidvalidity> <uid>, the UIDVALIDITY the new UID belongs to
-        return b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, new_uid)
+        done = b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, new_uid)
+        try:
+            await self._refresh_if_selected(mbox)
+        except IMAPError as e:
+            if not e.close:
+                raise
+            # the selected folder was deleted and made again, and the message is stored in
+            # the new one: say so (a NO would make the client store it twice), then BYE
+            self.sendPositiveResponse(tag, done)
+            self.sendLine(b"* BYE [" + e.code + b"] " + e.text)
+            self.clearLineBuffer()
+            self.transport.loseConnection()
+            return None
+        return done
 
     def opt_flag_list(self, line: bytes) -> tuple[list[bytes] | None, bytes]:
         """APPEND's optional flag list (RFC 3501 §9 append: C{[SP flag-list]}), checked

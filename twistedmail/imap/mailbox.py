@@ -31,6 +31,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.auth import RunInThread
@@ -53,6 +54,7 @@ from twistedmail.maildir import (
     ChangeNotifier,
     FlagChange,
     Folder,
+    FolderGoneError,
     MessageEntry,
     ScanResult,
     fill_sizes,
@@ -291,6 +293,10 @@ class MaildirMailbox:
                 generation = self._generation
                 since = self.highestmodseq or None
                 scan, keywords = await self.run_in_thread(_scan, self.folder, since, self.readwrite)
+                if scan.uidvalidity != self.uidvalidity:
+                    # deleted and made again (or its UID list lost): none of the session's
+                    # UIDs name these messages (RFC 3501 §2.3.1.1)
+                    raise FolderGoneError("the folder was made again")
                 if generation != self._generation:
                     self._dirty = True  # our own change raced the scan: rescan
                     self._unapplied_recent |= scan.recent  # claimed: keep them for us
@@ -404,9 +410,17 @@ class MaildirMailbox:
     def _on_notice(self) -> None:
         if self._notifying or self._closed:
             return
-        Deferred.fromCoroutine(self.refresh()).addErrback(
-            lambda f: log.failure("rescan of {path} failed", f, path=str(self.path))
-        )
+        Deferred.fromCoroutine(self.refresh()).addErrback(self._rescan_failed)
+
+    def _rescan_failed(self, failure: Failure) -> None:
+        """A rescan on a change notice failed: a folder deleted (or made again) under the
+        session is told to the listeners (an idling session says BYE at once), not logged."""
+        if failure.check(FolderGoneError) and not self._closed:
+            for listener in list(self._listeners):
+                if hasattr(listener, "mailboxDeleted"):
+                    listener.mailboxDeleted()
+            return
+        log.failure("rescan of {path} failed", failure, path=str(self.path))
 
     # IMailboxInfo / IMailbox
 

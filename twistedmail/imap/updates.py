@@ -17,7 +17,15 @@ from twisted.mail import imap4
 
 from twistedmail.imap.account import MaildirAccount
 from twistedmail.imap.mailbox import MaildirMailbox
-from twistedmail.imap.protocol import IMAPError, IMAPProtocol, bad, format_flags, no, uid_set
+from twistedmail.imap.protocol import (
+    IMAPError,
+    IMAPProtocol,
+    _close_below_tls,
+    bad,
+    format_flags,
+    no,
+    uid_set,
+)
 from twistedmail.maildir import FolderGoneError, FolderLockedError
 
 log = Logger(namespace="twistedmail.imap")
@@ -154,6 +162,19 @@ class MailboxUpdates(IMAPProtocol):
         if self._idling:
             self._send_expunges()
             self._flush_unsolicited()
+
+    def mailboxDeleted(self) -> None:
+        """The selected folder was deleted (or deleted and made again) under the session:
+        an idling client is told at once, as Dovecot tells it, and the connection closed;
+        otherwise the next command answers NO [NONEXISTENT] and BYE (L{_refresh})."""
+        if not self._idling:
+            return
+        self._idling, self._idle_tag, self.parseState = False, None, "command"
+        self._close_mailbox()
+        self.sendLine(b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect.")
+        self.clearLineBuffer()
+        self.transport.loseConnection()
+        _close_below_tls(self.transport)
 
     def modeChanged(self, writeable: bool) -> None:
         self.sendUntaggedResponse(b"OK [READ-WRITE] mode" if writeable else b"OK [READ-ONLY] mode")
