@@ -405,11 +405,9 @@ def balance_accepts(
             share.changed()
 
         def connectionLost(self, reason: Any) -> None:
-            try:
-                super().connectionLost(reason)
-            finally:
-                share.open -= 1
-                share.changed()
+            share.open -= 1
+            share.changed()
+            super().connectionLost(reason)
 
     def accept_one() -> None:
         port.numberAccepts = 1
