@@ -1046,8 +1046,8 @@ def run_worker(
     server.privilegedStartService()
     server.startService()
     if load is not None:
-        fd, slot = load
-        LoadTable(fd).balance(server, slot, reactor)
+        load_fd, slot = load
+        LoadTable(load_fd).balance(server, slot, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     log.info("worker serving: pid {pid}", pid=os.getpid())
     reactor.run()
