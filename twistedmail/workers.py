@@ -59,9 +59,10 @@ Everything else they share is on disk and locked across processes: the account s
 (SQLite WAL), each Maildir folder (an C{flock} plus Dovecot's dotlock, and the index under
 it), the queue spool (one file pair per message, renamed into place).  IDLE learns of
 another process's delivery by inotify on the folder (L{twistedmail.imap.watch}).
-Per process, and so at most C{workers} times the configured value: the connection limits of
-C{[limits]} (C{max_connections}, C{max_connections_per_ip}) and the per-user IMAP session
-limit (C{imap_max_connections_per_user}).
+For the whole server, counted by the parent (L{twistedmail.limits.Anvil}; a worker asks it
+before it greets a client or logs a user in): the connection limits of C{[limits]}
+(C{max_connections}, C{max_connections_per_ip}) and the per-user IMAP session limit
+(C{imap_max_connections_per_user}).
 
 Supervision: a worker that exits is started again (by the zygote) after a pause that
 doubles from L{RESTART_FIRST} to L{RESTART_MAX} seconds (back to the first after L{STABLE}
