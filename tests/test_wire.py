@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from twistedmail.tls import create_self_signed, server_context
 from twistedmail.wire import (
     ACCEPT_PAUSE,
+    ACCEPT_TICK,
     SlottedServer,
     StrictLineReceiver,
     ack_now,
@@ -711,8 +712,9 @@ class BalanceAcceptsTests(unittest.TestCase):
         self.assertEqual((share.open, share.seen[-3:]), (0, [2, 1, 0]))
 
     def test_over_its_share_it_leaves_a_connection_then_takes_it(self) -> None:
-        """Over its share, a wakeup accepts nothing and stops reading the socket; after
-        ACCEPT_PAUSE seconds it reads again and takes a connection still waiting."""
+        """Over its share, a wakeup accepts nothing and stops reading the socket; still
+        over it after ACCEPT_PAUSE seconds, it reads again and takes a connection still
+        waiting."""
         from twisted.internet import reactor
 
         share, clock = _Share(), Clock()
@@ -722,8 +724,26 @@ class BalanceAcceptsTests(unittest.TestCase):
         port.doRead()  # type: ignore[attr-defined]
         self.assertEqual(made, [])
         self.assertNotIn(port, reactor.getReaders())  # type: ignore[attr-defined]
-        clock.advance(ACCEPT_PAUSE)
+        clock.pump([ACCEPT_TICK] * (round(ACCEPT_PAUSE / ACCEPT_TICK) - 1))
+        self.assertEqual(made, [])
+        clock.advance(ACCEPT_TICK)
         self.assertEqual(len(made), 1)
         self.assertIn(port, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertEqual(clock.getDelayedCalls(), [])
+        made[0].transport.abortConnection()  # type: ignore[union-attr]
+
+    def test_back_within_its_share_it_takes_the_connection_at_the_next_look(self) -> None:
+        """A port leaving connections to the others looks at its share every ACCEPT_TICK
+        seconds: once within it, it reads again and takes a connection still waiting."""
+        share, clock = _Share(), Clock()
+        port, made = self.listen(share, clock)
+        self.connect(port)
+        share.over = True
+        port.doRead()  # type: ignore[attr-defined]
+        clock.advance(ACCEPT_TICK)
+        self.assertEqual(made, [])
+        share.over = False
+        clock.advance(ACCEPT_TICK)
+        self.assertEqual(len(made), 1)
         self.assertEqual(clock.getDelayedCalls(), [])
         made[0].transport.abortConnection()  # type: ignore[union-attr]

@@ -17,8 +17,11 @@ the idea of nginx's and Postfix's accept mutex, by counts): every process writes
 of open connections into a table in shared memory (L{LoadTable}, a memfd the parent makes
 and passes on through the zygote: reading it costs no message), and a process holding more
 than C{1 + } the fewest of another serving process leaves new connections to the others:
-it stops reading the sockets for L{twistedmail.wire.ACCEPT_PAUSE} seconds, then takes a
-connection still waiting itself (so a hung or busy worker delays one by that at most).  A
+it stops reading the sockets and looks at the table again every
+L{twistedmail.wire.ACCEPT_TICK} seconds; back within its share, or after
+L{twistedmail.wire.ACCEPT_PAUSE} seconds in all, it takes a connection still waiting itself
+(so a hung or busy worker delays one by that at most, and two processes never both wait
+long).  A
 worker that exits is marked out of the table by the parent at once (after a C{kill -9}, the
 zygote's report), so the others take every new connection; a worker started again counts
 from 0 and gets the new connections until it holds its share.  (C{SO_REUSEPORT} with a
@@ -169,9 +172,8 @@ class LoadTable:
         return table
 
     def over_share(self, slot: int, mine: int) -> bool:
-        """Record C{mine} for C{slot}; whether it is more than L{SLACK} above the fewest of
+        """Whether C{mine} (the count of C{slot}) is more than L{SLACK} above the fewest of
         another serving process."""
-        self.counts[slot] = mine
         others = [n for i, n in enumerate(self.counts) if i != slot and n >= 0]
         return bool(others) and mine > min(others) + SLACK
 
