@@ -21,9 +21,12 @@ from twisted.trial import unittest
 
 from twistedmail.tls import create_self_signed, server_context
 from twistedmail.wire import (
+    ACCEPT_PAUSE,
+    ACCEPT_TICK,
     SlottedServer,
     StrictLineReceiver,
     ack_now,
+    balance_accepts,
     release_tls_buffers,
     use_slotted_connections,
 )
@@ -640,3 +643,107 @@ class SlottedServerTests(unittest.TestCase):
         await factory.lost  # type: ignore[attr-defined]
         ack_now(transport)
         ack_now(_Layer(transport))
+
+
+class _Share:
+    """An L{twistedmail.wire.AcceptShare} whose answer the test sets."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.over = False
+        self.seen: list[int] = []
+
+    def changed(self) -> None:
+        self.seen.append(self.open)
+
+    def over_share(self) -> bool:
+        return self.over
+
+
+class _Kept(Protocol):
+    def connectionMade(self) -> None:
+        self.factory.made.append(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.made.remove(self)  # type: ignore[attr-defined]
+        if not self.factory.made:  # type: ignore[attr-defined]
+            self.factory.all_lost.callback(None)  # type: ignore[attr-defined]
+
+
+class BalanceAcceptsTests(unittest.TestCase):
+    """balance_accepts: a port shared by several processes takes its share (issue 10)."""
+
+    def listen(self, share: _Share, clock: Clock) -> tuple[object, list[Protocol]]:
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_Kept)
+        factory.made = []  # type: ignore[attr-defined]
+        self.all_lost = factory.all_lost = Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        use_slotted_connections(port)
+        balance_accepts(port, share, clock)
+        return port, factory.made  # type: ignore[attr-defined]
+
+    def connect(self, port: object) -> socket.socket:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))  # type: ignore[attr-defined]
+        self.addCleanup(client.close)
+        return client
+
+    async def test_one_accept_a_wakeup_counted_until_the_connection_ends(self) -> None:
+        """Under its share, each wakeup accepts one of the waiting connections (not
+        Twisted's burst), counted in share.open from the accept to the end of the TCP
+        connection; the connections stay slotted (no instance dict)."""
+        share, clock = _Share(), Clock()
+        port, made = self.listen(share, clock)
+        clients = [self.connect(port) for _ in range(3)]
+        port.doRead()  # type: ignore[attr-defined]
+        self.assertEqual(len(made), 1)
+        port.doRead()  # type: ignore[attr-defined]
+        port.doRead()  # type: ignore[attr-defined]
+        self.assertEqual(len(made), 3)
+        self.assertEqual((share.open, share.seen), (3, [1, 2, 3]))
+        transport = made[0].transport
+        self.assertIsInstance(transport, SlottedServer)
+        self.assertEqual(vars(transport), {})
+        for client in clients:
+            client.close()
+        await self.all_lost
+        self.assertEqual((share.open, share.seen[-3:]), (0, [2, 1, 0]))
+
+    def test_over_its_share_it_leaves_a_connection_then_takes_it(self) -> None:
+        """Over its share, a wakeup accepts nothing and stops reading the socket; still
+        over it after ACCEPT_PAUSE seconds, it reads again and takes a connection still
+        waiting."""
+        from twisted.internet import reactor
+
+        share, clock = _Share(), Clock()
+        port, made = self.listen(share, clock)
+        self.connect(port)
+        share.over = True
+        port.doRead()  # type: ignore[attr-defined]
+        self.assertEqual(made, [])
+        self.assertNotIn(port, reactor.getReaders())  # type: ignore[attr-defined]
+        clock.pump([ACCEPT_TICK] * (round(ACCEPT_PAUSE / ACCEPT_TICK) - 1))
+        self.assertEqual(made, [])
+        clock.advance(ACCEPT_TICK)
+        self.assertEqual(len(made), 1)
+        self.assertIn(port, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertEqual(clock.getDelayedCalls(), [])
+        made[0].transport.abortConnection()  # type: ignore[union-attr]
+
+    def test_back_within_its_share_it_takes_the_connection_at_the_next_look(self) -> None:
+        """A port leaving connections to the others looks at its share every ACCEPT_TICK
+        seconds: once within it, it reads again and takes a connection still waiting."""
+        share, clock = _Share(), Clock()
+        port, made = self.listen(share, clock)
+        self.connect(port)
+        share.over = True
+        port.doRead()  # type: ignore[attr-defined]
+        clock.advance(ACCEPT_TICK)
+        self.assertEqual(made, [])
+        share.over = False
+        clock.advance(ACCEPT_TICK)
+        self.assertEqual(len(made), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        made[0].transport.abortConnection()  # type: ignore[union-attr]

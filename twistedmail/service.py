@@ -776,6 +776,17 @@ class MailServer(MultiService):
                 sockets.append((name, port.fileno(), port.addressFamily))
         return sockets
 
+    def shared_ports(self) -> list[Any]:
+        """The listening ports this process serves that the other processes serve too
+        (C{[server] workers}; after C{startService})."""
+        return [
+            svc.port
+            for svc in self
+            if isinstance(svc, (_Listener, _AdoptedListener))
+            and svc.port is not None
+            and (svc.name or "").partition("@")[0] not in PARENT_ONLY
+        ]
+
     async def flush_logins(self, user: str) -> int:
         """Forget C{user}'s cached logins in every process (the CLI's password change or
         deletion, L{twistedmail.auth.AuthCache.flush}); return how many were."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import socket
 from types import MethodType
 from typing import Any, Callable, Generic, TypeVar
+from typing import Protocol as TypingProtocol
 
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
@@ -357,3 +358,89 @@ def ack_now(transport: object) -> None:
             return
         # down through TLS and ProtocolWrappers (vars: their __getattr__ forwards)
         layer = vars(layer).get("transport")
+
+
+ACCEPT_PAUSE = 0.05
+"""Seconds a process over its share of connections leaves a new one to the others at most
+before it takes it itself (L{balance_accepts}): the bound on the wait a hung or busy
+process causes."""
+
+ACCEPT_TICK = 0.005
+"""While it leaves new connections to the others, a process looks at its share again every
+this many seconds (L{balance_accepts})."""
+
+
+class AcceptShare(TypingProtocol):
+    """What L{balance_accepts} asks and tells: whether this process holds more than its
+    share; how many connections it holds."""
+
+    open: int
+    """Connections open on the balanced ports (kept by L{balance_accepts})."""
+
+    def changed(self) -> None:
+        """L{open} changed."""
+
+    def over_share(self) -> bool:
+        """Whether this process holds more than its share of connections now."""
+
+
+def balance_accepts(
+    port: object,
+    share: AcceptShare,
+    clock: Any,
+    pause: float = ACCEPT_PAUSE,
+    tick: float = ACCEPT_TICK,
+) -> None:
+    """Have a listening TCP port shared by several processes (C{[server] workers}) take its
+    share of new connections and no more (issue 10; nginx's and Postfix's accept mutex, by
+    counts).  It accepts one connection a wakeup, not Twisted's burst of up to
+    C{numberAccepts} (the process that woke first took every connection of a burst), and
+    counts its open connections in C{share.open} (from the accept to the end of the TCP
+    connection, the admission of L{twistedmail.limits} not waited for).  While
+    C{share.over_share()} it stops reading the socket, leaving new connections to the
+    others (each is woken by them too), and looks again every C{tick} seconds: back within
+    its share, or after C{pause} seconds in all, it reads again and takes a connection still
+    waiting (so a hung or busy process delays one by C{pause} at most).  Any other port is
+    left alone."""
+    if not isinstance(port, tcp.Port):
+        return
+    accept = port.doRead
+    base = port.transport
+
+    class Counted(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            share.open += 1
+            share.changed()
+
+        def connectionLost(self, reason: Any) -> None:
+            share.open -= 1
+            share.changed()
+            super().connectionLost(reason)
+
+    def accept_one() -> None:
+        port.numberAccepts = 1
+        accept()
+
+    looks = max(1, round(pause / tick))
+
+    def look_again(left: int) -> None:
+        if not (port.connected and not port.disconnecting):
+            return
+        if left > 1 and share.over_share():
+            clock.callLater(tick, look_again, left - 1)
+            return
+        port.startReading()
+        accept_one()  # nothing waiting: EAGAIN, nothing accepted
+
+    def doRead() -> None:
+        if share.over_share():
+            port.stopReading()
+            clock.callLater(tick, look_again, looks)
+            return
+        accept_one()
+
+    port.transport = Counted
+    port.doRead = doRead  # type: ignore[method-assign]

@@ -5,8 +5,28 @@ as it always did), then has C{workers - 1} worker processes started (L{Superviso
 builds the same L{twistedmail.service.MailServer} from the same config and serves the
 parent's sockets, which it inherits as descriptors and adopts with C{reactor.adoptStreamPort}
 (Twisted's documented way; implicit TLS listeners wrap the factory in
-C{TLSMemoryBIOFactory} with the same context, by the same code).  The kernel hands each new
-connection to one of the processes accepting on the socket; the parent serves too.
+C{TLSMemoryBIOFactory} with the same context, by the same code).  The parent serves too.
+
+How connections are spread: every process has the shared sockets in its epoll, so each new
+connection wakes them all, and the first to call C{accept} gets it.  Twisted's C{Port}
+accepts up to C{numberAccepts} (100 and growing) connections a wakeup, so the process that
+woke first took a whole burst: under imaptest (10 TLS connections opened at once) one
+process held 8 to 10 of them for the whole run while the other idled.  So each process
+accepts one connection a wakeup and keeps its share (L{twistedmail.wire.balance_accepts},
+the idea of nginx's and Postfix's accept mutex, by counts): every process writes its count
+of open connections into a table in shared memory (L{LoadTable}, a memfd the parent makes
+and passes on through the zygote: reading it costs no message), and a process holding more
+than C{1 + } the fewest of another serving process leaves new connections to the others:
+it stops reading the sockets and looks at the table again every
+L{twistedmail.wire.ACCEPT_TICK} seconds; back within its share, or after
+L{twistedmail.wire.ACCEPT_PAUSE} seconds in all, it takes a connection still waiting itself
+(so a hung or busy worker delays one by that at most, and two processes never both wait
+long).  A
+worker that exits is marked out of the table by the parent at once (after a C{kill -9}, the
+zygote's report), so the others take every new connection; a worker started again counts
+from 0 and gets the new connections until it holds its share.  (C{SO_REUSEPORT} with a
+socket per process spreads by a hash of the client's address and port, not by load, and
+loses the connections queued on a dying worker's socket: not used.)
 
 Privilege-safe start and restart (Dovecot's master, a zygote): a worker is not a new
 Python started by the parent, which under C{twistd -u nobody} could not even read the
@@ -42,9 +62,10 @@ Everything else they share is on disk and locked across processes: the account s
 (SQLite WAL), each Maildir folder (an C{flock} plus Dovecot's dotlock, and the index under
 it), the queue spool (one file pair per message, renamed into place).  IDLE learns of
 another process's delivery by inotify on the folder (L{twistedmail.imap.watch}).
-Per process, and so at most C{workers} times the configured value: the connection limits of
-C{[limits]} (C{max_connections}, C{max_connections_per_ip}) and the per-user IMAP session
-limit (C{imap_max_connections_per_user}).
+For the whole server, counted by the parent (L{twistedmail.limits.Anvil}; a worker asks it
+before it greets a client or logs a user in): the connection limits of C{[limits]}
+(C{max_connections}, C{max_connections_per_ip}) and the per-user IMAP session limit
+(C{imap_max_connections_per_user}).
 
 Supervision: a worker that exits is started again (by the zygote) after a pause that
 doubles from L{RESTART_FIRST} to L{RESTART_MAX} seconds (back to the first after L{STABLE}
@@ -76,6 +97,7 @@ import ctypes
 import fcntl
 import importlib
 import json
+import mmap
 import os
 import select
 import signal
@@ -104,6 +126,7 @@ from twistedmail.dns import quiet_dns_client
 from twistedmail.limits import Admission, Anvil, LocalShare
 from twistedmail.loglines import FLUSH_EVERY, LogLines, LogSink, fd_writer, log_sink
 from twistedmail.service import MailServer
+from twistedmail.wire import balance_accepts
 
 log = Logger(namespace="twistedmail.workers")
 
@@ -121,6 +144,61 @@ _NOT_PRELOADED = ("__main__", "twisted.internet.reactor", "_pytest", "pytest", "
 
 def _json_line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+SLACK = 1
+"""A process takes new connections while it holds at most this many more than the fewest of
+another serving process (L{LoadTable.over_share})."""
+
+
+class LoadTable:
+    """The open connections of every process serving the shared listeners, one 32-bit count
+    per slot (0 the parent, then the workers' slots), in shared memory (a memfd the parent
+    makes; the zygote and every worker inherit it): each process writes its own slot, reads
+    the others'.  -1: no process serving in that slot (not started yet, or exited)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, os.fstat(fd).st_size)
+        self.counts = memoryview(self._map).cast("i")
+
+    @classmethod
+    def create(cls, slots: int) -> LoadTable:
+        fd = os.memfd_create("twistedmail-connections")
+        os.ftruncate(fd, slots * 4)
+        table = cls(fd)
+        for slot in range(slots):
+            table.counts[slot] = -1
+        return table
+
+    def over_share(self, slot: int, mine: int) -> bool:
+        """Whether C{mine} (the count of C{slot}) is more than L{SLACK} above the fewest of
+        another serving process."""
+        others = [n for i, n in enumerate(self.counts) if i != slot and n >= 0]
+        return bool(others) and mine > min(others) + SLACK
+
+    def balance(self, server: MailServer, slot: int, reactor: Any) -> None:
+        """Have C{server}'s shared listening ports (this process, in C{slot}) take their
+        share of new connections (L{twistedmail.wire.balance_accepts})."""
+        share = _SlotShare(self, slot)
+        share.changed()
+        for port in server.shared_ports():
+            balance_accepts(port, share, reactor)
+
+
+class _SlotShare:
+    """One process's open connections, in its slot of a L{LoadTable} (an
+    L{twistedmail.wire.AcceptShare})."""
+
+    def __init__(self, table: LoadTable, slot: int) -> None:
+        self.table, self.slot = table, slot
+        self.open = 0
+
+    def changed(self) -> None:
+        self.table.counts[self.slot] = self.open
+
+    def over_share(self) -> bool:
+        return self.table.over_share(self.slot, self.open)
 
 
 # -- the parent's side ---------------------------------------------------------------------
@@ -280,6 +358,8 @@ class Supervisor(Service):
         self._stopping = False
         self._sockets: list[tuple[str, int, int]] = []
         self._log_sink: LogSink | None = None
+        self.load = LoadTable.create(count)  # slot 0: this process
+        self._balanced = False
         self.setName("workers")
         server.workers = self
         server.throttle.share = self._throttle_shared
@@ -303,6 +383,7 @@ class Supervisor(Service):
         super().privilegedStartService()
         self._stopping = False
         self._sockets = self.server.listening_sockets()
+        self._balance()
         self._start_zygote()
 
     def startService(self) -> None:
@@ -310,9 +391,15 @@ class Supervisor(Service):
         self._stopping = False
         if self.zygote is None:
             self._sockets = self.server.listening_sockets()
+            self._balance()
             self._start_zygote()
         for slot in range(1, self.count):
             self._spawn(slot)
+
+    def _balance(self) -> None:
+        if not self._balanced:
+            self._balanced = True
+            self.load.balance(self.server, 0, self.reactor)
 
     def _start_zygote(self) -> None:
         config = self.server.config
@@ -330,6 +417,9 @@ class Supervisor(Service):
         for i, (name, fd, family) in enumerate(self._sockets):
             child_fds[FIRST_LISTENER + i] = fd
             args += ["--listen", f"{name}:{FIRST_LISTENER + i}:{family}"]
+        load_fd = FIRST_LISTENER + len(self._sockets)
+        child_fds[load_fd] = self.load.fd
+        args += ["--load", str(load_fd)]
         zygote = ZygoteProcess(self, ours)
         try:
             self.reactor.spawnProcess(
@@ -414,6 +504,7 @@ class Supervisor(Service):
         if self.processes.get(process.slot) is process:
             del self.processes[process.slot]
         self.anvil.drop(process)  # its connections and sessions are gone with it
+        self.load.counts[process.slot] = -1  # the others take every new connection
         for ask_id in list(self._asks):  # it will not answer
             self._answer(ask_id, process.pid, None)
         if self._stopping:
@@ -820,10 +911,10 @@ def _fork_worker(
     slot: int,
     fds: Sequence[int],
     channel: socket.socket,
-    serve: Callable[[], None],
+    serve: Callable[[int], None],
 ) -> int:
     """Fork a worker whose descriptors 0 and 3, 1 and 2 are C{fds} (commands, log,
-    stderr); it runs C{serve}.  Returns its pid (in the zygote)."""
+    stderr); it runs C{serve(slot)}.  Returns its pid (in the zygote)."""
     pid = os.fork()
     if pid:
         for fd in fds:
@@ -842,7 +933,7 @@ def _fork_worker(
             os.close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         die_with_parent(zygote)
-        serve()
+        serve(slot)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -882,11 +973,12 @@ def zygote(options: argparse.Namespace) -> None:
         _drop_to(uid, gid)
     die_with_parent(options.parent)
 
-    def serve() -> None:
+    def serve(slot: int) -> None:
         from twisted.internet import reactor
 
         _fresh_reactor(reactor)
-        run_worker(reactor, config, options.listen, tls, options.log_lines)
+        load = (options.load, slot) if options.load is not None else None
+        run_worker(reactor, config, options.listen, tls, options.log_lines, load)
 
     report = os.fdopen(1, "w", encoding="utf-8", buffering=1)
     children: set[int] = set()
@@ -924,11 +1016,17 @@ def zygote(options: argparse.Namespace) -> None:
 
 
 def run_worker(
-    reactor: Any, config: Any, listen: Sequence[str], tls: Any = None, log_lines: bool = False
+    reactor: Any,
+    config: Any,
+    listen: Sequence[str],
+    tls: Any = None,
+    log_lines: bool = False,
+    load: tuple[int, int] | None = None,
 ) -> None:
     """Serve as a worker: the parent's sockets C{listen} (C{NAME:FD:FAMILY}), commands on
     descriptor 0, log events on 1 (finished lines with C{log_lines}, else JSON events),
-    messages to the parent on 3."""
+    messages to the parent on 3; C{load}: the descriptor of the L{LoadTable} and this
+    worker's slot in it."""
 
     lines: LogLines | None = None
     observer: ILogObserver
@@ -950,6 +1048,9 @@ def run_worker(
     stdio.StandardIO(link, stdin=0, stdout=3, reactor=reactor)  # type: ignore[call-arg]
     server.privilegedStartService()
     server.startService()
+    if load is not None:
+        load_fd, slot = load
+        LoadTable(load_fd).balance(server, slot, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     log.info("worker serving: pid {pid}", pid=os.getpid())
     reactor.run()
@@ -959,7 +1060,7 @@ def run_worker(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The workers' zygote: C{python -m twistedmail.workers --zygote --parent PID
-    [--config PATH] [--user UID:GID] --listen NAME:FD:FAMILY ...} (started by
+    [--config PATH] [--user UID:GID] --listen NAME:FD:FAMILY ... [--load FD]} (started by
     L{Supervisor}, never by hand)."""
     parser = argparse.ArgumentParser(prog="twistedmail.workers")
     parser.add_argument("--zygote", action="store_true", required=True)
@@ -967,6 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config")
     parser.add_argument("--user")
     parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--load", type=int, help="the descriptor of the connection counts")
     parser.add_argument("--log-lines", action="store_true", help="write finished log lines")
     options = parser.parse_args(argv)
     die_with_parent(options.parent)
