@@ -333,7 +333,8 @@ class FetchCommand(MailboxUpdates):
         )
         wants_flags = any(p.type == "flags" for p in query)
         # the content items this process rendered before (RenderedItems), by position
-        keys = [_item_key(p) for p in query if p.type not in _CHEAP]
+        item_keys = [None if p.type in _CHEAP else _item_key(p) for p in query]
+        keys = [key for key in item_keys if key is not None]
         where = os.fspath(mbox.folder.path)
         known: dict[int, dict[bytes, bytes | None]] = {}
         if keys:
@@ -400,7 +401,15 @@ class FetchCommand(MailboxUpdates):
                         rendered[(msg.entry.uid, msg.entry.base)] = parts
                 learned: dict[bytes, bytes | None] = {}
                 items = self._fetch_items(
-                    msg, query, raw, uid, flags_changed and not wants_flags, parts, values, learned
+                    msg,
+                    query,
+                    raw,
+                    uid,
+                    flags_changed and not wants_flags,
+                    parts,
+                    values,
+                    learned,
+                    item_keys,
                 )
                 for key, value in learned.items():
                     RENDERED.put((where, msg.entry.base, key), value)
@@ -432,13 +441,17 @@ class FetchCommand(MailboxUpdates):
         parts: CachedParts | None = None,
         known: dict[bytes, bytes | None] | None = None,
         learned: dict[bytes, bytes | None] | None = None,
+        item_keys: list[bytes | None] | None = None,
     ) -> list[bytes]:
         """The items of one FETCH response.  A content item's value comes from C{known}
         (L{RenderedItems}), else C{parts} (the index), else is rendered from C{raw}; what
-        was not in C{known} is put in C{learned}."""
+        was not in C{known} is put in C{learned}.  C{item_keys}: L{_item_key} of each item
+        of C{query} (C{None} for those answered from the index alone)."""
         items: list[bytes] = []
         seen_uid = False
-        for part in query:
+        if item_keys is None:
+            item_keys = [None if p.type in _CHEAP else _item_key(p) for p in query]
+        for part, key in zip(query, item_keys, strict=True):
             kind = part.type
             if kind == "flags":
                 items.append(b"FLAGS (" + self._fetch_flags(msg.getFlags()) + b")")
@@ -456,7 +469,7 @@ class FetchCommand(MailboxUpdates):
             elif kind == "modseq":
                 items.append(b"MODSEQ (%d)" % msg.entry.modseq)
                 continue
-            key = _item_key(part)
+            assert key is not None
             if known is not None and key in known:
                 value = known[key]
             else:
@@ -476,7 +489,7 @@ class FetchCommand(MailboxUpdates):
             elif kind == "rfc822text":
                 items.append(b"RFC822.TEXT " + _literal(value))  # type: ignore[arg-type]
             else:
-                label = section_label(part)
+                label = key  # (L{section_label})
                 if value is None:
                     items.append(label + b" NIL")
                 else:
