@@ -93,3 +93,88 @@ class ReadAheadUnknownSizeTests(unittest.TestCase):
         self.assertEqual(out, want + b"a OK FETCH completed\r\n")
         self.assertTrue(all(len(m) > 40 for m in messages))
         self.assertEqual(batches, [1, 1, 1, 1])
+
+
+MULTIPART = (
+    b"From: Erin <erin@example.org>\r\n"
+    b"To: alice@example.test\r\n"
+    b"Subject: parts\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n'
+    b"\r\n"
+    b"--b1\r\n"
+    b"Content-Type: text/plain; charset=us-ascii\r\n"
+    b"\r\n"
+    b"first part\r\n"
+    b"--b1\r\n"
+    b"Content-Type: text/html\r\n"
+    b"\r\n"
+    b"<p>second</p>\r\n"
+    b"--b1--\r\n"
+)
+
+ITEMS = (
+    b"(ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE FLAGS)",
+    b"(BODY.PEEK[HEADER.FIELDS (From Subject)] BODY.PEEK[HEADER.FIELDS.NOT (To)])",
+    b"(BODY.PEEK[] BODY.PEEK[TEXT] BODY.PEEK[HEADER] BODY.PEEK[1] BODY.PEEK[2.MIME])",
+    b"(RFC822.HEADER BODY.PEEK[1]<2.5> BODY.PEEK[3] BODY.PEEK[]<0.10>)",
+    b"(BODY.PEEK[HEADER.FIELDS (X-None)] UID INTERNALDATE)",
+)
+
+
+class RenderedItemsTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.patch(fetch, "RENDERED", fetch.RenderedItems())
+        self.h = Harness(self)
+        for n, msg in enumerate((MSG1, MULTIPART, MSG2)):
+            self.h.add(msg, "", T1 + n)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+
+    def test_remembered_items_equal_fresh_renders(self) -> None:
+        """A FETCH answered from the process's rendered items (no file read) is byte for
+        byte the FETCH rendered from the files (RFC 3501 §7.4.2)."""
+        fresh = [self.h.send(b"a FETCH 1:* %s\r\n" % items) for items in ITEMS]
+        self.assertGreater(len(fetch.RENDERED), 0)
+
+        def no_read(mbox: object, msgs: list[object]) -> list[bytes | None]:
+            raise AssertionError("a message file was read for an item rendered before")
+
+        self.patch(fetch, "_read_many", no_read)
+        again = [self.h.send(b"a FETCH 1:* %s\r\n" % items) for items in ITEMS]
+        self.assertEqual(again, fresh)
+        self.assertIn(b"BODY[1]<2> {5}\r\nrst p", fresh[3])
+        self.assertIn(b"BODY[3] NIL", fresh[3])
+
+    def test_non_peek_section_still_sets_seen(self) -> None:
+        """BODY[TEXT] (not PEEK) answered from the rendered items still sets \\Seen
+        (RFC 3501 §6.4.5)."""
+        self.h.send(b"a FETCH 3 (BODY.PEEK[TEXT])\r\n")
+        out = self.h.send(b"a FETCH 3 (BODY[TEXT])\r\n")
+        body = b"second body\r\n"
+        self.assertEqual(
+            out,
+            b"* 3 FETCH (BODY[TEXT] {%d}\r\n%s FLAGS (\\Seen))\r\n"
+            b"a OK FETCH completed\r\n" % (len(body), body),
+        )
+
+
+class RenderedItemsBoundTests(unittest.TestCase):
+    def test_bounded_least_recently_used(self) -> None:
+        """The rendered items never hold more than max_octets (values + overhead): the
+        least recently used go first, and a value over max_item is not kept."""
+        over = fetch.RenderedItems.OVERHEAD
+        kept = fetch.RenderedItems(max_octets=3 * (over + 10), max_item=over + 20)
+        for n in range(3):
+            kept.put(("f", "m%d" % n, b"BODY[]"), b"x" * 10)
+        self.assertEqual(kept.get(("f", "m0", b"BODY[]")), b"x" * 10)  # now the newest
+        kept.put(("f", "m3", b"BODY[]"), b"y" * 10)
+        self.assertIs(kept.get(("f", "m1", b"BODY[]")), fetch._MISSING)
+        self.assertEqual(kept.get(("f", "m0", b"BODY[]")), b"x" * 10)
+        kept.put(("f", "big", b"BODY[]"), b"z" * 21)
+        self.assertIs(kept.get(("f", "big", b"BODY[]")), fetch._MISSING)
+        kept.put(("f", "none", b"BODY[3]"), None)
+        self.assertIsNone(kept.get(("f", "none", b"BODY[3]")))
+        self.assertEqual(len(kept), 3)
+        self.assertLessEqual(kept.octets, kept.max_octets)
+        self.assertEqual(kept.octets, 2 * (over + 10) + over)

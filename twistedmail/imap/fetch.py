@@ -3,7 +3,10 @@
 
 ENVELOPE, BODYSTRUCTURE and BODY are rendered from the stored bytes once
 (L{twistedmail.imap.message}) and then answered from the folder index; a message file is
-read only for the sections asked.  A non-PEEK BODY[] sets C{\\Seen} (§6.4.5; stock Twisted
+read only for the sections asked.  Each process also keeps the items it rendered last
+(L{RenderedItems}: sections, headers, ENVELOPE...; a message file never changes once
+delivered, only its name's flags), so a FETCH of items rendered before neither reads the
+file nor renders again.  A non-PEEK BODY[] sets C{\\Seen} (§6.4.5; stock Twisted
 never set it); a partial fetch sends only the range asked (C{BODY[]<0.20>}; stock Twisted
 sent the whole message, twisted #5613); raw 8-bit headers are sent as they are stored
 (stock Twisted dropped the connection on a non-ASCII header).  The output loop pauses
@@ -13,7 +16,9 @@ connections run between batches.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections import OrderedDict
+from typing import Any, Final
 
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
@@ -123,6 +128,73 @@ def _has_section(part: Any) -> bool:
 
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+_MISSING: Final = object()
+
+
+class RenderedItems:
+    """The FETCH items this process rendered last, by (folder, Maildir base name, item):
+    a bounded LRU on the reactor thread.  A message file's content never changes once it
+    is delivered (RFC 3501 §2.3.1.1: a UID names the same message; Maildir changes only
+    the flags in its name), so an item rendered once is the answer for as long as it is
+    kept.  The value is what goes inside the item (ENVELOPE's parentheses, a section's
+    octets before any partial range), C{None} for a section the message does not have.
+
+    @param max_octets: the values kept add up to at most this (plus L{OVERHEAD} each).
+    @param max_item: a value above this is not kept (it is read from the file again).
+    """
+
+    OVERHEAD = 200
+    """Octets counted per entry besides its value (the key and the LRU's links)."""
+
+    def __init__(self, max_octets: int = 4 << 20, max_item: int = 32 << 10) -> None:
+        self.max_octets = max_octets
+        self.max_item = max_item
+        self.octets = 0
+        self._items: OrderedDict[tuple[str, str, bytes], bytes | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple[str, str, bytes]) -> object:
+        """The value kept for C{key} (made the most recent), else L{_MISSING}."""
+        value = self._items.get(key, _MISSING)
+        if value is not _MISSING:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str, bytes], value: bytes | None) -> None:
+        size = len(value or b"") + self.OVERHEAD
+        if size > self.max_item:
+            return
+        old = self._items.pop(key, _MISSING)
+        if old is not _MISSING:
+            self.octets -= len(old or b"") + self.OVERHEAD  # type: ignore[arg-type]
+        self._items[key] = value
+        self.octets += size
+        while self.octets > self.max_octets:
+            _, gone = self._items.popitem(last=False)
+            self.octets -= len(gone or b"") + self.OVERHEAD
+
+
+RENDERED = RenderedItems()
+"""The process's rendered FETCH items (every session's FETCH shares it)."""
+
+
+def _item_key(part: Any) -> bytes:
+    """What names a content item's value in L{RenderedItems}: its label as echoed
+    (C{RFC822.HEADER} is C{BODY[HEADER]}'s octets, C{RFC822} those of C{BODY[]})."""
+    kind = part.type
+    if kind == "body":
+        return section_label(part) if _has_section(part) else b"BODY"
+    return {
+        "envelope": b"ENVELOPE",
+        "bodystructure": b"BODYSTRUCTURE",
+        "rfc822": b"BODY[]",
+        "rfc822header": b"BODY[HEADER]",
+        "rfc822text": b"BODY[TEXT]",
+    }[kind]
 
 
 READ_AHEAD = 32
@@ -260,17 +332,29 @@ class FetchCommand(MailboxUpdates):
             for p in query
         )
         wants_flags = any(p.type == "flags" for p in query)
+        # the content items this process rendered before (RenderedItems), by position
+        item_keys = [None if p.type in _CHEAP else _item_key(p) for p in query]
+        keys = [key for key in item_keys if key is not None]
+        where = os.fspath(mbox.folder.path)
+        known: dict[int, dict[bytes, bytes | None]] = {}
+        if keys:
+            for i, (_, msg) in enumerate(targets):
+                kept = {key: RENDERED.get((where, msg.entry.base, key)) for key in keys}
+                if _MISSING not in kept.values():
+                    known[i] = kept  # type: ignore[assignment]  # (no _MISSING left)
         # ENVELOPE, BODYSTRUCTURE and BODY come from the folder index once rendered
         part_kinds = {p.type for p in query if _cacheable(p)}
         from_cache = needs_content and all(_cacheable(p) or p.type in _CHEAP for p in query)
         cache: dict[int, CachedParts] = {}
-        if part_kinds:  # (also when other items need the file: not rendered again)
-            cache = await mbox.cached_parts([msg.getUID() for _, msg in targets])
+        unknown = [msg.getUID() for i, (_, msg) in enumerate(targets) if i not in known]
+        if part_kinds and unknown:  # (also when other items need the file: not rendered again)
+            cache = await mbox.cached_parts(unknown)
         # the positions of the messages whose file is read, in order, and those read so far
         wanted = [
             i
             for i, (_, msg) in enumerate(targets)
             if needs_content
+            and i not in known
             and not (from_cache and _has_parts(cache.get(msg.getUID()), part_kinds))
         ]
         loaded: dict[int, bytes | None] = {}
@@ -296,7 +380,8 @@ class FetchCommand(MailboxUpdates):
                 parts = cache.get(msg.getUID())
                 if parts is not None and not _has_parts(parts, part_kinds):
                     parts = None
-                if needs_content and (parts is None or not from_cache):
+                values = known.get(count)
+                if needs_content and values is None and (parts is None or not from_cache):
                     if count not in loaded:
                         while ahead < len(wanted) and wanted[ahead] < count:
                             ahead += 1
@@ -314,9 +399,20 @@ class FetchCommand(MailboxUpdates):
                     if part_kinds and parts is None:
                         parts = render_parts(raw, part_kinds)
                         rendered[(msg.entry.uid, msg.entry.base)] = parts
+                learned: dict[bytes, bytes | None] = {}
                 items = self._fetch_items(
-                    msg, query, raw, uid, flags_changed and not wants_flags, parts
+                    msg,
+                    query,
+                    raw,
+                    uid,
+                    flags_changed and not wants_flags,
+                    parts,
+                    values,
+                    learned,
+                    item_keys,
                 )
+                for key, value in learned.items():
+                    RENDERED.put((where, msg.entry.base, key), value)
                 self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
                 if gate is not None:
                     await gate.wait()
@@ -343,59 +439,62 @@ class FetchCommand(MailboxUpdates):
         uid: bool,
         add_flags: bool,
         parts: CachedParts | None = None,
+        known: dict[bytes, bytes | None] | None = None,
+        learned: dict[bytes, bytes | None] | None = None,
+        item_keys: list[bytes | None] | None = None,
     ) -> list[bytes]:
+        """The items of one FETCH response.  A content item's value comes from C{known}
+        (L{RenderedItems}), else C{parts} (the index), else is rendered from C{raw}; what
+        was not in C{known} is put in C{learned}.  C{item_keys}: L{_item_key} of each item
+        of C{query} (C{None} for those answered from the index alone)."""
         items: list[bytes] = []
         seen_uid = False
-        for part in query:
+        if item_keys is None:
+            item_keys = [None if p.type in _CHEAP else _item_key(p) for p in query]
+        for part, key in zip(query, item_keys, strict=True):
             kind = part.type
             if kind == "flags":
                 items.append(b"FLAGS (" + self._fetch_flags(msg.getFlags()) + b")")
+                continue
             elif kind == "uid":
                 seen_uid = True
                 items.append(b"UID %d" % msg.getUID())
+                continue
             elif kind == "internaldate":
                 items.append(b"INTERNALDATE " + format_internaldate(msg.entry.mtime))
+                continue
             elif kind == "rfc822size":
                 items.append(b"RFC822.SIZE %d" % msg.getSize())
+                continue
             elif kind == "modseq":
                 items.append(b"MODSEQ (%d)" % msg.entry.modseq)
-            elif kind == "envelope" and parts is not None and parts.envelope is not None:
-                items.append(b"ENVELOPE (" + parts.envelope + b")")
-            elif kind == "bodystructure" and parts is not None and parts.bodystructure is not None:
-                items.append(b"BODYSTRUCTURE (" + parts.bodystructure + b")")
-            elif kind == "body" and not _has_section(part) and parts and parts.body is not None:
-                items.append(b"BODY (" + parts.body + b")")
-            elif kind == "envelope":
-                assert raw is not None
-                items.append(b"ENVELOPE (" + encode_sexp(envelope(split_message(raw)[0])) + b")")
+                continue
+            assert key is not None
+            if known is not None and key in known:
+                value = known[key]
+            else:
+                value = _render(part, raw, parts)
+                if learned is not None:
+                    learned[key] = value
+            if kind == "envelope":
+                items.append(b"ENVELOPE (" + value + b")")  # type: ignore[operator]
             elif kind == "bodystructure":
-                assert raw is not None
-                items.append(
-                    b"BODYSTRUCTURE (" + encode_sexp(bodystructure(parse_entity(raw), True)) + b")"
-                )
-            elif kind == "rfc822":
-                assert raw is not None
-                items.append(b"RFC822 " + _literal(raw))
-            elif kind == "rfc822header":
-                assert raw is not None
-                items.append(b"RFC822.HEADER " + _literal(split_message(raw)[0]))
-            elif kind == "rfc822text":
-                assert raw is not None
-                items.append(b"RFC822.TEXT " + _literal(split_message(raw)[1]))
+                items.append(b"BODYSTRUCTURE (" + value + b")")  # type: ignore[operator]
             elif kind == "body" and not _has_section(part):
-                assert raw is not None
-                items.append(
-                    b"BODY (" + encode_sexp(bodystructure(parse_entity(raw), False)) + b")"
-                )
-            elif kind == "body":
-                assert raw is not None
-                data = section_data(raw, part)
-                label = section_label(part)
-                if data is None:
+                items.append(b"BODY (" + value + b")")  # type: ignore[operator]
+            elif kind == "rfc822":
+                items.append(b"RFC822 " + _literal(value))  # type: ignore[arg-type]
+            elif kind == "rfc822header":
+                items.append(b"RFC822.HEADER " + _literal(value))  # type: ignore[arg-type]
+            elif kind == "rfc822text":
+                items.append(b"RFC822.TEXT " + _literal(value))  # type: ignore[arg-type]
+            else:
+                label = key  # (L{section_label})
+                if value is None:
                     items.append(label + b" NIL")
                 else:
                     # RFC 3501 §7.4.2: a partial answer echoes only the origin, BODY[...]<0>
-                    data, origin = partial(data, part)
+                    data, origin = partial(value, part)
                     items.append(label + origin + b" " + _literal(data))
         if add_flags:
             items.append(b"FLAGS (" + self._fetch_flags(msg.getFlags()) + b")")
@@ -405,3 +504,32 @@ class FetchCommand(MailboxUpdates):
         if uid and not seen_uid:
             items.append(b"UID %d" % msg.getUID())  # RFC 3501 §6.4.8: UID FETCH includes UID
         return items
+
+
+def _render(part: Any, raw: bytes | None, parts: CachedParts | None) -> bytes | None:
+    """The value of one content item (see L{RenderedItems}): from the index's C{parts}
+    when they hold it, else rendered from the message's bytes."""
+    kind = part.type
+    if kind == "envelope":
+        if parts is not None and parts.envelope is not None:
+            return parts.envelope
+        assert raw is not None
+        return encode_sexp(envelope(split_message(raw)[0]))
+    if kind == "bodystructure":
+        if parts is not None and parts.bodystructure is not None:
+            return parts.bodystructure
+        assert raw is not None
+        return encode_sexp(bodystructure(parse_entity(raw), True))
+    if kind == "body" and not _has_section(part):
+        if parts is not None and parts.body is not None:
+            return parts.body
+        assert raw is not None
+        return encode_sexp(bodystructure(parse_entity(raw), False))
+    assert raw is not None
+    if kind == "rfc822":
+        return raw
+    if kind == "rfc822header":
+        return split_message(raw)[0]
+    if kind == "rfc822text":
+        return split_message(raw)[1]
+    return section_data(raw, part)

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from twistedmail.maildir import ChangeNotifier
+from twistedmail.maildir.ownchanges import ARRIVED, LEFT, OWN
 
 log = Logger(namespace="twistedmail.imap.watch")
 
@@ -47,6 +48,9 @@ WATCHED = ("new", "cur")
 """The directories of a Maildir folder whose entries are its messages."""
 
 MASK = 0x100 | 0x80 | 0x40 | 0x200  # IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
+_ARRIVING = 0x100 | 0x80
+_LEAVING = 0x40 | 0x200
+_OVERFLOW = 0x4000  # IN_Q_OVERFLOW: events were lost (any folder may have changed)
 """A message arrives (created or renamed in), is renamed (flags) or goes away; C{IN_ATTRIB}
 is not needed: Maildir flags live in the file name."""
 
@@ -81,7 +85,9 @@ if _inotify is not None:
             """Each watched directory with events in C{in_} gets one call of its callbacks
             (the directory's path, its events' masks together), in the order the kernel
             queued them; a deleted one (C{IN_DELETE_SELF}) is dropped and the descriptor
-            closed, as Twisted does."""
+            closed, as Twisted does.  The events of this process's own renames and unlinks
+            (L{twistedmail.maildir.ownchanges}) are consumed there and call nothing; a lost
+            queue (C{IN_Q_OVERFLOW}) calls every watched directory's."""
             buffer = self._buffer + in_
             end, at = len(buffer), 0
             masks: dict[int, int] = {}
@@ -89,7 +95,18 @@ if _inotify is not None:
                 wd, mask, _cookie, size = struct.unpack_from("=LLLL", buffer, at)
                 if end - at < 16 + size:
                     break  # (the kernel gives whole events; kept for the next read)
+                name = buffer[at + 16 : at + 16 + size].rstrip(b"\0")
                 at += 16 + size
+                if mask & _OVERFLOW:
+                    for every in self._watchpoints:
+                        masks[every] = masks.get(every, 0) | mask
+                    continue
+                kind = ARRIVED if mask & _ARRIVING else LEFT if mask & _LEAVING else None
+                watch = self._watchpoints.get(wd)
+                if kind is not None and name and watch is not None:
+                    directory = os.fsdecode(watch.path.asBytesMode().path)
+                    if OWN.seen(directory, os.fsdecode(name), kind):
+                        continue  # our own change: its notice is sent by L{changed}
                 masks[wd] = masks.get(wd, 0) | mask
             self._buffer = buffer[at:]
             deleted = False
@@ -166,6 +183,7 @@ class FolderWatcher(ChangeNotifier):
             pending = self._pending.pop(path, None)
             if pending is not None and pending.active():
                 pending.cancel()
+            OWN.settle(os.fspath(path))
         super().changed(path)
 
     def subscribe(self, path: Path, callback: Callable[[], None]) -> None:
@@ -219,6 +237,7 @@ class FolderWatcher(ChangeNotifier):
                 )
             else:
                 self._watched[path] = added
+                OWN.watch(os.fspath(path))
                 return
         self._polled[path] = self._stamps(path)
         if self._poll is None:
@@ -229,6 +248,7 @@ class FolderWatcher(ChangeNotifier):
             )
 
     def _unwatch(self, path: Path) -> None:
+        OWN.unwatch(os.fspath(path))
         for directory in self._watched.pop(path, []):
             self._ignore(directory)
         pending = self._pending.pop(path, None)
@@ -275,6 +295,7 @@ class FolderWatcher(ChangeNotifier):
 
     def _event(self, path: Path) -> None:
         """Something changed in C{path}: tell its sessions once the burst is over."""
+        OWN.distrust(os.fspath(path))  # (not our own change: its rescan lists the folder)
         if path in self._pending or path not in self._listeners or path == self._draining:
             return
         self._pending[path] = self.reactor.callLater(self.delay, self._fire, path)

@@ -55,6 +55,7 @@ from twistedmail.maildir.names import (
     to_crlf,
     wire_size,
 )
+from twistedmail.maildir.ownchanges import ARRIVED, LEFT, OWN
 from twistedmail.maildir.snapshot import (
     KEYWORD_MAPS,
     MessageEntry,
@@ -269,7 +270,10 @@ class Folder:
         if index_ino != snapshot.index_ino:
             return None  # the index was rebuilt (its MODSEQs are not the snapshot's)
         last = max(current.new_ns, current.cur_ns, current.uidlist_ns)
-        settled = current == snapshot.stamps and snapshot.verified_ns - last >= DIRTY_NS
+        # (or inotify saw no change since our own last one left these stamps: ownchanges)
+        settled = current == snapshot.stamps and (
+            snapshot.verified_ns - last >= DIRTY_NS or OWN.trusted(os.fspath(self.path)) == current
+        )
         if not settled:
             old = snapshot.stamps
             if (current.uidlist_ns, current.uidlist_size, current.uidlist_ino) != (
@@ -278,6 +282,7 @@ class Folder:
                 old.uidlist_ino,
             ):
                 return None  # UIDs given out or dropped
+            OWN.listing(os.fspath(self.path))
             if not self._listed_as(snapshot):
                 return None
             state = read_state(self.path)
@@ -478,10 +483,12 @@ class Folder:
         the other sessions' rescans need no lock (L{_unchanged})."""
         started = now_ns()
         changed = snapshot.then(index.highestmodseq, rows, gone)
+        stamps = self._stamps()
+        OWN.changed(os.fspath(self.path), stamps)
         return attrs.evolve(
             changed,
             uidnext=index.uidnext,
-            stamps=self._stamps(),
+            stamps=stamps,
             verified_ns=started,
             index_ino=snapshot.index_ino,
             recent=snapshot.recent | recent,
@@ -813,6 +820,8 @@ class Folder:
                         if path.name == new_name and path.parent.name == "cur":
                             done.append(entry._replace(filename=new_name, modseq=seen))
                             break
+                        OWN.expect(os.fspath(path.parent), path.name, LEFT)
+                        OWN.expect(self._cur, new_name, ARRIVED)
                         try:
                             os.rename(path, self.path / "cur" / new_name)
                         except FileNotFoundError:
@@ -862,6 +871,7 @@ class Folder:
                         path = self.open(entry)
                         if flagged and flagged not in split_name(path.name)[1]:
                             continue
+                        OWN.expect(os.fspath(path.parent), path.name, LEFT)
                         os.unlink(path)
                     except (FileNotFoundError, MaildirError):
                         continue
