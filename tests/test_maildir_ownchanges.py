@@ -179,3 +179,17 @@ def test_our_expunge_is_trusted_and_unwatch_forgets(setup: Setup) -> None:
     assert result.expunged == (2,)
     setup.watcher.unsubscribe(setup.root, setup.notice)
     assert OWN.trusted(os.fspath(setup.root)) is None
+
+
+def test_outside_change_between_two_of_ours_is_seen(setup: Setup) -> None:
+    """Another program's rename read with our first STORE's events, then a second STORE of
+    ours with no outside event: the folder is not listed since the outside rename, so it
+    is not trusted and the next rescan (NOOP, RFC 3501 §6.1.2) reports that rename."""
+    first, second = [e for e in setup.folder.scan().messages if e.uid in (1, 2)]
+    setup.folder.change_flags_many([(first, FlagChange(add="S"))])
+    setup.outside_rename(2, "F")  # (UID 3)
+    setup.watcher.changed(setup.root)
+    setup.folder.change_flags_many([(second, FlagChange(add="S"))])
+    setup.watcher.changed(setup.root)
+    result = setup.rescan()
+    assert sorted((e.uid, e.flags) for e in result.messages) == [(1, "S"), (2, "S"), (3, "F")]
