@@ -181,6 +181,33 @@ def test_our_expunge_is_trusted_and_unwatch_forgets(setup: Setup) -> None:
     assert OWN.trusted(os.fspath(setup.root)) is None
 
 
+def test_outside_unlink_of_a_file_we_were_expunging_is_seen(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program deletes a message file between our EXPUNGE's look-up and its unlink:
+    its IN_DELETE looks like ours, but the rescan still lists the folder and reports that
+    message expunged too (RFC 3501 §7.4.1), not keeps it for good."""
+    entries = [e for e in setup.folder.scan().messages if e.uid in (1, 2)]
+    cur = setup.root / "cur"
+    st = os.stat(cur)
+    opened = Folder.open
+
+    def racing(folder: Folder, entry: Any) -> Path:
+        path = opened(folder, entry)
+        if entry.uid == 2:
+            os.unlink(path)  # (the other program, within the same mtime tick)
+            os.utime(cur, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return path
+
+    monkeypatch.setattr(Folder, "open", racing)
+    removed = setup.folder.remove_many(entries)
+    monkeypatch.setattr(Folder, "open", opened)
+    assert [e.uid for e in removed] == [1]
+    setup.watcher.changed(setup.root)
+    result = setup.rescan()
+    assert result.expunged == (1, 2)
+
+
 def test_outside_change_between_two_of_ours_is_seen(setup: Setup) -> None:
     """Another program's rename read with our first STORE's events, then a second STORE of
     ours with no outside event: the folder is not listed since the outside rename, so it

@@ -824,7 +824,8 @@ class Folder:
                         OWN.expect(self._cur, new_name, ARRIVED)
                         try:
                             os.rename(path, self.path / "cur" / new_name)
-                        except FileNotFoundError:
+                        except FileNotFoundError:  # (its event looks like ours)
+                            OWN.distrust(os.fspath(self.path))
                             listing = None
                             continue
                         renamed.append((entry.uid, new_name))
@@ -873,7 +874,9 @@ class Folder:
                             continue
                         OWN.expect(os.fspath(path.parent), path.name, LEFT)
                         os.unlink(path)
-                    except (FileNotFoundError, MaildirError):
+                    except (FileNotFoundError, MaildirError) as e:
+                        if isinstance(e, FileNotFoundError):  # (its event looks like ours)
+                            OWN.distrust(os.fspath(self.path))
                         continue
                     removed.append(entry)
                     if entry.uid in indexed:
