@@ -347,6 +347,7 @@ class Folder:
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
         started = now_ns()
+        OWN.listing(os.fspath(self.path))  # (new/ and cur/ are listed below)
         uidvalidity, uidnext, guid, uids = uidlist.read(self.path)
         changed = False
         if uidvalidity == 0:
