@@ -6,6 +6,7 @@ one that leaves the directories' mtimes as they were, is still seen by the next 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from twistedmail.imap.watch import DELAY, FolderWatcher
+from twistedmail.index import FolderIndex
 from twistedmail.maildir import FlagChange, Folder, make_maildir
 from twistedmail.maildir.ownchanges import OWN
 
@@ -220,3 +222,28 @@ def test_outside_change_between_two_of_ours_is_seen(setup: Setup) -> None:
     setup.watcher.changed(setup.root)
     result = setup.rescan()
     assert sorted((e.uid, e.flags) for e in result.messages) == [(1, "S"), (2, "S"), (3, "F")]
+
+
+def test_change_of_ours_that_fails_midway_is_not_trusted(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our STORE renames a file, then its index write fails: its rename is on disk but in
+    no snapshot, so the trust our earlier change left is taken back and the next rescan
+    (NOOP, RFC 3501 §6.1.2) lists the folder and reports the new flags."""
+    (entry,) = [e for e in setup.folder.scan().messages if e.uid == 2]
+    setup.store_seen(1)
+    cur = setup.root / "cur"
+    st = os.stat(cur)
+
+    def broken(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    rename = FolderIndex.rename
+    monkeypatch.setattr(FolderIndex, "rename", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        setup.folder.change_flags_many([(entry, FlagChange(add="S"))])
+    monkeypatch.setattr(FolderIndex, "rename", rename)
+    os.utime(cur, ns=(st.st_atime_ns, st.st_mtime_ns))  # (within the same mtime tick)
+    setup.real[0].doRead()
+    result = setup.rescan()
+    assert sorted((e.uid, e.flags) for e in result.messages) == [(1, "S"), (2, "S")]

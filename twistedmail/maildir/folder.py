@@ -118,15 +118,20 @@ class Folder:
             it is kept once the index committed to disk, still under the lock (so the next
             change under the lock finds it, L{_in_step})."""
         with self._locked():
-            with FolderIndex(self.path) as index:
-                if index.created:
-                    fresh = not (self.path / UIDLIST).exists()
-                    index.start(1 if fresh else int(time.time() * 1000))
-                elif index.stale_sizes:
-                    _snapshots.forget(self.path)  # sizes change without a MODSEQ
-                    self._measure_again(index)
-                    index.sizes_measured()
-                yield index
+            try:
+                with FolderIndex(self.path) as index:
+                    if index.created:
+                        fresh = not (self.path / UIDLIST).exists()
+                        index.start(1 if fresh else int(time.time() * 1000))
+                    elif index.stale_sizes:
+                        _snapshots.forget(self.path)  # sizes change without a MODSEQ
+                        self._measure_again(index)
+                        index.sizes_measured()
+                    yield index
+            except BaseException:
+                # a change of ours may be on disk but in no snapshot: the next rescan lists
+                OWN.distrust(os.fspath(self.path))
+                raise
             if keep and not index.degraded:
                 _snapshots.keep(self.path, keep[-1])
 
