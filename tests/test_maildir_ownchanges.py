@@ -6,6 +6,7 @@ one that leaves the directories' mtimes as they were, is still seen by the next 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from twistedmail.imap.watch import DELAY, FolderWatcher
+from twistedmail.index import FolderIndex
 from twistedmail.maildir import FlagChange, Folder, make_maildir
 from twistedmail.maildir.ownchanges import OWN
 
@@ -179,3 +181,69 @@ def test_our_expunge_is_trusted_and_unwatch_forgets(setup: Setup) -> None:
     assert result.expunged == (2,)
     setup.watcher.unsubscribe(setup.root, setup.notice)
     assert OWN.trusted(os.fspath(setup.root)) is None
+
+
+def test_outside_unlink_of_a_file_we_were_expunging_is_seen(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program deletes a message file between our EXPUNGE's look-up and its unlink:
+    its IN_DELETE looks like ours, but the rescan still lists the folder and reports that
+    message expunged too (RFC 3501 §7.4.1), not keeps it for good."""
+    entries = [e for e in setup.folder.scan().messages if e.uid in (1, 2)]
+    cur = setup.root / "cur"
+    st = os.stat(cur)
+    opened = Folder.open
+
+    def racing(folder: Folder, entry: Any) -> Path:
+        path = opened(folder, entry)
+        if entry.uid == 2:
+            os.unlink(path)  # (the other program, within the same mtime tick)
+            os.utime(cur, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return path
+
+    monkeypatch.setattr(Folder, "open", racing)
+    removed = setup.folder.remove_many(entries)
+    monkeypatch.setattr(Folder, "open", opened)
+    assert [e.uid for e in removed] == [1]
+    setup.watcher.changed(setup.root)
+    result = setup.rescan()
+    assert result.expunged == (1, 2)
+
+
+def test_outside_change_between_two_of_ours_is_seen(setup: Setup) -> None:
+    """Another program's rename read with our first STORE's events, then a second STORE of
+    ours with no outside event: the folder is not listed since the outside rename, so it
+    is not trusted and the next rescan (NOOP, RFC 3501 §6.1.2) reports that rename."""
+    first, second = [e for e in setup.folder.scan().messages if e.uid in (1, 2)]
+    setup.folder.change_flags_many([(first, FlagChange(add="S"))])
+    setup.outside_rename(2, "F")  # (UID 3)
+    setup.watcher.changed(setup.root)
+    setup.folder.change_flags_many([(second, FlagChange(add="S"))])
+    setup.watcher.changed(setup.root)
+    result = setup.rescan()
+    assert sorted((e.uid, e.flags) for e in result.messages) == [(1, "S"), (2, "S"), (3, "F")]
+
+
+def test_change_of_ours_that_fails_midway_is_not_trusted(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our STORE renames a file, then its index write fails: its rename is on disk but in
+    no snapshot, so the trust our earlier change left is taken back and the next rescan
+    (NOOP, RFC 3501 §6.1.2) lists the folder and reports the new flags."""
+    (entry,) = [e for e in setup.folder.scan().messages if e.uid == 2]
+    setup.store_seen(1)
+    cur = setup.root / "cur"
+    st = os.stat(cur)
+
+    def broken(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    rename = FolderIndex.rename
+    monkeypatch.setattr(FolderIndex, "rename", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        setup.folder.change_flags_many([(entry, FlagChange(add="S"))])
+    monkeypatch.setattr(FolderIndex, "rename", rename)
+    os.utime(cur, ns=(st.st_atime_ns, st.st_mtime_ns))  # (within the same mtime tick)
+    setup.real[0].doRead()
+    result = setup.rescan()
+    assert sorted((e.uid, e.flags) for e in result.messages) == [(1, "S"), (2, "S")]

@@ -118,15 +118,20 @@ class Folder:
             it is kept once the index committed to disk, still under the lock (so the next
             change under the lock finds it, L{_in_step})."""
         with self._locked():
-            with FolderIndex(self.path) as index:
-                if index.created:
-                    fresh = not (self.path / UIDLIST).exists()
-                    index.start(1 if fresh else int(time.time() * 1000))
-                elif index.stale_sizes:
-                    _snapshots.forget(self.path)  # sizes change without a MODSEQ
-                    self._measure_again(index)
-                    index.sizes_measured()
-                yield index
+            try:
+                with FolderIndex(self.path) as index:
+                    if index.created:
+                        fresh = not (self.path / UIDLIST).exists()
+                        index.start(1 if fresh else int(time.time() * 1000))
+                    elif index.stale_sizes:
+                        _snapshots.forget(self.path)  # sizes change without a MODSEQ
+                        self._measure_again(index)
+                        index.sizes_measured()
+                    yield index
+            except BaseException:
+                # a change of ours may be on disk but in no snapshot: the next rescan lists
+                OWN.distrust(os.fspath(self.path))
+                raise
             if keep and not index.degraded:
                 _snapshots.keep(self.path, keep[-1])
 
@@ -347,6 +352,7 @@ class Folder:
     def _sync(self, index: FolderIndex, unsaved: list[MessageEntry]) -> dict[str, int]:
         """The full sync of L{scan}, under the lock; returns {base: uid} moved from new/."""
         started = now_ns()
+        OWN.listing(os.fspath(self.path))  # (new/ and cur/ are listed below)
         uidvalidity, uidnext, guid, uids = uidlist.read(self.path)
         changed = False
         if uidvalidity == 0:
@@ -824,7 +830,8 @@ class Folder:
                         OWN.expect(self._cur, new_name, ARRIVED)
                         try:
                             os.rename(path, self.path / "cur" / new_name)
-                        except FileNotFoundError:
+                        except FileNotFoundError:  # (its event looks like ours)
+                            OWN.distrust(os.fspath(self.path))
                             listing = None
                             continue
                         renamed.append((entry.uid, new_name))
@@ -873,7 +880,9 @@ class Folder:
                             continue
                         OWN.expect(os.fspath(path.parent), path.name, LEFT)
                         os.unlink(path)
-                    except (FileNotFoundError, MaildirError):
+                    except (FileNotFoundError, MaildirError) as e:
+                        if isinstance(e, FileNotFoundError):  # (its event looks like ours)
+                            OWN.distrust(os.fspath(self.path))
                         continue
                     removed.append(entry)
                     if entry.uid in indexed:

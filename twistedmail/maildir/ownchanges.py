@@ -90,10 +90,14 @@ class OwnChanges:
             return True
 
     def distrust(self, folder: str) -> None:
-        """Someone else changed C{folder} (or may have): list it at the next rescan."""
+        """Someone else changed C{folder} (or may have): list it at the next rescan, and
+        trust nothing before a listing: our next change's stamps cover that change too,
+        unlisted (the change's snapshot follows the one kept, not the directories)."""
         with self._lock:
             self._foreign.add(folder)
             self._trusted.pop(folder, None)
+            if folder in self._watched:
+                self._unlisted.add(folder)
 
     def settle(self, folder: str) -> None:
         """After our change's notice read the pending events: trust the stamps our last
