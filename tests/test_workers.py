@@ -22,7 +22,14 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from twistedmail.config import DEFAULT_WORKERS, ConfigError, load_config, parse_config
-from twistedmail.limits import Admission, Anvil, ConnectionLimit, LocalShare, refusal_for
+from twistedmail.limits import (
+    RATE_REFUSED,
+    Admission,
+    Anvil,
+    ConnectionLimit,
+    LocalShare,
+    refusal_for,
+)
 from twistedmail.metrics import CombinedRegistry, samples
 from twistedmail.rate import HourlyRate
 from twistedmail.throttle import LoginThrottle, ThrottlePolicy
@@ -252,15 +259,22 @@ class WorkerLogLinesTests(unittest.TestCase):
 class _AskedShare(LocalShare):
     """A worker's view of the parent's anvil: every answer waits until L{answer}."""
 
-    def __init__(self, anvil: Anvil, owner: object) -> None:
+    remote = True  # type: ignore[assignment]
+
+    def __init__(self, anvil: Anvil, owner: object, parent: ConnectionLimit | None = None) -> None:
         super().__init__(anvil, owner)
+        self.parent = parent  # the parent's listener, which counts the connection rate
         self.waiting: list[tuple[defer.Deferred[Admission], Admission]] = []
 
     def connect(  # type: ignore[override]
-        self, service: str, key: str, max_connections: int, max_per_ip: int
+        self, service: str, key: str, max_connections: int, max_per_ip: int, ip: str = ""
     ) -> defer.Deferred[Admission]:
         d: defer.Deferred[Admission] = defer.Deferred()
-        self.waiting.append((d, super().connect(service, key, max_connections, max_per_ip)))
+        if self.parent is not None and self.parent.over_rate(key, ip or key):  # (as _admit)
+            result: Admission = (False, RATE_REFUSED, RATE_REFUSED)
+        else:
+            result = super().connect(service, key, max_connections, max_per_ip)
+        self.waiting.append((d, result))
         return d
 
     def answer(self) -> None:
@@ -269,11 +283,11 @@ class _AskedShare(LocalShare):
             d.callback(result)
 
 
-def _limited(share: Any) -> ConnectionLimit:
+def _limited(share: Any, max_per_ip: int = 2) -> ConnectionLimit:
     limit = ConnectionLimit(
         Factory.forProtocol(_Greeter),
         max_connections=10,
-        max_per_ip=2,
+        max_per_ip=max_per_ip,
         refusal=refusal_for("smtp", "mail.example.test"),
         service="smtp",
     )
@@ -318,6 +332,30 @@ class SharedLimitsTests(unittest.TestCase):
         _, again = _open(worker_limit)
         worker.answer()
         self.assertEqual(again.value(), b"220 hi\r\n")
+        self.assertEqual(dict(anvil.connections), {("smtp", IP): 2})
+
+    def test_the_connection_rate_is_counted_once_for_every_process(self) -> None:
+        """smtp_connections_per_ip_hour = 2 with a worker: the parent counts the attempts
+        of every process (a worker asks with its admission) and the third is refused with
+        the rate's refusal whichever process takes it; a worker counts none itself (its
+        count was replayed from the others' events, late when they came fast)."""
+        clock, anvil = Clock(), Anvil()
+        parent_limit = _limited(LocalShare(anvil), max_per_ip=10)
+        worker = _AskedShare(anvil, "worker", parent_limit)
+        worker_limit = _limited(worker, max_per_ip=10)
+        for limit in (parent_limit, worker_limit):
+            limit.rate, limit.rate_refusal = HourlyRate(2, clock), b"421 4.7.0 rate\r\n"
+        self.assertEqual(_open(parent_limit)[1].value(), b"220 hi\r\n")
+        _, in_worker = _open(worker_limit)
+        worker.answer()
+        self.assertEqual(in_worker.value(), b"220 hi\r\n")
+        _, over = _open(worker_limit)
+        worker.answer()
+        self.assertEqual(over.value(), b"421 4.7.0 rate\r\n")
+        self.assertTrue(over.disconnecting)
+        self.assertEqual(_open(parent_limit)[1].value(), b"421 4.7.0 rate\r\n")
+        assert worker_limit.rate is not None and parent_limit.rate is not None
+        self.assertEqual((worker_limit.rate.count(IP), parent_limit.rate.count(IP)), (0, 3))
         self.assertEqual(dict(anvil.connections), {("smtp", IP): 2})
 
     def test_a_dead_workers_counts_are_dropped(self) -> None:

@@ -95,15 +95,22 @@ def rate_refusal(hostname: str) -> bytes:
 
 Admission = tuple[bool, int, int]
 """The answer to a connection: (admitted, open from the client's IP, open in all), the
-counts as they were before this connection."""
+counts as they were before this connection; L{RATE_REFUSED} as the counts: refused over
+the connection rate (L{ConnectionLimit.over_rate})."""
+
+RATE_REFUSED = -1
 
 
 class Share(TypingProtocol):
     """Where a process's connection and session counts are kept for the whole server: the
     parent's L{Anvil} (L{LocalShare}), or the parent asked by a worker."""
 
+    remote: bool
+    """Whether the counts are another process's (a worker asks the parent, which also
+    counts the connection rate, L{ConnectionLimit.over_rate})."""
+
     def connect(
-        self, service: str, key: str, max_connections: int, max_per_ip: int
+        self, service: str, key: str, max_connections: int, max_per_ip: int, ip: str = ""
     ) -> Admission | Deferred[Admission]: ...
 
     def disconnect(self, service: str, key: str) -> None: ...
@@ -185,10 +192,14 @@ def _decrement(counter: Counter[Any], key: Any) -> None:
 class LocalShare:
     """The parent's own view of its L{Anvil}: counted at once, without a round trip."""
 
+    remote = False
+
     def __init__(self, anvil: Anvil, owner: object = "parent") -> None:
         self.anvil, self.owner = anvil, owner
 
-    def connect(self, service: str, key: str, max_connections: int, max_per_ip: int) -> Admission:
+    def connect(
+        self, service: str, key: str, max_connections: int, max_per_ip: int, ip: str = ""
+    ) -> Admission:
         return self.anvil.connect(self.owner, service, key, max_connections, max_per_ip)
 
     def disconnect(self, service: str, key: str) -> None:
@@ -267,11 +278,15 @@ class _Counted(ProtocolWrapper):
             return
         transport.resumeProducing()  # over TLS the handshake goes on (the refusal is in it)
         if not ok:
-            factory.refused(self.peer_key, count, total)
+            if count == RATE_REFUSED:  # over the connection rate: the parent logged it
+                refusal = factory.rate_refusal
+            else:
+                factory.refused(self.peer_key, count, total)
+                refusal = factory.refusal
             clock = factory.clock
             if clock is not None:
                 self._grace = clock.callLater(factory.close_grace, self._abort)
-            transport.write(factory.refusal)
+            transport.write(refusal)
             transport.loseConnection()
             return
         self.shared_slot = True
@@ -418,21 +433,36 @@ class ConnectionLimit(WrappingFactory):
     rate_refusal: bytes = b""
     """What a client over L{rate} gets (L{rate_refusal})."""
 
+    def over_rate(self, key: str, ip: str) -> bool:
+        """Count a connection attempt from C{ip} (its key C{key}) against L{rate}, refused
+        ones too (as Postfix's anvil counts them), and say whether it is over the limit (the
+        line fail2ban matches is logged).  With workers the parent counts every process's
+        attempts here, asked with the admission (L{twistedmail.workers}): one count, exact
+        for the whole server, where replaying each process's events in the others let a
+        connection through while the others' events were on their way."""
+        if self.rate is None:
+            return False
+        self.rate.record(key)
+        if self.rate.count(key) <= self.rate.limit:
+            return False
+        log.warn(
+            "{service}: client [{ip}] over {limit} connections per hour",
+            service=self.service,
+            ip=ip,
+            limit=self.rate.limit,
+        )
+        return True
+
     def buildProtocol(self, addr: IAddress | None) -> Any:
         ip = str(getattr(addr, "host", addr))
         key = ip_key(ip)
-        if self.rate is not None:
-            self.rate.record(key)  # attempts count, refused ones too (as Postfix's anvil)
-            if self.rate.count(key) > self.rate.limit:
-                log.warn(
-                    "{service}: client [{ip}] over {limit} connections per hour",
-                    service=self.service,
-                    ip=ip,
-                    limit=self.rate.limit,
-                )
-                return _Refused(self.rate_refusal, self.clock, self.close_grace)
+        remote = self.shared is not None and self.shared.remote
+        if not remote and self.over_rate(key, ip):
+            return _Refused(self.rate_refusal, self.clock, self.close_grace)
         if self.shared is not None:
-            answer = self.shared.connect(self.service, key, self.max_connections, self.max_per_ip)
+            answer = self.shared.connect(
+                self.service, key, self.max_connections, self.max_per_ip, ip
+            )
             if isinstance(answer, Deferred):  # a worker: greeted once the parent answers
                 wrapper = cast(_Counted, super().buildProtocol(addr))
                 wrapper.peer_key = key

@@ -636,9 +636,8 @@ class MailServer(MultiService):
         )
         per_ip_hour = config.antispam.smtp_connections_per_ip_hour
         for name, factory in factories.items():
+            # (not shared as the other rates: with workers the parent counts every attempt)
             rate = HourlyRate(per_ip_hour, reactor) if name == "smtp" and per_ip_hour else None
-            if rate is not None:
-                self.rates[f"{name}.connections_per_ip"] = rate
             # Connections over [limits] get the protocol's polite refusal (issue 5).
             limited = ConnectionLimit(
                 factory,

@@ -50,9 +50,11 @@ hold in every process goes through the parent, one JSON object a line:
   - the failed-login throttle: every outcome (failure, success, the admin's unblock) is
     replayed in every other process (L{twistedmail.throttle.LoginThrottle.share}), so a block
     made in one worker holds in all; a worker started later gets the parent's state first;
-  - the hourly rates (submission per user, port 25 per IP; L{twistedmail.rate.HourlyRate}):
-    likewise, so a limit holds across processes (overrun only by events accepted in the same
-    few milliseconds by two processes);
+  - the hourly rates of messages (submission per user, port 25 per IP;
+    L{twistedmail.rate.HourlyRate}): likewise, so a limit holds across processes (overrun
+    only by events accepted in the same few milliseconds by two processes); the connection
+    rate per IP on port 25 is counted by the parent alone, asked with each connection's
+    admission (below), so it is exact;
   - the CLI's requests: C{twistedmail connections} and C{status} add up every process's open
     connections, a password change flushes the login cache of every process, C{/metrics}
     adds every worker's counters and histograms (gathered at each scrape);
@@ -123,7 +125,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from twistedmail.dns import quiet_dns_client
-from twistedmail.limits import Admission, Anvil, LocalShare
+from twistedmail.limits import RATE_REFUSED, Admission, Anvil, LocalShare
 from twistedmail.loglines import FLUSH_EVERY, LogLines, LogSink, fd_writer, log_sink
 from twistedmail.service import MailServer
 from twistedmail.wire import balance_accepts
@@ -668,9 +670,13 @@ class Supervisor(Service):
             return
         if message["op"] == "connect":
             limit = self.server.connection_limits[message["service"]]
-            answer = self.anvil.connect(
-                process, limit.service, str(message["key"]), limit.max_connections, limit.max_per_ip
-            )
+            key = str(message["key"])
+            if limit.over_rate(key, str(message.get("ip") or key)):
+                answer: Admission = (False, RATE_REFUSED, RATE_REFUSED)
+            else:
+                answer = self.anvil.connect(
+                    process, limit.service, key, limit.max_connections, limit.max_per_ip
+                )
         else:
             users = self.server.imap_user_limit
             answer = self.anvil.session(
@@ -739,10 +745,12 @@ class ParentLink(LineOnlyReceiver):
         self.send(message)
         return d
 
+    remote = True  # the parent counts (and checks the connection rate: ConnectionLimit)
+
     def connect(
-        self, service: str, key: str, max_connections: int, max_per_ip: int
+        self, service: str, key: str, max_connections: int, max_per_ip: int, ip: str = ""
     ) -> defer.Deferred[Admission]:
-        return self._question({"op": "connect", "service": service, "key": key})
+        return self._question({"op": "connect", "service": service, "key": key, "ip": ip})
 
     def disconnect(self, service: str, key: str) -> None:
         self.send({"op": "disconnect", "service": service, "key": key})
