@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 from e2e_server import LineClient, Server, client_tls, imap_client, running
+from test_e2e_imap_deleted import _rest
 
 USER_GONE = [
     b"NO [NONEXISTENT] Account was deleted, have to disconnect.",
@@ -31,15 +32,6 @@ def _session(server: Server, folder: str | None = None) -> LineClient:
         c.send(b's SELECT "%s"\r\n' % folder.encode())
         assert c.until(lambda line: line.startswith(b"s ")).startswith(b"s OK")
     return c
-
-
-def _rest(c: LineClient) -> list[bytes]:
-    lines = []
-    try:
-        while True:
-            lines.append(c.line())
-    except (EOFError, TimeoutError):
-        return lines
 
 
 def test_user_deleted_then_append_create_and_select(tmp_path: Path) -> None:

@@ -558,9 +558,7 @@ class AuthenticatedCommands(MailboxUpdates):
             # the selected folder was deleted and made again, and the message is stored in
             # the new one: say so (a NO would make the client store it twice), then BYE
             self.sendPositiveResponse(tag, done)
-            self.sendLine(b"* BYE [" + e.code + b"] " + e.text)
-            self.clearLineBuffer()
-            self.transport.loseConnection()
+            self.bye(b"[" + e.code + b"] " + e.text)
             return None
         return done
 

@@ -290,6 +290,13 @@ class IMAPProtocol(imap4.IMAP4Server):
             self._send_expunges()
         self.sendPositiveResponse(tag, text)
 
+    def bye(self, text: bytes) -> None:
+        """C{* BYE text} and the close: nothing the client sent after it is run (RFC 3501
+        §7.1.5); the one way every BYE but LOGOUT's and an overlong line's is said."""
+        self.sendLine(b"* BYE " + text)
+        self.clearLineBuffer()
+        self.transport.loseConnection()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"* BYE [TOOBIG] Command line too long")
         self.transport.loseConnection()
@@ -305,9 +312,7 @@ class IMAPProtocol(imap4.IMAP4Server):
                 self._inflater.feed(data, super().dataReceived, self._input_stopped)
             except CompressionError as e:
                 log.info("imap bad deflate data session={session}: {e}", session=self.session, e=e)
-                self.sendLine(b"* BYE [CLIENTBUG] Invalid compressed data")
-                self.clearLineBuffer()
-                self.transport.loseConnection()
+                self.bye(b"[CLIENTBUG] Invalid compressed data")
                 return
         if self.parseState == "pending" or self._buffer:
             # A literal, the rest of its command line, or a line came in part: ACK now,
@@ -345,9 +350,7 @@ class IMAPProtocol(imap4.IMAP4Server):
             self.sendBadResponse(None, b"Invalid tag")
             m = _TRAILING_LITERAL.search(line)
             if m and m.group(1).endswith(b"+}"):  # its literal's data must not run
-                self.sendLine(b"* BYE [CLIENTBUG] Closing the connection")
-                self.clearLineBuffer()
-                self.transport.loseConnection()
+                self.bye(b"[CLIENTBUG] Closing the connection")
             return
         if len(args) == 1:
             self.sendBadResponse(args[0], b"Missing command")
@@ -426,9 +429,7 @@ class IMAPProtocol(imap4.IMAP4Server):
         except IMAPError as e:
             self._respond(e.status, tag, e.message())
             if e.close:
-                self.sendLine(b"* BYE [" + (e.code or b"CLIENTBUG") + b"] Closing the connection")
-                self.clearLineBuffer()
-                self.transport.loseConnection()
+                self.bye(b"[" + (e.code or b"CLIENTBUG") + b"] Closing the connection")
         except imap4.IllegalClientResponse as e:
             self.sendBadResponse(tag, b"Syntax error: " + safe_text(str(e)))
         except imap4.IllegalMailboxEncoding:
@@ -454,9 +455,7 @@ class IMAPProtocol(imap4.IMAP4Server):
             ):
                 # RFC 7888 §4: the refused command's non-synchronizing literal is already
                 # on its way; never read it as commands (as for an oversized literal)
-                self.sendLine(b"* BYE [CLIENTBUG] Closing the connection")
-                self.clearLineBuffer()
-                self.transport.loseConnection()
+                self.bye(b"[CLIENTBUG] Closing the connection")
             if paused and self.transport is not None:
                 if self.transport.disconnecting:
                     # LOGOUT or BYE: keep reading so the peer's close (TLS close_notify, FIN)

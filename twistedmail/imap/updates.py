@@ -171,9 +171,7 @@ class MailboxUpdates(IMAPProtocol):
             return
         self._idling, self._idle_tag, self.parseState = False, None, "command"
         self._close_mailbox()
-        self.sendLine(b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect.")
-        self.clearLineBuffer()
-        self.transport.loseConnection()
+        self.bye(b"[NONEXISTENT] Selected mailbox was deleted, have to disconnect.")
         _close_below_tls(self.transport)
 
     def modeChanged(self, writeable: bool) -> None:
