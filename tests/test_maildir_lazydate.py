@@ -167,3 +167,14 @@ class LazyDateTests(unittest.TestCase):
         added = [e for e in self.folder.scan().messages if e.uid == uid]
         self.assertEqual(added[0].mtime, 1_234_567_890.0)
         self.assertEqual(self.stated(self.folder.dates, added), ({}, []))
+
+    def test_dates_another_process_read_reach_the_snapshot(self) -> None:
+        """Dates another process recorded in the index (its own snapshot, not ours, took
+        them) are given without a stat, and our snapshot keeps them from then on."""
+        entries = self.folder.scan().messages
+        with index_module.FolderIndex(self.root) as index:
+            index.set_learned("mtime", dict(FILES))
+        self.assertEqual(self.stated(self.folder.dates, entries), (dict(FILES), []))
+        kept = maildir._snapshots.get(self.root)
+        assert kept is not None
+        self.assertEqual([(e.base, e.mtime) for e in kept.messages], FILES)

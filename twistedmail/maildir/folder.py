@@ -546,18 +546,22 @@ class Folder:
         self, field: str, wanted: list[MessageEntry], read: Callable[[MessageEntry], Any]
     ) -> dict[str, Any]:
         """L{sizes} and L{dates}: the C{field} of C{wanted} (unknown in these entries)
-        from the kept snapshot, else the index (another session or process learned it),
-        else C{read} from the file and recorded in both (no MODSEQ: the message did not
-        change); messages whose file is gone are left out.  Not recorded when the index
-        is busy past its timeout (learned again later), nor in an index this would
-        create (made without its state: the next scan rebuilds it)."""
+        from the kept snapshot, else the index (another process learned it: the snapshot
+        takes it), else C{read} from the file and recorded in both (no MODSEQ: the
+        message did not change); messages whose file is gone are left out.  Not recorded
+        when the index is busy past its timeout (learned again later), nor in an index
+        this would create (made without its state: the next scan rebuilds it)."""
         if not wanted:
             return {}
         found = _snapshots.known(self.path, field, wanted)
         rest = [e for e in wanted if e.base not in found]
         if rest:
             with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: read)
-                found.update(read_learned(self.path, field, [e.base for e in rest]))
+                indexed = read_learned(self.path, field, [e.base for e in rest])
+                if indexed:  # (another process learned them: our snapshot takes them too)
+                    uids = [e.uid for e in rest if e.base in indexed]
+                    _snapshots.learned(self.path, field, indexed, uids)
+                    found.update(indexed)
         learned: dict[str, Any] = {}
         for entry in rest:
             if entry.base in found:
