@@ -49,9 +49,11 @@ def dovecot_maildir(root: Path) -> None:
 
 
 def folder_state(folder: Folder) -> dict[int, tuple[str, bytes, float]]:
-    """{uid: (flag letters, bytes as served, mtime)} after a scan."""
+    """{uid: (flag letters, bytes as served, mtime as served: L{Folder.dates})} after a
+    scan."""
     scan = folder.scan()
-    return {e.uid: (e.flags, folder.read(e), e.mtime) for e in scan.messages}
+    dates = folder.dates(scan.messages)
+    return {e.uid: (e.flags, folder.read(e), dates.get(e.base, e.mtime)) for e in scan.messages}
 
 
 class ImportTestCase(unittest.TestCase):

@@ -1,7 +1,7 @@
 """The first sync of a folder nobody indexed yet (a Maildir copied from another server, with
 its C{dovecot-uidlist}): the UIDs of the list, INTERNALDATE the file's mtime (RFC 3501
-§2.3.3), one MODSEQ for every row (RFC 7162 §3.1.1), an empty folder's HIGHESTMODSEQ not
-moved."""
+§2.3.3: read when asked for the listed files, at the sync for those the list lacks), one
+MODSEQ for every row (RFC 7162 §3.1.1), an empty folder's HIGHESTMODSEQ not moved."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from twistedmail.index import INDEX_FILE
 from twistedmail.maildir import Folder
-from twistedmail.maildir.names import UIDLIST, UNKNOWN_SIZE
+from twistedmail.maildir.names import UIDLIST, UNKNOWN_MTIME, UNKNOWN_SIZE
 
 
 class FirstSyncTests(unittest.TestCase):
@@ -22,9 +22,9 @@ class FirstSyncTests(unittest.TestCase):
             (self.root / sub).mkdir(parents=True)
 
     def test_copied_folder(self) -> None:
-        """Files listed in dovecot-uidlist keep their UIDs; the index gets each file's
-        mtime, its ,W= size or an unknown one, and one MODSEQ; a file the list lacks gets
-        the next UID."""
+        """Files listed in dovecot-uidlist keep their UIDs and an unknown mtime (read when
+        asked: L{Folder.dates}); the index gets each file's ,W= size or an unknown one, and
+        one MODSEQ; a file the list lacks gets the next UID and its mtime."""
         names = {
             "1700000001.M1P1.h,S=10,W=12": (3, 1_600_000_000.25),
             "1700000002.M2P1.h,S=20": (7, 1_600_000_100.5),
@@ -43,14 +43,19 @@ class FirstSyncTests(unittest.TestCase):
             got,
             [
                 (3, "1700000001.M1P1.h,S=10,W=12", "1700000001.M1P1.h,S=10,W=12:2,S", 12,
-                 1_600_000_000.25),
+                 UNKNOWN_MTIME),
                 (7, "1700000002.M2P1.h,S=20", "1700000002.M2P1.h,S=20:2,S", UNKNOWN_SIZE,
-                 1_600_000_100.5),
+                 UNKNOWN_MTIME),
                 (8, "1700000003.M3P1.h", "1700000003.M3P1.h:2,S", UNKNOWN_SIZE, 1_600_000_200.0),
             ],
         )  # fmt: skip
         self.assertEqual((result.uidvalidity, result.uidnext), (77, 9))
         self.assertEqual({m.modseq for m in result.messages}, {result.highestmodseq})
+        self.assertEqual(
+            Folder(self.root).dates(result.messages),
+            {"1700000001.M1P1.h,S=10,W=12": 1_600_000_000.25,
+             "1700000002.M2P1.h,S=20": 1_600_000_100.5},
+        )  # fmt: skip
 
     def test_empty_folder_keeps_its_modseq(self) -> None:
         """A first sync that finds no message gives out no MODSEQ: a new folder's

@@ -60,6 +60,7 @@ from twistedmail.maildir import (
     INBOX,
     SUBSCRIPTIONS,
     UIDLIST,
+    UNKNOWN_MTIME,
     Folder,
     FolderNameError,
     MaildirError,
@@ -912,13 +913,17 @@ def export_mbox(user: UserMaildir, target: Path, progress: Progress) -> int:
             continue
         scan = folder.scan()
         keywords = folder.keywords()
+        dates = folder.dates(scan.messages)  # (those a first sync indexed without a stat)
         n = 0
         with open(target / f"{name}.mbox", "wb") as out:
             for entry in scan.messages:
+                mtime = dates.get(entry.base, entry.mtime)
                 try:
                     data = folder.read(entry).replace(b"\r\n", b"\n")
                 except MaildirError:
                     continue
+                if mtime == UNKNOWN_MTIME:
+                    continue  # gone before its date was read
                 letters = entry.flags
                 head = b"Status: " + (b"RO" if "S" in letters else b"O") + b"\n"
                 x = "".join(c for c, f in zip("AFTD", "RFDT", strict=True) if f in letters)
@@ -927,7 +932,7 @@ def export_mbox(user: UserMaildir, target: Path, progress: Progress) -> int:
                 names = [keywords[c] for c in letters if c in keywords]
                 if names:
                     head += b"X-Keywords: " + " ".join(names).encode() + b"\n"
-                stamp = time.asctime(time.gmtime(entry.mtime)).encode()
+                stamp = time.asctime(time.gmtime(mtime)).encode()
                 body = _mbox_quote(data)
                 if not body.endswith(b"\n"):
                     body += b"\n"

@@ -134,6 +134,10 @@ CREATE TABLE IF NOT EXISTS arriving (
     stamp REAL NOT NULL
 );
 """
+LEARNED: dict[str, Any] = {"size": -1, "mtime": float("-inf")}
+"""The columns of a message row that may be unknown when it is indexed, and the value that
+says so (L{twistedmail.maildir.UNKNOWN_SIZE}, C{UNKNOWN_MTIME}): learned when a consumer
+first asks (L{FolderIndex.set_learned}, L{read_learned})."""
 ARRIVING_MAX_AGE = 3600.0
 """Seconds a header block kept at delivery (L{remember_arrival}) waits for its message to be
 indexed; one older whose message never was (removed by POP3 or by hand first) is dropped."""
@@ -556,12 +560,14 @@ class FolderIndex:
         """Correct the size of message C{uid} (octets with CRLF line ends)."""
         self._write("UPDATE messages SET size = ? WHERE uid = ?", (size, uid))
 
-    def set_sizes(self, sizes: dict[str, int]) -> None:
-        """Record the sizes measured of messages not known before ({base: octets with CRLF
-        line ends}, L{twistedmail.maildir.Folder.sizes}); no MODSEQ: nothing changed."""
+    def set_learned(self, column: str, values: dict[str, Any]) -> None:
+        """Record the C{size}s or C{mtime}s (L{LEARNED}) learned of messages whose value
+        was unknown ({base: value}: L{twistedmail.maildir.Folder.sizes} and C{dates});
+        no MODSEQ: the message did not change."""
+        unknown = LEARNED[column]
         self._write(
-            "UPDATE messages SET size = ? WHERE base = ? AND size < 0",
-            [(size, base) for base, size in sizes.items()],
+            f"UPDATE messages SET {column} = ? WHERE base = ? AND {column} = ?",
+            [(value, base, unknown) for base, value in values.items()],
             many=True,
         )
 
@@ -850,23 +856,31 @@ def read_headers(directory: Path) -> dict[int, tuple[str, bytes, str]]:
 
 
 def read_sizes(directory: Path, bases: list[str]) -> dict[str, int]:
-    """The sizes the index knows ({base: octets}, L{FolderIndex.set_sizes}) of C{bases},
+    """The sizes the index knows ({base: octets}, L{FolderIndex.set_learned}) of C{bases},
     through a read-only connection (no write lock); C{{}} when there is no index yet.
+
+    @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
+    """
+    return read_learned(directory, "size", bases)
+
+
+def read_learned(directory: Path, column: str, bases: list[str]) -> dict[str, Any]:
+    """The C{size}s or C{mtime}s (L{LEARNED}) the index knows of C{bases} ({base:
+    value}, those not unknown there), as L{read_sizes}.
 
     @raise sqlite3.Error: when the index cannot be read (busy past L{BUSY_TIMEOUT}, corrupt).
     """
     if not bases:
         return {}
+    unknown = LEARNED[column]
     with _read_only(directory) as db:
         if db is None:
             return {}
-        out: dict[str, int] = {}
+        out: dict[str, Any] = {}
         for start in range(0, len(bases), 500):
             chunk = bases[start : start + 500]
-            sql = "SELECT base, size FROM messages WHERE size >= 0 AND base IN (%s)" % ",".join(
-                "?" * len(chunk)
-            )
-            out.update(db.execute(sql, chunk).fetchall())
+            sql = f"SELECT base, {column} FROM messages WHERE {column} != ? AND base IN (%s)"
+            out.update(db.execute(sql % ",".join("?" * len(chunk)), [unknown, *chunk]).fetchall())
         return out
 
 

@@ -44,7 +44,7 @@ from twistedmail.imap.message import (
 from twistedmail.imap.protocol import IMAPProtocol, bad, command, paren_group, uid_set
 from twistedmail.imap.updates import MailboxUpdates
 from twistedmail.index import CachedParts
-from twistedmail.maildir import MaildirError, size_from_name
+from twistedmail.maildir import UNKNOWN_MTIME, UNKNOWN_SIZE, MaildirError, size_from_name
 
 log = Logger(namespace="twistedmail.imap")
 
@@ -320,8 +320,12 @@ class FetchCommand(MailboxUpdates):
         mbox = self.selected
         targets = mbox.fetch(messages, uid)
         targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
-        if any(p.type == "rfc822size" for p in query):
+        wants_size = any(p.type == "rfc822size" for p in query)
+        if wants_size:
             await mbox.sized(targets)  # sizes not known yet (no ,W= in the name): measured
+        wants_date = any(p.type == "internaldate" for p in query)
+        if wants_date:
+            await mbox.dated(targets)  # dates not read yet (a first sync's): stat'ed
         needs_content = any(
             p.type not in ("flags", "uid", "internaldate", "rfc822size", "modseq") for p in query
         )
@@ -370,6 +374,10 @@ class FetchCommand(MailboxUpdates):
             for count, (seq, msg) in enumerate(targets):
                 if self._lost:
                     break  # nobody to send the rest to: read no more messages
+                if (wants_size and msg.entry.size == UNKNOWN_SIZE) or (
+                    wants_date and msg.entry.mtime == UNKNOWN_MTIME
+                ):
+                    continue  # its file is gone (expunged meanwhile): nothing to send
                 flags_changed = False
                 if sets_seen and "\\Seen" not in msg.getFlags():
                     result = await mbox.store_entries([(seq, msg.entry)], "S", 1)

@@ -50,14 +50,16 @@ from twistedmail.imap.searchkeys import FLAG_KEYS, compile_search, flag_search
 from twistedmail.index import CachedParts
 from twistedmail.maildir import (
     IMAP_TO_LETTER,
+    LEARNED_FIELDS,
     MAX_KEYWORDS,
+    UNKNOWN_MTIME,
     ChangeNotifier,
     FlagChange,
     Folder,
     FolderGoneError,
     MessageEntry,
     ScanResult,
-    fill_sizes,
+    fill_learned,
     index_of,
     is_enospc,
     positions,
@@ -575,6 +577,9 @@ class MaildirMailbox:
             letters, names = await self.run_in_thread(_current_flags, message.folder, message.entry)
             flags = list(names)
             mtime: float | None = message.entry.mtime
+            if mtime == UNKNOWN_MTIME:  # (not dated by the caller: L{dated})
+                dates = await self.run_in_thread(message.folder.dates, [message.entry])
+                mtime = dates.get(message.entry.base)
         else:
             data = imap4.IMessageFile(message).open().read()
             letters = letters_for(flags)
@@ -623,22 +628,41 @@ class MaildirMailbox:
         """Give the messages of C{targets} whose size is not known yet (a file named without
         C{,W=}) their size, for RFC822.SIZE or a quota check: L{Folder.sizes} in one
         thread hop, none when every size is known."""
+        await self._learn_for(targets, "size")
+
+    async def dated(self, targets: Sequence[tuple[int, MaildirMessage]]) -> None:
+        """Give the messages of C{targets} whose INTERNALDATE is not known yet (indexed at
+        a first sync without a C{stat}) their date, for FETCH INTERNALDATE or COPY:
+        L{Folder.dates} in one thread hop, none when every date is known."""
+        await self._learn_for(targets, "mtime")
+
+    async def _learn_for(self, targets: Sequence[tuple[int, MaildirMessage]], field: str) -> None:
         entries = [m.entry for _, m in targets]
-        if fill_sizes(entries, await self.known_sizes(entries)):
+        if fill_learned(entries, field, await self._learned(entries, field)):
             for (_, msg), entry in zip(targets, entries, strict=True):
                 msg.entry = entry
 
     async def known_sizes(self, entries: Sequence[MessageEntry]) -> dict[str, int]:
         """L{Folder.sizes} of C{entries} (the unknown ones: {base: octets}) in a thread;
         the view's entries take them, so the session asks once."""
-        unknown = [e for e in entries if e.size < 0]
+        return await self._learned(entries, "size")
+
+    async def known_dates(self, entries: Sequence[MessageEntry]) -> dict[str, float]:
+        """L{Folder.dates} of C{entries} (the unknown ones: {base: mtime}) in a thread;
+        the view's entries take them, so the session asks once."""
+        return await self._learned(entries, "mtime")
+
+    async def _learned(self, entries: Sequence[MessageEntry], field: str) -> dict[str, Any]:
+        at_field, unknown_value = LEARNED_FIELDS[field]
+        unknown = [e for e in entries if e[at_field] == unknown_value]
         if not unknown:
             return {}
-        sizes: dict[str, int] = await self.run_in_thread(self.folder.sizes, unknown)
+        ask = self.folder.sizes if field == "size" else self.folder.dates
+        values: dict[str, Any] = await self.run_in_thread(ask, unknown)
         view = self._view
-        at = positions(view, [e.uid for e in unknown if e.base in sizes])
-        fill_sizes(view, sizes, at.values())
-        return sizes
+        at = positions(view, [e.uid for e in unknown if e.base in values])
+        fill_learned(view, field, values, at.values())
+        return values
 
     async def store(
         self,
@@ -776,6 +800,9 @@ class MaildirMailbox:
         if used & {b"LARGER", b"SMALLER"}:  # RFC822.SIZE (RFC 3501 §6.4.4): known first
             if await self.known_sizes(view):
                 view = self._view[: self._announced]  # (the view's entries took them)
+        if used & {b"BEFORE", b"ON", b"SINCE"}:  # INTERNALDATE (RFC 3501 §6.4.4): known first
+            if await self.known_dates(view):
+                view = self._view[: self._announced]
         # the candidates are listed in the thread too (20,000 tuples are not free): with
         # copies of the sets the reactor may change meanwhile
         matched: list[int] = await self.run_in_thread(
@@ -798,6 +825,9 @@ class MaildirMailbox:
         matched = await self.search(query)
         if any(key == b"SIZE" for key, _ in criteria):  # RFC 5256 §3: RFC822.SIZE
             await self.known_sizes([self._view[seq - 1] for seq in matched])  # (the view's)
+        if any(key == b"ARRIVAL" for key, _ in criteria):  # RFC 5256 §3: INTERNALDATE
+            await self.known_dates([self._view[seq - 1] for seq in matched])
+        # (DATE falls back to INTERNALDATE without a usable Date:: sort_entries asks those)
         entries = [(seq, self._view[seq - 1]) for seq in matched]
         ordered: list[int] = await self.run_in_thread(
             sort_entries, self.folder, entries, list(criteria)

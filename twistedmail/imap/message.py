@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from twistedmail.auth import RunInThread
 from twistedmail.index import CachedParts
-from twistedmail.maildir import LETTER_TO_IMAP, Folder, MessageEntry
+from twistedmail.maildir import LETTER_TO_IMAP, UNKNOWN_MTIME, Folder, MessageEntry
 
 CRLF = b"\r\n"
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -890,7 +890,10 @@ class MaildirMessage:
         return imap_flags(self.entry.flags, self.recent, self.keywords)
 
     def getInternalDate(self) -> str:
-        return email.utils.formatdate(self.entry.mtime, usegmt=True)
+        mtime = self.entry.mtime
+        if mtime == UNKNOWN_MTIME:  # (our commands ask L{Folder.dates} first, in a thread)
+            mtime = self.folder.dates([self.entry]).get(self.entry.base, 0.0)
+        return email.utils.formatdate(mtime, usegmt=True)
 
     def getHeaders(self, negate: bool, *names: bytes | str) -> dict[str, str]:
         return EntityPart(parse_entity(self.content())).getHeaders(negate, *names)

@@ -35,7 +35,7 @@ from twistedmail.imap.message import (
 )
 from twistedmail.imap.sort import HEADER_KEYS, Parsed, parse_key, sort_key_parsed
 from twistedmail.index import HEADER_FIELDS, header_block
-from twistedmail.maildir import Folder, MessageEntry
+from twistedmail.maildir import UNKNOWN_MTIME, Folder, MessageEntry
 
 log = Logger(namespace="twistedmail.imap.search")
 
@@ -290,7 +290,7 @@ def sort_entries(
     cache: dict[int, tuple[str, bytes, str]] | None = None
     filled: list[tuple[int, str, bytes, str]] = []
     parsed_now: list[tuple[Any, ...]] = []
-    keyed: list[tuple[tuple[Any, ...], int]] = []
+    rows: list[tuple[int, MessageEntry, Parsed]] = []
     for seq, entry in entries:
         parsed: Parsed = {}
         if keys:
@@ -317,7 +317,24 @@ def sort_entries(
                 for key in keys:
                     row += _to_columns(key, parsed[key])
                 parsed_now.append(row)
-        keyed.append((sort_key_parsed(criteria, seq, entry, parsed), seq))
+        rows.append((seq, entry, parsed))
+    # INTERNALDATE (RFC 5256 §3: ARRIVAL, and DATE of a message without a usable Date:)
+    # of those a first sync indexed without it: L{Folder.dates}, once
+    arrival = any(key == b"ARRIVAL" for key, _ in criteria)
+    undated = [
+        entry
+        for _, entry, parsed in rows
+        if entry.mtime == UNKNOWN_MTIME and (arrival or parsed.get(b"DATE", 0) is None)
+    ]
+    if undated:
+        dates = folder.dates(undated)
+        rows = [
+            (seq, entry._replace(mtime=dates[entry.base]), parsed)
+            if entry.mtime == UNKNOWN_MTIME and entry.base in dates
+            else (seq, entry, parsed)
+            for seq, entry, parsed in rows
+        ]
+    keyed = [(sort_key_parsed(criteria, seq, entry, parsed), seq) for seq, entry, parsed in rows]
     _keep(folder, filled)
     try:
         for start in range(0, len(parsed_now), KEEP_BATCH):

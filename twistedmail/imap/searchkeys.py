@@ -31,7 +31,7 @@ from twistedmail.imap.search import (
     conjunction_order,
 )
 from twistedmail.index import HEADER_FIELDS
-from twistedmail.maildir import MessageEntry
+from twistedmail.maildir import UNKNOWN_MTIME, MessageEntry
 
 
 class SearchError(Exception):
@@ -72,7 +72,11 @@ def flag_search(
     return found
 
 
-def _day(mtime: float) -> tuple[int, int, int]:
+def _day(mtime: float) -> tuple[int, int, int] | None:
+    """The UTC day of INTERNALDATE (RFC 3501 §6.4.4 BEFORE/ON/SINCE); C{None} (no match)
+    when it is still unknown (L{UNKNOWN_MTIME}: the file was gone when it was asked)."""
+    if mtime == UNKNOWN_MTIME:
+        return None
     t = time.gmtime(mtime)
     return t.tm_year, t.tm_mon, t.tm_mday
 

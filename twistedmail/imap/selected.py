@@ -288,8 +288,10 @@ class SelectedCommands(MailboxUpdates):
             raise no(b"No such mailbox", b"TRYCREATE")  # RFC 3501 §6.4.7
         copied: list[MaildirMessage] = []
         new_uids: list[int] = []
+        sources = self.selected.fetch(messages, uid)
+        await self.selected.dated(sources)  # each copy keeps its INTERNALDATE (RFC 3501 §6.4.7)
         try:
-            for _seq, msg in self.selected.fetch(messages, uid):
+            for _seq, msg in sources:
                 try:
                     new_uid = await target.copy(msg)
                 except MaildirError:

@@ -27,7 +27,7 @@ from twistedmail.index import (
     Stamps,
     now_ns,
     read_headers,
-    read_sizes,
+    read_learned,
     read_sortkeys,
     read_state,
     take_recent,
@@ -42,6 +42,7 @@ from twistedmail.maildir.names import (
     MAX_KEYWORDS,
     UIDLIST,
     UIDLIST_LOCK,
+    UNKNOWN_MTIME,
     UNKNOWN_SIZE,
     FlagChange,
     FolderGoneError,
@@ -384,17 +385,23 @@ class Folder:
             if old is not None:  # a rename keeps the mtime and the size
                 entries[base] = (name, old.mtime, old.size)
                 continue
-            try:
-                st = os.stat(cur_dir + name)
-            except FileNotFoundError:
-                continue
+            if base in uids:
+                # its UID is in the list: INTERNALDATE (the mtime) is read when a consumer
+                # asks (L{dates}, as Dovecot's received date), not here: a first SELECT of a
+                # folder copied with its list stats no message file
+                mtime = UNKNOWN_MTIME
+            else:
+                try:  # (new UIDs go in order of mtime: read now)
+                    mtime = os.stat(cur_dir + name).st_mtime
+                except FileNotFoundError:
+                    continue
             size = dovecot_wire_size(base) if ",W=" in base else None
             if size is None:
                 # written by another program, maybe with bare LF line ends (,S= is then
                 # the size on disk): measured once when asked (RFC 3501 §2.3.4: RFC822.SIZE
                 # counts the CRLF form that is sent), not here: a first SELECT opens no file
                 size = UNKNOWN_SIZE
-            entries[base] = (name, st.st_mtime, size)
+            entries[base] = (name, mtime, size)
         saved_uidnext = uidnext
         fresh = sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b)))
         for base in fresh:
@@ -508,36 +515,71 @@ class Folder:
         recorded in both.  The one place every consumer of a size (FETCH, SEARCH
         LARGER/SMALLER, SORT SIZE, STATUS DELETED-STORAGE, COPY's quota check, POP3) asks.
         Blocking: call it in a thread.  A message gone meanwhile is left out."""
-        wanted = [e for e in entries if e.size < 0]
+        return self._learn("size", [e for e in entries if e.size == UNKNOWN_SIZE], self._measure)
+
+    def dates(self, entries: Iterable[MessageEntry]) -> dict[str, float]:
+        """The INTERNALDATE (the file's mtime, seconds since the epoch; RFC 3501 §2.3.3)
+        of each of C{entries} whose date is L{UNKNOWN_MTIME} (indexed at a first sync
+        without a C{stat}), by base name: what the process's snapshot or the index knows
+        when a session read it before, else the file's C{stat} now (as Dovecot takes the
+        received date lazily into its cache), recorded in both.  The one place every
+        consumer of a date (FETCH INTERNALDATE, SEARCH BEFORE/ON/SINCE, SORT ARRIVAL and
+        DATE's fallback, COPY and MOVE keeping it, the export) asks.  Blocking: call it
+        in a thread.  A message gone meanwhile is left out."""
+        wanted = [e for e in entries if e.mtime == UNKNOWN_MTIME]
+        return self._learn("mtime", wanted, self._mtime)
+
+    def _measure(self, entry: MessageEntry) -> int:
+        fd = self.open_fd(entry)
+        try:
+            return measure_fd(fd)
+        finally:
+            os.close(fd)
+
+    def _mtime(self, entry: MessageEntry) -> float:
+        try:
+            return os.stat(os.path.join(self._cur, entry.filename)).st_mtime
+        except FileNotFoundError:
+            return os.stat(self.open(entry)).st_mtime  # (renamed meanwhile: its flags)
+
+    def _learn(
+        self, field: str, wanted: list[MessageEntry], read: Callable[[MessageEntry], Any]
+    ) -> dict[str, Any]:
+        """L{sizes} and L{dates}: the C{field} of C{wanted} (unknown in these entries)
+        from the kept snapshot, else the index (another process learned it: the snapshot
+        takes it), else C{read} from the file and recorded in both (no MODSEQ: the
+        message did not change); messages whose file is gone are left out.  Not recorded
+        when the index is busy past its timeout (learned again later), nor in an index
+        this would create (made without its state: the next scan rebuilds it)."""
         if not wanted:
             return {}
-        found = _snapshots.known_sizes(self.path, wanted)
+        found = _snapshots.known(self.path, field, wanted)
         rest = [e for e in wanted if e.base not in found]
         if rest:
-            with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: measured)
-                found.update(read_sizes(self.path, [e.base for e in rest]))
-        measured: dict[str, int] = {}
+            with suppress(sqlite3.Error):  # (busy past its timeout, corrupt: read)
+                indexed = read_learned(self.path, field, [e.base for e in rest])
+                if indexed:  # (another process learned them: our snapshot takes them too)
+                    uids = [e.uid for e in rest if e.base in indexed]
+                    _snapshots.learned(self.path, field, indexed, uids)
+                    found.update(indexed)
+        learned: dict[str, Any] = {}
         for entry in rest:
             if entry.base in found:
                 continue
             try:
-                fd = self.open_fd(entry)
-                try:
-                    size = measure_fd(fd)
-                finally:
-                    os.close(fd)
+                learned[entry.base] = read(entry)
             except (OSError, MaildirError):
                 continue  # expunged
-            measured[entry.base] = size
-        if measured:
-            if (self.path / INDEX_FILE).exists():  # (not one made here, without its state)
+        if learned:
+            if os.path.exists(self._index_file):  # (not one made here, without its state)
                 try:
                     with FolderIndex(self.path) as index:
-                        index.set_sizes(measured)
+                        index.set_learned(field, learned)
                 except sqlite3.Error:
-                    pass  # busy past its timeout: the sizes are still right, measured again later
-            _snapshots.sized(self.path, measured, [e.uid for e in rest if e.base in measured])
-            found.update(measured)
+                    pass  # busy past its timeout: the values are still right, read again later
+            uids = [e.uid for e in rest if e.base in learned]
+            _snapshots.learned(self.path, field, learned, uids)
+            found.update(learned)
         return found
 
     def changed_since(self, modseq: int) -> tuple[list[int], int]:

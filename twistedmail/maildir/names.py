@@ -17,6 +17,8 @@ from typing import IO
 import attrs
 from twisted.mail import imap4  # noqa: F401  (registers the "imap4-utf-7" codec, RFC 3501 §5.1.3)
 
+from twistedmail.index import LEARNED
+
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
@@ -43,9 +45,13 @@ IMAP_TO_LETTER = {
     "\\Deleted": "T",
 }
 LETTER_TO_IMAP = {v: k for k, v in IMAP_TO_LETTER.items()}
-UNKNOWN_SIZE = -1
+UNKNOWN_SIZE: int = LEARNED["size"]  # (-1)
 """The size of a message whose file name carries no Dovecot C{,W=}: its size with CRLF line
 ends is not known until a consumer asks for it (L{Folder.sizes} measures it once)."""
+UNKNOWN_MTIME: float = LEARNED["mtime"]  # (-inf)
+"""The INTERNALDATE (the file's mtime, RFC 3501 §2.3.3) of a message indexed without a
+C{stat} of its file (the first sync of a folder whose C{dovecot-uidlist} lists it): not known
+until a consumer asks for it (L{Folder.dates} reads it once).  Never a file's mtime."""
 
 _counter_lock = threading.Lock()
 _counter = 0

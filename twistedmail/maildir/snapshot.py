@@ -18,6 +18,7 @@ from twistedmail.index import (
     FolderIndex,
     Stamps,
 )
+from twistedmail.maildir.names import UNKNOWN_MTIME, UNKNOWN_SIZE
 
 
 class MessageEntry(NamedTuple):
@@ -28,8 +29,9 @@ class MessageEntry(NamedTuple):
     @ivar uid: IMAP UID (RFC 3501 §2.3.1.1).
     @ivar base: the Maildir unique name without info (stable: the POP3 UIDL, RFC 1939 §7).
     @ivar filename: the current file name in C{cur/} (base + C{:2,} + flags).
-    @ivar size: octets, as stored (CRLF line ends).
-    @ivar mtime: seconds since the epoch: the IMAP INTERNALDATE.
+    @ivar size: octets, as stored (CRLF line ends), or L{UNKNOWN_SIZE} until measured.
+    @ivar mtime: seconds since the epoch: the IMAP INTERNALDATE, or L{UNKNOWN_MTIME} until
+        read (L{Folder.dates}).
     @ivar modseq: the MODSEQ of its last change (RFC 7162 §3.1.1).
     """
 
@@ -214,29 +216,34 @@ class _Snapshots:
                     now.__dict__["filenames"] = snapshot.filenames
                 self._kept[path] = now
 
-    def known_sizes(self, path: Path, entries: list[MessageEntry]) -> dict[str, int]:
-        """The sizes the kept snapshot knows ({base: octets}) of C{entries}, which did not."""
+    def known(self, path: Path, field: str, entries: list[MessageEntry]) -> dict[str, Any]:
+        """The C{size}s or C{mtime}s (L{LEARNED_FIELDS}) the kept snapshot knows ({base:
+        value}) of C{entries}, which did not."""
         with self._lock:
             kept = self._kept.get(path)
         if kept is None:
             return {}
+        at_field, unknown = LEARNED_FIELDS[field]
         messages, out = kept.messages, {}
         at = positions(messages, [e.uid for e in entries])
         for entry in entries:
             i = at.get(entry.uid)
-            if i is not None and messages[i].base == entry.base and messages[i].size >= 0:
-                out[entry.base] = messages[i].size
+            if i is not None and messages[i].base == entry.base:
+                value = messages[i][at_field]
+                if value != unknown:
+                    out[entry.base] = value
         return out
 
-    def sized(self, path: Path, sizes: Mapping[str, int], uids: list[int]) -> None:
-        """Put sizes just measured ({base: octets}, of the messages C{uids}) in the kept
-        snapshot, in place of its unknown ones (no MODSEQ: the message did not change)."""
+    def learned(self, path: Path, field: str, values: Mapping[str, Any], uids: list[int]) -> None:
+        """Put the C{size}s or C{mtime}s just learned ({base: value}, of the messages
+        C{uids}) in the kept snapshot, in place of its unknown ones (no MODSEQ: the message
+        did not change)."""
         with self._lock:
             kept = self._kept.get(path)
             if kept is None:
                 return
             messages = list(kept.messages)
-            if fill_sizes(messages, sizes, positions(messages, uids).values()):
+            if fill_learned(messages, field, values, positions(messages, uids).values()):
                 now = attrs.evolve(kept, messages=tuple(messages))
                 if "filenames" in kept.__dict__:
                     now.__dict__["filenames"] = kept.filenames
@@ -309,20 +316,31 @@ def index_of(messages: Sequence[MessageEntry], uid: int) -> int | None:
     return i if i < len(messages) and messages[i].uid == uid else None
 
 
-def fill_sizes(
+LEARNED_FIELDS: dict[str, tuple[int, Any]] = {
+    "size": (MessageEntry._fields.index("size"), UNKNOWN_SIZE),
+    "mtime": (MessageEntry._fields.index("mtime"), UNKNOWN_MTIME),
+}
+"""The fields of a L{MessageEntry} that may be unknown at indexing (their position, the
+value that says so), learned when first asked: L{Folder.sizes}, L{Folder.dates}."""
+
+
+def fill_learned(
     entries: MutableSequence[MessageEntry],
-    sizes: Mapping[str, int],
+    field: str,
+    values: Mapping[str, Any],
     at: Iterable[int] | None = None,
 ) -> bool:
-    """Give each of C{entries} (those at the indices C{at}; every one without) whose size
-    is unknown its size from C{sizes} ({base: octets}, L{Folder.sizes}), in place; whether
-    one changed.  The one way a measured size reaches the process's snapshot, a session's
-    view and the messages of a command."""
+    """Give each of C{entries} (those at the indices C{at}; every one without) whose
+    C{field} (L{LEARNED_FIELDS}) is unknown its value from C{values} ({base: value}:
+    L{Folder.sizes}, L{Folder.dates}), in place; whether one changed.  The one way a
+    measured size or a date read reaches the process's snapshot, a session's view and
+    the messages of a command."""
     changed = False
+    i_field, unknown = LEARNED_FIELDS[field]
     for i in range(len(entries)) if at is None else at:
         entry = entries[i]
-        if entry.size < 0 and entry.base in sizes:
-            entries[i] = entry._replace(size=sizes[entry.base])
+        if entry[i_field] == unknown and entry.base in values:
+            entries[i] = entry._replace(**{field: values[entry.base]})
             changed = True
     return changed
 
