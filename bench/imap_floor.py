@@ -180,6 +180,63 @@ class Message:
         return b""
 
 
+def header_lines(header: bytes, want: set[bytes]) -> bytes:
+    """BODY[HEADER.FIELDS (...)] of C{header}: the wanted fields, folding kept, then CRLF."""
+    return (
+        b"".join(
+            line + b"\r\n"
+            for line in header.replace(b"\r\n ", b"\0 ").split(b"\r\n")
+            if line.partition(b":")[0].lower() in want
+        ).replace(b"\0 ", b"\r\n ")
+        + b"\r\n"
+    )
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    return b"%s {%d}\r\n%s" % (name, len(value), value)
+
+
+_FLAGLISTS: dict[frozenset[bytes], bytes] = {}
+
+
+def flaglist(flags: frozenset[bytes]) -> bytes:
+    """C{(\\Seen $Label1)}, made once per set of flags."""
+    text = _FLAGLISTS.get(flags)
+    if text is None:
+        text = _FLAGLISTS[flags] = b"(" + b" ".join(sorted(flags)) + b")"
+    return text
+
+
+def fetch_item(item: bytes) -> Any:
+    """The function that renders one FETCH item of a L{Message} (RFC 3501 7.4.2)."""
+    name = item.upper()
+    simple = {
+        b"UID": lambda m: b"UID %d" % m.uid,
+        b"FLAGS": lambda m: b"FLAGS " + flaglist(m.flags),
+        b"INTERNALDATE": lambda m: b'INTERNALDATE "%s"' % m.date,
+        b"RFC822.SIZE": lambda m: b"RFC822.SIZE %d" % m.size,
+        b"ENVELOPE": lambda m: b"ENVELOPE " + m.envelope(),
+        b"BODYSTRUCTURE": lambda m: b"BODYSTRUCTURE " + m.body(True),
+        b"BODY": lambda m: b"BODY " + m.body(False),
+        b"RFC822.HEADER": lambda m: literal(b"RFC822.HEADER", m.header),
+    }
+    if name in simple:
+        return simple[name]
+    if not name.startswith(b"BODY"):
+        raise ValueError(f"unknown FETCH item {item!r}")
+    section = item[item.index(b"[") + 1 : item.index(b"]")]
+    sec = section.upper()
+    label = b"BODY[%s]" % section
+    if sec == b"HEADER":
+        return lambda m: literal(label, m.header)
+    if sec.startswith(b"HEADER.FIELDS"):
+        want = {w.lower() for w in section[section.index(b"(") + 1 : -1].split()}
+        return lambda m: literal(label, header_lines(m.header, want))
+    if not sec:
+        return lambda m: literal(label, m.read())
+    return lambda m: literal(label, m.read()[len(m.header) :])  # TEXT, 1 (single part)
+
+
 def command_class(verb: bytes, args: bytes) -> str:
     """imaptest's state a command belongs to (its column in imaptest's table)."""
     if verb == b"FETCH":
@@ -249,6 +306,8 @@ def serve(argv: list[str]) -> None:
             self.validity, self.next_uid = int(time.time()), 1
             self.msgs: dict[int, Message] = {}
             self.keywords: set[bytes] = set()  # never shrinks, as Dovecot's list
+            self.deleted: set[int] = set()  # UIDs flagged \Deleted, for EXPUNGE
+            self.seen = 0  # messages flagged \Seen, for STATUS UNSEEN
             self.sessions: set[Session] = set()
             self.uidlist = os.open(
                 os.path.join(self.dir, "uidlist"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
@@ -305,9 +364,20 @@ def serve(argv: list[str]) -> None:
                 self.keywords.update(f for f in m.flags if not f.startswith(b"\\"))
                 m.uid, self.next_uid = self.next_uid, self.next_uid + 1
                 self.msgs[m.uid] = m
+                self.flagged(m, frozenset(), m.flags)
             os.write(self.uidlist, b"".join(b"%d %s\n" % (m.uid, m.base.encode()) for m in msgs))
             for s in self.sessions:
                 s.new = True
+
+        def flagged(self, m: Message, old: frozenset[bytes], new: frozenset[bytes]) -> None:
+            """Keep the \\Deleted set and the \\Seen count as C{m}'s flags change."""
+            if (b"\\Deleted" in new) != (b"\\Deleted" in old):
+                if b"\\Deleted" in new:
+                    self.deleted.add(m.uid)
+                else:
+                    self.deleted.discard(m.uid)
+            if (b"\\Seen" in new) != (b"\\Seen" in old):
+                self.seen += 1 if b"\\Seen" in new else -1
 
     def letters(flags: frozenset[bytes]) -> str:
         return "".join(sorted(SYSTEM_FLAGS.get(f.lower(), b"").decode() for f in flags))
@@ -336,9 +406,6 @@ def serve(argv: list[str]) -> None:
             sums[2] += spent
 
     boxes: dict[bytes, Box] = {}
-
-    def flaglist(flags: frozenset[bytes]) -> bytes:
-        return b"(" + b" ".join(sorted(flags)) + b")"
 
     class Session(Protocol):
         def connectionMade(self) -> None:
@@ -524,7 +591,7 @@ def serve(argv: list[str]) -> None:
 
         def do_STATUS(self, tag: bytes, args: bytes, lits: list[bytes]) -> None:
             msgs = boxes[self.user].msgs
-            unseen = sum(1 for m in msgs.values() if b"\\Seen" not in m.flags)
+            unseen = len(msgs) - boxes[self.user].seen
             self.write(
                 b'* STATUS "INBOX" (MESSAGES %d UNSEEN %d RECENT 0)\r\n' % (len(msgs), unseen)
                 + self.updates()
@@ -558,6 +625,7 @@ def serve(argv: list[str]) -> None:
             items = [i for i in _ITEMS.findall(items_text.strip(b"()")) if i]
             if uid and not any(i.upper() == b"UID" for i in items):
                 items.insert(0, b"UID")
+            getters = [fetch_item(item) for item in items]  # resolved once per command
             out, gone = [self.keywords()], False
             msgs, view = box.msgs, self.view
             for i in self.seqs(spec, uid):
@@ -565,49 +633,8 @@ def serve(argv: list[str]) -> None:
                 if m is None:
                     gone = True
                     continue
-                vals = []
-                raw = None
-                for item in items:
-                    name = item.upper()
-                    if name == b"UID":
-                        vals.append(b"UID %d" % m.uid)
-                    elif name == b"FLAGS":
-                        vals.append(b"FLAGS " + flaglist(m.flags))
-                    elif name == b"INTERNALDATE":
-                        vals.append(b'INTERNALDATE "%s"' % m.date)
-                    elif name == b"RFC822.SIZE":
-                        vals.append(b"RFC822.SIZE %d" % m.size)
-                    elif name == b"ENVELOPE":
-                        vals.append(b"ENVELOPE " + m.envelope())
-                    elif name == b"BODYSTRUCTURE":
-                        vals.append(b"BODYSTRUCTURE " + m.body(True))
-                    elif name == b"BODY":
-                        vals.append(b"BODY " + m.body(False))
-                    elif name == b"RFC822.HEADER":
-                        vals.append(b"RFC822.HEADER {%d}\r\n%s" % (len(m.header), m.header))
-                    elif name.startswith(b"BODY"):
-                        section = item[item.index(b"[") + 1 : item.index(b"]")]
-                        sec = section.upper()
-                        if sec == b"HEADER":
-                            value = m.header
-                        elif sec.startswith(b"HEADER.FIELDS"):
-                            want = {
-                                w.lower() for w in section[section.index(b"(") + 1 : -1].split()
-                            }
-                            value = (
-                                b"".join(
-                                    line + b"\r\n"
-                                    for line in m.header.replace(b"\r\n ", b"\0 ").split(b"\r\n")
-                                    if line.partition(b":")[0].lower() in want
-                                ).replace(b"\0 ", b"\r\n ")
-                                + b"\r\n"
-                            )
-                        else:
-                            if raw is None:
-                                raw = m.read()
-                            value = raw if not sec else raw[len(m.header) :]  # TEXT, 1
-                        vals.append(b"BODY[%s] {%d}\r\n%s" % (section, len(value), value))
-                out.append(b"* %d FETCH (%s)\r\n" % (i + 1, b" ".join(vals)))
+                vals = b" ".join([get(m) for get in getters])
+                out.append(b"* %d FETCH (%s)\r\n" % (i + 1, vals))
             out.append(
                 tag + b" OK [EXPUNGEISSUED] Some messages were already expunged\r\n"
                 if gone
@@ -642,6 +669,7 @@ def serve(argv: list[str]) -> None:
                 if new != m.flags:
                     if letters(new) != letters(m.flags):
                         plan.append((m, os.path.join(box.cur, m.base + ":2," + letters(new))))
+                    box.flagged(m, m.flags, new)
                     m.flags = new
                     changed.append(m.uid)
                 if not silent or uid:
@@ -664,9 +692,9 @@ def serve(argv: list[str]) -> None:
         def do_EXPUNGE(self, tag: bytes, args: bytes, lits: list[bytes]) -> None:
             box = self.box
             assert box is not None
-            doomed = [m for m in box.msgs.values() if b"\\Deleted" in m.flags]
-            for m in doomed:
-                del box.msgs[m.uid]
+            doomed = [box.msgs.pop(u) for u in box.deleted]
+            box.deleted = set()
+            box.seen -= sum(1 for m in doomed if b"\\Seen" in m.flags)
             uids = {m.uid for m in doomed}
             for s in box.sessions:
                 if s is not self:
