@@ -889,7 +889,15 @@ def main() -> int:
         for s in servers:
             if hasattr(s, "prepare"):
                 s.prepare()
-            s.start()
+            try:
+                s.start()
+            except FileNotFoundError:  # Dovecot answered before it wrote master.pid
+                pidfile = s.work / "dovecot" / "run" / "master.pid"
+                for _ in range(100):
+                    time.sleep(0.1)
+                    if pidfile.exists() and pidfile.read_text().strip():
+                        break
+                s.pid = int(pidfile.read_text().split()[0])
         print(f"work dir {work}; prefill: {len(messages)} messages x {MIX_USERS} users", flush=True)
         for s in servers:
             t = time.monotonic()
