@@ -12,7 +12,7 @@ with imaptest's C{rawlog} against Dovecot: per 100 commands about 15 EXPUNGE, 15
 (FLAGS, UID, INTERNALDATE, RFC822.SIZE, RFC822.HEADER, ENVELOPE, BODY, BODYSTRUCTURE,
 BODY.PEEK[HEADER.FIELDS (...)]), 23 FETCH of one message's C{UID BODY.PEEK[]}, C{[TEXT]},
 C{[HEADER]}, C{[1]} or C{RFC822.HEADER}, 9 STORE C{+FLAGS \\Deleted} (one message, half
-C{.SILENT}), 7.5 STORE of flags on ~12 messages, 7.5 C{LIST "" *}, 7.3 STATUS.
+C{.SILENT}; a few on a range), 7.5 STORE of flags on ~12 messages, 7.5 C{LIST "" *}, 7.3 STATUS.
 
 The floor server (C{imap_floor.py serve}, its own process) answers that mix with the least
 work: the epoll reactor, a C{Protocol} behind C{TLSMemoryBIOFactory} with twistedmail's own
@@ -39,8 +39,17 @@ starts twistedmail (as bench/imaptest_bench.py does, C{[server] workers = --work
 Dovecot (peers/dovecot.sh) unless told not to, prefills every server's five INBOXes with the
 300 messages of imaptest's mbox, and runs imaptest C{logout=0} against each, alternating the
 order, C{--rounds} rounds: the table gives per server the median commands/s, server CPU per
-command (process tree, user+sys, from /proc) and imaptest's C{Error:} lines.  C{--breakdown}
-adds, for the floor servers, the syscall time and the per-class CPU of a replay.
+command (process tree, user+sys, from /proc) and imaptest's C{Error:} lines.  Then, per floor
+server, where its CPU went (the server times itself with C{time.thread_time}, a few
+microseconds per command, and writes the sums on SIGUSR1; each CPU second is in one bucket):
+TLS decryption (C{TLSMemoryBIOProtocol.dataReceived} less the session's own work) and
+encryption (the session's C{transport.write}), the command split, each imaptest state's
+handlers (less TLS and disk work), the disk work (the fsyncs apart), and the rest of the
+process's CPU: Twisted's loop (epoll, recv/send, Deferreds, the pool's thread hand-offs), GC.
+
+Ports: the floors on C{--port-base} +100 and +101, twistedmail +200, Dovecot's
+C{PEERS_PORT_BASE} = C{--port-base} (it listens on +1..+3, +24, +110, +143, +993, +995).
+C{--quick}: one round of 5 s (a check that it runs, not a figure).
 """
 
 from __future__ import annotations
