@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twistedmail.imap.grammar import MAX_NUMBER
 from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.imap.message import (
     MaildirMessage,
@@ -126,6 +127,15 @@ def _cacheable(part: Any) -> bool:
 
 def _has_section(part: Any) -> bool:
     return bool(part.header is not None or part.text or part.mime or part.empty)
+
+
+def _numbers_in_range(part: Any) -> bool:
+    """A partial's origin and length and a section's part numbers are C{number} and
+    C{nz-number}: unsigned 32-bit (RFC 3501 §9; Twisted's parser takes any size, and its
+    part numbers count from 0)."""
+    numbers = [getattr(part, "partialBegin", None), getattr(part, "partialLength", None)]
+    numbers += [n + 1 for n in getattr(part, "part", None) or ()]
+    return all(n is None or n <= MAX_NUMBER for n in numbers)
 
 
 def _literal(data: bytes) -> bytes:
@@ -292,6 +302,8 @@ class FetchCommand(MailboxUpdates):
                 result = list(super().arg_fetchatt(atts)[0])
             except Exception:
                 raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
+            if not all(map(_numbers_in_range, result)):
+                raise imap4.IllegalClientResponse("Number out of range")
         elif not wants:
             raise imap4.IllegalClientResponse("Invalid FETCH attributes")
         if wants:
