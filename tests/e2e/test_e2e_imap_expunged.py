@@ -129,3 +129,31 @@ def test_copy_and_move_of_a_message_expunged_by_another_session(tmp_path: Path) 
         assert _reply(c, b"n NOOP") == [b"* 2 EXPUNGE", b"n OK NOOP completed"]
         assert _reply(c, b"c COPY 1:* Other")[-1].startswith(b"c OK [COPYUID ")
         assert "Traceback" not in server.log.read_text()
+
+
+def test_file_put_back_under_an_expunged_name_gets_a_new_uid(tmp_path: Path) -> None:
+    """A message file another program puts back after its EXPUNGE is a new message with a
+    new UID (RFC 3501 §2.3.1.1: a UID is never reused); it came back under its old UID."""
+    with running(Server(tmp_path)) as server:
+        other = imap_client(server)
+        for n in (1, 2):
+            other.append("INBOX", _message(n))
+        other.select_folder("INBOX")
+        (path,) = [p for p in server.messages("alice@example.test") if b"m2" in p.read_bytes()]
+        data = path.read_bytes()
+        other.delete_messages([2])
+        other.expunge()
+        other.logout()
+        path.write_bytes(data)
+        c = _session(server)
+        assert _reply(c, b"f FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])") == [
+            b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)] {15}",
+            b"Subject: m1",
+            b"",
+            b")",
+            b"* 2 FETCH (UID 3 BODY[HEADER.FIELDS (SUBJECT)] {15}",
+            b"Subject: m2",
+            b"",
+            b")",
+            b"f OK FETCH completed",
+        ]
