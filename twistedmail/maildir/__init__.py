@@ -114,6 +114,7 @@ from twistedmail.maildir.tree import (
     TMP_MAX_AGE,
     ChangeNotifier,
     UserMaildir,
+    announce_moved,
     clean_tmp,
     mailbox_root,
 )
@@ -191,6 +192,7 @@ __all__ = [
     "unique_name",
     "UNKNOWN_SIZE",
     "UserMaildir",
+    "announce_moved",
     "wire_size",
     "wire_size_from_name",
     "write_durably",
