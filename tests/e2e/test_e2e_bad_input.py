@@ -139,3 +139,18 @@ def test_imap_numbers_over_their_range_are_bad(server: Server, imap: LineClient)
     assert imap.until(lambda line: line.startswith(b"f ")) == b"f OK ENABLE completed"
     imap.send(b"g SELECT INBOX (QRESYNC (4294967296 1))\r\n")
     assert imap.line() == b"g BAD Number out of range"
+
+
+def test_imap_idle_ended_by_anything_but_done_is_bad(server: Server, imap: LineClient) -> None:
+    """RFC 2177 §3: IDLE ends with C{DONE} (any case); any other line ends it with BAD, and
+    a literal announced on that line is not read as one: its octets are the next command
+    line, as Dovecot 2.3.19 answers (C{BAD Expected DONE}, then runs them)."""
+    imap.send(b"i IDLE\r\n")
+    assert imap.line() == b"+ idling"
+    imap.send(b"DONE {6+}\r\nx NOOP\r\n")
+    assert imap.line() == b"i BAD Expected DONE"
+    assert imap.until(lambda line: line.startswith(b"x ")) == b"x OK NOOP completed"
+    imap.send(b"j IDLE\r\n")
+    assert imap.line() == b"+ idling"
+    imap.send(b"done\r\n")
+    assert imap.until(lambda line: line.startswith(b"j ")) == b"j OK IDLE terminated"
