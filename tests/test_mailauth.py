@@ -631,6 +631,26 @@ class RecentResultsTests(unittest.TestCase):
         self.assertEqual(self.check("a@sender.test", "sender.test", signed).dkim[0].result, "pass")
         self.assertEqual(len(self.evaluations), evaluated + 3)
 
+    def test_results_that_read_no_dns_name_are_reused_for_a_bounded_time(self) -> None:
+        """A check that asked no name (null sender, HELO an address literal: no SPF
+        identity to look up, RFC 7208 §2.3, §2.4; no author domain) is reused at most
+        L{mailauth.MAX_RECENT_AGE} seconds: it never expired."""
+        bare = b"Subject: no author\r\n\r\nbody\r\n"
+
+        def check() -> Any:
+            d = defer.Deferred.fromCoroutine(self.auth.check(IP, "[192.0.2.1]", None, bare))
+            return self.successResultOf(d)
+
+        first = check()
+        self.assertEqual(self.resolver.queries, [])
+        evaluated = len(self.evaluations)
+        self.clock.advance(mailauth.MAX_RECENT_AGE - 1)
+        self.assertEqual(check(), first)
+        self.assertEqual(len(self.evaluations), evaluated)
+        self.clock.advance(1)
+        self.assertEqual(check(), first)
+        self.assertEqual(len(self.evaluations), evaluated + 1)
+
 
 class StartTests(unittest.TestCase):
     def test_public_suffix_list_read_at_construction(self) -> None:

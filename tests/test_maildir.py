@@ -300,6 +300,23 @@ class ScanTests(MaildirTestCase):
         self.assertEqual(later.uidnext, 4)
         self.assertEqual(self.uidlist().split("\n")[1:], [f"1 :{b1}", f"3 :{b3}", ""])
 
+    def test_file_put_back_after_its_expunge_gets_a_new_uid(self) -> None:
+        """A message file put back under an expunged message's base name (another program
+        restores it) is a new message: a new UID, never the expunged one (RFC 3501
+        §2.3.1.1).  Our own EXPUNGE left the base name in dovecot-uidlist until the next
+        full sync, which gave the file back its old UID."""
+        b1, b2 = self.deliver(MSG1, mtime=1000.0), self.deliver(MSG2, mtime=2000.0)
+        first = self.folder.scan()
+        (path,) = [p for p in (self.root / "cur").iterdir() if p.name.startswith(b2)]
+        data = path.read_bytes()
+        self.folder.remove(first.messages[1])
+        self.assertEqual([e.uid for e in self.folder.scan().messages], [1])
+        path.write_bytes(data)  # put back, before any full sync listed the folder
+        os.utime(self.root / "cur", (time.time() + 5, time.time() + 5))
+        later = Folder(self.root).scan()
+        self.assertEqual([(e.uid, e.base) for e in later.messages], [(1, b1), (3, b2)])
+        self.assertEqual(later.uidnext, 4)
+
     def test_unchanged_scan_does_not_rewrite(self) -> None:
         """A scan that finds nothing new does not rewrite dovecot-uidlist (same inode)."""
         self.deliver(MSG1)

@@ -583,6 +583,18 @@ class FolderIndex:
         self._write("DELETE FROM sortkeys WHERE uid = ?", (uid,))
         self._write("INSERT OR REPLACE INTO expunged VALUES (?, ?)", (uid, modseq))
 
+    def tombstones(self, uids: Iterable[int]) -> set[int]:
+        """Those of C{uids} expunged (a tombstone kept, L{expunge})."""
+        wanted = sorted(set(uids))
+        found: set[int] = set()
+        for at in range(0, len(wanted), 500):  # (SQLite's bound on parameters)
+            chunk = wanted[at : at + 500]
+            rows = self.db.execute(
+                "SELECT uid FROM expunged WHERE uid IN (%s)" % ",".join("?" * len(chunk)), chunk
+            )
+            found.update(int(r[0]) for r in rows)
+        return found
+
     def expunged_since(self, modseq: int) -> list[int]:
         """UIDs expunged with a MODSEQ larger than C{modseq}, ascending."""
         rows = self.db.execute("SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,))

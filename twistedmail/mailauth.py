@@ -40,7 +40,6 @@ drops incoming ones that claim our authserv-id (RFC 8601 §5).
 
 from __future__ import annotations
 
-import math
 import re
 import socket
 import threading
@@ -74,6 +73,7 @@ MAX_NEGATIVE_TTL = 300  # at most, whatever the SOA says
 MAX_TTL = 3600  # answers are remembered for their TTL, at most this
 MAX_ENTRIES = 10000  # cached names (oldest forgotten first)
 MAX_RECENT = 4096  # remembered results of unsigned messages (L{Authenticator}), oldest first
+MAX_RECENT_AGE = MAX_NEGATIVE_TTL  # seconds such results are reused at most, whatever they read
 MAX_SIGNATURES = 5  # DKIM-Signature fields verified per message (RFC 6376 §6.1: MAY limit)
 
 _DOMAIN = re.compile(
@@ -957,9 +957,12 @@ class Authenticator:
         self, key: _RecentKey, results: AuthenticationResults, seen: Iterable[_Key]
     ) -> None:
         """Keep the results of a one-pass check (every name it asked was cached: C{seen})
-        for the next message of the same key, while those cache entries stand."""
+        for the next message of the same key, while those cache entries stand, and
+        L{MAX_RECENT_AGE} seconds at most (a check that asked no name has no entry to
+        expire with: it was kept for ever)."""
         entries = self.cache.entries(seen)
-        expires = min((entry.expires for _, entry in entries), default=math.inf)
+        bound = self.clock.seconds() + MAX_RECENT_AGE
+        expires = min([entry.expires for _, entry in entries] + [bound])
         self._recent[key] = _Recent(results, entries, expires)
         while len(self._recent) > MAX_RECENT:
             del self._recent[next(iter(self._recent))]  # the oldest first

@@ -110,3 +110,47 @@ def test_smtp_bad_parameter_value_is_501_5_5_4(server: Server) -> None:
             b"501 5.5.4 Bad NOTIFY parameter syntax"
         )
         assert command(s, b"DATA") == b"503 5.5.1 Need RCPT command first"
+
+
+def test_imap_numbers_over_their_range_are_bad(server: Server, imap: LineClient) -> None:
+    """RFC 3501 §9: a partial's origin and length and a section's part numbers are
+    C{number}/C{nz-number}, unsigned 32-bit, and so is QRESYNC's UIDVALIDITY; RFC 7162 §7:
+    SEARCH MODSEQ's C{mod-sequence-valzer} is at most 2^63-1.  Each over its range is BAD,
+    never an OK answer with the value taken as it is (a partial at 2^32 answered OK with an
+    empty literal and set \\Seen; Dovecot 2.3.19 does the same, the RFC's grammar rules)."""
+    for command in (
+        b"a FETCH 1 BODY.PEEK[]<4294967296.5>",
+        b"a FETCH 1 BODY.PEEK[]<0.4294967296>",
+        b"a FETCH 1 BODY.PEEK[4294967296]",
+        b"a FETCH 1 BODY.PEEK[1.4294967296.MIME]",
+    ):
+        imap.send(command + b"\r\n")
+        assert imap.line() == b"a BAD Syntax error: Number out of range", command
+    imap.send(b"b SEARCH MODSEQ 9223372036854775808\r\n")
+    assert imap.line() == b"b BAD bad MODSEQ value"
+    imap.send(b"c FETCH 1 (BODY.PEEK[]<4294967295.4294967295> BODY.PEEK[4294967295])\r\n")
+    assert imap.line() == b"* 1 FETCH (BODY[]<4294967295> {0}"
+    assert imap.line() == b" BODY[4294967295] NIL)"
+    assert imap.line() == b"c OK FETCH completed"
+    imap.send(b"d FETCH 1 FLAGS\r\n")
+    assert imap.until(lambda line: line.startswith(b"d ")) == b"d OK FETCH completed"
+    # RFC 7162 §7 SELECT's QRESYNC uidvalidity is an nz-number too
+    imap.send(b"e UNSELECT\r\nf ENABLE QRESYNC\r\n")
+    assert imap.until(lambda line: line.startswith(b"f ")) == b"f OK ENABLE completed"
+    imap.send(b"g SELECT INBOX (QRESYNC (4294967296 1))\r\n")
+    assert imap.line() == b"g BAD Number out of range"
+
+
+def test_imap_idle_ended_by_anything_but_done_is_bad(server: Server, imap: LineClient) -> None:
+    """RFC 2177 §3: IDLE ends with C{DONE} (any case); any other line ends it with BAD, and
+    a literal announced on that line is not read as one: its octets are the next command
+    line, as Dovecot 2.3.19 answers (C{BAD Expected DONE}, then runs them)."""
+    imap.send(b"i IDLE\r\n")
+    assert imap.line() == b"+ idling"
+    imap.send(b"DONE {6+}\r\nx NOOP\r\n")
+    assert imap.line() == b"i BAD Expected DONE"
+    assert imap.until(lambda line: line.startswith(b"x ")) == b"x OK NOOP completed"
+    imap.send(b"j IDLE\r\n")
+    assert imap.line() == b"+ idling"
+    imap.send(b"done\r\n")
+    assert imap.until(lambda line: line.startswith(b"j ")) == b"j OK IDLE terminated"

@@ -55,16 +55,23 @@ def test_selected_mailbox_deleted_by_another_session(tmp_path: Path) -> None:
 
 
 def test_user_deleted_while_idling(tmp_path: Path) -> None:
-    """C{twistedmail user del} while the user idles on INBOX: after DONE the next command
-    gets NO [NONEXISTENT] and BYE, and nothing makes the moved Maildir again."""
+    """C{twistedmail user del} while the user idles on INBOX and on a folder: each session
+    gets BYE at once, without sending DONE first (the CLI makes and removes a dot file in
+    each moved folder's new/, which the sessions' watchers hear of: the move alone changes
+    nothing they watch; they were told only at their next command), and nothing makes the
+    moved Maildir again."""
     with running(Server(tmp_path)) as server:
-        c = _session(server, "INBOX")
-        c.send(b"i IDLE\r\n")
-        assert c.line() == b"+ idling"
+        other = imap_client(server)
+        other.create_folder("Work")
+        other.logout()
+        idlers = [_session(server, "INBOX"), _session(server, "Work")]
+        for c in idlers:
+            c.send(b"i IDLE\r\n")
+            assert c.line() == b"+ idling"
         server.cli("user", "del", "alice@example.test")
-        c.send(b"DONE\r\n")
-        assert c.until(lambda line: line.startswith(b"i ")) == b"i OK IDLE terminated"
-        c.send(b"n NOOP\r\n")
-        assert _rest(c) == GONE
+        for c in idlers:
+            assert _rest(c) == [
+                b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect."
+            ]
         assert not server.maildir("alice@example.test").exists()
         assert "Traceback" not in server.log.read_text()

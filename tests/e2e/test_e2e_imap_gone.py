@@ -70,6 +70,29 @@ def test_idling_client_told_at_once_when_its_folder_is_deleted(tmp_path: Path) -
         assert "Traceback" not in server.log.read_text()
 
 
+def test_idling_client_told_at_once_when_its_folder_is_renamed(tmp_path: Path) -> None:
+    """A session idling on a folder another session renames (its child too) gets BYE at
+    once, as for a deletion: the renamed folder's files change in no way inotify sees, so
+    the rename makes and removes a dot file in each moved folder's new/."""
+    with running(Server(tmp_path)) as server:
+        other = imap_client(server)
+        other.create_folder("Work")
+        other.create_folder("Work.Sub")
+        idlers = [_session(server, "Work"), _session(server, "Work.Sub")]
+        for c in idlers:
+            c.send(b"i IDLE\r\n")
+            assert c.line() == b"+ idling"
+        other.rename_folder("Work", "Play")
+        names = {f[2] for f in other.list_folders()}
+        assert {"Play", "Play.Sub"} <= names and not {"Work", "Work.Sub"} & names
+        other.logout()
+        for c in idlers:
+            assert _rest(c) == [
+                b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect."
+            ]
+        assert "Traceback" not in server.log.read_text()
+
+
 def test_selected_folder_deleted_and_created_again(tmp_path: Path) -> None:
     """A folder deleted and made again (new UIDVALIDITY) by another session while selected:
     the session's next command gets NO [NONEXISTENT] and BYE, not the new folder's messages

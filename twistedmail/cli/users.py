@@ -25,7 +25,7 @@ from twistedmail.cli.common import (
     _maildir,
     _out,
 )
-from twistedmail.maildir import mailbox_root
+from twistedmail.maildir import announce_moved, mailbox_root
 from twistedmail.passwords import hash_password
 from twistedmail.quota import UsageCache
 from twistedmail.units import format_size
@@ -170,7 +170,9 @@ def cmd_user_del(ctx: _Context, args: argparse.Namespace) -> None:
     elif args.keep_mail:
         _out(f"deleted user {mbox} (its mail is kept in {maildir})")
     else:
-        _out(f"deleted user {mbox}; its mail is moved to {_move_aside(ctx, maildir, str(mbox))}")
+        aside = _move_aside(ctx, maildir, str(mbox))
+        announce_moved(aside, children=True)  # idling sessions told at once
+        _out(f"deleted user {mbox}; its mail is moved to {aside}")
 
 
 def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:

@@ -265,7 +265,9 @@ class AuthenticatedCommands(MailboxUpdates):
                 args = items.pop(0) if items else None
                 if not isinstance(args, list) or not 2 <= len(args) <= 4:
                     raise bad(b"QRESYNC (uidvalidity modseq [known-uids [seq-match]])")
-                uidvalidity, modseq = number_arg(args[0], 1), number_arg(args[1], 1)
+                # RFC 7162 §7: uidvalidity is nz-number (32-bit, RFC 3501 §9)
+                uidvalidity = number_arg(args[0], 1, grammar.MAX_NUMBER)
+                modseq = number_arg(args[1], 1)
                 known = uid_set_arg(args[2]) if len(args) > 2 else None
                 if len(args) > 3:
                     match = args[3]  # RFC 7162 §3.2.5.2 seq-match-data: checked, not needed

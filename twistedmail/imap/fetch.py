@@ -11,7 +11,9 @@ never set it); a partial fetch sends only the range asked (C{BODY[]<0.20>}; stoc
 sent the whole message, twisted #5613); raw 8-bit headers are sent as they are stored
 (stock Twisted dropped the connection on a non-ASCII header).  The output loop pauses
 while the client does not read (a push producer on the transport), and lets other
-connections run between batches.
+connections run between batches.  A message expunged elsewhere that the session still has
+in its view gets what can still be read and NIL for the rest, with C{OK [EXPUNGEISSUED]}
+(RFC 2180 §4.1.2, RFC 5530 §3; Dovecot 2.3's answer).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twistedmail.imap.grammar import MAX_NUMBER
 from twistedmail.imap.mailbox import MaildirMailbox
 from twistedmail.imap.message import (
     MaildirMessage,
@@ -126,11 +129,36 @@ def _has_section(part: Any) -> bool:
     return bool(part.header is not None or part.text or part.mime or part.empty)
 
 
+def _numbers_in_range(part: Any) -> bool:
+    """A partial's origin and length and a section's part numbers are C{number} and
+    C{nz-number}: unsigned 32-bit (RFC 3501 §9; Twisted's parser takes any size, and its
+    part numbers count from 0)."""
+    numbers = [getattr(part, "partialBegin", None), getattr(part, "partialLength", None)]
+    numbers += [n + 1 for n in getattr(part, "part", None) or ()]
+    return all(n is None or n <= MAX_NUMBER for n in numbers)
+
+
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
 _MISSING: Final = object()
+
+_GONE: Final = object()
+"""A content item of a message whose file is gone (expunged by another session or
+program while this session still has it in its view) and that nothing kept."""
+
+EXPUNGED_REPLY = b"[EXPUNGEISSUED] Some messages were already expunged."
+"""FETCH's tagged OK when a message of its set could no longer be read (RFC 5530 §3;
+Dovecot 2.3's text)."""
+
+_GONE_VALUES: Final = {
+    "envelope": b"NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL",
+    "bodystructure": b'"text" "plain" NIL NIL NIL "7bit" 0 0 NIL NIL NIL NIL',
+    "body": b'"text" "plain" NIL NIL NIL "7bit" 0 0',
+}
+"""What stands for ENVELOPE, BODYSTRUCTURE and BODY of such a message: Dovecot's empty
+values (a section is NIL)."""
 
 
 class RenderedItems:
@@ -274,6 +302,8 @@ class FetchCommand(MailboxUpdates):
                 result = list(super().arg_fetchatt(atts)[0])
             except Exception:
                 raise imap4.IllegalClientResponse("Invalid FETCH attributes") from None
+            if not all(map(_numbers_in_range, result)):
+                raise imap4.IllegalClientResponse("Number out of range")
         elif not wants:
             raise imap4.IllegalClientResponse("Invalid FETCH attributes")
         if wants:
@@ -318,7 +348,9 @@ class FetchCommand(MailboxUpdates):
     ) -> bytes:
         self._check_numbers(messages, uid)
         mbox = self.selected
-        targets = mbox.fetch(messages, uid)
+        # RFC 2180 §4.1.2: a message expunged elsewhere and not yet reported is answered
+        # with what can still be read (the rest NIL, EXPUNGEISSUED), as Dovecot does
+        targets = mbox.fetch(messages, uid, gone_too=True)
         targets = await self._fetch_changedsince(targets, messages, query, modifiers or {}, uid)
         wants_size = any(p.type == "rfc822size" for p in query)
         if wants_size:
@@ -364,6 +396,7 @@ class FetchCommand(MailboxUpdates):
         loaded: dict[int, bytes | None] = {}
         ahead = 0  # the next index into wanted to read
         rendered: dict[tuple[int, str], CachedParts] = {}
+        gone = False  # a message whose file could not be read (RFC 2180 §4.1.2)
         gate: _FlowGate | None = _FlowGate()
         try:
             self.transport.registerProducer(gate, True)
@@ -379,7 +412,7 @@ class FetchCommand(MailboxUpdates):
                 ):
                     continue  # its file is gone (expunged meanwhile): nothing to send
                 flags_changed = False
-                if sets_seen and "\\Seen" not in msg.getFlags():
+                if sets_seen and "\\Seen" not in msg.getFlags() and not mbox.is_gone(msg.entry.uid):
                     result = await mbox.store_entries([(seq, msg.entry)], "S", 1)
                     if seq in result:
                         msg = mbox.message(seq)
@@ -403,8 +436,10 @@ class FetchCommand(MailboxUpdates):
                         except MaildirError:
                             raw = None
                     if raw is None:
-                        continue  # expunged by another session meanwhile: nothing to send
-                    if part_kinds and parts is None:
+                        # expunged by another session or program: RFC 2180 §4.1.2, what
+                        # can still be read is sent, the rest as Dovecot does (_GONE)
+                        gone = True
+                    elif part_kinds and parts is None:
                         parts = render_parts(raw, part_kinds)
                         rendered[(msg.entry.uid, msg.entry.base)] = parts
                 learned: dict[bytes, bytes | None] = {}
@@ -435,6 +470,8 @@ class FetchCommand(MailboxUpdates):
                     await mbox.cache_parts(rendered)
                 except Exception:
                     log.failure("caching FETCH parts failed session={s}", s=self.session)
+        if gone:
+            return EXPUNGED_REPLY
         return b"FETCH completed"
 
     select_FETCH = command(do_FETCH, IMAPProtocol.arg_seqset, arg_fetchatt, opt_fetch_modifiers)
@@ -482,7 +519,14 @@ class FetchCommand(MailboxUpdates):
                 value = known[key]
             else:
                 value = _render(part, raw, parts)
-                if learned is not None:
+                if value is _GONE:
+                    if kind in _GONE_VALUES and (kind != "body" or not _has_section(part)):
+                        value = _GONE_VALUES[kind]
+                    else:
+                        echoed = key if kind == "body" else _item_key_rfc822(kind)
+                        items.append(echoed + _origin(part) + b" NIL")
+                        continue
+                elif learned is not None:
                     learned[key] = value
             if kind == "envelope":
                 items.append(b"ENVELOPE (" + value + b")")  # type: ignore[operator]
@@ -514,26 +558,44 @@ class FetchCommand(MailboxUpdates):
         return items
 
 
-def _render(part: Any, raw: bytes | None, parts: CachedParts | None) -> bytes | None:
+def _item_key_rfc822(kind: str) -> bytes:
+    """The label an RFC822 item is echoed with."""
+    return {"rfc822": b"RFC822", "rfc822header": b"RFC822.HEADER", "rfc822text": b"RFC822.TEXT"}[
+        kind
+    ]
+
+
+def _origin(part: Any) -> bytes:
+    """C{<start>} of a partial fetch, as echoed (RFC 3501 §7.4.2), else nothing."""
+    begin = getattr(part, "partialBegin", None)
+    return b"" if begin is None else b"<%d>" % begin
+
+
+def _render(part: Any, raw: bytes | None, parts: CachedParts | None) -> Any:
     """The value of one content item (see L{RenderedItems}): from the index's C{parts}
-    when they hold it, else rendered from the message's bytes."""
+    when they hold it, else rendered from the message's bytes (L{_GONE} when there are
+    none: the file is gone)."""
     kind = part.type
     if kind == "envelope":
         if parts is not None and parts.envelope is not None:
             return parts.envelope
-        assert raw is not None
+        if raw is None:
+            return _GONE
         return encode_sexp(envelope(split_message(raw)[0]))
     if kind == "bodystructure":
         if parts is not None and parts.bodystructure is not None:
             return parts.bodystructure
-        assert raw is not None
+        if raw is None:
+            return _GONE
         return encode_sexp(bodystructure(parse_entity(raw), True))
     if kind == "body" and not _has_section(part):
         if parts is not None and parts.body is not None:
             return parts.body
-        assert raw is not None
+        if raw is None:
+            return _GONE
         return encode_sexp(bodystructure(parse_entity(raw), False))
-    assert raw is not None
+    if raw is None:
+        return _GONE
     if kind == "rfc822":
         return raw
     if kind == "rfc822header":

@@ -201,6 +201,9 @@ def is_tag(token: bytes) -> bool:
 MAX_NUMBER = 4_294_967_295
 """RFC 3501 §9: C{number} and C{nz-number} are unsigned 32-bit integers."""
 
+MAX_MODSEQ = 2**63 - 1
+"""RFC 7162 §7: C{mod-sequence-value} and C{mod-sequence-valzer} are at most 2^63-1."""
+
 
 def parse_sequence_set(value: bytes) -> imap4.MessageSet:
     """A sequence set (RFC 3501 §9 C{sequence-set}: C{1:4,7,9:*}) whose numbers fit in 32

@@ -592,15 +592,18 @@ class MaildirMailbox:
 
     # FETCH, STORE, EXPUNGE
 
-    def resolve(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MessageEntry]]:
+    def resolve(
+        self, messages: imap4.MessageSet, uid: bool, gone_too: bool = False
+    ) -> list[tuple[int, MessageEntry]]:
         """(seq, entry) for a sequence set or UID set (RFC 3501 §9), in sequence order;
-        messages expunged elsewhere but not yet reported are left out, and so are new ones
-        not yet announced with EXISTS (C{*} is the client's last message, RFC 3501 §6.4.8)."""
+        messages expunged elsewhere but not yet reported are left out (unless C{gone_too}:
+        FETCH answers them, RFC 2180 §4.1.2), and so are new ones not yet announced with
+        EXISTS (C{*} is the client's last message, RFC 3501 §6.4.8)."""
         view = self._view[: self._announced]
         if not view:
             return []
         out = []
-        gone = self._gone
+        gone = NO_UIDS if gone_too else self._gone
         last = view[-1].uid if uid else len(view)
         # the set's ranges merged, then each looked up: the view is in UID order, so a range
         # of UIDs is found by bisection (a FETCH of the last 500 of 100,000 visits 500)
@@ -620,9 +623,21 @@ class MaildirMailbox:
         entry = self._view[seq - 1]
         return MaildirMessage(entry, self.folder, seq, entry.uid in self._recent, self.keywords)
 
-    def fetch(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MaildirMessage]]:
-        """IMailbox.fetch: a list (not a generator) of (seq, message)."""
-        return [(seq, self.message(seq)) for seq, _ in self.resolve(messages, uid)]
+    def fetch(
+        self, messages: imap4.MessageSet, uid: bool, gone_too: bool = False
+    ) -> list[tuple[int, MaildirMessage]]:
+        """IMailbox.fetch: a list (not a generator) of (seq, message); L{resolve}."""
+        return [(seq, self.message(seq)) for seq, _ in self.resolve(messages, uid, gone_too)]
+
+    def is_gone(self, uid: int) -> bool:
+        """Whether message C{uid} of the view was expunged elsewhere (not yet reported)."""
+        return uid in self._gone
+
+    def any_gone(self, messages: imap4.MessageSet, uid: bool) -> bool:
+        """Whether the set names a message expunged elsewhere and not yet reported."""
+        return bool(self._gone) and any(
+            e.uid in self._gone for _, e in self.resolve(messages, uid, True)
+        )
 
     async def sized(self, targets: Sequence[tuple[int, MaildirMessage]]) -> None:
         """Give the messages of C{targets} whose size is not known yet (a file named without

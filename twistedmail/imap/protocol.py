@@ -65,7 +65,7 @@ def decode_mailbox_name(raw: bytes | str) -> str:
 UID_COMMANDS = {b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"EXPUNGE", b"SORT"}
 UTF8_ACCEPT = b"UTF8=ACCEPT"
 
-MAX_MODSEQ = 2**63 - 1  # RFC 7162 §7: mod-sequence-value is at most 2^63-1
+MAX_MODSEQ = grammar.MAX_MODSEQ
 
 # RFC 3501 §7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH.
 NO_EXPUNGE_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"SORT"}
@@ -191,14 +191,15 @@ def option_atoms(inner: bytes) -> list[bytes]:
     return out
 
 
-def number_arg(value: Any, low: int) -> int:
-    """A number from a parsed argument, at least C{low}, at most 2^63-1 (RFC 7162 §7).
+def number_arg(value: Any, low: int, high: int = MAX_MODSEQ) -> int:
+    """A number from a parsed argument, at least C{low}, at most C{high} (by default
+    2^63-1, RFC 7162 §7).
 
     @raise IMAPError: BAD otherwise."""
     if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
         raise bad(b"Number expected")
     number = int(value)
-    if not low <= number <= MAX_MODSEQ:
+    if not low <= number <= high:
         raise bad(b"Number out of range")
     return number
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.mail import imap4
 
-from twistedmail.imap.grammar import MAX_NUMBER, in_set, parse_sequence_set
+from twistedmail.imap.grammar import MAX_MODSEQ, MAX_NUMBER, in_set, parse_sequence_set
 from twistedmail.imap.message import (
     decode_header_text,
     header_value,
@@ -210,8 +210,8 @@ def compile_search(
                 ):
                     raise SearchError("bad MODSEQ entry type")
                 value = take()
-            if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
-                raise SearchError("bad MODSEQ value")
+            if not isinstance(value, bytes) or not value.isdigit() or int(value) > MAX_MODSEQ:
+                raise SearchError("bad MODSEQ value")  # (RFC 7162 §7 mod-sequence-valzer)
             floor = int(value)
             return lambda c, r: c[1].modseq >= floor
         if key == b"LARGER":

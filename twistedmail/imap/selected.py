@@ -282,6 +282,10 @@ class SelectedCommands(MailboxUpdates):
     ) -> tuple[bytes, list[MaildirMessage]]:
         """Copy into mailbox C{name}; return the C{[COPYUID ...] } code (RFC 4315 §3, empty
         when nothing was copied) and the source messages copied."""
+        if self.selected.any_gone(messages, uid):
+            # RFC 2180 §4.4.1: a set naming a message expunged elsewhere copies nothing
+            # (Dovecot's answer; RFC 5530 §3)
+            raise _expunge_issued()
         # opened as for EXAMINE: the target's \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
         target = await self.mail_account.select(decode_mailbox_name(name), False)
         if target is None:
@@ -290,18 +294,23 @@ class SelectedCommands(MailboxUpdates):
         new_uids: list[int] = []
         sources = self.selected.fetch(messages, uid)
         await self.selected.dated(sources)  # each copy keeps its INTERNALDATE (RFC 3501 §6.4.7)
+        missing = False
         try:
             for _seq, msg in sources:
                 try:
                     new_uid = await target.copy(msg)
                 except MaildirError:
-                    continue  # expunged meanwhile
+                    missing = True  # expunged meanwhile, before the view knew
+                    continue
                 copied.append(msg)
                 new_uids.append(new_uid)
         finally:
             close_quietly(target)
         await self._refresh_if_selected(target)
         self._observe_copy(target, copied)
+        if missing:
+            # the same answer (those copied before stay; a MOVE expunges none)
+            raise _expunge_issued()
         code = b""
         if copied and target.getUIDValidity() and all(isinstance(u, int) for u in new_uids):
             code = b"[COPYUID %d %s %s] " % (
@@ -365,3 +374,8 @@ class SelectedCommands(MailboxUpdates):
     select_UNSELECT = command(do_UNSELECT)
 
     select_COPY = command(do_COPY, IMAPProtocol.arg_seqset, IMAPProtocol.arg_finalastring)
+
+
+def _expunge_issued() -> Exception:
+    """COPY's and MOVE's NO for a set naming a message expunged elsewhere (RFC 5530 §3)."""
+    return no(b"Some of the requested messages no longer exist.", b"EXPUNGEISSUED")

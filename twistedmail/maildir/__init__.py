@@ -116,6 +116,7 @@ from twistedmail.maildir.tree import (
     TMP_MAX_AGE,
     ChangeNotifier,
     UserMaildir,
+    announce_moved,
     clean_tmp,
     mailbox_root,
 )
@@ -195,6 +196,7 @@ __all__ = [
     "UNKNOWN_MTIME",
     "UNKNOWN_SIZE",
     "UserMaildir",
+    "announce_moved",
     "wire_size",
     "wire_size_from_name",
     "write_durably",

@@ -403,6 +403,14 @@ class Folder:
                 size = UNKNOWN_SIZE
             entries[base] = (name, mtime, size)
         saved_uidnext = uidnext
+        if known:
+            # a file under the base name of a message expunged since (our EXPUNGE leaves
+            # it in the UID list until this sync; another program put the file back): a
+            # new message, never its old UID (RFC 3501 §2.3.1.1)
+            back = {uids[b]: b for b in entries if b in uids and b not in known}
+            for uid in index.tombstones(back) if back else ():
+                del uids[back[uid]]
+                changed = True
         fresh = sorted(set(entries) - set(uids), key=lambda b: (entries[b][1], arrival_key(b)))
         for base in fresh:
             uids[base] = uidnext

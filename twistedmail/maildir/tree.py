@@ -26,6 +26,32 @@ from twistedmail.maildir.names import (
     encode_folder_name,
 )
 
+MOVED_PROBE = ".moved"
+"""The dot file L{announce_moved} makes and removes (Maildir readers skip dot files)."""
+
+
+def announce_moved(folder: Path, children: bool = False) -> None:
+    """Make and remove a dot file in the C{new/} of C{folder} (and, with C{children}, of
+    its C{.Name} folders: a whole Maildir), moved to another name (RENAME, C{user del}).
+    A move changes nothing in C{cur/} or C{new/}, so no watcher heard of it: inotify
+    follows those directories under their new name, and this event makes the sessions
+    that selected the old one rescan it and find it gone (an idling session is told at
+    once, as for a DELETE).  Best effort: a failure leaves them to learn at their next
+    command, as before."""
+    folders = [folder]
+    if children:
+        try:
+            folders += [folder / d for d in os.listdir(folder) if d.startswith(".")]
+        except OSError:
+            return
+    for each in folders:
+        probe = each / "new" / f"{MOVED_PROBE}.{os.getpid()}.{uuid.uuid4().hex}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError:
+            continue
+
 
 class UserMaildir:
     """One user's folder tree: INBOX at C{root}, subfolders as Maildir++ siblings in it."""
@@ -116,6 +142,8 @@ class UserMaildir:
         for child, renamed in children:
             os.rename(self.root / child, self.root / renamed)
         fsync_dir(self.root)
+        for folder in [dst] + [self.root / renamed for _, renamed in children]:
+            announce_moved(folder)
 
     def renamed_children(self, old: str, new: str) -> list[tuple[str, str]]:
         """The directory names of C{old}'s children and theirs once C{old} is C{new}.
