@@ -167,8 +167,9 @@ def test_copy_and_move_keep_the_date(server: Server) -> None:
 
 def test_file_gone_before_its_date_was_read(server: Server) -> None:
     """A message file another program removed after the SELECT, before its date or size
-    was read: FETCH leaves it out (as a message expunged meanwhile, RFC 3501 §7.4.1), SEARCH
-    by date does not match it, the others answer."""
+    was read: FETCH leaves it out (as a message expunged meanwhile, RFC 3501 §7.4.1) and
+    answers OK [EXPUNGEISSUED] (RFC 5530 §3), SEARCH by date does not match it, the others
+    answer."""
     drop_folder(server)
     w = login(server)
     try:
@@ -177,11 +178,12 @@ def test_file_gone_before_its_date_was_read(server: Server) -> None:
         (server.maildir(ALICE) / "cur" / f"{MESSAGES[0][0]}:2,S").unlink()
         out = w.send(b"c FETCH 1:* (INTERNALDATE)", b"c OK")
         assert out == internaldates([2, 3, 4, 5], DATES[1:]) + b"c OK", out
-        w.until(b"\r\n")
+        # RFC 5530 §3: the tagged OK tells the client a message of the set was expunged
+        assert w.until(b"\r\n") == b" [EXPUNGEISSUED] Some messages were already expunged.\r\n"
         out = w.send(b"d FETCH 1:* (RFC822.SIZE)", b"d OK")
         assert out.startswith(b"* 2 FETCH (RFC822.SIZE 42)\r\n"), out
         assert b"* 1 FETCH" not in out, out
-        w.until(b"\r\n")
+        assert w.until(b"\r\n") == b" [EXPUNGEISSUED] Some messages were already expunged.\r\n"
         assert w.send(b"e SEARCH ON 14-Nov-2023", b"e OK").startswith(b"* SEARCH 4\r\n")
     finally:
         w.close()

@@ -410,7 +410,8 @@ class FetchCommand(MailboxUpdates):
                 if (wants_size and msg.entry.size == UNKNOWN_SIZE) or (
                     wants_date and msg.entry.mtime == UNKNOWN_MTIME
                 ):
-                    continue  # its file is gone (expunged meanwhile): nothing to send
+                    gone = True  # its file is gone (expunged meanwhile): RFC 2180 §4.1.2
+                    continue  # no date or size to send: left out, the OK says so
                 flags_changed = False
                 if sets_seen and "\\Seen" not in msg.getFlags() and not mbox.is_gone(msg.entry.uid):
                     result = await mbox.store_entries([(seq, msg.entry)], "S", 1)
