@@ -34,7 +34,7 @@ from twistedmail.index import (
 )
 from twistedmail.maildir import keywordfile, uidlist
 from twistedmail.maildir.dotlock import DOTLOCK_TIMEOUT, dotlock
-from twistedmail.maildir.durable import fsync_dir, fsync_dir_shared, is_enospc, write_durably
+from twistedmail.maildir.durable import fsync_dir, is_enospc, write_durably
 from twistedmail.maildir.names import (
     ALL_LETTERS,
     KEYWORDS,
@@ -782,7 +782,9 @@ class Folder:
         """STORE: apply each L{FlagChange} to the message's flags as they are on disk now
         (not as the caller last saw them: DESIGN §6, a delta under the lock, so another
         session's, POP3's or a hand rename's change survives), all under one lock with one
-        new MODSEQ (RFC 7162 §3.1.1).
+        new MODSEQ (RFC 7162 §3.1.1).  The renames are done when this returns (a kill -9
+        after STORE's OK keeps them) but C{cur/} is not fsynced (Dovecot's C{mail_fsync =
+        optimized}: a power loss may undo the last flag changes).
 
         @param unchangedsince: RFC 7162 §3.1.3 UNCHANGEDSINCE: a message whose MODSEQ is now
             larger is left alone and returned as modified.
@@ -840,8 +842,9 @@ class Folder:
 
             kept = self._own_change(index, rename_all)
             if renamed:
-                # the flags are the file names: durable before OK (the index may lag)
-                fsync_dir_shared(self.path / "cur")
+                # the flags are the file names, renamed before OK: a kill -9 keeps them; not
+                # fsynced (Dovecot's mail_fsync = optimized: a power loss may undo the last
+                # flag changes, never a message or a UID)
                 modseq = index.next_modseq()
                 names = dict(renamed)
                 for uid, name in renamed:
@@ -860,6 +863,9 @@ class Folder:
     def remove_many(self, entries: list[MessageEntry], flagged: str = "") -> list[MessageEntry]:
         """Delete the message files under one lock, each expunge recorded with one new
         MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped.
+        The files are unlinked when this returns (a kill -9 after EXPUNGE's OK keeps the
+        expunge) but C{cur/} is not fsynced (Dovecot's C{mail_fsync = optimized}: a power
+        loss may bring the last expunged messages back, with their UIDs).
 
         @param flagged: an info letter (C{"T"} for EXPUNGE, RFC 3501 §6.4.3): only messages
             whose file carries it now are removed (another session may have cleared it).
@@ -891,7 +897,8 @@ class Folder:
 
             kept = self._own_change(index, unlink_all)
             if removed:
-                fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
+                # unlinked before OK (a kill -9 keeps the expunge), not fsynced: as Dovecot's
+                # mail_fsync = optimized, a power loss may bring the last expunged files back
                 if kept is not None:
                     gone = [(e.uid, modseq) for e in removed if e.uid in indexed]
                     followed.append(self._followed(kept, index, [], gone))
