@@ -34,6 +34,7 @@ from twistedmail.maildir import (
     write_durably,
 )
 from twistedmail.maildir import folder as folder_module
+from twistedmail.maildir.names import read_fd
 
 MSG1 = b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n"
 MSG2 = b"From: b@example.org\r\nSubject: two\r\n\r\nbody two, longer\r\n"
@@ -512,6 +513,43 @@ class MessageTests(MaildirTestCase):
         """read returns the stored bytes and open the file's path in cur/."""
         self.assertEqual(self.folder.read(self.entry), MSG1)
         self.assertEqual(self.folder.open(self.entry), self.root / "cur" / f"{self.base}:2,")
+
+    def test_read_costs_one_read(self) -> None:
+        """read opens the file, fstats it and reads it in one read(2) (no ioctl, lseek or
+        second read as Python's open().read() makes: issue 10)."""
+        calls: list[str] = []
+        real_read, real_fstat = os.read, os.fstat
+        self.patch(os, "read", lambda fd, n: (calls.append(f"read {n}"), real_read(fd, n))[1])
+        self.patch(os, "fstat", lambda fd: (calls.append("fstat"), real_fstat(fd))[1])
+        self.assertEqual(self.folder.read(self.entry), MSG1)
+        self.assertEqual(calls, ["fstat", f"read {len(MSG1)}"])
+
+    def test_read_fd_short_reads_and_pipes(self) -> None:
+        """read_fd goes on after a short read, reads a pipe (fstat size 0) to its end, and
+        reads an empty file as b''."""
+        path = Path(self.mktemp())
+        path.write_bytes(b"0123456789")
+        real_read = os.read
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.patch(os, "read", lambda fd, n: real_read(fd, min(n, 4)))  # 4 octets a call
+            self.assertEqual(read_fd(fd), b"0123456789")
+        finally:
+            os.close(fd)
+        self.patch(os, "read", real_read)
+        r, w = os.pipe()
+        os.write(w, b"piped")
+        os.close(w)
+        try:
+            self.assertEqual(read_fd(r), b"piped")
+        finally:
+            os.close(r)
+        path.write_bytes(b"")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.assertEqual(read_fd(fd), b"")
+        finally:
+            os.close(fd)
 
     def test_set_flags_renames(self) -> None:
         """set_flags renames the file to the sorted, deduplicated letters, keeps the UID and the

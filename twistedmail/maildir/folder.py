@@ -51,6 +51,7 @@ from twistedmail.maildir.names import (
     is_keyword,
     measure_fd,
     normalize_flags,
+    read_fd,
     split_name,
     to_crlf,
     wire_size,
@@ -745,8 +746,11 @@ class Folder:
 
         @raise MaildirError: when it is gone.
         """
-        with open(self.open_fd(entry), "rb") as f:
-            data = f.read()
+        fd = self.open_fd(entry)
+        try:
+            data = read_fd(fd)
+        finally:
+            os.close(fd)
         return to_crlf(data)
 
     def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
