@@ -246,6 +246,22 @@ class MaildirAccount:
         except MaildirError:
             return None
 
+    def append_target(self, name: str) -> MaildirMailbox | None:
+        """APPEND's target when it is not the selected folder: its mailbox, not opened (no
+        scan: APPEND needs no view of the messages, and the scan, which lists C{cur/} and
+        C{new/} while the folder changes, and its thread hop were half an APPEND's system
+        calls, issue 10); C{None} for a name that is not valid.  Its L{MaildirMailbox.append}
+        makes the INBOX when missing and raises L{FolderGoneError} for a folder that is not
+        there, in the thread hop that stores the message."""
+        name = canonical(name)
+        try:
+            folder = self.maildir.folder(name)
+        except FolderNameError:
+            return None
+        mailbox = MaildirMailbox(name, folder, self.notifier, self.run_in_thread, False)
+        mailbox.make = self._ensure_inbox if name == INBOX else None
+        return mailbox
+
     def addMailbox(self, name: str, mbox: object = None) -> bool:
         return self.create(name)
 

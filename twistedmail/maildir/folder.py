@@ -654,9 +654,15 @@ class Folder:
         UIDVALIDITY and the message's new UID, read under the lock (the folder may have
         been deleted and created again since a session selected it: RFC 4315 §3 APPENDUID
         names the UIDVALIDITY the UID belongs to).  Index it with a new MODSEQ, and
-        C{headers}, when given, in the header cache: see L{FolderIndex.headers}."""
+        C{headers}, when given, in the header cache: see L{FolderIndex.headers}.
+
+        The folder is not listed (as Dovecot's save syncs its UID list partially): a file
+        another program put in C{new/} or C{cur/} and no scan has seen yet gets its UID at
+        the next scan, above this one (RFC 3501 §2.3.1.1: UIDs ascend as they are given).
+
+        @raise FolderGoneError: the folder is not there (APPEND's C{NO [TRYCREATE]})."""
         if not self.exists():
-            raise MaildirError("no such folder")
+            raise FolderGoneError("no such folder")
         followed: list[_Snapshot] = []
         with self._indexed(followed) as index:
             stamps = self._stamps()
