@@ -756,9 +756,11 @@ class AppendTests(unittest.TestCase):
 
     def test_append_to_other_mailbox_one_job_no_listing(self) -> None:
         """APPEND to a mailbox that is not the selected one stores the message in one job
-        off the reactor thread and lists no directory: the target is not opened and scanned
-        (issue 10: the scan listed cur/ and new/ of a folder changing under other sessions);
-        its \\Recent message stays for the next SELECT (RFC 3501 §2.3.2)."""
+        off the reactor thread: the target is not opened and scanned (issue 10: the scan
+        listed cur/ and new/ of a folder changing under other sessions).  Only the first,
+        into a folder never synced, lists it (the sync that gives UIDs to what is there);
+        the next lists nothing.  The \\Recent messages stay for the next SELECT (RFC 3501
+        §2.3.2)."""
         jobs: list[object] = []
 
         def counted(f: Any, *args: Any) -> Deferred[Any]:
@@ -771,16 +773,25 @@ class AppendTests(unittest.TestCase):
         real_listdir, real_scandir = os.listdir, os.scandir
         self.patch(os, "listdir", lambda p=".": (listed.append(str(p)), real_listdir(p))[1])
         self.patch(os, "scandir", lambda p=".": (listed.append(str(p)), real_scandir(p))[1])
-        jobs.clear()
-        h.send(b"a APPEND Sent (\\Flagged) {5}\r\n")
-        reply = h.send(b"hello\r\n")
-        self.assertEqual((len(jobs), listed), (1, []))
+        replies, counts = [], []
+        for tag in (b"a", b"b"):
+            jobs.clear()
+            del listed[:]
+            h.send(tag + b" APPEND Sent (\\Flagged) {5}\r\n")
+            replies.append(h.send(b"hello\r\n"))
+            counts.append((len(jobs), [Path(p).name for p in listed]))
+        self.assertEqual(counts, [(1, ["new", "cur"]), (1, [])])
         self.patch(os, "listdir", real_listdir)
         self.patch(os, "scandir", real_scandir)
+        uidvalidity = h.uidvalidity("Sent")
         self.assertEqual(
-            reply, b"a OK [APPENDUID %d 1] APPEND completed\r\n" % h.uidvalidity("Sent")
+            replies,
+            [
+                b"a OK [APPENDUID %d 1] APPEND completed\r\n" % uidvalidity,
+                b"b OK [APPENDUID %d 2] APPEND completed\r\n" % uidvalidity,
+            ],
         )
-        self.assertEqual(h.cmd(b"s SELECT Sent")[1:3], [b"* 1 EXISTS", b"* 1 RECENT"])
+        self.assertEqual(h.cmd(b"s SELECT Sent")[1:3], [b"* 2 EXISTS", b"* 2 RECENT"])
 
     def test_append_to_missing_inbox_makes_it(self) -> None:
         """APPEND to INBOX, not selected, after INBOX was removed from disk: it is made

@@ -656,9 +656,11 @@ class Folder:
         names the UIDVALIDITY the UID belongs to).  Index it with a new MODSEQ, and
         C{headers}, when given, in the header cache: see L{FolderIndex.headers}.
 
-        The folder is not listed (as Dovecot's save syncs its UID list partially): a file
-        another program put in C{new/} or C{cur/} and no scan has seen yet gets its UID at
-        the next scan, above this one (RFC 3501 §2.3.1.1: UIDs ascend as they are given).
+        The folder is listed only when the index is not in step with it (another program
+        or process changed it, or it was never synced): then the full sync of L{scan} runs
+        first, so the files waiting in C{new/} get their UIDs before this one and the UID
+        list gets one line, not a rewrite (an APPEND to a folder no session has open needs
+        no scan before it).
 
         @raise FolderGoneError: the folder is not there (APPEND's C{NO [TRYCREATE]})."""
         if not self.exists():
@@ -666,6 +668,9 @@ class Folder:
         followed: list[_Snapshot] = []
         with self._indexed(followed) as index:
             stamps = self._stamps()
+            if index.stamps() != stamps:
+                index.add_recent(self._sync(index, []).values())  # (as a scan would)
+                stamps = self._stamps()
             in_step = index.stamps() == stamps
             kept = self._in_step(index, stamps) if in_step else None
             base = write_durably(self.path / "cur", data, flags, mtime)
