@@ -794,8 +794,8 @@ class AppendTests(unittest.TestCase):
         self.assertEqual(h.cmd(b"s SELECT Sent")[1:3], [b"* 2 EXISTS", b"* 2 RECENT"])
 
     def test_append_to_missing_inbox_makes_it(self) -> None:
-        """APPEND to INBOX, not selected, after INBOX was removed from disk: it is made
-        again (as at login) and the message stored in it."""
+        """APPEND to INBOX, not selected, after INBOX was removed from disk, then after its
+        tmp/ alone was: it is made again (as at login) and the message stored in it."""
         inbox = self.h.maildir.folder_path("INBOX")
         for sub in ("cur", "new", "tmp"):
             (inbox / sub).rmdir()
@@ -804,7 +804,13 @@ class AppendTests(unittest.TestCase):
             self.h.send(b"hello\r\n"),
             b"a OK [APPENDUID %d 1] APPEND completed\r\n" % self.h.uidvalidity("INBOX"),
         )
-        self.assertEqual(self.stored("INBOX"), [("", b"hello")])
+        (inbox / "tmp").rmdir()
+        self.h.send(b"b APPEND INBOX {5}\r\n")
+        self.assertEqual(
+            self.h.send(b"again\r\n"),
+            b"b OK [APPENDUID %d 2] APPEND completed\r\n" % self.h.uidvalidity("INBOX"),
+        )
+        self.assertEqual(sorted(self.stored("INBOX")), [("", b"again"), ("", b"hello")])
 
     def test_append_to_selected_mailbox_deleted_meanwhile(self) -> None:
         """RFC 3501 §6.3.11: APPEND to the selected folder after it was deleted (by

@@ -259,8 +259,15 @@ class MaildirAccount:
         except FolderNameError:
             return None
         mailbox = MaildirMailbox(name, folder, self.notifier, self.run_in_thread, False)
-        mailbox.make = self._ensure_inbox if name == INBOX else None
+        mailbox.make = self._inbox_to_append if name == INBOX else None
         return mailbox
+
+    def _inbox_to_append(self) -> None:
+        """L{_ensure_inbox} when the INBOX lacks C{cur/} or C{tmp/}, what an APPEND writes
+        to: two C{stat}s in the usual case, not a C{mkdir} and a C{stat} per directory."""
+        root = self.maildir.root
+        if not ((root / "cur").is_dir() and (root / "tmp").is_dir()):
+            self._ensure_inbox()
 
     def addMailbox(self, name: str, mbox: object = None) -> bool:
         return self.create(name)
