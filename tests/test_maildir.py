@@ -225,10 +225,11 @@ class ScanTests(MaildirTestCase):
         self.deliver(MSG1, mtime=1000.0)
         self.folder.add(MSG2, "S")
         write_durably(self.root / "cur", MSG1, "", 500.0)
-        # UID 1: added at once; then by mtime the cur/ file (2) and the new/ one (3)
-        self.assertEqual(self.folder.scan().recent, frozenset({1, 3}))
-        self.assertEqual(self.folder.scan().recent, frozenset({1, 3}))
-        self.assertEqual(self.folder.scan(claim_recent=True).recent, frozenset({1, 3}))
+        # UID 1: the new/ one, synced by the add (its index was not in step); 2 the added
+        # one; 3 the cur/ file written after
+        self.assertEqual(self.folder.scan().recent, frozenset({1, 2}))
+        self.assertEqual(self.folder.scan().recent, frozenset({1, 2}))
+        self.assertEqual(self.folder.scan(claim_recent=True).recent, frozenset({1, 2}))
         self.assertEqual(self.folder.scan(claim_recent=True).recent, frozenset())
         self.folder.add(MSG1)
         self.assertEqual(self.folder.scan().recent, frozenset({4}))
@@ -489,6 +490,7 @@ class AddTests(MaildirTestCase):
             self.folder.add(MSG2)
         self.assertEqual(path.read_bytes(), before)
         self.assertEqual(len(listing(self.root / "cur")), 1)
+        self.patch(os, "fsync", real)  # room again: the next APPEND gets the UID not given
         self.assertEqual(self.folder.add(MSG3)[1], 2)
 
     def test_append_after_outside_uidlist_change(self) -> None:
