@@ -6,6 +6,7 @@ show what was read."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from twistedmail import index as index_module
 from twistedmail.imap.search import cached_fields
 from twistedmail.index import HEADERS_VERSION, INDEX_FILE, FolderIndex
 from twistedmail.maildir import Folder, make_maildir, write_durably
-from twistedmail.maildir import folder as folder_module
 
 MSG3 = (
     b"From: =?utf-8?q?Z=C3=BCrich_Team?= <team@example.net>\r\n"
@@ -224,18 +224,46 @@ class CacheAtDeliveryTests(unittest.TestCase):
 
 
 class DurableFlagsTests(unittest.TestCase):
-    def test_store_and_expunge_sync_cur(self) -> None:
-        """STORE and EXPUNGE make cur/ durable (the renames and unlinks) before their OK:
-        the flags are the file names (mail_fsync = optimized: the index is not synced)."""
-        synced: list[str] = []
-        real = folder_module.fsync_dir_shared
-        self.patch(folder_module, "fsync_dir_shared", lambda p: (synced.append(p.name), real(p))[1])
-        h = Harness(self)
-        h.add(MSG1, "", T1)
-        h.login()
-        h.cmd(b"s SELECT INBOX")
-        synced.clear()
-        self.assertEqual(h.cmd(b"a STORE 1 +FLAGS (\\Deleted)")[-1], b"a OK STORE completed")
-        self.assertEqual(synced, ["cur"])
-        self.assertEqual(h.cmd(b"b EXPUNGE")[-1], b"b OK EXPUNGE completed")
-        self.assertEqual(synced, ["cur", "cur"])
+    """What is fsynced per command, as Dovecot's C{mail_fsync = optimized}: APPEND (and COPY)
+    make the message file, its name in C{cur/} and its UID in C{dovecot-uidlist} durable
+    before OK; STORE and EXPUNGE rename or unlink before OK (a kill -9 keeps them:
+    tests/e2e/test_e2e_imap_crash.py) and fsync nothing."""
+
+    def setUp(self) -> None:
+        self.synced: list[str] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            # the path the descriptor names, relative to the folder (tmp/ files by their dir)
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            name = "tmp/" if path.parent.name == "tmp" else path.name
+            self.synced.append(name)
+            real(fd)
+
+        self.patch(os, "fsync", fsync)
+        self.h = Harness(self)
+        self.h.add(MSG1, "", T1)
+        self.h.add(MSG2, "", T1)
+        self.h.login()
+        self.h.cmd(b"s SELECT INBOX")
+        self.synced.clear()
+
+    def test_append_syncs_file_name_and_uid(self) -> None:
+        """RFC 3501 §6.3.11: the message file, C{cur/} (its link) and C{dovecot-uidlist} (its
+        UID, RFC 3501 §2.3.1.1) are fsynced, in that order, before APPEND's OK."""
+        self.h.send(b"a APPEND INBOX {5}\r\n")
+        reply = self.h.send(b"hello\r\n").split(b"\r\n")[-2]
+        self.assertEqual(self.synced, ["tmp/", "cur", "dovecot-uidlist"])
+        uidvalidity = self.h.uidvalidity()
+        self.assertEqual(reply, b"a OK [APPENDUID %d 3] APPEND completed" % uidvalidity)
+
+    def test_store_and_expunge_sync_nothing(self) -> None:
+        """STORE renames and EXPUNGE unlinks before their OK, and neither fsyncs a file or
+        a directory (nor does the index: SQLite's write-ahead log, synced at checkpoints)."""
+        cur = self.h.root / "cur"
+        self.assertEqual(self.h.cmd(b"a STORE 1 +FLAGS (\\Seen)")[-1], b"a OK STORE completed")
+        self.assertEqual(self.h.cmd(b"b STORE 2 +FLAGS (\\Deleted)")[-1], b"b OK STORE completed")
+        self.assertEqual(sorted(n.rsplit(",", 1)[1] for n in os.listdir(cur)), ["S", "T"])
+        self.assertEqual(self.h.cmd(b"c EXPUNGE")[-1], b"c OK EXPUNGE completed")
+        self.assertEqual([n.rsplit(",", 1)[1] for n in os.listdir(cur)], ["S"])
+        self.assertEqual(self.synced, [])

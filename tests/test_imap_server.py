@@ -4,6 +4,7 @@ transport, a temp Maildir, a synchronous thread fake and a Clock."""
 from __future__ import annotations
 
 import base64
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -752,6 +753,64 @@ class AppendTests(unittest.TestCase):
             h.cmd(b"f FETCH 1 (UID FLAGS)"),
             [b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))", b"f OK FETCH completed"],
         )
+
+    def test_append_to_other_mailbox_one_job_no_listing(self) -> None:
+        """APPEND to a mailbox that is not the selected one stores the message in one job
+        off the reactor thread: the target is not opened and scanned (issue 10: the scan
+        listed cur/ and new/ of a folder changing under other sessions).  Only the first,
+        into a folder never synced, lists it (the sync that gives UIDs to what is there);
+        the next lists nothing.  The \\Recent messages stay for the next SELECT (RFC 3501
+        §2.3.2)."""
+        jobs: list[object] = []
+
+        def counted(f: Any, *args: Any) -> Deferred[Any]:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        h = Harness(self, run=counted)
+        h.login()
+        listed: list[str] = []
+        real_listdir, real_scandir = os.listdir, os.scandir
+        self.patch(os, "listdir", lambda p=".": (listed.append(str(p)), real_listdir(p))[1])
+        self.patch(os, "scandir", lambda p=".": (listed.append(str(p)), real_scandir(p))[1])
+        replies, counts = [], []
+        for tag in (b"a", b"b"):
+            jobs.clear()
+            del listed[:]
+            h.send(tag + b" APPEND Sent (\\Flagged) {5}\r\n")
+            replies.append(h.send(b"hello\r\n"))
+            counts.append((len(jobs), [Path(p).name for p in listed]))
+        self.assertEqual(counts, [(1, ["new", "cur"]), (1, [])])
+        self.patch(os, "listdir", real_listdir)
+        self.patch(os, "scandir", real_scandir)
+        uidvalidity = h.uidvalidity("Sent")
+        self.assertEqual(
+            replies,
+            [
+                b"a OK [APPENDUID %d 1] APPEND completed\r\n" % uidvalidity,
+                b"b OK [APPENDUID %d 2] APPEND completed\r\n" % uidvalidity,
+            ],
+        )
+        self.assertEqual(h.cmd(b"s SELECT Sent")[1:3], [b"* 2 EXISTS", b"* 2 RECENT"])
+
+    def test_append_to_missing_inbox_makes_it(self) -> None:
+        """APPEND to INBOX, not selected, after INBOX was removed from disk, then after its
+        tmp/ alone was: it is made again (as at login) and the message stored in it."""
+        inbox = self.h.maildir.folder_path("INBOX")
+        for sub in ("cur", "new", "tmp"):
+            (inbox / sub).rmdir()
+        self.h.send(b"a APPEND INBOX {5}\r\n")
+        self.assertEqual(
+            self.h.send(b"hello\r\n"),
+            b"a OK [APPENDUID %d 1] APPEND completed\r\n" % self.h.uidvalidity("INBOX"),
+        )
+        (inbox / "tmp").rmdir()
+        self.h.send(b"b APPEND INBOX {5}\r\n")
+        self.assertEqual(
+            self.h.send(b"again\r\n"),
+            b"b OK [APPENDUID %d 2] APPEND completed\r\n" % self.h.uidvalidity("INBOX"),
+        )
+        self.assertEqual(sorted(self.stored("INBOX")), [("", b"again"), ("", b"hello")])
 
     def test_append_to_selected_mailbox_deleted_meanwhile(self) -> None:
         """RFC 3501 §6.3.11: APPEND to the selected folder after it was deleted (by

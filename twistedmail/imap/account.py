@@ -246,6 +246,29 @@ class MaildirAccount:
         except MaildirError:
             return None
 
+    def append_target(self, name: str) -> MaildirMailbox | None:
+        """APPEND's target when it is not the selected folder: its mailbox, not opened (no
+        scan: APPEND needs no view of the messages, and the scan, which lists C{cur/} and
+        C{new/} while the folder changes, and its thread hop were half an APPEND's system
+        calls, issue 10); C{None} for a name that is not valid.  Its L{MaildirMailbox.append}
+        makes the INBOX when missing and raises L{FolderGoneError} for a folder that is not
+        there, in the thread hop that stores the message."""
+        name = canonical(name)
+        try:
+            folder = self.maildir.folder(name)
+        except FolderNameError:
+            return None
+        mailbox = MaildirMailbox(name, folder, self.notifier, self.run_in_thread, False)
+        mailbox.make = self._inbox_to_append if name == INBOX else None
+        return mailbox
+
+    def _inbox_to_append(self) -> None:
+        """L{_ensure_inbox} when the INBOX lacks C{cur/} or C{tmp/}, what an APPEND writes
+        to: two C{stat}s in the usual case, not a C{mkdir} and a C{stat} per directory."""
+        root = self.maildir.root
+        if not ((root / "cur").is_dir() and (root / "tmp").is_dir()):
+            self._ensure_inbox()
+
     def addMailbox(self, name: str, mbox: object = None) -> bool:
         return self.create(name)
 

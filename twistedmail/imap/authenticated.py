@@ -46,7 +46,7 @@ from twistedmail.imap.protocol import (
     utf8_mailbox,
 )
 from twistedmail.imap.updates import MailboxUpdates, close_quietly
-from twistedmail.maildir import MaildirError
+from twistedmail.maildir import FolderGoneError, MaildirError
 from twistedmail.wire import release_tls_buffers
 
 log = Logger(namespace="twistedmail.imap")
@@ -529,8 +529,9 @@ class AuthenticatedCommands(MailboxUpdates):
         mbox = self.mbox
         opened = mbox is None or mbox.path != self.mail_account.folder_path(target)
         if opened:
-            # opened as for EXAMINE: its \Recent messages stay for a SELECT (RFC 3501 §2.3.2)
-            mbox = await self.mail_account.select(target, False)
+            # not scanned (its \Recent messages stay for a SELECT, RFC 3501 §2.3.2): whether
+            # the folder is there is known when the message is stored
+            mbox = self.mail_account.append_target(target)
             if mbox is None:
                 raise no(b"No such mailbox", b"TRYCREATE")
         # (else the selected folder's own mailbox stores it: no second one opened, whose
@@ -543,10 +544,11 @@ class AuthenticatedCommands(MailboxUpdates):
             await self.check_quota(len(data), 1)  # RFC 9208 §4.3.1: NO [OVERQUOTA]
             try:
                 uidvalidity, new_uid = await mbox.append(data, flag_names, date)
-            except MaildirError:
-                if opened:
+            except MaildirError as e:
+                if opened and not isinstance(e, FolderGoneError):
                     raise
-                raise no(b"No such mailbox", b"TRYCREATE") from None  # deleted meanwhile
+                # RFC 3501 §6.3.11: not there (or deleted meanwhile): NO [TRYCREATE]
+                raise no(b"No such mailbox", b"TRYCREATE") from None
         finally:
             if opened:
                 close_quietly(mbox)

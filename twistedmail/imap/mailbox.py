@@ -170,9 +170,17 @@ def _current_flags(folder: Folder, entry: MessageEntry) -> tuple[str, list[str]]
 
 
 def _add_with_keywords(
-    folder: Folder, data: bytes, letters: str, keywords: Sequence[str], mtime: float | None
+    folder: Folder,
+    data: bytes,
+    letters: str,
+    keywords: Sequence[str],
+    mtime: float | None,
+    make: Callable[[], None] | None = None,
 ) -> tuple[int, int]:
-    """L{Folder.add} with C{keywords} given letters first: (UIDVALIDITY, UID)."""
+    """L{Folder.add} with C{keywords} given letters first: (UIDVALIDITY, UID).  C{make}
+    first when given (the INBOX made when missing, L{MaildirMailbox.make})."""
+    if make is not None:
+        make()
     if keywords:
         letters += folder.keyword_letters(list(keywords))
     return folder.add(data, letters, mtime, headers=cached_fields(to_crlf(data)))
@@ -251,6 +259,9 @@ class MaildirMailbox:
         # the keyword map of the last FLAGS the client was sent (L{flags_announced}; maps are
         # rebound, never changed in place, so holding one costs no copy)
         self._told_keywords: dict[str, str] = self.keywords
+        self.make: Callable[[], None] | None = None
+        """Run before L{append} stores (in its thread hop): the account's INBOX made when
+        missing, for an APPEND target that was not opened (L{MaildirAccount.append_target})."""
 
     # opening and rescanning
 
@@ -562,6 +573,7 @@ class MaildirMailbox:
             letters_for(flags),
             keyword_names(flags),
             mtime,
+            self.make,
         )
         self._changed()
         return added

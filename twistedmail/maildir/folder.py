@@ -34,7 +34,7 @@ from twistedmail.index import (
 )
 from twistedmail.maildir import keywordfile, uidlist
 from twistedmail.maildir.dotlock import DOTLOCK_TIMEOUT, dotlock
-from twistedmail.maildir.durable import fsync_dir, fsync_dir_shared, is_enospc, write_durably
+from twistedmail.maildir.durable import fsync_dir, is_enospc, write_durably
 from twistedmail.maildir.names import (
     ALL_LETTERS,
     KEYWORDS,
@@ -52,6 +52,7 @@ from twistedmail.maildir.names import (
     is_keyword,
     measure_fd,
     normalize_flags,
+    read_fd,
     split_name,
     to_crlf,
     wire_size,
@@ -703,12 +704,23 @@ class Folder:
         UIDVALIDITY and the message's new UID, read under the lock (the folder may have
         been deleted and created again since a session selected it: RFC 4315 §3 APPENDUID
         names the UIDVALIDITY the UID belongs to).  Index it with a new MODSEQ, and
-        C{headers}, when given, in the header cache: see L{FolderIndex.headers}."""
+        C{headers}, when given, in the header cache: see L{FolderIndex.headers}.
+
+        The folder is listed only when the index is not in step with it (another program
+        or process changed it, or it was never synced): then the full sync of L{scan} runs
+        first, so the files waiting in C{new/} get their UIDs before this one and the UID
+        list gets one line, not a rewrite (an APPEND to a folder no session has open needs
+        no scan before it).
+
+        @raise FolderGoneError: the folder is not there (APPEND's C{NO [TRYCREATE]})."""
         if not self.exists():
-            raise MaildirError("no such folder")
+            raise FolderGoneError("no such folder")
         followed: list[_Snapshot] = []
         with self._indexed(followed) as index:
             stamps = self._stamps()
+            if index.stamps() != stamps:
+                index.add_recent(self._sync(index, []).values())  # (as a scan would)
+                stamps = self._stamps()
             in_step = index.stamps() == stamps
             kept = self._in_step(index, stamps) if in_step else None
             base = write_durably(self.path / "cur", data, flags, mtime)
@@ -795,8 +807,11 @@ class Folder:
 
         @raise MaildirError: when it is gone.
         """
-        with open(self.open_fd(entry), "rb") as f:
-            data = f.read()
+        fd = self.open_fd(entry)
+        try:
+            data = read_fd(fd)
+        finally:
+            os.close(fd)
         return to_crlf(data)
 
     def set_flags(self, entry: MessageEntry, letters: str) -> MessageEntry:
@@ -832,7 +847,9 @@ class Folder:
         """STORE: apply each L{FlagChange} to the message's flags as they are on disk now
         (not as the caller last saw them: DESIGN §6, a delta under the lock, so another
         session's, POP3's or a hand rename's change survives), all under one lock with one
-        new MODSEQ (RFC 7162 §3.1.1).
+        new MODSEQ (RFC 7162 §3.1.1).  The renames are done when this returns (a kill -9
+        after STORE's OK keeps them) but C{cur/} is not fsynced (Dovecot's C{mail_fsync =
+        optimized}: a power loss may undo the last flag changes).
 
         @param unchangedsince: RFC 7162 §3.1.3 UNCHANGEDSINCE: a message whose MODSEQ is now
             larger is left alone and returned as modified.
@@ -890,8 +907,9 @@ class Folder:
 
             kept = self._own_change(index, rename_all)
             if renamed:
-                # the flags are the file names: durable before OK (the index may lag)
-                fsync_dir_shared(self.path / "cur")
+                # the flags are the file names, renamed before OK: a kill -9 keeps them; not
+                # fsynced (Dovecot's mail_fsync = optimized: a power loss may undo the last
+                # flag changes, never a message or a UID)
                 modseq = index.next_modseq()
                 names = dict(renamed)
                 for uid, name in renamed:
@@ -910,6 +928,9 @@ class Folder:
     def remove_many(self, entries: list[MessageEntry], flagged: str = "") -> list[MessageEntry]:
         """Delete the message files under one lock, each expunge recorded with one new
         MODSEQ (RFC 7162 §3.2.5.2 keeps the UIDs for VANISHED); missing files are skipped.
+        The files are unlinked when this returns (a kill -9 after EXPUNGE's OK keeps the
+        expunge) but C{cur/} is not fsynced (Dovecot's C{mail_fsync = optimized}: a power
+        loss may bring the last expunged messages back, with their UIDs).
 
         @param flagged: an info letter (C{"T"} for EXPUNGE, RFC 3501 §6.4.3): only messages
             whose file carries it now are removed (another session may have cleared it).
@@ -941,7 +962,8 @@ class Folder:
 
             kept = self._own_change(index, unlink_all)
             if removed:
-                fsync_dir_shared(self.path / "cur")  # the expunge durable before OK
+                # unlinked before OK (a kill -9 keeps the expunge), not fsynced: as Dovecot's
+                # mail_fsync = optimized, a power loss may bring the last expunged files back
                 if kept is not None:
                     gone = [(e.uid, modseq) for e in removed if e.uid in indexed]
                     followed.append(self._followed(kept, index, [], gone))
