@@ -425,7 +425,8 @@ class FetchCommand(MailboxUpdates):
                 line = b" ".join(items)
                 held += (b"* %d FETCH (" % seq, line, b")\r\n")
                 octets += len(line)
-                if octets >= FETCH_WRITE:
+                if octets >= FETCH_WRITE or (gate is not None and gate.paused):
+                    # (a client that stopped reading: what is held goes, then we wait)
                     self.release_output(hold=True)
                     octets = 0
                     if gate is not None:
