@@ -182,3 +182,35 @@ class RenderedItemsBoundTests(unittest.TestCase):
         self.assertEqual(len(kept), 3)
         self.assertLessEqual(kept.octets, kept.max_octets)
         self.assertEqual(kept.octets, 2 * (over + 10) + over)
+
+
+class OneWriteTests(unittest.TestCase):
+    def test_responses_of_many_messages_in_one_write(self) -> None:
+        """The FETCH responses of many messages go to the transport in one write (then the
+        tagged OK): each write went through the connection's wrappers and the TLS layer."""
+        h = Harness(self)
+        for n, msg in enumerate((MSG1, MSG2, MSG3, MSG2)):
+            h.add(msg, "S" if n % 2 else "", T1 + n)
+        h.login()
+        h.cmd(b"s SELECT INBOX")
+        writes: list[bytes] = []
+        write = h.transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        self.patch(h.transport, "write", recording)
+        h.send(b"a FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (Subject)])\r\n")
+        fields = [b"Subject: " + s + b"\r\n\r\n" for s in (b"Hello", b"second", b"third")]
+        self.assertEqual(
+            writes,
+            [
+                b"".join(
+                    b"* %d FETCH (UID %d FLAGS (%s) BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n%s)\r\n"
+                    % (n, n, b"\\Seen" if n % 2 == 0 else b"", len(f), f)
+                    for n, f in zip((1, 2, 3, 4), (*fields, fields[1]), strict=True)
+                ),
+                b"a OK FETCH completed\r\n",
+            ],
+        )

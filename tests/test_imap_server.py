@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -730,8 +731,9 @@ class AppendTests(unittest.TestCase):
 
     def test_append_to_selected_mailbox_uses_it(self) -> None:
         """APPEND to the selected mailbox (named in any case, INBOX) stores the message
-        through the session's own mailbox: two jobs off the reactor thread (the store and
-        the rescan that reports it), no second mailbox opened and scanned."""
+        through the session's own mailbox: one job off the reactor thread (the store and
+        the rescan that reports it, together: issue 10), no second mailbox opened and
+        scanned."""
         jobs: list[object] = []
 
         def counted(f: Any, *args: Any) -> Deferred[Any]:
@@ -748,7 +750,7 @@ class AppendTests(unittest.TestCase):
             b"* 1 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID %d 1] APPEND completed\r\n"
             % h.uidvalidity(),
         )
-        self.assertEqual(len(jobs), 2)
+        self.assertEqual(len(jobs), 1)
         self.assertEqual(
             h.cmd(b"f FETCH 1 (UID FLAGS)"),
             [b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))", b"f OK FETCH completed"],
@@ -811,6 +813,25 @@ class AppendTests(unittest.TestCase):
             b"b OK [APPENDUID %d 2] APPEND completed\r\n" % self.h.uidvalidity("INBOX"),
         )
         self.assertEqual(sorted(self.stored("INBOX")), [("", b"again"), ("", b"hello")])
+    def test_append_to_selected_mailbox_made_again_meanwhile(self) -> None:
+        """APPEND to the selected folder after it was deleted and made again elsewhere: the
+        message is in the new folder, APPENDUID names its UIDVALIDITY (RFC 4315 §3), and the
+        session, whose folder is gone, is told so and closed (the rescan that came with the
+        store found another UIDVALIDITY and is not applied)."""
+        self.h.cmd(b"s SELECT Sent")
+        # (StringTransport refuses the reading the dispatcher resumes after the close)
+        self.patch(self.h.transport, "resumeProducing", lambda: None)
+        path = self.h.maildir.folder_path("Sent")
+        shutil.rmtree(path)
+        self.h.maildir.create("Sent")
+        self.h.send(b"a APPEND Sent {5}\r\n")
+        self.assertEqual(
+            self.h.send(b"hello\r\n"),
+            b"a OK [APPENDUID %d 1] APPEND completed\r\n"
+            b"* BYE [NONEXISTENT] Selected mailbox was deleted, have to disconnect.\r\n"
+            % self.h.uidvalidity("Sent"),
+        )
+        self.assertEqual(self.stored(), [("", b"hello")])
 
     def test_append_to_selected_mailbox_deleted_meanwhile(self) -> None:
         """RFC 3501 §6.3.11: APPEND to the selected folder after it was deleted (by
@@ -1062,6 +1083,36 @@ class PipeliningTests(unittest.TestCase):
 
 
 class QuickAckTests(unittest.TestCase):
+    def test_input_resumed_after_a_command_is_not_acknowledged_again(self) -> None:
+        """Pipelined input that came with a line in part is acknowledged as it comes; when
+        the dispatcher resumes reading after each command, nothing new came and no second
+        ACK (a setsockopt each) is asked for."""
+        held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((f, args, d))
+            return d
+
+        def run_held() -> None:
+            while held:
+                f, args, d = held.pop(0)
+                maybeDeferred(f, *args).chainDeferred(d)
+
+        h = Harness(self, run=later)
+        h.server.dataReceived(b"L LOGIN " + USER.encode() + b' "' + PASSWORD + b'"\r\n')
+        run_held()
+        self.assertTrue(h.take().startswith(b"L OK"))
+        with tcp_connection() as sock:
+            h.transport.socket = sock  # type: ignore[attr-defined]
+            self.assertEqual(h.send(b"s SELECT INBOX\r\nn NOOP\r\nc NO"), b"")
+            self.assertEqual(quickack(sock), 1)  # the partial line: acknowledged at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            run_held()  # SELECT ends, input resumes: NOOP runs (its rescan too), "c NO" is left
+            run_held()
+            self.assertEqual(h.take().split(b"\r\n")[-2:], [b"n OK NOOP completed", b""])
+            self.assertEqual(quickack(sock), 0)
+
     def test_a_literal_and_the_line_after_it_are_acknowledged_at_once(self) -> None:
         """A command that arrives in part (a synchronizing literal, its octets, the rest of
         its line) gets a TCP ACK at once (wire.ack_now): imaplib sends an APPEND's literal

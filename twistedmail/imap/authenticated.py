@@ -528,6 +528,7 @@ class AuthenticatedCommands(MailboxUpdates):
         target = decode_mailbox_name(name)
         mbox = self.mbox
         opened = mbox is None or mbox.path != self.mail_account.folder_path(target)
+        shown = False  # the selected folder's rescan after the APPEND is applied
         if opened:
             # not scanned (its \Recent messages stay for a SELECT, RFC 3501 §2.3.2): whether
             # the folder is there is known when the message is stored
@@ -543,7 +544,10 @@ class AuthenticatedCommands(MailboxUpdates):
                 raise no(b"Empty message", b"CANNOT")
             await self.check_quota(len(data), 1)  # RFC 9208 §4.3.1: NO [OVERQUOTA]
             try:
-                uidvalidity, new_uid = await mbox.append(data, flag_names, date)
+                if opened:
+                    uidvalidity, new_uid = await mbox.append(data, flag_names, date)
+                else:  # the selected folder: stored and rescanned in one thread hop
+                    uidvalidity, new_uid, shown = await mbox.append_seen(data, flag_names, date)
             except MaildirError as e:
                 if opened and not isinstance(e, FolderGoneError):
                     raise
@@ -555,7 +559,8 @@ class AuthenticatedCommands(MailboxUpdates):
         # RFC 4315 §3: APPENDUID <uidvalidity> <uid>, the UIDVALIDITY the new UID belongs to
         done = b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, new_uid)
         try:
-            await self._refresh_if_selected(mbox)
+            if opened or not shown:
+                await self._refresh_if_selected(mbox)
         except IMAPError as e:
             if not e.close:
                 raise

@@ -54,6 +54,11 @@ log = Logger(namespace="twistedmail.imap")
 
 FETCH_BATCH = 1000
 
+FETCH_WRITE = 64 << 10
+"""A FETCH's responses are written once this many octets of them are held (and before
+each thread hop that reads messages, and at the end): one C{transport.write} for many
+messages (L{IMAPProtocol.hold_output})."""
+
 
 @implementer(interfaces.IPushProducer)
 class _FlowGate:
@@ -403,6 +408,8 @@ class FetchCommand(MailboxUpdates):
         except RuntimeError:
             gate = None
         self._gate = gate
+        held = self.hold_output()
+        octets = 0  # of the responses held
         try:
             for count, (seq, msg) in enumerate(targets):
                 if self._lost:
@@ -428,6 +435,8 @@ class FetchCommand(MailboxUpdates):
                         while ahead < len(wanted) and wanted[ahead] < count:
                             ahead += 1
                         if ahead < len(wanted) and wanted[ahead] == count:
+                            self.release_output(hold=True)  # (sent while the files are read)
+                            octets = 0
                             await _read_ahead(mbox, targets, wanted, ahead, loaded)
                     if count in loaded:
                         raw = loaded.pop(count)
@@ -457,12 +466,21 @@ class FetchCommand(MailboxUpdates):
                 )
                 for key, value in learned.items():
                     RENDERED.put((where, msg.entry.base, key), value)
-                self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
-                if gate is not None:
-                    await gate.wait()
+                line = b" ".join(items)
+                held += (b"* %d FETCH (" % seq, line, b")\r\n")
+                octets += len(line)
+                if octets >= FETCH_WRITE or (gate is not None and gate.paused):
+                    # (a client that stopped reading: what is held goes, then we wait)
+                    self.release_output(hold=True)
+                    octets = 0
+                    if gate is not None:
+                        await gate.wait()
                 if count % FETCH_BATCH == FETCH_BATCH - 1:
+                    self.release_output(hold=True)
+                    octets = 0
                     await _next_turn(self.clock)
         finally:
+            self.release_output()
             self._gate = None
             if gate is not None:
                 self.transport.unregisterProducer()

@@ -129,6 +129,26 @@ def _scan(
     return folder.scan(since, claim_recent), folder.keywords()
 
 
+def _add_and_scan(
+    folder: Folder,
+    data: bytes,
+    letters: str,
+    names: list[str],
+    mtime: float | None,
+    since: int | None,
+    claim_recent: bool,
+) -> tuple[tuple[int, int], tuple[ScanResult, dict[str, str]] | None]:
+    """APPEND to the selected folder in one thread hop: the message stored (as
+    L{_add_with_keywords}), then L{_scan} of what changed, or C{None} when the scan failed
+    in any way (the caller's own rescan then meets the failure and reports it as a rescan
+    does: the folder deleted or made again, its UID list locked too long)."""
+    added: tuple[int, int] = _storage(_add_with_keywords)(folder, data, letters, names, mtime)
+    try:
+        return added, _scan(folder, since, claim_recent)
+    except Exception:  # (the message is stored: APPEND must not fail for the scan's sake)
+        return added, None
+
+
 def _open_scan(
     folder: Folder, claim_recent: bool, make: Callable[[], None] | None = None
 ) -> tuple[ScanResult, dict[str, str]] | None:
@@ -577,6 +597,43 @@ class MaildirMailbox:
         )
         self._changed()
         return added
+
+    async def append_seen(
+        self, message: bytes, flags: Sequence[str], date: bytes | str | None
+    ) -> tuple[int, int, bool]:
+        """L{append} to this, the session's selected mailbox, with the rescan that shows the
+        client its new message (EXISTS before the tagged OK) in the same thread hop: one hop
+        instead of two (issue 10).  The third value says whether that rescan was applied;
+        when not (a rescan of the session ran meanwhile, our own change raced it, the
+        folder was made again or could not be scanned), the caller rescans as before."""
+        if self._refreshing is not None:
+            return (*await self.append(message, flags, date), False)
+        mtime = None
+        if date is not None:
+            mtime = parse_internaldate(date.encode() if isinstance(date, str) else date)
+        generation = self._generation
+        added, scanned = await self.run_in_thread(
+            _add_and_scan,
+            self.folder,
+            message,
+            letters_for(flags),
+            keyword_names(flags),
+            mtime,
+            self.highestmodseq or None,
+            self.readwrite,
+        )
+        fresh = (
+            scanned is not None
+            and self._refreshing is None
+            and generation == self._generation
+            and not self._closed
+            and scanned[0].uidvalidity == self.uidvalidity
+        )
+        if fresh:
+            assert scanned is not None
+            self._apply(*scanned)
+        self._changed()
+        return (*added, fresh)
 
     async def copy(self, message: Any) -> int:
         """IMessageCopier: copy C{message} (of any folder) here with its flags and date."""

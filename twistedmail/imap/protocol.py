@@ -274,6 +274,37 @@ class IMAPProtocol(imap4.IMAP4Server):
     _idle_tag: bytes | None  # the IDLE command's tag, while in IDLE
     _line_waiter: Deferred[bytes] | None
     _inflater: Inflater | None  # COMPRESS=DEFLATE active (RFC 4978)
+    _held: list[bytes] | None = None  # lines held for one write (L{hold_output})
+
+    def sendLine(self, line: bytes) -> None:
+        """C{line} and CRLF to the client, or to the lines held (L{hold_output})."""
+        held = self._held
+        if held is None:
+            self.transport.write(line + b"\r\n")
+        else:
+            held.append(line)
+            held.append(b"\r\n")
+
+    def hold_output(self) -> list[bytes]:
+        """From now on every line sent (L{sendLine}, and what the caller appends to the list
+        returned, in order) is held, until L{release_output} writes them all in one
+        C{transport.write}: a FETCH of many messages made one write per message, each
+        through the connection's wrappers, the TLS layer and its aggregation (issue 10)."""
+        if self._held is None:
+            self._held = []
+        return self._held
+
+    def release_output(self, hold: bool = False) -> None:
+        """Write the lines held in one C{transport.write}; with C{hold}, keep holding what
+        follows (the same list, emptied), else send it as it comes again."""
+        held = self._held
+        if held:
+            data = b"".join(held)
+            held.clear()
+            if self.transport is not None:
+                self.transport.write(data)
+        if not hold:
+            self._held = None
 
     def _flush_unsolicited(self) -> None:
         """Send the updates queued for the client, before a tagged reply (overridden by
@@ -294,11 +325,13 @@ class IMAPProtocol(imap4.IMAP4Server):
     def bye(self, text: bytes) -> None:
         """C{* BYE text} and the close: nothing the client sent after it is run (RFC 3501
         §7.1.5); the one way every BYE but LOGOUT's and an overlong line's is said."""
+        self.release_output()
         self.sendLine(b"* BYE " + text)
         self.clearLineBuffer()
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        self.release_output()
         self.sendLine(b"* BYE [TOOBIG] Command line too long")
         self.transport.loseConnection()
 
@@ -315,9 +348,11 @@ class IMAPProtocol(imap4.IMAP4Server):
                 log.info("imap bad deflate data session={session}: {e}", session=self.session, e=e)
                 self.bye(b"[CLIENTBUG] Invalid compressed data")
                 return
-        if self.parseState == "pending" or self._buffer:
+        if data and (self.parseState == "pending" or self._buffer):
             # A literal, the rest of its command line, or a line came in part: ACK now,
             # or the client's Nagle holds the rest for our delayed ACK (wire.ack_now).
+            # Not when input resumes after a command (no data): what is buffered then was
+            # acknowledged as it came (a setsockopt per pipelined command, issue 10).
             ack_now(self.transport)
 
     def setLineMode(self, extra: bytes = b"") -> Any:
@@ -381,7 +416,17 @@ class IMAPProtocol(imap4.IMAP4Server):
     # dispatch
 
     def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes | None, uid: Any = None) -> None:
-        Deferred.fromCoroutine(self._run(tag, cmd, rest))
+        # The command's first step runs here: one that needs no thread nor literal (NOOP,
+        # a FETCH of what the process holds, SEARCH in memory...) ends in it, and makes no
+        # Deferred nor inlineCallbacks driver (issue 10).  One that waits is handed to
+        # Deferred.fromCoroutine at the Deferred it awaits, whose first send only yields
+        # that Deferred again (Deferred.__await__ gives a result once it has one).
+        run = self._run(tag, cmd, rest)
+        try:
+            run.send(None)
+        except StopIteration:
+            return
+        Deferred.fromCoroutine(run)
 
     async def _run(self, tag: bytes, cmd: bytes, rest: bytes | None) -> None:
         paused = False
@@ -596,6 +641,7 @@ class IMAPProtocol(imap4.IMAP4Server):
     def sendContinuationRequest(
         self, msg: bytes | None = b"Ready for additional command text"
     ) -> None:
+        self.release_output()  # the client answers it: nothing may stay held
         self.sendLine(b"+ " + (msg or b""))
 
     def arg_plist(self, line: bytes) -> tuple[list[Any], bytes]:

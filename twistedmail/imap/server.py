@@ -161,6 +161,7 @@ class IMAPServer(
         "_inflater",
         "_lost",  # connectionLost ran: a command still running must take nothing more
         "_gate",
+        "_held",
         "_user_slot",
     )
     _SLOT_DEFAULTS: dict[str, object]  # set below the class

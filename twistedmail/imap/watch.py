@@ -81,6 +81,17 @@ if _inotify is not None:
         its checks was most of the reading (12% of the GIL's samples of a STORE, whose
         rename is two events, bench/imap_cmd_cost.py)."""
 
+        _directories: dict[int, tuple[Any, str]]
+        """Each watch's directory as text, by descriptor (with the watch it was for)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._directories = {}
+
+        def _rmWatch(self, wd: int) -> None:
+            self._directories.pop(wd, None)
+            super()._rmWatch(wd)
+
         def _doRead(self, in_: bytes) -> None:
             """Each watched directory with events in C{in_} gets one call of its callbacks
             (the directory's path, its events' masks together), in the order the kernel
@@ -90,6 +101,7 @@ if _inotify is not None:
             queue (C{IN_Q_OVERFLOW}) calls every watched directory's."""
             buffer = self._buffer + in_
             end, at = len(buffer), 0
+            directories = self._directories
             masks: dict[int, int] = {}
             while end - at >= 16:
                 wd, mask, _cookie, size = struct.unpack_from("=LLLL", buffer, at)
@@ -104,8 +116,10 @@ if _inotify is not None:
                 kind = ARRIVED if mask & _ARRIVING else LEFT if mask & _LEAVING else None
                 watch = self._watchpoints.get(wd)
                 if kind is not None and name and watch is not None:
-                    directory = os.fsdecode(watch.path.asBytesMode().path)
-                    if OWN.seen(directory, os.fsdecode(name), kind):
+                    known = directories.get(wd)
+                    if known is None or known[0] is not watch:  # (a descriptor reused)
+                        known = directories[wd] = (watch, os.fsdecode(watch.path.path))
+                    if OWN.seen(known[1], os.fsdecode(name), kind):
                         continue  # our own change: its notice is sent by L{changed}
                 masks[wd] = masks.get(wd, 0) | mask
             self._buffer = buffer[at:]
