@@ -813,6 +813,7 @@ class AppendTests(unittest.TestCase):
             b"b OK [APPENDUID %d 2] APPEND completed\r\n" % self.h.uidvalidity("INBOX"),
         )
         self.assertEqual(sorted(self.stored("INBOX")), [("", b"again"), ("", b"hello")])
+
     def test_append_to_selected_mailbox_made_again_meanwhile(self) -> None:
         """APPEND to the selected folder after it was deleted and made again elsewhere: the
         message is in the new folder, APPENDUID names its UIDVALIDITY (RFC 4315 §3), and the
