@@ -225,6 +225,7 @@ class WorkerLogLinesTests(unittest.TestCase):
 
         from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
 
+        from twistedmail import wire
         from twistedmail.loglines import LogLines, batch_log, log_sink
 
         out, expected = io.StringIO(), io.StringIO()
@@ -234,6 +235,9 @@ class WorkerLogLinesTests(unittest.TestCase):
         clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
         lines = batch_log(publisher, clock)
         self.assertIsInstance(lines, LogLines)
+        assert lines is not None
+        self.addCleanup(wire.WRITE_HOLDS.remove, lines.pending)
+        self.assertIn(lines.pending, wire.WRITE_HOLDS)  # replies sent at once wait for it
         self.assertIsNotNone(log_sink(publisher))  # the workers still find the file
         self.assertIsNone(batch_log(publisher, clock))  # once
         reference = textFileLogObserver(expected)
@@ -249,8 +253,10 @@ class WorkerLogLinesTests(unittest.TestCase):
                     }
                 )
         self.assertEqual(out.getvalue(), "")
+        self.assertTrue(lines.pending())  # a reply of this turn goes after these lines
         clock.advance(0)
         self.assertEqual(out.getvalue(), expected.getvalue())
+        self.assertFalse(lines.pending())
         clock.running = False  # type: ignore[attr-defined]
         Logger(observer=publisher).info("after the reactor stopped")
         self.assertTrue(out.getvalue().endswith("] after the reactor stopped\n"))

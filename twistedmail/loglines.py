@@ -34,6 +34,7 @@ from twisted.logger import (
 from twisted.python import logfile, threadable
 from zope.interface import implementer
 
+from twistedmail import wire
 from twistedmail.dns import quiet_dns_client
 
 _formatter = string.Formatter()
@@ -221,6 +222,10 @@ class LogLines:
         else:
             self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
 
+    def pending(self) -> bool:
+        """Whether lines wait for the next L{flush}."""
+        return bool(self._lines)
+
     def flush(self) -> None:
         """Write the lines logged since the last flush (a pipe full because the parent is
         busy blocks: no line is dropped)."""
@@ -254,4 +259,6 @@ def batch_log(publisher: LogPublisher, reactor: Any) -> LogLines | None:
         publisher.removeObserver(observer)
     publisher.addObserver(lines)
     quiet_dns_client(publisher)
+    # A reply sent at once (wire.write_at_once) still comes after the lines of its turn.
+    wire.WRITE_HOLDS.append(lines.pending)
     return lines

@@ -143,7 +143,7 @@ from twistedmail.smtp.policy import (
     SMTPReplyError,
 )
 from twistedmail.smtp.trace import received_header
-from twistedmail.wire import CRLF, StrictLineReceiver
+from twistedmail.wire import CRLF, StrictLineReceiver, plain_tcp, write_at_once
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -295,6 +295,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._closed = False
         self._unterminated = 0
         self._auth_exchange: sasl.Exchange | None = None
+        self._tcp: Any = None  # the plain TCP connection replies go to at once (L{_write})
         self._reset_transaction()
 
     # -- connection ------------------------------------------------------------------
@@ -302,6 +303,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer_ip = str(getattr(peer, "host", peer))
+        self._tcp = plain_tcp(self.transport)
         self.canStartTLS = (
             self.ctx is not None and not self.tls and ITLSTransport.providedBy(self.transport)
         )
@@ -326,7 +328,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def _send_greeting(self) -> None:
         self._greeting = None
         # RFC 5321 §4.2: the greeting starts with our domain.
-        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+        self._write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
 
     def _pregreet(self) -> None:
         """The client sent before our 220 (Postfix postscreen's pregreet test): a spambot
@@ -382,7 +384,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         """Write one reply; a 421 closes the connection (RFC 5321 §3.8)."""
         if self._closed:
             return
-        self.transport.write(reply.line() + CRLF)
+        self._write(reply.line() + CRLF)
         if reply.code == 421:
             self.transport.loseConnection()
 
@@ -390,7 +392,15 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         """A multiline reply (RFC 5321 §4.2.1): C{code-} on every line but the last."""
         out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
         out.append(b"%d %s\r\n" % (code, lines[-1]))
-        self.transport.write(b"".join(out))
+        self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """Send C{data} now when nothing is queued before it, on a plain TCP connection
+        (L{twistedmail.wire.write_at_once}: no reactor turn per reply, issue 10); else
+        through the transport (TLS, or bytes already queued)."""
+        tcp = self._tcp
+        if tcp is None or not write_at_once(tcp, data):
+            self.transport.write(data)
 
     # -- input -----------------------------------------------------------------------
 
@@ -516,7 +526,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             extensions = self.listExtensions().split(b"\n")
             self.send_lines(250, [self.host, *extensions])
         else:
-            self.transport.write(b"250 %s\r\n" % (self.host,))
+            self._write(b"250 %s\r\n" % (self.host,))
 
     def extensions(self) -> dict[bytes, list[bytes] | None]:
         """The EHLO keywords (RFC 5321 §4.1.1.1), as C{ESMTP.listExtensions} wants them."""
@@ -870,6 +880,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.authenticated = False
         self._end_auth()
         self._reset_transaction()
+        self._tcp = None  # TLS from here: every byte through the TLS layer
         self.transport.startTLS(self.ctx)
         self.tls = True
         self.canStartTLS = False
