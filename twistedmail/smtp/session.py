@@ -366,9 +366,16 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         log.info("session {session}: idle timeout", session=self.session_id)
         self.send_reply(REPLY_421_TIMEOUT)
 
+    _client: tuple[tuple[object, ...], Client] | None = None
+
     def client(self) -> Client:
-        """A snapshot of the session for the policy."""
-        return Client(
+        """A snapshot of the session for the policy: the same (immutable) one while none of
+        its fields changed (issue 10: made anew it was four frozen objects a message)."""
+        key = (self.peer_ip, self.helo, self.esmtp, self.tls, self.user, self.declared_size)
+        made = self._client
+        if made is not None and made[0] == key:
+            return made[1]
+        client = Client(
             session_id=self.session_id,
             peer_ip=self.peer_ip,
             helo=self.helo or "",
@@ -377,6 +384,8 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             user=self.user,
             declared_size=self.declared_size,
         )
+        self._client = (key, client)
+        return client
 
     # -- output ----------------------------------------------------------------------
 
