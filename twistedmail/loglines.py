@@ -217,7 +217,7 @@ class LogLines:
             self._scheduled = running
         if not running:
             self.flush()
-        elif threadable.isInIOThread():
+        elif threading.get_ident() == threadable.ioThread:  # isInIOThread, without its calls
             self.reactor.callLater(self.delay, self.flush)
         else:
             self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
