@@ -797,13 +797,27 @@ class WriteAtOnceTests(unittest.TestCase):
             received += await deferToThread(client.recv, 100)
         self.assertEqual(received, b"one\r\ntwo\r\n")
 
-    async def test_declines_while_closing_or_held(self) -> None:
-        """A connection closing, or a hold (the log lines of this turn, written first),
-        leaves the bytes to Twisted's write path."""
+    async def test_what_must_go_first_is_written_first(self) -> None:
+        """BEFORE_WRITE (the log lines of this turn) runs before the bytes are sent."""
         server, client = await self.connection()
-        self.patch(wire, "WRITE_HOLDS", [lambda: True])
-        self.assertFalse(write_at_once(server, b"x"))
-        self.patch(wire, "WRITE_HOLDS", [lambda: False])
+        seen: list[bytes | None] = []
+
+        def before() -> None:  # what the client has received by then: nothing yet
+            client.settimeout(0)
+            try:
+                seen.append(client.recv(100))
+            except BlockingIOError:
+                seen.append(None)
+            client.settimeout(5)
+
+        self.patch(wire, "BEFORE_WRITE", [before])
+        self.assertTrue(write_at_once(server, b"x"))
+        self.assertEqual(seen, [None])
+        self.assertEqual(client.recv(100), b"x")
+
+    async def test_declines_while_closing(self) -> None:
+        """A connection closing leaves the bytes to Twisted's write path."""
+        server, client = await self.connection()
         server.loseConnection()
         self.assertFalse(write_at_once(server, b"x"))
 

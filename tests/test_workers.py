@@ -236,8 +236,8 @@ class WorkerLogLinesTests(unittest.TestCase):
         lines = batch_log(publisher, clock)
         self.assertIsInstance(lines, LogLines)
         assert lines is not None
-        self.addCleanup(wire.WRITE_HOLDS.remove, lines.pending)
-        self.assertIn(lines.pending, wire.WRITE_HOLDS)  # replies sent at once wait for it
+        self.addCleanup(wire.BEFORE_WRITE.remove, lines.write_pending)
+        self.assertIn(lines.write_pending, wire.BEFORE_WRITE)  # before a reply sent at once
         self.assertIsNotNone(log_sink(publisher))  # the workers still find the file
         self.assertIsNone(batch_log(publisher, clock))  # once
         reference = textFileLogObserver(expected)
@@ -253,10 +253,16 @@ class WorkerLogLinesTests(unittest.TestCase):
                     }
                 )
         self.assertEqual(out.getvalue(), "")
-        self.assertTrue(lines.pending())  # a reply of this turn goes after these lines
         clock.advance(0)
         self.assertEqual(out.getvalue(), expected.getvalue())
-        self.assertFalse(lines.pending())
+        # Before a reply sent at once, the lines waiting are written (and only those).
+        publisher({"log_format": "four", "log_time": 1796623736, "log_level": LogLevel.info})
+        lines.write_pending()
+        self.assertTrue(out.getvalue().endswith("] four\n"), out.getvalue())
+        written = out.getvalue()
+        lines.write_pending()
+        clock.advance(0)
+        self.assertEqual(out.getvalue(), written)
         clock.running = False  # type: ignore[attr-defined]
         Logger(observer=publisher).info("after the reactor stopped")
         self.assertTrue(out.getvalue().endswith("] after the reactor stopped\n"))

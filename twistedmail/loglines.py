@@ -222,9 +222,15 @@ class LogLines:
         else:
             self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
 
-    def pending(self) -> bool:
-        """Whether lines wait for the next L{flush}."""
-        return bool(self._lines)
+    def write_pending(self) -> None:
+        """Write the lines waiting now, before a reply sent at once (L{wire.BEFORE_WRITE});
+        the L{flush} already scheduled finds fewer or none."""
+        if not self._lines:
+            return
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            self.write("".join(lines).encode("utf-8", "replace"))
 
     def flush(self) -> None:
         """Write the lines logged since the last flush (a pipe full because the parent is
@@ -260,5 +266,5 @@ def batch_log(publisher: LogPublisher, reactor: Any) -> LogLines | None:
     publisher.addObserver(lines)
     quiet_dns_client(publisher)
     # A reply sent at once (wire.write_at_once) still comes after the lines of its turn.
-    wire.WRITE_HOLDS.append(lines.pending)
+    wire.BEFORE_WRITE.append(lines.write_pending)
     return lines

@@ -361,11 +361,10 @@ def ack_now(transport: object) -> None:
         layer = vars(layer).get("transport")
 
 
-WRITE_HOLDS: list[Callable[[], bool]] = []
-"""Callables that say whether output of this process must go out before a reply sent at once
-(L{write_at_once}): the parent's log lines of this reactor turn (L{twistedmail.loglines.
-batch_log}), written at the start of the next turn, before Twisted sends what was queued in
-this one.  While one says so, a reply takes Twisted's write path, after them."""
+BEFORE_WRITE: list[Callable[[], None]] = []
+"""Called before a reply is sent at once (L{write_at_once}): the parent's log lines of this
+reactor turn are written first (L{twistedmail.loglines.batch_log}), as they are before
+Twisted sends what was queued in the turn, so a line still comes before its reply."""
 
 
 def plain_tcp(transport: object) -> tcp.Connection | None:
@@ -392,8 +391,8 @@ def write_at_once(connection: tcp.Connection, data: bytes) -> bool:
     the CPU of a message as large as the reply's handling.  Here, with the connection's
     buffers empty, not closing and not TLS, one C{send}; what the socket does not take
     (a full send buffer) is queued behind it the usual way, so the order of the bytes is
-    kept.  C{False} (nothing sent): the caller writes through Twisted (queued data, a
-    connection closing or closed, a L{WRITE_HOLDS} holding, or a C{send} error, which
+    kept; L{BEFORE_WRITE} runs first.  C{False} (nothing sent): the caller writes through
+    Twisted (queued data, a connection closing or closed, or a C{send} error, which
     Twisted's write path then meets and reports as it does)."""
     if (
         connection.connected
@@ -402,8 +401,9 @@ def write_at_once(connection: tcp.Connection, data: bytes) -> bool:
         and not connection.dataBuffer
         and not connection._tempDataBuffer
         and not connection.TLS
-        and not any(hold() for hold in WRITE_HOLDS)
     ):
+        for before in BEFORE_WRITE:
+            before()
         try:
             sent = connection.socket.send(data)
         except OSError:
