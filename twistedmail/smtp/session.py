@@ -393,7 +393,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         """Write one reply; a 421 closes the connection (RFC 5321 §3.8)."""
         if self._closed:
             return
-        self._write(reply.line() + CRLF)
+        self._write(reply.wire)
         if reply.code == 421:
             self.transport.loseConnection()
 
