@@ -224,13 +224,19 @@ class LogLines:
 
     def write_pending(self) -> None:
         """Write the lines waiting now, before a reply sent at once (L{wire.BEFORE_WRITE});
-        the L{flush} already scheduled finds fewer or none."""
+        the L{flush} already scheduled finds fewer or none.  A write that fails (a full
+        disk) puts the lines back for that flush, which meets the failure as it did before:
+        the reply is not the one to fail."""
         if not self._lines:
             return
         with self._lock:
             lines, self._lines = self._lines, []
         if lines:
-            self.write("".join(lines).encode("utf-8", "replace"))
+            try:
+                self.write("".join(lines).encode("utf-8", "replace"))
+            except Exception:
+                with self._lock:
+                    self._lines[:0] = lines
 
     def flush(self) -> None:
         """Write the lines logged since the last flush (a pipe full because the parent is
