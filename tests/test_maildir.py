@@ -113,6 +113,38 @@ class WriteTests(MaildirTestCase):
         names = {self.deliver(b"x") for _ in range(50)}
         self.assertEqual(len(names), 50)
 
+    def test_text_paths(self) -> None:
+        """The directory may be given as text, with or without a trailing slash: the same
+        file, and the same Maildir steps (tmp/ beside it, info only in cur/)."""
+        new = write_durably(str(self.root / "new") + "/", MSG1)
+        cur = write_durably(str(self.root / "cur"), MSG1, flags="S")
+        self.assertEqual(listing(self.root / "new"), [new])
+        self.assertEqual(listing(self.root / "cur"), [f"{cur}:2,S"])
+        self.assertEqual(listing(self.root / "tmp"), [])
+        self.assertEqual((self.root / "new" / new).read_bytes(), MSG1)
+
+    def test_forked_child_names_carry_its_pid(self) -> None:
+        """The pid in a name is the writing process's: a forked child (a worker) names its
+        files with its own, not the parent's it was forked from."""
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its name, then out without the test runner's cleanup
+            try:
+                os.write(write, maildir.unique_name(1).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            name = f.read().decode()
+        os.waitpid(pid, 0)
+        m = NAME.match(name + ",W=1")
+        assert m is not None, name
+        self.assertEqual(int(m.group(3)), pid)
+        self.assertNotEqual(pid, os.getpid())
+        m = NAME.match(maildir.unique_name(1, wire=1))
+        assert m is not None
+        self.assertEqual(int(m.group(3)), os.getpid())
+
     def test_into_cur_with_flags(self) -> None:
         """write_durably into cur/ appends the ':2,' info with the flags sorted and deduplicated."""
         base = write_durably(self.root / "cur", MSG1, flags="SFS")
@@ -129,7 +161,9 @@ class WriteTests(MaildirTestCase):
         real_fsync, real_link = os.fsync, os.link
         self.patch(os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd)))
         self.patch(os, "link", lambda a, b: (events.append("link"), real_link(a, b)))
-        self.patch(durable, "fsync_dir", lambda path: events.append(f"fsync {path.name}/"))
+        self.patch(
+            durable, "fsync_dir", lambda path: events.append(f"fsync {os.path.basename(path)}/")
+        )
         self.deliver(MSG1)
         self.assertEqual(events, ["fsync file", "link", "fsync new/"])
 

@@ -210,3 +210,23 @@ class BareLFNormalizeTests(DataTestCase):
         self.assertEqual(
             talk(proto, tr, b"NOOP\nQUIT\r\n"), b"500 5.5.2 Bare CR or LF in command\r\n"
         )
+
+
+class ClientSnapshotTests(DataTestCase):
+    def test_one_snapshot_while_the_session_is_unchanged(self) -> None:
+        """The policy's view of the session (Client) is made once and handed again while
+        nothing in it changed; a new HELO or MAIL SIZE= makes a new one with the new value."""
+        proto, tr = self.session()
+        first = proto.client()
+        self.assertIs(proto.client(), first)
+        self.assertEqual(
+            (first.helo, first.esmtp, first.declared_size), ("client.elsewhere.test", True, 0)
+        )
+        talk(proto, tr, b"MAIL FROM:<a@elsewhere.test> SIZE=100\r\n")
+        sized = proto.client()
+        self.assertEqual(sized.declared_size, 100)
+        self.assertIs(proto.client(), sized)
+        talk(proto, tr, b"RSET\r\nHELO other.test\r\n")
+        again = proto.client()
+        self.assertEqual((again.helo, again.esmtp, again.declared_size), ("other.test", False, 0))
+        self.assertEqual(first.session_id, again.session_id)

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from unittest import skipIf
 
 from twisted.internet.defer import Deferred
@@ -15,10 +16,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
+from twistedmail import wire
 from twistedmail.tls import create_self_signed, server_context
 from twistedmail.wire import (
     ACCEPT_PAUSE,
@@ -27,8 +30,10 @@ from twistedmail.wire import (
     StrictLineReceiver,
     ack_now,
     balance_accepts,
+    plain_tcp,
     release_tls_buffers,
     use_slotted_connections,
+    write_at_once,
 )
 
 MiB = 1024 * 1024
@@ -747,3 +752,97 @@ class BalanceAcceptsTests(unittest.TestCase):
         self.assertEqual(len(made), 1)
         self.assertEqual(clock.getDelayedCalls(), [])
         made[0].transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _Hold(Protocol):
+    def connectionMade(self) -> None:
+        self.factory.made.callback(self.transport)  # type: ignore[attr-defined]
+
+
+class WriteAtOnceTests(unittest.TestCase):
+    async def connection(self) -> tuple[Any, socket.socket]:
+        """The server end (Twisted's accepted connection, a SlottedServer) and the client
+        socket of a real loopback connection."""
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_Hold)
+        factory.made = Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        use_slotted_connections(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.settimeout(5)
+        server = await factory.made  # type: ignore[attr-defined]
+        self.addCleanup(server.abortConnection)
+        return server, client
+
+    async def test_sent_before_the_reactor_turns(self) -> None:
+        """Nothing queued: the bytes are on the socket when write_at_once returns (no reactor
+        turn in between: the client reads them while the reactor waits here)."""
+        server, client = await self.connection()
+        self.assertTrue(write_at_once(server, b"250 2.0.0 Ok\r\n"))
+        self.assertEqual(client.recv(100), b"250 2.0.0 Ok\r\n")
+        self.assertEqual((server.dataBuffer, server._tempDataBuffer), (b"", []))
+
+    async def test_queued_bytes_keep_their_order(self) -> None:
+        """Bytes queued by Twisted's write go first: write_at_once declines, and the caller's
+        write queues its bytes behind them."""
+        server, client = await self.connection()
+        server.write(b"one\r\n")
+        self.assertFalse(write_at_once(server, b"two\r\n"))
+        server.write(b"two\r\n")
+        received = b""
+        while len(received) < 10:
+            received += await deferToThread(client.recv, 100)
+        self.assertEqual(received, b"one\r\ntwo\r\n")
+
+    async def test_what_must_go_first_is_written_first(self) -> None:
+        """BEFORE_WRITE (the log lines of this turn) runs before the bytes are sent."""
+        server, client = await self.connection()
+        seen: list[bytes | None] = []
+
+        def before() -> None:  # what the client has received by then: nothing yet
+            client.settimeout(0)
+            try:
+                seen.append(client.recv(100))
+            except BlockingIOError:
+                seen.append(None)
+            client.settimeout(5)
+
+        self.patch(wire, "BEFORE_WRITE", [before])
+        self.assertTrue(write_at_once(server, b"x"))
+        self.assertEqual(seen, [None])
+        self.assertEqual(client.recv(100), b"x")
+
+    async def test_declines_while_closing(self) -> None:
+        """A connection closing leaves the bytes to Twisted's write path."""
+        server, client = await self.connection()
+        server.loseConnection()
+        self.assertFalse(write_at_once(server, b"x"))
+
+    def test_plain_tcp_only_through_pass_through_wrappers(self) -> None:
+        """plain_tcp finds the TCP connection below wrappers that pass writes through, and
+        nothing below TLS or a wrapper with a write of its own."""
+        from twisted.internet import tcp
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+        connection = tcp.Connection.__new__(tcp.Connection)
+        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+        wrapper.transport = connection
+        self.assertIs(plain_tcp(connection), connection)
+        self.assertIs(plain_tcp(wrapper), connection)
+
+        class Counting(ProtocolWrapper):
+            def write(self, data: bytes) -> None:
+                super().write(data)
+
+        counting = Counting(WrappingFactory(Factory()), Protocol())
+        counting.transport = connection
+        self.assertIsNone(plain_tcp(counting))
+        tls = TLSMemoryBIOFactory(
+            CertificateOptions(), False, Factory.forProtocol(Protocol)
+        ).buildProtocol(None)
+        tls.transport = connection
+        self.assertIsNone(plain_tcp(tls))
+        self.assertIsNone(plain_tcp(StringTransport()))

@@ -17,7 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -223,8 +223,9 @@ class WorkerLogLinesTests(unittest.TestCase):
         written at the next reactor turn, at once when the reactor is not running."""
         import io
 
-        from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
+        from twisted.logger import Logger, LogPublisher, textFileLogObserver
 
+        from twistedmail import wire
         from twistedmail.loglines import LogLines, batch_log, log_sink
 
         out, expected = io.StringIO(), io.StringIO()
@@ -234,6 +235,9 @@ class WorkerLogLinesTests(unittest.TestCase):
         clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
         lines = batch_log(publisher, clock)
         self.assertIsInstance(lines, LogLines)
+        assert lines is not None
+        self.addCleanup(wire.BEFORE_WRITE.remove, lines.write_pending)
+        self.assertIn(lines.write_pending, wire.BEFORE_WRITE)  # before a reply sent at once
         self.assertIsNotNone(log_sink(publisher))  # the workers still find the file
         self.assertIsNone(batch_log(publisher, clock))  # once
         reference = textFileLogObserver(expected)
@@ -251,9 +255,48 @@ class WorkerLogLinesTests(unittest.TestCase):
         self.assertEqual(out.getvalue(), "")
         clock.advance(0)
         self.assertEqual(out.getvalue(), expected.getvalue())
+        # Before a reply sent at once, the lines waiting are written (and only those).
+        publisher({"log_format": "four", "log_time": 1796623736, "log_level": LogLevel.info})
+        lines.write_pending()
+        self.assertTrue(out.getvalue().endswith("] four\n"), out.getvalue())
+        written = out.getvalue()
+        lines.write_pending()
+        clock.advance(0)
+        self.assertEqual(out.getvalue(), written)
         clock.running = False  # type: ignore[attr-defined]
         Logger(observer=publisher).info("after the reactor stopped")
         self.assertTrue(out.getvalue().endswith("] after the reactor stopped\n"))
+
+    def test_a_failed_write_pending_leaves_the_lines_to_the_flush(self) -> None:
+        """write_pending (before a reply sent at once) does not raise when the file refuses:
+        the lines stay for the scheduled flush, which writes them (or fails as before)."""
+        from twistedmail.loglines import LogLines
+
+        clock = Clock()
+        clock.running = True  # type: ignore[attr-defined]
+        clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+        writes: list[bytes] = []
+        refuse = [True]
+
+        def write(data: bytes) -> None:
+            if refuse.pop() if refuse else False:
+                raise OSError(28, "No space left on device")
+            writes.append(data)
+
+        lines = LogLines(write, clock)
+        lines(
+            {
+                "log_format": "one",
+                "log_time": 1796623736,
+                "log_namespace": "t",
+                "log_level": LogLevel.info,
+            }
+        )
+        lines.write_pending()
+        self.assertEqual(writes, [])
+        clock.advance(0)
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].endswith(b"] one\n"), writes)
 
 
 class _AskedShare(LocalShare):

@@ -448,12 +448,14 @@ class LocalDelivery:
             into = UserMaildir(root).folder_path(JUNK)
             return _Outcome(stored=[(JUNK, write_durably(into / "new", data))], changed=[into])
         if script_path is None:
-            into = _detail_folder(root, detail)
-            if into != root:
+            into = _detail_folder(root, detail) if detail else root
+            if into is not root:
                 make_maildir(into, folder=True)  # a folder with only cur/ still takes mail
                 name = write_durably(into / "new", data)
                 return _Outcome(stored=[(into.name[1:], name)], changed=[into])
-            return _Outcome(stored=[("INBOX", write_durably(root / "new", data))], changed=[root])
+            # the path as text: no Path object per message (issue 10)
+            name = write_durably(os.path.join(root, "new"), data)
+            return _Outcome(stored=[("INBOX", name)], changed=[root])
         maildir = UserMaildir(root)
         outcome = _Outcome(script=str(script_path))
         try:
@@ -697,16 +699,15 @@ def active_script(home: Path) -> Path | None:
     """The user's active script: the C{~/.dovecot.sieve} link into C{~/sieve}, or the file
     itself when it is a regular file (Pigeonhole accepts both).  Most users have neither:
     one C{lstat} says so (each call in a delivery thread lets the reactor take the GIL)."""
-    link = home / ACTIVE_LINK
     try:
-        mode = os.lstat(link).st_mode
+        mode = os.lstat(os.path.join(home, ACTIVE_LINK)).st_mode  # no Path made per message
     except OSError:
         return None
     if stat.S_ISLNK(mode):
         store = SieveStore(home)
         name = store.active()
         return store.path(name) if name is not None else None
-    return link if stat.S_ISREG(mode) else None
+    return home / ACTIVE_LINK if stat.S_ISREG(mode) else None
 
 
 class ScriptCache:

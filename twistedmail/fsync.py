@@ -10,10 +10,9 @@ L{twistedmail.maildir} re-exports both names.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 
-def write_file(path: Path, data: bytes, *, exclusive: bool = True) -> None:
+def write_file(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = True) -> None:
     """Write all of C{data} to the file C{path} (0600; a new one, else C{exclusive=False}
     truncates an existing one) and fsync it: C{os.write} may write less than asked.  Its
     directory is not fsynced (the caller renames or links the file first).
@@ -31,7 +30,7 @@ def write_file(path: Path, data: bytes, *, exclusive: bool = True) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync the directory C{path}: the entries created, renamed or removed in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -652,7 +652,7 @@ class _Pool:
         )
         self._count = 0
 
-    def take(self, path: Path) -> sqlite3.Connection | None:
+    def take(self, path: str | os.PathLike[str]) -> sqlite3.Connection | None:
         key = os.fspath(path)
         with self._lock:
             idle = self._idle.get(key)
@@ -671,7 +671,7 @@ class _Pool:
             return None
         return db
 
-    def give(self, path: Path, db: sqlite3.Connection) -> None:
+    def give(self, path: str | os.PathLike[str], db: sqlite3.Connection) -> None:
         key = os.fspath(path)
         try:
             ino = os.stat(key).st_ino
@@ -745,13 +745,14 @@ def header_block(raw: bytes) -> bytes:
 _HEADER_SET = frozenset(HEADER_FIELDS)
 
 
-def remember_arrival(directory: Path, base: str, raw: bytes) -> None:
+def remember_arrival(directory: str | os.PathLike[str], base: str, raw: bytes) -> None:
     """Keep the L{header_block} of a message just delivered to C{directory}'s C{new/} (the
     bytes are in hand) until a scan indexes it (L{FolderIndex.adopt_arrivals}), so the first
     SEARCH or SORT does not read its file.  Only a cache: a folder without an index yet, a
-    lock held past L{ARRIVAL_BUSY_TIMEOUT} or any SQLite error keeps nothing.  No fsync."""
-    path = directory / INDEX_FILE
-    if not path.exists():
+    lock held past L{ARRIVAL_BUSY_TIMEOUT} or any SQLite error keeps nothing.  No fsync.
+    The path is text (the pool's key): no pathlib per delivery (issue 10)."""
+    path = os.path.join(directory, INDEX_FILE)
+    if not os.path.exists(path):
         return  # no IMAP client yet: the first SELECT builds the index, from the files
     block = header_block(raw)
     db = _pool.take(path)

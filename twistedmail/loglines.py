@@ -34,6 +34,7 @@ from twisted.logger import (
 from twisted.python import logfile, threadable
 from zope.interface import implementer
 
+from twistedmail import wire
 from twistedmail.dns import quiet_dns_client
 
 _formatter = string.Formatter()
@@ -216,10 +217,26 @@ class LogLines:
             self._scheduled = running
         if not running:
             self.flush()
-        elif threadable.isInIOThread():
+        elif threading.get_ident() == threadable.ioThread:  # isInIOThread, without its calls
             self.reactor.callLater(self.delay, self.flush)
         else:
             self.reactor.callFromThread(self.reactor.callLater, self.delay, self.flush)
+
+    def write_pending(self) -> None:
+        """Write the lines waiting now, before a reply sent at once (L{wire.BEFORE_WRITE});
+        the L{flush} already scheduled finds fewer or none.  A write that fails (a full
+        disk) puts the lines back for that flush, which meets the failure as it did before:
+        the reply is not the one to fail."""
+        if not self._lines:
+            return
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self.write("".join(lines).encode("utf-8", "replace"))
+            except Exception:
+                with self._lock:
+                    self._lines[:0] = lines
 
     def flush(self) -> None:
         """Write the lines logged since the last flush (a pipe full because the parent is
@@ -254,4 +271,6 @@ def batch_log(publisher: LogPublisher, reactor: Any) -> LogLines | None:
         publisher.removeObserver(observer)
     publisher.addObserver(lines)
     quiet_dns_client(publisher)
+    # A reply sent at once (wire.write_at_once) still comes after the lines of its turn.
+    wire.BEFORE_WRITE.append(lines.write_pending)
     return lines

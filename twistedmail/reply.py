@@ -16,6 +16,11 @@ class Reply:
     code: int
     status: str
     text: str
+    wire: bytes = attrs.field(init=False, eq=False, repr=False)
+    """The whole reply line with its CRLF, as sent: made once (issue 10: not per reply)."""
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "wire", self.line() + b"\r\n")
 
     def message(self) -> bytes:
         """The reply text with its enhanced status code, as sent after the code (RFC 2034 §4)."""

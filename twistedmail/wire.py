@@ -41,6 +41,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 from twisted.internet import abstract, tcp
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 SessionT = TypeVar("SessionT", bound=Protocol)
@@ -358,6 +359,59 @@ def ack_now(transport: object) -> None:
             return
         # down through TLS and ProtocolWrappers (vars: their __getattr__ forwards)
         layer = vars(layer).get("transport")
+
+
+BEFORE_WRITE: list[Callable[[], None]] = []
+"""Called before a reply is sent at once (L{write_at_once}): the parent's log lines of this
+reactor turn are written first (L{twistedmail.loglines.batch_log}), as they are before
+Twisted sends what was queued in the turn, so a line still comes before its reply."""
+
+
+def plain_tcp(transport: object) -> tcp.Connection | None:
+    """The TCP connection under C{transport} when every layer between passes writes through
+    unchanged (C{ProtocolWrapper.write}: the connection counting of L{twistedmail.limits}),
+    else C{None} (TLS, or a wrapper of its own): what L{write_at_once} may write to."""
+    layer = transport
+    while not isinstance(layer, tcp.Connection):
+        if not isinstance(layer, ProtocolWrapper) or type(layer).write is not _WRAPPER_WRITE:
+            return None
+        layer = vars(layer).get("transport")
+    return layer
+
+
+_WRAPPER_WRITE = ProtocolWrapper.write
+
+
+def write_at_once(connection: tcp.Connection, data: bytes) -> bool:
+    """Send C{data} on C{connection} now, when nothing is queued before it (issue 10).
+
+    Twisted's C{write} queues the bytes and asks epoll for writability; the reply goes out
+    at the next reactor turn (an C{epoll_ctl} to watch for it, a turn of the loop, its
+    logging context, C{send}, an C{epoll_ctl} to stop watching): per SMTP reply, a share of
+    the CPU of a message as large as the reply's handling.  Here, with the connection's
+    buffers empty, not closing and not TLS, one C{send}; what the socket does not take
+    (a full send buffer) is queued behind it the usual way, so the order of the bytes is
+    kept; L{BEFORE_WRITE} runs first.  C{False} (nothing sent): the caller writes through
+    Twisted (queued data, a connection closing or closed, or a C{send} error, which
+    Twisted's write path then meets and reports as it does)."""
+    if (
+        connection.connected
+        and not connection.disconnecting
+        and not connection._writeDisconnected
+        and not connection.dataBuffer
+        and not connection._tempDataBuffer
+        and not connection.TLS
+    ):
+        for before in BEFORE_WRITE:
+            before()
+        try:
+            sent = connection.socket.send(data)
+        except OSError:
+            return False  # EAGAIN, EINTR or an error: Twisted's path retries or reports it
+        if sent < len(data):
+            connection.write(data[sent:])
+        return True
+    return False
 
 
 ACCEPT_PAUSE = 0.05

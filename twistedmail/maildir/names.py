@@ -89,8 +89,21 @@ def unique_name(size: int, now: float | None = None, wire: int | None = None) ->
     usecs = int((t - secs) * 1_000_000)
     # Zero-padded microseconds so that names of one process sort in creation order (Dovecot
     # does not pad; both are valid Maildir names).
-    name = f"{secs}.M{usecs:06d}P{os.getpid()}Q{n}.{_HOST},S={size}"
+    name = f"{secs}.M{usecs:06d}P{_pid}Q{n}.{_HOST},S={size}"
     return name if wire is None else f"{name},W={wire}"
+
+
+_pid = os.getpid()
+"""This process's id, for L{unique_name}: C{os.getpid()} is a system call, one per message
+(issue 10); a forked child (a worker) takes its own at once (L{_forked})."""
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 _ARRIVAL = re.compile(r"(\d+)\.M(\d+)P\d+Q(\d+)\.")

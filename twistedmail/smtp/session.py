@@ -143,7 +143,7 @@ from twistedmail.smtp.policy import (
     SMTPReplyError,
 )
 from twistedmail.smtp.trace import received_header
-from twistedmail.wire import CRLF, StrictLineReceiver
+from twistedmail.wire import CRLF, StrictLineReceiver, plain_tcp, write_at_once
 
 log = Logger(namespace="twistedmail.smtp")
 
@@ -295,6 +295,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self._closed = False
         self._unterminated = 0
         self._auth_exchange: sasl.Exchange | None = None
+        self._tcp: Any = None  # the plain TCP connection replies go to at once (L{_write})
         self._reset_transaction()
 
     # -- connection ------------------------------------------------------------------
@@ -302,6 +303,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer_ip = str(getattr(peer, "host", peer))
+        self._tcp = plain_tcp(self.transport)
         self.canStartTLS = (
             self.ctx is not None and not self.tls and ITLSTransport.providedBy(self.transport)
         )
@@ -326,7 +328,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
     def _send_greeting(self) -> None:
         self._greeting = None
         # RFC 5321 §4.2: the greeting starts with our domain.
-        self.transport.write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
+        self._write(b"220 %s %s\r\n" % (self.host, REPLY_220_READY.message()))
 
     def _pregreet(self) -> None:
         """The client sent before our 220 (Postfix postscreen's pregreet test): a spambot
@@ -364,9 +366,16 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         log.info("session {session}: idle timeout", session=self.session_id)
         self.send_reply(REPLY_421_TIMEOUT)
 
+    _client: tuple[tuple[object, ...], Client] | None = None
+
     def client(self) -> Client:
-        """A snapshot of the session for the policy."""
-        return Client(
+        """A snapshot of the session for the policy: the same (immutable) one while none of
+        its fields changed (issue 10: made anew it was four frozen objects a message)."""
+        key = (self.peer_ip, self.helo, self.esmtp, self.tls, self.user, self.declared_size)
+        made = self._client
+        if made is not None and made[0] == key:
+            return made[1]
+        client = Client(
             session_id=self.session_id,
             peer_ip=self.peer_ip,
             helo=self.helo or "",
@@ -375,6 +384,8 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             user=self.user,
             declared_size=self.declared_size,
         )
+        self._client = (key, client)
+        return client
 
     # -- output ----------------------------------------------------------------------
 
@@ -382,7 +393,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         """Write one reply; a 421 closes the connection (RFC 5321 §3.8)."""
         if self._closed:
             return
-        self.transport.write(reply.line() + CRLF)
+        self._write(reply.wire)
         if reply.code == 421:
             self.transport.loseConnection()
 
@@ -390,7 +401,15 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         """A multiline reply (RFC 5321 §4.2.1): C{code-} on every line but the last."""
         out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
         out.append(b"%d %s\r\n" % (code, lines[-1]))
-        self.transport.write(b"".join(out))
+        self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """Send C{data} now when nothing is queued before it, on a plain TCP connection
+        (L{twistedmail.wire.write_at_once}: no reactor turn per reply, issue 10); else
+        through the transport (TLS, or bytes already queued)."""
+        tcp = self._tcp
+        if tcp is None or not write_at_once(tcp, data):
+            self.transport.write(data)
 
     # -- input -----------------------------------------------------------------------
 
@@ -516,7 +535,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
             extensions = self.listExtensions().split(b"\n")
             self.send_lines(250, [self.host, *extensions])
         else:
-            self.transport.write(b"250 %s\r\n" % (self.host,))
+            self._write(b"250 %s\r\n" % (self.host,))
 
     def extensions(self) -> dict[bytes, list[bytes] | None]:
         """The EHLO keywords (RFC 5321 §4.1.1.1), as C{ESMTP.listExtensions} wants them."""
@@ -870,6 +889,7 @@ class SMTPSession(StrictLineReceiver, smtp.ESMTP):
         self.authenticated = False
         self._end_auth()
         self._reset_transaction()
+        self._tcp = None  # TLS from here: every byte through the TLS layer
         self.transport.startTLS(self.ctx)
         self.tls = True
         self.canStartTLS = False
