@@ -62,7 +62,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -855,7 +854,15 @@ def breakdown(d: dict[str, Any], total_cpu_s: float, commands: int) -> dict[str,
 
 def main() -> int:
     from imaptest_bench import MIX_USERS, prefill, read_mbox, run_imaptest
-    from peerlib import DEFAULT_PEERS, Dovecot, Twistedmail, load_average, raise_nofile, tree_cpu_s
+    from peerlib import (
+        DEFAULT_PEERS,
+        Dovecot,
+        Twistedmail,
+        imaptest_work,
+        load_average,
+        raise_nofile,
+        tree_cpu_s,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -871,16 +878,7 @@ def main() -> int:
     if a.quick:
         a.rounds, a.secs = 1, 5
     raise_nofile()
-    work = a.work or Path(tempfile.mkdtemp(prefix="imap-floor-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o755)
-    mbox = work / "imaptest.mbox"
-    if not mbox.exists():
-        subprocess.run(
-            [sys.executable, str(a.peers / "imap_load.py"), "mbox", "--out", str(mbox)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    work, mbox = imaptest_work(a.work, "imap-floor-", a.peers)
     messages = read_mbox(mbox)
     base = a.port_base
     servers: list[Any] = [

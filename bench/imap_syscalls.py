@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from peerlib import (  # noqa: E402
     DEFAULT_PEERS,
     Dovecot,
     Twistedmail,
+    imaptest_work,
     load_average,
     pick_port_base,
     raise_nofile,
@@ -210,16 +210,7 @@ def main() -> int:
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     raise_nofile()
-    work = args.work or Path(tempfile.mkdtemp(prefix="imap-syscalls-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o755)
-    mbox = work / "imaptest.mbox"
-    if not mbox.exists():
-        subprocess.run(
-            [sys.executable, str(args.peers / "imap_load.py"), "mbox", "--out", str(mbox)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    work, mbox = imaptest_work(args.work, "imap-syscalls-", args.peers)
     messages = read_mbox(mbox)
     base = pick_port_base()
     tm = Twistedmail(work / "tm", base + 1, MIX_USERS + 1, workers=args.workers)

@@ -35,7 +35,6 @@ import re
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from peerlib import (
     Dovecot,
     Table,
     Twistedmail,
+    imaptest_work,
     load_average,
     pick_port_base,
     raise_nofile,
@@ -188,16 +188,7 @@ def main() -> int:
     if not args.imaptest.exists() and set(modes) & {"mix", "logout0"}:
         raise SystemExit(f"no imaptest at {args.imaptest} (../shared/tools/imaptest builds it)")
     raise_nofile()
-    work = args.work or Path(tempfile.mkdtemp(prefix="imaptest-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o755)
-    mbox = work / "imaptest.mbox"
-    if not mbox.exists():
-        subprocess.run(
-            [sys.executable, str(args.peers / "imap_load.py"), "mbox", "--out", str(mbox)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    work, mbox = imaptest_work(args.work, "imaptest-bench-", args.peers)
     messages = read_mbox(mbox)
     base = pick_port_base()
     tm = Twistedmail(work / "tm", base + 1, MIX_USERS + 1, workers=args.workers)

@@ -18,13 +18,19 @@ import collections
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imaptest_bench import MIX_USERS, prefill, read_mbox, run_imaptest  # noqa: E402
-from peerlib import CLK_TCK, DEFAULT_PEERS, Twistedmail, pick_port_base, tree  # noqa: E402
+from peerlib import (  # noqa: E402
+    CLK_TCK,
+    DEFAULT_PEERS,
+    Twistedmail,
+    imaptest_work,
+    pick_port_base,
+    tree,
+)
 
 _LINE = re.compile(r":\d+\)$")
 # the command a sample belongs to (the first of these in its stack) and what it does
@@ -129,15 +135,7 @@ def main() -> int:
     ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="imaptest-profile-"))
-    work.mkdir(parents=True, exist_ok=True)
-    mbox = work / "imaptest.mbox"
-    if not mbox.exists():
-        subprocess.run(
-            [sys.executable, str(args.peers / "imap_load.py"), "mbox", "--out", str(mbox)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    work, mbox = imaptest_work(args.work, "imaptest-profile-", args.peers)
     tm = Twistedmail(work / "tm", pick_port_base() + 1, MIX_USERS + 1, workers=args.workers)
     tm.prepare()
     tm.start()

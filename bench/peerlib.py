@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,6 +48,22 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def imaptest_work(work: Path | None, prefix: str, peers: Path) -> tuple[Path, Path]:
+    """A bench's work dir (C{work}, else a fresh temp dir named C{prefix}...; readable by
+    the peers' users) and the imaptest mbox in it (peers/imap_load.py's, made once)."""
+    work = work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)
+    mbox = work / "imaptest.mbox"
+    if not mbox.exists():
+        subprocess.run(
+            [sys.executable, str(peers / "imap_load.py"), "mbox", "--out", str(mbox)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return work, mbox
 
 
 def port_free(port: int) -> bool:
