@@ -76,6 +76,17 @@ def make_mailroot(base: Path) -> Path:
 class Harness:
     """One user, one server connection, bytes in, bytes out."""
 
+    @classmethod
+    def counting(cls, tc: unittest.TestCase) -> tuple[Harness, list[object]]:
+        """A harness whose jobs off the reactor thread (run at once) are listed."""
+        jobs: list[object] = []
+
+        def counted(f: Any, *args: Any) -> Deferred[Any]:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        return cls(tc, run=counted), jobs
+
     def __init__(
         self,
         tc: unittest.TestCase,
@@ -734,13 +745,7 @@ class AppendTests(unittest.TestCase):
         through the session's own mailbox: one job off the reactor thread (the store and
         the rescan that reports it, together: issue 10), no second mailbox opened and
         scanned."""
-        jobs: list[object] = []
-
-        def counted(f: Any, *args: Any) -> Deferred[Any]:
-            jobs.append(f)
-            return run_now(f, *args)
-
-        h = Harness(self, run=counted)
+        h, jobs = Harness.counting(self)
         h.login()
         h.cmd(b"s SELECT INBOX")
         jobs.clear()
@@ -763,13 +768,7 @@ class AppendTests(unittest.TestCase):
         into a folder never synced, lists it (the sync that gives UIDs to what is there);
         the next lists nothing.  The \\Recent messages stay for the next SELECT (RFC 3501
         §2.3.2)."""
-        jobs: list[object] = []
-
-        def counted(f: Any, *args: Any) -> Deferred[Any]:
-            jobs.append(f)
-            return run_now(f, *args)
-
-        h = Harness(self, run=counted)
+        h, jobs = Harness.counting(self)
         h.login()
         listed: list[str] = []
         real_listdir, real_scandir = os.listdir, os.scandir
